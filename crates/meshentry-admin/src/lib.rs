@@ -1,0 +1,1 @@
+//! The admin server: /ready, /config_dump, /clusters, /stats/prometheus.

@@ -1,0 +1,23 @@
+//! Istio's networking resources as meshentry reads them.
+//!
+//! - [`yaml`]: YAML/JSON streams into node trees that keep line and column;
+//! - [`de`]: node trees into the typed [`model`], recording every problem instead of stopping;
+//! - [`model`]: ServiceEntry, WorkloadEntry, WorkloadGroup, DestinationRule, VirtualService,
+//!   Gateway and Sidecar (networking.istio.io v1alpha3, v1beta1 and v1), and the parts of
+//!   Kubernetes Pod and Namespace that workload selection needs;
+//! - [`validate`]: Istio's validation rules, with Istio's messages;
+//! - [`load`]: files, directories and stdin into [`Resource`]s and [`Finding`]s.
+//!
+//! This crate does no I/O beyond reading the files it is given, and has no async runtime.
+
+pub mod de;
+pub mod load;
+pub mod model;
+pub mod resource;
+pub mod suggest;
+pub mod validate;
+pub mod yaml;
+
+pub use load::{LoadError, LoadOptions, Loaded, load_paths, load_str};
+pub use resource::{Finding, Kind, Origin, Resource, Spec};
+pub use validate::Severity;

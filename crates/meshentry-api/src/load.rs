@@ -1,0 +1,425 @@
+//! Reading resources from files, directories and stdin, and validating them.
+//!
+//! Loading never stops at the first problem: every document is decoded and validated, and all
+//! findings come back together in [`Loaded::findings`], sorted by file and position. Only I/O
+//! problems (a missing file, an unreadable directory) are errors of the load itself.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+
+use crate::de::{DecodeCx, Issue, decode};
+use crate::model::ObjectMeta;
+use crate::resource::{Finding, Kind, Origin, Resource, Spec};
+use crate::suggest::did_you_mean;
+use crate::validate::{self, Report, Severity, common::is_dns1123_label};
+use crate::yaml::{Node, Pos, Value, parse_stream};
+
+/// API group of the Istio networking kinds.
+pub const ISTIO_GROUP: &str = "networking.istio.io";
+/// The versions that share one schema.
+pub const ISTIO_VERSIONS: [&str; 3] = ["v1alpha3", "v1beta1", "v1"];
+
+/// Kinds of the Istio networking group that we knowingly skip (not typos of ours).
+const SKIPPED_ISTIO_KINDS: [&str; 2] = ["EnvoyFilter", "ProxyConfig"];
+
+/// How to read resources.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// The namespace of resources without `metadata.namespace` (`--namespace`).
+    pub default_namespace: String,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self { default_namespace: "default".into() }
+    }
+}
+
+/// A path that could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+}
+
+/// Everything read from a set of paths.
+#[derive(Clone, Debug, Default)]
+pub struct Loaded {
+    /// Every resource decoded, valid or not, in load order.
+    pub resources: Vec<Resource>,
+    /// Errors and warnings, sorted by file (in load order) and position.
+    pub findings: Vec<Finding>,
+    /// Documents skipped because meshentry does not read their kind.
+    pub notices: Vec<String>,
+    files: Vec<Arc<str>>,
+}
+
+impl Loaded {
+    pub fn has_errors(&self) -> bool {
+        self.findings.iter().any(|f| f.severity == Severity::Error)
+    }
+
+    pub fn errors(&self) -> impl Iterator<Item = &Finding> {
+        self.findings.iter().filter(|f| f.severity == Severity::Error)
+    }
+
+    /// The resources that passed validation.
+    pub fn valid(&self) -> impl Iterator<Item = &Resource> {
+        self.resources.iter().filter(|r| r.valid)
+    }
+
+    /// Sorts findings and adds the checks that span resources (duplicate names). Call once
+    /// after the last `add_*`.
+    pub fn finish(&mut self) {
+        let mut seen: HashMap<(Kind, &str, &str), &Origin> = HashMap::new();
+        let mut dups = Vec::new();
+        for r in &self.resources {
+            if r.meta.name.is_empty() {
+                continue;
+            }
+            match seen.get(&(r.kind(), r.namespace.as_str(), r.meta.name.as_str())) {
+                Some(first) => dups.push((r.order, finding_for(r, "metadata.name", r.origin.pos, Severity::Error,
+                    format!("duplicate {} {}/{}: first defined at {first}", r.kind(), r.namespace, r.meta.name)))),
+                None => {
+                    seen.insert((r.kind(), &r.namespace, &r.meta.name), &r.origin);
+                }
+            }
+        }
+        for (order, f) in dups {
+            self.findings.push(f);
+            self.resources[order].valid = false;
+        }
+        let rank: HashMap<&str, usize> = self.files.iter().enumerate().map(|(i, f)| (&**f, i)).collect();
+        self.findings.sort_by_key(|f| (rank.get(f.file.as_str()).copied().unwrap_or(usize::MAX), f.line, f.column));
+    }
+
+    /// Reads one file, or every `.yaml`, `.yml` and `.json` file below a directory (sorted,
+    /// recursive); `-` reads stdin.
+    pub fn add_path(&mut self, path: &Path, opts: &LoadOptions) -> Result<(), LoadError> {
+        if path.as_os_str() == "-" {
+            let mut text = String::new();
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .map_err(|source| LoadError::Io { path: "<stdin>".into(), source })?;
+            self.add_str("<stdin>", &text, opts);
+            return Ok(());
+        }
+        let io = |source| LoadError::Io { path: path.display().to_string(), source };
+        let meta = std::fs::metadata(path).map_err(io)?;
+        if meta.is_dir() {
+            let mut files = Vec::new();
+            collect_dir(path, &mut files)?;
+            files.sort();
+            for f in files {
+                self.add_file(&f, opts)?;
+            }
+            Ok(())
+        } else {
+            self.add_file(path, opts)
+        }
+    }
+
+    fn add_file(&mut self, path: &Path, opts: &LoadOptions) -> Result<(), LoadError> {
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Io { path: path.display().to_string(), source })?;
+        let name = path.display().to_string();
+        match String::from_utf8(bytes) {
+            Ok(text) => self.add_str(&name, &text, opts),
+            Err(e) => {
+                let file: Arc<str> = name.into();
+                self.files.push(file.clone());
+                self.findings.push(plain_finding(&file, Pos { line: 1, column: 1 }, format!("file is not UTF-8 text ({e})")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads a YAML or JSON stream; `file` names it in findings.
+    pub fn add_str(&mut self, file: &str, text: &str, opts: &LoadOptions) {
+        let file: Arc<str> = file.into();
+        self.files.push(file.clone());
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+        let docs = match parse_stream(text) {
+            Ok(docs) => docs,
+            Err(e) => {
+                self.findings.push(plain_finding(&file, e.pos, format!("invalid YAML: {}", e.message)));
+                return;
+            }
+        };
+        for doc in &docs {
+            self.add_document(&file, doc, opts, 0);
+        }
+    }
+
+    fn add_document(&mut self, file: &Arc<str>, doc: &Node, opts: &LoadOptions, depth: usize) {
+        let map = match &doc.value {
+            Value::Null => return,
+            Value::Map(m) => m,
+            _ => {
+                self.findings.push(plain_finding(file, doc.pos, format!("a resource must be an object, found {}", doc.kind_name())));
+                return;
+            }
+        };
+        let text_of = |key: &str| doc.get(key).and_then(Node::as_str).unwrap_or("");
+        let api_version = text_of("apiVersion");
+        let kind_text = text_of("kind");
+        if kind_text.is_empty() {
+            self.findings.push(located(file, doc, "kind", "", "kind is required"));
+            return;
+        }
+        if kind_text == "List" || kind_text.ends_with("List") && doc.get("items").is_some() {
+            if let Some(items) = doc.get("items") {
+                match &items.value {
+                    Value::Seq(items) if depth < 4 => {
+                        for item in items {
+                            self.add_document(file, item, opts, depth + 1);
+                        }
+                    }
+                    Value::Null => {}
+                    _ => self.findings.push(located(file, doc, "items", kind_text, "items must be a list of resources")),
+                }
+            }
+            return;
+        }
+        let (group, version) = match api_version.rsplit_once('/') {
+            Some((g, v)) => (g, v),
+            None => ("", api_version),
+        };
+        let kind = match Kind::parse(kind_text) {
+            Some(k) => k,
+            None => {
+                if group == ISTIO_GROUP && !SKIPPED_ISTIO_KINDS.contains(&kind_text) {
+                    let names = Kind::ISTIO.map(Kind::as_str);
+                    if let Some(s) = did_you_mean(kind_text, names) {
+                        self.findings.push(located(file, doc, "kind", "", format!("unknown kind `{kind_text}`, did you mean `{s}`?")));
+                        return;
+                    }
+                }
+                let name = doc.get("metadata").and_then(|m| m.get("name")).and_then(Node::as_str).unwrap_or("");
+                self.notices.push(format!(
+                    "{file}:{}:{}: skipping {api_version} {kind_text} {name}: not a kind meshentry reads",
+                    doc.pos.line, doc.pos.column
+                ));
+                return;
+            }
+        };
+        let api_ok = if kind.is_istio() { group == ISTIO_GROUP && ISTIO_VERSIONS.contains(&version) } else { api_version == "v1" };
+        if !api_ok {
+            let want = if kind.is_istio() {
+                ISTIO_VERSIONS.map(|v| format!("{ISTIO_GROUP}/{v}")).join(", ")
+            } else {
+                "v1".to_string()
+            };
+            let msg = if api_version.is_empty() {
+                format!("apiVersion is required (one of {want})")
+            } else {
+                format!("unsupported apiVersion {api_version:?} for {kind} (expected one of {want})")
+            };
+            self.findings.push(located(file, doc, "apiVersion", kind.as_str(), msg));
+            return;
+        }
+
+        let cx = DecodeCx::new(kind.is_istio());
+        for (key, _) in map {
+            let Some(k) = key.as_str() else { continue };
+            let allowed: &[&str] = &["apiVersion", "kind", "metadata", "spec", "status"];
+            if !allowed.contains(&k) && kind.is_istio() {
+                let hint = did_you_mean(k, allowed.iter().copied()).map(|s| format!(", did you mean `{s}`?")).unwrap_or_default();
+                self.findings.push(located_key(file, doc, k, kind.as_str(), format!("unknown field `{k}`{hint}")));
+            }
+        }
+        let meta: ObjectMeta = match doc.get("metadata") {
+            Some(m) => decode(m, "metadata", &cx),
+            None => ObjectMeta::default(),
+        };
+        let spec = match kind {
+            Kind::ServiceEntry => Spec::ServiceEntry(decode_spec(doc, &cx)),
+            Kind::WorkloadEntry => Spec::WorkloadEntry(decode_spec(doc, &cx)),
+            Kind::WorkloadGroup => Spec::WorkloadGroup(decode_spec(doc, &cx)),
+            Kind::DestinationRule => Spec::DestinationRule(decode_spec(doc, &cx)),
+            Kind::VirtualService => Spec::VirtualService(decode_spec(doc, &cx)),
+            Kind::Gateway => Spec::Gateway(decode_spec(doc, &cx)),
+            Kind::Sidecar => Spec::Sidecar(decode_spec(doc, &cx)),
+            Kind::Pod => Spec::Pod {
+                spec: decode_spec(doc, &cx),
+                status: doc.get("status").map(|s| decode(s, "status", &cx)).unwrap_or_default(),
+            },
+            Kind::Namespace => Spec::Namespace,
+        };
+        let issues = cx.into_issues();
+        let namespace = match kind {
+            Kind::Namespace => String::new(),
+            _ => meta.namespace.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| opts.default_namespace.clone()),
+        };
+        let mut resource = Resource {
+            api_version: api_version.to_string(),
+            meta,
+            namespace,
+            spec,
+            origin: Origin { file: file.clone(), pos: doc.pos },
+            order: self.resources.len(),
+            valid: true,
+        };
+
+        let mut report = Report::default();
+        validate_meta(&resource, &mut report);
+        validate_resource(&resource, &mut report);
+
+        let mut valid = true;
+        for issue in &issues {
+            valid = false;
+            self.findings.push(finding_for(&resource, &issue.path, issue.pos, Severity::Error, issue.message.clone()));
+        }
+        for p in report.problems {
+            if covered_by_decode_issue(&p.path, &issues) {
+                continue;
+            }
+            if p.severity == Severity::Error {
+                valid = false;
+            }
+            let pos = doc.locate(&p.path);
+            self.findings.push(finding_for(&resource, &p.path, pos, p.severity, p.message));
+        }
+        resource.valid = valid;
+        self.resources.push(resource);
+    }
+}
+
+fn decode_spec<T: DeserializeOwned + Default>(doc: &Node, cx: &DecodeCx) -> T {
+    match doc.get("spec") {
+        Some(s) => decode(s, "spec", cx),
+        None => T::default(),
+    }
+}
+
+fn validate_meta(r: &Resource, report: &mut Report) {
+    if r.meta.name.is_empty() {
+        report.error("metadata.name", "name is required");
+    } else if !is_dns1123_subdomain(&r.meta.name) {
+        report.error("metadata.name", format!("invalid name {:?}: must be a lowercase RFC 1123 subdomain", r.meta.name));
+    }
+    if r.kind() != Kind::Namespace && !is_dns1123_label(&r.namespace) {
+        report.error("metadata.namespace", format!("invalid namespace {:?}: must be a lowercase RFC 1123 label", r.namespace));
+    }
+}
+
+fn is_dns1123_subdomain(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(is_dns1123_label)
+}
+
+/// Runs the kind's validator.
+pub fn validate_resource(r: &Resource, report: &mut Report) {
+    let ns = r.namespace.as_str();
+    match &r.spec {
+        Spec::ServiceEntry(s) => validate::validate_service_entry(s, ns, report),
+        Spec::WorkloadEntry(s) => validate::validate_workload_entry(s, report),
+        Spec::WorkloadGroup(s) => validate::validate_workload_group(s, report),
+        Spec::DestinationRule(s) => validate::validate_destination_rule(s, ns, report),
+        Spec::VirtualService(s) => validate::validate_virtual_service(s, ns, report),
+        Spec::Gateway(s) => validate::validate_gateway(s, &r.meta.name, report),
+        Spec::Sidecar(s) => validate::validate_sidecar(s, ns, report),
+        Spec::Pod { .. } | Spec::Namespace => {}
+    }
+}
+
+/// A semantic finding on a field that already failed to decode would only repeat it.
+fn covered_by_decode_issue(path: &str, issues: &[Issue]) -> bool {
+    issues.iter().any(|i| {
+        path == i.path
+            || path.strip_prefix(i.path.as_str()).is_some_and(|rest| rest.starts_with('.') || rest.starts_with('['))
+    })
+}
+
+fn finding_for(r: &Resource, field: &str, pos: Pos, severity: Severity, message: String) -> Finding {
+    Finding {
+        file: r.origin.file.to_string(),
+        line: pos.line,
+        column: pos.column,
+        kind: r.kind().to_string(),
+        namespace: r.namespace.clone(),
+        name: r.meta.name.clone(),
+        field: field.to_string(),
+        severity,
+        message,
+    }
+}
+
+fn plain_finding(file: &Arc<str>, pos: Pos, message: String) -> Finding {
+    Finding {
+        file: file.to_string(),
+        line: pos.line,
+        column: pos.column,
+        kind: String::new(),
+        namespace: String::new(),
+        name: String::new(),
+        field: String::new(),
+        severity: Severity::Error,
+        message,
+    }
+}
+
+/// A finding about a top-level field of a document whose resource could not be built.
+fn located(file: &Arc<str>, doc: &Node, field: &str, kind: &str, message: impl Into<String>) -> Finding {
+    let name = doc.get("metadata").and_then(|m| m.get("name")).and_then(Node::as_str).unwrap_or("");
+    let namespace = doc.get("metadata").and_then(|m| m.get("namespace")).and_then(Node::as_str).unwrap_or("");
+    Finding {
+        file: file.to_string(),
+        line: doc.locate(field).line,
+        column: doc.locate(field).column,
+        kind: kind.to_string(),
+        namespace: namespace.to_string(),
+        name: name.to_string(),
+        field: field.to_string(),
+        severity: Severity::Error,
+        message: message.into(),
+    }
+}
+
+fn located_key(file: &Arc<str>, doc: &Node, key: &str, kind: &str, message: String) -> Finding {
+    let mut f = located(file, doc, key, kind, message);
+    if let Some(k) = doc.get_key(key) {
+        f.line = k.pos.line;
+        f.column = k.pos.column;
+    }
+    f
+}
+
+fn collect_dir(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), LoadError> {
+    let io = |source| LoadError::Io { path: dir.display().to_string(), source };
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        let entry = entry.map_err(io)?;
+        let path = entry.path();
+        let ft = entry.file_type().map_err(io)?;
+        if ft.is_dir() || (ft.is_symlink() && path.is_dir()) {
+            // Kubernetes ConfigMap mounts keep the real files in `..data`-style hidden dirs
+            // next to symlinks; reading both would load everything twice.
+            if !entry.file_name().to_string_lossy().starts_with('.') {
+                collect_dir(&path, out)?;
+            }
+        } else if matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json")) {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// Loads and validates `paths` in order.
+pub fn load_paths(paths: &[PathBuf], opts: &LoadOptions) -> Result<Loaded, LoadError> {
+    let mut loaded = Loaded::default();
+    for p in paths {
+        loaded.add_path(p, opts)?;
+    }
+    loaded.finish();
+    Ok(loaded)
+}
+
+/// Loads and validates one stream; for tests and stdin.
+pub fn load_str(file: &str, text: &str, opts: &LoadOptions) -> Loaded {
+    let mut loaded = Loaded::default();
+    loaded.add_str(file, text, opts);
+    loaded.finish();
+    loaded
+}

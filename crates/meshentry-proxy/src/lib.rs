@@ -1,0 +1,1 @@
+//! The data plane: listeners, routing by SNI/Host/VIP/port, forwarding, TLS origination.

@@ -1,0 +1,1 @@
+//! The service registry: resources to services and endpoints, as Istio computes them.

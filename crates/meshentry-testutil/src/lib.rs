@@ -1,0 +1,1 @@
+//! Test helpers: certificates, echo servers, DNS servers, spawning the proxy.
