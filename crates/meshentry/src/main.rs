@@ -1,1 +1,44 @@
-fn main() {}
+//! `meshentry`: validate Istio networking resources, show the service registry they describe,
+//! and run the proxy that makes it real.
+
+mod cmd;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "meshentry", version, about = "Istio ServiceEntry system: validator, service registry and egress proxy")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check Istio resources and report every problem with file, line and field.
+    Validate(cmd::validate::Args),
+    /// Print the service registry the resources describe.
+    Registry(cmd::registry::Args),
+    /// Print the version.
+    Version,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Validate(args) => cmd::validate::run(&args),
+        Command::Registry(args) => cmd::registry::run(&args),
+        Command::Version => {
+            println!("meshentry {}", env!("CARGO_PKG_VERSION"));
+            Ok(ExitCode::SUCCESS)
+        }
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("meshentry: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,5 @@
+//! One module per subcommand. Each `run` returns the process exit code; an `Err` is a usage or
+//! I/O problem (exit 2).
+
+pub mod registry;
+pub mod validate;

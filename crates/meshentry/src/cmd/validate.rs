@@ -1,0 +1,68 @@
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use meshentry_api::{LoadOptions, Loaded, Severity, load_paths};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Files or directories (.yaml, .yml, .json; recursive), or `-` for stdin.
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+    /// Namespace of resources that do not set metadata.namespace.
+    #[arg(short, long, default_value = "default")]
+    pub namespace: String,
+    #[arg(short, long, value_enum, default_value = "text")]
+    pub output: Output,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
+}
+
+/// Exit 0 when everything is valid (warnings allowed), 1 when anything is invalid.
+pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
+    let loaded = load(&args.paths, &args.namespace)?;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    match args.output {
+        Output::Json => {
+            serde_json::to_writer_pretty(&mut out, &loaded.findings)?;
+            writeln!(out)?;
+        }
+        Output::Text => {
+            for f in &loaded.findings {
+                writeln!(out, "{f}")?;
+            }
+            for n in &loaded.notices {
+                eprintln!("{n}");
+            }
+            eprintln!("{}", summary(&loaded));
+        }
+    }
+    Ok(if loaded.has_errors() { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+/// Loads and validates; shared by the subcommands that read configuration.
+pub fn load(paths: &[PathBuf], namespace: &str) -> anyhow::Result<Loaded> {
+    let opts = LoadOptions { default_namespace: namespace.to_string() };
+    load_paths(paths, &opts).context("cannot read configuration")
+}
+
+fn summary(loaded: &Loaded) -> String {
+    let errors = loaded.findings.iter().filter(|f| f.severity == Severity::Error).count();
+    let warnings = loaded.findings.len() - errors;
+    let invalid = loaded.resources.iter().filter(|r| !r.valid).count();
+    format!(
+        "{} resources, {} invalid: {} {}, {} {}",
+        loaded.resources.len(),
+        invalid,
+        errors,
+        if errors == 1 { "error" } else { "errors" },
+        warnings,
+        if warnings == 1 { "warning" } else { "warnings" },
+    )
+}
