@@ -167,7 +167,7 @@ impl Loaded {
         let api_version = text_of("apiVersion");
         let kind_text = text_of("kind");
         if kind_text.is_empty() {
-            self.findings.push(located(file, doc, "kind", "", "kind is required"));
+            self.findings.push(located(file, doc, "kind", "", "", "kind is required"));
             return;
         }
         if kind_text == "List" || kind_text.ends_with("List") && doc.get("items").is_some() {
@@ -179,7 +179,7 @@ impl Loaded {
                         }
                     }
                     Value::Null => {}
-                    _ => self.findings.push(located(file, doc, "items", kind_text, "items must be a list of resources")),
+                    _ => self.findings.push(located(file, doc, "items", kind_text, "", "items must be a list of resources")),
                 }
             }
             return;
@@ -194,7 +194,7 @@ impl Loaded {
                 if group == ISTIO_GROUP && !SKIPPED_ISTIO_KINDS.contains(&kind_text) {
                     let names = Kind::ISTIO.map(Kind::as_str);
                     if let Some(s) = did_you_mean(kind_text, names) {
-                        self.findings.push(located(file, doc, "kind", "", format!("unknown kind `{kind_text}`, did you mean `{s}`?")));
+                        self.findings.push(located(file, doc, "kind", "", "", format!("unknown kind `{kind_text}`, did you mean `{s}`?")));
                         return;
                     }
                 }
@@ -218,17 +218,18 @@ impl Loaded {
             } else {
                 format!("unsupported apiVersion {api_version:?} for {kind} (expected one of {want})")
             };
-            self.findings.push(located(file, doc, "apiVersion", kind.as_str(), msg));
+            self.findings.push(located(file, doc, "apiVersion", kind.as_str(), &opts.default_namespace, msg));
             return;
         }
 
         let cx = DecodeCx::new(kind.is_istio());
+        let mut top_level = Vec::new();
         for (key, _) in map {
             let Some(k) = key.as_str() else { continue };
             let allowed: &[&str] = &["apiVersion", "kind", "metadata", "spec", "status"];
             if !allowed.contains(&k) && kind.is_istio() {
                 let hint = did_you_mean(k, allowed.iter().copied()).map(|s| format!(", did you mean `{s}`?")).unwrap_or_default();
-                self.findings.push(located_key(file, doc, k, kind.as_str(), format!("unknown field `{k}`{hint}")));
+                top_level.push(Issue { pos: key.pos, path: k.to_string(), message: format!("unknown field `{k}`{hint}") });
             }
         }
         let meta: ObjectMeta = match doc.get("metadata") {
@@ -249,7 +250,8 @@ impl Loaded {
             },
             Kind::Namespace => Spec::Namespace,
         };
-        let issues = cx.into_issues();
+        let mut issues = top_level;
+        issues.extend(cx.into_issues());
         let namespace = match kind {
             Kind::Namespace => String::new(),
             _ => meta.namespace.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| opts.default_namespace.clone()),
@@ -362,9 +364,11 @@ fn plain_finding(file: &Arc<str>, pos: Pos, message: String) -> Finding {
 }
 
 /// A finding about a top-level field of a document whose resource could not be built.
-fn located(file: &Arc<str>, doc: &Node, field: &str, kind: &str, message: impl Into<String>) -> Finding {
+/// `default_ns` is empty when the kind is unknown: there is no resource to name yet.
+fn located(file: &Arc<str>, doc: &Node, field: &str, kind: &str, default_ns: &str, message: impl Into<String>) -> Finding {
     let name = doc.get("metadata").and_then(|m| m.get("name")).and_then(Node::as_str).unwrap_or("");
     let namespace = doc.get("metadata").and_then(|m| m.get("namespace")).and_then(Node::as_str).unwrap_or("");
+    let namespace = if namespace.is_empty() { default_ns } else { namespace };
     Finding {
         file: file.to_string(),
         line: doc.locate(field).line,
@@ -376,15 +380,6 @@ fn located(file: &Arc<str>, doc: &Node, field: &str, kind: &str, message: impl I
         severity: Severity::Error,
         message: message.into(),
     }
-}
-
-fn located_key(file: &Arc<str>, doc: &Node, key: &str, kind: &str, message: String) -> Finding {
-    let mut f = located(file, doc, key, kind, message);
-    if let Some(k) = doc.get_key(key) {
-        f.line = k.pos.line;
-        f.column = k.pos.column;
-    }
-    f
 }
 
 fn collect_dir(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), LoadError> {

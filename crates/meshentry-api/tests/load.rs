@@ -1,0 +1,230 @@
+//! The loader end to end: text in, resources and placed findings out.
+
+use meshentry_api::{Kind, LoadOptions, Severity, Spec, load_str};
+
+fn opts() -> LoadOptions {
+    LoadOptions::default()
+}
+
+fn lines(text: &str) -> Vec<String> {
+    load_str("f.yaml", text, &opts()).findings.iter().map(|f| f.to_string()).collect()
+}
+
+const GOOD_SE: &str = "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: ok
+spec:
+  hosts: [a.example.com]
+  ports:
+  - number: 443
+    name: https
+    protocol: TLS
+  resolution: DNS
+";
+
+#[test]
+fn valid_resource_has_no_findings_and_default_namespace() {
+    let loaded = load_str("f.yaml", GOOD_SE, &opts());
+    assert!(loaded.findings.is_empty(), "{:?}", loaded.findings);
+    assert_eq!(loaded.resources.len(), 1);
+    let r = &loaded.resources[0];
+    assert!(r.valid);
+    assert_eq!(r.namespace, "default");
+    assert_eq!(r.kind(), Kind::ServiceEntry);
+    assert_eq!((r.origin.pos.line, r.origin.pos.column), (1, 1));
+    let custom = load_str("f.yaml", GOOD_SE, &LoadOptions { default_namespace: "team-a".into() });
+    assert_eq!(custom.resources[0].namespace, "team-a");
+}
+
+#[test]
+fn every_problem_is_reported_at_once_with_position_resource_and_field() {
+    let text = "apiVersion: networking.istio.io/v1beta1
+kind: ServiceEntry
+metadata:
+  name: bad
+  namespace: ns1
+spec:
+  hsots: [a.com]
+  ports:
+  - number: 0
+    name: http
+  - number: 80
+    name: http
+    protocol: QUIC
+  resolution: STATC
+";
+    assert_eq!(
+        lines(text),
+        vec![
+            // A missing field is placed on the object that lacks it (a block map starts at its
+            // first key).
+            "f.yaml:7:3: ServiceEntry ns1/bad: spec.hsots: unknown field `hsots`, did you mean `hosts`?",
+            "f.yaml:7:3: ServiceEntry ns1/bad: spec.hosts: service entry must have at least one host",
+            "f.yaml:9:5: ServiceEntry ns1/bad: spec.ports[0]: warning: addresses are required for ports serving TCP (or unset) protocol when IP Autoallocation is not enabled",
+            "f.yaml:9:13: ServiceEntry ns1/bad: spec.ports[0].number: port number 0 must be in the range 1..65535",
+            "f.yaml:12:11: ServiceEntry ns1/bad: spec.ports[1].name: service entry port name \"http\" already defined",
+            "f.yaml:13:15: ServiceEntry ns1/bad: spec.ports[1].protocol: unsupported protocol: QUIC",
+            "f.yaml:14:15: ServiceEntry ns1/bad: spec.resolution: unknown value `STATC`, did you mean `STATIC`?",
+        ]
+    );
+}
+
+#[test]
+fn a_type_error_is_reported_once_not_again_by_validation() {
+    let text = GOOD_SE.replace("number: 443", "number: https");
+    let got = lines(&text);
+    assert_eq!(got, vec!["f.yaml:8:13: ServiceEntry default/ok: spec.ports[0].number: expected an integer, found a string"]);
+}
+
+#[test]
+fn warnings_do_not_invalidate() {
+    let text = GOOD_SE.replace("  resolution: DNS\n", "  resolution: DNS\n  workloadSelector: {}\n");
+    let loaded = load_str("f.yaml", &text, &opts());
+    assert_eq!(loaded.findings.len(), 1);
+    assert_eq!(loaded.findings[0].severity, Severity::Warning);
+    assert!(!loaded.has_errors());
+    assert!(loaded.resources[0].valid);
+}
+
+#[test]
+fn multi_document_streams_and_lists() {
+    let list = format!(
+        "---\n{GOOD_SE}---\n# comment only\n---\napiVersion: v1\nkind: List\nitems:\n- {}\n",
+        GOOD_SE.replace("name: ok", "name: ok2").replace('\n', "\n  ").trim_end()
+    );
+    let loaded = load_str("f.yaml", &list, &opts());
+    assert!(loaded.findings.is_empty(), "{:?}", loaded.findings);
+    let names: Vec<&str> = loaded.resources.iter().map(|r| r.name()).collect();
+    assert_eq!(names, ["ok", "ok2"]);
+    // Items keep their own positions.
+    assert_eq!(loaded.resources[1].origin.pos.line, 19);
+}
+
+#[test]
+fn duplicates_name_the_first_definition() {
+    let text = format!("{GOOD_SE}---\n{GOOD_SE}");
+    let got = lines(&text);
+    assert_eq!(got, vec!["f.yaml:13:1: ServiceEntry default/ok: metadata.name: duplicate ServiceEntry default/ok: first defined at f.yaml:1:1"]);
+    // Same name in another namespace or kind is fine.
+    let other = GOOD_SE.replace("name: ok", "name: ok\n  namespace: other");
+    assert!(lines(&format!("{GOOD_SE}---\n{other}")).is_empty());
+}
+
+#[test]
+fn kinds_and_api_versions() {
+    let skipped = load_str("f.yaml", "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\n", &opts());
+    assert!(skipped.findings.is_empty());
+    assert_eq!(skipped.notices, vec!["f.yaml:1:1: skipping apps/v1 Deployment web: not a kind meshentry reads"]);
+
+    assert_eq!(
+        lines("apiVersion: networking.istio.io/v1\nkind: ServiceEntri\nmetadata: {name: x}\n"),
+        vec!["f.yaml:2:7: kind: unknown kind `ServiceEntri`, did you mean `ServiceEntry`?"]
+    );
+    assert_eq!(
+        lines("apiVersion: networking.istio.io/v2\nkind: ServiceEntry\nmetadata: {name: x}\n"),
+        vec!["f.yaml:1:13: ServiceEntry default/x: apiVersion: unsupported apiVersion \"networking.istio.io/v2\" for ServiceEntry (expected one of networking.istio.io/v1alpha3, networking.istio.io/v1beta1, networking.istio.io/v1)"]
+    );
+    assert_eq!(lines("metadata: {name: x}\n"), vec!["f.yaml:1:1: kind: kind is required"]);
+    assert_eq!(lines("- a\n- b\n"), vec!["f.yaml:1:1: a resource must be an object, found a list"]);
+    assert_eq!(
+        lines("apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: x}\nspce: {}\n"),
+        vec![
+            // No spec at all: the finding goes on the document.
+            "f.yaml:1:1: ServiceEntry default/x: spec.hosts: service entry must have at least one host",
+            "f.yaml:4:1: ServiceEntry default/x: spce: unknown field `spce`, did you mean `spec`?",
+        ]
+    );
+}
+
+#[test]
+fn metadata_is_checked() {
+    assert_eq!(
+        lines(&GOOD_SE.replace("name: ok", "name: Not_OK\n  namespace: Bad")),
+        vec![
+            "f.yaml:4:9: ServiceEntry Bad/Not_OK: metadata.name: invalid name \"Not_OK\": must be a lowercase RFC 1123 subdomain",
+            "f.yaml:5:14: ServiceEntry Bad/Not_OK: metadata.namespace: invalid namespace \"Bad\": must be a lowercase RFC 1123 label",
+        ]
+    );
+    assert_eq!(
+        lines(&GOOD_SE.replace("  name: ok\n", "  labels: {a: b}\n  nmae: ok\n")),
+        vec![
+            "f.yaml:4:3: ServiceEntry default/: metadata.name: name is required",
+            "f.yaml:5:3: ServiceEntry default/: metadata.nmae: unknown field `nmae`, did you mean `name`?",
+        ]
+    );
+}
+
+#[test]
+fn yaml_syntax_errors_name_the_position() {
+    let got = lines("apiVersion: v1\nkind: [unclosed\n");
+    assert_eq!(got.len(), 1);
+    assert!(got[0].starts_with("f.yaml:"), "{got:?}");
+    assert!(got[0].contains("invalid YAML"), "{got:?}");
+}
+
+#[test]
+fn json_documents() {
+    let json = r#"{
+  "apiVersion": "networking.istio.io/v1alpha3",
+  "kind": "ServiceEntry",
+  "metadata": {"name": "j", "namespace": "ns"},
+  "spec": {"hosts": ["a.com"], "ports": [{"number": 80, "name": "http", "protocol": "HTTP"}], "resolution": "DNS", "bogus": 1}
+}"#;
+    let got = lines(json);
+    assert_eq!(got, vec!["f.yaml:5:116: ServiceEntry ns/j: spec.bogus: unknown field `bogus` (known fields: hosts, addresses, ports, location, resolution, endpoints, workloadSelector, exportTo, subjectAltNames)"]);
+}
+
+#[test]
+fn pods_and_namespaces_are_read_leniently() {
+    let text = "apiVersion: v1
+kind: Pod
+metadata:
+  name: details-abc
+  namespace: bookinfo
+  labels: {app: details}
+spec:
+  serviceAccountName: details
+  containers:
+  - name: app
+    image: details:1
+    ports:
+    - {name: http, containerPort: 9080}
+    resources: {limits: {cpu: 1}}
+status:
+  podIP: 10.1.0.7
+  phase: Running
+  conditions: [{type: Ready, status: \"True\"}]
+  hostIP: 1.2.3.4
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: bookinfo, labels: {istio-injection: enabled}}
+";
+    let loaded = load_str("f.yaml", text, &opts());
+    assert!(loaded.findings.is_empty(), "{:?}", loaded.findings);
+    match &loaded.resources[0].spec {
+        Spec::Pod { spec, status } => {
+            assert_eq!(spec.service_account_name, "details");
+            assert_eq!(spec.containers[0].ports[0].container_port, 9080);
+            assert_eq!(status.pod_ip, "10.1.0.7");
+            assert!(status.is_ready());
+        }
+        other => panic!("not a pod: {other:?}"),
+    }
+    assert_eq!(loaded.resources[1].kind(), Kind::Namespace);
+}
+
+#[test]
+fn findings_serialize_to_the_documented_json_shape() {
+    let loaded = load_str("f.yaml", &GOOD_SE.replace("number: 443", "number: 0"), &opts());
+    let v = serde_json::to_value(&loaded.findings).unwrap();
+    assert_eq!(
+        v,
+        serde_json::json!([{
+            "file": "f.yaml", "line": 8, "column": 13, "kind": "ServiceEntry", "namespace": "default",
+            "name": "ok", "field": "spec.ports[0].number", "severity": "error",
+            "message": "port number 0 must be in the range 1..65535"
+        }])
+    );
+}
