@@ -16,7 +16,7 @@ use crate::model::ObjectMeta;
 use crate::resource::{Finding, Kind, Origin, Resource, Spec};
 use crate::suggest::did_you_mean;
 use crate::validate::{self, Report, Severity, common::is_dns1123_label};
-use crate::yaml::{Node, Pos, Value, parse_stream};
+use crate::yaml::{Node, Pos, Value, parse_stream_each};
 
 /// API group of the Istio networking kinds.
 pub const ISTIO_GROUP: &str = "networking.istio.io";
@@ -142,15 +142,9 @@ impl Loaded {
         let file: Arc<str> = file.into();
         self.files.push(file.clone());
         let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-        let docs = match parse_stream(text) {
-            Ok(docs) => docs,
-            Err(e) => {
-                self.findings.push(plain_finding(&file, e.pos, format!("invalid YAML: {}", e.message)));
-                return;
-            }
-        };
-        for doc in &docs {
-            self.add_document(&file, doc, opts, 0);
+        let result = parse_stream_each(text, |doc| self.add_document(&file, &doc, opts, 0));
+        if let Err(e) = result {
+            self.findings.push(plain_finding(&file, e.pos, format!("invalid YAML: {}", e.message)));
         }
     }
 

@@ -221,6 +221,14 @@ enum Frame {
 /// back as `Null` nodes; callers skip them.
 pub fn parse_stream(text: &str) -> Result<Vec<Node>, SyntaxError> {
     let mut docs = Vec::new();
+    parse_stream_each(text, |doc| docs.push(doc))?;
+    Ok(docs)
+}
+
+/// Like [`parse_stream`], handing each document to `each` as soon as it is complete, so that a
+/// large stream never has more than one document's tree in memory. Documents before a syntax
+/// error have been handed out when the error is returned.
+pub fn parse_stream_each(text: &str, mut each: impl FnMut(Node)) -> Result<(), SyntaxError> {
     let mut stack: Vec<Frame> = Vec::new();
     let mut anchors: HashMap<usize, Node> = HashMap::new();
     let mut nodes = 0usize;
@@ -289,7 +297,7 @@ pub fn parse_stream(text: &str) -> Result<Vec<Node>, SyntaxError> {
             anchors.insert(anchor, node.clone());
         }
         match stack.last_mut() {
-            None => docs.push(node),
+            None => each(node),
             Some(Frame::Seq { items, .. }) => items.push(node),
             Some(Frame::Map { entries, key, .. }) => match key.take() {
                 None => *key = Some(node),
@@ -297,7 +305,7 @@ pub fn parse_stream(text: &str) -> Result<Vec<Node>, SyntaxError> {
             },
         }
     }
-    Ok(docs)
+    Ok(())
 }
 
 fn count_nodes(node: &Node) -> usize {
