@@ -56,9 +56,11 @@ fn summary(loaded: &Loaded) -> String {
     let errors = loaded.findings.iter().filter(|f| f.severity == Severity::Error).count();
     let warnings = loaded.findings.len() - errors;
     let invalid = loaded.resources.iter().filter(|r| !r.valid).count();
+    let resources = loaded.resources.len();
     format!(
-        "{} resources, {} invalid: {} {}, {} {}",
-        loaded.resources.len(),
+        "{} {}, {} invalid: {} {}, {} {}",
+        resources,
+        if resources == 1 { "resource" } else { "resources" },
         invalid,
         errors,
         if errors == 1 { "error" } else { "errors" },
