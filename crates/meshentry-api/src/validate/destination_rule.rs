@@ -1,4 +1,1013 @@
-use super::Report;
-use crate::model::DestinationRule;
+//! DestinationRule validation (A24-A27), and the traffic-policy checks that Sidecar reuses for
+//! its connection pools.
 
-pub fn validate_destination_rule(_dr: &DestinationRule, _namespace: &str, _r: &mut Report) {}
+use std::collections::BTreeSet;
+
+use super::Report;
+use super::common::{
+    field, fqdn_error, is_dns1123_label_ci, validate_duration, validate_export_to, validate_labels,
+    validate_port_number, wildcard_domain_error,
+};
+use crate::model::{
+    ClientTlsMode, ClientTlsSettings, ConnectionPoolSettings, ConsistentHashLb, DestinationRule, Duration,
+    H2UpgradePolicy, LoadBalancerSettings, LocalityLoadBalancerSetting, OutlierDetection, PortTrafficPolicy,
+    RetryBudget, TrafficPolicy, TunnelSettings, TypeWorkloadSelector,
+};
+
+/// Istio's `ValidateDestinationRule`. Findings accumulate; an empty `trafficPolicy` only
+/// stops the checks of that policy (A0).
+pub fn validate_destination_rule(dr: &DestinationRule, namespace: &str, r: &mut Report) {
+    if let Some(e) = wildcard_domain_error(&dr.host) {
+        r.error("spec.host", e);
+    }
+    if let Some(tp) = &dr.traffic_policy {
+        validate_traffic_policy(r, "spec.trafficPolicy", tp);
+    }
+    let mut names = BTreeSet::new();
+    for (i, subset) in dr.subsets.iter().enumerate() {
+        let path = format!("spec.subsets[{i}]");
+        if !names.insert(subset.name.as_str()) {
+            r.error(
+                format!("{path}.name"),
+                format!("duplicate subset names: {}", subset.name),
+            );
+        }
+        validate_subset_name(r, &format!("{path}.name"), &subset.name);
+        validate_labels(r, &format!("{path}.labels"), &subset.labels);
+        if let Some(tp) = &subset.traffic_policy {
+            validate_traffic_policy(r, &format!("{path}.trafficPolicy"), tp);
+        }
+    }
+    validate_export_to(r, "spec.exportTo", namespace, &dr.export_to, false);
+    if let Some(selector) = &dr.workload_selector {
+        validate_selector_export_to(r, namespace, &dr.export_to);
+        validate_match_labels(r, "spec.workloadSelector", selector);
+    }
+}
+
+/// A27: a rule scoped to some workloads applies in its own namespace only.
+fn validate_selector_export_to(r: &mut Report, namespace: &str, export_to: &[String]) {
+    if export_to.is_empty() {
+        return;
+    }
+    // Istio compares the set of valid entries with `.` read as the own namespace.
+    let set: BTreeSet<&str> = export_to
+        .iter()
+        .map(|e| if e == "." { namespace } else { e.as_str() })
+        .filter(|e| *e == "*" || is_dns1123_label_ci(e))
+        .collect();
+    if set.is_empty() {
+        return;
+    }
+    if !set.contains(namespace) {
+        r.error(
+            "spec.exportTo",
+            "destination rule with workload selector cannot have exportTo beyond current namespace",
+        );
+    } else if set.len() > 1 {
+        r.error(
+            "spec.exportTo",
+            "destination rule with workload selector cannot have multiple entries in exportTo",
+        );
+    }
+}
+
+/// A11 for DestinationRule, whose selector is `matchLabels` (istio.type.v1beta1), so the shared
+/// `validate_selector` (which reads `labels`) would report the wrong path.
+fn validate_match_labels(r: &mut Report, path: &str, selector: &TypeWorkloadSelector) {
+    let lpath = format!("{path}.matchLabels");
+    for (k, v) in &selector.match_labels {
+        if k.is_empty() {
+            r.error(&lpath, format!("empty key is not supported in selector: {k:?}"));
+        }
+        if k.contains('*') || v.contains('*') {
+            r.error(
+                field(&lpath, k),
+                format!("wildcard is not supported in selector: {k:?}"),
+            );
+        }
+    }
+    validate_labels(r, &lpath, &selector.match_labels);
+    if selector.match_labels.is_empty() {
+        r.warn(path, "workload selector specified without labels");
+    }
+}
+
+/// A26, also used for `Destination.subset` in routes.
+pub(super) fn validate_subset_name(r: &mut Report, path: &str, name: &str) {
+    if name.is_empty() {
+        r.error(path, "subset name cannot be empty");
+    } else if !is_dns1123_label_ci(name) {
+        r.error(path, format!("subset name is invalid: {name}"));
+    }
+}
+
+/// Reports a proto oneof with more than one member set. Istio's decoder rejects such input
+/// before validation, with a parser message; this names the fields instead.
+pub(super) fn check_oneof(r: &mut Report, path: &str, members: &[(&str, bool)]) {
+    let set: Vec<&str> = members.iter().filter(|(_, is_set)| *is_set).map(|(n, _)| *n).collect();
+    if set.len() > 1 {
+        let names: Vec<&str> = members.iter().map(|(n, _)| *n).collect();
+        let (last, init) = names.split_last().unwrap_or((&"", &[]));
+        r.error(
+            path,
+            format!(
+                "only one of {} or {last} may be set, found {}",
+                init.join(", "),
+                set.join(" and ")
+            ),
+        );
+    }
+}
+
+fn validate_traffic_policy(r: &mut Report, path: &str, tp: &TrafficPolicy) {
+    if tp.outlier_detection.is_none()
+        && tp.connection_pool.is_none()
+        && tp.load_balancer.is_none()
+        && tp.tls.is_none()
+        && tp.port_level_settings.is_empty()
+        && tp.tunnel.is_none()
+        && tp.proxy_protocol.is_none()
+        && tp.retry_budget.is_none()
+    {
+        r.error(path, "traffic policy must have at least one field");
+        return;
+    }
+    if tp.tunnel.is_some() && tp.proxy_protocol.is_some() {
+        r.error(path, "tunnel and proxyProtocol must not be specified at the same time");
+        return;
+    }
+    if let Some(od) = &tp.outlier_detection {
+        validate_outlier_detection(r, &format!("{path}.outlierDetection"), od);
+    }
+    if let Some(cp) = &tp.connection_pool {
+        validate_connection_pool(r, &format!("{path}.connectionPool"), cp);
+    }
+    if let Some(lb) = &tp.load_balancer {
+        validate_load_balancer(r, &format!("{path}.loadBalancer"), lb, tp.outlier_detection.is_some());
+    }
+    if let Some(tls) = &tp.tls {
+        validate_client_tls(r, &format!("{path}.tls"), tls);
+    }
+    for (i, pls) in tp.port_level_settings.iter().enumerate() {
+        validate_port_traffic_policy(r, &format!("{path}.portLevelSettings[{i}]"), pls);
+    }
+    if let Some(t) = &tp.tunnel {
+        validate_tunnel(r, &format!("{path}.tunnel"), t);
+    }
+    if let Some(rb) = &tp.retry_budget {
+        validate_retry_budget(r, &format!("{path}.retryBudget"), rb);
+    }
+}
+
+fn validate_port_traffic_policy(r: &mut Report, path: &str, p: &PortTrafficPolicy) {
+    match &p.port {
+        None => r.error(path, "portTrafficPolicy must have valid port"),
+        // Istio accepts `port: {}` here, but a policy for port 0 can never apply.
+        Some(port) => validate_port_number(r, &format!("{path}.port.number"), port.number),
+    }
+    if p.outlier_detection.is_none() && p.connection_pool.is_none() && p.load_balancer.is_none() && p.tls.is_none() {
+        r.error(path, "port traffic policy must have at least one field");
+        return;
+    }
+    if let Some(od) = &p.outlier_detection {
+        validate_outlier_detection(r, &format!("{path}.outlierDetection"), od);
+    }
+    if let Some(cp) = &p.connection_pool {
+        validate_connection_pool(r, &format!("{path}.connectionPool"), cp);
+    }
+    if let Some(lb) = &p.load_balancer {
+        validate_load_balancer(r, &format!("{path}.loadBalancer"), lb, p.outlier_detection.is_some());
+    }
+    if let Some(tls) = &p.tls {
+        validate_client_tls(r, &format!("{path}.tls"), tls);
+    }
+}
+
+fn validate_opt_duration(r: &mut Report, path: &str, d: &Option<Duration>) {
+    if let Some(d) = d {
+        validate_duration(r, path, d);
+    }
+}
+
+fn validate_percent(r: &mut Report, path: &str, value: i32) {
+    if !(0..=100).contains(&value) {
+        r.error(path, format!("percentage {value} is not in range 0..100"));
+    }
+}
+
+fn validate_outlier_detection(r: &mut Report, path: &str, od: &OutlierDetection) {
+    validate_opt_duration(r, &format!("{path}.baseEjectionTime"), &od.base_ejection_time);
+    if od.consecutive_errors != 0 {
+        r.warn(
+            format!("{path}.consecutiveErrors"),
+            "outlier detection consecutive errors is deprecated, use consecutiveGatewayErrors or consecutive5xxErrors instead",
+        );
+    }
+    if !od.split_external_local_origin_errors && od.consecutive_local_origin_failures.unwrap_or(0) > 0 {
+        r.error(
+            format!("{path}.consecutiveLocalOriginFailures"),
+            "outlier detection consecutive local origin failures is specified, but split external local origin errors is set to false",
+        );
+    }
+    validate_opt_duration(r, &format!("{path}.interval"), &od.interval);
+    validate_percent(r, &format!("{path}.maxEjectionPercent"), od.max_ejection_percent);
+    validate_percent(r, &format!("{path}.minHealthPercent"), od.min_health_percent);
+}
+
+fn non_negative(r: &mut Report, path: &str, value: i32, what: &str) {
+    if value < 0 {
+        r.error(path, format!("{what} must be non-negative"));
+    }
+}
+
+/// Istio's `validateConnectionPool`, for DestinationRule policies and Sidecar listeners.
+pub(super) fn validate_connection_pool(r: &mut Report, path: &str, cp: &ConnectionPoolSettings) {
+    if cp.http.is_none() && cp.tcp.is_none() {
+        r.error(path, "connection pool must have at least one field");
+        return;
+    }
+    if let Some(h) = &cp.http {
+        let p = format!("{path}.http");
+        non_negative(
+            r,
+            &format!("{p}.http1MaxPendingRequests"),
+            h.http1_max_pending_requests,
+            "http1 max pending requests",
+        );
+        non_negative(
+            r,
+            &format!("{p}.http2MaxRequests"),
+            h.http2_max_requests,
+            "http2 max requests",
+        );
+        non_negative(
+            r,
+            &format!("{p}.maxRequestsPerConnection"),
+            h.max_requests_per_connection,
+            "max requests per connection",
+        );
+        non_negative(r, &format!("{p}.maxRetries"), h.max_retries, "max retries");
+        validate_opt_duration(r, &format!("{p}.idleTimeout"), &h.idle_timeout);
+        if h.h2_upgrade_policy == H2UpgradePolicy::Upgrade && h.use_client_protocol {
+            r.error(
+                &p,
+                "use client protocol must not be true when H2UpgradePolicy is UPGRADE",
+            );
+        }
+        non_negative(
+            r,
+            &format!("{p}.maxConcurrentStreams"),
+            h.max_concurrent_streams,
+            "max concurrent streams",
+        );
+    }
+    if let Some(t) = &cp.tcp {
+        let p = format!("{path}.tcp");
+        non_negative(r, &format!("{p}.maxConnections"), t.max_connections, "max connections");
+        validate_opt_duration(r, &format!("{p}.connectTimeout"), &t.connect_timeout);
+        validate_opt_duration(r, &format!("{p}.maxConnectionDuration"), &t.max_connection_duration);
+        // The API documents `idleTimeout: 0s` as "disabled", so zero is not the usual mistake.
+        if let Some(d) = &t.idle_timeout
+            && d.parse().map_or(true, |v| !v.is_zero())
+        {
+            validate_duration(r, &format!("{p}.idleTimeout"), d);
+        }
+        if let Some(k) = &t.tcp_keepalive {
+            validate_opt_duration(r, &format!("{p}.tcpKeepalive.time"), &k.time);
+            validate_opt_duration(r, &format!("{p}.tcpKeepalive.interval"), &k.interval);
+        }
+    }
+}
+
+fn validate_load_balancer(r: &mut Report, path: &str, lb: &LoadBalancerSettings, has_outlier: bool) {
+    check_oneof(
+        r,
+        path,
+        &[
+            ("simple", lb.simple.is_some()),
+            ("consistentHash", lb.consistent_hash.is_some()),
+        ],
+    );
+    if let Some(ch) = &lb.consistent_hash {
+        validate_consistent_hash(r, &format!("{path}.consistentHash"), ch);
+    }
+    if let Some(l) = &lb.locality_lb_setting {
+        validate_locality_lb(r, &format!("{path}.localityLbSetting"), l, has_outlier);
+    }
+    validate_opt_duration(r, &format!("{path}.warmupDurationSecs"), &lb.warmup_duration_secs);
+    if let Some(w) = &lb.warmup {
+        // Bounds from the API reference (minimumPercent 0..100, aggression >= 1 as in Envoy's
+        // slow start); Istio leaves them to its CRD schema, so the wording is ours.
+        let p = format!("{path}.warmup");
+        validate_opt_duration(r, &format!("{p}.duration"), &w.duration);
+        if let Some(m) = w.minimum_percent
+            && !(0.0..=100.0).contains(&m)
+        {
+            r.error(
+                format!("{p}.minimumPercent"),
+                format!("warmup minimumPercent {m} must be in range 0..100"),
+            );
+        }
+        if let Some(a) = w.aggression
+            && a < 1.0
+        {
+            r.error(
+                format!("{p}.aggression"),
+                format!("warmup aggression {a} must be at least 1"),
+            );
+        }
+    }
+}
+
+fn validate_consistent_hash(r: &mut Report, path: &str, ch: &ConsistentHashLb) {
+    check_oneof(
+        r,
+        path,
+        &[
+            ("httpHeaderName", !ch.http_header_name.is_empty()),
+            ("httpCookie", ch.http_cookie.is_some()),
+            ("useSourceIp", ch.use_source_ip),
+            ("httpQueryParameterName", !ch.http_query_parameter_name.is_empty()),
+        ],
+    );
+    check_oneof(
+        r,
+        path,
+        &[("ringHash", ch.ring_hash.is_some()), ("maglev", ch.maglev.is_some())],
+    );
+    if let Some(c) = &ch.http_cookie {
+        let p = format!("{path}.httpCookie");
+        if c.name.is_empty() {
+            r.error(format!("{p}.name"), "name required for HttpCookie");
+        }
+        match &c.ttl {
+            None => r.error(format!("{p}.ttl"), "ttl required for HttpCookie"),
+            // 0s is meaningful here (a session cookie), so only the syntax is checked.
+            Some(d) => {
+                if let Err(e) = d.parse() {
+                    r.error(format!("{p}.ttl"), e);
+                }
+            }
+        }
+    }
+    if ch.minimum_ring_size != 0 {
+        r.warn(
+            format!("{path}.minimumRingSize"),
+            "consistent hash MinimumRingSize is deprecated, use ConsistentHashLB's RingHash configuration instead",
+        );
+        if ch.ring_hash.is_some() || ch.maglev.is_some() {
+            r.error(path, "only one of MinimumRingSize or Maglev/Ringhash can be specified");
+        }
+    }
+    if let Some(m) = &ch.maglev {
+        let p = format!("{path}.maglev.tableSize");
+        if m.table_size == 0 {
+            r.error(&p, "tableSize must be set for maglev");
+        }
+        if m.table_size >= 5_000_011 {
+            r.error(&p, "tableSize must be less than 5000011 for maglev");
+        }
+        if !is_prime(m.table_size) {
+            r.error(&p, "tableSize must be a prime number for maglev");
+        }
+    }
+}
+
+fn is_prime(n: u64) -> bool {
+    if n < 2 {
+        return false;
+    }
+    let mut d = 2u64;
+    while d.saturating_mul(d) <= n {
+        if n.is_multiple_of(d) {
+            return false;
+        }
+        d += 1;
+    }
+    true
+}
+
+/// Topology labels that `failoverPriority` cannot combine with `failover`/`distribute`.
+const TOPOLOGY_LABELS: &[&str] = &[
+    "topology.istio.io/network",
+    "topology.istio.io/cluster",
+    "topology.kubernetes.io/region",
+    "topology.kubernetes.io/zone",
+    "topology.istio.io/subzone",
+];
+
+fn validate_locality_lb(r: &mut Report, path: &str, l: &LocalityLoadBalancerSetting, has_outlier: bool) {
+    if !l.distribute.is_empty() && !l.failover.is_empty() {
+        r.error(path, "can not simultaneously specify 'distribute' and 'failover'");
+        return;
+    }
+    if !l.failover.is_empty() && !has_outlier {
+        r.warn(
+            format!("{path}.failover"),
+            "outlier detection policy must be provided for failover",
+        );
+    }
+    for (i, f) in l.failover.iter().enumerate() {
+        let p = format!("{path}.failover[{i}]");
+        if f.from == f.to {
+            r.error(&p, "locality lb failover settings must specify different regions");
+        }
+        if f.from.contains('/') || f.to.contains('/') {
+            r.error(&p, "locality lb failover only specify region");
+        }
+        if f.from.contains('*') || f.to.contains('*') {
+            r.error(&p, "locality lb failover region should not contain '*' wildcard");
+        }
+    }
+    let mut sources = Vec::new();
+    for (i, d) in l.distribute.iter().enumerate() {
+        let p = format!("{path}.distribute[{i}]");
+        sources.push(d.from.as_str());
+        let mut total = 0u64;
+        for (loc, weight) in &d.to {
+            if !(1..=100).contains(weight) {
+                r.error(
+                    field(&format!("{p}.to"), loc),
+                    "locality weight must be in range [1, 100]",
+                );
+                return;
+            }
+            total += u64::from(*weight);
+        }
+        if total != 100 {
+            r.error(format!("{p}.to"), format!("total locality weight {total} != 100"));
+            return;
+        }
+        validate_localities(r, &format!("{p}.to"), d.to.keys().map(String::as_str));
+    }
+    validate_localities(r, &format!("{path}.distribute"), sources.into_iter());
+    if (!l.failover.is_empty() || !l.distribute.is_empty()) && !l.failover_priority.is_empty() {
+        for (i, label) in l.failover_priority.iter().enumerate() {
+            if TOPOLOGY_LABELS.contains(&label.as_str()) {
+                r.error(
+                    format!("{path}.failoverPriority[{i}]"),
+                    format!(
+                        "can not simultaneously set 'failover' or 'distribute' and 'failoverPriority' with topology label '{label}'"
+                    ),
+                );
+            }
+        }
+    }
+}
+
+/// `region/zone/subzone` patterns with an optional trailing `*`, none covering another.
+fn validate_localities<'a>(r: &mut Report, path: &str, localities: impl Iterator<Item = &'a str>) {
+    let mut seen: Vec<Vec<&str>> = Vec::new();
+    for loc in localities {
+        let stars = loc.matches('*').count();
+        if stars > 1 || (stars == 1 && !loc.ends_with('*')) {
+            r.error(
+                path,
+                format!("locality {loc} wildcard '*' number can not exceed 1 and must be in the end"),
+            );
+            return;
+        }
+        let parts: Vec<&str> = loc.split('/').collect();
+        if parts.len() > 3 || parts.iter().any(|p| p.is_empty()) {
+            r.error(
+                path,
+                format!("locality {loc} must not contain empty region/zone/subzone info"),
+            );
+            return;
+        }
+        let overlaps = seen.iter().any(|prev| covers(prev, &parts) || covers(&parts, prev));
+        if overlaps {
+            r.error(path, format!("locality {loc} overlap with previous specified ones"));
+            return;
+        }
+        seen.push(parts);
+    }
+}
+
+/// Whether locality pattern `a` matches everything `b` does (equal, or `a` ends in `*` at or
+/// above `b`'s level with the same leading segments).
+fn covers(a: &[&str], b: &[&str]) -> bool {
+    if a == b {
+        return true;
+    }
+    match a.split_last() {
+        Some((&"*", prefix)) => b.len() > prefix.len() && b[..prefix.len()] == *prefix,
+        _ => false,
+    }
+}
+
+/// A25: `ClientTLSSettings`.
+fn validate_client_tls(r: &mut Report, path: &str, tls: &ClientTlsSettings) {
+    if tls.insecure_skip_verify == Some(true) {
+        if tls.mode == ClientTlsMode::Simple
+            && (!tls.ca_certificates.is_empty() || !tls.credential_name.is_empty() || !tls.subject_alt_names.is_empty())
+        {
+            r.error(path, "cannot specify CaCertificates or CredentialName or SubjectAltNames when InsecureSkipVerify is set true");
+        }
+        if tls.mode == ClientTlsMode::Mutual && (!tls.ca_certificates.is_empty() || !tls.subject_alt_names.is_empty()) {
+            r.error(
+                path,
+                "cannot specify CaCertificates or SubjectAltNames when InsecureSkipVerify is set true",
+            );
+        }
+    }
+    let simple_or_mutual = matches!(tls.mode, ClientTlsMode::Simple | ClientTlsMode::Mutual);
+    if simple_or_mutual && !tls.credential_name.is_empty() {
+        if !tls.client_certificate.is_empty()
+            || !tls.ca_certificates.is_empty()
+            || !tls.private_key.is_empty()
+            || !tls.ca_crl.is_empty()
+        {
+            r.error(
+                path,
+                "cannot specify client certificates or CA certificate or CA CRL If credentialName is set",
+            );
+        }
+        return;
+    }
+    if tls.mode == ClientTlsMode::Mutual {
+        if tls.client_certificate.is_empty() {
+            r.error(
+                format!("{path}.clientCertificate"),
+                "client certificate required for mutual tls",
+            );
+        }
+        if tls.private_key.is_empty() {
+            r.error(format!("{path}.privateKey"), "private key required for mutual tls");
+        }
+    }
+}
+
+fn validate_tunnel(r: &mut Report, path: &str, t: &TunnelSettings) {
+    if !t.protocol.is_empty() && t.protocol != "CONNECT" && t.protocol != "POST" {
+        r.error(
+            format!("{path}.protocol"),
+            "tunnel protocol must be \"CONNECT\" or \"POST\"",
+        );
+    }
+    if let Some(fqdn) = fqdn_error(&t.target_host)
+        && t.target_host.parse::<std::net::IpAddr>().is_err()
+    {
+        let ip = format!("{} is not a valid IP", t.target_host);
+        r.error(
+            format!("{path}.targetHost"),
+            format!("tunnel target host must be valid FQDN or IP address: {fqdn}; {ip}"),
+        );
+    }
+    if !(1..=65535).contains(&t.target_port) {
+        r.error(
+            format!("{path}.targetPort"),
+            format!(
+                "tunnel target port is invalid: port number {} must be in the range 1..65535",
+                t.target_port
+            ),
+        );
+    }
+}
+
+fn validate_retry_budget(r: &mut Report, path: &str, rb: &RetryBudget) {
+    // Istio leaves the bound to its CRD schema; the wording is ours.
+    if let Some(p) = rb.percent
+        && !(0.0..=100.0).contains(&p)
+    {
+        r.error(
+            format!("{path}.percent"),
+            format!("retry budget percent {p} must be in range 0..100"),
+        );
+    }
+}
+
+/// For tests in sibling modules: a label map from pairs.
+#[cfg(test)]
+pub(super) fn labels(pairs: &[(&str, &str)]) -> std::collections::BTreeMap<String, String> {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use test_case::test_case;
+
+    use super::*;
+    use crate::de::{DecodeCx, decode};
+    use crate::yaml::parse_stream;
+
+    fn parse(yaml: &str) -> DestinationRule {
+        let doc = parse_stream(yaml).unwrap().remove(0);
+        let cx = DecodeCx::new(true);
+        let dr = decode::<DestinationRule>(&doc, "spec", &cx);
+        let issues = cx.into_issues();
+        assert!(issues.is_empty(), "{issues:?}");
+        dr
+    }
+
+    fn run(yaml: &str) -> Report {
+        let mut r = Report::default();
+        validate_destination_rule(&parse(yaml), "ns", &mut r);
+        r
+    }
+
+    fn errors(yaml: &str) -> Vec<String> {
+        run(yaml)
+            .problems
+            .into_iter()
+            .filter(|p| p.severity == super::super::Severity::Error)
+            .map(|p| p.message)
+            .collect()
+    }
+
+    fn warnings(yaml: &str) -> Vec<String> {
+        run(yaml)
+            .problems
+            .into_iter()
+            .filter(|p| p.severity == super::super::Severity::Warning)
+            .map(|p| p.message)
+            .collect()
+    }
+
+    /// A realistic rule using most of the API (istio.io examples combined).
+    const FULL: &str = r#"
+host: reviews.prod.svc.cluster.local
+trafficPolicy:
+  loadBalancer:
+    consistentHash:
+      httpCookie:
+        name: user
+        path: /
+        ttl: 0s
+      ringHash:
+        minimumRingSize: 1024
+    localityLbSetting:
+      enabled: true
+      failover:
+      - from: us-east
+        to: eu-west
+    warmup:
+      duration: 60s
+      minimumPercent: 10
+      aggression: 1.5
+  connectionPool:
+    tcp:
+      maxConnections: 100
+      connectTimeout: 30ms
+      tcpKeepalive:
+        probes: 3
+        time: 7200s
+        interval: 75s
+      maxConnectionDuration: 1h
+      idleTimeout: 0s
+    http:
+      http1MaxPendingRequests: 10
+      http2MaxRequests: 1000
+      maxRequestsPerConnection: 10
+      maxRetries: 3
+      idleTimeout: 30s
+      h2UpgradePolicy: UPGRADE
+      maxConcurrentStreams: 100
+  outlierDetection:
+    consecutive5xxErrors: 7
+    consecutiveGatewayErrors: 5
+    splitExternalLocalOriginErrors: true
+    consecutiveLocalOriginFailures: 3
+    interval: 5m
+    baseEjectionTime: 15m
+    maxEjectionPercent: 50
+    minHealthPercent: 10
+  tls:
+    mode: SIMPLE
+    sni: reviews.example.com
+    subjectAltNames: [reviews.example.com]
+    caCertificates: /etc/certs/ca.pem
+    caCrl: /etc/certs/crl.pem
+  portLevelSettings:
+  - port:
+      number: 9080
+    loadBalancer:
+      simple: LEAST_REQUEST
+    tls:
+      mode: ISTIO_MUTUAL
+  retryBudget:
+    percent: 20
+    minRetryConcurrency: 3
+subsets:
+- name: v1
+  labels:
+    version: v1
+- name: v2
+  labels:
+    version: v2
+  trafficPolicy:
+    loadBalancer:
+      simple: ROUND_ROBIN
+    tunnel:
+      protocol: CONNECT
+      targetHost: 10.0.0.1
+      targetPort: 8443
+- name: v3
+  labels: {version: v3}
+  trafficPolicy:
+    loadBalancer:
+      consistentHash:
+        maglev:
+          tableSize: 65537
+        useSourceIp: true
+    proxyProtocol:
+      version: V2
+exportTo: [".", "other"]
+"#;
+
+    #[test]
+    fn full_example_decodes_and_validates_clean() {
+        let dr = parse(FULL);
+        assert_eq!(dr.subsets.len(), 3);
+        let tp = dr.traffic_policy.as_ref().unwrap();
+        assert_eq!(tp.outlier_detection.as_ref().unwrap().consecutive_5xx_errors, Some(7));
+        assert_eq!(
+            tp.connection_pool
+                .as_ref()
+                .unwrap()
+                .http
+                .as_ref()
+                .unwrap()
+                .h2_upgrade_policy,
+            H2UpgradePolicy::Upgrade
+        );
+        let r = run(FULL);
+        assert!(r.problems.is_empty(), "{:?}", r.problems);
+    }
+
+    #[test]
+    fn typo_gets_did_you_mean() {
+        let doc = parse_stream("host: a.com\ntrafficPolicy:\n  outlierDetecton: {}\n")
+            .unwrap()
+            .remove(0);
+        let cx = DecodeCx::new(true);
+        let _ = decode::<DestinationRule>(&doc, "spec", &cx);
+        let issues = cx.into_issues();
+        assert_eq!(issues.len(), 1);
+        assert_eq!(issues[0].path, "spec.trafficPolicy.outlierDetecton");
+        assert_eq!(
+            issues[0].message,
+            "unknown field `outlierDetecton`, did you mean `outlierDetection`?"
+        );
+    }
+
+    #[test]
+    fn selector_uses_match_labels() {
+        let dr = parse("host: a.com\nworkloadSelector:\n  matchLabels: {app: x}\n");
+        assert_eq!(dr.workload_selector.unwrap().match_labels, labels(&[("app", "x")]));
+    }
+
+    // A24: host.
+    #[test_case("host: reviews", &[]; "short name")]
+    #[test_case("host: '*'", &[]; "star")]
+    #[test_case("host: '*.a.com'", &[]; "wildcard")]
+    #[test_case("{}", &["empty domain name not allowed"]; "missing")]
+    #[test_case("host: a..com", &["domain name \"a..com\" invalid (label \"\" invalid)"]; "bad label")]
+    fn host(yaml: &str, want: &[&str]) {
+        assert_eq!(errors(yaml), want);
+    }
+
+    // A24: empty policies.
+    #[test_case("trafficPolicy: {}", &["traffic policy must have at least one field"]; "empty policy")]
+    #[test_case("trafficPolicy: {connectionPool: {}}", &["connection pool must have at least one field"]; "empty pool")]
+    #[test_case("trafficPolicy: {connectionPool: {tcp: {}}}", &[]; "tcp pool")]
+    #[test_case("trafficPolicy: {portLevelSettings: [{port: {number: 80}}]}", &["port traffic policy must have at least one field"]; "empty port policy")]
+    #[test_case("trafficPolicy: {portLevelSettings: [{tls: {mode: SIMPLE}}]}", &["portTrafficPolicy must have valid port"]; "port policy without port")]
+    #[test_case("trafficPolicy: {portLevelSettings: [{port: {number: 80}, tls: {mode: SIMPLE}}]}", &[]; "valid port policy")]
+    #[test_case("subsets: [{name: a, trafficPolicy: {}}]", &["traffic policy must have at least one field"]; "empty subset policy")]
+    #[test_case("trafficPolicy: {tunnel: {targetHost: a.com, targetPort: 1}, proxyProtocol: {}}", &["tunnel and proxyProtocol must not be specified at the same time"]; "tunnel and proxy protocol")]
+    fn empty_policies(extra: &str, want: &[&str]) {
+        assert_eq!(errors(&format!("host: a.com\n{extra}\n")), want);
+    }
+
+    // A24: negatives, durations, percents.
+    #[test_case(
+        "connectionPool: {tcp: {maxConnections: -1}}",
+        "max connections must be non-negative"
+    )]
+    #[test_case(
+        "connectionPool: {http: {http1MaxPendingRequests: -1}}",
+        "http1 max pending requests must be non-negative"
+    )]
+    #[test_case(
+        "connectionPool: {http: {http2MaxRequests: -1}}",
+        "http2 max requests must be non-negative"
+    )]
+    #[test_case(
+        "connectionPool: {http: {maxRequestsPerConnection: -1}}",
+        "max requests per connection must be non-negative"
+    )]
+    #[test_case("connectionPool: {http: {maxRetries: -1}}", "max retries must be non-negative")]
+    #[test_case(
+        "connectionPool: {http: {maxConcurrentStreams: -1}}",
+        "max concurrent streams must be non-negative"
+    )]
+    #[test_case(
+        "connectionPool: {http: {h2UpgradePolicy: UPGRADE, useClientProtocol: true}}",
+        "use client protocol must not be true when H2UpgradePolicy is UPGRADE"
+    )]
+    #[test_case(
+        "connectionPool: {tcp: {connectTimeout: 0.5ms}}",
+        "duration must be greater than 1ms"
+    )]
+    #[test_case(
+        "connectionPool: {tcp: {connectTimeout: 1.5ms}}",
+        "only durations to ms precision are supported"
+    )]
+    #[test_case("connectionPool: {http: {idleTimeout: 0s}}", "duration must be greater than 1ms")]
+    #[test_case("outlierDetection: {interval: 0s}", "duration must be greater than 1ms")]
+    #[test_case("outlierDetection: {baseEjectionTime: 0s}", "duration must be greater than 1ms")]
+    #[test_case(
+        "outlierDetection: {maxEjectionPercent: 101}",
+        "percentage 101 is not in range 0..100"
+    )]
+    #[test_case("outlierDetection: {minHealthPercent: -1}", "percentage -1 is not in range 0..100")]
+    #[test_case(
+        "outlierDetection: {consecutiveLocalOriginFailures: 3}",
+        "outlier detection consecutive local origin failures is specified, but split external local origin errors is set to false"
+    )]
+    #[test_case("loadBalancer: {warmupDurationSecs: 0s}", "duration must be greater than 1ms")]
+    #[test_case(
+        "loadBalancer: {warmup: {minimumPercent: 120}}",
+        "warmup minimumPercent 120 must be in range 0..100"
+    )]
+    #[test_case(
+        "loadBalancer: {warmup: {aggression: 0.5}}",
+        "warmup aggression 0.5 must be at least 1"
+    )]
+    #[test_case("retryBudget: {percent: 101}", "retry budget percent 101 must be in range 0..100")]
+    #[test_case(
+        "tunnel: {protocol: GET, targetHost: a.com, targetPort: 80}",
+        "tunnel protocol must be \"CONNECT\" or \"POST\""
+    )]
+    #[test_case(
+        "tunnel: {targetHost: 'a b', targetPort: 80}",
+        "tunnel target host must be valid FQDN or IP address: domain name \"a b\" invalid (label \"a b\" invalid); a b is not a valid IP"
+    )]
+    #[test_case(
+        "tunnel: {targetHost: a.com}",
+        "tunnel target port is invalid: port number 0 must be in the range 1..65535"
+    )]
+    #[test_case(
+        "portLevelSettings: [{port: {number: 0}, tls: {}}]",
+        "port number 0 must be in the range 1..65535"
+    )]
+    fn policy_field_errors(policy: &str, want: &str) {
+        assert_eq!(errors(&format!("host: a.com\ntrafficPolicy: {{{policy}}}\n")), [want]);
+    }
+
+    #[test]
+    fn tcp_idle_timeout_zero_disables() {
+        assert!(errors("host: a.com\ntrafficPolicy: {connectionPool: {tcp: {idleTimeout: 0s}}}").is_empty());
+    }
+
+    #[test]
+    fn consecutive_errors_is_deprecated() {
+        let yaml = "host: a.com\ntrafficPolicy: {outlierDetection: {consecutiveErrors: 5}}";
+        assert!(errors(yaml).is_empty());
+        assert_eq!(
+            warnings(yaml),
+            [
+                "outlier detection consecutive errors is deprecated, use consecutiveGatewayErrors or consecutive5xxErrors instead"
+            ]
+        );
+    }
+
+    // Load balancer.
+    #[test_case("simple: ROUND_ROBIN", &[]; "simple")]
+    #[test_case("simple: RANDOM\nconsistentHash: {useSourceIp: true}", &["only one of simple or consistentHash may be set, found simple and consistentHash"]; "oneof")]
+    #[test_case("consistentHash: {httpHeaderName: x, useSourceIp: true}", &["only one of httpHeaderName, httpCookie, useSourceIp or httpQueryParameterName may be set, found httpHeaderName and useSourceIp"]; "hash key oneof")]
+    #[test_case("consistentHash: {httpCookie: {}}", &["name required for HttpCookie", "ttl required for HttpCookie"]; "cookie")]
+    #[test_case("consistentHash: {httpCookie: {name: a, ttl: 10s}}", &[]; "good cookie")]
+    #[test_case("consistentHash: {useSourceIp: true, maglev: {tableSize: 65536}}", &["tableSize must be a prime number for maglev"]; "maglev not prime")]
+    #[test_case("consistentHash: {useSourceIp: true, maglev: {}}", &["tableSize must be set for maglev", "tableSize must be a prime number for maglev"]; "maglev unset")]
+    #[test_case("consistentHash: {useSourceIp: true, maglev: {tableSize: 5000011}}", &["tableSize must be less than 5000011 for maglev"]; "maglev too big")]
+    #[test_case("consistentHash: {useSourceIp: true, minimumRingSize: 10, ringHash: {minimumRingSize: 10}}", &["only one of MinimumRingSize or Maglev/Ringhash can be specified"]; "ring size twice")]
+    fn load_balancer(lb: &str, want: &[&str]) {
+        let lb = lb.replace('\n', "\n    ");
+        assert_eq!(
+            errors(&format!("host: a.com\ntrafficPolicy:\n  loadBalancer:\n    {lb}\n")),
+            want
+        );
+    }
+
+    #[test]
+    fn minimum_ring_size_is_deprecated() {
+        assert_eq!(
+            warnings(
+                "host: a.com\ntrafficPolicy: {loadBalancer: {consistentHash: {useSourceIp: true, minimumRingSize: 10}}}"
+            ),
+            ["consistent hash MinimumRingSize is deprecated, use ConsistentHashLB's RingHash configuration instead"]
+        );
+    }
+
+    // Locality load balancing.
+    #[test_case("failover: [{from: a, to: b}]\n    distribute: [{from: a, to: {b: 100}}]", &["can not simultaneously specify 'distribute' and 'failover'"]; "both")]
+    #[test_case("failover: [{from: a, to: a}]", &["locality lb failover settings must specify different regions"]; "same region")]
+    #[test_case("failover: [{from: a/b, to: c}]", &["locality lb failover only specify region"]; "zone")]
+    #[test_case("failover: [{from: '*', to: c}]", &["locality lb failover region should not contain '*' wildcard"]; "wildcard")]
+    #[test_case("distribute: [{from: 'us/*', to: {'us/z1/*': 80, 'us/z2/*': 20}}]", &[]; "good distribute")]
+    #[test_case("distribute: [{from: a, to: {b: 0, c: 100}}]", &["locality weight must be in range [1, 100]"]; "zero weight")]
+    #[test_case("distribute: [{from: a, to: {b: 50, c: 40}}]", &["total locality weight 90 != 100"]; "total")]
+    #[test_case("distribute: [{from: 'a/*/b', to: {b: 100}}]", &["locality a/*/b wildcard '*' number can not exceed 1 and must be in the end"]; "inner star")]
+    #[test_case("distribute: [{from: 'a//b', to: {b: 100}}]", &["locality a//b must not contain empty region/zone/subzone info"]; "empty zone")]
+    #[test_case("distribute: [{from: 'a/*', to: {b: 100}}, {from: a/b, to: {b: 100}}]", &["locality a/b overlap with previous specified ones"]; "overlap")]
+    #[test_case("failover: [{from: a, to: b}]\n    failoverPriority: [topology.istio.io/network]", &["can not simultaneously set 'failover' or 'distribute' and 'failoverPriority' with topology label 'topology.istio.io/network'"]; "priority")]
+    #[test_case("failoverPriority: [topology.istio.io/network]", &[]; "priority alone")]
+    fn locality(settings: &str, want: &[&str]) {
+        let yaml = format!(
+            "host: a.com\ntrafficPolicy:\n  outlierDetection: {{consecutive5xxErrors: 1}}\n  loadBalancer:\n   localityLbSetting:\n    {settings}\n"
+        );
+        assert_eq!(errors(&yaml), want);
+    }
+
+    #[test]
+    fn failover_without_outlier_detection_warns() {
+        let yaml = "host: a.com\ntrafficPolicy: {loadBalancer: {localityLbSetting: {failover: [{from: a, to: b}]}}}";
+        assert!(errors(yaml).is_empty());
+        assert_eq!(
+            warnings(yaml),
+            ["outlier detection policy must be provided for failover"]
+        );
+    }
+
+    // A25: client TLS.
+    #[test_case("mode: MUTUAL\nclientCertificate: c\nprivateKey: k", &[]; "mutual with files")]
+    #[test_case("mode: MUTUAL\ncredentialName: s", &[]; "mutual with credential")]
+    #[test_case("mode: MUTUAL", &["client certificate required for mutual tls", "private key required for mutual tls"]; "mutual without")]
+    #[test_case("mode: SIMPLE\ncredentialName: s\ncaCertificates: ca", &["cannot specify client certificates or CA certificate or CA CRL If credentialName is set"]; "credential plus files")]
+    #[test_case("mode: SIMPLE\ninsecureSkipVerify: true\nsubjectAltNames: [a]", &["cannot specify CaCertificates or CredentialName or SubjectAltNames when InsecureSkipVerify is set true"]; "skip verify simple")]
+    #[test_case("mode: MUTUAL\ninsecureSkipVerify: true\ncaCertificates: ca\nclientCertificate: c\nprivateKey: k", &["cannot specify CaCertificates or SubjectAltNames when InsecureSkipVerify is set true"]; "skip verify mutual")]
+    #[test_case("mode: SIMPLE\ninsecureSkipVerify: true", &[]; "skip verify alone")]
+    #[test_case("mode: ISTIO_MUTUAL\nclientCertificate: c", &[]; "istio mutual unchecked")]
+    #[test_case("mode: DISABLE", &[]; "disable")]
+    fn client_tls(tls: &str, want: &[&str]) {
+        let tls = tls.replace('\n', "\n    ");
+        assert_eq!(
+            errors(&format!("host: a.com\ntrafficPolicy:\n  tls:\n    {tls}\n")),
+            want
+        );
+    }
+
+    // A26: subsets.
+    #[test_case("[{name: v1, labels: {version: v1}}, {name: v2}]", &[]; "good")]
+    #[test_case("[{name: v1}, {name: v1}]", &["duplicate subset names: v1"]; "duplicate")]
+    #[test_case("[{labels: {a: b}}]", &["subset name cannot be empty"]; "empty name")]
+    #[test_case("[{name: v1.0}]", &["subset name is invalid: v1.0"]; "dotted name")]
+    #[test_case("[{name: v1, labels: {'a b': c}}]", &["invalid tag key: \"a b\""]; "bad label key")]
+    #[test_case("[{name: v1, labels: {a: 'b c'}}]", &["invalid tag value: \"b c\""]; "bad label value")]
+    fn subsets(subsets: &str, want: &[&str]) {
+        assert_eq!(errors(&format!("host: a.com\nsubsets: {subsets}\n")), want);
+    }
+
+    #[test]
+    fn subset_paths() {
+        let r = run("host: a.com\nsubsets: [{name: v1}, {name: v1}]");
+        assert_eq!(r.problems[0].path, "spec.subsets[1].name");
+    }
+
+    // A27: exportTo and workload selector.
+    #[test_case("exportTo: ['*']", &[]; "public")]
+    #[test_case("exportTo: ['~']", &["exportTo ~ (none) is not allowed for Istio configuration objects"]; "none")]
+    #[test_case("exportTo: ['.', ns]", &["duplicate entries in exportTo: . and current namespace ns"]; "dup dot")]
+    #[test_case("workloadSelector: {matchLabels: {app: a}}\nexportTo: ['.']", &[]; "selector own ns")]
+    #[test_case("workloadSelector: {matchLabels: {app: a}}\nexportTo: [ns]", &[]; "selector own ns by name")]
+    #[test_case("workloadSelector: {matchLabels: {app: a}}\nexportTo: ['*']", &["destination rule with workload selector cannot have exportTo beyond current namespace"]; "selector public")]
+    #[test_case("workloadSelector: {matchLabels: {app: a}}\nexportTo: [other]", &["destination rule with workload selector cannot have exportTo beyond current namespace"]; "selector other")]
+    #[test_case("workloadSelector: {matchLabels: {app: a}}\nexportTo: ['.', other]", &["destination rule with workload selector cannot have multiple entries in exportTo"]; "selector multiple")]
+    #[test_case("workloadSelector: {matchLabels: {'a*': b}}", &["wildcard is not supported in selector: \"a*\"", "invalid tag key: \"a*\""]; "selector wildcard")]
+    #[test_case("workloadSelector: {matchLabels: {'': b}}", &["empty key is not supported in selector: \"\"", "invalid tag key: \"\""]; "selector empty key")]
+    fn export_to_and_selector(extra: &str, want: &[&str]) {
+        assert_eq!(errors(&format!("host: a.com\n{extra}\n")), want);
+    }
+
+    #[test]
+    fn selector_without_labels_warns() {
+        let r = run("host: a.com\nworkloadSelector: {}");
+        assert_eq!(r.messages(), ["workload selector specified without labels"]);
+        assert_eq!(r.problems[0].severity, super::super::Severity::Warning);
+        assert_eq!(r.problems[0].path, "spec.workloadSelector");
+    }
+
+    #[test]
+    fn paths_are_full() {
+        let r = run(
+            "host: a.com\ntrafficPolicy: {portLevelSettings: [{port: {number: 80}, connectionPool: {tcp: {maxConnections: -1}}}]}",
+        );
+        assert_eq!(
+            r.problems[0].path,
+            "spec.trafficPolicy.portLevelSettings[0].connectionPool.tcp.maxConnections"
+        );
+        let r = run("host: a.com\ntrafficPolicy: {tls: {mode: MUTUAL, privateKey: k}}");
+        assert_eq!(r.problems[0].path, "spec.trafficPolicy.tls.clientCertificate");
+    }
+
+    #[test]
+    fn primes() {
+        assert!(is_prime(65537));
+        assert!(is_prime(2));
+        assert!(!is_prime(1));
+        assert!(!is_prime(65536));
+    }
+}
