@@ -1,1 +1,110 @@
 //! The service registry: resources to services and endpoints, as Istio computes them.
+//!
+//! [`Registry::build`] is a pure function from validated resources (ServiceEntries,
+//! WorkloadEntries, Pods) to an immutable snapshot, meant to be shared as `Arc<Registry>`:
+//!
+//! - [`model`]: the resolved types, [`Service`], [`Port`], [`Endpoint`], [`Warning`];
+//! - `build`: Istio's conversion (B1-B7) and same-host merge (B8), plus a [`Warning`] for
+//!   each conflict Istio settles silently (B8, B10, C5);
+//! - [`index`]: the lookups the data plane uses, per proxy namespace ([`View`]);
+//! - [`host`]: B11's host matching;
+//! - [`json`]: the stable JSON form printed by `meshentry registry`.
+//!
+//! Rule ids (B1..B11, C4, C5) refer to the project's Istio semantics notes.
+
+mod build;
+pub mod host;
+pub mod index;
+pub mod json;
+pub mod model;
+
+use meshentry_api::Resource;
+
+pub use index::View;
+pub use json::RegistryJson;
+pub use model::{
+    Address, Endpoint, ExportTo, Labels, Location, Port, Protocol, Resolution, Scope, Service, ServiceId, Source,
+    SourceId, TlsMode, Warning, Workload,
+};
+
+/// An immutable registry snapshot.
+pub struct Registry {
+    sources: Vec<Source>,
+    services: Vec<Service>,
+    listing: Vec<ServiceId>,
+    warnings: Vec<Warning>,
+    index: index::Index,
+}
+
+impl Registry {
+    /// Builds the registry from `resources`, skipping those that are not `valid` and kinds
+    /// the registry does not read. Pure and deterministic: the result depends on the set of
+    /// resources and their ages ([`Resource::age_key`], Istio's oldest-first order), not on
+    /// the order they come in. Never fails: what Istio would drop is dropped, and every
+    /// silent conflict becomes a [`Warning`].
+    pub fn build<'a>(resources: impl IntoIterator<Item = &'a Resource>) -> Registry {
+        let built = build::build(resources);
+        let index = index::Index::new(&built.services);
+        Registry {
+            sources: built.sources,
+            services: built.services,
+            listing: built.listing,
+            warnings: built.warnings,
+            index,
+        }
+    }
+
+    /// Every service, one per host and namespace (Istio's `HostnameAndNamespace` index: the
+    /// oldest ServiceEntry's, with the ports B8 merges into it), sorted by host, then
+    /// namespace.
+    pub fn services(&self) -> impl ExactSizeIterator<Item = &Service> + '_ {
+        self.listing.iter().map(|&id| &self.services[id as usize])
+    }
+
+    /// A service by id.
+    pub fn service(&self, id: ServiceId) -> Option<&Service> {
+        self.services.get(id as usize)
+    }
+
+    /// The registry as a proxy in `namespace` sees it (B9, B10).
+    pub fn view<'n>(&self, namespace: &'n str) -> View<'_, 'n> {
+        View {
+            services: &self.services,
+            index: &self.index,
+            namespace,
+        }
+    }
+
+    /// "What does namespace `ns` see": one service per host, the one its proxies use (B9,
+    /// B10), sorted by host.
+    pub fn visible(&self, namespace: &str) -> Vec<&Service> {
+        self.view(namespace).services()
+    }
+
+    /// Conflicts Istio resolves silently, oldest resources first.
+    pub fn warnings(&self) -> &[Warning] {
+        &self.warnings
+    }
+
+    /// The resources the registry was built from, oldest first ([`SourceId`] order).
+    pub fn sources(&self) -> &[Source] {
+        &self.sources
+    }
+
+    /// The JSON form: every service, or (with a namespace) the ones that namespace sees.
+    pub fn to_json(&self, namespace: Option<&str>) -> RegistryJson<'_> {
+        match namespace {
+            Some(ns) => RegistryJson::new(self.visible(ns)),
+            None => RegistryJson::new(self.services()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn registry_is_shareable() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<super::Registry>();
+    }
+}

@@ -1,0 +1,738 @@
+//! From validated resources to services and endpoints: Istio's conversion (B1-B7), the merge of
+//! one host defined by several ServiceEntries in a namespace (B8), and the warnings for every
+//! conflict Istio settles without a word (B8, B10, C5).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use ipnet::IpNet;
+use meshentry_api::model::{ObjectMeta, PodSpec, PodStatus, ServiceEntry, WorkloadEntry};
+use meshentry_api::{Resource, Spec};
+
+use crate::model::*;
+
+/// The label Istio reads an endpoint's `tlsMode` from (B5).
+const TLS_MODE_LABEL: &str = "security.istio.io/tlsMode";
+
+/// What [`build`] hands to [`crate::Registry`].
+pub(crate) struct Built {
+    pub sources: Vec<Source>,
+    /// Sorted by (host, namespace); within one host and namespace, the merge classes oldest
+    /// first (the first is the one Istio's `HostnameAndNamespace` index keeps).
+    pub services: Vec<Service>,
+    /// The first service of each (host, namespace).
+    pub listing: Vec<ServiceId>,
+    pub warnings: Vec<Warning>,
+}
+
+/// A WorkloadEntry or ready Pod that a `workloadSelector` may pick.
+struct Selectable {
+    workload: Arc<Workload>,
+    /// Hostname and unix addresses: only DNS and DNS_ROUND_ROBIN ServiceEntries select them (B7).
+    dns_only: bool,
+}
+
+/// The selectable workloads of one namespace, with a label index so that a selector looks at
+/// the workloads carrying one of its pairs instead of at the whole namespace.
+#[derive(Default)]
+struct NsWorkloads {
+    list: Vec<Selectable>,
+    /// key -> value -> positions in `list`, ascending (so oldest first).
+    by_label: HashMap<String, HashMap<String, Vec<u32>>>,
+}
+
+/// One host of one ServiceEntry, before B8's merge.
+struct Raw {
+    host: Arc<str>,
+    namespace: Arc<str>,
+    source: SourceId,
+    ports: Arc<[Port]>,
+    addresses: Arc<[Address]>,
+    resolution: Resolution,
+    location: Location,
+    export_to: ExportTo,
+    subject_alt_names: Arc<[String]>,
+    labels: Arc<Labels>,
+    selector: Option<Arc<Labels>>,
+    /// Port-major, in `ports` order.
+    endpoints: Vec<Endpoint>,
+}
+
+/// Warnings with the age of each resource they name, so they can be sorted oldest first.
+#[derive(Default)]
+struct Warnings(Vec<(Vec<SourceId>, Warning)>);
+
+impl Warnings {
+    fn push(&mut self, sources: &[Source], ids: &[SourceId], message: String) {
+        let mut unique: Vec<SourceId> = Vec::with_capacity(ids.len());
+        for &id in ids {
+            if !unique.contains(&id) {
+                unique.push(id);
+            }
+        }
+        let ids = &unique[..];
+        let resources = ids.iter().map(|&i| {
+            (
+                sources[i as usize].display_name.clone(),
+                sources[i as usize].origin.clone(),
+            )
+        });
+        self.0.push((
+            ids.to_vec(),
+            Warning {
+                message,
+                resources: resources.collect(),
+            },
+        ));
+    }
+}
+
+/// Builds the registry's services. Pure: the result depends only on the set of valid
+/// resources and their ages ([`Resource::age_key`]), not on the order they are given in.
+pub(crate) fn build<'a>(resources: impl IntoIterator<Item = &'a Resource>) -> Built {
+    let mut resources: Vec<&Resource> = resources
+        .into_iter()
+        .filter(|r| {
+            r.valid
+                && matches!(
+                    r.spec,
+                    Spec::ServiceEntry(_) | Spec::WorkloadEntry(_) | Spec::Pod { .. }
+                )
+        })
+        .collect();
+    resources.sort_by(|a, b| a.age_key().cmp(&b.age_key()));
+    let sources: Vec<Source> = resources
+        .iter()
+        .map(|r| Source {
+            display_name: r.display_name(),
+            origin: r.origin.clone(),
+        })
+        .collect();
+
+    let mut workloads: HashMap<&str, NsWorkloads> = HashMap::new();
+    for (id, r) in resources.iter().enumerate() {
+        let selectable = match &r.spec {
+            Spec::WorkloadEntry(we) => workload_entry(we, &r.meta, id as SourceId),
+            Spec::Pod { spec, status } => pod(spec, status, &r.meta, id as SourceId),
+            _ => None,
+        };
+        if let Some(s) = selectable {
+            let ns = workloads.entry(r.namespace.as_str()).or_default();
+            let pos = ns.list.len() as u32;
+            for (k, v) in s.workload.labels.iter() {
+                ns.by_label
+                    .entry(k.clone())
+                    .or_default()
+                    .entry(v.clone())
+                    .or_default()
+                    .push(pos);
+            }
+            ns.list.push(s);
+        }
+    }
+
+    let mut raws: Vec<Raw> = Vec::new();
+    let mut namespaces: HashMap<&str, Arc<str>> = HashMap::new();
+    for (id, r) in resources.iter().enumerate() {
+        if let Spec::ServiceEntry(se) = &r.spec {
+            let ns = namespaces
+                .entry(r.namespace.as_str())
+                .or_insert_with(|| r.namespace.as_str().into())
+                .clone();
+            convert(
+                se,
+                r,
+                id as SourceId,
+                ns,
+                workloads.get(r.namespace.as_str()),
+                &mut raws,
+            );
+        }
+    }
+
+    let mut groups: HashMap<(Arc<str>, Arc<str>), Vec<Raw>> = HashMap::new();
+    for raw in raws {
+        groups
+            .entry((raw.host.clone(), raw.namespace.clone()))
+            .or_default()
+            .push(raw);
+    }
+    let mut groups: Vec<_> = groups.into_iter().collect();
+    groups.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+
+    let mut warnings = Warnings::default();
+    let mut services = Vec::with_capacity(groups.len());
+    let mut listing = Vec::with_capacity(groups.len());
+    for (_, group) in groups {
+        listing.push(services.len() as ServiceId);
+        merge_group(group, &sources, &mut services, &mut warnings);
+    }
+
+    shadowed_hosts(&services, &listing, &sources, &mut warnings);
+    shared_listeners(&services, &listing, &sources, &mut warnings);
+
+    let mut warnings = warnings.0;
+    warnings.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.message.cmp(&b.1.message)));
+    Built {
+        sources,
+        services,
+        listing,
+        warnings: warnings.into_iter().map(|(_, w)| w).collect(),
+    }
+}
+
+/// B7: a WorkloadEntry's labels are `spec.labels` overlaid by `metadata.labels`. One without
+/// an address (only a `network`, reached through that network's gateway) has nothing to dial
+/// in a single-network registry and is left out.
+fn workload_entry(we: &WorkloadEntry, meta: &ObjectMeta, source: SourceId) -> Option<Selectable> {
+    let mut labels = we.labels.clone();
+    labels.extend(meta.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let workload = inline_workload(we, labels, source)?;
+    let dns_only = workload.address.parse::<std::net::IpAddr>().is_err();
+    Some(Selectable {
+        workload: Arc::new(workload),
+        dns_only,
+    })
+}
+
+/// B7: ready Pods only; their ports are the named TCP container ports. The tlsMode comes from
+/// the label the injector sets, else `disabled`.
+fn pod(spec: &PodSpec, status: &PodStatus, meta: &ObjectMeta, source: SourceId) -> Option<Selectable> {
+    if !status.is_ready() {
+        return None;
+    }
+    let ports = spec
+        .containers
+        .iter()
+        .flat_map(|c| &c.ports)
+        .filter(|p| !p.name.is_empty() && (p.protocol.is_empty() || p.protocol.eq_ignore_ascii_case("TCP")))
+        .map(|p| (p.name.clone(), p.container_port))
+        .collect();
+    let tls_mode = match meta.labels.get(TLS_MODE_LABEL).map(String::as_str) {
+        Some("istio") => TlsMode::Istio,
+        _ => TlsMode::Disabled,
+    };
+    let sa = if spec.service_account_name.is_empty() {
+        &spec.service_account
+    } else {
+        &spec.service_account_name
+    };
+    let workload = Workload {
+        address: status.pod_ip.as_str().into(),
+        ports,
+        labels: Arc::new(meta.labels.clone()),
+        network: "".into(),
+        locality: "".into(),
+        weight: 0,
+        service_account: sa.as_str().into(),
+        tls_mode,
+        source,
+    };
+    Some(Selectable {
+        workload: Arc::new(workload),
+        dns_only: false,
+    })
+}
+
+/// B5, for `spec.endpoints[]` and WorkloadEntries.
+fn inline_workload(we: &WorkloadEntry, labels: Labels, source: SourceId) -> Option<Workload> {
+    if we.address.is_empty() {
+        return None;
+    }
+    let tls_mode = match labels.get(TLS_MODE_LABEL).map(String::as_str) {
+        Some("istio") => TlsMode::Istio,
+        Some(_) => TlsMode::Disabled,
+        None if !we.service_account.is_empty() => TlsMode::Istio,
+        None => TlsMode::Disabled,
+    };
+    Some(Workload {
+        address: we.address.as_str().into(),
+        ports: we.ports.clone(),
+        labels: Arc::new(labels),
+        network: we.network.as_str().into(),
+        locality: we.locality.as_str().into(),
+        weight: we.weight,
+        service_account: we.service_account.as_str().into(),
+        tls_mode,
+        source,
+    })
+}
+
+/// B7: the workloads of the ServiceEntry's own namespace whose labels contain every selector
+/// pair, oldest first. An empty selector selects the whole namespace.
+fn select(ns: Option<&NsWorkloads>, selector: &Labels, dns: bool) -> Vec<Arc<Workload>> {
+    let Some(ns) = ns else { return Vec::new() };
+    let usable = |s: &Selectable| dns || !s.dns_only;
+    let contains_all = |s: &Selectable| selector.iter().all(|(k, v)| s.workload.labels.get(k) == Some(v));
+    let mut narrowest: Option<&Vec<u32>> = None;
+    for (k, v) in selector {
+        match ns.by_label.get(k).and_then(|vs| vs.get(v)) {
+            None => return Vec::new(),
+            Some(list) if narrowest.is_none_or(|n| list.len() < n.len()) => narrowest = Some(list),
+            Some(_) => {}
+        }
+    }
+    match narrowest {
+        Some(list) => list
+            .iter()
+            .map(|&i| &ns.list[i as usize])
+            .filter(|s| usable(s) && contains_all(s))
+            .map(|s| s.workload.clone())
+            .collect(),
+        None => ns
+            .list
+            .iter()
+            .filter(|s| usable(s))
+            .map(|s| s.workload.clone())
+            .collect(),
+    }
+}
+
+/// B4: unix sockets have port 0; else the workload's port of that name if > 0, else
+/// `targetPort`, else the service port.
+fn endpoint_port(w: &Workload, port: &Port) -> u32 {
+    if w.is_unix() {
+        return 0;
+    }
+    match w.ports.get(&*port.name) {
+        Some(&p) if p > 0 => p,
+        _ => port.target_port.unwrap_or(port.number),
+    }
+}
+
+/// B1-B7 for one ServiceEntry: one [`Raw`] per host.
+fn convert(
+    se: &ServiceEntry,
+    r: &Resource,
+    source: SourceId,
+    namespace: Arc<str>,
+    ns: Option<&NsWorkloads>,
+    out: &mut Vec<Raw>,
+) {
+    let ports: Arc<[Port]> = se
+        .ports
+        .iter()
+        .map(|p| Port {
+            name: p.name.as_str().into(),
+            number: p.number,
+            protocol: Protocol::parse(&p.protocol),
+            target_port: (p.target_port > 0).then_some(p.target_port),
+        })
+        .collect();
+    let addresses: Arc<[Address]> = se.addresses.iter().filter_map(|a| Address::parse(a)).collect();
+    let resolution = se.resolution.unwrap_or_default();
+    let location = se.location.unwrap_or_default();
+    let export_to = ExportTo::new(&se.export_to, &r.namespace);
+    let subject_alt_names: Arc<[String]> = se.subject_alt_names.as_slice().into();
+    let labels = Arc::new(r.meta.labels.clone());
+    let selector = se.workload_selector.as_ref().map(|s| Arc::new(s.labels.clone()));
+    let dns = matches!(resolution, Resolution::Dns | Resolution::DnsRoundRobin);
+    let workloads: Vec<Arc<Workload>> = match &selector {
+        Some(sel) => select(ns, sel, dns),
+        None => se
+            .endpoints
+            .iter()
+            .filter_map(|e| inline_workload(e, e.labels.clone(), source))
+            .map(Arc::new)
+            .collect(),
+    };
+    // B6: a DNS service with neither endpoints nor selector resolves its own host.
+    let resolve_host = dns && se.endpoints.is_empty() && selector.is_none();
+    for host in &se.hosts {
+        let host: Arc<str> = host.as_str().into();
+        let mut endpoints = Vec::with_capacity(ports.len() * workloads.len().max(1));
+        let host_workload = resolve_host.then(|| {
+            Arc::new(Workload {
+                address: (*host).into(),
+                ports: BTreeMap::new(),
+                labels: Arc::default(),
+                network: "".into(),
+                locality: "".into(),
+                weight: 0,
+                service_account: "".into(),
+                tls_mode: TlsMode::Disabled,
+                source,
+            })
+        });
+        for port in ports.iter() {
+            match &host_workload {
+                Some(w) => endpoints.push(Endpoint {
+                    workload: w.clone(),
+                    port: port.target_port.unwrap_or(port.number),
+                    port_name: port.name.clone(),
+                }),
+                None => endpoints.extend(workloads.iter().map(|w| Endpoint {
+                    workload: w.clone(),
+                    port: endpoint_port(w, port),
+                    port_name: port.name.clone(),
+                })),
+            }
+        }
+        out.push(Raw {
+            host,
+            namespace: namespace.clone(),
+            source,
+            ports: ports.clone(),
+            addresses: addresses.clone(),
+            resolution,
+            location,
+            export_to: export_to.clone(),
+            subject_alt_names: subject_alt_names.clone(),
+            labels: labels.clone(),
+            selector: selector.clone(),
+            endpoints,
+        });
+    }
+}
+
+/// B8's merge condition (Istio's `canMergeServices`): same resolution, labels, selector and
+/// exportTo (as written).
+fn merge_differences(a: &Service, b: &Raw) -> Vec<&'static str> {
+    let mut diffs = Vec::new();
+    if a.resolution != b.resolution {
+        diffs.push("resolution");
+    }
+    if a.labels != b.labels {
+        diffs.push("metadata.labels");
+    }
+    if a.selector != b.selector {
+        diffs.push("workloadSelector");
+    }
+    fn sorted(e: &ExportTo) -> Vec<&str> {
+        let mut v: Vec<&str> = e.written.iter().map(String::as_str).collect();
+        v.sort_unstable();
+        v
+    }
+    if sorted(&a.export_to) != sorted(&b.export_to) {
+        diffs.push("exportTo");
+    }
+    diffs
+}
+
+/// B8 for one host in one namespace (`group` is oldest first): the oldest service wins, later
+/// ones merge their new port numbers into it when [`merge_differences`] is empty, and start a
+/// service of their own otherwise (used only where the older one is invisible). Endpoints are
+/// shared by the whole group, matched to ports by name as Istio's EDS does.
+fn merge_group(group: Vec<Raw>, sources: &[Source], services: &mut Vec<Service>, warnings: &mut Warnings) {
+    let first = services.len();
+    let name = |id: SourceId| sources[id as usize].display_name.as_str();
+    for raw in &group {
+        let class = services[first..]
+            .iter()
+            .position(|s| merge_differences(s, raw).is_empty());
+        match class {
+            Some(c) => {
+                let svc = &mut services[first + c];
+                let (older, later) = (name(svc.source), name(raw.source));
+                for port in raw.ports.iter() {
+                    match svc.ports.iter().find(|p| p.number == port.number) {
+                        None => svc.ports.push(port.clone()),
+                        Some(p) if p != port => warnings.push(
+                            sources,
+                            &[svc.source, raw.source],
+                            format!(
+                                "host {:?} in namespace {}: port {} of {later} ({}) is ignored: {older} already defines it ({})",
+                                raw.host,
+                                raw.namespace,
+                                port.number,
+                                describe_port(port),
+                                describe_port(p)
+                            ),
+                        ),
+                        Some(_) => {}
+                    }
+                }
+                let mut ignored = Vec::new();
+                if svc.addresses != raw.addresses {
+                    ignored.push("addresses");
+                }
+                if svc.location != raw.location {
+                    ignored.push("location");
+                }
+                if svc.subject_alt_names != raw.subject_alt_names {
+                    ignored.push("subjectAltNames");
+                }
+                if !ignored.is_empty() {
+                    let fields = ignored.join(", ");
+                    warnings.push(
+                        sources,
+                        &[svc.source, raw.source],
+                        format!(
+                            "host {:?} in namespace {}: {later} is merged into the older {older}, whose {fields} are kept; {later}'s {fields} are ignored",
+                            raw.host, raw.namespace
+                        ),
+                    );
+                }
+                svc.merged.push(raw.source);
+            }
+            None => {
+                if let Some(oldest) = services.get(first) {
+                    let diffs = merge_differences(oldest, raw).join(", ");
+                    warnings.push(
+                        sources,
+                        &[oldest.source, raw.source],
+                        format!(
+                            "host {:?} in namespace {}: {later} differs from the older {older} in {diffs}, so it is not merged: \
+                             proxies that see both use {older}, and {later} adds only endpoints on ports named like {older}'s",
+                            raw.host,
+                            raw.namespace,
+                            later = name(raw.source),
+                            older = name(oldest.source),
+                        ),
+                    );
+                }
+                services.push(Service {
+                    host: raw.host.clone(),
+                    namespace: raw.namespace.clone(),
+                    addresses: raw.addresses.clone(),
+                    ports: raw.ports.to_vec(),
+                    resolution: raw.resolution,
+                    location: raw.location,
+                    export_to: raw.export_to.clone(),
+                    subject_alt_names: raw.subject_alt_names.clone(),
+                    labels: raw.labels.clone(),
+                    selector: raw.selector.clone(),
+                    endpoints: Vec::new(),
+                    source: raw.source,
+                    merged: Vec::new(),
+                    age: raw.source,
+                });
+            }
+        }
+    }
+
+    let single = group.len() == 1;
+    let mut group = group;
+    for svc in &mut services[first..] {
+        if single {
+            // One ServiceEntry: its endpoints are already port-major in its port order.
+            svc.endpoints = std::mem::take(&mut group[0].endpoints);
+        } else {
+            for port in &svc.ports {
+                for raw in &group {
+                    svc.endpoints
+                        .extend(raw.endpoints.iter().filter(|e| e.port_name == port.name).cloned());
+                }
+            }
+        }
+        if svc.resolution == Resolution::DnsRoundRobin {
+            round_robin_first(svc, sources, warnings);
+        }
+    }
+}
+
+/// B8/C1: a DNS_ROUND_ROBIN (LOGICAL_DNS) cluster uses one endpoint per port: the first.
+fn round_robin_first(svc: &mut Service, sources: &[Source], warnings: &mut Warnings) {
+    let mut kept: Vec<Endpoint> = Vec::with_capacity(svc.ports.len());
+    for port in &svc.ports {
+        let mut eps = svc.endpoints.iter().filter(|e| e.port_name == port.name);
+        let Some(first) = eps.next() else { continue };
+        let dropped: Vec<&Endpoint> = eps.collect();
+        if !dropped.is_empty() {
+            let mut ids = vec![svc.source, first.workload.source];
+            ids.extend(dropped.iter().map(|e| e.workload.source));
+            ids.sort_unstable();
+            ids.dedup();
+            let others: Vec<&str> = dropped.iter().map(|e| e.address()).collect();
+            warnings.push(
+                sources,
+                &ids,
+                format!(
+                    "DNS_ROUND_ROBIN host {:?} in namespace {} has {} endpoints on port {}: Envoy's LOGICAL_DNS cluster uses only the first ({}); ignored: {}",
+                    svc.host,
+                    svc.namespace,
+                    dropped.len() + 1,
+                    port.name,
+                    first.address(),
+                    others.join(", ")
+                ),
+            );
+        }
+        kept.push(first.clone());
+    }
+    svc.endpoints = kept;
+}
+
+fn describe_port(p: &Port) -> String {
+    let proto = if p.protocol == Protocol::Unset {
+        "protocol unset"
+    } else {
+        p.protocol.as_str()
+    };
+    match p.target_port {
+        Some(t) => format!("name {}, {proto}, targetPort {t}", p.name),
+        None => format!("name {}, {proto}", p.name),
+    }
+}
+
+/// Who sees both, and which of the two wins there (B10's order), for messages. When both are
+/// public, the namespaces that see both include every third namespace, where the older wins.
+fn contest<'s>(e: &'s Service, l: &'s Service) -> (String, &'s Service) {
+    match e.export_to.common(&l.export_to) {
+        Some(ns) => {
+            let winner = if l.preference(ns) < e.preference(ns) { l } else { e };
+            (format!("namespace {ns} sees both and uses"), winner)
+        }
+        None if e.namespace == l.namespace => ("every namespace sees both and uses".to_string(), e),
+        None => (
+            format!(
+                "namespaces other than {} and {} see both and use",
+                e.namespace, l.namespace
+            ),
+            e,
+        ),
+    }
+}
+
+/// B10: the same host in several namespaces. A proxy uses its own namespace's service, else
+/// one exported to its namespace by name, else the oldest public one; where two are visible
+/// together, one silently shadows the other.
+fn shadowed_hosts(services: &[Service], listing: &[ServiceId], sources: &[Source], warnings: &mut Warnings) {
+    let mut by_host: HashMap<String, Vec<&Service>> = HashMap::new();
+    for &id in listing {
+        let s = &services[id as usize];
+        by_host.entry(s.host.to_ascii_lowercase()).or_default().push(s);
+    }
+    let mut hosts: Vec<_> = by_host.into_values().filter(|v| v.len() > 1).collect();
+    hosts.sort_by_key(|v| v[0].age);
+    for mut list in hosts {
+        list.sort_by_key(|s| s.age);
+        for (e, l) in first_overlapping(&list) {
+            let (e, l) = (list[e], list[l]);
+            if e.namespace == l.namespace {
+                continue;
+            }
+            let (who, winner) = contest(e, l);
+            warnings.push(
+                sources,
+                &[e.source, l.source],
+                format!(
+                    "host {:?} is defined in namespace {} by {} and in namespace {} by {}: {who} {}'s",
+                    e.host,
+                    e.namespace,
+                    sources[e.source as usize].display_name,
+                    l.namespace,
+                    sources[l.source as usize].display_name,
+                    winner.namespace,
+                ),
+            );
+        }
+    }
+}
+
+/// C4/C5: outbound listeners are keyed by address and port. Services with no address on an
+/// opaque TCP port share `0.0.0.0:<port>` (Istio's IST0134 situation), services with one VIP
+/// and a non-HTTP port share `<VIP>:<port>` (no SNI check there); either way one of them gets
+/// all the traffic.
+fn shared_listeners(services: &[Service], listing: &[ServiceId], sources: &[Source], warnings: &mut Warnings) {
+    let mut by_listener: BTreeMap<(u32, Option<IpNet>), Vec<&Service>> = BTreeMap::new();
+    for &id in listing {
+        let s = &services[id as usize];
+        // C5: NONE with a selector listens on each selected endpoint's IP instead.
+        let wildcard = s.addresses.is_empty() && !(s.resolution == Resolution::None && s.selector.is_some());
+        for p in &s.ports {
+            if wildcard && p.protocol.is_opaque_tcp() {
+                by_listener.entry((p.number, None)).or_default().push(s);
+            }
+            if !p.protocol.is_http() {
+                for a in s.addresses.iter() {
+                    by_listener.entry((p.number, Some(a.net))).or_default().push(s);
+                }
+            }
+        }
+    }
+    // One warning per pair and port, listing the shared addresses.
+    let mut shared: BTreeMap<(u32, u32, u32), (&Service, &Service, Vec<Option<IpNet>>)> = BTreeMap::new();
+    for ((port, net), mut list) in by_listener {
+        if list.len() < 2 {
+            continue;
+        }
+        list.sort_by_key(|s| s.age);
+        for (e, l) in first_overlapping(&list) {
+            let (e, l) = (list[e], list[l]);
+            if e.host.eq_ignore_ascii_case(&l.host) {
+                continue; // B10's warning covers it.
+            }
+            let key = (e.age.min(l.age), e.age.max(l.age), port);
+            shared.entry(key).or_insert((e, l, Vec::new())).2.push(net);
+        }
+    }
+    let mut ordered: Vec<_> = shared.into_iter().collect();
+    ordered.sort_by_key(|((_, _, port), (e, l, _))| (e.age, l.age, *port));
+    for ((_, _, port), (e, l, nets)) in ordered {
+        let proto = |s: &Service| match s.port(port).map(|p| p.protocol) {
+            Some(Protocol::Unset) | None => "unset protocol",
+            Some(p) => p.as_str(),
+        };
+        let (who, winner) = contest(e, l);
+        let name = |s: &Service| sources[s.source as usize].display_name.as_str();
+        let wildcard = nets.iter().any(Option::is_none);
+        let vips: Vec<String> = nets.iter().flatten().map(|n| n.to_string()).collect();
+        let mut parts = Vec::new();
+        if wildcard {
+            parts.push(format!(
+                "both serve port {port} ({} / {}) without addresses: {who} {:?} for all TCP traffic on 0.0.0.0:{port} \
+                 (Istio IST0134: give them addresses)",
+                proto(e),
+                proto(l),
+                winner.host,
+            ));
+        }
+        if !vips.is_empty() {
+            parts.push(format!(
+                "both serve non-HTTP port {port} on {}: {who} {:?} for it",
+                vips.join(", "),
+                winner.host
+            ));
+        }
+        warnings.push(
+            sources,
+            &[e.source, l.source],
+            format!(
+                "hosts {:?} ({}) and {:?} ({}) {}",
+                e.host,
+                name(e),
+                l.host,
+                name(l),
+                parts.join("; ")
+            ),
+        );
+    }
+}
+
+/// For each service of `list` (oldest first), the oldest earlier one that some namespace sees
+/// together with it. Linear in the list for public services, so a port shared by thousands of
+/// services stays cheap.
+fn first_overlapping(list: &[&Service]) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    let mut first_any: Option<usize> = None;
+    let mut first_public: Option<usize> = None;
+    let mut first_in: HashMap<&str, usize> = HashMap::new();
+    for (i, s) in list.iter().enumerate() {
+        let earlier = match &s.export_to.scope {
+            Scope::Nobody => continue,
+            Scope::Public => first_any,
+            Scope::Namespaces(names) => names
+                .iter()
+                .filter_map(|n| first_in.get(&**n).copied())
+                .chain(first_public)
+                .min(),
+        };
+        if let Some(e) = earlier {
+            out.push((e, i));
+        }
+        first_any.get_or_insert(i);
+        match &s.export_to.scope {
+            Scope::Public => {
+                first_public.get_or_insert(i);
+            }
+            Scope::Namespaces(names) => {
+                for n in names.iter() {
+                    first_in.entry(&**n).or_insert(i);
+                }
+            }
+            Scope::Nobody => {}
+        }
+    }
+    out
+}
