@@ -30,8 +30,10 @@ pub struct TypeWorkloadSelector {
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(default, rename_all = "camelCase")]
 pub struct TrafficPolicy {
-    pub load_balancer: Option<LoadBalancerSettings>,
-    pub connection_pool: Option<ConnectionPoolSettings>,
+    // The two largest settings are boxed so that a DestinationRule stays small next to the
+    // other kinds in `resource::Spec`; field access auto-derefs.
+    pub load_balancer: Option<Box<LoadBalancerSettings>>,
+    pub connection_pool: Option<Box<ConnectionPoolSettings>>,
     pub outlier_detection: Option<OutlierDetection>,
     pub tls: Option<ClientTlsSettings>,
     /// An entry for a port replaces (does not merge with) the four settings above.
@@ -46,8 +48,10 @@ pub struct TrafficPolicy {
 #[serde(default, rename_all = "camelCase")]
 pub struct PortTrafficPolicy {
     pub port: Option<PortSelector>,
-    pub load_balancer: Option<LoadBalancerSettings>,
-    pub connection_pool: Option<ConnectionPoolSettings>,
+    /// Boxed like [`TrafficPolicy::load_balancer`], so that code choosing between the two
+    /// gets one type.
+    pub load_balancer: Option<Box<LoadBalancerSettings>>,
+    pub connection_pool: Option<Box<ConnectionPoolSettings>>,
     pub outlier_detection: Option<OutlierDetection>,
     pub tls: Option<ClientTlsSettings>,
 }
