@@ -1,1 +1,31 @@
-//! Test helpers: certificates, echo servers, DNS servers, spawning the proxy.
+//! Test support for meshentry's end-to-end tests: it owns everything a test needs around the
+//! proxy, and nothing of the proxy itself.
+//!
+//! Every helper uses real sockets on loopback only. Each test takes its own address with
+//! [`ip::unique_loopback`] (any `127.0.0.0/8` address is local on Linux), so tests can bind the
+//! fixed ports a ServiceEntry names (80, 443, 3306, ...) without colliding with each other or with
+//! other test processes. Around that address the crate provides a per-test PKI ([`pki`]), an
+//! in-process DNS server that speaks the real wire protocol ([`dns`]), upstream servers that
+//! record what they saw ([`servers`]), polling helpers ([`wait`]) and a runner for the proxy
+//! binary ([`process`]). Every server stops when its handle is dropped, so no test shares state.
+
+pub mod dns;
+pub mod ip;
+pub mod pki;
+pub mod process;
+pub mod servers;
+mod tasks;
+pub mod wait;
+
+pub use dns::TestDns;
+pub use ip::unique_loopback;
+pub use pki::{Leaf, LeafSpec, PemDir, TestCa};
+pub use process::ProxyProcess;
+pub use servers::{HttpUpstream, Reset, SeenRequest, Stall, TcpBanner, TcpEcho, TlsSeen, TlsUpstream, closed_port};
+pub use wait::{eventually, free_port};
+
+/// The crypto provider every TLS helper uses. meshentry picks ring as its single rustls provider,
+/// so the test PKI must never pull in the default aws-lc one.
+pub fn crypto_provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
+    std::sync::Arc::new(rustls::crypto::ring::default_provider())
+}

@@ -1,0 +1,118 @@
+//! Polling instead of sleeping: tests wait for a condition with a deadline, never a fixed delay.
+
+use std::fmt::Debug;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::time::{Duration, Instant};
+
+/// How often [`eventually`] re-checks its condition.
+const POLL_INTERVAL: Duration = Duration::from_millis(20);
+
+/// A check's outcome for [`eventually`]: `true`, `Some(v)` or `Ok(v)` mean done.
+pub trait Outcome {
+    /// What [`eventually`] returns once the check passes.
+    type Value;
+    /// `Err` carries a description of why the check has not passed yet, for the failure message.
+    fn into_result(self) -> Result<Self::Value, String>;
+}
+
+impl Outcome for bool {
+    type Value = ();
+    fn into_result(self) -> Result<(), String> {
+        if self {
+            Ok(())
+        } else {
+            Err("condition was false".into())
+        }
+    }
+}
+
+impl<T> Outcome for Option<T> {
+    type Value = T;
+    fn into_result(self) -> Result<T, String> {
+        self.ok_or_else(|| "condition was None".into())
+    }
+}
+
+impl<T, E: Debug> Outcome for Result<T, E> {
+    type Value = T;
+    fn into_result(self) -> Result<T, String> {
+        self.map_err(|e| format!("{e:?}"))
+    }
+}
+
+/// Calls `check` every 20 ms until it passes (`true`, `Some`, `Ok`) and returns its value; panics
+/// with the last failure if `timeout` of wall-clock time passes first.
+///
+/// The deadline is real time rather than tokio time on purpose: under `tokio::time::pause` the
+/// clock jumps whenever the runtime is idle, which would expire a tokio deadline while real I/O
+/// (a proxy reloading, a socket connecting) is still in flight.
+pub async fn eventually<F, Fut, O>(timeout: Duration, mut check: F) -> O::Value
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = O>,
+    O: Outcome,
+{
+    let deadline = Instant::now() + timeout;
+    let mut attempts = 0u32;
+    loop {
+        attempts += 1;
+        match check().await.into_result() {
+            Ok(v) => return v,
+            Err(last) => {
+                if Instant::now() >= deadline {
+                    panic!("eventually: not true after {timeout:?} ({attempts} attempts): {last}");
+                }
+            }
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+/// A TCP port on `ip` that nothing listened on at the time of the call.
+///
+/// Meant for addresses from [`crate::unique_loopback`], which only the calling test uses, so the
+/// port stays free until the test binds it.
+pub fn free_port(ip: impl Into<IpAddr>) -> u16 {
+    let ip = ip.into();
+    TcpListener::bind(SocketAddr::new(ip, 0))
+        .and_then(|l| l.local_addr())
+        .unwrap_or_else(|e| panic!("free_port: cannot bind {ip}:0: {e}"))
+        .port()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    #[tokio::test]
+    async fn returns_the_value_once_the_check_passes() {
+        let calls = AtomicU32::new(0);
+        let v = eventually(Duration::from_secs(5), || async {
+            let n = calls.fetch_add(1, Ordering::SeqCst);
+            (n >= 3).then_some(n)
+        })
+        .await;
+        assert_eq!(v, 3);
+    }
+
+    #[tokio::test]
+    #[should_panic(expected = "not true after")]
+    async fn panics_with_the_last_error_after_the_timeout() {
+        eventually(Duration::from_millis(100), || async { Err::<(), _>("nope") }).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_deadline_is_real_time_even_when_tokio_time_is_paused() {
+        let start = Instant::now();
+        let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let f = flag.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            f.store(true, Ordering::SeqCst);
+        });
+        eventually(Duration::from_secs(5), || async { flag.load(Ordering::SeqCst) }).await;
+        assert!(start.elapsed() >= Duration::from_millis(200));
+    }
+}
