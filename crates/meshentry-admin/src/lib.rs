@@ -1,1 +1,213 @@
-//! The admin server: /ready, /config_dump, /clusters, /stats/prometheus.
+//! The admin server, in the spirit of Envoy's (port 15000): `/ready`, `/server_info`,
+//! `/config_dump`, `/clusters` (text, or `?format=json`) and `/stats`. It reads the proxy's
+//! current snapshot and counters; it never blocks the data path.
+
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Instant, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use meshentry_proxy::server::Shared;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// Serves admin requests until `shutdown` turns true.
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    let started = Instant::now();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| {
+                        let shared = shared.clone();
+                        async move { Ok::<_, Infallible>(handle(&req, &shared, started)) }
+                    });
+                    let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                });
+            }
+            _ = shutdown.changed() => break,
+        }
+    }
+}
+
+fn handle(req: &Request<Incoming>, shared: &Shared, started: Instant) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n".into());
+    }
+    let query = req.uri().query().unwrap_or("");
+    match req.uri().path() {
+        "/ready" => text(StatusCode::OK, "LIVE\n".into()),
+        "/server_info" => json_response(&json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "state": "LIVE",
+            "uptime_seconds": started.elapsed().as_secs(),
+            "generation": shared.snapshot.load().generation,
+        })),
+        "/config_dump" => json_response(&config_dump(shared)),
+        "/clusters" if query.contains("format=json") => json_response(&clusters_json(shared)),
+        "/clusters" => text(StatusCode::OK, clusters_text(shared)),
+        "/stats" => text(StatusCode::OK, stats_text(shared)),
+        "/" => text(
+            StatusCode::OK,
+            "meshentry admin: /ready /server_info /config_dump /clusters[?format=json] /stats\n".into(),
+        ),
+        _ => text(StatusCode::NOT_FOUND, "not found; see /\n".into()),
+    }
+}
+
+fn config_dump(shared: &Shared) -> Value {
+    let snap = shared.snapshot.load();
+    let applied = snap
+        .applied_at
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let registry = serde_json::to_value(snap.registry.to_json(Some(&snap.namespace))).unwrap_or(Value::Null);
+    let clusters: Vec<Value> = snap
+        .clusters()
+        .iter()
+        .map(|c| json!({"name": c.name, "type": c.kind_name(), "lbPolicy": format!("{:?}", c.policy)}))
+        .collect();
+    json!({
+        "generation": snap.generation,
+        "appliedAt": applied,
+        "namespace": &*snap.namespace,
+        "outboundTrafficPolicy": {"mode": snap.policy.as_str(), "source": snap.policy_source},
+        "registry": registry,
+        "clusters": clusters,
+    })
+}
+
+fn clusters_json(shared: &Shared) -> Value {
+    let snap = shared.snapshot.load();
+    let clusters: Vec<Value> = snap
+        .clusters()
+        .iter()
+        .map(|c| {
+            let hosts: Vec<Value> = c
+                .known_hosts()
+                .map(|set| {
+                    set.hosts
+                        .iter()
+                        .map(|h| {
+                            json!({
+                                "address": h.addr.to_string(),
+                                "weight": h.load.weight,
+                                "active": h.load.active.load(Ordering::Relaxed),
+                                "requests": h.stats.requests.load(Ordering::Relaxed),
+                                "connections": h.stats.connections.load(Ordering::Relaxed),
+                                "connect_failures": h.stats.connect_failures.load(Ordering::Relaxed),
+                            })
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            json!({
+                "name": c.name,
+                "type": c.kind_name(),
+                "requests": c.stats.requests.load(Ordering::Relaxed),
+                "connect_failures": c.stats.connect_failures.load(Ordering::Relaxed),
+                "dns_failures": c.stats.dns_failures.load(Ordering::Relaxed),
+                "hosts": hosts,
+            })
+        })
+        .collect();
+    json!({ "clusters": clusters })
+}
+
+/// Envoy's text format: `cluster::host:port::stat::value`.
+fn clusters_text(shared: &Shared) -> String {
+    let snap = shared.snapshot.load();
+    let mut out = String::new();
+    for c in snap.clusters() {
+        let _ = writeln!(out, "{}::type::{}", c.name, c.kind_name());
+        if let Some(set) = c.known_hosts() {
+            for h in set.hosts.iter() {
+                let a = &h.addr;
+                let _ = writeln!(out, "{}::{a}::weight::{}", c.name, h.load.weight);
+                let _ = writeln!(
+                    out,
+                    "{}::{a}::rq_active::{}",
+                    c.name,
+                    h.load.active.load(Ordering::Relaxed)
+                );
+                let _ = writeln!(
+                    out,
+                    "{}::{a}::rq_total::{}",
+                    c.name,
+                    h.stats.requests.load(Ordering::Relaxed)
+                );
+                let _ = writeln!(
+                    out,
+                    "{}::{a}::cx_total::{}",
+                    c.name,
+                    h.stats.connections.load(Ordering::Relaxed)
+                );
+                let _ = writeln!(
+                    out,
+                    "{}::{a}::cx_connect_fail::{}",
+                    c.name,
+                    h.stats.connect_failures.load(Ordering::Relaxed)
+                );
+            }
+        }
+    }
+    out
+}
+
+fn stats_text(shared: &Shared) -> String {
+    let s = &shared.stats;
+    let counters = [
+        ("downstream_cx_total", s.downstream_connections.load(Ordering::Relaxed)),
+        ("downstream_cx_active", s.downstream_active.load(Ordering::Relaxed)),
+        ("http_requests_total", s.http_requests.load(Ordering::Relaxed)),
+        ("tunnels_total", s.tunnels.load(Ordering::Relaxed)),
+        ("outbound_blocked_total", s.blocked.load(Ordering::Relaxed)),
+        ("outbound_passthrough_total", s.passthrough.load(Ordering::Relaxed)),
+        ("tunnel_sni_mismatch_total", s.sni_mismatch.load(Ordering::Relaxed)),
+        ("tunnel_bad_traffic_total", s.bad_tunnel_traffic.load(Ordering::Relaxed)),
+        (
+            "upstream_connect_errors_total",
+            s.upstream_connect_errors.load(Ordering::Relaxed),
+        ),
+        ("upstream_errors_total", s.upstream_errors.load(Ordering::Relaxed)),
+        ("bad_requests_total", s.bad_requests.load(Ordering::Relaxed)),
+        ("dns_queries_total", shared.dns.stats.queries.load(Ordering::Relaxed)),
+        ("dns_failures_total", shared.dns.stats.failures.load(Ordering::Relaxed)),
+        ("config_generation", shared.snapshot.load().generation),
+    ];
+    let mut out = String::new();
+    for (name, value) in counters {
+        let _ = writeln!(out, "meshentry.{name}: {value}");
+    }
+    out
+}
+
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+fn json_response(v: &Value) -> Response<Full<Bytes>> {
+    let body = serde_json::to_string_pretty(v).unwrap_or_else(|_| "null".into());
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    resp
+}

@@ -38,7 +38,10 @@ impl DecodeCx {
     /// `strict`: unknown fields are errors (Istio resources). Kubernetes objects such as `Pod`
     /// carry far more than we model, so they are decoded leniently.
     pub fn new(strict: bool) -> Self {
-        Self { issues: RefCell::new(Vec::new()), strict }
+        Self {
+            issues: RefCell::new(Vec::new()),
+            strict,
+        }
     }
 
     pub fn into_issues(self) -> Vec<Issue> {
@@ -46,21 +49,36 @@ impl DecodeCx {
     }
 
     fn push(&self, node: &Node, path: &PathRef<'_>, message: String) {
-        self.issues.borrow_mut().push(Issue { pos: node.pos, path: path.render(), message });
+        self.issues.borrow_mut().push(Issue {
+            pos: node.pos,
+            path: path.render(),
+            message,
+        });
     }
 }
 
 /// Decodes `node` as a `T`; `root` names it in paths (`spec`, `metadata`).
-pub fn decode<T: DeserializeOwned>(node: &Node, root: &str, cx: &DecodeCx) -> T
+pub fn decode<T>(node: &Node, root: &str, cx: &DecodeCx) -> T
 where
-    T: Default,
+    T: DeserializeOwned + Default,
 {
-    let de = NodeDe { node, path: PathRef { seg: Seg::Key(root), parent: None }, cx };
+    let de = NodeDe {
+        node,
+        path: PathRef {
+            seg: Seg::Key(root),
+            parent: None,
+        },
+        cx,
+    };
     match T::deserialize(de) {
         Ok(v) => v,
         Err(e) => {
             // Only a model type that does not default every field gets here; keep going.
-            cx.issues.borrow_mut().push(Issue { pos: node.pos, path: root.to_string(), message: e.0 });
+            cx.issues.borrow_mut().push(Issue {
+                pos: node.pos,
+                path: root.to_string(),
+                message: e.0,
+            });
             T::default()
         }
     }
@@ -142,12 +160,16 @@ struct NodeDe<'a> {
 
 impl NodeDe<'_> {
     fn mismatch(&self, expected: &str) {
-        self.cx.push(self.node, &self.path, format!("expected {expected}, found {}", self.node.kind_name()));
+        self.cx.push(
+            self.node,
+            &self.path,
+            format!("expected {expected}, found {}", self.node.kind_name()),
+        );
     }
 
-    fn int<T: TryFrom<i128>>(&self, kind: &str) -> T
+    fn int<T>(&self, kind: &str) -> T
     where
-        T: Default,
+        T: TryFrom<i128> + Default,
     {
         match &self.node.value {
             Value::Null => T::default(),
@@ -155,7 +177,11 @@ impl NodeDe<'_> {
                 Some(v) => match T::try_from(v) {
                     Ok(v) => v,
                     Err(_) => {
-                        self.cx.push(self.node, &self.path, format!("number {text} is out of range for {kind}"));
+                        self.cx.push(
+                            self.node,
+                            &self.path,
+                            format!("number {text} is out of range for {kind}"),
+                        );
                         T::default()
                     }
                 },
@@ -202,7 +228,12 @@ impl<'de> de::Deserializer<'de> for NodeDe<'_> {
                 },
                 Plain::Str => visitor.visit_str(text),
             },
-            Value::Seq(items) => visitor.visit_seq(SeqDe { items: items.iter(), index: 0, path: self.path, cx: self.cx }),
+            Value::Seq(items) => visitor.visit_seq(SeqDe {
+                items: items.iter(),
+                index: 0,
+                path: self.path,
+                cx: self.cx,
+            }),
             Value::Map(entries) => visitor.visit_map(MapDe::new(entries, self.path, self.cx, None)),
         }
     }
@@ -306,11 +337,26 @@ impl<'de> de::Deserializer<'de> for NodeDe<'_> {
 
     fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
         match &self.node.value {
-            Value::Seq(items) => visitor.visit_seq(SeqDe { items: items.iter(), index: 0, path: self.path, cx: self.cx }),
-            Value::Null => visitor.visit_seq(SeqDe { items: [].iter(), index: 0, path: self.path, cx: self.cx }),
+            Value::Seq(items) => visitor.visit_seq(SeqDe {
+                items: items.iter(),
+                index: 0,
+                path: self.path,
+                cx: self.cx,
+            }),
+            Value::Null => visitor.visit_seq(SeqDe {
+                items: [].iter(),
+                index: 0,
+                path: self.path,
+                cx: self.cx,
+            }),
             _ => {
                 self.mismatch("a list");
-                visitor.visit_seq(SeqDe { items: [].iter(), index: 0, path: self.path, cx: self.cx })
+                visitor.visit_seq(SeqDe {
+                    items: [].iter(),
+                    index: 0,
+                    path: self.path,
+                    cx: self.cx,
+                })
             }
         }
     }
@@ -373,7 +419,8 @@ impl<'de> de::Deserializer<'de> for NodeDe<'_> {
                         Some(s) => format!(", did you mean `{s}`?"),
                         None => format!(" (expected one of {})", variants.join(", ")),
                     };
-                    self.cx.push(self.node, &self.path, format!("unknown value `{text}`{hint}"));
+                    self.cx
+                        .push(self.node, &self.path, format!("unknown value `{text}`{hint}"));
                     zero
                 }
             },
@@ -408,8 +455,16 @@ impl<'de> de::SeqAccess<'de> for SeqDe<'_> {
         let Some(node) = self.items.next() else { return Ok(None) };
         let index = self.index;
         self.index += 1;
-        let path = PathRef { seg: Seg::Index(index), parent: Some(&self.path) };
-        seed.deserialize(NodeDe { node, path, cx: self.cx }).map(Some)
+        let path = PathRef {
+            seg: Seg::Index(index),
+            parent: Some(&self.path),
+        };
+        seed.deserialize(NodeDe {
+            node,
+            path,
+            cx: self.cx,
+        })
+        .map(Some)
     }
 
     fn size_hint(&self) -> Option<usize> {
@@ -434,7 +489,14 @@ impl<'a> MapDe<'a> {
         cx: &'a DecodeCx,
         fields: Option<&'static [&'static str]>,
     ) -> Self {
-        Self { entries: entries.iter(), seen: Vec::new(), value: None, path, cx, fields }
+        Self {
+            entries: entries.iter(),
+            seen: Vec::new(),
+            value: None,
+            path,
+            cx,
+            fields,
+        }
     }
 }
 
@@ -444,11 +506,18 @@ impl<'de> de::MapAccess<'de> for MapDe<'_> {
     fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>, DeError> {
         for (key, value) in self.entries.by_ref() {
             let Some(name) = key.as_str() else {
-                self.cx.push(key, &self.path, format!("object keys must be strings, found {}", key.kind_name()));
+                self.cx.push(
+                    key,
+                    &self.path,
+                    format!("object keys must be strings, found {}", key.kind_name()),
+                );
                 continue;
             };
             if self.seen.contains(&name) {
-                let path = PathRef { seg: Seg::Key(name), parent: Some(&self.path) };
+                let path = PathRef {
+                    seg: Seg::Key(name),
+                    parent: Some(&self.path),
+                };
                 self.cx.push(key, &path, format!("duplicate key `{name}`"));
                 continue;
             }
@@ -457,7 +526,10 @@ impl<'de> de::MapAccess<'de> for MapDe<'_> {
                 && !fields.contains(&name)
             {
                 if self.cx.strict {
-                    let path = PathRef { seg: Seg::Key(name), parent: Some(&self.path) };
+                    let path = PathRef {
+                        seg: Seg::Key(name),
+                        parent: Some(&self.path),
+                    };
                     let hint = match did_you_mean(name, fields.iter().copied()) {
                         Some(s) => format!(", did you mean `{s}`?"),
                         None if fields.is_empty() => " (this object takes no fields)".to_string(),
@@ -478,8 +550,15 @@ impl<'de> de::MapAccess<'de> for MapDe<'_> {
         let Some((name, node)) = self.value.take() else {
             return Err(DeError("value requested before key".into()));
         };
-        let path = PathRef { seg: Seg::Key(name), parent: Some(&self.path) };
-        seed.deserialize(NodeDe { node, path, cx: self.cx })
+        let path = PathRef {
+            seg: Seg::Key(name),
+            parent: Some(&self.path),
+        };
+        seed.deserialize(NodeDe {
+            node,
+            path,
+            cx: self.cx,
+        })
     }
 }
 
@@ -501,9 +580,9 @@ mod tests {
     }
 
     #[derive(Debug, Default, Deserialize, PartialEq)]
+    #[allow(clippy::upper_case_acronyms)]
     enum Mode {
         #[default]
-        #[allow(clippy::upper_case_acronyms)]
         NONE,
         STATIC,
         DNS,
@@ -528,10 +607,19 @@ mod tests {
 
     #[test]
     fn reads_everything_when_valid() {
-        let (spec, issues) =
-            run("hosts: [a.com]\nports:\n- number: 80\n  name: http\n  targetPort: 8080\nresolution: DNS\nlabels: {version: 1}\n", true);
+        let (spec, issues) = run(
+            "hosts: [a.com]\nports:\n- number: 80\n  name: http\n  targetPort: 8080\nresolution: DNS\nlabels: {version: 1}\n",
+            true,
+        );
         assert!(issues.is_empty(), "{issues:?}");
-        assert_eq!(spec.ports[0], Port { number: 80, name: "http".into(), target_port: Some(8080) });
+        assert_eq!(
+            spec.ports[0],
+            Port {
+                number: 80,
+                name: "http".into(),
+                target_port: Some(8080)
+            }
+        );
         assert_eq!(spec.resolution, Some(Mode::DNS));
         assert_eq!(spec.labels["version"], "1");
     }
@@ -542,8 +630,10 @@ mod tests {
             "hsots: [a.com]\nports:\n- number: abc\n  name: http\n- number: 99999999999\nresolution: STATC\nflag: maybe\nports2: x\n",
             true,
         );
-        let got: Vec<(u32, &str, &str)> =
-            issues.iter().map(|i| (i.pos.line, i.path.as_str(), i.message.as_str())).collect();
+        let got: Vec<(u32, &str, &str)> = issues
+            .iter()
+            .map(|i| (i.pos.line, i.path.as_str(), i.message.as_str()))
+            .collect();
         assert_eq!(
             got,
             vec![

@@ -35,7 +35,9 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { default_namespace: "default".into() }
+        Self {
+            default_namespace: "default".into(),
+        }
     }
 }
 
@@ -82,8 +84,21 @@ impl Loaded {
                 continue;
             }
             match seen.get(&(r.kind(), r.namespace.as_str(), r.meta.name.as_str())) {
-                Some(first) => dups.push((r.order, finding_for(r, "metadata.name", r.origin.pos, Severity::Error,
-                    format!("duplicate {} {}/{}: first defined at {first}", r.kind(), r.namespace, r.meta.name)))),
+                Some(first) => dups.push((
+                    r.order,
+                    finding_for(
+                        r,
+                        "metadata.name",
+                        r.origin.pos,
+                        Severity::Error,
+                        format!(
+                            "duplicate {} {}/{}: first defined at {first}",
+                            r.kind(),
+                            r.namespace,
+                            r.meta.name
+                        ),
+                    ),
+                )),
                 None => {
                     seen.insert((r.kind(), &r.namespace, &r.meta.name), &r.origin);
                 }
@@ -94,7 +109,13 @@ impl Loaded {
             self.resources[order].valid = false;
         }
         let rank: HashMap<&str, usize> = self.files.iter().enumerate().map(|(i, f)| (&**f, i)).collect();
-        self.findings.sort_by_key(|f| (rank.get(f.file.as_str()).copied().unwrap_or(usize::MAX), f.line, f.column));
+        self.findings.sort_by_key(|f| {
+            (
+                rank.get(f.file.as_str()).copied().unwrap_or(usize::MAX),
+                f.line,
+                f.column,
+            )
+        });
     }
 
     /// Reads one file, or every `.yaml`, `.yml` and `.json` file below a directory (sorted,
@@ -104,11 +125,17 @@ impl Loaded {
             let mut text = String::new();
             std::io::stdin()
                 .read_to_string(&mut text)
-                .map_err(|source| LoadError::Io { path: "<stdin>".into(), source })?;
+                .map_err(|source| LoadError::Io {
+                    path: "<stdin>".into(),
+                    source,
+                })?;
             self.add_str("<stdin>", &text, opts);
             return Ok(());
         }
-        let io = |source| LoadError::Io { path: path.display().to_string(), source };
+        let io = |source| LoadError::Io {
+            path: path.display().to_string(),
+            source,
+        };
         let meta = std::fs::metadata(path).map_err(io)?;
         if meta.is_dir() {
             let mut files = Vec::new();
@@ -124,14 +151,21 @@ impl Loaded {
     }
 
     fn add_file(&mut self, path: &Path, opts: &LoadOptions) -> Result<(), LoadError> {
-        let bytes = std::fs::read(path).map_err(|source| LoadError::Io { path: path.display().to_string(), source })?;
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
         let name = path.display().to_string();
         match String::from_utf8(bytes) {
             Ok(text) => self.add_str(&name, &text, opts),
             Err(e) => {
                 let file: Arc<str> = name.into();
                 self.files.push(file.clone());
-                self.findings.push(plain_finding(&file, Pos { line: 1, column: 1 }, format!("file is not UTF-8 text ({e})")));
+                self.findings.push(plain_finding(
+                    &file,
+                    Pos { line: 1, column: 1 },
+                    format!("file is not UTF-8 text ({e})"),
+                ));
             }
         }
         Ok(())
@@ -144,7 +178,8 @@ impl Loaded {
         let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         let result = parse_stream_each(text, |doc| self.add_document(&file, &doc, opts, 0));
         if let Err(e) = result {
-            self.findings.push(plain_finding(&file, e.pos, format!("invalid YAML: {}", e.message)));
+            self.findings
+                .push(plain_finding(&file, e.pos, format!("invalid YAML: {}", e.message)));
         }
     }
 
@@ -153,7 +188,11 @@ impl Loaded {
             Value::Null => return,
             Value::Map(m) => m,
             _ => {
-                self.findings.push(plain_finding(file, doc.pos, format!("a resource must be an object, found {}", doc.kind_name())));
+                self.findings.push(plain_finding(
+                    file,
+                    doc.pos,
+                    format!("a resource must be an object, found {}", doc.kind_name()),
+                ));
                 return;
             }
         };
@@ -161,7 +200,8 @@ impl Loaded {
         let api_version = text_of("apiVersion");
         let kind_text = text_of("kind");
         if kind_text.is_empty() {
-            self.findings.push(located(file, doc, "kind", "", "", "kind is required"));
+            self.findings
+                .push(located(file, doc, "kind", "", "", "kind is required"));
             return;
         }
         if kind_text == "List" || kind_text.ends_with("List") && doc.get("items").is_some() {
@@ -173,7 +213,14 @@ impl Loaded {
                         }
                     }
                     Value::Null => {}
-                    _ => self.findings.push(located(file, doc, "items", kind_text, "", "items must be a list of resources")),
+                    _ => self.findings.push(located(
+                        file,
+                        doc,
+                        "items",
+                        kind_text,
+                        "",
+                        "items must be a list of resources",
+                    )),
                 }
             }
             return;
@@ -188,11 +235,22 @@ impl Loaded {
                 if group == ISTIO_GROUP && !SKIPPED_ISTIO_KINDS.contains(&kind_text) {
                     let names = Kind::ISTIO.map(Kind::as_str);
                     if let Some(s) = did_you_mean(kind_text, names) {
-                        self.findings.push(located(file, doc, "kind", "", "", format!("unknown kind `{kind_text}`, did you mean `{s}`?")));
+                        self.findings.push(located(
+                            file,
+                            doc,
+                            "kind",
+                            "",
+                            "",
+                            format!("unknown kind `{kind_text}`, did you mean `{s}`?"),
+                        ));
                         return;
                     }
                 }
-                let name = doc.get("metadata").and_then(|m| m.get("name")).and_then(Node::as_str).unwrap_or("");
+                let name = doc
+                    .get("metadata")
+                    .and_then(|m| m.get("name"))
+                    .and_then(Node::as_str)
+                    .unwrap_or("");
                 self.notices.push(format!(
                     "{file}:{}:{}: skipping {api_version} {kind_text} {name}: not a kind meshentry reads",
                     doc.pos.line, doc.pos.column
@@ -200,7 +258,11 @@ impl Loaded {
                 return;
             }
         };
-        let api_ok = if kind.is_istio() { group == ISTIO_GROUP && ISTIO_VERSIONS.contains(&version) } else { api_version == "v1" };
+        let api_ok = if kind.is_istio() {
+            group == ISTIO_GROUP && ISTIO_VERSIONS.contains(&version)
+        } else {
+            api_version == "v1"
+        };
         if !api_ok {
             let want = if kind.is_istio() {
                 ISTIO_VERSIONS.map(|v| format!("{ISTIO_GROUP}/{v}")).join(", ")
@@ -212,7 +274,14 @@ impl Loaded {
             } else {
                 format!("unsupported apiVersion {api_version:?} for {kind} (expected one of {want})")
             };
-            self.findings.push(located(file, doc, "apiVersion", kind.as_str(), &opts.default_namespace, msg));
+            self.findings.push(located(
+                file,
+                doc,
+                "apiVersion",
+                kind.as_str(),
+                &opts.default_namespace,
+                msg,
+            ));
             return;
         }
 
@@ -222,8 +291,14 @@ impl Loaded {
             let Some(k) = key.as_str() else { continue };
             let allowed: &[&str] = &["apiVersion", "kind", "metadata", "spec", "status"];
             if !allowed.contains(&k) && kind.is_istio() {
-                let hint = did_you_mean(k, allowed.iter().copied()).map(|s| format!(", did you mean `{s}`?")).unwrap_or_default();
-                top_level.push(Issue { pos: key.pos, path: k.to_string(), message: format!("unknown field `{k}`{hint}") });
+                let hint = did_you_mean(k, allowed.iter().copied())
+                    .map(|s| format!(", did you mean `{s}`?"))
+                    .unwrap_or_default();
+                top_level.push(Issue {
+                    pos: key.pos,
+                    path: k.to_string(),
+                    message: format!("unknown field `{k}`{hint}"),
+                });
             }
         }
         let meta: ObjectMeta = match doc.get("metadata") {
@@ -248,14 +323,21 @@ impl Loaded {
         issues.extend(cx.into_issues());
         let namespace = match kind {
             Kind::Namespace => String::new(),
-            _ => meta.namespace.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| opts.default_namespace.clone()),
+            _ => meta
+                .namespace
+                .clone()
+                .filter(|n| !n.is_empty())
+                .unwrap_or_else(|| opts.default_namespace.clone()),
         };
         let mut resource = Resource {
             api_version: api_version.to_string(),
             meta,
             namespace,
             spec,
-            origin: Origin { file: file.clone(), pos: doc.pos },
+            origin: Origin {
+                file: file.clone(),
+                pos: doc.pos,
+            },
             order: self.resources.len(),
             valid: true,
         };
@@ -267,7 +349,13 @@ impl Loaded {
         let mut valid = true;
         for issue in &issues {
             valid = false;
-            self.findings.push(finding_for(&resource, &issue.path, issue.pos, Severity::Error, issue.message.clone()));
+            self.findings.push(finding_for(
+                &resource,
+                &issue.path,
+                issue.pos,
+                Severity::Error,
+                issue.message.clone(),
+            ));
         }
         for p in report.problems {
             if covered_by_decode_issue(&p.path, &issues) {
@@ -277,7 +365,8 @@ impl Loaded {
                 valid = false;
             }
             let pos = doc.locate(&p.path);
-            self.findings.push(finding_for(&resource, &p.path, pos, p.severity, p.message));
+            self.findings
+                .push(finding_for(&resource, &p.path, pos, p.severity, p.message));
         }
         resource.valid = valid;
         self.resources.push(resource);
@@ -295,10 +384,19 @@ fn validate_meta(r: &Resource, report: &mut Report) {
     if r.meta.name.is_empty() {
         report.error("metadata.name", "name is required");
     } else if !is_dns1123_subdomain(&r.meta.name) {
-        report.error("metadata.name", format!("invalid name {:?}: must be a lowercase RFC 1123 subdomain", r.meta.name));
+        report.error(
+            "metadata.name",
+            format!("invalid name {:?}: must be a lowercase RFC 1123 subdomain", r.meta.name),
+        );
     }
     if r.kind() != Kind::Namespace && !is_dns1123_label(&r.namespace) {
-        report.error("metadata.namespace", format!("invalid namespace {:?}: must be a lowercase RFC 1123 label", r.namespace));
+        report.error(
+            "metadata.namespace",
+            format!(
+                "invalid namespace {:?}: must be a lowercase RFC 1123 label",
+                r.namespace
+            ),
+        );
     }
 }
 
@@ -325,7 +423,9 @@ pub fn validate_resource(r: &Resource, report: &mut Report) {
 fn covered_by_decode_issue(path: &str, issues: &[Issue]) -> bool {
     issues.iter().any(|i| {
         path == i.path
-            || path.strip_prefix(i.path.as_str()).is_some_and(|rest| rest.starts_with('.') || rest.starts_with('['))
+            || path
+                .strip_prefix(i.path.as_str())
+                .is_some_and(|rest| rest.starts_with('.') || rest.starts_with('['))
     })
 }
 
@@ -359,9 +459,24 @@ fn plain_finding(file: &Arc<str>, pos: Pos, message: String) -> Finding {
 
 /// A finding about a top-level field of a document whose resource could not be built.
 /// `default_ns` is empty when the kind is unknown: there is no resource to name yet.
-fn located(file: &Arc<str>, doc: &Node, field: &str, kind: &str, default_ns: &str, message: impl Into<String>) -> Finding {
-    let name = doc.get("metadata").and_then(|m| m.get("name")).and_then(Node::as_str).unwrap_or("");
-    let namespace = doc.get("metadata").and_then(|m| m.get("namespace")).and_then(Node::as_str).unwrap_or("");
+fn located(
+    file: &Arc<str>,
+    doc: &Node,
+    field: &str,
+    kind: &str,
+    default_ns: &str,
+    message: impl Into<String>,
+) -> Finding {
+    let name = doc
+        .get("metadata")
+        .and_then(|m| m.get("name"))
+        .and_then(Node::as_str)
+        .unwrap_or("");
+    let namespace = doc
+        .get("metadata")
+        .and_then(|m| m.get("namespace"))
+        .and_then(Node::as_str)
+        .unwrap_or("");
     let namespace = if namespace.is_empty() { default_ns } else { namespace };
     Finding {
         file: file.to_string(),
@@ -377,7 +492,10 @@ fn located(file: &Arc<str>, doc: &Node, field: &str, kind: &str, default_ns: &st
 }
 
 fn collect_dir(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), LoadError> {
-    let io = |source| LoadError::Io { path: dir.display().to_string(), source };
+    let io = |source| LoadError::Io {
+        path: dir.display().to_string(),
+        source,
+    };
     for entry in std::fs::read_dir(dir).map_err(io)? {
         let entry = entry.map_err(io)?;
         let path = entry.path();

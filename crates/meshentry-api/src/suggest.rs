@@ -8,7 +8,11 @@ pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str
     let limit = (word.chars().count() / 3).clamp(1, 3);
     let mut best: Option<(usize, &'a str)> = None;
     for cand in candidates {
-        let d = if cand.to_ascii_lowercase() == lower { 0 } else { distance(word, cand) };
+        let d = if cand.to_ascii_lowercase() == lower {
+            0
+        } else {
+            distance(word, cand)
+        };
         if d <= limit && best.is_none_or(|(bd, _)| d < bd) {
             best = Some((d, cand));
         }
@@ -44,7 +48,15 @@ mod tests {
 
     #[test]
     fn suggestions() {
-        let fields = ["hosts", "addresses", "ports", "location", "resolution", "endpoints", "exportTo"];
+        let fields = [
+            "hosts",
+            "addresses",
+            "ports",
+            "location",
+            "resolution",
+            "endpoints",
+            "exportTo",
+        ];
         assert_eq!(did_you_mean("hsots", fields), Some("hosts"));
         assert_eq!(did_you_mean("Hosts", fields), Some("hosts"));
         assert_eq!(did_you_mean("export_to", fields), Some("exportTo"));

@@ -37,7 +37,10 @@ pub enum Value {
     Null,
     /// A scalar's text. `plain` scalars are typed by the YAML 1.2 core schema (`80` is a number,
     /// `true` a boolean); quoted ones are always strings.
-    Scalar { text: String, plain: bool },
+    Scalar {
+        text: String,
+        plain: bool,
+    },
     Seq(Vec<Node>),
     /// Entries in document order; keys are nodes so that an unknown key can be pointed at.
     Map(Vec<(Node, Node)>),
@@ -196,10 +199,14 @@ pub fn parse_int(text: &str) -> Option<i128> {
 }
 
 fn is_float(text: &str) -> bool {
-    matches!(text, ".inf" | ".Inf" | ".INF" | "-.inf" | "+.inf" | ".nan" | ".NaN" | ".NAN")
-        || (text.bytes().any(|b| b.is_ascii_digit())
-            && text.bytes().all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'-' | b'+'))
-            && text.parse::<f64>().is_ok())
+    matches!(
+        text,
+        ".inf" | ".Inf" | ".INF" | "-.inf" | "+.inf" | ".nan" | ".NaN" | ".NAN"
+    ) || (text.bytes().any(|b| b.is_ascii_digit())
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'-' | b'+'))
+        && text.parse::<f64>().is_ok())
 }
 
 pub fn parse_float(text: &str) -> Option<f64> {
@@ -213,8 +220,17 @@ pub fn parse_float(text: &str) -> Option<f64> {
 }
 
 enum Frame {
-    Seq { items: Vec<Node>, pos: Pos, anchor: usize },
-    Map { entries: Vec<(Node, Node)>, key: Option<Node>, pos: Pos, anchor: usize },
+    Seq {
+        items: Vec<Node>,
+        pos: Pos,
+        anchor: usize,
+    },
+    Map {
+        entries: Vec<(Node, Node)>,
+        key: Option<Node>,
+        pos: Pos,
+        anchor: usize,
+    },
 }
 
 /// Reads every document of a YAML stream (JSON is read as the YAML it is). Empty documents come
@@ -235,10 +251,16 @@ pub fn parse_stream_each(text: &str, mut each: impl FnMut(Node)) -> Result<(), S
 
     for event in Parser::new_from_str(text) {
         let (event, span) = event.map_err(|e| SyntaxError {
-            pos: Pos { line: e.marker().line() as u32, column: e.marker().col() as u32 + 1 },
+            pos: Pos {
+                line: e.marker().line() as u32,
+                column: e.marker().col() as u32 + 1,
+            },
             message: e.info().to_string(),
         })?;
-        let pos = Pos { line: span.start.line() as u32, column: span.start.col() as u32 + 1 };
+        let pos = Pos {
+            line: span.start.line() as u32,
+            column: span.start.col() as u32 + 1,
+        };
         let complete = match event {
             Event::Nothing | Event::StreamStart | Event::StreamEnd | Event::DocumentStart(_) => None,
             Event::DocumentEnd => {
@@ -247,7 +269,10 @@ pub fn parse_stream_each(text: &str, mut each: impl FnMut(Node)) -> Result<(), S
             }
             Event::Alias(id) => {
                 let Some(target) = anchors.get(&id) else {
-                    return Err(SyntaxError { pos, message: "alias to an unknown anchor".into() });
+                    return Err(SyntaxError {
+                        pos,
+                        message: "alias to an unknown anchor".into(),
+                    });
                 };
                 nodes += count_nodes(target);
                 if nodes > MAX_NODES {
@@ -256,7 +281,13 @@ pub fn parse_stream_each(text: &str, mut each: impl FnMut(Node)) -> Result<(), S
                         message: format!("document expands to more than {MAX_NODES} nodes through aliases"),
                     });
                 }
-                Some((Node { value: target.value.clone(), pos }, 0))
+                Some((
+                    Node {
+                        value: target.value.clone(),
+                        pos,
+                    },
+                    0,
+                ))
             }
             Event::Scalar(text, style, anchor, tag) => {
                 let forced_str = tag.as_ref().is_some_and(|t| t.suffix == "str");
@@ -264,33 +295,67 @@ pub fn parse_stream_each(text: &str, mut each: impl FnMut(Node)) -> Result<(), S
                 let value = if plain && matches!(&*text, "" | "~" | "null" | "Null" | "NULL") {
                     Value::Null
                 } else {
-                    Value::Scalar { text: text.into_owned(), plain }
+                    Value::Scalar {
+                        text: text.into_owned(),
+                        plain,
+                    }
                 };
                 nodes += 1;
                 Some((Node { value, pos }, anchor))
             }
             Event::SequenceStart(anchor, _) => {
-                stack.push(Frame::Seq { items: Vec::new(), pos, anchor });
+                stack.push(Frame::Seq {
+                    items: Vec::new(),
+                    pos,
+                    anchor,
+                });
                 None
             }
             Event::MappingStart(anchor, _) => {
-                stack.push(Frame::Map { entries: Vec::new(), key: None, pos, anchor });
+                stack.push(Frame::Map {
+                    entries: Vec::new(),
+                    key: None,
+                    pos,
+                    anchor,
+                });
                 None
             }
             Event::SequenceEnd | Event::MappingEnd => match stack.pop() {
                 Some(Frame::Seq { items, pos, anchor }) => {
                     nodes += 1;
-                    Some((Node { value: Value::Seq(items), pos }, anchor))
+                    Some((
+                        Node {
+                            value: Value::Seq(items),
+                            pos,
+                        },
+                        anchor,
+                    ))
                 }
-                Some(Frame::Map { entries, pos, anchor, .. }) => {
+                Some(Frame::Map {
+                    entries, pos, anchor, ..
+                }) => {
                     nodes += 1;
-                    Some((Node { value: Value::Map(entries), pos }, anchor))
+                    Some((
+                        Node {
+                            value: Value::Map(entries),
+                            pos,
+                        },
+                        anchor,
+                    ))
                 }
-                None => return Err(SyntaxError { pos, message: "unbalanced collection end".into() }),
+                None => {
+                    return Err(SyntaxError {
+                        pos,
+                        message: "unbalanced collection end".into(),
+                    });
+                }
             },
         };
         if stack.len() > MAX_DEPTH {
-            return Err(SyntaxError { pos, message: format!("nesting deeper than {MAX_DEPTH} levels") });
+            return Err(SyntaxError {
+                pos,
+                message: format!("nesting deeper than {MAX_DEPTH} levels"),
+            });
         }
         let Some((node, anchor)) = complete else { continue };
         if anchor != 0 {
@@ -312,7 +377,12 @@ fn count_nodes(node: &Node) -> usize {
     match &node.value {
         Value::Null | Value::Scalar { .. } => 1,
         Value::Seq(items) => 1 + items.iter().map(count_nodes).sum::<usize>(),
-        Value::Map(entries) => 1 + entries.iter().map(|(k, v)| count_nodes(k) + count_nodes(v)).sum::<usize>(),
+        Value::Map(entries) => {
+            1 + entries
+                .iter()
+                .map(|(k, v)| count_nodes(k) + count_nodes(v))
+                .sum::<usize>()
+        }
     }
 }
 
@@ -335,7 +405,10 @@ mod tests {
     #[test]
     fn quoted_keys_in_paths() {
         let docs = parse_stream("labels:\n  app.kubernetes.io/name: x\n").unwrap();
-        assert_eq!(docs[0].locate("labels[\"app.kubernetes.io/name\"]"), Pos { line: 2, column: 27 });
+        assert_eq!(
+            docs[0].locate("labels[\"app.kubernetes.io/name\"]"),
+            Pos { line: 2, column: 27 }
+        );
     }
 
     #[test]
@@ -352,7 +425,9 @@ mod tests {
         let mut bomb = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
         for i in 1..12 {
             let p = i - 1;
-            bomb.push_str(&format!("a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"));
+            bomb.push_str(&format!(
+                "a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"
+            ));
         }
         let err = parse_stream(&bomb).unwrap_err();
         assert!(err.message.contains("more than"), "{err}");
@@ -362,7 +437,10 @@ mod tests {
     fn deep_nesting_is_refused() {
         let deep = "[".repeat(1000) + &"]".repeat(1000);
         let err = parse_stream(&deep).unwrap_err();
-        assert!(err.message.contains("nesting") || err.message.contains("recursion"), "{err}");
+        assert!(
+            err.message.contains("nesting") || err.message.contains("recursion"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! The loader end to end: text in, resources and placed findings out.
 
+#![allow(clippy::unwrap_used)] // Test code: a failed unwrap is a failed test.
+
 use meshentry_api::{Kind, LoadOptions, Severity, Spec, load_str};
 
 fn opts() -> LoadOptions {
@@ -7,7 +9,11 @@ fn opts() -> LoadOptions {
 }
 
 fn lines(text: &str) -> Vec<String> {
-    load_str("f.yaml", text, &opts()).findings.iter().map(|f| f.to_string()).collect()
+    load_str("f.yaml", text, &opts())
+        .findings
+        .iter()
+        .map(|f| f.to_string())
+        .collect()
 }
 
 const GOOD_SE: &str = "apiVersion: networking.istio.io/v1
@@ -33,7 +39,13 @@ fn valid_resource_has_no_findings_and_default_namespace() {
     assert_eq!(r.namespace, "default");
     assert_eq!(r.kind(), Kind::ServiceEntry);
     assert_eq!((r.origin.pos.line, r.origin.pos.column), (1, 1));
-    let custom = load_str("f.yaml", GOOD_SE, &LoadOptions { default_namespace: "team-a".into() });
+    let custom = load_str(
+        "f.yaml",
+        GOOD_SE,
+        &LoadOptions {
+            default_namespace: "team-a".into(),
+        },
+    );
     assert_eq!(custom.resources[0].namespace, "team-a");
 }
 
@@ -74,7 +86,10 @@ spec:
 fn a_type_error_is_reported_once_not_again_by_validation() {
     let text = GOOD_SE.replace("number: 443", "number: https");
     let got = lines(&text);
-    assert_eq!(got, vec!["f.yaml:8:13: ServiceEntry default/ok: spec.ports[0].number: expected an integer, found a string"]);
+    assert_eq!(
+        got,
+        vec!["f.yaml:8:13: ServiceEntry default/ok: spec.ports[0].number: expected an integer, found a string"]
+    );
 }
 
 #[test]
@@ -91,7 +106,10 @@ fn warnings_do_not_invalidate() {
 fn multi_document_streams_and_lists() {
     let list = format!(
         "---\n{GOOD_SE}---\n# comment only\n---\napiVersion: v1\nkind: List\nitems:\n- {}\n",
-        GOOD_SE.replace("name: ok", "name: ok2").replace('\n', "\n  ").trim_end()
+        GOOD_SE
+            .replace("name: ok", "name: ok2")
+            .replace('\n', "\n  ")
+            .trim_end()
     );
     let loaded = load_str("f.yaml", &list, &opts());
     assert!(loaded.findings.is_empty(), "{:?}", loaded.findings);
@@ -105,7 +123,12 @@ fn multi_document_streams_and_lists() {
 fn duplicates_name_the_first_definition() {
     let text = format!("{GOOD_SE}---\n{GOOD_SE}");
     let got = lines(&text);
-    assert_eq!(got, vec!["f.yaml:13:1: ServiceEntry default/ok: metadata.name: duplicate ServiceEntry default/ok: first defined at f.yaml:1:1"]);
+    assert_eq!(
+        got,
+        vec![
+            "f.yaml:13:1: ServiceEntry default/ok: metadata.name: duplicate ServiceEntry default/ok: first defined at f.yaml:1:1"
+        ]
+    );
     // Same name in another namespace or kind is fine.
     let other = GOOD_SE.replace("name: ok", "name: ok\n  namespace: other");
     assert!(lines(&format!("{GOOD_SE}---\n{other}")).is_empty());
@@ -113,9 +136,16 @@ fn duplicates_name_the_first_definition() {
 
 #[test]
 fn kinds_and_api_versions() {
-    let skipped = load_str("f.yaml", "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\n", &opts());
+    let skipped = load_str(
+        "f.yaml",
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\n",
+        &opts(),
+    );
     assert!(skipped.findings.is_empty());
-    assert_eq!(skipped.notices, vec!["f.yaml:1:1: skipping apps/v1 Deployment web: not a kind meshentry reads"]);
+    assert_eq!(
+        skipped.notices,
+        vec!["f.yaml:1:1: skipping apps/v1 Deployment web: not a kind meshentry reads"]
+    );
 
     assert_eq!(
         lines("apiVersion: networking.istio.io/v1\nkind: ServiceEntri\nmetadata: {name: x}\n"),
@@ -123,10 +153,18 @@ fn kinds_and_api_versions() {
     );
     assert_eq!(
         lines("apiVersion: networking.istio.io/v2\nkind: ServiceEntry\nmetadata: {name: x}\n"),
-        vec!["f.yaml:1:13: ServiceEntry default/x: apiVersion: unsupported apiVersion \"networking.istio.io/v2\" for ServiceEntry (expected one of networking.istio.io/v1alpha3, networking.istio.io/v1beta1, networking.istio.io/v1)"]
+        vec![
+            "f.yaml:1:13: ServiceEntry default/x: apiVersion: unsupported apiVersion \"networking.istio.io/v2\" for ServiceEntry (expected one of networking.istio.io/v1alpha3, networking.istio.io/v1beta1, networking.istio.io/v1)"
+        ]
     );
-    assert_eq!(lines("metadata: {name: x}\n"), vec!["f.yaml:1:1: kind: kind is required"]);
-    assert_eq!(lines("- a\n- b\n"), vec!["f.yaml:1:1: a resource must be an object, found a list"]);
+    assert_eq!(
+        lines("metadata: {name: x}\n"),
+        vec!["f.yaml:1:1: kind: kind is required"]
+    );
+    assert_eq!(
+        lines("- a\n- b\n"),
+        vec!["f.yaml:1:1: a resource must be an object, found a list"]
+    );
     assert_eq!(
         lines("apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: x}\nspce: {}\n"),
         vec![
@@ -172,7 +210,12 @@ fn json_documents() {
   "spec": {"hosts": ["a.com"], "ports": [{"number": 80, "name": "http", "protocol": "HTTP"}], "resolution": "DNS", "bogus": 1}
 }"#;
     let got = lines(json);
-    assert_eq!(got, vec!["f.yaml:5:116: ServiceEntry ns/j: spec.bogus: unknown field `bogus` (known fields: hosts, addresses, ports, location, resolution, endpoints, workloadSelector, exportTo, subjectAltNames)"]);
+    assert_eq!(
+        got,
+        vec![
+            "f.yaml:5:116: ServiceEntry ns/j: spec.bogus: unknown field `bogus` (known fields: hosts, addresses, ports, location, resolution, endpoints, workloadSelector, exportTo, subjectAltNames)"
+        ]
+    );
 }
 
 #[test]

@@ -1,5 +1,7 @@
 //! Whatever bytes arrive, loading and validation report problems and never panic.
 
+#![allow(clippy::unwrap_used)] // Test code: a failed unwrap is a failed test.
+
 use meshentry_api::{LoadOptions, load_str};
 use proptest::prelude::*;
 
@@ -8,17 +10,73 @@ const SEED_DIRS: [&str; 2] = ["v1alpha3", "v1beta1"];
 /// Field names the model knows, so random documents reach deep into decoding and validation
 /// rather than stopping at "unknown field".
 const KEYS: &[&str] = &[
-    "apiVersion", "kind", "metadata", "spec", "name", "namespace", "labels", "hosts", "addresses", "ports",
-    "number", "protocol", "targetPort", "resolution", "location", "endpoints", "address", "network", "weight",
-    "workloadSelector", "exportTo", "subjectAltNames", "host", "trafficPolicy", "tls", "mode", "subsets", "http",
-    "match", "route", "destination", "uri", "prefix", "exact", "regex", "tcp", "sniHosts", "gateways", "servers",
-    "port", "selector", "egress", "outboundTrafficPolicy", "timeout", "retries", "attempts", "portLevelSettings",
-    "loadBalancer", "simple", "connectionPool", "outlierDetection", "template", "probe", "items",
+    "apiVersion",
+    "kind",
+    "metadata",
+    "spec",
+    "name",
+    "namespace",
+    "labels",
+    "hosts",
+    "addresses",
+    "ports",
+    "number",
+    "protocol",
+    "targetPort",
+    "resolution",
+    "location",
+    "endpoints",
+    "address",
+    "network",
+    "weight",
+    "workloadSelector",
+    "exportTo",
+    "subjectAltNames",
+    "host",
+    "trafficPolicy",
+    "tls",
+    "mode",
+    "subsets",
+    "http",
+    "match",
+    "route",
+    "destination",
+    "uri",
+    "prefix",
+    "exact",
+    "regex",
+    "tcp",
+    "sniHosts",
+    "gateways",
+    "servers",
+    "port",
+    "selector",
+    "egress",
+    "outboundTrafficPolicy",
+    "timeout",
+    "retries",
+    "attempts",
+    "portLevelSettings",
+    "loadBalancer",
+    "simple",
+    "connectionPool",
+    "outlierDetection",
+    "template",
+    "probe",
+    "items",
 ];
 
 const KINDS: &[&str] = &[
-    "ServiceEntry", "WorkloadEntry", "WorkloadGroup", "DestinationRule", "VirtualService", "Gateway", "Sidecar", "Pod",
-    "Namespace", "List",
+    "ServiceEntry",
+    "WorkloadEntry",
+    "WorkloadGroup",
+    "DestinationRule",
+    "VirtualService",
+    "Gateway",
+    "Sidecar",
+    "Pod",
+    "Namespace",
+    "List",
 ];
 
 fn scalar() -> impl Strategy<Value = String> {
@@ -67,7 +125,10 @@ fn seeds() -> Vec<String> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/seed");
     let mut out = Vec::new();
     for d in SEED_DIRS {
-        let mut entries: Vec<_> = std::fs::read_dir(root.join(d)).unwrap().map(|e| e.unwrap().path()).collect();
+        let mut entries: Vec<_> = std::fs::read_dir(root.join(d))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
         entries.sort();
         for p in entries {
             out.push(std::fs::read_to_string(p).unwrap());

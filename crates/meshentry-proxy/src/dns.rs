@@ -67,8 +67,14 @@ pub struct Dns {
     /// per name it has not resolved before on this snapshot; the hot path holds an
     /// `Arc<DnsName>` and touches no lock.
     names: Mutex<HashMap<Arc<str>, Arc<DnsName>>>,
+    /// Entries for names that come from traffic (passthrough, `resolution: NONE`), kept apart
+    /// and bounded so that clients cannot grow memory by asking for many names.
+    dynamic: Mutex<HashMap<Arc<str>, Arc<DnsName>>>,
     pub stats: DnsStats,
 }
+
+/// Most names remembered from traffic; past this the dynamic cache starts over.
+const MAX_DYNAMIC_NAMES: usize = 4096;
 
 /// The cached state of one name.
 pub struct DnsName {
@@ -88,7 +94,10 @@ pub struct Answer {
 
 impl Dns {
     pub fn new(config: DnsConfig) -> Result<Arc<Self>, DnsError> {
-        let err = |reason: String| DnsError { name: "<config>".into(), reason };
+        let err = |reason: String| DnsError {
+            name: "<config>".into(),
+            reason,
+        };
         let (resolver_config, mut opts) = match config.server {
             Some(addr) => {
                 let mut udp = ConnectionConfig::udp();
@@ -109,33 +118,34 @@ impl Dns {
             .with_options(opts)
             .build()
             .map_err(|e| err(e.to_string()))?;
-        Ok(Arc::new(Self { resolver, config, names: Mutex::new(HashMap::new()), stats: DnsStats::default() }))
+        Ok(Arc::new(Self {
+            resolver,
+            config,
+            names: Mutex::new(HashMap::new()),
+            dynamic: Mutex::new(HashMap::new()),
+            stats: DnsStats::default(),
+        }))
     }
 
     /// The entry for `name`, created on first use. Snapshots call this when they are built,
     /// so that their clusters hold entries and never look them up per request.
     pub fn entry(&self, name: &str) -> Arc<DnsName> {
-        let name = name.trim_end_matches('.').to_ascii_lowercase();
-        // A poisoned lock only means another thread panicked while inserting; the map is
-        // still consistent (insert is the only mutation), so keep using it.
-        let mut names = self.names.lock().unwrap_or_else(|p| p.into_inner());
-        names
-            .entry(Arc::from(name.as_str()))
-            .or_insert_with(|| {
-                Arc::new(DnsName {
-                    name: Arc::from(name.as_str()),
-                    answer: ArcSwapOption::empty(),
-                    refreshing: AtomicBool::new(false),
-                    changed: Notify::new(),
-                })
-            })
-            .clone()
+        entry_in(&self.names, name, usize::MAX)
+    }
+
+    /// The entry for a name that comes from traffic rather than configuration.
+    pub fn dynamic_entry(&self, name: &str) -> Arc<DnsName> {
+        entry_in(&self.dynamic, name, MAX_DYNAMIC_NAMES)
     }
 
     /// The addresses of `entry`: cached if any answer is, else after one query.
     pub async fn resolve(self: &Arc<Self>, entry: &Arc<DnsName>) -> Result<Arc<Answer>, DnsError> {
         if let Ok(ip) = entry.name.parse::<IpAddr>() {
-            return Ok(Arc::new(Answer { addrs: Box::new([ip]), valid_until: far_future(), error: None }));
+            return Ok(Arc::new(Answer {
+                addrs: Box::new([ip]),
+                valid_until: far_future(),
+                error: None,
+            }));
         }
         if let Some(found) = self.cached(entry) {
             return found;
@@ -157,7 +167,10 @@ impl Dns {
                 name: entry.name.clone(),
                 reason: a.error.clone().unwrap_or_else(|| "no addresses".into()),
             }),
-            None => Err(DnsError { name: entry.name.clone(), reason: "timed out".into() }),
+            None => Err(DnsError {
+                name: entry.name.clone(),
+                reason: "timed out".into(),
+            }),
         }
     }
 
@@ -173,7 +186,10 @@ impl Dns {
             return Some(Ok(answer));
         }
         fresh.then(|| {
-            Err(DnsError { name: entry.name.clone(), reason: answer.error.clone().unwrap_or_else(|| "no addresses".into()) })
+            Err(DnsError {
+                name: entry.name.clone(),
+                reason: answer.error.clone().unwrap_or_else(|| "no addresses".into()),
+            })
         })
     }
 
@@ -186,8 +202,8 @@ impl Dns {
         let entry = entry.clone();
         tokio::spawn(async move {
             let answer = dns.query(&entry.name).await;
-            let keep_stale = answer.addrs.is_empty()
-                && entry.answer.load().as_ref().is_some_and(|old| !old.addrs.is_empty());
+            let keep_stale =
+                answer.addrs.is_empty() && entry.answer.load().as_ref().is_some_and(|old| !old.addrs.is_empty());
             if keep_stale {
                 // A failed refresh keeps serving the last good addresses, retrying after the
                 // minimum TTL (Envoy would drop the hosts; a DNS blip should not cut traffic).
@@ -216,14 +232,44 @@ impl Dns {
                 let addrs: Box<[IpAddr]> = lookup.iter().collect();
                 let ttl = lookup.valid_until().saturating_duration_since(Instant::now());
                 let ttl = ttl.clamp(self.config.min_ttl, self.config.max_ttl);
-                Answer { addrs, valid_until: Instant::now() + ttl, error: None }
+                Answer {
+                    addrs,
+                    valid_until: Instant::now() + ttl,
+                    error: None,
+                }
             }
             Err(e) => {
                 self.stats.failures.fetch_add(1, Ordering::Relaxed);
-                Answer { addrs: Box::new([]), valid_until: Instant::now() + self.config.min_ttl, error: Some(e.to_string()) }
+                Answer {
+                    addrs: Box::new([]),
+                    valid_until: Instant::now() + self.config.min_ttl,
+                    error: Some(e.to_string()),
+                }
             }
         }
     }
+}
+
+fn entry_in(map: &Mutex<HashMap<Arc<str>, Arc<DnsName>>>, name: &str, cap: usize) -> Arc<DnsName> {
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    // A poisoned lock only means another thread panicked while inserting; the map is still
+    // consistent (insert and clear are the only mutations), so keep using it.
+    let mut names = map.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(e) = names.get(name.as_str()) {
+        return e.clone();
+    }
+    if names.len() >= cap {
+        names.clear();
+    }
+    let key: Arc<str> = Arc::from(name.as_str());
+    let entry = Arc::new(DnsName {
+        name: key.clone(),
+        answer: ArcSwapOption::empty(),
+        refreshing: AtomicBool::new(false),
+        changed: Notify::new(),
+    });
+    names.insert(key, entry.clone());
+    entry
 }
 
 fn far_future() -> Instant {

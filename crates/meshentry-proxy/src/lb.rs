@@ -28,7 +28,16 @@ pub struct HostLoad {
 
 impl HostLoad {
     pub fn new(weight: u32) -> Self {
-        Self { active: AtomicU32::new(0), weight: weight.max(1) }
+        Self {
+            active: AtomicU32::new(0),
+            weight: weight.max(1),
+        }
+    }
+}
+
+impl AsRef<HostLoad> for HostLoad {
+    fn as_ref(&self) -> &HostLoad {
+        self
     }
 }
 
@@ -69,15 +78,21 @@ pub struct Balancer {
 const MAX_SCHEDULE: u64 = 4096;
 
 impl Balancer {
-    pub fn new(policy: Policy, hosts: &[HostLoad]) -> Self {
-        let equal_weights = hosts.windows(2).all(|w| w[0].weight == w[1].weight);
-        let total_weight: u64 = hosts.iter().map(|h| u64::from(h.weight)).sum();
+    pub fn new<H: AsRef<HostLoad>>(policy: Policy, hosts: &[H]) -> Self {
+        let equal_weights = hosts.windows(2).all(|w| w[0].as_ref().weight == w[1].as_ref().weight);
+        let total_weight: u64 = hosts.iter().map(|h| u64::from(h.as_ref().weight)).sum();
         let schedule = if policy == Policy::RoundRobin && !equal_weights {
             smooth_schedule(hosts, total_weight)
         } else {
             Box::default()
         };
-        Self { policy, cursor: AtomicUsize::new(0), schedule, total_weight, equal_weights }
+        Self {
+            policy,
+            cursor: AtomicUsize::new(0),
+            schedule,
+            total_weight,
+            equal_weights,
+        }
     }
 
     pub fn policy(&self) -> Policy {
@@ -85,7 +100,7 @@ impl Balancer {
     }
 
     /// The next host, skipping `tried`; `None` when every host was tried or there are none.
-    pub fn pick(&self, hosts: &[HostLoad], tried: Tried) -> Option<usize> {
+    pub fn pick<H: AsRef<HostLoad>>(&self, hosts: &[H], tried: Tried) -> Option<usize> {
         let n = hosts.len();
         if n == 0 || tried.count() as usize >= n.min(64) && n <= 64 {
             return None;
@@ -104,16 +119,20 @@ impl Balancer {
 
     fn round_robin(&self, n: usize) -> usize {
         let c = self.cursor.fetch_add(1, Ordering::Relaxed);
-        if self.schedule.is_empty() { c % n } else { self.schedule[c % self.schedule.len()] as usize }
+        if self.schedule.is_empty() {
+            c % n
+        } else {
+            self.schedule[c % self.schedule.len()] as usize
+        }
     }
 
-    fn weighted_random(&self, hosts: &[HostLoad]) -> usize {
+    fn weighted_random<H: AsRef<HostLoad>>(&self, hosts: &[H]) -> usize {
         if self.equal_weights {
             return fastrand::usize(..hosts.len());
         }
         let mut r = fastrand::u64(..self.total_weight.max(1));
         for (i, h) in hosts.iter().enumerate() {
-            let w = u64::from(h.weight);
+            let w = u64::from(h.as_ref().weight);
             if r < w {
                 return i;
             }
@@ -124,7 +143,7 @@ impl Balancer {
 
     /// Envoy's LEAST_REQUEST: the better of two random choices (power of two choices); with
     /// unequal weights, load is divided by weight so heavier hosts take more.
-    fn least_request(&self, hosts: &[HostLoad]) -> usize {
+    fn least_request<H: AsRef<HostLoad>>(&self, hosts: &[H]) -> usize {
         let n = hosts.len();
         if n == 1 {
             return 0;
@@ -145,7 +164,7 @@ impl Balancer {
             (a, b)
         };
         let score = |i: usize| {
-            let h = &hosts[i];
+            let h = hosts[i].as_ref();
             (u64::from(h.active.load(Ordering::Relaxed)) + 1) * 1_000_000 / u64::from(h.weight)
         };
         if score(b) < score(a) { b } else { a }
@@ -153,9 +172,12 @@ impl Balancer {
 }
 
 /// nginx's smooth weighted round robin, unrolled into one period so picks need only a cursor.
-fn smooth_schedule(hosts: &[HostLoad], total: u64) -> Box<[u32]> {
+fn smooth_schedule<H: AsRef<HostLoad>>(hosts: &[H], total: u64) -> Box<[u32]> {
     let scale = total.div_ceil(MAX_SCHEDULE).max(1);
-    let weights: Vec<i64> = hosts.iter().map(|h| (u64::from(h.weight) / scale).max(1) as i64).collect();
+    let weights: Vec<i64> = hosts
+        .iter()
+        .map(|h| (u64::from(h.as_ref().weight) / scale).max(1) as i64)
+        .collect();
     let period: i64 = weights.iter().sum();
     let mut current = vec![0i64; hosts.len()];
     let mut out = Vec::with_capacity(period as usize);
@@ -265,8 +287,9 @@ mod tests {
             seen.sort();
             assert_eq!(seen, [0, 1, 2], "{policy:?}");
         }
-        let b = Balancer::new(Policy::RoundRobin, &[]);
-        assert_eq!(b.pick(&[], Tried::default()), None);
+        let none: [HostLoad; 0] = [];
+        let b = Balancer::new(Policy::RoundRobin, &none);
+        assert_eq!(b.pick(&none, Tried::default()), None);
     }
 
     #[test]

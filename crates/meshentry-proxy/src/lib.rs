@@ -1,6 +1,22 @@
 //! The data plane: listeners, sniffing, routing by SNI/Host/VIP/port, forwarding to static,
 //! DNS-resolved or unix-socket endpoints, load balancing and the outbound policy.
+//!
+//! - [`snapshot`]: the routing state, built from resources and swapped atomically;
+//! - [`route`]: which cluster a destination goes to;
+//! - [`cluster`], [`lb`], [`dns`]: the hosts of a cluster and how one is picked;
+//! - [`forward`], [`upstream`]: connecting and sending, with failover and pooling;
+//! - [`http`], [`tunnel`], [`sni`]: the explicit proxy listener, CONNECT tunnels, SNI;
+//! - [`server`]: shared state, counters and accept loops.
 
+pub mod cluster;
+pub mod config;
 pub mod dns;
+pub mod forward;
+pub mod http;
 pub mod lb;
+pub mod route;
+pub mod server;
+pub mod snapshot;
 pub mod sni;
+pub mod tunnel;
+pub mod upstream;

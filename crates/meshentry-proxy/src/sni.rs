@@ -45,7 +45,9 @@ pub struct ClientHello<'a> {
 
 /// Examines the start of a connection.
 pub fn sniff(buf: &[u8]) -> Sniff<'_> {
-    let Some(&first) = buf.first() else { return Sniff::Incomplete };
+    let Some(&first) = buf.first() else {
+        return Sniff::Incomplete;
+    };
     if first != CONTENT_HANDSHAKE {
         return Sniff::NotTls;
     }
@@ -195,7 +197,9 @@ fn parse_hello(body: &[u8]) -> Result<ClientHello<'_>, &'static str> {
         // Extensions are optional in a pre-TLS 1.2 ClientHello; then there is no SNI.
         return Ok(hello);
     }
-    let mut exts = Reader { buf: r.vec16("truncated extensions")? };
+    let mut exts = Reader {
+        buf: r.vec16("truncated extensions")?,
+    };
     if !r.buf.is_empty() {
         return Err("trailing bytes after extensions");
     }
@@ -213,7 +217,9 @@ fn parse_hello(body: &[u8]) -> Result<ClientHello<'_>, &'static str> {
             }
             EXT_ALPN => {
                 let mut list = Reader { buf: data };
-                let mut protos = Reader { buf: list.vec16("truncated ALPN list")? };
+                let mut protos = Reader {
+                    buf: list.vec16("truncated ALPN list")?,
+                };
                 while !protos.buf.is_empty() {
                     let p = protos.vec8("truncated ALPN protocol")?;
                     if p.is_empty() {
@@ -234,7 +240,9 @@ fn parse_server_name(data: &[u8]) -> Result<Option<Cow<'_, str>>, &'static str> 
         return Ok(None);
     }
     let mut r = Reader { buf: data };
-    let mut list = Reader { buf: r.vec16("truncated server name list")? };
+    let mut list = Reader {
+        buf: r.vec16("truncated server name list")?,
+    };
     let mut name = None;
     while !list.buf.is_empty() {
         let kind = list.u8("truncated server name")?;
@@ -252,7 +260,10 @@ fn host_name(raw: &[u8]) -> Result<Cow<'_, str>, &'static str> {
     if raw.is_empty() || raw.len() > 253 {
         return Err("bad server name length");
     }
-    if !raw.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'*')) {
+    if !raw
+        .iter()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'*'))
+    {
         return Err("server name is not a host name");
     }
     let text = std::str::from_utf8(raw).map_err(|_| "server name is not a host name")?;
@@ -346,7 +357,10 @@ mod tests {
 
     #[test]
     fn upper_case_and_trailing_dot_are_normalised() {
-        assert_eq!(name(sniff(&hello_bytes(Some("WWW.GoogleAPIs.com."), &[]))).as_deref(), Some("www.googleapis.com"));
+        assert_eq!(
+            name(sniff(&hello_bytes(Some("WWW.GoogleAPIs.com."), &[]))).as_deref(),
+            Some("www.googleapis.com")
+        );
     }
 
     #[test]
@@ -391,7 +405,10 @@ mod tests {
     fn malformed() {
         let mut bytes = hello_bytes(Some("a.com"), &[]);
         bytes[RECORD_HEADER] = 2; // ServerHello
-        assert_eq!(sniff(&bytes), Sniff::Invalid("first handshake message is not a ClientHello"));
+        assert_eq!(
+            sniff(&bytes),
+            Sniff::Invalid("first handshake message is not a ClientHello")
+        );
 
         // An extension whose length runs past the extension block.
         let mut bytes = hello_bytes(Some("a.com"), &[]);
@@ -403,7 +420,17 @@ mod tests {
         assert_eq!(sniff(&bad), Sniff::Invalid("server name is not a host name"));
 
         // A declared handshake length beyond the cap is refused without waiting for it.
-        let huge = [CONTENT_HANDSHAKE, 3, 1, 0x40, 0x00, HANDSHAKE_CLIENT_HELLO, 0x01, 0x00, 0x00];
+        let huge = [
+            CONTENT_HANDSHAKE,
+            3,
+            1,
+            0x40,
+            0x00,
+            HANDSHAKE_CLIENT_HELLO,
+            0x01,
+            0x00,
+            0x00,
+        ];
         assert_eq!(sniff(&huge), Sniff::Invalid("ClientHello too large"));
     }
 

@@ -2,13 +2,18 @@
 //! and run the proxy that makes it real.
 
 mod cmd;
+mod logging;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "meshentry", version, about = "Istio ServiceEntry system: validator, service registry and egress proxy")]
+#[command(
+    name = "meshentry",
+    version,
+    about = "Istio ServiceEntry system: validator, service registry and egress proxy"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -20,6 +25,8 @@ enum Command {
     Validate(cmd::validate::Args),
     /// Print the service registry the resources describe.
     Registry(cmd::registry::Args),
+    /// Run the proxy: route outbound traffic through the registry.
+    Proxy(Box<cmd::proxy::Args>),
     /// Print the version.
     Version,
 }
@@ -29,6 +36,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Validate(args) => cmd::validate::run(&args),
         Command::Registry(args) => cmd::registry::run(&args),
+        Command::Proxy(args) => cmd::proxy::run(&args),
         Command::Version => {
             println!("meshentry {}", env!("CARGO_PKG_VERSION"));
             Ok(ExitCode::SUCCESS)

@@ -1,5 +1,7 @@
 //! `meshentry validate` as a user runs it: the real binary, real files, exit codes.
 
+#![allow(clippy::unwrap_used)] // Test code: a failed unwrap is a failed test.
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -44,8 +46,17 @@ fn seed_examples_are_valid_in_both_api_versions() {
     for version in ["v1alpha3", "v1beta1"] {
         let dir = workspace().join("examples/seed").join(version);
         let out = run(&["validate", dir.to_str().unwrap()]);
-        assert!(out.status.success(), "{version}: {}{}", text(&out.stdout), text(&out.stderr));
-        assert!(text(&out.stderr).contains("15 resources, 0 invalid: 0 errors"), "{}", text(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{version}: {}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        assert!(
+            text(&out.stderr).contains("15 resources, 0 invalid: 0 errors"),
+            "{}",
+            text(&out.stderr)
+        );
     }
 }
 
@@ -56,7 +67,12 @@ fn invalid_config_exits_1_and_lists_every_error() {
     assert_eq!(out.status.code(), Some(1));
     let stdout = text(&out.stdout);
     let file = f.display();
-    assert!(stdout.contains(&format!("{file}:6:11: ServiceEntry default/bad: spec.hosts[0]: invalid host *")), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "{file}:6:11: ServiceEntry default/bad: spec.hosts[0]: invalid host *"
+        )),
+        "{stdout}"
+    );
     assert!(
         stdout.contains(&format!(
             "{file}:8:13: ServiceEntry default/bad: spec.ports[0].number: port number 70000 must be in the range 1..65535"
@@ -68,7 +84,14 @@ fn invalid_config_exits_1_and_lists_every_error() {
 #[test]
 fn json_output() {
     let f = temp_file("bad-json.yaml", BAD);
-    let out = run(&["validate", "--output", "json", "--namespace", "team", f.to_str().unwrap()]);
+    let out = run(&[
+        "validate",
+        "--output",
+        "json",
+        "--namespace",
+        "team",
+        f.to_str().unwrap(),
+    ]);
     assert_eq!(out.status.code(), Some(1));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is JSON");
     let arr = v.as_array().unwrap();
@@ -105,14 +128,23 @@ spec:
     child.stdin.take().unwrap().write_all(warn_only.as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    assert!(text(&out.stdout).starts_with("<stdin>:6:11: ServiceEntry default/tcp: spec.ports[0]: warning: addresses are required"), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout)
+            .starts_with("<stdin>:6:11: ServiceEntry default/tcp: spec.ports[0]: warning: addresses are required"),
+        "{}",
+        text(&out.stdout)
+    );
 }
 
 #[test]
 fn missing_file_exits_2_and_names_it() {
     let out = run(&["validate", "/nonexistent/dir/se.yaml"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("/nonexistent/dir/se.yaml"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("/nonexistent/dir/se.yaml"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]

@@ -43,12 +43,18 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
             eprintln!("{}", summary(&loaded));
         }
     }
-    Ok(if loaded.has_errors() { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    Ok(if loaded.has_errors() {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 /// Loads and validates; shared by the subcommands that read configuration.
 pub fn load(paths: &[PathBuf], namespace: &str) -> anyhow::Result<Loaded> {
-    let opts = LoadOptions { default_namespace: namespace.to_string() };
+    let opts = LoadOptions {
+        default_namespace: namespace.to_string(),
+    };
     load_paths(paths, &opts).context("cannot read configuration")
 }
 

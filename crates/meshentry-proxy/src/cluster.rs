@@ -1,0 +1,315 @@
+//! Clusters: the endpoints of one service port, how they are found (C1) and balanced (C2, D5).
+//!
+//! Istio names them `outbound|<port>||<host>`. STATIC services become a fixed host list (EDS);
+//! DNS services resolve every endpoint name and use every address (STRICT_DNS);
+//! DNS_ROUND_ROBIN uses the first address of its one name (LOGICAL_DNS); NONE services, and
+//! DestinationRules with `loadBalancer.simple: PASSTHROUGH`, dial the destination the
+//! application asked for (ORIGINAL_DST).
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arc_swap::ArcSwap;
+use meshentry_registry::{Resolution, Service};
+
+use crate::dns::{Answer, Dns, DnsError, DnsName};
+use crate::lb::{Balancer, HostLoad, Policy};
+
+/// Where an endpoint listens.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum HostAddr {
+    Ip(SocketAddr),
+    Unix(Arc<Path>),
+}
+
+impl std::fmt::Display for HostAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HostAddr::Ip(a) => write!(f, "{a}"),
+            HostAddr::Unix(p) => write!(f, "unix://{}", p.display()),
+        }
+    }
+}
+
+/// One upstream host of a cluster.
+#[derive(Debug)]
+pub struct Host {
+    pub addr: HostAddr,
+    pub load: HostLoad,
+    pub stats: HostStats,
+}
+
+/// Per-host counters, shown on `/clusters` as Envoy does.
+#[derive(Debug, Default)]
+pub struct HostStats {
+    pub requests: AtomicU64,
+    pub connect_failures: AtomicU64,
+    pub connections: AtomicU64,
+}
+
+impl AsRef<HostLoad> for Host {
+    fn as_ref(&self) -> &HostLoad {
+        &self.load
+    }
+}
+
+/// A balanced list of hosts.
+#[derive(Debug)]
+pub struct HostSet {
+    pub hosts: Box<[Host]>,
+    pub balancer: Balancer,
+}
+
+impl HostSet {
+    fn new(policy: Policy, hosts: Vec<(HostAddr, u32)>) -> Self {
+        let hosts: Box<[Host]> = hosts
+            .into_iter()
+            .map(|(addr, weight)| Host {
+                addr,
+                load: HostLoad::new(weight),
+                stats: HostStats::default(),
+            })
+            .collect();
+        let balancer = Balancer::new(policy, &hosts);
+        Self { hosts, balancer }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.hosts.is_empty()
+    }
+}
+
+/// One endpoint name of a DNS cluster.
+#[derive(Clone)]
+pub struct DnsTarget {
+    pub entry: Arc<DnsName>,
+    pub port: u16,
+    pub weight: u32,
+}
+
+/// A DNS cluster's hosts, with the answers they were made from (to notice when to rebuild).
+pub struct DnsHosts {
+    answers: Vec<Option<Arc<Answer>>>,
+    pub set: Arc<HostSet>,
+}
+
+/// How a cluster finds its hosts.
+pub enum Discovery {
+    /// Fixed at configuration time.
+    Static(Arc<HostSet>),
+    /// Resolved names, refreshed per TTL; `first_only` for DNS_ROUND_ROBIN.
+    Dns {
+        targets: Vec<DnsTarget>,
+        first_only: bool,
+        current: ArcSwap<DnsHosts>,
+    },
+    /// Dial the original destination; `port` replaces its port when set (targetPort, B4).
+    OriginalDst { port: Option<u16> },
+}
+
+/// The endpoints of one service port.
+pub struct Cluster {
+    /// `outbound|<port>||<host>`.
+    pub name: String,
+    pub host: Arc<str>,
+    pub namespace: Arc<str>,
+    pub port: u32,
+    pub discovery: Discovery,
+    pub policy: Policy,
+    pub stats: ClusterStats,
+}
+
+/// Per-cluster counters.
+#[derive(Debug, Default)]
+pub struct ClusterStats {
+    pub requests: AtomicU64,
+    pub connect_failures: AtomicU64,
+    pub no_healthy_upstream: AtomicU64,
+    pub dns_failures: AtomicU64,
+}
+
+/// Why a cluster has no host to offer.
+#[derive(Debug, thiserror::Error)]
+pub enum NoHost {
+    #[error("no healthy upstream (the service has no endpoints)")]
+    Empty,
+    #[error(transparent)]
+    Dns(#[from] DnsError),
+}
+
+/// What a pick needs for ORIGINAL_DST clusters: where the application was going.
+#[derive(Clone, Debug)]
+pub enum Destination<'a> {
+    Ip(SocketAddr),
+    Name(&'a str, u16),
+}
+
+/// The load-balancing policy and discovery a service port gets.
+pub struct ClusterSpec {
+    pub policy: Policy,
+    pub passthrough: bool,
+}
+
+impl Cluster {
+    /// Builds the cluster for `port` of `service`. DNS entries come from `dns` so that their
+    /// caches survive configuration reloads.
+    pub fn build(service: &Service, port: u32, spec: ClusterSpec, dns: &Dns) -> Cluster {
+        let name = format!("outbound|{port}||{}", service.host);
+        let target_port = service
+            .port(port)
+            .and_then(|p| p.target_port)
+            .and_then(|p| u16::try_from(p).ok());
+        let endpoints = || {
+            service
+                .ports
+                .iter()
+                .find(|p| p.number == port)
+                .into_iter()
+                .flat_map(|p| service.endpoints_for(p))
+        };
+        let discovery = if spec.passthrough || service.resolution == Resolution::None {
+            Discovery::OriginalDst { port: target_port }
+        } else if matches!(service.resolution, Resolution::Dns | Resolution::DnsRoundRobin) {
+            let first_only = service.resolution == Resolution::DnsRoundRobin;
+            let mut targets = Vec::new();
+            for ep in endpoints() {
+                let Ok(port) = u16::try_from(ep.port) else { continue };
+                targets.push(DnsTarget {
+                    entry: dns.entry(ep.address()),
+                    port,
+                    weight: ep.workload.weight,
+                });
+                if first_only {
+                    break;
+                }
+            }
+            let empty = Arc::new(HostSet::new(spec.policy, Vec::new()));
+            Discovery::Dns {
+                targets,
+                first_only,
+                current: ArcSwap::from_pointee(DnsHosts {
+                    answers: Vec::new(),
+                    set: empty,
+                }),
+            }
+        } else {
+            let hosts = endpoints()
+                .filter_map(|ep| static_addr(ep.address(), ep.port).map(|a| (a, ep.workload.weight)))
+                .collect();
+            Discovery::Static(Arc::new(HostSet::new(spec.policy, hosts)))
+        };
+        Cluster {
+            name,
+            host: service.host.clone(),
+            namespace: service.namespace.clone(),
+            port,
+            discovery,
+            policy: spec.policy,
+            stats: ClusterStats::default(),
+        }
+    }
+
+    /// The hosts to balance over now. Never waits on DNS when any answer is cached.
+    pub async fn hosts(&self, dns: &Arc<Dns>) -> Result<Arc<HostSet>, NoHost> {
+        match &self.discovery {
+            Discovery::Static(set) => {
+                if set.is_empty() {
+                    Err(NoHost::Empty)
+                } else {
+                    Ok(set.clone())
+                }
+            }
+            Discovery::Dns {
+                targets,
+                first_only,
+                current,
+            } => {
+                if targets.is_empty() {
+                    return Err(NoHost::Empty);
+                }
+                let mut answers = Vec::with_capacity(targets.len());
+                let mut last_err = None;
+                for t in targets {
+                    match dns.resolve(&t.entry).await {
+                        Ok(a) => answers.push(Some(a)),
+                        Err(e) => {
+                            answers.push(None);
+                            last_err = Some(e);
+                        }
+                    }
+                }
+                let cur = current.load();
+                let same = cur.answers.len() == answers.len()
+                    && cur.answers.iter().zip(&answers).all(|(a, b)| match (a, b) {
+                        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                        (None, None) => true,
+                        _ => false,
+                    });
+                if same && !cur.set.is_empty() {
+                    return Ok(cur.set.clone());
+                }
+                let mut hosts = Vec::new();
+                for (t, a) in targets.iter().zip(&answers) {
+                    let Some(a) = a else { continue };
+                    for ip in a.addrs.iter() {
+                        hosts.push((HostAddr::Ip(SocketAddr::new(*ip, t.port)), t.weight));
+                        if *first_only {
+                            break;
+                        }
+                    }
+                }
+                if hosts.is_empty() {
+                    self.stats.dns_failures.fetch_add(1, Ordering::Relaxed);
+                    return Err(match last_err {
+                        Some(e) => NoHost::Dns(e),
+                        None => NoHost::Empty,
+                    });
+                }
+                let set = Arc::new(HostSet::new(self.policy, hosts));
+                current.store(Arc::new(DnsHosts {
+                    answers,
+                    set: set.clone(),
+                }));
+                Ok(set)
+            }
+            Discovery::OriginalDst { .. } => Err(NoHost::Empty),
+        }
+    }
+
+    /// For ORIGINAL_DST clusters: the port to dial instead of the requested one.
+    pub fn original_dst_port(&self) -> Option<Option<u16>> {
+        match &self.discovery {
+            Discovery::OriginalDst { port } => Some(*port),
+            _ => None,
+        }
+    }
+
+    pub fn kind_name(&self) -> &'static str {
+        match &self.discovery {
+            Discovery::Static(_) => "EDS",
+            Discovery::Dns { first_only: false, .. } => "STRICT_DNS",
+            Discovery::Dns { first_only: true, .. } => "LOGICAL_DNS",
+            Discovery::OriginalDst { .. } => "ORIGINAL_DST",
+        }
+    }
+
+    /// The hosts as last resolved, for admin output (no DNS queries).
+    pub fn known_hosts(&self) -> Option<Arc<HostSet>> {
+        match &self.discovery {
+            Discovery::Static(set) => Some(set.clone()),
+            Discovery::Dns { current, .. } => Some(current.load().set.clone()),
+            Discovery::OriginalDst { .. } => None,
+        }
+    }
+}
+
+/// A STATIC endpoint's address: an IP with its port, or a unix socket (C7).
+fn static_addr(address: &str, port: u32) -> Option<HostAddr> {
+    if let Some(path) = address.strip_prefix("unix://") {
+        return Some(HostAddr::Unix(Arc::from(PathBuf::from(path).as_path())));
+    }
+    let ip: IpAddr = address.parse().ok()?;
+    Some(HostAddr::Ip(SocketAddr::new(ip, u16::try_from(port).ok()?)))
+}

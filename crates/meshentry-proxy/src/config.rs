@@ -1,0 +1,83 @@
+//! The proxy's own settings (from the command line), as opposed to the Istio resources it
+//! serves.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+/// `outboundTrafficPolicy.mode`: what happens to traffic for destinations the registry does
+/// not know.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum OutboundPolicy {
+    /// Pass it through to where the application sent it (Istio's PassthroughCluster).
+    AllowAny,
+    /// Refuse it (Istio's BlackHoleCluster), and say so.
+    RegistryOnly,
+}
+
+impl OutboundPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutboundPolicy::AllowAny => "ALLOW_ANY",
+            OutboundPolicy::RegistryOnly => "REGISTRY_ONLY",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "ALLOW_ANY" => Some(OutboundPolicy::AllowAny),
+            "REGISTRY_ONLY" => Some(OutboundPolicy::RegistryOnly),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for OutboundPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Who this proxy is and how it behaves.
+#[derive(Clone, Debug)]
+pub struct ProxyConfig {
+    /// The workload's namespace: decides what it sees (exportTo) and which Sidecar and
+    /// DestinationRules apply.
+    pub namespace: String,
+    /// The workload's labels, for Sidecar and DestinationRule workload selectors.
+    pub labels: BTreeMap<String, String>,
+    /// `--outbound-policy`: overrides any Sidecar and the mesh default (ALLOW_ANY).
+    pub policy_override: Option<OutboundPolicy>,
+    /// Istio's root namespace, whose selector-less Sidecar is the mesh-wide default and whose
+    /// exported DestinationRules apply last (D1).
+    pub root_namespace: String,
+    /// Upstream TCP connect timeout (Istio's default is 10 s).
+    pub connect_timeout: Duration,
+    /// How long an upstream may take to send response headers before the client gets a 504.
+    /// Istio sets no route timeout; a bound keeps a stalled upstream from holding a client
+    /// forever.
+    pub response_timeout: Duration,
+    /// How long a client may take to send a complete request head.
+    pub header_read_timeout: Duration,
+    /// How long to wait for a client's first bytes in a tunnel before treating the
+    /// connection as server-first TCP.
+    pub sniff_timeout: Duration,
+    /// Idle upstream HTTP connections are closed after this long.
+    pub pool_idle_timeout: Duration,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            namespace: "default".into(),
+            labels: BTreeMap::new(),
+            policy_override: None,
+            root_namespace: "istio-system".into(),
+            connect_timeout: Duration::from_secs(10),
+            response_timeout: Duration::from_secs(60),
+            header_read_timeout: Duration::from_secs(10),
+            sniff_timeout: Duration::from_millis(300),
+            pool_idle_timeout: Duration::from_secs(60),
+        }
+    }
+}

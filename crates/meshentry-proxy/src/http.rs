@@ -1,0 +1,272 @@
+//! The explicit HTTP proxy listener (`HTTP_PROXY`/`HTTPS_PROXY`): absolute-form requests
+//! (`GET http://host/path`), requests routed by their `Host` header, and `CONNECT` tunnels.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+
+use crate::forward::{self, Original};
+use crate::route::{self, Decision, split_host_port};
+use crate::server::{ConnGuard, Shared};
+use crate::snapshot::Snapshot;
+use crate::tunnel;
+use crate::upstream::PooledBody;
+
+/// Responses are either an upstream's (streamed) or our own.
+pub type ResponseBody = Either<PooledBody, Full<Bytes>>;
+
+/// Request heads larger than this are refused (431), bounding per-connection memory.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+
+/// What one downstream connection carries through its life: the snapshot it started with.
+pub struct ConnCtx {
+    pub shared: Arc<Shared>,
+    pub snapshot: Arc<Snapshot>,
+    pub peer: SocketAddr,
+}
+
+/// Serves one client connection until it closes.
+pub async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    let stats_owner = shared.clone();
+    let _guard = ConnGuard::new(&stats_owner.stats);
+    let _ = stream.set_nodelay(true);
+    let ctx = Arc::new(ConnCtx {
+        snapshot: shared.snapshot.load_full(),
+        shared: shared.clone(),
+        peer,
+    });
+    let service = service_fn(move |req| {
+        let ctx = ctx.clone();
+        async move { Ok::<_, Infallible>(handle(req, &ctx).await) }
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(shared.config.header_read_timeout)
+        .max_buf_size(MAX_HEAD_BYTES)
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    if let Err(e) = conn.await {
+        tracing::debug!(%peer, error = %e, "client connection ended with an error");
+    }
+}
+
+async fn handle(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<ResponseBody> {
+    ctx.shared.stats.http_requests.fetch_add(1, Ordering::Relaxed);
+    if req.method() == Method::CONNECT {
+        return connect(req, ctx).await;
+    }
+    forward_request(req, ctx).await
+}
+
+/// The destination of a plain request: the absolute-form URI's authority, else `Host`.
+fn destination(req: &Request<Incoming>) -> Option<(String, u16, HeaderValue)> {
+    if let Some(authority) = req.uri().authority() {
+        let default = if req.uri().scheme() == Some(&http::uri::Scheme::HTTPS) {
+            443
+        } else {
+            80
+        };
+        let (host, port) = split_host_port(authority.as_str(), default)?;
+        let value = HeaderValue::from_str(authority.as_str()).ok()?;
+        return Some((host.to_string(), port, value));
+    }
+    let value = req.headers().get(header::HOST)?;
+    let (host, port) = split_host_port(value.to_str().ok()?, 80)?;
+    Some((host.to_string(), port, value.clone()))
+}
+
+async fn forward_request(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<ResponseBody> {
+    let shared = &ctx.shared;
+    let Some((host, port, host_header)) = destination(&req) else {
+        shared.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
+        return local(
+            StatusCode::BAD_REQUEST,
+            "meshentry: the request names no destination (no absolute URI and no Host header)",
+        );
+    };
+    if shared.is_self(&host, port) {
+        shared.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
+        return local(
+            StatusCode::LOOP_DETECTED,
+            &format!("meshentry: {host}:{port} is this proxy; the request would loop"),
+        );
+    }
+    let decision = route::route(&ctx.snapshot, &host, port);
+    let cluster = match &decision {
+        Decision::Blocked => return blocked(ctx, &host, port, StatusCode::BAD_GATEWAY),
+        Decision::Passthrough => {
+            shared.stats.passthrough.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+        Decision::Cluster { cluster, .. } => Some(&***cluster),
+    };
+    let upstream_req = to_upstream(req, host_header);
+    let original = Original { host: &host, port };
+    match forward::send_request(shared, cluster, &original, upstream_req).await {
+        Ok((resp, _addr)) => {
+            let (mut parts, body) = resp.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            Response::from_parts(parts, Either::Left(body))
+        }
+        Err(e) => {
+            shared.stats.upstream_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(
+                peer = %ctx.peer, host = %host, port, cluster = decision.cluster_name(), flags = e.flag(), error = %e,
+                "request failed upstream"
+            );
+            let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            let mut resp = local(
+                status,
+                &format!("meshentry: {host}:{port} via {}: {e}", decision.cluster_name()),
+            );
+            if let Ok(v) = HeaderValue::from_str(e.flag()) {
+                resp.headers_mut()
+                    .insert(HeaderName::from_static("x-meshentry-response-flags"), v);
+            }
+            resp
+        }
+    }
+}
+
+/// The request as the upstream should see it: origin-form, HTTP/1.1, no hop-by-hop headers,
+/// `Host` from the absolute URI when there was one (RFC 9112 3.2.2).
+fn to_upstream(req: Request<Incoming>, host: HeaderValue) -> Request<Incoming> {
+    let (mut parts, body) = req.into_parts();
+    let absolute = parts.uri.authority().is_some();
+    parts.uri = match parts.uri.path_and_query() {
+        Some(pq) => Uri::from(pq.clone()),
+        None => Uri::from_static("/"),
+    };
+    parts.version = Version::HTTP_11;
+    strip_hop_by_hop(&mut parts.headers);
+    if absolute || !parts.headers.contains_key(header::HOST) {
+        parts.headers.insert(header::HOST, host);
+    }
+    Request::from_parts(parts, body)
+}
+
+/// RFC 9110 7.6.1: connection-specific headers are not forwarded, nor any header that
+/// `Connection` names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        header::CONNECTION,
+        header::PROXY_AUTHENTICATE,
+        header::PROXY_AUTHORIZATION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+}
+
+/// `CONNECT host:port`: route, connect upstream, then answer 200 and hand the connection to
+/// the tunnel. Connecting first lets a failure be answered with a status and a reason.
+async fn connect(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<ResponseBody> {
+    let shared = &ctx.shared;
+    let Some((host, port)) = req.uri().authority().and_then(|a| split_host_port(a.as_str(), 443)) else {
+        shared.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
+        return local(StatusCode::BAD_REQUEST, "meshentry: CONNECT needs a host:port target");
+    };
+    let host = host.to_string();
+    if shared.is_self(&host, port) {
+        shared.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
+        return local(
+            StatusCode::LOOP_DETECTED,
+            &format!("meshentry: {host}:{port} is this proxy; the tunnel would loop"),
+        );
+    }
+    let decision = route::route(&ctx.snapshot, &host, port);
+    let cluster = match &decision {
+        Decision::Blocked => return blocked(ctx, &host, port, StatusCode::FORBIDDEN),
+        Decision::Passthrough => {
+            shared.stats.passthrough.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+        Decision::Cluster { cluster, .. } => Some(&***cluster),
+    };
+    let expects_tls = matches!(&decision, Decision::Cluster { port, .. } if port.protocol.is_tls());
+    let cluster_name = decision.cluster_name().to_string();
+    let upstream = match forward::connect_stream(shared, cluster, &Original { host: &host, port }).await {
+        Ok((stream, addr)) => (stream, addr),
+        Err(e) => {
+            shared.stats.upstream_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(peer = %ctx.peer, %host, port, cluster = %cluster_name, flags = e.flag(), error = %e, "tunnel failed upstream");
+            let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            return local(status, &format!("meshentry: {host}:{port} via {cluster_name}: {e}"));
+        }
+    };
+    shared.stats.tunnels.fetch_add(1, Ordering::Relaxed);
+    let ctx = ctx.clone();
+    tokio::spawn(async move {
+        match hyper::upgrade::on(req).await {
+            Ok(upgraded) => {
+                let target = tunnel::Target {
+                    host,
+                    port,
+                    expects_tls,
+                    cluster: cluster_name,
+                };
+                tunnel::run(TokioIo::new(upgraded), upstream.0, &ctx, &target).await;
+            }
+            Err(e) => tracing::debug!(peer = %ctx.peer, error = %e, "CONNECT upgrade failed"),
+        }
+    });
+    Response::new(Either::Right(Full::new(Bytes::new())))
+}
+
+/// REGISTRY_ONLY refusal: Istio blocks silently; we say what and why, log it and count it.
+fn blocked(ctx: &ConnCtx, host: &str, port: u16, status: StatusCode) -> Response<ResponseBody> {
+    let shared = &ctx.shared;
+    shared.stats.blocked.fetch_add(1, Ordering::Relaxed);
+    let snap = &ctx.snapshot;
+    tracing::warn!(
+        peer = %ctx.peer, host, port, namespace = %snap.namespace, policy_source = %snap.policy_source,
+        "blocked by REGISTRY_ONLY: destination is not in the service registry"
+    );
+    local(
+        status,
+        &format!(
+            "meshentry: {host}:{port} is not a service in the registry seen by namespace {} and the outbound traffic policy is REGISTRY_ONLY (from {}); add a ServiceEntry for it",
+            snap.namespace, snap.policy_source
+        ),
+    )
+}
+
+/// A response of our own, with a one-line reason.
+pub fn local(status: StatusCode, reason: &str) -> Response<ResponseBody> {
+    let mut body = String::with_capacity(reason.len() + 1);
+    body.push_str(reason);
+    body.push('\n');
+    let mut resp = Response::new(Either::Right(Full::new(Bytes::from(body))));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}

@@ -1,0 +1,102 @@
+//! The running proxy: shared state, listeners and their accept loops.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::ProxyConfig;
+use crate::dns::Dns;
+use crate::snapshot::Snapshot;
+
+/// What every connection shares: the current snapshot (swapped atomically on reload), DNS,
+/// settings and counters.
+pub struct Shared {
+    pub snapshot: ArcSwap<Snapshot>,
+    pub dns: Arc<Dns>,
+    pub config: ProxyConfig,
+    pub stats: Stats,
+    /// The proxy's own listening addresses: a request addressed to one of them would loop.
+    pub local_addrs: Vec<SocketAddr>,
+}
+
+impl Shared {
+    pub fn new(snapshot: Snapshot, dns: Arc<Dns>, config: ProxyConfig, local_addrs: Vec<SocketAddr>) -> Arc<Self> {
+        Arc::new(Self {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            dns,
+            config,
+            stats: Stats::default(),
+            local_addrs,
+        })
+    }
+
+    /// Whether `host:port` is this proxy itself.
+    pub fn is_self(&self, host: &str, port: u16) -> bool {
+        let Ok(ip) = host.parse::<std::net::IpAddr>() else {
+            return host.eq_ignore_ascii_case("localhost") && self.local_addrs.iter().any(|a| a.port() == port);
+        };
+        self.local_addrs
+            .iter()
+            .any(|a| a.port() == port && (a.ip() == ip || a.ip().is_unspecified()))
+    }
+}
+
+/// Proxy-wide counters (per-cluster and per-host ones live in the clusters).
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub downstream_connections: AtomicU64,
+    pub downstream_active: AtomicU64,
+    pub http_requests: AtomicU64,
+    pub tunnels: AtomicU64,
+    /// Refused by REGISTRY_ONLY.
+    pub blocked: AtomicU64,
+    /// Tunnels whose ClientHello named another host than the CONNECT target.
+    pub sni_mismatch: AtomicU64,
+    /// Tunnels refused for traffic that was not what the port declares (e.g. not TLS).
+    pub bad_tunnel_traffic: AtomicU64,
+    pub passthrough: AtomicU64,
+    pub upstream_connect_errors: AtomicU64,
+    pub upstream_errors: AtomicU64,
+    pub bad_requests: AtomicU64,
+}
+
+/// Counts a downstream connection for as long as it lives.
+pub struct ConnGuard<'a>(&'a Stats);
+
+impl<'a> ConnGuard<'a> {
+    pub fn new(stats: &'a Stats) -> Self {
+        stats.downstream_connections.fetch_add(1, Ordering::Relaxed);
+        stats.downstream_active.fetch_add(1, Ordering::Relaxed);
+        Self(stats)
+    }
+}
+
+impl Drop for ConnGuard<'_> {
+    fn drop(&mut self) {
+        self.0.downstream_active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Accepts explicit-proxy connections until `shutdown` turns true.
+pub async fn serve_http_proxy(listener: TcpListener, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let shared = shared.clone();
+                    tokio::spawn(async move { crate::http::serve_connection(stream, peer, shared).await });
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+            _ = shutdown.changed() => break,
+        }
+    }
+}

@@ -1,0 +1,296 @@
+//! One immutable routing snapshot: the registry as this proxy's namespace sees it, a cluster
+//! per visible service port, the DestinationRule policies that apply, and the outbound
+//! policy. The proxy keeps the current snapshot in an `ArcSwap`; each connection loads it once
+//! and keeps it for its whole life, so a reload never changes a connection midway.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use meshentry_api::model::{DestinationRule, OutboundTrafficPolicyMode, Sidecar, SimpleLb, TrafficPolicy};
+use meshentry_api::{Resource, Spec};
+use meshentry_registry::{Registry, Service, View};
+
+use crate::cluster::{Cluster, ClusterSpec};
+use crate::config::{OutboundPolicy, ProxyConfig};
+use crate::dns::Dns;
+use crate::lb::Policy;
+
+/// Everything the data path needs to route, frozen.
+pub struct Snapshot {
+    /// Increases by one on every successful reload.
+    pub generation: u64,
+    pub applied_at: SystemTime,
+    pub registry: Arc<Registry>,
+    pub namespace: Arc<str>,
+    pub policy: OutboundPolicy,
+    /// Where the policy came from: `--outbound-policy`, `Sidecar ns/name`, or the mesh default.
+    pub policy_source: String,
+    /// Keyed by the address of the service inside `registry` (which never moves or changes
+    /// while this snapshot lives) and the port number, so a lookup hashes two integers.
+    clusters: HashMap<(usize, u32), Arc<Cluster>>,
+}
+
+impl Snapshot {
+    /// Builds the snapshot for `config`'s workload from valid `resources`.
+    pub fn build(resources: &[&Resource], config: &ProxyConfig, dns: &Dns, generation: u64) -> Snapshot {
+        let registry = Arc::new(Registry::build(resources.iter().copied()));
+        let rules = DestinationRules::collect(resources.iter().copied(), config);
+        let (policy, policy_source) = outbound_policy(resources.iter().copied(), config);
+        let namespace: Arc<str> = Arc::from(config.namespace.as_str());
+        let mut clusters = HashMap::new();
+        for service in registry.view(&namespace).services() {
+            for port in &service.ports {
+                let spec = rules.cluster_spec(service, port.number, &config.namespace);
+                let cluster = Cluster::build(service, port.number, spec, dns);
+                clusters.insert((service as *const Service as usize, port.number), Arc::new(cluster));
+            }
+        }
+        Snapshot {
+            generation,
+            applied_at: SystemTime::now(),
+            registry,
+            namespace,
+            policy,
+            policy_source,
+            clusters,
+        }
+    }
+
+    /// The registry as this proxy sees it.
+    pub fn view(&self) -> View<'_, '_> {
+        self.registry.view(&self.namespace)
+    }
+
+    /// The cluster of `port` of `service`, a service of this snapshot's registry.
+    pub fn cluster(&self, service: &Service, port: u32) -> Option<&Arc<Cluster>> {
+        self.clusters.get(&(service as *const Service as usize, port))
+    }
+
+    /// Every cluster, sorted by name, for admin output.
+    pub fn clusters(&self) -> Vec<&Arc<Cluster>> {
+        let mut all: Vec<&Arc<Cluster>> = self.clusters.values().collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+}
+
+/// D1: the outbound policy of this workload: the flag, else the Sidecar selecting it (by
+/// labels), else its namespace's selector-less Sidecar, else the root namespace's, else the
+/// mesh default ALLOW_ANY. A Sidecar's `outboundTrafficPolicy: {}` means REGISTRY_ONLY (C8).
+fn outbound_policy<'a>(
+    resources: impl IntoIterator<Item = &'a Resource>,
+    config: &ProxyConfig,
+) -> (OutboundPolicy, String) {
+    if let Some(p) = config.policy_override {
+        return (p, "--outbound-policy".into());
+    }
+    let mut sidecars: Vec<(&Resource, &Sidecar)> = resources
+        .into_iter()
+        .filter(|r| r.valid)
+        .filter_map(|r| match &r.spec {
+            Spec::Sidecar(s) => Some((r, s)),
+            _ => None,
+        })
+        .collect();
+    sidecars.sort_by(|a, b| a.0.age_key().cmp(&b.0.age_key()));
+    let own = |r: &Resource| r.namespace == config.namespace;
+    let pick = sidecars
+        .iter()
+        .find(|(r, s)| {
+            own(r)
+                && s.workload_selector
+                    .as_ref()
+                    .is_some_and(|sel| labels_match(&sel.labels, &config.labels))
+        })
+        .or_else(|| sidecars.iter().find(|(r, s)| own(r) && s.workload_selector.is_none()))
+        .or_else(|| {
+            sidecars
+                .iter()
+                .find(|(r, s)| r.namespace == config.root_namespace && s.workload_selector.is_none())
+        });
+    match pick {
+        Some((r, s)) => match &s.outbound_traffic_policy {
+            Some(p) => {
+                let mode = match p.mode {
+                    OutboundTrafficPolicyMode::RegistryOnly => OutboundPolicy::RegistryOnly,
+                    OutboundTrafficPolicyMode::AllowAny => OutboundPolicy::AllowAny,
+                };
+                (mode, format!("Sidecar {}/{}", r.namespace, r.name()))
+            }
+            None => (OutboundPolicy::AllowAny, "mesh default".into()),
+        },
+        None => (OutboundPolicy::AllowAny, "mesh default".into()),
+    }
+}
+
+fn labels_match(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+/// A DestinationRule, with its host expanded (D1).
+struct Rule<'a> {
+    resource: &'a Resource,
+    host: String,
+    spec: &'a DestinationRule,
+}
+
+/// The DestinationRules that can apply to this workload, by namespace.
+struct DestinationRules<'a> {
+    rules: Vec<Rule<'a>>,
+    root_namespace: String,
+}
+
+impl<'a> DestinationRules<'a> {
+    fn collect(resources: impl IntoIterator<Item = &'a Resource>, config: &ProxyConfig) -> Self {
+        let mut rules: Vec<Rule<'a>> = resources
+            .into_iter()
+            .filter(|r| r.valid)
+            .filter_map(|r| match &r.spec {
+                Spec::DestinationRule(dr) => Some((r, dr)),
+                _ => None,
+            })
+            // D2: a rule with a workload selector applies only to the workloads it selects.
+            .filter(|(r, dr)| match &dr.workload_selector {
+                Some(sel) => r.namespace == config.namespace && labels_match(&sel.match_labels, &config.labels),
+                None => true,
+            })
+            .map(|(r, dr)| Rule {
+                resource: r,
+                host: expand_host(&dr.host, &r.namespace),
+                spec: dr,
+            })
+            .collect();
+        // D2: oldest first, so the first match in a namespace is the policy that is kept.
+        rules.sort_by(|a, b| a.resource.age_key().cmp(&b.resource.age_key()));
+        Self {
+            rules,
+            root_namespace: config.root_namespace.clone(),
+        }
+    }
+
+    /// D1: the rule for `service` seen from `proxy_ns`: the proxy's namespace, then the
+    /// service's (if exported to the proxy), then the root namespace's; the most specific host
+    /// match within the first namespace that has one.
+    fn lookup(&self, service: &Service, proxy_ns: &str) -> Option<&Rule<'a>> {
+        let steps = [proxy_ns, &*service.namespace, self.root_namespace.as_str()];
+        for (i, ns) in steps.iter().enumerate() {
+            if i > 0 && steps[..i].contains(ns) {
+                continue;
+            }
+            let mut best: Option<(&Rule<'a>, usize)> = None;
+            for rule in self.rules.iter().filter(|r| r.resource.namespace == *ns) {
+                if !exported_to(&rule.spec.export_to, &rule.resource.namespace, proxy_ns) {
+                    continue;
+                }
+                let Some(specificity) = host_specificity(&rule.host, &service.host) else {
+                    continue;
+                };
+                if best.is_none_or(|(_, s)| specificity > s) {
+                    best = Some((rule, specificity));
+                }
+            }
+            if let Some((rule, _)) = best {
+                return Some(rule);
+            }
+        }
+        None
+    }
+
+    /// D3/D5: the load balancer of `port`: a portLevelSettings entry for the port replaces the
+    /// top-level settings.
+    fn cluster_spec(&self, service: &Service, port: u32, proxy_ns: &str) -> ClusterSpec {
+        let lb = self
+            .lookup(service, proxy_ns)
+            .and_then(|rule| rule.spec.traffic_policy.as_ref())
+            .and_then(|tp: &TrafficPolicy| {
+                match tp
+                    .port_level_settings
+                    .iter()
+                    .find(|p| p.port.as_ref().is_some_and(|s| s.number == port))
+                {
+                    Some(level) => level.load_balancer.as_ref(),
+                    None => tp.load_balancer.as_ref(),
+                }
+            })
+            .and_then(|lb| lb.simple);
+        match lb {
+            Some(SimpleLb::RoundRobin) => ClusterSpec {
+                policy: Policy::RoundRobin,
+                passthrough: false,
+            },
+            Some(SimpleLb::Random) => ClusterSpec {
+                policy: Policy::Random,
+                passthrough: false,
+            },
+            Some(SimpleLb::Passthrough) => ClusterSpec {
+                policy: Policy::LeastRequest,
+                passthrough: true,
+            },
+            Some(SimpleLb::LeastRequest | SimpleLb::LeastConn | SimpleLb::Unspecified) | None => ClusterSpec {
+                policy: Policy::LeastRequest,
+                passthrough: false,
+            },
+        }
+    }
+}
+
+/// D1: a DestinationRule host without a dot is short for `<h>.<ns>.svc.cluster.local`.
+fn expand_host(host: &str, namespace: &str) -> String {
+    if host.contains('.') || host == "*" {
+        host.to_ascii_lowercase()
+    } else {
+        format!("{host}.{namespace}.svc.cluster.local")
+    }
+}
+
+/// How specifically `rule_host` names `service_host`: `None` when it does not cover it; an
+/// exact match beats every wildcard, and a longer wildcard beats a shorter one.
+fn host_specificity(rule_host: &str, service_host: &str) -> Option<usize> {
+    let service_host = service_host.to_ascii_lowercase();
+    if rule_host == service_host {
+        return Some(usize::MAX);
+    }
+    if rule_host == "*" {
+        return Some(0);
+    }
+    let suffix = rule_host.strip_prefix('*')?;
+    // `*.a.com` covers `b.a.com`; a wildcard service host is covered by a wider wildcard.
+    let covered = match service_host.strip_prefix('*') {
+        Some(svc_suffix) => svc_suffix.ends_with(suffix) && svc_suffix.len() >= suffix.len(),
+        None => service_host.ends_with(suffix) && service_host.len() > suffix.len(),
+    };
+    covered.then_some(suffix.len())
+}
+
+/// B9 applied to DestinationRules: exportTo absent = `*`.
+fn exported_to(export_to: &[String], own: &str, proxy_ns: &str) -> bool {
+    export_to.is_empty()
+        || export_to
+            .iter()
+            .any(|e| e == "*" || e == proxy_ns || (e == "." && own == proxy_ns))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn destination_rule_hosts() {
+        assert_eq!(expand_host("reviews", "bookinfo"), "reviews.bookinfo.svc.cluster.local");
+        assert_eq!(host_specificity("a.com", "a.com"), Some(usize::MAX));
+        assert_eq!(host_specificity("*.a.com", "b.a.com"), Some(6));
+        assert_eq!(host_specificity("*.a.com", "a.com"), None);
+        assert_eq!(host_specificity("*", "x.y"), Some(0));
+        assert_eq!(host_specificity("*.com", "*.a.com"), Some(4));
+        assert!(host_specificity("*.a.com", "b.a.com") > host_specificity("*.com", "b.a.com"));
+    }
+
+    #[test]
+    fn export() {
+        assert!(exported_to(&[], "a", "b"));
+        assert!(exported_to(&[".".into()], "a", "a"));
+        assert!(!exported_to(&[".".into()], "a", "b"));
+        assert!(exported_to(&["b".into()], "a", "b"));
+    }
+}

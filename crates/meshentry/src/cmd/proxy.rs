@@ -1,0 +1,162 @@
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use meshentry_proxy::config::{OutboundPolicy, ProxyConfig};
+use meshentry_proxy::dns::{Dns, DnsConfig};
+use meshentry_proxy::server::{Shared, serve_http_proxy};
+use meshentry_proxy::snapshot::Snapshot;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Files or directories of Istio resources (as for `validate`).
+    #[arg(short, long = "config", required = true)]
+    pub config: Vec<PathBuf>,
+    /// This workload's namespace: it decides what the proxy sees (exportTo) and which Sidecar
+    /// and DestinationRules apply. Resources without metadata.namespace are in `default`.
+    #[arg(short, long, default_value = "default")]
+    pub namespace: String,
+    /// This workload's labels (k=v,k=v), for Sidecar and DestinationRule workload selectors.
+    #[arg(long, default_value = "", value_parser = parse_labels)]
+    pub labels: Labels,
+    /// Where the explicit HTTP proxy listens (point HTTP_PROXY/HTTPS_PROXY here).
+    #[arg(long, default_value = "127.0.0.1:15080")]
+    pub http_proxy: SocketAddr,
+    /// Where the admin server listens.
+    #[arg(long, default_value = "127.0.0.1:15000")]
+    pub admin: SocketAddr,
+    /// DNS server for DNS-resolved services (IP or IP:PORT); default: /etc/resolv.conf.
+    #[arg(long, value_parser = parse_dns_server)]
+    pub dns_server: Option<SocketAddr>,
+    /// ALLOW_ANY or REGISTRY_ONLY; overrides any Sidecar and the mesh default (ALLOW_ANY).
+    #[arg(long, value_parser = parse_policy)]
+    pub outbound_policy: Option<OutboundPolicy>,
+    /// Upstream connect timeout.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+    /// How long an upstream may take to start its response before the client gets a 504.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub response_timeout: Duration,
+    /// How long a client may take to send a request head.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
+    /// Worker threads (default: one per CPU this process may use).
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
+    #[arg(long, default_value = "info")]
+    pub log_level: String,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Labels(pub BTreeMap<String, String>);
+
+fn parse_labels(s: &str) -> Result<Labels, String> {
+    let mut out = BTreeMap::new();
+    for pair in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (k, v) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("label {pair:?} is not k=v"))?;
+        out.insert(k.trim().to_string(), v.trim().to_string());
+    }
+    Ok(Labels(out))
+}
+
+fn parse_dns_server(s: &str) -> Result<SocketAddr, String> {
+    s.parse::<SocketAddr>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+        .map_err(|_| format!("{s:?} is not an IP or IP:PORT"))
+}
+
+fn parse_policy(s: &str) -> Result<OutboundPolicy, String> {
+    OutboundPolicy::parse(s).ok_or_else(|| format!("{s:?} is not ALLOW_ANY or REGISTRY_ONLY"))
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    meshentry_api::model::parse_duration(s)
+}
+
+pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
+    crate::logging::init(&args.log_level);
+    let workers = args
+        .workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers.max(1))
+        .thread_name("meshentry-worker")
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    runtime.block_on(serve(args))
+}
+
+async fn serve(args: &Args) -> anyhow::Result<ExitCode> {
+    let loaded = crate::cmd::validate::load(&args.config, "default")?;
+    if loaded.has_errors() {
+        for f in loaded.errors() {
+            eprintln!("{f}");
+        }
+        eprintln!("meshentry: refusing to start with an invalid configuration");
+        return Ok(ExitCode::from(1));
+    }
+    for n in &loaded.notices {
+        tracing::info!("{n}");
+    }
+    let config = ProxyConfig {
+        namespace: args.namespace.clone(),
+        labels: args.labels.0.clone(),
+        policy_override: args.outbound_policy,
+        connect_timeout: args.connect_timeout,
+        response_timeout: args.response_timeout,
+        header_read_timeout: args.header_read_timeout,
+        ..ProxyConfig::default()
+    };
+    let dns = Dns::new(DnsConfig {
+        server: args.dns_server,
+        ..DnsConfig::default()
+    })
+    .map_err(|e| anyhow::anyhow!("cannot set up DNS: {e}"))?;
+    let valid: Vec<_> = loaded.valid().collect();
+    let snapshot = Snapshot::build(&valid, &config, &dns, 1);
+    for w in snapshot.registry.warnings() {
+        tracing::warn!("{w}");
+    }
+    let http_listener = TcpListener::bind(args.http_proxy)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.http_proxy))?;
+    let admin_listener = TcpListener::bind(args.admin)
+        .await
+        .with_context(|| format!("cannot listen on {} (admin)", args.admin))?;
+    let local = vec![http_listener.local_addr()?, admin_listener.local_addr()?];
+    tracing::info!(
+        http_proxy = %local[0], admin = %local[1], namespace = %config.namespace,
+        services = snapshot.registry.services().len(), policy = %snapshot.policy, policy_source = %snapshot.policy_source,
+        "meshentry proxy started"
+    );
+    let shared = Shared::new(snapshot, dns, config, local);
+    let (stop, stopped) = watch::channel(false);
+    let proxy = tokio::spawn(serve_http_proxy(http_listener, shared.clone(), stopped.clone()));
+    let admin = tokio::spawn(meshentry_admin::serve(admin_listener, shared.clone(), stopped));
+    wait_for_signal().await?;
+    tracing::info!("shutting down");
+    let _ = stop.send(true);
+    let _ = proxy.await;
+    let _ = admin.await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
