@@ -1,1 +1,51 @@
-fn main() {}
+//! Registry benchmarks (figures in BENCHMARKS.md): building from 10,000 ServiceEntries and
+//! 20,000 WorkloadEntries, and the data-plane lookups with 30,000 hosts loaded.
+
+use std::hint::black_box;
+use std::net::IpAddr;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use meshentry_registry::Registry;
+
+#[path = "support/generate.rs"]
+mod generate;
+
+fn build(c: &mut Criterion) {
+    let loaded = generate::load();
+    let mut group = c.benchmark_group("build");
+    group.sample_size(10);
+    group.bench_function("10k_service_entries_20k_workload_entries", |b| {
+        b.iter_with_large_drop(|| Registry::build(black_box(&loaded.resources)))
+    });
+    group.finish();
+}
+
+fn lookups(c: &mut Criterion) {
+    let loaded = generate::load();
+    let registry = Registry::build(&loaded.resources);
+    assert_eq!(registry.services().len(), 3 * generate::SERVICE_ENTRIES);
+    let n = 7_777;
+    let ns = generate::namespace(n);
+    let view = registry.view(&ns);
+    let exact = generate::exact_host(n);
+    let wildcard = generate::wildcard_match(n);
+    let vip = IpAddr::V4(generate::vip(n));
+    assert!(view.lookup_host(&exact).is_some());
+    assert!(view.lookup_host(&wildcard).is_some_and(|s| s.is_wildcard()));
+    assert!(view.lookup_addr(vip, 80).is_some());
+
+    let mut group = c.benchmark_group("lookup");
+    group.bench_function("exact_host", |b| b.iter(|| view.lookup_host(black_box(&exact))));
+    group.bench_function("wildcard_host", |b| b.iter(|| view.lookup_host(black_box(&wildcard))));
+    group.bench_function("vip", |b| b.iter(|| view.lookup_addr(black_box(vip), black_box(80))));
+    group.bench_function("sni_miss", |b| {
+        b.iter(|| view.lookup_sni(black_box(&exact), black_box(443)))
+    });
+    group.bench_function("exact_host_other_namespace", |b| {
+        b.iter(|| registry.view(black_box("ns-elsewhere")).lookup_host(black_box(&exact)))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, build, lookups);
+criterion_main!(benches);

@@ -2,13 +2,14 @@
 //! one host defined by several ServiceEntries in a namespace (B8), and the warnings for every
 //! conflict Istio settles without a word (B8, B10, C5).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use ipnet::IpNet;
 use meshentry_api::model::{ObjectMeta, PodSpec, PodStatus, ServiceEntry, WorkloadEntry};
 use meshentry_api::{Resource, Spec};
 
+use crate::hash::FxHashMap as HashMap;
 use crate::model::*;
 
 /// The label Istio reads an endpoint's `tlsMode` from (B5).
@@ -35,10 +36,10 @@ struct Selectable {
 /// The selectable workloads of one namespace, with a label index so that a selector looks at
 /// the workloads carrying one of its pairs instead of at the whole namespace.
 #[derive(Default)]
-struct NsWorkloads {
+struct NsWorkloads<'a> {
     list: Vec<Selectable>,
-    /// key -> value -> positions in `list`, ascending (so oldest first).
-    by_label: HashMap<String, HashMap<String, Vec<u32>>>,
+    /// (key, value) -> positions in `list`, ascending (so oldest first).
+    by_label: HashMap<(&'a str, &'a str), Vec<u32>>,
 }
 
 /// One host of one ServiceEntry, before B8's merge.
@@ -109,7 +110,7 @@ pub(crate) fn build<'a>(resources: impl IntoIterator<Item = &'a Resource>) -> Bu
         })
         .collect();
 
-    let mut workloads: HashMap<&str, NsWorkloads> = HashMap::new();
+    let mut workloads: HashMap<&str, NsWorkloads<'_>> = HashMap::default();
     for (id, r) in resources.iter().enumerate() {
         let selectable = match &r.spec {
             Spec::WorkloadEntry(we) => workload_entry(we, &r.meta, id as SourceId),
@@ -119,20 +120,15 @@ pub(crate) fn build<'a>(resources: impl IntoIterator<Item = &'a Resource>) -> Bu
         if let Some(s) = selectable {
             let ns = workloads.entry(r.namespace.as_str()).or_default();
             let pos = ns.list.len() as u32;
-            for (k, v) in s.workload.labels.iter() {
-                ns.by_label
-                    .entry(k.clone())
-                    .or_default()
-                    .entry(v.clone())
-                    .or_default()
-                    .push(pos);
+            for kv in selectable_labels(r) {
+                ns.by_label.entry(kv).or_default().push(pos);
             }
             ns.list.push(s);
         }
     }
 
     let mut raws: Vec<Raw> = Vec::new();
-    let mut namespaces: HashMap<&str, Arc<str>> = HashMap::new();
+    let mut namespaces: HashMap<&str, Arc<str>> = HashMap::default();
     for (id, r) in resources.iter().enumerate() {
         if let Spec::ServiceEntry(se) = &r.spec {
             let ns = namespaces
@@ -150,7 +146,7 @@ pub(crate) fn build<'a>(resources: impl IntoIterator<Item = &'a Resource>) -> Bu
         }
     }
 
-    let mut groups: HashMap<(Arc<str>, Arc<str>), Vec<Raw>> = HashMap::new();
+    let mut groups: HashMap<(Arc<str>, Arc<str>), Vec<Raw>> = HashMap::default();
     for raw in raws {
         groups
             .entry((raw.host.clone(), raw.namespace.clone()))
@@ -179,6 +175,20 @@ pub(crate) fn build<'a>(resources: impl IntoIterator<Item = &'a Resource>) -> Bu
         listing,
         warnings: warnings.into_iter().map(|(_, w)| w).collect(),
     }
+}
+
+/// The labels a selector matches, borrowed from the resource (same as [`Workload::labels`]).
+fn selectable_labels(r: &Resource) -> Vec<(&str, &str)> {
+    let meta = &r.meta.labels;
+    let spec = match &r.spec {
+        Spec::WorkloadEntry(we) => Some(&we.labels),
+        _ => None,
+    };
+    let from_spec = spec.into_iter().flatten().filter(|(k, _)| !meta.contains_key(*k));
+    meta.iter()
+        .chain(from_spec)
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect()
 }
 
 /// B7: a WorkloadEntry's labels are `spec.labels` overlaid by `metadata.labels`. One without
@@ -260,13 +270,13 @@ fn inline_workload(we: &WorkloadEntry, labels: Labels, source: SourceId) -> Opti
 
 /// B7: the workloads of the ServiceEntry's own namespace whose labels contain every selector
 /// pair, oldest first. An empty selector selects the whole namespace.
-fn select(ns: Option<&NsWorkloads>, selector: &Labels, dns: bool) -> Vec<Arc<Workload>> {
+fn select(ns: Option<&NsWorkloads<'_>>, selector: &Labels, dns: bool) -> Vec<Arc<Workload>> {
     let Some(ns) = ns else { return Vec::new() };
     let usable = |s: &Selectable| dns || !s.dns_only;
     let contains_all = |s: &Selectable| selector.iter().all(|(k, v)| s.workload.labels.get(k) == Some(v));
     let mut narrowest: Option<&Vec<u32>> = None;
     for (k, v) in selector {
-        match ns.by_label.get(k).and_then(|vs| vs.get(v)) {
+        match ns.by_label.get(&(k.as_str(), v.as_str())) {
             None => return Vec::new(),
             Some(list) if narrowest.is_none_or(|n| list.len() < n.len()) => narrowest = Some(list),
             Some(_) => {}
@@ -306,7 +316,7 @@ fn convert(
     r: &Resource,
     source: SourceId,
     namespace: Arc<str>,
-    ns: Option<&NsWorkloads>,
+    ns: Option<&NsWorkloads<'_>>,
     out: &mut Vec<Raw>,
 ) {
     let ports: Arc<[Port]> = se
@@ -588,10 +598,15 @@ fn contest<'s>(e: &'s Service, l: &'s Service) -> (String, &'s Service) {
 /// one exported to its namespace by name, else the oldest public one; where two are visible
 /// together, one silently shadows the other.
 fn shadowed_hosts(services: &[Service], listing: &[ServiceId], sources: &[Source], warnings: &mut Warnings) {
-    let mut by_host: HashMap<String, Vec<&Service>> = HashMap::new();
+    let mut by_host: HashMap<std::borrow::Cow<'_, str>, Vec<&Service>> = HashMap::default();
     for &id in listing {
         let s = &services[id as usize];
-        by_host.entry(s.host.to_ascii_lowercase()).or_default().push(s);
+        let key = if s.host.bytes().any(|b| b.is_ascii_uppercase()) {
+            s.host.to_ascii_lowercase().into()
+        } else {
+            (*s.host).into()
+        };
+        by_host.entry(key).or_default().push(s);
     }
     let mut hosts: Vec<_> = by_host.into_values().filter(|v| v.len() > 1).collect();
     hosts.sort_by_key(|v| v[0].age);
@@ -642,7 +657,8 @@ fn shared_listeners(services: &[Service], listing: &[ServiceId], sources: &[Sour
         }
     }
     // One warning per pair and port, listing the shared addresses.
-    let mut shared: BTreeMap<(u32, u32, u32), (&Service, &Service, Vec<Option<IpNet>>)> = BTreeMap::new();
+    type Pair<'s> = (&'s Service, &'s Service, Vec<Option<IpNet>>);
+    let mut shared: BTreeMap<(u32, u32, u32), Pair<'_>> = BTreeMap::new();
     for ((port, net), mut list) in by_listener {
         if list.len() < 2 {
             continue;
@@ -707,7 +723,7 @@ fn first_overlapping(list: &[&Service]) -> Vec<(usize, usize)> {
     let mut out = Vec::new();
     let mut first_any: Option<usize> = None;
     let mut first_public: Option<usize> = None;
-    let mut first_in: HashMap<&str, usize> = HashMap::new();
+    let mut first_in: HashMap<&str, usize> = HashMap::default();
     for (i, s) in list.iter().enumerate() {
         let earlier = match &s.export_to.scope {
             Scope::Nobody => continue,

@@ -4,11 +4,11 @@
 //! only the services exported to it (B9) and, for a host defined in several namespaces, the
 //! one B10 picks. Lookups take `&str` and allocate nothing.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 
 use ipnet::{Ipv4Net, Ipv6Net};
 
+use crate::hash::FxHashMap as HashMap;
 use crate::model::{Resolution, Service, ServiceId};
 
 /// Longest host name a lookup accepts (DNS allows 253 plus a trailing dot).
@@ -16,6 +16,9 @@ const MAX_HOST: usize = 255;
 
 /// Index of a candidate list in [`Index::candidates`].
 type Slot = u32;
+
+/// The networks of one prefix length.
+type PrefixTable<N> = (u8, HashMap<N, Box<[ServiceId]>>);
 
 pub(crate) struct Index {
     /// Lower-cased host (wildcards verbatim, `*.a.com`) -> its services.
@@ -35,8 +38,8 @@ pub(crate) struct Index {
     /// and no address.
     ips: HashMap<IpAddr, Box<[ServiceId]>>,
     /// CIDR addresses by prefix length, longest first, keyed by the network.
-    cidrs_v4: Vec<(u8, HashMap<Ipv4Net, Box<[ServiceId]>>)>,
-    cidrs_v6: Vec<(u8, HashMap<Ipv6Net, Box<[ServiceId]>>)>,
+    cidrs_v4: Vec<PrefixTable<Ipv4Net>>,
+    cidrs_v6: Vec<PrefixTable<Ipv6Net>>,
     /// Port number -> services with that port, oldest first.
     ports: HashMap<u32, Box<[ServiceId]>>,
     /// Port number -> services owning `0.0.0.0:<port>` for TCP (C5), oldest first.
@@ -54,18 +57,23 @@ impl Index {
         let mut by_age: Vec<ServiceId> = (0..services.len() as ServiceId).collect();
         by_age.sort_by_key(|&id| (services[id as usize].age, id));
 
-        let mut exact: HashMap<Box<str>, Slot> = HashMap::with_capacity(services.len());
+        let mut exact: HashMap<Box<str>, Slot> = HashMap::default();
+        exact.reserve(services.len());
         let mut lists: Vec<Vec<ServiceId>> = Vec::with_capacity(services.len());
         let mut host_slot = vec![0; services.len()];
-        let mut ips: HashMap<IpAddr, Vec<ServiceId>> = HashMap::new();
-        let mut v4: HashMap<u8, HashMap<Ipv4Net, Vec<ServiceId>>> = HashMap::new();
-        let mut v6: HashMap<u8, HashMap<Ipv6Net, Vec<ServiceId>>> = HashMap::new();
-        let mut ports: HashMap<u32, Vec<ServiceId>> = HashMap::new();
-        let mut wildcard_ports: HashMap<u32, Vec<ServiceId>> = HashMap::new();
+        let mut ips: HashMap<IpAddr, Vec<ServiceId>> = HashMap::default();
+        let mut v4: HashMap<u8, HashMap<Ipv4Net, Vec<ServiceId>>> = HashMap::default();
+        let mut v6: HashMap<u8, HashMap<Ipv6Net, Vec<ServiceId>>> = HashMap::default();
+        let mut ports: HashMap<u32, Vec<ServiceId>> = HashMap::default();
+        let mut wildcard_ports: HashMap<u32, Vec<ServiceId>> = HashMap::default();
         for &id in &by_age {
             let s = &services[id as usize];
-            let key = s.host.to_ascii_lowercase();
-            let slot = match exact.get(key.as_str()) {
+            let key: std::borrow::Cow<'_, str> = if s.host.bytes().any(|b| b.is_ascii_uppercase()) {
+                s.host.to_ascii_lowercase().into()
+            } else {
+                (*s.host).into()
+            };
+            let slot = match exact.get(&*key) {
                 Some(&slot) => slot,
                 None => {
                     let slot = lists.len() as Slot;
@@ -105,7 +113,7 @@ impl Index {
             }
         }
 
-        let mut suffix = HashMap::new();
+        let mut suffix = HashMap::default();
         let mut partial = Vec::new();
         for (host, &slot) in &exact {
             if let Some(rest) = host.strip_prefix('*') {
@@ -122,9 +130,9 @@ impl Index {
         let host_order = host_order.into_iter().map(|(_, s)| s).collect();
 
         let mut cidrs_v4: Vec<_> = v4.into_iter().map(|(l, m)| (l, freeze(m))).collect();
-        cidrs_v4.sort_by(|a, b| b.0.cmp(&a.0));
+        cidrs_v4.sort_by_key(|c| std::cmp::Reverse(c.0));
         let mut cidrs_v6: Vec<_> = v6.into_iter().map(|(l, m)| (l, freeze(m))).collect();
-        cidrs_v6.sort_by(|a, b| b.0.cmp(&a.0));
+        cidrs_v6.sort_by_key(|c| std::cmp::Reverse(c.0));
         Index {
             exact,
             suffix,

@@ -6,6 +6,8 @@
 //! (view files are rewritten only when they exist: create an empty `NAME@NS.json` to add one).
 //! Review the diff: the expected files are the specification.
 
+#![allow(clippy::unwrap_used)] // Test code: a failed unwrap is a failed test.
+
 use std::path::{Path, PathBuf};
 
 use meshentry_api::{LoadOptions, load_str};

@@ -1,13 +1,164 @@
+//! `meshentry registry`: the services and endpoints the resources describe, as Istio's
+//! registry would hold them, optionally as one namespace's proxies see them.
+
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use meshentry_registry::{Registry, Service};
+
 #[derive(clap::Args)]
 pub struct Args {
-    /// Files or directories of resources, or `-` for stdin.
+    /// Files or directories (.yaml, .yml, .json; recursive), or `-` for stdin.
     #[arg(required = true)]
     pub paths: Vec<PathBuf>,
+    /// Show the registry as proxies in this namespace see it: only services exported to it,
+    /// one per host (its own namespace's first, then exported to it by name, then the oldest
+    /// public one). Resources without metadata.namespace are in `default` either way, as
+    /// `kubectl apply` would put them.
+    #[arg(short, long)]
+    pub namespace: Option<String>,
+    #[arg(short, long, value_enum, default_value = "table")]
+    pub output: Output,
+    /// Also print, to stderr, every conflict Istio resolves silently (same host in several
+    /// ServiceEntries or namespaces, shared listeners), naming the resources involved.
+    #[arg(long)]
+    pub warnings: bool,
 }
 
-pub fn run(_args: &Args) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("registry: not built yet")
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+/// Namespace of resources that do not set one.
+const DEFAULT_NAMESPACE: &str = "default";
+
+/// Exit 1 when any resource is invalid (its errors go to stderr, as `validate` prints them).
+pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
+    let loaded = crate::cmd::validate::load(&args.paths, DEFAULT_NAMESPACE)?;
+    if loaded.has_errors() {
+        for f in loaded.errors() {
+            eprintln!("{f}");
+        }
+        return Ok(ExitCode::from(1));
+    }
+    let registry = Registry::build(&loaded.resources);
+    let services: Vec<&Service> = match &args.namespace {
+        Some(ns) => registry.visible(ns),
+        None => registry.services().collect(),
+    };
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let written = match args.output {
+        Output::Json => serde_json::to_writer_pretty(&mut out, &meshentry_registry::RegistryJson::new(services))
+            .map_err(std::io::Error::from)
+            .and_then(|()| writeln!(out)),
+        Output::Table => write_table(&mut out, &services),
+    };
+    match written {
+        // `meshentry registry ... | head` is a normal way to look at a big registry.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(ExitCode::SUCCESS),
+        other => other?,
+    }
+    if args.warnings {
+        for w in registry.warnings() {
+            eprintln!("{w}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Endpoints shown per row before "+N more".
+const MAX_ENDPOINTS: usize = 3;
+
+/// One row per service port, like `istioctl proxy-config cluster`.
+fn write_table(out: &mut impl Write, services: &[&Service]) -> std::io::Result<()> {
+    let mut rows = vec![
+        [
+            "SERVICE FQDN",
+            "NAMESPACE",
+            "PORT",
+            "RESOLUTION",
+            "LOCATION",
+            "ENDPOINTS",
+        ]
+        .map(String::from),
+    ];
+    for s in services {
+        for p in &s.ports {
+            let eps: Vec<String> = s
+                .endpoints_for(p)
+                .map(|e| {
+                    if e.workload.is_unix() {
+                        e.address().to_string()
+                    } else {
+                        format!("{}:{}", e.address(), e.port)
+                    }
+                })
+                .collect();
+            let mut shown = eps.iter().take(MAX_ENDPOINTS).cloned().collect::<Vec<_>>().join(",");
+            if eps.len() > MAX_ENDPOINTS {
+                shown.push_str(&format!(" +{} more", eps.len() - MAX_ENDPOINTS));
+            }
+            if shown.is_empty() {
+                shown.push('-');
+            }
+            rows.push([
+                s.host.to_string(),
+                s.namespace.to_string(),
+                p.number.to_string(),
+                s.resolution.as_str().to_string(),
+                s.location.as_str().to_string(),
+                shown,
+            ]);
+        }
+    }
+    let mut widths = [0usize; 6];
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    for row in &rows {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            if i + 1 == row.len() {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<width$}     ", width = widths[i]));
+            }
+        }
+        writeln!(out, "{}", line.trim_end())?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use meshentry_api::{LoadOptions, load_str};
+
+    use super::*;
+
+    #[test]
+    fn table_has_one_row_per_port() {
+        let yaml = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: a}\nspec:\n  hosts: [a.example.com]\n  addresses: [10.0.0.1]\n  ports: [{number: 80, name: http, protocol: HTTP}, {number: 81, name: web, protocol: HTTP}]\n  resolution: STATIC\n  endpoints: [{address: 1.1.1.1}, {address: 1.1.1.2}, {address: 1.1.1.3}, {address: 1.1.1.4}]\n";
+        let loaded = load_str("a.yaml", yaml, &LoadOptions::default());
+        assert!(!loaded.has_errors(), "{:?}", loaded.findings);
+        let registry = Registry::build(&loaded.resources);
+        let mut out = Vec::new();
+        write_table(&mut out, &registry.services().collect::<Vec<_>>()).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        assert!(lines[0].starts_with("SERVICE FQDN"));
+        assert!(
+            lines[1].contains("a.example.com")
+                && lines[1].contains(" 80 ")
+                && lines[1].ends_with("1.1.1.1:80,1.1.1.2:80,1.1.1.3:80 +1 more"),
+            "{text}"
+        );
+        assert!(lines[2].contains(" 81 "), "{text}");
+    }
 }
