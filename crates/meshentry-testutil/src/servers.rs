@@ -725,6 +725,9 @@ tcp_server_common!(Stall);
 
 /// An upstream that resets connections (TCP RST via `SO_LINGER` 0), so clients see
 /// `ECONNRESET`: for outlier detection, retries (`retryOn: reset`) and error mapping.
+///
+/// With [`Reset::start`] the reset can overtake the client's connect: the client may see
+/// `ECONNRESET` from `connect` itself rather than from its first read or write.
 pub struct Reset {
     addr: SocketAddr,
     stats: Arc<TcpStats>,
@@ -784,13 +787,10 @@ tcp_server_common!(Reset);
 
 /// A TCP address on `ip` where nothing listens, so connecting is refused (`ECONNREFUSED`).
 ///
-/// It is a port the kernel just handed out and released; on an address from
-/// [`crate::unique_loopback`] nothing else binds it, so it keeps refusing.
+/// On an address from [`crate::unique_loopback`] nothing else binds it, and the port lies outside
+/// the ephemeral range, so a wildcard bind to port 0 elsewhere on the machine cannot start
+/// accepting there either: it keeps refusing.
 pub fn closed_port(ip: impl Into<IpAddr>) -> SocketAddr {
     let ip = ip.into();
-    let listener =
-        std::net::TcpListener::bind((ip, 0)).unwrap_or_else(|e| panic!("closed_port: cannot bind {ip}:0: {e}"));
-    let addr = listener.local_addr().expect("a bound TCP listener has an address");
-    drop(listener);
-    addr
+    SocketAddr::new(ip, crate::wait::pick_port(ip))
 }

@@ -3,6 +3,7 @@
 use std::fmt::Debug;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 /// How often [`eventually`] re-checks its condition.
@@ -69,22 +70,45 @@ where
     }
 }
 
+/// Ports [`free_port`] and [`crate::closed_port`] pick from: below Linux's ephemeral range
+/// (32768-60999 by default), so a socket bound to port 0 anywhere on the machine (`0.0.0.0:0` in
+/// another process's test) is never handed the port we just chose; and above the fixed ports
+/// tests bind on purpose (80, 443, 8080, 15001, ...).
+const PICK_RANGE: std::ops::Range<u32> = 20_000..32_000;
+
+/// Returns a port in [`PICK_RANGE`] that `ip` can bind at the moment, trying ports in an order
+/// that differs per call so concurrent callers rarely probe the same one.
+pub(crate) fn pick_port(ip: IpAddr) -> u16 {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let span = PICK_RANGE.end - PICK_RANGE.start;
+    let start = std::process::id()
+        .wrapping_mul(7919)
+        .wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed).wrapping_mul(104_729));
+    for i in 0..span {
+        // The range ends below 32000, so the port fits in a u16.
+        let port = (PICK_RANGE.start + start.wrapping_add(i) % span) as u16;
+        if TcpListener::bind(SocketAddr::new(ip, port)).is_ok() {
+            return port;
+        }
+    }
+    TcpListener::bind(SocketAddr::new(ip, 0))
+        .and_then(|l| l.local_addr())
+        .unwrap_or_else(|e| panic!("no free port on {ip}: {e}"))
+        .port()
+}
+
 /// A TCP port on `ip` that nothing listened on at the time of the call.
 ///
 /// Meant for addresses from [`crate::unique_loopback`], which only the calling test uses, so the
-/// port stays free until the test binds it.
+/// port stays free until the test binds it. It is outside the ephemeral range, so no other
+/// process's bind to port 0 takes it in the meantime.
 pub fn free_port(ip: impl Into<IpAddr>) -> u16 {
-    let ip = ip.into();
-    TcpListener::bind(SocketAddr::new(ip, 0))
-        .and_then(|l| l.local_addr())
-        .unwrap_or_else(|e| panic!("free_port: cannot bind {ip}:0: {e}"))
-        .port()
+    pick_port(ip.into())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicU32, Ordering};
 
     #[tokio::test]
     async fn returns_the_value_once_the_check_passes() {

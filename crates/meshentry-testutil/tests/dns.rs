@@ -207,3 +207,35 @@ async fn stops_on_drop() {
     let again = TestDns::start(ip);
     assert_eq!(again.addr(), addr);
 }
+
+/// The system (glibc) resolver, pointed at TestDns through a private mount namespace in which
+/// /etc/resolv.conf is replaced; the machine's own file is never touched. Needs root and
+/// `unshare`, and port 53 (the system resolver cannot use another port).
+#[tokio::test]
+async fn the_system_resolver_queries_the_server() {
+    let dns = TestDns::start(unique_loopback());
+    if dns.addr().port() != 53 || std::process::Command::new("unshare").arg("--version").output().is_err() {
+        eprintln!("not root or no unshare; skipping");
+        return;
+    }
+    dns.set("system.example.com", &[V4], 30);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let conf = dir.path().join("resolv.conf");
+    std::fs::write(&conf, format!("nameserver {}\n", dns.addr().ip())).expect("write resolv.conf");
+    let script = format!(
+        "mount --bind {} /etc/resolv.conf && getent ahostsv4 system.example.com",
+        conf.display()
+    );
+    let out = tokio::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .output()
+        .await
+        .expect("run unshare");
+    if !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("unshare failed") {
+        eprintln!("mount namespaces not permitted here; skipping");
+        return;
+    }
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("10.1.2.3"));
+    assert!(dns.queries("system.example.com") >= 1);
+}
