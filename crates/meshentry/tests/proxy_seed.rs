@@ -130,7 +130,7 @@ impl CurlOut {
 /// Marks the end of the body in curl's output, followed by the status code.
 const STATUS_MARK: &str = "\n@@meshentry-status@@";
 
-fn curl_blocking(args: &[String]) -> CurlOut {
+fn curl_blocking(args: &[String], env: &[(String, String)]) -> CurlOut {
     let mut cmd = Command::new("curl");
     // -q first: ignore any ~/.curlrc. Proxy variables from the environment are removed so that
     // only the proxy a test names is used (and NO_PROXY cannot bypass it).
@@ -151,6 +151,7 @@ fn curl_blocking(args: &[String]) -> CurlOut {
     ] {
         cmd.env_remove(var);
     }
+    cmd.envs(env.iter().map(|(k, v)| (k, v)));
     let out = match cmd.output() {
         Ok(out) => out,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
@@ -173,8 +174,16 @@ fn curl_blocking(args: &[String]) -> CurlOut {
 
 /// Runs curl with `args` off the async runtime.
 async fn curl(args: &[&str]) -> CurlOut {
+    curl_env(args, &[]).await
+}
+
+/// Runs curl with `args` and the extra environment `env` (e.g. `HTTPS_PROXY`).
+async fn curl_env(args: &[&str], env: &[(&str, &str)]) -> CurlOut {
     let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    tokio::task::spawn_blocking(move || curl_blocking(&args)).await.unwrap()
+    let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    tokio::task::spawn_blocking(move || curl_blocking(&args, &env))
+        .await
+        .unwrap()
 }
 
 /// `curl -x PROXY url`, asserting the transfer itself worked.
@@ -238,10 +247,15 @@ async fn sni_routed_https_apis(version: &str) {
     )
     .await;
 
-    for (host, up) in HTTPS_HOSTS.iter().zip(&upstreams) {
-        let ca_arg = ca_path.display().to_string();
+    let ca_arg = ca_path.display().to_string();
+    for (i, (host, up)) in HTTPS_HOSTS.iter().zip(&upstreams).enumerate() {
         let url = format!("https://{host}/{version}");
-        let out = curl(&["--cacert", &ca_arg, "-x", &proxy.url(), &url]).await;
+        // The last API goes through HTTPS_PROXY, as applications configured by environment do.
+        let out = if i == HTTPS_HOSTS.len() - 1 {
+            curl_env(&["--cacert", &ca_arg, &url], &[("HTTPS_PROXY", &proxy.url())]).await
+        } else {
+            curl(&["--cacert", &ca_arg, "-x", &proxy.url(), &url]).await
+        };
         assert_eq!((out.code, out.status), (0, 200), "{url}: {out:?}");
         let json = out.json();
         assert_eq!(json["upstream"], *host, "{url} reached the wrong upstream: {out:?}");
@@ -272,6 +286,68 @@ async fn sni_routed_https_apis_v1alpha3() {
 #[tokio::test]
 async fn sni_routed_https_apis_v1beta1() {
     sni_routed_https_apis("v1beta1").await;
+}
+
+/// A tunnel opened for one API must not carry a TLS session for another: the proxy checks the
+/// ClientHello's SNI against the CONNECT target (a client that could otherwise reach any
+/// registry host by naming an allowed one in CONNECT).
+#[tokio::test]
+async fn sni_must_match_the_connect_target() {
+    let dns = TestDns::start(unique_loopback());
+    let ca = TestCa::new("seed ca");
+    let pem = PemDir::new();
+    let ca_path = pem.ca(&ca).display().to_string();
+    let (dropbox_ip, google_ip) = (unique_loopback(), unique_loopback());
+    dns.set("api.dropboxapi.com", &[ip(dropbox_ip)], 30);
+    dns.set("www.googleapis.com", &[ip(google_ip)], 30);
+    // Both upstreams hold certificates for both names, so only the proxy's check can fail the
+    // request: the handshake itself would succeed wherever the tunnel led.
+    let both = ca.issue(LeafSpec::server(["api.dropboxapi.com", "www.googleapis.com"]));
+    let dropbox = TlsUpstream::start(
+        SocketAddr::new(ip(dropbox_ip), 443),
+        "dropbox",
+        server_config(&both, None),
+    );
+    let google = TlsUpstream::start(
+        SocketAddr::new(ip(google_ip), 443),
+        "google",
+        server_config(&both, None),
+    );
+    let proxy = Proxy::start(
+        &[(HTTPS_FILE, seed("v1beta1", HTTPS_FILE))],
+        &dns,
+        &["--outbound-policy", "REGISTRY_ONLY"],
+    )
+    .await;
+
+    // --connect-to makes curl send `CONNECT www.googleapis.com:443` while its ClientHello names
+    // api.dropboxapi.com (the URL's host).
+    let out = curl(&[
+        "--cacert",
+        &ca_path,
+        "-x",
+        &proxy.url(),
+        "--connect-to",
+        "api.dropboxapi.com:443:www.googleapis.com:443",
+        "https://api.dropboxapi.com/",
+    ])
+    .await;
+    assert_ne!(out.code, 0, "the mismatched tunnel must fail: {out:?}");
+    assert_eq!(out.status, 0, "no HTTP response may come through: {out:?}");
+    assert_eq!(proxy.stat("tunnel_sni_mismatch_total").await, 1);
+    assert!(google.handshakes().is_empty(), "{:?}", google.handshakes());
+    assert_eq!(google.requests() + dropbox.requests(), 0);
+    eventually(Duration::from_secs(5), || async {
+        proxy.process.stderr().lines().any(|l| {
+            l.contains("tunnel refused") && l.contains("api.dropboxapi.com") && l.contains("www.googleapis.com")
+        })
+    })
+    .await;
+
+    // The same client without the mismatch works, so the refusal above was the check's doing.
+    let out = curl(&["--cacert", &ca_path, "-x", &proxy.url(), "https://api.dropboxapi.com/"]).await;
+    assert_eq!((out.code, out.status), (0, 200), "{out:?}");
+    assert_eq!(out.json()["upstream"], "dropbox");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -458,7 +534,25 @@ async fn mongo_cluster_vip_cidr_tunnels() {
     assert!(c1 > 0 && c2 > 0, "both endpoints must get connections: {c1}, {c2}");
     assert_eq!(proxy.stat("tunnels_total").await, N as u64);
     assert_eq!(proxy.stat("outbound_blocked_total").await, 0);
-    assert!(dns.queries("mymongodb.somedomain") == 0);
+    assert_eq!(dns.queries("mymongodb.somedomain"), 0);
+
+    // The CIDR covers only its /24 and only the declared port: a neighbouring /24 and another
+    // port of a VIP are unknown destinations, refused under REGISTRY_ONLY.
+    let outside = Ipv4Addr::new(127, x, y ^ 1, 1);
+    for target in [format!("{outside}:27018"), format!("{}:27019", vips[0])] {
+        let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+        let req = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut buf = vec![0u8; 1024];
+        let n = tokio::time::timeout(IO_TIMEOUT, s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        let head = String::from_utf8_lossy(&buf[..n]);
+        assert!(head.starts_with("HTTP/1.1 403"), "CONNECT {target}: {head}");
+    }
+    assert_eq!(proxy.stat("outbound_blocked_total").await, 2);
+    assert_eq!(echo1.connections() + echo2.connections(), N);
 }
 
 // ---------------------------------------------------------------------------------------------
