@@ -49,7 +49,10 @@ impl Kind {
     }
 
     pub fn parse(s: &str) -> Option<Kind> {
-        Kind::ISTIO.into_iter().chain([Kind::Pod, Kind::Namespace]).find(|k| k.as_str() == s)
+        Kind::ISTIO
+            .into_iter()
+            .chain([Kind::Pod, Kind::Namespace])
+            .find(|k| k.as_str() == s)
     }
 
     pub fn is_istio(self) -> bool {
@@ -135,7 +138,12 @@ impl Resource {
     /// Sort key for "oldest first": `creationTimestamp` when given (RFC 3339 in UTC sorts as
     /// text), else load order, then namespace and name as Istio breaks ties.
     pub fn age_key(&self) -> (&str, usize, &str, &str) {
-        (self.meta.creation_timestamp.as_deref().unwrap_or(""), self.order, &self.namespace, &self.meta.name)
+        (
+            self.meta.creation_timestamp.as_deref().unwrap_or(""),
+            self.order,
+            &self.namespace,
+            &self.meta.name,
+        )
     }
 
     /// `Kind namespace/name`, as findings print it.

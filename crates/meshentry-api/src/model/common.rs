@@ -62,7 +62,9 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
         }
         let value: f64 = rest[..num_end].parse().map_err(|_| bad())?;
         rest = &rest[num_end..];
-        let unit_end = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let unit_end = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
         let scale = match &rest[..unit_end] {
             "h" => 3600.0,
             "m" => 60.0,

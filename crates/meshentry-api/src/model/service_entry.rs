@@ -157,4 +157,3 @@ pub struct GrpcHealthCheckConfig {
     pub port: u32,
     pub service: Option<String>,
 }
-

@@ -8,8 +8,20 @@ use super::Report;
 use crate::model::Duration;
 
 /// Protocols Istio knows (A3), upper case.
-pub const PROTOCOLS: &[&str] =
-    &["TCP", "UDP", "GRPC", "GRPC-WEB", "HTTP", "HTTP_PROXY", "HTTP2", "HTTPS", "TLS", "MONGO", "REDIS", "MYSQL"];
+pub const PROTOCOLS: &[&str] = &[
+    "TCP",
+    "UDP",
+    "GRPC",
+    "GRPC-WEB",
+    "HTTP",
+    "HTTP_PROXY",
+    "HTTP2",
+    "HTTPS",
+    "TLS",
+    "MONGO",
+    "REDIS",
+    "MYSQL",
+];
 
 /// A1.
 pub fn validate_port_number(r: &mut Report, path: &str, port: u32) {
@@ -42,7 +54,10 @@ pub fn parse_protocol(protocol: &str) -> Option<&'static str> {
 }
 
 pub fn is_http_protocol(protocol: &str) -> bool {
-    matches!(parse_protocol(protocol), Some("HTTP" | "HTTP2" | "HTTP_PROXY" | "GRPC" | "GRPC-WEB"))
+    matches!(
+        parse_protocol(protocol),
+        Some("HTTP" | "HTTP2" | "HTTP_PROXY" | "GRPC" | "GRPC-WEB")
+    )
 }
 
 pub fn is_tls_protocol(protocol: &str) -> bool {
@@ -50,7 +65,10 @@ pub fn is_tls_protocol(protocol: &str) -> bool {
 }
 
 pub fn is_tcp_protocol(protocol: &str) -> bool {
-    matches!(parse_protocol(protocol), Some("TCP" | "HTTPS" | "TLS" | "MONGO" | "REDIS" | "MYSQL"))
+    matches!(
+        parse_protocol(protocol),
+        Some("TCP" | "HTTPS" | "TLS" | "MONGO" | "REDIS" | "MYSQL")
+    )
 }
 
 /// Lower-case DNS-1123 label: `[a-z0-9]([-a-z0-9]*[a-z0-9])?`, at most 63.
@@ -89,7 +107,10 @@ fn domain_error(domain: &str, allow_wildcard: bool) -> Option<String> {
     let labels: Vec<&str> = trimmed.split('.').collect();
     for (i, label) in labels.iter().enumerate() {
         let ok = if i == 0 && allow_wildcard {
-            *label == "*" || label.strip_prefix('*').is_some_and(|rest| rest.is_empty() || is_wildcard_tail(rest))
+            *label == "*"
+                || label
+                    .strip_prefix('*')
+                    .is_some_and(|rest| rest.is_empty() || is_wildcard_tail(rest))
                 || is_dns1123_label_ci(label)
         } else {
             is_dns1123_label_ci(label)
@@ -102,7 +123,9 @@ fn domain_error(domain: &str, allow_wildcard: bool) -> Option<String> {
         && let Some(last) = labels.last()
         && last.bytes().all(|b| b.is_ascii_digit())
     {
-        return Some(format!("domain name {domain:?} invalid (top level domain {last:?} cannot be all-numeric)"));
+        return Some(format!(
+            "domain name {domain:?} invalid (top level domain {last:?} cannot be all-numeric)"
+        ));
     }
     None
 }
@@ -170,7 +193,8 @@ fn is_qualified_name(n: &str) -> bool {
         && b.len() <= 63
         && b[0].is_ascii_alphanumeric()
         && b[b.len() - 1].is_ascii_alphanumeric()
-        && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
 }
 
 pub fn is_label_value(v: &str) -> bool {
@@ -209,10 +233,16 @@ pub fn validate_export_to(r: &mut Report, path: &str, namespace: &str, export_to
         seen.push(e);
     }
     if seen.contains(&".") && seen.contains(&namespace) {
-        r.error(path, format!("duplicate entries in exportTo: . and current namespace {namespace}"));
+        r.error(
+            path,
+            format!("duplicate entries in exportTo: . and current namespace {namespace}"),
+        );
     }
     if seen.contains(&"*") && seen.len() > 1 {
-        r.error(path, "cannot have both public (*) and non-public exportTo values for a resource");
+        r.error(
+            path,
+            "cannot have both public (*) and non-public exportTo values for a resource",
+        );
     }
     if allow_none && seen.contains(&"~") && seen.len() > 1 {
         r.error(path, "cannot export service entry to no one (~) and someone");
@@ -229,7 +259,10 @@ pub fn validate_selector(r: &mut Report, path: &str, labels: &BTreeMap<String, S
             r.error(&lpath, format!("empty key is not supported in selector: {k:?}"));
         }
         if k.contains('*') || v.contains('*') {
-            r.error(field(&lpath, k), format!("wildcard is not supported in selector: {k:?}"));
+            r.error(
+                field(&lpath, k),
+                format!("wildcard is not supported in selector: {k:?}"),
+            );
         }
     }
     validate_labels(r, &lpath, labels);
@@ -241,7 +274,9 @@ pub fn validate_selector(r: &mut Report, path: &str, labels: &BTreeMap<String, S
         };
         r.warn(path, msg);
     }
-    !r.problems[before..].iter().any(|p| p.severity == super::Severity::Error)
+    !r.problems[before..]
+        .iter()
+        .any(|p| p.severity == super::Severity::Error)
 }
 
 /// Durations: valid syntax, at least 1ms, millisecond precision.
@@ -256,7 +291,11 @@ pub fn validate_duration(r: &mut Report, path: &str, d: &Duration) {
 
 /// `path.key` or `path["key"]` for keys that are not plain identifiers.
 pub fn field(path: &str, key: &str) -> String {
-    if crate::de::is_plain_key(key) { format!("{path}.{key}") } else { format!("{path}[\"{key}\"]") }
+    if crate::de::is_plain_key(key) {
+        format!("{path}.{key}")
+    } else {
+        format!("{path}[\"{key}\"]")
+    }
 }
 
 #[cfg(test)]
@@ -273,7 +312,10 @@ mod tests {
     #[test_case("localhost", None)]
     #[test_case("a.com.", None)]
     #[test_case("", Some("empty domain name not allowed"))]
-    #[test_case("1.2.3.4", Some("domain name \"1.2.3.4\" invalid (top level domain \"4\" cannot be all-numeric)"))]
+    #[test_case(
+        "1.2.3.4",
+        Some("domain name \"1.2.3.4\" invalid (top level domain \"4\" cannot be all-numeric)")
+    )]
     #[test_case("a..com", Some("domain name \"a..com\" invalid (label \"\" invalid)"))]
     #[test_case("a.*.com", Some("domain name \"a.*.com\" invalid (label \"*\" invalid)"))]
     #[test_case("-a.com", Some("domain name \"-a.com\" invalid (label \"-a\" invalid)"))]
@@ -321,7 +363,11 @@ mod tests {
         assert!(is_label_value(""));
         assert!(!is_label_value("a b"));
         let mut r = Report::default();
-        validate_labels(&mut r, "spec.labels", &[("bad key".to_string(), "ok".to_string())].into());
+        validate_labels(
+            &mut r,
+            "spec.labels",
+            &[("bad key".to_string(), "ok".to_string())].into(),
+        );
         assert_eq!(r.messages(), vec!["invalid tag key: \"bad key\""]);
         assert_eq!(r.problems[0].path, "spec.labels[\"bad key\"]");
     }
@@ -345,13 +391,25 @@ mod tests {
     #[test]
     fn selectors() {
         let mut r = Report::default();
-        assert!(validate_selector(&mut r, "spec.workloadSelector", &BTreeMap::new(), "service entry"));
+        assert!(validate_selector(
+            &mut r,
+            "spec.workloadSelector",
+            &BTreeMap::new(),
+            "service entry"
+        ));
         assert_eq!(
             r.messages(),
-            vec!["service entry: workload selector specified without labels, will be applied to all services in namespace"]
+            vec![
+                "service entry: workload selector specified without labels, will be applied to all services in namespace"
+            ]
         );
         let mut r = Report::default();
-        assert!(!validate_selector(&mut r, "spec.workloadSelector", &[("a*".into(), "b".into())].into(), "sidecar"));
+        assert!(!validate_selector(
+            &mut r,
+            "spec.workloadSelector",
+            &[("a*".into(), "b".into())].into(),
+            "sidecar"
+        ));
         assert_eq!(r.messages()[0], "wildcard is not supported in selector: \"a*\"");
     }
 

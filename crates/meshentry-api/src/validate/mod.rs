@@ -42,11 +42,19 @@ pub struct Report {
 
 impl Report {
     pub fn error(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.problems.push(Problem { severity: Severity::Error, path: path.into(), message: message.into() });
+        self.problems.push(Problem {
+            severity: Severity::Error,
+            path: path.into(),
+            message: message.into(),
+        });
     }
 
     pub fn warn(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.problems.push(Problem { severity: Severity::Warning, path: path.into(), message: message.into() });
+        self.problems.push(Problem {
+            severity: Severity::Warning,
+            path: path.into(),
+            message: message.into(),
+        });
     }
 
     pub fn has_errors(&self) -> bool {

@@ -15,7 +15,10 @@ pub fn validate_service_entry(se: &ServiceEntry, namespace: &str, r: &mut Report
         return;
     }
     if se.workload_selector.is_some() && !se.endpoints.is_empty() {
-        r.error("spec.workloadSelector", "only one of WorkloadSelector or Endpoints is allowed in Service Entry");
+        r.error(
+            "spec.workloadSelector",
+            "only one of WorkloadSelector or Endpoints is allowed in Service Entry",
+        );
     }
 
     // A13
@@ -49,7 +52,10 @@ pub fn validate_service_entry(se: &ServiceEntry, namespace: &str, r: &mut Report
         }
     }
     if has_cidr && !matches!(resolution, Resolution::None | Resolution::Static) {
-        r.error("spec.addresses", "CIDR addresses are allowed only for NONE/STATIC resolution types");
+        r.error(
+            "spec.addresses",
+            "CIDR addresses are allowed only for NONE/STATIC resolution types",
+        );
     }
 
     // A15
@@ -59,11 +65,17 @@ pub fn validate_service_entry(se: &ServiceEntry, namespace: &str, r: &mut Report
     for (i, port) in se.ports.iter().enumerate() {
         let p = format!("spec.ports[{i}]");
         if names.contains(&port.name.as_str()) {
-            r.error(format!("{p}.name"), format!("service entry port name {:?} already defined", port.name));
+            r.error(
+                format!("{p}.name"),
+                format!("service entry port name {:?} already defined", port.name),
+            );
         }
         names.push(&port.name);
         if numbers.contains(&port.number) {
-            r.error(format!("{p}.number"), format!("service entry port {} already defined", port.number));
+            r.error(
+                format!("{p}.number"),
+                format!("service entry port {} already defined", port.number),
+            );
         }
         numbers.push(port.number);
         validate_port_number(r, &format!("{p}.number"), port.number);
@@ -82,7 +94,10 @@ pub fn validate_service_entry(se: &ServiceEntry, namespace: &str, r: &mut Report
 
     // A19
     if resolution != Resolution::None && se.hosts.len() > 1 {
-        let non_http_tls = se.ports.iter().any(|p| !is_http_protocol(&p.protocol) && !is_tls_protocol(&p.protocol));
+        let non_http_tls = se
+            .ports
+            .iter()
+            .any(|p| !is_http_protocol(&p.protocol) && !is_tls_protocol(&p.protocol));
         if non_http_tls {
             r.error("spec.hosts", "multiple hosts provided with non-HTTP, non-TLS ports");
         }
@@ -92,18 +107,28 @@ pub fn validate_service_entry(se: &ServiceEntry, namespace: &str, r: &mut Report
         // A16
         Resolution::None => {
             if !se.endpoints.is_empty() {
-                r.error("spec.endpoints", "no endpoints should be provided for resolution type none");
+                r.error(
+                    "spec.endpoints",
+                    "no endpoints should be provided for resolution type none",
+                );
             }
             if se.workload_selector.is_some() {
-                r.warn("spec.workloadSelector", "workloadSelector should not be set when resolution mode is NONE");
+                r.warn(
+                    "spec.workloadSelector",
+                    "workloadSelector should not be set when resolution mode is NONE",
+                );
             }
         }
         // A17
         Resolution::Static => {
             for (i, ep) in se.endpoints.iter().enumerate() {
                 let p = format!("spec.endpoints[{i}]");
-                if !ep.address.is_empty() && !ep.address.starts_with("unix://") && ep.address.parse::<IpAddr>().is_err() {
-                    r.error(format!("{p}.address"), format!("endpoint address {:?} is not a valid IP address", ep.address));
+                if !ep.address.is_empty() && !ep.address.starts_with("unix://") && ep.address.parse::<IpAddr>().is_err()
+                {
+                    r.error(
+                        format!("{p}.address"),
+                        format!("endpoint address {:?} is not a valid IP address", ep.address),
+                    );
                 }
                 validate_endpoint_body(r, &p, ep, Some(se));
             }
@@ -125,11 +150,15 @@ pub fn validate_service_entry(se: &ServiceEntry, namespace: &str, r: &mut Report
                 }
             }
             if resolution == Resolution::DnsRoundRobin && se.endpoints.len() > 1 {
-                r.error("spec.endpoints", format!("there must only be 0 or 1 endpoint for resolution mode {mode}"));
+                r.error(
+                    "spec.endpoints",
+                    format!("there must only be 0 or 1 endpoint for resolution mode {mode}"),
+                );
             }
             for (i, ep) in se.endpoints.iter().enumerate() {
                 let p = format!("spec.endpoints[{i}]");
-                if !ep.address.is_empty() && ep.address.parse::<IpAddr>().is_err() && fqdn_error(&ep.address).is_some() {
+                if !ep.address.is_empty() && ep.address.parse::<IpAddr>().is_err() && fqdn_error(&ep.address).is_some()
+                {
                     r.error(
                         format!("{p}.address"),
                         format!("endpoint address {:?} is not a valid FQDN or an IP address", ep.address),
@@ -139,14 +168,20 @@ pub fn validate_service_entry(se: &ServiceEntry, namespace: &str, r: &mut Report
             }
             let tcp_port = se.ports.iter().any(|p| !is_http_protocol(&p.protocol));
             if se.hosts.len() > 1 && !se.addresses.is_empty() && tcp_port {
-                r.warn("spec.hosts", "service entry can not have more than one host specified simultaneously with address and tcp port");
+                r.warn(
+                    "spec.hosts",
+                    "service entry can not have more than one host specified simultaneously with address and tcp port",
+                );
             }
         }
         // A21: only meaningful with ambient waypoints; validated so configs written for them load.
         Resolution::DynamicDns => {
             for (i, host) in se.hosts.iter().enumerate() {
                 if !host.starts_with("*.") {
-                    r.error(format!("spec.hosts[{i}]"), "DYNAMIC_DNS resolution requires wildcard hosts");
+                    r.error(
+                        format!("spec.hosts[{i}]"),
+                        "DYNAMIC_DNS resolution requires wildcard hosts",
+                    );
                 }
             }
             if !se.addresses.is_empty() {
@@ -156,9 +191,15 @@ pub fn validate_service_entry(se: &ServiceEntry, namespace: &str, r: &mut Report
                 r.error("spec.endpoints", "DYNAMIC_DNS resolution does not allow endpoints");
             }
             for (i, port) in se.ports.iter().enumerate() {
-                let ok = matches!(parse_protocol(&port.protocol), Some("HTTP" | "HTTPS" | "TLS" | "GRPC" | "HTTP2"));
+                let ok = matches!(
+                    parse_protocol(&port.protocol),
+                    Some("HTTP" | "HTTPS" | "TLS" | "GRPC" | "HTTP2")
+                );
                 if !ok {
-                    r.error(format!("spec.ports[{i}].protocol"), "DYNAMIC_DNS resolution only supports HTTP, HTTPS, TLS, GRPC and HTTP2 ports");
+                    r.error(
+                        format!("spec.ports[{i}].protocol"),
+                        "DYNAMIC_DNS resolution only supports HTTP, HTTPS, TLS, GRPC and HTTP2 ports",
+                    );
                 }
             }
         }
@@ -174,7 +215,10 @@ fn validate_endpoint_body(r: &mut Report, path: &str, ep: &WorkloadEntry, se: Op
         if ep.network.is_empty() {
             r.error(format!("{path}.address"), "address is required");
         } else {
-            r.warn(format!("{path}.address"), format!("address is unset with network {:?}", ep.network));
+            r.warn(
+                format!("{path}.address"),
+                format!("address is unset with network {:?}", ep.network),
+            );
         }
     }
     if let Some(unix) = ep.address.strip_prefix("unix://") {
@@ -182,12 +226,18 @@ fn validate_endpoint_body(r: &mut Report, path: &str, ep: &WorkloadEntry, se: Op
             r.error(format!("{path}.address"), e);
         }
         if !ep.ports.is_empty() {
-            r.error(format!("{path}.ports"), format!("unix endpoint {} must not include ports", ep.address));
+            r.error(
+                format!("{path}.ports"),
+                format!("unix endpoint {} must not include ports", ep.address),
+            );
         }
         if let Some(se) = se
             && se.ports.len() != 1
         {
-            r.error(format!("{path}.address"), "exactly 1 service port required for unix endpoints");
+            r.error(
+                format!("{path}.address"),
+                "exactly 1 service port required for unix endpoints",
+            );
         }
     }
     for (name, port) in &ep.ports {
@@ -195,7 +245,10 @@ fn validate_endpoint_body(r: &mut Report, path: &str, ep: &WorkloadEntry, se: Op
         validate_port_name(r, &p, name);
         validate_port_number(r, &p, *port);
         if let Some(se) = se
-            && matches!(se.resolution.unwrap_or_default(), Resolution::Dns | Resolution::DnsRoundRobin)
+            && matches!(
+                se.resolution.unwrap_or_default(),
+                Resolution::Dns | Resolution::DnsRoundRobin
+            )
             && !se.ports.iter().any(|sp| &sp.name == name)
         {
             r.error(&p, format!("endpoint port {port} is not defined by the service entry"));
@@ -211,8 +264,12 @@ pub fn validate_workload_entry(we: &WorkloadEntry, r: &mut Report) {
 
 fn validate_workload_entry_at(we: &WorkloadEntry, path: &str, r: &mut Report) {
     let addr = &we.address;
-    if !addr.is_empty() && !addr.starts_with("unix://") && addr.parse::<IpAddr>().is_err() && fqdn_error(addr).is_some() {
-        r.error(format!("{path}.address"), format!("endpoint address {addr:?} is not a valid FQDN or an IP address"));
+    if !addr.is_empty() && !addr.starts_with("unix://") && addr.parse::<IpAddr>().is_err() && fqdn_error(addr).is_some()
+    {
+        r.error(
+            format!("{path}.address"),
+            format!("endpoint address {addr:?} is not a valid FQDN or an IP address"),
+        );
     }
     validate_endpoint_body(r, path, we, None);
 }
@@ -222,7 +279,10 @@ fn validate_workload_entry_at(we: &WorkloadEntry, path: &str, r: &mut Report) {
 pub fn validate_workload_group(wg: &WorkloadGroup, r: &mut Report) {
     validate_labels(r, "spec.metadata.labels", &wg.metadata.labels);
     if !wg.template.address.is_empty() {
-        r.error("spec.template.address", "address is not allowed in a WorkloadGroup template");
+        r.error(
+            "spec.template.address",
+            "address is not allowed in a WorkloadGroup template",
+        );
     }
     for (name, port) in &wg.template.ports {
         let p = field("spec.template.ports", name);
@@ -231,9 +291,17 @@ pub fn validate_workload_group(wg: &WorkloadGroup, r: &mut Report) {
     }
     validate_labels(r, "spec.template.labels", &wg.template.labels);
     if let Some(probe) = &wg.probe {
-        let kinds = [probe.http_get.is_some(), probe.tcp_socket.is_some(), probe.exec.is_some(), probe.grpc.is_some()];
+        let kinds = [
+            probe.http_get.is_some(),
+            probe.tcp_socket.is_some(),
+            probe.exec.is_some(),
+            probe.grpc.is_some(),
+        ];
         match kinds.iter().filter(|k| **k).count() {
-            0 => r.error("spec.probe", "must define a health check method (httpGet, tcpSocket, exec or grpc)"),
+            0 => r.error(
+                "spec.probe",
+                "must define a health check method (httpGet, tcpSocket, exec or grpc)",
+            ),
             1 => {}
             _ => r.error("spec.probe", "only one health check method may be set"),
         }
@@ -266,15 +334,24 @@ mod tests {
         assert!(cx.into_issues().is_empty(), "fixture must decode cleanly");
         let mut r = Report::default();
         validate_service_entry(&spec, "ns", &mut r);
-        r.problems.iter().map(|p| format!("{}: {}", p.path, p.message)).collect()
+        r.problems
+            .iter()
+            .map(|p| format!("{}: {}", p.path, p.message))
+            .collect()
     }
 
-    const BASE: &str = "hosts: [a.example.com]\naddresses: [10.0.0.1]\nports: [{number: 80, name: http, protocol: HTTP}]\n";
+    const BASE: &str =
+        "hosts: [a.example.com]\naddresses: [10.0.0.1]\nports: [{number: 80, name: http, protocol: HTTP}]\n";
 
     #[test]
     fn valid_base() {
         assert!(se(BASE).is_empty());
-        assert!(se(&format!("{BASE}resolution: STATIC\nendpoints: [{{address: 1.1.1.1, ports: {{http: 8080}}}}]")).is_empty());
+        assert!(
+            se(&format!(
+                "{BASE}resolution: STATIC\nendpoints: [{{address: 1.1.1.1, ports: {{http: 8080}}}}]"
+            ))
+            .is_empty()
+        );
     }
 
     // A12
@@ -320,13 +397,22 @@ mod tests {
     #[test_case("[{number: 80, name: a, protocol: QUIC}]", &["spec.ports[0].protocol: unsupported protocol: QUIC"])]
     #[test_case("[{number: 80, name: a, protocol: tcp}, {number: 81, name: b, protocol: http}]", &[])]
     fn ports(ports: &str, want: &[&str]) {
-        assert_eq!(se(&BASE.replace("[{number: 80, name: http, protocol: HTTP}]", ports)), want);
+        assert_eq!(
+            se(&BASE.replace("[{number: 80, name: http, protocol: HTTP}]", ports)),
+            want
+        );
     }
 
     #[test]
     fn tcp_without_addresses_warns_once() {
-        let got = se("hosts: [a.com]\nports: [{number: 27017, name: mongo, protocol: TCP}, {number: 27018, name: m2}]\n");
-        assert_eq!(got, vec!["spec.ports[0]: addresses are required for ports serving TCP (or unset) protocol when IP Autoallocation is not enabled"]);
+        let got =
+            se("hosts: [a.com]\nports: [{number: 27017, name: mongo, protocol: TCP}, {number: 27018, name: m2}]\n");
+        assert_eq!(
+            got,
+            vec![
+                "spec.ports[0]: addresses are required for ports serving TCP (or unset) protocol when IP Autoallocation is not enabled"
+            ]
+        );
         assert!(se("hosts: [a.com]\nports: [{number: 443, name: tls, protocol: TLS}]\n").is_empty());
     }
 
@@ -359,7 +445,10 @@ mod tests {
     #[test]
     fn unix_needs_exactly_one_port() {
         let y = "hosts: [u.local]\naddresses: [10.0.0.1]\nports: [{number: 80, name: a, protocol: HTTP}, {number: 81, name: b, protocol: HTTP}]\nresolution: STATIC\nendpoints: [{address: \"unix:///x.sock\"}]";
-        assert_eq!(se(y), vec!["spec.endpoints[0].address: exactly 1 service port required for unix endpoints"]);
+        assert_eq!(
+            se(y),
+            vec!["spec.endpoints[0].address: exactly 1 service port required for unix endpoints"]
+        );
     }
 
     // A18
@@ -370,7 +459,11 @@ mod tests {
     #[test_case("resolution: DNS\nendpoints: [{address: us.a.com, ports: {http: 8080}}]", &[])]
     #[test_case("resolution: DNS\nendpoints: [{address: us.a.com, ports: {web: 8080}}]", &["spec.endpoints[0].ports.web: endpoint port 8080 is not defined by the service entry"])]
     fn dns(extra: &str, want: &[&str]) {
-        let base = if extra.starts_with("hosts:") { BASE.replace("hosts: [a.example.com]\n", "") } else { BASE.to_string() };
+        let base = if extra.starts_with("hosts:") {
+            BASE.replace("hosts: [a.example.com]\n", "")
+        } else {
+            BASE.to_string()
+        };
         assert_eq!(se(&format!("{base}{extra}")), want);
     }
 
@@ -379,7 +472,9 @@ mod tests {
         let y = "hosts: [a.com, b.com]\naddresses: [10.0.0.1]\nports: [{number: 443, name: tls, protocol: TLS}]\nresolution: DNS";
         assert_eq!(
             se(y),
-            vec!["spec.hosts: service entry can not have more than one host specified simultaneously with address and tcp port"]
+            vec![
+                "spec.hosts: service entry can not have more than one host specified simultaneously with address and tcp port"
+            ]
         );
     }
 
@@ -395,13 +490,19 @@ mod tests {
     #[test]
     fn export_to() {
         assert!(se(&format!("{BASE}exportTo: [\"~\"]")).is_empty());
-        assert_eq!(se(&format!("{BASE}exportTo: [\"*\", a]")), vec!["spec.exportTo: cannot have both public (*) and non-public exportTo values for a resource"]);
+        assert_eq!(
+            se(&format!("{BASE}exportTo: [\"*\", a]")),
+            vec!["spec.exportTo: cannot have both public (*) and non-public exportTo values for a resource"]
+        );
     }
 
     // A21
     #[test]
     fn dynamic_dns() {
-        assert!(se("hosts: [\"*.a.com\"]\nports: [{number: 443, name: tls, protocol: TLS}]\nresolution: DYNAMIC_DNS").is_empty());
+        assert!(
+            se("hosts: [\"*.a.com\"]\nports: [{number: 443, name: tls, protocol: TLS}]\nresolution: DYNAMIC_DNS")
+                .is_empty()
+        );
         assert_eq!(
             se("hosts: [a.com]\nports: [{number: 1, name: t, protocol: TCP}]\nresolution: DYNAMIC_DNS"),
             vec![
@@ -418,7 +519,10 @@ mod tests {
         let spec: WorkloadEntry = decode(&doc, "spec", &cx);
         let mut r = Report::default();
         validate_workload_entry(&spec, &mut r);
-        r.problems.iter().map(|p| format!("{}: {}", p.path, p.message)).collect()
+        r.problems
+            .iter()
+            .map(|p| format!("{}: {}", p.path, p.message))
+            .collect()
     }
 
     // A23
