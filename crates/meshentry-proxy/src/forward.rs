@@ -168,7 +168,7 @@ pub async fn send_request(
             let host = &set.hosts[i];
             host.stats.requests.fetch_add(1, Ordering::Relaxed);
             let _in_flight = InFlight::start(&host.load);
-            match exchange(shared, &host.addr, req, idle, timeout).await {
+            match exchange(shared, &host.addr, req, idle, timeout, Some(&host.stats.connections)).await {
                 Ok((resp, sender)) => {
                     let reusable = !close_requested && !wants_close(resp.headers());
                     let (parts, body) = resp.into_parts();
@@ -208,7 +208,7 @@ pub async fn send_request(
     for addr in original_addrs(&shared.dns, &dest).await? {
         tried += 1;
         let addr = HostAddr::Ip(addr);
-        match exchange(shared, &addr, req, idle, timeout).await {
+        match exchange(shared, &addr, req, idle, timeout, None).await {
             Ok((resp, sender)) => {
                 let reusable = !close_requested && !wants_close(resp.headers());
                 let (parts, body) = resp.into_parts();
@@ -238,12 +238,14 @@ type Sender = hyper::client::conn::http1::SendRequest<RequestBody>;
 
 /// One request/response exchange with `addr`. A pooled connection that turns out to be closed
 /// (the upstream timed it out) is replaced by a fresh one without the client noticing.
+/// `opened` counts the new connections this makes (Envoy's `cx_total`).
 async fn exchange(
     shared: &Shared,
     addr: &HostAddr,
     req: Request<RequestBody>,
     idle: std::time::Duration,
     connect_timeout: std::time::Duration,
+    opened: Option<&std::sync::atomic::AtomicU64>,
 ) -> Result<(Response<Incoming>, Sender), Exchange> {
     let response_timeout = shared.config.response_timeout;
     let mut req = req;
@@ -261,6 +263,9 @@ async fn exchange(
         Ok(s) => s,
         Err(e) => return Err(Exchange::ConnectFailed(e, Box::new(req))),
     };
+    if let Some(opened) = opened {
+        opened.fetch_add(1, Ordering::Relaxed);
+    }
     let mut sender = upstream::handshake(stream)
         .await
         .map_err(|e| Exchange::Failed(UpstreamError::Reset(e.to_string())))?;

@@ -29,6 +29,9 @@ pub type ResponseBody = Either<PooledBody, Full<Bytes>>;
 /// Request heads larger than this are refused (431), bounding per-connection memory.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 
+/// Requests with more header fields than this are refused (431).
+pub const MAX_HEADERS: usize = 100;
+
 /// What one downstream connection carries through its life: the snapshot it started with.
 pub struct ConnCtx {
     pub shared: Arc<Shared>,
@@ -53,7 +56,8 @@ pub async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<S
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(shared.config.header_read_timeout)
-        .max_buf_size(MAX_HEAD_BYTES)
+        .max_buf_size(MAX_HEAD_BYTES + 16 * 1024)
+        .max_headers(MAX_HEADERS)
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     if let Err(e) = conn.await {
@@ -63,10 +67,29 @@ pub async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<S
 
 async fn handle(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<ResponseBody> {
     ctx.shared.stats.http_requests.fetch_add(1, Ordering::Relaxed);
+    if head_size(&req) > MAX_HEAD_BYTES {
+        ctx.shared.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
+        let mut resp = local(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            &format!("meshentry: the request head is larger than {MAX_HEAD_BYTES} bytes"),
+        );
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return resp;
+    }
     if req.method() == Method::CONNECT {
         return connect(req, ctx).await;
     }
     forward_request(req, ctx).await
+}
+
+/// The bytes the request head took on the wire, near enough: the target and every header.
+fn head_size(req: &Request<Incoming>) -> usize {
+    let target = req.uri().path_and_query().map_or(0, |p| p.as_str().len())
+        + req.uri().authority().map_or(0, |a| a.as_str().len());
+    req.headers()
+        .iter()
+        .fold(target, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
 }
 
 /// The destination of a plain request: the absolute-form URI's authority, else `Host`.

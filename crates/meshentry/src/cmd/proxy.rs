@@ -2,6 +2,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -81,28 +82,91 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     meshentry_api::model::parse_duration(s)
 }
 
+/// Runs the proxy with one single-threaded runtime per worker (Envoy's model): each worker
+/// accepts on its own `SO_REUSEPORT` socket, so a connection and its upstream connections live
+/// on one thread and never contend with other workers. The first worker also runs the admin
+/// server and signal handling.
 pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     crate::logging::init(&args.log_level);
     let workers = args
         .workers
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers.max(1))
-        .thread_name("meshentry-worker")
-        .enable_all()
-        .build()
-        .context("cannot start the runtime")?;
-    runtime.block_on(serve(args))
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the runtime")
+    };
+    let main = runtime()?;
+    let Some(started) = main.block_on(start(args))? else {
+        return Ok(ExitCode::from(1));
+    };
+    let mut threads = Vec::new();
+    for i in 1..workers {
+        let listener = reuse_port_socket(started.http_addr)?;
+        let shared = started.shared.clone();
+        let stopped = started.stopped.clone();
+        let rt = runtime()?;
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("meshentry-worker-{i}"))
+                .spawn(move || {
+                    rt.block_on(async move {
+                        match TcpListener::from_std(listener) {
+                            Ok(l) => serve_http_proxy(l, shared, stopped).await,
+                            Err(e) => tracing::error!(error = %e, "worker cannot use its listener"),
+                        }
+                    })
+                })
+                .context("cannot start a worker thread")?,
+        );
+    }
+    main.block_on(async move {
+        let listener = TcpListener::from_std(started.first)?;
+        let proxy = tokio::spawn(serve_http_proxy(
+            listener,
+            started.shared.clone(),
+            started.stopped.clone(),
+        ));
+        let admin = tokio::spawn(meshentry_admin::serve(
+            started.admin,
+            started.shared.clone(),
+            started.stopped,
+        ));
+        wait_for_signal().await?;
+        tracing::info!("shutting down");
+        let _ = started.stop.send(true);
+        let _ = proxy.await;
+        let _ = admin.await;
+        anyhow::Ok(())
+    })?;
+    for t in threads {
+        let _ = t.join();
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
-async fn serve(args: &Args) -> anyhow::Result<ExitCode> {
+struct Started {
+    shared: Arc<Shared>,
+    /// The first worker's socket; the others bind `http_addr` again with SO_REUSEPORT.
+    first: std::net::TcpListener,
+    http_addr: SocketAddr,
+    admin: TcpListener,
+    stop: watch::Sender<bool>,
+    stopped: watch::Receiver<bool>,
+}
+
+/// Loads the configuration and binds the admin port; `None` when the configuration is invalid
+/// (its errors are printed).
+async fn start(args: &Args) -> anyhow::Result<Option<Started>> {
     let loaded = crate::cmd::validate::load(&args.config, "default")?;
     if loaded.has_errors() {
         for f in loaded.errors() {
             eprintln!("{f}");
         }
         eprintln!("meshentry: refusing to start with an invalid configuration");
-        return Ok(ExitCode::from(1));
+        return Ok(None);
     }
     for n in &loaded.notices {
         tracing::info!("{n}");
@@ -126,13 +190,13 @@ async fn serve(args: &Args) -> anyhow::Result<ExitCode> {
     for w in snapshot.registry.warnings() {
         tracing::warn!("{w}");
     }
-    let http_listener = TcpListener::bind(args.http_proxy)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.http_proxy))?;
-    let admin_listener = TcpListener::bind(args.admin)
+    // Bind once to learn the port (the flag may say :0); other workers bind it again.
+    let first = reuse_port_socket(args.http_proxy)?;
+    let http_addr = first.local_addr()?;
+    let admin = TcpListener::bind(args.admin)
         .await
         .with_context(|| format!("cannot listen on {} (admin)", args.admin))?;
-    let local = vec![http_listener.local_addr()?, admin_listener.local_addr()?];
+    let local = vec![http_addr, admin.local_addr()?];
     tracing::info!(
         http_proxy = %local[0], admin = %local[1], namespace = %config.namespace,
         services = snapshot.registry.services().len(), policy = %snapshot.policy, policy_source = %snapshot.policy_source,
@@ -140,14 +204,27 @@ async fn serve(args: &Args) -> anyhow::Result<ExitCode> {
     );
     let shared = Shared::new(snapshot, dns, config, local);
     let (stop, stopped) = watch::channel(false);
-    let proxy = tokio::spawn(serve_http_proxy(http_listener, shared.clone(), stopped.clone()));
-    let admin = tokio::spawn(meshentry_admin::serve(admin_listener, shared.clone(), stopped));
-    wait_for_signal().await?;
-    tracing::info!("shutting down");
-    let _ = stop.send(true);
-    let _ = proxy.await;
-    let _ = admin.await;
-    Ok(ExitCode::SUCCESS)
+    Ok(Some(Started {
+        shared,
+        first,
+        http_addr,
+        admin,
+        stop,
+        stopped,
+    }))
+}
+
+fn reuse_port_socket(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket
+        .bind(&addr.into())
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    socket.listen(4096)?;
+    Ok(socket.into())
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {
