@@ -153,7 +153,6 @@ pub async fn send_request(
 ) -> Result<(Response<PooledBody>, HostAddr), UpstreamError> {
     let timeout = shared.config.connect_timeout;
     let idle = shared.config.pool_idle_timeout;
-    let close_requested = wants_close(req.headers());
     let mut req = req;
 
     if let Some(cluster) = cluster
@@ -170,7 +169,7 @@ pub async fn send_request(
             let _in_flight = InFlight::start(&host.load);
             match exchange(shared, &host.addr, req, idle, timeout, Some(&host.stats.connections)).await {
                 Ok((resp, sender)) => {
-                    let reusable = !close_requested && !wants_close(resp.headers());
+                    let reusable = !wants_close(resp.headers());
                     let (parts, body) = resp.into_parts();
                     let body = PooledBody::new(body, host.addr.clone(), sender, reusable);
                     return Ok((Response::from_parts(parts, body), host.addr.clone()));
@@ -210,7 +209,7 @@ pub async fn send_request(
         let addr = HostAddr::Ip(addr);
         match exchange(shared, &addr, req, idle, timeout, None).await {
             Ok((resp, sender)) => {
-                let reusable = !close_requested && !wants_close(resp.headers());
+                let reusable = !wants_close(resp.headers());
                 let (parts, body) = resp.into_parts();
                 return Ok((
                     Response::from_parts(parts, PooledBody::new(body, addr.clone(), sender, reusable)),

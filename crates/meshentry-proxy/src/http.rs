@@ -29,7 +29,8 @@ pub type ResponseBody = Either<PooledBody, Full<Bytes>>;
 /// Request heads larger than this are refused (431), bounding per-connection memory.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 
-/// Requests with more header fields than this are refused (431).
+/// Requests with more header fields than this are refused (431). It is hyper's default, which
+/// parses into a stack array; setting it explicitly would allocate a buffer per request.
 pub const MAX_HEADERS: usize = 100;
 
 /// What one downstream connection carries through its life: the snapshot it started with.
@@ -57,7 +58,6 @@ pub async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<S
         .timer(TokioTimer::new())
         .header_read_timeout(shared.config.header_read_timeout)
         .max_buf_size(MAX_HEAD_BYTES + 16 * 1024)
-        .max_headers(MAX_HEADERS)
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     if let Err(e) = conn.await {
@@ -179,32 +179,56 @@ fn to_upstream(req: Request<Incoming>, host: HeaderValue) -> Request<Incoming> {
     Request::from_parts(parts, body)
 }
 
+/// Connection-specific headers (RFC 9110 7.6.1), in the order [`strip_hop_by_hop`] checks them.
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+];
+
 /// RFC 9110 7.6.1: connection-specific headers are not forwarded, nor any header that
-/// `Connection` names.
+/// `Connection` names. This runs twice per request, so it looks at each name once and removes
+/// only what is there.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
+    let mut present = [false; 9];
+    let mut any = false;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present[i] = true;
+            any = true;
+        }
     }
-    for name in [
-        header::CONNECTION,
-        header::PROXY_AUTHENTICATE,
-        header::PROXY_AUTHORIZATION,
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-    ] {
-        headers.remove(name);
+    if !any {
+        return;
     }
-    headers.remove("keep-alive");
-    headers.remove("proxy-connection");
+    if present[0] {
+        // Names listed in `Connection` beyond the standard ones (rare: only then allocate).
+        let extra: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|t| {
+                !t.eq_ignore_ascii_case("close") && !HOP_BY_HOP.iter().any(|h| h.as_str().eq_ignore_ascii_case(t))
+            })
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .collect();
+        for name in extra {
+            headers.remove(name);
+        }
+    }
+    for (name, here) in HOP_BY_HOP.iter().zip(present) {
+        if here {
+            headers.remove(name);
+        }
+    }
 }
 
 /// `CONNECT host:port`: route, connect upstream, then answer 200 and hand the connection to
@@ -292,4 +316,60 @@ pub fn local(status: StatusCode, reason: &str) -> Response<ResponseBody> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for (k, v) in pairs {
+            m.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        m
+    }
+
+    fn names(m: &HeaderMap) -> Vec<&str> {
+        let mut n: Vec<&str> = m.keys().map(HeaderName::as_str).collect();
+        n.sort();
+        n
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_removed_and_the_rest_kept() {
+        let mut m = map(&[
+            ("host", "a.com"),
+            ("connection", "keep-alive, X-Trace-Hop, close"),
+            ("keep-alive", "timeout=5"),
+            ("x-trace-hop", "1"),
+            ("te", "trailers"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "h2c"),
+            ("proxy-connection", "keep-alive"),
+            ("proxy-authorization", "Basic eA=="),
+            ("x-kept", "yes"),
+            ("accept", "*/*"),
+        ]);
+        strip_hop_by_hop(&mut m);
+        assert_eq!(names(&m), ["accept", "host", "x-kept"]);
+    }
+
+    #[test]
+    fn messages_without_hop_by_hop_headers_are_untouched() {
+        let mut m = map(&[("host", "a.com"), ("x-a", "1"), ("x-a", "2")]);
+        let before = m.clone();
+        strip_hop_by_hop(&mut m);
+        assert_eq!(m, before);
+    }
+
+    #[test]
+    fn response_connection_keep_alive_is_removed() {
+        let mut m = map(&[("content-length", "3"), ("connection", "keep-alive")]);
+        strip_hop_by_hop(&mut m);
+        assert_eq!(names(&m), ["content-length"]);
+    }
 }

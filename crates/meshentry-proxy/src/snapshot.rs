@@ -3,12 +3,13 @@
 //! policy. The proxy keeps the current snapshot in an `ArcSwap`; each connection loads it once
 //! and keeps it for its whole life, so a reload never changes a connection midway.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use meshentry_api::model::{DestinationRule, OutboundTrafficPolicyMode, Sidecar, SimpleLb, TrafficPolicy};
 use meshentry_api::{Resource, Spec};
+use meshentry_registry::hash::FxHashMap;
 use meshentry_registry::{Registry, Service, View};
 
 use crate::cluster::{Cluster, ClusterSpec};
@@ -28,7 +29,7 @@ pub struct Snapshot {
     pub policy_source: String,
     /// Keyed by the address of the service inside `registry` (which never moves or changes
     /// while this snapshot lives) and the port number, so a lookup hashes two integers.
-    clusters: HashMap<(usize, u32), Arc<Cluster>>,
+    clusters: FxHashMap<(usize, u32), Arc<Cluster>>,
 }
 
 impl Snapshot {
@@ -38,7 +39,7 @@ impl Snapshot {
         let rules = DestinationRules::collect(resources.iter().copied(), config);
         let (policy, policy_source) = outbound_policy(resources.iter().copied(), config);
         let namespace: Arc<str> = Arc::from(config.namespace.as_str());
-        let mut clusters = HashMap::new();
+        let mut clusters = FxHashMap::default();
         for service in registry.view(&namespace).services() {
             for port in &service.ports {
                 let spec = rules.cluster_spec(service, port.number, &config.namespace);

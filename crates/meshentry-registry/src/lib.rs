@@ -13,7 +13,7 @@
 //! Rule ids (B1..B11, C4, C5) refer to the project's Istio semantics notes.
 
 mod build;
-mod hash;
+pub mod hash;
 pub mod host;
 pub mod index;
 pub mod json;
