@@ -39,7 +39,8 @@ pub struct ClientHello<'a> {
     pub server_name: Option<Cow<'a, str>>,
     /// Offered ALPN protocols, in the client's order.
     pub alpn: Vec<Cow<'a, [u8]>>,
-    /// Bytes of `buf` taken by the record(s) that carried the ClientHello.
+    /// Bytes of `buf` up to the end of the ClientHello message (for a ClientHello split over
+    /// several records, to the end of the last of them). Never more than `buf.len()`.
     pub consumed: usize,
 }
 
@@ -79,7 +80,9 @@ pub fn sniff(buf: &[u8]) -> Sniff<'_> {
             }
             return match parse_hello(&body[4..4 + hs_len]) {
                 Ok(mut hello) => {
-                    hello.consumed = RECORD_HEADER + record_len;
+                    // Not `RECORD_HEADER + record_len`: a record may declare bytes after the
+                    // ClientHello that have not arrived yet.
+                    hello.consumed = RECORD_HEADER + 4 + hs_len;
                     Sniff::Hello(hello)
                 }
                 Err(e) => Sniff::Invalid(e),
@@ -391,6 +394,24 @@ mod tests {
             for n in 0..many.len() {
                 assert_eq!(sniff(&many[..n]), Sniff::Incomplete, "max {max}, prefix {n}");
             }
+        }
+    }
+
+    /// Found by the fuzzer: a record that declares more bytes than its ClientHello, with only
+    /// the ClientHello received, must not claim more bytes than were given.
+    #[test]
+    fn consumed_never_exceeds_the_input() {
+        let one = hello_bytes(Some("a.com"), &[]);
+        let hs = &one[RECORD_HEADER..];
+        let mut bytes = vec![CONTENT_HANDSHAKE, 3, 1];
+        bytes.extend_from_slice(&((hs.len() + 100) as u16).to_be_bytes());
+        bytes.extend_from_slice(hs);
+        match sniff(&bytes) {
+            Sniff::Hello(h) => {
+                assert_eq!(h.server_name.as_deref(), Some("a.com"));
+                assert_eq!(h.consumed, bytes.len());
+            }
+            other => panic!("{other:?}"),
         }
     }
 
