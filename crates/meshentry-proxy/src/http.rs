@@ -40,29 +40,40 @@ pub struct ConnCtx {
     pub peer: SocketAddr,
 }
 
-/// Serves one client connection until it closes.
-pub async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
-    let stats_owner = shared.clone();
-    let _guard = ConnGuard::new(&stats_owner.stats);
-    let _ = stream.set_nodelay(true);
-    let ctx = Arc::new(ConnCtx {
-        snapshot: shared.snapshot.load_full(),
-        shared: shared.clone(),
-        peer,
-    });
+/// Serves one client connection with hyper until it closes. The fast path ([`crate::h1`])
+/// hands connections here, with the bytes it already read, when a request needs more than it
+/// does (CONNECT, upgrades, chunked request bodies, `Expect`, HTTP/1.0).
+pub async fn serve_io<I>(io: I, peer: SocketAddr, ctx: Arc<ConnCtx>)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let header_read_timeout = ctx.shared.config.header_read_timeout;
     let service = service_fn(move |req| {
         let ctx = ctx.clone();
         async move { Ok::<_, Infallible>(handle(req, &ctx).await) }
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(shared.config.header_read_timeout)
+        .header_read_timeout(header_read_timeout)
         .max_buf_size(MAX_HEAD_BYTES + 16 * 1024)
-        .serve_connection(TokioIo::new(stream), service)
+        .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     if let Err(e) = conn.await {
         tracing::debug!(%peer, error = %e, "client connection ended with an error");
     }
+}
+
+/// Serves one client connection with hyper only (no fast path).
+pub async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    let stats_owner = shared.clone();
+    let _guard = ConnGuard::new(&stats_owner.stats);
+    let _ = stream.set_nodelay(true);
+    let ctx = Arc::new(ConnCtx {
+        snapshot: shared.snapshot.load_full(),
+        shared,
+        peer,
+    });
+    serve_io(stream, peer, ctx).await;
 }
 
 async fn handle(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<ResponseBody> {
@@ -295,12 +306,14 @@ fn blocked(ctx: &ConnCtx, host: &str, port: u16, status: StatusCode) -> Response
         peer = %ctx.peer, host, port, namespace = %snap.namespace, policy_source = %snap.policy_source,
         "blocked by REGISTRY_ONLY: destination is not in the service registry"
     );
-    local(
-        status,
-        &format!(
-            "meshentry: {host}:{port} is not a service in the registry seen by namespace {} and the outbound traffic policy is REGISTRY_ONLY (from {}); add a ServiceEntry for it",
-            snap.namespace, snap.policy_source
-        ),
+    local(status, &blocked_reason(snap, host, port))
+}
+
+/// The body of a REGISTRY_ONLY refusal.
+pub fn blocked_reason(snap: &Snapshot, host: &str, port: u16) -> String {
+    format!(
+        "meshentry: {host}:{port} is not a service in the registry seen by namespace {} and the outbound traffic policy is REGISTRY_ONLY (from {}); add a ServiceEntry for it",
+        snap.namespace, snap.policy_source
     )
 }
 

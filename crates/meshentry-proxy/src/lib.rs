@@ -5,13 +5,16 @@
 //! - [`route`]: which cluster a destination goes to;
 //! - [`cluster`], [`lb`], [`dns`]: the hosts of a cluster and how one is picked;
 //! - [`forward`], [`upstream`]: connecting and sending, with failover and pooling;
-//! - [`http`], [`tunnel`], [`sni`]: the explicit proxy listener, CONNECT tunnels, SNI;
+//! - [`h1`], [`chunked`]: the fast path for plain HTTP/1.1 requests;
+//! - [`http`], [`tunnel`], [`sni`]: the general (hyper) path, CONNECT tunnels, SNI;
 //! - [`server`]: shared state, counters and accept loops.
 
+pub mod chunked;
 pub mod cluster;
 pub mod config;
 pub mod dns;
 pub mod forward;
+pub mod h1;
 pub mod http;
 pub mod lb;
 pub mod route;

@@ -88,7 +88,7 @@ pub async fn serve_http_proxy(listener: TcpListener, shared: Arc<Shared>, mut sh
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let shared = shared.clone();
-                    tokio::spawn(async move { crate::http::serve_connection(stream, peer, shared).await });
+                    tokio::spawn(async move { crate::h1::serve_connection(stream, peer, shared).await });
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.

@@ -1,0 +1,962 @@
+//! The fast path for plain HTTP/1.1 requests on the explicit proxy listener.
+//!
+//! Profiling showed the proxy's user-space time going to building and re-encoding header maps
+//! and to hyper's client handing each request to a connection task and back (see
+//! BENCHMARKS.md). For the common case (a request with no body or a `Content-Length` body,
+//! routed to an HTTP/1.1 upstream) none of that is needed: this module parses the head in place
+//! with `httparse`, copies header bytes through (dropping hop-by-hop headers), and relays the
+//! body by its framing: `Content-Length`, or chunked bytes passed through unchanged while
+//! [`ChunkScanner`] finds the end. Upstream connections are raw streams in a per-thread pool.
+//!
+//! Anything else (CONNECT, `Upgrade`, `Expect`, chunked request bodies, HTTP/1.0, `https://`
+//! targets) is handed, with the bytes already read, to the general hyper path in [`crate::http`],
+//! which then serves the rest of the connection. The routing, refusals, counters and error
+//! responses are the same on both paths.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::chunked::ChunkScanner;
+use crate::cluster::{HostAddr, HostSet};
+use crate::dns::Dns;
+use crate::forward::{Original, UpstreamError};
+use crate::http::{ConnCtx, MAX_HEAD_BYTES, MAX_HEADERS};
+use crate::lb::{InFlight, Tried};
+use crate::route::{self, Decision, split_host_port};
+use crate::server::{ConnGuard, Shared};
+use crate::upstream::{self, Stream};
+
+/// Serves one client connection: the fast path for as long as requests are plain, then hyper.
+pub async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    let stats_owner = shared.clone();
+    let _guard = ConnGuard::new(&stats_owner.stats);
+    let _ = stream.set_nodelay(true);
+    let ctx = Arc::new(ConnCtx {
+        snapshot: shared.snapshot.load_full(),
+        shared,
+        peer,
+    });
+    let mut conn = Downstream {
+        stream,
+        buf: BytesMut::with_capacity(8 * 1024),
+        out: Vec::with_capacity(1024),
+    };
+    let mut head = Head::default();
+    loop {
+        match read_head(&mut conn, &mut head, &ctx.shared).await {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(refusal) => {
+                // Counted nowhere: like hyper, a head that does not parse never becomes a request.
+                conn.out.clear();
+                local(&mut conn.out, refusal.0, refusal.1, None, true);
+                let _ = conn.stream.write_all(&conn.out).await;
+                return;
+            }
+        }
+        if needs_general_path(&conn.buf, &head) {
+            let io = Rewind {
+                prefix: conn.buf,
+                inner: conn.stream,
+            };
+            crate::http::serve_io(io, peer, ctx).await;
+            return;
+        }
+        ctx.shared.stats.http_requests.fetch_add(1, Ordering::Relaxed);
+        match exchange(&mut conn, &head, &ctx).await {
+            Next::KeepAlive => {}
+            Next::Close => {
+                let _ = conn.stream.shutdown().await;
+                return;
+            }
+        }
+    }
+}
+
+/// The client side: its stream, what has been read and not yet used, and a scratch buffer for
+/// writes (reused, so a request allocates nothing once the connection is warm).
+struct Downstream {
+    stream: TcpStream,
+    buf: BytesMut,
+    out: Vec<u8>,
+}
+
+/// A parsed request head, as offsets into [`Downstream::buf`].
+#[derive(Default)]
+struct Head {
+    len: usize,
+    method: Range<usize>,
+    target: Range<usize>,
+    minor_version: u8,
+    headers: Vec<(Range<usize>, Range<usize>)>,
+}
+
+impl Head {
+    fn header<'b>(&self, buf: &'b [u8], name: &str) -> Option<&'b [u8]> {
+        self.headers
+            .iter()
+            .find(|(n, _)| buf[n.clone()].eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, v)| &buf[v.clone()])
+    }
+}
+
+fn offset(buf: &[u8], part: &[u8]) -> Range<usize> {
+    let start = part.as_ptr() as usize - buf.as_ptr() as usize;
+    start..start + part.len()
+}
+
+/// Reads and parses the next request head. `Ok(false)`: the client closed (or went idle past
+/// the header timeout) between requests. `Err`: a refusal to send before closing.
+async fn read_head(conn: &mut Downstream, head: &mut Head, shared: &Shared) -> Result<bool, (u16, &'static str)> {
+    let deadline = tokio::time::Instant::now() + shared.config.header_read_timeout;
+    loop {
+        if !conn.buf.is_empty() {
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut req = httparse::Request::new(&mut headers);
+            match req.parse(&conn.buf) {
+                Ok(httparse::Status::Complete(len)) => {
+                    let buf = &conn.buf[..];
+                    head.len = len;
+                    head.method = offset(buf, req.method.unwrap_or("").as_bytes());
+                    head.target = offset(buf, req.path.unwrap_or("").as_bytes());
+                    head.minor_version = req.version.unwrap_or(1);
+                    head.headers.clear();
+                    for h in req.headers.iter() {
+                        head.headers
+                            .push((offset(buf, h.name.as_bytes()), offset(buf, h.value)));
+                    }
+                    return Ok(true);
+                }
+                Ok(httparse::Status::Partial) => {}
+                Err(httparse::Error::TooManyHeaders) => {
+                    return Err((431, "meshentry: the request has more than 100 header fields"));
+                }
+                Err(_) => return Err((400, "meshentry: malformed request head")),
+            }
+            if conn.buf.len() >= MAX_HEAD_BYTES {
+                return Err((431, "meshentry: the request head is larger than 65536 bytes"));
+            }
+        }
+        conn.buf.reserve(4096);
+        // Under load the bytes are usually there already: try before arming a timer.
+        let n = match conn.stream.try_read_buf(&mut conn.buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                match tokio::time::timeout_at(deadline, conn.stream.read_buf(&mut conn.buf)).await {
+                    Ok(Ok(n)) => n,
+                    Ok(Err(_)) => return Ok(false),
+                    Err(_) if conn.buf.is_empty() => return Ok(false),
+                    Err(_) => return Err((408, "meshentry: the request head did not arrive in time")),
+                }
+            }
+            Err(_) => return Ok(false),
+        };
+        if n == 0 {
+            return Ok(false);
+        }
+    }
+}
+
+/// Requests the fast path leaves to hyper.
+fn needs_general_path(buf: &[u8], head: &Head) -> bool {
+    if head.minor_version != 1 || &buf[head.method.clone()] == b"CONNECT" {
+        return true;
+    }
+    let target = &buf[head.target.clone()];
+    if !(target.starts_with(b"/") || starts_with_ignore_case(target, b"http://")) {
+        return true;
+    }
+    head.headers.iter().any(|(n, v)| {
+        let n = &buf[n.clone()];
+        n.eq_ignore_ascii_case(b"transfer-encoding")
+            || n.eq_ignore_ascii_case(b"upgrade")
+            || n.eq_ignore_ascii_case(b"expect")
+            || (n.eq_ignore_ascii_case(b"connection") && contains_token(&buf[v.clone()], b"upgrade"))
+    })
+}
+
+fn starts_with_ignore_case(s: &[u8], prefix: &[u8]) -> bool {
+    s.len() >= prefix.len() && s[..prefix.len()].eq_ignore_ascii_case(prefix)
+}
+
+fn contains_token(value: &[u8], token: &[u8]) -> bool {
+    value
+        .split(|b| *b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+}
+
+enum Next {
+    KeepAlive,
+    Close,
+}
+
+/// One request/response exchange on the fast path.
+async fn exchange(conn: &mut Downstream, head: &Head, ctx: &ConnCtx) -> Next {
+    let shared = &ctx.shared;
+    let buf = &conn.buf[..];
+    let target = &buf[head.target.clone()];
+    // Absolute form names the destination; origin form relies on Host.
+    let (authority, path): (&[u8], &[u8]) = if starts_with_ignore_case(target, b"http://") {
+        let rest = &target[7..];
+        let end = rest.iter().position(|b| *b == b'/' || *b == b'?').unwrap_or(rest.len());
+        let path: &[u8] = if end == rest.len() { b"/" } else { &rest[end..] };
+        (&rest[..end], path)
+    } else {
+        (head.header(buf, "host").unwrap_or(b""), target)
+    };
+    let absolute = !target.starts_with(b"/");
+    let Ok(content_length) = content_length(buf, head) else {
+        // The body's extent is unknown, so the connection cannot be resynchronised.
+        refuse(
+            conn,
+            shared,
+            400,
+            "meshentry: invalid Content-Length",
+            None,
+            Skip::Close,
+        )
+        .await;
+        return Next::Close;
+    };
+    // What a refusal must skip to reach the next request: the head and a body already read;
+    // a body still on the wire means closing instead.
+    let body_in_buf = (content_length as usize).min(buf.len() - head.len);
+    let skip = if body_in_buf as u64 == content_length {
+        Skip::Bytes(head.len + body_in_buf)
+    } else {
+        Skip::Close
+    };
+    let Some((host, port)) = std::str::from_utf8(authority).ok().and_then(|a| split_host_port(a, 80)) else {
+        let reason = "meshentry: the request names no destination (no absolute URI and no Host header)";
+        return refuse(conn, shared, 400, reason, None, skip).await;
+    };
+    if shared.is_self(host, port) {
+        let reason = format!("meshentry: {host}:{port} is this proxy; the request would loop");
+        return refuse(conn, shared, 508, &reason, None, skip).await;
+    }
+    let decision = route::route(&ctx.snapshot, host, port);
+    let cluster = match &decision {
+        Decision::Blocked => {
+            shared.stats.blocked.fetch_add(1, Ordering::Relaxed);
+            let snap = &ctx.snapshot;
+            tracing::warn!(
+                peer = %ctx.peer, host, port, namespace = %snap.namespace, policy_source = %snap.policy_source,
+                "blocked by REGISTRY_ONLY: destination is not in the service registry"
+            );
+            let reason = crate::http::blocked_reason(snap, host, port);
+            return refuse(conn, shared, 502, &reason, None, skip).await;
+        }
+        Decision::Passthrough => {
+            shared.stats.passthrough.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+        Decision::Cluster { cluster, .. } => Some(&***cluster),
+    };
+    let client_close = head
+        .headers
+        .iter()
+        .any(|(n, v)| buf[n.clone()].eq_ignore_ascii_case(b"connection") && contains_token(&buf[v.clone()], b"close"));
+
+    // The upstream request head, built once; reused if a pooled connection turns out dead.
+    let mut up_head = std::mem::take(&mut conn.out);
+    up_head.clear();
+    up_head.extend_from_slice(&buf[head.method.clone()]);
+    up_head.push(b' ');
+    up_head.extend_from_slice(path);
+    up_head.extend_from_slice(b" HTTP/1.1\r\n");
+    if absolute {
+        up_head.extend_from_slice(b"host: ");
+        up_head.extend_from_slice(authority);
+        up_head.extend_from_slice(b"\r\n");
+    }
+    let connection_value = head.header(buf, "connection");
+    for (n, v) in &head.headers {
+        let name = &buf[n.clone()];
+        if is_hop_by_hop(name, connection_value) || (absolute && name.eq_ignore_ascii_case(b"host")) {
+            continue;
+        }
+        up_head.extend_from_slice(name);
+        up_head.extend_from_slice(b": ");
+        up_head.extend_from_slice(&buf[v.clone()]);
+        up_head.extend_from_slice(b"\r\n");
+    }
+    up_head.extend_from_slice(b"\r\n");
+    up_head.extend_from_slice(&buf[head.len..head.len + body_in_buf]);
+    let body_rest = content_length - body_in_buf as u64;
+    let method_is_head = &buf[head.method.clone()] == b"HEAD";
+    let cluster_name = decision.cluster_name();
+    let host_owned;
+    let original = Original {
+        host: {
+            host_owned = host.to_string();
+            &host_owned
+        },
+        port,
+    };
+    conn.buf.advance(head.len + body_in_buf);
+
+    let result = send(conn, shared, cluster, &original, &up_head, body_rest, method_is_head).await;
+    conn.out = up_head;
+    match result {
+        Ok(Sent { up_close }) => {
+            if client_close || up_close {
+                Next::Close
+            } else {
+                Next::KeepAlive
+            }
+        }
+        Err(Failure::Answer(e)) => {
+            shared.stats.upstream_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(
+                peer = %ctx.peer, host = %original.host, port, cluster = cluster_name, flags = e.flag(), error = %e,
+                "request failed upstream"
+            );
+            let reason = format!("meshentry: {}:{port} via {cluster_name}: {e}", original.host);
+            // The request (and its body) was consumed; a body half sent means closing.
+            let skip = if body_rest > 0 || client_close {
+                Skip::Close
+            } else {
+                Skip::Bytes(0)
+            };
+            refuse(conn, shared, e.status(), &reason, Some(e.flag()), skip).await
+        }
+        Err(Failure::Broken) => Next::Close,
+    }
+}
+
+/// `Content-Length` of the request: absent is 0, several must agree.
+fn content_length(buf: &[u8], head: &Head) -> Result<u64, ()> {
+    let mut found: Option<u64> = None;
+    for (n, v) in &head.headers {
+        if buf[n.clone()].eq_ignore_ascii_case(b"content-length") {
+            let text = std::str::from_utf8(&buf[v.clone()]).map_err(|_| ())?.trim();
+            if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(());
+            }
+            let n: u64 = text.parse().map_err(|_| ())?;
+            if found.is_some_and(|f| f != n) {
+                return Err(());
+            }
+            found = Some(n);
+        }
+    }
+    Ok(found.unwrap_or(0))
+}
+
+/// RFC 9110 7.6.1, with `Connection`'s own list.
+fn is_hop_by_hop(name: &[u8], connection: Option<&[u8]>) -> bool {
+    const HOP: [&[u8]; 9] = [
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    ];
+    HOP.iter().any(|h| name.eq_ignore_ascii_case(h)) || connection.is_some_and(|c| contains_token(c, name))
+}
+
+/// What a refused request leaves behind in the client's buffer.
+enum Skip {
+    /// Drop this many bytes (the request) and carry on with the next request.
+    Bytes(usize),
+    /// Close after the response.
+    Close,
+}
+
+/// Writes a local response, consumes the refused request, and says what happens to the
+/// connection.
+async fn refuse(
+    conn: &mut Downstream,
+    shared: &Shared,
+    status: u16,
+    reason: &str,
+    flags: Option<&str>,
+    skip: Skip,
+) -> Next {
+    if status == 400 || status == 508 {
+        shared.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
+    }
+    let close = matches!(skip, Skip::Close);
+    if let Skip::Bytes(n) = skip {
+        conn.buf.advance(n.min(conn.buf.len()));
+    }
+    let mut out = std::mem::take(&mut conn.out);
+    out.clear();
+    local(&mut out, status, reason, flags, close);
+    let ok = conn.stream.write_all(&out).await.is_ok();
+    conn.out = out;
+    if ok && !close { Next::KeepAlive } else { Next::Close }
+}
+
+/// A complete local response, as [`crate::http::local`] writes it on the hyper path.
+fn local(out: &mut Vec<u8>, status: u16, reason: &str, flags: Option<&str>, close: bool) {
+    use std::io::Write;
+    let canonical = http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("");
+    let _ = write!(
+        out,
+        "HTTP/1.1 {status} {canonical}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\n",
+        reason.len() + 1
+    );
+    if let Some(f) = flags {
+        let _ = write!(out, "x-meshentry-response-flags: {f}\r\n");
+    }
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(reason.as_bytes());
+    out.push(b'\n');
+}
+
+struct Sent {
+    up_close: bool,
+}
+
+enum Failure {
+    /// Nothing was sent to the client yet: answer with this error.
+    Answer(UpstreamError),
+    /// The response had started (or the client went away): only closing is left.
+    Broken,
+}
+
+/// A raw upstream connection with its read buffer.
+struct UpConn {
+    stream: Stream,
+    buf: BytesMut,
+}
+
+thread_local! {
+    static RAW_POOL: RefCell<HashMap<HostAddr, Vec<(UpConn, Instant)>>> = RefCell::new(HashMap::new());
+}
+
+const MAX_IDLE_PER_HOST: usize = 128;
+
+fn checkout(addr: &HostAddr, max_idle: Duration) -> Option<UpConn> {
+    RAW_POOL.with(|pool| {
+        let mut pool = pool.borrow_mut();
+        let list = pool.get_mut(addr)?;
+        while let Some((c, since)) = list.pop() {
+            if since.elapsed() < max_idle {
+                return Some(c);
+            }
+        }
+        None
+    })
+}
+
+fn checkin(addr: HostAddr, mut c: UpConn) {
+    c.buf.clear();
+    RAW_POOL.with(|pool| {
+        let mut pool = pool.borrow_mut();
+        let list = pool.entry(addr).or_default();
+        if list.len() < MAX_IDLE_PER_HOST {
+            list.push((c, Instant::now()));
+        }
+    });
+}
+
+/// Picks a host (or the original destination), sends the request and relays the response,
+/// failing over to the next host when a connection is refused.
+#[allow(clippy::too_many_arguments)]
+async fn send(
+    conn: &mut Downstream,
+    shared: &Shared,
+    cluster: Option<&crate::cluster::Cluster>,
+    original: &Original<'_>,
+    up_head: &[u8],
+    body_rest: u64,
+    method_is_head: bool,
+) -> Result<Sent, Failure> {
+    let timeout = shared.config.connect_timeout;
+    let idle = shared.config.pool_idle_timeout;
+    if let Some(cluster) = cluster
+        && cluster.original_dst_port().is_none()
+    {
+        cluster.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let set: Arc<HostSet> = cluster
+            .hosts(&shared.dns)
+            .await
+            .map_err(|e| Failure::Answer(e.into()))?;
+        let mut tried = Tried::default();
+        let mut last = String::new();
+        while let Some(i) = set.balancer.pick(&set.hosts, tried) {
+            tried.add(i);
+            let host = &set.hosts[i];
+            host.stats.requests.fetch_add(1, Ordering::Relaxed);
+            let _in_flight = InFlight::start(&host.load);
+            match attempt(
+                conn,
+                shared,
+                &host.addr,
+                up_head,
+                body_rest,
+                method_is_head,
+                idle,
+                timeout,
+            )
+            .await
+            {
+                Attempt::Done(r) => return r,
+                Attempt::Opened(r) => {
+                    host.stats.connections.fetch_add(1, Ordering::Relaxed);
+                    return r;
+                }
+                Attempt::Refused(e) => {
+                    host.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
+                    cluster.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
+                    shared.stats.upstream_connect_errors.fetch_add(1, Ordering::Relaxed);
+                    last = e.to_string();
+                }
+            }
+            if tried.count() as usize >= set.hosts.len() {
+                break;
+            }
+        }
+        return Err(Failure::Answer(UpstreamError::Connect {
+            reason: last,
+            tried: tried.count(),
+        }));
+    }
+    let port = cluster
+        .and_then(|c| c.original_dst_port())
+        .flatten()
+        .unwrap_or(original.port);
+    let addrs = original_addrs(&shared.dns, original.host, port)
+        .await
+        .map_err(Failure::Answer)?;
+    let mut last = String::from("no addresses");
+    let mut tried = 0;
+    for addr in addrs {
+        tried += 1;
+        let addr = HostAddr::Ip(addr);
+        match attempt(conn, shared, &addr, up_head, body_rest, method_is_head, idle, timeout).await {
+            Attempt::Done(r) | Attempt::Opened(r) => return r,
+            Attempt::Refused(e) => {
+                shared.stats.upstream_connect_errors.fetch_add(1, Ordering::Relaxed);
+                last = e.to_string();
+            }
+        }
+    }
+    Err(Failure::Answer(UpstreamError::Connect { reason: last, tried }))
+}
+
+async fn original_addrs(dns: &Arc<Dns>, host: &str, port: u16) -> Result<Vec<SocketAddr>, UpstreamError> {
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        return Ok(vec![SocketAddr::new(ip, port)]);
+    }
+    let entry = dns.dynamic_entry(host);
+    let answer = dns
+        .resolve(&entry)
+        .await
+        .map_err(|e| UpstreamError::Dns(e.to_string()))?;
+    Ok(answer.addrs.iter().map(|ip| SocketAddr::new(*ip, port)).collect())
+}
+
+enum Attempt {
+    /// Finished over a pooled connection.
+    Done(Result<Sent, Failure>),
+    /// Finished over a connection opened for it.
+    Opened(Result<Sent, Failure>),
+    /// Could not connect: try the next host.
+    Refused(upstream::ConnectError),
+}
+
+/// One try against `addr`: a pooled connection first (replaced by a fresh one if it turns out
+/// closed before answering and the request can be resent), else a new connection.
+#[allow(clippy::too_many_arguments)]
+async fn attempt(
+    conn: &mut Downstream,
+    shared: &Shared,
+    addr: &HostAddr,
+    up_head: &[u8],
+    body_rest: u64,
+    method_is_head: bool,
+    idle: Duration,
+    connect_timeout: Duration,
+) -> Attempt {
+    if let Some(mut up) = checkout(addr, idle) {
+        match roundtrip(conn, shared, &mut up, up_head, body_rest, method_is_head).await {
+            Outcome::Finished { reusable, close_client } => {
+                if reusable {
+                    checkin(addr.clone(), up);
+                }
+                return Attempt::Done(Ok(Sent { up_close: close_client }));
+            }
+            // A pooled connection the upstream had already closed: resend on a fresh one,
+            // which is safe because nothing of the response arrived and the body (if any) is
+            // still unread.
+            Outcome::StaleBeforeResponse if body_rest == 0 => {}
+            Outcome::StaleBeforeResponse => {
+                return Attempt::Done(Err(Failure::Answer(UpstreamError::Reset(
+                    "upstream closed the connection".into(),
+                ))));
+            }
+            Outcome::Failed(f) => return Attempt::Done(Err(f)),
+        }
+    }
+    let stream = match upstream::connect(addr, connect_timeout).await {
+        Ok(s) => s,
+        Err(e) => return Attempt::Refused(e),
+    };
+    let mut up = UpConn {
+        stream,
+        buf: BytesMut::with_capacity(8 * 1024),
+    };
+    match roundtrip(conn, shared, &mut up, up_head, body_rest, method_is_head).await {
+        Outcome::Finished { reusable, close_client } => {
+            if reusable {
+                checkin(addr.clone(), up);
+            }
+            Attempt::Opened(Ok(Sent { up_close: close_client }))
+        }
+        Outcome::StaleBeforeResponse => Attempt::Opened(Err(Failure::Answer(UpstreamError::Reset(
+            "upstream closed the connection before responding".into(),
+        )))),
+        Outcome::Failed(f) => Attempt::Opened(Err(f)),
+    }
+}
+
+enum Outcome {
+    /// The response was relayed in full.
+    Finished {
+        /// The upstream connection can carry another request.
+        reusable: bool,
+        /// The response was delimited by closing, so the client connection must close too.
+        close_client: bool,
+    },
+    /// The upstream closed or reset before sending any response byte.
+    StaleBeforeResponse,
+    Failed(Failure),
+}
+
+/// How the response body is delimited.
+enum Framing {
+    None,
+    Length(u64),
+    Chunked(ChunkScanner),
+    UntilClose,
+}
+
+/// Sends the request on `up` and relays the response to the client.
+async fn roundtrip(
+    conn: &mut Downstream,
+    shared: &Shared,
+    up: &mut UpConn,
+    up_head: &[u8],
+    body_rest: u64,
+    method_is_head: bool,
+) -> Outcome {
+    if up.stream.write_all(up_head).await.is_err() {
+        return Outcome::StaleBeforeResponse;
+    }
+    // The rest of a Content-Length request body, streamed.
+    if body_rest > 0 {
+        let mut left = body_rest;
+        let mut chunk = vec![0u8; 16 * 1024];
+        while left > 0 {
+            let want = (left as usize).min(chunk.len());
+            let n = match conn.stream.read(&mut chunk[..want]).await {
+                Ok(0) | Err(_) => return Outcome::Failed(Failure::Broken),
+                Ok(n) => n,
+            };
+            if up.stream.write_all(&chunk[..n]).await.is_err() {
+                return Outcome::Failed(Failure::Answer(UpstreamError::Reset(
+                    "upstream closed while the request body was sent".into(),
+                )));
+            }
+            left -= n as u64;
+        }
+    }
+
+    // The response head (skipping 1xx interim responses).
+    let response_timeout = shared.config.response_timeout;
+    let deadline = tokio::time::Instant::now() + response_timeout;
+    let (status, head_len, framing, up_close) = loop {
+        let parsed = {
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut resp = httparse::Response::new(&mut headers);
+            match resp.parse(&up.buf) {
+                Ok(httparse::Status::Complete(len)) => {
+                    let status = resp.code.unwrap_or(0);
+                    let version_11 = resp.version == Some(1);
+                    let mut chunked = false;
+                    let mut length: Option<u64> = None;
+                    let mut close = !version_11;
+                    for h in resp.headers.iter() {
+                        if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                            chunked = h
+                                .value
+                                .rsplit(|b| *b == b',')
+                                .next()
+                                .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+                        } else if h.name.eq_ignore_ascii_case("content-length") {
+                            length = std::str::from_utf8(h.value).ok().and_then(|s| s.trim().parse().ok());
+                        } else if h.name.eq_ignore_ascii_case("connection") {
+                            if contains_token(h.value, b"close") {
+                                close = true;
+                            } else if contains_token(h.value, b"keep-alive") && !version_11 {
+                                close = false;
+                            }
+                        }
+                    }
+                    Some(Ok((status, len, chunked, length, close)))
+                }
+                Ok(httparse::Status::Partial) => None,
+                Err(_) => Some(Err(())),
+            }
+        };
+        match parsed {
+            Some(Ok((status, len, chunked, length, close))) => {
+                if (100..200).contains(&status) && status != 101 {
+                    up.buf.advance(len);
+                    continue;
+                }
+                let framing = if method_is_head || status == 204 || status == 304 || (100..200).contains(&status) {
+                    Framing::None
+                } else if chunked {
+                    Framing::Chunked(ChunkScanner::default())
+                } else if let Some(n) = length {
+                    Framing::Length(n)
+                } else {
+                    Framing::UntilClose
+                };
+                let close = close || matches!(framing, Framing::UntilClose);
+                break (status, len, framing, close);
+            }
+            Some(Err(())) => {
+                return Outcome::Failed(Failure::Answer(UpstreamError::Reset("malformed response head".into())));
+            }
+            None => {
+                if up.buf.len() > MAX_HEAD_BYTES {
+                    return Outcome::Failed(Failure::Answer(UpstreamError::Reset("response head too large".into())));
+                }
+            }
+        }
+        up.buf.reserve(4096);
+        let got_nothing = up.buf.is_empty();
+        match tokio::time::timeout_at(deadline, up.stream.read_buf(&mut up.buf)).await {
+            Err(_) => return Outcome::Failed(Failure::Answer(UpstreamError::Timeout(response_timeout))),
+            Ok(Ok(0)) | Ok(Err(_)) if got_nothing => return Outcome::StaleBeforeResponse,
+            Ok(Ok(0)) => {
+                return Outcome::Failed(Failure::Answer(UpstreamError::Reset("upstream closed mid-head".into())));
+            }
+            Ok(Err(e)) => return Outcome::Failed(Failure::Answer(UpstreamError::Reset(e.to_string()))),
+            Ok(Ok(_)) => {}
+        }
+    };
+
+    // The response head for the client: the status line and every header but the hop-by-hop
+    // ones (Transfer-Encoding is kept when the chunked body is relayed as it is).
+    let mut out = std::mem::take(&mut conn.out);
+    out.clear();
+    {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut resp = httparse::Response::new(&mut headers);
+        // The head parsed a moment ago; parsing again keeps the borrow of `up.buf` short.
+        let _ = resp.parse(&up.buf[..head_len]);
+        let reason = resp.reason.unwrap_or("");
+        use std::io::Write;
+        let _ = write!(out, "HTTP/1.1 {status} {reason}\r\n");
+        let connection = resp
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case("connection"))
+            .map(|h| h.value);
+        let keep_te = matches!(framing, Framing::Chunked(_));
+        for h in resp.headers.iter() {
+            let name = h.name.as_bytes();
+            let te = name.eq_ignore_ascii_case(b"transfer-encoding");
+            if (te && !keep_te) || (!te && is_hop_by_hop(name, connection)) {
+                continue;
+            }
+            out.extend_from_slice(name);
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(h.value);
+            out.extend_from_slice(b"\r\n");
+        }
+        if matches!(framing, Framing::UntilClose) {
+            out.extend_from_slice(b"connection: close\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+    up.buf.advance(head_len);
+
+    // The body: whatever came with the head goes out in the same write.
+    let mut framing = framing;
+    let done = take_body(&mut framing, &mut up.buf, &mut out);
+    let done = match done {
+        Ok(d) => d,
+        Err(()) => {
+            conn.out = out;
+            return Outcome::Failed(Failure::Answer(UpstreamError::Reset(
+                "malformed chunked response".into(),
+            )));
+        }
+    };
+    let wrote = conn.stream.write_all(&out).await;
+    conn.out = out;
+    if wrote.is_err() {
+        return Outcome::Failed(Failure::Broken);
+    }
+    if !done {
+        loop {
+            up.buf.reserve(16 * 1024);
+            let n = match up.stream.read_buf(&mut up.buf).await {
+                Ok(n) => n,
+                Err(_) => return Outcome::Failed(Failure::Broken),
+            };
+            if n == 0 {
+                if matches!(framing, Framing::UntilClose) {
+                    return Outcome::Finished {
+                        reusable: false,
+                        close_client: true,
+                    };
+                }
+                return Outcome::Failed(Failure::Broken);
+            }
+            let mut out = std::mem::take(&mut conn.out);
+            out.clear();
+            let finished = take_body(&mut framing, &mut up.buf, &mut out);
+            let wrote = conn.stream.write_all(&out).await;
+            conn.out = out;
+            if wrote.is_err() {
+                return Outcome::Failed(Failure::Broken);
+            }
+            match finished {
+                Ok(true) => break,
+                Ok(false) => {}
+                Err(()) => return Outcome::Failed(Failure::Broken),
+            }
+        }
+    }
+    // Bytes after the end of the response mean the upstream is confused: do not reuse it.
+    Outcome::Finished {
+        reusable: !up_close && up.buf.is_empty(),
+        close_client: false,
+    }
+}
+
+/// Moves body bytes of `framing` from `from` to `to`; `Ok(true)` when the body is complete.
+fn take_body(framing: &mut Framing, from: &mut BytesMut, to: &mut Vec<u8>) -> Result<bool, ()> {
+    match framing {
+        Framing::None => Ok(true),
+        Framing::Length(left) => {
+            let n = (*left as usize).min(from.len());
+            to.extend_from_slice(&from[..n]);
+            from.advance(n);
+            *left -= n as u64;
+            Ok(*left == 0)
+        }
+        Framing::Chunked(scanner) => match scanner.feed(from).map_err(|_| ())? {
+            Some(end) => {
+                to.extend_from_slice(&from[..end]);
+                from.advance(end);
+                Ok(true)
+            }
+            None => {
+                to.extend_from_slice(from);
+                from.clear();
+                Ok(false)
+            }
+        },
+        Framing::UntilClose => {
+            to.extend_from_slice(from);
+            from.clear();
+            Ok(false)
+        }
+    }
+}
+
+/// A stream that first yields bytes already read from it, for handing a connection to hyper.
+pub struct Rewind {
+    prefix: BytesMut,
+    inner: TcpStream,
+}
+
+impl AsyncRead for Rewind {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Rewind {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop() {
+        assert!(is_hop_by_hop(b"Connection", None));
+        assert!(is_hop_by_hop(b"keep-alive", None));
+        assert!(is_hop_by_hop(b"X-Trace", Some(b"keep-alive, x-trace")));
+        assert!(!is_hop_by_hop(b"x-kept", Some(b"close")));
+        assert!(!is_hop_by_hop(b"content-length", None));
+    }
+
+    #[test]
+    fn body_framing() {
+        let mut from = BytesMut::from(&b"hello world"[..]);
+        let mut to = Vec::new();
+        let mut f = Framing::Length(5);
+        assert_eq!(take_body(&mut f, &mut from, &mut to), Ok(true));
+        assert_eq!(to, b"hello");
+        assert_eq!(&from[..], b" world");
+
+        let mut from = BytesMut::from(&b"3\r\nabc\r\n0\r\n\r\nextra"[..]);
+        let mut to = Vec::new();
+        let mut f = Framing::Chunked(ChunkScanner::default());
+        assert_eq!(take_body(&mut f, &mut from, &mut to), Ok(true));
+        assert_eq!(to, b"3\r\nabc\r\n0\r\n\r\n");
+        assert_eq!(&from[..], b"extra");
+    }
+}
