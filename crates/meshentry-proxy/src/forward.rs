@@ -10,9 +10,9 @@ use hyper::Request;
 use hyper::Response;
 use hyper::body::Incoming;
 
-use crate::cluster::{Cluster, HostAddr, NoHost};
+use crate::cluster::{Cluster, HostAddr, HostSet, NoHost};
 use crate::dns::Dns;
-use crate::lb::{InFlight, Tried};
+use crate::lb::Tried;
 use crate::server::Shared;
 use crate::upstream::{self, ConnectError, PooledBody, RequestBody, Stream};
 
@@ -75,76 +75,179 @@ async fn original_addrs(dns: &Arc<Dns>, dest: &Original<'_>) -> Result<Vec<Socke
     Ok(answer.addrs.iter().map(|ip| SocketAddr::new(*ip, dest.port)).collect())
 }
 
-/// Opens a stream for a tunnel: to a host of `cluster` (failing over on refused
-/// connections), or to the original destination.
+/// The hosts one request may try, in order: the hosts of a cluster, balanced, each at most
+/// once, or the addresses of the original destination (ORIGINAL_DST clusters and
+/// passthrough). It keeps the tried set, the in-flight count of the host being tried, and the
+/// counters, so every caller fails over the same way:
+///
+/// ```text
+/// let mut plan = Failover::new(shared, cluster, original).await?;
+/// while let Some(i) = plan.next_target() {
+///     match try_host(plan.addr(i)).await { Ok(t) => return Ok(t), Err(e) => plan.refused(i, &e) }
+/// }
+/// Err(plan.exhausted())
+/// ```
+pub struct Failover<'s> {
+    shared: &'s Shared,
+    cluster: Option<&'s Cluster>,
+    targets: Targets,
+    tried: Tried,
+    count: u32,
+    last: String,
+    /// The cluster host whose in-flight count this plan holds.
+    active: Option<usize>,
+}
+
+enum Targets {
+    Hosts(Arc<HostSet>),
+    Addrs(Vec<HostAddr>),
+}
+
+impl<'s> Failover<'s> {
+    pub async fn new(
+        shared: &'s Shared,
+        cluster: Option<&'s Cluster>,
+        original: &Original<'_>,
+    ) -> Result<Failover<'s>, UpstreamError> {
+        let targets = match cluster {
+            Some(c) if c.original_dst_port().is_none() => {
+                c.stats.requests.fetch_add(1, Ordering::Relaxed);
+                Targets::Hosts(c.hosts(&shared.dns).await?)
+            }
+            _ => {
+                let port = cluster
+                    .and_then(|c| c.original_dst_port())
+                    .flatten()
+                    .unwrap_or(original.port);
+                let dest = Original {
+                    host: original.host,
+                    port,
+                };
+                Targets::Addrs(
+                    original_addrs(&shared.dns, &dest)
+                        .await?
+                        .into_iter()
+                        .map(HostAddr::Ip)
+                        .collect(),
+                )
+            }
+        };
+        Ok(Failover {
+            shared,
+            cluster,
+            targets,
+            tried: Tried::default(),
+            count: 0,
+            last: String::new(),
+            active: None,
+        })
+    }
+
+    /// The next target to try, if any is left.
+    pub fn next_target(&mut self) -> Option<usize> {
+        self.release();
+        let i = match &self.targets {
+            Targets::Hosts(set) => {
+                if self.count as usize >= set.hosts.len() {
+                    return None;
+                }
+                let i = set.balancer.pick(&set.hosts, self.tried)?;
+                let host = &set.hosts[i];
+                host.stats.requests.fetch_add(1, Ordering::Relaxed);
+                host.load.active.fetch_add(1, Ordering::Relaxed);
+                self.active = Some(i);
+                i
+            }
+            Targets::Addrs(addrs) => {
+                let i = self.count as usize;
+                if i >= addrs.len() {
+                    return None;
+                }
+                i
+            }
+        };
+        self.tried.add(i);
+        self.count += 1;
+        Some(i)
+    }
+
+    pub fn addr(&self, i: usize) -> &HostAddr {
+        match &self.targets {
+            Targets::Hosts(set) => &set.hosts[i].addr,
+            Targets::Addrs(addrs) => &addrs[i],
+        }
+    }
+
+    /// Counts a connection opened to target `i` (Envoy's `cx_total`).
+    pub fn opened(&self, i: usize) {
+        if let Targets::Hosts(set) = &self.targets {
+            set.hosts[i].stats.connections.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Target `i` refused the connection.
+    pub fn refused(&mut self, i: usize, e: &ConnectError) {
+        self.shared
+            .stats
+            .upstream_connect_errors
+            .fetch_add(1, Ordering::Relaxed);
+        if let (Targets::Hosts(set), Some(cluster)) = (&self.targets, self.cluster) {
+            let host = &set.hosts[i];
+            host.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
+            cluster.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(cluster = %cluster.name, host = %host.addr, error = %e, "upstream connect failed");
+        }
+        self.last = e.to_string();
+    }
+
+    /// The error when every target refused.
+    pub fn exhausted(&self) -> UpstreamError {
+        let reason = if self.count == 0 {
+            "no addresses".to_string()
+        } else {
+            self.last.clone()
+        };
+        UpstreamError::Connect {
+            reason,
+            tried: self.count,
+        }
+    }
+
+    fn release(&mut self) {
+        if let (Some(i), Targets::Hosts(set)) = (self.active.take(), &self.targets) {
+            set.hosts[i].load.active.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for Failover<'_> {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// Opens a stream for a tunnel.
 pub async fn connect_stream(
     shared: &Shared,
     cluster: Option<&Cluster>,
     original: &Original<'_>,
 ) -> Result<(Stream, HostAddr), UpstreamError> {
     let timeout = shared.config.connect_timeout;
-    if let Some(cluster) = cluster
-        && cluster.original_dst_port().is_none()
-    {
-        cluster.stats.requests.fetch_add(1, Ordering::Relaxed);
-        let set = cluster.hosts(&shared.dns).await?;
-        let mut tried = Tried::default();
-        let mut last = String::new();
-        while let Some(i) = set.balancer.pick(&set.hosts, tried) {
-            tried.add(i);
-            let host = &set.hosts[i];
-            host.stats.requests.fetch_add(1, Ordering::Relaxed);
-            match upstream::connect(&host.addr, timeout).await {
-                Ok(s) => {
-                    host.stats.connections.fetch_add(1, Ordering::Relaxed);
-                    return Ok((s, host.addr.clone()));
-                }
-                Err(e) => {
-                    host.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
-                    cluster.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
-                    shared.stats.upstream_connect_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(cluster = %cluster.name, host = %host.addr, error = %e, "upstream connect failed");
-                    last = e.to_string();
-                }
+    let mut plan = Failover::new(shared, cluster, original).await?;
+    while let Some(i) = plan.next_target() {
+        match upstream::connect(plan.addr(i), timeout).await {
+            Ok(s) => {
+                plan.opened(i);
+                return Ok((s, plan.addr(i).clone()));
             }
-            if tried.count() as usize >= set.hosts.len() {
-                break;
-            }
-        }
-        return Err(UpstreamError::Connect {
-            reason: last,
-            tried: tried.count(),
-        });
-    }
-    // ORIGINAL_DST (NONE, PASSTHROUGH) and PassthroughCluster.
-    let port = cluster
-        .and_then(|c| c.original_dst_port())
-        .flatten()
-        .unwrap_or(original.port);
-    let dest = Original {
-        host: original.host,
-        port,
-    };
-    let addrs = original_addrs(&shared.dns, &dest).await?;
-    let mut last = String::from("no addresses");
-    let mut tried = 0;
-    for addr in addrs {
-        tried += 1;
-        let addr = HostAddr::Ip(addr);
-        match upstream::connect(&addr, timeout).await {
-            Ok(s) => return Ok((s, addr)),
-            Err(e) => {
-                shared.stats.upstream_connect_errors.fetch_add(1, Ordering::Relaxed);
-                last = e.to_string();
-            }
+            Err(e) => plan.refused(i, &e),
         }
     }
-    Err(UpstreamError::Connect { reason: last, tried })
+    Err(plan.exhausted())
 }
 
-/// Sends an HTTP request: to a host of `cluster` (over a pooled connection when one is idle,
-/// failing over to the next host when a connection is refused), or to the original
-/// destination.
+/// Sends an HTTP request on the general (hyper) path, over a pooled connection when one is
+/// idle.
 pub async fn send_request(
     shared: &Shared,
     cluster: Option<&Cluster>,
@@ -154,77 +257,24 @@ pub async fn send_request(
     let timeout = shared.config.connect_timeout;
     let idle = shared.config.pool_idle_timeout;
     let mut req = req;
-
-    if let Some(cluster) = cluster
-        && cluster.original_dst_port().is_none()
-    {
-        cluster.stats.requests.fetch_add(1, Ordering::Relaxed);
-        let set = cluster.hosts(&shared.dns).await?;
-        let mut tried = Tried::default();
-        let mut last = String::new();
-        while let Some(i) = set.balancer.pick(&set.hosts, tried) {
-            tried.add(i);
-            let host = &set.hosts[i];
-            host.stats.requests.fetch_add(1, Ordering::Relaxed);
-            let _in_flight = InFlight::start(&host.load);
-            match exchange(shared, &host.addr, req, idle, timeout, Some(&host.stats.connections)).await {
-                Ok((resp, sender)) => {
-                    let reusable = !wants_close(resp.headers());
-                    let (parts, body) = resp.into_parts();
-                    let body = PooledBody::new(body, host.addr.clone(), sender, reusable);
-                    return Ok((Response::from_parts(parts, body), host.addr.clone()));
-                }
-                Err(Exchange::ConnectFailed(e, back)) => {
-                    host.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
-                    cluster.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
-                    shared.stats.upstream_connect_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(cluster = %cluster.name, host = %host.addr, error = %e, "upstream connect failed");
-                    last = e.to_string();
-                    req = *back;
-                }
-                Err(Exchange::Failed(e)) => return Err(e),
-            }
-            if tried.count() as usize >= set.hosts.len() {
-                break;
-            }
-        }
-        return Err(UpstreamError::Connect {
-            reason: last,
-            tried: tried.count(),
-        });
-    }
-
-    let port = cluster
-        .and_then(|c| c.original_dst_port())
-        .flatten()
-        .unwrap_or(original.port);
-    let dest = Original {
-        host: original.host,
-        port,
-    };
-    let mut last = String::from("no addresses");
-    let mut tried = 0;
-    for addr in original_addrs(&shared.dns, &dest).await? {
-        tried += 1;
-        let addr = HostAddr::Ip(addr);
-        match exchange(shared, &addr, req, idle, timeout, None).await {
+    let mut plan = Failover::new(shared, cluster, original).await?;
+    while let Some(i) = plan.next_target() {
+        let addr = plan.addr(i).clone();
+        match exchange(shared, &addr, req, idle, timeout, || plan.opened(i)).await {
             Ok((resp, sender)) => {
                 let reusable = !wants_close(resp.headers());
                 let (parts, body) = resp.into_parts();
-                return Ok((
-                    Response::from_parts(parts, PooledBody::new(body, addr.clone(), sender, reusable)),
-                    addr,
-                ));
+                let body = PooledBody::new(body, addr.clone(), sender, reusable);
+                return Ok((Response::from_parts(parts, body), addr));
             }
             Err(Exchange::ConnectFailed(e, back)) => {
-                shared.stats.upstream_connect_errors.fetch_add(1, Ordering::Relaxed);
-                last = e.to_string();
+                plan.refused(i, &e);
                 req = *back;
             }
             Err(Exchange::Failed(e)) => return Err(e),
         }
     }
-    Err(UpstreamError::Connect { reason: last, tried })
+    Err(plan.exhausted())
 }
 
 enum Exchange {
@@ -237,14 +287,14 @@ type Sender = hyper::client::conn::http1::SendRequest<RequestBody>;
 
 /// One request/response exchange with `addr`. A pooled connection that turns out to be closed
 /// (the upstream timed it out) is replaced by a fresh one without the client noticing.
-/// `opened` counts the new connections this makes (Envoy's `cx_total`).
+/// `opened` is called when a new connection is made.
 async fn exchange(
     shared: &Shared,
     addr: &HostAddr,
     req: Request<RequestBody>,
     idle: std::time::Duration,
     connect_timeout: std::time::Duration,
-    opened: Option<&std::sync::atomic::AtomicU64>,
+    opened: impl FnOnce(),
 ) -> Result<(Response<Incoming>, Sender), Exchange> {
     let response_timeout = shared.config.response_timeout;
     let mut req = req;
@@ -262,9 +312,7 @@ async fn exchange(
         Ok(s) => s,
         Err(e) => return Err(Exchange::ConnectFailed(e, Box::new(req))),
     };
-    if let Some(opened) = opened {
-        opened.fetch_add(1, Ordering::Relaxed);
-    }
+    opened();
     let mut sender = upstream::handshake(stream)
         .await
         .map_err(|e| Exchange::Failed(UpstreamError::Reset(e.to_string())))?;

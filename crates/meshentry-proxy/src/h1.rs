@@ -29,11 +29,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::chunked::ChunkScanner;
-use crate::cluster::{HostAddr, HostSet};
-use crate::dns::Dns;
-use crate::forward::{Original, UpstreamError};
+use crate::cluster::HostAddr;
+use crate::forward::{Failover, Original, UpstreamError};
 use crate::http::{ConnCtx, MAX_HEAD_BYTES, MAX_HEADERS};
-use crate::lb::{InFlight, Tried};
 use crate::route::{self, Decision, split_host_port};
 use crate::server::{ConnGuard, Shared};
 use crate::upstream::{self, Stream};
@@ -474,9 +472,8 @@ fn checkin(addr: HostAddr, mut c: UpConn) {
     });
 }
 
-/// Picks a host (or the original destination), sends the request and relays the response,
+/// Sends the request to a host (or the original destination) and relays the response,
 /// failing over to the next host when a connection is refused.
-#[allow(clippy::too_many_arguments)]
 async fn send(
     conn: &mut Downstream,
     shared: &Shared,
@@ -488,87 +485,21 @@ async fn send(
 ) -> Result<Sent, Failure> {
     let timeout = shared.config.connect_timeout;
     let idle = shared.config.pool_idle_timeout;
-    if let Some(cluster) = cluster
-        && cluster.original_dst_port().is_none()
-    {
-        cluster.stats.requests.fetch_add(1, Ordering::Relaxed);
-        let set: Arc<HostSet> = cluster
-            .hosts(&shared.dns)
-            .await
-            .map_err(|e| Failure::Answer(e.into()))?;
-        let mut tried = Tried::default();
-        let mut last = String::new();
-        while let Some(i) = set.balancer.pick(&set.hosts, tried) {
-            tried.add(i);
-            let host = &set.hosts[i];
-            host.stats.requests.fetch_add(1, Ordering::Relaxed);
-            let _in_flight = InFlight::start(&host.load);
-            match attempt(
-                conn,
-                shared,
-                &host.addr,
-                up_head,
-                body_rest,
-                method_is_head,
-                idle,
-                timeout,
-            )
-            .await
-            {
-                Attempt::Done(r) => return r,
-                Attempt::Opened(r) => {
-                    host.stats.connections.fetch_add(1, Ordering::Relaxed);
-                    return r;
-                }
-                Attempt::Refused(e) => {
-                    host.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
-                    cluster.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
-                    shared.stats.upstream_connect_errors.fetch_add(1, Ordering::Relaxed);
-                    last = e.to_string();
-                }
-            }
-            if tried.count() as usize >= set.hosts.len() {
-                break;
-            }
-        }
-        return Err(Failure::Answer(UpstreamError::Connect {
-            reason: last,
-            tried: tried.count(),
-        }));
-    }
-    let port = cluster
-        .and_then(|c| c.original_dst_port())
-        .flatten()
-        .unwrap_or(original.port);
-    let addrs = original_addrs(&shared.dns, original.host, port)
+    let mut plan = Failover::new(shared, cluster, original)
         .await
         .map_err(Failure::Answer)?;
-    let mut last = String::from("no addresses");
-    let mut tried = 0;
-    for addr in addrs {
-        tried += 1;
-        let addr = HostAddr::Ip(addr);
+    while let Some(i) = plan.next_target() {
+        let addr = plan.addr(i).clone();
         match attempt(conn, shared, &addr, up_head, body_rest, method_is_head, idle, timeout).await {
-            Attempt::Done(r) | Attempt::Opened(r) => return r,
-            Attempt::Refused(e) => {
-                shared.stats.upstream_connect_errors.fetch_add(1, Ordering::Relaxed);
-                last = e.to_string();
+            Attempt::Done(r) => return r,
+            Attempt::Opened(r) => {
+                plan.opened(i);
+                return r;
             }
+            Attempt::Refused(e) => plan.refused(i, &e),
         }
     }
-    Err(Failure::Answer(UpstreamError::Connect { reason: last, tried }))
-}
-
-async fn original_addrs(dns: &Arc<Dns>, host: &str, port: u16) -> Result<Vec<SocketAddr>, UpstreamError> {
-    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
-        return Ok(vec![SocketAddr::new(ip, port)]);
-    }
-    let entry = dns.dynamic_entry(host);
-    let answer = dns
-        .resolve(&entry)
-        .await
-        .map_err(|e| UpstreamError::Dns(e.to_string()))?;
-    Ok(answer.addrs.iter().map(|ip| SocketAddr::new(*ip, port)).collect())
+    Err(Failure::Answer(plan.exhausted()))
 }
 
 enum Attempt {
