@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use meshentry_testutil::dns::ResponseCode;
-use meshentry_testutil::{HttpUpstream, ProxyProcess, TestDns, eventually, unique_loopback};
+use meshentry_testutil::{HttpUpstream, TestDns, eventually, unique_loopback};
 
 /// A DNS-resolved ServiceEntry for `host` on port 80.
 fn dns_service(name: &str, host: &str, resolution: &str) -> String {
@@ -26,43 +26,23 @@ spec:
     )
 }
 
-struct Proxy {
-    _process: ProxyProcess,
-    addr: SocketAddr,
-    admin: SocketAddr,
-    _dir: tempfile::TempDir,
-}
+mod support;
 
-async fn start(config: &str, dns: &TestDns) -> Proxy {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("config.yaml"), config).unwrap();
-    let ip = IpAddr::V4(unique_loopback());
-    let addr = SocketAddr::new(ip, 15080);
-    let admin = SocketAddr::new(ip, 15000);
-    let args = [
-        "proxy".to_string(),
-        "--config".into(),
-        dir.path().display().to_string(),
-        "--http-proxy".into(),
-        addr.to_string(),
-        "--admin".into(),
-        admin.to_string(),
-        "--dns-server".into(),
-        dns.addr().to_string(),
-        // Nothing unknown may leave: a routing bug becomes a refusal, not egress.
-        "--outbound-policy".into(),
-        "REGISTRY_ONLY".into(),
-        "--response-timeout".into(),
-        "5s".into(),
-    ];
-    let mut process = ProxyProcess::spawn(env!("CARGO_BIN_EXE_meshentry"), args, [("RUST_LOG", "info")]);
-    process.wait_listening(addr, Duration::from_secs(15)).await;
-    Proxy {
-        _process: process,
-        addr,
-        admin,
-        _dir: dir,
-    }
+async fn start(config: &str, dns: &TestDns) -> support::Proxy {
+    let dns_addr = dns.addr().to_string();
+    // REGISTRY_ONLY: nothing unknown may leave, so a routing bug becomes a refusal, not egress.
+    support::start_proxy(
+        config,
+        &[
+            "--dns-server",
+            &dns_addr,
+            "--outbound-policy",
+            "REGISTRY_ONLY",
+            "--response-timeout",
+            "5s",
+        ],
+    )
+    .await
 }
 
 /// `(status, response-flags header, body)` of `GET url` through the proxy, with curl.

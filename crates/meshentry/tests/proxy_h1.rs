@@ -10,17 +10,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use meshentry_testutil::{HttpUpstream, ProxyProcess, unique_loopback};
+use meshentry_testutil::{HttpUpstream, unique_loopback};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 const PATIENCE: Duration = Duration::from_secs(5);
 
-struct Proxy {
-    _process: ProxyProcess,
-    addr: SocketAddr,
-    _dir: tempfile::TempDir,
-}
+mod support;
 
 fn service(host: &str, upstream: SocketAddr) -> String {
     format!(
@@ -40,29 +36,8 @@ spec:
     )
 }
 
-async fn start(config: &str) -> Proxy {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("config.yaml"), config).unwrap();
-    let ip = IpAddr::V4(unique_loopback());
-    let addr = SocketAddr::new(ip, 15080);
-    let args = [
-        "proxy".to_string(),
-        "--config".into(),
-        dir.path().display().to_string(),
-        "--http-proxy".into(),
-        addr.to_string(),
-        "--admin".into(),
-        SocketAddr::new(ip, 15000).to_string(),
-        "--outbound-policy".into(),
-        "REGISTRY_ONLY".into(),
-    ];
-    let mut process = ProxyProcess::spawn(env!("CARGO_BIN_EXE_meshentry"), args, [("RUST_LOG", "info")]);
-    process.wait_listening(addr, Duration::from_secs(15)).await;
-    Proxy {
-        _process: process,
-        addr,
-        _dir: dir,
-    }
+async fn start(config: &str) -> support::Proxy {
+    support::start_proxy(config, &["--outbound-policy", "REGISTRY_ONLY"]).await
 }
 
 /// Reads one response: head, then a body of `Content-Length`, or chunked up to the last chunk,

@@ -5,39 +5,13 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::process::Command;
-use std::time::Duration;
 
-use meshentry_testutil::{HttpUpstream, ProxyProcess, unique_loopback};
+use meshentry_testutil::{HttpUpstream, unique_loopback};
 
-struct Proxy {
-    process: ProxyProcess,
-    addr: SocketAddr,
-    _dir: tempfile::TempDir,
-}
+mod support;
 
-async fn start(config: &str) -> Proxy {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("config.yaml"), config).unwrap();
-    let ip = IpAddr::V4(unique_loopback());
-    let addr = SocketAddr::new(ip, 15080);
-    let args = [
-        "proxy".to_string(),
-        "--config".into(),
-        dir.path().display().to_string(),
-        "--http-proxy".into(),
-        addr.to_string(),
-        "--admin".into(),
-        SocketAddr::new(ip, 15000).to_string(),
-        "--outbound-policy".into(),
-        "REGISTRY_ONLY".into(),
-    ];
-    let mut process = ProxyProcess::spawn(env!("CARGO_BIN_EXE_meshentry"), args, [("RUST_LOG", "info")]);
-    process.wait_listening(addr, Duration::from_secs(15)).await;
-    Proxy {
-        process,
-        addr,
-        _dir: dir,
-    }
+async fn start(config: &str) -> support::Proxy {
+    support::start_proxy(config, &["--outbound-policy", "REGISTRY_ONLY"]).await
 }
 
 fn curl(args: &[&str]) -> String {

@@ -6,9 +6,10 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
 
-use meshentry_testutil::{HttpUpstream, ProxyProcess, unique_loopback};
+use meshentry_testutil::{HttpUpstream, unique_loopback};
+
+mod support;
 
 fn curl(proxy: SocketAddr, url: &str) -> (u16, String) {
     let out = Command::new("curl")
@@ -39,25 +40,10 @@ async fn quickstart_routes_web_internal_and_refuses_the_rest() {
     let ip = unique_loopback();
     assert!(yaml.contains("address: 127.0.0.1"), "the quickstart changed:\n{yaml}");
     let yaml = yaml.replace("address: 127.0.0.1", &format!("address: {ip}"));
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("web.yaml"), yaml).unwrap();
     let web = HttpUpstream::start(SocketAddr::new(IpAddr::V4(ip), 8000), "quickstart-web");
 
-    let proxy = SocketAddr::new(IpAddr::V4(unique_loopback()), 15080);
-    let admin = SocketAddr::new(proxy.ip(), 15000);
-    let args = [
-        "proxy".to_string(),
-        "--config".into(),
-        dir.path().display().to_string(),
-        "--outbound-policy".into(),
-        "REGISTRY_ONLY".into(),
-        "--http-proxy".into(),
-        proxy.to_string(),
-        "--admin".into(),
-        admin.to_string(),
-    ];
-    let mut process = ProxyProcess::spawn(env!("CARGO_BIN_EXE_meshentry"), args, [("RUST_LOG", "info")]);
-    process.wait_listening(proxy, Duration::from_secs(15)).await;
+    let running = support::start_proxy(&yaml, &["--outbound-policy", "REGISTRY_ONLY"]).await;
+    let proxy = running.addr;
 
     let (status, body) = tokio::task::spawn_blocking(move || curl(proxy, "http://web.internal/"))
         .await
