@@ -588,17 +588,13 @@ pub(super) fn labels(pairs: &[(&str, &str)]) -> std::collections::BTreeMap<Strin
 mod tests {
     use test_case::test_case;
 
+    use super::super::test_support::decode_clean;
     use super::*;
     use crate::de::{DecodeCx, decode};
     use crate::yaml::parse_stream;
 
     fn parse(yaml: &str) -> DestinationRule {
-        let doc = parse_stream(yaml).unwrap().remove(0);
-        let cx = DecodeCx::new(true);
-        let dr = decode::<DestinationRule>(&doc, "spec", &cx);
-        let issues = cx.into_issues();
-        assert!(issues.is_empty(), "{issues:?}");
-        dr
+        decode_clean(yaml)
     }
 
     fn run(yaml: &str) -> Report {

@@ -66,3 +66,23 @@ impl Report {
         self.problems.iter().map(|p| p.message.clone()).collect()
     }
 }
+
+/// Shared by the validators' tests.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use serde::de::DeserializeOwned;
+
+    use crate::de::{DecodeCx, decode};
+    use crate::yaml::parse_stream;
+
+    /// Decodes a YAML snippet as a spec of type `T`, asserting it decodes without problems (so
+    /// a test's findings come from validation alone).
+    pub fn decode_clean<T: DeserializeOwned + Default>(yaml: &str) -> T {
+        let doc = parse_stream(yaml).unwrap().remove(0);
+        let cx = DecodeCx::new(true);
+        let spec = decode::<T>(&doc, "spec", &cx);
+        let issues = cx.into_issues();
+        assert!(issues.is_empty(), "{issues:?}");
+        spec
+    }
+}

@@ -987,17 +987,13 @@ mod tests {
     use test_case::test_case;
 
     use super::super::Severity;
+    use super::super::test_support::decode_clean;
     use super::*;
     use crate::de::{DecodeCx, decode};
     use crate::yaml::parse_stream;
 
     fn parse(yaml: &str) -> VirtualService {
-        let doc = parse_stream(yaml).unwrap().remove(0);
-        let cx = DecodeCx::new(true);
-        let vs = decode::<VirtualService>(&doc, "spec", &cx);
-        let issues = cx.into_issues();
-        assert!(issues.is_empty(), "{issues:?}");
-        vs
+        decode_clean(yaml)
     }
 
     fn run(yaml: &str) -> Report {
