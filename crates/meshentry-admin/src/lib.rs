@@ -85,8 +85,39 @@ fn config_dump(shared: &Shared) -> Value {
         "namespace": &*snap.namespace,
         "outboundTrafficPolicy": {"mode": snap.policy.as_str(), "source": snap.policy_source},
         "registry": registry,
+        "routes": routes(&snap),
         "clusters": clusters,
     })
+}
+
+/// Istio's route tables as this proxy applies them: per port, each service's domains (its
+/// host and addresses) and the cluster they route to, in lookup order (exact hosts, then
+/// wildcards).
+fn routes(snap: &meshentry_proxy::snapshot::Snapshot) -> Value {
+    let mut by_port: std::collections::BTreeMap<u32, Vec<Value>> = std::collections::BTreeMap::new();
+    for service in snap.view().services() {
+        for port in &service.ports {
+            let Some(cluster) = snap.cluster(service, port.number) else {
+                continue;
+            };
+            let mut domains = vec![service.host.to_string()];
+            domains.extend(service.addresses.iter().map(|a| a.text.to_string()));
+            by_port.entry(port.number).or_default().push(json!({
+                "domains": domains,
+                "protocol": port.protocol.as_str(),
+                "cluster": cluster.name,
+            }));
+        }
+    }
+    for vhosts in by_port.values_mut() {
+        vhosts.sort_by_key(|v| v["domains"][0].as_str().is_some_and(|h| h.starts_with('*')));
+    }
+    Value::Array(
+        by_port
+            .into_iter()
+            .map(|(port, vhosts)| json!({"port": port, "virtualHosts": vhosts}))
+            .collect(),
+    )
 }
 
 fn clusters_json(shared: &Shared) -> Value {

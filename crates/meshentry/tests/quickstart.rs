@@ -61,4 +61,24 @@ async fn quickstart_routes_web_internal_and_refuses_the_rest() {
         "meshentry: example.org:80 is not a service in the registry seen by namespace default and the outbound traffic policy is REGISTRY_ONLY (from --outbound-policy); add a ServiceEntry for it"
     );
     assert_eq!(web.requests(), 1, "a refused request must not reach any upstream");
+
+    // The admin's config dump shows the route that was taken.
+    let admin = running.admin;
+    let dump = tokio::task::spawn_blocking(move || {
+        let out = Command::new("curl")
+            .args(["-q", "-s", &format!("http://{admin}/config_dump")])
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    })
+    .await
+    .unwrap();
+    let dump: serde_json::Value = serde_json::from_str(&dump).unwrap();
+    assert_eq!(
+        dump["routes"],
+        serde_json::json!([{"port": 80, "virtualHosts": [
+            {"domains": ["web.internal"], "protocol": "HTTP", "cluster": "outbound|80||web.internal"}
+        ]}])
+    );
+    assert_eq!(dump["outboundTrafficPolicy"]["mode"], "REGISTRY_ONLY");
 }
