@@ -50,6 +50,7 @@ pub async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<S
         stream,
         buf: BytesMut::with_capacity(8 * 1024),
         out: Vec::with_capacity(1024),
+        up_head: Vec::with_capacity(1024),
     };
     let mut head = Head::default();
     loop {
@@ -88,7 +89,10 @@ pub async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<S
 struct Downstream {
     stream: TcpStream,
     buf: BytesMut,
+    /// Responses to the client.
     out: Vec<u8>,
+    /// The request head for the upstream (kept while the response is written to `out`).
+    up_head: Vec<u8>,
 }
 
 /// A parsed request head, as offsets into [`Downstream::buf`].
@@ -268,7 +272,7 @@ async fn exchange(conn: &mut Downstream, head: &Head, ctx: &ConnCtx) -> Next {
         .any(|(n, v)| buf[n.clone()].eq_ignore_ascii_case(b"connection") && contains_token(&buf[v.clone()], b"close"));
 
     // The upstream request head, built once; reused if a pooled connection turns out dead.
-    let mut up_head = std::mem::take(&mut conn.out);
+    let mut up_head = std::mem::take(&mut conn.up_head);
     up_head.clear();
     up_head.extend_from_slice(&buf[head.method.clone()]);
     up_head.push(b' ');
@@ -306,7 +310,7 @@ async fn exchange(conn: &mut Downstream, head: &Head, ctx: &ConnCtx) -> Next {
     conn.buf.advance(head.len + body_in_buf);
 
     let result = send(conn, shared, cluster, &original, &up_head, body_rest, method_is_head).await;
-    conn.out = up_head;
+    conn.up_head = up_head;
     match result {
         Ok(Sent { up_close }) => {
             if client_close || up_close {
@@ -712,11 +716,15 @@ async fn roundtrip(
             .iter()
             .find(|h| h.name.eq_ignore_ascii_case("connection"))
             .map(|h| h.value);
-        let keep_te = matches!(framing, Framing::Chunked(_));
+        let chunked = matches!(framing, Framing::Chunked(_));
         for h in resp.headers.iter() {
             let name = h.name.as_bytes();
             let te = name.eq_ignore_ascii_case(b"transfer-encoding");
-            if (te && !keep_te) || (!te && is_hop_by_hop(name, connection)) {
+            // A chunked body is relayed as it is, so its Transfer-Encoding stays, and a
+            // Content-Length beside it (which it overrides, RFC 9112 6.3) must not reach the
+            // client, where it could frame the message differently.
+            let stale_length = chunked && name.eq_ignore_ascii_case(b"content-length");
+            if (te && !chunked) || (!te && is_hop_by_hop(name, connection)) || stale_length {
                 continue;
             }
             out.extend_from_slice(name);

@@ -263,3 +263,24 @@ async fn a_pooled_connection_the_upstream_closed_is_replaced_transparently() {
     }
     assert_eq!(connections.load(Ordering::SeqCst), 5);
 }
+
+#[tokio::test]
+async fn a_chunked_response_with_a_content_length_reaches_the_client_framed_once() {
+    let (addr, _) = raw_upstream(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        100,
+    )
+    .await;
+    let proxy = start(&service("both.example.com", addr)).await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    let mut buf = Vec::new();
+    for _ in 0..2 {
+        s.write_all(b"GET http://both.example.com/ HTTP/1.1\r\nHost: both.example.com\r\n\r\n")
+            .await
+            .unwrap();
+        let (status, head, body) = read_response(&mut s, &mut buf, false).await;
+        assert_eq!(status, 200, "{head}");
+        assert!(!head.to_ascii_lowercase().contains("content-length"), "{head}");
+        assert_eq!(body, b"5\r\nhello\r\n0\r\n\r\n");
+    }
+}
