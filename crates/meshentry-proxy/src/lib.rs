@@ -7,8 +7,10 @@
 //! - [`forward`], [`upstream`]: connecting and sending, with failover and pooling;
 //! - [`h1`], [`chunked`]: the fast path for plain HTTP/1.1 requests;
 //! - [`http`], [`tunnel`], [`sni`]: the general (hyper) path, CONNECT tunnels, SNI;
-//! - [`server`]: shared state, counters and accept loops.
+//! - [`server`]: shared state, counters and accept loops;
+//! - [`capture`]: the iptables rules for transparent capture (`meshentry iptables`).
 
+pub mod capture;
 pub mod chunked;
 pub mod cluster;
 pub mod config;

@@ -27,6 +27,8 @@ enum Command {
     Registry(cmd::registry::Args),
     /// Run the proxy: route outbound traffic through the registry.
     Proxy(Box<cmd::proxy::Args>),
+    /// Install or remove the iptables rules that capture outbound traffic into the proxy.
+    Iptables(cmd::iptables::Args),
     /// Print the version.
     Version,
 }
@@ -37,6 +39,7 @@ fn main() -> ExitCode {
         Command::Validate(args) => cmd::validate::run(&args),
         Command::Registry(args) => cmd::registry::run(&args),
         Command::Proxy(args) => cmd::proxy::run(&args),
+        Command::Iptables(args) => cmd::iptables::run(&args),
         Command::Version => {
             println!("meshentry {}", env!("CARGO_PKG_VERSION"));
             Ok(ExitCode::SUCCESS)

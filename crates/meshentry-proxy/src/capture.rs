@@ -1,0 +1,168 @@
+//! Transparent capture with iptables, as Istio's istio-iptables sets it up for outbound
+//! traffic: every TCP connection the workload opens is redirected to the proxy's outbound
+//! port, except the proxy's own (by uid), connections to 127.0.0.1 / ::1, and excluded ports.
+//!
+//! All rules live in two chains of our own in the nat table, reached by one jump from
+//! `OUTPUT`, so removing capture removes exactly what installing added.
+
+use std::process::Command;
+
+/// Our chain for outbound decisions.
+pub const OUTPUT_CHAIN: &str = "MESHENTRY_OUTPUT";
+/// Our chain that redirects to the proxy.
+pub const REDIRECT_CHAIN: &str = "MESHENTRY_REDIRECT";
+
+/// What to capture.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CaptureOptions {
+    /// The proxy runs as this uid; its own connections are never captured (Istio: 1337).
+    pub proxy_uid: u32,
+    /// Where redirected connections go (Istio: 15001).
+    pub outbound_port: u16,
+    /// Destination ports left alone.
+    pub exclude_ports: Vec<u16>,
+}
+
+/// iptables or ip6tables.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    pub fn binary(self) -> &'static str {
+        match self {
+            Family::V4 => "iptables",
+            Family::V6 => "ip6tables",
+        }
+    }
+
+    fn loopback(self) -> &'static str {
+        match self {
+            Family::V4 => "127.0.0.1/32",
+            Family::V6 => "::1/128",
+        }
+    }
+}
+
+fn nat(args: &[&str]) -> Vec<String> {
+    ["-w", "-t", "nat"].iter().chain(args).map(|s| s.to_string()).collect()
+}
+
+/// The invocations that install capture, in order, assuming our chains do not exist. The
+/// jump from `OUTPUT` comes last, so capture starts only once its chains are complete.
+pub fn install_rules(o: &CaptureOptions, family: Family) -> Vec<Vec<String>> {
+    let uid = o.proxy_uid.to_string();
+    let port = o.outbound_port.to_string();
+    let mut rules = vec![
+        nat(&["-N", REDIRECT_CHAIN]),
+        nat(&["-A", REDIRECT_CHAIN, "-p", "tcp", "-j", "REDIRECT", "--to-ports", &port]),
+        nat(&["-N", OUTPUT_CHAIN]),
+        nat(&["-A", OUTPUT_CHAIN, "-m", "owner", "--uid-owner", &uid, "-j", "RETURN"]),
+        nat(&["-A", OUTPUT_CHAIN, "-d", family.loopback(), "-j", "RETURN"]),
+    ];
+    for p in &o.exclude_ports {
+        let p = p.to_string();
+        rules.push(nat(&["-A", OUTPUT_CHAIN, "-p", "tcp", "--dport", &p, "-j", "RETURN"]));
+    }
+    rules.push(nat(&["-A", OUTPUT_CHAIN, "-j", REDIRECT_CHAIN]));
+    rules.push(nat(&["-A", "OUTPUT", "-p", "tcp", "-j", OUTPUT_CHAIN]));
+    rules
+}
+
+/// The jump from `OUTPUT` (for `-C` and `-D`).
+fn jump(op: &str) -> Vec<String> {
+    nat(&[op, "OUTPUT", "-p", "tcp", "-j", OUTPUT_CHAIN])
+}
+
+/// A capture command that failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{command} failed: {reason}")]
+pub struct CaptureError {
+    pub command: String,
+    pub reason: String,
+}
+
+fn run(binary: &str, args: &[String]) -> Result<(), CaptureError> {
+    let command = format!("{binary} {}", args.join(" "));
+    match Command::new(binary).args(args).output() {
+        Ok(out) if out.status.success() => Ok(()),
+        Ok(out) => Err(CaptureError {
+            command,
+            reason: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        }),
+        Err(e) => Err(CaptureError {
+            command,
+            reason: e.to_string(),
+        }),
+    }
+}
+
+/// Installs capture for `family`, replacing any earlier installation of ours (so running it
+/// twice leaves one set of rules). On a failure, what was added is removed again.
+pub fn install(o: &CaptureOptions, family: Family) -> Result<(), CaptureError> {
+    remove(family)?;
+    for args in install_rules(o, family) {
+        if let Err(e) = run(family.binary(), &args) {
+            let _ = remove(family);
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// Removes our jump and chains; nothing else is touched. Removing twice is not an error.
+pub fn remove(family: Family) -> Result<(), CaptureError> {
+    let binary = family.binary();
+    // Every copy of the jump, in case one was added by hand too.
+    while run(binary, &jump("-C")).is_ok() {
+        run(binary, &jump("-D"))?;
+    }
+    for chain in [OUTPUT_CHAIN, REDIRECT_CHAIN] {
+        if run(binary, &nat(&["-L", chain, "-n"])).is_ok() {
+            run(binary, &nat(&["-F", chain]))?;
+            run(binary, &nat(&["-X", chain]))?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether `family`'s binary is installed (ip6tables may not be).
+pub fn available(family: Family) -> bool {
+    Command::new(family.binary())
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rules_in_order() {
+        let o = CaptureOptions {
+            proxy_uid: 1337,
+            outbound_port: 15001,
+            exclude_ports: vec![22, 15000],
+        };
+        let lines: Vec<String> = install_rules(&o, Family::V4).iter().map(|r| r.join(" ")).collect();
+        assert_eq!(
+            lines,
+            [
+                "-w -t nat -N MESHENTRY_REDIRECT",
+                "-w -t nat -A MESHENTRY_REDIRECT -p tcp -j REDIRECT --to-ports 15001",
+                "-w -t nat -N MESHENTRY_OUTPUT",
+                "-w -t nat -A MESHENTRY_OUTPUT -m owner --uid-owner 1337 -j RETURN",
+                "-w -t nat -A MESHENTRY_OUTPUT -d 127.0.0.1/32 -j RETURN",
+                "-w -t nat -A MESHENTRY_OUTPUT -p tcp --dport 22 -j RETURN",
+                "-w -t nat -A MESHENTRY_OUTPUT -p tcp --dport 15000 -j RETURN",
+                "-w -t nat -A MESHENTRY_OUTPUT -j MESHENTRY_REDIRECT",
+                "-w -t nat -A OUTPUT -p tcp -j MESHENTRY_OUTPUT",
+            ]
+        );
+        let v6 = install_rules(&o, Family::V6);
+        assert!(v6.iter().any(|r| r.join(" ").contains("-d ::1/128 -j RETURN")));
+    }
+}
