@@ -604,21 +604,11 @@ mod tests {
     }
 
     fn errors(yaml: &str) -> Vec<String> {
-        run(yaml)
-            .problems
-            .into_iter()
-            .filter(|p| p.severity == super::super::Severity::Error)
-            .map(|p| p.message)
-            .collect()
+        run(yaml).messages_of(super::super::Severity::Error)
     }
 
     fn warnings(yaml: &str) -> Vec<String> {
-        run(yaml)
-            .problems
-            .into_iter()
-            .filter(|p| p.severity == super::super::Severity::Warning)
-            .map(|p| p.message)
-            .collect()
+        run(yaml).messages_of(super::super::Severity::Warning)
     }
 
     /// A realistic rule using most of the API (istio.io examples combined).

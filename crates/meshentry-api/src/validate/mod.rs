@@ -65,6 +65,15 @@ impl Report {
     pub fn messages(&self) -> Vec<String> {
         self.problems.iter().map(|p| p.message.clone()).collect()
     }
+
+    /// The messages of one severity, for tests.
+    pub fn messages_of(&self, severity: Severity) -> Vec<String> {
+        self.problems
+            .iter()
+            .filter(|p| p.severity == severity)
+            .map(|p| p.message.clone())
+            .collect()
+    }
 }
 
 /// Shared by the validators' tests.

@@ -1002,21 +1002,12 @@ mod tests {
         r
     }
 
-    fn of(yaml: &str, severity: Severity) -> Vec<String> {
-        run(yaml)
-            .problems
-            .into_iter()
-            .filter(|p| p.severity == severity)
-            .map(|p| p.message)
-            .collect()
-    }
-
     fn errors(yaml: &str) -> Vec<String> {
-        of(yaml, Severity::Error)
+        run(yaml).messages_of(Severity::Error)
     }
 
     fn warnings(yaml: &str) -> Vec<String> {
-        of(yaml, Severity::Warning)
+        run(yaml).messages_of(Severity::Warning)
     }
 
     /// One HTTP rule for host a.com; `rule` is the body of the rule in flow style.
