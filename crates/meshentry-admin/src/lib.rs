@@ -132,14 +132,11 @@ fn clusters_json(shared: &Shared) -> Value {
                     set.hosts
                         .iter()
                         .map(|h| {
-                            json!({
-                                "address": h.addr.to_string(),
-                                "weight": h.load.weight,
-                                "active": h.load.active.load(Ordering::Relaxed),
-                                "requests": h.stats.requests.load(Ordering::Relaxed),
-                                "connections": h.stats.connections.load(Ordering::Relaxed),
-                                "connect_failures": h.stats.connect_failures.load(Ordering::Relaxed),
-                            })
+                            let mut v = json!({"address": h.addr.to_string(), "weight": h.load.weight});
+                            for (name, _, value) in host_counters(h) {
+                                v[name] = json!(value);
+                            }
+                            v
                         })
                         .collect()
                 })
@@ -157,6 +154,21 @@ fn clusters_json(shared: &Shared) -> Value {
     json!({ "clusters": clusters })
 }
 
+/// A host's counters as `(JSON name, Envoy's /clusters name, value)`, so both forms of
+/// `/clusters` report the same things.
+fn host_counters(h: &meshentry_proxy::cluster::Host) -> [(&'static str, &'static str, u64); 4] {
+    [
+        ("active", "rq_active", u64::from(h.load.active.load(Ordering::Relaxed))),
+        ("requests", "rq_total", h.stats.requests.load(Ordering::Relaxed)),
+        ("connections", "cx_total", h.stats.connections.load(Ordering::Relaxed)),
+        (
+            "connect_failures",
+            "cx_connect_fail",
+            h.stats.connect_failures.load(Ordering::Relaxed),
+        ),
+    ]
+}
+
 /// Envoy's text format: `cluster::host:port::stat::value`.
 fn clusters_text(shared: &Shared) -> String {
     let snap = shared.snapshot.load();
@@ -167,30 +179,9 @@ fn clusters_text(shared: &Shared) -> String {
             for h in set.hosts.iter() {
                 let a = &h.addr;
                 let _ = writeln!(out, "{}::{a}::weight::{}", c.name, h.load.weight);
-                let _ = writeln!(
-                    out,
-                    "{}::{a}::rq_active::{}",
-                    c.name,
-                    h.load.active.load(Ordering::Relaxed)
-                );
-                let _ = writeln!(
-                    out,
-                    "{}::{a}::rq_total::{}",
-                    c.name,
-                    h.stats.requests.load(Ordering::Relaxed)
-                );
-                let _ = writeln!(
-                    out,
-                    "{}::{a}::cx_total::{}",
-                    c.name,
-                    h.stats.connections.load(Ordering::Relaxed)
-                );
-                let _ = writeln!(
-                    out,
-                    "{}::{a}::cx_connect_fail::{}",
-                    c.name,
-                    h.stats.connect_failures.load(Ordering::Relaxed)
-                );
+                for (_, envoy_name, value) in host_counters(h) {
+                    let _ = writeln!(out, "{}::{a}::{envoy_name}::{value}", c.name);
+                }
             }
         }
     }
