@@ -7,6 +7,7 @@
 //! - [`forward`], [`upstream`]: connecting and sending, with failover and pooling;
 //! - [`h1`], [`chunked`]: the fast path for plain HTTP/1.1 requests;
 //! - [`http`], [`tunnel`], [`sni`]: the general (hyper) path, CONNECT tunnels, SNI;
+//! - [`h2`]: HTTP/2 prior-knowledge clients, HTTP/2 upstream requests, gRPC error replies;
 //! - [`server`]: shared state, counters and accept loops;
 //! - [`capture`]: the iptables rules for transparent capture (`meshentry iptables`).
 
@@ -17,6 +18,7 @@ pub mod config;
 pub mod dns;
 pub mod forward;
 pub mod h1;
+pub mod h2;
 pub mod http;
 pub mod lb;
 pub mod route;
