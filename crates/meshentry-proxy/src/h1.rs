@@ -9,8 +9,9 @@
 //! [`ChunkScanner`] finds the end. Upstream connections are raw streams in a per-thread pool.
 //!
 //! Anything else (CONNECT, `Upgrade`, `Expect`, chunked request bodies, HTTP/1.0, `https://`
-//! targets) is handed, with the bytes already read, to the general hyper path in [`crate::http`],
-//! which then serves the rest of the connection. The routing, refusals, counters and error
+//! targets, requests routed to HTTP/2 or gRPC ports) is handed, with the bytes already read, to
+//! the general hyper path in [`crate::http`], which then serves the rest of the connection; an
+//! HTTP/2 prior-knowledge client goes to [`crate::h2`]. The routing, refusals, counters and error
 //! responses are the same on both paths.
 
 use std::cell::RefCell;
@@ -25,12 +26,13 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
+use meshentry_registry::Protocol;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::chunked::ChunkScanner;
 use crate::cluster::HostAddr;
-use crate::forward::{Failover, Original, UpstreamError};
+use crate::forward::{Failover, Original, UpstreamError, UpstreamProtocol};
 use crate::http::{ConnCtx, MAX_HEAD_BYTES, MAX_HEADERS};
 use crate::route::{self, Decision, split_host_port};
 use crate::server::{ConnGuard, Shared};
@@ -53,10 +55,21 @@ pub async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<S
         up_head: Vec::with_capacity(1024),
     };
     let mut head = Head::default();
+    let mut first = true;
     loop {
         match read_head(&mut conn, &mut head, &ctx.shared).await {
             Ok(true) => {}
             Ok(false) => return,
+            // The HTTP/2 preface does not parse as HTTP/1.x; a prior-knowledge client sends it
+            // first thing.
+            Err(_) if first && is_h2_preface(&conn.buf) => {
+                let io = Rewind {
+                    prefix: conn.buf,
+                    inner: conn.stream,
+                };
+                crate::h2::serve(io, ctx).await;
+                return;
+            }
             Err(refusal) => {
                 // Counted nowhere: like hyper, a head that does not parse never becomes a request.
                 conn.out.clear();
@@ -65,23 +78,34 @@ pub async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<S
                 return;
             }
         }
-        if needs_general_path(&conn.buf, &head) {
-            let io = Rewind {
-                prefix: conn.buf,
-                inner: conn.stream,
+        first = false;
+        if !needs_general_path(&conn.buf, &head) {
+            ctx.shared.stats.http_requests.fetch_add(1, Ordering::Relaxed);
+            match exchange(&mut conn, &head, &ctx).await {
+                Next::KeepAlive => continue,
+                Next::Close => {
+                    let _ = conn.stream.shutdown().await;
+                    return;
+                }
+                // The general path counts the request itself.
+                Next::GeneralPath => ctx.shared.stats.http_requests.fetch_sub(1, Ordering::Relaxed),
             };
-            crate::http::serve_io(io, peer, ctx).await;
-            return;
         }
-        ctx.shared.stats.http_requests.fetch_add(1, Ordering::Relaxed);
-        match exchange(&mut conn, &head, &ctx).await {
-            Next::KeepAlive => {}
-            Next::Close => {
-                let _ = conn.stream.shutdown().await;
-                return;
-            }
-        }
+        let io = Rewind {
+            prefix: conn.buf,
+            inner: conn.stream,
+        };
+        crate::http::serve_io(io, peer, ctx).await;
+        return;
     }
+}
+
+/// Whether the bytes that failed to parse as HTTP/1.x are (the start of) the HTTP/2 preface.
+/// httparse rejects the version as soon as it reads `HTTP/2`, possibly before the whole
+/// preface arrived; the HTTP/2 server reads and checks the rest.
+fn is_h2_preface(buf: &[u8]) -> bool {
+    let n = buf.len().min(crate::h2::PREFACE.len());
+    n > 0 && buf[..n] == crate::h2::PREFACE[..n]
 }
 
 /// The client side: its stream, what has been read and not yet used, and a scratch buffer for
@@ -202,6 +226,9 @@ fn contains_token(value: &[u8], token: &[u8]) -> bool {
 enum Next {
     KeepAlive,
     Close,
+    /// Not for the fast path after all (it is routed to an HTTP/2 or gRPC port): the request,
+    /// still unread in the buffer, and the rest of the connection go to the general path.
+    GeneralPath,
 }
 
 /// One request/response exchange on the fast path.
@@ -263,6 +290,14 @@ async fn exchange(conn: &mut Downstream, head: &Head, ctx: &ConnCtx) -> Next {
         Decision::Passthrough => {
             shared.stats.passthrough.fetch_add(1, Ordering::Relaxed);
             None
+        }
+        // HTTP/2 upstreams (HTTP2, GRPC) are the general path's; so is gRPC-Web, whose errors
+        // must be answered in gRPC terms.
+        Decision::Cluster { port, .. }
+            if UpstreamProtocol::of_port(port.protocol) == UpstreamProtocol::H2
+                || port.protocol == Protocol::GrpcWeb =>
+        {
+            return Next::GeneralPath;
         }
         Decision::Cluster { cluster, .. } => Some(&***cluster),
     };
