@@ -205,6 +205,8 @@ fn stats_text(shared: &Shared) -> String {
         ),
         ("upstream_errors_total", s.upstream_errors.load(Ordering::Relaxed)),
         ("bad_requests_total", s.bad_requests.load(Ordering::Relaxed)),
+        ("outbound_cx_total", s.outbound_connections.load(Ordering::Relaxed)),
+        ("outbound_loop_refused_total", s.outbound_loops.load(Ordering::Relaxed)),
         ("dns_queries_total", shared.dns.stats.queries.load(Ordering::Relaxed)),
         ("dns_failures_total", shared.dns.stats.failures.load(Ordering::Relaxed)),
         ("config_generation", shared.snapshot.load().generation),
@@ -212,6 +214,13 @@ fn stats_text(shared: &Shared) -> String {
     let mut out = String::new();
     for (name, value) in counters {
         let _ = writeln!(out, "meshentry.{name}: {value}");
+    }
+    for (name, value) in meshentry_proxy::server::DETECTED_NAMES.iter().zip(&s.detected) {
+        let _ = writeln!(
+            out,
+            "meshentry.outbound_sniffed_{name}_total: {}",
+            value.load(Ordering::Relaxed)
+        );
     }
     out
 }

@@ -6,13 +6,15 @@
 //! declare the port; IPs match service addresses and CIDRs (C4, C5: longest prefix). Anything
 //! else is unknown, and the outbound policy decides (C8).
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use meshentry_registry::{Port, Service, host};
+use meshentry_registry::{Port, Protocol, Service, host};
 
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, HostAddr};
 use crate::config::OutboundPolicy;
+use crate::detect::Detected;
+use crate::dns::Dns;
 use crate::snapshot::Snapshot;
 
 /// Where a destination goes.
@@ -56,7 +58,198 @@ pub fn route<'s>(snap: &'s Snapshot, host: &str, port: u16) -> Decision<'s> {
     }
 }
 
-fn unknown(snap: &Snapshot) -> Decision<'_> {
+/// Routes an HTTP request that arrived on the transparent listener for `dst`: its `Host`
+/// names the service among those on the destination port (the Host's own port is ignored,
+/// C3); a request whose Host names nothing known goes to the service whose address `dst` is,
+/// where Istio would pass it through to that (virtual, unreachable) address.
+pub fn route_transparent<'s>(snap: &'s Snapshot, host: Option<&str>, dst: SocketAddr) -> Decision<'s> {
+    if let Some(h) = host
+        && let Some((service, p)) = find_service(snap, h, u32::from(dst.port()))
+        && let Some(cluster) = snap.cluster(service, p.number)
+    {
+        return Decision::Cluster {
+            cluster,
+            service,
+            port: p,
+        };
+    }
+    by_address(snap, dst).unwrap_or_else(|| unknown(snap))
+}
+
+/// The service whose address (a VIP, an endpoint IP of a selector-based NONE service, or a
+/// CIDR) is `dst`'s IP, and that has `dst`'s port (C4, C5).
+pub fn by_address(snap: &Snapshot, dst: SocketAddr) -> Option<Decision<'_>> {
+    let port = u32::from(dst.port());
+    let service = snap.view().lookup_addr(dst.ip(), port)?;
+    let p = service.port(port)?;
+    let cluster = snap.cluster(service, port)?;
+    Some(Decision::Cluster {
+        cluster,
+        service,
+        port: p,
+    })
+}
+
+/// What the transparent listener does with a connection to `dst` before reading from it.
+pub enum Plan<'s> {
+    /// Relay the bytes as they are: declared TCP or TLS to a service address, or an unknown
+    /// destination under ALLOW_ANY (no service could claim it, whatever it carries).
+    Relay(Decision<'s>),
+    /// The port's catch-all TCP service decides (see [`tcp_owner`]).
+    TcpOwner,
+    /// The first bytes decide: see [`after_detection`].
+    Detect,
+}
+
+/// Decides what can be decided from the destination alone, so that declared TCP (and
+/// server-first protocols on it) never waits for detection.
+pub fn plan(snap: &Snapshot, dst: SocketAddr) -> Plan<'_> {
+    if let Some(d) = by_address(snap, dst) {
+        if let Decision::Cluster { port, .. } = &d
+            && (port.protocol.is_tls() || (port.protocol.is_opaque_tcp() && port.protocol != Protocol::Unset))
+        {
+            return Plan::Relay(d);
+        }
+        return Plan::Detect;
+    }
+    match snap.port_info(u32::from(dst.port())) {
+        Some(info) if !info.http && !info.sni && info.tcp_declared => Plan::TcpOwner,
+        Some(_) => Plan::Detect,
+        None => match snap.policy {
+            OutboundPolicy::AllowAny => Plan::Relay(Decision::Passthrough),
+            // Read the first bytes only to refuse in the client's own protocol.
+            OutboundPolicy::RegistryOnly => Plan::Detect,
+        },
+    }
+}
+
+/// How a connection is handled once its first bytes are known.
+pub enum Handling<'s> {
+    /// Relay the bytes to this decision. `misdeclared`: the service's port is declared HTTP
+    /// but the client speaks TLS to it (Istio would fail the connection).
+    Relay { decision: Decision<'s>, misdeclared: bool },
+    /// Serve HTTP, routing each request by its Host ([`route_transparent`]).
+    Http,
+}
+
+/// C3-C8 for the transparent listener: what `detected` on a connection to `dst` means.
+pub async fn after_detection<'s>(
+    snap: &'s Snapshot,
+    dns: &Arc<Dns>,
+    dst: SocketAddr,
+    detected: &Detected,
+) -> Handling<'s> {
+    let port = u32::from(dst.port());
+    let relay = |decision| Handling::Relay {
+        decision,
+        misdeclared: false,
+    };
+    let vip = by_address(snap, dst);
+    let info = snap.port_info(port).copied().unwrap_or_default();
+    match detected {
+        Detected::Tls { sni } => {
+            if let Some(d) = vip {
+                let misdeclared = matches!(&d, Decision::Cluster { port, .. } if port.protocol.is_http());
+                return Handling::Relay {
+                    decision: d,
+                    misdeclared,
+                };
+            }
+            if let Some(sni) = sni {
+                let view = snap.view();
+                if let Some(service) = view.lookup_sni(sni, port)
+                    && let (Some(p), Some(cluster)) = (service.port(port), snap.cluster(service, port))
+                {
+                    return relay(Decision::Cluster {
+                        cluster,
+                        service,
+                        port: p,
+                    });
+                }
+                // A service that declares the port HTTP (or unset) but gets TLS: forward it as
+                // TLS to that service rather than fail it.
+                if let Some((service, p)) = find_service(snap, sni, port)
+                    && let Some(cluster) = snap.cluster(service, port)
+                {
+                    return Handling::Relay {
+                        decision: Decision::Cluster {
+                            cluster,
+                            service,
+                            port: p,
+                        },
+                        misdeclared: p.protocol.is_http(),
+                    };
+                }
+            }
+            relay(tcp_owner(snap, dns, dst).await.unwrap_or_else(|| unknown(snap)))
+        }
+        Detected::Http1 | Detected::H2c => {
+            let vip_is_http = matches!(&vip, Some(Decision::Cluster { port, .. }) if port.protocol.is_http() || port.protocol == Protocol::Unset);
+            if info.http || vip_is_http {
+                return Handling::Http;
+            }
+            if let Some(d) = vip {
+                return relay(d);
+            }
+            if let Some(d) = tcp_owner(snap, dns, dst).await {
+                return relay(d);
+            }
+            match snap.policy {
+                OutboundPolicy::AllowAny => relay(Decision::Passthrough),
+                // Per request, so that each gets a 502 that says why.
+                OutboundPolicy::RegistryOnly => Handling::Http,
+            }
+        }
+        Detected::Other | Detected::Nothing | Detected::BadTls(_) | Detected::Closed => match vip {
+            Some(d) => relay(d),
+            None => relay(tcp_owner(snap, dns, dst).await.unwrap_or_else(|| unknown(snap))),
+        },
+    }
+}
+
+/// C5: the service that takes TCP traffic to any destination on `dst`'s port. Istio gives it
+/// all to the oldest of several such services; when there are several, the one whose
+/// endpoints include the destination IP (the address the application resolved its host to)
+/// gets the connection, and the oldest only when none does.
+pub async fn tcp_owner<'s>(snap: &'s Snapshot, dns: &Arc<Dns>, dst: SocketAddr) -> Option<Decision<'s>> {
+    let port = u32::from(dst.port());
+    let info = snap.port_info(port)?;
+    let view = snap.view();
+    let first = view.lookup_port(port)?;
+    let mut chosen = first;
+    if info.tcp_wild > 1 {
+        let mut candidates: Vec<&Service> = view
+            .services_on_port(port)
+            .filter(|s| s.addresses.iter().all(|a| a.net.addr().is_unspecified()))
+            .filter(|s| s.port(port).is_some_and(|p| p.protocol.is_opaque_tcp()))
+            .collect();
+        candidates.sort_by_key(|s| s.preference(view.namespace()));
+        for service in candidates {
+            let Some(cluster) = snap.cluster(service, port) else {
+                continue;
+            };
+            let Ok(hosts) = cluster.hosts(dns).await else { continue };
+            if hosts
+                .hosts
+                .iter()
+                .any(|h| matches!(h.addr, HostAddr::Ip(a) if a.ip() == dst.ip()))
+            {
+                chosen = service;
+                break;
+            }
+        }
+    }
+    let p = chosen.port(port)?;
+    let cluster = snap.cluster(chosen, port)?;
+    Some(Decision::Cluster {
+        cluster,
+        service: chosen,
+        port: p,
+    })
+}
+
+/// C8: where a destination no service claims goes.
+pub fn unknown(snap: &Snapshot) -> Decision<'_> {
     match snap.policy {
         OutboundPolicy::AllowAny => Decision::Passthrough,
         OutboundPolicy::RegistryOnly => Decision::Blocked,

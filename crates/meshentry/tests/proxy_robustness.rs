@@ -124,6 +124,8 @@ impl Proxy {
             &http.to_string(),
             "--admin",
             &admin.to_string(),
+            "--outbound",
+            &format!("{ip}:15001"),
             // Nothing listens there: STATIC services need no DNS, and a lookup made by mistake
             // must not leave loopback (nor depend on the machine's resolv.conf).
             "--dns-server",
