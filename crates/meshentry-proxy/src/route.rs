@@ -333,6 +333,222 @@ mod tests {
         assert_eq!(split_host_port("::1", 80), None);
     }
 
+    const CONFIG: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: web}
+spec:
+  hosts: [web.example.com]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: STATIC
+  endpoints: [{address: 10.0.0.1}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: mongo}
+spec:
+  hosts: [mongo.internal]
+  addresses: [192.192.192.192/24]
+  ports: [{number: 27018, name: mongo, protocol: MONGO}]
+  resolution: STATIC
+  endpoints: [{address: 10.0.0.2}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: api}
+spec:
+  hosts: [api.example.com]
+  ports: [{number: 443, name: tls, protocol: TLS}]
+  resolution: STATIC
+  endpoints: [{address: 10.0.0.3}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: misdeclared}
+spec:
+  hosts: [plain.example.com]
+  ports: [{number: 443, name: http, protocol: HTTP}]
+  resolution: STATIC
+  endpoints: [{address: 10.0.0.4}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: db-a, creationTimestamp: "2024-01-01T00:00:00Z"}
+spec:
+  hosts: [db-a.internal]
+  ports: [{number: 5432, name: pg, protocol: TCP}]
+  resolution: STATIC
+  endpoints: [{address: 10.0.1.1}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: db-b, creationTimestamp: "2024-02-01T00:00:00Z"}
+spec:
+  hosts: [db-b.internal]
+  ports: [{number: 5432, name: pg, protocol: TCP}]
+  resolution: STATIC
+  endpoints: [{address: 10.0.2.1}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: auto}
+spec:
+  hosts: [auto.internal]
+  addresses: [10.9.9.9]
+  ports: [{number: 7000, name: auto}]
+  resolution: STATIC
+  endpoints: [{address: 10.0.3.1}]
+"#;
+
+    fn snapshot(policy: OutboundPolicy) -> (Snapshot, Arc<Dns>) {
+        let loaded = meshentry_api::load_str("test.yaml", CONFIG, &meshentry_api::LoadOptions::default());
+        assert!(!loaded.has_errors(), "{:?}", loaded.errors().collect::<Vec<_>>());
+        let valid: Vec<_> = loaded.valid().collect();
+        let dns = Dns::new(crate::dns::DnsConfig {
+            server: Some(SocketAddr::from(([127, 0, 0, 1], 9))),
+            ..Default::default()
+        })
+        .unwrap();
+        let config = crate::config::ProxyConfig {
+            policy_override: Some(policy),
+            ..Default::default()
+        };
+        (Snapshot::build(&valid, &config, &dns, 1), dns)
+    }
+
+    fn dst(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    fn name(p: Plan<'_>) -> String {
+        match p {
+            Plan::Relay(d) => format!("relay {}", d.cluster_name()),
+            Plan::TcpOwner => "tcp owner".into(),
+            Plan::Detect => "detect".into(),
+        }
+    }
+
+    async fn handled(snap: &Snapshot, dns: &Arc<Dns>, to: &str, d: Detected) -> String {
+        match after_detection(snap, dns, dst(to), &d).await {
+            Handling::Http => "http".into(),
+            Handling::Relay { decision, misdeclared } => {
+                format!(
+                    "relay {}{}",
+                    decision.cluster_name(),
+                    if misdeclared { " (misdeclared)" } else { "" }
+                )
+            }
+        }
+    }
+
+    #[test]
+    fn declared_tcp_and_unknown_destinations_are_decided_without_reading() {
+        let (snap, _dns) = snapshot(OutboundPolicy::AllowAny);
+        assert_eq!(
+            name(plan(&snap, dst("192.192.192.7:27018"))),
+            "relay outbound|27018||mongo.internal"
+        );
+        assert_eq!(name(plan(&snap, dst("203.0.113.1:5432"))), "tcp owner");
+        assert_eq!(name(plan(&snap, dst("203.0.113.1:9999"))), "relay PassthroughCluster");
+        // A port with HTTP or SNI services, and an address with an unset protocol, need bytes.
+        assert_eq!(name(plan(&snap, dst("203.0.113.1:80"))), "detect");
+        assert_eq!(name(plan(&snap, dst("203.0.113.1:443"))), "detect");
+        assert_eq!(name(plan(&snap, dst("10.9.9.9:7000"))), "detect");
+        // Outside the VIP range the mongo port is nobody's.
+        assert_eq!(
+            name(plan(&snap, dst("192.192.193.7:27018"))),
+            "relay PassthroughCluster"
+        );
+        let (snap, _dns) = snapshot(OutboundPolicy::RegistryOnly);
+        // Refusals are made in the client's own protocol, so REGISTRY_ONLY reads first.
+        assert_eq!(name(plan(&snap, dst("203.0.113.1:9999"))), "detect");
+    }
+
+    #[tokio::test]
+    async fn first_bytes_pick_the_service() {
+        let (snap, dns) = snapshot(OutboundPolicy::AllowAny);
+        let tls = |sni: &str| Detected::Tls {
+            sni: Some(sni.to_string()),
+        };
+        assert_eq!(
+            handled(&snap, &dns, "203.0.113.1:443", tls("api.example.com")).await,
+            "relay outbound|443||api.example.com"
+        );
+        // TLS to a service that declares the port HTTP goes to it as TLS, with a warning.
+        assert_eq!(
+            handled(&snap, &dns, "203.0.113.1:443", tls("plain.example.com")).await,
+            "relay outbound|443||plain.example.com (misdeclared)"
+        );
+        assert_eq!(
+            handled(&snap, &dns, "203.0.113.1:443", tls("other.example.com")).await,
+            "relay PassthroughCluster"
+        );
+        assert_eq!(handled(&snap, &dns, "203.0.113.1:80", Detected::Http1).await, "http");
+        assert_eq!(handled(&snap, &dns, "203.0.113.1:80", Detected::H2c).await, "http");
+        // Unset protocol on a VIP: HTTP is served as HTTP, anything else relayed to it.
+        assert_eq!(handled(&snap, &dns, "10.9.9.9:7000", Detected::Http1).await, "http");
+        assert_eq!(
+            handled(&snap, &dns, "10.9.9.9:7000", Detected::Nothing).await,
+            "relay outbound|7000||auto.internal"
+        );
+        assert_eq!(
+            handled(&snap, &dns, "10.9.9.9:7000", Detected::Other).await,
+            "relay outbound|7000||auto.internal"
+        );
+    }
+
+    #[tokio::test]
+    async fn several_catch_all_tcp_services_are_told_apart_by_their_endpoints() {
+        let (snap, dns) = snapshot(OutboundPolicy::AllowAny);
+        let owner = |to: &'static str| {
+            let (snap, dns) = (&snap, &dns);
+            async move {
+                tcp_owner(snap, dns, dst(to))
+                    .await
+                    .map(|d| d.cluster_name().to_string())
+            }
+        };
+        // Istio gives everything to the oldest; the destination IP says which one was meant.
+        assert_eq!(
+            owner("10.0.2.1:5432").await.as_deref(),
+            Some("outbound|5432||db-b.internal")
+        );
+        assert_eq!(
+            owner("10.0.1.1:5432").await.as_deref(),
+            Some("outbound|5432||db-a.internal")
+        );
+        assert_eq!(
+            owner("203.0.113.9:5432").await.as_deref(),
+            Some("outbound|5432||db-a.internal")
+        );
+        assert!(
+            snap.warnings
+                .iter()
+                .any(|w| w.contains("port 5432") && w.contains("db-a.internal"))
+        );
+        assert!(snap.warnings.iter().any(|w| w.contains("plain.example.com port 443")));
+    }
+
+    #[test]
+    fn captured_http_routes_by_host_on_the_original_port() {
+        let (snap, _dns) = snapshot(OutboundPolicy::RegistryOnly);
+        let routed = |host: Option<&str>, to: &str| route_transparent(&snap, host, dst(to)).cluster_name().to_string();
+        assert_eq!(
+            routed(Some("web.example.com"), "203.0.113.1:80"),
+            "outbound|80||web.example.com"
+        );
+        // The Host's port is not the listener's: the original destination port decides.
+        let host = split_host_port("web.example.com:8080", 80).map(|(h, _)| h);
+        assert_eq!(routed(host, "203.0.113.1:80"), "outbound|80||web.example.com");
+        assert_eq!(routed(Some("web.example.com"), "203.0.113.1:8080"), "BlackHoleCluster");
+        // A Host nobody claims, to a service address, goes to that service.
+        assert_eq!(
+            routed(Some("whatever"), "10.9.9.9:7000"),
+            "outbound|7000||auto.internal"
+        );
+        assert_eq!(routed(None, "203.0.113.1:80"), "BlackHoleCluster");
+    }
+
     #[test]
     fn wildcard_cover() {
         assert!(covers("*.bar.com", "foo.bar.com"));
