@@ -122,8 +122,12 @@ async fn handle(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let cluster = match &decision {
         Decision::Blocked => {
             stats.blocked.fetch_add(1, Ordering::Relaxed);
+            let sni = match &detected {
+                Some(Detected::Tls { sni: Some(sni) }) => sni.as_str(),
+                _ => "",
+            };
             tracing::warn!(
-                %peer, %dst, namespace = %snapshot.namespace, policy_source = %snapshot.policy_source,
+                %peer, %dst, sni, namespace = %snapshot.namespace, policy_source = %snapshot.policy_source,
                 "blocked by REGISTRY_ONLY: destination is not in the service registry"
             );
             if matches!(detected, Some(Detected::Tls { .. })) {
