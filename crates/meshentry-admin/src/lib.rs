@@ -86,8 +86,31 @@ fn config_dump(shared: &Shared) -> Value {
         "outboundTrafficPolicy": {"mode": snap.policy.as_str(), "source": snap.policy_source},
         "registry": registry,
         "routes": routes(&snap),
+        "outboundPorts": outbound_ports(&snap),
         "clusters": clusters,
+        "warnings": &snap.warnings,
     })
+}
+
+/// What the transparent listener finds on each port: which of Istio's filter chains exist on
+/// `0.0.0.0:<port>` (HTTP route table, SNI chains, a catch-all TCP service), and so whether a
+/// connection's first bytes are read before it is routed. Service addresses (VIPs) are in
+/// `registry`.
+fn outbound_ports(snap: &meshentry_proxy::snapshot::Snapshot) -> Value {
+    Value::Array(
+        snap.ports()
+            .into_iter()
+            .map(|(port, info)| {
+                json!({
+                    "port": port,
+                    "http": info.http,
+                    "sni": info.sni,
+                    "tcpCatchAll": info.tcp_wild,
+                    "detection": info.http || info.sni || !info.tcp_declared,
+                })
+            })
+            .collect(),
+    )
 }
 
 /// Istio's route tables as this proxy applies them: per port, each service's domains (its

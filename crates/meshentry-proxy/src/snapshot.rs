@@ -87,6 +87,13 @@ impl Snapshot {
         self.ports.get(&port)
     }
 
+    /// Every port of the transparent listener's table, sorted, for admin output.
+    pub fn ports(&self) -> Vec<(u32, &PortInfo)> {
+        let mut all: Vec<(u32, &PortInfo)> = self.ports.iter().map(|(p, i)| (*p, i)).collect();
+        all.sort_by_key(|(p, _)| *p);
+        all
+    }
+
     /// The registry as this proxy sees it.
     pub fn view(&self) -> View<'_, '_> {
         self.registry.view(&self.namespace)
