@@ -43,19 +43,22 @@ impl Decision<'_> {
     }
 }
 
+impl<'s> Decision<'s> {
+    /// Port `port` of `service`, when this snapshot has its cluster.
+    fn to(snap: &'s Snapshot, service: &'s Service, port: u32) -> Option<Decision<'s>> {
+        Some(Decision::Cluster {
+            cluster: snap.cluster(service, port)?,
+            service,
+            port: service.port(port)?,
+        })
+    }
+}
+
 /// Routes `host:port` (`host` a name or an IP literal, without brackets).
 pub fn route<'s>(snap: &'s Snapshot, host: &str, port: u16) -> Decision<'s> {
-    match find_service(snap, host, u32::from(port)) {
-        Some((service, p)) => match snap.cluster(service, p.number) {
-            Some(cluster) => Decision::Cluster {
-                cluster,
-                service,
-                port: p,
-            },
-            None => unknown(snap),
-        },
-        None => unknown(snap),
-    }
+    find_service(snap, host, u32::from(port))
+        .and_then(|(service, p)| Decision::to(snap, service, p.number))
+        .unwrap_or_else(|| unknown(snap))
 }
 
 /// Routes an HTTP request that arrived on the transparent listener for `dst`: its `Host`
@@ -63,31 +66,17 @@ pub fn route<'s>(snap: &'s Snapshot, host: &str, port: u16) -> Decision<'s> {
 /// C3); a request whose Host names nothing known goes to the service whose address `dst` is,
 /// where Istio would pass it through to that (virtual, unreachable) address.
 pub fn route_transparent<'s>(snap: &'s Snapshot, host: Option<&str>, dst: SocketAddr) -> Decision<'s> {
-    if let Some(h) = host
-        && let Some((service, p)) = find_service(snap, h, u32::from(dst.port()))
-        && let Some(cluster) = snap.cluster(service, p.number)
-    {
-        return Decision::Cluster {
-            cluster,
-            service,
-            port: p,
-        };
-    }
-    by_address(snap, dst).unwrap_or_else(|| unknown(snap))
+    host.and_then(|h| find_service(snap, h, u32::from(dst.port())))
+        .and_then(|(service, p)| Decision::to(snap, service, p.number))
+        .or_else(|| by_address(snap, dst))
+        .unwrap_or_else(|| unknown(snap))
 }
 
 /// The service whose address (a VIP, an endpoint IP of a selector-based NONE service, or a
 /// CIDR) is `dst`'s IP, and that has `dst`'s port (C4, C5).
 pub fn by_address(snap: &Snapshot, dst: SocketAddr) -> Option<Decision<'_>> {
     let port = u32::from(dst.port());
-    let service = snap.view().lookup_addr(dst.ip(), port)?;
-    let p = service.port(port)?;
-    let cluster = snap.cluster(service, port)?;
-    Some(Decision::Cluster {
-        cluster,
-        service,
-        port: p,
-    })
+    Decision::to(snap, snap.view().lookup_addr(dst.ip(), port)?, port)
 }
 
 /// What the transparent listener does with a connection to `dst` before reading from it.
@@ -156,27 +145,20 @@ pub async fn after_detection<'s>(
                 };
             }
             if let Some(sni) = sni {
-                let view = snap.view();
-                if let Some(service) = view.lookup_sni(sni, port)
-                    && let (Some(p), Some(cluster)) = (service.port(port), snap.cluster(service, port))
+                if let Some(d) = snap
+                    .view()
+                    .lookup_sni(sni, port)
+                    .and_then(|service| Decision::to(snap, service, port))
                 {
-                    return relay(Decision::Cluster {
-                        cluster,
-                        service,
-                        port: p,
-                    });
+                    return relay(d);
                 }
                 // A service that declares the port HTTP (or unset) but gets TLS: forward it as
                 // TLS to that service rather than fail it.
                 if let Some((service, p)) = find_service(snap, sni, port)
-                    && let Some(cluster) = snap.cluster(service, port)
+                    && let Some(decision) = Decision::to(snap, service, port)
                 {
                     return Handling::Relay {
-                        decision: Decision::Cluster {
-                            cluster,
-                            service,
-                            port: p,
-                        },
+                        decision,
                         misdeclared: p.protocol.is_http(),
                     };
                 }
@@ -239,13 +221,7 @@ pub async fn tcp_owner<'s>(snap: &'s Snapshot, dns: &Arc<Dns>, dst: SocketAddr) 
             }
         }
     }
-    let p = chosen.port(port)?;
-    let cluster = snap.cluster(chosen, port)?;
-    Some(Decision::Cluster {
-        cluster,
-        service: chosen,
-        port: p,
-    })
+    Decision::to(snap, chosen, port)
 }
 
 /// C8: where a destination no service claims goes.
