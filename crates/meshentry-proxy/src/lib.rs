@@ -27,5 +27,6 @@ pub mod route;
 pub mod server;
 pub mod snapshot;
 pub mod sni;
+pub mod tls;
 pub mod tunnel;
 pub mod upstream;
