@@ -32,8 +32,9 @@ use tokio::net::TcpStream;
 
 use crate::chunked::ChunkScanner;
 use crate::cluster::HostAddr;
+use crate::detect::H2_PREFACE;
 use crate::forward::{Failover, Original, UpstreamError, UpstreamProtocol};
-use crate::http::{ConnCtx, MAX_HEAD_BYTES, MAX_HEADERS};
+use crate::http::{ConnCtx, MAX_HEAD_BYTES, MAX_HEADERS, Transparent};
 use crate::route::{self, Decision, split_host_port};
 use crate::server::{ConnGuard, Shared};
 use crate::upstream::{self, Stream};
@@ -42,15 +43,28 @@ use crate::upstream::{self, Stream};
 pub async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let stats_owner = shared.clone();
     let _guard = ConnGuard::new(&stats_owner.stats);
+    serve(stream, peer, shared, BytesMut::with_capacity(8 * 1024), None).await;
+}
+
+/// Serves HTTP/1 on `stream`, starting with the bytes already read from it (`buf`). With
+/// `transparent`, requests are routed as on a captured connection.
+pub async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    buf: BytesMut,
+    transparent: Option<Transparent>,
+) {
     let _ = stream.set_nodelay(true);
     let ctx = Arc::new(ConnCtx {
         snapshot: shared.snapshot.load_full(),
         shared,
         peer,
+        transparent,
     });
     let mut conn = Downstream {
         stream,
-        buf: BytesMut::with_capacity(8 * 1024),
+        buf,
         out: Vec::with_capacity(1024),
         up_head: Vec::with_capacity(1024),
     };
@@ -104,8 +118,8 @@ pub async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<S
 /// httparse rejects the version as soon as it reads `HTTP/2`, possibly before the whole
 /// preface arrived; the HTTP/2 server reads and checks the rest.
 fn is_h2_preface(buf: &[u8]) -> bool {
-    let n = buf.len().min(crate::h2::PREFACE.len());
-    n > 0 && buf[..n] == crate::h2::PREFACE[..n]
+    let n = buf.len().min(H2_PREFACE.len());
+    n > 0 && buf[..n] == H2_PREFACE[..n]
 }
 
 /// The client side: its stream, what has been read and not yet used, and a scratch buffer for
@@ -267,15 +281,27 @@ async fn exchange(conn: &mut Downstream, head: &Head, ctx: &ConnCtx) -> Next {
     } else {
         Skip::Close
     };
-    let Some((host, port)) = std::str::from_utf8(authority).ok().and_then(|a| split_host_port(a, 80)) else {
-        let reason = "meshentry: the request names no destination (no absolute URI and no Host header)";
-        return refuse(conn, shared, 400, reason, None, skip).await;
+    let parsed = std::str::from_utf8(authority).ok().and_then(|a| split_host_port(a, 80));
+    let (decision, host, port) = match &ctx.transparent {
+        // Captured: the Host picks among the services on the original port; its own port
+        // does not matter (C3), and a missing Host leaves the destination to decide.
+        Some(t) => {
+            let host = parsed.map(|(h, _)| h);
+            let decision = route::route_transparent(&ctx.snapshot, host, t.dst);
+            (decision, host.unwrap_or(&t.dst_ip), t.dst.port())
+        }
+        None => {
+            let Some((host, port)) = parsed else {
+                let reason = "meshentry: the request names no destination (no absolute URI and no Host header)";
+                return refuse(conn, shared, 400, reason, None, skip).await;
+            };
+            if shared.is_self(host, port) {
+                let reason = format!("meshentry: {host}:{port} is this proxy; the request would loop");
+                return refuse(conn, shared, 508, &reason, None, skip).await;
+            }
+            (route::route(&ctx.snapshot, host, port), host, port)
+        }
     };
-    if shared.is_self(host, port) {
-        let reason = format!("meshentry: {host}:{port} is this proxy; the request would loop");
-        return refuse(conn, shared, 508, &reason, None, skip).await;
-    }
-    let decision = route::route(&ctx.snapshot, host, port);
     let cluster = match &decision {
         Decision::Blocked => {
             shared.stats.blocked.fetch_add(1, Ordering::Relaxed);
@@ -334,13 +360,18 @@ async fn exchange(conn: &mut Downstream, head: &Head, ctx: &ConnCtx) -> Next {
     let body_rest = content_length - body_in_buf as u64;
     let method_is_head = &buf[head.method.clone()] == b"HEAD";
     let cluster_name = decision.cluster_name();
+    // The original destination: the named host for an explicit proxy, the captured address
+    // for a transparent one.
     let host_owned;
-    let original = Original {
-        host: {
-            host_owned = host.to_string();
-            &host_owned
+    let original = match &ctx.transparent {
+        Some(t) => t.original(),
+        None => Original {
+            host: {
+                host_owned = host.to_string();
+                &host_owned
+            },
+            port,
         },
-        port,
     };
     conn.buf.advance(head.len + body_in_buf);
 
@@ -866,6 +897,13 @@ pub struct Rewind {
     inner: TcpStream,
 }
 
+impl Rewind {
+    /// `inner`, yielding `prefix` (bytes already read from it) first.
+    pub fn new(prefix: BytesMut, inner: TcpStream) -> Self {
+        Self { prefix, inner }
+    }
+}
+
 impl AsyncRead for Rewind {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         if !self.prefix.is_empty() {
@@ -915,6 +953,27 @@ mod tests {
         assert!(is_hop_by_hop(b"X-Trace", Some(b"keep-alive, x-trace")));
         assert!(!is_hop_by_hop(b"x-kept", Some(b"close")));
         assert!(!is_hop_by_hop(b"content-length", None));
+    }
+
+    #[test]
+    fn the_h2_preface_is_recognised_wherever_httparse_gives_up_on_it() {
+        let mut refused = 0;
+        for n in 1..=H2_PREFACE.len() {
+            let mut headers = [httparse::EMPTY_HEADER; 4];
+            let mut req = httparse::Request::new(&mut headers);
+            if req.parse(&H2_PREFACE[..n]).is_err() {
+                refused += 1;
+                assert!(is_h2_preface(&H2_PREFACE[..n]), "{n} bytes");
+            }
+        }
+        assert!(
+            refused > 0,
+            "httparse must refuse the preface for the hand-off to happen"
+        );
+        // The preface with the client's first SETTINGS frame behind it.
+        assert!(is_h2_preface(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00"));
+        assert!(!is_h2_preface(b"GET / HTTP/2.0\r\n\r\n"));
+        assert!(!is_h2_preface(b""));
     }
 
     #[test]

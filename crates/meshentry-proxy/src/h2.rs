@@ -23,9 +23,6 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::http::{ConnCtx, MAX_HEAD_BYTES, ResponseBody};
 
-/// The connection preface of an HTTP/2 prior-knowledge client (RFC 9113 3.4).
-pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
 /// Serves one HTTP/2 prior-knowledge client connection until it closes. `io` yields the whole
 /// connection from its first byte (the preface), including bytes a sniffer already read.
 pub async fn serve<I>(io: I, ctx: Arc<ConnCtx>)

@@ -8,6 +8,8 @@
 //! - [`h1`], [`chunked`]: the fast path for plain HTTP/1.1 requests;
 //! - [`http`], [`tunnel`], [`sni`]: the general (hyper) path, CONNECT tunnels, SNI;
 //! - [`h2`]: HTTP/2 prior-knowledge clients, HTTP/2 upstream requests, gRPC error replies;
+//! - [`outbound`], [`detect`]: the transparent listener for iptables-captured connections,
+//!   and what a client speaks from its first bytes;
 //! - [`server`]: shared state, counters and accept loops;
 //! - [`capture`]: the iptables rules for transparent capture (`meshentry iptables`).
 
@@ -15,15 +17,18 @@ pub mod capture;
 pub mod chunked;
 pub mod cluster;
 pub mod config;
+pub mod detect;
 pub mod dns;
 pub mod forward;
 pub mod h1;
 pub mod h2;
 pub mod http;
 pub mod lb;
+pub mod outbound;
 pub mod route;
 pub mod server;
 pub mod snapshot;
 pub mod sni;
+pub mod tls;
 pub mod tunnel;
 pub mod upstream;

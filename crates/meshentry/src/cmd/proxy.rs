@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use meshentry_proxy::config::{OutboundPolicy, ProxyConfig};
+use meshentry_proxy::config::{IdentityFiles, OutboundPolicy, ProxyConfig};
 use meshentry_proxy::dns::{Dns, DnsConfig};
+use meshentry_proxy::outbound::serve_outbound;
 use meshentry_proxy::server::{Shared, serve_http_proxy};
 use meshentry_proxy::snapshot::Snapshot;
 use tokio::net::TcpListener;
@@ -28,6 +29,15 @@ pub struct Args {
     /// Where the explicit HTTP proxy listens (point HTTP_PROXY/HTTPS_PROXY here).
     #[arg(long, default_value = "127.0.0.1:15080")]
     pub http_proxy: SocketAddr,
+    /// Where connections redirected by iptables arrive (`meshentry iptables install`); each is
+    /// routed by its original destination and first bytes. Repeat for IPv6 (`[::1]:15001`);
+    /// `off` for none.
+    #[arg(long = "outbound", default_value = "127.0.0.1:15001", value_parser = parse_outbound)]
+    pub outbound: Vec<Option<SocketAddr>>,
+    /// How long the transparent listener waits for a client's first bytes when they decide
+    /// the route (auto-detected ports); a client silent for longer is treated as TCP.
+    #[arg(long, default_value = "300ms", value_parser = parse_duration)]
+    pub protocol_detection_timeout: Duration,
     /// Where the admin server listens.
     #[arg(long, default_value = "127.0.0.1:15000")]
     pub admin: SocketAddr,
@@ -46,6 +56,23 @@ pub struct Args {
     /// How long a client may take to send a request head.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub header_read_timeout: Duration,
+    /// This workload's certificate chain (PEM), for ISTIO_MUTUAL (`meshentry ca issue` writes
+    /// cert-chain.pem, key.pem and root-cert.pem).
+    #[arg(long, requires_all = ["key", "ca"])]
+    pub cert: Option<PathBuf>,
+    /// The private key of `--cert`.
+    #[arg(long, requires_all = ["cert", "ca"])]
+    pub key: Option<PathBuf>,
+    /// The mesh CA's certificates (PEM), trusted for ISTIO_MUTUAL upstreams.
+    #[arg(long, requires_all = ["cert", "key"])]
+    pub ca: Option<PathBuf>,
+    /// The mesh's SPIFFE trust domain, for the identities ISTIO_MUTUAL expects of endpoints.
+    #[arg(long, default_value = "cluster.local")]
+    pub trust_domain: String,
+    /// How often certificate files are checked for changes (they are reloaded without
+    /// dropping connections).
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub cert_check_interval: Duration,
     /// Worker threads (default: one per CPU this process may use).
     #[arg(long)]
     pub workers: Option<usize>,
@@ -72,6 +99,15 @@ fn parse_dns_server(s: &str) -> Result<SocketAddr, String> {
     s.parse::<SocketAddr>()
         .or_else(|_| s.parse::<std::net::IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
         .map_err(|_| format!("{s:?} is not an IP or IP:PORT"))
+}
+
+fn parse_outbound(s: &str) -> Result<Option<SocketAddr>, String> {
+    if s == "off" {
+        return Ok(None);
+    }
+    s.parse::<SocketAddr>()
+        .map(Some)
+        .map_err(|_| format!("{s:?} is not IP:PORT or off"))
 }
 
 fn parse_policy(s: &str) -> Result<OutboundPolicy, String> {
@@ -104,7 +140,11 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     };
     let mut threads = Vec::new();
     for i in 1..workers {
-        let listener = reuse_port_socket(started.http_addr)?;
+        let listeners = started
+            .listeners
+            .iter()
+            .map(|(kind, addr, _)| Ok((*kind, reuse_port_socket(*addr)?)))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let shared = started.shared.clone();
         let stopped = started.stopped.clone();
         let rt = runtime()?;
@@ -113,9 +153,15 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
                 .name(format!("meshentry-worker-{i}"))
                 .spawn(move || {
                     rt.block_on(async move {
-                        match TcpListener::from_std(listener) {
-                            Ok(l) => serve_http_proxy(l, shared, stopped).await,
-                            Err(e) => tracing::error!(error = %e, "worker cannot use its listener"),
+                        let mut tasks = Vec::new();
+                        for (kind, socket) in listeners {
+                            match TcpListener::from_std(socket) {
+                                Ok(l) => tasks.push(tokio::spawn(serve(kind, l, shared.clone(), stopped.clone()))),
+                                Err(e) => tracing::error!(error = %e, "worker cannot use its listener"),
+                            }
+                        }
+                        for t in tasks {
+                            let _ = t.await;
                         }
                     })
                 })
@@ -123,10 +169,19 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         );
     }
     main.block_on(async move {
-        let listener = TcpListener::from_std(started.first)?;
-        let proxy = tokio::spawn(serve_http_proxy(
-            listener,
+        let mut tasks = Vec::new();
+        for (kind, _, socket) in started.listeners {
+            let listener = TcpListener::from_std(socket)?;
+            tasks.push(tokio::spawn(serve(
+                kind,
+                listener,
+                started.shared.clone(),
+                started.stopped.clone(),
+            )));
+        }
+        let certs = tokio::spawn(watch_certificates(
             started.shared.clone(),
+            args.cert_check_interval,
             started.stopped.clone(),
         ));
         let admin = tokio::spawn(meshentry_admin::serve(
@@ -137,8 +192,11 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         wait_for_signal().await?;
         tracing::info!("shutting down");
         let _ = started.stop.send(true);
-        let _ = proxy.await;
+        for t in tasks {
+            let _ = t.await;
+        }
         let _ = admin.await;
+        let _ = certs.await;
         anyhow::Ok(())
     })?;
     for t in threads {
@@ -147,11 +205,27 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The proxy's listeners, besides admin.
+#[derive(Clone, Copy, Debug)]
+enum Listen {
+    /// The explicit HTTP proxy (`--http-proxy`).
+    HttpProxy,
+    /// Redirected connections (`--outbound`).
+    Outbound,
+}
+
+async fn serve(kind: Listen, listener: TcpListener, shared: Arc<Shared>, stopped: watch::Receiver<bool>) {
+    match kind {
+        Listen::HttpProxy => serve_http_proxy(listener, shared, stopped).await,
+        Listen::Outbound => serve_outbound(listener, shared, stopped).await,
+    }
+}
+
 struct Started {
     shared: Arc<Shared>,
-    /// The first worker's socket; the others bind `http_addr` again with SO_REUSEPORT.
-    first: std::net::TcpListener,
-    http_addr: SocketAddr,
+    /// Each listener's kind, its bound address (the flag may say port 0) and the first
+    /// worker's socket; the other workers bind the address again with SO_REUSEPORT.
+    listeners: Vec<(Listen, SocketAddr, std::net::TcpListener)>,
     admin: TcpListener,
     stop: watch::Sender<bool>,
     stopped: watch::Receiver<bool>,
@@ -178,6 +252,16 @@ async fn start(args: &Args) -> anyhow::Result<Option<Started>> {
         connect_timeout: args.connect_timeout,
         response_timeout: args.response_timeout,
         header_read_timeout: args.header_read_timeout,
+        sniff_timeout: args.protocol_detection_timeout,
+        identity: match (&args.cert, &args.key, &args.ca) {
+            (Some(cert), Some(key), Some(ca)) => Some(IdentityFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                ca: ca.clone(),
+            }),
+            _ => None,
+        },
+        trust_domain: args.trust_domain.clone(),
         ..ProxyConfig::default()
     };
     let dns = Dns::new(DnsConfig {
@@ -190,15 +274,29 @@ async fn start(args: &Args) -> anyhow::Result<Option<Started>> {
     for w in snapshot.registry.warnings() {
         tracing::warn!("{w}");
     }
-    // Bind once to learn the port (the flag may say :0); other workers bind it again.
-    let first = reuse_port_socket(args.http_proxy)?;
-    let http_addr = first.local_addr()?;
+    for w in &snapshot.warnings {
+        tracing::warn!("{w}");
+    }
+    // Bind once to learn the ports (the flags may say :0); other workers bind them again.
+    let mut listeners = Vec::new();
+    let wanted = std::iter::once((Listen::HttpProxy, args.http_proxy))
+        .chain(args.outbound.iter().flatten().map(|a| (Listen::Outbound, *a)));
+    for (kind, addr) in wanted {
+        let socket = reuse_port_socket(addr)?;
+        listeners.push((kind, socket.local_addr()?, socket));
+    }
     let admin = TcpListener::bind(args.admin)
         .await
         .with_context(|| format!("cannot listen on {} (admin)", args.admin))?;
-    let local = vec![http_addr, admin.local_addr()?];
+    let mut local: Vec<SocketAddr> = listeners.iter().map(|(_, a, _)| *a).collect();
+    local.push(admin.local_addr()?);
+    let outbound: Vec<String> = listeners
+        .iter()
+        .filter(|(k, _, _)| matches!(k, Listen::Outbound))
+        .map(|(_, a, _)| a.to_string())
+        .collect();
     tracing::info!(
-        http_proxy = %local[0], admin = %local[1], namespace = %config.namespace,
+        http_proxy = %local[0], outbound = %outbound.join(","), admin = %admin.local_addr()?, namespace = %config.namespace,
         services = snapshot.registry.services().len(), policy = %snapshot.policy, policy_source = %snapshot.policy_source,
         "meshentry proxy started"
     );
@@ -206,8 +304,7 @@ async fn start(args: &Args) -> anyhow::Result<Option<Started>> {
     let (stop, stopped) = watch::channel(false);
     Ok(Some(Started {
         shared,
-        first,
-        http_addr,
+        listeners,
         admin,
         stop,
         stopped,
@@ -225,6 +322,31 @@ fn reuse_port_socket(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> 
         .with_context(|| format!("cannot listen on {addr}"))?;
     socket.listen(4096)?;
     Ok(socket.into())
+}
+
+/// Reloads TLS origination certificates whose files changed. Connections already open keep
+/// the configuration they were made with; a broken file keeps the previous one in force.
+async fn watch_certificates(shared: Arc<Shared>, every: Duration, mut stopped: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stopped.changed() => return,
+        }
+        let snapshot = shared.snapshot.load_full();
+        for cluster in snapshot.clusters() {
+            let Some(Ok(tls)) = &cluster.tls else { continue };
+            // File checks are a few stat calls; reading and parsing happens only on a change.
+            match tls.reload_if_changed() {
+                Ok(true) => tracing::info!(cluster = %cluster.name, "TLS certificates reloaded"),
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::error!(cluster = %cluster.name, error = %e, "TLS certificates not reloaded; the previous ones stay in force")
+                }
+            }
+        }
+    }
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {
