@@ -380,3 +380,75 @@ impl Body for PooledBody {
         self.inner.size_hint()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, SocketAddr};
+
+    use meshentry_testutil::{HttpUpstream, closed_port, eventually, unique_loopback};
+
+    use super::*;
+
+    const CONNECT: Duration = Duration::from_secs(5);
+    const IDLE: Duration = Duration::from_secs(60);
+
+    /// Calls `h2_connection` `n` times at once on this thread.
+    async fn at_once(addr: &HostAddr, n: usize, idle: Duration) -> Vec<Result<(H2Sender, bool), ConnectError>> {
+        let mut calls = tokio::task::JoinSet::new();
+        for _ in 0..n {
+            let addr = addr.clone();
+            calls.spawn(async move { h2_connection(&addr, CONNECT, idle).await });
+        }
+        calls.join_all().await
+    }
+
+    #[tokio::test]
+    async fn concurrent_callers_share_one_h2_connection() {
+        let up = HttpUpstream::start_h2c(SocketAddr::new(IpAddr::V4(unique_loopback()), 0), "h2");
+        let addr = HostAddr::Ip(up.addr());
+        let got = at_once(&addr, 10, IDLE).await;
+        let fresh = got.iter().filter(|r| matches!(r, Ok((_, true)))).count();
+        assert_eq!(fresh, 1, "one caller opens it, the others wait for it");
+        assert!(got.iter().all(|r| r.as_ref().is_ok_and(|(s, _)| s.is_ready())));
+        // Later callers take it as it is.
+        let (_, fresh) = h2_connection(&addr, CONNECT, IDLE).await.unwrap();
+        assert!(!fresh);
+        eventually(CONNECT, || async { up.connections() == 1 }).await;
+    }
+
+    #[tokio::test]
+    async fn a_closed_connection_is_replaced() {
+        let at = SocketAddr::new(IpAddr::V4(unique_loopback()), 8081);
+        let up = HttpUpstream::start_h2c(at, "first");
+        let addr = HostAddr::Ip(at);
+        let (first, fresh) = h2_connection(&addr, CONNECT, IDLE).await.unwrap();
+        assert!(fresh);
+        drop(up);
+        let up = HttpUpstream::start_h2c(at, "second");
+        eventually(CONNECT, || async { first.is_closed() }).await;
+        let (second, fresh) = h2_connection(&addr, CONNECT, IDLE).await.unwrap();
+        assert!(fresh && second.is_ready());
+        eventually(CONNECT, || async { up.connections() == 1 }).await;
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_is_replaced() {
+        let up = HttpUpstream::start_h2c(SocketAddr::new(IpAddr::V4(unique_loopback()), 0), "h2");
+        let addr = HostAddr::Ip(up.addr());
+        assert!(h2_connection(&addr, CONNECT, Duration::ZERO).await.unwrap().1);
+        assert!(h2_connection(&addr, CONNECT, Duration::ZERO).await.unwrap().1);
+        eventually(CONNECT, || async { up.connections() == 2 }).await;
+    }
+
+    #[tokio::test]
+    async fn a_failed_connect_fails_every_caller_and_is_not_remembered() {
+        let addr = HostAddr::Ip(closed_port(unique_loopback()));
+        for r in at_once(&addr, 5, IDLE).await {
+            assert!(matches!(r, Err(ConnectError::Refused)), "{r:?}");
+        }
+        assert!(matches!(
+            h2_connection(&addr, CONNECT, IDLE).await,
+            Err(ConnectError::Refused)
+        ));
+    }
+}

@@ -345,6 +345,31 @@ async fn concurrent_requests_multiplex_over_one_upstream_connection() {
         1,
         "one HTTP/2 connection per upstream host per worker"
     );
+    // The proxy counts them the same way (Envoy's rq_total and cx_total).
+    let host = cluster_host(&proxy, "outbound|80||api.example.com").await;
+    assert_eq!(
+        (host["requests"].as_u64(), host["connections"].as_u64()),
+        (Some(48), Some(1)),
+        "{host}"
+    );
+}
+
+/// The only host of `cluster` on the admin `/clusters?format=json` page.
+async fn cluster_host(proxy: &support::Proxy, cluster: &str) -> Value {
+    let out = curl(&[
+        "--noproxy",
+        "*",
+        &format!("http://{}/clusters?format=json", proxy.admin),
+    ])
+    .await;
+    let v = out.json();
+    let c = v["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == cluster)
+        .unwrap_or_else(|| panic!("no cluster {cluster}: {v}"));
+    c["hosts"][0].clone()
 }
 
 #[tokio::test]
