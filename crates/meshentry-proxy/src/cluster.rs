@@ -131,6 +131,8 @@ pub struct ClusterStats {
     pub connect_failures: AtomicU64,
     pub no_healthy_upstream: AtomicU64,
     pub dns_failures: AtomicU64,
+    /// Originated TLS handshakes that failed.
+    pub tls_failures: AtomicU64,
 }
 
 /// Why a cluster has no host to offer.

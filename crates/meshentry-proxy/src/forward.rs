@@ -17,7 +17,7 @@ use crate::dns::Dns;
 use crate::lb::Tried;
 use crate::route::Decision;
 use crate::server::Shared;
-use crate::upstream::{self, ConnectError, PooledBody, RequestBody, Stream};
+use crate::upstream::{self, ConnectError, Dial, PooledBody, RequestBody, Stream, TlsDial};
 
 /// Why a request or tunnel could not reach an upstream. Each maps to an HTTP status, an Envoy
 /// response flag and a human reason.
@@ -140,6 +140,14 @@ impl<'s> Failover<'s> {
         cluster: Option<&'s Cluster>,
         original: &Original<'_>,
     ) -> Result<Failover<'s>, UpstreamError> {
+        // A cluster whose TLS could not be set up fails its connections rather than send
+        // plaintext where the rule asked for TLS.
+        if let Some(Some(Err(reason))) = cluster.map(|c| &c.tls) {
+            return Err(UpstreamError::Connect {
+                reason: reason.clone(),
+                tried: 0,
+            });
+        }
         let targets = match cluster {
             Some(c) if c.original_dst_port().is_none() => {
                 c.stats.requests.fetch_add(1, Ordering::Relaxed);
@@ -209,6 +217,27 @@ impl<'s> Failover<'s> {
         }
     }
 
+    /// How to connect to target `i`: its address, with the cluster's TLS (D6, D7). `http_host`
+    /// is the request's host name (without port) for HTTP, the SNI when the rule sets none;
+    /// TCP sends no SNI then and the service host is what the certificate must name.
+    pub fn dial(&self, i: usize, http_host: Option<&str>) -> Dial {
+        let addr = self.addr(i).clone();
+        let Some(Some(Ok(o))) = self.cluster.map(|c| &c.tls) else {
+            return Dial::plain(addr);
+        };
+        let ip = match &addr {
+            HostAddr::Ip(a) => a.ip(),
+            HostAddr::Unix(_) => IpAddr::from([0, 0, 0, 0]),
+        };
+        let host = http_host.or(self.cluster.map(|c| &*c.host));
+        let tls = TlsDial {
+            origination: o.clone(),
+            name: o.server_name(host, ip),
+            sni: o.sends_sni(http_host.is_some()),
+        };
+        Dial { addr, tls: Some(tls) }
+    }
+
     /// Counts a connection opened to target `i` (Envoy's `cx_total`).
     pub fn opened(&self, i: usize) {
         if let Targets::Hosts(set) = &self.targets {
@@ -216,12 +245,19 @@ impl<'s> Failover<'s> {
         }
     }
 
-    /// Target `i` refused the connection.
+    /// Target `i` refused the connection (or its TLS handshake failed).
     pub fn refused(&mut self, i: usize, e: &ConnectError) {
         self.shared
             .stats
             .upstream_connect_errors
             .fetch_add(1, Ordering::Relaxed);
+        if let ConnectError::Tls(_) = e {
+            self.shared.stats.upstream_tls_errors.fetch_add(1, Ordering::Relaxed);
+            if let Some(cluster) = self.cluster {
+                cluster.stats.tls_failures.fetch_add(1, Ordering::Relaxed);
+            }
+            tracing::warn!(cluster = self.cluster.map_or("", |c| &c.name), host = %self.addr(i), error = %e, "upstream TLS handshake failed");
+        }
         if let (Targets::Hosts(set), Some(cluster)) = (&self.targets, self.cluster) {
             let host = &set.hosts[i];
             host.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
@@ -266,7 +302,7 @@ pub async fn connect_stream(
     let timeout = shared.config.connect_timeout;
     let mut plan = Failover::new(shared, cluster, original).await?;
     while let Some(i) = plan.next_target() {
-        match upstream::connect(plan.addr(i), timeout).await {
+        match upstream::connect(&plan.dial(i, None), timeout).await {
             Ok(s) => {
                 plan.opened(i);
                 return Ok((s, plan.addr(i).clone()));
@@ -291,8 +327,9 @@ pub async fn send_request(
     let idle = shared.config.pool_idle_timeout;
     let mut req = req;
     let mut plan = Failover::new(shared, cluster, original).await?;
+    let sni_host = cluster.and_then(|c| c.tls.as_ref()).and_then(|_| request_host(&req));
     while let Some(i) = plan.next_target() {
-        let addr = plan.addr(i).clone();
+        let addr = plan.dial(i, sni_host.as_deref());
         let sent = match protocol {
             UpstreamProtocol::Http1 => exchange(shared, &addr, req, idle, timeout, || plan.opened(i))
                 .await
@@ -306,7 +343,7 @@ pub async fn send_request(
                 .map(|resp| resp.map(PooledBody::shared)),
         };
         match sent {
-            Ok(resp) => return Ok((resp, addr)),
+            Ok(resp) => return Ok((resp, addr.addr)),
             Err(Exchange::ConnectFailed(e, back)) => {
                 plan.refused(i, &e);
                 req = *back;
@@ -330,7 +367,7 @@ type Sender = hyper::client::conn::http1::SendRequest<RequestBody>;
 /// `opened` is called when a new connection is made.
 async fn exchange(
     shared: &Shared,
-    addr: &HostAddr,
+    addr: &Dial,
     req: Request<RequestBody>,
     idle: std::time::Duration,
     connect_timeout: std::time::Duration,
@@ -367,7 +404,7 @@ async fn exchange(
 /// connection was opened for this request.
 async fn exchange_h2(
     shared: &Shared,
-    addr: &HostAddr,
+    addr: &Dial,
     req: Request<RequestBody>,
     idle: std::time::Duration,
     connect_timeout: std::time::Duration,
@@ -400,6 +437,16 @@ async fn exchange_h2(
     Err(Exchange::Failed(UpstreamError::Reset(
         "upstream HTTP/2 connection closed before the request was sent".into(),
     )))
+}
+
+/// The host name a request is for (its authority, else its Host), without the port: the SNI
+/// of TLS origination without a fixed `sni` (D7).
+fn request_host(req: &Request<RequestBody>) -> Option<String> {
+    let authority = match req.uri().authority() {
+        Some(a) => a.as_str(),
+        None => req.headers().get(http::header::HOST)?.to_str().ok()?,
+    };
+    crate::route::split_host_port(authority, 0).map(|(h, _)| h.to_string())
 }
 
 fn wants_close(headers: &http::HeaderMap) -> bool {

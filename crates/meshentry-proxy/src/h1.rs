@@ -31,13 +31,12 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::chunked::ChunkScanner;
-use crate::cluster::HostAddr;
 use crate::detect::H2_PREFACE;
 use crate::forward::{Failover, Original, UpstreamError, UpstreamProtocol};
 use crate::http::{ConnCtx, MAX_HEAD_BYTES, MAX_HEADERS, Transparent};
 use crate::route::{self, Decision, split_host_port};
 use crate::server::{ConnGuard, Shared};
-use crate::upstream::{self, Stream};
+use crate::upstream::{self, Dial, Stream};
 
 /// Serves one client connection: the fast path for as long as requests are plain, then hyper.
 pub async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
@@ -373,9 +372,17 @@ async fn exchange(conn: &mut Downstream, head: &Head, ctx: &ConnCtx) -> Next {
             port,
         },
     };
+    // TLS origination without a fixed SNI sends the request's host (D7).
+    let sni_host = cluster.and_then(|c| c.tls.as_ref()).map(|_| host.to_string());
     conn.buf.advance(head.len + body_in_buf);
 
-    let result = send(conn, shared, cluster, &original, &up_head, body_rest, method_is_head).await;
+    let request = UpRequest {
+        head: &up_head,
+        body_rest,
+        method_is_head,
+        sni_host: sni_host.as_deref(),
+    };
+    let result = send(conn, shared, cluster, &original, &request).await;
     conn.up_head = up_head;
     match result {
         Ok(Sent { up_close }) => {
@@ -513,12 +520,12 @@ struct UpConn {
 }
 
 thread_local! {
-    static RAW_POOL: RefCell<HashMap<HostAddr, Vec<(UpConn, Instant)>>> = RefCell::new(HashMap::new());
+    static RAW_POOL: RefCell<HashMap<Dial, Vec<(UpConn, Instant)>>> = RefCell::new(HashMap::new());
 }
 
 const MAX_IDLE_PER_HOST: usize = 128;
 
-fn checkout(addr: &HostAddr, max_idle: Duration) -> Option<UpConn> {
+fn checkout(addr: &Dial, max_idle: Duration) -> Option<UpConn> {
     RAW_POOL.with(|pool| {
         let mut pool = pool.borrow_mut();
         let list = pool.get_mut(addr)?;
@@ -531,7 +538,7 @@ fn checkout(addr: &HostAddr, max_idle: Duration) -> Option<UpConn> {
     })
 }
 
-fn checkin(addr: HostAddr, mut c: UpConn) {
+fn checkin(addr: Dial, mut c: UpConn) {
     c.buf.clear();
     RAW_POOL.with(|pool| {
         let mut pool = pool.borrow_mut();
@@ -544,22 +551,31 @@ fn checkin(addr: HostAddr, mut c: UpConn) {
 
 /// Sends the request to a host (or the original destination) and relays the response,
 /// failing over to the next host when a connection is refused.
+/// The request as it goes upstream.
+struct UpRequest<'a> {
+    head: &'a [u8],
+    /// Body bytes still to be read from the client.
+    body_rest: u64,
+    method_is_head: bool,
+    /// The SNI for TLS origination without a fixed one.
+    sni_host: Option<&'a str>,
+}
+
 async fn send(
     conn: &mut Downstream,
     shared: &Shared,
     cluster: Option<&crate::cluster::Cluster>,
     original: &Original<'_>,
-    up_head: &[u8],
-    body_rest: u64,
-    method_is_head: bool,
+    req: &UpRequest<'_>,
 ) -> Result<Sent, Failure> {
+    let (up_head, body_rest, method_is_head) = (req.head, req.body_rest, req.method_is_head);
     let timeout = shared.config.connect_timeout;
     let idle = shared.config.pool_idle_timeout;
     let mut plan = Failover::new(shared, cluster, original)
         .await
         .map_err(Failure::Answer)?;
     while let Some(i) = plan.next_target() {
-        let addr = plan.addr(i).clone();
+        let addr = plan.dial(i, req.sni_host);
         match attempt(conn, shared, &addr, up_head, body_rest, method_is_head, idle, timeout).await {
             Attempt::Done(r) => return r,
             Attempt::Opened(r) => {
@@ -587,7 +603,7 @@ enum Attempt {
 async fn attempt(
     conn: &mut Downstream,
     shared: &Shared,
-    addr: &HostAddr,
+    addr: &Dial,
     up_head: &[u8],
     body_rest: u64,
     method_is_head: bool,

@@ -62,6 +62,8 @@ pub struct Stats {
     pub passthrough: AtomicU64,
     pub upstream_connect_errors: AtomicU64,
     pub upstream_errors: AtomicU64,
+    /// TLS handshakes this proxy originated that failed.
+    pub upstream_tls_errors: AtomicU64,
     pub bad_requests: AtomicU64,
     /// Connections accepted on the transparent listener.
     pub outbound_connections: AtomicU64,

@@ -24,7 +24,12 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 
+use std::sync::Arc;
+
+use rustls::pki_types::ServerName;
+
 use crate::cluster::HostAddr;
+use crate::tls::Origination;
 
 /// The body type sent upstream: the client's request body, streamed.
 pub type RequestBody = Incoming;
@@ -33,6 +38,8 @@ pub type RequestBody = Incoming;
 pub enum Stream {
     Tcp(TcpStream),
     Unix(UnixStream),
+    /// TLS this proxy originated (DestinationRule `tls`).
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
 impl Stream {
@@ -41,7 +48,53 @@ impl Stream {
         match self {
             Stream::Tcp(s) => s.readable().await,
             Stream::Unix(s) => s.readable().await,
+            Stream::Tls(s) => s.get_ref().0.readable().await,
         }
+    }
+}
+
+/// Where and how to connect: the endpoint, and the TLS to originate on top of it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Dial {
+    pub addr: HostAddr,
+    pub tls: Option<TlsDial>,
+}
+
+impl Dial {
+    pub fn plain(addr: HostAddr) -> Dial {
+        Dial { addr, tls: None }
+    }
+}
+
+impl std::fmt::Display for Dial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.addr.fmt(f)
+    }
+}
+
+/// TLS for one connection: the cluster's origination, the name to send and verify, and
+/// whether the ClientHello carries it. Connections are pooled by all three, so a connection
+/// made for one server name never carries another's requests.
+#[derive(Clone, Debug)]
+pub struct TlsDial {
+    pub origination: Arc<Origination>,
+    pub name: ServerName<'static>,
+    pub sni: bool,
+}
+
+impl PartialEq for TlsDial {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.origination, &other.origination) && self.name == other.name && self.sni == other.sni
+    }
+}
+
+impl Eq for TlsDial {}
+
+impl std::hash::Hash for TlsDial {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (Arc::as_ptr(&self.origination) as usize).hash(state);
+        self.name.hash(state);
+        self.sni.hash(state);
     }
 }
 
@@ -54,6 +107,9 @@ pub enum ConnectError {
     Timeout(Duration),
     #[error("{0}")]
     Other(io::Error),
+    /// The TLS handshake this proxy originated failed; the text says why.
+    #[error("{0}")]
+    Tls(String),
 }
 
 impl ConnectError {
@@ -64,12 +120,35 @@ impl ConnectError {
             ConnectError::Refused => ConnectError::Refused,
             ConnectError::Timeout(d) => ConnectError::Timeout(*d),
             ConnectError::Other(e) => ConnectError::Other(io::Error::new(e.kind(), e.to_string())),
+            ConnectError::Tls(s) => ConnectError::Tls(s.clone()),
         }
     }
 }
 
-/// Opens a stream to `addr`.
-pub async fn connect(addr: &HostAddr, timeout: Duration) -> Result<Stream, ConnectError> {
+/// Opens a stream to `dial`: a connection to its address, then TLS when it says so.
+pub async fn connect(dial: &Dial, timeout: Duration) -> Result<Stream, ConnectError> {
+    let stream = connect_addr(&dial.addr, timeout).await?;
+    let Some(tls) = &dial.tls else {
+        return Ok(stream);
+    };
+    let Stream::Tcp(tcp) = stream else {
+        return Err(ConnectError::Tls(
+            "TLS origination to unix socket endpoints is not supported".into(),
+        ));
+    };
+    let connector = tokio_rustls::TlsConnector::from(tls.origination.config_for(tls.sni));
+    match tokio::time::timeout(crate::tls::HANDSHAKE_TIMEOUT, connector.connect(tls.name.clone(), tcp)).await {
+        Err(_) => Err(ConnectError::Tls(format!(
+            "TLS error: handshake timed out after {:?}",
+            crate::tls::HANDSHAKE_TIMEOUT
+        ))),
+        Ok(Ok(s)) => Ok(Stream::Tls(Box::new(s))),
+        Ok(Err(e)) => Err(ConnectError::Tls(crate::tls::describe(&e))),
+    }
+}
+
+/// Opens a plain stream to `addr`.
+async fn connect_addr(addr: &HostAddr, timeout: Duration) -> Result<Stream, ConnectError> {
     let fut = async {
         match addr {
             HostAddr::Ip(sa) => {
@@ -96,6 +175,7 @@ impl AsyncRead for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
         }
     }
 }
@@ -105,6 +185,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(&mut **s).poll_write(cx, buf),
         }
     }
 
@@ -112,6 +193,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
             Stream::Unix(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(&mut **s).poll_flush(cx),
         }
     }
 
@@ -119,6 +201,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(&mut **s).poll_shutdown(cx),
         }
     }
 
@@ -130,6 +213,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Stream::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Tls(s) => Pin::new(&mut **s).poll_write_vectored(cx, bufs),
         }
     }
 
@@ -137,6 +221,7 @@ impl AsyncWrite for Stream {
         match self {
             Stream::Tcp(s) => s.is_write_vectored(),
             Stream::Unix(s) => s.is_write_vectored(),
+            Stream::Tls(s) => s.is_write_vectored(),
         }
     }
 }
@@ -150,11 +235,11 @@ struct Idle {
 }
 
 thread_local! {
-    static POOL: RefCell<HashMap<HostAddr, Vec<Idle>>> = RefCell::new(HashMap::new());
+    static POOL: RefCell<HashMap<Dial, Vec<Idle>>> = RefCell::new(HashMap::new());
 }
 
 /// An idle connection to `addr` that can take a request now, if this thread has one.
-pub fn checkout(addr: &HostAddr, max_idle: Duration) -> Option<SendRequest<RequestBody>> {
+pub fn checkout(addr: &Dial, max_idle: Duration) -> Option<SendRequest<RequestBody>> {
     POOL.with(|pool| {
         let mut pool = pool.borrow_mut();
         let list = pool.get_mut(addr)?;
@@ -167,7 +252,7 @@ pub fn checkout(addr: &HostAddr, max_idle: Duration) -> Option<SendRequest<Reque
     })
 }
 
-fn checkin(addr: HostAddr, sender: SendRequest<RequestBody>) {
+fn checkin(addr: Dial, sender: SendRequest<RequestBody>) {
     if sender.is_closed() {
         return;
     }
@@ -212,7 +297,7 @@ enum H2Slot {
 }
 
 thread_local! {
-    static H2_POOL: RefCell<HashMap<HostAddr, H2Slot>> = RefCell::new(HashMap::new());
+    static H2_POOL: RefCell<HashMap<Dial, H2Slot>> = RefCell::new(HashMap::new());
 }
 
 enum H2Take {
@@ -230,7 +315,7 @@ enum H2Take {
 /// opened it. Requests that arrive while a connection is being opened wait for that one, so
 /// a burst of requests opens one connection, not one each.
 pub async fn h2_connection(
-    addr: &HostAddr,
+    addr: &Dial,
     connect_timeout: Duration,
     max_idle: Duration,
 ) -> Result<(H2Sender, bool), ConnectError> {
@@ -280,7 +365,7 @@ pub async fn h2_connection(
 
 /// Looks in this thread's pool: a live connection, a connection being opened to wait for, or
 /// nothing (the caller opens one; the slot says so to later callers).
-fn h2_take(addr: &HostAddr, max_idle: Duration) -> H2Take {
+fn h2_take(addr: &Dial, max_idle: Duration) -> H2Take {
     H2_POOL.with(|pool| {
         let mut pool = pool.borrow_mut();
         match pool.get_mut(addr) {
@@ -306,7 +391,7 @@ fn h2_take(addr: &HostAddr, max_idle: Duration) -> H2Take {
 }
 
 /// Connects and starts HTTP/2 on the stream; the connection runs in its own task.
-async fn h2_open(addr: &HostAddr, connect_timeout: Duration) -> H2Result {
+async fn h2_open(addr: &Dial, connect_timeout: Duration) -> H2Result {
     let stream = connect(addr, connect_timeout).await?;
     let (sender, conn) = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
@@ -327,13 +412,13 @@ async fn h2_open(addr: &HostAddr, connect_timeout: Duration) -> H2Result {
 /// A response body that returns its connection to the pool when read to the end.
 pub struct PooledBody {
     inner: Incoming,
-    release: Option<(HostAddr, SendRequest<RequestBody>)>,
+    release: Option<(Dial, SendRequest<RequestBody>)>,
 }
 
 impl PooledBody {
     /// `reusable`: the exchange allows the connection to carry another request (neither side
     /// said `Connection: close`).
-    pub fn new(inner: Incoming, addr: HostAddr, sender: SendRequest<RequestBody>, reusable: bool) -> Self {
+    pub fn new(inner: Incoming, addr: Dial, sender: SendRequest<RequestBody>, reusable: bool) -> Self {
         let mut body = Self {
             inner,
             release: reusable.then_some((addr, sender)),
@@ -393,7 +478,7 @@ mod tests {
     const IDLE: Duration = Duration::from_secs(60);
 
     /// Calls `h2_connection` `n` times at once on this thread.
-    async fn at_once(addr: &HostAddr, n: usize, idle: Duration) -> Vec<Result<(H2Sender, bool), ConnectError>> {
+    async fn at_once(addr: &Dial, n: usize, idle: Duration) -> Vec<Result<(H2Sender, bool), ConnectError>> {
         let mut calls = tokio::task::JoinSet::new();
         for _ in 0..n {
             let addr = addr.clone();
@@ -405,7 +490,7 @@ mod tests {
     #[tokio::test]
     async fn concurrent_callers_share_one_h2_connection() {
         let up = HttpUpstream::start_h2c(SocketAddr::new(IpAddr::V4(unique_loopback()), 0), "h2");
-        let addr = HostAddr::Ip(up.addr());
+        let addr = Dial::plain(HostAddr::Ip(up.addr()));
         let got = at_once(&addr, 10, IDLE).await;
         let fresh = got.iter().filter(|r| matches!(r, Ok((_, true)))).count();
         assert_eq!(fresh, 1, "one caller opens it, the others wait for it");
@@ -420,7 +505,7 @@ mod tests {
     async fn a_closed_connection_is_replaced() {
         let at = SocketAddr::new(IpAddr::V4(unique_loopback()), 8081);
         let up = HttpUpstream::start_h2c(at, "first");
-        let addr = HostAddr::Ip(at);
+        let addr = Dial::plain(HostAddr::Ip(at));
         let (first, fresh) = h2_connection(&addr, CONNECT, IDLE).await.unwrap();
         assert!(fresh);
         drop(up);
@@ -434,7 +519,7 @@ mod tests {
     #[tokio::test]
     async fn an_idle_connection_is_replaced() {
         let up = HttpUpstream::start_h2c(SocketAddr::new(IpAddr::V4(unique_loopback()), 0), "h2");
-        let addr = HostAddr::Ip(up.addr());
+        let addr = Dial::plain(HostAddr::Ip(up.addr()));
         assert!(h2_connection(&addr, CONNECT, Duration::ZERO).await.unwrap().1);
         assert!(h2_connection(&addr, CONNECT, Duration::ZERO).await.unwrap().1);
         eventually(CONNECT, || async { up.connections() == 2 }).await;
@@ -442,7 +527,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_connect_fails_every_caller_and_is_not_remembered() {
-        let addr = HostAddr::Ip(closed_port(unique_loopback()));
+        let addr = Dial::plain(HostAddr::Ip(closed_port(unique_loopback())));
         for r in at_once(&addr, 5, IDLE).await {
             assert!(matches!(r, Err(ConnectError::Refused)), "{r:?}");
         }
