@@ -381,7 +381,7 @@ async fn exchange(
             Ok(Ok(resp)) => return Ok((resp, sender)),
             Ok(Err(mut e)) => match e.take_message() {
                 Some(back) => req = back,
-                None => return Err(Exchange::Failed(UpstreamError::Reset(e.into_error().to_string()))),
+                None => return Err(Exchange::Failed(reset(e.into_error()))),
             },
         }
     }
@@ -392,11 +392,11 @@ async fn exchange(
     opened();
     let mut sender = upstream::handshake(stream)
         .await
-        .map_err(|e| Exchange::Failed(UpstreamError::Reset(e.to_string())))?;
+        .map_err(|e| Exchange::Failed(reset(e)))?;
     match tokio::time::timeout(response_timeout, sender.try_send_request(req)).await {
         Err(_) => Err(Exchange::Failed(UpstreamError::Timeout(response_timeout))),
         Ok(Ok(resp)) => Ok((resp, sender)),
-        Ok(Err(e)) => Err(Exchange::Failed(UpstreamError::Reset(e.into_error().to_string()))),
+        Ok(Err(e)) => Err(Exchange::Failed(reset(e.into_error()))),
     }
 }
 
@@ -430,13 +430,19 @@ async fn exchange_h2(
             Ok(Ok(resp)) => return Ok(resp),
             Ok(Err(mut e)) => match e.take_message() {
                 Some(back) if round == 0 => req = back,
-                _ => return Err(Exchange::Failed(UpstreamError::Reset(e.into_error().to_string()))),
+                _ => return Err(Exchange::Failed(reset(e.into_error()))),
             },
         }
     }
     Err(Exchange::Failed(UpstreamError::Reset(
         "upstream HTTP/2 connection closed before the request was sent".into(),
     )))
+}
+
+/// An upstream that broke the exchange: its TLS cause when there is one (a TLS 1.3 server
+/// refuses a client certificate after the handshake), else hyper's words.
+fn reset(e: hyper::Error) -> UpstreamError {
+    UpstreamError::Reset(crate::tls::find_cause(&e).unwrap_or_else(|| e.to_string()))
 }
 
 /// The host name a request is for (its authority, else its Host), without the port: the SNI

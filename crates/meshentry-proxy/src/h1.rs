@@ -772,6 +772,11 @@ async fn roundtrip(
         let got_nothing = up.buf.is_empty();
         match tokio::time::timeout_at(deadline, up.stream.read_buf(&mut up.buf)).await {
             Err(_) => return Outcome::Failed(Failure::Answer(UpstreamError::Timeout(response_timeout))),
+            // A TLS alert instead of a response (a TLS 1.3 server refusing our client
+            // certificate says so only now) is the answer, not a stale connection.
+            Ok(Err(e)) if let Some(cause) = crate::tls::find_cause(&e) => {
+                return Outcome::Failed(Failure::Answer(UpstreamError::Reset(cause)));
+            }
             Ok(Ok(0)) | Ok(Err(_)) if got_nothing => return Outcome::StaleBeforeResponse,
             Ok(Ok(0)) => {
                 return Outcome::Failed(Failure::Answer(UpstreamError::Reset("upstream closed mid-head".into())));
