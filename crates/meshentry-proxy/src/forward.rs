@@ -33,6 +33,10 @@ pub enum UpstreamError {
     Timeout(std::time::Duration),
     #[error("DNS lookup failed: {0}")]
     Dns(String),
+    /// The upstream refused the TLS session after the handshake (TLS 1.3 reports a rejected
+    /// client certificate only then).
+    #[error("upstream connect error: {0}")]
+    Tls(String),
 }
 
 impl UpstreamError {
@@ -40,7 +44,10 @@ impl UpstreamError {
     /// 504 for timeouts), and 502 when the upstream broke the exchange.
     pub fn status(&self) -> u16 {
         match self {
-            UpstreamError::NoHost(_) | UpstreamError::Connect { .. } | UpstreamError::Dns(_) => 503,
+            UpstreamError::NoHost(_)
+            | UpstreamError::Connect { .. }
+            | UpstreamError::Dns(_)
+            | UpstreamError::Tls(_) => 503,
             UpstreamError::Reset(_) => 502,
             UpstreamError::Timeout(_) => 504,
         }
@@ -51,7 +58,7 @@ impl UpstreamError {
         match self {
             UpstreamError::NoHost(NoHost::Dns(_)) | UpstreamError::Dns(_) => "DF",
             UpstreamError::NoHost(_) => "UH",
-            UpstreamError::Connect { .. } => "UF",
+            UpstreamError::Connect { .. } | UpstreamError::Tls(_) => "UF",
             UpstreamError::Reset(_) => "UC",
             UpstreamError::Timeout(_) => "UT",
         }
@@ -439,10 +446,13 @@ async fn exchange_h2(
     )))
 }
 
-/// An upstream that broke the exchange: its TLS cause when there is one (a TLS 1.3 server
-/// refuses a client certificate after the handshake), else hyper's words.
+/// An upstream that broke the exchange: a TLS failure when that is the cause (a TLS 1.3
+/// server refuses a client certificate after the handshake), else hyper's words.
 fn reset(e: hyper::Error) -> UpstreamError {
-    UpstreamError::Reset(crate::tls::find_cause(&e).unwrap_or_else(|| e.to_string()))
+    match crate::tls::find_cause(&e) {
+        Some(cause) => UpstreamError::Tls(cause),
+        None => UpstreamError::Reset(e.to_string()),
+    }
 }
 
 /// The host name a request is for (its authority, else its Host), without the port: the SNI

@@ -393,7 +393,7 @@ async fn exchange(conn: &mut Downstream, head: &Head, ctx: &ConnCtx) -> Next {
             }
         }
         Err(Failure::Answer(e)) => {
-            shared.stats.upstream_errors.fetch_add(1, Ordering::Relaxed);
+            shared.stats.count_upstream_error(&e);
             tracing::info!(
                 peer = %ctx.peer, host = %original.host, port, cluster = cluster_name, flags = e.flag(), error = %e,
                 "request failed upstream"
@@ -775,7 +775,7 @@ async fn roundtrip(
             // A TLS alert instead of a response (a TLS 1.3 server refusing our client
             // certificate says so only now) is the answer, not a stale connection.
             Ok(Err(e)) if let Some(cause) = crate::tls::find_cause(&e) => {
-                return Outcome::Failed(Failure::Answer(UpstreamError::Reset(cause)));
+                return Outcome::Failed(Failure::Answer(UpstreamError::Tls(cause)));
             }
             Ok(Ok(0)) | Ok(Err(_)) if got_nothing => return Outcome::StaleBeforeResponse,
             Ok(Ok(0)) => {
