@@ -30,7 +30,7 @@ spec:
   endpoints: [{address: 127.0.0.1}]
 YAML
 valgrind --tool=callgrind --callgrind-out-file="$w/cg.out" "$bin" proxy --config "$w/bench.yaml" \
-  --http-proxy 127.0.0.1:18182 --admin 127.0.0.1:18183 --outbound-policy REGISTRY_ONLY --workers 1 \
+  --http-proxy 127.0.0.1:18182 --outbound off --admin 127.0.0.1:18183 --outbound-policy REGISTRY_ONLY --workers 1 \
   --log-level warn 2>"$w/vg.log" & vg=$!; pids+=($vg)
 for _ in $(seq 100); do curl -s -o /dev/null http://127.0.0.1:18183/ready && break; sleep 0.2; done
 echo 'wrk.path = "http://127.0.0.1:18181/"' > "$w/abs.lua"

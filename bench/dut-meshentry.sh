@@ -25,5 +25,5 @@ spec:
   endpoints:
   - address: $backend_ip
 YAML
-exec "$bin" proxy --config "$cfg/bench.yaml" --http-proxy "$BENCH_LISTEN_HTTP" --admin 127.0.0.1:0 \
+exec "$bin" proxy --config "$cfg/bench.yaml" --http-proxy "$BENCH_LISTEN_HTTP" --outbound off --admin 127.0.0.1:0 \
   --outbound-policy REGISTRY_ONLY --log-level warn

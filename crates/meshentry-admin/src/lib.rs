@@ -86,8 +86,31 @@ fn config_dump(shared: &Shared) -> Value {
         "outboundTrafficPolicy": {"mode": snap.policy.as_str(), "source": snap.policy_source},
         "registry": registry,
         "routes": routes(&snap),
+        "outboundPorts": outbound_ports(&snap),
         "clusters": clusters,
+        "warnings": &snap.warnings,
     })
+}
+
+/// What the transparent listener finds on each port: which of Istio's filter chains exist on
+/// `0.0.0.0:<port>` (HTTP route table, SNI chains, a catch-all TCP service), and so whether a
+/// connection's first bytes are read before it is routed. Service addresses (VIPs) are in
+/// `registry`.
+fn outbound_ports(snap: &meshentry_proxy::snapshot::Snapshot) -> Value {
+    Value::Array(
+        snap.ports()
+            .into_iter()
+            .map(|(port, info)| {
+                json!({
+                    "port": port,
+                    "http": info.http,
+                    "sni": info.sni,
+                    "tcpCatchAll": info.tcp_wild,
+                    "detection": info.http || info.sni || !info.tcp_declared,
+                })
+            })
+            .collect(),
+    )
 }
 
 /// Istio's route tables as this proxy applies them: per port, each service's domains (its
@@ -205,6 +228,8 @@ fn stats_text(shared: &Shared) -> String {
         ),
         ("upstream_errors_total", s.upstream_errors.load(Ordering::Relaxed)),
         ("bad_requests_total", s.bad_requests.load(Ordering::Relaxed)),
+        ("outbound_cx_total", s.outbound_connections.load(Ordering::Relaxed)),
+        ("outbound_loop_refused_total", s.outbound_loops.load(Ordering::Relaxed)),
         ("dns_queries_total", shared.dns.stats.queries.load(Ordering::Relaxed)),
         ("dns_failures_total", shared.dns.stats.failures.load(Ordering::Relaxed)),
         ("config_generation", shared.snapshot.load().generation),
@@ -212,6 +237,13 @@ fn stats_text(shared: &Shared) -> String {
     let mut out = String::new();
     for (name, value) in counters {
         let _ = writeln!(out, "meshentry.{name}: {value}");
+    }
+    for (name, value) in meshentry_proxy::server::DETECTED_NAMES.iter().zip(&s.detected) {
+        let _ = writeln!(
+            out,
+            "meshentry.outbound_sniffed_{name}_total: {}",
+            value.load(Ordering::Relaxed)
+        );
     }
     out
 }

@@ -31,7 +31,7 @@ use tokio::net::TcpStream;
 use crate::chunked::ChunkScanner;
 use crate::cluster::HostAddr;
 use crate::forward::{Failover, Original, UpstreamError};
-use crate::http::{ConnCtx, MAX_HEAD_BYTES, MAX_HEADERS};
+use crate::http::{ConnCtx, MAX_HEAD_BYTES, MAX_HEADERS, Transparent};
 use crate::route::{self, Decision, split_host_port};
 use crate::server::{ConnGuard, Shared};
 use crate::upstream::{self, Stream};
@@ -40,15 +40,28 @@ use crate::upstream::{self, Stream};
 pub async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     let stats_owner = shared.clone();
     let _guard = ConnGuard::new(&stats_owner.stats);
+    serve(stream, peer, shared, BytesMut::with_capacity(8 * 1024), None).await;
+}
+
+/// Serves HTTP/1 on `stream`, starting with the bytes already read from it (`buf`). With
+/// `transparent`, requests are routed as on a captured connection.
+pub async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    buf: BytesMut,
+    transparent: Option<Transparent>,
+) {
     let _ = stream.set_nodelay(true);
     let ctx = Arc::new(ConnCtx {
         snapshot: shared.snapshot.load_full(),
         shared,
         peer,
+        transparent,
     });
     let mut conn = Downstream {
         stream,
-        buf: BytesMut::with_capacity(8 * 1024),
+        buf,
         out: Vec::with_capacity(1024),
         up_head: Vec::with_capacity(1024),
     };
@@ -240,15 +253,27 @@ async fn exchange(conn: &mut Downstream, head: &Head, ctx: &ConnCtx) -> Next {
     } else {
         Skip::Close
     };
-    let Some((host, port)) = std::str::from_utf8(authority).ok().and_then(|a| split_host_port(a, 80)) else {
-        let reason = "meshentry: the request names no destination (no absolute URI and no Host header)";
-        return refuse(conn, shared, 400, reason, None, skip).await;
+    let parsed = std::str::from_utf8(authority).ok().and_then(|a| split_host_port(a, 80));
+    let (decision, host, port) = match &ctx.transparent {
+        // Captured: the Host picks among the services on the original port; its own port
+        // does not matter (C3), and a missing Host leaves the destination to decide.
+        Some(t) => {
+            let host = parsed.map(|(h, _)| h);
+            let decision = route::route_transparent(&ctx.snapshot, host, t.dst);
+            (decision, host.unwrap_or(&t.dst_ip), t.dst.port())
+        }
+        None => {
+            let Some((host, port)) = parsed else {
+                let reason = "meshentry: the request names no destination (no absolute URI and no Host header)";
+                return refuse(conn, shared, 400, reason, None, skip).await;
+            };
+            if shared.is_self(host, port) {
+                let reason = format!("meshentry: {host}:{port} is this proxy; the request would loop");
+                return refuse(conn, shared, 508, &reason, None, skip).await;
+            }
+            (route::route(&ctx.snapshot, host, port), host, port)
+        }
     };
-    if shared.is_self(host, port) {
-        let reason = format!("meshentry: {host}:{port} is this proxy; the request would loop");
-        return refuse(conn, shared, 508, &reason, None, skip).await;
-    }
-    let decision = route::route(&ctx.snapshot, host, port);
     let cluster = match &decision {
         Decision::Blocked => {
             shared.stats.blocked.fetch_add(1, Ordering::Relaxed);
@@ -299,13 +324,18 @@ async fn exchange(conn: &mut Downstream, head: &Head, ctx: &ConnCtx) -> Next {
     let body_rest = content_length - body_in_buf as u64;
     let method_is_head = &buf[head.method.clone()] == b"HEAD";
     let cluster_name = decision.cluster_name();
+    // The original destination: the named host for an explicit proxy, the captured address
+    // for a transparent one.
     let host_owned;
-    let original = Original {
-        host: {
-            host_owned = host.to_string();
-            &host_owned
+    let original = match &ctx.transparent {
+        Some(t) => t.original(),
+        None => Original {
+            host: {
+                host_owned = host.to_string();
+                &host_owned
+            },
+            port,
         },
-        port,
     };
     conn.buf.advance(head.len + body_in_buf);
 

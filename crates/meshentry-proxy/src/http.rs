@@ -38,6 +38,33 @@ pub struct ConnCtx {
     pub shared: Arc<Shared>,
     pub snapshot: Arc<Snapshot>,
     pub peer: SocketAddr,
+    /// Set for connections captured by the transparent listener.
+    pub transparent: Option<Transparent>,
+}
+
+/// Where a captured connection was going (SO_ORIGINAL_DST). Requests on it are routed by
+/// their Host among the services on this port, and anything passed through (or sent to an
+/// ORIGINAL_DST cluster) goes to this address, not to whatever the Host names.
+pub struct Transparent {
+    pub dst: SocketAddr,
+    /// `dst`'s IP as text, the form [`Original`] takes.
+    pub dst_ip: String,
+}
+
+impl Transparent {
+    pub fn new(dst: SocketAddr) -> Self {
+        Self {
+            dst,
+            dst_ip: dst.ip().to_string(),
+        }
+    }
+
+    pub fn original(&self) -> Original<'_> {
+        Original {
+            host: &self.dst_ip,
+            port: self.dst.port(),
+        }
+    }
 }
 
 /// Serves one client connection with hyper until it closes. The fast path ([`crate::h1`])
@@ -72,6 +99,7 @@ pub async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<S
         snapshot: shared.snapshot.load_full(),
         shared,
         peer,
+        transparent: None,
     });
     serve_io(stream, peer, ctx).await;
 }
@@ -121,6 +149,9 @@ fn destination(req: &Request<Incoming>) -> Option<(String, u16, HeaderValue)> {
 }
 
 async fn forward_request(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<ResponseBody> {
+    if let Some(t) = &ctx.transparent {
+        return forward_transparent(req, ctx, t).await;
+    }
     let shared = &ctx.shared;
     let Some((host, port, host_header)) = destination(&req) else {
         shared.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
@@ -147,7 +178,45 @@ async fn forward_request(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response
     };
     let upstream_req = to_upstream(req, host_header);
     let original = Original { host: &host, port };
-    match forward::send_request(shared, cluster, &original, upstream_req).await {
+    relay_response(ctx, &decision, cluster, &original, upstream_req).await
+}
+
+/// A request on a captured connection: routed by its Host among the services on the
+/// original destination's port, or by that destination.
+async fn forward_transparent(req: Request<Incoming>, ctx: &Arc<ConnCtx>, t: &Transparent) -> Response<ResponseBody> {
+    let dest = destination(&req);
+    let host = dest.as_ref().map(|(h, _, _)| h.as_str());
+    let decision = route::route_transparent(&ctx.snapshot, host, t.dst);
+    let cluster = match &decision {
+        Decision::Blocked => {
+            let name = host.map_or_else(|| t.dst.ip().to_string(), str::to_string);
+            return blocked(ctx, &name, t.dst.port(), StatusCode::BAD_GATEWAY);
+        }
+        Decision::Passthrough => {
+            ctx.shared.stats.passthrough.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+        Decision::Cluster { cluster, .. } => Some(&***cluster),
+    };
+    let host_header = match dest {
+        Some((_, _, value)) => value,
+        None => HeaderValue::from_str(&t.dst.to_string()).unwrap_or(HeaderValue::from_static("localhost")),
+    };
+    let upstream_req = to_upstream(req, host_header);
+    relay_response(ctx, &decision, cluster, &t.original(), upstream_req).await
+}
+
+/// Sends `upstream_req` and turns the outcome into the client's response.
+async fn relay_response(
+    ctx: &Arc<ConnCtx>,
+    decision: &Decision<'_>,
+    cluster: Option<&crate::cluster::Cluster>,
+    original: &Original<'_>,
+    upstream_req: Request<Incoming>,
+) -> Response<ResponseBody> {
+    let shared = &ctx.shared;
+    let (host, port) = (original.host, original.port);
+    match forward::send_request(shared, cluster, original, upstream_req).await {
         Ok((resp, _addr)) => {
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers);

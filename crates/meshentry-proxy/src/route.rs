@@ -6,13 +6,15 @@
 //! declare the port; IPs match service addresses and CIDRs (C4, C5: longest prefix). Anything
 //! else is unknown, and the outbound policy decides (C8).
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use meshentry_registry::{Port, Service, host};
+use meshentry_registry::{Port, Protocol, Service, host};
 
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, HostAddr};
 use crate::config::OutboundPolicy;
+use crate::detect::Detected;
+use crate::dns::Dns;
 use crate::snapshot::Snapshot;
 
 /// Where a destination goes.
@@ -41,22 +43,189 @@ impl Decision<'_> {
     }
 }
 
-/// Routes `host:port` (`host` a name or an IP literal, without brackets).
-pub fn route<'s>(snap: &'s Snapshot, host: &str, port: u16) -> Decision<'s> {
-    match find_service(snap, host, u32::from(port)) {
-        Some((service, p)) => match snap.cluster(service, p.number) {
-            Some(cluster) => Decision::Cluster {
-                cluster,
-                service,
-                port: p,
-            },
-            None => unknown(snap),
-        },
-        None => unknown(snap),
+impl<'s> Decision<'s> {
+    /// Port `port` of `service`, when this snapshot has its cluster.
+    fn to(snap: &'s Snapshot, service: &'s Service, port: u32) -> Option<Decision<'s>> {
+        Some(Decision::Cluster {
+            cluster: snap.cluster(service, port)?,
+            service,
+            port: service.port(port)?,
+        })
     }
 }
 
-fn unknown(snap: &Snapshot) -> Decision<'_> {
+/// Routes `host:port` (`host` a name or an IP literal, without brackets).
+pub fn route<'s>(snap: &'s Snapshot, host: &str, port: u16) -> Decision<'s> {
+    find_service(snap, host, u32::from(port))
+        .and_then(|(service, p)| Decision::to(snap, service, p.number))
+        .unwrap_or_else(|| unknown(snap))
+}
+
+/// Routes an HTTP request that arrived on the transparent listener for `dst`: its `Host`
+/// names the service among those on the destination port (the Host's own port is ignored,
+/// C3); a request whose Host names nothing known goes to the service whose address `dst` is,
+/// where Istio would pass it through to that (virtual, unreachable) address.
+pub fn route_transparent<'s>(snap: &'s Snapshot, host: Option<&str>, dst: SocketAddr) -> Decision<'s> {
+    host.and_then(|h| find_service(snap, h, u32::from(dst.port())))
+        .and_then(|(service, p)| Decision::to(snap, service, p.number))
+        .or_else(|| by_address(snap, dst))
+        .unwrap_or_else(|| unknown(snap))
+}
+
+/// The service whose address (a VIP, an endpoint IP of a selector-based NONE service, or a
+/// CIDR) is `dst`'s IP, and that has `dst`'s port (C4, C5).
+pub fn by_address(snap: &Snapshot, dst: SocketAddr) -> Option<Decision<'_>> {
+    let port = u32::from(dst.port());
+    Decision::to(snap, snap.view().lookup_addr(dst.ip(), port)?, port)
+}
+
+/// What the transparent listener does with a connection to `dst` before reading from it.
+pub enum Plan<'s> {
+    /// Relay the bytes as they are: declared TCP or TLS to a service address, or an unknown
+    /// destination under ALLOW_ANY (no service could claim it, whatever it carries).
+    Relay(Decision<'s>),
+    /// The port's catch-all TCP service decides (see [`tcp_owner`]).
+    TcpOwner,
+    /// The first bytes decide: see [`after_detection`].
+    Detect,
+}
+
+/// Decides what can be decided from the destination alone, so that declared TCP (and
+/// server-first protocols on it) never waits for detection.
+pub fn plan(snap: &Snapshot, dst: SocketAddr) -> Plan<'_> {
+    if let Some(d) = by_address(snap, dst) {
+        if let Decision::Cluster { port, .. } = &d
+            && (port.protocol.is_tls() || (port.protocol.is_opaque_tcp() && port.protocol != Protocol::Unset))
+        {
+            return Plan::Relay(d);
+        }
+        return Plan::Detect;
+    }
+    match snap.port_info(u32::from(dst.port())) {
+        Some(info) if !info.http && !info.sni && info.tcp_declared => Plan::TcpOwner,
+        Some(_) => Plan::Detect,
+        None => match snap.policy {
+            OutboundPolicy::AllowAny => Plan::Relay(Decision::Passthrough),
+            // Read the first bytes only to refuse in the client's own protocol.
+            OutboundPolicy::RegistryOnly => Plan::Detect,
+        },
+    }
+}
+
+/// How a connection is handled once its first bytes are known.
+pub enum Handling<'s> {
+    /// Relay the bytes to this decision. `misdeclared`: the service's port is declared HTTP
+    /// but the client speaks TLS to it (Istio would fail the connection).
+    Relay { decision: Decision<'s>, misdeclared: bool },
+    /// Serve HTTP, routing each request by its Host ([`route_transparent`]).
+    Http,
+}
+
+/// C3-C8 for the transparent listener: what `detected` on a connection to `dst` means.
+pub async fn after_detection<'s>(
+    snap: &'s Snapshot,
+    dns: &Arc<Dns>,
+    dst: SocketAddr,
+    detected: &Detected,
+) -> Handling<'s> {
+    let port = u32::from(dst.port());
+    let relay = |decision| Handling::Relay {
+        decision,
+        misdeclared: false,
+    };
+    let vip = by_address(snap, dst);
+    let info = snap.port_info(port).copied().unwrap_or_default();
+    match detected {
+        Detected::Tls { sni } => {
+            if let Some(d) = vip {
+                let misdeclared = matches!(&d, Decision::Cluster { port, .. } if port.protocol.is_http());
+                return Handling::Relay {
+                    decision: d,
+                    misdeclared,
+                };
+            }
+            if let Some(sni) = sni {
+                if let Some(d) = snap
+                    .view()
+                    .lookup_sni(sni, port)
+                    .and_then(|service| Decision::to(snap, service, port))
+                {
+                    return relay(d);
+                }
+                // A service that declares the port HTTP (or unset) but gets TLS: forward it as
+                // TLS to that service rather than fail it.
+                if let Some((service, p)) = find_service(snap, sni, port)
+                    && let Some(decision) = Decision::to(snap, service, port)
+                {
+                    return Handling::Relay {
+                        decision,
+                        misdeclared: p.protocol.is_http(),
+                    };
+                }
+            }
+            relay(tcp_owner(snap, dns, dst).await.unwrap_or_else(|| unknown(snap)))
+        }
+        Detected::Http1 | Detected::H2c => {
+            let vip_is_http = matches!(&vip, Some(Decision::Cluster { port, .. }) if port.protocol.is_http() || port.protocol == Protocol::Unset);
+            if info.http || vip_is_http {
+                return Handling::Http;
+            }
+            if let Some(d) = vip {
+                return relay(d);
+            }
+            if let Some(d) = tcp_owner(snap, dns, dst).await {
+                return relay(d);
+            }
+            match snap.policy {
+                OutboundPolicy::AllowAny => relay(Decision::Passthrough),
+                // Per request, so that each gets a 502 that says why.
+                OutboundPolicy::RegistryOnly => Handling::Http,
+            }
+        }
+        Detected::Other | Detected::Nothing | Detected::BadTls(_) | Detected::Closed => match vip {
+            Some(d) => relay(d),
+            None => relay(tcp_owner(snap, dns, dst).await.unwrap_or_else(|| unknown(snap))),
+        },
+    }
+}
+
+/// C5: the service that takes TCP traffic to any destination on `dst`'s port. Istio gives it
+/// all to the oldest of several such services; when there are several, the one whose
+/// endpoints include the destination IP (the address the application resolved its host to)
+/// gets the connection, and the oldest only when none does.
+pub async fn tcp_owner<'s>(snap: &'s Snapshot, dns: &Arc<Dns>, dst: SocketAddr) -> Option<Decision<'s>> {
+    let port = u32::from(dst.port());
+    let info = snap.port_info(port)?;
+    let view = snap.view();
+    let first = view.lookup_port(port)?;
+    let mut chosen = first;
+    if info.tcp_wild > 1 {
+        let mut candidates: Vec<&Service> = view
+            .services_on_port(port)
+            .filter(|s| s.addresses.iter().all(|a| a.net.addr().is_unspecified()))
+            .filter(|s| s.port(port).is_some_and(|p| p.protocol.is_opaque_tcp()))
+            .collect();
+        candidates.sort_by_key(|s| s.preference(view.namespace()));
+        for service in candidates {
+            let Some(cluster) = snap.cluster(service, port) else {
+                continue;
+            };
+            let Ok(hosts) = cluster.hosts(dns).await else { continue };
+            if hosts
+                .hosts
+                .iter()
+                .any(|h| matches!(h.addr, HostAddr::Ip(a) if a.ip() == dst.ip()))
+            {
+                chosen = service;
+                break;
+            }
+        }
+    }
+    Decision::to(snap, chosen, port)
+}
+
+/// C8: where a destination no service claims goes.
+pub fn unknown(snap: &Snapshot) -> Decision<'_> {
     match snap.policy {
         OutboundPolicy::AllowAny => Decision::Passthrough,
         OutboundPolicy::RegistryOnly => Decision::Blocked,
@@ -138,6 +307,222 @@ mod tests {
         assert_eq!(split_host_port("a.com:x", 80), None);
         assert_eq!(split_host_port(":80", 80), None);
         assert_eq!(split_host_port("::1", 80), None);
+    }
+
+    const CONFIG: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: web}
+spec:
+  hosts: [web.example.com]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: STATIC
+  endpoints: [{address: 10.0.0.1}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: mongo}
+spec:
+  hosts: [mongo.internal]
+  addresses: [192.192.192.192/24]
+  ports: [{number: 27018, name: mongo, protocol: MONGO}]
+  resolution: STATIC
+  endpoints: [{address: 10.0.0.2}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: api}
+spec:
+  hosts: [api.example.com]
+  ports: [{number: 443, name: tls, protocol: TLS}]
+  resolution: STATIC
+  endpoints: [{address: 10.0.0.3}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: misdeclared}
+spec:
+  hosts: [plain.example.com]
+  ports: [{number: 443, name: http, protocol: HTTP}]
+  resolution: STATIC
+  endpoints: [{address: 10.0.0.4}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: db-a, creationTimestamp: "2024-01-01T00:00:00Z"}
+spec:
+  hosts: [db-a.internal]
+  ports: [{number: 5432, name: pg, protocol: TCP}]
+  resolution: STATIC
+  endpoints: [{address: 10.0.1.1}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: db-b, creationTimestamp: "2024-02-01T00:00:00Z"}
+spec:
+  hosts: [db-b.internal]
+  ports: [{number: 5432, name: pg, protocol: TCP}]
+  resolution: STATIC
+  endpoints: [{address: 10.0.2.1}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: auto}
+spec:
+  hosts: [auto.internal]
+  addresses: [10.9.9.9]
+  ports: [{number: 7000, name: auto}]
+  resolution: STATIC
+  endpoints: [{address: 10.0.3.1}]
+"#;
+
+    fn snapshot(policy: OutboundPolicy) -> (Snapshot, Arc<Dns>) {
+        let loaded = meshentry_api::load_str("test.yaml", CONFIG, &meshentry_api::LoadOptions::default());
+        assert!(!loaded.has_errors(), "{:?}", loaded.errors().collect::<Vec<_>>());
+        let valid: Vec<_> = loaded.valid().collect();
+        let dns = Dns::new(crate::dns::DnsConfig {
+            server: Some(SocketAddr::from(([127, 0, 0, 1], 9))),
+            ..Default::default()
+        })
+        .unwrap();
+        let config = crate::config::ProxyConfig {
+            policy_override: Some(policy),
+            ..Default::default()
+        };
+        (Snapshot::build(&valid, &config, &dns, 1), dns)
+    }
+
+    fn dst(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    fn name(p: Plan<'_>) -> String {
+        match p {
+            Plan::Relay(d) => format!("relay {}", d.cluster_name()),
+            Plan::TcpOwner => "tcp owner".into(),
+            Plan::Detect => "detect".into(),
+        }
+    }
+
+    async fn handled(snap: &Snapshot, dns: &Arc<Dns>, to: &str, d: Detected) -> String {
+        match after_detection(snap, dns, dst(to), &d).await {
+            Handling::Http => "http".into(),
+            Handling::Relay { decision, misdeclared } => {
+                format!(
+                    "relay {}{}",
+                    decision.cluster_name(),
+                    if misdeclared { " (misdeclared)" } else { "" }
+                )
+            }
+        }
+    }
+
+    #[test]
+    fn declared_tcp_and_unknown_destinations_are_decided_without_reading() {
+        let (snap, _dns) = snapshot(OutboundPolicy::AllowAny);
+        assert_eq!(
+            name(plan(&snap, dst("192.192.192.7:27018"))),
+            "relay outbound|27018||mongo.internal"
+        );
+        assert_eq!(name(plan(&snap, dst("203.0.113.1:5432"))), "tcp owner");
+        assert_eq!(name(plan(&snap, dst("203.0.113.1:9999"))), "relay PassthroughCluster");
+        // A port with HTTP or SNI services, and an address with an unset protocol, need bytes.
+        assert_eq!(name(plan(&snap, dst("203.0.113.1:80"))), "detect");
+        assert_eq!(name(plan(&snap, dst("203.0.113.1:443"))), "detect");
+        assert_eq!(name(plan(&snap, dst("10.9.9.9:7000"))), "detect");
+        // Outside the VIP range the mongo port is nobody's.
+        assert_eq!(
+            name(plan(&snap, dst("192.192.193.7:27018"))),
+            "relay PassthroughCluster"
+        );
+        let (snap, _dns) = snapshot(OutboundPolicy::RegistryOnly);
+        // Refusals are made in the client's own protocol, so REGISTRY_ONLY reads first.
+        assert_eq!(name(plan(&snap, dst("203.0.113.1:9999"))), "detect");
+    }
+
+    #[tokio::test]
+    async fn first_bytes_pick_the_service() {
+        let (snap, dns) = snapshot(OutboundPolicy::AllowAny);
+        let tls = |sni: &str| Detected::Tls {
+            sni: Some(sni.to_string()),
+        };
+        assert_eq!(
+            handled(&snap, &dns, "203.0.113.1:443", tls("api.example.com")).await,
+            "relay outbound|443||api.example.com"
+        );
+        // TLS to a service that declares the port HTTP goes to it as TLS, with a warning.
+        assert_eq!(
+            handled(&snap, &dns, "203.0.113.1:443", tls("plain.example.com")).await,
+            "relay outbound|443||plain.example.com (misdeclared)"
+        );
+        assert_eq!(
+            handled(&snap, &dns, "203.0.113.1:443", tls("other.example.com")).await,
+            "relay PassthroughCluster"
+        );
+        assert_eq!(handled(&snap, &dns, "203.0.113.1:80", Detected::Http1).await, "http");
+        assert_eq!(handled(&snap, &dns, "203.0.113.1:80", Detected::H2c).await, "http");
+        // Unset protocol on a VIP: HTTP is served as HTTP, anything else relayed to it.
+        assert_eq!(handled(&snap, &dns, "10.9.9.9:7000", Detected::Http1).await, "http");
+        assert_eq!(
+            handled(&snap, &dns, "10.9.9.9:7000", Detected::Nothing).await,
+            "relay outbound|7000||auto.internal"
+        );
+        assert_eq!(
+            handled(&snap, &dns, "10.9.9.9:7000", Detected::Other).await,
+            "relay outbound|7000||auto.internal"
+        );
+    }
+
+    #[tokio::test]
+    async fn several_catch_all_tcp_services_are_told_apart_by_their_endpoints() {
+        let (snap, dns) = snapshot(OutboundPolicy::AllowAny);
+        let owner = |to: &'static str| {
+            let (snap, dns) = (&snap, &dns);
+            async move {
+                tcp_owner(snap, dns, dst(to))
+                    .await
+                    .map(|d| d.cluster_name().to_string())
+            }
+        };
+        // Istio gives everything to the oldest; the destination IP says which one was meant.
+        assert_eq!(
+            owner("10.0.2.1:5432").await.as_deref(),
+            Some("outbound|5432||db-b.internal")
+        );
+        assert_eq!(
+            owner("10.0.1.1:5432").await.as_deref(),
+            Some("outbound|5432||db-a.internal")
+        );
+        assert_eq!(
+            owner("203.0.113.9:5432").await.as_deref(),
+            Some("outbound|5432||db-a.internal")
+        );
+        assert!(
+            snap.warnings
+                .iter()
+                .any(|w| w.contains("port 5432") && w.contains("db-a.internal"))
+        );
+        assert!(snap.warnings.iter().any(|w| w.contains("plain.example.com port 443")));
+    }
+
+    #[test]
+    fn captured_http_routes_by_host_on_the_original_port() {
+        let (snap, _dns) = snapshot(OutboundPolicy::RegistryOnly);
+        let routed = |host: Option<&str>, to: &str| route_transparent(&snap, host, dst(to)).cluster_name().to_string();
+        assert_eq!(
+            routed(Some("web.example.com"), "203.0.113.1:80"),
+            "outbound|80||web.example.com"
+        );
+        // The Host's port is not the listener's: the original destination port decides.
+        let host = split_host_port("web.example.com:8080", 80).map(|(h, _)| h);
+        assert_eq!(routed(host, "203.0.113.1:80"), "outbound|80||web.example.com");
+        assert_eq!(routed(Some("web.example.com"), "203.0.113.1:8080"), "BlackHoleCluster");
+        // A Host nobody claims, to a service address, goes to that service.
+        assert_eq!(
+            routed(Some("whatever"), "10.9.9.9:7000"),
+            "outbound|7000||auto.internal"
+        );
+        assert_eq!(routed(None, "203.0.113.1:80"), "BlackHoleCluster");
     }
 
     #[test]

@@ -9,6 +9,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::ProxyConfig;
+use crate::detect::Detected;
 use crate::dns::Dns;
 use crate::snapshot::Snapshot;
 
@@ -62,6 +63,30 @@ pub struct Stats {
     pub upstream_connect_errors: AtomicU64,
     pub upstream_errors: AtomicU64,
     pub bad_requests: AtomicU64,
+    /// Connections accepted on the transparent listener.
+    pub outbound_connections: AtomicU64,
+    /// Transparent connections refused because they were addressed to the proxy itself.
+    pub outbound_loops: AtomicU64,
+    /// What detection found on transparent connections, by [`Detected::as_str`] (tls, http1,
+    /// h2c, tcp, none; malformed TLS counts as tcp).
+    pub detected: [AtomicU64; 5],
+}
+
+/// The names of [`Stats::detected`]'s slots.
+pub const DETECTED_NAMES: [&str; 5] = ["tls", "http1", "h2c", "tcp", "none"];
+
+impl Stats {
+    pub fn count_detected(&self, d: &Detected) {
+        let slot = match d {
+            Detected::Tls { .. } => 0,
+            Detected::Http1 => 1,
+            Detected::H2c => 2,
+            Detected::Other | Detected::BadTls(_) => 3,
+            Detected::Nothing => 4,
+            Detected::Closed => return,
+        };
+        self.detected[slot].fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// Counts a downstream connection for as long as it lives.

@@ -10,7 +10,7 @@ use std::time::SystemTime;
 use meshentry_api::model::{DestinationRule, OutboundTrafficPolicyMode, Sidecar, SimpleLb, TrafficPolicy};
 use meshentry_api::{Resource, Spec};
 use meshentry_registry::hash::FxHashMap;
-use meshentry_registry::{Registry, Service, View};
+use meshentry_registry::{Protocol, Registry, Service, View};
 
 use crate::cluster::{Cluster, ClusterSpec};
 use crate::config::{OutboundPolicy, ProxyConfig};
@@ -30,6 +30,25 @@ pub struct Snapshot {
     /// Keyed by the address of the service inside `registry` (which never moves or changes
     /// while this snapshot lives) and the port number, so a lookup hashes two integers.
     clusters: FxHashMap<(usize, u32), Arc<Cluster>>,
+    /// What the transparent listener may find on each port (C3-C6).
+    ports: FxHashMap<u32, PortInfo>,
+    /// Configurations Istio would route wrongly, and what this proxy does instead.
+    pub warnings: Vec<String>,
+}
+
+/// The kinds of services a port number has, for the transparent listener: whether Istio would
+/// build an HTTP route table, SNI filter chains or a catch-all TCP chain on `0.0.0.0:<port>`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PortInfo {
+    /// An HTTP-family or unset-protocol service has this port (C3, C6).
+    pub http: bool,
+    /// A TLS or HTTPS service without a single-IP address has this port (C4, by SNI).
+    pub sni: bool,
+    /// How many services without addresses take TCP traffic to any destination on this port
+    /// (C5): opaque TCP protocols and unset.
+    pub tcp_wild: u32,
+    /// The first of those declares its protocol (TCP, MONGO...), so no detection is needed.
+    pub tcp_declared: bool,
 }
 
 impl Snapshot {
@@ -40,13 +59,15 @@ impl Snapshot {
         let (policy, policy_source) = outbound_policy(resources.iter().copied(), config);
         let namespace: Arc<str> = Arc::from(config.namespace.as_str());
         let mut clusters = FxHashMap::default();
-        for service in registry.view(&namespace).services() {
+        let view = registry.view(&namespace);
+        for service in view.services() {
             for port in &service.ports {
                 let spec = rules.cluster_spec(service, port.number, &config.namespace);
                 let cluster = Cluster::build(service, port.number, spec, dns);
                 clusters.insert((service as *const Service as usize, port.number), Arc::new(cluster));
             }
         }
+        let (ports, warnings) = port_table(&view);
         Snapshot {
             generation,
             applied_at: SystemTime::now(),
@@ -55,7 +76,22 @@ impl Snapshot {
             policy,
             policy_source,
             clusters,
+            ports,
+            warnings,
         }
+    }
+
+    /// What port `port` holds for the transparent listener; `None` when no service of this
+    /// proxy listens on it for any destination.
+    pub fn port_info(&self, port: u32) -> Option<&PortInfo> {
+        self.ports.get(&port)
+    }
+
+    /// Every port of the transparent listener's table, sorted, for admin output.
+    pub fn ports(&self) -> Vec<(u32, &PortInfo)> {
+        let mut all: Vec<(u32, &PortInfo)> = self.ports.iter().map(|(p, i)| (*p, i)).collect();
+        all.sort_by_key(|(p, _)| *p);
+        all
     }
 
     /// The registry as this proxy sees it.
@@ -74,6 +110,61 @@ impl Snapshot {
         all.sort_by(|a, b| a.name.cmp(&b.name));
         all
     }
+}
+
+/// The per-port table, and warnings for the two setups Istio routes wrongly on a shared port.
+fn port_table(view: &View<'_, '_>) -> (FxHashMap<u32, PortInfo>, Vec<String>) {
+    let mut ports: FxHashMap<u32, PortInfo> = FxHashMap::default();
+    let mut wild: FxHashMap<u32, Vec<&Service>> = FxHashMap::default();
+    let mut warnings = Vec::new();
+    for service in view.services() {
+        let no_ip = service
+            .addresses
+            .iter()
+            .all(|a| a.is_cidr() || a.net.addr().is_unspecified());
+        let no_address = service.addresses.iter().all(|a| a.net.addr().is_unspecified());
+        for port in &service.ports {
+            let info = ports.entry(port.number).or_default();
+            let p = port.protocol;
+            if p.is_http() || p == Protocol::Unset {
+                info.http = true;
+            }
+            if p.is_tls() && no_ip {
+                info.sni = true;
+            }
+            if p.is_opaque_tcp() && no_address {
+                wild.entry(port.number).or_default().push(service);
+            }
+            if p.is_http() && port.number == 443 {
+                warnings.push(format!(
+                    "{} port 443 is declared {p}: clients usually speak TLS there, which Istio would fail; meshentry forwards a TLS client as TLS (routed by SNI)",
+                    service.host
+                ));
+            }
+        }
+    }
+    for (number, mut services) in wild {
+        services.sort_by_key(|s| s.preference(view.namespace()));
+        let info = ports.entry(number).or_default();
+        info.tcp_wild = services.len() as u32;
+        info.tcp_declared = services
+            .first()
+            .and_then(|s| s.port(number))
+            .is_some_and(|p| p.protocol != Protocol::Unset);
+        if services.len() > 1 {
+            let names: Vec<&str> = services.iter().map(|s| &*s.host).collect();
+            warnings.push(format!(
+                "port {number}: {} services without addresses take TCP traffic to any destination ({}); Istio sends all of it to {}; meshentry sends each connection to the one whose endpoints include its destination IP, else to {}",
+                services.len(),
+                names.join(", "),
+                names[0],
+                names[0]
+            ));
+        }
+    }
+    ports.retain(|_, i| i.http || i.sni || i.tcp_wild > 0);
+    warnings.sort();
+    (ports, warnings)
 }
 
 /// D1: the outbound policy of this workload: the flag, else the Sidecar selecting it (by

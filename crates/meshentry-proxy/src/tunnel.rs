@@ -2,12 +2,12 @@
 //! must agree with the CONNECT target), then relay bytes both ways.
 
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
+use crate::detect::{Detected, detect};
 use crate::http::ConnCtx;
-use crate::sni::{MAX_CLIENT_HELLO, Sniff, sniff};
 use crate::upstream::Stream;
 
 /// What the tunnel was opened for.
@@ -20,20 +20,6 @@ pub struct Target {
     pub cluster: String,
 }
 
-/// What the client sent first.
-enum First {
-    Hello {
-        sni: Option<String>,
-    },
-    /// Bytes that are not TLS.
-    Other,
-    /// Nothing before the sniff timeout, or the upstream spoke first (MySQL and friends).
-    Nothing,
-    /// Looked like TLS but is not a valid ClientHello (including one cut short).
-    BadTls(&'static str),
-    ClientClosed,
-}
-
 /// TLS alert descriptions we send when refusing (RFC 8446 6.2).
 const ALERT_DECODE_ERROR: u8 = 50;
 const ALERT_UNRECOGNIZED_NAME: u8 = 112;
@@ -44,11 +30,11 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
 {
     let shared = &ctx.shared;
-    let mut buf = Vec::with_capacity(2048);
-    let first = sniff_client(&mut client, &upstream, &mut buf, shared.config.sniff_timeout).await;
+    let mut buf = BytesMut::with_capacity(2048);
+    let first = detect(&mut client, &mut buf, shared.config.sniff_timeout, Some(&upstream)).await;
     let refuse = match &first {
-        First::ClientClosed => return,
-        First::Hello { sni: Some(sni) }
+        Detected::Closed => return,
+        Detected::Tls { sni: Some(sni) }
             if target.host.parse::<std::net::IpAddr>().is_err() && !sni.eq_ignore_ascii_case(&target.host) =>
         {
             shared.stats.sni_mismatch.fetch_add(1, Ordering::Relaxed);
@@ -58,13 +44,13 @@ where
             );
             Some(Some(ALERT_UNRECOGNIZED_NAME))
         }
-        First::Hello { .. } => None,
-        First::BadTls(reason) => {
+        Detected::Tls { .. } => None,
+        Detected::BadTls(reason) => {
             shared.stats.bad_tunnel_traffic.fetch_add(1, Ordering::Relaxed);
             tracing::info!(peer = %ctx.peer, host = %target.host, port = target.port, reason, "tunnel refused: malformed TLS ClientHello");
             Some(Some(ALERT_DECODE_ERROR))
         }
-        First::Other | First::Nothing if target.expects_tls => {
+        Detected::Http1 | Detected::H2c | Detected::Other | Detected::Nothing if target.expects_tls => {
             shared.stats.bad_tunnel_traffic.fetch_add(1, Ordering::Relaxed);
             tracing::info!(
                 peer = %ctx.peer, host = %target.host, port = target.port, cluster = %target.cluster,
@@ -72,7 +58,7 @@ where
             );
             Some(None)
         }
-        First::Other | First::Nothing => None,
+        Detected::Http1 | Detected::H2c | Detected::Other | Detected::Nothing => None,
     };
     if let Some(alert) = refuse {
         if let Some(desc) = alert {
@@ -88,55 +74,5 @@ where
     match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
         Ok((up, down)) => tracing::debug!(host = %target.host, port = target.port, up, down, "tunnel closed"),
         Err(e) => tracing::debug!(host = %target.host, port = target.port, error = %e, "tunnel ended with an error"),
-    }
-}
-
-/// Reads the client's first bytes until they say what they are, the client stops, the
-/// upstream speaks first, or `timeout` passes.
-async fn sniff_client<C>(client: &mut C, upstream: &Stream, buf: &mut Vec<u8>, timeout: Duration) -> First
-where
-    C: AsyncRead + Unpin,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let read = tokio::select! {
-            r = client.read_buf(buf) => r,
-            _ = upstream.readable(), if buf.is_empty() => return First::Nothing,
-            _ = tokio::time::sleep_until(deadline) => {
-                return if buf.is_empty() {
-                    First::Nothing
-                } else if buf[0] == 0x16 {
-                    First::BadTls("ClientHello cut short")
-                } else {
-                    First::Other
-                };
-            }
-        };
-        match read {
-            Ok(0) | Err(_) if buf.is_empty() => return First::ClientClosed,
-            Ok(0) | Err(_) => {
-                // The client half-closed after some bytes: judge what it sent.
-                return match sniff(buf) {
-                    Sniff::Hello(h) => First::Hello {
-                        sni: h.server_name.map(|s| s.into_owned()),
-                    },
-                    Sniff::NotTls => First::Other,
-                    Sniff::Invalid(r) => First::BadTls(r),
-                    Sniff::Incomplete => First::BadTls("ClientHello cut short"),
-                };
-            }
-            Ok(_) => {}
-        }
-        match sniff(buf) {
-            Sniff::Hello(h) => {
-                return First::Hello {
-                    sni: h.server_name.map(|s| s.into_owned()),
-                };
-            }
-            Sniff::NotTls => return First::Other,
-            Sniff::Invalid(r) => return First::BadTls(r),
-            Sniff::Incomplete if buf.len() > MAX_CLIENT_HELLO + 1024 => return First::BadTls("ClientHello too large"),
-            Sniff::Incomplete => {}
-        }
     }
 }

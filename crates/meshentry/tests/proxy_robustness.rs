@@ -124,6 +124,8 @@ impl Proxy {
             &http.to_string(),
             "--admin",
             &admin.to_string(),
+            "--outbound",
+            &format!("{ip}:15001"),
             // Nothing listens there: STATIC services need no DNS, and a lookup made by mistake
             // must not leave loopback (nor depend on the machine's resolv.conf).
             "--dns-server",
@@ -1367,6 +1369,16 @@ async fn admin_reports_readiness_config_and_per_host_request_counts() {
     assert_eq!(web["resolution"], "STATIC");
     assert_eq!(web["endpoints"][0]["address"], up.addr().ip().to_string());
     assert_eq!(web["endpoints"][0]["port"], up.addr().port());
+    // Port 80 has HTTP services: a captured connection to it is read before it is routed.
+    let port80 = dump["outboundPorts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["port"] == 80)
+        .unwrap_or_else(|| panic!("no outbound port 80: {dump:#}"));
+    assert_eq!(port80["http"], true, "{port80}");
+    assert_eq!(port80["detection"], true, "{port80}");
+    assert_eq!(dump["warnings"], serde_json::json!([]), "{dump:#}");
 
     for i in 0..7 {
         let r = proxy.get(&format!("http://web.test/{i}"));

@@ -76,6 +76,8 @@ impl Proxy {
             admin.to_string(),
             "--dns-server".into(),
             dns.addr().to_string(),
+            "--outbound".into(),
+            SocketAddr::new(ip(own), 15001).to_string(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         // RUST_LOG overrides --log-level; pin it so the log assertions do not depend on the

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use meshentry_proxy::config::{OutboundPolicy, ProxyConfig};
 use meshentry_proxy::dns::{Dns, DnsConfig};
+use meshentry_proxy::outbound::serve_outbound;
 use meshentry_proxy::server::{Shared, serve_http_proxy};
 use meshentry_proxy::snapshot::Snapshot;
 use tokio::net::TcpListener;
@@ -28,6 +29,15 @@ pub struct Args {
     /// Where the explicit HTTP proxy listens (point HTTP_PROXY/HTTPS_PROXY here).
     #[arg(long, default_value = "127.0.0.1:15080")]
     pub http_proxy: SocketAddr,
+    /// Where connections redirected by iptables arrive (`meshentry iptables install`); each is
+    /// routed by its original destination and first bytes. Repeat for IPv6 (`[::1]:15001`);
+    /// `off` for none.
+    #[arg(long = "outbound", default_value = "127.0.0.1:15001", value_parser = parse_outbound)]
+    pub outbound: Vec<Option<SocketAddr>>,
+    /// How long the transparent listener waits for a client's first bytes when they decide
+    /// the route (auto-detected ports); a client silent for longer is treated as TCP.
+    #[arg(long, default_value = "300ms", value_parser = parse_duration)]
+    pub protocol_detection_timeout: Duration,
     /// Where the admin server listens.
     #[arg(long, default_value = "127.0.0.1:15000")]
     pub admin: SocketAddr,
@@ -74,6 +84,15 @@ fn parse_dns_server(s: &str) -> Result<SocketAddr, String> {
         .map_err(|_| format!("{s:?} is not an IP or IP:PORT"))
 }
 
+fn parse_outbound(s: &str) -> Result<Option<SocketAddr>, String> {
+    if s == "off" {
+        return Ok(None);
+    }
+    s.parse::<SocketAddr>()
+        .map(Some)
+        .map_err(|_| format!("{s:?} is not IP:PORT or off"))
+}
+
 fn parse_policy(s: &str) -> Result<OutboundPolicy, String> {
     OutboundPolicy::parse(s).ok_or_else(|| format!("{s:?} is not ALLOW_ANY or REGISTRY_ONLY"))
 }
@@ -104,7 +123,11 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     };
     let mut threads = Vec::new();
     for i in 1..workers {
-        let listener = reuse_port_socket(started.http_addr)?;
+        let listeners = started
+            .listeners
+            .iter()
+            .map(|(kind, addr, _)| Ok((*kind, reuse_port_socket(*addr)?)))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let shared = started.shared.clone();
         let stopped = started.stopped.clone();
         let rt = runtime()?;
@@ -113,9 +136,15 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
                 .name(format!("meshentry-worker-{i}"))
                 .spawn(move || {
                     rt.block_on(async move {
-                        match TcpListener::from_std(listener) {
-                            Ok(l) => serve_http_proxy(l, shared, stopped).await,
-                            Err(e) => tracing::error!(error = %e, "worker cannot use its listener"),
+                        let mut tasks = Vec::new();
+                        for (kind, socket) in listeners {
+                            match TcpListener::from_std(socket) {
+                                Ok(l) => tasks.push(tokio::spawn(serve(kind, l, shared.clone(), stopped.clone()))),
+                                Err(e) => tracing::error!(error = %e, "worker cannot use its listener"),
+                            }
+                        }
+                        for t in tasks {
+                            let _ = t.await;
                         }
                     })
                 })
@@ -123,12 +152,16 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         );
     }
     main.block_on(async move {
-        let listener = TcpListener::from_std(started.first)?;
-        let proxy = tokio::spawn(serve_http_proxy(
-            listener,
-            started.shared.clone(),
-            started.stopped.clone(),
-        ));
+        let mut tasks = Vec::new();
+        for (kind, _, socket) in started.listeners {
+            let listener = TcpListener::from_std(socket)?;
+            tasks.push(tokio::spawn(serve(
+                kind,
+                listener,
+                started.shared.clone(),
+                started.stopped.clone(),
+            )));
+        }
         let admin = tokio::spawn(meshentry_admin::serve(
             started.admin,
             started.shared.clone(),
@@ -137,7 +170,9 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         wait_for_signal().await?;
         tracing::info!("shutting down");
         let _ = started.stop.send(true);
-        let _ = proxy.await;
+        for t in tasks {
+            let _ = t.await;
+        }
         let _ = admin.await;
         anyhow::Ok(())
     })?;
@@ -147,11 +182,27 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The proxy's listeners, besides admin.
+#[derive(Clone, Copy, Debug)]
+enum Listen {
+    /// The explicit HTTP proxy (`--http-proxy`).
+    HttpProxy,
+    /// Redirected connections (`--outbound`).
+    Outbound,
+}
+
+async fn serve(kind: Listen, listener: TcpListener, shared: Arc<Shared>, stopped: watch::Receiver<bool>) {
+    match kind {
+        Listen::HttpProxy => serve_http_proxy(listener, shared, stopped).await,
+        Listen::Outbound => serve_outbound(listener, shared, stopped).await,
+    }
+}
+
 struct Started {
     shared: Arc<Shared>,
-    /// The first worker's socket; the others bind `http_addr` again with SO_REUSEPORT.
-    first: std::net::TcpListener,
-    http_addr: SocketAddr,
+    /// Each listener's kind, its bound address (the flag may say port 0) and the first
+    /// worker's socket; the other workers bind the address again with SO_REUSEPORT.
+    listeners: Vec<(Listen, SocketAddr, std::net::TcpListener)>,
     admin: TcpListener,
     stop: watch::Sender<bool>,
     stopped: watch::Receiver<bool>,
@@ -178,6 +229,7 @@ async fn start(args: &Args) -> anyhow::Result<Option<Started>> {
         connect_timeout: args.connect_timeout,
         response_timeout: args.response_timeout,
         header_read_timeout: args.header_read_timeout,
+        sniff_timeout: args.protocol_detection_timeout,
         ..ProxyConfig::default()
     };
     let dns = Dns::new(DnsConfig {
@@ -190,15 +242,29 @@ async fn start(args: &Args) -> anyhow::Result<Option<Started>> {
     for w in snapshot.registry.warnings() {
         tracing::warn!("{w}");
     }
-    // Bind once to learn the port (the flag may say :0); other workers bind it again.
-    let first = reuse_port_socket(args.http_proxy)?;
-    let http_addr = first.local_addr()?;
+    for w in &snapshot.warnings {
+        tracing::warn!("{w}");
+    }
+    // Bind once to learn the ports (the flags may say :0); other workers bind them again.
+    let mut listeners = Vec::new();
+    let wanted = std::iter::once((Listen::HttpProxy, args.http_proxy))
+        .chain(args.outbound.iter().flatten().map(|a| (Listen::Outbound, *a)));
+    for (kind, addr) in wanted {
+        let socket = reuse_port_socket(addr)?;
+        listeners.push((kind, socket.local_addr()?, socket));
+    }
     let admin = TcpListener::bind(args.admin)
         .await
         .with_context(|| format!("cannot listen on {} (admin)", args.admin))?;
-    let local = vec![http_addr, admin.local_addr()?];
+    let mut local: Vec<SocketAddr> = listeners.iter().map(|(_, a, _)| *a).collect();
+    local.push(admin.local_addr()?);
+    let outbound: Vec<String> = listeners
+        .iter()
+        .filter(|(k, _, _)| matches!(k, Listen::Outbound))
+        .map(|(_, a, _)| a.to_string())
+        .collect();
     tracing::info!(
-        http_proxy = %local[0], admin = %local[1], namespace = %config.namespace,
+        http_proxy = %local[0], outbound = %outbound.join(","), admin = %admin.local_addr()?, namespace = %config.namespace,
         services = snapshot.registry.services().len(), policy = %snapshot.policy, policy_source = %snapshot.policy_source,
         "meshentry proxy started"
     );
@@ -206,8 +272,7 @@ async fn start(args: &Args) -> anyhow::Result<Option<Started>> {
     let (stop, stopped) = watch::channel(false);
     Ok(Some(Started {
         shared,
-        first,
-        http_addr,
+        listeners,
         admin,
         stop,
         stopped,

@@ -32,6 +32,8 @@ pub async fn start_proxy(config: &str, extra: &[&str]) -> Proxy {
         addr.to_string(),
         "--admin".into(),
         admin.to_string(),
+        "--outbound".into(),
+        SocketAddr::new(ip, 15001).to_string(),
     ];
     args.extend(extra.iter().map(|s| s.to_string()));
     let mut process = ProxyProcess::spawn(env!("CARGO_BIN_EXE_meshentry"), args, [("RUST_LOG", "info")]);

@@ -1,0 +1,173 @@
+//! The transparent listener (Istio's `virtualOutbound` on 15001): connections that iptables
+//! redirected here, each with the destination the application meant (SO_ORIGINAL_DST).
+//!
+//! A connection is decided by its destination alone when that is enough (a declared TCP or
+//! TLS service address, or an unknown destination under ALLOW_ANY), so server-first protocols
+//! and bulk TCP pay nothing for detection. Otherwise its first bytes are read ([`detect`]) and
+//! Istio's per-port rules (C3-C8) pick: HTTP is served request by request and routed by Host,
+//! TLS goes by SNI, the rest by address or by the port's catch-all TCP service.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::BytesMut;
+use socket2::SockRef;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use crate::detect::{Detected, detect};
+use crate::forward::{self, Original};
+use crate::http::Transparent;
+use crate::route::{self, Decision, Handling, Plan};
+use crate::server::{ConnGuard, Shared};
+use crate::upstream::Stream;
+
+/// TLS alert `access_denied` (RFC 8446 6.2), sent to a TLS client that REGISTRY_ONLY refuses.
+const ALERT_ACCESS_DENIED: u8 = 49;
+
+/// Relay buffers: large enough that bulk transfers move in few system calls.
+const RELAY_BUF: usize = 64 * 1024;
+
+/// Accepts redirected connections until `shutdown` turns true.
+pub async fn serve_outbound(listener: TcpListener, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let shared = shared.clone();
+                    tokio::spawn(async move { handle(stream, peer, shared).await });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+            _ = shutdown.changed() => break,
+        }
+    }
+}
+
+/// Where the application was going: the NAT table's original destination.
+pub fn original_dst(stream: &TcpStream) -> io::Result<SocketAddr> {
+    let sock = SockRef::from(stream);
+    let addr = match stream.local_addr()? {
+        SocketAddr::V4(_) => sock.original_dst_v4()?,
+        SocketAddr::V6(_) => sock.original_dst_v6()?,
+    };
+    addr.as_socket()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "original destination is not an IP address"))
+}
+
+async fn handle(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    let stats_owner = shared.clone();
+    let stats = &stats_owner.stats;
+    let _guard = ConnGuard::new(stats);
+    stats.outbound_connections.fetch_add(1, Ordering::Relaxed);
+    let dst = match original_dst(&stream) {
+        Ok(dst) => dst,
+        Err(e) => {
+            stats.outbound_loops.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%peer, error = %e, "connection without an original destination (not redirected by iptables?): closed");
+            return;
+        }
+    };
+    // A connection made straight to this port (not redirected) reports the port itself as
+    // its original destination; forwarding it would connect to ourselves.
+    if shared.is_self(&dst.ip().to_string(), dst.port()) || stream.local_addr().is_ok_and(|l| l == dst) {
+        stats.outbound_loops.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(%peer, %dst, "connection addressed to the proxy itself (not redirected, or redirected twice): closed");
+        return;
+    }
+    let snapshot = shared.snapshot.load_full();
+    let mut buf = BytesMut::new();
+    let mut stream = stream;
+    let (decision, detected) = match route::plan(&snapshot, dst) {
+        Plan::Relay(d) => (d, None),
+        Plan::TcpOwner => match route::tcp_owner(&snapshot, &shared.dns, dst).await {
+            Some(d) => (d, None),
+            None => (route::unknown(&snapshot), None),
+        },
+        Plan::Detect => {
+            buf.reserve(4096);
+            let detected = detect(&mut stream, &mut buf, shared.config.sniff_timeout, None).await;
+            stats.count_detected(&detected);
+            if detected == Detected::Closed {
+                return;
+            }
+            match route::after_detection(&snapshot, &shared.dns, dst, &detected).await {
+                Handling::Http if detected == Detected::H2c => {
+                    // HTTP/2 prior knowledge is served by the h2 module once it lands; until
+                    // then it is relayed as TCP to the destination's service.
+                    (route::route_transparent(&snapshot, None, dst), Some(detected))
+                }
+                Handling::Http => {
+                    crate::h1::serve(stream, peer, shared, buf, Some(Transparent::new(dst))).await;
+                    return;
+                }
+                Handling::Relay { decision, misdeclared } => {
+                    if misdeclared {
+                        tracing::warn!(
+                            %peer, %dst, cluster = decision.cluster_name(),
+                            "the service port is declared HTTP but the client speaks TLS: forwarding it as TLS (Istio would fail it)"
+                        );
+                    }
+                    (decision, Some(detected))
+                }
+            }
+        }
+    };
+    let cluster = match &decision {
+        Decision::Blocked => {
+            stats.blocked.fetch_add(1, Ordering::Relaxed);
+            let sni = match &detected {
+                Some(Detected::Tls { sni: Some(sni) }) => sni.as_str(),
+                _ => "",
+            };
+            tracing::warn!(
+                %peer, %dst, sni, namespace = %snapshot.namespace, policy_source = %snapshot.policy_source,
+                "blocked by REGISTRY_ONLY: destination is not in the service registry"
+            );
+            if matches!(detected, Some(Detected::Tls { .. })) {
+                let _ = stream
+                    .write_all(&[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, ALERT_ACCESS_DENIED])
+                    .await;
+            }
+            let _ = stream.shutdown().await;
+            return;
+        }
+        Decision::Passthrough => {
+            stats.passthrough.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+        Decision::Cluster { cluster, .. } => Some(&***cluster),
+    };
+    let original = Original {
+        host: &dst.ip().to_string(),
+        port: dst.port(),
+    };
+    let upstream = match forward::connect_stream(&shared, cluster, &original).await {
+        Ok((upstream, _)) => upstream,
+        Err(e) => {
+            stats.upstream_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(%peer, %dst, cluster = decision.cluster_name(), flags = e.flag(), error = %e, "connection failed upstream");
+            return;
+        }
+    };
+    stats.tunnels.fetch_add(1, Ordering::Relaxed);
+    relay(stream, upstream, &buf).await;
+}
+
+/// Sends what was read while detecting, then copies both ways until both sides are done.
+pub async fn relay(mut client: TcpStream, mut upstream: Stream, first: &[u8]) {
+    if !first.is_empty() && upstream.write_all(first).await.is_err() {
+        return;
+    }
+    let _ = client.set_nodelay(true);
+    match tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, RELAY_BUF, RELAY_BUF).await {
+        Ok((up, down)) => tracing::debug!(up, down, "connection closed"),
+        Err(e) => tracing::debug!(error = %e, "connection ended with an error"),
+    }
+}
