@@ -23,6 +23,7 @@ use std::os::fd::AsFd;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -62,6 +63,14 @@ impl Netns {
     /// routes. Panics (with the reason) when not root or iproute2 is missing.
     pub fn new(prefix: &str) -> Netns {
         static N: AtomicUsize = AtomicUsize::new(0);
+        static SWEPT: Mutex<Vec<String>> = Mutex::new(Vec::new());
+        {
+            let mut swept = SWEPT.lock().unwrap_or_else(|e| e.into_inner());
+            if !swept.iter().any(|p| p == prefix) {
+                remove_orphans(prefix);
+                swept.push(prefix.to_owned());
+            }
+        }
         let name = format!("{prefix}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst));
         let out = Command::new("ip")
             .args(["netns", "add", &name])
@@ -117,14 +126,15 @@ impl Netns {
         );
     }
 
-    /// Adds `ip` to `lo` (as a /32 or /128), for servers on addresses that are neither
-    /// 127.0.0.0/8 nor ::1, e.g. an IPv6 upstream the proxy dials.
+    /// Adds `ip` to `lo` (as a /32 or /128), usable at once, for servers on addresses that are
+    /// neither 127.0.0.0/8 nor ::1, e.g. an IPv6 upstream the proxy dials.
     pub fn add_local_address(&self, ip: IpAddr) {
-        let cidr = match ip {
-            IpAddr::V4(v4) => format!("{v4}/32"),
-            IpAddr::V6(v6) => format!("{v6}/128"),
-        };
-        self.ip(&["addr", "add", &cidr, "dev", "lo"]);
+        match ip {
+            IpAddr::V4(v4) => self.ip(&["addr", "add", &format!("{v4}/32"), "dev", "lo"]),
+            // Without nodad the address stays tentative (binding it fails) until duplicate
+            // address detection is over, even on lo.
+            IpAddr::V6(v6) => self.ip(&["-6", "addr", "add", &format!("{v6}/128"), "dev", "lo", "nodad"]),
+        }
     }
 
     /// A command that runs `program` in the namespace (`ip netns exec <name> program`), as root
@@ -257,6 +267,28 @@ impl Drop for Netns {
         let out = Command::new("ip").args(["netns", "del", &self.name]).output();
         if !out.as_ref().is_ok_and(|o| o.status.success()) && !std::thread::panicking() {
             eprintln!("ip netns del {} failed: {out:?}", self.name);
+        }
+    }
+}
+
+/// Deletes namespaces named `<prefix>-<pid>-<n>` whose process is gone: a test process that
+/// was killed (a CI timeout, ^C) never ran its drops. A pid in use again only delays that.
+fn remove_orphans(prefix: &str) {
+    let Ok(entries) = std::fs::read_dir(NETNS_DIR) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.strip_prefix('-'))
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(pid, n)| n.parse::<usize>().ok().and(pid.parse::<u32>().ok()))
+        else {
+            continue;
+        };
+        if !Path::new("/proc").join(pid.to_string()).exists() {
+            let _ = Command::new("ip").args(["netns", "del", &name]).output();
         }
     }
 }

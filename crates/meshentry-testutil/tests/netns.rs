@@ -191,3 +191,27 @@ fn the_namespace_is_deleted_on_drop_even_after_a_panic() {
     assert_eq!(payload.downcast_ref::<&str>(), Some(&"failing inside the namespace"));
     assert_eq!(std::fs::metadata(&path).unwrap_err().kind(), ErrorKind::NotFound);
 }
+
+/// A namespace left by a killed test process (its drop never ran) is removed by the next
+/// process that uses the same prefix; namespaces of live processes are left alone.
+#[test]
+fn namespaces_of_dead_processes_are_removed() {
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    let orphan = format!("tu-orphan-{dead}-0");
+    let alive = format!("tu-orphan-{}-999", std::process::id());
+    for name in [&orphan, &alive] {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "add", name])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
+    let ns = Netns::new("tu-orphan");
+    let exists = |name: &str| std::path::Path::new("/var/run/netns").join(name).exists();
+    assert!(!exists(&orphan), "{orphan} was not removed");
+    assert!(exists(&alive), "{alive} belongs to a live process");
+    assert!(exists(ns.name()));
+    let _ = std::process::Command::new("ip").args(["netns", "del", &alive]).output();
+}
