@@ -771,6 +771,8 @@ fn allow_any_passes_unknown_destinations_through() {
         assert_eq!(stats["outbound_cx_total"], 4, "{stats:?}");
         assert_eq!(stats["outbound_passthrough_total"], 4, "{stats:?}");
         assert_eq!(stats["outbound_blocked_total"], 0, "{stats:?}");
+        // Ports 8081 and 9000 have no service, so those are relayed unread.
+        assert_eq!(proxy.sniffed().await, [1, 1, 0, 0, 0], "{stats:?}");
         assert_eq!(dns.total_queries(), 0, "passing through needs no DNS");
     });
 }
@@ -1052,6 +1054,65 @@ spec:
         assert_eq!(out.json()["upstream"], "target-port", "{out:?}");
         assert_eq!(target.last().unwrap().path, "/moved");
         assert_eq!(declared.connections(), 0);
+    });
+}
+
+/// Several TCP services without addresses on one port: each connection goes to the service
+/// whose endpoints include the address the application connected to (Istio would give the
+/// oldest all of them). Service `b` has two endpoints, so connections to `b`'s first address
+/// that reach its second one went through `b`, not straight through.
+#[test]
+fn catch_all_tcp_services_of_one_port_are_told_apart_by_destination() {
+    let ns = captured_netns();
+    ns.block_on(|| async {
+        let dns = TestDns::start(unique_loopback());
+        let [a_ip, b1_ip, b2_ip] = [(); 3].map(|_| unique_loopback());
+        let a = TcpEcho::start(SocketAddr::new(v4(a_ip), 3310), "a");
+        let b1 = TcpEcho::start(SocketAddr::new(v4(b1_ip), 3310), "b1");
+        let b2 = TcpEcho::start(SocketAddr::new(v4(b2_ip), 3310), "b2");
+        let yaml = format!(
+            r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: a, creationTimestamp: "2020-01-01T00:00:00Z"}}
+spec:
+  hosts: [a.tcp.test]
+  ports: [{{number: 3310, name: tcp, protocol: TCP}}]
+  resolution: STATIC
+  endpoints: [{{address: {a_ip}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: b, creationTimestamp: "2021-01-01T00:00:00Z"}}
+spec:
+  hosts: [b.tcp.test]
+  ports: [{{number: 3310, name: tcp, protocol: TCP}}]
+  resolution: STATIC
+  endpoints: [{{address: {b1_ip}}}, {{address: {b2_ip}}}]
+"#
+        );
+        let proxy = Proxy::start(
+            &ns,
+            &[("tcp.yaml", yaml)],
+            &dns,
+            &["--outbound-policy", "REGISTRY_ONLY"],
+        )
+        .await;
+        const N: usize = 20;
+        for i in 0..N {
+            let mut s = connect(SocketAddr::new(v4(b1_ip), 3310)).await;
+            assert_echo(&mut s, format!("\x00to b {i}").as_bytes()).await;
+        }
+        let mut s = connect(SocketAddr::new(v4(a_ip), 3310)).await;
+        assert_echo(&mut s, b"\x00to a").await;
+        // Uniform picks between two idle endpoints: one gets none of 20 with chance 2 * 2^-20.
+        assert_eq!(a.connections(), 1);
+        assert_eq!(b1.connections() + b2.connections(), N);
+        assert!(
+            b2.connections() > 0,
+            "b's second endpoint got nothing: went straight through?"
+        );
+        assert_eq!(proxy.stat("outbound_cx_total").await, N as u64 + 1);
     });
 }
 
@@ -1398,9 +1459,89 @@ fn detection_routes_http1_by_host_on_the_original_port() {
         assert!(head.starts_with("HTTP/1.1 200"), "{head}");
         assert!(s.segments > 50, "only {} segments", s.segments);
         assert_eq!(w.web.last().unwrap().path, "/trickled");
-        assert_eq!((w.web.requests(), w.other.requests()), (2, 1));
-        assert_eq!(w.proxy.sniffed().await, [0, 3, 0, 0, 0]);
+        // A long request line (8 KiB of target) is still HTTP.
+        let long = format!("/{}", "x".repeat(8 * 1024));
+        let resolve = format!("web.sniff.test:8080:{}", nowhere(73));
+        let out = curl(
+            &ns,
+            &["--resolve", &resolve, &format!("http://web.sniff.test:8080{long}")],
+        )
+        .await;
+        assert_eq!((out.code, out.status), (0, 200), "{}", out.stderr);
+        assert!(
+            w.web.last().unwrap().path == long,
+            "the long target did not arrive whole"
+        );
+        assert_eq!((w.web.requests(), w.other.requests()), (3, 1));
+        assert_eq!(w.proxy.sniffed().await, [0, 4, 0, 0, 0]);
     });
+}
+
+/// Requests on one captured connection are routed one by one: a kept-alive connection that
+/// changes Host changes upstream, as Envoy's HTTP connection manager does.
+#[test]
+fn detection_routes_each_request_of_a_connection_by_its_own_host() {
+    let ns = captured_netns();
+    ns.block_on(|| async {
+        let w = SniffWorld::start(&ns, &[]).await;
+        let mut s = connect(SocketAddr::new(v4(nowhere(76)), 8080)).await;
+        for (i, (host, up)) in [
+            ("web.sniff.test", &w.web),
+            ("other.sniff.test", &w.other),
+            ("web.sniff.test", &w.web),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let req = format!("GET /keepalive/{i} HTTP/1.1\r\nHost: {host}\r\n\r\n");
+            s.write_all(req.as_bytes()).await.unwrap();
+            let (head, body) = read_one_response(&mut s).await;
+            assert!(head.starts_with("HTTP/1.1 200"), "request {i} to {host}: {head}");
+            let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(json["upstream"], up.name(), "request {i} to {host}: {body}");
+            assert_eq!(json["path"], format!("/keepalive/{i}"));
+        }
+        assert_eq!((w.web.requests(), w.other.requests()), (2, 1));
+        assert_eq!(w.proxy.stat("outbound_cx_total").await, 1);
+        assert_eq!(w.proxy.sniffed().await, [0, 1, 0, 0, 0]);
+    });
+}
+
+/// Reads one HTTP/1.1 response with a Content-Length body from a kept-alive connection.
+async fn read_one_response(s: &mut TcpStream) -> (String, String) {
+    let mut buf = Vec::new();
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(IO_TIMEOUT, s.read(&mut chunk))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "closed mid-response: {:?}", String::from_utf8_lossy(&buf));
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().ok())?
+        })
+        .unwrap_or_else(|| panic!("no Content-Length: {head}"));
+    while buf.len() < head_end + len {
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(IO_TIMEOUT, s.read(&mut chunk))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "closed mid-body: {:?}", String::from_utf8_lossy(&buf));
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    assert_eq!(buf.len(), head_end + len, "more than one response arrived");
+    (head, String::from_utf8_lossy(&buf[head_end..]).into_owned())
 }
 
 /// HTTP/2 with prior knowledge (h2c) is routed by `:authority`; the upstream speaks HTTP/1.1.
@@ -1447,6 +1588,9 @@ fn detection_sends_other_bytes_by_destination() {
         noise[0] = 0;
         let mut s = connect("203.0.113.10:7000".parse().unwrap()).await;
         assert_echo(&mut s, &noise).await;
+        // A half-close reaches the upstream, whose close comes back.
+        s.shutdown().await.unwrap();
+        assert_closed(&mut s).await;
         assert_eq!(w.echo.connections(), 1);
         assert_eq!(w.echo.bytes_received(), noise.len());
         assert_eq!(w.proxy.sniffed().await, [0, 0, 0, 1, 0]);
