@@ -16,6 +16,7 @@ use meshentry_registry::{Resolution, Service};
 
 use crate::dns::{Answer, Dns, DnsError, DnsName};
 use crate::lb::{Balancer, HostLoad, Policy};
+use crate::tls::Origination;
 
 /// Where an endpoint listens.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -118,6 +119,8 @@ pub struct Cluster {
     pub port: u32,
     pub discovery: Discovery,
     pub policy: Policy,
+    /// See [`ClusterSpec::tls`].
+    pub tls: Option<Result<Arc<Origination>, String>>,
     pub stats: ClusterStats,
 }
 
@@ -146,10 +149,13 @@ pub enum Destination<'a> {
     Name(&'a str, u16),
 }
 
-/// The load-balancing policy and discovery a service port gets.
+/// The load-balancing policy, discovery and TLS a service port gets.
 pub struct ClusterSpec {
     pub policy: Policy,
     pub passthrough: bool,
+    /// TLS origination (D6); `Err` when the rule asks for it and it cannot be set up (the
+    /// reason is what the cluster's connections fail with).
+    pub tls: Option<Result<Arc<Origination>, String>>,
 }
 
 impl Cluster {
@@ -207,6 +213,7 @@ impl Cluster {
             port,
             discovery,
             policy: spec.policy,
+            tls: spec.tls,
             stats: ClusterStats::default(),
         }
     }

@@ -64,6 +64,18 @@ pub struct ProxyConfig {
     pub sniff_timeout: Duration,
     /// Idle upstream HTTP connections are closed after this long.
     pub pool_idle_timeout: Duration,
+    /// This workload's mesh identity (`--cert`, `--key`, `--ca`), for ISTIO_MUTUAL.
+    pub identity: Option<IdentityFiles>,
+    /// The SPIFFE trust domain of the mesh (Istio's default `cluster.local`).
+    pub trust_domain: String,
+}
+
+/// Where the workload certificate chain, its key and the mesh CA's certificates are.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdentityFiles {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+    pub ca: std::path::PathBuf,
 }
 
 impl Default for ProxyConfig {
@@ -78,6 +90,8 @@ impl Default for ProxyConfig {
             header_read_timeout: Duration::from_secs(10),
             sniff_timeout: Duration::from_millis(300),
             pool_idle_timeout: Duration::from_secs(60),
+            identity: None,
+            trust_domain: "cluster.local".into(),
         }
     }
 }

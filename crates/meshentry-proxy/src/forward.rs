@@ -1,6 +1,6 @@
 //! Getting a request or a byte stream to an upstream host: picking a host of the cluster (or the
 //! original destination), connecting with failover, and sending over pooled HTTP/1.1
-//! connections.
+//! connections or a shared HTTP/2 connection.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -10,9 +10,12 @@ use hyper::Request;
 use hyper::Response;
 use hyper::body::Incoming;
 
+use meshentry_registry::Protocol;
+
 use crate::cluster::{Cluster, HostAddr, HostSet, NoHost};
 use crate::dns::Dns;
 use crate::lb::Tried;
+use crate::route::Decision;
 use crate::server::Shared;
 use crate::upstream::{self, ConnectError, PooledBody, RequestBody, Stream};
 
@@ -51,6 +54,34 @@ impl UpstreamError {
             UpstreamError::Connect { .. } => "UF",
             UpstreamError::Reset(_) => "UC",
             UpstreamError::Timeout(_) => "UT",
+        }
+    }
+}
+
+/// The HTTP version requests travel upstream in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    Http1,
+    /// HTTP/2 with prior knowledge (h2c), one connection per host per worker.
+    H2,
+}
+
+impl UpstreamProtocol {
+    /// Istio gives the clusters of `HTTP2` and `GRPC` service ports `http2_protocol_options`,
+    /// so their requests go upstream over HTTP/2 whatever the client spoke; everything else
+    /// (HTTP, unset, HTTP_PROXY, GRPC-WEB, passthrough) goes over HTTP/1.1.
+    pub fn of_port(protocol: Protocol) -> Self {
+        match protocol {
+            Protocol::Http2 | Protocol::Grpc => UpstreamProtocol::H2,
+            _ => UpstreamProtocol::Http1,
+        }
+    }
+
+    /// The protocol for a routed request.
+    pub fn of(decision: &Decision<'_>) -> Self {
+        match decision {
+            Decision::Cluster { port, .. } => Self::of_port(port.protocol),
+            Decision::Passthrough | Decision::Blocked => UpstreamProtocol::Http1,
         }
     }
 }
@@ -247,12 +278,14 @@ pub async fn connect_stream(
 }
 
 /// Sends an HTTP request on the general (hyper) path, over a pooled connection when one is
-/// idle.
+/// idle (HTTP/1.1) or this thread's connection to the host (HTTP/2). `req` must already be in
+/// the form `protocol` sends.
 pub async fn send_request(
     shared: &Shared,
     cluster: Option<&Cluster>,
     original: &Original<'_>,
     req: Request<RequestBody>,
+    protocol: UpstreamProtocol,
 ) -> Result<(Response<PooledBody>, HostAddr), UpstreamError> {
     let timeout = shared.config.connect_timeout;
     let idle = shared.config.pool_idle_timeout;
@@ -260,13 +293,20 @@ pub async fn send_request(
     let mut plan = Failover::new(shared, cluster, original).await?;
     while let Some(i) = plan.next_target() {
         let addr = plan.addr(i).clone();
-        match exchange(shared, &addr, req, idle, timeout, || plan.opened(i)).await {
-            Ok((resp, sender)) => {
-                let reusable = !wants_close(resp.headers());
-                let (parts, body) = resp.into_parts();
-                let body = PooledBody::new(body, addr.clone(), sender, reusable);
-                return Ok((Response::from_parts(parts, body), addr));
-            }
+        let sent = match protocol {
+            UpstreamProtocol::Http1 => exchange(shared, &addr, req, idle, timeout, || plan.opened(i))
+                .await
+                .map(|(resp, sender)| {
+                    let reusable = !wants_close(resp.headers());
+                    let (parts, body) = resp.into_parts();
+                    Response::from_parts(parts, PooledBody::new(body, addr.clone(), sender, reusable))
+                }),
+            UpstreamProtocol::H2 => exchange_h2(shared, &addr, req, idle, timeout, || plan.opened(i))
+                .await
+                .map(|resp| resp.map(PooledBody::shared)),
+        };
+        match sent {
+            Ok(resp) => return Ok((resp, addr)),
             Err(Exchange::ConnectFailed(e, back)) => {
                 plan.refused(i, &e);
                 req = *back;
@@ -321,6 +361,45 @@ async fn exchange(
         Ok(Ok(resp)) => Ok((resp, sender)),
         Ok(Err(e)) => Err(Exchange::Failed(UpstreamError::Reset(e.into_error().to_string()))),
     }
+}
+
+/// One request on this thread's HTTP/2 connection to `addr`. `opened` is called when the
+/// connection was opened for this request.
+async fn exchange_h2(
+    shared: &Shared,
+    addr: &HostAddr,
+    req: Request<RequestBody>,
+    idle: std::time::Duration,
+    connect_timeout: std::time::Duration,
+    opened: impl FnOnce(),
+) -> Result<Response<Incoming>, Exchange> {
+    let response_timeout = shared.config.response_timeout;
+    let mut req = req;
+    let mut opened = Some(opened);
+    // A second round only when the connection closed (GOAWAY, upstream idle timeout) between
+    // taking it and sending: hyper hands the request back unsent, and it goes on a new one.
+    for round in 0..2 {
+        let (mut sender, fresh) = match upstream::h2_connection(addr, connect_timeout, idle).await {
+            Ok(c) => c,
+            Err(e) => return Err(Exchange::ConnectFailed(e, Box::new(req))),
+        };
+        if fresh && let Some(opened) = opened.take() {
+            opened();
+        }
+        match tokio::time::timeout(response_timeout, sender.try_send_request(req)).await {
+            // Dropping the request future resets the stream (RST_STREAM CANCEL); the
+            // connection carries on for the other requests.
+            Err(_) => return Err(Exchange::Failed(UpstreamError::Timeout(response_timeout))),
+            Ok(Ok(resp)) => return Ok(resp),
+            Ok(Err(mut e)) => match e.take_message() {
+                Some(back) if round == 0 => req = back,
+                _ => return Err(Exchange::Failed(UpstreamError::Reset(e.into_error().to_string()))),
+            },
+        }
+    }
+    Err(Exchange::Failed(UpstreamError::Reset(
+        "upstream HTTP/2 connection closed before the request was sent".into(),
+    )))
 }
 
 fn wants_close(headers: &http::HeaderMap) -> bool {

@@ -9,8 +9,9 @@
 //! [`ChunkScanner`] finds the end. Upstream connections are raw streams in a per-thread pool.
 //!
 //! Anything else (CONNECT, `Upgrade`, `Expect`, chunked request bodies, HTTP/1.0, `https://`
-//! targets) is handed, with the bytes already read, to the general hyper path in [`crate::http`],
-//! which then serves the rest of the connection. The routing, refusals, counters and error
+//! targets, requests routed to HTTP/2 or gRPC ports) is handed, with the bytes already read, to
+//! the general hyper path in [`crate::http`], which then serves the rest of the connection; an
+//! HTTP/2 prior-knowledge client goes to [`crate::h2`]. The routing, refusals, counters and error
 //! responses are the same on both paths.
 
 use std::cell::RefCell;
@@ -25,12 +26,14 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
+use meshentry_registry::Protocol;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::chunked::ChunkScanner;
 use crate::cluster::HostAddr;
-use crate::forward::{Failover, Original, UpstreamError};
+use crate::detect::H2_PREFACE;
+use crate::forward::{Failover, Original, UpstreamError, UpstreamProtocol};
 use crate::http::{ConnCtx, MAX_HEAD_BYTES, MAX_HEADERS, Transparent};
 use crate::route::{self, Decision, split_host_port};
 use crate::server::{ConnGuard, Shared};
@@ -66,10 +69,21 @@ pub async fn serve(
         up_head: Vec::with_capacity(1024),
     };
     let mut head = Head::default();
+    let mut first = true;
     loop {
         match read_head(&mut conn, &mut head, &ctx.shared).await {
             Ok(true) => {}
             Ok(false) => return,
+            // The HTTP/2 preface does not parse as HTTP/1.x; a prior-knowledge client sends it
+            // first thing.
+            Err(_) if first && is_h2_preface(&conn.buf) => {
+                let io = Rewind {
+                    prefix: conn.buf,
+                    inner: conn.stream,
+                };
+                crate::h2::serve(io, ctx).await;
+                return;
+            }
             Err(refusal) => {
                 // Counted nowhere: like hyper, a head that does not parse never becomes a request.
                 conn.out.clear();
@@ -78,23 +92,34 @@ pub async fn serve(
                 return;
             }
         }
-        if needs_general_path(&conn.buf, &head) {
-            let io = Rewind {
-                prefix: conn.buf,
-                inner: conn.stream,
+        first = false;
+        if !needs_general_path(&conn.buf, &head) {
+            ctx.shared.stats.http_requests.fetch_add(1, Ordering::Relaxed);
+            match exchange(&mut conn, &head, &ctx).await {
+                Next::KeepAlive => continue,
+                Next::Close => {
+                    let _ = conn.stream.shutdown().await;
+                    return;
+                }
+                // The general path counts the request itself.
+                Next::GeneralPath => ctx.shared.stats.http_requests.fetch_sub(1, Ordering::Relaxed),
             };
-            crate::http::serve_io(io, peer, ctx).await;
-            return;
         }
-        ctx.shared.stats.http_requests.fetch_add(1, Ordering::Relaxed);
-        match exchange(&mut conn, &head, &ctx).await {
-            Next::KeepAlive => {}
-            Next::Close => {
-                let _ = conn.stream.shutdown().await;
-                return;
-            }
-        }
+        let io = Rewind {
+            prefix: conn.buf,
+            inner: conn.stream,
+        };
+        crate::http::serve_io(io, peer, ctx).await;
+        return;
     }
+}
+
+/// Whether the bytes that failed to parse as HTTP/1.x are (the start of) the HTTP/2 preface.
+/// httparse rejects the version as soon as it reads `HTTP/2`, possibly before the whole
+/// preface arrived; the HTTP/2 server reads and checks the rest.
+fn is_h2_preface(buf: &[u8]) -> bool {
+    let n = buf.len().min(H2_PREFACE.len());
+    n > 0 && buf[..n] == H2_PREFACE[..n]
 }
 
 /// The client side: its stream, what has been read and not yet used, and a scratch buffer for
@@ -215,6 +240,9 @@ fn contains_token(value: &[u8], token: &[u8]) -> bool {
 enum Next {
     KeepAlive,
     Close,
+    /// Not for the fast path after all (it is routed to an HTTP/2 or gRPC port): the request,
+    /// still unread in the buffer, and the rest of the connection go to the general path.
+    GeneralPath,
 }
 
 /// One request/response exchange on the fast path.
@@ -288,6 +316,14 @@ async fn exchange(conn: &mut Downstream, head: &Head, ctx: &ConnCtx) -> Next {
         Decision::Passthrough => {
             shared.stats.passthrough.fetch_add(1, Ordering::Relaxed);
             None
+        }
+        // HTTP/2 upstreams (HTTP2, GRPC) are the general path's; so is gRPC-Web, whose errors
+        // must be answered in gRPC terms.
+        Decision::Cluster { port, .. }
+            if UpstreamProtocol::of_port(port.protocol) == UpstreamProtocol::H2
+                || port.protocol == Protocol::GrpcWeb =>
+        {
+            return Next::GeneralPath;
         }
         Decision::Cluster { cluster, .. } => Some(&***cluster),
     };
@@ -861,6 +897,13 @@ pub struct Rewind {
     inner: TcpStream,
 }
 
+impl Rewind {
+    /// `inner`, yielding `prefix` (bytes already read from it) first.
+    pub fn new(prefix: BytesMut, inner: TcpStream) -> Self {
+        Self { prefix, inner }
+    }
+}
+
 impl AsyncRead for Rewind {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         if !self.prefix.is_empty() {
@@ -910,6 +953,27 @@ mod tests {
         assert!(is_hop_by_hop(b"X-Trace", Some(b"keep-alive, x-trace")));
         assert!(!is_hop_by_hop(b"x-kept", Some(b"close")));
         assert!(!is_hop_by_hop(b"content-length", None));
+    }
+
+    #[test]
+    fn the_h2_preface_is_recognised_wherever_httparse_gives_up_on_it() {
+        let mut refused = 0;
+        for n in 1..=H2_PREFACE.len() {
+            let mut headers = [httparse::EMPTY_HEADER; 4];
+            let mut req = httparse::Request::new(&mut headers);
+            if req.parse(&H2_PREFACE[..n]).is_err() {
+                refused += 1;
+                assert!(is_h2_preface(&H2_PREFACE[..n]), "{n} bytes");
+            }
+        }
+        assert!(
+            refused > 0,
+            "httparse must refuse the preface for the hand-off to happen"
+        );
+        // The preface with the client's first SETTINGS frame behind it.
+        assert!(is_h2_preface(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00"));
+        assert!(!is_h2_preface(b"GET / HTTP/2.0\r\n\r\n"));
+        assert!(!is_h2_preface(b""));
     }
 
     #[test]

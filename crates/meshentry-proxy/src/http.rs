@@ -104,7 +104,15 @@ pub async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<S
     serve_io(stream, peer, ctx).await;
 }
 
-async fn handle(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<ResponseBody> {
+/// Routes and answers one request; the HTTP/1.1 and HTTP/2 servers both use it.
+pub(crate) async fn handle(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<ResponseBody> {
+    if crate::h2::is_grpc(req.headers()) {
+        return crate::h2::grpc_reply(handle_any(req, ctx).await).await;
+    }
+    handle_any(req, ctx).await
+}
+
+async fn handle_any(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<ResponseBody> {
     ctx.shared.stats.http_requests.fetch_add(1, Ordering::Relaxed);
     if head_size(&req) > MAX_HEAD_BYTES {
         ctx.shared.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
@@ -176,9 +184,8 @@ async fn forward_request(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response
         }
         Decision::Cluster { cluster, .. } => Some(&***cluster),
     };
-    let upstream_req = to_upstream(req, host_header);
     let original = Original { host: &host, port };
-    relay_response(ctx, &decision, cluster, &original, upstream_req).await
+    relay_response(ctx, &decision, cluster, &original, req, host_header).await
 }
 
 /// A request on a captured connection: routed by its Host among the services on the
@@ -202,21 +209,36 @@ async fn forward_transparent(req: Request<Incoming>, ctx: &Arc<ConnCtx>, t: &Tra
         Some((_, _, value)) => value,
         None => HeaderValue::from_str(&t.dst.to_string()).unwrap_or(HeaderValue::from_static("localhost")),
     };
-    let upstream_req = to_upstream(req, host_header);
-    relay_response(ctx, &decision, cluster, &t.original(), upstream_req).await
+    relay_response(ctx, &decision, cluster, &t.original(), req, host_header).await
 }
 
-/// Sends `upstream_req` and turns the outcome into the client's response.
+/// Shapes `req` for the cluster's HTTP version (`host` is its destination's `Host`), sends it
+/// and turns the outcome into the client's response.
 async fn relay_response(
     ctx: &Arc<ConnCtx>,
     decision: &Decision<'_>,
     cluster: Option<&crate::cluster::Cluster>,
     original: &Original<'_>,
-    upstream_req: Request<Incoming>,
+    req: Request<Incoming>,
+    host_header: HeaderValue,
 ) -> Response<ResponseBody> {
     let shared = &ctx.shared;
     let (host, port) = (original.host, original.port);
-    match forward::send_request(shared, cluster, original, upstream_req).await {
+    let protocol = forward::UpstreamProtocol::of(decision);
+    let upstream_req = match protocol {
+        forward::UpstreamProtocol::Http1 => to_upstream(req, host_header),
+        forward::UpstreamProtocol::H2 => match crate::h2::to_upstream(req, &host_header) {
+            Some(r) => r,
+            None => {
+                shared.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
+                return local(
+                    StatusCode::BAD_REQUEST,
+                    "meshentry: the request's authority is not valid",
+                );
+            }
+        },
+    };
+    match forward::send_request(shared, cluster, original, upstream_req, protocol).await {
         Ok((resp, _addr)) => {
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers);
@@ -275,7 +297,7 @@ const HOP_BY_HOP: [HeaderName; 9] = [
 /// RFC 9110 7.6.1: connection-specific headers are not forwarded, nor any header that
 /// `Connection` names. This runs twice per request, so it looks at each name once and removes
 /// only what is there.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let mut present = [false; 9];
     let mut any = false;
     for name in headers.keys() {

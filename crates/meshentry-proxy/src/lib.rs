@@ -7,6 +7,7 @@
 //! - [`forward`], [`upstream`]: connecting and sending, with failover and pooling;
 //! - [`h1`], [`chunked`]: the fast path for plain HTTP/1.1 requests;
 //! - [`http`], [`tunnel`], [`sni`]: the general (hyper) path, CONNECT tunnels, SNI;
+//! - [`h2`]: HTTP/2 prior-knowledge clients, HTTP/2 upstream requests, gRPC error replies;
 //! - [`outbound`], [`detect`]: the transparent listener for iptables-captured connections,
 //!   and what a client speaks from its first bytes;
 //! - [`server`]: shared state, counters and accept loops;
@@ -20,6 +21,7 @@ pub mod detect;
 pub mod dns;
 pub mod forward;
 pub mod h1;
+pub mod h2;
 pub mod http;
 pub mod lb;
 pub mod outbound;
@@ -27,5 +29,6 @@ pub mod route;
 pub mod server;
 pub mod snapshot;
 pub mod sni;
+pub mod tls;
 pub mod tunnel;
 pub mod upstream;

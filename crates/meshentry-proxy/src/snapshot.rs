@@ -7,7 +7,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use meshentry_api::model::{DestinationRule, OutboundTrafficPolicyMode, Sidecar, SimpleLb, TrafficPolicy};
+use std::path::PathBuf;
+
+use meshentry_api::model::{
+    ClientTlsMode, ClientTlsSettings, DestinationRule, LoadBalancerSettings, OutboundTrafficPolicyMode, Sidecar,
+    SimpleLb, TrafficPolicy,
+};
 use meshentry_api::{Resource, Spec};
 use meshentry_registry::hash::FxHashMap;
 use meshentry_registry::{Protocol, Registry, Service, View};
@@ -16,6 +21,7 @@ use crate::cluster::{Cluster, ClusterSpec};
 use crate::config::{OutboundPolicy, ProxyConfig};
 use crate::dns::Dns;
 use crate::lb::Policy;
+use crate::tls::{Mode, Origination, Recipe, Sni};
 
 /// Everything the data path needs to route, frozen.
 pub struct Snapshot {
@@ -62,12 +68,29 @@ impl Snapshot {
         let view = registry.view(&namespace);
         for service in view.services() {
             for port in &service.ports {
-                let spec = rules.cluster_spec(service, port.number, &config.namespace);
+                let spec = rules.cluster_spec(service, port.number, config);
                 let cluster = Cluster::build(service, port.number, spec, dns);
                 clusters.insert((service as *const Service as usize, port.number), Arc::new(cluster));
             }
         }
-        let (ports, warnings) = port_table(&view);
+        let (ports, mut warnings) = port_table(&view);
+        for cluster in clusters.values() {
+            if let Some(Err(reason)) = &cluster.tls {
+                warnings.push(format!(
+                    "{}: TLS origination is off, its connections fail: {reason}",
+                    cluster.name
+                ));
+            }
+            if let Some(Ok(o)) = &cluster.tls
+                && o.recipe.insecure_skip_verify
+            {
+                warnings.push(format!(
+                    "{}: insecureSkipVerify: the server certificate is not checked at all",
+                    cluster.name
+                ));
+            }
+        }
+        warnings.sort();
         Snapshot {
             generation,
             applied_at: SystemTime::now(),
@@ -289,42 +312,140 @@ impl<'a> DestinationRules<'a> {
         None
     }
 
-    /// D3/D5: the load balancer of `port`: a portLevelSettings entry for the port replaces the
-    /// top-level settings.
-    fn cluster_spec(&self, service: &Service, port: u32, proxy_ns: &str) -> ClusterSpec {
-        let lb = self
-            .lookup(service, proxy_ns)
-            .and_then(|rule| rule.spec.traffic_policy.as_ref())
-            .and_then(|tp: &TrafficPolicy| {
-                match tp
-                    .port_level_settings
-                    .iter()
-                    .find(|p| p.port.as_ref().is_some_and(|s| s.number == port))
-                {
-                    Some(level) => level.load_balancer.as_ref(),
-                    None => tp.load_balancer.as_ref(),
-                }
-            })
-            .and_then(|lb| lb.simple);
-        match lb {
-            Some(SimpleLb::RoundRobin) => ClusterSpec {
-                policy: Policy::RoundRobin,
-                passthrough: false,
-            },
-            Some(SimpleLb::Random) => ClusterSpec {
-                policy: Policy::Random,
-                passthrough: false,
-            },
-            Some(SimpleLb::Passthrough) => ClusterSpec {
-                policy: Policy::LeastRequest,
-                passthrough: true,
-            },
-            Some(SimpleLb::LeastRequest | SimpleLb::LeastConn | SimpleLb::Unspecified) | None => ClusterSpec {
-                policy: Policy::LeastRequest,
-                passthrough: false,
-            },
+    /// D3/D5/D6: the load balancer and TLS of `port`: a portLevelSettings entry for the port
+    /// replaces the top-level settings.
+    fn cluster_spec(&self, service: &Service, port: u32, config: &ProxyConfig) -> ClusterSpec {
+        let rule = self.lookup(service, &config.namespace);
+        let (lb, tls) = match rule.and_then(|r| r.spec.traffic_policy.as_ref()) {
+            Some(tp) => port_policy(tp, port),
+            None => (None, None),
+        };
+        let (policy, passthrough) = match lb.and_then(|lb| lb.simple) {
+            Some(SimpleLb::RoundRobin) => (Policy::RoundRobin, false),
+            Some(SimpleLb::Random) => (Policy::Random, false),
+            Some(SimpleLb::Passthrough) => (Policy::LeastRequest, true),
+            Some(SimpleLb::LeastRequest | SimpleLb::LeastConn | SimpleLb::Unspecified) | None => {
+                (Policy::LeastRequest, false)
+            }
+        };
+        let tls = tls.and_then(|t| {
+            let who = rule.map_or_else(String::new, |r| {
+                format!("DestinationRule {}/{}", r.resource.namespace, r.resource.name())
+            });
+            tls_recipe(t, service, port, None, config, &who)
+                .map(|recipe| recipe.map(|r| Origination::new(r).map(Arc::new).map_err(|e| format!("{who}: {e}"))))
+                .unwrap_or_else(|reason| Some(Err(reason)))
+        });
+        ClusterSpec {
+            policy,
+            passthrough,
+            tls,
         }
     }
+}
+
+/// D3: a portLevelSettings entry for `port` replaces the top level's load balancer and TLS
+/// (what it omits is unset, not inherited).
+fn port_policy(tp: &TrafficPolicy, port: u32) -> (Option<&LoadBalancerSettings>, Option<&ClientTlsSettings>) {
+    match tp
+        .port_level_settings
+        .iter()
+        .find(|p| p.port.as_ref().is_some_and(|s| s.number == port))
+    {
+        Some(level) => (level.load_balancer.as_deref(), level.tls.as_ref()),
+        None => (tp.load_balancer.as_deref(), tp.tls.as_ref()),
+    }
+}
+
+/// D6-D8: how to originate TLS for `port` (and `subset`) of `service` under `settings`.
+/// `Ok(None)`: plaintext. `Err`: TLS is asked for but cannot be done; the reason says why.
+pub fn tls_recipe(
+    settings: &ClientTlsSettings,
+    service: &Service,
+    port: u32,
+    subset: Option<&str>,
+    config: &ProxyConfig,
+    who: &str,
+) -> Result<Option<Recipe>, String> {
+    let mode = match settings.mode {
+        ClientTlsMode::Disable => return Ok(None),
+        ClientTlsMode::Simple => Mode::Simple,
+        ClientTlsMode::Mutual => Mode::Mutual,
+        ClientTlsMode::IstioMutual => Mode::IstioMutual,
+    };
+    let path = |s: &str| (!s.is_empty()).then(|| PathBuf::from(s));
+    let alpn = match service.port(port).map(|p| p.protocol) {
+        Some(Protocol::Http2 | Protocol::Grpc) => vec![b"h2".to_vec()],
+        Some(p) if p.is_http() => vec![b"http/1.1".to_vec()],
+        _ => Vec::new(),
+    };
+    // D8: the rule's names, else the ServiceEntry's.
+    let mut sans = if settings.subject_alt_names.is_empty() {
+        service.subject_alt_names.to_vec()
+    } else {
+        settings.subject_alt_names.clone()
+    };
+    let sni = match settings.sni.as_str() {
+        "" if mode == Mode::IstioMutual => {
+            Sni::Fixed(format!("outbound_.{port}_.{}_.{}", subset.unwrap_or(""), service.host))
+        }
+        "" => Sni::Auto,
+        s => Sni::Fixed(s.to_string()),
+    };
+    let insecure_skip_verify = settings.insecure_skip_verify == Some(true);
+    let recipe = match mode {
+        Mode::Simple | Mode::Mutual => {
+            if !settings.credential_name.is_empty() {
+                return Err(format!(
+                    "{who}: credentialName {:?} names a Kubernetes secret, which meshentry cannot read outside Kubernetes; give clientCertificate, privateKey and caCertificates as files",
+                    settings.credential_name
+                ));
+            }
+            let client_cert = match (path(&settings.client_certificate), path(&settings.private_key)) {
+                (Some(c), Some(k)) => Some((c, k)),
+                (None, None) if mode == Mode::Simple => None,
+                _ => {
+                    return Err(format!("{who}: MUTUAL needs both clientCertificate and privateKey"));
+                }
+            };
+            Recipe {
+                mode,
+                client_cert,
+                ca: path(&settings.ca_certificates),
+                subject_alt_names: sans,
+                insecure_skip_verify,
+                sni,
+                alpn,
+            }
+        }
+        Mode::IstioMutual => {
+            let Some(id) = &config.identity else {
+                return Err(format!(
+                    "{who}: ISTIO_MUTUAL needs this proxy's mesh identity; start it with --cert, --key and --ca (see `meshentry ca`)"
+                ));
+            };
+            if settings.subject_alt_names.is_empty() {
+                // D8: ISTIO_MUTUAL also accepts the endpoints' own identities.
+                for ep in &service.endpoints {
+                    if let Some(id) = ep.workload.spiffe_id(&config.trust_domain, &service.namespace)
+                        && !sans.contains(&id)
+                    {
+                        sans.push(id);
+                    }
+                }
+            }
+            Recipe {
+                mode,
+                client_cert: Some((id.cert.clone(), id.key.clone())),
+                ca: Some(id.ca.clone()),
+                subject_alt_names: sans,
+                insecure_skip_verify,
+                sni,
+                alpn,
+            }
+        }
+    };
+    Ok(Some(recipe))
 }
 
 /// D1: a DestinationRule host without a dot is short for `<h>.<ns>.svc.cluster.local`.
@@ -376,6 +497,132 @@ mod tests {
         assert_eq!(host_specificity("*", "x.y"), Some(0));
         assert_eq!(host_specificity("*.com", "*.a.com"), Some(4));
         assert!(host_specificity("*.a.com", "b.a.com") > host_specificity("*.com", "b.a.com"));
+    }
+
+    fn build(yaml: &str, config: &ProxyConfig) -> Snapshot {
+        let loaded = meshentry_api::load_str("t.yaml", yaml, &meshentry_api::LoadOptions::default());
+        assert!(!loaded.has_errors(), "{:?}", loaded.errors().collect::<Vec<_>>());
+        let valid: Vec<_> = loaded.valid().collect();
+        let dns = Dns::new(crate::dns::DnsConfig {
+            server: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 9))),
+            ..Default::default()
+        })
+        .unwrap();
+        Snapshot::build(&valid, config, &dns, 1)
+    }
+
+    fn tls_of(snap: &Snapshot, name: &str) -> Result<Option<Recipe>, String> {
+        let c = snap.clusters().into_iter().find(|c| c.name == name).unwrap();
+        match &c.tls {
+            None => Ok(None),
+            Some(Ok(o)) => Ok(Some(o.recipe.clone())),
+            Some(Err(e)) => Err(e.clone()),
+        }
+    }
+
+    const SE: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: db, namespace: default}
+spec:
+  hosts: [db.example.com]
+  ports: [{number: 80, name: http, protocol: HTTP}, {number: 5432, name: pg, protocol: TCP}]
+  resolution: STATIC
+  subjectAltNames: ["spiffe://cluster.local/ns/db/sa/db"]
+  endpoints: [{address: 10.0.0.1, serviceAccount: pg}]
+"#;
+
+    #[test]
+    fn destination_rule_tls_per_port() {
+        let dr = r#"
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: db, namespace: default}
+spec:
+  host: db.example.com
+  trafficPolicy:
+    tls: {mode: SIMPLE, caCertificates: /etc/ca.pem}
+    portLevelSettings:
+    - port: {number: 5432}
+      loadBalancer: {simple: ROUND_ROBIN}
+"#;
+        let snap = build(&format!("{SE}{dr}"), &ProxyConfig::default());
+        let http = tls_of(&snap, "outbound|80||db.example.com").unwrap_err();
+        // The CA file does not exist here: the reason names the rule and the file.
+        assert!(
+            http.contains("DestinationRule default/db") && http.contains("/etc/ca.pem"),
+            "{http}"
+        );
+        // The port-level entry replaces the top level: no TLS on 5432.
+        assert_eq!(tls_of(&snap, "outbound|5432||db.example.com"), Ok(None));
+    }
+
+    #[test]
+    fn istio_mutual_sni_and_names() {
+        let dr = r#"
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: db, namespace: default}
+spec:
+  host: db.example.com
+  trafficPolicy:
+    tls: {mode: ISTIO_MUTUAL}
+"#;
+        let snap = build(&format!("{SE}{dr}"), &ProxyConfig::default());
+        let err = tls_of(&snap, "outbound|80||db.example.com").unwrap_err();
+        assert!(err.contains("--cert"), "{err}");
+
+        let ca = meshentry_testutil::TestCa::new("mesh");
+        let leaf = ca.issue(meshentry_testutil::LeafSpec::client(
+            "spiffe://cluster.local/ns/default/sa/me",
+        ));
+        let pem = meshentry_testutil::PemDir::new();
+        let paths = pem.leaf(&leaf, "me");
+        let config = ProxyConfig {
+            identity: Some(crate::config::IdentityFiles {
+                cert: paths.cert,
+                key: paths.key,
+                ca: pem.ca(&ca),
+            }),
+            ..ProxyConfig::default()
+        };
+        let snap = build(&format!("{SE}{dr}"), &config);
+        let r = tls_of(&snap, "outbound|5432||db.example.com").unwrap().unwrap();
+        assert_eq!(r.mode, Mode::IstioMutual);
+        assert_eq!(r.sni, Sni::Fixed("outbound_.5432_._.db.example.com".into()));
+        // The ServiceEntry's names, then the endpoints' own identities (D8).
+        assert_eq!(
+            r.subject_alt_names,
+            [
+                "spiffe://cluster.local/ns/db/sa/db",
+                "spiffe://cluster.local/ns/default/sa/pg"
+            ]
+        );
+        assert!(r.alpn.is_empty());
+        let r = tls_of(&snap, "outbound|80||db.example.com").unwrap().unwrap();
+        assert_eq!(r.alpn, [b"http/1.1".to_vec()]);
+    }
+
+    #[test]
+    fn credential_name_is_refused_clearly() {
+        let dr = r#"
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: db, namespace: default}
+spec:
+  host: db.example.com
+  trafficPolicy:
+    tls: {mode: SIMPLE, credentialName: db-secret}
+"#;
+        let snap = build(&format!("{SE}{dr}"), &ProxyConfig::default());
+        let err = tls_of(&snap, "outbound|80||db.example.com").unwrap_err();
+        assert!(
+            err.contains("credentialName \"db-secret\"") && err.contains("outside Kubernetes"),
+            "{err}"
+        );
     }
 
     #[test]

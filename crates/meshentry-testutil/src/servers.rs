@@ -159,6 +159,8 @@ impl Body for RespBody {
 struct ConnInfo {
     id: usize,
     tls: Option<TlsSeen>,
+    /// Serve HTTP/2 with prior knowledge (h2c) instead of HTTP/1.1.
+    h2c: bool,
 }
 
 async fn handle(
@@ -265,13 +267,13 @@ fn echo_json(name: &str, seen: &SeenRequest, tls: Option<&TlsSeen>) -> Bytes {
     Bytes::from(json.to_string())
 }
 
-/// Serves HTTP on one accepted connection: HTTP/2 when ALPN chose `h2`, HTTP/1.1 keep-alive
-/// otherwise.
+/// Serves HTTP on one accepted connection: HTTP/2 when ALPN chose `h2` or the server is h2c,
+/// HTTP/1.1 keep-alive otherwise.
 async fn serve_http<IO>(io: IO, core: (Arc<str>, Arc<HttpStats>), conn: ConnInfo)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let h2 = conn.tls.as_ref().and_then(|t| t.alpn.as_deref()) == Some("h2");
+    let h2 = conn.h2c || conn.tls.as_ref().and_then(|t| t.alpn.as_deref()) == Some("h2");
     let conn = Arc::new(conn);
     let (name, stats) = core;
     let service = service_fn(move |req| handle(req, name.clone(), stats.clone(), conn.clone()));
@@ -291,7 +293,7 @@ where
     }
 }
 
-/// An HTTP/1.1 upstream. Every response carries `x-upstream: <name>` and
+/// An HTTP/1.1 (or, with [`HttpUpstream::start_h2c`], HTTP/2) upstream. Every response carries `x-upstream: <name>` and
 /// `x-upstream-connection: <n>`; the body is JSON with `upstream`, `method`, `path`, `uri`,
 /// `host`, `headers`, `body`, `version`, `connection` and `tls`.
 ///
@@ -328,7 +330,43 @@ impl HttpUpstream {
                     continue;
                 };
                 let id = stats.connections.fetch_add(1, Ordering::SeqCst) + 1;
-                let conn = ConnInfo { id, tls: None };
+                let conn = ConnInfo {
+                    id,
+                    tls: None,
+                    h2c: false,
+                };
+                t.spawn(serve_http(stream, (n.clone(), stats.clone()), conn));
+            }
+        });
+        HttpUpstream {
+            addr: Some(local),
+            unix_path: None,
+            core,
+            _tasks: guard,
+        }
+    }
+
+    /// Starts serving HTTP/2 with prior knowledge (h2c, as gRPC servers and Envoy's
+    /// `http2_protocol_options` clusters speak it) on `addr`: the same responses as
+    /// [`HttpUpstream::start`], with `version` `HTTP/2.0` and `host` from `:authority`. An
+    /// HTTP/1.1 client gets a connection error.
+    pub fn start_h2c(addr: SocketAddr, name: &str) -> HttpUpstream {
+        let guard = TaskGuard::new("HttpUpstream-h2c");
+        let tasks = guard.tasks().clone();
+        let (listener, local) = bind_tcp(addr, "HttpUpstream", &tasks);
+        let core = HttpCore::new(name);
+        let (n, stats, t) = (core.name.clone(), core.stats.clone(), tasks.clone());
+        tasks.spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let id = stats.connections.fetch_add(1, Ordering::SeqCst) + 1;
+                let conn = ConnInfo {
+                    id,
+                    tls: None,
+                    h2c: true,
+                };
                 t.spawn(serve_http(stream, (n.clone(), stats.clone()), conn));
             }
         });
@@ -362,7 +400,11 @@ impl HttpUpstream {
                     continue;
                 };
                 let id = stats.connections.fetch_add(1, Ordering::SeqCst) + 1;
-                let conn = ConnInfo { id, tls: None };
+                let conn = ConnInfo {
+                    id,
+                    tls: None,
+                    h2c: false,
+                };
                 t.spawn(serve_http(stream, (n.clone(), stats.clone()), conn));
             }
         });
@@ -474,7 +516,11 @@ impl TlsUpstream {
                         alpn: session.alpn_protocol().map(|p| String::from_utf8_lossy(p).into_owned()),
                     };
                     lock(&hs).push(seen.clone());
-                    let conn = ConnInfo { id, tls: Some(seen) };
+                    let conn = ConnInfo {
+                        id,
+                        tls: Some(seen),
+                        h2c: false,
+                    };
                     serve_http(tls, (n, stats), conn).await;
                 });
             }

@@ -29,6 +29,8 @@ enum Command {
     Proxy(Box<cmd::proxy::Args>),
     /// Install or remove the iptables rules that capture outbound traffic into the proxy.
     Iptables(cmd::iptables::Args),
+    /// A small mesh CA: issue SPIFFE workload identities for ISTIO_MUTUAL.
+    Ca(cmd::ca::Args),
     /// Print the version.
     Version,
 }
@@ -40,6 +42,7 @@ fn main() -> ExitCode {
         Command::Registry(args) => cmd::registry::run(&args),
         Command::Proxy(args) => cmd::proxy::run(&args),
         Command::Iptables(args) => cmd::iptables::run(&args),
+        Command::Ca(args) => cmd::ca::run(&args),
         Command::Version => {
             println!("meshentry {}", env!("CARGO_PKG_VERSION"));
             Ok(ExitCode::SUCCESS)

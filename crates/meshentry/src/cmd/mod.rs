@@ -1,6 +1,7 @@
 //! One module per subcommand. Each `run` returns the process exit code; an `Err` is a usage or
 //! I/O problem (exit 2).
 
+pub mod ca;
 pub mod iptables;
 pub mod proxy;
 pub mod registry;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use meshentry_proxy::config::{OutboundPolicy, ProxyConfig};
+use meshentry_proxy::config::{IdentityFiles, OutboundPolicy, ProxyConfig};
 use meshentry_proxy::dns::{Dns, DnsConfig};
 use meshentry_proxy::outbound::serve_outbound;
 use meshentry_proxy::server::{Shared, serve_http_proxy};
@@ -56,6 +56,23 @@ pub struct Args {
     /// How long a client may take to send a request head.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub header_read_timeout: Duration,
+    /// This workload's certificate chain (PEM), for ISTIO_MUTUAL (`meshentry ca issue` writes
+    /// cert-chain.pem, key.pem and root-cert.pem).
+    #[arg(long, requires_all = ["key", "ca"])]
+    pub cert: Option<PathBuf>,
+    /// The private key of `--cert`.
+    #[arg(long, requires_all = ["cert", "ca"])]
+    pub key: Option<PathBuf>,
+    /// The mesh CA's certificates (PEM), trusted for ISTIO_MUTUAL upstreams.
+    #[arg(long, requires_all = ["cert", "key"])]
+    pub ca: Option<PathBuf>,
+    /// The mesh's SPIFFE trust domain, for the identities ISTIO_MUTUAL expects of endpoints.
+    #[arg(long, default_value = "cluster.local")]
+    pub trust_domain: String,
+    /// How often certificate files are checked for changes (they are reloaded without
+    /// dropping connections).
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub cert_check_interval: Duration,
     /// Worker threads (default: one per CPU this process may use).
     #[arg(long)]
     pub workers: Option<usize>,
@@ -162,6 +179,11 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
                 started.stopped.clone(),
             )));
         }
+        let certs = tokio::spawn(watch_certificates(
+            started.shared.clone(),
+            args.cert_check_interval,
+            started.stopped.clone(),
+        ));
         let admin = tokio::spawn(meshentry_admin::serve(
             started.admin,
             started.shared.clone(),
@@ -174,6 +196,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
             let _ = t.await;
         }
         let _ = admin.await;
+        let _ = certs.await;
         anyhow::Ok(())
     })?;
     for t in threads {
@@ -230,6 +253,15 @@ async fn start(args: &Args) -> anyhow::Result<Option<Started>> {
         response_timeout: args.response_timeout,
         header_read_timeout: args.header_read_timeout,
         sniff_timeout: args.protocol_detection_timeout,
+        identity: match (&args.cert, &args.key, &args.ca) {
+            (Some(cert), Some(key), Some(ca)) => Some(IdentityFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                ca: ca.clone(),
+            }),
+            _ => None,
+        },
+        trust_domain: args.trust_domain.clone(),
         ..ProxyConfig::default()
     };
     let dns = Dns::new(DnsConfig {
@@ -290,6 +322,31 @@ fn reuse_port_socket(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> 
         .with_context(|| format!("cannot listen on {addr}"))?;
     socket.listen(4096)?;
     Ok(socket.into())
+}
+
+/// Reloads TLS origination certificates whose files changed. Connections already open keep
+/// the configuration they were made with; a broken file keeps the previous one in force.
+async fn watch_certificates(shared: Arc<Shared>, every: Duration, mut stopped: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stopped.changed() => return,
+        }
+        let snapshot = shared.snapshot.load_full();
+        for cluster in snapshot.clusters() {
+            let Some(Ok(tls)) = &cluster.tls else { continue };
+            // File checks are a few stat calls; reading and parsing happens only on a change.
+            match tls.reload_if_changed() {
+                Ok(true) => tracing::info!(cluster = %cluster.name, "TLS certificates reloaded"),
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::error!(cluster = %cluster.name, error = %e, "TLS certificates not reloaded; the previous ones stay in force")
+                }
+            }
+        }
+    }
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {
