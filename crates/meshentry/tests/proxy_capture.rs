@@ -12,7 +12,7 @@
 //! DestinationRule TLS; ALLOW_ANY passthrough and REGISTRY_ONLY refusals in the client's own
 //! protocol; that each application connection reaches the outbound listener exactly once (the
 //! proxy's own connections are exempt); IPv6; and protocol detection (TLS SNI, also from a
-//! ClientHello sent one byte per segment; HTTP/1 Host; h2c; other bytes; server-first
+//! ClientHello sent one byte per segment; HTTP/1 Host; h2c :authority; other bytes; server-first
 //! protocols with and without a detection wait).
 //!
 //! Needs root, iproute2, iptables, setpriv, curl and openssl (scripts/test installs them).
@@ -1546,7 +1546,6 @@ async fn read_one_response(s: &mut TcpStream) -> (String, String) {
 
 /// HTTP/2 with prior knowledge (h2c) is routed by `:authority`; the upstream speaks HTTP/1.1.
 #[test]
-#[ignore = "h2c lands with the h2 branch: the outbound listener detects h2c but relays it as TCP to the destination's service"]
 fn detection_routes_h2c_by_authority() {
     let ns = captured_netns();
     ns.block_on(|| async {
@@ -1564,8 +1563,26 @@ fn detection_routes_h2c_by_authority() {
         .await;
         assert_eq!((out.code, out.status), (0, 200), "{out:?}");
         assert_eq!(out.json()["upstream"], "web", "{out:?}");
-        assert_eq!(w.web.last().unwrap().path, "/h2c");
-        assert_eq!(w.proxy.sniffed().await, [0, 0, 1, 0, 0]);
+        let seen = w.web.last().unwrap();
+        assert_eq!((seen.path.as_str(), seen.version.as_str()), ("/h2c", "HTTP/1.1"));
+
+        // An authority no service has is refused over HTTP/2 too, with the reason.
+        let resolve = format!("unknown.example.test:8080:{}", nowhere(74));
+        let out = curl(
+            &ns,
+            &[
+                "--http2-prior-knowledge",
+                "--resolve",
+                &resolve,
+                "http://unknown.example.test:8080/h2c",
+            ],
+        )
+        .await;
+        assert_eq!((out.code, out.status), (0, 502), "{out:?}");
+        assert!(out.body.contains("unknown.example.test"), "{out:?}");
+        assert!(out.body.contains("REGISTRY_ONLY"), "{out:?}");
+        assert_eq!(w.web.requests() + w.other.requests(), 1);
+        assert_eq!(w.proxy.sniffed().await, [0, 0, 2, 0, 0]);
     });
 }
 
