@@ -306,8 +306,8 @@ async fn exchange(conn: &mut Downstream, head: &Head, ctx: &ConnCtx) -> Next {
             shared.stats.blocked.fetch_add(1, Ordering::Relaxed);
             let snap = &ctx.snapshot;
             tracing::warn!(
-                peer = %ctx.peer, host, port, namespace = %snap.namespace, policy_source = %snap.policy_source,
-                "blocked by REGISTRY_ONLY: destination is not in the service registry"
+                peer = %ctx.peer, host, port, dst = ?ctx.transparent.as_ref().map(|t| t.dst), namespace = %snap.namespace,
+                policy_source = %snap.policy_source, "blocked by REGISTRY_ONLY: destination is not in the service registry"
             );
             let reason = crate::http::blocked_reason(snap, host, port);
             return refuse(conn, shared, 502, &reason, None, skip).await;

@@ -394,8 +394,8 @@ fn blocked(ctx: &ConnCtx, host: &str, port: u16, status: StatusCode) -> Response
     shared.stats.blocked.fetch_add(1, Ordering::Relaxed);
     let snap = &ctx.snapshot;
     tracing::warn!(
-        peer = %ctx.peer, host, port, namespace = %snap.namespace, policy_source = %snap.policy_source,
-        "blocked by REGISTRY_ONLY: destination is not in the service registry"
+        peer = %ctx.peer, host, port, dst = ?ctx.transparent.as_ref().map(|t| t.dst), namespace = %snap.namespace,
+        policy_source = %snap.policy_source, "blocked by REGISTRY_ONLY: destination is not in the service registry"
     );
     local(status, &blocked_reason(snap, host, port))
 }
