@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use meshentry_api::model::{
     ClientTlsMode, ClientTlsSettings, DestinationRule, LoadBalancerSettings, OutboundTrafficPolicyMode, Sidecar,
-    SimpleLb, TrafficPolicy,
+    SimpleLb, Subset, TrafficPolicy,
 };
 use meshentry_api::{Resource, Spec};
 use meshentry_registry::hash::FxHashMap;
@@ -22,6 +22,7 @@ use crate::config::{OutboundPolicy, ProxyConfig};
 use crate::dns::Dns;
 use crate::lb::Policy;
 use crate::tls::{Mode, Origination, Recipe, Sni};
+use crate::vs::{CompileInput, MESH, RouteTables};
 
 /// Everything the data path needs to route, frozen.
 pub struct Snapshot {
@@ -36,6 +37,12 @@ pub struct Snapshot {
     /// Keyed by the address of the service inside `registry` (which never moves or changes
     /// while this snapshot lives) and the port number, so a lookup hashes two integers.
     clusters: FxHashMap<(usize, u32), Arc<Cluster>>,
+    /// DestinationRule subset clusters (D3, D4), keyed like `clusters` plus the subset name.
+    /// Only VirtualService destinations name them, and those are resolved when the route
+    /// tables are compiled, so the data path never looks here.
+    subset_clusters: BTreeMap<(usize, u32, String), Arc<Cluster>>,
+    /// The VirtualService routes (E1-E7) this proxy applies.
+    pub routes: RouteTables,
     /// What the transparent listener may find on each port (C3-C6).
     ports: FxHashMap<u32, PortInfo>,
     /// Configurations Istio would route wrongly, and what this proxy does instead.
@@ -65,16 +72,45 @@ impl Snapshot {
         let (policy, policy_source) = outbound_policy(resources.iter().copied(), config);
         let namespace: Arc<str> = Arc::from(config.namespace.as_str());
         let mut clusters = FxHashMap::default();
+        let mut subset_clusters = BTreeMap::new();
         let view = registry.view(&namespace);
         for service in view.services() {
+            let key = service as *const Service as usize;
+            let subsets = rules
+                .lookup(service, &config.namespace)
+                .map_or(&[][..], |r| r.spec.subsets.as_slice());
             for port in &service.ports {
-                let spec = rules.cluster_spec(service, port.number, config);
+                let spec = rules.cluster_spec(service, port.number, config, None);
                 let cluster = Cluster::build(service, port.number, spec, dns);
-                clusters.insert((service as *const Service as usize, port.number), Arc::new(cluster));
+                clusters.insert((key, port.number), Arc::new(cluster));
+                for subset in subsets {
+                    let spec = rules.cluster_spec(service, port.number, config, Some(subset));
+                    let cluster = Cluster::build(service, port.number, spec, dns);
+                    subset_clusters.insert((key, port.number, subset.name.clone()), Arc::new(cluster));
+                }
             }
         }
+        let cluster_of = |service: &Service, port: u32, subset: Option<&str>| {
+            let key = service as *const Service as usize;
+            match subset {
+                None => clusters.get(&(key, port)).cloned(),
+                Some(s) => subset_clusters.get(&(key, port, s.to_string())).cloned(),
+            }
+        };
+        let routes = RouteTables::compile(
+            resources,
+            &CompileInput {
+                registry: &registry,
+                view,
+                namespace: &namespace,
+                labels: &config.labels,
+                gateway: MESH,
+                cluster: &cluster_of,
+            },
+        );
         let (ports, mut warnings) = port_table(&view);
-        for cluster in clusters.values() {
+        warnings.extend(routes.warnings.iter().cloned());
+        for cluster in clusters.values().chain(subset_clusters.values()) {
             if let Some(Err(reason)) = &cluster.tls {
                 warnings.push(format!(
                     "{}: TLS origination is off, its connections fail: {reason}",
@@ -99,6 +135,8 @@ impl Snapshot {
             policy,
             policy_source,
             clusters,
+            subset_clusters,
+            routes,
             ports,
             warnings,
         }
@@ -127,9 +165,9 @@ impl Snapshot {
         self.clusters.get(&(service as *const Service as usize, port))
     }
 
-    /// Every cluster, sorted by name, for admin output.
+    /// Every cluster (subsets included), sorted by name, for admin output.
     pub fn clusters(&self) -> Vec<&Arc<Cluster>> {
-        let mut all: Vec<&Arc<Cluster>> = self.clusters.values().collect();
+        let mut all: Vec<&Arc<Cluster>> = self.clusters.values().chain(self.subset_clusters.values()).collect();
         all.sort_by(|a, b| a.name.cmp(&b.name));
         all
     }
@@ -312,14 +350,21 @@ impl<'a> DestinationRules<'a> {
         None
     }
 
-    /// D3/D5/D6: the load balancer and TLS of `port`: a portLevelSettings entry for the port
-    /// replaces the top-level settings.
-    fn cluster_spec(&self, service: &Service, port: u32, config: &ProxyConfig) -> ClusterSpec {
+    /// D3/D5/D6: the load balancer and TLS of `port` (and `subset`): a portLevelSettings
+    /// entry for the port replaces the top-level settings, and the subset's own policy then
+    /// overrides them field by field.
+    fn cluster_spec(&self, service: &Service, port: u32, config: &ProxyConfig, subset: Option<&Subset>) -> ClusterSpec {
         let rule = self.lookup(service, &config.namespace);
-        let (lb, tls) = match rule.and_then(|r| r.spec.traffic_policy.as_ref()) {
+        let (mut lb, mut tls) = match rule.and_then(|r| r.spec.traffic_policy.as_ref()) {
             Some(tp) => port_policy(tp, port),
             None => (None, None),
         };
+        if let Some(tp) = subset.and_then(|s| s.traffic_policy.as_ref()) {
+            let (sub_lb, sub_tls) = port_policy(tp, port);
+            lb = sub_lb.or(lb);
+            tls = sub_tls.or(tls);
+        }
+        let subset_name = subset.map(|s| s.name.as_str());
         let (policy, passthrough) = match lb.and_then(|lb| lb.simple) {
             Some(SimpleLb::RoundRobin) => (Policy::RoundRobin, false),
             Some(SimpleLb::Random) => (Policy::Random, false),
@@ -332,7 +377,7 @@ impl<'a> DestinationRules<'a> {
             let who = rule.map_or_else(String::new, |r| {
                 format!("DestinationRule {}/{}", r.resource.namespace, r.resource.name())
             });
-            tls_recipe(t, service, port, None, config, &who)
+            tls_recipe(t, service, port, subset_name, config, &who)
                 .map(|recipe| recipe.map(|r| Origination::new(r).map(Arc::new).map_err(|e| format!("{who}: {e}"))))
                 .unwrap_or_else(|reason| Some(Err(reason)))
         });
@@ -340,6 +385,7 @@ impl<'a> DestinationRules<'a> {
             policy,
             passthrough,
             tls,
+            subset: subset.map(|s| (s.name.clone(), s.labels.clone())),
         }
     }
 }
