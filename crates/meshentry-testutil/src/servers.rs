@@ -94,6 +94,8 @@ struct HttpStats {
     requests: AtomicUsize,
     connections: AtomicUsize,
     seen: Mutex<Vec<SeenRequest>>,
+    /// Requests seen per `/fail/<n>/...` path.
+    failing: Mutex<std::collections::HashMap<String, usize>>,
 }
 
 /// The HTTP side common to [`HttpUpstream`] and [`TlsUpstream`].
@@ -209,6 +211,19 @@ async fn handle(
                 .filter(|s| !s.is_informational())
                 .unwrap_or(StatusCode::BAD_REQUEST);
         }
+        // The first n requests for this exact path fail with 503, the rest succeed: an
+        // upstream that fails on purpose, for retries.
+        (Some("fail"), Some(rest)) => match rest.split('/').next().and_then(|n| n.parse::<usize>().ok()) {
+            Some(n) => {
+                let mut failing = lock(&stats.failing);
+                let seen = failing.entry(seen.path.clone()).or_insert(0);
+                *seen += 1;
+                if *seen <= n {
+                    status = StatusCode::SERVICE_UNAVAILABLE;
+                }
+            }
+            None => status = StatusCode::BAD_REQUEST,
+        },
         (Some("delay"), Some(ms)) => match ms.parse::<u64>() {
             Ok(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
             Err(_) => status = StatusCode::BAD_REQUEST,
@@ -298,6 +313,7 @@ where
 /// `host`, `headers`, `body`, `version`, `connection` and `tls`.
 ///
 /// Special paths: `/status/<code>` answers that status, `/delay/<ms>` waits before answering,
+/// `/fail/<n>/...` answers 503 to the first `n` requests for that path and 200 after,
 /// `/bytes/<n>` streams `n` bytes of `x` with chunked encoding.
 pub struct HttpUpstream {
     addr: Option<SocketAddr>,
