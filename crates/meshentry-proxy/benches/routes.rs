@@ -115,7 +115,9 @@ fn matching(c: &mut Criterion) {
         let routes = snap.routes.http_for(&decision, host, 80).expect("a route table");
         let sel = routes.select(black_box(&req)).expect("the last rule matches");
         let dest = sel.rule.pick().expect("a destination");
-        route::to_target(&snap, &dest.target).ok().map(|d| d.cluster_name().len())
+        route::to_target(&snap, &dest.target)
+            .ok()
+            .map(|d| d.cluster_name().len())
     };
     assert!(decide().is_some());
     let mut group = c.benchmark_group("virtual_service");

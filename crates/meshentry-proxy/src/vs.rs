@@ -397,9 +397,9 @@ struct HttpMatch {
     scheme: Option<StrMatch>,
     method: Option<StrMatch>,
     authority: Option<StrMatch>,
-    headers: Box<[(Box<str>, StrMatch)]>,
-    without_headers: Box<[(Box<str>, StrMatch)]>,
-    query: Box<[(Box<str>, StrMatch)]>,
+    headers: NamedMatches,
+    without_headers: NamedMatches,
+    query: NamedMatches,
 }
 
 /// The rule that matched, and how much of the path its URI prefix covered (for `rewrite.uri`).
@@ -621,6 +621,12 @@ fn covers(pattern: &str, name: &str) -> bool {
 
 // === Compilation ===
 
+/// The cluster of port `u32` of a service, or of its subset `Some(name)`.
+pub type ClusterOf<'a> = dyn Fn(&Service, u32, Option<&str>) -> Option<Arc<Cluster>> + 'a;
+
+/// Header (or query parameter) names with their matchers.
+type NamedMatches = Box<[(Box<str>, StrMatch)]>;
+
 /// What compiling needs from the snapshot being built.
 pub struct CompileInput<'a> {
     pub registry: &'a Registry,
@@ -631,7 +637,7 @@ pub struct CompileInput<'a> {
     /// [`MESH`], or `namespace/name` of the gateway this proxy is.
     pub gateway: &'a str,
     /// The cluster of a service port, and of a subset of it.
-    pub cluster: &'a dyn Fn(&Service, u32, Option<&str>) -> Option<Arc<Cluster>>,
+    pub cluster: &'a ClusterOf<'a>,
 }
 
 /// One VirtualService that applies to this proxy, hosts expanded.
@@ -1213,7 +1219,7 @@ impl Ctx<'_, '_> {
 
 fn compile_match(m: &HttpMatchRequest) -> Result<HttpMatch, String> {
     let opt = |s: &Option<StringMatch>| s.as_ref().map(StrMatch::compile).transpose();
-    let list = |map: &BTreeMap<String, StringMatch>| -> Result<Box<[(Box<str>, StrMatch)]>, String> {
+    let list = |map: &BTreeMap<String, StringMatch>| -> Result<NamedMatches, String> {
         map.iter()
             .map(|(k, v)| Ok((k.to_ascii_lowercase().into(), StrMatch::compile(v)?)))
             .collect()

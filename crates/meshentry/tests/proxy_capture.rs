@@ -512,7 +512,11 @@ fn seed_05_tls_routing_by_sni_to_the_egress_firewall() {
         let leaf = ca.issue(LeafSpec::server(["wikipedia.org", "en.wikipedia.org"]));
         let firewall = TlsUpstream::start(SocketAddr::new(v4(fw_at), 443), "firewall", server_config(&leaf, None));
         let elsewhere = unique_loopback();
-        let direct = TlsUpstream::start(SocketAddr::new(v4(elsewhere), 443), "direct", server_config(&leaf, None));
+        let direct = TlsUpstream::start(
+            SocketAddr::new(v4(elsewhere), 443),
+            "direct",
+            server_config(&leaf, None),
+        );
         let firewall_se = format!(
             "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: firewall, namespace: ns1}}\n\
              spec:\n  hosts: [internal-egress-firewall.ns1.svc.cluster.local]\n  location: MESH_INTERNAL\n\
@@ -540,7 +544,11 @@ fn seed_05_tls_routing_by_sni_to_the_egress_firewall() {
             assert_eq!(out.json()["tls"]["sni"], host, "{out:?}");
         }
         assert_eq!(firewall.requests(), 2);
-        assert_eq!(direct.connections(), 0, "the VirtualService sends wikipedia to the firewall");
+        assert_eq!(
+            direct.connections(),
+            0,
+            "the VirtualService sends wikipedia to the firewall"
+        );
         assert_eq!(proxy.sniffed().await, [2, 0, 0, 0, 0]);
     });
 }
