@@ -21,7 +21,9 @@ pub use dns::TestDns;
 pub use ip::unique_loopback;
 pub use pki::{Leaf, LeafSpec, PemDir, TestCa};
 pub use process::ProxyProcess;
-pub use servers::{HttpUpstream, Reset, SeenRequest, Stall, TcpBanner, TcpEcho, TlsSeen, TlsUpstream, closed_port};
+pub use servers::{
+    HttpUpstream, Reset, SeenRequest, Stall, TcpBanner, TcpEcho, TlsEcho, TlsSeen, TlsUpstream, closed_port,
+};
 pub use wait::{eventually, free_port};
 
 /// The crypto provider every TLS helper uses. meshentry picks ring as its single rustls provider,
