@@ -33,6 +33,10 @@ pub enum UpstreamError {
     Timeout(std::time::Duration),
     #[error("DNS lookup failed: {0}")]
     Dns(String),
+    /// The upstream refused the TLS session after the handshake (TLS 1.3 reports a rejected
+    /// client certificate only then).
+    #[error("upstream connect error: {0}")]
+    Tls(String),
 }
 
 impl UpstreamError {
@@ -40,7 +44,10 @@ impl UpstreamError {
     /// 504 for timeouts), and 502 when the upstream broke the exchange.
     pub fn status(&self) -> u16 {
         match self {
-            UpstreamError::NoHost(_) | UpstreamError::Connect { .. } | UpstreamError::Dns(_) => 503,
+            UpstreamError::NoHost(_)
+            | UpstreamError::Connect { .. }
+            | UpstreamError::Dns(_)
+            | UpstreamError::Tls(_) => 503,
             UpstreamError::Reset(_) => 502,
             UpstreamError::Timeout(_) => 504,
         }
@@ -51,7 +58,7 @@ impl UpstreamError {
         match self {
             UpstreamError::NoHost(NoHost::Dns(_)) | UpstreamError::Dns(_) => "DF",
             UpstreamError::NoHost(_) => "UH",
-            UpstreamError::Connect { .. } => "UF",
+            UpstreamError::Connect { .. } | UpstreamError::Tls(_) => "UF",
             UpstreamError::Reset(_) => "UC",
             UpstreamError::Timeout(_) => "UT",
         }
@@ -381,7 +388,7 @@ async fn exchange(
             Ok(Ok(resp)) => return Ok((resp, sender)),
             Ok(Err(mut e)) => match e.take_message() {
                 Some(back) => req = back,
-                None => return Err(Exchange::Failed(UpstreamError::Reset(e.into_error().to_string()))),
+                None => return Err(Exchange::Failed(reset(e.into_error()))),
             },
         }
     }
@@ -392,11 +399,11 @@ async fn exchange(
     opened();
     let mut sender = upstream::handshake(stream)
         .await
-        .map_err(|e| Exchange::Failed(UpstreamError::Reset(e.to_string())))?;
+        .map_err(|e| Exchange::Failed(reset(e)))?;
     match tokio::time::timeout(response_timeout, sender.try_send_request(req)).await {
         Err(_) => Err(Exchange::Failed(UpstreamError::Timeout(response_timeout))),
         Ok(Ok(resp)) => Ok((resp, sender)),
-        Ok(Err(e)) => Err(Exchange::Failed(UpstreamError::Reset(e.into_error().to_string()))),
+        Ok(Err(e)) => Err(Exchange::Failed(reset(e.into_error()))),
     }
 }
 
@@ -430,13 +437,22 @@ async fn exchange_h2(
             Ok(Ok(resp)) => return Ok(resp),
             Ok(Err(mut e)) => match e.take_message() {
                 Some(back) if round == 0 => req = back,
-                _ => return Err(Exchange::Failed(UpstreamError::Reset(e.into_error().to_string()))),
+                _ => return Err(Exchange::Failed(reset(e.into_error()))),
             },
         }
     }
     Err(Exchange::Failed(UpstreamError::Reset(
         "upstream HTTP/2 connection closed before the request was sent".into(),
     )))
+}
+
+/// An upstream that broke the exchange: a TLS failure when that is the cause (a TLS 1.3
+/// server refuses a client certificate after the handshake), else hyper's words.
+fn reset(e: hyper::Error) -> UpstreamError {
+    match crate::tls::find_cause(&e) {
+        Some(cause) => UpstreamError::Tls(cause),
+        None => UpstreamError::Reset(e.to_string()),
+    }
 }
 
 /// The host name a request is for (its authority, else its Host), without the port: the SNI

@@ -306,8 +306,8 @@ async fn exchange(conn: &mut Downstream, head: &Head, ctx: &ConnCtx) -> Next {
             shared.stats.blocked.fetch_add(1, Ordering::Relaxed);
             let snap = &ctx.snapshot;
             tracing::warn!(
-                peer = %ctx.peer, host, port, namespace = %snap.namespace, policy_source = %snap.policy_source,
-                "blocked by REGISTRY_ONLY: destination is not in the service registry"
+                peer = %ctx.peer, host, port, dst = ?ctx.transparent.as_ref().map(|t| t.dst), namespace = %snap.namespace,
+                policy_source = %snap.policy_source, "blocked by REGISTRY_ONLY: destination is not in the service registry"
             );
             let reason = crate::http::blocked_reason(snap, host, port);
             return refuse(conn, shared, 502, &reason, None, skip).await;
@@ -393,7 +393,7 @@ async fn exchange(conn: &mut Downstream, head: &Head, ctx: &ConnCtx) -> Next {
             }
         }
         Err(Failure::Answer(e)) => {
-            shared.stats.upstream_errors.fetch_add(1, Ordering::Relaxed);
+            shared.stats.count_upstream_error(&e);
             tracing::info!(
                 peer = %ctx.peer, host = %original.host, port, cluster = cluster_name, flags = e.flag(), error = %e,
                 "request failed upstream"
@@ -772,6 +772,11 @@ async fn roundtrip(
         let got_nothing = up.buf.is_empty();
         match tokio::time::timeout_at(deadline, up.stream.read_buf(&mut up.buf)).await {
             Err(_) => return Outcome::Failed(Failure::Answer(UpstreamError::Timeout(response_timeout))),
+            // A TLS alert instead of a response (a TLS 1.3 server refusing our client
+            // certificate says so only now) is the answer, not a stale connection.
+            Ok(Err(e)) if let Some(cause) = crate::tls::find_cause(&e) => {
+                return Outcome::Failed(Failure::Answer(UpstreamError::Tls(cause)));
+            }
             Ok(Ok(0)) | Ok(Err(_)) if got_nothing => return Outcome::StaleBeforeResponse,
             Ok(Ok(0)) => {
                 return Outcome::Failed(Failure::Answer(UpstreamError::Reset("upstream closed mid-head".into())));

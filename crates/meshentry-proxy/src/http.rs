@@ -245,7 +245,7 @@ async fn relay_response(
             Response::from_parts(parts, Either::Left(body))
         }
         Err(e) => {
-            shared.stats.upstream_errors.fetch_add(1, Ordering::Relaxed);
+            shared.stats.count_upstream_error(&e);
             tracing::info!(
                 peer = %ctx.peer, host = %host, port, cluster = decision.cluster_name(), flags = e.flag(), error = %e,
                 "request failed upstream"
@@ -363,7 +363,7 @@ async fn connect(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<Respons
     let upstream = match forward::connect_stream(shared, cluster, &Original { host: &host, port }).await {
         Ok((stream, addr)) => (stream, addr),
         Err(e) => {
-            shared.stats.upstream_errors.fetch_add(1, Ordering::Relaxed);
+            shared.stats.count_upstream_error(&e);
             tracing::info!(peer = %ctx.peer, %host, port, cluster = %cluster_name, flags = e.flag(), error = %e, "tunnel failed upstream");
             let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
             return local(status, &format!("meshentry: {host}:{port} via {cluster_name}: {e}"));
@@ -394,8 +394,8 @@ fn blocked(ctx: &ConnCtx, host: &str, port: u16, status: StatusCode) -> Response
     shared.stats.blocked.fetch_add(1, Ordering::Relaxed);
     let snap = &ctx.snapshot;
     tracing::warn!(
-        peer = %ctx.peer, host, port, namespace = %snap.namespace, policy_source = %snap.policy_source,
-        "blocked by REGISTRY_ONLY: destination is not in the service registry"
+        peer = %ctx.peer, host, port, dst = ?ctx.transparent.as_ref().map(|t| t.dst), namespace = %snap.namespace,
+        policy_source = %snap.policy_source, "blocked by REGISTRY_ONLY: destination is not in the service registry"
     );
     local(status, &blocked_reason(snap, host, port))
 }

@@ -5,6 +5,7 @@
 //! - [`route`]: which cluster a destination goes to;
 //! - [`cluster`], [`lb`], [`dns`]: the hosts of a cluster and how one is picked;
 //! - [`forward`], [`upstream`]: connecting and sending, with failover and pooling;
+//! - [`tls`]: originating TLS (DestinationRule `tls`): configurations, verification, reload;
 //! - [`h1`], [`chunked`]: the fast path for plain HTTP/1.1 requests;
 //! - [`http`], [`tunnel`], [`sni`]: the general (hyper) path, CONNECT tunnels, SNI;
 //! - [`h2`]: HTTP/2 prior-knowledge clients, HTTP/2 upstream requests, gRPC error replies;

@@ -78,6 +78,14 @@ pub struct Stats {
 pub const DETECTED_NAMES: [&str; 5] = ["tls", "http1", "h2c", "tcp", "none"];
 
 impl Stats {
+    /// A request or tunnel that failed upstream; TLS failures are also counted as such.
+    pub fn count_upstream_error(&self, e: &crate::forward::UpstreamError) {
+        self.upstream_errors.fetch_add(1, Ordering::Relaxed);
+        if let crate::forward::UpstreamError::Tls(_) = e {
+            self.upstream_tls_errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     pub fn count_detected(&self, d: &Detected) {
         let slot = match d {
             Detected::Tls { .. } => 0,

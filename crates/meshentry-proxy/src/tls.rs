@@ -410,9 +410,31 @@ fn san_matches(have: &str, want: &str) -> bool {
 
 /// A TLS failure in the words a 503 body and a log line use.
 pub fn describe(e: &io::Error) -> String {
-    let Some(inner) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) else {
-        return format!("TLS handshake failed: {e}");
-    };
+    match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+        Some(inner) => describe_rustls(inner),
+        None => format!("TLS handshake failed: {e}"),
+    }
+}
+
+/// The TLS cause somewhere in `e`'s chain of sources (a hyper error wrapping an I/O error
+/// wrapping a rustls alert, say), described; `None` when there is no TLS error in it.
+pub fn find_cause(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(r) = err.downcast_ref::<rustls::Error>() {
+            return Some(describe_rustls(r));
+        }
+        if let Some(io) = err.downcast_ref::<io::Error>()
+            && let Some(r) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>())
+        {
+            return Some(describe_rustls(r));
+        }
+        cur = err.source();
+    }
+    None
+}
+
+fn describe_rustls(inner: &rustls::Error) -> String {
     match inner {
         rustls::Error::InvalidCertificate(c) => match c {
             CertificateError::UnknownIssuer => {

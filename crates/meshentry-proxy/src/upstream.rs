@@ -28,6 +28,10 @@ use std::sync::Arc;
 
 use rustls::pki_types::ServerName;
 
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::capture::PROXY_MARK;
 use crate::cluster::HostAddr;
 use crate::tls::Origination;
 
@@ -147,12 +151,29 @@ pub async fn connect(dial: &Dial, timeout: Duration) -> Result<Stream, ConnectEr
     }
 }
 
+/// Whether setting [`PROXY_MARK`] works here (root or CAP_NET_ADMIN); learned on first use.
+static MARK_WORKS: AtomicBool = AtomicBool::new(true);
+
+/// A socket for an upstream connection, carrying [`PROXY_MARK`] when the process may set it:
+/// the capture rules exempt that mark, so a proxy running as root (not the exempted uid) does
+/// not capture its own connections again and loop.
+fn marked_socket(to: &SocketAddr) -> io::Result<tokio::net::TcpSocket> {
+    let socket = match to {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    if MARK_WORKS.load(Ordering::Relaxed) && socket2::SockRef::from(&socket).set_mark(PROXY_MARK).is_err() {
+        MARK_WORKS.store(false, Ordering::Relaxed);
+    }
+    Ok(socket)
+}
+
 /// Opens a plain stream to `addr`.
 async fn connect_addr(addr: &HostAddr, timeout: Duration) -> Result<Stream, ConnectError> {
     let fut = async {
         match addr {
             HostAddr::Ip(sa) => {
-                let s = TcpStream::connect(sa).await?;
+                let s = marked_socket(sa)?.connect(*sa).await?;
                 // Requests are small and latency matters more than packet count.
                 s.set_nodelay(true)?;
                 Ok::<_, io::Error>(Stream::Tcp(s))
