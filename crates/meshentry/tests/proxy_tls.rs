@@ -704,6 +704,56 @@ async fn a_server_refusing_the_client_certificate_is_reported_as_such() {
     assert_eq!(proxy.stat("upstream_tls_errors_total").await, 2);
 }
 
+/// An endpoint that refuses the client certificate after the handshake is a connect failure
+/// like a failed handshake: the request goes to the next endpoint (nothing of it reached the
+/// refusing server's application), and the refusal is counted against that endpoint.
+#[tokio::test]
+async fn an_endpoint_refusing_the_client_certificate_is_failed_over() {
+    let ca = TestCa::new("db CA");
+    let theirs = TestCa::new("their clients' CA");
+    let pem = PemDir::new();
+    let ca_file = pem.ca(&ca);
+    let client = pem.leaf(
+        &ca.issue(LeafSpec::client("spiffe://cluster.local/ns/default/sa/app")),
+        "client",
+    );
+    let leaf = ca.issue(LeafSpec::server(["pair.example.com"]));
+    let (good_ip, picky_ip) = (unique_loopback(), unique_loopback());
+    let good = TlsUpstream::start(on(good_ip, 443), "good", server_config(&leaf, Some(&ca)));
+    // Trusts only its own clients' CA, so it refuses ours once it has seen it.
+    let picky = TlsUpstream::start(on(picky_ip, 443), "picky", server_config(&leaf, Some(&theirs)));
+    let yaml = [
+        entry("pair.example.com", &[picky_ip, good_ip], ""),
+        rule("pair.example.com", &mutual(&client, &ca_file), Some("ROUND_ROBIN")),
+    ]
+    .concat();
+    let proxy = Proxy::start(&yaml, &[]).await;
+
+    // Round robin sends at least one of four requests (each from a new client) to the picky
+    // endpoint first.
+    let mut replies = Vec::new();
+    for i in 0..4 {
+        replies.push(proxy.get1(&format!("http://pair.example.com/{i}")).await);
+    }
+    eventually(WAIT, || async { !picky.handshake_failures().is_empty() }).await;
+    for r in &replies {
+        assert_eq!(r.status, 200, "the next endpoint answers: {replies:#?}");
+        assert_eq!(r.json()["upstream"], "good");
+    }
+    assert_eq!(good.requests(), 4);
+    assert_eq!(picky.requests(), 0);
+    let tls_errors = proxy.stat("upstream_tls_errors_total").await;
+    assert!(tls_errors >= 1, "{tls_errors}");
+    let cluster = proxy.cluster("outbound|80||pair.example.com").await;
+    let picky_host = cluster["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["address"] == on(picky_ip, 443).to_string())
+        .unwrap();
+    assert_eq!(picky_host["connect_failures"], tls_errors, "{cluster:#}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // 4. ISTIO_MUTUAL with identities from `meshentry ca`
 
