@@ -961,6 +961,38 @@ async fn seed_mongo_cluster_with_mutual_tls() {
     assert_eq!(proxy.stat("upstream_tls_errors_total").await, 0);
 }
 
+/// A TCP endpoint that refuses the client certificate after the handshake (TLS 1.3) closes
+/// the tunnel; the proxy says why in its log and counts it, instead of closing silently.
+#[tokio::test]
+async fn a_tunnel_whose_upstream_refuses_the_client_certificate_is_reported() {
+    let ca = TestCa::new("db CA");
+    let other = TestCa::new("someone else");
+    let pem = PemDir::new();
+    let client = pem.leaf(
+        &other.issue(LeafSpec::client("spiffe://cluster.local/ns/default/sa/x")),
+        "c",
+    );
+    let server = ca.issue(LeafSpec::server(["db.internal"]));
+    let ep = unique_loopback();
+    let db = TlsEcho::start(on(ep, 5432), server_config(&server, Some(&ca)));
+    let se = replace(
+        &entry("db.internal", &[ep], ""),
+        "protocol: HTTP, targetPort: 443",
+        "protocol: TCP, targetPort: 5432",
+    );
+    let dr = rule("db.internal", &mutual(&client, &pem.ca(&ca)), None);
+    let proxy = Proxy::start(&format!("{se}\n---\n{dr}"), &[]).await;
+
+    let mut s = connect_tunnel(proxy.inner.addr, "db.internal:80").await;
+    let _ = s.write_all(b"hello").await;
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(IO_TIMEOUT, s.read(&mut buf)).await.unwrap();
+    assert!(matches!(read, Ok(0) | Err(_)), "the tunnel must close: {read:?}");
+    proxy.wait_log(&["tunnel failed upstream", "UnknownCA"]).await;
+    assert_eq!(proxy.stat("upstream_tls_errors_total").await, 1);
+    assert!(!db.handshake_failures().is_empty());
+}
+
 /// Opens a CONNECT tunnel to `target` through the proxy and returns the stream after a 200.
 async fn connect_tunnel(proxy: SocketAddr, target: &str) -> TcpStream {
     let mut s = tokio::time::timeout(IO_TIMEOUT, TcpStream::connect(proxy))
