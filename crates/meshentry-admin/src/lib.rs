@@ -216,6 +216,7 @@ fn clusters_json(shared: &Shared) -> Value {
                 "requests": c.stats.requests.load(Ordering::Relaxed),
                 "connect_failures": c.stats.connect_failures.load(Ordering::Relaxed),
                 "dns_failures": c.stats.dns_failures.load(Ordering::Relaxed),
+                "tls_failures": c.stats.tls_failures.load(Ordering::Relaxed),
                 "hosts": hosts,
             })
         })

@@ -713,6 +713,12 @@ async fn attempt(
         Outcome::StaleBeforeResponse => Attempt::Opened(Err(Failure::Answer(UpstreamError::Reset(
             "upstream closed the connection before responding".into(),
         )))),
+        // A TLS 1.3 server refuses a client certificate only after the handshake, at the first
+        // read: that is a failed connection, tried on the next host like any other, as long as
+        // the whole request can be sent again (the server processed none of it).
+        Outcome::Failed(Failure::Answer(UpstreamError::Tls(cause))) if body_rest == 0 => {
+            Attempt::Refused(upstream::ConnectError::Tls(cause))
+        }
         Outcome::Failed(f) => Attempt::Opened(Err(f)),
     }
 }

@@ -373,10 +373,19 @@ impl<'a> DestinationRules<'a> {
                 (Policy::LeastRequest, false)
             }
         };
+        // C10: with no rule saying otherwise, a mesh-internal service whose endpoints all run
+        // a sidecar (tlsMode istio) gets mutual TLS with the mesh identity, when this proxy has
+        // one (Istio's auto mTLS).
+        let auto = ClientTlsSettings {
+            mode: ClientTlsMode::IstioMutual,
+            ..ClientTlsSettings::default()
+        };
+        let tls = tls.or_else(|| auto_mtls(service, port, config).then_some(&auto));
         let tls = tls.and_then(|t| {
-            let who = rule.map_or_else(String::new, |r| {
-                format!("DestinationRule {}/{}", r.resource.namespace, r.resource.name())
-            });
+            let who = rule.map_or_else(
+                || "auto mTLS".to_string(),
+                |r| format!("DestinationRule {}/{}", r.resource.namespace, r.resource.name()),
+            );
             tls_recipe(t, service, port, subset_name, config, &who)
                 .map(|recipe| recipe.map(|r| Origination::new(r).map(Arc::new).map_err(|e| format!("{who}: {e}"))))
                 .unwrap_or_else(|reason| Some(Err(reason)))
@@ -388,6 +397,17 @@ impl<'a> DestinationRules<'a> {
             subset: subset.map(|s| (s.name.clone(), s.labels.clone())),
         }
     }
+}
+
+/// C10: Istio's auto mTLS applies to `port` of `service`: mesh-internal, every endpoint with a
+/// sidecar (`tlsMode: istio`), and this proxy has a mesh identity to present.
+fn auto_mtls(service: &Service, port: u32, config: &ProxyConfig) -> bool {
+    let Some(p) = service.port(port) else { return false };
+    let mut endpoints = service.endpoints_for(p).peekable();
+    config.identity.is_some()
+        && service.location == meshentry_registry::Location::MeshInternal
+        && endpoints.peek().is_some()
+        && endpoints.all(|e| e.workload.tls_mode == meshentry_registry::model::TlsMode::Istio)
 }
 
 /// D3: a portLevelSettings entry for `port` replaces the top level's load balancer and TLS
@@ -649,6 +669,61 @@ spec:
         assert!(r.alpn.is_empty());
         let r = tls_of(&snap, "outbound|80||db.example.com").unwrap().unwrap();
         assert_eq!(r.alpn, [b"http/1.1".to_vec()]);
+    }
+
+    #[test]
+    fn mesh_internal_sidecar_endpoints_get_auto_mtls() {
+        let ca = meshentry_testutil::TestCa::new("mesh");
+        let pem = meshentry_testutil::PemDir::new();
+        let paths = pem.leaf(&ca.issue(meshentry_testutil::LeafSpec::client("spiffe://x")), "me");
+        let with_id = ProxyConfig {
+            identity: Some(crate::config::IdentityFiles {
+                cert: paths.cert,
+                key: paths.key,
+                ca: pem.ca(&ca),
+            }),
+            ..ProxyConfig::default()
+        };
+        let internal = SE.replace("resolution: STATIC", "resolution: STATIC\n  location: MESH_INTERNAL");
+        let snap = build(&internal, &with_id);
+        let r = tls_of(&snap, "outbound|5432||db.example.com").unwrap().unwrap();
+        assert_eq!(r.mode, Mode::IstioMutual);
+        // No identity to present, or an external service: plaintext, as Istio's auto mTLS.
+        assert_eq!(
+            tls_of(
+                &build(&internal, &ProxyConfig::default()),
+                "outbound|5432||db.example.com"
+            ),
+            Ok(None)
+        );
+        assert_eq!(tls_of(&build(SE, &with_id), "outbound|5432||db.example.com"), Ok(None));
+        // An endpoint without a sidecar turns it off for the port.
+        let mixed = internal.replace(
+            "endpoints: [{address: 10.0.0.1, serviceAccount: pg}]",
+            "endpoints: [{address: 10.0.0.1, serviceAccount: pg}, {address: 10.0.0.2}]",
+        );
+        assert_ne!(mixed, internal);
+        assert_eq!(
+            tls_of(&build(&mixed, &with_id), "outbound|5432||db.example.com"),
+            Ok(None)
+        );
+        // A rule that says DISABLE wins.
+        let dr = r#"
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: db, namespace: default}
+spec:
+  host: db.example.com
+  trafficPolicy: {tls: {mode: DISABLE}}
+"#;
+        assert_eq!(
+            tls_of(
+                &build(&format!("{internal}{dr}"), &with_id),
+                "outbound|5432||db.example.com"
+            ),
+            Ok(None)
+        );
     }
 
     #[test]
