@@ -727,6 +727,73 @@ spec:
     }
 
     #[test]
+    fn subsets_filter_endpoints_and_override_the_policy_per_field() {
+        let se = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: web, namespace: default}
+spec:
+  hosts: [web.example.com]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: STATIC
+  endpoints:
+  - {address: 10.0.0.1, labels: {version: v1}}
+  - {address: 10.0.0.2, labels: {version: v2}}
+  - {address: 10.0.0.3, labels: {version: v2, zone: a}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: web, namespace: default}
+spec:
+  host: web.example.com
+  trafficPolicy:
+    loadBalancer: {simple: RANDOM}
+    tls: {mode: ISTIO_MUTUAL}
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - name: v2
+    labels: {version: v2}
+    trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}}
+"#;
+        let ca = meshentry_testutil::TestCa::new("mesh");
+        let leaf = ca.issue(meshentry_testutil::LeafSpec::client(
+            "spiffe://cluster.local/ns/default/sa/me",
+        ));
+        let pem = meshentry_testutil::PemDir::new();
+        let paths = pem.leaf(&leaf, "me");
+        let config = ProxyConfig {
+            identity: Some(crate::config::IdentityFiles {
+                cert: paths.cert,
+                key: paths.key,
+                ca: pem.ca(&ca),
+            }),
+            ..ProxyConfig::default()
+        };
+        let snap = build(se, &config);
+        let cluster = |name: &str| snap.clusters().into_iter().find(|c| c.name == name).unwrap().clone();
+        let hosts = |name: &str| {
+            let mut h: Vec<String> = cluster(name)
+                .known_hosts()
+                .unwrap()
+                .hosts
+                .iter()
+                .map(|h| h.addr.to_string())
+                .collect();
+            h.sort();
+            h
+        };
+        assert_eq!(hosts("outbound|80||web.example.com").len(), 3);
+        assert_eq!(hosts("outbound|80|v1|web.example.com"), ["10.0.0.1:80"]);
+        assert_eq!(hosts("outbound|80|v2|web.example.com"), ["10.0.0.2:80", "10.0.0.3:80"]);
+        // D3: the subset's load balancer replaces the top level's; its TLS is inherited, and
+        // ISTIO_MUTUAL names the subset in the SNI (D7).
+        assert_eq!(cluster("outbound|80|v1|web.example.com").policy, Policy::Random);
+        assert_eq!(cluster("outbound|80|v2|web.example.com").policy, Policy::RoundRobin);
+        let r = tls_of(&snap, "outbound|80|v2|web.example.com").unwrap().unwrap();
+        assert_eq!(r.sni, Sni::Fixed("outbound_.80_.v2_.web.example.com".into()));
+    }
+
+    #[test]
     fn credential_name_is_refused_clearly() {
         let dr = r#"
 ---

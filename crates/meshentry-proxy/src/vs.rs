@@ -1461,6 +1461,107 @@ mod tests {
         assert!(binds(&["gw".into()], "a", "a/gw"));
     }
 
+    fn snapshot(yaml: &str, labels: &[(&str, &str)]) -> crate::snapshot::Snapshot {
+        let loaded = meshentry_api::load_str("t.yaml", yaml, &meshentry_api::LoadOptions::default());
+        assert!(!loaded.has_errors(), "{:?}", loaded.errors().collect::<Vec<_>>());
+        let valid: Vec<_> = loaded.valid().collect();
+        let dns = crate::dns::Dns::new(crate::dns::DnsConfig {
+            server: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 9))),
+            ..Default::default()
+        })
+        .unwrap();
+        let config = crate::config::ProxyConfig {
+            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            ..Default::default()
+        };
+        crate::snapshot::Snapshot::build(&valid, &config, &dns, 1)
+    }
+
+    /// The owner VirtualService and the rule names for `host:port`.
+    fn table(snap: &crate::snapshot::Snapshot, host: &str, port: u16) -> Option<(String, Vec<String>)> {
+        let d = crate::route::route(snap, host, port);
+        let r = snap.routes.http_for(&d, host, port)?;
+        Some((r.vs.to_string(), r.rules.iter().map(|r| r.name.to_string()).collect()))
+    }
+
+    const SERVICES: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: a}
+spec:
+  hosts: [a.example.com, b.example.com]
+  ports: [{number: 80, name: http, protocol: HTTP}, {number: 8080, name: alt, protocol: HTTP}]
+  resolution: STATIC
+  endpoints: [{address: 10.0.0.1}]
+"#;
+
+    #[test]
+    fn ownership_binding_visibility_and_static_conditions() {
+        let yaml = format!(
+            r#"{SERVICES}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: first, creationTimestamp: "2024-01-01T00:00:00Z"}}
+spec:
+  hosts: [a.example.com]
+  http:
+  - name: on-8080
+    match: [{{port: 8080}}]
+    route: [{{destination: {{host: a.example.com}}}}]
+  - name: canary-only
+    match: [{{sourceLabels: {{app: canary}}}}]
+    route: [{{destination: {{host: a.example.com}}}}]
+  - name: all
+    route: [{{destination: {{host: a.example.com}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: second, creationTimestamp: "2024-02-01T00:00:00Z"}}
+spec:
+  hosts: ["*.example.com"]
+  http: [{{name: late, route: [{{destination: {{host: a.example.com}}}}]}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: gateway-only}}
+spec:
+  hosts: [b.example.com]
+  gateways: [istio-system/egress]
+  http: [{{name: gw, route: [{{destination: {{host: a.example.com}}}}]}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: hidden, namespace: other}}
+spec:
+  hosts: [b.example.com]
+  exportTo: ["."]
+  http: [{{name: hidden, route: [{{destination: {{host: a.example.com}}}}]}}]
+"#
+        );
+        let snap = snapshot(&yaml, &[]);
+        // The oldest VirtualService naming the host owns it; static conditions are decided
+        // per port (E3, E4).
+        assert_eq!(
+            table(&snap, "a.example.com", 80),
+            Some(("default/first".into(), vec!["all".into()]))
+        );
+        assert_eq!(
+            table(&snap, "a.example.com", 8080),
+            Some(("default/first".into(), vec!["on-8080".into(), "all".into()]))
+        );
+        // b: not bound to mesh, and not exported here; the wildcard of `second` takes it.
+        assert_eq!(
+            table(&snap, "b.example.com", 80),
+            Some(("default/second".into(), vec!["late".into()]))
+        );
+        let canary = snapshot(&yaml, &[("app", "canary")]);
+        assert_eq!(
+            table(&canary, "a.example.com", 80),
+            Some(("default/first".into(), vec!["canary-only".into(), "all".into()]))
+        );
+    }
+
     #[test]
     fn substitutions() {
         assert_eq!(envoy_substitution(r"/v2/\1/x"), "/v2/${1}/x");
