@@ -171,6 +171,7 @@ mod tests {
                 "-w -t nat -A MESHENTRY_REDIRECT -p tcp -j REDIRECT --to-ports 15001",
                 "-w -t nat -N MESHENTRY_OUTPUT",
                 "-w -t nat -A MESHENTRY_OUTPUT -m owner --uid-owner 1337 -j RETURN",
+                "-w -t nat -A MESHENTRY_OUTPUT -m mark --mark 0x539 -j RETURN",
                 "-w -t nat -A MESHENTRY_OUTPUT -d 127.0.0.1/32 -j RETURN",
                 "-w -t nat -A MESHENTRY_OUTPUT -p tcp --dport 22 -j RETURN",
                 "-w -t nat -A MESHENTRY_OUTPUT -p tcp --dport 15000 -j RETURN",

@@ -330,6 +330,19 @@ pub async fn send_request(
     req: Request<RequestBody>,
     protocol: UpstreamProtocol,
 ) -> Result<(Response<PooledBody>, HostAddr), UpstreamError> {
+    send_request_within(shared, cluster, original, req, protocol, shared.config.response_timeout).await
+}
+
+/// [`send_request`] with `response_timeout` for the response head instead of the proxy's
+/// (a VirtualService `timeout` or `perTryTimeout`).
+pub async fn send_request_within(
+    shared: &Shared,
+    cluster: Option<&Cluster>,
+    original: &Original<'_>,
+    req: Request<RequestBody>,
+    protocol: UpstreamProtocol,
+    response_timeout: std::time::Duration,
+) -> Result<(Response<PooledBody>, HostAddr), UpstreamError> {
     let timeout = shared.config.connect_timeout;
     let idle = shared.config.pool_idle_timeout;
     let mut req = req;
@@ -338,14 +351,14 @@ pub async fn send_request(
     while let Some(i) = plan.next_target() {
         let addr = plan.dial(i, sni_host.as_deref());
         let sent = match protocol {
-            UpstreamProtocol::Http1 => exchange(shared, &addr, req, idle, timeout, || plan.opened(i))
+            UpstreamProtocol::Http1 => exchange(&addr, req, idle, timeout, response_timeout, || plan.opened(i))
                 .await
                 .map(|(resp, sender)| {
                     let reusable = !wants_close(resp.headers());
                     let (parts, body) = resp.into_parts();
                     Response::from_parts(parts, PooledBody::new(body, addr.clone(), sender, reusable))
                 }),
-            UpstreamProtocol::H2 => exchange_h2(shared, &addr, req, idle, timeout, || plan.opened(i))
+            UpstreamProtocol::H2 => exchange_h2(&addr, req, idle, timeout, response_timeout, || plan.opened(i))
                 .await
                 .map(|resp| resp.map(PooledBody::shared)),
         };
@@ -373,14 +386,13 @@ type Sender = hyper::client::conn::http1::SendRequest<RequestBody>;
 /// (the upstream timed it out) is replaced by a fresh one without the client noticing.
 /// `opened` is called when a new connection is made.
 async fn exchange(
-    shared: &Shared,
     addr: &Dial,
     req: Request<RequestBody>,
     idle: std::time::Duration,
     connect_timeout: std::time::Duration,
+    response_timeout: std::time::Duration,
     opened: impl FnOnce(),
 ) -> Result<(Response<Incoming>, Sender), Exchange> {
-    let response_timeout = shared.config.response_timeout;
     let mut req = req;
     if let Some(mut sender) = upstream::checkout(addr, idle) {
         match tokio::time::timeout(response_timeout, sender.try_send_request(req)).await {
@@ -410,14 +422,13 @@ async fn exchange(
 /// One request on this thread's HTTP/2 connection to `addr`. `opened` is called when the
 /// connection was opened for this request.
 async fn exchange_h2(
-    shared: &Shared,
     addr: &Dial,
     req: Request<RequestBody>,
     idle: std::time::Duration,
     connect_timeout: std::time::Duration,
+    response_timeout: std::time::Duration,
     opened: impl FnOnce(),
 ) -> Result<Response<Incoming>, Exchange> {
-    let response_timeout = shared.config.response_timeout;
     let mut req = req;
     let mut opened = Some(opened);
     // A second round only when the connection closed (GOAWAY, upstream idle timeout) between

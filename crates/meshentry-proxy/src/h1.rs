@@ -151,6 +151,36 @@ impl Head {
     }
 }
 
+/// A request head on the fast path, as VirtualService matching reads it.
+struct H1View<'b> {
+    buf: &'b [u8],
+    head: &'b Head,
+    path: &'b [u8],
+    authority: &'b [u8],
+}
+
+impl crate::vs::RequestView for H1View<'_> {
+    fn method(&self) -> &[u8] {
+        &self.buf[self.head.method.clone()]
+    }
+
+    fn path(&self) -> &[u8] {
+        self.path
+    }
+
+    fn scheme(&self) -> &[u8] {
+        b"http"
+    }
+
+    fn authority(&self) -> &[u8] {
+        self.authority
+    }
+
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        self.head.header(self.buf, name)
+    }
+}
+
 fn offset(buf: &[u8], part: &[u8]) -> Range<usize> {
     let start = part.as_ptr() as usize - buf.as_ptr() as usize;
     start..start + part.len()
@@ -301,6 +331,41 @@ async fn exchange(conn: &mut Downstream, head: &Head, ctx: &ConnCtx) -> Next {
             (route::route(&ctx.snapshot, host, port), host, port)
         }
     };
+    // A VirtualService for the destination replaces its default route (E4, E5). Rules that
+    // only pick a destination stay here; the hyper path does everything else.
+    let mut decision = decision;
+    if let Some(routes) = ctx.snapshot.routes.http_for(&decision, host, port) {
+        let view = H1View {
+            buf,
+            head,
+            path,
+            authority,
+        };
+        let failure = match routes.select(&view) {
+            None => Some((404, "NR", crate::routed::no_route(routes, host, port))),
+            Some(sel) if !sel.rule.simple => return Next::GeneralPath,
+            Some(sel) => match sel.rule.pick().map(|d| route::to_target(&ctx.snapshot, &d.target)) {
+                Some(Ok(d)) => {
+                    decision = d;
+                    None
+                }
+                Some(Err(reason)) => Some((503, "NC", crate::routed::no_cluster(routes, reason))),
+                None => Some((
+                    503,
+                    "NC",
+                    crate::routed::no_cluster(routes, "the rule has no destination"),
+                )),
+            },
+        };
+        if let Some((status, flag, reason)) = failure {
+            return refuse(conn, shared, status, &reason, Some(flag), skip).await;
+        }
+        if let Decision::Cluster { port, .. } = &decision
+            && (UpstreamProtocol::of_port(port.protocol) == UpstreamProtocol::H2 || port.protocol == Protocol::GrpcWeb)
+        {
+            return Next::GeneralPath;
+        }
+    }
     let cluster = match &decision {
         Decision::Blocked => {
             shared.stats.blocked.fetch_add(1, Ordering::Relaxed);
@@ -648,6 +713,12 @@ async fn attempt(
         Outcome::StaleBeforeResponse => Attempt::Opened(Err(Failure::Answer(UpstreamError::Reset(
             "upstream closed the connection before responding".into(),
         )))),
+        // A TLS 1.3 server refuses a client certificate only after the handshake, at the first
+        // read: that is a failed connection, tried on the next host like any other, as long as
+        // the whole request can be sent again (the server processed none of it).
+        Outcome::Failed(Failure::Answer(UpstreamError::Tls(cause))) if body_rest == 0 => {
+            Attempt::Refused(upstream::ConnectError::Tls(cause))
+        }
         Outcome::Failed(f) => Attempt::Opened(Err(f)),
     }
 }

@@ -176,6 +176,10 @@ async fn forward_request(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response
         );
     }
     let decision = route::route(&ctx.snapshot, &host, port);
+    if let Some(routes) = ctx.snapshot.routes.http_for(&decision, &host, port) {
+        let original = Original { host: &host, port };
+        return crate::routed::handle(ctx, routes, req, host_header, &original, port).await;
+    }
     let cluster = match &decision {
         Decision::Blocked => return blocked(ctx, &host, port, StatusCode::BAD_GATEWAY),
         Decision::Passthrough => {
@@ -194,6 +198,17 @@ async fn forward_transparent(req: Request<Incoming>, ctx: &Arc<ConnCtx>, t: &Tra
     let dest = destination(&req);
     let host = dest.as_ref().map(|(h, _, _)| h.as_str());
     let decision = route::route_transparent(&ctx.snapshot, host, t.dst);
+    if let Some(routes) = ctx
+        .snapshot
+        .routes
+        .http_for(&decision, host.unwrap_or(""), t.dst.port())
+    {
+        let host_header = match dest {
+            Some((_, _, value)) => value,
+            None => HeaderValue::from_str(&t.dst.to_string()).unwrap_or(HeaderValue::from_static("localhost")),
+        };
+        return crate::routed::handle(ctx, routes, req, host_header, &t.original(), t.dst.port()).await;
+    }
     let cluster = match &decision {
         Decision::Blocked => {
             let name = host.map_or_else(|| t.dst.ip().to_string(), str::to_string);
@@ -225,6 +240,7 @@ async fn relay_response(
     let shared = &ctx.shared;
     let (host, port) = (original.host, original.port);
     let protocol = forward::UpstreamProtocol::of(decision);
+    let req = req.map(Either::Left);
     let upstream_req = match protocol {
         forward::UpstreamProtocol::Http1 => to_upstream(req, host_header),
         forward::UpstreamProtocol::H2 => match crate::h2::to_upstream(req, &host_header) {
@@ -244,29 +260,36 @@ async fn relay_response(
             strip_hop_by_hop(&mut parts.headers);
             Response::from_parts(parts, Either::Left(body))
         }
-        Err(e) => {
-            shared.stats.count_upstream_error(&e);
-            tracing::info!(
-                peer = %ctx.peer, host = %host, port, cluster = decision.cluster_name(), flags = e.flag(), error = %e,
-                "request failed upstream"
-            );
-            let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-            let mut resp = local(
-                status,
-                &format!("meshentry: {host}:{port} via {}: {e}", decision.cluster_name()),
-            );
-            if let Ok(v) = HeaderValue::from_str(e.flag()) {
-                resp.headers_mut()
-                    .insert(HeaderName::from_static("x-meshentry-response-flags"), v);
-            }
-            resp
-        }
+        Err(e) => upstream_failure(ctx, host, port, decision.cluster_name(), &e),
     }
+}
+
+/// The client's response when a request failed upstream: counted, logged, and answered with
+/// the error's status, reason and Envoy response flag.
+pub(crate) fn upstream_failure(
+    ctx: &ConnCtx,
+    host: &str,
+    port: u16,
+    cluster_name: &str,
+    e: &forward::UpstreamError,
+) -> Response<ResponseBody> {
+    ctx.shared.stats.count_upstream_error(e);
+    tracing::info!(
+        peer = %ctx.peer, host = %host, port, cluster = cluster_name, flags = e.flag(), error = %e,
+        "request failed upstream"
+    );
+    let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+    let mut resp = local(status, &format!("meshentry: {host}:{port} via {cluster_name}: {e}"));
+    if let Ok(v) = HeaderValue::from_str(e.flag()) {
+        resp.headers_mut()
+            .insert(HeaderName::from_static("x-meshentry-response-flags"), v);
+    }
+    resp
 }
 
 /// The request as the upstream should see it: origin-form, HTTP/1.1, no hop-by-hop headers,
 /// `Host` from the absolute URI when there was one (RFC 9112 3.2.2).
-fn to_upstream(req: Request<Incoming>, host: HeaderValue) -> Request<Incoming> {
+pub(crate) fn to_upstream<B>(req: Request<B>, host: HeaderValue) -> Request<B> {
     let (mut parts, body) = req.into_parts();
     let absolute = parts.uri.authority().is_some();
     parts.uri = match parts.uri.path_and_query() {

@@ -3,6 +3,8 @@
 //!
 //! - [`snapshot`]: the routing state, built from resources and swapped atomically;
 //! - [`route`]: which cluster a destination goes to;
+//! - [`vs`]: VirtualService route tables (HTTP, TLS, TCP), compiled per snapshot;
+//! - [`routed`]: HTTP requests a VirtualService routes (faults, redirects, rewrites, retries...);
 //! - [`cluster`], [`lb`], [`dns`]: the hosts of a cluster and how one is picked;
 //! - [`forward`], [`upstream`]: connecting and sending, with failover and pooling;
 //! - [`tls`]: originating TLS (DestinationRule `tls`): configurations, verification, reload;
@@ -27,9 +29,11 @@ pub mod http;
 pub mod lb;
 pub mod outbound;
 pub mod route;
+pub mod routed;
 pub mod server;
 pub mod snapshot;
 pub mod sni;
 pub mod tls;
 pub mod tunnel;
 pub mod upstream;
+pub mod vs;

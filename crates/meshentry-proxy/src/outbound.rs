@@ -126,6 +126,12 @@ async fn handle(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
             }
         }
     };
+    // E7: the TLS and TCP rules of a VirtualService for the service the connection reached.
+    let sni = match &detected {
+        Some(Detected::Tls { sni: Some(sni) }) => Some(sni.as_str()),
+        _ => None,
+    };
+    let decision = route::l4_routed(&snapshot, decision, dst, sni);
     let cluster = match &decision {
         Decision::Blocked => {
             stats.blocked.fetch_add(1, Ordering::Relaxed);

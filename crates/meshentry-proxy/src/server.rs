@@ -65,6 +65,8 @@ pub struct Stats {
     /// TLS handshakes this proxy originated that failed.
     pub upstream_tls_errors: AtomicU64,
     pub bad_requests: AtomicU64,
+    /// Requests a VirtualService `retries` policy sent again.
+    pub upstream_retries: AtomicU64,
     /// Connections accepted on the transparent listener.
     pub outbound_connections: AtomicU64,
     /// Transparent connections refused because they were addressed to the proxy itself.

@@ -35,8 +35,9 @@ use crate::capture::PROXY_MARK;
 use crate::cluster::HostAddr;
 use crate::tls::Origination;
 
-/// The body type sent upstream: the client's request body, streamed.
-pub type RequestBody = Incoming;
+/// The body type sent upstream: the client's request body, streamed, or a body the proxy
+/// holds (a buffered body a VirtualService retries or mirrors).
+pub type RequestBody = http_body_util::Either<Incoming, http_body_util::Full<Bytes>>;
 
 /// A connected upstream stream.
 pub enum Stream {

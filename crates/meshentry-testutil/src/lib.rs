@@ -26,7 +26,9 @@ pub use ip::unique_loopback;
 pub use netns::{Netns, PROXY_UID, make_accessible};
 pub use pki::{Leaf, LeafSpec, PemDir, TestCa};
 pub use process::ProxyProcess;
-pub use servers::{HttpUpstream, Reset, SeenRequest, Stall, TcpBanner, TcpEcho, TlsSeen, TlsUpstream, closed_port};
+pub use servers::{
+    HttpUpstream, Reset, SeenRequest, Stall, TcpBanner, TcpEcho, TlsEcho, TlsSeen, TlsUpstream, closed_port,
+};
 pub use wait::{eventually, free_port};
 
 /// The crypto provider every TLS helper uses. meshentry picks ring as its single rustls provider,

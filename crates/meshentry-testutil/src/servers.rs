@@ -1,5 +1,5 @@
 //! Upstream servers for end-to-end tests: an HTTP/1.1 server (plain, unix-socket and TLS), TCP
-//! echo servers (client-first and server-first), and misbehaving upstreams (one that stalls, one
+//! echo servers (client-first, server-first, and behind TLS), and misbehaving upstreams (one that stalls, one
 //! that resets, a port that refuses). Each binds before `start` returns, records what it saw, and
 //! stops (listener and open connections) when dropped.
 
@@ -85,8 +85,44 @@ pub struct TlsSeen {
     pub sni: Option<String>,
     /// Whether the client presented a certificate.
     pub client_cert: bool,
+    /// The DNS and URI SANs of the client's certificate (e.g. its SPIFFE id), to tell which
+    /// certificate was presented; empty without one.
+    pub client_names: Vec<String>,
     /// The ALPN protocol agreed, if any.
     pub alpn: Option<String>,
+}
+
+impl TlsSeen {
+    /// What the server side of `session` saw in its handshake.
+    fn of(session: &rustls::ServerConnection) -> TlsSeen {
+        let peer = session.peer_certificates().and_then(|c| c.first());
+        TlsSeen {
+            sni: session.server_name().map(str::to_owned),
+            client_cert: peer.is_some(),
+            client_names: peer.map(|c| cert_names(c)).unwrap_or_default(),
+            alpn: session.alpn_protocol().map(|p| String::from_utf8_lossy(p).into_owned()),
+        }
+    }
+}
+
+/// The DNS and URI subject alternative names of a DER certificate, in order.
+fn cert_names(der: &[u8]) -> Vec<String> {
+    use x509_parser::extensions::GeneralName;
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+        return vec!["<unparsable certificate>".into()];
+    };
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return Vec::new();
+    };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            GeneralName::DNSName(d) => Some(d.to_string()),
+            GeneralName::URI(u) => Some(u.to_string()),
+            _ => None,
+        })
+        .collect()
 }
 
 #[derive(Default)]
@@ -94,6 +130,8 @@ struct HttpStats {
     requests: AtomicUsize,
     connections: AtomicUsize,
     seen: Mutex<Vec<SeenRequest>>,
+    /// Requests seen per `/fail/<n>/...` path.
+    failing: Mutex<std::collections::HashMap<String, usize>>,
 }
 
 /// The HTTP side common to [`HttpUpstream`] and [`TlsUpstream`].
@@ -209,6 +247,19 @@ async fn handle(
                 .filter(|s| !s.is_informational())
                 .unwrap_or(StatusCode::BAD_REQUEST);
         }
+        // The first n requests for this exact path fail with 503, the rest succeed: an
+        // upstream that fails on purpose, for retries.
+        (Some("fail"), Some(rest)) => match rest.split('/').next().and_then(|n| n.parse::<usize>().ok()) {
+            Some(n) => {
+                let mut failing = lock(&stats.failing);
+                let seen = failing.entry(seen.path.clone()).or_insert(0);
+                *seen += 1;
+                if *seen <= n {
+                    status = StatusCode::SERVICE_UNAVAILABLE;
+                }
+            }
+            None => status = StatusCode::BAD_REQUEST,
+        },
         (Some("delay"), Some(ms)) => match ms.parse::<u64>() {
             Ok(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
             Err(_) => status = StatusCode::BAD_REQUEST,
@@ -251,7 +302,9 @@ fn echo_json(name: &str, seen: &SeenRequest, tls: Option<&TlsSeen>) -> Bytes {
             })
             .or_insert_with(|| v.clone());
     }
-    let tls = tls.map(|t| serde_json::json!({"sni": t.sni, "client_cert": t.client_cert, "alpn": t.alpn}));
+    let tls = tls.map(|t| {
+        serde_json::json!({"sni": t.sni, "client_cert": t.client_cert, "client_names": t.client_names, "alpn": t.alpn})
+    });
     let json = serde_json::json!({
         "upstream": name,
         "method": seen.method,
@@ -298,6 +351,7 @@ where
 /// `host`, `headers`, `body`, `version`, `connection` and `tls`.
 ///
 /// Special paths: `/status/<code>` answers that status, `/delay/<ms>` waits before answering,
+/// `/fail/<n>/...` answers 503 to the first `n` requests for that path and 200 after,
 /// `/bytes/<n>` streams `n` bytes of `x` with chunked encoding.
 pub struct HttpUpstream {
     addr: Option<SocketAddr>,
@@ -509,12 +563,7 @@ impl TlsUpstream {
                             return;
                         }
                     };
-                    let (_, session) = tls.get_ref();
-                    let seen = TlsSeen {
-                        sni: session.server_name().map(str::to_owned),
-                        client_cert: session.peer_certificates().is_some_and(|c| !c.is_empty()),
-                        alpn: session.alpn_protocol().map(|p| String::from_utf8_lossy(p).into_owned()),
-                    };
+                    let seen = TlsSeen::of(tls.get_ref().1);
                     lock(&hs).push(seen.clone());
                     let conn = ConnInfo {
                         id,
@@ -608,7 +657,10 @@ where
 }
 
 /// Writes `banner` (if any), then echoes everything until the client closes, then closes.
-async fn echo(mut stream: TcpStream, banner: Option<Bytes>, stats: Arc<TcpStats>) {
+async fn echo<S>(mut stream: S, banner: Option<Bytes>, stats: Arc<TcpStats>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     if let Some(banner) = banner
         && stream.write_all(&banner).await.is_err()
     {
@@ -726,6 +778,70 @@ impl TcpBanner {
     }
 }
 tcp_server_common!(TcpBanner);
+
+/// A client-first TCP echo server behind TLS, standing in for a database that terminates TLS
+/// itself (MongoDB with `net.tls.mode: requireTLS`): it completes the handshake with the given
+/// config (which may require a client certificate), then echoes the decrypted bytes. Records
+/// each handshake like [`TlsUpstream`].
+pub struct TlsEcho {
+    addr: SocketAddr,
+    stats: Arc<TcpStats>,
+    handshakes: Arc<Mutex<Vec<TlsSeen>>>,
+    failures: Arc<Mutex<Vec<String>>>,
+    _tasks: TaskGuard,
+}
+
+impl std::fmt::Debug for TlsEcho {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsEcho")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TlsEcho {
+    /// Starts serving TLS on `addr`; bytes received after the handshake are echoed.
+    pub fn start(addr: SocketAddr, config: Arc<ServerConfig>) -> TlsEcho {
+        let guard = TaskGuard::new("TlsEcho");
+        let tasks = guard.tasks().clone();
+        let (listener, local) = bind_tcp(addr, "TlsEcho", &tasks);
+        let stats = Arc::new(TcpStats::default());
+        let handshakes = Arc::new(Mutex::new(Vec::new()));
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let acceptor = TlsAcceptor::from(config);
+        let (hs, fs) = (handshakes.clone(), failures.clone());
+        accept_loop(listener, stats.clone(), &tasks, move |s, st| {
+            let (acceptor, hs, fs) = (acceptor.clone(), hs.clone(), fs.clone());
+            async move {
+                match acceptor.accept(s).await {
+                    Ok(tls) => {
+                        lock(&hs).push(TlsSeen::of(tls.get_ref().1));
+                        echo(tls, None, st).await;
+                    }
+                    Err(e) => lock(&fs).push(e.to_string()),
+                }
+            }
+        });
+        TlsEcho {
+            addr: local,
+            stats,
+            handshakes,
+            failures,
+            _tasks: guard,
+        }
+    }
+
+    /// Successful handshakes, oldest first.
+    pub fn handshakes(&self) -> Vec<TlsSeen> {
+        lock(&self.handshakes).clone()
+    }
+
+    /// The errors of failed handshakes, oldest first.
+    pub fn handshake_failures(&self) -> Vec<String> {
+        lock(&self.failures).clone()
+    }
+}
+tcp_server_common!(TlsEcho);
 
 /// An upstream that accepts and reads but never answers nor closes: for connect, idle and
 /// request timeouts.

@@ -495,6 +495,64 @@ fn seed_04_wikipedia_none_tls_goes_to_the_original_destination() {
     });
 }
 
+/// 05 on top of 04: the VirtualService `tls-routing` sends TLS for `wikipedia.org` and
+/// `*.wikipedia.org` (by SNI, E7) to `internal-egress-firewall.ns1.svc.cluster.local`, whatever
+/// address the application dialled. The firewall is a STATIC service here, on a 127.x address.
+#[test]
+fn seed_05_tls_routing_by_sni_to_the_egress_firewall() {
+    const FILE04: &str = "04-serviceentry-external-svc-redirect.yaml";
+    const FILE05: &str = "05-virtualservice-tls-routing.yaml";
+    let ns = captured_netns();
+    ns.block_on(|| async {
+        let dns = TestDns::start(unique_loopback());
+        let ca = TestCa::new("capture ca");
+        let pem = PemDir::new();
+        let ca_path = pem.ca(&ca).display().to_string();
+        let fw_at = unique_loopback();
+        let leaf = ca.issue(LeafSpec::server(["wikipedia.org", "en.wikipedia.org"]));
+        let firewall = TlsUpstream::start(SocketAddr::new(v4(fw_at), 443), "firewall", server_config(&leaf, None));
+        let elsewhere = unique_loopback();
+        let direct = TlsUpstream::start(
+            SocketAddr::new(v4(elsewhere), 443),
+            "direct",
+            server_config(&leaf, None),
+        );
+        let firewall_se = format!(
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: firewall, namespace: ns1}}\n\
+             spec:\n  hosts: [internal-egress-firewall.ns1.svc.cluster.local]\n  location: MESH_INTERNAL\n\
+             \x20 ports: [{{number: 443, name: tls, protocol: TLS}}]\n  resolution: STATIC\n\
+             \x20 endpoints: [{{address: \"{fw_at}\"}}]\n"
+        );
+        let proxy = Proxy::start(
+            &ns,
+            &[
+                (FILE04, seed(FILE04)),
+                (FILE05, seed(FILE05)),
+                ("firewall.yaml", firewall_se),
+            ],
+            &dns,
+            &["--outbound-policy", "REGISTRY_ONLY"],
+        )
+        .await;
+        for host in ["en.wikipedia.org", "wikipedia.org"] {
+            // The application dials an address that is not the firewall's.
+            let resolve = format!("{host}:443:{elsewhere}");
+            let url = format!("https://{host}/wiki/Egress");
+            let out = curl(&ns, &["--cacert", &ca_path, "--resolve", &resolve, &url]).await;
+            assert_eq!((out.code, out.status), (0, 200), "{url}: {out:?}");
+            assert_eq!(out.json()["upstream"], "firewall", "{out:?}");
+            assert_eq!(out.json()["tls"]["sni"], host, "{out:?}");
+        }
+        assert_eq!(firewall.requests(), 2);
+        assert_eq!(
+            direct.connections(),
+            0,
+            "the VirtualService sends wikipedia to the firewall"
+        );
+        assert_eq!(proxy.sniffed().await, [2, 0, 0, 0, 0]);
+    });
+}
+
 /// 06: httpbin.com, HTTP with resolution DNS, exported only to its namespace `egress`: a
 /// workload there reaches it by Host; one in `default` is refused, with the reason.
 #[test]
