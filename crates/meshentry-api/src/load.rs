@@ -58,14 +58,14 @@ pub struct Loaded {
     /// Documents skipped because meshentry does not read their kind.
     pub notices: Vec<String>,
     files: Vec<Arc<str>>,
-    /// The document trees of the kinds that checks across resources report on (see
-    /// [`Loaded::finding`]), by [`Resource::order`]. ServiceEntries, the bulk of large
-    /// configurations, are not kept.
-    trees: HashMap<usize, Node>,
+    /// The text of each stream that holds a kind checks across resources report on, by file
+    /// name, so that [`Loaded::place`] can put their findings on a field. Streams of other
+    /// kinds (the bulk of large configurations: ServiceEntries) are not kept.
+    texts: HashMap<Arc<str>, Arc<str>>,
 }
 
-/// The kinds whose document trees [`Loaded`] keeps, so that checks spanning resources can
-/// place their findings on a field.
+/// The kinds whose streams [`Loaded`] keeps, so that checks spanning resources can place their
+/// findings on a field.
 const LOCATED_KINDS: [Kind; 4] = [
     Kind::VirtualService,
     Kind::DestinationRule,
@@ -124,10 +124,12 @@ impl Loaded {
         self.sort_findings();
     }
 
-    /// Adds findings of checks that span resources (see [`Loaded::finding`]), keeping
-    /// [`Loaded::findings`] sorted by file and position; at one position, earlier findings
-    /// stay first.
+    /// Adds findings of checks that span resources (made with [`Loaded::finding`]): places
+    /// them on their fields ([`Loaded::place`]), then keeps [`Loaded::findings`] sorted by file
+    /// and position; at one position, earlier findings stay first.
     pub fn add_findings(&mut self, findings: impl IntoIterator<Item = Finding>) {
+        let mut findings: Vec<Finding> = findings.into_iter().collect();
+        self.place(&mut findings);
         self.findings.extend(findings);
         self.sort_findings();
     }
@@ -143,19 +145,44 @@ impl Loaded {
         });
     }
 
-    /// Where the field at `path` of resource `r` was written: the field itself for
-    /// VirtualServices, DestinationRules, Gateways and Sidecars (their trees are kept), the
-    /// start of the document for other kinds.
-    pub fn locate(&self, r: &Resource, path: &str) -> Pos {
-        match self.trees.get(&r.order) {
-            Some(doc) => doc.locate(path),
-            None => r.origin.pos,
-        }
+    /// A finding about field `path` of resource `r`, at the start of the resource's document
+    /// until [`Loaded::place`] (or [`Loaded::add_findings`]) puts it on the field.
+    pub fn finding(&self, r: &Resource, path: &str, severity: Severity, message: String) -> Finding {
+        finding_for(r, path, r.origin.pos, severity, message)
     }
 
-    /// A finding about field `path` of resource `r`, placed on the source like validation's.
-    pub fn finding(&self, r: &Resource, path: &str, severity: Severity, message: String) -> Finding {
-        finding_for(r, path, self.locate(r, path), severity, message)
+    /// Moves findings made with [`Loaded::finding`] from their document onto their field, in
+    /// the streams that hold a VirtualService, DestinationRule, Gateway or Sidecar (the only
+    /// ones kept): each is parsed again, once, and only when some finding is about it. Other
+    /// findings stay where they are.
+    pub fn place(&self, findings: &mut [Finding]) {
+        // File -> document position -> the findings about that document.
+        let mut wanted: HashMap<&str, HashMap<Pos, Vec<usize>>> = HashMap::new();
+        for (i, f) in findings.iter().enumerate() {
+            if !f.kind.is_empty() && !f.field.is_empty() {
+                let pos = Pos {
+                    line: f.line,
+                    column: f.column,
+                };
+                wanted
+                    .entry(f.file.as_str())
+                    .or_default()
+                    .entry(pos)
+                    .or_default()
+                    .push(i);
+            }
+        }
+        let mut moves: Vec<(usize, Pos)> = Vec::new();
+        for (file, docs) in &wanted {
+            let Some(text) = self.texts.get(*file) else { continue };
+            let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+            // The stream parsed before, so it parses again; a failure only leaves positions.
+            let _ = parse_stream_each(text, |doc| place_in(&doc, docs, findings, &mut moves, 0));
+        }
+        for (i, pos) in moves {
+            findings[i].line = pos.line;
+            findings[i].column = pos.column;
+        }
     }
 
     /// Reads one file, or every `.yaml`, `.yml` and `.json` file below a directory (sorted,
@@ -216,7 +243,14 @@ impl Loaded {
         let file: Arc<str> = file.into();
         self.files.push(file.clone());
         let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+        let first = self.resources.len();
         let result = parse_stream_each(text, |doc| self.add_document(&file, &doc, opts, 0));
+        if self.resources[first..]
+            .iter()
+            .any(|r| LOCATED_KINDS.contains(&r.kind()))
+        {
+            self.texts.insert(file.clone(), text.into());
+        }
         if let Err(e) = result {
             self.findings
                 .push(plain_finding(&file, e.pos, format!("invalid YAML: {}", e.message)));
@@ -409,10 +443,31 @@ impl Loaded {
                 .push(finding_for(&resource, &p.path, pos, p.severity, p.message));
         }
         resource.valid = valid;
-        if LOCATED_KINDS.contains(&kind) {
-            self.trees.insert(resource.order, doc.clone());
-        }
         self.resources.push(resource);
+    }
+}
+
+/// [`Loaded::place`] for one document, and the items of a `List` document, as
+/// [`Loaded::add_document`] reads them.
+fn place_in(
+    doc: &Node,
+    docs: &HashMap<Pos, Vec<usize>>,
+    findings: &[Finding],
+    moves: &mut Vec<(usize, Pos)>,
+    depth: usize,
+) {
+    if let Some(ids) = docs.get(&doc.pos) {
+        moves.extend(ids.iter().map(|&i| (i, doc.locate(&findings[i].field))));
+    }
+    if depth < 4
+        && let Some(Node {
+            value: Value::Seq(items),
+            ..
+        }) = doc.get("items")
+    {
+        for item in items {
+            place_in(item, docs, findings, moves, depth + 1);
+        }
     }
 }
 

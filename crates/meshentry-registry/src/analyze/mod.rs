@@ -106,6 +106,15 @@ struct Dr<'a> {
     export: ExportTo,
 }
 
+/// The DestinationRules of one namespace.
+#[derive(Default)]
+struct NsRules {
+    /// Host -> indexes in [`Context::drs`], oldest first.
+    by_host: HashMap<Box<str>, Vec<u32>>,
+    /// The partial wildcard hosts (`*foo.a.com`) among them, longest first.
+    partial: Vec<Box<str>>,
+}
+
 /// What every check looks things up in.
 struct Context<'a> {
     registry: &'a Registry,
@@ -121,8 +130,8 @@ struct Context<'a> {
     vs_hosts: HostIndex<u32>,
     /// Oldest first.
     drs: Vec<Dr<'a>>,
-    /// Namespace -> host -> indexes in `drs`, oldest first.
-    drs_by_ns: HashMap<&'a str, HashMap<Box<str>, Vec<u32>>>,
+    /// The rules of each namespace.
+    drs_by_ns: HashMap<&'a str, NsRules>,
     /// Host -> indexes in `drs`, oldest first.
     drs_by_host: HashMap<Box<str>, Vec<u32>>,
     sidecars: Vec<(&'a Resource, &'a Sidecar)>,
@@ -173,16 +182,19 @@ impl<'a> Context<'a> {
                 .enumerate()
                 .flat_map(|(i, vs)| vs.hosts.iter().map(move |h| (h.as_str(), i as u32))),
         );
-        let mut drs_by_ns: HashMap<&str, HashMap<Box<str>, Vec<u32>>> = HashMap::default();
+        let mut drs_by_ns: HashMap<&str, NsRules> = HashMap::default();
         let mut drs_by_host: HashMap<Box<str>, Vec<u32>> = HashMap::default();
         for (i, dr) in drs.iter().enumerate() {
-            drs_by_ns
-                .entry(dr.r.namespace.as_str())
-                .or_default()
-                .entry(dr.host.as_str().into())
-                .or_default()
-                .push(i as u32);
+            let rules = drs_by_ns.entry(dr.r.namespace.as_str()).or_default();
+            let ids = rules.by_host.entry(dr.host.as_str().into()).or_default();
+            if ids.is_empty() && dr.host.starts_with('*') && !dr.host.starts_with("*.") && dr.host != "*" {
+                rules.partial.push(dr.host.as_str().into());
+            }
+            ids.push(i as u32);
             drs_by_host.entry(dr.host.as_str().into()).or_default().push(i as u32);
+        }
+        for rules in drs_by_ns.values_mut() {
+            rules.partial.sort_by_key(|h| std::cmp::Reverse(h.len()));
         }
         Context {
             registry,

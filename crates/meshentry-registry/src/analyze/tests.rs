@@ -12,7 +12,9 @@ fn warnings(docs: &[&str]) -> Vec<String> {
     let text = docs.join("---\n");
     let loaded = load_str("t.yaml", &text, &LoadOptions::default());
     assert!(!loaded.has_errors(), "{:#?}", loaded.errors().collect::<Vec<_>>());
-    analyze(&loaded).iter().map(|f| f.to_string()).collect()
+    let mut found = analyze(&loaded);
+    loaded.place(&mut found);
+    found.iter().map(|f| f.to_string()).collect()
 }
 
 /// Line of the `n`th document's first line in the joined text, for expected positions.

@@ -570,22 +570,19 @@ impl<'a> Context<'a> {
             }
         }
         for (ns, own) in steps {
-            let Some(by_host) = self.drs_by_ns.get(ns) else {
-                continue;
-            };
+            let Some(rules) = self.drs_by_ns.get(ns) else { continue };
             let usable = |i: &u32| {
                 let dr = &self.drs[*i as usize];
                 dr.export.is_visible(p) && (own || dr.spec.workload_selector.is_none())
             };
-            let partial = by_host
-                .keys()
-                .filter(|k| k.starts_with('*') && !k.starts_with("*.") && ***k != *"*")
+            let partial = rules
+                .partial
+                .iter()
+                .map(|k| &**k)
                 .filter(|k| host::subset_of(svc_host, k));
-            let mut partial: Vec<&str> = partial.map(|k| &**k).collect();
-            partial.sort_by_key(|k| std::cmp::Reverse(k.len()));
             let ordered = keys.iter().map(String::as_str).chain(partial).chain(["*"]);
             for key in ordered {
-                if let Some(ids) = by_host.get(key) {
+                if let Some(ids) = rules.by_host.get(key) {
                     let found: Vec<&Dr<'a>> = ids
                         .iter()
                         .filter(|i| usable(i))
