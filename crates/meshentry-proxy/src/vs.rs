@@ -785,6 +785,199 @@ impl RouteTables {
     }
 }
 
+/// A gateway server host (F2): `namespace/dnsName`, `namespace` being `*` (any, the default),
+/// or a namespace (`.` already resolved to the gateway's).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerHost {
+    pub namespace: String,
+    pub host: String,
+}
+
+impl ServerHost {
+    /// F2: `h` = `*/h`; `./h` = the gateway's namespace; `ns/h`.
+    pub fn parse(text: &str, gateway_ns: &str) -> ServerHost {
+        let (ns, host) = match text.split_once('/') {
+            Some((".", h)) => (gateway_ns, h),
+            Some((ns, h)) => (ns, h),
+            None => ("*", text),
+        };
+        ServerHost {
+            namespace: ns.to_string(),
+            host: host.to_ascii_lowercase(),
+        }
+    }
+
+    /// Whether a VirtualService in `vs_ns` may bind host `vs_host` through this server host;
+    /// `Some(the virtual host name)`: the more specific of the two (F2/F3).
+    fn bind(&self, vs_ns: &str, vs_host: &str) -> Option<String> {
+        if self.namespace != "*" && self.namespace != vs_ns {
+            return None;
+        }
+        if !host::matches(vs_host, &self.host) {
+            return None;
+        }
+        Some(if host::subset_of(vs_host, &self.host) {
+            vs_host.to_string()
+        } else {
+            self.host.clone()
+        })
+    }
+
+    /// Whether a requested name (`Host` or SNI) is among this server's hosts.
+    pub fn covers(&self, name: &str) -> bool {
+        covers(&self.host, name)
+    }
+}
+
+/// The routes of one gateway port (F3): a virtual host per name where a bound VirtualService's
+/// hosts meet the server's, each with the rules of every such VirtualService concatenated (E3:
+/// gateways merge), and the TLS/TCP rules of those VirtualServices in order.
+#[derive(Default)]
+pub struct GatewayRoutes {
+    exact: FxHashMap<Box<str>, Arc<HttpRoutes>>,
+    /// Most specific first.
+    wild: Vec<(Box<str>, Arc<HttpRoutes>)>,
+    l4: Vec<Arc<L4Routes>>,
+}
+
+impl GatewayRoutes {
+    /// The virtual host for `host` (exact, then the most specific wildcard); `None` = 404.
+    pub fn http(&self, host: &str) -> Option<&HttpRoutes> {
+        let name = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
+        self.exact
+            .get(name.as_str())
+            .or_else(|| self.wild.iter().find(|(w, _)| covers(w, &name)).map(|(_, r)| r))
+            .map(|r| &**r)
+    }
+
+    /// Every virtual host, for admin output and logs.
+    pub fn vhosts(&self) -> impl Iterator<Item = (&str, &HttpRoutes)> {
+        self.exact
+            .iter()
+            .map(|(h, r)| (&**h, &**r))
+            .chain(self.wild.iter().map(|(h, r)| (&**h, &**r)))
+    }
+
+    /// E7 at a gateway: the first TLS rule (by SNI) or TCP rule of the bound VirtualServices
+    /// that applies to a connection to `dst`.
+    pub fn l4_pick(&self, dst: IpAddr, sni: Option<&str>) -> Option<&WeightedDest> {
+        let sni = sni.map(str::to_ascii_lowercase);
+        if let Some(sni) = &sni {
+            for routes in &self.l4 {
+                for rule in &*routes.tls {
+                    let hit = rule.matches.iter().any(|m| {
+                        m.sni.iter().any(|h| covers(h, sni))
+                            && (m.subnets.is_empty() || m.subnets.iter().any(|n| n.contains(&dst)))
+                    });
+                    if hit {
+                        return pick(&rule.dests, rule.total);
+                    }
+                }
+            }
+        }
+        for routes in &self.l4 {
+            for rule in &*routes.tcp {
+                if rule.matches.is_empty()
+                    || rule
+                        .matches
+                        .iter()
+                        .any(|subnets| subnets.is_empty() || subnets.iter().any(|n| n.contains(&dst)))
+                {
+                    return pick(&rule.dests, rule.total);
+                }
+            }
+        }
+        None
+    }
+}
+
+impl RouteTables {
+    /// F2/F3: the routes of the gateway `input.gateway` for its server port `port`, whose
+    /// (merged) hosts are `server_hosts`. Returns the warnings too.
+    pub fn compile_gateway(
+        resources: &[&Resource],
+        input: &CompileInput<'_>,
+        port: u32,
+        server_hosts: &[ServerHost],
+    ) -> (GatewayRoutes, Vec<String>) {
+        let mut out = GatewayRoutes::default();
+        let vss = applicable(resources, input);
+        let ids: FxHashMap<usize, ServiceId> = input
+            .registry
+            .services()
+            .enumerate()
+            .map(|(i, s)| (s as *const Service as usize, i as ServiceId))
+            .collect();
+        let mut ctx = Ctx {
+            input,
+            ids: &ids,
+            warnings: Vec::new(),
+        };
+        // Virtual host name -> the VirtualServices (indexes, in order) bound to it.
+        let mut vhosts: Vec<(String, Vec<usize>)> = Vec::new();
+        let mut bound = vec![false; vss.len()];
+        for (i, vs) in vss.iter().enumerate() {
+            for h in &vs.hosts {
+                for sh in server_hosts {
+                    let Some(name) = sh.bind(vs.namespace, h) else { continue };
+                    bound[i] = true;
+                    match vhosts.iter_mut().find(|(n, _)| *n == name) {
+                        Some((_, list)) if !list.contains(&i) => list.push(i),
+                        Some(_) => {}
+                        None => vhosts.push((name, vec![i])),
+                    }
+                }
+            }
+        }
+        for (name, list) in vhosts {
+            let mut rules = Vec::new();
+            let mut names = Vec::new();
+            for &i in &list {
+                let r = ctx.http_rules(&vss[i], port);
+                if !r.is_empty() {
+                    names.push(vss[i].id.to_string());
+                    rules.extend(r);
+                }
+            }
+            if rules.is_empty() {
+                continue;
+            }
+            let routes = Arc::new(HttpRoutes {
+                vs: names.join(",").into(),
+                rules: rules.into(),
+            });
+            if name.starts_with('*') {
+                out.wild.push((name.into(), routes));
+            } else {
+                out.exact.insert(name.into(), routes);
+            }
+        }
+        out.wild.sort_by_key(|(w, _)| std::cmp::Reverse(w.len()));
+        for (i, vs) in vss.iter().enumerate() {
+            if !bound[i] {
+                ctx.warnings.push(format!(
+                    "VirtualService {}: bound to gateway {} but none of its hosts ({}) is among port {port}'s server hosts",
+                    vs.id,
+                    input.gateway,
+                    vs.hosts.join(", ")
+                ));
+                continue;
+            }
+            let (tls, tcp) = ctx.l4_rules(vs, port);
+            if !tls.is_empty() || !tcp.is_empty() {
+                out.l4.push(Arc::new(L4Routes {
+                    vs: vs.id.clone(),
+                    tls: tls.into(),
+                    tcp: tcp.into(),
+                }));
+            }
+        }
+        ctx.warnings.sort();
+        ctx.warnings.dedup();
+        (out, ctx.warnings)
+    }
+}
+
 /// E2/E3: the VirtualServices bound to the gateway and visible to the namespace, in Istio's
 /// order: own namespace, exported to it by name, public; oldest first.
 fn applicable<'a>(resources: &[&'a Resource], input: &CompileInput<'_>) -> Vec<Applicable<'a>> {
