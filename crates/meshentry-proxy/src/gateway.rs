@@ -499,3 +499,193 @@ pub(crate) async fn forward(req: Request<Incoming>, ctx: &Arc<ConnCtx>, g: Gatew
     let original = Original { host, port: g.port };
     crate::routed::handle(ctx, routes, req, host_header.clone(), &original, g.port).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot(yaml: &str, gateway: &str, namespace: &str) -> Snapshot {
+        let loaded = meshentry_api::load_str("t.yaml", yaml, &meshentry_api::LoadOptions::default());
+        assert!(!loaded.has_errors(), "{:?}", loaded.errors().collect::<Vec<_>>());
+        let valid: Vec<_> = loaded.valid().collect();
+        let dns = crate::dns::Dns::new(crate::dns::DnsConfig {
+            server: Some(SocketAddr::from(([127, 0, 0, 1], 9))),
+            ..Default::default()
+        })
+        .unwrap();
+        let config = ProxyConfig {
+            namespace: namespace.into(),
+            gateway: Some(gateway.into()),
+            ..Default::default()
+        };
+        Snapshot::build(&valid, &config, &dns, 1)
+    }
+
+    /// The VirtualServices and rule names of the virtual host `host` on `port`.
+    fn vhost(snap: &Snapshot, port: u16, host: &str) -> Option<(String, Vec<String>)> {
+        let l = snap.gateway.as_ref()?.listener(port)?;
+        let r = l.routes.http(host)?;
+        Some((r.vs.to_string(), r.rules.iter().map(|r| r.name.to_string()).collect()))
+    }
+
+    const CONFIG: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: ext, namespace: istio-system}
+spec:
+  hosts: [a.example.com, b.example.com]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: istio-system}
+spec:
+  selector: {istio: egressgateway}
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: ["team-a/*.example.com", "./b.example.com"]
+  - port: {number: 8080, name: http2, protocol: HTTP}
+    hosts: ["*"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: a1, namespace: team-a, creationTimestamp: "2020-01-01T00:00:00Z"}
+spec:
+  hosts: [a.example.com]
+  gateways: [istio-system/gw]
+  http:
+  - {name: a1-only-80, match: [{port: 80}], route: [{destination: {host: a.example.com}}]}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: a2, namespace: team-a, creationTimestamp: "2021-01-01T00:00:00Z"}
+spec:
+  hosts: ["*.example.com"]
+  gateways: [istio-system/gw]
+  http:
+  - {name: a2-all, route: [{destination: {host: b.example.com}}]}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: a3, namespace: team-a, creationTimestamp: "2022-01-01T00:00:00Z"}
+spec:
+  hosts: [a.example.com]
+  gateways: [istio-system/gw]
+  http:
+  - {name: a3-all, route: [{destination: {host: a.example.com}}]}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: b, namespace: team-b}
+spec:
+  hosts: [b.example.com, c.example.com]
+  gateways: [gw]
+  http:
+  - {name: b-all, route: [{destination: {host: b.example.com}}]}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: sys, namespace: istio-system}
+spec:
+  hosts: [b.example.com]
+  gateways: [gw]
+  http:
+  - {name: sys-all, route: [{destination: {host: b.example.com}}]}
+"#;
+
+    #[test]
+    fn server_host_syntax() {
+        let p = |s| ServerHost::parse(s, "gw-ns");
+        assert_eq!(
+            (p("a.com").namespace.as_str(), p("a.com").host.as_str()),
+            ("*", "a.com")
+        );
+        assert_eq!(p("./a.com").namespace, "gw-ns");
+        assert_eq!(p("ns1/*.A.com").namespace, "ns1");
+        assert_eq!(p("ns1/*.A.com").host, "*.a.com");
+        // The more specific of the two names becomes the virtual host.
+        assert_eq!(p("*.a.com").bind("x", "b.a.com").as_deref(), Some("b.a.com"));
+        assert_eq!(p("b.a.com").bind("x", "*.a.com").as_deref(), Some("b.a.com"));
+        assert_eq!(p("*").bind("x", "*.a.com").as_deref(), Some("*.a.com"));
+        assert_eq!(p("ns1/*").bind("x", "b.a.com"), None, "another namespace");
+        assert_eq!(p("*.b.com").bind("x", "a.com"), None);
+    }
+
+    #[test]
+    fn virtual_hosts_meet_server_hosts_and_concatenate_virtual_services() {
+        let snap = snapshot(CONFIG, "istio-system/gw", "istio-system");
+        // Port 80: team-a's VirtualServices through `team-a/*.example.com`; a1 and a3 both
+        // name a.example.com, so its virtual host has their rules concatenated, oldest first
+        // (E3 at gateways), and a2's wildcard virtual host does not join it (Envoy picks the
+        // most specific virtual host); team-b's bind nowhere (b.example.com is `./`).
+        assert_eq!(
+            vhost(&snap, 80, "a.example.com"),
+            Some(("team-a/a1,team-a/a3".into(), vec!["a1-only-80".into(), "a3-all".into()]))
+        );
+        assert_eq!(
+            vhost(&snap, 80, "z.example.com"),
+            Some(("team-a/a2".into(), vec!["a2-all".into()]))
+        );
+        assert_eq!(
+            vhost(&snap, 80, "B.example.com."),
+            Some(("istio-system/sys".into(), vec!["sys-all".into()])),
+            "the exact virtual host wins over team-a's wildcard"
+        );
+        assert_eq!(
+            vhost(&snap, 80, "c.example.com"),
+            Some(("team-a/a2".into(), vec!["a2-all".into()]))
+        );
+        assert_eq!(vhost(&snap, 80, "example.com"), None);
+        // Port 8080 (`*`): a1's rule is for port 80 only, so it drops out.
+        assert_eq!(
+            vhost(&snap, 8080, "a.example.com"),
+            Some(("team-a/a3".into(), vec!["a3-all".into()]))
+        );
+        // team-b's bare `gw` means team-b/gw: not this gateway (E2).
+        assert!(
+            snap.gateway
+                .as_ref()
+                .unwrap()
+                .listener(8080)
+                .unwrap()
+                .routes
+                .vhosts()
+                .all(|(_, r)| !r.vs.contains("team-b"))
+        );
+        assert!(snap.routes.http_is_empty(), "a gateway proxy has no sidecar routes");
+    }
+
+    #[test]
+    fn a_missing_gateway_builds_nothing() {
+        let snap = snapshot(CONFIG, "istio-system/nope", "istio-system");
+        assert!(snap.gateway.is_none());
+    }
+
+    #[test]
+    fn terminating_servers_need_files_or_an_identity() {
+        let tls = |yaml: &str| -> ServerTlsSettings { serde_json::from_str(yaml).unwrap() };
+        let config = ProxyConfig::default();
+        let err = server_config(&tls(r#"{"mode": "SIMPLE", "credentialName": "c"}"#), &config).unwrap_err();
+        assert!(
+            err.contains("credentialName \"c\"") && err.contains("serverCertificate"),
+            "{err}"
+        );
+        let err = server_config(&tls(r#"{"mode": "SIMPLE"}"#), &config).unwrap_err();
+        assert!(err.contains("serverCertificate and privateKey"), "{err}");
+        let err = server_config(
+            &tls(r#"{"mode": "MUTUAL", "serverCertificate": "/c", "privateKey": "/k"}"#),
+            &config,
+        )
+        .unwrap_err();
+        assert!(err.contains("caCertificates"), "{err}");
+        let err = server_config(&tls(r#"{"mode": "ISTIO_MUTUAL"}"#), &config).unwrap_err();
+        assert!(err.contains("--cert"), "{err}");
+        let err = server_config(
+            &tls(r#"{"mode": "SIMPLE", "serverCertificate": "/nonexistent/c.pem", "privateKey": "/k"}"#),
+            &config,
+        )
+        .unwrap_err();
+        assert!(err.contains("/nonexistent/c.pem"), "{err}");
+    }
+}

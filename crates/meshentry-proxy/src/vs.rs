@@ -809,7 +809,7 @@ impl ServerHost {
 
     /// Whether a VirtualService in `vs_ns` may bind host `vs_host` through this server host;
     /// `Some(the virtual host name)`: the more specific of the two (F2/F3).
-    fn bind(&self, vs_ns: &str, vs_host: &str) -> Option<String> {
+    pub fn bind(&self, vs_ns: &str, vs_host: &str) -> Option<String> {
         if self.namespace != "*" && self.namespace != vs_ns {
             return None;
         }
