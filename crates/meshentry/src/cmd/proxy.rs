@@ -84,7 +84,7 @@ pub struct Args {
 #[derive(Clone, Debug, Default)]
 pub struct Labels(pub BTreeMap<String, String>);
 
-fn parse_labels(s: &str) -> Result<Labels, String> {
+pub(crate) fn parse_labels(s: &str) -> Result<Labels, String> {
     let mut out = BTreeMap::new();
     for pair in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (k, v) = pair
@@ -110,7 +110,7 @@ fn parse_outbound(s: &str) -> Result<Option<SocketAddr>, String> {
         .map_err(|_| format!("{s:?} is not IP:PORT or off"))
 }
 
-fn parse_policy(s: &str) -> Result<OutboundPolicy, String> {
+pub(crate) fn parse_policy(s: &str) -> Result<OutboundPolicy, String> {
     OutboundPolicy::parse(s).ok_or_else(|| format!("{s:?} is not ALLOW_ANY or REGISTRY_ONLY"))
 }
 
