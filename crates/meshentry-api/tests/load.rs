@@ -297,7 +297,10 @@ spec:
     // VirtualService fields are placed exactly; other kinds at their document.
     let late = loaded.finding(&vs, "spec.gateways[0]", Severity::Warning, "late".into());
     assert_eq!((late.line, late.column), (6, 14));
-    assert_eq!(late.to_string(), "f.yaml:6:14: VirtualService default/r: spec.gateways[0]: warning: late");
+    assert_eq!(
+        late.to_string(),
+        "f.yaml:6:14: VirtualService default/r: spec.gateways[0]: warning: late"
+    );
     let doc = loaded.finding(&se, "spec.ports[0]", Severity::Warning, "doc".into());
     assert_eq!((doc.line, doc.column), (9, 1));
     loaded.add_findings([doc, late]);
