@@ -58,7 +58,20 @@ pub struct Loaded {
     /// Documents skipped because meshentry does not read their kind.
     pub notices: Vec<String>,
     files: Vec<Arc<str>>,
+    /// The document trees of the kinds that checks across resources report on (see
+    /// [`Loaded::finding`]), by [`Resource::order`]. ServiceEntries, the bulk of large
+    /// configurations, are not kept.
+    trees: HashMap<usize, Node>,
 }
+
+/// The kinds whose document trees [`Loaded`] keeps, so that checks spanning resources can
+/// place their findings on a field.
+const LOCATED_KINDS: [Kind; 4] = [
+    Kind::VirtualService,
+    Kind::DestinationRule,
+    Kind::Gateway,
+    Kind::Sidecar,
+];
 
 impl Loaded {
     pub fn has_errors(&self) -> bool {
@@ -108,6 +121,18 @@ impl Loaded {
             self.findings.push(f);
             self.resources[order].valid = false;
         }
+        self.sort_findings();
+    }
+
+    /// Adds findings of checks that span resources (see [`Loaded::finding`]), keeping
+    /// [`Loaded::findings`] sorted by file and position; at one position, earlier findings
+    /// stay first.
+    pub fn add_findings(&mut self, findings: impl IntoIterator<Item = Finding>) {
+        self.findings.extend(findings);
+        self.sort_findings();
+    }
+
+    fn sort_findings(&mut self) {
         let rank: HashMap<&str, usize> = self.files.iter().enumerate().map(|(i, f)| (&**f, i)).collect();
         self.findings.sort_by_key(|f| {
             (
@@ -116,6 +141,21 @@ impl Loaded {
                 f.column,
             )
         });
+    }
+
+    /// Where the field at `path` of resource `r` was written: the field itself for
+    /// VirtualServices, DestinationRules, Gateways and Sidecars (their trees are kept), the
+    /// start of the document for other kinds.
+    pub fn locate(&self, r: &Resource, path: &str) -> Pos {
+        match self.trees.get(&r.order) {
+            Some(doc) => doc.locate(path),
+            None => r.origin.pos,
+        }
+    }
+
+    /// A finding about field `path` of resource `r`, placed on the source like validation's.
+    pub fn finding(&self, r: &Resource, path: &str, severity: Severity, message: String) -> Finding {
+        finding_for(r, path, self.locate(r, path), severity, message)
     }
 
     /// Reads one file, or every `.yaml`, `.yml` and `.json` file below a directory (sorted,
@@ -369,6 +409,9 @@ impl Loaded {
                 .push(finding_for(&resource, &p.path, pos, p.severity, p.message));
         }
         resource.valid = valid;
+        if LOCATED_KINDS.contains(&kind) {
+            self.trees.insert(resource.order, doc.clone());
+        }
         self.resources.push(resource);
     }
 }

@@ -271,3 +271,40 @@ fn findings_serialize_to_the_documented_json_shape() {
         }])
     );
 }
+
+#[test]
+fn findings_of_later_checks_are_placed_on_fields_and_sorted_in() {
+    let text = "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: r}
+spec:
+  hosts: [a.example.com]
+  gateways: [missing]
+  http: [{route: [{destination: {host: a.example.com}}]}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: tcp}
+spec:
+  hosts: [db.example.com]
+  ports: [{number: 5432, name: pg, protocol: TCP}]
+  resolution: DNS
+";
+    let mut loaded = load_str("f.yaml", text, &opts());
+    // The ServiceEntry's own warning (IST0134-style) is at 14:11.
+    assert_eq!(loaded.findings.len(), 1, "{:?}", loaded.findings);
+    let (vs, se) = (loaded.resources[0].clone(), loaded.resources[1].clone());
+    // VirtualService fields are placed exactly; other kinds at their document.
+    let late = loaded.finding(&vs, "spec.gateways[0]", Severity::Warning, "late".into());
+    assert_eq!((late.line, late.column), (6, 14));
+    assert_eq!(
+        late.to_string(),
+        "f.yaml:6:14: VirtualService default/r: spec.gateways[0]: warning: late"
+    );
+    let doc = loaded.finding(&se, "spec.ports[0]", Severity::Warning, "doc".into());
+    assert_eq!((doc.line, doc.column), (9, 1));
+    loaded.add_findings([doc, late]);
+    let order: Vec<(u32, u32)> = loaded.findings.iter().map(|f| (f.line, f.column)).collect();
+    assert_eq!(order, [(6, 14), (9, 1), (14, 11)]);
+    assert!(!loaded.has_errors());
+}

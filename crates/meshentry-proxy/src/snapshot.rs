@@ -247,6 +247,18 @@ fn port_table(view: &View<'_, '_>) -> (FxHashMap<u32, PortInfo>, Vec<String>) {
     (ports, warnings)
 }
 
+/// D1/D2: the DestinationRule that applies to `service` for `config`'s workload, as
+/// [`Snapshot::build`] finds it, for `meshentry explain`.
+pub fn destination_rule<'a>(
+    resources: &[&'a Resource],
+    service: &Service,
+    config: &ProxyConfig,
+) -> Option<&'a Resource> {
+    DestinationRules::collect(resources.iter().copied(), config)
+        .lookup(service, &config.namespace)
+        .map(|r| r.resource)
+}
+
 /// D1: the outbound policy of this workload: the flag, else the Sidecar selecting it (by
 /// labels), else its namespace's selector-less Sidecar, else the root namespace's, else the
 /// mesh default ALLOW_ANY. A Sidecar's `outboundTrafficPolicy: {}` means REGISTRY_ONLY (C8).
@@ -431,7 +443,7 @@ fn auto_mtls(service: &Service, port: u32, config: &ProxyConfig) -> bool {
 
 /// D3: a portLevelSettings entry for `port` replaces the top level's load balancer and TLS
 /// (what it omits is unset, not inherited).
-fn port_policy(tp: &TrafficPolicy, port: u32) -> (Option<&LoadBalancerSettings>, Option<&ClientTlsSettings>) {
+pub fn port_policy(tp: &TrafficPolicy, port: u32) -> (Option<&LoadBalancerSettings>, Option<&ClientTlsSettings>) {
     match tp
         .port_level_settings
         .iter()

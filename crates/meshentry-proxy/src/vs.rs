@@ -67,6 +67,8 @@ pub struct HttpRoutes {
 pub struct HttpRule {
     /// `name`, or `#<index>` in the VirtualService's `http` list.
     pub name: Box<str>,
+    /// The rule's position in the VirtualService's `http` list.
+    pub index: usize,
     /// ORed; empty = every request.
     matches: Box<[HttpMatch]>,
     /// The match blocks as written (JSON), for admin output.
@@ -314,6 +316,8 @@ pub struct L4Routes {
 }
 
 struct TlsRule {
+    /// Position in the VirtualService's `tls` list.
+    index: usize,
     matches: Box<[TlsMatch]>,
     dests: Box<[WeightedDest]>,
     total: u32,
@@ -325,6 +329,8 @@ struct TlsMatch {
 }
 
 struct TcpRule {
+    /// Position in the VirtualService's `tcp` list.
+    index: usize,
     /// ORed; empty = every connection.
     matches: Box<[Box<[IpNet]>]>,
     dests: Box<[WeightedDest]>,
@@ -485,15 +491,23 @@ impl HttpMatch {
 
 impl HttpRoutes {
     /// E4: the first rule with a matching block (or none); `None` = 404.
+    #[inline]
     pub fn select(&self, req: &impl RequestView) -> Option<Selected<'_>> {
+        self.select_block(req).map(|(selected, _)| selected)
+    }
+
+    /// [`HttpRoutes::select`], also saying which match block (an index into the rule's
+    /// `match_text`) matched; `None` for a rule without blocks. For `meshentry explain`.
+    #[inline]
+    pub fn select_block(&self, req: &impl RequestView) -> Option<(Selected<'_>, Option<usize>)> {
         for rule in &*self.rules {
             if rule.matches.is_empty() {
                 let prefix_len = usize::from(req.path().starts_with(b"/"));
-                return Some(Selected { rule, prefix_len });
+                return Some((Selected { rule, prefix_len }, None));
             }
-            for m in &*rule.matches {
+            for (block, m) in rule.matches.iter().enumerate() {
                 if let Some(prefix_len) = m.check(req) {
-                    return Some(Selected { rule, prefix_len });
+                    return Some((Selected { rule, prefix_len }, Some(block)));
                 }
             }
         }
@@ -579,7 +593,15 @@ impl RouteTables {
 
     /// E7: the destination the TLS (`sni` given) or TCP rules pick for a connection to `dst`
     /// that the registry gave to `service:port`. `None`: no rule applies (the default route).
+    #[inline]
     pub fn l4_pick(&self, service: &Service, port: u32, dst: IpAddr, sni: Option<&str>) -> Option<&WeightedDest> {
+        let hit = self.l4_rule(service, port, dst, sni)?;
+        pick(hit.dests, hit.total)
+    }
+
+    /// E7: the TLS or TCP rule [`RouteTables::l4_pick`] picks its destination from.
+    #[inline]
+    pub fn l4_rule(&self, service: &Service, port: u32, dst: IpAddr, sni: Option<&str>) -> Option<L4Hit<'_>> {
         if self.l4.is_empty() {
             return None;
         }
@@ -587,12 +609,18 @@ impl RouteTables {
         if let Some(sni) = sni {
             let sni = sni.to_ascii_lowercase();
             for rule in &*routes.tls {
-                let hit = rule.matches.iter().any(|m| {
+                let matched = rule.matches.iter().any(|m| {
                     m.sni.iter().any(|h| covers(h, &sni))
                         && (m.subnets.is_empty() || m.subnets.iter().any(|n| n.contains(&dst)))
                 });
-                if hit {
-                    return pick(&rule.dests, rule.total);
+                if matched {
+                    return Some(L4Hit {
+                        vs: &routes.vs,
+                        kind: L4Kind::Tls,
+                        index: rule.index,
+                        dests: &rule.dests,
+                        total: rule.total,
+                    });
                 }
             }
         }
@@ -603,11 +631,50 @@ impl RouteTables {
                     .iter()
                     .any(|subnets| subnets.is_empty() || subnets.iter().any(|n| n.contains(&dst)))
             {
-                return pick(&rule.dests, rule.total);
+                return Some(L4Hit {
+                    vs: &routes.vs,
+                    kind: L4Kind::Tcp,
+                    index: rule.index,
+                    dests: &rule.dests,
+                    total: rule.total,
+                });
             }
         }
         None
     }
+
+    /// `namespace/name` of the VirtualService whose TLS or TCP rules apply to `service:port`.
+    pub fn l4_of(&self, service: &Service, port: u32) -> Option<&str> {
+        self.l4.get(&(service as *const Service as usize, port)).map(|r| &*r.vs)
+    }
+}
+
+/// Which list an L4 rule is in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum L4Kind {
+    Tls,
+    Tcp,
+}
+
+impl L4Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            L4Kind::Tls => "tls",
+            L4Kind::Tcp => "tcp",
+        }
+    }
+}
+
+/// The TLS or TCP rule that applies to a connection (E7).
+pub struct L4Hit<'a> {
+    /// `namespace/name` of the VirtualService.
+    pub vs: &'a str,
+    pub kind: L4Kind,
+    /// Position in the VirtualService's `tls` or `tcp` list.
+    pub index: usize,
+    pub dests: &'a [WeightedDest],
+    /// The sum of the weights.
+    pub total: u32,
 }
 
 /// B11 for SNI and names: exact, or `*.suffix` covering a longer name; `*` covers all.
@@ -1249,6 +1316,7 @@ impl Ctx<'_, '_> {
             && headers.is_empty();
         HttpRule {
             name,
+            index: i,
             matches: matches.into(),
             match_text,
             action,
@@ -1341,7 +1409,7 @@ impl Ctx<'_, '_> {
     /// E7: the `tls` and `tcp` rules of `vs` for port `port`.
     fn l4_rules(&mut self, vs: &Applicable<'_>, port: u32) -> (Vec<TlsRule>, Vec<TcpRule>) {
         let mut tls = Vec::new();
-        for rule in &vs.spec.tls {
+        for (index, rule) in vs.spec.tls.iter().enumerate() {
             let matches: Vec<TlsMatch> = rule
                 .r#match
                 .iter()
@@ -1362,13 +1430,14 @@ impl Ctx<'_, '_> {
             }
             let (dests, total) = self.l4_dests(vs, &rule.route, port);
             tls.push(TlsRule {
+                index,
                 matches: matches.into(),
                 dests,
                 total,
             });
         }
         let mut tcp = Vec::new();
-        for rule in &vs.spec.tcp {
+        for (index, rule) in vs.spec.tcp.iter().enumerate() {
             let matches: Vec<Box<[IpNet]>> = rule
                 .r#match
                 .iter()
@@ -1382,6 +1451,7 @@ impl Ctx<'_, '_> {
             }
             let (dests, total) = self.l4_dests(vs, &rule.route, port);
             tcp.push(TcpRule {
+                index,
                 matches: matches.into(),
                 dests,
                 total,

@@ -96,7 +96,7 @@ pub struct Args {
 #[derive(Clone, Debug, Default)]
 pub struct Labels(pub BTreeMap<String, String>);
 
-fn parse_labels(s: &str) -> Result<Labels, String> {
+pub(crate) fn parse_labels(s: &str) -> Result<Labels, String> {
     let mut out = BTreeMap::new();
     for pair in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (k, v) = pair
@@ -137,7 +137,7 @@ fn parse_gateway(s: &str) -> Result<String, String> {
     }
 }
 
-fn parse_policy(s: &str) -> Result<OutboundPolicy, String> {
+pub(crate) fn parse_policy(s: &str) -> Result<OutboundPolicy, String> {
     OutboundPolicy::parse(s).ok_or_else(|| format!("{s:?} is not ALLOW_ANY or REGISTRY_ONLY"))
 }
 
