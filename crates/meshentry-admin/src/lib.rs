@@ -279,6 +279,10 @@ fn stats_text(shared: &Shared) -> String {
             s.upstream_tls_errors.load(Ordering::Relaxed),
         ),
         ("bad_requests_total", s.bad_requests.load(Ordering::Relaxed)),
+        (
+            "downstream_tls_errors_total",
+            s.downstream_tls_errors.load(Ordering::Relaxed),
+        ),
         ("upstream_retries_total", s.upstream_retries.load(Ordering::Relaxed)),
         ("outbound_cx_total", s.outbound_connections.load(Ordering::Relaxed)),
         ("outbound_loop_refused_total", s.outbound_loops.load(Ordering::Relaxed)),

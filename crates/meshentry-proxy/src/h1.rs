@@ -60,6 +60,7 @@ pub async fn serve(
         shared,
         peer,
         transparent,
+        gateway: None,
     });
     let mut conn = Downstream {
         stream,

@@ -40,6 +40,8 @@ pub struct ConnCtx {
     pub peer: SocketAddr,
     /// Set for connections captured by the transparent listener.
     pub transparent: Option<Transparent>,
+    /// Set for connections to a gateway server port (gateway mode).
+    pub gateway: Option<crate::gateway::GatewayConn>,
 }
 
 /// Where a captured connection was going (SO_ORIGINAL_DST). Requests on it are routed by
@@ -100,6 +102,7 @@ pub async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<S
         shared,
         peer,
         transparent: None,
+        gateway: None,
     });
     serve_io(stream, peer, ctx).await;
 }
@@ -123,6 +126,9 @@ async fn handle_any(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<Resp
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
         return resp;
+    }
+    if let Some(g) = ctx.gateway {
+        return crate::gateway::forward(req, ctx, g).await;
     }
     if req.method() == Method::CONNECT {
         return connect(req, ctx).await;

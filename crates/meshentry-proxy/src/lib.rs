@@ -23,6 +23,7 @@ pub mod config;
 pub mod detect;
 pub mod dns;
 pub mod forward;
+pub mod gateway;
 pub mod h1;
 pub mod h2;
 pub mod http;

@@ -106,6 +106,7 @@ async fn handle(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
                         shared,
                         peer,
                         transparent: Some(Transparent::new(dst)),
+                        gateway: None,
                     });
                     crate::h2::serve(Rewind::new(buf, stream), ctx).await;
                     return;

@@ -34,7 +34,7 @@ use crate::vs::{
 const NO_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
 /// The 404 body when no rule matches (E4).
-pub(crate) fn no_route(routes: &HttpRoutes, host: &str, port: u16) -> String {
+pub fn no_route(routes: &HttpRoutes, host: &str, port: u16) -> String {
     format!(
         "meshentry: no rule of VirtualService {} matches this request to {host}:{port}",
         routes.vs
@@ -42,7 +42,7 @@ pub(crate) fn no_route(routes: &HttpRoutes, host: &str, port: u16) -> String {
 }
 
 /// The 503 body when a rule's destination does not exist (E5).
-pub(crate) fn no_cluster(routes: &HttpRoutes, reason: &str) -> String {
+pub fn no_cluster(routes: &HttpRoutes, reason: &str) -> String {
     format!(
         "meshentry: VirtualService {} routes to a missing destination: {reason}",
         routes.vs

@@ -65,6 +65,8 @@ pub struct Stats {
     /// TLS handshakes this proxy originated that failed.
     pub upstream_tls_errors: AtomicU64,
     pub bad_requests: AtomicU64,
+    /// Gateway listeners: TLS handshakes with clients that failed (or timed out).
+    pub downstream_tls_errors: AtomicU64,
     /// Requests a VirtualService `retries` policy sent again.
     pub upstream_retries: AtomicU64,
     /// Connections accepted on the transparent listener.

@@ -20,6 +20,7 @@ use meshentry_registry::{Protocol, Registry, Service, View};
 use crate::cluster::{Cluster, ClusterSpec};
 use crate::config::{OutboundPolicy, ProxyConfig};
 use crate::dns::Dns;
+use crate::gateway::Gateway;
 use crate::lb::Policy;
 use crate::tls::{Mode, Origination, Recipe, Sni};
 use crate::vs::{CompileInput, MESH, RouteTables};
@@ -41,8 +42,11 @@ pub struct Snapshot {
     /// Only VirtualService destinations name them, and those are resolved when the route
     /// tables are compiled, so the data path never looks here.
     subset_clusters: BTreeMap<(usize, u32, String), Arc<Cluster>>,
-    /// The VirtualService routes (E1-E7) this proxy applies.
+    /// The VirtualService routes (E1-E7) this proxy applies as a sidecar.
     pub routes: RouteTables,
+    /// Gateway mode (`--gateway`): the Gateway this proxy runs as, with its listeners' routes
+    /// (F1-F3); `None` for a sidecar, or when the Gateway does not exist.
+    pub gateway: Option<Gateway>,
     /// What the transparent listener may find on each port (C3-C6).
     ports: FxHashMap<u32, PortInfo>,
     /// Configurations Istio would route wrongly, and what this proxy does instead.
@@ -97,19 +101,27 @@ impl Snapshot {
                 Some(s) => subset_clusters.get(&(key, port, s.to_string())).cloned(),
             }
         };
-        let routes = RouteTables::compile(
-            resources,
-            &CompileInput {
-                registry: &registry,
-                view,
-                namespace: &namespace,
-                labels: &config.labels,
-                gateway: MESH,
-                cluster: &cluster_of,
-            },
-        );
+        let input = CompileInput {
+            registry: &registry,
+            view,
+            namespace: &namespace,
+            labels: &config.labels,
+            gateway: config.gateway.as_deref().unwrap_or(MESH),
+            cluster: &cluster_of,
+        };
+        let mut gateway_warnings = Vec::new();
+        // A gateway proxy is no sidecar: only the VirtualServices bound to its Gateway apply,
+        // through its listeners (F3).
+        let (routes, gateway) = match &config.gateway {
+            None => (RouteTables::compile(resources, &input), None),
+            Some(name) => (
+                RouteTables::default(),
+                Gateway::build(resources, &input, name, config, &mut gateway_warnings),
+            ),
+        };
         let (ports, mut warnings) = port_table(&view);
         warnings.extend(routes.warnings.iter().cloned());
+        warnings.extend(gateway_warnings);
         for cluster in clusters.values().chain(subset_clusters.values()) {
             if let Some(Err(reason)) = &cluster.tls {
                 warnings.push(format!(
@@ -137,6 +149,7 @@ impl Snapshot {
             clusters,
             subset_clusters,
             routes,
+            gateway,
             ports,
             warnings,
         }
@@ -163,6 +176,12 @@ impl Snapshot {
     /// The cluster of `port` of `service`, a service of this snapshot's registry.
     pub fn cluster(&self, service: &Service, port: u32) -> Option<&Arc<Cluster>> {
         self.clusters.get(&(service as *const Service as usize, port))
+    }
+
+    /// The cluster of DestinationRule subset `subset` of `port` of `service`.
+    pub fn subset_cluster(&self, service: &Service, port: u32, subset: &str) -> Option<&Arc<Cluster>> {
+        self.subset_clusters
+            .get(&(service as *const Service as usize, port, subset.to_string()))
     }
 
     /// Every cluster (subsets included), sorted by name, for admin output.
@@ -226,6 +245,18 @@ fn port_table(view: &View<'_, '_>) -> (FxHashMap<u32, PortInfo>, Vec<String>) {
     ports.retain(|_, i| i.http || i.sni || i.tcp_wild > 0);
     warnings.sort();
     (ports, warnings)
+}
+
+/// D1/D2: the DestinationRule that applies to `service` for `config`'s workload, as
+/// [`Snapshot::build`] finds it, for `meshentry explain`.
+pub fn destination_rule<'a>(
+    resources: &[&'a Resource],
+    service: &Service,
+    config: &ProxyConfig,
+) -> Option<&'a Resource> {
+    DestinationRules::collect(resources.iter().copied(), config)
+        .lookup(service, &config.namespace)
+        .map(|r| r.resource)
 }
 
 /// D1: the outbound policy of this workload: the flag, else the Sidecar selecting it (by
@@ -412,7 +443,7 @@ fn auto_mtls(service: &Service, port: u32, config: &ProxyConfig) -> bool {
 
 /// D3: a portLevelSettings entry for `port` replaces the top level's load balancer and TLS
 /// (what it omits is unset, not inherited).
-fn port_policy(tp: &TrafficPolicy, port: u32) -> (Option<&LoadBalancerSettings>, Option<&ClientTlsSettings>) {
+pub fn port_policy(tp: &TrafficPolicy, port: u32) -> (Option<&LoadBalancerSettings>, Option<&ClientTlsSettings>) {
     match tp
         .port_level_settings
         .iter()

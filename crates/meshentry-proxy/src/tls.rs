@@ -172,7 +172,7 @@ fn stamps(recipe: &Recipe) -> Vec<Option<SystemTime>> {
         .collect()
 }
 
-fn provider() -> Arc<CryptoProvider> {
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 

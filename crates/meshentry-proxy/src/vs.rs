@@ -67,6 +67,8 @@ pub struct HttpRoutes {
 pub struct HttpRule {
     /// `name`, or `#<index>` in the VirtualService's `http` list.
     pub name: Box<str>,
+    /// The rule's position in the VirtualService's `http` list.
+    pub index: usize,
     /// ORed; empty = every request.
     matches: Box<[HttpMatch]>,
     /// The match blocks as written (JSON), for admin output.
@@ -314,6 +316,8 @@ pub struct L4Routes {
 }
 
 struct TlsRule {
+    /// Position in the VirtualService's `tls` list.
+    index: usize,
     matches: Box<[TlsMatch]>,
     dests: Box<[WeightedDest]>,
     total: u32,
@@ -325,6 +329,8 @@ struct TlsMatch {
 }
 
 struct TcpRule {
+    /// Position in the VirtualService's `tcp` list.
+    index: usize,
     /// ORed; empty = every connection.
     matches: Box<[Box<[IpNet]>]>,
     dests: Box<[WeightedDest]>,
@@ -485,15 +491,23 @@ impl HttpMatch {
 
 impl HttpRoutes {
     /// E4: the first rule with a matching block (or none); `None` = 404.
+    #[inline]
     pub fn select(&self, req: &impl RequestView) -> Option<Selected<'_>> {
+        self.select_block(req).map(|(selected, _)| selected)
+    }
+
+    /// [`HttpRoutes::select`], also saying which match block (an index into the rule's
+    /// `match_text`) matched; `None` for a rule without blocks. For `meshentry explain`.
+    #[inline]
+    pub fn select_block(&self, req: &impl RequestView) -> Option<(Selected<'_>, Option<usize>)> {
         for rule in &*self.rules {
             if rule.matches.is_empty() {
                 let prefix_len = usize::from(req.path().starts_with(b"/"));
-                return Some(Selected { rule, prefix_len });
+                return Some((Selected { rule, prefix_len }, None));
             }
-            for m in &*rule.matches {
+            for (block, m) in rule.matches.iter().enumerate() {
                 if let Some(prefix_len) = m.check(req) {
-                    return Some(Selected { rule, prefix_len });
+                    return Some((Selected { rule, prefix_len }, Some(block)));
                 }
             }
         }
@@ -579,7 +593,15 @@ impl RouteTables {
 
     /// E7: the destination the TLS (`sni` given) or TCP rules pick for a connection to `dst`
     /// that the registry gave to `service:port`. `None`: no rule applies (the default route).
+    #[inline]
     pub fn l4_pick(&self, service: &Service, port: u32, dst: IpAddr, sni: Option<&str>) -> Option<&WeightedDest> {
+        let hit = self.l4_rule(service, port, dst, sni)?;
+        pick(hit.dests, hit.total)
+    }
+
+    /// E7: the TLS or TCP rule [`RouteTables::l4_pick`] picks its destination from.
+    #[inline]
+    pub fn l4_rule(&self, service: &Service, port: u32, dst: IpAddr, sni: Option<&str>) -> Option<L4Hit<'_>> {
         if self.l4.is_empty() {
             return None;
         }
@@ -587,12 +609,18 @@ impl RouteTables {
         if let Some(sni) = sni {
             let sni = sni.to_ascii_lowercase();
             for rule in &*routes.tls {
-                let hit = rule.matches.iter().any(|m| {
+                let matched = rule.matches.iter().any(|m| {
                     m.sni.iter().any(|h| covers(h, &sni))
                         && (m.subnets.is_empty() || m.subnets.iter().any(|n| n.contains(&dst)))
                 });
-                if hit {
-                    return pick(&rule.dests, rule.total);
+                if matched {
+                    return Some(L4Hit {
+                        vs: &routes.vs,
+                        kind: L4Kind::Tls,
+                        index: rule.index,
+                        dests: &rule.dests,
+                        total: rule.total,
+                    });
                 }
             }
         }
@@ -603,11 +631,50 @@ impl RouteTables {
                     .iter()
                     .any(|subnets| subnets.is_empty() || subnets.iter().any(|n| n.contains(&dst)))
             {
-                return pick(&rule.dests, rule.total);
+                return Some(L4Hit {
+                    vs: &routes.vs,
+                    kind: L4Kind::Tcp,
+                    index: rule.index,
+                    dests: &rule.dests,
+                    total: rule.total,
+                });
             }
         }
         None
     }
+
+    /// `namespace/name` of the VirtualService whose TLS or TCP rules apply to `service:port`.
+    pub fn l4_of(&self, service: &Service, port: u32) -> Option<&str> {
+        self.l4.get(&(service as *const Service as usize, port)).map(|r| &*r.vs)
+    }
+}
+
+/// Which list an L4 rule is in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum L4Kind {
+    Tls,
+    Tcp,
+}
+
+impl L4Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            L4Kind::Tls => "tls",
+            L4Kind::Tcp => "tcp",
+        }
+    }
+}
+
+/// The TLS or TCP rule that applies to a connection (E7).
+pub struct L4Hit<'a> {
+    /// `namespace/name` of the VirtualService.
+    pub vs: &'a str,
+    pub kind: L4Kind,
+    /// Position in the VirtualService's `tls` or `tcp` list.
+    pub index: usize,
+    pub dests: &'a [WeightedDest],
+    /// The sum of the weights.
+    pub total: u32,
 }
 
 /// B11 for SNI and names: exact, or `*.suffix` covering a longer name; `*` covers all.
@@ -782,6 +849,199 @@ impl RouteTables {
         ctx.warnings.dedup();
         tables.warnings = ctx.warnings;
         tables
+    }
+}
+
+/// A gateway server host (F2): `namespace/dnsName`, `namespace` being `*` (any, the default),
+/// or a namespace (`.` already resolved to the gateway's).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerHost {
+    pub namespace: String,
+    pub host: String,
+}
+
+impl ServerHost {
+    /// F2: `h` = `*/h`; `./h` = the gateway's namespace; `ns/h`.
+    pub fn parse(text: &str, gateway_ns: &str) -> ServerHost {
+        let (ns, host) = match text.split_once('/') {
+            Some((".", h)) => (gateway_ns, h),
+            Some((ns, h)) => (ns, h),
+            None => ("*", text),
+        };
+        ServerHost {
+            namespace: ns.to_string(),
+            host: host.to_ascii_lowercase(),
+        }
+    }
+
+    /// Whether a VirtualService in `vs_ns` may bind host `vs_host` through this server host;
+    /// `Some(the virtual host name)`: the more specific of the two (F2/F3).
+    pub fn bind(&self, vs_ns: &str, vs_host: &str) -> Option<String> {
+        if self.namespace != "*" && self.namespace != vs_ns {
+            return None;
+        }
+        if !host::matches(vs_host, &self.host) {
+            return None;
+        }
+        Some(if host::subset_of(vs_host, &self.host) {
+            vs_host.to_string()
+        } else {
+            self.host.clone()
+        })
+    }
+
+    /// Whether a requested name (`Host` or SNI) is among this server's hosts.
+    pub fn covers(&self, name: &str) -> bool {
+        covers(&self.host, name)
+    }
+}
+
+/// The routes of one gateway port (F3): a virtual host per name where a bound VirtualService's
+/// hosts meet the server's, each with the rules of every such VirtualService concatenated (E3:
+/// gateways merge), and the TLS/TCP rules of those VirtualServices in order.
+#[derive(Default)]
+pub struct GatewayRoutes {
+    exact: FxHashMap<Box<str>, Arc<HttpRoutes>>,
+    /// Most specific first.
+    wild: Vec<(Box<str>, Arc<HttpRoutes>)>,
+    l4: Vec<Arc<L4Routes>>,
+}
+
+impl GatewayRoutes {
+    /// The virtual host for `host` (exact, then the most specific wildcard); `None` = 404.
+    pub fn http(&self, host: &str) -> Option<&HttpRoutes> {
+        let name = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
+        self.exact
+            .get(name.as_str())
+            .or_else(|| self.wild.iter().find(|(w, _)| covers(w, &name)).map(|(_, r)| r))
+            .map(|r| &**r)
+    }
+
+    /// Every virtual host, for admin output and logs.
+    pub fn vhosts(&self) -> impl Iterator<Item = (&str, &HttpRoutes)> {
+        self.exact
+            .iter()
+            .map(|(h, r)| (&**h, &**r))
+            .chain(self.wild.iter().map(|(h, r)| (&**h, &**r)))
+    }
+
+    /// E7 at a gateway: the first TLS rule (by SNI) or TCP rule of the bound VirtualServices
+    /// that applies to a connection to `dst`.
+    pub fn l4_pick(&self, dst: IpAddr, sni: Option<&str>) -> Option<&WeightedDest> {
+        let sni = sni.map(str::to_ascii_lowercase);
+        if let Some(sni) = &sni {
+            for routes in &self.l4 {
+                for rule in &*routes.tls {
+                    let hit = rule.matches.iter().any(|m| {
+                        m.sni.iter().any(|h| covers(h, sni))
+                            && (m.subnets.is_empty() || m.subnets.iter().any(|n| n.contains(&dst)))
+                    });
+                    if hit {
+                        return pick(&rule.dests, rule.total);
+                    }
+                }
+            }
+        }
+        for routes in &self.l4 {
+            for rule in &*routes.tcp {
+                if rule.matches.is_empty()
+                    || rule
+                        .matches
+                        .iter()
+                        .any(|subnets| subnets.is_empty() || subnets.iter().any(|n| n.contains(&dst)))
+                {
+                    return pick(&rule.dests, rule.total);
+                }
+            }
+        }
+        None
+    }
+}
+
+impl RouteTables {
+    /// F2/F3: the routes of the gateway `input.gateway` for its server port `port`, whose
+    /// (merged) hosts are `server_hosts`. Returns the warnings too.
+    pub fn compile_gateway(
+        resources: &[&Resource],
+        input: &CompileInput<'_>,
+        port: u32,
+        server_hosts: &[ServerHost],
+    ) -> (GatewayRoutes, Vec<String>) {
+        let mut out = GatewayRoutes::default();
+        let vss = applicable(resources, input);
+        let ids: FxHashMap<usize, ServiceId> = input
+            .registry
+            .services()
+            .enumerate()
+            .map(|(i, s)| (s as *const Service as usize, i as ServiceId))
+            .collect();
+        let mut ctx = Ctx {
+            input,
+            ids: &ids,
+            warnings: Vec::new(),
+        };
+        // Virtual host name -> the VirtualServices (indexes, in order) bound to it.
+        let mut vhosts: Vec<(String, Vec<usize>)> = Vec::new();
+        let mut bound = vec![false; vss.len()];
+        for (i, vs) in vss.iter().enumerate() {
+            for h in &vs.hosts {
+                for sh in server_hosts {
+                    let Some(name) = sh.bind(vs.namespace, h) else { continue };
+                    bound[i] = true;
+                    match vhosts.iter_mut().find(|(n, _)| *n == name) {
+                        Some((_, list)) if !list.contains(&i) => list.push(i),
+                        Some(_) => {}
+                        None => vhosts.push((name, vec![i])),
+                    }
+                }
+            }
+        }
+        for (name, list) in vhosts {
+            let mut rules = Vec::new();
+            let mut names = Vec::new();
+            for &i in &list {
+                let r = ctx.http_rules(&vss[i], port);
+                if !r.is_empty() {
+                    names.push(vss[i].id.to_string());
+                    rules.extend(r);
+                }
+            }
+            if rules.is_empty() {
+                continue;
+            }
+            let routes = Arc::new(HttpRoutes {
+                vs: names.join(",").into(),
+                rules: rules.into(),
+            });
+            if name.starts_with('*') {
+                out.wild.push((name.into(), routes));
+            } else {
+                out.exact.insert(name.into(), routes);
+            }
+        }
+        out.wild.sort_by_key(|(w, _)| std::cmp::Reverse(w.len()));
+        for (i, vs) in vss.iter().enumerate() {
+            if !bound[i] {
+                ctx.warnings.push(format!(
+                    "VirtualService {}: bound to gateway {} but none of its hosts ({}) is among port {port}'s server hosts",
+                    vs.id,
+                    input.gateway,
+                    vs.hosts.join(", ")
+                ));
+                continue;
+            }
+            let (tls, tcp) = ctx.l4_rules(vs, port);
+            if !tls.is_empty() || !tcp.is_empty() {
+                out.l4.push(Arc::new(L4Routes {
+                    vs: vs.id.clone(),
+                    tls: tls.into(),
+                    tcp: tcp.into(),
+                }));
+            }
+        }
+        ctx.warnings.sort();
+        ctx.warnings.dedup();
+        (out, ctx.warnings)
     }
 }
 
@@ -1056,6 +1316,7 @@ impl Ctx<'_, '_> {
             && headers.is_empty();
         HttpRule {
             name,
+            index: i,
             matches: matches.into(),
             match_text,
             action,
@@ -1148,7 +1409,7 @@ impl Ctx<'_, '_> {
     /// E7: the `tls` and `tcp` rules of `vs` for port `port`.
     fn l4_rules(&mut self, vs: &Applicable<'_>, port: u32) -> (Vec<TlsRule>, Vec<TcpRule>) {
         let mut tls = Vec::new();
-        for rule in &vs.spec.tls {
+        for (index, rule) in vs.spec.tls.iter().enumerate() {
             let matches: Vec<TlsMatch> = rule
                 .r#match
                 .iter()
@@ -1169,13 +1430,14 @@ impl Ctx<'_, '_> {
             }
             let (dests, total) = self.l4_dests(vs, &rule.route, port);
             tls.push(TlsRule {
+                index,
                 matches: matches.into(),
                 dests,
                 total,
             });
         }
         let mut tcp = Vec::new();
-        for rule in &vs.spec.tcp {
+        for (index, rule) in vs.spec.tcp.iter().enumerate() {
             let matches: Vec<Box<[IpNet]>> = rule
                 .r#match
                 .iter()
@@ -1189,6 +1451,7 @@ impl Ctx<'_, '_> {
             }
             let (dests, total) = self.l4_dests(vs, &rule.route, port);
             tcp.push(TcpRule {
+                index,
                 matches: matches.into(),
                 dests,
                 total,
