@@ -7,8 +7,8 @@
 //! - [`forward`], [`upstream`]: connecting and sending, with failover and pooling;
 //! - [`h1`], [`chunked`]: the fast path for plain HTTP/1.1 requests;
 //! - [`http`], [`tunnel`], [`sni`]: the general (hyper) path, CONNECT tunnels, SNI;
-//! - [`outbound`], [`detect`]: the transparent listener for iptables-captured connections,
-//!   and what a client speaks from its first bytes;
+//! - [`outbound`], [`detect`], [`relay`]: the transparent listener for iptables-captured
+//!   connections, what a client speaks from its first bytes, and relaying bytes both ways;
 //! - [`server`]: shared state, counters and accept loops;
 //! - [`capture`]: the iptables rules for transparent capture (`meshentry iptables`).
 
@@ -23,6 +23,7 @@ pub mod h1;
 pub mod http;
 pub mod lb;
 pub mod outbound;
+pub mod relay;
 pub mod route;
 pub mod server;
 pub mod snapshot;

@@ -28,9 +28,6 @@ use crate::upstream::Stream;
 /// TLS alert `access_denied` (RFC 8446 6.2), sent to a TLS client that REGISTRY_ONLY refuses.
 const ALERT_ACCESS_DENIED: u8 = 49;
 
-/// Relay buffers: large enough that bulk transfers move in few system calls.
-const RELAY_BUF: usize = 64 * 1024;
-
 /// Accepts redirected connections until `shutdown` turns true.
 pub async fn serve_outbound(listener: TcpListener, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
     loop {
@@ -166,7 +163,7 @@ pub async fn relay(mut client: TcpStream, mut upstream: Stream, first: &[u8]) {
         return;
     }
     let _ = client.set_nodelay(true);
-    match tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, RELAY_BUF, RELAY_BUF).await {
+    match crate::relay::copy_bidirectional(&mut client, &mut upstream).await {
         Ok((up, down)) => tracing::debug!(up, down, "connection closed"),
         Err(e) => tracing::debug!(error = %e, "connection ended with an error"),
     }
