@@ -64,14 +64,18 @@ where
     if let Some(d) = classify(buf) {
         return d;
     }
-    let deadline = tokio::time::Instant::now() + timeout;
+    // A timer is armed when first polled, and arming one wakes the runtime's driver (a system
+    // call). Polling the read first means a client whose first bytes are already here (the
+    // usual case: a ClientHello or a request sent right after connecting) never arms it.
+    let mut deadline = std::pin::pin!(tokio::time::sleep(timeout));
     loop {
         buf.reserve(2048);
         let read = tokio::select! {
+            biased;
             r = client.read_buf(buf) => r,
             _ = async { match upstream { Some(u) => u.readable().await, None => std::future::pending().await } },
                 if buf.is_empty() => return Detected::Nothing,
-            _ = tokio::time::sleep_until(deadline) => return give_up(buf),
+            _ = &mut deadline => return give_up(buf),
         };
         match read {
             Ok(0) | Err(_) if buf.is_empty() => return Detected::Closed,

@@ -11,8 +11,9 @@
 //! - [`h1`], [`chunked`]: the fast path for plain HTTP/1.1 requests;
 //! - [`http`], [`tunnel`], [`sni`]: the general (hyper) path, CONNECT tunnels, SNI;
 //! - [`h2`]: HTTP/2 prior-knowledge clients, HTTP/2 upstream requests, gRPC error replies;
-//! - [`outbound`], [`detect`]: the transparent listener for iptables-captured connections,
-//!   and what a client speaks from its first bytes;
+//! - [`gateway`]: gateway mode (`--gateway`): servers, TLS termination, gateway routes;
+//! - [`outbound`], [`detect`], [`relay`]: the transparent listener for iptables-captured
+//!   connections, what a client speaks from its first bytes, and relaying bytes both ways;
 //! - [`server`]: shared state, counters and accept loops;
 //! - [`capture`]: the iptables rules for transparent capture (`meshentry iptables`).
 
@@ -29,6 +30,7 @@ pub mod h2;
 pub mod http;
 pub mod lb;
 pub mod outbound;
+pub mod relay;
 pub mod route;
 pub mod routed;
 pub mod server;

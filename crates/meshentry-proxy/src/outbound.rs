@@ -29,17 +29,16 @@ use crate::upstream::Stream;
 /// TLS alert `access_denied` (RFC 8446 6.2), sent to a TLS client that REGISTRY_ONLY refuses.
 const ALERT_ACCESS_DENIED: u8 = 49;
 
-/// Relay buffers: large enough that bulk transfers move in few system calls.
-const RELAY_BUF: usize = 64 * 1024;
-
 /// Accepts redirected connections until `shutdown` turns true.
 pub async fn serve_outbound(listener: TcpListener, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    // Asked once here rather than of every connection (a system call each).
+    let local = listener.local_addr().ok();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let shared = shared.clone();
-                    tokio::spawn(async move { handle(stream, peer, shared).await });
+                    tokio::spawn(async move { handle(stream, peer, local, shared).await });
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
@@ -51,10 +50,11 @@ pub async fn serve_outbound(listener: TcpListener, shared: Arc<Shared>, mut shut
     }
 }
 
-/// Where the application was going: the NAT table's original destination.
-pub fn original_dst(stream: &TcpStream) -> io::Result<SocketAddr> {
+/// Where the application was going: the NAT table's original destination. `peer` is the
+/// address `accept` returned, whose family is the socket's (v4-mapped addresses included).
+pub fn original_dst(stream: &TcpStream, peer: SocketAddr) -> io::Result<SocketAddr> {
     let sock = SockRef::from(stream);
-    let addr = match stream.local_addr()? {
+    let addr = match peer {
         SocketAddr::V4(_) => sock.original_dst_v4()?,
         SocketAddr::V6(_) => sock.original_dst_v6()?,
     };
@@ -62,12 +62,13 @@ pub fn original_dst(stream: &TcpStream) -> io::Result<SocketAddr> {
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "original destination is not an IP address"))
 }
 
-async fn handle(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+/// `local`: the listener's address.
+async fn handle(stream: TcpStream, peer: SocketAddr, local: Option<SocketAddr>, shared: Arc<Shared>) {
     let stats_owner = shared.clone();
     let stats = &stats_owner.stats;
     let _guard = ConnGuard::new(stats);
     stats.outbound_connections.fetch_add(1, Ordering::Relaxed);
-    let dst = match original_dst(&stream) {
+    let dst = match original_dst(&stream, peer) {
         Ok(dst) => dst,
         Err(e) => {
             stats.outbound_loops.fetch_add(1, Ordering::Relaxed);
@@ -77,7 +78,7 @@ async fn handle(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     };
     // A connection made straight to this port (not redirected) reports the port itself as
     // its original destination; forwarding it would connect to ourselves.
-    if shared.is_self(&dst.ip().to_string(), dst.port()) || stream.local_addr().is_ok_and(|l| l == dst) {
+    if shared.is_self_addr(dst) || local == Some(dst) {
         stats.outbound_loops.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(%peer, %dst, "connection addressed to the proxy itself (not redirected, or redirected twice): closed");
         return;
@@ -180,7 +181,7 @@ pub async fn relay(mut client: TcpStream, mut upstream: Stream, first: &[u8]) {
         return;
     }
     let _ = client.set_nodelay(true);
-    match tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, RELAY_BUF, RELAY_BUF).await {
+    match crate::relay::copy_bidirectional(&mut client, &mut upstream).await {
         Ok((up, down)) => tracing::debug!(up, down, "connection closed"),
         Err(e) => tracing::debug!(error = %e, "connection ended with an error"),
     }

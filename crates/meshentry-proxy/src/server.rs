@@ -40,9 +40,14 @@ impl Shared {
         let Ok(ip) = host.parse::<std::net::IpAddr>() else {
             return host.eq_ignore_ascii_case("localhost") && self.local_addrs.iter().any(|a| a.port() == port);
         };
+        self.is_self_addr(SocketAddr::new(ip, port))
+    }
+
+    /// Whether `addr` is one of this proxy's listening addresses.
+    pub fn is_self_addr(&self, addr: SocketAddr) -> bool {
         self.local_addrs
             .iter()
-            .any(|a| a.port() == port && (a.ip() == ip || a.ip().is_unspecified()))
+            .any(|a| a.port() == addr.port() && (a.ip() == addr.ip() || a.ip().is_unspecified()))
     }
 }
 
