@@ -413,19 +413,11 @@ spec:
 "#;
 
     fn snapshot(policy: OutboundPolicy) -> (Snapshot, Arc<Dns>) {
-        let loaded = meshentry_api::load_str("test.yaml", CONFIG, &meshentry_api::LoadOptions::default());
-        assert!(!loaded.has_errors(), "{:?}", loaded.errors().collect::<Vec<_>>());
-        let valid: Vec<_> = loaded.valid().collect();
-        let dns = Dns::new(crate::dns::DnsConfig {
-            server: Some(SocketAddr::from(([127, 0, 0, 1], 9))),
-            ..Default::default()
-        })
-        .unwrap();
         let config = crate::config::ProxyConfig {
             policy_override: Some(policy),
             ..Default::default()
         };
-        (Snapshot::build(&valid, &config, &dns, 1), dns)
+        crate::snapshot::test_snapshot(CONFIG, &config)
     }
 
     fn dst(s: &str) -> SocketAddr {

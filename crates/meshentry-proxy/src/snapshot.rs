@@ -581,6 +581,21 @@ fn exported_to(export_to: &[String], own: &str, proxy_ns: &str) -> bool {
             .any(|e| e == "*" || e == proxy_ns || (e == "." && own == proxy_ns))
 }
 
+/// A snapshot of `yaml` (which must be valid) for unit tests; DNS points at a closed port so a
+/// lookup made by mistake fails at once.
+#[cfg(test)]
+pub(crate) fn test_snapshot(yaml: &str, config: &ProxyConfig) -> (Snapshot, Arc<Dns>) {
+    let loaded = meshentry_api::load_str("t.yaml", yaml, &meshentry_api::LoadOptions::default());
+    assert!(!loaded.has_errors(), "{:?}", loaded.errors().collect::<Vec<_>>());
+    let valid: Vec<_> = loaded.valid().collect();
+    let dns = Dns::new(crate::dns::DnsConfig {
+        server: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 9))),
+        ..Default::default()
+    })
+    .expect("a DNS client for a fixed server builds");
+    (Snapshot::build(&valid, config, &dns, 1), dns)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -597,15 +612,27 @@ mod tests {
     }
 
     fn build(yaml: &str, config: &ProxyConfig) -> Snapshot {
-        let loaded = meshentry_api::load_str("t.yaml", yaml, &meshentry_api::LoadOptions::default());
-        assert!(!loaded.has_errors(), "{:?}", loaded.errors().collect::<Vec<_>>());
-        let valid: Vec<_> = loaded.valid().collect();
-        let dns = Dns::new(crate::dns::DnsConfig {
-            server: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 9))),
-            ..Default::default()
-        })
-        .unwrap();
-        Snapshot::build(&valid, config, &dns, 1)
+        test_snapshot(yaml, config).0
+    }
+
+    /// A configuration with a mesh identity (ISTIO_MUTUAL, auto mTLS); the files live as long
+    /// as the returned directory.
+    fn with_identity() -> (ProxyConfig, meshentry_testutil::PemDir) {
+        let ca = meshentry_testutil::TestCa::new("mesh");
+        let leaf = ca.issue(meshentry_testutil::LeafSpec::client(
+            "spiffe://cluster.local/ns/default/sa/me",
+        ));
+        let pem = meshentry_testutil::PemDir::new();
+        let paths = pem.leaf(&leaf, "me");
+        let config = ProxyConfig {
+            identity: Some(crate::config::IdentityFiles {
+                cert: paths.cert,
+                key: paths.key,
+                ca: pem.ca(&ca),
+            }),
+            ..ProxyConfig::default()
+        };
+        (config, pem)
     }
 
     fn tls_of(snap: &Snapshot, name: &str) -> Result<Option<Recipe>, String> {
@@ -671,20 +698,7 @@ spec:
         let err = tls_of(&snap, "outbound|80||db.example.com").unwrap_err();
         assert!(err.contains("--cert"), "{err}");
 
-        let ca = meshentry_testutil::TestCa::new("mesh");
-        let leaf = ca.issue(meshentry_testutil::LeafSpec::client(
-            "spiffe://cluster.local/ns/default/sa/me",
-        ));
-        let pem = meshentry_testutil::PemDir::new();
-        let paths = pem.leaf(&leaf, "me");
-        let config = ProxyConfig {
-            identity: Some(crate::config::IdentityFiles {
-                cert: paths.cert,
-                key: paths.key,
-                ca: pem.ca(&ca),
-            }),
-            ..ProxyConfig::default()
-        };
+        let (config, _pem) = with_identity();
         let snap = build(&format!("{SE}{dr}"), &config);
         let r = tls_of(&snap, "outbound|5432||db.example.com").unwrap().unwrap();
         assert_eq!(r.mode, Mode::IstioMutual);
@@ -704,17 +718,7 @@ spec:
 
     #[test]
     fn mesh_internal_sidecar_endpoints_get_auto_mtls() {
-        let ca = meshentry_testutil::TestCa::new("mesh");
-        let pem = meshentry_testutil::PemDir::new();
-        let paths = pem.leaf(&ca.issue(meshentry_testutil::LeafSpec::client("spiffe://x")), "me");
-        let with_id = ProxyConfig {
-            identity: Some(crate::config::IdentityFiles {
-                cert: paths.cert,
-                key: paths.key,
-                ca: pem.ca(&ca),
-            }),
-            ..ProxyConfig::default()
-        };
+        let (with_id, _pem) = with_identity();
         let internal = SE.replace("resolution: STATIC", "resolution: STATIC\n  location: MESH_INTERNAL");
         let snap = build(&internal, &with_id);
         let r = tls_of(&snap, "outbound|5432||db.example.com").unwrap().unwrap();
@@ -786,20 +790,7 @@ spec:
     labels: {version: v2}
     trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}}
 "#;
-        let ca = meshentry_testutil::TestCa::new("mesh");
-        let leaf = ca.issue(meshentry_testutil::LeafSpec::client(
-            "spiffe://cluster.local/ns/default/sa/me",
-        ));
-        let pem = meshentry_testutil::PemDir::new();
-        let paths = pem.leaf(&leaf, "me");
-        let config = ProxyConfig {
-            identity: Some(crate::config::IdentityFiles {
-                cert: paths.cert,
-                key: paths.key,
-                ca: pem.ca(&ca),
-            }),
-            ..ProxyConfig::default()
-        };
+        let (config, _pem) = with_identity();
         let snap = build(se, &config);
         let cluster = |name: &str| snap.clusters().into_iter().find(|c| c.name == name).unwrap().clone();
         let hosts = |name: &str| {
