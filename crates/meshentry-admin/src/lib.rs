@@ -125,12 +125,24 @@ fn routes(snap: &meshentry_proxy::snapshot::Snapshot) -> Value {
             };
             let mut domains = vec![service.host.to_string()];
             domains.extend(service.addresses.iter().map(|a| a.text.to_string()));
-            by_port.entry(port.number).or_default().push(json!({
+            let mut vhost = json!({
                 "domains": domains,
                 "protocol": port.protocol.as_str(),
                 "cluster": cluster.name,
-            }));
+            });
+            if let Some(routes) = snap.routes.http_of(service, port.number) {
+                vhost["virtualService"] = json!(routes.vs);
+                vhost["routes"] = vs_routes(routes);
+            }
+            by_port.entry(port.number).or_default().push(vhost);
         }
+    }
+    for (host, routes) in snap.routes.http_by_name() {
+        by_port.entry(80).or_default().push(json!({
+            "domains": [host],
+            "virtualService": routes.vs,
+            "routes": vs_routes(routes),
+        }));
     }
     for vhosts in by_port.values_mut() {
         vhosts.sort_by_key(|v| v["domains"][0].as_str().is_some_and(|h| h.starts_with('*')));
@@ -141,6 +153,40 @@ fn routes(snap: &meshentry_proxy::snapshot::Snapshot) -> Value {
             .map(|(port, vhosts)| json!({"port": port, "virtualHosts": vhosts}))
             .collect(),
     )
+}
+
+/// The rules of a VirtualService's virtual host, in order, as `/config_dump` shows them.
+fn vs_routes(routes: &meshentry_proxy::vs::HttpRoutes) -> Value {
+    use meshentry_proxy::vs::HttpAction;
+    let rules: Vec<Value> = routes
+        .rules
+        .iter()
+        .map(|rule| {
+            let mut v = json!({"name": rule.name, "match": rule.match_text});
+            match &rule.action {
+                HttpAction::Route { dests, .. } => {
+                    v["route"] = dests
+                        .iter()
+                        .map(|d| json!({"cluster": d.target.name(), "weight": d.weight}))
+                        .collect();
+                }
+                HttpAction::Redirect(r) => v["redirect"] = json!({"status": r.status}),
+                HttpAction::Direct { status, .. } => v["directResponse"] = json!({"status": status}),
+            }
+            if let Some(t) = rule.timeout {
+                v["timeout"] = json!(format!("{t:?}"));
+            }
+            v["retries"] = json!({"attempts": rule.retry.attempts});
+            if rule.fault.is_some() {
+                v["fault"] = json!(true);
+            }
+            if !rule.mirrors.is_empty() {
+                v["mirror"] = rule.mirrors.iter().map(|m| json!(m.target.name())).collect();
+            }
+            v
+        })
+        .collect();
+    Value::Array(rules)
 }
 
 fn clusters_json(shared: &Shared) -> Value {
@@ -170,6 +216,7 @@ fn clusters_json(shared: &Shared) -> Value {
                 "requests": c.stats.requests.load(Ordering::Relaxed),
                 "connect_failures": c.stats.connect_failures.load(Ordering::Relaxed),
                 "dns_failures": c.stats.dns_failures.load(Ordering::Relaxed),
+                "tls_failures": c.stats.tls_failures.load(Ordering::Relaxed),
                 "hosts": hosts,
             })
         })
@@ -227,7 +274,16 @@ fn stats_text(shared: &Shared) -> String {
             s.upstream_connect_errors.load(Ordering::Relaxed),
         ),
         ("upstream_errors_total", s.upstream_errors.load(Ordering::Relaxed)),
+        (
+            "upstream_tls_errors_total",
+            s.upstream_tls_errors.load(Ordering::Relaxed),
+        ),
         ("bad_requests_total", s.bad_requests.load(Ordering::Relaxed)),
+        (
+            "downstream_tls_errors_total",
+            s.downstream_tls_errors.load(Ordering::Relaxed),
+        ),
+        ("upstream_retries_total", s.upstream_retries.load(Ordering::Relaxed)),
         ("outbound_cx_total", s.outbound_connections.load(Ordering::Relaxed)),
         ("outbound_loop_refused_total", s.outbound_loops.load(Ordering::Relaxed)),
         ("dns_queries_total", shared.dns.stats.queries.load(Ordering::Relaxed)),

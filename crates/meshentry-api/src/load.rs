@@ -58,7 +58,20 @@ pub struct Loaded {
     /// Documents skipped because meshentry does not read their kind.
     pub notices: Vec<String>,
     files: Vec<Arc<str>>,
+    /// The text of each stream that holds a kind checks across resources report on, by file
+    /// name, so that [`Loaded::place`] can put their findings on a field. Streams of other
+    /// kinds (the bulk of large configurations: ServiceEntries) are not kept.
+    texts: HashMap<Arc<str>, Arc<str>>,
 }
+
+/// The kinds whose streams [`Loaded`] keeps, so that checks spanning resources can place their
+/// findings on a field.
+const LOCATED_KINDS: [Kind; 4] = [
+    Kind::VirtualService,
+    Kind::DestinationRule,
+    Kind::Gateway,
+    Kind::Sidecar,
+];
 
 impl Loaded {
     pub fn has_errors(&self) -> bool {
@@ -108,6 +121,20 @@ impl Loaded {
             self.findings.push(f);
             self.resources[order].valid = false;
         }
+        self.sort_findings();
+    }
+
+    /// Adds findings of checks that span resources (made with [`Loaded::finding`]): places
+    /// them on their fields ([`Loaded::place`]), then keeps [`Loaded::findings`] sorted by file
+    /// and position; at one position, earlier findings stay first.
+    pub fn add_findings(&mut self, findings: impl IntoIterator<Item = Finding>) {
+        let mut findings: Vec<Finding> = findings.into_iter().collect();
+        self.place(&mut findings);
+        self.findings.extend(findings);
+        self.sort_findings();
+    }
+
+    fn sort_findings(&mut self) {
         let rank: HashMap<&str, usize> = self.files.iter().enumerate().map(|(i, f)| (&**f, i)).collect();
         self.findings.sort_by_key(|f| {
             (
@@ -116,6 +143,46 @@ impl Loaded {
                 f.column,
             )
         });
+    }
+
+    /// A finding about field `path` of resource `r`, at the start of the resource's document
+    /// until [`Loaded::place`] (or [`Loaded::add_findings`]) puts it on the field.
+    pub fn finding(&self, r: &Resource, path: &str, severity: Severity, message: String) -> Finding {
+        finding_for(r, path, r.origin.pos, severity, message)
+    }
+
+    /// Moves findings made with [`Loaded::finding`] from their document onto their field, in
+    /// the streams that hold a VirtualService, DestinationRule, Gateway or Sidecar (the only
+    /// ones kept): each is parsed again, once, and only when some finding is about it. Other
+    /// findings stay where they are.
+    pub fn place(&self, findings: &mut [Finding]) {
+        // File -> document position -> the findings about that document.
+        let mut wanted: HashMap<&str, HashMap<Pos, Vec<usize>>> = HashMap::new();
+        for (i, f) in findings.iter().enumerate() {
+            if !f.kind.is_empty() && !f.field.is_empty() {
+                let pos = Pos {
+                    line: f.line,
+                    column: f.column,
+                };
+                wanted
+                    .entry(f.file.as_str())
+                    .or_default()
+                    .entry(pos)
+                    .or_default()
+                    .push(i);
+            }
+        }
+        let mut moves: Vec<(usize, Pos)> = Vec::new();
+        for (file, docs) in &wanted {
+            let Some(text) = self.texts.get(*file) else { continue };
+            let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+            // The stream parsed before, so it parses again; a failure only leaves positions.
+            let _ = parse_stream_each(text, |doc| place_in(&doc, docs, findings, &mut moves, 0));
+        }
+        for (i, pos) in moves {
+            findings[i].line = pos.line;
+            findings[i].column = pos.column;
+        }
     }
 
     /// Reads one file, or every `.yaml`, `.yml` and `.json` file below a directory (sorted,
@@ -176,7 +243,14 @@ impl Loaded {
         let file: Arc<str> = file.into();
         self.files.push(file.clone());
         let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+        let first = self.resources.len();
         let result = parse_stream_each(text, |doc| self.add_document(&file, &doc, opts, 0));
+        if self.resources[first..]
+            .iter()
+            .any(|r| LOCATED_KINDS.contains(&r.kind()))
+        {
+            self.texts.insert(file.clone(), text.into());
+        }
         if let Err(e) = result {
             self.findings
                 .push(plain_finding(&file, e.pos, format!("invalid YAML: {}", e.message)));
@@ -370,6 +444,30 @@ impl Loaded {
         }
         resource.valid = valid;
         self.resources.push(resource);
+    }
+}
+
+/// [`Loaded::place`] for one document, and the items of a `List` document, as
+/// [`Loaded::add_document`] reads them.
+fn place_in(
+    doc: &Node,
+    docs: &HashMap<Pos, Vec<usize>>,
+    findings: &[Finding],
+    moves: &mut Vec<(usize, Pos)>,
+    depth: usize,
+) {
+    if let Some(ids) = docs.get(&doc.pos) {
+        moves.extend(ids.iter().map(|&i| (i, doc.locate(&findings[i].field))));
+    }
+    if depth < 4
+        && let Some(Node {
+            value: Value::Seq(items),
+            ..
+        }) = doc.get("items")
+    {
+        for item in items {
+            place_in(item, docs, findings, moves, depth + 1);
+        }
     }
 }
 

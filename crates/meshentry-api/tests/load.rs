@@ -2,7 +2,7 @@
 
 #![allow(clippy::unwrap_used)] // Test code: a failed unwrap is a failed test.
 
-use meshentry_api::{Kind, LoadOptions, Severity, Spec, load_str};
+use meshentry_api::{Kind, LoadOptions, Loaded, Severity, Spec, load_str};
 
 fn opts() -> LoadOptions {
     LoadOptions::default()
@@ -269,5 +269,105 @@ fn findings_serialize_to_the_documented_json_shape() {
             "name": "ok", "field": "spec.ports[0].number", "severity": "error",
             "message": "port number 0 must be in the range 1..65535"
         }])
+    );
+}
+
+#[test]
+fn findings_of_later_checks_are_placed_on_fields_and_sorted_in() {
+    let routing = "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: r}
+spec:
+  hosts: [a.example.com]
+  gateways: [missing]
+  http: [{route: [{destination: {host: a.example.com}}]}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: tcp}
+spec:
+  hosts: [db.example.com]
+  ports: [{number: 5432, name: pg, protocol: TCP}]
+  resolution: DNS
+";
+    let mut loaded = Loaded::default();
+    loaded.add_str("f.yaml", routing, &opts());
+    let se_only = routing
+        .split("---\n")
+        .nth(1)
+        .unwrap()
+        .replace("name: tcp", "name: other");
+    loaded.add_str("g.yaml", &se_only, &opts());
+    loaded.finish();
+    // The ServiceEntries' own warnings (IST0134-style) are at 14:11.
+    assert_eq!(loaded.findings.len(), 2, "{:?}", loaded.findings);
+    let (vs, se) = (loaded.resources[0].clone(), loaded.resources[1].clone());
+    // Made at the document, placed on the field in streams that hold a VirtualService,
+    // DestinationRule, Gateway or Sidecar.
+    let late = loaded.finding(&vs, "spec.gateways[0]", Severity::Warning, "late".into());
+    assert_eq!((late.line, late.column), (1, 1));
+    let doc = loaded.finding(&se, "spec.ports[0]", Severity::Warning, "doc".into());
+    let other = loaded.finding(&loaded.resources[2], "spec.ports[0]", Severity::Warning, "other".into());
+    let mut placed = [late.clone(), doc.clone(), other.clone()];
+    loaded.place(&mut placed);
+    assert_eq!(
+        placed[0].to_string(),
+        "f.yaml:6:14: VirtualService default/r: spec.gateways[0]: warning: late"
+    );
+    assert_eq!((placed[1].line, placed[1].column), (14, 11));
+    // A stream of ServiceEntries only is not kept: its findings stay at their document.
+    assert_eq!((placed[2].line, placed[2].column), (1, 1));
+    loaded.add_findings([doc, late, other]);
+    let order: Vec<(&str, u32, u32, &str)> = loaded
+        .findings
+        .iter()
+        .map(|f| (f.file.as_str(), f.line, f.column, f.message.as_str()))
+        .collect();
+    let ist0134 =
+        "addresses are required for ports serving TCP (or unset) protocol when IP Autoallocation is not enabled";
+    assert_eq!(
+        order,
+        [
+            ("f.yaml", 6, 14, "late"),
+            ("f.yaml", 14, 11, ist0134),
+            ("f.yaml", 14, 11, "doc"),
+            ("g.yaml", 1, 1, "other"),
+            ("g.yaml", 6, 11, ist0134)
+        ]
+    );
+    assert!(!loaded.has_errors());
+}
+
+#[test]
+fn findings_are_placed_in_list_items() {
+    let text = "apiVersion: v1
+kind: List
+items:
+- apiVersion: networking.istio.io/v1
+  kind: DestinationRule
+  metadata: {name: a, namespace: x}
+  spec: {host: a.example.com}
+- apiVersion: networking.istio.io/v1
+  kind: DestinationRule
+  metadata: {name: b, namespace: x}
+  spec:
+    host: b.example.com
+";
+    let mut loaded = load_str("list.yaml", text, &opts());
+    assert!(loaded.findings.is_empty(), "{:?}", loaded.findings);
+    let found: Vec<_> = loaded
+        .resources
+        .clone()
+        .iter()
+        .map(|r| loaded.finding(r, "spec.host", Severity::Warning, r.meta.name.clone()))
+        .collect();
+    loaded.add_findings(found);
+    let placed: Vec<String> = loaded.findings.iter().map(|f| f.to_string()).collect();
+    assert_eq!(
+        placed,
+        [
+            "list.yaml:7:16: DestinationRule x/a: spec.host: warning: a",
+            "list.yaml:12:11: DestinationRule x/b: spec.host: warning: b"
+        ]
     );
 }

@@ -1,6 +1,7 @@
 //! Transparent capture with iptables, as Istio's istio-iptables sets it up for outbound
 //! traffic: every TCP connection the workload opens is redirected to the proxy's outbound
-//! port, except the proxy's own (by uid), connections to 127.0.0.1 / ::1, and excluded ports.
+//! port, except the proxy's own (by uid, or by the mark its sockets carry), connections to
+//! 127.0.0.1 / ::1, and excluded ports.
 //!
 //! All rules live in two chains of our own in the nat table, reached by one jump from
 //! `OUTPUT`, so removing capture removes exactly what installing added.
@@ -11,6 +12,11 @@ use std::process::Command;
 pub const OUTPUT_CHAIN: &str = "MESHENTRY_OUTPUT";
 /// Our chain that redirects to the proxy.
 pub const REDIRECT_CHAIN: &str = "MESHENTRY_REDIRECT";
+
+/// The mark the proxy puts on its upstream sockets when it may (as root, or with
+/// CAP_NET_ADMIN), so that its own connections are not captured even if it does not run as
+/// the exempted uid: 1337, Istio's proxy uid.
+pub const PROXY_MARK: u32 = 0x539;
 
 /// What to capture.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -60,6 +66,16 @@ pub fn install_rules(o: &CaptureOptions, family: Family) -> Vec<Vec<String>> {
         nat(&["-A", REDIRECT_CHAIN, "-p", "tcp", "-j", "REDIRECT", "--to-ports", &port]),
         nat(&["-N", OUTPUT_CHAIN]),
         nat(&["-A", OUTPUT_CHAIN, "-m", "owner", "--uid-owner", &uid, "-j", "RETURN"]),
+        nat(&[
+            "-A",
+            OUTPUT_CHAIN,
+            "-m",
+            "mark",
+            "--mark",
+            &format!("{PROXY_MARK:#x}"),
+            "-j",
+            "RETURN",
+        ]),
         nat(&["-A", OUTPUT_CHAIN, "-d", family.loopback(), "-j", "RETURN"]),
     ];
     for p in &o.exclude_ports {
@@ -155,6 +171,7 @@ mod tests {
                 "-w -t nat -A MESHENTRY_REDIRECT -p tcp -j REDIRECT --to-ports 15001",
                 "-w -t nat -N MESHENTRY_OUTPUT",
                 "-w -t nat -A MESHENTRY_OUTPUT -m owner --uid-owner 1337 -j RETURN",
+                "-w -t nat -A MESHENTRY_OUTPUT -m mark --mark 0x539 -j RETURN",
                 "-w -t nat -A MESHENTRY_OUTPUT -d 127.0.0.1/32 -j RETURN",
                 "-w -t nat -A MESHENTRY_OUTPUT -p tcp --dport 22 -j RETURN",
                 "-w -t nat -A MESHENTRY_OUTPUT -p tcp --dport 15000 -j RETURN",

@@ -6,6 +6,7 @@
 //! DestinationRules with `loadBalancer.simple: PASSTHROUGH`, dial the destination the
 //! application asked for (ORIGINAL_DST).
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -112,7 +113,7 @@ pub enum Discovery {
 
 /// The endpoints of one service port.
 pub struct Cluster {
-    /// `outbound|<port>||<host>`.
+    /// `outbound|<port>|<subset>|<host>`.
     pub name: String,
     pub host: Arc<str>,
     pub namespace: Arc<str>,
@@ -131,6 +132,8 @@ pub struct ClusterStats {
     pub connect_failures: AtomicU64,
     pub no_healthy_upstream: AtomicU64,
     pub dns_failures: AtomicU64,
+    /// Originated TLS handshakes that failed.
+    pub tls_failures: AtomicU64,
 }
 
 /// Why a cluster has no host to offer.
@@ -156,13 +159,16 @@ pub struct ClusterSpec {
     /// TLS origination (D6); `Err` when the rule asks for it and it cannot be set up (the
     /// reason is what the cluster's connections fail with).
     pub tls: Option<Result<Arc<Origination>, String>>,
+    /// A DestinationRule subset (D4): its name and the labels its endpoints must carry.
+    pub subset: Option<(String, BTreeMap<String, String>)>,
 }
 
 impl Cluster {
     /// Builds the cluster for `port` of `service`. DNS entries come from `dns` so that their
     /// caches survive configuration reloads.
     pub fn build(service: &Service, port: u32, spec: ClusterSpec, dns: &Dns) -> Cluster {
-        let name = format!("outbound|{port}||{}", service.host);
+        let subset_name = spec.subset.as_ref().map_or("", |(n, _)| n.as_str());
+        let name = format!("outbound|{port}|{subset_name}|{}", service.host);
         let target_port = service
             .port(port)
             .and_then(|p| p.target_port)
@@ -174,6 +180,13 @@ impl Cluster {
                 .find(|p| p.number == port)
                 .into_iter()
                 .flat_map(|p| service.endpoints_for(p))
+                // D4: a subset's endpoints are those whose labels contain the subset's (DNS
+                // clusters too, so a host-only DNS service has none in a labelled subset).
+                .filter(|ep| {
+                    spec.subset
+                        .as_ref()
+                        .is_none_or(|(_, labels)| labels.iter().all(|(k, v)| ep.workload.labels.get(k) == Some(v)))
+                })
         };
         let discovery = if spec.passthrough || service.resolution == Resolution::None {
             Discovery::OriginalDst { port: target_port }

@@ -68,6 +68,9 @@ pub struct ProxyConfig {
     pub identity: Option<IdentityFiles>,
     /// The SPIFFE trust domain of the mesh (Istio's default `cluster.local`).
     pub trust_domain: String,
+    /// `--gateway`: the `namespace/name` of the Gateway this proxy runs as; `None` for a
+    /// sidecar.
+    pub gateway: Option<String>,
 }
 
 /// Where the workload certificate chain, its key and the mesh CA's certificates are.
@@ -92,6 +95,7 @@ impl Default for ProxyConfig {
             pool_idle_timeout: Duration::from_secs(60),
             identity: None,
             trust_domain: "cluster.local".into(),
+            gateway: None,
         }
     }
 }

@@ -1,6 +1,6 @@
 //! Getting a request or a byte stream to an upstream host: picking a host of the cluster (or the
 //! original destination), connecting with failover, and sending over pooled HTTP/1.1
-//! connections.
+//! connections or a shared HTTP/2 connection.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -10,11 +10,14 @@ use hyper::Request;
 use hyper::Response;
 use hyper::body::Incoming;
 
+use meshentry_registry::Protocol;
+
 use crate::cluster::{Cluster, HostAddr, HostSet, NoHost};
 use crate::dns::Dns;
 use crate::lb::Tried;
+use crate::route::Decision;
 use crate::server::Shared;
-use crate::upstream::{self, ConnectError, PooledBody, RequestBody, Stream};
+use crate::upstream::{self, ConnectError, Dial, PooledBody, RequestBody, Stream, TlsDial};
 
 /// Why a request or tunnel could not reach an upstream. Each maps to an HTTP status, an Envoy
 /// response flag and a human reason.
@@ -30,6 +33,10 @@ pub enum UpstreamError {
     Timeout(std::time::Duration),
     #[error("DNS lookup failed: {0}")]
     Dns(String),
+    /// The upstream refused the TLS session after the handshake (TLS 1.3 reports a rejected
+    /// client certificate only then).
+    #[error("upstream connect error: {0}")]
+    Tls(String),
 }
 
 impl UpstreamError {
@@ -37,7 +44,10 @@ impl UpstreamError {
     /// 504 for timeouts), and 502 when the upstream broke the exchange.
     pub fn status(&self) -> u16 {
         match self {
-            UpstreamError::NoHost(_) | UpstreamError::Connect { .. } | UpstreamError::Dns(_) => 503,
+            UpstreamError::NoHost(_)
+            | UpstreamError::Connect { .. }
+            | UpstreamError::Dns(_)
+            | UpstreamError::Tls(_) => 503,
             UpstreamError::Reset(_) => 502,
             UpstreamError::Timeout(_) => 504,
         }
@@ -48,9 +58,37 @@ impl UpstreamError {
         match self {
             UpstreamError::NoHost(NoHost::Dns(_)) | UpstreamError::Dns(_) => "DF",
             UpstreamError::NoHost(_) => "UH",
-            UpstreamError::Connect { .. } => "UF",
+            UpstreamError::Connect { .. } | UpstreamError::Tls(_) => "UF",
             UpstreamError::Reset(_) => "UC",
             UpstreamError::Timeout(_) => "UT",
+        }
+    }
+}
+
+/// The HTTP version requests travel upstream in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    Http1,
+    /// HTTP/2 with prior knowledge (h2c), one connection per host per worker.
+    H2,
+}
+
+impl UpstreamProtocol {
+    /// Istio gives the clusters of `HTTP2` and `GRPC` service ports `http2_protocol_options`,
+    /// so their requests go upstream over HTTP/2 whatever the client spoke; everything else
+    /// (HTTP, unset, HTTP_PROXY, GRPC-WEB, passthrough) goes over HTTP/1.1.
+    pub fn of_port(protocol: Protocol) -> Self {
+        match protocol {
+            Protocol::Http2 | Protocol::Grpc => UpstreamProtocol::H2,
+            _ => UpstreamProtocol::Http1,
+        }
+    }
+
+    /// The protocol for a routed request.
+    pub fn of(decision: &Decision<'_>) -> Self {
+        match decision {
+            Decision::Cluster { port, .. } => Self::of_port(port.protocol),
+            Decision::Passthrough | Decision::Blocked => UpstreamProtocol::Http1,
         }
     }
 }
@@ -109,6 +147,14 @@ impl<'s> Failover<'s> {
         cluster: Option<&'s Cluster>,
         original: &Original<'_>,
     ) -> Result<Failover<'s>, UpstreamError> {
+        // A cluster whose TLS could not be set up fails its connections rather than send
+        // plaintext where the rule asked for TLS.
+        if let Some(Some(Err(reason))) = cluster.map(|c| &c.tls) {
+            return Err(UpstreamError::Connect {
+                reason: reason.clone(),
+                tried: 0,
+            });
+        }
         let targets = match cluster {
             Some(c) if c.original_dst_port().is_none() => {
                 c.stats.requests.fetch_add(1, Ordering::Relaxed);
@@ -178,6 +224,27 @@ impl<'s> Failover<'s> {
         }
     }
 
+    /// How to connect to target `i`: its address, with the cluster's TLS (D6, D7). `http_host`
+    /// is the request's host name (without port) for HTTP, the SNI when the rule sets none;
+    /// TCP sends no SNI then and the service host is what the certificate must name.
+    pub fn dial(&self, i: usize, http_host: Option<&str>) -> Dial {
+        let addr = self.addr(i).clone();
+        let Some(Some(Ok(o))) = self.cluster.map(|c| &c.tls) else {
+            return Dial::plain(addr);
+        };
+        let ip = match &addr {
+            HostAddr::Ip(a) => a.ip(),
+            HostAddr::Unix(_) => IpAddr::from([0, 0, 0, 0]),
+        };
+        let host = http_host.or(self.cluster.map(|c| &*c.host));
+        let tls = TlsDial {
+            origination: o.clone(),
+            name: o.server_name(host, ip),
+            sni: o.sends_sni(http_host.is_some()),
+        };
+        Dial { addr, tls: Some(tls) }
+    }
+
     /// Counts a connection opened to target `i` (Envoy's `cx_total`).
     pub fn opened(&self, i: usize) {
         if let Targets::Hosts(set) = &self.targets {
@@ -185,12 +252,19 @@ impl<'s> Failover<'s> {
         }
     }
 
-    /// Target `i` refused the connection.
+    /// Target `i` refused the connection (or its TLS handshake failed).
     pub fn refused(&mut self, i: usize, e: &ConnectError) {
         self.shared
             .stats
             .upstream_connect_errors
             .fetch_add(1, Ordering::Relaxed);
+        if let ConnectError::Tls(_) = e {
+            self.shared.stats.upstream_tls_errors.fetch_add(1, Ordering::Relaxed);
+            if let Some(cluster) = self.cluster {
+                cluster.stats.tls_failures.fetch_add(1, Ordering::Relaxed);
+            }
+            tracing::warn!(cluster = self.cluster.map_or("", |c| &c.name), host = %self.addr(i), error = %e, "upstream TLS handshake failed");
+        }
         if let (Targets::Hosts(set), Some(cluster)) = (&self.targets, self.cluster) {
             let host = &set.hosts[i];
             host.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
@@ -235,7 +309,7 @@ pub async fn connect_stream(
     let timeout = shared.config.connect_timeout;
     let mut plan = Failover::new(shared, cluster, original).await?;
     while let Some(i) = plan.next_target() {
-        match upstream::connect(plan.addr(i), timeout).await {
+        match upstream::connect(&plan.dial(i, None), timeout).await {
             Ok(s) => {
                 plan.opened(i);
                 return Ok((s, plan.addr(i).clone()));
@@ -247,26 +321,49 @@ pub async fn connect_stream(
 }
 
 /// Sends an HTTP request on the general (hyper) path, over a pooled connection when one is
-/// idle.
+/// idle (HTTP/1.1) or this thread's connection to the host (HTTP/2). `req` must already be in
+/// the form `protocol` sends.
 pub async fn send_request(
     shared: &Shared,
     cluster: Option<&Cluster>,
     original: &Original<'_>,
     req: Request<RequestBody>,
+    protocol: UpstreamProtocol,
+) -> Result<(Response<PooledBody>, HostAddr), UpstreamError> {
+    send_request_within(shared, cluster, original, req, protocol, shared.config.response_timeout).await
+}
+
+/// [`send_request`] with `response_timeout` for the response head instead of the proxy's
+/// (a VirtualService `timeout` or `perTryTimeout`).
+pub async fn send_request_within(
+    shared: &Shared,
+    cluster: Option<&Cluster>,
+    original: &Original<'_>,
+    req: Request<RequestBody>,
+    protocol: UpstreamProtocol,
+    response_timeout: std::time::Duration,
 ) -> Result<(Response<PooledBody>, HostAddr), UpstreamError> {
     let timeout = shared.config.connect_timeout;
     let idle = shared.config.pool_idle_timeout;
     let mut req = req;
     let mut plan = Failover::new(shared, cluster, original).await?;
+    let sni_host = cluster.and_then(|c| c.tls.as_ref()).and_then(|_| request_host(&req));
     while let Some(i) = plan.next_target() {
-        let addr = plan.addr(i).clone();
-        match exchange(shared, &addr, req, idle, timeout, || plan.opened(i)).await {
-            Ok((resp, sender)) => {
-                let reusable = !wants_close(resp.headers());
-                let (parts, body) = resp.into_parts();
-                let body = PooledBody::new(body, addr.clone(), sender, reusable);
-                return Ok((Response::from_parts(parts, body), addr));
-            }
+        let addr = plan.dial(i, sni_host.as_deref());
+        let sent = match protocol {
+            UpstreamProtocol::Http1 => exchange(&addr, req, idle, timeout, response_timeout, || plan.opened(i))
+                .await
+                .map(|(resp, sender)| {
+                    let reusable = !wants_close(resp.headers());
+                    let (parts, body) = resp.into_parts();
+                    Response::from_parts(parts, PooledBody::new(body, addr.clone(), sender, reusable))
+                }),
+            UpstreamProtocol::H2 => exchange_h2(&addr, req, idle, timeout, response_timeout, || plan.opened(i))
+                .await
+                .map(|resp| resp.map(PooledBody::shared)),
+        };
+        match sent {
+            Ok(resp) => return Ok((resp, addr.addr)),
             Err(Exchange::ConnectFailed(e, back)) => {
                 plan.refused(i, &e);
                 req = *back;
@@ -289,14 +386,13 @@ type Sender = hyper::client::conn::http1::SendRequest<RequestBody>;
 /// (the upstream timed it out) is replaced by a fresh one without the client noticing.
 /// `opened` is called when a new connection is made.
 async fn exchange(
-    shared: &Shared,
-    addr: &HostAddr,
+    addr: &Dial,
     req: Request<RequestBody>,
     idle: std::time::Duration,
     connect_timeout: std::time::Duration,
+    response_timeout: std::time::Duration,
     opened: impl FnOnce(),
 ) -> Result<(Response<Incoming>, Sender), Exchange> {
-    let response_timeout = shared.config.response_timeout;
     let mut req = req;
     if let Some(mut sender) = upstream::checkout(addr, idle) {
         match tokio::time::timeout(response_timeout, sender.try_send_request(req)).await {
@@ -304,7 +400,7 @@ async fn exchange(
             Ok(Ok(resp)) => return Ok((resp, sender)),
             Ok(Err(mut e)) => match e.take_message() {
                 Some(back) => req = back,
-                None => return Err(Exchange::Failed(UpstreamError::Reset(e.into_error().to_string()))),
+                None => return Err(Exchange::Failed(reset(e.into_error()))),
             },
         }
     }
@@ -315,12 +411,69 @@ async fn exchange(
     opened();
     let mut sender = upstream::handshake(stream)
         .await
-        .map_err(|e| Exchange::Failed(UpstreamError::Reset(e.to_string())))?;
+        .map_err(|e| Exchange::Failed(reset(e)))?;
     match tokio::time::timeout(response_timeout, sender.try_send_request(req)).await {
         Err(_) => Err(Exchange::Failed(UpstreamError::Timeout(response_timeout))),
         Ok(Ok(resp)) => Ok((resp, sender)),
-        Ok(Err(e)) => Err(Exchange::Failed(UpstreamError::Reset(e.into_error().to_string()))),
+        Ok(Err(e)) => Err(Exchange::Failed(reset(e.into_error()))),
     }
+}
+
+/// One request on this thread's HTTP/2 connection to `addr`. `opened` is called when the
+/// connection was opened for this request.
+async fn exchange_h2(
+    addr: &Dial,
+    req: Request<RequestBody>,
+    idle: std::time::Duration,
+    connect_timeout: std::time::Duration,
+    response_timeout: std::time::Duration,
+    opened: impl FnOnce(),
+) -> Result<Response<Incoming>, Exchange> {
+    let mut req = req;
+    let mut opened = Some(opened);
+    // A second round only when the connection closed (GOAWAY, upstream idle timeout) between
+    // taking it and sending: hyper hands the request back unsent, and it goes on a new one.
+    for round in 0..2 {
+        let (mut sender, fresh) = match upstream::h2_connection(addr, connect_timeout, idle).await {
+            Ok(c) => c,
+            Err(e) => return Err(Exchange::ConnectFailed(e, Box::new(req))),
+        };
+        if fresh && let Some(opened) = opened.take() {
+            opened();
+        }
+        match tokio::time::timeout(response_timeout, sender.try_send_request(req)).await {
+            // Dropping the request future resets the stream (RST_STREAM CANCEL); the
+            // connection carries on for the other requests.
+            Err(_) => return Err(Exchange::Failed(UpstreamError::Timeout(response_timeout))),
+            Ok(Ok(resp)) => return Ok(resp),
+            Ok(Err(mut e)) => match e.take_message() {
+                Some(back) if round == 0 => req = back,
+                _ => return Err(Exchange::Failed(reset(e.into_error()))),
+            },
+        }
+    }
+    Err(Exchange::Failed(UpstreamError::Reset(
+        "upstream HTTP/2 connection closed before the request was sent".into(),
+    )))
+}
+
+/// An upstream that broke the exchange: a TLS failure when that is the cause (a TLS 1.3
+/// server refuses a client certificate after the handshake), else hyper's words.
+fn reset(e: hyper::Error) -> UpstreamError {
+    match crate::tls::find_cause(&e) {
+        Some(cause) => UpstreamError::Tls(cause),
+        None => UpstreamError::Reset(e.to_string()),
+    }
+}
+
+/// The host name a request is for (its authority, else its Host), without the port: the SNI
+/// of TLS origination without a fixed `sni` (D7).
+fn request_host(req: &Request<RequestBody>) -> Option<String> {
+    let authority = match req.uri().authority() {
+        Some(a) => a.as_str(),
+        None => req.headers().get(http::header::HOST)?.to_str().ok()?,
+    };
+    crate::route::split_host_port(authority, 0).map(|(h, _)| h.to_string())
 }
 
 fn wants_close(headers: &http::HeaderMap) -> bool {

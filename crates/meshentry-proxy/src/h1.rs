@@ -9,8 +9,9 @@
 //! [`ChunkScanner`] finds the end. Upstream connections are raw streams in a per-thread pool.
 //!
 //! Anything else (CONNECT, `Upgrade`, `Expect`, chunked request bodies, HTTP/1.0, `https://`
-//! targets) is handed, with the bytes already read, to the general hyper path in [`crate::http`],
-//! which then serves the rest of the connection. The routing, refusals, counters and error
+//! targets, requests routed to HTTP/2 or gRPC ports) is handed, with the bytes already read, to
+//! the general hyper path in [`crate::http`], which then serves the rest of the connection; an
+//! HTTP/2 prior-knowledge client goes to [`crate::h2`]. The routing, refusals, counters and error
 //! responses are the same on both paths.
 
 use std::cell::RefCell;
@@ -25,16 +26,17 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
+use meshentry_registry::Protocol;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::chunked::ChunkScanner;
-use crate::cluster::HostAddr;
-use crate::forward::{Failover, Original, UpstreamError};
+use crate::detect::H2_PREFACE;
+use crate::forward::{Failover, Original, UpstreamError, UpstreamProtocol};
 use crate::http::{ConnCtx, MAX_HEAD_BYTES, MAX_HEADERS, Transparent};
 use crate::route::{self, Decision, split_host_port};
 use crate::server::{ConnGuard, Shared};
-use crate::upstream::{self, Stream};
+use crate::upstream::{self, Dial, Stream};
 
 /// Serves one client connection: the fast path for as long as requests are plain, then hyper.
 pub async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
@@ -58,6 +60,7 @@ pub async fn serve(
         shared,
         peer,
         transparent,
+        gateway: None,
     });
     let mut conn = Downstream {
         stream,
@@ -66,10 +69,21 @@ pub async fn serve(
         up_head: Vec::with_capacity(1024),
     };
     let mut head = Head::default();
+    let mut first = true;
     loop {
         match read_head(&mut conn, &mut head, &ctx.shared).await {
             Ok(true) => {}
             Ok(false) => return,
+            // The HTTP/2 preface does not parse as HTTP/1.x; a prior-knowledge client sends it
+            // first thing.
+            Err(_) if first && is_h2_preface(&conn.buf) => {
+                let io = Rewind {
+                    prefix: conn.buf,
+                    inner: conn.stream,
+                };
+                crate::h2::serve(io, ctx).await;
+                return;
+            }
             Err(refusal) => {
                 // Counted nowhere: like hyper, a head that does not parse never becomes a request.
                 conn.out.clear();
@@ -78,23 +92,34 @@ pub async fn serve(
                 return;
             }
         }
-        if needs_general_path(&conn.buf, &head) {
-            let io = Rewind {
-                prefix: conn.buf,
-                inner: conn.stream,
+        first = false;
+        if !needs_general_path(&conn.buf, &head) {
+            ctx.shared.stats.http_requests.fetch_add(1, Ordering::Relaxed);
+            match exchange(&mut conn, &head, &ctx).await {
+                Next::KeepAlive => continue,
+                Next::Close => {
+                    let _ = conn.stream.shutdown().await;
+                    return;
+                }
+                // The general path counts the request itself.
+                Next::GeneralPath => ctx.shared.stats.http_requests.fetch_sub(1, Ordering::Relaxed),
             };
-            crate::http::serve_io(io, peer, ctx).await;
-            return;
         }
-        ctx.shared.stats.http_requests.fetch_add(1, Ordering::Relaxed);
-        match exchange(&mut conn, &head, &ctx).await {
-            Next::KeepAlive => {}
-            Next::Close => {
-                let _ = conn.stream.shutdown().await;
-                return;
-            }
-        }
+        let io = Rewind {
+            prefix: conn.buf,
+            inner: conn.stream,
+        };
+        crate::http::serve_io(io, peer, ctx).await;
+        return;
     }
+}
+
+/// Whether the bytes that failed to parse as HTTP/1.x are (the start of) the HTTP/2 preface.
+/// httparse rejects the version as soon as it reads `HTTP/2`, possibly before the whole
+/// preface arrived; the HTTP/2 server reads and checks the rest.
+fn is_h2_preface(buf: &[u8]) -> bool {
+    let n = buf.len().min(H2_PREFACE.len());
+    n > 0 && buf[..n] == H2_PREFACE[..n]
 }
 
 /// The client side: its stream, what has been read and not yet used, and a scratch buffer for
@@ -124,6 +149,36 @@ impl Head {
             .iter()
             .find(|(n, _)| buf[n.clone()].eq_ignore_ascii_case(name.as_bytes()))
             .map(|(_, v)| &buf[v.clone()])
+    }
+}
+
+/// A request head on the fast path, as VirtualService matching reads it.
+struct H1View<'b> {
+    buf: &'b [u8],
+    head: &'b Head,
+    path: &'b [u8],
+    authority: &'b [u8],
+}
+
+impl crate::vs::RequestView for H1View<'_> {
+    fn method(&self) -> &[u8] {
+        &self.buf[self.head.method.clone()]
+    }
+
+    fn path(&self) -> &[u8] {
+        self.path
+    }
+
+    fn scheme(&self) -> &[u8] {
+        b"http"
+    }
+
+    fn authority(&self) -> &[u8] {
+        self.authority
+    }
+
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        self.head.header(self.buf, name)
     }
 }
 
@@ -215,6 +270,9 @@ fn contains_token(value: &[u8], token: &[u8]) -> bool {
 enum Next {
     KeepAlive,
     Close,
+    /// Not for the fast path after all (it is routed to an HTTP/2 or gRPC port): the request,
+    /// still unread in the buffer, and the rest of the connection go to the general path.
+    GeneralPath,
 }
 
 /// One request/response exchange on the fast path.
@@ -274,13 +332,48 @@ async fn exchange(conn: &mut Downstream, head: &Head, ctx: &ConnCtx) -> Next {
             (route::route(&ctx.snapshot, host, port), host, port)
         }
     };
+    // A VirtualService for the destination replaces its default route (E4, E5). Rules that
+    // only pick a destination stay here; the hyper path does everything else.
+    let mut decision = decision;
+    if let Some(routes) = ctx.snapshot.routes.http_for(&decision, host, port) {
+        let view = H1View {
+            buf,
+            head,
+            path,
+            authority,
+        };
+        let failure = match routes.select(&view) {
+            None => Some((404, "NR", crate::routed::no_route(routes, host, port))),
+            Some(sel) if !sel.rule.simple => return Next::GeneralPath,
+            Some(sel) => match sel.rule.pick().map(|d| route::to_target(&ctx.snapshot, &d.target)) {
+                Some(Ok(d)) => {
+                    decision = d;
+                    None
+                }
+                Some(Err(reason)) => Some((503, "NC", crate::routed::no_cluster(routes, reason))),
+                None => Some((
+                    503,
+                    "NC",
+                    crate::routed::no_cluster(routes, "the rule has no destination"),
+                )),
+            },
+        };
+        if let Some((status, flag, reason)) = failure {
+            return refuse(conn, shared, status, &reason, Some(flag), skip).await;
+        }
+        if let Decision::Cluster { port, .. } = &decision
+            && (UpstreamProtocol::of_port(port.protocol) == UpstreamProtocol::H2 || port.protocol == Protocol::GrpcWeb)
+        {
+            return Next::GeneralPath;
+        }
+    }
     let cluster = match &decision {
         Decision::Blocked => {
             shared.stats.blocked.fetch_add(1, Ordering::Relaxed);
             let snap = &ctx.snapshot;
             tracing::warn!(
-                peer = %ctx.peer, host, port, namespace = %snap.namespace, policy_source = %snap.policy_source,
-                "blocked by REGISTRY_ONLY: destination is not in the service registry"
+                peer = %ctx.peer, host, port, dst = ?ctx.transparent.as_ref().map(|t| t.dst), namespace = %snap.namespace,
+                policy_source = %snap.policy_source, "blocked by REGISTRY_ONLY: destination is not in the service registry"
             );
             let reason = crate::http::blocked_reason(snap, host, port);
             return refuse(conn, shared, 502, &reason, None, skip).await;
@@ -288,6 +381,14 @@ async fn exchange(conn: &mut Downstream, head: &Head, ctx: &ConnCtx) -> Next {
         Decision::Passthrough => {
             shared.stats.passthrough.fetch_add(1, Ordering::Relaxed);
             None
+        }
+        // HTTP/2 upstreams (HTTP2, GRPC) are the general path's; so is gRPC-Web, whose errors
+        // must be answered in gRPC terms.
+        Decision::Cluster { port, .. }
+            if UpstreamProtocol::of_port(port.protocol) == UpstreamProtocol::H2
+                || port.protocol == Protocol::GrpcWeb =>
+        {
+            return Next::GeneralPath;
         }
         Decision::Cluster { cluster, .. } => Some(&***cluster),
     };
@@ -337,9 +438,17 @@ async fn exchange(conn: &mut Downstream, head: &Head, ctx: &ConnCtx) -> Next {
             port,
         },
     };
+    // TLS origination without a fixed SNI sends the request's host (D7).
+    let sni_host = cluster.and_then(|c| c.tls.as_ref()).map(|_| host.to_string());
     conn.buf.advance(head.len + body_in_buf);
 
-    let result = send(conn, shared, cluster, &original, &up_head, body_rest, method_is_head).await;
+    let request = UpRequest {
+        head: &up_head,
+        body_rest,
+        method_is_head,
+        sni_host: sni_host.as_deref(),
+    };
+    let result = send(conn, shared, cluster, &original, &request).await;
     conn.up_head = up_head;
     match result {
         Ok(Sent { up_close }) => {
@@ -350,7 +459,7 @@ async fn exchange(conn: &mut Downstream, head: &Head, ctx: &ConnCtx) -> Next {
             }
         }
         Err(Failure::Answer(e)) => {
-            shared.stats.upstream_errors.fetch_add(1, Ordering::Relaxed);
+            shared.stats.count_upstream_error(&e);
             tracing::info!(
                 peer = %ctx.peer, host = %original.host, port, cluster = cluster_name, flags = e.flag(), error = %e,
                 "request failed upstream"
@@ -477,12 +586,12 @@ struct UpConn {
 }
 
 thread_local! {
-    static RAW_POOL: RefCell<HashMap<HostAddr, Vec<(UpConn, Instant)>>> = RefCell::new(HashMap::new());
+    static RAW_POOL: RefCell<HashMap<Dial, Vec<(UpConn, Instant)>>> = RefCell::new(HashMap::new());
 }
 
 const MAX_IDLE_PER_HOST: usize = 128;
 
-fn checkout(addr: &HostAddr, max_idle: Duration) -> Option<UpConn> {
+fn checkout(addr: &Dial, max_idle: Duration) -> Option<UpConn> {
     RAW_POOL.with(|pool| {
         let mut pool = pool.borrow_mut();
         let list = pool.get_mut(addr)?;
@@ -495,7 +604,7 @@ fn checkout(addr: &HostAddr, max_idle: Duration) -> Option<UpConn> {
     })
 }
 
-fn checkin(addr: HostAddr, mut c: UpConn) {
+fn checkin(addr: Dial, mut c: UpConn) {
     c.buf.clear();
     RAW_POOL.with(|pool| {
         let mut pool = pool.borrow_mut();
@@ -508,22 +617,31 @@ fn checkin(addr: HostAddr, mut c: UpConn) {
 
 /// Sends the request to a host (or the original destination) and relays the response,
 /// failing over to the next host when a connection is refused.
+/// The request as it goes upstream.
+struct UpRequest<'a> {
+    head: &'a [u8],
+    /// Body bytes still to be read from the client.
+    body_rest: u64,
+    method_is_head: bool,
+    /// The SNI for TLS origination without a fixed one.
+    sni_host: Option<&'a str>,
+}
+
 async fn send(
     conn: &mut Downstream,
     shared: &Shared,
     cluster: Option<&crate::cluster::Cluster>,
     original: &Original<'_>,
-    up_head: &[u8],
-    body_rest: u64,
-    method_is_head: bool,
+    req: &UpRequest<'_>,
 ) -> Result<Sent, Failure> {
+    let (up_head, body_rest, method_is_head) = (req.head, req.body_rest, req.method_is_head);
     let timeout = shared.config.connect_timeout;
     let idle = shared.config.pool_idle_timeout;
     let mut plan = Failover::new(shared, cluster, original)
         .await
         .map_err(Failure::Answer)?;
     while let Some(i) = plan.next_target() {
-        let addr = plan.addr(i).clone();
+        let addr = plan.dial(i, req.sni_host);
         match attempt(conn, shared, &addr, up_head, body_rest, method_is_head, idle, timeout).await {
             Attempt::Done(r) => return r,
             Attempt::Opened(r) => {
@@ -551,7 +669,7 @@ enum Attempt {
 async fn attempt(
     conn: &mut Downstream,
     shared: &Shared,
-    addr: &HostAddr,
+    addr: &Dial,
     up_head: &[u8],
     body_rest: u64,
     method_is_head: bool,
@@ -596,6 +714,12 @@ async fn attempt(
         Outcome::StaleBeforeResponse => Attempt::Opened(Err(Failure::Answer(UpstreamError::Reset(
             "upstream closed the connection before responding".into(),
         )))),
+        // A TLS 1.3 server refuses a client certificate only after the handshake, at the first
+        // read: that is a failed connection, tried on the next host like any other, as long as
+        // the whole request can be sent again (the server processed none of it).
+        Outcome::Failed(Failure::Answer(UpstreamError::Tls(cause))) if body_rest == 0 => {
+            Attempt::Refused(upstream::ConnectError::Tls(cause))
+        }
         Outcome::Failed(f) => Attempt::Opened(Err(f)),
     }
 }
@@ -720,6 +844,11 @@ async fn roundtrip(
         let got_nothing = up.buf.is_empty();
         match tokio::time::timeout_at(deadline, up.stream.read_buf(&mut up.buf)).await {
             Err(_) => return Outcome::Failed(Failure::Answer(UpstreamError::Timeout(response_timeout))),
+            // A TLS alert instead of a response (a TLS 1.3 server refusing our client
+            // certificate says so only now) is the answer, not a stale connection.
+            Ok(Err(e)) if let Some(cause) = crate::tls::find_cause(&e) => {
+                return Outcome::Failed(Failure::Answer(UpstreamError::Tls(cause)));
+            }
             Ok(Ok(0)) | Ok(Err(_)) if got_nothing => return Outcome::StaleBeforeResponse,
             Ok(Ok(0)) => {
                 return Outcome::Failed(Failure::Answer(UpstreamError::Reset("upstream closed mid-head".into())));
@@ -861,6 +990,13 @@ pub struct Rewind {
     inner: TcpStream,
 }
 
+impl Rewind {
+    /// `inner`, yielding `prefix` (bytes already read from it) first.
+    pub fn new(prefix: BytesMut, inner: TcpStream) -> Self {
+        Self { prefix, inner }
+    }
+}
+
 impl AsyncRead for Rewind {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         if !self.prefix.is_empty() {
@@ -910,6 +1046,27 @@ mod tests {
         assert!(is_hop_by_hop(b"X-Trace", Some(b"keep-alive, x-trace")));
         assert!(!is_hop_by_hop(b"x-kept", Some(b"close")));
         assert!(!is_hop_by_hop(b"content-length", None));
+    }
+
+    #[test]
+    fn the_h2_preface_is_recognised_wherever_httparse_gives_up_on_it() {
+        let mut refused = 0;
+        for n in 1..=H2_PREFACE.len() {
+            let mut headers = [httparse::EMPTY_HEADER; 4];
+            let mut req = httparse::Request::new(&mut headers);
+            if req.parse(&H2_PREFACE[..n]).is_err() {
+                refused += 1;
+                assert!(is_h2_preface(&H2_PREFACE[..n]), "{n} bytes");
+            }
+        }
+        assert!(
+            refused > 0,
+            "httparse must refuse the preface for the hand-off to happen"
+        );
+        // The preface with the client's first SETTINGS frame behind it.
+        assert!(is_h2_preface(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00"));
+        assert!(!is_h2_preface(b"GET / HTTP/2.0\r\n\r\n"));
+        assert!(!is_h2_preface(b""));
     }
 
     #[test]

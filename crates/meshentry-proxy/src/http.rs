@@ -40,6 +40,8 @@ pub struct ConnCtx {
     pub peer: SocketAddr,
     /// Set for connections captured by the transparent listener.
     pub transparent: Option<Transparent>,
+    /// Set for connections to a gateway server port (gateway mode).
+    pub gateway: Option<crate::gateway::GatewayConn>,
 }
 
 /// Where a captured connection was going (SO_ORIGINAL_DST). Requests on it are routed by
@@ -100,11 +102,20 @@ pub async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<S
         shared,
         peer,
         transparent: None,
+        gateway: None,
     });
     serve_io(stream, peer, ctx).await;
 }
 
-async fn handle(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<ResponseBody> {
+/// Routes and answers one request; the HTTP/1.1 and HTTP/2 servers both use it.
+pub(crate) async fn handle(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<ResponseBody> {
+    if crate::h2::is_grpc(req.headers()) {
+        return crate::h2::grpc_reply(handle_any(req, ctx).await).await;
+    }
+    handle_any(req, ctx).await
+}
+
+async fn handle_any(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<ResponseBody> {
     ctx.shared.stats.http_requests.fetch_add(1, Ordering::Relaxed);
     if head_size(&req) > MAX_HEAD_BYTES {
         ctx.shared.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
@@ -115,6 +126,9 @@ async fn handle(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<Response
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
         return resp;
+    }
+    if let Some(g) = ctx.gateway {
+        return crate::gateway::forward(req, ctx, g).await;
     }
     if req.method() == Method::CONNECT {
         return connect(req, ctx).await;
@@ -168,6 +182,10 @@ async fn forward_request(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response
         );
     }
     let decision = route::route(&ctx.snapshot, &host, port);
+    if let Some(routes) = ctx.snapshot.routes.http_for(&decision, &host, port) {
+        let original = Original { host: &host, port };
+        return crate::routed::handle(ctx, routes, req, host_header, &original, port).await;
+    }
     let cluster = match &decision {
         Decision::Blocked => return blocked(ctx, &host, port, StatusCode::BAD_GATEWAY),
         Decision::Passthrough => {
@@ -176,9 +194,8 @@ async fn forward_request(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response
         }
         Decision::Cluster { cluster, .. } => Some(&***cluster),
     };
-    let upstream_req = to_upstream(req, host_header);
     let original = Original { host: &host, port };
-    relay_response(ctx, &decision, cluster, &original, upstream_req).await
+    relay_response(ctx, &decision, cluster, &original, req, host_header).await
 }
 
 /// A request on a captured connection: routed by its Host among the services on the
@@ -187,6 +204,17 @@ async fn forward_transparent(req: Request<Incoming>, ctx: &Arc<ConnCtx>, t: &Tra
     let dest = destination(&req);
     let host = dest.as_ref().map(|(h, _, _)| h.as_str());
     let decision = route::route_transparent(&ctx.snapshot, host, t.dst);
+    if let Some(routes) = ctx
+        .snapshot
+        .routes
+        .http_for(&decision, host.unwrap_or(""), t.dst.port())
+    {
+        let host_header = match dest {
+            Some((_, _, value)) => value,
+            None => HeaderValue::from_str(&t.dst.to_string()).unwrap_or(HeaderValue::from_static("localhost")),
+        };
+        return crate::routed::handle(ctx, routes, req, host_header, &t.original(), t.dst.port()).await;
+    }
     let cluster = match &decision {
         Decision::Blocked => {
             let name = host.map_or_else(|| t.dst.ip().to_string(), str::to_string);
@@ -202,49 +230,72 @@ async fn forward_transparent(req: Request<Incoming>, ctx: &Arc<ConnCtx>, t: &Tra
         Some((_, _, value)) => value,
         None => HeaderValue::from_str(&t.dst.to_string()).unwrap_or(HeaderValue::from_static("localhost")),
     };
-    let upstream_req = to_upstream(req, host_header);
-    relay_response(ctx, &decision, cluster, &t.original(), upstream_req).await
+    relay_response(ctx, &decision, cluster, &t.original(), req, host_header).await
 }
 
-/// Sends `upstream_req` and turns the outcome into the client's response.
+/// Shapes `req` for the cluster's HTTP version (`host` is its destination's `Host`), sends it
+/// and turns the outcome into the client's response.
 async fn relay_response(
     ctx: &Arc<ConnCtx>,
     decision: &Decision<'_>,
     cluster: Option<&crate::cluster::Cluster>,
     original: &Original<'_>,
-    upstream_req: Request<Incoming>,
+    req: Request<Incoming>,
+    host_header: HeaderValue,
 ) -> Response<ResponseBody> {
     let shared = &ctx.shared;
     let (host, port) = (original.host, original.port);
-    match forward::send_request(shared, cluster, original, upstream_req).await {
+    let protocol = forward::UpstreamProtocol::of(decision);
+    let req = req.map(Either::Left);
+    let upstream_req = match protocol {
+        forward::UpstreamProtocol::Http1 => to_upstream(req, host_header),
+        forward::UpstreamProtocol::H2 => match crate::h2::to_upstream(req, &host_header) {
+            Some(r) => r,
+            None => {
+                shared.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
+                return local(
+                    StatusCode::BAD_REQUEST,
+                    "meshentry: the request's authority is not valid",
+                );
+            }
+        },
+    };
+    match forward::send_request(shared, cluster, original, upstream_req, protocol).await {
         Ok((resp, _addr)) => {
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers);
             Response::from_parts(parts, Either::Left(body))
         }
-        Err(e) => {
-            shared.stats.upstream_errors.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(
-                peer = %ctx.peer, host = %host, port, cluster = decision.cluster_name(), flags = e.flag(), error = %e,
-                "request failed upstream"
-            );
-            let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-            let mut resp = local(
-                status,
-                &format!("meshentry: {host}:{port} via {}: {e}", decision.cluster_name()),
-            );
-            if let Ok(v) = HeaderValue::from_str(e.flag()) {
-                resp.headers_mut()
-                    .insert(HeaderName::from_static("x-meshentry-response-flags"), v);
-            }
-            resp
-        }
+        Err(e) => upstream_failure(ctx, host, port, decision.cluster_name(), &e),
     }
+}
+
+/// The client's response when a request failed upstream: counted, logged, and answered with
+/// the error's status, reason and Envoy response flag.
+pub(crate) fn upstream_failure(
+    ctx: &ConnCtx,
+    host: &str,
+    port: u16,
+    cluster_name: &str,
+    e: &forward::UpstreamError,
+) -> Response<ResponseBody> {
+    ctx.shared.stats.count_upstream_error(e);
+    tracing::info!(
+        peer = %ctx.peer, host = %host, port, cluster = cluster_name, flags = e.flag(), error = %e,
+        "request failed upstream"
+    );
+    let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+    let mut resp = local(status, &format!("meshentry: {host}:{port} via {cluster_name}: {e}"));
+    if let Ok(v) = HeaderValue::from_str(e.flag()) {
+        resp.headers_mut()
+            .insert(HeaderName::from_static("x-meshentry-response-flags"), v);
+    }
+    resp
 }
 
 /// The request as the upstream should see it: origin-form, HTTP/1.1, no hop-by-hop headers,
 /// `Host` from the absolute URI when there was one (RFC 9112 3.2.2).
-fn to_upstream(req: Request<Incoming>, host: HeaderValue) -> Request<Incoming> {
+pub(crate) fn to_upstream<B>(req: Request<B>, host: HeaderValue) -> Request<B> {
     let (mut parts, body) = req.into_parts();
     let absolute = parts.uri.authority().is_some();
     parts.uri = match parts.uri.path_and_query() {
@@ -275,7 +326,7 @@ const HOP_BY_HOP: [HeaderName; 9] = [
 /// RFC 9110 7.6.1: connection-specific headers are not forwarded, nor any header that
 /// `Connection` names. This runs twice per request, so it looks at each name once and removes
 /// only what is there.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let mut present = [false; 9];
     let mut any = false;
     for name in headers.keys() {
@@ -341,7 +392,7 @@ async fn connect(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<Respons
     let upstream = match forward::connect_stream(shared, cluster, &Original { host: &host, port }).await {
         Ok((stream, addr)) => (stream, addr),
         Err(e) => {
-            shared.stats.upstream_errors.fetch_add(1, Ordering::Relaxed);
+            shared.stats.count_upstream_error(&e);
             tracing::info!(peer = %ctx.peer, %host, port, cluster = %cluster_name, flags = e.flag(), error = %e, "tunnel failed upstream");
             let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
             return local(status, &format!("meshentry: {host}:{port} via {cluster_name}: {e}"));
@@ -372,8 +423,8 @@ fn blocked(ctx: &ConnCtx, host: &str, port: u16, status: StatusCode) -> Response
     shared.stats.blocked.fetch_add(1, Ordering::Relaxed);
     let snap = &ctx.snapshot;
     tracing::warn!(
-        peer = %ctx.peer, host, port, namespace = %snap.namespace, policy_source = %snap.policy_source,
-        "blocked by REGISTRY_ONLY: destination is not in the service registry"
+        peer = %ctx.peer, host, port, dst = ?ctx.transparent.as_ref().map(|t| t.dst), namespace = %snap.namespace,
+        policy_source = %snap.policy_source, "blocked by REGISTRY_ONLY: destination is not in the service registry"
     );
     local(status, &blocked_reason(snap, host, port))
 }

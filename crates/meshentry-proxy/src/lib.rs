@@ -3,10 +3,15 @@
 //!
 //! - [`snapshot`]: the routing state, built from resources and swapped atomically;
 //! - [`route`]: which cluster a destination goes to;
+//! - [`vs`]: VirtualService route tables (HTTP, TLS, TCP), compiled per snapshot;
+//! - [`routed`]: HTTP requests a VirtualService routes (faults, redirects, rewrites, retries...);
 //! - [`cluster`], [`lb`], [`dns`]: the hosts of a cluster and how one is picked;
 //! - [`forward`], [`upstream`]: connecting and sending, with failover and pooling;
+//! - [`tls`]: originating TLS (DestinationRule `tls`): configurations, verification, reload;
 //! - [`h1`], [`chunked`]: the fast path for plain HTTP/1.1 requests;
 //! - [`http`], [`tunnel`], [`sni`]: the general (hyper) path, CONNECT tunnels, SNI;
+//! - [`h2`]: HTTP/2 prior-knowledge clients, HTTP/2 upstream requests, gRPC error replies;
+//! - [`gateway`]: gateway mode (`--gateway`): servers, TLS termination, gateway routes;
 //! - [`outbound`], [`detect`], [`relay`]: the transparent listener for iptables-captured
 //!   connections, what a client speaks from its first bytes, and relaying bytes both ways;
 //! - [`server`]: shared state, counters and accept loops;
@@ -19,15 +24,19 @@ pub mod config;
 pub mod detect;
 pub mod dns;
 pub mod forward;
+pub mod gateway;
 pub mod h1;
+pub mod h2;
 pub mod http;
 pub mod lb;
 pub mod outbound;
 pub mod relay;
 pub mod route;
+pub mod routed;
 pub mod server;
 pub mod snapshot;
 pub mod sni;
 pub mod tls;
 pub mod tunnel;
 pub mod upstream;
+pub mod vs;

@@ -20,7 +20,8 @@ use tokio::sync::watch;
 
 use crate::detect::{Detected, detect};
 use crate::forward::{self, Original};
-use crate::http::Transparent;
+use crate::h1::Rewind;
+use crate::http::{ConnCtx, Transparent};
 use crate::route::{self, Decision, Handling, Plan};
 use crate::server::{ConnGuard, Shared};
 use crate::upstream::Stream;
@@ -110,9 +111,16 @@ async fn handle(stream: TcpStream, peer: SocketAddr, local: Option<SocketAddr>, 
             }
             match route::after_detection(&snapshot, &shared.dns, dst, &detected).await {
                 Handling::Http if detected == Detected::H2c => {
-                    // HTTP/2 prior knowledge is served by the h2 module once it lands; until
-                    // then it is relayed as TCP to the destination's service.
-                    (route::route_transparent(&snapshot, None, dst), Some(detected))
+                    let _ = stream.set_nodelay(true);
+                    let ctx = Arc::new(ConnCtx {
+                        snapshot,
+                        shared,
+                        peer,
+                        transparent: Some(Transparent::new(dst)),
+                        gateway: None,
+                    });
+                    crate::h2::serve(Rewind::new(buf, stream), ctx).await;
+                    return;
                 }
                 Handling::Http => {
                     crate::h1::serve(stream, peer, shared, buf, Some(Transparent::new(dst))).await;
@@ -130,6 +138,12 @@ async fn handle(stream: TcpStream, peer: SocketAddr, local: Option<SocketAddr>, 
             }
         }
     };
+    // E7: the TLS and TCP rules of a VirtualService for the service the connection reached.
+    let sni = match &detected {
+        Some(Detected::Tls { sni: Some(sni) }) => Some(sni.as_str()),
+        _ => None,
+    };
+    let decision = route::l4_routed(&snapshot, decision, dst, sni);
     let cluster = match &decision {
         Decision::Blocked => {
             stats.blocked.fetch_add(1, Ordering::Relaxed);

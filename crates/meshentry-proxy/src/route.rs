@@ -16,6 +16,7 @@ use crate::config::OutboundPolicy;
 use crate::detect::Detected;
 use crate::dns::Dns;
 use crate::snapshot::Snapshot;
+use crate::vs::Target;
 
 /// Where a destination goes.
 pub enum Decision<'s> {
@@ -51,6 +52,37 @@ impl<'s> Decision<'s> {
             service,
             port: service.port(port)?,
         })
+    }
+}
+
+/// The decision for a VirtualService destination (E5); `Err` with the reason when it names
+/// no cluster (503).
+pub fn to_target<'s>(snap: &'s Snapshot, target: &'s Target) -> Result<Decision<'s>, &'s str> {
+    match target {
+        Target::Cluster { service, port, cluster } => {
+            let service = snap.registry.service(*service).ok_or("the service is gone")?;
+            let port = service.port(*port).ok_or("the service has no such port")?;
+            Ok(Decision::Cluster { cluster, service, port })
+        }
+        Target::Missing(reason) => Err(reason),
+    }
+}
+
+/// E7: what the TLS (with `sni`) or TCP rules of a VirtualService do with a connection to
+/// `dst` that the registry gave to `decision`; the decision itself when no rule applies.
+pub fn l4_routed<'s>(snap: &'s Snapshot, decision: Decision<'s>, dst: SocketAddr, sni: Option<&str>) -> Decision<'s> {
+    let Decision::Cluster { service, port, .. } = &decision else {
+        return decision;
+    };
+    match snap.routes.l4_pick(service, port.number, dst.ip(), sni) {
+        Some(d) => match to_target(snap, &d.target) {
+            Ok(routed) => routed,
+            Err(reason) => {
+                tracing::warn!(%dst, sni, reason, "VirtualService destination does not exist: connection refused");
+                Decision::Blocked
+            }
+        },
+        None => decision,
     }
 }
 
@@ -94,9 +126,13 @@ pub enum Plan<'s> {
 /// server-first protocols on it) never waits for detection.
 pub fn plan(snap: &Snapshot, dst: SocketAddr) -> Plan<'_> {
     if let Some(d) = by_address(snap, dst) {
-        if let Decision::Cluster { port, .. } = &d
+        if let Decision::Cluster { port, service, .. } = &d
             && (port.protocol.is_tls() || (port.protocol.is_opaque_tcp() && port.protocol != Protocol::Unset))
         {
+            // TLS rules of a VirtualService need the SNI (E7).
+            if port.protocol.is_tls() && snap.routes.has_tls(service, port.number) {
+                return Plan::Detect;
+            }
             return Plan::Relay(d);
         }
         return Plan::Detect;

@@ -67,7 +67,13 @@ pub struct Stats {
     pub passthrough: AtomicU64,
     pub upstream_connect_errors: AtomicU64,
     pub upstream_errors: AtomicU64,
+    /// TLS handshakes this proxy originated that failed.
+    pub upstream_tls_errors: AtomicU64,
     pub bad_requests: AtomicU64,
+    /// Gateway listeners: TLS handshakes with clients that failed (or timed out).
+    pub downstream_tls_errors: AtomicU64,
+    /// Requests a VirtualService `retries` policy sent again.
+    pub upstream_retries: AtomicU64,
     /// Connections accepted on the transparent listener.
     pub outbound_connections: AtomicU64,
     /// Transparent connections refused because they were addressed to the proxy itself.
@@ -81,6 +87,14 @@ pub struct Stats {
 pub const DETECTED_NAMES: [&str; 5] = ["tls", "http1", "h2c", "tcp", "none"];
 
 impl Stats {
+    /// A request or tunnel that failed upstream; TLS failures are also counted as such.
+    pub fn count_upstream_error(&self, e: &crate::forward::UpstreamError) {
+        self.upstream_errors.fetch_add(1, Ordering::Relaxed);
+        if let crate::forward::UpstreamError::Tls(_) = e {
+            self.upstream_tls_errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     pub fn count_detected(&self, d: &Detected) {
         let slot = match d {
             Detected::Tls { .. } => 0,

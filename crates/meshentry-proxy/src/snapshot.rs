@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use meshentry_api::model::{
     ClientTlsMode, ClientTlsSettings, DestinationRule, LoadBalancerSettings, OutboundTrafficPolicyMode, Sidecar,
-    SimpleLb, TrafficPolicy,
+    SimpleLb, Subset, TrafficPolicy,
 };
 use meshentry_api::{Resource, Spec};
 use meshentry_registry::hash::FxHashMap;
@@ -20,8 +20,10 @@ use meshentry_registry::{Protocol, Registry, Service, View};
 use crate::cluster::{Cluster, ClusterSpec};
 use crate::config::{OutboundPolicy, ProxyConfig};
 use crate::dns::Dns;
+use crate::gateway::Gateway;
 use crate::lb::Policy;
 use crate::tls::{Mode, Origination, Recipe, Sni};
+use crate::vs::{CompileInput, MESH, RouteTables};
 
 /// Everything the data path needs to route, frozen.
 pub struct Snapshot {
@@ -36,6 +38,15 @@ pub struct Snapshot {
     /// Keyed by the address of the service inside `registry` (which never moves or changes
     /// while this snapshot lives) and the port number, so a lookup hashes two integers.
     clusters: FxHashMap<(usize, u32), Arc<Cluster>>,
+    /// DestinationRule subset clusters (D3, D4), keyed like `clusters` plus the subset name.
+    /// Only VirtualService destinations name them, and those are resolved when the route
+    /// tables are compiled, so the data path never looks here.
+    subset_clusters: BTreeMap<(usize, u32, String), Arc<Cluster>>,
+    /// The VirtualService routes (E1-E7) this proxy applies as a sidecar.
+    pub routes: RouteTables,
+    /// Gateway mode (`--gateway`): the Gateway this proxy runs as, with its listeners' routes
+    /// (F1-F3); `None` for a sidecar, or when the Gateway does not exist.
+    pub gateway: Option<Gateway>,
     /// What the transparent listener may find on each port (C3-C6).
     ports: FxHashMap<u32, PortInfo>,
     /// Configurations Istio would route wrongly, and what this proxy does instead.
@@ -65,16 +76,53 @@ impl Snapshot {
         let (policy, policy_source) = outbound_policy(resources.iter().copied(), config);
         let namespace: Arc<str> = Arc::from(config.namespace.as_str());
         let mut clusters = FxHashMap::default();
+        let mut subset_clusters = BTreeMap::new();
         let view = registry.view(&namespace);
         for service in view.services() {
+            let key = service as *const Service as usize;
+            let subsets = rules
+                .lookup(service, &config.namespace)
+                .map_or(&[][..], |r| r.spec.subsets.as_slice());
             for port in &service.ports {
-                let spec = rules.cluster_spec(service, port.number, config);
+                let spec = rules.cluster_spec(service, port.number, config, None);
                 let cluster = Cluster::build(service, port.number, spec, dns);
-                clusters.insert((service as *const Service as usize, port.number), Arc::new(cluster));
+                clusters.insert((key, port.number), Arc::new(cluster));
+                for subset in subsets {
+                    let spec = rules.cluster_spec(service, port.number, config, Some(subset));
+                    let cluster = Cluster::build(service, port.number, spec, dns);
+                    subset_clusters.insert((key, port.number, subset.name.clone()), Arc::new(cluster));
+                }
             }
         }
+        let cluster_of = |service: &Service, port: u32, subset: Option<&str>| {
+            let key = service as *const Service as usize;
+            match subset {
+                None => clusters.get(&(key, port)).cloned(),
+                Some(s) => subset_clusters.get(&(key, port, s.to_string())).cloned(),
+            }
+        };
+        let input = CompileInput {
+            registry: &registry,
+            view,
+            namespace: &namespace,
+            labels: &config.labels,
+            gateway: config.gateway.as_deref().unwrap_or(MESH),
+            cluster: &cluster_of,
+        };
+        let mut gateway_warnings = Vec::new();
+        // A gateway proxy is no sidecar: only the VirtualServices bound to its Gateway apply,
+        // through its listeners (F3).
+        let (routes, gateway) = match &config.gateway {
+            None => (RouteTables::compile(resources, &input), None),
+            Some(name) => (
+                RouteTables::default(),
+                Gateway::build(resources, &input, name, config, &mut gateway_warnings),
+            ),
+        };
         let (ports, mut warnings) = port_table(&view);
-        for cluster in clusters.values() {
+        warnings.extend(routes.warnings.iter().cloned());
+        warnings.extend(gateway_warnings);
+        for cluster in clusters.values().chain(subset_clusters.values()) {
             if let Some(Err(reason)) = &cluster.tls {
                 warnings.push(format!(
                     "{}: TLS origination is off, its connections fail: {reason}",
@@ -99,6 +147,9 @@ impl Snapshot {
             policy,
             policy_source,
             clusters,
+            subset_clusters,
+            routes,
+            gateway,
             ports,
             warnings,
         }
@@ -127,9 +178,15 @@ impl Snapshot {
         self.clusters.get(&(service as *const Service as usize, port))
     }
 
-    /// Every cluster, sorted by name, for admin output.
+    /// The cluster of DestinationRule subset `subset` of `port` of `service`.
+    pub fn subset_cluster(&self, service: &Service, port: u32, subset: &str) -> Option<&Arc<Cluster>> {
+        self.subset_clusters
+            .get(&(service as *const Service as usize, port, subset.to_string()))
+    }
+
+    /// Every cluster (subsets included), sorted by name, for admin output.
     pub fn clusters(&self) -> Vec<&Arc<Cluster>> {
-        let mut all: Vec<&Arc<Cluster>> = self.clusters.values().collect();
+        let mut all: Vec<&Arc<Cluster>> = self.clusters.values().chain(self.subset_clusters.values()).collect();
         all.sort_by(|a, b| a.name.cmp(&b.name));
         all
     }
@@ -188,6 +245,18 @@ fn port_table(view: &View<'_, '_>) -> (FxHashMap<u32, PortInfo>, Vec<String>) {
     ports.retain(|_, i| i.http || i.sni || i.tcp_wild > 0);
     warnings.sort();
     (ports, warnings)
+}
+
+/// D1/D2: the DestinationRule that applies to `service` for `config`'s workload, as
+/// [`Snapshot::build`] finds it, for `meshentry explain`.
+pub fn destination_rule<'a>(
+    resources: &[&'a Resource],
+    service: &Service,
+    config: &ProxyConfig,
+) -> Option<&'a Resource> {
+    DestinationRules::collect(resources.iter().copied(), config)
+        .lookup(service, &config.namespace)
+        .map(|r| r.resource)
 }
 
 /// D1: the outbound policy of this workload: the flag, else the Sidecar selecting it (by
@@ -312,14 +381,21 @@ impl<'a> DestinationRules<'a> {
         None
     }
 
-    /// D3/D5/D6: the load balancer and TLS of `port`: a portLevelSettings entry for the port
-    /// replaces the top-level settings.
-    fn cluster_spec(&self, service: &Service, port: u32, config: &ProxyConfig) -> ClusterSpec {
+    /// D3/D5/D6: the load balancer and TLS of `port` (and `subset`): a portLevelSettings
+    /// entry for the port replaces the top-level settings, and the subset's own policy then
+    /// overrides them field by field.
+    fn cluster_spec(&self, service: &Service, port: u32, config: &ProxyConfig, subset: Option<&Subset>) -> ClusterSpec {
         let rule = self.lookup(service, &config.namespace);
-        let (lb, tls) = match rule.and_then(|r| r.spec.traffic_policy.as_ref()) {
+        let (mut lb, mut tls) = match rule.and_then(|r| r.spec.traffic_policy.as_ref()) {
             Some(tp) => port_policy(tp, port),
             None => (None, None),
         };
+        if let Some(tp) = subset.and_then(|s| s.traffic_policy.as_ref()) {
+            let (sub_lb, sub_tls) = port_policy(tp, port);
+            lb = sub_lb.or(lb);
+            tls = sub_tls.or(tls);
+        }
+        let subset_name = subset.map(|s| s.name.as_str());
         let (policy, passthrough) = match lb.and_then(|lb| lb.simple) {
             Some(SimpleLb::RoundRobin) => (Policy::RoundRobin, false),
             Some(SimpleLb::Random) => (Policy::Random, false),
@@ -328,11 +404,20 @@ impl<'a> DestinationRules<'a> {
                 (Policy::LeastRequest, false)
             }
         };
+        // C10: with no rule saying otherwise, a mesh-internal service whose endpoints all run
+        // a sidecar (tlsMode istio) gets mutual TLS with the mesh identity, when this proxy has
+        // one (Istio's auto mTLS).
+        let auto = ClientTlsSettings {
+            mode: ClientTlsMode::IstioMutual,
+            ..ClientTlsSettings::default()
+        };
+        let tls = tls.or_else(|| auto_mtls(service, port, config).then_some(&auto));
         let tls = tls.and_then(|t| {
-            let who = rule.map_or_else(String::new, |r| {
-                format!("DestinationRule {}/{}", r.resource.namespace, r.resource.name())
-            });
-            tls_recipe(t, service, port, None, config, &who)
+            let who = rule.map_or_else(
+                || "auto mTLS".to_string(),
+                |r| format!("DestinationRule {}/{}", r.resource.namespace, r.resource.name()),
+            );
+            tls_recipe(t, service, port, subset_name, config, &who)
                 .map(|recipe| recipe.map(|r| Origination::new(r).map(Arc::new).map_err(|e| format!("{who}: {e}"))))
                 .unwrap_or_else(|reason| Some(Err(reason)))
         });
@@ -340,13 +425,25 @@ impl<'a> DestinationRules<'a> {
             policy,
             passthrough,
             tls,
+            subset: subset.map(|s| (s.name.clone(), s.labels.clone())),
         }
     }
 }
 
+/// C10: Istio's auto mTLS applies to `port` of `service`: mesh-internal, every endpoint with a
+/// sidecar (`tlsMode: istio`), and this proxy has a mesh identity to present.
+fn auto_mtls(service: &Service, port: u32, config: &ProxyConfig) -> bool {
+    let Some(p) = service.port(port) else { return false };
+    let mut endpoints = service.endpoints_for(p).peekable();
+    config.identity.is_some()
+        && service.location == meshentry_registry::Location::MeshInternal
+        && endpoints.peek().is_some()
+        && endpoints.all(|e| e.workload.tls_mode == meshentry_registry::model::TlsMode::Istio)
+}
+
 /// D3: a portLevelSettings entry for `port` replaces the top level's load balancer and TLS
 /// (what it omits is unset, not inherited).
-fn port_policy(tp: &TrafficPolicy, port: u32) -> (Option<&LoadBalancerSettings>, Option<&ClientTlsSettings>) {
+pub fn port_policy(tp: &TrafficPolicy, port: u32) -> (Option<&LoadBalancerSettings>, Option<&ClientTlsSettings>) {
     match tp
         .port_level_settings
         .iter()
@@ -603,6 +700,128 @@ spec:
         assert!(r.alpn.is_empty());
         let r = tls_of(&snap, "outbound|80||db.example.com").unwrap().unwrap();
         assert_eq!(r.alpn, [b"http/1.1".to_vec()]);
+    }
+
+    #[test]
+    fn mesh_internal_sidecar_endpoints_get_auto_mtls() {
+        let ca = meshentry_testutil::TestCa::new("mesh");
+        let pem = meshentry_testutil::PemDir::new();
+        let paths = pem.leaf(&ca.issue(meshentry_testutil::LeafSpec::client("spiffe://x")), "me");
+        let with_id = ProxyConfig {
+            identity: Some(crate::config::IdentityFiles {
+                cert: paths.cert,
+                key: paths.key,
+                ca: pem.ca(&ca),
+            }),
+            ..ProxyConfig::default()
+        };
+        let internal = SE.replace("resolution: STATIC", "resolution: STATIC\n  location: MESH_INTERNAL");
+        let snap = build(&internal, &with_id);
+        let r = tls_of(&snap, "outbound|5432||db.example.com").unwrap().unwrap();
+        assert_eq!(r.mode, Mode::IstioMutual);
+        // No identity to present, or an external service: plaintext, as Istio's auto mTLS.
+        assert_eq!(
+            tls_of(
+                &build(&internal, &ProxyConfig::default()),
+                "outbound|5432||db.example.com"
+            ),
+            Ok(None)
+        );
+        assert_eq!(tls_of(&build(SE, &with_id), "outbound|5432||db.example.com"), Ok(None));
+        // An endpoint without a sidecar turns it off for the port.
+        let mixed = internal.replace(
+            "endpoints: [{address: 10.0.0.1, serviceAccount: pg}]",
+            "endpoints: [{address: 10.0.0.1, serviceAccount: pg}, {address: 10.0.0.2}]",
+        );
+        assert_ne!(mixed, internal);
+        assert_eq!(
+            tls_of(&build(&mixed, &with_id), "outbound|5432||db.example.com"),
+            Ok(None)
+        );
+        // A rule that says DISABLE wins.
+        let dr = r#"
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: db, namespace: default}
+spec:
+  host: db.example.com
+  trafficPolicy: {tls: {mode: DISABLE}}
+"#;
+        assert_eq!(
+            tls_of(
+                &build(&format!("{internal}{dr}"), &with_id),
+                "outbound|5432||db.example.com"
+            ),
+            Ok(None)
+        );
+    }
+
+    #[test]
+    fn subsets_filter_endpoints_and_override_the_policy_per_field() {
+        let se = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: web, namespace: default}
+spec:
+  hosts: [web.example.com]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: STATIC
+  endpoints:
+  - {address: 10.0.0.1, labels: {version: v1}}
+  - {address: 10.0.0.2, labels: {version: v2}}
+  - {address: 10.0.0.3, labels: {version: v2, zone: a}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: web, namespace: default}
+spec:
+  host: web.example.com
+  trafficPolicy:
+    loadBalancer: {simple: RANDOM}
+    tls: {mode: ISTIO_MUTUAL}
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - name: v2
+    labels: {version: v2}
+    trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}}
+"#;
+        let ca = meshentry_testutil::TestCa::new("mesh");
+        let leaf = ca.issue(meshentry_testutil::LeafSpec::client(
+            "spiffe://cluster.local/ns/default/sa/me",
+        ));
+        let pem = meshentry_testutil::PemDir::new();
+        let paths = pem.leaf(&leaf, "me");
+        let config = ProxyConfig {
+            identity: Some(crate::config::IdentityFiles {
+                cert: paths.cert,
+                key: paths.key,
+                ca: pem.ca(&ca),
+            }),
+            ..ProxyConfig::default()
+        };
+        let snap = build(se, &config);
+        let cluster = |name: &str| snap.clusters().into_iter().find(|c| c.name == name).unwrap().clone();
+        let hosts = |name: &str| {
+            let mut h: Vec<String> = cluster(name)
+                .known_hosts()
+                .unwrap()
+                .hosts
+                .iter()
+                .map(|h| h.addr.to_string())
+                .collect();
+            h.sort();
+            h
+        };
+        assert_eq!(hosts("outbound|80||web.example.com").len(), 3);
+        assert_eq!(hosts("outbound|80|v1|web.example.com"), ["10.0.0.1:80"]);
+        assert_eq!(hosts("outbound|80|v2|web.example.com"), ["10.0.0.2:80", "10.0.0.3:80"]);
+        // D3: the subset's load balancer replaces the top level's; its TLS is inherited, and
+        // ISTIO_MUTUAL names the subset in the SNI (D7).
+        assert_eq!(cluster("outbound|80|v1|web.example.com").policy, Policy::Random);
+        assert_eq!(cluster("outbound|80|v2|web.example.com").policy, Policy::RoundRobin);
+        let r = tls_of(&snap, "outbound|80|v2|web.example.com").unwrap().unwrap();
+        assert_eq!(r.sni, Sni::Fixed("outbound_.80_.v2_.web.example.com".into()));
     }
 
     #[test]

@@ -73,7 +73,8 @@ pub struct Recipe {
 /// A cluster's TLS origination, reloadable.
 pub struct Origination {
     pub recipe: Recipe,
-    config: ArcSwap<ClientConfig>,
+    /// With SNI, and without (D7: TCP with an automatic SNI sends none).
+    config: ArcSwap<(Arc<ClientConfig>, Arc<ClientConfig>)>,
     /// The files' modification times when the current configuration was built.
     stamps: std::sync::Mutex<Vec<Option<SystemTime>>>,
 }
@@ -98,7 +99,7 @@ pub struct ConfigError {
 impl Origination {
     pub fn new(recipe: Recipe) -> Result<Origination, ConfigError> {
         let stamps = stamps(&recipe);
-        let config = build(&recipe)?;
+        let config = build_pair(&recipe)?;
         Ok(Origination {
             recipe,
             config: ArcSwap::from_pointee(config),
@@ -106,9 +107,15 @@ impl Origination {
         })
     }
 
-    /// The configuration for new connections.
+    /// The configuration for new connections (with SNI).
     pub fn config(&self) -> Arc<ClientConfig> {
-        self.config.load_full()
+        self.config.load().0.clone()
+    }
+
+    /// The configuration for new connections that send `sni` or not.
+    pub fn config_for(&self, sni: bool) -> Arc<ClientConfig> {
+        let pair = self.config.load();
+        if sni { pair.0.clone() } else { pair.1.clone() }
     }
 
     /// Rebuilds the configuration when one of its files changed since it was built. On a
@@ -123,7 +130,7 @@ impl Origination {
         // Whatever happens, do not retry the same broken files every tick.
         *seen = now;
         drop(seen);
-        let config = build(&self.recipe)?;
+        let config = build_pair(&self.recipe)?;
         self.config.store(Arc::new(config));
         Ok(true)
     }
@@ -165,7 +172,7 @@ fn stamps(recipe: &Recipe) -> Vec<Option<SystemTime>> {
         .collect()
 }
 
-fn provider() -> Arc<CryptoProvider> {
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
@@ -229,6 +236,13 @@ fn roots(recipe: &Recipe) -> Result<RootCertStore, ConfigError> {
         }
     }
     Ok(store)
+}
+
+fn build_pair(recipe: &Recipe) -> Result<(Arc<ClientConfig>, Arc<ClientConfig>), ConfigError> {
+    let with_sni = build(recipe)?;
+    let mut without = with_sni.clone();
+    without.enable_sni = false;
+    Ok((Arc::new(with_sni), Arc::new(without)))
 }
 
 fn build(recipe: &Recipe) -> Result<ClientConfig, ConfigError> {
@@ -396,9 +410,31 @@ fn san_matches(have: &str, want: &str) -> bool {
 
 /// A TLS failure in the words a 503 body and a log line use.
 pub fn describe(e: &io::Error) -> String {
-    let Some(inner) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) else {
-        return format!("TLS handshake failed: {e}");
-    };
+    match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+        Some(inner) => describe_rustls(inner),
+        None => format!("TLS handshake failed: {e}"),
+    }
+}
+
+/// The TLS cause somewhere in `e`'s chain of sources (a hyper error wrapping an I/O error
+/// wrapping a rustls alert, say), described; `None` when there is no TLS error in it.
+pub fn find_cause(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(r) = err.downcast_ref::<rustls::Error>() {
+            return Some(describe_rustls(r));
+        }
+        if let Some(io) = err.downcast_ref::<io::Error>()
+            && let Some(r) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>())
+        {
+            return Some(describe_rustls(r));
+        }
+        cur = err.source();
+    }
+    None
+}
+
+fn describe_rustls(inner: &rustls::Error) -> String {
     match inner {
         rustls::Error::InvalidCertificate(c) => match c {
             CertificateError::UnknownIssuer => {

@@ -73,6 +73,14 @@ where
     drop(buf);
     match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
         Ok((up, down)) => tracing::debug!(host = %target.host, port = target.port, up, down, "tunnel closed"),
-        Err(e) => tracing::debug!(host = %target.host, port = target.port, error = %e, "tunnel ended with an error"),
+        // An upstream that refuses our client certificate does so only now (TLS 1.3): say so,
+        // as a request would.
+        Err(e) => match crate::tls::find_cause(&e) {
+            Some(cause) => {
+                shared.stats.upstream_tls_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(host = %target.host, port = target.port, cluster = %target.cluster, error = %cause, "tunnel failed upstream");
+            }
+            None => tracing::debug!(host = %target.host, port = target.port, error = %e, "tunnel ended with an error"),
+        },
     }
 }

@@ -1,9 +1,12 @@
-//! Connections to upstream hosts: TCP or unix sockets, and a pool of idle HTTP/1.1
-//! connections per host.
+//! Connections to upstream hosts: TCP or unix sockets, a pool of idle HTTP/1.1 connections
+//! per host, and one shared HTTP/2 connection per host.
 //!
-//! The pool is per worker thread (a `thread_local`), so checking a connection in or out takes
-//! no lock shared with other connections. A connection goes back to the pool only when the
+//! The pools are per worker thread (a `thread_local`), so taking a connection takes no lock
+//! shared with other connections. An HTTP/1.1 connection goes back to the pool only when the
 //! response body has been read to its end, so a request never waits behind another's body.
+//! An HTTP/2 connection carries every request of its thread to that host at once (Envoy's
+//! `http2_protocol_options` clusters do the same per worker), so it stays in the pool while in
+//! use and is replaced once it closes.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -15,19 +18,33 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
+use hyper::client::conn::http2;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpStream, UnixStream};
+use tokio::sync::{mpsc, oneshot};
 
+use std::sync::Arc;
+
+use rustls::pki_types::ServerName;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::capture::PROXY_MARK;
 use crate::cluster::HostAddr;
+use crate::tls::Origination;
 
-/// The body type sent upstream: the client's request body, streamed.
-pub type RequestBody = Incoming;
+/// The body type sent upstream: the client's request body, streamed, or a body the proxy
+/// holds (a buffered body a VirtualService retries or mirrors).
+pub type RequestBody = http_body_util::Either<Incoming, http_body_util::Full<Bytes>>;
 
 /// A connected upstream stream.
 pub enum Stream {
     Tcp(TcpStream),
     Unix(UnixStream),
+    /// TLS this proxy originated (DestinationRule `tls`).
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
 impl Stream {
@@ -36,7 +53,53 @@ impl Stream {
         match self {
             Stream::Tcp(s) => s.readable().await,
             Stream::Unix(s) => s.readable().await,
+            Stream::Tls(s) => s.get_ref().0.readable().await,
         }
+    }
+}
+
+/// Where and how to connect: the endpoint, and the TLS to originate on top of it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Dial {
+    pub addr: HostAddr,
+    pub tls: Option<TlsDial>,
+}
+
+impl Dial {
+    pub fn plain(addr: HostAddr) -> Dial {
+        Dial { addr, tls: None }
+    }
+}
+
+impl std::fmt::Display for Dial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.addr.fmt(f)
+    }
+}
+
+/// TLS for one connection: the cluster's origination, the name to send and verify, and
+/// whether the ClientHello carries it. Connections are pooled by all three, so a connection
+/// made for one server name never carries another's requests.
+#[derive(Clone, Debug)]
+pub struct TlsDial {
+    pub origination: Arc<Origination>,
+    pub name: ServerName<'static>,
+    pub sni: bool,
+}
+
+impl PartialEq for TlsDial {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.origination, &other.origination) && self.name == other.name && self.sni == other.sni
+    }
+}
+
+impl Eq for TlsDial {}
+
+impl std::hash::Hash for TlsDial {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (Arc::as_ptr(&self.origination) as usize).hash(state);
+        self.name.hash(state);
+        self.sni.hash(state);
     }
 }
 
@@ -49,14 +112,69 @@ pub enum ConnectError {
     Timeout(Duration),
     #[error("{0}")]
     Other(io::Error),
+    /// The TLS handshake this proxy originated failed; the text says why.
+    #[error("{0}")]
+    Tls(String),
 }
 
-/// Opens a stream to `addr`.
-pub async fn connect(addr: &HostAddr, timeout: Duration) -> Result<Stream, ConnectError> {
+impl ConnectError {
+    /// The same error for another request that waited on the same connection attempt
+    /// (`io::Error` is not `Clone`; its kind and text are what anyone reads).
+    fn duplicate(&self) -> ConnectError {
+        match self {
+            ConnectError::Refused => ConnectError::Refused,
+            ConnectError::Timeout(d) => ConnectError::Timeout(*d),
+            ConnectError::Other(e) => ConnectError::Other(io::Error::new(e.kind(), e.to_string())),
+            ConnectError::Tls(s) => ConnectError::Tls(s.clone()),
+        }
+    }
+}
+
+/// Opens a stream to `dial`: a connection to its address, then TLS when it says so.
+pub async fn connect(dial: &Dial, timeout: Duration) -> Result<Stream, ConnectError> {
+    let stream = connect_addr(&dial.addr, timeout).await?;
+    let Some(tls) = &dial.tls else {
+        return Ok(stream);
+    };
+    let Stream::Tcp(tcp) = stream else {
+        return Err(ConnectError::Tls(
+            "TLS origination to unix socket endpoints is not supported".into(),
+        ));
+    };
+    let connector = tokio_rustls::TlsConnector::from(tls.origination.config_for(tls.sni));
+    match tokio::time::timeout(crate::tls::HANDSHAKE_TIMEOUT, connector.connect(tls.name.clone(), tcp)).await {
+        Err(_) => Err(ConnectError::Tls(format!(
+            "TLS error: handshake timed out after {:?}",
+            crate::tls::HANDSHAKE_TIMEOUT
+        ))),
+        Ok(Ok(s)) => Ok(Stream::Tls(Box::new(s))),
+        Ok(Err(e)) => Err(ConnectError::Tls(crate::tls::describe(&e))),
+    }
+}
+
+/// Whether setting [`PROXY_MARK`] works here (root or CAP_NET_ADMIN); learned on first use.
+static MARK_WORKS: AtomicBool = AtomicBool::new(true);
+
+/// A socket for an upstream connection, carrying [`PROXY_MARK`] when the process may set it:
+/// the capture rules exempt that mark, so a proxy running as root (not the exempted uid) does
+/// not capture its own connections again and loop.
+fn marked_socket(to: &SocketAddr) -> io::Result<tokio::net::TcpSocket> {
+    let socket = match to {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    if MARK_WORKS.load(Ordering::Relaxed) && socket2::SockRef::from(&socket).set_mark(PROXY_MARK).is_err() {
+        MARK_WORKS.store(false, Ordering::Relaxed);
+    }
+    Ok(socket)
+}
+
+/// Opens a plain stream to `addr`.
+async fn connect_addr(addr: &HostAddr, timeout: Duration) -> Result<Stream, ConnectError> {
     let fut = async {
         match addr {
             HostAddr::Ip(sa) => {
-                let s = TcpStream::connect(sa).await?;
+                let s = marked_socket(sa)?.connect(*sa).await?;
                 // Requests are small and latency matters more than packet count.
                 s.set_nodelay(true)?;
                 Ok::<_, io::Error>(Stream::Tcp(s))
@@ -79,6 +197,7 @@ impl AsyncRead for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
         }
     }
 }
@@ -88,6 +207,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(&mut **s).poll_write(cx, buf),
         }
     }
 
@@ -95,6 +215,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
             Stream::Unix(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(&mut **s).poll_flush(cx),
         }
     }
 
@@ -102,6 +223,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(&mut **s).poll_shutdown(cx),
         }
     }
 
@@ -113,6 +235,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Stream::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Tls(s) => Pin::new(&mut **s).poll_write_vectored(cx, bufs),
         }
     }
 
@@ -120,6 +243,7 @@ impl AsyncWrite for Stream {
         match self {
             Stream::Tcp(s) => s.is_write_vectored(),
             Stream::Unix(s) => s.is_write_vectored(),
+            Stream::Tls(s) => s.is_write_vectored(),
         }
     }
 }
@@ -133,11 +257,11 @@ struct Idle {
 }
 
 thread_local! {
-    static POOL: RefCell<HashMap<HostAddr, Vec<Idle>>> = RefCell::new(HashMap::new());
+    static POOL: RefCell<HashMap<Dial, Vec<Idle>>> = RefCell::new(HashMap::new());
 }
 
 /// An idle connection to `addr` that can take a request now, if this thread has one.
-pub fn checkout(addr: &HostAddr, max_idle: Duration) -> Option<SendRequest<RequestBody>> {
+pub fn checkout(addr: &Dial, max_idle: Duration) -> Option<SendRequest<RequestBody>> {
     POOL.with(|pool| {
         let mut pool = pool.borrow_mut();
         let list = pool.get_mut(addr)?;
@@ -150,7 +274,7 @@ pub fn checkout(addr: &HostAddr, max_idle: Duration) -> Option<SendRequest<Reque
     })
 }
 
-fn checkin(addr: HostAddr, sender: SendRequest<RequestBody>) {
+fn checkin(addr: Dial, sender: SendRequest<RequestBody>) {
     if sender.is_closed() {
         return;
     }
@@ -177,16 +301,146 @@ pub async fn handshake(stream: Stream) -> Result<SendRequest<RequestBody>, hyper
     Ok(sender)
 }
 
+/// A sender of requests on a shared HTTP/2 connection.
+pub type H2Sender = http2::SendRequest<RequestBody>;
+
+type H2Result = Result<H2Sender, ConnectError>;
+
+enum H2Slot {
+    Ready {
+        sender: H2Sender,
+        /// When a request last took it, for the idle timeout.
+        used: Instant,
+    },
+    /// A task is opening the connection; others that need it queue a reply channel here
+    /// instead of opening connections of their own. The queue is a channel rather than a list
+    /// in the slot so the opener can answer everyone without finding the slot again.
+    Connecting(mpsc::UnboundedSender<oneshot::Sender<H2Result>>),
+}
+
+thread_local! {
+    static H2_POOL: RefCell<HashMap<Dial, H2Slot>> = RefCell::new(HashMap::new());
+}
+
+enum H2Take {
+    Ready(H2Sender),
+    Queued(oneshot::Receiver<H2Result>),
+    /// Open it: the queue of waiters, and the slot's end of it (to recognise the slot).
+    Open(
+        mpsc::UnboundedReceiver<oneshot::Sender<H2Result>>,
+        mpsc::UnboundedSender<oneshot::Sender<H2Result>>,
+    ),
+}
+
+/// This thread's HTTP/2 connection to `addr`, opened (with the prior-knowledge preface) if
+/// there is none, it closed, or it was idle for `max_idle`. `Ok((sender, true))` when this call
+/// opened it. Requests that arrive while a connection is being opened wait for that one, so
+/// a burst of requests opens one connection, not one each.
+pub async fn h2_connection(
+    addr: &Dial,
+    connect_timeout: Duration,
+    max_idle: Duration,
+) -> Result<(H2Sender, bool), ConnectError> {
+    loop {
+        match h2_take(addr, max_idle) {
+            H2Take::Ready(sender) => return Ok((sender, false)),
+            H2Take::Queued(reply) => match reply.await {
+                Ok(result) => return result.map(|s| (s, false)),
+                // The opener was cancelled (its client went away) before it answered: look
+                // again, and open the connection here if nobody else has.
+                Err(_) => continue,
+            },
+            H2Take::Open(mut queue, slot_end) => {
+                let result = h2_open(addr, connect_timeout).await;
+                H2_POOL.with(|pool| {
+                    let mut pool = pool.borrow_mut();
+                    // The slot is still ours unless the thread changed under a multi-threaded
+                    // runtime (the binary's workers are single-threaded).
+                    let ours = matches!(pool.get(addr), Some(H2Slot::Connecting(q)) if q.same_channel(&slot_end));
+                    if ours {
+                        match &result {
+                            Ok(sender) => {
+                                let slot = H2Slot::Ready {
+                                    sender: sender.clone(),
+                                    used: Instant::now(),
+                                };
+                                pool.insert(addr.clone(), slot);
+                            }
+                            Err(_) => {
+                                pool.remove(addr);
+                            }
+                        }
+                    }
+                });
+                queue.close();
+                while let Ok(waiter) = queue.try_recv() {
+                    let _ = waiter.send(match &result {
+                        Ok(sender) => Ok(sender.clone()),
+                        Err(e) => Err(e.duplicate()),
+                    });
+                }
+                return result.map(|s| (s, true));
+            }
+        }
+    }
+}
+
+/// Looks in this thread's pool: a live connection, a connection being opened to wait for, or
+/// nothing (the caller opens one; the slot says so to later callers).
+fn h2_take(addr: &Dial, max_idle: Duration) -> H2Take {
+    H2_POOL.with(|pool| {
+        let mut pool = pool.borrow_mut();
+        match pool.get_mut(addr) {
+            Some(H2Slot::Ready { sender, used }) if !sender.is_closed() && used.elapsed() < max_idle => {
+                *used = Instant::now();
+                return H2Take::Ready(sender.clone());
+            }
+            Some(H2Slot::Connecting(queue)) => {
+                let (tx, rx) = oneshot::channel();
+                // Fails only when the opener is gone (cancelled): then replace the slot.
+                if queue.send(tx).is_ok() {
+                    return H2Take::Queued(rx);
+                }
+            }
+            // Closed or idle too long: requests still running on it finish there; the
+            // connection closes when they are done and the last sender is dropped.
+            Some(H2Slot::Ready { .. }) | None => {}
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        pool.insert(addr.clone(), H2Slot::Connecting(tx.clone()));
+        H2Take::Open(rx, tx)
+    })
+}
+
+/// Connects and starts HTTP/2 on the stream; the connection runs in its own task.
+async fn h2_open(addr: &Dial, connect_timeout: Duration) -> H2Result {
+    let stream = connect(addr, connect_timeout).await?;
+    let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .handshake(TokioIo::new(stream))
+        .await
+        // Only writing the preface can fail here: the upstream closed on us, which is a
+        // connection that did not work, so the next host is tried.
+        .map_err(|e| ConnectError::Other(io::Error::new(io::ErrorKind::ConnectionAborted, e.to_string())))?;
+    tokio::spawn(async move {
+        // Errors end the requests in flight, which report them through their responses.
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "upstream HTTP/2 connection ended with an error");
+        }
+    });
+    Ok(sender)
+}
+
 /// A response body that returns its connection to the pool when read to the end.
 pub struct PooledBody {
     inner: Incoming,
-    release: Option<(HostAddr, SendRequest<RequestBody>)>,
+    release: Option<(Dial, SendRequest<RequestBody>)>,
 }
 
 impl PooledBody {
     /// `reusable`: the exchange allows the connection to carry another request (neither side
     /// said `Connection: close`).
-    pub fn new(inner: Incoming, addr: HostAddr, sender: SendRequest<RequestBody>, reusable: bool) -> Self {
+    pub fn new(inner: Incoming, addr: Dial, sender: SendRequest<RequestBody>, reusable: bool) -> Self {
         let mut body = Self {
             inner,
             release: reusable.then_some((addr, sender)),
@@ -195,6 +449,12 @@ impl PooledBody {
             body.release();
         }
         body
+    }
+
+    /// A body whose connection is not handed out per request (an HTTP/2 stream: the
+    /// connection stays in the pool while it carries the stream).
+    pub fn shared(inner: Incoming) -> Self {
+        Self { inner, release: None }
     }
 
     fn release(&mut self) {
@@ -225,5 +485,77 @@ impl Body for PooledBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, SocketAddr};
+
+    use meshentry_testutil::{HttpUpstream, closed_port, eventually, unique_loopback};
+
+    use super::*;
+
+    const CONNECT: Duration = Duration::from_secs(5);
+    const IDLE: Duration = Duration::from_secs(60);
+
+    /// Calls `h2_connection` `n` times at once on this thread.
+    async fn at_once(addr: &Dial, n: usize, idle: Duration) -> Vec<Result<(H2Sender, bool), ConnectError>> {
+        let mut calls = tokio::task::JoinSet::new();
+        for _ in 0..n {
+            let addr = addr.clone();
+            calls.spawn(async move { h2_connection(&addr, CONNECT, idle).await });
+        }
+        calls.join_all().await
+    }
+
+    #[tokio::test]
+    async fn concurrent_callers_share_one_h2_connection() {
+        let up = HttpUpstream::start_h2c(SocketAddr::new(IpAddr::V4(unique_loopback()), 0), "h2");
+        let addr = Dial::plain(HostAddr::Ip(up.addr()));
+        let got = at_once(&addr, 10, IDLE).await;
+        let fresh = got.iter().filter(|r| matches!(r, Ok((_, true)))).count();
+        assert_eq!(fresh, 1, "one caller opens it, the others wait for it");
+        assert!(got.iter().all(|r| r.as_ref().is_ok_and(|(s, _)| s.is_ready())));
+        // Later callers take it as it is.
+        let (_, fresh) = h2_connection(&addr, CONNECT, IDLE).await.unwrap();
+        assert!(!fresh);
+        eventually(CONNECT, || async { up.connections() == 1 }).await;
+    }
+
+    #[tokio::test]
+    async fn a_closed_connection_is_replaced() {
+        let at = SocketAddr::new(IpAddr::V4(unique_loopback()), 8081);
+        let up = HttpUpstream::start_h2c(at, "first");
+        let addr = Dial::plain(HostAddr::Ip(at));
+        let (first, fresh) = h2_connection(&addr, CONNECT, IDLE).await.unwrap();
+        assert!(fresh);
+        drop(up);
+        let up = HttpUpstream::start_h2c(at, "second");
+        eventually(CONNECT, || async { first.is_closed() }).await;
+        let (second, fresh) = h2_connection(&addr, CONNECT, IDLE).await.unwrap();
+        assert!(fresh && second.is_ready());
+        eventually(CONNECT, || async { up.connections() == 1 }).await;
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_is_replaced() {
+        let up = HttpUpstream::start_h2c(SocketAddr::new(IpAddr::V4(unique_loopback()), 0), "h2");
+        let addr = Dial::plain(HostAddr::Ip(up.addr()));
+        assert!(h2_connection(&addr, CONNECT, Duration::ZERO).await.unwrap().1);
+        assert!(h2_connection(&addr, CONNECT, Duration::ZERO).await.unwrap().1);
+        eventually(CONNECT, || async { up.connections() == 2 }).await;
+    }
+
+    #[tokio::test]
+    async fn a_failed_connect_fails_every_caller_and_is_not_remembered() {
+        let addr = Dial::plain(HostAddr::Ip(closed_port(unique_loopback())));
+        for r in at_once(&addr, 5, IDLE).await {
+            assert!(matches!(r, Err(ConnectError::Refused)), "{r:?}");
+        }
+        assert!(matches!(
+            h2_connection(&addr, CONNECT, IDLE).await,
+            Err(ConnectError::Refused)
+        ));
     }
 }

@@ -1,14 +1,23 @@
 //! Registry benchmarks (figures in BENCHMARKS.md): building from 10,000 ServiceEntries and
-//! 20,000 WorkloadEntries, and the data-plane lookups with 30,000 hosts loaded.
+//! 20,000 WorkloadEntries, the data-plane lookups with 30,000 hosts loaded, and the analysis
+//! `meshentry validate` runs across 10,000 ServiceEntries, VirtualServices and
+//! DestinationRules.
 
 use std::hint::black_box;
 use std::net::IpAddr;
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use meshentry_api::{LoadOptions, load_str};
 use meshentry_registry::Registry;
+use meshentry_registry::analyze::{analyze, analyze_with};
 
 #[path = "support/generate.rs"]
 mod generate;
+
+/// The configuration `gen_service_entries --routing` prints, so that the CLI measurement and
+/// this one read the same thing.
+#[path = "../../meshentry-api/benches/support/mod.rs"]
+mod routed;
 
 fn build(c: &mut Criterion) {
     let loaded = generate::load();
@@ -47,5 +56,26 @@ fn lookups(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, build, lookups);
+fn analysis(c: &mut Criterion) {
+    let n = 10_000;
+    let text = routed::service_entries(n) + &routed::routing(n);
+    let loaded = load_str("bench.yaml", &text, &LoadOptions::default());
+    assert!(!loaded.has_errors());
+    assert_eq!(loaded.resources.len(), 3 * n + 1);
+    let registry = Registry::build(&loaded.resources);
+    let found = analyze_with(&loaded, &registry);
+    assert!(found.is_empty(), "{:?}", &found[..found.len().min(3)]);
+
+    let mut group = c.benchmark_group("analyze");
+    group.sample_size(10);
+    group.bench_function("10k_se_10k_vs_10k_dr", |b| {
+        b.iter(|| analyze_with(black_box(&loaded), black_box(&registry)))
+    });
+    group.bench_function("10k_se_10k_vs_10k_dr_with_registry_build", |b| {
+        b.iter(|| analyze(black_box(&loaded)))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, build, lookups, analysis);
 criterion_main!(benches);

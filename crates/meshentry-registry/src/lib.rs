@@ -8,10 +8,13 @@
 //!   each conflict Istio settles silently (B8, B10, C5);
 //! - [`index`]: the lookups the data plane uses, per proxy namespace ([`View`]);
 //! - [`host`]: B11's host matching;
-//! - [`json`]: the stable JSON form printed by `meshentry registry`.
+//! - [`json`]: the stable JSON form printed by `meshentry registry`;
+//! - [`analyze`]: checks across resources (VirtualService, DestinationRule and Sidecar
+//!   references resolved against the registry), as warnings for `meshentry validate`.
 //!
 //! Rule ids (B1..B11, C4, C5) refer to the project's Istio semantics notes.
 
+pub mod analyze;
 mod build;
 pub mod hash;
 pub mod host;

@@ -8,9 +8,13 @@
 //! in-process DNS server that speaks the real wire protocol ([`dns`]), upstream servers that
 //! record what they saw ([`servers`]), polling helpers ([`wait`]) and a runner for the proxy
 //! binary ([`process`]). Every server stops when its handle is dropped, so no test shares state.
+//!
+//! Transparent-capture tests run all of this inside a network namespace of their own
+//! ([`netns`]), where iptables redirects an application's connections to the proxy.
 
 pub mod dns;
 pub mod ip;
+pub mod netns;
 pub mod pki;
 pub mod process;
 pub mod servers;
@@ -19,9 +23,12 @@ pub mod wait;
 
 pub use dns::TestDns;
 pub use ip::unique_loopback;
+pub use netns::{Netns, PROXY_UID, make_accessible};
 pub use pki::{Leaf, LeafSpec, PemDir, TestCa};
 pub use process::ProxyProcess;
-pub use servers::{HttpUpstream, Reset, SeenRequest, Stall, TcpBanner, TcpEcho, TlsSeen, TlsUpstream, closed_port};
+pub use servers::{
+    HttpUpstream, Reset, SeenRequest, Stall, TcpBanner, TcpEcho, TlsEcho, TlsSeen, TlsUpstream, closed_port,
+};
 pub use wait::{eventually, free_port};
 
 /// The crypto provider every TLS helper uses. meshentry picks ring as its single rustls provider,

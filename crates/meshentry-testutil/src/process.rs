@@ -49,14 +49,21 @@ impl ProxyProcess {
         V: AsRef<OsStr>,
     {
         let bin = bin.as_ref();
-        let mut child = Command::new(bin)
-            .args(args)
-            .envs(env)
+        let mut cmd = Command::new(bin);
+        cmd.args(args).envs(env);
+        ProxyProcess::spawn_command(cmd, &bin.display().to_string())
+    }
+
+    /// Starts a prepared command (for a binary run through a wrapper, such as `ip netns exec`
+    /// and `setpriv`), stdin closed and the outputs captured; `label` names it in failure
+    /// messages. Panics if it cannot be started.
+    pub fn spawn_command(mut cmd: Command, label: &str) -> ProxyProcess {
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+            .unwrap_or_else(|e| panic!("cannot start {label}: {e}"));
         let stdout = Arc::new(Mutex::new(Vec::new()));
         let stderr = Arc::new(Mutex::new(Vec::new()));
         let mut readers = Vec::new();
@@ -68,7 +75,7 @@ impl ProxyProcess {
         }
         ProxyProcess {
             child,
-            program: bin.display().to_string(),
+            program: label.to_owned(),
             stdout,
             stderr,
             readers,

@@ -1,5 +1,5 @@
 //! Upstream servers for end-to-end tests: an HTTP/1.1 server (plain, unix-socket and TLS), TCP
-//! echo servers (client-first and server-first), and misbehaving upstreams (one that stalls, one
+//! echo servers (client-first, server-first, and behind TLS), and misbehaving upstreams (one that stalls, one
 //! that resets, a port that refuses). Each binds before `start` returns, records what it saw, and
 //! stops (listener and open connections) when dropped.
 
@@ -85,8 +85,44 @@ pub struct TlsSeen {
     pub sni: Option<String>,
     /// Whether the client presented a certificate.
     pub client_cert: bool,
+    /// The DNS and URI SANs of the client's certificate (e.g. its SPIFFE id), to tell which
+    /// certificate was presented; empty without one.
+    pub client_names: Vec<String>,
     /// The ALPN protocol agreed, if any.
     pub alpn: Option<String>,
+}
+
+impl TlsSeen {
+    /// What the server side of `session` saw in its handshake.
+    fn of(session: &rustls::ServerConnection) -> TlsSeen {
+        let peer = session.peer_certificates().and_then(|c| c.first());
+        TlsSeen {
+            sni: session.server_name().map(str::to_owned),
+            client_cert: peer.is_some(),
+            client_names: peer.map(|c| cert_names(c)).unwrap_or_default(),
+            alpn: session.alpn_protocol().map(|p| String::from_utf8_lossy(p).into_owned()),
+        }
+    }
+}
+
+/// The DNS and URI subject alternative names of a DER certificate, in order.
+fn cert_names(der: &[u8]) -> Vec<String> {
+    use x509_parser::extensions::GeneralName;
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+        return vec!["<unparsable certificate>".into()];
+    };
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return Vec::new();
+    };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            GeneralName::DNSName(d) => Some(d.to_string()),
+            GeneralName::URI(u) => Some(u.to_string()),
+            _ => None,
+        })
+        .collect()
 }
 
 #[derive(Default)]
@@ -94,6 +130,8 @@ struct HttpStats {
     requests: AtomicUsize,
     connections: AtomicUsize,
     seen: Mutex<Vec<SeenRequest>>,
+    /// Requests seen per `/fail/<n>/...` path.
+    failing: Mutex<std::collections::HashMap<String, usize>>,
 }
 
 /// The HTTP side common to [`HttpUpstream`] and [`TlsUpstream`].
@@ -159,6 +197,8 @@ impl Body for RespBody {
 struct ConnInfo {
     id: usize,
     tls: Option<TlsSeen>,
+    /// Serve HTTP/2 with prior knowledge (h2c) instead of HTTP/1.1.
+    h2c: bool,
 }
 
 async fn handle(
@@ -207,6 +247,19 @@ async fn handle(
                 .filter(|s| !s.is_informational())
                 .unwrap_or(StatusCode::BAD_REQUEST);
         }
+        // The first n requests for this exact path fail with 503, the rest succeed: an
+        // upstream that fails on purpose, for retries.
+        (Some("fail"), Some(rest)) => match rest.split('/').next().and_then(|n| n.parse::<usize>().ok()) {
+            Some(n) => {
+                let mut failing = lock(&stats.failing);
+                let seen = failing.entry(seen.path.clone()).or_insert(0);
+                *seen += 1;
+                if *seen <= n {
+                    status = StatusCode::SERVICE_UNAVAILABLE;
+                }
+            }
+            None => status = StatusCode::BAD_REQUEST,
+        },
         (Some("delay"), Some(ms)) => match ms.parse::<u64>() {
             Ok(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
             Err(_) => status = StatusCode::BAD_REQUEST,
@@ -249,7 +302,9 @@ fn echo_json(name: &str, seen: &SeenRequest, tls: Option<&TlsSeen>) -> Bytes {
             })
             .or_insert_with(|| v.clone());
     }
-    let tls = tls.map(|t| serde_json::json!({"sni": t.sni, "client_cert": t.client_cert, "alpn": t.alpn}));
+    let tls = tls.map(|t| {
+        serde_json::json!({"sni": t.sni, "client_cert": t.client_cert, "client_names": t.client_names, "alpn": t.alpn})
+    });
     let json = serde_json::json!({
         "upstream": name,
         "method": seen.method,
@@ -265,13 +320,13 @@ fn echo_json(name: &str, seen: &SeenRequest, tls: Option<&TlsSeen>) -> Bytes {
     Bytes::from(json.to_string())
 }
 
-/// Serves HTTP on one accepted connection: HTTP/2 when ALPN chose `h2`, HTTP/1.1 keep-alive
-/// otherwise.
+/// Serves HTTP on one accepted connection: HTTP/2 when ALPN chose `h2` or the server is h2c,
+/// HTTP/1.1 keep-alive otherwise.
 async fn serve_http<IO>(io: IO, core: (Arc<str>, Arc<HttpStats>), conn: ConnInfo)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let h2 = conn.tls.as_ref().and_then(|t| t.alpn.as_deref()) == Some("h2");
+    let h2 = conn.h2c || conn.tls.as_ref().and_then(|t| t.alpn.as_deref()) == Some("h2");
     let conn = Arc::new(conn);
     let (name, stats) = core;
     let service = service_fn(move |req| handle(req, name.clone(), stats.clone(), conn.clone()));
@@ -291,11 +346,12 @@ where
     }
 }
 
-/// An HTTP/1.1 upstream. Every response carries `x-upstream: <name>` and
+/// An HTTP/1.1 (or, with [`HttpUpstream::start_h2c`], HTTP/2) upstream. Every response carries `x-upstream: <name>` and
 /// `x-upstream-connection: <n>`; the body is JSON with `upstream`, `method`, `path`, `uri`,
 /// `host`, `headers`, `body`, `version`, `connection` and `tls`.
 ///
 /// Special paths: `/status/<code>` answers that status, `/delay/<ms>` waits before answering,
+/// `/fail/<n>/...` answers 503 to the first `n` requests for that path and 200 after,
 /// `/bytes/<n>` streams `n` bytes of `x` with chunked encoding.
 pub struct HttpUpstream {
     addr: Option<SocketAddr>,
@@ -328,7 +384,43 @@ impl HttpUpstream {
                     continue;
                 };
                 let id = stats.connections.fetch_add(1, Ordering::SeqCst) + 1;
-                let conn = ConnInfo { id, tls: None };
+                let conn = ConnInfo {
+                    id,
+                    tls: None,
+                    h2c: false,
+                };
+                t.spawn(serve_http(stream, (n.clone(), stats.clone()), conn));
+            }
+        });
+        HttpUpstream {
+            addr: Some(local),
+            unix_path: None,
+            core,
+            _tasks: guard,
+        }
+    }
+
+    /// Starts serving HTTP/2 with prior knowledge (h2c, as gRPC servers and Envoy's
+    /// `http2_protocol_options` clusters speak it) on `addr`: the same responses as
+    /// [`HttpUpstream::start`], with `version` `HTTP/2.0` and `host` from `:authority`. An
+    /// HTTP/1.1 client gets a connection error.
+    pub fn start_h2c(addr: SocketAddr, name: &str) -> HttpUpstream {
+        let guard = TaskGuard::new("HttpUpstream-h2c");
+        let tasks = guard.tasks().clone();
+        let (listener, local) = bind_tcp(addr, "HttpUpstream", &tasks);
+        let core = HttpCore::new(name);
+        let (n, stats, t) = (core.name.clone(), core.stats.clone(), tasks.clone());
+        tasks.spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let id = stats.connections.fetch_add(1, Ordering::SeqCst) + 1;
+                let conn = ConnInfo {
+                    id,
+                    tls: None,
+                    h2c: true,
+                };
                 t.spawn(serve_http(stream, (n.clone(), stats.clone()), conn));
             }
         });
@@ -362,7 +454,11 @@ impl HttpUpstream {
                     continue;
                 };
                 let id = stats.connections.fetch_add(1, Ordering::SeqCst) + 1;
-                let conn = ConnInfo { id, tls: None };
+                let conn = ConnInfo {
+                    id,
+                    tls: None,
+                    h2c: false,
+                };
                 t.spawn(serve_http(stream, (n.clone(), stats.clone()), conn));
             }
         });
@@ -467,14 +563,13 @@ impl TlsUpstream {
                             return;
                         }
                     };
-                    let (_, session) = tls.get_ref();
-                    let seen = TlsSeen {
-                        sni: session.server_name().map(str::to_owned),
-                        client_cert: session.peer_certificates().is_some_and(|c| !c.is_empty()),
-                        alpn: session.alpn_protocol().map(|p| String::from_utf8_lossy(p).into_owned()),
-                    };
+                    let seen = TlsSeen::of(tls.get_ref().1);
                     lock(&hs).push(seen.clone());
-                    let conn = ConnInfo { id, tls: Some(seen) };
+                    let conn = ConnInfo {
+                        id,
+                        tls: Some(seen),
+                        h2c: false,
+                    };
                     serve_http(tls, (n, stats), conn).await;
                 });
             }
@@ -562,7 +657,10 @@ where
 }
 
 /// Writes `banner` (if any), then echoes everything until the client closes, then closes.
-async fn echo(mut stream: TcpStream, banner: Option<Bytes>, stats: Arc<TcpStats>) {
+async fn echo<S>(mut stream: S, banner: Option<Bytes>, stats: Arc<TcpStats>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     if let Some(banner) = banner
         && stream.write_all(&banner).await.is_err()
     {
@@ -680,6 +778,70 @@ impl TcpBanner {
     }
 }
 tcp_server_common!(TcpBanner);
+
+/// A client-first TCP echo server behind TLS, standing in for a database that terminates TLS
+/// itself (MongoDB with `net.tls.mode: requireTLS`): it completes the handshake with the given
+/// config (which may require a client certificate), then echoes the decrypted bytes. Records
+/// each handshake like [`TlsUpstream`].
+pub struct TlsEcho {
+    addr: SocketAddr,
+    stats: Arc<TcpStats>,
+    handshakes: Arc<Mutex<Vec<TlsSeen>>>,
+    failures: Arc<Mutex<Vec<String>>>,
+    _tasks: TaskGuard,
+}
+
+impl std::fmt::Debug for TlsEcho {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsEcho")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TlsEcho {
+    /// Starts serving TLS on `addr`; bytes received after the handshake are echoed.
+    pub fn start(addr: SocketAddr, config: Arc<ServerConfig>) -> TlsEcho {
+        let guard = TaskGuard::new("TlsEcho");
+        let tasks = guard.tasks().clone();
+        let (listener, local) = bind_tcp(addr, "TlsEcho", &tasks);
+        let stats = Arc::new(TcpStats::default());
+        let handshakes = Arc::new(Mutex::new(Vec::new()));
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let acceptor = TlsAcceptor::from(config);
+        let (hs, fs) = (handshakes.clone(), failures.clone());
+        accept_loop(listener, stats.clone(), &tasks, move |s, st| {
+            let (acceptor, hs, fs) = (acceptor.clone(), hs.clone(), fs.clone());
+            async move {
+                match acceptor.accept(s).await {
+                    Ok(tls) => {
+                        lock(&hs).push(TlsSeen::of(tls.get_ref().1));
+                        echo(tls, None, st).await;
+                    }
+                    Err(e) => lock(&fs).push(e.to_string()),
+                }
+            }
+        });
+        TlsEcho {
+            addr: local,
+            stats,
+            handshakes,
+            failures,
+            _tasks: guard,
+        }
+    }
+
+    /// Successful handshakes, oldest first.
+    pub fn handshakes(&self) -> Vec<TlsSeen> {
+        lock(&self.handshakes).clone()
+    }
+
+    /// The errors of failed handshakes, oldest first.
+    pub fn handshake_failures(&self) -> Vec<String> {
+        lock(&self.failures).clone()
+    }
+}
+tcp_server_common!(TlsEcho);
 
 /// An upstream that accepts and reads but never answers nor closes: for connect, idle and
 /// request timeouts.

@@ -105,6 +105,37 @@ async fn http_upstream_special_paths() {
 }
 
 #[tokio::test]
+async fn h2c_upstream_serves_concurrent_streams_on_one_connection() {
+    let ip = unique_loopback();
+    let up = HttpUpstream::start_h2c(addr(ip, 0), "h2-up");
+    let io = TokioIo::new(TcpStream::connect(up.addr()).await.expect("connect"));
+    let (sender, conn) = hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+        .await
+        .expect("HTTP/2 handshake");
+    tokio::spawn(conn);
+    // Concurrent: each waits 100 ms upstream, so they overlap on the one connection.
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let mut sender = sender.clone();
+        calls.spawn(async move {
+            let req = Request::get("http://api.example.com/delay/100")
+                .body(Empty::<Bytes>::new())
+                .expect("request");
+            let resp = sender.send_request(req).await.expect("response");
+            assert_eq!(resp.version(), hyper::Version::HTTP_2);
+            let body = resp.into_body().collect().await.expect("body").to_bytes();
+            serde_json::from_slice::<Value>(&body).expect("json body")
+        });
+    }
+    for json in calls.join_all().await {
+        assert_eq!(json["upstream"], "h2-up");
+        assert_eq!(json["version"], "HTTP/2.0");
+        assert_eq!(json["host"], "api.example.com", "from :authority");
+    }
+    assert_eq!((up.requests(), up.connections()), (4, 1));
+}
+
+#[tokio::test]
 async fn http_upstream_on_a_unix_socket() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("up.sock");

@@ -9,7 +9,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper::Request;
 use hyper_util::rt::TokioIo;
 use meshentry_testutil::pki::{client_config, server_config};
-use meshentry_testutil::{LeafSpec, PemDir, TestCa, TlsUpstream, unique_loopback};
+use meshentry_testutil::{LeafSpec, PemDir, TestCa, TlsEcho, TlsUpstream, unique_loopback};
 use rustls::pki_types::ServerName;
 use rustls::{CertificateError, ClientConfig};
 use serde_json::Value;
@@ -150,7 +150,53 @@ async fn mtls_requires_a_client_certificate_from_the_ca() {
     let (status, json) = get_json(tls, "reviews").await.expect("request");
     assert_eq!(status, 200);
     assert_eq!(json["tls"]["client_cert"], true);
-    assert!(up.handshakes().last().expect("handshake").client_cert);
+    assert_eq!(
+        json["tls"]["client_names"],
+        serde_json::json!(["spiffe://cluster.local/ns/default/sa/productpage"])
+    );
+    let last = up.handshakes().last().expect("handshake").clone();
+    assert!(last.client_cert);
+    assert_eq!(last.client_names, ["spiffe://cluster.local/ns/default/sa/productpage"]);
+}
+
+#[tokio::test]
+async fn tls_echo_terminates_mutual_tls_and_echoes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ip = unique_loopback();
+    let ca = TestCa::new("db ca");
+    let leaf = ca.issue(LeafSpec::server(["db.example.com"]));
+    let echo = TlsEcho::start((ip, 27017).into(), server_config(&leaf, Some(&ca)));
+
+    let client = ca.issue(LeafSpec::client("spiffe://cluster.local/ns/default/sa/app"));
+    let mut tls = tls_connect(echo.addr(), "db.example.com", client_config(&ca, Some(&client)))
+        .await
+        .expect("mTLS handshake");
+    tls.write_all(b"ping").await.expect("write");
+    let mut back = [0u8; 4];
+    tls.read_exact(&mut back).await.expect("echo");
+    assert_eq!(&back, b"ping");
+    let seen = echo.handshakes();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].sni.as_deref(), Some("db.example.com"));
+    assert_eq!(seen[0].client_names, ["spiffe://cluster.local/ns/default/sa/app"]);
+    assert_eq!(echo.bytes_received(), 4);
+
+    // Without a client certificate the server refuses, and says why.
+    let outcome = match tls_connect(echo.addr(), "db.example.com", client_config(&ca, None)).await {
+        Err(e) => Err(e.to_string()),
+        Ok(mut tls) => {
+            let _ = tls.write_all(b"ping").await;
+            let mut buf = [0u8; 4];
+            tls.read_exact(&mut buf).await.map_err(|e| e.to_string())
+        }
+    };
+    assert!(outcome.is_err(), "{outcome:?}");
+    meshentry_testutil::eventually(Duration::from_secs(5), || async {
+        echo.handshake_failures().len() == 1
+    })
+    .await;
+    assert_eq!(echo.connections(), 2);
+    assert_eq!(echo.handshakes().len(), 1);
 }
 
 #[tokio::test]

@@ -27,6 +27,9 @@ enum Command {
     Registry(cmd::registry::Args),
     /// Run the proxy: route outbound traffic through the registry.
     Proxy(Box<cmd::proxy::Args>),
+    /// Explain, step by step, how the proxy would route a request (listener, service,
+    /// VirtualService rule, DestinationRule policy, endpoints), or why it would refuse it.
+    Explain(Box<cmd::explain::Args>),
     /// Install or remove the iptables rules that capture outbound traffic into the proxy.
     Iptables(cmd::iptables::Args),
     /// A small mesh CA: issue SPIFFE workload identities for ISTIO_MUTUAL.
@@ -41,6 +44,7 @@ fn main() -> ExitCode {
         Command::Validate(args) => cmd::validate::run(&args),
         Command::Registry(args) => cmd::registry::run(&args),
         Command::Proxy(args) => cmd::proxy::run(&args),
+        Command::Explain(args) => cmd::explain::run(&args),
         Command::Iptables(args) => cmd::iptables::run(&args),
         Command::Ca(args) => cmd::ca::run(&args),
         Command::Version => {

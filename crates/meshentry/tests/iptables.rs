@@ -82,6 +82,7 @@ fn install_is_idempotent_and_remove_restores_the_table() {
         "-N MESHENTRY_REDIRECT",
         "-A OUTPUT -p tcp -j MESHENTRY_OUTPUT",
         "-A MESHENTRY_OUTPUT -m owner --uid-owner 1337 -j RETURN",
+        "-A MESHENTRY_OUTPUT -m mark --mark 0x539 -j RETURN",
         "-A MESHENTRY_OUTPUT -d 127.0.0.1/32 -j RETURN",
         "-A MESHENTRY_OUTPUT -p tcp -m tcp --dport 22 -j RETURN",
         "-A MESHENTRY_OUTPUT -p tcp -m tcp --dport 15000 -j RETURN",

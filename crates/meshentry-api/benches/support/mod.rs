@@ -49,3 +49,65 @@ spec:
     }
     out
 }
+
+/// Routing for [`service_entries`]: per ServiceEntry, a VirtualService (a subset route, a
+/// weighted split with a mirror) and a DestinationRule with two subsets, in its namespace; and
+/// one egress Gateway the VirtualServices of every tenth ServiceEntry are bound to. All of it
+/// resolves, so `meshentry validate` finds nothing to warn about.
+#[allow(dead_code)] // The validate bench reads ServiceEntries only; the example and the analysis bench use it.
+pub fn routing(n: usize) -> String {
+    let mut out = String::with_capacity(n * 900 + 400);
+    out.push_str(
+        "---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata:
+  name: egress
+  namespace: istio-system
+spec:
+  selector: {istio: egressgateway}
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: [\"*/*.example.com\"]
+",
+    );
+    for i in 0..n {
+        let gateways = if i % 10 == 0 {
+            "\n  gateways: [mesh, istio-system/egress]"
+        } else {
+            ""
+        };
+        let _ = write!(
+            out,
+            "---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: svc-{i}
+  namespace: ns-{ns}
+spec:
+  hosts: [api-{i}.example.com]{gateways}
+  http:
+  - match: [{{uri: {{prefix: /v2}}}}]
+    route: [{{destination: {{host: api-{i}.example.com, subset: v2, port: {{number: 80}}}}}}]
+  - route:
+    - {{destination: {{host: api-{i}.example.com, subset: v1}}, weight: 90}}
+    - {{destination: {{host: www-{i}.example.com}}, weight: 10}}
+    mirror: {{host: x.svc-{i}.example.org}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: svc-{i}
+  namespace: ns-{ns}
+spec:
+  host: api-{i}.example.com
+  subsets:
+  - {{name: v1, labels: {{version: v1}}}}
+  - {{name: v2, labels: {{version: v2}}}}
+",
+            ns = i % 50
+        );
+    }
+    out
+}

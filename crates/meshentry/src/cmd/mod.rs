@@ -2,6 +2,7 @@
 //! I/O problem (exit 2).
 
 pub mod ca;
+pub mod explain;
 pub mod iptables;
 pub mod proxy;
 pub mod registry;

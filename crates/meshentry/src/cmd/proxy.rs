@@ -1,5 +1,5 @@
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use meshentry_proxy::config::{IdentityFiles, OutboundPolicy, ProxyConfig};
 use meshentry_proxy::dns::{Dns, DnsConfig};
+use meshentry_proxy::gateway::{Kind, serve_gateway};
 use meshentry_proxy::outbound::serve_outbound;
 use meshentry_proxy::server::{Shared, serve_http_proxy};
 use meshentry_proxy::snapshot::Snapshot;
@@ -21,18 +22,29 @@ pub struct Args {
     pub config: Vec<PathBuf>,
     /// This workload's namespace: it decides what the proxy sees (exportTo) and which Sidecar
     /// and DestinationRules apply. Resources without metadata.namespace are in `default`.
-    #[arg(short, long, default_value = "default")]
-    pub namespace: String,
+    /// Default: `default`, or with --gateway the Gateway's namespace.
+    #[arg(short, long)]
+    pub namespace: Option<String>,
     /// This workload's labels (k=v,k=v), for Sidecar and DestinationRule workload selectors.
     #[arg(long, default_value = "", value_parser = parse_labels)]
     pub labels: Labels,
-    /// Where the explicit HTTP proxy listens (point HTTP_PROXY/HTTPS_PROXY here).
-    #[arg(long, default_value = "127.0.0.1:15080")]
-    pub http_proxy: SocketAddr,
+    /// Run as the Gateway NAMESPACE/NAME (an ingress or egress gateway): listen on its
+    /// servers' ports and route with the VirtualServices bound to it. Its `selector` must
+    /// match --labels. The explicit proxy and transparent listeners are then off unless
+    /// --http-proxy or --outbound name an address.
+    #[arg(long, value_name = "NAMESPACE/NAME", value_parser = parse_gateway)]
+    pub gateway: Option<String>,
+    /// With --gateway: the IP address the servers' ports are bound to (0.0.0.0 for all).
+    #[arg(long, default_value = "127.0.0.1", requires = "gateway")]
+    pub gateway_bind: IpAddr,
+    /// Where the explicit HTTP proxy listens (point HTTP_PROXY/HTTPS_PROXY here); `off` for
+    /// none. Default 127.0.0.1:15080 (off with --gateway).
+    #[arg(long, value_parser = parse_maybe_addr)]
+    pub http_proxy: Option<MaybeAddr>,
     /// Where connections redirected by iptables arrive (`meshentry iptables install`); each is
     /// routed by its original destination and first bytes. Repeat for IPv6 (`[::1]:15001`);
-    /// `off` for none.
-    #[arg(long = "outbound", default_value = "127.0.0.1:15001", value_parser = parse_outbound)]
+    /// `off` for none. Default 127.0.0.1:15001 (off with --gateway).
+    #[arg(long = "outbound", value_parser = parse_outbound)]
     pub outbound: Vec<Option<SocketAddr>>,
     /// How long the transparent listener waits for a client's first bytes when they decide
     /// the route (auto-detected ports); a client silent for longer is treated as TCP.
@@ -84,7 +96,7 @@ pub struct Args {
 #[derive(Clone, Debug, Default)]
 pub struct Labels(pub BTreeMap<String, String>);
 
-fn parse_labels(s: &str) -> Result<Labels, String> {
+pub(crate) fn parse_labels(s: &str) -> Result<Labels, String> {
     let mut out = BTreeMap::new();
     for pair in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (k, v) = pair
@@ -110,7 +122,22 @@ fn parse_outbound(s: &str) -> Result<Option<SocketAddr>, String> {
         .map_err(|_| format!("{s:?} is not IP:PORT or off"))
 }
 
-fn parse_policy(s: &str) -> Result<OutboundPolicy, String> {
+/// An address, or `off`.
+#[derive(Clone, Copy, Debug)]
+pub struct MaybeAddr(pub Option<SocketAddr>);
+
+fn parse_maybe_addr(s: &str) -> Result<MaybeAddr, String> {
+    parse_outbound(s).map(MaybeAddr)
+}
+
+fn parse_gateway(s: &str) -> Result<String, String> {
+    match s.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => Ok(s.to_string()),
+        _ => Err(format!("{s:?} is not NAMESPACE/NAME")),
+    }
+}
+
+pub(crate) fn parse_policy(s: &str) -> Result<OutboundPolicy, String> {
     OutboundPolicy::parse(s).ok_or_else(|| format!("{s:?} is not ALLOW_ANY or REGISTRY_ONLY"))
 }
 
@@ -212,12 +239,15 @@ enum Listen {
     HttpProxy,
     /// Redirected connections (`--outbound`).
     Outbound,
+    /// A server port of the Gateway this proxy runs as (`--gateway`).
+    Gateway(u16),
 }
 
 async fn serve(kind: Listen, listener: TcpListener, shared: Arc<Shared>, stopped: watch::Receiver<bool>) {
     match kind {
         Listen::HttpProxy => serve_http_proxy(listener, shared, stopped).await,
         Listen::Outbound => serve_outbound(listener, shared, stopped).await,
+        Listen::Gateway(port) => serve_gateway(listener, port, shared, stopped).await,
     }
 }
 
@@ -245,8 +275,21 @@ async fn start(args: &Args) -> anyhow::Result<Option<Started>> {
     for n in &loaded.notices {
         tracing::info!("{n}");
     }
+    let valid: Vec<_> = loaded.valid().collect();
+    if let Some(name) = &args.gateway
+        && let Err(e) = check_gateway(&valid, name, &args.labels.0)
+    {
+        eprintln!("meshentry: --gateway {name}: {e}");
+        return Ok(None);
+    }
+    let namespace = match (&args.namespace, &args.gateway) {
+        (Some(ns), _) => ns.clone(),
+        (None, Some(gw)) => gw.split_once('/').map_or("default", |(ns, _)| ns).to_string(),
+        (None, None) => "default".to_string(),
+    };
     let config = ProxyConfig {
-        namespace: args.namespace.clone(),
+        namespace,
+        gateway: args.gateway.clone(),
         labels: args.labels.0.clone(),
         policy_override: args.outbound_policy,
         connect_timeout: args.connect_timeout,
@@ -269,7 +312,6 @@ async fn start(args: &Args) -> anyhow::Result<Option<Started>> {
         ..DnsConfig::default()
     })
     .map_err(|e| anyhow::anyhow!("cannot set up DNS: {e}"))?;
-    let valid: Vec<_> = loaded.valid().collect();
     let snapshot = Snapshot::build(&valid, &config, &dns, 1);
     for w in snapshot.registry.warnings() {
         tracing::warn!("{w}");
@@ -277,10 +319,44 @@ async fn start(args: &Args) -> anyhow::Result<Option<Started>> {
     for w in &snapshot.warnings {
         tracing::warn!("{w}");
     }
+    let sidecar = args.gateway.is_none();
+    let http_proxy = match args.http_proxy {
+        Some(a) => a.0,
+        None if sidecar => Some(SocketAddr::from(([127, 0, 0, 1], 15080))),
+        None => None,
+    };
+    let outbound: Vec<SocketAddr> = if args.outbound.is_empty() {
+        if sidecar {
+            vec![SocketAddr::from(([127, 0, 0, 1], 15001))]
+        } else {
+            Vec::new()
+        }
+    } else {
+        args.outbound.iter().flatten().copied().collect()
+    };
+    let mut wanted: Vec<(Listen, SocketAddr)> = http_proxy.iter().map(|a| (Listen::HttpProxy, *a)).collect();
+    wanted.extend(outbound.iter().map(|a| (Listen::Outbound, *a)));
+    if let Some(gw) = &snapshot.gateway {
+        for l in &gw.listeners {
+            match &l.kind {
+                Kind::Terminate {
+                    config: Err(reason), ..
+                } => {
+                    eprintln!("meshentry: Gateway {} port {}: {reason}", gw.name, l.port);
+                    eprintln!("meshentry: refusing to start a gateway that cannot serve its servers");
+                    return Ok(None);
+                }
+                Kind::Unsupported(_) => continue,
+                _ => {}
+            }
+            tracing::info!(gateway = %gw.name, port = l.port, protocol = %l.protocol, serves = %l.kind.describe(),
+                vhosts = %l.routes.vhosts().map(|(h, r)| format!("{h} ({})", r.vs)).collect::<Vec<_>>().join(", "),
+                "gateway server");
+            wanted.push((Listen::Gateway(l.port), SocketAddr::new(args.gateway_bind, l.port)));
+        }
+    }
     // Bind once to learn the ports (the flags may say :0); other workers bind them again.
     let mut listeners = Vec::new();
-    let wanted = std::iter::once((Listen::HttpProxy, args.http_proxy))
-        .chain(args.outbound.iter().flatten().map(|a| (Listen::Outbound, *a)));
     for (kind, addr) in wanted {
         let socket = reuse_port_socket(addr)?;
         listeners.push((kind, socket.local_addr()?, socket));
@@ -290,13 +366,17 @@ async fn start(args: &Args) -> anyhow::Result<Option<Started>> {
         .with_context(|| format!("cannot listen on {} (admin)", args.admin))?;
     let mut local: Vec<SocketAddr> = listeners.iter().map(|(_, a, _)| *a).collect();
     local.push(admin.local_addr()?);
-    let outbound: Vec<String> = listeners
-        .iter()
-        .filter(|(k, _, _)| matches!(k, Listen::Outbound))
-        .map(|(_, a, _)| a.to_string())
-        .collect();
+    let of_kind = |f: fn(&Listen) -> bool| {
+        listeners
+            .iter()
+            .filter(|(k, _, _)| f(k))
+            .map(|(_, a, _)| a.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
     tracing::info!(
-        http_proxy = %local[0], outbound = %outbound.join(","), admin = %admin.local_addr()?, namespace = %config.namespace,
+        http_proxy = %of_kind(|k| matches!(k, Listen::HttpProxy)), outbound = %of_kind(|k| matches!(k, Listen::Outbound)),
+        gateway = %args.gateway.as_deref().unwrap_or("-"), gateway_listeners = %of_kind(|k| matches!(k, Listen::Gateway(_))), admin = %admin.local_addr()?, namespace = %config.namespace,
         services = snapshot.registry.services().len(), policy = %snapshot.policy, policy_source = %snapshot.policy_source,
         "meshentry proxy started"
     );
@@ -309,6 +389,47 @@ async fn start(args: &Args) -> anyhow::Result<Option<Started>> {
         stop,
         stopped,
     }))
+}
+
+/// F1: the Gateway must exist and select this proxy's labels.
+fn check_gateway(
+    resources: &[&meshentry_api::Resource],
+    name: &str,
+    labels: &BTreeMap<String, String>,
+) -> Result<(), String> {
+    let Some((_, spec)) = meshentry_proxy::gateway::find(resources, name) else {
+        let known: Vec<String> = resources
+            .iter()
+            .filter(|r| matches!(r.spec, meshentry_api::Spec::Gateway(_)))
+            .map(|r| format!("{}/{}", r.namespace, r.name()))
+            .collect();
+        return Err(format!(
+            "no such Gateway in the configuration (Gateways: {})",
+            if known.is_empty() {
+                "none".to_string()
+            } else {
+                known.join(", ")
+            }
+        ));
+    };
+    let missing: Vec<String> = spec
+        .selector
+        .iter()
+        .filter(|(k, v)| labels.get(*k) != Some(*v))
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    if !missing.is_empty() {
+        return Err(format!(
+            "its selector does not match this proxy's labels (missing {}); start it with --labels {}",
+            missing.join(","),
+            spec.selector
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        ));
+    }
+    Ok(())
 }
 
 fn reuse_port_socket(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {

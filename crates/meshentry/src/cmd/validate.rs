@@ -25,7 +25,10 @@ pub enum Output {
 
 /// Exit 0 when everything is valid (warnings allowed), 1 when anything is invalid.
 pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
-    let loaded = load(&args.paths, &args.namespace)?;
+    let mut loaded = load(&args.paths, &args.namespace)?;
+    // References between resources (gateways, hosts, subsets, imports), as warnings.
+    let analysis = meshentry_registry::analyze::analyze(&loaded);
+    loaded.add_findings(analysis);
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     match args.output {

@@ -1,0 +1,132 @@
+//! VirtualService route matching (issue 7): 1,000 services, each with a VirtualService of 10
+//! HTTP rules (URI prefixes, a header, a method, a query parameter, a weighted split across
+//! two subsets). One iteration routes one request the way the data path does: the registry
+//! lookup, the route table lookup, the rule walk, the weighted pick and the cluster decision.
+//! The request matches the 10th rule, so every rule before it is tried.
+
+use std::fmt::Write;
+use std::hint::black_box;
+use std::net::SocketAddr;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use meshentry_proxy::config::ProxyConfig;
+use meshentry_proxy::dns::{Dns, DnsConfig};
+use meshentry_proxy::route;
+use meshentry_proxy::snapshot::Snapshot;
+use meshentry_proxy::vs::RequestView;
+
+const SERVICES: usize = 1_000;
+
+fn config() -> String {
+    let mut y = String::new();
+    for i in 0..SERVICES {
+        let _ = write!(
+            y,
+            r#"---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: svc-{i}}}
+spec:
+  hosts: [svc-{i}.example.com]
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  endpoints:
+  - {{address: 10.0.{a}.{b}, labels: {{version: v1}}}}
+  - {{address: 10.1.{a}.{b}, labels: {{version: v2}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: svc-{i}}}
+spec:
+  host: svc-{i}.example.com
+  subsets: [{{name: v1, labels: {{version: v1}}}}, {{name: v2, labels: {{version: v2}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: svc-{i}}}
+spec:
+  hosts: [svc-{i}.example.com]
+  http:
+"#,
+            a = i / 250,
+            b = i % 250 + 1,
+        );
+        for r in 0..9 {
+            let _ = write!(
+                y,
+                r#"  - match: [{{uri: {{prefix: /r{r}/}}, headers: {{x-user: {{exact: u{r}}}}}}}, {{uri: {{regex: "/re{r}/[0-9]+"}}}}]
+    route: [{{destination: {{host: svc-{i}.example.com, subset: v1}}}}]
+"#
+            );
+        }
+        let _ = write!(
+            y,
+            r#"  - match: [{{uri: {{prefix: /api/}}, method: {{exact: GET}}, queryParams: {{debug: {{exact: "1"}}}}}}]
+    route:
+    - {{destination: {{host: svc-{i}.example.com, subset: v1}}, weight: 80}}
+    - {{destination: {{host: svc-{i}.example.com, subset: v2}}, weight: 20}}
+"#
+        );
+    }
+    y
+}
+
+struct Req {
+    path: &'static [u8],
+    authority: &'static [u8],
+}
+
+impl RequestView for Req {
+    fn method(&self) -> &[u8] {
+        b"GET"
+    }
+    fn path(&self) -> &[u8] {
+        self.path
+    }
+    fn scheme(&self) -> &[u8] {
+        b"http"
+    }
+    fn authority(&self) -> &[u8] {
+        self.authority
+    }
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        (name == "x-user").then_some(&b"someone"[..])
+    }
+}
+
+fn matching(c: &mut Criterion) {
+    let yaml = config();
+    let loaded = meshentry_api::load_str("bench.yaml", &yaml, &meshentry_api::LoadOptions::default());
+    assert!(!loaded.has_errors());
+    let valid: Vec<_> = loaded.valid().collect();
+    let dns = Dns::new(DnsConfig {
+        server: Some(SocketAddr::from(([127, 0, 0, 1], 9))),
+        ..Default::default()
+    })
+    .expect("a DNS client");
+    let snap = Snapshot::build(&valid, &ProxyConfig::default(), &dns, 1);
+    let req = Req {
+        path: b"/api/items?debug=1",
+        authority: b"svc-777.example.com",
+    };
+    let host = "svc-777.example.com";
+    let decide = || {
+        let decision = route::route(&snap, black_box(host), 80);
+        let routes = snap.routes.http_for(&decision, host, 80).expect("a route table");
+        let sel = routes.select(black_box(&req)).expect("the last rule matches");
+        let dest = sel.rule.pick().expect("a destination");
+        route::to_target(&snap, &dest.target)
+            .ok()
+            .map(|d| d.cluster_name().len())
+    };
+    assert!(decide().is_some());
+    let mut group = c.benchmark_group("virtual_service");
+    group.bench_function("route_1000_vs_x_10_rules_last_rule", |b| b.iter(decide));
+    group.bench_function("registry_route_only", |b| {
+        b.iter(|| route::route(&snap, black_box(host), 80).cluster_name().len())
+    });
+    group.finish();
+}
+
+criterion_group!(benches, matching);
+criterion_main!(benches);

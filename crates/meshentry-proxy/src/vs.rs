@@ -1,0 +1,1851 @@
+//! VirtualService route tables (E1-E7), compiled once per snapshot.
+//!
+//! Istio turns the VirtualServices a proxy sees into route configurations; a sidecar gets one
+//! per listener port with a virtual host per service. This module does the same work at
+//! snapshot build time so that the data path only does a hash lookup (keyed by the service the
+//! registry picked and the port, exactly like the cluster table) and walks a short rule list:
+//! regexes are compiled, header names parsed, destinations resolved to their clusters, and the
+//! static conditions (`port`, `sourceLabels`, `gateways`) already decided.
+//!
+//! The tables are built for one gateway name: [`MESH`] for a sidecar; a gateway proxy compiles
+//! the same way with its own `namespace/name` (E2).
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use ipnet::IpNet;
+use meshentry_api::model::{
+    Destination, HeaderOperations, HttpMatchRequest, HttpRetry, HttpRoute, L4MatchAttributes, RedirectPortSelection,
+    RouteDestination, StringMatch, TlsMatchAttributes, VirtualService,
+};
+use meshentry_api::{Resource, Spec};
+use meshentry_registry::hash::FxHashMap;
+use meshentry_registry::{Registry, Service, ServiceId, View, host};
+use regex::bytes::Regex;
+
+use crate::cluster::Cluster;
+use crate::route::Decision;
+
+/// The gateway name of sidecars (E2).
+pub const MESH: &str = "mesh";
+
+/// Request bodies up to this size are buffered when a rule needs to send them more than once
+/// (retries, mirroring); larger or unknown-length bodies stream and get one try.
+pub const MAX_REPLAY_BODY: u64 = 64 * 1024;
+
+// === Compiled tables ===
+
+/// Every VirtualService route this proxy applies, by the service and port they replace the
+/// default route of.
+#[derive(Default)]
+pub struct RouteTables {
+    /// Keyed like the snapshot's clusters: the address of the service in the registry, and the
+    /// port number (= the listener port of a sidecar).
+    http: FxHashMap<(usize, u32), Arc<HttpRoutes>>,
+    /// E1: VirtualService hosts that name no visible service get a virtual host on port 80
+    /// only; exact names (lower case) here, wildcards in `http_wild`.
+    http_names: FxHashMap<Box<str>, Arc<HttpRoutes>>,
+    http_wild: Vec<(Box<str>, Arc<HttpRoutes>)>,
+    /// TLS and TCP rules (E7), keyed like `http`.
+    l4: FxHashMap<(usize, u32), Arc<L4Routes>>,
+    /// Configurations that compile to something other than what the author probably meant.
+    pub warnings: Vec<String>,
+}
+
+/// The HTTP rules of one VirtualService for one service port, in order.
+pub struct HttpRoutes {
+    /// `namespace/name` of the VirtualService.
+    pub vs: Box<str>,
+    pub rules: Box<[HttpRule]>,
+}
+
+/// One `http` rule after static filtering.
+pub struct HttpRule {
+    /// `name`, or `#<index>` in the VirtualService's `http` list.
+    pub name: Box<str>,
+    /// The rule's position in the VirtualService's `http` list.
+    pub index: usize,
+    /// ORed; empty = every request.
+    matches: Box<[HttpMatch]>,
+    /// The match blocks as written (JSON), for admin output.
+    pub match_text: Box<[String]>,
+    pub action: HttpAction,
+    pub rewrite: Option<Rewrite>,
+    /// `timeout`: replaces the proxy's response timeout; `Duration::ZERO` = none (Istio's `0s`).
+    pub timeout: Option<Duration>,
+    pub retry: Retry,
+    pub fault: Option<Fault>,
+    pub mirrors: Box<[Mirror]>,
+    pub headers: HeaderEdits,
+    /// Only picks a destination: the HTTP/1.1 fast path can carry it.
+    pub simple: bool,
+}
+
+/// What a rule does.
+pub enum HttpAction {
+    /// `route`: weighted destinations (weights relative, 0 dropped, E5).
+    Route {
+        dests: Box<[WeightedDest]>,
+        total: u32,
+    },
+    Redirect(Redirect),
+    /// `directResponse`.
+    Direct {
+        status: u16,
+        body: Bytes,
+    },
+}
+
+/// One destination of a rule, TLS rule or TCP rule.
+pub struct WeightedDest {
+    pub weight: u32,
+    pub target: Target,
+    pub headers: HeaderEdits,
+}
+
+/// Where a destination resolved to.
+pub enum Target {
+    Cluster {
+        service: ServiceId,
+        port: u32,
+        cluster: Arc<Cluster>,
+    },
+    /// No such service, port or subset: requests get 503 (E5), with this reason.
+    Missing(Box<str>),
+}
+
+impl Target {
+    pub fn name(&self) -> &str {
+        match self {
+            Target::Cluster { cluster, .. } => &cluster.name,
+            Target::Missing(reason) => reason,
+        }
+    }
+}
+
+/// `headers.request` / `headers.response` of a rule or destination.
+#[derive(Default)]
+pub struct HeaderEdits {
+    pub request: HeaderOps,
+    pub response: HeaderOps,
+}
+
+impl HeaderEdits {
+    pub fn is_empty(&self) -> bool {
+        self.request.is_empty() && self.response.is_empty()
+    }
+}
+
+/// Istio `HeaderOperations`: remove, then set (replace), then add (append).
+#[derive(Default)]
+pub struct HeaderOps {
+    pub set: Vec<(HeaderName, HeaderValue)>,
+    pub add: Vec<(HeaderName, HeaderValue)>,
+    pub remove: Vec<HeaderName>,
+}
+
+impl HeaderOps {
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
+    }
+
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        for name in &self.remove {
+            headers.remove(name);
+        }
+        for (name, value) in &self.set {
+            headers.insert(name.clone(), value.clone());
+        }
+        for (name, value) in &self.add {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+}
+
+/// `HTTPRedirect`.
+pub struct Redirect {
+    pub uri: Option<Box<str>>,
+    pub authority: Option<Box<str>>,
+    pub scheme: Option<Box<str>>,
+    pub port: RedirectPort,
+    pub status: u16,
+}
+
+pub enum RedirectPort {
+    /// Keep whatever port the authority has.
+    Unchanged,
+    Fixed(u32),
+    /// `derivePort: FROM_REQUEST_PORT`.
+    FromRequest,
+}
+
+/// `HTTPRewrite`.
+pub struct Rewrite {
+    /// Replaces the matched URI prefix (Envoy `prefix_rewrite`).
+    pub uri: Option<Box<str>>,
+    /// `uriRegexRewrite`: every match replaced (`\1` becomes the first group).
+    pub uri_regex: Option<(Regex, String)>,
+    pub authority: Option<HeaderValue>,
+}
+
+/// `HTTPRetry`, with Istio's default when the field is absent.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Retry {
+    /// Retries after the first try.
+    pub attempts: u32,
+    pub per_try_timeout: Option<Duration>,
+    pub on: u32,
+    /// `retriable-status-codes`: numbers in `retryOn`.
+    pub codes: Box<[u16]>,
+}
+
+/// `retryOn` conditions, as bits of [`Retry::on`].
+pub mod retry_on {
+    pub const CONNECT_FAILURE: u32 = 1;
+    pub const REFUSED_STREAM: u32 = 1 << 1;
+    pub const FIVE_XX: u32 = 1 << 2;
+    pub const GATEWAY_ERROR: u32 = 1 << 3;
+    pub const RESET: u32 = 1 << 4;
+    pub const RETRIABLE_STATUS_CODES: u32 = 1 << 5;
+    /// gRPC conditions: they never fire for HTTP/1 upstreams.
+    pub const UNAVAILABLE: u32 = 1 << 6;
+    pub const CANCELLED: u32 = 1 << 7;
+    pub const OTHER: u32 = 1 << 8;
+}
+
+impl Default for Retry {
+    /// C3: 2 retries on "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes".
+    fn default() -> Self {
+        use retry_on::*;
+        Retry {
+            attempts: 2,
+            per_try_timeout: None,
+            on: CONNECT_FAILURE | REFUSED_STREAM | UNAVAILABLE | CANCELLED | RETRIABLE_STATUS_CODES,
+            codes: Box::new([]),
+        }
+    }
+}
+
+impl Retry {
+    fn compile(r: &HttpRetry) -> Retry {
+        use retry_on::*;
+        let attempts = u32::try_from(r.attempts).unwrap_or(0);
+        let per_try_timeout = r.per_try_timeout.as_ref().and_then(|d| d.parse().ok());
+        if r.retry_on.trim().is_empty() {
+            return Retry {
+                attempts,
+                per_try_timeout,
+                ..Retry::default()
+            };
+        }
+        let mut on = 0;
+        let mut codes = Vec::new();
+        for token in r.retry_on.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+            on |= match token {
+                "connect-failure" => CONNECT_FAILURE,
+                "refused-stream" => REFUSED_STREAM,
+                "5xx" => FIVE_XX,
+                "gateway-error" => GATEWAY_ERROR,
+                "reset" => RESET,
+                "retriable-status-codes" => RETRIABLE_STATUS_CODES,
+                "unavailable" => UNAVAILABLE,
+                "cancelled" => CANCELLED,
+                t => match t.parse::<u16>() {
+                    // Istio moves status codes into Envoy's retriable_status_codes.
+                    Ok(code) => {
+                        codes.push(code);
+                        RETRIABLE_STATUS_CODES
+                    }
+                    Err(_) => OTHER,
+                },
+            };
+        }
+        Retry {
+            attempts,
+            per_try_timeout,
+            on,
+            codes: codes.into(),
+        }
+    }
+
+    /// What the fast path already does: fail over on connect failures, each host once.
+    fn is_connect_only(&self) -> bool {
+        use retry_on::*;
+        self.attempts == 0
+            || (self.per_try_timeout.is_none()
+                && self.codes.is_empty()
+                && self.on & !(CONNECT_FAILURE | REFUSED_STREAM | UNAVAILABLE | CANCELLED | RETRIABLE_STATUS_CODES)
+                    == 0)
+    }
+
+    /// Whether a response with `status` is retried.
+    pub fn on_status(&self, status: u16) -> bool {
+        use retry_on::*;
+        (self.on & FIVE_XX != 0 && (500..600).contains(&status))
+            || (self.on & GATEWAY_ERROR != 0 && matches!(status, 502..=504))
+            || (self.on & RETRIABLE_STATUS_CODES != 0 && self.codes.contains(&status))
+    }
+}
+
+/// `HTTPFaultInjection`: percentages in 0..=100.
+pub struct Fault {
+    pub delay: Option<(Duration, f64)>,
+    pub abort: Option<(u16, f64)>,
+}
+
+/// A copy of the request sent to `target` for `percent` of requests; its response is dropped.
+pub struct Mirror {
+    pub target: Target,
+    pub percent: f64,
+}
+
+/// Whether a request falls into `percent` (0..=100).
+pub fn roll(percent: f64) -> bool {
+    percent >= 100.0 || (percent > 0.0 && fastrand::f64() * 100.0 < percent)
+}
+
+/// The TLS and TCP rules of one VirtualService for one service port.
+pub struct L4Routes {
+    pub vs: Box<str>,
+    tls: Box<[TlsRule]>,
+    tcp: Box<[TcpRule]>,
+}
+
+struct TlsRule {
+    /// Position in the VirtualService's `tls` list.
+    index: usize,
+    matches: Box<[TlsMatch]>,
+    dests: Box<[WeightedDest]>,
+    total: u32,
+}
+
+struct TlsMatch {
+    sni: Box<[Box<str>]>,
+    subnets: Box<[IpNet]>,
+}
+
+struct TcpRule {
+    /// Position in the VirtualService's `tcp` list.
+    index: usize,
+    /// ORed; empty = every connection.
+    matches: Box<[Box<[IpNet]>]>,
+    dests: Box<[WeightedDest]>,
+    total: u32,
+}
+
+// === Matching ===
+
+/// What HTTP matching reads from a request, so the fast path (bytes in place) and the hyper
+/// path (`http::Request`) share one matcher.
+pub trait RequestView {
+    fn method(&self) -> &[u8];
+    /// Path and query, as sent (origin form).
+    fn path(&self) -> &[u8];
+    fn scheme(&self) -> &[u8];
+    /// The `Host` (or `:authority`) as sent, port included.
+    fn authority(&self) -> &[u8];
+    /// The first value of the header `name` (lower case).
+    fn header(&self, name: &str) -> Option<&[u8]>;
+}
+
+/// A compiled `StringMatch`.
+enum StrMatch {
+    Exact(Box<[u8]>),
+    Prefix(Box<[u8]>),
+    /// Anchored: RE2 in Envoy matches the whole value.
+    Regex(Regex),
+    /// An empty `StringMatch` (headers, query parameters): the value is present.
+    Present,
+}
+
+impl StrMatch {
+    fn compile(m: &StringMatch) -> Result<StrMatch, String> {
+        if let Some(e) = &m.exact {
+            return Ok(StrMatch::Exact(e.as_bytes().into()));
+        }
+        if let Some(p) = &m.prefix {
+            return Ok(StrMatch::Prefix(p.as_bytes().into()));
+        }
+        if let Some(r) = &m.regex {
+            return Regex::new(&format!("^(?:{r})$"))
+                .map(StrMatch::Regex)
+                .map_err(|e| format!("regex {r:?}: {e}"));
+        }
+        Ok(StrMatch::Present)
+    }
+
+    fn is(&self, value: &[u8], ignore_case: bool) -> bool {
+        match self {
+            StrMatch::Exact(e) if ignore_case => value.eq_ignore_ascii_case(e),
+            StrMatch::Exact(e) => value == &**e,
+            StrMatch::Prefix(p) => {
+                value.len() >= p.len()
+                    && if ignore_case {
+                        value[..p.len()].eq_ignore_ascii_case(p)
+                    } else {
+                        value.starts_with(p)
+                    }
+            }
+            StrMatch::Regex(r) => r.is_match(value),
+            StrMatch::Present => true,
+        }
+    }
+}
+
+/// A compiled `HTTPMatchRequest` (fields ANDed).
+struct HttpMatch {
+    uri: Option<StrMatch>,
+    ignore_uri_case: bool,
+    scheme: Option<StrMatch>,
+    method: Option<StrMatch>,
+    authority: Option<StrMatch>,
+    headers: NamedMatches,
+    without_headers: NamedMatches,
+    query: NamedMatches,
+}
+
+/// The rule that matched, and how much of the path its URI prefix covered (for `rewrite.uri`).
+pub struct Selected<'a> {
+    pub rule: &'a HttpRule,
+    pub prefix_len: usize,
+}
+
+impl HttpMatch {
+    /// `Some(prefix length)` when the request matches.
+    fn check(&self, req: &impl RequestView) -> Option<usize> {
+        let full = req.path();
+        // Envoy compares exact and regex URI matches with the query removed; prefixes with
+        // the whole path (a prefix cannot tell the difference but for `?`).
+        let path = full.split(|b| *b == b'?').next().unwrap_or(full);
+        let mut prefix_len = usize::from(path.starts_with(b"/"));
+        if let Some(uri) = &self.uri {
+            let ok = match uri {
+                StrMatch::Prefix(p) => {
+                    prefix_len = p.len();
+                    uri.is(full, self.ignore_uri_case)
+                }
+                StrMatch::Exact(_) => {
+                    prefix_len = path.len();
+                    uri.is(path, self.ignore_uri_case)
+                }
+                _ => uri.is(path, false),
+            };
+            if !ok {
+                return None;
+            }
+        }
+        if let Some(m) = &self.method
+            && !m.is(req.method(), false)
+        {
+            return None;
+        }
+        if let Some(m) = &self.scheme
+            && !m.is(req.scheme(), false)
+        {
+            return None;
+        }
+        if let Some(m) = &self.authority
+            && !m.is(req.authority(), false)
+        {
+            return None;
+        }
+        for (name, m) in &self.headers {
+            match req.header(name) {
+                Some(v) if m.is(v, false) => {}
+                _ => return None,
+            }
+        }
+        for (name, m) in &self.without_headers {
+            if req.header(name).is_some_and(|v| m.is(v, false)) {
+                return None;
+            }
+        }
+        if !self.query.is_empty() {
+            let query = full
+                .iter()
+                .position(|b| *b == b'?')
+                .map_or(&b""[..], |i| &full[i + 1..]);
+            for (name, m) in &self.query {
+                let found = query.split(|b| *b == b'&').find_map(|pair| {
+                    let mut kv = pair.splitn(2, |b| *b == b'=');
+                    let k = kv.next().unwrap_or(b"");
+                    (k == name.as_bytes()).then(|| kv.next().unwrap_or(b""))
+                });
+                let ok = match (found, m) {
+                    (Some(_), StrMatch::Exact(e)) if e.is_empty() => true,
+                    (Some(v), m) => m.is(v, false),
+                    (None, _) => false,
+                };
+                if !ok {
+                    return None;
+                }
+            }
+        }
+        Some(prefix_len)
+    }
+}
+
+impl HttpRoutes {
+    /// E4: the first rule with a matching block (or none); `None` = 404.
+    #[inline]
+    pub fn select(&self, req: &impl RequestView) -> Option<Selected<'_>> {
+        self.select_block(req).map(|(selected, _)| selected)
+    }
+
+    /// [`HttpRoutes::select`], also saying which match block (an index into the rule's
+    /// `match_text`) matched; `None` for a rule without blocks. For `meshentry explain`.
+    #[inline]
+    pub fn select_block(&self, req: &impl RequestView) -> Option<(Selected<'_>, Option<usize>)> {
+        for rule in &*self.rules {
+            if rule.matches.is_empty() {
+                let prefix_len = usize::from(req.path().starts_with(b"/"));
+                return Some((Selected { rule, prefix_len }, None));
+            }
+            for (block, m) in rule.matches.iter().enumerate() {
+                if let Some(prefix_len) = m.check(req) {
+                    return Some((Selected { rule, prefix_len }, Some(block)));
+                }
+            }
+        }
+        None
+    }
+}
+
+impl HttpRule {
+    /// E5: a weighted random destination of a `route` rule.
+    pub fn pick(&self) -> Option<&WeightedDest> {
+        match &self.action {
+            HttpAction::Route { dests, total } => pick(dests, *total),
+            _ => None,
+        }
+    }
+}
+
+fn pick(dests: &[WeightedDest], total: u32) -> Option<&WeightedDest> {
+    match dests {
+        [] => None,
+        [only] => Some(only),
+        _ => {
+            let mut n = fastrand::u32(0..total.max(1));
+            for d in dests {
+                if n < d.weight {
+                    return Some(d);
+                }
+                n -= d.weight;
+            }
+            dests.last()
+        }
+    }
+}
+
+impl RouteTables {
+    /// Whether no VirtualService applies to this proxy's HTTP traffic (the common case, which
+    /// then costs the data path one branch).
+    pub fn http_is_empty(&self) -> bool {
+        self.http.is_empty() && self.http_names.is_empty() && self.http_wild.is_empty()
+    }
+
+    /// The HTTP rules for a request the registry routed to `decision`, `host:port` being
+    /// what the request named (for E1's port-80 hosts that are no service).
+    pub fn http_for(&self, decision: &Decision<'_>, host: &str, port: u16) -> Option<&HttpRoutes> {
+        if self.http_is_empty() {
+            return None;
+        }
+        match decision {
+            Decision::Cluster { service, port, .. } => self
+                .http
+                .get(&(*service as *const Service as usize, port.number))
+                .map(|r| &**r),
+            _ if port == 80 && (!self.http_names.is_empty() || !self.http_wild.is_empty()) => {
+                let name = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
+                self.http_names
+                    .get(name.as_str())
+                    .map(|r| &**r)
+                    .or_else(|| self.http_wild.iter().find(|(w, _)| covers(w, &name)).map(|(_, r)| &**r))
+            }
+            _ => None,
+        }
+    }
+
+    /// The HTTP rules replacing the default route of `service:port`, for admin output.
+    pub fn http_of(&self, service: &Service, port: u32) -> Option<&HttpRoutes> {
+        self.http.get(&(service as *const Service as usize, port)).map(|r| &**r)
+    }
+
+    /// E1's port-80 virtual hosts for names that are no service, for admin output.
+    pub fn http_by_name(&self) -> impl Iterator<Item = (&str, &HttpRoutes)> {
+        self.http_names
+            .iter()
+            .map(|(h, r)| (&**h, &**r))
+            .chain(self.http_wild.iter().map(|(h, r)| (&**h, &**r)))
+    }
+
+    /// Whether a service port has TLS rules (then a connection to it must be read for its SNI).
+    pub fn has_tls(&self, service: &Service, port: u32) -> bool {
+        self.l4
+            .get(&(service as *const Service as usize, port))
+            .is_some_and(|r| !r.tls.is_empty())
+    }
+
+    /// E7: the destination the TLS (`sni` given) or TCP rules pick for a connection to `dst`
+    /// that the registry gave to `service:port`. `None`: no rule applies (the default route).
+    #[inline]
+    pub fn l4_pick(&self, service: &Service, port: u32, dst: IpAddr, sni: Option<&str>) -> Option<&WeightedDest> {
+        let hit = self.l4_rule(service, port, dst, sni)?;
+        pick(hit.dests, hit.total)
+    }
+
+    /// E7: the TLS or TCP rule [`RouteTables::l4_pick`] picks its destination from.
+    #[inline]
+    pub fn l4_rule(&self, service: &Service, port: u32, dst: IpAddr, sni: Option<&str>) -> Option<L4Hit<'_>> {
+        if self.l4.is_empty() {
+            return None;
+        }
+        let routes = self.l4.get(&(service as *const Service as usize, port))?;
+        if let Some(sni) = sni {
+            let sni = sni.to_ascii_lowercase();
+            for rule in &*routes.tls {
+                let matched = rule.matches.iter().any(|m| {
+                    m.sni.iter().any(|h| covers(h, &sni))
+                        && (m.subnets.is_empty() || m.subnets.iter().any(|n| n.contains(&dst)))
+                });
+                if matched {
+                    return Some(L4Hit {
+                        vs: &routes.vs,
+                        kind: L4Kind::Tls,
+                        index: rule.index,
+                        dests: &rule.dests,
+                        total: rule.total,
+                    });
+                }
+            }
+        }
+        for rule in &*routes.tcp {
+            if rule.matches.is_empty()
+                || rule
+                    .matches
+                    .iter()
+                    .any(|subnets| subnets.is_empty() || subnets.iter().any(|n| n.contains(&dst)))
+            {
+                return Some(L4Hit {
+                    vs: &routes.vs,
+                    kind: L4Kind::Tcp,
+                    index: rule.index,
+                    dests: &rule.dests,
+                    total: rule.total,
+                });
+            }
+        }
+        None
+    }
+
+    /// `namespace/name` of the VirtualService whose TLS or TCP rules apply to `service:port`.
+    pub fn l4_of(&self, service: &Service, port: u32) -> Option<&str> {
+        self.l4.get(&(service as *const Service as usize, port)).map(|r| &*r.vs)
+    }
+}
+
+/// Which list an L4 rule is in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum L4Kind {
+    Tls,
+    Tcp,
+}
+
+impl L4Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            L4Kind::Tls => "tls",
+            L4Kind::Tcp => "tcp",
+        }
+    }
+}
+
+/// The TLS or TCP rule that applies to a connection (E7).
+pub struct L4Hit<'a> {
+    /// `namespace/name` of the VirtualService.
+    pub vs: &'a str,
+    pub kind: L4Kind,
+    /// Position in the VirtualService's `tls` or `tcp` list.
+    pub index: usize,
+    pub dests: &'a [WeightedDest],
+    /// The sum of the weights.
+    pub total: u32,
+}
+
+/// B11 for SNI and names: exact, or `*.suffix` covering a longer name; `*` covers all.
+fn covers(pattern: &str, name: &str) -> bool {
+    match pattern.strip_prefix('*') {
+        Some("") => true,
+        Some(suffix) => name.len() > suffix.len() && name.ends_with(suffix),
+        None => pattern == name,
+    }
+}
+
+// === Compilation ===
+
+/// The cluster of port `u32` of a service, or of its subset `Some(name)`.
+pub type ClusterOf<'a> = dyn Fn(&Service, u32, Option<&str>) -> Option<Arc<Cluster>> + 'a;
+
+/// Header (or query parameter) names with their matchers.
+type NamedMatches = Box<[(Box<str>, StrMatch)]>;
+
+/// What compiling needs from the snapshot being built.
+pub struct CompileInput<'a> {
+    pub registry: &'a Registry,
+    pub view: View<'a, 'a>,
+    /// The proxy's namespace and labels (E3 visibility, `sourceLabels`).
+    pub namespace: &'a str,
+    pub labels: &'a BTreeMap<String, String>,
+    /// [`MESH`], or `namespace/name` of the gateway this proxy is.
+    pub gateway: &'a str,
+    /// The cluster of a service port, and of a subset of it.
+    pub cluster: &'a ClusterOf<'a>,
+}
+
+/// One VirtualService that applies to this proxy, hosts expanded.
+struct Applicable<'a> {
+    id: Box<str>,
+    namespace: &'a str,
+    hosts: Vec<String>,
+    spec: &'a VirtualService,
+}
+
+impl RouteTables {
+    /// E1-E7: compiles the VirtualServices among `resources` that bind to `input.gateway` and
+    /// are visible to the proxy's namespace.
+    pub fn compile(resources: &[&Resource], input: &CompileInput<'_>) -> RouteTables {
+        let mut tables = RouteTables::default();
+        let vss = applicable(resources, input);
+        if vss.is_empty() {
+            return tables;
+        }
+        let ids: FxHashMap<usize, ServiceId> = input
+            .registry
+            .services()
+            .enumerate()
+            .map(|(i, s)| (s as *const Service as usize, i as ServiceId))
+            .collect();
+        let mut ctx = Ctx {
+            input,
+            ids: &ids,
+            warnings: Vec::new(),
+        };
+        // E3: the first VirtualService naming a host exactly owns it; wildcards are kept per
+        // host text, the first VirtualService with that text owning it.
+        let mut exact: FxHashMap<String, usize> = FxHashMap::default();
+        let mut wild: Vec<(String, usize)> = Vec::new();
+        for (i, vs) in vss.iter().enumerate() {
+            for h in &vs.hosts {
+                if h.starts_with('*') {
+                    if !wild.iter().any(|(w, _)| w == h) {
+                        wild.push((h.clone(), i));
+                    }
+                } else {
+                    exact.entry(h.clone()).or_insert(i);
+                }
+            }
+        }
+        let mut claimed = vec![false; vss.len()];
+        let mut host_used: FxHashMap<String, bool> = FxHashMap::default();
+        for service in input.view.services() {
+            let name = service.host.to_ascii_lowercase();
+            let owner = exact
+                .get(&name)
+                .copied()
+                .or_else(|| wild.iter().find(|(w, _)| *w == name).map(|(_, i)| *i))
+                .map(|i| (i, name.clone()))
+                .or_else(|| {
+                    // The most specific wildcard covering the service host (E3).
+                    wild.iter()
+                        .filter(|(w, _)| {
+                            if name.starts_with('*') {
+                                host::subset_of(&name, w)
+                            } else {
+                                covers(w, &name)
+                            }
+                        })
+                        .max_by_key(|(w, i)| (w.len(), std::cmp::Reverse(*i)))
+                        .map(|(w, i)| (*i, w.clone()))
+                });
+            let Some((owner, via)) = owner else { continue };
+            claimed[owner] = true;
+            host_used.insert(via, true);
+            let vs = &vss[owner];
+            let key = service as *const Service as usize;
+            for port in &service.ports {
+                let p = port.protocol;
+                if p.is_http() || p == meshentry_registry::Protocol::Unset {
+                    let rules = ctx.http_rules(vs, port.number);
+                    if !rules.is_empty() {
+                        tables.http.insert(
+                            (key, port.number),
+                            Arc::new(HttpRoutes {
+                                vs: vs.id.clone(),
+                                rules: rules.into(),
+                            }),
+                        );
+                    }
+                }
+                let (tls, tcp) = ctx.l4_rules(vs, port.number);
+                if !tls.is_empty() || !tcp.is_empty() {
+                    tables.l4.insert(
+                        (key, port.number),
+                        Arc::new(L4Routes {
+                            vs: vs.id.clone(),
+                            tls: tls.into(),
+                            tcp: tcp.into(),
+                        }),
+                    );
+                }
+            }
+        }
+        // E1: hosts that are no service get a virtual host on port 80.
+        for (i, vs) in vss.iter().enumerate() {
+            for h in &vs.hosts {
+                if host_used.contains_key(h) || input.view.services().iter().any(|s| host::matches(&s.host, h)) {
+                    continue;
+                }
+                let owner = if h.starts_with('*') {
+                    wild.iter().find(|(w, _)| w == h).map(|(_, o)| *o)
+                } else {
+                    exact.get(h).copied()
+                };
+                if owner != Some(i) {
+                    continue;
+                }
+                let rules = ctx.http_rules(vs, 80);
+                if rules.is_empty() {
+                    continue;
+                }
+                claimed[i] = true;
+                let routes = Arc::new(HttpRoutes {
+                    vs: vs.id.clone(),
+                    rules: rules.into(),
+                });
+                if h.starts_with('*') {
+                    tables.http_wild.push((h.clone().into(), routes));
+                } else {
+                    tables.http_names.insert(h.clone().into(), routes);
+                }
+            }
+        }
+        // Most specific wildcard first.
+        tables.http_wild.sort_by_key(|(w, _)| std::cmp::Reverse(w.len()));
+        for (i, vs) in vss.iter().enumerate() {
+            if !claimed[i] {
+                ctx.warnings.push(format!(
+                    "VirtualService {}: every host ({}) is claimed by an older VirtualService or has no route for this proxy",
+                    vs.id,
+                    vs.hosts.join(", ")
+                ));
+            }
+        }
+        ctx.warnings.sort();
+        ctx.warnings.dedup();
+        tables.warnings = ctx.warnings;
+        tables
+    }
+}
+
+/// A gateway server host (F2): `namespace/dnsName`, `namespace` being `*` (any, the default),
+/// or a namespace (`.` already resolved to the gateway's).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerHost {
+    pub namespace: String,
+    pub host: String,
+}
+
+impl ServerHost {
+    /// F2: `h` = `*/h`; `./h` = the gateway's namespace; `ns/h`.
+    pub fn parse(text: &str, gateway_ns: &str) -> ServerHost {
+        let (ns, host) = match text.split_once('/') {
+            Some((".", h)) => (gateway_ns, h),
+            Some((ns, h)) => (ns, h),
+            None => ("*", text),
+        };
+        ServerHost {
+            namespace: ns.to_string(),
+            host: host.to_ascii_lowercase(),
+        }
+    }
+
+    /// Whether a VirtualService in `vs_ns` may bind host `vs_host` through this server host;
+    /// `Some(the virtual host name)`: the more specific of the two (F2/F3).
+    pub fn bind(&self, vs_ns: &str, vs_host: &str) -> Option<String> {
+        if self.namespace != "*" && self.namespace != vs_ns {
+            return None;
+        }
+        if !host::matches(vs_host, &self.host) {
+            return None;
+        }
+        Some(if host::subset_of(vs_host, &self.host) {
+            vs_host.to_string()
+        } else {
+            self.host.clone()
+        })
+    }
+
+    /// Whether a requested name (`Host` or SNI) is among this server's hosts.
+    pub fn covers(&self, name: &str) -> bool {
+        covers(&self.host, name)
+    }
+}
+
+/// The routes of one gateway port (F3): a virtual host per name where a bound VirtualService's
+/// hosts meet the server's, each with the rules of every such VirtualService concatenated (E3:
+/// gateways merge), and the TLS/TCP rules of those VirtualServices in order.
+#[derive(Default)]
+pub struct GatewayRoutes {
+    exact: FxHashMap<Box<str>, Arc<HttpRoutes>>,
+    /// Most specific first.
+    wild: Vec<(Box<str>, Arc<HttpRoutes>)>,
+    l4: Vec<Arc<L4Routes>>,
+}
+
+impl GatewayRoutes {
+    /// The virtual host for `host` (exact, then the most specific wildcard); `None` = 404.
+    pub fn http(&self, host: &str) -> Option<&HttpRoutes> {
+        let name = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
+        self.exact
+            .get(name.as_str())
+            .or_else(|| self.wild.iter().find(|(w, _)| covers(w, &name)).map(|(_, r)| r))
+            .map(|r| &**r)
+    }
+
+    /// Every virtual host, for admin output and logs.
+    pub fn vhosts(&self) -> impl Iterator<Item = (&str, &HttpRoutes)> {
+        self.exact
+            .iter()
+            .map(|(h, r)| (&**h, &**r))
+            .chain(self.wild.iter().map(|(h, r)| (&**h, &**r)))
+    }
+
+    /// E7 at a gateway: the first TLS rule (by SNI) or TCP rule of the bound VirtualServices
+    /// that applies to a connection to `dst`.
+    pub fn l4_pick(&self, dst: IpAddr, sni: Option<&str>) -> Option<&WeightedDest> {
+        let sni = sni.map(str::to_ascii_lowercase);
+        if let Some(sni) = &sni {
+            for routes in &self.l4 {
+                for rule in &*routes.tls {
+                    let hit = rule.matches.iter().any(|m| {
+                        m.sni.iter().any(|h| covers(h, sni))
+                            && (m.subnets.is_empty() || m.subnets.iter().any(|n| n.contains(&dst)))
+                    });
+                    if hit {
+                        return pick(&rule.dests, rule.total);
+                    }
+                }
+            }
+        }
+        for routes in &self.l4 {
+            for rule in &*routes.tcp {
+                if rule.matches.is_empty()
+                    || rule
+                        .matches
+                        .iter()
+                        .any(|subnets| subnets.is_empty() || subnets.iter().any(|n| n.contains(&dst)))
+                {
+                    return pick(&rule.dests, rule.total);
+                }
+            }
+        }
+        None
+    }
+}
+
+impl RouteTables {
+    /// F2/F3: the routes of the gateway `input.gateway` for its server port `port`, whose
+    /// (merged) hosts are `server_hosts`. Returns the warnings too.
+    pub fn compile_gateway(
+        resources: &[&Resource],
+        input: &CompileInput<'_>,
+        port: u32,
+        server_hosts: &[ServerHost],
+    ) -> (GatewayRoutes, Vec<String>) {
+        let mut out = GatewayRoutes::default();
+        let vss = applicable(resources, input);
+        let ids: FxHashMap<usize, ServiceId> = input
+            .registry
+            .services()
+            .enumerate()
+            .map(|(i, s)| (s as *const Service as usize, i as ServiceId))
+            .collect();
+        let mut ctx = Ctx {
+            input,
+            ids: &ids,
+            warnings: Vec::new(),
+        };
+        // Virtual host name -> the VirtualServices (indexes, in order) bound to it.
+        let mut vhosts: Vec<(String, Vec<usize>)> = Vec::new();
+        let mut bound = vec![false; vss.len()];
+        for (i, vs) in vss.iter().enumerate() {
+            for h in &vs.hosts {
+                for sh in server_hosts {
+                    let Some(name) = sh.bind(vs.namespace, h) else { continue };
+                    bound[i] = true;
+                    match vhosts.iter_mut().find(|(n, _)| *n == name) {
+                        Some((_, list)) if !list.contains(&i) => list.push(i),
+                        Some(_) => {}
+                        None => vhosts.push((name, vec![i])),
+                    }
+                }
+            }
+        }
+        for (name, list) in vhosts {
+            let mut rules = Vec::new();
+            let mut names = Vec::new();
+            for &i in &list {
+                let r = ctx.http_rules(&vss[i], port);
+                if !r.is_empty() {
+                    names.push(vss[i].id.to_string());
+                    rules.extend(r);
+                }
+            }
+            if rules.is_empty() {
+                continue;
+            }
+            let routes = Arc::new(HttpRoutes {
+                vs: names.join(",").into(),
+                rules: rules.into(),
+            });
+            if name.starts_with('*') {
+                out.wild.push((name.into(), routes));
+            } else {
+                out.exact.insert(name.into(), routes);
+            }
+        }
+        out.wild.sort_by_key(|(w, _)| std::cmp::Reverse(w.len()));
+        for (i, vs) in vss.iter().enumerate() {
+            if !bound[i] {
+                ctx.warnings.push(format!(
+                    "VirtualService {}: bound to gateway {} but none of its hosts ({}) is among port {port}'s server hosts",
+                    vs.id,
+                    input.gateway,
+                    vs.hosts.join(", ")
+                ));
+                continue;
+            }
+            let (tls, tcp) = ctx.l4_rules(vs, port);
+            if !tls.is_empty() || !tcp.is_empty() {
+                out.l4.push(Arc::new(L4Routes {
+                    vs: vs.id.clone(),
+                    tls: tls.into(),
+                    tcp: tcp.into(),
+                }));
+            }
+        }
+        ctx.warnings.sort();
+        ctx.warnings.dedup();
+        (out, ctx.warnings)
+    }
+}
+
+/// E2/E3: the VirtualServices bound to the gateway and visible to the namespace, in Istio's
+/// order: own namespace, exported to it by name, public; oldest first.
+fn applicable<'a>(resources: &[&'a Resource], input: &CompileInput<'_>) -> Vec<Applicable<'a>> {
+    let mut vss: Vec<(&'a Resource, &'a VirtualService, u8)> = resources
+        .iter()
+        .filter(|r| r.valid)
+        .filter_map(|r| match &r.spec {
+            Spec::VirtualService(vs) => Some((*r, vs)),
+            _ => None,
+        })
+        // A delegate (no hosts) is reachable only through a root rule (E6, not supported).
+        .filter(|(_, vs)| !vs.hosts.is_empty())
+        .filter(|(r, vs)| binds(&vs.gateways, &r.namespace, input.gateway))
+        .filter_map(|(r, vs)| export_rank(&vs.export_to, &r.namespace, input.namespace).map(|g| (r, vs, g)))
+        .collect();
+    vss.sort_by(|a, b| {
+        let key = |(r, _, g): &(&Resource, &VirtualService, u8)| (r.namespace != input.namespace, *g);
+        key(a).cmp(&key(b)).then_with(|| a.0.age_key().cmp(&b.0.age_key()))
+    });
+    vss.into_iter()
+        .map(|(r, vs, _)| Applicable {
+            id: format!("{}/{}", r.namespace, r.name()).into(),
+            namespace: &r.namespace,
+            hosts: vs.hosts.iter().map(|h| expand_host(h, &r.namespace)).collect(),
+            spec: vs,
+        })
+        .collect()
+}
+
+/// E2: whether `gateways` (empty = `[mesh]`) names `gateway`.
+fn binds(gateways: &[String], vs_ns: &str, gateway: &str) -> bool {
+    if gateways.is_empty() {
+        return gateway == MESH;
+    }
+    gateways.iter().any(|g| resolve_gateway(g, vs_ns) == gateway)
+}
+
+/// E2: `mesh`; `ns/gw`; `./gw` and bare `gw` in the VirtualService's namespace; legacy
+/// `gw.ns.svc.cluster.local` = `ns/gw`.
+pub fn resolve_gateway(name: &str, vs_ns: &str) -> String {
+    if name == MESH {
+        return MESH.into();
+    }
+    if let Some((ns, gw)) = name.split_once('/') {
+        let ns = if ns == "." { vs_ns } else { ns };
+        return format!("{ns}/{gw}");
+    }
+    if let Some((gw, rest)) = name.split_once('.') {
+        let ns = rest.split('.').next().unwrap_or(vs_ns);
+        return format!("{ns}/{gw}");
+    }
+    format!("{vs_ns}/{name}")
+}
+
+/// E3: the VirtualService's exportTo (default `*`): `None` when `proxy_ns` does not see it,
+/// else 0 (by `.` or by name) or 1 (public).
+fn export_rank(export_to: &[String], own: &str, proxy_ns: &str) -> Option<u8> {
+    if export_to.is_empty() || export_to.iter().any(|e| e == "*") {
+        return Some(1);
+    }
+    export_to
+        .iter()
+        .any(|e| e == proxy_ns || (e == "." && own == proxy_ns))
+        .then_some(0)
+}
+
+/// E1: a host without a dot is short for `<h>.<ns>.svc.cluster.local`.
+fn expand_host(host: &str, namespace: &str) -> String {
+    if host.contains('.') || host == "*" {
+        host.to_ascii_lowercase()
+    } else {
+        format!("{}.{namespace}.svc.cluster.local", host.to_ascii_lowercase())
+    }
+}
+
+struct Ctx<'i, 'a> {
+    input: &'i CompileInput<'a>,
+    ids: &'i FxHashMap<usize, ServiceId>,
+    warnings: Vec<String>,
+}
+
+impl Ctx<'_, '_> {
+    /// E4: the rules of `vs` for listener port `port`; blocks whose static conditions fail
+    /// are dropped, and a rule left without blocks with it.
+    fn http_rules(&mut self, vs: &Applicable<'_>, port: u32) -> Vec<HttpRule> {
+        let mut out = Vec::new();
+        for (i, rule) in vs.spec.http.iter().enumerate() {
+            if rule.delegate.is_some() {
+                self.warnings.push(format!(
+                    "VirtualService {}: http[{i}] delegates, which meshentry does not support; the rule is skipped",
+                    vs.id
+                ));
+                continue;
+            }
+            let mut matches = Vec::new();
+            let mut match_text = Vec::new();
+            let mut kept_any = rule.r#match.is_empty();
+            for m in &rule.r#match {
+                if !self.static_ok(m.port, &m.source_labels, &m.gateways, vs.namespace, port) {
+                    continue;
+                }
+                kept_any = true;
+                match compile_match(m) {
+                    Ok(compiled) => {
+                        matches.push(compiled);
+                        match_text.push(describe_match(m));
+                    }
+                    Err(e) => self.warnings.push(format!(
+                        "VirtualService {}: http[{i}]: {e}; the block is skipped",
+                        vs.id
+                    )),
+                }
+            }
+            if !kept_any || (!rule.r#match.is_empty() && matches.is_empty()) {
+                continue;
+            }
+            out.push(self.http_rule(vs, i, rule, (matches, match_text), port));
+        }
+        out
+    }
+
+    /// E4: `port`, `sourceLabels` and `gateways` of a match block, decided for this proxy.
+    fn static_ok(
+        &self,
+        match_port: u32,
+        source_labels: &BTreeMap<String, String>,
+        gateways: &[String],
+        vs_ns: &str,
+        port: u32,
+    ) -> bool {
+        if match_port != 0 && match_port != port {
+            return false;
+        }
+        if !gateways.is_empty() {
+            // A block's gateways override the VirtualService's (E2), and then sourceLabels
+            // are not consulted.
+            return gateways.iter().any(|g| resolve_gateway(g, vs_ns) == self.input.gateway);
+        }
+        source_labels.iter().all(|(k, v)| self.input.labels.get(k) == Some(v))
+    }
+
+    fn http_rule(
+        &mut self,
+        vs: &Applicable<'_>,
+        i: usize,
+        rule: &HttpRoute,
+        (matches, match_text): (Vec<HttpMatch>, Vec<String>),
+        port: u32,
+    ) -> HttpRule {
+        let match_text = match_text.into();
+        let name: Box<str> = if rule.name.is_empty() {
+            format!("#{i}").into()
+        } else {
+            rule.name.as_str().into()
+        };
+        let action = if let Some(r) = &rule.redirect {
+            HttpAction::Redirect(Redirect {
+                uri: (!r.uri.is_empty()).then(|| r.uri.as_str().into()),
+                authority: (!r.authority.is_empty()).then(|| r.authority.as_str().into()),
+                scheme: (!r.scheme.is_empty()).then(|| r.scheme.as_str().into()),
+                port: match (r.port, r.derive_port) {
+                    (Some(p), _) => RedirectPort::Fixed(p),
+                    (None, Some(RedirectPortSelection::FromRequestPort)) => RedirectPort::FromRequest,
+                    _ => RedirectPort::Unchanged,
+                },
+                status: if r.redirect_code == 0 {
+                    301
+                } else {
+                    u16::try_from(r.redirect_code).unwrap_or(301)
+                },
+            })
+        } else if let Some(d) = &rule.direct_response {
+            let body = d.body.as_ref().and_then(|b| b.string.clone()).unwrap_or_default();
+            HttpAction::Direct {
+                status: u16::try_from(d.status).unwrap_or(200),
+                body: Bytes::from(body),
+            }
+        } else {
+            let mut dests = Vec::new();
+            let several = rule.route.len() > 1;
+            for d in &rule.route {
+                let weight = u32::try_from(d.weight).unwrap_or(0);
+                // E5: weights are relative; 0 drops a destination unless it is the only one.
+                if several && weight == 0 {
+                    continue;
+                }
+                let Some(dest) = &d.destination else { continue };
+                dests.push(WeightedDest {
+                    weight: weight.max(1),
+                    target: self.target(vs, dest, port),
+                    headers: d.headers.as_ref().map(|h| self.header_edits(vs, h)).unwrap_or_default(),
+                });
+            }
+            if !several && let Some(only) = dests.first_mut() {
+                only.weight = 1;
+            }
+            let total = dests.iter().map(|d| d.weight).sum();
+            HttpAction::Route {
+                dests: dests.into(),
+                total,
+            }
+        };
+        let rewrite = rule.rewrite.as_ref().map(|r| Rewrite {
+            uri: (!r.uri.is_empty()).then(|| r.uri.as_str().into()),
+            uri_regex: r
+                .uri_regex_rewrite
+                .as_ref()
+                .and_then(|rr| match Regex::new(&rr.r#match) {
+                    Ok(re) => Some((re, envoy_substitution(&rr.rewrite))),
+                    Err(e) => {
+                        self.warnings
+                            .push(format!("VirtualService {}: http[{i}] uriRegexRewrite: {e}", vs.id));
+                        None
+                    }
+                }),
+            authority: (!r.authority.is_empty())
+                .then(|| HeaderValue::from_str(&r.authority).ok())
+                .flatten(),
+        });
+        let timeout = rule.timeout.as_ref().and_then(|d| d.parse().ok());
+        let retry = rule.retries.as_ref().map(Retry::compile).unwrap_or_default();
+        let fault = rule.fault.as_ref().map(|f| Fault {
+            delay: f.delay.as_ref().and_then(|d| {
+                let pct = d
+                    .percentage
+                    .as_ref()
+                    .map(|p| p.value)
+                    .or((d.percent > 0).then_some(f64::from(d.percent)))
+                    .unwrap_or(100.0);
+                Some((d.fixed_delay.as_ref()?.parse().ok()?, pct))
+            }),
+            abort: f.abort.as_ref().and_then(|a| {
+                let pct = a.percentage.as_ref().map_or(100.0, |p| p.value);
+                Some((u16::try_from(a.http_status?).ok()?, pct))
+            }),
+        });
+        let mut mirrors = Vec::new();
+        if let Some(m) = &rule.mirror {
+            let percent = rule
+                .mirror_percentage
+                .as_ref()
+                .map(|p| p.value)
+                .or(rule.mirror_percent.map(f64::from))
+                .unwrap_or(100.0);
+            mirrors.push(Mirror {
+                target: self.target(vs, m, port),
+                percent,
+            });
+        }
+        for m in &rule.mirrors {
+            if let Some(d) = &m.destination {
+                mirrors.push(Mirror {
+                    target: self.target(vs, d, port),
+                    percent: m.percentage.as_ref().map_or(100.0, |p| p.value),
+                });
+            }
+        }
+        let headers = rule
+            .headers
+            .as_ref()
+            .map(|h| self.header_edits(vs, h))
+            .unwrap_or_default();
+        let simple = matches!(&action, HttpAction::Route { dests, .. } if dests.iter().all(|d| d.headers.is_empty()))
+            && rewrite.is_none()
+            && timeout.is_none()
+            && retry.is_connect_only()
+            && fault.is_none()
+            && mirrors.is_empty()
+            && headers.is_empty();
+        HttpRule {
+            name,
+            index: i,
+            matches: matches.into(),
+            match_text,
+            action,
+            rewrite,
+            timeout,
+            retry,
+            fault,
+            mirrors: mirrors.into(),
+            headers,
+            simple,
+        }
+    }
+
+    fn header_edits(&mut self, vs: &Applicable<'_>, h: &meshentry_api::model::Headers) -> HeaderEdits {
+        HeaderEdits {
+            request: h.request.as_ref().map(|o| self.header_ops(vs, o)).unwrap_or_default(),
+            response: h.response.as_ref().map(|o| self.header_ops(vs, o)).unwrap_or_default(),
+        }
+    }
+
+    fn header_ops(&mut self, vs: &Applicable<'_>, ops: &HeaderOperations) -> HeaderOps {
+        let mut out = HeaderOps::default();
+        let pair = |k: &str, v: &str, warnings: &mut Vec<String>| match (
+            HeaderName::from_bytes(k.as_bytes()),
+            HeaderValue::from_str(v),
+        ) {
+            (Ok(n), Ok(v)) => Some((n, v)),
+            _ => {
+                warnings.push(format!(
+                    "VirtualService {}: header {k:?}: {v:?} is not a valid header; skipped",
+                    vs.id
+                ));
+                None
+            }
+        };
+        out.set = ops
+            .set
+            .iter()
+            .filter_map(|(k, v)| pair(k, v, &mut self.warnings))
+            .collect();
+        out.add = ops
+            .add
+            .iter()
+            .filter_map(|(k, v)| pair(k, v, &mut self.warnings))
+            .collect();
+        out.remove = ops
+            .remove
+            .iter()
+            .filter_map(|k| HeaderName::from_bytes(k.as_bytes()).ok())
+            .collect();
+        out
+    }
+
+    /// E5: a destination's service (E1-expanded host, as this proxy sees it), port (explicit,
+    /// else the service's only port, else the listener port) and subset.
+    fn target(&mut self, vs: &Applicable<'_>, d: &Destination, listener_port: u32) -> Target {
+        let host = expand_host(&d.host, vs.namespace);
+        let Some(service) = self.input.view.lookup_host(&host) else {
+            return Target::Missing(format!("{host} is not a service this proxy sees").into());
+        };
+        let port = match (&d.port, service.ports.as_slice()) {
+            (Some(p), _) if p.number != 0 => p.number,
+            (_, [only]) => only.number,
+            _ => listener_port,
+        };
+        let subset = (!d.subset.is_empty()).then_some(d.subset.as_str());
+        let Some(cluster) = (self.input.cluster)(service, port, subset) else {
+            let name = format!("outbound|{port}|{}|{host}", subset.unwrap_or(""));
+            self.warnings.push(format!(
+                "VirtualService {}: destination {name} does not exist (no such port{}); its requests get 503",
+                vs.id,
+                if subset.is_some() {
+                    " or DestinationRule subset"
+                } else {
+                    ""
+                }
+            ));
+            return Target::Missing(format!("cluster {name} does not exist").into());
+        };
+        let Some(&id) = self.ids.get(&(service as *const Service as usize)) else {
+            return Target::Missing(format!("{host} is not in the registry").into());
+        };
+        Target::Cluster {
+            service: id,
+            port,
+            cluster,
+        }
+    }
+
+    /// E7: the `tls` and `tcp` rules of `vs` for port `port`.
+    fn l4_rules(&mut self, vs: &Applicable<'_>, port: u32) -> (Vec<TlsRule>, Vec<TcpRule>) {
+        let mut tls = Vec::new();
+        for (index, rule) in vs.spec.tls.iter().enumerate() {
+            let matches: Vec<TlsMatch> = rule
+                .r#match
+                .iter()
+                .filter(|m: &&TlsMatchAttributes| {
+                    self.static_ok(m.port, &m.source_labels, &m.gateways, vs.namespace, port)
+                })
+                .map(|m| TlsMatch {
+                    sni: m
+                        .sni_hosts
+                        .iter()
+                        .map(|h| expand_host(h, vs.namespace).into())
+                        .collect(),
+                    subnets: parse_subnets(&m.destination_subnets),
+                })
+                .collect();
+            if matches.is_empty() {
+                continue;
+            }
+            let (dests, total) = self.l4_dests(vs, &rule.route, port);
+            tls.push(TlsRule {
+                index,
+                matches: matches.into(),
+                dests,
+                total,
+            });
+        }
+        let mut tcp = Vec::new();
+        for (index, rule) in vs.spec.tcp.iter().enumerate() {
+            let matches: Vec<Box<[IpNet]>> = rule
+                .r#match
+                .iter()
+                .filter(|m: &&L4MatchAttributes| {
+                    self.static_ok(m.port, &m.source_labels, &m.gateways, vs.namespace, port)
+                })
+                .map(|m| parse_subnets(&m.destination_subnets))
+                .collect();
+            if !rule.r#match.is_empty() && matches.is_empty() {
+                continue;
+            }
+            let (dests, total) = self.l4_dests(vs, &rule.route, port);
+            tcp.push(TcpRule {
+                index,
+                matches: matches.into(),
+                dests,
+                total,
+            });
+        }
+        (tls, tcp)
+    }
+
+    fn l4_dests(&mut self, vs: &Applicable<'_>, route: &[RouteDestination], port: u32) -> (Box<[WeightedDest]>, u32) {
+        let several = route.len() > 1;
+        let mut dests = Vec::new();
+        for d in route {
+            let weight = u32::try_from(d.weight).unwrap_or(0);
+            if several && weight == 0 {
+                continue;
+            }
+            let Some(dest) = &d.destination else { continue };
+            dests.push(WeightedDest {
+                weight: weight.max(1),
+                target: self.target(vs, dest, port),
+                headers: HeaderEdits::default(),
+            });
+        }
+        let total = dests.iter().map(|d| d.weight).sum();
+        (dests.into(), total)
+    }
+}
+
+fn compile_match(m: &HttpMatchRequest) -> Result<HttpMatch, String> {
+    let opt = |s: &Option<StringMatch>| s.as_ref().map(StrMatch::compile).transpose();
+    let list = |map: &BTreeMap<String, StringMatch>| -> Result<NamedMatches, String> {
+        map.iter()
+            .map(|(k, v)| Ok((k.to_ascii_lowercase().into(), StrMatch::compile(v)?)))
+            .collect()
+    };
+    Ok(HttpMatch {
+        uri: opt(&m.uri)?.filter(|u| !matches!(u, StrMatch::Present)),
+        ignore_uri_case: m.ignore_uri_case,
+        scheme: opt(&m.scheme)?.filter(|u| !matches!(u, StrMatch::Present)),
+        method: opt(&m.method)?.filter(|u| !matches!(u, StrMatch::Present)),
+        authority: opt(&m.authority)?.filter(|u| !matches!(u, StrMatch::Present)),
+        headers: list(&m.headers)?,
+        without_headers: list(&m.without_headers)?,
+        query: m
+            .query_params
+            .iter()
+            .map(|(k, v)| Ok((k.as_str().into(), StrMatch::compile(v)?)))
+            .collect::<Result<_, String>>()?,
+    })
+}
+
+/// A match block in one line, as admin output shows it.
+fn describe_match(m: &HttpMatchRequest) -> String {
+    let sm = |s: &StringMatch| match (&s.exact, &s.prefix, &s.regex) {
+        (Some(e), _, _) => format!("={e}"),
+        (_, Some(p), _) => format!("^{p}"),
+        (_, _, Some(r)) => format!("~{r}"),
+        _ => "present".into(),
+    };
+    let mut parts = Vec::new();
+    for (name, v) in [
+        ("uri", &m.uri),
+        ("scheme", &m.scheme),
+        ("method", &m.method),
+        ("authority", &m.authority),
+    ] {
+        if let Some(v) = v {
+            parts.push(format!("{name}{}", sm(v)));
+        }
+    }
+    for (k, v) in &m.headers {
+        parts.push(format!("header {k}{}", sm(v)));
+    }
+    for (k, v) in &m.without_headers {
+        parts.push(format!("without header {k}{}", sm(v)));
+    }
+    for (k, v) in &m.query_params {
+        parts.push(format!("query {k}{}", sm(v)));
+    }
+    if parts.is_empty() {
+        "any".into()
+    } else {
+        parts.join(" && ")
+    }
+}
+
+fn parse_subnets(subnets: &[String]) -> Box<[IpNet]> {
+    subnets
+        .iter()
+        .filter_map(|s| {
+            s.parse::<IpNet>()
+                .ok()
+                .or_else(|| s.parse::<IpAddr>().ok().map(IpNet::from))
+        })
+        .collect()
+}
+
+/// RE2/Envoy substitutions (`\1`) in the regex crate's syntax (`${1}`).
+fn envoy_substitution(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if chars.peek().is_some_and(char::is_ascii_digit) => {
+                out.push_str("${");
+                while let Some(d) = chars.next_if(char::is_ascii_digit) {
+                    out.push(d);
+                }
+                out.push('}');
+            }
+            '$' => out.push_str("$$"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Req<'a> {
+        method: &'a str,
+        path: &'a str,
+        authority: &'a str,
+        headers: &'a [(&'a str, &'a str)],
+    }
+
+    impl RequestView for Req<'_> {
+        fn method(&self) -> &[u8] {
+            self.method.as_bytes()
+        }
+        fn path(&self) -> &[u8] {
+            self.path.as_bytes()
+        }
+        fn scheme(&self) -> &[u8] {
+            b"http"
+        }
+        fn authority(&self) -> &[u8] {
+            self.authority.as_bytes()
+        }
+        fn header(&self, name: &str) -> Option<&[u8]> {
+            self.headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_bytes())
+        }
+    }
+
+    fn get(path: &str) -> Req<'_> {
+        Req {
+            method: "GET",
+            path,
+            authority: "a.example.com",
+            headers: &[],
+        }
+    }
+
+    fn m(yaml: &str) -> HttpMatch {
+        let json: serde_json::Value = serde_yaml_like(yaml);
+        let parsed: HttpMatchRequest = serde_json::from_value(json).unwrap();
+        compile_match(&parsed).unwrap()
+    }
+
+    /// The model derives serde; JSON is YAML's subset, so tests write flow-style JSON.
+    fn serde_yaml_like(s: &str) -> serde_json::Value {
+        serde_json::from_str(s).unwrap()
+    }
+
+    #[test]
+    fn uri_exact_prefix_regex_and_case() {
+        let exact = m(r#"{"uri": {"exact": "/a"}}"#);
+        assert_eq!(exact.check(&get("/a")), Some(2));
+        assert_eq!(
+            exact.check(&get("/a?x=1")),
+            Some(2),
+            "the query is not part of the path"
+        );
+        assert!(exact.check(&get("/ab")).is_none());
+        assert!(exact.check(&get("/A")).is_none());
+        let prefix = m(r#"{"uri": {"prefix": "/api/"}}"#);
+        assert_eq!(prefix.check(&get("/api/v1")), Some(5));
+        assert!(prefix.check(&get("/apx")).is_none());
+        let caseless = m(r#"{"uri": {"prefix": "/api/"}, "ignoreUriCase": true}"#);
+        assert!(caseless.check(&get("/API/v1")).is_some());
+        let regex = m(r#"{"uri": {"regex": "/v[0-9]+/.*"}}"#);
+        assert!(regex.check(&get("/v12/x")).is_some());
+        assert!(regex.check(&get("/x/v12/x")).is_none(), "regexes match the whole path");
+    }
+
+    #[test]
+    fn method_authority_scheme() {
+        let post = m(r#"{"method": {"exact": "POST"}}"#);
+        assert!(post.check(&get("/")).is_none());
+        let mut r = get("/");
+        r.method = "POST";
+        assert!(post.check(&r).is_some());
+        let auth = m(r#"{"authority": {"prefix": "a.example"}}"#);
+        assert!(auth.check(&get("/")).is_some());
+        let scheme = m(r#"{"scheme": {"exact": "https"}}"#);
+        assert!(scheme.check(&get("/")).is_none());
+    }
+
+    #[test]
+    fn headers_present_and_without() {
+        let hm = m(r#"{"headers": {"X-User": {"exact": "jason"}, "x-any": {}}}"#);
+        let r = Req {
+            headers: &[("x-user", "jason"), ("x-any", "")],
+            ..get("/")
+        };
+        assert!(hm.check(&r).is_some());
+        let r = Req {
+            headers: &[("x-user", "jason")],
+            ..get("/")
+        };
+        assert!(hm.check(&r).is_none(), "x-any must be present");
+        let without = m(r#"{"withoutHeaders": {"x-canary": {"exact": "1"}}}"#);
+        assert!(without.check(&get("/")).is_some());
+        let r = Req {
+            headers: &[("x-canary", "1")],
+            ..get("/")
+        };
+        assert!(without.check(&r).is_none());
+        let regex = m(r#"{"headers": {"x-v": {"regex": "v[12]"}}}"#);
+        let r = Req {
+            headers: &[("x-v", "v2")],
+            ..get("/")
+        };
+        assert!(regex.check(&r).is_some());
+    }
+
+    #[test]
+    fn query_params() {
+        let q = m(r#"{"queryParams": {"debug": {"exact": "1"}, "flag": {"exact": ""}, "v": {"regex": "[0-9]+"}}}"#);
+        assert!(q.check(&get("/p?debug=1&flag&v=42")).is_some());
+        assert!(q.check(&get("/p?debug=2&flag&v=42")).is_none());
+        assert!(q.check(&get("/p?debug=1&v=42")).is_none(), "flag must be present");
+        assert!(q.check(&get("/p?debug=1&flag&v=x")).is_none());
+    }
+
+    #[test]
+    fn retry_on_parsing() {
+        let r = Retry::compile(&HttpRetry {
+            attempts: 3,
+            retry_on: "5xx,gateway-error,418".into(),
+            ..Default::default()
+        });
+        assert_eq!(r.attempts, 3);
+        assert!(r.on_status(500) && r.on_status(418) && !r.on_status(404));
+        assert!(!r.is_connect_only());
+        assert!(Retry::default().is_connect_only());
+        let none = Retry::compile(&HttpRetry::default());
+        assert_eq!(none.attempts, 0);
+        assert!(none.is_connect_only());
+    }
+
+    #[test]
+    fn gateway_names() {
+        assert_eq!(resolve_gateway("mesh", "a"), "mesh");
+        assert_eq!(resolve_gateway("gw", "a"), "a/gw");
+        assert_eq!(resolve_gateway("./gw", "a"), "a/gw");
+        assert_eq!(resolve_gateway("istio-system/gw", "a"), "istio-system/gw");
+        assert_eq!(
+            resolve_gateway("gw.istio-system.svc.cluster.local", "a"),
+            "istio-system/gw"
+        );
+        assert!(binds(&[], "a", MESH));
+        assert!(!binds(&["gw".into()], "a", MESH));
+        assert!(binds(&["gw".into(), "mesh".into()], "a", MESH));
+        assert!(binds(&["gw".into()], "a", "a/gw"));
+    }
+
+    fn snapshot(yaml: &str, labels: &[(&str, &str)]) -> crate::snapshot::Snapshot {
+        let loaded = meshentry_api::load_str("t.yaml", yaml, &meshentry_api::LoadOptions::default());
+        assert!(!loaded.has_errors(), "{:?}", loaded.errors().collect::<Vec<_>>());
+        let valid: Vec<_> = loaded.valid().collect();
+        let dns = crate::dns::Dns::new(crate::dns::DnsConfig {
+            server: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 9))),
+            ..Default::default()
+        })
+        .unwrap();
+        let config = crate::config::ProxyConfig {
+            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            ..Default::default()
+        };
+        crate::snapshot::Snapshot::build(&valid, &config, &dns, 1)
+    }
+
+    /// The owner VirtualService and the rule names for `host:port`.
+    fn table(snap: &crate::snapshot::Snapshot, host: &str, port: u16) -> Option<(String, Vec<String>)> {
+        let d = crate::route::route(snap, host, port);
+        let r = snap.routes.http_for(&d, host, port)?;
+        Some((r.vs.to_string(), r.rules.iter().map(|r| r.name.to_string()).collect()))
+    }
+
+    const SERVICES: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: a}
+spec:
+  hosts: [a.example.com, b.example.com]
+  ports: [{number: 80, name: http, protocol: HTTP}, {number: 8080, name: alt, protocol: HTTP}]
+  resolution: STATIC
+  endpoints: [{address: 10.0.0.1}]
+"#;
+
+    #[test]
+    fn ownership_binding_visibility_and_static_conditions() {
+        let yaml = format!(
+            r#"{SERVICES}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: first, creationTimestamp: "2024-01-01T00:00:00Z"}}
+spec:
+  hosts: [a.example.com]
+  http:
+  - name: on-8080
+    match: [{{port: 8080}}]
+    route: [{{destination: {{host: a.example.com}}}}]
+  - name: canary-only
+    match: [{{sourceLabels: {{app: canary}}}}]
+    route: [{{destination: {{host: a.example.com}}}}]
+  - name: all
+    route: [{{destination: {{host: a.example.com}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: second, creationTimestamp: "2024-02-01T00:00:00Z"}}
+spec:
+  hosts: ["*.example.com"]
+  http: [{{name: late, route: [{{destination: {{host: a.example.com}}}}]}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: gateway-only}}
+spec:
+  hosts: [b.example.com]
+  gateways: [istio-system/egress]
+  http: [{{name: gw, route: [{{destination: {{host: a.example.com}}}}]}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: hidden, namespace: other}}
+spec:
+  hosts: [b.example.com]
+  exportTo: ["."]
+  http: [{{name: hidden, route: [{{destination: {{host: a.example.com}}}}]}}]
+"#
+        );
+        let snap = snapshot(&yaml, &[]);
+        // The oldest VirtualService naming the host owns it; static conditions are decided
+        // per port (E3, E4).
+        assert_eq!(
+            table(&snap, "a.example.com", 80),
+            Some(("default/first".into(), vec!["all".into()]))
+        );
+        assert_eq!(
+            table(&snap, "a.example.com", 8080),
+            Some(("default/first".into(), vec!["on-8080".into(), "all".into()]))
+        );
+        // b: not bound to mesh, and not exported here; the wildcard of `second` takes it.
+        assert_eq!(
+            table(&snap, "b.example.com", 80),
+            Some(("default/second".into(), vec!["late".into()]))
+        );
+        let canary = snapshot(&yaml, &[("app", "canary")]);
+        assert_eq!(
+            table(&canary, "a.example.com", 80),
+            Some(("default/first".into(), vec!["canary-only".into(), "all".into()]))
+        );
+    }
+
+    #[test]
+    fn substitutions() {
+        assert_eq!(envoy_substitution(r"/v2/\1/x"), "/v2/${1}/x");
+        assert_eq!(envoy_substitution("$a"), "$$a");
+    }
+
+    #[test]
+    fn weighted_pick_is_proportional() {
+        let dest = |w| WeightedDest {
+            weight: w,
+            target: Target::Missing("x".into()),
+            headers: HeaderEdits::default(),
+        };
+        let dests = [dest(80), dest(20)];
+        let mut first = 0;
+        for _ in 0..10_000 {
+            if std::ptr::eq(pick(&dests, 100).unwrap(), &dests[0]) {
+                first += 1;
+            }
+        }
+        // Binomial(10000, 0.8): sd 40; 8 sd is a failure probability far below 1e-9.
+        assert!((7680..=8320).contains(&first), "{first}");
+    }
+}

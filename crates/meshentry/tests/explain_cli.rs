@@ -1,0 +1,486 @@
+//! `meshentry explain` as a user runs it: the real binary on the seed examples, key lines of
+//! the step-by-step output, exit codes and the JSON shape.
+
+#![allow(clippy::unwrap_used)] // Test code: a failed unwrap is a failed test.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn seed(file: &str) -> String {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/seed/v1beta1");
+    if file.is_empty() {
+        dir.to_string_lossy().into_owned()
+    } else {
+        dir.join(file).to_string_lossy().into_owned()
+    }
+}
+
+fn explain(config: &[String], extra: &[&str]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_meshentry"));
+    cmd.arg("explain");
+    for c in config {
+        cmd.args(["--config", c]);
+    }
+    cmd.args(extra).output().expect("run meshentry")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn temp_file(name: &str, body: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("meshentry-explain-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, body).unwrap();
+    path
+}
+
+struct Case {
+    name: &'static str,
+    /// Seed files ("" = the whole directory).
+    files: &'static [&'static str],
+    args: &'static [&'static str],
+    exit: i32,
+    /// Lines (substrings) the output must contain, in this order.
+    expect: &'static [&'static str],
+}
+
+const CASES: &[Case] = &[
+    Case {
+        name: "01 TLS by SNI to a DNS service",
+        files: &["01-serviceentry-external-svc-https.yaml"],
+        args: &["tls://api.dropboxapi.com:443"],
+        exit: 0,
+        expect: &[
+            "port 443: TLS filter chains (connections routed by SNI)",
+            "a TLS ClientHello with SNI api.dropboxapi.com",
+            "matched by exact host api.dropboxapi.com",
+            "from ServiceEntry default/external-svc-https at ",
+            "01-serviceentry-external-svc-https.yaml:1:1",
+            "no VirtualService TLS/TCP rule for api.dropboxapi.com:443",
+            "cluster outbound|443||api.dropboxapi.com",
+            "discovery STRICT_DNS (resolution DNS)",
+            "name api.dropboxapi.com:443 weight 1",
+            "outcome: ROUTED: routed to outbound|443||api.dropboxapi.com",
+        ],
+    },
+    Case {
+        name: "02 TCP to a CIDR",
+        files: &["02-serviceentry-external-svc-mongocluster.yaml"],
+        args: &["tcp://192.192.192.5:27018"],
+        exit: 0,
+        expect: &[
+            "decided from the destination alone, without reading: relay to outbound|27018||mymongodb.somedomain",
+            "matched by CIDR 192.192.192.192/24 containing 192.192.192.5",
+            "cluster outbound|27018||mymongodb.somedomain",
+            "no DestinationRule applies",
+            "endpoint 2.2.2.2:27018 weight 1",
+            "endpoint 3.3.3.3:27018 weight 1",
+            "outcome: ROUTED",
+        ],
+    },
+    Case {
+        name: "03 MUTUAL DestinationRule whose files are missing",
+        files: &[
+            "02-serviceentry-external-svc-mongocluster.yaml",
+            "03-destinationrule-mtls-mongocluster.yaml",
+        ],
+        args: &["tcp://192.192.192.5:27018"],
+        exit: 1,
+        expect: &[
+            "cluster outbound|27018||mymongodb.somedomain",
+            "policy from DestinationRule default/mtls-mongocluster at ",
+            "TLS ERROR: DestinationRule default/mtls-mongocluster: ",
+            "/etc/certs/",
+            "outcome: REFUSED: outbound|27018||mymongodb.somedomain: TLS origination is off, its connections fail",
+        ],
+    },
+    Case {
+        name: "04 resolution NONE by SNI",
+        files: &["04-serviceentry-external-svc-redirect.yaml"],
+        args: &["tls://en.wikipedia.org:443"],
+        exit: 0,
+        expect: &[
+            "matched by wildcard host *.wikipedia.org covering en.wikipedia.org",
+            "cluster outbound|443||*.wikipedia.org",
+            "discovery ORIGINAL_DST (resolution NONE)",
+            "outcome: ROUTED",
+        ],
+    },
+    Case {
+        name: "05 TLS routing VirtualService to a firewall that is not in the registry",
+        files: &[
+            "04-serviceentry-external-svc-redirect.yaml",
+            "05-virtualservice-tls-routing.yaml",
+        ],
+        args: &["tls://wikipedia.org:443"],
+        exit: 1,
+        expect: &[
+            "matched by exact host wikipedia.org",
+            "VirtualService default/tls-routing (at ",
+            "tls[0] matches (sniHosts cover wikipedia.org)",
+            "internal-egress-firewall.ns1.svc.cluster.local is not a service this proxy sees",
+            "outcome: REFUSED: VirtualService default/tls-routing routes to a missing destination",
+        ],
+    },
+    Case {
+        name: "06 exportTo . seen from its own namespace",
+        files: &["06-serviceentry-external-svc-httpbin.yaml"],
+        args: &["--namespace", "egress", "http://httpbin.com/get"],
+        exit: 0,
+        expect: &[
+            "port 80: an HTTP route table (requests routed by Host)",
+            "served as HTTP",
+            "httpbin.com port 80 (http, HTTP) in namespace egress",
+            "from ServiceEntry egress/external-svc-httpbin at ",
+            "exportTo [.] (visible to namespace egress)",
+            "cluster outbound|80||httpbin.com",
+            "name httpbin.com:80 weight 1",
+            "outcome: ROUTED",
+        ],
+    },
+    Case {
+        name: "06 exportTo . seen from another namespace",
+        files: &["06-serviceentry-external-svc-httpbin.yaml"],
+        args: &["--namespace", "default", "http://httpbin.com/get"],
+        exit: 0,
+        expect: &[
+            "no service in the registry seen by namespace default claims httpbin.com:80",
+            "hint: httpbin.com in namespace egress (ServiceEntry egress/external-svc-httpbin at ",
+            "is exported to [.], not to namespace default",
+            "PassthroughCluster",
+            "outcome: PASSTHROUGH",
+        ],
+    },
+    Case {
+        name: "07+08 gateway routing: the mesh rule sends to the gateway service, absent here",
+        files: &[
+            "06-serviceentry-external-svc-httpbin.yaml",
+            "07-gateway-istio-egressgateway.yaml",
+            "08-virtualservice-gateway-routing.yaml",
+        ],
+        args: &["--namespace", "egress", "http://httpbin.com/get"],
+        exit: 1,
+        expect: &[
+            "from ServiceEntry egress/external-svc-httpbin",
+            "VirtualService egress/gateway-routing (at ",
+            "owns the route of httpbin.com:80",
+            "http[0] \"#0\" match [any]: MATCHED",
+            "istio-egressgateway.istio-system.svc.cluster.local is not a service this proxy sees",
+            "outcome: REFUSED 503: meshentry: VirtualService egress/gateway-routing routes to a missing destination",
+        ],
+    },
+    Case {
+        name: "09 wildcard host, resolution NONE",
+        files: &["09-serviceentry-external-svc-wildcard-example.yaml"],
+        args: &["http://baz.bar.com/"],
+        exit: 0,
+        expect: &[
+            "matched by wildcard host *.bar.com covering baz.bar.com",
+            "cluster outbound|80||*.bar.com",
+            "discovery ORIGINAL_DST (resolution NONE)",
+            "outcome: ROUTED",
+        ],
+    },
+    Case {
+        name: "10 unix domain socket endpoint",
+        files: &["10-serviceentry-unix-domain-socket-example.yaml"],
+        args: &["http://example.unix.local/"],
+        exit: 0,
+        expect: &[
+            "matched by exact host example.unix.local",
+            "cluster outbound|80||example.unix.local",
+            "endpoint unix:///var/run/example/socket weight 1",
+            "outcome: ROUTED",
+        ],
+    },
+    Case {
+        name: "11 DNS endpoints with per-endpoint ports; the exact host beats *.bar.com",
+        files: &[""],
+        args: &["http://foo.bar.com/"],
+        exit: 0,
+        expect: &[
+            "matched by exact host foo.bar.com",
+            "from ServiceEntry default/external-svc-dns at ",
+            "cluster outbound|80||foo.bar.com",
+            "discovery STRICT_DNS (resolution DNS): resolves 3 name(s)",
+            "name us.foo.bar.com:8080",
+            "name uk.foo.bar.com:9080",
+            "name in.foo.bar.com:7080",
+            "outcome: ROUTED",
+        ],
+    },
+    Case {
+        name: "12 MESH_INTERNAL static service in another namespace",
+        files: &["12-serviceentry-httpbin.yaml"],
+        args: &["http://httpbin.com/status/200"],
+        exit: 0,
+        expect: &[
+            "httpbin.com port 80 (http, HTTP) in namespace httpbin-ns",
+            "from ServiceEntry httpbin-ns/httpbin at ",
+            "location MESH_INTERNAL",
+            "cluster outbound|80||httpbin.com",
+            "endpoint 2.2.2.2:80 weight 1",
+            "endpoint 3.3.3.3:80 weight 1",
+            "outcome: ROUTED",
+        ],
+    },
+    Case {
+        name: "13+14 workloadSelector picks WorkloadEntries",
+        files: &["13-workloadentry-details-vm-1.yaml", "14-serviceentry-details-svc.yaml"],
+        args: &["http://details.bookinfo.com/details/1"],
+        exit: 0,
+        expect: &[
+            "matched by exact host details.bookinfo.com",
+            "from ServiceEntry default/details-svc at ",
+            "cluster outbound|80||details.bookinfo.com",
+            "endpoint 2.2.2.2:80 weight 1 labels app=details,instance-id=vm1",
+            "endpoint 3.3.3.3:80 weight 1 labels app=details,instance-id=vm2",
+            "outcome: ROUTED",
+        ],
+    },
+    Case {
+        name: "the whole seed, explicit proxy listener",
+        files: &[""],
+        args: &["--via", "http-proxy", "http://details.bookinfo.com/"],
+        exit: 0,
+        expect: &[
+            "explicit HTTP proxy listener (--http-proxy)",
+            "matched by exact host details.bookinfo.com",
+            "outcome: ROUTED: routed to outbound|80||details.bookinfo.com",
+        ],
+    },
+    Case {
+        name: "REGISTRY_ONLY refuses an unknown host",
+        files: &[""],
+        args: &["--outbound-policy", "REGISTRY_ONLY", "http://unknown.example.com/"],
+        exit: 1,
+        expect: &[
+            "no service in the registry seen by namespace default claims unknown.example.com:80",
+            "outbound traffic policy REGISTRY_ONLY (from --outbound-policy): BlackHoleCluster, refused",
+            "outcome: REFUSED 502: meshentry: unknown.example.com:80 is not a service in the registry seen by namespace default and the outbound traffic policy is REGISTRY_ONLY (from --outbound-policy)",
+        ],
+    },
+    Case {
+        name: "REGISTRY_ONLY refuses TLS to an unknown name",
+        files: &[""],
+        args: &["--outbound-policy", "REGISTRY_ONLY", "tls://unknown.example.com:443"],
+        exit: 1,
+        expect: &["outcome: REFUSED: blocked by REGISTRY_ONLY: destination is not in the service registry"],
+    },
+    Case {
+        name: "*.bar.com does not cover bar.com",
+        files: &["09-serviceentry-external-svc-wildcard-example.yaml"],
+        args: &["--outbound-policy", "REGISTRY_ONLY", "http://bar.com/"],
+        exit: 1,
+        expect: &[
+            "no service in the registry seen by namespace default claims bar.com:80",
+            "hint: *.bar.com (ServiceEntry default/external-svc-wildcard-example at ",
+            "does not cover bar.com itself",
+            "outcome: REFUSED 502",
+        ],
+    },
+];
+
+fn check(case: &Case, out: &Output) {
+    let stdout = text(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(case.exit),
+        "{}: exit code\n{stdout}{}",
+        case.name,
+        text(&out.stderr)
+    );
+    let mut rest = stdout.as_str();
+    for want in case.expect {
+        match rest.find(want) {
+            Some(i) => rest = &rest[i + want.len()..],
+            None => panic!("{}: {want:?} missing (or out of order) in\n{stdout}", case.name),
+        }
+    }
+}
+
+#[test]
+fn seed_examples_table() {
+    for case in CASES {
+        let files: Vec<String> = case.files.iter().map(|f| seed(f)).collect();
+        check(case, &explain(&files, case.args));
+    }
+}
+
+const NO_MATCH: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: web, namespace: default}
+spec:
+  hosts: [web.example.com]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: STATIC
+  endpoints:
+  - {address: 10.0.0.1, labels: {version: v1}}
+  - {address: 10.0.0.2, labels: {version: v2}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: web, namespace: default}
+spec:
+  host: web.example.com
+  trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}}
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}, trafficPolicy: {loadBalancer: {simple: RANDOM}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: web, namespace: default}
+spec:
+  hosts: [web.example.com]
+  http:
+  - name: canary
+    match: [{headers: {x-canary: {exact: "yes"}}}]
+    route: [{destination: {host: web.example.com, subset: v2}}]
+  - name: api
+    match: [{uri: {prefix: /api}}]
+    route:
+    - {destination: {host: web.example.com, subset: v1}, weight: 90}
+    - {destination: {host: web.example.com, subset: v2}, weight: 10}
+"#;
+
+#[test]
+fn virtual_service_rules_subsets_and_no_match() {
+    let file = temp_file("web.yaml", NO_MATCH).to_string_lossy().into_owned();
+    let files = [file];
+    check(
+        &Case {
+            name: "weighted subsets",
+            files: &[],
+            args: &[],
+            exit: 0,
+            expect: &[
+                "VirtualService default/web (at ",
+                "http[0] \"canary\" match [header x-canary=yes]: no match",
+                "http[1] \"api\" match [uri^/api]: MATCHED",
+                "→ outbound|80|v1|web.example.com weight 90 (90%)",
+                "→ outbound|80|v2|web.example.com weight 10 (10%)",
+                "cluster outbound|80|v1|web.example.com (subset v1), 90% of requests",
+                "policy from DestinationRule default/web at ",
+                "subset v1 selects endpoints with labels version=v1",
+                "load balancer ROUND_ROBIN",
+                "endpoint 10.0.0.1:80 weight 1 labels version=v1",
+                "cluster outbound|80|v2|web.example.com (subset v2), 10% of requests",
+                "load balancer RANDOM",
+                "endpoint 10.0.0.2:80 weight 1 labels version=v2",
+                "outcome: ROUTED: routed to outbound|80|v1|web.example.com, outbound|80|v2|web.example.com",
+            ],
+        },
+        &explain(&files, &["http://web.example.com/api/users"]),
+    );
+    check(
+        &Case {
+            name: "header match",
+            files: &[],
+            args: &[],
+            exit: 0,
+            expect: &[
+                "http[0] \"canary\"",
+                "MATCHED",
+                "outcome: ROUTED: routed to outbound|80|v2|web.example.com",
+            ],
+        },
+        &explain(&files, &["-H", "X-Canary: yes", "http://web.example.com/other"]),
+    );
+    check(
+        &Case {
+            name: "no rule matches",
+            files: &[],
+            args: &[],
+            exit: 1,
+            expect: &[
+                "http[0] \"canary\"",
+                "no match",
+                "http[1] \"api\"",
+                "no match",
+                "no rule matches: 404",
+                "outcome: REFUSED 404: meshentry: no rule of VirtualService default/web matches this request to web.example.com:80",
+            ],
+        },
+        &explain(&files, &["http://web.example.com/other"]),
+    );
+}
+
+#[test]
+fn json_shape() {
+    let file = temp_file("web-json.yaml", NO_MATCH).to_string_lossy().into_owned();
+    let out = explain(&[file], &["-o", "json", "http://web.example.com/api"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["request"]["protocol"], "http");
+    assert_eq!(v["request"]["host"], "web.example.com");
+    assert_eq!(v["request"]["port"], 80);
+    assert_eq!(v["request"]["listener"], "outbound");
+    assert_eq!(v["proxy"]["namespace"], "default");
+    assert_eq!(v["proxy"]["outbound_policy"], "ALLOW_ANY");
+    assert!(
+        v["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["step"].is_string() && s["lines"].is_array())
+    );
+    assert_eq!(v["service"]["host"], "web.example.com");
+    assert_eq!(v["service"]["matched_by"], "exact host web.example.com");
+    assert_eq!(v["service"]["resource"], "ServiceEntry default/web");
+    assert_eq!(v["virtual_service"]["name"], "default/web");
+    assert_eq!(v["virtual_service"]["rule"]["kind"], "http");
+    assert_eq!(v["virtual_service"]["rule"]["index"], 1);
+    assert_eq!(v["virtual_service"]["rule"]["name"], "api");
+    let dests = v["destinations"].as_array().unwrap();
+    assert_eq!(dests.len(), 2);
+    assert_eq!(dests[0]["cluster"], "outbound|80|v1|web.example.com");
+    assert_eq!(dests[0]["weight_percent"], 90.0);
+    assert_eq!(dests[0]["subset"], "v1");
+    assert_eq!(dests[0]["discovery"], "EDS");
+    assert_eq!(dests[0]["load_balancer"], "ROUND_ROBIN");
+    assert_eq!(dests[0]["endpoints"][0]["address"], "10.0.0.1:80");
+    assert_eq!(dests[0]["endpoints"][0]["labels"]["version"], "v1");
+    assert_eq!(v["outcome"]["routed"], true);
+    assert_eq!(v["outcome"]["result"], "routed");
+
+    let out = explain(
+        &[seed("")],
+        &[
+            "-o",
+            "json",
+            "--outbound-policy",
+            "REGISTRY_ONLY",
+            "http://nope.example/",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["service"], serde_json::Value::Null);
+    assert_eq!(v["outcome"]["routed"], false);
+    assert_eq!(v["outcome"]["status"], 502);
+    assert_eq!(v["outcome"]["cluster"], "BlackHoleCluster");
+}
+
+#[test]
+fn usage_and_config_errors_exit_2() {
+    let out = explain(&[seed("")], &["ftp://x"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let out = explain(&[seed("")], &["tcp://db.example.com:5432"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("tcp:// needs an IP"),
+        "{}",
+        text(&out.stderr)
+    );
+    let bad = temp_file(
+        "bad.yaml",
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: bad}\nspec:\n  hosts: [a.com]\n  ports: [{number: 70000, name: http}]\n",
+    );
+    let out = explain(&[bad.to_string_lossy().into_owned()], &["http://a.com/"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("bad.yaml:6"), "{}", text(&out.stderr));
+}

@@ -1,0 +1,737 @@
+//! Issue 7 items 2 and 3 end to end: `meshentry proxy --gateway NS/NAME` as the seed's egress
+//! gateway, and the seed's two-hop egress (sidecar -> gateway -> httpbin.com) with two real
+//! proxy processes and curl as the client.
+//!
+//! Every test owns its loopback addresses, its DNS server and its proxies. The gateway binds its
+//! servers' real ports (80, 443) on a 127.x address of its own (`--gateway-bind`), so tests run in
+//! parallel. Sidecars run REGISTRY_ONLY, so a routing bug is a refusal, not a passthrough.
+
+#![allow(clippy::unwrap_used)]
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use meshentry_testutil::pki::server_config;
+use meshentry_testutil::{HttpUpstream, LeafSpec, PemDir, ProxyProcess, TestCa, TestDns, TlsUpstream, unique_loopback};
+
+const BIN: &str = env!("CARGO_BIN_EXE_meshentry");
+const START_TIMEOUT: Duration = Duration::from_secs(15);
+
+fn seed(file: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples/seed/v1beta1")
+        .join(file);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+}
+
+fn replace(yaml: &str, from: &str, to: &str) -> String {
+    assert!(yaml.contains(from), "seed example no longer contains {from:?}:\n{yaml}");
+    yaml.replace(from, to)
+}
+
+fn ip(v4: Ipv4Addr) -> IpAddr {
+    IpAddr::V4(v4)
+}
+
+fn path(p: &Path) -> String {
+    p.display().to_string()
+}
+
+struct Proxy {
+    process: ProxyProcess,
+    /// The explicit proxy (sidecars) or the address the gateway's ports are bound on.
+    ip: Ipv4Addr,
+    addr: SocketAddr,
+    admin: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Proxy {
+    /// A sidecar in `namespace` with its explicit proxy on `<own ip>:15080`.
+    async fn sidecar(yaml: &str, dns: &TestDns, namespace: &str, extra: &[&str]) -> Proxy {
+        let own = unique_loopback();
+        let addr = SocketAddr::new(ip(own), 15080);
+        let mut args = vec![
+            "--namespace".to_string(),
+            namespace.into(),
+            "--outbound-policy".into(),
+            "REGISTRY_ONLY".into(),
+            "--http-proxy".into(),
+            addr.to_string(),
+            "--outbound".into(),
+            "off".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Self::start(yaml, dns, own, args, addr).await
+    }
+
+    /// The gateway `istio-system/istio-egressgateway` (as the seed names it), bound on `own`,
+    /// waiting for `port`.
+    async fn gateway(yaml: &str, dns: &TestDns, own: Ipv4Addr, port: u16, extra: &[&str]) -> Proxy {
+        let mut args = vec![
+            "--gateway".to_string(),
+            "istio-system/istio-egressgateway".into(),
+            "--labels".into(),
+            "istio=egressgateway,app=istio-egressgateway".into(),
+            "--gateway-bind".into(),
+            own.to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Self::start(yaml, dns, own, args, SocketAddr::new(ip(own), port)).await
+    }
+
+    async fn start(yaml: &str, dns: &TestDns, own: Ipv4Addr, extra: Vec<String>, wait: SocketAddr) -> Proxy {
+        let dir = tempfile::Builder::new().prefix("meshentry-gw-").tempdir().unwrap();
+        std::fs::write(dir.path().join("config.yaml"), yaml).unwrap();
+        let admin = SocketAddr::new(ip(own), 15000);
+        let mut args: Vec<String> = vec![
+            "proxy".into(),
+            "--config".into(),
+            path(dir.path()),
+            "--admin".into(),
+            admin.to_string(),
+            "--dns-server".into(),
+            dns.addr().to_string(),
+        ];
+        args.extend(extra);
+        let mut process = ProxyProcess::spawn(BIN, &args, [("RUST_LOG", "info")]);
+        process.wait_listening(wait, START_TIMEOUT).await;
+        process.wait_listening(admin, START_TIMEOUT).await;
+        Proxy {
+            process,
+            ip: own,
+            addr: wait,
+            admin,
+            _dir: dir,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    async fn stat(&self, name: &str) -> u64 {
+        let out = curl(&[&format!("http://{}/stats", self.admin)]).await;
+        let key = format!("meshentry.{name}: ");
+        out.body
+            .lines()
+            .find_map(|l| l.strip_prefix(key.as_str()))
+            .unwrap_or_else(|| panic!("/stats has no {name}:\n{}", out.body))
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    /// The `requests` counter of cluster `name` in `/clusters?format=json`.
+    async fn cluster_requests(&self, name: &str) -> u64 {
+        let out = curl(&[&format!("http://{}/clusters?format=json", self.admin)]).await;
+        let json: serde_json::Value = serde_json::from_str(&out.body).unwrap();
+        json["clusters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("no cluster {name} in {}", out.body))["requests"]
+            .as_u64()
+            .unwrap()
+    }
+}
+
+#[derive(Debug)]
+struct CurlOut {
+    code: i32,
+    status: u16,
+    body: String,
+    headers: String,
+}
+
+impl CurlOut {
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("body is not JSON ({e}): {self:?}"))
+    }
+}
+
+const STATUS_MARK: &str = "\n@@meshentry-status@@";
+
+/// Runs curl (never through a proxy from the environment) with `args`.
+async fn curl(args: &[&str]) -> CurlOut {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let headers = tempfile::NamedTempFile::new().unwrap();
+        let mut cmd = Command::new("curl");
+        cmd.arg("-q")
+            .args(["-sS", "--max-time", "20", "-D"])
+            .arg(headers.path())
+            .arg("-w")
+            .arg(format!("{STATUS_MARK}%{{http_code}}"))
+            .args(&args);
+        for var in [
+            "http_proxy",
+            "HTTP_PROXY",
+            "https_proxy",
+            "HTTPS_PROXY",
+            "all_proxy",
+            "ALL_PROXY",
+            "no_proxy",
+            "NO_PROXY",
+        ] {
+            cmd.env_remove(var);
+        }
+        let out = cmd
+            .output()
+            .expect("curl is needed for these tests (apt-get install curl)");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, status) = stdout.rsplit_once(STATUS_MARK).unwrap();
+        CurlOut {
+            code: out.status.code().unwrap_or(-1),
+            status: status.trim().parse().unwrap_or(0),
+            body: body.to_owned(),
+            headers: std::fs::read_to_string(headers.path()).unwrap_or_default(),
+        }
+    })
+    .await
+    .unwrap()
+}
+
+/// The ServiceEntry a Kubernetes Service would be for the gateway's pods: the gateway host on
+/// `port`, its endpoint the gateway proxy's listener address.
+fn gateway_service(gw: Ipv4Addr, port: u16, protocol: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1beta1
+kind: ServiceEntry
+metadata: {{name: istio-egressgateway, namespace: istio-system}}
+spec:
+  hosts: [istio-egressgateway.istio-system.svc.cluster.local]
+  location: MESH_INTERNAL
+  ports: [{{number: {port}, name: p{port}, protocol: {protocol}}}]
+  resolution: STATIC
+  endpoints: [{{address: {gw}}}]
+{extra}"
+    )
+}
+
+/// Seed 06 with an exportTo the istio-system gateway can see (the literal `.` hides it there).
+fn httpbin_se_exported() -> String {
+    replace(
+        &seed("06-serviceentry-external-svc-httpbin.yaml"),
+        "exportTo:\n  - \".\"",
+        "exportTo:\n  - \".\"\n  - istio-system",
+    )
+}
+
+/// Seed 08 bound to the Gateway where it lives (item 4's correction).
+fn routing_corrected() -> String {
+    replace(
+        &seed("08-virtualservice-gateway-routing.yaml"),
+        "- istio-egressgateway\n",
+        "- istio-system/istio-egressgateway\n",
+    )
+}
+
+fn join(docs: &[String]) -> String {
+    docs.join("\n---\n")
+}
+
+/// httpbin.com resolving through a fresh TestDns to an HTTP upstream on port 80.
+fn httpbin() -> (TestDns, HttpUpstream) {
+    let dns = TestDns::start(unique_loopback());
+    let at = unique_loopback();
+    dns.set("httpbin.com", &[ip(at)], 30);
+    (dns, HttpUpstream::start(SocketAddr::new(ip(at), 80), "httpbin"))
+}
+
+const GW_CLUSTER: &str = "outbound|80||istio-egressgateway.istio-system.svc.cluster.local";
+
+// ---------------------------------------------------------------------------------------------
+// The seed's gateway routing (06, 07, 08), corrected, through two proxies
+
+#[tokio::test]
+async fn seed_egress_through_the_gateway_is_counted_on_both_hops() {
+    let (dns, up) = httpbin();
+    let gw_ip = unique_loopback();
+    let yaml = join(&[
+        httpbin_se_exported(),
+        seed("07-gateway-istio-egressgateway.yaml"),
+        routing_corrected(),
+        gateway_service(gw_ip, 80, "HTTP", ""),
+    ]);
+    let gateway = Proxy::gateway(&yaml, &dns, gw_ip, 80, &[]).await;
+    let sidecar = Proxy::sidecar(&yaml, &dns, "egress", &[]).await;
+
+    for i in 0..3 {
+        let out = curl(&["-x", &sidecar.url(), &format!("http://httpbin.com/get?n={i}")]).await;
+        assert_eq!(
+            (out.code, out.status),
+            (0, 200),
+            "{out:?}\n{}",
+            gateway.process.output()
+        );
+        let json = out.json();
+        assert_eq!(json["upstream"], "httpbin");
+        // The Host is kept across both hops.
+        assert_eq!(json["host"], "httpbin.com", "{json}");
+    }
+    assert_eq!(up.requests(), 3);
+    // The sidecar's mesh rule sent them to the gateway service, not straight to httpbin.com.
+    assert_eq!(sidecar.cluster_requests(GW_CLUSTER).await, 3);
+    assert_eq!(sidecar.cluster_requests("outbound|80||httpbin.com").await, 0);
+    // The gateway's rule sent them on to httpbin.com (DNS).
+    assert_eq!(gateway.cluster_requests("outbound|80||httpbin.com").await, 3);
+    assert_eq!(gateway.stat("http_requests_total").await, 3);
+    assert_eq!(sidecar.stat("http_requests_total").await, 3);
+    assert_eq!(sidecar.stat("outbound_blocked_total").await, 0);
+    // The gateway also answers a client that talks to it directly (a Host it serves).
+    let out = curl(&["-H", "Host: httpbin.com", &format!("http://{gw_ip}/direct")]).await;
+    assert_eq!(out.status, 200, "{out:?}");
+    assert_eq!(up.requests(), 4);
+}
+
+/// Taken literally, seed 08 binds to `egress/istio-egressgateway` (a bare name is the
+/// VirtualService's namespace), which is no Gateway: Istio's gateway gets no virtual host for
+/// httpbin.com and answers 404, while the sidecar's mesh rule still sends the request there.
+#[tokio::test]
+async fn the_literal_seed_binds_to_no_gateway_and_the_gateway_answers_404() {
+    let (dns, up) = httpbin();
+    let gw_ip = unique_loopback();
+    let yaml = join(&[
+        httpbin_se_exported(),
+        seed("07-gateway-istio-egressgateway.yaml"),
+        seed("08-virtualservice-gateway-routing.yaml"),
+        gateway_service(gw_ip, 80, "HTTP", ""),
+    ]);
+    let gateway = Proxy::gateway(&yaml, &dns, gw_ip, 80, &[]).await;
+    let sidecar = Proxy::sidecar(&yaml, &dns, "egress", &[]).await;
+    let out = curl(&["-x", &sidecar.url(), "http://httpbin.com/get"]).await;
+    assert_eq!(out.status, 404, "{out:?}");
+    assert!(
+        out.body
+            .contains("no VirtualService bound to it routes host httpbin.com"),
+        "{out:?}"
+    );
+    assert_eq!(up.requests(), 0);
+    assert_eq!(sidecar.cluster_requests(GW_CLUSTER).await, 1);
+    assert_eq!(gateway.cluster_requests("outbound|80||httpbin.com").await, 0);
+}
+
+/// Gateway name corrected but the ServiceEntry left with exportTo `.`: the istio-system gateway
+/// does not see httpbin.com, so its route names a missing cluster (503), as in Istio (F4).
+#[tokio::test]
+async fn a_service_entry_hidden_from_the_gateway_namespace_gives_503() {
+    let (dns, up) = httpbin();
+    let gw_ip = unique_loopback();
+    let yaml = join(&[
+        seed("06-serviceentry-external-svc-httpbin.yaml"),
+        seed("07-gateway-istio-egressgateway.yaml"),
+        routing_corrected(),
+        gateway_service(gw_ip, 80, "HTTP", ""),
+    ]);
+    let _gateway = Proxy::gateway(&yaml, &dns, gw_ip, 80, &[]).await;
+    let sidecar = Proxy::sidecar(&yaml, &dns, "egress", &[]).await;
+    let out = curl(&["-x", &sidecar.url(), "http://httpbin.com/get"]).await;
+    assert_eq!(out.status, 503, "{out:?}");
+    assert!(out.body.contains("httpbin.com"), "{out:?}");
+    assert_eq!(up.requests(), 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Server hosts, httpsRedirect, and refusing to start
+
+const ROUTE_ANY_HOST: &str = "apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata: {name: through-gateway, namespace: egress}
+spec:
+  hosts: [httpbin.com, other.example.com]
+  gateways: [istio-system/istio-egressgateway]
+  http:
+  - route:
+    - destination: {host: httpbin.com, port: {number: 80}}
+";
+
+fn gateway_yaml(servers: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1beta1
+kind: Gateway
+metadata: {{name: istio-egressgateway, namespace: istio-system}}
+spec:
+  selector: {{istio: egressgateway}}
+  servers:
+{servers}"
+    )
+}
+
+#[tokio::test]
+async fn server_hosts_filter_virtual_hosts_and_https_redirect_answers_301() {
+    let (dns, up) = httpbin();
+    let gw_ip = unique_loopback();
+    let servers = "  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: [egress/httpbin.com]
+  - port: {number: 8080, name: http-redirect, protocol: HTTP}
+    hosts: ['*']
+    tls: {httpsRedirect: true}
+";
+    let yaml = join(&[httpbin_se_exported(), gateway_yaml(servers), ROUTE_ANY_HOST.into()]);
+    let gateway = Proxy::gateway(&yaml, &dns, gw_ip, 80, &[]).await;
+    let base = format!("http://{gw_ip}");
+    let out = curl(&["-H", "Host: httpbin.com", &format!("{base}/ok")]).await;
+    assert_eq!(out.status, 200, "{out:?}");
+    // The VirtualService names other.example.com, but the server's hosts do not: no vhost.
+    let out = curl(&["-H", "Host: other.example.com", &format!("{base}/no")]).await;
+    assert_eq!(out.status, 404, "{out:?}");
+    let out = curl(&["-H", "Host: unknown.example.com", &format!("{base}/no")]).await;
+    assert_eq!(out.status, 404, "{out:?}");
+    assert_eq!(up.requests(), 1);
+    // httpsRedirect: 301 to https, whatever the host.
+    let out = curl(&["-H", "Host: httpbin.com", &format!("http://{gw_ip}:8080/a?b=c")]).await;
+    assert_eq!(out.status, 301, "{out:?}");
+    assert!(
+        out.headers
+            .to_ascii_lowercase()
+            .contains("location: https://httpbin.com/a?b=c"),
+        "{out:?}"
+    );
+    assert_eq!(up.requests(), 1);
+    drop(gateway);
+}
+
+#[test]
+fn a_gateway_that_does_not_exist_or_select_the_labels_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("gw.yaml"), seed("07-gateway-istio-egressgateway.yaml")).unwrap();
+    let run = |extra: &[&str]| {
+        let own = unique_loopback();
+        let out = Command::new(BIN)
+            .args([
+                "proxy",
+                "--config",
+                &path(dir.path()),
+                "--admin",
+                &format!("{own}:15000"),
+            ])
+            .args(["--gateway-bind", &own.to_string()])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = run(&[
+        "--gateway",
+        "egress/istio-egressgateway",
+        "--labels",
+        "istio=egressgateway",
+    ]);
+    assert!(
+        err.contains("no such Gateway") && err.contains("istio-system/istio-egressgateway"),
+        "{err}"
+    );
+    let err = run(&[
+        "--gateway",
+        "istio-system/istio-egressgateway",
+        "--labels",
+        "istio=ingressgateway",
+    ]);
+    assert!(
+        err.contains("selector does not match") && err.contains("istio=egressgateway"),
+        "{err}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// TLS on the listening side: SIMPLE, MUTUAL, PASSTHROUGH, ISTIO_MUTUAL
+
+#[tokio::test]
+async fn simple_and_mutual_servers_terminate_tls_with_their_files() {
+    let (dns, up) = httpbin();
+    let gw_ip = unique_loopback();
+    let ca = TestCa::new("gateway ca");
+    let pem = PemDir::new();
+    let ca_file = pem.ca(&ca);
+    let server = pem.leaf(&ca.issue(LeafSpec::server(["httpbin.com"])), "server");
+    let client = pem.leaf(&ca.issue(LeafSpec::client("spiffe://example.org/client")), "client");
+    let (cert, key, cafile) = (path(&server.cert), path(&server.key), path(&ca_file));
+    let servers = format!(
+        "  - port: {{number: 443, name: https, protocol: HTTPS}}
+    hosts: [httpbin.com]
+    tls: {{mode: SIMPLE, serverCertificate: {cert}, privateKey: {key}}}
+  - port: {{number: 8443, name: https-mutual, protocol: HTTPS}}
+    hosts: [httpbin.com]
+    tls: {{mode: MUTUAL, serverCertificate: {cert}, privateKey: {key}, caCertificates: {cafile}}}
+"
+    );
+    let yaml = join(&[httpbin_se_exported(), gateway_yaml(&servers), ROUTE_ANY_HOST.into()]);
+    let gateway = Proxy::gateway(&yaml, &dns, gw_ip, 443, &[]).await;
+    let resolve = |port: u16| format!("httpbin.com:{port}:{gw_ip}");
+
+    let out = curl(&[
+        "--cacert",
+        &cafile,
+        "--resolve",
+        &resolve(443),
+        "https://httpbin.com/simple",
+    ])
+    .await;
+    assert_eq!(
+        (out.code, out.status),
+        (0, 200),
+        "{out:?}\n{}",
+        gateway.process.output()
+    );
+    assert_eq!(out.json()["path"], "/simple");
+    assert_eq!(out.json()["host"], "httpbin.com");
+
+    // MUTUAL: no client certificate, no handshake.
+    let out = curl(&[
+        "--cacert",
+        &cafile,
+        "--resolve",
+        &resolve(8443),
+        "https://httpbin.com:8443/mutual",
+    ])
+    .await;
+    assert_ne!(out.code, 0, "{out:?}");
+    assert_ne!(out.code, 6, "{out:?}");
+    let out = curl(&[
+        "--cacert",
+        &cafile,
+        "--cert",
+        &path(&client.cert),
+        "--key",
+        &path(&client.key),
+        "--resolve",
+        &resolve(8443),
+        "https://httpbin.com:8443/mutual",
+    ])
+    .await;
+    assert_eq!((out.code, out.status), (0, 200), "{out:?}");
+    assert_eq!(up.requests(), 2);
+    assert!(gateway.stat("downstream_tls_errors_total").await >= 1);
+}
+
+#[test]
+fn credential_name_is_refused_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let servers = "  - port: {number: 443, name: https, protocol: HTTPS}
+    hosts: [httpbin.com]
+    tls: {mode: SIMPLE, credentialName: httpbin-cert}
+";
+    std::fs::write(dir.path().join("gw.yaml"), gateway_yaml(servers)).unwrap();
+    let own = unique_loopback();
+    let out = Command::new(BIN)
+        .args([
+            "proxy",
+            "--config",
+            &path(dir.path()),
+            "--admin",
+            &format!("{own}:15000"),
+        ])
+        .args([
+            "--gateway",
+            "istio-system/istio-egressgateway",
+            "--labels",
+            "istio=egressgateway",
+        ])
+        .args(["--gateway-bind", &own.to_string()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("credentialName") && err.contains("serverCertificate"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn passthrough_routes_by_sni_with_a_tls_rule() {
+    let dns = TestDns::start(unique_loopback());
+    let gw_ip = unique_loopback();
+    let ca = TestCa::new("passthrough ca");
+    let pem = PemDir::new();
+    let ca_file = path(&pem.ca(&ca));
+    let at = unique_loopback();
+    dns.set("secure.example.com", &[ip(at)], 30);
+    let up = TlsUpstream::start(
+        SocketAddr::new(ip(at), 443),
+        "secure",
+        server_config(&ca.issue(LeafSpec::server(["secure.example.com"])), None),
+    );
+    let servers = "  - port: {number: 443, name: tls, protocol: TLS}
+    hosts: [secure.example.com]
+    tls: {mode: PASSTHROUGH}
+";
+    let se = "apiVersion: networking.istio.io/v1beta1
+kind: ServiceEntry
+metadata: {name: secure, namespace: istio-system}
+spec:
+  hosts: [secure.example.com]
+  ports: [{number: 443, name: tls, protocol: TLS}]
+  resolution: DNS
+";
+    let vs = "apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata: {name: secure, namespace: istio-system}
+spec:
+  hosts: [secure.example.com]
+  gateways: [istio-egressgateway]
+  tls:
+  - match: [{port: 443, sniHosts: [secure.example.com]}]
+    route:
+    - destination: {host: secure.example.com, port: {number: 443}}
+";
+    let yaml = join(&[se.into(), gateway_yaml(servers), vs.into()]);
+    let gateway = Proxy::gateway(&yaml, &dns, gw_ip, 443, &[]).await;
+    let out = curl(&[
+        "--cacert",
+        &ca_file,
+        "--resolve",
+        &format!("secure.example.com:443:{gw_ip}"),
+        "https://secure.example.com/pass",
+    ])
+    .await;
+    assert_eq!(
+        (out.code, out.status),
+        (0, 200),
+        "{out:?}\n{}",
+        gateway.process.output()
+    );
+    assert_eq!(out.json()["tls"]["sni"], "secure.example.com");
+    assert_eq!(up.last_sni().as_deref(), Some("secure.example.com"));
+    // Another SNI is not among the server's hosts: the connection is closed.
+    dns.set("other.example.com", &[ip(at)], 30);
+    let out = curl(&[
+        "--cacert",
+        &ca_file,
+        "--resolve",
+        &format!("other.example.com:443:{gw_ip}"),
+        "https://other.example.com/no",
+    ])
+    .await;
+    assert_ne!(out.code, 0, "{out:?}");
+    assert_eq!(up.requests(), 1);
+    assert_eq!(gateway.stat("tunnels_total").await, 1);
+    // The relayed connection is counted on the cluster the tls rule picked.
+    assert_eq!(gateway.cluster_requests("outbound|443||secure.example.com").await, 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The seed's TLS variant (F4): sidecar -> gateway over ISTIO_MUTUAL, with `meshentry ca`
+
+fn meshentry(args: &[&str]) {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "meshentry {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn issue(ca: &Path, dir: &Path, ns: &str, sa: &str) -> PathBuf {
+    let out = dir.join(sa);
+    meshentry(&[
+        "ca",
+        "issue",
+        "--dir",
+        &path(ca),
+        "--namespace",
+        ns,
+        "--service-account",
+        sa,
+        "--out",
+        &path(&out),
+    ]);
+    out
+}
+
+fn identity_flags(dir: &Path) -> Vec<String> {
+    vec![
+        "--cert".into(),
+        path(&dir.join("cert-chain.pem")),
+        "--key".into(),
+        path(&dir.join("key.pem")),
+        "--ca".into(),
+        path(&dir.join("root-cert.pem")),
+    ]
+}
+
+#[tokio::test]
+async fn istio_mutual_between_sidecar_and_gateway() {
+    let (dns, up) = httpbin();
+    let gw_ip = unique_loopback();
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = tmp.path().join("ca");
+    meshentry(&["ca", "init", "--dir", &path(&ca)]);
+    let sleep = issue(&ca, tmp.path(), "egress", "sleep");
+    let gw_id = issue(&ca, tmp.path(), "istio-system", "istio-egressgateway-service-account");
+    let gw_spiffe = "spiffe://cluster.local/ns/istio-system/sa/istio-egressgateway-service-account";
+    let servers = "  - port: {number: 443, name: https, protocol: HTTPS}
+    hosts: [httpbin.com]
+    tls: {mode: ISTIO_MUTUAL}
+";
+    let dr = "apiVersion: networking.istio.io/v1beta1
+kind: DestinationRule
+metadata: {name: egressgateway-for-httpbin, namespace: egress}
+spec:
+  host: istio-egressgateway.istio-system.svc.cluster.local
+  trafficPolicy:
+    tls: {mode: ISTIO_MUTUAL, sni: httpbin.com}
+";
+    let vs = "apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata: {name: gateway-routing, namespace: egress}
+spec:
+  hosts: [httpbin.com]
+  gateways: [mesh, istio-system/istio-egressgateway]
+  http:
+  - match: [{port: 80, gateways: [mesh]}]
+    route:
+    - destination: {host: istio-egressgateway.istio-system.svc.cluster.local, port: {number: 443}}
+  - match: [{port: 443, gateways: [istio-system/istio-egressgateway]}]
+    route:
+    - destination: {host: httpbin.com, port: {number: 80}}
+";
+    let yaml = join(&[
+        httpbin_se_exported(),
+        gateway_yaml(servers),
+        vs.into(),
+        dr.into(),
+        gateway_service(gw_ip, 443, "HTTPS", &format!("  subjectAltNames: [{gw_spiffe}]\n")),
+    ]);
+    let gw_flags = identity_flags(&gw_id);
+    let gw_flags: Vec<&str> = gw_flags.iter().map(String::as_str).collect();
+    let gateway = Proxy::gateway(&yaml, &dns, gw_ip, 443, &gw_flags).await;
+    let sc_flags = identity_flags(&sleep);
+    let sc_flags: Vec<&str> = sc_flags.iter().map(String::as_str).collect();
+    let sidecar = Proxy::sidecar(&yaml, &dns, "egress", &sc_flags).await;
+
+    let out = curl(&["-x", &sidecar.url(), "http://httpbin.com/mtls"]).await;
+    assert_eq!(
+        (out.code, out.status),
+        (0, 200),
+        "{out:?}\nsidecar: {}\ngateway: {}",
+        sidecar.process.output(),
+        gateway.process.output()
+    );
+    assert_eq!(out.json()["host"], "httpbin.com");
+    assert_eq!(up.requests(), 1);
+    assert_eq!(
+        sidecar
+            .cluster_requests("outbound|443||istio-egressgateway.istio-system.svc.cluster.local")
+            .await,
+        1
+    );
+    assert_eq!(gateway.cluster_requests("outbound|80||httpbin.com").await, 1);
+
+    // A client without a mesh certificate is refused by the gateway.
+    let out = curl(&[
+        "-k",
+        "--resolve",
+        &format!("httpbin.com:443:{gw_ip}"),
+        "https://httpbin.com/no-cert",
+    ])
+    .await;
+    assert_ne!(out.code, 0, "{out:?}");
+    assert_eq!(up.requests(), 1);
+    let _ = (gateway.ip, sidecar.ip);
+}
