@@ -31,8 +31,9 @@ const ALERT_ACCESS_DENIED: u8 = 49;
 
 /// Accepts redirected connections until `shutdown` turns true.
 pub async fn serve_outbound(listener: TcpListener, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
-    // Asked once here rather than of every connection (a system call each).
+    // Asked and set once here rather than for every connection (a system call each).
     let local = listener.local_addr().ok();
+    nodelay_for_accepted(&listener);
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -47,6 +48,15 @@ pub async fn serve_outbound(listener: TcpListener, shared: Arc<Shared>, mut shut
             },
             _ = shutdown.changed() => break,
         }
+    }
+}
+
+/// Sets TCP_NODELAY on the listening socket: Linux copies it into every socket `accept`
+/// returns, so relayed bytes (a TLS handshake's small records) are not held back by Nagle's
+/// algorithm without a `setsockopt` per connection.
+fn nodelay_for_accepted(listener: &TcpListener) {
+    if let Err(e) = SockRef::from(listener).set_tcp_nodelay(true) {
+        tracing::warn!(error = %e, "cannot set TCP_NODELAY on the outbound listener");
     }
 }
 
@@ -176,13 +186,32 @@ async fn handle(stream: TcpStream, peer: SocketAddr, local: Option<SocketAddr>, 
 }
 
 /// Sends what was read while detecting, then copies both ways until both sides are done.
+/// `client` comes from the outbound listener, so it has TCP_NODELAY already
+/// ([`nodelay_for_accepted`]); upstream connections set it when they connect.
 pub async fn relay(mut client: TcpStream, mut upstream: Stream, first: &[u8]) {
     if !first.is_empty() && upstream.write_all(first).await.is_err() {
         return;
     }
-    let _ = client.set_nodelay(true);
     match crate::relay::copy_bidirectional(&mut client, &mut upstream).await {
         Ok((up, down)) => tracing::debug!(up, down, "connection closed"),
         Err(e) => tracing::debug!(error = %e, "connection ended with an error"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn accepted_connections_inherit_nodelay_from_the_listener() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        nodelay_for_accepted(&listener);
+        let addr = listener.local_addr().unwrap();
+        let _client = TcpStream::connect(addr).await.unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        assert!(
+            accepted.nodelay().unwrap(),
+            "relay() relies on the listener's TCP_NODELAY"
+        );
     }
 }
