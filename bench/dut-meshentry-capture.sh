@@ -30,12 +30,14 @@
 #   MESHENTRY_BENCH_OUTBOUND the transparent listener (default 127.0.0.1:45001)
 #   MESHENTRY_BENCH_ADMIN    the admin listener (default 127.0.0.1:45000)
 #   MESHENTRY_BENCH_REPORT   where the run's summary goes (default /tmp/meshentry-bench-capture.last)
+#   MESHENTRY_BENCH_UID      the uid the proxy runs as (default 1337, as Istio's sidecar; 0: root)
 set -uo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 bin=${MESHENTRY_BIN:-${CARGO_TARGET_DIR:-$here/target}/release/meshentry}
 outbound=${MESHENTRY_BENCH_OUTBOUND:-127.0.0.1:45001}
 admin=${MESHENTRY_BENCH_ADMIN:-127.0.0.1:45000}
 report=${MESHENTRY_BENCH_REPORT:-/tmp/meshentry-bench-capture.last}
+uid=${MESHENTRY_BENCH_UID:-1337}
 chain=MESHENTRY_BENCH
 sni=${BENCH_TLS_SNI:-localhost}
 
@@ -147,7 +149,16 @@ trap 'finish; exit 0' TERM INT
 trap 'finish' EXIT
 
 "$bin" validate "$cfg/bench.yaml" >"$cfg/validate.out" 2>&1 || { cat "$cfg/validate.out" >&2; exit 1; }
-"$bin" proxy --config "$cfg/bench.yaml" --http-proxy 127.0.0.1:0 --outbound "$outbound" --admin "$admin" \
+# As a sidecar runs: as its own uid (Istio's 1337), which is what the capture rules of a real
+# install exempt; here the rules match only the benchmark's addresses, so no exemption is
+# needed. MESHENTRY_BENCH_UID=0 runs it as root instead.
+as_uid=()
+if [[ $uid != 0 ]]; then
+  command -v setpriv >/dev/null || { log "setpriv is missing (util-linux), or set MESHENTRY_BENCH_UID=0"; exit 2; }
+  chmod 755 "$cfg"; chmod 644 "$cfg/bench.yaml"
+  as_uid=(setpriv --reuid="$uid" --regid="$uid" --clear-groups)
+fi
+"${as_uid[@]}" "$bin" proxy --config "$cfg/bench.yaml" --http-proxy 127.0.0.1:0 --outbound "$outbound" --admin "$admin" \
   --outbound-policy REGISTRY_ONLY --log-level warn &
 proxy=$!
 for _ in $(seq 100); do listening "$(port_of "$outbound")" && break; kill -0 "$proxy" 2>/dev/null || exit 1; sleep 0.1; done

@@ -13,14 +13,21 @@
 //! Semantics are `copy_bidirectional`'s: end of stream on one side is passed on as a
 //! shutdown of writing on the other once everything read has been written (half-close),
 //! the other direction carries on, and the first error ends the relay.
+//!
+//! Two system calls per connection are saved where the sockets allow ([`Peer`]), as HAProxy
+//! saves them: the read that would only return end of stream is skipped when the readiness
+//! the kernel reported already says the peer closed and the read before took everything; and
+//! the last direction to finish does not shut its destination down for writing when the
+//! caller is about to drop it, since closing a drained TCP socket sends the same FIN.
 
 use std::cell::RefCell;
-use std::future::poll_fn;
+use std::future::{Future, poll_fn};
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
+use tokio::net::TcpStream;
 
 /// Bytes moved per read: large enough that bulk transfers take few system calls.
 pub const BUF: usize = 64 * 1024;
@@ -31,21 +38,69 @@ thread_local! {
     static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; BUF].into_boxed_slice());
 }
 
+/// What a relay can learn about a connection without a system call.
+pub trait Peer {
+    /// Asked right after a read that left room in the buffer, in the same poll: whether the
+    /// peer's end of stream is already known, so that the read that would only return it
+    /// can be skipped. `false` when unknown. Not meaningful at any other time.
+    fn eof_after_short_read(&self) -> bool {
+        false
+    }
+
+    /// Whether dropping it once it has been read to its end tells the peer what a shutdown
+    /// for writing would (a TCP socket closed with nothing left unread sends a FIN).
+    fn closes_on_drop(&self) -> bool {
+        false
+    }
+}
+
+impl Peer for TcpStream {
+    fn eof_after_short_read(&self) -> bool {
+        // tokio keeps "read closed" once the kernel reported the peer's FIN (or reset). On a
+        // current-thread runtime that report was taken in by the driver before this poll began,
+        // so the FIN was in the socket before the read; TCP delivers in order, so a read that
+        // left room took everything up to it. (With other threads running the driver, the
+        // report could have come in after the read, with bytes behind it: don't guess there.)
+        let current_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread);
+        if !current_thread {
+            return false;
+        }
+        // One poll of the readiness future with a no-op waker reads tokio's cached readiness:
+        // no system call.
+        let ready = std::pin::pin!(self.ready(Interest::READABLE));
+        match ready.poll(&mut Context::from_waker(std::task::Waker::noop())) {
+            Poll::Ready(Ok(r)) => r.is_read_closed(),
+            _ => false,
+        }
+    }
+
+    fn closes_on_drop(&self) -> bool {
+        true
+    }
+}
+
+impl Peer for tokio::io::DuplexStream {}
+
 /// Copies `a` to `b` and `b` to `a` until both directions have reached end of stream;
-/// returns the bytes copied each way (a to b, b to a).
+/// returns the bytes copied each way (a to b, b to a). The caller drops both streams when it
+/// returns: the end of stream of the last direction to finish may be passed on by that drop
+/// ([`Peer::closes_on_drop`]) rather than by a shutdown.
 pub async fn copy_bidirectional<A, B>(a: &mut A, b: &mut B) -> io::Result<(u64, u64)>
 where
-    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
-    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    A: AsyncRead + AsyncWrite + Peer + Unpin + ?Sized,
+    B: AsyncRead + AsyncWrite + Peer + Unpin + ?Sized,
 {
     let mut a_to_b = Direction::default();
     let mut b_to_a = Direction::default();
     poll_fn(|cx| {
         if !a_to_b.done {
-            ready_or_pending(a_to_b.poll_copy(cx, Pin::new(&mut *a), Pin::new(&mut *b)))?;
+            let last = b_to_a.done;
+            ready_or_pending(a_to_b.poll_copy(cx, Pin::new(&mut *a), Pin::new(&mut *b), last))?;
         }
         if !b_to_a.done {
-            ready_or_pending(b_to_a.poll_copy(cx, Pin::new(&mut *b), Pin::new(&mut *a)))?;
+            let last = a_to_b.done;
+            ready_or_pending(b_to_a.poll_copy(cx, Pin::new(&mut *b), Pin::new(&mut *a), last))?;
         }
         if a_to_b.done && b_to_a.done {
             Poll::Ready(Ok((a_to_b.copied, b_to_a.copied)))
@@ -92,11 +147,18 @@ enum Step {
 
 impl Direction {
     /// Moves bytes from `r` to `w` until one of them is not ready; `Ready(Ok)` once end of
-    /// stream has been passed on. Sets `done` then.
-    fn poll_copy<R, W>(&mut self, cx: &mut Context<'_>, mut r: Pin<&mut R>, mut w: Pin<&mut W>) -> Poll<io::Result<()>>
+    /// stream has been passed on. Sets `done` then. `last`: the other direction is done, so
+    /// the relay ends with this one.
+    fn poll_copy<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut r: Pin<&mut R>,
+        mut w: Pin<&mut W>,
+        last: bool,
+    ) -> Poll<io::Result<()>>
     where
-        R: AsyncRead + ?Sized,
-        W: AsyncWrite + ?Sized,
+        R: AsyncRead + Peer + ?Sized,
+        W: AsyncWrite + Peer + ?Sized,
     {
         loop {
             // What the destination has not taken yet goes first.
@@ -115,7 +177,9 @@ impl Direction {
             self.end = 0;
             if self.eof {
                 ready!(w.as_mut().poll_flush(cx))?;
-                ready!(w.as_mut().poll_shutdown(cx))?;
+                if !(last && w.as_ref().get_ref().closes_on_drop()) {
+                    ready!(w.as_mut().poll_shutdown(cx))?;
+                }
                 self.done = true;
                 return Poll::Ready(Ok(()));
             }
@@ -140,7 +204,10 @@ impl Direction {
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Ready(Ok(())) => match read.filled().len() {
                     0 => self.eof = true,
-                    n => self.end = n,
+                    n => {
+                        self.end = n;
+                        self.eof = n < BUF && r.as_ref().get_ref().eof_after_short_read();
+                    }
                 },
             }
         }
@@ -152,15 +219,15 @@ impl Direction {
         &mut self,
         cx: &mut Context<'_>,
         scratch: &mut [u8],
-        r: Pin<&mut R>,
+        mut r: Pin<&mut R>,
         w: Pin<&mut W>,
     ) -> io::Result<Step>
     where
-        R: AsyncRead + ?Sized,
+        R: AsyncRead + Peer + ?Sized,
         W: AsyncWrite + ?Sized,
     {
         let mut read = ReadBuf::new(scratch);
-        let n = match r.poll_read(cx, &mut read) {
+        let n = match r.as_mut().poll_read(cx, &mut read) {
             Poll::Pending => return Ok(Step::Pending),
             Poll::Ready(r) => {
                 r?;
@@ -171,6 +238,7 @@ impl Direction {
             self.eof = true;
             return Ok(Step::Again);
         }
+        self.eof = n < scratch.len() && r.as_ref().get_ref().eof_after_short_read();
         let written = match w.poll_write(cx, &scratch[..n]) {
             Poll::Ready(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
             Poll::Ready(r) => r?,
@@ -303,6 +371,104 @@ mod tests {
         let _ = client.write_all(&pattern(4096, 3)).await;
         let r = relay.await.unwrap();
         assert!(r.is_err(), "{r:?}");
+    }
+
+    /// After a short read, the end of stream is known without reading only once the peer's
+    /// FIN has been reported; and never on a runtime whose driver runs on other threads.
+    #[tokio::test]
+    async fn end_of_stream_is_known_after_a_short_read_once_the_fin_is_reported() {
+        use tokio::net::{TcpListener, TcpStream};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut peer = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (mut ours, _) = listener.accept().await.unwrap();
+        let mut buf = vec![0u8; BUF];
+
+        peer.write_all(b"no fin yet").await.unwrap();
+        assert_eq!(ours.read(&mut buf).await.unwrap(), 10);
+        assert!(!ours.eof_after_short_read(), "the peer has not closed");
+
+        peer.write_all(b"last words").await.unwrap();
+        peer.shutdown().await.unwrap();
+        // Wait for both the bytes and the FIN to be reported.
+        for _ in 0..200 {
+            if ours.ready(Interest::READABLE).await.unwrap().is_read_closed() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert_eq!(ours.read(&mut buf).await.unwrap(), 10);
+        assert!(ours.eof_after_short_read(), "the FIN came before the short read");
+        assert_eq!(ours.read(&mut buf).await.unwrap(), 0, "and a read would only say so");
+    }
+
+    #[test]
+    fn no_guess_when_other_threads_run_the_driver() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            use tokio::net::{TcpListener, TcpStream};
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let mut peer = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+            let (mut ours, _) = listener.accept().await.unwrap();
+            peer.write_all(b"bye").await.unwrap();
+            peer.shutdown().await.unwrap();
+            while !ours.ready(Interest::READABLE).await.unwrap().is_read_closed() {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            let mut buf = [0u8; 64];
+            assert_eq!(ours.read(&mut buf).await.unwrap(), 3);
+            assert!(!ours.eof_after_short_read());
+        });
+    }
+
+    /// A server that sends its answer and closes at once (the bytes and the FIN arrive
+    /// together), through a relay over real sockets: everything arrives, then end of stream.
+    #[tokio::test]
+    async fn answer_and_close_together_arrive_whole() {
+        use tokio::net::{TcpListener, TcpStream};
+        let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let back = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let back_addr = back.local_addr().unwrap();
+        let front_addr = front.local_addr().unwrap();
+        let relays = tokio::spawn(async move {
+            let mut results = Vec::new();
+            for _ in 0..20 {
+                let (mut c, _) = front.accept().await.unwrap();
+                let mut u = TcpStream::connect(back_addr).await.unwrap();
+                results.push(tokio::spawn(async move { copy_bidirectional(&mut c, &mut u).await }));
+            }
+            results
+        });
+        let servers = tokio::spawn(async move {
+            for i in 0..20u8 {
+                let (mut s, _) = back.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let mut req = [0u8; 5];
+                    s.read_exact(&mut req).await.unwrap();
+                    s.write_all(&pattern(1000 + usize::from(i), i)).await.unwrap();
+                    // Dropped at once: the answer and the FIN go out together.
+                });
+            }
+        });
+        for i in 0..20u8 {
+            let mut client = TcpStream::connect(front_addr).await.unwrap();
+            client.write_all(b"hello").await.unwrap();
+            let mut got = Vec::new();
+            tokio::time::timeout(std::time::Duration::from_secs(5), client.read_to_end(&mut got))
+                .await
+                .expect("end of stream arrives")
+                .unwrap();
+            assert!(got == pattern(1000 + usize::from(i), i), "answer {i} whole");
+        }
+        servers.await.unwrap();
+        for r in relays.await.unwrap() {
+            let (up, down) = r.await.unwrap().unwrap();
+            assert_eq!(up, 5);
+            assert!(down >= 1000);
+        }
     }
 
     #[tokio::test]
