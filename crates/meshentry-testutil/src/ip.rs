@@ -43,16 +43,49 @@ fn block_base(block: u32) -> (u8, u8) {
 
 /// Claims the first free block at or after `start`, wrapping around.
 fn claim_block(start: u32, claims: &mut Vec<UdpSocket>) -> u32 {
-    for i in 0..BLOCKS {
-        let block = (start + i) % BLOCKS;
-        let (x, y) = block_base(block);
-        let claim = SocketAddrV4::new(Ipv4Addr::new(127, x, y, 255), CLAIM_PORT);
-        if let Ok(sock) = UdpSocket::bind(claim) {
-            claims.push(sock);
-            return block;
+    in_process_network_namespace(|| {
+        for i in 0..BLOCKS {
+            let block = (start + i) % BLOCKS;
+            let (x, y) = block_base(block);
+            let claim = SocketAddrV4::new(Ipv4Addr::new(127, x, y, 255), CLAIM_PORT);
+            if let Ok(sock) = UdpSocket::bind(claim) {
+                claims.push(sock);
+                return block;
+            }
         }
+        panic!("unique_loopback: every loopback block is claimed by another process");
+    })
+}
+
+/// Runs `f` in the network namespace of the process's main thread. A test thread inside a
+/// namespace of its own ([`crate::Netns::block_on`]) may be the first to ask for an address;
+/// a claim made there would be invisible to other processes, which would then hand out the
+/// same block to their tests in the main namespace, where this process's other tests use it.
+fn in_process_network_namespace<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    let ns = |path: &str| {
+        std::fs::metadata(path)
+            .ok()
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+    };
+    let ours = ns("/proc/thread-self/ns/net");
+    if ours.is_none() || ours == ns("/proc/self/ns/net") {
+        return f();
     }
-    panic!("unique_loopback: every loopback block is claimed by another process");
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let main = std::fs::File::open("/proc/self/ns/net")
+                    .unwrap_or_else(|e| panic!("unique_loopback: cannot open the process's network namespace: {e}"));
+                rustix::thread::move_into_link_name_space(
+                    std::os::fd::AsFd::as_fd(&main),
+                    Some(rustix::thread::LinkNameSpaceType::Network),
+                )
+                .unwrap_or_else(|e| panic!("unique_loopback: cannot enter the process's network namespace: {e}"));
+                f()
+            })
+            .join()
+            .unwrap_or_else(|payload| std::panic::resume_unwind(payload))
+    })
 }
 
 /// Returns a `127.x.y.z` address no other caller in this process or in any other process using
