@@ -596,11 +596,25 @@ fn checkout(addr: &Dial, max_idle: Duration) -> Option<UpConn> {
         let mut pool = pool.borrow_mut();
         let list = pool.get_mut(addr)?;
         while let Some((c, since)) = list.pop() {
-            if since.elapsed() < max_idle {
+            // One the upstream closed would only fail the request and be sent again.
+            if since.elapsed() < max_idle && !upstream::closed_while_idle(&c.stream) {
                 return Some(c);
             }
         }
         None
+    })
+}
+
+/// Closes this thread's idle connections that are past `limit` or that their upstream
+/// closed; returns how many are left ([`upstream::keep_swept`]).
+pub(crate) fn sweep_pool(now: Instant, limit: Duration) -> usize {
+    RAW_POOL.with(|pool| {
+        let mut pool = pool.borrow_mut();
+        pool.retain(|_, list| {
+            list.retain(|(c, since)| now.duration_since(*since) < limit && !upstream::closed_while_idle(&c.stream));
+            !list.is_empty()
+        });
+        pool.values().map(Vec::len).sum()
     })
 }
 
@@ -676,6 +690,7 @@ async fn attempt(
     idle: Duration,
     connect_timeout: Duration,
 ) -> Attempt {
+    upstream::keep_swept(idle);
     if let Some(mut up) = checkout(addr, idle) {
         match roundtrip(conn, shared, &mut up, up_head, body_rest, method_is_head).await {
             Outcome::Finished { reusable, close_client } => {

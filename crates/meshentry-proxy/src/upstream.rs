@@ -287,6 +287,67 @@ thread_local! {
     static POOL: RefCell<HashMap<Dial, Vec<Idle>>> = RefCell::new(HashMap::new());
 }
 
+thread_local! {
+    /// How long this thread's idle upstream connections are kept (`pool_idle_timeout`).
+    static IDLE_LIMIT: std::cell::Cell<Duration> = const { std::cell::Cell::new(Duration::from_secs(60)) };
+    /// Whether this thread's pool sweeper is running.
+    static SWEEPING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// How often idle pooled connections are looked at.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// Keeps this thread's upstream pools swept while they hold connections: idle ones past
+/// `idle_limit` are closed, and so are ones the upstream closed, instead of lingering (in
+/// CLOSE_WAIT, holding a file descriptor) until a request happens to check them out. Called
+/// where connections are checked in; the sweeper stops once the pools are empty.
+pub(crate) fn keep_swept(idle_limit: Duration) {
+    IDLE_LIMIT.with(|l| l.set(idle_limit));
+    if SWEEPING.with(|s| s.replace(true)) {
+        return;
+    }
+    tokio::spawn(async {
+        let mut tick = tokio::time::interval(SWEEP_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let limit = IDLE_LIMIT.with(|l| l.get());
+            let now = Instant::now();
+            let left = POOL.with(|pool| {
+                let mut pool = pool.borrow_mut();
+                pool.retain(|_, list| {
+                    list.retain(|idle| now.duration_since(idle.since) < limit && !idle.sender.is_closed());
+                    !list.is_empty()
+                });
+                pool.len()
+            }) + crate::h1::sweep_pool(now, limit);
+            if left == 0 {
+                SWEEPING.with(|s| s.set(false));
+                return;
+            }
+        }
+    });
+}
+
+/// Whether a pooled, idle stream was closed by its peer while it waited, as far as the
+/// readiness tokio holds already says (no system call).
+pub(crate) fn closed_while_idle(stream: &Stream) -> bool {
+    fn read_closed<F: std::future::Future<Output = io::Result<tokio::io::Ready>>>(ready: F) -> bool {
+        let ready = std::pin::pin!(ready);
+        match ready.poll(&mut Context::from_waker(std::task::Waker::noop())) {
+            Poll::Ready(Ok(r)) => r.is_read_closed(),
+            Poll::Ready(Err(_)) => true,
+            Poll::Pending => false,
+        }
+    }
+    match stream {
+        Stream::Tcp(s) => read_closed(s.ready(tokio::io::Interest::READABLE)),
+        Stream::Unix(s) => read_closed(s.ready(tokio::io::Interest::READABLE)),
+        Stream::Tls(s) => read_closed(s.get_ref().0.ready(tokio::io::Interest::READABLE)),
+    }
+}
+
 /// An idle connection to `addr` that can take a request now, if this thread has one.
 pub fn checkout(addr: &Dial, max_idle: Duration) -> Option<SendRequest<RequestBody>> {
     POOL.with(|pool| {

@@ -284,3 +284,50 @@ async fn a_chunked_response_with_a_content_length_reaches_the_client_framed_once
         assert_eq!(body, b"5\r\nhello\r\n0\r\n\r\n");
     }
 }
+
+/// An idle pooled connection that the upstream closes is closed by the proxy too, without
+/// waiting for a request to find it stale: otherwise it sits in CLOSE_WAIT holding a file
+/// descriptor for as long as no request goes to that host (the soak benchmark found them).
+#[tokio::test]
+async fn an_idle_pooled_connection_the_upstream_closed_is_closed_promptly() {
+    let listener = TcpListener::bind(SocketAddr::new(IpAddr::V4(unique_loopback()), 8080))
+        .await
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (closed_tx, closed_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut buf = Vec::new();
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            let mut chunk = [0u8; 1024];
+            let n = s.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "the proxy closed before sending its request");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            .await
+            .unwrap();
+        // Idle for a moment (the connection is in the proxy's pool now), then the upstream's
+        // own idle timeout: it stops sending and waits for the proxy to close its end.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        s.shutdown().await.unwrap();
+        let started = std::time::Instant::now();
+        let mut chunk = [0u8; 64];
+        let r = tokio::time::timeout(PATIENCE, s.read(&mut chunk)).await;
+        let _ = closed_tx.send((r.map(|r| r.map_err(|e| e.kind())), started.elapsed()));
+    });
+    let proxy = start(&service("idle.example.com", addr)).await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(b"GET http://idle.example.com/ HTTP/1.1\r\nHost: idle.example.com\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let (status, _, body) = read_response(&mut s, &mut buf, false).await;
+    assert_eq!((status, body.as_slice()), (200, &b"ok"[..]));
+    let (read, after) = closed_rx.await.unwrap();
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "the proxy must close its end of the pooled connection: {read:?}"
+    );
+    assert!(after < Duration::from_secs(3), "closed after {after:?}");
+}
