@@ -38,8 +38,12 @@ pub async fn serve_outbound(listener: TcpListener, shared: Arc<Shared>, mut shut
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    let Some(admitted) = shared.admit() else { continue };
                     let shared = shared.clone();
-                    tokio::spawn(async move { handle(stream, peer, local, shared).await });
+                    tokio::spawn(async move {
+                        handle(stream, peer, local, shared).await;
+                        drop(admitted);
+                    });
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
@@ -182,20 +186,42 @@ async fn handle(stream: TcpStream, peer: SocketAddr, local: Option<SocketAddr>, 
         }
     };
     stats.tunnels.fetch_add(1, Ordering::Relaxed);
-    relay(stream, upstream, &buf).await;
+    relay_limited(stream, upstream, &buf, &shared).await;
 }
 
 /// Sends what was read while detecting, then copies both ways until both sides are done.
 /// `client` comes from the outbound listener, so it has TCP_NODELAY already
 /// ([`nodelay_for_accepted`]); upstream connections set it when they connect.
-pub async fn relay(mut client: TcpStream, mut upstream: Stream, first: &[u8]) {
-    if !first.is_empty() && upstream.write_all(first).await.is_err() {
-        return;
+pub async fn relay(client: TcpStream, upstream: Stream, first: &[u8]) {
+    relay_idle(client, upstream, first, None).await;
+}
+
+/// [`relay`] under `--tcp-idle-timeout`, counting a connection it closes.
+pub async fn relay_limited(client: TcpStream, upstream: Stream, first: &[u8], shared: &Shared) {
+    if relay_idle(client, upstream, first, Some(shared.config.limits.tcp_idle_timeout)).await {
+        shared.stats.tcp_idle_timeout.fetch_add(1, Ordering::Relaxed);
     }
-    match crate::relay::copy_bidirectional(&mut client, &mut upstream).await {
+}
+
+/// Returns whether the idle timeout ended the relay.
+async fn relay_idle(
+    mut client: TcpStream,
+    mut upstream: Stream,
+    first: &[u8],
+    idle: Option<std::time::Duration>,
+) -> bool {
+    if !first.is_empty() && upstream.write_all(first).await.is_err() {
+        return false;
+    }
+    match crate::relay::copy_bidirectional_idle(&mut client, &mut upstream, idle).await {
         Ok((up, down)) => tracing::debug!(up, down, "connection closed"),
+        Err(e) if crate::relay::is_idle_timeout(&e) => {
+            tracing::debug!(error = %e, "connection closed: idle");
+            return true;
+        }
         Err(e) => tracing::debug!(error = %e, "connection ended with an error"),
     }
+    false
 }
 
 #[cfg(test)]

@@ -15,10 +15,13 @@
 //! the other direction carries on, and the first error ends the relay.
 
 use std::cell::RefCell;
-use std::future::poll_fn;
+use std::future::{Future, poll_fn};
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -38,9 +41,36 @@ where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
+    copy_bidirectional_idle(a, b, None).await
+}
+
+/// Why a relay with an idle timeout ended: no byte moved either way for that long. Tell it
+/// from other errors with [`is_idle_timeout`].
+#[derive(Debug, thiserror::Error)]
+#[error("no bytes either way for {0:?} (idle timeout)")]
+pub struct IdleTimeout(pub Duration);
+
+/// Whether a relay ended because of its idle timeout.
+pub fn is_idle_timeout(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<IdleTimeout>())
+}
+
+/// [`copy_bidirectional`], ending with an [`IdleTimeout`] error once no byte has moved either
+/// way for `idle` (Envoy's `tcp_proxy` `idle_timeout`). The clock is read only on wake-ups
+/// that moved bytes, and the one timer is pushed back lazily when it fires, so a busy relay
+/// pays no timer work per read.
+pub async fn copy_bidirectional_idle<A, B>(a: &mut A, b: &mut B, idle: Option<Duration>) -> io::Result<(u64, u64)>
+where
+    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
     let mut a_to_b = Direction::default();
     let mut b_to_a = Direction::default();
+    let mut last = Instant::now();
+    let timer = tokio::time::sleep(idle.unwrap_or(Duration::ZERO));
+    tokio::pin!(timer);
     poll_fn(|cx| {
+        let before = a_to_b.copied + b_to_a.copied;
         if !a_to_b.done {
             ready_or_pending(a_to_b.poll_copy(cx, Pin::new(&mut *a), Pin::new(&mut *b)))?;
         }
@@ -48,10 +78,22 @@ where
             ready_or_pending(b_to_a.poll_copy(cx, Pin::new(&mut *b), Pin::new(&mut *a)))?;
         }
         if a_to_b.done && b_to_a.done {
-            Poll::Ready(Ok((a_to_b.copied, b_to_a.copied)))
-        } else {
-            Poll::Pending
+            return Poll::Ready(Ok((a_to_b.copied, b_to_a.copied)));
         }
+        let Some(idle) = idle else {
+            return Poll::Pending;
+        };
+        if a_to_b.copied + b_to_a.copied != before {
+            last = Instant::now();
+        }
+        while timer.as_mut().poll(cx).is_ready() {
+            let deadline = last + idle;
+            if Instant::now() >= deadline {
+                return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, IdleTimeout(idle))));
+            }
+            timer.as_mut().reset(deadline);
+        }
+        Poll::Pending
     })
     .await
 }
