@@ -15,9 +15,9 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -37,6 +37,9 @@ pub struct ConnState {
     /// Bytes read since the current head started, to tell hyper's "head too large" from "too
     /// many headers" (it reports both alike).
     head_bytes: AtomicUsize,
+    /// The connection task, to wake when its last request ends. The lock is this
+    /// connection's alone.
+    idle_waker: Mutex<Option<Waker>>,
 }
 
 impl ConnState {
@@ -56,6 +59,18 @@ impl ConnState {
     pub fn head_bytes(&self) -> usize {
         self.head_bytes.load(Ordering::Relaxed)
     }
+
+    /// hyper reads again after a response only when the socket has bytes, so the idle timer
+    /// would never be armed: the last request to end wakes the connection instead.
+    fn wake_when_idle(&self, cx: &mut Context<'_>) {
+        if self.tunnel.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut idle_waker = self.idle_waker.lock().unwrap_or_else(|e| e.into_inner());
+        if !idle_waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            *idle_waker = Some(cx.waker().clone());
+        }
+    }
 }
 
 /// A request in flight; dropped when its response body has been sent (or abandoned).
@@ -70,7 +85,12 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if self.0.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
+            let waker = self.0.idle_waker.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(w) = waker {
+                w.wake();
+            }
+        }
     }
 }
 
@@ -200,6 +220,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guarded<I> {
             Poll::Pending => this.observe(0),
         }
         let Some((armed, deadline)) = this.deadline() else {
+            this.state.wake_when_idle(cx);
             return Poll::Pending;
         };
         // Activity moves the deadline later without touching the timer; a timer that fires
