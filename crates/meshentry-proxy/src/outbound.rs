@@ -198,30 +198,30 @@ pub async fn relay(client: TcpStream, upstream: Stream, first: &[u8]) {
 
 /// [`relay`] under `--tcp-idle-timeout`, counting a connection it closes.
 pub async fn relay_limited(client: TcpStream, upstream: Stream, first: &[u8], shared: &Shared) {
-    if relay_idle(client, upstream, first, Some(shared.config.limits.tcp_idle_timeout)).await {
-        shared.stats.tcp_idle_timeout.fetch_add(1, Ordering::Relaxed);
-    }
+    let idle = (shared.config.limits.tcp_idle_timeout, &shared.stats.tcp_idle_timeout);
+    relay_idle(client, upstream, first, Some(idle)).await;
 }
 
-/// Returns whether the idle timeout ended the relay.
+/// With `idle`, a relay idle that long is closed, and counted before the sockets close.
 async fn relay_idle(
     mut client: TcpStream,
     mut upstream: Stream,
     first: &[u8],
-    idle: Option<std::time::Duration>,
-) -> bool {
+    idle: Option<(std::time::Duration, &std::sync::atomic::AtomicU64)>,
+) {
     if !first.is_empty() && upstream.write_all(first).await.is_err() {
-        return false;
+        return;
     }
-    match crate::relay::copy_bidirectional_idle(&mut client, &mut upstream, idle).await {
+    match crate::relay::copy_bidirectional_idle(&mut client, &mut upstream, idle.map(|(d, _)| d)).await {
         Ok((up, down)) => tracing::debug!(up, down, "connection closed"),
         Err(e) if crate::relay::is_idle_timeout(&e) => {
+            if let Some((_, counter)) = idle {
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
             tracing::debug!(error = %e, "connection closed: idle");
-            return true;
         }
         Err(e) => tracing::debug!(error = %e, "connection ended with an error"),
     }
-    false
 }
 
 #[cfg(test)]

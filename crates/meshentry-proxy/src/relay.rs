@@ -392,4 +392,41 @@ mod tests {
         let r = tokio::time::timeout(std::time::Duration::from_secs(5), client.read(&mut buf)).await;
         assert!(matches!(r, Ok(Ok(0)) | Ok(Err(_))), "{r:?}");
     }
+
+    #[tokio::test]
+    async fn an_idle_relay_ends_at_its_idle_timeout_and_a_busy_one_runs_on() {
+        let idle = Duration::from_millis(200);
+        let (mut client, mut a) = duplex(1024);
+        let (mut b, mut server) = duplex(1024);
+        let relay = tokio::spawn(async move { copy_bidirectional_idle(&mut a, &mut b, Some(idle)).await });
+        // Busy for three idle periods, a byte each 80 ms, alternating directions.
+        let mut byte = [0u8; 1];
+        let mut last = Instant::now();
+        for i in 0..8 {
+            if i % 2 == 0 {
+                client.write_all(b"c").await.unwrap();
+                server.read_exact(&mut byte).await.unwrap();
+            } else {
+                server.write_all(b"s").await.unwrap();
+                client.read_exact(&mut byte).await.unwrap();
+            }
+            last = Instant::now();
+            tokio::time::sleep(Duration::from_millis(80)).await;
+        }
+        assert!(!relay.is_finished(), "a busy relay was ended");
+        let e = relay.await.unwrap().unwrap_err();
+        let waited = last.elapsed();
+        assert!(is_idle_timeout(&e), "{e}");
+        assert!(
+            (Duration::from_millis(190)..Duration::from_secs(2)).contains(&waited),
+            "ended {waited:?} after the last byte; the idle timeout is 200ms"
+        );
+        // Without an idle timeout nothing ends it.
+        let (_client, mut a) = duplex(64);
+        let (mut b, _server) = duplex(64);
+        let relay = tokio::spawn(async move { copy_bidirectional_idle(&mut a, &mut b, None).await });
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert!(!relay.is_finished());
+        relay.abort();
+    }
 }
