@@ -174,7 +174,7 @@ impl Shared {
             let n = self.stats.downstream_cx_overflow.fetch_add(1, Ordering::Relaxed);
             // Logged on the first overflow and then every 1000th, so a flood does not also
             // flood the log.
-            if n % 1000 == 0 {
+            if n.is_multiple_of(1000) {
                 tracing::warn!(
                     max_connections = self.config.limits.max_connections,
                     overflows = n + 1,
