@@ -20,6 +20,8 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+pub mod build_info;
+
 /// Serves admin requests until `shutdown` turns true.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
     let started = Instant::now();
@@ -49,7 +51,8 @@ fn handle(req: &Request<Incoming>, shared: &Shared, started: Instant) -> Respons
     match req.uri().path() {
         "/ready" => text(StatusCode::OK, "LIVE\n".into()),
         "/server_info" => json_response(&json!({
-            "version": env!("CARGO_PKG_VERSION"),
+            "version": build_info::VERSION,
+            "build": build_info::json(),
             "state": "LIVE",
             "uptime_seconds": started.elapsed().as_secs(),
             "generation": shared.snapshot.load().generation,
@@ -289,6 +292,37 @@ fn stats_text(shared: &Shared) -> String {
         ("dns_queries_total", shared.dns.stats.queries.load(Ordering::Relaxed)),
         ("dns_failures_total", shared.dns.stats.failures.load(Ordering::Relaxed)),
         ("config_generation", shared.snapshot.load().generation),
+        // The limits (`meshentry proxy --max-connections` ...), by Envoy's names.
+        (
+            "downstream_cx_overflow",
+            s.downstream_cx_overflow.load(Ordering::Relaxed),
+        ),
+        (
+            "downstream_cx_idle_timeout",
+            s.downstream_cx_idle_timeout.load(Ordering::Relaxed),
+        ),
+        ("tcp_idle_timeout", s.tcp_idle_timeout.load(Ordering::Relaxed)),
+        (
+            "downstream_rq_header_timeout",
+            s.downstream_rq_header_timeout.load(Ordering::Relaxed),
+        ),
+        (
+            "downstream_rq_headers_too_large",
+            s.downstream_rq_headers_too_large.load(Ordering::Relaxed),
+        ),
+        (
+            "downstream_rq_too_many_headers",
+            s.downstream_rq_too_many_headers.load(Ordering::Relaxed),
+        ),
+        (
+            "upstream_cx_connect_timeout",
+            s.upstream_cx_connect_timeout.load(Ordering::Relaxed),
+        ),
+        ("upstream_rq_timeout", s.upstream_rq_timeout.load(Ordering::Relaxed)),
+        (
+            "upstream_cx_idle_timeout",
+            s.upstream_cx_idle_timeout.load(Ordering::Relaxed),
+        ),
     ];
     let mut out = String::new();
     for (name, value) in counters {

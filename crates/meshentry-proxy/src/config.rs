@@ -71,6 +71,41 @@ pub struct ProxyConfig {
     /// `--gateway`: the `namespace/name` of the Gateway this proxy runs as; `None` for a
     /// sidecar.
     pub gateway: Option<String>,
+    /// The limits that protect the host (`--max-connections`, header limits, idle timeouts).
+    pub limits: Limits,
+}
+
+/// Bounds on what downstream clients may hold or send; each hit is counted in
+/// [`crate::server::Stats`].
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Downstream connections open at once, across all workers and listeners; one more is
+    /// accepted and closed at once (Envoy's listener connection limit, `downstream_cx_overflow`).
+    pub max_connections: u64,
+    /// The largest request head (request line and headers), in bytes; larger gets a 431
+    /// (Envoy's `max_request_headers_kb`, 60 KiB by default).
+    pub max_head_bytes: usize,
+    /// The most header fields a request may have; more gets a 431 (Envoy's
+    /// `max_headers_count`, 100 by default).
+    pub max_headers: usize,
+    /// How long a client connection may sit idle between HTTP requests (Envoy's HCM
+    /// `idle_timeout`, 1 h by default).
+    pub idle_timeout: Duration,
+    /// How long a relayed TCP/TLS connection (or CONNECT tunnel) may carry no bytes either way
+    /// (Envoy's `tcp_proxy` `idle_timeout`, 1 h by default).
+    pub tcp_idle_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 1 << 20,
+            max_head_bytes: 60 * 1024,
+            max_headers: 100,
+            idle_timeout: Duration::from_secs(3600),
+            tcp_idle_timeout: Duration::from_secs(3600),
+        }
+    }
 }
 
 /// Where the workload certificate chain, its key and the mesh CA's certificates are.
@@ -96,6 +131,7 @@ impl Default for ProxyConfig {
             identity: None,
             trust_domain: "cluster.local".into(),
             gateway: None,
+            limits: Limits::default(),
         }
     }
 }

@@ -258,6 +258,12 @@ impl<'s> Failover<'s> {
             .stats
             .upstream_connect_errors
             .fetch_add(1, Ordering::Relaxed);
+        if let ConnectError::Timeout(_) = e {
+            self.shared
+                .stats
+                .upstream_cx_connect_timeout
+                .fetch_add(1, Ordering::Relaxed);
+        }
         if let ConnectError::Tls(_) = e {
             self.shared.stats.upstream_tls_errors.fetch_add(1, Ordering::Relaxed);
             if let Some(cluster) = self.cluster {
@@ -351,13 +357,20 @@ pub async fn send_request_within(
     while let Some(i) = plan.next_target() {
         let addr = plan.dial(i, sni_host.as_deref());
         let sent = match protocol {
-            UpstreamProtocol::Http1 => exchange(&addr, req, idle, timeout, response_timeout, || plan.opened(i))
-                .await
-                .map(|(resp, sender)| {
-                    let reusable = !wants_close(resp.headers());
-                    let (parts, body) = resp.into_parts();
-                    Response::from_parts(parts, PooledBody::new(body, addr.clone(), sender, reusable))
-                }),
+            UpstreamProtocol::Http1 => exchange(
+                &addr,
+                req,
+                (idle, &shared.stats.upstream_cx_idle_timeout),
+                timeout,
+                response_timeout,
+                || plan.opened(i),
+            )
+            .await
+            .map(|(resp, sender)| {
+                let reusable = !wants_close(resp.headers());
+                let (parts, body) = resp.into_parts();
+                Response::from_parts(parts, PooledBody::new(body, addr.clone(), sender, reusable))
+            }),
             UpstreamProtocol::H2 => exchange_h2(&addr, req, idle, timeout, response_timeout, || plan.opened(i))
                 .await
                 .map(|resp| resp.map(PooledBody::shared)),
@@ -388,14 +401,14 @@ type Sender = hyper::client::conn::http1::SendRequest<RequestBody>;
 async fn exchange(
     addr: &Dial,
     req: Request<RequestBody>,
-    idle: std::time::Duration,
+    (idle, idle_closed): (std::time::Duration, &std::sync::atomic::AtomicU64),
     connect_timeout: std::time::Duration,
     response_timeout: std::time::Duration,
     opened: impl FnOnce(),
 ) -> Result<(Response<Incoming>, Sender), Exchange> {
     let mut req = req;
     upstream::keep_swept(idle);
-    if let Some(mut sender) = upstream::checkout(addr, idle) {
+    if let Some(mut sender) = upstream::checkout(addr, idle, idle_closed) {
         match tokio::time::timeout(response_timeout, sender.try_send_request(req)).await {
             Err(_) => return Err(Exchange::Failed(UpstreamError::Timeout(response_timeout))),
             Ok(Ok(resp)) => return Ok((resp, sender)),

@@ -315,8 +315,12 @@ pub async fn serve_gateway(listener: TcpListener, port: u16, shared: Arc<Shared>
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    let Some(admitted) = shared.admit() else { continue };
                     let shared = shared.clone();
-                    tokio::spawn(async move { handle(stream, peer, port, shared).await });
+                    tokio::spawn(async move {
+                        handle(stream, peer, port, shared).await;
+                        drop(admitted);
+                    });
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
@@ -420,7 +424,7 @@ async fn l4(mut stream: TcpStream, peer: SocketAddr, listener: &Listener, snap: 
     match forward::connect_stream(shared, Some(cluster), &original).await {
         Ok((upstream, _)) => {
             shared.stats.tunnels.fetch_add(1, Ordering::Relaxed);
-            crate::outbound::relay(stream, upstream, &buf).await;
+            crate::outbound::relay_limited(stream, upstream, &buf, shared).await;
         }
         Err(e) => {
             shared.stats.upstream_errors.fetch_add(1, Ordering::Relaxed);

@@ -14,6 +14,7 @@
 //! HTTP/2 prior-knowledge client goes to [`crate::h2`]. The routing, refusals, counters and error
 //! responses are the same on both paths.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io;
@@ -71,7 +72,7 @@ pub async fn serve(
     let mut head = Head::default();
     let mut first = true;
     loop {
-        match read_head(&mut conn, &mut head, &ctx.shared).await {
+        match read_head(&mut conn, &mut head, &ctx.shared, first).await {
             Ok(true) => {}
             Ok(false) => return,
             // The HTTP/2 preface does not parse as HTTP/1.x; a prior-knowledge client sends it
@@ -87,7 +88,7 @@ pub async fn serve(
             Err(refusal) => {
                 // Counted nowhere: like hyper, a head that does not parse never becomes a request.
                 conn.out.clear();
-                local(&mut conn.out, refusal.0, refusal.1, None, true);
+                local(&mut conn.out, refusal.0, &refusal.1, None, true);
                 let _ = conn.stream.write_all(&conn.out).await;
                 return;
             }
@@ -187,15 +188,43 @@ fn offset(buf: &[u8], part: &[u8]) -> Range<usize> {
     start..start + part.len()
 }
 
-/// Reads and parses the next request head. `Ok(false)`: the client closed (or went idle past
-/// the header timeout) between requests. `Err`: a refusal to send before closing.
-async fn read_head(conn: &mut Downstream, head: &mut Head, shared: &Shared) -> Result<bool, (u16, &'static str)> {
-    let deadline = tokio::time::Instant::now() + shared.config.header_read_timeout;
+/// Reads and parses the next request head. `Ok(false)`: the client closed, went idle past
+/// `--idle-timeout` between requests, or sent nothing within `--header-read-timeout` of
+/// connecting. `Err`: a refusal to send before closing.
+///
+/// The timeouts follow HAProxy's `timeout http-request` / `http-keep-alive` split: the first
+/// request of a connection must arrive whole within the header timeout of the accept, so
+/// silent connections cannot hoard slots; later ones may wait up to the idle timeout, and
+/// their head must then be complete within the header timeout of its first byte.
+async fn read_head(
+    conn: &mut Downstream,
+    head: &mut Head,
+    shared: &Shared,
+    first: bool,
+) -> Result<bool, (u16, Cow<'static, str>)> {
+    let limits = &shared.config.limits;
+    let stats = &shared.stats;
+    let header_timeout = shared.config.header_read_timeout;
+    let start = tokio::time::Instant::now();
+    let mut idle = !first && conn.buf.is_empty();
+    let mut deadline = start + if idle { limits.idle_timeout } else { header_timeout };
     loop {
         if !conn.buf.is_empty() {
-            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            let mut req = httparse::Request::new(&mut headers);
+            // httparse fills a slice of the given length; up to hyper's default of 100 it lives
+            // on the stack, and only a larger configured count costs an allocation per head.
+            let mut stack = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut heap;
+            let headers: &mut [httparse::Header<'_>] = if limits.max_headers <= MAX_HEADERS {
+                &mut stack[..limits.max_headers]
+            } else {
+                heap = vec![httparse::EMPTY_HEADER; limits.max_headers];
+                &mut heap
+            };
+            let mut req = httparse::Request::new(headers);
             match req.parse(&conn.buf) {
+                Ok(httparse::Status::Complete(len)) if len > limits.max_head_bytes => {
+                    return Err(head_too_large(shared));
+                }
                 Ok(httparse::Status::Complete(len)) => {
                     let buf = &conn.buf[..];
                     head.len = len;
@@ -211,24 +240,38 @@ async fn read_head(conn: &mut Downstream, head: &mut Head, shared: &Shared) -> R
                 }
                 Ok(httparse::Status::Partial) => {}
                 Err(httparse::Error::TooManyHeaders) => {
-                    return Err((431, "meshentry: the request has more than 100 header fields"));
+                    stats.downstream_rq_too_many_headers.fetch_add(1, Ordering::Relaxed);
+                    let reason = format!(
+                        "meshentry: the request has more than {} header fields (--max-headers-count)",
+                        limits.max_headers
+                    );
+                    return Err((431, reason.into()));
                 }
-                Err(_) => return Err((400, "meshentry: malformed request head")),
+                Err(_) => return Err((400, "meshentry: malformed request head".into())),
             }
-            if conn.buf.len() >= MAX_HEAD_BYTES {
-                return Err((431, "meshentry: the request head is larger than 65536 bytes"));
+            if conn.buf.len() >= limits.max_head_bytes {
+                return Err(head_too_large(shared));
             }
         }
         conn.buf.reserve(4096);
         // Under load the bytes are usually there already: try before arming a timer.
-        let n = match conn.stream.try_read_buf(&mut conn.buf) {
-            Ok(n) => n,
+        let (n, waited) = match conn.stream.try_read_buf(&mut conn.buf) {
+            Ok(n) => (n, false),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 match tokio::time::timeout_at(deadline, conn.stream.read_buf(&mut conn.buf)).await {
-                    Ok(Ok(n)) => n,
+                    Ok(Ok(n)) => (n, true),
                     Ok(Err(_)) => return Ok(false),
-                    Err(_) if conn.buf.is_empty() => return Ok(false),
-                    Err(_) => return Err((408, "meshentry: the request head did not arrive in time")),
+                    Err(_) if idle => {
+                        stats.downstream_cx_idle_timeout.fetch_add(1, Ordering::Relaxed);
+                        return Ok(false);
+                    }
+                    Err(_) => {
+                        stats.downstream_rq_header_timeout.fetch_add(1, Ordering::Relaxed);
+                        if conn.buf.is_empty() {
+                            return Ok(false);
+                        }
+                        return Err((408, "meshentry: the request head did not arrive in time".into()));
+                    }
                 }
             }
             Err(_) => return Ok(false),
@@ -236,7 +279,25 @@ async fn read_head(conn: &mut Downstream, head: &mut Head, shared: &Shared) -> R
         if n == 0 {
             return Ok(false);
         }
+        if idle {
+            // The first byte of the next request: its head now has the header timeout.
+            idle = false;
+            deadline = if waited { tokio::time::Instant::now() } else { start } + header_timeout;
+        }
     }
+}
+
+/// The 431 for a head over `--max-request-headers-kb`, counted.
+fn head_too_large(shared: &Shared) -> (u16, Cow<'static, str>) {
+    shared
+        .stats
+        .downstream_rq_headers_too_large
+        .fetch_add(1, Ordering::Relaxed);
+    let reason = format!(
+        "meshentry: the request head is larger than {} bytes (--max-request-headers-kb)",
+        shared.config.limits.max_head_bytes
+    );
+    (431, reason.into())
 }
 
 /// Requests the fast path leaves to hyper.
@@ -591,13 +652,16 @@ thread_local! {
 
 const MAX_IDLE_PER_HOST: usize = 128;
 
-fn checkout(addr: &Dial, max_idle: Duration) -> Option<UpConn> {
+/// An idle connection to `addr`; those found idle past `max_idle` are closed and counted.
+fn checkout(addr: &Dial, max_idle: Duration, shared: &Shared) -> Option<UpConn> {
     RAW_POOL.with(|pool| {
         let mut pool = pool.borrow_mut();
         let list = pool.get_mut(addr)?;
         while let Some((c, since)) = list.pop() {
             // One the upstream closed would only fail the request and be sent again.
-            if since.elapsed() < max_idle && !upstream::closed_while_idle(&c.stream) {
+            if since.elapsed() >= max_idle {
+                shared.stats.upstream_cx_idle_timeout.fetch_add(1, Ordering::Relaxed);
+            } else if !upstream::closed_while_idle(&c.stream) {
                 return Some(c);
             }
         }
@@ -691,7 +755,7 @@ async fn attempt(
     connect_timeout: Duration,
 ) -> Attempt {
     upstream::keep_swept(idle);
-    if let Some(mut up) = checkout(addr, idle) {
+    if let Some(mut up) = checkout(addr, idle, shared) {
         match roundtrip(conn, shared, &mut up, up_head, body_rest, method_is_head).await {
             Outcome::Finished { reusable, close_client } => {
                 if reusable {

@@ -21,7 +21,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::http::{ConnCtx, MAX_HEAD_BYTES, ResponseBody};
+use crate::http::{ConnCtx, ResponseBody};
 
 /// Serves one HTTP/2 prior-knowledge client connection until it closes. `io` yields the whole
 /// connection from its first byte (the preface), including bytes a sniffer already read.
@@ -30,13 +30,23 @@ where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let peer = ctx.peer;
+    let shared = ctx.shared.clone();
+    // Idle connections (no stream open, no bytes either way) close after `--idle-timeout`;
+    // HTTP/2 has no request heads to time.
+    let state = Arc::new(crate::limits::ConnState::default());
+    let io = crate::limits::Guarded::new(io, shared.clone(), state.clone(), false);
     let service = service_fn(move |req| {
         let ctx = ctx.clone();
-        async move { Ok::<_, Infallible>(crate::http::handle(req, &ctx).await) }
+        let in_flight = state.begin();
+        async move {
+            let resp = crate::http::handle(req, &ctx).await;
+            Ok::<_, Infallible>(resp.map(|b| crate::limits::Tracked::new(b, in_flight)))
+        }
     });
-    // The same bound on a request head as HTTP/1.1 (`handle` answers 431 past MAX_HEAD_BYTES;
-    // the margin lets it, rather than the codec, do so).
-    let max_head = u32::try_from(MAX_HEAD_BYTES + 16 * 1024).unwrap_or(u32::MAX);
+    // The same bound on a request head as HTTP/1.1 (`handle` answers 431 past
+    // `--max-request-headers-kb`; the margin lets it, rather than the codec, do so).
+    let max_head =
+        u32::try_from(crate::limits::hyper_buf_size(shared.config.limits.max_head_bytes)).unwrap_or(u32::MAX);
     let conn = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .max_header_list_size(max_head)

@@ -26,11 +26,13 @@ use crate::upstream::PooledBody;
 /// Responses are either an upstream's (streamed) or our own.
 pub type ResponseBody = Either<PooledBody, Full<Bytes>>;
 
-/// Request heads larger than this are refused (431), bounding per-connection memory.
+/// Upstream response heads larger than this are refused (502), bounding per-connection
+/// memory. Request heads have their own, configurable bound (`--max-request-headers-kb`).
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 
-/// Requests with more header fields than this are refused (431). It is hyper's default, which
-/// parses into a stack array; setting it explicitly would allocate a buffer per request.
+/// The header fields of an upstream response, and the default bound on a request's
+/// (`--max-headers-count`). It is hyper's default, which parses into a stack array; setting
+/// another one makes hyper allocate a buffer per request.
 pub const MAX_HEADERS: usize = 100;
 
 /// What one downstream connection carries through its life: the snapshot it started with.
@@ -76,18 +78,45 @@ pub async fn serve_io<I>(io: I, peer: SocketAddr, ctx: Arc<ConnCtx>)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let header_read_timeout = ctx.shared.config.header_read_timeout;
-    let service = service_fn(move |req| {
+    let shared = ctx.shared.clone();
+    let limits = &shared.config.limits;
+    let state = Arc::new(crate::limits::ConnState::default());
+    let io = crate::limits::Guarded::new(io, shared.clone(), state.clone(), true);
+    let service_state = state.clone();
+    let service = service_fn(move |req: Request<Incoming>| {
         let ctx = ctx.clone();
-        async move { Ok::<_, Infallible>(handle(req, &ctx).await) }
+        let in_flight = service_state.begin();
+        let connect = req.method() == Method::CONNECT;
+        async move {
+            let resp = handle(req, &ctx).await;
+            if (connect && resp.status().is_success()) || resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                in_flight.set_tunnel();
+            }
+            Ok::<_, Infallible>(resp.map(|b| crate::limits::Tracked::new(b, in_flight)))
+        }
     });
-    let conn = http1::Builder::new()
+    let mut builder = http1::Builder::new();
+    // The header timeout is `Guarded`'s: hyper's would also cut idle keep-alive connections.
+    builder
         .timer(TokioTimer::new())
-        .header_read_timeout(header_read_timeout)
-        .max_buf_size(MAX_HEAD_BYTES + 16 * 1024)
-        .serve_connection(TokioIo::new(io), service)
-        .with_upgrades();
+        .header_read_timeout(None)
+        .max_buf_size(crate::limits::hyper_buf_size(limits.max_head_bytes))
+        .max_header_size(limits.max_head_bytes);
+    if limits.max_headers != MAX_HEADERS {
+        builder.max_headers(limits.max_headers);
+    }
+    let conn = builder.serve_connection(TokioIo::new(io), service).with_upgrades();
     if let Err(e) = conn.await {
+        if e.is_parse_too_large() {
+            // hyper answered 431 itself; it reports a head too large and too many headers
+            // alike, so the bytes read tell which.
+            let counter = if state.head_bytes() > limits.max_head_bytes {
+                &shared.stats.downstream_rq_headers_too_large
+            } else {
+                &shared.stats.downstream_rq_too_many_headers
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
         tracing::debug!(%peer, error = %e, "client connection ended with an error");
     }
 }
@@ -117,14 +146,33 @@ pub(crate) async fn handle(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Respon
 
 async fn handle_any(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<ResponseBody> {
     ctx.shared.stats.http_requests.fetch_add(1, Ordering::Relaxed);
-    if head_size(&req) > MAX_HEAD_BYTES {
-        ctx.shared.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
-        let mut resp = local(
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            &format!("meshentry: the request head is larger than {MAX_HEAD_BYTES} bytes"),
+    // hyper enforces both limits on HTTP/1.1 heads; HTTP/2 header blocks are checked here.
+    let limits = &ctx.shared.config.limits;
+    let refusal = if req.headers().len() > limits.max_headers {
+        let stats = &ctx.shared.stats.downstream_rq_too_many_headers;
+        let reason = format!(
+            "meshentry: the request has more than {} header fields (--max-headers-count)",
+            limits.max_headers
         );
-        resp.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        Some((stats, reason))
+    } else if head_size(&req) > limits.max_head_bytes {
+        let stats = &ctx.shared.stats.downstream_rq_headers_too_large;
+        let reason = format!(
+            "meshentry: the request head is larger than {} bytes (--max-request-headers-kb)",
+            limits.max_head_bytes
+        );
+        Some((stats, reason))
+    } else {
+        None
+    };
+    if let Some((counter, reason)) = refusal {
+        counter.fetch_add(1, Ordering::Relaxed);
+        ctx.shared.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
+        let mut resp = local(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, &reason);
+        if req.version() < Version::HTTP_2 {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         return resp;
     }
     if let Some(g) = ctx.gateway {

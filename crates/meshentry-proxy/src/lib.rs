@@ -14,7 +14,8 @@
 //! - [`gateway`]: gateway mode (`--gateway`): servers, TLS termination, gateway routes;
 //! - [`outbound`], [`detect`], [`relay`]: the transparent listener for iptables-captured
 //!   connections, what a client speaks from its first bytes, and relaying bytes both ways;
-//! - [`server`]: shared state, counters and accept loops;
+//! - [`server`]: shared state, counters and accept loops (and the connection limit);
+//! - [`limits`]: idle and header timeouts on connections hyper serves;
 //! - [`capture`]: the iptables rules for transparent capture (`meshentry iptables`).
 
 pub mod capture;
@@ -29,6 +30,7 @@ pub mod h1;
 pub mod h2;
 pub mod http;
 pub mod lb;
+pub mod limits;
 pub mod outbound;
 pub mod relay;
 pub mod route;

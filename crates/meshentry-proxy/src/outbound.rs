@@ -38,8 +38,12 @@ pub async fn serve_outbound(listener: TcpListener, shared: Arc<Shared>, mut shut
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    let Some(admitted) = shared.admit() else { continue };
                     let shared = shared.clone();
-                    tokio::spawn(async move { handle(stream, peer, local, shared).await });
+                    tokio::spawn(async move {
+                        handle(stream, peer, local, shared).await;
+                        drop(admitted);
+                    });
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
@@ -182,18 +186,40 @@ async fn handle(stream: TcpStream, peer: SocketAddr, local: Option<SocketAddr>, 
         }
     };
     stats.tunnels.fetch_add(1, Ordering::Relaxed);
-    relay(stream, upstream, &buf).await;
+    relay_limited(stream, upstream, &buf, &shared).await;
 }
 
 /// Sends what was read while detecting, then copies both ways until both sides are done.
 /// `client` comes from the outbound listener, so it has TCP_NODELAY already
 /// ([`nodelay_for_accepted`]); upstream connections set it when they connect.
-pub async fn relay(mut client: TcpStream, mut upstream: Stream, first: &[u8]) {
+pub async fn relay(client: TcpStream, upstream: Stream, first: &[u8]) {
+    relay_idle(client, upstream, first, None).await;
+}
+
+/// [`relay`] under `--tcp-idle-timeout`, counting a connection it closes.
+pub async fn relay_limited(client: TcpStream, upstream: Stream, first: &[u8], shared: &Shared) {
+    let idle = (shared.config.limits.tcp_idle_timeout, &shared.stats.tcp_idle_timeout);
+    relay_idle(client, upstream, first, Some(idle)).await;
+}
+
+/// With `idle`, a relay idle that long is closed, and counted before the sockets close.
+async fn relay_idle(
+    mut client: TcpStream,
+    mut upstream: Stream,
+    first: &[u8],
+    idle: Option<(std::time::Duration, &std::sync::atomic::AtomicU64)>,
+) {
     if !first.is_empty() && upstream.write_all(first).await.is_err() {
         return;
     }
-    match crate::relay::copy_bidirectional(&mut client, &mut upstream).await {
+    match crate::relay::copy_bidirectional_idle(&mut client, &mut upstream, idle.map(|(d, _)| d)).await {
         Ok((up, down)) => tracing::debug!(up, down, "connection closed"),
+        Err(e) if crate::relay::is_idle_timeout(&e) => {
+            if let Some((_, counter)) = idle {
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+            tracing::debug!(error = %e, "connection closed: idle");
+        }
         Err(e) => tracing::debug!(error = %e, "connection ended with an error"),
     }
 }

@@ -25,6 +25,9 @@ use std::future::{Future, poll_fn};
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
@@ -82,6 +85,10 @@ impl Peer for TcpStream {
 
 impl Peer for tokio::io::DuplexStream {}
 
+/// A CONNECT tunnel's client side: hyper's upgraded connection, which may hold bytes
+/// already read, so its readiness says nothing.
+impl<T> Peer for hyper_util::rt::TokioIo<T> {}
+
 /// Copies `a` to `b` and `b` to `a` until both directions have reached end of stream;
 /// returns the bytes copied each way (a to b, b to a). The caller drops both streams when it
 /// returns: the end of stream of the last direction to finish may be passed on by that drop
@@ -91,9 +98,36 @@ where
     A: AsyncRead + AsyncWrite + Peer + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Peer + Unpin + ?Sized,
 {
+    copy_bidirectional_idle(a, b, None).await
+}
+
+/// Why a relay with an idle timeout ended: no byte moved either way for that long. Tell it
+/// from other errors with [`is_idle_timeout`].
+#[derive(Debug, thiserror::Error)]
+#[error("no bytes either way for {0:?} (idle timeout)")]
+pub struct IdleTimeout(pub Duration);
+
+/// Whether a relay ended because of its idle timeout.
+pub fn is_idle_timeout(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<IdleTimeout>())
+}
+
+/// [`copy_bidirectional`], ending with an [`IdleTimeout`] error once no byte has moved either
+/// way for `idle` (Envoy's `tcp_proxy` `idle_timeout`). The clock is read only on wake-ups
+/// that moved bytes, and the one timer is pushed back lazily when it fires, so a busy relay
+/// pays no timer work per read.
+pub async fn copy_bidirectional_idle<A, B>(a: &mut A, b: &mut B, idle: Option<Duration>) -> io::Result<(u64, u64)>
+where
+    A: AsyncRead + AsyncWrite + Peer + Unpin + ?Sized,
+    B: AsyncRead + AsyncWrite + Peer + Unpin + ?Sized,
+{
     let mut a_to_b = Direction::default();
     let mut b_to_a = Direction::default();
+    let mut last = Instant::now();
+    let timer = tokio::time::sleep(idle.unwrap_or(Duration::ZERO));
+    tokio::pin!(timer);
     poll_fn(|cx| {
+        let before = a_to_b.copied + b_to_a.copied;
         if !a_to_b.done {
             let last = b_to_a.done;
             ready_or_pending(a_to_b.poll_copy(cx, Pin::new(&mut *a), Pin::new(&mut *b), last))?;
@@ -103,10 +137,22 @@ where
             ready_or_pending(b_to_a.poll_copy(cx, Pin::new(&mut *b), Pin::new(&mut *a), last))?;
         }
         if a_to_b.done && b_to_a.done {
-            Poll::Ready(Ok((a_to_b.copied, b_to_a.copied)))
-        } else {
-            Poll::Pending
+            return Poll::Ready(Ok((a_to_b.copied, b_to_a.copied)));
         }
+        let Some(idle) = idle else {
+            return Poll::Pending;
+        };
+        if a_to_b.copied + b_to_a.copied != before {
+            last = Instant::now();
+        }
+        while timer.as_mut().poll(cx).is_ready() {
+            let deadline = last + idle;
+            if Instant::now() >= deadline {
+                return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, IdleTimeout(idle))));
+            }
+            timer.as_mut().reset(deadline);
+        }
+        Poll::Pending
     })
     .await
 }
@@ -515,5 +561,42 @@ mod tests {
         let mut buf = [0u8; 16];
         let r = tokio::time::timeout(std::time::Duration::from_secs(5), client.read(&mut buf)).await;
         assert!(matches!(r, Ok(Ok(0)) | Ok(Err(_))), "{r:?}");
+    }
+
+    #[tokio::test]
+    async fn an_idle_relay_ends_at_its_idle_timeout_and_a_busy_one_runs_on() {
+        let idle = Duration::from_millis(200);
+        let (mut client, mut a) = duplex(1024);
+        let (mut b, mut server) = duplex(1024);
+        let relay = tokio::spawn(async move { copy_bidirectional_idle(&mut a, &mut b, Some(idle)).await });
+        // Busy for three idle periods, a byte each 80 ms, alternating directions.
+        let mut byte = [0u8; 1];
+        let mut last = Instant::now();
+        for i in 0..8 {
+            if i % 2 == 0 {
+                client.write_all(b"c").await.unwrap();
+                server.read_exact(&mut byte).await.unwrap();
+            } else {
+                server.write_all(b"s").await.unwrap();
+                client.read_exact(&mut byte).await.unwrap();
+            }
+            last = Instant::now();
+            tokio::time::sleep(Duration::from_millis(80)).await;
+        }
+        assert!(!relay.is_finished(), "a busy relay was ended");
+        let e = relay.await.unwrap().unwrap_err();
+        let waited = last.elapsed();
+        assert!(is_idle_timeout(&e), "{e}");
+        assert!(
+            (Duration::from_millis(190)..Duration::from_secs(2)).contains(&waited),
+            "ended {waited:?} after the last byte; the idle timeout is 200ms"
+        );
+        // Without an idle timeout nothing ends it.
+        let (_client, mut a) = duplex(64);
+        let (mut b, _server) = duplex(64);
+        let relay = tokio::spawn(async move { copy_bidirectional_idle(&mut a, &mut b, None).await });
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert!(!relay.is_finished());
+        relay.abort();
     }
 }

@@ -81,6 +81,28 @@ pub struct Stats {
     /// What detection found on transparent connections, by [`Detected::as_str`] (tls, http1,
     /// h2c, tcp, none; malformed TLS counts as tcp).
     pub detected: [AtomicU64; 5],
+    /// Connections admitted under `--max-connections` and still open (all listeners).
+    pub admitted: AtomicU64,
+    /// Connections over `--max-connections`, closed at once (Envoy's `downstream_cx_overflow`).
+    pub downstream_cx_overflow: AtomicU64,
+    /// Client connections closed for sitting idle between HTTP requests (`--idle-timeout`).
+    pub downstream_cx_idle_timeout: AtomicU64,
+    /// Relayed TCP/TLS connections and tunnels closed for carrying nothing (`--tcp-idle-timeout`).
+    pub tcp_idle_timeout: AtomicU64,
+    /// Request heads that did not arrive within `--header-read-timeout` (408, or a close when
+    /// nothing at all arrived on a new connection).
+    pub downstream_rq_header_timeout: AtomicU64,
+    /// Request heads over `--max-request-headers-kb` (431).
+    pub downstream_rq_headers_too_large: AtomicU64,
+    /// Requests with more header fields than `--max-headers-count` (431).
+    pub downstream_rq_too_many_headers: AtomicU64,
+    /// Upstream connection attempts that hit `--connect-timeout`.
+    pub upstream_cx_connect_timeout: AtomicU64,
+    /// Requests whose upstream did not answer in time (`--response-timeout` or a
+    /// VirtualService `timeout`; 504).
+    pub upstream_rq_timeout: AtomicU64,
+    /// Pooled upstream connections dropped for idling past `--upstream-idle-timeout`.
+    pub upstream_cx_idle_timeout: AtomicU64,
 }
 
 /// The names of [`Stats::detected`]'s slots.
@@ -90,8 +112,14 @@ impl Stats {
     /// A request or tunnel that failed upstream; TLS failures are also counted as such.
     pub fn count_upstream_error(&self, e: &crate::forward::UpstreamError) {
         self.upstream_errors.fetch_add(1, Ordering::Relaxed);
-        if let crate::forward::UpstreamError::Tls(_) = e {
-            self.upstream_tls_errors.fetch_add(1, Ordering::Relaxed);
+        match e {
+            crate::forward::UpstreamError::Tls(_) => {
+                self.upstream_tls_errors.fetch_add(1, Ordering::Relaxed);
+            }
+            crate::forward::UpstreamError::Timeout(_) => {
+                self.upstream_rq_timeout.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {}
         }
     }
 
@@ -125,14 +153,52 @@ impl Drop for ConnGuard<'_> {
     }
 }
 
+/// A connection admitted under `--max-connections`; the slot is freed when it drops.
+pub struct Admitted(Arc<Shared>);
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.0.stats.admitted.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Shared {
+    /// Takes a connection slot, or counts an overflow and returns `None` (the caller closes
+    /// the connection). Checked at accept, before the connection's task exists, so a burst
+    /// of connections cannot overshoot the limit; the one shared atomic is touched once per
+    /// connection, never per request.
+    pub fn admit(self: &Arc<Self>) -> Option<Admitted> {
+        let before = self.stats.admitted.fetch_add(1, Ordering::Relaxed);
+        if before >= self.config.limits.max_connections {
+            self.stats.admitted.fetch_sub(1, Ordering::Relaxed);
+            let n = self.stats.downstream_cx_overflow.fetch_add(1, Ordering::Relaxed);
+            // Logged on the first overflow and then every 1000th, so a flood does not also
+            // flood the log.
+            if n.is_multiple_of(1000) {
+                tracing::warn!(
+                    max_connections = self.config.limits.max_connections,
+                    overflows = n + 1,
+                    "connection limit reached: new connections are closed at once"
+                );
+            }
+            return None;
+        }
+        Some(Admitted(self.clone()))
+    }
+}
+
 /// Accepts explicit-proxy connections until `shutdown` turns true.
 pub async fn serve_http_proxy(listener: TcpListener, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    let Some(admitted) = shared.admit() else { continue };
                     let shared = shared.clone();
-                    tokio::spawn(async move { crate::h1::serve_connection(stream, peer, shared).await });
+                    tokio::spawn(async move {
+                        crate::h1::serve_connection(stream, peer, shared).await;
+                        drop(admitted);
+                    });
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.

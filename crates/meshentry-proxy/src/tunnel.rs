@@ -27,7 +27,7 @@ const ALERT_UNRECOGNIZED_NAME: u8 = 112;
 /// Relays between `client` and `upstream` until both sides are done.
 pub async fn run<C>(mut client: C, mut upstream: Stream, ctx: &ConnCtx, target: &Target)
 where
-    C: AsyncRead + AsyncWrite + Unpin,
+    C: AsyncRead + AsyncWrite + crate::relay::Peer + Unpin,
 {
     let shared = &ctx.shared;
     let mut buf = BytesMut::with_capacity(2048);
@@ -71,8 +71,13 @@ where
         return;
     }
     drop(buf);
-    match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+    let idle = Some(shared.config.limits.tcp_idle_timeout);
+    match crate::relay::copy_bidirectional_idle(&mut client, &mut upstream, idle).await {
         Ok((up, down)) => tracing::debug!(host = %target.host, port = target.port, up, down, "tunnel closed"),
+        Err(e) if crate::relay::is_idle_timeout(&e) => {
+            shared.stats.tcp_idle_timeout.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(host = %target.host, port = target.port, error = %e, "tunnel closed: idle");
+        }
         // An upstream that refuses our client certificate does so only now (TLS 1.3): say so,
         // as a request would.
         Err(e) => match crate::tls::find_cause(&e) {

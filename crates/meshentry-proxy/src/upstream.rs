@@ -29,7 +29,7 @@ use std::sync::Arc;
 use rustls::pki_types::ServerName;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crate::capture::PROXY_MARK;
 use crate::cluster::HostAddr;
@@ -348,13 +348,16 @@ pub(crate) fn closed_while_idle(stream: &Stream) -> bool {
     }
 }
 
-/// An idle connection to `addr` that can take a request now, if this thread has one.
-pub fn checkout(addr: &Dial, max_idle: Duration) -> Option<SendRequest<RequestBody>> {
+/// An idle connection to `addr` that can take a request now, if this thread has one. Those
+/// found idle past `max_idle` are closed and counted in `idle_closed`.
+pub fn checkout(addr: &Dial, max_idle: Duration, idle_closed: &AtomicU64) -> Option<SendRequest<RequestBody>> {
     POOL.with(|pool| {
         let mut pool = pool.borrow_mut();
         let list = pool.get_mut(addr)?;
         while let Some(idle) = list.pop() {
-            if idle.since.elapsed() < max_idle && idle.sender.is_ready() {
+            if idle.since.elapsed() >= max_idle {
+                idle_closed.fetch_add(1, Ordering::Relaxed);
+            } else if idle.sender.is_ready() {
                 return Some(idle.sender);
             }
         }

@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "meshentry",
     version,
+    long_version = meshentry_admin::build_info::LONG_VERSION,
     about = "Istio ServiceEntry system: validator, service registry and egress proxy"
 )]
 struct Cli {
@@ -34,8 +35,16 @@ enum Command {
     Iptables(cmd::iptables::Args),
     /// A small mesh CA: issue SPIFFE workload identities for ISTIO_MUTUAL.
     Ca(cmd::ca::Args),
-    /// Print the version.
-    Version,
+    /// Print the version, the commit and compiler it was built with, its target and the Istio
+    /// APIs it reads (the same as `--version` and the admin server's `/server_info`).
+    Version(VersionArgs),
+}
+
+#[derive(clap::Args)]
+struct VersionArgs {
+    /// text, or json for tools.
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    output: String,
 }
 
 fn main() -> ExitCode {
@@ -47,8 +56,12 @@ fn main() -> ExitCode {
         Command::Explain(args) => cmd::explain::run(&args),
         Command::Iptables(args) => cmd::iptables::run(&args),
         Command::Ca(args) => cmd::ca::run(&args),
-        Command::Version => {
-            println!("meshentry {}", env!("CARGO_PKG_VERSION"));
+        Command::Version(args) => {
+            if args.output == "json" {
+                println!("{:#}", meshentry_admin::build_info::json());
+            } else {
+                print!("{}", meshentry_admin::build_info::text());
+            }
             Ok(ExitCode::SUCCESS)
         }
     };

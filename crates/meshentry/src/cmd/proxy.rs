@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use meshentry_proxy::config::{IdentityFiles, OutboundPolicy, ProxyConfig};
+use meshentry_proxy::config::{IdentityFiles, Limits, OutboundPolicy, ProxyConfig};
 use meshentry_proxy::dns::{Dns, DnsConfig};
 use meshentry_proxy::gateway::{Kind, serve_gateway};
 use meshentry_proxy::outbound::serve_outbound;
@@ -65,9 +65,36 @@ pub struct Args {
     /// How long an upstream may take to start its response before the client gets a 504.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub response_timeout: Duration,
-    /// How long a client may take to send a request head.
+    /// How long a client may take to send a request head: the first one from the moment it
+    /// connects, later ones from their first byte. Too slow: 408 and close.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub header_read_timeout: Duration,
+    /// Client connections open at once, over all listeners and workers; one more is accepted
+    /// and closed at once (counted as downstream_cx_overflow). Default: from the file
+    /// descriptor limit (raised to its hard limit at startup), leaving room for an upstream
+    /// and a pooled connection per client connection.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections: Option<u64>,
+    /// The largest request head (request line and headers) in KiB; larger gets a 431 (Envoy's
+    /// max_request_headers_kb).
+    #[arg(long, default_value = "60", value_parser = clap::value_parser!(u32).range(1..=8192))]
+    pub max_request_headers_kb: u32,
+    /// The most header fields a request may have; more gets a 431 (Envoy's max_headers_count).
+    #[arg(long, default_value = "100", value_parser = clap::value_parser!(u32).range(1..=10000))]
+    pub max_headers_count: u32,
+    /// How long a client's HTTP connection may sit idle between requests before it is closed
+    /// (Envoy's idle_timeout; kept longer than clients' own pool timeouts so the proxy never
+    /// closes a connection a client is about to reuse).
+    #[arg(long, default_value = "1h", value_parser = parse_positive_duration)]
+    pub idle_timeout: Duration,
+    /// How long a relayed TCP/TLS connection or CONNECT tunnel may carry no bytes either way
+    /// before both sides are closed (Envoy's tcp_proxy idle_timeout).
+    #[arg(long, default_value = "1h", value_parser = parse_positive_duration)]
+    pub tcp_idle_timeout: Duration,
+    /// How long an idle pooled upstream connection is kept for reuse (Istio's DestinationRule
+    /// connectionPool.http.idleTimeout, proxy-wide).
+    #[arg(long, default_value = "60s", value_parser = parse_positive_duration)]
+    pub upstream_idle_timeout: Duration,
     /// This workload's certificate chain (PEM), for ISTIO_MUTUAL (`meshentry ca issue` writes
     /// cert-chain.pem, key.pem and root-cert.pem).
     #[arg(long, requires_all = ["key", "ca"])]
@@ -88,7 +115,8 @@ pub struct Args {
     /// Worker threads (default: one per CPU this process may use).
     #[arg(long)]
     pub workers: Option<usize>,
-    /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
+    /// Log level (error, warn, info, debug, trace, off), optionally with per-module directives
+    /// (`info,meshentry_proxy=debug`); RUST_LOG, when set, overrides it.
     #[arg(long, default_value = "info")]
     pub log_level: String,
 }
@@ -145,12 +173,50 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     meshentry_api::model::parse_duration(s)
 }
 
+fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        Duration::ZERO => Err(format!("{s:?} must be longer than 0")),
+        d => Ok(d),
+    }
+}
+
+/// Raises the soft file descriptor limit to the hard one, as Envoy and HAProxy deployments do
+/// (the soft limit is often 1024, a few hundred connections); returns the limit in force.
+fn raise_fd_limit() -> Option<u64> {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current.is_some() && limit.current != limit.maximum {
+        let raised = Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        match setrlimit(Resource::Nofile, raised) {
+            Ok(()) => {
+                tracing::info!(from = ?limit.current, to = ?limit.maximum, "raised the file descriptor limit to its hard limit");
+                return limit.maximum;
+            }
+            Err(e) => tracing::warn!(error = %e, limit = ?limit.current, "cannot raise the file descriptor limit"),
+        }
+    }
+    limit.current
+}
+
+/// The default `--max-connections` for a file descriptor limit: a client connection takes
+/// its own descriptor, one upstream, and at most one more pooled upstream connection, and a
+/// reserve stays free for listeners, the admin server, DNS and certificate files.
+fn default_max_connections(fd_limit: Option<u64>) -> u64 {
+    // No limit (RLIM_INFINITY) is bounded anyway: the kernel's fs.nr_open is 1Mi by default.
+    let fds = fd_limit.unwrap_or(1 << 20);
+    let reserve = (fds / 4).min(256);
+    ((fds - reserve) / 3).max(1)
+}
+
 /// Runs the proxy with one single-threaded runtime per worker (Envoy's model): each worker
 /// accepts on its own `SO_REUSEPORT` socket, so a connection and its upstream connections live
 /// on one thread and never contend with other workers. The first worker also runs the admin
 /// server and signal handling.
 pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
-    crate::logging::init(&args.log_level);
+    crate::logging::init(&args.log_level)?;
     let workers = args
         .workers
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
@@ -296,6 +362,8 @@ async fn start(args: &Args) -> anyhow::Result<Option<Started>> {
         response_timeout: args.response_timeout,
         header_read_timeout: args.header_read_timeout,
         sniff_timeout: args.protocol_detection_timeout,
+        pool_idle_timeout: args.upstream_idle_timeout,
+        limits: limits(args),
         identity: match (&args.cert, &args.key, &args.ca) {
             (Some(cert), Some(key), Some(ca)) => Some(IdentityFiles {
                 cert: cert.clone(),
@@ -391,6 +459,29 @@ async fn start(args: &Args) -> anyhow::Result<Option<Started>> {
     }))
 }
 
+/// The limits the flags ask for; the connection limit defaults from the fd limit.
+fn limits(args: &Args) -> Limits {
+    let fds = raise_fd_limit();
+    let max_connections = match args.max_connections {
+        Some(n) => {
+            tracing::info!(max_connections = n, fd_limit = ?fds, "connection limit (from --max-connections)");
+            n
+        }
+        None => {
+            let n = default_max_connections(fds);
+            tracing::info!(max_connections = n, fd_limit = ?fds, "connection limit (from the file descriptor limit; set it with --max-connections)");
+            n
+        }
+    };
+    Limits {
+        max_connections,
+        max_head_bytes: args.max_request_headers_kb as usize * 1024,
+        max_headers: args.max_headers_count as usize,
+        idle_timeout: args.idle_timeout,
+        tcp_idle_timeout: args.tcp_idle_timeout,
+    }
+}
+
 /// F1: the Gateway must exist and select this proxy's labels.
 fn check_gateway(
     resources: &[&meshentry_api::Resource],
@@ -479,4 +570,28 @@ async fn wait_for_signal() -> anyhow::Result<()> {
         _ = int.recv() => {}
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_connection_limit_leaves_room_for_upstreams_and_a_reserve() {
+        // A common soft limit that could not be raised: 256 reserved, then a third each.
+        assert_eq!(default_max_connections(Some(1024)), 256);
+        assert_eq!(default_max_connections(Some(1 << 20)), ((1 << 20) - 256) / 3);
+        // Tiny limits keep a quarter in reserve and still admit someone.
+        assert_eq!(default_max_connections(Some(16)), 4);
+        assert_eq!(default_max_connections(Some(1)), 1);
+        assert_eq!(default_max_connections(None), ((1 << 20) - 256) / 3);
+    }
+
+    #[test]
+    fn zero_is_not_a_timeout() {
+        assert!(parse_positive_duration("0").is_err());
+        assert!(parse_positive_duration("0s").is_err());
+        assert_eq!(parse_positive_duration("100ms"), Ok(Duration::from_millis(100)));
+        assert_eq!(parse_positive_duration("1h"), Ok(Duration::from_secs(3600)));
+    }
 }

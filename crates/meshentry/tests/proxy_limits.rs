@@ -1,0 +1,596 @@
+//! End-to-end tests of the limits that protect the host (issue 8): the connection limit,
+//! request header size and count, the header, idle, TCP idle, connect and response timeouts,
+//! and the upstream pool's idle timeout. Each limit is hit on real sockets and both what the
+//! client sees and the exact `/stats` counter are checked.
+//!
+//! Every test runs the real binary on its own loopback addresses, with STATIC endpoints and
+//! `--outbound-policy REGISTRY_ONLY`, so nothing can leave loopback. Timeouts are set to a few
+//! hundred milliseconds so the file runs in seconds.
+
+#![allow(clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use meshentry_testutil::{HttpUpstream, ProxyProcess, Stall, TcpEcho, eventually, unique_loopback};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const BIN: &str = env!("CARGO_BIN_EXE_meshentry");
+const PATIENCE: Duration = Duration::from_secs(5);
+
+/// A STATIC ServiceEntry for `host:port` with one endpoint.
+fn entry(name: &str, host: &str, port: u16, protocol: &str, endpoint: SocketAddr) -> String {
+    let port_name = protocol.to_ascii_lowercase();
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata:\n  name: {name}\n\
+         spec:\n  hosts: [{host}]\n  location: MESH_EXTERNAL\n  resolution: STATIC\n\
+         \x20 ports:\n  - {{number: {port}, name: {port_name}, protocol: {protocol}}}\n\
+         \x20 endpoints:\n  - {{address: \"{}\", ports: {{{port_name}: {}}}}}\n---\n",
+        endpoint.ip(),
+        endpoint.port()
+    )
+}
+
+struct Proxy {
+    process: ProxyProcess,
+    http: SocketAddr,
+    outbound: SocketAddr,
+    admin: SocketAddr,
+    _config: tempfile::TempDir,
+}
+
+impl Proxy {
+    async fn start(yaml: &str, extra: &[&str]) -> Proxy {
+        let ip = unique_loopback();
+        let http = SocketAddr::new(ip.into(), 15080);
+        let outbound = SocketAddr::new(ip.into(), 15001);
+        let admin = SocketAddr::new(ip.into(), 15000);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("config.yaml"), yaml).unwrap();
+        let mut args: Vec<String> = [
+            "proxy",
+            "--config",
+            &dir.path().display().to_string(),
+            "--http-proxy",
+            &http.to_string(),
+            "--admin",
+            &admin.to_string(),
+            "--outbound",
+            &outbound.to_string(),
+            "--dns-server",
+            &format!("{ip}:53"),
+            "--outbound-policy",
+            "REGISTRY_ONLY",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        // Two workers unless the test says otherwise: limits must hold across them.
+        if !extra.contains(&"--workers") {
+            args.extend(["--workers".to_string(), "2".to_string()]);
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut process = ProxyProcess::spawn(BIN, &args, [("RUST_LOG", "info")]);
+        process.wait_listening(http, PATIENCE).await;
+        process.wait_listening(admin, PATIENCE).await;
+        let proxy = Proxy {
+            process,
+            http,
+            outbound,
+            admin,
+            _config: dir,
+        };
+        // wait_listening's probes are connections too; let them go before counting.
+        eventually(PATIENCE, || async { proxy.stat("downstream_cx_active").await == 0 }).await;
+        proxy
+    }
+
+    /// A counter of `/stats` (`meshentry.<name>: <value>`).
+    async fn stat(&self, name: &str) -> u64 {
+        let mut s = TcpStream::connect(self.admin).await.unwrap();
+        s.write_all(b"GET /stats HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).await.unwrap();
+        let prefix = format!("meshentry.{name}: ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("/stats has no {name}:\n{text}"))
+            .parse()
+            .unwrap()
+    }
+
+    fn assert_healthy(&mut self) {
+        if let Some(status) = self.process.try_wait() {
+            panic!("the proxy exited ({status})\n{}", self.process.output());
+        }
+        let stderr = self.process.stderr();
+        assert!(!stderr.contains("panicked"), "the proxy panicked:\n{stderr}");
+    }
+}
+
+/// curl isolated from the environment (no ~/.curlrc, no proxy variables).
+fn curl(args: &[&str]) -> std::process::Output {
+    let mut c = Command::new("curl");
+    c.args(["-q", "-sS", "--max-time", "10"]).args(args);
+    for v in [
+        "http_proxy",
+        "HTTP_PROXY",
+        "https_proxy",
+        "HTTPS_PROXY",
+        "all_proxy",
+        "ALL_PROXY",
+        "no_proxy",
+        "NO_PROXY",
+    ] {
+        c.env_remove(v);
+    }
+    c.output()
+        .expect("these tests need curl (apt-get install curl; CI installs it)")
+}
+
+/// `curl -x proxy url` with extra args: (status, body), or panics if curl failed.
+fn curl_status(proxy: SocketAddr, url: &str, extra: &[&str]) -> (u16, String) {
+    let proxy_url = format!("http://{proxy}");
+    let mut args = vec!["-x", &proxy_url, "-w", "\n%{http_code}", url];
+    args.extend_from_slice(extra);
+    let out = curl(&args);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "curl {url}: {}{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    (code.parse().unwrap(), body.to_string())
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Reads one response with a `Content-Length` body: (status, head, body).
+async fn read_response(s: &mut TcpStream) -> (u16, String, String) {
+    let mut buf = Vec::new();
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(i) = find(&buf, b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..i]).into_owned();
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (n, v) = l.split_once(':')?;
+                    n.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().ok())?
+                })
+                .unwrap_or(0);
+            if buf.len() >= i + 4 + len {
+                let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+                let body = String::from_utf8_lossy(&buf[i + 4..i + 4 + len]).into_owned();
+                return (status, head, body);
+            }
+        }
+        let mut chunk = [0u8; 8192];
+        let left = deadline.saturating_duration_since(Instant::now());
+        let n = tokio::time::timeout(left, s.read(&mut chunk))
+            .await
+            .unwrap_or_else(|_| panic!("no response in time; got {:?}", String::from_utf8_lossy(&buf)))
+            .unwrap();
+        assert!(
+            n > 0,
+            "closed before a whole response: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Waits for the peer to close: what arrived before, and how long it took. Panics if it is
+/// still open after `within`.
+async fn until_closed(s: &mut TcpStream, within: Duration) -> (Vec<u8>, Duration) {
+    let start = Instant::now();
+    let mut got = Vec::new();
+    loop {
+        let mut chunk = [0u8; 4096];
+        let left = (start + within).saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, s.read(&mut chunk)).await {
+            Err(_) => panic!("still open after {within:?}; got {:?}", String::from_utf8_lossy(&got)),
+            Ok(Ok(0)) | Ok(Err(_)) => return (got, start.elapsed()),
+            Ok(Ok(n)) => got.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+const GET: &[u8] = b"GET http://web.test/ HTTP/1.1\r\nHost: web.test\r\n\r\n";
+/// A chunked request body sends the connection to the hyper path.
+const CHUNKED_POST: &[u8] =
+    b"POST http://web.test/ HTTP/1.1\r\nHost: web.test\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n";
+
+/// `GET http://web.test/` with `count` headers (besides Host) of `size` bytes each.
+fn padded(count: usize, size: usize) -> Vec<u8> {
+    let mut req = String::from("GET http://web.test/ HTTP/1.1\r\nHost: web.test\r\n");
+    for i in 0..count {
+        req.push_str(&format!("x-pad-{i:03}: {}\r\n", "p".repeat(size)));
+    }
+    req.push_str("\r\n");
+    req.into_bytes()
+}
+
+/// A connection on the hyper path: its first request (chunked) answered 200.
+async fn hyper_path_connection(proxy: SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(proxy).await.unwrap();
+    s.write_all(CHUNKED_POST).await.unwrap();
+    let (status, head, _) = read_response(&mut s).await;
+    assert_eq!(status, 200, "{head}");
+    s
+}
+
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn connections_over_max_connections_are_closed_at_once_and_counted_across_listeners() {
+    let up = HttpUpstream::start((unique_loopback(), 80).into(), "web");
+    let yaml = entry("web", "web.test", 80, "HTTP", up.addr());
+    // Two workers, one limit: the count is shared.
+    let mut proxy = Proxy::start(&yaml, &["--max-connections", "2"]).await;
+    assert!(
+        proxy
+            .process
+            .stderr()
+            .contains("connection limit (from --max-connections)"),
+        "the limit is logged at startup:\n{}",
+        proxy.process.stderr()
+    );
+
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(proxy.http).await.unwrap();
+        s.write_all(GET).await.unwrap();
+        assert_eq!(read_response(&mut s).await.0, 200);
+        held.push(s);
+    }
+    assert_eq!(proxy.stat("downstream_cx_overflow").await, 0);
+
+    // A third client: accepted and closed without a byte of response.
+    let mut third = TcpStream::connect(proxy.http).await.unwrap();
+    let _ = third.write_all(GET).await;
+    let (got, elapsed) = until_closed(&mut third, PATIENCE).await;
+    assert!(got.is_empty(), "{:?}", String::from_utf8_lossy(&got));
+    assert!(elapsed < Duration::from_secs(1), "closed only after {elapsed:?}");
+    assert_eq!(proxy.stat("downstream_cx_overflow").await, 1);
+
+    // curl sees an empty reply, and the transparent listener shares the limit.
+    let out = curl(&["-x", &format!("http://{}", proxy.http), "http://web.test/"]);
+    assert!(!out.status.success(), "curl got through: {:?}", out);
+    let mut captured = TcpStream::connect(proxy.outbound).await.unwrap();
+    let (got, _) = until_closed(&mut captured, PATIENCE).await;
+    assert!(got.is_empty());
+    assert_eq!(proxy.stat("downstream_cx_overflow").await, 3);
+    assert_eq!(
+        proxy.stat("outbound_cx_total").await,
+        0,
+        "an overflow never reaches the listener's handler"
+    );
+
+    // A slot freed is a slot taken: the held connections still work, and once one closes a
+    // new client gets through.
+    held[0].write_all(GET).await.unwrap();
+    assert_eq!(read_response(&mut held[0]).await.0, 200);
+    drop(held.remove(0));
+    eventually(PATIENCE, || async { proxy.stat("downstream_cx_active").await == 1 }).await;
+    assert_eq!(curl_status(proxy.http, "http://web.test/", &[]).0, 200);
+    assert_eq!(proxy.stat("downstream_cx_overflow").await, 3);
+    proxy.assert_healthy();
+}
+
+#[tokio::test]
+async fn request_heads_over_the_configured_size_or_count_get_431_on_every_path() {
+    let up = HttpUpstream::start((unique_loopback(), 80).into(), "web");
+    let yaml = entry("web", "web.test", 80, "HTTP", up.addr());
+    let mut proxy = Proxy::start(&yaml, &["--max-request-headers-kb", "4", "--max-headers-count", "10"]).await;
+
+    // At the limits (10 fields with Host, under 4 KiB) everything goes through, by curl too.
+    let mut s = TcpStream::connect(proxy.http).await.unwrap();
+    s.write_all(&padded(9, 300)).await.unwrap();
+    assert_eq!(read_response(&mut s).await.0, 200);
+    let mut extra = Vec::new();
+    for i in 0..5 {
+        extra.push("-H".to_string());
+        extra.push(format!("x-curl-{i}: {}", "c".repeat(100)));
+    }
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    assert_eq!(curl_status(proxy.http, "http://web.test/", &extra).0, 200);
+    let passed = up.requests();
+
+    // The fast path: one field too many, then a head too large.
+    let mut s = TcpStream::connect(proxy.http).await.unwrap();
+    s.write_all(&padded(10, 10)).await.unwrap();
+    let (status, _, body) = read_response(&mut s).await;
+    assert_eq!(status, 431, "{body}");
+    assert!(body.contains("more than 10 header fields"), "{body}");
+    assert_eq!(proxy.stat("downstream_rq_too_many_headers").await, 1);
+    let mut s = TcpStream::connect(proxy.http).await.unwrap();
+    s.write_all(&padded(2, 3000)).await.unwrap();
+    let (status, _, body) = read_response(&mut s).await;
+    assert_eq!(status, 431, "{body}");
+    assert!(body.contains("larger than 4096 bytes"), "{body}");
+    assert_eq!(proxy.stat("downstream_rq_headers_too_large").await, 1);
+
+    // The hyper path (a connection whose first request was chunked): hyper answers 431 itself,
+    // and the proxy counts it when hyper hands the connection back, just after the answer.
+    let mut s = hyper_path_connection(proxy.http).await;
+    s.write_all(&padded(10, 10)).await.unwrap();
+    assert_eq!(read_response(&mut s).await.0, 431);
+    eventually(PATIENCE, || async {
+        proxy.stat("downstream_rq_too_many_headers").await == 2
+    })
+    .await;
+    let mut s = hyper_path_connection(proxy.http).await;
+    s.write_all(&padded(2, 3000)).await.unwrap();
+    assert_eq!(read_response(&mut s).await.0, 431);
+    eventually(PATIENCE, || async {
+        proxy.stat("downstream_rq_headers_too_large").await == 2
+    })
+    .await;
+    assert_eq!(proxy.stat("downstream_rq_too_many_headers").await, 2);
+
+    // HTTP/2 with prior knowledge.
+    let tcp = TcpStream::connect(proxy.http).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let h2_request = |count: usize, size: usize| {
+        let mut b = http::Request::get("http://web.test/");
+        for i in 0..count {
+            b = b.header(format!("x-pad-{i}"), "p".repeat(size));
+        }
+        b.body(Empty::<Bytes>::new()).unwrap()
+    };
+    let ok = sender.send_request(h2_request(5, 10)).await.unwrap();
+    assert_eq!(ok.status(), 200);
+    let many = sender.send_request(h2_request(11, 10)).await.unwrap();
+    assert_eq!(many.status(), 431);
+    assert_eq!(proxy.stat("downstream_rq_too_many_headers").await, 3);
+    let large = sender.send_request(h2_request(2, 3000)).await.unwrap();
+    assert_eq!(large.status(), 431);
+    assert_eq!(proxy.stat("downstream_rq_headers_too_large").await, 3);
+
+    // Besides those: the two chunked requests that opened hyper-path connections, and the
+    // HTTP/2 request within the limits.
+    assert_eq!(up.requests(), passed + 3, "a refused request went upstream");
+    proxy.assert_healthy();
+}
+
+#[tokio::test]
+async fn slow_heads_get_408_and_idle_keep_alive_connections_close_on_the_fast_path() {
+    let up = HttpUpstream::start((unique_loopback(), 80).into(), "web");
+    let yaml = entry("web", "web.test", 80, "HTTP", up.addr());
+    let mut proxy = Proxy::start(&yaml, &["--header-read-timeout", "300ms", "--idle-timeout", "800ms"]).await;
+
+    // Half a head: 408 once the header timeout has passed.
+    let mut s = TcpStream::connect(proxy.http).await.unwrap();
+    s.write_all(b"GET http://web.test/ HTTP/1.1\r\nHost: web")
+        .await
+        .unwrap();
+    let (got, elapsed) = until_closed(&mut s, PATIENCE).await;
+    assert!(got.starts_with(b"HTTP/1.1 408"), "{:?}", String::from_utf8_lossy(&got));
+    assert!(elapsed >= Duration::from_millis(250), "408 after {elapsed:?}");
+    assert_eq!(proxy.stat("downstream_rq_header_timeout").await, 1);
+
+    // A new connection that says nothing is closed at the header timeout too, silently.
+    let mut s = TcpStream::connect(proxy.http).await.unwrap();
+    let (got, elapsed) = until_closed(&mut s, PATIENCE).await;
+    assert!(got.is_empty());
+    assert!(
+        elapsed < Duration::from_millis(750),
+        "a silent connection held for {elapsed:?}"
+    );
+    assert_eq!(proxy.stat("downstream_rq_header_timeout").await, 2);
+
+    // After a request, the connection may idle for the idle timeout (longer than the header
+    // timeout), then it is closed.
+    let mut s = TcpStream::connect(proxy.http).await.unwrap();
+    s.write_all(GET).await.unwrap();
+    assert_eq!(read_response(&mut s).await.0, 200);
+    let (got, elapsed) = until_closed(&mut s, PATIENCE).await;
+    assert!(got.is_empty());
+    assert!(
+        (Duration::from_millis(700)..Duration::from_secs(3)).contains(&elapsed),
+        "idle connection closed after {elapsed:?}; --idle-timeout is 800ms"
+    );
+    assert_eq!(proxy.stat("downstream_cx_idle_timeout").await, 1);
+
+    // Idle time does not eat into the next head's time: a request after 500 ms of idling
+    // (more than the header timeout) is served.
+    let mut s = TcpStream::connect(proxy.http).await.unwrap();
+    s.write_all(GET).await.unwrap();
+    assert_eq!(read_response(&mut s).await.0, 200);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    s.write_all(GET).await.unwrap();
+    assert_eq!(read_response(&mut s).await.0, 200);
+    assert_eq!(proxy.stat("downstream_rq_header_timeout").await, 2);
+    assert_eq!(proxy.stat("downstream_cx_idle_timeout").await, 1);
+    proxy.assert_healthy();
+}
+
+#[tokio::test]
+async fn slow_heads_get_408_and_idle_connections_close_on_the_hyper_and_http2_paths() {
+    let up = HttpUpstream::start((unique_loopback(), 80).into(), "web");
+    let yaml = entry("web", "web.test", 80, "HTTP", up.addr());
+    let mut proxy = Proxy::start(&yaml, &["--header-read-timeout", "300ms", "--idle-timeout", "800ms"]).await;
+
+    // A second head that stops halfway: 408.
+    let mut s = hyper_path_connection(proxy.http).await;
+    s.write_all(b"GET http://web.test/ HTTP/1.1\r\nHo").await.unwrap();
+    let (got, elapsed) = until_closed(&mut s, PATIENCE).await;
+    assert!(got.starts_with(b"HTTP/1.1 408"), "{:?}", String::from_utf8_lossy(&got));
+    assert!(elapsed < Duration::from_millis(750), "408 after {elapsed:?}");
+    assert_eq!(proxy.stat("downstream_rq_header_timeout").await, 1);
+
+    // Idle after a response: kept past the header timeout, closed at the idle timeout.
+    let mut s = hyper_path_connection(proxy.http).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    s.write_all(CHUNKED_POST).await.unwrap();
+    assert_eq!(
+        read_response(&mut s).await.0,
+        200,
+        "idle 500 ms is within --idle-timeout"
+    );
+    let (got, elapsed) = until_closed(&mut s, PATIENCE).await;
+    assert!(got.is_empty());
+    assert!(
+        (Duration::from_millis(700)..Duration::from_secs(3)).contains(&elapsed),
+        "closed after {elapsed:?}; --idle-timeout is 800ms"
+    );
+    assert_eq!(proxy.stat("downstream_cx_idle_timeout").await, 1);
+
+    // HTTP/2: no stream open for the idle timeout closes the connection.
+    let tcp = TcpStream::connect(proxy.http).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    let resp = sender
+        .send_request(
+            http::Request::get("http://web.test/")
+                .body(Empty::<Bytes>::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let _ = resp.into_body().collect().await;
+    let started = Instant::now();
+    let _ = tokio::time::timeout(PATIENCE, conn)
+        .await
+        .expect("the HTTP/2 connection stays open");
+    let elapsed = started.elapsed();
+    assert!(
+        (Duration::from_millis(700)..Duration::from_secs(3)).contains(&elapsed),
+        "HTTP/2 connection closed after {elapsed:?}; --idle-timeout is 800ms"
+    );
+    assert_eq!(proxy.stat("downstream_cx_idle_timeout").await, 2);
+    assert_eq!(proxy.stat("downstream_rq_header_timeout").await, 1);
+    proxy.assert_healthy();
+}
+
+#[tokio::test]
+async fn a_silent_tunnel_is_closed_after_the_tcp_idle_timeout_and_a_busy_one_is_not() {
+    let echo = TcpEcho::start((unique_loopback(), 9000).into(), "echo");
+    let yaml = entry("echo", "echo.test", 9000, "TCP", echo.addr());
+    let mut proxy = Proxy::start(&yaml, &["--tcp-idle-timeout", "400ms"]).await;
+
+    let mut s = TcpStream::connect(proxy.http).await.unwrap();
+    s.write_all(b"CONNECT echo.test:9000 HTTP/1.1\r\nHost: echo.test:9000\r\n\r\n")
+        .await
+        .unwrap();
+    let (status, head, _) = read_response(&mut s).await;
+    assert_eq!(status, 200, "{head}");
+    // Busy for twice the idle timeout: a byte each 100 ms, each echoed.
+    for i in 0..8u8 {
+        s.write_all(&[b'0' + i]).await.unwrap();
+        let mut b = [0u8; 1];
+        tokio::time::timeout(PATIENCE, s.read_exact(&mut b))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(b[0], b'0' + i);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(proxy.stat("tcp_idle_timeout").await, 0);
+    // Then silent.
+    let (got, elapsed) = until_closed(&mut s, PATIENCE).await;
+    assert!(got.is_empty());
+    assert!(
+        (Duration::from_millis(250)..Duration::from_secs(3)).contains(&elapsed),
+        "closed after {elapsed:?}; --tcp-idle-timeout is 400ms"
+    );
+    assert_eq!(proxy.stat("tcp_idle_timeout").await, 1);
+    proxy.assert_healthy();
+}
+
+/// An address whose accept queue is full, so a connection attempt gets no answer at all (the
+/// SYN is dropped) until it times out. The returned sockets keep the queue full.
+fn unanswering() -> (socket2::Socket, Vec<std::net::TcpStream>, SocketAddr) {
+    use socket2::{Domain, Socket, Type};
+    let listener = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    listener
+        .bind(&SocketAddr::new(unique_loopback().into(), 0).into())
+        .unwrap();
+    listener.listen(0).unwrap();
+    let addr = listener.local_addr().unwrap().as_socket().unwrap();
+    let mut fill = Vec::new();
+    for _ in 0..16 {
+        match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+            Ok(s) => fill.push(s),
+            Err(_) => return (listener, fill, addr),
+        }
+    }
+    panic!("the accept queue of {addr} never filled");
+}
+
+#[tokio::test]
+async fn connect_and_response_timeouts_are_answered_503_and_504_and_counted() {
+    let (_listener, _fill, silent) = unanswering();
+    let stall = Stall::start((unique_loopback(), 80).into());
+    let up = HttpUpstream::start((unique_loopback(), 80).into(), "web");
+    let yaml = entry("silent", "silent.test", 80, "HTTP", silent)
+        + &entry("stall", "stall.test", 80, "HTTP", stall.addr())
+        + &entry("web", "web.test", 80, "HTTP", up.addr());
+    let mut proxy = Proxy::start(
+        &yaml,
+        &[
+            "--connect-timeout",
+            "200ms",
+            "--response-timeout",
+            "300ms",
+            "--upstream-idle-timeout",
+            "200ms",
+            "--workers",
+            "1",
+        ],
+    )
+    .await;
+
+    let started = Instant::now();
+    let (status, body) = curl_status(proxy.http, "http://silent.test/", &[]);
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("timed out"), "{body}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(proxy.stat("upstream_cx_connect_timeout").await, 1);
+
+    let started = Instant::now();
+    let (status, body) = curl_status(proxy.http, "http://stall.test/", &[]);
+    assert_eq!(status, 504, "{body}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "504 after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(proxy.stat("upstream_rq_timeout").await, 1);
+    assert_eq!(proxy.stat("upstream_cx_connect_timeout").await, 1);
+
+    // An idle pooled connection past --upstream-idle-timeout is closed, not reused. One
+    // worker, so both requests see the same pool.
+    assert_eq!(curl_status(proxy.http, "http://web.test/", &[]).0, 200);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(curl_status(proxy.http, "http://web.test/", &[]).0, 200);
+    assert_eq!(
+        up.connections(),
+        2,
+        "the pooled connection was reused after its idle timeout"
+    );
+    assert_eq!(proxy.stat("upstream_cx_idle_timeout").await, 1);
+    proxy.assert_healthy();
+}
