@@ -15,20 +15,25 @@
 //! - [`outbound`], [`detect`], [`relay`]: the transparent listener for iptables-captured
 //!   connections, what a client speaks from its first bytes, and relaying bytes both ways;
 //! - [`server`]: shared state, counters and accept loops;
+//! - [`telemetry`], [`metrics`], [`access_log`], [`flags`]: what happened to each request and
+//!   connection, as Istio's standard metrics and Envoy-format access log lines;
 //! - [`capture`]: the iptables rules for transparent capture (`meshentry iptables`).
 
+pub mod access_log;
 pub mod capture;
 pub mod chunked;
 pub mod cluster;
 pub mod config;
 pub mod detect;
 pub mod dns;
+pub mod flags;
 pub mod forward;
 pub mod gateway;
 pub mod h1;
 pub mod h2;
 pub mod http;
 pub mod lb;
+pub mod metrics;
 pub mod outbound;
 pub mod relay;
 pub mod route;
@@ -36,6 +41,7 @@ pub mod routed;
 pub mod server;
 pub mod snapshot;
 pub mod sni;
+pub mod telemetry;
 pub mod tls;
 pub mod tunnel;
 pub mod upstream;

@@ -38,17 +38,33 @@ where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
+    let mut copied = (0, 0);
+    copy_bidirectional_counted(a, b, &mut copied).await.map(|()| copied)
+}
+
+/// [`copy_bidirectional`] that leaves the bytes copied each way in `copied` however it ends
+/// (metrics and access logs count the bytes of relays that end with an error too).
+pub async fn copy_bidirectional_counted<A, B>(a: &mut A, b: &mut B, copied: &mut (u64, u64)) -> io::Result<()>
+where
+    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
     let mut a_to_b = Direction::default();
     let mut b_to_a = Direction::default();
     poll_fn(|cx| {
-        if !a_to_b.done {
-            ready_or_pending(a_to_b.poll_copy(cx, Pin::new(&mut *a), Pin::new(&mut *b)))?;
-        }
-        if !b_to_a.done {
-            ready_or_pending(b_to_a.poll_copy(cx, Pin::new(&mut *b), Pin::new(&mut *a)))?;
-        }
+        let a_result = match a_to_b.done {
+            true => Ok(()),
+            false => ready_or_pending(a_to_b.poll_copy(cx, Pin::new(&mut *a), Pin::new(&mut *b))),
+        };
+        let b_result = match (b_to_a.done, &a_result) {
+            (false, Ok(())) => ready_or_pending(b_to_a.poll_copy(cx, Pin::new(&mut *b), Pin::new(&mut *a))),
+            _ => Ok(()),
+        };
+        *copied = (a_to_b.copied, b_to_a.copied);
+        a_result?;
+        b_result?;
         if a_to_b.done && b_to_a.done {
-            Poll::Ready(Ok((a_to_b.copied, b_to_a.copied)))
+            Poll::Ready(Ok(()))
         } else {
             Poll::Pending
         }
