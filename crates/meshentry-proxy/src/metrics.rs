@@ -470,7 +470,7 @@ impl Metrics {
                 .iter()
                 .map(|(l, s)| (l.as_str(), &s.response_bytes.counts[..], s.response_bytes.sum)),
         );
-        let tcp_families: [(&str, &str, fn(&TcpSeries) -> u64); 4] = [
+        let tcp_families: [TcpFamily; 4] = [
             (
                 "istio_tcp_sent_bytes_total",
                 "Bytes sent to clients on TCP connections, counted when they close.",
@@ -508,6 +508,9 @@ impl Metrics {
         (r.len(), t.len())
     }
 }
+
+/// A TCP metric: its name, help, and which count of a series it prints.
+type TcpFamily = (&'static str, &'static str, fn(&TcpSeries) -> u64);
 
 /// Sums of one histogram series: its labels, bucket counts and sum.
 type HistogramSeries<'a> = (&'a str, &'a [u64], f64);
