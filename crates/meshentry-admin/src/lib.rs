@@ -1,6 +1,7 @@
 //! The admin server, in the spirit of Envoy's (port 15000): `/ready`, `/server_info`,
-//! `/config_dump`, `/clusters` (text, or `?format=json`) and `/stats`. It reads the proxy's
-//! current snapshot and counters; it never blocks the data path.
+//! `/config_dump`, `/clusters` (text, or `?format=json`), `/stats` and `/stats/prometheus`
+//! (Istio's standard metrics and the proxy's own, in the Prometheus text format). It reads the
+//! proxy's current snapshot and counters; it never blocks the data path.
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
@@ -61,9 +62,11 @@ fn handle(req: &Request<Incoming>, shared: &Shared, started: Instant) -> Respons
         "/clusters" if query.contains("format=json") => json_response(&clusters_json(shared)),
         "/clusters" => text(StatusCode::OK, clusters_text(shared)),
         "/stats" => text(StatusCode::OK, stats_text(shared)),
+        "/stats/prometheus" => prometheus(shared),
         "/" => text(
             StatusCode::OK,
-            "meshentry admin: /ready /server_info /config_dump /clusters[?format=json] /stats\n".into(),
+            "meshentry admin: /ready /server_info /config_dump /clusters[?format=json] /stats /stats/prometheus\n"
+                .into(),
         ),
         _ => text(StatusCode::NOT_FOUND, "not found; see /\n".into()),
     }
@@ -261,72 +264,160 @@ fn clusters_text(shared: &Shared) -> String {
     out
 }
 
+/// One of the proxy's own counters: its name, what it counts, and how to read it.
+type Stat = (&'static str, &'static str, fn(&Shared) -> u64);
+
+/// The proxy's own counters, for both `/stats` (`meshentry.NAME: value`) and
+/// `/stats/prometheus` (`meshentry_NAME`; a counter when NAME ends in `_total`, else a gauge).
+/// Adding a counter is adding a line here.
+const STATS: &[Stat] = &[
+    ("downstream_cx_total", "Downstream connections accepted.", |s| {
+        s.stats.downstream_connections.load(Ordering::Relaxed)
+    }),
+    ("downstream_cx_active", "Downstream connections open now.", |s| {
+        s.stats.downstream_active.load(Ordering::Relaxed)
+    }),
+    ("http_requests_total", "HTTP requests received.", |s| {
+        s.stats.http_requests.load(Ordering::Relaxed)
+    }),
+    (
+        "tunnels_total",
+        "Byte relays started (CONNECT tunnels, TCP and TLS relays).",
+        |s| s.stats.tunnels.load(Ordering::Relaxed),
+    ),
+    (
+        "outbound_blocked_total",
+        "Requests and connections REGISTRY_ONLY refused.",
+        |s| s.stats.blocked.load(Ordering::Relaxed),
+    ),
+    (
+        "outbound_passthrough_total",
+        "Requests and connections passed through (ALLOW_ANY).",
+        |s| s.stats.passthrough.load(Ordering::Relaxed),
+    ),
+    (
+        "tunnel_sni_mismatch_total",
+        "Tunnels refused: the SNI differed from the CONNECT target.",
+        |s| s.stats.sni_mismatch.load(Ordering::Relaxed),
+    ),
+    (
+        "tunnel_bad_traffic_total",
+        "Tunnels refused: not what the port declares.",
+        |s| s.stats.bad_tunnel_traffic.load(Ordering::Relaxed),
+    ),
+    (
+        "upstream_connect_errors_total",
+        "Upstream connection attempts that failed.",
+        |s| s.stats.upstream_connect_errors.load(Ordering::Relaxed),
+    ),
+    (
+        "upstream_errors_total",
+        "Requests and connections that failed upstream.",
+        |s| s.stats.upstream_errors.load(Ordering::Relaxed),
+    ),
+    (
+        "upstream_tls_errors_total",
+        "TLS this proxy originated that failed.",
+        |s| s.stats.upstream_tls_errors.load(Ordering::Relaxed),
+    ),
+    ("bad_requests_total", "Requests refused as malformed or looping.", |s| {
+        s.stats.bad_requests.load(Ordering::Relaxed)
+    }),
+    (
+        "downstream_tls_errors_total",
+        "Gateway TLS handshakes with clients that failed.",
+        |s| s.stats.downstream_tls_errors.load(Ordering::Relaxed),
+    ),
+    (
+        "upstream_retries_total",
+        "Requests a VirtualService retry policy sent again.",
+        |s| s.stats.upstream_retries.load(Ordering::Relaxed),
+    ),
+    (
+        "outbound_cx_total",
+        "Connections accepted on the transparent listener.",
+        |s| s.stats.outbound_connections.load(Ordering::Relaxed),
+    ),
+    (
+        "outbound_loop_refused_total",
+        "Transparent connections addressed to the proxy itself.",
+        |s| s.stats.outbound_loops.load(Ordering::Relaxed),
+    ),
+    ("dns_queries_total", "DNS lookups sent.", |s| {
+        s.dns.stats.queries.load(Ordering::Relaxed)
+    }),
+    ("dns_failures_total", "DNS lookups that failed.", |s| {
+        s.dns.stats.failures.load(Ordering::Relaxed)
+    }),
+    (
+        "config_generation",
+        "The generation of the configuration in force.",
+        |s| s.snapshot.load().generation,
+    ),
+    ("access_log_lines_total", "Access log lines written.", |s| {
+        s.telemetry.access_log().map_or(0, |l| l.written())
+    }),
+    (
+        "access_log_dropped_total",
+        "Access log lines dropped because the sink could not keep up.",
+        |s| s.telemetry.access_log().map_or(0, |l| l.dropped()),
+    ),
+    // The limits (`meshentry proxy --max-connections` ...), by Envoy's names.
+    (
+        "downstream_cx_overflow",
+        "Connections closed at once: --max-connections were open.",
+        |s| s.stats.downstream_cx_overflow.load(Ordering::Relaxed),
+    ),
+    (
+        "downstream_cx_idle_timeout",
+        "Client HTTP connections closed after --idle-timeout without a request.",
+        |s| s.stats.downstream_cx_idle_timeout.load(Ordering::Relaxed),
+    ),
+    (
+        "tcp_idle_timeout",
+        "Relayed connections and tunnels closed after --tcp-idle-timeout without a byte.",
+        |s| s.stats.tcp_idle_timeout.load(Ordering::Relaxed),
+    ),
+    (
+        "downstream_rq_header_timeout",
+        "Clients too slow with a request head (--header-read-timeout).",
+        |s| s.stats.downstream_rq_header_timeout.load(Ordering::Relaxed),
+    ),
+    (
+        "downstream_rq_headers_too_large",
+        "Requests refused 431: head over --max-request-headers-kb.",
+        |s| s.stats.downstream_rq_headers_too_large.load(Ordering::Relaxed),
+    ),
+    (
+        "downstream_rq_too_many_headers",
+        "Requests refused 431: more than --max-headers-count fields.",
+        |s| s.stats.downstream_rq_too_many_headers.load(Ordering::Relaxed),
+    ),
+    (
+        "upstream_cx_connect_timeout",
+        "Upstream connects that took longer than --connect-timeout.",
+        |s| s.stats.upstream_cx_connect_timeout.load(Ordering::Relaxed),
+    ),
+    (
+        "upstream_rq_timeout",
+        "Requests answered 504: no response within --response-timeout or a route timeout.",
+        |s| s.stats.upstream_rq_timeout.load(Ordering::Relaxed),
+    ),
+    (
+        "upstream_cx_idle_timeout",
+        "Pooled upstream connections closed after --upstream-idle-timeout.",
+        |s| s.stats.upstream_cx_idle_timeout.load(Ordering::Relaxed),
+    ),
+];
+
+/// The entries of [`STATS`] that can go down as well as up.
+const GAUGES: &[&str] = &["downstream_cx_active", "config_generation"];
+
 fn stats_text(shared: &Shared) -> String {
     let s = &shared.stats;
-    let counters = [
-        ("downstream_cx_total", s.downstream_connections.load(Ordering::Relaxed)),
-        ("downstream_cx_active", s.downstream_active.load(Ordering::Relaxed)),
-        ("http_requests_total", s.http_requests.load(Ordering::Relaxed)),
-        ("tunnels_total", s.tunnels.load(Ordering::Relaxed)),
-        ("outbound_blocked_total", s.blocked.load(Ordering::Relaxed)),
-        ("outbound_passthrough_total", s.passthrough.load(Ordering::Relaxed)),
-        ("tunnel_sni_mismatch_total", s.sni_mismatch.load(Ordering::Relaxed)),
-        ("tunnel_bad_traffic_total", s.bad_tunnel_traffic.load(Ordering::Relaxed)),
-        (
-            "upstream_connect_errors_total",
-            s.upstream_connect_errors.load(Ordering::Relaxed),
-        ),
-        ("upstream_errors_total", s.upstream_errors.load(Ordering::Relaxed)),
-        (
-            "upstream_tls_errors_total",
-            s.upstream_tls_errors.load(Ordering::Relaxed),
-        ),
-        ("bad_requests_total", s.bad_requests.load(Ordering::Relaxed)),
-        (
-            "downstream_tls_errors_total",
-            s.downstream_tls_errors.load(Ordering::Relaxed),
-        ),
-        ("upstream_retries_total", s.upstream_retries.load(Ordering::Relaxed)),
-        ("outbound_cx_total", s.outbound_connections.load(Ordering::Relaxed)),
-        ("outbound_loop_refused_total", s.outbound_loops.load(Ordering::Relaxed)),
-        ("dns_queries_total", shared.dns.stats.queries.load(Ordering::Relaxed)),
-        ("dns_failures_total", shared.dns.stats.failures.load(Ordering::Relaxed)),
-        ("config_generation", shared.snapshot.load().generation),
-        // The limits (`meshentry proxy --max-connections` ...), by Envoy's names.
-        (
-            "downstream_cx_overflow",
-            s.downstream_cx_overflow.load(Ordering::Relaxed),
-        ),
-        (
-            "downstream_cx_idle_timeout",
-            s.downstream_cx_idle_timeout.load(Ordering::Relaxed),
-        ),
-        ("tcp_idle_timeout", s.tcp_idle_timeout.load(Ordering::Relaxed)),
-        (
-            "downstream_rq_header_timeout",
-            s.downstream_rq_header_timeout.load(Ordering::Relaxed),
-        ),
-        (
-            "downstream_rq_headers_too_large",
-            s.downstream_rq_headers_too_large.load(Ordering::Relaxed),
-        ),
-        (
-            "downstream_rq_too_many_headers",
-            s.downstream_rq_too_many_headers.load(Ordering::Relaxed),
-        ),
-        (
-            "upstream_cx_connect_timeout",
-            s.upstream_cx_connect_timeout.load(Ordering::Relaxed),
-        ),
-        ("upstream_rq_timeout", s.upstream_rq_timeout.load(Ordering::Relaxed)),
-        (
-            "upstream_cx_idle_timeout",
-            s.upstream_cx_idle_timeout.load(Ordering::Relaxed),
-        ),
-    ];
     let mut out = String::new();
-    for (name, value) in counters {
-        let _ = writeln!(out, "meshentry.{name}: {value}");
+    for (name, _, read) in STATS {
+        let _ = writeln!(out, "meshentry.{name}: {}", read(shared));
     }
     for (name, value) in meshentry_proxy::server::DETECTED_NAMES.iter().zip(&s.detected) {
         let _ = writeln!(
@@ -336,6 +427,88 @@ fn stats_text(shared: &Shared) -> String {
         );
     }
     out
+}
+
+/// `/stats/prometheus`: Istio's standard metrics, then the proxy's own (`meshentry_*`) and its
+/// clusters' counters, in the Prometheus text format 0.0.4.
+fn prometheus(shared: &Shared) -> Response<Full<Bytes>> {
+    use meshentry_proxy::metrics::{family, push_label, sample};
+    let mut out = String::with_capacity(64 * 1024);
+    shared.telemetry.metrics.encode(&mut out);
+    for (name, help, read) in STATS {
+        // Prometheus counters end in `_total` (Envoy's own names, kept on /stats, do not).
+        let (kind, full) = match (GAUGES.contains(name), name.ends_with("_total")) {
+            (true, _) => ("gauge", format!("meshentry_{name}")),
+            (false, true) => ("counter", format!("meshentry_{name}")),
+            (false, false) => ("counter", format!("meshentry_{name}_total")),
+        };
+        family(&mut out, &full, kind, help);
+        sample(&mut out, &full, "", None, &read(shared).to_string());
+    }
+    let name = "meshentry_outbound_sniffed_total";
+    family(
+        &mut out,
+        name,
+        "counter",
+        "What detection found on transparent connections.",
+    );
+    for (protocol, value) in meshentry_proxy::server::DETECTED_NAMES
+        .iter()
+        .zip(&shared.stats.detected)
+    {
+        let mut labels = String::new();
+        push_label(&mut labels, "protocol", protocol);
+        sample(
+            &mut out,
+            name,
+            &labels,
+            None,
+            &value.load(Ordering::Relaxed).to_string(),
+        );
+    }
+    let snap = shared.snapshot.load();
+    let clusters = snap.clusters();
+    type ClusterStat = (
+        &'static str,
+        &'static str,
+        fn(&meshentry_proxy::cluster::ClusterStats) -> u64,
+    );
+    let per_cluster: [ClusterStat; 4] = [
+        (
+            "meshentry_cluster_upstream_rq_total",
+            "Requests and connections routed to the cluster (since the configuration in force was applied).",
+            |c| c.requests.load(Ordering::Relaxed),
+        ),
+        (
+            "meshentry_cluster_upstream_cx_connect_fail_total",
+            "Connections to the cluster's endpoints that failed.",
+            |c| c.connect_failures.load(Ordering::Relaxed),
+        ),
+        (
+            "meshentry_cluster_dns_failures_total",
+            "DNS lookups of the cluster's endpoints that failed.",
+            |c| c.dns_failures.load(Ordering::Relaxed),
+        ),
+        (
+            "meshentry_cluster_upstream_tls_failures_total",
+            "TLS handshakes with the cluster's endpoints that failed.",
+            |c| c.tls_failures.load(Ordering::Relaxed),
+        ),
+    ];
+    for (name, help, read) in per_cluster {
+        family(&mut out, name, "counter", help);
+        for c in &clusters {
+            let mut labels = String::new();
+            push_label(&mut labels, "cluster_name", &c.name);
+            sample(&mut out, name, &labels, None, &read(&c.stats).to_string());
+        }
+    }
+    let mut resp = Response::new(Full::new(Bytes::from(out)));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    resp
 }
 
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {

@@ -123,6 +123,8 @@ pub struct Cluster {
     /// See [`ClusterSpec::tls`].
     pub tls: Option<Result<Arc<Origination>, String>>,
     pub stats: ClusterStats,
+    /// The labels its traffic is reported under (Istio's destination_* labels).
+    pub dest: crate::metrics::DestId,
 }
 
 /// Per-cluster counters.
@@ -219,6 +221,15 @@ impl Cluster {
                 .collect();
             Discovery::Static(Arc::new(HostSet::new(spec.policy, hosts)))
         };
+        let origination = match &spec.tls {
+            Some(Ok(o)) => Some(&**o),
+            _ => None,
+        };
+        let dest = crate::metrics::intern(crate::telemetry::destination_of(
+            &service.host,
+            &service.namespace,
+            origination,
+        ));
         Cluster {
             name,
             host: service.host.clone(),
@@ -228,6 +239,7 @@ impl Cluster {
             policy: spec.policy,
             tls: spec.tls,
             stats: ClusterStats::default(),
+            dest,
         }
     }
 

@@ -53,6 +53,31 @@ impl UpstreamError {
         }
     }
 
+    /// Envoy's response flag, as metrics and the access log carry it.
+    pub fn flags(&self) -> crate::flags::Flags {
+        use crate::flags::Flags;
+        match self {
+            UpstreamError::NoHost(NoHost::Dns(_)) | UpstreamError::Dns(_) => Flags::DF,
+            UpstreamError::NoHost(_) => Flags::UH,
+            UpstreamError::Connect { .. } | UpstreamError::Tls(_) => Flags::UF,
+            UpstreamError::Reset(_) => Flags::UC,
+            UpstreamError::Timeout(_) => Flags::UT,
+        }
+    }
+
+    /// Envoy's `%RESPONSE_CODE_DETAILS%` for this failure.
+    pub fn details(&self) -> &'static str {
+        match self {
+            UpstreamError::NoHost(NoHost::Dns(_)) | UpstreamError::Dns(_) => "dns_resolution_failure",
+            UpstreamError::NoHost(_) => "no_healthy_upstream",
+            UpstreamError::Connect { .. } | UpstreamError::Tls(_) => {
+                "upstream_reset_before_response_started{connection_failure}"
+            }
+            UpstreamError::Reset(_) => "upstream_reset_before_response_started{connection_termination}",
+            UpstreamError::Timeout(_) => "response_timeout",
+        }
+    }
+
     /// Envoy's response flag.
     pub fn flag(&self) -> &'static str {
         match self {
@@ -214,6 +239,7 @@ impl<'s> Failover<'s> {
         };
         self.tried.add(i);
         self.count += 1;
+        crate::telemetry::note(|o| o.upstream = Some(self.addr(i).clone()));
         Some(i)
     }
 
@@ -264,7 +290,8 @@ impl<'s> Failover<'s> {
                 .upstream_cx_connect_timeout
                 .fetch_add(1, Ordering::Relaxed);
         }
-        if let ConnectError::Tls(_) = e {
+        if let ConnectError::Tls(cause) = e {
+            crate::telemetry::note(|o| o.transport_failure = Some(cause.clone()));
             self.shared.stats.upstream_tls_errors.fetch_add(1, Ordering::Relaxed);
             if let Some(cluster) = self.cluster {
                 cluster.stats.tls_failures.fetch_add(1, Ordering::Relaxed);

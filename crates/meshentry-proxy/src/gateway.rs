@@ -31,11 +31,13 @@ use tokio::sync::watch;
 
 use crate::config::ProxyConfig;
 use crate::detect::{Detected, detect};
+use crate::flags::Flags;
 use crate::forward::{self, Original};
 use crate::http::{ConnCtx, ResponseBody, local};
 use crate::route::{self, Decision, split_host_port};
 use crate::server::{ConnGuard, Shared};
 use crate::snapshot::Snapshot;
+use crate::telemetry::{Routed, TcpConn, note};
 use crate::tls::{load_certs, load_key, provider};
 use crate::vs::{CompileInput, GatewayRoutes, RouteTables, ServerHost};
 
@@ -385,7 +387,8 @@ async fn handle(stream: TcpStream, peer: SocketAddr, port: u16, shared: Arc<Shar
 /// PASSTHROUGH, AUTO_PASSTHROUGH and TCP servers: pick a cluster, then relay the bytes.
 async fn l4(mut stream: TcpStream, peer: SocketAddr, listener: &Listener, snap: &Snapshot, shared: &Arc<Shared>) {
     let port = listener.port;
-    let dst = stream.local_addr().map_or(peer.ip(), |a| a.ip());
+    let local = stream.local_addr().ok();
+    let dst = local.map_or(peer.ip(), |a| a.ip());
     let mut buf = BytesMut::with_capacity(4096);
     let sni = if matches!(listener.kind, Kind::Tcp) {
         None
@@ -409,10 +412,13 @@ async fn l4(mut stream: TcpStream, peer: SocketAddr, listener: &Listener, snap: 
             None => Err("no VirtualService rule of this gateway matches".into()),
         },
     };
+    let routed = decision.as_ref().map_or(Routed::Unknown, Routed::of);
+    let mut tcp = TcpConn::open(shared, routed, peer, local, sni.as_deref());
     let (cluster, name) = match &decision {
         Ok(d @ Decision::Cluster { cluster, .. }) => (&***cluster, d.cluster_name().to_string()),
         Ok(_) => return,
         Err(reason) => {
+            tcp.refused(Flags::NR, "");
             shared.stats.blocked.fetch_add(1, Ordering::Relaxed);
             tracing::info!(%peer, port, sni, reason, "gateway: connection refused (no route)");
             let _ = stream.shutdown().await;
@@ -422,11 +428,13 @@ async fn l4(mut stream: TcpStream, peer: SocketAddr, listener: &Listener, snap: 
     let host = sni.clone().unwrap_or_else(|| dst.to_string());
     let original = Original { host: &host, port };
     match forward::connect_stream(shared, Some(cluster), &original).await {
-        Ok((upstream, _)) => {
+        Ok((upstream, addr)) => {
+            tcp.connected(&addr, &upstream);
             shared.stats.tunnels.fetch_add(1, Ordering::Relaxed);
-            crate::outbound::relay_limited(stream, upstream, &buf, shared).await;
+            tcp.relayed(crate::outbound::relay(stream, upstream, &buf, shared).await);
         }
         Err(e) => {
+            tcp.failed(&e);
             shared.stats.upstream_errors.fetch_add(1, Ordering::Relaxed);
             tracing::info!(%peer, port, cluster = name, flags = e.flag(), error = %e, "gateway connection failed upstream");
         }
@@ -470,14 +478,17 @@ pub(crate) async fn forward(req: Request<Incoming>, ctx: &Arc<ConnCtx>, g: Gatew
         .or_else(|| req.headers().get(header::HOST).cloned());
     let Some(host_header) = host_header else {
         ctx.shared.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
+        note(|o| o.fail(Flags::DPE, "missing_host_header"));
         return local(StatusCode::BAD_REQUEST, "meshentry: the request has no Host header");
     };
     let text = String::from_utf8_lossy(host_header.as_bytes()).into_owned();
     let Some((host, _)) = split_host_port(&text, g.port) else {
         ctx.shared.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
+        note(|o| o.fail(Flags::DPE, "invalid_host_header"));
         return local(StatusCode::BAD_REQUEST, "meshentry: the Host header is not host[:port]");
     };
     if listener.https_redirect && !g.tls {
+        note(|o| o.fail(Flags::NONE, "direct_response"));
         let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
         let mut resp = local(StatusCode::MOVED_PERMANENTLY, "");
         if let Ok(v) = HeaderValue::from_str(&format!("https://{host}{path}")) {
@@ -486,6 +497,7 @@ pub(crate) async fn forward(req: Request<Incoming>, ctx: &Arc<ConnCtx>, g: Gatew
         return resp;
     }
     let Some(routes) = listener.routes.http(host) else {
+        note(|o| o.fail(Flags::NR, "route_not_found"));
         let gw = ctx.snapshot.gateway.as_ref().map_or("", |g| g.name.as_str());
         let mut resp = local(
             StatusCode::NOT_FOUND,

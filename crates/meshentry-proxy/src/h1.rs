@@ -33,10 +33,12 @@ use tokio::net::TcpStream;
 
 use crate::chunked::ChunkScanner;
 use crate::detect::H2_PREFACE;
+use crate::flags::Flags;
 use crate::forward::{Failover, Original, UpstreamError, UpstreamProtocol};
 use crate::http::{ConnCtx, MAX_HEAD_BYTES, MAX_HEADERS, Transparent};
 use crate::route::{self, Decision, split_host_port};
 use crate::server::{ConnGuard, Shared};
+use crate::telemetry::{self, Routed, note};
 use crate::upstream::{self, Dial, Stream};
 
 /// Serves one client connection: the fast path for as long as requests are plain, then hyper.
@@ -68,6 +70,7 @@ pub async fn serve(
         buf,
         out: Vec::with_capacity(1024),
         up_head: Vec::with_capacity(1024),
+        log_head: Vec::new(),
     };
     let mut head = Head::default();
     let mut first = true;
@@ -96,7 +99,26 @@ pub async fn serve(
         first = false;
         if !needs_general_path(&conn.buf, &head) {
             ctx.shared.stats.http_requests.fetch_add(1, Ordering::Relaxed);
-            match exchange(&mut conn, &head, &ctx).await {
+            // The log prints the request head after `exchange` consumed it: keep a copy
+            // (offsets in `head` stay valid in it).
+            let logging = ctx.shared.telemetry.access_log().is_some();
+            if logging {
+                conn.log_head.clear();
+                conn.log_head.extend_from_slice(&conn.buf[..head.len]);
+            }
+            let started = Instant::now();
+            let start_time = logging.then(std::time::SystemTime::now);
+            let (next, outcome) = telemetry::scoped(exchange(&mut conn, &head, &ctx)).await;
+            if !matches!(next, Next::GeneralPath) {
+                finish(
+                    &ctx,
+                    outcome,
+                    started,
+                    start_time,
+                    logging.then_some((&conn.log_head[..], &head)),
+                );
+            }
+            match next {
                 Next::KeepAlive => continue,
                 Next::Close => {
                     let _ = conn.stream.shutdown().await;
@@ -132,6 +154,8 @@ struct Downstream {
     out: Vec<u8>,
     /// The request head for the upstream (kept while the response is written to `out`).
     up_head: Vec<u8>,
+    /// A copy of the request head for the access log (only when it is on).
+    log_head: Vec<u8>,
 }
 
 /// A parsed request head, as offsets into [`Downstream::buf`].
@@ -300,6 +324,50 @@ fn head_too_large(shared: &Shared) -> (u16, Cow<'static, str>) {
     (431, reason.into())
 }
 
+/// The authority and path of a request target: absolute form names the destination; origin
+/// form relies on `host`.
+fn split_target<'b>(target: &'b [u8], host: Option<&'b [u8]>) -> (&'b [u8], &'b [u8]) {
+    if starts_with_ignore_case(target, b"http://") {
+        let rest = &target[7..];
+        let end = rest.iter().position(|b| *b == b'/' || *b == b'?').unwrap_or(rest.len());
+        let path: &[u8] = if end == rest.len() { b"/" } else { &rest[end..] };
+        (&rest[..end], path)
+    } else {
+        (host.unwrap_or(b""), target)
+    }
+}
+
+/// Counts and logs one request the fast path answered; `head` is the request head (a copy of
+/// its bytes, and the offsets into them) when the access log is on.
+fn finish(
+    ctx: &ConnCtx,
+    mut outcome: telemetry::Outcome,
+    started: Instant,
+    start_time: Option<std::time::SystemTime>,
+    head: Option<(&[u8], &Head)>,
+) {
+    if let Some(t) = outcome.head_at {
+        outcome.upstream_time = Some(t.saturating_duration_since(started));
+    }
+    let line = match head {
+        Some((buf, head)) => {
+            let (authority, path) = split_target(&buf[head.target.clone()], head.header(buf, "host"));
+            telemetry::RequestLine {
+                method: &buf[head.method.clone()],
+                path,
+                protocol: "HTTP/1.1",
+                authority,
+                user_agent: head.header(buf, "user-agent").unwrap_or(b""),
+                forwarded_for: head.header(buf, "x-forwarded-for").unwrap_or(b""),
+                request_id: head.header(buf, "x-request-id").unwrap_or(b""),
+            }
+        }
+        None => telemetry::RequestLine::default(),
+    };
+    let protocol = crate::metrics::RequestProtocol::Http;
+    telemetry::finish_request(ctx, &outcome, protocol, None, started, start_time, &line);
+}
+
 /// Requests the fast path leaves to hyper.
 fn needs_general_path(buf: &[u8], head: &Head) -> bool {
     if head.minor_version != 1 || &buf[head.method.clone()] == b"CONNECT" {
@@ -341,15 +409,7 @@ async fn exchange(conn: &mut Downstream, head: &Head, ctx: &ConnCtx) -> Next {
     let shared = &ctx.shared;
     let buf = &conn.buf[..];
     let target = &buf[head.target.clone()];
-    // Absolute form names the destination; origin form relies on Host.
-    let (authority, path): (&[u8], &[u8]) = if starts_with_ignore_case(target, b"http://") {
-        let rest = &target[7..];
-        let end = rest.iter().position(|b| *b == b'/' || *b == b'?').unwrap_or(rest.len());
-        let path: &[u8] = if end == rest.len() { b"/" } else { &rest[end..] };
-        (&rest[..end], path)
-    } else {
-        (head.header(buf, "host").unwrap_or(b""), target)
-    };
+    let (authority, path) = split_target(target, head.header(buf, "host"));
     let absolute = !target.starts_with(b"/");
     let Ok(content_length) = content_length(buf, head) else {
         // The body's extent is unknown, so the connection cannot be resynchronised.
@@ -364,6 +424,7 @@ async fn exchange(conn: &mut Downstream, head: &Head, ctx: &ConnCtx) -> Next {
         .await;
         return Next::Close;
     };
+    note(|o| o.bytes_received = content_length);
     // What a refusal must skip to reach the next request: the head and a body already read;
     // a body still on the wire means closing instead.
     let body_in_buf = (content_length as usize).min(buf.len() - head.len);
@@ -384,10 +445,12 @@ async fn exchange(conn: &mut Downstream, head: &Head, ctx: &ConnCtx) -> Next {
         None => {
             let Some((host, port)) = parsed else {
                 let reason = "meshentry: the request names no destination (no absolute URI and no Host header)";
+                note(|o| o.fail(Flags::DPE, "missing_host_header"));
                 return refuse(conn, shared, 400, reason, None, skip).await;
             };
             if shared.is_self(host, port) {
                 let reason = format!("meshentry: {host}:{port} is this proxy; the request would loop");
+                note(|o| o.fail(Flags::NONE, "request_loop"));
                 return refuse(conn, shared, 508, &reason, None, skip).await;
             }
             (route::route(&ctx.snapshot, host, port), host, port)
@@ -420,6 +483,14 @@ async fn exchange(conn: &mut Downstream, head: &Head, ctx: &ConnCtx) -> Next {
             },
         };
         if let Some((status, flag, reason)) = failure {
+            note(|o| {
+                o.routed = Routed::of(&decision);
+                o.details = if status == 404 {
+                    "route_not_found"
+                } else {
+                    "cluster_not_found"
+                };
+            });
             return refuse(conn, shared, status, &reason, Some(flag), skip).await;
         }
         if let Decision::Cluster { port, .. } = &decision
@@ -428,8 +499,10 @@ async fn exchange(conn: &mut Downstream, head: &Head, ctx: &ConnCtx) -> Next {
             return Next::GeneralPath;
         }
     }
+    note(|o| o.routed = Routed::of(&decision));
     let cluster = match &decision {
         Decision::Blocked => {
+            note(|o| o.fail(Flags::NR, "direct_response"));
             shared.stats.blocked.fetch_add(1, Ordering::Relaxed);
             let snap = &ctx.snapshot;
             tracing::warn!(
@@ -520,6 +593,12 @@ async fn exchange(conn: &mut Downstream, head: &Head, ctx: &ConnCtx) -> Next {
             }
         }
         Err(Failure::Answer(e)) => {
+            note(|o| {
+                o.fail(e.flags(), e.details());
+                if let UpstreamError::Tls(cause) = &e {
+                    o.transport_failure = Some(cause.clone());
+                }
+            });
             shared.stats.count_upstream_error(&e);
             tracing::info!(
                 peer = %ctx.peer, host = %original.host, port, cluster = cluster_name, flags = e.flag(), error = %e,
@@ -594,6 +673,10 @@ async fn refuse(
     if status == 400 || status == 508 {
         shared.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
     }
+    note(|o| {
+        o.code = status;
+        o.fail(Flags::of(flags), "");
+    });
     let close = matches!(skip, Skip::Close);
     if let Skip::Bytes(n) = skip {
         conn.buf.advance(n.min(conn.buf.len()));
@@ -843,7 +926,10 @@ async fn roundtrip(
         while left > 0 {
             let want = (left as usize).min(chunk.len());
             let n = match conn.stream.read(&mut chunk[..want]).await {
-                Ok(0) | Err(_) => return Outcome::Failed(Failure::Broken),
+                Ok(0) | Err(_) => {
+                    note(|o| o.fail(Flags::DC, "downstream_remote_disconnect"));
+                    return Outcome::Failed(Failure::Broken);
+                }
                 Ok(n) => n,
             };
             if up.stream.write_all(&chunk[..n]).await.is_err() {
@@ -908,6 +994,10 @@ async fn roundtrip(
                     Framing::UntilClose
                 };
                 let close = close || matches!(framing, Framing::UntilClose);
+                note(|o| {
+                    o.code = status;
+                    o.head_at = Some(std::time::Instant::now());
+                });
                 break (status, len, framing, close);
             }
             Some(Err(())) => {
@@ -975,6 +1065,7 @@ async fn roundtrip(
         }
         out.extend_from_slice(b"\r\n");
     }
+    let head_out = out.len();
     up.buf.advance(head_len);
 
     // The body: whatever came with the head goes out in the same write.
@@ -989,17 +1080,23 @@ async fn roundtrip(
             )));
         }
     };
+    let body_bytes = (out.len() - head_out) as u64;
     let wrote = conn.stream.write_all(&out).await;
     conn.out = out;
     if wrote.is_err() {
+        note(|o| o.fail(Flags::DC, "downstream_remote_disconnect"));
         return Outcome::Failed(Failure::Broken);
     }
+    note(|o| o.bytes_sent += body_bytes);
     if !done {
         loop {
             up.buf.reserve(16 * 1024);
             let n = match up.stream.read_buf(&mut up.buf).await {
                 Ok(n) => n,
-                Err(_) => return Outcome::Failed(Failure::Broken),
+                Err(_) => {
+                    note(|o| o.fail(Flags::UC, "upstream_reset_after_response_started"));
+                    return Outcome::Failed(Failure::Broken);
+                }
             };
             if n == 0 {
                 if matches!(framing, Framing::UntilClose) {
@@ -1008,20 +1105,27 @@ async fn roundtrip(
                         close_client: true,
                     };
                 }
+                note(|o| o.fail(Flags::UC, "upstream_reset_after_response_started"));
                 return Outcome::Failed(Failure::Broken);
             }
             let mut out = std::mem::take(&mut conn.out);
             out.clear();
             let finished = take_body(&mut framing, &mut up.buf, &mut out);
+            let body_bytes = out.len() as u64;
             let wrote = conn.stream.write_all(&out).await;
             conn.out = out;
             if wrote.is_err() {
+                note(|o| o.fail(Flags::DC, "downstream_remote_disconnect"));
                 return Outcome::Failed(Failure::Broken);
             }
+            note(|o| o.bytes_sent += body_bytes);
             match finished {
                 Ok(true) => break,
                 Ok(false) => {}
-                Err(()) => return Outcome::Failed(Failure::Broken),
+                Err(()) => {
+                    note(|o| o.fail(Flags::UC, "upstream_reset_after_response_started"));
+                    return Outcome::Failed(Failure::Broken);
+                }
             }
         }
     }

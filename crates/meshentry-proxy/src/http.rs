@@ -16,10 +16,12 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
+use crate::flags::Flags;
 use crate::forward::{self, Original};
 use crate::route::{self, Decision, split_host_port};
 use crate::server::{ConnGuard, Shared};
 use crate::snapshot::Snapshot;
+use crate::telemetry::{self, HttpStart, Metered, Routed, TcpConn, note};
 use crate::tunnel;
 use crate::upstream::PooledBody;
 
@@ -136,12 +138,19 @@ pub async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<S
     serve_io(stream, peer, ctx).await;
 }
 
-/// Routes and answers one request; the HTTP/1.1 and HTTP/2 servers both use it.
-pub(crate) async fn handle(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<ResponseBody> {
-    if crate::h2::is_grpc(req.headers()) {
-        return crate::h2::grpc_reply(handle_any(req, ctx).await).await;
-    }
-    handle_any(req, ctx).await
+/// Routes and answers one request; the HTTP/1.1 and HTTP/2 servers both use it. The
+/// response is counted and logged when its body ends.
+pub(crate) async fn handle(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<Metered<ResponseBody>> {
+    let grpc = crate::h2::is_grpc(req.headers());
+    let start = HttpStart::new(&req, ctx, grpc);
+    let (resp, outcome) = telemetry::scoped(async {
+        if grpc {
+            return crate::h2::grpc_reply(handle_any(req, ctx).await).await;
+        }
+        handle_any(req, ctx).await
+    })
+    .await;
+    start.respond(ctx, resp, outcome)
 }
 
 async fn handle_any(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<ResponseBody> {
@@ -166,6 +175,7 @@ async fn handle_any(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<Resp
         None
     };
     if let Some((counter, reason)) = refusal {
+        note(|o| o.fail(Flags::DPE, "request_headers_too_large"));
         counter.fetch_add(1, Ordering::Relaxed);
         ctx.shared.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
         let mut resp = local(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, &reason);
@@ -216,6 +226,7 @@ async fn forward_request(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response
     }
     let shared = &ctx.shared;
     let Some((host, port, host_header)) = destination(&req) else {
+        note(|o| o.fail(Flags::DPE, "missing_host_header"));
         shared.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
         return local(
             StatusCode::BAD_REQUEST,
@@ -223,6 +234,7 @@ async fn forward_request(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response
         );
     };
     if shared.is_self(&host, port) {
+        note(|o| o.fail(Flags::NONE, "request_loop"));
         shared.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
         return local(
             StatusCode::LOOP_DETECTED,
@@ -230,6 +242,7 @@ async fn forward_request(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response
         );
     }
     let decision = route::route(&ctx.snapshot, &host, port);
+    note(|o| o.routed = Routed::of(&decision));
     if let Some(routes) = ctx.snapshot.routes.http_for(&decision, &host, port) {
         let original = Original { host: &host, port };
         return crate::routed::handle(ctx, routes, req, host_header, &original, port).await;
@@ -252,6 +265,7 @@ async fn forward_transparent(req: Request<Incoming>, ctx: &Arc<ConnCtx>, t: &Tra
     let dest = destination(&req);
     let host = dest.as_ref().map(|(h, _, _)| h.as_str());
     let decision = route::route_transparent(&ctx.snapshot, host, t.dst);
+    note(|o| o.routed = Routed::of(&decision));
     if let Some(routes) = ctx
         .snapshot
         .routes
@@ -300,6 +314,7 @@ async fn relay_response(
         forward::UpstreamProtocol::H2 => match crate::h2::to_upstream(req, &host_header) {
             Some(r) => r,
             None => {
+                note(|o| o.fail(Flags::DPE, "invalid_authority"));
                 shared.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
                 return local(
                     StatusCode::BAD_REQUEST,
@@ -327,6 +342,12 @@ pub(crate) fn upstream_failure(
     cluster_name: &str,
     e: &forward::UpstreamError,
 ) -> Response<ResponseBody> {
+    note(|o| {
+        o.fail(e.flags(), e.details());
+        if let forward::UpstreamError::Tls(cause) = e {
+            o.transport_failure = Some(cause.clone());
+        }
+    });
     ctx.shared.stats.count_upstream_error(e);
     tracing::info!(
         peer = %ctx.peer, host = %host, port, cluster = cluster_name, flags = e.flag(), error = %e,
@@ -415,11 +436,13 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
 async fn connect(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<ResponseBody> {
     let shared = &ctx.shared;
     let Some((host, port)) = req.uri().authority().and_then(|a| split_host_port(a.as_str(), 443)) else {
+        note(|o| o.fail(Flags::DPE, "invalid_connect_target"));
         shared.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
         return local(StatusCode::BAD_REQUEST, "meshentry: CONNECT needs a host:port target");
     };
     let host = host.to_string();
     if shared.is_self(&host, port) {
+        note(|o| o.fail(Flags::NONE, "request_loop"));
         shared.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
         return local(
             StatusCode::LOOP_DETECTED,
@@ -427,6 +450,7 @@ async fn connect(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<Respons
         );
     }
     let decision = route::route(&ctx.snapshot, &host, port);
+    note(|o| o.routed = Routed::of(&decision));
     let cluster = match &decision {
         Decision::Blocked => return blocked(ctx, &host, port, StatusCode::FORBIDDEN),
         Decision::Passthrough => {
@@ -440,6 +464,12 @@ async fn connect(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<Respons
     let upstream = match forward::connect_stream(shared, cluster, &Original { host: &host, port }).await {
         Ok((stream, addr)) => (stream, addr),
         Err(e) => {
+            note(|o| {
+                o.fail(e.flags(), e.details());
+                if let forward::UpstreamError::Tls(cause) = &e {
+                    o.transport_failure = Some(cause.clone());
+                }
+            });
             shared.stats.count_upstream_error(&e);
             tracing::info!(peer = %ctx.peer, %host, port, cluster = %cluster_name, flags = e.flag(), error = %e, "tunnel failed upstream");
             let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
@@ -447,6 +477,9 @@ async fn connect(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<Respons
         }
     };
     shared.stats.tunnels.fetch_add(1, Ordering::Relaxed);
+    note(|o| o.tunnel = true);
+    let mut tcp = TcpConn::open(shared, Routed::of(&decision), ctx.peer, None, None);
+    tcp.connected(&upstream.1, &upstream.0);
     let ctx = ctx.clone();
     tokio::spawn(async move {
         match hyper::upgrade::on(req).await {
@@ -457,9 +490,12 @@ async fn connect(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<Respons
                     expects_tls,
                     cluster: cluster_name,
                 };
-                tunnel::run(TokioIo::new(upgraded), upstream.0, &ctx, &target).await;
+                tunnel::run(TokioIo::new(upgraded), upstream.0, &ctx, &target, &mut tcp).await;
             }
-            Err(e) => tracing::debug!(peer = %ctx.peer, error = %e, "CONNECT upgrade failed"),
+            Err(e) => {
+                tcp.refused(Flags::DC, "");
+                tracing::debug!(peer = %ctx.peer, error = %e, "CONNECT upgrade failed")
+            }
         }
     });
     Response::new(Either::Right(Full::new(Bytes::new())))
@@ -467,6 +503,10 @@ async fn connect(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<Respons
 
 /// REGISTRY_ONLY refusal: Istio blocks silently; we say what and why, log it and count it.
 fn blocked(ctx: &ConnCtx, host: &str, port: u16, status: StatusCode) -> Response<ResponseBody> {
+    note(|o| {
+        o.routed = Routed::BlackHole;
+        o.fail(Flags::NR, "direct_response");
+    });
     let shared = &ctx.shared;
     shared.stats.blocked.fetch_add(1, Ordering::Relaxed);
     let snap = &ctx.snapshot;

@@ -16,14 +16,18 @@
 //!   connections, what a client speaks from its first bytes, and relaying bytes both ways;
 //! - [`server`]: shared state, counters and accept loops (and the connection limit);
 //! - [`limits`]: idle and header timeouts on connections hyper serves;
+//! - [`telemetry`], [`metrics`], [`access_log`], [`flags`]: what happened to each request and
+//!   connection, as Istio's standard metrics and Envoy-format access log lines;
 //! - [`capture`]: the iptables rules for transparent capture (`meshentry iptables`).
 
+pub mod access_log;
 pub mod capture;
 pub mod chunked;
 pub mod cluster;
 pub mod config;
 pub mod detect;
 pub mod dns;
+pub mod flags;
 pub mod forward;
 pub mod gateway;
 pub mod h1;
@@ -31,6 +35,7 @@ pub mod h2;
 pub mod http;
 pub mod lb;
 pub mod limits;
+pub mod metrics;
 pub mod outbound;
 pub mod relay;
 pub mod route;
@@ -38,6 +43,7 @@ pub mod routed;
 pub mod server;
 pub mod snapshot;
 pub mod sni;
+pub mod telemetry;
 pub mod tls;
 pub mod tunnel;
 pub mod upstream;

@@ -19,11 +19,13 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::detect::{Detected, detect};
+use crate::flags::Flags;
 use crate::forward::{self, Original};
 use crate::h1::Rewind;
 use crate::http::{ConnCtx, Transparent};
 use crate::route::{self, Decision, Handling, Plan};
 use crate::server::{ConnGuard, Shared};
+use crate::telemetry::{Routed, TcpConn};
 use crate::upstream::Stream;
 
 /// TLS alert `access_denied` (RFC 8446 6.2), sent to a TLS client that REGISTRY_ONLY refuses.
@@ -148,8 +150,10 @@ async fn handle(stream: TcpStream, peer: SocketAddr, local: Option<SocketAddr>, 
         _ => None,
     };
     let decision = route::l4_routed(&snapshot, decision, dst, sni);
+    let mut tcp = TcpConn::open(&shared, Routed::of(&decision), peer, Some(dst), sni);
     let cluster = match &decision {
         Decision::Blocked => {
+            tcp.refused(Flags::NR, "");
             stats.blocked.fetch_add(1, Ordering::Relaxed);
             let sni = match &detected {
                 Some(Detected::Tls { sni: Some(sni) }) => sni.as_str(),
@@ -178,50 +182,42 @@ async fn handle(stream: TcpStream, peer: SocketAddr, local: Option<SocketAddr>, 
         port: dst.port(),
     };
     let upstream = match forward::connect_stream(&shared, cluster, &original).await {
-        Ok((upstream, _)) => upstream,
+        Ok((upstream, addr)) => {
+            tcp.connected(&addr, &upstream);
+            upstream
+        }
         Err(e) => {
+            tcp.failed(&e);
             stats.upstream_errors.fetch_add(1, Ordering::Relaxed);
             tracing::info!(%peer, %dst, cluster = decision.cluster_name(), flags = e.flag(), error = %e, "connection failed upstream");
             return;
         }
     };
     stats.tunnels.fetch_add(1, Ordering::Relaxed);
-    relay_limited(stream, upstream, &buf, &shared).await;
+    tcp.relayed(relay(stream, upstream, &buf, &shared).await);
 }
 
 /// Sends what was read while detecting, then copies both ways until both sides are done.
 /// `client` comes from the outbound listener, so it has TCP_NODELAY already
-/// ([`nodelay_for_accepted`]); upstream connections set it when they connect.
-pub async fn relay(client: TcpStream, upstream: Stream, first: &[u8]) {
-    relay_idle(client, upstream, first, None).await;
-}
-
-/// [`relay`] under `--tcp-idle-timeout`, counting a connection it closes.
-pub async fn relay_limited(client: TcpStream, upstream: Stream, first: &[u8], shared: &Shared) {
-    let idle = (shared.config.limits.tcp_idle_timeout, &shared.stats.tcp_idle_timeout);
-    relay_idle(client, upstream, first, Some(idle)).await;
-}
-
-/// With `idle`, a relay idle that long is closed, and counted before the sockets close.
-async fn relay_idle(
-    mut client: TcpStream,
-    mut upstream: Stream,
-    first: &[u8],
-    idle: Option<(std::time::Duration, &std::sync::atomic::AtomicU64)>,
-) {
+/// ([`nodelay_for_accepted`]); upstream connections set it when they connect. A relay idle
+/// for `--tcp-idle-timeout` is closed, and counted. Returns the bytes received from the
+/// client (`first` included) and sent to it.
+pub async fn relay(mut client: TcpStream, mut upstream: Stream, first: &[u8], shared: &Shared) -> (u64, u64) {
+    let first_len = first.len() as u64;
     if !first.is_empty() && upstream.write_all(first).await.is_err() {
-        return;
+        return (first_len, 0);
     }
-    match crate::relay::copy_bidirectional_idle(&mut client, &mut upstream, idle.map(|(d, _)| d)).await {
-        Ok((up, down)) => tracing::debug!(up, down, "connection closed"),
+    let mut copied = (0, 0);
+    let idle = Some(shared.config.limits.tcp_idle_timeout);
+    match crate::relay::copy_bidirectional_counted(&mut client, &mut upstream, idle, &mut copied).await {
+        Ok(()) => tracing::debug!(up = copied.0, down = copied.1, "connection closed"),
         Err(e) if crate::relay::is_idle_timeout(&e) => {
-            if let Some((_, counter)) = idle {
-                counter.fetch_add(1, Ordering::Relaxed);
-            }
+            shared.stats.tcp_idle_timeout.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(error = %e, "connection closed: idle");
         }
         Err(e) => tracing::debug!(error = %e, "connection ended with an error"),
     }
+    (first_len + copied.0, copied.1)
 }
 
 #[cfg(test)]

@@ -113,10 +113,28 @@ pub fn is_idle_timeout(e: &io::Error) -> bool {
 }
 
 /// [`copy_bidirectional`], ending with an [`IdleTimeout`] error once no byte has moved either
-/// way for `idle` (Envoy's `tcp_proxy` `idle_timeout`). The clock is read only on wake-ups
-/// that moved bytes, and the one timer is pushed back lazily when it fires, so a busy relay
-/// pays no timer work per read.
+/// way for `idle` (Envoy's `tcp_proxy` `idle_timeout`).
 pub async fn copy_bidirectional_idle<A, B>(a: &mut A, b: &mut B, idle: Option<Duration>) -> io::Result<(u64, u64)>
+where
+    A: AsyncRead + AsyncWrite + Peer + Unpin + ?Sized,
+    B: AsyncRead + AsyncWrite + Peer + Unpin + ?Sized,
+{
+    let mut copied = (0, 0);
+    copy_bidirectional_counted(a, b, idle, &mut copied)
+        .await
+        .map(|()| copied)
+}
+
+/// [`copy_bidirectional_idle`] that leaves the bytes copied each way in `copied` however it
+/// ends (metrics and access logs count the bytes of relays that end with an error too). The
+/// clock is read only on wake-ups that moved bytes, and the one idle timer is pushed back
+/// lazily when it fires, so a busy relay pays no timer work per read.
+pub async fn copy_bidirectional_counted<A, B>(
+    a: &mut A,
+    b: &mut B,
+    idle: Option<Duration>,
+    copied: &mut (u64, u64),
+) -> io::Result<()>
 where
     A: AsyncRead + AsyncWrite + Peer + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Peer + Unpin + ?Sized,
@@ -128,16 +146,25 @@ where
     tokio::pin!(timer);
     poll_fn(|cx| {
         let before = a_to_b.copied + b_to_a.copied;
-        if !a_to_b.done {
-            let last = b_to_a.done;
-            ready_or_pending(a_to_b.poll_copy(cx, Pin::new(&mut *a), Pin::new(&mut *b), last))?;
-        }
-        if !b_to_a.done {
-            let last = a_to_b.done;
-            ready_or_pending(b_to_a.poll_copy(cx, Pin::new(&mut *b), Pin::new(&mut *a), last))?;
-        }
+        let a_result = match a_to_b.done {
+            true => Ok(()),
+            false => {
+                let last = b_to_a.done;
+                ready_or_pending(a_to_b.poll_copy(cx, Pin::new(&mut *a), Pin::new(&mut *b), last))
+            }
+        };
+        let b_result = match (b_to_a.done, &a_result) {
+            (false, Ok(())) => {
+                let last = a_to_b.done;
+                ready_or_pending(b_to_a.poll_copy(cx, Pin::new(&mut *b), Pin::new(&mut *a), last))
+            }
+            _ => Ok(()),
+        };
+        *copied = (a_to_b.copied, b_to_a.copied);
+        a_result?;
+        b_result?;
         if a_to_b.done && b_to_a.done {
-            return Poll::Ready(Ok((a_to_b.copied, b_to_a.copied)));
+            return Poll::Ready(Ok(()));
         }
         let Some(idle) = idle else {
             return Poll::Pending;

@@ -21,9 +21,11 @@ use http_body_util::{BodyExt, Either, Full};
 use hyper::body::{Body, Incoming};
 
 use crate::cluster::Cluster;
+use crate::flags::Flags;
 use crate::forward::{self, Original, UpstreamError, UpstreamProtocol};
 use crate::http::{ConnCtx, ResponseBody, local};
 use crate::route::{self, Decision, split_host_port};
+use crate::telemetry::{Routed, note};
 use crate::upstream::{PooledBody, RequestBody};
 use crate::vs::{
     HttpAction, HttpRoutes, HttpRule, MAX_REPLAY_BODY, Redirect, RedirectPort, RequestView, Rewrite, Target, retry_on,
@@ -106,18 +108,24 @@ pub(crate) async fn handle(
         authority: host_header.as_bytes(),
     };
     let Some(sel) = routes.select(&view) else {
+        note(|o| o.fail(Flags::NR, "route_not_found"));
         return flagged(local(StatusCode::NOT_FOUND, &no_route(routes, name, port)), "NR");
     };
     let rule = sel.rule;
+    if !rule.name.is_empty() && ctx.shared.telemetry.access_log().is_some() {
+        note(|o| o.route = Some(rule.name.clone()));
+    }
     if let Some(fault) = &rule.fault {
         if let Some((delay, pct)) = fault.delay
             && roll(pct)
         {
+            note(|o| o.flags |= Flags::DI);
             tokio::time::sleep(delay).await;
         }
         if let Some((code, pct)) = fault.abort
             && roll(pct)
         {
+            note(|o| o.fail(Flags::FI, "fault_filter_abort"));
             let reason = format!(
                 "meshentry: fault injected by VirtualService {} (rule {})",
                 routes.vs, rule.name
@@ -126,8 +134,12 @@ pub(crate) async fn handle(
         }
     }
     match &rule.action {
-        HttpAction::Redirect(r) => return redirect(r, &parts, &host_text, port),
+        HttpAction::Redirect(r) => {
+            note(|o| o.fail(Flags::NONE, "direct_response"));
+            return redirect(r, &parts, &host_text, port);
+        }
         HttpAction::Direct { status: code, body } => {
+            note(|o| o.fail(Flags::NONE, "direct_response"));
             let mut resp = Response::new(Either::Right(Full::new(body.clone())));
             *resp.status_mut() = status(*code);
             return resp;
@@ -135,6 +147,7 @@ pub(crate) async fn handle(
         HttpAction::Route { .. } => {}
     }
     let Some(dest) = rule.pick() else {
+        note(|o| o.fail(Flags::NC, "cluster_not_found"));
         let reason = no_cluster(routes, "the rule has no destination");
         return flagged(local(StatusCode::SERVICE_UNAVAILABLE, &reason), "NC");
     };
@@ -142,13 +155,16 @@ pub(crate) async fn handle(
     let decision = match route::to_target(snap, &dest.target) {
         Ok(d) => d,
         Err(reason) => {
+            note(|o| o.fail(Flags::NC, "cluster_not_found"));
             return flagged(
                 local(StatusCode::SERVICE_UNAVAILABLE, &no_cluster(routes, reason)),
                 "NC",
             );
         }
     };
+    note(|o| o.routed = Routed::of(&decision));
     let Decision::Cluster { cluster, .. } = &decision else {
+        note(|o| o.fail(Flags::NC, "cluster_not_found"));
         return flagged(
             local(StatusCode::SERVICE_UNAVAILABLE, &no_cluster(routes, "not a cluster")),
             "NC",
@@ -170,6 +186,7 @@ pub(crate) async fn handle(
         body = match buffer(body).await {
             Ok(b) => b,
             Err(()) => {
+                note(|o| o.fail(Flags::DC, "downstream_remote_disconnect"));
                 ctx.shared.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
                 return local(StatusCode::BAD_REQUEST, "meshentry: the request body broke off");
             }
@@ -208,15 +225,19 @@ pub(crate) async fn handle(
             };
             let result =
                 forward::send_request_within(&ctx.shared, Some(cluster), original, req, protocol, per_try).await;
-            let again = n < tries
-                && match &result {
-                    Ok((resp, _)) => rule.retry.on_status(resp.status().as_u16()),
-                    Err(e) => retriable(rule, e),
-                };
-            if !again {
+            let retry_wanted = match &result {
+                Ok((resp, _)) => rule.retry.on_status(resp.status().as_u16()),
+                Err(e) => retriable(rule, e),
+            };
+            if n < tries && retry_wanted {
+                ctx.shared.stats.upstream_retries.fetch_add(1, Ordering::Relaxed);
+            } else {
+                // Envoy's URX: retried, and the last try failed as the first did.
+                if tries > 1 && n == tries && retry_wanted {
+                    note(|o| o.flags |= Flags::URX);
+                }
                 return Ok(result);
             }
-            ctx.shared.stats.upstream_retries.fetch_add(1, Ordering::Relaxed);
             // Envoy's default back-off: 25 ms base, doubling, fully jittered.
             let cap = 25u64 << (n - 1).min(4);
             tokio::time::sleep(Duration::from_millis(fastrand::u64(0..=cap))).await;
@@ -225,6 +246,7 @@ pub(crate) async fn handle(
     let result = match tokio::time::timeout(route_timeout, send).await {
         Ok(Ok(r)) => r,
         Ok(Err(Shaping)) => {
+            note(|o| o.fail(Flags::DPE, "invalid_authority"));
             ctx.shared.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
             return local(
                 StatusCode::BAD_REQUEST,

@@ -20,6 +20,8 @@ pub struct Shared {
     pub dns: Arc<Dns>,
     pub config: ProxyConfig,
     pub stats: Stats,
+    /// Istio metrics and the access log.
+    pub telemetry: crate::telemetry::Telemetry,
     /// The proxy's own listening addresses: a request addressed to one of them would loop.
     pub local_addrs: Vec<SocketAddr>,
 }
@@ -29,6 +31,7 @@ impl Shared {
         Arc::new(Self {
             snapshot: ArcSwap::from_pointee(snapshot),
             dns,
+            telemetry: crate::telemetry::Telemetry::new(&config),
             config,
             stats: Stats::default(),
             local_addrs,

@@ -7,7 +7,9 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use crate::detect::{Detected, detect};
+use crate::flags::Flags;
 use crate::http::ConnCtx;
+use crate::telemetry::TcpConn;
 use crate::upstream::Stream;
 
 /// What the tunnel was opened for.
@@ -24,14 +26,17 @@ pub struct Target {
 const ALERT_DECODE_ERROR: u8 = 50;
 const ALERT_UNRECOGNIZED_NAME: u8 = 112;
 
-/// Relays between `client` and `upstream` until both sides are done.
-pub async fn run<C>(mut client: C, mut upstream: Stream, ctx: &ConnCtx, target: &Target)
+/// Relays between `client` and `upstream` until both sides are done; `tcp` records it.
+pub async fn run<C>(mut client: C, mut upstream: Stream, ctx: &ConnCtx, target: &Target, tcp: &mut TcpConn)
 where
     C: AsyncRead + AsyncWrite + crate::relay::Peer + Unpin,
 {
     let shared = &ctx.shared;
     let mut buf = BytesMut::with_capacity(2048);
     let first = detect(&mut client, &mut buf, shared.config.sniff_timeout, Some(&upstream)).await;
+    if let Detected::Tls { sni: Some(sni) } = &first {
+        tcp.set_server_name(sni);
+    }
     let refuse = match &first {
         Detected::Closed => return,
         Detected::Tls { sni: Some(sni) }
@@ -61,19 +66,30 @@ where
         Detected::Http1 | Detected::H2c | Detected::Other | Detected::Nothing => None,
     };
     if let Some(alert) = refuse {
+        let flags = match alert {
+            Some(ALERT_UNRECOGNIZED_NAME) => Flags::NR,
+            _ => Flags::DPE,
+        };
+        tcp.refused(flags, "");
         if let Some(desc) = alert {
             let _ = client.write_all(&[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, desc]).await;
         }
         let _ = client.shutdown().await;
         return;
     }
+    tcp.relayed((buf.len() as u64, 0));
     if !buf.is_empty() && upstream.write_all(&buf).await.is_err() {
         return;
     }
     drop(buf);
+    let mut copied = (0, 0);
     let idle = Some(shared.config.limits.tcp_idle_timeout);
-    match crate::relay::copy_bidirectional_idle(&mut client, &mut upstream, idle).await {
-        Ok((up, down)) => tracing::debug!(host = %target.host, port = target.port, up, down, "tunnel closed"),
+    let relayed = crate::relay::copy_bidirectional_counted(&mut client, &mut upstream, idle, &mut copied).await;
+    tcp.relayed(copied);
+    match relayed {
+        Ok(()) => {
+            tracing::debug!(host = %target.host, port = target.port, up = copied.0, down = copied.1, "tunnel closed")
+        }
         Err(e) if crate::relay::is_idle_timeout(&e) => {
             shared.stats.tcp_idle_timeout.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(host = %target.host, port = target.port, error = %e, "tunnel closed: idle");
@@ -82,6 +98,8 @@ where
         // as a request would.
         Err(e) => match crate::tls::find_cause(&e) {
             Some(cause) => {
+                tcp.refused(Flags::UF, "");
+                tcp.transport_failure = Some(cause.clone());
                 shared.stats.upstream_tls_errors.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(host = %target.host, port = target.port, cluster = %target.cluster, error = %cause, "tunnel failed upstream");
             }

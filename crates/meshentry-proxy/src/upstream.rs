@@ -48,6 +48,16 @@ pub enum Stream {
 }
 
 impl Stream {
+    /// This proxy's end of the connection (`%UPSTREAM_LOCAL_ADDRESS%`); `None` for unix
+    /// sockets.
+    pub fn local_addr(&self) -> Option<std::net::SocketAddr> {
+        match self {
+            Stream::Tcp(s) => s.local_addr().ok(),
+            Stream::Unix(_) => None,
+            Stream::Tls(s) => s.get_ref().0.local_addr().ok(),
+        }
+    }
+
     /// Waits until the upstream has sent something (or closed).
     pub async fn readable(&self) -> io::Result<()> {
         match self {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use meshentry_proxy::access_log::{AccessLog, Format as AccessLogFormat};
 use meshentry_proxy::config::{IdentityFiles, Limits, OutboundPolicy, ProxyConfig};
 use meshentry_proxy::dns::{Dns, DnsConfig};
 use meshentry_proxy::gateway::{Kind, serve_gateway};
@@ -53,6 +54,15 @@ pub struct Args {
     /// Where the admin server listens.
     #[arg(long, default_value = "127.0.0.1:15000")]
     pub admin: SocketAddr,
+    /// Write an access log line per HTTP request and per TCP connection, when it ends, to this
+    /// file (appended; `-` or /dev/stdout for standard output). Default: off, as in Istio's
+    /// default profile.
+    #[arg(long, value_name = "PATH")]
+    pub access_log: Option<PathBuf>,
+    /// The access log's format: `text` (Istio's default Envoy format) or `json` (one object
+    /// per line, with Istio's JSON keys).
+    #[arg(long, default_value = "text", value_parser = parse_access_log_format, requires = "access_log")]
+    pub access_log_format: AccessLogFormat,
     /// DNS server for DNS-resolved services (IP or IP:PORT); default: /etc/resolv.conf.
     #[arg(long, value_parser = parse_dns_server)]
     pub dns_server: Option<SocketAddr>,
@@ -158,6 +168,10 @@ fn parse_maybe_addr(s: &str) -> Result<MaybeAddr, String> {
     parse_outbound(s).map(MaybeAddr)
 }
 
+fn parse_access_log_format(s: &str) -> Result<AccessLogFormat, String> {
+    AccessLogFormat::parse(s).ok_or_else(|| format!("{s:?} is not text or json"))
+}
+
 fn parse_gateway(s: &str) -> Result<String, String> {
     match s.split_once('/') {
         Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => Ok(s.to_string()),
@@ -231,6 +245,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     let Some(started) = main.block_on(start(args))? else {
         return Ok(ExitCode::from(1));
     };
+    let telemetry_owner = started.shared.clone();
     let mut threads = Vec::new();
     for i in 1..workers {
         let listeners = started
@@ -295,6 +310,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     for t in threads {
         let _ = t.join();
     }
+    telemetry_owner.telemetry.flush();
     Ok(ExitCode::SUCCESS)
 }
 
@@ -449,6 +465,11 @@ async fn start(args: &Args) -> anyhow::Result<Option<Started>> {
         "meshentry proxy started"
     );
     let shared = Shared::new(snapshot, dns, config, local);
+    if let Some(path) = &args.access_log {
+        let log = AccessLog::open(path, args.access_log_format)
+            .with_context(|| format!("cannot open the access log {}", path.display()))?;
+        let _ = shared.telemetry.set_access_log(log);
+    }
     let (stop, stopped) = watch::channel(false);
     Ok(Some(Started {
         shared,

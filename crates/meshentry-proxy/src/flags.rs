@@ -1,0 +1,148 @@
+//! Envoy's response flags (`%RESPONSE_FLAGS%`): why a request or connection did not get a
+//! plain upstream answer. One small bitset carries them from the refusal or failure that set
+//! them to both the `response_flags` metric label and the access log, so the two never
+//! disagree.
+
+use std::fmt;
+
+/// A set of Envoy response flags; empty prints as `-`, several as `UF,URX` in Envoy's order.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Flags(u32);
+
+/// Each flag's bit and short name, in the order Envoy prints them
+/// (`ResponseFlagUtils::toShortString`).
+const NAMES: [(Flags, &str); 16] = [
+    (Flags::UH, "UH"),
+    (Flags::UT, "UT"),
+    (Flags::LR, "LR"),
+    (Flags::UF, "UF"),
+    (Flags::UC, "UC"),
+    (Flags::UO, "UO"),
+    (Flags::NR, "NR"),
+    (Flags::DI, "DI"),
+    (Flags::FI, "FI"),
+    (Flags::RL, "RL"),
+    (Flags::DC, "DC"),
+    (Flags::URX, "URX"),
+    (Flags::SI, "SI"),
+    (Flags::DPE, "DPE"),
+    (Flags::NC, "NC"),
+    (Flags::DF, "DF"),
+];
+
+impl Flags {
+    pub const NONE: Flags = Flags(0);
+    /// No healthy upstream: the cluster has no endpoints.
+    pub const UH: Flags = Flags(1);
+    /// Upstream request timeout: no response head in time (504).
+    pub const UT: Flags = Flags(1 << 1);
+    /// Local reset (e.g. a limit closed the stream).
+    pub const LR: Flags = Flags(1 << 2);
+    /// Upstream connection failure, including a failed TLS handshake this proxy originated.
+    pub const UF: Flags = Flags(1 << 3);
+    /// Upstream connection termination: the upstream closed or reset mid-exchange.
+    pub const UC: Flags = Flags(1 << 4);
+    /// Upstream overflow: a connection or request limit refused it.
+    pub const UO: Flags = Flags(1 << 5);
+    /// No route: no service, virtual host or VirtualService rule for it, or refused by
+    /// REGISTRY_ONLY.
+    pub const NR: Flags = Flags(1 << 6);
+    /// A VirtualService fault delayed the request.
+    pub const DI: Flags = Flags(1 << 7);
+    /// A VirtualService fault aborted the request.
+    pub const FI: Flags = Flags(1 << 8);
+    /// Rate limited.
+    pub const RL: Flags = Flags(1 << 9);
+    /// Downstream connection termination: the client went away before the response ended.
+    pub const DC: Flags = Flags(1 << 10);
+    /// Upstream retry limit exceeded: the last of the VirtualService's retries failed too.
+    pub const URX: Flags = Flags(1 << 11);
+    /// Stream idle timeout.
+    pub const SI: Flags = Flags(1 << 12);
+    /// Downstream protocol error: the client's request could not be parsed or was too large.
+    pub const DPE: Flags = Flags(1 << 13);
+    /// No cluster: a VirtualService destination that does not exist.
+    pub const NC: Flags = Flags(1 << 14);
+    /// DNS resolution of the upstream failed.
+    pub const DF: Flags = Flags(1 << 15);
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    pub fn contains(self, other: Flags) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    /// The flags named in `text` (`UF`, `UF,URX`); unknown names are ignored.
+    pub fn parse(text: &str) -> Flags {
+        text.split(',')
+            .filter_map(|t| NAMES.iter().find(|(_, n)| *n == t.trim()).map(|(f, _)| *f))
+            .fold(Flags::NONE, |a, b| a | b)
+    }
+
+    /// The flag of a refusal or failure given as Envoy's short name (`None` for none).
+    pub fn of(name: Option<&str>) -> Flags {
+        name.map_or(Flags::NONE, Flags::parse)
+    }
+}
+
+impl std::ops::BitOr for Flags {
+    type Output = Flags;
+
+    fn bitor(self, rhs: Flags) -> Flags {
+        Flags(self.0 | rhs.0)
+    }
+}
+
+impl std::ops::BitOrAssign for Flags {
+    fn bitor_assign(&mut self, rhs: Flags) {
+        self.0 |= rhs.0;
+    }
+}
+
+impl fmt::Display for Flags {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_empty() {
+            return f.write_str("-");
+        }
+        let mut first = true;
+        for (flag, name) in NAMES {
+            if self.contains(flag) {
+                if !first {
+                    f.write_str(",")?;
+                }
+                f.write_str(name)?;
+                first = false;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prints_as_envoy_does() {
+        assert_eq!(Flags::NONE.to_string(), "-");
+        assert_eq!(Flags::NR.to_string(), "NR");
+        assert_eq!((Flags::URX | Flags::UF).to_string(), "UF,URX");
+        assert_eq!((Flags::DF | Flags::DC | Flags::UH).to_string(), "UH,DC,DF");
+    }
+
+    #[test]
+    fn parses_what_it_prints_and_every_name() {
+        for (flag, name) in NAMES {
+            assert_eq!(Flags::parse(name), flag, "{name}");
+            assert_eq!(flag.to_string(), name);
+        }
+        assert_eq!(Flags::parse("UF,URX"), Flags::UF | Flags::URX);
+        assert_eq!(Flags::parse("-"), Flags::NONE);
+        assert_eq!(Flags::of(None), Flags::NONE);
+        assert_eq!(Flags::of(Some("DF")), Flags::DF);
+        let all = NAMES.iter().fold(Flags::NONE, |a, (f, _)| a | *f);
+        assert_eq!(Flags::parse(&all.to_string()), all);
+    }
+}
