@@ -47,10 +47,12 @@ fn handle(req: &Request<Incoming>, shared: &Shared, started: Instant) -> Respons
     }
     let query = req.uri().query().unwrap_or("");
     match req.uri().path() {
+        // Envoy's answer while draining, so that load balancers stop sending new work.
+        "/ready" if shared.lifecycle.is_draining() => text(StatusCode::SERVICE_UNAVAILABLE, "DRAINING\n".into()),
         "/ready" => text(StatusCode::OK, "LIVE\n".into()),
         "/server_info" => json_response(&json!({
             "version": env!("CARGO_PKG_VERSION"),
-            "state": "LIVE",
+            "state": if shared.lifecycle.is_draining() { "DRAINING" } else { "LIVE" },
             "uptime_seconds": started.elapsed().as_secs(),
             "generation": shared.snapshot.load().generation,
         })),
@@ -89,7 +91,49 @@ fn config_dump(shared: &Shared) -> Value {
         "outboundPorts": outbound_ports(&snap),
         "clusters": clusters,
         "warnings": &snap.warnings,
+        "reloads": {
+            "applied": shared.stats.config_reloads.load(Ordering::Relaxed),
+            "rejected": shared.stats.config_reloads_rejected.load(Ordering::Relaxed),
+        },
+        "lastRejected": last_rejected(shared),
+        "listeners": listeners(shared),
     })
+}
+
+/// The last configuration a reload refused: when, why, and its errors both as `meshentry
+/// validate` prints them and as fields.
+fn last_rejected(shared: &Shared) -> Value {
+    let Some(r) = shared.lifecycle.last_rejected.load_full() else {
+        return Value::Null;
+    };
+    let at = r.at.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    json!({
+        "at": at,
+        "generationKept": r.kept,
+        "reason": r.reason,
+        "errors": r.findings.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "findings": serde_json::to_value(&r.findings).unwrap_or(Value::Null),
+    })
+}
+
+/// The listeners the proxy runs, and the ones it could not open.
+fn listeners(shared: &Shared) -> Value {
+    Value::Array(
+        shared
+            .lifecycle
+            .listeners
+            .load()
+            .iter()
+            .map(|l| {
+                let mut v = json!({"kind": l.kind, "address": l.address.to_string(), "state": "open"});
+                if let Some(e) = &l.error {
+                    v["state"] = json!("error");
+                    v["error"] = json!(e);
+                }
+                v
+            })
+            .collect(),
+    )
 }
 
 /// What the transparent listener finds on each port: which of Istio's filter chains exist on
@@ -289,6 +333,16 @@ fn stats_text(shared: &Shared) -> String {
         ("dns_queries_total", shared.dns.stats.queries.load(Ordering::Relaxed)),
         ("dns_failures_total", shared.dns.stats.failures.load(Ordering::Relaxed)),
         ("config_generation", shared.snapshot.load().generation),
+        ("config_reloads_total", s.config_reloads.load(Ordering::Relaxed)),
+        (
+            "config_reloads_rejected_total",
+            s.config_reloads_rejected.load(Ordering::Relaxed),
+        ),
+        ("listener_errors_total", s.listener_errors.load(Ordering::Relaxed)),
+        (
+            "downstream_tunnels_active",
+            shared.lifecycle.tunnels_active.load(Ordering::Relaxed),
+        ),
     ];
     let mut out = String::new();
     for (name, value) in counters {

@@ -55,7 +55,7 @@ pub async fn serve(
     transparent: Option<Transparent>,
 ) {
     let _ = stream.set_nodelay(true);
-    let ctx = Arc::new(ConnCtx {
+    let mut ctx = Arc::new(ConnCtx {
         snapshot: shared.snapshot.load_full(),
         shared,
         peer,
@@ -93,6 +93,7 @@ pub async fn serve(
             }
         }
         first = false;
+        ConnCtx::refresh(&mut ctx);
         if !needs_general_path(&conn.buf, &head) {
             ctx.shared.stats.http_requests.fetch_add(1, Ordering::Relaxed);
             match exchange(&mut conn, &head, &ctx).await {
@@ -224,7 +225,19 @@ async fn read_head(conn: &mut Downstream, head: &mut Head, shared: &Shared) -> R
         let n = match conn.stream.try_read_buf(&mut conn.buf) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                match tokio::time::timeout_at(deadline, conn.stream.read_buf(&mut conn.buf)).await {
+                let idle = conn.buf.is_empty();
+                let read = tokio::time::timeout_at(deadline, conn.stream.read_buf(&mut conn.buf));
+                // Between requests, draining closes the connection; a request that has started
+                // arriving is read and answered (with `connection: close`).
+                let read = if idle {
+                    tokio::select! {
+                        r = read => r,
+                        () = shared.lifecycle.drained() => return Ok(false),
+                    }
+                } else {
+                    read.await
+                };
+                match read {
                     Ok(Ok(n)) => n,
                     Ok(Err(_)) => return Ok(false),
                     Err(_) if conn.buf.is_empty() => return Ok(false),
@@ -533,7 +546,7 @@ async fn refuse(
     if status == 400 || status == 508 {
         shared.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
     }
-    let close = matches!(skip, Skip::Close);
+    let close = matches!(skip, Skip::Close) || shared.lifecycle.is_draining();
     if let Skip::Bytes(n) = skip {
         conn.buf.advance(n.min(conn.buf.len()));
     }
@@ -860,6 +873,7 @@ async fn roundtrip(
 
     // The response head for the client: the status line and every header but the hop-by-hop
     // ones (Transfer-Encoding is kept when the chunked body is relayed as it is).
+    let draining = shared.lifecycle.is_draining();
     let mut out = std::mem::take(&mut conn.out);
     out.clear();
     {
@@ -891,7 +905,7 @@ async fn roundtrip(
             out.extend_from_slice(h.value);
             out.extend_from_slice(b"\r\n");
         }
-        if matches!(framing, Framing::UntilClose) {
+        if matches!(framing, Framing::UntilClose) || draining {
             out.extend_from_slice(b"connection: close\r\n");
         }
         out.extend_from_slice(b"\r\n");
@@ -949,7 +963,7 @@ async fn roundtrip(
     // Bytes after the end of the response mean the upstream is confused: do not reuse it.
     Outcome::Finished {
         reusable: !up_close && up.buf.is_empty(),
-        close_client: false,
+        close_client: draining,
     }
 }
 

@@ -30,8 +30,10 @@ where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let peer = ctx.peer;
+    let shared = ctx.shared.clone();
+    let cell = arc_swap::ArcSwap::new(ctx);
     let service = service_fn(move |req| {
-        let ctx = ctx.clone();
+        let ctx = ConnCtx::current(&cell);
         async move { Ok::<_, Infallible>(crate::http::handle(req, &ctx).await) }
     });
     // The same bound on a request head as HTTP/1.1 (`handle` answers 431 past MAX_HEAD_BYTES;
@@ -41,7 +43,16 @@ where
         .timer(TokioTimer::new())
         .max_header_list_size(max_head)
         .serve_connection(TokioIo::new(io), service);
-    if let Err(e) = conn.await {
+    tokio::pin!(conn);
+    // Draining: GOAWAY, then the streams already open finish.
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        () = shared.lifecycle.drained() => {
+            conn.as_mut().graceful_shutdown();
+            conn.as_mut().await
+        }
+    };
+    if let Err(e) = result {
         tracing::debug!(%peer, error = %e, "HTTP/2 client connection ended with an error");
     }
 }

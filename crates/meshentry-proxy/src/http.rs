@@ -33,7 +33,8 @@ pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// parses into a stack array; setting it explicitly would allocate a buffer per request.
 pub const MAX_HEADERS: usize = 100;
 
-/// What one downstream connection carries through its life: the snapshot it started with.
+/// What one downstream connection carries: the snapshot its current request started with
+/// (each new request takes the one in force, see [`ConnCtx::refresh`]).
 pub struct ConnCtx {
     pub shared: Arc<Shared>,
     pub snapshot: Arc<Snapshot>,
@@ -44,9 +45,48 @@ pub struct ConnCtx {
     pub gateway: Option<crate::gateway::GatewayConn>,
 }
 
+impl ConnCtx {
+    /// Makes `ctx` hold the snapshot in force before a new request: a reload applies from the
+    /// next request on, while requests in flight keep the snapshot they hold. Costs one atomic
+    /// load when nothing changed; when something did, `ctx` is updated in place if no request
+    /// holds it, else replaced.
+    pub fn refresh(ctx: &mut Arc<ConnCtx>) {
+        let current = ctx.shared.snapshot.load();
+        if Arc::ptr_eq(&current, &ctx.snapshot) {
+            return;
+        }
+        let snapshot = arc_swap::Guard::into_inner(current);
+        match Arc::get_mut(ctx) {
+            Some(c) => c.snapshot = snapshot,
+            None => {
+                *ctx = Arc::new(ConnCtx {
+                    shared: ctx.shared.clone(),
+                    snapshot,
+                    peer: ctx.peer,
+                    transparent: ctx.transparent.clone(),
+                    gateway: ctx.gateway,
+                })
+            }
+        }
+    }
+
+    /// [`ConnCtx::refresh`] for servers that hand each request a context of its own (hyper's):
+    /// `cell` holds the connection's latest context, replaced only when a reload happened.
+    pub(crate) fn current(cell: &arc_swap::ArcSwap<ConnCtx>) -> Arc<ConnCtx> {
+        let mut ctx = cell.load_full();
+        let before = Arc::as_ptr(&ctx);
+        ConnCtx::refresh(&mut ctx);
+        if Arc::as_ptr(&ctx) != before {
+            cell.store(ctx.clone());
+        }
+        ctx
+    }
+}
+
 /// Where a captured connection was going (SO_ORIGINAL_DST). Requests on it are routed by
 /// their Host among the services on this port, and anything passed through (or sent to an
 /// ORIGINAL_DST cluster) goes to this address, not to whatever the Host names.
+#[derive(Clone)]
 pub struct Transparent {
     pub dst: SocketAddr,
     /// `dst`'s IP as text, the form [`Original`] takes.
@@ -77,8 +117,10 @@ where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let header_read_timeout = ctx.shared.config.header_read_timeout;
+    let shared = ctx.shared.clone();
+    let cell = arc_swap::ArcSwap::new(ctx);
     let service = service_fn(move |req| {
-        let ctx = ctx.clone();
+        let ctx = ConnCtx::current(&cell);
         async move { Ok::<_, Infallible>(handle(req, &ctx).await) }
     });
     let conn = http1::Builder::new()
@@ -87,7 +129,17 @@ where
         .max_buf_size(MAX_HEAD_BYTES + 16 * 1024)
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
-    if let Err(e) = conn.await {
+    tokio::pin!(conn);
+    // Draining: an idle connection closes now, a busy one after its response (which `handle`
+    // marks `Connection: close`).
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        () = shared.lifecycle.drained() => {
+            conn.as_mut().graceful_shutdown();
+            conn.as_mut().await
+        }
+    };
+    if let Err(e) = result {
         tracing::debug!(%peer, error = %e, "client connection ended with an error");
     }
 }
@@ -109,10 +161,19 @@ pub async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<S
 
 /// Routes and answers one request; the HTTP/1.1 and HTTP/2 servers both use it.
 pub(crate) async fn handle(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<ResponseBody> {
-    if crate::h2::is_grpc(req.headers()) {
-        return crate::h2::grpc_reply(handle_any(req, ctx).await).await;
+    // HTTP/1 connections close after their response while draining (HTTP/2 gets GOAWAY), except
+    // the ones that become tunnels.
+    let closes = req.version() < Version::HTTP_2 && req.method() != Method::CONNECT;
+    let mut resp = if crate::h2::is_grpc(req.headers()) {
+        crate::h2::grpc_reply(handle_any(req, ctx).await).await
+    } else {
+        handle_any(req, ctx).await
+    };
+    if closes && ctx.shared.lifecycle.is_draining() && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    handle_any(req, ctx).await
+    resp
 }
 
 async fn handle_any(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<ResponseBody> {
@@ -401,6 +462,8 @@ async fn connect(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<Respons
     shared.stats.tunnels.fetch_add(1, Ordering::Relaxed);
     let ctx = ctx.clone();
     tokio::spawn(async move {
+        // The HTTP connection ends once it hands the tunnel over; a drain waits for this.
+        let _tunnel = crate::lifecycle::TunnelGuard::new(&ctx.shared.lifecycle);
         match hyper::upgrade::on(req).await {
             Ok(upgraded) => {
                 let target = tunnel::Target {

@@ -15,6 +15,7 @@
 //! - [`outbound`], [`detect`], [`relay`]: the transparent listener for iptables-captured
 //!   connections, what a client speaks from its first bytes, and relaying bytes both ways;
 //! - [`server`]: shared state, counters and accept loops;
+//! - [`lifecycle`]: reload outcomes and draining at shutdown;
 //! - [`capture`]: the iptables rules for transparent capture (`meshentry iptables`).
 
 pub mod capture;
@@ -29,6 +30,7 @@ pub mod h1;
 pub mod h2;
 pub mod http;
 pub mod lb;
+pub mod lifecycle;
 pub mod outbound;
 pub mod relay;
 pub mod route;

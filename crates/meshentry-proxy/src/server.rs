@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use crate::config::ProxyConfig;
 use crate::detect::Detected;
 use crate::dns::Dns;
+use crate::lifecycle::Lifecycle;
 use crate::snapshot::Snapshot;
 
 /// What every connection shares: the current snapshot (swapped atomically on reload), DNS,
@@ -22,6 +23,8 @@ pub struct Shared {
     pub stats: Stats,
     /// The proxy's own listening addresses: a request addressed to one of them would loop.
     pub local_addrs: Vec<SocketAddr>,
+    /// Reload outcomes and the drain state.
+    pub lifecycle: Lifecycle,
 }
 
 impl Shared {
@@ -32,6 +35,7 @@ impl Shared {
             config,
             stats: Stats::default(),
             local_addrs,
+            lifecycle: Lifecycle::default(),
         })
     }
 
@@ -81,6 +85,12 @@ pub struct Stats {
     /// What detection found on transparent connections, by [`Detected::as_str`] (tls, http1,
     /// h2c, tcp, none; malformed TLS counts as tcp).
     pub detected: [AtomicU64; 5],
+    /// Configuration reloads that were applied.
+    pub config_reloads: AtomicU64,
+    /// Configuration reloads refused (invalid configuration); the previous one stayed.
+    pub config_reloads_rejected: AtomicU64,
+    /// Listeners a reload could not open (a Gateway server port that would not bind).
+    pub listener_errors: AtomicU64,
 }
 
 /// The names of [`Stats::detected`]'s slots.
