@@ -169,9 +169,12 @@ impl Reloader {
         let prepared = tokio::task::spawn_blocking(move || prepare(&input, &shared, applied, rejected)).await;
         match prepared {
             Err(e) => tracing::error!(error = %e, "configuration reload failed"),
-            Ok(Prepared::Unchanged) => {
-                tracing::debug!(trigger = trigger.as_str(), "configuration unchanged: not reloaded")
-            }
+            // A signal is someone asking, who wants an answer; file events can be anything in
+            // the directory, and are not worth a line each.
+            Ok(Prepared::Unchanged) => match trigger {
+                Trigger::Signal => tracing::info!(trigger = trigger.as_str(), "configuration unchanged: not reloaded"),
+                Trigger::Files => tracing::debug!(trigger = trigger.as_str(), "configuration unchanged: not reloaded"),
+            },
             Ok(Prepared::Rejected {
                 fingerprint,
                 reason,
