@@ -509,3 +509,160 @@ async fn a_configmap_style_symlink_swap_is_reloaded() {
     wait_generation(&proxy, 2).await;
     expect_upstream(&proxy, "b", 2).await;
 }
+
+/// The egress gateway `istio-system/gw` (selecting `istio=<selector>`) with an HTTP server on
+/// each of `ports`, routing `web.example` to `backend`; without the Gateway when `ports` is
+/// `None`.
+fn gateway_config(backend: SocketAddr, ports: Option<&[u16]>, selector: &str) -> String {
+    let mut out = entry("backend", "backend.internal", backend);
+    if let Some(ports) = ports {
+        let servers: String = ports
+            .iter()
+            .map(|p| format!("  - port: {{number: {p}, name: http-{p}, protocol: HTTP}}\n    hosts: ['*']\n"))
+            .collect();
+        out.push_str(&format!(
+            "---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: istio-system}}
+spec:
+  selector: {{istio: {selector}}}
+  servers:
+{servers}"
+        ));
+    }
+    out.push_str(
+        "---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: web, namespace: istio-system}
+spec:
+  hosts: [web.example]
+  gateways: [istio-system/gw]
+  http:
+  - route:
+    - destination: {host: backend.internal, port: {number: 80}}
+",
+    );
+    out
+}
+
+/// One request to a gateway port on a connection of its own: (status, the upstream that
+/// answered), or the connection error.
+async fn gateway_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(addr).await?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: web.example\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await?;
+    let mut out = Vec::new();
+    tokio::time::timeout(PATIENCE, s.read_to_end(&mut out)).await??;
+    let text = String::from_utf8_lossy(&out);
+    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let upstream = text
+        .lines()
+        .find_map(|l| l.strip_prefix("x-upstream: "))
+        .unwrap_or("")
+        .to_string();
+    Ok((status, upstream))
+}
+
+fn listener_state(dump: &serde_json::Value, addr: SocketAddr) -> Option<serde_json::Value> {
+    dump["listeners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["address"] == addr.to_string().as_str())
+        .cloned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_reloads_open_and_close_server_ports() {
+    let ip = IpAddr::V4(unique_loopback());
+    let backend = HttpUpstream::start(SocketAddr::new(ip, 0), "a");
+    let p1 = meshentry_testutil::free_port(ip);
+    let p2 = loop {
+        let p = meshentry_testutil::free_port(ip);
+        if p != p1 {
+            break p;
+        }
+    };
+    // Held by another socket (without SO_REUSEPORT), so the proxy cannot bind it.
+    let busy = std::net::TcpListener::bind(SocketAddr::new(ip, 0)).unwrap();
+    let p3 = busy.local_addr().unwrap().port();
+    let (a1, a2, a3) = (SocketAddr::new(ip, p1), SocketAddr::new(ip, p2), SocketAddr::new(ip, p3));
+    let ip_text = ip.to_string();
+    let mut proxy = support::start_proxy_at(
+        ip,
+        &gateway_config(backend.addr(), Some(&[p1]), "gw"),
+        &[
+            "--gateway",
+            "istio-system/gw",
+            "--labels",
+            "istio=gw",
+            "--gateway-bind",
+            &ip_text,
+            "--reload-debounce",
+            "20ms",
+            "--workers",
+            "2",
+        ],
+    )
+    .await;
+    let file = proxy.config_file();
+    proxy.process.wait_listening(a1, PATIENCE).await;
+    assert_eq!(gateway_get(a1, "/").await.unwrap(), (200, "a".to_string()));
+    assert!(gateway_get(a2, "/").await.is_err(), "{a2} serves before the Gateway has it");
+
+    // Added: served as soon as the new generation is in force.
+    write_atomically(&file, &gateway_config(backend.addr(), Some(&[p1, p2]), "gw"));
+    wait_generation(&proxy, 2).await;
+    for _ in 0..10 {
+        assert_eq!(gateway_get(a2, "/").await.unwrap(), (200, "a".to_string()));
+    }
+    let dump = proxy.config_dump().await;
+    assert_eq!(listener_state(&dump, a2).unwrap()["state"], "open", "{}", dump["listeners"]);
+
+    // Removed: refused once the generation without it is in force, while a request it had
+    // accepted finishes.
+    let seen = backend.requests();
+    let slow = tokio::spawn(gateway_get(a2, "/delay/800"));
+    eventually(PATIENCE, || async { backend.requests() > seen }).await;
+    write_atomically(&file, &gateway_config(backend.addr(), Some(&[p1]), "gw"));
+    wait_generation(&proxy, 3).await;
+    let refused = gateway_get(a2, "/").await.unwrap_err();
+    assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused, "{refused}");
+    assert_eq!(slow.await.unwrap().unwrap(), (200, "a".to_string()));
+    assert_eq!(gateway_get(a1, "/").await.unwrap(), (200, "a".to_string()));
+    let dump = proxy.config_dump().await;
+    assert!(listener_state(&dump, a2).is_none(), "{}", dump["listeners"]);
+
+    // A port that cannot be bound is an error shown, not a crash; the rest applies.
+    write_atomically(&file, &gateway_config(backend.addr(), Some(&[p1, p3]), "gw"));
+    wait_generation(&proxy, 4).await;
+    assert_eq!(proxy.stat("listener_errors_total").await, 1);
+    let dump = proxy.config_dump().await;
+    let state = listener_state(&dump, a3).unwrap();
+    assert_eq!(state["state"], "error", "{state}");
+    assert!(state["error"].as_str().unwrap().contains(&a3.to_string()), "{state}");
+    assert_eq!(gateway_get(a1, "/").await.unwrap(), (200, "a".to_string()));
+    drop(busy);
+
+    // Reloads that would stop this proxy being its Gateway are refused, with the reason.
+    for (config, reason) in [
+        (gateway_config(backend.addr(), Some(&[p1]), "other"), "selector does not match"),
+        (gateway_config(backend.addr(), None, "gw"), "no such Gateway"),
+    ] {
+        let rejected = proxy.stat("config_reloads_rejected_total").await;
+        write_atomically(&file, &config);
+        eventually(PATIENCE, || async {
+            proxy.stat("config_reloads_rejected_total").await == rejected + 1
+        })
+        .await;
+        let dump = proxy.config_dump().await;
+        assert_eq!(dump["generation"], 4);
+        let why = dump["lastRejected"]["reason"].as_str().unwrap();
+        assert!(why.contains(reason) && why.contains("--gateway istio-system/gw"), "{why}");
+        assert_eq!(gateway_get(a1, "/").await.unwrap(), (200, "a".to_string()));
+    }
+    assert!(proxy.process.stderr().contains("Gateway server port not served"));
+}

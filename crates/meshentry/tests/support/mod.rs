@@ -20,9 +20,14 @@ pub struct Proxy {
 /// Starts `meshentry proxy` on `config` (one YAML stream) with `extra` flags, and waits until
 /// it listens.
 pub async fn start_proxy(config: &str, extra: &[&str]) -> Proxy {
+    start_proxy_at(IpAddr::V4(unique_loopback()), config, extra).await
+}
+
+/// [`start_proxy`] on `ip`, an address of the test's own (for flags that must name it, such
+/// as `--gateway-bind`).
+pub async fn start_proxy_at(ip: IpAddr, config: &str, extra: &[&str]) -> Proxy {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("config.yaml"), config).unwrap();
-    let ip = IpAddr::V4(unique_loopback());
     let addr = SocketAddr::new(ip, 15080);
     let admin = SocketAddr::new(ip, 15000);
     let mut args = vec![
