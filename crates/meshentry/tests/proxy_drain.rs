@@ -93,7 +93,10 @@ async fn read_response(s: &mut TcpStream) -> Option<Raw> {
 /// Whether the peer closed `s`: a read returns end of stream (or a reset) within `within`.
 async fn closed(s: &mut TcpStream, within: Duration) -> bool {
     let mut byte = [0u8; 1];
-    matches!(tokio::time::timeout(within, s.read(&mut byte)).await, Ok(Ok(0) | Err(_)))
+    matches!(
+        tokio::time::timeout(within, s.read(&mut byte)).await,
+        Ok(Ok(0) | Err(_))
+    )
 }
 
 async fn open_tunnel(proxy: SocketAddr, target: &str) -> TcpStream {
@@ -104,7 +107,10 @@ async fn open_tunnel(proxy: SocketAddr, target: &str) -> TcpStream {
     let mut head = Vec::new();
     while !head.ends_with(b"\r\n\r\n") {
         let mut byte = [0u8; 1];
-        let n = tokio::time::timeout(PATIENCE, s.read(&mut byte)).await.unwrap().unwrap();
+        let n = tokio::time::timeout(PATIENCE, s.read(&mut byte))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(n, 1, "closed during the CONNECT response: {head:?}");
         head.push(byte[0]);
     }
@@ -177,18 +183,26 @@ async fn sigterm_lets_requests_in_flight_finish_and_refuses_new_connections() {
     })
     .await;
     // The idle keep-alive connection is closed.
-    assert!(closed(&mut idle, Duration::from_secs(2)).await, "the idle connection stays open");
+    assert!(
+        closed(&mut idle, Duration::from_secs(2)).await,
+        "the idle connection stays open"
+    );
     // The tunnel still relays.
     assert_eq!(echo_through(&mut tunnel, "during").await.unwrap(), "during");
 
     // Each request in flight gets its whole response, marked as the last on its connection,
     // and then the connection closes.
     for mut s in slow {
-        let r = read_response(&mut s).await.expect("a full response to a request in flight");
+        let r = read_response(&mut s)
+            .await
+            .expect("a full response to a request in flight");
         assert_eq!(r.status, 200, "{}", r.head);
         assert!(r.head.contains("connection: close"), "{}", r.head);
         assert!(String::from_utf8_lossy(&r.body).contains("\"upstream\":\"web\""));
-        assert!(closed(&mut s, Duration::from_secs(2)).await, "kept open after the last response");
+        assert!(
+            closed(&mut s, Duration::from_secs(2)).await,
+            "kept open after the last response"
+        );
     }
     let (status, len) = h2.await.unwrap();
     assert_eq!(status, 200);
@@ -227,9 +241,17 @@ async fn connections_that_outlive_the_drain_timeout_are_closed() {
         took >= Duration::from_millis(900) && took < Duration::from_secs(3),
         "exited after {took:?}, the drain timeout is 1s"
     );
-    assert!(closed(&mut tunnel, Duration::from_secs(2)).await, "the tunnel outlived the proxy");
+    assert!(
+        closed(&mut tunnel, Duration::from_secs(2)).await,
+        "the tunnel outlived the proxy"
+    );
     assert!(read_response(&mut slow).await.is_none(), "a response arrived after all");
-    assert!(proxy.process.stderr().contains("drain timeout: closing the connections left"));
+    assert!(
+        proxy
+            .process
+            .stderr()
+            .contains("drain timeout: closing the connections left")
+    );
 }
 
 #[tokio::test]

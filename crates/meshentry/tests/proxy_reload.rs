@@ -121,7 +121,13 @@ impl Seen {
 
 /// One keep-alive client connection sending requests until `stop`; a failed request counts and
 /// the connection is made again.
-async fn client(proxy: SocketAddr, phase: Arc<Phase>, seen: Arc<Seen>, stop: Arc<AtomicBool>, expect: fn(u64) -> &'static str) {
+async fn client(
+    proxy: SocketAddr,
+    phase: Arc<Phase>,
+    seen: Arc<Seen>,
+    stop: Arc<AtomicBool>,
+    expect: fn(u64) -> &'static str,
+) {
     let mut sender = None;
     while !stop.load(Ordering::Relaxed) {
         if sender.is_none() {
@@ -134,7 +140,9 @@ async fn client(proxy: SocketAddr, phase: Arc<Phase>, seen: Arc<Seen>, stop: Arc
                     continue;
                 }
             };
-            let (s, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+            let (s, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .unwrap();
             tokio::spawn(conn);
             sender = Some(s);
         }
@@ -253,7 +261,10 @@ fn assert_clean(seen: &Seen, generations: u64) {
     let wrong = seen.wrong.load(Ordering::Relaxed);
     let strict: u64 = seen.strict.iter().map(|c| c.load(Ordering::Relaxed)).sum();
     let problem = seen.first_problem.lock().unwrap().clone();
-    assert_eq!(failures, 0, "{failures} of {total} requests failed; first problem: {problem:?}");
+    assert_eq!(
+        failures, 0,
+        "{failures} of {total} requests failed; first problem: {problem:?}"
+    );
     assert_eq!(wrong, 0, "{wrong} requests went to the old route; first: {problem:?}");
     // Every generation was checked, and the load was real.
     for g in 1..=generations {
@@ -271,7 +282,13 @@ async fn hundred_reloads_by_file_watch_under_load_fail_no_request() {
     let ip = IpAddr::V4(unique_loopback());
     let a = HttpUpstream::start(SocketAddr::new(ip, 0), "a");
     let b = HttpUpstream::start(SocketAddr::new(ip, 0), "b");
-    let config = |g: u64| entry("web", "web.internal", if a_on_odd(g) == "a" { a.addr() } else { b.addr() });
+    let config = |g: u64| {
+        entry(
+            "web",
+            "web.internal",
+            if a_on_odd(g) == "a" { a.addr() } else { b.addr() },
+        )
+    };
     let proxy = support::start_proxy(
         &config(1),
         &["--outbound-policy", "REGISTRY_ONLY", "--reload-debounce", "20ms"],
@@ -372,7 +389,9 @@ async fn the_same_bytes_again_do_not_rebuild() {
 /// A client that checks each answer comes from `upstream`.
 async fn expect_upstream(proxy: &support::Proxy, upstream: &str, n: usize) {
     let stream = TcpStream::connect(proxy.addr).await.unwrap();
-    let (mut s, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    let (mut s, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
     tokio::spawn(conn);
     for _ in 0..n {
         let req = http::Request::get("http://web.internal/")
@@ -425,7 +444,10 @@ async fn invalid_configurations_change_nothing_until_fixed() {
         let line = *line;
         write_atomically(&file, text);
         let rejected = i as u64 + 1;
-        eventually(PATIENCE, || async { proxy.stat("config_reloads_rejected_total").await == rejected }).await;
+        eventually(PATIENCE, || async {
+            proxy.stat("config_reloads_rejected_total").await == rejected
+        })
+        .await;
         let dump = proxy.config_dump().await;
         assert_eq!(dump["generation"], 1, "{what}: the generation in force changed");
         let last = &dump["lastRejected"];
@@ -462,7 +484,10 @@ async fn invalid_configurations_change_nothing_until_fixed() {
     // A file that cannot be read at all (a dangling symlink among the configuration files).
     let dangling = file.with_file_name("extra.yaml");
     std::os::unix::fs::symlink(file.with_file_name("missing-target.yaml"), &dangling).unwrap();
-    eventually(PATIENCE, || async { proxy.stat("config_reloads_rejected_total").await == 4 }).await;
+    eventually(PATIENCE, || async {
+        proxy.stat("config_reloads_rejected_total").await == 4
+    })
+    .await;
     let dump = proxy.config_dump().await;
     assert_eq!(dump["generation"], 1);
     let reason = dump["lastRejected"]["reason"].as_str().unwrap();
@@ -496,11 +521,7 @@ async fn a_configmap_style_symlink_swap_is_reloaded() {
     std::fs::write(m.join("..v1/web.yaml"), entry("web", "web.internal", a.addr())).unwrap();
     std::os::unix::fs::symlink("..v1", m.join("..data")).unwrap();
     std::os::unix::fs::symlink("..data/web.yaml", m.join("web.yaml")).unwrap();
-    let proxy = support::start_proxy(
-        "",
-        &["--config", &m.display().to_string(), "--reload-debounce", "20ms"],
-    )
-    .await;
+    let proxy = support::start_proxy("", &["--config", &m.display().to_string(), "--reload-debounce", "20ms"]).await;
     expect_upstream(&proxy, "a", 2).await;
     std::fs::create_dir(m.join("..v2")).unwrap();
     std::fs::write(m.join("..v2/web.yaml"), entry("web", "web.internal", b.addr())).unwrap();
@@ -589,7 +610,11 @@ async fn gateway_reloads_open_and_close_server_ports() {
     // Held by another socket (without SO_REUSEPORT), so the proxy cannot bind it.
     let busy = std::net::TcpListener::bind(SocketAddr::new(ip, 0)).unwrap();
     let p3 = busy.local_addr().unwrap().port();
-    let (a1, a2, a3) = (SocketAddr::new(ip, p1), SocketAddr::new(ip, p2), SocketAddr::new(ip, p3));
+    let (a1, a2, a3) = (
+        SocketAddr::new(ip, p1),
+        SocketAddr::new(ip, p2),
+        SocketAddr::new(ip, p3),
+    );
     let ip_text = ip.to_string();
     let mut proxy = support::start_proxy_at(
         ip,
@@ -611,7 +636,10 @@ async fn gateway_reloads_open_and_close_server_ports() {
     let file = proxy.config_file();
     proxy.process.wait_listening(a1, PATIENCE).await;
     assert_eq!(gateway_get(a1, "/").await.unwrap(), (200, "a".to_string()));
-    assert!(gateway_get(a2, "/").await.is_err(), "{a2} serves before the Gateway has it");
+    assert!(
+        gateway_get(a2, "/").await.is_err(),
+        "{a2} serves before the Gateway has it"
+    );
 
     // Added: served as soon as the new generation is in force.
     write_atomically(&file, &gateway_config(backend.addr(), Some(&[p1, p2]), "gw"));
@@ -620,7 +648,12 @@ async fn gateway_reloads_open_and_close_server_ports() {
         assert_eq!(gateway_get(a2, "/").await.unwrap(), (200, "a".to_string()));
     }
     let dump = proxy.config_dump().await;
-    assert_eq!(listener_state(&dump, a2).unwrap()["state"], "open", "{}", dump["listeners"]);
+    assert_eq!(
+        listener_state(&dump, a2).unwrap()["state"],
+        "open",
+        "{}",
+        dump["listeners"]
+    );
 
     // Removed: refused once the generation without it is in force, while a request it had
     // accepted finishes.
@@ -649,7 +682,10 @@ async fn gateway_reloads_open_and_close_server_ports() {
 
     // Reloads that would stop this proxy being its Gateway are refused, with the reason.
     for (config, reason) in [
-        (gateway_config(backend.addr(), Some(&[p1]), "other"), "selector does not match"),
+        (
+            gateway_config(backend.addr(), Some(&[p1]), "other"),
+            "selector does not match",
+        ),
         (gateway_config(backend.addr(), None, "gw"), "no such Gateway"),
     ] {
         let rejected = proxy.stat("config_reloads_rejected_total").await;
@@ -661,7 +697,10 @@ async fn gateway_reloads_open_and_close_server_ports() {
         let dump = proxy.config_dump().await;
         assert_eq!(dump["generation"], 4);
         let why = dump["lastRejected"]["reason"].as_str().unwrap();
-        assert!(why.contains(reason) && why.contains("--gateway istio-system/gw"), "{why}");
+        assert!(
+            why.contains(reason) && why.contains("--gateway istio-system/gw"),
+            "{why}"
+        );
         assert_eq!(gateway_get(a1, "/").await.unwrap(), (200, "a".to_string()));
     }
     assert!(proxy.process.stderr().contains("Gateway server port not served"));

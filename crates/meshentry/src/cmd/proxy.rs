@@ -268,7 +268,10 @@ async fn drain(shared: &Shared, timeout: Duration, signals: &mut Signals) {
         let left = shared.stats.downstream_active.load(Ordering::Relaxed)
             + shared.lifecycle.tunnels_active.load(Ordering::Relaxed);
         if left == 0 {
-            tracing::info!(took_ms = started.elapsed().as_millis() as u64, "drained: every connection finished");
+            tracing::info!(
+                took_ms = started.elapsed().as_millis() as u64,
+                "drained: every connection finished"
+            );
             return;
         }
         tokio::select! {

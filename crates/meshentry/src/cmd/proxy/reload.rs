@@ -191,7 +191,10 @@ impl Reloader {
         }
         tracing::error!(trigger = trigger.as_str(), generation = kept, %reason,
             "configuration rejected: the one in force stays");
-        self.shared.stats.config_reloads_rejected.fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .stats
+            .config_reloads_rejected
+            .fetch_add(1, Ordering::Relaxed);
         self.shared.lifecycle.last_rejected.store(Some(Arc::new(Rejection {
             at: SystemTime::now(),
             kept,
@@ -201,7 +204,7 @@ impl Reloader {
         self.rejected = fingerprint;
     }
 
-    async fn apply(&mut self, snapshot: Snapshot, fingerprint: Option<u64>, trigger: Trigger, started: Instant) {
+    async fn apply(&mut self, snapshot: Box<Snapshot>, fingerprint: Option<u64>, trigger: Trigger, started: Instant) {
         for w in snapshot.registry.warnings() {
             tracing::warn!("{w}");
         }
@@ -254,7 +257,7 @@ impl Reloader {
             tracing::warn!(ports = ?removed, "removed Gateway listeners did not all close in time");
         }
 
-        self.shared.snapshot.store(Arc::new(snapshot));
+        self.shared.snapshot.store(Arc::from(snapshot));
 
         for (port, addr, sockets) in opened {
             for (w, socket) in self.workers.iter().zip(sockets) {
@@ -316,7 +319,7 @@ enum Prepared {
         findings: Vec<Finding>,
     },
     Ready {
-        snapshot: Snapshot,
+        snapshot: Box<Snapshot>,
         fingerprint: Option<u64>,
     },
 }
@@ -366,7 +369,10 @@ fn prepare(input: &Input, shared: &Shared, applied: Option<u64>, rejected: Optio
             }
         }
     }
-    Prepared::Ready { snapshot, fingerprint }
+    Prepared::Ready {
+        snapshot: Box::new(snapshot),
+        fingerprint,
+    }
 }
 
 /// The Gateway server ports a snapshot serves.

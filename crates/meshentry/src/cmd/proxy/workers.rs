@@ -25,7 +25,10 @@ pub enum Command {
         socket: std::net::TcpListener,
     },
     /// Stop accepting on `addr`; `done` is answered once the socket is closed.
-    Close { addr: SocketAddr, done: oneshot::Sender<()> },
+    Close {
+        addr: SocketAddr,
+        done: oneshot::Sender<()>,
+    },
 }
 
 /// An accept loop and the switch that ends it.
