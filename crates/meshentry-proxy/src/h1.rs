@@ -231,6 +231,7 @@ async fn read_head(conn: &mut Downstream, head: &mut Head, shared: &Shared) -> R
                 // arriving is read and answered (with `connection: close`).
                 let read = if idle {
                     tokio::select! {
+                        biased;
                         r = read => r,
                         () = shared.lifecycle.drained() => return Ok(false),
                     }

@@ -116,6 +116,12 @@ impl Reloader {
     /// Reloads on file changes (after `debounce` without another) and on SIGHUP (`hup`), until
     /// `stopped` turns.
     pub async fn run(mut self, debounce: Duration, mut hup: Option<Signal>, mut stopped: watch::Receiver<bool>) {
+        if self.input.paths.iter().any(|p| p.as_os_str() == "-") {
+            // Standard input was read once and is gone: a reload would lose what it held.
+            tracing::info!("configuration read from standard input: reloads are off");
+            let _ = stopped.changed().await;
+            return;
+        }
         let (tx, mut rx) = mpsc::unbounded_channel();
         // Kept alive for its events; replaced after each reload.
         let mut _watcher = watch_paths(&self.input.paths, &tx);
