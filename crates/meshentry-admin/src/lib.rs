@@ -50,11 +50,13 @@ fn handle(req: &Request<Incoming>, shared: &Shared, started: Instant) -> Respons
     }
     let query = req.uri().query().unwrap_or("");
     match req.uri().path() {
+        // Envoy's answer while draining, so that load balancers stop sending new work.
+        "/ready" if shared.lifecycle.is_draining() => text(StatusCode::SERVICE_UNAVAILABLE, "DRAINING\n".into()),
         "/ready" => text(StatusCode::OK, "LIVE\n".into()),
         "/server_info" => json_response(&json!({
             "version": build_info::VERSION,
             "build": build_info::json(),
-            "state": "LIVE",
+            "state": if shared.lifecycle.is_draining() { "DRAINING" } else { "LIVE" },
             "uptime_seconds": started.elapsed().as_secs(),
             "generation": shared.snapshot.load().generation,
         })),
@@ -95,7 +97,49 @@ fn config_dump(shared: &Shared) -> Value {
         "outboundPorts": outbound_ports(&snap),
         "clusters": clusters,
         "warnings": &snap.warnings,
+        "reloads": {
+            "applied": shared.stats.config_reloads.load(Ordering::Relaxed),
+            "rejected": shared.stats.config_reloads_rejected.load(Ordering::Relaxed),
+        },
+        "lastRejected": last_rejected(shared),
+        "listeners": listeners(shared),
     })
+}
+
+/// The last configuration a reload refused: when, why, and its errors both as `meshentry
+/// validate` prints them and as fields.
+fn last_rejected(shared: &Shared) -> Value {
+    let Some(r) = shared.lifecycle.last_rejected.load_full() else {
+        return Value::Null;
+    };
+    let at = r.at.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    json!({
+        "at": at,
+        "generationKept": r.kept,
+        "reason": r.reason,
+        "errors": r.findings.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "findings": serde_json::to_value(&r.findings).unwrap_or(Value::Null),
+    })
+}
+
+/// The listeners the proxy runs, and the ones it could not open.
+fn listeners(shared: &Shared) -> Value {
+    Value::Array(
+        shared
+            .lifecycle
+            .listeners
+            .load()
+            .iter()
+            .map(|l| {
+                let mut v = json!({"kind": l.kind, "address": l.address.to_string(), "state": "open"});
+                if let Some(e) = &l.error {
+                    v["state"] = json!("error");
+                    v["error"] = json!(e);
+                }
+                v
+            })
+            .collect(),
+    )
 }
 
 /// What the transparent listener finds on each port: which of Istio's filter chains exist on
@@ -362,6 +406,24 @@ const STATS: &[Stat] = &[
         "Access log lines dropped because the sink could not keep up.",
         |s| s.telemetry.access_log().map_or(0, |l| l.dropped()),
     ),
+    ("config_reloads_total", "Configuration reloads applied.", |s| {
+        s.stats.config_reloads.load(Ordering::Relaxed)
+    }),
+    (
+        "config_reloads_rejected_total",
+        "Configuration reloads refused as invalid; the previous configuration stayed in force.",
+        |s| s.stats.config_reloads_rejected.load(Ordering::Relaxed),
+    ),
+    (
+        "listener_errors_total",
+        "Listeners a reload could not open (a Gateway server port that would not bind).",
+        |s| s.stats.listener_errors.load(Ordering::Relaxed),
+    ),
+    (
+        "downstream_tunnels_active",
+        "CONNECT tunnels and relayed connections open now.",
+        |s| s.lifecycle.tunnels_active.load(Ordering::Relaxed),
+    ),
     // The limits (`meshentry proxy --max-connections` ...), by Envoy's names.
     (
         "downstream_cx_overflow",
@@ -411,7 +473,7 @@ const STATS: &[Stat] = &[
 ];
 
 /// The entries of [`STATS`] that can go down as well as up.
-const GAUGES: &[&str] = &["downstream_cx_active", "config_generation"];
+const GAUGES: &[&str] = &["downstream_cx_active", "config_generation", "downstream_tunnels_active"];
 
 fn stats_text(shared: &Shared) -> String {
     let s = &shared.stats;

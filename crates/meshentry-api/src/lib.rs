@@ -18,6 +18,6 @@ pub mod suggest;
 pub mod validate;
 pub mod yaml;
 
-pub use load::{LoadError, LoadOptions, Loaded, load_paths, load_str};
+pub use load::{LoadError, LoadOptions, Loaded, load_paths, load_str, source_files};
 pub use resource::{Finding, Kind, Origin, Resource, Spec};
 pub use validate::Severity;

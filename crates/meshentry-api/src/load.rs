@@ -611,6 +611,27 @@ fn collect_dir(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), LoadError> {
     Ok(())
 }
 
+/// The files [`load_paths`] reads for `paths`, in the order it reads them (stdin, `-`, is left
+/// out), so that a caller can tell whether a configuration changed before loading it again.
+pub fn source_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, LoadError> {
+    let mut out = Vec::new();
+    for path in paths.iter().filter(|p| p.as_os_str() != "-") {
+        let meta = std::fs::metadata(path).map_err(|source| LoadError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        if meta.is_dir() {
+            let mut files = Vec::new();
+            collect_dir(path, &mut files)?;
+            files.sort();
+            out.extend(files);
+        } else {
+            out.push(path.clone());
+        }
+    }
+    Ok(out)
+}
+
 /// Loads and validates `paths` in order.
 pub fn load_paths(paths: &[PathBuf], opts: &LoadOptions) -> Result<Loaded, LoadError> {
     let mut loaded = Loaded::default();

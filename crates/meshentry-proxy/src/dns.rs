@@ -133,6 +133,16 @@ impl Dns {
         entry_in(&self.names, name, usize::MAX)
     }
 
+    /// Forgets the configured names that no snapshot holds any more (their services went away
+    /// in a reload), so that reloads do not pile names up; returns how many. A name still held
+    /// by a snapshot in use keeps its entry, and its cached answer, until a later call.
+    pub fn forget_unused(&self) -> usize {
+        let mut names = self.names.lock().unwrap_or_else(|e| e.into_inner());
+        let before = names.len();
+        names.retain(|_, e| Arc::strong_count(e) > 1);
+        before - names.len()
+    }
+
     /// The entry for a name that comes from traffic rather than configuration.
     pub fn dynamic_entry(&self, name: &str) -> Arc<DnsName> {
         entry_in(&self.dynamic, name, MAX_DYNAMIC_NAMES)

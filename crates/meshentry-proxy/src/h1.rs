@@ -58,7 +58,7 @@ pub async fn serve(
     transparent: Option<Transparent>,
 ) {
     let _ = stream.set_nodelay(true);
-    let ctx = Arc::new(ConnCtx {
+    let mut ctx = Arc::new(ConnCtx {
         snapshot: shared.snapshot.load_full(),
         shared,
         peer,
@@ -97,6 +97,7 @@ pub async fn serve(
             }
         }
         first = false;
+        ConnCtx::refresh(&mut ctx);
         if !needs_general_path(&conn.buf, &head) {
             ctx.shared.stats.http_requests.fetch_add(1, Ordering::Relaxed);
             // The log prints the request head after `exchange` consumed it: keep a copy
@@ -282,7 +283,20 @@ async fn read_head(
         let (n, waited) = match conn.stream.try_read_buf(&mut conn.buf) {
             Ok(n) => (n, false),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                match tokio::time::timeout_at(deadline, conn.stream.read_buf(&mut conn.buf)).await {
+                let between_requests = conn.buf.is_empty();
+                let read = tokio::time::timeout_at(deadline, conn.stream.read_buf(&mut conn.buf));
+                // Between requests, draining closes the connection; a request that has started
+                // arriving is read and answered (with `connection: close`).
+                let read = if between_requests {
+                    tokio::select! {
+                        biased;
+                        r = read => r,
+                        () = shared.lifecycle.drained() => return Ok(false),
+                    }
+                } else {
+                    read.await
+                };
+                match read {
                     Ok(Ok(n)) => (n, true),
                     Ok(Err(_)) => return Ok(false),
                     Err(_) if idle => {
@@ -677,7 +691,7 @@ async fn refuse(
         o.code = status;
         o.fail(Flags::of(flags), "");
     });
-    let close = matches!(skip, Skip::Close);
+    let close = matches!(skip, Skip::Close) || shared.lifecycle.is_draining();
     if let Skip::Bytes(n) = skip {
         conn.buf.advance(n.min(conn.buf.len()));
     }
@@ -1029,6 +1043,7 @@ async fn roundtrip(
 
     // The response head for the client: the status line and every header but the hop-by-hop
     // ones (Transfer-Encoding is kept when the chunked body is relayed as it is).
+    let draining = shared.lifecycle.is_draining();
     let mut out = std::mem::take(&mut conn.out);
     out.clear();
     {
@@ -1060,7 +1075,7 @@ async fn roundtrip(
             out.extend_from_slice(h.value);
             out.extend_from_slice(b"\r\n");
         }
-        if matches!(framing, Framing::UntilClose) {
+        if matches!(framing, Framing::UntilClose) || draining {
             out.extend_from_slice(b"connection: close\r\n");
         }
         out.extend_from_slice(b"\r\n");
@@ -1132,7 +1147,7 @@ async fn roundtrip(
     // Bytes after the end of the response mean the upstream is confused: do not reuse it.
     Outcome::Finished {
         reusable: !up_close && up.buf.is_empty(),
-        close_client: false,
+        close_client: draining,
     }
 }
 

@@ -32,11 +32,13 @@ where
     let peer = ctx.peer;
     let shared = ctx.shared.clone();
     // Idle connections (no stream open, no bytes either way) close after `--idle-timeout`;
-    // HTTP/2 has no request heads to time.
+    // HTTP/2 has no request heads to time. Each request takes the context of the
+    // configuration in force when it arrives.
     let state = Arc::new(crate::limits::ConnState::default());
     let io = crate::limits::Guarded::new(io, shared.clone(), state.clone(), false);
+    let cell = arc_swap::ArcSwap::new(ctx);
     let service = service_fn(move |req| {
-        let ctx = ctx.clone();
+        let ctx = ConnCtx::current(&cell);
         let in_flight = state.begin();
         async move {
             let resp = crate::http::handle(req, &ctx).await;
@@ -51,7 +53,16 @@ where
         .timer(TokioTimer::new())
         .max_header_list_size(max_head)
         .serve_connection(TokioIo::new(io), service);
-    if let Err(e) = conn.await {
+    tokio::pin!(conn);
+    // Draining: GOAWAY, then the streams already open finish.
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        () = shared.lifecycle.drained() => {
+            conn.as_mut().graceful_shutdown();
+            conn.as_mut().await
+        }
+    };
+    if let Err(e) = result {
         tracing::debug!(%peer, error = %e, "HTTP/2 client connection ended with an error");
     }
 }

@@ -37,7 +37,8 @@ pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// another one makes hyper allocate a buffer per request.
 pub const MAX_HEADERS: usize = 100;
 
-/// What one downstream connection carries through its life: the snapshot it started with.
+/// What one downstream connection carries: the snapshot its current request started with
+/// (each new request takes the one in force, see [`ConnCtx::refresh`]).
 pub struct ConnCtx {
     pub shared: Arc<Shared>,
     pub snapshot: Arc<Snapshot>,
@@ -48,9 +49,48 @@ pub struct ConnCtx {
     pub gateway: Option<crate::gateway::GatewayConn>,
 }
 
+impl ConnCtx {
+    /// Makes `ctx` hold the snapshot in force before a new request: a reload applies from the
+    /// next request on, while requests in flight keep the snapshot they hold. Costs one atomic
+    /// load when nothing changed; when something did, `ctx` is updated in place if no request
+    /// holds it, else replaced.
+    pub fn refresh(ctx: &mut Arc<ConnCtx>) {
+        let current = ctx.shared.snapshot.load();
+        if Arc::ptr_eq(&current, &ctx.snapshot) {
+            return;
+        }
+        let snapshot = arc_swap::Guard::into_inner(current);
+        match Arc::get_mut(ctx) {
+            Some(c) => c.snapshot = snapshot,
+            None => {
+                *ctx = Arc::new(ConnCtx {
+                    shared: ctx.shared.clone(),
+                    snapshot,
+                    peer: ctx.peer,
+                    transparent: ctx.transparent.clone(),
+                    gateway: ctx.gateway,
+                })
+            }
+        }
+    }
+
+    /// [`ConnCtx::refresh`] for servers that hand each request a context of its own (hyper's):
+    /// `cell` holds the connection's latest context, replaced only when a reload happened.
+    pub(crate) fn current(cell: &arc_swap::ArcSwap<ConnCtx>) -> Arc<ConnCtx> {
+        let mut ctx = cell.load_full();
+        let before = Arc::as_ptr(&ctx);
+        ConnCtx::refresh(&mut ctx);
+        if Arc::as_ptr(&ctx) != before {
+            cell.store(ctx.clone());
+        }
+        ctx
+    }
+}
+
 /// Where a captured connection was going (SO_ORIGINAL_DST). Requests on it are routed by
 /// their Host among the services on this port, and anything passed through (or sent to an
 /// ORIGINAL_DST cluster) goes to this address, not to whatever the Host names.
+#[derive(Clone)]
 pub struct Transparent {
     pub dst: SocketAddr,
     /// `dst`'s IP as text, the form [`Original`] takes.
@@ -85,8 +125,10 @@ where
     let state = Arc::new(crate::limits::ConnState::default());
     let io = crate::limits::Guarded::new(io, shared.clone(), state.clone(), true);
     let service_state = state.clone();
+    // Each request takes the context of the configuration in force when it arrives.
+    let cell = arc_swap::ArcSwap::new(ctx);
     let service = service_fn(move |req: Request<Incoming>| {
-        let ctx = ctx.clone();
+        let ctx = ConnCtx::current(&cell);
         let in_flight = service_state.begin();
         let connect = req.method() == Method::CONNECT;
         async move {
@@ -108,7 +150,17 @@ where
         builder.max_headers(limits.max_headers);
     }
     let conn = builder.serve_connection(TokioIo::new(io), service).with_upgrades();
-    if let Err(e) = conn.await {
+    tokio::pin!(conn);
+    // Draining: an idle connection closes now, a busy one after its response (which `handle`
+    // marks `Connection: close`).
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        () = shared.lifecycle.drained() => {
+            conn.as_mut().graceful_shutdown();
+            conn.as_mut().await
+        }
+    };
+    if let Err(e) = result {
         if e.is_parse_too_large() {
             // hyper answered 431 itself; it reports a head too large and too many headers
             // alike, so the bytes read tell which.
@@ -141,15 +193,22 @@ pub async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<S
 /// Routes and answers one request; the HTTP/1.1 and HTTP/2 servers both use it. The
 /// response is counted and logged when its body ends.
 pub(crate) async fn handle(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<Metered<ResponseBody>> {
+    // HTTP/1 connections close after their response while draining (HTTP/2 gets GOAWAY), except
+    // the ones that become tunnels.
+    let closes = req.version() < Version::HTTP_2 && req.method() != Method::CONNECT;
     let grpc = crate::h2::is_grpc(req.headers());
     let start = HttpStart::new(&req, ctx, grpc);
-    let (resp, outcome) = telemetry::scoped(async {
+    let (mut resp, outcome) = telemetry::scoped(async {
         if grpc {
             return crate::h2::grpc_reply(handle_any(req, ctx).await).await;
         }
         handle_any(req, ctx).await
     })
     .await;
+    if closes && ctx.shared.lifecycle.is_draining() && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     start.respond(ctx, resp, outcome)
 }
 
@@ -482,6 +541,8 @@ async fn connect(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<Respons
     tcp.connected(&upstream.1, &upstream.0);
     let ctx = ctx.clone();
     tokio::spawn(async move {
+        // The HTTP connection ends once it hands the tunnel over; a drain waits for this.
+        let _tunnel = crate::lifecycle::TunnelGuard::new(&ctx.shared.lifecycle);
         match hyper::upgrade::on(req).await {
             Ok(upgraded) => {
                 let target = tunnel::Target {

@@ -18,6 +18,7 @@
 //! - [`limits`]: idle and header timeouts on connections hyper serves;
 //! - [`telemetry`], [`metrics`], [`access_log`], [`flags`]: what happened to each request and
 //!   connection, as Istio's standard metrics and Envoy-format access log lines;
+//! - [`lifecycle`]: reload outcomes and draining at shutdown;
 //! - [`capture`]: the iptables rules for transparent capture (`meshentry iptables`).
 
 pub mod access_log;
@@ -34,6 +35,7 @@ pub mod h1;
 pub mod h2;
 pub mod http;
 pub mod lb;
+pub mod lifecycle;
 pub mod limits;
 pub mod metrics;
 pub mod outbound;

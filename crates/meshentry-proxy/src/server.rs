@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use crate::config::ProxyConfig;
 use crate::detect::Detected;
 use crate::dns::Dns;
+use crate::lifecycle::Lifecycle;
 use crate::snapshot::Snapshot;
 
 /// What every connection shares: the current snapshot (swapped atomically on reload), DNS,
@@ -24,6 +25,8 @@ pub struct Shared {
     pub telemetry: crate::telemetry::Telemetry,
     /// The proxy's own listening addresses: a request addressed to one of them would loop.
     pub local_addrs: Vec<SocketAddr>,
+    /// Reload outcomes and the drain state.
+    pub lifecycle: Lifecycle,
 }
 
 impl Shared {
@@ -35,6 +38,7 @@ impl Shared {
             config,
             stats: Stats::default(),
             local_addrs,
+            lifecycle: Lifecycle::default(),
         })
     }
 
@@ -106,6 +110,12 @@ pub struct Stats {
     pub upstream_rq_timeout: AtomicU64,
     /// Pooled upstream connections dropped for idling past `--upstream-idle-timeout`.
     pub upstream_cx_idle_timeout: AtomicU64,
+    /// Configuration reloads that were applied.
+    pub config_reloads: AtomicU64,
+    /// Configuration reloads refused (invalid configuration); the previous one stayed.
+    pub config_reloads_rejected: AtomicU64,
+    /// Listeners a reload could not open (a Gateway server port that would not bind).
+    pub listener_errors: AtomicU64,
 }
 
 /// The names of [`Stats::detected`]'s slots.

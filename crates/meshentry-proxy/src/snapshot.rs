@@ -1,7 +1,8 @@
 //! One immutable routing snapshot: the registry as this proxy's namespace sees it, a cluster
 //! per visible service port, the DestinationRule policies that apply, and the outbound
-//! policy. The proxy keeps the current snapshot in an `ArcSwap`; each connection loads it once
-//! and keeps it for its whole life, so a reload never changes a connection midway.
+//! policy. The proxy keeps the current snapshot in an `ArcSwap`; each request loads it when it
+//! starts (a TCP or TLS connection, when it is routed) and keeps it until it ends, so a reload
+//! never changes a request midway.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

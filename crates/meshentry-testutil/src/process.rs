@@ -152,6 +152,16 @@ impl ProxyProcess {
         }
     }
 
+    /// Sends SIGHUP (through `kill(1)`), for configuration reload tests.
+    pub fn hangup(&self) {
+        let status = Command::new("kill")
+            .args(["-HUP", &self.child.id().to_string()])
+            .status();
+        if !status.as_ref().is_ok_and(|s| s.success()) {
+            panic!("kill -HUP {} failed: {status:?}", self.child.id());
+        }
+    }
+
     /// Waits up to `timeout` for the child to exit and returns its status; panics with the
     /// captured output on timeout.
     pub async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {

@@ -14,7 +14,10 @@ use meshentry_proxy::outbound::serve_outbound;
 use meshentry_proxy::server::{Shared, serve_http_proxy};
 use meshentry_proxy::snapshot::Snapshot;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
+
+mod reload;
+mod workers;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -125,6 +128,15 @@ pub struct Args {
     /// Worker threads (default: one per CPU this process may use).
     #[arg(long)]
     pub workers: Option<usize>,
+    /// On SIGTERM or SIGINT: how long connections may take to finish (listeners are closed at
+    /// once, HTTP/1 connections close after their current response, HTTP/2 ones get GOAWAY)
+    /// before the ones left are closed and the proxy exits. Istio's terminationDrainDuration.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+    /// How long the --config paths must be quiet after a change before it is reloaded (one
+    /// save is often several events). SIGHUP reloads at once.
+    #[arg(long, default_value = "150ms", value_parser = parse_duration)]
+    pub reload_debounce: Duration,
     /// Log level (error, warn, info, debug, trace, off), optionally with per-module directives
     /// (`info,meshentry_proxy=debug`); RUST_LOG, when set, overrides it.
     #[arg(long, default_value = "info")]
@@ -242,69 +254,82 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
             .context("cannot start the runtime")
     };
     let main = runtime()?;
+    // Handled from before the listeners open: a signal that early must not kill the process.
+    let (mut signals, hangup) = main.block_on(async {
+        let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
+        if let Err(e) = &hangup {
+            tracing::warn!(error = %e, "cannot handle SIGHUP; configuration reloads on file changes only");
+        }
+        anyhow::Ok((Signals::new()?, hangup.ok()))
+    })?;
     let Some(started) = main.block_on(start(args))? else {
         return Ok(ExitCode::from(1));
     };
     let telemetry_owner = started.shared.clone();
+    // Turns true when the drain is over: workers end, and with them what connections are left.
+    let (exit, exited) = watch::channel(false);
+    let (main_commands, main_queue) = mpsc::unbounded_channel();
+    let mut commands = vec![main_commands];
     let mut threads = Vec::new();
     for i in 1..workers {
         let listeners = started
             .listeners
             .iter()
-            .map(|(kind, addr, _)| Ok((*kind, reuse_port_socket(*addr)?)))
+            .map(|(kind, addr, _)| Ok((*kind, *addr, reuse_port_socket(*addr)?)))
             .collect::<anyhow::Result<Vec<_>>>()?;
+        let (tx, queue) = mpsc::unbounded_channel();
+        commands.push(tx);
         let shared = started.shared.clone();
         let stopped = started.stopped.clone();
+        let exited = exited.clone();
         let rt = runtime()?;
         threads.push(
             std::thread::Builder::new()
                 .name(format!("meshentry-worker-{i}"))
-                .spawn(move || {
-                    rt.block_on(async move {
-                        let mut tasks = Vec::new();
-                        for (kind, socket) in listeners {
-                            match TcpListener::from_std(socket) {
-                                Ok(l) => tasks.push(tokio::spawn(serve(kind, l, shared.clone(), stopped.clone()))),
-                                Err(e) => tracing::error!(error = %e, "worker cannot use its listener"),
-                            }
-                        }
-                        for t in tasks {
-                            let _ = t.await;
-                        }
-                    })
-                })
+                .spawn(move || rt.block_on(workers::run(listeners, shared, stopped, queue, exited)))
                 .context("cannot start a worker thread")?,
         );
     }
     main.block_on(async move {
-        let mut tasks = Vec::new();
-        for (kind, _, socket) in started.listeners {
-            let listener = TcpListener::from_std(socket)?;
-            tasks.push(tokio::spawn(serve(
-                kind,
-                listener,
-                started.shared.clone(),
-                started.stopped.clone(),
-            )));
-        }
+        let shared = started.shared;
+        let bound: Vec<(Listen, SocketAddr)> = started.listeners.iter().map(|(k, a, _)| (*k, *a)).collect();
+        let worker = tokio::spawn(workers::run(
+            started.listeners,
+            shared.clone(),
+            started.stopped.clone(),
+            main_queue,
+            exited.clone(),
+        ));
         let certs = tokio::spawn(watch_certificates(
-            started.shared.clone(),
+            shared.clone(),
             args.cert_check_interval,
             started.stopped.clone(),
         ));
-        let admin = tokio::spawn(meshentry_admin::serve(
-            started.admin,
-            started.shared.clone(),
-            started.stopped,
-        ));
-        wait_for_signal().await?;
-        tracing::info!("shutting down");
+        // The admin server answers through the drain (`/ready` says DRAINING) until the exit.
+        let admin = tokio::spawn(meshentry_admin::serve(started.admin, shared.clone(), exited));
+        let reloader = reload::Reloader::new(
+            reload::Input {
+                paths: args.config.clone(),
+                gateway: args.gateway.clone(),
+                labels: args.labels.0.clone(),
+            },
+            args.gateway_bind,
+            shared.clone(),
+            commands,
+            &bound,
+            started.fingerprint,
+        );
+        let reloads = tokio::spawn(reloader.run(args.reload_debounce, hangup, started.stopped.clone()));
+        let name = signals.recv().await;
+        tracing::info!(signal = name, drain_timeout = ?args.drain_timeout, "draining: listeners closed, connections finishing");
         let _ = started.stop.send(true);
-        for t in tasks {
-            let _ = t.await;
-        }
+        shared.lifecycle.start_drain();
+        drain(&shared, args.drain_timeout, &mut signals).await;
+        let _ = exit.send(true);
+        let _ = worker.await;
         let _ = admin.await;
         let _ = certs.await;
+        let _ = reloads.await;
         anyhow::Ok(())
     })?;
     for t in threads {
@@ -312,6 +337,37 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     }
     telemetry_owner.telemetry.flush();
     Ok(ExitCode::SUCCESS)
+}
+
+/// Waits until no connection is left, `timeout` passes, or a second signal says not to wait.
+async fn drain(shared: &Shared, timeout: Duration, signals: &mut Signals) {
+    use std::sync::atomic::Ordering;
+    let started = tokio::time::Instant::now();
+    let deadline = started + timeout;
+    // Polled: a drain happens once, and counting connections on the data path is already done.
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    loop {
+        let left = shared.stats.downstream_active.load(Ordering::Relaxed)
+            + shared.lifecycle.tunnels_active.load(Ordering::Relaxed);
+        if left == 0 {
+            tracing::info!(
+                took_ms = started.elapsed().as_millis() as u64,
+                "drained: every connection finished"
+            );
+            return;
+        }
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = tokio::time::sleep_until(deadline) => {
+                tracing::warn!(connections = left, drain_timeout = ?timeout, "drain timeout: closing the connections left");
+                return;
+            }
+            name = signals.recv() => {
+                tracing::warn!(signal = name, connections = left, "second signal: closing the connections left");
+                return;
+            }
+        }
+    }
 }
 
 /// The proxy's listeners, besides admin.
@@ -323,6 +379,17 @@ enum Listen {
     Outbound,
     /// A server port of the Gateway this proxy runs as (`--gateway`).
     Gateway(u16),
+}
+
+impl Listen {
+    /// As `/config_dump` names it.
+    fn name(self) -> &'static str {
+        match self {
+            Listen::HttpProxy => "http_proxy",
+            Listen::Outbound => "outbound",
+            Listen::Gateway(_) => "gateway",
+        }
+    }
 }
 
 async fn serve(kind: Listen, listener: TcpListener, shared: Arc<Shared>, stopped: watch::Receiver<bool>) {
@@ -341,11 +408,16 @@ struct Started {
     admin: TcpListener,
     stop: watch::Sender<bool>,
     stopped: watch::Receiver<bool>,
+    /// The fingerprint of the configuration files loaded, so that a reload of the same bytes
+    /// does nothing.
+    fingerprint: Option<u64>,
 }
 
 /// Loads the configuration and binds the admin port; `None` when the configuration is invalid
 /// (its errors are printed).
 async fn start(args: &Args) -> anyhow::Result<Option<Started>> {
+    // Taken before loading: a change in between makes the next reload see different bytes.
+    let fingerprint = reload::fingerprint(&args.config);
     let loaded = crate::cmd::validate::load(&args.config, "default")?;
     if loaded.has_errors() {
         for f in loaded.errors() {
@@ -477,6 +549,7 @@ async fn start(args: &Args) -> anyhow::Result<Option<Started>> {
         admin,
         stop,
         stopped,
+        fingerprint,
     }))
 }
 
@@ -582,15 +655,27 @@ async fn watch_certificates(shared: Arc<Shared>, every: Duration, mut stopped: w
     }
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// SIGTERM and SIGINT: the first starts the drain, a second ends it.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
     }
-    Ok(())
+
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,493 @@
+//! Hot reload. The `--config` paths are watched (their parent directories too, so that an
+//! editor's rename-over and a Kubernetes ConfigMap's symlink swap are seen) and SIGHUP asks
+//! for a reload as well. A changed configuration is loaded and validated as at startup, and its
+//! snapshot built, on a blocking thread; only then is it swapped in, atomically. Requests in
+//! flight keep the snapshot they started with. An invalid configuration is refused, logged,
+//! counted and shown on `/config_dump`, and the one in force stays. In gateway mode the
+//! listeners follow the Gateway's server ports.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime};
+
+use meshentry_api::Finding;
+use meshentry_proxy::gateway::Kind;
+use meshentry_proxy::lifecycle::{ListenerState, Rejection};
+use meshentry_proxy::server::Shared;
+use meshentry_proxy::snapshot::Snapshot;
+use notify::Watcher;
+use notify::event::{AccessKind, AccessMode, EventKind};
+use tokio::signal::unix::Signal;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::workers::Command;
+use super::{Listen, reuse_port_socket};
+
+/// However often files keep changing, a reload happens at least this often.
+const MAX_DEBOUNCE: Duration = Duration::from_secs(2);
+
+/// How long closing a removed listener may take on every worker before the swap goes ahead.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What asked for a reload.
+#[derive(Clone, Copy, Debug)]
+enum Trigger {
+    Files,
+    Signal,
+}
+
+impl Trigger {
+    fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Files => "file change",
+            Trigger::Signal => "SIGHUP",
+        }
+    }
+}
+
+/// What a reload needs from the command line.
+#[derive(Clone)]
+pub struct Input {
+    pub paths: Vec<PathBuf>,
+    pub gateway: Option<String>,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Reloads the configuration and keeps the Gateway's listeners in step with it.
+pub struct Reloader {
+    input: Input,
+    gateway_bind: IpAddr,
+    shared: Arc<Shared>,
+    /// Each worker's command queue; index 0 is the main thread's.
+    workers: Vec<mpsc::UnboundedSender<Command>>,
+    /// The listeners the flags ask for; reloads never change them.
+    fixed: Vec<ListenerState>,
+    /// The Gateway server ports served now.
+    gateway_ports: BTreeSet<u16>,
+    /// Gateway server ports that would not bind, and why; tried again at the next reload.
+    failed: BTreeMap<u16, String>,
+    /// Fingerprints of the configuration in force and of the last one refused.
+    applied: Option<u64>,
+    rejected: Option<u64>,
+}
+
+impl Reloader {
+    pub fn new(
+        input: Input,
+        gateway_bind: IpAddr,
+        shared: Arc<Shared>,
+        workers: Vec<mpsc::UnboundedSender<Command>>,
+        listeners: &[(Listen, SocketAddr)],
+        applied: Option<u64>,
+    ) -> Self {
+        let mut fixed = Vec::new();
+        let mut gateway_ports = BTreeSet::new();
+        for (kind, addr) in listeners {
+            match kind {
+                Listen::Gateway(port) => {
+                    gateway_ports.insert(*port);
+                }
+                _ => fixed.push(ListenerState {
+                    kind: kind.name(),
+                    address: *addr,
+                    error: None,
+                }),
+            }
+        }
+        let reloader = Self {
+            input,
+            gateway_bind,
+            shared,
+            workers,
+            fixed,
+            gateway_ports,
+            failed: BTreeMap::new(),
+            applied,
+            rejected: None,
+        };
+        reloader.publish_listeners();
+        reloader
+    }
+
+    /// Reloads on file changes (after `debounce` without another) and on SIGHUP (`hup`), until
+    /// `stopped` turns.
+    pub async fn run(mut self, debounce: Duration, mut hup: Option<Signal>, mut stopped: watch::Receiver<bool>) {
+        if self.input.paths.iter().any(|p| p.as_os_str() == "-") {
+            // Standard input was read once and is gone: a reload would lose what it held.
+            tracing::info!("configuration read from standard input: reloads are off");
+            let _ = stopped.changed().await;
+            return;
+        }
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        // Kept alive for its events; replaced after each reload.
+        let mut _watcher = watch_paths(&self.input.paths, &tx);
+        loop {
+            let mut trigger = tokio::select! {
+                Some(()) = rx.recv() => Trigger::Files,
+                Some(()) = hangup(&mut hup) => Trigger::Signal,
+                _ = stopped.changed() => return,
+            };
+            if let Trigger::Files = trigger {
+                // One save is often several events (truncate, write, rename): wait for quiet,
+                // unless a signal asks for the reload now.
+                let until = tokio::time::Instant::now() + MAX_DEBOUNCE.max(debounce);
+                loop {
+                    tokio::select! {
+                        more = tokio::time::timeout(debounce, rx.recv()) => match more {
+                            Ok(Some(())) => {}
+                            _ => break,
+                        },
+                        () = tokio::time::sleep_until(until) => break,
+                        Some(()) = hangup(&mut hup) => {
+                            trigger = Trigger::Signal;
+                            break;
+                        }
+                    }
+                }
+            }
+            if *stopped.borrow() {
+                return;
+            }
+            self.reload(trigger).await;
+            // The watched directories may have been replaced (a ConfigMap swap, `mv`): watch
+            // them afresh, the new watch first so that no change in between is missed.
+            let fresh = watch_paths(&self.input.paths, &tx);
+            if fresh.is_some() {
+                _watcher = fresh;
+            }
+        }
+    }
+
+    async fn reload(&mut self, trigger: Trigger) {
+        let started = Instant::now();
+        let input = self.input.clone();
+        let shared = self.shared.clone();
+        let applied = self.applied;
+        // A signal retries a refused configuration (a file it names may have been fixed).
+        let rejected = match trigger {
+            Trigger::Files => self.rejected,
+            Trigger::Signal => None,
+        };
+        let prepared = tokio::task::spawn_blocking(move || prepare(&input, &shared, applied, rejected)).await;
+        match prepared {
+            Err(e) => tracing::error!(error = %e, "configuration reload failed"),
+            // A signal is someone asking, who wants an answer; file events can be anything in
+            // the directory, and are not worth a line each.
+            Ok(Prepared::Unchanged) => match trigger {
+                Trigger::Signal => tracing::info!(trigger = trigger.as_str(), "configuration unchanged: not reloaded"),
+                Trigger::Files => tracing::debug!(trigger = trigger.as_str(), "configuration unchanged: not reloaded"),
+            },
+            Ok(Prepared::Rejected {
+                fingerprint,
+                reason,
+                findings,
+            }) => self.reject(fingerprint, reason, findings, trigger),
+            Ok(Prepared::Ready { snapshot, fingerprint }) => self.apply(snapshot, fingerprint, trigger, started).await,
+        }
+    }
+
+    fn reject(&mut self, fingerprint: Option<u64>, reason: String, findings: Vec<Finding>, trigger: Trigger) {
+        let kept = self.shared.snapshot.load().generation;
+        for f in &findings {
+            tracing::error!("{f}");
+        }
+        tracing::error!(trigger = trigger.as_str(), generation = kept, %reason,
+            "configuration rejected: the one in force stays");
+        self.shared
+            .stats
+            .config_reloads_rejected
+            .fetch_add(1, Ordering::Relaxed);
+        self.shared.lifecycle.last_rejected.store(Some(Arc::new(Rejection {
+            at: SystemTime::now(),
+            kept,
+            reason,
+            findings,
+        })));
+        self.rejected = fingerprint;
+    }
+
+    async fn apply(&mut self, snapshot: Box<Snapshot>, fingerprint: Option<u64>, trigger: Trigger, started: Instant) {
+        for w in snapshot.registry.warnings() {
+            tracing::warn!("{w}");
+        }
+        for w in &snapshot.warnings {
+            tracing::warn!("{w}");
+        }
+        let generation = snapshot.generation;
+        let services = snapshot.registry.services().len();
+        let wanted = gateway_ports(&snapshot);
+        // New ports are bound (one socket per worker) before the swap: from the moment the new
+        // generation is in force, their connections queue until the workers accept them.
+        let mut opened = Vec::new();
+        self.failed.retain(|p, _| wanted.contains(p));
+        for &port in wanted.difference(&self.gateway_ports) {
+            let addr = SocketAddr::new(self.gateway_bind, port);
+            match (0..self.workers.len())
+                .map(|_| reuse_port_socket(addr))
+                .collect::<anyhow::Result<Vec<_>>>()
+            {
+                Ok(sockets) => {
+                    self.failed.remove(&port);
+                    opened.push((port, addr, sockets));
+                }
+                Err(e) => {
+                    tracing::error!(%addr, error = format!("{e:#}"), "Gateway server port not served: cannot listen");
+                    self.shared.stats.listener_errors.fetch_add(1, Ordering::Relaxed);
+                    self.failed.insert(port, format!("{e:#}"));
+                }
+            }
+        }
+        // Removed ports close before the swap, so a connection one of them accepted is routed
+        // by the snapshot that still has its server.
+        let removed: Vec<u16> = self.gateway_ports.difference(&wanted).copied().collect();
+        let mut acks = Vec::new();
+        for &port in &removed {
+            let addr = SocketAddr::new(self.gateway_bind, port);
+            for w in &self.workers {
+                let (done, ack) = oneshot::channel();
+                if w.send(Command::Close { addr, done }).is_ok() {
+                    acks.push(ack);
+                }
+            }
+        }
+        let closing = async {
+            for ack in acks {
+                let _ = ack.await;
+            }
+        };
+        if tokio::time::timeout(CLOSE_TIMEOUT, closing).await.is_err() {
+            tracing::warn!(ports = ?removed, "removed Gateway listeners did not all close in time");
+        }
+
+        self.shared.snapshot.store(Arc::from(snapshot));
+
+        for (port, addr, sockets) in opened {
+            for (w, socket) in self.workers.iter().zip(sockets) {
+                let _ = w.send(Command::Open {
+                    kind: Listen::Gateway(port),
+                    addr,
+                    socket,
+                });
+            }
+            tracing::info!(%addr, "Gateway server port opened");
+            self.gateway_ports.insert(port);
+        }
+        for port in &removed {
+            tracing::info!(addr = %SocketAddr::new(self.gateway_bind, *port), "Gateway server port closed");
+            self.gateway_ports.remove(port);
+        }
+        self.publish_listeners();
+        self.applied = fingerprint;
+        self.rejected = None;
+        self.shared.stats.config_reloads.fetch_add(1, Ordering::Relaxed);
+        let forgotten = self.shared.dns.forget_unused();
+        tracing::info!(
+            trigger = trigger.as_str(),
+            generation,
+            services,
+            dns_names_forgotten = forgotten,
+            took_ms = started.elapsed().as_millis() as u64,
+            "configuration reloaded"
+        );
+    }
+
+    fn publish_listeners(&self) {
+        let mut all = self.fixed.clone();
+        for &port in &self.gateway_ports {
+            all.push(ListenerState {
+                kind: Listen::Gateway(port).name(),
+                address: SocketAddr::new(self.gateway_bind, port),
+                error: None,
+            });
+        }
+        for (&port, error) in &self.failed {
+            all.push(ListenerState {
+                kind: Listen::Gateway(port).name(),
+                address: SocketAddr::new(self.gateway_bind, port),
+                error: Some(error.clone()),
+            });
+        }
+        self.shared.lifecycle.listeners.store(Arc::new(all));
+    }
+}
+
+/// The outcome of loading and building off the data path.
+enum Prepared {
+    /// The same bytes as the configuration in force (or as the last one refused).
+    Unchanged,
+    Rejected {
+        fingerprint: Option<u64>,
+        reason: String,
+        findings: Vec<Finding>,
+    },
+    Ready {
+        snapshot: Box<Snapshot>,
+        fingerprint: Option<u64>,
+    },
+}
+
+/// Loads, validates and builds as at startup. Blocking: file reads and the whole build.
+fn prepare(input: &Input, shared: &Shared, applied: Option<u64>, rejected: Option<u64>) -> Prepared {
+    let fingerprint = fingerprint(&input.paths);
+    if fingerprint.is_some() && (fingerprint == applied || fingerprint == rejected) {
+        return Prepared::Unchanged;
+    }
+    let reject = |reason: String, findings: Vec<Finding>| Prepared::Rejected {
+        fingerprint,
+        reason,
+        findings,
+    };
+    let loaded = match crate::cmd::validate::load(&input.paths, "default") {
+        Ok(l) => l,
+        Err(e) => return reject(format!("{e:#}"), Vec::new()),
+    };
+    if loaded.has_errors() {
+        let findings: Vec<Finding> = loaded.errors().cloned().collect();
+        let first = findings.first().map(ToString::to_string).unwrap_or_default();
+        let reason = match findings.len() {
+            1 => format!("1 error in the configuration: {first}"),
+            n => format!("{n} errors in the configuration; the first: {first}"),
+        };
+        return reject(reason, findings);
+    }
+    for n in &loaded.notices {
+        tracing::debug!("{n}");
+    }
+    let valid: Vec<_> = loaded.valid().collect();
+    if let Some(name) = &input.gateway
+        && let Err(e) = super::check_gateway(&valid, name, &input.labels)
+    {
+        return reject(format!("--gateway {name}: {e}"), Vec::new());
+    }
+    let generation = shared.snapshot.load().generation + 1;
+    let snapshot = Snapshot::build(&valid, &shared.config, &shared.dns, generation);
+    if let Some(gw) = &snapshot.gateway {
+        for l in &gw.listeners {
+            if let Kind::Terminate {
+                config: Err(reason), ..
+            } = &l.kind
+            {
+                return reject(format!("Gateway {} port {}: {reason}", gw.name, l.port), Vec::new());
+            }
+        }
+    }
+    Prepared::Ready {
+        snapshot: Box::new(snapshot),
+        fingerprint,
+    }
+}
+
+/// The Gateway server ports a snapshot serves.
+pub fn gateway_ports(snapshot: &Snapshot) -> BTreeSet<u16> {
+    snapshot
+        .gateway
+        .iter()
+        .flat_map(|gw| &gw.listeners)
+        .filter(|l| !matches!(l.kind, Kind::Unsupported(_)))
+        .map(|l| l.port)
+        .collect()
+}
+
+/// A hash of every file the configuration is read from, names and bytes; `None` when one
+/// cannot be read (the load then says why).
+pub fn fingerprint(paths: &[PathBuf]) -> Option<u64> {
+    let files = meshentry_api::source_files(paths).ok()?;
+    let mut h = DefaultHasher::new();
+    for f in files {
+        f.hash(&mut h);
+        std::fs::read(&f).ok()?.hash(&mut h);
+    }
+    Some(h.finish())
+}
+
+async fn hangup(hup: &mut Option<Signal>) -> Option<()> {
+    match hup {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Watches each path's directory, and a directory path's whole tree; every change there sends
+/// on `tx`. `None` (logged) when watching is not possible: SIGHUP still reloads.
+fn watch_paths(paths: &[PathBuf], tx: &mpsc::UnboundedSender<()>) -> Option<notify::RecommendedWatcher> {
+    let tx = tx.clone();
+    let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Ok(event) = event
+            && changes(&event.kind)
+        {
+            let _ = tx.send(());
+        }
+    });
+    let mut watcher = match watcher {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch the configuration; reload it with SIGHUP");
+            return None;
+        }
+    };
+    for path in paths.iter().filter(|p| p.as_os_str() != "-") {
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        if let Err(e) = watcher.watch(parent, notify::RecursiveMode::NonRecursive) {
+            tracing::warn!(path = %parent.display(), error = %e, "cannot watch a configuration directory");
+        }
+        if path.is_dir()
+            && let Err(e) = watcher.watch(path, notify::RecursiveMode::Recursive)
+        {
+            tracing::warn!(path = %path.display(), error = %e, "cannot watch a configuration directory");
+        }
+    }
+    Some(watcher)
+}
+
+/// Whether an event can mean new contents: not the opens and reads (ours included) that
+/// inotify also reports.
+fn changes(kind: &EventKind) -> bool {
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_writes_and_changes_trigger() {
+        use notify::event::{CreateKind, ModifyKind, RemoveKind, RenameMode};
+        assert!(!changes(&EventKind::Access(AccessKind::Open(AccessMode::Any))));
+        assert!(!changes(&EventKind::Access(AccessKind::Close(AccessMode::Read))));
+        assert!(changes(&EventKind::Access(AccessKind::Close(AccessMode::Write))));
+        assert!(changes(&EventKind::Modify(ModifyKind::Name(RenameMode::To))));
+        assert!(changes(&EventKind::Create(CreateKind::File)));
+        assert!(changes(&EventKind::Remove(RemoveKind::File)));
+    }
+
+    #[test]
+    fn fingerprint_follows_bytes_not_times() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let file = dir.path().join("a.yaml");
+        std::fs::write(&file, "a: 1\n").expect("write");
+        let paths = vec![dir.path().to_path_buf()];
+        let first = fingerprint(&paths);
+        assert!(first.is_some());
+        std::fs::write(&file, "a: 1\n").expect("write");
+        assert_eq!(fingerprint(&paths), first, "same bytes written again");
+        std::fs::write(&file, "a: 2\n").expect("write");
+        assert_ne!(fingerprint(&paths), first);
+        std::fs::write(dir.path().join("notes.txt"), "x").expect("write");
+        let with_other = fingerprint(&paths);
+        std::fs::write(dir.path().join("b.yml"), "b: 1\n").expect("write");
+        assert_ne!(fingerprint(&paths), with_other, "a new config file counts");
+        std::fs::remove_file(&file).expect("remove");
+        assert!(fingerprint(&[file]).is_none(), "a missing file has no fingerprint");
+    }
+}
