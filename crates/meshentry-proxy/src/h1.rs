@@ -109,7 +109,12 @@ pub async fn serve(
             }
             let started = Instant::now();
             let start_time = logging.then(std::time::SystemTime::now);
-            let (next, outcome) = telemetry::scoped(exchange(&mut conn, &head, &ctx)).await;
+            // Pinned here and handed over by reference: the exchange future is large, and
+            // moving it into the task-local scope cost two copies of it per request.
+            let (next, outcome) = {
+                let exchange = std::pin::pin!(exchange(&mut conn, &head, &ctx));
+                telemetry::scoped(exchange).await
+            };
             if !matches!(next, Next::GeneralPath) {
                 finish(
                     &ctx,
