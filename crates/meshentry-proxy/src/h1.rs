@@ -36,6 +36,7 @@ use crate::detect::H2_PREFACE;
 use crate::flags::Flags;
 use crate::forward::{Failover, Original, UpstreamError, UpstreamProtocol};
 use crate::http::{ConnCtx, MAX_HEAD_BYTES, MAX_HEADERS, Transparent};
+use crate::lifecycle::DrainWatch;
 use crate::route::{self, Decision, split_host_port};
 use crate::server::{ConnGuard, Shared};
 use crate::telemetry::{self, Routed, note};
@@ -74,8 +75,12 @@ pub async fn serve(
     };
     let mut head = Head::default();
     let mut first = true;
+    // `ctx` may be replaced by a reload; the drain wake-up borrows the connection's own
+    // handle on `Shared` for the connection's life.
+    let lifecycle_owner = ctx.shared.clone();
+    let mut drain = DrainWatch::new(&lifecycle_owner.lifecycle);
     loop {
-        match read_head(&mut conn, &mut head, &ctx.shared, first).await {
+        match read_head(&mut conn, &mut head, &ctx.shared, &mut drain, first).await {
             Ok(true) => {}
             Ok(false) => return,
             // The HTTP/2 preface does not parse as HTTP/1.x; a prior-knowledge client sends it
@@ -230,6 +235,7 @@ async fn read_head(
     conn: &mut Downstream,
     head: &mut Head,
     shared: &Shared,
+    drain: &mut DrainWatch<'_>,
     first: bool,
 ) -> Result<bool, (u16, Cow<'static, str>)> {
     let limits = &shared.config.limits;
@@ -293,10 +299,14 @@ async fn read_head(
                 // Between requests, draining closes the connection; a request that has started
                 // arriving is read and answered (with `connection: close`).
                 let read = if between_requests {
-                    tokio::select! {
-                        biased;
-                        r = read => r,
-                        () = shared.lifecycle.drained() => return Ok(false),
+                    let mut read = std::pin::pin!(read);
+                    let first = std::future::poll_fn(|cx| match read.as_mut().poll(cx) {
+                        Poll::Ready(r) => Poll::Ready(Some(r)),
+                        Poll::Pending => drain.poll_drained(cx).map(|()| None),
+                    });
+                    match first.await {
+                        Some(r) => r,
+                        None => return Ok(false),
                     }
                 } else {
                     read.await

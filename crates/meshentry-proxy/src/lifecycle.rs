@@ -3,14 +3,19 @@
 //!
 //! Draining costs the data path one relaxed load per request and, for a connection idle between
 //! requests, one wait on a [`Notify`] of its own worker thread: the wake-up list it registers in
-//! is never shared with another worker, so no lock is contended across connections.
+//! is never shared with another worker, so no lock is contended across connections. The fast
+//! path registers once per connection ([`DrainWatch`]), not once per wait.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll, Waker};
 use std::time::SystemTime;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::sync::Notify;
+use tokio::sync::futures::Notified;
 
 /// More than any machine's worker count in practice; beyond it, threads share a slot.
 const WAKE_SLOTS: usize = 64;
@@ -91,6 +96,61 @@ impl Lifecycle {
             return;
         }
         notified.await;
+    }
+}
+
+/// A connection's wake-up for draining while it is idle between requests, for a loop that
+/// waits many times (the fast path waits once per keep-alive request).
+///
+/// [`Lifecycle::drained`] registers a new waiter each time it is called, which costs a lock,
+/// a wake-up list insertion and removal per wait. This one registers once, the first time the
+/// connection waits, and stays registered; a later wait by the same task only reads the flag
+/// and compares wakers, and registers anew only if the task's waker changed.
+pub struct DrainWatch<'a> {
+    lifecycle: &'a Lifecycle,
+    /// Made when the connection first waits (most connections of a busy client never do).
+    notified: Option<Pin<Box<Notified<'a>>>>,
+    /// The waker `notified` will wake.
+    waker: Option<Waker>,
+}
+
+impl<'a> DrainWatch<'a> {
+    pub fn new(lifecycle: &'a Lifecycle) -> Self {
+        Self {
+            lifecycle,
+            notified: None,
+            waker: None,
+        }
+    }
+
+    /// Ready once draining has started; when pending, the task is woken when it starts.
+    pub fn poll_drained(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.lifecycle.is_draining() {
+            return Poll::Ready(());
+        }
+        if self.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            // Registered with this task's waker, and still waiting: `start_drain` sets the
+            // flag before it wakes, so a woken task sees it above.
+            return Poll::Pending;
+        }
+        let lifecycle = self.lifecycle;
+        let notified = self.notified.get_or_insert_with(|| {
+            let mut n = Box::pin(lifecycle.wakers[thread_slot()].notified());
+            n.as_mut().enable();
+            n
+        });
+        // Registered before the flag is read again, so a drain starting in between is not
+        // missed.
+        if lifecycle.draining.load(Ordering::SeqCst) {
+            return Poll::Ready(());
+        }
+        match notified.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(()),
+            Poll::Pending => {
+                self.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
     }
 }
 
