@@ -35,7 +35,7 @@ use crate::chunked::ChunkScanner;
 use crate::detect::H2_PREFACE;
 use crate::flags::Flags;
 use crate::forward::{Failover, Original, UpstreamError, UpstreamProtocol};
-use crate::http::{ConnCtx, MAX_HEAD_BYTES, MAX_HEADERS, Transparent};
+use crate::http::{ConnCtx, MAX_HEAD_BYTES, MAX_HEADERS, SnapshotCache, SnapshotCell, Transparent};
 use crate::lifecycle::DrainWatch;
 use crate::route::{self, Decision, split_host_port};
 use crate::server::{ConnGuard, Shared};
@@ -79,6 +79,7 @@ pub async fn serve(
     // handle on `Shared` for the connection's life.
     let lifecycle_owner = ctx.shared.clone();
     let mut drain = DrainWatch::new(&lifecycle_owner.lifecycle);
+    let mut snapshots = SnapshotCache::new(SnapshotCell(ctx.shared.clone()));
     loop {
         match read_head(&mut conn, &mut head, &ctx.shared, &mut drain, first).await {
             Ok(true) => {}
@@ -102,7 +103,7 @@ pub async fn serve(
             }
         }
         first = false;
-        ConnCtx::refresh(&mut ctx);
+        ConnCtx::refresh_cached(&mut ctx, &mut snapshots);
         if !needs_general_path(&conn.buf, &head) {
             ctx.shared.stats.http_requests.fetch_add(1, Ordering::Relaxed);
             // The log prints the request head after `exchange` consumed it: keep a copy
