@@ -1024,9 +1024,11 @@ async fn roundtrip(
                     Framing::UntilClose
                 };
                 let close = close || matches!(framing, Framing::UntilClose);
+                // Only the access log prints the upstream time: without it, no clock read.
+                let head_at = shared.telemetry.access_log().is_some().then(Instant::now);
                 note(|o| {
                     o.code = status;
-                    o.head_at = Some(std::time::Instant::now());
+                    o.head_at = head_at;
                 });
                 break (status, len, framing, close);
             }
