@@ -207,4 +207,45 @@ mod tests {
             .expect("returns at once");
         assert!(l.is_draining());
     }
+
+    /// A connection that waits many times registers once and is still woken, also after its
+    /// task's waker changed.
+    #[tokio::test]
+    async fn drain_watch_wakes_a_connection_waiting_again_and_again() {
+        let l = Arc::new(Lifecycle::default());
+        let waiter = tokio::spawn({
+            let l = l.clone();
+            async move {
+                let mut watch = DrainWatch::new(&l);
+                // Several idle waits that end before draining (as between requests).
+                for _ in 0..3 {
+                    let mut polls = 0;
+                    std::future::poll_fn(|cx| {
+                        polls += 1;
+                        if polls == 2 {
+                            return Poll::Ready(());
+                        }
+                        assert!(watch.poll_drained(cx).is_pending());
+                        cx.waker().wake_by_ref();
+                        Poll::Pending
+                    })
+                    .await;
+                }
+                // Polled once through another waker (a different task context), then waits for good.
+                let other = Waker::noop();
+                assert!(watch.poll_drained(&mut Context::from_waker(other)).is_pending());
+                std::future::poll_fn(|cx| watch.poll_drained(cx)).await;
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiter.is_finished(), "nothing drains yet");
+        assert!(l.start_drain());
+        tokio::time::timeout(Duration::from_secs(1), waiter)
+            .await
+            .expect("the waiter is woken")
+            .expect("the waiter does not panic");
+        // A watch made after the drain began is ready at once.
+        let mut late = DrainWatch::new(&l);
+        assert!(late.poll_drained(&mut Context::from_waker(Waker::noop())).is_ready());
+    }
 }
