@@ -454,7 +454,8 @@ async fn exchange(conn: &mut Downstream, head: &Head, ctx: &ConnCtx) -> Next {
         .await;
         return Next::Close;
     };
-    note(|o| o.bytes_received = content_length);
+    // `bytes_received` is noted with whatever is noted next (routing or a refusal): one
+    // `note` fewer per request.
     // What a refusal must skip to reach the next request: the head and a body already read;
     // a body still on the wire means closing instead.
     let body_in_buf = (content_length as usize).min(buf.len() - head.len);
@@ -475,12 +476,18 @@ async fn exchange(conn: &mut Downstream, head: &Head, ctx: &ConnCtx) -> Next {
         None => {
             let Some((host, port)) = parsed else {
                 let reason = "meshentry: the request names no destination (no absolute URI and no Host header)";
-                note(|o| o.fail(Flags::DPE, "missing_host_header"));
+                note(|o| {
+                    o.bytes_received = content_length;
+                    o.fail(Flags::DPE, "missing_host_header");
+                });
                 return refuse(conn, shared, 400, reason, None, skip).await;
             };
             if shared.is_self(host, port) {
                 let reason = format!("meshentry: {host}:{port} is this proxy; the request would loop");
-                note(|o| o.fail(Flags::NONE, "request_loop"));
+                note(|o| {
+                    o.bytes_received = content_length;
+                    o.fail(Flags::NONE, "request_loop");
+                });
                 return refuse(conn, shared, 508, &reason, None, skip).await;
             }
             (route::route(&ctx.snapshot, host, port), host, port)
@@ -514,6 +521,7 @@ async fn exchange(conn: &mut Downstream, head: &Head, ctx: &ConnCtx) -> Next {
         };
         if let Some((status, flag, reason)) = failure {
             note(|o| {
+                o.bytes_received = content_length;
                 o.routed = Routed::of(&decision);
                 o.details = if status == 404 {
                     "route_not_found"
@@ -529,7 +537,10 @@ async fn exchange(conn: &mut Downstream, head: &Head, ctx: &ConnCtx) -> Next {
             return Next::GeneralPath;
         }
     }
-    note(|o| o.routed = Routed::of(&decision));
+    note(|o| {
+        o.bytes_received = content_length;
+        o.routed = Routed::of(&decision);
+    });
     let cluster = match &decision {
         Decision::Blocked => {
             note(|o| o.fail(Flags::NR, "direct_response"));
@@ -974,7 +985,7 @@ async fn roundtrip(
     // The response head (skipping 1xx interim responses).
     let response_timeout = shared.config.response_timeout;
     let deadline = tokio::time::Instant::now() + response_timeout;
-    let (status, head_len, framing, up_close) = loop {
+    let (status, head_len, framing, up_close, head_at) = loop {
         let parsed = {
             let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
             let mut resp = httparse::Response::new(&mut headers);
@@ -1025,12 +1036,9 @@ async fn roundtrip(
                 };
                 let close = close || matches!(framing, Framing::UntilClose);
                 // Only the access log prints the upstream time: without it, no clock read.
+                // Noted with the first write to the client (one `note` fewer per request).
                 let head_at = shared.telemetry.access_log().is_some().then(Instant::now);
-                note(|o| {
-                    o.code = status;
-                    o.head_at = head_at;
-                });
-                break (status, len, framing, close);
+                break (status, len, framing, close, head_at);
             }
             Some(Err(())) => {
                 return Outcome::Failed(Failure::Answer(UpstreamError::Reset("malformed response head".into())));
@@ -1108,6 +1116,10 @@ async fn roundtrip(
         Ok(d) => d,
         Err(()) => {
             conn.out = out;
+            note(|o| {
+                o.code = status;
+                o.head_at = head_at;
+            });
             return Outcome::Failed(Failure::Answer(UpstreamError::Reset(
                 "malformed chunked response".into(),
             )));
@@ -1117,10 +1129,18 @@ async fn roundtrip(
     let wrote = conn.stream.write_all(&out).await;
     conn.out = out;
     if wrote.is_err() {
-        note(|o| o.fail(Flags::DC, "downstream_remote_disconnect"));
+        note(|o| {
+            o.code = status;
+            o.head_at = head_at;
+            o.fail(Flags::DC, "downstream_remote_disconnect");
+        });
         return Outcome::Failed(Failure::Broken);
     }
-    note(|o| o.bytes_sent += body_bytes);
+    note(|o| {
+        o.code = status;
+        o.head_at = head_at;
+        o.bytes_sent += body_bytes;
+    });
     if !done {
         loop {
             up.buf.reserve(16 * 1024);
