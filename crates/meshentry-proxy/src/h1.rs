@@ -117,18 +117,13 @@ pub async fn serve(
             let start_time = logging.then(std::time::SystemTime::now);
             // Pinned here and handed over by reference: the exchange future is large, and
             // moving it into the task-local scope cost two copies of it per request.
-            let (next, outcome) = {
+            let (next, recorded) = {
                 let exchange = std::pin::pin!(exchange(&mut conn, &head, &ctx));
-                telemetry::scoped(exchange).await
+                telemetry::scoped_in_place(exchange).await
             };
             if !matches!(next, Next::GeneralPath) {
-                finish(
-                    &ctx,
-                    outcome,
-                    started,
-                    start_time,
-                    logging.then_some((&conn.log_head[..], &head)),
-                );
+                let line = logging.then_some((&conn.log_head[..], &head));
+                recorded.with(|outcome| finish(&ctx, outcome, started, start_time, line));
             }
             match next {
                 Next::KeepAlive => continue,
@@ -371,7 +366,7 @@ fn split_target<'b>(target: &'b [u8], host: Option<&'b [u8]>) -> (&'b [u8], &'b 
 /// its bytes, and the offsets into them) when the access log is on.
 fn finish(
     ctx: &ConnCtx,
-    mut outcome: telemetry::Outcome,
+    outcome: &mut telemetry::Outcome,
     started: Instant,
     start_time: Option<std::time::SystemTime>,
     head: Option<(&[u8], &Head)>,
@@ -395,7 +390,7 @@ fn finish(
         None => telemetry::RequestLine::default(),
     };
     let protocol = crate::metrics::RequestProtocol::Http;
-    telemetry::finish_request(ctx, &outcome, protocol, None, started, start_time, &line);
+    telemetry::finish_request(ctx, outcome, protocol, None, started, start_time, &line);
 }
 
 /// Requests the fast path leaves to hyper.
