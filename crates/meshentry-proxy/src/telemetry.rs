@@ -148,7 +148,8 @@ pub struct Outcome {
     pub code: u16,
     /// `%RESPONSE_CODE_DETAILS%`; empty means `via_upstream` when an upstream answered.
     pub details: &'static str,
-    /// The endpoint the request went to (the last one tried).
+    /// The endpoint the request went to (the last one tried). Noted only when the access log
+    /// is on, the one reader of it and of the upstream time derived from it.
     pub upstream: Option<HostAddr>,
     /// Why the TLS this proxy originated failed.
     pub transport_failure: Option<String>,
