@@ -239,7 +239,10 @@ impl<'s> Failover<'s> {
         };
         self.tried.add(i);
         self.count += 1;
-        crate::telemetry::note(|o| o.upstream = Some(self.addr(i).clone()));
+        // Only the access log prints the endpoint: without it, no note per request.
+        if self.shared.telemetry.access_log().is_some() {
+            crate::telemetry::note(|o| o.upstream = Some(self.addr(i).clone()));
+        }
         Some(i)
     }
 

@@ -35,7 +35,8 @@ use crate::chunked::ChunkScanner;
 use crate::detect::H2_PREFACE;
 use crate::flags::Flags;
 use crate::forward::{Failover, Original, UpstreamError, UpstreamProtocol};
-use crate::http::{ConnCtx, MAX_HEAD_BYTES, MAX_HEADERS, Transparent};
+use crate::http::{ConnCtx, MAX_HEAD_BYTES, MAX_HEADERS, SnapshotCache, SnapshotCell, Transparent};
+use crate::lifecycle::DrainWatch;
 use crate::route::{self, Decision, split_host_port};
 use crate::server::{ConnGuard, Shared};
 use crate::telemetry::{self, Routed, note};
@@ -74,8 +75,13 @@ pub async fn serve(
     };
     let mut head = Head::default();
     let mut first = true;
+    // `ctx` may be replaced by a reload; the drain wake-up borrows the connection's own
+    // handle on `Shared` for the connection's life.
+    let lifecycle_owner = ctx.shared.clone();
+    let mut drain = DrainWatch::new(&lifecycle_owner.lifecycle);
+    let mut snapshots = SnapshotCache::new(SnapshotCell(ctx.shared.clone()));
     loop {
-        match read_head(&mut conn, &mut head, &ctx.shared, first).await {
+        match read_head(&mut conn, &mut head, &ctx.shared, &mut drain, first).await {
             Ok(true) => {}
             Ok(false) => return,
             // The HTTP/2 preface does not parse as HTTP/1.x; a prior-knowledge client sends it
@@ -97,7 +103,7 @@ pub async fn serve(
             }
         }
         first = false;
-        ConnCtx::refresh(&mut ctx);
+        ConnCtx::refresh_cached(&mut ctx, &mut snapshots);
         if !needs_general_path(&conn.buf, &head) {
             ctx.shared.stats.http_requests.fetch_add(1, Ordering::Relaxed);
             // The log prints the request head after `exchange` consumed it: keep a copy
@@ -109,15 +115,15 @@ pub async fn serve(
             }
             let started = Instant::now();
             let start_time = logging.then(std::time::SystemTime::now);
-            let (next, outcome) = telemetry::scoped(exchange(&mut conn, &head, &ctx)).await;
+            // Pinned here and handed over by reference: the exchange future is large, and
+            // moving it into the task-local scope cost two copies of it per request.
+            let (next, recorded) = {
+                let exchange = std::pin::pin!(exchange(&mut conn, &head, &ctx));
+                telemetry::scoped_in_place(exchange).await
+            };
             if !matches!(next, Next::GeneralPath) {
-                finish(
-                    &ctx,
-                    outcome,
-                    started,
-                    start_time,
-                    logging.then_some((&conn.log_head[..], &head)),
-                );
+                let line = logging.then_some((&conn.log_head[..], &head));
+                recorded.with(|outcome| finish(&ctx, outcome, started, start_time, line));
             }
             match next {
                 Next::KeepAlive => continue,
@@ -225,6 +231,7 @@ async fn read_head(
     conn: &mut Downstream,
     head: &mut Head,
     shared: &Shared,
+    drain: &mut DrainWatch<'_>,
     first: bool,
 ) -> Result<bool, (u16, Cow<'static, str>)> {
     let limits = &shared.config.limits;
@@ -288,10 +295,14 @@ async fn read_head(
                 // Between requests, draining closes the connection; a request that has started
                 // arriving is read and answered (with `connection: close`).
                 let read = if between_requests {
-                    tokio::select! {
-                        biased;
-                        r = read => r,
-                        () = shared.lifecycle.drained() => return Ok(false),
+                    let mut read = std::pin::pin!(read);
+                    let first = std::future::poll_fn(|cx| match read.as_mut().poll(cx) {
+                        Poll::Ready(r) => Poll::Ready(Some(r)),
+                        Poll::Pending => drain.poll_drained(cx).map(|()| None),
+                    });
+                    match first.await {
+                        Some(r) => r,
+                        None => return Ok(false),
                     }
                 } else {
                     read.await
@@ -355,7 +366,7 @@ fn split_target<'b>(target: &'b [u8], host: Option<&'b [u8]>) -> (&'b [u8], &'b 
 /// its bytes, and the offsets into them) when the access log is on.
 fn finish(
     ctx: &ConnCtx,
-    mut outcome: telemetry::Outcome,
+    outcome: &mut telemetry::Outcome,
     started: Instant,
     start_time: Option<std::time::SystemTime>,
     head: Option<(&[u8], &Head)>,
@@ -379,7 +390,7 @@ fn finish(
         None => telemetry::RequestLine::default(),
     };
     let protocol = crate::metrics::RequestProtocol::Http;
-    telemetry::finish_request(ctx, &outcome, protocol, None, started, start_time, &line);
+    telemetry::finish_request(ctx, outcome, protocol, None, started, start_time, &line);
 }
 
 /// Requests the fast path leaves to hyper.
@@ -438,7 +449,8 @@ async fn exchange(conn: &mut Downstream, head: &Head, ctx: &ConnCtx) -> Next {
         .await;
         return Next::Close;
     };
-    note(|o| o.bytes_received = content_length);
+    // `bytes_received` is noted with whatever is noted next (routing or a refusal): one
+    // `note` fewer per request.
     // What a refusal must skip to reach the next request: the head and a body already read;
     // a body still on the wire means closing instead.
     let body_in_buf = (content_length as usize).min(buf.len() - head.len);
@@ -459,12 +471,18 @@ async fn exchange(conn: &mut Downstream, head: &Head, ctx: &ConnCtx) -> Next {
         None => {
             let Some((host, port)) = parsed else {
                 let reason = "meshentry: the request names no destination (no absolute URI and no Host header)";
-                note(|o| o.fail(Flags::DPE, "missing_host_header"));
+                note(|o| {
+                    o.bytes_received = content_length;
+                    o.fail(Flags::DPE, "missing_host_header");
+                });
                 return refuse(conn, shared, 400, reason, None, skip).await;
             };
             if shared.is_self(host, port) {
                 let reason = format!("meshentry: {host}:{port} is this proxy; the request would loop");
-                note(|o| o.fail(Flags::NONE, "request_loop"));
+                note(|o| {
+                    o.bytes_received = content_length;
+                    o.fail(Flags::NONE, "request_loop");
+                });
                 return refuse(conn, shared, 508, &reason, None, skip).await;
             }
             (route::route(&ctx.snapshot, host, port), host, port)
@@ -498,6 +516,7 @@ async fn exchange(conn: &mut Downstream, head: &Head, ctx: &ConnCtx) -> Next {
         };
         if let Some((status, flag, reason)) = failure {
             note(|o| {
+                o.bytes_received = content_length;
                 o.routed = Routed::of(&decision);
                 o.details = if status == 404 {
                     "route_not_found"
@@ -513,7 +532,10 @@ async fn exchange(conn: &mut Downstream, head: &Head, ctx: &ConnCtx) -> Next {
             return Next::GeneralPath;
         }
     }
-    note(|o| o.routed = Routed::of(&decision));
+    note(|o| {
+        o.bytes_received = content_length;
+        o.routed = Routed::of(&decision);
+    });
     let cluster = match &decision {
         Decision::Blocked => {
             note(|o| o.fail(Flags::NR, "direct_response"));
@@ -958,7 +980,7 @@ async fn roundtrip(
     // The response head (skipping 1xx interim responses).
     let response_timeout = shared.config.response_timeout;
     let deadline = tokio::time::Instant::now() + response_timeout;
-    let (status, head_len, framing, up_close) = loop {
+    let (status, head_len, framing, up_close, head_at) = loop {
         let parsed = {
             let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
             let mut resp = httparse::Response::new(&mut headers);
@@ -1008,11 +1030,10 @@ async fn roundtrip(
                     Framing::UntilClose
                 };
                 let close = close || matches!(framing, Framing::UntilClose);
-                note(|o| {
-                    o.code = status;
-                    o.head_at = Some(std::time::Instant::now());
-                });
-                break (status, len, framing, close);
+                // Only the access log prints the upstream time: without it, no clock read.
+                // Noted with the first write to the client (one `note` fewer per request).
+                let head_at = shared.telemetry.access_log().is_some().then(Instant::now);
+                break (status, len, framing, close, head_at);
             }
             Some(Err(())) => {
                 return Outcome::Failed(Failure::Answer(UpstreamError::Reset("malformed response head".into())));
@@ -1090,6 +1111,10 @@ async fn roundtrip(
         Ok(d) => d,
         Err(()) => {
             conn.out = out;
+            note(|o| {
+                o.code = status;
+                o.head_at = head_at;
+            });
             return Outcome::Failed(Failure::Answer(UpstreamError::Reset(
                 "malformed chunked response".into(),
             )));
@@ -1099,10 +1124,18 @@ async fn roundtrip(
     let wrote = conn.stream.write_all(&out).await;
     conn.out = out;
     if wrote.is_err() {
-        note(|o| o.fail(Flags::DC, "downstream_remote_disconnect"));
+        note(|o| {
+            o.code = status;
+            o.head_at = head_at;
+            o.fail(Flags::DC, "downstream_remote_disconnect");
+        });
         return Outcome::Failed(Failure::Broken);
     }
-    note(|o| o.bytes_sent += body_bytes);
+    note(|o| {
+        o.code = status;
+        o.head_at = head_at;
+        o.bytes_sent += body_bytes;
+    });
     if !done {
         loop {
             up.buf.reserve(16 * 1024);

@@ -3,14 +3,19 @@
 //!
 //! Draining costs the data path one relaxed load per request and, for a connection idle between
 //! requests, one wait on a [`Notify`] of its own worker thread: the wake-up list it registers in
-//! is never shared with another worker, so no lock is contended across connections.
+//! is never shared with another worker, so no lock is contended across connections. The fast
+//! path registers once per connection ([`DrainWatch`]), not once per wait.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll, Waker};
 use std::time::SystemTime;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::sync::Notify;
+use tokio::sync::futures::Notified;
 
 /// More than any machine's worker count in practice; beyond it, threads share a slot.
 const WAKE_SLOTS: usize = 64;
@@ -94,6 +99,61 @@ impl Lifecycle {
     }
 }
 
+/// A connection's wake-up for draining while it is idle between requests, for a loop that
+/// waits many times (the fast path waits once per keep-alive request).
+///
+/// [`Lifecycle::drained`] registers a new waiter each time it is called, which costs a lock,
+/// a wake-up list insertion and removal per wait. This one registers once, the first time the
+/// connection waits, and stays registered; a later wait by the same task only reads the flag
+/// and compares wakers, and registers anew only if the task's waker changed.
+pub struct DrainWatch<'a> {
+    lifecycle: &'a Lifecycle,
+    /// Made when the connection first waits (most connections of a busy client never do).
+    notified: Option<Pin<Box<Notified<'a>>>>,
+    /// The waker `notified` will wake.
+    waker: Option<Waker>,
+}
+
+impl<'a> DrainWatch<'a> {
+    pub fn new(lifecycle: &'a Lifecycle) -> Self {
+        Self {
+            lifecycle,
+            notified: None,
+            waker: None,
+        }
+    }
+
+    /// Ready once draining has started; when pending, the task is woken when it starts.
+    pub fn poll_drained(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.lifecycle.is_draining() {
+            return Poll::Ready(());
+        }
+        if self.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            // Registered with this task's waker, and still waiting: `start_drain` sets the
+            // flag before it wakes, so a woken task sees it above.
+            return Poll::Pending;
+        }
+        let lifecycle = self.lifecycle;
+        let notified = self.notified.get_or_insert_with(|| {
+            let mut n = Box::pin(lifecycle.wakers[thread_slot()].notified());
+            n.as_mut().enable();
+            n
+        });
+        // Registered before the flag is read again, so a drain starting in between is not
+        // missed.
+        if lifecycle.draining.load(Ordering::SeqCst) {
+            return Poll::Ready(());
+        }
+        match notified.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(()),
+            Poll::Pending => {
+                self.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+}
+
 /// This thread's slot among [`Lifecycle`]'s wakers, fixed for the thread's life.
 fn thread_slot() -> usize {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
@@ -146,5 +206,46 @@ mod tests {
             .await
             .expect("returns at once");
         assert!(l.is_draining());
+    }
+
+    /// A connection that waits many times registers once and is still woken, also after its
+    /// task's waker changed.
+    #[tokio::test]
+    async fn drain_watch_wakes_a_connection_waiting_again_and_again() {
+        let l = Arc::new(Lifecycle::default());
+        let waiter = tokio::spawn({
+            let l = l.clone();
+            async move {
+                let mut watch = DrainWatch::new(&l);
+                // Several idle waits that end before draining (as between requests).
+                for _ in 0..3 {
+                    let mut polls = 0;
+                    std::future::poll_fn(|cx| {
+                        polls += 1;
+                        if polls == 2 {
+                            return Poll::Ready(());
+                        }
+                        assert!(watch.poll_drained(cx).is_pending());
+                        cx.waker().wake_by_ref();
+                        Poll::Pending
+                    })
+                    .await;
+                }
+                // Polled once through another waker (a different task context), then waits for good.
+                let other = Waker::noop();
+                assert!(watch.poll_drained(&mut Context::from_waker(other)).is_pending());
+                std::future::poll_fn(|cx| watch.poll_drained(cx)).await;
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiter.is_finished(), "nothing drains yet");
+        assert!(l.start_drain());
+        tokio::time::timeout(Duration::from_secs(1), waiter)
+            .await
+            .expect("the waiter is woken")
+            .expect("the waiter does not panic");
+        // A watch made after the drain began is ready at once.
+        let mut late = DrainWatch::new(&l);
+        assert!(late.poll_drained(&mut Context::from_waker(Waker::noop())).is_ready());
     }
 }
