@@ -9,13 +9,18 @@
 //! servers with `tcp` rules. Destinations are the proxy's clusters, as for a sidecar.
 //!
 //! A gateway proxy has no Kubernetes secrets: `credentialName` is refused, and SIMPLE/MUTUAL
-//! servers name their files in `serverCertificate`, `privateKey` and `caCertificates`.
+//! servers name their files in `serverCertificate`, `privateKey` and `caCertificates`. Those
+//! files (or the mesh identity's, for ISTIO_MUTUAL) are checked for changes every
+//! `--cert-check-interval` and a changed set replaces the server's TLS configuration whole
+//! ([`ServerTls::reload_if_changed`]), as Envoy's SDS rotates a gateway's certificates.
 
+use std::fmt;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use arc_swap::ArcSwap;
 use bytes::BytesMut;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
@@ -38,7 +43,7 @@ use crate::route::{self, Decision, split_host_port};
 use crate::server::{ConnGuard, Shared};
 use crate::snapshot::Snapshot;
 use crate::telemetry::{Routed, TcpConn, note};
-use crate::tls::{load_certs, load_key, provider};
+use crate::tls::{FileWatch, load_certs, load_key, provider};
 use crate::vs::{CompileInput, GatewayRoutes, RouteTables, ServerHost};
 
 /// The Gateway this proxy runs as, compiled for one snapshot.
@@ -68,7 +73,7 @@ pub enum Kind {
     /// TLS terminated here, then HTTP routed by `Host`; `Err` says why it cannot start.
     Terminate {
         mode: ServerTlsMode,
-        config: Result<Arc<ServerConfig>, String>,
+        tls: Result<ServerTls, String>,
     },
     /// TLS passed through, routed by SNI with VirtualService `tls` rules.
     Passthrough,
@@ -205,7 +210,7 @@ fn listener_kind(protocol: &str, tls: Option<&ServerTlsSettings>, config: &Proxy
                 )),
                 mode => Kind::Terminate {
                     mode,
-                    config: server_config(tls, config).map_err(|e| format!("tls {}: {e}", mode.as_str())),
+                    tls: server_tls(tls, config).map_err(|e| format!("tls {}: {e}", mode.as_str())),
                 },
             }
         }
@@ -213,9 +218,9 @@ fn listener_kind(protocol: &str, tls: Option<&ServerTlsSettings>, config: &Proxy
     }
 }
 
-/// The rustls server configuration of a terminating server: its files (SIMPLE, MUTUAL,
-/// OPTIONAL_MUTUAL), or the proxy's mesh identity (ISTIO_MUTUAL).
-pub fn server_config(tls: &ServerTlsSettings, config: &ProxyConfig) -> Result<Arc<ServerConfig>, String> {
+/// The TLS of a terminating server: its files (SIMPLE, MUTUAL, OPTIONAL_MUTUAL), or the proxy's
+/// mesh identity (ISTIO_MUTUAL).
+pub fn server_tls(tls: &ServerTlsSettings, config: &ProxyConfig) -> Result<ServerTls, String> {
     let (cert, key, ca, require) = match tls.mode {
         ServerTlsMode::IstioMutual => {
             let id = config.identity.as_ref().ok_or(
@@ -268,18 +273,96 @@ pub fn server_config(tls: &ServerTlsSettings, config: &ProxyConfig) -> Result<Ar
             }
         }
     };
-    build_server_config(&cert, &key, ca.as_deref(), require)
+    ServerTls::new(ServerFiles {
+        cert,
+        key,
+        client_ca: ca,
+        require,
+    })
 }
 
-fn build_server_config(
-    cert: &Path,
-    key: &Path,
-    client_ca: Option<&Path>,
+/// The files a terminating server's TLS is built from.
+#[derive(Debug)]
+struct ServerFiles {
+    cert: PathBuf,
+    key: PathBuf,
+    /// The CA client certificates must chain to (MUTUAL, OPTIONAL_MUTUAL, ISTIO_MUTUAL).
+    client_ca: Option<PathBuf>,
+    /// Whether a client certificate is required (MUTUAL, ISTIO_MUTUAL).
     require: bool,
-) -> Result<Arc<ServerConfig>, String> {
+}
+
+/// A terminating server's TLS: its files and the rustls configuration built from them.
+///
+/// The configuration is swapped whole when the files change, rather than through a
+/// `ResolvesServerCert`, because `caCertificates` (the client certificate verifier) rotates
+/// too and a certificate, its key and the CA must change together. A handshake takes the
+/// configuration in force with one lock-free `ArcSwap` load; a connection keeps the one it
+/// was accepted with, so established connections are untouched by a rotation.
+pub struct ServerTls {
+    files: ServerFiles,
+    config: ArcSwap<ServerConfig>,
+    /// The files as they were when `config` was built.
+    watch: FileWatch,
+}
+
+impl fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerTls")
+            .field("files", &self.files)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServerTls {
+    fn new(files: ServerFiles) -> Result<ServerTls, String> {
+        let watch = FileWatch::new(files.paths());
+        let config = build_server_config(&files)?;
+        Ok(ServerTls {
+            files,
+            config: ArcSwap::new(config),
+            watch,
+        })
+    }
+
+    /// The configuration for the next handshake.
+    pub fn config(&self) -> Arc<ServerConfig> {
+        self.config.load_full()
+    }
+
+    /// Rebuilds the configuration when one of its files changed since it was built (a stat
+    /// of each; they are read only then). On a broken file, or a certificate and key that do
+    /// not match (half-way through a rotation), the configuration in force stays and the error
+    /// is returned; it is not retried until a file changes again. `Ok(true)`: reloaded.
+    pub fn reload_if_changed(&self) -> Result<bool, String> {
+        if !self.watch.changed() {
+            return Ok(false);
+        }
+        self.config.store(build_server_config(&self.files)?);
+        Ok(true)
+    }
+}
+
+impl ServerFiles {
+    fn paths(&self) -> Vec<PathBuf> {
+        let mut out = vec![self.cert.clone(), self.key.clone()];
+        out.extend(self.client_ca.clone());
+        out
+    }
+}
+
+fn build_server_config(files: &ServerFiles) -> Result<Arc<ServerConfig>, String> {
+    let (cert, key, client_ca, require) = (&files.cert, &files.key, files.client_ca.as_deref(), files.require);
     let chain = load_certs("server certificate", cert).map_err(|e| e.to_string())?;
-    let key = load_key(key).map_err(|e| e.to_string())?;
+    let key_path = key;
+    let key = load_key(key_path).map_err(|e| e.to_string())?;
     let provider = provider();
+    // Parsed once more by `with_single_cert`; done here first so that the error names the key
+    // file rather than the certificate (reloads are rare, the cost is nothing).
+    provider
+        .key_provider
+        .load_private_key(key.clone_key())
+        .map_err(|e| format!("private key {}: {e}", key_path.display()))?;
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?;
@@ -302,9 +385,15 @@ fn build_server_config(
         }
         None => builder.with_no_client_auth(),
     };
-    let mut config = builder
-        .with_single_cert(chain, key)
-        .map_err(|e| format!("{}: {e}", cert.display()))?;
+    let mut config = builder.with_single_cert(chain, key).map_err(|e| match e {
+        // Expected for a moment when a rotation replaces the two files one at a time.
+        rustls::Error::InconsistentKeys(_) => format!(
+            "{} and {}: the certificate and the private key do not match",
+            cert.display(),
+            key_path.display()
+        ),
+        e => format!("{}: {e}", cert.display()),
+    })?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
@@ -354,11 +443,8 @@ async fn handle(stream: TcpStream, peer: SocketAddr, port: u16, shared: Arc<Shar
     };
     match &listener.kind {
         Kind::Http => crate::http::serve_io(stream, peer, ctx(false)).await,
-        Kind::Terminate {
-            config: Ok(config),
-            mode,
-        } => {
-            let acceptor = tokio_rustls::TlsAcceptor::from(config.clone());
+        Kind::Terminate { tls: Ok(tls), mode } => {
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls.config());
             let timeout = shared.config.header_read_timeout;
             match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => crate::http::serve_io(tls, peer, ctx(true)).await,
@@ -372,10 +458,7 @@ async fn handle(stream: TcpStream, peer: SocketAddr, port: u16, shared: Arc<Shar
                 }
             }
         }
-        Kind::Terminate {
-            config: Err(reason), ..
-        }
-        | Kind::Unsupported(reason) => {
+        Kind::Terminate { tls: Err(reason), .. } | Kind::Unsupported(reason) => {
             tracing::warn!(%peer, port, reason, "gateway server not served: connection closed");
         }
         Kind::Passthrough | Kind::AutoPassthrough | Kind::Tcp => {
@@ -682,22 +765,22 @@ spec:
     fn terminating_servers_need_files_or_an_identity() {
         let tls = |yaml: &str| -> ServerTlsSettings { serde_json::from_str(yaml).unwrap() };
         let config = ProxyConfig::default();
-        let err = server_config(&tls(r#"{"mode": "SIMPLE", "credentialName": "c"}"#), &config).unwrap_err();
+        let err = server_tls(&tls(r#"{"mode": "SIMPLE", "credentialName": "c"}"#), &config).unwrap_err();
         assert!(
             err.contains("credentialName \"c\"") && err.contains("serverCertificate"),
             "{err}"
         );
-        let err = server_config(&tls(r#"{"mode": "SIMPLE"}"#), &config).unwrap_err();
+        let err = server_tls(&tls(r#"{"mode": "SIMPLE"}"#), &config).unwrap_err();
         assert!(err.contains("serverCertificate and privateKey"), "{err}");
-        let err = server_config(
+        let err = server_tls(
             &tls(r#"{"mode": "MUTUAL", "serverCertificate": "/c", "privateKey": "/k"}"#),
             &config,
         )
         .unwrap_err();
         assert!(err.contains("caCertificates"), "{err}");
-        let err = server_config(&tls(r#"{"mode": "ISTIO_MUTUAL"}"#), &config).unwrap_err();
+        let err = server_tls(&tls(r#"{"mode": "ISTIO_MUTUAL"}"#), &config).unwrap_err();
         assert!(err.contains("--cert"), "{err}");
-        let err = server_config(
+        let err = server_tls(
             &tls(r#"{"mode": "SIMPLE", "serverCertificate": "/nonexistent/c.pem", "privateKey": "/k"}"#),
             &config,
         )

@@ -75,8 +75,8 @@ pub struct Origination {
     pub recipe: Recipe,
     /// With SNI, and without (D7: TCP with an automatic SNI sends none).
     config: ArcSwap<(Arc<ClientConfig>, Arc<ClientConfig>)>,
-    /// The files' modification times when the current configuration was built.
-    stamps: std::sync::Mutex<Vec<Option<SystemTime>>>,
+    /// The files as they were when the current configuration was built.
+    watch: FileWatch,
 }
 
 impl fmt::Debug for Origination {
@@ -98,12 +98,12 @@ pub struct ConfigError {
 
 impl Origination {
     pub fn new(recipe: Recipe) -> Result<Origination, ConfigError> {
-        let stamps = stamps(&recipe);
+        let watch = FileWatch::new(files(&recipe));
         let config = build_pair(&recipe)?;
         Ok(Origination {
             recipe,
             config: ArcSwap::from_pointee(config),
-            stamps: std::sync::Mutex::new(stamps),
+            watch,
         })
     }
 
@@ -122,14 +122,9 @@ impl Origination {
     /// broken file the previous configuration stays in force and the error is returned.
     /// `Ok(true)`: reloaded.
     pub fn reload_if_changed(&self) -> Result<bool, ConfigError> {
-        let now = stamps(&self.recipe);
-        let mut seen = self.stamps.lock().unwrap_or_else(|e| e.into_inner());
-        if *seen == now {
+        if !self.watch.changed() {
             return Ok(false);
         }
-        // Whatever happens, do not retry the same broken files every tick.
-        *seen = now;
-        drop(seen);
         let config = build_pair(&self.recipe)?;
         self.config.store(Arc::new(config));
         Ok(true)
@@ -153,23 +148,75 @@ impl Origination {
     }
 }
 
-fn files(recipe: &Recipe) -> Vec<&Path> {
-    let mut out: Vec<&Path> = Vec::new();
+fn files(recipe: &Recipe) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = Vec::new();
     if let Some((c, k)) = &recipe.client_cert {
-        out.push(c);
-        out.push(k);
+        out.push(c.clone());
+        out.push(k.clone());
     }
     if let Some(ca) = &recipe.ca {
-        out.push(ca);
+        out.push(ca.clone());
     }
     out
 }
 
-fn stamps(recipe: &Recipe) -> Vec<Option<SystemTime>> {
-    files(recipe)
-        .into_iter()
-        .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
-        .collect()
+/// What a file looked like: enough to notice a rewrite in place (modification time, size) and
+/// a replacement by rename or by a Kubernetes-style symlink swap (device and inode, since a
+/// file moved into place may carry an older modification time than the one it replaces).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stamp {
+    modified: Option<SystemTime>,
+    len: u64,
+    dev: u64,
+    ino: u64,
+}
+
+impl Stamp {
+    /// `None` when the file cannot be stat'ed (missing, unreadable directory): a change too.
+    fn of(path: &Path) -> Option<Stamp> {
+        use std::os::unix::fs::MetadataExt;
+        // `metadata` follows symlinks: a swapped `..data` link shows as a new inode.
+        let m = std::fs::metadata(path).ok()?;
+        Some(Stamp {
+            modified: m.modified().ok(),
+            len: m.len(),
+            dev: m.dev(),
+            ino: m.ino(),
+        })
+    }
+}
+
+/// Certificate files checked for changes by stat alone, so a periodic check costs a few system
+/// calls and the files are read and parsed only when one changed.
+pub(crate) struct FileWatch {
+    paths: Vec<PathBuf>,
+    /// Only the certificate check takes it, never a connection.
+    seen: std::sync::Mutex<Vec<Option<Stamp>>>,
+}
+
+impl FileWatch {
+    /// Stamps the files now. Take it before reading them: a write racing the read then shows
+    /// as a change at the next check instead of being missed.
+    pub(crate) fn new(paths: Vec<PathBuf>) -> FileWatch {
+        let seen = paths.iter().map(|p| Stamp::of(p)).collect();
+        FileWatch {
+            paths,
+            seen: std::sync::Mutex::new(seen),
+        }
+    }
+
+    /// Whether a file changed since the last call (or since `new`). What it sees is recorded
+    /// whatever the caller then makes of the files, so broken files are not read again every
+    /// check, only when they change again.
+    pub(crate) fn changed(&self) -> bool {
+        let now: Vec<Option<Stamp>> = self.paths.iter().map(|p| Stamp::of(p)).collect();
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if *seen == now {
+            return false;
+        }
+        *seen = now;
+        true
+    }
 }
 
 pub(crate) fn provider() -> Arc<CryptoProvider> {
@@ -619,6 +666,30 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("missing.pem"), "{err}");
+    }
+
+    #[test]
+    fn file_watch_sees_writes_renames_and_removals_once() {
+        let pem = PemDir::new();
+        let file = pem.write("cert.pem", "one");
+        let watch = FileWatch::new(vec![file.clone()]);
+        assert!(!watch.changed());
+        // A file renamed into place with the same size and an older modification time (as a
+        // copy preserving times would have) is still a change: its inode differs.
+        let old_mtime = std::fs::metadata(&file).unwrap().modified().unwrap() - Duration::from_secs(60);
+        let tmp = pem.write("cert.tmp", "two");
+        std::fs::File::options()
+            .write(true)
+            .open(&tmp)
+            .unwrap()
+            .set_modified(old_mtime)
+            .unwrap();
+        std::fs::rename(&tmp, &file).unwrap();
+        assert!(watch.changed());
+        assert!(!watch.changed(), "a change is reported once");
+        std::fs::remove_file(&file).unwrap();
+        assert!(watch.changed());
+        assert!(!watch.changed());
     }
 
     #[test]

@@ -121,8 +121,9 @@ pub struct Args {
     /// The mesh's SPIFFE trust domain, for the identities ISTIO_MUTUAL expects of endpoints.
     #[arg(long, default_value = "cluster.local")]
     pub trust_domain: String,
-    /// How often certificate files are checked for changes (they are reloaded without
-    /// dropping connections).
+    /// How often certificate files (DestinationRule TLS origination, Gateway TLS servers, the
+    /// --cert/--key/--ca identity) are checked for changes; they are reloaded without dropping
+    /// connections.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     pub cert_check_interval: Duration,
     /// Worker threads (default: one per CPU this process may use).
@@ -495,9 +496,7 @@ async fn start(args: &Args) -> anyhow::Result<Option<Started>> {
     if let Some(gw) = &snapshot.gateway {
         for l in &gw.listeners {
             match &l.kind {
-                Kind::Terminate {
-                    config: Err(reason), ..
-                } => {
+                Kind::Terminate { tls: Err(reason), .. } => {
                     eprintln!("meshentry: Gateway {} port {}: {reason}", gw.name, l.port);
                     eprintln!("meshentry: refusing to start a gateway that cannot serve its servers");
                     return Ok(None);
@@ -630,8 +629,10 @@ fn reuse_port_socket(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> 
     Ok(socket.into())
 }
 
-/// Reloads TLS origination certificates whose files changed. Connections already open keep
-/// the configuration they were made with; a broken file keeps the previous one in force.
+/// Reloads TLS certificates whose files changed: DestinationRule TLS origination and, in
+/// gateway mode, the terminating servers' (SDS-like rotation, without a configuration change).
+/// Connections already open keep the configuration they were made with; a broken file keeps
+/// the previous one in force.
 async fn watch_certificates(shared: Arc<Shared>, every: Duration, mut stopped: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -649,6 +650,24 @@ async fn watch_certificates(shared: Arc<Shared>, every: Duration, mut stopped: w
                 Ok(false) => {}
                 Err(e) => {
                     tracing::error!(cluster = %cluster.name, error = %e, "TLS certificates not reloaded; the previous ones stay in force")
+                }
+            }
+        }
+        for (gateway, l) in snapshot
+            .gateway
+            .iter()
+            .flat_map(|g| g.listeners.iter().map(move |l| (&g.name, l)))
+        {
+            let Kind::Terminate { tls: Ok(tls), mode } = &l.kind else {
+                continue;
+            };
+            match tls.reload_if_changed() {
+                Ok(true) => {
+                    tracing::info!(%gateway, port = l.port, mode = mode.as_str(), "gateway TLS certificates reloaded; new handshakes use them")
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::error!(%gateway, port = l.port, mode = mode.as_str(), error = %e, "gateway TLS certificates not reloaded; the previous ones stay in force")
                 }
             }
         }

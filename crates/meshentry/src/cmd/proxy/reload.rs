@@ -367,10 +367,7 @@ fn prepare(input: &Input, shared: &Shared, applied: Option<u64>, rejected: Optio
     let snapshot = Snapshot::build(&valid, &shared.config, &shared.dns, generation);
     if let Some(gw) = &snapshot.gateway {
         for l in &gw.listeners {
-            if let Kind::Terminate {
-                config: Err(reason), ..
-            } = &l.kind
-            {
+            if let Kind::Terminate { tls: Err(reason), .. } = &l.kind {
                 return reject(format!("Gateway {} port {}: {reason}", gw.name, l.port), Vec::new());
             }
         }
