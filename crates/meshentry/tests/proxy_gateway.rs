@@ -13,8 +13,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use meshentry_testutil::pki::server_config;
+use meshentry_testutil::pki::{Leaf, LeafPaths, client_config, server_config};
 use meshentry_testutil::{HttpUpstream, LeafSpec, PemDir, ProxyProcess, TestCa, TestDns, TlsUpstream, unique_loopback};
+use rustls::pki_types::CertificateDer;
 
 const BIN: &str = env!("CARGO_BIN_EXE_meshentry");
 const START_TIMEOUT: Duration = Duration::from_secs(15);
@@ -734,4 +735,208 @@ spec:
     assert_ne!(out.code, 0, "{out:?}");
     assert_eq!(up.requests(), 1);
     let _ = (gateway.ip, sidecar.ip);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Gateway certificate rotation: the files change, the configuration does not
+
+/// Replaces `dest` as cert managers do: the new bytes go to a temporary file in the same
+/// directory, which is then renamed over `dest` (a reader never sees half a file).
+fn write_atomically(dest: &Path, contents: &str) {
+    let tmp = dest.with_extension("tmp");
+    std::fs::write(&tmp, contents).unwrap();
+    std::fs::rename(&tmp, dest).unwrap();
+}
+
+/// A TLS handshake with the gateway at `addr` as `httpbin.com`, trusting `ca` and presenting
+/// `client` if given (a fresh client configuration each time, so nothing is resumed).
+async fn tls_connect(
+    addr: SocketAddr,
+    ca: &TestCa,
+    client: Option<&Leaf>,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let connector = tokio_rustls::TlsConnector::from(client_config(ca, client));
+    let name = rustls::pki_types::ServerName::try_from("httpbin.com").unwrap();
+    connector.connect(name, tcp).await
+}
+
+/// The certificate the gateway at `addr` presents to a new handshake.
+async fn presented(addr: SocketAddr, ca: &TestCa) -> CertificateDer<'static> {
+    let tls = tls_connect(addr, ca, None).await.unwrap();
+    tls.get_ref().1.peer_certificates().unwrap()[0].clone().into_owned()
+}
+
+/// An HTTP/1.1 client on one TLS connection: requests sent later reuse the same connection.
+async fn http1_over(
+    tls: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+) -> hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>> {
+    let (send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    send
+}
+
+async fn get(
+    send: &mut hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    path: &str,
+) -> u16 {
+    let req = http::Request::get(path)
+        .header("host", "httpbin.com")
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    http_body_util::BodyExt::collect(resp.into_body()).await.unwrap();
+    status
+}
+
+/// How long a rotation may take to be seen with `--cert-check-interval 100ms`: a few intervals,
+/// with room for a loaded test machine.
+const ROTATION_DEADLINE: Duration = Duration::from_secs(5);
+
+#[tokio::test]
+async fn rotated_server_certificates_are_used_by_new_handshakes_without_a_config_change() {
+    let (dns, up) = httpbin();
+    let gw_ip = unique_loopback();
+    let ca = TestCa::new("rotation ca");
+    let pem = PemDir::new();
+    let a = ca.issue(LeafSpec::server(["httpbin.com"]));
+    let b = ca.issue(LeafSpec::server(["httpbin.com"]));
+    let files = pem.leaf(&a, "server");
+    let (cert, key) = (path(&files.cert), path(&files.key));
+    let servers = format!(
+        "  - port: {{number: 443, name: https, protocol: HTTPS}}
+    hosts: [httpbin.com]
+    tls: {{mode: SIMPLE, serverCertificate: {cert}, privateKey: {key}}}
+"
+    );
+    let yaml = join(&[httpbin_se_exported(), gateway_yaml(&servers), ROUTE_ANY_HOST.into()]);
+    let gateway = Proxy::gateway(&yaml, &dns, gw_ip, 443, &["--cert-check-interval", "100ms"]).await;
+    let addr = SocketAddr::new(ip(gw_ip), 443);
+    assert_eq!(presented(addr, &ca).await, a.cert_der, "{}", gateway.process.output());
+
+    // A connection opened before the rotation, with a request done on it.
+    let mut before = http1_over(tls_connect(addr, &ca, None).await.unwrap()).await;
+    assert_eq!(get(&mut before, "/before").await, 200);
+
+    write_atomically(&files.cert, &b.cert_pem);
+    write_atomically(&files.key, &b.key_pem);
+    let started = std::time::Instant::now();
+    loop {
+        if presented(addr, &ca).await == b.cert_der {
+            break;
+        }
+        assert!(
+            started.elapsed() < ROTATION_DEADLINE,
+            "a new handshake still gets certificate A {:?} after the files were rotated:\n{}",
+            started.elapsed(),
+            gateway.process.output()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        gateway.process.output().contains("gateway TLS certificates reloaded"),
+        "{}",
+        gateway.process.output()
+    );
+    // The connection from before carries on, on its own handshake.
+    assert_eq!(get(&mut before, "/after").await, 200);
+    assert_eq!(up.requests(), 2);
+    // curl, as users do, sees B too.
+    let out = curl(&[
+        "--cacert",
+        &path(&pem.ca(&ca)),
+        "--resolve",
+        &format!("httpbin.com:443:{gw_ip}"),
+        "https://httpbin.com/curl",
+    ])
+    .await;
+    assert_eq!((out.code, out.status), (0, 200), "{out:?}");
+
+    // A broken key: logged, and B stays in force. (The certificate and key are renamed one at
+    // a time, so a check between the two may already have logged a mismatch; count from here.)
+    const NOT_RELOADED: &str = "gateway TLS certificates not reloaded";
+    let errors = || gateway.process.output().matches(NOT_RELOADED).count();
+    let errors_before = errors();
+    write_atomically(
+        &files.key,
+        "-----BEGIN PRIVATE KEY-----\nbroken\n-----END PRIVATE KEY-----\n",
+    );
+    meshentry_testutil::eventually(ROTATION_DEADLINE, || async { errors() > errors_before }).await;
+    let log = gateway.process.output();
+    let line = log.lines().filter(|l| l.contains(NOT_RELOADED)).last().unwrap();
+    assert!(
+        line.contains("private key") && line.contains(&key) && line.contains("443"),
+        "the log should name the file and why: {line}"
+    );
+    for _ in 0..3 {
+        assert_eq!(presented(addr, &ca).await, b.cert_der);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(get(&mut before, "/still").await, 200);
+    // Read again only when the files change: one error line, not one per interval.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(errors(), errors_before + 1, "{}", gateway.process.output());
+}
+
+#[tokio::test]
+async fn rotating_ca_certificates_changes_which_client_certificates_a_mutual_server_accepts() {
+    let (dns, up) = httpbin();
+    let gw_ip = unique_loopback();
+    let server_ca = TestCa::new("server ca");
+    let old_clients = TestCa::new("old client ca");
+    let new_clients = TestCa::new("new client ca");
+    let pem = PemDir::new();
+    let server = pem.leaf(&server_ca.issue(LeafSpec::server(["httpbin.com"])), "server");
+    let client_ca = pem.write("clients.crt", old_clients.cert_pem());
+    let old_client = pem.leaf(&old_clients.issue(LeafSpec::client("spiffe://example.org/old")), "old");
+    let new_client = pem.leaf(&new_clients.issue(LeafSpec::client("spiffe://example.org/new")), "new");
+    let servers = format!(
+        "  - port: {{number: 8443, name: https-mutual, protocol: HTTPS}}
+    hosts: [httpbin.com]
+    tls: {{mode: MUTUAL, serverCertificate: {}, privateKey: {}, caCertificates: {}}}
+",
+        path(&server.cert),
+        path(&server.key),
+        path(&client_ca)
+    );
+    let yaml = join(&[httpbin_se_exported(), gateway_yaml(&servers), ROUTE_ANY_HOST.into()]);
+    let gateway = Proxy::gateway(&yaml, &dns, gw_ip, 8443, &["--cert-check-interval", "100ms"]).await;
+    let server_ca_file = path(&pem.ca(&server_ca));
+    let resolve = format!("httpbin.com:8443:{gw_ip}");
+    let with = |client: &LeafPaths| {
+        let (cert, key) = (path(&client.cert), path(&client.key));
+        let (ca, resolve) = (server_ca_file.clone(), resolve.clone());
+        async move {
+            curl(&[
+                "--cacert",
+                &ca,
+                "--cert",
+                &cert,
+                "--key",
+                &key,
+                "--resolve",
+                &resolve,
+                "https://httpbin.com:8443/mutual",
+            ])
+            .await
+        }
+    };
+    let out = with(&old_client).await;
+    assert_eq!(
+        (out.code, out.status),
+        (0, 200),
+        "{out:?}\n{}",
+        gateway.process.output()
+    );
+    let out = with(&new_client).await;
+    assert_ne!(out.code, 0, "a client of a CA not yet trusted got in: {out:?}");
+
+    write_atomically(&client_ca, new_clients.cert_pem());
+    meshentry_testutil::eventually(ROTATION_DEADLINE, || async { with(&new_client).await.status == 200 }).await;
+    let out = with(&old_client).await;
+    assert_ne!(out.code, 0, "a client of the CA rotated out still got in: {out:?}");
+    assert_eq!(up.requests(), 2);
 }
