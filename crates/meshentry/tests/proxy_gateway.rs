@@ -866,7 +866,7 @@ async fn rotated_server_certificates_are_used_by_new_handshakes_without_a_config
     );
     meshentry_testutil::eventually(ROTATION_DEADLINE, || async { errors() > errors_before }).await;
     let log = gateway.process.output();
-    let line = log.lines().filter(|l| l.contains(NOT_RELOADED)).last().unwrap();
+    let line = log.lines().rfind(|l| l.contains(NOT_RELOADED)).unwrap();
     assert!(
         line.contains("private key") && line.contains(&key) && line.contains("443"),
         "the log should name the file and why: {line}"
