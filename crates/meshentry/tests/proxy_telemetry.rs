@@ -3,7 +3,9 @@
 //! refused by REGISTRY_ONLY, failed upstream (connection refused), a TLS tunnel carrying a
 //! known number of bytes, and gRPC calls (OK and FAILED_PRECONDITION). The scrape is parsed by
 //! a strict parser of the Prometheus text format and every series is checked for its exact
-//! value and labels; the access log is checked line by line, as text and as JSON.
+//! value and labels; the access log is checked line by line, as text and as JSON. A second
+//! proxy takes one request per response flag (URX, UT, FI, DI, DC on both HTTP/1.1 paths,
+//! UH, DF) and each must carry its flag, code, details and cluster in both.
 //!
 //! Clients: curl (`-x`), a raw socket for the CONNECT tunnel (so the bytes are exact), and
 //! grpcio (Debian's python3-grpcio, see support/grpc_peer.py).
@@ -837,6 +839,7 @@ async fn each_failure_gets_its_envoy_response_flag_in_the_log_and_the_metrics() 
         + &service("hang.example.com", 80, "HTTP", silent)
         + &service("fault.example.com", 80, "HTTP", a.addr())
         + &service("slow.example.com", 80, "HTTP", a.addr())
+        + &service("slowvs.example.com", 80, "HTTP", a.addr())
         + "---
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
@@ -896,6 +899,16 @@ spec:
     match: [{uri: {prefix: /delay}}]
     fault: {delay: {fixedDelay: 100ms, percentage: {value: 100}}}
     route: [{destination: {host: fault.example.com}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: slowvs, namespace: shop}
+spec:
+  hosts: [slowvs.example.com]
+  http:
+  - name: patient
+    timeout: 5s
+    route: [{destination: {host: slowvs.example.com}}]
 ";
     let log_dir = tempfile::tempdir().unwrap();
     let log = log_dir.path().join("access.log");
@@ -937,53 +950,109 @@ spec:
     assert_eq!(get("http://a.example.com/", "uh").await, 503);
     // DF: the DNS service's name does not resolve.
     assert_eq!(get("http://gone.example.com/", "df").await, 503);
-    // DC: the client sends its request and goes away while the upstream takes 300 ms.
-    let before = a.requests();
-    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
-    s.write_all(b"GET http://slow.example.com/delay/300 HTTP/1.1\r\nHost: slow.example.com\r\nx-request-id: dc\r\n\r\n")
-        .await
-        .unwrap();
-    eventually(PATIENCE, || async {
-        if a.requests() > before { Ok(()) } else { Err("the upstream has not seen it yet") }
-    })
-    .await;
-    drop(s);
+    // DC: the client sends its request and goes away while the upstream takes 300 ms; once
+    // on the HTTP/1.1 fast path, once on the general path a VirtualService timeout takes.
+    for (host, id) in [("slow.example.com", "dc"), ("slowvs.example.com", "dc-routed")] {
+        let before = a.requests();
+        let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+        let req = format!("GET http://{host}/delay/300 HTTP/1.1\r\nHost: {host}\r\nx-request-id: {id}\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        eventually(PATIENCE, || async {
+            if a.requests() > before {
+                Ok(())
+            } else {
+                Err("the upstream has not seen it yet")
+            }
+        })
+        .await;
+        drop(s);
+    }
 
-    let lines = lines_by_id(&log, 7).await;
+    let lines = lines_by_id(&log, 8).await;
     let line = |id: &str| -> &Vec<String> { lines.get(id).unwrap_or_else(|| panic!("no line for {id}: {lines:#?}")) };
     // (code, flags, details, upstream host, upstream cluster) as Envoy's access log has them.
     let a_addr = a.addr().to_string();
     let silent_addr = silent.to_string();
-    let expected: [(&str, [&str; 5]); 7] = [
-        ("urx", ["503", "URX", "via_upstream", &a_addr, "outbound|80||flaky.example.com"]),
-        ("ut", ["504", "UT", "response_timeout", &silent_addr, "outbound|80||hang.example.com"]),
-        ("fi", ["418", "FI", "fault_filter_abort", "-", "outbound|80||fault.example.com"]),
-        ("di", ["200", "DI", "via_upstream", &a_addr, "outbound|80||fault.example.com"]),
-        ("uh", ["503", "UH", "no_healthy_upstream", "-", "outbound|80|v9|a.example.com"]),
-        ("df", ["503", "DF", "dns_resolution_failure", "-", "outbound|80||gone.example.com"]),
-        ("dc", ["0", "DC", "downstream_remote_disconnect", &a_addr, "outbound|80||slow.example.com"]),
+    let expected: [(&str, [&str; 5]); 8] = [
+        (
+            "urx",
+            ["503", "URX", "via_upstream", &a_addr, "outbound|80||flaky.example.com"],
+        ),
+        (
+            "ut",
+            [
+                "504",
+                "UT",
+                "response_timeout",
+                &silent_addr,
+                "outbound|80||hang.example.com",
+            ],
+        ),
+        (
+            "fi",
+            ["418", "FI", "fault_filter_abort", "-", "outbound|80||fault.example.com"],
+        ),
+        (
+            "di",
+            ["200", "DI", "via_upstream", &a_addr, "outbound|80||fault.example.com"],
+        ),
+        (
+            "uh",
+            ["503", "UH", "no_healthy_upstream", "-", "outbound|80|v9|a.example.com"],
+        ),
+        (
+            "df",
+            [
+                "503",
+                "DF",
+                "dns_resolution_failure",
+                "-",
+                "outbound|80||gone.example.com",
+            ],
+        ),
+        (
+            "dc",
+            [
+                "0",
+                "DC",
+                "downstream_remote_disconnect",
+                &a_addr,
+                "outbound|80||slow.example.com",
+            ],
+        ),
+        (
+            "dc-routed",
+            [
+                "0",
+                "DC",
+                "downstream_remote_disconnect",
+                &a_addr,
+                "outbound|80||slowvs.example.com",
+            ],
+        ),
     ];
     for (id, want) in &expected {
         let f = line(id);
-        assert_eq!(
-            [f[2].as_str(), &f[3], &f[4], &f[15], &f[16]],
-            *want,
-            "{id}: {f:?}"
-        );
+        assert_eq!([f[2].as_str(), &f[3], &f[4], &f[15], &f[16]], *want, "{id}: {f:?}");
     }
 
     let scrape = eventually(PATIENCE, || async {
         let (_, body) = admin_get(proxy.admin, "/stats/prometheus").await;
         let scrape = parse_prometheus(&body);
         let n: f64 = series(&scrape, "istio_requests_total").iter().map(|(_, v)| v).sum();
-        if n >= 7.0 { Ok(scrape) } else { Err(body) }
+        if n >= 8.0 { Ok(scrape) } else { Err(body) }
     })
     .await;
     let mut got: Vec<(String, String, String, f64)> = series(&scrape, "istio_requests_total")
         .into_iter()
         .map(|(labels, v)| {
             let get = |k: &str| labels.iter().find(|(n, _)| n == k).unwrap().1.clone();
-            (get("destination_service"), get("response_code"), get("response_flags"), v)
+            (
+                get("destination_service"),
+                get("response_code"),
+                get("response_flags"),
+                v,
+            )
         })
         .collect();
     got.sort_by(|x, y| x.partial_cmp(y).unwrap());
@@ -996,6 +1065,7 @@ spec:
         want("a.example.com", "503", "UH"),
         want("gone.example.com", "503", "DF"),
         want("slow.example.com", "0", "DC"),
+        want("slowvs.example.com", "0", "DC"),
     ];
     expected.sort_by(|x, y| x.partial_cmp(y).unwrap());
     assert_eq!(got, expected, "{:#?}", series(&scrape, "istio_requests_total"));
