@@ -935,6 +935,23 @@ enum Outcome {
     Failed(Failure),
 }
 
+/// What happened first while waiting for the response head.
+enum Waited<T> {
+    Upstream(T),
+    /// The client sent more (a pipelined request), now in its buffer.
+    ClientSent,
+    /// The client closed its side or reset the connection.
+    ClientGone,
+}
+
+/// Reads what the client sends while its request is in flight: `true` when it closed or broke
+/// the connection. HTTP/1.1 has no half-close for requests (Envoy and hyper treat one as the
+/// client leaving), so end of stream counts as gone.
+async fn client_gone(stream: &mut TcpStream, buf: &mut BytesMut) -> bool {
+    buf.reserve(4096);
+    matches!(stream.read_buf(buf).await, Ok(0) | Err(_))
+}
+
 /// How the response body is delimited.
 enum Framing {
     None,
@@ -1046,7 +1063,35 @@ async fn roundtrip(
         }
         up.buf.reserve(4096);
         let got_nothing = up.buf.is_empty();
-        match tokio::time::timeout_at(deadline, up.stream.read_buf(&mut up.buf)).await {
+        let read = tokio::time::timeout_at(deadline, up.stream.read_buf(&mut up.buf));
+        tokio::pin!(read);
+        // Envoy's DC: a client that goes away while the upstream thinks is noticed now, not
+        // when the answer is written to a dead socket (which succeeds, and would log a plain
+        // 200). Only watched while nothing is buffered from the client: bytes it pipelines
+        // are kept for the next request, and after the first, the wait is on the upstream
+        // alone, so a pipelining client cannot make this buffer grow.
+        let waited = if conn.buf.is_empty() {
+            tokio::select! {
+                biased;
+                r = &mut read => Waited::Upstream(r),
+                gone = client_gone(&mut conn.stream, &mut conn.buf) => {
+                    if gone { Waited::ClientGone } else { Waited::ClientSent }
+                }
+            }
+        } else {
+            Waited::ClientSent
+        };
+        let result = match waited {
+            Waited::Upstream(r) => r,
+            Waited::ClientSent => read.await,
+            Waited::ClientGone => {
+                // The response code stays 0, as Envoy logs it: no response was sent. The
+                // upstream connection is dropped (never pooled) with its unanswered request.
+                note(|o| o.fail(Flags::DC, "downstream_remote_disconnect"));
+                return Outcome::Failed(Failure::Broken);
+            }
+        };
+        match result {
             Err(_) => return Outcome::Failed(Failure::Answer(UpstreamError::Timeout(response_timeout))),
             // A TLS alert instead of a response (a TLS 1.3 server refusing our client
             // certificate says so only now) is the answer, not a stale connection.

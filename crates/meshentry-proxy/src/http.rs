@@ -21,7 +21,7 @@ use crate::forward::{self, Original};
 use crate::route::{self, Decision, split_host_port};
 use crate::server::{ConnGuard, Shared};
 use crate::snapshot::Snapshot;
-use crate::telemetry::{self, HttpStart, Metered, Routed, TcpConn, note};
+use crate::telemetry::{HttpStart, Metered, Routed, TcpConn, note};
 use crate::tunnel;
 use crate::upstream::PooledBody;
 
@@ -225,19 +225,22 @@ pub(crate) async fn handle(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Respon
     // the ones that become tunnels.
     let closes = req.version() < Version::HTTP_2 && req.method() != Method::CONNECT;
     let grpc = crate::h2::is_grpc(req.headers());
-    let start = HttpStart::new(&req, ctx, grpc);
-    let (mut resp, outcome) = telemetry::scoped(async {
-        if grpc {
-            return crate::h2::grpc_reply(handle_any(req, ctx).await).await;
-        }
-        handle_any(req, ctx).await
-    })
-    .await;
-    if closes && ctx.shared.lifecycle.is_draining() && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-        resp.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    }
-    start.respond(ctx, resp, outcome)
+    // A client that goes away before the response drops this future; `run` still records
+    // the request then (code 0, DC).
+    HttpStart::new(&req, ctx, grpc)
+        .run(ctx, async {
+            let mut resp = if grpc {
+                crate::h2::grpc_reply(handle_any(req, ctx).await).await
+            } else {
+                handle_any(req, ctx).await
+            };
+            if closes && ctx.shared.lifecycle.is_draining() && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            resp
+        })
+        .await
 }
 
 async fn handle_any(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<ResponseBody> {

@@ -293,6 +293,71 @@ pub async fn scoped<F: Future>(fut: F) -> (F::Output, Outcome) {
     (out, outcome)
 }
 
+/// A request whose handler is running: if the handler is dropped before it answers (hyper
+/// drops it when the client goes away), the request is still counted and logged.
+struct Answering {
+    slot: Slot,
+    rec: Option<(HttpStart, Arc<ConnCtx>)>,
+}
+
+impl Drop for Answering {
+    fn drop(&mut self) {
+        let outcome = SLAB
+            .try_with(|slab| {
+                slab.try_borrow_mut()
+                    .map(|mut s| s.release(self.slot))
+                    .unwrap_or_default()
+            })
+            .unwrap_or_default();
+        if let Some((start, ctx)) = self.rec.take() {
+            abandoned(start, ctx, outcome);
+        }
+    }
+}
+
+/// Envoy logs a request whose client left before the response started with response code 0
+/// and DC, whatever the upstream was doing: what was learnt so far (the cluster, the host
+/// being tried) stays in the record.
+fn abandoned(start: HttpStart, ctx: Arc<ConnCtx>, mut outcome: Outcome) {
+    outcome.bytes_received = start.request_bytes;
+    let rec = HttpRecord {
+        ctx,
+        start,
+        grpc_status: None,
+        outcome,
+    };
+    rec.finish(false);
+}
+
+impl HttpStart {
+    /// Runs `fut`, the request's handler, as this request (as [`scoped`] does) and returns its
+    /// response, counted and logged when the body ends (see [`HttpStart::respond`]). If `fut` is
+    /// dropped before it answers, the request is recorded with response code 0 and DC (see
+    /// [`abandoned`]).
+    pub async fn run<F, B>(self, ctx: &Arc<ConnCtx>, fut: F) -> Response<Metered<B>>
+    where
+        F: Future<Output = Response<B>>,
+        B: Body,
+    {
+        let Ok(slot) = SLAB.try_with(|slab| slab.borrow_mut().take()) else {
+            return self.respond(ctx, fut.await, Outcome::default());
+        };
+        let mut answering = Answering {
+            slot,
+            rec: Some((self, ctx.clone())),
+        };
+        let resp = CURRENT.scope(slot, fut).await;
+        let outcome = SLAB
+            .try_with(|slab| slab.borrow_mut().release(slot))
+            .unwrap_or_default();
+        match answering.rec.take() {
+            Some((start, _)) => start.respond(ctx, resp, outcome),
+            // Not reached: `rec` is taken only here and on drop.
+            None => resp.map(|inner| Metered { inner, rec: None }),
+        }
+    }
+}
+
 /// Runs `fut` as one request like [`scoped`], but leaves the outcome in its slot, to be read in
 /// place through [`Recorded::with`]: the fast path's way, which saves copying the outcome (some
 /// 200 bytes) out of the slab and on through its callers.

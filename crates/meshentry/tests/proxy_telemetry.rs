@@ -3,7 +3,9 @@
 //! refused by REGISTRY_ONLY, failed upstream (connection refused), a TLS tunnel carrying a
 //! known number of bytes, and gRPC calls (OK and FAILED_PRECONDITION). The scrape is parsed by
 //! a strict parser of the Prometheus text format and every series is checked for its exact
-//! value and labels; the access log is checked line by line, as text and as JSON.
+//! value and labels; the access log is checked line by line, as text and as JSON. A second
+//! proxy takes one request per response flag (URX, UT, FI, DI, DC on both HTTP/1.1 paths,
+//! UH, DF) and each must carry its flag, code, details and cluster in both.
 //!
 //! Clients: curl (`-x`), a raw socket for the CONNECT tunnel (so the bytes are exact), and
 //! grpcio (Debian's python3-grpcio, see support/grpc_peer.py).
@@ -785,4 +787,286 @@ async fn json_access_log_lines_parse_and_carry_the_same_fields() {
         grpc.iter()
             .all(|e| e["path"] == "/test.Echo/Unary" && e["response_code"] == 200)
     );
+}
+
+// === Response flags, one failure each ===
+
+/// Waits until `n` lines are logged and returns them split into fields, by `x-request-id`.
+async fn lines_by_id(log: &std::path::Path, n: usize) -> BTreeMap<String, Vec<String>> {
+    let lines = eventually(PATIENCE, || async {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let lines: Vec<String> = text.lines().map(str::to_string).collect();
+        if lines.len() >= n { Ok(lines) } else { Err(text) }
+    })
+    .await;
+    assert_eq!(lines.len(), n, "one line per request: {lines:#?}");
+    let mut out = BTreeMap::new();
+    for line in &lines {
+        let f = fields(line);
+        assert_eq!(f.len(), 22, "Istio's 22 fields: {line}");
+        assert!(out.insert(f[13].clone(), f).is_none(), "request id twice: {lines:#?}");
+    }
+    out
+}
+
+/// A TCP server that accepts connections, reads what comes, and never answers.
+async fn silent_upstream(ip: Ipv4Addr) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind(at(ip, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {}
+            });
+        }
+    });
+    (addr, task)
+}
+
+/// Each response flag the proxy sets on a request of its own (URX, UT, FI, DI, DC, UH, DF),
+/// driven through the real binary: the access log line's code, flags, details and upstream
+/// cluster, and the exact `istio_requests_total` series, for every one.
+#[tokio::test]
+async fn each_failure_gets_its_envoy_response_flag_in_the_log_and_the_metrics() {
+    let ip = unique_loopback();
+    let a = HttpUpstream::start(at(ip, 0), "a");
+    let (silent, _silent_task) = silent_upstream(ip).await;
+    // The test's own DNS server, which knows no name: `gone.example.com` gets NXDOMAIN.
+    let dns = meshentry_testutil::TestDns::start(ip);
+    let config = service("a.example.com", 80, "HTTP", a.addr())
+        + &service("flaky.example.com", 80, "HTTP", a.addr())
+        + &service("hang.example.com", 80, "HTTP", silent)
+        + &service("fault.example.com", 80, "HTTP", a.addr())
+        + &service("slow.example.com", 80, "HTTP", a.addr())
+        + &service("slowvs.example.com", 80, "HTTP", a.addr())
+        + "---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: gone, namespace: shop}
+spec:
+  hosts: [gone.example.com]
+  ports: [{number: 80, name: p, protocol: HTTP}]
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: a, namespace: shop}
+spec:
+  host: a.example.com
+  subsets: [{name: v9, labels: {version: v9}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: a, namespace: shop}
+spec:
+  hosts: [a.example.com]
+  http:
+  - name: nobody
+    route: [{destination: {host: a.example.com, subset: v9}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: flaky, namespace: shop}
+spec:
+  hosts: [flaky.example.com]
+  http:
+  - name: retry
+    retries: {attempts: 2, retryOn: 5xx}
+    route: [{destination: {host: flaky.example.com}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: hang, namespace: shop}
+spec:
+  hosts: [hang.example.com]
+  http:
+  - name: short
+    timeout: 200ms
+    route: [{destination: {host: hang.example.com}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: fault, namespace: shop}
+spec:
+  hosts: [fault.example.com]
+  http:
+  - name: abort
+    match: [{uri: {prefix: /abort}}]
+    fault: {abort: {httpStatus: 418, percentage: {value: 100}}}
+    route: [{destination: {host: fault.example.com}}]
+  - name: delay
+    match: [{uri: {prefix: /delay}}]
+    fault: {delay: {fixedDelay: 100ms, percentage: {value: 100}}}
+    route: [{destination: {host: fault.example.com}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: slowvs, namespace: shop}
+spec:
+  hosts: [slowvs.example.com]
+  http:
+  - name: patient
+    timeout: 5s
+    route: [{destination: {host: slowvs.example.com}}]
+";
+    let log_dir = tempfile::tempdir().unwrap();
+    let log = log_dir.path().join("access.log");
+    let log_arg = log.display().to_string();
+    let dns_arg = dns.addr().to_string();
+    let proxy = support::start_proxy(
+        &config,
+        &[
+            "--outbound-policy",
+            "REGISTRY_ONLY",
+            "--dns-server",
+            &dns_arg,
+            "--access-log",
+            &log_arg,
+        ],
+    )
+    .await;
+
+    let get = |url: &'static str, id: &'static str| {
+        let proxy = proxy.addr;
+        async move { curl(proxy, url, &["-H", &format!("x-request-id: {id}")]).await.0 }
+    };
+    // URX: the route retries 5xx twice; the upstream answers 503 every time.
+    let before = a.requests();
+    assert_eq!(get("http://flaky.example.com/status/503", "urx").await, 503);
+    assert_eq!(a.requests() - before, 3, "the first try and two retries");
+    // UT: no response head within the route's 200 ms.
+    let started = std::time::Instant::now();
+    assert_eq!(get("http://hang.example.com/", "ut").await, 504);
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    // FI and DI.
+    let before = a.requests();
+    assert_eq!(get("http://fault.example.com/abort", "fi").await, 418);
+    assert_eq!(a.requests(), before, "an aborted request never leaves");
+    let started = std::time::Instant::now();
+    assert_eq!(get("http://fault.example.com/delay", "di").await, 200);
+    assert!(started.elapsed() >= Duration::from_millis(100));
+    // UH: the subset's endpoints are none of the service's.
+    assert_eq!(get("http://a.example.com/", "uh").await, 503);
+    // DF: the DNS service's name does not resolve.
+    assert_eq!(get("http://gone.example.com/", "df").await, 503);
+    // DC: the client sends its request and goes away while the upstream takes 300 ms; once
+    // on the HTTP/1.1 fast path, once on the general path a VirtualService timeout takes.
+    for (host, id) in [("slow.example.com", "dc"), ("slowvs.example.com", "dc-routed")] {
+        let before = a.requests();
+        let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+        let req = format!("GET http://{host}/delay/300 HTTP/1.1\r\nHost: {host}\r\nx-request-id: {id}\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        eventually(PATIENCE, || async {
+            if a.requests() > before {
+                Ok(())
+            } else {
+                Err("the upstream has not seen it yet")
+            }
+        })
+        .await;
+        drop(s);
+    }
+
+    let lines = lines_by_id(&log, 8).await;
+    let line = |id: &str| -> &Vec<String> { lines.get(id).unwrap_or_else(|| panic!("no line for {id}: {lines:#?}")) };
+    // (code, flags, details, upstream host, upstream cluster) as Envoy's access log has them.
+    let a_addr = a.addr().to_string();
+    let silent_addr = silent.to_string();
+    let expected: [(&str, [&str; 5]); 8] = [
+        (
+            "urx",
+            ["503", "URX", "via_upstream", &a_addr, "outbound|80||flaky.example.com"],
+        ),
+        (
+            "ut",
+            [
+                "504",
+                "UT",
+                "response_timeout",
+                &silent_addr,
+                "outbound|80||hang.example.com",
+            ],
+        ),
+        (
+            "fi",
+            ["418", "FI", "fault_filter_abort", "-", "outbound|80||fault.example.com"],
+        ),
+        (
+            "di",
+            ["200", "DI", "via_upstream", &a_addr, "outbound|80||fault.example.com"],
+        ),
+        (
+            "uh",
+            ["503", "UH", "no_healthy_upstream", "-", "outbound|80|v9|a.example.com"],
+        ),
+        (
+            "df",
+            [
+                "503",
+                "DF",
+                "dns_resolution_failure",
+                "-",
+                "outbound|80||gone.example.com",
+            ],
+        ),
+        (
+            "dc",
+            [
+                "0",
+                "DC",
+                "downstream_remote_disconnect",
+                &a_addr,
+                "outbound|80||slow.example.com",
+            ],
+        ),
+        (
+            "dc-routed",
+            [
+                "0",
+                "DC",
+                "downstream_remote_disconnect",
+                &a_addr,
+                "outbound|80||slowvs.example.com",
+            ],
+        ),
+    ];
+    for (id, want) in &expected {
+        let f = line(id);
+        assert_eq!([f[2].as_str(), &f[3], &f[4], &f[15], &f[16]], *want, "{id}: {f:?}");
+    }
+
+    let scrape = eventually(PATIENCE, || async {
+        let (_, body) = admin_get(proxy.admin, "/stats/prometheus").await;
+        let scrape = parse_prometheus(&body);
+        let n: f64 = series(&scrape, "istio_requests_total").iter().map(|(_, v)| v).sum();
+        if n >= 8.0 { Ok(scrape) } else { Err(body) }
+    })
+    .await;
+    let mut got: Vec<(String, String, String, f64)> = series(&scrape, "istio_requests_total")
+        .into_iter()
+        .map(|(labels, v)| {
+            let get = |k: &str| labels.iter().find(|(n, _)| n == k).unwrap().1.clone();
+            (
+                get("destination_service"),
+                get("response_code"),
+                get("response_flags"),
+                v,
+            )
+        })
+        .collect();
+    got.sort_by(|x, y| x.partial_cmp(y).unwrap());
+    let want = |d: &str, c: &str, f: &str| (d.to_string(), c.to_string(), f.to_string(), 1.0);
+    let mut expected = vec![
+        want("flaky.example.com", "503", "URX"),
+        want("hang.example.com", "504", "UT"),
+        want("fault.example.com", "418", "FI"),
+        want("fault.example.com", "200", "DI"),
+        want("a.example.com", "503", "UH"),
+        want("gone.example.com", "503", "DF"),
+        want("slow.example.com", "0", "DC"),
+        want("slowvs.example.com", "0", "DC"),
+    ];
+    expected.sort_by(|x, y| x.partial_cmp(y).unwrap());
+    assert_eq!(got, expected, "{:#?}", series(&scrape, "istio_requests_total"));
 }
