@@ -67,8 +67,11 @@ pub struct HttpRoutes {
 pub struct HttpRule {
     /// `name`, or `#<index>` in the VirtualService's `http` list.
     pub name: Box<str>,
-    /// The rule's position in the VirtualService's `http` list.
+    /// The rule's position in the VirtualService's `http` list (for a rule pulled in by a
+    /// `delegate`, the root rule's position).
     pub index: usize,
+    /// E6: `namespace/name http[j]` of the delegate rule this rule was merged from.
+    pub delegate: Option<Box<str>>,
     /// ORed; empty = every request.
     matches: Box<[HttpMatch]>,
     /// The match blocks as written (JSON), for admin output.
@@ -730,9 +733,11 @@ impl RouteTables {
             .enumerate()
             .map(|(i, s)| (s as *const Service as usize, i as ServiceId))
             .collect();
+        let by_name = vs_by_name(resources);
         let mut ctx = Ctx {
             input,
             ids: &ids,
+            by_name: &by_name,
             warnings: Vec::new(),
         };
         // E3: the first VirtualService naming a host exactly owns it; wildcards are kept per
@@ -975,9 +980,11 @@ impl RouteTables {
             .enumerate()
             .map(|(i, s)| (s as *const Service as usize, i as ServiceId))
             .collect();
+        let by_name = vs_by_name(resources);
         let mut ctx = Ctx {
             input,
             ids: &ids,
+            by_name: &by_name,
             warnings: Vec::new(),
         };
         // Virtual host name -> the VirtualServices (indexes, in order) bound to it.
@@ -1055,7 +1062,7 @@ fn applicable<'a>(resources: &[&'a Resource], input: &CompileInput<'_>) -> Vec<A
             Spec::VirtualService(vs) => Some((*r, vs)),
             _ => None,
         })
-        // A delegate (no hosts) is reachable only through a root rule (E6, not supported).
+        // A delegate (no hosts) is reachable only through a root rule (E6).
         .filter(|(_, vs)| !vs.hosts.is_empty())
         .filter(|(r, vs)| binds(&vs.gateways, &r.namespace, input.gateway))
         .filter_map(|(r, vs)| export_rank(&vs.export_to, &r.namespace, input.namespace).map(|g| (r, vs, g)))
@@ -1111,6 +1118,229 @@ fn export_rank(export_to: &[String], own: &str, proxy_ns: &str) -> Option<u8> {
         .then_some(0)
 }
 
+/// Every valid VirtualService by (namespace, name): where E6 looks up a `delegate`.
+fn vs_by_name<'r>(resources: &[&'r Resource]) -> FxHashMap<(&'r str, &'r str), &'r Resource> {
+    resources
+        .iter()
+        .filter(|r| r.valid && matches!(r.spec, Spec::VirtualService(_)))
+        .map(|r| ((r.namespace.as_str(), r.name()), *r))
+        .collect()
+}
+
+/// E6 (Istio `mergeHTTPRoute`): delegate rule `sub` (of a VirtualService in `sub_ns`) under
+/// root rule `root` (in `root_ns`): the matches merged, and what `sub` leaves unset taken
+/// from `root`. `None` when the matches conflict.
+fn merge_http_route(root: &HttpRoute, root_ns: &str, sub: &HttpRoute, sub_ns: &str) -> Option<HttpRoute> {
+    let matches = merge_matches(&root.r#match, root_ns, &sub.r#match, sub_ns)?;
+    let mut out = sub.clone();
+    out.r#match = matches;
+    out.delegate = None;
+    out.name = match (root.name.is_empty(), sub.name.is_empty()) {
+        (_, true) => root.name.clone(),
+        (true, false) => sub.name.clone(),
+        (false, false) => format!("{}-{}", root.name, sub.name),
+    };
+    // Short names in what comes from the root are the root's: expand them before the rule
+    // is compiled relative to the delegate's namespace.
+    let root_dest = |d: &Destination| Destination {
+        host: expand_host(&d.host, root_ns),
+        ..d.clone()
+    };
+    if out.rewrite.is_none() {
+        out.rewrite = root.rewrite.clone();
+    }
+    if out.direct_response.is_none() {
+        out.direct_response = root.direct_response.clone();
+    }
+    if out.timeout.is_none() {
+        out.timeout = root.timeout.clone();
+    }
+    if out.retries.is_none() {
+        out.retries = root.retries.clone();
+    }
+    if out.fault.is_none() {
+        out.fault = root.fault.clone();
+    }
+    if out.mirror.is_none() {
+        out.mirror = root.mirror.as_ref().map(root_dest);
+    }
+    if out.mirror_percent.is_none() {
+        out.mirror_percent = root.mirror_percent;
+    }
+    if out.mirror_percentage.is_none() {
+        out.mirror_percentage = root.mirror_percentage.clone();
+    }
+    if out.cors_policy.is_none() {
+        out.cors_policy = root.cors_policy.clone();
+    }
+    if out.mirrors.is_empty() {
+        out.mirrors = root.mirrors.clone();
+        for m in &mut out.mirrors {
+            m.destination = m.destination.as_ref().map(root_dest);
+        }
+    }
+    if out.headers.is_none() {
+        out.headers = root.headers.clone();
+    }
+    Some(out)
+}
+
+/// E6 (Istio `mergeHTTPMatchRequests`): every block of the delegate rule ANDed with every
+/// root block it does not conflict with; `None` (conflict) when some delegate block fits no
+/// root block. Gateway names come back resolved (`ns/name`), since the two sides resolve
+/// them in different namespaces.
+fn merge_matches(
+    root: &[HttpMatchRequest],
+    root_ns: &str,
+    sub: &[HttpMatchRequest],
+    sub_ns: &str,
+) -> Option<Vec<HttpMatchRequest>> {
+    let resolved = |m: &HttpMatchRequest, ns: &str| HttpMatchRequest {
+        gateways: m.gateways.iter().map(|g| resolve_gateway(g, ns)).collect(),
+        ..m.clone()
+    };
+    if root.is_empty() {
+        return Some(sub.iter().map(|m| resolved(m, sub_ns)).collect());
+    }
+    if sub.is_empty() {
+        return Some(root.iter().map(|m| resolved(m, root_ns)).collect());
+    }
+    let mut out = Vec::new();
+    for leaf in sub {
+        let leaf = resolved(leaf, sub_ns);
+        let mut found = false;
+        for r in root {
+            let r = resolved(r, root_ns);
+            if match_conflict(&r, &leaf) {
+                continue;
+            }
+            out.push(merge_match(&r, &leaf));
+            found = true;
+        }
+        if !found {
+            return None;
+        }
+    }
+    Some(out)
+}
+
+/// Istio `mergeHTTPMatchRequest`: `leaf`, with what it leaves unset taken from `root`; for
+/// keyed conditions (headers, query parameters, source labels) the leaf's value wins.
+fn merge_match(root: &HttpMatchRequest, leaf: &HttpMatchRequest) -> HttpMatchRequest {
+    let mut out = leaf.clone();
+    out.name = match (root.name.is_empty(), leaf.name.is_empty()) {
+        (_, true) => root.name.clone(),
+        (true, false) => leaf.name.clone(),
+        (false, false) => format!("{}-{}", root.name, leaf.name),
+    };
+    for (mine, theirs) in [
+        (&mut out.uri, &root.uri),
+        (&mut out.scheme, &root.scheme),
+        (&mut out.method, &root.method),
+        (&mut out.authority, &root.authority),
+    ] {
+        if mine.is_none() {
+            mine.clone_from(theirs);
+        }
+    }
+    let under = |root: &BTreeMap<String, StringMatch>, leaf: &BTreeMap<String, StringMatch>| {
+        let mut m = root.clone();
+        m.extend(leaf.iter().map(|(k, v)| (k.clone(), v.clone())));
+        m
+    };
+    out.headers = under(&root.headers, &leaf.headers);
+    out.without_headers = under(&root.without_headers, &leaf.without_headers);
+    out.query_params = under(&root.query_params, &leaf.query_params);
+    let mut labels = root.source_labels.clone();
+    labels.extend(leaf.source_labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+    out.source_labels = labels;
+    if out.port == 0 {
+        out.port = root.port;
+    }
+    if out.source_namespace.is_empty() {
+        out.source_namespace.clone_from(&root.source_namespace);
+    }
+    if out.gateways.is_empty() {
+        out.gateways.clone_from(&root.gateways);
+    }
+    if out.stat_prefix.is_empty() {
+        out.stat_prefix.clone_from(&root.stat_prefix);
+    }
+    out
+}
+
+/// Istio `hasConflict`: whether delegate block `leaf` can select traffic that root block
+/// `root` does not (Istio requires the delegate's match to be a subset of the root's).
+fn match_conflict(root: &HttpMatchRequest, leaf: &HttpMatchRequest) -> bool {
+    let pairs = [
+        (&root.uri, &leaf.uri),
+        (&root.scheme, &leaf.scheme),
+        (&root.method, &leaf.method),
+        (&root.authority, &leaf.authority),
+    ];
+    if pairs.iter().any(|(r, l)| string_match_conflict(r.as_ref(), l.as_ref())) {
+        return true;
+    }
+    let keyed = |r: &BTreeMap<String, StringMatch>, l: &BTreeMap<String, StringMatch>| {
+        l.iter().any(|(k, v)| string_match_conflict(r.get(k), Some(v)))
+    };
+    if keyed(&root.headers, &leaf.headers)
+        || keyed(&root.without_headers, &leaf.without_headers)
+        || keyed(&root.query_params, &leaf.query_params)
+    {
+        return true;
+    }
+    if root.ignore_uri_case != leaf.ignore_uri_case {
+        return true;
+    }
+    if root.port > 0 && leaf.port > 0 && root.port != leaf.port {
+        return true;
+    }
+    if !root.source_namespace.is_empty() && leaf.source_namespace != root.source_namespace {
+        return true;
+    }
+    if leaf
+        .source_labels
+        .iter()
+        .any(|(k, v)| root.source_labels.get(k).is_some_and(|rv| rv != v))
+    {
+        return true;
+    }
+    // The root's gateways must be a superset of the leaf's.
+    !root.gateways.is_empty() && !leaf.gateways.is_empty() && leaf.gateways.iter().any(|g| !root.gateways.contains(g))
+}
+
+/// Istio `stringMatchConflict`: no conflict when either side is unset; otherwise only an
+/// exact or prefix inside the root's prefix, or the root's exact itself, fits. A regex on
+/// either side always conflicts (regex inclusion is undecidable here), and, as in Istio, an
+/// empty string counts as unset within a match.
+fn string_match_conflict(root: Option<&StringMatch>, leaf: Option<&StringMatch>) -> bool {
+    let (Some(root), Some(leaf)) = (root, leaf) else {
+        return false;
+    };
+    let set = |s: &Option<String>| s.as_deref().filter(|v| !v.is_empty()).map(str::to_owned);
+    let (r_exact, r_prefix, r_regex) = (set(&root.exact), set(&root.prefix), set(&root.regex));
+    let (l_exact, l_prefix, l_regex) = (set(&leaf.exact), set(&leaf.prefix), set(&leaf.regex));
+    if r_regex.is_some() && (l_regex.is_some() || l_prefix.is_some() || l_exact.is_some()) {
+        return true;
+    }
+    if l_regex.is_some() && (r_regex.is_some() || r_prefix.is_some() || r_exact.is_some()) {
+        return true;
+    }
+    if let Some(exact) = r_exact {
+        return l_prefix.is_some() || l_exact.as_deref() != Some(exact.as_str());
+    }
+    if let Some(prefix) = r_prefix {
+        if let Some(lp) = l_prefix {
+            return !lp.starts_with(&prefix);
+        }
+        if let Some(le) = l_exact {
+            return !le.starts_with(&prefix);
+        }
+    }
+    true
+}
+
 /// E1: a host without a dot is short for `<h>.<ns>.svc.cluster.local`.
 fn expand_host(host: &str, namespace: &str) -> String {
     if host.contains('.') || host == "*" {
@@ -1123,6 +1353,8 @@ fn expand_host(host: &str, namespace: &str) -> String {
 struct Ctx<'i, 'a> {
     input: &'i CompileInput<'a>,
     ids: &'i FxHashMap<usize, ServiceId>,
+    /// Every valid VirtualService by (namespace, name), where `delegate`s are looked up (E6).
+    by_name: &'i FxHashMap<(&'i str, &'i str), &'i Resource>,
     warnings: Vec<String>,
 }
 
@@ -1132,38 +1364,123 @@ impl Ctx<'_, '_> {
     fn http_rules(&mut self, vs: &Applicable<'_>, port: u32) -> Vec<HttpRule> {
         let mut out = Vec::new();
         for (i, rule) in vs.spec.http.iter().enumerate() {
-            if rule.delegate.is_some() {
+            match &rule.delegate {
+                None => self.push_http_rule(&mut out, vs, i, rule, None, port),
+                Some(d) => self.delegated_rules(&mut out, vs, i, rule, d, port),
+            }
+        }
+        out
+    }
+
+    /// E6: the rules of the delegate VirtualService `d` that root rule `i` hands its traffic
+    /// to, each merged with the root rule (matches ANDed, unset fields inherited) here, at
+    /// compile time, so the data path sees one flat rule list. Like Istio, a missing,
+    /// invisible or hosted delegate drops the root rule, and a delegate rule that conflicts
+    /// with the root's match or delegates again is dropped (one level only).
+    fn delegated_rules(
+        &mut self,
+        out: &mut Vec<HttpRule>,
+        root: &Applicable<'_>,
+        i: usize,
+        rule: &HttpRoute,
+        d: &meshentry_api::model::Delegate,
+        port: u32,
+    ) {
+        let ns = if d.namespace.is_empty() {
+            root.namespace
+        } else {
+            d.namespace.as_str()
+        };
+        let id = format!("{ns}/{}", d.name);
+        let found = self.by_name.get(&(ns, d.name.as_str())).copied();
+        let Some((res, spec)) = found.and_then(|r| match &r.spec {
+            Spec::VirtualService(vs) => Some((r, vs)),
+            _ => None,
+        }) else {
+            self.warnings.push(format!(
+                "VirtualService {}: http[{i}] delegates to {id}, which does not exist (or is invalid); the rule is skipped",
+                root.id
+            ));
+            return;
+        };
+        if !spec.hosts.is_empty() {
+            self.warnings.push(format!(
+                "VirtualService {}: http[{i}] delegates to {id}, which has hosts and so is no delegate; the rule is skipped",
+                root.id
+            ));
+            return;
+        }
+        if export_rank(&spec.export_to, ns, root.namespace).is_none() {
+            self.warnings.push(format!(
+                "VirtualService {}: http[{i}] delegates to {id}, which is not exported to {}; the rule is skipped",
+                root.id, root.namespace
+            ));
+            return;
+        }
+        // The delegate's own destinations and gateway names are relative to its namespace.
+        let delegate = Applicable {
+            id: id.as_str().into(),
+            namespace: &res.namespace,
+            hosts: Vec::new(),
+            spec,
+        };
+        for (j, sub) in spec.http.iter().enumerate() {
+            if sub.delegate.is_some() {
                 self.warnings.push(format!(
-                    "VirtualService {}: http[{i}] delegates, which meshentry does not support; the rule is skipped",
-                    vs.id
+                    "VirtualService {id}: http[{j}] delegates again, but delegation is one level only; the rule is skipped"
                 ));
                 continue;
             }
-            let mut matches = Vec::new();
-            let mut match_text = Vec::new();
-            let mut kept_any = rule.r#match.is_empty();
-            for m in &rule.r#match {
-                if !self.static_ok(m.port, &m.source_labels, &m.gateways, vs.namespace, port) {
-                    continue;
-                }
-                kept_any = true;
-                match compile_match(m) {
-                    Ok(compiled) => {
-                        matches.push(compiled);
-                        match_text.push(describe_match(m));
-                    }
-                    Err(e) => self.warnings.push(format!(
-                        "VirtualService {}: http[{i}]: {e}; the block is skipped",
-                        vs.id
-                    )),
-                }
+            let Some(mut merged) = merge_http_route(rule, root.namespace, sub, ns) else {
+                self.warnings.push(format!(
+                    "VirtualService {id}: http[{j}]'s match is not within the match of {} http[{i}]; the rule is skipped",
+                    root.id
+                ));
+                continue;
+            };
+            if merged.name.is_empty() {
+                merged.name = format!("#{i}.{j}");
             }
-            if !kept_any || (!rule.r#match.is_empty() && matches.is_empty()) {
+            let label = format!("{id} http[{j}]");
+            self.push_http_rule(out, &delegate, i, &merged, Some(label.into()), port);
+        }
+    }
+
+    /// Compiles one rule into `out` unless its static conditions exclude it (E4).
+    fn push_http_rule(
+        &mut self,
+        out: &mut Vec<HttpRule>,
+        vs: &Applicable<'_>,
+        i: usize,
+        rule: &HttpRoute,
+        delegate: Option<Box<str>>,
+        port: u32,
+    ) {
+        let mut matches = Vec::new();
+        let mut match_text = Vec::new();
+        let mut kept_any = rule.r#match.is_empty();
+        for m in &rule.r#match {
+            if !self.static_ok(m.port, &m.source_labels, &m.gateways, vs.namespace, port) {
                 continue;
             }
-            out.push(self.http_rule(vs, i, rule, (matches, match_text), port));
+            kept_any = true;
+            match compile_match(m) {
+                Ok(compiled) => {
+                    matches.push(compiled);
+                    match_text.push(describe_match(m));
+                }
+                Err(e) => self.warnings.push(format!(
+                    "VirtualService {}: http[{i}]: {e}; the block is skipped",
+                    vs.id
+                )),
+            }
         }
-        out
+        if !kept_any || (!rule.r#match.is_empty() && matches.is_empty()) {
+            return;
+        }
+        let mut compiled = self.http_rule(vs, i, rule, (matches, match_text), port);
+        compiled.delegate = delegate;
+        out.push(compiled);
     }
 
     /// E4: `port`, `sourceLabels` and `gateways` of a match block, decided for this proxy.
@@ -1317,6 +1634,7 @@ impl Ctx<'_, '_> {
         HttpRule {
             name,
             index: i,
+            delegate: None,
             matches: matches.into(),
             match_text,
             action,
@@ -1822,6 +2140,163 @@ spec:
         assert_eq!(
             table(&canary, "a.example.com", 80),
             Some(("default/first".into(), vec!["canary-only".into(), "all".into()]))
+        );
+    }
+
+    fn hm(json: &str) -> HttpMatchRequest {
+        serde_json::from_value(serde_yaml_like(json)).unwrap()
+    }
+
+    #[test]
+    fn delegate_string_match_subsets() {
+        let sm = |json: &str| -> StringMatch { serde_json::from_value(serde_yaml_like(json)).unwrap() };
+        let conflict = |r: &str, l: &str| string_match_conflict(Some(&sm(r)), Some(&sm(l)));
+        // A prefix or exact inside the root's prefix fits; outside it does not.
+        assert!(!conflict(r#"{"prefix": "/api"}"#, r#"{"prefix": "/api/v1"}"#));
+        assert!(!conflict(r#"{"prefix": "/api"}"#, r#"{"exact": "/api/v2"}"#));
+        assert!(conflict(r#"{"prefix": "/api/v1"}"#, r#"{"prefix": "/api"}"#));
+        assert!(conflict(r#"{"prefix": "/api"}"#, r#"{"exact": "/other"}"#));
+        // Under an exact root only the same exact fits.
+        assert!(!conflict(r#"{"exact": "/a"}"#, r#"{"exact": "/a"}"#));
+        assert!(conflict(r#"{"exact": "/a"}"#, r#"{"exact": "/b"}"#));
+        assert!(conflict(r#"{"exact": "/a"}"#, r#"{"prefix": "/a"}"#));
+        // A regex on either side conflicts with anything set on the other.
+        assert!(conflict(r#"{"regex": "/a.*"}"#, r#"{"prefix": "/a"}"#));
+        assert!(conflict(r#"{"prefix": "/a"}"#, r#"{"regex": "/a.*"}"#));
+        assert!(conflict(r#"{"regex": "/a.*"}"#, r#"{"regex": "/a.*"}"#));
+        // Unset on either side: no conflict.
+        assert!(!string_match_conflict(None, Some(&sm(r#"{"regex": "/a.*"}"#))));
+        assert!(!string_match_conflict(Some(&sm(r#"{"regex": "/a.*"}"#)), None));
+    }
+
+    #[test]
+    fn delegate_matches_merge() {
+        let root = [
+            hm(r#"{"uri": {"prefix": "/api"}, "headers": {"x-env": {"exact": "prod"}}, "port": 80}"#),
+            hm(r#"{"uri": {"prefix": "/v2"}, "method": {"exact": "GET"}}"#),
+        ];
+        // A delegate block is ANDed with each root block it fits: the uri of the leaf, the
+        // method and headers of the root (the leaf's header value winning), the root's port.
+        let leaf = [hm(
+            r#"{"uri": {"prefix": "/api/v1"}, "headers": {"x-user": {"exact": "a"}}, "gateways": ["gw"]}"#,
+        )];
+        let merged = merge_matches(&root, "root-ns", &leaf, "leaf-ns").unwrap();
+        assert_eq!(merged.len(), 1, "only the /api root block covers /api/v1");
+        let m = &merged[0];
+        assert_eq!(m.uri.as_ref().unwrap().prefix.as_deref(), Some("/api/v1"));
+        assert_eq!(m.headers.len(), 2);
+        assert_eq!(m.headers["x-env"].exact.as_deref(), Some("prod"));
+        assert_eq!(m.port, 80);
+        assert_eq!(m.gateways, ["leaf-ns/gw"], "resolved in the delegate's namespace");
+        // A leaf without uri fits both root blocks and inherits each one's uri.
+        let any_uri = [hm(r#"{"headers": {"x-env": {"exact": "prod"}}}"#)];
+        let merged = merge_matches(&root, "r", &any_uri, "l").unwrap();
+        let uris: Vec<_> = merged
+            .iter()
+            .map(|m| m.uri.as_ref().unwrap().prefix.clone().unwrap())
+            .collect();
+        assert_eq!(uris, ["/api", "/v2"]);
+        assert_eq!(merged[1].method.as_ref().unwrap().exact.as_deref(), Some("GET"));
+        // One leaf block outside every root block drops the whole delegate rule.
+        let outside = [
+            hm(r#"{"uri": {"prefix": "/api/v1"}}"#),
+            hm(r#"{"uri": {"prefix": "/x"}}"#),
+        ];
+        assert!(merge_matches(&root, "r", &outside, "l").is_none());
+        // Header values, ports and ignoreUriCase must agree too.
+        for leaf in [
+            r#"{"headers": {"x-env": {"exact": "dev"}}}"#,
+            r#"{"uri": {"prefix": "/api"}, "port": 8080}"#,
+            r#"{"uri": {"prefix": "/api"}, "ignoreUriCase": true}"#,
+        ] {
+            assert!(merge_matches(&root[..1], "r", &[hm(leaf)], "l").is_none(), "{leaf}");
+        }
+        // No match on one side: the other side's blocks as they are.
+        assert_eq!(merge_matches(&[], "r", &leaf, "l").unwrap()[0].uri, leaf[0].uri);
+        assert_eq!(merge_matches(&root, "r", &[], "l").unwrap().len(), 2);
+    }
+
+    #[test]
+    fn delegate_rules_are_merged_into_the_root() {
+        let yaml = format!(
+            r#"{SERVICES}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: root}}
+spec:
+  hosts: [a.example.com]
+  http:
+  - name: api
+    match: [{{uri: {{prefix: /api}}}}]
+    timeout: 3s
+    delegate: {{name: api, namespace: team}}
+  - match: [{{uri: {{prefix: /gone}}}}]
+    delegate: {{name: missing}}
+  - match: [{{uri: {{prefix: /hosted}}}}]
+    delegate: {{name: hosted}}
+  - name: rest
+    route: [{{destination: {{host: b.example.com}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: api, namespace: team}}
+spec:
+  http:
+  - name: v1
+    match: [{{uri: {{prefix: /api/v1}}}}]
+    route: [{{destination: {{host: a.example.com}}}}]
+  - match: [{{uri: {{prefix: /elsewhere}}}}]
+    route: [{{destination: {{host: a.example.com}}}}]
+  - timeout: 1s
+    route: [{{destination: {{host: b.example.com}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: hosted}}
+spec:
+  hosts: [c.example.com]
+  http: [{{route: [{{destination: {{host: a.example.com}}}}]}}]
+"#
+        );
+        let snap = snapshot(&yaml, &[]);
+        assert_eq!(
+            table(&snap, "a.example.com", 80),
+            Some((
+                "default/root".into(),
+                vec!["api-v1".into(), "api".into(), "rest".into()]
+            ))
+        );
+        let d = crate::route::route(&snap, "a.example.com", 80);
+        let routes = snap.routes.http_for(&d, "a.example.com", 80).unwrap();
+        let pick = |path: &str| routes.select(&get(path)).map(|s| &*s.rule.name);
+        assert_eq!(pick("/api/v1/x"), Some("api-v1"));
+        // The catch-all delegate rule is confined to the root's /api.
+        assert_eq!(pick("/api/other"), Some("api"));
+        assert_eq!(pick("/other"), Some("rest"));
+        let v1 = &routes.rules[0];
+        assert_eq!((v1.index, v1.delegate.as_deref()), (0, Some("team/api http[0]")));
+        assert_eq!(v1.timeout, Some(Duration::from_secs(3)), "inherited from the root rule");
+        assert_eq!(
+            routes.rules[1].timeout,
+            Some(Duration::from_secs(1)),
+            "the delegate's own wins"
+        );
+        let warned = |needle: &str| snap.warnings.iter().any(|w| w.contains(needle));
+        assert!(
+            warned("team/api: http[1]'s match is not within the match of default/root http[0]"),
+            "{:?}",
+            snap.warnings
+        );
+        assert!(
+            warned("http[1] delegates to default/missing, which does not exist"),
+            "{:?}",
+            snap.warnings
+        );
+        assert!(
+            warned("http[2] delegates to default/hosted, which has hosts"),
+            "{:?}",
+            snap.warnings
         );
     }
 
