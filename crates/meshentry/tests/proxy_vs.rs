@@ -390,3 +390,97 @@ async fn mirror_sends_a_copy_and_ignores_its_answer() {
     assert_eq!(copy.path, "/mirror/1");
     assert_eq!(copy.host.as_deref(), Some("web.example.com-shadow"));
 }
+
+/// E6 and `uriRegexRewrite`: `a.example.com`'s root VirtualService hands `/api` to a host-less
+/// VirtualService in another namespace, whose rules pick backend 1 or 2; `/old/...` is
+/// rewritten by regex.
+fn delegate_config(one: SocketAddr, two: SocketAddr) -> String {
+    format!(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: a, namespace: default}}
+spec:
+  hosts: [a.example.com]
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  endpoints: [{{address: "{one_ip}", ports: {{http: {one_port}}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: two, namespace: default}}
+spec:
+  hosts: [two.example.com]
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  endpoints: [{{address: "{two_ip}", ports: {{http: {two_port}}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: root, namespace: default}}
+spec:
+  hosts: [a.example.com]
+  http:
+  - name: old
+    match: [{{uri: {{prefix: /old/}}}}]
+    rewrite: {{uriRegexRewrite: {{match: "^/old/(.*)$", rewrite: '/new/\1'}}}}
+    route: [{{destination: {{host: two.example.com}}}}]
+  - name: api
+    match: [{{uri: {{prefix: /api}}}}]
+    delegate: {{name: api, namespace: team}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: api, namespace: team}}
+spec:
+  http:
+  - name: v1
+    match: [{{uri: {{prefix: /api/v1}}}}]
+    route: [{{destination: {{host: a.example.com}}}}]
+  - name: v2
+    match: [{{uri: {{prefix: /api/v2}}}}]
+    route: [{{destination: {{host: two.example.com}}}}]
+  - name: outside
+    match: [{{uri: {{prefix: /other}}}}]
+    route: [{{destination: {{host: two.example.com}}}}]
+"#,
+        one_ip = one.ip(),
+        one_port = one.port(),
+        two_ip = two.ip(),
+        two_port = two.port(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delegate_virtual_service_and_regex_rewrite() {
+    let at = |ip| SocketAddr::new(IpAddr::V4(ip), 0);
+    let one = HttpUpstream::start(at(unique_loopback()), "one");
+    let two = HttpUpstream::start(at(unique_loopback()), "two");
+    let dns = format!("{}:53", unique_loopback());
+    let proxy = support::start_proxy(
+        &delegate_config(one.addr(), two.addr()),
+        &["--outbound-policy", "REGISTRY_ONLY", "--dns-server", &dns],
+    )
+    .await;
+    let p = proxy.addr;
+    let r = curl(p, &["http://a.example.com/api/v1/users"]);
+    assert_eq!((r.status, r.header("x-upstream")), (200, Some("one")), "{}", r.body);
+    assert_eq!(r.json()["uri"], "/api/v1/users");
+    let r = curl(p, &["http://a.example.com/api/v2/users?x=1"]);
+    assert_eq!((r.status, r.header("x-upstream")), (200, Some("two")), "{}", r.body);
+    assert_eq!(r.json()["uri"], "/api/v2/users?x=1");
+    // Under /api but in no delegate rule, and outside /api: no route. The delegate's
+    // `/other` rule conflicts with the root's `/api` and is dropped, as in Istio.
+    for path in ["/api/v3", "/other"] {
+        let r = curl(p, &[&format!("http://a.example.com{path}")]);
+        assert_eq!(r.status, 404, "{path}: {}", r.body);
+        assert_eq!(r.header("x-meshentry-response-flags"), Some("NR"));
+    }
+    assert_eq!((one.requests(), two.requests()), (1, 1));
+    // uriRegexRewrite: the backend sees the rewritten path, the query kept.
+    let r = curl(p, &["http://a.example.com/old/some/page?q=2"]);
+    assert_eq!((r.status, r.header("x-upstream")), (200, Some("two")), "{}", r.body);
+    assert_eq!(r.json()["uri"], "/new/some/page?q=2");
+    let dump = admin(proxy.admin, "/config_dump");
+    assert!(dump.contains("team/api: http[2]'s match is not within"), "{dump}");
+}
