@@ -484,3 +484,72 @@ fn usage_and_config_errors_exit_2() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("bad.yaml:6"), "{}", text(&out.stderr));
 }
+
+const DELEGATE: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: a, namespace: default}
+spec:
+  hosts: [a.example.com]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: STATIC
+  endpoints: [{address: 10.0.0.1}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: root, namespace: default}
+spec:
+  hosts: [a.example.com]
+  http:
+  - name: api
+    match: [{uri: {prefix: /api}}]
+    delegate: {name: api, namespace: team}
+  - match: [{uri: {prefix: /gone}}]
+    delegate: {name: missing}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: api, namespace: team}
+spec:
+  http:
+  - name: v1
+    match: [{uri: {prefix: /api/v1}}]
+    route: [{destination: {host: a.example.com}}]
+  - name: v2
+    match: [{uri: {prefix: /api/v2}}]
+    route: [{destination: {host: a.example.com}}]
+"#;
+
+#[test]
+fn delegate_rules_are_listed_under_the_root_rule() {
+    let file = temp_file("delegate.yaml", DELEGATE).to_string_lossy().into_owned();
+    let files = [file];
+    check(
+        &Case {
+            name: "delegate rule matched",
+            files: &[],
+            args: &[],
+            exit: 0,
+            expect: &[
+                "http[0] (delegate team/api http[0]) \"api-v1\" match [uri^/api/v1]: no match",
+                "http[0] (delegate team/api http[1]) \"api-v2\" match [uri^/api/v2]: MATCHED",
+                "outcome: ROUTED: routed to outbound|80||a.example.com",
+            ],
+        },
+        &explain(&files, &["http://a.example.com/api/v2/x"]),
+    );
+    check(
+        &Case {
+            name: "no delegate rule matches",
+            files: &[],
+            args: &[],
+            exit: 1,
+            expect: &[
+                "http[1]: delegates to missing, of which no rule applies here (see the warnings below)",
+                "no rule matches: 404",
+                "VirtualService default/root: http[1] delegates to default/missing, which does not exist",
+            ],
+        },
+        &explain(&files, &["http://a.example.com/api/v3"]),
+    );
+}

@@ -445,6 +445,8 @@ impl<'s> Explainer<'s> {
             self.step("virtual service", lines);
             return Ok(vec![(1, 1, decision)]);
         };
+        // Its warnings (a missing delegate, a dropped rule) explain what the rules below lack.
+        self.touched.extend(routes.vs.split(',').map(str::to_string));
         let vs_res = self.resource(Kind::VirtualService, &routes.vs);
         let at = vs_res.map(|r| r.origin.to_string());
         let mut lines = vec![format!(
@@ -458,33 +460,53 @@ impl<'s> Explainer<'s> {
             }
         )];
         let selected = routes.select_block(req);
-        let spec_rules = match vs_res.map(|r| &r.spec) {
-            Some(Spec::VirtualService(vs)) => vs.http.len(),
-            _ => routes.rules.len(),
+        let spec = match vs_res.map(|r| &r.spec) {
+            Some(Spec::VirtualService(vs)) => Some(vs),
+            _ => None,
         };
-        let stop = selected.as_ref().map_or(usize::MAX, |(s, _)| s.rule.index);
-        for i in 0..spec_rules {
-            if i > stop {
-                break;
+        let spec_rules = spec.map_or(routes.rules.len(), |vs| vs.http.len());
+        // A root rule with `delegate` compiled to one rule per delegate rule (E6), all
+        // carrying the root rule's index: list each, up to the one that matched.
+        'rules: for i in 0..spec_rules {
+            let mut compiled = routes.rules.iter().filter(|r| r.index == i).peekable();
+            if compiled.peek().is_none() {
+                let delegate = spec.and_then(|vs| vs.http.get(i)).and_then(|r| r.delegate.as_ref());
+                lines.push(match delegate {
+                    Some(d) => format!(
+                        "  http[{i}]: delegates to {}{}, of which no rule applies here (see the warnings below)",
+                        if d.namespace.is_empty() {
+                            String::new()
+                        } else {
+                            format!("{}/", d.namespace)
+                        },
+                        d.name
+                    ),
+                    None => format!(
+                        "  http[{i}]: not for this proxy (its match blocks' port, gateways or sourceLabels exclude it)"
+                    ),
+                });
+                continue;
             }
-            match routes.rules.iter().find(|r| r.index == i) {
-                None => lines.push(format!(
-                    "  http[{i}]: not for this proxy (its match blocks' port, gateways or sourceLabels exclude it)"
-                )),
-                Some(rule) => {
-                    let conds = if rule.match_text.is_empty() {
-                        "every request".to_string()
-                    } else {
-                        format!("[{}]", rule.match_text.join(" OR "))
-                    };
-                    let verdict = match &selected {
-                        Some((s, Some(b))) if s.rule.index == i && rule.match_text.len() > 1 => {
-                            format!("MATCHED (block {b})")
-                        }
-                        Some((s, _)) if s.rule.index == i => "MATCHED".to_string(),
-                        _ => "no match".to_string(),
-                    };
-                    lines.push(format!("  http[{i}] {:?} match {conds}: {verdict}", &*rule.name));
+            for rule in compiled {
+                let conds = if rule.match_text.is_empty() {
+                    "every request".to_string()
+                } else {
+                    format!("[{}]", rule.match_text.join(" OR "))
+                };
+                let hit = selected.as_ref().is_some_and(|(s, _)| std::ptr::eq(s.rule, rule));
+                let verdict = match &selected {
+                    Some((_, Some(b))) if hit && rule.match_text.len() > 1 => format!("MATCHED (block {b})"),
+                    _ if hit => "MATCHED".to_string(),
+                    _ => "no match".to_string(),
+                };
+                let from = rule
+                    .delegate
+                    .as_deref()
+                    .map(|d| format!(" (delegate {d})"))
+                    .unwrap_or_default();
+                lines.push(format!("  http[{i}]{from} {:?} match {conds}: {verdict}", &*rule.name));
+                if hit {
+                    break 'rules;
                 }
             }
         }
