@@ -727,12 +727,7 @@ impl RouteTables {
         if vss.is_empty() {
             return tables;
         }
-        let ids: FxHashMap<usize, ServiceId> = input
-            .registry
-            .services()
-            .enumerate()
-            .map(|(i, s)| (s as *const Service as usize, i as ServiceId))
-            .collect();
+        let ids = service_ids(input);
         let by_name = vs_by_name(resources);
         let mut ctx = Ctx {
             input,
@@ -974,12 +969,7 @@ impl RouteTables {
     ) -> (GatewayRoutes, Vec<String>) {
         let mut out = GatewayRoutes::default();
         let vss = applicable(resources, input);
-        let ids: FxHashMap<usize, ServiceId> = input
-            .registry
-            .services()
-            .enumerate()
-            .map(|(i, s)| (s as *const Service as usize, i as ServiceId))
-            .collect();
+        let ids = service_ids(input);
         let by_name = vs_by_name(resources);
         let mut ctx = Ctx {
             input,
@@ -1885,6 +1875,16 @@ fn envoy_substitution(s: &str) -> String {
         }
     }
     out
+}
+
+/// Each registry service's id, by its address: the route tables name services by id.
+fn service_ids(input: &CompileInput<'_>) -> FxHashMap<usize, ServiceId> {
+    input
+        .registry
+        .services()
+        .enumerate()
+        .map(|(i, s)| (s as *const Service as usize, i as ServiceId))
+        .collect()
 }
 
 #[cfg(test)]
