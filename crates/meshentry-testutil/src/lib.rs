@@ -12,6 +12,7 @@
 //! Transparent-capture tests run all of this inside a network namespace of their own
 //! ([`netns`]), where iptables redirects an application's connections to the proxy.
 
+pub mod curl;
 pub mod dns;
 pub mod ip;
 pub mod netns;
@@ -21,6 +22,7 @@ pub mod servers;
 mod tasks;
 pub mod wait;
 
+pub use curl::{curl_command, isolate_curl};
 pub use dns::TestDns;
 pub use ip::unique_loopback;
 pub use netns::{Netns, PROXY_UID, make_accessible};

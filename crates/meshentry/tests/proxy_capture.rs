@@ -207,21 +207,9 @@ const STATUS_MARK: &str = "\n@@meshentry-status@@";
 /// Runs curl in the namespace as root (so it is captured), with no proxy from the environment.
 async fn curl_output(ns: &Netns, args: &[&str]) -> std::process::Output {
     let mut cmd = ns.command("curl");
-    // -q first: ignore any ~/.curlrc.
-    cmd.args(["-q", "-sS", "--max-time", "10"]).args(args);
-    for var in [
-        "http_proxy",
-        "HTTP_PROXY",
-        "https_proxy",
-        "HTTPS_PROXY",
-        "all_proxy",
-        "ALL_PROXY",
-        "no_proxy",
-        "NO_PROXY",
-        "CURL_HOME",
-    ] {
-        cmd.env_remove(var);
-    }
+    // As root, so it is captured; isolated from ~/.curlrc and proxy variables.
+    meshentry_testutil::isolate_curl(&mut cmd);
+    cmd.args(["-sS", "--max-time", "10"]).args(args);
     tokio::task::spawn_blocking(move || cmd.output())
         .await
         .unwrap()

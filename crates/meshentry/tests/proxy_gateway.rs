@@ -161,25 +161,12 @@ async fn curl(args: &[&str]) -> CurlOut {
     let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
     tokio::task::spawn_blocking(move || {
         let headers = tempfile::NamedTempFile::new().unwrap();
-        let mut cmd = Command::new("curl");
-        cmd.arg("-q")
-            .args(["-sS", "--max-time", "20", "-D"])
+        let mut cmd = meshentry_testutil::curl_command();
+        cmd.args(["-sS", "--max-time", "20", "-D"])
             .arg(headers.path())
             .arg("-w")
             .arg(format!("{STATUS_MARK}%{{http_code}}"))
             .args(&args);
-        for var in [
-            "http_proxy",
-            "HTTP_PROXY",
-            "https_proxy",
-            "HTTPS_PROXY",
-            "all_proxy",
-            "ALL_PROXY",
-            "no_proxy",
-            "NO_PROXY",
-        ] {
-            cmd.env_remove(var);
-        }
         let out = cmd
             .output()
             .expect("curl is needed for these tests (apt-get install curl)");

@@ -87,25 +87,12 @@ async fn curl(args: &[&str]) -> Curl {
     let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
     tokio::task::spawn_blocking(move || {
         let headers = tempfile::NamedTempFile::new().unwrap();
-        let mut cmd = Command::new("curl");
-        cmd.arg("-q")
-            .args(["-sS", "--max-time", "20", "-D"])
+        let mut cmd = meshentry_testutil::curl_command();
+        cmd.args(["-sS", "--max-time", "20", "-D"])
             .arg(headers.path())
             .arg("-w")
             .arg(format!("{MARK}%{{http_code}} %{{http_version}}"))
             .args(&args);
-        for var in [
-            "http_proxy",
-            "HTTP_PROXY",
-            "https_proxy",
-            "HTTPS_PROXY",
-            "all_proxy",
-            "ALL_PROXY",
-            "no_proxy",
-            "NO_PROXY",
-        ] {
-            cmd.env_remove(var);
-        }
         let out = cmd
             .output()
             .unwrap_or_else(|e| panic!("cannot run curl (apt-get install curl; scripts/test does this): {e}"));

@@ -10,7 +10,6 @@
 #![allow(clippy::unwrap_used)]
 
 use std::net::SocketAddr;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -117,20 +116,8 @@ impl Proxy {
 
 /// curl isolated from the environment (no ~/.curlrc, no proxy variables).
 fn curl(args: &[&str]) -> std::process::Output {
-    let mut c = Command::new("curl");
-    c.args(["-q", "-sS", "--max-time", "10"]).args(args);
-    for v in [
-        "http_proxy",
-        "HTTP_PROXY",
-        "https_proxy",
-        "HTTPS_PROXY",
-        "all_proxy",
-        "ALL_PROXY",
-        "no_proxy",
-        "NO_PROXY",
-    ] {
-        c.env_remove(v);
-    }
+    let mut c = meshentry_testutil::curl_command();
+    c.args(["-sS", "--max-time", "10"]).args(args);
     c.output()
         .expect("these tests need curl (apt-get install curl; CI installs it)")
 }

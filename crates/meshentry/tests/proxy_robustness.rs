@@ -13,7 +13,6 @@
 
 use std::io::ErrorKind;
 use std::net::SocketAddr;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -23,8 +22,8 @@ use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use meshentry_testutil::pki::{client_config, server_config};
 use meshentry_testutil::{
-    HttpUpstream, LeafSpec, ProxyProcess, Reset, Stall, TcpEcho, TestCa, TlsUpstream, closed_port, eventually,
-    unique_loopback,
+    HttpUpstream, LeafSpec, ProxyProcess, Reset, Stall, TcpEcho, TestCa, TlsUpstream, closed_port, curl_command,
+    eventually, unique_loopback,
 };
 use rustls::pki_types::ServerName;
 use serde_json::Value;
@@ -256,26 +255,6 @@ impl Reply {
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
     }
-}
-
-/// curl isolated from the environment: `-q` skips ~/.curlrc, and proxy variables are removed so
-/// only `-x` decides where a request goes.
-fn curl_command() -> Command {
-    let mut c = Command::new("curl");
-    c.arg("-q");
-    for v in [
-        "http_proxy",
-        "HTTP_PROXY",
-        "https_proxy",
-        "HTTPS_PROXY",
-        "all_proxy",
-        "ALL_PROXY",
-        "no_proxy",
-        "NO_PROXY",
-    ] {
-        c.env_remove(v);
-    }
-    c
 }
 
 fn run_curl(args: &[&str]) -> std::process::Output {

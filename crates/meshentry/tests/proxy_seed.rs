@@ -11,7 +11,6 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use meshentry_testutil::pki::server_config;
@@ -133,26 +132,11 @@ impl CurlOut {
 const STATUS_MARK: &str = "\n@@meshentry-status@@";
 
 fn curl_blocking(args: &[String], env: &[(String, String)]) -> CurlOut {
-    let mut cmd = Command::new("curl");
-    // -q first: ignore any ~/.curlrc. Proxy variables from the environment are removed so that
-    // only the proxy a test names is used (and NO_PROXY cannot bypass it).
-    cmd.arg("-q")
-        .args(["-sS", "--max-time", "20", "-w"])
+    let mut cmd = meshentry_testutil::curl_command();
+    // Only the proxy a test names is used (the environment's, and NO_PROXY, cannot interfere).
+    cmd.args(["-sS", "--max-time", "20", "-w"])
         .arg(format!("{STATUS_MARK}%{{http_code}}"))
         .args(args);
-    for var in [
-        "http_proxy",
-        "HTTP_PROXY",
-        "https_proxy",
-        "HTTPS_PROXY",
-        "all_proxy",
-        "ALL_PROXY",
-        "no_proxy",
-        "NO_PROXY",
-        "CURL_HOME",
-    ] {
-        cmd.env_remove(var);
-    }
     cmd.envs(env.iter().map(|(k, v)| (k, v)));
     let out = match cmd.output() {
         Ok(out) => out,

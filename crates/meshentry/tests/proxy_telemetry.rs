@@ -54,7 +54,7 @@ spec:
 
 /// `curl -x PROXY` with `extra` arguments: (status, body).
 async fn curl(proxy: SocketAddr, url: &str, extra: &[&str]) -> (u16, String) {
-    let mut args: Vec<String> = ["-q", "-sS", "--max-time", "20", "-w", "\n%{http_code}", "-x"]
+    let mut args: Vec<String> = ["-sS", "--max-time", "20", "-w", "\n%{http_code}", "-x"]
         .iter()
         .map(|s| s.to_string())
         .collect();
@@ -62,18 +62,8 @@ async fn curl(proxy: SocketAddr, url: &str, extra: &[&str]) -> (u16, String) {
     args.extend(extra.iter().map(|s| s.to_string()));
     args.push(url.to_string());
     let out = tokio::task::spawn_blocking(move || {
-        let mut cmd = Command::new("curl");
+        let mut cmd = meshentry_testutil::curl_command();
         cmd.args(&args);
-        for var in [
-            "http_proxy",
-            "HTTP_PROXY",
-            "https_proxy",
-            "HTTPS_PROXY",
-            "no_proxy",
-            "NO_PROXY",
-        ] {
-            cmd.env_remove(var);
-        }
         cmd.output().expect("curl is needed (scripts/test installs it)")
     })
     .await

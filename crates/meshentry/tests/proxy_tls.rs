@@ -177,23 +177,10 @@ const MARK: &str = "\n@@meshentry-end@@";
 /// `args`, off the async runtime; one [`Reply`] per transfer.
 async fn curl(args: Vec<String>) -> Vec<Reply> {
     tokio::task::spawn_blocking(move || {
-        let mut cmd = Command::new("curl");
-        cmd.arg("-q")
-            .args(["-sS", "-i", "--max-time", "15", "-w"])
+        let mut cmd = meshentry_testutil::curl_command();
+        cmd.args(["-sS", "-i", "--max-time", "15", "-w"])
             .arg(format!("{MARK} %{{http_code}} %{{num_connects}}\n"))
             .args(&args);
-        for v in [
-            "http_proxy",
-            "HTTP_PROXY",
-            "https_proxy",
-            "HTTPS_PROXY",
-            "all_proxy",
-            "ALL_PROXY",
-            "no_proxy",
-            "NO_PROXY",
-        ] {
-            cmd.env_remove(v);
-        }
         let out = match cmd.output() {
             Ok(out) => out,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

@@ -11,7 +11,6 @@
 mod support;
 
 use std::net::{IpAddr, SocketAddr};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use meshentry_testutil::{HttpUpstream, eventually, unique_loopback};
@@ -33,26 +32,10 @@ impl Reply {
     }
 }
 
-fn curl_cmd() -> Command {
-    let mut c = Command::new("curl");
-    c.arg("-q");
-    for v in [
-        "http_proxy",
-        "HTTP_PROXY",
-        "all_proxy",
-        "ALL_PROXY",
-        "no_proxy",
-        "NO_PROXY",
-    ] {
-        c.env_remove(v);
-    }
-    c
-}
-
 /// One request through the proxy with curl; the status, headers and body.
 fn curl(proxy: SocketAddr, args: &[&str]) -> Reply {
     let proxy = format!("http://{proxy}");
-    let out = curl_cmd()
+    let out = meshentry_testutil::curl_command()
         .args(["-sS", "-i", "--max-time", "10", "-x", &proxy])
         .args(args)
         .output()
@@ -82,7 +65,7 @@ fn curl(proxy: SocketAddr, args: &[&str]) -> Reply {
 }
 
 fn admin(addr: SocketAddr, path: &str) -> String {
-    let out = curl_cmd()
+    let out = meshentry_testutil::curl_command()
         .args([
             "-sS",
             "--max-time",
@@ -307,7 +290,7 @@ async fn weighted_split_over_a_thousand_requests() {
     let s = setup().await;
     const N: usize = 1000;
     // One curl, one keep-alive connection, N requests (URL globbing).
-    let out = curl_cmd()
+    let out = meshentry_testutil::curl_command()
         .args(["-sS", "--max-time", "120", "-o", "/dev/null", "-x"])
         .arg(format!("http://{}", s.proxy.addr))
         .arg(format!("http://web.example.com/split/[1-{N}]"))
