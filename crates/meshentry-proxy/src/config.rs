@@ -94,6 +94,11 @@ pub struct Limits {
     /// How long a relayed TCP/TLS connection (or CONNECT tunnel) may carry no bytes either way
     /// (Envoy's `tcp_proxy` `idle_timeout`, 1 h by default).
     pub tcp_idle_timeout: Duration,
+    /// How long a request may go without a byte of its body arriving from the client, or of
+    /// its response arriving from the upstream once the response started (Envoy's HCM
+    /// `stream_idle_timeout`, 5 min by default), so a slow body cannot hold a connection and an
+    /// upstream forever.
+    pub stream_idle_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -104,6 +109,7 @@ impl Default for Limits {
             max_headers: 100,
             idle_timeout: Duration::from_secs(3600),
             tcp_idle_timeout: Duration::from_secs(3600),
+            stream_idle_timeout: Duration::from_secs(300),
         }
     }
 }

@@ -104,6 +104,11 @@ pub struct Args {
     /// before both sides are closed (Envoy's tcp_proxy idle_timeout).
     #[arg(long, default_value = "1h", value_parser = parse_positive_duration)]
     pub tcp_idle_timeout: Duration,
+    /// How long a request may go without a byte of its body arriving from the client, or of its
+    /// response body arriving from the upstream, before it is ended (Envoy's
+    /// stream_idle_timeout): 408 if nothing was answered yet, else the connection is closed.
+    #[arg(long, default_value = "5m", value_parser = parse_positive_duration)]
+    pub stream_idle_timeout: Duration,
     /// How long an idle pooled upstream connection is kept for reuse (Istio's DestinationRule
     /// connectionPool.http.idleTimeout, proxy-wide).
     #[arg(long, default_value = "60s", value_parser = parse_positive_duration)]
@@ -572,6 +577,7 @@ fn limits(args: &Args) -> Limits {
         max_headers: args.max_headers_count as usize,
         idle_timeout: args.idle_timeout,
         tcp_idle_timeout: args.tcp_idle_timeout,
+        stream_idle_timeout: args.stream_idle_timeout,
     }
 }
 
