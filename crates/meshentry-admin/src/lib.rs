@@ -446,6 +446,11 @@ const STATS: &[Stat] = &[
         |s| s.stats.downstream_rq_header_timeout.load(Ordering::Relaxed),
     ),
     (
+        "downstream_rq_idle_timeout",
+        "Requests whose body stalled past --stream-idle-timeout (408, or a close once answered).",
+        |s| s.stats.downstream_rq_idle_timeout.load(Ordering::Relaxed),
+    ),
+    (
         "downstream_rq_headers_too_large",
         "Requests refused 431: head over --max-request-headers-kb.",
         |s| s.stats.downstream_rq_headers_too_large.load(Ordering::Relaxed),

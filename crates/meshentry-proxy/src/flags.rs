@@ -11,7 +11,7 @@ pub struct Flags(u32);
 
 /// Each flag's bit and short name, in the order Envoy prints them
 /// (`ResponseFlagUtils::toShortString`).
-const NAMES: [(Flags, &str); 16] = [
+const NAMES: [(Flags, &str); 17] = [
     (Flags::UH, "UH"),
     (Flags::UT, "UT"),
     (Flags::LR, "LR"),
@@ -26,6 +26,7 @@ const NAMES: [(Flags, &str); 16] = [
     (Flags::URX, "URX"),
     (Flags::SI, "SI"),
     (Flags::DPE, "DPE"),
+    (Flags::UPE, "UPE"),
     (Flags::NC, "NC"),
     (Flags::DF, "DF"),
 ];
@@ -65,6 +66,8 @@ impl Flags {
     pub const NC: Flags = Flags(1 << 14);
     /// DNS resolution of the upstream failed.
     pub const DF: Flags = Flags(1 << 15);
+    /// Upstream protocol error: the upstream's response could not be framed safely.
+    pub const UPE: Flags = Flags(1 << 16);
 
     pub fn is_empty(self) -> bool {
         self.0 == 0

@@ -37,6 +37,10 @@ pub enum UpstreamError {
     /// client certificate only then).
     #[error("upstream connect error: {0}")]
     Tls(String),
+    /// A response that cannot be relayed safely (ambiguous or invalid framing): the
+    /// connection it came on is closed, never reused.
+    #[error("upstream protocol error: {0}")]
+    Protocol(String),
 }
 
 impl UpstreamError {
@@ -48,7 +52,7 @@ impl UpstreamError {
             | UpstreamError::Connect { .. }
             | UpstreamError::Dns(_)
             | UpstreamError::Tls(_) => 503,
-            UpstreamError::Reset(_) => 502,
+            UpstreamError::Reset(_) | UpstreamError::Protocol(_) => 502,
             UpstreamError::Timeout(_) => 504,
         }
     }
@@ -61,6 +65,7 @@ impl UpstreamError {
             UpstreamError::NoHost(_) => Flags::UH,
             UpstreamError::Connect { .. } | UpstreamError::Tls(_) => Flags::UF,
             UpstreamError::Reset(_) => Flags::UC,
+            UpstreamError::Protocol(_) => Flags::UPE,
             UpstreamError::Timeout(_) => Flags::UT,
         }
     }
@@ -74,6 +79,7 @@ impl UpstreamError {
                 "upstream_reset_before_response_started{connection_failure}"
             }
             UpstreamError::Reset(_) => "upstream_reset_before_response_started{connection_termination}",
+            UpstreamError::Protocol(_) => "upstream_reset_before_response_started{protocol_error}",
             UpstreamError::Timeout(_) => "response_timeout",
         }
     }
@@ -85,6 +91,7 @@ impl UpstreamError {
             UpstreamError::NoHost(_) => "UH",
             UpstreamError::Connect { .. } | UpstreamError::Tls(_) => "UF",
             UpstreamError::Reset(_) => "UC",
+            UpstreamError::Protocol(_) => "UPE",
             UpstreamError::Timeout(_) => "UT",
         }
     }
@@ -506,6 +513,9 @@ async fn exchange_h2(
 fn reset(e: hyper::Error) -> UpstreamError {
     match crate::tls::find_cause(&e) {
         Some(cause) => UpstreamError::Tls(cause),
+        // A response hyper could not parse is the upstream's protocol error (Envoy's UPE), as
+        // on the fast path; hyper closes that connection.
+        None if e.is_parse() || e.is_parse_status() => UpstreamError::Protocol(e.to_string()),
         None => UpstreamError::Reset(e.to_string()),
     }
 }

@@ -28,10 +28,11 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 use meshentry_registry::Protocol;
+use meshentry_wire::chunked::ChunkScanner;
+use meshentry_wire::h1 as framing;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::chunked::ChunkScanner;
 use crate::detect::H2_PREFACE;
 use crate::flags::Flags;
 use crate::forward::{Failover, Original, UpstreamError, UpstreamProtocol};
@@ -176,6 +177,18 @@ struct Head {
 }
 
 impl Head {
+    /// Every header field, as `meshentry_wire` reads them.
+    fn fields<'b>(&'b self, buf: &'b [u8]) -> impl Iterator<Item = framing::Field<'b>> + Clone + 'b {
+        self.headers.iter().map(move |(n, v)| (&buf[n.clone()], &buf[v.clone()]))
+    }
+
+    /// Every `Connection` field's value.
+    fn connection<'b>(&'b self, buf: &'b [u8]) -> impl Iterator<Item = &'b [u8]> + Clone + 'b {
+        self.fields(buf)
+            .filter(|(n, _)| n.eq_ignore_ascii_case(b"connection"))
+            .map(|(_, v)| v)
+    }
+
     fn header<'b>(&self, buf: &'b [u8], name: &str) -> Option<&'b [u8]> {
         self.headers
             .iter()
@@ -434,20 +447,32 @@ async fn exchange(conn: &mut Downstream, head: &Head, ctx: &ConnCtx) -> Next {
     let shared = &ctx.shared;
     let buf = &conn.buf[..];
     let target = &buf[head.target.clone()];
-    let (authority, path) = split_target(target, head.header(buf, "host"));
     let absolute = !target.starts_with(b"/");
-    let Ok(content_length) = content_length(buf, head) else {
-        // The body's extent is unknown, so the connection cannot be resynchronised.
-        refuse(
-            conn,
-            shared,
-            400,
-            "meshentry: invalid Content-Length",
-            None,
-            Skip::Close,
-        )
-        .await;
-        return Next::Close;
+    // Framing, Host and the absolute-form authority are checked before anything is routed: a
+    // request whose end or destination is in doubt is refused, and the connection closed,
+    // since where the next request starts is in doubt too.
+    let checked = framing::request(head.minor_version, head.fields(buf)).and_then(|f| {
+        let (authority, _) = split_target(target, f.host);
+        if absolute && !authority.is_empty() && !framing::valid_authority(authority) {
+            return Err(framing::RequestError::InvalidHost);
+        }
+        Ok(f)
+    });
+    let request = match checked {
+        Ok(r) => r,
+        Err(e) => {
+            note(|o| o.fail(Flags::DPE, "invalid_http_request"));
+            return refuse(conn, shared, e.status(), e.reason(), Some("DPE"), Skip::Close).await;
+        }
+    };
+    let (authority, path) = split_target(target, request.host);
+    let content_length = match request.body {
+        framing::RequestBody::Empty => 0,
+        framing::RequestBody::Length(n) => n,
+        // Chunked requests take the general path (`needs_general_path`); never here.
+        framing::RequestBody::Chunked => {
+            return refuse(conn, shared, 400, "meshentry: unexpected chunked request", Some("DPE"), Skip::Close).await;
+        }
     };
     // `bytes_received` is noted with whatever is noted next (routing or a refusal): one
     // `note` fewer per request.
@@ -562,10 +587,7 @@ async fn exchange(conn: &mut Downstream, head: &Head, ctx: &ConnCtx) -> Next {
         }
         Decision::Cluster { cluster, .. } => Some(&***cluster),
     };
-    let client_close = head
-        .headers
-        .iter()
-        .any(|(n, v)| buf[n.clone()].eq_ignore_ascii_case(b"connection") && contains_token(&buf[v.clone()], b"close"));
+    let client_close = request.close;
 
     // The upstream request head, built once; reused if a pooled connection turns out dead.
     let mut up_head = std::mem::take(&mut conn.up_head);
@@ -579,16 +601,18 @@ async fn exchange(conn: &mut Downstream, head: &Head, ctx: &ConnCtx) -> Next {
         up_head.extend_from_slice(authority);
         up_head.extend_from_slice(b"\r\n");
     }
-    let connection_value = head.header(buf, "connection");
-    for (n, v) in &head.headers {
-        let name = &buf[n.clone()];
-        if is_hop_by_hop(name, connection_value) || (absolute && name.eq_ignore_ascii_case(b"host")) {
-            continue;
+    {
+        let connection = head.connection(buf);
+        for (n, v) in &head.headers {
+            let name = &buf[n.clone()];
+            if framing::is_hop_by_hop(name, connection.clone()) || (absolute && name.eq_ignore_ascii_case(b"host")) {
+                continue;
+            }
+            up_head.extend_from_slice(name);
+            up_head.extend_from_slice(b": ");
+            up_head.extend_from_slice(&buf[v.clone()]);
+            up_head.extend_from_slice(b"\r\n");
         }
-        up_head.extend_from_slice(name);
-        up_head.extend_from_slice(b": ");
-        up_head.extend_from_slice(&buf[v.clone()]);
-        up_head.extend_from_slice(b"\r\n");
     }
     up_head.extend_from_slice(b"\r\n");
     up_head.extend_from_slice(&buf[head.len..head.len + body_in_buf]);
@@ -649,43 +673,17 @@ async fn exchange(conn: &mut Downstream, head: &Head, ctx: &ConnCtx) -> Next {
             };
             refuse(conn, shared, e.status(), &reason, Some(e.flag()), skip).await
         }
+        Err(Failure::BodyStalled) => {
+            shared.stats.downstream_rq_idle_timeout.fetch_add(1, Ordering::Relaxed);
+            note(|o| o.fail(Flags::SI, "stream_idle_timeout"));
+            let reason = format!(
+                "meshentry: the request body stalled for {:?} (--stream-idle-timeout)",
+                shared.config.limits.stream_idle_timeout
+            );
+            refuse(conn, shared, 408, &reason, Some("SI"), Skip::Close).await
+        }
         Err(Failure::Broken) => Next::Close,
     }
-}
-
-/// `Content-Length` of the request: absent is 0, several must agree.
-fn content_length(buf: &[u8], head: &Head) -> Result<u64, ()> {
-    let mut found: Option<u64> = None;
-    for (n, v) in &head.headers {
-        if buf[n.clone()].eq_ignore_ascii_case(b"content-length") {
-            let text = std::str::from_utf8(&buf[v.clone()]).map_err(|_| ())?.trim();
-            if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(());
-            }
-            let n: u64 = text.parse().map_err(|_| ())?;
-            if found.is_some_and(|f| f != n) {
-                return Err(());
-            }
-            found = Some(n);
-        }
-    }
-    Ok(found.unwrap_or(0))
-}
-
-/// RFC 9110 7.6.1, with `Connection`'s own list.
-fn is_hop_by_hop(name: &[u8], connection: Option<&[u8]>) -> bool {
-    const HOP: [&[u8]; 9] = [
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-    ];
-    HOP.iter().any(|h| name.eq_ignore_ascii_case(h)) || connection.is_some_and(|c| contains_token(c, name))
 }
 
 /// What a refused request leaves behind in the client's buffer.
@@ -753,6 +751,9 @@ struct Sent {
 }
 
 enum Failure {
+    /// The request body stalled past `--stream-idle-timeout` before anything was answered:
+    /// 408, then close.
+    BodyStalled,
     /// Nothing was sent to the client yet: answer with this error.
     Answer(UpstreamError),
     /// The response had started (or the client went away): only closing is left.
@@ -776,11 +777,11 @@ fn checkout(addr: &Dial, max_idle: Duration, shared: &Shared) -> Option<UpConn> 
     RAW_POOL.with(|pool| {
         let mut pool = pool.borrow_mut();
         let list = pool.get_mut(addr)?;
-        while let Some((c, since)) = list.pop() {
+        while let Some((mut c, since)) = list.pop() {
             // One the upstream closed would only fail the request and be sent again.
             if since.elapsed() >= max_idle {
                 shared.stats.upstream_cx_idle_timeout.fetch_add(1, Ordering::Relaxed);
-            } else if !upstream::closed_while_idle(&c.stream) {
+            } else if upstream::idle_and_clean(&mut c.stream) {
                 return Some(c);
             }
         }
@@ -794,15 +795,19 @@ pub(crate) fn sweep_pool(now: Instant, limit: Duration) -> usize {
     RAW_POOL.with(|pool| {
         let mut pool = pool.borrow_mut();
         pool.retain(|_, list| {
-            list.retain(|(c, since)| now.duration_since(*since) < limit && !upstream::closed_while_idle(&c.stream));
+            list.retain_mut(|(c, since)| now.duration_since(*since) < limit && upstream::idle_and_clean(&mut c.stream));
             !list.is_empty()
         });
         pool.values().map(Vec::len).sum()
     })
 }
 
+/// Pools `c` for the next request to `addr`, if it is clean: the response ended exactly at
+/// the end of what was read, and nothing more has arrived since.
 fn checkin(addr: Dial, mut c: UpConn) {
-    c.buf.clear();
+    if !c.buf.is_empty() || !upstream::idle_and_clean(&mut c.stream) {
+        return;
+    }
     RAW_POOL.with(|pool| {
         let mut pool = pool.borrow_mut();
         let list = pool.entry(addr).or_default();
@@ -952,6 +957,15 @@ async fn client_gone(stream: &mut TcpStream, buf: &mut BytesMut) -> bool {
     matches!(stream.read_buf(buf).await, Ok(0) | Err(_))
 }
 
+/// Why an upstream response head cannot be relayed (502, UPE).
+#[derive(Debug, thiserror::Error)]
+enum FramingError {
+    #[error("malformed response head: {0}")]
+    Head(httparse::Error),
+    #[error("{0}")]
+    Framing(framing::ResponseError),
+}
+
 /// How the response body is delimited.
 enum Framing {
     None,
@@ -972,18 +986,21 @@ async fn roundtrip(
     if up.stream.write_all(up_head).await.is_err() {
         return Outcome::StaleBeforeResponse;
     }
+    let stream_idle = shared.config.limits.stream_idle_timeout;
     // The rest of a Content-Length request body, streamed.
     if body_rest > 0 {
         let mut left = body_rest;
         let mut chunk = vec![0u8; 16 * 1024];
         while left > 0 {
             let want = (left as usize).min(chunk.len());
-            let n = match conn.stream.read(&mut chunk[..want]).await {
-                Ok(0) | Err(_) => {
+            let read = tokio::time::timeout(stream_idle, conn.stream.read(&mut chunk[..want]));
+            let n = match read.await {
+                Err(_) => return Outcome::Failed(Failure::BodyStalled),
+                Ok(Ok(0) | Err(_)) => {
                     note(|o| o.fail(Flags::DC, "downstream_remote_disconnect"));
                     return Outcome::Failed(Failure::Broken);
                 }
-                Ok(n) => n,
+                Ok(Ok(n)) => n,
             };
             if up.stream.write_all(&chunk[..n]).await.is_err() {
                 return Outcome::Failed(Failure::Answer(UpstreamError::Reset(
@@ -1004,60 +1021,50 @@ async fn roundtrip(
             match resp.parse(&up.buf) {
                 Ok(httparse::Status::Complete(len)) => {
                     let status = resp.code.unwrap_or(0);
-                    let version_11 = resp.version == Some(1);
-                    let mut chunked = false;
-                    let mut length: Option<u64> = None;
-                    let mut close = !version_11;
-                    for h in resp.headers.iter() {
-                        if h.name.eq_ignore_ascii_case("transfer-encoding") {
-                            chunked = h
-                                .value
-                                .rsplit(|b| *b == b',')
-                                .next()
-                                .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-                        } else if h.name.eq_ignore_ascii_case("content-length") {
-                            length = std::str::from_utf8(h.value).ok().and_then(|s| s.trim().parse().ok());
-                        } else if h.name.eq_ignore_ascii_case("connection") {
-                            if contains_token(h.value, b"close") {
-                                close = true;
-                            } else if contains_token(h.value, b"keep-alive") && !version_11 {
-                                close = false;
-                            }
-                        }
+                    if (100..200).contains(&status) && status != 101 {
+                        Some(Ok(Err(len)))
+                    } else {
+                        let answering = framing::Answering {
+                            head: method_is_head,
+                            upgrade: false,
+                        };
+                        let fields = resp.headers.iter().map(|h| (h.name.as_bytes(), h.value));
+                        let minor = resp.version.unwrap_or(0);
+                        Some(
+                            framing::response(status, minor, answering, fields)
+                                .map(|f| Ok((status, len, f)))
+                                .map_err(FramingError::Framing),
+                        )
                     }
-                    Some(Ok((status, len, chunked, length, close)))
                 }
                 Ok(httparse::Status::Partial) => None,
-                Err(_) => Some(Err(())),
+                Err(e) => Some(Err(FramingError::Head(e))),
             }
         };
         match parsed {
-            Some(Ok((status, len, chunked, length, close))) => {
-                if (100..200).contains(&status) && status != 101 {
-                    up.buf.advance(len);
-                    continue;
-                }
-                let framing = if method_is_head || status == 204 || status == 304 || (100..200).contains(&status) {
-                    Framing::None
-                } else if chunked {
-                    Framing::Chunked(ChunkScanner::default())
-                } else if let Some(n) = length {
-                    Framing::Length(n)
-                } else {
-                    Framing::UntilClose
+            // An interim response (100 Continue, 103 Early Hints): skipped, the final one follows.
+            Some(Ok(Err(len))) => {
+                up.buf.advance(len);
+                continue;
+            }
+            Some(Ok(Ok((status, len, f)))) => {
+                let framing = match f.body {
+                    framing::ResponseBody::None => Framing::None,
+                    framing::ResponseBody::Length(n) => Framing::Length(n),
+                    framing::ResponseBody::Chunked => Framing::Chunked(ChunkScanner::default()),
+                    framing::ResponseBody::UntilClose => Framing::UntilClose,
                 };
-                let close = close || matches!(framing, Framing::UntilClose);
                 // Only the access log prints the upstream time: without it, no clock read.
                 // Noted with the first write to the client (one `note` fewer per request).
                 let head_at = shared.telemetry.access_log().is_some().then(Instant::now);
-                break (status, len, framing, close, head_at);
+                break (status, len, framing, f.close || f.announced_body, head_at);
             }
-            Some(Err(())) => {
-                return Outcome::Failed(Failure::Answer(UpstreamError::Reset("malformed response head".into())));
+            Some(Err(e)) => {
+                return Outcome::Failed(Failure::Answer(UpstreamError::Protocol(e.to_string())));
             }
             None => {
                 if up.buf.len() > MAX_HEAD_BYTES {
-                    return Outcome::Failed(Failure::Answer(UpstreamError::Reset("response head too large".into())));
+                    return Outcome::Failed(Failure::Answer(UpstreamError::Protocol("response head too large".into())));
                 }
             }
         }
@@ -1108,7 +1115,7 @@ async fn roundtrip(
     };
 
     // The response head for the client: the status line and every header but the hop-by-hop
-    // ones (Transfer-Encoding is kept when the chunked body is relayed as it is).
+    // ones (Transfer-Encoding is kept: the body is relayed as it is).
     let draining = shared.lifecycle.is_draining();
     let mut out = std::mem::take(&mut conn.out);
     out.clear();
@@ -1123,17 +1130,14 @@ async fn roundtrip(
         let connection = resp
             .headers
             .iter()
-            .find(|h| h.name.eq_ignore_ascii_case("connection"))
+            .filter(|h| h.name.eq_ignore_ascii_case("connection"))
             .map(|h| h.value);
-        let chunked = matches!(framing, Framing::Chunked(_));
         for h in resp.headers.iter() {
             let name = h.name.as_bytes();
+            // The body is relayed as it came, so its Transfer-Encoding stays with it
+            // (`meshentry_wire` refused it beside a Content-Length).
             let te = name.eq_ignore_ascii_case(b"transfer-encoding");
-            // A chunked body is relayed as it is, so its Transfer-Encoding stays, and a
-            // Content-Length beside it (which it overrides, RFC 9112 6.3) must not reach the
-            // client, where it could frame the message differently.
-            let stale_length = chunked && name.eq_ignore_ascii_case(b"content-length");
-            if (te && !chunked) || (!te && is_hop_by_hop(name, connection)) || stale_length {
+            if !te && framing::is_hop_by_hop(name, connection.clone()) {
                 continue;
             }
             out.extend_from_slice(name);
@@ -1184,9 +1188,14 @@ async fn roundtrip(
     if !done {
         loop {
             up.buf.reserve(16 * 1024);
-            let n = match up.stream.read_buf(&mut up.buf).await {
-                Ok(n) => n,
+            let n = match tokio::time::timeout(stream_idle, up.stream.read_buf(&mut up.buf)).await {
+                Ok(Ok(n)) => n,
                 Err(_) => {
+                    shared.stats.downstream_rq_idle_timeout.fetch_add(1, Ordering::Relaxed);
+                    note(|o| o.fail(Flags::SI, "stream_idle_timeout"));
+                    return Outcome::Failed(Failure::Broken);
+                }
+                Ok(Err(_)) => {
                     note(|o| o.fail(Flags::UC, "upstream_reset_after_response_started"));
                     return Outcome::Failed(Failure::Broken);
                 }
@@ -1314,15 +1323,6 @@ impl AsyncWrite for Rewind {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hop_by_hop() {
-        assert!(is_hop_by_hop(b"Connection", None));
-        assert!(is_hop_by_hop(b"keep-alive", None));
-        assert!(is_hop_by_hop(b"X-Trace", Some(b"keep-alive, x-trace")));
-        assert!(!is_hop_by_hop(b"x-kept", Some(b"close")));
-        assert!(!is_hop_by_hop(b"content-length", None));
-    }
 
     #[test]
     fn the_h2_preface_is_recognised_wherever_httparse_gives_up_on_it() {

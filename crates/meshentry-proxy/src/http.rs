@@ -275,6 +275,18 @@ async fn handle_any(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<Resp
         }
         return resp;
     }
+    if let Err(e) = check_framing(&req) {
+        // The same checks as the fast path's, on what hyper parsed: one Host, a valid
+        // authority. hyper read the body by its own framing; the connection closes anyway.
+        note(|o| o.fail(Flags::DPE, "invalid_http_request"));
+        ctx.shared.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
+        let mut resp = local(StatusCode::BAD_REQUEST, e.reason());
+        if req.version() < Version::HTTP_2 {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        return resp;
+    }
     if let Some(g) = ctx.gateway {
         return crate::gateway::forward(req, ctx, g).await;
     }
@@ -282,6 +294,24 @@ async fn handle_any(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<Resp
         return connect(req, ctx).await;
     }
     forward_request(req, ctx).await
+}
+
+/// `meshentry_wire`'s request rules on a request hyper parsed (HTTP/1.x only; HTTP/2 has its
+/// own framing and `:authority`).
+fn check_framing<B>(req: &Request<B>) -> Result<(), meshentry_wire::h1::RequestError> {
+    let minor = match req.version() {
+        Version::HTTP_10 | Version::HTTP_09 => 0,
+        Version::HTTP_11 => 1,
+        _ => return Ok(()),
+    };
+    let fields = req.headers().iter().map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()));
+    meshentry_wire::h1::request(minor, fields)?;
+    match req.uri().authority() {
+        Some(a) if !meshentry_wire::h1::valid_authority(a.as_str().as_bytes()) => {
+            Err(meshentry_wire::h1::RequestError::InvalidHost)
+        }
+        _ => Ok(()),
+    }
 }
 
 /// The bytes the request head took on the wire, near enough: the target and every header.
@@ -469,13 +499,13 @@ pub(crate) fn to_upstream<B>(req: Request<B>, host: HeaderValue) -> Request<B> {
     Request::from_parts(parts, body)
 }
 
-/// Connection-specific headers (RFC 9110 7.6.1), in the order [`strip_hop_by_hop`] checks them.
-const HOP_BY_HOP: [HeaderName; 9] = [
+/// Connection-specific headers (RFC 9110 7.6.1), in the order [`strip_hop_by_hop`] checks them;
+/// the same set as `meshentry_wire::h1`'s (`Trailer` is end to end, so it stays).
+const HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
     header::TE,
-    header::TRAILER,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
     HeaderName::from_static("keep-alive"),
@@ -483,10 +513,11 @@ const HOP_BY_HOP: [HeaderName; 9] = [
 ];
 
 /// RFC 9110 7.6.1: connection-specific headers are not forwarded, nor any header that
-/// `Connection` names. This runs twice per request, so it looks at each name once and removes
-/// only what is there.
+/// `Connection` names, except the framing fields and `Host`, which no client may have removed
+/// (`meshentry_wire::h1::may_be_nominated`). This runs twice per request, so it looks at each
+/// name once and removes only what is there.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let mut present = [false; 9];
+    let mut present = [false; 8];
     let mut any = false;
     for name in headers.keys() {
         if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
@@ -506,7 +537,9 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
             .flat_map(|v| v.split(','))
             .map(str::trim)
             .filter(|t| {
-                !t.eq_ignore_ascii_case("close") && !HOP_BY_HOP.iter().any(|h| h.as_str().eq_ignore_ascii_case(t))
+                !t.eq_ignore_ascii_case("close")
+                    && !HOP_BY_HOP.iter().any(|h| h.as_str().eq_ignore_ascii_case(t))
+                    && meshentry_wire::h1::may_be_nominated(t.as_bytes())
             })
             .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
             .collect();
@@ -656,19 +689,22 @@ mod tests {
     fn hop_by_hop_headers_are_removed_and_the_rest_kept() {
         let mut m = map(&[
             ("host", "a.com"),
-            ("connection", "keep-alive, X-Trace-Hop, close"),
+            ("connection", "keep-alive, X-Trace-Hop, close, content-length, Host"),
+            ("content-length", "0"),
             ("keep-alive", "timeout=5"),
             ("x-trace-hop", "1"),
             ("te", "trailers"),
             ("transfer-encoding", "chunked"),
             ("upgrade", "h2c"),
+            ("trailer", "x-sum"),
             ("proxy-connection", "keep-alive"),
             ("proxy-authorization", "Basic eA=="),
             ("x-kept", "yes"),
             ("accept", "*/*"),
         ]);
         strip_hop_by_hop(&mut m);
-        assert_eq!(names(&m), ["accept", "host", "x-kept"]);
+        // Connection may not remove the framing or Host; Trailer is end to end.
+        assert_eq!(names(&m), ["accept", "content-length", "host", "trailer", "x-kept"]);
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //! - [`cluster`], [`lb`], [`dns`]: the hosts of a cluster and how one is picked;
 //! - [`forward`], [`upstream`]: connecting and sending, with failover and pooling;
 //! - [`tls`]: originating TLS (DestinationRule `tls`): configurations, verification, reload;
-//! - [`h1`], [`chunked`]: the fast path for plain HTTP/1.1 requests;
+//! - [`h1`]: the fast path for plain HTTP/1.1 requests (its framing rules are
+//!   `meshentry_wire`'s, shared with the hyper path);
 //! - [`http`], [`tunnel`], [`sni`]: the general (hyper) path, CONNECT tunnels, SNI;
 //! - [`h2`]: HTTP/2 prior-knowledge clients, HTTP/2 upstream requests, gRPC error replies;
 //! - [`gateway`]: gateway mode (`--gateway`): servers, TLS termination, gateway routes;
@@ -23,7 +24,6 @@
 
 pub mod access_log;
 pub mod capture;
-pub mod chunked;
 pub mod cluster;
 pub mod config;
 pub mod detect;

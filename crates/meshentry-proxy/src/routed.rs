@@ -321,6 +321,8 @@ fn retriable(rule: &HttpRule, e: &UpstreamError) -> bool {
     match e {
         UpstreamError::Connect { .. } | UpstreamError::Tls(_) => on & (CONNECT_FAILURE | FIVE_XX | GATEWAY_ERROR) != 0,
         UpstreamError::Reset(_) => on & (RESET | FIVE_XX | GATEWAY_ERROR | REFUSED_STREAM) != 0,
+        // Envoy retries a protocol error as a reset.
+        UpstreamError::Protocol(_) => on & (RESET | FIVE_XX | GATEWAY_ERROR) != 0,
         UpstreamError::Timeout(_) => on & (FIVE_XX | GATEWAY_ERROR) != 0,
         UpstreamError::NoHost(_) | UpstreamError::Dns(_) => false,
     }

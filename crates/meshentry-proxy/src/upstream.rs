@@ -340,21 +340,39 @@ pub(crate) fn keep_swept(idle_limit: Duration) {
     });
 }
 
-/// Whether a pooled, idle stream was closed by its peer while it waited, as far as the
-/// readiness tokio holds already says (no system call).
-pub(crate) fn closed_while_idle(stream: &Stream) -> bool {
-    fn read_closed<F: std::future::Future<Output = io::Result<tokio::io::Ready>>>(ready: F) -> bool {
-        let ready = std::pin::pin!(ready);
-        match ready.poll(&mut Context::from_waker(std::task::Waker::noop())) {
-            Poll::Ready(Ok(r)) => r.is_read_closed(),
-            Poll::Ready(Err(_)) => true,
-            Poll::Pending => false,
-        }
+/// Whether an idle HTTP/1.1 stream may carry another request: its peer has neither closed it
+/// nor sent anything since the last response ended. Bytes an upstream sends between responses
+/// (a body after a HEAD answer, a second response) would otherwise be read as the next
+/// client's response. Costs no system call while tokio's readiness says nothing arrived
+/// (the usual case: the last read was short, which clears it); otherwise one non-blocking read.
+pub(crate) fn idle_and_clean(stream: &mut Stream) -> bool {
+    let mut noop = Context::from_waker(std::task::Waker::noop());
+    let ready = match stream {
+        Stream::Tcp(s) => std::pin::pin!(s.ready(tokio::io::Interest::READABLE)).poll(&mut noop),
+        Stream::Unix(s) => std::pin::pin!(s.ready(tokio::io::Interest::READABLE)).poll(&mut noop),
+        Stream::Tls(s) => std::pin::pin!(s.get_ref().0.ready(tokio::io::Interest::READABLE)).poll(&mut noop),
+    };
+    match ready {
+        Poll::Pending => return true,
+        Poll::Ready(Err(_)) => return false,
+        Poll::Ready(Ok(r)) if r.is_read_closed() || r.is_error() => return false,
+        Poll::Ready(Ok(_)) => {}
     }
+    // Readable, or readiness left over from a read that filled its buffer: look. Any byte
+    // read here condemns the connection, so consuming it is fine.
+    let mut byte = [0u8; 1];
     match stream {
-        Stream::Tcp(s) => read_closed(s.ready(tokio::io::Interest::READABLE)),
-        Stream::Unix(s) => read_closed(s.ready(tokio::io::Interest::READABLE)),
-        Stream::Tls(s) => read_closed(s.get_ref().0.ready(tokio::io::Interest::READABLE)),
+        Stream::Tcp(s) => matches!(s.try_read(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock),
+        Stream::Unix(s) => matches!(s.try_read(&mut byte), Err(e) if e.kind() == io::ErrorKind::WouldBlock),
+        // TLS records that carry no application data (session tickets, key updates) are
+        // consumed by the read and leave it pending: those connections stay clean.
+        Stream::Tls(s) => {
+            let mut buf = tokio::io::ReadBuf::new(&mut byte);
+            matches!(
+                tokio::io::AsyncRead::poll_read(std::pin::Pin::new(s), &mut noop, &mut buf),
+                Poll::Pending
+            )
+        }
     }
 }
 
