@@ -458,6 +458,14 @@ async fn exchange(conn: &mut Downstream, head: &Head, ctx: &ConnCtx) -> Next {
         }
         Ok(f)
     });
+    let checked = checked.and_then(|r| {
+        // More Connection fields than are looked at would let one name a field to remove
+        // that the proxy then forwards: refused instead.
+        if head.connection(buf).nth(MAX_CONNECTION_FIELDS).is_some() {
+            return Err(framing::RequestError::InvalidConnection);
+        }
+        Ok(r)
+    });
     let request = match checked {
         Ok(r) => r,
         Err(e) => {
@@ -602,10 +610,19 @@ async fn exchange(conn: &mut Downstream, head: &Head, ctx: &ConnCtx) -> Next {
         up_head.extend_from_slice(b"\r\n");
     }
     {
-        let connection = head.connection(buf);
+        // The Connection fields, found once rather than once per field checked.
+        let mut connection: [&[u8]; MAX_CONNECTION_FIELDS] = [b""; MAX_CONNECTION_FIELDS];
+        let mut fields = 0;
+        for value in head.connection(buf).take(MAX_CONNECTION_FIELDS) {
+            connection[fields] = value;
+            fields += 1;
+        }
+        let connection = &connection[..fields];
         for (n, v) in &head.headers {
             let name = &buf[n.clone()];
-            if framing::is_hop_by_hop(name, connection.clone()) || (absolute && name.eq_ignore_ascii_case(b"host")) {
+            if framing::is_hop_by_hop(name, connection.iter().copied())
+                || (absolute && name.eq_ignore_ascii_case(b"host"))
+            {
                 continue;
             }
             up_head.extend_from_slice(name);
@@ -685,6 +702,9 @@ async fn exchange(conn: &mut Downstream, head: &Head, ctx: &ConnCtx) -> Next {
         Err(Failure::Broken) => Next::Close,
     }
 }
+
+/// The most `Connection` fields a request may carry on the fast path.
+const MAX_CONNECTION_FIELDS: usize = 8;
 
 /// What a refused request leaves behind in the client's buffer.
 enum Skip {

@@ -72,6 +72,8 @@ pub enum RequestError {
     DuplicateHost,
     #[error("invalid Host")]
     InvalidHost,
+    #[error("too many Connection fields")]
+    InvalidConnection,
 }
 
 impl RequestError {
@@ -90,6 +92,7 @@ impl RequestError {
             RequestError::NotChunked => "meshentry: Transfer-Encoding whose final coding is not chunked",
             RequestError::DuplicateHost => "meshentry: more than one Host header",
             RequestError::InvalidHost => "meshentry: invalid Host header",
+            RequestError::InvalidConnection => "meshentry: too many Connection header fields",
         }
     }
 }
