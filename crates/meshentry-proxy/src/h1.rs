@@ -179,7 +179,9 @@ struct Head {
 impl Head {
     /// Every header field, as `meshentry_wire` reads them.
     fn fields<'b>(&'b self, buf: &'b [u8]) -> impl Iterator<Item = framing::Field<'b>> + Clone + 'b {
-        self.headers.iter().map(move |(n, v)| (&buf[n.clone()], &buf[v.clone()]))
+        self.headers
+            .iter()
+            .map(move |(n, v)| (&buf[n.clone()], &buf[v.clone()]))
     }
 
     /// Every `Connection` field's value.
@@ -479,7 +481,15 @@ async fn exchange(conn: &mut Downstream, head: &Head, ctx: &ConnCtx) -> Next {
         framing::RequestBody::Length(n) => n,
         // Chunked requests take the general path (`needs_general_path`); never here.
         framing::RequestBody::Chunked => {
-            return refuse(conn, shared, 400, "meshentry: unexpected chunked request", Some("DPE"), Skip::Close).await;
+            return refuse(
+                conn,
+                shared,
+                400,
+                "meshentry: unexpected chunked request",
+                Some("DPE"),
+                Skip::Close,
+            )
+            .await;
         }
     };
     // `bytes_received` is noted with whatever is noted next (routing or a refusal): one
@@ -1084,7 +1094,9 @@ async fn roundtrip(
             }
             None => {
                 if up.buf.len() > MAX_HEAD_BYTES {
-                    return Outcome::Failed(Failure::Answer(UpstreamError::Protocol("response head too large".into())));
+                    return Outcome::Failed(Failure::Answer(UpstreamError::Protocol(
+                        "response head too large".into(),
+                    )));
                 }
             }
         }

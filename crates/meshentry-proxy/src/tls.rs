@@ -87,6 +87,16 @@ impl fmt::Debug for Origination {
     }
 }
 
+/// TLS origination with no name to verify the server's certificate against.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, thiserror::Error)]
+#[error(
+    "TLS origination has no server name to verify: {} is not a valid DNS name (set sni or subjectAltNames in the DestinationRule)",
+    host.as_deref().map_or("the request names no host, which".to_string(), |h| format!("{h:?}"))
+)]
+pub struct Unverifiable {
+    pub host: Option<String>,
+}
+
 /// Why a TLS configuration could not be built.
 #[derive(Debug, thiserror::Error)]
 #[error("{what} {}: {reason}", path.display())]
@@ -131,14 +141,32 @@ impl Origination {
     }
 
     /// The server name to send and to verify: the fixed SNI, else `host` (the request's Host,
-    /// or the service's host for TCP), else `fallback` (the endpoint's address).
-    pub fn server_name(&self, host: Option<&str>, fallback: std::net::IpAddr) -> ServerName<'static> {
+    /// or the service's host for TCP) when it is a valid DNS name or an IP address.
+    ///
+    /// Without such a name there is nothing the certificate can be checked against, and the
+    /// endpoint's own address was never promised to anyone: the connection is refused (fail
+    /// closed), unless the rule pins `subjectAltNames` (checked whatever the name) or skips
+    /// verification. Then `fallback` (the endpoint's address) stands in, and no SNI is sent.
+    pub fn server_name(
+        &self,
+        host: Option<&str>,
+        fallback: std::net::IpAddr,
+    ) -> Result<ServerName<'static>, Unverifiable> {
         let name = match &self.recipe.sni {
             Sni::Fixed(s) => Some(s.as_str()),
-            Sni::Auto => host.filter(|h| !h.starts_with('*')),
+            Sni::Auto => host,
         };
-        name.and_then(|n| ServerName::try_from(n.to_string()).ok())
-            .unwrap_or(ServerName::IpAddress(fallback.into()))
+        if let Some(n) = name.filter(|n| !n.starts_with('*'))
+            && let Ok(name) = ServerName::try_from(n.to_string())
+        {
+            return Ok(name);
+        }
+        if !self.recipe.subject_alt_names.is_empty() || self.recipe.insecure_skip_verify {
+            return Ok(ServerName::IpAddress(fallback.into()));
+        }
+        Err(Unverifiable {
+            host: name.map(str::to_string),
+        })
     }
 
     /// Whether the ClientHello carries an SNI: always with a fixed one; with `Auto` only for
@@ -374,18 +402,18 @@ impl ServerCertVerifier for Verifier {
             verify_server_name(&cert, server_name)?;
             return Ok(ServerCertVerified::assertion());
         }
-        let found = cert_names(end_entity);
+        let sans = cert_sans(end_entity);
         if self
             .subject_alt_names
             .iter()
-            .any(|want| found.iter().any(|have| san_matches(have, want)))
+            .any(|want| sans.iter().any(|have| san_matches(have, want)))
         {
             return Ok(ServerCertVerified::assertion());
         }
         Err(rustls::Error::InvalidCertificate(CertificateError::Other(
             rustls::OtherError(Arc::new(SanMismatch {
                 expected: self.subject_alt_names.clone(),
-                found,
+                found: cert_names(end_entity),
             })),
         )))
     }
@@ -413,8 +441,26 @@ impl ServerCertVerifier for Verifier {
     }
 }
 
-/// The DNS and URI SANs of a certificate (IP SANs as text too).
-pub fn cert_names(der: &CertificateDer<'_>) -> Vec<String> {
+/// A subject alternative name, by type: a name of one type never stands for another's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum San {
+    Dns(String),
+    Uri(String),
+    Ip(std::net::IpAddr),
+}
+
+impl fmt::Display for San {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            San::Dns(d) => f.write_str(d),
+            San::Uri(u) => f.write_str(u),
+            San::Ip(ip) => ip.fmt(f),
+        }
+    }
+}
+
+/// The DNS, URI and IP SANs of a certificate.
+pub fn cert_sans(der: &CertificateDer<'_>) -> Vec<San> {
     use x509_parser::extensions::GeneralName;
     let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
         return Vec::new();
@@ -426,15 +472,11 @@ pub fn cert_names(der: &CertificateDer<'_>) -> Vec<String> {
         .general_names
         .iter()
         .filter_map(|n| match n {
-            GeneralName::DNSName(d) => Some(d.to_string()),
-            GeneralName::URI(u) => Some(u.to_string()),
+            GeneralName::DNSName(d) => Some(San::Dns(d.to_string())),
+            GeneralName::URI(u) => Some(San::Uri(u.to_string())),
             GeneralName::IPAddress(b) => match b.len() {
-                4 => <[u8; 4]>::try_from(*b)
-                    .ok()
-                    .map(|a| std::net::IpAddr::from(a).to_string()),
-                16 => <[u8; 16]>::try_from(*b)
-                    .ok()
-                    .map(|a| std::net::IpAddr::from(a).to_string()),
+                4 => <[u8; 4]>::try_from(*b).ok().map(|a| San::Ip(a.into())),
+                16 => <[u8; 16]>::try_from(*b).ok().map(|a| San::Ip(a.into())),
                 _ => None,
             },
             _ => None,
@@ -442,8 +484,25 @@ pub fn cert_names(der: &CertificateDer<'_>) -> Vec<String> {
         .collect()
 }
 
-/// Envoy's exact SAN match, with a certificate's `*.a.com` covering `b.a.com` (one label).
-fn san_matches(have: &str, want: &str) -> bool {
+/// The SANs of a certificate as text, for messages and `/config_dump`.
+pub fn cert_names(der: &CertificateDer<'_>) -> Vec<String> {
+    cert_sans(der).iter().map(San::to_string).collect()
+}
+
+/// Envoy's typed SAN match of one `subjectAltNames` entry: an entry with a scheme
+/// (`spiffe://...`) is a URI and matches a URI SAN exactly, case included; an IP address
+/// matches an IP SAN; anything else is a DNS name and matches a DNS SAN without regard to
+/// case, a certificate's `*.a.com` covering `b.a.com` (one label).
+fn san_matches(have: &San, want: &str) -> bool {
+    if want.contains("://") {
+        return matches!(have, San::Uri(u) if u == want);
+    }
+    if let Ok(ip) = want.parse::<std::net::IpAddr>() {
+        return matches!(have, San::Ip(h) if *h == ip);
+    }
+    let San::Dns(have) = have else {
+        return false;
+    };
     if have.eq_ignore_ascii_case(want) {
         return true;
     }
@@ -534,7 +593,7 @@ mod tests {
     async fn handshake(o: &Origination, up: &TlsUpstream, name: &str) -> Result<(), String> {
         let tcp = tokio::net::TcpStream::connect(up.addr()).await.unwrap();
         let connector = tokio_rustls::TlsConnector::from(o.config());
-        let server_name = o.server_name(Some(name), up.addr().ip());
+        let server_name = o.server_name(Some(name), up.addr().ip()).map_err(|e| e.to_string())?;
         match connector.connect(server_name, tcp).await {
             Ok(_) => Ok(()),
             Err(e) => Err(describe(&e)),
@@ -694,17 +753,70 @@ mod tests {
 
     #[test]
     fn san_matching() {
-        assert!(san_matches("api.a.com", "API.a.com"));
-        assert!(san_matches("*.a.com", "b.a.com"));
-        assert!(!san_matches("*.a.com", "a.com"));
-        assert!(!san_matches("*.a.com", "c.b.a.com"));
+        let dns = |d: &str| San::Dns(d.to_string());
+        let uri = |u: &str| San::Uri(u.to_string());
+        assert!(san_matches(&dns("api.a.com"), "API.a.com"));
+        assert!(san_matches(&dns("*.a.com"), "b.a.com"));
+        assert!(!san_matches(&dns("*.a.com"), "a.com"));
+        assert!(!san_matches(&dns("*.a.com"), "c.b.a.com"));
         assert!(san_matches(
-            "spiffe://cluster.local/ns/x/sa/y",
+            &uri("spiffe://cluster.local/ns/x/sa/y"),
             "spiffe://cluster.local/ns/x/sa/y"
         ));
         assert!(!san_matches(
-            "spiffe://cluster.local/ns/x/sa/y",
+            &uri("spiffe://cluster.local/ns/x/sa/y"),
             "spiffe://cluster.local/ns/x/sa/z"
         ));
+        // Typed: the text of a URI in a DNS SAN is not that URI; URIs compare exactly, case
+        // included; an IP SAN is not a DNS name.
+        assert!(!san_matches(
+            &dns("spiffe://cluster.local/ns/x/sa/y"),
+            "spiffe://cluster.local/ns/x/sa/y"
+        ));
+        assert!(!san_matches(
+            &uri("spiffe://cluster.local/ns/X/sa/y"),
+            "spiffe://cluster.local/ns/x/sa/y"
+        ));
+        assert!(!san_matches(&uri("api.a.com"), "api.a.com"));
+        assert!(san_matches(&San::Ip([127, 0, 0, 1].into()), "127.0.0.1"));
+        assert!(!san_matches(&dns("127.0.0.1"), "127.0.0.1"));
+        assert!(!san_matches(&San::Ip([127, 0, 0, 1].into()), "localhost"));
+    }
+
+    #[test]
+    fn no_name_no_verified_connection() {
+        let o = |sans: &[&str], sni: Sni| {
+            let mut r = recipe(None, sans);
+            r.sni = sni;
+            Origination::new(r).unwrap()
+        };
+        let ip = std::net::IpAddr::from([127, 0, 0, 9]);
+        let auto = o(&[], Sni::Auto);
+        assert_eq!(
+            auto.server_name(Some("api.w.test"), ip),
+            Ok(ServerName::try_from("api.w.test".to_string()).unwrap())
+        );
+        // An IP named as the host is the name that was promised.
+        assert_eq!(
+            auto.server_name(Some("127.0.0.5"), ip),
+            Ok(ServerName::IpAddress(std::net::IpAddr::from([127, 0, 0, 5]).into()))
+        );
+        // Not a DNS name (a wildcard, a label ending in '-'), or no host at all: refused, never
+        // the endpoint's IP.
+        for host in [Some("*.w.test"), Some("bad-.w.test"), Some("a b"), None] {
+            let err = auto.server_name(host, ip).unwrap_err();
+            assert!(err.to_string().contains("set sni or subjectAltNames"), "{err}");
+        }
+        // Pinned names are checked whatever the name, so the address may stand in.
+        let pinned = o(&["api.w.test"], Sni::Auto);
+        assert_eq!(
+            pinned.server_name(Some("bad-.w.test"), ip),
+            Ok(ServerName::IpAddress(ip.into()))
+        );
+        let fixed = o(&[], Sni::Fixed("fixed.w.test".into()));
+        assert_eq!(
+            fixed.server_name(None, ip),
+            Ok(ServerName::try_from("fixed.w.test".to_string()).unwrap())
+        );
     }
 }

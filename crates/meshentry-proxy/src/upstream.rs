@@ -93,7 +93,8 @@ impl std::fmt::Display for Dial {
 #[derive(Clone, Debug)]
 pub struct TlsDial {
     pub origination: Arc<Origination>,
-    pub name: ServerName<'static>,
+    /// The name to send and verify; without one the connection is refused before it is made.
+    pub name: Result<ServerName<'static>, crate::tls::Unverifiable>,
     pub sni: bool,
 }
 
@@ -142,8 +143,13 @@ impl ConnectError {
 
 /// Opens a stream to `dial`: a connection to its address, then TLS when it says so.
 pub async fn connect(dial: &Dial, timeout: Duration) -> Result<Stream, ConnectError> {
+    let name = match dial.tls.as_ref().map(|t| &t.name) {
+        Some(Err(unverifiable)) => return Err(ConnectError::Tls(unverifiable.to_string())),
+        Some(Ok(name)) => Some(name.clone()),
+        None => None,
+    };
     let stream = connect_addr(&dial.addr, timeout).await?;
-    let Some(tls) = &dial.tls else {
+    let (Some(tls), Some(name)) = (&dial.tls, name) else {
         return Ok(stream);
     };
     let Stream::Tcp(tcp) = stream else {
@@ -152,7 +158,7 @@ pub async fn connect(dial: &Dial, timeout: Duration) -> Result<Stream, ConnectEr
         ));
     };
     let connector = tokio_rustls::TlsConnector::from(tls.origination.config_for(tls.sni));
-    match tokio::time::timeout(crate::tls::HANDSHAKE_TIMEOUT, connector.connect(tls.name.clone(), tcp)).await {
+    match tokio::time::timeout(crate::tls::HANDSHAKE_TIMEOUT, connector.connect(name, tcp)).await {
         Err(_) => Err(ConnectError::Tls(format!(
             "TLS error: handshake timed out after {:?}",
             crate::tls::HANDSHAKE_TIMEOUT

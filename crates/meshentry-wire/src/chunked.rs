@@ -98,7 +98,9 @@ impl ChunkScanner {
                 }
                 State::Data => {
                     // Skip as much data as this piece holds in one step.
-                    let take = usize::try_from(self.remaining).unwrap_or(usize::MAX).min(bytes.len() - i);
+                    let take = usize::try_from(self.remaining)
+                        .unwrap_or(usize::MAX)
+                        .min(bytes.len() - i);
                     self.remaining -= take as u64;
                     i += take;
                     if self.remaining == 0 {
@@ -250,7 +252,12 @@ mod tests {
         ] {
             let mut with_next = body.to_vec();
             with_next.extend_from_slice(b"GET /next HTTP/1.1\r\n");
-            assert_eq!(scan_all(&with_next), Ok(Some(body.len())), "{:?}", String::from_utf8_lossy(body));
+            assert_eq!(
+                scan_all(&with_next),
+                Ok(Some(body.len())),
+                "{:?}",
+                String::from_utf8_lossy(body)
+            );
         }
     }
 

@@ -212,7 +212,12 @@ pub struct Answering {
 
 /// Reads a final (non-1xx, or 101) response head's framing. Interim responses (100, 102-199)
 /// are the caller's to skip before this.
-pub fn response<'a, I>(status: u16, minor_version: u8, answering: Answering, fields: I) -> Result<Response, ResponseError>
+pub fn response<'a, I>(
+    status: u16,
+    minor_version: u8,
+    answering: Answering,
+    fields: I,
+) -> Result<Response, ResponseError>
 where
     I: IntoIterator<Item = Field<'a>>,
 {
@@ -342,7 +347,11 @@ pub fn valid_authority(authority: &[u8]) -> bool {
             return false;
         };
         let literal = &rest[..end];
-        if literal.is_empty() || !literal.iter().all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.')) {
+        if literal.is_empty()
+            || !literal
+                .iter()
+                .all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.'))
+        {
             return false;
         }
         let after = &rest[end + 1..];
@@ -361,7 +370,21 @@ pub fn valid_authority(authority: &[u8]) -> bool {
         b.is_ascii_alphanumeric()
             || matches!(
                 b,
-                b'-' | b'.' | b'_' | b'~' | b'%' | b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'='
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'%'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
             )
     });
     let port_ok = port.len() <= 5 && port.iter().all(u8::is_ascii_digit);
@@ -386,16 +409,26 @@ mod tests {
     }
 
     fn resp(status: u16, minor: u8, answering: Answering, fields: &[(&str, &str)]) -> Result<Response, ResponseError> {
-        response(status, minor, answering, fields.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())))
+        response(
+            status,
+            minor,
+            answering,
+            fields.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())),
+        )
     }
 
     #[test]
     fn request_lengths() {
         assert_eq!(req(1, &[]).unwrap().body, RequestBody::Empty);
         assert_eq!(req(1, &[("Content-Length", "0")]).unwrap().body, RequestBody::Empty);
-        assert_eq!(req(1, &[("content-length", " 12 ")]).unwrap().body, RequestBody::Length(12));
         assert_eq!(
-            req(1, &[("content-length", "5"), ("Content-Length", "5")]).unwrap().body,
+            req(1, &[("content-length", " 12 ")]).unwrap().body,
+            RequestBody::Length(12)
+        );
+        assert_eq!(
+            req(1, &[("content-length", "5"), ("Content-Length", "5")])
+                .unwrap()
+                .body,
             RequestBody::Length(5)
         );
         for bad in ["+5", "-5", "1 0", "", "5,5", "0x5", "18446744073709551616", "5;"] {
@@ -413,14 +446,25 @@ mod tests {
 
     #[test]
     fn request_transfer_encoding() {
-        assert_eq!(req(1, &[("transfer-encoding", "chunked")]).unwrap().body, RequestBody::Chunked);
-        assert_eq!(req(1, &[("transfer-encoding", "gzip, Chunked")]).unwrap().body, RequestBody::Chunked);
-        // Transfer-Encoding wins over Content-Length, as in hyper, which serves these.
         assert_eq!(
-            req(1, &[("content-length", "3"), ("transfer-encoding", "chunked")]).unwrap().body,
+            req(1, &[("transfer-encoding", "chunked")]).unwrap().body,
             RequestBody::Chunked
         );
-        assert_eq!(req(1, &[("transfer-encoding", "chunked, gzip")]), Err(RequestError::NotChunked));
+        assert_eq!(
+            req(1, &[("transfer-encoding", "gzip, Chunked")]).unwrap().body,
+            RequestBody::Chunked
+        );
+        // Transfer-Encoding wins over Content-Length, as in hyper, which serves these.
+        assert_eq!(
+            req(1, &[("content-length", "3"), ("transfer-encoding", "chunked")])
+                .unwrap()
+                .body,
+            RequestBody::Chunked
+        );
+        assert_eq!(
+            req(1, &[("transfer-encoding", "chunked, gzip")]),
+            Err(RequestError::NotChunked)
+        );
         assert_eq!(req(1, &[("transfer-encoding", "")]), Err(RequestError::NotChunked));
         assert_eq!(
             req(0, &[("transfer-encoding", "chunked")]),
@@ -430,14 +474,26 @@ mod tests {
 
     #[test]
     fn request_host() {
-        assert_eq!(req(1, &[("host", "a.example:8080")]).unwrap().host, Some(&b"a.example:8080"[..]));
+        assert_eq!(
+            req(1, &[("host", "a.example:8080")]).unwrap().host,
+            Some(&b"a.example:8080"[..])
+        );
         assert_eq!(req(1, &[("host", "[::1]:80")]).unwrap().host, Some(&b"[::1]:80"[..]));
         assert_eq!(req(1, &[("host", "")]).unwrap().host, None);
         assert_eq!(
             req(1, &[("host", "a.example"), ("host", "a.example")]),
             Err(RequestError::DuplicateHost)
         );
-        for bad in ["user@a.example", "a.example/x", "a b", "a.example:80x", "[::1", "[zz]", ":80", "a:123456"] {
+        for bad in [
+            "user@a.example",
+            "a.example/x",
+            "a b",
+            "a.example:80x",
+            "[::1",
+            "[zz]",
+            ":80",
+            "a:123456",
+        ] {
             assert_eq!(req(1, &[("host", bad)]), Err(RequestError::InvalidHost), "{bad:?}");
         }
     }
@@ -448,7 +504,11 @@ mod tests {
         assert!(req(1, &[("connection", "Keep-Alive, close")]).unwrap().close);
         assert!(req(0, &[]).unwrap().close);
         assert!(!req(0, &[("connection", "keep-alive")]).unwrap().close);
-        assert!(req(1, &[("connection", "upgrade"), ("upgrade", "websocket")]).unwrap().upgrade);
+        assert!(
+            req(1, &[("connection", "upgrade"), ("upgrade", "websocket")])
+                .unwrap()
+                .upgrade
+        );
         assert!(!req(1, &[("upgrade", "websocket")]).unwrap().upgrade);
     }
 
@@ -456,7 +516,10 @@ mod tests {
     fn connection_never_removes_framing_or_host() {
         let conn: [&[u8]; 1] = [b"Content-Length, transfer-encoding, HOST, x-trace"];
         assert!(!is_hop_by_hop(b"content-length", conn));
-        assert!(is_hop_by_hop(b"transfer-encoding", conn), "connection-specific on its own");
+        assert!(
+            is_hop_by_hop(b"transfer-encoding", conn),
+            "connection-specific on its own"
+        );
         assert!(!is_hop_by_hop(b"Host", conn));
         assert!(is_hop_by_hop(b"X-Trace", conn));
         assert!(!is_hop_by_hop(b"trailer", conn), "Trailer is end to end");
@@ -472,15 +535,28 @@ mod tests {
             upgrade: false,
         };
         let r = resp(200, 1, get, &[("content-length", "5")]).unwrap();
-        assert_eq!((r.body, r.close, r.announced_body), (ResponseBody::Length(5), false, false));
-        assert_eq!(resp(200, 1, get, &[("content-length", "5, 5")]).unwrap().body, ResponseBody::Length(5));
-        assert_eq!(resp(200, 1, get, &[("transfer-encoding", "chunked")]).unwrap().body, ResponseBody::Chunked);
+        assert_eq!(
+            (r.body, r.close, r.announced_body),
+            (ResponseBody::Length(5), false, false)
+        );
+        assert_eq!(
+            resp(200, 1, get, &[("content-length", "5, 5")]).unwrap().body,
+            ResponseBody::Length(5)
+        );
+        assert_eq!(
+            resp(200, 1, get, &[("transfer-encoding", "chunked")]).unwrap().body,
+            ResponseBody::Chunked
+        );
         let r = resp(200, 1, get, &[("transfer-encoding", "gzip")]).unwrap();
         assert_eq!((r.body, r.close), (ResponseBody::UntilClose, true));
         let r = resp(200, 1, get, &[]).unwrap();
         assert_eq!((r.body, r.close), (ResponseBody::UntilClose, true));
         assert!(resp(200, 0, get, &[("content-length", "1")]).unwrap().close);
-        assert!(!resp(200, 0, get, &[("content-length", "1"), ("connection", "keep-alive")]).unwrap().close);
+        assert!(
+            !resp(200, 0, get, &[("content-length", "1"), ("connection", "keep-alive")])
+                .unwrap()
+                .close
+        );
         let r = resp(200, 1, head, &[("content-length", "75")]).unwrap();
         assert_eq!((r.body, r.announced_body), (ResponseBody::None, true));
         assert!(!resp(200, 1, head, &[("content-length", "0")]).unwrap().announced_body);
@@ -492,14 +568,26 @@ mod tests {
     fn hostile_responses_are_refused() {
         let get = Answering::default();
         let cases: [(&[(&str, &str)], ResponseError); 8] = [
-            (&[("content-length", "5"), ("content-length", "6")], ResponseError::ConflictingContentLength),
+            (
+                &[("content-length", "5"), ("content-length", "6")],
+                ResponseError::ConflictingContentLength,
+            ),
             (&[("content-length", "5, 6")], ResponseError::ConflictingContentLength),
             (&[("content-length", "+5")], ResponseError::InvalidContentLength),
             (&[("content-length", "1 0")], ResponseError::InvalidContentLength),
             (&[("content-length", "")], ResponseError::InvalidContentLength),
-            (&[("content-length", "3"), ("transfer-encoding", "chunked")], ResponseError::LengthAndTransferEncoding),
-            (&[("connection", "content-length"), ("content-length", "3")], ResponseError::ConnectionNamesFraming),
-            (&[("Connection", "close, Transfer-Encoding")], ResponseError::ConnectionNamesFraming),
+            (
+                &[("content-length", "3"), ("transfer-encoding", "chunked")],
+                ResponseError::LengthAndTransferEncoding,
+            ),
+            (
+                &[("connection", "content-length"), ("content-length", "3")],
+                ResponseError::ConnectionNamesFraming,
+            ),
+            (
+                &[("Connection", "close, Transfer-Encoding")],
+                ResponseError::ConnectionNamesFraming,
+            ),
         ];
         for (fields, want) in cases {
             assert_eq!(resp(200, 1, get, fields), Err(want), "{fields:?}");
@@ -508,7 +596,10 @@ mod tests {
             resp(200, 0, get, &[("transfer-encoding", "chunked")]),
             Err(ResponseError::TransferEncodingInHttp10)
         );
-        assert_eq!(resp(101, 1, get, &[("upgrade", "websocket")]), Err(ResponseError::UnsolicitedUpgrade));
+        assert_eq!(
+            resp(101, 1, get, &[("upgrade", "websocket")]),
+            Err(ResponseError::UnsolicitedUpgrade)
+        );
         let upgrade = Answering {
             head: false,
             upgrade: true,

@@ -82,7 +82,7 @@ async fn issued_identities_verify_against_the_ca() {
         let addr = up.addr();
         async move {
             let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-            let name = o.server_name(None, addr.ip());
+            let name = o.server_name(None, addr.ip()).unwrap();
             tokio_rustls::TlsConnector::from(o.config())
                 .connect(name, tcp)
                 .await

@@ -284,7 +284,11 @@ async fn a_chunked_response_with_a_content_length_is_refused_and_its_connection_
         let (status, head, _) = read_response(&mut s, &mut buf, false).await;
         assert_eq!(status, 502, "{head}");
         assert!(head.contains("x-meshentry-response-flags: UPE"), "{head}");
-        assert_eq!(connections.load(Ordering::SeqCst), i + 1, "a new upstream connection per request");
+        assert_eq!(
+            connections.load(Ordering::SeqCst),
+            i + 1,
+            "a new upstream connection per request"
+        );
     }
 }
 
