@@ -59,6 +59,12 @@ pub enum Framing {
     UntilClose,
 }
 
+/// A message head split into lines (the start line first), and its length in bytes.
+type HeadLines<'a> = (Vec<&'a [u8]>, usize);
+
+/// A body taken off the wire: the data (decoded), the trailer fields, and the bytes it took.
+type TakenBody = (Vec<u8>, Vec<(String, String)>, usize);
+
 /// The offset just past `\r\n` ending the line that starts `buf`; `Ok(None)` if it has not all
 /// arrived. A LF without CR, or a CR without LF, is an error.
 fn line_end(buf: &[u8]) -> Result<Option<usize>, String> {
@@ -80,7 +86,7 @@ fn line_end(buf: &[u8]) -> Result<Option<usize>, String> {
 
 /// The lines of a message head (start line first) and the head's length including the empty
 /// line; `Ok(None)` if the head is not complete yet.
-fn head_lines(buf: &[u8]) -> Result<Option<(Vec<&[u8]>, usize)>, String> {
+fn head_lines(buf: &[u8]) -> Result<Option<HeadLines<'_>>, String> {
     let mut lines = Vec::new();
     let mut at = 0;
     loop {
@@ -194,8 +200,7 @@ fn framing_in_connection(fields: &[(String, String)]) -> Result<(), String> {
 
 /// A decoded chunked body at the start of `buf`: (data, trailer fields, bytes used), or
 /// `Ok(None)` if it has not all arrived.
-#[allow(clippy::type_complexity)]
-fn decode_chunked(buf: &[u8]) -> Result<Option<(Vec<u8>, Vec<(String, String)>, usize)>, String> {
+fn decode_chunked(buf: &[u8]) -> Result<Option<TakenBody>, String> {
     let mut at = 0;
     let mut data = Vec::new();
     loop {
@@ -246,12 +251,7 @@ fn decode_chunked(buf: &[u8]) -> Result<Option<(Vec<u8>, Vec<(String, String)>, 
 
 /// A body of `framing` at the start of `buf`: (data, trailers, bytes used), or `Ok(None)` if
 /// incomplete. `eof`: the connection has closed, which completes an [`Framing::UntilClose`] body.
-#[allow(clippy::type_complexity)]
-fn take_body(
-    buf: &[u8],
-    framing: Framing,
-    eof: bool,
-) -> Result<Option<(Vec<u8>, Vec<(String, String)>, usize)>, String> {
+fn take_body(buf: &[u8], framing: Framing, eof: bool) -> Result<Option<TakenBody>, String> {
     match framing {
         Framing::Empty => Ok(Some((Vec::new(), Vec::new(), 0))),
         Framing::Length(n) => {
@@ -696,7 +696,8 @@ pub struct RawConn {
     pub peer_closed: bool,
     /// Bytes that did not parse as a request, and why; the backend stops answering then.
     pub error: Option<String>,
-    /// A request that had started arriving when the peer closed.
+    /// The bytes of a request that has started arriving and is not complete (yet, or ever if
+    /// the peer closed).
     pub unfinished: Vec<u8>,
 }
 
@@ -801,11 +802,12 @@ impl RawBackend {
         for c in &st.conns {
             let _ = writeln!(
                 s,
-                "  conn {}: {} requests, peer closed: {}, error: {:?}\n    received: {:?}\n    sent: {:?}",
+                "  conn {}: {} requests, peer closed: {}, error: {:?}, unfinished request: {:?}\n    received: {:?}\n    sent: {:?}",
                 c.id,
                 c.requests,
                 c.peer_closed,
                 c.error,
+                show(&c.unfinished),
                 show(&c.received),
                 show(&c.sent)
             );
@@ -833,6 +835,7 @@ async fn serve(mut s: TcpStream, id: usize, state: Arc<Mutex<State>>, respond: A
                     {
                         let mut st = lock(&state);
                         st.conns[id - 1].requests += 1;
+                        st.conns[id - 1].unfinished.clone_from(&buf);
                         st.requests.push(req.clone());
                     }
                     let reply = respond(&req);
@@ -862,7 +865,10 @@ async fn serve(mut s: TcpStream, id: usize, state: Arc<Mutex<State>>, respond: A
                         }
                     }
                 }
-                Ok(None) => break,
+                Ok(None) => {
+                    conn(&state, &mut |c| c.unfinished.clone_from(&buf));
+                    break;
+                }
                 Err(e) => {
                     conn(&state, &mut |c| {
                         c.error = Some(format!("{e}; unparsed: {:?}", show(&buf)))
@@ -876,10 +882,7 @@ async fn serve(mut s: TcpStream, id: usize, state: Arc<Mutex<State>>, respond: A
         let mut chunk = [0u8; 16 * 1024];
         match s.read(&mut chunk).await {
             Ok(0) | Err(_) => {
-                conn(&state, &mut |c| {
-                    c.peer_closed = true;
-                    c.unfinished = buf.clone();
-                });
+                conn(&state, &mut |c| c.peer_closed = true);
                 return;
             }
             Ok(n) => {
