@@ -824,9 +824,10 @@ async fn two_host_headers_are_refused_with_400() {
 /// (hyper) path instead of the fast path.
 fn rewrite_rule(host: &str) -> String {
     format!(
-        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: rewrite, namespace: default}}\n\
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: {name}, namespace: default}}\n\
          spec:\n  hosts: [{host}]\n  http:\n  - name: rewrite\n    match: [{{uri: {{prefix: /}}}}]\n\
-         \x20   rewrite: {{uri: /rewritten/}}\n    route: [{{destination: {{host: {host}}}}}]\n---\n"
+         \x20   rewrite: {{uri: /rewritten/}}\n    route: [{{destination: {{host: {host}}}}}]\n---\n",
+        name = host.replace('.', "-")
     )
 }
 
