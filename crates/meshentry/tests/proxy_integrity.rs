@@ -8,8 +8,9 @@
 //! read responses strictly ([`RawClient`]); upstreams are [`RawBackend`]s that record every byte
 //! each connection received and answer with bytes the test chooses. Each backend echoes the
 //! request line and the client's `x-id` in its body, so a client can tell whether a response
-//! is its own. Each case has a service and backend of its own, so one case's damage cannot
-//! hide or cause another's; a test runs all its cases and reports every one that went wrong.
+//! is its own. Cases that could spoil a pooled connection have a service and backend of their
+//! own, so one case's damage cannot hide or cause another's; a test runs all its cases and
+//! reports every one that went wrong, with every byte its backends received and sent.
 //!
 //! | issue 13 defect | test |
 //! |---|---|
