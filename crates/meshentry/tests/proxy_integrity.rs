@@ -543,18 +543,19 @@ fn connection_cannot_unframe_a_request_on_the_transparent_listener() {
 // ---------------------------------------------------------------------------------------------
 // 2. Pooled upstream connections reused with unread bytes
 
-/// Exactly `len` bytes that look like a whole HTTP response carrying another client's label.
-fn forged_response(len: usize, label: &str) -> Vec<u8> {
+/// Exactly `len` bytes that look like a whole HTTP response whose body starts with `marker`
+/// (another client's echo).
+fn forged_response(len: usize, marker: &str) -> Vec<u8> {
     let head_for = |body_len: usize| format!("HTTP/1.1 200 OK\r\nContent-Length: {body_len}\r\n\r\n");
     let mut body_len = len.saturating_sub(head_for(len).len());
     // The head's length depends on the number of digits of the body's.
     while head_for(body_len).len() + body_len != len {
         body_len = len - head_for(body_len).len();
     }
-    let mut body = format!("GET / id={label} ").into_bytes();
+    let mut body = marker.as_bytes().to_vec();
     assert!(
         body.len() <= body_len,
-        "{len} bytes cannot hold a response labelled {label}"
+        "{len} bytes cannot hold a response with {marker:?}"
     );
     body.resize(body_len, b'.');
     let mut out = head_for(body_len).into_bytes();
@@ -576,7 +577,7 @@ async fn late_upstream_bytes_never_reach_a_later_client() {
             if r.path() == "/late" {
                 Reply::bytes(first.clone())
                     .then_sleep(Duration::from_millis(50))
-                    .then_write(forged_response(LATE, "late-bytes"))
+                    .then_write(forged_response(LATE, "HEAD /late id=early-end "))
             } else {
                 raw::echo(r)
             }
@@ -660,7 +661,7 @@ async fn late_upstream_bytes_never_reach_a_later_client() {
 /// request arrives on a new one, and its client gets its own response.
 #[tokio::test]
 async fn hostile_response_framing_is_a_502_upe_and_the_upstream_connection_is_closed() {
-    let forged = forged_response(80, "hostile");
+    let forged = forged_response(80, "GET /hostile id=hostile ");
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("two differing Content-Length values", {
             let mut r = format!(
