@@ -27,13 +27,13 @@ use tokio_rustls::TlsAcceptor;
 use crate::tasks::{TaskGuard, Tasks};
 
 /// Locks a mutex whose holders never panic mid-update, so poisoning carries no broken state.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Binds `addr` (std sets SO_REUSEADDR, so a fixed port with connections in TIME_WAIT can be
 /// bound again) and registers the listener with the server's runtime.
-fn bind_tcp(addr: SocketAddr, what: &str, tasks: &Tasks) -> (TcpListener, SocketAddr) {
+pub(crate) fn bind_tcp(addr: SocketAddr, what: &str, tasks: &Tasks) -> (TcpListener, SocketAddr) {
     let listener = std::net::TcpListener::bind(addr).unwrap_or_else(|e| panic!("{what}: cannot bind {addr}: {e}"));
     let local = listener.local_addr().expect("a bound TCP listener has an address");
     listener.set_nonblocking(true).expect("setting a listener non-blocking");
