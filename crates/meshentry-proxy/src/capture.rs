@@ -12,6 +12,8 @@ use std::process::Command;
 pub const OUTPUT_CHAIN: &str = "MESHENTRY_OUTPUT";
 /// Our chain that redirects to the proxy.
 pub const REDIRECT_CHAIN: &str = "MESHENTRY_REDIRECT";
+/// Our chain in the filter table that rejects the application's QUIC (UDP 443).
+pub const QUIC_CHAIN: &str = "MESHENTRY_QUIC";
 
 /// The mark the proxy puts on its upstream sockets when it may (as root, or with
 /// CAP_NET_ADMIN), so that its own connections are not captured even if it does not run as
@@ -27,6 +29,11 @@ pub struct CaptureOptions {
     pub outbound_port: u16,
     /// Destination ports left alone.
     pub exclude_ports: Vec<u16>,
+    /// Reject the application's UDP to port 443. Only TCP is captured, so QUIC (HTTP/3)
+    /// would otherwise leave unrouted and unchecked, past a REGISTRY_ONLY policy; a rejected
+    /// QUIC attempt makes browsers and HTTP/3 clients fall back to TCP at once, and that is
+    /// captured.
+    pub block_quic: bool,
 }
 
 /// iptables or ip6tables.
@@ -54,6 +61,14 @@ impl Family {
 
 fn nat(args: &[&str]) -> Vec<String> {
     ["-w", "-t", "nat"].iter().chain(args).map(|s| s.to_string()).collect()
+}
+
+fn filter(args: &[&str]) -> Vec<String> {
+    ["-w", "-t", "filter"]
+        .iter()
+        .chain(args)
+        .map(|s| s.to_string())
+        .collect()
 }
 
 /// The invocations that install capture, in order, assuming our chains do not exist. The
@@ -84,7 +99,26 @@ pub fn install_rules(o: &CaptureOptions, family: Family) -> Vec<Vec<String>> {
     }
     rules.push(nat(&["-A", OUTPUT_CHAIN, "-j", REDIRECT_CHAIN]));
     rules.push(nat(&["-A", "OUTPUT", "-p", "tcp", "-j", OUTPUT_CHAIN]));
+    if o.block_quic {
+        let mark = format!("{PROXY_MARK:#x}");
+        rules.extend([
+            filter(&["-N", QUIC_CHAIN]),
+            // The proxy itself may speak QUIC; only the application's is refused.
+            filter(&["-A", QUIC_CHAIN, "-m", "owner", "--uid-owner", &uid, "-j", "RETURN"]),
+            filter(&["-A", QUIC_CHAIN, "-m", "mark", "--mark", &mark, "-j", "RETURN"]),
+            filter(&["-A", QUIC_CHAIN, "-d", family.loopback(), "-j", "RETURN"]),
+            // An ICMP port-unreachable makes the client give up on QUIC at once, where a
+            // silent drop would make it wait for its handshake timeout first.
+            filter(&["-A", QUIC_CHAIN, "-j", "REJECT"]),
+            filter(&["-A", "OUTPUT", "-p", "udp", "--dport", "443", "-j", QUIC_CHAIN]),
+        ]);
+    }
     rules
+}
+
+/// The jump to the QUIC chain (for `-C` and `-D`).
+fn quic_jump(op: &str) -> Vec<String> {
+    filter(&[op, "OUTPUT", "-p", "udp", "--dport", "443", "-j", QUIC_CHAIN])
 }
 
 /// The jump from `OUTPUT` (for `-C` and `-D`).
@@ -141,6 +175,13 @@ pub fn remove(family: Family) -> Result<(), CaptureError> {
             run(binary, &nat(&["-X", chain]))?;
         }
     }
+    while run(binary, &quic_jump("-C")).is_ok() {
+        run(binary, &quic_jump("-D"))?;
+    }
+    if run(binary, &filter(&["-L", QUIC_CHAIN, "-n"])).is_ok() {
+        run(binary, &filter(&["-F", QUIC_CHAIN]))?;
+        run(binary, &filter(&["-X", QUIC_CHAIN]))?;
+    }
     Ok(())
 }
 
@@ -162,6 +203,7 @@ mod tests {
             proxy_uid: 1337,
             outbound_port: 15001,
             exclude_ports: vec![22, 15000],
+            block_quic: false,
         };
         let lines: Vec<String> = install_rules(&o, Family::V4).iter().map(|r| r.join(" ")).collect();
         assert_eq!(
@@ -181,5 +223,29 @@ mod tests {
         );
         let v6 = install_rules(&o, Family::V6);
         assert!(v6.iter().any(|r| r.join(" ").contains("-d ::1/128 -j RETURN")));
+    }
+
+    #[test]
+    fn quic_is_rejected_for_the_application_only() {
+        let o = CaptureOptions {
+            proxy_uid: 1337,
+            outbound_port: 15001,
+            exclude_ports: vec![],
+            block_quic: true,
+        };
+        let lines: Vec<String> = install_rules(&o, Family::V4).iter().map(|r| r.join(" ")).collect();
+        assert_eq!(
+            lines[lines.len() - 6..],
+            [
+                "-w -t filter -N MESHENTRY_QUIC",
+                "-w -t filter -A MESHENTRY_QUIC -m owner --uid-owner 1337 -j RETURN",
+                "-w -t filter -A MESHENTRY_QUIC -m mark --mark 0x539 -j RETURN",
+                "-w -t filter -A MESHENTRY_QUIC -d 127.0.0.1/32 -j RETURN",
+                "-w -t filter -A MESHENTRY_QUIC -j REJECT",
+                "-w -t filter -A OUTPUT -p udp --dport 443 -j MESHENTRY_QUIC",
+            ]
+        );
+        // The TCP capture comes first and is unchanged.
+        assert_eq!(lines[lines.len() - 7], "-w -t nat -A OUTPUT -p tcp -j MESHENTRY_OUTPUT");
     }
 }

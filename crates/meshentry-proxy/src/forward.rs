@@ -391,6 +391,13 @@ pub async fn send_request_within(
     let mut req = req;
     let mut plan = Failover::new(shared, cluster, original).await?;
     let sni_host = cluster.and_then(|c| c.tls.as_ref()).and_then(|_| request_host(&req));
+    // What the response may be, by the fast path's rules (`meshentry_wire`): hyper re-frames
+    // what it relays, but a connection whose response was ambiguous is still not reused, and
+    // a 101 nobody asked for is not passed on.
+    let answering = meshentry_wire::h1::Answering {
+        head: req.method() == http::Method::HEAD,
+        upgrade: req.headers().contains_key(http::header::UPGRADE),
+    };
     while let Some(i) = plan.next_target() {
         let addr = plan.dial(i, sni_host.as_deref());
         let sent = match protocol {
@@ -403,10 +410,21 @@ pub async fn send_request_within(
                 || plan.opened(i),
             )
             .await
-            .map(|(resp, sender)| {
-                let reusable = !wants_close(resp.headers());
+            .and_then(|(resp, sender)| {
+                let minor = u8::from(resp.version() != http::Version::HTTP_10);
+                let fields = resp
+                    .headers()
+                    .iter()
+                    .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()));
+                // Refused: the response (and with it the connection) is dropped, never pooled.
+                let framing = meshentry_wire::h1::response(resp.status().as_u16(), minor, answering, fields)
+                    .map_err(|e| Exchange::Failed(UpstreamError::Protocol(e.to_string())))?;
+                let reusable = !wants_close(resp.headers()) && !framing.close && !framing.announced_body;
                 let (parts, body) = resp.into_parts();
-                Response::from_parts(parts, PooledBody::new(body, addr.clone(), sender, reusable))
+                Ok(Response::from_parts(
+                    parts,
+                    PooledBody::new(body, addr.clone(), sender, reusable),
+                ))
             }),
             UpstreamProtocol::H2 => exchange_h2(&addr, req, idle, timeout, response_timeout, || plan.opened(i))
                 .await

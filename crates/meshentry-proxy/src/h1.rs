@@ -1196,7 +1196,7 @@ async fn roundtrip(
                 o.code = status;
                 o.head_at = head_at;
             });
-            return Outcome::Failed(Failure::Answer(UpstreamError::Reset(
+            return Outcome::Failed(Failure::Answer(UpstreamError::Protocol(
                 "malformed chunked response".into(),
             )));
         }

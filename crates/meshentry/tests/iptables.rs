@@ -195,3 +195,99 @@ fn connections_are_redirected_with_their_original_destination() {
         "{out}"
     );
 }
+
+/// What a UDP "QUIC" packet to 127.0.0.2:443 from `uid` gets: `reply` from the echo server,
+/// `refused` (the ICMP the REJECT sends), or `timeout`.
+fn quic_probe(ns: &Netns, uid: u32) -> String {
+    let script = "import socket\n\
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+s.settimeout(2)\n\
+s.connect(('127.0.0.2', 443))\n\
+s.send(b'quic')\n\
+try:\n    print(s.recv(16).decode())\n\
+except ConnectionRefusedError:\n    print('refused')\n\
+except socket.timeout:\n    print('timeout')\n";
+    let uid = uid.to_string();
+    let out = ns.run(&[
+        "setpriv",
+        "--reuid",
+        &uid,
+        "--regid",
+        &uid,
+        "--clear-groups",
+        "python3",
+        "-c",
+        script,
+    ]);
+    out.trim().to_string()
+}
+
+#[test]
+fn quic_from_the_application_is_rejected_under_registry_only() {
+    let ns = Netns::new();
+    // A UDP echo server on 127.0.0.2:443 (not the excluded 127.0.0.1), for the traffic that
+    // is let through.
+    let mut echo = Command::new("ip")
+        .args(["netns", "exec", &ns.0, "/usr/bin/python3", "-c"])
+        .arg(
+            "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+s.bind(('127.0.0.2', 443))\nwhile True:\n    d, a = s.recvfrom(64)\n    s.sendto(b'reply', a)\n",
+        )
+        .spawn()
+        .unwrap();
+    let filter_before = ns.run(&["iptables", "-w", "-t", "filter", "-S"]);
+    for _ in 0..50 {
+        if quic_probe(&ns, 4242) == "reply" {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(quic_probe(&ns, 4242), "reply", "before install");
+
+    // ALLOW_ANY (the default): QUIC is left alone.
+    ns.run(&[BIN, "iptables", "install", "--proxy-uid", "1337"]);
+    assert_eq!(ns.run(&["iptables", "-w", "-t", "filter", "-S"]), filter_before);
+    assert_eq!(quic_probe(&ns, 4242), "reply");
+
+    // REGISTRY_ONLY: the application's QUIC is refused at once, the proxy's is not.
+    ns.run(&[
+        BIN,
+        "iptables",
+        "install",
+        "--proxy-uid",
+        "1337",
+        "--outbound-policy",
+        "REGISTRY_ONLY",
+    ]);
+    let filter = ns.run(&["iptables", "-w", "-t", "filter", "-S"]);
+    assert!(
+        filter
+            .lines()
+            .any(|l| l == "-A OUTPUT -p udp -m udp --dport 443 -j MESHENTRY_QUIC"),
+        "{filter}"
+    );
+    assert_eq!(quic_probe(&ns, 4242), "refused");
+    assert_eq!(quic_probe(&ns, 1337), "reply");
+
+    // Asked not to, it does not.
+    ns.run(&[
+        BIN,
+        "iptables",
+        "install",
+        "--proxy-uid",
+        "1337",
+        "--outbound-policy",
+        "REGISTRY_ONLY",
+        "--block-quic=false",
+    ]);
+    assert_eq!(quic_probe(&ns, 4242), "reply");
+
+    // Removal restores the filter table exactly.
+    ns.run(&[BIN, "iptables", "install", "--proxy-uid", "1337", "--block-quic"]);
+    assert_eq!(quic_probe(&ns, 4242), "refused");
+    ns.run(&[BIN, "iptables", "remove"]);
+    assert_eq!(ns.run(&["iptables", "-w", "-t", "filter", "-S"]), filter_before);
+    assert_eq!(quic_probe(&ns, 4242), "reply");
+    let _ = echo.kill();
+    let _ = echo.wait();
+}

@@ -21,6 +21,15 @@ pub enum Action {
         /// Destination ports left alone (comma-separated).
         #[arg(long, value_delimiter = ',')]
         exclude_ports: Vec<u16>,
+        /// The outbound traffic policy the proxy enforces; with REGISTRY_ONLY, QUIC is
+        /// blocked unless --block-quic=false says otherwise.
+        #[arg(long, value_parser = ["ALLOW_ANY", "REGISTRY_ONLY"], default_value = "ALLOW_ANY")]
+        outbound_policy: String,
+        /// Reject the application's UDP to port 443 (QUIC, HTTP/3), which capture cannot route
+        /// or check, so clients fall back to TCP. Default: on with REGISTRY_ONLY, off with
+        /// ALLOW_ANY.
+        #[arg(long, num_args = 0..=1, default_missing_value = "true", require_equals = true)]
+        block_quic: Option<bool>,
         /// Print the iptables commands instead of running them.
         #[arg(long)]
         dry_run: bool,
@@ -45,12 +54,15 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
                 proxy_uid,
                 outbound_port,
                 exclude_ports,
+                outbound_policy,
+                block_quic,
                 dry_run,
             } => {
                 let o = CaptureOptions {
                     proxy_uid: *proxy_uid,
                     outbound_port: *outbound_port,
                     exclude_ports: exclude_ports.clone(),
+                    block_quic: block_quic.unwrap_or(outbound_policy == "REGISTRY_ONLY"),
                 };
                 if *dry_run {
                     for rule in capture::install_rules(&o, family) {
