@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use crate::sni::{MAX_CLIENT_HELLO, Sniff, sniff};
+use crate::sni::{MAX_CLIENT_HELLO, Sniff, sniff, starts_like_tls};
 use crate::upstream::Stream;
 
 /// The HTTP/2 connection preface a prior-knowledge (h2c) client starts with (RFC 9113 3.4).
@@ -25,7 +25,8 @@ const MAX_REQUEST_LINE: usize = 16 * 1024;
 pub enum Detected {
     /// A complete TLS ClientHello; `sni` lower-cased.
     Tls { sni: Option<String> },
-    /// Starts like TLS but is not a valid ClientHello (including one cut short).
+    /// Starts like TLS but is not a valid ClientHello (including one cut short, and a record
+    /// of another type first, such as a ChangeCipherSpec).
     BadTls(&'static str),
     /// An HTTP/1.0 or HTTP/1.1 request line.
     Http1,
@@ -101,7 +102,7 @@ fn give_up(buf: &[u8]) -> Detected {
 /// What `buf` holds, or `None` when more bytes are needed to tell.
 pub fn classify(buf: &[u8]) -> Option<Detected> {
     let first = *buf.first()?;
-    if first == 0x16 {
+    if starts_like_tls(first) {
         return match sniff(buf) {
             Sniff::Hello(h) => Some(Detected::Tls {
                 sni: h.server_name.map(|s| s.into_owned()),
@@ -202,6 +203,20 @@ mod tests {
             assert_eq!(classify(&H2_PREFACE[..i]), None);
         }
         assert_eq!(classify(b"PRI * HTTP/2.0\r\n\r\nXX"), Some(Detected::Other));
+    }
+
+    /// A ChangeCipherSpec before the ClientHello is malformed TLS, never TLS with the SNI of
+    /// the hello behind it.
+    #[test]
+    fn a_change_cipher_spec_first_is_bad_tls() {
+        let mut bytes = vec![0x14, 0x03, 0x03, 0x00, 0x01, 0x01];
+        bytes.extend_from_slice(&crate::sni::tests::hello_bytes(Some("evil.example.com"), &[]));
+        assert_eq!(
+            classify(&bytes),
+            Some(Detected::BadTls("first TLS record is not a handshake"))
+        );
+        assert_eq!(classify(&bytes[..1]), None, "one byte cannot tell yet");
+        assert_eq!(give_up(&bytes[..1]), Detected::Other);
     }
 
     #[test]

@@ -14,6 +14,8 @@ use std::borrow::Cow;
 pub const MAX_CLIENT_HELLO: usize = 16 * 1024;
 
 const RECORD_HEADER: usize = 5;
+const CONTENT_CHANGE_CIPHER_SPEC: u8 = 20;
+const CONTENT_HEARTBEAT: u8 = 24;
 const CONTENT_HANDSHAKE: u8 = 22;
 const HANDSHAKE_CLIENT_HELLO: u8 = 1;
 const EXT_SERVER_NAME: u16 = 0;
@@ -26,7 +28,7 @@ pub enum Sniff<'a> {
     Hello(ClientHello<'a>),
     /// Could be a ClientHello; more bytes are needed.
     Incomplete,
-    /// Not a TLS handshake (the first byte is not a handshake record).
+    /// Not TLS (the first bytes are not a TLS record header).
     NotTls,
     /// Starts like TLS but is malformed; the reason is for logs and refusals.
     Invalid(&'static str),
@@ -44,12 +46,29 @@ pub struct ClientHello<'a> {
     pub consumed: usize,
 }
 
+/// Whether `first` could start a TLS record: a ChangeCipherSpec, alert, handshake,
+/// application data or heartbeat record. Only a handshake (a ClientHello) may start a
+/// connection; the others, followed by TLS's major version 3, are refused by [`sniff`].
+pub fn starts_like_tls(first: u8) -> bool {
+    (CONTENT_CHANGE_CIPHER_SPEC..=CONTENT_HEARTBEAT).contains(&first)
+}
+
 /// Examines the start of a connection.
 pub fn sniff(buf: &[u8]) -> Sniff<'_> {
     let Some(&first) = buf.first() else {
         return Sniff::Incomplete;
     };
     if first != CONTENT_HANDSHAKE {
+        // RFC 8446 5: a client's ChangeCipherSpec may come only after its first ClientHello.
+        // One first is not TLS starting; worse, a server that skips it would take the
+        // ClientHello behind it, and its SNI, unseen by whoever routes or checks by SNI.
+        if starts_like_tls(first) {
+            return match buf.get(1) {
+                None => Sniff::Incomplete,
+                Some(3) => Sniff::Invalid("first TLS record is not a handshake"),
+                Some(_) => Sniff::NotTls,
+            };
+        }
         return Sniff::NotTls;
     }
     if buf.len() >= 2 && buf[1] != 3 {
@@ -279,7 +298,7 @@ fn host_name(raw: &[u8]) -> Result<Cow<'_, str>, &'static str> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A ClientHello built field by field, so tests control every length.
@@ -420,6 +439,29 @@ mod tests {
         assert_eq!(sniff(b"GET / HTTP/1.1\r\n"), Sniff::NotTls);
         assert_eq!(sniff(b"\x16\x01"), Sniff::NotTls);
         assert_eq!(sniff(&[0x16, 3, 1, 0, 0]), Sniff::Invalid("bad TLS record length"));
+        assert_eq!(sniff(b"\x14\x01"), Sniff::NotTls);
+    }
+
+    /// A ChangeCipherSpec (or any record but a handshake) first: refused, whatever follows,
+    /// so the ClientHello behind it is never read for routing.
+    #[test]
+    fn a_record_before_the_client_hello_is_refused() {
+        let hello = hello_bytes(Some("evil.example.com"), &[]);
+        for first in [
+            &[0x14, 3, 3, 0, 1, 1][..],
+            &[0x15, 3, 3, 0, 2, 1, 0],
+            &[0x17, 3, 3, 0, 1, 0],
+            &[0x18, 3, 3, 0, 1, 0],
+        ] {
+            let mut bytes = first.to_vec();
+            bytes.extend_from_slice(&hello);
+            assert_eq!(
+                sniff(&bytes),
+                Sniff::Invalid("first TLS record is not a handshake"),
+                "{first:?}"
+            );
+            assert_eq!(sniff(&bytes[..1]), Sniff::Incomplete, "{first:?}");
+        }
     }
 
     #[test]
