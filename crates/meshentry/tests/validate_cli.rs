@@ -53,7 +53,8 @@ fn seed_examples_are_valid_in_both_api_versions() {
             text(&out.stderr)
         );
         assert!(
-            text(&out.stderr).contains("15 resources, 0 invalid: 0 errors, 2 warnings"),
+            // The egress gateway references, and the two wildcard `resolution: NONE` entries.
+            text(&out.stderr).contains("15 resources, 0 invalid: 0 errors, 4 warnings"),
             "{}",
             text(&out.stderr)
         );
@@ -62,7 +63,8 @@ fn seed_examples_are_valid_in_both_api_versions() {
 
 /// The seed's egress example binds its VirtualService (namespace egress) to
 /// `istio-egressgateway`, which Istio reads as egress/istio-egressgateway; the Gateway is in
-/// istio-system. Both references are reported, and nothing else in the seed is.
+/// istio-system. Both references are reported; besides them, only the seed's two wildcard
+/// `resolution: NONE` entries are ([`wildcard_resolution_none_is_warned_with_the_fix`]).
 #[test]
 fn seed_egress_gateway_name_is_reported_with_the_gateway_meant() {
     let dir = workspace().join("examples/seed/v1beta1");
@@ -70,12 +72,25 @@ fn seed_egress_gateway_name_is_reported_with_the_gateway_meant() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let file = dir.join("08-virtualservice-gateway-routing.yaml");
     let file = file.display();
+    let redirect = dir.join("04-serviceentry-external-svc-redirect.yaml");
+    let redirect = redirect.display();
+    let wildcard = dir.join("09-serviceentry-external-svc-wildcard-example.yaml");
+    let wildcard = wildcard.display();
     let msg = "warning: Referenced gateway not found: \"egress/istio-egressgateway\" (IST0101); a gateway name without a namespace means the VirtualService's namespace: did you mean \"istio-system/istio-egressgateway\"?";
+    let none = |host: &str| {
+        format!(
+            "warning: wildcard host \"{host}\" with resolution NONE: a connection whose Host or SNI matches it is forwarded to whatever address the client dialed, so even under REGISTRY_ONLY any IP is reachable by naming a matching host (Istio does the same); to reach only the service's own endpoints, use resolution DNS, or STATIC with endpoints (Istio's DYNAMIC_DNS also resolves the requested name; meshentry does not support it yet)"
+        )
+    };
     assert_eq!(
         text(&out.stdout),
         format!(
-            "{file}:13:5: VirtualService egress/gateway-routing: spec.gateways[1]: {msg}\n\
-             {file}:25:9: VirtualService egress/gateway-routing: spec.http[1].match[0].gateways[0]: {msg}\n"
+            "{redirect}:8:5: ServiceEntry default/external-svc-redirect: spec.hosts[1]: {}\n\
+             {file}:13:5: VirtualService egress/gateway-routing: spec.gateways[1]: {msg}\n\
+             {file}:25:9: VirtualService egress/gateway-routing: spec.http[1].match[0].gateways[0]: {msg}\n\
+             {wildcard}:7:5: ServiceEntry default/external-svc-wildcard-example: spec.hosts[0]: {}\n",
+            none("*.wikipedia.org"),
+            none("*.bar.com"),
         )
     );
 }
@@ -214,6 +229,54 @@ spec:
             .starts_with("<stdin>:6:11: ServiceEntry default/tcp: spec.ports[0]: warning: addresses are required"),
         "{}",
         text(&out.stdout)
+    );
+}
+
+/// A wildcard host with `resolution: NONE` lets a captured connection that names a matching
+/// host reach any address, even under REGISTRY_ONLY (issue 13): warned, with the ServiceEntry,
+/// the host and the fix. A DNS entry for the same hosts is not.
+#[test]
+fn wildcard_resolution_none_is_warned_with_the_fix() {
+    let config = "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: any-wiki, namespace: egress}
+spec:
+  hosts: [wikipedia.org, \"*.wikipedia.org\"]
+  ports: [{number: 443, name: tls, protocol: TLS}]
+  resolution: NONE
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: wiki-dns, namespace: egress}
+spec:
+  hosts: [\"*.wikimedia.org\"]
+  ports: [{number: 443, name: tls, protocol: TLS}]
+  resolution: DNS
+  endpoints: [{address: upload.wikimedia.org}]
+";
+    let f = temp_file("wildcard-none.yaml", config);
+    let out = run(&["validate", f.to_str().unwrap()]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "a warning, not an error: {}",
+        text(&out.stderr)
+    );
+    let stdout = text(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "{stdout}");
+    let want = ":5:26: ServiceEntry egress/any-wiki: spec.hosts[1]: warning: wildcard host \"*.wikipedia.org\" \
+                with resolution NONE: a connection whose Host or SNI matches it is forwarded to whatever address \
+                the client dialed, so even under REGISTRY_ONLY any IP is reachable by naming a matching host";
+    assert!(lines[0].contains(want), "{stdout}");
+    assert!(
+        lines[0].ends_with("use resolution DNS, or STATIC with endpoints (Istio's DYNAMIC_DNS also resolves the requested name; meshentry does not support it yet)"),
+        "{stdout}"
+    );
+    assert!(
+        text(&out.stderr).contains("2 resources, 0 invalid: 0 errors, 1 warning"),
+        "{}",
+        text(&out.stderr)
     );
 }
 

@@ -118,6 +118,22 @@ pub fn validate_service_entry(se: &ServiceEntry, namespace: &str, r: &mut Report
                     "workloadSelector should not be set when resolution mode is NONE",
                 );
             }
+            // Not Istio's: Istio accepts this silently, and forwards the same way.
+            let unset = if se.resolution.is_none() { " (the default)" } else { "" };
+            for (i, host) in se.hosts.iter().enumerate() {
+                if host.starts_with('*') && host != "*" {
+                    r.warn(
+                        format!("spec.hosts[{i}]"),
+                        format!(
+                            "wildcard host {host:?} with resolution NONE{unset}: a connection whose Host or SNI matches it \
+                             is forwarded to whatever address the client dialed, so even under REGISTRY_ONLY any IP is \
+                             reachable by naming a matching host (Istio does the same); to reach only the service's own \
+                             endpoints, use resolution DNS, or STATIC with endpoints (Istio's DYNAMIC_DNS also resolves \
+                             the requested name; meshentry does not support it yet)"
+                        ),
+                    );
+                }
+            }
         }
         // A17
         Resolution::Static => {
@@ -371,8 +387,8 @@ mod tests {
     #[test_case("hosts: []", &["spec.hosts: service entry must have at least one host"])]
     #[test_case("hosts: [\"*\"]", &["spec.hosts[0]: invalid host *"])]
     #[test_case("hosts: [\"a..com\"]", &["spec.hosts[0]: domain name \"a..com\" invalid (label \"\" invalid)"])]
-    #[test_case("hosts: [\"*foo.com\"]", &["spec.hosts[0]: partial wildcard \"*foo.com\" not allowed"])]
-    #[test_case("hosts: [\"*.foo.com\", short]", &[])]
+    #[test_case("hosts: [\"*foo.com\"]\nresolution: STATIC", &["spec.hosts[0]: partial wildcard \"*foo.com\" not allowed"])]
+    #[test_case("hosts: [\"*.foo.com\", short]\nresolution: STATIC", &[])]
     fn hosts(hosts: &str, want: &[&str]) {
         assert_eq!(se(&BASE.replace("hosts: [a.example.com]", hosts)), want);
     }
@@ -414,6 +430,35 @@ mod tests {
             ]
         );
         assert!(se("hosts: [a.com]\nports: [{number: 443, name: tls, protocol: TLS}]\n").is_empty());
+    }
+
+    /// Not Istio's rule: a wildcard NONE service reaches any address (issue 13).
+    #[test]
+    fn wildcard_hosts_with_resolution_none_warn() {
+        let got = se(
+            "hosts: [\"*.foo.com\", a.foo.com]\nports: [{number: 443, name: tls, protocol: TLS}]\nresolution: NONE\n",
+        );
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(
+            got[0].starts_with("spec.hosts[0]: wildcard host \"*.foo.com\" with resolution NONE: a connection whose Host or SNI matches it is forwarded to whatever address the client dialed"),
+            "{got:?}"
+        );
+        assert!(
+            got[0].contains("use resolution DNS, or STATIC with endpoints"),
+            "{got:?}"
+        );
+        let unset = se("hosts: [\"*.foo.com\"]\nports: [{number: 80, name: http, protocol: HTTP}]\n");
+        assert!(unset[0].contains("resolution NONE (the default)"), "{unset:?}");
+        for other in ["DNS", "STATIC"] {
+            let y = format!(
+                "hosts: [\"*.foo.com\"]\nports: [{{number: 80, name: http, protocol: HTTP}}]\nresolution: {other}\n"
+            );
+            assert!(
+                se(&y).iter().all(|m| !m.contains("wildcard host")),
+                "{other}: {:?}",
+                se(&y)
+            );
+        }
     }
 
     // A16
