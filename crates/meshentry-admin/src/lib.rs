@@ -447,7 +447,7 @@ const STATS: &[Stat] = &[
     ),
     (
         "downstream_rq_idle_timeout",
-        "Requests whose body stalled past --stream-idle-timeout (408, or a close once answered).",
+        "Requests ended: a request or response body went --stream-idle-timeout without a byte.",
         |s| s.stats.downstream_rq_idle_timeout.load(Ordering::Relaxed),
     ),
     (

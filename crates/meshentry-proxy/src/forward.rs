@@ -363,6 +363,63 @@ pub async fn connect_stream(
     Err(plan.exhausted())
 }
 
+/// Sends a request that asks to switch protocols (`Upgrade`) on an HTTP/1.1 connection of its
+/// own, never pooled: after a 101 the connection carries the new protocol, and after any other
+/// response it closes. Returns the response (whose upgrade, after a 101, the caller takes),
+/// the endpoint, and this proxy's end of the connection.
+pub async fn send_upgrade(
+    shared: &Shared,
+    cluster: Option<&Cluster>,
+    original: &Original<'_>,
+    req: Request<RequestBody>,
+) -> Result<(Response<Incoming>, HostAddr, Option<SocketAddr>), UpstreamError> {
+    let timeout = shared.config.connect_timeout;
+    let response_timeout = shared.config.response_timeout;
+    let mut plan = Failover::new(shared, cluster, original).await?;
+    let sni_host = cluster.and_then(|c| c.tls.as_ref()).and_then(|_| request_host(&req));
+    while let Some(i) = plan.next_target() {
+        let dial = plan.dial(i, sni_host.as_deref());
+        let stream = match upstream::connect(&dial, timeout).await {
+            Ok(s) => s,
+            Err(e) => {
+                plan.refused(i, &e);
+                continue;
+            }
+        };
+        plan.opened(i);
+        let local = stream.local_addr();
+        let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
+            .handshake::<_, RequestBody>(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(reset)?;
+        tokio::spawn(async move {
+            // Ends after the response, or hands the stream to `hyper::upgrade::on` after a 101.
+            let _ = conn.with_upgrades().await;
+        });
+        let answering = meshentry_wire::h1::Answering {
+            head: req.method() == http::Method::HEAD,
+            upgrade: true,
+        };
+        return match tokio::time::timeout(response_timeout, sender.send_request(req)).await {
+            Err(_) => Err(UpstreamError::Timeout(response_timeout)),
+            Ok(Err(e)) => Err(reset(e)),
+            Ok(Ok(resp)) => {
+                // The fast path's response rules, as for any response (the connection is never
+                // reused, but an ambiguous response is still not relayed).
+                let minor = u8::from(resp.version() != http::Version::HTTP_10);
+                let fields = resp
+                    .headers()
+                    .iter()
+                    .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()));
+                meshentry_wire::h1::response(resp.status().as_u16(), minor, answering, fields)
+                    .map_err(|e| UpstreamError::Protocol(e.to_string()))?;
+                Ok((resp, dial.addr, local))
+            }
+        };
+    }
+    Err(plan.exhausted())
+}
+
 /// Sends an HTTP request on the general (hyper) path, over a pooled connection when one is
 /// idle (HTTP/1.1) or this thread's connection to the host (HTTP/2). `req` must already be in
 /// the form `protocol` sends.
@@ -388,6 +445,7 @@ pub async fn send_request_within(
 ) -> Result<(Response<PooledBody>, HostAddr), UpstreamError> {
     let timeout = shared.config.connect_timeout;
     let idle = shared.config.pool_idle_timeout;
+    let stream_idle = shared.config.limits.stream_idle_timeout;
     let mut req = req;
     let mut plan = Failover::new(shared, cluster, original).await?;
     let sni_host = cluster.and_then(|c| c.tls.as_ref()).and_then(|_| request_host(&req));
@@ -423,12 +481,12 @@ pub async fn send_request_within(
                 let (parts, body) = resp.into_parts();
                 Ok(Response::from_parts(
                     parts,
-                    PooledBody::new(body, addr.clone(), sender, reusable),
+                    PooledBody::new(body, addr.clone(), sender, reusable, stream_idle),
                 ))
             }),
             UpstreamProtocol::H2 => exchange_h2(&addr, req, idle, timeout, response_timeout, || plan.opened(i))
                 .await
-                .map(|resp| resp.map(PooledBody::shared)),
+                .map(|resp| resp.map(|b| PooledBody::shared(b, stream_idle))),
         };
         match sent {
             Ok(resp) => return Ok((resp, addr.addr)),

@@ -16,6 +16,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
+use crate::body::{BodyFault, BodyWatch, ClientBody};
 use crate::flags::Flags;
 use crate::forward::{self, Original};
 use crate::route::{self, Decision, split_host_port};
@@ -148,6 +149,15 @@ pub async fn serve_io<I>(io: I, peer: SocketAddr, ctx: Arc<ConnCtx>)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    serve_io_with(io, peer, ctx, None).await;
+}
+
+/// [`serve_io`] for the requests inside a CONNECT tunnel to `authority`: a request that
+/// names no destination (no absolute URI, no `Host`) is for the tunnel's target.
+pub(crate) async fn serve_io_with<I>(io: I, peer: SocketAddr, ctx: Arc<ConnCtx>, authority: Option<HeaderValue>)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let shared = ctx.shared.clone();
     let limits = &shared.config.limits;
     let state = Arc::new(crate::limits::ConnState::default());
@@ -155,9 +165,15 @@ where
     let service_state = state.clone();
     // Each request takes the context of the configuration in force when it arrives.
     let cell = arc_swap::ArcSwap::new(ctx);
-    let service = service_fn(move |req: Request<Incoming>| {
+    let service = service_fn(move |mut req: Request<Incoming>| {
         let ctx = ConnCtx::current(&cell);
         let in_flight = service_state.begin();
+        if let Some(authority) = &authority
+            && req.uri().authority().is_none()
+            && !req.headers().contains_key(header::HOST)
+        {
+            req.headers_mut().insert(header::HOST, authority.clone());
+        }
         let connect = req.method() == Method::CONNECT;
         async move {
             let resp = handle(req, &ctx).await;
@@ -427,8 +443,29 @@ async fn relay_response(
 ) -> Response<ResponseBody> {
     let shared = &ctx.shared;
     let (host, port) = (original.host, original.port);
+    let mut req = req;
+    if let Some((protocol, client)) = take_upgrade(&mut req) {
+        let version = req.version();
+        let (parts, body) = req.into_parts();
+        let (req, watch) = upgrade_request(parts, body, protocol, host_header, shared);
+        let upgrade = tunnel::Upgrade {
+            req,
+            client,
+            watch,
+            version,
+            routed: Routed::of(decision),
+            cluster,
+            original,
+            host,
+            port,
+        };
+        return tunnel::upgrade(ctx, upgrade).await;
+    }
     let protocol = forward::UpstreamProtocol::of(decision);
-    let req = req.map(Either::Left);
+    let version = req.version();
+    let (parts, body) = req.into_parts();
+    let (body, watch) = ClientBody::new(body, shared);
+    let req = Request::from_parts(parts, Either::Left(body));
     let upstream_req = match protocol {
         forward::UpstreamProtocol::Http1 => to_upstream(req, host_header),
         forward::UpstreamProtocol::H2 => match crate::h2::to_upstream(req, &host_header) {
@@ -449,8 +486,98 @@ async fn relay_response(
             strip_hop_by_hop(&mut parts.headers);
             Response::from_parts(parts, Either::Left(body))
         }
-        Err(e) => upstream_failure(ctx, host, port, decision.cluster_name(), &e),
+        Err(e) => match watch.fault() {
+            Some(fault) => body_failure(ctx, fault, version),
+            None => upstream_failure(ctx, host, port, decision.cluster_name(), &e),
+        },
     }
+}
+
+/// The client's response when its request body failed on the way upstream (hyper reports
+/// that as the upstream exchange failing): its error, counted as such, never the upstream's.
+pub(crate) fn body_failure(ctx: &ConnCtx, fault: BodyFault, version: Version) -> Response<ResponseBody> {
+    let shared = &ctx.shared;
+    let (status, reason) = match fault {
+        BodyFault::Malformed => {
+            note(|o| o.fail(Flags::DPE, "http1.codec_error"));
+            shared.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
+            (
+                StatusCode::BAD_REQUEST,
+                "meshentry: the request body is malformed (invalid chunked encoding)".to_string(),
+            )
+        }
+        BodyFault::Idle => {
+            // Counted where the timer fired: it may end a request whose response started.
+            note(|o| o.fail(Flags::SI, "stream_idle_timeout"));
+            let limit = shared.config.limits.stream_idle_timeout;
+            (
+                StatusCode::REQUEST_TIMEOUT,
+                format!("meshentry: no byte of the request body arrived for {limit:?} (--stream-idle-timeout)"),
+            )
+        }
+        BodyFault::Gone => {
+            note(|o| o.fail(Flags::DC, "downstream_remote_disconnect"));
+            (
+                StatusCode::BAD_REQUEST,
+                "meshentry: the request body broke off".to_string(),
+            )
+        }
+    };
+    tracing::info!(peer = %ctx.peer, ?fault, "request body failed");
+    let mut resp = local(status, &reason);
+    // The rest of the body will not be read, so the connection cannot carry another request.
+    if version < Version::HTTP_2 {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
+}
+
+/// The protocol switch `req` asks for, when the proxy relays it: the protocol, and the
+/// client's side of the switch, taken out of the request.
+pub(crate) fn take_upgrade<B>(req: &mut Request<B>) -> Option<(HeaderValue, hyper::upgrade::OnUpgrade)> {
+    let protocol = upgrade_asked(req)?;
+    let client = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>()?;
+    Some((protocol, client))
+}
+
+/// The upstream's copy of a request that asks to switch to `protocol`: shaped as any request
+/// is ([`to_upstream`]), then its `Upgrade` and `Connection: upgrade` put back.
+pub(crate) fn upgrade_request(
+    parts: http::request::Parts,
+    body: Incoming,
+    protocol: HeaderValue,
+    host: HeaderValue,
+    shared: &Arc<Shared>,
+) -> (Request<crate::upstream::RequestBody>, BodyWatch) {
+    let (body, watch) = ClientBody::new(body, shared);
+    let mut req = to_upstream(Request::from_parts(parts, Either::Left(body)), host);
+    let headers = req.headers_mut();
+    headers.insert(header::UPGRADE, protocol);
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    (req, watch)
+}
+
+/// The protocol an HTTP/1.1 request asks to switch to (`Upgrade`, with `upgrade` among the
+/// `Connection` options), when the proxy relays the switch. `h2c` is not relayed (Envoy does
+/// not either): the request goes on without it, and HTTP/2 to the upstream is the port's
+/// protocol's business.
+pub(crate) fn upgrade_asked<B>(req: &Request<B>) -> Option<HeaderValue> {
+    if req.version() != Version::HTTP_11 {
+        return None;
+    }
+    let upgrade = req.headers().get(header::UPGRADE)?;
+    let asked = req
+        .headers()
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    let h2c = upgrade
+        .to_str()
+        .is_ok_and(|v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case("h2c")));
+    (asked && !h2c).then(|| upgrade.clone())
 }
 
 /// The client's response when a request failed upstream: counted, logged, and answered with
@@ -483,8 +610,9 @@ pub(crate) fn upstream_failure(
 }
 
 /// The request as the upstream should see it: origin-form, HTTP/1.1, no hop-by-hop headers,
-/// `Host` from the absolute URI when there was one (RFC 9112 3.2.2).
-pub(crate) fn to_upstream<B>(req: Request<B>, host: HeaderValue) -> Request<B> {
+/// `Host` from the absolute URI when there was one (RFC 9112 3.2.2), and a body that may not
+/// be empty sent chunked with the trailer fields its `Trailer` header declares.
+pub(crate) fn to_upstream<B: hyper::body::Body>(req: Request<B>, host: HeaderValue) -> Request<B> {
     let (mut parts, body) = req.into_parts();
     let absolute = parts.uri.authority().is_some();
     parts.uri = match parts.uri.path_and_query() {
@@ -492,9 +620,32 @@ pub(crate) fn to_upstream<B>(req: Request<B>, host: HeaderValue) -> Request<B> {
         None => Uri::from_static("/"),
     };
     parts.version = Version::HTTP_11;
+    // hyper's client sends only the trailer fields `Trailer` declares; kept here whether or not
+    // the hop-by-hop rules keep it (it is end-to-end, RFC 9110 6.6.2).
+    let declared_trailers: Vec<HeaderValue> = if parts.headers.contains_key(header::TRAILER) {
+        parts.headers.get_all(header::TRAILER).iter().cloned().collect()
+    } else {
+        Vec::new()
+    };
     strip_hop_by_hop(&mut parts.headers);
     if absolute || !parts.headers.contains_key(header::HOST) {
         parts.headers.insert(header::HOST, host);
+    }
+    // hyper's client sends a GET or HEAD whose body length it does not know with no body at
+    // all unless the request says chunked: the client's body would be dropped, and its bytes
+    // left for the upstream to misread. Any other method gets chunked from hyper anyway.
+    if !body.is_end_stream()
+        && body.size_hint().exact().is_none()
+        && !parts.headers.contains_key(header::CONTENT_LENGTH)
+    {
+        parts
+            .headers
+            .insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        if !parts.headers.contains_key(header::TRAILER) {
+            for v in declared_trailers {
+                parts.headers.append(header::TRAILER, v);
+            }
+        }
     }
     Request::from_parts(parts, body)
 }
@@ -582,6 +733,9 @@ async fn connect(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<Respons
         }
         Decision::Cluster { cluster, .. } => Some(&***cluster),
     };
+    if serves_http(&decision) {
+        return connect_http(req, ctx, host, port);
+    }
     let expects_tls = matches!(&decision, Decision::Cluster { port, .. } if port.protocol.is_tls());
     let cluster_name = decision.cluster_name().to_string();
     let upstream = match forward::connect_stream(shared, cluster, &Original { host: &host, port }).await {
@@ -621,6 +775,32 @@ async fn connect(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<Respons
                 tcp.refused(Flags::DC, "");
                 tracing::debug!(peer = %ctx.peer, error = %e, "CONNECT upgrade failed")
             }
+        }
+    });
+    Response::new(Either::Right(Full::new(Bytes::new())))
+}
+
+/// Whether a CONNECT tunnel to `decision` carries HTTP the proxy serves itself: the service
+/// declares the port HTTP, HTTP2, GRPC or GRPC-WEB. Relaying those bytes opaquely would let
+/// one tunnel carry requests for any Host to the target's endpoints, unrouted and unlogged.
+/// HTTP_PROXY ports are left opaque: the upstream is a proxy, and what its requests name is
+/// its business.
+fn serves_http(decision: &Decision<'_>) -> bool {
+    matches!(decision, Decision::Cluster { port, .. }
+        if port.protocol.is_http() && port.protocol != meshentry_registry::Protocol::HttpProxy)
+}
+
+/// `CONNECT` to an HTTP port: answered 200 at once, and the tunnelled bytes served as HTTP,
+/// each request routed, policy-checked, counted and logged as on the listener itself (see
+/// [`tunnel::serve_http`]). Nothing connects upstream until a request does.
+fn connect_http(req: Request<Incoming>, ctx: &Arc<ConnCtx>, host: String, port: u16) -> Response<ResponseBody> {
+    let ctx = ctx.clone();
+    tokio::spawn(async move {
+        let shared = ctx.shared.clone();
+        let _tunnel = crate::lifecycle::TunnelGuard::new(&shared.lifecycle);
+        match hyper::upgrade::on(req).await {
+            Ok(upgraded) => tunnel::serve_http(TokioIo::new(upgraded), ctx, host, port).await,
+            Err(e) => tracing::debug!(peer = %ctx.peer, error = %e, "CONNECT upgrade failed"),
         }
     });
     Response::new(Either::Right(Full::new(Bytes::new())))

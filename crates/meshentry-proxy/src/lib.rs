@@ -7,6 +7,7 @@
 //! - [`routed`]: HTTP requests a VirtualService routes (faults, redirects, rewrites, retries...);
 //! - [`cluster`], [`lb`], [`dns`]: the hosts of a cluster and how one is picked;
 //! - [`forward`], [`upstream`]: connecting and sending, with failover and pooling;
+//! - [`body`]: request and response bodies on the hyper path, their faults and idle timeouts;
 //! - [`tls`]: originating TLS (DestinationRule `tls`): configurations, verification, reload;
 //! - [`h1`]: the fast path for plain HTTP/1.1 requests (its framing rules are
 //!   `meshentry_wire`'s, shared with the hyper path);
@@ -23,6 +24,7 @@
 //! - [`capture`]: the iptables rules for transparent capture (`meshentry iptables`).
 
 pub mod access_log;
+pub mod body;
 pub mod capture;
 pub mod cluster;
 pub mod config;

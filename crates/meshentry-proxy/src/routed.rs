@@ -20,6 +20,7 @@ use http::{Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Either, Full};
 use hyper::body::{Body, Incoming};
 
+use crate::body::{BodyFault, ClientBody};
 use crate::cluster::Cluster;
 use crate::flags::Flags;
 use crate::forward::{self, Original, UpstreamError, UpstreamProtocol};
@@ -100,6 +101,8 @@ pub(crate) async fn handle(
     original: &Original<'_>,
     port: u16,
 ) -> Response<ResponseBody> {
+    let mut req = req;
+    let upgrade = crate::http::take_upgrade(&mut req);
     let (parts, body) = req.into_parts();
     let host_text = String::from_utf8_lossy(host_header.as_bytes()).into_owned();
     let name = split_host_port(&host_text, port).map_or(host_text.as_str(), |(h, _)| h);
@@ -180,16 +183,32 @@ pub(crate) async fn handle(
     rule.headers.request.apply(&mut parts.headers);
     dest.headers.request.apply(&mut parts.headers);
 
+    let version = parts.version;
+    // A switch of protocols is relayed once, on a connection of its own: no retries, no
+    // mirrors, no route timeout (the upstream has --response-timeout to answer).
+    if let Some((protocol, client)) = upgrade {
+        let (req, watch) = crate::http::upgrade_request(parts, body, protocol, host_header, &ctx.shared);
+        let upgrade = crate::tunnel::Upgrade {
+            req,
+            client,
+            watch,
+            version,
+            routed: Routed::of(&decision),
+            cluster: Some(cluster),
+            original,
+            host: name,
+            port,
+        };
+        return crate::tunnel::upgrade(ctx, upgrade).await;
+    }
+
     let wants_replay = (rule.retry.attempts > 0 && !rule.simple) || !rule.mirrors.is_empty();
+    let (body, watch) = ClientBody::new(body, &ctx.shared);
     let mut body = Payload::Stream(Some(body));
     if wants_replay {
         body = match buffer(body).await {
             Ok(b) => b,
-            Err(()) => {
-                note(|o| o.fail(Flags::DC, "downstream_remote_disconnect"));
-                ctx.shared.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
-                return local(StatusCode::BAD_REQUEST, "meshentry: the request body broke off");
-            }
+            Err(fault) => return crate::http::body_failure(ctx, fault, version),
         };
     }
     if let Payload::Buffered(bytes) = &body {
@@ -263,7 +282,10 @@ pub(crate) async fn handle(
             dest.headers.response.apply(&mut parts.headers);
             Response::from_parts(parts, Either::Left(body))
         }
-        Err(e) => crate::http::upstream_failure(ctx, name, port, decision.cluster_name(), &e),
+        Err(e) => match watch.fault() {
+            Some(fault) => crate::http::body_failure(ctx, fault, version),
+            None => crate::http::upstream_failure(ctx, name, port, decision.cluster_name(), &e),
+        },
     }
 }
 
@@ -272,12 +294,12 @@ struct Shaping;
 
 /// A request body that may be sent once (streamed) or many times (buffered).
 enum Payload {
-    Stream(Option<Incoming>),
+    Stream(Option<ClientBody>),
     Buffered(Bytes),
 }
 
 /// Buffers a body that is complete and small enough to send again; leaves others streaming.
-async fn buffer(body: Payload) -> Result<Payload, ()> {
+async fn buffer(body: Payload) -> Result<Payload, BodyFault> {
     let Payload::Stream(Some(incoming)) = body else {
         return Ok(body);
     };
@@ -287,7 +309,7 @@ async fn buffer(body: Payload) -> Result<Payload, ()> {
     }
     match incoming.collect().await {
         Ok(c) => Ok(Payload::Buffered(c.to_bytes())),
-        Err(_) => Err(()),
+        Err(e) => Err(e.fault),
     }
 }
 

@@ -99,8 +99,9 @@ pub struct Stats {
     /// Request heads that did not arrive within `--header-read-timeout` (408, or a close when
     /// nothing at all arrived on a new connection).
     pub downstream_rq_header_timeout: AtomicU64,
-    /// Requests ended for a body that stalled past `--stream-idle-timeout` (Envoy's
-    /// `downstream_rq_idle_timeout`): 408, or a close once the response had started.
+    /// Requests ended because their body (the client's request body, or the upstream's
+    /// response body) went without a byte for `--stream-idle-timeout` (Envoy's
+    /// `downstream_rq_idle_timeout`; 408, or a closed connection once the response started).
     pub downstream_rq_idle_timeout: AtomicU64,
     /// Request heads over `--max-request-headers-kb` (431).
     pub downstream_rq_headers_too_large: AtomicU64,

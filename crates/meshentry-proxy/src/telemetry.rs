@@ -612,6 +612,7 @@ impl<B> Body for Metered<B>
 where
     B: Body + Unpin,
     B::Data: Buf,
+    B::Error: AsRef<dyn std::error::Error + Send + Sync>,
 {
     type Data = B::Data;
     type Error = B::Error;
@@ -630,6 +631,13 @@ where
                     {
                         rec.grpc_status = Some(s);
                     }
+                }
+                Poll::Ready(Some(Err(e))) if e.as_ref().is::<crate::body::StreamIdle>() => {
+                    rec.outcome.fail(Flags::SI, "stream_idle_timeout");
+                    let stats = &rec.ctx.shared.stats;
+                    stats
+                        .downstream_rq_idle_timeout
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
                 Poll::Ready(Some(Err(_))) => rec.outcome.fail(Flags::UC, "upstream_reset_after_response_started"),
                 Poll::Ready(None) | Poll::Pending => {}

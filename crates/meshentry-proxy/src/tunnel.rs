@@ -1,16 +1,30 @@
-//! A CONNECT tunnel after the 200: look at the client's first bytes (a TLS ClientHello's SNI
-//! must agree with the CONNECT target), then relay bytes both ways.
+//! A CONNECT tunnel after the 200: look at the client's first bytes (a TLS ClientHello must
+//! come first, and its SNI agree with the CONNECT target), then relay bytes both ways. A
+//! tunnel to an HTTP port is served as HTTP instead ([`serve_http`]), and an HTTP/1.1
+//! `Upgrade` (WebSocket) is relayed and then bridged like a tunnel ([`upgrade`]).
 
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
 
-use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode, Version};
+use http_body_util::{Either, Full};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
+use crate::body::BodyWatch;
+use crate::cluster::Cluster;
 use crate::detect::{Detected, detect};
 use crate::flags::Flags;
-use crate::http::ConnCtx;
-use crate::telemetry::TcpConn;
-use crate::upstream::Stream;
+use crate::forward::{self, Original};
+use crate::http::{ConnCtx, ResponseBody};
+use crate::route::{self, Decision};
+use crate::telemetry::{Routed, TcpConn, note};
+use crate::upstream::{PooledBody, RequestBody, Stream};
 
 /// What the tunnel was opened for.
 pub struct Target {
@@ -27,12 +41,26 @@ const ALERT_DECODE_ERROR: u8 = 50;
 const ALERT_UNRECOGNIZED_NAME: u8 = 112;
 
 /// Relays between `client` and `upstream` until both sides are done; `tcp` records it.
-pub async fn run<C>(mut client: C, mut upstream: Stream, ctx: &ConnCtx, target: &Target, tcp: &mut TcpConn)
+pub async fn run<C>(client: C, upstream: Stream, ctx: &ConnCtx, target: &Target, tcp: &mut TcpConn)
 where
     C: AsyncRead + AsyncWrite + crate::relay::Peer + Unpin,
 {
+    run_with(client, upstream, ctx, target, tcp, BytesMut::with_capacity(2048)).await;
+}
+
+/// [`run`] with the client's first bytes already read into `buf`.
+async fn run_with<C>(
+    mut client: C,
+    mut upstream: Stream,
+    ctx: &ConnCtx,
+    target: &Target,
+    tcp: &mut TcpConn,
+    buf: BytesMut,
+) where
+    C: AsyncRead + AsyncWrite + crate::relay::Peer + Unpin,
+{
     let shared = &ctx.shared;
-    let mut buf = BytesMut::with_capacity(2048);
+    let mut buf = buf;
     let first = detect(&mut client, &mut buf, shared.config.sniff_timeout, Some(&upstream)).await;
     if let Detected::Tls { sni: Some(sni) } = &first {
         tcp.set_server_name(sni);
@@ -50,6 +78,8 @@ where
             Some(Some(ALERT_UNRECOGNIZED_NAME))
         }
         Detected::Tls { .. } => None,
+        // Includes a TLS record other than a handshake first (a ChangeCipherSpec): it would hide
+        // the ClientHello behind it from the SNI check, from a server that skips it.
         Detected::BadTls(reason) => {
             shared.stats.bad_tunnel_traffic.fetch_add(1, Ordering::Relaxed);
             tracing::info!(peer = %ctx.peer, host = %target.host, port = target.port, reason, "tunnel refused: malformed TLS ClientHello");
@@ -105,5 +135,250 @@ where
             }
             None => tracing::debug!(host = %target.host, port = target.port, error = %e, "tunnel ended with an error"),
         },
+    }
+}
+
+/// The tunnelled bytes of a CONNECT to an HTTP port (`host:port`), served as HTTP: HTTP/1.x
+/// by hyper and HTTP/2 prior knowledge by [`crate::h2`], each request routed by its own
+/// destination (one without, to the CONNECT target), policy-checked, counted and logged as on
+/// the listener itself. TLS to the port is relayed to the target as any tunnel is (the port is
+/// misdeclared; the SNI check applies); anything else is refused.
+pub(crate) async fn serve_http<C>(mut client: C, ctx: Arc<ConnCtx>, host: String, port: u16)
+where
+    C: AsyncRead + AsyncWrite + crate::relay::Peer + Unpin + Send + 'static,
+{
+    let shared = ctx.shared.clone();
+    let peer = ctx.peer;
+    let mut buf = BytesMut::with_capacity(4096);
+    // The client speaks first, and has the time it has for a request head.
+    let first = detect(&mut client, &mut buf, shared.config.header_read_timeout, None).await;
+    // Requests in the tunnel take the configuration in force, as each request does.
+    let inner = || {
+        Arc::new(ConnCtx {
+            shared: shared.clone(),
+            snapshot: shared.snapshot.load_full(),
+            peer,
+            transparent: None,
+            gateway: None,
+        })
+    };
+    match first {
+        Detected::Http1 => {
+            let authority = if host.contains(':') {
+                format!("[{host}]:{port}")
+            } else {
+                format!("{host}:{port}")
+            };
+            let authority = HeaderValue::from_str(&authority).ok();
+            crate::http::serve_io_with(Prefixed::new(buf, client), peer, inner(), authority).await;
+        }
+        Detected::H2c => crate::h2::serve(Prefixed::new(buf, client), inner()).await,
+        Detected::Tls { .. } => {
+            tracing::warn!(
+                %peer, %host, port,
+                "the service port is declared HTTP but the client speaks TLS through the tunnel: relaying it as TLS"
+            );
+            relay_tls(client, &ctx, host, port, buf).await;
+        }
+        Detected::Closed => {}
+        Detected::Nothing => {
+            shared
+                .stats
+                .downstream_rq_header_timeout
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%peer, %host, port, "tunnel to an HTTP port closed: no request arrived");
+        }
+        Detected::Other | Detected::BadTls(_) => {
+            shared.stats.bad_tunnel_traffic.fetch_add(1, Ordering::Relaxed);
+            let decision = route::route(&ctx.snapshot, &host, port);
+            let mut tcp = TcpConn::open(&shared, Routed::of(&decision), peer, None, None);
+            tcp.refused(Flags::DPE, "");
+            tcp.relayed((buf.len() as u64, 0));
+            tracing::info!(
+                %peer, %host, port, detected = first.as_str(),
+                "tunnel refused: the port is declared HTTP but the client did not send an HTTP request"
+            );
+            let _ = client.shutdown().await;
+        }
+    }
+}
+
+/// TLS in a tunnel to an HTTP port: connects to the target and relays, as [`run`] does.
+async fn relay_tls<C>(client: C, ctx: &Arc<ConnCtx>, host: String, port: u16, buf: BytesMut)
+where
+    C: AsyncRead + AsyncWrite + crate::relay::Peer + Unpin,
+{
+    let shared = &ctx.shared;
+    let decision = route::route(&ctx.snapshot, &host, port);
+    let cluster = match &decision {
+        Decision::Cluster { cluster, .. } => Some(&***cluster),
+        Decision::Passthrough | Decision::Blocked => None,
+    };
+    let mut tcp = TcpConn::open(shared, Routed::of(&decision), ctx.peer, None, None);
+    let upstream = match forward::connect_stream(shared, cluster, &Original { host: &host, port }).await {
+        Ok((stream, addr)) => {
+            tcp.connected(&addr, &stream);
+            stream
+        }
+        Err(e) => {
+            tcp.failed(&e);
+            shared.stats.count_upstream_error(&e);
+            tracing::info!(peer = %ctx.peer, %host, port, flags = e.flag(), error = %e, "tunnel failed upstream");
+            return;
+        }
+    };
+    shared.stats.tunnels.fetch_add(1, Ordering::Relaxed);
+    let target = Target {
+        host,
+        port,
+        expects_tls: false,
+        cluster: decision.cluster_name().to_string(),
+    };
+    run_with(client, upstream, ctx, &target, &mut tcp, buf).await;
+}
+
+/// An HTTP/1.1 request that asks to switch protocols (`Upgrade`), and where it goes.
+pub(crate) struct Upgrade<'a> {
+    /// The request as the upstream gets it, with its `Upgrade` and `Connection: upgrade`.
+    pub req: Request<RequestBody>,
+    /// The client's side of the switch.
+    pub client: hyper::upgrade::OnUpgrade,
+    /// Where the client's request body (rarely one) reports its faults.
+    pub watch: BodyWatch,
+    pub version: Version,
+    pub routed: Routed,
+    pub cluster: Option<&'a Cluster>,
+    pub original: &'a Original<'a>,
+    /// The destination as the request named it, for logs and error responses.
+    pub host: &'a str,
+    pub port: u16,
+}
+
+/// Relays an `Upgrade` (a WebSocket handshake) on an upstream connection of its own: a 101
+/// goes back to the client with the upstream's headers (its `Upgrade` and `Connection` kept),
+/// and the two switched streams are then bridged, counted and logged as a tunnel. Any other
+/// response is relayed as a response. Envoy does the same with `upgrade_configs`.
+pub(crate) async fn upgrade(ctx: &Arc<ConnCtx>, up: Upgrade<'_>) -> Response<ResponseBody> {
+    let shared = &ctx.shared;
+    let cluster_name = up.routed.cluster_name().to_string();
+    let (mut resp, addr, local) = match forward::send_upgrade(shared, up.cluster, up.original, up.req).await {
+        Ok(r) => r,
+        Err(e) => {
+            return match up.watch.fault() {
+                Some(fault) => crate::http::body_failure(ctx, fault, up.version),
+                None => crate::http::upstream_failure(ctx, up.host, up.port, &cluster_name, &e),
+            };
+        }
+    };
+    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        let (mut parts, body) = resp.into_parts();
+        crate::http::strip_hop_by_hop(&mut parts.headers);
+        let body = PooledBody::shared(body, shared.config.limits.stream_idle_timeout);
+        return Response::from_parts(parts, Either::Left(body));
+    }
+    let upstream_side = hyper::upgrade::on(&mut resp);
+    let (parts, _) = resp.into_parts();
+    let switched_to = parts.headers.get(header::UPGRADE).cloned();
+    let mut headers = parts.headers;
+    crate::http::strip_hop_by_hop(&mut headers);
+    if let Some(protocol) = switched_to {
+        headers.insert(header::UPGRADE, protocol);
+    }
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    let mut switched = Response::new(Either::Right(Full::new(Bytes::new())));
+    *switched.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    *switched.headers_mut() = headers;
+
+    shared.stats.tunnels.fetch_add(1, Ordering::Relaxed);
+    note(|o| o.tunnel = true);
+    let mut tcp = TcpConn::open(
+        shared,
+        up.routed,
+        ctx.peer,
+        ctx.transparent.as_ref().map(|t| t.dst),
+        None,
+    );
+    if shared.telemetry.access_log().is_some() {
+        tcp.upstream = Some(addr);
+        tcp.upstream_local = local;
+    }
+    let client_side = up.client;
+    let ctx = ctx.clone();
+    tokio::spawn(async move {
+        // The HTTP connection ends once it hands the stream over; a drain waits for this.
+        let _tunnel = crate::lifecycle::TunnelGuard::new(&ctx.shared.lifecycle);
+        let (client, upstream) = tokio::join!(client_side, upstream_side);
+        let (client, upstream) = match (client, upstream) {
+            (Ok(c), Ok(u)) => (c, u),
+            (c, u) => {
+                tcp.refused(Flags::DC, "");
+                tracing::debug!(peer = %ctx.peer, client = ?c.err(), upstream = ?u.err(), "upgrade not completed");
+                return;
+            }
+        };
+        let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+        let mut copied = (0, 0);
+        let idle = Some(ctx.shared.config.limits.tcp_idle_timeout);
+        let relayed = crate::relay::copy_bidirectional_counted(&mut client, &mut upstream, idle, &mut copied).await;
+        tcp.relayed(copied);
+        match relayed {
+            Ok(()) => tracing::debug!(up = copied.0, down = copied.1, "upgraded connection closed"),
+            Err(e) if crate::relay::is_idle_timeout(&e) => {
+                ctx.shared.stats.tcp_idle_timeout.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(error = %e, "upgraded connection closed: idle");
+            }
+            Err(e) => tracing::debug!(error = %e, "upgraded connection ended with an error"),
+        }
+    });
+    switched
+}
+
+/// A stream that first yields bytes already read from it.
+pub(crate) struct Prefixed<I> {
+    prefix: BytesMut,
+    inner: I,
+}
+
+impl<I> Prefixed<I> {
+    pub(crate) fn new(prefix: BytesMut, inner: I) -> Self {
+        Self { prefix, inner }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Prefixed<I> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Prefixed<I> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
     }
 }

@@ -31,13 +31,14 @@ use rustls::pki_types::ServerName;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use crate::body::{IdleTimer, StreamIdle};
 use crate::capture::PROXY_MARK;
 use crate::cluster::HostAddr;
 use crate::tls::Origination;
 
 /// The body type sent upstream: the client's request body, streamed, or a body the proxy
 /// holds (a buffered body a VirtualService retries or mirrors).
-pub type RequestBody = http_body_util::Either<Incoming, http_body_util::Full<Bytes>>;
+pub type RequestBody = http_body_util::Either<crate::body::ClientBody, http_body_util::Full<Bytes>>;
 
 /// A connected upstream stream.
 pub enum Stream {
@@ -556,19 +557,24 @@ async fn h2_open(addr: &Dial, connect_timeout: Duration) -> H2Result {
     Ok(sender)
 }
 
-/// A response body that returns its connection to the pool when read to the end.
+/// A response body that returns its connection to the pool when read to the end, and ends
+/// with [`StreamIdle`] when the upstream sends nothing of it for `--stream-idle-timeout`.
 pub struct PooledBody {
     inner: Incoming,
     release: Option<(Dial, SendRequest<RequestBody>)>,
+    idle: IdleTimer,
+    failed: bool,
 }
 
 impl PooledBody {
     /// `reusable`: the exchange allows the connection to carry another request (neither side
-    /// said `Connection: close`).
-    pub fn new(inner: Incoming, addr: Dial, sender: SendRequest<RequestBody>, reusable: bool) -> Self {
+    /// said `Connection: close`). `idle`: the stream idle timeout.
+    pub fn new(inner: Incoming, addr: Dial, sender: SendRequest<RequestBody>, reusable: bool, idle: Duration) -> Self {
         let mut body = Self {
             inner,
             release: reusable.then_some((addr, sender)),
+            idle: IdleTimer::new(idle),
+            failed: false,
         };
         if body.inner.is_end_stream() {
             body.release();
@@ -578,8 +584,13 @@ impl PooledBody {
 
     /// A body whose connection is not handed out per request (an HTTP/2 stream: the
     /// connection stays in the pool while it carries the stream).
-    pub fn shared(inner: Incoming) -> Self {
-        Self { inner, release: None }
+    pub fn shared(inner: Incoming, idle: Duration) -> Self {
+        Self {
+            inner,
+            release: None,
+            idle: IdleTimer::new(idle),
+            failed: false,
+        }
     }
 
     fn release(&mut self) {
@@ -591,17 +602,41 @@ impl PooledBody {
 
 impl Body for PooledBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    /// hyper's, or [`StreamIdle`].
+    type Error = Box<dyn std::error::Error + Send + Sync>;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) => self.release(),
-            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.release(),
-            Poll::Ready(Some(Err(_))) => self.release = None,
-            _ => {}
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        if this.failed {
+            return Poll::Ready(None);
         }
-        polled
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(None) => {
+                this.release();
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Ok(frame))) => {
+                this.idle.progressed();
+                if this.inner.is_end_stream() {
+                    this.release();
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.release = None;
+                this.failed = true;
+                Poll::Ready(Some(Err(Box::new(e))))
+            }
+            Poll::Pending => {
+                if !this.idle.expired(cx) {
+                    return Poll::Pending;
+                }
+                // Cut mid-body: the connection is closed with its sender, never pooled.
+                this.release = None;
+                this.failed = true;
+                Poll::Ready(Some(Err(Box::new(StreamIdle(this.idle.limit())))))
+            }
+        }
     }
 
     fn is_end_stream(&self) -> bool {

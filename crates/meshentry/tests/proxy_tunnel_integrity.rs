@@ -279,8 +279,7 @@ async fn recording(mut s: TcpStream, seen: Seen) {
     loop {
         while let Some(end) = request_end(&buf) {
             seen.lock().unwrap().push(buf.drain(..end).collect());
-            if s
-                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            if s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
                 .await
                 .is_err()
             {
@@ -367,7 +366,11 @@ async fn a_malformed_chunked_request_body_is_answered_400_dpe_not_502() {
     .await
     .unwrap();
     let (head, _) = read_head(&mut s, PATIENCE).await;
-    assert_eq!(status(&head), 400, "a chunk size that is not hex is the client's error: {head}");
+    assert_eq!(
+        status(&head),
+        400,
+        "a chunk size that is not hex is the client's error: {head}"
+    );
     assert_eq!(header(&head, "connection"), Some("close"), "{head}");
     let (_, closed) = read_until_closed(&mut s, PATIENCE).await;
     assert!(closed, "the body's extent is unknown, so the connection is closed");
@@ -494,8 +497,14 @@ async fn a_get_with_a_chunked_body_and_declared_trailers_keeps_both() {
         assert!(lower.contains("\r\ntransfer-encoding: chunked\r\n"), "{method}: {got}");
         assert!(!lower.contains("content-length"), "{method}: {got}");
         let (_, body) = got.split_once("\r\n\r\n").unwrap();
-        assert!(body.contains("hello") && body.contains(" world"), "{method}: the body is lost: {got}");
-        assert!(body.ends_with("0\r\nx-sum: 42\r\n\r\n"), "{method}: the trailer is lost: {got}");
+        assert!(
+            body.contains("hello") && body.contains(" world"),
+            "{method}: the body is lost: {got}"
+        );
+        assert!(
+            body.ends_with("0\r\nx-sum: 42\r\n\r\n"),
+            "{method}: the trailer is lost: {got}"
+        );
     }
     assert_eq!(seen.lock().unwrap().len(), 2);
 
@@ -516,8 +525,9 @@ async fn a_get_with_a_chunked_body_and_declared_trailers_keeps_both() {
 // ---------------------------------------------------------------------------------------------
 // D. WebSocket through an absolute-form request
 
-/// Sends a WebSocket upgrade for `url` and returns the connection and the response head.
-async fn upgrade(proxy: SocketAddr, url: &str, host: &str) -> (TcpStream, String) {
+/// Sends a WebSocket upgrade for `url` and returns the connection, the response head and
+/// what followed it.
+async fn upgrade(proxy: SocketAddr, url: &str, host: &str) -> (TcpStream, String, Vec<u8>) {
     let mut s = TcpStream::connect(proxy).await.unwrap();
     let req = format!(
         "GET {url} HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
@@ -525,8 +535,7 @@ async fn upgrade(proxy: SocketAddr, url: &str, host: &str) -> (TcpStream, String
     );
     s.write_all(req.as_bytes()).await.unwrap();
     let (head, rest) = read_head(&mut s, PATIENCE).await;
-    assert!(rest.is_empty(), "{rest:?}");
-    (s, head)
+    (s, head, rest)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -539,8 +548,9 @@ async fn a_websocket_upgrade_through_an_absolute_form_request_is_bridged() {
     let mut proxy = Proxy::start(&config, &[]).await;
 
     for host in ["ws.example.com", "wsvs.example.com"] {
-        let (mut s, head) = upgrade(proxy.addr(), &format!("http://{host}/chat"), host).await;
+        let (mut s, head, rest) = upgrade(proxy.addr(), &format!("http://{host}/chat"), host).await;
         assert_eq!(status(&head), 101, "{host}: {head}");
+        assert!(rest.is_empty(), "{host}: bytes after the 101: {rest:?}");
         assert_eq!(header(&head, "upgrade"), Some("websocket"), "{head}");
         for message in [&b"first frame"[..], b"second, after the first came back"] {
             s.write_all(message).await.unwrap();
@@ -550,11 +560,22 @@ async fn a_websocket_upgrade_through_an_absolute_form_request_is_bridged() {
         let (rest, closed) = read_until_closed(&mut s, PATIENCE).await;
         assert!(closed && rest.is_empty(), "{host}: {rest:?}");
     }
-    let heads: Vec<String> = seen.lock().unwrap().iter().map(|r| text(r).to_ascii_lowercase()).collect();
+    let heads: Vec<String> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| text(r).to_ascii_lowercase())
+        .collect();
     assert_eq!(heads.len(), 2, "{heads:?}");
     for head in &heads {
-        assert!(head.starts_with("get /chat http/1.1\r\n"), "origin-form upstream: {head}");
-        assert!(head.contains("\r\nsec-websocket-key: dghlihnhbxbszsbub25jzq==\r\n"), "{head}");
+        assert!(
+            head.starts_with("get /chat http/1.1\r\n"),
+            "origin-form upstream: {head}"
+        );
+        assert!(
+            head.contains("\r\nsec-websocket-key: dghlihnhbxbszsbub25jzq==\r\n"),
+            "{head}"
+        );
     }
     assert!(heads[1].contains("\r\nx-hyper-path: 1\r\n"), "{}", heads[1]);
 
@@ -568,7 +589,12 @@ async fn a_websocket_upgrade_through_an_absolute_form_request_is_bridged() {
     assert_eq!(entry["bytes_sent"], entry["bytes_received"], "an echo: {entry}");
 
     // REGISTRY_ONLY still applies: an upgrade to a host outside the registry goes nowhere.
-    let (_s, head) = upgrade(proxy.addr(), "http://elsewhere.example.com/chat", "elsewhere.example.com").await;
+    let (_s, head, _) = upgrade(
+        proxy.addr(),
+        "http://elsewhere.example.com/chat",
+        "elsewhere.example.com",
+    )
+    .await;
     assert_eq!(status(&head), 502, "{head}");
     assert_eq!(seen.lock().unwrap().len(), 2);
     assert_eq!(proxy.stat("tunnels_total").await, 2);
@@ -599,9 +625,7 @@ async fn connect_to_an_http_port_routes_and_logs_each_request() {
     assert!(out.status.success(), "curl: {}", text(&out.stderr));
     let body: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(body["path"], "/curl", "{body}");
-    let entry = proxy
-        .log_entry("the tunnelled request", |v| v["path"] == "/curl")
-        .await;
+    let entry = proxy.log_entry("the tunnelled request", |v| v["path"] == "/curl").await;
     assert_eq!(entry["method"], "GET", "{entry}");
     assert_eq!(entry["response_code"], 200, "{entry}");
     assert_eq!(entry["request_id"], "via-tunnel", "{entry}");
@@ -615,7 +639,10 @@ async fn connect_to_an_http_port_routes_and_logs_each_request() {
     let (head, _) = read_head(&mut s, PATIENCE).await;
     assert_eq!(status(&head), 200, "{head}");
     let seen = web.last().unwrap();
-    assert_eq!((seen.path.as_str(), seen.host.as_deref()), ("/one", Some("web.example.com")));
+    assert_eq!(
+        (seen.path.as_str(), seen.host.as_deref()),
+        ("/one", Some("web.example.com"))
+    );
 
     // A request that names no host goes to the CONNECT target.
     s.write_all(b"GET /two HTTP/1.1\r\n\r\n").await.unwrap();
