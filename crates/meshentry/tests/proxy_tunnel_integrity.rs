@@ -385,6 +385,33 @@ async fn a_malformed_chunked_request_body_is_answered_400_dpe_not_502() {
     proxy.assert_healthy();
 }
 
+/// A client that leaves part-way through its body is DC: neither its protocol error nor the
+/// upstream's failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_body_cut_short_by_the_client_is_dc_not_an_upstream_error() {
+    let ip = unique_loopback();
+    let web = HttpUpstream::start(SocketAddr::new(IpAddr::V4(ip), 0), "web");
+    let config = service("web.example.com", 80, "HTTP", web.addr()) + &hyper_path_rule("web.example.com");
+    let mut proxy = Proxy::start(&config, &[]).await;
+
+    let mut s = TcpStream::connect(proxy.addr()).await.unwrap();
+    s.write_all(
+        b"POST http://web.example.com/cut HTTP/1.1\r\nHost: web.example.com\r\n\
+          Transfer-Encoding: chunked\r\n\r\n10\r\nonly half",
+    )
+    .await
+    .unwrap();
+    eventually(PATIENCE, || async { web.connections() == 1 }).await;
+    drop(s);
+
+    let entry = proxy.log_entry("the POST", |v| v["path"] == "/cut").await;
+    let flags = entry["response_flags"].as_str().unwrap();
+    assert!(flags.contains("DC") && !flags.contains("DPE") && !flags.contains("UC"), "{entry}");
+    assert_eq!(proxy.stat("upstream_errors_total").await, 0);
+    assert_eq!(proxy.stat("bad_requests_total").await, 0);
+    proxy.assert_healthy();
+}
+
 // ---------------------------------------------------------------------------------------------
 // B. Bodies that stall are ended after --stream-idle-timeout
 
