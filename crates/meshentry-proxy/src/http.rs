@@ -611,7 +611,8 @@ pub(crate) fn upstream_failure(
 
 /// The request as the upstream should see it: origin-form, HTTP/1.1, no hop-by-hop headers,
 /// `Host` from the absolute URI when there was one (RFC 9112 3.2.2), and a body that may not
-/// be empty sent chunked with the trailer fields its `Trailer` header declares.
+/// be empty sent chunked, with the trailer fields its `Trailer` header declares (hyper's client
+/// sends only those; `Trailer` is end to end and kept by [`strip_hop_by_hop`]).
 pub(crate) fn to_upstream<B: hyper::body::Body>(req: Request<B>, host: HeaderValue) -> Request<B> {
     let (mut parts, body) = req.into_parts();
     let absolute = parts.uri.authority().is_some();
@@ -620,13 +621,6 @@ pub(crate) fn to_upstream<B: hyper::body::Body>(req: Request<B>, host: HeaderVal
         None => Uri::from_static("/"),
     };
     parts.version = Version::HTTP_11;
-    // hyper's client sends only the trailer fields `Trailer` declares; kept here whether or not
-    // the hop-by-hop rules keep it (it is end-to-end, RFC 9110 6.6.2).
-    let declared_trailers: Vec<HeaderValue> = if parts.headers.contains_key(header::TRAILER) {
-        parts.headers.get_all(header::TRAILER).iter().cloned().collect()
-    } else {
-        Vec::new()
-    };
     strip_hop_by_hop(&mut parts.headers);
     if absolute || !parts.headers.contains_key(header::HOST) {
         parts.headers.insert(header::HOST, host);
@@ -641,11 +635,6 @@ pub(crate) fn to_upstream<B: hyper::body::Body>(req: Request<B>, host: HeaderVal
         parts
             .headers
             .insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
-        if !parts.headers.contains_key(header::TRAILER) {
-            for v in declared_trailers {
-                parts.headers.append(header::TRAILER, v);
-            }
-        }
     }
     Request::from_parts(parts, body)
 }

@@ -406,7 +406,10 @@ async fn a_request_body_cut_short_by_the_client_is_dc_not_an_upstream_error() {
 
     let entry = proxy.log_entry("the POST", |v| v["path"] == "/cut").await;
     let flags = entry["response_flags"].as_str().unwrap();
-    assert!(flags.contains("DC") && !flags.contains("DPE") && !flags.contains("UC"), "{entry}");
+    assert!(
+        flags.contains("DC") && !flags.contains("DPE") && !flags.contains("UC"),
+        "{entry}"
+    );
     assert_eq!(proxy.stat("upstream_errors_total").await, 0);
     assert_eq!(proxy.stat("bad_requests_total").await, 0);
     proxy.assert_healthy();
