@@ -37,6 +37,10 @@ pub enum UpstreamError {
     /// client certificate only then).
     #[error("upstream connect error: {0}")]
     Tls(String),
+    /// Every address to dial was one of this proxy's own listeners (a name that resolves to
+    /// the proxy, an endpoint that is its own port): sending would loop.
+    #[error("request loop: {0} is this proxy's own listener")]
+    Loop(SocketAddr),
 }
 
 impl UpstreamError {
@@ -50,6 +54,7 @@ impl UpstreamError {
             | UpstreamError::Tls(_) => 503,
             UpstreamError::Reset(_) => 502,
             UpstreamError::Timeout(_) => 504,
+            UpstreamError::Loop(_) => 508,
         }
     }
 
@@ -62,6 +67,7 @@ impl UpstreamError {
             UpstreamError::Connect { .. } | UpstreamError::Tls(_) => Flags::UF,
             UpstreamError::Reset(_) => Flags::UC,
             UpstreamError::Timeout(_) => Flags::UT,
+            UpstreamError::Loop(_) => Flags::NONE,
         }
     }
 
@@ -75,6 +81,7 @@ impl UpstreamError {
             }
             UpstreamError::Reset(_) => "upstream_reset_before_response_started{connection_termination}",
             UpstreamError::Timeout(_) => "response_timeout",
+            UpstreamError::Loop(_) => "request_loop",
         }
     }
 
@@ -86,6 +93,7 @@ impl UpstreamError {
             UpstreamError::Connect { .. } | UpstreamError::Tls(_) => "UF",
             UpstreamError::Reset(_) => "UC",
             UpstreamError::Timeout(_) => "UT",
+            UpstreamError::Loop(_) => "-",
         }
     }
 }
@@ -159,6 +167,9 @@ pub struct Failover<'s> {
     last: String,
     /// The cluster host whose in-flight count this plan holds.
     active: Option<usize>,
+    /// Targets skipped because they are this proxy's own listeners, and the last of them.
+    looped: u32,
+    looped_addr: Option<SocketAddr>,
 }
 
 enum Targets {
@@ -211,11 +222,33 @@ impl<'s> Failover<'s> {
             count: 0,
             last: String::new(),
             active: None,
+            looped: 0,
+            looped_addr: None,
         })
     }
 
-    /// The next target to try, if any is left.
+    /// The next target to try, if any is left. A target that is this proxy itself (the
+    /// address actually dialled, after DNS) is skipped: connecting would loop.
     pub fn next_target(&mut self) -> Option<usize> {
+        loop {
+            let i = self.pick()?;
+            if let &HostAddr::Ip(addr) = self.addr(i)
+                && self.shared.is_self_addr(addr)
+            {
+                self.looped += 1;
+                self.looped_addr = Some(addr);
+                tracing::debug!(%addr, cluster = self.cluster.map_or("", |c| &c.name), "upstream address is this proxy: skipped");
+                continue;
+            }
+            // Only the access log prints the endpoint: without it, no note per request.
+            if self.shared.telemetry.access_log().is_some() {
+                crate::telemetry::note(|o| o.upstream = Some(self.addr(i).clone()));
+            }
+            return Some(i);
+        }
+    }
+
+    fn pick(&mut self) -> Option<usize> {
         self.release();
         let i = match &self.targets {
             Targets::Hosts(set) => {
@@ -239,10 +272,6 @@ impl<'s> Failover<'s> {
         };
         self.tried.add(i);
         self.count += 1;
-        // Only the access log prints the endpoint: without it, no note per request.
-        if self.shared.telemetry.access_log().is_some() {
-            crate::telemetry::note(|o| o.upstream = Some(self.addr(i).clone()));
-        }
         Some(i)
     }
 
@@ -310,8 +339,13 @@ impl<'s> Failover<'s> {
         self.last = e.to_string();
     }
 
-    /// The error when every target refused.
+    /// The error when every target refused; a loop when every one was the proxy itself.
     pub fn exhausted(&self) -> UpstreamError {
+        if let Some(addr) = self.looped_addr
+            && self.looped == self.count
+        {
+            return UpstreamError::Loop(addr);
+        }
         let reason = if self.count == 0 {
             "no addresses".to_string()
         } else {

@@ -275,6 +275,20 @@ async fn handle_any(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<Resp
         }
         return resp;
     }
+    // The hop limit: whatever address or name it came back through, a request carrying this
+    // process's own `via` marker has been forwarded by it before.
+    if ctx.shared.via.is_in_headers(req.headers()) {
+        note(|o| o.fail(Flags::NONE, "request_loop"));
+        ctx.shared.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(peer = %ctx.peer, uri = %req.uri(), via = %ctx.shared.via.token(), "request loop: the request carries this proxy's own Via marker");
+        return local(
+            StatusCode::LOOP_DETECTED,
+            &format!(
+                "meshentry: request loop: the request already passed through this proxy (Via: {})",
+                ctx.shared.via.token()
+            ),
+        );
+    }
     if let Some(g) = ctx.gateway {
         return crate::gateway::forward(req, ctx, g).await;
     }
@@ -400,8 +414,8 @@ async fn relay_response(
     let protocol = forward::UpstreamProtocol::of(decision);
     let req = req.map(Either::Left);
     let upstream_req = match protocol {
-        forward::UpstreamProtocol::Http1 => to_upstream(req, host_header),
-        forward::UpstreamProtocol::H2 => match crate::h2::to_upstream(req, &host_header) {
+        forward::UpstreamProtocol::Http1 => to_upstream(req, host_header, &shared.via),
+        forward::UpstreamProtocol::H2 => match crate::h2::to_upstream(req, &host_header, &shared.via) {
             Some(r) => r,
             None => {
                 note(|o| o.fail(Flags::DPE, "invalid_authority"));
@@ -453,16 +467,18 @@ pub(crate) fn upstream_failure(
 }
 
 /// The request as the upstream should see it: origin-form, HTTP/1.1, no hop-by-hop headers,
-/// `Host` from the absolute URI when there was one (RFC 9112 3.2.2).
-pub(crate) fn to_upstream<B>(req: Request<B>, host: HeaderValue) -> Request<B> {
+/// `Host` from the absolute URI when there was one (RFC 9112 3.2.2), and this proxy's `via`.
+pub(crate) fn to_upstream<B>(req: Request<B>, host: HeaderValue, via: &crate::loop_guard::Via) -> Request<B> {
     let (mut parts, body) = req.into_parts();
     let absolute = parts.uri.authority().is_some();
     parts.uri = match parts.uri.path_and_query() {
         Some(pq) => Uri::from(pq.clone()),
         None => Uri::from_static("/"),
     };
-    parts.version = Version::HTTP_11;
     strip_hop_by_hop(&mut parts.headers);
+    // After stripping: `Connection: via` must not remove the hop marker.
+    via.append(&mut parts.headers, parts.version);
+    parts.version = Version::HTTP_11;
     if absolute || !parts.headers.contains_key(header::HOST) {
         parts.headers.insert(header::HOST, host);
     }
