@@ -7,7 +7,7 @@ use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Instant, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
@@ -15,32 +15,102 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
-use meshentry_proxy::server::Shared;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use meshentry_proxy::server::{Acceptor, Shared};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub mod build_info;
 
+/// What the admin server allows each client. The admin port must never be able to starve the
+/// data plane: its connections are capped (the cap is part of the file descriptor reserve
+/// that `--max-connections` leaves), a client must send its request head within
+/// `header_timeout` (which also closes connections idle between requests: admin clients poll
+/// seconds apart and reconnect cheaply), and no connection lives longer than `max_lifetime`
+/// (a client that never reads its response cannot hold a slot forever).
+#[derive(Clone, Copy, Debug)]
+pub struct AdminLimits {
+    pub max_connections: u64,
+    pub header_timeout: Duration,
+    pub max_lifetime: Duration,
+}
+
+impl Default for AdminLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            header_timeout: Duration::from_secs(10),
+            max_lifetime: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The admin connection cap unless the fd limit calls for less (`--admin-max-connections`).
+pub const DEFAULT_MAX_CONNECTIONS: u64 = 64;
+
 /// Serves admin requests until `shutdown` turns true.
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+    limits: AdminLimits,
+) {
     let started = Instant::now();
+    let mut acceptor = Acceptor::new(listener);
     loop {
         tokio::select! {
-            accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
+            (stream, _) = acceptor.accept(&shared.stats) => {
+                let Some(slot) = AdminSlot::take(&shared, limits.max_connections) else {
+                    // Closed at once: holding it would spend a descriptor the data plane may need.
+                    drop(stream);
+                    continue;
+                };
                 let shared = shared.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| {
                         let shared = shared.clone();
                         async move { Ok::<_, Infallible>(handle(&req, &shared, started)) }
                     });
-                    let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                    let conn = http1::Builder::new()
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(limits.header_timeout)
+                        .serve_connection(TokioIo::new(stream), svc);
+                    let _ = tokio::time::timeout(limits.max_lifetime, conn).await;
+                    drop(slot);
                 });
             }
             _ = shutdown.changed() => break,
         }
+    }
+}
+
+/// One of the admin server's connection slots, freed on drop.
+struct AdminSlot(Arc<Shared>);
+
+impl AdminSlot {
+    fn take(shared: &Arc<Shared>, max: u64) -> Option<Self> {
+        let stats = &shared.stats;
+        if stats.admin_cx_active.fetch_add(1, Ordering::Relaxed) >= max {
+            stats.admin_cx_active.fetch_sub(1, Ordering::Relaxed);
+            let n = stats.admin_cx_overflow.fetch_add(1, Ordering::Relaxed);
+            // The first overflow and every 1000th: a flood must not flood the log too.
+            if n.is_multiple_of(1000) {
+                tracing::warn!(
+                    admin_max_connections = max,
+                    overflows = n + 1,
+                    "admin connection limit reached: new admin connections are closed at once"
+                );
+            }
+            return None;
+        }
+        Some(Self(shared.clone()))
+    }
+}
+
+impl Drop for AdminSlot {
+    fn drop(&mut self) {
+        self.0.stats.admin_cx_active.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -470,10 +540,28 @@ const STATS: &[Stat] = &[
         "Pooled upstream connections closed after --upstream-idle-timeout.",
         |s| s.stats.upstream_cx_idle_timeout.load(Ordering::Relaxed),
     ),
+    (
+        "accept_errors_total",
+        "Failed accepts on any listener (out of file descriptors or memory: the listener backed off 10 ms to 1 s).",
+        |s| s.stats.accept_errors.load(Ordering::Relaxed),
+    ),
+    ("admin_cx_active", "Admin connections open now.", |s| {
+        s.stats.admin_cx_active.load(Ordering::Relaxed)
+    }),
+    (
+        "admin_cx_overflow",
+        "Admin connections closed at once: --admin-max-connections were open.",
+        |s| s.stats.admin_cx_overflow.load(Ordering::Relaxed),
+    ),
 ];
 
 /// The entries of [`STATS`] that can go down as well as up.
-const GAUGES: &[&str] = &["downstream_cx_active", "config_generation", "downstream_tunnels_active"];
+const GAUGES: &[&str] = &[
+    "downstream_cx_active",
+    "config_generation",
+    "downstream_tunnels_active",
+    "admin_cx_active",
+];
 
 fn stats_text(shared: &Shared) -> String {
     let s = &shared.stats;
