@@ -11,6 +11,7 @@
 //!   addresses, names or other proxies it went through on the way.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use http::{HeaderMap, HeaderValue, Version};
 
@@ -55,6 +56,12 @@ impl SelfAddrs {
         &self.addrs
     }
 
+    /// One bit per listener port (`port % 64`): a request whose port's bit is clear is not for
+    /// the proxy, which one relaxed load of [`PortFilter`] tells without looking further.
+    pub fn port_bits(&self) -> u64 {
+        self.addrs.iter().fold(0, |bits, a| bits | port_bit(a.port()))
+    }
+
     /// Whether some listener has `port`: the cheap test everything else waits for.
     pub fn has_port(&self, port: u16) -> bool {
         self.addrs.iter().any(|a| a.port() == port)
@@ -92,6 +99,31 @@ impl SelfAddrs {
             Ok(ip) => self.contains(SocketAddr::new(ip, port)),
             Err(_) => is_localhost_name(host),
         }
+    }
+}
+
+fn port_bit(port: u16) -> u64 {
+    1 << (port % 64)
+}
+
+/// [`SelfAddrs::port_bits`] where every request can read it for the price of one relaxed load:
+/// most requests go to ports no listener has (80, 443, 8080 and the proxy's 15000, 15001, 15080
+/// all have bits of their own), and they never touch the address list.
+#[derive(Debug, Default)]
+pub struct PortFilter(AtomicU64);
+
+impl PortFilter {
+    pub fn new(addrs: &SelfAddrs) -> Self {
+        Self(AtomicU64::new(addrs.port_bits()))
+    }
+
+    pub fn set(&self, addrs: &SelfAddrs) {
+        self.0.store(addrs.port_bits(), Ordering::Relaxed);
+    }
+
+    /// Whether `port` may be a listener's (false: certainly not).
+    pub fn may_have(&self, port: u16) -> bool {
+        self.0.load(Ordering::Relaxed) & port_bit(port) != 0
     }
 }
 
@@ -234,6 +266,21 @@ mod tests {
         // The listener given as IPv4-mapped is stored as IPv4.
         assert!(me.contains(sa("127.0.0.1:15000")));
         assert_eq!(me.addrs(), &[sa("0.0.0.0:15001"), sa("127.0.0.1:15000")]);
+    }
+
+    #[test]
+    fn the_port_filter_lets_through_every_listener_port_and_few_others() {
+        let me = SelfAddrs::new([sa("127.0.0.1:15000"), sa("127.0.0.1:15001"), sa("0.0.0.0:15080")]);
+        let filter = PortFilter::new(&me);
+        for port in [15000, 15001, 15080] {
+            assert!(filter.may_have(port));
+        }
+        for port in [80, 443, 8080, 8443, 3306, 5432, 6379, 9090] {
+            assert!(!filter.may_have(port), "{port}");
+        }
+        filter.set(&SelfAddrs::new([sa("127.0.0.1:80")]));
+        assert!(filter.may_have(80));
+        assert!(!filter.may_have(15080));
     }
 
     #[test]

@@ -15,7 +15,7 @@ use crate::config::ProxyConfig;
 use crate::detect::Detected;
 use crate::dns::Dns;
 use crate::lifecycle::Lifecycle;
-use crate::loop_guard::{SelfAddrs, Via};
+use crate::loop_guard::{PortFilter, SelfAddrs, Via};
 use crate::snapshot::Snapshot;
 
 /// What every connection shares: the current snapshot (swapped atomically on reload), DNS,
@@ -30,6 +30,8 @@ pub struct Shared {
     /// Every listening address of the proxy (admin included): a request addressed to one of
     /// them would loop. Replaced when a reload opens or closes Gateway ports.
     pub local_addrs: ArcSwap<SelfAddrs>,
+    /// The ports of `local_addrs`, for the common case of a request to another port.
+    local_ports: PortFilter,
     /// This process's `Via` marker, added to every request sent upstream: a request that
     /// arrives carrying it went round a loop.
     pub via: Via,
@@ -39,13 +41,15 @@ pub struct Shared {
 
 impl Shared {
     pub fn new(snapshot: Snapshot, dns: Arc<Dns>, config: ProxyConfig, local_addrs: Vec<SocketAddr>) -> Arc<Self> {
+        let local_addrs = SelfAddrs::new(local_addrs);
         Arc::new(Self {
             snapshot: ArcSwap::from_pointee(snapshot),
             dns,
             telemetry: crate::telemetry::Telemetry::new(&config),
             config,
             stats: Stats::default(),
-            local_addrs: ArcSwap::from_pointee(SelfAddrs::new(local_addrs)),
+            local_ports: PortFilter::new(&local_addrs),
+            local_addrs: ArcSwap::from_pointee(local_addrs),
             via: Via::random(),
             lifecycle: Lifecycle::default(),
         })
@@ -55,20 +59,24 @@ impl Shared {
     /// form (unspecified, IPv4-mapped, any local address when a listener is on `0.0.0.0`) or
     /// `localhost`, on the port of one of its listeners. A name that resolves to the proxy is
     /// caught when dialled ([`Shared::is_self_addr`] in [`crate::forward::Failover`]).
-    /// Costs one atomic load and a scan of the listener ports unless the port is one of them.
+    /// A request to a port no listener has costs one relaxed atomic load.
     pub fn is_self(&self, host: &str, port: u16) -> bool {
-        self.local_addrs.load().contains_host(host, port)
+        self.local_ports.may_have(port) && self.local_addrs.load().contains_host(host, port)
     }
 
     /// Whether a connection to `addr` would reach one of this proxy's listeners
-    /// ([`SelfAddrs::contains`]).
+    /// ([`SelfAddrs::contains`]); as cheap as [`Shared::is_self`] for other ports.
     pub fn is_self_addr(&self, addr: SocketAddr) -> bool {
-        self.local_addrs.load().contains(addr)
+        self.local_ports.may_have(addr.port()) && self.local_addrs.load().contains(addr)
     }
 
     /// Replaces the proxy's listening addresses (all of them, admin included).
     pub fn set_local_addrs(&self, addrs: impl IntoIterator<Item = SocketAddr>) {
-        self.local_addrs.store(Arc::new(SelfAddrs::new(addrs)));
+        let addrs = SelfAddrs::new(addrs);
+        // Both orders leave a moment where one is newer than the other; a request in that
+        // moment is judged by either listener set, both of which were true a moment ago.
+        self.local_ports.set(&addrs);
+        self.local_addrs.store(Arc::new(addrs));
     }
 
     /// Whether one `Via` header value (as received, possibly a list) carries this process's

@@ -208,7 +208,15 @@ impl Proxy {
 /// status 0 with curl's message as the body.
 fn curl(proxy: SocketAddr, url: &str, extra: &[&str]) -> (u16, String) {
     let out = meshentry_testutil::curl_command()
-        .args(["-sS", "--max-time", "15", "-x", &format!("http://{proxy}"), "-w", "\n%{http_code}"])
+        .args([
+            "-sS",
+            "--max-time",
+            "15",
+            "-x",
+            &format!("http://{proxy}"),
+            "-w",
+            "\n%{http_code}",
+        ])
         .args(extra)
         .arg(url)
         .output()
@@ -229,7 +237,10 @@ async fn raw_status(addr: SocketAddr, head: &str) -> u16 {
     let mut buf = vec![0u8; 1024];
     let mut got = 0;
     while !buf[..got].windows(2).any(|w| w == b"\r\n") {
-        let n = tokio::time::timeout(PATIENCE, s.read(&mut buf[got..])).await.unwrap().unwrap();
+        let n = tokio::time::timeout(PATIENCE, s.read(&mut buf[got..]))
+            .await
+            .unwrap()
+            .unwrap();
         assert!(n > 0, "closed without an answer");
         got += n;
     }
@@ -262,7 +273,11 @@ async fn assert_no_loop(proxy: &Proxy, before: u64, most: u64, what: &str) {
 
 #[tokio::test]
 async fn the_unspecified_address_on_a_proxy_port_is_the_proxy() {
-    let mut proxy = Proxy::start_on_localhost(&unrelated(), &["--outbound-policy", "ALLOW_ANY", "--max-connections", "40"]).await;
+    let mut proxy = Proxy::start_on_localhost(
+        &unrelated(),
+        &["--outbound-policy", "ALLOW_ANY", "--max-connections", "40"],
+    )
+    .await;
     let port = proxy.http.port();
     for url in [format!("http://0.0.0.0:{port}/"), format!("http://[::]:{port}/x")] {
         let before = proxy.connections().await;
@@ -286,7 +301,11 @@ async fn the_unspecified_address_on_a_proxy_port_is_the_proxy() {
 
 #[tokio::test]
 async fn the_admin_pages_are_not_served_through_the_proxy() {
-    let mut proxy = Proxy::start_on_localhost(&unrelated(), &["--outbound-policy", "ALLOW_ANY", "--max-connections", "40"]).await;
+    let mut proxy = Proxy::start_on_localhost(
+        &unrelated(),
+        &["--outbound-policy", "ALLOW_ANY", "--max-connections", "40"],
+    )
+    .await;
     let admin = proxy.admin.port();
     for url in [
         format!("http://0.0.0.0:{admin}/stats"),
@@ -297,7 +316,9 @@ async fn the_admin_pages_are_not_served_through_the_proxy() {
         for extra in [&[][..], &["-0"][..]] {
             let answer = curl(proxy.http, &url, extra);
             assert!(
-                !answer.1.contains("meshentry.") && !answer.1.contains("uptime_seconds") && !answer.1.contains("registry"),
+                !answer.1.contains("meshentry.")
+                    && !answer.1.contains("uptime_seconds")
+                    && !answer.1.contains("registry"),
                 "{url}: the admin pages came through the proxy: {answer:?}"
             );
             assert_loop(&url, &answer);
@@ -309,7 +330,12 @@ async fn the_admin_pages_are_not_served_through_the_proxy() {
 #[tokio::test]
 async fn ipv4_mapped_forms_of_the_proxy_address_are_the_proxy() {
     let ip = unique_loopback();
-    let mut proxy = Proxy::start(ip, &unrelated(), &["--outbound-policy", "ALLOW_ANY", "--max-connections", "40"]).await;
+    let mut proxy = Proxy::start(
+        ip,
+        &unrelated(),
+        &["--outbound-policy", "ALLOW_ANY", "--max-connections", "40"],
+    )
+    .await;
     for url in [
         format!("http://[::ffff:{ip}]:15080/"),
         format!("http://[::ffff:{ip}]:15000/stats"),
@@ -336,7 +362,12 @@ async fn a_static_endpoint_that_is_the_proxy_is_refused_when_dialled() {
     let ip = unique_loopback();
     let me = SocketAddr::from((ip, 15080));
     let yaml = entry("loop", "loop.test", 80, me) + &entry("mapped", "mapped.test", 80, SocketAddr::from((ip, 15000)));
-    let mut proxy = Proxy::start(ip, &yaml, &["--outbound-policy", "REGISTRY_ONLY", "--max-connections", "40"]).await;
+    let mut proxy = Proxy::start(
+        ip,
+        &yaml,
+        &["--outbound-policy", "REGISTRY_ONLY", "--max-connections", "40"],
+    )
+    .await;
     for url in ["http://loop.test/", "http://mapped.test/stats"] {
         let before = proxy.connections().await;
         let answer = curl(proxy.http, url, &[]);
@@ -359,7 +390,14 @@ async fn a_name_that_resolves_to_the_proxy_is_refused_when_dialled() {
     let mut proxy = Proxy::start(
         ip,
         &unrelated(),
-        &["--outbound-policy", "ALLOW_ANY", "--max-connections", "40", "--dns-server", &dns_server],
+        &[
+            "--outbound-policy",
+            "ALLOW_ANY",
+            "--max-connections",
+            "40",
+            "--dns-server",
+            &dns_server,
+        ],
     )
     .await;
     let before = proxy.connections().await;
@@ -378,8 +416,18 @@ async fn two_proxies_in_a_loop(yaml_extra: fn(&str) -> String) -> ((u16, String)
     let a_http = SocketAddr::from((a_ip, 15080));
     let b_http = SocketAddr::from((b_ip, 15080));
     let flags = ["--outbound-policy", "REGISTRY_ONLY", "--max-connections", "40"];
-    let mut a = Proxy::start(a_ip, &(entry("svc", "svc.loop", 80, b_http) + &yaml_extra("svc.loop")), &flags).await;
-    let mut b = Proxy::start(b_ip, &(entry("svc", "svc.loop", 80, a_http) + &yaml_extra("svc.loop")), &flags).await;
+    let mut a = Proxy::start(
+        a_ip,
+        &(entry("svc", "svc.loop", 80, b_http) + &yaml_extra("svc.loop")),
+        &flags,
+    )
+    .await;
+    let mut b = Proxy::start(
+        b_ip,
+        &(entry("svc", "svc.loop", 80, a_http) + &yaml_extra("svc.loop")),
+        &flags,
+    )
+    .await;
     let (a_before, b_before) = (a.connections().await, b.connections().await);
     let answer = curl(a.http, "http://svc.loop/", &[]);
     let (a_after, b_after) = (a.connections().await, b.connections().await);
@@ -443,7 +491,13 @@ async fn watch(proxy: &Proxy, window: Duration) -> (f64, Vec<String>) {
     let (cpu_before, started) = (cpu_seconds(pid), Instant::now());
     tokio::time::sleep(window).await;
     let share = (cpu_seconds(pid) - cpu_before) / started.elapsed().as_secs_f64();
-    let lines = proxy.process.stderr().lines().skip(lines_before).map(str::to_string).collect();
+    let lines = proxy
+        .process
+        .stderr()
+        .lines()
+        .skip(lines_before)
+        .map(str::to_string)
+        .collect();
     (share, lines)
 }
 
@@ -482,8 +536,17 @@ async fn an_admin_flood_under_a_low_fd_limit_leaves_the_data_plane_working() {
         assert_eq!(status, 200, "request {i} during the admin flood: {body}");
     }
     let (cpu, lines) = watch(&proxy, Duration::from_secs(2)).await;
-    assert!(cpu < 0.2, "the proxy used {:.0}% of a core while the flood held", cpu * 100.0);
-    assert!(lines.len() <= 3, "the log is spammed: {} lines in 2 s:\n{}", lines.len(), lines.join("\n"));
+    assert!(
+        cpu < 0.2,
+        "the proxy used {:.0}% of a core while the flood held",
+        cpu * 100.0
+    );
+    assert!(
+        lines.len() <= 3,
+        "the log is spammed: {} lines in 2 s:\n{}",
+        lines.len(),
+        lines.join("\n")
+    );
     assert_eq!(up.requests(), 6);
 
     // Once the flood is gone the admin port answers again, and it counted what it refused.
@@ -537,7 +600,11 @@ async fn accept_backs_off_quietly_when_out_of_descriptors_and_recovers() {
     let flood = idle_connections(proxy.http, 650).await;
     let (cpu, lines) = watch(&proxy, Duration::from_secs(2)).await;
     let accept_lines = lines.iter().filter(|l| l.contains("accept")).count();
-    assert!(cpu < 0.2, "the proxy used {:.0}% of a core out of descriptors", cpu * 100.0);
+    assert!(
+        cpu < 0.2,
+        "the proxy used {:.0}% of a core out of descriptors",
+        cpu * 100.0
+    );
     assert!(
         accept_lines <= 1 && lines.len() <= 3,
         "the log is spammed: {} lines in 2 s:\n{}",
@@ -548,7 +615,10 @@ async fn accept_backs_off_quietly_when_out_of_descriptors_and_recovers() {
     // Descriptors come back when the idle clients leave; the listener resumes within its
     // longest pause and says so once.
     drop(flood);
-    eventually(PATIENCE, || async { curl(proxy.http, "http://backend.test/after", &[]).0 == 200 }).await;
+    eventually(PATIENCE, || async {
+        curl(proxy.http, "http://backend.test/after", &[]).0 == 200
+    })
+    .await;
     assert!(proxy.stat("accept_errors_total").await > 0);
     let stderr = proxy.process.stderr();
     assert_eq!(stderr.matches("accepting connections again").count(), 1, "{stderr}");
