@@ -64,6 +64,8 @@ struct Proxy {
     process: ProxyProcess,
     http: SocketAddr,
     admin: SocketAddr,
+    /// The configuration file, for reloads.
+    config_file: std::path::PathBuf,
     _config: tempfile::TempDir,
 }
 
@@ -125,6 +127,7 @@ impl Launch<'_> {
             process,
             http: self.http,
             admin: self.admin,
+            config_file: config.join("config.yaml"),
             _config: dir,
         };
         // wait_listening's probes are connections too; let them go before counting.
@@ -451,6 +454,73 @@ async fn a_request_that_comes_back_through_another_proxy_on_the_fast_path_is_ref
     let (answer, a, b) = two_proxies_in_a_loop(|_| String::new()).await;
     assert_loop("A -> B -> A", &answer);
     assert_eq!((a, b), (2, 1), "connections accepted by A and B");
+}
+
+/// The gateway `istio-system/gw` with an HTTP server on each of `ports`, routing `web.example`
+/// to `backend`.
+fn gateway(backend: SocketAddr, ports: &[u16]) -> String {
+    let servers: String = ports
+        .iter()
+        .map(|p| format!("  - port: {{number: {p}, name: http-{p}, protocol: HTTP}}\n    hosts: ['*']\n"))
+        .collect();
+    entry("backend", "backend.internal", 80, backend)
+        + &format!(
+            "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: gw, namespace: istio-system}}\n\
+             spec:\n  selector: {{istio: gw}}\n  servers:\n{servers}---\n\
+             apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: web, namespace: istio-system}}\n\
+             spec:\n  hosts: [web.example]\n  gateways: [istio-system/gw]\n  http:\n\
+             \x20 - route:\n    - destination: {{host: backend.internal, port: {{number: 80}}}}\n"
+        )
+}
+
+#[tokio::test]
+async fn a_gateway_port_opened_by_a_reload_is_the_proxy_too() {
+    let ip = unique_loopback();
+    let backend = HttpUpstream::start(SocketAddr::from((ip, 8080)), "backend");
+    let p1 = free_port(ip);
+    let p2 = loop {
+        let p = free_port(ip);
+        if p != p1 {
+            break p;
+        }
+    };
+    let ip_text = ip.to_string();
+    let mut proxy = Launch {
+        http: SocketAddr::from((ip, 15080)),
+        admin: SocketAddr::from((ip, 15000)),
+        yaml: &gateway(backend.addr(), &[p1]),
+        extra: &[
+            "--gateway",
+            "istio-system/gw",
+            "--labels",
+            "istio=gw",
+            "--gateway-bind",
+            &ip_text,
+            "--reload-debounce",
+            "20ms",
+            "--outbound-policy",
+            "ALLOW_ANY",
+            "--max-connections",
+            "40",
+        ],
+        fd_limit: None,
+    }
+    .start()
+    .await;
+    let tmp = proxy.config_file.with_extension("tmp-write");
+    std::fs::write(&tmp, gateway(backend.addr(), &[p1, p2])).unwrap();
+    std::fs::rename(&tmp, &proxy.config_file).unwrap();
+    eventually(PATIENCE, || async { proxy.stat("config_generation").await == 2 }).await;
+    proxy.process.wait_listening(SocketAddr::from((ip, p2)), PATIENCE).await;
+    for port in [p1, p2] {
+        for host in [ip_text.clone(), format!("[::ffff:{ip}]"), "0.0.0.0".to_string()] {
+            let url = format!("http://{host}:{port}/");
+            let before = proxy.connections().await;
+            assert_loop(&url, &curl(proxy.http, &url, &[]));
+            assert_no_loop(&proxy, before, 1, &url).await;
+        }
+    }
+    proxy.assert_healthy();
 }
 
 // ---------------------------------------------------------------------------------------------
