@@ -173,7 +173,12 @@ async fn handle(stream: TcpStream, peer: SocketAddr, local: Option<SocketAddr>, 
         }
         Err(e) => {
             tcp.failed(&e);
-            stats.upstream_errors.fetch_add(1, Ordering::Relaxed);
+            // Every address to dial was the proxy itself: a loop, as a connection addressed to it.
+            let counter = match e {
+                forward::UpstreamError::Loop(_) => &stats.outbound_loops,
+                _ => &stats.upstream_errors,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
             tracing::info!(%peer, %dst, cluster = decision.cluster_name(), flags = e.flag(), error = %e, "connection failed upstream");
             return;
         }
