@@ -678,3 +678,127 @@ fn json_response(v: &Value) -> Response<Full<Bytes>> {
         .insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
     resp
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meshentry_proxy::config::ProxyConfig;
+    use meshentry_proxy::dns::{Dns, DnsConfig};
+    use meshentry_proxy::snapshot::Snapshot;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    fn shared() -> Arc<Shared> {
+        let config = ProxyConfig::default();
+        // Never asked: the configuration is empty.
+        let dns = Dns::new(DnsConfig {
+            server: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 9))),
+            ..DnsConfig::default()
+        })
+        .unwrap();
+        let snapshot = Snapshot::build(&[], &config, &dns, 1);
+        Shared::new(snapshot, dns, config, Vec::new())
+    }
+
+    /// How long until the server closes `s` (reading whatever it sends first).
+    async fn closed_after(s: &mut TcpStream) -> Duration {
+        let started = Instant::now();
+        let mut buf = [0u8; 4096];
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
+                Ok(Ok(0) | Err(_)) => return started.elapsed(),
+                Ok(Ok(_)) => {}
+                Err(_) => panic!("not closed within 5 s"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn connections_are_capped_and_idle_or_slow_ones_closed() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shared = shared();
+        let limits = AdminLimits {
+            max_connections: 2,
+            header_timeout: Duration::from_millis(300),
+            max_lifetime: Duration::from_secs(2),
+        };
+        let (_stop, stopped) = watch::channel(false);
+        tokio::spawn(serve(listener, shared.clone(), stopped, limits));
+
+        // Two idle connections take both slots; a third is closed at once.
+        let mut idle = TcpStream::connect(addr).await.unwrap();
+        let mut slow = TcpStream::connect(addr).await.unwrap();
+        let mut over = TcpStream::connect(addr).await.unwrap();
+        assert!(closed_after(&mut over).await < Duration::from_millis(250));
+        assert_eq!(shared.stats.admin_cx_overflow.load(Ordering::Relaxed), 1);
+
+        // A head dribbled byte by byte does not keep its slot past the header timeout.
+        let dribble = tokio::spawn(async move {
+            for b in b"GET /stats HTTP/1.1\r\nHost: admin\r\n" {
+                if slow.write_all(&[*b]).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            slow
+        });
+        let took = closed_after(&mut idle).await;
+        assert!(took < Duration::from_secs(1), "idle connection open for {took:?}");
+        let mut slow = dribble.await.unwrap();
+        assert!(closed_after(&mut slow).await < Duration::from_secs(1));
+
+        // The slots are free again: a request is answered.
+        tokio::time::timeout(Duration::from_secs(2), async {
+            while shared.stats.admin_cx_active.load(Ordering::Relaxed) > 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .unwrap();
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /ready HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+
+    #[tokio::test]
+    async fn a_connection_lives_no_longer_than_its_lifetime() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let limits = AdminLimits {
+            max_connections: 2,
+            header_timeout: Duration::from_secs(10),
+            max_lifetime: Duration::from_millis(500),
+        };
+        let (_stop, stopped) = watch::channel(false);
+        tokio::spawn(serve(listener, shared(), stopped, limits));
+        // Keeps asking, never idle and never slow: only the lifetime ends it.
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let started = Instant::now();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            if s.write_all(b"GET /ready HTTP/1.1\r\nHost: admin\r\n\r\n")
+                .await
+                .is_err()
+            {
+                break;
+            }
+            match tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+                .await
+                .unwrap()
+            {
+                Ok(0) | Err(_) => break,
+                Ok(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(400) && took < Duration::from_secs(2),
+            "{took:?}"
+        );
+    }
+}
