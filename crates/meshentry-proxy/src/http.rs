@@ -453,6 +453,7 @@ pub(crate) fn upstream_failure(
         }
     });
     ctx.shared.stats.count_upstream_error(e);
+    ctx.shared.stats.count_loop(e);
     tracing::info!(
         peer = %ctx.peer, host = %host, port, cluster = cluster_name, flags = e.flag(), error = %e,
         "request failed upstream"
@@ -577,6 +578,7 @@ async fn connect(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<Respons
                 }
             });
             shared.stats.count_upstream_error(&e);
+            shared.stats.count_loop(&e);
             tracing::info!(peer = %ctx.peer, %host, port, cluster = %cluster_name, flags = e.flag(), error = %e, "tunnel failed upstream");
             let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
             return local(status, &format!("meshentry: {host}:{port} via {cluster_name}: {e}"));

@@ -165,9 +165,10 @@ pub const DETECTED_NAMES: [&str; 5] = ["tls", "http1", "h2c", "tcp", "none"];
 impl Stats {
     /// A request or tunnel that failed upstream; TLS failures are also counted as such.
     pub fn count_upstream_error(&self, e: &crate::forward::UpstreamError) {
-        // A loop is the request's or the configuration's doing, counted with the other loops.
+        // A loop is the request's or the configuration's doing, not the upstream's: the 508
+        // that answers it counts it with the other loops (`bad_requests`, see
+        // [`Stats::count_loop`]; the fast path's `refuse` counts every 508).
         if let crate::forward::UpstreamError::Loop(_) = e {
-            self.bad_requests.fetch_add(1, Ordering::Relaxed);
             return;
         }
         self.upstream_errors.fetch_add(1, Ordering::Relaxed);
@@ -179,6 +180,14 @@ impl Stats {
                 self.upstream_rq_timeout.fetch_add(1, Ordering::Relaxed);
             }
             _ => {}
+        }
+    }
+
+    /// A request answered 508 because of `e` on the hyper path (which, unlike the fast path's
+    /// `refuse`, does not count its statuses).
+    pub fn count_loop(&self, e: &crate::forward::UpstreamError) {
+        if let crate::forward::UpstreamError::Loop(_) = e {
+            self.bad_requests.fetch_add(1, Ordering::Relaxed);
         }
     }
 

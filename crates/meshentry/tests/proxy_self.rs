@@ -379,8 +379,9 @@ async fn a_static_endpoint_that_is_the_proxy_is_refused_when_dialled() {
         assert_loop(url, &curl(proxy.http, url, &["-0"]));
         assert_no_loop(&proxy, before, 2, url).await;
     }
-    // Counted as the request's problem, not the upstream's.
+    // Counted as the request's problem, not the upstream's, once per request (both paths).
     assert_eq!(proxy.stat("upstream_errors_total").await, 0);
+    assert_eq!(proxy.stat("bad_requests_total").await, 4);
     proxy.assert_healthy();
 }
 
