@@ -7,7 +7,7 @@ use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Instant, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
@@ -15,32 +15,102 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
-use meshentry_proxy::server::Shared;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use meshentry_proxy::server::{Acceptor, Shared};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub mod build_info;
 
+/// What the admin server allows each client. The admin port must never be able to starve the
+/// data plane: its connections are capped (the cap is part of the file descriptor reserve
+/// that `--max-connections` leaves), a client must send its request head within
+/// `header_timeout` (which also closes connections idle between requests: admin clients poll
+/// seconds apart and reconnect cheaply), and no connection lives longer than `max_lifetime`
+/// (a client that never reads its response cannot hold a slot forever).
+#[derive(Clone, Copy, Debug)]
+pub struct AdminLimits {
+    pub max_connections: u64,
+    pub header_timeout: Duration,
+    pub max_lifetime: Duration,
+}
+
+impl Default for AdminLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            header_timeout: Duration::from_secs(10),
+            max_lifetime: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The admin connection cap unless the fd limit calls for less (`--admin-max-connections`).
+pub const DEFAULT_MAX_CONNECTIONS: u64 = 64;
+
 /// Serves admin requests until `shutdown` turns true.
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+    limits: AdminLimits,
+) {
     let started = Instant::now();
+    let mut acceptor = Acceptor::new(listener);
     loop {
         tokio::select! {
-            accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
+            (stream, _) = acceptor.accept(&shared.stats) => {
+                let Some(slot) = AdminSlot::take(&shared, limits.max_connections) else {
+                    // Closed at once: holding it would spend a descriptor the data plane may need.
+                    drop(stream);
+                    continue;
+                };
                 let shared = shared.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| {
                         let shared = shared.clone();
                         async move { Ok::<_, Infallible>(handle(&req, &shared, started)) }
                     });
-                    let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                    let conn = http1::Builder::new()
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(limits.header_timeout)
+                        .serve_connection(TokioIo::new(stream), svc);
+                    let _ = tokio::time::timeout(limits.max_lifetime, conn).await;
+                    drop(slot);
                 });
             }
             _ = shutdown.changed() => break,
         }
+    }
+}
+
+/// One of the admin server's connection slots, freed on drop.
+struct AdminSlot(Arc<Shared>);
+
+impl AdminSlot {
+    fn take(shared: &Arc<Shared>, max: u64) -> Option<Self> {
+        let stats = &shared.stats;
+        if stats.admin_cx_active.fetch_add(1, Ordering::Relaxed) >= max {
+            stats.admin_cx_active.fetch_sub(1, Ordering::Relaxed);
+            let n = stats.admin_cx_overflow.fetch_add(1, Ordering::Relaxed);
+            // The first overflow and every 1000th: a flood must not flood the log too.
+            if n.is_multiple_of(1000) {
+                tracing::warn!(
+                    admin_max_connections = max,
+                    overflows = n + 1,
+                    "admin connection limit reached: new admin connections are closed at once"
+                );
+            }
+            return None;
+        }
+        Some(Self(shared.clone()))
+    }
+}
+
+impl Drop for AdminSlot {
+    fn drop(&mut self) {
+        self.0.stats.admin_cx_active.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -475,10 +545,28 @@ const STATS: &[Stat] = &[
         "Pooled upstream connections closed after --upstream-idle-timeout.",
         |s| s.stats.upstream_cx_idle_timeout.load(Ordering::Relaxed),
     ),
+    (
+        "accept_errors_total",
+        "Failed accepts on any listener (out of file descriptors or memory: the listener backed off 10 ms to 1 s).",
+        |s| s.stats.accept_errors.load(Ordering::Relaxed),
+    ),
+    ("admin_cx_active", "Admin connections open now.", |s| {
+        s.stats.admin_cx_active.load(Ordering::Relaxed)
+    }),
+    (
+        "admin_cx_overflow",
+        "Admin connections closed at once: --admin-max-connections were open.",
+        |s| s.stats.admin_cx_overflow.load(Ordering::Relaxed),
+    ),
 ];
 
 /// The entries of [`STATS`] that can go down as well as up.
-const GAUGES: &[&str] = &["downstream_cx_active", "config_generation", "downstream_tunnels_active"];
+const GAUGES: &[&str] = &[
+    "downstream_cx_active",
+    "config_generation",
+    "downstream_tunnels_active",
+    "admin_cx_active",
+];
 
 fn stats_text(shared: &Shared) -> String {
     let s = &shared.stats;
@@ -594,4 +682,128 @@ fn json_response(v: &Value) -> Response<Full<Bytes>> {
     resp.headers_mut()
         .insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meshentry_proxy::config::ProxyConfig;
+    use meshentry_proxy::dns::{Dns, DnsConfig};
+    use meshentry_proxy::snapshot::Snapshot;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    fn shared() -> Arc<Shared> {
+        let config = ProxyConfig::default();
+        // Never asked: the configuration is empty.
+        let dns = Dns::new(DnsConfig {
+            server: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 9))),
+            ..DnsConfig::default()
+        })
+        .unwrap();
+        let snapshot = Snapshot::build(&[], &config, &dns, 1);
+        Shared::new(snapshot, dns, config, Vec::new())
+    }
+
+    /// How long until the server closes `s` (reading whatever it sends first).
+    async fn closed_after(s: &mut TcpStream) -> Duration {
+        let started = Instant::now();
+        let mut buf = [0u8; 4096];
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
+                Ok(Ok(0) | Err(_)) => return started.elapsed(),
+                Ok(Ok(_)) => {}
+                Err(_) => panic!("not closed within 5 s"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn connections_are_capped_and_idle_or_slow_ones_closed() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shared = shared();
+        let limits = AdminLimits {
+            max_connections: 2,
+            header_timeout: Duration::from_millis(300),
+            max_lifetime: Duration::from_secs(2),
+        };
+        let (_stop, stopped) = watch::channel(false);
+        tokio::spawn(serve(listener, shared.clone(), stopped, limits));
+
+        // Two idle connections take both slots; a third is closed at once.
+        let mut idle = TcpStream::connect(addr).await.unwrap();
+        let mut slow = TcpStream::connect(addr).await.unwrap();
+        let mut over = TcpStream::connect(addr).await.unwrap();
+        assert!(closed_after(&mut over).await < Duration::from_millis(250));
+        assert_eq!(shared.stats.admin_cx_overflow.load(Ordering::Relaxed), 1);
+
+        // A head dribbled byte by byte does not keep its slot past the header timeout.
+        let dribble = tokio::spawn(async move {
+            for b in b"GET /stats HTTP/1.1\r\nHost: admin\r\n" {
+                if slow.write_all(&[*b]).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            slow
+        });
+        let took = closed_after(&mut idle).await;
+        assert!(took < Duration::from_secs(1), "idle connection open for {took:?}");
+        let mut slow = dribble.await.unwrap();
+        assert!(closed_after(&mut slow).await < Duration::from_secs(1));
+
+        // The slots are free again: a request is answered.
+        tokio::time::timeout(Duration::from_secs(2), async {
+            while shared.stats.admin_cx_active.load(Ordering::Relaxed) > 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .unwrap();
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /ready HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+
+    #[tokio::test]
+    async fn a_connection_lives_no_longer_than_its_lifetime() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let limits = AdminLimits {
+            max_connections: 2,
+            header_timeout: Duration::from_secs(10),
+            max_lifetime: Duration::from_millis(500),
+        };
+        let (_stop, stopped) = watch::channel(false);
+        tokio::spawn(serve(listener, shared(), stopped, limits));
+        // Keeps asking, never idle and never slow: only the lifetime ends it.
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let started = Instant::now();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            if s.write_all(b"GET /ready HTTP/1.1\r\nHost: admin\r\n\r\n")
+                .await
+                .is_err()
+            {
+                break;
+            }
+            match tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+                .await
+                .unwrap()
+            {
+                Ok(0) | Err(_) => break,
+                Ok(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(400) && took < Duration::from_secs(2),
+            "{took:?}"
+        );
+    }
 }

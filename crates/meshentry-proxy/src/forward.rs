@@ -41,6 +41,10 @@ pub enum UpstreamError {
     /// connection it came on is closed, never reused.
     #[error("upstream protocol error: {0}")]
     Protocol(String),
+    /// Every address to dial was one of this proxy's own listeners (a name that resolves to
+    /// the proxy, an endpoint that is its own port): sending would loop.
+    #[error("request loop: {0} is this proxy's own listener")]
+    Loop(SocketAddr),
 }
 
 impl UpstreamError {
@@ -54,6 +58,7 @@ impl UpstreamError {
             | UpstreamError::Tls(_) => 503,
             UpstreamError::Reset(_) | UpstreamError::Protocol(_) => 502,
             UpstreamError::Timeout(_) => 504,
+            UpstreamError::Loop(_) => 508,
         }
     }
 
@@ -67,6 +72,7 @@ impl UpstreamError {
             UpstreamError::Reset(_) => Flags::UC,
             UpstreamError::Protocol(_) => Flags::UPE,
             UpstreamError::Timeout(_) => Flags::UT,
+            UpstreamError::Loop(_) => Flags::NONE,
         }
     }
 
@@ -81,6 +87,7 @@ impl UpstreamError {
             UpstreamError::Reset(_) => "upstream_reset_before_response_started{connection_termination}",
             UpstreamError::Protocol(_) => "upstream_reset_before_response_started{protocol_error}",
             UpstreamError::Timeout(_) => "response_timeout",
+            UpstreamError::Loop(_) => "request_loop",
         }
     }
 
@@ -93,6 +100,7 @@ impl UpstreamError {
             UpstreamError::Reset(_) => "UC",
             UpstreamError::Protocol(_) => "UPE",
             UpstreamError::Timeout(_) => "UT",
+            UpstreamError::Loop(_) => "-",
         }
     }
 }
@@ -166,6 +174,9 @@ pub struct Failover<'s> {
     last: String,
     /// The cluster host whose in-flight count this plan holds.
     active: Option<usize>,
+    /// Targets skipped because they are this proxy's own listeners, and the last of them.
+    looped: u32,
+    looped_addr: Option<SocketAddr>,
 }
 
 enum Targets {
@@ -218,11 +229,33 @@ impl<'s> Failover<'s> {
             count: 0,
             last: String::new(),
             active: None,
+            looped: 0,
+            looped_addr: None,
         })
     }
 
-    /// The next target to try, if any is left.
+    /// The next target to try, if any is left. A target that is this proxy itself (the
+    /// address actually dialled, after DNS) is skipped: connecting would loop.
     pub fn next_target(&mut self) -> Option<usize> {
+        loop {
+            let i = self.pick()?;
+            if let &HostAddr::Ip(addr) = self.addr(i)
+                && self.shared.is_self_addr(addr)
+            {
+                self.looped += 1;
+                self.looped_addr = Some(addr);
+                tracing::debug!(%addr, cluster = self.cluster.map_or("", |c| &c.name), "upstream address is this proxy: skipped");
+                continue;
+            }
+            // Only the access log prints the endpoint: without it, no note per request.
+            if self.shared.telemetry.access_log().is_some() {
+                crate::telemetry::note(|o| o.upstream = Some(self.addr(i).clone()));
+            }
+            return Some(i);
+        }
+    }
+
+    fn pick(&mut self) -> Option<usize> {
         self.release();
         let i = match &self.targets {
             Targets::Hosts(set) => {
@@ -246,10 +279,6 @@ impl<'s> Failover<'s> {
         };
         self.tried.add(i);
         self.count += 1;
-        // Only the access log prints the endpoint: without it, no note per request.
-        if self.shared.telemetry.access_log().is_some() {
-            crate::telemetry::note(|o| o.upstream = Some(self.addr(i).clone()));
-        }
         Some(i)
     }
 
@@ -317,8 +346,13 @@ impl<'s> Failover<'s> {
         self.last = e.to_string();
     }
 
-    /// The error when every target refused.
+    /// The error when every target refused; a loop when every one was the proxy itself.
     pub fn exhausted(&self) -> UpstreamError {
+        if let Some(addr) = self.looped_addr
+            && self.looped == self.count
+        {
+            return UpstreamError::Loop(addr);
+        }
         let reason = if self.count == 0 {
             "no addresses".to_string()
         } else {

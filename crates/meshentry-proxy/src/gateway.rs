@@ -401,26 +401,11 @@ fn build_server_config(files: &ServerFiles) -> Result<Arc<ServerConfig>, String>
 // === Data path ===
 
 /// Accepts connections on the gateway's server port `port` until `shutdown` turns true.
-pub async fn serve_gateway(listener: TcpListener, port: u16, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    let Some(admitted) = shared.admit() else { continue };
-                    let shared = shared.clone();
-                    tokio::spawn(async move {
-                        handle(stream, peer, port, shared).await;
-                        drop(admitted);
-                    });
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
-            },
-            _ = shutdown.changed() => break,
-        }
-    }
+pub async fn serve_gateway(listener: TcpListener, port: u16, shared: Arc<Shared>, shutdown: watch::Receiver<bool>) {
+    crate::server::serve_listener(listener, shared, shutdown, move |stream, peer, shared| {
+        handle(stream, peer, port, shared)
+    })
+    .await;
 }
 
 async fn handle(stream: TcpStream, peer: SocketAddr, port: u16, shared: Arc<Shared>) {

@@ -502,6 +502,23 @@ async fn exchange(conn: &mut Downstream, head: &Head, ctx: &ConnCtx) -> Next {
     } else {
         Skip::Close
     };
+    // The hop limit: a request carrying this process's own `via` marker came back to it,
+    // whatever address or name it took.
+    if head
+        .fields(buf)
+        .any(|(n, v)| n.eq_ignore_ascii_case(b"via") && shared.carries_own_via(v))
+    {
+        note(|o| {
+            o.bytes_received = content_length;
+            o.fail(Flags::NONE, "request_loop");
+        });
+        tracing::warn!(peer = %ctx.peer, via = %shared.via.token(), "request loop: the request carries this proxy's own Via marker");
+        let reason = format!(
+            "meshentry: request loop: the request already passed through this proxy (Via: {})",
+            shared.via.token()
+        );
+        return refuse(conn, shared, 508, &reason, None, skip).await;
+    }
     let parsed = std::str::from_utf8(authority).ok().and_then(|a| split_host_port(a, 80));
     let (decision, host, port) = match &ctx.transparent {
         // Captured: the Host picks among the services on the original port; its own port
@@ -641,6 +658,8 @@ async fn exchange(conn: &mut Downstream, head: &Head, ctx: &ConnCtx) -> Next {
             up_head.extend_from_slice(b"\r\n");
         }
     }
+    // After the client's own fields and the hop-by-hop filter: no `Connection` removes it.
+    up_head.extend_from_slice(shared.via_line());
     up_head.extend_from_slice(b"\r\n");
     up_head.extend_from_slice(&buf[head.len..head.len + body_in_buf]);
     let body_rest = content_length - body_in_buf as u64;

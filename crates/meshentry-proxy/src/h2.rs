@@ -70,9 +70,13 @@ where
 /// The request as an HTTP/2 upstream should see it: an absolute URI, from which hyper sends
 /// `:scheme` and `:authority` (`http://` plus the destination's `Host` when the client sent
 /// origin form), no `Host` header to disagree with `:authority`, no connection-specific headers
-/// except `te: trailers`, which HTTP/2 allows (RFC 9113 8.2.2) and gRPC servers require.
-/// `None` when `authority` is not a valid URI authority.
-pub(crate) fn to_upstream<B>(req: Request<B>, authority: &HeaderValue) -> Option<Request<B>> {
+/// except `te: trailers`, which HTTP/2 allows (RFC 9113 8.2.2) and gRPC servers require, and
+/// with this proxy's `via` added. `None` when `authority` is not a valid URI authority.
+pub(crate) fn to_upstream<B>(
+    req: Request<B>,
+    authority: &HeaderValue,
+    via: &crate::loop_guard::Via,
+) -> Option<Request<B>> {
     let (mut parts, body) = req.into_parts();
     if parts.uri.scheme().is_none() || parts.uri.authority().is_none() {
         let mut uri = std::mem::take(&mut parts.uri).into_parts();
@@ -92,6 +96,8 @@ pub(crate) fn to_upstream<B>(req: Request<B>, authority: &HeaderValue) -> Option
     if trailers {
         parts.headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
+    // After stripping: `Connection: via` must not remove the hop marker.
+    via.append(&mut parts.headers, parts.version);
     parts.version = Version::HTTP_2;
     Some(Request::from_parts(parts, body))
 }
@@ -174,13 +180,17 @@ mod tests {
         b.body(()).unwrap()
     }
 
+    fn via() -> crate::loop_guard::Via {
+        crate::loop_guard::Via::random()
+    }
+
     #[test]
     fn origin_form_gets_an_absolute_uri_from_host() {
         let req = request(
             "/pkg.Svc/Call?x=1",
             &[("host", "api.example.com:8080"), ("x-kept", "1")],
         );
-        let up = to_upstream(req, &HeaderValue::from_static("api.example.com:8080")).unwrap();
+        let up = to_upstream(req, &HeaderValue::from_static("api.example.com:8080"), &via()).unwrap();
         assert_eq!(up.uri(), "http://api.example.com:8080/pkg.Svc/Call?x=1");
         assert_eq!(up.version(), Version::HTTP_2);
         assert!(
@@ -193,7 +203,7 @@ mod tests {
     #[test]
     fn absolute_uris_are_kept() {
         let req = request("http://api.example.com/a", &[("host", "api.example.com")]);
-        let up = to_upstream(req, &HeaderValue::from_static("api.example.com")).unwrap();
+        let up = to_upstream(req, &HeaderValue::from_static("api.example.com"), &via()).unwrap();
         assert_eq!(up.uri(), "http://api.example.com/a");
         assert!(up.headers().get(header::HOST).is_none());
     }
@@ -211,19 +221,39 @@ mod tests {
                 ("content-type", "application/grpc"),
             ],
         );
-        let up = to_upstream(req, &HeaderValue::from_static("a.com")).unwrap();
+        let up = to_upstream(req, &HeaderValue::from_static("a.com"), &via()).unwrap();
         let mut names: Vec<&str> = up.headers().keys().map(HeaderName::as_str).collect();
         names.sort();
-        assert_eq!(names, ["content-type", "te"]);
+        assert_eq!(names, ["content-type", "te", "via"]);
         assert_eq!(up.headers()["te"], "trailers");
 
-        let up = to_upstream(request("/", &[("te", "gzip")]), &HeaderValue::from_static("a.com")).unwrap();
+        let up = to_upstream(
+            request("/", &[("te", "gzip")]),
+            &HeaderValue::from_static("a.com"),
+            &via(),
+        )
+        .unwrap();
         assert!(up.headers().get(header::TE).is_none());
     }
 
     #[test]
+    fn the_via_marker_is_added_after_the_clients_and_connection_cannot_remove_it() {
+        let via = via();
+        let req = request("/", &[("via", "1.1 front"), ("connection", "via")]);
+        let up = to_upstream(req, &HeaderValue::from_static("a.com"), &via).unwrap();
+        let all: Vec<_> = up.headers().get_all(header::VIA).iter().collect();
+        assert_eq!(all, [via.value(Version::HTTP_11)]);
+        assert!(via.is_in_headers(up.headers()));
+        let req = request("/", &[("via", "1.0 front")]);
+        let up = to_upstream(req, &HeaderValue::from_static("a.com"), &via).unwrap();
+        let all: Vec<_> = up.headers().get_all(header::VIA).iter().collect();
+        assert_eq!(all[0], "1.0 front");
+        assert_eq!(all[1], via.value(Version::HTTP_11));
+    }
+
+    #[test]
     fn an_invalid_authority_is_refused() {
-        let up = to_upstream(request("/", &[]), &HeaderValue::from_static("a b.com"));
+        let up = to_upstream(request("/", &[]), &HeaderValue::from_static("a b.com"), &via());
         assert!(up.is_none());
     }
 

@@ -303,6 +303,20 @@ async fn handle_any(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<Resp
         }
         return resp;
     }
+    // The hop limit: whatever address or name it came back through, a request carrying this
+    // process's own `via` marker has been forwarded by it before.
+    if ctx.shared.via.is_in_headers(req.headers()) {
+        note(|o| o.fail(Flags::NONE, "request_loop"));
+        ctx.shared.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(peer = %ctx.peer, uri = %req.uri(), via = %ctx.shared.via.token(), "request loop: the request carries this proxy's own Via marker");
+        return local(
+            StatusCode::LOOP_DETECTED,
+            &format!(
+                "meshentry: request loop: the request already passed through this proxy (Via: {})",
+                ctx.shared.via.token()
+            ),
+        );
+    }
     if let Some(g) = ctx.gateway {
         return crate::gateway::forward(req, ctx, g).await;
     }
@@ -467,8 +481,8 @@ async fn relay_response(
     let (body, watch) = ClientBody::new(body, shared);
     let req = Request::from_parts(parts, Either::Left(body));
     let upstream_req = match protocol {
-        forward::UpstreamProtocol::Http1 => to_upstream(req, host_header),
-        forward::UpstreamProtocol::H2 => match crate::h2::to_upstream(req, &host_header) {
+        forward::UpstreamProtocol::Http1 => to_upstream(req, host_header, &shared.via),
+        forward::UpstreamProtocol::H2 => match crate::h2::to_upstream(req, &host_header, &shared.via) {
             Some(r) => r,
             None => {
                 note(|o| o.fail(Flags::DPE, "invalid_authority"));
@@ -551,7 +565,7 @@ pub(crate) fn upgrade_request(
     shared: &Arc<Shared>,
 ) -> (Request<crate::upstream::RequestBody>, BodyWatch) {
     let (body, watch) = ClientBody::new(body, shared);
-    let mut req = to_upstream(Request::from_parts(parts, Either::Left(body)), host);
+    let mut req = to_upstream(Request::from_parts(parts, Either::Left(body)), host, &shared.via);
     let headers = req.headers_mut();
     headers.insert(header::UPGRADE, protocol);
     headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -596,6 +610,7 @@ pub(crate) fn upstream_failure(
         }
     });
     ctx.shared.stats.count_upstream_error(e);
+    ctx.shared.stats.count_loop(e);
     tracing::info!(
         peer = %ctx.peer, host = %host, port, cluster = cluster_name, flags = e.flag(), error = %e,
         "request failed upstream"
@@ -610,18 +625,25 @@ pub(crate) fn upstream_failure(
 }
 
 /// The request as the upstream should see it: origin-form, HTTP/1.1, no hop-by-hop headers,
-/// `Host` from the absolute URI when there was one (RFC 9112 3.2.2), and a body that may not
-/// be empty sent chunked, with the trailer fields its `Trailer` header declares (hyper's client
-/// sends only those; `Trailer` is end to end and kept by [`strip_hop_by_hop`]).
-pub(crate) fn to_upstream<B: hyper::body::Body>(req: Request<B>, host: HeaderValue) -> Request<B> {
+/// `Host` from the absolute URI when there was one (RFC 9112 3.2.2), a body that may not be
+/// empty sent chunked, with the trailer fields its `Trailer` header declares (hyper's client
+/// sends only those; `Trailer` is end to end and kept by [`strip_hop_by_hop`]), and this
+/// proxy's `via`.
+pub(crate) fn to_upstream<B: hyper::body::Body>(
+    req: Request<B>,
+    host: HeaderValue,
+    via: &crate::loop_guard::Via,
+) -> Request<B> {
     let (mut parts, body) = req.into_parts();
     let absolute = parts.uri.authority().is_some();
     parts.uri = match parts.uri.path_and_query() {
         Some(pq) => Uri::from(pq.clone()),
         None => Uri::from_static("/"),
     };
-    parts.version = Version::HTTP_11;
     strip_hop_by_hop(&mut parts.headers);
+    // After stripping: `Connection: via` must not remove the hop marker.
+    via.append(&mut parts.headers, parts.version);
+    parts.version = Version::HTTP_11;
     if absolute || !parts.headers.contains_key(header::HOST) {
         parts.headers.insert(header::HOST, host);
     }
@@ -737,6 +759,7 @@ async fn connect(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<Respons
                 }
             });
             shared.stats.count_upstream_error(&e);
+            shared.stats.count_loop(&e);
             tracing::info!(peer = %ctx.peer, %host, port, cluster = %cluster_name, flags = e.flag(), error = %e, "tunnel failed upstream");
             let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
             return local(status, &format!("meshentry: {host}:{port} via {cluster_name}: {e}"));

@@ -16,7 +16,10 @@
 //! - [`gateway`]: gateway mode (`--gateway`): servers, TLS termination, gateway routes;
 //! - [`outbound`], [`detect`], [`relay`]: the transparent listener for iptables-captured
 //!   connections, what a client speaks from its first bytes, and relaying bytes both ways;
-//! - [`server`]: shared state, counters and accept loops (and the connection limit);
+//! - [`server`]: shared state, counters and the accept loop with backoff (and the connection
+//!   limit);
+//! - [`loop_guard`]: what is the proxy itself (its listeners' addresses in every form) and the
+//!   `Via` hop marker, so that no request loops back through it;
 //! - [`limits`]: idle and header timeouts on connections hyper serves;
 //! - [`telemetry`], [`metrics`], [`access_log`], [`flags`]: what happened to each request and
 //!   connection, as Istio's standard metrics and Envoy-format access log lines;
@@ -39,6 +42,7 @@ pub mod http;
 pub mod lb;
 pub mod lifecycle;
 pub mod limits;
+pub mod loop_guard;
 pub mod metrics;
 pub mod outbound;
 pub mod relay;

@@ -32,29 +32,14 @@ use crate::upstream::Stream;
 const ALERT_ACCESS_DENIED: u8 = 49;
 
 /// Accepts redirected connections until `shutdown` turns true.
-pub async fn serve_outbound(listener: TcpListener, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve_outbound(listener: TcpListener, shared: Arc<Shared>, shutdown: watch::Receiver<bool>) {
     // Asked and set once here rather than for every connection (a system call each).
     let local = listener.local_addr().ok();
     nodelay_for_accepted(&listener);
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    let Some(admitted) = shared.admit() else { continue };
-                    let shared = shared.clone();
-                    tokio::spawn(async move {
-                        handle(stream, peer, local, shared).await;
-                        drop(admitted);
-                    });
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
-            },
-            _ = shutdown.changed() => break,
-        }
-    }
+    crate::server::serve_listener(listener, shared, shutdown, move |stream, peer, shared| {
+        handle(stream, peer, local, shared)
+    })
+    .await;
 }
 
 /// Sets TCP_NODELAY on the listening socket: Linux copies it into every socket `accept`
@@ -188,7 +173,12 @@ async fn handle(stream: TcpStream, peer: SocketAddr, local: Option<SocketAddr>, 
         }
         Err(e) => {
             tcp.failed(&e);
-            stats.upstream_errors.fetch_add(1, Ordering::Relaxed);
+            // Every address to dial was the proxy itself: a loop, as a connection addressed to it.
+            let counter = match e {
+                forward::UpstreamError::Loop(_) => &stats.outbound_loops,
+                _ => &stats.upstream_errors,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
             tracing::info!(%peer, %dst, cluster = decision.cluster_name(), flags = e.flag(), error = %e, "connection failed upstream");
             return;
         }

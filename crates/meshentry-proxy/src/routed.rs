@@ -239,7 +239,7 @@ pub(crate) async fn handle(
         let mut n = 0;
         loop {
             n += 1;
-            let Some(req) = build(&parts, &mut body, &host_header, protocol) else {
+            let Some(req) = build(&parts, &mut body, &host_header, protocol, &ctx.shared.via) else {
                 return Err(Shaping);
             };
             let result =
@@ -313,13 +313,14 @@ async fn buffer(body: Payload) -> Result<Payload, BodyFault> {
     }
 }
 
-/// The next try's request, shaped for `protocol`; `None` when it cannot be (or a streamed
-/// body was already sent).
+/// The next try's request, shaped for `protocol` and marked with this proxy's `via`; `None`
+/// when it cannot be (or a streamed body was already sent).
 fn build(
     parts: &Parts,
     body: &mut Payload,
     host_header: &HeaderValue,
     protocol: UpstreamProtocol,
+    via: &crate::loop_guard::Via,
 ) -> Option<Request<RequestBody>> {
     let body: RequestBody = match body {
         Payload::Stream(b) => Either::Left(b.take()?),
@@ -331,8 +332,8 @@ fn build(
     *req.version_mut() = parts.version;
     *req.headers_mut() = parts.headers.clone();
     match protocol {
-        UpstreamProtocol::Http1 => Some(crate::http::to_upstream(req, host_header.clone())),
-        UpstreamProtocol::H2 => crate::h2::to_upstream(req, host_header),
+        UpstreamProtocol::Http1 => Some(crate::http::to_upstream(req, host_header.clone(), via)),
+        UpstreamProtocol::H2 => crate::h2::to_upstream(req, host_header, via),
     }
 }
 
@@ -346,7 +347,7 @@ fn retriable(rule: &HttpRule, e: &UpstreamError) -> bool {
         // Envoy retries a protocol error as a reset.
         UpstreamError::Protocol(_) => on & (RESET | FIVE_XX | GATEWAY_ERROR) != 0,
         UpstreamError::Timeout(_) => on & (FIVE_XX | GATEWAY_ERROR) != 0,
-        UpstreamError::NoHost(_) | UpstreamError::Dns(_) => false,
+        UpstreamError::NoHost(_) | UpstreamError::Dns(_) | UpstreamError::Loop(_) => false,
     }
 }
 
@@ -447,7 +448,7 @@ fn mirror(ctx: &Arc<ConnCtx>, target: &Target, parts: &Parts, host_header: &Head
     *shaped_parts.headers_mut() = parts.headers.clone();
     shaped_parts.headers_mut().insert(header::HOST, shadow.clone());
     let (p, ()) = shaped_parts.into_parts();
-    let Some(req) = build(&p, &mut copy, &shadow, protocol) else {
+    let Some(req) = build(&p, &mut copy, &shadow, protocol, &ctx.shared.via) else {
         return;
     };
     let shared = ctx.shared.clone();

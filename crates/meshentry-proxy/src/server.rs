@@ -1,17 +1,21 @@
 //! The running proxy: shared state, listeners and their accept loops.
 
+use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::config::ProxyConfig;
 use crate::detect::Detected;
 use crate::dns::Dns;
 use crate::lifecycle::Lifecycle;
+use crate::loop_guard::{PortFilter, SelfAddrs, Via};
 use crate::snapshot::Snapshot;
 
 /// What every connection shares: the current snapshot (swapped atomically on reload), DNS,
@@ -23,38 +27,68 @@ pub struct Shared {
     pub stats: Stats,
     /// Istio metrics and the access log.
     pub telemetry: crate::telemetry::Telemetry,
-    /// The proxy's own listening addresses: a request addressed to one of them would loop.
-    pub local_addrs: Vec<SocketAddr>,
+    /// Every listening address of the proxy (admin included): a request addressed to one of
+    /// them would loop. Replaced when a reload opens or closes Gateway ports.
+    pub local_addrs: ArcSwap<SelfAddrs>,
+    /// The ports of `local_addrs`, for the common case of a request to another port.
+    local_ports: PortFilter,
+    /// This process's `Via` marker, added to every request sent upstream: a request that
+    /// arrives carrying it went round a loop.
+    pub via: Via,
     /// Reload outcomes and the drain state.
     pub lifecycle: Lifecycle,
 }
 
 impl Shared {
     pub fn new(snapshot: Snapshot, dns: Arc<Dns>, config: ProxyConfig, local_addrs: Vec<SocketAddr>) -> Arc<Self> {
+        let local_addrs = SelfAddrs::new(local_addrs);
         Arc::new(Self {
             snapshot: ArcSwap::from_pointee(snapshot),
             dns,
             telemetry: crate::telemetry::Telemetry::new(&config),
             config,
             stats: Stats::default(),
-            local_addrs,
+            local_ports: PortFilter::new(&local_addrs),
+            local_addrs: ArcSwap::from_pointee(local_addrs),
+            via: Via::random(),
             lifecycle: Lifecycle::default(),
         })
     }
 
-    /// Whether `host:port` is this proxy itself.
+    /// Whether `host:port`, as a request names it, is this proxy itself: an IP literal in any
+    /// form (unspecified, IPv4-mapped, any local address when a listener is on `0.0.0.0`) or
+    /// `localhost`, on the port of one of its listeners. A name that resolves to the proxy is
+    /// caught when dialled ([`Shared::is_self_addr`] in [`crate::forward::Failover`]).
+    /// A request to a port no listener has costs one relaxed atomic load.
     pub fn is_self(&self, host: &str, port: u16) -> bool {
-        let Ok(ip) = host.parse::<std::net::IpAddr>() else {
-            return host.eq_ignore_ascii_case("localhost") && self.local_addrs.iter().any(|a| a.port() == port);
-        };
-        self.is_self_addr(SocketAddr::new(ip, port))
+        self.local_ports.may_have(port) && self.local_addrs.load().contains_host(host, port)
     }
 
-    /// Whether `addr` is one of this proxy's listening addresses.
+    /// Whether a connection to `addr` would reach one of this proxy's listeners
+    /// ([`SelfAddrs::contains`]); as cheap as [`Shared::is_self`] for other ports.
     pub fn is_self_addr(&self, addr: SocketAddr) -> bool {
-        self.local_addrs
-            .iter()
-            .any(|a| a.port() == addr.port() && (a.ip() == addr.ip() || a.ip().is_unspecified()))
+        self.local_ports.may_have(addr.port()) && self.local_addrs.load().contains(addr)
+    }
+
+    /// Replaces the proxy's listening addresses (all of them, admin included).
+    pub fn set_local_addrs(&self, addrs: impl IntoIterator<Item = SocketAddr>) {
+        let addrs = SelfAddrs::new(addrs);
+        // Both orders leave a moment where one is newer than the other; a request in that
+        // moment is judged by either listener set, both of which were true a moment ago.
+        self.local_ports.set(&addrs);
+        self.local_addrs.store(Arc::new(addrs));
+    }
+
+    /// Whether one `Via` header value (as received, possibly a list) carries this process's
+    /// own marker: the request has been here before and would loop. Answer 508.
+    pub fn carries_own_via(&self, value: &[u8]) -> bool {
+        self.via.is_in(value)
+    }
+
+    /// The header line (`via: 1.1 meshentry-<token>\r\n`) to write into every HTTP/1.1
+    /// request head sent upstream, after the client's own `Via` lines.
+    pub fn via_line(&self) -> &[u8] {
+        self.via.line()
     }
 }
 
@@ -120,6 +154,13 @@ pub struct Stats {
     pub config_reloads_rejected: AtomicU64,
     /// Listeners a reload could not open (a Gateway server port that would not bind).
     pub listener_errors: AtomicU64,
+    /// Failed `accept` calls on any listener, admin included (out of file descriptors or
+    /// memory: the listener backs off; or a connection that died in the queue).
+    pub accept_errors: AtomicU64,
+    /// Admin connections open now.
+    pub admin_cx_active: AtomicU64,
+    /// Admin connections closed at once because the admin cap was reached.
+    pub admin_cx_overflow: AtomicU64,
 }
 
 /// The names of [`Stats::detected`]'s slots.
@@ -128,6 +169,12 @@ pub const DETECTED_NAMES: [&str; 5] = ["tls", "http1", "h2c", "tcp", "none"];
 impl Stats {
     /// A request or tunnel that failed upstream; TLS failures are also counted as such.
     pub fn count_upstream_error(&self, e: &crate::forward::UpstreamError) {
+        // A loop is the request's or the configuration's doing, not the upstream's: the 508
+        // that answers it counts it with the other loops (`bad_requests`, see
+        // [`Stats::count_loop`]; the fast path's `refuse` counts every 508).
+        if let crate::forward::UpstreamError::Loop(_) = e {
+            return;
+        }
         self.upstream_errors.fetch_add(1, Ordering::Relaxed);
         match e {
             crate::forward::UpstreamError::Tls(_) => {
@@ -137,6 +184,14 @@ impl Stats {
                 self.upstream_rq_timeout.fetch_add(1, Ordering::Relaxed);
             }
             _ => {}
+        }
+    }
+
+    /// A request answered 508 because of `e` on the hyper path (which, unlike the fast path's
+    /// `refuse`, does not count its statuses).
+    pub fn count_loop(&self, e: &crate::forward::UpstreamError) {
+        if let crate::forward::UpstreamError::Loop(_) = e {
+            self.bad_requests.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -205,25 +260,168 @@ impl Shared {
 }
 
 /// Accepts explicit-proxy connections until `shutdown` turns true.
-pub async fn serve_http_proxy(listener: TcpListener, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve_http_proxy(listener: TcpListener, shared: Arc<Shared>, shutdown: watch::Receiver<bool>) {
+    serve_listener(listener, shared, shutdown, crate::h1::serve_connection).await;
+}
+
+/// The accept loop of every data-plane listener: each connection is admitted under
+/// `--max-connections` (or closed at once) and served by `handle` on a task of its own, until
+/// `shutdown` turns true. Accept failures back off ([`Acceptor`]).
+pub async fn serve_listener<F, Fut>(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+    handle: F,
+) where
+    F: Fn(TcpStream, SocketAddr, Arc<Shared>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let mut acceptor = Acceptor::new(listener);
     loop {
         tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    let Some(admitted) = shared.admit() else { continue };
-                    let shared = shared.clone();
-                    tokio::spawn(async move {
-                        crate::h1::serve_connection(stream, peer, shared).await;
-                        drop(admitted);
-                    });
-                }
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
-            },
+            (stream, peer) = acceptor.accept(&shared.stats) => {
+                let Some(admitted) = shared.admit() else { continue };
+                let conn = handle(stream, peer, shared.clone());
+                tokio::spawn(async move {
+                    conn.await;
+                    drop(admitted);
+                });
+            }
             _ = shutdown.changed() => break,
         }
+    }
+}
+
+/// The first pause after an `accept` that failed for want of resources, doubled on each
+/// failure in a row up to [`BACKOFF_MAX`].
+pub const BACKOFF_MIN: Duration = Duration::from_millis(10);
+pub const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// A listener's `accept` with backoff. When the process is out of file descriptors (EMFILE,
+/// ENFILE) or kernel memory (ENOBUFS, ENOMEM), `accept` fails at once and the connection stays
+/// queued, so retrying at once spins a core and logs a line per try; instead the listener
+/// pauses (10 ms, doubling to 1 s) while connections wait in the kernel's queue, and resumes
+/// as soon as an `accept` succeeds. One warning starts an episode and one line ends it.
+pub struct Acceptor {
+    listener: TcpListener,
+    /// The next pause, while an episode lasts.
+    pause: Duration,
+    /// Failures in the current episode, and when it began.
+    failures: u64,
+    since: Option<Instant>,
+}
+
+impl Acceptor {
+    pub fn new(listener: TcpListener) -> Self {
+        Self {
+            listener,
+            pause: BACKOFF_MIN,
+            failures: 0,
+            since: None,
+        }
+    }
+
+    pub fn listener(&self) -> &TcpListener {
+        &self.listener
+    }
+
+    /// The next connection; failures are counted in `stats.accept_errors` and waited out.
+    /// Cancel-safe: a connection is only taken from the queue when it is returned.
+    pub async fn accept(&mut self, stats: &Stats) -> (TcpStream, SocketAddr) {
+        loop {
+            match self.listener.accept().await {
+                Ok(conn) => {
+                    if let Some(since) = self.since.take() {
+                        tracing::info!(
+                            listener = %self.local(), failures = self.failures, took_ms = since.elapsed().as_millis() as u64,
+                            "accepting connections again"
+                        );
+                        self.failures = 0;
+                        self.pause = BACKOFF_MIN;
+                    }
+                    return conn;
+                }
+                Err(e) => {
+                    stats.accept_errors.fetch_add(1, Ordering::Relaxed);
+                    if let Some(pause) = self.failed(&e) {
+                        tokio::time::sleep(pause).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// How long to pause after `e`, if at all.
+    fn failed(&mut self, e: &io::Error) -> Option<Duration> {
+        if is_per_connection(e) {
+            // That connection is gone; the next one may be fine.
+            tracing::debug!(listener = %self.local(), error = %e, "accept failed for one connection");
+            return None;
+        }
+        if self.since.is_none() {
+            self.since = Some(Instant::now());
+            tracing::warn!(
+                listener = %self.local(), error = %e,
+                "accept failed: backing off (10 ms, doubling to 1 s) until it succeeds; new connections wait in the listen queue"
+            );
+        }
+        self.failures += 1;
+        let pause = self.pause;
+        self.pause = (self.pause * 2).min(BACKOFF_MAX);
+        Some(pause)
+    }
+
+    fn local(&self) -> String {
+        self.listener
+            .local_addr()
+            .map_or_else(|_| "?".to_string(), |a| a.to_string())
+    }
+}
+
+/// Errors `accept` returns about one connection that was already dead (Linux passes pending
+/// network errors on, accept(2)); the listener itself is fine. Anything else, resource
+/// exhaustion first of all, is waited out rather than retried at once.
+fn is_per_connection(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(
+            libc::ECONNABORTED
+                | libc::EPROTO
+                | libc::EPERM
+                | libc::EINTR
+                | libc::ENETDOWN
+                | libc::ENOPROTOOPT
+                | libc::EHOSTDOWN
+                | libc::ENONET
+                | libc::EHOSTUNREACH
+                | libc::EOPNOTSUPP
+                | libc::ENETUNREACH
+        )
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn resource_errors_back_off_doubling_and_recover() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut a = Acceptor::new(listener);
+        let emfile = io::Error::from_raw_os_error(libc::EMFILE);
+        let pauses: Vec<_> = (0..9).map(|_| a.failed(&emfile).unwrap().as_millis()).collect();
+        assert_eq!(pauses, [10, 20, 40, 80, 160, 320, 640, 1000, 1000]);
+        for errno in [libc::ENFILE, libc::ENOBUFS, libc::ENOMEM, libc::EINVAL] {
+            assert!(a.failed(&io::Error::from_raw_os_error(errno)).is_some());
+        }
+        assert_eq!(a.failures, 13);
+        assert!(a.failed(&io::Error::from_raw_os_error(libc::ECONNABORTED)).is_none());
+        // A success ends the episode: the next failure starts from the shortest pause.
+        let addr = a.listener().local_addr().unwrap();
+        let _client = TcpStream::connect(addr).await.unwrap();
+        let stats = Stats::default();
+        a.accept(&stats).await;
+        assert_eq!((a.failures, a.since), (0, None));
+        assert_eq!(a.failed(&emfile), Some(BACKOFF_MIN));
     }
 }

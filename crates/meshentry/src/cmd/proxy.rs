@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use meshentry_admin::AdminLimits;
 use meshentry_proxy::access_log::{AccessLog, Format as AccessLogFormat};
 use meshentry_proxy::config::{IdentityFiles, Limits, OutboundPolicy, ProxyConfig};
 use meshentry_proxy::dns::{Dns, DnsConfig};
@@ -88,6 +89,11 @@ pub struct Args {
     /// and a pooled connection per client connection.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_connections: Option<u64>,
+    /// Admin connections open at once; more are closed at once (admin_cx_overflow), so the
+    /// admin port can never use the descriptors the data plane needs. Default 64 (less under a
+    /// small file descriptor limit: half the reserve --max-connections leaves).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub admin_max_connections: Option<u64>,
     /// The largest request head (request line and headers) in KiB; larger gets a 431 (Envoy's
     /// max_request_headers_kb).
     #[arg(long, default_value = "60", value_parser = clap::value_parser!(u32).range(1..=8192))]
@@ -237,10 +243,24 @@ fn raise_fd_limit() -> Option<u64> {
 /// its own descriptor, one upstream, and at most one more pooled upstream connection, and a
 /// reserve stays free for listeners, the admin server, DNS and certificate files.
 fn default_max_connections(fd_limit: Option<u64>) -> u64 {
-    // No limit (RLIM_INFINITY) is bounded anyway: the kernel's fs.nr_open is 1Mi by default.
-    let fds = fd_limit.unwrap_or(1 << 20);
-    let reserve = (fds / 4).min(256);
-    ((fds - reserve) / 3).max(1)
+    let fds = fds_of(fd_limit);
+    ((fds - fd_reserve(fds)) / 3).max(1)
+}
+
+/// No limit (RLIM_INFINITY) is bounded anyway: the kernel's fs.nr_open is 1Mi by default.
+fn fds_of(fd_limit: Option<u64>) -> u64 {
+    fd_limit.unwrap_or(1 << 20)
+}
+
+/// The descriptors kept out of `--max-connections`' share: a quarter of the limit, at most 256.
+fn fd_reserve(fds: u64) -> u64 {
+    (fds / 4).min(256)
+}
+
+/// The default admin connection cap: at most half the reserve, so that a flood of admin
+/// connections leaves the other half (listeners, DNS, files) and the data plane's share alone.
+fn default_admin_connections(fd_limit: Option<u64>) -> u64 {
+    (fd_reserve(fds_of(fd_limit)) / 2).clamp(1, meshentry_admin::DEFAULT_MAX_CONNECTIONS)
 }
 
 /// Runs the proxy with one single-threaded runtime per worker (Envoy's model): each worker
@@ -311,8 +331,14 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
             args.cert_check_interval,
             started.stopped.clone(),
         ));
+        let admin_addr = started.admin.local_addr()?;
         // The admin server answers through the drain (`/ready` says DRAINING) until the exit.
-        let admin = tokio::spawn(meshentry_admin::serve(started.admin, shared.clone(), exited));
+        let admin = tokio::spawn(meshentry_admin::serve(
+            started.admin,
+            shared.clone(),
+            exited,
+            started.admin_limits,
+        ));
         let reloader = reload::Reloader::new(
             reload::Input {
                 paths: args.config.clone(),
@@ -323,6 +349,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
             shared.clone(),
             commands,
             &bound,
+            admin_addr,
             started.fingerprint,
         );
         let reloads = tokio::spawn(reloader.run(args.reload_debounce, hangup, started.stopped.clone()));
@@ -412,6 +439,7 @@ struct Started {
     /// worker's socket; the other workers bind the address again with SO_REUSEPORT.
     listeners: Vec<(Listen, SocketAddr, std::net::TcpListener)>,
     admin: TcpListener,
+    admin_limits: AdminLimits,
     stop: watch::Sender<bool>,
     stopped: watch::Receiver<bool>,
     /// The fingerprint of the configuration files loaded, so that a reload of the same bytes
@@ -447,6 +475,7 @@ async fn start(args: &Args) -> anyhow::Result<Option<Started>> {
         (None, Some(gw)) => gw.split_once('/').map_or("default", |(ns, _)| ns).to_string(),
         (None, None) => "default".to_string(),
     };
+    let (data_limits, admin_limits) = limits(args);
     let config = ProxyConfig {
         namespace,
         gateway: args.gateway.clone(),
@@ -457,7 +486,7 @@ async fn start(args: &Args) -> anyhow::Result<Option<Started>> {
         header_read_timeout: args.header_read_timeout,
         sniff_timeout: args.protocol_detection_timeout,
         pool_idle_timeout: args.upstream_idle_timeout,
-        limits: limits(args),
+        limits: data_limits,
         identity: match (&args.cert, &args.key, &args.ca) {
             (Some(cert), Some(key), Some(ca)) => Some(IdentityFiles {
                 cert: cert.clone(),
@@ -551,14 +580,16 @@ async fn start(args: &Args) -> anyhow::Result<Option<Started>> {
         shared,
         listeners,
         admin,
+        admin_limits,
         stop,
         stopped,
         fingerprint,
     }))
 }
 
-/// The limits the flags ask for; the connection limit defaults from the fd limit.
-fn limits(args: &Args) -> Limits {
+/// The limits the flags ask for, the data plane's and the admin server's; the connection
+/// limits default from the fd limit.
+fn limits(args: &Args) -> (Limits, AdminLimits) {
     let fds = raise_fd_limit();
     let max_connections = match args.max_connections {
         Some(n) => {
@@ -571,14 +602,43 @@ fn limits(args: &Args) -> Limits {
             n
         }
     };
-    Limits {
+    let admin = AdminLimits {
+        max_connections: args
+            .admin_max_connections
+            .unwrap_or_else(|| default_admin_connections(fds)),
+        ..AdminLimits::default()
+    };
+    if let Some(fds) = fds
+        && !fits(fds, max_connections, admin.max_connections)
+    {
+        tracing::warn!(
+            max_connections,
+            admin_max_connections = admin.max_connections,
+            fd_limit = fds,
+            "the connection limits do not fit the file descriptor limit (3 per client connection, 1 per admin connection, and a reserve): under load accepts will fail and back off; lower --max-connections or raise the limit"
+        );
+    }
+    let limits = Limits {
         max_connections,
         max_head_bytes: args.max_request_headers_kb as usize * 1024,
         max_headers: args.max_headers_count as usize,
         idle_timeout: args.idle_timeout,
         tcp_idle_timeout: args.tcp_idle_timeout,
         stream_idle_timeout: args.stream_idle_timeout,
-    }
+    };
+    (limits, admin)
+}
+
+/// Whether the data plane's connections (a client, its upstream and a pooled one each) and the
+/// admin server's fit under `fds` with room left for listeners, DNS and files (the part of
+/// [`fd_reserve`] the admin cap does not take).
+fn fits(fds: u64, max_connections: u64, admin: u64) -> bool {
+    let rest = fd_reserve(fds) - fd_reserve(fds) / 2;
+    max_connections
+        .saturating_mul(3)
+        .saturating_add(admin)
+        .saturating_add(rest)
+        <= fds
 }
 
 /// F1: the Gateway must exist and select this proxy's labels.
@@ -716,6 +776,23 @@ mod tests {
         assert_eq!(default_max_connections(Some(16)), 4);
         assert_eq!(default_max_connections(Some(1)), 1);
         assert_eq!(default_max_connections(None), ((1 << 20) - 256) / 3);
+    }
+
+    #[test]
+    fn the_admin_cap_comes_out_of_the_reserve_and_everything_fits_the_fd_limit() {
+        assert_eq!(default_admin_connections(Some(1024)), 64);
+        assert_eq!(default_admin_connections(Some(600)), 64);
+        assert_eq!(default_admin_connections(None), 64);
+        assert_eq!(default_admin_connections(Some(100)), 12);
+        assert_eq!(default_admin_connections(Some(16)), 2);
+        assert_eq!(default_admin_connections(Some(1)), 1);
+        for fds in [16, 100, 600, 1024, 4096, 1 << 20] {
+            let (data, admin) = (default_max_connections(Some(fds)), default_admin_connections(Some(fds)));
+            assert!(fits(fds, data, admin), "{fds}: {data} + admin {admin}");
+        }
+        // An explicit limit the descriptors cannot carry is reported.
+        assert!(!fits(600, 1000, 64));
+        assert!(!fits(1024, 256, 1000));
     }
 
     #[test]

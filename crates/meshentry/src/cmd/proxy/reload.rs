@@ -66,6 +66,8 @@ pub struct Reloader {
     workers: Vec<mpsc::UnboundedSender<Command>>,
     /// The listeners the flags ask for; reloads never change them.
     fixed: Vec<ListenerState>,
+    /// The admin listener's address, one of the proxy's own for the loop guard.
+    admin: SocketAddr,
     /// The Gateway server ports served now.
     gateway_ports: BTreeSet<u16>,
     /// Gateway server ports that would not bind, and why; tried again at the next reload.
@@ -82,6 +84,7 @@ impl Reloader {
         shared: Arc<Shared>,
         workers: Vec<mpsc::UnboundedSender<Command>>,
         listeners: &[(Listen, SocketAddr)],
+        admin: SocketAddr,
         applied: Option<u64>,
     ) -> Self {
         let mut fixed = Vec::new();
@@ -104,6 +107,7 @@ impl Reloader {
             shared,
             workers,
             fixed,
+            admin,
             gateway_ports,
             failed: BTreeMap::new(),
             applied,
@@ -311,6 +315,14 @@ impl Reloader {
                 error: Some(error.clone()),
             });
         }
+        // Requests to a Gateway port opened by this reload would loop as much as requests to
+        // the listeners the proxy started with.
+        let own = all
+            .iter()
+            .filter(|l| l.error.is_none())
+            .map(|l| l.address)
+            .chain([self.admin]);
+        self.shared.set_local_addrs(own);
         self.shared.lifecycle.listeners.store(Arc::new(all));
     }
 }
