@@ -215,7 +215,7 @@ except socket.timeout:\n    print('timeout')\n";
         "--regid",
         &uid,
         "--clear-groups",
-        "python3",
+        "/usr/bin/python3",
         "-c",
         script,
     ]);
