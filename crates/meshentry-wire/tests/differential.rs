@@ -44,6 +44,12 @@ const CASES: u32 = 1000;
 /// The fast path's (and hyper's default) header count limit.
 const MAX_HEADERS: usize = 100;
 
+/// The most `Connection` fields the fast path takes (`MAX_CONNECTION_FIELDS` in h1.rs).
+const MAX_CONNECTION_FIELDS: usize = 8;
+
+/// The loop-guard marker the fast path adds to every forwarded head.
+const VIA_LINE: &[u8] = b"via: 1.1 meshentry-0123456789abcdef\r\n";
+
 /// The request pipelined after every generated one.
 const NEXT_REQUEST: &[u8] = b"GET /__next HTTP/1.1\r\nHost: next.example\r\n\r\n";
 const NEXT_TARGET: &str = "/__next";
@@ -163,12 +169,22 @@ fn our_request(buf: &[u8]) -> OurRequest {
         Ok(f) => f,
         Err(e) => return OurRequest::Refused(Refusal::Request(e)),
     };
-    // As the fast path's `exchange`: an absolute-form authority is checked like a Host.
+    // As the fast path's `exchange`: an absolute-form authority is checked like a Host, and
+    // more Connection fields than it reads are refused.
     if let Some(authority) = absolute_authority(target)
         && !authority.is_empty()
         && !h1::valid_authority(authority)
     {
         return OurRequest::Refused(Refusal::Request(RequestError::InvalidHost));
+    }
+    if req
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+        .count()
+        > MAX_CONNECTION_FIELDS
+    {
+        return OurRequest::Refused(Refusal::Request(RequestError::InvalidConnection));
     }
     let rest = &buf[head_len..];
     let (body, body_len) = match framing.body {
@@ -291,6 +307,7 @@ fn fast_path_upstream(msg: &[u8]) -> Option<Vec<u8>> {
         up.extend_from_slice(h.value);
         up.extend_from_slice(b"\r\n");
     }
+    up.extend_from_slice(VIA_LINE);
     up.extend_from_slice(b"\r\n");
     up.extend_from_slice(&msg[head_len..len]);
     Some(up)
@@ -418,6 +435,10 @@ fn request_strictness(refusal: &Refusal, msg: &[u8]) -> Option<&'static str> {
         Refusal::Request(RequestError::InvalidHost) => Some(
             "a Host, or absolute-form authority, that is not `host[:port]` (userinfo, a path, \
              spaces, a bad port): RFC 9110 4.2.3/7.2; hyper does not read Host",
+        ),
+        Refusal::Request(RequestError::InvalidConnection) => Some(
+            "more than 8 Connection fields (the fast path reads that many): one past them could \
+             name a field to remove that the proxy would forward; hyper has no such limit",
         ),
         Refusal::Request(RequestError::InvalidContentLength | RequestError::ConflictingContentLength)
             if has_field(msg, "transfer-encoding") =>
@@ -964,6 +985,9 @@ fn other_line() -> impl Strategy<Value = &'static [u8]> {
             b"X-Empty:",
             b"X-Tab:\tv\t",
             b"X-Obs: \x80\xff",
+            // One more Connection field than the fast path reads.
+            b"Connection: a\r\nConnection: b\r\nConnection: c\r\nConnection: d\r\nConnection: e\r\n\
+              Connection: f\r\nConnection: g\r\nConnection: h\r\nConnection: i",
         ]),
         // Lines httparse (so both sides) refuses: obs-fold, space before the colon.
         1 => prop::sample::select(vec![
@@ -1367,7 +1391,11 @@ proptest! {
 fn each_request_strictness_is_real() {
     let rt = runtime();
     let long = long_size_line(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n");
-    let cases: [(&[u8], Refusal); 8] = [
+    let many_connections = format!(
+        "GET / HTTP/1.1\r\nHost: a\r\n{}\r\n",
+        "Connection: keep-alive\r\n".repeat(MAX_CONNECTION_FIELDS + 1)
+    );
+    let cases: [(&[u8], Refusal); 9] = [
         (
             b"GET / HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\n\r\n",
             Refusal::Request(RequestError::DuplicateHost),
@@ -1397,6 +1425,10 @@ fn each_request_strictness_is_real() {
             Refusal::Chunked("control character in chunk extension"),
         ),
         (&long, Refusal::Chunked("chunk size line too long")),
+        (
+            many_connections.as_bytes(),
+            Refusal::Request(RequestError::InvalidConnection),
+        ),
     ];
     for (msg, want) in cases {
         let mut stream = msg.to_vec();
