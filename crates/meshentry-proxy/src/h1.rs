@@ -417,6 +417,11 @@ fn needs_general_path(buf: &[u8], head: &Head) -> bool {
     if !(target.starts_with(b"/") || starts_with_ignore_case(target, b"http://")) {
         return true;
     }
+    // `http://a?q` has an empty path, which the upstream's origin-form must spell `/?q`
+    // (RFC 9112 3.2.1): hyper's URI does; the bytes copied here would not.
+    if !split_target(target, None).1.starts_with(b"/") {
+        return true;
+    }
     head.headers.iter().any(|(n, v)| {
         let n = &buf[n.clone()];
         n.eq_ignore_ascii_case(b"transfer-encoding")
@@ -1394,6 +1399,42 @@ mod tests {
         assert!(is_h2_preface(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00"));
         assert!(!is_h2_preface(b"GET / HTTP/2.0\r\n\r\n"));
         assert!(!is_h2_preface(b""));
+    }
+
+    fn parsed(request: &[u8]) -> Head {
+        let mut headers = [httparse::EMPTY_HEADER; 16];
+        let mut req = httparse::Request::new(&mut headers);
+        let Ok(httparse::Status::Complete(len)) = req.parse(request) else {
+            panic!("{request:?} does not parse");
+        };
+        Head {
+            len,
+            method: offset(request, req.method.unwrap().as_bytes()),
+            target: offset(request, req.path.unwrap().as_bytes()),
+            minor_version: req.version.unwrap(),
+            headers: req
+                .headers
+                .iter()
+                .map(|h| (offset(request, h.name.as_bytes()), offset(request, h.value)))
+                .collect(),
+        }
+    }
+
+    // Found by meshentry-wire's differential test: the fast path wrote `GET ?q HTTP/1.1`
+    // upstream for `GET http://a?q`, which no server parses.
+    #[test]
+    fn an_absolute_target_with_no_path_goes_to_hyper() {
+        let plain = b"GET http://a.example/x?q HTTP/1.1\r\n\r\n";
+        assert!(!needs_general_path(plain, &parsed(plain)));
+        let origin = b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n";
+        assert!(!needs_general_path(origin, &parsed(origin)));
+        let bare = b"GET http://a.example HTTP/1.1\r\n\r\n";
+        assert!(
+            !needs_general_path(bare, &parsed(bare)),
+            "`/` is supplied for an empty target"
+        );
+        let query = b"GET http://a.example?q HTTP/1.1\r\n\r\n";
+        assert!(needs_general_path(query, &parsed(query)));
     }
 
     #[test]

@@ -5,8 +5,15 @@
 /// memory, but an endless extension is still no body anyone means to send.
 pub const MAX_LINE: usize = 4096;
 
-/// The largest trailer section accepted, as hyper bounds it.
-pub const MAX_TRAILERS: usize = 64 * 1024;
+/// Extension bytes (after each `;`) a whole body may carry: hyper refuses a body once they
+/// reach this many, and a body we relay must read the same to it.
+pub const MAX_EXTENSIONS: u64 = 16 * 1024;
+
+/// A trailer section (its final CRLF included) must be shorter than this, as in hyper.
+pub const MAX_TRAILERS: usize = 16 * 1024;
+
+/// Trailer fields a body may carry, as hyper's default header count bounds them.
+pub const MAX_TRAILER_FIELDS: usize = 100;
 
 /// Where the scanner is in the chunked grammar (RFC 9112 7.1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,7 +52,10 @@ pub struct ChunkError(pub &'static str);
 
 /// Scans a chunked body fed in pieces. Strict where peers are known to differ: a bare LF or
 /// CR anywhere outside chunk data, a trailer line that is not `name: value`, and a control
-/// byte in a trailer are errors, since a lenient reader could find a different end.
+/// byte in a trailer are errors, since a lenient reader could find a different end. Where
+/// we are stricter than hyper (a bare LF in the trailer section, a control byte in an
+/// extension, a size line over [`MAX_LINE`]), `tests/differential.rs` lists it; everywhere
+/// else hyper and this scanner end a body at the same byte or both refuse it.
 #[derive(Clone, Debug)]
 pub struct ChunkScanner {
     state: State,
@@ -54,6 +64,10 @@ pub struct ChunkScanner {
     remaining: u64,
     /// Bytes of the current size line, or of the trailer section.
     line: usize,
+    /// Extension bytes so far in the body.
+    extensions: u64,
+    /// Trailer fields so far.
+    trailers: usize,
 }
 
 impl Default for ChunkScanner {
@@ -64,6 +78,8 @@ impl Default for ChunkScanner {
             size_digits: 0,
             remaining: 0,
             line: 0,
+            extensions: 0,
+            trailers: 0,
         }
     }
 }
@@ -122,7 +138,7 @@ impl ChunkScanner {
                 }
                 State::TrailerStart | State::TrailerName | State::TrailerValue | State::TrailerLf => {
                     self.line += 1;
-                    if self.line > MAX_TRAILERS {
+                    if self.line >= MAX_TRAILERS {
                         return Err(ChunkError("trailer section too large"));
                     }
                     self.trailer(b)?;
@@ -130,6 +146,10 @@ impl ChunkScanner {
                 State::EndLf => {
                     if b != b'\n' {
                         return Err(ChunkError("expected final LF"));
+                    }
+                    self.line += 1;
+                    if self.line >= MAX_TRAILERS {
+                        return Err(ChunkError("trailer section too large"));
                     }
                     self.state = State::Done;
                     return Ok(Some(i + 1));
@@ -164,7 +184,12 @@ impl ChunkScanner {
             }
             (State::Extension, b'\n') => return Err(ChunkError("bare LF in chunk extension")),
             // Extension text: visible characters, spaces and tabs (token, `=`, quoted strings).
-            (State::Extension, b) if b == b'\t' || b >= 0x20 && b != 0x7f => {}
+            (State::Extension, b) if b == b'\t' || b >= 0x20 && b != 0x7f => {
+                self.extensions += 1;
+                if self.extensions >= MAX_EXTENSIONS {
+                    return Err(ChunkError("chunk extensions too large"));
+                }
+            }
             (State::Extension, _) => return Err(ChunkError("control character in chunk extension")),
             _ => return Err(ChunkError("bad chunk size")),
         }
@@ -179,7 +204,17 @@ impl ChunkScanner {
             (State::TrailerName, b':') => State::TrailerValue,
             (State::TrailerValue, b'\r') => State::TrailerLf,
             (State::TrailerValue, b) if b == b'\t' || b >= 0x20 && b != 0x7f => State::TrailerValue,
-            (State::TrailerLf, b'\n') => State::TrailerStart,
+            (State::TrailerLf, b'\n') => {
+                self.trailers += 1;
+                if self.trailers > MAX_TRAILER_FIELDS {
+                    return Err(ChunkError("too many trailer fields"));
+                }
+                State::TrailerStart
+            }
+            // Named apart: hyper reads on to the next CRLF here, so this is one of the places
+            // where we are deliberately stricter.
+            (_, b'\n') => return Err(ChunkError("bare LF in trailer section")),
+            (State::TrailerValue, _) => return Err(ChunkError("control character in trailer field")),
             _ => return Err(ChunkError("malformed trailer field")),
         };
         Ok(())
@@ -239,6 +274,74 @@ mod tests {
         assert!(scan_all(b"5 x\r\n").is_err());
         let long = format!("5;{}\r\n", "a".repeat(MAX_LINE));
         assert!(scan_all(long.as_bytes()).is_err());
+    }
+
+    // Found by tests/differential.rs: hyper caps a trailer section at 16 KiB and 100 fields
+    // (this scanner allowed 64 KiB and any count), so we relayed bodies hyper refuses.
+    #[test]
+    fn trailer_limits_are_hyper_s() {
+        let section = |value_len: usize| {
+            let mut body = b"0\r\nx: ".to_vec();
+            body.resize(body.len() + value_len, b'v');
+            body.extend_from_slice(b"\r\n\r\n");
+            body
+        };
+        // "x: " + value + CRLF + CRLF = value + 7 bytes of trailer section.
+        let largest = section(MAX_TRAILERS - 1 - 7);
+        assert_eq!(scan_all(&largest), Ok(Some(largest.len())));
+        assert!(scan_all(&section(MAX_TRAILERS - 7)).is_err());
+
+        let fields = |n: usize| {
+            let mut body = b"0\r\n".to_vec();
+            for i in 0..n {
+                body.extend_from_slice(format!("x-{i}: 1\r\n").as_bytes());
+            }
+            body.extend_from_slice(b"\r\n");
+            body
+        };
+        let most = fields(MAX_TRAILER_FIELDS);
+        assert_eq!(scan_all(&most), Ok(Some(most.len())));
+        assert_eq!(
+            scan_all(&fields(MAX_TRAILER_FIELDS + 1)),
+            Err(ChunkError("too many trailer fields"))
+        );
+    }
+
+    // Found by tests/differential.rs: hyper counts extension bytes over the whole body.
+    #[test]
+    fn extension_budget_spans_the_body() {
+        let ext = ";".to_string() + &"e".repeat(MAX_LINE - 8);
+        let mut body = Vec::new();
+        let mut total = 0u64;
+        while total < MAX_EXTENSIONS {
+            body.extend_from_slice(format!("1{ext}\r\nx\r\n").as_bytes());
+            total += ext.len() as u64 - 1;
+        }
+        body.extend_from_slice(b"0\r\n\r\n");
+        assert_eq!(scan_all(&body), Err(ChunkError("chunk extensions too large")));
+        let small = format!("1{ext}\r\nx\r\n0\r\n\r\n");
+        assert_eq!(scan_all(small.as_bytes()), Ok(Some(small.len())));
+    }
+
+    #[test]
+    fn trailer_errors_say_what_is_wrong() {
+        assert_eq!(
+            scan_all(b"0\r\n\nGET / HTTP/1.1\r\n\r\n"),
+            Err(ChunkError("bare LF in trailer section"))
+        );
+        assert_eq!(
+            scan_all(b"0\r\nx: y\nz: w\r\n\r\n"),
+            Err(ChunkError("bare LF in trailer section"))
+        );
+        assert_eq!(scan_all(b"0\r\nx\n"), Err(ChunkError("bare LF in trailer section")));
+        assert_eq!(
+            scan_all(b"0\r\nx: a\x01\r\n\r\n"),
+            Err(ChunkError("control character in trailer field"))
+        );
+        assert_eq!(
+            scan_all(b"0\r\nx y: 1\r\n\r\n"),
+            Err(ChunkError("malformed trailer field"))
+        );
     }
 
     #[test]

@@ -13,7 +13,16 @@
 //! - `Connection` may not name `Content-Length`, `Transfer-Encoding` or `Host`: in a request
 //!   those tokens are ignored (as HAProxy does), so framing and destination cannot be removed
 //!   by the client; in a response they are refused.
-//! - A `101` answers only a request that asked to upgrade.
+//! - A `101` answers only a request that asked to upgrade; a status below 100 is no status.
+//!
+//! Where hyper (the general path) reads the same fields, the decisions here match its own, so
+//! that both paths agree on where a message ends and whether the connection goes on:
+//! a request with both `Transfer-Encoding` and `Content-Length` closes the connection after
+//! it (RFC 9112 6.3); any `close` token wins over `keep-alive`; a `Connection` or
+//! `Transfer-Encoding` value that is not visible ASCII says nothing (hyper cannot read it as
+//! text), and the final coding is the last list element even when it is empty (`chunked,`
+//! is not chunked). `tests/differential.rs` holds both to this, and lists where we are
+//! deliberately stricter than hyper.
 
 /// A header field: its name and value as they arrived (the value may carry surrounding
 /// whitespace; it is trimmed here).
@@ -106,7 +115,7 @@ where
     let mut te: Option<bool> = None;
     let mut host: Option<&'a [u8]> = None;
     let mut hosts = 0u32;
-    let mut close = minor_version == 0;
+    let mut connection = Persistence::default();
     let mut connection_upgrade = false;
     let mut upgrade_field = false;
     for (name, value) in fields {
@@ -135,15 +144,8 @@ where
                 host = Some(value);
             }
         } else if name.eq_ignore_ascii_case(b"connection") {
-            for token in tokens(value) {
-                if token.eq_ignore_ascii_case(b"close") {
-                    close = true;
-                } else if token.eq_ignore_ascii_case(b"keep-alive") && minor_version == 0 {
-                    close = false;
-                } else if token.eq_ignore_ascii_case(b"upgrade") {
-                    connection_upgrade = true;
-                }
-            }
+            connection.read(value);
+            connection_upgrade |= has_token(value, b"upgrade");
         } else if name.eq_ignore_ascii_case(b"upgrade") {
             upgrade_field = true;
         }
@@ -156,7 +158,9 @@ where
     };
     Ok(Request {
         body,
-        close,
+        // Both framing fields: whichever a peer believed, the next request's start is in
+        // doubt, so none is read after this one (RFC 9112 6.3; hyper closes too).
+        close: connection.close(minor_version) || (te.is_some() && length.is_some()),
         host,
         upgrade: connection_upgrade && upgrade_field,
     })
@@ -200,6 +204,8 @@ pub enum ResponseError {
     ConnectionNamesFraming,
     #[error("101 Switching Protocols to a request that did not ask to upgrade")]
     UnsolicitedUpgrade,
+    #[error("status code below 100")]
+    InvalidStatus,
 }
 
 /// What the request that a response answers changes about its framing.
@@ -221,12 +227,15 @@ pub fn response<'a, I>(
 where
     I: IntoIterator<Item = Field<'a>>,
 {
+    if !(100..=999).contains(&status) {
+        return Err(ResponseError::InvalidStatus);
+    }
     if status == 101 && !answering.upgrade {
         return Err(ResponseError::UnsolicitedUpgrade);
     }
     let mut length: Option<u64> = None;
     let mut te: Option<bool> = None;
-    let mut close = minor_version == 0;
+    let mut connection = Persistence::default();
     for (name, value) in fields {
         let value = value.trim_ascii();
         if name.eq_ignore_ascii_case(b"content-length") {
@@ -244,18 +253,13 @@ where
             }
             te = Some(final_coding_is_chunked(value));
         } else if name.eq_ignore_ascii_case(b"connection") {
-            for token in tokens(value) {
-                if PROTECTED.iter().any(|p| token.eq_ignore_ascii_case(p)) {
-                    return Err(ResponseError::ConnectionNamesFraming);
-                }
-                if token.eq_ignore_ascii_case(b"close") {
-                    close = true;
-                } else if token.eq_ignore_ascii_case(b"keep-alive") && minor_version == 0 {
-                    close = false;
-                }
+            if tokens(value).any(|t| PROTECTED.iter().any(|p| t.eq_ignore_ascii_case(p))) {
+                return Err(ResponseError::ConnectionNamesFraming);
             }
+            connection.read(value);
         }
     }
+    let close = connection.close(minor_version);
     if te.is_some() && length.is_some() {
         return Err(ResponseError::LengthAndTransferEncoding);
     }
@@ -316,7 +320,11 @@ pub fn has_token(value: &[u8], token: &[u8]) -> bool {
     tokens(value).any(|t| t.eq_ignore_ascii_case(token))
 }
 
-/// `1*DIGIT` as a u64: no sign, no whitespace, no overflow.
+/// The largest body length read: hyper keeps the two values above it for "chunked" and
+/// "until close" and refuses them as lengths, so a length it refuses is refused here too.
+pub const MAX_LENGTH: u64 = u64::MAX - 2;
+
+/// `1*DIGIT` as a u64 up to [`MAX_LENGTH`]: no sign, no whitespace, no overflow.
 pub fn parse_length(digits: &[u8]) -> Option<u64> {
     if digits.is_empty() {
         return None;
@@ -328,13 +336,50 @@ pub fn parse_length(digits: &[u8]) -> Option<u64> {
         }
         n = n.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
     }
-    Some(n)
+    (n <= MAX_LENGTH).then_some(n)
 }
 
-/// Whether a `Transfer-Encoding` value's last coding is `chunked` (parameters and case
-/// ignored, as RFC 9112 7 allows none on chunked).
+/// What the `Connection` fields of a message say about the connection after it.
+#[derive(Default)]
+struct Persistence {
+    close: bool,
+    keep_alive: bool,
+}
+
+impl Persistence {
+    fn read(&mut self, value: &[u8]) {
+        // A value that is not text says nothing: hyper reads none of its tokens either, and
+        // the two paths must agree on whether the connection goes on.
+        if !is_visible_ascii(value) {
+            return;
+        }
+        for token in tokens(value) {
+            self.close |= token.eq_ignore_ascii_case(b"close");
+            self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+        }
+    }
+
+    /// `close` anywhere wins, whatever its order with `keep-alive`; HTTP/1.0 closes unless
+    /// asked not to (RFC 9112 9.3).
+    fn close(&self, minor_version: u8) -> bool {
+        self.close || (minor_version == 0 && !self.keep_alive)
+    }
+}
+
+/// Field-value text as `http::HeaderValue::to_str` accepts it: visible ASCII, SP and HTAB.
+fn is_visible_ascii(value: &[u8]) -> bool {
+    value.iter().all(|&b| b == b'\t' || (0x20..0x7f).contains(&b))
+}
+
+/// Whether a `Transfer-Encoding` value's last coding is `chunked` (case ignored; RFC 9112 7
+/// allows chunked no parameters). The last list element counts even when empty, and a value
+/// that is not text has no coding hyper could read: either way, not chunked.
 fn final_coding_is_chunked(value: &[u8]) -> bool {
-    tokens(value).last().is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"))
+    is_visible_ascii(value)
+        && value
+            .rsplit(|b| *b == b',')
+            .next()
+            .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"))
 }
 
 /// `host [ ":" port ]` as RFC 9110 4.2.3 and RFC 3986 3.2 allow it in `Host` or an
@@ -608,11 +653,94 @@ mod tests {
         assert_eq!((r.body, r.close), (ResponseBody::None, true));
     }
 
+    // Found by tests/differential.rs: hyper serves a request with both framing fields but
+    // closes the connection after it, so a pipelined request behind it is not read by hyper
+    // while we would have read it.
+    #[test]
+    fn both_framing_fields_close_the_connection() {
+        let r = req(1, &[("content-length", "3"), ("transfer-encoding", "chunked")]).unwrap();
+        assert_eq!((r.body, r.close), (RequestBody::Chunked, true));
+        let r = req(1, &[("transfer-encoding", "chunked"), ("content-length", "3")]).unwrap();
+        assert_eq!((r.body, r.close), (RequestBody::Chunked, true));
+        assert!(!req(1, &[("transfer-encoding", "chunked")]).unwrap().close);
+    }
+
+    // Found by tests/differential.rs: `close` then `keep-alive` left an HTTP/1.0 connection
+    // open here and closed in hyper.
+    #[test]
+    fn close_wins_over_keep_alive_in_any_order() {
+        for fields in [
+            &[("connection", "close, keep-alive")][..],
+            &[("connection", "keep-alive, close")],
+            &[("connection", "close"), ("connection", "keep-alive")],
+            &[("connection", "keep-alive"), ("connection", "close")],
+        ] {
+            assert!(req(0, fields).unwrap().close, "{fields:?}");
+            assert!(req(1, fields).unwrap().close, "{fields:?}");
+            assert!(resp(200, 0, Answering::default(), fields).unwrap().close, "{fields:?}");
+        }
+    }
+
+    // Found by tests/differential.rs: hyper reads a field value as text or not at all, so a
+    // `close` beside obs-text closes nothing there; the two paths must agree.
+    #[test]
+    fn a_connection_value_that_is_not_text_says_nothing() {
+        let fields: [(&[u8], &[u8]); 1] = [(b"connection", b"\x80, close")];
+        assert!(!request(1, fields).unwrap().close);
+        assert!(request(0, fields).unwrap().close, "HTTP/1.0 closes by default");
+        let fields: [(&[u8], &[u8]); 1] = [(b"connection", b"keep-alive, \xff")];
+        assert!(request(0, fields).unwrap().close);
+    }
+
+    // Found by tests/differential.rs: the last list element is the final coding even when it
+    // is empty, and a value that is not text has no coding (hyper refuses both requests; we
+    // read them as chunked).
+    #[test]
+    fn the_final_coding_is_the_last_element_of_readable_text() {
+        for bad in ["chunked,", "chunked, ", "chunked ,", "\u{80}chunked"] {
+            assert_eq!(
+                req(1, &[("transfer-encoding", bad)]),
+                Err(RequestError::NotChunked),
+                "{bad:?}"
+            );
+            assert_eq!(
+                resp(200, 1, Answering::default(), &[("transfer-encoding", bad)])
+                    .unwrap()
+                    .body,
+                ResponseBody::UntilClose,
+                "{bad:?}"
+            );
+        }
+        let fields: [(&[u8], &[u8]); 1] = [(b"transfer-encoding", b"gzip\x80, chunked")];
+        assert_eq!(request(1, fields), Err(RequestError::NotChunked));
+        assert_eq!(
+            req(1, &[("transfer-encoding", ",chunked")]).unwrap().body,
+            RequestBody::Chunked
+        );
+    }
+
+    // Found by tests/differential.rs: httparse reads any three digits, so `099` reached the
+    // framing rules as a bodiless 1xx; hyper refuses it.
+    #[test]
+    fn a_status_below_100_is_refused() {
+        for status in [0, 99] {
+            assert_eq!(
+                resp(status, 1, Answering::default(), &[("content-length", "0")]),
+                Err(ResponseError::InvalidStatus)
+            );
+        }
+        assert!(resp(999, 1, Answering::default(), &[("content-length", "0")]).is_ok());
+    }
+
     #[test]
     fn lengths() {
         assert_eq!(parse_length(b"0"), Some(0));
         assert_eq!(parse_length(b"007"), Some(7));
-        assert_eq!(parse_length(b"18446744073709551615"), Some(u64::MAX));
+        assert_eq!(parse_length(b"18446744073709551613"), Some(u64::MAX - 2));
+        // Found by tests/differential.rs: hyper refuses the two largest values (it keeps them
+        // for its own markers) even beside Transfer-Encoding, where we read the request.
+        assert_eq!(parse_length(b"18446744073709551614"), None);
+        assert_eq!(parse_length(b"18446744073709551615"), None);
         assert_eq!(parse_length(b"18446744073709551616"), None);
         assert_eq!(parse_length(b""), None);
         assert_eq!(parse_length(b" 1"), None);

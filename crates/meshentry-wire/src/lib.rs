@@ -8,9 +8,15 @@
 //!
 //! - [`h1`]: request and response framing (Content-Length, Transfer-Encoding, Host,
 //!   Connection) and the hop-by-hop rule;
-//! - [`chunked`]: finding the end of a chunked body without decoding it.
+//! - [`chunked`]: finding the end of a chunked body without decoding it;
+//! - [`sni`], [`detect`]: what a connection's first bytes are (a TLS ClientHello and its
+//!   server name, an HTTP/1.x request line, the HTTP/2 preface), for routing before any
+//!   protocol is terminated.
 //!
-//! No I/O and no runtime: every function here is tested, and fuzzed, on plain bytes.
+//! No I/O and no runtime: every function here is tested, and fuzzed (`fuzz/`), on plain
+//! bytes; `tests/differential.rs` checks the HTTP/1 decisions against hyper's.
 
 pub mod chunked;
+pub mod detect;
 pub mod h1;
+pub mod sni;
