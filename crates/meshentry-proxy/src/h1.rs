@@ -184,13 +184,6 @@ impl Head {
             .map(move |(n, v)| (&buf[n.clone()], &buf[v.clone()]))
     }
 
-    /// Every `Connection` field's value.
-    fn connection<'b>(&'b self, buf: &'b [u8]) -> impl Iterator<Item = &'b [u8]> + Clone + 'b {
-        self.fields(buf)
-            .filter(|(n, _)| n.eq_ignore_ascii_case(b"connection"))
-            .map(|(_, v)| v)
-    }
-
     fn header<'b>(&self, buf: &'b [u8], name: &str) -> Option<&'b [u8]> {
         self.headers
             .iter()
@@ -455,32 +448,43 @@ async fn exchange(conn: &mut Downstream, head: &Head, ctx: &ConnCtx) -> Next {
     let buf = &conn.buf[..];
     let target = &buf[head.target.clone()];
     let absolute = !target.starts_with(b"/");
+    // One pass over the fields for what the fast path itself needs: the Connection fields
+    // (for the hop-by-hop filter) and whether a `via` is this proxy's own marker.
+    let mut connection: [&[u8]; MAX_CONNECTION_FIELDS] = [b""; MAX_CONNECTION_FIELDS];
+    let mut connection_fields = 0;
+    let mut own_via = false;
+    for (n, v) in head.fields(buf) {
+        if n.eq_ignore_ascii_case(b"connection") {
+            if let Some(slot) = connection.get_mut(connection_fields) {
+                *slot = v;
+            }
+            connection_fields += 1;
+        } else if n.eq_ignore_ascii_case(b"via") {
+            own_via |= shared.carries_own_via(v);
+        }
+    }
     // Framing, Host and the absolute-form authority are checked before anything is routed: a
     // request whose end or destination is in doubt is refused, and the connection closed,
-    // since where the next request starts is in doubt too.
+    // since where the next request starts is in doubt too. More Connection fields than are
+    // looked at would let one name a field to remove that the proxy then forwards: refused.
     let checked = framing::request(head.minor_version, head.fields(buf)).and_then(|f| {
-        let (authority, _) = split_target(target, f.host);
+        let (authority, path) = split_target(target, f.host);
         if absolute && !authority.is_empty() && !framing::valid_authority(authority) {
             return Err(framing::RequestError::InvalidHost);
         }
-        Ok(f)
-    });
-    let checked = checked.and_then(|r| {
-        // More Connection fields than are looked at would let one name a field to remove
-        // that the proxy then forwards: refused instead.
-        if head.connection(buf).nth(MAX_CONNECTION_FIELDS).is_some() {
+        if connection_fields > MAX_CONNECTION_FIELDS {
             return Err(framing::RequestError::InvalidConnection);
         }
-        Ok(r)
+        Ok((f, authority, path))
     });
-    let request = match checked {
+    let (request, authority, path) = match checked {
         Ok(r) => r,
         Err(e) => {
             note(|o| o.fail(Flags::DPE, "invalid_http_request"));
             return refuse(conn, shared, e.status(), e.reason(), Some("DPE"), Skip::Close).await;
         }
     };
-    let (authority, path) = split_target(target, request.host);
+    let connection = &connection[..connection_fields.min(MAX_CONNECTION_FIELDS)];
     let content_length = match request.body {
         framing::RequestBody::Empty => 0,
         framing::RequestBody::Length(n) => n,
@@ -509,10 +513,7 @@ async fn exchange(conn: &mut Downstream, head: &Head, ctx: &ConnCtx) -> Next {
     };
     // The hop limit: a request carrying this process's own `via` marker came back to it,
     // whatever address or name it took.
-    if head
-        .fields(buf)
-        .any(|(n, v)| n.eq_ignore_ascii_case(b"via") && shared.carries_own_via(v))
-    {
+    if own_via {
         note(|o| {
             o.bytes_received = content_length;
             o.fail(Flags::NONE, "request_loop");
@@ -642,14 +643,6 @@ async fn exchange(conn: &mut Downstream, head: &Head, ctx: &ConnCtx) -> Next {
         up_head.extend_from_slice(b"\r\n");
     }
     {
-        // The Connection fields, found once rather than once per field checked.
-        let mut connection: [&[u8]; MAX_CONNECTION_FIELDS] = [b""; MAX_CONNECTION_FIELDS];
-        let mut fields = 0;
-        for value in head.connection(buf).take(MAX_CONNECTION_FIELDS) {
-            connection[fields] = value;
-            fields += 1;
-        }
-        let connection = &connection[..fields];
         for (n, v) in &head.headers {
             let name = &buf[n.clone()];
             if framing::is_hop_by_hop(name, connection.iter().copied())
@@ -856,10 +849,12 @@ pub(crate) fn sweep_pool(now: Instant, limit: Duration) -> usize {
     })
 }
 
-/// Pools `c` for the next request to `addr`, if it is clean: the response ended exactly at
-/// the end of what was read, and nothing more has arrived since.
-fn checkin(addr: Dial, mut c: UpConn) {
-    if !c.buf.is_empty() || !upstream::idle_and_clean(&mut c.stream) {
+/// Pools `c` for the next request to `addr` if its response ended exactly at the end of what
+/// was read. Whether anything arrived after that is checked when it is taken out again
+/// ([`checkout`], [`upstream::idle_and_clean`]): that check sees everything the event loop
+/// learned in between, which a check here, right after the last read, could not.
+fn checkin(addr: Dial, c: UpConn) {
+    if !c.buf.is_empty() {
         return;
     }
     RAW_POOL.with(|pool| {

@@ -253,6 +253,9 @@ where
             }
             te = Some(final_coding_is_chunked(value));
         } else if name.eq_ignore_ascii_case(b"connection") {
+            if connection.read_single(value) {
+                continue;
+            }
             if tokens(value).any(|t| PROTECTED.iter().any(|p| t.eq_ignore_ascii_case(p))) {
                 return Err(ResponseError::ConnectionNamesFraming);
             }
@@ -347,7 +350,23 @@ struct Persistence {
 }
 
 impl Persistence {
+    /// The value most messages carry, a single `keep-alive` or `close`, read without
+    /// splitting it into a list; `false` when it is anything else.
+    fn read_single(&mut self, value: &[u8]) -> bool {
+        if value.eq_ignore_ascii_case(b"keep-alive") {
+            self.keep_alive = true;
+        } else if value.eq_ignore_ascii_case(b"close") {
+            self.close = true;
+        } else {
+            return false;
+        }
+        true
+    }
+
     fn read(&mut self, value: &[u8]) {
+        if self.read_single(value) {
+            return;
+        }
         // A value that is not text says nothing: hyper reads none of its tokens either, and
         // the two paths must agree on whether the connection goes on.
         if !is_visible_ascii(value) {
@@ -386,6 +405,36 @@ fn final_coding_is_chunked(value: &[u8]) -> bool {
 /// absolute-form target: a reg-name (unreserved, percent-encoded or sub-delims), an IPv4
 /// address or a bracketed IP literal, and an optional port of digits. No userinfo (`@`), no
 /// path, no whitespace.
+/// The bytes a reg-name may hold: unreserved, `%` of percent-encoding, and sub-delims.
+static REG_NAME: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'%'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+            );
+        b += 1;
+    }
+    table
+};
+
 pub fn valid_authority(authority: &[u8]) -> bool {
     let (host, port) = if let Some(rest) = authority.strip_prefix(b"[") {
         let Some(end) = rest.iter().position(|b| *b == b']') else {
@@ -411,27 +460,8 @@ pub fn valid_authority(authority: &[u8]) -> bool {
             None => (authority, &b""[..]),
         }
     };
-    let host_ok = host.iter().all(|&b| {
-        b.is_ascii_alphanumeric()
-            || matches!(
-                b,
-                b'-' | b'.'
-                    | b'_'
-                    | b'~'
-                    | b'%'
-                    | b'!'
-                    | b'$'
-                    | b'&'
-                    | b'\''
-                    | b'('
-                    | b')'
-                    | b'*'
-                    | b'+'
-                    | b','
-                    | b';'
-                    | b'='
-            )
-    });
+    // A table lookup per byte: this runs on every request's Host.
+    let host_ok = host.iter().all(|&b| REG_NAME[usize::from(b)]);
     let port_ok = port.len() <= 5 && port.iter().all(u8::is_ascii_digit);
     // An empty host is only possible with a bracketed literal, checked above.
     host_ok && port_ok && (!host.is_empty() || authority.starts_with(b"["))
