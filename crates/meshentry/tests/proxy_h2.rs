@@ -566,6 +566,8 @@ mod frame {
 /// data), if any, the last PING it acknowledged, and whether it closed the connection.
 #[derive(Debug, Default)]
 struct Heard {
+    /// SETTINGS_MAX_CONCURRENT_STREAMS of the proxy's SETTINGS.
+    max_streams: Option<u32>,
     goaway: Option<(u32, u32, String)>,
     pong: u64,
     closed: bool,
@@ -594,7 +596,14 @@ async fn read_frames(
         }
         let (kind, flags) = (head[3], head[4]);
         let reply = match kind {
-            frame::SETTINGS if flags & frame::ACK == 0 => Some((frame::SETTINGS, &[][..])),
+            frame::SETTINGS if flags & frame::ACK == 0 => {
+                for setting in payload.chunks_exact(6) {
+                    if setting[..2] == [0, 0x3] {
+                        heard.lock().unwrap().max_streams = Some(u32::from_be_bytes(setting[2..].try_into().unwrap()));
+                    }
+                }
+                Some((frame::SETTINGS, &[][..]))
+            }
             frame::PING if flags & frame::ACK == 0 => Some((frame::PING, &payload[..])),
             frame::PING if payload.len() == 8 => {
                 heard.lock().unwrap().pong = u64::from_be_bytes(payload[..].try_into().unwrap());
@@ -735,6 +744,7 @@ async fn rapid_reset_gets_goaway_and_causes_bounded_upstream_work() {
         "GOAWAY came only after stream {last} ({sent} pairs sent)"
     );
     assert!(heard.closed, "the connection is closed after the GOAWAY");
+    assert_eq!(heard.max_streams, Some(100), "--http2-max-concurrent-streams");
 
     // Streams reset before the proxy acted on them reach nothing upstream.
     tokio::time::sleep(Duration::from_millis(300)).await;
