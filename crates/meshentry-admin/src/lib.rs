@@ -531,6 +531,21 @@ const STATS: &[Stat] = &[
         |s| s.stats.downstream_rq_too_many_headers.load(Ordering::Relaxed),
     ),
     (
+        "downstream_rq_rx_reset",
+        "HTTP/2 streams the client reset (or abandoned) before their response started.",
+        |s| s.stats.downstream_rq_rx_reset.load(Ordering::Relaxed),
+    ),
+    (
+        "downstream_rq_reset_before_routing",
+        "Of those, streams reset before the proxy acted on them: nothing was sent upstream.",
+        |s| s.stats.downstream_rq_reset_before_routing.load(Ordering::Relaxed),
+    ),
+    (
+        "downstream_rq_too_many_premature_resets",
+        "HTTP/2 connections closed with GOAWAY ENHANCE_YOUR_CALM: too many streams reset (--http2-max-premature-resets).",
+        |s| s.stats.downstream_rq_too_many_premature_resets.load(Ordering::Relaxed),
+    ),
+    (
         "upstream_cx_connect_timeout",
         "Upstream connects that took longer than --connect-timeout.",
         |s| s.stats.upstream_cx_connect_timeout.load(Ordering::Relaxed),

@@ -99,6 +99,14 @@ pub struct Limits {
     /// `stream_idle_timeout`, 5 min by default), so a slow body cannot hold a connection and an
     /// upstream forever.
     pub stream_idle_timeout: Duration,
+    /// Streams one HTTP/2 client connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS);
+    /// more are refused with RST_STREAM REFUSED_STREAM. Envoy's edge recommendation and the
+    /// smallest value RFC 9113 6.5.2 advises.
+    pub http2_max_concurrent_streams: u32,
+    /// How many streams one HTTP/2 client connection may reset prematurely (within a second of
+    /// opening them, before their response started) at once; the allowance refills at a tenth
+    /// of this a second. Past it the connection gets GOAWAY ENHANCE_YOUR_CALM (CVE-2023-44487).
+    pub http2_max_premature_resets: u32,
 }
 
 impl Default for Limits {
@@ -110,6 +118,8 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(3600),
             tcp_idle_timeout: Duration::from_secs(3600),
             stream_idle_timeout: Duration::from_secs(300),
+            http2_max_concurrent_streams: 100,
+            http2_max_premature_resets: 100,
         }
     }
 }

@@ -13,6 +13,7 @@
 //!   `meshentry_wire`'s, shared with the hyper path);
 //! - [`http`], [`tunnel`], [`sni`]: the general (hyper) path, CONNECT tunnels, SNI;
 //! - [`h2`]: HTTP/2 prior-knowledge clients, HTTP/2 upstream requests, gRPC error replies;
+//!   `h2_resets` bounds what resetting streams can make it do (rapid reset);
 //! - [`gateway`]: gateway mode (`--gateway`): servers, TLS termination, gateway routes;
 //! - [`outbound`], [`detect`], [`relay`]: the transparent listener for iptables-captured
 //!   connections, what a client speaks from its first bytes, and relaying bytes both ways;
@@ -38,6 +39,7 @@ pub mod forward;
 pub mod gateway;
 pub mod h1;
 pub mod h2;
+pub(crate) mod h2_resets;
 pub mod http;
 pub mod lb;
 pub mod lifecycle;

@@ -141,6 +141,16 @@ pub struct Stats {
     pub downstream_rq_headers_too_large: AtomicU64,
     /// Requests with more header fields than `--max-headers-count` (431).
     pub downstream_rq_too_many_headers: AtomicU64,
+    /// HTTP/2 streams that ended before their response head: the client reset them (or the
+    /// connection ended) first (Envoy's `downstream_rq_rx_reset`).
+    pub downstream_rq_rx_reset: AtomicU64,
+    /// Of those, the ones reset before the proxy acted on them: no routing, no upstream
+    /// connection or request.
+    pub downstream_rq_reset_before_routing: AtomicU64,
+    /// HTTP/2 client connections closed with GOAWAY ENHANCE_YOUR_CALM for resetting too many
+    /// streams: past `--http2-max-premature-resets`, or past h2's own limits (Envoy's
+    /// `downstream_rq_too_many_premature_resets`).
+    pub downstream_rq_too_many_premature_resets: AtomicU64,
     /// Upstream connection attempts that hit `--connect-timeout`.
     pub upstream_cx_connect_timeout: AtomicU64,
     /// Requests whose upstream did not answer in time (`--response-timeout` or a

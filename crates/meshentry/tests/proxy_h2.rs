@@ -524,3 +524,301 @@ async fn grpc_to_a_stopped_upstream_is_unavailable() {
     let v = grpc_call(&proxy, "echo.example.com:50051", "unary", "after").await;
     assert_eq!(v["code"], "UNAVAILABLE", "{v}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Rapid reset (CVE-2023-44487): a raw HTTP/2 client that chooses every frame
+
+/// Frame types and flags of RFC 9113 this client writes or reads.
+mod frame {
+    pub const HEADERS: u8 = 0x1;
+    pub const RST_STREAM: u8 = 0x3;
+    pub const SETTINGS: u8 = 0x4;
+    pub const PING: u8 = 0x6;
+    pub const GOAWAY: u8 = 0x7;
+    pub const END_STREAM: u8 = 0x1;
+    pub const ACK: u8 = 0x1;
+    pub const END_HEADERS: u8 = 0x4;
+    pub const CANCEL: u32 = 0x8;
+    pub const ENHANCE_YOUR_CALM: u32 = 0xb;
+
+    pub fn push(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
+        let len = u32::try_from(payload.len()).unwrap();
+        out.extend_from_slice(&len.to_be_bytes()[1..]);
+        out.extend_from_slice(&[kind, flags]);
+        out.extend_from_slice(&stream.to_be_bytes());
+        out.extend_from_slice(payload);
+    }
+
+    /// A GET of `path` on `authority` over http, in HPACK with no dynamic table and no Huffman
+    /// coding: `:method GET` and `:scheme http` are static-table entries, `:authority` and
+    /// `:path` literals with indexed names (RFC 7541 6.2.2).
+    pub fn get(authority: &str, path: &str) -> Vec<u8> {
+        let mut block = vec![0x82, 0x86];
+        for (index, value) in [(0x01, authority), (0x04, path)] {
+            block.extend_from_slice(&[index, u8::try_from(value.len()).unwrap()]);
+            block.extend_from_slice(value.as_bytes());
+        }
+        block
+    }
+}
+
+/// What the proxy told the raw client: the GOAWAY it sent (last stream id, error code, debug
+/// data), if any, the last PING it acknowledged, and whether it closed the connection.
+#[derive(Debug, Default)]
+struct Heard {
+    /// SETTINGS_MAX_CONCURRENT_STREAMS of the proxy's SETTINGS.
+    max_streams: Option<u32>,
+    goaway: Option<(u32, u32, String)>,
+    pong: u64,
+    closed: bool,
+}
+
+type Shared<T> = std::sync::Arc<std::sync::Mutex<T>>;
+
+/// Reads the proxy's frames until the connection ends: answers SETTINGS and PING, records a
+/// GOAWAY and PING acknowledgements in `heard` and wakes `changed` at each.
+async fn read_frames(
+    mut rd: tokio::net::tcp::OwnedReadHalf,
+    wr: std::sync::Arc<tokio::sync::Mutex<tokio::net::tcp::OwnedWriteHalf>>,
+    heard: Shared<Heard>,
+    changed: std::sync::Arc<tokio::sync::Notify>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    loop {
+        let mut head = [0u8; 9];
+        if rd.read_exact(&mut head).await.is_err() {
+            break;
+        }
+        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let mut payload = vec![0u8; len];
+        if rd.read_exact(&mut payload).await.is_err() {
+            break;
+        }
+        let (kind, flags) = (head[3], head[4]);
+        let reply = match kind {
+            frame::SETTINGS if flags & frame::ACK == 0 => {
+                for setting in payload.chunks_exact(6) {
+                    if setting[..2] == [0, 0x3] {
+                        heard.lock().unwrap().max_streams = Some(u32::from_be_bytes(setting[2..].try_into().unwrap()));
+                    }
+                }
+                Some((frame::SETTINGS, &[][..]))
+            }
+            frame::PING if flags & frame::ACK == 0 => Some((frame::PING, &payload[..])),
+            frame::PING if payload.len() == 8 => {
+                heard.lock().unwrap().pong = u64::from_be_bytes(payload[..].try_into().unwrap());
+                changed.notify_one();
+                None
+            }
+            frame::GOAWAY if payload.len() >= 8 => {
+                let last = u32::from_be_bytes(payload[0..4].try_into().unwrap()) & 0x7fff_ffff;
+                let code = u32::from_be_bytes(payload[4..8].try_into().unwrap());
+                let debug = String::from_utf8_lossy(&payload[8..]).into_owned();
+                heard.lock().unwrap().goaway.get_or_insert((last, code, debug));
+                changed.notify_one();
+                None
+            }
+            _ => None,
+        };
+        if let Some((kind, payload)) = reply {
+            let mut out = Vec::new();
+            frame::push(&mut out, kind, frame::ACK, 0, payload);
+            // The writer may be gone (the proxy closed); the reader goes on to EOF.
+            let _ = wr.lock().await.write_all(&out).await;
+        }
+    }
+    heard.lock().unwrap().closed = true;
+    changed.notify_one();
+}
+
+/// How a rapid-reset client sends its HEADERS + RST_STREAM pairs.
+#[derive(Clone, Copy, Debug)]
+struct Pacing {
+    /// Pairs per write; a PING follows each write, and its acknowledgement is awaited before the
+    /// next one, so the proxy never reads more than this many resets at once.
+    batch: u32,
+    /// Between a stream's HEADERS and its RST_STREAM: none (back to back, in one write), or
+    /// long enough for the proxy to act on the stream first (then `batch` is 1).
+    gap: Option<Duration>,
+}
+
+/// The CVE-2023-44487 pattern, paced as an attacker evading per-read limits would: on one h2c
+/// connection, `pairs` HEADERS + RST_STREAM pairs for `GET path` on `authority`, paced by
+/// `pacing`, so that no more than one stream is open at a time and the proxy reads fewer resets
+/// of streams it has not accepted yet at once than h2's own limit on those (20). Stops at the
+/// proxy's GOAWAY or close. Returns what the client heard and the pairs it wrote.
+async fn rapid_reset(proxy: SocketAddr, authority: &str, path: &str, pairs: u32, pacing: Pacing) -> (Heard, u32) {
+    use tokio::io::AsyncWriteExt;
+    let tcp = TcpStream::connect(proxy).await.unwrap();
+    tcp.set_nodelay(true).unwrap();
+    let (rd, wr) = tcp.into_split();
+    let wr = std::sync::Arc::new(tokio::sync::Mutex::new(wr));
+    let heard: Shared<Heard> = Default::default();
+    let changed = std::sync::Arc::new(tokio::sync::Notify::new());
+    let reader = tokio::spawn(read_frames(rd, wr.clone(), heard.clone(), changed.clone()));
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    frame::push(&mut hello, frame::SETTINGS, 0, 0, &[]);
+    wr.lock().await.write_all(&hello).await.unwrap();
+
+    let block = frame::get(authority, path);
+    let batch = if pacing.gap.is_some() { 1 } else { pacing.batch };
+    let (mut sent, mut ping) = (0, 0u64);
+    'send: while sent < pairs {
+        let mut out = Vec::new();
+        for _ in 0..batch.min(pairs - sent) {
+            let id = 2 * sent + 1;
+            frame::push(
+                &mut out,
+                frame::HEADERS,
+                frame::END_HEADERS | frame::END_STREAM,
+                id,
+                &block,
+            );
+            if let Some(gap) = pacing.gap {
+                if wr.lock().await.write_all(&out).await.is_err() {
+                    break 'send;
+                }
+                out.clear();
+                tokio::time::sleep(gap).await;
+            }
+            frame::push(&mut out, frame::RST_STREAM, 0, id, &frame::CANCEL.to_be_bytes());
+            sent += 1;
+        }
+        ping += 1;
+        frame::push(&mut out, frame::PING, 0, 0, &ping.to_be_bytes());
+        if wr.lock().await.write_all(&out).await.is_err() {
+            break 'send;
+        }
+        let waited = tokio::time::timeout(PATIENCE, async {
+            loop {
+                let notified = changed.notified();
+                {
+                    let h = heard.lock().unwrap();
+                    if h.goaway.is_some() || h.closed {
+                        return false;
+                    }
+                    if h.pong >= ping {
+                        return true;
+                    }
+                }
+                notified.await;
+            }
+        })
+        .await;
+        match waited {
+            Ok(true) => {}
+            Ok(false) => break 'send,
+            Err(_) => panic!("no PING acknowledgement after {sent} pairs"),
+        }
+    }
+    // After a GOAWAY the close follows; without one, the connection stays open.
+    let ended = heard.lock().unwrap().goaway.is_some();
+    let wait = if ended { PATIENCE } else { Duration::from_millis(200) };
+    let _ = tokio::time::timeout(wait, reader).await;
+    let heard = std::mem::take(&mut *heard.lock().unwrap());
+    (heard, sent)
+}
+
+const BACK_TO_BACK: Pacing = Pacing { batch: 10, gap: None };
+
+#[tokio::test]
+async fn rapid_reset_gets_goaway_and_causes_bounded_upstream_work() {
+    let ip = unique_loopback();
+    let backend = HttpUpstream::start(at(ip, 8080), "rr-up");
+    let proxy = start(&service("web.example.com", 80, "HTTP", &[backend.addr()]), &[]).await;
+
+    let (heard, sent) = rapid_reset(proxy.addr, "web.example.com", "/", 8_000, BACK_TO_BACK).await;
+    let (last, code, debug) = heard.goaway.unwrap_or_else(|| {
+        panic!(
+            "no GOAWAY after {sent} HEADERS+RST_STREAM pairs (closed: {}); the backend saw {} connections and {} requests",
+            heard.closed,
+            backend.connections(),
+            backend.requests()
+        )
+    });
+    assert_eq!(code, frame::ENHANCE_YOUR_CALM, "GOAWAY {last} {code} {debug:?}");
+    // The last stream the proxy may have acted on: a bounded number of the client's streams,
+    // whatever it kept sending meanwhile (the default budget is 100).
+    assert!(
+        last < 2 * 300,
+        "GOAWAY came only after stream {last} ({sent} pairs sent)"
+    );
+    assert!(heard.closed, "the connection is closed after the GOAWAY");
+    assert_eq!(heard.max_streams, Some(100), "--http2-max-concurrent-streams");
+
+    // Streams reset before the proxy acted on them reach nothing upstream.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (conns, reqs) = (backend.connections(), backend.requests());
+    assert!(
+        conns <= 100 && reqs <= 100,
+        "{sent} resets made {conns} upstream connections and {reqs} upstream requests"
+    );
+    assert_eq!(stat(&proxy, "downstream_rq_too_many_premature_resets").await, 1);
+    let resets = stat(&proxy, "downstream_rq_rx_reset").await;
+    assert!(resets >= 100, "{resets}");
+    assert!(stat(&proxy, "downstream_rq_reset_before_routing").await >= resets - conns as u64);
+
+    // A well-behaved client on another connection is still served, over HTTP/2 and HTTP/1.1.
+    let out = curl_h2c(&proxy, "web.example.com", "/after", &[]).await;
+    assert_eq!(out.status, 200, "{out:?}");
+    let (status, v) = h2_get(h2_client(proxy.addr).await, "http://web.example.com/again".into()).await;
+    assert_eq!(status, 200, "{v}");
+    let out = curl_via(&proxy, &["http://web.example.com/h1"], &[]).await;
+    assert_eq!(out.status, 200, "{out:?}");
+}
+
+#[tokio::test]
+async fn streams_reset_with_their_headers_reach_nothing_upstream() {
+    // With the reset budget out of the way, what is left is the check before routing: a stream
+    // whose RST_STREAM arrived with its HEADERS is dropped before any upstream work.
+    let ip = unique_loopback();
+    let h1 = HttpUpstream::start(at(ip, 8080), "h1-up");
+    let h2 = HttpUpstream::start_h2c(at(ip, 8081), "h2-up");
+    let config =
+        service("web.example.com", 80, "HTTP", &[h1.addr()]) + &service("api.example.com", 80, "HTTP2", &[h2.addr()]);
+    let proxy = start(&config, &["--http2-max-premature-resets", "1000000"]).await;
+
+    for authority in ["web.example.com", "api.example.com"] {
+        let (heard, sent) = rapid_reset(proxy.addr, authority, "/", 2_000, BACK_TO_BACK).await;
+        assert_eq!(sent, 2_000);
+        assert!(heard.goaway.is_none(), "{heard:?}");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let work = [h1.connections(), h1.requests(), h2.connections(), h2.requests()];
+    assert!(
+        work.iter().all(|&n| n <= 2),
+        "4000 early resets made upstream work: {work:?}"
+    );
+    assert!(stat(&proxy, "downstream_rq_reset_before_routing").await >= 3_990);
+
+    // The connection limits are unchanged for well-behaved clients.
+    let out = curl_h2c(&proxy, "api.example.com", "/ok", &[]).await;
+    assert_eq!(
+        (out.status, out.json()["upstream"].as_str()),
+        (200, Some("h2-up")),
+        "{out:?}"
+    );
+}
+
+#[tokio::test]
+async fn resets_after_the_proxy_acted_are_bounded_by_the_budget() {
+    // Each stream is reset only after the proxy sent its request upstream (the backend answers
+    // after a second): every reset costs an upstream request until the budget runs out.
+    let ip = unique_loopback();
+    let backend = HttpUpstream::start(at(ip, 8080), "slow-up");
+    let config = service("web.example.com", 80, "HTTP", &[backend.addr()]);
+    let proxy = start(&config, &["--http2-max-premature-resets", "20"]).await;
+
+    let pacing = Pacing {
+        batch: 1,
+        gap: Some(Duration::from_millis(20)),
+    };
+    let (heard, sent) = rapid_reset(proxy.addr, "web.example.com", "/delay/1000", 1_000, pacing).await;
+    let (_, code, _) = heard.goaway.unwrap_or_else(|| panic!("no GOAWAY after {sent} pairs"));
+    assert_eq!(code, frame::ENHANCE_YOUR_CALM);
+    let reqs = backend.requests();
+    assert!(
+        (10..=30).contains(&sent) && reqs <= 30,
+        "GOAWAY after {sent} late resets; {reqs} upstream requests"
+    );
+}

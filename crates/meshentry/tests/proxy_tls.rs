@@ -1130,3 +1130,202 @@ async fn client_certificates_reload_without_dropping_connections() {
     assert_eq!(status, 200);
     assert_eq!(proxy.stat("upstream_tls_errors_total").await, 0);
 }
+
+// ---------------------------------------------------------------------------------------------
+// 7. No name, no verified connection; subjectAltNames matched by type (issue 14)
+
+/// `CONNECT target` through the proxy: the status line and body of a refusal (the proxy
+/// connects upstream before it answers).
+async fn connect_refused(proxy: SocketAddr, target: &str) -> String {
+    let mut s = TcpStream::connect(proxy).await.unwrap();
+    let req = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    // The refusal keeps the connection open: read its head, then the body its length announces.
+    let mut out = Vec::new();
+    let complete = |out: &[u8]| {
+        let text = String::from_utf8_lossy(out);
+        let Some((head, body)) = text.split_once("\r\n\r\n") else {
+            return false;
+        };
+        let len = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|v| v.trim().to_string())
+            })
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(0);
+        body.len() >= len
+    };
+    while !complete(&out) {
+        let mut buf = [0u8; 4096];
+        match tokio::time::timeout(IO_TIMEOUT, s.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => out.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn origination_without_a_verifiable_name_fails_closed() {
+    let ca = TestCa::new("w CA");
+    let pem = PemDir::new();
+    let ca_file = pem.ca(&ca);
+    // Certificates that name only the endpoint's IP: what an unverified "fallback" would accept.
+    let ep = unique_loopback();
+    let ip_only = |ip: Ipv4Addr| {
+        ca.issue(LeafSpec {
+            ip_sans: vec![ip.into()],
+            ..LeafSpec::default()
+        })
+    };
+    let web = TlsUpstream::start(on(ep, 443), "ip-only", server_config(&ip_only(ep), None));
+    let db = TlsEcho::start(on(ep, 5432), server_config(&ip_only(ep), None));
+
+    let wildcard = |host: &str, port: &str| {
+        format!(
+            r#"---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: {name}, namespace: default}}
+spec:
+  hosts: ["{host}"]
+  location: MESH_EXTERNAL
+  ports: [{port}]
+  resolution: STATIC
+  endpoints: [{{address: {ep}}}]
+"#,
+            name = host.trim_start_matches("*.").replace('.', "-"),
+        )
+    };
+    let dr = |host: &str, port: u16, tls: &str| {
+        format!(
+            r#"---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: {name}, namespace: default}}
+spec:
+  host: "{host}"
+  trafficPolicy:
+    portLevelSettings:
+    - port: {{number: {port}}}
+      tls: {tls}
+"#,
+            name = host.trim_start_matches("*.").replace('.', "-"),
+        )
+    };
+    let http = "{number: 80, name: http, protocol: HTTP, targetPort: 443}";
+    let tcp = "{number: 5432, name: tcp, protocol: TCP}";
+    let pinned = format!(
+        "{{mode: SIMPLE, caCertificates: {:?}, subjectAltNames: [\"{ep}\"]}}",
+        path(&ca_file)
+    );
+    let yaml = [
+        wildcard("*.w.test", http),
+        dr("*.w.test", 80, &simple(&ca_file)),
+        wildcard("*.wt.test", tcp),
+        dr("*.wt.test", 5432, &simple(&ca_file)),
+        // The same endpoints, with the name the certificate does have pinned.
+        wildcard("*.p.test", http),
+        dr("*.p.test", 80, &pinned),
+    ]
+    .concat();
+    let proxy = Proxy::start(&yaml, &[]).await;
+
+    // A Host that is not a valid DNS name: nothing to verify, so no connection at all.
+    let r = proxy.get1("http://bad-.w.test/").await;
+    r.assert_connect_failure(&[
+        "bad-.w.test:80",
+        "TLS origination has no server name to verify",
+        "\"bad-.w.test\" is not a valid DNS name",
+        "set sni or subjectAltNames",
+    ]);
+    // A valid name is verified as that name, which the IP-only certificate does not have.
+    let r = proxy.get1("http://good.w.test/").await;
+    r.assert_connect_failure(&["TLS error"]);
+    // A TCP port of the wildcard service: the service's host `*.wt.test` is no name either.
+    let refused = connect_refused(proxy.inner.addr, "x.wt.test:5432").await;
+    assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+    assert!(
+        refused.contains("TLS origination has no server name to verify"),
+        "{refused}"
+    );
+    assert!(
+        web.handshakes().is_empty() && db.handshakes().is_empty(),
+        "a backend completed a handshake: {:?} {:?}",
+        web.handshakes(),
+        db.handshakes()
+    );
+    assert_eq!(web.requests(), 0);
+
+    // With subjectAltNames pinned, the same Host and the same certificate work.
+    let r = proxy.get1("http://bad-.p.test/pinned").await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json()["upstream"], "ip-only");
+    assert_eq!(web.requests(), 1);
+}
+
+#[tokio::test]
+async fn pinned_subject_alt_names_match_by_type_and_uris_exactly() {
+    const ID: &str = "spiffe://cluster.local/ns/a/sa/b";
+    let ca = TestCa::new("san CA");
+    let pem = PemDir::new();
+    let ca_file = pem.ca(&ca);
+    let start = |spec: LeafSpec, name: &str| {
+        let ip = unique_loopback();
+        (
+            ip,
+            TlsUpstream::start(on(ip, 443), name, server_config(&ca.issue(spec), None)),
+        )
+    };
+    // The SPIFFE id's text as a DNS SAN, the id with different case as a URI SAN, the id.
+    let (dns_ip, dns) = start(
+        LeafSpec {
+            dns_names: vec![ID.into(), "dns.san.test".into()],
+            ..LeafSpec::default()
+        },
+        "dns-text",
+    );
+    let (case_ip, case) = start(
+        LeafSpec {
+            uri_sans: vec!["spiffe://cluster.local/ns/A/sa/b".into()],
+            dns_names: vec!["case.san.test".into()],
+            ..LeafSpec::default()
+        },
+        "uri-case",
+    );
+    let (exact_ip, exact) = start(
+        LeafSpec {
+            uri_sans: vec![ID.into()],
+            ..LeafSpec::default()
+        },
+        "uri-exact",
+    );
+    let tls = format!(
+        "{{mode: SIMPLE, caCertificates: {:?}, subjectAltNames: [{ID:?}]}}",
+        path(&ca_file)
+    );
+    let yaml = [
+        entry("dns.san.test", &[dns_ip], ""),
+        rule("dns.san.test", &tls, None),
+        entry("case.san.test", &[case_ip], ""),
+        rule("case.san.test", &tls, None),
+        entry("exact.san.test", &[exact_ip], ""),
+        rule("exact.san.test", &tls, None),
+    ]
+    .concat();
+    let proxy = Proxy::start(&yaml, &[]).await;
+
+    let r = proxy.get1("http://dns.san.test/").await;
+    r.assert_connect_failure(&["TLS error", "SAN mismatch"]);
+    let r = proxy.get1("http://case.san.test/").await;
+    r.assert_connect_failure(&["TLS error", "SAN mismatch"]);
+    assert_eq!((dns.requests(), case.requests()), (0, 0));
+
+    let r = proxy.get1("http://exact.san.test/").await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json()["upstream"], "uri-exact");
+    assert_eq!(exact.requests(), 1);
+}

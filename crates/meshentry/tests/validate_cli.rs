@@ -296,3 +296,50 @@ fn usage_errors_exit_2() {
     assert_eq!(run(&["validate"]).status.code(), Some(2));
     assert_eq!(run(&["validate", "--output", "xml", "x"]).status.code(), Some(2));
 }
+
+/// An endpoint on a loopback or unspecified address and a port the proxy listens on by default
+/// is the proxy itself (issue 14): warned on the endpoint, exit 0. The proxy refuses such
+/// traffic at run time (`proxy_self.rs`); this says so before it is deployed.
+#[test]
+fn endpoints_that_are_the_proxy_itself_are_warned() {
+    let config = "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: loop, namespace: shop}
+spec:
+  hosts: [loop.example.com]
+  ports: [{number: 15001, name: http, protocol: HTTP}]
+  resolution: STATIC
+  endpoints: [{address: 127.0.0.1}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: fine, namespace: shop}
+spec:
+  hosts: [fine.example.com]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: STATIC
+  endpoints: [{address: 127.0.0.1, ports: {http: 8080}}]
+";
+    let f = temp_file("self-endpoint.yaml", config);
+    let out = run(&["validate", f.to_str().unwrap()]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "a warning, not an error: {}",
+        text(&out.stderr)
+    );
+    let stdout = text(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "{stdout}");
+    assert!(
+        lines[0].contains(
+            "ServiceEntry shop/loop: spec.endpoints[0].address: warning: endpoint 127.0.0.1:15001 of loop.example.com (port http) is this proxy itself: 15001 is where meshentry proxy listens by default (--outbound, the transparent listener), so traffic to it would loop through the proxy"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        text(&out.stderr).contains("2 resources, 0 invalid: 0 errors, 1 warning"),
+        "{}",
+        text(&out.stderr)
+    );
+}

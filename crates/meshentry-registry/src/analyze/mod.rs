@@ -1,7 +1,8 @@
 //! Checks across resources, as `istioctl analyze` makes them, reported as warnings by
 //! `meshentry validate`: references that lead nowhere (a VirtualService's gateway, host,
 //! port or subset, a DestinationRule's host, a Sidecar's import), and configurations Istio
-//! accepts but silently half-applies (IST0109, IST0132, IST0173). Messages start with Istio's
+//! accepts but silently half-applies (IST0109, IST0132, IST0173), and endpoints that are the
+//! proxy itself (they would loop through it). Messages start with Istio's
 //! own text and code where Istio has one, then say why in meshentry's terms.
 //!
 //! Names are resolved as Istio resolves them: short names (E1, D1), gateway names (E2),
@@ -16,6 +17,7 @@
 
 mod destination_rule;
 mod hosts;
+mod self_endpoint;
 mod sidecar;
 mod virtual_service;
 
@@ -39,7 +41,7 @@ pub fn analyze(loaded: &Loaded) -> Vec<Finding> {
     let needed = loaded.valid().any(|r| {
         matches!(
             r.spec,
-            Spec::VirtualService(_) | Spec::DestinationRule(_) | Spec::Sidecar(_)
+            Spec::VirtualService(_) | Spec::DestinationRule(_) | Spec::Sidecar(_) | Spec::ServiceEntry(_)
         )
     });
     if !needed {
@@ -58,6 +60,7 @@ pub fn analyze_with(loaded: &Loaded, registry: &Registry) -> Vec<Finding> {
     virtual_service::check(&cx, &mut out);
     destination_rule::check(&cx, &mut out);
     sidecar::check(&cx, &mut out);
+    self_endpoint::check(&cx, &mut out);
     out.list
 }
 

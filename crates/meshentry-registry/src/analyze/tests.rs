@@ -650,3 +650,80 @@ spec:
     assert!(loaded.has_errors());
     assert!(analyze(&loaded).is_empty());
 }
+
+// Endpoints that are the proxy itself.
+
+const LOOPING: &str = "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: web, namespace: shop}
+spec:
+  hosts: [web.example.com]
+  ports: [{number: 15001, name: http, protocol: HTTP}, {number: 80, name: alt, protocol: HTTP}]
+  resolution: STATIC
+  endpoints:
+  - {address: 127.0.0.1}
+  - {address: 0.0.0.0, ports: {alt: 15080}}
+  - {address: 10.0.0.1}
+  - {address: 127.0.0.2, ports: {http: 8080, alt: 8081}}
+";
+
+const SELECTED: &str = "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: vm, namespace: shop}
+spec:
+  hosts: [vm.example.com]
+  ports: [{number: 15000, name: http, protocol: HTTP}]
+  resolution: STATIC
+  workloadSelector: {labels: {app: vm}}
+";
+
+const VM: &str = "apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: vm-1, namespace: shop}
+spec:
+  address: \"::1\"
+  labels: {app: vm}
+";
+
+const LOCALHOST: &str = "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: local, namespace: shop}
+spec:
+  hosts: [localhost]
+  ports: [{number: 15080, name: http, protocol: HTTP}]
+  resolution: DNS
+";
+
+#[test]
+fn endpoints_that_are_the_proxy_itself_are_warned() {
+    let found = warnings(&[LOOPING, SELECTED, VM, LOCALHOST]);
+    let tail = "so traffic to it would loop through the proxy (which refuses it: 508, or a closed connection); point the endpoint at the service's real address";
+    let want = [
+        "ServiceEntry shop/web: spec.endpoints[0].address: warning: endpoint 127.0.0.1:15001 of web.example.com (port http) is this proxy itself: 15001 is where meshentry proxy listens by default (--outbound, the transparent listener), ",
+        "ServiceEntry shop/web: spec.endpoints[1].address: warning: endpoint 0.0.0.0:15080 of web.example.com (port alt) is this proxy itself: 15080 is where meshentry proxy listens by default (--http-proxy, the explicit proxy listener), ",
+        "ServiceEntry shop/web: spec.endpoints[1].address: warning: endpoint 0.0.0.0:15001 of web.example.com (port http) is this proxy itself: 15001 is where meshentry proxy listens by default (--outbound, the transparent listener), ",
+        "WorkloadEntry shop/vm-1: spec.address: warning: endpoint [::1]:15000 of vm.example.com (port http) (selected by ServiceEntry shop/vm) is this proxy itself: 15000 is where meshentry proxy listens by default (--admin, the admin server), ",
+        "ServiceEntry shop/local: spec.hosts[0]: warning: endpoint localhost:15080 of localhost (port http) is this proxy itself: 15080 is where meshentry proxy listens by default (--http-proxy, the explicit proxy listener), ",
+    ];
+    assert_eq!(found.len(), want.len(), "{found:#?}");
+    for w in want {
+        assert!(
+            found.iter().any(|f| f.contains(&format!("{w}{tail}"))),
+            "missing {w:?} in {found:#?}"
+        );
+    }
+}
+
+#[test]
+fn endpoints_elsewhere_or_on_other_ports_are_not_warned() {
+    let other = "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: fine, namespace: shop}
+spec:
+  hosts: [fine.example.com]
+  ports: [{number: 15001, name: http, protocol: HTTP}]
+  resolution: STATIC
+  endpoints: [{address: 10.0.0.1}, {address: 127.0.0.1, ports: {http: 9000}}, {address: \"unix:///run/s.sock\"}]
+";
+    assert_eq!(warnings(&[other]), Vec::<String>::new());
+}

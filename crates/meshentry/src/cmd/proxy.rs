@@ -115,6 +115,18 @@ pub struct Args {
     /// stream_idle_timeout): 408 if nothing was answered yet, else the connection is closed.
     #[arg(long, default_value = "5m", value_parser = parse_positive_duration)]
     pub stream_idle_timeout: Duration,
+    /// Streams one HTTP/2 client connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS);
+    /// more are refused with RST_STREAM REFUSED_STREAM, which clients retry. Envoy allows
+    /// 2^31-1 unless configured; 100 is its edge recommendation and RFC 9113's smallest advised.
+    #[arg(long, default_value = "100", value_parser = clap::value_parser!(u32).range(1..=2_147_483_647))]
+    pub http2_max_concurrent_streams: u32,
+    /// How many streams one HTTP/2 client connection may reset prematurely (within a second of
+    /// opening them, before their response started) in a burst; the allowance refills at a
+    /// tenth of this a second. Past it the connection gets GOAWAY ENHANCE_YOUR_CALM and is
+    /// closed (the rapid reset attack, CVE-2023-44487; counted in
+    /// downstream_rq_too_many_premature_resets).
+    #[arg(long, default_value = "100", value_parser = clap::value_parser!(u32).range(1..))]
+    pub http2_max_premature_resets: u32,
     /// How long an idle pooled upstream connection is kept for reuse (Istio's DestinationRule
     /// connectionPool.http.idleTimeout, proxy-wide).
     #[arg(long, default_value = "60s", value_parser = parse_positive_duration)]
@@ -625,6 +637,8 @@ fn limits(args: &Args) -> (Limits, AdminLimits) {
         idle_timeout: args.idle_timeout,
         tcp_idle_timeout: args.tcp_idle_timeout,
         stream_idle_timeout: args.stream_idle_timeout,
+        http2_max_concurrent_streams: args.http2_max_concurrent_streams,
+        http2_max_premature_resets: args.http2_max_premature_resets,
     };
     (limits, admin)
 }
