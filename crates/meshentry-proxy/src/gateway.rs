@@ -23,6 +23,7 @@
 //! ([`ServerTls::reload_if_changed`]), as Envoy's SDS rotates a gateway's certificates.
 
 use std::fmt;
+use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -43,14 +44,13 @@ use rustls::server::{Acceptor, WebPkiClientVerifier};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-use tokio_rustls::LazyConfigAcceptor;
+use tokio_rustls::StartHandshake;
 use tokio_rustls::server::TlsStream;
 
 use crate::config::ProxyConfig;
 use crate::detect::{Detected, detect};
 use crate::flags::Flags;
 use crate::forward::{self, Original};
-use crate::h1::Rewind;
 use crate::http::{ConnCtx, ResponseBody, local};
 use crate::route::{self, Decision, split_host_port};
 use crate::server::{ConnGuard, Shared};
@@ -723,8 +723,7 @@ async fn tls_port(
     let server = &listener.servers[index];
     match &server.kind {
         Kind::Terminate { tls: Ok(tls), mode } => {
-            let io = Rewind::new(buf, stream);
-            match tokio::time::timeout_at(deadline, handshake(io, sni.as_deref(), tls)).await {
+            match tokio::time::timeout_at(deadline, handshake(stream, buf, sni.as_deref(), tls)).await {
                 Ok(Ok(tls)) => {
                     let ctx = conn_ctx(snapshot, shared, peer, port, true, index);
                     crate::http::serve_io(tls, peer, ctx).await;
@@ -751,16 +750,49 @@ async fn tls_port(
     }
 }
 
-/// Completes the handshake of a connection whose ClientHello (in `io`'s replayed bytes)
-/// named `sni`, with the chosen server's TLS.
-async fn handshake(io: Rewind, sni: Option<&str>, tls: &ServerTls) -> std::io::Result<TlsStream<Rewind>> {
-    let start = LazyConfigAcceptor::new(Acceptor::default(), io).await?;
+/// Completes the handshake of a connection whose ClientHello, naming `sni`, has been read
+/// into `hello`, with the chosen server's TLS.
+///
+/// The bytes already read go straight into rustls's `Acceptor` rather than being replayed
+/// through a wrapper around the socket, so nothing stays allocated for the connection's life.
+async fn handshake(
+    mut stream: TcpStream,
+    hello: BytesMut,
+    sni: Option<&str>,
+    tls: &ServerTls,
+) -> io::Result<TlsStream<TcpStream>> {
+    let mut acceptor = Acceptor::default();
+    let mut rest: &[u8] = &hello;
+    while !rest.is_empty() {
+        if acceptor.read_tls(&mut rest)? == 0 {
+            break;
+        }
+    }
+    drop(hello);
+    let accepted = match acceptor.accept() {
+        Ok(Some(accepted)) => accepted,
+        // The SNI parser saw a whole ClientHello; rustls reads it as cut short.
+        Ok(None) => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "ClientHello incomplete to rustls",
+            ));
+        }
+        Err((e, mut alert)) => {
+            let mut out = Vec::new();
+            if alert.write_all(&mut out).is_ok() {
+                let _ = stream.write_all(&out).await;
+            }
+            return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+        }
+    };
+    let start = StartHandshake::from_parts(accepted, stream);
     // The server was chosen on meshentry's reading of the ClientHello; rustls reads it again.
     // Should the two ever disagree on the name, one server's certificate and client CA could
     // end up serving a connection another server was chosen for: refuse rather than guess.
     if let Some(theirs) = sni_disagreement(start.client_hello().server_name(), sni) {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
             format!("the ClientHello's server name reads {theirs:?} to rustls but {sni:?} to the SNI parser"),
         ));
     }
@@ -770,7 +802,10 @@ async fn handshake(io: Rewind, sni: Option<&str>, tls: &ServerTls) -> std::io::R
 /// `Some(rustls's name)` when rustls and the SNI parser read different server names.
 fn sni_disagreement(theirs: Option<&str>, ours: Option<&str>) -> Option<Option<String>> {
     let agree = match (theirs, ours) {
-        (Some(t), Some(o)) => t.eq_ignore_ascii_case(o.strip_suffix('.').unwrap_or(o)),
+        (Some(t), Some(o)) => {
+            let bare = |n: &str| n.strip_suffix('.').unwrap_or(n).to_ascii_lowercase();
+            bare(t) == bare(o)
+        }
         (None, None) => true,
         // rustls treats an IP address sent as a host name as no SNI (RFC 6066 forbids it).
         (None, Some(o)) => o.parse::<std::net::IpAddr>().is_ok(),
@@ -1279,6 +1314,7 @@ spec:
     fn rustls_and_the_sni_parser_must_read_the_same_name() {
         assert_eq!(sni_disagreement(Some("a.example.com"), Some("a.example.com")), None);
         assert_eq!(sni_disagreement(Some("a.example.com"), Some("A.Example.com.")), None);
+        assert_eq!(sni_disagreement(Some("a.example.com."), Some("a.example.com")), None);
         assert_eq!(sni_disagreement(None, None), None);
         assert_eq!(sni_disagreement(None, Some("127.0.0.1")), None);
         assert_eq!(
