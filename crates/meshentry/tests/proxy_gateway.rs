@@ -1021,6 +1021,7 @@ const SHARED_PORT_WITH_DEFAULT: [(&str, ClientCert, [Got; 4]); 15] = [
 struct SharedPortPki {
     /// Holds the files while the gateway runs.
     _pem: PemDir,
+    ca: TestCa,
     server_ca: PathBuf,
     public: LeafPaths,
     admin: LeafPaths,
@@ -1061,6 +1062,7 @@ impl SharedPortPki {
                 "client2",
             ),
             _pem: pem,
+            ca: server_ca,
         }
     }
 
@@ -1296,6 +1298,36 @@ async fn an_absolute_form_request_cannot_reach_another_servers_host() {
     .await;
     assert_eq!(got(&out), NF, "{out:?}");
     assert_eq!(up.requests(), 1);
+}
+
+#[tokio::test]
+async fn every_request_on_a_kept_alive_connection_is_bound_to_the_server_that_terminated_it() {
+    let (dns, up) = httpbin();
+    let gw_ip = unique_loopback();
+    let pki = SharedPortPki::new(gw_ip);
+    let gateway = Proxy::gateway(&shared_port_yaml(&pki, false), &dns, gw_ip, 443, &[]).await;
+    let tcp = tokio::net::TcpStream::connect((gw_ip, 443)).await.unwrap();
+    let connector = tokio_rustls::TlsConnector::from(client_config(&pki.ca, None));
+    let name = rustls::pki_types::ServerName::try_from("public.gw.test").unwrap();
+    let mut send = http1_over(connector.connect(name, tcp).await.unwrap()).await;
+    let mut status = async |host: &str| {
+        let req = http::Request::get("/keep-alive")
+            .header("host", host)
+            .body(http_body_util::Empty::new())
+            .unwrap();
+        let resp = send.send_request(req).await.unwrap();
+        let status = resp.status().as_u16();
+        http_body_util::BodyExt::collect(resp.into_body()).await.unwrap();
+        status
+    };
+    // One connection, public's TLS: admin's and partner's hosts are not found on it, however
+    // many requests come first or after.
+    assert_eq!(status("public.gw.test").await, 200, "{}", gateway.process.output());
+    assert_eq!(status("admin.gw.test").await, 404);
+    assert_eq!(status("public.gw.test").await, 200);
+    assert_eq!(status("partner.gw.test:443").await, 404);
+    assert_eq!(status("ADMIN.gw.test.").await, 404);
+    assert_eq!(up.requests(), 2);
 }
 
 #[tokio::test]
