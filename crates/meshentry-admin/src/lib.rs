@@ -443,6 +443,11 @@ const STATS: &[Stat] = &[
         |s| s.stats.downstream_tls_errors.load(Ordering::Relaxed),
     ),
     (
+        "gateway_no_server_total",
+        "Gateway TLS connections no server on the port takes (by SNI), closed.",
+        |s| s.stats.gateway_no_server.load(Ordering::Relaxed),
+    ),
+    (
         "upstream_retries_total",
         "Requests a VirtualService retry policy sent again.",
         |s| s.stats.upstream_retries.load(Ordering::Relaxed),

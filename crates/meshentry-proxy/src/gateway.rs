@@ -5,8 +5,16 @@
 //! virtual host: a name where a bound VirtualService's hosts meet the server's hosts, with the
 //! rules of every such VirtualService concatenated (E3); no virtual host is a 404. PASSTHROUGH
 //! servers read the ClientHello and route by SNI with the VirtualServices' `tls` rules;
-//! AUTO_PASSTHROUGH ones by the SNI Istio's sidecars send (`outbound_.PORT_.SUBSET_.HOST`); TCP
-//! servers with `tcp` rules. Destinations are the proxy's clusters, as for a sidecar.
+//! AUTO_PASSTHROUGH ones by the SNI Istio's sidecars send (`outbound_.PORT_.SUBSET_.HOST`), for
+//! services under their hosts only; TCP servers with `tcp` rules. Destinations are the proxy's
+//! clusters, as for a sidecar.
+//!
+//! HTTPS and TLS servers sharing a port stay apart, as each is its own filter chain in Envoy:
+//! the ClientHello's SNI picks the server ([`Listener::select`]), whose own certificate and
+//! client CA terminate the connection, and whose own virtual hosts are all its requests can
+//! reach (another server's `Host` is a 404, as in Istio). Sharing the first server's TLS and
+//! one merged route table would let a client choose its way past a MUTUAL server's client
+//! certificate check.
 //!
 //! A gateway proxy has no Kubernetes secrets: `credentialName` is refused, and SIMPLE/MUTUAL
 //! servers name their files in `serverCertificate`, `privateKey` and `caCertificates`. Those
@@ -15,6 +23,7 @@
 //! ([`ServerTls::reload_if_changed`]), as Envoy's SDS rotates a gateway's certificates.
 
 use std::fmt;
+use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -27,12 +36,16 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use meshentry_api::model::{Gateway as GatewaySpec, ServerTlsMode, ServerTlsSettings};
 use meshentry_api::{Resource, Spec};
+use meshentry_registry::hash::FxHashMap;
+use meshentry_registry::host;
 use rustls::RootCertStore;
 use rustls::ServerConfig;
-use rustls::server::WebPkiClientVerifier;
+use rustls::server::{Acceptor, WebPkiClientVerifier};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+use tokio_rustls::StartHandshake;
+use tokio_rustls::server::TlsStream;
 
 use crate::config::ProxyConfig;
 use crate::detect::{Detected, detect};
@@ -44,7 +57,7 @@ use crate::server::{ConnGuard, Shared};
 use crate::snapshot::Snapshot;
 use crate::telemetry::{Routed, TcpConn, note};
 use crate::tls::{FileWatch, load_certs, load_key, provider};
-use crate::vs::{CompileInput, GatewayRoutes, RouteTables, ServerHost};
+use crate::vs::{CompileInput, GatewayRoutes, RouteTables, ServerHost, covers};
 
 /// The Gateway this proxy runs as, compiled for one snapshot.
 pub struct Gateway {
@@ -54,11 +67,30 @@ pub struct Gateway {
     pub listeners: Vec<Listener>,
 }
 
-/// One listening port of the gateway (its servers on that port merged).
+/// One listening port of the gateway.
+///
+/// As in Istio (pilot/pkg/model/gateway.go `MergeGateways`), the first server on a port
+/// decides what the port is. A TLS port (HTTPS and TLS servers) keeps each server apart, with
+/// its own TLS settings and routes, and a connection's SNI picks the server
+/// ([`Listener::select`]), as Envoy picks a filter chain by `server_names`. The plain HTTP
+/// servers of a port share one route table (Istio's `http.PORT`), so they are merged into one
+/// [`Server`]; so are TCP servers. A server of another kind than the port's first is not
+/// served (Istio skips it too): served with the first one's TLS, it would expose its hosts
+/// under settings that are not its own.
 pub struct Listener {
     pub port: u16,
-    /// The server port's protocol, upper case.
+    /// The first server's protocol, upper case.
     pub protocol: String,
+    /// Never empty.
+    pub servers: Vec<Server>,
+    /// How an SNI picks a server; `None` on a plain (HTTP or TCP) port.
+    sni: Option<SniTable>,
+}
+
+/// One server of a port (or, on a plain port, the port's servers merged).
+pub struct Server {
+    /// Its index in the Gateway's `servers` (the first one's, when merged), for logs.
+    pub index: usize,
     pub kind: Kind,
     pub hosts: Vec<ServerHost>,
     /// `tls.httpsRedirect` of a plain HTTP server: every request gets a 301 to `https://`.
@@ -66,7 +98,7 @@ pub struct Listener {
     pub routes: GatewayRoutes,
 }
 
-/// What a listener does with a connection.
+/// What a server does with a connection.
 pub enum Kind {
     /// Plain HTTP, routed by `Host`.
     Http,
@@ -105,6 +137,141 @@ pub struct GatewayConn {
     pub port: u16,
     /// Whether TLS was terminated (the request's scheme is https).
     pub tls: bool,
+    /// The server (index in [`Listener::servers`]) whose TLS the connection came through, or
+    /// the plain port's one: its routes, and only its, serve the connection's requests.
+    pub server: usize,
+}
+
+/// A TLS port's servers by the names an SNI is matched against: Envoy's `server_names` of each
+/// server's filter chain, which Istio fills with the server's hosts, namespaces dropped
+/// (pilot/pkg/networking/core/gateway.go, `TLSServerInfo.SNIHosts`).
+#[derive(Default)]
+struct SniTable {
+    exact: FxHashMap<Box<str>, usize>,
+    /// `*.suffix` names, longest first: Envoy takes the most specific wildcard.
+    wild: Vec<(Box<str>, usize)>,
+    /// The server with a host of `*`: Istio then gives its filter chain no `server_names`,
+    /// so it takes connections without an SNI and those whose SNI no other server lists.
+    any: Option<usize>,
+    /// AUTO_PASSTHROUGH servers: Istio gives them one filter chain per service under their
+    /// hosts, named `outbound_.PORT_.SUBSET_.HOST`, rather than their hosts.
+    auto: Vec<usize>,
+}
+
+impl Listener {
+    /// Whether the port is opened: some server on it is served.
+    pub fn served(&self) -> bool {
+        self.servers.iter().any(|s| !matches!(s.kind, Kind::Unsupported(_)))
+    }
+
+    /// Why servers of this port cannot start (a terminating server's files), if any.
+    pub fn errors(&self) -> impl Iterator<Item = &str> {
+        self.servers.iter().filter_map(|s| match &s.kind {
+            Kind::Terminate { tls: Err(reason), .. } => Some(reason.as_str()),
+            _ => None,
+        })
+    }
+
+    /// The terminating servers whose TLS is in force, for certificate reloads.
+    pub fn terminating(&self) -> impl Iterator<Item = (&Server, ServerTlsMode, &ServerTls)> {
+        self.servers.iter().filter_map(|s| match &s.kind {
+            Kind::Terminate { tls: Ok(tls), mode } => Some((s, *mode, tls)),
+            _ => None,
+        })
+    }
+
+    /// What the port serves, per server, for the startup log.
+    pub fn describe(&self) -> String {
+        self.servers
+            .iter()
+            .map(|s| {
+                let hosts: Vec<String> = s.hosts.iter().map(|h| format!("{}/{}", h.namespace, h.host)).collect();
+                format!("servers[{}] {} [{}]", s.index, s.kind.describe(), hosts.join(", "))
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    /// Every server's virtual hosts, for logs.
+    pub fn vhosts(&self) -> impl Iterator<Item = (&str, &crate::vs::HttpRoutes)> {
+        self.servers.iter().flat_map(|s| s.routes.vhosts())
+    }
+
+    /// The server a TLS connection with `sni` goes to, as Envoy picks the filter chain
+    /// (`FilterChainManagerImpl::findFilterChainForServerName`): an AUTO_PASSTHROUGH
+    /// server for an `outbound_` SNI whose host it covers, else the server naming the SNI
+    /// exactly, else the one with the longest wildcard covering it, else the server with no
+    /// names (a host of `*`). `None`: Envoy has no filter chain and closes the connection.
+    /// A plain port has one server and no SNI to go by.
+    pub fn select(&self, sni: Option<&str>) -> Option<usize> {
+        let Some(table) = &self.sni else {
+            return Some(0);
+        };
+        if let Some(sni) = sni {
+            let sni = sni.strip_suffix('.').unwrap_or(sni);
+            if let Some((_, _, host)) = parse_auto_sni(sni)
+                && let Some(&i) = table
+                    .auto
+                    .iter()
+                    .find(|&&i| self.servers[i].hosts.iter().any(|h| h.covers(host)))
+            {
+                return Some(i);
+            }
+            if let Some(&i) = table.exact.get(sni) {
+                return Some(i);
+            }
+            if let Some((_, i)) = table.wild.iter().find(|(w, _)| covers(w, sni)) {
+                return Some(*i);
+            }
+        }
+        table.any
+    }
+}
+
+impl SniTable {
+    /// Adds server `i` with `hosts`; `Err(names)` when another server on the port already
+    /// lists one of them. Istio skips such a server (`MergeGateways`, "duplicate host names"):
+    /// Envoy would refuse the listener whole for two filter chains with the same match.
+    fn add(&mut self, i: usize, kind: &Kind, hosts: &[ServerHost]) -> Result<(), Vec<String>> {
+        let mut dup: Vec<String> = Vec::new();
+        let auto = matches!(kind, Kind::AutoPassthrough);
+        for h in hosts {
+            let name = h.host.as_str();
+            let taken = if auto {
+                false
+            } else if name == "*" {
+                self.any.is_some()
+            } else if name.starts_with('*') {
+                self.wild.iter().any(|(w, _)| &**w == name)
+            } else {
+                self.exact.contains_key(name)
+            };
+            if taken {
+                dup.push(name.to_string());
+            }
+        }
+        if !dup.is_empty() {
+            return Err(dup);
+        }
+        if auto {
+            self.auto.push(i);
+            return Ok(());
+        }
+        for h in hosts {
+            let name = h.host.as_str();
+            if name == "*" {
+                self.any = Some(i);
+            } else if name.starts_with('*') {
+                if !self.wild.iter().any(|(w, _)| &**w == name) {
+                    self.wild.push((name.into(), i));
+                }
+            } else {
+                self.exact.entry(name.into()).or_insert(i);
+            }
+        }
+        self.wild.sort_by_key(|(w, _)| std::cmp::Reverse(w.len()));
+        Ok(())
+    }
 }
 
 /// F1: the Gateway `namespace/name` among `resources`, if it exists and is valid.
@@ -114,6 +281,25 @@ pub fn find<'a>(resources: &[&'a Resource], name: &str) -> Option<(&'a Resource,
         Spec::Gateway(g) if r.valid && r.namespace == ns && r.name() == gw => Some((*r, g)),
         _ => None,
     })
+}
+
+/// What a port is, from its first server's protocol (Istio: plain text servers, and TLS
+/// servers told apart by SNI, cannot share a port).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PortClass {
+    Http,
+    Tls,
+    Tcp,
+}
+
+impl PortClass {
+    fn of(protocol: &str) -> PortClass {
+        match protocol {
+            "HTTP" | "HTTP2" | "GRPC" | "GRPC-WEB" => PortClass::Http,
+            "HTTPS" | "TLS" => PortClass::Tls,
+            _ => PortClass::Tcp,
+        }
+    }
 }
 
 impl Gateway {
@@ -135,16 +321,52 @@ impl Gateway {
                 continue;
             };
             let protocol = port.protocol.to_ascii_uppercase();
+            let class = PortClass::of(&protocol);
             let hosts: Vec<ServerHost> = server.hosts.iter().map(|h| ServerHost::parse(h, gw_ns)).collect();
+            let https_redirect = server.tls.as_ref().is_some_and(|t| t.https_redirect);
             if let Some(l) = listeners.iter_mut().find(|l| l.port == number) {
-                // Istio merges servers on one port; meshentry merges their hosts and keeps the
-                // first server's TLS settings.
-                if l.protocol != protocol || kind_key(server.tls.as_ref()) != kind_key_of(&l.kind) {
+                let first = PortClass::of(&l.protocol);
+                if class != first {
+                    warnings.push(format!(
+                        "Gateway {name}: servers[{i}] ({protocol}) is not served: port {number} is already {} (servers[{}]), and plain text and TLS servers cannot share a port",
+                        l.protocol, l.servers[0].index
+                    ));
+                    continue;
+                }
+                if class == PortClass::Tls {
+                    let kind = listener_kind(&protocol, server.tls.as_ref(), config);
+                    if let Kind::Unsupported(why) = &kind {
+                        warnings.push(format!(
+                            "Gateway {name}: servers[{i}] (port {number}) is not served: {why}"
+                        ));
+                    }
+                    let at = l.servers.len();
+                    let table = l.sni.get_or_insert_with(SniTable::default);
+                    if let Err(dup) = table.add(at, &kind, &hosts) {
+                        warnings.push(format!(
+                            "Gateway {name}: servers[{i}] is not served: another server on port {number} already lists {}",
+                            dup.join(", ")
+                        ));
+                        continue;
+                    }
+                    l.servers.push(Server {
+                        index: i,
+                        kind,
+                        hosts,
+                        https_redirect,
+                        routes: GatewayRoutes::default(),
+                    });
+                    continue;
+                }
+                // Plain servers on one port share one route table in Istio: their hosts are
+                // merged, and the port is served as the first server says.
+                let merged = &mut l.servers[0];
+                if l.protocol != protocol || kind_key(server.tls.as_ref()) != kind_key_of(&merged.kind) {
                     warnings.push(format!(
                         "Gateway {name}: servers[{i}] shares port {number} with an earlier server of another protocol or TLS mode; meshentry serves the port as the first server says"
                     ));
                 }
-                l.hosts.extend(hosts);
+                merged.hosts.extend(hosts);
                 continue;
             }
             let kind = listener_kind(&protocol, server.tls.as_ref(), config);
@@ -153,18 +375,32 @@ impl Gateway {
                     "Gateway {name}: servers[{i}] (port {number}) is not served: {why}"
                 ));
             }
+            let mut sni = None;
+            if class == PortClass::Tls {
+                let mut table = SniTable::default();
+                // The first server on a port has nothing to collide with.
+                let _ = table.add(0, &kind, &hosts);
+                sni = Some(table);
+            }
             listeners.push(Listener {
                 port: number,
                 protocol,
-                kind,
-                hosts,
-                https_redirect: server.tls.as_ref().is_some_and(|t| t.https_redirect),
-                routes: GatewayRoutes::default(),
+                servers: vec![Server {
+                    index: i,
+                    kind,
+                    hosts,
+                    https_redirect,
+                    routes: GatewayRoutes::default(),
+                }],
+                sni,
             });
         }
         for l in &mut listeners {
-            let (routes, w) = RouteTables::compile_gateway(resources, input, u32::from(l.port), &l.hosts);
-            l.routes = routes;
+            let hosts: Vec<&[ServerHost]> = l.servers.iter().map(|s| s.hosts.as_slice()).collect();
+            let (routes, w) = RouteTables::compile_gateway(resources, input, u32::from(l.port), &hosts);
+            for (s, r) in l.servers.iter_mut().zip(routes) {
+                s.routes = r;
+            }
             warnings.extend(w);
         }
         listeners.sort_by_key(|l| l.port);
@@ -417,65 +653,189 @@ async fn handle(stream: TcpStream, peer: SocketAddr, port: u16, shared: Arc<Shar
         return;
     };
     let _ = stream.set_nodelay(true);
-    let ctx = |tls: bool| {
-        Arc::new(ConnCtx {
-            snapshot: snapshot.clone(),
-            shared: shared.clone(),
-            peer,
-            transparent: None,
-            gateway: Some(GatewayConn { port, tls }),
-        })
-    };
-    match &listener.kind {
-        Kind::Http => crate::http::serve_io(stream, peer, ctx(false)).await,
-        Kind::Terminate { tls: Ok(tls), mode } => {
-            let acceptor = tokio_rustls::TlsAcceptor::from(tls.config());
-            let timeout = shared.config.header_read_timeout;
-            match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => crate::http::serve_io(tls, peer, ctx(true)).await,
-                Ok(Err(e)) => {
-                    shared.stats.downstream_tls_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(%peer, port, mode = mode.as_str(), error = %e, "gateway TLS handshake failed");
-                }
-                Err(_) => {
-                    shared.stats.downstream_tls_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(%peer, port, "gateway TLS handshake timed out");
-                }
-            }
+    if listener.sni.is_some() {
+        tls_port(stream, peer, listener, &snapshot, &shared).await;
+        return;
+    }
+    // A plain port: its servers are merged into one.
+    let server = &listener.servers[0];
+    match &server.kind {
+        Kind::Http => {
+            let ctx = conn_ctx(&snapshot, &shared, peer, port, false, 0);
+            crate::http::serve_io(stream, peer, ctx).await;
         }
-        Kind::Terminate { tls: Err(reason), .. } | Kind::Unsupported(reason) => {
-            tracing::warn!(%peer, port, reason, "gateway server not served: connection closed");
-        }
-        Kind::Passthrough | Kind::AutoPassthrough | Kind::Tcp => {
-            l4(stream, peer, listener, &snapshot, &shared).await;
+        Kind::Tcp => l4(stream, peer, port, server, BytesMut::new(), None, &snapshot, &shared).await,
+        other => {
+            tracing::warn!(%peer, port, serves = %other.describe(), "gateway server not served: connection closed");
         }
     }
 }
 
-/// PASSTHROUGH, AUTO_PASSTHROUGH and TCP servers: pick a cluster, then relay the bytes.
-async fn l4(mut stream: TcpStream, peer: SocketAddr, listener: &Listener, snap: &Snapshot, shared: &Arc<Shared>) {
+fn conn_ctx(
+    snapshot: &Arc<Snapshot>,
+    shared: &Arc<Shared>,
+    peer: SocketAddr,
+    port: u16,
+    tls: bool,
+    server: usize,
+) -> Arc<ConnCtx> {
+    Arc::new(ConnCtx {
+        snapshot: snapshot.clone(),
+        shared: shared.clone(),
+        peer,
+        transparent: None,
+        gateway: Some(GatewayConn { port, tls, server }),
+    })
+}
+
+/// A connection to a TLS port: the ClientHello's SNI picks the server, whose own TLS
+/// settings then terminate it (or whose rules relay it).
+async fn tls_port(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    listener: &Listener,
+    snapshot: &Arc<Snapshot>,
+    shared: &Arc<Shared>,
+) {
     let port = listener.port;
-    let local = stream.local_addr().ok();
-    let dst = local.map_or(peer.ip(), |a| a.ip());
+    // One budget for the ClientHello and the handshake, as before the server was chosen by SNI.
+    let timeout = shared.config.header_read_timeout;
+    let deadline = tokio::time::Instant::now() + timeout;
     let mut buf = BytesMut::with_capacity(4096);
-    let sni = if matches!(listener.kind, Kind::Tcp) {
-        None
-    } else {
-        // TLS clients speak first; give them the time a client has to send a request head.
-        match detect(&mut stream, &mut buf, shared.config.header_read_timeout, None).await {
-            Detected::Tls { sni: Some(sni) } => Some(sni),
-            other => {
-                tracing::info!(%peer, port, detected = other.as_str(), "gateway TLS server: no ClientHello with an SNI; closed");
-                return;
-            }
+    let sni = match detect(&mut stream, &mut buf, timeout, None).await {
+        Detected::Tls { sni } => sni,
+        other => {
+            shared.stats.downstream_tls_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(%peer, port, detected = other.as_str(), "gateway TLS server: no ClientHello; closed");
+            return;
         }
     };
-    let decision = match (&listener.kind, &sni) {
-        (Kind::AutoPassthrough, Some(sni)) => auto_passthrough(snap, sni),
-        (Kind::Passthrough, Some(sni)) if !listener.hosts.iter().any(|h| h.covers(sni)) => {
+    let Some(index) = listener.select(sni.as_deref()) else {
+        // Envoy: no filter chain matches, the connection is closed (listener stat
+        // `no_filter_chain_match`, flag NR in the listener's access log).
+        shared.stats.gateway_no_server.fetch_add(1, Ordering::Relaxed);
+        let mut tcp = TcpConn::open(shared, Routed::Unknown, peer, stream.local_addr().ok(), sni.as_deref());
+        tcp.refused(Flags::NR, "filter_chain_not_found");
+        tracing::info!(%peer, port, sni, "gateway: no server on the port takes this SNI; closed");
+        let _ = stream.shutdown().await;
+        return;
+    };
+    let server = &listener.servers[index];
+    match &server.kind {
+        Kind::Terminate { tls: Ok(tls), mode } => {
+            match tokio::time::timeout_at(deadline, handshake(stream, buf, sni.as_deref(), tls)).await {
+                Ok(Ok(tls)) => {
+                    let ctx = conn_ctx(snapshot, shared, peer, port, true, index);
+                    crate::http::serve_io(tls, peer, ctx).await;
+                }
+                Ok(Err(e)) => {
+                    shared.stats.downstream_tls_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(%peer, port, server = server.index, mode = mode.as_str(), sni, error = %e, "gateway TLS handshake failed");
+                }
+                Err(_) => {
+                    shared.stats.downstream_tls_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(%peer, port, server = server.index, "gateway TLS handshake timed out");
+                }
+            }
+        }
+        Kind::Passthrough | Kind::AutoPassthrough => {
+            l4(stream, peer, port, server, buf, sni, snapshot, shared).await;
+        }
+        Kind::Terminate { tls: Err(reason), .. } | Kind::Unsupported(reason) => {
+            tracing::warn!(%peer, port, server = server.index, reason, "gateway server not served: connection closed");
+        }
+        Kind::Http | Kind::Tcp => {
+            tracing::warn!(%peer, port, server = server.index, "a plain server on a TLS port: connection closed");
+        }
+    }
+}
+
+/// Completes the handshake of a connection whose ClientHello, naming `sni`, has been read
+/// into `hello`, with the chosen server's TLS.
+///
+/// The bytes already read go straight into rustls's `Acceptor` rather than being replayed
+/// through a wrapper around the socket, so nothing stays allocated for the connection's life.
+async fn handshake(
+    mut stream: TcpStream,
+    hello: BytesMut,
+    sni: Option<&str>,
+    tls: &ServerTls,
+) -> io::Result<TlsStream<TcpStream>> {
+    let mut acceptor = Acceptor::default();
+    let mut rest: &[u8] = &hello;
+    while !rest.is_empty() {
+        if acceptor.read_tls(&mut rest)? == 0 {
+            break;
+        }
+    }
+    drop(hello);
+    let accepted = match acceptor.accept() {
+        Ok(Some(accepted)) => accepted,
+        // The SNI parser saw a whole ClientHello; rustls reads it as cut short.
+        Ok(None) => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "ClientHello incomplete to rustls",
+            ));
+        }
+        Err((e, mut alert)) => {
+            let mut out = Vec::new();
+            if alert.write_all(&mut out).is_ok() {
+                let _ = stream.write_all(&out).await;
+            }
+            return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+        }
+    };
+    let start = StartHandshake::from_parts(accepted, stream);
+    // The server was chosen on meshentry's reading of the ClientHello; rustls reads it again.
+    // Should the two ever disagree on the name, one server's certificate and client CA could
+    // end up serving a connection another server was chosen for: refuse rather than guess.
+    if let Some(theirs) = sni_disagreement(start.client_hello().server_name(), sni) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("the ClientHello's server name reads {theirs:?} to rustls but {sni:?} to the SNI parser"),
+        ));
+    }
+    start.into_stream(tls.config()).await
+}
+
+/// `Some(rustls's name)` when rustls and the SNI parser read different server names.
+fn sni_disagreement(theirs: Option<&str>, ours: Option<&str>) -> Option<Option<String>> {
+    let agree = match (theirs, ours) {
+        (Some(t), Some(o)) => {
+            let bare = |n: &str| n.strip_suffix('.').unwrap_or(n).to_ascii_lowercase();
+            bare(t) == bare(o)
+        }
+        (None, None) => true,
+        // rustls treats an IP address sent as a host name as no SNI (RFC 6066 forbids it).
+        (None, Some(o)) => o.parse::<std::net::IpAddr>().is_ok(),
+        (Some(_), None) => false,
+    };
+    (!agree).then(|| theirs.map(str::to_string))
+}
+
+/// PASSTHROUGH, AUTO_PASSTHROUGH and TCP servers: pick a cluster, then relay the bytes
+/// (`buf`: those already read, the ClientHello).
+#[allow(clippy::too_many_arguments)]
+async fn l4(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    port: u16,
+    server: &Server,
+    buf: BytesMut,
+    sni: Option<String>,
+    snap: &Snapshot,
+    shared: &Arc<Shared>,
+) {
+    let local = stream.local_addr().ok();
+    let dst = local.map_or(peer.ip(), |a| a.ip());
+    let decision = match (&server.kind, &sni) {
+        (Kind::AutoPassthrough, Some(sni)) => auto_passthrough(snap, &server.hosts, sni),
+        (Kind::Passthrough | Kind::AutoPassthrough, None) => Err("no SNI".to_string()),
+        (Kind::Passthrough, Some(sni)) if !server.hosts.iter().any(|h| h.covers(sni)) => {
             Err(format!("SNI {sni} is not among the server's hosts"))
         }
-        _ => match listener.routes.l4_pick(dst, sni.as_deref()) {
+        _ => match server.routes.l4_pick(dst, sni.as_deref()) {
             Some(d) => route::to_target(snap, &d.target).map_err(str::to_string),
             None => Err("no VirtualService rule of this gateway matches".into()),
         },
@@ -509,17 +869,28 @@ async fn l4(mut stream: TcpStream, peer: SocketAddr, listener: &Listener, snap: 
     }
 }
 
-/// F3: AUTO_PASSTHROUGH reads the cluster from Istio's SNI `outbound_.PORT_.SUBSET_.HOST`.
-fn auto_passthrough<'s>(snap: &'s Snapshot, sni: &str) -> Result<Decision<'s>, String> {
-    let bad = || format!("SNI {sni} is not outbound_.PORT_.SUBSET_.HOST");
-    let rest = sni.strip_prefix("outbound_.").ok_or_else(bad)?;
-    let (port, rest) = rest.split_once("_.").ok_or_else(bad)?;
-    let (subset, host) = rest.split_once("_.").ok_or_else(bad)?;
-    let port: u32 = port.parse().map_err(|_| bad())?;
+/// `(port, subset, host)` of Istio's AUTO_PASSTHROUGH SNI `outbound_.PORT_.SUBSET_.HOST`.
+fn parse_auto_sni(sni: &str) -> Option<(u32, &str, &str)> {
+    let rest = sni.strip_prefix("outbound_.")?;
+    let (port, rest) = rest.split_once("_.")?;
+    let (subset, host) = rest.split_once("_.")?;
+    Some((port.parse().ok()?, subset, host))
+}
+
+/// F3: AUTO_PASSTHROUGH reads the cluster from Istio's SNI `outbound_.PORT_.SUBSET_.HOST`,
+/// for a service under the server's `hosts` only: Istio builds a filter chain for a service
+/// when its hostname `SubsetOf` one of them (pilot/pkg/networking/core/gateway.go,
+/// `builtAutoPassthroughFilterChains`), so any other SNI finds no chain.
+fn auto_passthrough<'s>(snap: &'s Snapshot, hosts: &[ServerHost], sni: &str) -> Result<Decision<'s>, String> {
+    let (port, subset, host) =
+        parse_auto_sni(sni).ok_or_else(|| format!("SNI {sni} is not outbound_.PORT_.SUBSET_.HOST"))?;
     let service = snap
         .view()
         .lookup_host(host)
         .ok_or_else(|| format!("{host} is not a service this gateway sees"))?;
+    if !hosts.iter().any(|h| host::subset_of(&service.host, &h.host)) {
+        return Err(format!("service {} is not among the server's hosts", service.host));
+    }
     let cluster = if subset.is_empty() {
         snap.cluster(service, port)
     } else {
@@ -533,7 +904,15 @@ fn auto_passthrough<'s>(snap: &'s Snapshot, sni: &str) -> Result<Decision<'s>, S
 /// An HTTP request on a gateway listener (F3): `httpsRedirect`, then the virtual host named
 /// by the request's `Host` (404 when none), then its rules.
 pub(crate) async fn forward(req: Request<Incoming>, ctx: &Arc<ConnCtx>, g: GatewayConn) -> Response<ResponseBody> {
-    let Some(listener) = ctx.snapshot.gateway.as_ref().and_then(|gw| gw.listener(g.port)) else {
+    // The connection's own snapshot: the server index is the one the connection was
+    // accepted (and its TLS terminated) under.
+    let Some(server) = ctx
+        .snapshot
+        .gateway
+        .as_ref()
+        .and_then(|gw| gw.listener(g.port))
+        .and_then(|l| l.servers.get(g.server))
+    else {
         return local(
             StatusCode::SERVICE_UNAVAILABLE,
             "meshentry: the gateway no longer has this port",
@@ -555,7 +934,7 @@ pub(crate) async fn forward(req: Request<Incoming>, ctx: &Arc<ConnCtx>, g: Gatew
         note(|o| o.fail(Flags::DPE, "invalid_host_header"));
         return local(StatusCode::BAD_REQUEST, "meshentry: the Host header is not host[:port]");
     };
-    if listener.https_redirect && !g.tls {
+    if server.https_redirect && !g.tls {
         note(|o| o.fail(Flags::NONE, "direct_response"));
         let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
         let mut resp = local(StatusCode::MOVED_PERMANENTLY, "");
@@ -564,13 +943,23 @@ pub(crate) async fn forward(req: Request<Incoming>, ctx: &Arc<ConnCtx>, g: Gatew
         }
         return resp;
     }
-    let Some(routes) = listener.routes.http(host) else {
+    // Only the virtual hosts of the server that terminated the TLS: Istio gives each HTTPS
+    // server its own route configuration, so a Host (or an absolute-form target) of another
+    // server on the port finds no virtual host there and Envoy answers 404 NR. Not 421:
+    // neither Istio nor Envoy sends one (istio/istio#13589 and envoyproxy/envoy#6767, both
+    // open), and clients that see a 404 today would see another status.
+    let Some(routes) = server.routes.http(host) else {
         note(|o| o.fail(Flags::NR, "route_not_found"));
         let gw = ctx.snapshot.gateway.as_ref().map_or("", |g| g.name.as_str());
+        let bound_to = if g.tls {
+            format!("servers[{}] (whose TLS this connection came through)", server.index)
+        } else {
+            "it".to_string()
+        };
         let mut resp = local(
             StatusCode::NOT_FOUND,
             &format!(
-                "meshentry: gateway {gw} port {}: no VirtualService bound to it routes host {host}",
+                "meshentry: gateway {gw} port {}: no VirtualService bound to {bound_to} routes host {host}",
                 g.port
             ),
         );
@@ -608,7 +997,7 @@ mod tests {
     /// The VirtualServices and rule names of the virtual host `host` on `port`.
     fn vhost(snap: &Snapshot, port: u16, host: &str) -> Option<(String, Vec<String>)> {
         let l = snap.gateway.as_ref()?.listener(port)?;
-        let r = l.routes.http(host)?;
+        let r = l.servers[0].routes.http(host)?;
         Some((r.vs.to_string(), r.rules.iter().map(|r| r.name.to_string()).collect()))
     }
 
@@ -733,7 +1122,6 @@ spec:
                 .unwrap()
                 .listener(8080)
                 .unwrap()
-                .routes
                 .vhosts()
                 .all(|(_, r)| !r.vs.contains("team-b"))
         );
@@ -771,5 +1159,172 @@ spec:
         )
         .unwrap_err();
         assert!(err.contains("/nonexistent/c.pem"), "{err}");
+    }
+
+    fn gateway_yaml(servers: &str) -> String {
+        format!(
+            "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: istio-system}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+{servers}"
+        )
+    }
+
+    /// The servers[] index (in the Gateway) each SNI goes to on `port`.
+    fn picks(snap: &Snapshot, port: u16, snis: &[Option<&str>]) -> Vec<Option<usize>> {
+        let l = snap.gateway.as_ref().unwrap().listener(port).unwrap();
+        snis.iter()
+            .map(|sni| l.select(*sni).map(|i| l.servers[i].index))
+            .collect()
+    }
+
+    #[test]
+    fn an_sni_picks_its_server_as_envoy_picks_a_filter_chain() {
+        let servers = "  - port: {number: 443, name: a, protocol: TLS}
+    hosts: [ns1/a.example.com]
+    tls: {mode: PASSTHROUGH}
+  - port: {number: 443, name: b, protocol: TLS}
+    hosts: ['*.example.com']
+    tls: {mode: PASSTHROUGH}
+  - port: {number: 443, name: c, protocol: TLS}
+    hosts: ['*.b.example.com', c.example.org]
+    tls: {mode: PASSTHROUGH}
+  - port: {number: 443, name: d, protocol: TLS}
+    hosts: ['*.mesh.internal']
+    tls: {mode: AUTO_PASSTHROUGH}
+  - port: {number: 8443, name: e, protocol: TLS}
+    hosts: [e.example.com]
+    tls: {mode: PASSTHROUGH}
+  - port: {number: 8443, name: f, protocol: TLS}
+    hosts: ['ns2/*']
+    tls: {mode: PASSTHROUGH}
+";
+        let snap = snapshot(&gateway_yaml(servers), "istio-system/gw", "istio-system");
+        assert_eq!(
+            picks(
+                &snap,
+                443,
+                &[
+                    Some("a.example.com"),
+                    Some("x.example.com"),
+                    Some("x.y.example.com"),
+                    // The longest wildcard wins, however deep the name.
+                    Some("x.b.example.com"),
+                    Some("x.y.b.example.com"),
+                    Some("b.example.com"),
+                    Some("c.example.org"),
+                    Some("example.com"),
+                    Some("a.example.com."),
+                    // AUTO_PASSTHROUGH takes Istio's SNIs for hosts under its own only.
+                    Some("outbound_.443_._.api.mesh.internal"),
+                    Some("outbound_.443_.v1_.api.mesh.internal"),
+                    Some("outbound_.443_._.a.example.com"),
+                    Some("outbound_.443_._.mesh.internal"),
+                    // No server without names: no SNI, or an unknown one, finds none.
+                    None,
+                    Some("other.test"),
+                ]
+            ),
+            [
+                Some(0),
+                Some(1),
+                Some(1),
+                Some(2),
+                Some(2),
+                Some(1),
+                Some(2),
+                None,
+                Some(0),
+                Some(3),
+                Some(3),
+                // Another server's name, spelt as Istio's SNI: the wildcard server's, as in
+                // Envoy, where server_names `*.example.com` covers it too.
+                Some(1),
+                None,
+                None,
+                None,
+            ]
+        );
+        // A host of `*` (in any namespace) leaves a server without names: it takes the rest.
+        assert_eq!(
+            picks(&snap, 8443, &[Some("e.example.com"), Some("x.example.com"), None]),
+            [Some(4), Some(5), Some(5)]
+        );
+    }
+
+    #[test]
+    fn a_server_that_cannot_share_the_port_is_not_served_and_says_why() {
+        let servers = "  - port: {number: 443, name: a, protocol: TLS}
+    hosts: [a.example.com, '*.b.example.com']
+    tls: {mode: PASSTHROUGH}
+  - port: {number: 443, name: dup, protocol: TLS}
+    hosts: [x.example.com, ns1/a.example.com]
+    tls: {mode: PASSTHROUGH}
+  - port: {number: 443, name: dup-wild, protocol: TLS}
+    hosts: ['ns2/*.b.example.com']
+    tls: {mode: PASSTHROUGH}
+  - port: {number: 443, name: plain, protocol: HTTP}
+    hosts: [c.example.com]
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: [d.example.com]
+  - port: {number: 80, name: http2, protocol: HTTP2}
+    hosts: [e.example.com]
+  - port: {number: 80, name: tls-on-80, protocol: TLS}
+    hosts: [f.example.com]
+    tls: {mode: PASSTHROUGH}
+";
+        let snap = snapshot(&gateway_yaml(servers), "istio-system/gw", "istio-system");
+        let gw = snap.gateway.as_ref().unwrap();
+        let l = gw.listener(443).unwrap();
+        assert_eq!(l.servers.iter().map(|s| s.index).collect::<Vec<_>>(), [0]);
+        // x.example.com was in the skipped server only.
+        assert_eq!(l.select(Some("x.example.com")), None);
+        let plain = gw.listener(80).unwrap();
+        assert_eq!(plain.servers.len(), 1, "plain HTTP servers merge");
+        let hosts: Vec<&str> = plain.servers[0].hosts.iter().map(|h| h.host.as_str()).collect();
+        assert_eq!(hosts, ["d.example.com", "e.example.com"]);
+        assert_eq!(plain.select(Some("anything")), Some(0));
+        let said = |needle: &str| snap.warnings.iter().any(|w| w.contains(needle));
+        assert!(
+            said("servers[1] is not served: another server on port 443 already lists a.example.com"),
+            "{:?}",
+            snap.warnings
+        );
+        assert!(
+            said("servers[2] is not served: another server on port 443 already lists *.b.example.com"),
+            "{:?}",
+            snap.warnings
+        );
+        assert!(
+            said("servers[3] (HTTP) is not served: port 443 is already TLS"),
+            "{:?}",
+            snap.warnings
+        );
+        assert!(
+            said("servers[6] (TLS) is not served: port 80 is already HTTP"),
+            "{:?}",
+            snap.warnings
+        );
+    }
+
+    #[test]
+    fn rustls_and_the_sni_parser_must_read_the_same_name() {
+        assert_eq!(sni_disagreement(Some("a.example.com"), Some("a.example.com")), None);
+        assert_eq!(sni_disagreement(Some("a.example.com"), Some("A.Example.com.")), None);
+        assert_eq!(sni_disagreement(Some("a.example.com."), Some("a.example.com")), None);
+        assert_eq!(sni_disagreement(None, None), None);
+        assert_eq!(sni_disagreement(None, Some("127.0.0.1")), None);
+        assert_eq!(
+            sni_disagreement(Some("b.example.com"), Some("a.example.com")),
+            Some(Some("b.example.com".into()))
+        );
+        assert_eq!(sni_disagreement(None, Some("a.example.com")), Some(None));
+        assert_eq!(
+            sni_disagreement(Some("a.example.com"), None),
+            Some(Some("a.example.com".into()))
+        );
     }
 }

@@ -113,6 +113,10 @@ pub struct Stats {
     pub bad_requests: AtomicU64,
     /// Gateway listeners: TLS handshakes with clients that failed (or timed out).
     pub downstream_tls_errors: AtomicU64,
+    /// Gateway TLS ports: connections no server on the port takes (no server lists the SNI,
+    /// or there is none and no server takes every name; an AUTO_PASSTHROUGH SNI outside the
+    /// server's hosts), closed as Envoy closes one that matches no filter chain.
+    pub gateway_no_server: AtomicU64,
     /// Requests a VirtualService `retries` policy sent again.
     pub upstream_retries: AtomicU64,
     /// Connections accepted on the transparent listener.

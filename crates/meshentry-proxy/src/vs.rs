@@ -681,7 +681,7 @@ pub struct L4Hit<'a> {
 }
 
 /// B11 for SNI and names: exact, or `*.suffix` covering a longer name; `*` covers all.
-fn covers(pattern: &str, name: &str) -> bool {
+pub(crate) fn covers(pattern: &str, name: &str) -> bool {
     match pattern.strip_prefix('*') {
         Some("") => true,
         Some(suffix) => name.len() > suffix.len() && name.ends_with(suffix),
@@ -959,15 +959,20 @@ impl GatewayRoutes {
 }
 
 impl RouteTables {
-    /// F2/F3: the routes of the gateway `input.gateway` for its server port `port`, whose
-    /// (merged) hosts are `server_hosts`. Returns the warnings too.
+    /// F2/F3: the routes of each server of the gateway `input.gateway` on its port `port`,
+    /// `servers` holding each one's hosts; returns them in the same order, and the warnings.
+    ///
+    /// Istio gives every HTTPS server its own route configuration
+    /// (`https.PORT.PORTNAME.GATEWAY.NS`, pilot/pkg/model/gateway.go `gatewayRDSRouteName`)
+    /// holding only the virtual hosts its own hosts make, so that what a client may reach
+    /// depends on the server whose TLS it came through. Plain HTTP servers on one port share
+    /// one (`http.PORT`): the caller passes them as one host list.
     pub fn compile_gateway(
         resources: &[&Resource],
         input: &CompileInput<'_>,
         port: u32,
-        server_hosts: &[ServerHost],
-    ) -> (GatewayRoutes, Vec<String>) {
-        let mut out = GatewayRoutes::default();
+        servers: &[&[ServerHost]],
+    ) -> (Vec<GatewayRoutes>, Vec<String>) {
         let vss = applicable(resources, input);
         let ids = service_ids(input);
         let by_name = vs_by_name(resources);
@@ -977,68 +982,79 @@ impl RouteTables {
             by_name: &by_name,
             warnings: Vec::new(),
         };
-        // Virtual host name -> the VirtualServices (indexes, in order) bound to it.
-        let mut vhosts: Vec<(String, Vec<usize>)> = Vec::new();
-        let mut bound = vec![false; vss.len()];
-        for (i, vs) in vss.iter().enumerate() {
-            for h in &vs.hosts {
-                for sh in server_hosts {
-                    let Some(name) = sh.bind(vs.namespace, h) else { continue };
-                    bound[i] = true;
-                    match vhosts.iter_mut().find(|(n, _)| *n == name) {
-                        Some((_, list)) if !list.contains(&i) => list.push(i),
-                        Some(_) => {}
-                        None => vhosts.push((name, vec![i])),
+        let mut bound_anywhere = vec![false; vss.len()];
+        let mut all = Vec::with_capacity(servers.len());
+        for server_hosts in servers {
+            let mut out = GatewayRoutes::default();
+            // Virtual host name -> the VirtualServices (indexes, in order) bound to it.
+            let mut vhosts: Vec<(String, Vec<usize>)> = Vec::new();
+            let mut bound = vec![false; vss.len()];
+            for (i, vs) in vss.iter().enumerate() {
+                for h in &vs.hosts {
+                    for sh in *server_hosts {
+                        let Some(name) = sh.bind(vs.namespace, h) else { continue };
+                        bound[i] = true;
+                        match vhosts.iter_mut().find(|(n, _)| *n == name) {
+                            Some((_, list)) if !list.contains(&i) => list.push(i),
+                            Some(_) => {}
+                            None => vhosts.push((name, vec![i])),
+                        }
                     }
                 }
             }
-        }
-        for (name, list) in vhosts {
-            let mut rules = Vec::new();
-            let mut names = Vec::new();
-            for &i in &list {
-                let r = ctx.http_rules(&vss[i], port);
-                if !r.is_empty() {
-                    names.push(vss[i].id.to_string());
-                    rules.extend(r);
+            for (name, list) in vhosts {
+                let mut rules = Vec::new();
+                let mut names = Vec::new();
+                for &i in &list {
+                    let r = ctx.http_rules(&vss[i], port);
+                    if !r.is_empty() {
+                        names.push(vss[i].id.to_string());
+                        rules.extend(r);
+                    }
+                }
+                if rules.is_empty() {
+                    continue;
+                }
+                let routes = Arc::new(HttpRoutes {
+                    vs: names.join(",").into(),
+                    rules: rules.into(),
+                });
+                if name.starts_with('*') {
+                    out.wild.push((name.into(), routes));
+                } else {
+                    out.exact.insert(name.into(), routes);
                 }
             }
-            if rules.is_empty() {
-                continue;
+            out.wild.sort_by_key(|(w, _)| std::cmp::Reverse(w.len()));
+            for (i, vs) in vss.iter().enumerate() {
+                if !bound[i] {
+                    continue;
+                }
+                bound_anywhere[i] = true;
+                let (tls, tcp) = ctx.l4_rules(vs, port);
+                if !tls.is_empty() || !tcp.is_empty() {
+                    out.l4.push(Arc::new(L4Routes {
+                        vs: vs.id.clone(),
+                        tls: tls.into(),
+                        tcp: tcp.into(),
+                    }));
+                }
             }
-            let routes = Arc::new(HttpRoutes {
-                vs: names.join(",").into(),
-                rules: rules.into(),
-            });
-            if name.starts_with('*') {
-                out.wild.push((name.into(), routes));
-            } else {
-                out.exact.insert(name.into(), routes);
-            }
+            all.push(out);
         }
-        out.wild.sort_by_key(|(w, _)| std::cmp::Reverse(w.len()));
         for (i, vs) in vss.iter().enumerate() {
-            if !bound[i] {
+            if !bound_anywhere[i] {
                 ctx.warnings.push(format!(
                     "VirtualService {}: bound to gateway {} but none of its hosts ({}) is among port {port}'s server hosts",
                     vs.id,
                     input.gateway,
                     vs.hosts.join(", ")
                 ));
-                continue;
-            }
-            let (tls, tcp) = ctx.l4_rules(vs, port);
-            if !tls.is_empty() || !tcp.is_empty() {
-                out.l4.push(Arc::new(L4Routes {
-                    vs: vs.id.clone(),
-                    tls: tls.into(),
-                    tcp: tcp.into(),
-                }));
             }
         }
         ctx.warnings.sort();
         ctx.warnings.dedup();
-        (out, ctx.warnings)
+        (all, ctx.warnings)
     }
 }
 

@@ -927,3 +927,555 @@ async fn rotating_ca_certificates_changes_which_client_certificates_a_mutual_ser
     assert_ne!(out.code, 0, "a client of the CA rotated out still got in: {out:?}");
     assert_eq!(up.requests(), 2);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Servers sharing a port (issue 14, item 1): each server has its own TLS, chosen by SNI as
+// Envoy chooses a filter chain, and its own routes: a request on a connection one server
+// terminated reaches only that server's hosts.
+
+/// What a client gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Got {
+    /// No TLS session: the gateway closed the connection (no server for the SNI) or the
+    /// server refused the client certificate (or its absence).
+    Refused,
+    /// 200 from the upstream.
+    Ok,
+    /// 404 with the response flag NR: the server that terminated the TLS does not route the
+    /// request's host.
+    NotFound,
+    /// curl refused the gateway's certificate: it was not the certificate of the server the
+    /// SNI names. No table cell expects it.
+    WrongCertificate,
+}
+
+use Got::{NotFound as NF, Ok as OK, Refused as X};
+
+/// The client certificate curl presents.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ClientCert {
+    None,
+    Ca1,
+    Ca2,
+}
+
+/// The SNIs of the table: a server's name, none at all (the URL is the gateway's IP) and a
+/// name no server lists.
+const SNI_NAMES: [&str; 5] = ["public", "admin", "partner", "none", "unknown"];
+/// The `Host` headers of the table's columns.
+const HOST_NAMES: [&str; 4] = ["public", "admin", "partner", "other"];
+
+/// Port 443 with three servers and no default one:
+///   public.gw.test   SIMPLE
+///   admin.gw.test    MUTUAL, clients of CA1
+///   partner.gw.test  MUTUAL, clients of CA2
+/// `other.gw.test` has a VirtualService (in namespace public) but no server lists it.
+/// Envoy's filter chain match: the SNI picks the server (exact name, then the longest
+/// wildcard, then a server without names); no SNI or an unknown one finds none and the
+/// connection is closed. The server's route configuration has only its own hosts: 404 NR.
+#[rustfmt::skip]
+const SHARED_PORT: [(&str, ClientCert, [Got; 4]); 15] = [
+    // SNI        client cert         Host: public admin partner other
+    ("public",  ClientCert::None,  [OK, NF, NF, NF]),
+    ("public",  ClientCert::Ca1,   [OK, NF, NF, NF]),
+    ("public",  ClientCert::Ca2,   [OK, NF, NF, NF]),
+    ("admin",   ClientCert::None,  [X,  X,  X,  X ]),
+    ("admin",   ClientCert::Ca1,   [NF, OK, NF, NF]),
+    ("admin",   ClientCert::Ca2,   [X,  X,  X,  X ]),
+    ("partner", ClientCert::None,  [X,  X,  X,  X ]),
+    ("partner", ClientCert::Ca1,   [X,  X,  X,  X ]),
+    ("partner", ClientCert::Ca2,   [NF, NF, OK, NF]),
+    ("none",    ClientCert::None,  [X,  X,  X,  X ]),
+    ("none",    ClientCert::Ca1,   [X,  X,  X,  X ]),
+    ("none",    ClientCert::Ca2,   [X,  X,  X,  X ]),
+    ("unknown", ClientCert::None,  [X,  X,  X,  X ]),
+    ("unknown", ClientCert::Ca1,   [X,  X,  X,  X ]),
+    ("unknown", ClientCert::Ca2,   [X,  X,  X,  X ]),
+];
+
+/// The same port with a fourth server, SIMPLE, `hosts: [public/*]`: a host of `*` gives its
+/// filter chain no server names (Istio), so it takes the connections without an SNI or with
+/// one no other server lists, and it routes only namespace public's VirtualServices
+/// (public.gw.test and other.gw.test), never admin's or partner's.
+#[rustfmt::skip]
+const SHARED_PORT_WITH_DEFAULT: [(&str, ClientCert, [Got; 4]); 15] = [
+    // SNI        client cert         Host: public admin partner other
+    ("public",  ClientCert::None,  [OK, NF, NF, NF]),
+    ("public",  ClientCert::Ca1,   [OK, NF, NF, NF]),
+    ("public",  ClientCert::Ca2,   [OK, NF, NF, NF]),
+    ("admin",   ClientCert::None,  [X,  X,  X,  X ]),
+    ("admin",   ClientCert::Ca1,   [NF, OK, NF, NF]),
+    ("admin",   ClientCert::Ca2,   [X,  X,  X,  X ]),
+    ("partner", ClientCert::None,  [X,  X,  X,  X ]),
+    ("partner", ClientCert::Ca1,   [X,  X,  X,  X ]),
+    ("partner", ClientCert::Ca2,   [NF, NF, OK, NF]),
+    ("none",    ClientCert::None,  [OK, NF, NF, OK]),
+    ("none",    ClientCert::Ca1,   [OK, NF, NF, OK]),
+    ("none",    ClientCert::Ca2,   [OK, NF, NF, OK]),
+    ("unknown", ClientCert::None,  [OK, NF, NF, OK]),
+    ("unknown", ClientCert::Ca1,   [OK, NF, NF, OK]),
+    ("unknown", ClientCert::Ca2,   [OK, NF, NF, OK]),
+];
+
+/// Certificates for the shared-port tests, all made for this run.
+struct SharedPortPki {
+    /// Holds the files while the gateway runs.
+    _pem: PemDir,
+    ca: TestCa,
+    server_ca: PathBuf,
+    public: LeafPaths,
+    admin: LeafPaths,
+    partner: LeafPaths,
+    default: LeafPaths,
+    ca1: PathBuf,
+    ca2: PathBuf,
+    client1: LeafPaths,
+    client2: LeafPaths,
+}
+
+impl SharedPortPki {
+    fn new(gw_ip: Ipv4Addr) -> SharedPortPki {
+        let server_ca = TestCa::new("gateway server ca");
+        let ca1 = TestCa::new("client ca 1");
+        let ca2 = TestCa::new("client ca 2");
+        let pem = PemDir::new();
+        let server = |name: &str| pem.leaf(&server_ca.issue(LeafSpec::server([format!("{name}.gw.test")])), name);
+        let default = LeafSpec {
+            dns_names: vec!["*.gw.test".into()],
+            ip_sans: vec![ip(gw_ip)],
+            ..LeafSpec::default()
+        };
+        SharedPortPki {
+            server_ca: pem.ca(&server_ca),
+            public: server("public"),
+            admin: server("admin"),
+            partner: server("partner"),
+            default: pem.leaf(&server_ca.issue(default), "default"),
+            ca1: pem.ca(&ca1),
+            ca2: pem.ca(&ca2),
+            client1: pem.leaf(
+                &ca1.issue(LeafSpec::client("spiffe://example.org/ns/admin/sa/ops")),
+                "client1",
+            ),
+            client2: pem.leaf(
+                &ca2.issue(LeafSpec::client("spiffe://example.org/ns/partner/sa/app")),
+                "client2",
+            ),
+            _pem: pem,
+            ca: server_ca,
+        }
+    }
+
+    fn client(&self, cert: ClientCert) -> Option<&LeafPaths> {
+        match cert {
+            ClientCert::None => None,
+            ClientCert::Ca1 => Some(&self.client1),
+            ClientCert::Ca2 => Some(&self.client2),
+        }
+    }
+}
+
+fn route_to_httpbin(name: &str, namespace: &str, hosts: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata: {{name: {name}, namespace: {namespace}}}
+spec:
+  hosts: [{hosts}]
+  gateways: [istio-system/istio-egressgateway]
+  http:
+  - route:
+    - destination: {{host: httpbin.com, port: {{number: 80}}}}
+"
+    )
+}
+
+const HTTPBIN_SE: &str = "apiVersion: networking.istio.io/v1beta1
+kind: ServiceEntry
+metadata: {name: httpbin, namespace: istio-system}
+spec:
+  hosts: [httpbin.com]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: DNS
+";
+
+fn shared_port_yaml(pki: &SharedPortPki, with_default: bool) -> String {
+    let tls = |leaf: &LeafPaths, ca: Option<&Path>| match ca {
+        Some(ca) => format!(
+            "{{mode: MUTUAL, serverCertificate: {}, privateKey: {}, caCertificates: {}}}",
+            path(&leaf.cert),
+            path(&leaf.key),
+            path(ca)
+        ),
+        None => format!(
+            "{{mode: SIMPLE, serverCertificate: {}, privateKey: {}}}",
+            path(&leaf.cert),
+            path(&leaf.key)
+        ),
+    };
+    let mut servers = format!(
+        "  - port: {{number: 443, name: https-public, protocol: HTTPS}}
+    hosts: [public/public.gw.test]
+    tls: {}
+  - port: {{number: 443, name: https-admin, protocol: HTTPS}}
+    hosts: [admin/admin.gw.test]
+    tls: {}
+  - port: {{number: 443, name: https-partner, protocol: HTTPS}}
+    hosts: [partner/partner.gw.test]
+    tls: {}
+",
+        tls(&pki.public, None),
+        tls(&pki.admin, Some(&pki.ca1)),
+        tls(&pki.partner, Some(&pki.ca2)),
+    );
+    if with_default {
+        servers.push_str(&format!(
+            "  - port: {{number: 443, name: https-default, protocol: HTTPS}}
+    hosts: ['public/*']
+    tls: {}
+",
+            tls(&pki.default, None)
+        ));
+    }
+    join(&[
+        HTTPBIN_SE.into(),
+        gateway_yaml(&servers),
+        route_to_httpbin("public", "public", "public.gw.test, other.gw.test"),
+        route_to_httpbin("admin", "admin", "admin.gw.test"),
+        route_to_httpbin("partner", "partner", "partner.gw.test"),
+    ])
+}
+
+/// curl to the gateway on `gw_ip:443` with SNI `sni` (a [`SNI_NAMES`] entry), `Host: host`
+/// and `cert`, verifying the gateway's certificate against the server CA; `extra` goes
+/// before the URL.
+async fn shared_port_curl(
+    pki: &SharedPortPki,
+    gw_ip: Ipv4Addr,
+    sni: &str,
+    host: &str,
+    cert: ClientCert,
+    extra: &[&str],
+) -> CurlOut {
+    let server_ca = path(&pki.server_ca);
+    let mut args: Vec<String> = vec![
+        "--cacert".into(),
+        server_ca,
+        "-H".into(),
+        format!("Host: {host}.gw.test"),
+    ];
+    if let Some(client) = pki.client(cert) {
+        args.extend(["--cert".into(), path(&client.cert), "--key".into(), path(&client.key)]);
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let url = if sni == "none" {
+        // curl sends no SNI for an IP address.
+        format!("https://{gw_ip}/{sni}/{host}")
+    } else {
+        args.extend(["--resolve".into(), format!("{sni}.gw.test:443:{gw_ip}")]);
+        format!("https://{sni}.gw.test/{sni}/{host}")
+    };
+    args.push(url);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    curl(&args).await
+}
+
+/// The outcome of one curl run; anything but a TLS refusal, a 200 or a 404 NR is a test bug.
+fn got(out: &CurlOut) -> Got {
+    match (out.code, out.status) {
+        (0, 200) => OK,
+        (0, 404) => {
+            assert!(
+                out.headers
+                    .to_ascii_lowercase()
+                    .contains("x-meshentry-response-flags: nr"),
+                "a 404 without the flag NR: {out:?}"
+            );
+            NF
+        }
+        // 60: the certificate does not verify for the SNI's name.
+        (60, 0) => Got::WrongCertificate,
+        // 6, 7, 28: no name, no connection, a timeout: the test is broken, not the gateway.
+        (code, 0) if code != 0 && ![6, 7, 28].contains(&code) => X,
+        _ => panic!("unexpected curl outcome: {out:?}"),
+    }
+}
+
+/// Runs every row of `table` against a gateway started with `with_default` and asserts each
+/// cell exactly.
+async fn shared_port_table(table: &[(&str, ClientCert, [Got; 4])], with_default: bool) {
+    let (dns, up) = httpbin();
+    let gw_ip = unique_loopback();
+    let pki = SharedPortPki::new(gw_ip);
+    let gateway = Proxy::gateway(&shared_port_yaml(&pki, with_default), &dns, gw_ip, 443, &[]).await;
+    let mut wrong = Vec::new();
+    let mut oks = 0;
+    for (sni, cert, row) in table {
+        assert!(SNI_NAMES.contains(sni));
+        for (host, want) in HOST_NAMES.iter().zip(row) {
+            let out = shared_port_curl(&pki, gw_ip, sni, host, *cert, &[]).await;
+            let have = got(&out);
+            if have != *want {
+                wrong.push(format!(
+                    "SNI {sni:8} cert {cert:?}\tHost {host:8} want {want:?}, got {have:?} (curl {} {})",
+                    out.code, out.status
+                ));
+            }
+            oks += usize::from(*want == OK);
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} of {} cells differ:\n{}\n\ngateway log:\n{}",
+        wrong.len(),
+        table.len() * HOST_NAMES.len(),
+        wrong.join("\n"),
+        gateway.process.output()
+    );
+    // Only the 200s reached the upstream.
+    assert_eq!(up.requests(), oks);
+    // A connection no server takes is closed and counted, as Envoy counts a connection that
+    // matches no filter chain.
+    if !with_default {
+        assert_eq!(gateway.stat("gateway_no_server_total").await, 6 * 4);
+    }
+    assert!(gateway.stat("downstream_tls_errors_total").await >= 4 * 4);
+}
+
+#[tokio::test]
+async fn servers_sharing_a_port_each_terminate_with_their_own_tls_and_route_only_their_hosts() {
+    shared_port_table(&SHARED_PORT, false).await;
+}
+
+#[tokio::test]
+async fn a_default_server_on_a_shared_port_takes_no_sni_and_unknown_snis_but_only_its_hosts() {
+    shared_port_table(&SHARED_PORT_WITH_DEFAULT, true).await;
+}
+
+#[tokio::test]
+async fn an_absolute_form_request_cannot_reach_another_servers_host() {
+    let (dns, up) = httpbin();
+    let gw_ip = unique_loopback();
+    let pki = SharedPortPki::new(gw_ip);
+    let gateway = Proxy::gateway(&shared_port_yaml(&pki, false), &dns, gw_ip, 443, &[]).await;
+    // The TLS is public's and so is the Host header; the request target names admin.
+    for target in [
+        "https://admin.gw.test/abs",
+        "http://admin.gw.test/abs",
+        "https://admin.gw.test:443/abs",
+    ] {
+        let out = shared_port_curl(
+            &pki,
+            gw_ip,
+            "public",
+            "public",
+            ClientCert::None,
+            &["--request-target", target],
+        )
+        .await;
+        assert_eq!(got(&out), NF, "{target}: {out:?}\n{}", gateway.process.output());
+    }
+    // The same with admin's TLS and client certificate reaches admin.
+    let out = shared_port_curl(
+        &pki,
+        gw_ip,
+        "admin",
+        "admin",
+        ClientCert::Ca1,
+        &["--request-target", "https://admin.gw.test/abs"],
+    )
+    .await;
+    assert_eq!(got(&out), OK, "{out:?}");
+    // And an absolute-form request for public on admin's TLS does not reach public.
+    let out = shared_port_curl(
+        &pki,
+        gw_ip,
+        "admin",
+        "admin",
+        ClientCert::Ca1,
+        &["--request-target", "https://public.gw.test/abs"],
+    )
+    .await;
+    assert_eq!(got(&out), NF, "{out:?}");
+    assert_eq!(up.requests(), 1);
+}
+
+#[tokio::test]
+async fn every_request_on_a_kept_alive_connection_is_bound_to_the_server_that_terminated_it() {
+    let (dns, up) = httpbin();
+    let gw_ip = unique_loopback();
+    let pki = SharedPortPki::new(gw_ip);
+    let gateway = Proxy::gateway(&shared_port_yaml(&pki, false), &dns, gw_ip, 443, &[]).await;
+    let tcp = tokio::net::TcpStream::connect((gw_ip, 443)).await.unwrap();
+    let connector = tokio_rustls::TlsConnector::from(client_config(&pki.ca, None));
+    let name = rustls::pki_types::ServerName::try_from("public.gw.test").unwrap();
+    let mut send = http1_over(connector.connect(name, tcp).await.unwrap()).await;
+    let mut status = async |host: &str| {
+        let req = http::Request::get("/keep-alive")
+            .header("host", host)
+            .body(http_body_util::Empty::new())
+            .unwrap();
+        let resp = send.send_request(req).await.unwrap();
+        let status = resp.status().as_u16();
+        http_body_util::BodyExt::collect(resp.into_body()).await.unwrap();
+        status
+    };
+    // One connection, public's TLS: admin's and partner's hosts are not found on it, however
+    // many requests come first or after.
+    assert_eq!(status("public.gw.test").await, 200, "{}", gateway.process.output());
+    assert_eq!(status("admin.gw.test").await, 404);
+    assert_eq!(status("public.gw.test").await, 200);
+    assert_eq!(status("partner.gw.test:443").await, 404);
+    assert_eq!(status("ADMIN.gw.test.").await, 404);
+    assert_eq!(up.requests(), 2);
+}
+
+#[tokio::test]
+async fn each_server_on_a_shared_port_presents_its_own_certificate_and_rotates_alone() {
+    let (dns, up) = httpbin();
+    let gw_ip = unique_loopback();
+    let pki = SharedPortPki::new(gw_ip);
+    let gateway = Proxy::gateway(
+        &shared_port_yaml(&pki, false),
+        &dns,
+        gw_ip,
+        443,
+        &["--cert-check-interval", "100ms"],
+    )
+    .await;
+    // openssl s_client, as an operator checks it: each SNI gets its server's certificate.
+    let subject = |sni: &str| {
+        let out = Command::new("openssl")
+            .args(["s_client", "-connect", &format!("{gw_ip}:443"), "-servername", sni])
+            .args(["-CAfile", &path(&pki.server_ca), "-verify_return_error", "-brief"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("openssl is needed for these tests");
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout)
+    };
+    let seen = subject("public.gw.test");
+    assert!(
+        seen.contains("CN = public.gw.test") || seen.contains("CN=public.gw.test"),
+        "{seen}"
+    );
+    // admin asks for a client certificate; the handshake (TLS 1.3) still shows its certificate.
+    let seen = subject("admin.gw.test");
+    assert!(seen.contains("admin.gw.test"), "{seen}");
+    assert!(!seen.contains("public.gw.test"), "{seen}");
+
+    // admin's client CA rotates to CA2: admin takes CA2 clients now, partner still takes them,
+    // and public is untouched.
+    write_atomically(&pki.ca1, &std::fs::read_to_string(&pki.ca2).unwrap());
+    meshentry_testutil::eventually(ROTATION_DEADLINE, || async {
+        got(&shared_port_curl(&pki, gw_ip, "admin", "admin", ClientCert::Ca2, &[]).await) == OK
+    })
+    .await;
+    assert_eq!(
+        got(&shared_port_curl(&pki, gw_ip, "admin", "admin", ClientCert::Ca1, &[]).await),
+        X
+    );
+    assert_eq!(
+        got(&shared_port_curl(&pki, gw_ip, "partner", "partner", ClientCert::Ca2, &[]).await),
+        OK
+    );
+    assert_eq!(
+        got(&shared_port_curl(&pki, gw_ip, "public", "public", ClientCert::None, &[]).await),
+        OK
+    );
+    assert!(up.requests() >= 3);
+    assert!(
+        gateway.process.output().contains("gateway TLS certificates reloaded"),
+        "{}",
+        gateway.process.output()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// AUTO_PASSTHROUGH (issue 14, item 2): the SNI's service must be among the server's hosts
+
+/// A mesh-internal TLS service `hosts` on port 443 whose endpoint is `at:443`.
+fn tls_service(name: &str, hosts: &str, at: Ipv4Addr) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1beta1
+kind: ServiceEntry
+metadata: {{name: {name}, namespace: istio-system}}
+spec:
+  hosts: [{hosts}]
+  location: MESH_INTERNAL
+  ports: [{{number: 443, name: tls, protocol: TLS}}]
+  resolution: STATIC
+  endpoints: [{{address: {at}}}]
+"
+    )
+}
+
+/// `openssl s_client -servername sni` to `addr`, sending one HTTP/1.1 request; stdout (the
+/// response, if any) and whether the command succeeded.
+async fn s_client_get(addr: SocketAddr, sni: &str) -> (bool, String) {
+    let (addr, sni) = (addr.to_string(), sni.to_string());
+    tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let mut child = Command::new("openssl")
+            .args(["s_client", "-quiet", "-connect", &addr, "-servername", &sni])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("openssl is needed for these tests");
+        let mut stdin = child.stdin.take().unwrap();
+        // A closed connection makes this write fail; the exit status says what happened.
+        let _ = stdin.write_all(b"GET /auto HTTP/1.1\r\nHost: auto.test\r\nConnection: close\r\n\r\n");
+        let out = child.wait_with_output().unwrap();
+        drop(stdin);
+        (
+            out.status.success() && !out.stdout.is_empty(),
+            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+        )
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn auto_passthrough_relays_only_snis_whose_service_is_among_the_server_hosts() {
+    let dns = TestDns::start(unique_loopback());
+    let gw_ip = unique_loopback();
+    let ca = TestCa::new("auto passthrough ca");
+    let (api_ip, secret_ip) = (unique_loopback(), unique_loopback());
+    let api = TlsUpstream::start(
+        SocketAddr::new(ip(api_ip), 443),
+        "api",
+        server_config(&ca.issue(LeafSpec::server(["api.allowed.gw"])), None),
+    );
+    let secret = TlsUpstream::start(
+        SocketAddr::new(ip(secret_ip), 443),
+        "secret",
+        server_config(&ca.issue(LeafSpec::server(["secret.internal"])), None),
+    );
+    let servers = "  - port: {number: 443, name: tls-auto, protocol: TLS}
+    hosts: ['*.allowed.gw']
+    tls: {mode: AUTO_PASSTHROUGH}
+";
+    let yaml = join(&[
+        gateway_yaml(servers),
+        tls_service("api", "api.allowed.gw", api_ip),
+        // allowed.gw itself is not under *.allowed.gw.
+        tls_service("secret", "secret.internal, allowed.gw", secret_ip),
+    ]);
+    let gateway = Proxy::gateway(&yaml, &dns, gw_ip, 443, &[]).await;
+    let addr = SocketAddr::new(ip(gw_ip), 443);
+
+    let (ok, out) = s_client_get(addr, "outbound_.443_._.api.allowed.gw").await;
+    assert!(ok && out.contains("200"), "{out}\n{}", gateway.process.output());
+    assert_eq!(api.requests(), 1);
+    assert_eq!(api.last_sni().as_deref(), Some("outbound_.443_._.api.allowed.gw"));
+    assert_eq!(gateway.cluster_requests("outbound|443||api.allowed.gw").await, 1);
+
+    for sni in ["outbound_.443_._.secret.internal", "outbound_.443_._.allowed.gw"] {
+        let (ok, out) = s_client_get(addr, sni).await;
+        assert!(!ok, "{sni} was relayed: {out}");
+    }
+    assert_eq!(secret.connections(), 0, "{}", gateway.process.output());
+    assert_eq!(gateway.stat("gateway_no_server_total").await, 2);
+    assert_eq!(api.requests(), 1);
+}

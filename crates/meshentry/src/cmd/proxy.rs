@@ -10,7 +10,7 @@ use meshentry_admin::AdminLimits;
 use meshentry_proxy::access_log::{AccessLog, Format as AccessLogFormat};
 use meshentry_proxy::config::{IdentityFiles, Limits, OutboundPolicy, ProxyConfig};
 use meshentry_proxy::dns::{Dns, DnsConfig};
-use meshentry_proxy::gateway::{Kind, serve_gateway};
+use meshentry_proxy::gateway::serve_gateway;
 use meshentry_proxy::outbound::serve_outbound;
 use meshentry_proxy::server::{Shared, serve_http_proxy};
 use meshentry_proxy::snapshot::Snapshot;
@@ -541,17 +541,16 @@ async fn start(args: &Args) -> anyhow::Result<Option<Started>> {
     wanted.extend(outbound.iter().map(|a| (Listen::Outbound, *a)));
     if let Some(gw) = &snapshot.gateway {
         for l in &gw.listeners {
-            match &l.kind {
-                Kind::Terminate { tls: Err(reason), .. } => {
-                    eprintln!("meshentry: Gateway {} port {}: {reason}", gw.name, l.port);
-                    eprintln!("meshentry: refusing to start a gateway that cannot serve its servers");
-                    return Ok(None);
-                }
-                Kind::Unsupported(_) => continue,
-                _ => {}
+            if let Some(reason) = l.errors().next() {
+                eprintln!("meshentry: Gateway {} port {}: {reason}", gw.name, l.port);
+                eprintln!("meshentry: refusing to start a gateway that cannot serve its servers");
+                return Ok(None);
             }
-            tracing::info!(gateway = %gw.name, port = l.port, protocol = %l.protocol, serves = %l.kind.describe(),
-                vhosts = %l.routes.vhosts().map(|(h, r)| format!("{h} ({})", r.vs)).collect::<Vec<_>>().join(", "),
+            if !l.served() {
+                continue;
+            }
+            tracing::info!(gateway = %gw.name, port = l.port, protocol = %l.protocol, serves = %l.describe(),
+                vhosts = %l.vhosts().map(|(h, r)| format!("{h} ({})", r.vs)).collect::<Vec<_>>().join(", "),
                 "gateway server");
             wanted.push((Listen::Gateway(l.port), SocketAddr::new(args.gateway_bind, l.port)));
         }
@@ -738,16 +737,16 @@ async fn watch_certificates(shared: Arc<Shared>, every: Duration, mut stopped: w
             .iter()
             .flat_map(|g| g.listeners.iter().map(move |l| (&g.name, l)))
         {
-            let Kind::Terminate { tls: Ok(tls), mode } = &l.kind else {
-                continue;
-            };
-            match tls.reload_if_changed() {
-                Ok(true) => {
-                    tracing::info!(%gateway, port = l.port, mode = mode.as_str(), "gateway TLS certificates reloaded; new handshakes use them")
-                }
-                Ok(false) => {}
-                Err(e) => {
-                    tracing::error!(%gateway, port = l.port, mode = mode.as_str(), error = %e, "gateway TLS certificates not reloaded; the previous ones stay in force")
+            // Each server on a port has its own files and rotates alone.
+            for (server, mode, tls) in l.terminating() {
+                match tls.reload_if_changed() {
+                    Ok(true) => {
+                        tracing::info!(%gateway, port = l.port, server = server.index, mode = mode.as_str(), "gateway TLS certificates reloaded; new handshakes use them")
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::error!(%gateway, port = l.port, server = server.index, mode = mode.as_str(), error = %e, "gateway TLS certificates not reloaded; the previous ones stay in force")
+                    }
                 }
             }
         }

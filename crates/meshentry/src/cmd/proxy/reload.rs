@@ -15,7 +15,6 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
 use meshentry_api::Finding;
-use meshentry_proxy::gateway::Kind;
 use meshentry_proxy::lifecycle::{ListenerState, Rejection};
 use meshentry_proxy::server::Shared;
 use meshentry_proxy::snapshot::Snapshot;
@@ -379,7 +378,7 @@ fn prepare(input: &Input, shared: &Shared, applied: Option<u64>, rejected: Optio
     let snapshot = Snapshot::build(&valid, &shared.config, &shared.dns, generation);
     if let Some(gw) = &snapshot.gateway {
         for l in &gw.listeners {
-            if let Kind::Terminate { tls: Err(reason), .. } = &l.kind {
+            if let Some(reason) = l.errors().next() {
                 return reject(format!("Gateway {} port {}: {reason}", gw.name, l.port), Vec::new());
             }
         }
@@ -396,7 +395,7 @@ pub fn gateway_ports(snapshot: &Snapshot) -> BTreeSet<u16> {
         .gateway
         .iter()
         .flat_map(|gw| &gw.listeners)
-        .filter(|l| !matches!(l.kind, Kind::Unsupported(_)))
+        .filter(|l| l.served())
         .map(|l| l.port)
         .collect()
 }
