@@ -20,17 +20,16 @@ use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::ops::Range;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::task::{Context, Poll};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 use meshentry_registry::Protocol;
 use meshentry_wire::chunked::ChunkScanner;
 use meshentry_wire::h1 as framing;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::detect::H2_PREFACE;
@@ -88,10 +87,7 @@ pub async fn serve(
             // The HTTP/2 preface does not parse as HTTP/1.x; a prior-knowledge client sends it
             // first thing.
             Err(_) if first && is_h2_preface(&conn.buf) => {
-                let io = Rewind {
-                    prefix: conn.buf,
-                    inner: conn.stream,
-                };
+                let io = Rewind::new(conn.buf, conn.stream);
                 crate::h2::serve(io, ctx).await;
                 return;
             }
@@ -136,10 +132,7 @@ pub async fn serve(
                 Next::GeneralPath => ctx.shared.stats.http_requests.fetch_sub(1, Ordering::Relaxed),
             };
         }
-        let io = Rewind {
-            prefix: conn.buf,
-            inner: conn.stream,
-        };
+        let io = Rewind::new(conn.buf, conn.stream);
         crate::http::serve_io(io, peer, ctx).await;
         return;
     }
@@ -1320,56 +1313,9 @@ fn take_body(framing: &mut Framing, from: &mut BytesMut, to: &mut Vec<u8>) -> Re
     }
 }
 
-/// A stream that first yields bytes already read from it, for handing a connection to hyper.
-pub struct Rewind {
-    prefix: BytesMut,
-    inner: TcpStream,
-}
-
-impl Rewind {
-    /// `inner`, yielding `prefix` (bytes already read from it) first.
-    pub fn new(prefix: BytesMut, inner: TcpStream) -> Self {
-        Self { prefix, inner }
-    }
-}
-
-impl AsyncRead for Rewind {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        if !self.prefix.is_empty() {
-            let n = self.prefix.len().min(buf.remaining());
-            buf.put_slice(&self.prefix[..n]);
-            self.prefix.advance(n);
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Rewind {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-}
+/// A client connection with the bytes already read from it in front, for handing it to hyper
+/// or the HTTP/2 server.
+pub type Rewind = crate::tunnel::Prefixed<TcpStream>;
 
 #[cfg(test)]
 mod tests {

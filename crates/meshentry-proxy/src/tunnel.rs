@@ -334,13 +334,13 @@ pub(crate) async fn upgrade(ctx: &Arc<ConnCtx>, up: Upgrade<'_>) -> Response<Res
 }
 
 /// A stream that first yields bytes already read from it.
-pub(crate) struct Prefixed<I> {
+pub struct Prefixed<I> {
     prefix: BytesMut,
     inner: I,
 }
 
 impl<I> Prefixed<I> {
-    pub(crate) fn new(prefix: BytesMut, inner: I) -> Self {
+    pub fn new(prefix: BytesMut, inner: I) -> Self {
         Self { prefix, inner }
     }
 }
