@@ -413,18 +413,12 @@ fn needs_general_path(buf: &[u8], head: &Head) -> bool {
         n.eq_ignore_ascii_case(b"transfer-encoding")
             || n.eq_ignore_ascii_case(b"upgrade")
             || n.eq_ignore_ascii_case(b"expect")
-            || (n.eq_ignore_ascii_case(b"connection") && contains_token(&buf[v.clone()], b"upgrade"))
+            || (n.eq_ignore_ascii_case(b"connection") && framing::has_token(&buf[v.clone()], b"upgrade"))
     })
 }
 
 fn starts_with_ignore_case(s: &[u8], prefix: &[u8]) -> bool {
     s.len() >= prefix.len() && s[..prefix.len()].eq_ignore_ascii_case(prefix)
-}
-
-fn contains_token(value: &[u8], token: &[u8]) -> bool {
-    value
-        .split(|b| *b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }
 
 enum Next {
