@@ -537,6 +537,7 @@ fn finding_for(r: &Resource, field: &str, pos: Pos, severity: Severity, message:
         name: r.meta.name.clone(),
         field: field.to_string(),
         severity,
+        code: String::new(),
         message,
     }
 }
@@ -551,6 +552,7 @@ fn plain_finding(file: &Arc<str>, pos: Pos, message: String) -> Finding {
         name: String::new(),
         field: String::new(),
         severity: Severity::Error,
+        code: String::new(),
         message,
     }
 }
@@ -585,6 +587,7 @@ fn located(
         name: name.to_string(),
         field: field.to_string(),
         severity: Severity::Error,
+        code: String::new(),
         message: message.into(),
     }
 }

@@ -166,6 +166,10 @@ pub struct Finding {
     /// document.
     pub field: String,
     pub severity: Severity,
+    /// `istioctl analyze`'s message code (`IST0101`) when Istio has one for this finding;
+    /// empty otherwise.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub code: String,
     pub message: String,
 }
 
@@ -180,8 +184,13 @@ impl fmt::Display for Finding {
         if !self.field.is_empty() {
             write!(f, "{}: ", self.field)?;
         }
-        if self.severity == Severity::Warning {
-            f.write_str("warning: ")?;
+        match self.severity {
+            Severity::Error => {}
+            Severity::Warning => f.write_str("warning: ")?,
+            Severity::Info => f.write_str("info: ")?,
+        }
+        if !self.code.is_empty() {
+            write!(f, "{}: ", self.code)?;
         }
         f.write_str(&self.message)
     }

@@ -18,12 +18,15 @@ pub use service_entry::{validate_service_entry, validate_workload_entry, validat
 pub use sidecar::validate_sidecar;
 pub use virtual_service::validate_virtual_service;
 
-/// Whether a finding rejects the resource (Istio's errors) or only informs (Istio's warnings).
+/// Whether a finding rejects the resource (Istio's errors), warns (Istio's warnings), or only
+/// informs (`istioctl analyze`'s Info level: e.g. a field meshentry accepts but does not apply).
+/// Ordered most severe first, so `severity <= threshold` selects by threshold.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
     Error,
     Warning,
+    Info,
 }
 
 /// One finding of a validator: where (a field path) and what.
@@ -52,6 +55,14 @@ impl Report {
     pub fn warn(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.problems.push(Problem {
             severity: Severity::Warning,
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    pub fn info(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.problems.push(Problem {
+            severity: Severity::Info,
             path: path.into(),
             message: message.into(),
         });

@@ -62,11 +62,11 @@ pub fn load(paths: &[PathBuf], namespace: &str) -> anyhow::Result<Loaded> {
 }
 
 fn summary(loaded: &Loaded) -> String {
-    let errors = loaded.findings.iter().filter(|f| f.severity == Severity::Error).count();
-    let warnings = loaded.findings.len() - errors;
+    let count = |s: Severity| loaded.findings.iter().filter(|f| f.severity == s).count();
+    let (errors, warnings, infos) = (count(Severity::Error), count(Severity::Warning), count(Severity::Info));
     let invalid = loaded.resources.iter().filter(|r| !r.valid).count();
     let resources = loaded.resources.len();
-    format!(
+    let mut line = format!(
         "{} {}, {} invalid: {} {}, {} {}",
         resources,
         if resources == 1 { "resource" } else { "resources" },
@@ -75,5 +75,9 @@ fn summary(loaded: &Loaded) -> String {
         if errors == 1 { "error" } else { "errors" },
         warnings,
         if warnings == 1 { "warning" } else { "warnings" },
-    )
+    );
+    if infos > 0 {
+        line.push_str(&format!(", {infos} info"));
+    }
+    line
 }
