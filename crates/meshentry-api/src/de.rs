@@ -952,6 +952,34 @@ mod tests {
     }
 
     #[test]
+    fn shape_lists_every_field_as_the_decoder_reads_it() {
+        let u32_ = || Shape::Int {
+            min: 0,
+            max: i128::from(u32::MAX),
+        };
+        assert_eq!(
+            shape_of::<Spec>(),
+            Shape::Struct(vec![
+                ("hosts", Shape::Seq(Box::new(Shape::String))),
+                (
+                    "ports",
+                    Shape::Seq(Box::new(Shape::Struct(vec![
+                        ("number", u32_()),
+                        ("name", Shape::String),
+                        ("targetPort", Shape::Optional(Box::new(u32_()))),
+                    ])))
+                ),
+                (
+                    "resolution",
+                    Shape::Optional(Box::new(Shape::Enum(vec!["NONE", "STATIC", "DNS"])))
+                ),
+                ("labels", Shape::Map(Box::new(Shape::String))),
+                ("flag", Shape::Bool),
+            ])
+        );
+    }
+
+    #[test]
     fn wrong_shapes_are_reported_not_fatal() {
         let (spec, issues) = run("hosts: a.com\nports: {number: 1}\nlabels: [x]\n", true);
         assert_eq!(issues.len(), 3, "{issues:?}");
