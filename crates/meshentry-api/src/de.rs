@@ -572,7 +572,10 @@ impl<'de> de::MapAccess<'de> for MapDe<'_> {
 pub enum Shape {
     Bool,
     /// An integer type and the values it holds.
-    Int { min: i128, max: i128 },
+    Int {
+        min: i128,
+        max: i128,
+    },
     Float,
     String,
     /// An enum of unit variants, by the names they are written with.
@@ -834,7 +837,9 @@ impl<'de> de::MapAccess<'de> for TraceMap<'_> {
     type Error = DeError;
 
     fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>, DeError> {
-        let Some(key) = self.keys.get(self.next) else { return Ok(None) };
+        let Some(key) = self.keys.get(self.next) else {
+            return Ok(None);
+        };
         let key_de: StrDeserializer<'_, DeError> = (*key).into_deserializer();
         seed.deserialize(key_de).map(Some)
     }

@@ -182,7 +182,10 @@ fn schema_int_range(s: &Node) -> (i128, i128) {
         Some("int32") => (i128::from(i32::MIN), i128::from(i32::MAX)),
         _ => (i128::from(i64::MIN), i128::from(i64::MAX)),
     };
-    (int_of(s, "minimum").unwrap_or(fmin), int_of(s, "maximum").unwrap_or(fmax))
+    (
+        int_of(s, "minimum").unwrap_or(fmin),
+        int_of(s, "maximum").unwrap_or(fmax),
+    )
 }
 
 fn walk(s: &Node, shape: &Shape, path: &str, check_ranges: bool, w: &mut Walk) {
@@ -461,7 +464,14 @@ fn the_loader_reads_every_field_in_every_version() {
             .filter(|f| f.message.contains("unknown field") || f.field == "apiVersion")
             .map(|f| f.to_string())
             .collect();
-        assert!(bad.is_empty(), "{} {} ({}):\n{}", s.kind, s.version, s.file, bad.join("\n"));
+        assert!(
+            bad.is_empty(),
+            "{} {} ({}):\n{}",
+            s.kind,
+            s.version,
+            s.file,
+            bad.join("\n")
+        );
     }
 }
 /// One step from a schema node to a child, as a document and a finding path write it.
@@ -639,11 +649,7 @@ properties:
     walk(&schema, &shape, "spec", true, &mut w);
     assert_eq!(w.missing_in_model, BTreeSet::from(["spec.onlySchema".to_string()]));
     assert_eq!(w.missing_in_schema, BTreeSet::from(["spec.onlyModel".to_string()]));
-    let mismatches: Vec<&str> = w
-        .type_mismatches
-        .iter()
-        .map(|m| m.split_once(':').unwrap().0)
-        .collect();
+    let mismatches: Vec<&str> = w.type_mismatches.iter().map(|m| m.split_once(':').unwrap().0).collect();
     assert_eq!(
         mismatches,
         ["spec.labels", "spec.list[]", "spec.mode", "spec.small", "spec.wrapper"],

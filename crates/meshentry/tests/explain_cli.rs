@@ -595,7 +595,10 @@ spec:
     let out = explain(std::slice::from_ref(&file), &["http://web.example.com/"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
-    let notes = stdout.split_once("\nnotes:\n").map(|(_, n)| n).unwrap_or_else(|| panic!("{stdout}"));
+    let notes = stdout
+        .split_once("\nnotes:\n")
+        .map(|(_, n)| n)
+        .unwrap_or_else(|| panic!("{stdout}"));
     assert!(
         notes.contains(
             "DestinationRule default/web spec.trafficPolicy.connectionPool: accepted but not applied by meshentry: "

@@ -536,7 +536,11 @@ fn validate_zone_aware_lb(r: &mut Report, path: &str, z: &ZoneAwareLoadBalancerS
 /// Istio checks nothing here beyond decoding: the periods need only be durations.
 fn validate_backend_utilization(r: &mut Report, path: &str, b: &BackendUtilizationLb) {
     validate_duration_syntax(r, &format!("{path}.weightUpdatePeriod"), &b.weight_update_period);
-    validate_duration_syntax(r, &format!("{path}.weightExpirationPeriod"), &b.weight_expiration_period);
+    validate_duration_syntax(
+        r,
+        &format!("{path}.weightExpirationPeriod"),
+        &b.weight_expiration_period,
+    );
     validate_duration_syntax(
         r,
         &format!("{path}.weightStabilizationPeriod"),
@@ -912,7 +916,10 @@ exportTo: [".", "other"]
         "warmup aggression 0.5 must be at least 1"
     )]
     #[test_case("retryBudget: {percent: 101}", "retry budget percent 101 must be in range 0..100")]
-    #[test_case("retryBudget: {budgetInterval: 10}", "invalid duration \"10\" (expected e.g. 10s, 1.5s, 100ms, 1h30m)")]
+    #[test_case(
+        "retryBudget: {budgetInterval: 10}",
+        "invalid duration \"10\" (expected e.g. 10s, 1.5s, 100ms, 1h30m)"
+    )]
     #[test_case(
         "connectionPool: {http: {http2KeepAlive: {timeout: 5s}}}",
         "http2 keepalive interval is required"

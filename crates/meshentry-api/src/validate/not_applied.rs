@@ -19,7 +19,8 @@ pub const NOT_APPLIED: &str = "accepted but not applied by meshentry";
 
 const CONNECTION_POOL: &str =
     "the proxy's own limits and timeouts apply instead (--max-connections, --connect-timeout, --idle-timeout, ...)";
-const OUTLIER_DETECTION: &str = "endpoints are never ejected; an endpoint that refuses a connection is tried at most once per request";
+const OUTLIER_DETECTION: &str =
+    "endpoints are never ejected; an endpoint that refuses a connection is tried at most once per request";
 const TUNNEL: &str = "connections go to the endpoints directly, not through an HTTP CONNECT or POST tunnel";
 const PROXY_PROTOCOL: &str = "no PROXY protocol header is sent upstream";
 const RETRY_BUDGET: &str = "retries are limited per request only (`retries.attempts`), not by a budget";
@@ -35,7 +36,8 @@ const RETRY_LOCALITIES: &str = "retries pick their endpoint with the load balanc
 const RETRY_HOSTS: &str = "retries pick their endpoint with the load balancer";
 const RETRY_BACKOFF: &str = "retries are sent without a backoff interval";
 const GRPC_ABORT: &str = "only httpStatus aborts are injected; this fault is skipped";
-const SOURCE_NAMESPACE: &str = "the match does not look at the client's namespace: it matches clients in every namespace";
+const SOURCE_NAMESPACE: &str =
+    "the match does not look at the client's namespace: it matches clients in every namespace";
 const STAT_PREFIX: &str = "no per-route statistics are kept";
 const PREFIX_REWRITE: &str = "the redirect keeps the request's path";
 const BODY_BYTES: &str = "the response is sent with an empty body (only `body.string` is sent)";
@@ -99,8 +101,16 @@ fn traffic_policy(out: &mut Notes, path: &str, tp: &TrafficPolicy) {
     if let Some(lb) = &tp.load_balancer {
         load_balancer(out, &format!("{path}.loadBalancer"), lb);
     }
-    out.note_if(tp.connection_pool.is_some(), format!("{path}.connectionPool"), CONNECTION_POOL);
-    out.note_if(tp.outlier_detection.is_some(), format!("{path}.outlierDetection"), OUTLIER_DETECTION);
+    out.note_if(
+        tp.connection_pool.is_some(),
+        format!("{path}.connectionPool"),
+        CONNECTION_POOL,
+    );
+    out.note_if(
+        tp.outlier_detection.is_some(),
+        format!("{path}.outlierDetection"),
+        OUTLIER_DETECTION,
+    );
     if let Some(tls) = &tp.tls {
         client_tls(out, &format!("{path}.tls"), tls);
     }
@@ -109,19 +119,35 @@ fn traffic_policy(out: &mut Notes, path: &str, tp: &TrafficPolicy) {
         if let Some(lb) = &p.load_balancer {
             load_balancer(out, &format!("{pp}.loadBalancer"), lb);
         }
-        out.note_if(p.connection_pool.is_some(), format!("{pp}.connectionPool"), CONNECTION_POOL);
-        out.note_if(p.outlier_detection.is_some(), format!("{pp}.outlierDetection"), OUTLIER_DETECTION);
+        out.note_if(
+            p.connection_pool.is_some(),
+            format!("{pp}.connectionPool"),
+            CONNECTION_POOL,
+        );
+        out.note_if(
+            p.outlier_detection.is_some(),
+            format!("{pp}.outlierDetection"),
+            OUTLIER_DETECTION,
+        );
         if let Some(tls) = &p.tls {
             client_tls(out, &format!("{pp}.tls"), tls);
         }
     }
     out.note_if(tp.tunnel.is_some(), format!("{path}.tunnel"), TUNNEL);
-    out.note_if(tp.proxy_protocol.is_some(), format!("{path}.proxyProtocol"), PROXY_PROTOCOL);
+    out.note_if(
+        tp.proxy_protocol.is_some(),
+        format!("{path}.proxyProtocol"),
+        PROXY_PROTOCOL,
+    );
     out.note_if(tp.retry_budget.is_some(), format!("{path}.retryBudget"), RETRY_BUDGET);
 }
 
 fn load_balancer(out: &mut Notes, path: &str, lb: &LoadBalancerSettings) {
-    out.note_if(lb.consistent_hash.is_some(), format!("{path}.consistentHash"), CONSISTENT_HASH);
+    out.note_if(
+        lb.consistent_hash.is_some(),
+        format!("{path}.consistentHash"),
+        CONSISTENT_HASH,
+    );
     out.note_if(
         lb.backend_utilization.is_some(),
         format!("{path}.backendUtilization"),
@@ -391,7 +417,11 @@ subsets:
                 "spec.subsets[0].trafficPolicy.tunnel",
             ]
         );
-        assert!(notes.iter().all(|(_, m)| m.starts_with("accepted but not applied by meshentry: ")));
+        assert!(
+            notes
+                .iter()
+                .all(|(_, m)| m.starts_with("accepted but not applied by meshentry: "))
+        );
     }
 
     #[test_case("http: [{route: [{destination: {host: a}}], corsPolicy: {allowOrigins: [{exact: x}]}}]", "spec.http[0].corsPolicy"; "cors")]
