@@ -589,7 +589,7 @@ pub enum Shape {
     Optional(Box<Shape>),
     /// Any value (`serde_json::Value`).
     Any,
-    /// A type nested deeper than [`SHAPE_DEPTH`] (a recursive type).
+    /// A type nested too deep to follow (a recursive type).
     Truncated,
 }
 
