@@ -562,6 +562,303 @@ impl<'de> de::MapAccess<'de> for MapDe<'_> {
     }
 }
 
+// === Introspection ===
+
+/// The shape of a model type as serde's derive describes it to [`decode`]: for a struct, the
+/// very field list that unknown-field detection uses. `tests/schema.rs` compares it with
+/// Istio's CRD schemas, so the model and the schema cannot drift apart unnoticed.
+#[doc(hidden)]
+#[derive(Clone, Debug, PartialEq)]
+pub enum Shape {
+    Bool,
+    /// An integer type and the values it holds.
+    Int {
+        min: i128,
+        max: i128,
+    },
+    Float,
+    String,
+    /// An enum of unit variants, by the names they are written with.
+    Enum(Vec<&'static str>),
+    /// Fields in declaration order, by the names they are written with.
+    Struct(Vec<(&'static str, Shape)>),
+    Seq(Box<Shape>),
+    /// A map with string keys.
+    Map(Box<Shape>),
+    /// An `Option`: the model tells "unset" from the zero value.
+    Optional(Box<Shape>),
+    /// Any value (`serde_json::Value`).
+    Any,
+    /// A type nested too deep to follow (a recursive type).
+    Truncated,
+}
+
+/// How deep [`shape_of`] follows nested types; the model's are far shallower.
+const SHAPE_DEPTH: usize = 48;
+
+/// The shape of `T`, found by deserializing it from a tracer that hands each struct every one
+/// of its fields, each list one item and each map one entry.
+#[doc(hidden)]
+pub fn shape_of<T: DeserializeOwned>() -> Shape {
+    let slot = RefCell::new(None);
+    // The tracer never fails; a type whose derive rejects its values would only lose its shape.
+    let _ = T::deserialize(Tracer { slot: &slot, depth: 0 });
+    slot.into_inner().unwrap_or(Shape::Truncated)
+}
+
+struct Tracer<'a> {
+    slot: &'a RefCell<Option<Shape>>,
+    depth: usize,
+}
+
+impl Tracer<'_> {
+    fn put(&self, shape: Shape) {
+        *self.slot.borrow_mut() = Some(shape);
+    }
+
+    fn int(&self, min: i128, max: i128) {
+        self.put(Shape::Int { min, max });
+    }
+}
+
+macro_rules! trace_int {
+    ($($method:ident => $visit:ident : $ty:ty),* $(,)?) => {
+        $(
+            fn $method<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
+                self.int(i128::from(<$ty>::MIN), i128::from(<$ty>::MAX));
+                visitor.$visit(0)
+            }
+        )*
+    };
+}
+
+impl<'de> de::Deserializer<'de> for Tracer<'_> {
+    type Error = DeError;
+
+    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
+        self.put(Shape::Any);
+        visitor.visit_unit()
+    }
+
+    fn deserialize_bool<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
+        self.put(Shape::Bool);
+        visitor.visit_bool(false)
+    }
+
+    trace_int! {
+        deserialize_i8 => visit_i8: i8,
+        deserialize_i16 => visit_i16: i16,
+        deserialize_i32 => visit_i32: i32,
+        deserialize_i64 => visit_i64: i64,
+        deserialize_u8 => visit_u8: u8,
+        deserialize_u16 => visit_u16: u16,
+        deserialize_u32 => visit_u32: u32,
+        deserialize_u64 => visit_u64: u64,
+    }
+
+    fn deserialize_f32<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
+        self.put(Shape::Float);
+        visitor.visit_f32(0.0)
+    }
+
+    fn deserialize_f64<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
+        self.put(Shape::Float);
+        visitor.visit_f64(0.0)
+    }
+
+    fn deserialize_char<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
+        self.deserialize_str(visitor)
+    }
+
+    fn deserialize_str<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
+        self.put(Shape::String);
+        visitor.visit_str("")
+    }
+
+    fn deserialize_string<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
+        self.deserialize_str(visitor)
+    }
+
+    fn deserialize_bytes<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
+        self.deserialize_str(visitor)
+    }
+
+    fn deserialize_byte_buf<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
+        self.deserialize_str(visitor)
+    }
+
+    fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
+        let inner = RefCell::new(None);
+        let value = visitor.visit_some(Tracer {
+            slot: &inner,
+            depth: self.depth,
+        });
+        let inner = inner.into_inner().unwrap_or(Shape::Truncated);
+        self.put(Shape::Optional(Box::new(inner)));
+        value
+    }
+
+    fn deserialize_unit<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
+        self.put(Shape::Struct(Vec::new()));
+        visitor.visit_unit()
+    }
+
+    fn deserialize_unit_struct<V: Visitor<'de>>(self, _name: &'static str, visitor: V) -> Result<V::Value, DeError> {
+        self.deserialize_unit(visitor)
+    }
+
+    fn deserialize_newtype_struct<V: Visitor<'de>>(self, _name: &'static str, visitor: V) -> Result<V::Value, DeError> {
+        visitor.visit_newtype_struct(self)
+    }
+
+    fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
+        let item = RefCell::new(None);
+        let value = visitor.visit_seq(TraceSeq {
+            item: &item,
+            depth: self.depth + 1,
+            done: false,
+        });
+        self.put(Shape::Seq(Box::new(item.into_inner().unwrap_or(Shape::Truncated))));
+        value
+    }
+
+    fn deserialize_tuple<V: Visitor<'de>>(self, _len: usize, visitor: V) -> Result<V::Value, DeError> {
+        self.deserialize_seq(visitor)
+    }
+
+    fn deserialize_tuple_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        _len: usize,
+        visitor: V,
+    ) -> Result<V::Value, DeError> {
+        self.deserialize_seq(visitor)
+    }
+
+    fn deserialize_map<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
+        let value_shape = RefCell::new(None);
+        let keys: &'static [&'static str] = &["key"];
+        let value = visitor.visit_map(TraceMap {
+            keys: if self.depth < SHAPE_DEPTH { keys } else { &[] },
+            next: 0,
+            shapes: Vec::new(),
+            value_slot: &value_shape,
+            depth: self.depth + 1,
+        });
+        self.put(Shape::Map(Box::new(
+            value_shape.into_inner().unwrap_or(Shape::Truncated),
+        )));
+        value
+    }
+
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, DeError> {
+        if self.depth >= SHAPE_DEPTH {
+            self.put(Shape::Truncated);
+            return visitor.visit_map(TraceMap {
+                keys: &[],
+                next: 0,
+                shapes: Vec::new(),
+                value_slot: &RefCell::new(None),
+                depth: self.depth,
+            });
+        }
+        let slot = RefCell::new(None);
+        let mut map = TraceMap {
+            keys: fields,
+            next: 0,
+            shapes: Vec::new(),
+            value_slot: &slot,
+            depth: self.depth + 1,
+        };
+        let value = visitor.visit_map(&mut map);
+        self.put(Shape::Struct(map.shapes));
+        value
+    }
+
+    fn deserialize_enum<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        variants: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, DeError> {
+        self.put(Shape::Enum(variants.to_vec()));
+        let first = variants.first().copied().unwrap_or_default();
+        visitor.visit_enum(StrDeserializer::<DeError>::new(first))
+    }
+
+    fn deserialize_identifier<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
+        self.deserialize_str(visitor)
+    }
+
+    fn deserialize_ignored_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
+        visitor.visit_unit()
+    }
+}
+
+/// A list of one item.
+struct TraceSeq<'a> {
+    item: &'a RefCell<Option<Shape>>,
+    depth: usize,
+    done: bool,
+}
+
+impl<'de> de::SeqAccess<'de> for TraceSeq<'_> {
+    type Error = DeError;
+
+    fn next_element_seed<T: DeserializeSeed<'de>>(&mut self, seed: T) -> Result<Option<T::Value>, DeError> {
+        if self.done || self.depth > SHAPE_DEPTH {
+            return Ok(None);
+        }
+        self.done = true;
+        seed.deserialize(Tracer {
+            slot: self.item,
+            depth: self.depth,
+        })
+        .map(Some)
+    }
+}
+
+/// A struct's fields or a map's one entry, each value traced in turn.
+struct TraceMap<'a> {
+    keys: &'static [&'static str],
+    next: usize,
+    /// The shape of each value handed out, with its key.
+    shapes: Vec<(&'static str, Shape)>,
+    value_slot: &'a RefCell<Option<Shape>>,
+    depth: usize,
+}
+
+impl<'de> de::MapAccess<'de> for TraceMap<'_> {
+    type Error = DeError;
+
+    fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>, DeError> {
+        let Some(key) = self.keys.get(self.next) else {
+            return Ok(None);
+        };
+        let key_de: StrDeserializer<'_, DeError> = (*key).into_deserializer();
+        seed.deserialize(key_de).map(Some)
+    }
+
+    fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, DeError> {
+        let key = self.keys.get(self.next).copied().unwrap_or_default();
+        self.next += 1;
+        let value = seed.deserialize(Tracer {
+            slot: self.value_slot,
+            depth: self.depth,
+        });
+        let shape = self.value_slot.borrow_mut().take().unwrap_or(Shape::Truncated);
+        self.shapes.push((key, shape.clone()));
+        // A map's caller reads its value's shape back from the slot.
+        *self.value_slot.borrow_mut() = Some(shape);
+        value
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -657,6 +954,34 @@ mod tests {
         assert_eq!(issues.len(), 1);
         assert_eq!(issues[0].message, "duplicate key `hosts`");
         assert_eq!(issues[0].pos.line, 3);
+    }
+
+    #[test]
+    fn shape_lists_every_field_as_the_decoder_reads_it() {
+        let u32_ = || Shape::Int {
+            min: 0,
+            max: i128::from(u32::MAX),
+        };
+        assert_eq!(
+            shape_of::<Spec>(),
+            Shape::Struct(vec![
+                ("hosts", Shape::Seq(Box::new(Shape::String))),
+                (
+                    "ports",
+                    Shape::Seq(Box::new(Shape::Struct(vec![
+                        ("number", u32_()),
+                        ("name", Shape::String),
+                        ("targetPort", Shape::Optional(Box::new(u32_()))),
+                    ])))
+                ),
+                (
+                    "resolution",
+                    Shape::Optional(Box::new(Shape::Enum(vec!["NONE", "STATIC", "DNS"])))
+                ),
+                ("labels", Shape::Map(Box::new(Shape::String))),
+                ("flag", Shape::Bool),
+            ])
+        );
     }
 
     #[test]

@@ -515,6 +515,9 @@ pub fn validate_resource(r: &Resource, report: &mut Report) {
         Spec::Sidecar(s) => validate::validate_sidecar(s, ns, report),
         Spec::Pod { .. } | Spec::Namespace => {}
     }
+    for (path, note) in validate::not_applied::not_applied(&r.spec) {
+        report.info(path, note);
+    }
 }
 
 /// A semantic finding on a field that already failed to decode would only repeat it.

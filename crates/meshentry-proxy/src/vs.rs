@@ -1170,8 +1170,9 @@ fn merge_http_route(root: &HttpRoute, root_ns: &str, sub: &HttpRoute, sub_ns: &s
     if out.mirror.is_none() {
         out.mirror = root.mirror.as_ref().map(root_dest);
     }
-    if out.mirror_percent.is_none() {
+    if out.legacy_mirror_percent().is_none() {
         out.mirror_percent = root.mirror_percent;
+        out.mirror_percent_proto_name = root.mirror_percent_proto_name;
     }
     if out.mirror_percentage.is_none() {
         out.mirror_percentage = root.mirror_percentage.clone();
@@ -1610,7 +1611,7 @@ impl Ctx<'_, '_> {
                 .mirror_percentage
                 .as_ref()
                 .map(|p| p.value)
-                .or(rule.mirror_percent.map(f64::from))
+                .or(rule.legacy_mirror_percent().map(f64::from))
                 .unwrap_or(100.0);
             mirrors.push(Mirror {
                 target: self.target(vs, m, port),
@@ -2157,6 +2158,31 @@ spec:
             table(&canary, "a.example.com", 80),
             Some(("default/first".into(), vec!["canary-only".into(), "all".into()]))
         );
+    }
+
+    #[test]
+    fn legacy_mirror_percent_under_either_name() {
+        let percent = |field: &str| {
+            let yaml = format!(
+                r#"{SERVICES}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: mirrored}}
+spec:
+  hosts: [a.example.com]
+  http: [{{route: [{{destination: {{host: a.example.com}}}}], mirror: {{host: b.example.com}}, {field}}}]
+"#
+            );
+            let snap = snapshot(&yaml, &[]);
+            let d = crate::route::route(&snap, "a.example.com", 80);
+            let routes = snap.routes.http_for(&d, "a.example.com", 80).unwrap();
+            routes.rules[0].mirrors.iter().map(|m| m.percent).collect::<Vec<f64>>()
+        };
+        assert_eq!(percent("mirrorPercent: 30"), [30.0]);
+        assert_eq!(percent("mirror_percent: 40"), [40.0]);
+        // Istio's decoder reads the proto name first.
+        assert_eq!(percent("mirror_percent: 40, mirrorPercent: 30"), [40.0]);
     }
 
     fn hm(json: &str) -> HttpMatchRequest {

@@ -553,3 +553,66 @@ fn delegate_rules_are_listed_under_the_root_rule() {
         &explain(&files, &["http://a.example.com/api/v3"]),
     );
 }
+
+#[test]
+fn fields_not_applied_in_the_resources_shown_are_noted() {
+    let config = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: web, namespace: default}
+spec:
+  hosts: [web.example.com, other.example.com]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: STATIC
+  endpoints: [{address: 10.0.0.1}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: web, namespace: default}
+spec:
+  host: web.example.com
+  trafficPolicy:
+    loadBalancer: {simple: ROUND_ROBIN}
+    connectionPool: {http: {http2KeepAlive: {interval: 30s, timeout: 5s}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: other, namespace: default}
+spec:
+  host: other.example.com
+  trafficPolicy: {outlierDetection: {consecutive5xxErrors: 1}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: web, namespace: default}
+spec:
+  hosts: [web.example.com]
+  http:
+  - route: [{destination: {host: web.example.com}}]
+    corsPolicy: {allowOrigins: [{exact: "https://a.example.com"}]}
+"#;
+    let file = temp_file("notes.yaml", config).to_string_lossy().into_owned();
+    let out = explain(std::slice::from_ref(&file), &["http://web.example.com/"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let notes = stdout
+        .split_once("\nnotes:\n")
+        .map(|(_, n)| n)
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(
+        notes.contains(
+            "DestinationRule default/web spec.trafficPolicy.connectionPool: accepted but not applied by meshentry: "
+        ),
+        "{stdout}"
+    );
+    assert!(
+        notes.contains("VirtualService default/web spec.http[0].corsPolicy: accepted but not applied by meshentry: "),
+        "{stdout}"
+    );
+    // A resource the route does not use is not explained.
+    assert!(!notes.contains("default/other"), "{stdout}");
+
+    let out = explain(&[file], &["-o", "json", "http://web.example.com/"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["notes"].as_array().map(Vec::len), Some(2), "{v}");
+}

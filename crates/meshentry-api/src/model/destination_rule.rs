@@ -88,6 +88,8 @@ pub struct RetryBudget {
     /// `DoubleValue`, 0..100.
     pub percent: Option<f64>,
     pub min_retry_concurrency: u32,
+    /// The window the budget's percentage is computed over.
+    pub budget_interval: Option<Duration>,
 }
 
 /// Istio `Subset`: endpoints whose labels contain `labels`, with an optional policy override.
@@ -99,16 +101,32 @@ pub struct Subset {
     pub traffic_policy: Option<TrafficPolicy>,
 }
 
-/// Istio `LoadBalancerSettings`. `simple` and `consistentHash` are a oneof.
+/// Istio `LoadBalancerSettings`. `simple`, `consistentHash` and `backendUtilization` are a
+/// oneof.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(default, rename_all = "camelCase")]
 pub struct LoadBalancerSettings {
     pub simple: Option<SimpleLb>,
     pub consistent_hash: Option<ConsistentHashLb>,
+    pub backend_utilization: Option<BackendUtilizationLb>,
+    /// Cannot be set together with `zoneAwareLbSetting`.
     pub locality_lb_setting: Option<LocalityLoadBalancerSetting>,
+    pub zone_aware_lb_setting: Option<ZoneAwareLoadBalancerSetting>,
     /// Deprecated; `warmup` replaces it.
     pub warmup_duration_secs: Option<Duration>,
     pub warmup: Option<WarmupConfiguration>,
+}
+
+/// Istio `LoadBalancerSettings.BackendUtilizationLB`: weights from the load the endpoints
+/// report (ORCA).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(default, rename_all = "camelCase")]
+pub struct BackendUtilizationLb {
+    pub weight_update_period: Option<Duration>,
+    pub weight_expiration_period: Option<Duration>,
+    pub weight_stabilization_period: Option<Duration>,
+    pub error_utilization_penalty_percent: u32,
+    pub metric_names_for_computing_utilization: Vec<String>,
 }
 
 /// Istio `LoadBalancerSettings.SimpleLB`.
@@ -196,7 +214,20 @@ pub struct LocalityDistribute {
     pub to: BTreeMap<String, u32>,
 }
 
-/// Istio `LocalityLoadBalancerSetting.Failover`.
+/// Istio `ZoneAwareLoadBalancerSetting`: Envoy's zone-aware routing, with region failover.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(default, rename_all = "camelCase")]
+pub struct ZoneAwareLoadBalancerSetting {
+    pub enabled: Option<bool>,
+    /// Regions only: zones and subzones are handled by zone-aware routing itself.
+    pub failover: Vec<LocalityFailover>,
+    pub failover_priority: Vec<String>,
+    /// `UInt32Value`, at least 1.
+    pub min_cluster_size: Option<u32>,
+}
+
+/// Istio `LocalityLoadBalancerSetting.Failover` (and `ZoneAwareLoadBalancerSetting.Failover`,
+/// the same shape).
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(default, rename_all = "camelCase")]
 pub struct LocalityFailover {
@@ -255,6 +286,16 @@ pub struct HttpSettings {
     pub h2_upgrade_policy: H2UpgradePolicy,
     pub use_client_protocol: bool,
     pub max_concurrent_streams: i32,
+    pub http2_keep_alive: Option<ConnectionKeepalive>,
+}
+
+/// Istio `ConnectionPoolSettings.HTTPSettings.ConnectionKeepalive`: HTTP/2 PING keepalive;
+/// both durations are required.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(default, rename_all = "camelCase")]
+pub struct ConnectionKeepalive {
+    pub interval: Option<Duration>,
+    pub timeout: Option<Duration>,
 }
 
 /// Istio `ConnectionPoolSettings.HTTPSettings.H2UpgradePolicy`.
@@ -283,6 +324,8 @@ pub struct OutlierDetection {
     pub base_ejection_time: Option<Duration>,
     pub max_ejection_percent: i32,
     pub min_health_percent: i32,
+    /// The status codes (100..599) that count as errors, instead of 5xx.
+    pub outlier_detection_http_error_codes: Vec<u32>,
 }
 
 /// Istio `ClientTLSSettings`: TLS from the proxy to the upstream.

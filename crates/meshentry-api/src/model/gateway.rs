@@ -50,6 +50,8 @@ pub struct ServerTlsSettings {
     pub ca_crl: String,
     pub credential_name: String,
     pub credential_names: Vec<String>,
+    /// A secret holding only the CA that client certificates are checked against.
+    pub ca_cert_credential_name: String,
     pub tls_certificates: Vec<TlsCertificate>,
     pub subject_alt_names: Vec<String>,
     pub verify_certificate_spki: Vec<String>,
@@ -57,6 +59,9 @@ pub struct ServerTlsSettings {
     pub min_protocol_version: TlsProtocol,
     pub max_protocol_version: TlsProtocol,
     pub cipher_suites: Vec<String>,
+    pub ecdh_curves: Vec<String>,
+    /// `BoolValue`: do not verify client certificates.
+    pub insecure_skip_verify: Option<bool>,
 }
 
 /// Istio `ServerTLSSettings.TLSmode`; `PASSTHROUGH` is the proto zero value, so `tls: {}`

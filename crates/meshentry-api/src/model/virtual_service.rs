@@ -39,10 +39,23 @@ pub struct HttpRoute {
     pub mirror: Option<Destination>,
     pub mirrors: Vec<HttpMirrorPolicy>,
     pub mirror_percentage: Option<Percent>,
-    /// Deprecated `UInt32Value`; `mirrorPercentage` replaces it.
+    /// Deprecated `UInt32Value`; `mirrorPercentage` replaces it. The schema takes it under two
+    /// names, this one and [`HttpRoute::mirror_percent_proto_name`]; read
+    /// [`HttpRoute::legacy_mirror_percent`].
     pub mirror_percent: Option<u32>,
+    /// `mirror_percent`, the proto field name the CRD also accepts.
+    #[serde(rename = "mirror_percent")]
+    pub mirror_percent_proto_name: Option<u32>,
     pub cors_policy: Option<CorsPolicy>,
     pub headers: Option<Headers>,
+}
+
+impl HttpRoute {
+    /// The deprecated mirror percentage under either of its names. Istio's decoder reads the
+    /// proto name first, so it wins when both are written.
+    pub fn legacy_mirror_percent(&self) -> Option<u32> {
+        self.mirror_percent_proto_name.or(self.mirror_percent)
+    }
 }
 
 /// Istio `HTTPMatchRequest`: every set field must match (AND).
@@ -139,6 +152,8 @@ pub struct HttpRedirect {
     pub scheme: String,
     /// 0 = 301.
     pub redirect_code: u32,
+    /// Replaces the matched URI prefix in the redirect; not with `uri`.
+    pub prefix_rewrite: String,
 }
 
 /// Istio `HTTPRedirect.RedirectPortSelection`.
@@ -313,6 +328,8 @@ pub struct TcpRoute {
 pub struct L4MatchAttributes {
     pub destination_subnets: Vec<String>,
     pub port: u32,
+    /// Deprecated in Istio's API and not used by it.
+    pub source_subnet: String,
     pub source_labels: BTreeMap<String, String>,
     pub gateways: Vec<String>,
     pub source_namespace: String,

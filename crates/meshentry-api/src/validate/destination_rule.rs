@@ -9,9 +9,9 @@ use super::common::{
     validate_port_number, wildcard_domain_error,
 };
 use crate::model::{
-    ClientTlsMode, ClientTlsSettings, ConnectionPoolSettings, ConsistentHashLb, DestinationRule, Duration,
-    H2UpgradePolicy, LoadBalancerSettings, LocalityLoadBalancerSetting, OutlierDetection, PortTrafficPolicy,
-    RetryBudget, TrafficPolicy, TunnelSettings, TypeWorkloadSelector,
+    BackendUtilizationLb, ClientTlsMode, ClientTlsSettings, ConnectionPoolSettings, ConsistentHashLb, DestinationRule,
+    Duration, H2UpgradePolicy, LoadBalancerSettings, LocalityLoadBalancerSetting, OutlierDetection, PortTrafficPolicy,
+    RetryBudget, TrafficPolicy, TunnelSettings, TypeWorkloadSelector, ZoneAwareLoadBalancerSetting,
 };
 
 /// Istio's `ValidateDestinationRule`. Findings accumulate; an empty `trafficPolicy` only
@@ -190,6 +190,13 @@ fn validate_opt_duration(r: &mut Report, path: &str, d: &Option<Duration>) {
     }
 }
 
+/// A proto `Duration` that Istio only decodes: any well-formed value, zero included.
+fn validate_duration_syntax(r: &mut Report, path: &str, d: &Option<Duration>) {
+    if let Some(Err(e)) = d.as_ref().map(Duration::parse) {
+        r.error(path, e);
+    }
+}
+
 fn validate_percent(r: &mut Report, path: &str, value: i32) {
     if !(0..=100).contains(&value) {
         r.error(path, format!("percentage {value} is not in range 0..100"));
@@ -213,6 +220,15 @@ fn validate_outlier_detection(r: &mut Report, path: &str, od: &OutlierDetection)
     validate_opt_duration(r, &format!("{path}.interval"), &od.interval);
     validate_percent(r, &format!("{path}.maxEjectionPercent"), od.max_ejection_percent);
     validate_percent(r, &format!("{path}.minHealthPercent"), od.min_health_percent);
+    // Istio's CRD schema bounds each code; the wording is ours.
+    for (i, code) in od.outlier_detection_http_error_codes.iter().enumerate() {
+        if !(100..=599).contains(code) {
+            r.error(
+                format!("{path}.outlierDetectionHttpErrorCodes[{i}]"),
+                format!("{code} is not an HTTP status code (100..599)"),
+            );
+        }
+    }
 }
 
 fn non_negative(r: &mut Report, path: &str, value: i32, what: &str) {
@@ -261,6 +277,17 @@ pub(super) fn validate_connection_pool(r: &mut Report, path: &str, cp: &Connecti
             h.max_concurrent_streams,
             "max concurrent streams",
         );
+        if let Some(k) = &h.http2_keep_alive {
+            let kp = format!("{p}.http2KeepAlive");
+            match &k.interval {
+                None => r.error(format!("{kp}.interval"), "http2 keepalive interval is required"),
+                Some(d) => validate_duration(r, &format!("{kp}.interval"), d),
+            }
+            match &k.timeout {
+                None => r.error(format!("{kp}.timeout"), "http2 keepalive timeout is required"),
+                Some(d) => validate_duration(r, &format!("{kp}.timeout"), d),
+            }
+        }
     }
     if let Some(t) = &cp.tcp {
         let p = format!("{path}.tcp");
@@ -287,13 +314,23 @@ fn validate_load_balancer(r: &mut Report, path: &str, lb: &LoadBalancerSettings,
         &[
             ("simple", lb.simple.is_some()),
             ("consistentHash", lb.consistent_hash.is_some()),
+            ("backendUtilization", lb.backend_utilization.is_some()),
         ],
     );
     if let Some(ch) = &lb.consistent_hash {
         validate_consistent_hash(r, &format!("{path}.consistentHash"), ch);
     }
+    if let Some(b) = &lb.backend_utilization {
+        validate_backend_utilization(r, &format!("{path}.backendUtilization"), b);
+    }
+    if lb.locality_lb_setting.is_some() && lb.zone_aware_lb_setting.is_some() {
+        r.error(path, "only one of localityLbSetting and zoneAwareLbSetting can be set");
+    }
     if let Some(l) = &lb.locality_lb_setting {
         validate_locality_lb(r, &format!("{path}.localityLbSetting"), l, has_outlier);
+    }
+    if let Some(z) = &lb.zone_aware_lb_setting {
+        validate_zone_aware_lb(r, &format!("{path}.zoneAwareLbSetting"), z, has_outlier);
     }
     validate_opt_duration(r, &format!("{path}.warmupDurationSecs"), &lb.warmup_duration_secs);
     if let Some(w) = &lb.warmup {
@@ -456,6 +493,61 @@ fn validate_locality_lb(r: &mut Report, path: &str, l: &LocalityLoadBalancerSett
     }
 }
 
+/// Istio's `ValidateZoneAwareLbSetting`: failover orders regions only, and zone-aware routing
+/// already partitions by region, zone and subzone, so those labels cannot be priorities.
+fn validate_zone_aware_lb(r: &mut Report, path: &str, z: &ZoneAwareLoadBalancerSetting, has_outlier: bool) {
+    for (i, label) in z.failover_priority.iter().enumerate() {
+        if matches!(
+            label.as_str(),
+            "topology.kubernetes.io/region" | "topology.kubernetes.io/zone" | "topology.istio.io/subzone"
+        ) {
+            r.error(
+                format!("{path}.failoverPriority[{i}]"),
+                format!(
+                    "'failover_priority' for zone aware lb must not use topology label '{label}'; region- and zone-level routing are handled automatically"
+                ),
+            );
+        }
+    }
+    if (!z.failover.is_empty() || !z.failover_priority.is_empty()) && !has_outlier {
+        r.warn(path, "outlier detection policy must be provided for failover");
+    }
+    for (i, f) in z.failover.iter().enumerate() {
+        let p = format!("{path}.failover[{i}]");
+        if f.from == f.to {
+            r.error(&p, "zone aware lb failover settings must specify different regions");
+        }
+        if f.from.contains('/') || f.to.contains('/') {
+            r.error(
+                &p,
+                "zone aware lb failover only specifies region; zone and subzone failover are handled automatically",
+            );
+        }
+        if f.from.contains('*') || f.to.contains('*') {
+            r.error(&p, "zone aware lb failover region should not contain '*' wildcard");
+        }
+    }
+    // The CRD schema's bound (`minimum: 1`); the wording is ours.
+    if z.min_cluster_size == Some(0) {
+        r.error(format!("{path}.minClusterSize"), "minClusterSize must be at least 1");
+    }
+}
+
+/// Istio checks nothing here beyond decoding: the periods need only be durations.
+fn validate_backend_utilization(r: &mut Report, path: &str, b: &BackendUtilizationLb) {
+    validate_duration_syntax(r, &format!("{path}.weightUpdatePeriod"), &b.weight_update_period);
+    validate_duration_syntax(
+        r,
+        &format!("{path}.weightExpirationPeriod"),
+        &b.weight_expiration_period,
+    );
+    validate_duration_syntax(
+        r,
+        &format!("{path}.weightStabilizationPeriod"),
+        &b.weight_stabilization_period,
+    );
+}
+
 /// `region/zone/subzone` patterns with an optional trailing `*`, none covering another.
 fn validate_localities<'a>(r: &mut Report, path: &str, localities: impl Iterator<Item = &'a str>) {
     let mut seen: Vec<Vec<&str>> = Vec::new();
@@ -576,6 +668,7 @@ fn validate_retry_budget(r: &mut Report, path: &str, rb: &RetryBudget) {
             format!("retry budget percent {p} must be in range 0..100"),
         );
     }
+    validate_duration_syntax(r, &format!("{path}.budgetInterval"), &rb.budget_interval);
 }
 
 /// For tests in sibling modules: a label map from pairs.
@@ -824,6 +917,34 @@ exportTo: [".", "other"]
     )]
     #[test_case("retryBudget: {percent: 101}", "retry budget percent 101 must be in range 0..100")]
     #[test_case(
+        "retryBudget: {budgetInterval: 10}",
+        "invalid duration \"10\" (expected e.g. 10s, 1.5s, 100ms, 1h30m)"
+    )]
+    #[test_case(
+        "connectionPool: {http: {http2KeepAlive: {timeout: 5s}}}",
+        "http2 keepalive interval is required"
+    )]
+    #[test_case(
+        "connectionPool: {http: {http2KeepAlive: {interval: 30s}}}",
+        "http2 keepalive timeout is required"
+    )]
+    #[test_case(
+        "connectionPool: {http: {http2KeepAlive: {interval: 0s, timeout: 5s}}}",
+        "duration must be greater than 1ms"
+    )]
+    #[test_case(
+        "connectionPool: {http: {http2KeepAlive: {interval: 30s, timeout: 1.5ms}}}",
+        "only durations to ms precision are supported"
+    )]
+    #[test_case(
+        "outlierDetection: {outlierDetectionHttpErrorCodes: [503, 600]}",
+        "600 is not an HTTP status code (100..599)"
+    )]
+    #[test_case(
+        "outlierDetection: {outlierDetectionHttpErrorCodes: [99]}",
+        "99 is not an HTTP status code (100..599)"
+    )]
+    #[test_case(
         "tunnel: {protocol: GET, targetHost: a.com, targetPort: 80}",
         "tunnel protocol must be \"CONNECT\" or \"POST\""
     )]
@@ -862,7 +983,11 @@ exportTo: [".", "other"]
 
     // Load balancer.
     #[test_case("simple: ROUND_ROBIN", &[]; "simple")]
-    #[test_case("simple: RANDOM\nconsistentHash: {useSourceIp: true}", &["only one of simple or consistentHash may be set, found simple and consistentHash"]; "oneof")]
+    #[test_case("simple: RANDOM\nconsistentHash: {useSourceIp: true}", &["only one of simple, consistentHash or backendUtilization may be set, found simple and consistentHash"]; "oneof")]
+    #[test_case("simple: RANDOM\nbackendUtilization: {}", &["only one of simple, consistentHash or backendUtilization may be set, found simple and backendUtilization"]; "backend utilization oneof")]
+    #[test_case("backendUtilization: {weightUpdatePeriod: 0s, weightExpirationPeriod: 3m, weightStabilizationPeriod: 10s, errorUtilizationPenaltyPercent: 150, metricNamesForComputingUtilization: [named_metrics.foo]}", &[]; "backend utilization")]
+    #[test_case("backendUtilization: {weightUpdatePeriod: soon}", &["invalid duration \"soon\" (expected e.g. 10s, 1.5s, 100ms, 1h30m)"]; "backend utilization bad period")]
+    #[test_case("localityLbSetting: {enabled: true}\nzoneAwareLbSetting: {enabled: true}", &["only one of localityLbSetting and zoneAwareLbSetting can be set"]; "locality and zone aware")]
     #[test_case("consistentHash: {httpHeaderName: x, useSourceIp: true}", &["only one of httpHeaderName, httpCookie, useSourceIp or httpQueryParameterName may be set, found httpHeaderName and useSourceIp"]; "hash key oneof")]
     #[test_case("consistentHash: {httpCookie: {}}", &["name required for HttpCookie", "ttl required for HttpCookie"]; "cookie")]
     #[test_case("consistentHash: {httpCookie: {name: a, ttl: 10s}}", &[]; "good cookie")]
@@ -906,6 +1031,30 @@ exportTo: [".", "other"]
             "host: a.com\ntrafficPolicy:\n  outlierDetection: {{consecutive5xxErrors: 1}}\n  loadBalancer:\n   localityLbSetting:\n    {settings}\n"
         );
         assert_eq!(errors(&yaml), want);
+    }
+
+    // Zone-aware load balancing (Istio's ValidateZoneAwareLbSetting).
+    #[test_case("enabled: true\n    minClusterSize: 3\n    failover: [{from: us-east, to: eu-west}]\n    failoverPriority: [topology.istio.io/network]", &[]; "good")]
+    #[test_case("failover: [{from: a, to: a}]", &["zone aware lb failover settings must specify different regions"]; "same region")]
+    #[test_case("failover: [{from: a/b, to: c}]", &["zone aware lb failover only specifies region; zone and subzone failover are handled automatically"]; "zone")]
+    #[test_case("failover: [{from: '*', to: c}]", &["zone aware lb failover region should not contain '*' wildcard"]; "wildcard")]
+    #[test_case("failoverPriority: [topology.kubernetes.io/zone, topology.istio.io/network]", &["'failover_priority' for zone aware lb must not use topology label 'topology.kubernetes.io/zone'; region- and zone-level routing are handled automatically"]; "topology label")]
+    #[test_case("minClusterSize: 0", &["minClusterSize must be at least 1"]; "min cluster size")]
+    fn zone_aware(settings: &str, want: &[&str]) {
+        let yaml = format!(
+            "host: a.com\ntrafficPolicy:\n  outlierDetection: {{consecutive5xxErrors: 1}}\n  loadBalancer:\n   zoneAwareLbSetting:\n    {settings}\n"
+        );
+        assert_eq!(errors(&yaml), want);
+    }
+
+    #[test]
+    fn zone_aware_failover_without_outlier_detection_warns() {
+        let yaml = "host: a.com\ntrafficPolicy: {loadBalancer: {zoneAwareLbSetting: {failoverPriority: [topology.istio.io/network]}}}";
+        assert!(errors(yaml).is_empty());
+        assert_eq!(
+            warnings(yaml),
+            ["outlier detection policy must be provided for failover"]
+        );
     }
 
     #[test]

@@ -307,6 +307,17 @@ pub fn validate_workload_group(wg: &WorkloadGroup, r: &mut Report) {
     }
     validate_labels(r, "spec.template.labels", &wg.template.labels);
     if let Some(probe) = &wg.probe {
+        for (name, value) in [
+            ("periodSeconds", probe.period_seconds),
+            ("initialDelaySeconds", probe.initial_delay_seconds),
+            ("timeoutSeconds", probe.timeout_seconds),
+            ("successThreshold", probe.success_threshold),
+            ("failureThreshold", probe.failure_threshold),
+        ] {
+            if value < 0 {
+                r.error(format!("spec.probe.{name}"), format!("{name} must be non-negative"));
+            }
+        }
         let kinds = [
             probe.http_get.is_some(),
             probe.tcp_socket.is_some(),
@@ -594,6 +605,8 @@ mod tests {
     #[test_case("metadata: {labels: {app: a}}\ntemplate: {serviceAccount: sa, ports: {http: 8080}}\nprobe: {httpGet: {path: /ready, port: 8080}, periodSeconds: 5}", &[])]
     #[test_case("template: {address: 1.1.1.1}", &["address is not allowed in a WorkloadGroup template"])]
     #[test_case("template: {}\nprobe: {periodSeconds: 5}", &["must define a health check method (httpGet, tcpSocket, exec or grpc)"])]
+    #[test_case("template: {}\nprobe: {tcpSocket: {port: 80}, periodSeconds: -1, timeoutSeconds: -2}", &["periodSeconds must be non-negative", "timeoutSeconds must be non-negative"])]
+    #[test_case("template: {}\nprobe: {tcpSocket: {port: 80}, initialDelaySeconds: -1, successThreshold: -1, failureThreshold: -1}", &["initialDelaySeconds must be non-negative", "successThreshold must be non-negative", "failureThreshold must be non-negative"])]
     #[test_case("template: {}\nprobe: {tcpSocket: {port: 0}}", &["port number 0 must be in the range 1..65535"])]
     fn workload_groups(yaml: &str, want: &[&str]) {
         assert_eq!(wg(yaml), want);

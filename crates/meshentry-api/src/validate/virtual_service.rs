@@ -204,15 +204,21 @@ fn validate_http_route(r: &mut Report, path: &str, h: &HttpRoute, delegate_vs: b
     if let Some(f) = &h.fault {
         validate_fault(r, &format!("{path}.fault"), f);
     }
-    if let Some(p) = h.mirror_percent {
+    if let Some(p) = h.legacy_mirror_percent() {
+        // One proto field under two names: the findings go where it is written.
+        let name = if h.mirror_percent_proto_name.is_some() {
+            "mirror_percent"
+        } else {
+            "mirrorPercent"
+        };
         if p > 100 {
             r.error(
-                format!("{path}.mirrorPercent"),
+                format!("{path}.{name}"),
                 format!("mirror_percent must have a max value of 100 (it has {p})"),
             );
         }
         r.warn(
-            format!("{path}.mirrorPercent"),
+            format!("{path}.{name}"),
             "using deprecated setting \"mirrorPercent\", use \"mirrorPercentage\" instead",
         );
     }
@@ -233,7 +239,7 @@ fn validate_http_route(r: &mut Report, path: &str, h: &HttpRoute, delegate_vs: b
         }
     }
     if let Some(rd) = &h.redirect {
-        validate_redirect(r, &format!("{path}.redirect"), rd);
+        validate_redirect(r, &format!("{path}.redirect"), rd, &h.r#match);
     }
     if let Some(dr) = &h.direct_response {
         validate_direct_response(r, &format!("{path}.directResponse"), dr);
@@ -637,13 +643,30 @@ fn validate_fault(r: &mut Report, path: &str, f: &HttpFaultInjection) {
 }
 
 /// Istio's `validateHTTPRedirect` stops at the first problem.
-fn validate_redirect(r: &mut Report, path: &str, rd: &HttpRedirect) {
+fn validate_redirect(r: &mut Report, path: &str, rd: &HttpRedirect, matches: &[HttpMatchRequest]) {
     check_oneof(
         r,
         path,
         &[("port", rd.port.is_some()), ("derivePort", rd.derive_port.is_some())],
     );
+    if !rd.uri.is_empty() && !rd.prefix_rewrite.is_empty() {
+        r.error(path, "redirect may only specify one of uri or prefix_rewrite");
+        return;
+    }
+    // Only a matched prefix can be replaced.
+    if !rd.prefix_rewrite.is_empty()
+        && matches
+            .iter()
+            .any(|m| m.uri.as_ref().is_some_and(|u| u.prefix.is_none()))
+    {
+        r.error(
+            format!("{path}.prefixRewrite"),
+            "redirect prefix_rewrite requires all URI matches to use prefix match type",
+        );
+        return;
+    }
     if rd.uri.is_empty()
+        && rd.prefix_rewrite.is_empty()
         && rd.authority.is_empty()
         && rd.port.is_none()
         && rd.derive_port.is_none()
@@ -1334,6 +1357,10 @@ exportTo: ["."]
     #[test_case("{redirect: {scheme: ftp}}", &["invalid redirect scheme, must be \"http\" or \"https\""]; "bad scheme")]
     #[test_case("{redirect: {port: 70000}}", &["port number 70000 must be in the range 1..65535"]; "bad port")]
     #[test_case("{redirect: {port: 8080}}", &[]; "port only")]
+    #[test_case("{redirect: {prefixRewrite: /v2/}}", &[]; "prefix rewrite only")]
+    #[test_case("{match: [{uri: {prefix: /v1/}}, {headers: {a: {exact: b}}}], redirect: {prefixRewrite: /v2/}}", &[]; "prefix rewrite of prefix matches")]
+    #[test_case("{redirect: {uri: /a, prefixRewrite: /b}}", &["redirect may only specify one of uri or prefix_rewrite"]; "uri and prefix rewrite")]
+    #[test_case("{match: [{uri: {prefix: /v1/}}, {uri: {exact: /v1}}], redirect: {prefixRewrite: /v2/}}", &["redirect prefix_rewrite requires all URI matches to use prefix match type"]; "prefix rewrite of exact match")]
     #[test_case("{directResponse: {status: 700}}", &["HTTP status 700 is not in range 200-599"]; "bad status")]
     #[test_case("{directResponse: {status: 503, body: {string: down}}}", &[]; "direct")]
     #[test_case("{route: [{destination: {host: a}}], timeout: 0s}", &["duration must be greater than 1ms"]; "timeout")]
@@ -1375,11 +1402,26 @@ exportTo: ["."]
     #[test_case("mirrors: [{percentage: {value: 5}}]", &["destination is required for mirrors"]; "mirrors destination")]
     #[test_case("mirrors: [{destination: {host: b}, percentage: {value: 200}}]", &["mirror percentage must have a max value of 100 (it has 200.000000)"]; "mirrors percentage")]
     #[test_case("mirrorPercent: 200", &["mirror_percent must have a max value of 100 (it has 200)"]; "mirror percent")]
+    #[test_case("mirror_percent: 200", &["mirror_percent must have a max value of 100 (it has 200)"]; "mirror percent proto name")]
+    #[test_case("mirror: {host: b}, mirror_percent: 50", &[]; "mirror percent proto name in range")]
     fn mirrors(extra: &str, want: &[&str]) {
         assert_eq!(
             errors(&http(&format!("{{route: [{{destination: {{host: a}}}}], {extra}}}"))),
             want
         );
+    }
+
+    #[test]
+    fn mirror_percent_proto_name_is_deprecated_and_read_first() {
+        let rule = "{route: [{destination: {host: a}}], mirror: {host: b}, mirror_percent: 10, mirrorPercent: 200}";
+        let r = run(&http(rule));
+        assert_eq!(
+            r.messages_of(Severity::Warning),
+            ["using deprecated setting \"mirrorPercent\", use \"mirrorPercentage\" instead"]
+        );
+        assert_eq!(r.problems[0].path, "spec.http[0].mirror_percent");
+        // Istio's decoder takes the proto name, so 200 under the other name is not read.
+        assert!(errors(&http(rule)).is_empty());
     }
 
     #[test]

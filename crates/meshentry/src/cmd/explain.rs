@@ -170,6 +170,9 @@ struct Explanation {
     outcome: OutcomeJson,
     /// Snapshot warnings that name this destination's services or clusters.
     warnings: Vec<String>,
+    /// Fields of the resources shown above that meshentry accepts but does not apply.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    notes: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -1164,7 +1167,7 @@ async fn explain(
         .cloned()
         .collect();
     warnings.dedup();
-    Explanation {
+    let mut explanation = Explanation {
         request: RequestJson {
             target: args.target.clone(),
             protocol: t.proto,
@@ -1190,7 +1193,40 @@ async fn explain(
         destinations: ex.destinations,
         outcome,
         warnings,
+        notes: Vec::new(),
+    };
+    explanation.notes = not_applied_notes(&explanation, resources);
+    explanation
+}
+
+/// `validate`'s "accepted but not applied" notes for the resources the explanation names: the
+/// ServiceEntry, the VirtualService(s), each cluster's DestinationRule and the Sidecar the
+/// outbound policy comes from. A reader then knows which of their settings did not shape the
+/// route shown.
+fn not_applied_notes(e: &Explanation, resources: &[&Resource]) -> Vec<String> {
+    let mut shown: Vec<String> = Vec::new();
+    if let Some(s) = &e.service {
+        shown.push(s.resource.clone());
     }
+    if let Some(vs) = &e.virtual_service {
+        shown.extend(vs.name.split(',').map(|n| format!("VirtualService {n}")));
+    }
+    shown.extend(e.destinations.iter().filter_map(|d| d.destination_rule.clone()));
+    shown.push(e.proxy.policy_source.clone());
+    // The names come as `Kind ns/name`, some followed by ` at FILE:LINE:COL`.
+    let names = |r: &Resource| {
+        let name = r.display_name();
+        shown
+            .iter()
+            .any(|s| s == &name || s.strip_prefix(&name).is_some_and(|rest| rest.starts_with(' ')))
+    };
+    let mut notes = Vec::new();
+    for r in resources.iter().filter(|r| names(r)) {
+        for (path, note) in meshentry_api::validate::not_applied::not_applied(&r.spec) {
+            notes.push(format!("{} {path}: {note}", r.display_name()));
+        }
+    }
+    notes
 }
 
 fn request(args: &Args, t: &Target0) -> ExplainRequest {
@@ -1462,6 +1498,12 @@ fn write_text(out: &mut impl Write, e: &Explanation) -> std::io::Result<()> {
         writeln!(out, "\nwarnings:")?;
         for w in &e.warnings {
             writeln!(out, "   {w}")?;
+        }
+    }
+    if !e.notes.is_empty() {
+        writeln!(out, "\nnotes:")?;
+        for n in &e.notes {
+            writeln!(out, "   {n}")?;
         }
     }
     let o = &e.outcome;
