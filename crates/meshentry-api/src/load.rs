@@ -428,7 +428,12 @@ impl Loaded {
 
         let mut report = Report::default();
         validate_meta(&resource, &mut report);
-        validate_resource(&resource, &mut report);
+        // `template: {}` is a template; no template, or `null`, is none (Istio's nil).
+        let template_given = doc
+            .get("spec")
+            .and_then(|s| s.get("template"))
+            .is_some_and(|t| t.value != Value::Null);
+        validate_with(&resource, template_given, &mut report);
 
         let mut valid = true;
         for issue in &issues {
@@ -650,13 +655,18 @@ fn is_dns1123_subdomain(s: &str) -> bool {
     s.len() <= 253 && s.split('.').all(is_dns1123_label)
 }
 
-/// Runs the kind's validator.
+/// Runs the kind's validator. A WorkloadGroup is taken to have a `template`: only the
+/// document can tell (see [`Loaded::add_str`], which checks).
 pub fn validate_resource(r: &Resource, report: &mut Report) {
+    validate_with(r, true, report);
+}
+
+fn validate_with(r: &Resource, template_given: bool, report: &mut Report) {
     let ns = r.namespace.as_str();
     match &r.spec {
-        Spec::ServiceEntry(s) => validate::validate_service_entry(s, ns, report),
+        Spec::ServiceEntry(s) => validate::validate_service_entry(s, ns, &r.meta.labels, report),
         Spec::WorkloadEntry(s) => validate::validate_workload_entry(s, report),
-        Spec::WorkloadGroup(s) => validate::validate_workload_group(s, report),
+        Spec::WorkloadGroup(s) => validate::validate_workload_group(s, template_given, report),
         Spec::DestinationRule(s) => validate::validate_destination_rule(s, ns, report),
         Spec::VirtualService(s) => validate::validate_virtual_service(s, ns, report),
         Spec::Gateway(s) => validate::validate_gateway(s, &r.meta.name, report),

@@ -290,7 +290,7 @@ metadata: {name: tcp}
 spec:
   hosts: [db.example.com]
   ports: [{number: 5432, name: pg, protocol: TCP}]
-  resolution: DNS
+  resolution: NONE
 ";
     let mut loaded = Loaded::default();
     loaded.add_str("f.yaml", routing, &opts());
@@ -301,7 +301,8 @@ spec:
         .replace("name: tcp", "name: other");
     loaded.add_str("g.yaml", &se_only, &opts());
     loaded.finish();
-    // The ServiceEntries' own warnings (IST0134-style) are at 14:11.
+    // The ServiceEntries' own warnings (a TCP port without addresses, which resolution NONE
+    // never gets allocated) are at 14:11.
     assert_eq!(loaded.findings.len(), 2, "{:?}", loaded.findings);
     let (vs, se) = (loaded.resources[0].clone(), loaded.resources[1].clone());
     // Made at the document, placed on the field in streams that hold a VirtualService,

@@ -749,7 +749,7 @@ exportTo: [".", "other"]
     #[test_case("host: '*'", &[]; "star")]
     #[test_case("host: '*.a.com'", &[]; "wildcard")]
     #[test_case("{}", &["empty domain name not allowed"]; "missing")]
-    #[test_case("host: a..com", &["domain name \"a..com\" invalid (label \"\" invalid)"]; "bad label")]
+    #[test_case("host: a..com", &["domain name \".com\" invalid (label \"\" invalid)"]; "bad label")]
     fn host(yaml: &str, want: &[&str]) {
         assert_eq!(errors(yaml), want);
     }
@@ -956,7 +956,9 @@ exportTo: [".", "other"]
     // A27: exportTo and workload selector.
     #[test_case("exportTo: ['*']", &[]; "public")]
     #[test_case("exportTo: ['~']", &["exportTo ~ (none) is not allowed for Istio configuration objects"]; "none")]
-    #[test_case("exportTo: ['.', ns]", &["duplicate entries in exportTo: . and current namespace ns"]; "dup dot")]
+    // Istio reads `.` as the namespace, and names the second of the two it meets.
+    #[test_case("exportTo: ['.', ns]", &["duplicate entries in exportTo for entry ns"]; "dup dot")]
+    #[test_case("exportTo: [ns, '.']", &["duplicate entries in exportTo: . and current namespace ns"]; "dot dup")]
     #[test_case("workloadSelector: {matchLabels: {app: a}}\nexportTo: ['.']", &[]; "selector own ns")]
     #[test_case("workloadSelector: {matchLabels: {app: a}}\nexportTo: [ns]", &[]; "selector own ns by name")]
     #[test_case("workloadSelector: {matchLabels: {app: a}}\nexportTo: ['*']", &["destination rule with workload selector cannot have exportTo beyond current namespace"]; "selector public")]

@@ -430,7 +430,7 @@ servers:
     #[test_case("['~/a.com']", &["invalid namespace value \"~\" in gateway"]; "tilde")]
     #[test_case("['*a.com']", &["partial wildcard \"*a.com\" not allowed"]; "partial wildcard")]
     #[test_case("['ns/']", &["config namespace and dnsName in host entry cannot be empty", "short names (non FQDN) are not allowed", "empty domain name not allowed"]; "empty dns")]
-    #[test_case("['a..com']", &["domain name \"a..com\" invalid (label \"\" invalid)"]; "bad dns")]
+    #[test_case("['a..com']", &["domain name \".com\" invalid (label \"\" invalid)"]; "bad dns")]
     fn hosts(hosts: &str, want: &[&str]) {
         assert_eq!(
             errors(&server(&format!(
