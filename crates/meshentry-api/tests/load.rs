@@ -509,3 +509,19 @@ fn kinds_meshentry_reads_are_errors_only_without_their_group() {
     );
     assert!(other.kube_gateways.is_empty());
 }
+
+/// `docs/compatibility.md` lists every kind meshentry recognises, with what it does with it,
+/// as the loader says it.
+#[test]
+fn the_compatibility_doc_lists_every_recognised_kind() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/compatibility.md");
+    let doc = std::fs::read_to_string(&path).unwrap();
+    for k in meshentry_api::resource::OTHER_KINDS {
+        let group = if k.group.is_empty() { "core (`v1`)" } else { k.group };
+        let row = format!("| {} | {} | {} |", k.kind, group, k.treatment);
+        assert!(doc.contains(&row), "{} lacks the row {row}", path.display());
+    }
+    for kind in Kind::ISTIO.iter().map(|k| k.as_str()).chain(["Pod", "Namespace"]) {
+        assert!(doc.contains(&format!("| {kind} | ")), "{} lacks {kind}", path.display());
+    }
+}
