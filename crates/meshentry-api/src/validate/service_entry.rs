@@ -707,6 +707,8 @@ mod tests {
     #[test_case("address: \"unix:///var/run/a.sock\"", &[])]
     #[test_case("address: \"bad address\"", &["spec.address: endpoint address \"bad address\" is not a valid FQDN or an IP address"])]
     #[test_case("labels: {a: b}", &["spec.address: address is required"])]
+    // Istio's validateWorkloadEntry stops at a missing address.
+    #[test_case("labels: {\"a b\": c}\nports: {bad_name: 0}", &["spec.address: address is required"])]
     #[test_case("address: 1.1.1.1\nports: {\"bad_name\": 80}", &["spec.ports.bad_name: invalid port name: bad_name"])]
     fn workload_entries(yaml: &str, want: &[&str]) {
         assert_eq!(we(yaml), want);
