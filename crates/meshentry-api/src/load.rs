@@ -13,7 +13,10 @@ use serde::de::DeserializeOwned;
 
 use crate::de::{DecodeCx, Issue, decode};
 use crate::model::ObjectMeta;
-use crate::resource::{Finding, Kind, Origin, Resource, Spec};
+use crate::resource::{
+    Finding, GATEWAY_API_GROUPS, ISTIO_SERVED, Kind, KubeGateway, Origin, Resource, Spec, Treatment, is_istio_group,
+    other_kind,
+};
 use crate::suggest::did_you_mean;
 use crate::validate::{self, Report, Severity, common::is_dns1123_label};
 use crate::yaml::{Node, Pos, Value, parse_stream_each};
@@ -22,9 +25,6 @@ use crate::yaml::{Node, Pos, Value, parse_stream_each};
 pub const ISTIO_GROUP: &str = "networking.istio.io";
 /// The versions that share one schema.
 pub const ISTIO_VERSIONS: [&str; 3] = ["v1alpha3", "v1beta1", "v1"];
-
-/// Kinds of the Istio networking group that we knowingly skip (not typos of ours).
-const SKIPPED_ISTIO_KINDS: [&str; 2] = ["EnvoyFilter", "ProxyConfig"];
 
 /// How to read resources.
 #[derive(Clone, Debug)]
@@ -55,13 +55,46 @@ pub struct Loaded {
     pub resources: Vec<Resource>,
     /// Errors and warnings, sorted by file (in load order) and position.
     pub findings: Vec<Finding>,
-    /// Documents skipped because meshentry does not read their kind.
+    /// What meshentry does with each kind it does not read (used, or ignored and why), one
+    /// line per kind in order of first appearance, naming where it first appears; made by
+    /// [`Loaded::finish`].
     pub notices: Vec<String>,
+    /// The Kubernetes Gateway API Gateways, which VirtualService `gateways` may name.
+    pub kube_gateways: Vec<KubeGateway>,
+    /// The kinds behind [`Loaded::notices`].
+    kind_notes: Vec<KindNote>,
     files: Vec<Arc<str>>,
     /// The text of each stream that holds a kind checks across resources report on, by file
     /// name, so that [`Loaded::place`] can put their findings on a field. Streams of other
     /// kinds (the bulk of large configurations: ServiceEntries) are not kept.
     texts: HashMap<Arc<str>, Arc<str>>,
+}
+
+/// A kind meshentry does not read, as seen so far.
+#[derive(Clone, Debug)]
+struct KindNote {
+    group: String,
+    kind: String,
+    /// `None` for a kind meshentry does not know.
+    treatment: Option<Treatment>,
+    /// How the group is shown: `core` for Kubernetes' core group.
+    shown_group: String,
+    count: usize,
+    first: Origin,
+}
+
+impl KindNote {
+    fn line(&self) -> String {
+        let what = match self.treatment {
+            Some(t) => t.to_string(),
+            None => "ignored: not a kind meshentry knows".to_string(),
+        };
+        let mut line = format!("{}: note: {} ({}): {what}", self.first, self.kind, self.shown_group);
+        if self.count > 1 {
+            line.push_str(&format!(" ({} documents of this kind; this is the first)", self.count));
+        }
+        line
+    }
 }
 
 /// The kinds whose streams [`Loaded`] keeps, so that checks spanning resources can place their
@@ -76,6 +109,13 @@ const LOCATED_KINDS: [Kind; 4] = [
 impl Loaded {
     pub fn has_errors(&self) -> bool {
         self.findings.iter().any(|f| f.severity == Severity::Error)
+    }
+
+    /// The Gateway API Gateway `namespace/name`, if one was loaded.
+    pub fn kube_gateway(&self, namespace: &str, name: &str) -> Option<&KubeGateway> {
+        self.kube_gateways
+            .iter()
+            .find(|g| g.namespace == namespace && g.name == name)
     }
 
     pub fn errors(&self) -> impl Iterator<Item = &Finding> {
@@ -121,6 +161,7 @@ impl Loaded {
             self.findings.push(f);
             self.resources[order].valid = false;
         }
+        self.notices = self.kind_notes.iter().map(KindNote::line).collect();
         self.sort_findings();
     }
 
@@ -270,9 +311,8 @@ impl Loaded {
                 return;
             }
         };
-        let text_of = |key: &str| doc.get(key).and_then(Node::as_str).unwrap_or("");
-        let api_version = text_of("apiVersion");
-        let kind_text = text_of("kind");
+        let api_version = text_of(doc, "apiVersion");
+        let kind_text = text_of(doc, "kind");
         if kind_text.is_empty() {
             self.findings
                 .push(located(file, doc, "kind", "", "", "kind is required"));
@@ -303,34 +343,9 @@ impl Loaded {
             Some((g, v)) => (g, v),
             None => ("", api_version),
         };
-        let kind = match Kind::parse(kind_text) {
+        let kind = match self.classify(file, doc, group, version, kind_text, opts) {
             Some(k) => k,
-            None => {
-                if group == ISTIO_GROUP && !SKIPPED_ISTIO_KINDS.contains(&kind_text) {
-                    let names = Kind::ISTIO.map(Kind::as_str);
-                    if let Some(s) = did_you_mean(kind_text, names) {
-                        self.findings.push(located(
-                            file,
-                            doc,
-                            "kind",
-                            "",
-                            "",
-                            format!("unknown kind `{kind_text}`, did you mean `{s}`?"),
-                        ));
-                        return;
-                    }
-                }
-                let name = doc
-                    .get("metadata")
-                    .and_then(|m| m.get("name"))
-                    .and_then(Node::as_str)
-                    .unwrap_or("");
-                self.notices.push(format!(
-                    "{file}:{}:{}: skipping {api_version} {kind_text} {name}: not a kind meshentry reads",
-                    doc.pos.line, doc.pos.column
-                ));
-                return;
-            }
+            None => return,
         };
         let api_ok = if kind.is_istio() {
             group == ISTIO_GROUP && ISTIO_VERSIONS.contains(&version)
@@ -343,18 +358,13 @@ impl Loaded {
             } else {
                 "v1".to_string()
             };
-            let msg = if api_version.is_empty() {
-                format!("apiVersion is required (one of {want})")
-            } else {
-                format!("unsupported apiVersion {api_version:?} for {kind} (expected one of {want})")
-            };
             self.findings.push(located(
                 file,
                 doc,
                 "apiVersion",
                 kind.as_str(),
                 &opts.default_namespace,
-                msg,
+                unsupported_api_version(api_version, kind.as_str(), &want),
             ));
             return;
         }
@@ -418,7 +428,12 @@ impl Loaded {
 
         let mut report = Report::default();
         validate_meta(&resource, &mut report);
-        validate_resource(&resource, &mut report);
+        // `template: {}` is a template; no template, or `null`, is none (Istio's nil).
+        let template_given = doc
+            .get("spec")
+            .and_then(|s| s.get("template"))
+            .is_some_and(|t| t.value != Value::Null);
+        validate_with(&resource, template_given, &mut report);
 
         let mut valid = true;
         for issue in &issues {
@@ -444,6 +459,144 @@ impl Loaded {
         }
         resource.valid = valid;
         self.resources.push(resource);
+    }
+}
+
+impl Loaded {
+    /// Decides what a document of `kind_text` in API `group` is: `Some` for a kind meshentry
+    /// reads (the caller checks its apiVersion), `None` when it was dealt with here. In Istio's
+    /// own groups, a kind or version Istio's CRDs do not serve is an error, as Istio's API
+    /// server refuses it; any other kind is noted once per run, with what meshentry does
+    /// with it, and never fails the file.
+    fn classify(
+        &mut self,
+        file: &Arc<str>,
+        doc: &Node,
+        group: &str,
+        version: &str,
+        kind_text: &str,
+        opts: &LoadOptions,
+    ) -> Option<Kind> {
+        let ours = Kind::parse(kind_text);
+        if is_istio_group(group) {
+            let in_group = || ISTIO_SERVED.iter().filter(|(g, _, _)| *g == group).map(|(_, k, _)| *k);
+            let Some((_, _, versions)) = ISTIO_SERVED.iter().find(|(g, k, _)| *g == group && *k == kind_text) else {
+                let msg = match did_you_mean(kind_text, in_group()) {
+                    Some(s) => format!("unknown kind `{kind_text}`, did you mean `{s}`?"),
+                    None => format!(
+                        "unknown kind `{kind_text}`: Istio's {group} API has no such kind (it has {})",
+                        in_group().collect::<Vec<_>>().join(", ")
+                    ),
+                };
+                self.findings.push(located(file, doc, "kind", "", "", msg));
+                return None;
+            };
+            if group == ISTIO_GROUP && ours.is_some() {
+                return ours;
+            }
+            if !versions.contains(&version) {
+                let want = versions
+                    .iter()
+                    .map(|v| format!("{group}/{v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let api_version = text_of(doc, "apiVersion");
+                self.findings.push(located(
+                    file,
+                    doc,
+                    "apiVersion",
+                    kind_text,
+                    &opts.default_namespace,
+                    unsupported_api_version(api_version, kind_text, &want),
+                ));
+                return None;
+            }
+        } else if let Some(k) = ours {
+            // A kind of ours outside its group is a mistake in the apiVersion when the group
+            // is missing or looks like Istio's; in another API group it is that group's kind.
+            let foreign =
+                group.contains('.') && !group.contains("istio") && did_you_mean(group, [ISTIO_GROUP]).is_none();
+            let read = if k.is_istio() { !foreign } else { group.is_empty() };
+            if read {
+                return Some(k);
+            }
+        }
+        if kind_text == "Gateway" && group == GATEWAY_API_GROUPS[0] {
+            self.add_kube_gateway(file, doc, opts);
+        }
+        let shown_group = match (group, version) {
+            (_, "") => "no apiVersion".to_string(),
+            ("", _) => "core".to_string(),
+            (g, _) => g.to_string(),
+        };
+        match self
+            .kind_notes
+            .iter_mut()
+            .find(|n| n.group == group && n.kind == kind_text)
+        {
+            Some(n) => n.count += 1,
+            None => self.kind_notes.push(KindNote {
+                group: group.to_string(),
+                kind: kind_text.to_string(),
+                treatment: other_kind(group, kind_text).map(|k| k.treatment),
+                shown_group,
+                count: 1,
+                first: Origin {
+                    file: file.clone(),
+                    pos: doc.pos,
+                },
+            }),
+        }
+        None
+    }
+
+    fn add_kube_gateway(&mut self, file: &Arc<str>, doc: &Node, opts: &LoadOptions) {
+        let meta = doc.get("metadata");
+        let meta_text = |key: &str| meta.and_then(|m| m.get(key)).and_then(Node::as_str).unwrap_or("");
+        let name = meta_text("name");
+        if name.is_empty() {
+            return;
+        }
+        let namespace = match meta_text("namespace") {
+            "" => opts.default_namespace.as_str(),
+            ns => ns,
+        };
+        let hostnames = match doc.get("spec").and_then(|s| s.get("listeners")) {
+            Some(Node {
+                value: Value::Seq(listeners),
+                ..
+            }) => listeners
+                .iter()
+                .map(|l| {
+                    l.get("hostname")
+                        .and_then(Node::as_str)
+                        .filter(|h| !h.is_empty())
+                        .map(str::to_string)
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        self.kube_gateways.push(KubeGateway {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            hostnames,
+            origin: Origin {
+                file: file.clone(),
+                pos: doc.pos,
+            },
+        });
+    }
+}
+
+fn text_of<'a>(doc: &'a Node, key: &str) -> &'a str {
+    doc.get(key).and_then(Node::as_str).unwrap_or("")
+}
+
+fn unsupported_api_version(api_version: &str, kind: &str, want: &str) -> String {
+    if api_version.is_empty() {
+        format!("apiVersion is required (one of {want})")
+    } else {
+        format!("unsupported apiVersion {api_version:?} for {kind} (expected one of {want})")
     }
 }
 
@@ -502,13 +655,18 @@ fn is_dns1123_subdomain(s: &str) -> bool {
     s.len() <= 253 && s.split('.').all(is_dns1123_label)
 }
 
-/// Runs the kind's validator.
+/// Runs the kind's validator. A WorkloadGroup is taken to have a `template`: only the
+/// document can tell (see [`Loaded::add_str`], which checks).
 pub fn validate_resource(r: &Resource, report: &mut Report) {
+    validate_with(r, true, report);
+}
+
+fn validate_with(r: &Resource, template_given: bool, report: &mut Report) {
     let ns = r.namespace.as_str();
     match &r.spec {
-        Spec::ServiceEntry(s) => validate::validate_service_entry(s, ns, report),
+        Spec::ServiceEntry(s) => validate::validate_service_entry(s, ns, &r.meta.labels, report),
         Spec::WorkloadEntry(s) => validate::validate_workload_entry(s, report),
-        Spec::WorkloadGroup(s) => validate::validate_workload_group(s, report),
+        Spec::WorkloadGroup(s) => validate::validate_workload_group(s, template_given, report),
         Spec::DestinationRule(s) => validate::validate_destination_rule(s, ns, report),
         Spec::VirtualService(s) => validate::validate_virtual_service(s, ns, report),
         Spec::Gateway(s) => validate::validate_gateway(s, &r.meta.name, report),

@@ -195,3 +195,283 @@ impl fmt::Display for Finding {
         f.write_str(&self.message)
     }
 }
+
+/// What meshentry does with a kind it recognises but does not load as a [`Resource`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Treatment {
+    /// Read for one purpose, given here.
+    Used(&'static str),
+    /// Not read, for the reason given here.
+    Ignored(&'static str),
+}
+
+impl fmt::Display for Treatment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Treatment::Used(why) => write!(f, "used: {why}"),
+            Treatment::Ignored(why) => write!(f, "ignored: {why}"),
+        }
+    }
+}
+
+/// A kind that appears in Istio manifests beside the kinds meshentry reads: its API group
+/// (`""` for the Kubernetes core group) and what meshentry does with it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OtherKind {
+    pub group: &'static str,
+    pub kind: &'static str,
+    pub treatment: Treatment,
+}
+
+/// The Kubernetes Gateway API groups, standard and experimental.
+pub const GATEWAY_API_GROUPS: [&str; 2] = ["gateway.networking.k8s.io", "gateway.networking.x-k8s.io"];
+
+/// The versions Istio's CRDs serve for each kind of Istio's own API groups (from its
+/// `customresourcedefinitions.gen.yaml`). Istio's API server refuses any other kind or version
+/// in these groups (`no matches for kind`), so meshentry reports them as errors.
+pub const ISTIO_SERVED: &[(&str, &str, &[&str])] = &[
+    ("networking.istio.io", "ServiceEntry", &NETWORKING_VERSIONS),
+    ("networking.istio.io", "WorkloadEntry", &NETWORKING_VERSIONS),
+    ("networking.istio.io", "WorkloadGroup", &NETWORKING_VERSIONS),
+    ("networking.istio.io", "DestinationRule", &NETWORKING_VERSIONS),
+    ("networking.istio.io", "VirtualService", &NETWORKING_VERSIONS),
+    ("networking.istio.io", "Gateway", &NETWORKING_VERSIONS),
+    ("networking.istio.io", "Sidecar", &NETWORKING_VERSIONS),
+    ("networking.istio.io", "EnvoyFilter", &["v1alpha3"]),
+    ("networking.istio.io", "ProxyConfig", &["v1beta1"]),
+    ("security.istio.io", "AuthorizationPolicy", &["v1", "v1beta1"]),
+    ("security.istio.io", "PeerAuthentication", &["v1", "v1beta1"]),
+    ("security.istio.io", "RequestAuthentication", &["v1", "v1beta1"]),
+    ("telemetry.istio.io", "Telemetry", &["v1", "v1alpha1"]),
+    ("extensions.istio.io", "WasmPlugin", &["v1alpha1"]),
+    ("extensions.istio.io", "TrafficExtension", &["v1alpha1"]),
+];
+
+const NETWORKING_VERSIONS: [&str; 3] = ["v1alpha3", "v1beta1", "v1"];
+
+/// Whether `group` is one of Istio's API groups ([`ISTIO_SERVED`]).
+pub fn is_istio_group(group: &str) -> bool {
+    ISTIO_SERVED.iter().any(|(g, _, _)| *g == group)
+}
+
+// Reasons shared by several kinds.
+const NOT_ENVOY: &str = "meshentry is not Envoy, so Envoy configuration patches have nothing to apply to";
+const NO_INBOUND: &str = "meshentry enforces no inbound policy";
+const NO_EXTENSIONS: &str = "meshentry runs no proxy extensions (Wasm or Lua)";
+const GATEWAY_API: &str =
+    "meshentry does not implement the Kubernetes Gateway API; it serves Istio Gateways and VirtualServices";
+const NO_K8S_SERVICES: &str = "meshentry's registry is built from ServiceEntries (and the WorkloadEntries and Pods they select), not from Kubernetes Services or their endpoints";
+const WORKLOAD_CONTROLLER: &str =
+    "meshentry takes workload endpoints from Pods and WorkloadEntries, not from the controllers that create them";
+const NO_K8S_API: &str = "meshentry runs outside Kubernetes and does not use this cluster object";
+const NO_SECRETS: &str = "meshentry reads certificates from files (serverCertificate, privateKey, caCertificates), not from Kubernetes Secrets";
+
+/// Every kind meshentry recognises beside the ones it reads ([`Kind`]), with what it does
+/// with each. `meshentry validate` says this once per kind; the same table is in
+/// `docs/compatibility.md`.
+pub const OTHER_KINDS: &[OtherKind] = &[
+    // Istio's other kinds.
+    OtherKind {
+        group: "networking.istio.io",
+        kind: "EnvoyFilter",
+        treatment: Treatment::Ignored(NOT_ENVOY),
+    },
+    OtherKind {
+        group: "networking.istio.io",
+        kind: "ProxyConfig",
+        treatment: Treatment::Ignored("meshentry takes its proxy settings from its command line"),
+    },
+    OtherKind {
+        group: "security.istio.io",
+        kind: "AuthorizationPolicy",
+        treatment: Treatment::Ignored(NO_INBOUND),
+    },
+    OtherKind {
+        group: "security.istio.io",
+        kind: "PeerAuthentication",
+        treatment: Treatment::Ignored(
+            "meshentry enforces no inbound policy; its outbound TLS follows DestinationRules",
+        ),
+    },
+    OtherKind {
+        group: "security.istio.io",
+        kind: "RequestAuthentication",
+        treatment: Treatment::Ignored("meshentry enforces no inbound policy and validates no JWTs"),
+    },
+    OtherKind {
+        group: "telemetry.istio.io",
+        kind: "Telemetry",
+        treatment: Treatment::Ignored(
+            "meshentry's access log and metrics are set by its flags (--access-log, /stats/prometheus)",
+        ),
+    },
+    OtherKind {
+        group: "extensions.istio.io",
+        kind: "WasmPlugin",
+        treatment: Treatment::Ignored(NO_EXTENSIONS),
+    },
+    OtherKind {
+        group: "extensions.istio.io",
+        kind: "TrafficExtension",
+        treatment: Treatment::Ignored(NO_EXTENSIONS),
+    },
+    // The Kubernetes Gateway API.
+    OtherKind {
+        group: "gateway.networking.k8s.io",
+        kind: "Gateway",
+        treatment: Treatment::Used(
+            "a VirtualService's `gateways` may name it, as in Istio (its listeners and routes are not served)",
+        ),
+    },
+    gateway_api("GatewayClass"),
+    gateway_api("HTTPRoute"),
+    gateway_api("GRPCRoute"),
+    gateway_api("TLSRoute"),
+    gateway_api("TCPRoute"),
+    gateway_api("UDPRoute"),
+    gateway_api("ReferenceGrant"),
+    gateway_api("BackendTLSPolicy"),
+    gateway_api("BackendLBPolicy"),
+    gateway_api("ListenerSet"),
+    gateway_api_x("XBackendTrafficPolicy"),
+    gateway_api_x("XListenerSet"),
+    gateway_api_x("XMesh"),
+    gateway_api_x("XBackend"),
+    OtherKind {
+        group: "inference.networking.k8s.io",
+        kind: "InferencePool",
+        treatment: Treatment::Ignored(GATEWAY_API),
+    },
+    // Kubernetes.
+    OtherKind {
+        group: "",
+        kind: "Service",
+        treatment: Treatment::Ignored(NO_K8S_SERVICES),
+    },
+    OtherKind {
+        group: "",
+        kind: "Endpoints",
+        treatment: Treatment::Ignored(NO_K8S_SERVICES),
+    },
+    OtherKind {
+        group: "discovery.k8s.io",
+        kind: "EndpointSlice",
+        treatment: Treatment::Ignored(NO_K8S_SERVICES),
+    },
+    OtherKind {
+        group: "",
+        kind: "Secret",
+        treatment: Treatment::Ignored(NO_SECRETS),
+    },
+    OtherKind {
+        group: "",
+        kind: "ConfigMap",
+        treatment: Treatment::Ignored(
+            "meshentry reads no ConfigMaps (its mesh-wide settings come from its command line)",
+        ),
+    },
+    OtherKind {
+        group: "",
+        kind: "ServiceAccount",
+        treatment: Treatment::Ignored(
+            "identities come from WorkloadEntry and Pod `serviceAccount` fields and the proxy's certificate",
+        ),
+    },
+    k8s("", "Node"),
+    k8s("", "PersistentVolume"),
+    k8s("", "PersistentVolumeClaim"),
+    k8s("", "LimitRange"),
+    k8s("", "ResourceQuota"),
+    workload("", "ReplicationController"),
+    workload("apps", "Deployment"),
+    workload("apps", "StatefulSet"),
+    workload("apps", "DaemonSet"),
+    workload("apps", "ReplicaSet"),
+    workload("batch", "Job"),
+    workload("batch", "CronJob"),
+    k8s("autoscaling", "HorizontalPodAutoscaler"),
+    k8s("policy", "PodDisruptionBudget"),
+    k8s("rbac.authorization.k8s.io", "Role"),
+    k8s("rbac.authorization.k8s.io", "RoleBinding"),
+    k8s("rbac.authorization.k8s.io", "ClusterRole"),
+    k8s("rbac.authorization.k8s.io", "ClusterRoleBinding"),
+    OtherKind {
+        group: "networking.k8s.io",
+        kind: "Ingress",
+        treatment: Treatment::Ignored(GATEWAY_API_INGRESS),
+    },
+    OtherKind {
+        group: "networking.k8s.io",
+        kind: "IngressClass",
+        treatment: Treatment::Ignored(GATEWAY_API_INGRESS),
+    },
+    OtherKind {
+        group: "networking.k8s.io",
+        kind: "NetworkPolicy",
+        treatment: Treatment::Ignored(
+            "a NetworkPolicy is enforced by the cluster's network plugin; meshentry's egress control is the outbound traffic policy",
+        ),
+    },
+    k8s("apiextensions.k8s.io", "CustomResourceDefinition"),
+    k8s("admissionregistration.k8s.io", "MutatingWebhookConfiguration"),
+    k8s("admissionregistration.k8s.io", "ValidatingWebhookConfiguration"),
+    k8s("admissionregistration.k8s.io", "ValidatingAdmissionPolicy"),
+    k8s("admissionregistration.k8s.io", "ValidatingAdmissionPolicyBinding"),
+    k8s("coordination.k8s.io", "Lease"),
+    k8s("certificates.k8s.io", "CertificateSigningRequest"),
+    k8s("certificates.k8s.io", "ClusterTrustBundle"),
+    k8s("scheduling.k8s.io", "PriorityClass"),
+    k8s("storage.k8s.io", "StorageClass"),
+];
+
+const GATEWAY_API_INGRESS: &str =
+    "meshentry does not implement Kubernetes Ingress; it serves Istio Gateways and VirtualServices";
+
+const fn gateway_api(kind: &'static str) -> OtherKind {
+    OtherKind {
+        group: "gateway.networking.k8s.io",
+        kind,
+        treatment: Treatment::Ignored(GATEWAY_API),
+    }
+}
+
+const fn gateway_api_x(kind: &'static str) -> OtherKind {
+    OtherKind {
+        group: "gateway.networking.x-k8s.io",
+        kind,
+        treatment: Treatment::Ignored(GATEWAY_API),
+    }
+}
+
+const fn workload(group: &'static str, kind: &'static str) -> OtherKind {
+    OtherKind {
+        group,
+        kind,
+        treatment: Treatment::Ignored(WORKLOAD_CONTROLLER),
+    }
+}
+
+const fn k8s(group: &'static str, kind: &'static str) -> OtherKind {
+    OtherKind {
+        group,
+        kind,
+        treatment: Treatment::Ignored(NO_K8S_API),
+    }
+}
+
+/// The entry of [`OTHER_KINDS`] for `kind` in `group`.
+pub fn other_kind(group: &str, kind: &str) -> Option<&'static OtherKind> {
+    OTHER_KINDS.iter().find(|k| k.group == group && k.kind == kind)
+}
+
+/// A Kubernetes Gateway API Gateway (`gateway.networking.k8s.io`), kept so that VirtualService
+/// `gateways` references to it resolve, as Istio's analyzer resolves them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KubeGateway {
+    /// `metadata.namespace`, or the loader's default namespace.
+    pub namespace: String,
+    pub name: String,
+    /// Each listener's `hostname`; `None` for a listener without one (it serves every host).
+    pub hostnames: Vec<Option<String>>,
+    pub origin: Origin,
+}

@@ -144,7 +144,9 @@ fn kinds_and_api_versions() {
     assert!(skipped.findings.is_empty());
     assert_eq!(
         skipped.notices,
-        vec!["f.yaml:1:1: skipping apps/v1 Deployment web: not a kind meshentry reads"]
+        vec![
+            "f.yaml:1:1: note: Deployment (apps): ignored: meshentry takes workload endpoints from Pods and WorkloadEntries, not from the controllers that create them"
+        ]
     );
 
     assert_eq!(
@@ -288,7 +290,7 @@ metadata: {name: tcp}
 spec:
   hosts: [db.example.com]
   ports: [{number: 5432, name: pg, protocol: TCP}]
-  resolution: DNS
+  resolution: NONE
 ";
     let mut loaded = Loaded::default();
     loaded.add_str("f.yaml", routing, &opts());
@@ -299,7 +301,8 @@ spec:
         .replace("name: tcp", "name: other");
     loaded.add_str("g.yaml", &se_only, &opts());
     loaded.finish();
-    // The ServiceEntries' own warnings (IST0134-style) are at 14:11.
+    // The ServiceEntries' own warnings (a TCP port without addresses, which resolution NONE
+    // never gets allocated) are at 14:11.
     assert_eq!(loaded.findings.len(), 2, "{:?}", loaded.findings);
     let (vs, se) = (loaded.resources[0].clone(), loaded.resources[1].clone());
     // Made at the document, placed on the field in streams that hold a VirtualService,
@@ -370,4 +373,155 @@ items:
             "list.yaml:12:11: DestinationRule x/b: spec.host: warning: b"
         ]
     );
+}
+
+/// The kinds that share manifests with ServiceEntries: one of each family, in one stream.
+const MIXED: &str = "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: api}
+spec:
+  hosts: [api.example.com]
+  ports: [{number: 443, name: tls, protocol: TLS}]
+  resolution: DNS
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: edge, namespace: ingress}
+spec:
+  gatewayClassName: istio
+  listeners:
+  - {name: web, port: 80, protocol: HTTP, hostname: \"*.example.com\"}
+  - {name: any, port: 8080, protocol: HTTP}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: r1}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: r2}
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: EnvoyFilter
+metadata: {name: ef}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-all}
+spec: {}
+---
+apiVersion: telemetry.istio.io/v1
+kind: Telemetry
+metadata: {name: mesh-default}
+---
+apiVersion: extensions.istio.io/v1alpha1
+kind: WasmPlugin
+metadata: {name: wasm}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+---
+apiVersion: example.com/v1
+kind: Widget
+metadata: {name: w}
+";
+
+#[test]
+fn other_kinds_are_noted_once_per_kind_and_never_fail_the_file() {
+    let loaded = load_str("f.yaml", MIXED, &opts());
+    assert!(loaded.findings.is_empty(), "{:?}", loaded.findings);
+    assert_eq!(loaded.resources.len(), 1);
+    assert_eq!(
+        loaded.notices,
+        vec![
+            "f.yaml:9:1: note: Gateway (gateway.networking.k8s.io): used: a VirtualService's `gateways` may name it, as in Istio (its listeners and routes are not served)",
+            "f.yaml:18:1: note: HTTPRoute (gateway.networking.k8s.io): ignored: meshentry does not implement the Kubernetes Gateway API; it serves Istio Gateways and VirtualServices (2 documents of this kind; this is the first)",
+            "f.yaml:26:1: note: EnvoyFilter (networking.istio.io): ignored: meshentry is not Envoy, so Envoy configuration patches have nothing to apply to",
+            "f.yaml:30:1: note: AuthorizationPolicy (security.istio.io): ignored: meshentry enforces no inbound policy",
+            "f.yaml:35:1: note: Telemetry (telemetry.istio.io): ignored: meshentry's access log and metrics are set by its flags (--access-log, /stats/prometheus)",
+            "f.yaml:39:1: note: WasmPlugin (extensions.istio.io): ignored: meshentry runs no proxy extensions (Wasm or Lua)",
+            "f.yaml:43:1: note: Service (core): ignored: meshentry's registry is built from ServiceEntries (and the WorkloadEntries and Pods they select), not from Kubernetes Services or their endpoints",
+            "f.yaml:47:1: note: Deployment (apps): ignored: meshentry takes workload endpoints from Pods and WorkloadEntries, not from the controllers that create them",
+            "f.yaml:51:1: note: Widget (example.com): ignored: not a kind meshentry knows",
+        ]
+    );
+    // The Gateway API Gateway is kept for VirtualService references, with its listeners'
+    // hostnames (none: every host).
+    let gw = loaded.kube_gateway("ingress", "edge").unwrap();
+    assert_eq!(gw.hostnames, vec![Some("*.example.com".to_string()), None]);
+    assert_eq!(gw.origin.pos.line, 9);
+    assert!(loaded.kube_gateway("default", "edge").is_none());
+}
+
+#[test]
+fn istio_groups_refuse_what_istios_api_server_refuses() {
+    // Istio's CRDs serve EnvoyFilter only as v1alpha3, AuthorizationPolicy as v1 and v1beta1.
+    assert_eq!(
+        lines("apiVersion: networking.istio.io/v1\nkind: EnvoyFilter\nmetadata: {name: x}\n"),
+        vec![
+            "f.yaml:1:13: EnvoyFilter default/x: apiVersion: unsupported apiVersion \"networking.istio.io/v1\" for EnvoyFilter (expected one of networking.istio.io/v1alpha3)"
+        ]
+    );
+    assert_eq!(
+        lines("apiVersion: security.istio.io/v2\nkind: AuthorizationPolicy\nmetadata: {name: x}\n"),
+        vec![
+            "f.yaml:1:13: AuthorizationPolicy default/x: apiVersion: unsupported apiVersion \"security.istio.io/v2\" for AuthorizationPolicy (expected one of security.istio.io/v1, security.istio.io/v1beta1)"
+        ]
+    );
+    // A kind no Istio group has.
+    assert_eq!(
+        lines("apiVersion: networking.istio.io/v1\nkind: Mesh\nmetadata: {name: x}\n"),
+        vec![
+            "f.yaml:2:7: kind: unknown kind `Mesh`: Istio's networking.istio.io API has no such kind (it has ServiceEntry, WorkloadEntry, WorkloadGroup, DestinationRule, VirtualService, Gateway, Sidecar, EnvoyFilter, ProxyConfig)"
+        ]
+    );
+    assert_eq!(
+        lines("apiVersion: security.istio.io/v1\nkind: AuthorisationPolicy\nmetadata: {name: x}\n"),
+        vec!["f.yaml:2:7: kind: unknown kind `AuthorisationPolicy`, did you mean `AuthorizationPolicy`?"]
+    );
+}
+
+#[test]
+fn kinds_meshentry_reads_are_errors_only_without_their_group() {
+    // No group, or one that looks like Istio's: a mistake in the apiVersion.
+    for api in ["v1", "networking.isito.io/v1", "istio.io/v1"] {
+        let got = lines(&format!(
+            "apiVersion: {api}\nkind: ServiceEntry\nmetadata: {{name: x}}\n"
+        ));
+        assert_eq!(got.len(), 1, "{api}: {got:?}");
+        assert!(got[0].contains("unsupported apiVersion"), "{api}: {got:?}");
+    }
+    // Another product's kind of the same name is that product's.
+    let other = load_str(
+        "f.yaml",
+        "apiVersion: gateway.solo.io/v1\nkind: Gateway\nmetadata: {name: x}\n",
+        &opts(),
+    );
+    assert!(other.findings.is_empty(), "{:?}", other.findings);
+    assert_eq!(
+        other.notices,
+        vec!["f.yaml:1:1: note: Gateway (gateway.solo.io): ignored: not a kind meshentry knows"]
+    );
+    assert!(other.kube_gateways.is_empty());
+}
+
+/// `docs/compatibility.md` lists every kind meshentry recognises, with what it does with it,
+/// as the loader says it.
+#[test]
+fn the_compatibility_doc_lists_every_recognised_kind() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/compatibility.md");
+    let doc = std::fs::read_to_string(&path).unwrap();
+    for k in meshentry_api::resource::OTHER_KINDS {
+        let group = if k.group.is_empty() { "core (`v1`)" } else { k.group };
+        let row = format!("| {} | {} | {} |", k.kind, group, k.treatment);
+        assert!(doc.contains(&row), "{} lacks the row {row}", path.display());
+    }
+    for kind in Kind::ISTIO.iter().map(|k| k.as_str()).chain(["Pod", "Namespace"]) {
+        assert!(doc.contains(&format!("| {kind} | ")), "{} lacks {kind}", path.display());
+    }
 }

@@ -212,7 +212,7 @@ metadata: {name: tcp}
 spec:
   hosts: [db.example.com]
   ports: [{number: 5432, name: pg, protocol: TCP}]
-  resolution: DNS
+  resolution: NONE
 ";
     let mut child = bin()
         .args(["validate", "-"])

@@ -1,7 +1,7 @@
 //! DestinationRule validation (A24-A27), and the traffic-policy checks that Sidecar reuses for
 //! its connection pools.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::Report;
 use super::common::{
@@ -21,7 +21,7 @@ pub fn validate_destination_rule(dr: &DestinationRule, namespace: &str, r: &mut 
         r.error("spec.host", e);
     }
     if let Some(tp) = &dr.traffic_policy {
-        validate_traffic_policy(r, "spec.trafficPolicy", tp);
+        validate_traffic_policy(r, "spec.trafficPolicy", tp, namespace);
     }
     let mut names = BTreeSet::new();
     for (i, subset) in dr.subsets.iter().enumerate() {
@@ -35,7 +35,7 @@ pub fn validate_destination_rule(dr: &DestinationRule, namespace: &str, r: &mut 
         validate_subset_name(r, &format!("{path}.name"), &subset.name);
         validate_labels(r, &format!("{path}.labels"), &subset.labels);
         if let Some(tp) = &subset.traffic_policy {
-            validate_traffic_policy(r, &format!("{path}.trafficPolicy"), tp);
+            validate_traffic_policy(r, &format!("{path}.trafficPolicy"), tp, namespace);
         }
     }
     validate_export_to(r, "spec.exportTo", namespace, &dr.export_to, false);
@@ -75,19 +75,24 @@ fn validate_selector_export_to(r: &mut Report, namespace: &str, export_to: &[Str
 /// A11 for DestinationRule, whose selector is `matchLabels` (istio.type.v1beta1), so the shared
 /// `validate_selector` (which reads `labels`) would report the wrong path.
 fn validate_match_labels(r: &mut Report, path: &str, selector: &TypeWorkloadSelector) {
+    // Istio's `validateWorkloadSelector` checks for empty keys and wildcards only; its CRD
+    // caps values at 63 bytes.
     let lpath = format!("{path}.matchLabels");
     for (k, v) in &selector.match_labels {
+        let pair = format!("{k}={v}");
         if k.is_empty() {
-            r.error(&lpath, format!("empty key is not supported in selector: {k:?}"));
+            r.error(&lpath, format!("empty key is not supported in selector: {pair:?}"));
         }
         if k.contains('*') || v.contains('*') {
             r.error(
                 field(&lpath, k),
-                format!("wildcard is not supported in selector: {k:?}"),
+                format!("wildcard is not supported in selector: {pair:?}"),
             );
         }
+        if v.len() > 63 {
+            r.error(field(&lpath, k), "Too long: may not be more than 63 bytes");
+        }
     }
-    validate_labels(r, &lpath, &selector.match_labels);
     if selector.match_labels.is_empty() {
         r.warn(path, "workload selector specified without labels");
     }
@@ -120,7 +125,7 @@ pub(super) fn check_oneof(r: &mut Report, path: &str, members: &[(&str, bool)]) 
     }
 }
 
-fn validate_traffic_policy(r: &mut Report, path: &str, tp: &TrafficPolicy) {
+fn validate_traffic_policy(r: &mut Report, path: &str, tp: &TrafficPolicy, namespace: &str) {
     if tp.outlier_detection.is_none()
         && tp.connection_pool.is_none()
         && tp.load_balancer.is_none()
@@ -134,7 +139,7 @@ fn validate_traffic_policy(r: &mut Report, path: &str, tp: &TrafficPolicy) {
         return;
     }
     if tp.tunnel.is_some() && tp.proxy_protocol.is_some() {
-        r.error(path, "tunnel and proxyProtocol must not be specified at the same time");
+        r.error(path, "tunnel and proxyProtocol must not be set together");
         return;
     }
     if let Some(od) = &tp.outlier_detection {
@@ -147,10 +152,10 @@ fn validate_traffic_policy(r: &mut Report, path: &str, tp: &TrafficPolicy) {
         validate_load_balancer(r, &format!("{path}.loadBalancer"), lb, tp.outlier_detection.is_some());
     }
     if let Some(tls) = &tp.tls {
-        validate_client_tls(r, &format!("{path}.tls"), tls);
+        validate_client_tls(r, &format!("{path}.tls"), tls, namespace);
     }
     for (i, pls) in tp.port_level_settings.iter().enumerate() {
-        validate_port_traffic_policy(r, &format!("{path}.portLevelSettings[{i}]"), pls);
+        validate_port_traffic_policy(r, &format!("{path}.portLevelSettings[{i}]"), pls, namespace);
     }
     if let Some(t) = &tp.tunnel {
         validate_tunnel(r, &format!("{path}.tunnel"), t);
@@ -160,7 +165,7 @@ fn validate_traffic_policy(r: &mut Report, path: &str, tp: &TrafficPolicy) {
     }
 }
 
-fn validate_port_traffic_policy(r: &mut Report, path: &str, p: &PortTrafficPolicy) {
+fn validate_port_traffic_policy(r: &mut Report, path: &str, p: &PortTrafficPolicy, namespace: &str) {
     match &p.port {
         None => r.error(path, "portTrafficPolicy must have valid port"),
         // Istio accepts `port: {}` here, but a policy for port 0 can never apply.
@@ -180,7 +185,7 @@ fn validate_port_traffic_policy(r: &mut Report, path: &str, p: &PortTrafficPolic
         validate_load_balancer(r, &format!("{path}.loadBalancer"), lb, p.outlier_detection.is_some());
     }
     if let Some(tls) = &p.tls {
-        validate_client_tls(r, &format!("{path}.tls"), tls);
+        validate_client_tls(r, &format!("{path}.tls"), tls, namespace);
     }
 }
 
@@ -294,9 +299,9 @@ pub(super) fn validate_connection_pool(r: &mut Report, path: &str, cp: &Connecti
         non_negative(r, &format!("{p}.maxConnections"), t.max_connections, "max connections");
         validate_opt_duration(r, &format!("{p}.connectTimeout"), &t.connect_timeout);
         validate_opt_duration(r, &format!("{p}.maxConnectionDuration"), &t.max_connection_duration);
-        // The API documents `idleTimeout: 0s` as "disabled", so zero is not the usual mistake.
+        // `0s` means "disabled"; Istio skips any value under a whole millisecond.
         if let Some(d) = &t.idle_timeout
-            && d.parse().map_or(true, |v| !v.is_zero())
+            && d.parse().map_or(true, |v| v.as_millis() != 0)
         {
             validate_duration(r, &format!("{p}.idleTimeout"), d);
         }
@@ -332,27 +337,37 @@ fn validate_load_balancer(r: &mut Report, path: &str, lb: &LoadBalancerSettings,
     if let Some(z) = &lb.zone_aware_lb_setting {
         validate_zone_aware_lb(r, &format!("{path}.zoneAwareLbSetting"), z, has_outlier);
     }
-    validate_opt_duration(r, &format!("{path}.warmupDurationSecs"), &lb.warmup_duration_secs);
+    // Only the CRD checks this one (a duration of at least 1ms).
+    if let Some(d) = &lb.warmup_duration_secs
+        && d.parse().map_or(true, |v| v < std::time::Duration::from_millis(1))
+    {
+        r.error(
+            format!("{path}.warmupDurationSecs"),
+            "must be a valid duration greater than 1ms",
+        );
+    }
     if let Some(w) = &lb.warmup {
-        // Bounds from the API reference (minimumPercent 0..100, aggression >= 1 as in Envoy's
-        // slow start); Istio leaves them to its CRD schema, so the wording is ours.
         let p = format!("{path}.warmup");
-        validate_opt_duration(r, &format!("{p}.duration"), &w.duration);
-        if let Some(m) = w.minimum_percent
-            && !(0.0..=100.0).contains(&m)
-        {
-            r.error(
+        match &w.duration {
+            None => r.error(format!("{p}.duration"), "duration is required"),
+            Some(d) => validate_duration(r, &format!("{p}.duration"), d),
+        }
+        match w.minimum_percent {
+            Some(m) if m > 100.0 => r.error(
                 format!("{p}.minimumPercent"),
-                format!("warmup minimumPercent {m} must be in range 0..100"),
-            );
+                "minimumPercent value should be less than or equal to 100",
+            ),
+            // The CRD's minimum; Kubernetes' wording.
+            Some(m) if m < 0.0 => r.error(
+                format!("{p}.minimumPercent"),
+                format!("Invalid value: {m}: should be greater than or equal to 0"),
+            ),
+            _ => {}
         }
         if let Some(a) = w.aggression
-            && a < 1.0
+            && a <= 0.0
         {
-            r.error(
-                format!("{p}.aggression"),
-                format!("warmup aggression {a} must be at least 1"),
-            );
+            r.error(format!("{p}.aggression"), "aggression should be greater than 0");
         }
     }
 }
@@ -378,13 +393,20 @@ fn validate_consistent_hash(r: &mut Report, path: &str, ch: &ConsistentHashLb) {
         if c.name.is_empty() {
             r.error(format!("{p}.name"), "name required for HttpCookie");
         }
-        match &c.ttl {
-            None => r.error(format!("{p}.ttl"), "ttl required for HttpCookie"),
-            // 0s is meaningful here (a session cookie), so only the syntax is checked.
-            Some(d) => {
-                if let Err(e) = d.parse() {
-                    r.error(format!("{p}.ttl"), e);
-                }
+        // Istio requires no ttl (none is a session cookie), and 0s is meaningful, so only the
+        // syntax is checked.
+        if let Some(d) = &c.ttl
+            && let Err(e) = d.parse()
+        {
+            r.error(format!("{p}.ttl"), e);
+        }
+        let mut names = BTreeSet::new();
+        for (k, a) in c.attributes.iter().enumerate() {
+            let ap = format!("{p}.attributes[{k}].name");
+            if a.name.is_empty() {
+                r.error(ap, "cookie attribute name cannot be empty");
+            } else if !names.insert(a.name.as_str()) {
+                r.error(ap, format!("duplicate cookie attribute name: {}", a.name));
             }
         }
     }
@@ -411,51 +433,49 @@ fn validate_consistent_hash(r: &mut Report, path: &str, ch: &ConsistentHashLb) {
     }
 }
 
+/// Envoy's (and so Istio's) primality test, which counts 1 as prime.
 fn is_prime(n: u64) -> bool {
-    if n < 2 {
+    if n != 0 && n < 4 {
+        return true;
+    }
+    if n.is_multiple_of(2) {
         return false;
     }
-    let mut d = 2u64;
+    let mut d = 3u64;
     while d.saturating_mul(d) <= n {
         if n.is_multiple_of(d) {
             return false;
         }
-        d += 1;
+        d += 2;
     }
     true
 }
 
-/// Topology labels that `failoverPriority` cannot combine with `failover`/`distribute`.
+/// Topology labels that `failoverPriority` cannot combine with `failover`.
 const TOPOLOGY_LABELS: &[&str] = &[
-    "topology.istio.io/network",
-    "topology.istio.io/cluster",
     "topology.kubernetes.io/region",
     "topology.kubernetes.io/zone",
     "topology.istio.io/subzone",
 ];
 
+/// Istio's `ValidateLocalityLbSetting`, in its order, stopping where it stops.
 fn validate_locality_lb(r: &mut Report, path: &str, l: &LocalityLoadBalancerSetting, has_outlier: bool) {
     if !l.distribute.is_empty() && !l.failover.is_empty() {
         r.error(path, "can not simultaneously specify 'distribute' and 'failover'");
         return;
     }
-    if !l.failover.is_empty() && !has_outlier {
-        r.warn(
-            format!("{path}.failover"),
-            "outlier detection policy must be provided for failover",
+    if !l.failover.is_empty()
+        && let Some((i, label)) = l
+            .failover_priority
+            .iter()
+            .enumerate()
+            .find(|(_, label)| TOPOLOGY_LABELS.contains(&label.as_str()))
+    {
+        r.error(
+            format!("{path}.failoverPriority[{i}]"),
+            format!("can not simultaneously set 'failover' and topology label '{label}' in 'failover_priority'"),
         );
-    }
-    for (i, f) in l.failover.iter().enumerate() {
-        let p = format!("{path}.failover[{i}]");
-        if f.from == f.to {
-            r.error(&p, "locality lb failover settings must specify different regions");
-        }
-        if f.from.contains('/') || f.to.contains('/') {
-            r.error(&p, "locality lb failover only specify region");
-        }
-        if f.from.contains('*') || f.to.contains('*') {
-            r.error(&p, "locality lb failover region should not contain '*' wildcard");
-        }
+        return;
     }
     let mut sources = Vec::new();
     for (i, d) in l.distribute.iter().enumerate() {
@@ -479,16 +499,22 @@ fn validate_locality_lb(r: &mut Report, path: &str, l: &LocalityLoadBalancerSett
         validate_localities(r, &format!("{p}.to"), d.to.keys().map(String::as_str));
     }
     validate_localities(r, &format!("{path}.distribute"), sources.into_iter());
-    if (!l.failover.is_empty() || !l.distribute.is_empty()) && !l.failover_priority.is_empty() {
-        for (i, label) in l.failover_priority.iter().enumerate() {
-            if TOPOLOGY_LABELS.contains(&label.as_str()) {
-                r.error(
-                    format!("{path}.failoverPriority[{i}]"),
-                    format!(
-                        "can not simultaneously set 'failover' or 'distribute' and 'failoverPriority' with topology label '{label}'"
-                    ),
-                );
-            }
+    if (!l.failover.is_empty() || !l.failover_priority.is_empty()) && !has_outlier {
+        r.warn(
+            format!("{path}.failover"),
+            "outlier detection policy must be provided for failover",
+        );
+    }
+    for (i, f) in l.failover.iter().enumerate() {
+        let p = format!("{path}.failover[{i}]");
+        if f.from == f.to {
+            r.error(&p, "locality lb failover settings must specify different regions");
+        }
+        if f.from.contains('/') || f.to.contains('/') {
+            r.error(&p, "locality lb failover only specify region");
+        }
+        if f.from.contains('*') || f.to.contains('*') {
+            r.error(&p, "locality lb failover region should not contain '*' wildcard");
         }
     }
 }
@@ -548,9 +574,13 @@ fn validate_backend_utilization(r: &mut Report, path: &str, b: &BackendUtilizati
     );
 }
 
-/// `region/zone/subzone` patterns with an optional trailing `*`, none covering another.
+/// Istio's `validateLocalities`: `region[/zone[/subzone]]` (the subzone is the rest, slashes
+/// and all), at most one `*`, at the end, and none covering one given before it. Like Istio's,
+/// the overlap check depends on the order (`a/b` then `a/*` passes).
 fn validate_localities<'a>(r: &mut Report, path: &str, localities: impl Iterator<Item = &'a str>) {
-    let mut seen: Vec<Vec<&str>> = Vec::new();
+    // region -> zone -> subzones; `*` marks "all".
+    let mut seen: BTreeMap<&str, BTreeMap<&str, BTreeSet<&str>>> = BTreeMap::new();
+    let overlap = |loc: &str| format!("locality {loc} overlap with previous specified ones");
     for loc in localities {
         let stars = loc.matches('*').count();
         if stars > 1 || (stars == 1 && !loc.ends_with('*')) {
@@ -560,37 +590,73 @@ fn validate_localities<'a>(r: &mut Report, path: &str, localities: impl Iterator
             );
             return;
         }
-        let parts: Vec<&str> = loc.split('/').collect();
-        if parts.len() > 3 || parts.iter().any(|p| p.is_empty()) {
+        if seen.contains_key("*") {
+            r.error(path, overlap(loc));
+            return;
+        }
+        let parts: Vec<&str> = loc.splitn(3, '/').collect();
+        if parts.iter().any(|p| p.is_empty()) {
             r.error(
                 path,
                 format!("locality {loc} must not contain empty region/zone/subzone info"),
             );
             return;
         }
-        let overlaps = seen.iter().any(|prev| covers(prev, &parts) || covers(&parts, prev));
-        if overlaps {
-            r.error(path, format!("locality {loc} overlap with previous specified ones"));
-            return;
+        match parts.as_slice() {
+            [region] => {
+                if seen.contains_key(region) {
+                    r.error(path, overlap(loc));
+                    return;
+                }
+                seen.insert(region, BTreeMap::from([("*", BTreeSet::from(["*"]))]));
+            }
+            [region, zone] => {
+                let zones = seen.entry(region).or_default();
+                if zones.contains_key("*") || zones.contains_key(zone) {
+                    r.error(path, overlap(loc));
+                    return;
+                }
+                zones.insert(zone, BTreeSet::from(["*"]));
+            }
+            [region, zone, subzone] => {
+                let zones = seen.entry(region).or_default();
+                if zones.contains_key("*") {
+                    r.error(path, overlap(loc));
+                    return;
+                }
+                let subzones = zones.entry(zone).or_default();
+                if subzones.contains("*") || !subzones.insert(subzone) {
+                    r.error(path, overlap(loc));
+                    return;
+                }
+            }
+            _ => {}
         }
-        seen.push(parts);
     }
 }
 
-/// Whether locality pattern `a` matches everything `b` does (equal, or `a` ends in `*` at or
-/// above `b`'s level with the same leading segments).
-fn covers(a: &[&str], b: &[&str]) -> bool {
-    if a == b {
-        return true;
+/// A25: Istio's `ValidateTLS` for `ClientTLSSettings` in `namespace`.
+fn validate_client_tls(r: &mut Report, path: &str, tls: &ClientTlsSettings, namespace: &str) {
+    // A `configmap://ns/name` credential is read from the config cluster, and only from the
+    // rule's own namespace.
+    if let Some(rest) = tls.credential_name.strip_prefix("configmap://") {
+        let name = &tls.credential_name;
+        let problem = match rest.split('/').collect::<Vec<_>>().as_slice() {
+            [_] => Some(format!("invalid resource name {name:?}. Expected namespace and name")),
+            ["", ..] => Some(format!("invalid resource name {name:?}. Expected namespace")),
+            [_, "", ..] => Some(format!("invalid resource name {name:?}. Expected name")),
+            [ns, ..] if *ns != namespace || namespace.is_empty() => Some(format!(
+                "namespace must match the configuration namespace {namespace:?}"
+            )),
+            _ => None,
+        };
+        if let Some(p) = problem {
+            r.error(
+                format!("{path}.credentialName"),
+                format!("invalid configmap:// credentialName: {p}"),
+            );
+        }
     }
-    match a.split_last() {
-        Some((&"*", prefix)) => b.len() > prefix.len() && b[..prefix.len()] == *prefix,
-        _ => false,
-    }
-}
-
-/// A25: `ClientTLSSettings`.
-fn validate_client_tls(r: &mut Report, path: &str, tls: &ClientTlsSettings) {
     if tls.insecure_skip_verify == Some(true) {
         if tls.mode == ClientTlsMode::Simple
             && (!tls.ca_certificates.is_empty() || !tls.credential_name.is_empty() || !tls.subject_alt_names.is_empty())
@@ -842,7 +908,7 @@ exportTo: [".", "other"]
     #[test_case("host: '*'", &[]; "star")]
     #[test_case("host: '*.a.com'", &[]; "wildcard")]
     #[test_case("{}", &["empty domain name not allowed"]; "missing")]
-    #[test_case("host: a..com", &["domain name \"a..com\" invalid (label \"\" invalid)"]; "bad label")]
+    #[test_case("host: a..com", &["domain name \".com\" invalid (label \"\" invalid)"]; "bad label")]
     fn host(yaml: &str, want: &[&str]) {
         assert_eq!(errors(yaml), want);
     }
@@ -855,7 +921,7 @@ exportTo: [".", "other"]
     #[test_case("trafficPolicy: {portLevelSettings: [{tls: {mode: SIMPLE}}]}", &["portTrafficPolicy must have valid port"]; "port policy without port")]
     #[test_case("trafficPolicy: {portLevelSettings: [{port: {number: 80}, tls: {mode: SIMPLE}}]}", &[]; "valid port policy")]
     #[test_case("subsets: [{name: a, trafficPolicy: {}}]", &["traffic policy must have at least one field"]; "empty subset policy")]
-    #[test_case("trafficPolicy: {tunnel: {targetHost: a.com, targetPort: 1}, proxyProtocol: {}}", &["tunnel and proxyProtocol must not be specified at the same time"]; "tunnel and proxy protocol")]
+    #[test_case("trafficPolicy: {tunnel: {targetHost: a.com, targetPort: 1}, proxyProtocol: {}}", &["tunnel and proxyProtocol must not be set together"]; "tunnel and proxy protocol")]
     fn empty_policies(extra: &str, want: &[&str]) {
         assert_eq!(errors(&format!("host: a.com\n{extra}\n")), want);
     }
@@ -906,15 +972,22 @@ exportTo: [".", "other"]
         "outlierDetection: {consecutiveLocalOriginFailures: 3}",
         "outlier detection consecutive local origin failures is specified, but split external local origin errors is set to false"
     )]
-    #[test_case("loadBalancer: {warmupDurationSecs: 0s}", "duration must be greater than 1ms")]
+    // Only the CRD checks warmupDurationSecs.
     #[test_case(
-        "loadBalancer: {warmup: {minimumPercent: 120}}",
-        "warmup minimumPercent 120 must be in range 0..100"
+        "loadBalancer: {warmupDurationSecs: 0s}",
+        "must be a valid duration greater than 1ms"
+    )]
+    // Istio's validateLoadBalancer: warmup needs a duration, aggression need only be > 0.
+    #[test_case("loadBalancer: {warmup: {aggression: 2}}", "duration is required")]
+    #[test_case(
+        "loadBalancer: {warmup: {duration: 10s, minimumPercent: 120}}",
+        "minimumPercent value should be less than or equal to 100"
     )]
     #[test_case(
-        "loadBalancer: {warmup: {aggression: 0.5}}",
-        "warmup aggression 0.5 must be at least 1"
+        "loadBalancer: {warmup: {duration: 10s, aggression: 0}}",
+        "aggression should be greater than 0"
     )]
+    #[test_case("loadBalancer: {warmup: {duration: 0s}}", "duration must be greater than 1ms")]
     #[test_case("retryBudget: {percent: 101}", "retry budget percent 101 must be in range 0..100")]
     #[test_case(
         "retryBudget: {budgetInterval: 10}",
@@ -989,7 +1062,11 @@ exportTo: [".", "other"]
     #[test_case("backendUtilization: {weightUpdatePeriod: soon}", &["invalid duration \"soon\" (expected e.g. 10s, 1.5s, 100ms, 1h30m)"]; "backend utilization bad period")]
     #[test_case("localityLbSetting: {enabled: true}\nzoneAwareLbSetting: {enabled: true}", &["only one of localityLbSetting and zoneAwareLbSetting can be set"]; "locality and zone aware")]
     #[test_case("consistentHash: {httpHeaderName: x, useSourceIp: true}", &["only one of httpHeaderName, httpCookie, useSourceIp or httpQueryParameterName may be set, found httpHeaderName and useSourceIp"]; "hash key oneof")]
-    #[test_case("consistentHash: {httpCookie: {}}", &["name required for HttpCookie", "ttl required for HttpCookie"]; "cookie")]
+    // Istio requires a cookie name, not a ttl; attribute names must be set and distinct.
+    #[test_case("consistentHash: {httpCookie: {}}", &["name required for HttpCookie"]; "cookie")]
+    #[test_case("consistentHash: {httpCookie: {name: c, attributes: [{name: SameSite, value: Strict}, {value: x}, {name: SameSite}]}}", &["cookie attribute name cannot be empty", "duplicate cookie attribute name: SameSite"]; "cookie attributes")]
+    // Envoy's primality test, which Istio copies, counts 1 as prime.
+    #[test_case("consistentHash: {httpHeaderName: x, maglev: {tableSize: 1}}", &[]; "maglev one")]
     #[test_case("consistentHash: {httpCookie: {name: a, ttl: 10s}}", &[]; "good cookie")]
     #[test_case("consistentHash: {useSourceIp: true, maglev: {tableSize: 65536}}", &["tableSize must be a prime number for maglev"]; "maglev not prime")]
     #[test_case("consistentHash: {useSourceIp: true, maglev: {}}", &["tableSize must be set for maglev", "tableSize must be a prime number for maglev"]; "maglev unset")]
@@ -1024,7 +1101,13 @@ exportTo: [".", "other"]
     #[test_case("distribute: [{from: 'a/*/b', to: {b: 100}}]", &["locality a/*/b wildcard '*' number can not exceed 1 and must be in the end"]; "inner star")]
     #[test_case("distribute: [{from: 'a//b', to: {b: 100}}]", &["locality a//b must not contain empty region/zone/subzone info"]; "empty zone")]
     #[test_case("distribute: [{from: 'a/*', to: {b: 100}}, {from: a/b, to: {b: 100}}]", &["locality a/b overlap with previous specified ones"]; "overlap")]
-    #[test_case("failover: [{from: a, to: b}]\n    failoverPriority: [topology.istio.io/network]", &["can not simultaneously set 'failover' or 'distribute' and 'failoverPriority' with topology label 'topology.istio.io/network'"]; "priority")]
+    // Istio's ValidateLocalityLbSetting: only region, zone and subzone clash with failover.
+    #[test_case("failover: [{from: a, to: b}]\n    failoverPriority: [topology.istio.io/network]", &[]; "priority")]
+    #[test_case("failover: [{from: a, to: a}]\n    failoverPriority: [topology.kubernetes.io/zone]", &["can not simultaneously set 'failover' and topology label 'topology.kubernetes.io/zone' in 'failover_priority'"]; "priority zone stops")]
+    #[test_case("distribute: [{from: a, to: {b: 100}}]\n    failoverPriority: [topology.kubernetes.io/region]", &[]; "distribute with priority")]
+    // The subzone is the rest of the name, slashes and all; the overlap check depends on order.
+    #[test_case("distribute: [{from: 'a/b/c/d', to: {b: 100}}]", &[]; "subzone with slash")]
+    #[test_case("distribute: [{from: a/b, to: {b: 100}}, {from: 'a/*', to: {b: 100}}]", &[]; "narrower first")]
     #[test_case("failoverPriority: [topology.istio.io/network]", &[]; "priority alone")]
     fn locality(settings: &str, want: &[&str]) {
         let yaml = format!(
@@ -1077,6 +1160,10 @@ exportTo: [".", "other"]
     #[test_case("mode: SIMPLE\ninsecureSkipVerify: true", &[]; "skip verify alone")]
     #[test_case("mode: ISTIO_MUTUAL\nclientCertificate: c", &[]; "istio mutual unchecked")]
     #[test_case("mode: DISABLE", &[]; "disable")]
+    // ValidateTLS: a configmap:// credential names the rule's own namespace (here `ns`).
+    #[test_case("mode: SIMPLE\ncredentialName: configmap://ns/ca", &[]; "configmap own namespace")]
+    #[test_case("mode: SIMPLE\ncredentialName: configmap://other/ca", &["invalid configmap:// credentialName: namespace must match the configuration namespace \"ns\""]; "configmap other namespace")]
+    #[test_case("mode: SIMPLE\ncredentialName: configmap://ca", &["invalid configmap:// credentialName: invalid resource name \"configmap://ca\". Expected namespace and name"]; "configmap without namespace")]
     fn client_tls(tls: &str, want: &[&str]) {
         let tls = tls.replace('\n', "\n    ");
         assert_eq!(
@@ -1105,14 +1192,16 @@ exportTo: [".", "other"]
     // A27: exportTo and workload selector.
     #[test_case("exportTo: ['*']", &[]; "public")]
     #[test_case("exportTo: ['~']", &["exportTo ~ (none) is not allowed for Istio configuration objects"]; "none")]
-    #[test_case("exportTo: ['.', ns]", &["duplicate entries in exportTo: . and current namespace ns"]; "dup dot")]
+    // Istio reads `.` as the namespace, and names the second of the two it meets.
+    #[test_case("exportTo: ['.', ns]", &["duplicate entries in exportTo for entry ns"]; "dup dot")]
+    #[test_case("exportTo: [ns, '.']", &["duplicate entries in exportTo: . and current namespace ns"]; "dot dup")]
     #[test_case("workloadSelector: {matchLabels: {app: a}}\nexportTo: ['.']", &[]; "selector own ns")]
     #[test_case("workloadSelector: {matchLabels: {app: a}}\nexportTo: [ns]", &[]; "selector own ns by name")]
     #[test_case("workloadSelector: {matchLabels: {app: a}}\nexportTo: ['*']", &["destination rule with workload selector cannot have exportTo beyond current namespace"]; "selector public")]
     #[test_case("workloadSelector: {matchLabels: {app: a}}\nexportTo: [other]", &["destination rule with workload selector cannot have exportTo beyond current namespace"]; "selector other")]
     #[test_case("workloadSelector: {matchLabels: {app: a}}\nexportTo: ['.', other]", &["destination rule with workload selector cannot have multiple entries in exportTo"]; "selector multiple")]
-    #[test_case("workloadSelector: {matchLabels: {'a*': b}}", &["wildcard is not supported in selector: \"a*\"", "invalid tag key: \"a*\""]; "selector wildcard")]
-    #[test_case("workloadSelector: {matchLabels: {'': b}}", &["empty key is not supported in selector: \"\"", "invalid tag key: \"\""]; "selector empty key")]
+    #[test_case("workloadSelector: {matchLabels: {'a*': b}}", &["wildcard is not supported in selector: \"a*=b\""]; "selector wildcard")]
+    #[test_case("workloadSelector: {matchLabels: {'': b}}", &["empty key is not supported in selector: \"=b\""]; "selector empty key")]
     fn export_to_and_selector(extra: &str, want: &[&str]) {
         assert_eq!(errors(&format!("host: a.com\n{extra}\n")), want);
     }
@@ -1142,7 +1231,8 @@ exportTo: [".", "other"]
     fn primes() {
         assert!(is_prime(65537));
         assert!(is_prime(2));
-        assert!(!is_prime(1));
+        assert!(is_prime(1));
+        assert!(!is_prime(0));
         assert!(!is_prime(65536));
     }
 }

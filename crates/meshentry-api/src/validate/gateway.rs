@@ -5,15 +5,16 @@ use std::collections::BTreeSet;
 
 use super::Report;
 use super::common::{
-    is_dns1123_label, is_dns1123_label_ci, is_http_protocol, is_partial_wildcard, is_tls_protocol, parse_protocol,
-    unix_path_error, validate_port_number, wildcard_domain_error,
+    is_dns1123_label_ci, is_http_protocol, is_partial_wildcard, is_tls_protocol, parse_protocol, unix_path_error,
+    validate_port_number, wildcard_domain_error,
 };
-use crate::model::{Gateway, GatewayPort, Server, ServerTlsMode, ServerTlsSettings};
+use crate::model::{Gateway, GatewayPort, Server, ServerTlsMode, ServerTlsSettings, TlsProtocol};
 
 /// Istio's `ValidateGateway`. `name` is `metadata.name`.
 pub fn validate_gateway(gw: &Gateway, name: &str, r: &mut Report) {
     // An empty name is already reported by the loader's metadata checks.
-    if !name.is_empty() && !is_dns1123_label(name) {
+    // Istio's label check allows upper case; the loader reports it in any metadata.name.
+    if !name.is_empty() && !is_dns1123_label_ci(name) {
         r.error("metadata.name", format!("invalid gateway name: {name:?}"));
     }
     if gw.servers.is_empty() {
@@ -50,7 +51,7 @@ fn validate_server(r: &mut Report, path: &str, s: &Server) {
     let before = r.problems.len();
     validate_server_port(r, path, s.port.as_ref(), &s.bind);
     let port_ok = r.problems.len() == before;
-    validate_server_bind(r, &format!("{path}.bind"), &s.bind);
+    validate_server_bind(r, &format!("{path}.bind"), s.port.as_ref(), &s.bind);
     if let Some(tls) = &s.tls {
         validate_server_tls(r, &format!("{path}.tls"), tls);
     }
@@ -125,10 +126,16 @@ fn validate_server_port(r: &mut Report, path: &str, port: Option<&GatewayPort>, 
     }
 }
 
-fn validate_server_bind(r: &mut Report, path: &str, bind: &str) {
+fn validate_server_bind(r: &mut Report, path: &str, port: Option<&GatewayPort>, bind: &str) {
     if let Some(uds) = bind.strip_prefix("unix://") {
         if let Some(e) = unix_path_error(uds) {
             r.error(path, e);
+        }
+        if let Some(port) = port.filter(|p| p.number != 0) {
+            r.error(
+                path,
+                format!("port number must be 0 for unix domain socket: {}", port_text(port)),
+            );
         }
     } else if !bind.is_empty() && bind.parse::<std::net::IpAddr>().is_err() {
         r.error(path, format!("{bind} is not a valid IP"));
@@ -150,9 +157,14 @@ pub(super) fn validate_namespace_slash_host(r: &mut Report, path: &str, host: &s
         r.error(path, "config namespace and dnsName in host entry cannot be empty");
     }
     let who = if gateway { "gateway" } else { "sidecar" };
-    // `~` (no namespace) is meaningful only in Sidecar egress hosts.
-    let special = ns == "*" || ns == "." || (!gateway && ns == "~");
-    if !special && !is_dns1123_label_ci(ns) {
+    // A Sidecar egress namespace may carry `~`, which excludes it (`~/*`, `~ns/host`).
+    let bare = if gateway {
+        ns
+    } else {
+        ns.strip_prefix('~').unwrap_or(ns)
+    };
+    let special = bare == "*" || bare == "." || (!gateway && bare.is_empty());
+    if !special && !is_dns1123_label_ci(bare) {
         r.error(path, format!("invalid namespace value {ns:?} in {who}"));
     }
     if dns != "*" && !dns.contains('.') {
@@ -168,29 +180,89 @@ pub(super) fn validate_namespace_slash_host(r: &mut Report, path: &str, host: &s
     }
 }
 
+/// The cipher suites Istio accepts in `cipherSuites` (its `security.ValidCipherSuites`).
+const CIPHER_SUITES: &[&str] = &[
+    "ECDHE-ECDSA-AES128-GCM-SHA256",
+    "ECDHE-RSA-AES128-GCM-SHA256",
+    "ECDHE-ECDSA-AES256-GCM-SHA384",
+    "ECDHE-RSA-AES256-GCM-SHA384",
+    "ECDHE-ECDSA-CHACHA20-POLY1305",
+    "ECDHE-RSA-CHACHA20-POLY1305",
+    "ECDHE-ECDSA-AES128-SHA",
+    "ECDHE-RSA-AES128-SHA",
+    "ECDHE-ECDSA-AES256-SHA",
+    "ECDHE-RSA-AES256-SHA",
+    "AES128-GCM-SHA256",
+    "AES256-GCM-SHA384",
+    "AES128-SHA",
+    "AES256-SHA",
+    "DES-CBC3-SHA",
+];
+
+/// Istio's `IsValidCipherSuite`: a known suite, `ALL`, or an expression it does not parse
+/// (one starting with neither a letter nor a digit, such as `-` or `+` operators).
+fn is_valid_cipher_suite(cs: &str) -> bool {
+    cs.is_empty() || cs == "ALL" || !cs.starts_with(|c: char| c.is_alphanumeric()) || CIPHER_SUITES.contains(&cs)
+}
+
 /// A35: Istio's `validateTLSOptions`, for Gateway servers and Sidecar ingress listeners.
 pub(super) fn validate_server_tls(r: &mut Report, path: &str, tls: &ServerTlsSettings) {
+    if matches!(tls.min_protocol_version, TlsProtocol::TlsV1_0 | TlsProtocol::TlsV1_1) && tls.cipher_suites.is_empty() {
+        r.warn(
+            format!("{path}.minProtocolVersion"),
+            "TLS version below TLSV1_2 require setting compatible ciphers as by default they no longer include compatible ciphers.",
+        );
+    }
+    let mut invalid = BTreeSet::new();
+    let mut valid = BTreeSet::new();
+    let mut duplicate = BTreeSet::new();
+    for cs in &tls.cipher_suites {
+        if !is_valid_cipher_suite(cs) {
+            invalid.insert(cs.as_str());
+        } else if !valid.insert(cs.as_str()) {
+            duplicate.insert(cs.as_str());
+        }
+    }
+    // Go's `%v` of a sorted list: `[a b]`.
+    let list = |set: &BTreeSet<&str>| format!("[{}]", set.iter().copied().collect::<Vec<_>>().join(" "));
+    if !invalid.is_empty() {
+        r.warn(
+            format!("{path}.cipherSuites"),
+            format!("ignoring invalid cipher suites: {}", list(&invalid)),
+        );
+    }
+    if !duplicate.is_empty() {
+        r.warn(
+            format!("{path}.cipherSuites"),
+            format!("ignoring duplicate cipher suites: {}", list(&duplicate)),
+        );
+    }
+
     if tls.mode == ServerTlsMode::IstioMutual {
         // Istio's own certificates are used, so any other source is a mistake.
-        for (value, what) in [
-            (&tls.server_certificate, "server certificate"),
-            (&tls.private_key, "private key"),
-            (&tls.ca_certificates, "CA bundle"),
-            (&tls.credential_name, "credentialName"),
+        for (set, what) in [
+            (!tls.server_certificate.is_empty(), "server certificate"),
+            (!tls.private_key.is_empty(), "private key"),
+            (!tls.ca_certificates.is_empty(), "CA bundle"),
+            (!tls.tls_certificates.is_empty(), "tlsCertificates"),
+            (!tls.credential_name.is_empty(), "credentialName"),
+            (!tls.credential_names.is_empty(), "credentialNames"),
         ] {
-            if !value.is_empty() {
+            if set {
                 r.error(path, format!("ISTIO_MUTUAL TLS cannot have associated {what}"));
             }
         }
         return;
     }
-    let has_files = !tls.ca_crl.is_empty()
-        || !tls.server_certificate.is_empty()
-        || !tls.private_key.is_empty()
-        || !tls.ca_certificates.is_empty();
-    let has_credentials = !tls.credential_name.is_empty() || !tls.credential_names.is_empty();
-    if matches!(tls.mode, ServerTlsMode::Passthrough | ServerTlsMode::AutoPassthrough)
-        && (has_files || has_credentials || !tls.tls_certificates.is_empty())
+    let passthrough = matches!(tls.mode, ServerTlsMode::Passthrough | ServerTlsMode::AutoPassthrough);
+    if passthrough
+        && (!tls.ca_crl.is_empty()
+            || !tls.server_certificate.is_empty()
+            || !tls.private_key.is_empty()
+            || !tls.ca_certificates.is_empty()
+            || !tls.tls_certificates.is_empty()
+            || !tls.credential_name.is_empty()
+            || !tls.credential_names.is_empty())
     {
         r.warn(
             path,
@@ -200,48 +272,83 @@ pub(super) fn validate_server_tls(r: &mut Report, path: &str, tls: &ServerTlsSet
             ),
         );
     }
-    if !matches!(
+    let sources = [
+        !tls.server_certificate.is_empty() && !tls.private_key.is_empty(),
+        !tls.credential_name.is_empty(),
+        !tls.credential_names.is_empty(),
+        !tls.tls_certificates.is_empty(),
+    ];
+    if sources.iter().filter(|s| **s).count() > 1 {
+        r.error(
+            path,
+            "only one of credential_name, credential_names, server_certificate/private_key, tls_certificates should be specified",
+        );
+    }
+    let terminates = matches!(
         tls.mode,
         ServerTlsMode::Simple | ServerTlsMode::Mutual | ServerTlsMode::OptionalMutual
-    ) {
-        return;
-    }
+    );
     // Secrets fetched by name carry the certificate, key and CA.
-    if has_credentials {
+    if terminates && (!tls.credential_name.is_empty() || !tls.credential_names.is_empty()) {
         return;
     }
-    let mutual = tls.mode != ServerTlsMode::Simple;
-    if tls.tls_certificates.is_empty() {
-        if tls.server_certificate.is_empty() {
+    if terminates {
+        let prefix = if tls.mode == ServerTlsMode::Simple {
+            "SIMPLE TLS"
+        } else {
+            "MUTUAL TLS"
+        };
+        // Istio wants the top-level bundle even when `tlsCertificates` carry their own.
+        if prefix == "MUTUAL TLS" && tls.ca_certificates.is_empty() {
             r.error(
-                format!("{path}.serverCertificate"),
-                "SIMPLE TLS requires a server certificate",
+                format!("{path}.caCertificates"),
+                format!("{prefix} requires a client CA bundle"),
             );
         }
-        if tls.private_key.is_empty() {
-            r.error(format!("{path}.privateKey"), "SIMPLE TLS requires a private key");
+        if tls.tls_certificates.len() > 2 {
+            r.warn(
+                format!("{path}.tlsCertificates"),
+                format!("{prefix} can support up to 2 server certificates"),
+            );
         }
-    } else {
         // `tlsCertificates` replaces the top-level pair, one entry per key type.
-        for (k, c) in tls.tls_certificates.iter().enumerate() {
-            let p = format!("{path}.tlsCertificates[{k}]");
-            if c.server_certificate.is_empty() {
+        let pairs: Vec<(String, &str, &str)> = if tls.tls_certificates.is_empty() {
+            vec![(path.to_string(), &tls.server_certificate, &tls.private_key)]
+        } else {
+            tls.tls_certificates
+                .iter()
+                .enumerate()
+                .map(|(k, c)| {
+                    (
+                        format!("{path}.tlsCertificates[{k}]"),
+                        c.server_certificate.as_str(),
+                        c.private_key.as_str(),
+                    )
+                })
+                .collect()
+        };
+        for (p, cert, key) in pairs {
+            if cert.is_empty() {
                 r.error(
                     format!("{p}.serverCertificate"),
-                    "SIMPLE TLS requires a server certificate",
+                    format!("{prefix} requires a server certificate"),
                 );
             }
-            if c.private_key.is_empty() {
-                r.error(format!("{p}.privateKey"), "SIMPLE TLS requires a private key");
+            if key.is_empty() {
+                r.error(format!("{p}.privateKey"), format!("{prefix} requires a private key"));
             }
         }
     }
-    let has_ca = !tls.ca_certificates.is_empty() || tls.tls_certificates.iter().any(|c| !c.ca_certificates.is_empty());
-    if mutual && !has_ca {
-        r.error(
-            format!("{path}.caCertificates"),
-            "MUTUAL TLS requires a client CA bundle",
-        );
+    if !tls.ca_crl.is_empty() {
+        if !tls.credential_name.is_empty() {
+            r.error(
+                format!("{path}.caCrl"),
+                "CRL is not supported with credentialName. CRL has to be specified in the credential",
+            );
+        }
+        if tls.mode == ServerTlsMode::Simple {
+            r.error(format!("{path}.caCrl"), "CRL is not supported with SIMPLE TLS");
+        }
     }
 }
 
@@ -414,7 +521,8 @@ servers:
     #[test_case("servers: [{hosts: ['*'], port: {number: 80, name: a, protocol: HTTP, targetPort: 8080}}]", &["targetPort has no impact on Gateways"]; "target port")]
     #[test_case("servers: [{hosts: ['*'], port: {number: 0, name: a, protocol: HTTP}}]", &["port number 0 must be in the range 1..65535"]; "port zero")]
     #[test_case("servers: [{hosts: ['*'], port: {name: a, protocol: HTTP}, bind: 'unix:///var/run/gw.sock'}]", &[]; "unix bind without number")]
-    #[test_case("servers: [{hosts: ['*'], port: {number: 80, name: a, protocol: HTTP}, bind: 'unix://rel'}]", &["rel is not an absolute path to a file"]; "bad unix bind")]
+    #[test_case("servers: [{hosts: ['*'], port: {number: 80, name: a, protocol: HTTP}, bind: 'unix://rel'}]", &["rel is not an absolute path to a file", "port number must be 0 for unix domain socket: number:80 protocol:\"HTTP\""]; "bad unix bind")]
+    #[test_case("servers: [{hosts: ['*'], port: {number: 0, name: a, protocol: HTTP}, bind: 'unix:///a.sock'}]", &[]; "unix bind port zero")]
     #[test_case("servers: [{hosts: ['*'], port: {number: 80, name: a, protocol: HTTP}, bind: 'localhost'}]", &["localhost is not a valid IP"]; "bad bind")]
     #[test_case("servers: [{hosts: ['*'], port: {number: 80, name: a}}]", &["invalid protocol \"\", supported protocols are HTTP, HTTP2, GRPC, GRPC-WEB, MONGO, REDIS, MYSQL, TCP"]; "no protocol")]
     #[test_case("servers: [{hosts: ['*'], port: {number: 80, name: a, protocol: QUIC}}]", &["invalid protocol \"QUIC\", supported protocols are HTTP, HTTP2, GRPC, GRPC-WEB, MONGO, REDIS, MYSQL, TCP"]; "bad protocol")]
@@ -430,7 +538,7 @@ servers:
     #[test_case("['~/a.com']", &["invalid namespace value \"~\" in gateway"]; "tilde")]
     #[test_case("['*a.com']", &["partial wildcard \"*a.com\" not allowed"]; "partial wildcard")]
     #[test_case("['ns/']", &["config namespace and dnsName in host entry cannot be empty", "short names (non FQDN) are not allowed", "empty domain name not allowed"]; "empty dns")]
-    #[test_case("['a..com']", &["domain name \"a..com\" invalid (label \"\" invalid)"]; "bad dns")]
+    #[test_case("['a..com']", &["domain name \".com\" invalid (label \"\" invalid)"]; "bad dns")]
     fn hosts(hosts: &str, want: &[&str]) {
         assert_eq!(
             errors(&server(&format!(
@@ -451,7 +559,14 @@ servers:
     #[test_case("HTTPS", "tls: {mode: SIMPLE}", &["SIMPLE TLS requires a server certificate", "SIMPLE TLS requires a private key"]; "simple without certs")]
     #[test_case("HTTPS", "tls: {mode: SIMPLE, serverCertificate: c, privateKey: k}", &[]; "simple with files")]
     #[test_case("HTTPS", "tls: {mode: MUTUAL, serverCertificate: c, privateKey: k}", &["MUTUAL TLS requires a client CA bundle"]; "mutual without ca")]
-    #[test_case("HTTPS", "tls: {mode: MUTUAL}", &["SIMPLE TLS requires a server certificate", "SIMPLE TLS requires a private key", "MUTUAL TLS requires a client CA bundle"]; "mutual without anything")]
+    // Istio names the mode's family in each message.
+    #[test_case("HTTPS", "tls: {mode: MUTUAL}", &["MUTUAL TLS requires a client CA bundle", "MUTUAL TLS requires a server certificate", "MUTUAL TLS requires a private key"]; "mutual without anything")]
+    #[test_case("HTTPS", "tls: {mode: OPTIONAL_MUTUAL, caCertificates: ca}", &["MUTUAL TLS requires a server certificate", "MUTUAL TLS requires a private key"]; "optional mutual")]
+    #[test_case("HTTPS", "tls: {mode: MUTUAL, tlsCertificates: [{serverCertificate: c, privateKey: k, caCertificates: ca}]}", &["MUTUAL TLS requires a client CA bundle"]; "mutual wants the top level bundle")]
+    #[test_case("HTTPS", "tls: {mode: SIMPLE, serverCertificate: c, privateKey: k, credentialName: s}", &["only one of credential_name, credential_names, server_certificate/private_key, tls_certificates should be specified"]; "two sources")]
+    #[test_case("HTTPS", "tls: {mode: ISTIO_MUTUAL, tlsCertificates: [{serverCertificate: c}], credentialNames: [a]}", &["ISTIO_MUTUAL TLS cannot have associated tlsCertificates", "ISTIO_MUTUAL TLS cannot have associated credentialNames"]; "istio mutual with sources")]
+    #[test_case("HTTPS", "tls: {mode: SIMPLE, serverCertificate: c, privateKey: k, caCrl: crl}", &["CRL is not supported with SIMPLE TLS"]; "crl simple")]
+    #[test_case("TLS", "tls: {mode: PASSTHROUGH, caCrl: crl, credentialName: s}", &["CRL is not supported with credentialName. CRL has to be specified in the credential"]; "crl credential")]
     #[test_case("HTTPS", "tls: {mode: MUTUAL, credentialName: s}", &[]; "mutual with credential")]
     #[test_case("HTTPS", "tls: {mode: SIMPLE, tlsCertificates: [{serverCertificate: c}]}", &["SIMPLE TLS requires a private key"]; "tls certificates")]
     #[test_case("TLS", "tls: {mode: PASSTHROUGH}", &[]; "passthrough")]
@@ -471,6 +586,25 @@ servers:
             warnings(&yaml),
             ["PASSTHROUGH mode does not use certificates, they will be ignored"]
         );
+    }
+
+    // validateTLSOptions' warnings: old TLS without ciphers, unknown or repeated ciphers
+    // (Go's `%v` of the sorted list), more than two certificates.
+    #[test_case("minProtocolVersion: TLSV1_1", &["TLS version below TLSV1_2 require setting compatible ciphers as by default they no longer include compatible ciphers."]; "old tls")]
+    #[test_case("minProtocolVersion: TLSV1_0, cipherSuites: [AES128-SHA]", &[]; "old tls with ciphers")]
+    #[test_case("cipherSuites: [FOO, AES128-SHA, BAR, AES128-SHA, '-ALL', ALL]", &["ignoring invalid cipher suites: [BAR FOO]", "ignoring duplicate cipher suites: [AES128-SHA]"]; "ciphers")]
+    #[test_case("tlsCertificates: [{serverCertificate: a, privateKey: a}, {serverCertificate: b, privateKey: b}, {serverCertificate: c, privateKey: c}]", &["SIMPLE TLS can support up to 2 server certificates"]; "three certificates")]
+    fn tls_warnings(extra: &str, want: &[&str]) {
+        let yaml = server(&format!(
+            "port: {{number: 443, name: p, protocol: HTTPS}}, hosts: ['*'], tls: {{mode: SIMPLE, credentialName: s, {extra}}}"
+        ));
+        let yaml = if extra.starts_with("tlsCertificates") {
+            yaml.replace("credentialName: s, ", "")
+        } else {
+            yaml
+        };
+        assert!(errors(&yaml).is_empty(), "{:?}", errors(&yaml));
+        assert_eq!(warnings(&yaml), want);
     }
 
     #[test]

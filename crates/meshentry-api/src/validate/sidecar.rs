@@ -113,6 +113,18 @@ fn validate_ingress(r: &mut Report, path: &str, l: &IstioIngressListener, ports:
                 "sidecar: credentialName is not currently supported",
             );
         }
+        if !tls.credential_names.is_empty() {
+            r.error(
+                format!("{tp}.credentialNames"),
+                "sidecar: credentialNames is not currently supported",
+            );
+        }
+        if !tls.tls_certificates.is_empty() {
+            r.error(
+                format!("{tp}.tlsCertificates"),
+                "sidecar: tls_certificates is not currently supported",
+            );
+        }
         if matches!(tls.mode, ServerTlsMode::IstioMutual | ServerTlsMode::AutoPassthrough) {
             r.error(
                 format!("{tp}.mode"),
@@ -134,7 +146,7 @@ fn validate_ingress(r: &mut Report, path: &str, l: &IstioIngressListener, ports:
             r.warn(
                 format!("{cpp}.http"),
                 format!(
-                    "sidecar: HTTP connection pool settings are configured for port {} ({:?}) but its protocol is not HTTP ({}); only TCP settings will be applied",
+                    "sidecar: HTTP connection pool settings are configured for port {} ({:?}) but its protocol is not HTTP ({}); only TCP settings will apply",
                     port.number, port.name, port.protocol
                 ),
             );
@@ -156,17 +168,18 @@ fn validate_default_endpoint(r: &mut Report, path: &str, endpoint: &str) {
         }
         return;
     }
+    // Istio goes on after a split error, with an empty host and port.
     let (host, port) = match split_host_port(endpoint) {
         Ok(hp) => hp,
         Err(e) => {
             r.error(path, e);
-            return;
+            ("", "")
         }
     };
     if !host.is_empty() && !matches!(host, "127.0.0.1" | "0.0.0.0" | "::1" | "::") {
         r.error(
             path,
-            "sidecar: defaultEndpoint must be of form 127.0.0.1:<port>,0.0.0.0:<port>,[::1]:port,[::]:port,unix://filepath, or unset",
+            "sidecar: defaultEndpoint must be of form 127.0.0.1:<port>,0.0.0.0:<port>,[::1]:port,[::]:port,unix://filepath or unset",
         );
     }
     match port.parse::<i64>() {
@@ -205,10 +218,14 @@ fn split_host_port(addr: &str) -> Result<(&str, &str), String> {
 fn validate_egress_port(r: &mut Report, path: &str, l: &IstioEgressListener) {
     let Some(port) = &l.port else { return };
     let pp = format!("{path}.port");
+    if port.target_port > 0 {
+        r.error(format!("{pp}.targetPort"), "targetPort has no impact on Sidecars");
+    }
     if !port.name.is_empty() {
         validate_port_name(r, &format!("{pp}.name"), &port.name);
     }
     if port.number == 0 {
+        validate_protocol(r, &format!("{pp}.protocol"), &port.protocol);
         match l.bind.strip_prefix("unix://") {
             None => r.error(
                 format!("{pp}.number"),
@@ -245,7 +262,11 @@ fn validate_egress_hosts(r: &mut Report, path: &str, l: &IstioEgressListener, na
     let mut seen: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
     for (k, host) in l.hosts.iter().enumerate() {
         let hp = format!("{path}.hosts[{k}]");
-        if let Some((ns, name)) = host.split_once('/') {
+        // An excluded namespace (`~ns/host`) imports nothing: it cannot repeat an import, nor
+        // sit beside `*/*`.
+        if let Some((ns, name)) = host.split_once('/')
+            && !ns.starts_with('~')
+        {
             let ns = if ns == "." { namespace } else { ns };
             let names = seen.entry(ns).or_default();
             let duplicate = if name == "*" {
@@ -409,8 +430,8 @@ outboundTrafficPolicy:
     // A0 / A11.
     #[test_case("{}", &["sidecar: empty configuration provided"]; "empty")]
     #[test_case("outboundTrafficPolicy: {}", &[]; "only policy")]
-    #[test_case("workloadSelector: {labels: {'a*': b}}\negress: []", &["wildcard is not supported in selector: \"a*\"", "invalid tag key: \"a*\""]; "bad selector stops")]
-    #[test_case("workloadSelector: {labels: {'': b}}\negress: [{}]", &["empty key is not supported in selector: \"\"", "invalid tag key: \"\""]; "empty key stops")]
+    #[test_case("workloadSelector: {labels: {'a*': b}}\negress: []", &["wildcard is not supported in selector: \"a*=b\""]; "bad selector stops")]
+    #[test_case("workloadSelector: {labels: {'': b}}\negress: [{}]", &["empty key is not supported in selector: \"=b\""]; "empty key stops")]
     fn top_level(yaml: &str, want: &[&str]) {
         assert_eq!(errors(yaml), want);
     }
@@ -436,6 +457,8 @@ outboundTrafficPolicy:
     #[test_case("[{port: {number: 80}, bind: x, hosts: ['*/*']}]", &["x is not a valid IP"]; "bad bind")]
     #[test_case("[{port: {number: 0}, hosts: ['*/*']}]", &["sidecar: ports with 0 value must have a unix domain socket bind address"]; "port zero")]
     #[test_case("[{port: {number: 0}, bind: 'unix:///a', captureMode: IPTABLES, hosts: ['*/*']}]", &["sidecar: captureMode must be DEFAULT/NONE for unix domain socket listeners"]; "uds capture")]
+    #[test_case("[{port: {number: 0, protocol: QUIC}, bind: 'unix:///a', hosts: ['*/*']}]", &["unsupported protocol: QUIC"]; "uds protocol")]
+    #[test_case("[{port: {number: 80, targetPort: 8080}, hosts: ['*/*']}]", &["targetPort has no impact on Sidecars"]; "egress target port")]
     #[test_case("[{port: {}, bind: 'unix:///a', hosts: ['*/*']}, {port: {}, bind: 'unix:///a', hosts: ['*/*']}]", &["sidecar: unix domain socket values for listeners must be unique"]; "uds twice")]
     fn egress(egress: &str, want: &[&str]) {
         assert_eq!(errors(&format!("egress: {egress}\n")), want);
@@ -454,11 +477,14 @@ outboundTrafficPolicy:
 
     // A36: egress hosts.
     #[test_case("['*/*', './a.com', 'ns/*.a.com', '~/*', 'istio-system/*']", &[]; "good")]
+    // `~` excludes a namespace: `~ns/host`, `~*/...` and `~./...` are accepted.
+    #[test_case("['~ns/a.com', '~*/b.com', '~./c.com', '~/*']", &[]; "excluded namespaces")]
+    #[test_case("['~Bad_ns/a.com']", &["invalid namespace value \"~Bad_ns\" in sidecar"]; "bad excluded namespace")]
     #[test_case("[a.com]", &["host must be of form namespace/dnsName"]; "no namespace")]
     #[test_case("['Bad_ns/a.com']", &["invalid namespace value \"Bad_ns\" in sidecar"]; "bad namespace")]
     #[test_case("['ns/a']", &["short names (non FQDN) are not allowed"]; "short")]
     #[test_case("['ns/*a.com']", &["partial wildcard \"*a.com\" not allowed"]; "partial wildcard")]
-    #[test_case("['ns/10.0.0.1']", &["domain name \"10.0.0.1\" invalid (top level domain \"1\" cannot be all-numeric)"]; "ip")]
+    #[test_case("['ns/10.0.0.1']", &["domain name \"0.0.1\" invalid (top level domain \"1\" cannot be all-numeric)"]; "ip")]
     fn egress_hosts(hosts: &str, want: &[&str]) {
         assert_eq!(errors(&format!("egress: [{{hosts: {hosts}}}]\n")), want);
     }
@@ -469,6 +495,9 @@ outboundTrafficPolicy:
     #[test_case("['./a.com', 'ns/a.com']", &["duplicated egress host: ns/a.com"]; "dot is own namespace")]
     #[test_case("['*/*', 'ns/a.com']", &["`*/*` host select all resources, no other hosts can be added"]; "star star")]
     #[test_case("['ns/a.com', 'ns/b.com', 'other/a.com']", &[]; "distinct")]
+    // Excluded namespaces import nothing, so they neither repeat nor widen `*/*`.
+    #[test_case("['*/*', '~ns/*', '~/*']", &[]; "star star with exclusions")]
+    #[test_case("['ns/*', '~ns/a.com']", &[]; "exclusion is no duplicate")]
     fn duplicate_egress_hosts(hosts: &str, want: &[&str]) {
         let yaml = format!("egress: [{{hosts: {hosts}}}]\n");
         assert!(errors(&yaml).is_empty());
@@ -482,10 +511,11 @@ outboundTrafficPolicy:
     #[test_case("[{port: {number: 80, protocol: QUIC, name: 'a.b'}}]", &["invalid port name: a.b", "unsupported protocol: QUIC"]; "bad port")]
     #[test_case("[{port: {number: 80}}, {port: {number: 80}}]", &["sidecar: ports on IP bound listeners must be unique"]; "duplicate")]
     #[test_case("[{port: {number: 80}, bind: '::g'}]", &["::g is not a valid IP"]; "bind")]
-    #[test_case("[{port: {number: 80}, defaultEndpoint: '10.0.0.1:8080'}]", &["sidecar: defaultEndpoint must be of form 127.0.0.1:<port>,0.0.0.0:<port>,[::1]:port,[::]:port,unix://filepath, or unset"]; "other host")]
+    #[test_case("[{port: {number: 80}, defaultEndpoint: '10.0.0.1:8080'}]", &["sidecar: defaultEndpoint must be of form 127.0.0.1:<port>,0.0.0.0:<port>,[::1]:port,[::]:port,unix://filepath or unset"]; "other host")]
     #[test_case("[{port: {number: 80}, defaultEndpoint: '[::]:8080'}]", &[]; "ipv6 any")]
     #[test_case("[{port: {number: 80}, defaultEndpoint: ':8080'}]", &[]; "port only")]
-    #[test_case("[{port: {number: 80}, defaultEndpoint: '127.0.0.1'}]", &["address 127.0.0.1: missing port in address"]; "no port in endpoint")]
+    // Istio goes on with an empty port after the split error.
+    #[test_case("[{port: {number: 80}, defaultEndpoint: '127.0.0.1'}]", &["address 127.0.0.1: missing port in address", "sidecar: defaultEndpoint port () is not a number: strconv.Atoi: parsing \"\": invalid syntax"]; "no port in endpoint")]
     #[test_case("[{port: {number: 80}, defaultEndpoint: '127.0.0.1:http'}]", &["sidecar: defaultEndpoint port (http) is not a number: strconv.Atoi: parsing \"http\": invalid syntax"]; "named port")]
     #[test_case("[{port: {number: 80}, defaultEndpoint: '127.0.0.1:0'}]", &["port number 0 must be in the range 1..65535"]; "port zero")]
     #[test_case("[{port: {number: 80}, defaultEndpoint: 'unix://'}]", &["unix address must not be empty"]; "empty uds")]
@@ -498,6 +528,8 @@ outboundTrafficPolicy:
     #[test_case("HTTPS", "{mode: SIMPLE}", &["SIMPLE TLS requires a server certificate", "SIMPLE TLS requires a private key"]; "no certs")]
     #[test_case("HTTPS", "{mode: ISTIO_MUTUAL}", &["configuration is invalid: cannot set mode to ISTIO_MUTUAL in sidecar ingress tls"]; "istio mutual")]
     #[test_case("HTTPS", "{mode: SIMPLE, credentialName: s}", &["sidecar: credentialName is not currently supported"]; "credential")]
+    #[test_case("HTTPS", "{mode: SIMPLE, credentialNames: [a, b]}", &["sidecar: credentialNames is not currently supported"]; "credentials")]
+    #[test_case("HTTPS", "{mode: SIMPLE, tlsCertificates: [{serverCertificate: c, privateKey: k}]}", &["sidecar: tls_certificates is not currently supported"]; "tls certificates")]
     #[test_case("HTTPS", "{mode: SIMPLE, serverCertificate: c, privateKey: k, subjectAltNames: [a], httpsRedirect: true}", &["sidecar: subjectAltNames is not supported in ingress tls", "sidecar: httpsRedirect is not supported"]; "unsupported")]
     fn ingress_tls(protocol: &str, tls: &str, want: &[&str]) {
         assert_eq!(
@@ -522,7 +554,7 @@ outboundTrafficPolicy:
         assert_eq!(
             warnings(yaml),
             [
-                "sidecar: HTTP connection pool settings are configured for port 80 (\"db\") but its protocol is not HTTP (TCP); only TCP settings will be applied"
+                "sidecar: HTTP connection pool settings are configured for port 80 (\"db\") but its protocol is not HTTP (TCP); only TCP settings will apply"
             ]
         );
     }

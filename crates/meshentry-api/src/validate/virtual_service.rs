@@ -1,6 +1,8 @@
 //! VirtualService validation (A28-A32), and the `Destination` check that Sidecar's egress proxy
 //! reuses.
 
+use std::collections::BTreeMap;
+
 use super::Report;
 use super::common::{
     field, fqdn_error, ip_or_cidr_error, is_dns1123_label_ci, validate_duration, validate_export_to, validate_labels,
@@ -31,12 +33,38 @@ pub fn validate_virtual_service(vs: &VirtualService, namespace: &str, r: &mut Re
         }
     }
     let applies_to_mesh = vs.gateways.is_empty() || vs.gateways.iter().any(|g| g == "mesh");
+    let applies_to_gateway = !applies_to_mesh;
     validate_gateway_names(r, "spec.gateways", &vs.gateways);
 
+    // Claims are only known where a gateway has authenticated the request.
+    if !applies_to_gateway {
+        for (i, h) in vs.http.iter().enumerate() {
+            for (j, m) in h.r#match.iter().enumerate() {
+                for (what, map) in [("headers", &m.headers), ("withoutHeaders", &m.without_headers)] {
+                    for key in map.keys().filter(|k| is_jwt_claim(k)) {
+                        r.error(
+                            field(&format!("spec.http[{i}].match[{j}].{what}"), key),
+                            format!(
+                                "JWT claim based routing (key: {key}) is only supported for gateway, found no gateways: [{}]",
+                                vs.gateways.join(" ")
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    let sni_routed = vs.tls.iter().any(|t| t.r#match.iter().any(|m| !m.sni_hosts.is_empty()));
     let mut all_hosts_valid = true;
     for (i, h) in vs.hosts.iter().enumerate() {
         let path = format!("spec.hosts[{i}]");
-        match wildcard_domain_error(h) {
+        let problem = if applies_to_gateway {
+            gateway_bound_domain_error(sni_routed, h)
+        } else {
+            wildcard_domain_error(h)
+        };
+        match problem {
             Some(e) if h.parse::<std::net::IpAddr>().is_err() => {
                 r.error(path, e);
                 all_hosts_valid = false;
@@ -72,7 +100,7 @@ pub fn validate_virtual_service(vs: &VirtualService, namespace: &str, r: &mut Re
         validate_http_route(r, &format!("spec.http[{i}]"), route, delegate);
     }
     for (i, route) in vs.tls.iter().enumerate() {
-        validate_tls_route(r, &format!("spec.tls[{i}]"), route, &vs.hosts);
+        validate_tls_route(r, &format!("spec.tls[{i}]"), route, &vs.hosts, applies_to_gateway);
     }
     for (i, route) in vs.tcp.iter().enumerate() {
         validate_tcp_route(r, &format!("spec.tcp[{i}]"), route);
@@ -90,6 +118,7 @@ pub fn validate_virtual_service(vs: &VirtualService, namespace: &str, r: &mut Re
             ..m.clone()
         },
     );
+    analyze_overlapping_prefixes(r, &vs.http);
     analyze_unreachable(r, "spec.tcp", &vs.tcp, |t| &t.r#match, |_| "", |_| "", Clone::clone);
     analyze_unreachable(r, "spec.tls", &vs.tls, |t| &t.r#match, |_| "", |_| "", Clone::clone);
 }
@@ -120,7 +149,52 @@ fn host_subset_of(a: &str, b: &str) -> bool {
     }
 }
 
-/// A29: `ns/name`, `mesh`, a bare name, or the legacy `name.ns[.svc...]`.
+/// Istio's `ValidateWildcardDomainForVirtualServiceBoundToGateway`: with SNI routing, a
+/// gateway-bound host may also be the name AUTO_PASSTHROUGH gateways route by,
+/// `outbound_.<port>_.<subset>_.<host>`.
+fn gateway_bound_domain_error(sni: bool, domain: &str) -> Option<String> {
+    if domain.is_empty() || domain.len() > 255 || !sni || !domain.starts_with("outbound_") {
+        return wildcard_domain_error(domain);
+    }
+    let parts: Vec<&str> = domain.split('_').collect();
+    if parts.len() < 4 {
+        return Some(format!(
+            "domain name {domain} invalid, should follow 'outbound_.<port>_._.<hostname>' format"
+        ));
+    }
+    let port = parts[1].trim_matches('.');
+    let host = parts[3].trim_matches('.');
+    // Istio's patterns are unanchored: a digit, and a letter, anywhere.
+    if !port.bytes().any(|b| b.is_ascii_digit()) {
+        return Some(format!(
+            "domain name {domain:?} invalid (label {port:?} invalid). should follow 'outbound_.<port>_._.<hostname>' format"
+        ));
+    }
+    if !host.bytes().any(|b| b.is_ascii_alphabetic()) {
+        return Some(format!(
+            "domain name {domain:?} invalid (label {host:?} invalid). should follow 'outbound_.<port>_._.<hostname>' format"
+        ));
+    }
+    None
+}
+
+/// Istio's `jwt.ToRoutingClaim(name).Match`: `@request.auth.claims` (any case) followed by
+/// `.claim[.nested]` or `[claim][nested]`.
+fn is_jwt_claim(name: &str) -> bool {
+    const PREFIX: &str = "@request.auth.claims";
+    let Some(head) = name.get(..PREFIX.len()) else {
+        return false;
+    };
+    if !head.eq_ignore_ascii_case(PREFIX) {
+        return false;
+    }
+    let rest = &name[PREFIX.len()..];
+    (rest.starts_with('.') && rest.len() > 1) || (rest.starts_with('[') && rest.ends_with(']') && rest.len() > 2)
+}
+
+/// A29, Istio's `validateGatewayNames`: `ns/name` (both DNS labels, so `./name` is refused),
+/// `mesh`, a bare name, or the legacy `name.ns[.svc...]`. Like Istio, a bare name ends the
+/// check: the names after it are not looked at.
 fn validate_gateway_names(r: &mut Report, path: &str, gateways: &[String]) {
     for (i, gw) in gateways.iter().enumerate() {
         let p = format!("{path}[{i}]");
@@ -139,14 +213,13 @@ fn validate_gateway_names(r: &mut Report, path: &str, gateways: &[String]) {
                 if let Some(e) = fqdn_error(gw) {
                     r.error(&p, e);
                 }
+                return;
             }
             Some((ns, name)) => {
                 if ns.is_empty() || name.is_empty() {
                     r.error(&p, "config namespace and gateway name cannot be empty");
                 }
-                // `./name` is documented as "the VirtualService's namespace" (resolveGatewayName),
-                // so it is accepted here too.
-                if ns != "." && !is_dns1123_label_ci(ns) {
+                if !is_dns1123_label_ci(ns) {
                     r.error(&p, format!("invalid value for namespace: {ns:?}"));
                 }
                 if !is_dns1123_label_ci(name) {
@@ -159,39 +232,7 @@ fn validate_gateway_names(r: &mut Report, path: &str, gateways: &[String]) {
 
 /// A31: one `http` rule. `delegate_vs`: the VirtualService has no hosts.
 fn validate_http_route(r: &mut Report, path: &str, h: &HttpRoute, delegate_vs: bool) {
-    if let Some(d) = &h.delegate {
-        if delegate_vs {
-            r.error(format!("{path}.delegate"), "delegate HTTPRoute cannot contain delegate");
-        }
-        // A root rule only selects traffic and hands it to the delegate, so what a delegate
-        // decides itself is rejected here; the wording follows Istio's conflict messages.
-        if !h.route.is_empty() {
-            r.error(path, "HTTP route cannot contain both route and delegate");
-        }
-        if h.redirect.is_some() {
-            r.error(path, "HTTP route cannot contain both redirect and delegate");
-        }
-        if h.direct_response.is_some() {
-            r.error(path, "HTTP route cannot contain both direct_response and delegate");
-        }
-        if d.name.is_empty() {
-            r.error(format!("{path}.delegate.name"), "delegate name is required");
-        } else if !is_dns1123_subdomain(&d.name) {
-            r.error(
-                format!("{path}.delegate.name"),
-                format!("invalid delegate name: {:?}", d.name),
-            );
-        }
-        if !d.namespace.is_empty() && !is_dns1123_label_ci(&d.namespace) {
-            r.error(
-                format!("{path}.delegate.namespace"),
-                format!("invalid delegate namespace: {:?}", d.namespace),
-            );
-        }
-    } else {
-        validate_http_route_conflicts(r, path, h);
-    }
-
+    validate_http_route_conflicts(r, path, h, delegate_vs);
     for (j, m) in h.r#match.iter().enumerate() {
         validate_http_match(r, &format!("{path}.match[{j}]"), m);
     }
@@ -230,8 +271,12 @@ fn validate_http_route(r: &mut Report, path: &str, h: &HttpRoute, delegate_vs: b
     }
     for (k, m) in h.mirrors.iter().enumerate() {
         let p = format!("{path}.mirrors[{k}]");
+        // Istio looks no further at a mirror without a destination.
         match &m.destination {
-            None => r.error(&p, "destination is required for mirrors"),
+            None => {
+                r.error(&p, "destination is required for mirrors");
+                continue;
+            }
             Some(d) => validate_destination(r, &format!("{p}.destination"), d),
         }
         if let Some(pc) = &m.percentage {
@@ -257,13 +302,24 @@ fn validate_http_route(r: &mut Report, path: &str, h: &HttpRoute, delegate_vs: b
     }
 }
 
-fn is_dns1123_subdomain(s: &str) -> bool {
-    s.len() <= 253 && s.split('.').all(is_dns1123_label_ci)
-}
-
-fn validate_http_route_conflicts(r: &mut Report, path: &str, h: &HttpRoute) {
-    if h.mirror.is_some() && !h.mirrors.is_empty() {
-        r.error(path, "HTTP route cannot contain both mirror and mirrors");
+/// Istio's `validateHTTPRouteConflict`. A root rule (one with `delegate`, in a VirtualService
+/// with hosts) may set neither `redirect` nor `route`, and nothing else is checked; a rule of
+/// a delegate VirtualService may not delegate again.
+fn validate_http_route_conflicts(r: &mut Report, path: &str, h: &HttpRoute, delegate_vs: bool) {
+    if h.delegate.is_some() && !delegate_vs {
+        if h.redirect.is_some() {
+            r.error(path, format!("root HTTP route {} must not specify redirect", h.name));
+        }
+        if !h.route.is_empty() {
+            r.error(path, format!("root HTTP route {} must not specify route", h.name));
+        }
+        return;
+    }
+    if delegate_vs && h.delegate.is_some() {
+        r.error(
+            format!("{path}.delegate"),
+            "delegate HTTP route cannot contain delegate",
+        );
     }
     if h.redirect.is_some() {
         if !h.route.is_empty() {
@@ -276,12 +332,9 @@ fn validate_http_route_conflicts(r: &mut Report, path: &str, h: &HttpRoute) {
             r.error(path, "HTTP route rule cannot contain both rewrite and redirect");
         }
         if h.direct_response.is_some() {
-            r.error(path, "HTTP route cannot contain both redirect and direct_response");
+            r.error(path, "HTTP route rule cannot contain both direct_response and redirect");
         }
-    } else if h.route.is_empty() && h.direct_response.is_none() {
-        r.error(path, "HTTP route, redirect or direct_response is required");
-    }
-    if h.direct_response.is_some() {
+    } else if h.direct_response.is_some() {
         if !h.route.is_empty() {
             r.error(path, "HTTP route cannot contain both route and direct_response");
         }
@@ -291,6 +344,11 @@ fn validate_http_route_conflicts(r: &mut Report, path: &str, h: &HttpRoute) {
         if h.rewrite.is_some() {
             r.error(path, "HTTP route rule cannot contain both rewrite and direct_response");
         }
+    } else if h.route.is_empty() {
+        r.error(path, "HTTP route, redirect or direct_response is required");
+    }
+    if h.mirror.is_some() && !h.mirrors.is_empty() {
+        r.error(path, "HTTP route cannot contain both mirror and mirrors");
     }
 }
 
@@ -298,14 +356,14 @@ fn validate_http_match(r: &mut Report, path: &str, m: &HttpMatchRequest) {
     for (name, sm) in &m.headers {
         let p = field(&format!("{path}.headers"), name);
         validate_header_name_or_claim(r, &p, name);
-        validate_string_match_regexp(r, &p, sm, "headers");
+        validate_string_match(r, &p, sm, "headers");
     }
     for (name, sm) in &m.without_headers {
         let p = field(&format!("{path}.withoutHeaders"), name);
         validate_header_name_or_claim(r, &p, name);
         // `regex: "*"` is not a regex: Istio turns it into a presence match.
         if sm.regex.as_deref() != Some("*") {
-            validate_string_match_regexp(r, &p, sm, "withoutHeaders");
+            validate_string_match(r, &p, sm, "withoutHeaders");
         }
     }
     // Envoy accepts an empty path prefix but not an empty scheme, method or authority prefix.
@@ -322,13 +380,19 @@ fn validate_http_match(r: &mut Report, path: &str, m: &HttpMatchRequest) {
         }
     }
     for (name, sm) in &m.query_params {
-        validate_string_match_regexp(r, &field(&format!("{path}.queryParams"), name), sm, "queryParams");
+        validate_string_match(r, &field(&format!("{path}.queryParams"), name), sm, "queryParams");
     }
     if m.port != 0 {
         validate_port_number(r, &format!("{path}.port"), m.port);
     }
     validate_labels(r, &format!("{path}.sourceLabels"), &m.source_labels);
     validate_gateway_names(r, &format!("{path}.gateways"), &m.gateways);
+    if !m.source_namespace.is_empty() && !is_dns1123_label_ci(&m.source_namespace) {
+        r.error(
+            format!("{path}.sourceNamespace"),
+            format!("sourceNamespace match {} is invalid", m.source_namespace),
+        );
+    }
 }
 
 fn string_match_oneof(r: &mut Report, path: &str, sm: &StringMatch) {
@@ -394,10 +458,12 @@ fn regex_error_summary(e: &regex::Error) -> String {
     last.trim().trim_start_matches("error: ").to_string()
 }
 
-const HEADER_CHARS: fn(u8) -> bool = |b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_';
-
+/// RFC 7230 token characters, Istio's `validHeaderNameRegex`.
 fn is_header_name(name: &str) -> bool {
-    !name.is_empty() && name.bytes().all(HEADER_CHARS)
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 fn validate_header_name(r: &mut Report, path: &str, name: &str) {
@@ -408,46 +474,158 @@ fn validate_header_name(r: &mut Report, path: &str, name: &str) {
     }
 }
 
-/// Header matches may also name a JWT claim (`@request.auth.claims.<name>`).
+/// Istio's `ValidateHTTPHeaderNameOrJwtClaimRoute`: a header, an HTTP/2 pseudo-header, or a
+/// JWT claim.
 fn validate_header_name_or_claim(r: &mut Report, path: &str, name: &str) {
-    match name.strip_prefix("@request.auth.claims.") {
-        Some(claim) if !claim.is_empty() => {}
-        _ => validate_header_name(r, path, name),
-    }
-}
-
-fn is_authority_header(name: &str) -> bool {
-    name.eq_ignore_ascii_case("host") || name == ":authority"
-}
-
-/// Istio's `ValidateHTTPHeaderOperationName`; `allow_authority`: request `set`/`add` may
-/// rewrite the authority.
-fn validate_header_operation_name(r: &mut Report, path: &str, name: &str, allow_authority: bool) {
-    if name.is_empty() {
-        r.error(path, "header name cannot be empty");
-        return;
-    }
-    if allow_authority && is_authority_header(name) {
-        return;
-    }
-    if name.starts_with(':') {
-        r.error(
-            path,
-            format!("invalid header {name:?}: header cannot have \":\" prefix"),
-        );
-        return;
-    }
-    if name.eq_ignore_ascii_case("host") {
-        r.error(path, format!("invalid header {name:?}: header cannot be host"));
+    if is_jwt_claim(name) || [":method", ":scheme", ":authority", ":path", ":status"].contains(&name) {
         return;
     }
     validate_header_name(r, path, name);
 }
 
+fn is_authority_header(name: &str) -> bool {
+    name.eq_ignore_ascii_case("host") || name.eq_ignore_ascii_case(":authority")
+}
+
+/// Istio's `ValidateHTTPHeaderWithAuthorityOperationName` (`allow_authority`: request `set`
+/// and `add`, which may rewrite the authority) and `ValidateHTTPHeaderOperationName`. Only
+/// pseudo-headers and `Host` are refused: the name is not otherwise checked.
+fn validate_header_operation_name(r: &mut Report, path: &str, name: &str, allow_authority: bool) {
+    if name.is_empty() {
+        r.error(path, "header name cannot be empty");
+        return;
+    }
+    let internal = name.starts_with(':') || name.eq_ignore_ascii_case("host");
+    if allow_authority {
+        if internal && !is_authority_header(name) {
+            r.error(
+                path,
+                format!("invalid header {name:?}: header cannot have \":\" prefix"),
+            );
+        }
+        return;
+    }
+    if name.eq_ignore_ascii_case("host") {
+        r.error(path, format!("invalid header {name:?}: cannot set Host header"));
+    } else if internal {
+        r.error(
+            path,
+            format!("invalid header {name:?}: header cannot have \":\" prefix"),
+        );
+    }
+}
+
+/// Istio's `ValidateHTTPHeaderValue`: no control characters but tab, and Envoy's
+/// `%VARIABLE%` syntax well formed (its header parser, as Istio ports it).
+fn header_value_error(value: &str) -> Option<String> {
+    if value.chars().any(|c| (c as u32) < 0x20 && c != '\t' || c == '\u{7f}') {
+        return Some(format!("header value configuration {value} is invalid"));
+    }
+    envoy_format_error(value).map(|e| format!("header value configuration: invalid header configuration. {e}"))
+}
+
+fn envoy_format_error(value: &str) -> Option<String> {
+    #[derive(PartialEq)]
+    enum St {
+        Literal,
+        Name,
+        ExpectArray,
+        ExpectString,
+        Str,
+        ExpectDelimOrEnd,
+        ExpectArgsEnd,
+        ExpectVarEnd,
+    }
+    let b = value.as_bytes();
+    let mut st = St::Literal;
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        let has_next = i + 1 < b.len();
+        match st {
+            St::Literal => {
+                if c == b'%' {
+                    if !has_next {
+                        return Some("Un-escaped %".into());
+                    }
+                    if b[i + 1] == b'%' {
+                        i += 1;
+                    } else {
+                        st = St::Name;
+                    }
+                }
+            }
+            St::Name => {
+                if c == b'%' {
+                    st = St::Literal;
+                } else if c == b'(' {
+                    st = St::ExpectArray;
+                }
+            }
+            St::ExpectArray => {
+                if c == b'[' {
+                    st = St::ExpectString;
+                } else if c != b' ' {
+                    st = St::Str;
+                }
+            }
+            St::ExpectDelimOrEnd => {
+                if c == b',' {
+                    st = St::ExpectString;
+                } else if c == b']' {
+                    st = St::ExpectArgsEnd;
+                } else if c != b' ' {
+                    return Some("Expecting ',', ']', or whitespace".into());
+                }
+            }
+            St::ExpectString => {
+                if c == b'"' {
+                    st = St::Str;
+                } else if c != b' ' {
+                    return Some("Expecting '\"'".into());
+                }
+            }
+            St::Str => {
+                if c == b'\\' {
+                    if !has_next {
+                        return Some("Un-terminated backslash in JSON string".into());
+                    }
+                    i += 1;
+                } else if c == b')' {
+                    st = St::ExpectVarEnd;
+                } else if c == b'"' {
+                    st = St::ExpectDelimOrEnd;
+                }
+            }
+            St::ExpectArgsEnd => {
+                if c == b')' {
+                    st = St::ExpectVarEnd;
+                } else if c != b' ' {
+                    // Istio's message keeps Envoy's unfilled placeholders.
+                    return Some("Expecting ')' or whitespace after '{}', but found '{}'".into());
+                }
+            }
+            St::ExpectVarEnd => {
+                if c == b'%' {
+                    st = St::Literal;
+                } else if c != b' ' {
+                    return Some("Expecting '%' or whitespace after".into());
+                }
+            }
+        }
+        i += 1;
+    }
+    (st != St::Literal).then(|| format!("Un-terminated variable expression '{value}'"))
+}
+
 fn validate_header_operations(r: &mut Report, path: &str, ops: &HeaderOperations, request: bool) {
     for (what, map) in [("set", &ops.set), ("add", &ops.add)] {
-        for name in map.keys() {
-            validate_header_operation_name(r, &field(&format!("{path}.{what}"), name), name, request);
+        for (name, value) in map {
+            let p = field(&format!("{path}.{what}"), name);
+            validate_header_operation_name(r, &p, name, request);
+            if let Some(e) = header_value_error(value) {
+                r.error(&p, e);
+            }
         }
     }
     for (k, name) in ops.remove.iter().enumerate() {
@@ -485,7 +663,7 @@ fn validate_authority_rewrite(r: &mut Report, path: &str, h: &HttpRoute) {
 }
 
 const CORS_METHODS: &[&str] = &[
-    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "*",
 ];
 
 fn validate_cors_policy(r: &mut Report, path: &str, c: &CorsPolicy) {
@@ -569,8 +747,9 @@ const GRPC_STATUSES: &[&str] = &[
     "UNAUTHENTICATED",
 ];
 
+/// Istio's bound is 200..=600, whatever its message says.
 fn validate_http_status(r: &mut Report, path: &str, status: i64) {
-    if !(200..=599).contains(&status) {
+    if !(200..=600).contains(&status) {
         r.error(path, format!("HTTP status {status} is not in range 200-599"));
     }
 }
@@ -602,7 +781,7 @@ fn validate_fault(r: &mut Report, path: &str, f: &HttpFaultInjection) {
             r.error(
                 format!("{p}.grpcStatus"),
                 format!(
-                    "gRPC status {s:?} is not supported. See https://github.com/grpc/grpc/blob/master/doc/statuscodes.md for a list of supported codes"
+                    "gRPC status {s:?} is not supported. See https://github.com/grpc/grpc/blob/master/doc/statuscodes.md for a list of supported codes, for example 'NOT_FOUND'"
                 ),
             );
         }
@@ -612,17 +791,14 @@ fn validate_fault(r: &mut Report, path: &str, f: &HttpFaultInjection) {
                 "HTTP/2 abort fault injection not supported yet",
             );
         }
+        if a.http_status.is_none() && a.grpc_status.is_none() && a.http2_error.is_none() {
+            r.warn(&p, "abort configured, but error type not set");
+        }
     }
     if let Some(d) = &f.delay {
         let p = format!("{path}.delay");
         if let Some(pc) = &d.percentage {
             validate_percentage(r, &format!("{p}.percentage.value"), pc.value);
-        }
-        if !(0..=100).contains(&d.percent) {
-            r.error(
-                format!("{p}.percent"),
-                format!("percentage {} is not in range 0..100", d.percent),
-            );
         }
         check_oneof(
             r,
@@ -878,12 +1054,12 @@ fn validate_subnets(r: &mut Report, path: &str, subnets: &[String]) {
 }
 
 /// A32: TLS rules.
-fn validate_tls_route(r: &mut Report, path: &str, t: &TlsRoute, vs_hosts: &[String]) {
+fn validate_tls_route(r: &mut Report, path: &str, t: &TlsRoute, vs_hosts: &[String], gateway: bool) {
     if t.r#match.is_empty() {
         r.error(path, "TLS route must have at least one match condition");
     }
     for (j, m) in t.r#match.iter().enumerate() {
-        validate_tls_match(r, &format!("{path}.match[{j}]"), m, vs_hosts);
+        validate_tls_match(r, &format!("{path}.match[{j}]"), m, vs_hosts, gateway);
     }
     if t.route.is_empty() {
         r.error(path, "TLS route is required");
@@ -891,7 +1067,7 @@ fn validate_tls_route(r: &mut Report, path: &str, t: &TlsRoute, vs_hosts: &[Stri
     validate_route_destinations(r, &format!("{path}.route"), &t.route);
 }
 
-fn validate_tls_match(r: &mut Report, path: &str, m: &TlsMatchAttributes, vs_hosts: &[String]) {
+fn validate_tls_match(r: &mut Report, path: &str, m: &TlsMatchAttributes, vs_hosts: &[String], gateway: bool) {
     if m.sni_hosts.is_empty() {
         r.error(path, "TLS match must have at least one SNI host");
     }
@@ -904,7 +1080,12 @@ fn validate_tls_match(r: &mut Report, path: &str, m: &TlsMatchAttributes, vs_hos
             );
             continue;
         }
-        if let Some(e) = wildcard_domain_error(sni) {
+        let problem = if gateway {
+            gateway_bound_domain_error(true, sni)
+        } else {
+            wildcard_domain_error(sni)
+        };
+        if let Some(e) = problem {
             r.error(&p, e);
             continue;
         }
@@ -945,6 +1126,119 @@ fn validate_l4_match(r: &mut Report, path: &str, m: &L4MatchAttributes) {
     validate_gateway_names(r, &format!("{path}.gateways"), &m.gateways);
 }
 
+/// What Istio's `genMatchHTTPRoutes` keeps of an HTTP match with a `uri` prefix, to find one
+/// that an earlier, shorter prefix covers.
+struct PrefixMatch<'a> {
+    rule: usize,
+    index: usize,
+    rule_name: String,
+    match_name: String,
+    prefix: &'a str,
+    port: u32,
+    method: String,
+    authority: String,
+    headers: BTreeMap<&'a str, String>,
+    query_params: BTreeMap<&'a str, String>,
+    without_headers: BTreeMap<&'a str, String>,
+}
+
+/// `exact:v`, `prefix:v`, or empty (a regex, or nothing).
+fn exact_or_prefix(sm: Option<&StringMatch>) -> String {
+    match sm {
+        Some(StringMatch { exact: Some(e), .. }) if !e.is_empty() => format!("exact:{e}"),
+        Some(StringMatch { prefix: Some(p), .. }) if !p.is_empty() => format!("prefix:{p}"),
+        _ => String::new(),
+    }
+}
+
+fn value_map(m: &BTreeMap<String, StringMatch>) -> BTreeMap<&str, String> {
+    m.iter().map(|(k, v)| (k.as_str(), exact_or_prefix(Some(v)))).collect()
+}
+
+/// Istio's `coveredValidation`: whether `a` (earlier) takes every request `b` would, compared
+/// as Istio compares them (a differing value covers when it starts with the other's).
+fn covers(a: &PrefixMatch<'_>, b: &PrefixMatch<'_>) -> bool {
+    let value_covers = |x: &str, y: &str| x == y || x.starts_with(y);
+    let map_covers = |x: &BTreeMap<&str, String>, y: &BTreeMap<&str, String>| {
+        x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| value_covers(v, w)))
+    };
+    b.prefix.starts_with(a.prefix)
+        && a.port == b.port
+        && value_covers(&a.method, &b.method)
+        && value_covers(&a.authority, &b.authority)
+        && map_covers(&a.headers, &b.headers)
+        && map_covers(&a.query_params, &b.query_params)
+        && map_covers(&a.without_headers, &b.without_headers)
+}
+
+/// The overlap half of Istio's `analyzeUnreachableHTTPRules`: of the matches still in play
+/// (before any catch-all rule, not repeating an earlier match), one whose `uri` prefix an
+/// earlier, different prefix covers is never used.
+fn analyze_overlapping_prefixes(r: &mut Report, rules: &[HttpRoute]) {
+    let display = |name: &str, i: usize| {
+        if name.is_empty() {
+            format!("#{i}")
+        } else {
+            format!("{name:?}")
+        }
+    };
+    let mut seen: Vec<HttpMatchRequest> = Vec::new();
+    let mut candidates: Vec<PrefixMatch<'_>> = Vec::new();
+    for (i, rule) in rules.iter().enumerate() {
+        if rule.r#match.is_empty() {
+            break;
+        }
+        for (j, m) in rule.r#match.iter().enumerate() {
+            let key = HttpMatchRequest {
+                name: String::new(),
+                ..m.clone()
+            };
+            if seen.contains(&key) {
+                continue;
+            }
+            seen.push(key);
+            let Some(prefix) = m
+                .uri
+                .as_ref()
+                .and_then(|u| u.prefix.as_deref())
+                .filter(|p| !p.is_empty())
+            else {
+                continue;
+            };
+            let method = match exact_or_prefix(m.method.as_ref()) {
+                none if none.is_empty() => "exact:GET".to_string(),
+                method => method,
+            };
+            candidates.push(PrefixMatch {
+                rule: i,
+                index: j,
+                rule_name: display(&rule.name, i),
+                match_name: display(&m.name, j),
+                prefix,
+                port: m.port,
+                method,
+                authority: exact_or_prefix(m.authority.as_ref()),
+                headers: value_map(&m.headers),
+                query_params: value_map(&m.query_params),
+                without_headers: value_map(&m.without_headers),
+            });
+        }
+    }
+    for (k, a) in candidates.iter().enumerate() {
+        for b in &candidates[k + 1..] {
+            if b.prefix != a.prefix && covers(a, b) {
+                r.warn(
+                    format!("spec.http[{}].match[{}]", b.rule, b.index),
+                    format!(
+                        "virtualService rule {} match {} of prefix {} is not used (duplicate/overlapping match in rule {} of prefix {} on {})",
+                        b.rule_name, b.match_name, b.prefix, a.match_name, a.prefix, a.rule_name
+                    ),
+                );
+            }
+        }
+    }
+}
+
 /// Istio's `analyzeUnreachable*Rules`: a rule after a catch-all, or whose every match block
 /// repeats an earlier one (names aside), is never used. Istio names rules `"name"` when they
 /// have a name (HTTP only), else `#index`.
@@ -981,6 +1275,13 @@ fn analyze_unreachable<R, M: PartialEq>(
         }
         let mut duplicates = 0;
         for (j, m) in ms.iter().enumerate() {
+            if catch_all_seen {
+                r.warn(
+                    format!("{path}[{i}].match[{j}]"),
+                    format!("virtualService rule {name} not used (route without matches defined before)"),
+                );
+                continue;
+            }
             let key = unnamed(m);
             if let Some((_, earlier)) = seen.iter().find(|(k, _)| *k == key) {
                 let earlier_name = display(rule_name(&rules[*earlier]), *earlier);
@@ -1054,8 +1355,6 @@ http:
     headers:
       end-user:
         exact: jason
-      "@request.auth.claims.group":
-        exact: admin
     queryParams:
       debug:
         regex: "^(1|true)$"
@@ -1228,23 +1527,30 @@ exportTo: ["."]
     #[test_case("gateways: [gw]\nhttp: [{route: [{destination: {host: a}}]}]", &["delegate virtual service must have no gateways specified"]; "gateways")]
     #[test_case("tls: [{match: [{sniHosts: [a.com]}], route: [{destination: {host: a}}]}]", &["delegate virtual service must have no tls route specified", "SNI host \"a.com\" is not a compatible subset of any of the virtual service hosts: []"]; "tls")]
     #[test_case("tcp: [{route: [{destination: {host: a}}]}]", &["delegate virtual service must have no tcp route specified"]; "tcp")]
-    #[test_case("http: [{delegate: {name: b}}]", &["delegate HTTPRoute cannot contain delegate"]; "nested delegate")]
+    // Istio checks a delegate's rules as any other: one that delegates still needs a route.
+    #[test_case("http: [{delegate: {name: b}}]", &["delegate HTTP route cannot contain delegate", "HTTP route, redirect or direct_response is required"]; "nested delegate")]
     fn delegates(yaml: &str, want: &[&str]) {
         assert_eq!(errors(yaml), want);
     }
 
     #[test_case("{match: [{uri: {prefix: /a}}], delegate: {name: reviews-v1, namespace: other}}", &[]; "root")]
-    #[test_case("{delegate: {name: r}, route: [{destination: {host: a}}]}", &["HTTP route cannot contain both route and delegate"]; "route and delegate")]
-    #[test_case("{delegate: {name: r}, redirect: {uri: /a}}", &["HTTP route cannot contain both redirect and delegate"]; "redirect and delegate")]
-    #[test_case("{delegate: {namespace: n}}", &["delegate name is required"]; "no name")]
-    #[test_case("{delegate: {name: r, namespace: N_s}}", &["invalid delegate namespace: \"N_s\""]; "bad namespace")]
+    // Istio's validateHTTPRouteConflict for a root rule: neither route nor redirect (named by
+    // the rule's name), and nothing else, not even the delegate's name.
+    #[test_case("{delegate: {name: r}, route: [{destination: {host: a}}]}", &["root HTTP route  must not specify route"]; "route and delegate")]
+    #[test_case("{name: root, delegate: {name: r}, redirect: {uri: /a}}", &["root HTTP route root must not specify redirect"]; "redirect and delegate")]
+    #[test_case("{delegate: {namespace: n}}", &[]; "no name")]
+    #[test_case("{delegate: {name: r, namespace: N_s}, directResponse: {status: 200}}", &[]; "bad namespace")]
     fn root_rules(rule: &str, want: &[&str]) {
         assert_eq!(errors(&http(rule)), want);
     }
 
     // A29: gateways.
     #[test_case("[mesh]", &[]; "mesh")]
-    #[test_case("[istio-system/gw, ./gw, gw]", &[]; "forms")]
+    #[test_case("[istio-system/gw, gw]", &[]; "forms")]
+    // Istio's validateGatewayNames wants DNS labels on both sides of the `/`, and stops at the
+    // first bare name.
+    #[test_case("[./gw]", &["invalid value for namespace: \".\""]; "dot namespace")]
+    #[test_case("[gw, ns/Bad_name]", &[]; "after a bare name")]
     #[test_case("[bad_ns/gw]", &["invalid value for namespace: \"bad_ns\""]; "bad ns")]
     #[test_case("[ns/gw.x]", &["invalid value for gateway name: \"gw.x\""]; "bad name")]
     #[test_case("[ns/]", &["config namespace and gateway name cannot be empty", "invalid value for gateway name: \"\""]; "empty name")]
@@ -1271,7 +1577,7 @@ exportTo: ["."]
     #[test_case("hosts: ['*']", &["wildcard host * is not allowed for virtual services bound to the mesh gateway"]; "star on mesh")]
     #[test_case("hosts: ['*']\ngateways: [ns/gw]", &[]; "star on gateway")]
     #[test_case("hosts: ['*']\ngateways: [ns/gw, mesh]", &["wildcard host * is not allowed for virtual services bound to the mesh gateway"]; "star on both")]
-    #[test_case("hosts: ['a..com']", &["domain name \"a..com\" invalid (label \"\" invalid)"]; "bad host")]
+    #[test_case("hosts: ['a..com']", &["domain name \".com\" invalid (label \"\" invalid)"]; "bad host")]
     #[test_case("hosts: [a.com, a.com]", &["duplicate hosts in virtual service: a.com & a.com"]; "duplicate")]
     #[test_case("hosts: ['*.com', '*.a.com']", &["duplicate hosts in virtual service: *.com & *.a.com"]; "overlapping wildcards")]
     #[test_case("hosts: ['*.a.com', b.a.com]", &["duplicate hosts in virtual service: *.a.com & b.a.com"]; "wildcard covers")]
@@ -1295,7 +1601,7 @@ exportTo: ["."]
     #[test_case("{route: [{destination: {host: a}}], redirect: {uri: /b}}", &["HTTP route cannot contain both route and redirect"]; "route redirect")]
     #[test_case("{redirect: {uri: /b}, fault: {abort: {httpStatus: 500}}}", &["HTTP route cannot contain both fault and redirect"]; "fault redirect")]
     #[test_case("{redirect: {uri: /b}, rewrite: {uri: /c}}", &["HTTP route rule cannot contain both rewrite and redirect"]; "rewrite redirect")]
-    #[test_case("{redirect: {uri: /b}, directResponse: {status: 200}}", &["HTTP route cannot contain both redirect and direct_response"]; "redirect direct")]
+    #[test_case("{redirect: {uri: /b}, directResponse: {status: 200}}", &["HTTP route rule cannot contain both direct_response and redirect"]; "redirect direct")]
     #[test_case("{route: [{destination: {host: a}}], directResponse: {status: 200}}", &["HTTP route cannot contain both route and direct_response"]; "route direct")]
     #[test_case("{directResponse: {status: 200}, fault: {delay: {fixedDelay: 1s}}}", &["HTTP route cannot contain both fault and direct_response"]; "fault direct")]
     #[test_case("{route: [{destination: {host: a}}], mirror: {host: b}, mirrors: [{destination: {host: c}}]}", &["HTTP route cannot contain both mirror and mirrors"]; "mirror mirrors")]
@@ -1339,7 +1645,7 @@ exportTo: ["."]
     }
 
     #[test_case("[{destination: {host: '*'}}]", &["invalid destination host *"]; "star")]
-    #[test_case("[{destination: {host: 'a..b'}}]", &["domain name \"a..b\" invalid (label \"\" invalid)"]; "bad host")]
+    #[test_case("[{destination: {host: 'a..b'}}]", &["domain name \".b\" invalid (label \"\" invalid)"]; "bad host")]
     #[test_case("[{destination: {host: a, subset: V_1}}]", &["subset name is invalid: V_1"]; "bad subset")]
     #[test_case("[{destination: {host: a, port: {number: 0}}}]", &["port number 0 must be in the range 1..65535"]; "bad port")]
     #[test_case("[{weight: 10}]", &["destination is required"]; "missing destination")]
@@ -1347,7 +1653,13 @@ exportTo: ["."]
     #[test_case("[{destination: {host: a}}, {destination: {host: b}}]", &["total destination weight = 0"]; "zero total")]
     #[test_case("[{destination: {host: a}, weight: 0}, {destination: {host: b}, weight: 100}]", &[]; "weights")]
     #[test_case("[{destination: {host: a}, headers: {request: {set: {':path': x}}}}]", &["invalid header \":path\": header cannot have \":\" prefix"]; "pseudo header")]
-    #[test_case("[{destination: {host: a}, headers: {response: {add: {host: x}}}}]", &["invalid header \"host\": header cannot be host"]; "host response header")]
+    #[test_case("[{destination: {host: a}, headers: {response: {add: {host: x}}}}]", &["invalid header \"host\": cannot set Host header"]; "host response header")]
+    // Istio checks operation names for pseudo-headers and Host only, and values for control
+    // characters and Envoy's %VARIABLE% syntax.
+    #[test_case("[{destination: {host: a}, headers: {request: {set: {'x.custom@v1': a, ':Authority': b}}}}]", &[]; "operation names")]
+    #[test_case("[{destination: {host: a}, headers: {request: {add: {x: '%HOSTNAME'}}}}]", &["header value configuration: invalid header configuration. Un-terminated variable expression '%HOSTNAME'"]; "unterminated variable")]
+    #[test_case("[{destination: {host: a}, headers: {response: {set: {x: '100%%, %START_TIME%'}}}}]", &[]; "escaped and variable")]
+    #[test_case("[{destination: {host: a}, headers: {response: {set: {x: '50%'}}}}]", &["header value configuration: invalid header configuration. Un-escaped %"]; "trailing percent")]
     fn http_destinations(route: &str, want: &[&str]) {
         assert_eq!(errors(&http(&format!("{{route: {route}}}"))), want);
     }
@@ -1380,11 +1692,15 @@ exportTo: ["."]
 
     #[test_case("{}", &["HTTP fault injection must have an abort and/or a delay"]; "empty")]
     #[test_case("{abort: {httpStatus: 100}}", &["HTTP status 100 is not in range 200-599"]; "abort status")]
-    #[test_case("{abort: {grpcStatus: NOPE}}", &["gRPC status \"NOPE\" is not supported. See https://github.com/grpc/grpc/blob/master/doc/statuscodes.md for a list of supported codes"]; "grpc")]
+    #[test_case("{abort: {grpcStatus: NOPE}}", &["gRPC status \"NOPE\" is not supported. See https://github.com/grpc/grpc/blob/master/doc/statuscodes.md for a list of supported codes, for example 'NOT_FOUND'"]; "grpc")]
+    // Istio's bound on an abort status is 200..=600.
+    #[test_case("{abort: {httpStatus: 600}}", &[]; "status 600")]
+    #[test_case("{abort: {httpStatus: 601}}", &["HTTP status 601 is not in range 200-599"]; "status 601")]
     #[test_case("{abort: {grpcStatus: UNAVAILABLE}}", &[]; "good grpc")]
     #[test_case("{abort: {http2Error: x}}", &["HTTP/2 abort fault injection not supported yet"]; "http2")]
     #[test_case("{abort: {httpStatus: 500, percentage: {value: 101}}}", &["percentage 101 is neither 0.0, nor in range [0.0001, 100.0]"]; "abort percentage")]
-    #[test_case("{delay: {fixedDelay: 1s, percent: 120}}", &["percentage 120 is not in range 0..100"]; "delay percent")]
+    // Istio does not check the deprecated integer `percent`.
+    #[test_case("{delay: {fixedDelay: 1s, percent: 120}}", &[]; "delay percent")]
     #[test_case("{delay: {fixedDelay: 0s}}", &["duration must be greater than 1ms"]; "delay duration")]
     #[test_case("{delay: {exponentialDelay: 1s}}", &["exponentialDelay not supported yet"]; "exponential")]
     fn faults(fault: &str, want: &[&str]) {
@@ -1454,6 +1770,11 @@ exportTo: ["."]
     #[test_case("http:\n- match: [{uri: {prefix: /a}}]\n  route: [{destination: {host: a}}]\n- name: second\n  match: [{name: again, uri: {prefix: /a}}]\n  route: [{destination: {host: b}}]", &["virtualService rule \"second\" match \"again\" is not used (duplicate/overlapping match in rule #0)", "virtualService rule \"second\" not used (all matches used by prior rules)"]; "duplicate match")]
     #[test_case("http:\n- match: [{uri: {prefix: /a}}]\n  route: [{destination: {host: a}}]\n- match: [{uri: {prefix: /a}}, {uri: {prefix: /b}}]\n  route: [{destination: {host: b}}]", &["virtualService rule #1 match #0 is not used (duplicate/overlapping match in rule #0)"]; "partly duplicate")]
     #[test_case("tcp:\n- match: [{port: 1}]\n  route: [{destination: {host: a}}]\n- match: [{port: 1}]\n  route: [{destination: {host: b}}]", &["virtualService rule #1 match #0 is not used (duplicate/overlapping match in rule #0)", "virtualService rule #1 not used (all matches used by prior rules)"]; "tcp")]
+    // Istio also warns for each match after a catch-all rule, and for a prefix an earlier,
+    // shorter prefix with the same conditions covers (no method means GET to Istio).
+    #[test_case("http:\n- route: [{destination: {host: a}}]\n- match: [{uri: {prefix: /a}}, {port: 8080}]\n  route: [{destination: {host: b}}]", &["virtualService rule #1 not used (route without matches defined before)", "virtualService rule #1 not used (route without matches defined before)"]; "after a catch-all")]
+    #[test_case("http:\n- name: api\n  match: [{uri: {prefix: /api}}]\n  route: [{destination: {host: a}}]\n- name: v1\n  match: [{name: m, uri: {prefix: /api/v1}, method: {exact: GET}}]\n  route: [{destination: {host: b}}]", &["virtualService rule \"v1\" match \"m\" of prefix /api/v1 is not used (duplicate/overlapping match in rule #0 of prefix /api on \"api\")"]; "covered prefix")]
+    #[test_case("http:\n- match: [{uri: {prefix: /api}, headers: {x: {exact: a}}}]\n  route: [{destination: {host: a}}]\n- match: [{uri: {prefix: /api/v1}}]\n  route: [{destination: {host: b}}]", &[]; "narrower conditions")]
     #[test_case("http:\n- match: [{uri: {prefix: /a}}]\n  route: [{destination: {host: a}}]\n- route: [{destination: {host: b}}]", &[]; "reachable")]
     fn unreachable_rules(rules: &str, want: &[&str]) {
         let yaml = format!("hosts: [a.com]\n{rules}\n");
@@ -1469,7 +1790,7 @@ exportTo: ["."]
     #[test_case("[{match: [{sniHosts: [b.com]}], route: [{destination: {host: a}}]}]", &["SNI host \"b.com\" is not a compatible subset of any of the virtual service hosts: [a.com, *.w.com]"]; "not subset")]
     #[test_case("[{match: [{sniHosts: [x.w.com, '*.y.w.com']}], route: [{destination: {host: a}}]}]", &[]; "subset of wildcard")]
     #[test_case("[{match: [{sniHosts: ['*.com']}], route: [{destination: {host: a}}]}]", &["SNI host \"*.com\" is not a compatible subset of any of the virtual service hosts: [a.com, *.w.com]"]; "wider wildcard")]
-    #[test_case("[{match: [{sniHosts: ['a..com']}], route: [{destination: {host: a}}]}]", &["domain name \"a..com\" invalid (label \"\" invalid)"]; "bad sni")]
+    #[test_case("[{match: [{sniHosts: ['a..com']}], route: [{destination: {host: a}}]}]", &["domain name \".com\" invalid (label \"\" invalid)"]; "bad sni")]
     #[test_case("[{match: [{sniHosts: [a.com], destinationSubnets: [10.0.0.0/33, 1.2.3]}], route: [{destination: {host: a}}]}]", &["10.0.0.0/33 is not a valid CIDR block", "1.2.3 is not a valid IP"]; "subnets")]
     #[test_case("[{match: [{sniHosts: [a.com], port: 70000}], route: [{destination: {host: a}}]}]", &["port number 70000 must be in the range 1..65535"]; "port")]
     fn tls_routes(tls: &str, want: &[&str]) {
@@ -1509,6 +1830,36 @@ exportTo: ["."]
         );
     }
 
+    // Istio's ValidateVirtualService and validateHTTPRouteMatchRequest, rule by rule.
+    #[test_case("hosts: [a.com]\nhttp: [{match: [{headers: {'@request.auth.claims.group': {exact: a}}}], route: [{destination: {host: a}}]}]",
+        &["JWT claim based routing (key: @request.auth.claims.group) is only supported for gateway, found no gateways: []"]; "claims on the mesh")]
+    #[test_case("hosts: [a.com]\ngateways: [ns/gw, mesh]\nhttp: [{match: [{withoutHeaders: {'@REQUEST.auth.claims[group][x]': {exact: a}}}], route: [{destination: {host: a}}]}]",
+        &["JWT claim based routing (key: @REQUEST.auth.claims[group][x]) is only supported for gateway, found no gateways: [ns/gw mesh]"]; "claims on mesh and gateway")]
+    #[test_case("hosts: [a.com]\ngateways: [ns/gw]\nhttp: [{match: [{headers: {'@request.auth.claims.group': {exact: a}, '@request.auth.claims[a][b]': {exact: b}}}], route: [{destination: {host: a}}]}]",
+        &[]; "claims on a gateway")]
+    #[test_case("hosts: [a.com]\nhttp: [{match: [{headers: {'x.custom!': {exact: a}, ':path': {prefix: /a}}}], route: [{destination: {host: a}}]}]",
+        &[]; "token and pseudo header names")]
+    #[test_case("hosts: [a.com]\nhttp: [{match: [{headers: {x: {prefix: ''}}, queryParams: {q: {prefix: ''}}}], route: [{destination: {host: a}}]}]",
+        &["\"headers\": prefix string match should not be empty", "\"queryParams\": prefix string match should not be empty"]; "empty prefixes")]
+    #[test_case("hosts: [a.com]\nhttp: [{match: [{sourceNamespace: Bad_ns}], route: [{destination: {host: a}}]}]",
+        &["sourceNamespace match Bad_ns is invalid"]; "source namespace")]
+    #[test_case("hosts: [outbound_.80_._.a.com]\ngateways: [ns/gw]\ntls: [{match: [{sniHosts: [outbound_.80_._.a.com]}], route: [{destination: {host: a.com}}]}]",
+        &[]; "auto passthrough sni")]
+    #[test_case("hosts: [outbound_.80_._.a.com]\ntls: [{match: [{sniHosts: [outbound_.80_._.a.com]}], route: [{destination: {host: a.com}}]}]",
+        &["domain name \"outbound_.80_._.a.com\" invalid (label \"outbound_\" invalid)", "domain name \"outbound_.80_._.a.com\" invalid (label \"outbound_\" invalid)"]; "auto passthrough sni on the mesh")]
+    #[test_case("hosts: [a.com]\nhttp: [{corsPolicy: {allowMethods: ['*'], allowHeaders: ['x.custom', '*'], exposeHeaders: [\"x'y\"]}, route: [{destination: {host: a}}]}]",
+        &[]; "cors names")]
+    fn istio_rules(yaml: &str, want: &[&str]) {
+        assert_eq!(errors(yaml), want);
+    }
+
+    #[test]
+    fn abort_without_error_type_warns() {
+        let yaml = http("{fault: {abort: {percentage: {value: 10}}}, route: [{destination: {host: a}}]}");
+        assert!(errors(&yaml).is_empty(), "{:?}", errors(&yaml));
+        assert_eq!(warnings(&yaml), ["abort configured, but error type not set"]);
+    }
+
     #[test]
     fn paths_are_full() {
         let r = run(&http(
@@ -1516,9 +1867,9 @@ exportTo: ["."]
         ));
         assert_eq!(r.problems[0].path, "spec.http[0].match[1].uri");
         let r = run(&http(
-            "{match: [{headers: {'x.y': {exact: a}}}], route: [{destination: {host: a}}]}",
+            "{match: [{headers: {'x y': {exact: a}}}], route: [{destination: {host: a}}]}",
         ));
-        assert_eq!(r.problems[0].path, "spec.http[0].match[0].headers[\"x.y\"]");
+        assert_eq!(r.problems[0].path, "spec.http[0].match[0].headers[\"x y\"]");
     }
 
     #[test]

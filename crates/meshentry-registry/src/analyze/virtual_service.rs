@@ -4,6 +4,7 @@
 //! and hosts claimed by several mesh VirtualServices (IST0109, E3).
 
 use meshentry_api::model::Destination;
+use meshentry_api::resource::KubeGateway;
 use meshentry_api::suggest::did_you_mean;
 
 use super::*;
@@ -161,6 +162,11 @@ fn check_one(cx: &Context<'_>, vs: &Vs<'_>, out: &mut Findings<'_>) {
         let path = format!("spec.gateways[{i}]");
         named.push((name.ns.clone(), name.name.clone()));
         let Some(gw) = cx.gateway(&name.ns, &name.name) else {
+            // Istio's analyzer looks for a Gateway API Gateway of that name next.
+            if let Some(kube) = out.loaded.kube_gateway(&name.ns, &name.name) {
+                kube_gateway_hosts(vs, kube, &mut served, &path, out);
+                continue;
+            }
             all_exist = false;
             out.warn(r, &path, missing_gateway(cx, &name, written));
             continue;
@@ -249,7 +255,10 @@ fn check_one(cx: &Context<'_>, vs: &Vs<'_>, out: &mut Findings<'_>) {
                         "\"mesh\" is not in spec.gateways, so this match never applies".into(),
                     ),
                     None => {}
-                    Some(name) if cx.gateway(&name.ns, &name.name).is_none() => {
+                    Some(name)
+                        if cx.gateway(&name.ns, &name.name).is_none()
+                            && out.loaded.kube_gateway(&name.ns, &name.name).is_none() =>
+                    {
                         out.warn(r, &path, missing_gateway(cx, &name, written))
                     }
                     Some(name) if !named.iter().any(|(n, g)| *n == name.ns && *g == name.name) => out.warn(
@@ -318,6 +327,37 @@ fn applies_to<'c, 'a>(
         }
     }
     out
+}
+
+/// IST0132 for a Gateway API Gateway, as Istio's analyzer checks it: a listener without a
+/// hostname serves every host; otherwise some listener hostname must match some host as
+/// written. Marks the hosts it serves.
+fn kube_gateway_hosts(vs: &Vs<'_>, kube: &KubeGateway, served: &mut [bool], path: &str, out: &mut Findings<'_>) {
+    let spec = vs.spec;
+    let mut any = false;
+    for (k, h) in spec.hosts.iter().enumerate() {
+        let hit = kube
+            .hostnames
+            .iter()
+            .any(|l| l.as_deref().is_none_or(|l| host::matches(h, l)));
+        if hit {
+            any = true;
+            if let Some(s) = served.get_mut(k) {
+                *s = true;
+            }
+        }
+    }
+    if !any && !spec.hosts.is_empty() {
+        let msg = format!(
+            "one or more host [{}] defined in VirtualService {}/{} not found in Gateway {}/{} (IST0132)",
+            spec.hosts.join(" "),
+            vs.r.namespace,
+            vs.r.meta.name,
+            kube.namespace,
+            kube.name
+        );
+        out.warn(vs.r, path, msg);
+    }
 }
 
 /// IST0101 for a gateway reference that names no Gateway, with the likely intended one.
