@@ -1213,7 +1213,7 @@ exportTo: ["."]
     #[test_case("{match: [{uri: {prefix: /a}}], delegate: {name: reviews-v1, namespace: other}}", &[]; "root")]
     #[test_case("{delegate: {name: r}, route: [{destination: {host: a}}]}", &["HTTP route cannot contain both route and delegate"]; "route and delegate")]
     #[test_case("{delegate: {name: r}, redirect: {uri: /a}}", &["HTTP route cannot contain both redirect and delegate"]; "redirect and delegate")]
-    #[test_case("{delegate: {namespace: n}}", &["delegate name is required"]; "no name")]
+    #[test_case("{delegate: {namespace: ns}}", &["delegate name is required"]; "no name")]
     #[test_case("{delegate: {name: r, namespace: N_s}}", &["invalid delegate namespace: \"N_s\""]; "bad namespace")]
     fn root_rules(rule: &str, want: &[&str]) {
         assert_eq!(errors(&http(rule)), want);
