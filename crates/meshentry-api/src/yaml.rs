@@ -602,6 +602,11 @@ pub fn parse_stream_each(text: &str, mut each: impl FnMut(Node)) -> Result<(), S
 /// is skipped. A UTF-8 byte order mark may open each part.
 pub fn read_stream(text: &str, mut f: impl FnMut(Item)) {
     let mut nodes = 0usize;
+    // kubectl's YAMLOrJSONDecoder decodes a stream whose first non-blank character is `{` as a
+    // sequence of JSON objects, one after another, with no `---` between them.
+    if text.trim_start().starts_with('{') {
+        return read_json_stream(text, &mut nodes, &mut f);
+    }
     let mut part_start = 0usize;
     let mut part_line = 1u32;
     let mut line_no = 1u32;
@@ -613,7 +618,7 @@ pub fn read_stream(text: &str, mut f: impl FnMut(Item)) {
         if let Some(rest) = line.strip_prefix("---") {
             let rest = rest.trim();
             if !rest.is_empty() && !rest.starts_with('#') {
-                read_part(&text[part_start..offset], part_line, &mut nodes, &mut f);
+                read_part(&text[part_start..offset], part_line, 0, &mut nodes, &mut f);
                 f(Item::Error(SyntaxError {
                     pos: Pos {
                         line: line_no,
@@ -625,7 +630,7 @@ pub fn read_stream(text: &str, mut f: impl FnMut(Item)) {
                 }));
                 return;
             }
-            read_part(&text[part_start..offset], part_line, &mut nodes, &mut f);
+            read_part(&text[part_start..offset], part_line, 0, &mut nodes, &mut f);
             part_start = (line_end + 1).min(text.len());
             part_line = line_no + 1;
         }
@@ -636,7 +641,54 @@ pub fn read_stream(text: &str, mut f: impl FnMut(Item)) {
         line_no += 1;
     }
     if part_start < text.len() {
-        read_part(&text[part_start..], part_line, &mut nodes, &mut f);
+        read_part(&text[part_start..], part_line, 0, &mut nodes, &mut f);
+    }
+}
+
+/// Reads concatenated JSON objects, each as the YAML it also is.
+fn read_json_stream(text: &str, nodes: &mut usize, f: &mut impl FnMut(Item)) {
+    let (mut line, mut col) = (1u32, 0u32);
+    let mut start: Option<(usize, u32, u32)> = None;
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for (i, c) in text.char_indices() {
+        if start.is_none() && !c.is_whitespace() {
+            if c != '{' {
+                // Not an object: let the reader say what is wrong with the rest.
+                return read_part(&text[i..], line, col, nodes, f);
+            }
+            start = Some((i, line, col));
+        }
+        if in_string {
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => in_string = false,
+                _ => {}
+            }
+        } else {
+            match c {
+                '"' => in_string = true,
+                '{' | '[' => depth += 1,
+                '}' | ']' => {
+                    depth = depth.saturating_sub(1);
+                    if depth == 0
+                        && let Some((from, l, c0)) = start.take()
+                    {
+                        read_part(&text[from..i + 1], l, c0, nodes, f);
+                    }
+                }
+                _ => {}
+            }
+        }
+        if c == '\n' {
+            line += 1;
+            col = 0;
+        } else {
+            col += 1;
+        }
+    }
+    if let Some((from, l, c0)) = start {
+        read_part(&text[from..], l, c0, nodes, f);
     }
 }
 
@@ -708,8 +760,9 @@ impl<'a> LineIndex<'a> {
 }
 
 /// Reads one part of the stream (between `---` lines) as go-yaml v2 reads it: the first
-/// document only. `first_line` is the part's line in the stream.
-fn read_part(part: &str, first_line: u32, nodes: &mut usize, f: &mut impl FnMut(Item)) {
+/// document only. `first_line` and `first_col` (0-based) are where the part starts in the
+/// stream.
+fn read_part(part: &str, first_line: u32, first_col: u32, nodes: &mut usize, f: &mut impl FnMut(Item)) {
     let part = part.strip_prefix('\u{feff}').unwrap_or(part);
     if part.trim().is_empty() {
         return;
@@ -717,7 +770,7 @@ fn read_part(part: &str, first_line: u32, nodes: &mut usize, f: &mut impl FnMut(
     let lines = LineIndex::new(part);
     let at = |line: usize, col: usize| Pos {
         line: first_line + line as u32 - 1,
-        column: col as u32 + 1,
+        column: col as u32 + 1 + if line == 1 { first_col } else { 0 },
     };
     let mut stack: Vec<Frame> = Vec::new();
     let mut anchors: HashMap<usize, Node> = HashMap::new();
