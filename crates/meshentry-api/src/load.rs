@@ -57,6 +57,9 @@ pub struct Loaded {
     pub findings: Vec<Finding>,
     /// Documents skipped because meshentry does not read their kind.
     pub notices: Vec<String>,
+    /// The mesh settings the resources are read under (`--mesh-config`; Istio's defaults
+    /// unless [`crate::MeshConfig::apply`] set them).
+    pub mesh: crate::mesh_config::MeshConfig,
     files: Vec<Arc<str>>,
     /// The text of each stream that holds a kind checks across resources report on, by file
     /// name, so that [`Loaded::place`] can put their findings on a field. Streams of other
