@@ -582,6 +582,7 @@ defaultConfig:
             notes,
             vec![
                 "defaultConfig.proxyMetadata.ISTIO_META_DNS_CAPTURE",
+                "defaultConfig.proxyMetadata.ISTIO_META_DNS_AUTO_ALLOCATE",
                 "accessLogFile",
                 "defaultConfig.discoveryAddress",
                 "defaultConfig.proxyMetadata.OTHER"

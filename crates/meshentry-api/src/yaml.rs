@@ -403,9 +403,9 @@ fn go_float32_g(f: f64) -> String {
         digits
     };
     let mut out = String::from(if neg { "-" } else { "" });
-    // Shortest 'g' switches to exponent form below 1e-4 and from 1e21... no: from 1e6 (Go uses
-    // precision 6 for this decision when the precision is the shortest).
-    if exp < -4 || exp >= 6 {
+    // Shortest 'g' switches to exponent form below 1e-4 and from 1e6: Go decides with precision
+    // 6 when the precision is the shortest.
+    if !(-4..6).contains(&exp) {
         out.push_str(&digits[..1]);
         if digits.len() > 1 {
             out.push('.');
@@ -776,11 +776,10 @@ fn read_part(part: &str, first_line: u32, first_col: u32, nodes: &mut usize, f: 
     let mut anchors: HashMap<usize, Node> = HashMap::new();
     let mut warnings: Vec<SyntaxError> = Vec::new();
     let mut doc: Option<Node> = None;
-    let mut parser = Parser::new(KubectlInput(StrInput::new(part)));
+    let parser = Parser::new(KubectlInput(StrInput::new(part)));
     let fail = |f: &mut dyn FnMut(Item), pos: Pos, message: String| f(Item::Error(SyntaxError { pos, message }));
 
-    loop {
-        let Some(next) = parser.next() else { break };
+    for next in parser {
         let (event, span) = match next {
             Ok(ev) => ev,
             Err(e) => {
