@@ -294,8 +294,17 @@ impl<'de> de::Deserializer<'de> for NodeDe<'_> {
     fn deserialize_str<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
         match &self.node.value {
             Value::Null => visitor.visit_str(""),
-            // A plain `1` where a string is expected is read as "1": YAML authors rarely quote
-            // label values like `version: 1`, and the intent is unambiguous.
+            // kubectl sends a plain `1`, `yes` or `0777` as a number or boolean (go-yaml v2 types
+            // it), and the API server refuses it for a string field: say so, with the fix.
+            Value::Scalar { .. } if self.node.quote_hint().is_some() => {
+                let hint = self.node.quote_hint().unwrap_or_default();
+                self.cx.push(
+                    self.node,
+                    &self.path,
+                    format!("expected a string, found {}: {hint}", self.node.kind_name()),
+                );
+                visitor.visit_str("")
+            }
             Value::Scalar { text, .. } => visitor.visit_str(text),
             _ => {
                 self.mismatch("a string");
@@ -459,6 +468,15 @@ impl<'de> de::SeqAccess<'de> for SeqDe<'_> {
             seg: Seg::Index(index),
             parent: Some(&self.path),
         };
+        // A null field is an unset field, but a null list item reaches the API server as null,
+        // which an Istio CRD's schema refuses for every list.
+        if node.value == Value::Null && self.cx.strict {
+            self.cx.push(
+                node,
+                &path,
+                "a list item cannot be null (kubectl sends null, which the API server refuses)".into(),
+            );
+        }
         seed.deserialize(NodeDe {
             node,
             path,
@@ -905,7 +923,7 @@ mod tests {
     #[test]
     fn reads_everything_when_valid() {
         let (spec, issues) = run(
-            "hosts: [a.com]\nports:\n- number: 80\n  name: http\n  targetPort: 8080\nresolution: DNS\nlabels: {version: 1}\n",
+            "hosts: [a.com]\nports:\n- number: 80\n  name: http\n  targetPort: 8080\nresolution: DNS\nlabels: {version: \"1\"}\n",
             true,
         );
         assert!(issues.is_empty(), "{issues:?}");
@@ -949,11 +967,41 @@ mod tests {
     }
 
     #[test]
-    fn lenient_mode_ignores_unknown_fields_but_not_duplicates() {
-        let (_, issues) = run("whatever: 1\nhosts: [a]\nhosts: [b]\n", false);
-        assert_eq!(issues.len(), 1);
-        assert_eq!(issues[0].message, "duplicate key `hosts`");
-        assert_eq!(issues[0].pos.line, 3);
+    fn lenient_mode_ignores_unknown_fields_and_a_repeated_key_keeps_its_last_value() {
+        // kubectl keeps the last of a repeated key; the YAML reader warns about the first
+        // (tests/yaml_k8s.rs), so decoding sees one key.
+        let (spec, issues) = run("whatever: 1\nhosts: [a]\nhosts: [b]\n", false);
+        assert!(issues.is_empty(), "{issues:?}");
+        assert_eq!(spec.hosts, vec!["b".to_string()]);
+    }
+
+    #[test]
+    fn plain_numbers_and_booleans_are_not_strings() {
+        let (spec, issues) = run("hosts: [yes, \"yes\", 0777, a.com, ~]\nlabels: {version: 1}\n", true);
+        let got: Vec<(&str, &str)> = issues.iter().map(|i| (i.path.as_str(), i.message.as_str())).collect();
+        assert_eq!(
+            got,
+            vec![
+                (
+                    "spec.hosts[0]",
+                    "expected a string, found a boolean: kubectl's YAML reader reads a plain `yes` as a boolean; write \"yes\" for the string"
+                ),
+                (
+                    "spec.hosts[2]",
+                    "expected a string, found a number: kubectl's YAML reader reads a plain `0777` as a number; write \"0777\" for the string"
+                ),
+                (
+                    "spec.hosts[4]",
+                    "a list item cannot be null (kubectl sends null, which the API server refuses)"
+                ),
+                (
+                    "spec.labels.version",
+                    "expected a string, found a number: kubectl's YAML reader reads a plain `1` as a number; write \"1\" for the string"
+                ),
+            ]
+        );
+        assert_eq!(spec.hosts[1], "yes");
+        assert_eq!(spec.hosts[3], "a.com");
     }
 
     #[test]

@@ -12,6 +12,7 @@
 
 pub mod de;
 pub mod load;
+pub mod mesh_config;
 pub mod model;
 pub mod resource;
 pub mod suggest;
@@ -19,5 +20,6 @@ pub mod validate;
 pub mod yaml;
 
 pub use load::{LoadError, LoadOptions, Loaded, load_paths, load_str, source_files};
+pub use mesh_config::MeshConfig;
 pub use resource::{Finding, Kind, Origin, Resource, Spec};
 pub use validate::Severity;

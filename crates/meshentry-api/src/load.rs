@@ -19,7 +19,7 @@ use crate::resource::{
 };
 use crate::suggest::did_you_mean;
 use crate::validate::{self, Report, Severity, common::is_dns1123_label};
-use crate::yaml::{Node, Pos, Value, parse_stream_each};
+use crate::yaml::{Item, Node, Pos, Value, parse_stream_each, read_stream};
 
 /// API group of the Istio networking kinds.
 pub const ISTIO_GROUP: &str = "networking.istio.io";
@@ -63,6 +63,9 @@ pub struct Loaded {
     pub kube_gateways: Vec<KubeGateway>,
     /// The kinds behind [`Loaded::notices`].
     kind_notes: Vec<KindNote>,
+    /// The mesh settings the resources are read under (`--mesh-config`; Istio's defaults
+    /// unless [`crate::MeshConfig::apply`] set them).
+    pub mesh: crate::mesh_config::MeshConfig,
     files: Vec<Arc<str>>,
     /// The text of each stream that holds a kind checks across resources report on, by file
     /// name, so that [`Loaded::place`] can put their findings on a field. Streams of other
@@ -285,16 +288,21 @@ impl Loaded {
         self.files.push(file.clone());
         let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         let first = self.resources.len();
-        let result = parse_stream_each(text, |doc| self.add_document(&file, &doc, opts, 0));
+        read_stream(text, |item| match item {
+            Item::Document(doc) => self.add_document(&file, &doc, opts, 0),
+            Item::Error(e) => self
+                .findings
+                .push(plain_finding(&file, e.pos, format!("invalid YAML: {}", e.message))),
+            Item::Warning(w) => self.findings.push(Finding {
+                severity: Severity::Warning,
+                ..plain_finding(&file, w.pos, w.message)
+            }),
+        });
         if self.resources[first..]
             .iter()
             .any(|r| LOCATED_KINDS.contains(&r.kind()))
         {
             self.texts.insert(file.clone(), text.into());
-        }
-        if let Err(e) = result {
-            self.findings
-                .push(plain_finding(&file, e.pos, format!("invalid YAML: {}", e.message)));
         }
     }
 

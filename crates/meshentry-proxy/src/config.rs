@@ -48,6 +48,14 @@ pub struct ProxyConfig {
     pub labels: BTreeMap<String, String>,
     /// `--outbound-policy`: overrides any Sidecar and the mesh default (ALLOW_ANY).
     pub policy_override: Option<OutboundPolicy>,
+    /// The mesh default policy, for workloads no Sidecar sets one for (MeshConfig
+    /// `outboundTrafficPolicy.mode`, ALLOW_ANY unless `--mesh-config` says otherwise), and
+    /// where it came from, as the policy's source is reported.
+    pub mesh_policy: OutboundPolicy,
+    pub mesh_policy_source: String,
+    /// MeshConfig `enableAutoMtls` (default true): mesh-internal services whose endpoints all
+    /// have a sidecar get ISTIO_MUTUAL without a DestinationRule (C10).
+    pub auto_mtls: bool,
     /// Istio's root namespace, whose selector-less Sidecar is the mesh-wide default and whose
     /// exported DestinationRules apply last (D1).
     pub root_namespace: String,
@@ -138,6 +146,9 @@ impl Default for ProxyConfig {
             namespace: "default".into(),
             labels: BTreeMap::new(),
             policy_override: None,
+            mesh_policy: OutboundPolicy::AllowAny,
+            mesh_policy_source: "mesh default".into(),
+            auto_mtls: true,
             root_namespace: "istio-system".into(),
             connect_timeout: Duration::from_secs(10),
             response_timeout: Duration::from_secs(60),

@@ -262,7 +262,7 @@ pub fn destination_rule<'a>(
 
 /// D1: the outbound policy of this workload: the flag, else the Sidecar selecting it (by
 /// labels), else its namespace's selector-less Sidecar, else the root namespace's, else the
-/// mesh default ALLOW_ANY. A Sidecar's `outboundTrafficPolicy: {}` means REGISTRY_ONLY (C8).
+/// mesh default (MeshConfig's, ALLOW_ANY unless set). A Sidecar's `outboundTrafficPolicy: {}` means REGISTRY_ONLY (C8).
 fn outbound_policy<'a>(
     resources: impl IntoIterator<Item = &'a Resource>,
     config: &ProxyConfig,
@@ -303,9 +303,9 @@ fn outbound_policy<'a>(
                 };
                 (mode, format!("Sidecar {}/{}", r.namespace, r.name()))
             }
-            None => (OutboundPolicy::AllowAny, "mesh default".into()),
+            None => (config.mesh_policy, config.mesh_policy_source.clone()),
         },
-        None => (OutboundPolicy::AllowAny, "mesh default".into()),
+        None => (config.mesh_policy, config.mesh_policy_source.clone()),
     }
 }
 
@@ -436,7 +436,8 @@ impl<'a> DestinationRules<'a> {
 fn auto_mtls(service: &Service, port: u32, config: &ProxyConfig) -> bool {
     let Some(p) = service.port(port) else { return false };
     let mut endpoints = service.endpoints_for(p).peekable();
-    config.identity.is_some()
+    config.auto_mtls
+        && config.identity.is_some()
         && service.location == meshentry_registry::Location::MeshInternal
         && endpoints.peek().is_some()
         && endpoints.all(|e| e.workload.tls_mode == meshentry_registry::model::TlsMode::Istio)

@@ -1538,7 +1538,7 @@ exportTo: ["."]
     // the rule's name), and nothing else, not even the delegate's name.
     #[test_case("{delegate: {name: r}, route: [{destination: {host: a}}]}", &["root HTTP route  must not specify route"]; "route and delegate")]
     #[test_case("{name: root, delegate: {name: r}, redirect: {uri: /a}}", &["root HTTP route root must not specify redirect"]; "redirect and delegate")]
-    #[test_case("{delegate: {namespace: n}}", &[]; "no name")]
+    #[test_case("{delegate: {namespace: ns}}", &[]; "no name")]
     #[test_case("{delegate: {name: r, namespace: N_s}, directResponse: {status: 200}}", &[]; "bad namespace")]
     fn root_rules(rule: &str, want: &[&str]) {
         assert_eq!(errors(&http(rule)), want);

@@ -20,7 +20,7 @@ fn check_one(cx: &Context<'_>, dr: &Dr<'_>, out: &mut Findings<'_>) {
     // services by SubsetOf since istio/istio#19459), and only where the service is seen: from
     // the rule's namespace, or (D1) as the rule of the service's own namespace; a rule of the
     // root namespace applies everywhere.
-    let applies = |s: &Service| ns == ROOT_NAMESPACE || *s.namespace == *ns || s.is_visible_to(ns);
+    let applies = |s: &Service| ns == cx.root_namespace || *s.namespace == *ns || s.is_visible_to(ns);
     if cx.services.find_under(h, applies).is_none() {
         if let Some(msg) = unknown_host(cx, dr, applies) {
             out.warn(dr.r, "spec.host", msg);

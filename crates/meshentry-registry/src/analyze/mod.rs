@@ -29,8 +29,10 @@ use crate::Registry;
 use crate::hash::FxHashMap as HashMap;
 use crate::model::{ExportTo, Scope, Service};
 
-/// Istio's root namespace: DestinationRules there apply to every namespace (D1).
-pub const ROOT_NAMESPACE: &str = "istio-system";
+/// Istio's default root namespace: DestinationRules there apply to every namespace (D1).
+/// MeshConfig's `rootNamespace` (`--mesh-config`) moves it; the checks read it from
+/// `Loaded::mesh`.
+pub const ROOT_NAMESPACE: &str = meshentry_api::mesh_config::DEFAULT_ROOT_NAMESPACE;
 
 /// The suffix E1 and D1 give short names, and the domain of Kubernetes Services.
 pub const CLUSTER_SUFFIX: &str = ".svc.cluster.local";
@@ -121,6 +123,8 @@ struct NsRules {
 /// What every check looks things up in.
 struct Context<'a> {
     registry: &'a Registry,
+    /// MeshConfig's `rootNamespace` (D1).
+    root_namespace: &'a str,
     /// Every service of the registry (one per host and namespace) by host.
     services: HostIndex<&'a Service>,
     /// Namespace -> name -> Gateway.
@@ -201,6 +205,7 @@ impl<'a> Context<'a> {
         }
         Context {
             registry,
+            root_namespace: &loaded.mesh.root_namespace,
             services,
             gateways,
             gateway_namespaces,

@@ -372,7 +372,7 @@ fn missing_gateway(cx: &Context<'_>, name: &GatewayName, written: &str) -> Strin
     };
     let elsewhere = cx.gateway_namespaces.get(name.name.as_str());
     if let Some(list) = elsewhere.filter(|l| !l.is_empty()) {
-        let ns = list.iter().find(|n| **n == ROOT_NAMESPACE).unwrap_or(&list[0]);
+        let ns = list.iter().find(|n| **n == cx.root_namespace).unwrap_or(&list[0]);
         msg.push_str("; ");
         if let Some(why) = why {
             msg.push_str(&why);
@@ -576,9 +576,10 @@ fn check_subset(
             });
             if let Some(dr) = other {
                 msg.push_str(&format!(
-                    "; {} defines {:?} but does not apply there (a DestinationRule applies from the proxy's namespace, else the service's, else {ROOT_NAMESPACE})",
+                    "; {} defines {:?} but does not apply there (a DestinationRule applies from the proxy's namespace, else the service's, else {})",
                     dr.r.display_name(),
-                    d.subset
+                    d.subset,
+                    cx.root_namespace
                 ));
             }
             out.warn(vs.r, &format!("{path}.subset"), msg);
@@ -594,7 +595,7 @@ impl<'a> Context<'a> {
     /// any, the most specific host (D2 merges the rules of that host).
     fn applicable_drs(&self, p: &str, svc_host: &str, svc_ns: &str) -> Vec<&Dr<'a>> {
         let mut steps: Vec<(&str, bool)> = vec![(p, true)];
-        for ns in [svc_ns, ROOT_NAMESPACE] {
+        for ns in [svc_ns, self.root_namespace] {
             if !steps.iter().any(|(n, _)| *n == ns) {
                 steps.push((ns, false));
             }

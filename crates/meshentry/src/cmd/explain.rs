@@ -45,6 +45,8 @@ pub struct Args {
     /// ALLOW_ANY or REGISTRY_ONLY; overrides any Sidecar and the mesh default (ALLOW_ANY).
     #[arg(long, value_parser = parse_policy)]
     pub outbound_policy: Option<OutboundPolicy>,
+    #[command(flatten)]
+    pub mesh: crate::cmd::mesh::MeshArgs,
     /// A request header `name:value` (repeatable), for `headers` matches.
     #[arg(short = 'H', long = "header", value_parser = parse_header)]
     pub headers: Vec<(String, String)>,
@@ -1042,7 +1044,7 @@ fn rule_extras(rule: &meshentry_proxy::vs::HttpRule) -> Vec<String> {
 /// refused, 2 on usage or configuration errors.
 pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     let target = parse_target(&args.target)?;
-    let loaded = crate::cmd::validate::load(&args.config, "default")?;
+    let loaded = crate::cmd::validate::load(&args.config, "default", &args.mesh)?;
     if loaded.has_errors() {
         for f in loaded.errors() {
             eprintln!("{f}");
@@ -1050,12 +1052,13 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         eprintln!("meshentry: the configuration is invalid; fix it first (`meshentry validate`)");
         return Ok(ExitCode::from(2));
     }
-    let config = ProxyConfig {
+    let mut config = ProxyConfig {
         namespace: args.namespace.clone(),
         labels: args.labels.0.clone(),
         policy_override: args.outbound_policy,
         ..ProxyConfig::default()
     };
+    crate::cmd::mesh::proxy_config(&loaded.mesh, &mut config);
     // A DNS client that is never used for a real name: explain resolves nothing. (Only a
     // port with several catch-all TCP DNS services would ask, and then fail at once.)
     let dns = Dns::new(DnsConfig {

@@ -142,8 +142,11 @@ pub struct Args {
     #[arg(long, requires_all = ["cert", "key"])]
     pub ca: Option<PathBuf>,
     /// The mesh's SPIFFE trust domain, for the identities ISTIO_MUTUAL expects of endpoints.
-    #[arg(long, default_value = "cluster.local")]
-    pub trust_domain: String,
+    /// Default: --mesh-config's trustDomain, else cluster.local.
+    #[arg(long)]
+    pub trust_domain: Option<String>,
+    #[command(flatten)]
+    pub mesh: crate::cmd::mesh::MeshArgs,
     /// How often certificate files (DestinationRule TLS origination, Gateway TLS servers, the
     /// --cert/--key/--ca identity) are checked for changes; they are reloaded without dropping
     /// connections.
@@ -354,6 +357,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         let reloader = reload::Reloader::new(
             reload::Input {
                 paths: args.config.clone(),
+                mesh: args.mesh.clone(),
                 gateway: args.gateway.clone(),
                 labels: args.labels.0.clone(),
             },
@@ -464,7 +468,7 @@ struct Started {
 async fn start(args: &Args) -> anyhow::Result<Option<Started>> {
     // Taken before loading: a change in between makes the next reload see different bytes.
     let fingerprint = reload::fingerprint(&args.config);
-    let loaded = crate::cmd::validate::load(&args.config, "default")?;
+    let loaded = crate::cmd::validate::load(&args.config, "default", &args.mesh)?;
     if loaded.has_errors() {
         for f in loaded.errors() {
             eprintln!("{f}");
@@ -488,7 +492,7 @@ async fn start(args: &Args) -> anyhow::Result<Option<Started>> {
         (None, None) => "default".to_string(),
     };
     let (data_limits, admin_limits) = limits(args);
-    let config = ProxyConfig {
+    let mut config = ProxyConfig {
         namespace,
         gateway: args.gateway.clone(),
         labels: args.labels.0.clone(),
@@ -507,9 +511,12 @@ async fn start(args: &Args) -> anyhow::Result<Option<Started>> {
             }),
             _ => None,
         },
-        trust_domain: args.trust_domain.clone(),
         ..ProxyConfig::default()
     };
+    crate::cmd::mesh::proxy_config(&loaded.mesh, &mut config);
+    if let Some(td) = &args.trust_domain {
+        config.trust_domain.clone_from(td);
+    }
     let dns = Dns::new(DnsConfig {
         server: args.dns_server,
         ..DnsConfig::default()

@@ -24,6 +24,8 @@ pub struct Args {
     /// ServiceEntries or namespaces, shared listeners), naming the resources involved.
     #[arg(long)]
     pub warnings: bool,
+    #[command(flatten)]
+    pub mesh: crate::cmd::mesh::MeshArgs,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -37,7 +39,7 @@ const DEFAULT_NAMESPACE: &str = "default";
 
 /// Exit 1 when any resource is invalid (its errors go to stderr, as `validate` prints them).
 pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
-    let loaded = crate::cmd::validate::load(&args.paths, DEFAULT_NAMESPACE)?;
+    let loaded = crate::cmd::validate::load(&args.paths, DEFAULT_NAMESPACE, &args.mesh)?;
     if loaded.has_errors() {
         for f in loaded.errors() {
             eprintln!("{f}");

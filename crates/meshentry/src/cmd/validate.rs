@@ -15,6 +15,8 @@ pub struct Args {
     pub namespace: String,
     #[arg(short, long, value_enum, default_value = "text")]
     pub output: Output,
+    #[command(flatten)]
+    pub mesh: crate::cmd::mesh::MeshArgs,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -25,7 +27,7 @@ pub enum Output {
 
 /// Exit 0 when everything is valid (warnings allowed), 1 when anything is invalid.
 pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
-    let mut loaded = load(&args.paths, &args.namespace)?;
+    let mut loaded = load(&args.paths, &args.namespace, &args.mesh)?;
     // References between resources (gateways, hosts, subsets, imports), as warnings.
     let analysis = meshentry_registry::analyze::analyze(&loaded);
     loaded.add_findings(analysis);
@@ -53,12 +55,15 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// Loads and validates; shared by the subcommands that read configuration.
-pub fn load(paths: &[PathBuf], namespace: &str) -> anyhow::Result<Loaded> {
+/// Loads and validates, under `--mesh-config` when given; shared by the subcommands that read
+/// configuration.
+pub fn load(paths: &[PathBuf], namespace: &str, mesh: &crate::cmd::mesh::MeshArgs) -> anyhow::Result<Loaded> {
     let opts = LoadOptions {
         default_namespace: namespace.to_string(),
     };
-    load_paths(paths, &opts).context("cannot read configuration")
+    let mut loaded = load_paths(paths, &opts).context("cannot read configuration")?;
+    crate::cmd::mesh::apply(mesh, &mut loaded)?;
+    Ok(loaded)
 }
 
 fn summary(loaded: &Loaded) -> String {

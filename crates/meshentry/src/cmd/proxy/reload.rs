@@ -52,6 +52,9 @@ impl Trigger {
 #[derive(Clone)]
 pub struct Input {
     pub paths: Vec<PathBuf>,
+    /// `--mesh-config`: read again on each reload, for the exportTo defaults it sets (the
+    /// proxy settings it decides are read once, at startup).
+    pub mesh: crate::cmd::mesh::MeshArgs,
     pub gateway: Option<String>,
     pub labels: BTreeMap<String, String>,
 }
@@ -352,7 +355,7 @@ fn prepare(input: &Input, shared: &Shared, applied: Option<u64>, rejected: Optio
         reason,
         findings,
     };
-    let loaded = match crate::cmd::validate::load(&input.paths, "default") {
+    let loaded = match crate::cmd::validate::load(&input.paths, "default", &input.mesh) {
         Ok(l) => l,
         Err(e) => return reject(format!("{e:#}"), Vec::new()),
     };

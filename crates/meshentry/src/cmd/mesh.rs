@@ -1,0 +1,52 @@
+//! `--mesh-config FILE`, for every subcommand that reads configuration: Istio's MeshConfig
+//! (the bare object or the `istio` ConfigMap) read once and applied to the loaded resources and
+//! the proxy's settings. The subcommands' own flags override it.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use meshentry_api::model::OutboundTrafficPolicyMode;
+use meshentry_api::{Loaded, MeshConfig};
+use meshentry_proxy::config::{OutboundPolicy, ProxyConfig};
+
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct MeshArgs {
+    /// Istio's MeshConfig YAML: the bare object, or the `istio` ConfigMap with it in data.mesh.
+    /// Applied: outboundTrafficPolicy.mode, trustDomain, rootNamespace,
+    /// defaultServiceExportTo, defaultVirtualServiceExportTo, defaultDestinationRuleExportTo,
+    /// enableAutoMtls and defaultConfig.proxyMetadata's ISTIO_META_DNS_CAPTURE and
+    /// ISTIO_META_DNS_AUTO_ALLOCATE; other fields are accepted with a note. Flags such as
+    /// --outbound-policy and --trust-domain override it.
+    #[arg(long = "mesh-config", value_name = "FILE")]
+    pub mesh_config: Option<PathBuf>,
+}
+
+/// Reads `--mesh-config` (when given) into `loaded`: its findings join the resources' (a bad
+/// value is an error like any other), and its defaults apply to the resources.
+pub fn apply(args: &MeshArgs, loaded: &mut Loaded) -> anyhow::Result<()> {
+    let mesh = match &args.mesh_config {
+        Some(path) => {
+            let (mesh, findings) =
+                MeshConfig::load(path).with_context(|| format!("cannot read --mesh-config {}", path.display()))?;
+            loaded.add_findings(findings);
+            mesh
+        }
+        None => MeshConfig::default(),
+    };
+    mesh.apply(loaded);
+    Ok(())
+}
+
+/// The proxy settings MeshConfig decides, where no flag did.
+pub fn proxy_config(mesh: &MeshConfig, config: &mut ProxyConfig) {
+    config.root_namespace.clone_from(&mesh.root_namespace);
+    config.auto_mtls = mesh.enable_auto_mtls;
+    config.trust_domain.clone_from(&mesh.trust_domain);
+    config.mesh_policy = match mesh.outbound_policy {
+        OutboundTrafficPolicyMode::AllowAny => OutboundPolicy::AllowAny,
+        OutboundTrafficPolicyMode::RegistryOnly => OutboundPolicy::RegistryOnly,
+    };
+    if let Some(file) = &mesh.source {
+        config.mesh_policy_source = format!("mesh default, --mesh-config {file}");
+    }
+}
