@@ -535,14 +535,16 @@ fn bounds(s: &Node, shape: &Shape, steps: &mut Vec<Step>, out: &mut Vec<Bound>) 
             if let Some(lo) = int_of(s, "minimum") {
                 out.push(Bound {
                     steps: steps.clone(),
-                    inside: serde_json::json!(lo as f64),
+                    // Istio's code may refuse the bound itself (warmup aggression must be
+                    // > 0 where the schema says >= 0), so the value inside is off the bound.
+                    inside: serde_json::json!(lo as f64 + 0.5),
                     outside: serde_json::json!(lo as f64 - 0.5),
                 });
             }
             if let Some(hi) = int_of(s, "maximum") {
                 out.push(Bound {
                     steps: steps.clone(),
-                    inside: serde_json::json!(hi as f64),
+                    inside: serde_json::json!(hi as f64 - 0.5),
                     outside: serde_json::json!(hi as f64 + 0.5),
                 });
             }
@@ -595,6 +597,11 @@ fn values_outside_the_schema_bounds_are_errors() {
                     "metadata": {"name": "bounds", "namespace": "ns"},
                     "spec": spec_with(&b.steps, value.clone()),
                 });
+                let mut doc = doc;
+                // Istio stops at a WorkloadGroup without template before looking further.
+                if s.kind == "WorkloadGroup" && doc["spec"].get("template").is_none() {
+                    doc["spec"]["template"] = serde_json::json!({});
+                }
                 load_str("bounds.json", &doc.to_string(), &LoadOptions::default())
                     .findings
                     .into_iter()

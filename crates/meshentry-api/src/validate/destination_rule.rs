@@ -990,7 +990,7 @@ exportTo: [".", "other"]
     #[test_case("loadBalancer: {warmup: {duration: 0s}}", "duration must be greater than 1ms")]
     #[test_case("retryBudget: {percent: 101}", "retry budget percent 101 must be in range 0..100")]
     #[test_case(
-        "retryBudget: {budgetInterval: 10}",
+        "retryBudget: {budgetInterval: \"10\"}",
         "invalid duration \"10\" (expected e.g. 10s, 1.5s, 100ms, 1h30m)"
     )]
     #[test_case(
