@@ -491,15 +491,23 @@ fn check_destination(
     let r = vs.r;
     let ns = r.namespace.as_str();
     let h = expand_host(&d.host, ns);
+    let at_run_time = invisible_where_applied(cx, vs, applies, &d.host, &h);
     match cx.istio.lookup(ns, &vs.spec.export_to, &d.host) {
         None => {
             let label = if mirror { "mirror host" } else { "host" };
+            // Where the service is visible to the VirtualService's namespace, Istio's lookup
+            // missed it; whether the rule's proxies see it is then a second, separate fact.
+            let visible_here = cx.services.find_covering(&h, |s| s.is_visible_to(ns)).is_some();
+            let note = match (missing_host_note(cx, vs, &d.host, &h), at_run_time) {
+                (Some(a), Some(b)) if visible_here => Some(format!("{a}; {b}")),
+                (a, b) => a.or(b),
+            };
             out.report(
                 r,
                 &format!("{path}.host"),
                 msg::REFERENCED_RESOURCE_NOT_FOUND,
                 msg::not_found(label, &d.host),
-                missing_host_note(cx, vs, &d.host, &h),
+                note,
             );
         }
         Some(found) => {
@@ -525,7 +533,7 @@ fn check_destination(
                 ),
                 _ => {}
             }
-            if let Some(note) = invisible_where_applied(cx, vs, applies, &d.host, &h) {
+            if let Some(note) = at_run_time {
                 out.warn(r, &format!("{path}.host"), note);
             }
         }
@@ -583,18 +591,21 @@ fn missing_host_note(cx: &Context<'_>, vs: &Vs<'_>, written: &str, h: &str) -> O
     let own = vs.r.namespace.as_str();
     if let Some(s) = cx.services.find_covering(h, |_| true) {
         if s.is_visible_to(own) {
+            let export = &vs.spec.export_to;
+            let among = if export.is_empty() {
+                format!("to every namespace or to namespace {own}")
+            } else if export.iter().any(|e| e == "*") {
+                "to every namespace (the VirtualService's exportTo is *)".to_string()
+            } else {
+                format!(
+                    "to every namespace or to the VirtualService's exportTo ({})",
+                    export.join(", ")
+                )
+            };
             return Some(format!(
-                "{} exports it to {}, and Istio's analyzer looks only among the services exported to every namespace{}",
+                "{} exports it to {}, and Istio's analyzer looks only among the services exported {among}",
                 cx.describe_service(s, h),
                 describe_scope(&s.export_to),
-                if vs.spec.export_to.is_empty() {
-                    format!(" or to namespace {own}")
-                } else {
-                    format!(
-                        " or to the VirtualService's exportTo ({})",
-                        vs.spec.export_to.join(", ")
-                    )
-                }
             ));
         }
         return Some(cx.invisible_service(s, h));
