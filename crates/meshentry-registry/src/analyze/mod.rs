@@ -221,6 +221,8 @@ struct Context<'a> {
     dr_subsets: HashSet<(String, String, String)>,
     /// The registry's source ids by where the resource is.
     source_ids: HashMap<&'a Origin, SourceId>,
+    /// The services each source contributed to.
+    by_source: HashMap<SourceId, Vec<&'a Service>>,
 }
 
 impl<'a> Context<'a> {
@@ -288,6 +290,12 @@ impl<'a> Context<'a> {
             .enumerate()
             .map(|(i, s)| (&s.origin, i as SourceId))
             .collect();
+        let mut by_source: HashMap<SourceId, Vec<&Service>> = HashMap::default();
+        for s in registry.services() {
+            for id in std::iter::once(s.source).chain(s.merged.iter().copied()) {
+                by_source.entry(id).or_default().push(s);
+            }
+        }
         let vs_hosts = HostIndex::new(
             vss.iter()
                 .enumerate()
@@ -325,6 +333,7 @@ impl<'a> Context<'a> {
             namespaces,
             dr_subsets,
             source_ids,
+            by_source,
         }
     }
 
@@ -340,10 +349,7 @@ impl<'a> Context<'a> {
         let Some(&id) = self.source_ids.get(&r.origin) else {
             return Vec::new();
         };
-        self.registry
-            .services()
-            .filter(|s| s.source == id || s.merged.contains(&id))
-            .collect()
+        self.by_source.get(&id).cloned().unwrap_or_default()
     }
 
     fn gateway(&self, ns: &str, name: &str) -> Option<&Gw<'a>> {
