@@ -4,7 +4,7 @@
 //! findings come back together in [`Loaded::findings`], sorted by file and position. Only I/O
 //! problems (a missing file, an unreadable directory) are errors of the load itself.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -25,6 +25,10 @@ use crate::yaml::{Item, Node, Pos, Value, parse_stream_each, read_stream};
 pub const ISTIO_GROUP: &str = "networking.istio.io";
 /// The versions that share one schema.
 pub const ISTIO_VERSIONS: [&str; 3] = ["v1alpha3", "v1beta1", "v1"];
+
+/// How decode issues about unknown fields start ([`crate::de`]): the only ones Istio's reader
+/// passes over.
+const UNKNOWN_FIELD: &str = "unknown field `";
 
 /// How to read resources.
 #[derive(Clone, Debug)]
@@ -71,6 +75,9 @@ pub struct Loaded {
     /// name, so that [`Loaded::place`] can put their findings on a field. Streams of other
     /// kinds (the bulk of large configurations: ServiceEntries) are not kept.
     texts: HashMap<Arc<str>, Arc<str>>,
+    /// [`Resource::order`] of the resources Istio's file reader would not keep (see
+    /// [`Loaded::analyzable`]).
+    unreadable: HashSet<usize>,
 }
 
 /// A kind meshentry does not read, as seen so far.
@@ -130,6 +137,14 @@ impl Loaded {
         self.resources.iter().filter(|r| r.valid)
     }
 
+    /// The resources `istioctl analyze` would analyze: every one Istio's file reader keeps,
+    /// valid or not. It drops a document it cannot decode (a value of the wrong type, an unknown
+    /// enum value, a duplicate key) but not one with unknown fields (Istio's JSON decoding
+    /// allows them); of two resources with one kind and name, the first is kept.
+    pub fn analyzable(&self) -> impl Iterator<Item = &Resource> {
+        self.resources.iter().filter(|r| !self.unreadable.contains(&r.order))
+    }
+
     /// Sorts findings and adds the checks that span resources (duplicate names). Call once
     /// after the last `add_*`.
     pub fn finish(&mut self) {
@@ -163,6 +178,7 @@ impl Loaded {
         for (order, f) in dups {
             self.findings.push(f);
             self.resources[order].valid = false;
+            self.unreadable.insert(order);
         }
         self.notices = self.kind_notes.iter().map(KindNote::line).collect();
         self.sort_findings();
@@ -398,7 +414,14 @@ impl Loaded {
             None => ObjectMeta::default(),
         };
         let spec = match kind {
-            Kind::ServiceEntry => Spec::ServiceEntry(decode_spec(doc, &cx)),
+            Kind::ServiceEntry => {
+                let mut se: crate::model::ServiceEntry = decode_spec(doc, &cx);
+                // Written by istiod, not users: read leniently and never reported.
+                if let Some(status) = doc.get("status") {
+                    se.status = decode(status, "status", &DecodeCx::new(false));
+                }
+                Spec::ServiceEntry(se)
+            }
             Kind::WorkloadEntry => Spec::WorkloadEntry(decode_spec(doc, &cx)),
             Kind::WorkloadGroup => Spec::WorkloadGroup(decode_spec(doc, &cx)),
             Kind::DestinationRule => Spec::DestinationRule(decode_spec(doc, &cx)),
@@ -466,6 +489,9 @@ impl Loaded {
                 .push(finding_for(&resource, &p.path, pos, p.severity, p.message));
         }
         resource.valid = valid;
+        if issues.iter().any(|i| !i.message.starts_with(UNKNOWN_FIELD)) {
+            self.unreadable.insert(resource.order);
+        }
         self.resources.push(resource);
     }
 }

@@ -3,6 +3,7 @@
 //! conflict Istio settles without a word (B8, B10, C5).
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use ipnet::IpNet;
@@ -14,6 +15,23 @@ use crate::model::*;
 
 /// The label Istio reads an endpoint's `tlsMode` from (B5).
 const TLS_MODE_LABEL: &str = "security.istio.io/tlsMode";
+
+/// The topology labels Istio adds to an endpoint's labels (`AugmentLabels` in
+/// `pilot/pkg/serviceregistry/util/label`), so that DestinationRule subsets and
+/// `workloadSelector`s can select on locality and network.
+pub const REGION_LABEL: &str = "topology.kubernetes.io/region";
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+pub const SUBZONE_LABEL: &str = "topology.istio.io/subzone";
+pub const NETWORK_LABEL: &str = "topology.istio.io/network";
+/// Set on Pod endpoints from `spec.nodeName`.
+pub const HOSTNAME_LABEL: &str = "kubernetes.io/hostname";
+
+/// The labels a WorkloadEntry (or Pod) may carry its locality in when `locality` is unset,
+/// first wins; `.` stands for `/` (label values cannot hold `/`).
+const LOCALITY_LABELS: [&str; 2] = ["topology.istio.io/locality", "istio-locality"];
+
+/// The label that opts a ServiceEntry out of IP auto-allocation.
+const AUTOALLOCATE_LABEL: &str = "networking.istio.io/enable-autoallocate-ip";
 
 /// What [`build`] hands to [`crate::Registry`].
 pub(crate) struct Built {
@@ -49,6 +67,7 @@ struct Raw {
     source: SourceId,
     ports: Arc<[Port]>,
     addresses: Arc<[Address]>,
+    auto_addresses: Arc<[Address]>,
     resolution: Resolution,
     location: Location,
     export_to: ExportTo,
@@ -227,12 +246,20 @@ fn pod(spec: &PodSpec, status: &PodStatus, meta: &ObjectMeta, source: SourceId) 
     } else {
         &spec.service_account_name
     };
+    // Istio's Kubernetes registry takes a Pod's locality from its labels, else from its node's
+    // (meshentry reads no Nodes), and names its node in a label.
+    let locality = locality_from_labels(&meta.labels);
+    let mut labels = meta.labels.clone();
+    augment_labels(&mut labels, &locality, "");
+    if !spec.node_name.is_empty() {
+        labels.insert(HOSTNAME_LABEL.into(), spec.node_name.clone());
+    }
     let workload = Workload {
         address: status.pod_ip.as_str().into(),
         ports,
-        labels: Arc::new(meta.labels.clone()),
+        labels: Arc::new(labels),
         network: "".into(),
-        locality: "".into(),
+        locality: locality.into(),
         weight: 0,
         service_account: sa.as_str().into(),
         tls_mode,
@@ -244,8 +271,9 @@ fn pod(spec: &PodSpec, status: &PodStatus, meta: &ObjectMeta, source: SourceId) 
     })
 }
 
-/// B5, for `spec.endpoints[]` and WorkloadEntries.
-fn inline_workload(we: &WorkloadEntry, labels: Labels, source: SourceId) -> Option<Workload> {
+/// B5, for `spec.endpoints[]` and WorkloadEntries. The locality is `locality`, else the one
+/// a label gives; the labels gain Istio's topology labels.
+fn inline_workload(we: &WorkloadEntry, mut labels: Labels, source: SourceId) -> Option<Workload> {
     if we.address.is_empty() {
         return None;
     }
@@ -255,17 +283,60 @@ fn inline_workload(we: &WorkloadEntry, labels: Labels, source: SourceId) -> Opti
         None if !we.service_account.is_empty() => TlsMode::Istio,
         None => TlsMode::Disabled,
     };
+    let locality = if we.locality.is_empty() {
+        locality_from_labels(&labels)
+    } else {
+        we.locality.clone()
+    };
+    augment_labels(&mut labels, &locality, &we.network);
     Some(Workload {
         address: we.address.as_str().into(),
         ports: we.ports.clone(),
         labels: Arc::new(labels),
         network: we.network.as_str().into(),
-        locality: we.locality.as_str().into(),
+        locality: locality.into(),
         weight: we.weight,
         service_account: we.service_account.as_str().into(),
         tls_mode,
         source,
     })
+}
+
+/// The locality a workload's labels give (Istio's `GetLocalityLabel`, then
+/// `SanitizeLocalityLabel`: a value without `/` uses `.` between its parts); empty if none.
+fn locality_from_labels(labels: &Labels) -> String {
+    let Some(value) = LOCALITY_LABELS.iter().find_map(|k| labels.get(*k)) else {
+        return String::new();
+    };
+    if value.contains('/') {
+        value.clone()
+    } else {
+        value.replace('.', "/")
+    }
+}
+
+/// Istio's `AugmentLabels`: `region/zone/subzone` of the locality become the region, zone and
+/// subzone labels (each only when non-empty), and the network the network label unless the
+/// workload's own labels already set one.
+fn augment_labels(labels: &mut Labels, locality: &str, network: &str) {
+    let mut parts = locality.splitn(3, '/');
+    for key in [REGION_LABEL, ZONE_LABEL, SUBZONE_LABEL] {
+        match parts.next() {
+            Some(part) if !part.is_empty() => {
+                labels.insert(key.into(), part.into());
+            }
+            _ => {}
+        }
+    }
+    if !network.is_empty() && labels.get(NETWORK_LABEL).is_none_or(String::is_empty) {
+        labels.insert(NETWORK_LABEL.into(), network.into());
+    }
+}
+
+/// Whether a selector key is one [`augment_labels`] adds, which the label index (built from
+/// the labels as written) does not hold.
+fn is_topology_label(key: &str) -> bool {
+    [REGION_LABEL, ZONE_LABEL, SUBZONE_LABEL, NETWORK_LABEL, HOSTNAME_LABEL].contains(&key)
 }
 
 /// B7: the workloads of the ServiceEntry's own namespace whose labels contain every selector
@@ -277,6 +348,8 @@ fn select(ns: Option<&NsWorkloads<'_>>, selector: &Labels, dns: bool) -> Vec<Arc
     let mut narrowest: Option<&Vec<u32>> = None;
     for (k, v) in selector {
         match ns.by_label.get(&(k.as_str(), v.as_str())) {
+            // Topology labels are checked on the workload's labels below.
+            None if is_topology_label(k) => {}
             None => return Vec::new(),
             Some(list) if narrowest.is_none_or(|n| list.len() < n.len()) => narrowest = Some(list),
             Some(_) => {}
@@ -331,6 +404,7 @@ fn convert(
         .collect();
     let addresses: Arc<[Address]> = se.addresses.iter().filter_map(|a| Address::parse(a)).collect();
     let resolution = se.resolution.unwrap_or_default();
+    let auto_allocated = uses_auto_allocation(se, r);
     let location = se.location.unwrap_or_default();
     let export_to = ExportTo::new(&se.export_to, &r.namespace);
     let subject_alt_names: Arc<[String]> = se.subject_alt_names.as_slice().into();
@@ -378,12 +452,18 @@ fn convert(
                 })),
             }
         }
+        let auto_addresses = if auto_allocated {
+            auto_addresses_of(se, &host)
+        } else {
+            Arc::default()
+        };
         out.push(Raw {
             host,
             namespace: namespace.clone(),
             source,
             ports: ports.clone(),
             addresses: addresses.clone(),
+            auto_addresses,
             resolution,
             location,
             export_to: export_to.clone(),
@@ -393,6 +473,40 @@ fn convert(
             endpoints,
         });
     }
+}
+
+/// Whether Istio uses a ServiceEntry's `status.addresses` (`shouldV2AutoAllocateIPFromPieces`):
+/// not for resolution NONE (the dataplane could not honour the VIP), not when the
+/// ServiceEntry opts out by label, and never when `spec.addresses` is given.
+fn uses_auto_allocation(se: &ServiceEntry, r: &Resource) -> bool {
+    se.resolution.unwrap_or_default() != Resolution::None
+        && se.addresses.is_empty()
+        && !r
+            .meta
+            .labels
+            .get(AUTOALLOCATE_LABEL)
+            .is_some_and(|v| v.eq_ignore_ascii_case("false"))
+}
+
+/// The auto-allocated VIPs of one host (`convertServices`): among the `status.addresses` for
+/// that exact host that parse as IPs, the last IPv4 one and the last IPv6 one.
+fn auto_addresses_of(se: &ServiceEntry, host: &str) -> Arc<[Address]> {
+    let (mut v4, mut v6) = (None, None);
+    for a in se.status.addresses.iter().filter(|a| a.host == host) {
+        match a.value.parse::<IpAddr>() {
+            Ok(ip @ IpAddr::V4(_)) => v4 = Some(ip),
+            Ok(ip @ IpAddr::V6(_)) => v6 = Some(ip),
+            Err(_) => {}
+        }
+    }
+    [v4, v6]
+        .into_iter()
+        .flatten()
+        .map(|ip| Address {
+            text: ip.to_string().into(),
+            net: IpNet::from(ip),
+        })
+        .collect()
 }
 
 /// B8's merge condition (Istio's `canMergeServices`): same resolution, labels, selector and
@@ -495,6 +609,7 @@ fn merge_group(group: Vec<Raw>, sources: &[Source], services: &mut Vec<Service>,
                     host: raw.host.clone(),
                     namespace: raw.namespace.clone(),
                     addresses: raw.addresses.clone(),
+                    auto_addresses: raw.auto_addresses.clone(),
                     ports: raw.ports.to_vec(),
                     resolution: raw.resolution,
                     location: raw.location,

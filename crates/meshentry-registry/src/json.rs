@@ -1,9 +1,9 @@
 //! The stable JSON form of services, as `meshentry registry --output json` prints it and tools
 //! and tests read it:
 //!
-//! `{"services":[{"host","namespace","addresses","resolution","location","ports":[{"name",
-//! "number","protocol","targetPort"?}],"exportTo","subjectAltNames"?,"endpoints":[{"address",
-//! "port","portName","labels"}]}]}`
+//! `{"services":[{"host","namespace","addresses","autoAllocatedAddresses"?,"resolution",
+//! "location","ports":[{"name","number","protocol","targetPort"?}],"exportTo",
+//! "subjectAltNames"?,"endpoints":[{"address","port","portName","labels"}]}]}`
 //!
 //! Optional keys (`?`) appear only when set. Nothing else is added: the shape is a contract.
 
@@ -25,6 +25,10 @@ pub struct ServiceJson<'a> {
     pub namespace: &'a str,
     /// B2: as converted; `["0.0.0.0"]` when the ServiceEntry gives none.
     pub addresses: Vec<&'a str>,
+    /// The ServiceEntry's `status.addresses` for this host, where Istio uses them (see
+    /// [`Service::auto_addresses`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub auto_allocated_addresses: Vec<&'a str>,
     pub resolution: &'static str,
     pub location: &'static str,
     pub ports: Vec<PortJson<'a>>,
@@ -76,6 +80,7 @@ impl<'a> ServiceJson<'a> {
             } else {
                 s.addresses.iter().map(|a| &*a.text).collect()
             },
+            auto_allocated_addresses: s.auto_addresses.iter().map(|a| &*a.text).collect(),
             resolution: s.resolution.as_str(),
             location: s.location.as_str(),
             ports: s.ports.iter().map(PortJson::new).collect(),

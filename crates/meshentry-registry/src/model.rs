@@ -29,6 +29,14 @@ pub struct Service {
     /// `spec.addresses`, converted per B2; empty when none are given (Istio then uses
     /// `0.0.0.0`, see [`Service::default_address`]).
     pub addresses: Arc<[Address]>,
+    /// The VIPs istiod auto-allocated for this host (`status.addresses[]` whose `host` is this
+    /// host; the last IPv4 and the last IPv6 one, in that order). Istio uses them only when
+    /// `spec.addresses` is empty, the resolution is not NONE and the ServiceEntry has not opted
+    /// out (label `networking.istio.io/enable-autoallocate-ip: "false"`); otherwise this is
+    /// empty. Even then a sidecar listens on them only with DNS capture
+    /// (`ISTIO_META_DNS_CAPTURE`), where its DNS proxy answers the host with them; without it
+    /// the service keeps `0.0.0.0` ([`Service::default_address`]), as here.
+    pub auto_addresses: Arc<[Address]>,
     /// `spec.ports` of the oldest ServiceEntry, then ports (by new number) of later mergeable
     /// ones (B8).
     pub ports: Vec<Port>,

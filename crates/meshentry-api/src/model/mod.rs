@@ -17,6 +17,7 @@ mod gateway;
 mod kube;
 mod service_entry;
 mod sidecar;
+mod status;
 mod virtual_service;
 
 pub use common::*;
@@ -25,4 +26,5 @@ pub use gateway::*;
 pub use kube::*;
 pub use service_entry::*;
 pub use sidecar::*;
+pub use status::*;
 pub use virtual_service::*;

@@ -2,7 +2,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use super::WorkloadSelector;
+use super::{ServiceEntryStatus, WorkloadSelector};
 
 /// `ServiceEntry.spec`.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -17,6 +17,10 @@ pub struct ServiceEntry {
     pub workload_selector: Option<WorkloadSelector>,
     pub export_to: Vec<String>,
     pub subject_alt_names: Vec<String>,
+    /// The resource's `status` (not part of `spec`): filled in by the loader, never decoded
+    /// from `spec`.
+    #[serde(skip)]
+    pub status: ServiceEntryStatus,
 }
 
 /// `ServiceEntry.spec.ports[]` (`ServicePort`).

@@ -54,12 +54,6 @@ impl<T: Copy> HostIndex<T> {
         ids?.iter().map(|&i| self.entries[i as usize].1).find(|&v| f(v))
     }
 
-    /// Every entry named exactly `name`.
-    pub fn exact(&self, name: &str) -> impl Iterator<Item = T> + '_ {
-        let ids = self.exact.get(&*normalize(name)).map_or(&[][..], Vec::as_slice);
-        ids.iter().map(|&i| self.entries[i as usize].1)
-    }
-
     /// The first entry `f` accepts that is named exactly `name`.
     pub fn find_exact(&self, name: &str, mut f: impl FnMut(T) -> bool) -> Option<T> {
         self.pick(self.exact.get(&*normalize(name)), &mut f)
@@ -217,6 +211,6 @@ mod tests {
         assert_eq!(idx.find_matching("*.b.a.com", |h| h == "x.b.a.com"), Some("x.b.a.com"));
         assert_eq!(idx.find_matching("y.b.a.com", |h| h == "*.a.com"), Some("*.a.com"));
         assert_eq!(idx.find_matching("y.c.com", |_| true), None);
-        assert_eq!(idx.exact("B.A.COM").collect::<Vec<_>>(), ["B.a.com"]);
+        assert_eq!(idx.find_exact("B.A.COM", |_| true), Some("B.a.com"));
     }
 }

@@ -1,33 +1,48 @@
-//! Checks across resources, as `istioctl analyze` makes them, reported as warnings by
-//! `meshentry validate`: references that lead nowhere (a VirtualService's gateway, host,
-//! port or subset, a DestinationRule's host, a Sidecar's import), and configurations Istio
-//! accepts but silently half-applies (IST0109, IST0132, IST0173), and endpoints that are the
-//! proxy itself (they would loop through it). Messages start with Istio's
-//! own text and code where Istio has one, then say why in meshentry's terms.
+//! Checks across resources, as `istioctl analyze` makes them, for `meshentry validate`.
 //!
-//! Names are resolved as Istio resolves them: short names (E1, D1), gateway names (E2),
-//! visibility (B9, exportTo), DestinationRule precedence (D1, D2). meshentry reads no
-//! Kubernetes Services, so a host in the cluster domain (`*.svc.cluster.local`) that no
-//! ServiceEntry defines is taken to be one and not reported, unless the reference is a short
-//! name that a ServiceEntry defines literally (a likely mistake: ServiceEntry hosts are not
-//! expanded, B1).
+//! Each finding with an Istio code (`Finding::code`) is what `istioctl analyze
+//! --use-kube=false` reports on the same files, at Istio's level (IST0101, IST0109, IST0110,
+//! IST0111, IST0112, IST0145 and IST0173 are errors) and with Istio's text ([`msg`]), followed
+//! by what meshentry knows about it: why, and the likely fix. Istio's analyzers decide the
+//! verdict, including where they differ from what istiod does at run time (their service
+//! lookup, [`lookup`], makes every host a FQDN and reads `exportTo` its own way); the note
+//! says so when they do.
+//!
+//! Findings without a code are meshentry's own warnings, about configurations Istio accepts
+//! but silently half-applies: a gateway that does not see its VirtualService, a destination
+//! not visible where a rule applies, a subset hidden by DestinationRule precedence (D1, D2), a
+//! Sidecar egress host that imports nothing (C9), an endpoint that is the proxy itself.
+//!
+//! Like istioctl, the analysis covers every resource Istio's reader keeps
+//! ([`Loaded::analyzable`]), valid or not. Offline, the Kubernetes Services it knows are the
+//! ingress gateway Service istioctl adds by default and those in the files; meshentry reads
+//! no Kubernetes Service yet, so a `*.svc.cluster.local` host that no ServiceEntry defines is
+//! reported as Istio reports it (IST0101, IST0174).
 //!
 //! Every index is built once, so the analysis is linear in the resources and the references
 //! they make.
 
 mod destination_rule;
+mod gateway;
 mod hosts;
+pub mod lookup;
+pub mod msg;
 mod self_endpoint;
+mod service_entry;
 mod sidecar;
 mod virtual_service;
 
+use std::collections::HashSet;
+
 use meshentry_api::model::{DestinationRule, Gateway, Sidecar, VirtualService};
-use meshentry_api::{Finding, Loaded, Resource, Severity, Spec};
+use meshentry_api::{Finding, Loaded, Origin, Resource, Severity, Spec};
 
 use self::hosts::{HostIndex, normalize};
+use self::lookup::{KubeService, PodInfo};
+use self::msg::Msg;
 use crate::Registry;
 use crate::hash::FxHashMap as HashMap;
-use crate::model::{ExportTo, Scope, Service};
+use crate::model::{ExportTo, Labels, Scope, Service, SourceId};
 
 /// Istio's default root namespace: DestinationRules there apply to every namespace (D1).
 /// MeshConfig's `rootNamespace` (`--mesh-config`) moves it; the checks read it from
@@ -37,33 +52,61 @@ pub const ROOT_NAMESPACE: &str = meshentry_api::mesh_config::DEFAULT_ROOT_NAMESP
 /// The suffix E1 and D1 give short names, and the domain of Kubernetes Services.
 pub const CLUSTER_SUFFIX: &str = ".svc.cluster.local";
 
-/// Runs every check on the valid resources of `loaded`; builds the registry only when there
-/// is something to check against it.
+/// Analyses every resource of `loaded` Istio's reader keeps, valid or not, against a
+/// registry built from them.
 pub fn analyze(loaded: &Loaded) -> Vec<Finding> {
-    let needed = loaded.valid().any(|r| {
-        matches!(
-            r.spec,
-            Spec::VirtualService(_) | Spec::DestinationRule(_) | Spec::Sidecar(_) | Spec::ServiceEntry(_)
-        )
-    });
-    if !needed {
-        return Vec::new();
-    }
-    analyze_with(loaded, &Registry::build(&loaded.resources))
+    // The registry reads valid resources only; the invalid ones Istio still analyses are
+    // given to it as if valid.
+    let invalid: Vec<Resource> = loaded
+        .analyzable()
+        .filter(|r| !r.valid)
+        .map(|r| Resource {
+            valid: true,
+            ..r.clone()
+        })
+        .collect();
+    let registry = Registry::build(loaded.valid().chain(invalid.iter()));
+    analyze_with(loaded, &registry)
 }
 
 /// [`analyze`] with a registry built from the same resources.
 pub fn analyze_with(loaded: &Loaded, registry: &Registry) -> Vec<Finding> {
-    let cx = Context::new(loaded, registry);
+    let kube = kube_services(loaded);
+    let pods = pods(loaded);
+    let cx = Context::new(loaded, registry, &kube, &pods);
     let mut out = Findings {
         loaded,
         list: Vec::new(),
     };
     virtual_service::check(&cx, &mut out);
     destination_rule::check(&cx, &mut out);
+    gateway::check(&cx, &mut out);
     sidecar::check(&cx, &mut out);
+    service_entry::check(&cx, &mut out);
     self_endpoint::check(&cx, &mut out);
-    out.list
+    out.finish()
+}
+
+/// The Kubernetes Services the analysis knows: the default ingress gateway's (istioctl adds it
+/// when it reads files alone). meshentry does not read `kind: Service` documents yet.
+fn kube_services(_loaded: &Loaded) -> Vec<KubeService> {
+    vec![lookup::default_ingress_service()]
+}
+
+/// Every Pod Istio's reader keeps, and the default ingress gateway Pod istioctl adds.
+fn pods(loaded: &Loaded) -> Vec<PodInfo> {
+    let mut out: Vec<PodInfo> = loaded
+        .analyzable()
+        .filter(|r| matches!(r.spec, Spec::Pod { .. }))
+        .map(|r| PodInfo {
+            namespace: r.namespace.clone(),
+            name: r.meta.name.clone(),
+            labels: r.meta.labels.clone(),
+            annotations: r.meta.annotations.clone(),
+        })
+        .collect();
+    out.push(lookup::default_ingress_pod());
+    out
 }
 
 /// The findings so far.
@@ -73,15 +116,42 @@ struct Findings<'a> {
 }
 
 impl Findings<'_> {
+    /// An `istioctl analyze` message: its code and level, Istio's text, then meshentry's note.
+    fn report(&mut self, r: &Resource, path: &str, m: Msg, text: String, note: Option<String>) {
+        let mut f = self.loaded.finding(r, path, m.level, msg::with_note(text, note));
+        f.code = m.code.to_string();
+        self.list.push(f);
+    }
+
+    /// A warning of meshentry's own (no Istio code).
     fn warn(&mut self, r: &Resource, path: &str, message: String) {
         self.list.push(self.loaded.finding(r, path, Severity::Warning, message));
     }
+
+    /// The findings, each once (istioctl dedupes its messages too).
+    fn finish(self) -> Vec<Finding> {
+        let mut seen = HashSet::new();
+        self.list
+            .into_iter()
+            .filter(|f| {
+                seen.insert((
+                    f.file.clone(),
+                    f.line,
+                    f.column,
+                    f.field.clone(),
+                    f.code.clone(),
+                    f.message.clone(),
+                ))
+            })
+            .collect()
+    }
 }
 
-/// A valid Gateway and its server hosts as `(namespace, host)`: `*` for any namespace, `.`
+/// A Gateway and its server hosts as `(namespace, host)`: `*` for any namespace, `.`
 /// resolved (F2).
 struct Gw<'a> {
     r: &'a Resource,
+    spec: &'a Gateway,
     hosts: Vec<(String, String)>,
 }
 
@@ -95,7 +165,7 @@ impl Gw<'_> {
     }
 }
 
-/// A valid VirtualService with its hosts expanded (E1) and its exportTo resolved.
+/// A VirtualService with its hosts expanded (E1) and its exportTo resolved.
 struct Vs<'a> {
     r: &'a Resource,
     spec: &'a VirtualService,
@@ -103,7 +173,7 @@ struct Vs<'a> {
     export: ExportTo,
 }
 
-/// A valid DestinationRule, its host expanded (D1).
+/// A DestinationRule, its host expanded (D1).
 struct Dr<'a> {
     r: &'a Resource,
     spec: &'a DestinationRule,
@@ -142,13 +212,36 @@ struct Context<'a> {
     /// Host -> indexes in `drs`, oldest first.
     drs_by_host: HashMap<Box<str>, Vec<u32>>,
     sidecars: Vec<(&'a Resource, &'a Sidecar)>,
+    /// Every ServiceEntry, oldest first.
+    entries: Vec<&'a Resource>,
+    /// Istio's analyzer lookup of ServiceEntries and Kubernetes Services.
+    istio: lookup::Services<'a>,
+    pods: &'a [PodInfo],
+    kube_services: &'a [KubeService],
+    /// Namespace name -> its labels, for the namespaces given as resources.
+    namespaces: HashMap<&'a str, &'a Labels>,
+    /// `(namespace, name, subset)` of every DestinationRule subset, as Istio's analyzer keys
+    /// them ([`lookup::resource_name`]).
+    dr_subsets: HashSet<(String, String, String)>,
+    /// The registry's source ids by where the resource is.
+    source_ids: HashMap<&'a Origin, SourceId>,
+    /// The services each source contributed to.
+    by_source: HashMap<SourceId, Vec<&'a Service>>,
 }
 
 impl<'a> Context<'a> {
-    fn new(loaded: &'a Loaded, registry: &'a Registry) -> Self {
-        let mut valid: Vec<&Resource> = loaded.valid().collect();
+    fn new(loaded: &'a Loaded, registry: &'a Registry, kube: &'a [KubeService], pods: &'a [PodInfo]) -> Self {
+        let mut valid: Vec<&Resource> = loaded.analyzable().collect();
         valid.sort_by(|a, b| a.age_key().cmp(&b.age_key()));
         let services = HostIndex::new(registry.services().map(|s| (s.host.clone(), s)));
+        let entries: Vec<&Resource> = valid
+            .iter()
+            .copied()
+            .filter(|r| matches!(r.spec, Spec::ServiceEntry(_)))
+            .collect();
+        let istio = lookup::Services::new(&entries, kube);
+        let mut namespaces: HashMap<&str, &Labels> = HashMap::default();
+        let mut dr_subsets = HashSet::new();
 
         let mut gateways: HashMap<&str, HashMap<&str, Gw<'_>>> = HashMap::default();
         let mut gateway_namespaces: HashMap<&str, Vec<&str>> = HashMap::default();
@@ -162,8 +255,12 @@ impl<'a> Context<'a> {
                     gateways
                         .entry(ns)
                         .or_default()
-                        .insert(r.meta.name.as_str(), gateway(r, g));
+                        .entry(r.meta.name.as_str())
+                        .or_insert_with(|| gateway(r, g));
                     gateway_namespaces.entry(r.meta.name.as_str()).or_default().push(ns);
+                }
+                Spec::Namespace => {
+                    namespaces.entry(r.meta.name.as_str()).or_insert(&r.meta.labels);
                 }
                 Spec::VirtualService(spec) => vss.push(Vs {
                     r,
@@ -171,18 +268,37 @@ impl<'a> Context<'a> {
                     hosts: spec.hosts.iter().map(|h| expand_host(h, ns)).collect(),
                     export: ExportTo::new(&spec.export_to, ns),
                 }),
-                Spec::DestinationRule(spec) => drs.push(Dr {
-                    r,
-                    spec,
-                    host: expand_host(&spec.host, ns),
-                    export: ExportTo::new(&spec.export_to, ns),
-                }),
+                Spec::DestinationRule(spec) => {
+                    let (hns, hname) = lookup::resource_name(ns, &spec.host);
+                    for subset in &spec.subsets {
+                        dr_subsets.insert((hns.clone(), hname.clone(), subset.name.clone()));
+                    }
+                    drs.push(Dr {
+                        r,
+                        spec,
+                        host: expand_host(&spec.host, ns),
+                        export: ExportTo::new(&spec.export_to, ns),
+                    })
+                }
                 Spec::Sidecar(spec) => sidecars.push((r, spec)),
                 _ => {}
             }
         }
         for list in gateway_namespaces.values_mut() {
             list.sort_unstable();
+            list.dedup();
+        }
+        let source_ids = registry
+            .sources()
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (&s.origin, i as SourceId))
+            .collect();
+        let mut by_source: HashMap<SourceId, Vec<&Service>> = HashMap::default();
+        for s in registry.services() {
+            for id in std::iter::once(s.source).chain(s.merged.iter().copied()) {
+                by_source.entry(id).or_default().push(s);
+            }
         }
         let vs_hosts = HostIndex::new(
             vss.iter()
@@ -215,7 +331,30 @@ impl<'a> Context<'a> {
             drs_by_ns,
             drs_by_host,
             sidecars,
+            entries,
+            istio,
+            pods,
+            kube_services: kube,
+            namespaces,
+            dr_subsets,
+            source_ids,
+            by_source,
         }
+    }
+
+    /// Every Gateway, oldest first.
+    fn gateways_by_age(&self) -> Vec<&Gw<'a>> {
+        let mut list: Vec<&Gw<'a>> = self.gateways.values().flat_map(|m| m.values()).collect();
+        list.sort_by(|a, b| a.r.age_key().cmp(&b.r.age_key()));
+        list
+    }
+
+    /// The registry services a resource (a ServiceEntry) contributed to.
+    fn services_of(&self, r: &Resource) -> Vec<&'a Service> {
+        let Some(&id) = self.source_ids.get(&r.origin) else {
+            return Vec::new();
+        };
+        self.by_source.get(&id).cloned().unwrap_or_default()
     }
 
     fn gateway(&self, ns: &str, name: &str) -> Option<&Gw<'a>> {
@@ -276,7 +415,7 @@ fn gateway<'a>(r: &'a Resource, g: &'a Gateway) -> Gw<'a> {
             hosts.push((ns.to_string(), normalize(host).into_owned()));
         }
     }
-    Gw { r, hosts }
+    Gw { r, spec: g, hosts }
 }
 
 /// E1/D1: a host without a dot is short for `<host>.<namespace>.svc.cluster.local`. Lower

@@ -17,19 +17,19 @@ const PROXY_PORTS: [(u32, &str, &str); 3] = [
 ];
 
 pub(super) fn check(cx: &Context<'_>, out: &mut Findings<'_>) {
-    // The registry's sources, by `SourceId`: the valid ServiceEntries, WorkloadEntries and Pods,
-    // oldest first, as `Registry::build` numbers them.
-    let mut sources: Vec<&Resource> = out
+    // The resources behind the registry's sources, by where they are.
+    let resources: HashMap<&meshentry_api::Origin, &Resource> = out
         .loaded
-        .valid()
+        .analyzable()
         .filter(|r| {
             matches!(
                 r.spec,
                 Spec::ServiceEntry(_) | Spec::WorkloadEntry(_) | Spec::Pod { .. }
             )
         })
+        .map(|r| (&r.origin, r))
         .collect();
-    sources.sort_by(|a, b| a.age_key().cmp(&b.age_key()));
+    let sources = cx.registry.sources();
     // One warning per workload and port, whatever the hosts and service ports that reach it.
     let mut seen: HashSet<(u32, &str, u32)> = HashSet::new();
     for service in cx.registry.services() {
@@ -40,7 +40,10 @@ pub(super) fn check(cx: &Context<'_>, out: &mut Findings<'_>) {
             if !is_this_host(e.address()) || !seen.insert((e.workload.source, e.address(), e.port)) {
                 continue;
             }
-            let Some(&r) = sources.get(e.workload.source as usize) else {
+            let Some(&r) = sources
+                .get(e.workload.source as usize)
+                .and_then(|src| resources.get(&src.origin))
+            else {
                 continue;
             };
             let Some(path) = field(r, e) else {

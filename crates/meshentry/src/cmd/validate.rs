@@ -17,6 +17,24 @@ pub struct Args {
     pub output: Output,
     #[command(flatten)]
     pub mesh: crate::cmd::mesh::MeshArgs,
+    /// Exit 1 when a finding is at least this severe (error, warning or info; any case), as
+    /// `istioctl analyze --failure-threshold`. Validation errors are errors.
+    #[arg(long, value_name = "LEVEL", default_value = "error", value_parser = parse_level)]
+    pub failure_threshold: Severity,
+    /// Print only the findings at least this severe (error, warning or info; any case), as
+    /// `istioctl analyze --output-threshold`. The exit status still counts every finding.
+    #[arg(long, value_name = "LEVEL", default_value = "info", value_parser = parse_level)]
+    pub output_threshold: Severity,
+}
+
+/// A severity as istioctl reads its thresholds: `Error`, `Warning` or `Info`, in any case.
+fn parse_level(s: &str) -> Result<Severity, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "error" => Ok(Severity::Error),
+        "warning" => Ok(Severity::Warning),
+        "info" => Ok(Severity::Info),
+        _ => Err(format!("invalid level {s:?} (valid levels: error, warning, info)")),
+    }
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -25,34 +43,37 @@ pub enum Output {
     Json,
 }
 
-/// Exit 0 when everything is valid (warnings allowed), 1 when anything is invalid.
+/// Exit 1 when a finding is at or above the failure threshold (by default: anything invalid,
+/// or an `istioctl analyze` error such as IST0101), else 0.
 pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     let mut loaded = load(&args.paths, &args.namespace, &args.mesh)?;
-    // References between resources (gateways, hosts, subsets, imports), as warnings.
+    // Checks across resources, as `istioctl analyze` makes them, on everything Istio reads.
     let analysis = meshentry_registry::analyze::analyze(&loaded);
     loaded.add_findings(analysis);
+    let shown: Vec<&meshentry_api::Finding> = loaded
+        .findings
+        .iter()
+        .filter(|f| f.severity <= args.output_threshold)
+        .collect();
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     match args.output {
         Output::Json => {
-            serde_json::to_writer_pretty(&mut out, &loaded.findings)?;
+            serde_json::to_writer_pretty(&mut out, &shown)?;
             writeln!(out)?;
         }
         Output::Text => {
-            for f in &loaded.findings {
+            for f in &shown {
                 writeln!(out, "{f}")?;
             }
             for n in &loaded.notices {
                 eprintln!("{n}");
             }
-            eprintln!("{}", summary(&loaded));
+            eprintln!("{}", summary(&loaded, loaded.findings.len() - shown.len()));
         }
     }
-    Ok(if loaded.has_errors() {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    })
+    let failed = loaded.findings.iter().any(|f| f.severity <= args.failure_threshold);
+    Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }
 
 /// Loads and validates, under `--mesh-config` when given; shared by the subcommands that read
@@ -66,7 +87,9 @@ pub fn load(paths: &[PathBuf], namespace: &str, mesh: &crate::cmd::mesh::MeshArg
     Ok(loaded)
 }
 
-fn summary(loaded: &Loaded) -> String {
+/// One line: resources, invalid ones, findings per severity, and how many the output threshold
+/// hid.
+fn summary(loaded: &Loaded, hidden: usize) -> String {
     let count = |s: Severity| loaded.findings.iter().filter(|f| f.severity == s).count();
     let (errors, warnings, infos) = (count(Severity::Error), count(Severity::Warning), count(Severity::Info));
     let invalid = loaded.resources.iter().filter(|r| !r.valid).count();
@@ -83,6 +106,9 @@ fn summary(loaded: &Loaded) -> String {
     );
     if infos > 0 {
         line.push_str(&format!(", {infos} info"));
+    }
+    if hidden > 0 {
+        line.push_str(&format!(" ({hidden} below the output threshold not shown)"));
     }
     line
 }
