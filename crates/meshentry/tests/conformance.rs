@@ -74,7 +74,9 @@ fn words(s: &str) -> Vec<String> {
 fn parse_expect(line: &str, path: &Path) -> Expect {
     let w = words(line);
     let quoted = |i: usize| -> String {
-        let s = w.get(i).unwrap_or_else(|| panic!("{}: `{line}` needs a quoted text", path.display()));
+        let s = w
+            .get(i)
+            .unwrap_or_else(|| panic!("{}: `{line}` needs a quoted text", path.display()));
         s.strip_prefix('"')
             .unwrap_or_else(|| panic!("{}: `{line}`: text must be quoted", path.display()))
             .to_string()
@@ -189,7 +191,10 @@ fn check(case: &Case) -> Vec<String> {
         match serde_json::from_slice(&json.stdout) {
             Ok(v) => v,
             Err(e) => {
-                problems.push(format!("validate -o json: {e}: {}", String::from_utf8_lossy(&json.stderr)));
+                problems.push(format!(
+                    "validate -o json: {e}: {}",
+                    String::from_utf8_lossy(&json.stderr)
+                ));
                 Vec::new()
             }
         }
