@@ -846,8 +846,13 @@ impl SidecarScope {
     /// Why `service` (of the registry the scope was computed on) is not routed on `port`:
     /// not imported at all (excluded, or no host covers it), imported from another namespace,
     /// or imported without `port` being routed.
-    pub fn why_not(&self, registry: &Registry, id: ServiceId, port: u32) -> Vec<String> {
-        let Some(s) = registry.service(id) else {
+    pub fn why_not(&self, registry: &Registry, s: &Service, port: u32) -> Vec<String> {
+        let Some(id) = registry
+            .services
+            .iter()
+            .position(|x| std::ptr::eq(x, s))
+            .map(|i| i as ServiceId)
+        else {
             return Vec::new();
         };
         let who = self.source();

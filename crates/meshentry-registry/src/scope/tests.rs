@@ -58,11 +58,9 @@ fn scope_of(loaded: &Loaded, ns: &str, labels: &[(&str, &str)]) -> (Registry, Si
     (registry, scope)
 }
 
-/// The id of the (first) service of `host`.
-fn id_of(registry: &Registry, host: &str) -> ServiceId {
-    (0..registry.services().len() as ServiceId)
-        .find(|&i| registry.service(i).is_some_and(|s| &*s.host == host))
-        .unwrap()
+/// The (first) service of `host`.
+fn by_host<'r>(registry: &'r Registry, host: &str) -> &'r Service {
+    registry.services().find(|s| &*s.host == host).unwrap()
 }
 
 /// `ns/host` of every imported service, sorted.
@@ -322,7 +320,7 @@ fn a_port_listener_holds_its_port_against_the_catch_all() {
     assert_eq!(routable("in-b.example.com"), [80]);
     assert_eq!(routable("db.example.com"), [9080]);
     assert!(routable("raw.example.com").is_empty());
-    let why = scope.why_not(&registry, id_of(&registry, "in-b.example.com"), 9080);
+    let why = scope.why_not(&registry, by_host(&registry, "in-b.example.com"), 9080);
     assert!(
         why.iter().any(|l| l.contains("egress[0] (port 9080) holds port 9080")),
         "{why:?}"
@@ -616,8 +614,7 @@ fn the_scoped_registry_holds_only_the_imports() {
     assert_eq!(hosts, ["a.example.com", "b.internal", "egress.example.com"]);
     assert_eq!(scoped.visible("default").len(), 3);
     // Explain's answer for one left out.
-    let id = id_of(&registry, "c.example.com");
-    let why = scope.why_not(&registry, id, 80);
+    let why = scope.why_not(&registry, by_host(&registry, "c.example.com"), 80);
     assert_eq!(
         why,
         ["Sidecar default/scope egress[0]: no host of [\"./*\", \"*/egress.example.com\"] covers other/c.example.com"]
@@ -625,7 +622,7 @@ fn the_scoped_registry_holds_only_the_imports() {
     let docs = with(mesh(), hosts_sidecar("default", &["*/*", "~other/*"]));
     let loaded = load(&docs);
     let (registry, scope) = scope_of(&loaded, "default", &[]);
-    let why = scope.why_not(&registry, id_of(&registry, "c.example.com"), 80);
+    let why = scope.why_not(&registry, by_host(&registry, "c.example.com"), 80);
     assert_eq!(
         why,
         ["Sidecar default/scope egress[0]: other/c.example.com is excluded by hosts[1] \"~other/*\""]
