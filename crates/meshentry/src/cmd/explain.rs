@@ -700,6 +700,11 @@ impl<'s> Explainer<'s> {
                     vs.export_to.join(", "),
                     self.snap.namespace
                 )
+            } else if let Some(scope) = self.snap.scope.as_ref().filter(|s| !s.imports_virtual_service(&id)) {
+                format!(
+                    "{}'s egress hosts do not import it (a VirtualService is imported by a host of its own namespace, or of */)",
+                    scope.source()
+                )
             } else {
                 format!("no rule of it applies to port {port} for this proxy, or an older VirtualService owns the host")
             };
