@@ -1003,6 +1003,61 @@ spec:
     }
 
     #[test]
+    fn a_virtual_service_destination_held_by_the_scope_is_that_service() {
+        // The destination (held, not routed) sorts before the routed host, so ids and the
+        // listing order differ in the scoped registry.
+        let yaml = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: web, namespace: default}
+spec:
+  hosts: [web.example.com]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: STATIC
+  endpoints: [{address: 127.0.0.1}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: gw, namespace: istio-system}
+spec:
+  hosts: [a-gateway.example.com]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: STATIC
+  endpoints: [{address: 127.0.0.2}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: web, namespace: default}
+spec:
+  hosts: [web.example.com]
+  http:
+  - route:
+    - destination: {host: a-gateway.example.com, port: {number: 80}}
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default, namespace: default}
+spec:
+  egress: [{hosts: ["./*"]}]
+"#;
+        let snap = build(yaml, &ProxyConfig::default());
+        let web = snap.view().lookup_host("web.example.com").unwrap();
+        let routes = snap.routes.http_of(web, 80).unwrap();
+        let crate::vs::HttpAction::Route { dests, .. } = &routes.rules[0].action else {
+            panic!("a route action");
+        };
+        match crate::route::to_target(&snap, &dests[0].target) {
+            Ok(crate::route::Decision::Cluster { service, cluster, .. }) => {
+                assert_eq!(&*service.host, "a-gateway.example.com");
+                assert_eq!(cluster.name, "outbound|80||a-gateway.example.com");
+            }
+            _ => panic!("the destination resolves to its cluster"),
+        }
+        // Held, not routed by its own name.
+        assert!(snap.view().lookup_host("a-gateway.example.com").is_none());
+    }
+
+    #[test]
     fn export() {
         assert!(exported_to(&[], "a", "b"));
         assert!(exported_to(&[".".into()], "a", "a"));
