@@ -837,8 +837,14 @@ fn blocked(ctx: &ConnCtx, host: &str, port: u16, status: StatusCode) -> Response
 /// The body of a REGISTRY_ONLY refusal.
 pub fn blocked_reason(snap: &Snapshot, host: &str, port: u16) -> String {
     format!(
-        "meshentry: {host}:{port} is not a service in the registry seen by namespace {} and the outbound traffic policy is REGISTRY_ONLY (from {}); add a ServiceEntry for it",
-        snap.namespace, snap.policy_source
+        "meshentry: {host}:{port} is not a service in the registry seen by {} and the outbound traffic policy is REGISTRY_ONLY (from {}); add a ServiceEntry for it{}",
+        snap.seen_by(),
+        snap.policy_source,
+        if snap.scope.is_some() {
+            ", or import it in the Sidecar's egress hosts"
+        } else {
+            ""
+        }
     )
 }
 

@@ -11,12 +11,13 @@ use std::time::SystemTime;
 use std::path::PathBuf;
 
 use meshentry_api::model::{
-    ClientTlsMode, ClientTlsSettings, DestinationRule, LoadBalancerSettings, OutboundTrafficPolicyMode, Sidecar,
-    SimpleLb, Subset, TrafficPolicy,
+    ClientTlsMode, ClientTlsSettings, DestinationRule, LoadBalancerSettings, OutboundTrafficPolicyMode, SimpleLb,
+    Subset, TrafficPolicy,
 };
 use meshentry_api::{Resource, Spec};
 use meshentry_registry::hash::FxHashMap;
-use meshentry_registry::{Protocol, Registry, Service, View};
+use meshentry_registry::scope::Selected;
+use meshentry_registry::{Protocol, Registry, Service, SidecarScope, View, select_sidecar};
 
 use crate::cluster::{Cluster, ClusterSpec};
 use crate::config::{OutboundPolicy, ProxyConfig};
@@ -31,7 +32,12 @@ pub struct Snapshot {
     /// Increases by one on every successful reload.
     pub generation: u64,
     pub applied_at: SystemTime,
+    /// What this proxy imports: the whole registry as its namespace sees it, or (under a
+    /// Sidecar with egress hosts) only what the Sidecar imports ([`Registry::scoped`]).
     pub registry: Arc<Registry>,
+    /// The Sidecar's scope (C9), when one applies to this sidecar proxy; `None` for a gateway,
+    /// or when no Sidecar applies (Istio's default scope: everything the namespace sees).
+    pub scope: Option<Arc<SidecarScope>>,
     pub namespace: Arc<str>,
     pub policy: OutboundPolicy,
     /// Where the policy came from: `--outbound-policy`, `Sidecar ns/name`, or the mesh default.
@@ -72,14 +78,50 @@ pub struct PortInfo {
 impl Snapshot {
     /// Builds the snapshot for `config`'s workload from valid `resources`.
     pub fn build(resources: &[&Resource], config: &ProxyConfig, dns: &Dns, generation: u64) -> Snapshot {
-        let registry = Arc::new(Registry::build(resources.iter().copied()));
+        let registry = Registry::build(resources.iter().copied());
+        // A gateway uses Istio's default scope whatever the Sidecars say.
+        let sidecar = match config.gateway {
+            None => sidecar_of(resources, config),
+            Some(_) => None,
+        };
+        let (policy, policy_source) = outbound_policy(sidecar.as_ref(), config);
+        // The scoped registry replaces the full one here, so the full one (and every service
+        // the Sidecar does not import) is dropped before anything is built from it.
+        let (registry, scope) = match &sidecar {
+            // No egress listeners is Istio's `*/*`: the namespace's whole view, as unscoped.
+            Some(selected) if !selected.sidecar.egress.is_empty() => {
+                let scope = SidecarScope::compute(&registry, resources, Some(selected), &config.namespace);
+                (Arc::new(registry.scoped(&scope)), Some(Arc::new(scope)))
+            }
+            _ => (Arc::new(registry), None),
+        };
+        // The VirtualServices the scope does not import are not compiled (hostless delegates
+        // come in through their roots).
+        let imported: Vec<&Resource>;
+        let resources: &[&Resource] = match &scope {
+            Some(scope) => {
+                imported = resources
+                    .iter()
+                    .copied()
+                    .filter(|r| match &r.spec {
+                        Spec::VirtualService(vs) if !vs.hosts.is_empty() => {
+                            scope.imports_virtual_service(&format!("{}/{}", r.namespace, r.name()))
+                        }
+                        _ => true,
+                    })
+                    .collect();
+                &imported
+            }
+            None => resources,
+        };
         let rules = DestinationRules::collect(resources.iter().copied(), config);
-        let (policy, policy_source) = outbound_policy(resources.iter().copied(), config);
         let namespace: Arc<str> = Arc::from(config.namespace.as_str());
         let mut clusters = FxHashMap::default();
         let mut subset_clusters = BTreeMap::new();
         let view = registry.view(&namespace);
-        for service in view.services() {
+        // Clusters for every service held, including those only VirtualServices route to.
+        let held = registry.cluster_view(&namespace);
+        for service in held.services() {
             let key = service as *const Service as usize;
             let subsets = rules
                 .lookup(service, &config.namespace)
@@ -104,7 +146,7 @@ impl Snapshot {
         };
         let input = CompileInput {
             registry: &registry,
-            view,
+            view: held,
             namespace: &namespace,
             labels: &config.labels,
             gateway: config.gateway.as_deref().unwrap_or(MESH),
@@ -144,6 +186,7 @@ impl Snapshot {
             generation,
             applied_at: SystemTime::now(),
             registry,
+            scope,
             namespace,
             policy,
             policy_source,
@@ -167,6 +210,15 @@ impl Snapshot {
         let mut all: Vec<(u32, &PortInfo)> = self.ports.iter().map(|(p, i)| (*p, i)).collect();
         all.sort_by_key(|(p, _)| *p);
         all
+    }
+
+    /// Whose view of the registry this is, for refusals: `namespace NS`, and the Sidecar
+    /// whose egress hosts scope it.
+    pub fn seen_by(&self) -> String {
+        match &self.scope {
+            Some(scope) => format!("namespace {} through {}'s egress hosts", self.namespace, scope.source()),
+            None => format!("namespace {}", self.namespace),
+        }
     }
 
     /// The registry as this proxy sees it.
@@ -260,41 +312,20 @@ pub fn destination_rule<'a>(
         .map(|r| r.resource)
 }
 
-/// D1: the outbound policy of this workload: the flag, else the Sidecar selecting it (by
-/// labels), else its namespace's selector-less Sidecar, else the root namespace's, else the
-/// mesh default (MeshConfig's, ALLOW_ANY unless set). A Sidecar's `outboundTrafficPolicy: {}` means REGISTRY_ONLY (C8).
-fn outbound_policy<'a>(
-    resources: impl IntoIterator<Item = &'a Resource>,
-    config: &ProxyConfig,
-) -> (OutboundPolicy, String) {
+/// The Sidecar that applies to `config`'s workload (C9): the one selecting it by labels, else
+/// its namespace's selector-less one, else the root namespace's.
+pub fn sidecar_of<'a>(resources: &[&'a Resource], config: &ProxyConfig) -> Option<Selected<'a>> {
+    select_sidecar(resources, &config.namespace, &config.labels, &config.root_namespace)
+}
+
+/// D1: the outbound policy of this workload: the flag, else the Sidecar that applies to it
+/// ([`sidecar_of`]), else the mesh default (MeshConfig's, ALLOW_ANY unless set). A Sidecar's `outboundTrafficPolicy: {}`
+/// means REGISTRY_ONLY (C8).
+fn outbound_policy(sidecar: Option<&Selected<'_>>, config: &ProxyConfig) -> (OutboundPolicy, String) {
     if let Some(p) = config.policy_override {
         return (p, "--outbound-policy".into());
     }
-    let mut sidecars: Vec<(&Resource, &Sidecar)> = resources
-        .into_iter()
-        .filter(|r| r.valid)
-        .filter_map(|r| match &r.spec {
-            Spec::Sidecar(s) => Some((r, s)),
-            _ => None,
-        })
-        .collect();
-    sidecars.sort_by(|a, b| a.0.age_key().cmp(&b.0.age_key()));
-    let own = |r: &Resource| r.namespace == config.namespace;
-    let pick = sidecars
-        .iter()
-        .find(|(r, s)| {
-            own(r)
-                && s.workload_selector
-                    .as_ref()
-                    .is_some_and(|sel| labels_match(&sel.labels, &config.labels))
-        })
-        .or_else(|| sidecars.iter().find(|(r, s)| own(r) && s.workload_selector.is_none()))
-        .or_else(|| {
-            sidecars
-                .iter()
-                .find(|(r, s)| r.namespace == config.root_namespace && s.workload_selector.is_none())
-        });
-    match pick {
+    match sidecar.map(|s| (s.resource, s.sidecar)) {
         Some((r, s)) => match &s.outbound_traffic_policy {
             Some(p) => {
                 let mode = match p.mode {
@@ -835,6 +866,196 @@ spec:
             err.contains("credentialName \"db-secret\"") && err.contains("outside Kubernetes"),
             "{err}"
         );
+    }
+
+    /// ServiceEntries in two namespaces, a namespace-wide Sidecar in `default` importing its
+    /// own namespace, and one for `app: web` importing `other`.
+    const SCOPED: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: mine, namespace: default}
+spec:
+  hosts: [mine.example.com]
+  ports: [{number: 80, name: http, protocol: HTTP}, {number: 9080, name: alt, protocol: HTTP}]
+  resolution: STATIC
+  endpoints: [{address: 127.0.0.1}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: theirs, namespace: other}
+spec:
+  hosts: [theirs.example.com]
+  ports: [{number: 80, name: http, protocol: HTTP}, {number: 5432, name: pg, protocol: TCP}]
+  resolution: STATIC
+  endpoints: [{address: 127.0.0.2}]
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: ns-wide, namespace: default}
+spec:
+  egress: [{hosts: ["./*"]}]
+  outboundTrafficPolicy: {mode: REGISTRY_ONLY}
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: web, namespace: default}
+spec:
+  workloadSelector: {labels: {app: web}}
+  egress: [{hosts: ["other/*"]}]
+  outboundTrafficPolicy: {mode: REGISTRY_ONLY}
+"#;
+
+    fn routed(snap: &Snapshot, host: &str, port: u16) -> String {
+        crate::route::route(snap, host, port).cluster_name().to_string()
+    }
+
+    #[test]
+    fn a_sidecar_scopes_routing_and_what_the_snapshot_holds() {
+        let snap = build(SCOPED, &ProxyConfig::default());
+        assert_eq!(routed(&snap, "mine.example.com", 80), "outbound|80||mine.example.com");
+        assert_eq!(routed(&snap, "theirs.example.com", 80), "BlackHoleCluster");
+        assert_eq!(snap.policy_source, "Sidecar default/ns-wide");
+        // Only what is imported is held: one service, a cluster per port, a port table
+        // without 5432.
+        assert_eq!(snap.registry.services().len(), 1);
+        assert_eq!(snap.clusters().len(), 2);
+        assert!(snap.port_info(5432).is_none());
+        assert!(
+            snap.seen_by().contains("through Sidecar default/ns-wide"),
+            "{}",
+            snap.seen_by()
+        );
+
+        // The workloadSelector Sidecar wins over the namespace's for `app: web`.
+        let web = ProxyConfig {
+            labels: [("app".to_string(), "web".to_string())].into(),
+            ..ProxyConfig::default()
+        };
+        let snap = build(SCOPED, &web);
+        assert_eq!(routed(&snap, "mine.example.com", 80), "BlackHoleCluster");
+        assert_eq!(
+            routed(&snap, "theirs.example.com", 80),
+            "outbound|80||theirs.example.com"
+        );
+        assert!(snap.port_info(5432).is_some_and(|i| i.tcp_wild == 1));
+
+        // A gateway ignores Sidecars.
+        let gw = ProxyConfig {
+            gateway: Some("default/gw".into()),
+            ..ProxyConfig::default()
+        };
+        let snap = build(SCOPED, &gw);
+        assert!(snap.scope.is_none());
+        assert_eq!(snap.registry.services().len(), 2);
+    }
+
+    #[test]
+    fn a_port_listener_routes_its_port_only() {
+        let yaml = SCOPED.replace(
+            r#"egress: [{hosts: ["./*"]}]"#,
+            r#"egress: [{port: {number: 9080, protocol: HTTP, name: alt}, hosts: ["./*"]}, {hosts: ["other/*"]}]"#,
+        );
+        let snap = build(&yaml, &ProxyConfig::default());
+        assert_eq!(
+            routed(&snap, "mine.example.com", 9080),
+            "outbound|9080||mine.example.com"
+        );
+        // Port 80 of mine.example.com is not imported: only port 9080 is, by egress[0].
+        assert_eq!(routed(&snap, "mine.example.com", 80), "BlackHoleCluster");
+        assert_eq!(
+            routed(&snap, "theirs.example.com", 80),
+            "outbound|80||theirs.example.com"
+        );
+    }
+
+    #[test]
+    fn virtual_services_outside_the_scope_do_not_apply() {
+        let vs = r#"
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: to-theirs, namespace: default}
+spec:
+  hosts: [mine.example.com]
+  http:
+  - route:
+    - destination: {host: theirs.example.com, port: {number: 80}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: elsewhere, namespace: other}
+spec:
+  hosts: [mine.example.com]
+  http:
+  - route:
+    - destination: {host: mine.example.com, port: {number: 9080}}
+"#;
+        let snap = build(&format!("{SCOPED}{vs}"), &ProxyConfig::default());
+        // default/to-theirs is imported by `./*`; its destination, in another namespace,
+        // comes with it as a cluster, but is not routed by its own name.
+        let mine = snap.view().lookup_host("mine.example.com").unwrap();
+        assert_eq!(snap.routes.http_of(mine, 80).map(|r| &*r.vs), Some("default/to-theirs"));
+        assert!(
+            snap.clusters()
+                .iter()
+                .any(|c| c.name == "outbound|80||theirs.example.com")
+        );
+        assert_eq!(routed(&snap, "theirs.example.com", 80), "BlackHoleCluster");
+    }
+
+    #[test]
+    fn a_virtual_service_destination_held_by_the_scope_is_that_service() {
+        // The destination (held, not routed) sorts before the routed host, so ids and the
+        // listing order differ in the scoped registry.
+        let yaml = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: web, namespace: default}
+spec:
+  hosts: [web.example.com]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: STATIC
+  endpoints: [{address: 127.0.0.1}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: gw, namespace: istio-system}
+spec:
+  hosts: [a-gateway.example.com]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: STATIC
+  endpoints: [{address: 127.0.0.2}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: web, namespace: default}
+spec:
+  hosts: [web.example.com]
+  http:
+  - route:
+    - destination: {host: a-gateway.example.com, port: {number: 80}}
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default, namespace: default}
+spec:
+  egress: [{hosts: ["./*"]}]
+"#;
+        let snap = build(yaml, &ProxyConfig::default());
+        let web = snap.view().lookup_host("web.example.com").unwrap();
+        let routes = snap.routes.http_of(web, 80).unwrap();
+        let crate::vs::HttpAction::Route { dests, .. } = &routes.rules[0].action else {
+            panic!("a route action");
+        };
+        match crate::route::to_target(&snap, &dests[0].target) {
+            Ok(crate::route::Decision::Cluster { service, cluster, .. }) => {
+                assert_eq!(&*service.host, "a-gateway.example.com");
+                assert_eq!(cluster.name, "outbound|80||a-gateway.example.com");
+            }
+            _ => panic!("the destination resolves to its cluster"),
+        }
+        // Held, not routed by its own name.
+        assert!(snap.view().lookup_host("a-gateway.example.com").is_none());
     }
 
     #[test]

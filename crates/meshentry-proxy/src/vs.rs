@@ -1896,11 +1896,10 @@ fn envoy_substitution(s: &str) -> String {
 
 /// Each registry service's id, by its address: the route tables name services by id.
 fn service_ids(input: &CompileInput<'_>) -> FxHashMap<usize, ServiceId> {
-    input
-        .registry
-        .services()
-        .enumerate()
-        .map(|(i, s)| (s as *const Service as usize, i as ServiceId))
+    // By id, not by listing position: the listing skips later merge classes of a host, and a
+    // scoped registry lists its services in another order than their ids.
+    (0..)
+        .map_while(|id| input.registry.service(id).map(|s| (s as *const Service as usize, id)))
         .collect()
 }
 

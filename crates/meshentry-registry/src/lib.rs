@@ -9,6 +9,8 @@
 //! - [`index`]: the lookups the data plane uses, per proxy namespace ([`View`]);
 //! - [`host`]: B11's host matching;
 //! - [`json`]: the stable JSON form printed by `meshentry registry`;
+//! - [`scope`]: what a Sidecar lets a proxy import (C9), and [`Registry::scoped`], the
+//!   registry a scoped proxy keeps;
 //! - [`analyze`]: checks across resources (VirtualService, DestinationRule and Sidecar
 //!   references resolved against the registry), as warnings for `meshentry validate`.
 //!
@@ -21,6 +23,7 @@ pub mod host;
 pub mod index;
 pub mod json;
 pub mod model;
+pub mod scope;
 
 use meshentry_api::Resource;
 
@@ -30,6 +33,7 @@ pub use model::{
     Address, Endpoint, ExportTo, Labels, Location, Port, Protocol, Resolution, Scope, Service, ServiceId, Source,
     SourceId, TlsMode, Warning, Workload,
 };
+pub use scope::{SidecarScope, select_sidecar};
 
 /// An immutable registry snapshot.
 pub struct Registry {
@@ -37,7 +41,13 @@ pub struct Registry {
     services: Vec<Service>,
     listing: Vec<ServiceId>,
     warnings: Vec<Warning>,
+    /// Indexes `services[..routable]`: the services lookups find.
     index: index::Index,
+    /// How many services (the first ones) lookups find: all, except in a scoped registry,
+    /// where services imported only as VirtualService destinations follow them.
+    routable: usize,
+    /// A scoped registry's index of every service, for VirtualService destinations.
+    cluster_index: Option<index::Index>,
 }
 
 impl Registry {
@@ -51,10 +61,12 @@ impl Registry {
         let index = index::Index::new(&built.services);
         Registry {
             sources: built.sources,
+            routable: built.services.len(),
             services: built.services,
             listing: built.listing,
             warnings: built.warnings,
             index,
+            cluster_index: None,
         }
     }
 
@@ -70,19 +82,38 @@ impl Registry {
         self.services.get(id as usize)
     }
 
-    /// The registry as a proxy in `namespace` sees it (B9, B10).
+    /// The registry as a proxy in `namespace` sees it (B9, B10): what its listeners route.
     pub fn view<'n>(&self, namespace: &'n str) -> View<'_, 'n> {
         View {
-            services: &self.services,
+            services: &self.services[..self.routable],
             index: &self.index,
             namespace,
         }
     }
 
+    /// Every service the proxy holds a cluster for, to resolve VirtualService destinations:
+    /// [`Registry::view`], plus (in a [scoped](Registry::scoped) registry) the services
+    /// imported only as VirtualService destinations.
+    pub fn cluster_view<'n>(&self, namespace: &'n str) -> View<'_, 'n> {
+        match &self.cluster_index {
+            Some(index) => View {
+                services: &self.services,
+                index,
+                namespace,
+            },
+            None => self.view(namespace),
+        }
+    }
+
+    /// Whether this is a [scoped](Registry::scoped) registry (a Sidecar's imports only).
+    pub fn is_scoped(&self) -> bool {
+        self.cluster_index.is_some()
+    }
+
     /// "What does namespace `ns` see": one service per host, the one its proxies use (B9,
-    /// B10), sorted by host.
+    /// B10), sorted by host; in a scoped registry, every service it holds.
     pub fn visible(&self, namespace: &str) -> Vec<&Service> {
-        self.view(namespace).services()
+        self.cluster_view(namespace).services()
     }
 
     /// Conflicts Istio resolves silently, oldest resources first.

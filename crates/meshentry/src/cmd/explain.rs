@@ -25,7 +25,8 @@ use meshentry_proxy::route::{self, Decision, Handling, Plan};
 use meshentry_proxy::snapshot::{Snapshot, destination_rule};
 use meshentry_proxy::tls::Sni;
 use meshentry_proxy::vs::{HttpAction, RedirectPort, RequestView, WeightedDest, resolve_gateway};
-use meshentry_registry::{Service, host};
+use meshentry_registry::scope::Role;
+use meshentry_registry::{Registry, Service, SidecarScope, host};
 use serde::Serialize;
 
 use crate::cmd::proxy::{Labels, parse_labels, parse_policy};
@@ -198,6 +199,9 @@ struct ProxyJson {
     labels: BTreeMap<String, String>,
     outbound_policy: &'static str,
     policy_source: String,
+    /// `Sidecar ns/name` whose egress hosts scope what the proxy imports (C9); `None`: it
+    /// imports everything its namespace sees.
+    sidecar: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -215,6 +219,9 @@ struct ServiceJson {
     matched_by: String,
     resource: String,
     at: String,
+    /// The Sidecar egress host that imported the service, when a Sidecar scopes the proxy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    imported_by: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -273,6 +280,9 @@ struct OutcomeJson {
 /// Builds the explanation step by step.
 struct Explainer<'s> {
     snap: &'s Snapshot,
+    /// The unscoped registry, when a Sidecar scopes the snapshot's: to say why a service it
+    /// does not import is not routed.
+    full: Option<Registry>,
     resources: &'s [&'s Resource],
     config: &'s ProxyConfig,
     dns: Arc<Dns>,
@@ -354,6 +364,13 @@ impl<'s> Explainer<'s> {
                     },
                     self.snap.namespace
                 ));
+                let imported_by = self.snap.scope.as_ref().and_then(|scope| {
+                    let imp = scope.imported(&service.host, &service.namespace)?;
+                    Some(scope.describe_via(&imp.via))
+                });
+                if let Some(by) = &imported_by {
+                    lines.push(format!("imported by {by}"));
+                }
                 self.touched.push(service.host.to_string());
                 self.service = Some(ServiceJson {
                     host: service.host.to_string(),
@@ -363,6 +380,7 @@ impl<'s> Explainer<'s> {
                     matched_by,
                     resource,
                     at,
+                    imported_by,
                 });
             }
             Decision::Passthrough | Decision::Blocked => {
@@ -375,6 +393,7 @@ impl<'s> Explainer<'s> {
                     self.snap.namespace
                 ));
                 lines.extend(self.hints(name, port));
+                lines.extend(self.not_imported(name, dst, port));
                 lines.push(format!(
                     "outbound traffic policy {} (from {}): {}",
                     self.snap.policy,
@@ -387,6 +406,31 @@ impl<'s> Explainer<'s> {
             }
         }
         self.step("service", lines);
+    }
+
+    /// Under a Sidecar: the service the name (or destination) would reach without it, and why
+    /// the Sidecar's egress hosts do not import it on this port.
+    fn not_imported(&self, name: Option<&str>, dst: Option<SocketAddr>, port: u16) -> Vec<String> {
+        let (Some(scope), Some(full)) = (&self.snap.scope, &self.full) else {
+            return Vec::new();
+        };
+        let view = full.view(&self.snap.namespace);
+        let port = u32::from(port);
+        let service = match name.filter(|n| n.parse::<IpAddr>().is_err()) {
+            Some(n) => view.lookup_host(n),
+            None => dst.and_then(|d| view.lookup_addr(d.ip(), port)),
+        };
+        let Some(service) = service.filter(|s| s.port(port).is_some()) else {
+            return Vec::new();
+        };
+        let mut lines = vec![format!(
+            "{} port {port} in namespace {} exists, but {} does not route it:",
+            service.host,
+            service.namespace,
+            scope.source()
+        )];
+        lines.extend(scope.why_not(full, service, port).into_iter().map(|l| format!("  {l}")));
+        lines
     }
 
     /// Why a name found no service: declared on other ports, not exported here, a wildcard
@@ -660,6 +704,11 @@ impl<'s> Explainer<'s> {
                     "it is exported to [{}], not to namespace {}",
                     vs.export_to.join(", "),
                     self.snap.namespace
+                )
+            } else if let Some(scope) = self.snap.scope.as_ref().filter(|s| !s.imports_virtual_service(&id)) {
+                format!(
+                    "{}'s egress hosts do not import it (a VirtualService is imported by a host of its own namespace, or of */)",
+                    scope.source()
                 )
             } else {
                 format!("no rule of it applies to port {port} for this proxy, or an older VirtualService owns the host")
@@ -1069,8 +1118,9 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     .map_err(|e| anyhow::anyhow!("cannot set up DNS: {e}"))?;
     let valid: Vec<&Resource> = loaded.valid().collect();
     let snapshot = Snapshot::build(&valid, &config, &dns, 1);
+    let full = snapshot.scope.is_some().then(|| Registry::build(valid.iter().copied()));
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let explanation = runtime.block_on(explain(&snapshot, &valid, &config, dns, args, &target));
+    let explanation = runtime.block_on(explain(&snapshot, full, &valid, &config, dns, args, &target));
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     match args.output {
@@ -1089,6 +1139,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
 
 async fn explain(
     snap: &Snapshot,
+    full: Option<Registry>,
     resources: &[&Resource],
     config: &ProxyConfig,
     dns: Arc<Dns>,
@@ -1097,6 +1148,7 @@ async fn explain(
 ) -> Explanation {
     let mut ex = Explainer {
         snap,
+        full,
         resources,
         config,
         dns,
@@ -1106,6 +1158,9 @@ async fn explain(
         destinations: Vec::new(),
         touched: Vec::new(),
     };
+    if let Some(scope) = &snap.scope {
+        ex.step("sidecar", sidecar_lines(scope));
+    }
     let host_ip = t.host.parse::<IpAddr>().ok();
     let via = if t.proto == Proto::Http {
         args.via
@@ -1189,6 +1244,11 @@ async fn explain(
             labels: config.labels.clone(),
             outbound_policy: snap.policy.as_str(),
             policy_source: snap.policy_source.clone(),
+            sidecar: snap
+                .scope
+                .as_ref()
+                .and_then(|s| s.sidecar.as_ref())
+                .map(|s| s.to_string()),
         },
         steps: ex.steps,
         service: ex.service,
@@ -1230,6 +1290,33 @@ fn not_applied_notes(e: &Explanation, resources: &[&Resource]) -> Vec<String> {
         }
     }
     notes
+}
+
+/// The Sidecar that scopes the proxy, why it applies, and its egress listeners (C9).
+fn sidecar_lines(scope: &SidecarScope) -> Vec<String> {
+    let mut lines = Vec::new();
+    if let Some(id) = &scope.sidecar {
+        lines.push(format!("{id} at {} applies: {}", id.origin, id.selection.describe()));
+    }
+    for l in &scope.listeners {
+        let role = match l.role {
+            Role::Port(p) => format!("routes port {p} to what it imports"),
+            Role::CatchAll if scope.listeners.iter().any(|o| matches!(o.role, Role::Port(_))) => {
+                "routes what it imports on every port no port listener holds".to_string()
+            }
+            Role::CatchAll => "routes what it imports on every port".to_string(),
+            Role::HttpProxy => "HTTP_PROXY: routes what it imports on every port".to_string(),
+            Role::Unix => format!("bound to {}, a socket meshentry does not open: routes nothing", l.bind),
+        };
+        let hosts: Vec<String> = l.hosts.iter().map(|h| format!("{h:?}")).collect();
+        lines.push(format!("{} hosts [{}]: {role}", l.label(), hosts.join(", ")));
+    }
+    lines.push(format!(
+        "the proxy imports {} service{}; anything else is unknown to it",
+        scope.services.len(),
+        if scope.services.len() == 1 { "" } else { "s" }
+    ));
+    lines
 }
 
 fn request(args: &Args, t: &Target0) -> ExplainRequest {

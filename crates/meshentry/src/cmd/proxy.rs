@@ -585,6 +585,7 @@ async fn start(args: &Args) -> anyhow::Result<Option<Started>> {
         http_proxy = %of_kind(|k| matches!(k, Listen::HttpProxy)), outbound = %of_kind(|k| matches!(k, Listen::Outbound)),
         gateway = %args.gateway.as_deref().unwrap_or("-"), gateway_listeners = %of_kind(|k| matches!(k, Listen::Gateway(_))), admin = %admin.local_addr()?, namespace = %config.namespace,
         services = snapshot.registry.services().len(), policy = %snapshot.policy, policy_source = %snapshot.policy_source,
+        scope = %snapshot.scope.as_ref().map_or_else(|| "-".to_string(), |s| s.source()),
         "meshentry proxy started"
     );
     let shared = Shared::new(snapshot, dns, config, local);

@@ -5,7 +5,10 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use meshentry_registry::{Registry, Service};
+use meshentry_api::Resource;
+use meshentry_registry::{Registry, Service, SidecarScope, select_sidecar};
+
+use crate::cmd::proxy::{Labels, parse_labels};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -14,10 +17,16 @@ pub struct Args {
     pub paths: Vec<PathBuf>,
     /// Show the registry as proxies in this namespace see it: only services exported to it,
     /// one per host (its own namespace's first, then exported to it by name, then the oldest
-    /// public one). Resources without metadata.namespace are in `default` either way, as
-    /// `kubectl apply` would put them.
+    /// public one), and, when a Sidecar applies to them, only what its egress hosts import
+    /// (the ports it imports, and the services its imported VirtualServices route to).
+    /// Resources without metadata.namespace are in `default` either way, as `kubectl apply`
+    /// would put them.
     #[arg(short, long)]
     pub namespace: Option<String>,
+    /// With --namespace: the workload's labels (k=v,k=v), to pick the Sidecar whose
+    /// workloadSelector selects it over the namespace's.
+    #[arg(long, default_value = "", value_parser = parse_labels, requires = "namespace")]
+    pub labels: Labels,
     #[arg(short, long, value_enum, default_value = "table")]
     pub output: Output,
     /// Also print, to stderr, every conflict Istio resolves silently (same host in several
@@ -47,10 +56,27 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(1));
     }
     let registry = Registry::build(&loaded.resources);
-    let services: Vec<&Service> = match &args.namespace {
-        Some(ns) => registry.visible(ns),
-        None => registry.services().collect(),
+    let scoped = args.namespace.as_deref().and_then(|ns| {
+        scoped(
+            &registry,
+            &loaded.resources,
+            ns,
+            &args.labels,
+            &loaded.mesh.root_namespace,
+        )
+    });
+    let services: Vec<&Service> = match (&args.namespace, &scoped) {
+        (Some(_), Some((scoped, _))) => scoped.services().collect(),
+        (Some(ns), None) => registry.visible(ns),
+        (None, _) => registry.services().collect(),
     };
+    if let Some((_, scope)) = &scoped {
+        eprintln!(
+            "meshentry: namespace {} sees only what {} imports",
+            scope.namespace,
+            scope.source()
+        );
+    }
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let written = match args.output {
@@ -70,6 +96,24 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// C9: the registry a proxy in `namespace` with `labels` holds when a Sidecar with egress
+/// hosts applies to it (as `meshentry proxy` would hold it), and that Sidecar's scope.
+fn scoped(
+    registry: &Registry,
+    resources: &[Resource],
+    namespace: &str,
+    labels: &Labels,
+    root_namespace: &str,
+) -> Option<(Registry, SidecarScope)> {
+    let resources: Vec<&Resource> = resources.iter().collect();
+    let selected = select_sidecar(&resources, namespace, &labels.0, root_namespace)?;
+    if selected.sidecar.egress.is_empty() {
+        return None;
+    }
+    let scope = SidecarScope::compute(registry, &resources, Some(&selected), namespace);
+    Some((registry.scoped(&scope), scope))
 }
 
 /// Endpoints shown per row before "+N more".
