@@ -97,7 +97,7 @@ impl ConnCtx {
                     snapshot,
                     peer: ctx.peer,
                     transparent: ctx.transparent.clone(),
-                    gateway: ctx.gateway,
+                    gateway: ctx.gateway.clone(),
                 })
             }
         }
@@ -317,7 +317,7 @@ async fn handle_any(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<Resp
             ),
         );
     }
-    if let Some(g) = ctx.gateway {
+    if let Some(g) = &ctx.gateway {
         return crate::gateway::forward(req, ctx, g).await;
     }
     if req.method() == Method::CONNECT {

@@ -975,8 +975,9 @@ impl GatewayRoutes {
 
     /// E7 at a gateway: the first TLS rule (by SNI) or TCP rule of the bound VirtualServices
     /// that applies to a connection to `dst`.
-    pub fn l4_pick(&self, dst: IpAddr, sni: Option<&str>) -> Option<&WeightedDest> {
-        let dst = Some(dst);
+    /// `dst`: the address the connection was accepted on (`None` on a unix socket, which no
+    /// `destinationSubnets` match).
+    pub fn l4_pick(&self, dst: Option<IpAddr>, sni: Option<&str>) -> Option<&WeightedDest> {
         if let Some(sni) = sni.map(str::to_ascii_lowercase) {
             for routes in &self.l4 {
                 if let Some(rule) = routes.tls.iter().find(|r| r.applies(&sni, dst)) {
