@@ -370,18 +370,8 @@ impl Gateway {
             let class = PortClass::of(&protocol);
             let hosts: Vec<ServerHost> = server.hosts.iter().map(|h| ServerHost::parse(h, gw_ns)).collect();
             let https_redirect = server.tls.as_ref().is_some_and(|t| t.https_redirect);
+            // A unix bind's port number is 0 (validation): one path, one listener.
             let bind = Bind::of(&server.bind, config.gateway_bind);
-            // One unix socket is one listener whatever the port numbers say: Envoy could not
-            // listen on the same path twice.
-            if let Bind::Unix(path) = &bind
-                && let Some(l) = listeners.iter().find(|l| l.bind == bind && l.port != number)
-            {
-                warnings.push(format!(
-                    "Gateway {name}: servers[{i}] (port {number}) is not served: unix://{path} is already the listener of port {} (servers[{}])",
-                    l.port, l.servers[0].index
-                ));
-                continue;
-            }
             if let Some(l) = listeners.iter_mut().find(|l| l.port == number && l.bind == bind) {
                 let first = PortClass::of(&l.protocol);
                 if class != first {
@@ -1382,7 +1372,7 @@ spec:
   - port: {number: 0, name: e, protocol: HTTP}
     hosts: [e.example.com]
     bind: unix:///run/gw.sock
-  - port: {number: 8080, name: f, protocol: HTTP}
+  - port: {number: 0, name: f, protocol: HTTP}
     hosts: [f.example.com]
     bind: unix:///run/gw.sock
 ";
@@ -1403,16 +1393,10 @@ spec:
             .collect();
         assert_eq!(hosts, ["a.example.com", "c.example.com"]);
         assert_eq!(servers("127.0.0.1:80"), [1, 3]);
-        assert_eq!(servers("unix:///run/gw.sock"), [4]);
         let unix = gw.listener(&ListenAddr::Unix("/run/gw.sock".into())).unwrap();
         assert_eq!(unix.port, 0);
-        assert!(
-            snap.warnings.iter().any(|w| w.contains(
-                "servers[5] (port 8080) is not served: unix:///run/gw.sock is already the listener of port 0"
-            )),
-            "{:?}",
-            snap.warnings
-        );
+        let hosts: Vec<&str> = unix.servers[0].hosts.iter().map(|h| h.host.as_str()).collect();
+        assert_eq!(hosts, ["e.example.com", "f.example.com"], "one socket, one listener");
         assert!(
             !snap.warnings.iter().any(|w| w.contains("cannot share")),
             "{:?}",
