@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 /// `outboundTrafficPolicy.mode`: what happens to traffic for destinations the registry does
@@ -79,6 +80,8 @@ pub struct ProxyConfig {
     /// `--gateway`: the `namespace/name` of the Gateway this proxy runs as; `None` for a
     /// sidecar.
     pub gateway: Option<String>,
+    /// `--gateway-bind`: the address of the Gateway's servers that name no `bind`.
+    pub gateway_bind: IpAddr,
     /// The limits that protect the host (`--max-connections`, header limits, idle timeouts).
     pub limits: Limits,
 }
@@ -158,6 +161,7 @@ impl Default for ProxyConfig {
             identity: None,
             trust_domain: "cluster.local".into(),
             gateway: None,
+            gateway_bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
             limits: Limits::default(),
         }
     }

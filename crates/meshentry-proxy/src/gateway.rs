@@ -24,7 +24,7 @@
 
 use std::fmt;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -42,7 +42,6 @@ use rustls::RootCertStore;
 use rustls::ServerConfig;
 use rustls::server::{Acceptor, WebPkiClientVerifier};
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::StartHandshake;
 use tokio_rustls::server::TlsStream;
@@ -53,7 +52,7 @@ use crate::flags::Flags;
 use crate::forward::{self, Original};
 use crate::http::{ConnCtx, ResponseBody, local};
 use crate::route::{self, Decision, split_host_port};
-use crate::server::{ConnGuard, Shared};
+use crate::server::{Conn, ConnGuard, ListenAddr, Listening, Shared};
 use crate::snapshot::Snapshot;
 use crate::telemetry::{Routed, TcpConn, note};
 use crate::tls::{FileWatch, load_certs, load_key, provider};
@@ -79,6 +78,8 @@ pub struct Gateway {
 /// under settings that are not its own.
 pub struct Listener {
     pub port: u16,
+    /// Where it listens: its servers' `bind`, or `--gateway-bind` for servers without one.
+    pub bind: Bind,
     /// The first server's protocol, upper case.
     pub protocol: String,
     /// Never empty.
@@ -130,9 +131,46 @@ impl Kind {
     }
 }
 
+/// Where a gateway listener listens (Istio's `Server.bind`): a server's own address or unix
+/// socket, or `--gateway-bind` for a server that names none.
+///
+/// As in Istio (pilot/pkg/model/gateway.go `mergeGateways`, which keys servers by
+/// `ServerPort{Number, Protocol, Bind}`; pilot/pkg/networking/core/gateway.go
+/// `buildGatewayListeners`, which listens on the bind rather than the wildcard), servers are
+/// merged only with servers of the same port and bind: each (port, bind) is a listener of its
+/// own, so servers with different binds share a port number without sharing anything else.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Bind {
+    Ip(IpAddr),
+    /// `unix://PATH`: a unix socket at PATH, or `@NAME` in Linux's abstract namespace. The
+    /// server's port number is then only what VirtualService `port` matches compare with.
+    Unix(Arc<str>),
+}
+
+impl Bind {
+    /// A server's `bind` (validated: empty, an IP or `unix://PATH`); `default` when empty.
+    pub fn of(bind: &str, default: IpAddr) -> Bind {
+        if let Some(path) = bind.strip_prefix("unix://") {
+            return Bind::Unix(path.into());
+        }
+        bind.parse().map_or(Bind::Ip(default), Bind::Ip)
+    }
+}
+
+impl fmt::Display for Bind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Bind::Ip(ip) => ip.fmt(f),
+            Bind::Unix(path) => write!(f, "unix://{path}"),
+        }
+    }
+}
+
 /// Where a gateway connection arrived, for the HTTP path.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct GatewayConn {
+    /// The listener it was accepted on (its servers are looked up in the snapshot in force).
+    pub listener: ListenAddr,
     /// The server port (the listener port VirtualService `port` matches compare with).
     pub port: u16,
     /// Whether TLS was terminated (the request's scheme is https).
@@ -159,6 +197,14 @@ struct SniTable {
 }
 
 impl Listener {
+    /// The socket address it listens on.
+    pub fn addr(&self) -> ListenAddr {
+        match &self.bind {
+            Bind::Ip(ip) => ListenAddr::Tcp(SocketAddr::new(*ip, self.port)),
+            Bind::Unix(path) => ListenAddr::Unix(path.clone()),
+        }
+    }
+
     /// Whether the port is opened: some server on it is served.
     pub fn served(&self) -> bool {
         self.servers.iter().any(|s| !matches!(s.kind, Kind::Unsupported(_)))
@@ -324,7 +370,9 @@ impl Gateway {
             let class = PortClass::of(&protocol);
             let hosts: Vec<ServerHost> = server.hosts.iter().map(|h| ServerHost::parse(h, gw_ns)).collect();
             let https_redirect = server.tls.as_ref().is_some_and(|t| t.https_redirect);
-            if let Some(l) = listeners.iter_mut().find(|l| l.port == number) {
+            // A unix bind's port number is 0 (validation): one path, one listener.
+            let bind = Bind::of(&server.bind, config.gateway_bind);
+            if let Some(l) = listeners.iter_mut().find(|l| l.port == number && l.bind == bind) {
                 let first = PortClass::of(&l.protocol);
                 if class != first {
                     warnings.push(format!(
@@ -384,6 +432,7 @@ impl Gateway {
             }
             listeners.push(Listener {
                 port: number,
+                bind,
                 protocol,
                 servers: vec![Server {
                     index: i,
@@ -395,23 +444,35 @@ impl Gateway {
                 sni,
             });
         }
-        for l in &mut listeners {
-            let hosts: Vec<&[ServerHost]> = l.servers.iter().map(|s| s.hosts.as_slice()).collect();
-            let (routes, w) = RouteTables::compile_gateway(resources, input, u32::from(l.port), &hosts);
-            for (s, r) in l.servers.iter_mut().zip(routes) {
+        listeners.sort_by(|a, b| (a.port, &a.bind).cmp(&(b.port, &b.bind)));
+        // Compiled a port at a time, every bind's servers together: a VirtualService bound to
+        // the servers of one bind is bound on the port, not missing from the other's.
+        let mut at = 0;
+        while at < listeners.len() {
+            let port = listeners[at].port;
+            let end = at + listeners[at..].iter().take_while(|l| l.port == port).count();
+            let same_port = &mut listeners[at..end];
+            let hosts: Vec<&[ServerHost]> = same_port
+                .iter()
+                .flat_map(|l| l.servers.iter().map(|s| s.hosts.as_slice()))
+                .collect();
+            let (routes, w) = RouteTables::compile_gateway(resources, input, u32::from(port), &hosts);
+            let servers = same_port.iter_mut().flat_map(|l| l.servers.iter_mut());
+            for (s, r) in servers.zip(routes) {
                 s.routes = r;
             }
             warnings.extend(w);
+            at = end;
         }
-        listeners.sort_by_key(|l| l.port);
         Some(Gateway {
             name: name.to_string(),
             listeners,
         })
     }
 
-    pub fn listener(&self, port: u16) -> Option<&Listener> {
-        self.listeners.iter().find(|l| l.port == port)
+    /// The listener on `addr`.
+    pub fn listener(&self, addr: &ListenAddr) -> Option<&Listener> {
+        self.listeners.iter().find(|l| &l.addr() == addr)
     }
 }
 
@@ -636,32 +697,39 @@ fn build_server_config(files: &ServerFiles) -> Result<Arc<ServerConfig>, String>
 
 // === Data path ===
 
-/// Accepts connections on the gateway's server port `port` until `shutdown` turns true.
-pub async fn serve_gateway(listener: TcpListener, port: u16, shared: Arc<Shared>, shutdown: watch::Receiver<bool>) {
+/// Accepts connections on the gateway listener at `addr` (a TCP or a unix socket) until
+/// `shutdown` turns true.
+pub async fn serve_gateway<L: Listening>(
+    listener: L,
+    addr: ListenAddr,
+    shared: Arc<Shared>,
+    shutdown: watch::Receiver<bool>,
+) {
     crate::server::serve_listener(listener, shared, shutdown, move |stream, peer, shared| {
-        handle(stream, peer, port, shared)
+        handle(stream, peer, addr.clone(), shared)
     })
     .await;
 }
 
-async fn handle(stream: TcpStream, peer: SocketAddr, port: u16, shared: Arc<Shared>) {
+async fn handle<C: Conn>(stream: C, peer: SocketAddr, addr: ListenAddr, shared: Arc<Shared>) {
     let stats_owner = shared.clone();
     let _guard = ConnGuard::new(&stats_owner.stats);
     let snapshot = shared.snapshot.load_full();
-    let Some(listener) = snapshot.gateway.as_ref().and_then(|g| g.listener(port)) else {
-        tracing::warn!(%peer, port, "the gateway no longer has a server on this port: closed");
+    let Some(listener) = snapshot.gateway.as_ref().and_then(|g| g.listener(&addr)) else {
+        tracing::warn!(%peer, listener = %addr, "the gateway no longer has a server on this listener: closed");
         return;
     };
-    let _ = stream.set_nodelay(true);
+    stream.no_delay();
     if listener.sni.is_some() {
         tls_port(stream, peer, listener, &snapshot, &shared).await;
         return;
     }
     // A plain port: its servers are merged into one.
     let server = &listener.servers[0];
+    let port = listener.port;
     match &server.kind {
         Kind::Http => {
-            let ctx = conn_ctx(&snapshot, &shared, peer, port, false, 0);
+            let ctx = conn_ctx(&snapshot, &shared, peer, listener, false, 0);
             crate::http::serve_io(stream, peer, ctx).await;
         }
         Kind::Tcp => l4(stream, peer, port, server, BytesMut::new(), None, &snapshot, &shared).await,
@@ -675,7 +743,7 @@ fn conn_ctx(
     snapshot: &Arc<Snapshot>,
     shared: &Arc<Shared>,
     peer: SocketAddr,
-    port: u16,
+    listener: &Listener,
     tls: bool,
     server: usize,
 ) -> Arc<ConnCtx> {
@@ -684,14 +752,19 @@ fn conn_ctx(
         shared: shared.clone(),
         peer,
         transparent: None,
-        gateway: Some(GatewayConn { port, tls, server }),
+        gateway: Some(GatewayConn {
+            listener: listener.addr(),
+            port: listener.port,
+            tls,
+            server,
+        }),
     })
 }
 
 /// A connection to a TLS port: the ClientHello's SNI picks the server, whose own TLS
 /// settings then terminate it (or whose rules relay it).
-async fn tls_port(
-    mut stream: TcpStream,
+async fn tls_port<C: Conn>(
+    mut stream: C,
     peer: SocketAddr,
     listener: &Listener,
     snapshot: &Arc<Snapshot>,
@@ -714,7 +787,7 @@ async fn tls_port(
         // Envoy: no filter chain matches, the connection is closed (listener stat
         // `no_filter_chain_match`, flag NR in the listener's access log).
         shared.stats.gateway_no_server.fetch_add(1, Ordering::Relaxed);
-        let mut tcp = TcpConn::open(shared, Routed::Unknown, peer, stream.local_addr().ok(), sni.as_deref());
+        let mut tcp = TcpConn::open(shared, Routed::Unknown, peer, stream.local(), sni.as_deref());
         tcp.refused(Flags::NR, "filter_chain_not_found");
         tracing::info!(%peer, port, sni, "gateway: no server on the port takes this SNI; closed");
         let _ = stream.shutdown().await;
@@ -725,7 +798,7 @@ async fn tls_port(
         Kind::Terminate { tls: Ok(tls), mode } => {
             match tokio::time::timeout_at(deadline, handshake(stream, buf, sni.as_deref(), tls)).await {
                 Ok(Ok(tls)) => {
-                    let ctx = conn_ctx(snapshot, shared, peer, port, true, index);
+                    let ctx = conn_ctx(snapshot, shared, peer, listener, true, index);
                     crate::http::serve_io(tls, peer, ctx).await;
                 }
                 Ok(Err(e)) => {
@@ -755,12 +828,12 @@ async fn tls_port(
 ///
 /// The bytes already read go straight into rustls's `Acceptor` rather than being replayed
 /// through a wrapper around the socket, so nothing stays allocated for the connection's life.
-async fn handshake(
-    mut stream: TcpStream,
+async fn handshake<C: Conn>(
+    mut stream: C,
     hello: BytesMut,
     sni: Option<&str>,
     tls: &ServerTls,
-) -> io::Result<TlsStream<TcpStream>> {
+) -> io::Result<TlsStream<C>> {
     let mut acceptor = Acceptor::default();
     let mut rest: &[u8] = &hello;
     while !rest.is_empty() {
@@ -817,8 +890,8 @@ fn sni_disagreement(theirs: Option<&str>, ours: Option<&str>) -> Option<Option<S
 /// PASSTHROUGH, AUTO_PASSTHROUGH and TCP servers: pick a cluster, then relay the bytes
 /// (`buf`: those already read, the ClientHello).
 #[allow(clippy::too_many_arguments)]
-async fn l4(
-    mut stream: TcpStream,
+async fn l4<C: Conn>(
+    mut stream: C,
     peer: SocketAddr,
     port: u16,
     server: &Server,
@@ -827,8 +900,9 @@ async fn l4(
     snap: &Snapshot,
     shared: &Arc<Shared>,
 ) {
-    let local = stream.local_addr().ok();
-    let dst = local.map_or(peer.ip(), |a| a.ip());
+    let local = stream.local();
+    // A unix socket has no address: only rules without `destinationSubnets` match.
+    let dst = local.map(|a| a.ip());
     let decision = match (&server.kind, &sni) {
         (Kind::AutoPassthrough, Some(sni)) => auto_passthrough(snap, &server.hosts, sni),
         (Kind::Passthrough | Kind::AutoPassthrough, None) => Err("no SNI".to_string()),
@@ -853,7 +927,10 @@ async fn l4(
             return;
         }
     };
-    let host = sni.clone().unwrap_or_else(|| dst.to_string());
+    let host = sni
+        .clone()
+        .or_else(|| dst.map(|ip| ip.to_string()))
+        .unwrap_or_else(|| "localhost".to_string());
     let original = Original { host: &host, port };
     match forward::connect_stream(shared, Some(cluster), &original).await {
         Ok((upstream, addr)) => {
@@ -903,14 +980,14 @@ fn auto_passthrough<'s>(snap: &'s Snapshot, hosts: &[ServerHost], sni: &str) -> 
 
 /// An HTTP request on a gateway listener (F3): `httpsRedirect`, then the virtual host named
 /// by the request's `Host` (404 when none), then its rules.
-pub(crate) async fn forward(req: Request<Incoming>, ctx: &Arc<ConnCtx>, g: GatewayConn) -> Response<ResponseBody> {
+pub(crate) async fn forward(req: Request<Incoming>, ctx: &Arc<ConnCtx>, g: &GatewayConn) -> Response<ResponseBody> {
     // The connection's own snapshot: the server index is the one the connection was
     // accepted (and its TLS terminated) under.
     let Some(server) = ctx
         .snapshot
         .gateway
         .as_ref()
-        .and_then(|gw| gw.listener(g.port))
+        .and_then(|gw| gw.listener(&g.listener))
         .and_then(|l| l.servers.get(g.server))
     else {
         return local(
@@ -977,6 +1054,11 @@ pub(crate) async fn forward(req: Request<Incoming>, ctx: &Arc<ConnCtx>, g: Gatew
 mod tests {
     use super::*;
 
+    /// A listener of a server without `bind`: on the default `--gateway-bind`.
+    fn at(port: u16) -> ListenAddr {
+        ListenAddr::Tcp(SocketAddr::from(([127, 0, 0, 1], port)))
+    }
+
     fn snapshot(yaml: &str, gateway: &str, namespace: &str) -> Snapshot {
         let loaded = meshentry_api::load_str("t.yaml", yaml, &meshentry_api::LoadOptions::default());
         assert!(!loaded.has_errors(), "{:?}", loaded.errors().collect::<Vec<_>>());
@@ -996,7 +1078,7 @@ mod tests {
 
     /// The VirtualServices and rule names of the virtual host `host` on `port`.
     fn vhost(snap: &Snapshot, port: u16, host: &str) -> Option<(String, Vec<String>)> {
-        let l = snap.gateway.as_ref()?.listener(port)?;
+        let l = snap.gateway.as_ref()?.listener(&at(port))?;
         let r = l.servers[0].routes.http(host)?;
         Some((r.vs.to_string(), r.rules.iter().map(|r| r.name.to_string()).collect()))
     }
@@ -1120,7 +1202,7 @@ spec:
             snap.gateway
                 .as_ref()
                 .unwrap()
-                .listener(8080)
+                .listener(&at(8080))
                 .unwrap()
                 .vhosts()
                 .all(|(_, r)| !r.vs.contains("team-b"))
@@ -1175,7 +1257,7 @@ spec:
 
     /// The servers[] index (in the Gateway) each SNI goes to on `port`.
     fn picks(snap: &Snapshot, port: u16, snis: &[Option<&str>]) -> Vec<Option<usize>> {
-        let l = snap.gateway.as_ref().unwrap().listener(port).unwrap();
+        let l = snap.gateway.as_ref().unwrap().listener(&at(port)).unwrap();
         snis.iter()
             .map(|sni| l.select(*sni).map(|i| l.servers[i].index))
             .collect()
@@ -1256,6 +1338,73 @@ spec:
     }
 
     #[test]
+    fn bind_names_an_ip_a_unix_socket_or_the_default() {
+        let default: IpAddr = "127.0.0.1".parse().unwrap();
+        assert_eq!(Bind::of("", default), Bind::Ip(default));
+        assert_eq!(Bind::of("127.0.11.1", default), Bind::Ip("127.0.11.1".parse().unwrap()));
+        assert_eq!(Bind::of("::1", default), Bind::Ip("::1".parse().unwrap()));
+        assert_eq!(
+            Bind::of("unix:///var/run/gw.sock", default),
+            Bind::Unix("/var/run/gw.sock".into())
+        );
+        assert_eq!(Bind::of("unix://@gw", default), Bind::Unix("@gw".into()));
+        assert_eq!(Bind::Unix("/a.sock".into()).to_string(), "unix:///a.sock");
+    }
+
+    /// Istio's `mergeGateways` keys servers by port and bind: servers with different binds are
+    /// listeners of their own, even of kinds that could not share one; an explicit bind equal
+    /// to the default is the default's listener.
+    #[test]
+    fn each_port_and_bind_is_a_listener_of_its_own() {
+        let servers = "  - port: {number: 80, name: a, protocol: HTTP}
+    hosts: [a.example.com]
+    bind: 127.0.11.1
+  - port: {number: 80, name: b, protocol: TLS}
+    hosts: [b.example.com]
+    tls: {mode: PASSTHROUGH}
+  - port: {number: 80, name: c, protocol: HTTP}
+    hosts: [c.example.com]
+    bind: 127.0.11.1
+  - port: {number: 80, name: d, protocol: TLS}
+    hosts: [d.example.com]
+    tls: {mode: PASSTHROUGH}
+    bind: 127.0.0.1
+  - port: {number: 0, name: e, protocol: HTTP}
+    hosts: [e.example.com]
+    bind: unix:///run/gw.sock
+  - port: {number: 0, name: f, protocol: HTTP}
+    hosts: [f.example.com]
+    bind: unix:///run/gw.sock
+";
+        let snap = snapshot(&gateway_yaml(servers), "istio-system/gw", "istio-system");
+        let gw = snap.gateway.as_ref().unwrap();
+        let addrs: Vec<String> = gw.listeners.iter().map(|l| l.addr().to_string()).collect();
+        assert_eq!(addrs, ["unix:///run/gw.sock", "127.0.0.1:80", "127.0.11.1:80"]);
+        let servers = |addr: &str| -> Vec<usize> {
+            let l = gw.listeners.iter().find(|l| l.addr().to_string() == addr).unwrap();
+            l.servers.iter().map(|s| s.index).collect()
+        };
+        // The plain HTTP servers of one bind merge; TLS on the default bind is apart from them.
+        assert_eq!(servers("127.0.11.1:80"), [0]);
+        let hosts: Vec<&str> = gw.listeners[2].servers[0]
+            .hosts
+            .iter()
+            .map(|h| h.host.as_str())
+            .collect();
+        assert_eq!(hosts, ["a.example.com", "c.example.com"]);
+        assert_eq!(servers("127.0.0.1:80"), [1, 3]);
+        let unix = gw.listener(&ListenAddr::Unix("/run/gw.sock".into())).unwrap();
+        assert_eq!(unix.port, 0);
+        let hosts: Vec<&str> = unix.servers[0].hosts.iter().map(|h| h.host.as_str()).collect();
+        assert_eq!(hosts, ["e.example.com", "f.example.com"], "one socket, one listener");
+        assert!(
+            !snap.warnings.iter().any(|w| w.contains("cannot share")),
+            "{:?}",
+            snap.warnings
+        );
+    }
+
+    #[test]
     fn a_server_that_cannot_share_the_port_is_not_served_and_says_why() {
         let servers = "  - port: {number: 443, name: a, protocol: TLS}
     hosts: [a.example.com, '*.b.example.com']
@@ -1278,11 +1427,11 @@ spec:
 ";
         let snap = snapshot(&gateway_yaml(servers), "istio-system/gw", "istio-system");
         let gw = snap.gateway.as_ref().unwrap();
-        let l = gw.listener(443).unwrap();
+        let l = gw.listener(&at(443)).unwrap();
         assert_eq!(l.servers.iter().map(|s| s.index).collect::<Vec<_>>(), [0]);
         // x.example.com was in the skipped server only.
         assert_eq!(l.select(Some("x.example.com")), None);
-        let plain = gw.listener(80).unwrap();
+        let plain = gw.listener(&at(80)).unwrap();
         assert_eq!(plain.servers.len(), 1, "plain HTTP servers merge");
         let hosts: Vec<&str> = plain.servers[0].hosts.iter().map(|h| h.host.as_str()).collect();
         assert_eq!(hosts, ["d.example.com", "e.example.com"]);

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Full};
@@ -19,7 +19,7 @@ use tokio::net::TcpStream;
 use crate::body::{BodyFault, BodyWatch, ClientBody};
 use crate::flags::Flags;
 use crate::forward::{self, Original};
-use crate::route::{self, Decision, split_host_port};
+use crate::route::{self, Decision, TunnelSni, split_host_port};
 use crate::server::{ConnGuard, Shared};
 use crate::snapshot::Snapshot;
 use crate::telemetry::{HttpStart, Metered, Routed, TcpConn, note};
@@ -97,7 +97,7 @@ impl ConnCtx {
                     snapshot,
                     peer: ctx.peer,
                     transparent: ctx.transparent.clone(),
-                    gateway: ctx.gateway,
+                    gateway: ctx.gateway.clone(),
                 })
             }
         }
@@ -317,7 +317,7 @@ async fn handle_any(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<Resp
             ),
         );
     }
-    if let Some(g) = ctx.gateway {
+    if let Some(g) = &ctx.gateway {
         return crate::gateway::forward(req, ctx, g).await;
     }
     if req.method() == Method::CONNECT {
@@ -734,7 +734,42 @@ async fn connect(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<Respons
             &format!("meshentry: {host}:{port} is this proxy; the tunnel would loop"),
         );
     }
-    let decision = route::route(&ctx.snapshot, &host, port);
+    let snap = &ctx.snapshot;
+    let registry = route::route(snap, &host, port);
+    if matches!(registry, Decision::Blocked) {
+        note(|o| o.routed = Routed::of(&registry));
+        return blocked(ctx, &host, port, StatusCode::FORBIDDEN);
+    }
+    if serves_http(&registry) {
+        note(|o| o.routed = Routed::of(&registry));
+        return connect_http(req, ctx, host, port);
+    }
+    // What the client must send is the port's business (the one it named), wherever the
+    // VirtualService sends it.
+    let expects_tls = matches!(&registry, Decision::Cluster { port, .. } if port.protocol.is_tls());
+    // E7, as for a captured connection: the TLS and TCP rules of the service port.
+    let sni = match route::tunnel_sni(snap, &registry, &host) {
+        TunnelSni::Known(sni) => sni,
+        TunnelSni::FirstBytes => {
+            note(|o| o.routed = Routed::of(&registry));
+            return connect_first_bytes(req, ctx, host, port, expects_tls);
+        }
+    };
+    let dst = route::tunnel_dst(snap, &shared.dns, &registry, &host).await;
+    let decision = match route::l4_route(snap, registry, dst, sni) {
+        Ok(d) => d,
+        Err(missing) => {
+            note(|o| o.fail(Flags::NC, "cluster_not_found"));
+            tracing::warn!(peer = %ctx.peer, %host, port, vs = missing.vs, reason = missing.reason, "CONNECT refused: the VirtualService routes to a missing destination");
+            return local(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!(
+                    "meshentry: VirtualService {} routes {host}:{port} to a missing destination: {}",
+                    missing.vs, missing.reason
+                ),
+            );
+        }
+    };
     note(|o| o.routed = Routed::of(&decision));
     let cluster = match &decision {
         Decision::Blocked => return blocked(ctx, &host, port, StatusCode::FORBIDDEN),
@@ -744,10 +779,6 @@ async fn connect(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<Respons
         }
         Decision::Cluster { cluster, .. } => Some(&***cluster),
     };
-    if serves_http(&decision) {
-        return connect_http(req, ctx, host, port);
-    }
-    let expects_tls = matches!(&decision, Decision::Cluster { port, .. } if port.protocol.is_tls());
     let cluster_name = decision.cluster_name().to_string();
     let upstream = match forward::connect_stream(shared, cluster, &Original { host: &host, port }).await {
         Ok((stream, addr)) => (stream, addr),
@@ -812,6 +843,32 @@ fn connect_http(req: Request<Incoming>, ctx: &Arc<ConnCtx>, host: String, port: 
         let _tunnel = crate::lifecycle::TunnelGuard::new(&shared.lifecycle);
         match hyper::upgrade::on(req).await {
             Ok(upgraded) => tunnel::serve_http(TokioIo::new(upgraded), ctx, host, port).await,
+            Err(e) => tracing::debug!(peer = %ctx.peer, error = %e, "CONNECT upgrade failed"),
+        }
+    });
+    Response::new(Either::Right(Full::new(Bytes::new())))
+}
+
+/// `CONNECT` to a service port whose TLS rules need the tunnel's first bytes
+/// ([`TunnelSni::FirstBytes`]): answered 200 at once, then routed once they are read
+/// ([`tunnel::route_first_bytes`]), as a captured connection is. A failure upstream can then
+/// only close the tunnel.
+fn connect_first_bytes(
+    req: Request<Incoming>,
+    ctx: &Arc<ConnCtx>,
+    host: String,
+    port: u16,
+    expects_tls: bool,
+) -> Response<ResponseBody> {
+    note(|o| o.tunnel = true);
+    let ctx = ctx.clone();
+    tokio::spawn(async move {
+        let _tunnel = crate::lifecycle::TunnelGuard::new(&ctx.shared.lifecycle);
+        match hyper::upgrade::on(req).await {
+            Ok(upgraded) => {
+                let client = TokioIo::new(upgraded);
+                tunnel::route_first_bytes(client, &ctx, host, port, expects_tls, BytesMut::new()).await;
+            }
             Err(e) => tracing::debug!(peer = %ctx.peer, error = %e, "CONNECT upgrade failed"),
         }
     });

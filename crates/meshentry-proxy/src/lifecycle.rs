@@ -7,7 +7,6 @@
 //! path registers once per connection ([`DrainWatch`]), not once per wait.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll, Waker};
@@ -51,7 +50,7 @@ pub struct Rejection {
 pub struct ListenerState {
     /// `http_proxy`, `outbound` or `gateway`.
     pub kind: &'static str,
-    pub address: SocketAddr,
+    pub address: crate::server::ListenAddr,
     /// Why it could not be opened.
     pub error: Option<String>,
 }

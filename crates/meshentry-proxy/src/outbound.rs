@@ -188,11 +188,15 @@ async fn handle(stream: TcpStream, peer: SocketAddr, local: Option<SocketAddr>, 
 }
 
 /// Sends what was read while detecting, then copies both ways until both sides are done.
-/// `client` comes from the outbound listener, so it has TCP_NODELAY already
-/// ([`nodelay_for_accepted`]); upstream connections set it when they connect. A relay idle
+/// `client` has TCP_NODELAY already (the outbound listener's, [`nodelay_for_accepted`], or
+/// the gateway's; a unix socket has nothing to set); upstream connections set it when they
+/// connect. A relay idle
 /// for `--tcp-idle-timeout` is closed, and counted. Returns the bytes received from the
 /// client (`first` included) and sent to it.
-pub async fn relay(mut client: TcpStream, mut upstream: Stream, first: &[u8], shared: &Shared) -> (u64, u64) {
+pub async fn relay<C>(mut client: C, mut upstream: Stream, first: &[u8], shared: &Shared) -> (u64, u64)
+where
+    C: tokio::io::AsyncRead + tokio::io::AsyncWrite + crate::relay::Peer + Unpin,
+{
     let first_len = first.len() as u64;
     if !first.is_empty() && upstream.write_all(first).await.is_err() {
         return (first_len, 0);

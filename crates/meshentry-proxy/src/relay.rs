@@ -85,6 +85,8 @@ impl Peer for TcpStream {
 
 impl Peer for tokio::io::DuplexStream {}
 
+impl Peer for tokio::net::UnixStream {}
+
 /// A CONNECT tunnel's client side: hyper's upgraded connection, which may hold bytes
 /// already read, so its readiness says nothing.
 impl<T> Peer for hyper_util::rt::TokioIo<T> {}

@@ -68,22 +68,104 @@ pub fn to_target<'s>(snap: &'s Snapshot, target: &'s Target) -> Result<Decision<
     }
 }
 
-/// E7: what the TLS (with `sni`) or TCP rules of a VirtualService do with a connection to
-/// `dst` that the registry gave to `decision`; the decision itself when no rule applies.
-pub fn l4_routed<'s>(snap: &'s Snapshot, decision: Decision<'s>, dst: SocketAddr, sni: Option<&str>) -> Decision<'s> {
+/// A rule of a VirtualService matched a connection but names a destination this proxy has
+/// no cluster for.
+#[derive(Debug)]
+pub struct MissingDestination<'s> {
+    /// `namespace/name` of the VirtualService.
+    pub vs: &'s str,
+    pub reason: &'s str,
+}
+
+/// E7: what the TLS (with `sni`) and TCP rules of a VirtualService do with a connection that
+/// the registry gave to `decision`; `dst` is the address it was going to (`None`: unknown,
+/// which no `destinationSubnets` match admits). The decision itself when no rule applies.
+///
+/// The one L4 routing decision: captured connections ([`l4_routed`]) and CONNECT tunnels
+/// ([`tunnel_sni`], [`hello_sni`], [`tunnel_dst`] say what they match with) both take it.
+pub fn l4_route<'s>(
+    snap: &'s Snapshot,
+    decision: Decision<'s>,
+    dst: Option<IpAddr>,
+    sni: Option<&str>,
+) -> Result<Decision<'s>, MissingDestination<'s>> {
     let Decision::Cluster { service, port, .. } = &decision else {
-        return decision;
+        return Ok(decision);
     };
-    match snap.routes.l4_pick(service, port.number, dst.ip(), sni) {
-        Some(d) => match to_target(snap, &d.target) {
-            Ok(routed) => routed,
-            Err(reason) => {
-                tracing::warn!(%dst, sni, reason, "VirtualService destination does not exist: connection refused");
-                Decision::Blocked
-            }
-        },
-        None => decision,
+    let Some(hit) = snap.routes.l4_rule_at(service, port.number, dst, sni) else {
+        return Ok(decision);
+    };
+    match hit.pick() {
+        Some(dest) => to_target(snap, &dest.target).map_err(|reason| MissingDestination { vs: hit.vs, reason }),
+        None => Ok(decision),
     }
+}
+
+/// [`l4_route`] for a captured connection to `dst`: a missing destination refuses it.
+pub fn l4_routed<'s>(snap: &'s Snapshot, decision: Decision<'s>, dst: SocketAddr, sni: Option<&str>) -> Decision<'s> {
+    l4_route(snap, decision, Some(dst.ip()), sni).unwrap_or_else(|missing| {
+        tracing::warn!(%dst, sni, vs = missing.vs, reason = missing.reason, "VirtualService destination does not exist: connection refused");
+        Decision::Blocked
+    })
+}
+
+/// The SNI a CONNECT tunnel to `host` is matched by, for E7's TLS rules.
+#[derive(Debug, PartialEq, Eq)]
+pub enum TunnelSni<'a> {
+    /// Known from the request alone: the CONNECT host, for a port declared TLS (the tunnel
+    /// then admits only a ClientHello, and only one whose SNI agrees with that host); or none,
+    /// when the service port has no TLS rules an SNI could match.
+    Known(Option<&'a str>),
+    /// The service port has TLS rules but the CONNECT names an IP: only the ClientHello says
+    /// which name the tunnel is for, so it is routed once its first bytes are read
+    /// ([`hello_sni`]), as a captured connection to that IP is.
+    FirstBytes,
+}
+
+/// E7 for a CONNECT tunnel to `host` that the registry gave to `decision`: which SNI its TLS
+/// rules match, or that the first bytes must be read to know.
+pub fn tunnel_sni<'a>(snap: &Snapshot, decision: &Decision<'_>, host: &'a str) -> TunnelSni<'a> {
+    let Decision::Cluster { service, port, .. } = decision else {
+        return TunnelSni::Known(None);
+    };
+    if !snap.routes.has_tls(service, port.number) {
+        return TunnelSni::Known(None);
+    }
+    if host.parse::<IpAddr>().is_err() && port.protocol.is_tls() {
+        return TunnelSni::Known(Some(host.strip_suffix('.').unwrap_or(host)));
+    }
+    TunnelSni::FirstBytes
+}
+
+/// The SNI E7 matches for a CONNECT tunnel to `host` whose first bytes were `first`: for a
+/// name, the CONNECT host (the tunnel refuses a ClientHello that names another, so a client
+/// cannot name one host and reach another's route); for an IP, the ClientHello's own, as for
+/// a captured connection; none when the bytes are not TLS.
+pub fn hello_sni<'a>(host: &'a str, first: &'a Detected) -> Option<&'a str> {
+    match first {
+        Detected::Tls { .. } if host.parse::<IpAddr>().is_err() => Some(host.strip_suffix('.').unwrap_or(host)),
+        Detected::Tls { sni } => sni.as_deref(),
+        _ => None,
+    }
+}
+
+/// The address `destinationSubnets` (E7) match for a CONNECT tunnel to `host`: the IP itself;
+/// for a name, the first address it resolves to (where a captured application that resolved
+/// the name would have connected). A name is resolved only when a rule of the service port
+/// matches on subnets; one that does not resolve has no address, and no subnet match admits
+/// the tunnel.
+pub async fn tunnel_dst(snap: &Snapshot, dns: &Arc<Dns>, decision: &Decision<'_>, host: &str) -> Option<IpAddr> {
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    let Decision::Cluster { service, port, .. } = decision else {
+        return None;
+    };
+    if !snap.routes.l4_needs_address(service, port.number) {
+        return None;
+    }
+    let entry = dns.dynamic_entry(host);
+    dns.resolve(&entry).await.ok()?.addrs.first().copied()
 }
 
 /// Routes `host:port` (`host` a name or an IP literal, without brackets).
@@ -551,6 +633,191 @@ spec:
             "outbound|7000||auto.internal"
         );
         assert_eq!(routed(None, "203.0.113.1:80"), "BlackHoleCluster");
+    }
+
+    /// The seed's tls-routing example (04 and 05), its firewall, and TCP rules by subnet.
+    const L4_CONFIG: &str = r#"
+apiVersion: networking.istio.io/v1beta1
+kind: ServiceEntry
+metadata: {name: external-svc-redirect}
+spec:
+  hosts: [wikipedia.org, "*.wikipedia.org"]
+  location: MESH_EXTERNAL
+  ports: [{number: 443, name: https, protocol: TLS}]
+  resolution: NONE
+---
+apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata: {name: tls-routing}
+spec:
+  hosts: [wikipedia.org, "*.wikipedia.org"]
+  tls:
+  - match: [{sniHosts: [wikipedia.org, "*.wikipedia.org"]}]
+    route: [{destination: {host: internal-egress-firewall.ns1.svc.cluster.local}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: firewall, namespace: ns1}
+spec:
+  hosts: [internal-egress-firewall.ns1.svc.cluster.local]
+  ports: [{number: 443, name: tls, protocol: TLS}]
+  resolution: STATIC
+  endpoints: [{address: 10.0.9.1}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: vip}
+spec:
+  hosts: [vip.example.com]
+  addresses: [10.7.7.7]
+  ports: [{number: 443, name: tls, protocol: TLS}]
+  resolution: STATIC
+  endpoints: [{address: 10.0.9.2}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: vip-sni}
+spec:
+  hosts: [vip.example.com]
+  tls:
+  - match: [{sniHosts: [vip.example.com]}]
+    route: [{destination: {host: internal-egress-firewall.ns1.svc.cluster.local}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: db}
+spec:
+  hosts: [db.example.com]
+  ports: [{number: 5432, name: pg, protocol: TCP}]
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: db-primary}
+spec:
+  hosts: [db-primary.internal]
+  ports: [{number: 5432, name: pg, protocol: TCP}]
+  resolution: STATIC
+  endpoints: [{address: 10.0.8.1}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: db-by-subnet}
+spec:
+  hosts: [db.example.com]
+  tls:
+  - match: [{sniHosts: [db.example.com]}]
+    route: [{destination: {host: internal-egress-firewall.ns1.svc.cluster.local, port: {number: 443}}}]
+  tcp:
+  - match: [{destinationSubnets: [10.20.0.0/16]}]
+    route: [{destination: {host: db-primary.internal}}]
+"#;
+
+    fn l4_snapshot() -> (Snapshot, Arc<Dns>) {
+        let config = crate::config::ProxyConfig {
+            policy_override: Some(OutboundPolicy::RegistryOnly),
+            ..Default::default()
+        };
+        crate::snapshot::test_snapshot(L4_CONFIG, &config)
+    }
+
+    fn l4(snap: &Snapshot, host: &str, port: u16, dst: Option<&str>, sni: Option<&str>) -> String {
+        let dst = dst.map(|d| d.parse().unwrap());
+        match l4_route(snap, route(snap, host, port), dst, sni) {
+            Ok(d) => d.cluster_name().to_string(),
+            Err(m) => format!("missing: {} {}", m.vs, m.reason),
+        }
+    }
+
+    #[test]
+    fn a_tunnel_to_a_name_on_a_tls_port_is_matched_by_the_connect_host() {
+        let (snap, _dns) = l4_snapshot();
+        let sni = |host: &'static str, port| tunnel_sni(&snap, &route(&snap, host, port), host);
+        assert_eq!(sni("en.wikipedia.org", 443), TunnelSni::Known(Some("en.wikipedia.org")));
+        assert_eq!(sni("wikipedia.org.", 443), TunnelSni::Known(Some("wikipedia.org")));
+        // The service address of a port with TLS rules: only the ClientHello names the host.
+        assert_eq!(sni("10.7.7.7", 443), TunnelSni::FirstBytes);
+        // No TLS rules (a TCP port's `tls` rules are never applied, as in Istio), or no service.
+        assert_eq!(sni("db.example.com", 5432), TunnelSni::Known(None));
+        assert_eq!(sni("other.example.com", 443), TunnelSni::Known(None));
+        // What that SNI routes to, by the rules a captured connection takes.
+        let firewall = "outbound|443||internal-egress-firewall.ns1.svc.cluster.local";
+        assert_eq!(
+            l4(&snap, "en.wikipedia.org", 443, None, Some("en.wikipedia.org")),
+            firewall
+        );
+        assert_eq!(l4(&snap, "wikipedia.org", 443, None, Some("wikipedia.org")), firewall);
+        assert_eq!(
+            l4(&snap, "10.7.7.7", 443, Some("10.7.7.7"), Some("vip.example.com")),
+            firewall
+        );
+        assert_eq!(
+            l4(&snap, "10.7.7.7", 443, Some("10.7.7.7"), Some("x.example.com")),
+            "outbound|443||vip.example.com"
+        );
+    }
+
+    #[test]
+    fn the_first_bytes_give_the_sni_of_a_tunnel() {
+        let tls = |sni: Option<&str>| Detected::Tls {
+            sni: sni.map(str::to_string),
+        };
+        // To a name, the CONNECT host: the tunnel refuses a ClientHello naming another.
+        assert_eq!(
+            hello_sni("en.wikipedia.org", &tls(Some("en.wikipedia.org"))),
+            Some("en.wikipedia.org")
+        );
+        assert_eq!(hello_sni("en.wikipedia.org", &tls(None)), Some("en.wikipedia.org"));
+        // To an IP, the ClientHello's own, as for a captured connection.
+        assert_eq!(
+            hello_sni("10.7.7.7", &tls(Some("vip.example.com"))),
+            Some("vip.example.com")
+        );
+        assert_eq!(hello_sni("10.7.7.7", &tls(None)), None);
+        assert_eq!(hello_sni("en.wikipedia.org", &Detected::Other), None);
+        assert_eq!(hello_sni("10.7.7.7", &Detected::Http1), None);
+    }
+
+    #[test]
+    fn tcp_rules_match_the_tunnel_destination_address() {
+        let (snap, _dns) = l4_snapshot();
+        let db = |d: &Decision<'_>| snap_needs(&snap, d);
+        assert!(db(&route(&snap, "db.example.com", 5432)));
+        assert!(!db(&route(&snap, "en.wikipedia.org", 443)));
+        assert_eq!(
+            l4(&snap, "db.example.com", 5432, Some("10.20.3.4"), None),
+            "outbound|5432||db-primary.internal"
+        );
+        assert_eq!(
+            l4(&snap, "db.example.com", 5432, Some("10.21.3.4"), None),
+            "outbound|5432||db.example.com"
+        );
+        // A name that did not resolve is in no subnet.
+        assert_eq!(
+            l4(&snap, "db.example.com", 5432, None, None),
+            "outbound|5432||db.example.com"
+        );
+        // The same decision as for a captured connection to that address.
+        let captured = l4_routed(&snap, route(&snap, "db.example.com", 5432), dst("10.20.3.4:5432"), None);
+        assert_eq!(captured.cluster_name(), "outbound|5432||db-primary.internal");
+    }
+
+    fn snap_needs(snap: &Snapshot, d: &Decision<'_>) -> bool {
+        match d {
+            Decision::Cluster { service, port, .. } => snap.routes.l4_needs_address(service, port.number),
+            _ => false,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_tunnel_to_a_name_is_resolved_only_for_subnet_rules() {
+        let (snap, dns) = l4_snapshot();
+        let ip = tunnel_dst(&snap, &dns, &route(&snap, "10.7.7.7", 443), "10.7.7.7").await;
+        assert_eq!(ip, Some("10.7.7.7".parse().unwrap()));
+        // No rule of the port matches on subnets: the name is not looked up.
+        let wiki = route(&snap, "en.wikipedia.org", 443);
+        assert_eq!(tunnel_dst(&snap, &dns, &wiki, "en.wikipedia.org").await, None);
+        assert_eq!(dns.stats.queries.load(std::sync::atomic::Ordering::Relaxed), 0);
     }
 
     #[test]

@@ -1,14 +1,16 @@
 //! The running proxy: shared state, listeners and their accept loops.
 
+use std::fmt;
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::watch;
 
 use crate::config::ProxyConfig;
@@ -278,16 +280,112 @@ pub async fn serve_http_proxy(listener: TcpListener, shared: Arc<Shared>, shutdo
     serve_listener(listener, shared, shutdown, crate::h1::serve_connection).await;
 }
 
+/// Where a listener listens: a TCP address, or a unix socket (a Gateway server's
+/// `bind: unix://PATH`; a PATH of `@NAME` is NAME in Linux's abstract namespace).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ListenAddr {
+    Tcp(SocketAddr),
+    Unix(Arc<str>),
+}
+
+impl ListenAddr {
+    /// The TCP address, for the loop guard (a unix socket is never dialled by a request).
+    pub fn tcp(&self) -> Option<SocketAddr> {
+        match self {
+            ListenAddr::Tcp(a) => Some(*a),
+            ListenAddr::Unix(_) => None,
+        }
+    }
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListenAddr::Tcp(a) => a.fmt(f),
+            ListenAddr::Unix(path) => write!(f, "unix://{path}"),
+        }
+    }
+}
+
+/// What a unix socket client is logged as: it has no IP address.
+pub const UNIX_PEER: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
+
+/// A listening socket the accept loop takes connections from.
+pub trait Listening: Send + 'static {
+    type Stream: Conn;
+
+    /// The next connection and its peer's address ([`UNIX_PEER`] for a unix socket).
+    fn accept_conn(&self) -> impl Future<Output = io::Result<(Self::Stream, SocketAddr)>> + Send;
+
+    /// Its address, for logs.
+    fn describe(&self) -> String;
+}
+
+impl Listening for TcpListener {
+    type Stream = TcpStream;
+
+    fn accept_conn(&self) -> impl Future<Output = io::Result<(TcpStream, SocketAddr)>> + Send {
+        self.accept()
+    }
+
+    fn describe(&self) -> String {
+        self.local_addr().map_or_else(|_| "?".to_string(), |a| a.to_string())
+    }
+}
+
+impl Listening for UnixListener {
+    type Stream = UnixStream;
+
+    async fn accept_conn(&self) -> io::Result<(UnixStream, SocketAddr)> {
+        let (stream, _) = self.accept().await?;
+        Ok((stream, UNIX_PEER))
+    }
+
+    fn describe(&self) -> String {
+        match self.local_addr() {
+            Ok(a) => match a.as_pathname() {
+                Some(p) => format!("unix://{}", p.display()),
+                None => "unix socket".to_string(),
+            },
+            Err(_) => "?".to_string(),
+        }
+    }
+}
+
+/// An accepted client connection, TCP or unix.
+pub trait Conn: AsyncRead + AsyncWrite + crate::relay::Peer + Unpin + Send + 'static {
+    /// The address it was accepted on; `None` for a unix socket.
+    fn local(&self) -> Option<SocketAddr>;
+
+    /// Sends small writes at once (TCP_NODELAY; nothing to do on a unix socket).
+    fn no_delay(&self);
+}
+
+impl Conn for TcpStream {
+    fn local(&self) -> Option<SocketAddr> {
+        self.local_addr().ok()
+    }
+
+    fn no_delay(&self) {
+        let _ = self.set_nodelay(true);
+    }
+}
+
+impl Conn for UnixStream {
+    fn local(&self) -> Option<SocketAddr> {
+        None
+    }
+
+    fn no_delay(&self) {}
+}
+
 /// The accept loop of every data-plane listener: each connection is admitted under
 /// `--max-connections` (or closed at once) and served by `handle` on a task of its own, until
 /// `shutdown` turns true. Accept failures back off ([`Acceptor`]).
-pub async fn serve_listener<F, Fut>(
-    listener: TcpListener,
-    shared: Arc<Shared>,
-    mut shutdown: watch::Receiver<bool>,
-    handle: F,
-) where
-    F: Fn(TcpStream, SocketAddr, Arc<Shared>) -> Fut,
+pub async fn serve_listener<L, F, Fut>(listener: L, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>, handle: F)
+where
+    L: Listening,
+    F: Fn(L::Stream, SocketAddr, Arc<Shared>) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let mut acceptor = Acceptor::new(listener);
@@ -316,8 +414,8 @@ pub const BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// queued, so retrying at once spins a core and logs a line per try; instead the listener
 /// pauses (10 ms, doubling to 1 s) while connections wait in the kernel's queue, and resumes
 /// as soon as an `accept` succeeds. One warning starts an episode and one line ends it.
-pub struct Acceptor {
-    listener: TcpListener,
+pub struct Acceptor<L = TcpListener> {
+    listener: L,
     /// The next pause, while an episode lasts.
     pause: Duration,
     /// Failures in the current episode, and when it began.
@@ -325,8 +423,8 @@ pub struct Acceptor {
     since: Option<Instant>,
 }
 
-impl Acceptor {
-    pub fn new(listener: TcpListener) -> Self {
+impl<L: Listening> Acceptor<L> {
+    pub fn new(listener: L) -> Self {
         Self {
             listener,
             pause: BACKOFF_MIN,
@@ -335,15 +433,15 @@ impl Acceptor {
         }
     }
 
-    pub fn listener(&self) -> &TcpListener {
+    pub fn listener(&self) -> &L {
         &self.listener
     }
 
     /// The next connection; failures are counted in `stats.accept_errors` and waited out.
     /// Cancel-safe: a connection is only taken from the queue when it is returned.
-    pub async fn accept(&mut self, stats: &Stats) -> (TcpStream, SocketAddr) {
+    pub async fn accept(&mut self, stats: &Stats) -> (L::Stream, SocketAddr) {
         loop {
-            match self.listener.accept().await {
+            match self.listener.accept_conn().await {
                 Ok(conn) => {
                     if let Some(since) = self.since.take() {
                         tracing::info!(
@@ -386,9 +484,7 @@ impl Acceptor {
     }
 
     fn local(&self) -> String {
-        self.listener
-            .local_addr()
-            .map_or_else(|_| "?".to_string(), |a| a.to_string())
+        self.listener.describe()
     }
 }
 

@@ -37,6 +37,7 @@ pub struct Target {
 }
 
 /// TLS alert descriptions we send when refusing (RFC 8446 6.2).
+const ALERT_ACCESS_DENIED: u8 = 49;
 const ALERT_DECODE_ERROR: u8 = 50;
 const ALERT_UNRECOGNIZED_NAME: u8 = 112;
 
@@ -45,28 +46,36 @@ pub async fn run<C>(client: C, upstream: Stream, ctx: &ConnCtx, target: &Target,
 where
     C: AsyncRead + AsyncWrite + crate::relay::Peer + Unpin,
 {
-    run_with(client, upstream, ctx, target, tcp, BytesMut::with_capacity(2048)).await;
-}
-
-/// [`run`] with the client's first bytes already read into `buf`.
-async fn run_with<C>(
-    mut client: C,
-    mut upstream: Stream,
-    ctx: &ConnCtx,
-    target: &Target,
-    tcp: &mut TcpConn,
-    buf: BytesMut,
-) where
-    C: AsyncRead + AsyncWrite + crate::relay::Peer + Unpin,
-{
-    let shared = &ctx.shared;
-    let mut buf = buf;
-    let first = detect(&mut client, &mut buf, shared.config.sniff_timeout, Some(&upstream)).await;
+    let mut client = client;
+    let mut buf = BytesMut::with_capacity(2048);
+    let first = detect(&mut client, &mut buf, ctx.shared.config.sniff_timeout, Some(&upstream)).await;
     if let Detected::Tls { sni: Some(sni) } = &first {
         tcp.set_server_name(sni);
     }
-    let refuse = match &first {
-        Detected::Closed => return,
+    match screen(&first, ctx, target) {
+        Screen::Closed => {}
+        Screen::Refuse(flags, alert) => refuse(client, tcp, flags, alert).await,
+        Screen::Relay => relay(client, upstream, ctx, target, tcp, buf).await,
+    }
+}
+
+/// What a tunnel does with a client whose first bytes were `first`.
+enum Screen {
+    /// The client left before sending anything.
+    Closed,
+    /// Refused with this flag, and this TLS alert when the client spoke TLS.
+    Refuse(Flags, Option<u8>),
+    Relay,
+}
+
+/// The checks every tunnel makes on its first bytes: a ClientHello's SNI must agree with a
+/// CONNECT to a name (a shared proxy must never let a client name one host and reach another:
+/// the route and the policy were decided for the CONNECT host), a port declared TLS must get a
+/// ClientHello, and a malformed one is refused.
+fn screen(first: &Detected, ctx: &ConnCtx, target: &Target) -> Screen {
+    let shared = &ctx.shared;
+    match first {
+        Detected::Closed => Screen::Closed,
         Detected::Tls { sni: Some(sni) }
             if target.host.parse::<std::net::IpAddr>().is_err() && !sni.eq_ignore_ascii_case(&target.host) =>
         {
@@ -75,15 +84,15 @@ async fn run_with<C>(
                 peer = %ctx.peer, connect = %target.host, port = target.port, sni = %sni,
                 "tunnel refused: the TLS server name differs from the CONNECT target"
             );
-            Some(Some(ALERT_UNRECOGNIZED_NAME))
+            Screen::Refuse(Flags::NR, Some(ALERT_UNRECOGNIZED_NAME))
         }
-        Detected::Tls { .. } => None,
+        Detected::Tls { .. } => Screen::Relay,
         // Includes a TLS record other than a handshake first (a ChangeCipherSpec): it would hide
         // the ClientHello behind it from the SNI check, from a server that skips it.
         Detected::BadTls(reason) => {
             shared.stats.bad_tunnel_traffic.fetch_add(1, Ordering::Relaxed);
             tracing::info!(peer = %ctx.peer, host = %target.host, port = target.port, reason, "tunnel refused: malformed TLS ClientHello");
-            Some(Some(ALERT_DECODE_ERROR))
+            Screen::Refuse(Flags::DPE, Some(ALERT_DECODE_ERROR))
         }
         Detected::Http1 | Detected::H2c | Detected::Other | Detected::Nothing if target.expects_tls => {
             shared.stats.bad_tunnel_traffic.fetch_add(1, Ordering::Relaxed);
@@ -91,22 +100,36 @@ async fn run_with<C>(
                 peer = %ctx.peer, host = %target.host, port = target.port, cluster = %target.cluster,
                 "tunnel refused: the port is declared TLS but the client did not start a TLS handshake"
             );
-            Some(None)
+            Screen::Refuse(Flags::DPE, None)
         }
-        Detected::Http1 | Detected::H2c | Detected::Other | Detected::Nothing => None,
-    };
-    if let Some(alert) = refuse {
-        let flags = match alert {
-            Some(ALERT_UNRECOGNIZED_NAME) => Flags::NR,
-            _ => Flags::DPE,
-        };
-        tcp.refused(flags, "");
-        if let Some(desc) = alert {
-            let _ = client.write_all(&[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, desc]).await;
-        }
-        let _ = client.shutdown().await;
-        return;
+        Detected::Http1 | Detected::H2c | Detected::Other | Detected::Nothing => Screen::Relay,
     }
+}
+
+/// Refuses a tunnel's client (`flags` for its access log line): the TLS alert `alert` when it
+/// spoke TLS, then a close.
+async fn refuse<C>(mut client: C, tcp: &mut TcpConn, flags: Flags, alert: Option<u8>)
+where
+    C: AsyncWrite + Unpin,
+{
+    tcp.refused(flags, "");
+    if let Some(desc) = alert {
+        let _ = client.write_all(&[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, desc]).await;
+    }
+    let _ = client.shutdown().await;
+}
+
+/// `alert` for a client that spoke TLS, which understands one; none for any other.
+fn tls_alert(first: &Detected, alert: u8) -> Option<u8> {
+    matches!(first, Detected::Tls { .. }).then_some(alert)
+}
+
+/// Relays a screened tunnel, `buf` (its first bytes) first.
+async fn relay<C>(mut client: C, mut upstream: Stream, ctx: &ConnCtx, target: &Target, tcp: &mut TcpConn, buf: BytesMut)
+where
+    C: AsyncRead + AsyncWrite + crate::relay::Peer + Unpin,
+{
+    let shared = &ctx.shared;
     tcp.relayed((buf.len() as u64, 0));
     if !buf.is_empty() && upstream.write_all(&buf).await.is_err() {
         return;
@@ -178,7 +201,7 @@ where
                 %peer, %host, port,
                 "the service port is declared HTTP but the client speaks TLS through the tunnel: relaying it as TLS"
             );
-            relay_tls(client, &ctx, host, port, buf).await;
+            route_first_bytes(client, &ctx, host, port, false, buf).await;
         }
         Detected::Closed => {}
         Detected::Nothing => {
@@ -203,19 +226,88 @@ where
     }
 }
 
-/// TLS in a tunnel to an HTTP port: connects to the target and relays, as [`run`] does.
-async fn relay_tls<C>(client: C, ctx: &Arc<ConnCtx>, host: String, port: u16, buf: BytesMut)
-where
+/// A CONNECT tunnel to `host:port` routed by its first bytes (already answered 200): they
+/// are read (`buf` may hold them already) and screened as any tunnel's ([`screen`]); then the
+/// registry's decision goes through the service port's TLS and TCP rules with the SNI they
+/// give ([`route::hello_sni`]), as a captured connection's does; then it connects and relays.
+/// Used where the SNI is not known from the request ([`route::TunnelSni::FirstBytes`]), and
+/// for TLS sent through a tunnel to a port declared HTTP. `expects_tls`: the port is declared
+/// TLS, so anything but a ClientHello is refused.
+pub(crate) async fn route_first_bytes<C>(
+    mut client: C,
+    ctx: &ConnCtx,
+    host: String,
+    port: u16,
+    expects_tls: bool,
+    buf: BytesMut,
+) where
     C: AsyncRead + AsyncWrite + crate::relay::Peer + Unpin,
 {
     let shared = &ctx.shared;
-    let decision = route::route(&ctx.snapshot, &host, port);
+    let snap = &ctx.snapshot;
+    let mut buf = buf;
+    let first = detect(&mut client, &mut buf, shared.config.sniff_timeout, None).await;
+    let registry = route::route(snap, &host, port);
+    let mut target = Target {
+        host,
+        port,
+        expects_tls,
+        cluster: registry.cluster_name().to_string(),
+    };
+    let alert = match screen(&first, ctx, &target) {
+        Screen::Closed => return,
+        Screen::Refuse(flags, alert) => Some((flags, alert)),
+        Screen::Relay => None,
+    };
+    let sni = route::hello_sni(&target.host, &first);
+    let dst = route::tunnel_dst(snap, &shared.dns, &registry, &target.host).await;
+    let routed = route::l4_route(snap, registry, dst, sni);
+    let mut tcp = TcpConn::open(
+        shared,
+        routed.as_ref().map_or(Routed::Unknown, Routed::of),
+        ctx.peer,
+        None,
+        None,
+    );
+    if let Detected::Tls { sni: Some(sni) } = &first {
+        tcp.set_server_name(sni);
+    }
+    if let Some((flags, alert)) = alert {
+        refuse(client, &mut tcp, flags, alert).await;
+        return;
+    }
+    let decision = match routed {
+        Ok(Decision::Blocked) => {
+            shared.stats.blocked.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(peer = %ctx.peer, host = %target.host, port, "tunnel refused: blocked by REGISTRY_ONLY");
+            refuse(client, &mut tcp, Flags::NR, tls_alert(&first, ALERT_ACCESS_DENIED)).await;
+            return;
+        }
+        Ok(d) => d,
+        Err(missing) => {
+            tracing::warn!(
+                peer = %ctx.peer, host = %target.host, port, sni, vs = missing.vs, reason = missing.reason,
+                "tunnel refused: the VirtualService routes to a missing destination"
+            );
+            refuse(client, &mut tcp, Flags::NR, tls_alert(&first, ALERT_ACCESS_DENIED)).await;
+            return;
+        }
+    };
     let cluster = match &decision {
         Decision::Cluster { cluster, .. } => Some(&***cluster),
         Decision::Passthrough | Decision::Blocked => None,
     };
-    let mut tcp = TcpConn::open(shared, Routed::of(&decision), ctx.peer, None, None);
-    let upstream = match forward::connect_stream(shared, cluster, &Original { host: &host, port }).await {
+    target.cluster = decision.cluster_name().to_string();
+    let upstream = match forward::connect_stream(
+        shared,
+        cluster,
+        &Original {
+            host: &target.host,
+            port,
+        },
+    )
+    .await
+    {
         Ok((stream, addr)) => {
             tcp.connected(&addr, &stream);
             stream
@@ -223,18 +315,13 @@ where
         Err(e) => {
             tcp.failed(&e);
             shared.stats.count_upstream_error(&e);
-            tracing::info!(peer = %ctx.peer, %host, port, flags = e.flag(), error = %e, "tunnel failed upstream");
+            tracing::info!(peer = %ctx.peer, host = %target.host, port, cluster = %target.cluster, flags = e.flag(), error = %e, "tunnel failed upstream");
+            let _ = client.shutdown().await;
             return;
         }
     };
     shared.stats.tunnels.fetch_add(1, Ordering::Relaxed);
-    let target = Target {
-        host,
-        port,
-        expects_tls: false,
-        cluster: decision.cluster_name().to_string(),
-    };
-    run_with(client, upstream, ctx, &target, &mut tcp, buf).await;
+    relay(client, upstream, ctx, &target, &mut tcp, buf).await;
 }
 
 /// An HTTP/1.1 request that asks to switch protocols (`Upgrade`), and where it goes.

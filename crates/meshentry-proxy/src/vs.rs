@@ -340,6 +340,36 @@ struct TcpRule {
     total: u32,
 }
 
+/// Whether `subnets` (a match's `destinationSubnets`) admit a connection to `dst`: no subnets
+/// admit all; an unknown destination (`None`) is in no subnet.
+fn in_subnets(subnets: &[IpNet], dst: Option<IpAddr>) -> bool {
+    subnets.is_empty() || dst.is_some_and(|ip| subnets.iter().any(|n| n.contains(&ip)))
+}
+
+impl TlsRule {
+    /// E7: a match whose `sniHosts` cover `sni` (lower case) and whose subnets admit `dst`.
+    fn applies(&self, sni: &str, dst: Option<IpAddr>) -> bool {
+        self.matches
+            .iter()
+            .any(|m| m.sni.iter().any(|h| covers(h, sni)) && in_subnets(&m.subnets, dst))
+    }
+}
+
+impl TcpRule {
+    /// E7: no match, or a match whose subnets admit `dst`.
+    fn applies(&self, dst: Option<IpAddr>) -> bool {
+        self.matches.is_empty() || self.matches.iter().any(|subnets| in_subnets(subnets, dst))
+    }
+}
+
+impl L4Routes {
+    /// Whether some match names `destinationSubnets`, so the destination address matters.
+    fn has_subnets(&self) -> bool {
+        self.tls.iter().flat_map(|r| &*r.matches).any(|m| !m.subnets.is_empty())
+            || self.tcp.iter().flat_map(|r| &*r.matches).any(|s| !s.is_empty())
+    }
+}
+
 // === Matching ===
 
 /// What HTTP matching reads from a request, so the fast path (bytes in place) and the hyper
@@ -598,52 +628,56 @@ impl RouteTables {
     /// that the registry gave to `service:port`. `None`: no rule applies (the default route).
     #[inline]
     pub fn l4_pick(&self, service: &Service, port: u32, dst: IpAddr, sni: Option<&str>) -> Option<&WeightedDest> {
-        let hit = self.l4_rule(service, port, dst, sni)?;
-        pick(hit.dests, hit.total)
+        self.l4_rule(service, port, dst, sni)?.pick()
     }
 
     /// E7: the TLS or TCP rule [`RouteTables::l4_pick`] picks its destination from.
     #[inline]
     pub fn l4_rule(&self, service: &Service, port: u32, dst: IpAddr, sni: Option<&str>) -> Option<L4Hit<'_>> {
+        self.l4_rule_at(service, port, Some(dst), sni)
+    }
+
+    /// [`RouteTables::l4_rule`] for a connection whose destination address may be unknown
+    /// (`None`: a CONNECT to a name that did not resolve), which no `destinationSubnets` match.
+    pub fn l4_rule_at(
+        &self,
+        service: &Service,
+        port: u32,
+        dst: Option<IpAddr>,
+        sni: Option<&str>,
+    ) -> Option<L4Hit<'_>> {
         if self.l4.is_empty() {
             return None;
         }
         let routes = self.l4.get(&(service as *const Service as usize, port))?;
         if let Some(sni) = sni {
             let sni = sni.to_ascii_lowercase();
-            for rule in &*routes.tls {
-                let matched = rule.matches.iter().any(|m| {
-                    m.sni.iter().any(|h| covers(h, &sni))
-                        && (m.subnets.is_empty() || m.subnets.iter().any(|n| n.contains(&dst)))
-                });
-                if matched {
-                    return Some(L4Hit {
-                        vs: &routes.vs,
-                        kind: L4Kind::Tls,
-                        index: rule.index,
-                        dests: &rule.dests,
-                        total: rule.total,
-                    });
-                }
-            }
-        }
-        for rule in &*routes.tcp {
-            if rule.matches.is_empty()
-                || rule
-                    .matches
-                    .iter()
-                    .any(|subnets| subnets.is_empty() || subnets.iter().any(|n| n.contains(&dst)))
-            {
+            if let Some(rule) = routes.tls.iter().find(|r| r.applies(&sni, dst)) {
                 return Some(L4Hit {
                     vs: &routes.vs,
-                    kind: L4Kind::Tcp,
+                    kind: L4Kind::Tls,
                     index: rule.index,
                     dests: &rule.dests,
                     total: rule.total,
                 });
             }
         }
-        None
+        let rule = routes.tcp.iter().find(|r| r.applies(dst))?;
+        Some(L4Hit {
+            vs: &routes.vs,
+            kind: L4Kind::Tcp,
+            index: rule.index,
+            dests: &rule.dests,
+            total: rule.total,
+        })
+    }
+
+    /// Whether a rule for `service:port` matches on `destinationSubnets`: only then does a
+    /// CONNECT to a name need the name's address to be routed.
+    pub fn l4_needs_address(&self, service: &Service, port: u32) -> bool {
+        self.l4
+            .get(&(service as *const Service as usize, port))
+            .is_some_and(|r| r.has_subnets())
     }
 
     /// `namespace/name` of the VirtualService whose TLS or TCP rules apply to `service:port`.
@@ -678,6 +712,14 @@ pub struct L4Hit<'a> {
     pub dests: &'a [WeightedDest],
     /// The sum of the weights.
     pub total: u32,
+}
+
+impl<'a> L4Hit<'a> {
+    /// E5: a weighted random destination of the rule; `None` when it has none (then the
+    /// connection takes the default route).
+    pub fn pick(&self) -> Option<&'a WeightedDest> {
+        pick(self.dests, self.total)
+    }
 }
 
 /// B11 for SNI and names: exact, or `*.suffix` covering a longer name; `*` covers all.
@@ -791,7 +833,13 @@ impl RouteTables {
                         );
                     }
                 }
-                let (tls, tcp) = ctx.l4_rules(vs, port.number);
+                let (mut tls, tcp) = ctx.l4_rules(vs, port.number);
+                // Istio builds SNI filter chains from `tls` rules for ports declared TLS or
+                // HTTPS only (pilot/pkg/networking/core/tls.go,
+                // buildSidecarOutboundTLSFilterChainOpts); on any other port they never match.
+                if !p.is_tls() {
+                    tls.clear();
+                }
                 if !tls.is_empty() || !tcp.is_empty() {
                     tables.l4.insert(
                         (key, port.number),
@@ -927,31 +975,19 @@ impl GatewayRoutes {
 
     /// E7 at a gateway: the first TLS rule (by SNI) or TCP rule of the bound VirtualServices
     /// that applies to a connection to `dst`.
-    pub fn l4_pick(&self, dst: IpAddr, sni: Option<&str>) -> Option<&WeightedDest> {
-        let sni = sni.map(str::to_ascii_lowercase);
-        if let Some(sni) = &sni {
+    /// `dst`: the address the connection was accepted on (`None` on a unix socket, which no
+    /// `destinationSubnets` match).
+    pub fn l4_pick(&self, dst: Option<IpAddr>, sni: Option<&str>) -> Option<&WeightedDest> {
+        if let Some(sni) = sni.map(str::to_ascii_lowercase) {
             for routes in &self.l4 {
-                for rule in &*routes.tls {
-                    let hit = rule.matches.iter().any(|m| {
-                        m.sni.iter().any(|h| covers(h, sni))
-                            && (m.subnets.is_empty() || m.subnets.iter().any(|n| n.contains(&dst)))
-                    });
-                    if hit {
-                        return pick(&rule.dests, rule.total);
-                    }
+                if let Some(rule) = routes.tls.iter().find(|r| r.applies(&sni, dst)) {
+                    return pick(&rule.dests, rule.total);
                 }
             }
         }
         for routes in &self.l4 {
-            for rule in &*routes.tcp {
-                if rule.matches.is_empty()
-                    || rule
-                        .matches
-                        .iter()
-                        .any(|subnets| subnets.is_empty() || subnets.iter().any(|n| n.contains(&dst)))
-                {
-                    return pick(&rule.dests, rule.total);
-                }
+            if let Some(rule) = routes.tcp.iter().find(|r| r.applies(dst)) {
+                return pick(&rule.dests, rule.total);
             }
         }
         None

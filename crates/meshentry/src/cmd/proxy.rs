@@ -12,7 +12,7 @@ use meshentry_proxy::config::{IdentityFiles, Limits, OutboundPolicy, ProxyConfig
 use meshentry_proxy::dns::{Dns, DnsConfig};
 use meshentry_proxy::gateway::serve_gateway;
 use meshentry_proxy::outbound::serve_outbound;
-use meshentry_proxy::server::{Shared, serve_http_proxy};
+use meshentry_proxy::server::{ListenAddr, Shared, serve_http_proxy};
 use meshentry_proxy::snapshot::Snapshot;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
@@ -39,7 +39,8 @@ pub struct Args {
     /// --http-proxy or --outbound name an address.
     #[arg(long, value_name = "NAMESPACE/NAME", value_parser = parse_gateway)]
     pub gateway: Option<String>,
-    /// With --gateway: the IP address the servers' ports are bound to (0.0.0.0 for all).
+    /// With --gateway: the IP address the ports of servers without a `bind` are bound to
+    /// (0.0.0.0 for all). A server's own `bind` (an IP, or `unix://PATH`) is honoured.
     #[arg(long, default_value = "127.0.0.1", requires = "gateway")]
     pub gateway_bind: IpAddr,
     /// Where the explicit HTTP proxy listens (point HTTP_PROXY/HTTPS_PROXY here); `off` for
@@ -316,7 +317,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         let listeners = started
             .listeners
             .iter()
-            .map(|(kind, addr, _)| Ok((*kind, *addr, reuse_port_socket(*addr)?)))
+            .map(|(kind, addr, socket)| Ok((*kind, addr.clone(), socket.another(addr)?)))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let (tx, queue) = mpsc::unbounded_channel();
         commands.push(tx);
@@ -333,7 +334,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     }
     main.block_on(async move {
         let shared = started.shared;
-        let bound: Vec<(Listen, SocketAddr)> = started.listeners.iter().map(|(k, a, _)| (*k, *a)).collect();
+        let bound: Vec<(Listen, ListenAddr)> = started.listeners.iter().map(|(k, a, _)| (*k, a.clone())).collect();
         let worker = tokio::spawn(workers::run(
             started.listeners,
             shared.clone(),
@@ -361,7 +362,6 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
                 gateway: args.gateway.clone(),
                 labels: args.labels.0.clone(),
             },
-            args.gateway_bind,
             shared.clone(),
             commands,
             &bound,
@@ -426,8 +426,8 @@ enum Listen {
     HttpProxy,
     /// Redirected connections (`--outbound`).
     Outbound,
-    /// A server port of the Gateway this proxy runs as (`--gateway`).
-    Gateway(u16),
+    /// A listener (a port and bind) of the Gateway this proxy runs as (`--gateway`).
+    Gateway,
 }
 
 impl Listen {
@@ -436,24 +436,35 @@ impl Listen {
         match self {
             Listen::HttpProxy => "http_proxy",
             Listen::Outbound => "outbound",
-            Listen::Gateway(_) => "gateway",
+            Listen::Gateway => "gateway",
         }
     }
 }
 
-async fn serve(kind: Listen, listener: TcpListener, shared: Arc<Shared>, stopped: watch::Receiver<bool>) {
-    match kind {
-        Listen::HttpProxy => serve_http_proxy(listener, shared, stopped).await,
-        Listen::Outbound => serve_outbound(listener, shared, stopped).await,
-        Listen::Gateway(port) => serve_gateway(listener, port, shared, stopped).await,
+/// A worker's listening socket, on its runtime.
+enum Bound {
+    Tcp(TcpListener),
+    Unix(tokio::net::UnixListener),
+}
+
+async fn serve(kind: Listen, addr: ListenAddr, listener: Bound, shared: Arc<Shared>, stopped: watch::Receiver<bool>) {
+    match (kind, listener) {
+        (Listen::HttpProxy, Bound::Tcp(l)) => serve_http_proxy(l, shared, stopped).await,
+        (Listen::Outbound, Bound::Tcp(l)) => serve_outbound(l, shared, stopped).await,
+        (Listen::Gateway, Bound::Tcp(l)) => serve_gateway(l, addr, shared, stopped).await,
+        (Listen::Gateway, Bound::Unix(l)) => serve_gateway(l, addr, shared, stopped).await,
+        // Only a Gateway server's `bind` names a unix socket.
+        (kind, Bound::Unix(_)) => {
+            tracing::error!(%addr, kind = kind.name(), "a unix socket for a TCP-only listener: not served")
+        }
     }
 }
 
 struct Started {
     shared: Arc<Shared>,
     /// Each listener's kind, its bound address (the flag may say port 0) and the first
-    /// worker's socket; the other workers bind the address again with SO_REUSEPORT.
-    listeners: Vec<(Listen, SocketAddr, std::net::TcpListener)>,
+    /// worker's socket; the other workers get theirs with [`workers::Socket::another`].
+    listeners: Vec<(Listen, ListenAddr, workers::Socket)>,
     admin: TcpListener,
     admin_limits: AdminLimits,
     stop: watch::Sender<bool>,
@@ -511,6 +522,7 @@ async fn start(args: &Args) -> anyhow::Result<Option<Started>> {
             }),
             _ => None,
         },
+        gateway_bind: args.gateway_bind,
         ..ProxyConfig::default()
     };
     crate::cmd::mesh::proxy_config(&loaded.mesh, &mut config);
@@ -544,8 +556,11 @@ async fn start(args: &Args) -> anyhow::Result<Option<Started>> {
     } else {
         args.outbound.iter().flatten().copied().collect()
     };
-    let mut wanted: Vec<(Listen, SocketAddr)> = http_proxy.iter().map(|a| (Listen::HttpProxy, *a)).collect();
-    wanted.extend(outbound.iter().map(|a| (Listen::Outbound, *a)));
+    let mut wanted: Vec<(Listen, ListenAddr)> = http_proxy
+        .iter()
+        .map(|a| (Listen::HttpProxy, ListenAddr::Tcp(*a)))
+        .collect();
+    wanted.extend(outbound.iter().map(|a| (Listen::Outbound, ListenAddr::Tcp(*a))));
     if let Some(gw) = &snapshot.gateway {
         for l in &gw.listeners {
             if let Some(reason) = l.errors().next() {
@@ -556,22 +571,22 @@ async fn start(args: &Args) -> anyhow::Result<Option<Started>> {
             if !l.served() {
                 continue;
             }
-            tracing::info!(gateway = %gw.name, port = l.port, protocol = %l.protocol, serves = %l.describe(),
+            tracing::info!(gateway = %gw.name, port = l.port, bind = %l.bind, protocol = %l.protocol, serves = %l.describe(),
                 vhosts = %l.vhosts().map(|(h, r)| format!("{h} ({})", r.vs)).collect::<Vec<_>>().join(", "),
                 "gateway server");
-            wanted.push((Listen::Gateway(l.port), SocketAddr::new(args.gateway_bind, l.port)));
+            wanted.push((Listen::Gateway, l.addr()));
         }
     }
     // Bind once to learn the ports (the flags may say :0); other workers bind them again.
     let mut listeners = Vec::new();
     for (kind, addr) in wanted {
-        let socket = reuse_port_socket(addr)?;
-        listeners.push((kind, socket.local_addr()?, socket));
+        let socket = workers::Socket::bind(&addr)?;
+        listeners.push((kind, socket.local(&addr)?, socket));
     }
     let admin = TcpListener::bind(args.admin)
         .await
         .with_context(|| format!("cannot listen on {} (admin)", args.admin))?;
-    let mut local: Vec<SocketAddr> = listeners.iter().map(|(_, a, _)| *a).collect();
+    let mut local: Vec<SocketAddr> = listeners.iter().filter_map(|(_, _, s)| s.tcp_addr()).collect();
     local.push(admin.local_addr()?);
     let of_kind = |f: fn(&Listen) -> bool| {
         listeners
@@ -583,7 +598,7 @@ async fn start(args: &Args) -> anyhow::Result<Option<Started>> {
     };
     tracing::info!(
         http_proxy = %of_kind(|k| matches!(k, Listen::HttpProxy)), outbound = %of_kind(|k| matches!(k, Listen::Outbound)),
-        gateway = %args.gateway.as_deref().unwrap_or("-"), gateway_listeners = %of_kind(|k| matches!(k, Listen::Gateway(_))), admin = %admin.local_addr()?, namespace = %config.namespace,
+        gateway = %args.gateway.as_deref().unwrap_or("-"), gateway_listeners = %of_kind(|k| matches!(k, Listen::Gateway)), admin = %admin.local_addr()?, namespace = %config.namespace,
         services = snapshot.registry.services().len(), policy = %snapshot.policy, policy_source = %snapshot.policy_source,
         scope = %snapshot.scope.as_ref().map_or_else(|| "-".to_string(), |s| s.source()),
         "meshentry proxy started"

@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -16,15 +16,15 @@ use std::time::{Duration, Instant, SystemTime};
 
 use meshentry_api::Finding;
 use meshentry_proxy::lifecycle::{ListenerState, Rejection};
-use meshentry_proxy::server::Shared;
+use meshentry_proxy::server::{ListenAddr, Shared};
 use meshentry_proxy::snapshot::Snapshot;
 use notify::Watcher;
 use notify::event::{AccessKind, AccessMode, EventKind};
 use tokio::signal::unix::Signal;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::workers::Command;
-use super::{Listen, reuse_port_socket};
+use super::Listen;
+use super::workers::{Command, Socket};
 
 /// However often files keep changing, a reload happens at least this often.
 const MAX_DEBOUNCE: Duration = Duration::from_secs(2);
@@ -62,7 +62,6 @@ pub struct Input {
 /// Reloads the configuration and keeps the Gateway's listeners in step with it.
 pub struct Reloader {
     input: Input,
-    gateway_bind: IpAddr,
     shared: Arc<Shared>,
     /// Each worker's command queue; index 0 is the main thread's.
     workers: Vec<mpsc::UnboundedSender<Command>>,
@@ -70,10 +69,10 @@ pub struct Reloader {
     fixed: Vec<ListenerState>,
     /// The admin listener's address, one of the proxy's own for the loop guard.
     admin: SocketAddr,
-    /// The Gateway server ports served now.
-    gateway_ports: BTreeSet<u16>,
-    /// Gateway server ports that would not bind, and why; tried again at the next reload.
-    failed: BTreeMap<u16, String>,
+    /// The Gateway listeners (server port and bind) served now.
+    gateway_addrs: BTreeSet<ListenAddr>,
+    /// Gateway listeners that would not bind, and why; tried again at the next reload.
+    failed: BTreeMap<ListenAddr, String>,
     /// Fingerprints of the configuration in force and of the last one refused.
     applied: Option<u64>,
     rejected: Option<u64>,
@@ -82,35 +81,33 @@ pub struct Reloader {
 impl Reloader {
     pub fn new(
         input: Input,
-        gateway_bind: IpAddr,
         shared: Arc<Shared>,
         workers: Vec<mpsc::UnboundedSender<Command>>,
-        listeners: &[(Listen, SocketAddr)],
+        listeners: &[(Listen, ListenAddr)],
         admin: SocketAddr,
         applied: Option<u64>,
     ) -> Self {
         let mut fixed = Vec::new();
-        let mut gateway_ports = BTreeSet::new();
+        let mut gateway_addrs = BTreeSet::new();
         for (kind, addr) in listeners {
             match kind {
-                Listen::Gateway(port) => {
-                    gateway_ports.insert(*port);
+                Listen::Gateway => {
+                    gateway_addrs.insert(addr.clone());
                 }
                 _ => fixed.push(ListenerState {
                     kind: kind.name(),
-                    address: *addr,
+                    address: addr.clone(),
                     error: None,
                 }),
             }
         }
         let reloader = Self {
             input,
-            gateway_bind,
             shared,
             workers,
             fixed,
             admin,
-            gateway_ports,
+            gateway_addrs,
             failed: BTreeMap::new(),
             applied,
             rejected: None,
@@ -225,37 +222,37 @@ impl Reloader {
         }
         let generation = snapshot.generation;
         let services = snapshot.registry.services().len();
-        let wanted = gateway_ports(&snapshot);
-        // New ports are bound (one socket per worker) before the swap: from the moment the new
-        // generation is in force, their connections queue until the workers accept them.
+        let wanted = gateway_addrs(&snapshot);
+        // New listeners are bound (one socket per worker) before the swap: from the moment the
+        // new generation is in force, their connections queue until the workers accept them.
         let mut opened = Vec::new();
-        self.failed.retain(|p, _| wanted.contains(p));
-        for &port in wanted.difference(&self.gateway_ports) {
-            let addr = SocketAddr::new(self.gateway_bind, port);
-            match (0..self.workers.len())
-                .map(|_| reuse_port_socket(addr))
-                .collect::<anyhow::Result<Vec<_>>>()
-            {
+        self.failed.retain(|a, _| wanted.contains(a));
+        for addr in wanted.difference(&self.gateway_addrs) {
+            match self.sockets(addr) {
                 Ok(sockets) => {
-                    self.failed.remove(&port);
-                    opened.push((port, addr, sockets));
+                    self.failed.remove(addr);
+                    opened.push((addr.clone(), sockets));
                 }
                 Err(e) => {
                     tracing::error!(%addr, error = format!("{e:#}"), "Gateway server port not served: cannot listen");
                     self.shared.stats.listener_errors.fetch_add(1, Ordering::Relaxed);
-                    self.failed.insert(port, format!("{e:#}"));
+                    self.failed.insert(addr.clone(), format!("{e:#}"));
                 }
             }
         }
-        // Removed ports close before the swap, so a connection one of them accepted is routed
-        // by the snapshot that still has its server.
-        let removed: Vec<u16> = self.gateway_ports.difference(&wanted).copied().collect();
+        // Removed listeners close before the swap, so a connection one of them accepted is
+        // routed by the snapshot that still has its server.
+        let removed: Vec<ListenAddr> = self.gateway_addrs.difference(&wanted).cloned().collect();
         let mut acks = Vec::new();
-        for &port in &removed {
-            let addr = SocketAddr::new(self.gateway_bind, port);
+        for addr in &removed {
             for w in &self.workers {
                 let (done, ack) = oneshot::channel();
-                if w.send(Command::Close { addr, done }).is_ok() {
+                if w.send(Command::Close {
+                    addr: addr.clone(),
+                    done,
+                })
+                .is_ok()
+                {
                     acks.push(ack);
                 }
             }
@@ -266,25 +263,25 @@ impl Reloader {
             }
         };
         if tokio::time::timeout(CLOSE_TIMEOUT, closing).await.is_err() {
-            tracing::warn!(ports = ?removed, "removed Gateway listeners did not all close in time");
+            tracing::warn!(listeners = ?removed, "removed Gateway listeners did not all close in time");
         }
 
         self.shared.snapshot.store(Arc::from(snapshot));
 
-        for (port, addr, sockets) in opened {
+        for (addr, sockets) in opened {
             for (w, socket) in self.workers.iter().zip(sockets) {
                 let _ = w.send(Command::Open {
-                    kind: Listen::Gateway(port),
-                    addr,
+                    kind: Listen::Gateway,
+                    addr: addr.clone(),
                     socket,
                 });
             }
             tracing::info!(%addr, "Gateway server port opened");
-            self.gateway_ports.insert(port);
+            self.gateway_addrs.insert(addr);
         }
-        for port in &removed {
-            tracing::info!(addr = %SocketAddr::new(self.gateway_bind, *port), "Gateway server port closed");
-            self.gateway_ports.remove(port);
+        for addr in &removed {
+            tracing::info!(%addr, "Gateway server port closed");
+            self.gateway_addrs.remove(addr);
         }
         self.publish_listeners();
         self.applied = fingerprint;
@@ -301,28 +298,39 @@ impl Reloader {
         );
     }
 
+    /// One socket per worker for the Gateway listener `addr`.
+    fn sockets(&self, addr: &ListenAddr) -> anyhow::Result<Vec<Socket>> {
+        let first = Socket::bind(addr)?;
+        let mut all = Vec::with_capacity(self.workers.len());
+        for _ in 1..self.workers.len() {
+            all.push(first.another(addr)?);
+        }
+        all.insert(0, first);
+        Ok(all)
+    }
+
     fn publish_listeners(&self) {
         let mut all = self.fixed.clone();
-        for &port in &self.gateway_ports {
+        for addr in &self.gateway_addrs {
             all.push(ListenerState {
-                kind: Listen::Gateway(port).name(),
-                address: SocketAddr::new(self.gateway_bind, port),
+                kind: Listen::Gateway.name(),
+                address: addr.clone(),
                 error: None,
             });
         }
-        for (&port, error) in &self.failed {
+        for (addr, error) in &self.failed {
             all.push(ListenerState {
-                kind: Listen::Gateway(port).name(),
-                address: SocketAddr::new(self.gateway_bind, port),
+                kind: Listen::Gateway.name(),
+                address: addr.clone(),
                 error: Some(error.clone()),
             });
         }
         // Requests to a Gateway port opened by this reload would loop as much as requests to
-        // the listeners the proxy started with.
+        // the listeners the proxy started with (a unix socket is never a request's target).
         let own = all
             .iter()
             .filter(|l| l.error.is_none())
-            .map(|l| l.address)
+            .filter_map(|l| l.address.tcp())
             .chain([self.admin]);
         self.shared.set_local_addrs(own);
         self.shared.lifecycle.listeners.store(Arc::new(all));
@@ -392,14 +400,14 @@ fn prepare(input: &Input, shared: &Shared, applied: Option<u64>, rejected: Optio
     }
 }
 
-/// The Gateway server ports a snapshot serves.
-pub fn gateway_ports(snapshot: &Snapshot) -> BTreeSet<u16> {
+/// The Gateway listeners (server port and bind) a snapshot serves.
+pub fn gateway_addrs(snapshot: &Snapshot) -> BTreeSet<ListenAddr> {
     snapshot
         .gateway
         .iter()
         .flat_map(|gw| &gw.listeners)
         .filter(|l| l.served())
-        .map(|l| l.port)
+        .map(|l| l.addr())
         .collect()
 }
 
