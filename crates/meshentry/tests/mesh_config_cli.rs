@@ -481,3 +481,65 @@ async fn enable_auto_mtls_false_leaves_mesh_traffic_in_plaintext() {
     assert_ne!(status, 200);
     assert_eq!(plain.requests(), 1);
 }
+
+#[test]
+fn iptables_and_ca_take_the_policy_and_trust_domain_from_the_mesh_config() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mesh = write(
+        tmp.path(),
+        "istio.yaml",
+        &configmap("outboundTrafficPolicy:\n  mode: REGISTRY_ONLY\ntrustDomain: corp.example"),
+    );
+    // iptables: REGISTRY_ONLY blocks QUIC by default; the flag still wins.
+    let quic = "--dport 443 -j MESHENTRY_QUIC";
+    let install = |extra: &[&str]| {
+        let mut args = vec!["iptables", "install", "--proxy-uid", "1337", "--dry-run"];
+        args.extend_from_slice(extra);
+        let out = run(&args);
+        assert!(out.status.success(), "{}", text(&out));
+        text(&out)
+    };
+    assert!(!install(&[]).contains(quic));
+    assert!(install(&["--mesh-config", &mesh]).contains(quic));
+    assert!(!install(&["--mesh-config", &mesh, "--outbound-policy", "ALLOW_ANY"]).contains(quic));
+
+    // ca init: the CA's trust domain.
+    let ca = |dir: &str, extra: &[&str]| {
+        let dir = tmp.path().join(dir);
+        let dir_arg = dir.display().to_string();
+        let mut args = vec!["ca", "init", "--dir", dir_arg.as_str()];
+        args.extend_from_slice(extra);
+        let out = run(&args);
+        assert!(out.status.success(), "{}", text(&out));
+        std::fs::read_to_string(dir.join("trust-domain")).unwrap()
+    };
+    assert_eq!(ca("default", &[]), "cluster.local\n");
+    assert_eq!(ca("mesh", &["--mesh-config", &mesh]), "corp.example\n");
+    assert_eq!(
+        ca("flag", &["--mesh-config", &mesh, "--trust-domain", "flag.example"]),
+        "flag.example\n"
+    );
+
+    // A bad value in the file is an error naming file and field, and nothing is written.
+    let bad = write(
+        tmp.path(),
+        "bad.yaml",
+        "trustDomain: \"not a domain\"\noutboundTrafficPolicy: {mode: REGISTRY_ONYL}\n",
+    );
+    let out = run(&[
+        "iptables",
+        "install",
+        "--proxy-uid",
+        "1337",
+        "--dry-run",
+        "--mesh-config",
+        &bad,
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("bad.yaml:2:"), "{}", text(&out));
+    assert!(text(&out).contains("outboundTrafficPolicy.mode"), "{}", text(&out));
+    let dir = tmp.path().join("bad-ca");
+    let out = run(&["ca", "init", "--dir", &dir.display().to_string(), "--mesh-config", &bad]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(!dir.join("ca-key.pem").exists());
+}

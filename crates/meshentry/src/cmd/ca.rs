@@ -27,9 +27,12 @@ pub enum Action {
     Init {
         #[arg(long)]
         dir: PathBuf,
-        /// The SPIFFE trust domain of the identities this CA issues.
-        #[arg(long, default_value = "cluster.local")]
-        trust_domain: String,
+        /// The SPIFFE trust domain of the identities this CA issues. Default: the
+        /// --mesh-config's trustDomain, else cluster.local.
+        #[arg(long)]
+        trust_domain: Option<String>,
+        #[command(flatten)]
+        mesh: crate::cmd::mesh::MeshArgs,
         /// Validity of the CA certificate, in days.
         #[arg(long, default_value_t = 3650)]
         days: u64,
@@ -65,9 +68,19 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         Action::Init {
             dir,
             trust_domain,
+            mesh,
             days,
             force,
-        } => init(dir, trust_domain, *days, *force),
+        } => {
+            let trust_domain = match trust_domain {
+                Some(t) => t.clone(),
+                None => match crate::cmd::mesh::read(mesh)? {
+                    Some(m) => m.trust_domain,
+                    None => return Ok(ExitCode::from(1)),
+                },
+            };
+            init(dir, &trust_domain, *days, *force)
+        }
         Action::Issue {
             dir,
             namespace,

@@ -22,9 +22,12 @@ pub enum Action {
         #[arg(long, value_delimiter = ',')]
         exclude_ports: Vec<u16>,
         /// The outbound traffic policy the proxy enforces; with REGISTRY_ONLY, QUIC is
-        /// blocked unless --block-quic=false says otherwise.
-        #[arg(long, value_parser = ["ALLOW_ANY", "REGISTRY_ONLY"], default_value = "ALLOW_ANY")]
-        outbound_policy: String,
+        /// blocked unless --block-quic=false says otherwise. Default: the --mesh-config's
+        /// outboundTrafficPolicy, else ALLOW_ANY.
+        #[arg(long, value_parser = ["ALLOW_ANY", "REGISTRY_ONLY"])]
+        outbound_policy: Option<String>,
+        #[command(flatten)]
+        mesh: crate::cmd::mesh::MeshArgs,
         /// Reject the application's UDP to port 443 (QUIC, HTTP/3), which capture cannot route
         /// or check, so clients fall back to TCP. Default: on with REGISTRY_ONLY, off with
         /// ALLOW_ANY.
@@ -55,14 +58,22 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
                 outbound_port,
                 exclude_ports,
                 outbound_policy,
+                mesh,
                 block_quic,
                 dry_run,
             } => {
+                let registry_only = match outbound_policy {
+                    Some(p) => p == "REGISTRY_ONLY",
+                    None => match crate::cmd::mesh::read(mesh)? {
+                        Some(m) => m.outbound_policy == meshentry_api::model::OutboundTrafficPolicyMode::RegistryOnly,
+                        None => return Ok(ExitCode::from(1)),
+                    },
+                };
                 let o = CaptureOptions {
                     proxy_uid: *proxy_uid,
                     outbound_port: *outbound_port,
                     exclude_ports: exclude_ports.clone(),
-                    block_quic: block_quic.unwrap_or(outbound_policy == "REGISTRY_ONLY"),
+                    block_quic: block_quic.unwrap_or(registry_only),
                 };
                 if *dry_run {
                     for rule in capture::install_rules(&o, family) {

@@ -1,6 +1,8 @@
 //! `--mesh-config FILE`, for every subcommand that reads configuration: Istio's MeshConfig
 //! (the bare object or the `istio` ConfigMap) read once and applied to the loaded resources and
-//! the proxy's settings. The subcommands' own flags override it.
+//! the proxy's settings (`validate`, `registry`, `explain`, `proxy`), to the capture rules
+//! (`iptables install`: the outbound policy) and to the CA (`ca init`: the trust domain). The
+//! subcommands' own flags override it.
 
 use std::path::PathBuf;
 
@@ -35,6 +37,29 @@ pub fn apply(args: &MeshArgs, loaded: &mut Loaded) -> anyhow::Result<()> {
     };
     mesh.apply(loaded);
     Ok(())
+}
+
+/// `--mesh-config` alone, for the subcommands that read no resources (`iptables install`,
+/// `ca init`): its findings go to stderr; `None` when one is an error (the subcommand then
+/// exits 1, as for an invalid configuration). An unreadable file is an `Err`.
+pub fn read(args: &MeshArgs) -> anyhow::Result<Option<MeshConfig>> {
+    let Some(path) = &args.mesh_config else {
+        return Ok(Some(MeshConfig::default()));
+    };
+    let (mesh, findings) =
+        MeshConfig::load(path).with_context(|| format!("cannot read --mesh-config {}", path.display()))?;
+    for f in &findings {
+        eprintln!("{f}");
+    }
+    let errors = findings
+        .iter()
+        .filter(|f| f.severity == meshentry_api::Severity::Error)
+        .count();
+    if errors > 0 {
+        eprintln!("meshentry: --mesh-config {}: {errors} invalid value(s)", path.display());
+        return Ok(None);
+    }
+    Ok(Some(mesh))
 }
 
 /// The proxy settings MeshConfig decides, where no flag did.
