@@ -10,7 +10,7 @@ use meshentry_admin::AdminLimits;
 use meshentry_proxy::access_log::{AccessLog, Format as AccessLogFormat};
 use meshentry_proxy::config::{IdentityFiles, Limits, OutboundPolicy, ProxyConfig};
 use meshentry_proxy::dns::{Dns, DnsConfig};
-use meshentry_proxy::gateway::serve_gateway;
+use meshentry_proxy::listen::gateway::serve_gateway;
 use meshentry_proxy::outbound::serve_outbound;
 use meshentry_proxy::server::{ListenAddr, Shared, serve_http_proxy};
 use meshentry_proxy::snapshot::Snapshot;

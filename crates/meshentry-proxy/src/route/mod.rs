@@ -11,12 +11,12 @@ use std::sync::Arc;
 
 use meshentry_registry::{Port, Protocol, Service, host};
 
-use crate::cluster::{Cluster, HostAddr};
-use crate::config::OutboundPolicy;
-use crate::detect::Detected;
-use crate::dns::Dns;
-use crate::snapshot::Snapshot;
-use crate::vs::Target;
+use crate::model::cluster::{Cluster, HostAddr};
+use crate::base::config::OutboundPolicy;
+use crate::net::detect::Detected;
+use crate::net::dns::Dns;
+use crate::model::snapshot::Snapshot;
+use crate::model::vs::Target;
 
 /// Where a destination goes.
 pub enum Decision<'s> {
@@ -495,11 +495,11 @@ spec:
 "#;
 
     fn snapshot(policy: OutboundPolicy) -> (Snapshot, Arc<Dns>) {
-        let config = crate::config::ProxyConfig {
+        let config = crate::base::config::ProxyConfig {
             policy_override: Some(policy),
             ..Default::default()
         };
-        crate::snapshot::test_snapshot(CONFIG, &config)
+        crate::model::snapshot::test_snapshot(CONFIG, &config)
     }
 
     fn dst(s: &str) -> SocketAddr {
@@ -714,11 +714,11 @@ spec:
 "#;
 
     fn l4_snapshot() -> (Snapshot, Arc<Dns>) {
-        let config = crate::config::ProxyConfig {
+        let config = crate::base::config::ProxyConfig {
             policy_override: Some(OutboundPolicy::RegistryOnly),
             ..Default::default()
         };
-        crate::snapshot::test_snapshot(L4_CONFIG, &config)
+        crate::model::snapshot::test_snapshot(L4_CONFIG, &config)
     }
 
     fn l4(snap: &Snapshot, host: &str, port: u16, dst: Option<&str>, sni: Option<&str>) -> String {

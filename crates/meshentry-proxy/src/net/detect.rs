@@ -15,7 +15,7 @@ use bytes::BytesMut;
 pub use meshentry_wire::detect::{Detected, H2_PREFACE, classify, give_up};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use crate::upstream::Stream;
+use crate::net::upstream::Stream;
 
 /// Reads from `client` into `buf` until its bytes say what they are, the client stops
 /// sending, `upstream` (when given: the connection is already open) speaks first, or

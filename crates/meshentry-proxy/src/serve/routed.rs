@@ -20,15 +20,15 @@ use http::{Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Either, Full};
 use hyper::body::{Body, Incoming};
 
-use crate::body::{BodyFault, ClientBody};
-use crate::cluster::Cluster;
-use crate::flags::Flags;
-use crate::forward::{self, Original, UpstreamError, UpstreamProtocol};
-use crate::http::{ConnCtx, ResponseBody, local};
+use crate::serve::body::{BodyFault, ClientBody};
+use crate::model::cluster::Cluster;
+use crate::base::flags::Flags;
+use crate::net::forward::{self, Original, UpstreamError, UpstreamProtocol};
+use crate::serve::http::{ConnCtx, ResponseBody, local};
 use crate::route::{self, Decision, split_host_port};
-use crate::telemetry::{Routed, note};
-use crate::upstream::{PooledBody, RequestBody};
-use crate::vs::{
+use crate::obs::telemetry::{Routed, note};
+use crate::net::upstream::{PooledBody, RequestBody};
+use crate::model::vs::{
     HttpAction, HttpRoutes, HttpRule, MAX_REPLAY_BODY, Redirect, RedirectPort, RequestView, Rewrite, Target, retry_on,
     roll,
 };
@@ -102,7 +102,7 @@ pub(crate) async fn handle(
     port: u16,
 ) -> Response<ResponseBody> {
     let mut req = req;
-    let upgrade = crate::http::take_upgrade(&mut req);
+    let upgrade = crate::serve::http::take_upgrade(&mut req);
     let (parts, body) = req.into_parts();
     let host_text = String::from_utf8_lossy(host_header.as_bytes()).into_owned();
     let name = split_host_port(&host_text, port).map_or(host_text.as_str(), |(h, _)| h);
@@ -187,8 +187,8 @@ pub(crate) async fn handle(
     // A switch of protocols is relayed once, on a connection of its own: no retries, no
     // mirrors, no route timeout (the upstream has --response-timeout to answer).
     if let Some((protocol, client)) = upgrade {
-        let (req, watch) = crate::http::upgrade_request(parts, body, protocol, host_header, &ctx.shared);
-        let upgrade = crate::tunnel::Upgrade {
+        let (req, watch) = crate::serve::http::upgrade_request(parts, body, protocol, host_header, &ctx.shared);
+        let upgrade = crate::serve::tunnel::Upgrade {
             req,
             client,
             watch,
@@ -199,7 +199,7 @@ pub(crate) async fn handle(
             host: name,
             port,
         };
-        return crate::tunnel::upgrade(ctx, upgrade).await;
+        return crate::serve::tunnel::upgrade(ctx, upgrade).await;
     }
 
     let wants_replay = (rule.retry.attempts > 0 && !rule.simple) || !rule.mirrors.is_empty();
@@ -208,7 +208,7 @@ pub(crate) async fn handle(
     if wants_replay {
         body = match buffer(body).await {
             Ok(b) => b,
-            Err(fault) => return crate::http::body_failure(ctx, fault, version),
+            Err(fault) => return crate::serve::http::body_failure(ctx, fault, version),
         };
     }
     if let Payload::Buffered(bytes) = &body {
@@ -277,14 +277,14 @@ pub(crate) async fn handle(
     match result {
         Ok((resp, _)) => {
             let (mut parts, body) = resp.into_parts();
-            crate::http::strip_hop_by_hop(&mut parts.headers);
+            crate::serve::http::strip_hop_by_hop(&mut parts.headers);
             rule.headers.response.apply(&mut parts.headers);
             dest.headers.response.apply(&mut parts.headers);
             Response::from_parts(parts, Either::Left(body))
         }
         Err(e) => match watch.fault() {
-            Some(fault) => crate::http::body_failure(ctx, fault, version),
-            None => crate::http::upstream_failure(ctx, name, port, decision.cluster_name(), &e),
+            Some(fault) => crate::serve::http::body_failure(ctx, fault, version),
+            None => crate::serve::http::upstream_failure(ctx, name, port, decision.cluster_name(), &e),
         },
     }
 }
@@ -320,7 +320,7 @@ fn build(
     body: &mut Payload,
     host_header: &HeaderValue,
     protocol: UpstreamProtocol,
-    via: &crate::loop_guard::Via,
+    via: &crate::base::loop_guard::Via,
 ) -> Option<Request<RequestBody>> {
     let body: RequestBody = match body {
         Payload::Stream(b) => Either::Left(b.take()?),
@@ -332,8 +332,8 @@ fn build(
     *req.version_mut() = parts.version;
     *req.headers_mut() = parts.headers.clone();
     match protocol {
-        UpstreamProtocol::Http1 => Some(crate::http::to_upstream(req, host_header.clone(), via)),
-        UpstreamProtocol::H2 => crate::h2::to_upstream(req, host_header, via),
+        UpstreamProtocol::Http1 => Some(crate::serve::http::to_upstream(req, host_header.clone(), via)),
+        UpstreamProtocol::H2 => crate::serve::h2::to_upstream(req, host_header, via),
     }
 }
 

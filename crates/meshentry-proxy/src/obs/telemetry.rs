@@ -1,5 +1,5 @@
 //! What happened to each request and connection, gathered on the data path and handed to the
-//! Istio metrics ([`crate::metrics`]) and the access log ([`crate::access_log`]) when it ends.
+//! Istio metrics ([`crate::obs::metrics`]) and the access log ([`crate::obs::access_log`]) when it ends.
 //!
 //! An HTTP request's story is written by many hands (routing, VirtualService rules, failover,
 //! the upstream exchange), so each request runs inside a task-local [`Outcome`] that any of
@@ -22,14 +22,14 @@ use http::header::{HeaderMap, HeaderValue};
 use http::{Method, Request, Response, Uri, Version};
 use hyper::body::{Body, Frame, SizeHint};
 
-use crate::access_log::{AccessLog, Entry};
-use crate::cluster::{Cluster, HostAddr};
-use crate::config::ProxyConfig;
-use crate::flags::Flags;
-use crate::http::ConnCtx;
-use crate::metrics::{DestId, Destination, Metrics, RequestKey, RequestProtocol, Source, TcpKey};
+use crate::obs::access_log::{AccessLog, Entry};
+use crate::model::cluster::{Cluster, HostAddr};
+use crate::base::config::ProxyConfig;
+use crate::base::flags::Flags;
+use crate::serve::http::ConnCtx;
+use crate::obs::metrics::{DestId, Destination, Metrics, RequestKey, RequestProtocol, Source, TcpKey};
 use crate::route::Decision;
-use crate::server::Shared;
+use crate::listen::server::Shared;
 
 /// A proxy's metrics and (once `--access-log` opened it) access log.
 pub struct Telemetry {
@@ -68,9 +68,9 @@ impl Telemetry {
 pub fn destination_of(
     cluster_host: &Arc<str>,
     namespace: &Arc<str>,
-    tls: Option<&crate::tls::Origination>,
+    tls: Option<&crate::net::tls::Origination>,
 ) -> Destination {
-    let mtls = tls.is_some_and(|o| o.recipe.mode == crate::tls::Mode::IstioMutual);
+    let mtls = tls.is_some_and(|o| o.recipe.mode == crate::net::tls::Mode::IstioMutual);
     let principal = tls
         .filter(|_| mtls)
         .and_then(|o| o.recipe.subject_alt_names.first())
@@ -632,7 +632,7 @@ where
                         rec.grpc_status = Some(s);
                     }
                 }
-                Poll::Ready(Some(Err(e))) if e.as_ref().is::<crate::body::StreamIdle>() => {
+                Poll::Ready(Some(Err(e))) if e.as_ref().is::<crate::serve::body::StreamIdle>() => {
                     rec.outcome.fail(Flags::SI, "stream_idle_timeout");
                     let stats = &rec.ctx.shared.stats;
                     stats
@@ -731,7 +731,7 @@ impl TcpConn {
     }
 
     /// Connected to `addr` over `stream`.
-    pub fn connected(&mut self, addr: &HostAddr, stream: &crate::upstream::Stream) {
+    pub fn connected(&mut self, addr: &HostAddr, stream: &crate::net::upstream::Stream) {
         if self.start_time.is_some() {
             self.upstream = Some(addr.clone());
             self.upstream_local = stream.local_addr();
@@ -739,10 +739,10 @@ impl TcpConn {
     }
 
     /// Could not connect upstream.
-    pub fn failed(&mut self, e: &crate::forward::UpstreamError) {
+    pub fn failed(&mut self, e: &crate::net::forward::UpstreamError) {
         self.flags |= e.flags();
         self.details = e.details();
-        if let crate::forward::UpstreamError::Tls(cause) = e {
+        if let crate::net::forward::UpstreamError::Tls(cause) = e {
             self.transport_failure = Some(cause.clone());
         }
     }

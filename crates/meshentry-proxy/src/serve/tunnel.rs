@@ -16,15 +16,15 @@ use http_body_util::{Either, Full};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
-use crate::body::BodyWatch;
-use crate::cluster::Cluster;
-use crate::detect::{Detected, detect};
-use crate::flags::Flags;
-use crate::forward::{self, Original};
-use crate::http::{ConnCtx, ResponseBody};
+use crate::serve::body::BodyWatch;
+use crate::model::cluster::Cluster;
+use crate::net::detect::{Detected, detect};
+use crate::base::flags::Flags;
+use crate::net::forward::{self, Original};
+use crate::serve::http::{ConnCtx, ResponseBody};
 use crate::route::{self, Decision};
-use crate::telemetry::{Routed, TcpConn, note};
-use crate::upstream::{PooledBody, RequestBody, Stream};
+use crate::obs::telemetry::{Routed, TcpConn, note};
+use crate::net::upstream::{PooledBody, RequestBody, Stream};
 
 /// What the tunnel was opened for.
 pub struct Target {
@@ -44,7 +44,7 @@ const ALERT_UNRECOGNIZED_NAME: u8 = 112;
 /// Relays between `client` and `upstream` until both sides are done; `tcp` records it.
 pub async fn run<C>(client: C, upstream: Stream, ctx: &ConnCtx, target: &Target, tcp: &mut TcpConn)
 where
-    C: AsyncRead + AsyncWrite + crate::relay::Peer + Unpin,
+    C: AsyncRead + AsyncWrite + crate::net::relay::Peer + Unpin,
 {
     let mut client = client;
     let mut buf = BytesMut::with_capacity(2048);
@@ -127,7 +127,7 @@ fn tls_alert(first: &Detected, alert: u8) -> Option<u8> {
 /// Relays a screened tunnel, `buf` (its first bytes) first.
 async fn relay<C>(mut client: C, mut upstream: Stream, ctx: &ConnCtx, target: &Target, tcp: &mut TcpConn, buf: BytesMut)
 where
-    C: AsyncRead + AsyncWrite + crate::relay::Peer + Unpin,
+    C: AsyncRead + AsyncWrite + crate::net::relay::Peer + Unpin,
 {
     let shared = &ctx.shared;
     tcp.relayed((buf.len() as u64, 0));
@@ -137,19 +137,19 @@ where
     drop(buf);
     let mut copied = (0, 0);
     let idle = Some(shared.config.limits.tcp_idle_timeout);
-    let relayed = crate::relay::copy_bidirectional_counted(&mut client, &mut upstream, idle, &mut copied).await;
+    let relayed = crate::net::relay::copy_bidirectional_counted(&mut client, &mut upstream, idle, &mut copied).await;
     tcp.relayed(copied);
     match relayed {
         Ok(()) => {
             tracing::debug!(host = %target.host, port = target.port, up = copied.0, down = copied.1, "tunnel closed")
         }
-        Err(e) if crate::relay::is_idle_timeout(&e) => {
+        Err(e) if crate::net::relay::is_idle_timeout(&e) => {
             shared.stats.tcp_idle_timeout.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(host = %target.host, port = target.port, error = %e, "tunnel closed: idle");
         }
         // An upstream that refuses our client certificate does so only now (TLS 1.3): say so,
         // as a request would.
-        Err(e) => match crate::tls::find_cause(&e) {
+        Err(e) => match crate::net::tls::find_cause(&e) {
             Some(cause) => {
                 tcp.refused(Flags::UF, "");
                 tcp.transport_failure = Some(cause.clone());
@@ -162,13 +162,13 @@ where
 }
 
 /// The tunnelled bytes of a CONNECT to an HTTP port (`host:port`), served as HTTP: HTTP/1.x
-/// by hyper and HTTP/2 prior knowledge by [`crate::h2`], each request routed by its own
+/// by hyper and HTTP/2 prior knowledge by [`crate::serve::h2`], each request routed by its own
 /// destination (one without, to the CONNECT target), policy-checked, counted and logged as on
 /// the listener itself. TLS to the port is relayed to the target as any tunnel is (the port is
 /// misdeclared; the SNI check applies); anything else is refused.
 pub(crate) async fn serve_http<C>(mut client: C, ctx: Arc<ConnCtx>, host: String, port: u16)
 where
-    C: AsyncRead + AsyncWrite + crate::relay::Peer + Unpin + Send + 'static,
+    C: AsyncRead + AsyncWrite + crate::net::relay::Peer + Unpin + Send + 'static,
 {
     let shared = ctx.shared.clone();
     let peer = ctx.peer;
@@ -193,9 +193,9 @@ where
                 format!("{host}:{port}")
             };
             let authority = HeaderValue::from_str(&authority).ok();
-            crate::http::serve_io_with(Prefixed::new(buf, client), peer, inner(), authority).await;
+            crate::serve::http::serve_io_with(Prefixed::new(buf, client), peer, inner(), authority).await;
         }
-        Detected::H2c => crate::h2::serve(Prefixed::new(buf, client), inner()).await,
+        Detected::H2c => crate::serve::h2::serve(Prefixed::new(buf, client), inner()).await,
         Detected::Tls { .. } => {
             tracing::warn!(
                 %peer, %host, port,
@@ -241,7 +241,7 @@ pub(crate) async fn route_first_bytes<C>(
     expects_tls: bool,
     buf: BytesMut,
 ) where
-    C: AsyncRead + AsyncWrite + crate::relay::Peer + Unpin,
+    C: AsyncRead + AsyncWrite + crate::net::relay::Peer + Unpin,
 {
     let shared = &ctx.shared;
     let snap = &ctx.snapshot;
@@ -352,14 +352,14 @@ pub(crate) async fn upgrade(ctx: &Arc<ConnCtx>, up: Upgrade<'_>) -> Response<Res
         Ok(r) => r,
         Err(e) => {
             return match up.watch.fault() {
-                Some(fault) => crate::http::body_failure(ctx, fault, up.version),
-                None => crate::http::upstream_failure(ctx, up.host, up.port, &cluster_name, &e),
+                Some(fault) => crate::serve::http::body_failure(ctx, fault, up.version),
+                None => crate::serve::http::upstream_failure(ctx, up.host, up.port, &cluster_name, &e),
             };
         }
     };
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         let (mut parts, body) = resp.into_parts();
-        crate::http::strip_hop_by_hop(&mut parts.headers);
+        crate::serve::http::strip_hop_by_hop(&mut parts.headers);
         let body = PooledBody::shared(body, shared.config.limits.stream_idle_timeout);
         return Response::from_parts(parts, Either::Left(body));
     }
@@ -367,7 +367,7 @@ pub(crate) async fn upgrade(ctx: &Arc<ConnCtx>, up: Upgrade<'_>) -> Response<Res
     let (parts, _) = resp.into_parts();
     let switched_to = parts.headers.get(header::UPGRADE).cloned();
     let mut headers = parts.headers;
-    crate::http::strip_hop_by_hop(&mut headers);
+    crate::serve::http::strip_hop_by_hop(&mut headers);
     if let Some(protocol) = switched_to {
         headers.insert(header::UPGRADE, protocol);
     }
@@ -393,7 +393,7 @@ pub(crate) async fn upgrade(ctx: &Arc<ConnCtx>, up: Upgrade<'_>) -> Response<Res
     let ctx = ctx.clone();
     tokio::spawn(async move {
         // The HTTP connection ends once it hands the stream over; a drain waits for this.
-        let _tunnel = crate::lifecycle::TunnelGuard::new(&ctx.shared.lifecycle);
+        let _tunnel = crate::rt::lifecycle::TunnelGuard::new(&ctx.shared.lifecycle);
         let (client, upstream) = tokio::join!(client_side, upstream_side);
         let (client, upstream) = match (client, upstream) {
             (Ok(c), Ok(u)) => (c, u),
@@ -406,11 +406,11 @@ pub(crate) async fn upgrade(ctx: &Arc<ConnCtx>, up: Upgrade<'_>) -> Response<Res
         let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
         let mut copied = (0, 0);
         let idle = Some(ctx.shared.config.limits.tcp_idle_timeout);
-        let relayed = crate::relay::copy_bidirectional_counted(&mut client, &mut upstream, idle, &mut copied).await;
+        let relayed = crate::net::relay::copy_bidirectional_counted(&mut client, &mut upstream, idle, &mut copied).await;
         tcp.relayed(copied);
         match relayed {
             Ok(()) => tracing::debug!(up = copied.0, down = copied.1, "upgraded connection closed"),
-            Err(e) if crate::relay::is_idle_timeout(&e) => {
+            Err(e) if crate::net::relay::is_idle_timeout(&e) => {
                 ctx.shared.stats.tcp_idle_timeout.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(error = %e, "upgraded connection closed: idle");
             }

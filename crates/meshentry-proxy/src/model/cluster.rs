@@ -15,9 +15,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use arc_swap::ArcSwap;
 use meshentry_registry::{Resolution, Service};
 
-use crate::dns::{Answer, Dns, DnsError, DnsName};
-use crate::lb::{Balancer, HostLoad, Policy};
-use crate::tls::Origination;
+use crate::net::dns::{Answer, Dns, DnsError, DnsName};
+use crate::model::lb::{Balancer, HostLoad, Policy};
+use crate::net::tls::Origination;
 
 /// Where an endpoint listens.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -124,7 +124,7 @@ pub struct Cluster {
     pub tls: Option<Result<Arc<Origination>, String>>,
     pub stats: ClusterStats,
     /// The labels its traffic is reported under (Istio's destination_* labels).
-    pub dest: crate::metrics::DestId,
+    pub dest: crate::obs::metrics::DestId,
 }
 
 /// Per-cluster counters.
@@ -225,7 +225,7 @@ impl Cluster {
             Some(Ok(o)) => Some(&**o),
             _ => None,
         };
-        let dest = crate::metrics::intern(crate::telemetry::destination_of(
+        let dest = crate::obs::metrics::intern(crate::obs::telemetry::destination_of(
             &service.host,
             &service.namespace,
             origination,

@@ -6,7 +6,7 @@
 //! [`Guarded`] wraps the client's stream and keeps the timers; the service tells it through
 //! [`ConnState`] when a request is in flight (from its head until its response body has been
 //! sent, see [`Tracked`]) and when the connection became a tunnel. The rules are the fast
-//! path's ([`crate::h1`]):
+//! path's ([`crate::serve::h1`]):
 //! - a new connection must deliver its first request head within `--header-read-timeout`;
 //! - between requests the connection may sit idle for `--idle-timeout`;
 //! - a later head must be complete within `--header-read-timeout` of its first byte;
@@ -23,7 +23,7 @@ use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
-use crate::server::Shared;
+use crate::listen::server::Shared;
 
 /// What the service knows about a connection and its stream wrapper needs.
 #[derive(Debug, Default)]

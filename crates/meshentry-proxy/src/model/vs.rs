@@ -27,7 +27,7 @@ use meshentry_registry::hash::FxHashMap;
 use meshentry_registry::{Registry, Service, ServiceId, View, host};
 use regex::bytes::Regex;
 
-use crate::cluster::Cluster;
+use crate::model::cluster::Cluster;
 use crate::route::Decision;
 
 /// The gateway name of sidecars (E2).
@@ -2094,24 +2094,24 @@ mod tests {
         assert!(binds(&["gw".into()], "a", "a/gw"));
     }
 
-    fn snapshot(yaml: &str, labels: &[(&str, &str)]) -> crate::snapshot::Snapshot {
+    fn snapshot(yaml: &str, labels: &[(&str, &str)]) -> crate::model::snapshot::Snapshot {
         let loaded = meshentry_api::load_str("t.yaml", yaml, &meshentry_api::LoadOptions::default());
         assert!(!loaded.has_errors(), "{:?}", loaded.errors().collect::<Vec<_>>());
         let valid: Vec<_> = loaded.valid().collect();
-        let dns = crate::dns::Dns::new(crate::dns::DnsConfig {
+        let dns = crate::net::dns::Dns::new(crate::net::dns::DnsConfig {
             server: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 9))),
             ..Default::default()
         })
         .unwrap();
-        let config = crate::config::ProxyConfig {
+        let config = crate::base::config::ProxyConfig {
             labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             ..Default::default()
         };
-        crate::snapshot::Snapshot::build(&valid, &config, &dns, 1)
+        crate::model::snapshot::Snapshot::build(&valid, &config, &dns, 1)
     }
 
     /// The owner VirtualService and the rule names for `host:port`.
-    fn table(snap: &crate::snapshot::Snapshot, host: &str, port: u16) -> Option<(String, Vec<String>)> {
+    fn table(snap: &crate::model::snapshot::Snapshot, host: &str, port: u16) -> Option<(String, Vec<String>)> {
         let d = crate::route::route(snap, host, port);
         let r = snap.routes.http_for(&d, host, port)?;
         Some((r.vs.to_string(), r.rules.iter().map(|r| r.name.to_string()).collect()))

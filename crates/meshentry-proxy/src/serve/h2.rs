@@ -2,11 +2,11 @@
 //! shaping requests for HTTP/2 upstreams, and answering gRPC clients in gRPC's terms.
 //!
 //! Client connections arrive here after their first bytes were read and found to be the
-//! HTTP/2 preface (by the explicit proxy listener in [`crate::h1`], or by transparent capture);
+//! HTTP/2 preface (by the explicit proxy listener in [`crate::serve::h1`], or by transparent capture);
 //! those bytes are replayed by the io handed in. Each request is routed exactly as on the
-//! HTTP/1.1 path ([`crate::http::handle`]), with `:authority` in the role of `Host`. Which
+//! HTTP/1.1 path ([`crate::serve::http::handle`]), with `:authority` in the role of `Host`. Which
 //! version goes upstream depends on the cluster, not on the client
-//! ([`crate::forward::UpstreamProtocol`]).
+//! ([`crate::net::forward::UpstreamProtocol`]).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -22,11 +22,11 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::http::{ConnCtx, ResponseBody};
+use crate::serve::http::{ConnCtx, ResponseBody};
 
 /// Streams reset by the client before hyper accepted them, read at once, that end the connection
 /// (GOAWAY ENHANCE_YOUR_CALM); h2's default, named here because the budget in
-/// [`crate::h2_resets`] relies on it for resets that never reach the service.
+/// [`crate::serve::h2_resets`] relies on it for resets that never reach the service.
 const MAX_PENDING_ACCEPT_RESETS: usize = 20;
 
 /// Streams the proxy's codec may reset for the client's protocol errors (or refuse past the
@@ -46,10 +46,10 @@ where
     // Idle connections (no stream open, no bytes either way) close after `--idle-timeout`;
     // HTTP/2 has no request heads to time. Each request takes the context of the
     // configuration in force when it arrives.
-    let state = Arc::new(crate::limits::ConnState::default());
-    let budget = crate::h2_resets::Budget::new(limits.http2_max_premature_resets);
-    let io = crate::limits::Guarded::new(io, shared.clone(), state.clone(), false);
-    let io = crate::h2_resets::Calm::new(io, budget.clone());
+    let state = Arc::new(crate::serve::limits::ConnState::default());
+    let budget = crate::serve::h2_resets::Budget::new(limits.http2_max_premature_resets);
+    let io = crate::serve::limits::Guarded::new(io, shared.clone(), state.clone(), false);
+    let io = crate::serve::h2_resets::Calm::new(io, budget.clone());
     let cell = arc_swap::ArcSwap::new(ctx);
     let streams = budget.clone();
     let service = service_fn(move |req| {
@@ -58,16 +58,16 @@ where
         let mut watch = streams.stream(ctx.shared.clone());
         async move {
             // A stream its client already reset costs nothing upstream.
-            crate::h2_resets::cancellation_point().await;
+            crate::serve::h2_resets::cancellation_point().await;
             watch.routed();
-            let resp = crate::http::handle(req, &ctx).await;
+            let resp = crate::serve::http::handle(req, &ctx).await;
             watch.answered();
-            Ok::<_, Infallible>(resp.map(|b| crate::limits::Tracked::new(b, in_flight)))
+            Ok::<_, Infallible>(resp.map(|b| crate::serve::limits::Tracked::new(b, in_flight)))
         }
     });
     // The same bound on a request head as HTTP/1.1 (`handle` answers 431 past
     // `--max-request-headers-kb`; the margin lets it, rather than the codec, do so).
-    let max_head = u32::try_from(crate::limits::hyper_buf_size(limits.max_head_bytes)).unwrap_or(u32::MAX);
+    let max_head = u32::try_from(crate::serve::limits::hyper_buf_size(limits.max_head_bytes)).unwrap_or(u32::MAX);
     let conn = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .max_header_list_size(max_head)
@@ -123,7 +123,7 @@ fn calmed_by_codec(e: &hyper::Error) -> bool {
 pub(crate) fn to_upstream<B>(
     req: Request<B>,
     authority: &HeaderValue,
-    via: &crate::loop_guard::Via,
+    via: &crate::base::loop_guard::Via,
 ) -> Option<Request<B>> {
     let (mut parts, body) = req.into_parts();
     if parts.uri.scheme().is_none() || parts.uri.authority().is_none() {
@@ -139,7 +139,7 @@ pub(crate) fn to_upstream<B>(
         v.to_str()
             .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")))
     });
-    crate::http::strip_hop_by_hop(&mut parts.headers);
+    crate::serve::http::strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(header::HOST);
     if trailers {
         parts.headers.insert(header::TE, HeaderValue::from_static("trailers"));
@@ -228,8 +228,8 @@ mod tests {
         b.body(()).unwrap()
     }
 
-    fn via() -> crate::loop_guard::Via {
-        crate::loop_guard::Via::random()
+    fn via() -> crate::base::loop_guard::Via {
+        crate::base::loop_guard::Via::random()
     }
 
     #[test]
@@ -337,7 +337,7 @@ mod tests {
 
     #[tokio::test]
     async fn proxy_errors_become_trailers_only_grpc_responses() {
-        let mut resp = crate::http::local(StatusCode::SERVICE_UNAVAILABLE, "meshentry: a.com:80 is down");
+        let mut resp = crate::serve::http::local(StatusCode::SERVICE_UNAVAILABLE, "meshentry: a.com:80 is down");
         resp.headers_mut()
             .insert("x-meshentry-response-flags", HeaderValue::from_static("UF"));
         let resp = grpc_reply(resp).await;
@@ -348,13 +348,13 @@ mod tests {
         assert_eq!(resp.headers()["x-meshentry-response-flags"], "UF");
         assert!(resp.body().is_end_stream(), "Trailers-Only: no body");
 
-        let resp = grpc_reply(crate::http::local(StatusCode::GATEWAY_TIMEOUT, "slow")).await;
+        let resp = grpc_reply(crate::serve::http::local(StatusCode::GATEWAY_TIMEOUT, "slow")).await;
         assert_eq!(resp.headers()["grpc-status"], "4");
     }
 
     #[tokio::test]
     async fn successes_pass_unchanged() {
-        let mut ok = crate::http::local(StatusCode::OK, "");
+        let mut ok = crate::serve::http::local(StatusCode::OK, "");
         ok.headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
         let resp = grpc_reply(ok).await;

@@ -21,8 +21,8 @@ use std::time::Duration;
 
 use meshentry_registry::hash::FxHashMap;
 
-use crate::config::ProxyConfig;
-use crate::flags::Flags;
+use crate::base::config::ProxyConfig;
+use crate::base::flags::Flags;
 
 /// `istio_request_duration_milliseconds` buckets: Istio's defaults, in ms.
 pub const DURATION_BUCKETS_MS: [f64; 19] = [
@@ -258,8 +258,8 @@ impl Source {
             .and_then(|g| g.split_once('/'))
             .map_or_else(|| UNKNOWN.to_string(), |(_, name)| name.to_string());
         let principal = config.identity.as_ref().and_then(|id| {
-            let certs = crate::tls::load_certs("certificate", &id.cert).ok()?;
-            crate::tls::cert_names(certs.first()?)
+            let certs = crate::net::tls::load_certs("certificate", &id.cert).ok()?;
+            crate::net::tls::cert_names(certs.first()?)
                 .into_iter()
                 .find(|n| n.starts_with("spiffe://"))
         });

@@ -12,12 +12,12 @@ use hyper::body::Incoming;
 
 use meshentry_registry::Protocol;
 
-use crate::cluster::{Cluster, HostAddr, HostSet, NoHost};
-use crate::dns::Dns;
-use crate::lb::Tried;
+use crate::model::cluster::{Cluster, HostAddr, HostSet, NoHost};
+use crate::net::dns::Dns;
+use crate::model::lb::Tried;
 use crate::route::Decision;
-use crate::server::Shared;
-use crate::upstream::{self, ConnectError, Dial, PooledBody, RequestBody, Stream, TlsDial};
+use crate::listen::server::Shared;
+use crate::net::upstream::{self, ConnectError, Dial, PooledBody, RequestBody, Stream, TlsDial};
 
 /// Why a request or tunnel could not reach an upstream. Each maps to an HTTP status, an Envoy
 /// response flag and a human reason.
@@ -63,8 +63,8 @@ impl UpstreamError {
     }
 
     /// Envoy's response flag, as metrics and the access log carry it.
-    pub fn flags(&self) -> crate::flags::Flags {
-        use crate::flags::Flags;
+    pub fn flags(&self) -> crate::base::flags::Flags {
+        use crate::base::flags::Flags;
         match self {
             UpstreamError::NoHost(NoHost::Dns(_)) | UpstreamError::Dns(_) => Flags::DF,
             UpstreamError::NoHost(_) => Flags::UH,
@@ -249,7 +249,7 @@ impl<'s> Failover<'s> {
             }
             // Only the access log prints the endpoint: without it, no note per request.
             if self.shared.telemetry.access_log().is_some() {
-                crate::telemetry::note(|o| o.upstream = Some(self.addr(i).clone()));
+                crate::obs::telemetry::note(|o| o.upstream = Some(self.addr(i).clone()));
             }
             return Some(i);
         }
@@ -330,7 +330,7 @@ impl<'s> Failover<'s> {
                 .fetch_add(1, Ordering::Relaxed);
         }
         if let ConnectError::Tls(cause) = e {
-            crate::telemetry::note(|o| o.transport_failure = Some(cause.clone()));
+            crate::obs::telemetry::note(|o| o.transport_failure = Some(cause.clone()));
             self.shared.stats.upstream_tls_errors.fetch_add(1, Ordering::Relaxed);
             if let Some(cluster) = self.cluster {
                 cluster.stats.tls_failures.fetch_add(1, Ordering::Relaxed);
@@ -621,7 +621,7 @@ async fn exchange_h2(
 /// An upstream that broke the exchange: a TLS failure when that is the cause (a TLS 1.3
 /// server refuses a client certificate after the handshake), else hyper's words.
 fn reset(e: hyper::Error) -> UpstreamError {
-    match crate::tls::find_cause(&e) {
+    match crate::net::tls::find_cause(&e) {
         Some(cause) => UpstreamError::Tls(cause),
         // A response hyper could not parse is the upstream's protocol error (Envoy's UPE), as
         // on the fast path; hyper closes that connection.

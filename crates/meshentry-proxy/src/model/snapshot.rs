@@ -19,13 +19,13 @@ use meshentry_registry::hash::FxHashMap;
 use meshentry_registry::scope::Selected;
 use meshentry_registry::{Protocol, Registry, Service, SidecarScope, View, select_sidecar};
 
-use crate::cluster::{Cluster, ClusterSpec};
-use crate::config::{OutboundPolicy, ProxyConfig};
-use crate::dns::Dns;
-use crate::gateway::Gateway;
-use crate::lb::Policy;
-use crate::tls::{Mode, Origination, Recipe, Sni};
-use crate::vs::{CompileInput, MESH, RouteTables};
+use crate::model::cluster::{Cluster, ClusterSpec};
+use crate::base::config::{OutboundPolicy, ProxyConfig};
+use crate::net::dns::Dns;
+use crate::model::gateway::Gateway;
+use crate::model::lb::Policy;
+use crate::net::tls::{Mode, Origination, Recipe, Sni};
+use crate::model::vs::{CompileInput, MESH, RouteTables};
 
 /// Everything the data path needs to route, frozen.
 pub struct Snapshot {
@@ -621,7 +621,7 @@ pub(crate) fn test_snapshot(yaml: &str, config: &ProxyConfig) -> (Snapshot, Arc<
     let loaded = meshentry_api::load_str("t.yaml", yaml, &meshentry_api::LoadOptions::default());
     assert!(!loaded.has_errors(), "{:?}", loaded.errors().collect::<Vec<_>>());
     let valid: Vec<_> = loaded.valid().collect();
-    let dns = Dns::new(crate::dns::DnsConfig {
+    let dns = Dns::new(crate::net::dns::DnsConfig {
         server: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 9))),
         ..Default::default()
     })
@@ -658,7 +658,7 @@ mod tests {
         let pem = meshentry_testutil::PemDir::new();
         let paths = pem.leaf(&leaf, "me");
         let config = ProxyConfig {
-            identity: Some(crate::config::IdentityFiles {
+            identity: Some(crate::base::config::IdentityFiles {
                 cert: paths.cert,
                 key: paths.key,
                 ca: pem.ca(&ca),
@@ -1044,7 +1044,7 @@ spec:
         let snap = build(yaml, &ProxyConfig::default());
         let web = snap.view().lookup_host("web.example.com").unwrap();
         let routes = snap.routes.http_of(web, 80).unwrap();
-        let crate::vs::HttpAction::Route { dests, .. } = &routes.rules[0].action else {
+        let crate::model::vs::HttpAction::Route { dests, .. } = &routes.rules[0].action else {
             panic!("a route action");
         };
         match crate::route::to_target(&snap, &dests[0].target) {

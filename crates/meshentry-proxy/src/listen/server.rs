@@ -13,12 +13,12 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::watch;
 
-use crate::config::ProxyConfig;
-use crate::detect::Detected;
-use crate::dns::Dns;
-use crate::lifecycle::Lifecycle;
-use crate::loop_guard::{PortFilter, SelfAddrs, Via};
-use crate::snapshot::Snapshot;
+use crate::base::config::ProxyConfig;
+use crate::net::detect::Detected;
+use crate::net::dns::Dns;
+use crate::rt::lifecycle::Lifecycle;
+use crate::base::loop_guard::{PortFilter, SelfAddrs, Via};
+use crate::model::snapshot::Snapshot;
 
 /// What every connection shares: the current snapshot (swapped atomically on reload), DNS,
 /// settings and counters.
@@ -28,7 +28,7 @@ pub struct Shared {
     pub config: ProxyConfig,
     pub stats: Stats,
     /// Istio metrics and the access log.
-    pub telemetry: crate::telemetry::Telemetry,
+    pub telemetry: crate::obs::telemetry::Telemetry,
     /// Every listening address of the proxy (admin included): a request addressed to one of
     /// them would loop. Replaced when a reload opens or closes Gateway ports.
     pub local_addrs: ArcSwap<SelfAddrs>,
@@ -47,7 +47,7 @@ impl Shared {
         Arc::new(Self {
             snapshot: ArcSwap::from_pointee(snapshot),
             dns,
-            telemetry: crate::telemetry::Telemetry::new(&config),
+            telemetry: crate::obs::telemetry::Telemetry::new(&config),
             config,
             stats: Stats::default(),
             local_ports: PortFilter::new(&local_addrs),
@@ -60,7 +60,7 @@ impl Shared {
     /// Whether `host:port`, as a request names it, is this proxy itself: an IP literal in any
     /// form (unspecified, IPv4-mapped, any local address when a listener is on `0.0.0.0`) or
     /// `localhost`, on the port of one of its listeners. A name that resolves to the proxy is
-    /// caught when dialled ([`Shared::is_self_addr`] in [`crate::forward::Failover`]).
+    /// caught when dialled ([`Shared::is_self_addr`] in [`crate::net::forward::Failover`]).
     /// A request to a port no listener has costs one relaxed atomic load.
     pub fn is_self(&self, host: &str, port: u16) -> bool {
         self.local_ports.may_have(port) && self.local_addrs.load().contains_host(host, port)
@@ -184,19 +184,19 @@ pub const DETECTED_NAMES: [&str; 5] = ["tls", "http1", "h2c", "tcp", "none"];
 
 impl Stats {
     /// A request or tunnel that failed upstream; TLS failures are also counted as such.
-    pub fn count_upstream_error(&self, e: &crate::forward::UpstreamError) {
+    pub fn count_upstream_error(&self, e: &crate::net::forward::UpstreamError) {
         // A loop is the request's or the configuration's doing, not the upstream's: the 508
         // that answers it counts it with the other loops (`bad_requests`, see
         // [`Stats::count_loop`]; the fast path's `refuse` counts every 508).
-        if let crate::forward::UpstreamError::Loop(_) = e {
+        if let crate::net::forward::UpstreamError::Loop(_) = e {
             return;
         }
         self.upstream_errors.fetch_add(1, Ordering::Relaxed);
         match e {
-            crate::forward::UpstreamError::Tls(_) => {
+            crate::net::forward::UpstreamError::Tls(_) => {
                 self.upstream_tls_errors.fetch_add(1, Ordering::Relaxed);
             }
-            crate::forward::UpstreamError::Timeout(_) => {
+            crate::net::forward::UpstreamError::Timeout(_) => {
                 self.upstream_rq_timeout.fetch_add(1, Ordering::Relaxed);
             }
             _ => {}
@@ -205,8 +205,8 @@ impl Stats {
 
     /// A request answered 508 because of `e` on the hyper path (which, unlike the fast path's
     /// `refuse`, does not count its statuses).
-    pub fn count_loop(&self, e: &crate::forward::UpstreamError) {
-        if let crate::forward::UpstreamError::Loop(_) = e {
+    pub fn count_loop(&self, e: &crate::net::forward::UpstreamError) {
+        if let crate::net::forward::UpstreamError::Loop(_) = e {
             self.bad_requests.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -277,7 +277,7 @@ impl Shared {
 
 /// Accepts explicit-proxy connections until `shutdown` turns true.
 pub async fn serve_http_proxy(listener: TcpListener, shared: Arc<Shared>, shutdown: watch::Receiver<bool>) {
-    serve_listener(listener, shared, shutdown, crate::h1::serve_connection).await;
+    serve_listener(listener, shared, shutdown, crate::serve::h1::serve_connection).await;
 }
 
 /// Where a listener listens: a TCP address, or a unix socket (a Gateway server's
@@ -353,7 +353,7 @@ impl Listening for UnixListener {
 }
 
 /// An accepted client connection, TCP or unix.
-pub trait Conn: AsyncRead + AsyncWrite + crate::relay::Peer + Unpin + Send + 'static {
+pub trait Conn: AsyncRead + AsyncWrite + crate::net::relay::Peer + Unpin + Send + 'static {
     /// The address it was accepted on; `None` for a unix socket.
     fn local(&self) -> Option<SocketAddr>;
 

@@ -18,15 +18,15 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use crate::detect::{Detected, detect};
-use crate::flags::Flags;
-use crate::forward::{self, Original};
-use crate::h1::Rewind;
-use crate::http::{ConnCtx, Transparent};
+use crate::net::detect::{Detected, detect};
+use crate::base::flags::Flags;
+use crate::net::forward::{self, Original};
+use crate::serve::h1::Rewind;
+use crate::serve::http::{ConnCtx, Transparent};
 use crate::route::{self, Decision, Handling, Plan};
-use crate::server::{ConnGuard, Shared};
-use crate::telemetry::{Routed, TcpConn};
-use crate::upstream::Stream;
+use crate::listen::server::{ConnGuard, Shared};
+use crate::obs::telemetry::{Routed, TcpConn};
+use crate::net::upstream::Stream;
 
 /// TLS alert `access_denied` (RFC 8446 6.2), sent to a TLS client that REGISTRY_ONLY refuses.
 const ALERT_ACCESS_DENIED: u8 = 49;
@@ -36,7 +36,7 @@ pub async fn serve_outbound(listener: TcpListener, shared: Arc<Shared>, shutdown
     // Asked and set once here rather than for every connection (a system call each).
     let local = listener.local_addr().ok();
     nodelay_for_accepted(&listener);
-    crate::server::serve_listener(listener, shared, shutdown, move |stream, peer, shared| {
+    crate::listen::server::serve_listener(listener, shared, shutdown, move |stream, peer, shared| {
         handle(stream, peer, local, shared)
     })
     .await;
@@ -110,11 +110,11 @@ async fn handle(stream: TcpStream, peer: SocketAddr, local: Option<SocketAddr>, 
                         transparent: Some(Transparent::new(dst)),
                         gateway: None,
                     });
-                    crate::h2::serve(Rewind::new(buf, stream), ctx).await;
+                    crate::serve::h2::serve(Rewind::new(buf, stream), ctx).await;
                     return;
                 }
                 Handling::Http => {
-                    crate::h1::serve(stream, peer, shared, buf, Some(Transparent::new(dst))).await;
+                    crate::serve::h1::serve(stream, peer, shared, buf, Some(Transparent::new(dst))).await;
                     return;
                 }
                 Handling::Relay { decision, misdeclared } => {
@@ -195,7 +195,7 @@ async fn handle(stream: TcpStream, peer: SocketAddr, local: Option<SocketAddr>, 
 /// client (`first` included) and sent to it.
 pub async fn relay<C>(mut client: C, mut upstream: Stream, first: &[u8], shared: &Shared) -> (u64, u64)
 where
-    C: tokio::io::AsyncRead + tokio::io::AsyncWrite + crate::relay::Peer + Unpin,
+    C: tokio::io::AsyncRead + tokio::io::AsyncWrite + crate::net::relay::Peer + Unpin,
 {
     let first_len = first.len() as u64;
     if !first.is_empty() && upstream.write_all(first).await.is_err() {
@@ -203,9 +203,9 @@ where
     }
     let mut copied = (0, 0);
     let idle = Some(shared.config.limits.tcp_idle_timeout);
-    match crate::relay::copy_bidirectional_counted(&mut client, &mut upstream, idle, &mut copied).await {
+    match crate::net::relay::copy_bidirectional_counted(&mut client, &mut upstream, idle, &mut copied).await {
         Ok(()) => tracing::debug!(up = copied.0, down = copied.1, "connection closed"),
-        Err(e) if crate::relay::is_idle_timeout(&e) => {
+        Err(e) if crate::net::relay::is_idle_timeout(&e) => {
             shared.stats.tcp_idle_timeout.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(error = %e, "connection closed: idle");
         }

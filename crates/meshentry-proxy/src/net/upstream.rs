@@ -31,14 +31,14 @@ use rustls::pki_types::ServerName;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use crate::body::{IdleTimer, StreamIdle};
-use crate::capture::PROXY_MARK;
-use crate::cluster::HostAddr;
-use crate::tls::Origination;
+use crate::serve::body::{IdleTimer, StreamIdle};
+use crate::net::capture::PROXY_MARK;
+use crate::model::cluster::HostAddr;
+use crate::net::tls::Origination;
 
 /// The body type sent upstream: the client's request body, streamed, or a body the proxy
 /// holds (a buffered body a VirtualService retries or mirrors).
-pub type RequestBody = http_body_util::Either<crate::body::ClientBody, http_body_util::Full<Bytes>>;
+pub type RequestBody = http_body_util::Either<crate::serve::body::ClientBody, http_body_util::Full<Bytes>>;
 
 /// A connected upstream stream.
 pub enum Stream {
@@ -95,7 +95,7 @@ impl std::fmt::Display for Dial {
 pub struct TlsDial {
     pub origination: Arc<Origination>,
     /// The name to send and verify; without one the connection is refused before it is made.
-    pub name: Result<ServerName<'static>, crate::tls::Unverifiable>,
+    pub name: Result<ServerName<'static>, crate::net::tls::Unverifiable>,
     pub sni: bool,
 }
 
@@ -159,13 +159,13 @@ pub async fn connect(dial: &Dial, timeout: Duration) -> Result<Stream, ConnectEr
         ));
     };
     let connector = tokio_rustls::TlsConnector::from(tls.origination.config_for(tls.sni));
-    match tokio::time::timeout(crate::tls::HANDSHAKE_TIMEOUT, connector.connect(name, tcp)).await {
+    match tokio::time::timeout(crate::net::tls::HANDSHAKE_TIMEOUT, connector.connect(name, tcp)).await {
         Err(_) => Err(ConnectError::Tls(format!(
             "TLS error: handshake timed out after {:?}",
-            crate::tls::HANDSHAKE_TIMEOUT
+            crate::net::tls::HANDSHAKE_TIMEOUT
         ))),
         Ok(Ok(s)) => Ok(Stream::Tls(Box::new(s))),
-        Ok(Err(e)) => Err(ConnectError::Tls(crate::tls::describe(&e))),
+        Ok(Err(e)) => Err(ConnectError::Tls(crate::net::tls::describe(&e))),
     }
 }
 
@@ -221,7 +221,7 @@ async fn connect_addr(addr: &HostAddr, timeout: Duration) -> Result<Stream, Conn
     }
 }
 
-impl crate::relay::Peer for Stream {
+impl crate::net::relay::Peer for Stream {
     fn eof_after_short_read(&self) -> bool {
         match self {
             Stream::Tcp(s) => s.eof_after_short_read(),
@@ -338,7 +338,7 @@ pub(crate) fn keep_swept(idle_limit: Duration) {
                     !list.is_empty()
                 });
                 pool.len()
-            }) + crate::h1::sweep_pool(now, limit);
+            }) + crate::serve::h1::sweep_pool(now, limit);
             if left == 0 {
                 SWEEPING.with(|s| s.set(false));
                 return;

@@ -10,8 +10,8 @@
 //!
 //! Anything else (CONNECT, `Upgrade`, `Expect`, chunked request bodies, HTTP/1.0, `https://`
 //! targets, requests routed to HTTP/2 or gRPC ports) is handed, with the bytes already read, to
-//! the general hyper path in [`crate::http`], which then serves the rest of the connection; an
-//! HTTP/2 prior-knowledge client goes to [`crate::h2`]. The routing, refusals, counters and error
+//! the general hyper path in [`crate::serve::http`], which then serves the rest of the connection; an
+//! HTTP/2 prior-knowledge client goes to [`crate::serve::h2`]. The routing, refusals, counters and error
 //! responses are the same on both paths.
 
 use std::borrow::Cow;
@@ -32,15 +32,15 @@ use meshentry_wire::h1 as framing;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::detect::H2_PREFACE;
-use crate::flags::Flags;
-use crate::forward::{Failover, Original, UpstreamError, UpstreamProtocol};
-use crate::http::{ConnCtx, MAX_HEAD_BYTES, MAX_HEADERS, SnapshotCache, SnapshotCell, Transparent};
-use crate::lifecycle::DrainWatch;
+use crate::net::detect::H2_PREFACE;
+use crate::base::flags::Flags;
+use crate::net::forward::{Failover, Original, UpstreamError, UpstreamProtocol};
+use crate::serve::http::{ConnCtx, MAX_HEAD_BYTES, MAX_HEADERS, SnapshotCache, SnapshotCell, Transparent};
+use crate::rt::lifecycle::DrainWatch;
 use crate::route::{self, Decision, split_host_port};
-use crate::server::{ConnGuard, Shared};
-use crate::telemetry::{self, Routed, note};
-use crate::upstream::{self, Dial, Stream};
+use crate::listen::server::{ConnGuard, Shared};
+use crate::obs::telemetry::{self, Routed, note};
+use crate::net::upstream::{self, Dial, Stream};
 
 /// Serves one client connection: the fast path for as long as requests are plain, then hyper.
 pub async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
@@ -88,7 +88,7 @@ pub async fn serve(
             // first thing.
             Err(_) if first && is_h2_preface(&conn.buf) => {
                 let io = Rewind::new(conn.buf, conn.stream);
-                crate::h2::serve(io, ctx).await;
+                crate::serve::h2::serve(io, ctx).await;
                 return;
             }
             Err(refusal) => {
@@ -133,7 +133,7 @@ pub async fn serve(
             };
         }
         let io = Rewind::new(conn.buf, conn.stream);
-        crate::http::serve_io(io, peer, ctx).await;
+        crate::serve::http::serve_io(io, peer, ctx).await;
         return;
     }
 }
@@ -193,7 +193,7 @@ struct H1View<'b> {
     authority: &'b [u8],
 }
 
-impl crate::vs::RequestView for H1View<'_> {
+impl crate::model::vs::RequestView for H1View<'_> {
     fn method(&self) -> &[u8] {
         &self.buf[self.head.method.clone()]
     }
@@ -390,7 +390,7 @@ fn finish(
         }
         None => telemetry::RequestLine::default(),
     };
-    let protocol = crate::metrics::RequestProtocol::Http;
+    let protocol = crate::obs::metrics::RequestProtocol::Http;
     telemetry::finish_request(ctx, outcome, protocol, None, started, start_time, &line);
 }
 
@@ -552,18 +552,18 @@ async fn exchange(conn: &mut Downstream, head: &Head, ctx: &ConnCtx) -> Next {
             authority,
         };
         let failure = match routes.select(&view) {
-            None => Some((404, "NR", crate::routed::no_route(routes, host, port))),
+            None => Some((404, "NR", crate::serve::routed::no_route(routes, host, port))),
             Some(sel) if !sel.rule.simple => return Next::GeneralPath,
             Some(sel) => match sel.rule.pick().map(|d| route::to_target(&ctx.snapshot, &d.target)) {
                 Some(Ok(d)) => {
                     decision = d;
                     None
                 }
-                Some(Err(reason)) => Some((503, "NC", crate::routed::no_cluster(routes, reason))),
+                Some(Err(reason)) => Some((503, "NC", crate::serve::routed::no_cluster(routes, reason))),
                 None => Some((
                     503,
                     "NC",
-                    crate::routed::no_cluster(routes, "the rule has no destination"),
+                    crate::serve::routed::no_cluster(routes, "the rule has no destination"),
                 )),
             },
         };
@@ -598,7 +598,7 @@ async fn exchange(conn: &mut Downstream, head: &Head, ctx: &ConnCtx) -> Next {
                 peer = %ctx.peer, host, port, dst = ?ctx.transparent.as_ref().map(|t| t.dst), namespace = %snap.namespace,
                 policy_source = %snap.policy_source, "blocked by REGISTRY_ONLY: destination is not in the service registry"
             );
-            let reason = crate::http::blocked_reason(snap, host, port);
+            let reason = crate::serve::http::blocked_reason(snap, host, port);
             return refuse(conn, shared, 502, &reason, None, skip).await;
         }
         Decision::Passthrough => {
@@ -757,7 +757,7 @@ async fn refuse(
     if ok && !close { Next::KeepAlive } else { Next::Close }
 }
 
-/// A complete local response, as [`crate::http::local`] writes it on the hyper path.
+/// A complete local response, as [`crate::serve::http::local`] writes it on the hyper path.
 fn local(out: &mut Vec<u8>, status: u16, reason: &str, flags: Option<&str>, close: bool) {
     use std::io::Write;
     let canonical = http::StatusCode::from_u16(status)
@@ -868,7 +868,7 @@ struct UpRequest<'a> {
 async fn send(
     conn: &mut Downstream,
     shared: &Shared,
-    cluster: Option<&crate::cluster::Cluster>,
+    cluster: Option<&crate::model::cluster::Cluster>,
     original: &Original<'_>,
     req: &UpRequest<'_>,
 ) -> Result<Sent, Failure> {
@@ -1140,7 +1140,7 @@ async fn roundtrip(
             Err(_) => return Outcome::Failed(Failure::Answer(UpstreamError::Timeout(response_timeout))),
             // A TLS alert instead of a response (a TLS 1.3 server refusing our client
             // certificate says so only now) is the answer, not a stale connection.
-            Ok(Err(e)) if let Some(cause) = crate::tls::find_cause(&e) => {
+            Ok(Err(e)) if let Some(cause) = crate::net::tls::find_cause(&e) => {
                 return Outcome::Failed(Failure::Answer(UpstreamError::Tls(cause)));
             }
             Ok(Ok(0)) | Ok(Err(_)) if got_nothing => return Outcome::StaleBeforeResponse,
@@ -1309,7 +1309,7 @@ fn take_body(framing: &mut Framing, from: &mut BytesMut, to: &mut Vec<u8>) -> Re
 
 /// A client connection with the bytes already read from it in front, for handing it to hyper
 /// or the HTTP/2 server.
-pub type Rewind = crate::tunnel::Prefixed<TcpStream>;
+pub type Rewind = crate::serve::tunnel::Prefixed<TcpStream>;
 
 #[cfg(test)]
 mod tests {

@@ -16,15 +16,15 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
-use crate::body::{BodyFault, BodyWatch, ClientBody};
-use crate::flags::Flags;
-use crate::forward::{self, Original};
+use crate::serve::body::{BodyFault, BodyWatch, ClientBody};
+use crate::base::flags::Flags;
+use crate::net::forward::{self, Original};
 use crate::route::{self, Decision, TunnelSni, split_host_port};
-use crate::server::{ConnGuard, Shared};
-use crate::snapshot::Snapshot;
-use crate::telemetry::{HttpStart, Metered, Routed, TcpConn, note};
-use crate::tunnel;
-use crate::upstream::PooledBody;
+use crate::listen::server::{ConnGuard, Shared};
+use crate::model::snapshot::Snapshot;
+use crate::obs::telemetry::{HttpStart, Metered, Routed, TcpConn, note};
+use crate::serve::tunnel;
+use crate::net::upstream::PooledBody;
 
 /// Responses are either an upstream's (streamed) or our own.
 pub type ResponseBody = Either<PooledBody, Full<Bytes>>;
@@ -47,7 +47,7 @@ pub struct ConnCtx {
     /// Set for connections captured by the transparent listener.
     pub transparent: Option<Transparent>,
     /// Set for connections to a gateway server port (gateway mode).
-    pub gateway: Option<crate::gateway::GatewayConn>,
+    pub gateway: Option<crate::model::gateway::GatewayConn>,
 }
 
 /// The snapshot cell of a connection's [`Shared`], for the [`SnapshotCache`] it keeps.
@@ -142,7 +142,7 @@ impl Transparent {
     }
 }
 
-/// Serves one client connection with hyper until it closes. The fast path ([`crate::h1`])
+/// Serves one client connection with hyper until it closes. The fast path ([`crate::serve::h1`])
 /// hands connections here, with the bytes it already read, when a request needs more than it
 /// does (CONNECT, upgrades, chunked request bodies, `Expect`, HTTP/1.0).
 pub async fn serve_io<I>(io: I, peer: SocketAddr, ctx: Arc<ConnCtx>)
@@ -160,8 +160,8 @@ where
 {
     let shared = ctx.shared.clone();
     let limits = &shared.config.limits;
-    let state = Arc::new(crate::limits::ConnState::default());
-    let io = crate::limits::Guarded::new(io, shared.clone(), state.clone(), true);
+    let state = Arc::new(crate::serve::limits::ConnState::default());
+    let io = crate::serve::limits::Guarded::new(io, shared.clone(), state.clone(), true);
     let service_state = state.clone();
     // Each request takes the context of the configuration in force when it arrives.
     let cell = arc_swap::ArcSwap::new(ctx);
@@ -180,7 +180,7 @@ where
             if (connect && resp.status().is_success()) || resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                 in_flight.set_tunnel();
             }
-            Ok::<_, Infallible>(resp.map(|b| crate::limits::Tracked::new(b, in_flight)))
+            Ok::<_, Infallible>(resp.map(|b| crate::serve::limits::Tracked::new(b, in_flight)))
         }
     });
     let mut builder = http1::Builder::new();
@@ -188,7 +188,7 @@ where
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(None)
-        .max_buf_size(crate::limits::hyper_buf_size(limits.max_head_bytes))
+        .max_buf_size(crate::serve::limits::hyper_buf_size(limits.max_head_bytes))
         .max_header_size(limits.max_head_bytes);
     if limits.max_headers != MAX_HEADERS {
         builder.max_headers(limits.max_headers);
@@ -240,13 +240,13 @@ pub(crate) async fn handle(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Respon
     // HTTP/1 connections close after their response while draining (HTTP/2 gets GOAWAY), except
     // the ones that become tunnels.
     let closes = req.version() < Version::HTTP_2 && req.method() != Method::CONNECT;
-    let grpc = crate::h2::is_grpc(req.headers());
+    let grpc = crate::serve::h2::is_grpc(req.headers());
     // A client that goes away before the response drops this future; `run` still records
     // the request then (code 0, DC).
     HttpStart::new(&req, ctx, grpc)
         .run(ctx, async {
             let mut resp = if grpc {
-                crate::h2::grpc_reply(handle_any(req, ctx).await).await
+                crate::serve::h2::grpc_reply(handle_any(req, ctx).await).await
             } else {
                 handle_any(req, ctx).await
             };
@@ -318,7 +318,7 @@ async fn handle_any(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<Resp
         );
     }
     if let Some(g) = &ctx.gateway {
-        return crate::gateway::forward(req, ctx, g).await;
+        return crate::serve::gateway::forward(req, ctx, g).await;
     }
     if req.method() == Method::CONNECT {
         return connect(req, ctx).await;
@@ -395,7 +395,7 @@ async fn forward_request(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response
     note(|o| o.routed = Routed::of(&decision));
     if let Some(routes) = ctx.snapshot.routes.http_for(&decision, &host, port) {
         let original = Original { host: &host, port };
-        return crate::routed::handle(ctx, routes, req, host_header, &original, port).await;
+        return crate::serve::routed::handle(ctx, routes, req, host_header, &original, port).await;
     }
     let cluster = match &decision {
         Decision::Blocked => return blocked(ctx, &host, port, StatusCode::BAD_GATEWAY),
@@ -425,7 +425,7 @@ async fn forward_transparent(req: Request<Incoming>, ctx: &Arc<ConnCtx>, t: &Tra
             Some((_, _, value)) => value,
             None => HeaderValue::from_str(&t.dst.to_string()).unwrap_or(HeaderValue::from_static("localhost")),
         };
-        return crate::routed::handle(ctx, routes, req, host_header, &t.original(), t.dst.port()).await;
+        return crate::serve::routed::handle(ctx, routes, req, host_header, &t.original(), t.dst.port()).await;
     }
     let cluster = match &decision {
         Decision::Blocked => {
@@ -450,7 +450,7 @@ async fn forward_transparent(req: Request<Incoming>, ctx: &Arc<ConnCtx>, t: &Tra
 async fn relay_response(
     ctx: &Arc<ConnCtx>,
     decision: &Decision<'_>,
-    cluster: Option<&crate::cluster::Cluster>,
+    cluster: Option<&crate::model::cluster::Cluster>,
     original: &Original<'_>,
     req: Request<Incoming>,
     host_header: HeaderValue,
@@ -482,7 +482,7 @@ async fn relay_response(
     let req = Request::from_parts(parts, Either::Left(body));
     let upstream_req = match protocol {
         forward::UpstreamProtocol::Http1 => to_upstream(req, host_header, &shared.via),
-        forward::UpstreamProtocol::H2 => match crate::h2::to_upstream(req, &host_header, &shared.via) {
+        forward::UpstreamProtocol::H2 => match crate::serve::h2::to_upstream(req, &host_header, &shared.via) {
             Some(r) => r,
             None => {
                 note(|o| o.fail(Flags::DPE, "invalid_authority"));
@@ -563,7 +563,7 @@ pub(crate) fn upgrade_request(
     protocol: HeaderValue,
     host: HeaderValue,
     shared: &Arc<Shared>,
-) -> (Request<crate::upstream::RequestBody>, BodyWatch) {
+) -> (Request<crate::net::upstream::RequestBody>, BodyWatch) {
     let (body, watch) = ClientBody::new(body, shared);
     let mut req = to_upstream(Request::from_parts(parts, Either::Left(body)), host, &shared.via);
     let headers = req.headers_mut();
@@ -632,7 +632,7 @@ pub(crate) fn upstream_failure(
 pub(crate) fn to_upstream<B: hyper::body::Body>(
     req: Request<B>,
     host: HeaderValue,
-    via: &crate::loop_guard::Via,
+    via: &crate::base::loop_guard::Via,
 ) -> Request<B> {
     let (mut parts, body) = req.into_parts();
     let absolute = parts.uri.authority().is_some();
@@ -803,7 +803,7 @@ async fn connect(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<Respons
     let ctx = ctx.clone();
     tokio::spawn(async move {
         // The HTTP connection ends once it hands the tunnel over; a drain waits for this.
-        let _tunnel = crate::lifecycle::TunnelGuard::new(&ctx.shared.lifecycle);
+        let _tunnel = crate::rt::lifecycle::TunnelGuard::new(&ctx.shared.lifecycle);
         match hyper::upgrade::on(req).await {
             Ok(upgraded) => {
                 let target = tunnel::Target {
@@ -840,7 +840,7 @@ fn connect_http(req: Request<Incoming>, ctx: &Arc<ConnCtx>, host: String, port: 
     let ctx = ctx.clone();
     tokio::spawn(async move {
         let shared = ctx.shared.clone();
-        let _tunnel = crate::lifecycle::TunnelGuard::new(&shared.lifecycle);
+        let _tunnel = crate::rt::lifecycle::TunnelGuard::new(&shared.lifecycle);
         match hyper::upgrade::on(req).await {
             Ok(upgraded) => tunnel::serve_http(TokioIo::new(upgraded), ctx, host, port).await,
             Err(e) => tracing::debug!(peer = %ctx.peer, error = %e, "CONNECT upgrade failed"),
@@ -863,7 +863,7 @@ fn connect_first_bytes(
     note(|o| o.tunnel = true);
     let ctx = ctx.clone();
     tokio::spawn(async move {
-        let _tunnel = crate::lifecycle::TunnelGuard::new(&ctx.shared.lifecycle);
+        let _tunnel = crate::rt::lifecycle::TunnelGuard::new(&ctx.shared.lifecycle);
         match hyper::upgrade::on(req).await {
             Ok(upgraded) => {
                 let client = TokioIo::new(upgraded);

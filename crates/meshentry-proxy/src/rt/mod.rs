@@ -1,0 +1,3 @@
+//! Process lifetime: reload outcomes, draining at shutdown.
+
+pub mod lifecycle;

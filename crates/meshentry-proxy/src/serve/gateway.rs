@@ -1,0 +1,384 @@
+//! Gateway mode's data path: one connection to a listener of the Gateway
+//! [`crate::model::gateway`] compiled: its TLS termination and the routing of each connection or
+//! request.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use bytes::BytesMut;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use meshentry_registry::host;
+use rustls::server::Acceptor;
+use tokio::io::AsyncWriteExt;
+use tokio_rustls::StartHandshake;
+use tokio_rustls::server::TlsStream;
+use crate::net::detect::{Detected, detect};
+use crate::base::flags::Flags;
+use crate::net::forward::{self, Original};
+use crate::serve::http::{ConnCtx, ResponseBody, local};
+use crate::route::{self, Decision, split_host_port};
+use crate::listen::server::{Conn, ConnGuard, ListenAddr, Shared};
+use crate::model::snapshot::Snapshot;
+use crate::obs::telemetry::{Routed, TcpConn, note};
+use crate::model::vs::ServerHost;
+
+use crate::model::gateway::*;
+
+
+pub(crate) async fn handle<C: Conn>(stream: C, peer: SocketAddr, addr: ListenAddr, shared: Arc<Shared>) {
+    let stats_owner = shared.clone();
+    let _guard = ConnGuard::new(&stats_owner.stats);
+    let snapshot = shared.snapshot.load_full();
+    let Some(listener) = snapshot.gateway.as_ref().and_then(|g| g.listener(&addr)) else {
+        tracing::warn!(%peer, listener = %addr, "the gateway no longer has a server on this listener: closed");
+        return;
+    };
+    stream.no_delay();
+    if listener.sni.is_some() {
+        tls_port(stream, peer, listener, &snapshot, &shared).await;
+        return;
+    }
+    // A plain port: its servers are merged into one.
+    let server = &listener.servers[0];
+    let port = listener.port;
+    match &server.kind {
+        Kind::Http => {
+            let ctx = conn_ctx(&snapshot, &shared, peer, listener, false, 0);
+            crate::serve::http::serve_io(stream, peer, ctx).await;
+        }
+        Kind::Tcp => l4(stream, peer, port, server, BytesMut::new(), None, &snapshot, &shared).await,
+        other => {
+            tracing::warn!(%peer, port, serves = %other.describe(), "gateway server not served: connection closed");
+        }
+    }
+}
+
+fn conn_ctx(
+    snapshot: &Arc<Snapshot>,
+    shared: &Arc<Shared>,
+    peer: SocketAddr,
+    listener: &Listener,
+    tls: bool,
+    server: usize,
+) -> Arc<ConnCtx> {
+    Arc::new(ConnCtx {
+        snapshot: snapshot.clone(),
+        shared: shared.clone(),
+        peer,
+        transparent: None,
+        gateway: Some(GatewayConn {
+            listener: listener.addr(),
+            port: listener.port,
+            tls,
+            server,
+        }),
+    })
+}
+
+/// A connection to a TLS port: the ClientHello's SNI picks the server, whose own TLS
+/// settings then terminate it (or whose rules relay it).
+async fn tls_port<C: Conn>(
+    mut stream: C,
+    peer: SocketAddr,
+    listener: &Listener,
+    snapshot: &Arc<Snapshot>,
+    shared: &Arc<Shared>,
+) {
+    let port = listener.port;
+    // One budget for the ClientHello and the handshake, as before the server was chosen by SNI.
+    let timeout = shared.config.header_read_timeout;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut buf = BytesMut::with_capacity(4096);
+    let sni = match detect(&mut stream, &mut buf, timeout, None).await {
+        Detected::Tls { sni } => sni,
+        other => {
+            shared.stats.downstream_tls_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(%peer, port, detected = other.as_str(), "gateway TLS server: no ClientHello; closed");
+            return;
+        }
+    };
+    let Some(index) = listener.select(sni.as_deref()) else {
+        // Envoy: no filter chain matches, the connection is closed (listener stat
+        // `no_filter_chain_match`, flag NR in the listener's access log).
+        shared.stats.gateway_no_server.fetch_add(1, Ordering::Relaxed);
+        let mut tcp = TcpConn::open(shared, Routed::Unknown, peer, stream.local(), sni.as_deref());
+        tcp.refused(Flags::NR, "filter_chain_not_found");
+        tracing::info!(%peer, port, sni, "gateway: no server on the port takes this SNI; closed");
+        let _ = stream.shutdown().await;
+        return;
+    };
+    let server = &listener.servers[index];
+    match &server.kind {
+        Kind::Terminate { tls: Ok(tls), mode } => {
+            match tokio::time::timeout_at(deadline, handshake(stream, buf, sni.as_deref(), tls)).await {
+                Ok(Ok(tls)) => {
+                    let ctx = conn_ctx(snapshot, shared, peer, listener, true, index);
+                    crate::serve::http::serve_io(tls, peer, ctx).await;
+                }
+                Ok(Err(e)) => {
+                    shared.stats.downstream_tls_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(%peer, port, server = server.index, mode = mode.as_str(), sni, error = %e, "gateway TLS handshake failed");
+                }
+                Err(_) => {
+                    shared.stats.downstream_tls_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(%peer, port, server = server.index, "gateway TLS handshake timed out");
+                }
+            }
+        }
+        Kind::Passthrough | Kind::AutoPassthrough => {
+            l4(stream, peer, port, server, buf, sni, snapshot, shared).await;
+        }
+        Kind::Terminate { tls: Err(reason), .. } | Kind::Unsupported(reason) => {
+            tracing::warn!(%peer, port, server = server.index, reason, "gateway server not served: connection closed");
+        }
+        Kind::Http | Kind::Tcp => {
+            tracing::warn!(%peer, port, server = server.index, "a plain server on a TLS port: connection closed");
+        }
+    }
+}
+
+/// Completes the handshake of a connection whose ClientHello, naming `sni`, has been read
+/// into `hello`, with the chosen server's TLS.
+///
+/// The bytes already read go straight into rustls's `Acceptor` rather than being replayed
+/// through a wrapper around the socket, so nothing stays allocated for the connection's life.
+async fn handshake<C: Conn>(
+    mut stream: C,
+    hello: BytesMut,
+    sni: Option<&str>,
+    tls: &ServerTls,
+) -> io::Result<TlsStream<C>> {
+    let mut acceptor = Acceptor::default();
+    let mut rest: &[u8] = &hello;
+    while !rest.is_empty() {
+        if acceptor.read_tls(&mut rest)? == 0 {
+            break;
+        }
+    }
+    drop(hello);
+    let accepted = match acceptor.accept() {
+        Ok(Some(accepted)) => accepted,
+        // The SNI parser saw a whole ClientHello; rustls reads it as cut short.
+        Ok(None) => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "ClientHello incomplete to rustls",
+            ));
+        }
+        Err((e, mut alert)) => {
+            let mut out = Vec::new();
+            if alert.write_all(&mut out).is_ok() {
+                let _ = stream.write_all(&out).await;
+            }
+            return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+        }
+    };
+    let start = StartHandshake::from_parts(accepted, stream);
+    // The server was chosen on meshentry's reading of the ClientHello; rustls reads it again.
+    // Should the two ever disagree on the name, one server's certificate and client CA could
+    // end up serving a connection another server was chosen for: refuse rather than guess.
+    if let Some(theirs) = sni_disagreement(start.client_hello().server_name(), sni) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("the ClientHello's server name reads {theirs:?} to rustls but {sni:?} to the SNI parser"),
+        ));
+    }
+    start.into_stream(tls.config()).await
+}
+
+/// `Some(rustls's name)` when rustls and the SNI parser read different server names.
+fn sni_disagreement(theirs: Option<&str>, ours: Option<&str>) -> Option<Option<String>> {
+    let agree = match (theirs, ours) {
+        (Some(t), Some(o)) => {
+            let bare = |n: &str| n.strip_suffix('.').unwrap_or(n).to_ascii_lowercase();
+            bare(t) == bare(o)
+        }
+        (None, None) => true,
+        // rustls treats an IP address sent as a host name as no SNI (RFC 6066 forbids it).
+        (None, Some(o)) => o.parse::<std::net::IpAddr>().is_ok(),
+        (Some(_), None) => false,
+    };
+    (!agree).then(|| theirs.map(str::to_string))
+}
+
+/// PASSTHROUGH, AUTO_PASSTHROUGH and TCP servers: pick a cluster, then relay the bytes
+/// (`buf`: those already read, the ClientHello).
+#[allow(clippy::too_many_arguments)]
+async fn l4<C: Conn>(
+    mut stream: C,
+    peer: SocketAddr,
+    port: u16,
+    server: &Server,
+    buf: BytesMut,
+    sni: Option<String>,
+    snap: &Snapshot,
+    shared: &Arc<Shared>,
+) {
+    let local = stream.local();
+    // A unix socket has no address: only rules without `destinationSubnets` match.
+    let dst = local.map(|a| a.ip());
+    let decision = match (&server.kind, &sni) {
+        (Kind::AutoPassthrough, Some(sni)) => auto_passthrough(snap, &server.hosts, sni),
+        (Kind::Passthrough | Kind::AutoPassthrough, None) => Err("no SNI".to_string()),
+        (Kind::Passthrough, Some(sni)) if !server.hosts.iter().any(|h| h.covers(sni)) => {
+            Err(format!("SNI {sni} is not among the server's hosts"))
+        }
+        _ => match server.routes.l4_pick(dst, sni.as_deref()) {
+            Some(d) => route::to_target(snap, &d.target).map_err(str::to_string),
+            None => Err("no VirtualService rule of this gateway matches".into()),
+        },
+    };
+    let routed = decision.as_ref().map_or(Routed::Unknown, Routed::of);
+    let mut tcp = TcpConn::open(shared, routed, peer, local, sni.as_deref());
+    let (cluster, name) = match &decision {
+        Ok(d @ Decision::Cluster { cluster, .. }) => (&***cluster, d.cluster_name().to_string()),
+        Ok(_) => return,
+        Err(reason) => {
+            tcp.refused(Flags::NR, "");
+            shared.stats.blocked.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(%peer, port, sni, reason, "gateway: connection refused (no route)");
+            let _ = stream.shutdown().await;
+            return;
+        }
+    };
+    let host = sni
+        .clone()
+        .or_else(|| dst.map(|ip| ip.to_string()))
+        .unwrap_or_else(|| "localhost".to_string());
+    let original = Original { host: &host, port };
+    match forward::connect_stream(shared, Some(cluster), &original).await {
+        Ok((upstream, addr)) => {
+            tcp.connected(&addr, &upstream);
+            shared.stats.tunnels.fetch_add(1, Ordering::Relaxed);
+            tcp.relayed(crate::listen::outbound::relay(stream, upstream, &buf, shared).await);
+        }
+        Err(e) => {
+            tcp.failed(&e);
+            shared.stats.upstream_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(%peer, port, cluster = name, flags = e.flag(), error = %e, "gateway connection failed upstream");
+        }
+    }
+}
+
+
+/// F3: AUTO_PASSTHROUGH reads the cluster from Istio's SNI `outbound_.PORT_.SUBSET_.HOST`,
+/// for a service under the server's `hosts` only: Istio builds a filter chain for a service
+/// when its hostname `SubsetOf` one of them (pilot/pkg/networking/core/gateway.go,
+/// `builtAutoPassthroughFilterChains`), so any other SNI finds no chain.
+fn auto_passthrough<'s>(snap: &'s Snapshot, hosts: &[ServerHost], sni: &str) -> Result<Decision<'s>, String> {
+    let (port, subset, host) =
+        parse_auto_sni(sni).ok_or_else(|| format!("SNI {sni} is not outbound_.PORT_.SUBSET_.HOST"))?;
+    let service = snap
+        .view()
+        .lookup_host(host)
+        .ok_or_else(|| format!("{host} is not a service this gateway sees"))?;
+    if !hosts.iter().any(|h| host::subset_of(&service.host, &h.host)) {
+        return Err(format!("service {} is not among the server's hosts", service.host));
+    }
+    let cluster = if subset.is_empty() {
+        snap.cluster(service, port)
+    } else {
+        snap.subset_cluster(service, port, subset)
+    }
+    .ok_or_else(|| format!("no cluster outbound|{port}|{subset}|{host}"))?;
+    let port = service.port(port).ok_or_else(|| format!("{host} has no port {port}"))?;
+    Ok(Decision::Cluster { cluster, service, port })
+}
+
+/// An HTTP request on a gateway listener (F3): `httpsRedirect`, then the virtual host named
+/// by the request's `Host` (404 when none), then its rules.
+pub(crate) async fn forward(req: Request<Incoming>, ctx: &Arc<ConnCtx>, g: &GatewayConn) -> Response<ResponseBody> {
+    // The connection's own snapshot: the server index is the one the connection was
+    // accepted (and its TLS terminated) under.
+    let Some(server) = ctx
+        .snapshot
+        .gateway
+        .as_ref()
+        .and_then(|gw| gw.listener(&g.listener))
+        .and_then(|l| l.servers.get(g.server))
+    else {
+        return local(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "meshentry: the gateway no longer has this port",
+        );
+    };
+    let host_header = req
+        .uri()
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        .or_else(|| req.headers().get(header::HOST).cloned());
+    let Some(host_header) = host_header else {
+        ctx.shared.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
+        note(|o| o.fail(Flags::DPE, "missing_host_header"));
+        return local(StatusCode::BAD_REQUEST, "meshentry: the request has no Host header");
+    };
+    let text = String::from_utf8_lossy(host_header.as_bytes()).into_owned();
+    let Some((host, _)) = split_host_port(&text, g.port) else {
+        ctx.shared.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
+        note(|o| o.fail(Flags::DPE, "invalid_host_header"));
+        return local(StatusCode::BAD_REQUEST, "meshentry: the Host header is not host[:port]");
+    };
+    if server.https_redirect && !g.tls {
+        note(|o| o.fail(Flags::NONE, "direct_response"));
+        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        let mut resp = local(StatusCode::MOVED_PERMANENTLY, "");
+        if let Ok(v) = HeaderValue::from_str(&format!("https://{host}{path}")) {
+            resp.headers_mut().insert(header::LOCATION, v);
+        }
+        return resp;
+    }
+    // Only the virtual hosts of the server that terminated the TLS: Istio gives each HTTPS
+    // server its own route configuration, so a Host (or an absolute-form target) of another
+    // server on the port finds no virtual host there and Envoy answers 404 NR. Not 421:
+    // neither Istio nor Envoy sends one (istio/istio#13589 and envoyproxy/envoy#6767, both
+    // open), and clients that see a 404 today would see another status.
+    let Some(routes) = server.routes.http(host) else {
+        note(|o| o.fail(Flags::NR, "route_not_found"));
+        let gw = ctx.snapshot.gateway.as_ref().map_or("", |g| g.name.as_str());
+        let bound_to = if g.tls {
+            format!("servers[{}] (whose TLS this connection came through)", server.index)
+        } else {
+            "it".to_string()
+        };
+        let mut resp = local(
+            StatusCode::NOT_FOUND,
+            &format!(
+                "meshentry: gateway {gw} port {}: no VirtualService bound to {bound_to} routes host {host}",
+                g.port
+            ),
+        );
+        resp.headers_mut().insert(
+            HeaderName::from_static("x-meshentry-response-flags"),
+            HeaderValue::from_static("NR"),
+        );
+        return resp;
+    };
+    let original = Original { host, port: g.port };
+    crate::serve::routed::handle(ctx, routes, req, host_header.clone(), &original, g.port).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rustls_and_the_sni_parser_must_read_the_same_name() {
+        assert_eq!(sni_disagreement(Some("a.example.com"), Some("a.example.com")), None);
+        assert_eq!(sni_disagreement(Some("a.example.com"), Some("A.Example.com.")), None);
+        assert_eq!(sni_disagreement(Some("a.example.com."), Some("a.example.com")), None);
+        assert_eq!(sni_disagreement(None, None), None);
+        assert_eq!(sni_disagreement(None, Some("127.0.0.1")), None);
+        assert_eq!(
+            sni_disagreement(Some("b.example.com"), Some("a.example.com")),
+            Some(Some("b.example.com".into()))
+        );
+        assert_eq!(sni_disagreement(None, Some("a.example.com")), Some(None));
+        assert_eq!(
+            sni_disagreement(Some("a.example.com"), None),
+            Some(Some("a.example.com".into()))
+        );
+    }
+}
