@@ -16,7 +16,8 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use meshentry_proxy::server::{Acceptor, Shared};
+use meshentry_proxy::listen::server::Acceptor;
+use meshentry_proxy::rt::shared::Shared;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -594,7 +595,7 @@ fn stats_text(shared: &Shared) -> String {
     for (name, _, read) in STATS {
         let _ = writeln!(out, "meshentry.{name}: {}", read(shared));
     }
-    for (name, value) in meshentry_proxy::server::DETECTED_NAMES.iter().zip(&s.detected) {
+    for (name, value) in meshentry_proxy::rt::shared::DETECTED_NAMES.iter().zip(&s.detected) {
         let _ = writeln!(
             out,
             "meshentry.outbound_sniffed_{name}_total: {}",
@@ -627,7 +628,7 @@ fn prometheus(shared: &Shared) -> Response<Full<Bytes>> {
         "counter",
         "What detection found on transparent connections.",
     );
-    for (protocol, value) in meshentry_proxy::server::DETECTED_NAMES
+    for (protocol, value) in meshentry_proxy::rt::shared::DETECTED_NAMES
         .iter()
         .zip(&shared.stats.detected)
     {

@@ -15,21 +15,21 @@
 //! 9. [`listen`]: accept loops: explicit, transparent and Gateway listeners.
 
 pub mod base;
-pub mod wire;
-pub mod model;
-pub mod route;
-pub mod obs;
-pub mod rt;
-pub mod net;
-pub mod serve;
 pub mod listen;
+pub mod model;
+pub mod net;
+pub mod obs;
+pub mod route;
+pub mod rt;
+pub mod serve;
+pub mod wire;
 
 // The paths the binary, admin and tests use.
 pub use base::{config, flags, loop_guard};
 pub use listen::{outbound, server};
-pub use model::{cluster, gateway, lb, snapshot, vs};
-pub use net::{capture, detect, dns, forward, relay, tls, upstream};
+pub use model::{cluster, dns, gateway, lb, snapshot, tls, vs};
+pub use net::{body, capture, detect, forward, relay, upstream};
 pub use obs::{access_log, metrics, telemetry};
 pub use rt::lifecycle;
-pub use serve::{body, h1, h2, http, limits, routed, tunnel};
+pub use serve::{h1, h2, http, limits, routed, tunnel};
 pub use wire::sni;

@@ -4,7 +4,9 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use crate::listen::server::{ListenAddr, Listening, Shared};
+use crate::base::addr::ListenAddr;
+use crate::listen::server::Listening;
+use crate::rt::shared::Shared;
 use crate::serve::gateway::handle;
 
 /// Accepts connections on the gateway listener at `addr` (a TCP or a unix socket) until
@@ -20,4 +22,3 @@ pub async fn serve_gateway<L: Listening>(
     })
     .await;
 }
-

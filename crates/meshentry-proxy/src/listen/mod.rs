@@ -1,5 +1,5 @@
 //! Accept loops: the explicit proxy, the transparent (captured) listener and the Gateway listeners.
 
-pub mod server;
-pub mod outbound;
 pub mod gateway;
+pub mod outbound;
+pub mod server;

@@ -18,15 +18,15 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use crate::net::detect::{Detected, detect};
 use crate::base::flags::Flags;
+use crate::net::detect::{Detected, detect};
 use crate::net::forward::{self, Original};
+use crate::net::upstream::Stream;
+use crate::obs::telemetry::{Routed, TcpConn};
+use crate::route::{self, Decision, Handling, Plan};
+use crate::rt::shared::{ConnGuard, Shared};
 use crate::serve::h1::Rewind;
 use crate::serve::http::{ConnCtx, Transparent};
-use crate::route::{self, Decision, Handling, Plan};
-use crate::listen::server::{ConnGuard, Shared};
-use crate::obs::telemetry::{Routed, TcpConn};
-use crate::net::upstream::Stream;
 
 /// TLS alert `access_denied` (RFC 8446 6.2), sent to a TLS client that REGISTRY_ONLY refuses.
 const ALERT_ACCESS_DENIED: u8 = 49;

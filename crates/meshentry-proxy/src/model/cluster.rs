@@ -15,9 +15,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use arc_swap::ArcSwap;
 use meshentry_registry::{Resolution, Service};
 
-use crate::net::dns::{Answer, Dns, DnsError, DnsName};
+use crate::model::dns::{Answer, Dns, DnsError, DnsName};
 use crate::model::lb::{Balancer, HostLoad, Policy};
-use crate::net::tls::Origination;
+use crate::model::tls::Origination;
 
 /// Where an endpoint listens.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

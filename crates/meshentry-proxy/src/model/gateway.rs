@@ -35,9 +35,9 @@ use rustls::RootCertStore;
 use rustls::ServerConfig;
 use rustls::server::WebPkiClientVerifier;
 
+use crate::base::addr::ListenAddr;
 use crate::base::config::ProxyConfig;
-use crate::listen::server::ListenAddr;
-use crate::net::tls::{FileWatch, load_certs, load_key, provider};
+use crate::model::tls::{FileWatch, load_certs, load_key, provider};
 use crate::model::vs::{CompileInput, GatewayRoutes, RouteTables, ServerHost, covers};
 
 /// The Gateway this proxy runs as, compiled for one snapshot.
@@ -699,7 +699,7 @@ mod tests {
         let loaded = meshentry_api::load_str("t.yaml", yaml, &meshentry_api::LoadOptions::default());
         assert!(!loaded.has_errors(), "{:?}", loaded.errors().collect::<Vec<_>>());
         let valid: Vec<_> = loaded.valid().collect();
-        let dns = crate::net::dns::Dns::new(crate::net::dns::DnsConfig {
+        let dns = crate::model::dns::Dns::new(crate::model::dns::DnsConfig {
             server: Some(SocketAddr::from(([127, 0, 0, 1], 9))),
             ..Default::default()
         })

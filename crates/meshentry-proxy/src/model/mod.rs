@@ -1,7 +1,9 @@
 //! What a snapshot holds: clusters and load balancing, VirtualService route tables, the Gateway model, and the snapshot built from resources.
 
 pub mod cluster;
+pub mod dns;
+pub mod gateway;
 pub mod lb;
 pub mod snapshot;
-pub mod gateway;
+pub mod tls;
 pub mod vs;

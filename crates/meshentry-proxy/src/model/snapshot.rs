@@ -19,12 +19,12 @@ use meshentry_registry::hash::FxHashMap;
 use meshentry_registry::scope::Selected;
 use meshentry_registry::{Protocol, Registry, Service, SidecarScope, View, select_sidecar};
 
-use crate::model::cluster::{Cluster, ClusterSpec};
 use crate::base::config::{OutboundPolicy, ProxyConfig};
-use crate::net::dns::Dns;
+use crate::model::cluster::{Cluster, ClusterSpec};
+use crate::model::dns::Dns;
 use crate::model::gateway::Gateway;
 use crate::model::lb::Policy;
-use crate::net::tls::{Mode, Origination, Recipe, Sni};
+use crate::model::tls::{Mode, Origination, Recipe, Sni};
 use crate::model::vs::{CompileInput, MESH, RouteTables};
 
 /// Everything the data path needs to route, frozen.
@@ -621,7 +621,7 @@ pub(crate) fn test_snapshot(yaml: &str, config: &ProxyConfig) -> (Snapshot, Arc<
     let loaded = meshentry_api::load_str("t.yaml", yaml, &meshentry_api::LoadOptions::default());
     assert!(!loaded.has_errors(), "{:?}", loaded.errors().collect::<Vec<_>>());
     let valid: Vec<_> = loaded.valid().collect();
-    let dns = Dns::new(crate::net::dns::DnsConfig {
+    let dns = Dns::new(crate::model::dns::DnsConfig {
         server: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 9))),
         ..Default::default()
     })

@@ -2098,7 +2098,7 @@ mod tests {
         let loaded = meshentry_api::load_str("t.yaml", yaml, &meshentry_api::LoadOptions::default());
         assert!(!loaded.has_errors(), "{:?}", loaded.errors().collect::<Vec<_>>());
         let valid: Vec<_> = loaded.valid().collect();
-        let dns = crate::net::dns::Dns::new(crate::net::dns::DnsConfig {
+        let dns = crate::model::dns::Dns::new(crate::model::dns::DnsConfig {
             server: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 9))),
             ..Default::default()
         })

@@ -13,11 +13,11 @@ use hyper::body::Incoming;
 use meshentry_registry::Protocol;
 
 use crate::model::cluster::{Cluster, HostAddr, HostSet, NoHost};
-use crate::net::dns::Dns;
+use crate::model::dns::Dns;
 use crate::model::lb::Tried;
-use crate::route::Decision;
-use crate::listen::server::Shared;
 use crate::net::upstream::{self, ConnectError, Dial, PooledBody, RequestBody, Stream, TlsDial};
+use crate::route::Decision;
+use crate::rt::shared::Shared;
 
 /// Why a request or tunnel could not reach an upstream. Each maps to an HTTP status, an Envoy
 /// response flag and a human reason.
@@ -621,7 +621,7 @@ async fn exchange_h2(
 /// An upstream that broke the exchange: a TLS failure when that is the cause (a TLS 1.3
 /// server refuses a client certificate after the handshake), else hyper's words.
 fn reset(e: hyper::Error) -> UpstreamError {
-    match crate::net::tls::find_cause(&e) {
+    match crate::model::tls::find_cause(&e) {
         Some(cause) => UpstreamError::Tls(cause),
         // A response hyper could not parse is the upstream's protocol error (Envoy's UPE), as
         // on the fast path; hyper closes that connection.
@@ -645,4 +645,34 @@ fn wants_close(headers: &http::HeaderMap) -> bool {
         v.to_str()
             .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")))
     })
+}
+
+impl crate::rt::shared::Stats {
+    /// A request or tunnel that failed upstream; TLS failures are also counted as such.
+    pub fn count_upstream_error(&self, e: &UpstreamError) {
+        // A loop is the request's or the configuration's doing, not the upstream's: the 508
+        // that answers it counts it with the other loops (`bad_requests`, see
+        // [`Stats::count_loop`]; the fast path's `refuse` counts every 508).
+        if let UpstreamError::Loop(_) = e {
+            return;
+        }
+        self.upstream_errors.fetch_add(1, Ordering::Relaxed);
+        match e {
+            UpstreamError::Tls(_) => {
+                self.upstream_tls_errors.fetch_add(1, Ordering::Relaxed);
+            }
+            UpstreamError::Timeout(_) => {
+                self.upstream_rq_timeout.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+    }
+
+    /// A request answered 508 because of `e` on the hyper path (which, unlike the fast path's
+    /// `refuse`, does not count its statuses).
+    pub fn count_loop(&self, e: &UpstreamError) {
+        if let UpstreamError::Loop(_) = e {
+            self.bad_requests.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }

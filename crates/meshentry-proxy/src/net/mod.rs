@@ -1,9 +1,9 @@
 //! Sockets to upstreams and clients: connecting with TLS origination, pooling, failover, relaying bytes, DNS, protocol detection I/O, capture rules.
 
-pub mod upstream;
-pub mod relay;
-pub mod detect;
-pub mod dns;
-pub mod tls;
+pub mod body;
 pub mod capture;
+pub mod conn;
+pub mod detect;
 pub mod forward;
+pub mod relay;
+pub mod upstream;

@@ -31,14 +31,14 @@ use rustls::pki_types::ServerName;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use crate::serve::body::{IdleTimer, StreamIdle};
-use crate::net::capture::PROXY_MARK;
 use crate::model::cluster::HostAddr;
-use crate::net::tls::Origination;
+use crate::model::tls::Origination;
+use crate::net::body::{IdleTimer, StreamIdle};
+use crate::net::capture::PROXY_MARK;
 
 /// The body type sent upstream: the client's request body, streamed, or a body the proxy
 /// holds (a buffered body a VirtualService retries or mirrors).
-pub type RequestBody = http_body_util::Either<crate::serve::body::ClientBody, http_body_util::Full<Bytes>>;
+pub type RequestBody = http_body_util::Either<crate::net::body::ClientBody, http_body_util::Full<Bytes>>;
 
 /// A connected upstream stream.
 pub enum Stream {
@@ -95,7 +95,7 @@ impl std::fmt::Display for Dial {
 pub struct TlsDial {
     pub origination: Arc<Origination>,
     /// The name to send and verify; without one the connection is refused before it is made.
-    pub name: Result<ServerName<'static>, crate::net::tls::Unverifiable>,
+    pub name: Result<ServerName<'static>, crate::model::tls::Unverifiable>,
     pub sni: bool,
 }
 
@@ -159,13 +159,13 @@ pub async fn connect(dial: &Dial, timeout: Duration) -> Result<Stream, ConnectEr
         ));
     };
     let connector = tokio_rustls::TlsConnector::from(tls.origination.config_for(tls.sni));
-    match tokio::time::timeout(crate::net::tls::HANDSHAKE_TIMEOUT, connector.connect(name, tcp)).await {
+    match tokio::time::timeout(crate::model::tls::HANDSHAKE_TIMEOUT, connector.connect(name, tcp)).await {
         Err(_) => Err(ConnectError::Tls(format!(
             "TLS error: handshake timed out after {:?}",
-            crate::net::tls::HANDSHAKE_TIMEOUT
+            crate::model::tls::HANDSHAKE_TIMEOUT
         ))),
         Ok(Ok(s)) => Ok(Stream::Tls(Box::new(s))),
-        Ok(Err(e)) => Err(ConnectError::Tls(crate::net::tls::describe(&e))),
+        Ok(Err(e)) => Err(ConnectError::Tls(crate::model::tls::describe(&e))),
     }
 }
 

@@ -19,8 +19,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::model::cluster::HostAddr;
 use crate::base::flags::Flags;
+use crate::model::cluster::HostAddr;
 
 /// How long a line may wait in a worker's buffer.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(100);

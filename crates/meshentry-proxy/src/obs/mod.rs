@@ -1,5 +1,5 @@
 //! What happened, for people and tools: counters and outcomes, Istio's metrics, the access log.
 
-pub mod telemetry;
-pub mod metrics;
 pub mod access_log;
+pub mod metrics;
+pub mod telemetry;

@@ -22,14 +22,14 @@ use http::header::{HeaderMap, HeaderValue};
 use http::{Method, Request, Response, Uri, Version};
 use hyper::body::{Body, Frame, SizeHint};
 
-use crate::obs::access_log::{AccessLog, Entry};
-use crate::model::cluster::{Cluster, HostAddr};
 use crate::base::config::ProxyConfig;
 use crate::base::flags::Flags;
-use crate::serve::http::ConnCtx;
+use crate::model::cluster::{Cluster, HostAddr};
+use crate::obs::access_log::{AccessLog, Entry};
 use crate::obs::metrics::{DestId, Destination, Metrics, RequestKey, RequestProtocol, Source, TcpKey};
 use crate::route::Decision;
-use crate::listen::server::Shared;
+use crate::rt::shared::Shared;
+use crate::serve::http::ConnCtx;
 
 /// A proxy's metrics and (once `--access-log` opened it) access log.
 pub struct Telemetry {
@@ -68,9 +68,9 @@ impl Telemetry {
 pub fn destination_of(
     cluster_host: &Arc<str>,
     namespace: &Arc<str>,
-    tls: Option<&crate::net::tls::Origination>,
+    tls: Option<&crate::model::tls::Origination>,
 ) -> Destination {
-    let mtls = tls.is_some_and(|o| o.recipe.mode == crate::net::tls::Mode::IstioMutual);
+    let mtls = tls.is_some_and(|o| o.recipe.mode == crate::model::tls::Mode::IstioMutual);
     let principal = tls
         .filter(|_| mtls)
         .and_then(|o| o.recipe.subject_alt_names.first())
@@ -632,7 +632,7 @@ where
                         rec.grpc_status = Some(s);
                     }
                 }
-                Poll::Ready(Some(Err(e))) if e.as_ref().is::<crate::serve::body::StreamIdle>() => {
+                Poll::Ready(Some(Err(e))) if e.as_ref().is::<crate::net::body::StreamIdle>() => {
                     rec.outcome.fail(Flags::SI, "stream_idle_timeout");
                     let stats = &rec.ctx.shared.stats;
                     stats

@@ -11,12 +11,12 @@ use std::sync::Arc;
 
 use meshentry_registry::{Port, Protocol, Service, host};
 
-use crate::model::cluster::{Cluster, HostAddr};
 use crate::base::config::OutboundPolicy;
-use crate::net::detect::Detected;
-use crate::net::dns::Dns;
+use crate::model::cluster::{Cluster, HostAddr};
+use crate::model::dns::Dns;
 use crate::model::snapshot::Snapshot;
 use crate::model::vs::Target;
+use meshentry_wire::detect::Detected;
 
 /// Where a destination goes.
 pub enum Decision<'s> {

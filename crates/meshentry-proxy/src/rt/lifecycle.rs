@@ -19,7 +19,7 @@ use tokio::sync::futures::Notified;
 /// More than any machine's worker count in practice; beyond it, threads share a slot.
 const WAKE_SLOTS: usize = 64;
 
-/// Reload outcomes and the drain state, shared by every connection through [`crate::listen::server::Shared`].
+/// Reload outcomes and the drain state, shared by every connection through [`crate::rt::shared::Shared`].
 pub struct Lifecycle {
     draining: AtomicBool,
     /// Woken when draining starts; a thread always waits on the same slot.
@@ -50,7 +50,7 @@ pub struct Rejection {
 pub struct ListenerState {
     /// `http_proxy`, `outbound` or `gateway`.
     pub kind: &'static str,
-    pub address: crate::listen::server::ListenAddr,
+    pub address: crate::base::addr::ListenAddr,
     /// Why it could not be opened.
     pub error: Option<String>,
 }

@@ -1,3 +1,4 @@
 //! Process lifetime: reload outcomes, draining at shutdown.
 
 pub mod lifecycle;
+pub mod shared;

@@ -2,31 +2,32 @@
 //! [`crate::model::gateway`] compiled: its TLS termination and the routing of each connection or
 //! request.
 
-use std::io;
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use crate::base::addr::ListenAddr;
+use crate::base::flags::Flags;
+use crate::model::snapshot::Snapshot;
+use crate::model::vs::ServerHost;
+use crate::net::conn::Conn;
+use crate::net::detect::{Detected, detect};
+use crate::net::forward::{self, Original};
+use crate::obs::telemetry::{Routed, TcpConn, note};
+use crate::route::{self, Decision, split_host_port};
+use crate::rt::shared::{ConnGuard, Shared};
+use crate::serve::http::{ConnCtx, ResponseBody, local};
 use bytes::BytesMut;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use meshentry_registry::host;
 use rustls::server::Acceptor;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use tokio::io::AsyncWriteExt;
 use tokio_rustls::StartHandshake;
 use tokio_rustls::server::TlsStream;
-use crate::net::detect::{Detected, detect};
-use crate::base::flags::Flags;
-use crate::net::forward::{self, Original};
-use crate::serve::http::{ConnCtx, ResponseBody, local};
-use crate::route::{self, Decision, split_host_port};
-use crate::listen::server::{Conn, ConnGuard, ListenAddr, Shared};
-use crate::model::snapshot::Snapshot;
-use crate::obs::telemetry::{Routed, TcpConn, note};
-use crate::model::vs::ServerHost;
 
 use crate::model::gateway::*;
-
 
 pub(crate) async fn handle<C: Conn>(stream: C, peer: SocketAddr, addr: ListenAddr, shared: Arc<Shared>) {
     let stats_owner = shared.clone();
@@ -262,7 +263,6 @@ async fn l4<C: Conn>(
         }
     }
 }
-
 
 /// F3: AUTO_PASSTHROUGH reads the cluster from Istio's SNI `outbound_.PORT_.SUBSET_.HOST`,
 /// for a service under the server's `hosts` only: Istio builds a filter chain for a service

@@ -32,15 +32,15 @@ use meshentry_wire::h1 as framing;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::net::detect::H2_PREFACE;
 use crate::base::flags::Flags;
+use crate::net::detect::H2_PREFACE;
 use crate::net::forward::{Failover, Original, UpstreamError, UpstreamProtocol};
-use crate::serve::http::{ConnCtx, MAX_HEAD_BYTES, MAX_HEADERS, SnapshotCache, SnapshotCell, Transparent};
-use crate::rt::lifecycle::DrainWatch;
-use crate::route::{self, Decision, split_host_port};
-use crate::listen::server::{ConnGuard, Shared};
-use crate::obs::telemetry::{self, Routed, note};
 use crate::net::upstream::{self, Dial, Stream};
+use crate::obs::telemetry::{self, Routed, note};
+use crate::route::{self, Decision, split_host_port};
+use crate::rt::lifecycle::DrainWatch;
+use crate::rt::shared::{ConnGuard, Shared};
+use crate::serve::http::{ConnCtx, MAX_HEAD_BYTES, MAX_HEADERS, SnapshotCache, SnapshotCell, Transparent};
 
 /// Serves one client connection: the fast path for as long as requests are plain, then hyper.
 pub async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
@@ -1140,7 +1140,7 @@ async fn roundtrip(
             Err(_) => return Outcome::Failed(Failure::Answer(UpstreamError::Timeout(response_timeout))),
             // A TLS alert instead of a response (a TLS 1.3 server refusing our client
             // certificate says so only now) is the answer, not a stale connection.
-            Ok(Err(e)) if let Some(cause) = crate::net::tls::find_cause(&e) => {
+            Ok(Err(e)) if let Some(cause) = crate::model::tls::find_cause(&e) => {
                 return Outcome::Failed(Failure::Answer(UpstreamError::Tls(cause)));
             }
             Ok(Ok(0)) | Ok(Err(_)) if got_nothing => return Outcome::StaleBeforeResponse,

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 
-use crate::listen::server::Shared;
+use crate::rt::shared::Shared;
 
 /// Envoy's `overload.premature_reset_min_stream_lifetime_seconds` default: a reset this soon
 /// after the stream opened is premature; a later one is an ordinary cancellation.

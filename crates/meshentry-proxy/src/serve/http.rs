@@ -16,15 +16,15 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
-use crate::serve::body::{BodyFault, BodyWatch, ClientBody};
 use crate::base::flags::Flags;
-use crate::net::forward::{self, Original};
-use crate::route::{self, Decision, TunnelSni, split_host_port};
-use crate::listen::server::{ConnGuard, Shared};
 use crate::model::snapshot::Snapshot;
-use crate::obs::telemetry::{HttpStart, Metered, Routed, TcpConn, note};
-use crate::serve::tunnel;
+use crate::net::body::{BodyFault, BodyWatch, ClientBody};
+use crate::net::forward::{self, Original};
 use crate::net::upstream::PooledBody;
+use crate::obs::telemetry::{HttpStart, Metered, Routed, TcpConn, note};
+use crate::route::{self, Decision, TunnelSni, split_host_port};
+use crate::rt::shared::{ConnGuard, Shared};
+use crate::serve::tunnel;
 
 /// Responses are either an upstream's (streamed) or our own.
 pub type ResponseBody = Either<PooledBody, Full<Bytes>>;

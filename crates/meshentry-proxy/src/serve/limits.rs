@@ -23,7 +23,7 @@ use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
-use crate::listen::server::Shared;
+use crate::rt::shared::Shared;
 
 /// What the service knows about a connection and its stream wrapper needs.
 #[derive(Debug, Default)]

@@ -20,18 +20,18 @@ use http::{Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Either, Full};
 use hyper::body::{Body, Incoming};
 
-use crate::serve::body::{BodyFault, ClientBody};
-use crate::model::cluster::Cluster;
 use crate::base::flags::Flags;
-use crate::net::forward::{self, Original, UpstreamError, UpstreamProtocol};
-use crate::serve::http::{ConnCtx, ResponseBody, local};
-use crate::route::{self, Decision, split_host_port};
-use crate::obs::telemetry::{Routed, note};
-use crate::net::upstream::{PooledBody, RequestBody};
+use crate::model::cluster::Cluster;
 use crate::model::vs::{
     HttpAction, HttpRoutes, HttpRule, MAX_REPLAY_BODY, Redirect, RedirectPort, RequestView, Rewrite, Target, retry_on,
     roll,
 };
+use crate::net::body::{BodyFault, ClientBody};
+use crate::net::forward::{self, Original, UpstreamError, UpstreamProtocol};
+use crate::net::upstream::{PooledBody, RequestBody};
+use crate::obs::telemetry::{Routed, note};
+use crate::route::{self, Decision, split_host_port};
+use crate::serve::http::{ConnCtx, ResponseBody, local};
 
 /// A route timeout of `0s` means none; this bounds the wait anyway, far beyond any use.
 const NO_TIMEOUT: Duration = Duration::from_secs(24 * 3600);

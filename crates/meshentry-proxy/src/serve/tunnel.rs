@@ -16,15 +16,15 @@ use http_body_util::{Either, Full};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
-use crate::serve::body::BodyWatch;
-use crate::model::cluster::Cluster;
-use crate::net::detect::{Detected, detect};
 use crate::base::flags::Flags;
+use crate::model::cluster::Cluster;
+use crate::net::body::BodyWatch;
+use crate::net::detect::{Detected, detect};
 use crate::net::forward::{self, Original};
-use crate::serve::http::{ConnCtx, ResponseBody};
-use crate::route::{self, Decision};
-use crate::obs::telemetry::{Routed, TcpConn, note};
 use crate::net::upstream::{PooledBody, RequestBody, Stream};
+use crate::obs::telemetry::{Routed, TcpConn, note};
+use crate::route::{self, Decision};
+use crate::serve::http::{ConnCtx, ResponseBody};
 
 /// What the tunnel was opened for.
 pub struct Target {
@@ -149,7 +149,7 @@ where
         }
         // An upstream that refuses our client certificate does so only now (TLS 1.3): say so,
         // as a request would.
-        Err(e) => match crate::net::tls::find_cause(&e) {
+        Err(e) => match crate::model::tls::find_cause(&e) {
             Some(cause) => {
                 tcp.refused(Flags::UF, "");
                 tcp.transport_failure = Some(cause.clone());
@@ -406,7 +406,8 @@ pub(crate) async fn upgrade(ctx: &Arc<ConnCtx>, up: Upgrade<'_>) -> Response<Res
         let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
         let mut copied = (0, 0);
         let idle = Some(ctx.shared.config.limits.tcp_idle_timeout);
-        let relayed = crate::net::relay::copy_bidirectional_counted(&mut client, &mut upstream, idle, &mut copied).await;
+        let relayed =
+            crate::net::relay::copy_bidirectional_counted(&mut client, &mut upstream, idle, &mut copied).await;
         tcp.relayed(copied);
         match relayed {
             Ok(()) => tracing::debug!(up = copied.0, down = copied.1, "upgraded connection closed"),

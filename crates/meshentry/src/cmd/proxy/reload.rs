@@ -15,8 +15,9 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
 use meshentry_api::Finding;
+use meshentry_proxy::base::addr::ListenAddr;
 use meshentry_proxy::lifecycle::{ListenerState, Rejection};
-use meshentry_proxy::server::{ListenAddr, Shared};
+use meshentry_proxy::rt::shared::Shared;
 use meshentry_proxy::snapshot::Snapshot;
 use notify::Watcher;
 use notify::event::{AccessKind, AccessMode, EventKind};

@@ -14,7 +14,8 @@ use std::os::unix::net::UnixListener as StdUnixListener;
 use std::sync::Arc;
 
 use anyhow::Context;
-use meshentry_proxy::server::{ListenAddr, Shared};
+use meshentry_proxy::base::addr::ListenAddr;
+use meshentry_proxy::rt::shared::Shared;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;

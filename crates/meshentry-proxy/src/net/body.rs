@@ -21,7 +21,7 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::time::{Instant, Sleep};
 
-use crate::listen::server::Shared;
+use crate::rt::shared::Shared;
 
 /// Why a client's request body did not arrive whole.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
