@@ -124,7 +124,7 @@ pub struct Cluster {
     pub tls: Option<Result<Arc<Origination>, String>>,
     pub stats: ClusterStats,
     /// The labels its traffic is reported under (Istio's destination_* labels).
-    pub dest: crate::obs::metrics::DestId,
+    pub dest: crate::model::dest::DestId,
 }
 
 /// Per-cluster counters.
@@ -225,7 +225,7 @@ impl Cluster {
             Some(Ok(o)) => Some(&**o),
             _ => None,
         };
-        let dest = crate::obs::metrics::intern(crate::obs::telemetry::destination_of(
+        let dest = crate::model::dest::intern(crate::model::dest::destination_of(
             &service.host,
             &service.namespace,
             origination,

@@ -137,7 +137,7 @@ impl Dns {
     /// in a reload), so that reloads do not pile names up; returns how many. A name still held
     /// by a snapshot in use keeps its entry, and its cached answer, until a later call.
     pub fn forget_unused(&self) -> usize {
-        let mut names = self.names.lock().unwrap_or_else(|e| e.into_inner());
+        let mut names = crate::base::lock(&self.names);
         let before = names.len();
         names.retain(|_, e| Arc::strong_count(e) > 1);
         before - names.len()
@@ -264,7 +264,7 @@ fn entry_in(map: &Mutex<HashMap<Arc<str>, Arc<DnsName>>>, name: &str, cap: usize
     let name = name.trim_end_matches('.').to_ascii_lowercase();
     // A poisoned lock only means another thread panicked while inserting; the map is still
     // consistent (insert and clear are the only mutations), so keep using it.
-    let mut names = map.lock().unwrap_or_else(|p| p.into_inner());
+    let mut names = crate::base::lock(&map);
     if let Some(e) = names.get(name.as_str()) {
         return e.clone();
     }

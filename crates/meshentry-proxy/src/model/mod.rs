@@ -1,6 +1,7 @@
 //! What a snapshot holds: clusters and load balancing, VirtualService route tables, the Gateway model, and the snapshot built from resources.
 
 pub mod cluster;
+pub mod dest;
 pub mod dns;
 pub mod gateway;
 pub mod lb;

@@ -238,7 +238,7 @@ impl FileWatch {
     /// check, only when they change again.
     pub(crate) fn changed(&self) -> bool {
         let now: Vec<Option<Stamp>> = self.paths.iter().map(|p| Stamp::of(p)).collect();
-        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let mut seen = crate::base::lock(&self.seen);
         if *seen == now {
             return false;
         }

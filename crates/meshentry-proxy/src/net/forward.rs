@@ -554,7 +554,7 @@ async fn exchange(
     opened: impl FnOnce(),
 ) -> Result<(Response<Incoming>, Sender), Exchange> {
     let mut req = req;
-    upstream::keep_swept(idle);
+    crate::net::pool::keep_swept(idle, upstream::sweep_pool);
     if let Some(mut sender) = upstream::checkout(addr, idle, idle_closed) {
         match tokio::time::timeout(response_timeout, sender.try_send_request(req)).await {
             Err(_) => return Err(Exchange::Failed(UpstreamError::Timeout(response_timeout))),

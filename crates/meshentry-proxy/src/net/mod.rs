@@ -5,5 +5,6 @@ pub mod capture;
 pub mod conn;
 pub mod detect;
 pub mod forward;
+pub mod pool;
 pub mod relay;
 pub mod upstream;

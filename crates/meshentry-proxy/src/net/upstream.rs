@@ -35,6 +35,7 @@ use crate::model::cluster::HostAddr;
 use crate::model::tls::Origination;
 use crate::net::body::{IdleTimer, StreamIdle};
 use crate::net::capture::PROXY_MARK;
+use crate::net::pool::{Pool, Pooled};
 
 /// The body type sent upstream: the client's request body, streamed, or a body the proxy
 /// holds (a buffered body a VirtualService retries or mirrors).
@@ -292,59 +293,24 @@ impl AsyncWrite for Stream {
     }
 }
 
-/// Idle connections kept per host per thread; beyond this, finished connections are closed.
-const MAX_IDLE_PER_HOST: usize = 128;
-
-struct Idle {
-    sender: SendRequest<RequestBody>,
-    since: Instant,
-}
-
 thread_local! {
-    static POOL: RefCell<HashMap<Dial, Vec<Idle>>> = RefCell::new(HashMap::new());
+    /// This thread's idle HTTP/1.1 connections of the hyper path.
+    static POOL: Pool<SendRequest<RequestBody>> = Pool::default();
 }
 
-thread_local! {
-    /// How long this thread's idle upstream connections are kept (`pool_idle_timeout`).
-    static IDLE_LIMIT: std::cell::Cell<Duration> = const { std::cell::Cell::new(Duration::from_secs(60)) };
-    /// Whether this thread's pool sweeper is running.
-    static SWEEPING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// How often idle pooled connections are looked at.
-const SWEEP_EVERY: Duration = Duration::from_secs(1);
-
-/// Keeps this thread's upstream pools swept while they hold connections: idle ones past
-/// `idle_limit` are closed, and so are ones the upstream closed, instead of lingering (in
-/// CLOSE_WAIT, holding a file descriptor) until a request happens to check them out. Called
-/// where connections are checked in; the sweeper stops once the pools are empty.
-pub(crate) fn keep_swept(idle_limit: Duration) {
-    IDLE_LIMIT.with(|l| l.set(idle_limit));
-    if SWEEPING.with(|s| s.replace(true)) {
-        return;
+impl Pooled for SendRequest<RequestBody> {
+    fn ready(&mut self) -> bool {
+        self.is_ready()
     }
-    tokio::spawn(async {
-        let mut tick = tokio::time::interval(SWEEP_EVERY);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick.tick().await;
-        loop {
-            tick.tick().await;
-            let limit = IDLE_LIMIT.with(|l| l.get());
-            let now = Instant::now();
-            let left = POOL.with(|pool| {
-                let mut pool = pool.borrow_mut();
-                pool.retain(|_, list| {
-                    list.retain(|idle| now.duration_since(idle.since) < limit && !idle.sender.is_closed());
-                    !list.is_empty()
-                });
-                pool.len()
-            }) + crate::serve::h1::sweep_pool(now, limit);
-            if left == 0 {
-                SWEEPING.with(|s| s.set(false));
-                return;
-            }
-        }
-    });
+
+    fn open(&mut self) -> bool {
+        !self.is_closed()
+    }
+}
+
+/// Sweeps this thread's hyper pool ([`crate::net::pool::keep_swept`]).
+pub fn sweep_pool(now: Instant, limit: Duration) -> usize {
+    POOL.with(|p| p.sweep(now, limit))
 }
 
 /// Whether an idle HTTP/1.1 stream may carry another request: its peer has neither closed it
@@ -386,34 +352,14 @@ pub(crate) fn idle_and_clean(stream: &mut Stream) -> bool {
 /// An idle connection to `addr` that can take a request now, if this thread has one. Those
 /// found idle past `max_idle` are closed and counted in `idle_closed`.
 pub fn checkout(addr: &Dial, max_idle: Duration, idle_closed: &AtomicU64) -> Option<SendRequest<RequestBody>> {
-    POOL.with(|pool| {
-        let mut pool = pool.borrow_mut();
-        let list = pool.get_mut(addr)?;
-        while let Some(idle) = list.pop() {
-            if idle.since.elapsed() >= max_idle {
-                idle_closed.fetch_add(1, Ordering::Relaxed);
-            } else if idle.sender.is_ready() {
-                return Some(idle.sender);
-            }
-        }
-        None
-    })
+    POOL.with(|p| p.checkout(addr, max_idle, idle_closed))
 }
 
 fn checkin(addr: Dial, sender: SendRequest<RequestBody>) {
     if sender.is_closed() {
         return;
     }
-    POOL.with(|pool| {
-        let mut pool = pool.borrow_mut();
-        let list = pool.entry(addr).or_default();
-        if list.len() < MAX_IDLE_PER_HOST {
-            list.push(Idle {
-                sender,
-                since: Instant::now(),
-            });
-        }
-    });
+    POOL.with(|p| p.checkin(addr, sender));
 }
 
 /// Performs the HTTP/1.1 handshake on a fresh stream; the connection runs in its own task.

@@ -15,11 +15,12 @@ use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::base::flags::Flags;
+use crate::base::lock;
 use crate::model::cluster::HostAddr;
 
 /// How long a line may wait in a worker's buffer.
@@ -112,10 +113,6 @@ static NEXT_ID: AtomicUsize = AtomicUsize::new(0);
 thread_local! {
     /// This thread's buffer in each log it wrote to, by the log's id.
     static BUFFERS: RefCell<Vec<(usize, Buffer)>> = const { RefCell::new(Vec::new()) };
-}
-
-fn lock<T: ?Sized>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl AccessLog {

@@ -13,16 +13,19 @@
 //! same ids for the same labels, so series survive reloads and never change labels.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use meshentry_registry::hash::FxHashMap;
 
 use crate::base::config::ProxyConfig;
 use crate::base::flags::Flags;
+use crate::base::lock;
+use crate::model::dest::destinations;
+pub use crate::model::dest::{DestId, Destination, UNKNOWN, intern};
 
 /// `istio_request_duration_milliseconds` buckets: Istio's defaults, in ms.
 pub const DURATION_BUCKETS_MS: [f64; 19] = [
@@ -33,90 +36,6 @@ pub const DURATION_BUCKETS_MS: [f64; 19] = [
 /// `istio_request_bytes` and `istio_response_bytes` buckets: Istio's defaults (1 to 10^9 by
 /// powers of ten).
 pub const BYTES_BUCKETS: [f64; 10] = [1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9];
-
-/// What Istio prints for a label it cannot fill.
-pub const UNKNOWN: &str = "unknown";
-
-// === Destinations ===
-
-/// The labels that depend on where traffic went: the service and how it was secured.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct Destination {
-    /// `destination_service`: the service host.
-    pub service: Arc<str>,
-    /// `destination_service_name`: for a ServiceEntry, the host (as Istio reports it);
-    /// `PassthroughCluster` or `BlackHoleCluster` for traffic outside the registry.
-    pub name: Arc<str>,
-    /// `destination_service_namespace`.
-    pub namespace: Arc<str>,
-    /// `destination_principal`: the identity an ISTIO_MUTUAL upstream must present.
-    pub principal: Option<Arc<str>>,
-    /// The connection is Istio mutual TLS this proxy originated (`connection_security_policy`
-    /// `mutual_tls`, and `source_principal` is this proxy's identity).
-    pub mtls: bool,
-}
-
-/// An interned [`Destination`]: the same labels always get the same id in this process.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct DestId(u32);
-
-impl DestId {
-    /// No service is known (a request refused before routing, a gateway Host with no
-    /// virtual host).
-    pub const UNKNOWN: DestId = DestId(0);
-    /// ALLOW_ANY traffic to a destination outside the registry.
-    pub const PASSTHROUGH: DestId = DestId(1);
-    /// Traffic REGISTRY_ONLY refused.
-    pub const BLACKHOLE: DestId = DestId(2);
-}
-
-struct Interner {
-    ids: HashMap<Destination, DestId>,
-    all: Vec<Destination>,
-}
-
-static DESTINATIONS: LazyLock<Mutex<Interner>> = LazyLock::new(|| {
-    let unknown: Arc<str> = Arc::from(UNKNOWN);
-    let special = |name: &str| Destination {
-        service: unknown.clone(),
-        name: Arc::from(name),
-        namespace: unknown.clone(),
-        principal: None,
-        mtls: false,
-    };
-    let all = vec![
-        special(UNKNOWN),
-        special("PassthroughCluster"),
-        special("BlackHoleCluster"),
-    ];
-    let ids = all
-        .iter()
-        .enumerate()
-        .map(|(i, d)| (d.clone(), DestId(i as u32)))
-        .collect();
-    Mutex::new(Interner { ids, all })
-});
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while counting leaves counts, not broken invariants: keep going.
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// The id of `d`. Called when clusters are built (never per request).
-pub fn intern(d: Destination) -> DestId {
-    let mut interner = lock(&DESTINATIONS);
-    if let Some(id) = interner.ids.get(&d) {
-        return *id;
-    }
-    let id = DestId(u32::try_from(interner.all.len()).unwrap_or(u32::MAX));
-    interner.all.push(d.clone());
-    interner.ids.insert(d, id);
-    id
-}
-
-fn destinations() -> Vec<Destination> {
-    lock(&DESTINATIONS).all.clone()
-}
 
 // === Keys and series ===
 
@@ -370,7 +289,7 @@ impl Metrics {
         let (requests, tcp) = self.merged();
         let dests = destinations();
         let labels = |dest: DestId| -> String {
-            let d = dests.get(dest.0 as usize).unwrap_or(&dests[0]);
+            let d = dests.get(dest.index()).unwrap_or(&dests[0]);
             let mut l = String::with_capacity(512);
             let src_principal = match (&self.source.principal, d.mtls) {
                 (Some(p), true) => p.as_str(),
@@ -402,7 +321,7 @@ impl Metrics {
             }
             l
         };
-        let security = |dest: DestId| match dests.get(dest.0 as usize) {
+        let security = |dest: DestId| match dests.get(dest.index()) {
             Some(d) if d.mtls => "mutual_tls",
             _ => "none",
         };

@@ -26,7 +26,7 @@ use crate::base::config::ProxyConfig;
 use crate::base::flags::Flags;
 use crate::model::cluster::{Cluster, HostAddr};
 use crate::obs::access_log::{AccessLog, Entry};
-use crate::obs::metrics::{DestId, Destination, Metrics, RequestKey, RequestProtocol, Source, TcpKey};
+use crate::obs::metrics::{DestId, Metrics, RequestKey, RequestProtocol, Source, TcpKey};
 use crate::route::Decision;
 use crate::rt::shared::Shared;
 use crate::serve::http::ConnCtx;
@@ -62,27 +62,7 @@ impl Telemetry {
     }
 }
 
-/// The labels of a cluster's traffic: its service, and whether this proxy originates Istio
-/// mutual TLS to it (then `destination_principal` is the identity the upstream must present,
-/// the first of the names it is verified against).
-pub fn destination_of(
-    cluster_host: &Arc<str>,
-    namespace: &Arc<str>,
-    tls: Option<&crate::model::tls::Origination>,
-) -> Destination {
-    let mtls = tls.is_some_and(|o| o.recipe.mode == crate::model::tls::Mode::IstioMutual);
-    let principal = tls
-        .filter(|_| mtls)
-        .and_then(|o| o.recipe.subject_alt_names.first())
-        .map(|s| Arc::from(s.as_str()));
-    Destination {
-        service: cluster_host.clone(),
-        name: cluster_host.clone(),
-        namespace: namespace.clone(),
-        principal,
-        mtls,
-    }
-}
+pub use crate::model::dest::destination_of;
 
 // === Where traffic went ===
 

@@ -15,8 +15,6 @@
 //! responses are the same on both paths.
 
 use std::borrow::Cow;
-use std::cell::RefCell;
-use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::ops::Range;
@@ -35,6 +33,7 @@ use tokio::net::TcpStream;
 use crate::base::flags::Flags;
 use crate::net::detect::H2_PREFACE;
 use crate::net::forward::{Failover, Original, UpstreamError, UpstreamProtocol};
+use crate::net::pool::{self, Pool, Pooled};
 use crate::net::upstream::{self, Dial, Stream};
 use crate::obs::telemetry::{self, Routed, note};
 use crate::route::{self, Decision, split_host_port};
@@ -801,39 +800,29 @@ struct UpConn {
 }
 
 thread_local! {
-    static RAW_POOL: RefCell<HashMap<Dial, Vec<(UpConn, Instant)>>> = RefCell::new(HashMap::new());
+    /// This thread's idle upstream connections of the fast path.
+    static RAW_POOL: Pool<UpConn> = Pool::default();
 }
 
-const MAX_IDLE_PER_HOST: usize = 128;
+impl Pooled for UpConn {
+    fn ready(&mut self) -> bool {
+        // One the upstream closed would only fail the request and be sent again.
+        upstream::idle_and_clean(&mut self.stream)
+    }
+
+    fn open(&mut self) -> bool {
+        upstream::idle_and_clean(&mut self.stream)
+    }
+}
+
+/// Sweeps this thread's fast-path pool ([`crate::net::pool::keep_swept`]).
+fn sweep_pool(now: Instant, limit: Duration) -> usize {
+    RAW_POOL.with(|p| p.sweep(now, limit))
+}
 
 /// An idle connection to `addr`; those found idle past `max_idle` are closed and counted.
 fn checkout(addr: &Dial, max_idle: Duration, shared: &Shared) -> Option<UpConn> {
-    RAW_POOL.with(|pool| {
-        let mut pool = pool.borrow_mut();
-        let list = pool.get_mut(addr)?;
-        while let Some((mut c, since)) = list.pop() {
-            // One the upstream closed would only fail the request and be sent again.
-            if since.elapsed() >= max_idle {
-                shared.stats.upstream_cx_idle_timeout.fetch_add(1, Ordering::Relaxed);
-            } else if upstream::idle_and_clean(&mut c.stream) {
-                return Some(c);
-            }
-        }
-        None
-    })
-}
-
-/// Closes this thread's idle connections that are past `limit` or that their upstream
-/// closed; returns how many are left ([`upstream::keep_swept`]).
-pub(crate) fn sweep_pool(now: Instant, limit: Duration) -> usize {
-    RAW_POOL.with(|pool| {
-        let mut pool = pool.borrow_mut();
-        pool.retain(|_, list| {
-            list.retain_mut(|(c, since)| now.duration_since(*since) < limit && upstream::idle_and_clean(&mut c.stream));
-            !list.is_empty()
-        });
-        pool.values().map(Vec::len).sum()
-    })
+    RAW_POOL.with(|p| p.checkout(addr, max_idle, &shared.stats.upstream_cx_idle_timeout))
 }
 
 /// Pools `c` for the next request to `addr` if its response ended exactly at the end of what
@@ -841,16 +830,9 @@ pub(crate) fn sweep_pool(now: Instant, limit: Duration) -> usize {
 /// ([`checkout`], [`upstream::idle_and_clean`]): that check sees everything the event loop
 /// learned in between, which a check here, right after the last read, could not.
 fn checkin(addr: Dial, c: UpConn) {
-    if !c.buf.is_empty() {
-        return;
+    if c.buf.is_empty() {
+        RAW_POOL.with(|p| p.checkin(addr, c));
     }
-    RAW_POOL.with(|pool| {
-        let mut pool = pool.borrow_mut();
-        let list = pool.entry(addr).or_default();
-        if list.len() < MAX_IDLE_PER_HOST {
-            list.push((c, Instant::now()));
-        }
-    });
 }
 
 /// Sends the request to a host (or the original destination) and relays the response,
@@ -914,7 +896,7 @@ async fn attempt(
     idle: Duration,
     connect_timeout: Duration,
 ) -> Attempt {
-    upstream::keep_swept(idle);
+    pool::keep_swept(idle, sweep_pool);
     if let Some(mut up) = checkout(addr, idle, shared) {
         match roundtrip(conn, shared, &mut up, up_head, body_rest, method_is_head).await {
             Outcome::Finished { reusable, close_client } => {

@@ -72,7 +72,7 @@ impl Budget {
     }
 
     fn charge_at(&self, now: Instant) -> bool {
-        let mut bucket = self.bucket.lock().unwrap_or_else(|e| e.into_inner());
+        let mut bucket = crate::base::lock(&self.bucket);
         let (tokens, since) = &mut *bucket;
         let refill = now.saturating_duration_since(*since).as_secs_f64() * self.per_second;
         *tokens = (*tokens + refill).min(self.capacity);

@@ -66,7 +66,7 @@ impl ConnState {
         if self.tunnel.load(Ordering::Relaxed) {
             return;
         }
-        let mut idle_waker = self.idle_waker.lock().unwrap_or_else(|e| e.into_inner());
+        let mut idle_waker = crate::base::lock(&self.idle_waker);
         if !idle_waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
             *idle_waker = Some(cx.waker().clone());
         }
@@ -86,7 +86,7 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         if self.0.in_flight.fetch_sub(1, Ordering::Relaxed) == 1 {
-            let waker = self.0.idle_waker.lock().unwrap_or_else(|e| e.into_inner()).take();
+            let waker = crate::base::lock(&self.0.idle_waker).take();
             if let Some(w) = waker {
                 w.wake();
             }
