@@ -112,7 +112,10 @@ fn matching(c: &mut Criterion) {
     let host = "svc-777.example.com";
     let decide = || {
         let decision = route::route(&snap, black_box(host), 80);
-        let routes = snap.routes.http_for(&decision, host, 80).expect("a route table");
+        let routes = snap
+            .routes
+            .http_for(decision.service_port(), host, 80)
+            .expect("a route table");
         let sel = routes.select(black_box(&req)).expect("the last rule matches");
         let dest = sel.rule.pick().expect("a destination");
         route::to_target(&snap, &dest.target)

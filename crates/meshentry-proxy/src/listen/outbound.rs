@@ -21,7 +21,6 @@ use tokio::sync::watch;
 use crate::base::flags::Flags;
 use crate::net::detect::{Detected, detect};
 use crate::net::forward::{self, Original};
-use crate::net::upstream::Stream;
 use crate::obs::telemetry::{Routed, TcpConn};
 use crate::route::{self, Decision, Handling, Plan};
 use crate::rt::shared::{ConnGuard, Shared};
@@ -184,34 +183,7 @@ async fn handle(stream: TcpStream, peer: SocketAddr, local: Option<SocketAddr>, 
         }
     };
     stats.tunnels.fetch_add(1, Ordering::Relaxed);
-    tcp.relayed(relay(stream, upstream, &buf, &shared).await);
-}
-
-/// Sends what was read while detecting, then copies both ways until both sides are done.
-/// `client` has TCP_NODELAY already (the outbound listener's, [`nodelay_for_accepted`], or
-/// the gateway's; a unix socket has nothing to set); upstream connections set it when they
-/// connect. A relay idle
-/// for `--tcp-idle-timeout` is closed, and counted. Returns the bytes received from the
-/// client (`first` included) and sent to it.
-pub async fn relay<C>(mut client: C, mut upstream: Stream, first: &[u8], shared: &Shared) -> (u64, u64)
-where
-    C: tokio::io::AsyncRead + tokio::io::AsyncWrite + crate::net::relay::Peer + Unpin,
-{
-    let first_len = first.len() as u64;
-    if !first.is_empty() && upstream.write_all(first).await.is_err() {
-        return (first_len, 0);
-    }
-    let mut copied = (0, 0);
-    let idle = Some(shared.config.limits.tcp_idle_timeout);
-    match crate::net::relay::copy_bidirectional_counted(&mut client, &mut upstream, idle, &mut copied).await {
-        Ok(()) => tracing::debug!(up = copied.0, down = copied.1, "connection closed"),
-        Err(e) if crate::net::relay::is_idle_timeout(&e) => {
-            shared.stats.tcp_idle_timeout.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(error = %e, "connection closed: idle");
-        }
-        Err(e) => tracing::debug!(error = %e, "connection ended with an error"),
-    }
-    (first_len + copied.0, copied.1)
+    tcp.relayed(crate::net::relay::relay(stream, upstream, &buf, &shared).await);
 }
 
 #[cfg(test)]

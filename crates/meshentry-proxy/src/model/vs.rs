@@ -28,7 +28,6 @@ use meshentry_registry::{Registry, Service, ServiceId, View, host};
 use regex::bytes::Regex;
 
 use crate::model::cluster::Cluster;
-use crate::route::Decision;
 
 /// The gateway name of sidecars (E2).
 pub const MESH: &str = "mesh";
@@ -582,25 +581,27 @@ impl RouteTables {
         self.http.is_empty() && self.http_names.is_empty() && self.http_wild.is_empty()
     }
 
-    /// The HTTP rules for a request the registry routed to `decision`, `host:port` being
-    /// what the request named (for E1's port-80 hosts that are no service).
-    pub fn http_for(&self, decision: &Decision<'_>, host: &str, port: u16) -> Option<&HttpRoutes> {
+    /// The HTTP rules for a request the registry routed to `routed` (the service and port
+    /// number, as [`crate::route::Decision::service_port`] gives them; `None` when it is no
+    /// service), `host:port` being what the request named (for E1's port-80 hosts that are
+    /// no service).
+    pub fn http_for(&self, routed: Option<(&Service, u32)>, host: &str, port: u16) -> Option<&HttpRoutes> {
         if self.http_is_empty() {
             return None;
         }
-        match decision {
-            Decision::Cluster { service, port, .. } => self
+        match routed {
+            Some((service, number)) => self
                 .http
-                .get(&(*service as *const Service as usize, port.number))
+                .get(&(service as *const Service as usize, number))
                 .map(|r| &**r),
-            _ if port == 80 && (!self.http_names.is_empty() || !self.http_wild.is_empty()) => {
+            None if port == 80 && (!self.http_names.is_empty() || !self.http_wild.is_empty()) => {
                 let name = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
                 self.http_names
                     .get(name.as_str())
                     .map(|r| &**r)
                     .or_else(|| self.http_wild.iter().find(|(w, _)| covers(w, &name)).map(|(_, r)| &**r))
             }
-            _ => None,
+            None => None,
         }
     }
 
@@ -2113,7 +2114,7 @@ mod tests {
     /// The owner VirtualService and the rule names for `host:port`.
     fn table(snap: &crate::model::snapshot::Snapshot, host: &str, port: u16) -> Option<(String, Vec<String>)> {
         let d = crate::route::route(snap, host, port);
-        let r = snap.routes.http_for(&d, host, port)?;
+        let r = snap.routes.http_for(d.service_port(), host, port)?;
         Some((r.vs.to_string(), r.rules.iter().map(|r| r.name.to_string()).collect()))
     }
 
@@ -2211,7 +2212,7 @@ spec:
             );
             let snap = snapshot(&yaml, &[]);
             let d = crate::route::route(&snap, "a.example.com", 80);
-            let routes = snap.routes.http_for(&d, "a.example.com", 80).unwrap();
+            let routes = snap.routes.http_for(d.service_port(), "a.example.com", 80).unwrap();
             routes.rules[0].mirrors.iter().map(|m| m.percent).collect::<Vec<f64>>()
         };
         assert_eq!(percent("mirrorPercent: 30"), [30.0]);
@@ -2345,7 +2346,7 @@ spec:
             ))
         );
         let d = crate::route::route(&snap, "a.example.com", 80);
-        let routes = snap.routes.http_for(&d, "a.example.com", 80).unwrap();
+        let routes = snap.routes.http_for(d.service_port(), "a.example.com", 80).unwrap();
         let pick = |path: &str| routes.select(&get(path)).map(|s| &*s.rule.name);
         assert_eq!(pick("/api/v1/x"), Some("api-v1"));
         // The catch-all delegate rule is confined to the root's /api.

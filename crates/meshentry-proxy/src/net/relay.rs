@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
 /// Bytes moved per read: large enough that bulk transfers take few system calls.
@@ -343,6 +343,41 @@ impl Direction {
         }
         Poll::Pending
     }
+}
+
+/// Sends what was read while detecting, then copies both ways until both sides are done.
+/// `client` has TCP_NODELAY already (the outbound listener's, [`crate::listen::outbound::nodelay_for_accepted`], or
+/// the gateway's; a unix socket has nothing to set); upstream connections set it when they
+/// connect. A relay idle
+/// for `--tcp-idle-timeout` is closed, and counted. Returns the bytes received from the
+/// client (`first` included) and sent to it.
+pub async fn relay<C>(
+    mut client: C,
+    mut upstream: crate::net::upstream::Stream,
+    first: &[u8],
+    shared: &crate::rt::shared::Shared,
+) -> (u64, u64)
+where
+    C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Peer + Unpin,
+{
+    let first_len = first.len() as u64;
+    if !first.is_empty() && upstream.write_all(first).await.is_err() {
+        return (first_len, 0);
+    }
+    let mut copied = (0, 0);
+    let idle = Some(shared.config.limits.tcp_idle_timeout);
+    match copy_bidirectional_counted(&mut client, &mut upstream, idle, &mut copied).await {
+        Ok(()) => tracing::debug!(up = copied.0, down = copied.1, "connection closed"),
+        Err(e) if is_idle_timeout(&e) => {
+            shared
+                .stats
+                .tcp_idle_timeout
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::debug!(error = %e, "connection closed: idle");
+        }
+        Err(e) => tracing::debug!(error = %e, "connection ended with an error"),
+    }
+    (first_len + copied.0, copied.1)
 }
 
 #[cfg(test)]

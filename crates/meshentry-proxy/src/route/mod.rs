@@ -33,6 +33,14 @@ pub enum Decision<'s> {
 }
 
 impl Decision<'_> {
+    /// The service and port number a request was routed to, if it was routed to one.
+    pub fn service_port(&self) -> Option<(&Service, u32)> {
+        match self {
+            Decision::Cluster { service, port, .. } => Some((service, port.number)),
+            _ => None,
+        }
+    }
+
     /// The name access logs and metrics use (`outbound|80||host`, PassthroughCluster,
     /// BlackHoleCluster).
     pub fn cluster_name(&self) -> &str {

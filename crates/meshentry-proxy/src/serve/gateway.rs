@@ -254,7 +254,7 @@ async fn l4<C: Conn>(
         Ok((upstream, addr)) => {
             tcp.connected(&addr, &upstream);
             shared.stats.tunnels.fetch_add(1, Ordering::Relaxed);
-            tcp.relayed(crate::listen::outbound::relay(stream, upstream, &buf, shared).await);
+            tcp.relayed(crate::net::relay::relay(stream, upstream, &buf, shared).await);
         }
         Err(e) => {
             tcp.failed(&e);

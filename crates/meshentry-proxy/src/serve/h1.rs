@@ -543,7 +543,7 @@ async fn exchange(conn: &mut Downstream, head: &Head, ctx: &ConnCtx) -> Next {
     // A VirtualService for the destination replaces its default route (E4, E5). Rules that
     // only pick a destination stay here; the hyper path does everything else.
     let mut decision = decision;
-    if let Some(routes) = ctx.snapshot.routes.http_for(&decision, host, port) {
+    if let Some(routes) = ctx.snapshot.routes.http_for(decision.service_port(), host, port) {
         let view = H1View {
             buf,
             head,

@@ -393,7 +393,7 @@ async fn forward_request(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response
     }
     let decision = route::route(&ctx.snapshot, &host, port);
     note(|o| o.routed = Routed::of(&decision));
-    if let Some(routes) = ctx.snapshot.routes.http_for(&decision, &host, port) {
+    if let Some(routes) = ctx.snapshot.routes.http_for(decision.service_port(), &host, port) {
         let original = Original { host: &host, port };
         return crate::serve::routed::handle(ctx, routes, req, host_header, &original, port).await;
     }
@@ -419,7 +419,7 @@ async fn forward_transparent(req: Request<Incoming>, ctx: &Arc<ConnCtx>, t: &Tra
     if let Some(routes) = ctx
         .snapshot
         .routes
-        .http_for(&decision, host.unwrap_or(""), t.dst.port())
+        .http_for(decision.service_port(), host.unwrap_or(""), t.dst.port())
     {
         let host_header = match dest {
             Some((_, _, value)) => value,

@@ -485,7 +485,7 @@ impl<'s> Explainer<'s> {
         port: u16,
     ) -> Result<Vec<(u32, u32, Decision<'s>)>, OutcomeJson> {
         let snap = self.snap;
-        let Some(routes) = snap.routes.http_for(&decision, host, port) else {
+        let Some(routes) = snap.routes.http_for(decision.service_port(), host, port) else {
             let mut lines = vec![format!(
                 "no VirtualService routes {host}:{port} for this proxy: the default route ({})",
                 decision.cluster_name()
