@@ -21,11 +21,12 @@ use tokio::sync::watch;
 use crate::base::flags::Flags;
 use crate::net::detect::{Detected, detect};
 use crate::net::forward::{self, Original};
-use crate::obs::telemetry::{Routed, TcpConn};
+use crate::obs::telemetry::Routed;
 use crate::route::{self, Decision, Handling, Plan};
 use crate::rt::shared::{ConnGuard, Shared};
+use crate::serve::ctx::{ConnCtx, Transparent};
 use crate::serve::h1::Rewind;
-use crate::serve::http::{ConnCtx, Transparent};
+use crate::serve::record::TcpConn;
 
 /// TLS alert `access_denied` (RFC 8446 6.2), sent to a TLS client that REGISTRY_ONLY refuses.
 const ALERT_ACCESS_DENIED: u8 = 49;

@@ -264,7 +264,7 @@ fn entry_in(map: &Mutex<HashMap<Arc<str>, Arc<DnsName>>>, name: &str, cap: usize
     let name = name.trim_end_matches('.').to_ascii_lowercase();
     // A poisoned lock only means another thread panicked while inserting; the map is still
     // consistent (insert and clear are the only mutations), so keep using it.
-    let mut names = crate::base::lock(&map);
+    let mut names = crate::base::lock(map);
     if let Some(e) = names.get(name.as_str()) {
         return e.clone();
     }

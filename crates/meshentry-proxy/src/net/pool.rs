@@ -9,11 +9,9 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::thread::LocalKey;
 use std::time::{Duration, Instant};
-
-use crate::net::upstream::Dial;
 
 /// Idle connections kept per host per thread; beyond this, finished connections are closed.
 pub const MAX_IDLE_PER_HOST: usize = 128;
@@ -31,12 +29,16 @@ pub trait Pooled: 'static {
     fn open(&mut self) -> bool;
 }
 
-/// Idle connections by where they go, most recently checked in last.
-pub struct Pool<C> {
-    idle: RefCell<HashMap<Dial, Vec<(C, Instant)>>>,
+/// Sweeps one pool of this thread: closes what idled past the limit; returns how many are left.
+pub type Sweep = fn(Instant, Duration) -> usize;
+
+/// Idle connections by where they go (`K`: an upstream address and how it is dialled), most
+/// recently checked in last.
+pub struct Pool<K, C> {
+    idle: RefCell<HashMap<K, Vec<(C, Instant)>>>,
 }
 
-impl<C: Pooled> Default for Pool<C> {
+impl<K, C: Pooled> Default for Pool<K, C> {
     fn default() -> Self {
         Self {
             idle: RefCell::new(HashMap::new()),
@@ -44,11 +46,11 @@ impl<C: Pooled> Default for Pool<C> {
     }
 }
 
-impl<C: Pooled> Pool<C> {
+impl<K: Hash + Eq, C: Pooled> Pool<K, C> {
     /// An idle connection to `addr` that can take a request now, if this thread has one.
     /// Those found idle past `max_idle` are closed and counted in `idle_closed`; ones no
     /// longer [`Pooled::ready`] are closed.
-    pub fn checkout(&self, addr: &Dial, max_idle: Duration, idle_closed: &AtomicU64) -> Option<C> {
+    pub fn checkout(&self, addr: &K, max_idle: Duration, idle_closed: &AtomicU64) -> Option<C> {
         let mut idle = self.idle.borrow_mut();
         let list = idle.get_mut(addr)?;
         while let Some((mut c, since)) = list.pop() {
@@ -63,7 +65,7 @@ impl<C: Pooled> Pool<C> {
 
     /// Keeps `c` for the next request to `addr`, unless `addr` already has
     /// [`MAX_IDLE_PER_HOST`] waiting.
-    pub fn checkin(&self, addr: Dial, c: C) {
+    pub fn checkin(&self, addr: K, c: C) {
         let mut idle = self.idle.borrow_mut();
         let list = idle.entry(addr).or_default();
         if list.len() < MAX_IDLE_PER_HOST {
@@ -83,14 +85,11 @@ impl<C: Pooled> Pool<C> {
     }
 }
 
-/// A thread's pool of one kind, as the sweeper reaches it.
-pub type PoolKey<C> = &'static LocalKey<Pool<C>>;
-
 thread_local! {
     /// How long this thread's idle upstream connections are kept (`pool_idle_timeout`).
     static IDLE_LIMIT: Cell<Duration> = const { Cell::new(Duration::from_secs(60)) };
     /// The sweep of each pool this thread has checked a connection into.
-    static SWEEPS: RefCell<Vec<fn(Instant, Duration) -> usize>> = const { RefCell::new(Vec::new()) };
+    static SWEEPS: RefCell<Vec<Sweep>> = const { RefCell::new(Vec::new()) };
     /// Whether this thread's sweeper is running.
     static SWEEPING: Cell<bool> = const { Cell::new(false) };
 }
@@ -100,7 +99,7 @@ thread_local! {
 /// holding a file descriptor) until a request happens to check them out. Called where
 /// connections are used, with the sweep of the pool they go back to; the sweeper stops once
 /// every pool is empty.
-pub fn keep_swept(idle_limit: Duration, sweep: fn(Instant, Duration) -> usize) {
+pub fn keep_swept(idle_limit: Duration, sweep: Sweep) {
     IDLE_LIMIT.with(|l| l.set(idle_limit));
     SWEEPS.with(|s| {
         let mut s = s.borrow_mut();
@@ -119,7 +118,7 @@ pub fn keep_swept(idle_limit: Duration, sweep: fn(Instant, Duration) -> usize) {
             tick.tick().await;
             let limit = IDLE_LIMIT.with(Cell::get);
             let now = Instant::now();
-            let sweeps: Vec<fn(Instant, Duration) -> usize> = SWEEPS.with(|s| s.borrow().clone());
+            let sweeps: Vec<Sweep> = SWEEPS.with(|s| s.borrow().clone());
             let left: usize = sweeps.iter().map(|sweep| sweep(now, limit)).sum();
             if left == 0 {
                 SWEEPING.with(|s| s.set(false));
@@ -148,16 +147,13 @@ mod tests {
         }
     }
 
-    fn dial(port: u16) -> Dial {
-        Dial::plain(crate::model::cluster::HostAddr::Ip(std::net::SocketAddr::from((
-            [127, 0, 0, 1],
-            port,
-        ))))
+    fn dial(port: u16) -> u16 {
+        port
     }
 
     #[test]
     fn checkout_takes_the_newest_ready_one_and_counts_the_expired() {
-        let pool = Pool::<Fake>::default();
+        let pool = Pool::<u16, Fake>::default();
         let closed = AtomicU64::new(0);
         pool.checkin(
             dial(1),
@@ -190,7 +186,7 @@ mod tests {
 
     #[test]
     fn at_most_max_idle_per_host_wait_and_the_sweep_drops_closed_and_old_ones() {
-        let pool = Pool::<Fake>::default();
+        let pool = Pool::<u16, Fake>::default();
         for _ in 0..MAX_IDLE_PER_HOST + 5 {
             pool.checkin(
                 dial(1),

@@ -351,14 +351,10 @@ impl Direction {
 /// connect. A relay idle
 /// for `--tcp-idle-timeout` is closed, and counted. Returns the bytes received from the
 /// client (`first` included) and sent to it.
-pub async fn relay<C>(
-    mut client: C,
-    mut upstream: crate::net::upstream::Stream,
-    first: &[u8],
-    shared: &crate::rt::shared::Shared,
-) -> (u64, u64)
+pub async fn relay<C, U>(mut client: C, mut upstream: U, first: &[u8], shared: &crate::rt::shared::Shared) -> (u64, u64)
 where
-    C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Peer + Unpin,
+    C: AsyncRead + AsyncWrite + Peer + Unpin,
+    U: AsyncRead + AsyncWrite + Peer + Unpin,
 {
     let first_len = first.len() as u64;
     if !first.is_empty() && upstream.write_all(first).await.is_err() {

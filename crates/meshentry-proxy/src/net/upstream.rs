@@ -295,7 +295,7 @@ impl AsyncWrite for Stream {
 
 thread_local! {
     /// This thread's idle HTTP/1.1 connections of the hyper path.
-    static POOL: Pool<SendRequest<RequestBody>> = Pool::default();
+    static POOL: Pool<Dial, SendRequest<RequestBody>> = Pool::default();
 }
 
 impl Pooled for SendRequest<RequestBody> {

@@ -39,7 +39,7 @@ use crate::obs::telemetry::{self, Routed, note};
 use crate::route::{self, Decision, split_host_port};
 use crate::rt::lifecycle::DrainWatch;
 use crate::rt::shared::{ConnGuard, Shared};
-use crate::serve::http::{ConnCtx, MAX_HEAD_BYTES, MAX_HEADERS, SnapshotCache, SnapshotCell, Transparent};
+use crate::serve::ctx::{ConnCtx, MAX_HEAD_BYTES, MAX_HEADERS, SnapshotCache, SnapshotCell, Transparent};
 
 /// Serves one client connection: the fast path for as long as requests are plain, then hyper.
 pub async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
@@ -390,7 +390,7 @@ fn finish(
         None => telemetry::RequestLine::default(),
     };
     let protocol = crate::obs::metrics::RequestProtocol::Http;
-    telemetry::finish_request(ctx, outcome, protocol, None, started, start_time, &line);
+    crate::serve::record::finish_request(ctx, outcome, protocol, None, started, start_time, &line);
 }
 
 /// Requests the fast path leaves to hyper.
@@ -597,7 +597,7 @@ async fn exchange(conn: &mut Downstream, head: &Head, ctx: &ConnCtx) -> Next {
                 peer = %ctx.peer, host, port, dst = ?ctx.transparent.as_ref().map(|t| t.dst), namespace = %snap.namespace,
                 policy_source = %snap.policy_source, "blocked by REGISTRY_ONLY: destination is not in the service registry"
             );
-            let reason = crate::serve::http::blocked_reason(snap, host, port);
+            let reason = crate::serve::ctx::blocked_reason(snap, host, port);
             return refuse(conn, shared, 502, &reason, None, skip).await;
         }
         Decision::Passthrough => {
@@ -756,7 +756,7 @@ async fn refuse(
     if ok && !close { Next::KeepAlive } else { Next::Close }
 }
 
-/// A complete local response, as [`crate::serve::http::local`] writes it on the hyper path.
+/// A complete local response, as [`crate::serve::ctx::local`] writes it on the hyper path.
 fn local(out: &mut Vec<u8>, status: u16, reason: &str, flags: Option<&str>, close: bool) {
     use std::io::Write;
     let canonical = http::StatusCode::from_u16(status)
@@ -801,7 +801,7 @@ struct UpConn {
 
 thread_local! {
     /// This thread's idle upstream connections of the fast path.
-    static RAW_POOL: Pool<UpConn> = Pool::default();
+    static RAW_POOL: Pool<Dial, UpConn> = Pool::default();
 }
 
 impl Pooled for UpConn {

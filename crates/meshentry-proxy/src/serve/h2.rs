@@ -22,7 +22,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::serve::http::{ConnCtx, ResponseBody};
+use crate::serve::ctx::{ConnCtx, ResponseBody};
 
 /// Streams reset by the client before hyper accepted them, read at once, that end the connection
 /// (GOAWAY ENHANCE_YOUR_CALM); h2's default, named here because the budget in
@@ -139,7 +139,7 @@ pub(crate) fn to_upstream<B>(
         v.to_str()
             .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")))
     });
-    crate::serve::http::strip_hop_by_hop(&mut parts.headers);
+    crate::serve::ctx::strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(header::HOST);
     if trailers {
         parts.headers.insert(header::TE, HeaderValue::from_static("trailers"));
@@ -337,7 +337,7 @@ mod tests {
 
     #[tokio::test]
     async fn proxy_errors_become_trailers_only_grpc_responses() {
-        let mut resp = crate::serve::http::local(StatusCode::SERVICE_UNAVAILABLE, "meshentry: a.com:80 is down");
+        let mut resp = crate::serve::ctx::local(StatusCode::SERVICE_UNAVAILABLE, "meshentry: a.com:80 is down");
         resp.headers_mut()
             .insert("x-meshentry-response-flags", HeaderValue::from_static("UF"));
         let resp = grpc_reply(resp).await;
@@ -348,13 +348,13 @@ mod tests {
         assert_eq!(resp.headers()["x-meshentry-response-flags"], "UF");
         assert!(resp.body().is_end_stream(), "Trailers-Only: no body");
 
-        let resp = grpc_reply(crate::serve::http::local(StatusCode::GATEWAY_TIMEOUT, "slow")).await;
+        let resp = grpc_reply(crate::serve::ctx::local(StatusCode::GATEWAY_TIMEOUT, "slow")).await;
         assert_eq!(resp.headers()["grpc-status"], "4");
     }
 
     #[tokio::test]
     async fn successes_pass_unchanged() {
-        let mut ok = crate::serve::http::local(StatusCode::OK, "");
+        let mut ok = crate::serve::ctx::local(StatusCode::OK, "");
         ok.headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
         let resp = grpc_reply(ok).await;

@@ -31,7 +31,7 @@ use crate::net::forward::{self, Original, UpstreamError, UpstreamProtocol};
 use crate::net::upstream::{PooledBody, RequestBody};
 use crate::obs::telemetry::{Routed, note};
 use crate::route::{self, Decision, split_host_port};
-use crate::serve::http::{ConnCtx, ResponseBody, local};
+use crate::serve::ctx::{ConnCtx, ResponseBody, local};
 
 /// A route timeout of `0s` means none; this bounds the wait anyway, far beyond any use.
 const NO_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
@@ -102,7 +102,7 @@ pub(crate) async fn handle(
     port: u16,
 ) -> Response<ResponseBody> {
     let mut req = req;
-    let upgrade = crate::serve::http::take_upgrade(&mut req);
+    let upgrade = crate::serve::ctx::take_upgrade(&mut req);
     let (parts, body) = req.into_parts();
     let host_text = String::from_utf8_lossy(host_header.as_bytes()).into_owned();
     let name = split_host_port(&host_text, port).map_or(host_text.as_str(), |(h, _)| h);
@@ -187,7 +187,7 @@ pub(crate) async fn handle(
     // A switch of protocols is relayed once, on a connection of its own: no retries, no
     // mirrors, no route timeout (the upstream has --response-timeout to answer).
     if let Some((protocol, client)) = upgrade {
-        let (req, watch) = crate::serve::http::upgrade_request(parts, body, protocol, host_header, &ctx.shared);
+        let (req, watch) = crate::serve::ctx::upgrade_request(parts, body, protocol, host_header, &ctx.shared);
         let upgrade = crate::serve::tunnel::Upgrade {
             req,
             client,
@@ -208,7 +208,7 @@ pub(crate) async fn handle(
     if wants_replay {
         body = match buffer(body).await {
             Ok(b) => b,
-            Err(fault) => return crate::serve::http::body_failure(ctx, fault, version),
+            Err(fault) => return crate::serve::ctx::body_failure(ctx, fault, version),
         };
     }
     if let Payload::Buffered(bytes) = &body {
@@ -277,14 +277,14 @@ pub(crate) async fn handle(
     match result {
         Ok((resp, _)) => {
             let (mut parts, body) = resp.into_parts();
-            crate::serve::http::strip_hop_by_hop(&mut parts.headers);
+            crate::serve::ctx::strip_hop_by_hop(&mut parts.headers);
             rule.headers.response.apply(&mut parts.headers);
             dest.headers.response.apply(&mut parts.headers);
             Response::from_parts(parts, Either::Left(body))
         }
         Err(e) => match watch.fault() {
-            Some(fault) => crate::serve::http::body_failure(ctx, fault, version),
-            None => crate::serve::http::upstream_failure(ctx, name, port, decision.cluster_name(), &e),
+            Some(fault) => crate::serve::ctx::body_failure(ctx, fault, version),
+            None => crate::serve::ctx::upstream_failure(ctx, name, port, decision.cluster_name(), &e),
         },
     }
 }
@@ -332,7 +332,7 @@ fn build(
     *req.version_mut() = parts.version;
     *req.headers_mut() = parts.headers.clone();
     match protocol {
-        UpstreamProtocol::Http1 => Some(crate::serve::http::to_upstream(req, host_header.clone(), via)),
+        UpstreamProtocol::Http1 => Some(crate::serve::ctx::to_upstream(req, host_header.clone(), via)),
         UpstreamProtocol::H2 => crate::serve::h2::to_upstream(req, host_header, via),
     }
 }

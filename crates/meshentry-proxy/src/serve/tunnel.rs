@@ -22,9 +22,10 @@ use crate::net::body::BodyWatch;
 use crate::net::detect::{Detected, detect};
 use crate::net::forward::{self, Original};
 use crate::net::upstream::{PooledBody, RequestBody, Stream};
-use crate::obs::telemetry::{Routed, TcpConn, note};
+use crate::obs::telemetry::{Routed, note};
 use crate::route::{self, Decision};
-use crate::serve::http::{ConnCtx, ResponseBody};
+use crate::serve::ctx::{ConnCtx, ResponseBody};
+use crate::serve::record::TcpConn;
 
 /// What the tunnel was opened for.
 pub struct Target {
@@ -352,14 +353,14 @@ pub(crate) async fn upgrade(ctx: &Arc<ConnCtx>, up: Upgrade<'_>) -> Response<Res
         Ok(r) => r,
         Err(e) => {
             return match up.watch.fault() {
-                Some(fault) => crate::serve::http::body_failure(ctx, fault, up.version),
-                None => crate::serve::http::upstream_failure(ctx, up.host, up.port, &cluster_name, &e),
+                Some(fault) => crate::serve::ctx::body_failure(ctx, fault, up.version),
+                None => crate::serve::ctx::upstream_failure(ctx, up.host, up.port, &cluster_name, &e),
             };
         }
     };
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         let (mut parts, body) = resp.into_parts();
-        crate::serve::http::strip_hop_by_hop(&mut parts.headers);
+        crate::serve::ctx::strip_hop_by_hop(&mut parts.headers);
         let body = PooledBody::shared(body, shared.config.limits.stream_idle_timeout);
         return Response::from_parts(parts, Either::Left(body));
     }
@@ -367,7 +368,7 @@ pub(crate) async fn upgrade(ctx: &Arc<ConnCtx>, up: Upgrade<'_>) -> Response<Res
     let (parts, _) = resp.into_parts();
     let switched_to = parts.headers.get(header::UPGRADE).cloned();
     let mut headers = parts.headers;
-    crate::serve::http::strip_hop_by_hop(&mut headers);
+    crate::serve::ctx::strip_hop_by_hop(&mut headers);
     if let Some(protocol) = switched_to {
         headers.insert(header::UPGRADE, protocol);
     }

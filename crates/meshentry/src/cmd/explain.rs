@@ -1346,7 +1346,7 @@ fn outcome_of(
             Proto::Http => refused(
                 502,
                 Some("BlackHoleCluster".into()),
-                meshentry_proxy::http::blocked_reason(snap, host, t.port),
+                meshentry_proxy::serve::ctx::blocked_reason(snap, host, t.port),
             ),
             _ => OutcomeJson {
                 routed: false,
