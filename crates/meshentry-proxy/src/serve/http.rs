@@ -1,4 +1,4 @@
-//! The explicit HTTP proxy listener (`HTTP_PROXY`/`HTTPS_PROXY`): absolute-form requests
+//! The hyper path of the explicit HTTP proxy (`HTTP_PROXY`/`HTTPS_PROXY`): absolute-form requests
 //! (`GET http://host/path`), requests routed by their `Host` header, and `CONNECT` tunnels.
 
 use std::convert::Infallible;
