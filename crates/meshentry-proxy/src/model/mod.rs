@@ -4,6 +4,7 @@ pub mod cluster;
 pub mod dest;
 pub mod dns;
 pub mod gateway;
+pub mod key;
 pub mod lb;
 pub mod snapshot;
 pub mod tls;

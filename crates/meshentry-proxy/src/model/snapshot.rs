@@ -23,6 +23,7 @@ use crate::base::config::{OutboundPolicy, ProxyConfig};
 use crate::model::cluster::{Cluster, ClusterSpec};
 use crate::model::dns::Dns;
 use crate::model::gateway::Gateway;
+use crate::model::key::ServiceKey;
 use crate::model::lb::Policy;
 use crate::model::tls::{Mode, Origination, Recipe, Sni};
 use crate::model::vs::{CompileInput, MESH, RouteTables};
@@ -44,11 +45,11 @@ pub struct Snapshot {
     pub policy_source: String,
     /// Keyed by the address of the service inside `registry` (which never moves or changes
     /// while this snapshot lives) and the port number, so a lookup hashes two integers.
-    clusters: FxHashMap<(usize, u32), Arc<Cluster>>,
+    clusters: FxHashMap<(ServiceKey, u32), Arc<Cluster>>,
     /// DestinationRule subset clusters (D3, D4), keyed like `clusters` plus the subset name.
     /// Only VirtualService destinations name them, and those are resolved when the route
     /// tables are compiled, so the data path never looks here.
-    subset_clusters: BTreeMap<(usize, u32, String), Arc<Cluster>>,
+    subset_clusters: BTreeMap<(ServiceKey, u32, String), Arc<Cluster>>,
     /// The VirtualService routes (E1-E7) this proxy applies as a sidecar.
     pub routes: RouteTables,
     /// Gateway mode (`--gateway`): the Gateway this proxy runs as, with its listeners' routes
@@ -122,7 +123,7 @@ impl Snapshot {
         // Clusters for every service held, including those only VirtualServices route to.
         let held = registry.cluster_view(&namespace);
         for service in held.services() {
-            let key = service as *const Service as usize;
+            let key = ServiceKey::of(service);
             let subsets = rules
                 .lookup(service, &config.namespace)
                 .map_or(&[][..], |r| r.spec.subsets.as_slice());
@@ -138,7 +139,7 @@ impl Snapshot {
             }
         }
         let cluster_of = |service: &Service, port: u32, subset: Option<&str>| {
-            let key = service as *const Service as usize;
+            let key = ServiceKey::of(service);
             match subset {
                 None => clusters.get(&(key, port)).cloned(),
                 Some(s) => subset_clusters.get(&(key, port, s.to_string())).cloned(),
@@ -228,13 +229,13 @@ impl Snapshot {
 
     /// The cluster of `port` of `service`, a service of this snapshot's registry.
     pub fn cluster(&self, service: &Service, port: u32) -> Option<&Arc<Cluster>> {
-        self.clusters.get(&(service as *const Service as usize, port))
+        self.clusters.get(&(ServiceKey::of(service), port))
     }
 
     /// The cluster of DestinationRule subset `subset` of `port` of `service`.
     pub fn subset_cluster(&self, service: &Service, port: u32, subset: &str) -> Option<&Arc<Cluster>> {
         self.subset_clusters
-            .get(&(service as *const Service as usize, port, subset.to_string()))
+            .get(&(ServiceKey::of(service), port, subset.to_string()))
     }
 
     /// Every cluster (subsets included), sorted by name, for admin output.

@@ -28,6 +28,7 @@ use meshentry_registry::{Registry, Service, ServiceId, View, host};
 use regex::bytes::Regex;
 
 use crate::model::cluster::Cluster;
+use crate::model::key::ServiceKey;
 
 /// The gateway name of sidecars (E2).
 pub const MESH: &str = "mesh";
@@ -44,13 +45,13 @@ pub const MAX_REPLAY_BODY: u64 = 64 * 1024;
 pub struct RouteTables {
     /// Keyed like the snapshot's clusters: the address of the service in the registry, and the
     /// port number (= the listener port of a sidecar).
-    http: FxHashMap<(usize, u32), Arc<HttpRoutes>>,
+    http: FxHashMap<(ServiceKey, u32), Arc<HttpRoutes>>,
     /// E1: VirtualService hosts that name no visible service get a virtual host on port 80
     /// only; exact names (lower case) here, wildcards in `http_wild`.
     http_names: FxHashMap<Box<str>, Arc<HttpRoutes>>,
     http_wild: Vec<(Box<str>, Arc<HttpRoutes>)>,
     /// TLS and TCP rules (E7), keyed like `http`.
-    l4: FxHashMap<(usize, u32), Arc<L4Routes>>,
+    l4: FxHashMap<(ServiceKey, u32), Arc<L4Routes>>,
     /// Configurations that compile to something other than what the author probably meant.
     pub warnings: Vec<String>,
 }
@@ -590,10 +591,7 @@ impl RouteTables {
             return None;
         }
         match routed {
-            Some((service, number)) => self
-                .http
-                .get(&(service as *const Service as usize, number))
-                .map(|r| &**r),
+            Some((service, number)) => self.http.get(&(ServiceKey::of(service), number)).map(|r| &**r),
             None if port == 80 && (!self.http_names.is_empty() || !self.http_wild.is_empty()) => {
                 let name = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
                 self.http_names
@@ -607,7 +605,7 @@ impl RouteTables {
 
     /// The HTTP rules replacing the default route of `service:port`, for admin output.
     pub fn http_of(&self, service: &Service, port: u32) -> Option<&HttpRoutes> {
-        self.http.get(&(service as *const Service as usize, port)).map(|r| &**r)
+        self.http.get(&(ServiceKey::of(service), port)).map(|r| &**r)
     }
 
     /// E1's port-80 virtual hosts for names that are no service, for admin output.
@@ -621,7 +619,7 @@ impl RouteTables {
     /// Whether a service port has TLS rules (then a connection to it must be read for its SNI).
     pub fn has_tls(&self, service: &Service, port: u32) -> bool {
         self.l4
-            .get(&(service as *const Service as usize, port))
+            .get(&(ServiceKey::of(service), port))
             .is_some_and(|r| !r.tls.is_empty())
     }
 
@@ -650,7 +648,7 @@ impl RouteTables {
         if self.l4.is_empty() {
             return None;
         }
-        let routes = self.l4.get(&(service as *const Service as usize, port))?;
+        let routes = self.l4.get(&(ServiceKey::of(service), port))?;
         if let Some(sni) = sni {
             let sni = sni.to_ascii_lowercase();
             if let Some(rule) = routes.tls.iter().find(|r| r.applies(&sni, dst)) {
@@ -677,13 +675,13 @@ impl RouteTables {
     /// CONNECT to a name need the name's address to be routed.
     pub fn l4_needs_address(&self, service: &Service, port: u32) -> bool {
         self.l4
-            .get(&(service as *const Service as usize, port))
+            .get(&(ServiceKey::of(service), port))
             .is_some_and(|r| r.has_subnets())
     }
 
     /// `namespace/name` of the VirtualService whose TLS or TCP rules apply to `service:port`.
     pub fn l4_of(&self, service: &Service, port: u32) -> Option<&str> {
-        self.l4.get(&(service as *const Service as usize, port)).map(|r| &*r.vs)
+        self.l4.get(&(ServiceKey::of(service), port)).map(|r| &*r.vs)
     }
 }
 
@@ -819,7 +817,7 @@ impl RouteTables {
             claimed[owner] = true;
             host_used.insert(via, true);
             let vs = &vss[owner];
-            let key = service as *const Service as usize;
+            let key = ServiceKey::of(service);
             for port in &service.ports {
                 let p = port.protocol;
                 if p.is_http() || p == meshentry_registry::Protocol::Unset {
@@ -1396,7 +1394,7 @@ fn expand_host(host: &str, namespace: &str) -> String {
 
 struct Ctx<'i, 'a> {
     input: &'i CompileInput<'a>,
-    ids: &'i FxHashMap<usize, ServiceId>,
+    ids: &'i FxHashMap<ServiceKey, ServiceId>,
     /// Every valid VirtualService by (namespace, name), where `delegate`s are looked up (E6).
     by_name: &'i FxHashMap<(&'i str, &'i str), &'i Resource>,
     warnings: Vec<String>,
@@ -1758,7 +1756,7 @@ impl Ctx<'_, '_> {
             ));
             return Target::Missing(format!("cluster {name} does not exist").into());
         };
-        let Some(&id) = self.ids.get(&(service as *const Service as usize)) else {
+        let Some(&id) = self.ids.get(&(ServiceKey::of(service))) else {
             return Target::Missing(format!("{host} is not in the registry").into());
         };
         Target::Cluster {
@@ -1931,12 +1929,12 @@ fn envoy_substitution(s: &str) -> String {
     out
 }
 
-/// Each registry service's id, by its address: the route tables name services by id.
-fn service_ids(input: &CompileInput<'_>) -> FxHashMap<usize, ServiceId> {
+/// Each registry service's id, by its key: the route tables name services by id.
+fn service_ids(input: &CompileInput<'_>) -> FxHashMap<ServiceKey, ServiceId> {
     // By id, not by listing position: the listing skips later merge classes of a host, and a
     // scoped registry lists its services in another order than their ids.
     (0..)
-        .map_while(|id| input.registry.service(id).map(|s| (s as *const Service as usize, id)))
+        .map_while(|id| input.registry.service(id).map(|s| (ServiceKey::of(s), id)))
         .collect()
 }
 
