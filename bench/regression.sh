@@ -11,7 +11,7 @@
 #
 #   MESHENTRY_BIN=/path/to/release/meshentry bench/regression.sh OUTDIR [STEPS]
 # STEPS: a comma-separated subset of http,relay,run (default all three), to redo one step
-# into the same OUTDIR.
+# into the same OUTDIR; `none` prints the figures already there.
 #
 # Needs root (iptables), valgrind, nginx, wrk, haproxy, iperf3, python3, curl.
 set -euo pipefail
@@ -42,10 +42,11 @@ if [[ $steps == *,run,* ]]; then
   "$here/../shared/bench/run.sh" --proxy-cmd "$here/bench/dut-meshentry-capture.sh" --targets haproxy,dut \
     --reps 5 --duration 10 --no-lat1 --json "$out/run.json" >"$out/run.txt" 2>&1 \
     || { tail -5 "$out/run.txt" >&2; exit 1; }
+  cp /tmp/meshentry-bench-capture.last "$out/capture.txt" 2>/dev/null || true
 fi
-note "done"
+[[ $steps == ,none, ]] || note "done"
 
-val() { sed -n "s/^$2: //p" "$1"; }
+val() { sed -n "s|^$2: ||p" "$1"; }
 echo "binary: $MESHENTRY_BIN"
 if [[ -f $out/http-4.txt && -f $out/http-16.txt ]]; then
   r4=$(val "$out/http-4.txt" requests); i4=$(val "$out/http-4.txt" "Ir total")
