@@ -168,6 +168,7 @@ phase() { # name command...: runs it between a zero and a dump of callgrind's co
   # Let the last connection's tear-down finish inside the phase.
   sleep 0.5
   callgrind_control -d "$name" $vg >/dev/null 2>&1
+  grep -q "^desc: Trigger: dump $name\$" "$w"/cg.out.* 2>/dev/null || { echo "callgrind_control did not dump $name" >&2; exit 1; }
   awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f\n", b - a }' >"$w/$name.secs"
 }
 # A first bulk transfer, not counted: the first one after start-up woke the proxy more often.
