@@ -7,7 +7,7 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 bin=${MESHENTRY_BIN:-$here/target/release/meshentry}
 w=$(mktemp -d -t meshentry-cg.XXXXXX)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$w"; }
 trap cleanup EXIT
 mkdir -p "$w/ngx"
 cat > "$w/ngx/nginx.conf" <<NGX
