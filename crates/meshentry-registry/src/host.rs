@@ -31,6 +31,40 @@ fn ends_with_ci(s: &str, suffix: &str) -> bool {
     s.len() >= suffix.len() && s.as_bytes()[s.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
 }
 
+/// The domain of Kubernetes Service hosts (`name.ns.svc.cluster.local`).
+pub const CLUSTER_SUFFIX: &str = ".svc.cluster.local";
+
+/// Lower case, one trailing dot dropped: the form hosts are compared in.
+pub fn normalize(host: &str) -> std::borrow::Cow<'_, str> {
+    let host = host.strip_suffix('.').unwrap_or(host);
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        host.to_ascii_lowercase().into()
+    } else {
+        host.into()
+    }
+}
+
+/// E1/D1: a host without a dot is short for `<host>.<namespace>.svc.cluster.local`.
+/// Normalized ([`normalize`]); `*` and IP addresses stay as they are.
+pub fn expand(host: &str, namespace: &str) -> String {
+    let host = normalize(host);
+    if host.contains('.') || *host == *"*" || host.is_empty() || host.parse::<std::net::IpAddr>().is_ok() {
+        host.into_owned()
+    } else {
+        format!("{host}.{namespace}{CLUSTER_SUFFIX}")
+    }
+}
+
+/// B11 one name at a time: `pattern` is `name`, or `*suffix` with `name` longer and ending in
+/// `suffix` (`*.a.com` covers `b.a.com`, not `a.com`), or `*`. Both already normalized.
+pub fn covers(pattern: &str, name: &str) -> bool {
+    match pattern.strip_prefix('*') {
+        Some("") => true,
+        Some(suffix) => name.len() > suffix.len() && name.ends_with(suffix),
+        None => pattern == name,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use test_case::test_case;
@@ -50,5 +84,23 @@ mod tests {
         assert_eq!(matches(a, b), m, "matches({a}, {b})");
         assert_eq!(matches(b, a), m, "matches is symmetric");
         assert_eq!(subset_of(a, b), s, "subset_of({a}, {b})");
+    }
+
+    #[test]
+    fn short_names_expand_in_one_normal_form() {
+        // The proxy's DestinationRule and VirtualService tables once expanded with different
+        // case rules: `Reviews` stayed upper case in one and matched no service.
+        assert_eq!(expand("Reviews", "ns"), "reviews.ns.svc.cluster.local");
+        assert_eq!(
+            expand("reviews.ns.svc.cluster.local.", "x"),
+            "reviews.ns.svc.cluster.local"
+        );
+        assert_eq!(expand("A.COM", "ns"), "a.com");
+        assert_eq!(expand("*", "ns"), "*");
+        assert_eq!(expand("10.0.0.1", "ns"), "10.0.0.1");
+        assert!(covers("*.a.com", "b.a.com"));
+        assert!(!covers("*.a.com", "a.com"));
+        assert!(covers("*", "a.com"));
+        assert!(covers("a.com", "a.com"));
     }
 }

@@ -38,7 +38,8 @@ use rustls::server::WebPkiClientVerifier;
 use crate::base::addr::ListenAddr;
 use crate::base::config::ProxyConfig;
 use crate::model::tls::{FileWatch, load_certs, load_key, provider};
-use crate::model::vs::{CompileInput, GatewayRoutes, RouteTables, ServerHost, covers};
+use crate::model::vs::{CompileInput, GatewayRoutes, RouteTables, ServerHost};
+use meshentry_registry::host::covers;
 
 /// The Gateway this proxy runs as, compiled for one snapshot.
 pub struct Gateway {

@@ -374,7 +374,7 @@ impl<'a> DestinationRules<'a> {
             })
             .map(|(r, dr)| Rule {
                 resource: r,
-                host: expand_host(&dr.host, &r.namespace),
+                host: meshentry_registry::host::expand(&dr.host, &r.namespace),
                 spec: dr,
             })
             .collect();
@@ -579,15 +579,6 @@ pub fn tls_recipe(
     Ok(Some(recipe))
 }
 
-/// D1: a DestinationRule host without a dot is short for `<h>.<ns>.svc.cluster.local`.
-fn expand_host(host: &str, namespace: &str) -> String {
-    if host.contains('.') || host == "*" {
-        host.to_ascii_lowercase()
-    } else {
-        format!("{host}.{namespace}.svc.cluster.local")
-    }
-}
-
 /// How specifically `rule_host` names `service_host`: `None` when it does not cover it; an
 /// exact match beats every wildcard, and a longer wildcard beats a shorter one.
 fn host_specificity(rule_host: &str, service_host: &str) -> Option<usize> {
@@ -636,7 +627,10 @@ mod tests {
 
     #[test]
     fn destination_rule_hosts() {
-        assert_eq!(expand_host("reviews", "bookinfo"), "reviews.bookinfo.svc.cluster.local");
+        assert_eq!(
+            meshentry_registry::host::expand("reviews", "bookinfo"),
+            "reviews.bookinfo.svc.cluster.local"
+        );
         assert_eq!(host_specificity("a.com", "a.com"), Some(usize::MAX));
         assert_eq!(host_specificity("*.a.com", "b.a.com"), Some(6));
         assert_eq!(host_specificity("*.a.com", "a.com"), None);

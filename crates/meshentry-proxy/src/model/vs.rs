@@ -351,7 +351,7 @@ impl TlsRule {
     fn applies(&self, sni: &str, dst: Option<IpAddr>) -> bool {
         self.matches
             .iter()
-            .any(|m| m.sni.iter().any(|h| covers(h, sni)) && in_subnets(&m.subnets, dst))
+            .any(|m| m.sni.iter().any(|h| meshentry_registry::host::covers(h, sni)) && in_subnets(&m.subnets, dst))
     }
 }
 
@@ -594,10 +594,12 @@ impl RouteTables {
             Some((service, number)) => self.http.get(&(ServiceKey::of(service), number)).map(|r| &**r),
             None if port == 80 && (!self.http_names.is_empty() || !self.http_wild.is_empty()) => {
                 let name = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
-                self.http_names
-                    .get(name.as_str())
-                    .map(|r| &**r)
-                    .or_else(|| self.http_wild.iter().find(|(w, _)| covers(w, &name)).map(|(_, r)| &**r))
+                self.http_names.get(name.as_str()).map(|r| &**r).or_else(|| {
+                    self.http_wild
+                        .iter()
+                        .find(|(w, _)| meshentry_registry::host::covers(w, &name))
+                        .map(|(_, r)| &**r)
+                })
             }
             None => None,
         }
@@ -721,15 +723,6 @@ impl<'a> L4Hit<'a> {
     }
 }
 
-/// B11 for SNI and names: exact, or `*.suffix` covering a longer name; `*` covers all.
-pub(crate) fn covers(pattern: &str, name: &str) -> bool {
-    match pattern.strip_prefix('*') {
-        Some("") => true,
-        Some(suffix) => name.len() > suffix.len() && name.ends_with(suffix),
-        None => pattern == name,
-    }
-}
-
 // === Compilation ===
 
 /// The cluster of port `u32` of a service, or of its subset `Some(name)`.
@@ -807,7 +800,7 @@ impl RouteTables {
                             if name.starts_with('*') {
                                 host::subset_of(&name, w)
                             } else {
-                                covers(w, &name)
+                                meshentry_registry::host::covers(w, &name)
                             }
                         })
                         .max_by_key(|(w, i)| (w.len(), std::cmp::Reverse(*i)))
@@ -939,7 +932,7 @@ impl ServerHost {
 
     /// Whether a requested name (`Host` or SNI) is among this server's hosts.
     pub fn covers(&self, name: &str) -> bool {
-        covers(&self.host, name)
+        meshentry_registry::host::covers(&self.host, name)
     }
 }
 
@@ -960,7 +953,12 @@ impl GatewayRoutes {
         let name = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
         self.exact
             .get(name.as_str())
-            .or_else(|| self.wild.iter().find(|(w, _)| covers(w, &name)).map(|(_, r)| r))
+            .or_else(|| {
+                self.wild
+                    .iter()
+                    .find(|(w, _)| meshentry_registry::host::covers(w, &name))
+                    .map(|(_, r)| r)
+            })
             .map(|r| &**r)
     }
 
@@ -1116,7 +1114,11 @@ fn applicable<'a>(resources: &[&'a Resource], input: &CompileInput<'_>) -> Vec<A
         .map(|(r, vs, _)| Applicable {
             id: format!("{}/{}", r.namespace, r.name()).into(),
             namespace: &r.namespace,
-            hosts: vs.hosts.iter().map(|h| expand_host(h, &r.namespace)).collect(),
+            hosts: vs
+                .hosts
+                .iter()
+                .map(|h| meshentry_registry::host::expand(h, &r.namespace))
+                .collect(),
             spec: vs,
         })
         .collect()
@@ -1184,7 +1186,7 @@ fn merge_http_route(root: &HttpRoute, root_ns: &str, sub: &HttpRoute, sub_ns: &s
     // Short names in what comes from the root are the root's: expand them before the rule
     // is compiled relative to the delegate's namespace.
     let root_dest = |d: &Destination| Destination {
-        host: expand_host(&d.host, root_ns),
+        host: meshentry_registry::host::expand(&d.host, root_ns),
         ..d.clone()
     };
     if out.rewrite.is_none() {
@@ -1381,15 +1383,6 @@ fn string_match_conflict(root: Option<&StringMatch>, leaf: Option<&StringMatch>)
         }
     }
     true
-}
-
-/// E1: a host without a dot is short for `<h>.<ns>.svc.cluster.local`.
-fn expand_host(host: &str, namespace: &str) -> String {
-    if host.contains('.') || host == "*" {
-        host.to_ascii_lowercase()
-    } else {
-        format!("{}.{namespace}.svc.cluster.local", host.to_ascii_lowercase())
-    }
 }
 
 struct Ctx<'i, 'a> {
@@ -1733,7 +1726,7 @@ impl Ctx<'_, '_> {
     /// E5: a destination's service (E1-expanded host, as this proxy sees it), port (explicit,
     /// else the service's only port, else the listener port) and subset.
     fn target(&mut self, vs: &Applicable<'_>, d: &Destination, listener_port: u32) -> Target {
-        let host = expand_host(&d.host, vs.namespace);
+        let host = meshentry_registry::host::expand(&d.host, vs.namespace);
         let Some(service) = self.input.view.lookup_host(&host) else {
             return Target::Missing(format!("{host} is not a service this proxy sees").into());
         };
@@ -1780,7 +1773,7 @@ impl Ctx<'_, '_> {
                     sni: m
                         .sni_hosts
                         .iter()
-                        .map(|h| expand_host(h, vs.namespace).into())
+                        .map(|h| meshentry_registry::host::expand(h, vs.namespace).into())
                         .collect(),
                     subnets: parse_subnets(&m.destination_subnets),
                 })

@@ -376,7 +376,9 @@ pub fn find_service<'s>(snap: &'s Snapshot, host: &str, port: u32) -> Option<(&'
     let name = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
     let mut best: Option<(&Service, usize)> = None;
     for service in view.services_on_port(port) {
-        if !host::matches(&service.host, &name) || (service.host.starts_with('*') && !covers(&service.host, &name)) {
+        if !host::matches(&service.host, &name)
+            || (service.host.starts_with('*') && !meshentry_registry::host::covers(&service.host, &name))
+        {
             continue;
         }
         let specificity = if service.host.starts_with('*') {
@@ -389,16 +391,6 @@ pub fn find_service<'s>(snap: &'s Snapshot, host: &str, port: u32) -> Option<(&'
         }
     }
     best.and_then(|(s, _)| s.port(port).map(|p| (s, p)))
-}
-
-/// B11: a wildcard service host covers a concrete name (`*.a.com` covers `b.a.com`, not
-/// `a.com`).
-fn covers(wildcard: &str, name: &str) -> bool {
-    match wildcard.strip_prefix('*') {
-        Some("") => true,
-        Some(suffix) => name.len() > suffix.len() && name.ends_with(suffix),
-        None => wildcard == name,
-    }
 }
 
 /// Splits `host[:port]` (IPv6 in brackets) with `default_port`.
@@ -830,8 +822,8 @@ spec:
 
     #[test]
     fn wildcard_cover() {
-        assert!(covers("*.bar.com", "foo.bar.com"));
-        assert!(!covers("*.bar.com", "bar.com"));
-        assert!(covers("*", "x"));
+        assert!(meshentry_registry::host::covers("*.bar.com", "foo.bar.com"));
+        assert!(!meshentry_registry::host::covers("*.bar.com", "bar.com"));
+        assert!(meshentry_registry::host::covers("*", "x"));
     }
 }

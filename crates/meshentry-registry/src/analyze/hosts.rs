@@ -3,21 +3,12 @@
 //! which it covers. Each answer costs a few hash lookups, not a scan; the index of the last
 //! question is built on first use, since only wildcard references ask it.
 
-use std::borrow::Cow;
 use std::cell::OnceCell;
 
 use crate::hash::FxHashMap as HashMap;
 use crate::host;
 
-/// Lower case, one trailing dot dropped: the form every key and query takes.
-pub(crate) fn normalize(host: &str) -> Cow<'_, str> {
-    let host = host.strip_suffix('.').unwrap_or(host);
-    if host.bytes().any(|b| b.is_ascii_uppercase()) {
-        host.to_ascii_lowercase().into()
-    } else {
-        host.into()
-    }
-}
+pub(crate) use crate::host::normalize;
 
 pub(crate) struct HostIndex<T> {
     entries: Vec<(Box<str>, T)>,

@@ -49,8 +49,7 @@ use crate::model::{ExportTo, Labels, Scope, Service, SourceId};
 /// `Loaded::mesh`.
 pub const ROOT_NAMESPACE: &str = meshentry_api::mesh_config::DEFAULT_ROOT_NAMESPACE;
 
-/// The suffix E1 and D1 give short names, and the domain of Kubernetes Services.
-pub const CLUSTER_SUFFIX: &str = ".svc.cluster.local";
+pub use crate::host::CLUSTER_SUFFIX;
 
 /// Analyses every resource of `loaded` Istio's reader keeps, valid or not, against a
 /// registry built from them.
@@ -418,16 +417,7 @@ fn gateway<'a>(r: &'a Resource, g: &'a Gateway) -> Gw<'a> {
     Gw { r, spec: g, hosts }
 }
 
-/// E1/D1: a host without a dot is short for `<host>.<namespace>.svc.cluster.local`. Lower
-/// case, one trailing dot dropped; `*` and IP addresses stay as they are.
-pub fn expand_host(host: &str, namespace: &str) -> String {
-    let host = normalize(host);
-    if host.contains('.') || *host == *"*" || host.is_empty() || host.parse::<std::net::IpAddr>().is_ok() {
-        host.into_owned()
-    } else {
-        format!("{host}.{namespace}{CLUSTER_SUFFIX}")
-    }
-}
+pub use crate::host::expand as expand_host;
 
 /// Whether `host` (normalized) is in the cluster domain, where Kubernetes Services live.
 fn is_cluster_local(host: &str) -> bool {

@@ -442,7 +442,8 @@ impl<'s> Explainer<'s> {
         let mut out = Vec::new();
         let view = self.snap.view();
         for s in self.snap.registry.services() {
-            let names_it = host::matches(&s.host, name) && (!s.host.starts_with('*') || covers(&s.host, name));
+            let names_it = host::matches(&s.host, name)
+                && (!s.host.starts_with('*') || meshentry_registry::host::covers(&s.host, name));
             let visible = s.is_visible_to(&self.snap.namespace);
             let src = self
                 .snap
@@ -678,7 +679,7 @@ impl<'s> Explainer<'s> {
             let Spec::VirtualService(vs) = &r.spec else { continue };
             let names = vs.hosts.iter().any(|h| {
                 let h = h.to_ascii_lowercase();
-                h == host || (h.starts_with('*') && covers(&h, host))
+                h == host || (h.starts_with('*') && meshentry_registry::host::covers(&h, host))
             });
             if !names {
                 continue;
@@ -959,22 +960,13 @@ fn fmt_labels(l: &BTreeMap<String, String>) -> String {
     l.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
 }
 
-/// B11: `*.a.com` covers `b.a.com`, not `a.com`.
-fn covers(wildcard: &str, name: &str) -> bool {
-    match wildcard.strip_prefix('*') {
-        Some("") => true,
-        Some(suffix) => name.len() > suffix.len() && name.ends_with(suffix),
-        None => wildcard == name,
-    }
-}
-
 /// How the registry's pick relates to what was asked.
 fn matched_by(service: &Service, name: Option<&str>, dst: Option<SocketAddr>, port: u32) -> String {
     if let Some(name) = name.filter(|n| n.parse::<IpAddr>().is_err()) {
         if service.host.eq_ignore_ascii_case(name) {
             return format!("exact host {name}");
         }
-        if service.host.starts_with('*') && covers(&service.host.to_ascii_lowercase(), name) {
+        if service.host.starts_with('*') && meshentry_registry::host::covers(&service.host.to_ascii_lowercase(), name) {
             return format!("wildcard host {} covering {name}", service.host);
         }
     }
