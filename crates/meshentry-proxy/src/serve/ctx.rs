@@ -243,12 +243,8 @@ pub(crate) fn upstream_failure(
         "request failed upstream"
     );
     let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-    let mut resp = local(status, &format!("meshentry: {host}:{port} via {cluster_name}: {e}"));
-    if let Ok(v) = HeaderValue::from_str(e.flag()) {
-        resp.headers_mut()
-            .insert(HeaderName::from_static("x-meshentry-response-flags"), v);
-    }
-    resp
+    let resp = local(status, &format!("meshentry: {host}:{port} via {cluster_name}: {e}"));
+    flagged(resp, e.flag())
 }
 
 /// The request as the upstream should see it: origin-form, HTTP/1.1, no hop-by-hop headers,
@@ -368,6 +364,19 @@ pub fn local(status: StatusCode, reason: &str) -> Response<ResponseBody> {
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
+    resp
+}
+
+/// The header a local reply names its response flags in (`NR`, `UF`...), so a client can
+/// tell the proxy's answer from the upstream's.
+pub const RESPONSE_FLAGS_HEADER: &str = "x-meshentry-response-flags";
+
+/// `resp` with its response flags in [`RESPONSE_FLAGS_HEADER`].
+pub fn flagged(mut resp: Response<ResponseBody>, flags: &str) -> Response<ResponseBody> {
+    if let Ok(v) = HeaderValue::from_str(flags) {
+        resp.headers_mut()
+            .insert(HeaderName::from_static(RESPONSE_FLAGS_HEADER), v);
+    }
     resp
 }
 

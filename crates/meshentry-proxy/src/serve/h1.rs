@@ -39,7 +39,9 @@ use crate::obs::telemetry::{self, Routed, note};
 use crate::route::{self, Decision, split_host_port};
 use crate::rt::lifecycle::DrainWatch;
 use crate::rt::shared::{ConnGuard, Shared};
-use crate::serve::ctx::{ConnCtx, MAX_HEAD_BYTES, MAX_HEADERS, SnapshotCache, SnapshotCell, Transparent};
+use crate::serve::ctx::{
+    ConnCtx, MAX_HEAD_BYTES, MAX_HEADERS, RESPONSE_FLAGS_HEADER, SnapshotCache, SnapshotCell, Transparent,
+};
 
 /// Serves one client connection: the fast path for as long as requests are plain, then hyper.
 pub async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
@@ -769,7 +771,7 @@ fn local(out: &mut Vec<u8>, status: u16, reason: &str, flags: Option<&str>, clos
         reason.len() + 1
     );
     if let Some(f) = flags {
-        let _ = write!(out, "x-meshentry-response-flags: {f}\r\n");
+        let _ = write!(out, "{RESPONSE_FLAGS_HEADER}: {f}\r\n");
     }
     if close {
         out.extend_from_slice(b"connection: close\r\n");

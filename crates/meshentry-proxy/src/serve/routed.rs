@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{self, HeaderName, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::request::Parts;
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Either, Full};
@@ -31,7 +31,7 @@ use crate::net::forward::{self, Original, UpstreamError, UpstreamProtocol};
 use crate::net::upstream::{PooledBody, RequestBody};
 use crate::obs::telemetry::{Routed, note};
 use crate::route::{self, Decision, split_host_port};
-use crate::serve::ctx::{ConnCtx, ResponseBody, local};
+use crate::serve::ctx::{ConnCtx, ResponseBody, flagged, local};
 
 /// A route timeout of `0s` means none; this bounds the wait anyway, far beyond any use.
 const NO_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
@@ -77,14 +77,6 @@ impl RequestView for HyperView<'_> {
     fn header(&self, name: &str) -> Option<&[u8]> {
         self.parts.headers.get(name).map(HeaderValue::as_bytes)
     }
-}
-
-fn flagged(mut resp: Response<ResponseBody>, flag: &'static str) -> Response<ResponseBody> {
-    resp.headers_mut().insert(
-        HeaderName::from_static("x-meshentry-response-flags"),
-        HeaderValue::from_static(flag),
-    );
-    resp
 }
 
 fn status(code: u16) -> StatusCode {

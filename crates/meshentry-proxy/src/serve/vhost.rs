@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use http::header::{self, HeaderName, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
@@ -13,7 +13,7 @@ use crate::model::gateway::GatewayConn;
 use crate::net::forward::Original;
 use crate::obs::telemetry::note;
 use crate::route::split_host_port;
-use crate::serve::ctx::{ConnCtx, ResponseBody, local};
+use crate::serve::ctx::{ConnCtx, ResponseBody, flagged, local};
 
 /// An HTTP request on a gateway listener (F3): `httpsRedirect`, then the virtual host named
 /// by the request's `Host` (404 when none), then its rules.
@@ -70,18 +70,14 @@ pub(crate) async fn forward(req: Request<Incoming>, ctx: &Arc<ConnCtx>, g: &Gate
         } else {
             "it".to_string()
         };
-        let mut resp = local(
+        let resp = local(
             StatusCode::NOT_FOUND,
             &format!(
                 "meshentry: gateway {gw} port {}: no VirtualService bound to {bound_to} routes host {host}",
                 g.port
             ),
         );
-        resp.headers_mut().insert(
-            HeaderName::from_static("x-meshentry-response-flags"),
-            HeaderValue::from_static("NR"),
-        );
-        return resp;
+        return flagged(resp, "NR");
     };
     let original = Original { host, port: g.port };
     crate::serve::routed::handle(ctx, routes, req, host_header.clone(), &original, g.port).await
