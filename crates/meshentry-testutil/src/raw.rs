@@ -425,12 +425,22 @@ pub fn parse_response(buf: &[u8], method: &str, eof: bool) -> Result<Option<(Raw
         .map_err(|_| bad())?
         .parse()
         .map_err(|_| bad())?;
+    if !(100..600).contains(&status) {
+        return Err(bad());
+    }
     let reason = String::from_utf8_lossy(&start[13..]).into_owned();
+    if reason.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+        return Err(bad());
+    }
     let headers = lines[1..]
         .iter()
         .map(|l| parse_field(l))
         .collect::<Result<Vec<_>, _>>()?;
     framing_in_connection(&headers)?;
+    // RFC 9112 6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing.
+    if start[7] == b'0' && values(&headers, "transfer-encoding").next().is_some() {
+        return Err("an HTTP/1.0 response with Transfer-Encoding".into());
+    }
     let declared = declared_framing(&headers, Framing::UntilClose)?;
     let informational = (100..200).contains(&status);
     if (informational || status == 204) && declared != Framing::UntilClose {
@@ -438,7 +448,15 @@ pub fn parse_response(buf: &[u8], method: &str, eof: bool) -> Result<Option<(Raw
             "a {status} response with a Content-Length or Transfer-Encoding"
         ));
     }
-    let framing = if method.eq_ignore_ascii_case("HEAD") || informational || status == 204 || status == 304 {
+    // RFC 9110 9.3.6: a 2xx to CONNECT makes the connection a tunnel right after the head; a
+    // proxy must not send framing fields with it (a client would have to ignore them).
+    let tunnel = method.eq_ignore_ascii_case("CONNECT") && (200..300).contains(&status);
+    if tunnel && declared != Framing::UntilClose {
+        return Err(format!(
+            "a {status} response to CONNECT with a Content-Length or Transfer-Encoding"
+        ));
+    }
+    let framing = if method.eq_ignore_ascii_case("HEAD") || informational || tunnel || status == 204 || status == 304 {
         Framing::Empty
     } else {
         declared
@@ -575,6 +593,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RawClient<S> {
     pub fn stream(&mut self) -> &mut S {
         &mut self.stream
     }
+
+    /// The stream and the bytes read but not taken by a response: after a `2xx` to CONNECT or
+    /// a `101`, the start of the tunnel.
+    pub fn into_parts(self) -> (S, Vec<u8>) {
+        (self.stream, self.buf)
+    }
+}
+
+/// Connects to `addr`, sends `request` (whose first word is the method) and reads one
+/// response strictly, within `within` for each step.
+pub async fn exchange(addr: SocketAddr, request: &[u8], within: Duration) -> Result<RawResponse, String> {
+    let method = request
+        .split(|b| *b == b' ')
+        .next()
+        .map(|m| String::from_utf8_lossy(m).into_owned())
+        .unwrap_or_default();
+    let mut c = RawClient::connect(addr).await?;
+    c.send(request).await?;
+    c.read_response(&method, within).await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1010,9 +1047,26 @@ mod tests {
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nx: y\n\r\nHTTP/1.1 200 OK\r\n\r\n",
             b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n",
             b"HTTP/1.1 200\r\nContent-Length: 0\r\n\r\n",
+            b"HTTP/1.1 099 Early\r\nContent-Length: 0\r\n\r\n",
+            b"HTTP/1.1 600 Later\r\nContent-Length: 0\r\n\r\n",
+            b"HTTP/1.1 200 O\x01K\r\nContent-Length: 0\r\n\r\n",
+            b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
         ] {
             assert!(resp(bad, "GET", true).is_err(), "accepted {:?}", show(bad));
         }
+
+        // A 2xx to CONNECT ends at its head: what follows is the tunnel, not a body.
+        let tunnel = b"HTTP/1.1 200 Connection established\r\n\r\n\x16\x03\x01";
+        let (t, n) = resp(tunnel, "CONNECT", false).unwrap().unwrap();
+        assert_eq!(
+            (t.status, t.framing, &tunnel[n..]),
+            (200, Framing::Empty, &b"\x16\x03\x01"[..])
+        );
+        let refused = b"HTTP/1.1 403 Forbidden\r\nContent-Length: 2\r\n\r\nno";
+        let (r, _) = resp(refused, "CONNECT", false).unwrap().unwrap();
+        assert_eq!(r.body, b"no");
+        let framed = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+        assert!(resp(framed, "CONNECT", false).is_err(), "a 2xx to CONNECT with framing");
     }
 
     #[tokio::test]
