@@ -7,8 +7,9 @@
 //! other test processes. Around that address the crate provides a per-test PKI ([`pki`]), an
 //! in-process DNS server that speaks the real wire protocol ([`dns`]), upstream servers that
 //! record what they saw ([`servers`]), a scripted raw HTTP/1.1 upstream and a strict raw client
-//! for byte-exact framing tests ([`raw`]), polling helpers ([`wait`]) and a runner for the proxy
-//! binary ([`process`]). Every server stops when its handle is dropped, so no test shares state.
+//! for byte-exact framing tests ([`raw`]), polling helpers ([`wait`]), a runner for child
+//! processes ([`process`]) and the one launcher of the proxy binary ([`proxy`]). Every server
+//! stops when its handle is dropped, so no test shares state.
 //!
 //! Transparent-capture tests run all of this inside a network namespace of their own
 //! ([`netns`]), where iptables redirects an application's connections to the proxy.
@@ -19,6 +20,7 @@ pub mod ip;
 pub mod netns;
 pub mod pki;
 pub mod process;
+pub mod proxy;
 pub mod raw;
 pub mod servers;
 mod tasks;
@@ -30,6 +32,7 @@ pub use ip::unique_loopback;
 pub use netns::{Netns, PROXY_UID, make_accessible};
 pub use pki::{Leaf, LeafSpec, PemDir, TestCa};
 pub use process::ProxyProcess;
+pub use proxy::{Proxy, ProxyBuilder};
 pub use raw::{RawBackend, RawClient, RawRequest, RawResponse, Reply};
 pub use servers::{
     HttpUpstream, Reset, SeenRequest, Stall, TcpBanner, TcpEcho, TlsEcho, TlsSeen, TlsUpstream, closed_port,
