@@ -601,6 +601,38 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RawClient<S> {
     }
 }
 
+/// Sends `CONNECT target` to the proxy at `proxy` and reads the response strictly: the
+/// response, and the client, whose [`RawClient::buffered`] bytes are the start of the tunnel
+/// when the status is `2xx`.
+pub async fn connect_request(
+    proxy: SocketAddr,
+    target: &str,
+    within: Duration,
+) -> Result<(RawResponse, RawClient<TcpStream>), String> {
+    let mut c = RawClient::connect(proxy).await?;
+    c.send(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
+        .await?;
+    let r = c.read_response("CONNECT", within).await?;
+    Ok((r, c))
+}
+
+/// A CONNECT tunnel through the proxy at `proxy` to `target`: the stream after a `200`, for a
+/// client-first protocol (any byte that arrives with the head is an error).
+pub async fn tunnel(proxy: SocketAddr, target: &str, within: Duration) -> Result<TcpStream, String> {
+    let (r, c) = connect_request(proxy, target, within).await?;
+    if r.status != 200 {
+        return Err(format!("CONNECT {target}: {} {}: {}", r.status, r.reason, show(&r.raw)));
+    }
+    let (stream, early) = c.into_parts();
+    if !early.is_empty() {
+        return Err(format!(
+            "CONNECT {target}: tunnel bytes before the client sent any: {:?}",
+            show(&early)
+        ));
+    }
+    Ok(stream)
+}
+
 /// Connects to `addr`, sends `request` (whose first word is the method) and reads one
 /// response strictly, within `within` for each step.
 pub async fn exchange(addr: SocketAddr, request: &[u8], within: Duration) -> Result<RawResponse, String> {
