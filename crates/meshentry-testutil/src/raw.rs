@@ -395,6 +395,19 @@ impl RawResponse {
         header(&self.headers, name)
     }
 
+    /// Every value of header `name`, one per field line.
+    pub fn header_all(&self, name: &str) -> Vec<&str> {
+        values(&self.headers, name).collect()
+    }
+
+    /// Whether the comma-separated list of every `name` field has `token` (case-insensitive),
+    /// e.g. `has_token("connection", "close")`.
+    pub fn has_token(&self, name: &str, token: &str) -> bool {
+        tokens(&self.headers, name)
+            .iter()
+            .any(|t| t.eq_ignore_ascii_case(token))
+    }
+
     /// The body as text (lossy).
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
