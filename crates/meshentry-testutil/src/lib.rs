@@ -37,7 +37,7 @@ pub use raw::{RawBackend, RawClient, RawRequest, RawResponse, Reply};
 pub use servers::{
     HttpUpstream, Reset, SeenRequest, Stall, TcpBanner, TcpEcho, TlsEcho, TlsSeen, TlsUpstream, closed_port,
 };
-pub use wait::{eventually, free_port};
+pub use wait::{eventually, free_port, settled};
 
 /// The crypto provider every TLS helper uses. meshentry picks ring as its single rustls provider,
 /// so the test PKI must never pull in the default aws-lc one.
