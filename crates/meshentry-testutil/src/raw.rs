@@ -418,6 +418,23 @@ impl RawResponse {
 /// response has no body): the response and its length, or `Ok(None)` if it has not all arrived.
 /// `eof`: the connection has closed, which ends a body delimited by the close.
 pub fn parse_response(buf: &[u8], method: &str, eof: bool) -> Result<Option<(RawResponse, usize)>, String> {
+    let Some((mut response, head_len)) = parse_response_head(buf, method)? else {
+        return Ok(None);
+    };
+    let Some((body, trailers, body_len)) = take_body(&buf[head_len..], response.framing, eof)? else {
+        return Ok(None);
+    };
+    let len = head_len + body_len;
+    response.body = body;
+    response.trailers = trailers;
+    response.raw = buf[..len].to_vec();
+    Ok(Some((response, len)))
+}
+
+/// Parses the head of the response at the start of `buf` with the same rules as
+/// [`parse_response`]: the response with its framing decided and no body (`raw` is the head),
+/// and the head's length; `Ok(None)` if the head has not all arrived.
+pub fn parse_response_head(buf: &[u8], method: &str) -> Result<Option<(RawResponse, usize)>, String> {
     let Some((lines, head_len)) = head_lines(buf)? else {
         return Ok(None);
     };
@@ -474,20 +491,16 @@ pub fn parse_response(buf: &[u8], method: &str, eof: bool) -> Result<Option<(Raw
     } else {
         declared
     };
-    let Some((body, trailers, body_len)) = take_body(&buf[head_len..], framing, eof)? else {
-        return Ok(None);
-    };
-    let len = head_len + body_len;
     let response = RawResponse {
         status,
         reason,
         headers,
         framing,
-        body,
-        trailers,
-        raw: buf[..len].to_vec(),
+        body: Vec::new(),
+        trailers: Vec::new(),
+        raw: buf[..head_len].to_vec(),
     };
-    Ok(Some((response, len)))
+    Ok(Some((response, head_len)))
 }
 
 /// A client connection that writes raw bytes and reads responses strictly.
@@ -571,6 +584,35 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RawClient<S> {
             if self.fill(deadline).await.is_err() {
                 return Err(format!(
                     "no complete response within {within:?}; received {:?}",
+                    show(&self.buf)
+                ));
+            }
+        }
+    }
+
+    /// Reads the head of the next response to a `method` request within `within`, strictly,
+    /// and leaves its body in the buffer: for a body that is streamed, stalls or is cut short.
+    /// [`RawResponse::framing`] says how the body is delimited.
+    pub async fn read_response_head(&mut self, method: &str, within: Duration) -> Result<RawResponse, String> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match parse_response_head(&self.buf, method) {
+                Ok(Some((resp, len))) => {
+                    self.buf.drain(..len);
+                    return Ok(resp);
+                }
+                Ok(None) if self.eof => {
+                    return Err(format!(
+                        "the connection closed before a complete response head; received {:?}",
+                        show(&self.buf)
+                    ));
+                }
+                Ok(None) => {}
+                Err(e) => return Err(format!("malformed response: {e}; received {:?}", show(&self.buf))),
+            }
+            if self.fill(deadline).await.is_err() {
+                return Err(format!(
+                    "no complete response head within {within:?}; received {:?}",
                     show(&self.buf)
                 ));
             }
