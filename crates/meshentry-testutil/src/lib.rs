@@ -9,7 +9,8 @@
 //! record what they saw ([`servers`]), a scripted raw HTTP/1.1 upstream and a strict raw client
 //! for byte-exact framing tests ([`raw`]), polling helpers ([`wait`]), a runner for child
 //! processes ([`process`]) and the one launcher of the proxy binary ([`proxy`]). Every server
-//! stops when its handle is dropped, so no test shares state.
+//! stops when its handle is dropped, so no test shares state. A test that cannot run on this
+//! machine says so and is counted ([`skip`]), never passes silently.
 //!
 //! Transparent-capture tests run all of this inside a network namespace of their own
 //! ([`netns`]), where iptables redirects an application's connections to the proxy.
@@ -23,6 +24,7 @@ pub mod process;
 pub mod proxy;
 pub mod raw;
 pub mod servers;
+pub mod skip;
 mod tasks;
 pub mod wait;
 
