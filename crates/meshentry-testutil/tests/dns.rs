@@ -129,7 +129,12 @@ async fn a_slow_name_does_not_delay_other_answers() {
     })
     .await;
     ips(&r, "fast.example.com.").await.expect("fast lookup");
-    assert!(start.elapsed() < Duration::from_millis(1000), "{:?}", start.elapsed());
+    // Answered while the slow one still waits: the order, not a duration, is the claim.
+    assert!(
+        !slow.is_finished(),
+        "the fast answer came only after the slow one ({:?})",
+        start.elapsed()
+    );
     slow.await.expect("join").expect("slow lookup");
     assert!(start.elapsed() >= Duration::from_millis(1500));
 

@@ -117,13 +117,18 @@ async fn a_slow_dns_server_does_not_block_other_services() {
         dns.queries("slow.example.com") > 0
     })
     .await;
-    // ...while requests to another DNS service go through promptly.
-    for _ in 0..5 {
+    // ...while requests to another DNS service go through: the first is answered while the
+    // slow one still waits, and none takes anywhere near the 3 s a request held up behind the
+    // slow lookup would.
+    for i in 0..5 {
         let t = Instant::now();
         let (status, _, body) = get(proxy.http(), "http://fast.example.com/").await;
         assert_eq!(status, 200, "{body}");
+        if i == 0 {
+            assert!(!slow.is_finished(), "the fast request waited for the slow one");
+        }
         assert!(
-            t.elapsed() < Duration::from_millis(1000),
+            t.elapsed() < Duration::from_secs(2),
             "fast request took {:?}",
             t.elapsed()
         );
