@@ -818,6 +818,9 @@ pub struct RawConn {
     pub replies_done: usize,
     /// The peer closed or reset the connection.
     pub peer_closed: bool,
+    /// The backend closed its end (a reply that ends with [`Reply::then_close`], or bytes
+    /// that are no request).
+    pub shut: bool,
     /// Bytes that did not parse as a request, and why; the backend stops answering then.
     pub error: Option<String>,
     /// The bytes of a request that has started arriving and is not complete (yet, or ever if
@@ -926,10 +929,11 @@ impl RawBackend {
         for c in &st.conns {
             let _ = writeln!(
                 s,
-                "  conn {}: {} requests, peer closed: {}, error: {:?}, unfinished request: {:?}\n    received: {:?}\n    sent: {:?}",
+                "  conn {}: {} requests, peer closed: {}, backend closed: {}, error: {:?}, unfinished request: {:?}\n    received: {:?}\n    sent: {:?}",
                 c.id,
                 c.requests,
                 c.peer_closed,
+                c.shut,
                 c.error,
                 show(&c.unfinished),
                 show(&c.received),
@@ -980,6 +984,7 @@ async fn serve(mut s: TcpStream, id: usize, state: Arc<Mutex<State>>, respond: A
                         After::KeepAlive => {}
                         After::Close => {
                             let _ = s.shutdown().await;
+                            conn(&state, &mut |c| c.shut = true);
                             record_rest(s, id, &state).await;
                             return;
                         }
@@ -998,6 +1003,7 @@ async fn serve(mut s: TcpStream, id: usize, state: Arc<Mutex<State>>, respond: A
                         c.error = Some(format!("{e}; unparsed: {:?}", show(&buf)))
                     });
                     let _ = s.shutdown().await;
+                    conn(&state, &mut |c| c.shut = true);
                     record_rest(s, id, &state).await;
                     return;
                 }

@@ -1487,7 +1487,7 @@ fn detection_routes_each_request_of_a_connection_by_its_own_host() {
     let ns = captured_netns();
     ns.block_on(|| async {
         let w = SniffWorld::start(&ns, &[]).await;
-        let mut s = connect(SocketAddr::new(v4(nowhere(76)), 8080)).await;
+        let mut s = RawClient::new(connect(SocketAddr::new(v4(nowhere(76)), 8080)).await);
         for (i, (host, up)) in [
             ("web.sniff.test", &w.web),
             ("other.sniff.test", &w.other),
@@ -1497,54 +1497,18 @@ fn detection_routes_each_request_of_a_connection_by_its_own_host() {
         .enumerate()
         {
             let req = format!("GET /keepalive/{i} HTTP/1.1\r\nHost: {host}\r\n\r\n");
-            s.write_all(req.as_bytes()).await.unwrap();
-            let (head, body) = read_one_response(&mut s).await;
-            assert!(head.starts_with("HTTP/1.1 200"), "request {i} to {host}: {head}");
-            let json: serde_json::Value = serde_json::from_str(&body).unwrap();
-            assert_eq!(json["upstream"], up.name(), "request {i} to {host}: {body}");
+            s.send(req.as_bytes()).await.unwrap();
+            let r = s.read_response("GET", IO_TIMEOUT).await.unwrap();
+            assert!(r.raw.starts_with(b"HTTP/1.1 200"), "request {i} to {host}: {r:?}");
+            assert!(s.buffered().is_empty(), "more than one response arrived: {r:?}");
+            let json: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+            assert_eq!(json["upstream"], up.name(), "request {i} to {host}: {r:?}");
             assert_eq!(json["path"], format!("/keepalive/{i}"));
         }
         assert_eq!((w.web.requests(), w.other.requests()), (2, 1));
         assert_eq!(w.proxy.stat("outbound_cx_total").await, 1);
         assert_eq!(w.proxy.sniffed().await, [0, 1, 0, 0, 0]);
     });
-}
-
-/// Reads one HTTP/1.1 response with a Content-Length body from a kept-alive connection.
-async fn read_one_response(s: &mut TcpStream) -> (String, String) {
-    let mut buf = Vec::new();
-    let head_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        let mut chunk = [0u8; 4096];
-        let n = tokio::time::timeout(IO_TIMEOUT, s.read(&mut chunk))
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(n > 0, "closed mid-response: {:?}", String::from_utf8_lossy(&buf));
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-    let len: usize = head
-        .lines()
-        .find_map(|l| {
-            let (name, value) = l.split_once(':')?;
-            name.eq_ignore_ascii_case("content-length")
-                .then(|| value.trim().parse().ok())?
-        })
-        .unwrap_or_else(|| panic!("no Content-Length: {head}"));
-    while buf.len() < head_end + len {
-        let mut chunk = [0u8; 4096];
-        let n = tokio::time::timeout(IO_TIMEOUT, s.read(&mut chunk))
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(n > 0, "closed mid-body: {:?}", String::from_utf8_lossy(&buf));
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    assert_eq!(buf.len(), head_end + len, "more than one response arrived");
-    (head, String::from_utf8_lossy(&buf[head_end..]).into_owned())
 }
 
 /// HTTP/2 with prior knowledge (h2c) is routed by `:authority`; the upstream speaks HTTP/1.1.

@@ -6,13 +6,10 @@
 #![allow(clippy::unwrap_used)] // Test code: a failed unwrap is a failed test.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use meshentry_testutil::raw::{RawBackend, Reply};
 use meshentry_testutil::{HttpUpstream, Proxy, RawClient, RawResponse, eventually, unique_loopback};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 
 const BIN: &str = env!("CARGO_BIN_EXE_meshentry");
 const PATIENCE: Duration = Duration::from_secs(5);
@@ -145,55 +142,29 @@ async fn chunked_request_bodies_are_forwarded() {
     assert_eq!(json(&r.body)["body"], "hello world");
 }
 
-/// A raw upstream: for each connection, answers every request head with `response`, and
-/// closes after `per_connection` responses. Counts connections accepted and closed.
-async fn raw_upstream(
-    response: &'static [u8],
-    per_connection: usize,
-) -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind(SocketAddr::new(IpAddr::V4(unique_loopback()), 8080))
-        .await
-        .unwrap();
-    let addr = listener.local_addr().unwrap();
-    let connections = Arc::new(AtomicUsize::new(0));
-    let closed = Arc::new(AtomicUsize::new(0));
-    let (count, count_closed) = (connections.clone(), closed.clone());
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = listener.accept().await else {
-                return;
-            };
-            count.fetch_add(1, Ordering::SeqCst);
-            let count_closed = count_closed.clone();
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                for _ in 0..per_connection {
-                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                        let mut chunk = [0u8; 1024];
-                        match s.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    }
-                    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-                    buf.drain(..end);
-                    if s.write_all(response).await.is_err() {
-                        return;
-                    }
-                }
-                // Closing without having said so: the proxy's pooled connection goes stale.
-                drop(s);
-                count_closed.fetch_add(1, Ordering::SeqCst);
-            });
+/// A raw upstream that parses each request strictly: on each connection it answers every
+/// request with `response`, and closes after `per_connection` of them without having said so
+/// (the proxy's pooled connection goes stale).
+fn raw_upstream(response: &'static [u8], per_connection: usize) -> RawBackend {
+    RawBackend::start(SocketAddr::new(IpAddr::V4(unique_loopback()), 8080), move |r| {
+        let reply = Reply::bytes(response);
+        if r.seq >= per_connection {
+            reply.then_close()
+        } else {
+            reply
         }
-    });
-    (addr, connections, closed)
+    })
+}
+
+/// Connections `backend` has closed itself.
+fn closed_by(backend: &RawBackend) -> usize {
+    backend.connections().iter().filter(|c| c.shut).count()
 }
 
 #[tokio::test]
 async fn close_delimited_responses_end_with_the_connection() {
-    let (addr, _, _) = raw_upstream(b"HTTP/1.1 200 OK\r\nX-Raw: 1\r\n\r\nuntil close", 1).await;
-    let proxy = start(&service("raw.example.com", addr)).await;
+    let up = raw_upstream(b"HTTP/1.1 200 OK\r\nX-Raw: 1\r\n\r\nuntil close", 1);
+    let proxy = start(&service("raw.example.com", up.addr())).await;
     let mut c = client(&proxy).await;
     let r = exchange(
         &mut c,
@@ -212,8 +183,8 @@ async fn close_delimited_responses_end_with_the_connection() {
 #[tokio::test]
 async fn a_pooled_connection_the_upstream_closed_is_replaced_transparently() {
     // Each upstream connection answers once, then closes without saying so.
-    let (addr, connections, closed) = raw_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", 1).await;
-    let proxy = start(&service("stale.example.com", addr)).await;
+    let up = raw_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", 1);
+    let proxy = start(&service("stale.example.com", up.addr())).await;
     let mut c = client(&proxy).await;
     for i in 0..5 {
         let r = exchange(
@@ -224,9 +195,10 @@ async fn a_pooled_connection_the_upstream_closed_is_replaced_transparently() {
         assert_eq!(r.status, 200, "request {i}: {r:?}");
         assert_eq!(r.body, b"ok");
         // The upstream has closed the pooled connection before the next request is sent.
-        eventually(PATIENCE, || async { closed.load(Ordering::SeqCst) == i + 1 }).await;
+        eventually(PATIENCE, || async { closed_by(&up) == i + 1 }).await;
     }
-    assert_eq!(connections.load(Ordering::SeqCst), 5);
+    assert_eq!(up.connections().len(), 5);
+    assert!(up.errors().is_empty(), "{}", up.describe());
 }
 
 /// RFC 9112 6.3 lets an intermediary forward such a response with its Content-Length
@@ -234,12 +206,11 @@ async fn a_pooled_connection_the_upstream_closed_is_replaced_transparently() {
 /// it, and so do we: 502 with UPE, and the upstream connection it came on is never reused.
 #[tokio::test]
 async fn a_chunked_response_with_a_content_length_is_refused_and_its_connection_dropped() {
-    let (addr, connections, _) = raw_upstream(
+    let up = raw_upstream(
         b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
         100,
-    )
-    .await;
-    let proxy = start(&service("both.example.com", addr)).await;
+    );
+    let proxy = start(&service("both.example.com", up.addr())).await;
     let mut c = client(&proxy).await;
     for i in 0..2 {
         let r = exchange(
@@ -249,11 +220,7 @@ async fn a_chunked_response_with_a_content_length_is_refused_and_its_connection_
         .await;
         assert_eq!(r.status, 502, "{r:?}");
         assert_eq!(r.header("x-meshentry-response-flags"), Some("UPE"), "{r:?}");
-        assert_eq!(
-            connections.load(Ordering::SeqCst),
-            i + 1,
-            "a new upstream connection per request"
-        );
+        assert_eq!(up.connections().len(), i + 1, "a new upstream connection per request");
     }
 }
 
@@ -262,33 +229,14 @@ async fn a_chunked_response_with_a_content_length_is_refused_and_its_connection_
 /// descriptor for as long as no request goes to that host (the soak benchmark found them).
 #[tokio::test]
 async fn an_idle_pooled_connection_the_upstream_closed_is_closed_promptly() {
-    let listener = TcpListener::bind(SocketAddr::new(IpAddr::V4(unique_loopback()), 8080))
-        .await
-        .unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (closed_tx, closed_rx) = tokio::sync::oneshot::channel();
-    tokio::spawn(async move {
-        let (mut s, _) = listener.accept().await.unwrap();
-        let mut buf = Vec::new();
-        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-            let mut chunk = [0u8; 1024];
-            let n = s.read(&mut chunk).await.unwrap();
-            assert!(n > 0, "the proxy closed before sending its request");
-            buf.extend_from_slice(&chunk[..n]);
-        }
-        s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-            .await
-            .unwrap();
-        // Idle for a moment (the connection is in the proxy's pool now), then the upstream's
-        // own idle timeout: it stops sending and waits for the proxy to close its end.
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        s.shutdown().await.unwrap();
-        let started = std::time::Instant::now();
-        let mut chunk = [0u8; 64];
-        let r = tokio::time::timeout(PATIENCE, s.read(&mut chunk)).await;
-        let _ = closed_tx.send((r.map(|r| r.map_err(|e| e.kind())), started.elapsed()));
+    // One answer; idle for a moment (the connection is in the proxy's pool by then), then the
+    // upstream's own idle timeout: it stops sending and waits for the proxy to close its end.
+    let up = RawBackend::start(SocketAddr::new(IpAddr::V4(unique_loopback()), 8080), |_| {
+        Reply::bytes("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            .then_sleep(Duration::from_millis(200))
+            .then_close()
     });
-    let proxy = start(&service("idle.example.com", addr)).await;
+    let proxy = start(&service("idle.example.com", up.addr())).await;
     let mut c = client(&proxy).await;
     let r = exchange(
         &mut c,
@@ -296,10 +244,19 @@ async fn an_idle_pooled_connection_the_upstream_closed_is_closed_promptly() {
     )
     .await;
     assert_eq!((r.status, r.body.as_slice()), (200, &b"ok"[..]));
-    let (read, after) = closed_rx.await.unwrap();
+    eventually(PATIENCE, || async { closed_by(&up) == 1 }).await;
+    // Promptly: a pooled connection in CLOSE_WAIT is noticed by the pool's sweeper (every
+    // second), not left until a request for that host happens to check it.
+    let noticed = std::time::Instant::now();
+    eventually(Duration::from_secs(3), || async {
+        up.connection(1).is_some_and(|c| c.peer_closed)
+    })
+    .await;
     assert!(
-        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
-        "the proxy must close its end of the pooled connection: {read:?}"
+        noticed.elapsed() < Duration::from_secs(3),
+        "closed after {:?}",
+        noticed.elapsed()
     );
-    assert!(after < Duration::from_secs(3), "closed after {after:?}");
+    assert_eq!(up.connections().len(), 1);
+    assert!(up.errors().is_empty(), "{}", up.describe());
 }
