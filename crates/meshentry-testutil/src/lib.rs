@@ -7,8 +7,10 @@
 //! other test processes. Around that address the crate provides a per-test PKI ([`pki`]), an
 //! in-process DNS server that speaks the real wire protocol ([`dns`]), upstream servers that
 //! record what they saw ([`servers`]), a scripted raw HTTP/1.1 upstream and a strict raw client
-//! for byte-exact framing tests ([`raw`]), polling helpers ([`wait`]) and a runner for the proxy
-//! binary ([`process`]). Every server stops when its handle is dropped, so no test shares state.
+//! for byte-exact framing tests ([`raw`]), polling helpers ([`wait`]), a runner for child
+//! processes ([`process`]) and the one launcher of the proxy binary ([`proxy`]). Every server
+//! stops when its handle is dropped, so no test shares state. A test that cannot run on this
+//! machine says so and is counted ([`skip`]), never passes silently.
 //!
 //! Transparent-capture tests run all of this inside a network namespace of their own
 //! ([`netns`]), where iptables redirects an application's connections to the proxy.
@@ -19,8 +21,10 @@ pub mod ip;
 pub mod netns;
 pub mod pki;
 pub mod process;
+pub mod proxy;
 pub mod raw;
 pub mod servers;
+pub mod skip;
 mod tasks;
 pub mod wait;
 
@@ -30,11 +34,12 @@ pub use ip::unique_loopback;
 pub use netns::{Netns, PROXY_UID, make_accessible};
 pub use pki::{Leaf, LeafSpec, PemDir, TestCa};
 pub use process::ProxyProcess;
+pub use proxy::{Proxy, ProxyBuilder};
 pub use raw::{RawBackend, RawClient, RawRequest, RawResponse, Reply};
 pub use servers::{
     HttpUpstream, Reset, SeenRequest, Stall, TcpBanner, TcpEcho, TlsEcho, TlsSeen, TlsUpstream, closed_port,
 };
-pub use wait::{eventually, free_port};
+pub use wait::{eventually, free_port, settled};
 
 /// The crypto provider every TLS helper uses. meshentry picks ring as its single rustls provider,
 /// so the test PKI must never pull in the default aws-lc one.

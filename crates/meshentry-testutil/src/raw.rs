@@ -395,6 +395,19 @@ impl RawResponse {
         header(&self.headers, name)
     }
 
+    /// Every value of header `name`, one per field line.
+    pub fn header_all(&self, name: &str) -> Vec<&str> {
+        values(&self.headers, name).collect()
+    }
+
+    /// Whether the comma-separated list of every `name` field has `token` (case-insensitive),
+    /// e.g. `has_token("connection", "close")`.
+    pub fn has_token(&self, name: &str, token: &str) -> bool {
+        tokens(&self.headers, name)
+            .iter()
+            .any(|t| t.eq_ignore_ascii_case(token))
+    }
+
     /// The body as text (lossy).
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
@@ -405,6 +418,23 @@ impl RawResponse {
 /// response has no body): the response and its length, or `Ok(None)` if it has not all arrived.
 /// `eof`: the connection has closed, which ends a body delimited by the close.
 pub fn parse_response(buf: &[u8], method: &str, eof: bool) -> Result<Option<(RawResponse, usize)>, String> {
+    let Some((mut response, head_len)) = parse_response_head(buf, method)? else {
+        return Ok(None);
+    };
+    let Some((body, trailers, body_len)) = take_body(&buf[head_len..], response.framing, eof)? else {
+        return Ok(None);
+    };
+    let len = head_len + body_len;
+    response.body = body;
+    response.trailers = trailers;
+    response.raw = buf[..len].to_vec();
+    Ok(Some((response, len)))
+}
+
+/// Parses the head of the response at the start of `buf` with the same rules as
+/// [`parse_response`]: the response with its framing decided and no body (`raw` is the head),
+/// and the head's length; `Ok(None)` if the head has not all arrived.
+pub fn parse_response_head(buf: &[u8], method: &str) -> Result<Option<(RawResponse, usize)>, String> {
     let Some((lines, head_len)) = head_lines(buf)? else {
         return Ok(None);
     };
@@ -425,12 +455,22 @@ pub fn parse_response(buf: &[u8], method: &str, eof: bool) -> Result<Option<(Raw
         .map_err(|_| bad())?
         .parse()
         .map_err(|_| bad())?;
+    if !(100..600).contains(&status) {
+        return Err(bad());
+    }
     let reason = String::from_utf8_lossy(&start[13..]).into_owned();
+    if reason.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+        return Err(bad());
+    }
     let headers = lines[1..]
         .iter()
         .map(|l| parse_field(l))
         .collect::<Result<Vec<_>, _>>()?;
     framing_in_connection(&headers)?;
+    // RFC 9112 6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing.
+    if start[7] == b'0' && values(&headers, "transfer-encoding").next().is_some() {
+        return Err("an HTTP/1.0 response with Transfer-Encoding".into());
+    }
     let declared = declared_framing(&headers, Framing::UntilClose)?;
     let informational = (100..200).contains(&status);
     if (informational || status == 204) && declared != Framing::UntilClose {
@@ -438,25 +478,29 @@ pub fn parse_response(buf: &[u8], method: &str, eof: bool) -> Result<Option<(Raw
             "a {status} response with a Content-Length or Transfer-Encoding"
         ));
     }
-    let framing = if method.eq_ignore_ascii_case("HEAD") || informational || status == 204 || status == 304 {
+    // RFC 9110 9.3.6: a 2xx to CONNECT makes the connection a tunnel right after the head; a
+    // proxy must not send framing fields with it (a client would have to ignore them).
+    let tunnel = method.eq_ignore_ascii_case("CONNECT") && (200..300).contains(&status);
+    if tunnel && declared != Framing::UntilClose {
+        return Err(format!(
+            "a {status} response to CONNECT with a Content-Length or Transfer-Encoding"
+        ));
+    }
+    let framing = if method.eq_ignore_ascii_case("HEAD") || informational || tunnel || status == 204 || status == 304 {
         Framing::Empty
     } else {
         declared
     };
-    let Some((body, trailers, body_len)) = take_body(&buf[head_len..], framing, eof)? else {
-        return Ok(None);
-    };
-    let len = head_len + body_len;
     let response = RawResponse {
         status,
         reason,
         headers,
         framing,
-        body,
-        trailers,
-        raw: buf[..len].to_vec(),
+        body: Vec::new(),
+        trailers: Vec::new(),
+        raw: buf[..head_len].to_vec(),
     };
-    Ok(Some((response, len)))
+    Ok(Some((response, head_len)))
 }
 
 /// A client connection that writes raw bytes and reads responses strictly.
@@ -546,6 +590,35 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RawClient<S> {
         }
     }
 
+    /// Reads the head of the next response to a `method` request within `within`, strictly,
+    /// and leaves its body in the buffer: for a body that is streamed, stalls or is cut short.
+    /// [`RawResponse::framing`] says how the body is delimited.
+    pub async fn read_response_head(&mut self, method: &str, within: Duration) -> Result<RawResponse, String> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match parse_response_head(&self.buf, method) {
+                Ok(Some((resp, len))) => {
+                    self.buf.drain(..len);
+                    return Ok(resp);
+                }
+                Ok(None) if self.eof => {
+                    return Err(format!(
+                        "the connection closed before a complete response head; received {:?}",
+                        show(&self.buf)
+                    ));
+                }
+                Ok(None) => {}
+                Err(e) => return Err(format!("malformed response: {e}; received {:?}", show(&self.buf))),
+            }
+            if self.fill(deadline).await.is_err() {
+                return Err(format!(
+                    "no complete response head within {within:?}; received {:?}",
+                    show(&self.buf)
+                ));
+            }
+        }
+    }
+
     /// Reads exactly `n` bytes (after whatever is buffered) within `within`.
     pub async fn read_exact(&mut self, n: usize, within: Duration) -> Result<Vec<u8>, String> {
         let deadline = tokio::time::Instant::now() + within;
@@ -575,6 +648,57 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RawClient<S> {
     pub fn stream(&mut self) -> &mut S {
         &mut self.stream
     }
+
+    /// The stream and the bytes read but not taken by a response: after a `2xx` to CONNECT or
+    /// a `101`, the start of the tunnel.
+    pub fn into_parts(self) -> (S, Vec<u8>) {
+        (self.stream, self.buf)
+    }
+}
+
+/// Sends `CONNECT target` to the proxy at `proxy` and reads the response strictly: the
+/// response, and the client, whose [`RawClient::buffered`] bytes are the start of the tunnel
+/// when the status is `2xx`.
+pub async fn connect_request(
+    proxy: SocketAddr,
+    target: &str,
+    within: Duration,
+) -> Result<(RawResponse, RawClient<TcpStream>), String> {
+    let mut c = RawClient::connect(proxy).await?;
+    c.send(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
+        .await?;
+    let r = c.read_response("CONNECT", within).await?;
+    Ok((r, c))
+}
+
+/// A CONNECT tunnel through the proxy at `proxy` to `target`: the stream after a `200`, for a
+/// client-first protocol (any byte that arrives with the head is an error).
+pub async fn tunnel(proxy: SocketAddr, target: &str, within: Duration) -> Result<TcpStream, String> {
+    let (r, c) = connect_request(proxy, target, within).await?;
+    if r.status != 200 {
+        return Err(format!("CONNECT {target}: {} {}: {}", r.status, r.reason, show(&r.raw)));
+    }
+    let (stream, early) = c.into_parts();
+    if !early.is_empty() {
+        return Err(format!(
+            "CONNECT {target}: tunnel bytes before the client sent any: {:?}",
+            show(&early)
+        ));
+    }
+    Ok(stream)
+}
+
+/// Connects to `addr`, sends `request` (whose first word is the method) and reads one
+/// response strictly, within `within` for each step.
+pub async fn exchange(addr: SocketAddr, request: &[u8], within: Duration) -> Result<RawResponse, String> {
+    let method = request
+        .split(|b| *b == b' ')
+        .next()
+        .map(|m| String::from_utf8_lossy(m).into_owned())
+        .unwrap_or_default();
+    let mut c = RawClient::connect(addr).await?;
+    c.send(request).await?;
+    c.read_response(&method, within).await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -694,6 +818,9 @@ pub struct RawConn {
     pub replies_done: usize,
     /// The peer closed or reset the connection.
     pub peer_closed: bool,
+    /// The backend closed its end (a reply that ends with [`Reply::then_close`], or bytes
+    /// that are no request).
+    pub shut: bool,
     /// Bytes that did not parse as a request, and why; the backend stops answering then.
     pub error: Option<String>,
     /// The bytes of a request that has started arriving and is not complete (yet, or ever if
@@ -802,10 +929,11 @@ impl RawBackend {
         for c in &st.conns {
             let _ = writeln!(
                 s,
-                "  conn {}: {} requests, peer closed: {}, error: {:?}, unfinished request: {:?}\n    received: {:?}\n    sent: {:?}",
+                "  conn {}: {} requests, peer closed: {}, backend closed: {}, error: {:?}, unfinished request: {:?}\n    received: {:?}\n    sent: {:?}",
                 c.id,
                 c.requests,
                 c.peer_closed,
+                c.shut,
                 c.error,
                 show(&c.unfinished),
                 show(&c.received),
@@ -856,6 +984,7 @@ async fn serve(mut s: TcpStream, id: usize, state: Arc<Mutex<State>>, respond: A
                         After::KeepAlive => {}
                         After::Close => {
                             let _ = s.shutdown().await;
+                            conn(&state, &mut |c| c.shut = true);
                             record_rest(s, id, &state).await;
                             return;
                         }
@@ -874,6 +1003,7 @@ async fn serve(mut s: TcpStream, id: usize, state: Arc<Mutex<State>>, respond: A
                         c.error = Some(format!("{e}; unparsed: {:?}", show(&buf)))
                     });
                     let _ = s.shutdown().await;
+                    conn(&state, &mut |c| c.shut = true);
                     record_rest(s, id, &state).await;
                     return;
                 }
@@ -1010,9 +1140,26 @@ mod tests {
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nx: y\n\r\nHTTP/1.1 200 OK\r\n\r\n",
             b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n",
             b"HTTP/1.1 200\r\nContent-Length: 0\r\n\r\n",
+            b"HTTP/1.1 099 Early\r\nContent-Length: 0\r\n\r\n",
+            b"HTTP/1.1 600 Later\r\nContent-Length: 0\r\n\r\n",
+            b"HTTP/1.1 200 O\x01K\r\nContent-Length: 0\r\n\r\n",
+            b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
         ] {
             assert!(resp(bad, "GET", true).is_err(), "accepted {:?}", show(bad));
         }
+
+        // A 2xx to CONNECT ends at its head: what follows is the tunnel, not a body.
+        let tunnel = b"HTTP/1.1 200 Connection established\r\n\r\n\x16\x03\x01";
+        let (t, n) = resp(tunnel, "CONNECT", false).unwrap().unwrap();
+        assert_eq!(
+            (t.status, t.framing, &tunnel[n..]),
+            (200, Framing::Empty, &b"\x16\x03\x01"[..])
+        );
+        let refused = b"HTTP/1.1 403 Forbidden\r\nContent-Length: 2\r\n\r\nno";
+        let (r, _) = resp(refused, "CONNECT", false).unwrap().unwrap();
+        assert_eq!(r.body, b"no");
+        let framed = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+        assert!(resp(framed, "CONNECT", false).is_err(), "a 2xx to CONNECT with framing");
     }
 
     #[tokio::test]

@@ -70,6 +70,36 @@ where
     }
 }
 
+/// Calls `read` every 20 ms until its value has stayed the same for `quiet` of wall-clock
+/// time, and returns that value; panics if it is still changing after `timeout`.
+///
+/// For claims that something does *not* happen (no more upstream requests after the client
+/// went away): the count is taken once work in flight has landed, however long that takes,
+/// instead of after a fixed delay that a slow machine may not cover.
+pub async fn settled<F, Fut, T>(quiet: Duration, timeout: Duration, mut read: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = T>,
+    T: PartialEq + Debug,
+{
+    let deadline = Instant::now() + timeout;
+    let mut last = read().await;
+    let mut since = Instant::now();
+    loop {
+        tokio::time::sleep(POLL_INTERVAL).await;
+        let now = read().await;
+        if now != last {
+            last = now;
+            since = Instant::now();
+        } else if since.elapsed() >= quiet {
+            return last;
+        }
+        if Instant::now() >= deadline {
+            panic!("settled: still changing after {timeout:?} (last {last:?})");
+        }
+    }
+}
+
 /// Ports [`free_port`] and [`crate::closed_port`] pick from: below Linux's ephemeral range
 /// (32768-60999 by default), so a socket bound to port 0 anywhere on the machine (`0.0.0.0:0` in
 /// another process's test) is never handed the port we just chose; and above the fixed ports
@@ -125,6 +155,18 @@ mod tests {
     #[should_panic(expected = "not true after")]
     async fn panics_with_the_last_error_after_the_timeout() {
         eventually(Duration::from_millis(100), || async { Err::<(), _>("nope") }).await;
+    }
+
+    #[tokio::test]
+    async fn settled_waits_for_the_value_to_stop_changing() {
+        let calls = AtomicU32::new(0);
+        let start = Instant::now();
+        let v = settled(Duration::from_millis(100), Duration::from_secs(5), || async {
+            calls.fetch_add(1, Ordering::SeqCst).min(5)
+        })
+        .await;
+        assert_eq!(v, 5);
+        assert!(start.elapsed() >= Duration::from_millis(100));
     }
 
     #[tokio::test(start_paused = true)]

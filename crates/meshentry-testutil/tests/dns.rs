@@ -129,7 +129,12 @@ async fn a_slow_name_does_not_delay_other_answers() {
     })
     .await;
     ips(&r, "fast.example.com.").await.expect("fast lookup");
-    assert!(start.elapsed() < Duration::from_millis(1000), "{:?}", start.elapsed());
+    // Answered while the slow one still waits: the order, not a duration, is the claim.
+    assert!(
+        !slow.is_finished(),
+        "the fast answer came only after the slow one ({:?})",
+        start.elapsed()
+    );
     slow.await.expect("join").expect("slow lookup");
     assert!(start.elapsed() >= Duration::from_millis(1500));
 
@@ -178,11 +183,7 @@ async fn a_name_with_only_ipv6_answers_a_queries_with_no_records() {
 }
 
 #[tokio::test]
-async fn dig_queries_the_server_when_installed() {
-    if std::process::Command::new("dig").arg("-v").output().is_err() {
-        eprintln!("dig not installed; skipping");
-        return;
-    }
+async fn dig_queries_the_server() {
     let dns = TestDns::start(unique_loopback());
     dns.set("dig.example.com", &[V4], 30);
     let out = tokio::process::Command::new("dig")
@@ -191,7 +192,8 @@ async fn dig_queries_the_server_when_installed() {
         .args(["+short", "dig.example.com", "A"])
         .output()
         .await
-        .expect("run dig");
+        .unwrap_or_else(|e| panic!("cannot run dig ({e}): apt-get install bind9-dnsutils (scripts/test does this)"));
+    assert!(out.status.success(), "dig: {}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "10.1.2.3");
 }
 
@@ -214,10 +216,11 @@ async fn stops_on_drop() {
 #[tokio::test]
 async fn the_system_resolver_queries_the_server() {
     let dns = TestDns::start(unique_loopback());
-    if dns.addr().port() != 53 || std::process::Command::new("unshare").arg("--version").output().is_err() {
-        eprintln!("not root or no unshare; skipping");
-        return;
-    }
+    assert_eq!(
+        dns.addr().port(),
+        53,
+        "TestDns could not bind port 53: these tests run as root (scripts/test, CI)"
+    );
     dns.set("system.example.com", &[V4], 30);
     let dir = tempfile::tempdir().expect("tempdir");
     let conf = dir.path().join("resolv.conf");
@@ -230,10 +233,14 @@ async fn the_system_resolver_queries_the_server() {
         .args(["--mount", "--propagation", "private", "sh", "-c", &script])
         .output()
         .await
-        .expect("run unshare");
+        .unwrap_or_else(|e| panic!("cannot run unshare ({e}): apt-get install util-linux (scripts/test does this)"));
     if !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("unshare failed") {
-        eprintln!("mount namespaces not permitted here; skipping");
-        return;
+        // Root is not enough where a sandbox (a container's seccomp profile) forbids mount
+        // namespaces; nothing to install makes them work.
+        meshentry_testutil::skip!(
+            "mount namespaces are not permitted here: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("10.1.2.3"));

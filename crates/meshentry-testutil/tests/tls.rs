@@ -232,10 +232,6 @@ async fn alpn_h2_is_served_as_http2() {
 
 #[tokio::test]
 async fn curl_verifies_the_upstream_with_the_ca_file() {
-    if std::process::Command::new("curl").arg("--version").output().is_err() {
-        eprintln!("curl not installed; skipping");
-        return;
-    }
     let ip = unique_loopback();
     let ca = TestCa::new("curl ca");
     let leaf = ca.issue(LeafSpec::server(["curl.example.com"]));
@@ -244,7 +240,8 @@ async fn curl_verifies_the_upstream_with_the_ca_file() {
     let pem = PemDir::new();
     let ca_path = pem.ca(&ca);
     let client_paths = pem.leaf(&client, "client");
-    let out = tokio::process::Command::new("curl")
+    // Isolated from ~/.curlrc and the proxy variables: only the URL decides where it goes.
+    let out = tokio::process::Command::from(meshentry_testutil::curl_command())
         .arg("-sS")
         .args(["--noproxy", "*"])
         .args(["--resolve", &format!("curl.example.com:443:{ip}")])
@@ -257,7 +254,7 @@ async fn curl_verifies_the_upstream_with_the_ca_file() {
         .arg("https://curl.example.com/c")
         .output()
         .await
-        .expect("run curl");
+        .unwrap_or_else(|e| panic!("cannot run curl ({e}): apt-get install curl (scripts/test does this)"));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let json: Value = serde_json::from_slice(&out.stdout).expect("json body");
     assert_eq!(json["upstream"], "curl-tls");

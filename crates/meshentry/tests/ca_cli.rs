@@ -1,5 +1,8 @@
 //! `meshentry ca init|issue` through the real binary: the identities it issues are SPIFFE ids
 //! that a real TLS handshake verifies against the CA, and mistakes are refused with a reason.
+//!
+//! What the certificates say is judged by openssl (`verify`, `x509`, `s_client`), not only by
+//! meshentry's own parsing and verification, which is the code under test.
 
 #![allow(clippy::unwrap_used)] // Test code: a failed unwrap is a failed test.
 
@@ -31,6 +34,89 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// Runs openssl, the independent judge of what `meshentry ca` wrote: its output (stdout and
+/// stderr) and whether it succeeded.
+fn openssl(args: &[&str]) -> (bool, String) {
+    let out = Command::new("openssl")
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run openssl ({e}): apt-get install openssl (scripts/test does this)"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// openssl `args`, which must succeed: its output.
+fn openssl_ok(args: &[&str]) -> String {
+    let (ok, text) = openssl(args);
+    assert!(ok, "openssl {args:?}: {text}");
+    text
+}
+
+/// What openssl says about the CA and the workload identity issued in `wl` for `id` and
+/// `httpbin.com`: signed by the root, usable by servers and clients, naming exactly those
+/// names, with a key that belongs to it; the root a CA. And a root of another CA does not
+/// verify it, so the verification is not vacuous.
+fn openssl_judges(ca: &Path, wl: &Path, other_root: &Path, id: &str) {
+    let (chain, root) = (wl.join("cert-chain.pem"), wl.join("root-cert.pem"));
+    let (chain, root) = (s(&chain), s(&root));
+    assert_eq!(
+        std::fs::read(wl.join("root-cert.pem")).unwrap(),
+        std::fs::read(ca.join("ca-cert.pem")).unwrap(),
+        "the workload's root is the CA's certificate"
+    );
+    for purpose in ["sslserver", "sslclient"] {
+        let out = openssl_ok(&[
+            "verify",
+            "-x509_strict",
+            "-CAfile",
+            root,
+            "-purpose",
+            purpose,
+            "-verify_hostname",
+            "httpbin.com",
+            chain,
+        ]);
+        assert!(out.contains(": OK"), "{purpose}: {out}");
+    }
+    let (ok, out) = openssl(&[
+        "verify",
+        "-CAfile",
+        root,
+        "-verify_hostname",
+        "other.example.com",
+        chain,
+    ]);
+    assert!(!ok && out.contains("hostname mismatch"), "{out}");
+    let (ok, out) = openssl(&["verify", "-CAfile", s(other_root), chain]);
+    assert!(!ok, "verified against another CA: {out}");
+
+    let sans = openssl_ok(&["x509", "-in", chain, "-noout", "-ext", "subjectAltName"]);
+    assert_eq!(
+        sans.lines().nth(1).map(str::trim),
+        Some(format!("URI:{id}, DNS:httpbin.com").as_str()),
+        "{sans}"
+    );
+    let usage = openssl_ok(&["x509", "-in", chain, "-noout", "-ext", "extendedKeyUsage"]);
+    assert!(
+        usage.contains("TLS Web Server Authentication") && usage.contains("TLS Web Client Authentication"),
+        "an mTLS identity serves and connects: {usage}"
+    );
+    let cert_key = openssl_ok(&["x509", "-in", chain, "-noout", "-pubkey"]);
+    let key = openssl_ok(&["pkey", "-in", s(&wl.join("key.pem")), "-pubout"]);
+    assert_eq!(cert_key, key, "key.pem is the certificate's key");
+
+    let constraints = openssl_ok(&["x509", "-in", root, "-noout", "-ext", "basicConstraints,keyUsage"]);
+    assert!(
+        constraints.contains("CA:TRUE") && constraints.contains("Certificate Sign"),
+        "the root is a CA: {constraints}"
+    );
+}
+
 #[tokio::test]
 async fn issued_identities_verify_against_the_ca() {
     let tmp = tempfile::tempdir().unwrap();
@@ -58,6 +144,9 @@ async fn issued_identities_verify_against_the_ca() {
         let mode = std::fs::metadata(&key).unwrap().permissions().mode();
         assert_eq!(mode & 0o077, 0, "{} is readable by others: {mode:o}", key.display());
     }
+    let other = tmp.path().join("other-ca");
+    ok(&["ca", "init", "--dir", s(&other)]);
+    openssl_judges(&ca, &wl, &other.join("ca-cert.pem"), id);
     let chain = load_certs("cert", &wl.join("cert-chain.pem")).unwrap();
     assert_eq!(cert_names(&chain[0]), [id, "httpbin.com"]);
 
@@ -69,6 +158,28 @@ async fn issued_identities_verify_against_the_ca() {
         .with_single_cert(chain, load_key(&wl.join("key.pem")).unwrap())
         .unwrap();
     let up = TlsUpstream::start((unique_loopback(), 443).into(), "httpbin", Arc::new(server));
+    // openssl's own handshake: the server presents the issued chain, which verifies for
+    // httpbin.com against root-cert.pem.
+    let connect = up.addr().to_string();
+    let root = wl.join("root-cert.pem");
+    let (ok, out) = tokio::task::spawn_blocking(move || {
+        openssl(&[
+            "s_client",
+            "-connect",
+            &connect,
+            "-servername",
+            "httpbin.com",
+            "-verify_hostname",
+            "httpbin.com",
+            "-CAfile",
+            s(&root),
+            "-verify_return_error",
+            "-brief",
+        ])
+    })
+    .await
+    .unwrap();
+    assert!(ok && out.contains("Verification: OK"), "{out}");
     let recipe = |sans: &[&str]| Recipe {
         mode: Mode::IstioMutual,
         client_cert: Some((wl.join("cert-chain.pem"), wl.join("key.pem"))),

@@ -6,17 +6,24 @@
 
 #![allow(clippy::unwrap_used)] // Test code: a failed unwrap is a failed test.
 
-mod support;
-
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Arc;
 
 use meshentry_proxy::tls::{load_certs, load_key};
-use meshentry_testutil::{HttpUpstream, TlsUpstream, curl_command, unique_loopback};
+use meshentry_testutil::{HttpUpstream, Proxy, TlsUpstream, curl_command, unique_loopback};
 
 const BIN: &str = env!("CARGO_BIN_EXE_meshentry");
+
+/// The proxy on `yaml` with `args` (its DNS server address answers nothing).
+async fn start_proxy<S: AsRef<str>>(yaml: &str, args: &[S]) -> Proxy {
+    Proxy::builder(BIN)
+        .config(yaml)
+        .args(args.iter().map(|a| a.as_ref().to_owned()))
+        .start()
+        .await
+}
 
 fn run(args: &[&str]) -> Output {
     Command::new(BIN).args(args).output().expect("run meshentry")
@@ -301,20 +308,17 @@ async fn outbound_traffic_policy_registry_only_refuses_unknown_hosts_unless_a_fl
         "mesh.yaml",
         &configmap("outboundTrafficPolicy:\n  mode: REGISTRY_ONLY"),
     );
-    let quiet_dns = ["--dns-server", "127.0.0.1:9"];
-
-    let allow = support::start_proxy(SERVICE_IN_A, &quiet_dns).await;
-    let (status, _) = curl(allow.addr, &url);
+    let allow = start_proxy::<&str>(SERVICE_IN_A, &[]).await;
+    let (status, _) = curl(allow.http(), &url);
     assert_eq!(
         status, 200,
         "Istio's default ALLOW_ANY passes an unknown destination through"
     );
     assert_eq!(upstream.requests(), 1);
 
-    let mut args = quiet_dns.to_vec();
-    args.extend(["--mesh-config", &mesh]);
-    let strict = support::start_proxy(SERVICE_IN_A, &args).await;
-    let (status, body) = curl(strict.addr, &url);
+    let mut args = vec!["--mesh-config", &mesh];
+    let strict = start_proxy(SERVICE_IN_A, &args).await;
+    let (status, body) = curl(strict.http(), &url);
     assert_eq!(status, 502, "{body}");
     assert!(
         body.contains("the outbound traffic policy is REGISTRY_ONLY (from mesh default, --mesh-config"),
@@ -323,8 +327,8 @@ async fn outbound_traffic_policy_registry_only_refuses_unknown_hosts_unless_a_fl
     assert_eq!(upstream.requests(), 1, "nothing reached the unknown destination");
 
     args.extend(["--outbound-policy", "ALLOW_ANY"]);
-    let overridden = support::start_proxy(SERVICE_IN_A, &args).await;
-    let (status, body) = curl(overridden.addr, &url);
+    let overridden = start_proxy(SERVICE_IN_A, &args).await;
+    let (status, body) = curl(overridden.http(), &url);
     assert_eq!(status, 200, "--outbound-policy overrides the mesh config: {body}");
     assert_eq!(upstream.requests(), 2);
 }
@@ -400,8 +404,6 @@ fn mesh(domain: &str) -> Mesh {
         path(&me.join("key.pem")),
         "--ca".into(),
         path(&me.join("root-cert.pem")),
-        "--dns-server".into(),
-        "127.0.0.1:9".into(),
     ];
     Mesh {
         _tmp: tmp,
@@ -428,8 +430,8 @@ async fn trust_domain_decides_the_identity_istio_mutual_expects() {
     };
 
     let default = args(&[]);
-    let proxy = support::start_proxy(&yaml, &default.iter().map(String::as_str).collect::<Vec<_>>()).await;
-    let (status, body) = curl(proxy.addr, "http://web.mesh.internal/");
+    let proxy = start_proxy(&yaml, &default).await;
+    let (status, body) = curl(proxy.http(), "http://web.mesh.internal/");
     assert_ne!(
         status, 200,
         "cluster.local expects spiffe://cluster.local/ns/a/sa/web: {body}"
@@ -438,14 +440,14 @@ async fn trust_domain_decides_the_identity_istio_mutual_expects() {
     assert_eq!(m.server.requests(), 0);
 
     let with_mesh = args(&["--mesh-config", &mesh_file]);
-    let proxy = support::start_proxy(&yaml, &with_mesh.iter().map(String::as_str).collect::<Vec<_>>()).await;
-    let (status, body) = curl(proxy.addr, "http://web.mesh.internal/");
+    let proxy = start_proxy(&yaml, &with_mesh).await;
+    let (status, body) = curl(proxy.http(), "http://web.mesh.internal/");
     assert_eq!(status, 200, "{body}");
     assert_eq!(m.server.requests(), 1);
 
     let flag = args(&["--mesh-config", &mesh_file, "--trust-domain", "cluster.local"]);
-    let proxy = support::start_proxy(&yaml, &flag.iter().map(String::as_str).collect::<Vec<_>>()).await;
-    let (status, body) = curl(proxy.addr, "http://web.mesh.internal/");
+    let proxy = start_proxy(&yaml, &flag).await;
+    let (status, body) = curl(proxy.http(), "http://web.mesh.internal/");
     assert_ne!(status, 200, "--trust-domain overrides the mesh config: {body}");
     assert_eq!(m.server.requests(), 1);
 }
@@ -462,8 +464,8 @@ async fn enable_auto_mtls_false_leaves_mesh_traffic_in_plaintext() {
     };
     let id: Vec<&str> = m.identity.iter().map(String::as_str).collect();
 
-    let auto = support::start_proxy(&yaml(m.ip.to_string()), &id).await;
-    let (status, body) = curl(auto.addr, "http://web.mesh.internal/");
+    let auto = start_proxy(&yaml(m.ip.to_string()), &id).await;
+    let (status, body) = curl(auto.http(), "http://web.mesh.internal/");
     assert_eq!(status, 200, "auto mTLS reaches the mTLS server: {body}");
     assert_eq!(m.server.requests(), 1);
 
@@ -471,13 +473,13 @@ async fn enable_auto_mtls_false_leaves_mesh_traffic_in_plaintext() {
     let mut args = id.clone();
     args.extend(["--mesh-config", off.as_str()]);
     let plain_ip = plain.addr().ip().to_string();
-    let proxy = support::start_proxy(&yaml(plain_ip), &args).await;
-    let (status, body) = curl(proxy.addr, "http://web.mesh.internal/");
+    let proxy = start_proxy(&yaml(plain_ip), &args).await;
+    let (status, body) = curl(proxy.http(), "http://web.mesh.internal/");
     assert_eq!(status, 200, "plaintext reaches the plaintext server: {body}");
     assert_eq!(plain.requests(), 1);
     // And the same configuration with auto mTLS on fails against it: TLS to a plaintext port.
-    let proxy = support::start_proxy(&yaml(plain.addr().ip().to_string()), &id).await;
-    let (status, _) = curl(proxy.addr, "http://web.mesh.internal/");
+    let proxy = start_proxy(&yaml(plain.addr().ip().to_string()), &id).await;
+    let (status, _) = curl(proxy.http(), "http://web.mesh.internal/");
     assert_ne!(status, 200);
     assert_eq!(plain.requests(), 1);
 }

@@ -28,9 +28,10 @@ use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use meshentry_testutil::pki::{client_config, server_config};
+use meshentry_testutil::raw::{RawClient, RawResponse};
 use meshentry_testutil::{
-    HttpUpstream, LeafSpec, Netns, PROXY_UID, PemDir, ProxyProcess, TcpBanner, TcpEcho, TestCa, TestDns, TlsUpstream,
-    eventually, make_accessible, unique_loopback,
+    HttpUpstream, LeafSpec, Netns, PROXY_UID, PemDir, TcpBanner, TcpEcho, TestCa, TestDns, TlsUpstream, eventually,
+    make_accessible, unique_loopback,
 };
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -38,7 +39,6 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 const BIN: &str = env!("CARGO_BIN_EXE_meshentry");
-const START_TIMEOUT: Duration = Duration::from_secs(15);
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The outbound listeners, where REDIRECT sends captured connections (IPv4 ones to 127.0.0.1,
@@ -47,8 +47,7 @@ const OUTBOUND_V4: &str = "127.0.0.1:15001";
 const OUTBOUND_V6: &str = "[::1]:15001";
 /// The proxy's other listeners are on 127.0.0.1, the one IPv4 address capture leaves alone, so
 /// the test's own admin and readiness connections are not captured (nor counted).
-const ADMIN: &str = "127.0.0.1:15000";
-const HTTP_PROXY: &str = "127.0.0.1:15080";
+const PROXY_IP: Ipv4Addr = Ipv4Addr::LOCALHOST;
 
 /// The detection counters of `/stats` (`outbound_sniffed_<name>_total`).
 const SNIFFED: [&str; 5] = ["tls", "http1", "h2c", "tcp", "none"];
@@ -88,15 +87,14 @@ fn captured_netns() -> Netns {
     ns
 }
 
-/// `meshentry proxy` running in a namespace as [`PROXY_UID`], with its config directory.
+/// `meshentry proxy` running in a namespace as [`PROXY_UID`].
 struct Proxy {
-    process: ProxyProcess,
-    _config: tempfile::TempDir,
+    inner: meshentry_testutil::Proxy,
 }
 
 impl Proxy {
     /// Writes `files` to a fresh directory the proxy uid can read and starts the proxy in `ns`
-    /// on it, resolving through `dns`; returns once every listener is bound.
+    /// on it, resolving through `dns`; returns once it is ready (every listener is bound).
     async fn start(ns: &Netns, files: &[(&str, String)], dns: &TestDns, extra: &[&str]) -> Proxy {
         Proxy::start_as(ns, PROXY_UID, files, dns, extra).await
     }
@@ -104,64 +102,29 @@ impl Proxy {
     /// [`Proxy::start`] as `uid`: any other uid than [`PROXY_UID`] has its own connections
     /// captured.
     async fn start_as(ns: &Netns, uid: u32, files: &[(&str, String)], dns: &TestDns, extra: &[&str]) -> Proxy {
-        let dir = tempfile::Builder::new().prefix("meshentry-capture-").tempdir().unwrap();
-        for (name, text) in files {
-            std::fs::write(dir.path().join(name), text).unwrap();
-        }
-        make_accessible(dir.path());
-        let mut args: Vec<String> = vec![
-            "proxy".into(),
-            "--config".into(),
-            dir.path().display().to_string(),
-            "--http-proxy".into(),
-            HTTP_PROXY.into(),
-            "--admin".into(),
-            ADMIN.into(),
-            "--outbound".into(),
-            OUTBOUND_V4.into(),
-            "--outbound".into(),
-            OUTBOUND_V6.into(),
-            "--dns-server".into(),
-            dns.addr().to_string(),
-        ];
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let mut process = ns.spawn_as(uid, BIN, &args, [("RUST_LOG", "info")]);
-        process.wait_listening(ADMIN.parse().unwrap(), START_TIMEOUT).await;
-        // Asked of the kernel, not by connecting: a probe connection would count as a (looped)
-        // outbound connection.
-        let outbound = [OUTBOUND_V4.parse().unwrap(), OUTBOUND_V6.parse().unwrap()];
-        ns.wait_listening(&mut process, &outbound, START_TIMEOUT).await;
-        Proxy { process, _config: dir }
+        let inner = files
+            .iter()
+            .fold(meshentry_testutil::Proxy::builder(BIN), |b, (name, text)| {
+                b.file(name, text)
+            })
+            .netns(ns, uid)
+            .ip(PROXY_IP)
+            .outbound([OUTBOUND_V4.parse().unwrap(), OUTBOUND_V6.parse().unwrap()])
+            .dns(dns.addr())
+            .args(extra.iter().copied())
+            .start()
+            .await;
+        Proxy { inner }
     }
 
     /// Every counter of the admin `/stats` page (`meshentry.<name>: <value>`).
     async fn stats(&self) -> BTreeMap<String, u64> {
-        self.try_stats().await.unwrap_or_else(|e| panic!("GET /stats: {e}"))
+        self.inner.stats().await
     }
 
     /// [`Proxy::stats`], or why the admin server did not answer.
     async fn try_stats(&self) -> Result<BTreeMap<String, u64>, String> {
-        let get = async {
-            let mut s = TcpStream::connect(ADMIN).await?;
-            s.write_all(b"GET /stats HTTP/1.0\r\nHost: admin\r\n\r\n").await?;
-            let mut resp = String::new();
-            s.read_to_string(&mut resp).await?;
-            io::Result::Ok(resp)
-        };
-        let resp = match tokio::time::timeout(Duration::from_secs(3), get).await {
-            Ok(Ok(resp)) => resp,
-            Ok(Err(e)) => return Err(e.to_string()),
-            Err(_) => return Err("no answer within 3s".into()),
-        };
-        let (head, body) = resp.split_once("\r\n\r\n").ok_or_else(|| resp.clone())?;
-        if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
-            return Err(resp);
-        }
-        Ok(body
-            .lines()
-            .filter_map(|l| l.strip_prefix("meshentry.")?.split_once(": "))
-            .filter_map(|(k, v)| Some((k.to_owned(), v.trim().parse().ok()?)))
-            .collect())
+        self.inner.try_stats().await
     }
 
     /// One counter of `/stats`.
@@ -317,18 +280,12 @@ async fn assert_closed(s: &mut TcpStream) {
     }
 }
 
-/// Reads an HTTP/1.1 response to `Connection: close` to its end: (head, body).
-async fn read_response<S: AsyncRead + Unpin>(s: &mut S) -> (String, String) {
-    let mut resp = Vec::new();
-    // A peer that closes without close_notify ends in an error; what arrived is still judged.
-    let _ = tokio::time::timeout(IO_TIMEOUT, s.read_to_end(&mut resp))
-        .await
-        .unwrap();
-    let text = String::from_utf8_lossy(&resp).into_owned();
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("no complete response: {text:?}"));
-    (head.to_owned(), body.to_owned())
+/// Reads the response to a `Connection: close` GET strictly; nothing may follow it.
+async fn read_response<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S) -> RawResponse {
+    let mut c = RawClient::new(s);
+    let r = c.read_response("GET", IO_TIMEOUT).await.unwrap();
+    assert!(c.buffered().is_empty(), "bytes after the response: {:?}", c.buffered());
+    r
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -891,7 +848,7 @@ fn registry_only_refuses_unknown_destinations() {
         let conns = [443, 9000].map(|p| vec![format!("dst={trap_ip}:{p} ")]);
         for wanted in http.iter().chain(&conns) {
             eventually(Duration::from_secs(5), || async {
-                let log = proxy.process.stderr();
+                let log = proxy.inner.stderr();
                 let found = log
                     .lines()
                     .any(|l| l.contains("REGISTRY_ONLY") && wanted.iter().all(|w| l.contains(w.as_str())));
@@ -1327,8 +1284,8 @@ impl SniffWorld {
         }
     }
 
-    /// An HTTPS GET to tls.sniff.test through capture over `io`, by rustls: (head, body).
-    async fn https_get<IO>(&self, io: IO) -> (String, String)
+    /// An HTTPS GET to tls.sniff.test through capture over `io`, by rustls, read strictly.
+    async fn https_get<IO>(&self, io: IO) -> RawResponse
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
@@ -1351,9 +1308,9 @@ fn detection_routes_tls_by_the_client_hello_sni() {
     ns.block_on(|| async {
         let w = SniffWorld::start(&ns, &[]).await;
         let s = connect(SocketAddr::new(v4(nowhere(70)), 9443)).await;
-        let (head, body) = w.https_get(s).await;
-        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let r = w.https_get(s).await;
+        assert!(r.raw.starts_with(b"HTTP/1.1 200"), "{r:?}");
+        let json: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
         assert_eq!(json["upstream"], "tls");
         assert_eq!(json["tls"]["sni"], "tls.sniff.test");
         assert_eq!(w.tls.handshakes().len(), 1);
@@ -1469,10 +1426,10 @@ fn detection_reassembles_a_client_hello_sent_one_byte_per_segment() {
         let w = SniffWorld::start(&ns, &["--protocol-detection-timeout", "10s"]).await;
         let s = connect(SocketAddr::new(v4(nowhere(72)), 9443)).await;
         let mut trickle = Trickle::new(s);
-        let (head, body) = w.https_get(&mut trickle).await;
+        let r = w.https_get(&mut trickle).await;
         assert!(trickle.segments > 100, "only {} segments", trickle.segments);
-        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert!(r.raw.starts_with(b"HTTP/1.1 200"), "{r:?}");
+        let json: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
         assert_eq!(json["tls"]["sni"], "tls.sniff.test");
         assert_eq!(w.tls.requests(), 1);
         assert_eq!(w.proxy.sniffed().await, [1, 0, 0, 0, 0]);
@@ -1490,10 +1447,10 @@ fn detection_routes_http1_by_host_on_the_original_port() {
             let mut s = connect(SocketAddr::new(v4(nowhere(73)), 8080)).await;
             let req = format!("GET /sniffed HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
             s.write_all(req.as_bytes()).await.unwrap();
-            let (head, body) = read_response(&mut s).await;
-            assert!(head.starts_with("HTTP/1.1 200"), "{host}: {head}");
-            let json: serde_json::Value = serde_json::from_str(&body).unwrap();
-            assert_eq!(json["upstream"], up.name(), "{host}: {body}");
+            let r = read_response(&mut s).await;
+            assert!(r.raw.starts_with(b"HTTP/1.1 200"), "{host}: {r:?}");
+            let json: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+            assert_eq!(json["upstream"], up.name(), "{host}: {r:?}");
             assert_eq!(up.last().unwrap().path, "/sniffed");
         }
         // A request line that arrives one byte per segment is still HTTP.
@@ -1501,8 +1458,8 @@ fn detection_routes_http1_by_host_on_the_original_port() {
         s.write_all(b"GET /trickled HTTP/1.1\r\nHost: web.sniff.test\r\nConnection: close\r\n\r\n")
             .await
             .unwrap();
-        let (head, _) = read_response(&mut s).await;
-        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        let r = read_response(&mut s).await;
+        assert!(r.raw.starts_with(b"HTTP/1.1 200"), "{r:?}");
         assert!(s.segments > 50, "only {} segments", s.segments);
         assert_eq!(w.web.last().unwrap().path, "/trickled");
         // A long request line (8 KiB of target) is still HTTP.
@@ -1530,7 +1487,7 @@ fn detection_routes_each_request_of_a_connection_by_its_own_host() {
     let ns = captured_netns();
     ns.block_on(|| async {
         let w = SniffWorld::start(&ns, &[]).await;
-        let mut s = connect(SocketAddr::new(v4(nowhere(76)), 8080)).await;
+        let mut s = RawClient::new(connect(SocketAddr::new(v4(nowhere(76)), 8080)).await);
         for (i, (host, up)) in [
             ("web.sniff.test", &w.web),
             ("other.sniff.test", &w.other),
@@ -1540,54 +1497,18 @@ fn detection_routes_each_request_of_a_connection_by_its_own_host() {
         .enumerate()
         {
             let req = format!("GET /keepalive/{i} HTTP/1.1\r\nHost: {host}\r\n\r\n");
-            s.write_all(req.as_bytes()).await.unwrap();
-            let (head, body) = read_one_response(&mut s).await;
-            assert!(head.starts_with("HTTP/1.1 200"), "request {i} to {host}: {head}");
-            let json: serde_json::Value = serde_json::from_str(&body).unwrap();
-            assert_eq!(json["upstream"], up.name(), "request {i} to {host}: {body}");
+            s.send(req.as_bytes()).await.unwrap();
+            let r = s.read_response("GET", IO_TIMEOUT).await.unwrap();
+            assert!(r.raw.starts_with(b"HTTP/1.1 200"), "request {i} to {host}: {r:?}");
+            assert!(s.buffered().is_empty(), "more than one response arrived: {r:?}");
+            let json: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+            assert_eq!(json["upstream"], up.name(), "request {i} to {host}: {r:?}");
             assert_eq!(json["path"], format!("/keepalive/{i}"));
         }
         assert_eq!((w.web.requests(), w.other.requests()), (2, 1));
         assert_eq!(w.proxy.stat("outbound_cx_total").await, 1);
         assert_eq!(w.proxy.sniffed().await, [0, 1, 0, 0, 0]);
     });
-}
-
-/// Reads one HTTP/1.1 response with a Content-Length body from a kept-alive connection.
-async fn read_one_response(s: &mut TcpStream) -> (String, String) {
-    let mut buf = Vec::new();
-    let head_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        let mut chunk = [0u8; 4096];
-        let n = tokio::time::timeout(IO_TIMEOUT, s.read(&mut chunk))
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(n > 0, "closed mid-response: {:?}", String::from_utf8_lossy(&buf));
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-    let len: usize = head
-        .lines()
-        .find_map(|l| {
-            let (name, value) = l.split_once(':')?;
-            name.eq_ignore_ascii_case("content-length")
-                .then(|| value.trim().parse().ok())?
-        })
-        .unwrap_or_else(|| panic!("no Content-Length: {head}"));
-    while buf.len() < head_end + len {
-        let mut chunk = [0u8; 4096];
-        let n = tokio::time::timeout(IO_TIMEOUT, s.read(&mut chunk))
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(n > 0, "closed mid-body: {:?}", String::from_utf8_lossy(&buf));
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    assert_eq!(buf.len(), head_end + len, "more than one response arrived");
-    (head, String::from_utf8_lossy(&buf[head_end..]).into_owned())
 }
 
 /// HTTP/2 with prior knowledge (h2c) is routed by `:authority`; the upstream speaks HTTP/1.1.

@@ -14,18 +14,18 @@
 
 #![allow(clippy::unwrap_used)] // Test code: a failed unwrap is a failed test.
 
-mod support;
-
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
 use meshentry_testutil::pki::server_config;
-use meshentry_testutil::{LeafSpec, PemDir, TcpEcho, TestCa, TestDns, TlsUpstream, eventually, unique_loopback};
-use support::{Proxy, start_proxy};
+use meshentry_testutil::{
+    LeafSpec, PemDir, Proxy, TcpEcho, TestCa, TestDns, TlsUpstream, eventually, raw, unique_loopback,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+const BIN: &str = env!("CARGO_BIN_EXE_meshentry");
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 const FIREWALL: &str = "outbound|443||internal-egress-firewall.ns1.svc.cluster.local";
 
@@ -92,8 +92,18 @@ async fn curl(args: &[&str], env: &[(&str, &str)]) -> CurlOut {
     .unwrap()
 }
 
+/// The proxy on `yaml`, REGISTRY_ONLY, resolving through `dns`.
+async fn start_proxy(yaml: &str, dns: &TestDns) -> Proxy {
+    Proxy::builder(BIN)
+        .config(yaml)
+        .dns(dns.addr())
+        .args(["--outbound-policy", "REGISTRY_ONLY"])
+        .start()
+        .await
+}
+
 fn proxy_url(proxy: &Proxy) -> String {
-    format!("http://{}", proxy.addr)
+    proxy.url()
 }
 
 /// Requests `https://host/path` through the proxy, the way `how` says, trusting `ca`.
@@ -134,28 +144,7 @@ fn firewall_se(at: std::net::Ipv4Addr) -> String {
 
 /// Opens a CONNECT tunnel to `target` and returns the stream after the 200 head.
 async fn connect_tunnel(proxy: SocketAddr, target: &str) -> TcpStream {
-    let mut s = tokio::time::timeout(IO_TIMEOUT, TcpStream::connect(proxy))
-        .await
-        .unwrap()
-        .unwrap();
-    let req = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
-    // Byte by byte up to the end of the head, so no tunnelled byte is taken with it.
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut b = [0u8; 1];
-        let n = tokio::time::timeout(IO_TIMEOUT, s.read(&mut b)).await.unwrap().unwrap();
-        assert_eq!(
-            n,
-            1,
-            "closed during the CONNECT response: {:?}",
-            String::from_utf8_lossy(&head)
-        );
-        head.push(b[0]);
-    }
-    let head = String::from_utf8_lossy(&head);
-    assert!(head.starts_with("HTTP/1.1 200"), "CONNECT {target}: {head}");
-    s
+    raw::tunnel(proxy, target, IO_TIMEOUT).await.unwrap()
 }
 
 /// Sends `msg` through a tunnel to an echo server and reads it back.
@@ -171,15 +160,13 @@ async fn echo_through(s: &mut TcpStream, msg: &[u8]) {
 
 /// The connections (requests, for the admin page) the proxy sent to `cluster`.
 async fn cluster_connections(proxy: &Proxy, cluster: &str) -> u64 {
-    let (status, body) = proxy.admin_get("/clusters?format=json").await;
-    assert_eq!(status, 200, "{body}");
-    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let json = proxy.admin_json("/clusters?format=json").await;
     json["clusters"]
         .as_array()
         .unwrap()
         .iter()
         .find(|c| c["name"] == cluster)
-        .unwrap_or_else(|| panic!("no cluster {cluster} in {body}"))["requests"]
+        .unwrap_or_else(|| panic!("no cluster {cluster} in {json}"))["requests"]
         .as_u64()
         .unwrap()
 }
@@ -211,9 +198,7 @@ async fn seed_tls_routing_reaches_the_firewall(version: &str) {
     let se = seed(version, "04-serviceentry-external-svc-redirect.yaml");
     let vs = seed(version, "05-virtualservice-tls-routing.yaml");
     let yaml = format!("{se}\n---\n{vs}\n---\n{}", firewall_se(fw_at));
-    let dns_flag = dns.addr().to_string();
-    let flags = ["--outbound-policy", "REGISTRY_ONLY", "--dns-server", &dns_flag];
-    let proxy = start_proxy(&yaml, &flags).await;
+    let proxy = start_proxy(&yaml, &dns).await;
 
     for (host, how) in [
         ("en.wikipedia.org", Via::Env),
@@ -240,7 +225,7 @@ async fn seed_tls_routing_reaches_the_firewall(version: &str) {
 
     // The control: the same requests without the VirtualService reach wikipedia.
     let yaml = format!("{se}\n---\n{}", firewall_se(fw_at));
-    let plain = start_proxy(&yaml, &flags).await;
+    let plain = start_proxy(&yaml, &dns).await;
     let out = https_via(&plain, Via::Env, &ca_path, "en.wikipedia.org", &[]).await;
     assert_eq!((out.code, out.status), (0, 200), "{out:?}");
     assert_eq!(out.json()["upstream"], "direct", "{out:?}");
@@ -274,12 +259,7 @@ async fn a_client_hello_that_names_another_host_is_refused() {
     let se = seed("v1beta1", "04-serviceentry-external-svc-redirect.yaml");
     let vs = seed("v1beta1", "05-virtualservice-tls-routing.yaml");
     let yaml = format!("{se}\n---\n{vs}\n---\n{}", firewall_se(fw_at));
-    let dns_flag = dns.addr().to_string();
-    let proxy = start_proxy(
-        &yaml,
-        &["--outbound-policy", "REGISTRY_ONLY", "--dns-server", &dns_flag],
-    )
-    .await;
+    let proxy = start_proxy(&yaml, &dns).await;
 
     // --connect-to makes curl send `CONNECT en.wikipedia.org:443` with a ClientHello for the
     // URL's host.
@@ -349,12 +329,7 @@ spec:
 ",
         firewall_se(fw_at)
     );
-    let dns_flag = dns.addr().to_string();
-    let proxy = start_proxy(
-        &yaml,
-        &["--outbound-policy", "REGISTRY_ONLY", "--dns-server", &dns_flag],
-    )
-    .await;
+    let proxy = start_proxy(&yaml, &dns).await;
     for (host, upstream) in [("api.example.com", "firewall"), ("other.example.com", "api")] {
         let connect_to = format!("{host}:443:{vip}:443");
         let out = https_via(&proxy, Via::Flag, &ca_path, host, &["--connect-to", &connect_to]).await;
@@ -416,17 +391,12 @@ spec:
     route: [{{destination: {{host: primary.db.internal}}}}]
 "
     );
-    let dns_flag = dns.addr().to_string();
-    let proxy = start_proxy(
-        &yaml,
-        &["--outbound-policy", "REGISTRY_ONLY", "--dns-server", &dns_flag],
-    )
-    .await;
+    let proxy = start_proxy(&yaml, &dns).await;
 
-    let mut s = connect_tunnel(proxy.addr, "db.example.com:5432").await;
+    let mut s = connect_tunnel(proxy.http(), "db.example.com:5432").await;
     echo_through(&mut s, b"to the primary").await;
     drop(s);
-    let mut s = connect_tunnel(proxy.addr, "replica.db.example.com:5432").await;
+    let mut s = connect_tunnel(proxy.http(), "replica.db.example.com:5432").await;
     echo_through(&mut s, b"to the replica").await;
     drop(s);
     assert_eq!(

@@ -11,13 +11,24 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use meshentry_testutil::{HttpUpstream, TcpEcho, eventually, unique_loopback};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use meshentry_testutil::{HttpUpstream, Proxy, RawClient, TcpEcho, eventually, raw, unique_loopback};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-mod support;
-
+const BIN: &str = env!("CARGO_BIN_EXE_meshentry");
 const PATIENCE: Duration = Duration::from_secs(10);
+
+/// The proxy checks every 20 ms whether the drain is over; five checks are enough to see one
+/// that wrongly ends it.
+const DRAIN_CHECKS: Duration = Duration::from_millis(100);
+
+async fn start(web: SocketAddr, echo: SocketAddr, drain_timeout: &str) -> Proxy {
+    Proxy::builder(BIN)
+        .config(config(web, echo))
+        .args(["--drain-timeout", drain_timeout])
+        .start()
+        .await
+}
 
 fn config(web: SocketAddr, echo: SocketAddr) -> String {
     format!(
@@ -46,76 +57,25 @@ spec:
     )
 }
 
-/// A response read off a raw connection: status, head (lowercase) and body.
-struct Raw {
-    status: u16,
-    head: String,
-    body: Vec<u8>,
-}
-
-/// Sends a GET for `path` on `s` through the explicit proxy (keep-alive).
-async fn send(s: &mut TcpStream, path: &str) {
+/// Sends a GET for `path` through the explicit proxy (keep-alive).
+async fn send(c: &mut RawClient, path: &str) {
     let req = format!("GET http://web.internal{path} HTTP/1.1\r\nHost: web.internal\r\n\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
+    c.send(req.as_bytes()).await.unwrap();
 }
 
-/// Reads one Content-Length response; `None` if the connection closed first.
-async fn read_response(s: &mut TcpStream) -> Option<Raw> {
-    let mut buf = Vec::new();
-    let head_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        let mut chunk = [0u8; 4096];
-        match tokio::time::timeout(PATIENCE, s.read(&mut chunk)).await.unwrap() {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
-    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let length: usize = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length: "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0);
-    let mut body = buf[head_end..].to_vec();
-    while body.len() < length {
-        let mut chunk = [0u8; 4096];
-        match tokio::time::timeout(PATIENCE, s.read(&mut chunk)).await.unwrap() {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => body.extend_from_slice(&chunk[..n]),
-        }
-    }
-    Some(Raw { status, head, body })
+async fn client(proxy: &Proxy) -> RawClient {
+    RawClient::connect(proxy.http()).await.unwrap()
 }
 
-/// Whether the peer closed `s`: a read returns end of stream (or a reset) within `within`.
-async fn closed(s: &mut TcpStream, within: Duration) -> bool {
-    let mut byte = [0u8; 1];
-    matches!(
-        tokio::time::timeout(within, s.read(&mut byte)).await,
-        Ok(Ok(0) | Err(_))
-    )
+/// Whether the peer closed the connection within `within`, with no byte after the last
+/// response (a reset counts as a close).
+async fn closed<S: AsyncRead + AsyncWrite + Unpin>(c: &mut RawClient<S>, within: Duration) -> bool {
+    let (rest, eof) = c.read_for(within).await;
+    eof && rest.is_empty()
 }
 
 async fn open_tunnel(proxy: SocketAddr, target: &str) -> TcpStream {
-    let mut s = TcpStream::connect(proxy).await.unwrap();
-    s.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut byte = [0u8; 1];
-        let n = tokio::time::timeout(PATIENCE, s.read(&mut byte))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(n, 1, "closed during the CONNECT response: {head:?}");
-        head.push(byte[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&head));
-    s
+    raw::tunnel(proxy, target, PATIENCE).await.unwrap()
 }
 
 async fn echo_through(tunnel: &mut TcpStream, text: &str) -> std::io::Result<String> {
@@ -146,38 +106,40 @@ async fn sigterm_lets_requests_in_flight_finish_and_refuses_new_connections() {
     let ip = IpAddr::V4(unique_loopback());
     let web = HttpUpstream::start(SocketAddr::new(ip, 0), "web");
     let echo = TcpEcho::start(SocketAddr::new(ip, 0), "echo");
-    let mut proxy = support::start_proxy(&config(web.addr(), echo.addr()), &["--drain-timeout", "20s"]).await;
+    let mut proxy = start(web.addr(), echo.addr(), "20s").await;
 
     // An idle keep-alive connection, its first request answered.
-    let mut idle = TcpStream::connect(proxy.addr).await.unwrap();
+    let mut idle = client(&proxy).await;
     send(&mut idle, "/first").await;
-    let first = read_response(&mut idle).await.unwrap();
+    let first = idle.read_response("GET", PATIENCE).await.unwrap();
     assert_eq!(first.status, 200);
-    assert!(!first.head.contains("connection: close"), "{}", first.head);
+    assert!(!first.has_token("connection", "close"), "{first:?}");
     // A TCP relay (a CONNECT tunnel to an echo service).
-    let mut tunnel = open_tunnel(proxy.addr, "echo.internal:9000").await;
+    let mut tunnel = open_tunnel(proxy.http(), "echo.internal:9000").await;
     assert_eq!(echo_through(&mut tunnel, "before").await.unwrap(), "before");
     // Requests in flight: five HTTP/1.1 on connections of their own, one HTTP/2.
     let mut slow = Vec::new();
     for _ in 0..5 {
-        let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+        let mut s = client(&proxy).await;
         send(&mut s, "/delay/1000").await;
         slow.push(s);
     }
-    let h2 = tokio::spawn(h2_get(proxy.addr, "/delay/1000"));
+    let h2 = tokio::spawn(h2_get(proxy.http(), "/delay/1000"));
     eventually(PATIENCE, || async { web.requests() == 7 }).await;
 
     let sent = Instant::now();
     proxy.process.terminate();
 
     // The admin server keeps answering, and says so.
-    eventually(PATIENCE, || async { proxy.admin_get("/ready").await.0 == 503 }).await;
-    let (_, info) = proxy.admin_get("/server_info").await;
-    let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+    eventually(PATIENCE, || async {
+        proxy.try_admin_get("/ready").await.is_ok_and(|r| r.status == 503)
+    })
+    .await;
+    let info = proxy.admin_json("/server_info").await;
     assert_eq!(info["state"], "DRAINING");
     // New connections are refused.
     eventually(Duration::from_secs(2), || async {
-        TcpStream::connect(proxy.addr)
+        TcpStream::connect(proxy.http())
             .await
             .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused)
     })
@@ -193,12 +155,13 @@ async fn sigterm_lets_requests_in_flight_finish_and_refuses_new_connections() {
     // Each request in flight gets its whole response, marked as the last on its connection,
     // and then the connection closes.
     for mut s in slow {
-        let r = read_response(&mut s)
+        let r = s
+            .read_response("GET", PATIENCE)
             .await
             .expect("a full response to a request in flight");
-        assert_eq!(r.status, 200, "{}", r.head);
-        assert!(r.head.contains("connection: close"), "{}", r.head);
-        assert!(String::from_utf8_lossy(&r.body).contains("\"upstream\":\"web\""));
+        assert_eq!(r.status, 200, "{r:?}");
+        assert!(r.has_token("connection", "close"), "{r:?}");
+        assert!(r.text().contains("\"upstream\":\"web\""));
         assert!(
             closed(&mut s, Duration::from_secs(2)).await,
             "kept open after the last response"
@@ -210,7 +173,18 @@ async fn sigterm_lets_requests_in_flight_finish_and_refuses_new_connections() {
 
     // The tunnel is what keeps the proxy up now; once it closes the proxy exits, long before
     // the drain timeout.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    eventually(PATIENCE, || async {
+        // The drain counts both: only the tunnel is left.
+        let stats = proxy.try_stats().await?;
+        let left = (stats["downstream_cx_active"], stats["downstream_tunnels_active"]);
+        if left == (0, 1) {
+            Ok(())
+        } else {
+            Err(format!("active connections, tunnels: {left:?}"))
+        }
+    })
+    .await;
+    tokio::time::sleep(DRAIN_CHECKS).await;
     assert!(proxy.process.try_wait().is_none(), "exited with a tunnel still open");
     assert_eq!(echo_through(&mut tunnel, "last").await.unwrap(), "last");
     drop(tunnel);
@@ -225,10 +199,10 @@ async fn connections_that_outlive_the_drain_timeout_are_closed() {
     let ip = IpAddr::V4(unique_loopback());
     let web = HttpUpstream::start(SocketAddr::new(ip, 0), "web");
     let echo = TcpEcho::start(SocketAddr::new(ip, 0), "echo");
-    let mut proxy = support::start_proxy(&config(web.addr(), echo.addr()), &["--drain-timeout", "1s"]).await;
-    let mut tunnel = open_tunnel(proxy.addr, "echo.internal:9000").await;
+    let mut proxy = start(web.addr(), echo.addr(), "1s").await;
+    let mut tunnel = open_tunnel(proxy.http(), "echo.internal:9000").await;
     assert_eq!(echo_through(&mut tunnel, "hello").await.unwrap(), "hello");
-    let mut slow = TcpStream::connect(proxy.addr).await.unwrap();
+    let mut slow = client(&proxy).await;
     send(&mut slow, "/delay/8000").await;
     eventually(PATIENCE, || async { web.requests() == 1 }).await;
 
@@ -242,10 +216,14 @@ async fn connections_that_outlive_the_drain_timeout_are_closed() {
         "exited after {took:?}, the drain timeout is 1s"
     );
     assert!(
-        closed(&mut tunnel, Duration::from_secs(2)).await,
+        closed(&mut RawClient::new(&mut tunnel), Duration::from_secs(2)).await,
         "the tunnel outlived the proxy"
     );
-    assert!(read_response(&mut slow).await.is_none(), "a response arrived after all");
+    let after = slow.read_response("GET", PATIENCE).await;
+    assert!(
+        after.is_err() && slow.closed() && slow.buffered().is_empty(),
+        "the connection closed with no response byte: {after:?}"
+    );
     assert!(
         proxy
             .process
@@ -259,7 +237,7 @@ async fn an_idle_proxy_exits_at_once() {
     let ip = IpAddr::V4(unique_loopback());
     let web = HttpUpstream::start(SocketAddr::new(ip, 0), "web");
     let echo = TcpEcho::start(SocketAddr::new(ip, 0), "echo");
-    let mut proxy = support::start_proxy(&config(web.addr(), echo.addr()), &["--drain-timeout", "20s"]).await;
+    let mut proxy = start(web.addr(), echo.addr(), "20s").await;
     let sent = Instant::now();
     proxy.process.terminate();
     let status = proxy.process.wait_exit(Duration::from_secs(5)).await;

@@ -14,11 +14,10 @@ use std::process::Command;
 use std::time::Duration;
 
 use meshentry_testutil::pki::{Leaf, LeafPaths, client_config, server_config};
-use meshentry_testutil::{HttpUpstream, LeafSpec, PemDir, ProxyProcess, TestCa, TestDns, TlsUpstream, unique_loopback};
+use meshentry_testutil::{HttpUpstream, LeafSpec, PemDir, TestCa, TestDns, TlsUpstream, unique_loopback};
 use rustls::pki_types::CertificateDer;
 
 const BIN: &str = env!("CARGO_BIN_EXE_meshentry");
-const START_TIMEOUT: Duration = Duration::from_secs(15);
 
 fn seed(file: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -41,71 +40,56 @@ fn path(p: &Path) -> String {
 }
 
 struct Proxy {
-    process: ProxyProcess,
+    inner: meshentry_testutil::Proxy,
     /// The explicit proxy (sidecars) or the address the gateway's ports are bound on.
     ip: Ipv4Addr,
     addr: SocketAddr,
     admin: SocketAddr,
-    _dir: tempfile::TempDir,
 }
 
 impl Proxy {
     /// A sidecar in `namespace` with its explicit proxy on `<own ip>:15080`.
     async fn sidecar(yaml: &str, dns: &TestDns, namespace: &str, extra: &[&str]) -> Proxy {
         let own = unique_loopback();
-        let addr = SocketAddr::new(ip(own), 15080);
-        let mut args = vec![
-            "--namespace".to_string(),
-            namespace.into(),
-            "--outbound-policy".into(),
-            "REGISTRY_ONLY".into(),
-            "--http-proxy".into(),
-            addr.to_string(),
-            "--outbound".into(),
-            "off".into(),
-        ];
-        args.extend(extra.iter().map(|s| s.to_string()));
-        Self::start(yaml, dns, own, args, addr).await
+        let inner = meshentry_testutil::Proxy::builder(BIN)
+            .ip(own)
+            .config(yaml)
+            .dns(dns.addr())
+            .outbound_off()
+            .args(["--namespace", namespace, "--outbound-policy", "REGISTRY_ONLY"])
+            .args(extra.iter().copied())
+            .start()
+            .await;
+        Proxy {
+            ip: own,
+            addr: inner.http(),
+            admin: inner.admin,
+            inner,
+        }
     }
 
     /// The gateway `istio-system/istio-egressgateway` (as the seed names it), bound on `own`,
-    /// waiting for `port`.
+    /// serving `port` once it is ready. Neither the explicit proxy nor the transparent
+    /// listener: a gateway has only its servers' ports.
     async fn gateway(yaml: &str, dns: &TestDns, own: Ipv4Addr, port: u16, extra: &[&str]) -> Proxy {
-        let mut args = vec![
-            "--gateway".to_string(),
-            "istio-system/istio-egressgateway".into(),
-            "--labels".into(),
-            "istio=egressgateway,app=istio-egressgateway".into(),
-            "--gateway-bind".into(),
-            own.to_string(),
-        ];
-        args.extend(extra.iter().map(|s| s.to_string()));
-        Self::start(yaml, dns, own, args, SocketAddr::new(ip(own), port)).await
-    }
-
-    async fn start(yaml: &str, dns: &TestDns, own: Ipv4Addr, extra: Vec<String>, wait: SocketAddr) -> Proxy {
-        let dir = tempfile::Builder::new().prefix("meshentry-gw-").tempdir().unwrap();
-        std::fs::write(dir.path().join("config.yaml"), yaml).unwrap();
-        let admin = SocketAddr::new(ip(own), 15000);
-        let mut args: Vec<String> = vec![
-            "proxy".into(),
-            "--config".into(),
-            path(dir.path()),
-            "--admin".into(),
-            admin.to_string(),
-            "--dns-server".into(),
-            dns.addr().to_string(),
-        ];
-        args.extend(extra);
-        let mut process = ProxyProcess::spawn(BIN, &args, [("RUST_LOG", "info")]);
-        process.wait_listening(wait, START_TIMEOUT).await;
-        process.wait_listening(admin, START_TIMEOUT).await;
+        let inner = meshentry_testutil::Proxy::builder(BIN)
+            .ip(own)
+            .config(yaml)
+            .dns(dns.addr())
+            .http_proxy_off()
+            .outbound_off()
+            .args(["--gateway", "istio-system/istio-egressgateway"])
+            .args(["--labels", "istio=egressgateway,app=istio-egressgateway"])
+            .arg("--gateway-bind")
+            .arg(own.to_string())
+            .args(extra.iter().copied())
+            .start()
+            .await;
         Proxy {
-            process,
             ip: own,
-            addr: wait,
-            admin,
-            _dir: dir,
+            addr: SocketAddr::new(ip(own), port),
+            admin: inner.admin,
+            inner,
         }
     }
 
@@ -254,7 +238,7 @@ async fn seed_egress_through_the_gateway_is_counted_on_both_hops() {
             (out.code, out.status),
             (0, 200),
             "{out:?}\n{}",
-            gateway.process.output()
+            gateway.inner.process.output()
         );
         let json = out.json();
         assert_eq!(json["upstream"], "httpbin");
@@ -464,7 +448,7 @@ async fn simple_and_mutual_servers_terminate_tls_with_their_files() {
         (out.code, out.status),
         (0, 200),
         "{out:?}\n{}",
-        gateway.process.output()
+        gateway.inner.process.output()
     );
     assert_eq!(out.json()["path"], "/simple");
     assert_eq!(out.json()["host"], "httpbin.com");
@@ -582,7 +566,7 @@ spec:
         (out.code, out.status),
         (0, 200),
         "{out:?}\n{}",
-        gateway.process.output()
+        gateway.inner.process.output()
     );
     assert_eq!(out.json()["tls"]["sni"], "secure.example.com");
     assert_eq!(up.last_sni().as_deref(), Some("secure.example.com"));
@@ -698,8 +682,8 @@ spec:
         (out.code, out.status),
         (0, 200),
         "{out:?}\nsidecar: {}\ngateway: {}",
-        sidecar.process.output(),
-        gateway.process.output()
+        sidecar.inner.process.output(),
+        gateway.inner.process.output()
     );
     assert_eq!(out.json()["host"], "httpbin.com");
     assert_eq!(up.requests(), 1);
@@ -802,7 +786,12 @@ async fn rotated_server_certificates_are_used_by_new_handshakes_without_a_config
     let yaml = join(&[httpbin_se_exported(), gateway_yaml(&servers), ROUTE_ANY_HOST.into()]);
     let gateway = Proxy::gateway(&yaml, &dns, gw_ip, 443, &["--cert-check-interval", "100ms"]).await;
     let addr = SocketAddr::new(ip(gw_ip), 443);
-    assert_eq!(presented(addr, &ca).await, a.cert_der, "{}", gateway.process.output());
+    assert_eq!(
+        presented(addr, &ca).await,
+        a.cert_der,
+        "{}",
+        gateway.inner.process.output()
+    );
 
     // A connection opened before the rotation, with a request done on it.
     let mut before = http1_over(tls_connect(addr, &ca, None).await.unwrap()).await;
@@ -810,23 +799,16 @@ async fn rotated_server_certificates_are_used_by_new_handshakes_without_a_config
 
     write_atomically(&files.cert, &b.cert_pem);
     write_atomically(&files.key, &b.key_pem);
-    let started = std::time::Instant::now();
-    loop {
-        if presented(addr, &ca).await == b.cert_der {
-            break;
-        }
-        assert!(
-            started.elapsed() < ROTATION_DEADLINE,
-            "a new handshake still gets certificate A {:?} after the files were rotated:\n{}",
-            started.elapsed(),
-            gateway.process.output()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // A new handshake gets certificate B once the files are rotated.
+    meshentry_testutil::eventually(ROTATION_DEADLINE, || async { presented(addr, &ca).await == b.cert_der }).await;
     assert!(
-        gateway.process.output().contains("gateway TLS certificates reloaded"),
+        gateway
+            .inner
+            .process
+            .output()
+            .contains("gateway TLS certificates reloaded"),
         "{}",
-        gateway.process.output()
+        gateway.inner.process.output()
     );
     // The connection from before carries on, on its own handshake.
     assert_eq!(get(&mut before, "/after").await, 200);
@@ -845,14 +827,14 @@ async fn rotated_server_certificates_are_used_by_new_handshakes_without_a_config
     // A broken key: logged, and B stays in force. (The certificate and key are renamed one at
     // a time, so a check between the two may already have logged a mismatch; count from here.)
     const NOT_RELOADED: &str = "gateway TLS certificates not reloaded";
-    let errors = || gateway.process.output().matches(NOT_RELOADED).count();
+    let errors = || gateway.inner.process.output().matches(NOT_RELOADED).count();
     let errors_before = errors();
     write_atomically(
         &files.key,
         "-----BEGIN PRIVATE KEY-----\nbroken\n-----END PRIVATE KEY-----\n",
     );
     meshentry_testutil::eventually(ROTATION_DEADLINE, || async { errors() > errors_before }).await;
-    let log = gateway.process.output();
+    let log = gateway.inner.process.output();
     let line = log.lines().rfind(|l| l.contains(NOT_RELOADED)).unwrap();
     assert!(
         line.contains("private key") && line.contains(&key) && line.contains("443"),
@@ -863,9 +845,11 @@ async fn rotated_server_certificates_are_used_by_new_handshakes_without_a_config
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(get(&mut before, "/still").await, 200);
-    // Read again only when the files change: one error line, not one per interval.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(errors(), errors_before + 1, "{}", gateway.process.output());
+    // Read again only when the files change: one error line, not one per interval (100 ms), so
+    // the count stays put over five intervals.
+    let settled =
+        meshentry_testutil::settled(Duration::from_millis(500), ROTATION_DEADLINE, || async { errors() }).await;
+    assert_eq!(settled, errors_before + 1, "{}", gateway.inner.process.output());
 }
 
 #[tokio::test]
@@ -916,7 +900,7 @@ async fn rotating_ca_certificates_changes_which_client_certificates_a_mutual_ser
         (out.code, out.status),
         (0, 200),
         "{out:?}\n{}",
-        gateway.process.output()
+        gateway.inner.process.output()
     );
     let out = with(&new_client).await;
     assert_ne!(out.code, 0, "a client of a CA not yet trusted got in: {out:?}");
@@ -1230,7 +1214,7 @@ async fn shared_port_table(table: &[(&str, ClientCert, [Got; 4])], with_default:
         wrong.len(),
         table.len() * HOST_NAMES.len(),
         wrong.join("\n"),
-        gateway.process.output()
+        gateway.inner.process.output()
     );
     // Only the 200s reached the upstream.
     assert_eq!(up.requests(), oks);
@@ -1273,7 +1257,7 @@ async fn an_absolute_form_request_cannot_reach_another_servers_host() {
             &["--request-target", target],
         )
         .await;
-        assert_eq!(got(&out), NF, "{target}: {out:?}\n{}", gateway.process.output());
+        assert_eq!(got(&out), NF, "{target}: {out:?}\n{}", gateway.inner.process.output());
     }
     // The same with admin's TLS and client certificate reaches admin.
     let out = shared_port_curl(
@@ -1322,7 +1306,12 @@ async fn every_request_on_a_kept_alive_connection_is_bound_to_the_server_that_te
     };
     // One connection, public's TLS: admin's and partner's hosts are not found on it, however
     // many requests come first or after.
-    assert_eq!(status("public.gw.test").await, 200, "{}", gateway.process.output());
+    assert_eq!(
+        status("public.gw.test").await,
+        200,
+        "{}",
+        gateway.inner.process.output()
+    );
     assert_eq!(status("admin.gw.test").await, 404);
     assert_eq!(status("public.gw.test").await, 200);
     assert_eq!(status("partner.gw.test:443").await, 404);
@@ -1384,9 +1373,13 @@ async fn each_server_on_a_shared_port_presents_its_own_certificate_and_rotates_a
     );
     assert!(up.requests() >= 3);
     assert!(
-        gateway.process.output().contains("gateway TLS certificates reloaded"),
+        gateway
+            .inner
+            .process
+            .output()
+            .contains("gateway TLS certificates reloaded"),
         "{}",
-        gateway.process.output()
+        gateway.inner.process.output()
     );
 }
 
@@ -1466,7 +1459,7 @@ async fn auto_passthrough_relays_only_snis_whose_service_is_among_the_server_hos
     let addr = SocketAddr::new(ip(gw_ip), 443);
 
     let (ok, out) = s_client_get(addr, "outbound_.443_._.api.allowed.gw").await;
-    assert!(ok && out.contains("200"), "{out}\n{}", gateway.process.output());
+    assert!(ok && out.contains("200"), "{out}\n{}", gateway.inner.process.output());
     assert_eq!(api.requests(), 1);
     assert_eq!(api.last_sni().as_deref(), Some("outbound_.443_._.api.allowed.gw"));
     assert_eq!(gateway.cluster_requests("outbound|443||api.allowed.gw").await, 1);
@@ -1475,7 +1468,7 @@ async fn auto_passthrough_relays_only_snis_whose_service_is_among_the_server_hos
         let (ok, out) = s_client_get(addr, sni).await;
         assert!(!ok, "{sni} was relayed: {out}");
     }
-    assert_eq!(secret.connections(), 0, "{}", gateway.process.output());
+    assert_eq!(secret.connections(), 0, "{}", gateway.inner.process.output());
     assert_eq!(gateway.stat("gateway_no_server_total").await, 2);
     assert_eq!(api.requests(), 1);
 }

@@ -9,15 +9,13 @@
 
 #![allow(clippy::unwrap_used)] // Test code: a failed unwrap is a failed test.
 
-mod support;
-
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
-use meshentry_testutil::{HttpUpstream, TestDns, eventually, unique_loopback};
-use support::{Proxy, start_proxy_at};
+use meshentry_testutil::{HttpUpstream, Proxy, TestDns, eventually, unique_loopback};
 
+const BIN: &str = env!("CARGO_BIN_EXE_meshentry");
 const PATIENCE: Duration = Duration::from_secs(15);
 
 fn ip(v4: Ipv4Addr) -> IpAddr {
@@ -129,25 +127,15 @@ fn http_server(port: u16, host: &str, bind: Option<&str>) -> String {
 
 /// The proxy as the Gateway, its default bind (and admin) on `own`.
 async fn gateway_proxy(own: Ipv4Addr, yaml: &str, dns: &TestDns) -> Proxy {
-    let own = own.to_string();
-    let dns = dns.addr().to_string();
-    start_proxy_at(
-        IpAddr::V4(own.parse().unwrap()),
-        yaml,
-        &[
-            "--gateway",
-            "istio-system/gw",
-            "--labels",
-            "istio=gw",
-            "--gateway-bind",
-            &own,
-            "--dns-server",
-            &dns,
-            "--reload-debounce",
-            "20ms",
-        ],
-    )
-    .await
+    Proxy::builder(BIN)
+        .ip(own)
+        .config(yaml)
+        .dns(dns.addr())
+        .args(["--gateway", "istio-system/gw", "--labels", "istio=gw", "--gateway-bind"])
+        .arg(own.to_string())
+        .args(["--reload-debounce", "20ms"])
+        .start()
+        .await
 }
 
 fn listener_addresses(dump: &serde_json::Value) -> Vec<String> {

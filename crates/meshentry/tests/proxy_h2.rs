@@ -18,11 +18,11 @@ use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use meshentry_testutil::{HttpUpstream, ProxyProcess, closed_port, eventually, unique_loopback};
+use meshentry_testutil::{HttpUpstream, Proxy, ProxyProcess, closed_port, eventually, settled, unique_loopback};
 use serde_json::Value;
 use tokio::net::TcpStream;
 
-mod support;
+const BIN: &str = env!("CARGO_BIN_EXE_meshentry");
 
 const PATIENCE: Duration = Duration::from_secs(20);
 
@@ -49,11 +49,18 @@ spec:
 }
 
 /// The proxy with one worker, so "one upstream connection per host per worker" is one.
-async fn start(config: &str, extra: &[&str]) -> support::Proxy {
-    let mut args = vec!["--outbound-policy", "REGISTRY_ONLY", "--workers", "1"];
-    args.extend_from_slice(extra);
-    support::start_proxy(config, &args).await
+async fn start(config: &str, extra: &[&str]) -> Proxy {
+    Proxy::builder(BIN)
+        .config(config)
+        .args(["--outbound-policy", "REGISTRY_ONLY", "--workers", "1"])
+        .args(extra.iter().copied())
+        .start()
+        .await
 }
+
+/// How long upstream work must have stopped changing before it is counted: for claims that
+/// some work never happens.
+const QUIET: Duration = Duration::from_millis(300);
 
 fn at(ip: Ipv4Addr, port: u16) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(ip), port)
@@ -118,8 +125,8 @@ async fn curl(args: &[&str]) -> Curl {
 
 /// curl speaking HTTP/2 with prior knowledge to the proxy listener, in origin form with
 /// `:authority` set to `authority` (curl turns a `Host` header into `:authority`).
-async fn curl_h2c(proxy: &support::Proxy, authority: &str, path: &str, extra: &[&str]) -> Curl {
-    let url = format!("http://{}{path}", proxy.addr);
+async fn curl_h2c(proxy: &Proxy, authority: &str, path: &str, extra: &[&str]) -> Curl {
+    let url = format!("{}{path}", proxy.url());
     let host = format!("Host: {authority}");
     let mut args = vec!["--http2-prior-knowledge", "-H", host.as_str()];
     args.extend_from_slice(extra);
@@ -131,8 +138,8 @@ async fn curl_h2c(proxy: &support::Proxy, authority: &str, path: &str, extra: &[
 }
 
 /// `curl -x proxy url` (HTTP/1.1, absolute form).
-async fn curl_via(proxy: &support::Proxy, urls: &[&str], extra: &[&str]) -> Curl {
-    let p = format!("http://{}", proxy.addr);
+async fn curl_via(proxy: &Proxy, urls: &[&str], extra: &[&str]) -> Curl {
+    let p = proxy.url();
     let mut args = vec!["-x", p.as_str()];
     args.extend_from_slice(extra);
     args.extend_from_slice(urls);
@@ -142,7 +149,7 @@ async fn curl_via(proxy: &support::Proxy, urls: &[&str], extra: &[&str]) -> Curl
 }
 
 /// One counter of the admin `/stats` page.
-async fn stat(proxy: &support::Proxy, name: &str) -> u64 {
+async fn stat(proxy: &Proxy, name: &str) -> u64 {
     let out = curl(&["--noproxy", "*", &format!("http://{}/stats", proxy.admin)]).await;
     let key = format!("meshentry.{name}: ");
     out.body
@@ -279,7 +286,7 @@ async fn http1_clients_reach_http2_services_over_http2() {
 
     // Origin form on one keep-alive connection: an HTTP2 port, then an HTTP port, then the
     // HTTP2 port again, all answered after the hand-off.
-    let mut c = h1_client(proxy.addr).await;
+    let mut c = h1_client(proxy.http()).await;
     let (s1, v1) = h1_get(&mut c, "api.example.com", "/b").await;
     let (s2, v2) = h1_get(&mut c, "web.example.com", "/c").await;
     let (s3, v3) = h1_get(&mut c, "api.example.com", "/d").await;
@@ -307,7 +314,7 @@ async fn concurrent_requests_multiplex_over_one_upstream_connection() {
     // 40 streams on one h2c client connection and 8 HTTP/1.1 client connections, all at once;
     // each request waits 300 ms upstream, so they overlap.
     let mut calls = tokio::task::JoinSet::new();
-    let sender = h2_client(proxy.addr).await;
+    let sender = h2_client(proxy.http()).await;
     for i in 0..40 {
         calls.spawn(h2_get(
             sender.clone(),
@@ -315,7 +322,7 @@ async fn concurrent_requests_multiplex_over_one_upstream_connection() {
         ));
     }
     for i in 0..8 {
-        let addr = proxy.addr;
+        let addr = proxy.http();
         calls.spawn(async move {
             let mut c = h1_client(addr).await;
             h1_get(&mut c, "api.example.com", &format!("/delay/300?h1={i}")).await
@@ -342,7 +349,7 @@ async fn concurrent_requests_multiplex_over_one_upstream_connection() {
 }
 
 /// The only host of `cluster` on the admin `/clusters?format=json` page.
-async fn cluster_host(proxy: &support::Proxy, cluster: &str) -> Value {
+async fn cluster_host(proxy: &Proxy, cluster: &str) -> Value {
     let out = curl(&[
         "--noproxy",
         "*",
@@ -376,7 +383,7 @@ async fn http2_upstreams_fail_over_time_out_and_report_errors() {
     }
 
     // No answer in time: 504 for this stream only; the connection carries the next request.
-    let sender = h2_client(proxy.addr).await;
+    let sender = h2_client(proxy.http()).await;
     let (status, _) = h2_get(sender.clone(), "http://api.example.com/delay/3000".into()).await;
     assert_eq!(status, 504);
     let (status, v) = h2_get(sender, "http://api.example.com/after".into()).await;
@@ -446,9 +453,9 @@ async fn grpc_server(ip: Ipv4Addr) -> GrpcServer {
 }
 
 /// One call by a grpcio client through the proxy listener, with `:authority` `authority`.
-async fn grpc_call(proxy: &support::Proxy, authority: &str, method: &str, arg: &str) -> Value {
+async fn grpc_call(proxy: &Proxy, authority: &str, method: &str, arg: &str) -> Value {
     let out = tokio::process::Command::new(grpc_python())
-        .args([GRPC_PEER, "client", &proxy.addr.to_string(), authority, method, arg])
+        .args([GRPC_PEER, "client", &proxy.http().to_string(), authority, method, arg])
         .env_remove("http_proxy")
         .env_remove("https_proxy")
         .env_remove("grpc_proxy")
@@ -727,7 +734,7 @@ async fn rapid_reset_gets_goaway_and_causes_bounded_upstream_work() {
     let backend = HttpUpstream::start(at(ip, 8080), "rr-up");
     let proxy = start(&service("web.example.com", 80, "HTTP", &[backend.addr()]), &[]).await;
 
-    let (heard, sent) = rapid_reset(proxy.addr, "web.example.com", "/", 8_000, BACK_TO_BACK).await;
+    let (heard, sent) = rapid_reset(proxy.http(), "web.example.com", "/", 8_000, BACK_TO_BACK).await;
     let (last, code, debug) = heard.goaway.unwrap_or_else(|| {
         panic!(
             "no GOAWAY after {sent} HEADERS+RST_STREAM pairs (closed: {}); the backend saw {} connections and {} requests",
@@ -747,8 +754,10 @@ async fn rapid_reset_gets_goaway_and_causes_bounded_upstream_work() {
     assert_eq!(heard.max_streams, Some(100), "--http2-max-concurrent-streams");
 
     // Streams reset before the proxy acted on them reach nothing upstream.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let (conns, reqs) = (backend.connections(), backend.requests());
+    let (conns, reqs) = settled(QUIET, PATIENCE, || async {
+        (backend.connections(), backend.requests())
+    })
+    .await;
     assert!(
         conns <= 100 && reqs <= 100,
         "{sent} resets made {conns} upstream connections and {reqs} upstream requests"
@@ -761,7 +770,7 @@ async fn rapid_reset_gets_goaway_and_causes_bounded_upstream_work() {
     // A well-behaved client on another connection is still served, over HTTP/2 and HTTP/1.1.
     let out = curl_h2c(&proxy, "web.example.com", "/after", &[]).await;
     assert_eq!(out.status, 200, "{out:?}");
-    let (status, v) = h2_get(h2_client(proxy.addr).await, "http://web.example.com/again".into()).await;
+    let (status, v) = h2_get(h2_client(proxy.http()).await, "http://web.example.com/again".into()).await;
     assert_eq!(status, 200, "{v}");
     let out = curl_via(&proxy, &["http://web.example.com/h1"], &[]).await;
     assert_eq!(out.status, 200, "{out:?}");
@@ -779,12 +788,14 @@ async fn streams_reset_with_their_headers_reach_nothing_upstream() {
     let proxy = start(&config, &["--http2-max-premature-resets", "1000000"]).await;
 
     for authority in ["web.example.com", "api.example.com"] {
-        let (heard, sent) = rapid_reset(proxy.addr, authority, "/", 2_000, BACK_TO_BACK).await;
+        let (heard, sent) = rapid_reset(proxy.http(), authority, "/", 2_000, BACK_TO_BACK).await;
         assert_eq!(sent, 2_000);
         assert!(heard.goaway.is_none(), "{heard:?}");
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let work = [h1.connections(), h1.requests(), h2.connections(), h2.requests()];
+    let work = settled(QUIET, PATIENCE, || async {
+        [h1.connections(), h1.requests(), h2.connections(), h2.requests()]
+    })
+    .await;
     assert!(
         work.iter().all(|&n| n <= 2),
         "4000 early resets made upstream work: {work:?}"
@@ -813,10 +824,10 @@ async fn resets_after_the_proxy_acted_are_bounded_by_the_budget() {
         batch: 1,
         gap: Some(Duration::from_millis(20)),
     };
-    let (heard, sent) = rapid_reset(proxy.addr, "web.example.com", "/delay/1000", 1_000, pacing).await;
+    let (heard, sent) = rapid_reset(proxy.http(), "web.example.com", "/delay/1000", 1_000, pacing).await;
     let (_, code, _) = heard.goaway.unwrap_or_else(|| panic!("no GOAWAY after {sent} pairs"));
     assert_eq!(code, frame::ENHANCE_YOUR_CALM);
-    let reqs = backend.requests();
+    let reqs = settled(QUIET, PATIENCE, || async { backend.requests() }).await;
     assert!(
         (10..=30).contains(&sent) && reqs <= 30,
         "GOAWAY after {sent} late resets; {reqs} upstream requests"

@@ -26,13 +26,11 @@
 
 #![allow(clippy::unwrap_used)] // Test code: a failed unwrap is a failed test.
 
-mod support;
-
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use meshentry_testutil::raw::{self, RawBackend, RawClient, RawRequest, RawResponse, Reply, show};
-use meshentry_testutil::{Netns, PROXY_UID, ProxyProcess, make_accessible, unique_loopback};
+use meshentry_testutil::{Netns, PROXY_UID, Proxy, unique_loopback};
 
 const BIN: &str = env!("CARGO_BIN_EXE_meshentry");
 
@@ -326,10 +324,13 @@ impl Report {
 // ---------------------------------------------------------------------------------------------
 // The proxy
 
-async fn start_proxy(yaml: &str, extra: &[&str]) -> support::Proxy {
-    let mut flags: Vec<&str> = FLAGS.to_vec();
-    flags.extend_from_slice(extra);
-    support::start_proxy(yaml, &flags).await
+async fn start_proxy(yaml: &str, extra: &[&str]) -> Proxy {
+    Proxy::builder(BIN)
+        .config(yaml)
+        .args(FLAGS)
+        .args(extra.iter().copied())
+        .start()
+        .await
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -461,7 +462,7 @@ async fn connection_cannot_unframe_a_request_on_the_explicit_listener() {
     let proxy = start_proxy(&yaml, &[]).await;
     let mut report = Report::default();
     for ((case, form), site) in cases.iter().zip(&sites) {
-        let problems = smuggling_case(proxy.addr, site, *case, *form).await;
+        let problems = smuggling_case(proxy.http(), site, *case, *form).await;
         report.case(&format!("{case:?}, {form:?} form"), problems, &[site]);
     }
     report.finish("smuggling via Connection (explicit listener)");
@@ -473,47 +474,17 @@ fn nowhere(last: u8) -> Ipv4Addr {
     Ipv4Addr::new(198, 51, 100, last)
 }
 
-/// The proxy of a capture test, its listeners on 127.0.0.1 (which capture leaves alone).
-const OUTBOUND: &str = "127.0.0.1:15001";
-const ADMIN: &str = "127.0.0.1:15000";
-
-/// `meshentry proxy` in `ns` as [`PROXY_UID`] on `yaml`, with `--workers 1`, once its
-/// listeners are bound.
-async fn start_captured_proxy(ns: &Netns, yaml: &str) -> (ProxyProcess, tempfile::TempDir) {
-    let dir = tempfile::Builder::new()
-        .prefix("meshentry-integrity-")
-        .tempdir()
-        .unwrap();
-    std::fs::write(dir.path().join("config.yaml"), yaml).unwrap();
-    make_accessible(dir.path());
-    let dead_dns = SocketAddr::new(IpAddr::V4(unique_loopback()), 53).to_string();
-    let config = dir.path().display().to_string();
-    let mut args = vec![
-        "proxy",
-        "--config",
-        &config,
-        "--http-proxy",
-        "127.0.0.1:15080",
-        "--admin",
-        ADMIN,
-        "--outbound",
-        OUTBOUND,
-        "--outbound",
-        "[::1]:15001",
-        // STATIC services need no DNS; a lookup made by mistake goes nowhere.
-        "--dns-server",
-        &dead_dns,
-    ];
-    args.extend_from_slice(&FLAGS);
-    let mut process = ns.spawn_as(PROXY_UID, BIN, &args, [("RUST_LOG", "info")]);
-    process
-        .wait_listening(ADMIN.parse().unwrap(), Duration::from_secs(15))
-        .await;
-    // Asked of the kernel: a probe connection would be a (looping) outbound connection.
-    let outbound = [OUTBOUND.parse().unwrap(), "[::1]:15001".parse().unwrap()];
-    ns.wait_listening(&mut process, &outbound, Duration::from_secs(15))
-        .await;
-    (process, dir)
+/// `meshentry proxy` in `ns` as [`PROXY_UID`] on `yaml`, with `--workers 1`, once it is
+/// ready; its listeners are on 127.0.0.1 and ::1, which capture leaves alone.
+async fn start_captured_proxy(ns: &Netns, yaml: &str) -> Proxy {
+    Proxy::builder(BIN)
+        .netns(ns, PROXY_UID)
+        .ip(Ipv4Addr::LOCALHOST)
+        .outbound(["127.0.0.1:15001".parse().unwrap(), "[::1]:15001".parse().unwrap()])
+        .config(yaml)
+        .args(FLAGS)
+        .start()
+        .await
 }
 
 /// Issue 13, defect 1, transparent listener: the same attacks from an application whose
@@ -528,7 +499,7 @@ fn connection_cannot_unframe_a_request_on_the_transparent_listener() {
             .map(|s| Site::echo(&smuggle_host(*s, Form::Origin)))
             .collect();
         let yaml: String = sites.iter().map(Site::yaml).collect();
-        let (_proxy, _dir) = start_captured_proxy(&ns, &yaml).await;
+        let _proxy = start_captured_proxy(&ns, &yaml).await;
         // The application dials an address that leads nowhere; the Host picks the service.
         let dst = SocketAddr::new(IpAddr::V4(nowhere(13)), 80);
         let mut report = Report::default();
@@ -620,7 +591,7 @@ async fn late_upstream_bytes_never_reach_a_later_client() {
         let host = site.host.as_str();
         let mut want = vec![Want::new(method, "/late", "early-end")];
         let req = simple(Form::Absolute, method, host, "/late", "early-end");
-        match exchange(proxy.addr, &req, method, PATIENCE).await {
+        match exchange(proxy.http(), &req, method, PATIENCE).await {
             Err(e) => problems.push(format!("first client: {e}")),
             Ok((mut first, resp)) => {
                 if resp.status != *status || resp.body != body.as_bytes() {
@@ -646,7 +617,7 @@ async fn late_upstream_bytes_never_reach_a_later_client() {
                 }
             }
         }
-        later_clients(proxy.addr, Form::Absolute, host, "later", 3, &mut problems, &mut want).await;
+        later_clients(proxy.http(), Form::Absolute, host, "later", 3, &mut problems, &mut want).await;
         received_exactly(site, &want, &mut problems).await;
         report.case(name, problems, &[site]);
     }
@@ -724,7 +695,7 @@ async fn hostile_response_framing_is_a_502_upe_and_the_upstream_connection_is_cl
         let host = site.host.as_str();
         let mut want = vec![Want::new("GET", "/hostile", "hostile")];
         let req = simple(Form::Absolute, "GET", host, "/hostile", "hostile");
-        let first = match exchange(proxy.addr, &req, "GET", SHORT).await {
+        let first = match exchange(proxy.http(), &req, "GET", SHORT).await {
             Err(e) => {
                 problems.push(format!("the client of the hostile response: {e}"));
                 None
@@ -742,7 +713,7 @@ async fn hostile_response_framing_is_a_502_upe_and_the_upstream_connection_is_cl
             }
         };
         // A later client on the same worker: its own response, over a new upstream connection.
-        let (w, got) = own_get(proxy.addr, Form::Absolute, host, "/after", "/after", "after").await;
+        let (w, got) = own_get(proxy.http(), Form::Absolute, host, "/after", "/after", "after").await;
         want.push(w);
         problems.extend(got.err());
         let requests = site.backend.requests();
@@ -798,13 +769,13 @@ async fn two_host_headers_are_refused_with_400() {
     let mut want_main = Vec::new();
     for (i, (name, req)) in cases.iter().enumerate() {
         let mut problems = Vec::new();
-        match exchange(proxy.addr, req.as_bytes(), "GET", SHORT).await {
+        match exchange(proxy.http(), req.as_bytes(), "GET", SHORT).await {
             Ok((_, resp)) if resp.status == 400 => {}
             Ok((_, resp)) => problems.push(format!("answered {:?}, not 400", show(&resp.raw))),
             Err(e) => problems.push(e),
         }
         let path = format!("/after/{i}");
-        let (w, got) = own_get(proxy.addr, Form::Origin, m, &path, &path, &format!("after-{i}")).await;
+        let (w, got) = own_get(proxy.http(), Form::Origin, m, &path, &path, &format!("after-{i}")).await;
         want_main.push(w);
         problems.extend(got.err());
         for site in [&main, &other] {
@@ -891,7 +862,7 @@ async fn a_malformed_chunked_request_body_is_the_clients_error() {
                 format!("x-id: {id}\r\nx-request-id: {id}\r\nTransfer-Encoding: chunked\r\n\r\n").as_bytes(),
             );
             req.extend_from_slice(body);
-            match exchange(proxy.addr, &req, "POST", SHORT).await {
+            match exchange(proxy.http(), &req, "POST", SHORT).await {
                 Ok((_, resp)) if resp.status == 400 => {}
                 Ok((_, resp)) => problems.push(format!("answered {:?}, not 400", show(&resp.raw))),
                 Err(e) => problems.push(e),
@@ -923,7 +894,7 @@ async fn a_malformed_chunked_request_body_is_the_clients_error() {
                 path.clone()
             };
             let id = format!("after-{n}");
-            let (w, got) = own_get(proxy.addr, Form::Absolute, &site.host, &path, &echoed, &id).await;
+            let (w, got) = own_get(proxy.http(), Form::Absolute, &site.host, &path, &echoed, &id).await;
             want.push(w);
             problems.extend(got.err());
             let route = if rewritten { "general path" } else { "fast path" };
@@ -938,7 +909,7 @@ async fn a_malformed_chunked_request_body_is_the_clients_error() {
 
 /// Whether counter `name` reaches `value` within [`PATIENCE`] (it is counted as the request
 /// ends, which may be a moment after the client has its response).
-async fn stat_becomes(proxy: &support::Proxy, name: &str, value: u64) -> bool {
+async fn stat_becomes(proxy: &Proxy, name: &str, value: u64) -> bool {
     let deadline = Instant::now() + PATIENCE;
     loop {
         let now = proxy.stat(name).await;
@@ -1002,7 +973,7 @@ async fn bodies_trailers_host_and_upgrades_arrive_intact() {
         req.extend_from_slice(b"x-id: get-body\r\nTransfer-Encoding: chunked\r\n\r\n");
         req.extend_from_slice(&chunked(b"hello, chunked GET"));
         let mut want = vec![Want::new("GET", "/get-body", "get-body")];
-        match exchange(proxy.addr, &req, "GET", SHORT).await {
+        match exchange(proxy.http(), &req, "GET", SHORT).await {
             Ok((_, resp)) => problems.extend(own(&resp, &want[0]).err()),
             Err(e) => problems.push(e),
         }
@@ -1011,7 +982,7 @@ async fn bodies_trailers_host_and_upgrades_arrive_intact() {
             Some(r) => problems.push(format!("the GET arrived with body {:?}", show(&r.body))),
             None => problems.push("the GET never arrived".into()),
         }
-        let (w, got) = own_get(proxy.addr, Form::Absolute, &site.host, "/next", "/next", "next").await;
+        let (w, got) = own_get(proxy.http(), Form::Absolute, &site.host, "/next", "/next", "next").await;
         want.push(w);
         problems.extend(got.err());
         received_exactly(site, &want, &mut problems).await;
@@ -1026,7 +997,7 @@ async fn bodies_trailers_host_and_upgrades_arrive_intact() {
         req.extend_from_slice(b"x-id: trailers\r\nTrailer: x-sum\r\nTransfer-Encoding: chunked\r\n\r\n");
         req.extend_from_slice(b"5\r\nhello\r\n0\r\nx-sum: 1\r\n\r\n");
         let mut want = vec![Want::new("POST", "/trailers", "trailers")];
-        match exchange(proxy.addr, &req, "POST", SHORT).await {
+        match exchange(proxy.http(), &req, "POST", SHORT).await {
             Ok((_, resp)) => problems.extend(own(&resp, &want[0]).err()),
             Err(e) => problems.push(e),
         }
@@ -1039,7 +1010,7 @@ async fn bodies_trailers_host_and_upgrades_arrive_intact() {
             )),
             None => problems.push("the POST never arrived".into()),
         }
-        let (w, got) = own_get(proxy.addr, Form::Absolute, &site.host, "/next", "/next", "next").await;
+        let (w, got) = own_get(proxy.http(), Form::Absolute, &site.host, "/next", "/next", "next").await;
         want.push(w);
         problems.extend(got.err());
         received_exactly(site, &want, &mut problems).await;
@@ -1058,7 +1029,7 @@ async fn bodies_trailers_host_and_upgrades_arrive_intact() {
                 start(form, "GET", &site.host, "/conn-host")
             );
             let w = Want::new("GET", "/conn-host", id);
-            match exchange(proxy.addr, req.as_bytes(), "GET", SHORT).await {
+            match exchange(proxy.http(), req.as_bytes(), "GET", SHORT).await {
                 Ok((_, resp)) => match own(&resp, &w) {
                     Ok(()) => want.push(w),
                     Err(e) => problems.push(format!("{form:?} form: {e}")),
@@ -1066,7 +1037,7 @@ async fn bodies_trailers_host_and_upgrades_arrive_intact() {
                 Err(e) => problems.push(format!("{form:?} form: {e}")),
             }
         }
-        let (w, got) = own_get(proxy.addr, Form::Absolute, &site.host, "/next", "/next", "next").await;
+        let (w, got) = own_get(proxy.http(), Form::Absolute, &site.host, "/next", "/next", "next").await;
         want.push(w);
         problems.extend(got.err());
         received_exactly(site, &want, &mut problems).await;
@@ -1082,7 +1053,7 @@ async fn bodies_trailers_host_and_upgrades_arrive_intact() {
              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
             h = site.host
         );
-        match exchange(proxy.addr, req.as_bytes(), "GET", SHORT).await {
+        match exchange(proxy.http(), req.as_bytes(), "GET", SHORT).await {
             Ok((mut c, resp)) if resp.status == 101 => {
                 let msg = b"bytes through the upgraded connection";
                 let echoed = match c.send(msg).await {

@@ -15,12 +15,12 @@ use std::time::Duration;
 
 use meshentry_testutil::pki::server_config;
 use meshentry_testutil::{
-    HttpUpstream, LeafSpec, PemDir, ProxyProcess, TcpEcho, TestCa, TestDns, TlsUpstream, eventually, unique_loopback,
+    HttpUpstream, LeafSpec, PemDir, TcpEcho, TestCa, TestDns, TlsUpstream, eventually, raw, unique_loopback,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-const START_TIMEOUT: Duration = Duration::from_secs(15);
+const BIN: &str = env!("CARGO_BIN_EXE_meshentry");
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
 // ---------------------------------------------------------------------------------------------
@@ -46,49 +46,30 @@ fn ip(v4: Ipv4Addr) -> IpAddr {
     IpAddr::V4(v4)
 }
 
-/// A running `meshentry proxy` with its config directory.
+/// A running `meshentry proxy`.
 struct Proxy {
-    process: ProxyProcess,
+    inner: meshentry_testutil::Proxy,
     addr: SocketAddr,
     admin: SocketAddr,
-    _config: tempfile::TempDir,
 }
 
 impl Proxy {
     /// Writes `files` to a fresh directory and starts the proxy on it, on a loopback address of
-    /// its own, resolving through `dns`; returns once both listeners accept connections.
+    /// its own, resolving through `dns`; returns once it is ready.
     async fn start(files: &[(&str, String)], dns: &TestDns, extra: &[&str]) -> Proxy {
-        let dir = tempfile::Builder::new().prefix("meshentry-seed-").tempdir().unwrap();
-        for (name, text) in files {
-            std::fs::write(dir.path().join(name), text).unwrap();
-        }
-        let own = unique_loopback();
-        let addr = SocketAddr::new(ip(own), 15080);
-        let admin = SocketAddr::new(ip(own), 15000);
-        let mut args: Vec<String> = vec![
-            "proxy".into(),
-            "--config".into(),
-            dir.path().display().to_string(),
-            "--http-proxy".into(),
-            addr.to_string(),
-            "--admin".into(),
-            admin.to_string(),
-            "--dns-server".into(),
-            dns.addr().to_string(),
-            "--outbound".into(),
-            SocketAddr::new(ip(own), 15001).to_string(),
-        ];
-        args.extend(extra.iter().map(|s| s.to_string()));
-        // RUST_LOG overrides --log-level; pin it so the log assertions do not depend on the
-        // environment the tests run in.
-        let mut process = ProxyProcess::spawn(env!("CARGO_BIN_EXE_meshentry"), &args, [("RUST_LOG", "info")]);
-        process.wait_listening(addr, START_TIMEOUT).await;
-        process.wait_listening(admin, START_TIMEOUT).await;
+        let inner = files
+            .iter()
+            .fold(meshentry_testutil::Proxy::builder(BIN), |b, (name, text)| {
+                b.file(name, text)
+            })
+            .dns(dns.addr())
+            .args(extra.iter().copied())
+            .start()
+            .await;
         Proxy {
-            process,
-            addr,
-            admin,
-            _config: dir,
+            addr: inner.http(),
+            admin: inner.admin,
+            inner,
         }
     }
 
@@ -181,28 +162,7 @@ async fn curl_via(proxy: &Proxy, url: &str) -> CurlOut {
 
 /// Opens a CONNECT tunnel to `target` through the proxy and returns the stream after a 200.
 async fn connect_tunnel(proxy: SocketAddr, target: &str) -> TcpStream {
-    let mut s = tokio::time::timeout(IO_TIMEOUT, TcpStream::connect(proxy))
-        .await
-        .unwrap()
-        .unwrap();
-    let req = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
-    // Read byte by byte up to the end of the head, so no tunnel byte is consumed with it.
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut b = [0u8; 1];
-        let n = tokio::time::timeout(IO_TIMEOUT, s.read(&mut b)).await.unwrap().unwrap();
-        assert_eq!(
-            n,
-            1,
-            "proxy closed during the CONNECT response: {:?}",
-            String::from_utf8_lossy(&head)
-        );
-        head.push(b[0]);
-    }
-    let head = String::from_utf8_lossy(&head);
-    assert!(head.starts_with("HTTP/1.1 200"), "CONNECT {target}: {head}");
-    s
+    raw::tunnel(proxy, target, IO_TIMEOUT).await.unwrap()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -324,7 +284,7 @@ async fn sni_must_match_the_connect_target() {
     assert!(google.handshakes().is_empty(), "{:?}", google.handshakes());
     assert_eq!(google.requests() + dropbox.requests(), 0);
     eventually(Duration::from_secs(5), || async {
-        proxy.process.stderr().lines().any(|l| {
+        proxy.inner.stderr().lines().any(|l| {
             l.contains("tunnel refused") && l.contains("api.dropboxapi.com") && l.contains("www.googleapis.com")
         })
     })
@@ -526,16 +486,8 @@ async fn mongo_cluster_vip_cidr_tunnels() {
     // port of a VIP are unknown destinations, refused under REGISTRY_ONLY.
     let outside = Ipv4Addr::new(127, x, y ^ 1, 1);
     for target in [format!("{outside}:27018"), format!("{}:27019", vips[0])] {
-        let mut s = TcpStream::connect(proxy.addr).await.unwrap();
-        let req = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n");
-        s.write_all(req.as_bytes()).await.unwrap();
-        let mut buf = vec![0u8; 1024];
-        let n = tokio::time::timeout(IO_TIMEOUT, s.read(&mut buf))
-            .await
-            .unwrap()
-            .unwrap();
-        let head = String::from_utf8_lossy(&buf[..n]);
-        assert!(head.starts_with("HTTP/1.1 403"), "CONNECT {target}: {head}");
+        let (r, _) = raw::connect_request(proxy.addr, &target, IO_TIMEOUT).await.unwrap();
+        assert!(r.raw.starts_with(b"HTTP/1.1 403"), "CONNECT {target}: {r:?}");
     }
     assert_eq!(proxy.stat("outbound_blocked_total").await, 2);
     assert_eq!(echo1.connections() + echo2.connections(), N);
@@ -626,29 +578,12 @@ async fn registry_only_refuses_unknown_destinations() {
         "curl must see a 403 to CONNECT: {out:?}"
     );
     // A raw CONNECT, to read the body curl does not show.
-    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
-    s.write_all(b"CONNECT tls.unknown.example.test:8443 HTTP/1.1\r\nHost: tls.unknown.example.test:8443\r\n\r\n")
+    let (r, _) = raw::connect_request(proxy.addr, "tls.unknown.example.test:8443", IO_TIMEOUT)
         .await
         .unwrap();
-    let mut resp = Vec::new();
-    let head_and_body = tokio::time::timeout(IO_TIMEOUT, async {
-        let mut buf = [0u8; 4096];
-        loop {
-            let n = s.read(&mut buf).await.unwrap();
-            resp.extend_from_slice(&buf[..n]);
-            let text = String::from_utf8_lossy(&resp).into_owned();
-            if n == 0 || text.contains("REGISTRY_ONLY") {
-                return text;
-            }
-        }
-    })
-    .await
-    .unwrap();
-    assert!(head_and_body.starts_with("HTTP/1.1 403"), "{head_and_body}");
-    assert!(
-        head_and_body.contains("tls.unknown.example.test:8443"),
-        "{head_and_body}"
-    );
+    assert!(r.raw.starts_with(b"HTTP/1.1 403"), "{r:?}");
+    assert!(r.text().contains("tls.unknown.example.test:8443"), "{r:?}");
+    assert!(r.text().contains("REGISTRY_ONLY"), "{r:?}");
 
     let refusals = http_cases.len() as u64 + 2;
     assert_eq!(proxy.stat("outbound_blocked_total").await - before, refusals);
@@ -671,7 +606,7 @@ async fn registry_only_refuses_unknown_destinations() {
         let forms = [format!("host=\"{host}\" "), format!("host={host} ")];
         let port = format!("port={port} ");
         eventually(Duration::from_secs(5), || async {
-            proxy.process.stderr().lines().any(|l| {
+            proxy.inner.stderr().lines().any(|l| {
                 l.contains("REGISTRY_ONLY") && forms.iter().any(|f| l.contains(f.as_str())) && l.contains(&port)
             })
         })

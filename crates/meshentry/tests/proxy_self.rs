@@ -17,8 +17,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use meshentry_testutil::{HttpUpstream, ProxyProcess, TestDns, eventually, free_port, unique_loopback};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use meshentry_testutil::{HttpUpstream, TestDns, eventually, free_port, raw, unique_loopback};
 use tokio::net::TcpStream;
 
 const BIN: &str = env!("CARGO_BIN_EXE_meshentry");
@@ -61,12 +60,11 @@ fn unrelated() -> String {
 // The proxy under test
 
 struct Proxy {
-    process: ProxyProcess,
+    inner: meshentry_testutil::Proxy,
     http: SocketAddr,
     admin: SocketAddr,
     /// The configuration file, for reloads.
     config_file: std::path::PathBuf,
-    _config: tempfile::TempDir,
 }
 
 /// How to start one.
@@ -74,6 +72,8 @@ struct Launch<'a> {
     http: SocketAddr,
     admin: SocketAddr,
     yaml: &'a str,
+    /// More flags; a `--dns-server` among them replaces the default (an address of the
+    /// proxy's own where nothing answers, so no name can be looked up beyond loopback).
     extra: &'a [&'a str],
     /// Run under `ulimit -n` (soft and hard, so the proxy cannot raise it).
     fd_limit: Option<u32>,
@@ -81,58 +81,37 @@ struct Launch<'a> {
 
 impl Launch<'_> {
     async fn start(self) -> Proxy {
-        // The proxy watches its config directory's parent too: a private one, so that other
-        // processes' files in /tmp trigger no reloads (which, out of descriptors, would fail
-        // and log on every change there).
-        let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("config");
-        std::fs::create_dir(&config).unwrap();
-        std::fs::write(config.join("config.yaml"), self.yaml).unwrap();
-        let mut args: Vec<String> = [
-            "proxy",
-            "--config",
-            &config.display().to_string(),
-            "--http-proxy",
-            &self.http.to_string(),
-            "--admin",
-            &self.admin.to_string(),
-            "--outbound",
-            "off",
-            "--workers",
-            "1",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        if !self.extra.contains(&"--dns-server") {
-            // Nothing answers there: no name can be looked up anywhere but on loopback.
-            args.extend(["--dns-server".to_string(), format!("{}:53", self.http.ip())]);
+        let mut builder = meshentry_testutil::Proxy::builder(BIN)
+            .http_proxy(self.http)
+            .admin(self.admin)
+            .outbound_off()
+            .config(self.yaml)
+            .args(["--workers", "1"]);
+        if self.http.ip() == std::net::IpAddr::from(Ipv4Addr::LOCALHOST) {
+            // 127.0.0.1:53 may be the machine's own resolver.
+            builder = builder.dns(SocketAddr::from((unique_loopback(), 53)));
+        } else {
+            builder = builder.ip(self.http.ip());
         }
-        args.extend(self.extra.iter().map(|s| s.to_string()));
-        let mut process = match self.fd_limit {
-            None => ProxyProcess::spawn(BIN, &args, [("RUST_LOG", "info")]),
-            Some(n) => {
-                let mut cmd = Command::new("sh");
-                cmd.arg("-c")
-                    .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
-                    .arg(BIN)
-                    .args(&args)
-                    .env("RUST_LOG", "info");
-                ProxyProcess::spawn_command(cmd, &format!("meshentry (ulimit -n {n})"))
+        let mut extra = self.extra.iter();
+        while let Some(flag) = extra.next() {
+            if *flag == "--dns-server" {
+                let addr = extra.next().expect("--dns-server needs an address");
+                builder = builder.dns(addr.parse().expect("--dns-server takes an address"));
+            } else {
+                builder = builder.arg(*flag);
             }
-        };
-        process.wait_listening(self.http, PATIENCE).await;
-        process.wait_listening(self.admin, PATIENCE).await;
-        let proxy = Proxy {
-            process,
+        }
+        if let Some(n) = self.fd_limit {
+            builder = builder.fd_limit(n);
+        }
+        let inner = builder.start().await;
+        Proxy {
             http: self.http,
             admin: self.admin,
-            config_file: config.join("config.yaml"),
-            _config: dir,
-        };
-        // wait_listening's probes are connections too; let them go before counting.
-        eventually(PATIENCE, || async { proxy.stat("downstream_cx_active").await == 0 }).await;
-        proxy
+            config_file: inner.config_file(),
+            inner,
+        }
     }
 }
 
@@ -166,31 +145,7 @@ impl Proxy {
 
     /// A counter of `/stats` (`meshentry.<name>: <value>`).
     async fn stat(&self, name: &str) -> u64 {
-        let text = self.try_stats().await.unwrap_or_else(|e| panic!("/stats: {e}"));
-        let prefix = format!("meshentry.{name}: ");
-        text.lines()
-            .find_map(|l| l.strip_prefix(&prefix))
-            .unwrap_or_else(|| panic!("/stats has no {name}:\n{text}"))
-            .trim()
-            .parse()
-            .unwrap()
-    }
-
-    async fn try_stats(&self) -> Result<String, String> {
-        let fetch = async {
-            let mut s = TcpStream::connect(self.admin).await?;
-            s.write_all(b"GET /stats HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
-                .await?;
-            let mut text = String::new();
-            s.read_to_string(&mut text).await?;
-            Ok::<_, std::io::Error>(text)
-        };
-        match tokio::time::timeout(Duration::from_secs(3), fetch).await {
-            Ok(Ok(text)) if text.starts_with("HTTP/1.1 200") => Ok(text),
-            Ok(Ok(text)) => Err(format!("unexpected answer: {text:?}")),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err("timed out".into()),
-        }
+        self.inner.stat(name).await
     }
 
     /// Connections the data plane accepted so far.
@@ -199,10 +154,10 @@ impl Proxy {
     }
 
     fn assert_healthy(&mut self) {
-        if let Some(status) = self.process.try_wait() {
-            panic!("the proxy exited ({status})\n{}", self.process.output());
+        if let Some(status) = self.inner.process.try_wait() {
+            panic!("the proxy exited ({status})\n{}", self.inner.process.output());
         }
-        let stderr = self.process.stderr();
+        let stderr = self.inner.process.stderr();
         assert!(!stderr.contains("panicked"), "the proxy panicked:\n{stderr}");
     }
 }
@@ -233,22 +188,10 @@ fn curl(proxy: SocketAddr, url: &str, extra: &[&str]) -> (u16, String) {
     (code, body.to_string())
 }
 
-/// Sends `head` on a new connection to `addr` and returns the status code of the answer.
+/// Sends `head` on a new connection to `addr` and returns the status code of the answer,
+/// read strictly.
 async fn raw_status(addr: SocketAddr, head: &str) -> u16 {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(head.as_bytes()).await.unwrap();
-    let mut buf = vec![0u8; 1024];
-    let mut got = 0;
-    while !buf[..got].windows(2).any(|w| w == b"\r\n") {
-        let n = tokio::time::timeout(PATIENCE, s.read(&mut buf[got..]))
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(n > 0, "closed without an answer");
-        got += n;
-    }
-    let line = String::from_utf8_lossy(&buf[..got]).into_owned();
-    line.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+    raw::exchange(addr, head.as_bytes(), PATIENCE).await.unwrap().status
 }
 
 /// Asserts that a request answered `status` 508 with the proxy's loop reason.
@@ -511,7 +454,6 @@ async fn a_gateway_port_opened_by_a_reload_is_the_proxy_too() {
     std::fs::write(&tmp, gateway(backend.addr(), &[p1, p2])).unwrap();
     std::fs::rename(&tmp, &proxy.config_file).unwrap();
     eventually(PATIENCE, || async { proxy.stat("config_generation").await == 2 }).await;
-    proxy.process.wait_listening(SocketAddr::from((ip, p2)), PATIENCE).await;
     for port in [p1, p2] {
         for host in [ip_text.clone(), format!("[::ffff:{ip}]"), "0.0.0.0".to_string()] {
             let url = format!("http://{host}:{port}/");
@@ -556,13 +498,13 @@ fn cpu_seconds(pid: u32) -> f64 {
 
 /// The share of a core the proxy uses over `window`, and the log lines it wrote meanwhile.
 async fn watch(proxy: &Proxy, window: Duration) -> (f64, Vec<String>) {
-    let pid = proxy.process.pid();
-    let lines_before = proxy.process.stderr().lines().count();
+    let pid = proxy.inner.process.pid();
+    let lines_before = proxy.inner.stderr().lines().count();
     let (cpu_before, started) = (cpu_seconds(pid), Instant::now());
     tokio::time::sleep(window).await;
     let share = (cpu_seconds(pid) - cpu_before) / started.elapsed().as_secs_f64();
     let lines = proxy
-        .process
+        .inner
         .stderr()
         .lines()
         .skip(lines_before)
@@ -621,17 +563,8 @@ async fn an_admin_flood_under_a_low_fd_limit_leaves_the_data_plane_working() {
 
     // Once the flood is gone the admin port answers again, and it counted what it refused.
     drop(flood);
-    let overflow = eventually(PATIENCE, || async {
-        let stats = proxy.try_stats().await?;
-        Ok::<_, String>(stats)
-    })
-    .await;
-    let overflow: u64 = overflow
-        .lines()
-        .find_map(|l| l.strip_prefix("meshentry.admin_cx_overflow: "))
-        .unwrap()
-        .parse()
-        .unwrap();
+    let stats = eventually(PATIENCE, || proxy.inner.try_stats()).await;
+    let overflow = stats["admin_cx_overflow"];
     assert!(overflow >= 650 - 64, "admin_cx_overflow {overflow}");
     eventually(PATIENCE, || async { proxy.stat("admin_cx_active").await <= 1 }).await;
     proxy.assert_healthy();
@@ -663,9 +596,9 @@ async fn accept_backs_off_quietly_when_out_of_descriptors_and_recovers() {
     .start()
     .await;
     assert!(
-        proxy.process.stderr().contains("do not fit the file descriptor limit"),
+        proxy.inner.stderr().contains("do not fit the file descriptor limit"),
         "{}",
-        proxy.process.stderr()
+        proxy.inner.stderr()
     );
     let flood = idle_connections(proxy.http, 650).await;
     let (cpu, lines) = watch(&proxy, Duration::from_secs(2)).await;
@@ -690,7 +623,7 @@ async fn accept_backs_off_quietly_when_out_of_descriptors_and_recovers() {
     })
     .await;
     assert!(proxy.stat("accept_errors_total").await > 0);
-    let stderr = proxy.process.stderr();
+    let stderr = proxy.inner.stderr();
     assert_eq!(stderr.matches("accepting connections again").count(), 1, "{stderr}");
     proxy.assert_healthy();
 }

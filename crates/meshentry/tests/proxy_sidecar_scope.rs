@@ -17,13 +17,9 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use meshentry_testutil::{
-    HttpUpstream, Netns, PROXY_UID, ProxyProcess, TcpEcho, TestDns, make_accessible, unique_loopback,
-};
+use meshentry_testutil::{HttpUpstream, Netns, PROXY_UID, Proxy, TcpEcho, TestDns, unique_loopback};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-mod support;
 
 const BIN: &str = env!("CARGO_BIN_EXE_meshentry");
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -110,8 +106,15 @@ spec:
         format!("{}---\n{sidecars}", self.yaml)
     }
 
-    fn start_flags(&self) -> Vec<String> {
-        vec!["--dns-server".into(), self.dns.addr().to_string()]
+    /// The explicit proxy on the mesh's ServiceEntries and `sidecars`, resolving through the
+    /// mesh's DNS server, with the `extra` flags.
+    async fn proxy(&self, sidecars: &str, extra: &[&str]) -> Proxy {
+        Proxy::builder(BIN)
+            .config(self.config(sidecars))
+            .dns(self.dns.addr())
+            .args(extra.iter().copied())
+            .start()
+            .await
     }
 
     fn requests(&self) -> [usize; 6] {
@@ -222,18 +225,16 @@ async fn both(proxy: SocketAddr, url: &str) -> Reply {
 #[tokio::test]
 async fn registry_only_refuses_what_the_sidecar_does_not_import() {
     let mesh = Mesh::start();
-    let flags = mesh.start_flags();
-    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let proxy = support::start_proxy(&mesh.config(&sidecars("REGISTRY_ONLY")), &flags).await;
+    let proxy = mesh.proxy(&sidecars("REGISTRY_ONLY"), &[]).await;
 
-    let r = both(proxy.addr, "http://mine.example.com/").await;
+    let r = both(proxy.http(), "http://mine.example.com/").await;
     assert_eq!((r.status, r.upstream().as_str()), (200, "mine"), "{r:?}");
     // `istio-system/egress.example.com` names that one host of another namespace.
-    let r = both(proxy.addr, "http://egress.example.com/").await;
+    let r = both(proxy.http(), "http://egress.example.com/").await;
     assert_eq!((r.status, r.upstream().as_str()), (200, "egress"), "{r:?}");
     // A ServiceEntry of namespace `other`, exported everywhere, but not imported: Istio's
     // proxy does not have it, and REGISTRY_ONLY refuses it.
-    let r = both(proxy.addr, "http://theirs.example.com/").await;
+    let r = both(proxy.http(), "http://theirs.example.com/").await;
     assert_eq!(r.status, 502, "{r:?}");
     assert!(
         r.body.contains("theirs.example.com:80 is not a service in the registry seen by namespace default through Sidecar default/default's egress hosts")
@@ -263,15 +264,13 @@ async fn registry_only_refuses_what_the_sidecar_does_not_import() {
 #[tokio::test]
 async fn allow_any_passes_what_the_sidecar_does_not_import_through() {
     let mesh = Mesh::start();
-    let flags = mesh.start_flags();
-    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let proxy = support::start_proxy(&mesh.config(&sidecars("ALLOW_ANY")), &flags).await;
+    let proxy = mesh.proxy(&sidecars("ALLOW_ANY"), &[]).await;
 
-    let r = both(proxy.addr, "http://mine.example.com/").await;
+    let r = both(proxy.http(), "http://mine.example.com/").await;
     assert_eq!((r.status, r.upstream().as_str()), (200, "mine"), "{r:?}");
     // Not imported: not the ServiceEntry's endpoint, but where the name resolves (Istio's
     // PassthroughCluster).
-    let r = both(proxy.addr, "http://theirs.example.com/").await;
+    let r = both(proxy.http(), "http://theirs.example.com/").await;
     assert_eq!((r.status, r.upstream().as_str()), (200, "outside"), "{r:?}");
     assert_eq!(mesh.theirs.requests(), 0);
     assert_eq!(proxy.stat("outbound_passthrough_total").await, 2);
@@ -280,16 +279,15 @@ async fn allow_any_passes_what_the_sidecar_does_not_import_through() {
 #[tokio::test]
 async fn a_workload_selector_sidecar_replaces_the_namespaces() {
     let mesh = Mesh::start();
-    let mut flags = mesh.start_flags();
-    flags.extend(["--labels".to_string(), "app=web,version=v1".to_string()]);
-    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let proxy = support::start_proxy(&mesh.config(&sidecars("REGISTRY_ONLY")), &flags).await;
+    let proxy = mesh
+        .proxy(&sidecars("REGISTRY_ONLY"), &["--labels", "app=web,version=v1"])
+        .await;
 
     // default/web (`other/*`) applies, not default/default: the imports are swapped.
-    let r = both(proxy.addr, "http://theirs.example.com/").await;
+    let r = both(proxy.http(), "http://theirs.example.com/").await;
     assert_eq!((r.status, r.upstream().as_str()), (200, "theirs"), "{r:?}");
     for url in ["http://mine.example.com/", "http://egress.example.com/"] {
-        let r = both(proxy.addr, url).await;
+        let r = both(proxy.http(), url).await;
         assert_eq!(r.status, 502, "{url}: {r:?}");
         assert!(r.body.contains("through Sidecar default/web's egress hosts"), "{r:?}");
     }
@@ -299,8 +297,6 @@ async fn a_workload_selector_sidecar_replaces_the_namespaces() {
 #[tokio::test]
 async fn a_port_egress_listener_decides_its_port_alone() {
     let mesh = Mesh::start();
-    let flags = mesh.start_flags();
-    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     // Port 8080 reaches namespace `other` only; every other port, the proxy's own namespace.
     let sidecar = r#"apiVersion: networking.istio.io/v1
 kind: Sidecar
@@ -312,17 +308,17 @@ spec:
   - hosts: ["./*"]
   outboundTrafficPolicy: {mode: REGISTRY_ONLY}
 "#;
-    let proxy = support::start_proxy(&mesh.config(sidecar), &flags).await;
+    let proxy = mesh.proxy(sidecar, &[]).await;
 
-    let r = both(proxy.addr, "http://theirs.example.com:8080/").await;
+    let r = both(proxy.http(), "http://theirs.example.com:8080/").await;
     assert_eq!((r.status, r.upstream().as_str()), (200, "theirs-alt"), "{r:?}");
-    let r = both(proxy.addr, "http://mine.example.com/").await;
+    let r = both(proxy.http(), "http://mine.example.com/").await;
     assert_eq!((r.status, r.upstream().as_str()), (200, "mine"), "{r:?}");
     // mine.example.com:8080 is imported by the catch-all, but port 8080 is egress[0]'s.
-    let r = both(proxy.addr, "http://mine.example.com:8080/").await;
+    let r = both(proxy.http(), "http://mine.example.com:8080/").await;
     assert_eq!(r.status, 502, "{r:?}");
     // theirs.example.com:80 is imported on port 8080 only.
-    let r = both(proxy.addr, "http://theirs.example.com/").await;
+    let r = both(proxy.http(), "http://theirs.example.com/").await;
     assert_eq!(r.status, 502, "{r:?}");
     assert_eq!(mesh.requests(), [2, 0, 0, 2, 0, 0]);
 }
@@ -330,10 +326,9 @@ spec:
 // ---------------------------------------------------------------------------------------------
 // Transparent capture
 
-/// The outbound listeners of the captured proxy, and its admin and explicit listeners on
-/// 127.0.0.1, which capture leaves alone.
+/// The outbound listener of the captured proxy (its admin and explicit listeners are on
+/// 127.0.0.1 too, which capture leaves alone).
 const OUTBOUND_V4: &str = "127.0.0.1:15001";
-const ADMIN: &str = "127.0.0.1:15000";
 
 /// An address in TEST-NET-2 that the application "resolved" a name to; only capture gets a
 /// connection to it anywhere.
@@ -385,28 +380,13 @@ spec:
 "#
         );
         let config = format!("{}{tcp}---\n{}", mesh.yaml, sidecars("REGISTRY_ONLY"));
-        let dir = tempfile::Builder::new().prefix("meshentry-scope-").tempdir().unwrap();
-        std::fs::write(dir.path().join("mesh.yaml"), &config).unwrap();
-        make_accessible(dir.path());
-        let args: Vec<String> = [
-            "proxy",
-            "--config",
-            &dir.path().display().to_string(),
-            "--http-proxy",
-            "127.0.0.1:15080",
-            "--admin",
-            ADMIN,
-            "--outbound",
-            OUTBOUND_V4,
-            "--dns-server",
-            &mesh.dns.addr().to_string(),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        let mut process: ProxyProcess = ns.spawn_as(PROXY_UID, BIN, &args, [("RUST_LOG", "info")]);
-        process.wait_listening(ADMIN.parse().unwrap(), IO_TIMEOUT).await;
-        ns.wait_listening(&mut process, &[OUTBOUND_V4.parse().unwrap()], IO_TIMEOUT)
+        let proxy = Proxy::builder(BIN)
+            .netns(&ns, PROXY_UID)
+            .ip(Ipv4Addr::LOCALHOST)
+            .outbound([OUTBOUND_V4.parse().unwrap()])
+            .dns(mesh.dns.addr())
+            .file("mesh.yaml", config)
+            .start()
             .await;
 
         // HTTP, routed by Host: imported -> its endpoint; not imported -> 502, although the
@@ -448,7 +428,7 @@ spec:
         closed(&mut s).await;
         assert_eq!(db.connections(), 0);
         assert_eq!(cache.connections(), 1);
-        process.terminate();
+        proxy.process.terminate();
     });
 }
 

@@ -4,19 +4,21 @@
 #![allow(clippy::unwrap_used)] // Test code: a failed unwrap is a failed test.
 
 use std::net::{IpAddr, SocketAddr};
-use std::process::Command;
 
-use meshentry_testutil::{HttpUpstream, unique_loopback};
+use meshentry_testutil::{HttpUpstream, Proxy, curl_command, unique_loopback};
 
-mod support;
+const BIN: &str = env!("CARGO_BIN_EXE_meshentry");
 
-async fn start(config: &str) -> support::Proxy {
-    support::start_proxy(config, &["--outbound-policy", "REGISTRY_ONLY"]).await
+async fn start(config: &str) -> Proxy {
+    Proxy::builder(BIN)
+        .config(config)
+        .args(["--outbound-policy", "REGISTRY_ONLY"])
+        .start()
+        .await
 }
 
 fn curl(args: &[&str]) -> String {
-    let out = Command::new("curl")
-        .arg("-q")
+    let out = curl_command()
         .args(args)
         .output()
         .expect("curl is not installed: install curl (apt-get install curl; scripts/test does this)");
@@ -55,7 +57,7 @@ spec:
     );
     let proxy = start(&config).await;
     let before = peak_rss_kib(proxy.process.pid());
-    let proxy_url = format!("http://{}", proxy.addr);
+    let proxy_url = proxy.url();
 
     // 64 MiB down, counted by curl.
     const DOWN: u64 = 64 * 1024 * 1024;
@@ -129,7 +131,7 @@ spec:
 "
     );
     let proxy = start(&config).await;
-    let p = format!("http://{}", proxy.addr);
+    let p = proxy.url();
     let url = format!("http://{vip}:8080/direct");
     let body = tokio::task::spawn_blocking(move || curl(&["-s", "-x", &p, &url]))
         .await

@@ -18,12 +18,12 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use meshentry_testutil::{HttpUpstream, ProxyProcess, TcpEcho, closed_port, eventually, unique_loopback};
+use meshentry_testutil::{HttpUpstream, Proxy, ProxyProcess, TcpEcho, closed_port, eventually, raw, unique_loopback};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-mod support;
+const BIN: &str = env!("CARGO_BIN_EXE_meshentry");
 
 const PATIENCE: Duration = Duration::from_secs(20);
 
@@ -73,32 +73,11 @@ async fn curl(proxy: SocketAddr, url: &str, extra: &[&str]) -> (u16, String) {
     (code.trim().parse().unwrap(), body.to_string())
 }
 
-/// `GET path` on the admin port: (content type, body).
-async fn admin_get(admin: SocketAddr, path: &str) -> (String, String) {
-    let mut s = TcpStream::connect(admin).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: admin\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut raw = Vec::new();
-    tokio::time::timeout(PATIENCE, s.read_to_end(&mut raw))
-        .await
-        .unwrap()
-        .unwrap();
-    let text = String::from_utf8(raw).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap();
-    assert!(
-        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
-        "{head}"
-    );
-    let content_type = head
-        .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("content-type:")
-                .map(|v| v.trim().to_string())
-        })
-        .unwrap_or_default();
-    (content_type, body.to_string())
+/// `GET path` on the admin port, read strictly, which must be a 200: (content type, body).
+async fn admin_get(proxy: &Proxy, path: &str) -> (String, String) {
+    let r = proxy.admin_get(path).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    (r.header("content-type").unwrap_or_default().to_string(), r.text())
 }
 
 /// A real ClientHello (as rustls sends it) naming `sni`.
@@ -121,17 +100,7 @@ fn client_hello(sni: &str) -> Vec<u8> {
 /// until the upstream (an echo server) closes. Returns the bytes sent, which the echo server
 /// sends back.
 async fn tunnel_round_trip(proxy: SocketAddr, target: &str, sni: &str) -> usize {
-    let mut s = TcpStream::connect(proxy).await.unwrap();
-    s.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut b = [0u8; 1];
-        assert_eq!(s.read(&mut b).await.unwrap(), 1, "closed during the CONNECT response");
-        head.push(b[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&head));
+    let mut s = raw::tunnel(proxy, target, PATIENCE).await.unwrap();
     let hello = client_hello(sni);
     s.write_all(&hello).await.unwrap();
     s.shutdown().await.unwrap();
@@ -360,7 +329,7 @@ fn series<'a>(scrape: &'a Scrape, name: &str) -> Vec<(&'a Vec<(String, String)>,
 // === The workload ===
 
 struct Workload {
-    proxy: support::Proxy,
+    proxy: Proxy,
     log: std::path::PathBuf,
     _log_dir: tempfile::TempDir,
     a: HttpUpstream,
@@ -389,28 +358,19 @@ async fn run_workload(format: &str) -> Workload {
     let log_dir = tempfile::tempdir().unwrap();
     let log = log_dir.path().join("access.log");
     let log_arg = log.display().to_string();
-    let proxy = support::start_proxy(
-        &config,
-        &[
-            "--outbound-policy",
-            "REGISTRY_ONLY",
-            "--workers",
-            "2",
-            "--labels",
-            "app=shop-client,version=v7",
-            "--access-log",
-            &log_arg,
-            "--access-log-format",
-            format,
-        ],
-    )
-    .await;
+    let proxy = Proxy::builder(BIN)
+        .config(&config)
+        .args(["--outbound-policy", "REGISTRY_ONLY", "--workers", "2"])
+        .args(["--labels", "app=shop-client,version=v7"])
+        .args(["--access-log", &log_arg, "--access-log-format", format])
+        .start()
+        .await;
 
     let mut ok_body_bytes = 0;
     for i in 0..3 {
         let rid = format!("req-{i}");
         let (status, body) = curl(
-            proxy.addr,
+            proxy.http(),
             "http://a.example.com/",
             &["-H", &format!("x-request-id: {rid}"), "-A", "telemetry-test"],
         )
@@ -418,18 +378,18 @@ async fn run_workload(format: &str) -> Workload {
         assert_eq!(status, 200, "{body}");
         ok_body_bytes += body.len();
     }
-    let (status, _) = curl(proxy.addr, "http://a.example.com/status/404", &[]).await;
+    let (status, _) = curl(proxy.http(), "http://a.example.com/status/404", &[]).await;
     assert_eq!(status, 404);
     for _ in 0..2 {
-        let (status, body) = curl(proxy.addr, "http://blocked.example.com/", &[]).await;
+        let (status, body) = curl(proxy.http(), "http://blocked.example.com/", &[]).await;
         assert_eq!(status, 502, "{body}");
     }
-    let (status, body) = curl(proxy.addr, "http://down.example.com/", &[]).await;
+    let (status, body) = curl(proxy.http(), "http://down.example.com/", &[]).await;
     assert_eq!(status, 503, "{body}");
-    let tunnel_bytes = tunnel_round_trip(proxy.addr, "tls.example.com:443", "tls.example.com").await;
-    let v = grpc_call(proxy.addr, "echo.example.com:50051", "hello").await;
+    let tunnel_bytes = tunnel_round_trip(proxy.http(), "tls.example.com:443", "tls.example.com").await;
+    let v = grpc_call(proxy.http(), "echo.example.com:50051", "hello").await;
     assert_eq!(v["reply"]["echo"], "hello", "{v}");
-    let v = grpc_call(proxy.addr, "echo.example.com:50051", "fail:no widget").await;
+    let v = grpc_call(proxy.http(), "echo.example.com:50051", "fail:no widget").await;
     assert_eq!(v["code"], "FAILED_PRECONDITION", "{v}");
 
     Workload {
@@ -490,7 +450,7 @@ async fn a_known_workload_gives_exact_istio_metrics_and_text_access_log_lines() 
     // Wait for every request and connection to be recorded (they are, as they end), then
     // check each series exactly: a miscount cannot hide behind the wait.
     let scrape = eventually(PATIENCE, || async {
-        let (content_type, body) = admin_get(w.proxy.admin, "/stats/prometheus").await;
+        let (content_type, body) = admin_get(&w.proxy, "/stats/prometheus").await;
         assert_eq!(content_type, "text/plain; version=0.0.4; charset=utf-8");
         let scrape = parse_prometheus(&body);
         let requests: f64 = series(&scrape, "istio_requests_total").iter().map(|(_, v)| v).sum();
@@ -903,22 +863,15 @@ spec:
     let log_dir = tempfile::tempdir().unwrap();
     let log = log_dir.path().join("access.log");
     let log_arg = log.display().to_string();
-    let dns_arg = dns.addr().to_string();
-    let proxy = support::start_proxy(
-        &config,
-        &[
-            "--outbound-policy",
-            "REGISTRY_ONLY",
-            "--dns-server",
-            &dns_arg,
-            "--access-log",
-            &log_arg,
-        ],
-    )
-    .await;
+    let proxy = Proxy::builder(BIN)
+        .config(config)
+        .dns(dns.addr())
+        .args(["--outbound-policy", "REGISTRY_ONLY", "--access-log", &log_arg])
+        .start()
+        .await;
 
     let get = |url: &'static str, id: &'static str| {
-        let proxy = proxy.addr;
+        let proxy = proxy.http();
         async move { curl(proxy, url, &["-H", &format!("x-request-id: {id}")]).await.0 }
     };
     // URX: the route retries 5xx twice; the upstream answers 503 every time.
@@ -944,7 +897,7 @@ spec:
     // on the HTTP/1.1 fast path, once on the general path a VirtualService timeout takes.
     for (host, id) in [("slow.example.com", "dc"), ("slowvs.example.com", "dc-routed")] {
         let before = a.requests();
-        let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+        let mut s = TcpStream::connect(proxy.http()).await.unwrap();
         let req = format!("GET http://{host}/delay/300 HTTP/1.1\r\nHost: {host}\r\nx-request-id: {id}\r\n\r\n");
         s.write_all(req.as_bytes()).await.unwrap();
         eventually(PATIENCE, || async {
@@ -1027,7 +980,7 @@ spec:
     }
 
     let scrape = eventually(PATIENCE, || async {
-        let (_, body) = admin_get(proxy.admin, "/stats/prometheus").await;
+        let (_, body) = admin_get(&proxy, "/stats/prometheus").await;
         let scrape = parse_prometheus(&body);
         let n: f64 = series(&scrape, "istio_requests_total").iter().map(|(_, v)| v).sum();
         if n >= 8.0 { Ok(scrape) } else { Err(body) }

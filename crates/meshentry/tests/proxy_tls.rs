@@ -11,8 +11,6 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::process::Command;
@@ -26,7 +24,7 @@ use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use meshentry_proxy::tls::{load_certs, load_key};
 use meshentry_testutil::pki::{LeafPaths, server_config};
-use meshentry_testutil::{LeafSpec, PemDir, TestCa, TlsEcho, TlsUpstream, eventually, unique_loopback};
+use meshentry_testutil::{LeafSpec, PemDir, TestCa, TlsEcho, TlsUpstream, eventually, raw, unique_loopback};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -39,30 +37,24 @@ const WAIT: Duration = Duration::from_secs(10);
 // The proxy
 
 struct Proxy {
-    inner: support::Proxy,
+    inner: meshentry_testutil::Proxy,
 }
 
 impl Proxy {
     /// Starts the proxy on `yaml` with REGISTRY_ONLY, two workers (so pooling bounds are known),
     /// a DNS server on loopback that nothing needs, and `extra` flags.
     async fn start(yaml: &str, extra: &[&str]) -> Proxy {
-        let mut args = vec![
-            "--outbound-policy",
-            "REGISTRY_ONLY",
-            "--workers",
-            "2",
-            "--dns-server",
-            "127.0.0.1:9",
-        ];
-        args.extend_from_slice(extra);
-        let mut inner = support::start_proxy(yaml, &args).await;
-        let admin = inner.admin;
-        inner.process.wait_listening(admin, WAIT).await;
+        let inner = meshentry_testutil::Proxy::builder(BIN)
+            .config(yaml)
+            .args(["--outbound-policy", "REGISTRY_ONLY", "--workers", "2"])
+            .args(extra.iter().copied())
+            .start()
+            .await;
         Proxy { inner }
     }
 
     fn url(&self) -> String {
-        format!("http://{}", self.inner.addr)
+        format!("http://{}", self.inner.http())
     }
 
     fn stderr(&self) -> String {
@@ -913,7 +905,7 @@ async fn seed_mongo_cluster_with_mutual_tls() {
     let mut tasks = Vec::new();
     for i in 0..N {
         let target = format!("{vip}:27018");
-        let proxy_addr = proxy.inner.addr;
+        let proxy_addr = proxy.inner.http();
         tasks.push(tokio::spawn(async move {
             let mut s = connect_tunnel(proxy_addr, &target).await;
             // Plaintext from the client (an OP_MSG-ish blob); TLS is the proxy's business.
@@ -970,7 +962,7 @@ async fn a_tunnel_whose_upstream_refuses_the_client_certificate_is_reported() {
     let dr = rule("db.internal", &mutual(&client, &pem.ca(&ca)), None);
     let proxy = Proxy::start(&format!("{se}\n---\n{dr}"), &[]).await;
 
-    let mut s = connect_tunnel(proxy.inner.addr, "db.internal:80").await;
+    let mut s = connect_tunnel(proxy.inner.http(), "db.internal:80").await;
     let _ = s.write_all(b"hello").await;
     let mut buf = [0u8; 16];
     let read = tokio::time::timeout(IO_TIMEOUT, s.read(&mut buf)).await.unwrap();
@@ -982,28 +974,7 @@ async fn a_tunnel_whose_upstream_refuses_the_client_certificate_is_reported() {
 
 /// Opens a CONNECT tunnel to `target` through the proxy and returns the stream after a 200.
 async fn connect_tunnel(proxy: SocketAddr, target: &str) -> TcpStream {
-    let mut s = tokio::time::timeout(IO_TIMEOUT, TcpStream::connect(proxy))
-        .await
-        .unwrap()
-        .unwrap();
-    let req = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
-    // Byte by byte up to the end of the head, so no tunnel byte is consumed with it.
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut b = [0u8; 1];
-        let n = tokio::time::timeout(IO_TIMEOUT, s.read(&mut b)).await.unwrap().unwrap();
-        assert_eq!(
-            n,
-            1,
-            "closed during the CONNECT response: {:?}",
-            String::from_utf8_lossy(&head)
-        );
-        head.push(b[0]);
-    }
-    let head = String::from_utf8_lossy(&head);
-    assert!(head.starts_with("HTTP/1.1 200"), "CONNECT {target}: {head}");
-    s
+    raw::tunnel(proxy, target, IO_TIMEOUT).await.unwrap()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1081,7 +1052,7 @@ async fn client_certificates_reload_without_dropping_connections() {
     let proxy = Proxy::start(&yaml, &["--cert-check-interval", "200ms"]).await;
 
     // A kept-alive client connection, and the upstream connection it made, with certificate A.
-    let mut kept = Client::connect(proxy.inner.addr).await;
+    let mut kept = Client::connect(proxy.inner.http()).await;
     let (status, json) = kept.get("http://reload.example.com/before").await;
     assert_eq!(status, 200, "{json}");
     assert_eq!(json["tls"]["client_names"], serde_json::json!([id_a]), "{json}");
@@ -1134,38 +1105,10 @@ async fn client_certificates_reload_without_dropping_connections() {
 // ---------------------------------------------------------------------------------------------
 // 7. No name, no verified connection; subjectAltNames matched by type (issue 14)
 
-/// `CONNECT target` through the proxy: the status line and body of a refusal (the proxy
-/// connects upstream before it answers).
-async fn connect_refused(proxy: SocketAddr, target: &str) -> String {
-    let mut s = TcpStream::connect(proxy).await.unwrap();
-    let req = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
-    // The refusal keeps the connection open: read its head, then the body its length announces.
-    let mut out = Vec::new();
-    let complete = |out: &[u8]| {
-        let text = String::from_utf8_lossy(out);
-        let Some((head, body)) = text.split_once("\r\n\r\n") else {
-            return false;
-        };
-        let len = head
-            .lines()
-            .find_map(|l| {
-                l.to_ascii_lowercase()
-                    .strip_prefix("content-length:")
-                    .map(|v| v.trim().to_string())
-            })
-            .and_then(|v| v.parse::<usize>().ok())
-            .unwrap_or(0);
-        body.len() >= len
-    };
-    while !complete(&out) {
-        let mut buf = [0u8; 4096];
-        match tokio::time::timeout(IO_TIMEOUT, s.read(&mut buf)).await {
-            Ok(Ok(n)) if n > 0 => out.extend_from_slice(&buf[..n]),
-            _ => break,
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+/// `CONNECT target` through the proxy: the refusal, read strictly (the proxy connects
+/// upstream before it answers, and the refusal keeps the connection open).
+async fn connect_refused(proxy: SocketAddr, target: &str) -> raw::RawResponse {
+    raw::connect_request(proxy, target, IO_TIMEOUT).await.unwrap().0
 }
 
 #[tokio::test]
@@ -1246,11 +1189,11 @@ spec:
     let r = proxy.get1("http://good.w.test/").await;
     r.assert_connect_failure(&["TLS error"]);
     // A TCP port of the wildcard service: the service's host `*.wt.test` is no name either.
-    let refused = connect_refused(proxy.inner.addr, "x.wt.test:5432").await;
-    assert!(refused.starts_with("HTTP/1.1 503"), "{refused}");
+    let refused = connect_refused(proxy.inner.http(), "x.wt.test:5432").await;
+    assert!(refused.raw.starts_with(b"HTTP/1.1 503"), "{refused:?}");
     assert!(
-        refused.contains("TLS origination has no server name to verify"),
-        "{refused}"
+        refused.text().contains("TLS origination has no server name to verify"),
+        "{refused:?}"
     );
     assert!(
         web.handshakes().is_empty() && db.handshakes().is_empty(),

@@ -12,17 +12,18 @@
 
 #![allow(clippy::unwrap_used)] // Test code: a failed unwrap is a failed test.
 
-mod support;
-
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use meshentry_testutil::raw::{self, Framing, RawBackend, RawClient, RawRequest, Reply};
 use meshentry_testutil::{HttpUpstream, TcpEcho, curl_command, eventually, unique_loopback};
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+const BIN: &str = env!("CARGO_BIN_EXE_meshentry");
 
 /// Bound for what should take milliseconds, generous for a loaded machine.
 const PATIENCE: Duration = Duration::from_secs(10);
@@ -58,7 +59,7 @@ fn hyper_path_rule(host: &str) -> String {
 // The proxy under test
 
 struct Proxy {
-    inner: support::Proxy,
+    inner: meshentry_testutil::Proxy,
     log: PathBuf,
     _log_dir: tempfile::TempDir,
 }
@@ -68,19 +69,14 @@ impl Proxy {
     async fn start(config: &str, extra: &[&str]) -> Proxy {
         let log_dir = tempfile::tempdir().unwrap();
         let log = log_dir.path().join("access.log");
-        let log_arg = log.display().to_string();
-        let mut args = vec![
-            "--outbound-policy",
-            "REGISTRY_ONLY",
-            "--workers",
-            "1",
-            "--access-log",
-            &log_arg,
-            "--access-log-format",
-            "json",
-        ];
-        args.extend_from_slice(extra);
-        let inner = support::start_proxy(config, &args).await;
+        let inner = meshentry_testutil::Proxy::builder(BIN)
+            .config(config)
+            .args(["--outbound-policy", "REGISTRY_ONLY", "--workers", "1", "--access-log"])
+            .arg(&log)
+            .args(["--access-log-format", "json"])
+            .args(extra.iter().copied())
+            .start()
+            .await;
         Proxy {
             inner,
             log,
@@ -89,7 +85,12 @@ impl Proxy {
     }
 
     fn addr(&self) -> SocketAddr {
-        self.inner.addr
+        self.inner.http()
+    }
+
+    /// A client connection to the explicit listener.
+    async fn client(&self) -> RawClient {
+        RawClient::connect(self.addr()).await.unwrap()
     }
 
     async fn stat(&self, name: &str) -> u64 {
@@ -125,79 +126,17 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
-/// Reads up to the end of a response head: the head and whatever followed it.
-async fn read_head(s: &mut TcpStream, within: Duration) -> (String, Vec<u8>) {
-    let deadline = Instant::now() + within;
-    let mut buf = Vec::new();
-    loop {
-        if let Some(i) = find(&buf, b"\r\n\r\n") {
-            return (String::from_utf8_lossy(&buf[..i]).into_owned(), buf[i + 4..].to_vec());
-        }
-        let mut chunk = [0u8; 8192];
-        let left = deadline.saturating_duration_since(Instant::now());
-        let n = match tokio::time::timeout(left, s.read(&mut chunk)).await {
-            Err(_) => panic!(
-                "no complete response head within {within:?}; got {:?}",
-                String::from_utf8_lossy(&buf)
-            ),
-            Ok(Err(e)) => panic!("reading a response head: {e}; got {:?}", String::from_utf8_lossy(&buf)),
-            Ok(Ok(n)) => n,
-        };
-        assert!(
-            n > 0,
-            "connection closed before a complete response head; got {:?}",
-            String::from_utf8_lossy(&buf)
-        );
-        buf.extend_from_slice(&chunk[..n]);
-    }
-}
-
-fn status(head: &str) -> u16 {
-    head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
-}
-
-fn header<'h>(head: &'h str, name: &str) -> Option<&'h str> {
-    head.lines()
-        .filter_map(|l| l.split_once(':'))
-        .find(|(n, _)| n.trim().eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.trim())
-}
-
-/// Reads until the peer closes (`true`) or `within` passes (`false`): what arrived, and how.
-async fn read_until_closed(s: &mut TcpStream, within: Duration) -> (Vec<u8>, bool) {
-    let deadline = Instant::now() + within;
-    let mut got = Vec::new();
-    loop {
-        let mut chunk = [0u8; 8192];
-        let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, s.read(&mut chunk)).await {
-            Err(_) => return (got, false),
-            Ok(Ok(0)) | Ok(Err(_)) => return (got, true),
-            Ok(Ok(n)) => got.extend_from_slice(&chunk[..n]),
-        }
-    }
-}
-
-/// Reads exactly `n` bytes.
-async fn read_exact(s: &mut TcpStream, n: usize) -> Vec<u8> {
-    let mut buf = vec![0u8; n];
-    tokio::time::timeout(PATIENCE, s.read_exact(&mut buf))
-        .await
-        .expect("the bytes did not arrive in time")
-        .unwrap();
-    buf
+/// Whether the peer closes the connection within `within` with nothing more sent (a reset
+/// counts as a close).
+async fn closes_clean<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(c: &mut RawClient<S>) -> bool {
+    let (rest, eof) = c.read_for(PATIENCE).await;
+    assert!(rest.is_empty(), "bytes after the last response: {}", raw::show(&rest));
+    eof
 }
 
 /// Opens a CONNECT tunnel to `target` through the proxy; panics unless it is answered 200.
-async fn connect_tunnel(proxy: SocketAddr, target: &str) -> TcpStream {
-    let mut s = TcpStream::connect(proxy).await.unwrap();
-    s.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let (head, rest) = read_head(&mut s, PATIENCE).await;
-    assert_eq!(status(&head), 200, "CONNECT {target}: {head}");
-    assert!(rest.is_empty(), "bytes after the CONNECT response: {rest:?}");
-    s
+async fn connect_tunnel(proxy: SocketAddr, target: &str) -> RawClient {
+    RawClient::new(raw::tunnel(proxy, target, PATIENCE).await.unwrap())
 }
 
 /// A real ClientHello (as rustls sends it) naming `sni`.
@@ -217,131 +156,38 @@ fn client_hello(sni: &str) -> Vec<u8> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Backends that a test drives byte by byte
+// Backends (strict: each request must be framed exactly once, see `RawBackend`)
 
-/// What a raw backend received: each complete request, as bytes.
-type Seen = Arc<Mutex<Vec<Vec<u8>>>>;
-
-/// Where a complete HTTP/1.1 request that starts `buf` ends (head, then a chunked body with
-/// its trailer section, or a Content-Length body), if it has all arrived.
-fn request_end(buf: &[u8]) -> Option<usize> {
-    let head_end = find(buf, b"\r\n\r\n")? + 4;
-    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
-    if header(&head, "transfer-encoding").is_some_and(|v| v.contains("chunked")) {
-        let mut at = head_end;
-        loop {
-            let line_end = at + find(&buf[at..], b"\r\n")?;
-            let line = String::from_utf8_lossy(&buf[at..line_end]).into_owned();
-            let size = usize::from_str_radix(line.split(';').next().unwrap().trim(), 16).ok()?;
-            at = line_end + 2;
-            if size == 0 {
-                // The trailer section: fields, then an empty line.
-                loop {
-                    let end = at + find(&buf[at..], b"\r\n")?;
-                    let empty = end == at;
-                    at = end + 2;
-                    if empty {
-                        return Some(at);
-                    }
-                }
-            }
-            at += size + 2;
-            if at > buf.len() {
-                return None;
-            }
-        }
-    }
-    let length = header(&head, "content-length").map_or(0, |v| v.parse::<usize>().unwrap());
-    (buf.len() >= head_end + length).then_some(head_end + length)
+/// Answers each request `200 ok`.
+fn recording(_: &RawRequest) -> Reply {
+    Reply::bytes("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
 }
 
-/// A TCP server on `ip` that hands each connection to `serve`, with the shared record.
-async fn raw_server<F, Fut>(ip: Ipv4Addr, serve: F) -> (SocketAddr, Seen)
-where
-    F: Fn(TcpStream, Seen) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let listener = TcpListener::bind(SocketAddr::new(IpAddr::V4(ip), 0)).await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let seen: Seen = Arc::default();
-    let record = seen.clone();
-    tokio::spawn(async move {
-        while let Ok((s, _)) = listener.accept().await {
-            tokio::spawn(serve(s, record.clone()));
-        }
-    });
-    (addr, seen)
-}
-
-/// Records each request whole and answers it `200 ok`.
-async fn recording(mut s: TcpStream, seen: Seen) {
-    let mut buf = Vec::new();
-    loop {
-        while let Some(end) = request_end(&buf) {
-            seen.lock().unwrap().push(buf.drain(..end).collect());
-            if s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                .await
-                .is_err()
-            {
-                return;
-            }
-        }
-        let mut chunk = [0u8; 4096];
-        match s.read(&mut chunk).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    }
-}
-
-/// Answers a request with the start of a 100-byte body, then sends nothing more.
-async fn stalling(mut s: TcpStream, seen: Seen) {
-    let mut buf = Vec::new();
-    while request_end(&buf).is_none() {
-        let mut chunk = [0u8; 4096];
-        match s.read(&mut chunk).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    }
-    seen.lock().unwrap().push(buf);
-    let _ = s
-        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nhello")
-        .await;
-    // Holds the connection open without a byte more, until the proxy gives up on it.
-    let mut rest = [0u8; 64];
-    let _ = tokio::time::timeout(Duration::from_secs(60), s.read(&mut rest)).await;
+/// Answers a request with the start of a 100-byte body, then sends nothing more and holds the
+/// connection open until the proxy gives up on it.
+fn stalling(_: &RawRequest) -> Reply {
+    Reply::bytes("HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nhello").then_sleep(Duration::from_secs(60))
 }
 
 /// A WebSocket-like server: a request with `Upgrade: websocket` gets a 101 and then every
 /// byte back; any other request gets 426.
-async fn upgrading(mut s: TcpStream, seen: Seen) {
-    let mut buf = Vec::new();
-    while request_end(&buf).is_none() {
-        let mut chunk = [0u8; 4096];
-        match s.read(&mut chunk).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
+fn upgrading(r: &RawRequest) -> Reply {
+    let upgrade = r.header("upgrade").is_some_and(|u| u.eq_ignore_ascii_case("websocket"));
+    let connection = r
+        .header_all("connection")
+        .iter()
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    if upgrade && connection {
+        Reply::bytes("HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\n\r\n")
+            .then_echo()
+    } else {
+        Reply::bytes("HTTP/1.1 426 Upgrade Required\r\ncontent-length: 0\r\n\r\n").then_close()
     }
-    let end = request_end(&buf).unwrap();
-    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-    seen.lock().unwrap().push(buf[..end].to_vec());
-    let upgrade = header(&head, "upgrade") == Some("websocket")
-        && header(&head, "connection").is_some_and(|c| c.contains("upgrade"));
-    if !upgrade {
-        let _ = s
-            .write_all(b"HTTP/1.1 426 Upgrade Required\r\ncontent-length: 0\r\n\r\n")
-            .await;
-        return;
-    }
-    let _ = s
-        .write_all(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\n\r\n")
-        .await;
-    // The upgraded stream: echo, starting with anything sent right after the head.
-    let _ = s.write_all(&buf[end..]).await;
-    let (mut r, mut w) = s.split();
-    let _ = tokio::io::copy(&mut r, &mut w).await;
+}
+
+fn backend(ip: std::net::Ipv4Addr, respond: fn(&RawRequest) -> Reply) -> RawBackend {
+    RawBackend::start(SocketAddr::new(IpAddr::V4(ip), 0), respond)
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -358,22 +204,23 @@ async fn a_malformed_chunked_request_body_is_answered_400_dpe_not_502() {
     let config = service("web.example.com", 80, "HTTP", web.addr()) + &hyper_path_rule("web.example.com");
     let mut proxy = Proxy::start(&config, &[]).await;
 
-    let mut s = TcpStream::connect(proxy.addr()).await.unwrap();
-    s.write_all(
+    let mut s = proxy.client().await;
+    s.send(
         b"POST http://web.example.com/upload HTTP/1.1\r\nHost: web.example.com\r\n\
           Transfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
     )
     .await
     .unwrap();
-    let (head, _) = read_head(&mut s, PATIENCE).await;
+    let r = s.read_response("POST", PATIENCE).await.unwrap();
     assert_eq!(
-        status(&head),
-        400,
-        "a chunk size that is not hex is the client's error: {head}"
+        r.status, 400,
+        "a chunk size that is not hex is the client's error: {r:?}"
     );
-    assert_eq!(header(&head, "connection"), Some("close"), "{head}");
-    let (_, closed) = read_until_closed(&mut s, PATIENCE).await;
-    assert!(closed, "the body's extent is unknown, so the connection is closed");
+    assert_eq!(r.header("connection"), Some("close"), "{r:?}");
+    assert!(
+        closes_clean(&mut s).await,
+        "the body's extent is unknown, so the connection is closed"
+    );
 
     let entry = proxy
         .log_entry("the POST", |v| v["method"] == "POST" && v["path"] == "/upload")
@@ -425,8 +272,8 @@ async fn a_request_body_that_stalls_is_answered_408_si() {
     let config = service("web.example.com", 80, "HTTP", web.addr()) + &hyper_path_rule("web.example.com");
     let mut proxy = Proxy::start(&config, &["--stream-idle-timeout", "1s"]).await;
 
-    let mut s = TcpStream::connect(proxy.addr()).await.unwrap();
-    s.write_all(
+    let mut s = proxy.client().await;
+    s.send(
         b"POST http://web.example.com/slow HTTP/1.1\r\nHost: web.example.com\r\n\
           Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
     )
@@ -434,15 +281,17 @@ async fn a_request_body_that_stalls_is_answered_408_si() {
     .unwrap();
     let started = Instant::now();
     // The proxy's --response-timeout (60 s) would otherwise be the first to end it.
-    let (head, _) = read_head(&mut s, Duration::from_secs(8)).await;
+    let r = s.read_response("POST", Duration::from_secs(8)).await.unwrap();
     let waited = started.elapsed();
-    assert_eq!(status(&head), 408, "{head}");
+    assert_eq!(r.status, 408, "{r:?}");
     assert!(
         waited >= Duration::from_millis(900),
         "answered after {waited:?}, before the idle timeout"
     );
-    let (_, closed) = read_until_closed(&mut s, PATIENCE).await;
-    assert!(closed, "the rest of the body will not be read: the connection closes");
+    assert!(
+        closes_clean(&mut s).await,
+        "the rest of the body will not be read: the connection closes"
+    );
 
     let entry = proxy
         .log_entry("the POST", |v| v["method"] == "POST" && v["path"] == "/slow")
@@ -455,20 +304,21 @@ async fn a_request_body_that_stalls_is_answered_408_si() {
 
     // A body that keeps arriving, slower than the timeout in total but never idle that long,
     // is not cut.
-    let mut s = TcpStream::connect(proxy.addr()).await.unwrap();
-    s.write_all(
+    let mut s = proxy.client().await;
+    s.send(
         b"POST http://web.example.com/steady HTTP/1.1\r\nHost: web.example.com\r\n\
           Transfer-Encoding: chunked\r\n\r\n",
     )
     .await
     .unwrap();
+    // 1.6 s in all, never idle for the 1 s timeout: the gaps are the scenario.
     for _ in 0..4 {
-        s.write_all(b"1\r\nx\r\n").await.unwrap();
+        s.send(b"1\r\nx\r\n").await.unwrap();
         tokio::time::sleep(Duration::from_millis(400)).await;
     }
-    s.write_all(b"0\r\n\r\n").await.unwrap();
-    let (head, _) = read_head(&mut s, PATIENCE).await;
-    assert_eq!(status(&head), 200, "{head}");
+    s.send(b"0\r\n\r\n").await.unwrap();
+    let r = s.read_response("POST", PATIENCE).await.unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(web.last().unwrap().body.as_ref(), b"xxxx");
     assert_eq!(proxy.stat("downstream_rq_idle_timeout").await, 1);
     proxy.assert_healthy();
@@ -477,23 +327,27 @@ async fn a_request_body_that_stalls_is_answered_408_si() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_response_body_that_stalls_closes_the_connection() {
     let ip = unique_loopback();
-    let (stall, seen) = raw_server(ip, stalling).await;
-    let config = service("stall.example.com", 80, "HTTP", stall) + &hyper_path_rule("stall.example.com");
+    let stall = backend(ip, stalling);
+    let config = service("stall.example.com", 80, "HTTP", stall.addr()) + &hyper_path_rule("stall.example.com");
     let mut proxy = Proxy::start(&config, &["--stream-idle-timeout", "1s"]).await;
 
-    let mut s = TcpStream::connect(proxy.addr()).await.unwrap();
-    s.write_all(b"GET http://stall.example.com/ HTTP/1.1\r\nHost: stall.example.com\r\n\r\n")
+    let mut s = proxy.client().await;
+    s.send(b"GET http://stall.example.com/ HTTP/1.1\r\nHost: stall.example.com\r\n\r\n")
         .await
         .unwrap();
-    let (head, mut body) = read_head(&mut s, PATIENCE).await;
-    assert_eq!(status(&head), 200, "{head}");
+    let head = s.read_response_head("GET", PATIENCE).await.unwrap();
+    assert_eq!(head.status, 200, "{head:?}");
+    assert_eq!(
+        head.framing,
+        Framing::Length(100),
+        "the upstream's length, relayed: {head:?}"
+    );
     let started = Instant::now();
-    let (more, closed) = read_until_closed(&mut s, Duration::from_secs(8)).await;
-    body.extend_from_slice(&more);
+    let (body, closed) = s.read_for(Duration::from_secs(8)).await;
     assert!(closed, "the proxy kept a stalled response open past the idle timeout");
     assert!(started.elapsed() >= Duration::from_millis(900));
     assert_eq!(body, b"hello", "what the upstream sent, and nothing else");
-    assert_eq!(seen.lock().unwrap().len(), 1);
+    assert_eq!(stall.requests().len(), 1, "{}", stall.describe());
 
     let entry = proxy.log_entry("the GET", |v| v["method"] == "GET").await;
     assert_eq!(entry["response_flags"], "SI", "{entry}");
@@ -507,20 +361,27 @@ async fn a_response_body_that_stalls_closes_the_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_get_with_a_chunked_body_and_declared_trailers_keeps_both() {
     let ip = unique_loopback();
-    let (raw, seen) = raw_server(ip, recording).await;
-    let config = service("raw.example.com", 80, "HTTP", raw) + &hyper_path_rule("raw.example.com");
+    let raw = backend(ip, recording);
+    let config = service("raw.example.com", 80, "HTTP", raw.addr()) + &hyper_path_rule("raw.example.com");
     let mut proxy = Proxy::start(&config, &[]).await;
 
     for method in ["GET", "POST"] {
-        let mut s = TcpStream::connect(proxy.addr()).await.unwrap();
+        let mut s = proxy.client().await;
         let req = format!(
             "{method} http://raw.example.com/q HTTP/1.1\r\nHost: raw.example.com\r\nTransfer-Encoding: chunked\r\n\
              Trailer: x-sum\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\nx-sum: 42\r\n\r\n"
         );
-        s.write_all(req.as_bytes()).await.unwrap();
-        let (head, _) = read_head(&mut s, PATIENCE).await;
-        assert_eq!(status(&head), 200, "{method}: {head}");
-        let got = text(seen.lock().unwrap().last().unwrap());
+        s.send(req.as_bytes()).await.unwrap();
+        let r = s.read_response(method, PATIENCE).await.unwrap();
+        assert_eq!(r.status, 200, "{method}: {r:?}");
+        let request = raw.requests().pop().unwrap();
+        assert_eq!(
+            (request.framing, request.body.as_slice(), request.trailer("x-sum")),
+            (Framing::Chunked, &b"hello world"[..], Some("42")),
+            "{method}: {}",
+            raw.describe()
+        );
+        let got = text(&request.raw);
         let lower = got.to_ascii_lowercase();
         assert!(got.starts_with(&format!("{method} /q HTTP/1.1\r\n")), "{got}");
         assert!(lower.contains("\r\nx-hyper-path: 1\r\n"), "not the hyper path: {got}");
@@ -536,16 +397,17 @@ async fn a_get_with_a_chunked_body_and_declared_trailers_keeps_both() {
             "{method}: the trailer is lost: {got}"
         );
     }
-    assert_eq!(seen.lock().unwrap().len(), 2);
+    assert_eq!(raw.requests().len(), 2);
 
     // A GET that declares no body still has none.
-    let mut s = TcpStream::connect(proxy.addr()).await.unwrap();
-    s.write_all(b"GET http://raw.example.com/empty HTTP/1.1\r\nHost: raw.example.com\r\n\r\n")
+    let mut s = proxy.client().await;
+    s.send(b"GET http://raw.example.com/empty HTTP/1.1\r\nHost: raw.example.com\r\n\r\n")
         .await
         .unwrap();
-    let (head, _) = read_head(&mut s, PATIENCE).await;
-    assert_eq!(status(&head), 200, "{head}");
-    let got = text(seen.lock().unwrap().last().unwrap()).to_ascii_lowercase();
+    let r = s.read_response("GET", PATIENCE).await.unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(raw.errors().is_empty(), "{}", raw.describe());
+    let got = text(&raw.requests().pop().unwrap().raw).to_ascii_lowercase();
     assert!(got.starts_with("get /empty http/1.1\r\n"), "{got}");
     assert!(!got.contains("transfer-encoding"), "{got}");
     assert!(got.ends_with("\r\n\r\n"), "{got}");
@@ -555,46 +417,49 @@ async fn a_get_with_a_chunked_body_and_declared_trailers_keeps_both() {
 // ---------------------------------------------------------------------------------------------
 // D. WebSocket through an absolute-form request
 
-/// Sends a WebSocket upgrade for `url` and returns the connection, the response head and
-/// what followed it.
-async fn upgrade(proxy: SocketAddr, url: &str, host: &str) -> (TcpStream, String, Vec<u8>) {
-    let mut s = TcpStream::connect(proxy).await.unwrap();
+/// Sends a WebSocket upgrade for `url` and returns the connection (holding whatever followed
+/// the response) and the response.
+async fn upgrade(proxy: SocketAddr, url: &str, host: &str) -> (RawClient, raw::RawResponse) {
+    let mut s = RawClient::connect(proxy).await.unwrap();
     let req = format!(
         "GET {url} HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
     );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let (head, rest) = read_head(&mut s, PATIENCE).await;
-    (s, head, rest)
+    s.send(req.as_bytes()).await.unwrap();
+    let r = s.read_response("GET", PATIENCE).await.unwrap();
+    (s, r)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_websocket_upgrade_through_an_absolute_form_request_is_bridged() {
     let ip = unique_loopback();
-    let (ws, seen) = raw_server(ip, upgrading).await;
-    let config = service("ws.example.com", 80, "HTTP", ws)
-        + &service("wsvs.example.com", 80, "HTTP", ws)
+    let ws = backend(ip, upgrading);
+    let config = service("ws.example.com", 80, "HTTP", ws.addr())
+        + &service("wsvs.example.com", 80, "HTTP", ws.addr())
         + &hyper_path_rule("wsvs.example.com");
     let mut proxy = Proxy::start(&config, &[]).await;
 
     for host in ["ws.example.com", "wsvs.example.com"] {
-        let (mut s, head, rest) = upgrade(proxy.addr(), &format!("http://{host}/chat"), host).await;
-        assert_eq!(status(&head), 101, "{host}: {head}");
-        assert!(rest.is_empty(), "{host}: bytes after the 101: {rest:?}");
-        assert_eq!(header(&head, "upgrade"), Some("websocket"), "{head}");
+        let (mut s, r) = upgrade(proxy.addr(), &format!("http://{host}/chat"), host).await;
+        assert_eq!(r.status, 101, "{host}: {r:?}");
+        assert!(
+            s.buffered().is_empty(),
+            "{host}: bytes after the 101: {:?}",
+            s.buffered()
+        );
+        assert_eq!(r.header("upgrade"), Some("websocket"), "{r:?}");
         for message in [&b"first frame"[..], b"second, after the first came back"] {
-            s.write_all(message).await.unwrap();
-            assert_eq!(read_exact(&mut s, message.len()).await, message, "{host}");
+            s.send(message).await.unwrap();
+            assert_eq!(s.read_exact(message.len(), PATIENCE).await.unwrap(), message, "{host}");
         }
-        s.shutdown().await.unwrap();
-        let (rest, closed) = read_until_closed(&mut s, PATIENCE).await;
-        assert!(closed && rest.is_empty(), "{host}: {rest:?}");
+        s.stream().shutdown().await.unwrap();
+        assert!(closes_clean(&mut s).await, "{host}: the upgraded connection stays open");
     }
-    let heads: Vec<String> = seen
-        .lock()
-        .unwrap()
+    assert!(ws.errors().is_empty(), "{}", ws.describe());
+    let heads: Vec<String> = ws
+        .requests()
         .iter()
-        .map(|r| text(r).to_ascii_lowercase())
+        .map(|r| text(&r.raw).to_ascii_lowercase())
         .collect();
     assert_eq!(heads.len(), 2, "{heads:?}");
     for head in &heads {
@@ -619,14 +484,14 @@ async fn a_websocket_upgrade_through_an_absolute_form_request_is_bridged() {
     assert_eq!(entry["bytes_sent"], entry["bytes_received"], "an echo: {entry}");
 
     // REGISTRY_ONLY still applies: an upgrade to a host outside the registry goes nowhere.
-    let (_s, head, _) = upgrade(
+    let (_s, r) = upgrade(
         proxy.addr(),
         "http://elsewhere.example.com/chat",
         "elsewhere.example.com",
     )
     .await;
-    assert_eq!(status(&head), 502, "{head}");
-    assert_eq!(seen.lock().unwrap().len(), 2);
+    assert_eq!(r.status, 502, "{r:?}");
+    assert_eq!(ws.requests().len(), 2);
     assert_eq!(proxy.stat("tunnels_total").await, 2);
     proxy.assert_healthy();
 }
@@ -663,11 +528,11 @@ async fn connect_to_an_http_port_routes_and_logs_each_request() {
 
     // Raw: several requests on one tunnel, each routed on its own.
     let mut s = connect_tunnel(proxy.addr(), "web.example.com:80").await;
-    s.write_all(b"GET /one HTTP/1.1\r\nHost: web.example.com\r\n\r\n")
+    s.send(b"GET /one HTTP/1.1\r\nHost: web.example.com\r\n\r\n")
         .await
         .unwrap();
-    let (head, _) = read_head(&mut s, PATIENCE).await;
-    assert_eq!(status(&head), 200, "{head}");
+    let r = s.read_response("GET", PATIENCE).await.unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
     let seen = web.last().unwrap();
     assert_eq!(
         (seen.path.as_str(), seen.host.as_deref()),
@@ -675,9 +540,9 @@ async fn connect_to_an_http_port_routes_and_logs_each_request() {
     );
 
     // A request that names no host goes to the CONNECT target.
-    s.write_all(b"GET /two HTTP/1.1\r\n\r\n").await.unwrap();
-    let (head, _) = read_head(&mut s, PATIENCE).await;
-    assert_eq!(status(&head), 200, "{head}");
+    s.send(b"GET /two HTTP/1.1\r\n\r\n").await.unwrap();
+    let r = s.read_response("GET", PATIENCE).await.unwrap();
+    assert_eq!(r.status, 200, "{r:?}");
     let seen = web.last().unwrap();
     assert_eq!(seen.path, "/two");
     assert!(
@@ -686,11 +551,11 @@ async fn connect_to_an_http_port_routes_and_logs_each_request() {
     );
 
     // A request for a host outside the registry is refused, as on the listener itself.
-    s.write_all(b"GET /three HTTP/1.1\r\nHost: blocked.example.com\r\n\r\n")
+    s.send(b"GET /three HTTP/1.1\r\nHost: blocked.example.com\r\n\r\n")
         .await
         .unwrap();
-    let (head, _) = read_head(&mut s, PATIENCE).await;
-    assert_eq!(status(&head), 502, "REGISTRY_ONLY applies inside the tunnel: {head}");
+    let r = s.read_response("GET", PATIENCE).await.unwrap();
+    assert_eq!(r.status, 502, "REGISTRY_ONLY applies inside the tunnel: {r:?}");
     assert_eq!(web.requests(), 3, "the refused request never reached the upstream");
     let entry = proxy.log_entry("the refused request", |v| v["path"] == "/three").await;
     assert_eq!(entry["response_flags"], "NR", "{entry}");
@@ -715,8 +580,8 @@ async fn a_tunnel_that_starts_with_change_cipher_spec_is_refused() {
     // A ClientHello first, naming the CONNECT target: relayed.
     let hello = client_hello("tcp.example.com");
     let mut s = connect_tunnel(proxy.addr(), "tcp.example.com:9000").await;
-    s.write_all(&hello).await.unwrap();
-    assert_eq!(read_exact(&mut s, hello.len()).await, hello);
+    s.send(&hello).await.unwrap();
+    assert_eq!(s.read_exact(hello.len(), PATIENCE).await.unwrap(), hello);
     drop(s);
 
     // A ChangeCipherSpec record first hides the ClientHello (and its SNI, another host) from
@@ -724,8 +589,8 @@ async fn a_tunnel_that_starts_with_change_cipher_spec_is_refused() {
     let mut attack = vec![0x14, 0x03, 0x03, 0x00, 0x01, 0x01];
     attack.extend_from_slice(&client_hello("evil.example.com"));
     let mut s = connect_tunnel(proxy.addr(), "tcp.example.com:9000").await;
-    s.write_all(&attack).await.unwrap();
-    let (back, closed) = read_until_closed(&mut s, PATIENCE).await;
+    s.send(&attack).await.unwrap();
+    let (back, closed) = s.read_for(PATIENCE).await;
     assert!(closed, "the tunnel stayed open");
     assert!(
         find(&back, &attack[6..]).is_none(),

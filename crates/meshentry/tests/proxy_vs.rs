@@ -8,12 +8,12 @@
 
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use meshentry_testutil::{HttpUpstream, eventually, unique_loopback};
+use meshentry_testutil::{HttpUpstream, Proxy, eventually, unique_loopback};
+
+const BIN: &str = env!("CARGO_BIN_EXE_meshentry");
 use serde_json::Value;
 
 struct Reply {
@@ -202,7 +202,7 @@ spec:
 }
 
 struct Setup {
-    proxy: support::Proxy,
+    proxy: Proxy,
     v1: HttpUpstream,
     v2: HttpUpstream,
     other: HttpUpstream,
@@ -213,26 +213,18 @@ async fn setup() -> Setup {
     let v1 = HttpUpstream::start(at(unique_loopback()), "v1");
     let v2 = HttpUpstream::start(at(unique_loopback()), "v2");
     let other = HttpUpstream::start(at(unique_loopback()), "other");
-    let dns = format!("{}:53", unique_loopback());
-    let proxy = support::start_proxy(
-        &config(v1.addr(), v2.addr(), other.addr()),
-        &[
-            "--outbound-policy",
-            "REGISTRY_ONLY",
-            "--dns-server",
-            &dns,
-            "--workers",
-            "2",
-        ],
-    )
-    .await;
+    let proxy = Proxy::builder(BIN)
+        .config(config(v1.addr(), v2.addr(), other.addr()))
+        .args(["--outbound-policy", "REGISTRY_ONLY", "--workers", "2"])
+        .start()
+        .await;
     Setup { proxy, v1, v2, other }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn matches_pick_the_rule_and_nothing_matching_is_404() {
     let s = setup().await;
-    let p = s.proxy.addr;
+    let p = s.proxy.http();
     // Header match wins over the later rules.
     let r = curl(p, &["-H", "x-user: jason", "http://web.example.com/split/1"]);
     assert_eq!((r.status, r.header("x-upstream")), (200, Some("other")), "{}", r.body);
@@ -292,7 +284,7 @@ async fn weighted_split_over_a_thousand_requests() {
     // One curl, one keep-alive connection, N requests (URL globbing).
     let out = meshentry_testutil::curl_command()
         .args(["-sS", "--max-time", "120", "-o", "/dev/null", "-x"])
-        .arg(format!("http://{}", s.proxy.addr))
+        .arg(format!("http://{}", s.proxy.http()))
         .arg(format!("http://web.example.com/split/[1-{N}]"))
         .output()
         .unwrap();
@@ -307,7 +299,7 @@ async fn weighted_split_over_a_thousand_requests() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redirect_rewrite_and_header_edits() {
     let s = setup().await;
-    let p = s.proxy.addr;
+    let p = s.proxy.http();
     let r = curl(p, &["http://web.example.com/old/page?a=1"]);
     assert_eq!(r.status, 301);
     assert_eq!(r.header("location"), Some("http://new.example.com/new?a=1"));
@@ -327,7 +319,7 @@ async fn redirect_rewrite_and_header_edits() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn faults_abort_and_delay() {
     let s = setup().await;
-    let p = s.proxy.addr;
+    let p = s.proxy.http();
     let r = curl(p, &["http://web.example.com/abort"]);
     assert_eq!(r.status, 418);
     assert_eq!(r.header("x-meshentry-response-flags"), Some("FI"));
@@ -342,7 +334,7 @@ async fn faults_abort_and_delay() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_and_timeouts() {
     let s = setup().await;
-    let p = s.proxy.addr;
+    let p = s.proxy.http();
     // Fails twice, then succeeds: the third try answers.
     let r = curl(p, &["http://web.example.com/fail/2/a"]);
     assert_eq!(r.status, 200, "{}", r.body);
@@ -366,7 +358,7 @@ async fn retries_and_timeouts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mirror_sends_a_copy_and_ignores_its_answer() {
     let s = setup().await;
-    let r = curl(s.proxy.addr, &["http://web.example.com/mirror/1"]);
+    let r = curl(s.proxy.http(), &["http://web.example.com/mirror/1"]);
     assert_eq!((r.status, r.header("x-upstream")), (200, Some("v1")));
     eventually(Duration::from_secs(5), || async { s.other.requests() == 1 }).await;
     let copy = s.other.last().unwrap();
@@ -439,13 +431,12 @@ async fn delegate_virtual_service_and_regex_rewrite() {
     let at = |ip| SocketAddr::new(IpAddr::V4(ip), 0);
     let one = HttpUpstream::start(at(unique_loopback()), "one");
     let two = HttpUpstream::start(at(unique_loopback()), "two");
-    let dns = format!("{}:53", unique_loopback());
-    let proxy = support::start_proxy(
-        &delegate_config(one.addr(), two.addr()),
-        &["--outbound-policy", "REGISTRY_ONLY", "--dns-server", &dns],
-    )
-    .await;
-    let p = proxy.addr;
+    let proxy = Proxy::builder(BIN)
+        .config(delegate_config(one.addr(), two.addr()))
+        .args(["--outbound-policy", "REGISTRY_ONLY"])
+        .start()
+        .await;
+    let p = proxy.http();
     let r = curl(p, &["http://a.example.com/api/v1/users"]);
     assert_eq!((r.status, r.header("x-upstream")), (200, Some("one")), "{}", r.body);
     assert_eq!(r.json()["uri"], "/api/v1/users");

@@ -5,25 +5,12 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
-use std::process::Command;
 
-use meshentry_testutil::{HttpUpstream, unique_loopback};
-
-mod support;
+use meshentry_testutil::{HttpUpstream, Proxy, curl_command, unique_loopback};
 
 fn curl(proxy: SocketAddr, url: &str) -> (u16, String) {
-    let out = Command::new("curl")
-        .args([
-            "-q",
-            "-s",
-            "-w",
-            "\n%{http_code}",
-            "-x",
-            &format!("http://{proxy}"),
-            url,
-        ])
-        .env_remove("http_proxy")
-        .env_remove("HTTP_PROXY")
+    let out = curl_command()
+        .args(["-s", "-w", "\n%{http_code}", "-x", &format!("http://{proxy}"), url])
         .output()
         .expect("curl is not installed: install curl (apt-get install curl; scripts/test does this)");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -42,8 +29,12 @@ async fn quickstart_routes_web_internal_and_refuses_the_rest() {
     let yaml = yaml.replace("address: 127.0.0.1", &format!("address: {ip}"));
     let web = HttpUpstream::start(SocketAddr::new(IpAddr::V4(ip), 8000), "quickstart-web");
 
-    let running = support::start_proxy(&yaml, &["--outbound-policy", "REGISTRY_ONLY"]).await;
-    let proxy = running.addr;
+    let running = Proxy::builder(env!("CARGO_BIN_EXE_meshentry"))
+        .config(&yaml)
+        .args(["--outbound-policy", "REGISTRY_ONLY"])
+        .start()
+        .await;
+    let proxy = running.http();
 
     let (status, body) = tokio::task::spawn_blocking(move || curl(proxy, "http://web.internal/"))
         .await
@@ -65,8 +56,8 @@ async fn quickstart_routes_web_internal_and_refuses_the_rest() {
     // The admin's config dump shows the route that was taken.
     let admin = running.admin;
     let dump = tokio::task::spawn_blocking(move || {
-        let out = Command::new("curl")
-            .args(["-q", "-s", &format!("http://{admin}/config_dump")])
+        let out = curl_command()
+            .args(["-s", &format!("http://{admin}/config_dump")])
             .output()
             .unwrap();
         String::from_utf8(out.stdout).unwrap()

@@ -5,13 +5,11 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
 
-use meshentry_testutil::{ProxyProcess, closed_port, eventually, unique_loopback};
+use meshentry_testutil::{Proxy, closed_port, eventually, raw, unique_loopback};
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const BIN: &str = env!("CARGO_BIN_EXE_meshentry");
 const PATIENCE: Duration = Duration::from_secs(10);
@@ -69,10 +67,9 @@ fn version_names_the_build_and_the_istio_apis_in_text_and_json() {
 
 /// A proxy whose one service refuses connections (so a request to it logs a debug line in
 /// `meshentry_proxy`), started with `args` and `env`.
-async fn proxy(args: &[&str], env: &[(&str, &str)]) -> (ProxyProcess, SocketAddr, SocketAddr, tempfile::TempDir) {
+async fn proxy(args: &[&str], env: &[(&str, &str)]) -> Proxy {
     let ip = unique_loopback();
     let dead = closed_port(ip);
-    let dir = tempfile::tempdir().unwrap();
     let yaml = format!(
         "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata:\n  name: dead\nspec:\n  hosts: [dead.test]\n\
          \x20 resolution: STATIC\n  ports:\n  - {{number: 80, name: http, protocol: HTTP}}\n\
@@ -80,56 +77,21 @@ async fn proxy(args: &[&str], env: &[(&str, &str)]) -> (ProxyProcess, SocketAddr
         dead.ip(),
         dead.port()
     );
-    std::fs::write(dir.path().join("c.yaml"), yaml).unwrap();
-    let http = SocketAddr::new(ip.into(), 15080);
-    let admin = SocketAddr::new(ip.into(), 15000);
-    let mut all: Vec<String> = [
-        "proxy",
-        "--config",
-        &dir.path().display().to_string(),
-        "--http-proxy",
-        &http.to_string(),
-        "--admin",
-        &admin.to_string(),
-        "--outbound",
-        "off",
-        "--outbound-policy",
-        "REGISTRY_ONLY",
-        "--dns-server",
-        &format!("{ip}:53"),
-        "--workers",
-        "1",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    all.extend(args.iter().map(|s| s.to_string()));
     // An empty RUST_LOG counts as unset, so the flag decides unless the test sets one.
-    let mut vars: Vec<(&str, &str)> = vec![("RUST_LOG", "")];
-    vars.extend_from_slice(env);
-    let mut p = ProxyProcess::spawn(BIN, &all, vars);
-    p.wait_listening(admin, PATIENCE).await;
-    (p, http, admin, dir)
-}
-
-async fn get(addr: SocketAddr, request: &str) -> String {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(request.as_bytes()).await.unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    out
+    let builder = Proxy::builder(BIN)
+        .ip(ip)
+        .file("c.yaml", yaml)
+        .outbound_off()
+        .args(["--outbound-policy", "REGISTRY_ONLY", "--workers", "1"])
+        .args(args.iter().copied())
+        .env("RUST_LOG", "");
+    env.iter().fold(builder, |b, (k, v)| b.env(k, v)).start().await
 }
 
 #[tokio::test]
 async fn server_info_reports_the_same_build_as_meshentry_version() {
-    let (_p, _, admin, _dir) = proxy(&[], &[]).await;
-    let resp = get(
-        admin,
-        "GET /server_info HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
-    )
-    .await;
-    let body = &resp[resp.find("\r\n\r\n").unwrap() + 4..];
-    let info: Value = serde_json::from_str(body).unwrap();
+    let p = proxy(&[], &[]).await;
+    let info = p.admin_json("/server_info").await;
     let version: Value = serde_json::from_slice(&meshentry(&["version", "--output", "json"], &[]).stdout).unwrap();
     assert_eq!(info["version"], version["version"]);
     assert_eq!(info["build"], version);
@@ -142,31 +104,33 @@ const CONNECT_FAILED: &str = "upstream connect failed";
 
 /// Sends one request for the dead service (a 503) and returns the proxy's stderr once the
 /// request's own info line (from `meshentry_proxy::h1`) or a grace period has passed.
-async fn stderr_after_a_request(p: &ProxyProcess, http: SocketAddr) -> String {
-    let resp = get(
-        http,
-        "GET http://dead.test/ HTTP/1.1\r\nHost: dead.test\r\nConnection: close\r\n\r\n",
+async fn stderr_after_a_request(p: &Proxy) -> String {
+    let resp = raw::exchange(
+        p.http(),
+        b"GET http://dead.test/ HTTP/1.1\r\nHost: dead.test\r\nConnection: close\r\n\r\n",
+        PATIENCE,
     )
-    .await;
-    assert!(resp.starts_with("HTTP/1.1 503"), "{resp}");
+    .await
+    .unwrap();
+    assert!(resp.raw.starts_with(b"HTTP/1.1 503"), "{resp:?}");
     p.stderr()
 }
 
 #[tokio::test]
 async fn log_level_sets_the_default_and_rust_log_overrides_it_per_module() {
     // --log-level warn: no info lines, no debug lines.
-    let (p, http, _, _d1) = proxy(&["--log-level", "warn"], &[]).await;
-    let err = stderr_after_a_request(&p, http).await;
+    let p = proxy(&["--log-level", "warn"], &[]).await;
+    let err = stderr_after_a_request(&p).await;
     assert!(!err.contains(STARTED), "info logged at --log-level warn:\n{err}");
     assert!(!err.contains(CONNECT_FAILED), "{err}");
 
     // RUST_LOG overrides the flag.
-    let (p, _, _, _d2) = proxy(&["--log-level", "warn"], &[("RUST_LOG", "info")]).await;
+    let p = proxy(&["--log-level", "warn"], &[("RUST_LOG", "info")]).await;
     eventually(PATIENCE, || async { p.stderr().contains(STARTED) }).await;
 
     // Per-module: the proxy crate at debug, the binary at warn.
-    let (p, http, _, _d3) = proxy(&[], &[("RUST_LOG", "warn,meshentry_proxy=debug")]).await;
-    let _ = stderr_after_a_request(&p, http).await;
+    let p = proxy(&[], &[("RUST_LOG", "warn,meshentry_proxy=debug")]).await;
+    let _ = stderr_after_a_request(&p).await;
     eventually(PATIENCE, || async { p.stderr().contains(CONNECT_FAILED) }).await;
     let err = p.stderr();
     assert!(
@@ -175,8 +139,8 @@ async fn log_level_sets_the_default_and_rust_log_overrides_it_per_module() {
     );
 
     // The same per-module directives work in the flag.
-    let (p, http, _, _d4) = proxy(&["--log-level", "warn,meshentry_proxy=debug"], &[]).await;
-    let _ = stderr_after_a_request(&p, http).await;
+    let p = proxy(&["--log-level", "warn,meshentry_proxy=debug"], &[]).await;
+    let _ = stderr_after_a_request(&p).await;
     eventually(PATIENCE, || async { p.stderr().contains(CONNECT_FAILED) }).await;
 }
 
