@@ -27,9 +27,7 @@ use crate::rt::shared::{ConnGuard, Shared};
 use crate::serve::ctx::{ConnCtx, Transparent};
 use crate::serve::h1::Rewind;
 use crate::serve::record::TcpConn;
-
-/// TLS alert `access_denied` (RFC 8446 6.2), sent to a TLS client that REGISTRY_ONLY refuses.
-const ALERT_ACCESS_DENIED: u8 = 49;
+use crate::wire::alert;
 
 /// Accepts redirected connections until `shutdown` turns true.
 pub async fn serve_outbound(listener: TcpListener, shared: Arc<Shared>, shutdown: watch::Receiver<bool>) {
@@ -149,9 +147,7 @@ async fn handle(stream: TcpStream, peer: SocketAddr, local: Option<SocketAddr>, 
                 "blocked by REGISTRY_ONLY: destination is not in the service registry"
             );
             if matches!(detected, Some(Detected::Tls { .. })) {
-                let _ = stream
-                    .write_all(&[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, ALERT_ACCESS_DENIED])
-                    .await;
+                let _ = stream.write_all(&alert::fatal(alert::ACCESS_DENIED)).await;
             }
             let _ = stream.shutdown().await;
             return;

@@ -498,39 +498,67 @@ fn listener_kind(protocol: &str, tls: Option<&ServerTlsSettings>, config: &Proxy
     }
 }
 
+/// Why a terminating server's TLS could not be set up (or reloaded).
+#[derive(Debug, thiserror::Error)]
+pub enum ServerTlsError {
+    #[error(
+        "ISTIO_MUTUAL needs this proxy's mesh identity: start it with --cert, --key and --ca (meshentry ca issue writes them)"
+    )]
+    NoIdentity,
+    #[error(
+        "credentialName {names:?} names a Kubernetes secret, which meshentry cannot read; give the files in serverCertificate and privateKey{and_ca}"
+    )]
+    CredentialName { names: String, and_ca: &'static str },
+    #[error("serverCertificate and privateKey (file paths) are required")]
+    NoFiles,
+    #[error("MUTUAL needs caCertificates (the CA client certificates must chain to)")]
+    NoClientCa,
+    #[error(transparent)]
+    File(#[from] crate::model::tls::ConfigError),
+    #[error("private key {}: {source}", path.display())]
+    Key { path: PathBuf, source: rustls::Error },
+    #[error("CA certificates {}: {source}", path.display())]
+    Ca { path: PathBuf, source: rustls::Error },
+    #[error("client certificate verifier: {0}")]
+    Verifier(#[source] rustls::server::VerifierBuilderError),
+    #[error("{} and {}: the certificate and the private key do not match", cert.display(), key.display())]
+    Mismatch { cert: PathBuf, key: PathBuf },
+    #[error("{}: {source}", path.display())]
+    Cert { path: PathBuf, source: rustls::Error },
+    #[error("{0}")]
+    Rustls(#[source] rustls::Error),
+}
+
 /// The TLS of a terminating server: its files (SIMPLE, MUTUAL, OPTIONAL_MUTUAL), or the proxy's
 /// mesh identity (ISTIO_MUTUAL).
-pub fn server_tls(tls: &ServerTlsSettings, config: &ProxyConfig) -> Result<ServerTls, String> {
+pub fn server_tls(tls: &ServerTlsSettings, config: &ProxyConfig) -> Result<ServerTls, ServerTlsError> {
     let (cert, key, ca, require) = match tls.mode {
         ServerTlsMode::IstioMutual => {
-            let id = config.identity.as_ref().ok_or(
-                "ISTIO_MUTUAL needs this proxy's mesh identity: start it with --cert, --key and --ca (meshentry ca issue writes them)",
-            )?;
+            let id = config.identity.as_ref().ok_or(ServerTlsError::NoIdentity)?;
             (id.cert.clone(), id.key.clone(), Some(id.ca.clone()), true)
         }
         mode => {
             if !tls.credential_name.is_empty() || !tls.credential_names.is_empty() {
-                return Err(format!(
-                    "credentialName {:?} names a Kubernetes secret, which meshentry cannot read; give the files in serverCertificate and privateKey{}",
-                    if tls.credential_name.is_empty() {
+                return Err(ServerTlsError::CredentialName {
+                    names: if tls.credential_name.is_empty() {
                         tls.credential_names.join(",")
                     } else {
                         tls.credential_name.clone()
                     },
-                    if mode == ServerTlsMode::Simple {
+                    and_ca: if mode == ServerTlsMode::Simple {
                         ""
                     } else {
                         " (and caCertificates)"
-                    }
-                ));
+                    },
+                });
             }
             if tls.server_certificate.is_empty() || tls.private_key.is_empty() {
-                return Err("serverCertificate and privateKey (file paths) are required".into());
+                return Err(ServerTlsError::NoFiles);
             }
             let ca = (!tls.ca_certificates.is_empty()).then(|| tls.ca_certificates.clone().into());
             match mode {
                 ServerTlsMode::Mutual if ca.is_none() => {
-                    return Err("MUTUAL needs caCertificates (the CA client certificates must chain to)".into());
+                    return Err(ServerTlsError::NoClientCa);
                 }
                 ServerTlsMode::Mutual => (
                     tls.server_certificate.clone().into(),
@@ -595,7 +623,7 @@ impl fmt::Debug for ServerTls {
 }
 
 impl ServerTls {
-    fn new(files: ServerFiles) -> Result<ServerTls, String> {
+    fn new(files: ServerFiles) -> Result<ServerTls, ServerTlsError> {
         let watch = FileWatch::new(files.paths());
         let config = build_server_config(&files)?;
         Ok(ServerTls {
@@ -614,7 +642,7 @@ impl ServerTls {
     /// of each; they are read only then). On a broken file, or a certificate and key that do
     /// not match (half-way through a rotation), the configuration in force stays and the error
     /// is returned; it is not retried until a file changes again. `Ok(true)`: reloaded.
-    pub fn reload_if_changed(&self) -> Result<bool, String> {
+    pub fn reload_if_changed(&self) -> Result<bool, ServerTlsError> {
         if !self.watch.changed() {
             return Ok(false);
         }
@@ -631,28 +659,32 @@ impl ServerFiles {
     }
 }
 
-fn build_server_config(files: &ServerFiles) -> Result<Arc<ServerConfig>, String> {
+fn build_server_config(files: &ServerFiles) -> Result<Arc<ServerConfig>, ServerTlsError> {
     let (cert, key, client_ca, require) = (&files.cert, &files.key, files.client_ca.as_deref(), files.require);
-    let chain = load_certs("server certificate", cert).map_err(|e| e.to_string())?;
+    let chain = load_certs("server certificate", cert)?;
     let key_path = key;
-    let key = load_key(key_path).map_err(|e| e.to_string())?;
+    let key = load_key(key_path)?;
     let provider = provider();
     // Parsed once more by `with_single_cert`; done here first so that the error names the key
     // file rather than the certificate (reloads are rare, the cost is nothing).
     provider
         .key_provider
         .load_private_key(key.clone_key())
-        .map_err(|e| format!("private key {}: {e}", key_path.display()))?;
+        .map_err(|source| ServerTlsError::Key {
+            path: key_path.clone(),
+            source,
+        })?;
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?;
+        .map_err(ServerTlsError::Rustls)?;
     let builder = match client_ca {
         Some(ca) => {
             let mut roots = RootCertStore::empty();
-            for c in load_certs("CA certificates", ca).map_err(|e| e.to_string())? {
-                roots
-                    .add(c)
-                    .map_err(|e| format!("CA certificates {}: {e}", ca.display()))?;
+            for c in load_certs("CA certificates", ca)? {
+                roots.add(c).map_err(|source| ServerTlsError::Ca {
+                    path: ca.to_path_buf(),
+                    source,
+                })?;
             }
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
             let verifier = if require {
@@ -660,19 +692,21 @@ fn build_server_config(files: &ServerFiles) -> Result<Arc<ServerConfig>, String>
             } else {
                 verifier.allow_unauthenticated().build()
             }
-            .map_err(|e| format!("client certificate verifier: {e}"))?;
+            .map_err(ServerTlsError::Verifier)?;
             builder.with_client_cert_verifier(verifier)
         }
         None => builder.with_no_client_auth(),
     };
     let mut config = builder.with_single_cert(chain, key).map_err(|e| match e {
         // Expected for a moment when a rotation replaces the two files one at a time.
-        rustls::Error::InconsistentKeys(_) => format!(
-            "{} and {}: the certificate and the private key do not match",
-            cert.display(),
-            key_path.display()
-        ),
-        e => format!("{}: {e}", cert.display()),
+        rustls::Error::InconsistentKeys(_) => ServerTlsError::Mismatch {
+            cert: cert.clone(),
+            key: key_path.clone(),
+        },
+        source => ServerTlsError::Cert {
+            path: cert.clone(),
+            source,
+        },
     })?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
@@ -857,26 +891,34 @@ spec:
     fn terminating_servers_need_files_or_an_identity() {
         let tls = |yaml: &str| -> ServerTlsSettings { serde_json::from_str(yaml).unwrap() };
         let config = ProxyConfig::default();
-        let err = server_tls(&tls(r#"{"mode": "SIMPLE", "credentialName": "c"}"#), &config).unwrap_err();
+        let err = server_tls(&tls(r#"{"mode": "SIMPLE", "credentialName": "c"}"#), &config)
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("credentialName \"c\"") && err.contains("serverCertificate"),
             "{err}"
         );
-        let err = server_tls(&tls(r#"{"mode": "SIMPLE"}"#), &config).unwrap_err();
+        let err = server_tls(&tls(r#"{"mode": "SIMPLE"}"#), &config)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("serverCertificate and privateKey"), "{err}");
         let err = server_tls(
             &tls(r#"{"mode": "MUTUAL", "serverCertificate": "/c", "privateKey": "/k"}"#),
             &config,
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("caCertificates"), "{err}");
-        let err = server_tls(&tls(r#"{"mode": "ISTIO_MUTUAL"}"#), &config).unwrap_err();
+        let err = server_tls(&tls(r#"{"mode": "ISTIO_MUTUAL"}"#), &config)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("--cert"), "{err}");
         let err = server_tls(
             &tls(r#"{"mode": "SIMPLE", "serverCertificate": "/nonexistent/c.pem", "privateKey": "/k"}"#),
             &config,
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("/nonexistent/c.pem"), "{err}");
     }
 

@@ -26,6 +26,7 @@ use crate::obs::telemetry::{Routed, note};
 use crate::route::{self, Decision};
 use crate::serve::ctx::{ConnCtx, ResponseBody};
 use crate::serve::record::TcpConn;
+use crate::wire::alert;
 
 /// What the tunnel was opened for.
 pub struct Target {
@@ -36,11 +37,6 @@ pub struct Target {
     /// For logs.
     pub cluster: String,
 }
-
-/// TLS alert descriptions we send when refusing (RFC 8446 6.2).
-const ALERT_ACCESS_DENIED: u8 = 49;
-const ALERT_DECODE_ERROR: u8 = 50;
-const ALERT_UNRECOGNIZED_NAME: u8 = 112;
 
 /// Relays between `client` and `upstream` until both sides are done; `tcp` records it.
 pub async fn run<C>(client: C, upstream: Stream, ctx: &ConnCtx, target: &Target, tcp: &mut TcpConn)
@@ -85,7 +81,7 @@ fn screen(first: &Detected, ctx: &ConnCtx, target: &Target) -> Screen {
                 peer = %ctx.peer, connect = %target.host, port = target.port, sni = %sni,
                 "tunnel refused: the TLS server name differs from the CONNECT target"
             );
-            Screen::Refuse(Flags::NR, Some(ALERT_UNRECOGNIZED_NAME))
+            Screen::Refuse(Flags::NR, Some(alert::UNRECOGNIZED_NAME))
         }
         Detected::Tls { .. } => Screen::Relay,
         // Includes a TLS record other than a handshake first (a ChangeCipherSpec): it would hide
@@ -93,7 +89,7 @@ fn screen(first: &Detected, ctx: &ConnCtx, target: &Target) -> Screen {
         Detected::BadTls(reason) => {
             shared.stats.bad_tunnel_traffic.fetch_add(1, Ordering::Relaxed);
             tracing::info!(peer = %ctx.peer, host = %target.host, port = target.port, reason, "tunnel refused: malformed TLS ClientHello");
-            Screen::Refuse(Flags::DPE, Some(ALERT_DECODE_ERROR))
+            Screen::Refuse(Flags::DPE, Some(alert::DECODE_ERROR))
         }
         Detected::Http1 | Detected::H2c | Detected::Other | Detected::Nothing if target.expects_tls => {
             shared.stats.bad_tunnel_traffic.fetch_add(1, Ordering::Relaxed);
@@ -115,7 +111,7 @@ where
 {
     tcp.refused(flags, "");
     if let Some(desc) = alert {
-        let _ = client.write_all(&[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, desc]).await;
+        let _ = client.write_all(&alert::fatal(desc)).await;
     }
     let _ = client.shutdown().await;
 }
@@ -281,7 +277,7 @@ pub(crate) async fn route_first_bytes<C>(
         Ok(Decision::Blocked) => {
             shared.stats.blocked.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(peer = %ctx.peer, host = %target.host, port, "tunnel refused: blocked by REGISTRY_ONLY");
-            refuse(client, &mut tcp, Flags::NR, tls_alert(&first, ALERT_ACCESS_DENIED)).await;
+            refuse(client, &mut tcp, Flags::NR, tls_alert(&first, alert::ACCESS_DENIED)).await;
             return;
         }
         Ok(d) => d,
@@ -290,7 +286,7 @@ pub(crate) async fn route_first_bytes<C>(
                 peer = %ctx.peer, host = %target.host, port, sni, vs = missing.vs, reason = missing.reason,
                 "tunnel refused: the VirtualService routes to a missing destination"
             );
-            refuse(client, &mut tcp, Flags::NR, tls_alert(&first, ALERT_ACCESS_DENIED)).await;
+            refuse(client, &mut tcp, Flags::NR, tls_alert(&first, alert::ACCESS_DENIED)).await;
             return;
         }
     };
