@@ -15,7 +15,7 @@ use crate::base::config::OutboundPolicy;
 use crate::model::cluster::{Cluster, HostAddr};
 use crate::model::dns::Dns;
 use crate::model::snapshot::Snapshot;
-use crate::model::vs::Target;
+use crate::model::vs::{HttpRoutes, Target};
 use meshentry_wire::detect::Detected;
 
 /// Where a destination goes.
@@ -391,6 +391,66 @@ pub fn find_service<'s>(snap: &'s Snapshot, host: &str, port: u32) -> Option<(&'
         }
     }
     best.and_then(|(s, _)| s.port(port).map(|p| (s, p)))
+}
+
+/// The destination a request names, as its listener gives it.
+#[derive(Clone, Copy, Debug)]
+pub enum Asked<'a> {
+    /// The explicit proxy: the `host:port` of the absolute URI or the Host header, if any.
+    Explicit(Option<(&'a str, u16)>),
+    /// A captured connection: the Host's name, if any (its port does not matter, C3), and the
+    /// original destination, with its address as text (`dst_ip`): the name a request without
+    /// a Host goes by.
+    Captured {
+        host: Option<&'a str>,
+        dst: SocketAddr,
+        dst_ip: &'a str,
+    },
+}
+
+/// Where an HTTP request goes, decided before anything is sent. The fast path and the hyper
+/// path, explicit and captured, all take this one decision and only act on it differently.
+pub enum Resolution<'s, 'a> {
+    /// The explicit proxy was given no destination (400).
+    NoDestination,
+    /// The destination is this proxy itself: the request would loop (508).
+    Loop { host: &'a str, port: u16 },
+    /// The registry's decision for `host:port`, and the VirtualService rules that replace its
+    /// default route, if any (E4, E5).
+    To {
+        decision: Decision<'s>,
+        routes: Option<&'s HttpRoutes>,
+        host: &'a str,
+        port: u16,
+    },
+}
+
+/// Resolves a request's destination: refused when it names none or names this proxy
+/// (`is_self`; captured connections were checked when accepted), else routed.
+pub fn resolve<'s, 'a>(
+    snap: &'s Snapshot,
+    asked: Asked<'a>,
+    is_self: impl FnOnce(&str, u16) -> bool,
+) -> Resolution<'s, 'a> {
+    let (decision, host, port) = match asked {
+        Asked::Captured { host, dst, dst_ip } => {
+            (route_transparent(snap, host, dst), host.unwrap_or(dst_ip), dst.port())
+        }
+        Asked::Explicit(None) => return Resolution::NoDestination,
+        Asked::Explicit(Some((host, port))) => {
+            if is_self(host, port) {
+                return Resolution::Loop { host, port };
+            }
+            (route(snap, host, port), host, port)
+        }
+    };
+    let routes = snap.routes.http_for(decision.service_port(), host, port);
+    Resolution::To {
+        decision,
+        routes,
+        host,
+        port,
+    }
 }
 
 /// Splits `host[:port]` (IPv6 in brackets) with `default_port`.
@@ -825,5 +885,58 @@ spec:
         assert!(meshentry_registry::host::covers("*.bar.com", "foo.bar.com"));
         assert!(!meshentry_registry::host::covers("*.bar.com", "bar.com"));
         assert!(meshentry_registry::host::covers("*", "x"));
+    }
+
+    #[test]
+    fn every_http_path_resolves_a_request_the_same_way() {
+        let (snap, _dns) = snapshot(OutboundPolicy::RegistryOnly);
+        let never_self = |_: &str, _: u16| false;
+        assert!(matches!(
+            resolve(&snap, Asked::Explicit(None), never_self),
+            Resolution::NoDestination
+        ));
+        assert!(matches!(
+            resolve(&snap, Asked::Explicit(Some(("127.0.0.1", 15080))), |h, p| h
+                == "127.0.0.1"
+                && p == 15080),
+            Resolution::Loop {
+                host: "127.0.0.1",
+                port: 15080
+            }
+        ));
+        let Resolution::To {
+            decision,
+            routes,
+            host,
+            port,
+        } = resolve(&snap, Asked::Explicit(Some(("web.example.com", 80))), never_self)
+        else {
+            panic!("routed")
+        };
+        assert_eq!(
+            (decision.cluster_name(), host, port),
+            ("outbound|80||web.example.com", "web.example.com", 80)
+        );
+        assert!(routes.is_none());
+        // Captured without Host: the original destination's address is the name (for the
+        // VirtualService host match and the refusal), and its port the port.
+        let Resolution::To {
+            decision, host, port, ..
+        } = resolve(
+            &snap,
+            Asked::Captured {
+                host: None,
+                dst: dst("203.0.113.9:8080"),
+                dst_ip: "203.0.113.9",
+            },
+            |_, _| panic!("captured connections are checked when accepted"),
+        )
+        else {
+            panic!("routed")
+        };
+        assert_eq!(
+            (decision.cluster_name(), host, port),
+            ("BlackHoleCluster", "203.0.113.9", 8080)
+        );
     }
 }

@@ -36,7 +36,7 @@ use crate::net::forward::{Failover, Original, UpstreamError, UpstreamProtocol};
 use crate::net::pool::{self, Pool, Pooled};
 use crate::net::upstream::{self, Dial, Stream};
 use crate::obs::telemetry::{self, Routed, note};
-use crate::route::{self, Decision, split_host_port};
+use crate::route::{self, Decision, Resolution, split_host_port};
 use crate::rt::lifecycle::DrainWatch;
 use crate::rt::shared::{ConnGuard, Shared};
 use crate::serve::ctx::{
@@ -514,38 +514,41 @@ async fn exchange(conn: &mut Downstream, head: &Head, ctx: &ConnCtx) -> Next {
         return refuse(conn, shared, 508, &reason, None, skip).await;
     }
     let parsed = std::str::from_utf8(authority).ok().and_then(|a| split_host_port(a, 80));
-    let (decision, host, port) = match &ctx.transparent {
-        // Captured: the Host picks among the services on the original port; its own port
-        // does not matter (C3), and a missing Host leaves the destination to decide.
-        Some(t) => {
-            let host = parsed.map(|(h, _)| h);
-            let decision = route::route_transparent(&ctx.snapshot, host, t.dst);
-            (decision, host.unwrap_or(&t.dst_ip), t.dst.port())
+    let asked = match &ctx.transparent {
+        Some(t) => route::Asked::Captured {
+            host: parsed.map(|(h, _)| h),
+            dst: t.dst,
+            dst_ip: &t.dst_ip,
+        },
+        None => route::Asked::Explicit(parsed),
+    };
+    let (mut decision, routes, host, port) = match route::resolve(&ctx.snapshot, asked, |h, p| shared.is_self(h, p)) {
+        Resolution::NoDestination => {
+            let reason = "meshentry: the request names no destination (no absolute URI and no Host header)";
+            note(|o| {
+                o.bytes_received = content_length;
+                o.fail(Flags::DPE, "missing_host_header");
+            });
+            return refuse(conn, shared, 400, reason, None, skip).await;
         }
-        None => {
-            let Some((host, port)) = parsed else {
-                let reason = "meshentry: the request names no destination (no absolute URI and no Host header)";
-                note(|o| {
-                    o.bytes_received = content_length;
-                    o.fail(Flags::DPE, "missing_host_header");
-                });
-                return refuse(conn, shared, 400, reason, None, skip).await;
-            };
-            if shared.is_self(host, port) {
-                let reason = format!("meshentry: {host}:{port} is this proxy; the request would loop");
-                note(|o| {
-                    o.bytes_received = content_length;
-                    o.fail(Flags::NONE, "request_loop");
-                });
-                return refuse(conn, shared, 508, &reason, None, skip).await;
-            }
-            (route::route(&ctx.snapshot, host, port), host, port)
+        Resolution::Loop { host, port } => {
+            let reason = format!("meshentry: {host}:{port} is this proxy; the request would loop");
+            note(|o| {
+                o.bytes_received = content_length;
+                o.fail(Flags::NONE, "request_loop");
+            });
+            return refuse(conn, shared, 508, &reason, None, skip).await;
         }
+        Resolution::To {
+            decision,
+            routes,
+            host,
+            port,
+        } => (decision, routes, host, port),
     };
     // A VirtualService for the destination replaces its default route (E4, E5). Rules that
     // only pick a destination stay here; the hyper path does everything else.
-    let mut decision = decision;
-    if let Some(routes) = ctx.snapshot.routes.http_for(decision.service_port(), host, port) {
+    if let Some(routes) = routes {
         let view = H1View {
             buf,
             head,

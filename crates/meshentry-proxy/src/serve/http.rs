@@ -20,7 +20,7 @@ use crate::base::flags::Flags;
 use crate::net::body::ClientBody;
 use crate::net::forward::{self, Original};
 use crate::obs::telemetry::{Routed, note};
-use crate::route::{self, Decision, TunnelSni, split_host_port};
+use crate::route::{self, Decision, Resolution, TunnelSni, split_host_port};
 use crate::rt::shared::{ConnGuard, Shared};
 use crate::serve::ctx::*;
 use crate::serve::record::{HttpStart, Metered, TcpConn};
@@ -255,78 +255,64 @@ fn destination(req: &Request<Incoming>) -> Option<(String, u16, HeaderValue)> {
 }
 
 async fn forward_request(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<ResponseBody> {
-    if let Some(t) = &ctx.transparent {
-        return forward_transparent(req, ctx, t).await;
-    }
     let shared = &ctx.shared;
-    let Some((host, port, host_header)) = destination(&req) else {
-        note(|o| o.fail(Flags::DPE, "missing_host_header"));
-        shared.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
-        return local(
-            StatusCode::BAD_REQUEST,
-            "meshentry: the request names no destination (no absolute URI and no Host header)",
-        );
+    let dest = destination(&req);
+    let asked = match &ctx.transparent {
+        // Captured: the Host picks among the services on the original port (C3).
+        Some(t) => route::Asked::Captured {
+            host: dest.as_ref().map(|(h, _, _)| h.as_str()),
+            dst: t.dst,
+            dst_ip: &t.dst_ip,
+        },
+        None => route::Asked::Explicit(dest.as_ref().map(|(h, p, _)| (h.as_str(), *p))),
     };
-    if shared.is_self(&host, port) {
-        note(|o| o.fail(Flags::NONE, "request_loop"));
-        shared.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
-        return local(
-            StatusCode::LOOP_DETECTED,
-            &format!("meshentry: {host}:{port} is this proxy; the request would loop"),
-        );
-    }
-    let decision = route::route(&ctx.snapshot, &host, port);
+    let (decision, routes, host, port) = match route::resolve(&ctx.snapshot, asked, |h, p| shared.is_self(h, p)) {
+        Resolution::NoDestination => {
+            note(|o| o.fail(Flags::DPE, "missing_host_header"));
+            shared.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
+            return local(
+                StatusCode::BAD_REQUEST,
+                "meshentry: the request names no destination (no absolute URI and no Host header)",
+            );
+        }
+        Resolution::Loop { host, port } => {
+            note(|o| o.fail(Flags::NONE, "request_loop"));
+            shared.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
+            return local(
+                StatusCode::LOOP_DETECTED,
+                &format!("meshentry: {host}:{port} is this proxy; the request would loop"),
+            );
+        }
+        Resolution::To {
+            decision,
+            routes,
+            host,
+            port,
+        } => (decision, routes, host, port),
+    };
     note(|o| o.routed = Routed::of(&decision));
-    if let Some(routes) = ctx.snapshot.routes.http_for(decision.service_port(), &host, port) {
-        let original = Original { host: &host, port };
+    let host_header = match (&dest, &ctx.transparent) {
+        (Some((_, _, value)), _) => value.clone(),
+        // A captured request without Host goes by its original destination.
+        (None, Some(t)) => HeaderValue::from_str(&t.dst.to_string()).unwrap_or(HeaderValue::from_static("localhost")),
+        (None, None) => HeaderValue::from_static("localhost"),
+    };
+    let original = match &ctx.transparent {
+        Some(t) => t.original(),
+        None => Original { host, port },
+    };
+    if let Some(routes) = routes {
         return crate::serve::routed::handle(ctx, routes, req, host_header, &original, port).await;
     }
     let cluster = match &decision {
-        Decision::Blocked => return blocked(ctx, &host, port, StatusCode::BAD_GATEWAY),
+        Decision::Blocked => return blocked(ctx, host, port, StatusCode::BAD_GATEWAY),
         Decision::Passthrough => {
             shared.stats.passthrough.fetch_add(1, Ordering::Relaxed);
             None
         }
         Decision::Cluster { cluster, .. } => Some(&***cluster),
     };
-    let original = Original { host: &host, port };
     relay_response(ctx, &decision, cluster, &original, req, host_header).await
-}
-
-/// A request on a captured connection: routed by its Host among the services on the
-/// original destination's port, or by that destination.
-async fn forward_transparent(req: Request<Incoming>, ctx: &Arc<ConnCtx>, t: &Transparent) -> Response<ResponseBody> {
-    let dest = destination(&req);
-    let host = dest.as_ref().map(|(h, _, _)| h.as_str());
-    let decision = route::route_transparent(&ctx.snapshot, host, t.dst);
-    note(|o| o.routed = Routed::of(&decision));
-    if let Some(routes) = ctx
-        .snapshot
-        .routes
-        .http_for(decision.service_port(), host.unwrap_or(""), t.dst.port())
-    {
-        let host_header = match dest {
-            Some((_, _, value)) => value,
-            None => HeaderValue::from_str(&t.dst.to_string()).unwrap_or(HeaderValue::from_static("localhost")),
-        };
-        return crate::serve::routed::handle(ctx, routes, req, host_header, &t.original(), t.dst.port()).await;
-    }
-    let cluster = match &decision {
-        Decision::Blocked => {
-            let name = host.map_or_else(|| t.dst.ip().to_string(), str::to_string);
-            return blocked(ctx, &name, t.dst.port(), StatusCode::BAD_GATEWAY);
-        }
-        Decision::Passthrough => {
-            ctx.shared.stats.passthrough.fetch_add(1, Ordering::Relaxed);
-            None
-        }
-        Decision::Cluster { cluster, .. } => Some(&***cluster),
-    };
-    let host_header = match dest {
-        Some((_, _, value)) => value,
-        None => HeaderValue::from_str(&t.dst.to_string()).unwrap_or(HeaderValue::from_static("localhost")),
-    };
-    relay_response(ctx, &decision, cluster, &t.original(), req, host_header).await
 }
 
 /// Shapes `req` for the cluster's HTTP version (`host` is its destination's `Host`), sends it
