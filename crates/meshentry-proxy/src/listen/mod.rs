@@ -3,3 +3,4 @@
 pub mod gateway;
 pub mod outbound;
 pub mod server;
+pub mod workers;

@@ -11,16 +11,13 @@ use meshentry_proxy::access_log::{AccessLog, Format as AccessLogFormat};
 use meshentry_proxy::base::addr::ListenAddr;
 use meshentry_proxy::config::{IdentityFiles, Limits, OutboundPolicy, ProxyConfig};
 use meshentry_proxy::dns::{Dns, DnsConfig};
-use meshentry_proxy::listen::gateway::serve_gateway;
-use meshentry_proxy::listen::server::serve_http_proxy;
-use meshentry_proxy::outbound::serve_outbound;
 use meshentry_proxy::rt::shared::Shared;
 use meshentry_proxy::snapshot::Snapshot;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 mod reload;
-mod workers;
+use meshentry_proxy::listen::workers::{self, Listen};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -421,47 +418,6 @@ async fn drain(shared: &Shared, timeout: Duration, signals: &mut Signals) {
     }
 }
 
-/// The proxy's listeners, besides admin.
-#[derive(Clone, Copy, Debug)]
-enum Listen {
-    /// The explicit HTTP proxy (`--http-proxy`).
-    HttpProxy,
-    /// Redirected connections (`--outbound`).
-    Outbound,
-    /// A listener (a port and bind) of the Gateway this proxy runs as (`--gateway`).
-    Gateway,
-}
-
-impl Listen {
-    /// As `/config_dump` names it.
-    fn name(self) -> &'static str {
-        match self {
-            Listen::HttpProxy => "http_proxy",
-            Listen::Outbound => "outbound",
-            Listen::Gateway => "gateway",
-        }
-    }
-}
-
-/// A worker's listening socket, on its runtime.
-enum Bound {
-    Tcp(TcpListener),
-    Unix(tokio::net::UnixListener),
-}
-
-async fn serve(kind: Listen, addr: ListenAddr, listener: Bound, shared: Arc<Shared>, stopped: watch::Receiver<bool>) {
-    match (kind, listener) {
-        (Listen::HttpProxy, Bound::Tcp(l)) => serve_http_proxy(l, shared, stopped).await,
-        (Listen::Outbound, Bound::Tcp(l)) => serve_outbound(l, shared, stopped).await,
-        (Listen::Gateway, Bound::Tcp(l)) => serve_gateway(l, addr, shared, stopped).await,
-        (Listen::Gateway, Bound::Unix(l)) => serve_gateway(l, addr, shared, stopped).await,
-        // Only a Gateway server's `bind` names a unix socket.
-        (kind, Bound::Unix(_)) => {
-            tracing::error!(%addr, kind = kind.name(), "a unix socket for a TCP-only listener: not served")
-        }
-    }
-}
-
 struct Started {
     shared: Arc<Shared>,
     /// Each listener's kind, its bound address (the flag may say port 0) and the first
@@ -718,19 +674,6 @@ fn check_gateway(
         ));
     }
     Ok(())
-}
-
-fn reuse_port_socket(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
-    socket.set_nonblocking(true)?;
-    socket
-        .bind(&addr.into())
-        .with_context(|| format!("cannot listen on {addr}"))?;
-    socket.listen(4096)?;
-    Ok(socket.into())
 }
 
 /// Reloads TLS certificates whose files changed: DestinationRule TLS origination and, in

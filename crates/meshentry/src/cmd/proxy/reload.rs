@@ -24,8 +24,8 @@ use notify::event::{AccessKind, AccessMode, EventKind};
 use tokio::signal::unix::Signal;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::Listen;
-use super::workers::{Command, Socket};
+use meshentry_proxy::listen::workers::Listen;
+use meshentry_proxy::listen::workers::{Command, Socket};
 
 /// However often files keep changing, a reload happens at least this often.
 const MAX_DEBOUNCE: Duration = Duration::from_secs(2);
