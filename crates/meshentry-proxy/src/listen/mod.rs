@@ -2,5 +2,6 @@
 
 pub mod gateway;
 pub mod outbound;
+pub mod reload;
 pub mod server;
 pub mod workers;

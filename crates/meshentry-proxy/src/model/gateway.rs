@@ -720,6 +720,55 @@ pub(crate) fn parse_auto_sni(sni: &str) -> Option<(u32, &str, &str)> {
     Some((port.parse().ok()?, subset, host))
 }
 
+/// Why this proxy cannot run as the Gateway `--gateway` names.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayCheckError {
+    #[error("no such Gateway in the configuration (Gateways: {known})")]
+    NotFound { known: String },
+    #[error("its selector does not match this proxy's labels (missing {missing}); start it with --labels {labels}")]
+    Selector { missing: String, labels: String },
+}
+
+/// F1: the Gateway must exist and select this proxy's labels.
+pub fn check(
+    resources: &[&meshentry_api::Resource],
+    name: &str,
+    labels: &std::collections::BTreeMap<String, String>,
+) -> Result<(), GatewayCheckError> {
+    let Some((_, spec)) = find(resources, name) else {
+        let known: Vec<String> = resources
+            .iter()
+            .filter(|r| matches!(r.spec, meshentry_api::Spec::Gateway(_)))
+            .map(|r| format!("{}/{}", r.namespace, r.name()))
+            .collect();
+        return Err(GatewayCheckError::NotFound {
+            known: if known.is_empty() {
+                "none".to_string()
+            } else {
+                known.join(", ")
+            },
+        });
+    };
+    let missing: Vec<String> = spec
+        .selector
+        .iter()
+        .filter(|(k, v)| labels.get(*k) != Some(*v))
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    if !missing.is_empty() {
+        return Err(GatewayCheckError::Selector {
+            missing: missing.join(","),
+            labels: spec
+                .selector
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(","),
+        });
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

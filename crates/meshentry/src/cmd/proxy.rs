@@ -16,7 +16,7 @@ use meshentry_proxy::snapshot::Snapshot;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
-mod reload;
+use meshentry_proxy::listen::reload;
 use meshentry_proxy::listen::workers::{self, Listen};
 
 #[derive(clap::Args)]
@@ -357,7 +357,14 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         let reloader = reload::Reloader::new(
             reload::Input {
                 paths: args.config.clone(),
-                mesh: args.mesh.clone(),
+                load: {
+                    // Read again on each reload, for the exportTo defaults it sets (the proxy
+                    // settings it decides are read once, at startup).
+                    let mesh = args.mesh.clone();
+                    Arc::new(move |paths: &[std::path::PathBuf]| {
+                        crate::cmd::validate::load(paths, "default", &mesh).map_err(Into::into)
+                    })
+                },
                 gateway: args.gateway.clone(),
                 labels: args.labels.0.clone(),
             },
@@ -450,7 +457,7 @@ async fn start(args: &Args) -> anyhow::Result<Option<Started>> {
     }
     let valid: Vec<_> = loaded.valid().collect();
     if let Some(name) = &args.gateway
-        && let Err(e) = check_gateway(&valid, name, &args.labels.0)
+        && let Err(e) = meshentry_proxy::gateway::check(&valid, name, &args.labels.0)
     {
         eprintln!("meshentry: --gateway {name}: {e}");
         return Ok(None);
@@ -633,47 +640,6 @@ fn fits(fds: u64, max_connections: u64, admin: u64) -> bool {
         .saturating_add(admin)
         .saturating_add(rest)
         <= fds
-}
-
-/// F1: the Gateway must exist and select this proxy's labels.
-fn check_gateway(
-    resources: &[&meshentry_api::Resource],
-    name: &str,
-    labels: &BTreeMap<String, String>,
-) -> Result<(), String> {
-    let Some((_, spec)) = meshentry_proxy::gateway::find(resources, name) else {
-        let known: Vec<String> = resources
-            .iter()
-            .filter(|r| matches!(r.spec, meshentry_api::Spec::Gateway(_)))
-            .map(|r| format!("{}/{}", r.namespace, r.name()))
-            .collect();
-        return Err(format!(
-            "no such Gateway in the configuration (Gateways: {})",
-            if known.is_empty() {
-                "none".to_string()
-            } else {
-                known.join(", ")
-            }
-        ));
-    };
-    let missing: Vec<String> = spec
-        .selector
-        .iter()
-        .filter(|(k, v)| labels.get(*k) != Some(*v))
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
-    if !missing.is_empty() {
-        return Err(format!(
-            "its selector does not match this proxy's labels (missing {}); start it with --labels {}",
-            missing.join(","),
-            spec.selector
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join(",")
-        ));
-    }
-    Ok(())
 }
 
 /// Reloads TLS certificates whose files changed: DestinationRule TLS origination and, in

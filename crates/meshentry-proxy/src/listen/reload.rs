@@ -14,18 +14,17 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
-use meshentry_api::Finding;
-use meshentry_proxy::base::addr::ListenAddr;
-use meshentry_proxy::lifecycle::{ListenerState, Rejection};
-use meshentry_proxy::rt::shared::Shared;
-use meshentry_proxy::snapshot::Snapshot;
+use meshentry_api::{Finding, Loaded};
 use notify::Watcher;
 use notify::event::{AccessKind, AccessMode, EventKind};
 use tokio::signal::unix::Signal;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use meshentry_proxy::listen::workers::Listen;
-use meshentry_proxy::listen::workers::{Command, Socket};
+use crate::base::addr::ListenAddr;
+use crate::listen::workers::{BindError, Command, Listen, Socket};
+use crate::model::snapshot::Snapshot;
+use crate::rt::lifecycle::{ListenerState, Rejection};
+use crate::rt::shared::Shared;
 
 /// However often files keep changing, a reload happens at least this often.
 const MAX_DEBOUNCE: Duration = Duration::from_secs(2);
@@ -49,13 +48,28 @@ impl Trigger {
     }
 }
 
+/// How the configuration is read: the paths to `Loaded`, or why they could not be read.
+pub type Load = dyn Fn(&[PathBuf]) -> Result<Loaded, Box<dyn std::error::Error + Send + Sync>> + Send + Sync;
+
+/// An error and its causes on one line, as `anyhow` prints them with `{:#}`.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
+}
+
 /// What a reload needs from the command line.
 #[derive(Clone)]
 pub struct Input {
     pub paths: Vec<PathBuf>,
-    /// `--mesh-config`: read again on each reload, for the exportTo defaults it sets (the
-    /// proxy settings it decides are read once, at startup).
-    pub mesh: crate::cmd::mesh::MeshArgs,
+    /// Reads and validates the configuration as at startup (the binary's loader: files,
+    /// default namespace, `--mesh-config`).
+    pub load: Arc<Load>,
     pub gateway: Option<String>,
     pub labels: BTreeMap<String, String>,
 }
@@ -235,9 +249,10 @@ impl Reloader {
                     opened.push((addr.clone(), sockets));
                 }
                 Err(e) => {
-                    tracing::error!(%addr, error = format!("{e:#}"), "Gateway server port not served: cannot listen");
+                    let e = chain(&e);
+                    tracing::error!(%addr, error = %e, "Gateway server port not served: cannot listen");
                     self.shared.stats.listener_errors.fetch_add(1, Ordering::Relaxed);
-                    self.failed.insert(addr.clone(), format!("{e:#}"));
+                    self.failed.insert(addr.clone(), e);
                 }
             }
         }
@@ -300,7 +315,7 @@ impl Reloader {
     }
 
     /// One socket per worker for the Gateway listener `addr`.
-    fn sockets(&self, addr: &ListenAddr) -> anyhow::Result<Vec<Socket>> {
+    fn sockets(&self, addr: &ListenAddr) -> Result<Vec<Socket>, BindError> {
         let first = Socket::bind(addr)?;
         let mut all = Vec::with_capacity(self.workers.len());
         for _ in 1..self.workers.len() {
@@ -364,9 +379,9 @@ fn prepare(input: &Input, shared: &Shared, applied: Option<u64>, rejected: Optio
         reason,
         findings,
     };
-    let loaded = match crate::cmd::validate::load(&input.paths, "default", &input.mesh) {
+    let loaded = match (input.load)(&input.paths) {
         Ok(l) => l,
-        Err(e) => return reject(format!("{e:#}"), Vec::new()),
+        Err(e) => return reject(chain(&*e), Vec::new()),
     };
     if loaded.has_errors() {
         let findings: Vec<Finding> = loaded.errors().cloned().collect();
@@ -382,7 +397,7 @@ fn prepare(input: &Input, shared: &Shared, applied: Option<u64>, rejected: Optio
     }
     let valid: Vec<_> = loaded.valid().collect();
     if let Some(name) = &input.gateway
-        && let Err(e) = super::check_gateway(&valid, name, &input.labels)
+        && let Err(e) = crate::model::gateway::check(&valid, name, &input.labels)
     {
         return reject(format!("--gateway {name}: {e}"), Vec::new());
     }
