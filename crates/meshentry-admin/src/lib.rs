@@ -316,8 +316,8 @@ fn clusters_json(shared: &Shared) -> Value {
         .clusters()
         .iter()
         .map(|c| {
-            let hosts: Vec<Value> = c
-                .known_hosts()
+            let hosts: Vec<Value> = snap
+                .known_hosts(c)
                 .map(|set| {
                     set.hosts
                         .iter()
@@ -366,7 +366,7 @@ fn clusters_text(shared: &Shared) -> String {
     let mut out = String::new();
     for c in snap.clusters() {
         let _ = writeln!(out, "{}::type::{}", c.name, c.kind_name());
-        if let Some(set) = c.known_hosts() {
+        if let Some(set) = snap.known_hosts(c) {
             for h in set.hosts.iter() {
                 let a = &h.addr;
                 let _ = writeln!(out, "{}::{a}::weight::{}", c.name, h.load.weight);
@@ -722,8 +722,13 @@ mod tests {
             ..DnsConfig::default()
         })
         .unwrap();
-        let snapshot = Snapshot::build(&[], &config, &dns, 1);
-        Shared::new(snapshot, dns, config, Vec::new())
+        let snapshot = Snapshot::build(&[], &config, 1);
+        Shared::new(
+            meshentry_proxy::live::Live::new(snapshot, &dns),
+            dns,
+            config,
+            Vec::new(),
+        )
     }
 
     /// How long until the server closes `s` (reading whatever it sends first).

@@ -1,15 +1,25 @@
 //! The proxy's modules are layers (src/lib.rs): a module may use its own layer and the ones
-//! below it, never one above, and no group of modules may use each other in a circle. This
-//! test reads every `crate::` path in the sources (outside comments and `#[cfg(test)]`
-//! modules, whose fixtures may come from any layer), so the rule holds as the code changes.
+//! below it, never one above, and no group of modules may use each other in a circle. The
+//! four lowest are the crate `meshentry-route`, which must stay free of I/O. This test reads
+//! every `crate::` path in both crates' sources (outside comments and `#[cfg(test)]` modules,
+//! whose fixtures may come from any layer), so the rule holds as the code changes.
 
 #![allow(clippy::unwrap_used)] // Test code: a failed unwrap is a failed test.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-/// Lowest first.
-const LAYERS: [&str; 9] = ["base", "wire", "model", "route", "obs", "rt", "net", "serve", "listen"];
+/// Lowest first: the pure crate's, then the proxy's.
+const PURE: [&str; 4] = ["base", "wire", "model", "route"];
+const LAYERS: [&str; 10] = [
+    "base", "wire", "model", "route", "live", "obs", "rt", "net", "serve", "listen",
+];
+
+/// The two crates' source folders: the pure one first.
+fn src_dirs() -> [PathBuf; 2] {
+    let proxy = Path::new(env!("CARGO_MANIFEST_DIR"));
+    [proxy.join("../meshentry-route/src"), proxy.join("src")]
+}
 
 /// Module cycles not yet broken: a connection serves requests, and a `CONNECT` request (or
 /// an h2c preface) serves a connection inside it again. Each entry is one strongly connected
@@ -73,19 +83,31 @@ struct Sources {
 }
 
 fn sources() -> Sources {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let mut files = Vec::new();
-    rust_files(&src, &mut files);
-    let modules = files
-        .iter()
-        .map(|f| {
-            (
-                module_of(&src, f),
-                production_code(&std::fs::read_to_string(f).unwrap()),
-            )
-        })
-        .collect();
+    let mut modules = BTreeMap::new();
+    for src in src_dirs() {
+        let mut files = Vec::new();
+        rust_files(&src, &mut files);
+        for f in &files {
+            let module = module_of(&src, f);
+            let code = production_code(&std::fs::read_to_string(f).unwrap());
+            // Both crates have a lib.rs; no other module name is in both.
+            if module != "lib" {
+                assert!(
+                    modules.insert(module.clone(), code).is_none(),
+                    "{module} in both crates"
+                );
+            }
+        }
+    }
     Sources { modules }
+}
+
+/// `lib.rs` of each crate, the pure one first.
+fn lib_texts() -> Vec<String> {
+    src_dirs()
+        .iter()
+        .map(|d| std::fs::read_to_string(d.join("lib.rs")).unwrap())
+        .collect()
 }
 
 fn rank(layer: &str) -> Option<usize> {
@@ -98,19 +120,27 @@ fn every_module_is_in_a_layer() {
     let outside: Vec<&String> = s
         .modules
         .keys()
-        .filter(|m| *m != "lib" && rank(m.split("::").next().unwrap()).is_none())
+        .filter(|m| rank(m.split("::").next().unwrap()).is_none())
         .collect();
     assert!(outside.is_empty(), "modules outside the layer folders: {outside:?}");
-    // Every layer is a module of the crate, and lib.rs documents them in this order.
-    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/lib.rs")).unwrap();
-    let declared: BTreeSet<&str> = text
-        .lines()
+    // Every layer is a module of its crate, and the lib.rs files document them in this order.
+    let texts = lib_texts();
+    let declared: BTreeSet<&str> = texts
+        .iter()
+        .flat_map(|t| t.lines())
         .filter_map(|l| l.strip_prefix("pub mod "))
         .map(|l| l.trim_end_matches(';'))
         .collect();
     assert_eq!(declared, BTreeSet::from(LAYERS));
-    let documented: Vec<&str> = text
+    let pure_declared: BTreeSet<&str> = texts[0]
         .lines()
+        .filter_map(|l| l.strip_prefix("pub mod "))
+        .map(|l| l.trim_end_matches(';'))
+        .collect();
+    assert_eq!(pure_declared, BTreeSet::from(PURE));
+    let documented: Vec<&str> = texts
+        .iter()
+        .flat_map(|t| t.lines())
         .filter_map(|l| l.strip_prefix("//! "))
         .filter_map(|l| l.split_once(". [`"))
         .filter(|(n, _)| n.chars().all(|c| c.is_ascii_digit()))
@@ -241,6 +271,40 @@ fn module_cycles_are_only_the_known_ones() {
         found, known,
         "module cycles (update KNOWN_CYCLES only when one is broken)"
     );
+}
+
+/// The pure crate depends on nothing that does I/O or runs tasks: no async runtime, no HTTP
+/// stack, no resolver, no TLS stack, no sockets (its tests may use them).
+#[test]
+fn the_routing_crate_has_no_io_dependencies() {
+    let manifest = std::fs::read_to_string(src_dirs()[0].join("../Cargo.toml")).unwrap();
+    let deps: Vec<&str> = manifest
+        .split("[dependencies]")
+        .nth(1)
+        .unwrap()
+        .split("\n[")
+        .next()
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split(['.', ' ', '=']).next())
+        .filter(|n| !n.is_empty() && !n.starts_with('#'))
+        .collect();
+    assert!(deps.contains(&"meshentry-registry"), "{deps:?}");
+    for io in [
+        "tokio",
+        "tokio-rustls",
+        "hyper",
+        "hyper-util",
+        "h2",
+        "hickory-resolver",
+        "rustls",
+        "socket2",
+        "libc",
+        "notify",
+        "arc-swap",
+    ] {
+        assert!(!deps.contains(&io), "meshentry-route depends on {io}: {deps:?}");
+    }
 }
 
 #[test]

@@ -181,6 +181,7 @@ async fn issued_identities_verify_against_the_ca() {
     .unwrap();
     assert!(ok && out.contains("Verification: OK"), "{out}");
     let recipe = |sans: &[&str]| Recipe {
+        source: "DestinationRule default/ca-test".into(),
         mode: Mode::IstioMutual,
         client_cert: Some((wl.join("cert-chain.pem"), wl.join("key.pem"))),
         ca: Some(wl.join("root-cert.pem")),

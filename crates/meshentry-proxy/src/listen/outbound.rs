@@ -87,7 +87,7 @@ async fn handle(stream: TcpStream, peer: SocketAddr, local: Option<SocketAddr>, 
     let mut stream = stream;
     let (decision, detected) = match route::plan(&snapshot, dst) {
         Plan::Relay(d) => (d, None),
-        Plan::TcpOwner => match route::tcp_owner(&snapshot, &shared.dns, dst).await {
+        Plan::TcpOwner => match snapshot.tcp_owner(&shared.dns, dst).await {
             Some(d) => (d, None),
             None => (route::unknown(&snapshot), None),
         },
@@ -98,7 +98,7 @@ async fn handle(stream: TcpStream, peer: SocketAddr, local: Option<SocketAddr>, 
             if detected == Detected::Closed {
                 return;
             }
-            match route::after_detection(&snapshot, &shared.dns, dst, &detected).await {
+            match snapshot.after_detection(&shared.dns, dst, &detected).await {
                 Handling::Http if detected == Detected::H2c => {
                     let _ = stream.set_nodelay(true);
                     let ctx = Arc::new(ConnCtx {
@@ -162,7 +162,7 @@ async fn handle(stream: TcpStream, peer: SocketAddr, local: Option<SocketAddr>, 
         host: &dst.ip().to_string(),
         port: dst.port(),
     };
-    let upstream = match forward::connect_stream(&shared, cluster, &original).await {
+    let upstream = match forward::connect_stream(&shared, &snapshot, cluster, &original).await {
         Ok((upstream, addr)) => {
             tcp.connected(&addr, &upstream);
             upstream

@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::base::addr::ListenAddr;
 use crate::listen::workers::{BindError, Command, Listen, Socket};
+use crate::live::Live;
 use crate::model::snapshot::Snapshot;
 use crate::rt::lifecycle::{ListenerState, Rejection};
 use crate::rt::shared::Shared;
@@ -228,7 +229,7 @@ impl Reloader {
         self.rejected = fingerprint;
     }
 
-    async fn apply(&mut self, snapshot: Box<Snapshot>, fingerprint: Option<u64>, trigger: Trigger, started: Instant) {
+    async fn apply(&mut self, snapshot: Box<Live>, fingerprint: Option<u64>, trigger: Trigger, started: Instant) {
         for w in snapshot.registry.warnings() {
             tracing::warn!("{w}");
         }
@@ -363,7 +364,7 @@ enum Prepared {
         findings: Vec<Finding>,
     },
     Ready {
-        snapshot: Box<Snapshot>,
+        snapshot: Box<Live>,
         fingerprint: Option<u64>,
     },
 }
@@ -402,10 +403,10 @@ fn prepare(input: &Input, shared: &Shared, applied: Option<u64>, rejected: Optio
         return reject(format!("--gateway {name}: {e}"), Vec::new());
     }
     let generation = shared.snapshot.load().generation + 1;
-    let snapshot = Snapshot::build(&valid, &shared.config, &shared.dns, generation);
+    let snapshot = Live::new(Snapshot::build(&valid, &shared.config, generation), &shared.dns);
     if let Some(gw) = &snapshot.gateway {
         for l in &gw.listeners {
-            if let Some(reason) = l.errors().next() {
+            if let Some(reason) = snapshot.listener_error(l) {
                 return reject(format!("Gateway {} port {}: {reason}", gw.name, l.port), Vec::new());
             }
         }
@@ -488,6 +489,20 @@ fn changes(kind: &EventKind) -> bool {
         EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
         EventKind::Access(_) => false,
         _ => true,
+    }
+}
+
+/// Checks every `every` for TLS certificate files that changed ([`Live::reload_certificates`])
+/// until `stopped`: certificates rotate without a configuration change.
+pub async fn watch_certificates(shared: Arc<Shared>, every: Duration, mut stopped: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stopped.changed() => return,
+        }
+        shared.snapshot.load_full().reload_certificates();
     }
 }
 

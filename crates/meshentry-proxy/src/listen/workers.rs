@@ -292,7 +292,8 @@ mod tests {
 
     use super::*;
     use crate::base::config::ProxyConfig;
-    use crate::model::snapshot::test_snapshot;
+    use crate::live::dns::{Dns, DnsConfig};
+    use crate::model::snapshot::Snapshot;
 
     fn connects(addr: &ListenAddr) -> bool {
         match addr {
@@ -306,8 +307,14 @@ mod tests {
     #[tokio::test]
     async fn a_worker_opens_and_closes_listeners_on_command() {
         let config = ProxyConfig::default();
-        let (snapshot, dns) = test_snapshot("", &config);
-        let shared = Shared::new(snapshot, dns, config, Vec::new());
+        let snapshot = Snapshot::build(&[], &config, 1);
+        // DNS points at a closed port: nothing here resolves a name.
+        let dns = Dns::new(DnsConfig {
+            server: Some(([127, 0, 0, 1], 9).into()),
+            ..DnsConfig::default()
+        })
+        .expect("a DNS client for a fixed server builds");
+        let shared = Shared::new(crate::live::Live::new(snapshot, &dns), dns, config, Vec::new());
         let first = Socket::bind(&ListenAddr::Tcp(([127, 0, 0, 1], 0).into())).unwrap();
         let first_addr = first.local(&ListenAddr::Tcp(([127, 0, 0, 1], 0).into())).unwrap();
         let (_stop, stopped) = watch::channel(false);

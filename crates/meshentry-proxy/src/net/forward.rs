@@ -12,8 +12,9 @@ use hyper::body::Incoming;
 
 use meshentry_registry::Protocol;
 
-use crate::model::cluster::{Cluster, HostAddr, HostSet, NoHost};
-use crate::model::dns::Dns;
+use crate::live::dns::Dns;
+use crate::live::{Live, NoHost};
+use crate::model::cluster::{Cluster, HostAddr, HostSet};
 use crate::model::lb::Tried;
 use crate::net::upstream::{self, ConnectError, Dial, PooledBody, RequestBody, Stream, TlsDial};
 use crate::route::Decision;
@@ -159,7 +160,7 @@ async fn original_addrs(dns: &Arc<Dns>, dest: &Original<'_>) -> Result<Vec<Socke
 /// counters, so every caller fails over the same way:
 ///
 /// ```text
-/// let mut plan = Failover::new(shared, cluster, original).await?;
+/// let mut plan = Failover::new(shared, live, cluster, original).await?;
 /// while let Some(i) = plan.next_target() {
 ///     match try_host(plan.addr(i)).await { Ok(t) => return Ok(t), Err(e) => plan.refused(i, &e) }
 /// }
@@ -167,6 +168,8 @@ async fn original_addrs(dns: &Arc<Dns>, dest: &Original<'_>) -> Result<Vec<Socke
 /// ```
 pub struct Failover<'s> {
     shared: &'s Shared,
+    /// The snapshot `cluster` belongs to, with the cluster's runtime state.
+    live: &'s Live,
     cluster: Option<&'s Cluster>,
     targets: Targets,
     tried: Tried,
@@ -187,12 +190,13 @@ enum Targets {
 impl<'s> Failover<'s> {
     pub async fn new(
         shared: &'s Shared,
+        live: &'s Live,
         cluster: Option<&'s Cluster>,
         original: &Original<'_>,
     ) -> Result<Failover<'s>, UpstreamError> {
         // A cluster whose TLS could not be set up fails its connections rather than send
         // plaintext where the rule asked for TLS.
-        if let Some(Some(Err(reason))) = cluster.map(|c| &c.tls) {
+        if let Some(Some(Err(reason))) = cluster.map(|c| live.tls(c)) {
             return Err(UpstreamError::Connect {
                 reason: reason.clone(),
                 tried: 0,
@@ -201,7 +205,7 @@ impl<'s> Failover<'s> {
         let targets = match cluster {
             Some(c) if c.original_dst_port().is_none() => {
                 c.stats.requests.fetch_add(1, Ordering::Relaxed);
-                Targets::Hosts(c.hosts(&shared.dns).await?)
+                Targets::Hosts(live.hosts(c, &shared.dns).await?)
             }
             _ => {
                 let port = cluster
@@ -223,6 +227,7 @@ impl<'s> Failover<'s> {
         };
         Ok(Failover {
             shared,
+            live,
             cluster,
             targets,
             tried: Tried::default(),
@@ -294,7 +299,7 @@ impl<'s> Failover<'s> {
     /// TCP sends no SNI then and the service host is what the certificate must name.
     pub fn dial(&self, i: usize, http_host: Option<&str>) -> Dial {
         let addr = self.addr(i).clone();
-        let Some(Some(Ok(o))) = self.cluster.map(|c| &c.tls) else {
+        let Some(Some(Ok(o))) = self.cluster.map(|c| self.live.tls(c)) else {
             return Dial::plain(addr);
         };
         let ip = match &addr {
@@ -380,11 +385,12 @@ impl Drop for Failover<'_> {
 /// Opens a stream for a tunnel.
 pub async fn connect_stream(
     shared: &Shared,
+    live: &Live,
     cluster: Option<&Cluster>,
     original: &Original<'_>,
 ) -> Result<(Stream, HostAddr), UpstreamError> {
     let timeout = shared.config.connect_timeout;
-    let mut plan = Failover::new(shared, cluster, original).await?;
+    let mut plan = Failover::new(shared, live, cluster, original).await?;
     while let Some(i) = plan.next_target() {
         match upstream::connect(&plan.dial(i, None), timeout).await {
             Ok(s) => {
@@ -403,14 +409,15 @@ pub async fn connect_stream(
 /// the endpoint, and this proxy's end of the connection.
 pub async fn send_upgrade(
     shared: &Shared,
+    live: &Live,
     cluster: Option<&Cluster>,
     original: &Original<'_>,
     req: Request<RequestBody>,
 ) -> Result<(Response<Incoming>, HostAddr, Option<SocketAddr>), UpstreamError> {
     let timeout = shared.config.connect_timeout;
     let response_timeout = shared.config.response_timeout;
-    let mut plan = Failover::new(shared, cluster, original).await?;
-    let sni_host = cluster.and_then(|c| c.tls.as_ref()).and_then(|_| request_host(&req));
+    let mut plan = Failover::new(shared, live, cluster, original).await?;
+    let sni_host = cluster.and_then(|c| live.tls(c)).and_then(|_| request_host(&req));
     while let Some(i) = plan.next_target() {
         let dial = plan.dial(i, sni_host.as_deref());
         let stream = match upstream::connect(&dial, timeout).await {
@@ -459,18 +466,29 @@ pub async fn send_upgrade(
 /// the form `protocol` sends.
 pub async fn send_request(
     shared: &Shared,
+    live: &Live,
     cluster: Option<&Cluster>,
     original: &Original<'_>,
     req: Request<RequestBody>,
     protocol: UpstreamProtocol,
 ) -> Result<(Response<PooledBody>, HostAddr), UpstreamError> {
-    send_request_within(shared, cluster, original, req, protocol, shared.config.response_timeout).await
+    send_request_within(
+        shared,
+        live,
+        cluster,
+        original,
+        req,
+        protocol,
+        shared.config.response_timeout,
+    )
+    .await
 }
 
 /// [`send_request`] with `response_timeout` for the response head instead of the proxy's
 /// (a VirtualService `timeout` or `perTryTimeout`).
 pub async fn send_request_within(
     shared: &Shared,
+    live: &Live,
     cluster: Option<&Cluster>,
     original: &Original<'_>,
     req: Request<RequestBody>,
@@ -481,8 +499,8 @@ pub async fn send_request_within(
     let idle = shared.config.pool_idle_timeout;
     let stream_idle = shared.config.limits.stream_idle_timeout;
     let mut req = req;
-    let mut plan = Failover::new(shared, cluster, original).await?;
-    let sni_host = cluster.and_then(|c| c.tls.as_ref()).and_then(|_| request_host(&req));
+    let mut plan = Failover::new(shared, live, cluster, original).await?;
+    let sni_host = cluster.and_then(|c| live.tls(c)).and_then(|_| request_host(&req));
     // What the response may be, by the fast path's rules (`meshentry_wire`): hyper re-frames
     // what it relays, but a connection whose response was ambiguous is still not reused, and
     // a 101 nobody asked for is not passed on.
@@ -621,7 +639,7 @@ async fn exchange_h2(
 /// An upstream that broke the exchange: a TLS failure when that is the cause (a TLS 1.3
 /// server refuses a client certificate after the handshake), else hyper's words.
 fn reset(e: hyper::Error) -> UpstreamError {
-    match crate::model::tls::find_cause(&e) {
+    match crate::live::tls::find_cause(&e) {
         Some(cause) => UpstreamError::Tls(cause),
         // A response hyper could not parse is the upstream's protocol error (Envoy's UPE), as
         // on the fast path; hyper closes that connection.

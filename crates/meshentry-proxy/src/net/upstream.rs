@@ -31,8 +31,8 @@ use rustls::pki_types::ServerName;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use crate::live::tls::Origination;
 use crate::model::cluster::HostAddr;
-use crate::model::tls::Origination;
 use crate::net::body::{IdleTimer, StreamIdle};
 use crate::net::capture::PROXY_MARK;
 use crate::net::pool::{Pool, Pooled};
@@ -96,7 +96,7 @@ impl std::fmt::Display for Dial {
 pub struct TlsDial {
     pub origination: Arc<Origination>,
     /// The name to send and verify; without one the connection is refused before it is made.
-    pub name: Result<ServerName<'static>, crate::model::tls::Unverifiable>,
+    pub name: Result<ServerName<'static>, crate::live::tls::Unverifiable>,
     pub sni: bool,
 }
 
@@ -160,13 +160,13 @@ pub async fn connect(dial: &Dial, timeout: Duration) -> Result<Stream, ConnectEr
         ));
     };
     let connector = tokio_rustls::TlsConnector::from(tls.origination.config_for(tls.sni));
-    match tokio::time::timeout(crate::model::tls::HANDSHAKE_TIMEOUT, connector.connect(name, tcp)).await {
+    match tokio::time::timeout(crate::live::tls::HANDSHAKE_TIMEOUT, connector.connect(name, tcp)).await {
         Err(_) => Err(ConnectError::Tls(format!(
             "TLS error: handshake timed out after {:?}",
-            crate::model::tls::HANDSHAKE_TIMEOUT
+            crate::live::tls::HANDSHAKE_TIMEOUT
         ))),
         Ok(Ok(s)) => Ok(Stream::Tls(Box::new(s))),
-        Ok(Err(e)) => Err(ConnectError::Tls(crate::model::tls::describe(&e))),
+        Ok(Err(e)) => Err(ConnectError::Tls(crate::live::tls::describe(&e))),
     }
 }
 

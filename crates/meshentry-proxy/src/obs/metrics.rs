@@ -177,8 +177,8 @@ impl Source {
             .and_then(|g| g.split_once('/'))
             .map_or_else(|| UNKNOWN.to_string(), |(_, name)| name.to_string());
         let principal = config.identity.as_ref().and_then(|id| {
-            let certs = crate::model::tls::load_certs("certificate", &id.cert).ok()?;
-            crate::model::tls::cert_names(certs.first()?)
+            let certs = crate::live::tls::load_certs("certificate", &id.cert).ok()?;
+            crate::live::tls::cert_names(certs.first()?)
                 .into_iter()
                 .find(|n| n.starts_with("spiffe://"))
         });

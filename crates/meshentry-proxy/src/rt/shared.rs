@@ -10,14 +10,14 @@ use meshentry_wire::detect::Detected;
 
 use crate::base::config::ProxyConfig;
 use crate::base::loop_guard::{PortFilter, SelfAddrs, Via};
-use crate::model::dns::Dns;
-use crate::model::snapshot::Snapshot;
+use crate::live::Live;
+use crate::live::dns::Dns;
 use crate::rt::lifecycle::Lifecycle;
 
 /// What every connection shares: the current snapshot (swapped atomically on reload), DNS,
 /// settings and counters.
 pub struct Shared {
-    pub snapshot: ArcSwap<Snapshot>,
+    pub snapshot: ArcSwap<Live>,
     pub dns: Arc<Dns>,
     pub config: ProxyConfig,
     pub stats: Stats,
@@ -36,7 +36,7 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(snapshot: Snapshot, dns: Arc<Dns>, config: ProxyConfig, local_addrs: Vec<SocketAddr>) -> Arc<Self> {
+    pub fn new(snapshot: Live, dns: Arc<Dns>, config: ProxyConfig, local_addrs: Vec<SocketAddr>) -> Arc<Self> {
         let local_addrs = SelfAddrs::new(local_addrs);
         Arc::new(Self {
             snapshot: ArcSwap::from_pointee(snapshot),

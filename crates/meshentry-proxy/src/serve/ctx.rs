@@ -3,6 +3,7 @@
 //! header rules, upgrades.
 
 use crate::base::flags::Flags;
+use crate::live::Live;
 use crate::model::snapshot::Snapshot;
 use crate::net::body::{BodyFault, BodyWatch, ClientBody};
 use crate::net::forward::{self, Original};
@@ -34,7 +35,7 @@ pub const MAX_HEADERS: usize = 100;
 /// (each new request takes the one in force, see [`ConnCtx::refresh`]).
 pub struct ConnCtx {
     pub shared: Arc<Shared>,
-    pub snapshot: Arc<Snapshot>,
+    pub snapshot: Arc<Live>,
     pub peer: SocketAddr,
     /// Set for connections captured by the transparent listener.
     pub transparent: Option<Transparent>,
@@ -46,7 +47,7 @@ pub struct ConnCtx {
 pub(crate) struct SnapshotCell(pub Arc<Shared>);
 
 impl std::ops::Deref for SnapshotCell {
-    type Target = arc_swap::ArcSwap<Snapshot>;
+    type Target = arc_swap::ArcSwap<Live>;
 
     fn deref(&self) -> &Self::Target {
         &self.0.snapshot
@@ -54,7 +55,7 @@ impl std::ops::Deref for SnapshotCell {
 }
 
 /// A connection's view of the snapshot in force, checked with a pointer compare.
-pub(crate) type SnapshotCache = arc_swap::Cache<SnapshotCell, Arc<Snapshot>>;
+pub(crate) type SnapshotCache = arc_swap::Cache<SnapshotCell, Arc<Live>>;
 
 impl ConnCtx {
     /// Makes `ctx` hold the snapshot in force before a new request: a reload applies from the
@@ -80,7 +81,7 @@ impl ConnCtx {
         ConnCtx::set_snapshot(ctx, current.clone());
     }
 
-    fn set_snapshot(ctx: &mut Arc<ConnCtx>, snapshot: Arc<Snapshot>) {
+    fn set_snapshot(ctx: &mut Arc<ConnCtx>, snapshot: Arc<Live>) {
         match Arc::get_mut(ctx) {
             Some(c) => c.snapshot = snapshot,
             None => {

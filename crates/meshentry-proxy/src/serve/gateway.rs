@@ -4,6 +4,7 @@
 
 use crate::base::addr::ListenAddr;
 use crate::base::flags::Flags;
+use crate::live::Live;
 use crate::model::snapshot::Snapshot;
 use crate::model::vs::ServerHost;
 use crate::net::conn::Conn;
@@ -25,6 +26,7 @@ use tokio::io::AsyncWriteExt;
 use tokio_rustls::StartHandshake;
 use tokio_rustls::server::TlsStream;
 
+use crate::live::server_tls::ServerTls;
 use crate::model::gateway::*;
 
 pub(crate) async fn handle<C: Conn>(stream: C, peer: SocketAddr, addr: ListenAddr, shared: Arc<Shared>) {
@@ -36,7 +38,7 @@ pub(crate) async fn handle<C: Conn>(stream: C, peer: SocketAddr, addr: ListenAdd
         return;
     };
     stream.no_delay();
-    if listener.sni.is_some() {
+    if listener.is_tls() {
         tls_port(stream, peer, listener, &snapshot, &shared).await;
         return;
     }
@@ -56,7 +58,7 @@ pub(crate) async fn handle<C: Conn>(stream: C, peer: SocketAddr, addr: ListenAdd
 }
 
 fn conn_ctx(
-    snapshot: &Arc<Snapshot>,
+    snapshot: &Arc<Live>,
     shared: &Arc<Shared>,
     peer: SocketAddr,
     listener: &Listener,
@@ -83,7 +85,7 @@ async fn tls_port<C: Conn>(
     mut stream: C,
     peer: SocketAddr,
     listener: &Listener,
-    snapshot: &Arc<Snapshot>,
+    snapshot: &Arc<Live>,
     shared: &Arc<Shared>,
 ) {
     let port = listener.port;
@@ -111,7 +113,15 @@ async fn tls_port<C: Conn>(
     };
     let server = &listener.servers[index];
     match &server.kind {
-        Kind::Terminate { tls: Ok(tls), mode } => {
+        Kind::Terminate { mode, .. } => {
+            let tls = match snapshot.server_tls(server.index) {
+                Some(Ok(tls)) => tls,
+                _ => {
+                    let reason = snapshot.server_error(server).unwrap_or_default();
+                    tracing::warn!(%peer, port, server = server.index, reason, "gateway server not served: connection closed");
+                    return;
+                }
+            };
             match tokio::time::timeout_at(deadline, handshake(stream, buf, sni.as_deref(), tls)).await {
                 Ok(Ok(tls)) => {
                     let ctx = conn_ctx(snapshot, shared, peer, listener, true, index);
@@ -130,7 +140,7 @@ async fn tls_port<C: Conn>(
         Kind::Passthrough | Kind::AutoPassthrough => {
             l4(stream, peer, port, server, buf, sni, snapshot, shared).await;
         }
-        Kind::Terminate { tls: Err(reason), .. } | Kind::Unsupported(reason) => {
+        Kind::Unsupported(reason) => {
             tracing::warn!(%peer, port, server = server.index, reason, "gateway server not served: connection closed");
         }
         Kind::Http | Kind::Tcp => {
@@ -213,7 +223,7 @@ async fn l4<C: Conn>(
     server: &Server,
     buf: BytesMut,
     sni: Option<String>,
-    snap: &Snapshot,
+    snap: &Live,
     shared: &Arc<Shared>,
 ) {
     let local = stream.local();
@@ -248,7 +258,7 @@ async fn l4<C: Conn>(
         .or_else(|| dst.map(|ip| ip.to_string()))
         .unwrap_or_else(|| "localhost".to_string());
     let original = Original { host: &host, port };
-    match forward::connect_stream(shared, Some(cluster), &original).await {
+    match forward::connect_stream(shared, snap, Some(cluster), &original).await {
         Ok((upstream, addr)) => {
             tcp.connected(&addr, &upstream);
             shared.stats.tunnels.fetch_add(1, Ordering::Relaxed);

@@ -668,7 +668,7 @@ async fn exchange(conn: &mut Downstream, head: &Head, ctx: &ConnCtx) -> Next {
         },
     };
     // TLS origination without a fixed SNI sends the request's host (D7).
-    let sni_host = cluster.and_then(|c| c.tls.as_ref()).map(|_| host.to_string());
+    let sni_host = cluster.and_then(|c| ctx.snapshot.tls(c)).map(|_| host.to_string());
     conn.buf.advance(head.len + body_in_buf);
 
     let request = UpRequest {
@@ -677,7 +677,7 @@ async fn exchange(conn: &mut Downstream, head: &Head, ctx: &ConnCtx) -> Next {
         method_is_head,
         sni_host: sni_host.as_deref(),
     };
-    let result = send(conn, shared, cluster, &original, &request).await;
+    let result = send(conn, shared, &ctx.snapshot, cluster, &original, &request).await;
     conn.up_head = up_head;
     match result {
         Ok(Sent { up_close }) => {
@@ -855,6 +855,7 @@ struct UpRequest<'a> {
 async fn send(
     conn: &mut Downstream,
     shared: &Shared,
+    live: &crate::live::Live,
     cluster: Option<&crate::model::cluster::Cluster>,
     original: &Original<'_>,
     req: &UpRequest<'_>,
@@ -862,7 +863,7 @@ async fn send(
     let (up_head, body_rest, method_is_head) = (req.head, req.body_rest, req.method_is_head);
     let timeout = shared.config.connect_timeout;
     let idle = shared.config.pool_idle_timeout;
-    let mut plan = Failover::new(shared, cluster, original)
+    let mut plan = Failover::new(shared, live, cluster, original)
         .await
         .map_err(Failure::Answer)?;
     while let Some(i) = plan.next_target() {
@@ -1127,7 +1128,7 @@ async fn roundtrip(
             Err(_) => return Outcome::Failed(Failure::Answer(UpstreamError::Timeout(response_timeout))),
             // A TLS alert instead of a response (a TLS 1.3 server refusing our client
             // certificate says so only now) is the answer, not a stale connection.
-            Ok(Err(e)) if let Some(cause) = crate::model::tls::find_cause(&e) => {
+            Ok(Err(e)) if let Some(cause) = crate::live::tls::find_cause(&e) => {
                 return Outcome::Failed(Failure::Answer(UpstreamError::Tls(cause)));
             }
             Ok(Ok(0)) | Ok(Err(_)) if got_nothing => return Outcome::StaleBeforeResponse,

@@ -364,7 +364,7 @@ async fn relay_response(
             }
         },
     };
-    match forward::send_request(shared, cluster, original, upstream_req, protocol).await {
+    match forward::send_request(shared, &ctx.snapshot, cluster, original, upstream_req, protocol).await {
         Ok((resp, _addr)) => {
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers);
@@ -416,7 +416,7 @@ async fn connect(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<Respons
             return connect_first_bytes(req, ctx, host, port, expects_tls);
         }
     };
-    let dst = route::tunnel_dst(snap, &shared.dns, &registry, &host).await;
+    let dst = snap.tunnel_dst(&shared.dns, &registry, &host).await;
     let decision = match route::l4_route(snap, registry, dst, sni) {
         Ok(d) => d,
         Err(missing) => {
@@ -441,7 +441,7 @@ async fn connect(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<Respons
         Decision::Cluster { cluster, .. } => Some(&***cluster),
     };
     let cluster_name = decision.cluster_name().to_string();
-    let upstream = match forward::connect_stream(shared, cluster, &Original { host: &host, port }).await {
+    let upstream = match forward::connect_stream(shared, snap, cluster, &Original { host: &host, port }).await {
         Ok((stream, addr)) => (stream, addr),
         Err(e) => {
             note(|o| {

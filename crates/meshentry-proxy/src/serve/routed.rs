@@ -234,8 +234,16 @@ pub(crate) async fn handle(
             let Some(req) = build(&parts, &mut body, &host_header, protocol, &ctx.shared.via) else {
                 return Err(Shaping);
             };
-            let result =
-                forward::send_request_within(&ctx.shared, Some(cluster), original, req, protocol, per_try).await;
+            let result = forward::send_request_within(
+                &ctx.shared,
+                &ctx.snapshot,
+                Some(cluster),
+                original,
+                req,
+                protocol,
+                per_try,
+            )
+            .await;
             let retry_wanted = match &result {
                 Ok((resp, _)) => rule.retry.on_status(resp.status().as_u16()),
                 Err(e) => retriable(rule, e),
@@ -444,6 +452,7 @@ fn mirror(ctx: &Arc<ConnCtx>, target: &Target, parts: &Parts, host_header: &Head
         return;
     };
     let shared = ctx.shared.clone();
+    let live = ctx.snapshot.clone();
     let cluster = cluster.clone();
     let port = u16::try_from(*port).unwrap_or(0);
     tokio::spawn(async move {
@@ -451,7 +460,7 @@ fn mirror(ctx: &Arc<ConnCtx>, target: &Target, parts: &Parts, host_header: &Head
             host: &cluster.host,
             port,
         };
-        match forward::send_request(&shared, Some(&cluster), &original, req, protocol).await {
+        match forward::send_request(&shared, &live, Some(&cluster), &original, req, protocol).await {
             // Read to the end so the connection can be pooled again.
             Ok((resp, _)) => drain(resp).await,
             Err(e) => tracing::debug!(cluster = %cluster.name, error = %e, "mirrored request failed"),

@@ -146,7 +146,7 @@ where
         }
         // An upstream that refuses our client certificate does so only now (TLS 1.3): say so,
         // as a request would.
-        Err(e) => match crate::model::tls::find_cause(&e) {
+        Err(e) => match crate::live::tls::find_cause(&e) {
             Some(cause) => {
                 tcp.refused(Flags::UF, "");
                 tcp.transport_failure = Some(cause.clone());
@@ -257,7 +257,7 @@ pub(crate) async fn route_first_bytes<C>(
         Screen::Relay => None,
     };
     let sni = route::hello_sni(&target.host, &first);
-    let dst = route::tunnel_dst(snap, &shared.dns, &registry, &target.host).await;
+    let dst = snap.tunnel_dst(&shared.dns, &registry, &target.host).await;
     let routed = route::l4_route(snap, registry, dst, sni);
     let mut tcp = TcpConn::open(
         shared,
@@ -297,6 +297,7 @@ pub(crate) async fn route_first_bytes<C>(
     target.cluster = decision.cluster_name().to_string();
     let upstream = match forward::connect_stream(
         shared,
+        snap,
         cluster,
         &Original {
             host: &target.host,
@@ -345,15 +346,16 @@ pub(crate) struct Upgrade<'a> {
 pub(crate) async fn upgrade(ctx: &Arc<ConnCtx>, up: Upgrade<'_>) -> Response<ResponseBody> {
     let shared = &ctx.shared;
     let cluster_name = up.routed.cluster_name().to_string();
-    let (mut resp, addr, local) = match forward::send_upgrade(shared, up.cluster, up.original, up.req).await {
-        Ok(r) => r,
-        Err(e) => {
-            return match up.watch.fault() {
-                Some(fault) => crate::serve::ctx::body_failure(ctx, fault, up.version),
-                None => crate::serve::ctx::upstream_failure(ctx, up.host, up.port, &cluster_name, &e),
-            };
-        }
-    };
+    let (mut resp, addr, local) =
+        match forward::send_upgrade(shared, &ctx.snapshot, up.cluster, up.original, up.req).await {
+            Ok(r) => r,
+            Err(e) => {
+                return match up.watch.fault() {
+                    Some(fault) => crate::serve::ctx::body_failure(ctx, fault, up.version),
+                    None => crate::serve::ctx::upstream_failure(ctx, up.host, up.port, &cluster_name, &e),
+                };
+            }
+        };
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         let (mut parts, body) = resp.into_parts();
         crate::serve::ctx::strip_hop_by_hop(&mut parts.headers);

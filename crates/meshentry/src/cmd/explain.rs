@@ -12,16 +12,15 @@ use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
+
 use std::time::Duration;
 
 use meshentry_api::{Kind, Resource, Spec};
 use meshentry_proxy::cluster::{Cluster, Discovery};
 use meshentry_proxy::config::{OutboundPolicy, ProxyConfig};
 use meshentry_proxy::detect::Detected;
-use meshentry_proxy::dns::{Dns, DnsConfig};
 use meshentry_proxy::lb::Policy;
-use meshentry_proxy::route::{self, Decision, Handling, Plan};
+use meshentry_proxy::route::{self, Decision, Detection, Handling, Plan};
 use meshentry_proxy::snapshot::{Snapshot, destination_rule};
 use meshentry_proxy::tls::Sni;
 use meshentry_proxy::vs::{HttpAction, RedirectPort, RequestView, WeightedDest, resolve_gateway};
@@ -285,7 +284,6 @@ struct Explainer<'s> {
     full: Option<Registry>,
     resources: &'s [&'s Resource],
     config: &'s ProxyConfig,
-    dns: Arc<Dns>,
     steps: Vec<Step>,
     service: Option<ServiceJson>,
     virtual_service: Option<VsJson>,
@@ -812,10 +810,18 @@ impl<'s> Explainer<'s> {
             Policy::Random => "RANDOM",
         };
         let mut error = None;
-        let tls = match &cluster.tls {
+        // The proxy loads the files when it starts; the same check here says what it would.
+        let loaded = match &cluster.tls {
+            Some(Ok(r)) => match meshentry_proxy::tls::Origination::new(r.clone()) {
+                Ok(_) => Some(Ok(r)),
+                Err(e) => Some(Err(format!("{}: {e}", r.source))),
+            },
+            Some(Err(reason)) => Some(Err(reason.clone())),
+            None => None,
+        };
+        let tls = match &loaded {
             None => "plaintext (no TLS origination)".to_string(),
-            Some(Ok(o)) => {
-                let r = &o.recipe;
+            Some(Ok(r)) => {
                 let sni = match &r.sni {
                     Sni::Fixed(s) => s.clone(),
                     Sni::Auto => "the request's host (none for TCP)".into(),
@@ -903,7 +909,7 @@ impl<'s> Explainer<'s> {
                     }
                 ));
                 for t in targets {
-                    let n = format!("{}:{}", t.entry.name, t.port);
+                    let n = format!("{}:{}", t.name, t.port);
                     lines.push(format!("  name {n} weight {}", t.weight.max(1)));
                     dns_names.push(n);
                 }
@@ -1100,19 +1106,10 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         ..ProxyConfig::default()
     };
     crate::cmd::mesh::proxy_config(&loaded.mesh, &mut config);
-    // A DNS client that is never used for a real name: explain resolves nothing. (Only a
-    // port with several catch-all TCP DNS services would ask, and then fail at once.)
-    let dns = Dns::new(DnsConfig {
-        server: Some(SocketAddr::from(([127, 0, 0, 1], 9))),
-        timeout: Duration::from_millis(1),
-        ..DnsConfig::default()
-    })
-    .map_err(|e| anyhow::anyhow!("cannot set up DNS: {e}"))?;
     let valid: Vec<&Resource> = loaded.valid().collect();
-    let snapshot = Snapshot::build(&valid, &config, &dns, 1);
+    let snapshot = Snapshot::build(&valid, &config, 1);
     let full = snapshot.scope.is_some().then(|| Registry::build(valid.iter().copied()));
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let explanation = runtime.block_on(explain(&snapshot, full, &valid, &config, dns, args, &target));
+    let explanation = explain(&snapshot, full, &valid, &config, args, &target);
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     match args.output {
@@ -1129,12 +1126,11 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     })
 }
 
-async fn explain(
+fn explain(
     snap: &Snapshot,
     full: Option<Registry>,
     resources: &[&Resource],
     config: &ProxyConfig,
-    dns: Arc<Dns>,
     args: &Args,
     t: &Target0,
 ) -> Explanation {
@@ -1143,7 +1139,6 @@ async fn explain(
         full,
         resources,
         config,
-        dns,
         steps: Vec::new(),
         service: None,
         virtual_service: None,
@@ -1184,7 +1179,7 @@ async fn explain(
             let req = request(args, t);
             ex.http_routes(decision, &req, &t.host, t.port)
         }
-        Via::Outbound => explain_outbound(&mut ex, args, t, dst, assumed, name).await,
+        Via::Outbound => explain_outbound(&mut ex, args, t, dst, assumed, name),
     };
     let original = match (t.proto, name) {
         (Proto::Http, Some(n)) if via == Via::HttpProxy => format!("{n}:{}", t.port),
@@ -1392,9 +1387,15 @@ fn outcome_of(
     }
 }
 
+/// C5 as the proxy decides it with what is known without resolving a name: the STATIC
+/// endpoints of the candidates (a DNS service's names are not resolved here).
+fn tcp_owner(snap: &Snapshot, dst: SocketAddr) -> Option<Decision<'_>> {
+    route::tcp_owner(snap, dst)?.decide_with(snap, |c| c.static_hosts().cloned())
+}
+
 /// The transparent listener: `plan`, then (if needed) `after_detection` on the bytes the
 /// target's protocol would send first, then Host routing (HTTP) or TLS/TCP rules.
-async fn explain_outbound<'s>(
+fn explain_outbound<'s>(
     ex: &mut Explainer<'s>,
     args: &Args,
     t: &Target0,
@@ -1440,14 +1441,17 @@ async fn explain_outbound<'s>(
                 "only a catch-all TCP service declares port {}: relayed as TCP without reading (its first bytes are not looked at)",
                 t.port
             ));
-            let d = route::tcp_owner(snap, &ex.dns, dst)
-                .await
-                .unwrap_or_else(|| route::unknown(snap));
+            let d = tcp_owner(snap, dst).unwrap_or_else(|| route::unknown(snap));
             (d, false)
         }
         Plan::Detect => {
             lines.push(format!("protocol detection reads the first bytes: {first_bytes}"));
-            match route::after_detection(snap, &ex.dns, dst, &detected).await {
+            let owner = || tcp_owner(snap, dst);
+            let handling = match route::after_detection(snap, dst, &detected) {
+                Detection::Handled(h) => h,
+                tcp @ Detection::TcpOwner { .. } => tcp.with_owner(snap, owner()),
+            };
+            match handling {
                 Handling::Http => {
                     lines.push(format!(
                         "served as HTTP: the request is routed by its Host among the services on port {}, else by the destination address",

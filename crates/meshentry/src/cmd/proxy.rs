@@ -11,6 +11,7 @@ use meshentry_proxy::access_log::{AccessLog, Format as AccessLogFormat};
 use meshentry_proxy::base::addr::ListenAddr;
 use meshentry_proxy::config::{IdentityFiles, Limits, OutboundPolicy, ProxyConfig};
 use meshentry_proxy::dns::{Dns, DnsConfig};
+use meshentry_proxy::live::Live;
 use meshentry_proxy::rt::shared::Shared;
 use meshentry_proxy::snapshot::Snapshot;
 use tokio::net::TcpListener;
@@ -341,7 +342,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
             main_queue,
             exited.clone(),
         ));
-        let certs = tokio::spawn(watch_certificates(
+        let certs = tokio::spawn(reload::watch_certificates(
             shared.clone(),
             args.cert_check_interval,
             started.stopped.clone(),
@@ -499,7 +500,7 @@ async fn start(args: &Args) -> anyhow::Result<Option<Started>> {
         ..DnsConfig::default()
     })
     .map_err(|e| anyhow::anyhow!("cannot set up DNS: {e}"))?;
-    let snapshot = Snapshot::build(&valid, &config, &dns, 1);
+    let snapshot = Live::new(Snapshot::build(&valid, &config, 1), &dns);
     for w in snapshot.registry.warnings() {
         tracing::warn!("{w}");
     }
@@ -528,7 +529,7 @@ async fn start(args: &Args) -> anyhow::Result<Option<Started>> {
     wanted.extend(outbound.iter().map(|a| (Listen::Outbound, ListenAddr::Tcp(*a))));
     if let Some(gw) = &snapshot.gateway {
         for l in &gw.listeners {
-            if let Some(reason) = l.errors().next() {
+            if let Some(reason) = snapshot.listener_error(l) {
                 eprintln!("meshentry: Gateway {} port {}: {reason}", gw.name, l.port);
                 eprintln!("meshentry: refusing to start a gateway that cannot serve its servers");
                 return Ok(None);
@@ -640,51 +641,6 @@ fn fits(fds: u64, max_connections: u64, admin: u64) -> bool {
         .saturating_add(admin)
         .saturating_add(rest)
         <= fds
-}
-
-/// Reloads TLS certificates whose files changed: DestinationRule TLS origination and, in
-/// gateway mode, the terminating servers' (SDS-like rotation, without a configuration change).
-/// Connections already open keep the configuration they were made with; a broken file keeps
-/// the previous one in force.
-async fn watch_certificates(shared: Arc<Shared>, every: Duration, mut stopped: watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stopped.changed() => return,
-        }
-        let snapshot = shared.snapshot.load_full();
-        for cluster in snapshot.clusters() {
-            let Some(Ok(tls)) = &cluster.tls else { continue };
-            // File checks are a few stat calls; reading and parsing happens only on a change.
-            match tls.reload_if_changed() {
-                Ok(true) => tracing::info!(cluster = %cluster.name, "TLS certificates reloaded"),
-                Ok(false) => {}
-                Err(e) => {
-                    tracing::error!(cluster = %cluster.name, error = %e, "TLS certificates not reloaded; the previous ones stay in force")
-                }
-            }
-        }
-        for (gateway, l) in snapshot
-            .gateway
-            .iter()
-            .flat_map(|g| g.listeners.iter().map(move |l| (&g.name, l)))
-        {
-            // Each server on a port has its own files and rotates alone.
-            for (server, mode, tls) in l.terminating() {
-                match tls.reload_if_changed() {
-                    Ok(true) => {
-                        tracing::info!(%gateway, port = l.port, server = server.index, mode = mode.as_str(), "gateway TLS certificates reloaded; new handshakes use them")
-                    }
-                    Ok(false) => {}
-                    Err(e) => {
-                        tracing::error!(%gateway, port = l.port, server = server.index, mode = mode.as_str(), error = %e, "gateway TLS certificates not reloaded; the previous ones stay in force")
-                    }
-                }
-            }
-        }
-    }
 }
 
 /// SIGTERM and SIGINT: the first starts the drain, a second ends it.

@@ -6,14 +6,12 @@
 
 use std::fmt::Write;
 use std::hint::black_box;
-use std::net::SocketAddr;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use meshentry_proxy::config::ProxyConfig;
-use meshentry_proxy::dns::{Dns, DnsConfig};
-use meshentry_proxy::route;
-use meshentry_proxy::snapshot::Snapshot;
-use meshentry_proxy::vs::RequestView;
+use meshentry_route::base::config::ProxyConfig;
+use meshentry_route::model::snapshot::Snapshot;
+use meshentry_route::model::vs::RequestView;
+use meshentry_route::route;
 
 const SERVICES: usize = 1_000;
 
@@ -99,12 +97,7 @@ fn matching(c: &mut Criterion) {
     let loaded = meshentry_api::load_str("bench.yaml", &yaml, &meshentry_api::LoadOptions::default());
     assert!(!loaded.has_errors());
     let valid: Vec<_> = loaded.valid().collect();
-    let dns = Dns::new(DnsConfig {
-        server: Some(SocketAddr::from(([127, 0, 0, 1], 9))),
-        ..Default::default()
-    })
-    .expect("a DNS client");
-    let snap = Snapshot::build(&valid, &ProxyConfig::default(), &dns, 1);
+    let snap = Snapshot::build(&valid, &ProxyConfig::default(), 1);
     let req = Req {
         path: b"/api/items?debug=1",
         authority: b"svc-777.example.com",

@@ -2087,19 +2087,11 @@ mod tests {
     }
 
     fn snapshot(yaml: &str, labels: &[(&str, &str)]) -> crate::model::snapshot::Snapshot {
-        let loaded = meshentry_api::load_str("t.yaml", yaml, &meshentry_api::LoadOptions::default());
-        assert!(!loaded.has_errors(), "{:?}", loaded.errors().collect::<Vec<_>>());
-        let valid: Vec<_> = loaded.valid().collect();
-        let dns = crate::model::dns::Dns::new(crate::model::dns::DnsConfig {
-            server: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 9))),
-            ..Default::default()
-        })
-        .unwrap();
         let config = crate::base::config::ProxyConfig {
             labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             ..Default::default()
         };
-        crate::model::snapshot::Snapshot::build(&valid, &config, &dns, 1)
+        crate::model::snapshot::test_snapshot(yaml, &config)
     }
 
     /// The owner VirtualService and the rule names for `host:port`.

@@ -87,7 +87,7 @@ pub struct ProxyConfig {
 }
 
 /// Bounds on what downstream clients may hold or send; each hit is counted in
-/// [`crate::rt::shared::Stats`].
+/// `meshentry_proxy::rt::shared::Stats`.
 #[derive(Clone, Debug)]
 pub struct Limits {
     /// Downstream connections open at once, across all workers and listeners; one more is

@@ -21,11 +21,10 @@ use meshentry_registry::{Protocol, Registry, Service, SidecarScope, View, select
 
 use crate::base::config::{OutboundPolicy, ProxyConfig};
 use crate::model::cluster::{Cluster, ClusterSpec};
-use crate::model::dns::Dns;
 use crate::model::gateway::Gateway;
 use crate::model::key::ServiceKey;
 use crate::model::lb::Policy;
-use crate::model::tls::{Mode, Origination, Recipe, Sni};
+use crate::model::tls::{Mode, Recipe, Sni};
 use crate::model::vs::{CompileInput, MESH, RouteTables};
 
 /// Everything the data path needs to route, frozen.
@@ -50,6 +49,8 @@ pub struct Snapshot {
     /// Only VirtualService destinations name them, and those are resolved when the route
     /// tables are compiled, so the data path never looks here.
     subset_clusters: BTreeMap<(ServiceKey, u32, String), Arc<Cluster>>,
+    /// Every cluster (subsets included) by its [`Cluster::id`].
+    by_id: Vec<Arc<Cluster>>,
     /// The VirtualService routes (E1-E7) this proxy applies as a sidecar.
     pub routes: RouteTables,
     /// Gateway mode (`--gateway`): the Gateway this proxy runs as, with its listeners' routes
@@ -78,7 +79,7 @@ pub struct PortInfo {
 
 impl Snapshot {
     /// Builds the snapshot for `config`'s workload from valid `resources`.
-    pub fn build(resources: &[&Resource], config: &ProxyConfig, dns: &Dns, generation: u64) -> Snapshot {
+    pub fn build(resources: &[&Resource], config: &ProxyConfig, generation: u64) -> Snapshot {
         let registry = Registry::build(resources.iter().copied());
         // A gateway uses Istio's default scope whatever the Sidecars say.
         let sidecar = match config.gateway {
@@ -119,6 +120,7 @@ impl Snapshot {
         let namespace: Arc<str> = Arc::from(config.namespace.as_str());
         let mut clusters = FxHashMap::default();
         let mut subset_clusters = BTreeMap::new();
+        let mut by_id = Vec::new();
         let view = registry.view(&namespace);
         // Clusters for every service held, including those only VirtualServices route to.
         let held = registry.cluster_view(&namespace);
@@ -129,12 +131,14 @@ impl Snapshot {
                 .map_or(&[][..], |r| r.spec.subsets.as_slice());
             for port in &service.ports {
                 let spec = rules.cluster_spec(service, port.number, config, None);
-                let cluster = Cluster::build(service, port.number, spec, dns);
-                clusters.insert((key, port.number), Arc::new(cluster));
+                let cluster = Arc::new(Cluster::build(by_id.len(), service, port.number, spec));
+                by_id.push(cluster.clone());
+                clusters.insert((key, port.number), cluster);
                 for subset in subsets {
                     let spec = rules.cluster_spec(service, port.number, config, Some(subset));
-                    let cluster = Cluster::build(service, port.number, spec, dns);
-                    subset_clusters.insert((key, port.number, subset.name.clone()), Arc::new(cluster));
+                    let cluster = Arc::new(Cluster::build(by_id.len(), service, port.number, spec));
+                    by_id.push(cluster.clone());
+                    subset_clusters.insert((key, port.number, subset.name.clone()), cluster);
                 }
             }
         }
@@ -166,15 +170,15 @@ impl Snapshot {
         let (ports, mut warnings) = port_table(&view);
         warnings.extend(routes.warnings.iter().cloned());
         warnings.extend(gateway_warnings);
-        for cluster in clusters.values().chain(subset_clusters.values()) {
+        for cluster in &by_id {
             if let Some(Err(reason)) = &cluster.tls {
                 warnings.push(format!(
                     "{}: TLS origination is off, its connections fail: {reason}",
                     cluster.name
                 ));
             }
-            if let Some(Ok(o)) = &cluster.tls
-                && o.recipe.insecure_skip_verify
+            if let Some(Ok(recipe)) = &cluster.tls
+                && recipe.insecure_skip_verify
             {
                 warnings.push(format!(
                     "{}: insecureSkipVerify: the server certificate is not checked at all",
@@ -193,6 +197,7 @@ impl Snapshot {
             policy_source,
             clusters,
             subset_clusters,
+            by_id,
             routes,
             gateway,
             ports,
@@ -236,6 +241,11 @@ impl Snapshot {
     pub fn subset_cluster(&self, service: &Service, port: u32, subset: &str) -> Option<&Arc<Cluster>> {
         self.subset_clusters
             .get(&(ServiceKey::of(service), port, subset.to_string()))
+    }
+
+    /// Every cluster (subsets included), in [`Cluster::id`] order.
+    pub fn by_id(&self) -> &[Arc<Cluster>] {
+        &self.by_id
     }
 
     /// Every cluster (subsets included), sorted by name, for admin output.
@@ -451,7 +461,7 @@ impl<'a> DestinationRules<'a> {
                 |r| format!("DestinationRule {}/{}", r.resource.namespace, r.resource.name()),
             );
             tls_recipe(t, service, port, subset_name, config, &who)
-                .map(|recipe| recipe.map(|r| Origination::new(r).map(Arc::new).map_err(|e| format!("{who}: {e}"))))
+                .map(|recipe| recipe.map(Ok))
                 .unwrap_or_else(|reason| Some(Err(reason)))
         });
         ClusterSpec {
@@ -540,6 +550,7 @@ pub fn tls_recipe(
                 }
             };
             Recipe {
+                source: who.to_string(),
                 mode,
                 client_cert,
                 ca: path(&settings.ca_certificates),
@@ -566,6 +577,7 @@ pub fn tls_recipe(
                 }
             }
             Recipe {
+                source: who.to_string(),
                 mode,
                 client_cert: Some((id.cert.clone(), id.key.clone())),
                 ca: Some(id.ca.clone()),
@@ -606,19 +618,13 @@ fn exported_to(export_to: &[String], own: &str, proxy_ns: &str) -> bool {
             .any(|e| e == "*" || e == proxy_ns || (e == "." && own == proxy_ns))
 }
 
-/// A snapshot of `yaml` (which must be valid) for unit tests; DNS points at a closed port so a
-/// lookup made by mistake fails at once.
+/// A snapshot of `yaml` (which must be valid) for unit tests.
 #[cfg(test)]
-pub(crate) fn test_snapshot(yaml: &str, config: &ProxyConfig) -> (Snapshot, Arc<Dns>) {
+pub(crate) fn test_snapshot(yaml: &str, config: &ProxyConfig) -> Snapshot {
     let loaded = meshentry_api::load_str("t.yaml", yaml, &meshentry_api::LoadOptions::default());
     assert!(!loaded.has_errors(), "{:?}", loaded.errors().collect::<Vec<_>>());
     let valid: Vec<_> = loaded.valid().collect();
-    let dns = Dns::new(crate::model::dns::DnsConfig {
-        server: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 9))),
-        ..Default::default()
-    })
-    .expect("a DNS client for a fixed server builds");
-    (Snapshot::build(&valid, config, &dns, 1), dns)
+    Snapshot::build(&valid, config, 1)
 }
 
 #[cfg(test)]
@@ -640,7 +646,7 @@ mod tests {
     }
 
     fn build(yaml: &str, config: &ProxyConfig) -> Snapshot {
-        test_snapshot(yaml, config).0
+        test_snapshot(yaml, config)
     }
 
     /// A configuration with a mesh identity (ISTIO_MUTUAL, auto mTLS); the files live as long
@@ -667,7 +673,7 @@ mod tests {
         let c = snap.clusters().into_iter().find(|c| c.name == name).unwrap();
         match &c.tls {
             None => Ok(None),
-            Some(Ok(o)) => Ok(Some(o.recipe.clone())),
+            Some(Ok(r)) => Ok(Some(r.clone())),
             Some(Err(e)) => Err(e.clone()),
         }
     }
@@ -700,12 +706,10 @@ spec:
       loadBalancer: {simple: ROUND_ROBIN}
 "#;
         let snap = build(&format!("{SE}{dr}"), &ProxyConfig::default());
-        let http = tls_of(&snap, "outbound|80||db.example.com").unwrap_err();
-        // The CA file does not exist here: the reason names the rule and the file.
-        assert!(
-            http.contains("DestinationRule default/db") && http.contains("/etc/ca.pem"),
-            "{http}"
-        );
+        // The files are the proxy's to load (a missing one is its error: `live` tests it).
+        let http = tls_of(&snap, "outbound|80||db.example.com").unwrap().unwrap();
+        assert_eq!(http.source, "DestinationRule default/db");
+        assert_eq!(http.ca.as_deref(), Some(std::path::Path::new("/etc/ca.pem")));
         // The port-level entry replaces the top level: no TLS on 5432.
         assert_eq!(tls_of(&snap, "outbound|5432||db.example.com"), Ok(None));
     }
@@ -823,7 +827,7 @@ spec:
         let cluster = |name: &str| snap.clusters().into_iter().find(|c| c.name == name).unwrap().clone();
         let hosts = |name: &str| {
             let mut h: Vec<String> = cluster(name)
-                .known_hosts()
+                .static_hosts()
                 .unwrap()
                 .hosts
                 .iter()

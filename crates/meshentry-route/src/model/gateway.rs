@@ -20,24 +20,20 @@
 //! servers name their files in `serverCertificate`, `privateKey` and `caCertificates`. Those
 //! files (or the mesh identity's, for ISTIO_MUTUAL) are checked for changes every
 //! `--cert-check-interval` and a changed set replaces the server's TLS configuration whole
-//! ([`ServerTls::reload_if_changed`]), as Envoy's SDS rotates a gateway's certificates.
+//! (the proxy's `live::server_tls`), as Envoy's SDS rotates a gateway's certificates. This
+//! module decides which files a server uses ([`ServerFiles`]); the proxy loads them.
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use meshentry_api::model::{Gateway as GatewaySpec, ServerTlsMode, ServerTlsSettings};
 use meshentry_api::{Resource, Spec};
 use meshentry_registry::hash::FxHashMap;
-use rustls::RootCertStore;
-use rustls::ServerConfig;
-use rustls::server::WebPkiClientVerifier;
 
 use crate::base::addr::ListenAddr;
 use crate::base::config::ProxyConfig;
-use crate::model::tls::{FileWatch, load_certs, load_key, provider};
 use crate::model::vs::{CompileInput, GatewayRoutes, RouteTables, ServerHost};
 use meshentry_registry::host::covers;
 
@@ -86,10 +82,11 @@ pub struct Server {
 pub enum Kind {
     /// Plain HTTP, routed by `Host`.
     Http,
-    /// TLS terminated here, then HTTP routed by `Host`; `Err` says why it cannot start.
+    /// TLS terminated here, then HTTP routed by `Host`, with the TLS these files make; `Err`
+    /// says why it cannot start.
     Terminate {
         mode: ServerTlsMode,
-        tls: Result<ServerTls, String>,
+        tls: Result<ServerFiles, ServerFilesError>,
     },
     /// TLS passed through, routed by SNI with VirtualService `tls` rules.
     Passthrough,
@@ -188,25 +185,14 @@ impl Listener {
         }
     }
 
+    /// Whether it is a TLS port (HTTPS and TLS servers, picked by SNI).
+    pub fn is_tls(&self) -> bool {
+        self.sni.is_some()
+    }
+
     /// Whether the port is opened: some server on it is served.
     pub fn served(&self) -> bool {
         self.servers.iter().any(|s| !matches!(s.kind, Kind::Unsupported(_)))
-    }
-
-    /// Why servers of this port cannot start (a terminating server's files), if any.
-    pub fn errors(&self) -> impl Iterator<Item = &str> {
-        self.servers.iter().filter_map(|s| match &s.kind {
-            Kind::Terminate { tls: Err(reason), .. } => Some(reason.as_str()),
-            _ => None,
-        })
-    }
-
-    /// The terminating servers whose TLS is in force, for certificate reloads.
-    pub fn terminating(&self) -> impl Iterator<Item = (&Server, ServerTlsMode, &ServerTls)> {
-        self.servers.iter().filter_map(|s| match &s.kind {
-            Kind::Terminate { tls: Ok(tls), mode } => Some((s, *mode, tls)),
-            _ => None,
-        })
     }
 
     /// What the port serves, per server, for the startup log.
@@ -490,7 +476,7 @@ fn listener_kind(protocol: &str, tls: Option<&ServerTlsSettings>, config: &Proxy
                 )),
                 mode => Kind::Terminate {
                     mode,
-                    tls: server_tls(tls, config).map_err(|e| format!("tls {}: {e}", mode.as_str())),
+                    tls: server_files(tls, config),
                 },
             }
         }
@@ -498,9 +484,9 @@ fn listener_kind(protocol: &str, tls: Option<&ServerTlsSettings>, config: &Proxy
     }
 }
 
-/// Why a terminating server's TLS could not be set up (or reloaded).
+/// Why a terminating server has no files to build its TLS from.
 #[derive(Debug, thiserror::Error)]
-pub enum ServerTlsError {
+pub enum ServerFilesError {
     #[error(
         "ISTIO_MUTUAL needs this proxy's mesh identity: start it with --cert, --key and --ca (meshentry ca issue writes them)"
     )]
@@ -513,33 +499,19 @@ pub enum ServerTlsError {
     NoFiles,
     #[error("MUTUAL needs caCertificates (the CA client certificates must chain to)")]
     NoClientCa,
-    #[error(transparent)]
-    File(#[from] crate::model::tls::ConfigError),
-    #[error("private key {}: {source}", path.display())]
-    Key { path: PathBuf, source: rustls::Error },
-    #[error("CA certificates {}: {source}", path.display())]
-    Ca { path: PathBuf, source: rustls::Error },
-    #[error("client certificate verifier: {0}")]
-    Verifier(#[source] rustls::server::VerifierBuilderError),
-    #[error("{} and {}: the certificate and the private key do not match", cert.display(), key.display())]
-    Mismatch { cert: PathBuf, key: PathBuf },
-    #[error("{}: {source}", path.display())]
-    Cert { path: PathBuf, source: rustls::Error },
-    #[error("{0}")]
-    Rustls(#[source] rustls::Error),
 }
 
 /// The TLS of a terminating server: its files (SIMPLE, MUTUAL, OPTIONAL_MUTUAL), or the proxy's
 /// mesh identity (ISTIO_MUTUAL).
-pub fn server_tls(tls: &ServerTlsSettings, config: &ProxyConfig) -> Result<ServerTls, ServerTlsError> {
+pub fn server_files(tls: &ServerTlsSettings, config: &ProxyConfig) -> Result<ServerFiles, ServerFilesError> {
     let (cert, key, ca, require) = match tls.mode {
         ServerTlsMode::IstioMutual => {
-            let id = config.identity.as_ref().ok_or(ServerTlsError::NoIdentity)?;
+            let id = config.identity.as_ref().ok_or(ServerFilesError::NoIdentity)?;
             (id.cert.clone(), id.key.clone(), Some(id.ca.clone()), true)
         }
         mode => {
             if !tls.credential_name.is_empty() || !tls.credential_names.is_empty() {
-                return Err(ServerTlsError::CredentialName {
+                return Err(ServerFilesError::CredentialName {
                     names: if tls.credential_name.is_empty() {
                         tls.credential_names.join(",")
                     } else {
@@ -553,12 +525,12 @@ pub fn server_tls(tls: &ServerTlsSettings, config: &ProxyConfig) -> Result<Serve
                 });
             }
             if tls.server_certificate.is_empty() || tls.private_key.is_empty() {
-                return Err(ServerTlsError::NoFiles);
+                return Err(ServerFilesError::NoFiles);
             }
             let ca = (!tls.ca_certificates.is_empty()).then(|| tls.ca_certificates.clone().into());
             match mode {
                 ServerTlsMode::Mutual if ca.is_none() => {
-                    return Err(ServerTlsError::NoClientCa);
+                    return Err(ServerFilesError::NoClientCa);
                 }
                 ServerTlsMode::Mutual => (
                     tls.server_certificate.clone().into(),
@@ -581,7 +553,7 @@ pub fn server_tls(tls: &ServerTlsSettings, config: &ProxyConfig) -> Result<Serve
             }
         }
     };
-    ServerTls::new(ServerFiles {
+    Ok(ServerFiles {
         cert,
         key,
         client_ca: ca,
@@ -590,130 +562,26 @@ pub fn server_tls(tls: &ServerTlsSettings, config: &ProxyConfig) -> Result<Serve
 }
 
 /// The files a terminating server's TLS is built from.
-#[derive(Debug)]
-struct ServerFiles {
-    cert: PathBuf,
-    key: PathBuf,
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
     /// The CA client certificates must chain to (MUTUAL, OPTIONAL_MUTUAL, ISTIO_MUTUAL).
-    client_ca: Option<PathBuf>,
+    pub client_ca: Option<PathBuf>,
     /// Whether a client certificate is required (MUTUAL, ISTIO_MUTUAL).
-    require: bool,
-}
-
-/// A terminating server's TLS: its files and the rustls configuration built from them.
-///
-/// The configuration is swapped whole when the files change, rather than through a
-/// `ResolvesServerCert`, because `caCertificates` (the client certificate verifier) rotates
-/// too and a certificate, its key and the CA must change together. A handshake takes the
-/// configuration in force with one lock-free `ArcSwap` load; a connection keeps the one it
-/// was accepted with, so established connections are untouched by a rotation.
-pub struct ServerTls {
-    files: ServerFiles,
-    config: ArcSwap<ServerConfig>,
-    /// The files as they were when `config` was built.
-    watch: FileWatch,
-}
-
-impl fmt::Debug for ServerTls {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ServerTls")
-            .field("files", &self.files)
-            .finish_non_exhaustive()
-    }
-}
-
-impl ServerTls {
-    fn new(files: ServerFiles) -> Result<ServerTls, ServerTlsError> {
-        let watch = FileWatch::new(files.paths());
-        let config = build_server_config(&files)?;
-        Ok(ServerTls {
-            files,
-            config: ArcSwap::new(config),
-            watch,
-        })
-    }
-
-    /// The configuration for the next handshake.
-    pub fn config(&self) -> Arc<ServerConfig> {
-        self.config.load_full()
-    }
-
-    /// Rebuilds the configuration when one of its files changed since it was built (a stat
-    /// of each; they are read only then). On a broken file, or a certificate and key that do
-    /// not match (half-way through a rotation), the configuration in force stays and the error
-    /// is returned; it is not retried until a file changes again. `Ok(true)`: reloaded.
-    pub fn reload_if_changed(&self) -> Result<bool, ServerTlsError> {
-        if !self.watch.changed() {
-            return Ok(false);
-        }
-        self.config.store(build_server_config(&self.files)?);
-        Ok(true)
-    }
+    pub require: bool,
 }
 
 impl ServerFiles {
-    fn paths(&self) -> Vec<PathBuf> {
+    pub fn paths(&self) -> Vec<PathBuf> {
         let mut out = vec![self.cert.clone(), self.key.clone()];
         out.extend(self.client_ca.clone());
         out
     }
 }
 
-fn build_server_config(files: &ServerFiles) -> Result<Arc<ServerConfig>, ServerTlsError> {
-    let (cert, key, client_ca, require) = (&files.cert, &files.key, files.client_ca.as_deref(), files.require);
-    let chain = load_certs("server certificate", cert)?;
-    let key_path = key;
-    let key = load_key(key_path)?;
-    let provider = provider();
-    // Parsed once more by `with_single_cert`; done here first so that the error names the key
-    // file rather than the certificate (reloads are rare, the cost is nothing).
-    provider
-        .key_provider
-        .load_private_key(key.clone_key())
-        .map_err(|source| ServerTlsError::Key {
-            path: key_path.clone(),
-            source,
-        })?;
-    let builder = ServerConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(ServerTlsError::Rustls)?;
-    let builder = match client_ca {
-        Some(ca) => {
-            let mut roots = RootCertStore::empty();
-            for c in load_certs("CA certificates", ca)? {
-                roots.add(c).map_err(|source| ServerTlsError::Ca {
-                    path: ca.to_path_buf(),
-                    source,
-                })?;
-            }
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
-            let verifier = if require {
-                verifier.build()
-            } else {
-                verifier.allow_unauthenticated().build()
-            }
-            .map_err(ServerTlsError::Verifier)?;
-            builder.with_client_cert_verifier(verifier)
-        }
-        None => builder.with_no_client_auth(),
-    };
-    let mut config = builder.with_single_cert(chain, key).map_err(|e| match e {
-        // Expected for a moment when a rotation replaces the two files one at a time.
-        rustls::Error::InconsistentKeys(_) => ServerTlsError::Mismatch {
-            cert: cert.clone(),
-            key: key_path.clone(),
-        },
-        source => ServerTlsError::Cert {
-            path: cert.clone(),
-            source,
-        },
-    })?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
-}
-
 /// `(port, subset, host)` of Istio's AUTO_PASSTHROUGH SNI `outbound_.PORT_.SUBSET_.HOST`.
-pub(crate) fn parse_auto_sni(sni: &str) -> Option<(u32, &str, &str)> {
+pub fn parse_auto_sni(sni: &str) -> Option<(u32, &str, &str)> {
     let rest = sni.strip_prefix("outbound_.")?;
     let (port, rest) = rest.split_once("_.")?;
     let (subset, host) = rest.split_once("_.")?;
@@ -780,20 +648,12 @@ mod tests {
     }
 
     fn snapshot(yaml: &str, gateway: &str, namespace: &str) -> Snapshot {
-        let loaded = meshentry_api::load_str("t.yaml", yaml, &meshentry_api::LoadOptions::default());
-        assert!(!loaded.has_errors(), "{:?}", loaded.errors().collect::<Vec<_>>());
-        let valid: Vec<_> = loaded.valid().collect();
-        let dns = crate::model::dns::Dns::new(crate::model::dns::DnsConfig {
-            server: Some(SocketAddr::from(([127, 0, 0, 1], 9))),
-            ..Default::default()
-        })
-        .unwrap();
         let config = ProxyConfig {
             namespace: namespace.into(),
             gateway: Some(gateway.into()),
             ..Default::default()
         };
-        Snapshot::build(&valid, &config, &dns, 1)
+        crate::model::snapshot::test_snapshot(yaml, &config)
     }
 
     /// The VirtualServices and rule names of the virtual host `host` on `port`.
@@ -940,35 +800,28 @@ spec:
     fn terminating_servers_need_files_or_an_identity() {
         let tls = |yaml: &str| -> ServerTlsSettings { serde_json::from_str(yaml).unwrap() };
         let config = ProxyConfig::default();
-        let err = server_tls(&tls(r#"{"mode": "SIMPLE", "credentialName": "c"}"#), &config)
+        let err = server_files(&tls(r#"{"mode": "SIMPLE", "credentialName": "c"}"#), &config)
             .unwrap_err()
             .to_string();
         assert!(
             err.contains("credentialName \"c\"") && err.contains("serverCertificate"),
             "{err}"
         );
-        let err = server_tls(&tls(r#"{"mode": "SIMPLE"}"#), &config)
+        let err = server_files(&tls(r#"{"mode": "SIMPLE"}"#), &config)
             .unwrap_err()
             .to_string();
         assert!(err.contains("serverCertificate and privateKey"), "{err}");
-        let err = server_tls(
+        let err = server_files(
             &tls(r#"{"mode": "MUTUAL", "serverCertificate": "/c", "privateKey": "/k"}"#),
             &config,
         )
         .unwrap_err()
         .to_string();
         assert!(err.contains("caCertificates"), "{err}");
-        let err = server_tls(&tls(r#"{"mode": "ISTIO_MUTUAL"}"#), &config)
+        let err = server_files(&tls(r#"{"mode": "ISTIO_MUTUAL"}"#), &config)
             .unwrap_err()
             .to_string();
         assert!(err.contains("--cert"), "{err}");
-        let err = server_tls(
-            &tls(r#"{"mode": "SIMPLE", "serverCertificate": "/nonexistent/c.pem", "privateKey": "/k"}"#),
-            &config,
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(err.contains("/nonexistent/c.pem"), "{err}");
     }
 
     fn gateway_yaml(servers: &str) -> String {

@@ -1,6 +1,6 @@
 //! A destination's metric labels, interned once per process when clusters are built: the
 //! service and how this proxy secures traffic to it. Ids keep their meaning across reloads,
-//! so series survive them ([`crate::obs::metrics`] counts by id).
+//! so series survive them (`meshentry_proxy::obs::metrics` counts by id).
 
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex};
@@ -85,7 +85,7 @@ pub fn intern(d: Destination) -> DestId {
     id
 }
 
-pub(crate) fn destinations() -> Vec<Destination> {
+pub fn destinations() -> Vec<Destination> {
     lock(&DESTINATIONS).all.clone()
 }
 
@@ -95,12 +95,12 @@ pub(crate) fn destinations() -> Vec<Destination> {
 pub fn destination_of(
     cluster_host: &Arc<str>,
     namespace: &Arc<str>,
-    tls: Option<&crate::model::tls::Origination>,
+    tls: Option<&crate::model::tls::Recipe>,
 ) -> Destination {
-    let mtls = tls.is_some_and(|o| o.recipe.mode == crate::model::tls::Mode::IstioMutual);
+    let mtls = tls.is_some_and(|r| r.mode == crate::model::tls::Mode::IstioMutual);
     let principal = tls
         .filter(|_| mtls)
-        .and_then(|o| o.recipe.subject_alt_names.first())
+        .and_then(|r| r.subject_alt_names.first())
         .map(|s| Arc::from(s.as_str()));
     Destination {
         service: cluster_host.clone(),

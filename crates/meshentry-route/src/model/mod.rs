@@ -2,7 +2,6 @@
 
 pub mod cluster;
 pub mod dest;
-pub mod dns;
 pub mod gateway;
 pub mod key;
 pub mod lb;

@@ -1,9 +1,6 @@
-//! Originating TLS to upstreams: DestinationRule `tls` (D6-D8).
-//!
-//! A cluster whose policy says SIMPLE, MUTUAL or ISTIO_MUTUAL gets an [`Origination`]: a rustls
-//! client configuration built from the rule's files (or the proxy's mesh identity), the SNI to
-//! send and the names to check. The configuration is rebuilt when its files change
-//! ([`Origination::reload_if_changed`]); connections already open keep theirs.
+//! Originating TLS to upstreams: the rustls configuration built from a cluster's
+//! [`Recipe`] (D6-D8), reloaded when its files change.
+//! Connections already open keep the configuration they started with.
 //!
 //! Verification is stricter than Istio's by default. Istio's SIMPLE and MUTUAL check the server
 //! certificate only when `caCertificates` or `subjectAltNames` are set; here the chain is always
@@ -26,49 +23,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::ParsedCertificate;
 use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
-/// How the upstream connection is secured (D6).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mode {
-    Simple,
-    Mutual,
-    IstioMutual,
-}
-
-impl Mode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Simple => "SIMPLE",
-            Mode::Mutual => "MUTUAL",
-            Mode::IstioMutual => "ISTIO_MUTUAL",
-        }
-    }
-}
-
-/// Which server name goes in the ClientHello (D7).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Sni {
-    /// The rule's `sni`, or ISTIO_MUTUAL's `outbound_.<port>_.<subset>_.<host>`.
-    Fixed(String),
-    /// The request's Host (HTTP), else none.
-    Auto,
-}
-
-/// Where the certificates come from: files named by the rule, or the proxy's mesh identity.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Recipe {
-    pub mode: Mode,
-    /// PEM client certificate chain and key (MUTUAL), or the mesh identity's (ISTIO_MUTUAL).
-    pub client_cert: Option<(PathBuf, PathBuf)>,
-    /// PEM roots; `None`: the system's (SIMPLE/MUTUAL) or the mesh CA (ISTIO_MUTUAL, always set).
-    pub ca: Option<PathBuf>,
-    /// Names the server certificate must carry one of (DNS or URI SANs); empty: the SNI or host
-    /// name is checked instead.
-    pub subject_alt_names: Vec<String>,
-    pub insecure_skip_verify: bool,
-    pub sni: Sni,
-    /// ALPN protocols to offer (`h2` for HTTP/2 upstreams, `http/1.1` for HTTP/1.1 ones).
-    pub alpn: Vec<Vec<u8>>,
-}
+pub use meshentry_route::model::tls::{Mode, Recipe, Sni};
 
 /// A cluster's TLS origination, reloadable.
 pub struct Origination {
@@ -579,6 +534,7 @@ mod tests {
 
     fn recipe(ca: Option<PathBuf>, sans: &[&str]) -> Recipe {
         Recipe {
+            source: "DestinationRule default/test".into(),
             mode: Mode::Simple,
             client_cert: None,
             ca,

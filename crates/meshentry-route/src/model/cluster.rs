@@ -10,14 +10,12 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 
-use arc_swap::ArcSwap;
 use meshentry_registry::{Resolution, Service};
 
-use crate::model::dns::{Answer, Dns, DnsError, DnsName};
 use crate::model::lb::{Balancer, HostLoad, Policy};
-use crate::model::tls::Origination;
+use crate::model::tls::Recipe;
 
 /// Where an endpoint listens.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -65,7 +63,7 @@ pub struct HostSet {
 }
 
 impl HostSet {
-    fn new(policy: Policy, hosts: Vec<(HostAddr, u32)>) -> Self {
+    pub fn new(policy: Policy, hosts: Vec<(HostAddr, u32)>) -> Self {
         let hosts: Box<[Host]> = hosts
             .into_iter()
             .map(|(addr, weight)| Host {
@@ -84,35 +82,29 @@ impl HostSet {
 }
 
 /// One endpoint name of a DNS cluster.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct DnsTarget {
-    pub entry: Arc<DnsName>,
+    pub name: Arc<str>,
     pub port: u16,
     pub weight: u32,
-}
-
-/// A DNS cluster's hosts, with the answers they were made from (to notice when to rebuild).
-pub struct DnsHosts {
-    answers: Vec<Option<Arc<Answer>>>,
-    pub set: Arc<HostSet>,
 }
 
 /// How a cluster finds its hosts.
 pub enum Discovery {
     /// Fixed at configuration time.
     Static(Arc<HostSet>),
-    /// Resolved names, refreshed per TTL; `first_only` for DNS_ROUND_ROBIN.
-    Dns {
-        targets: Vec<DnsTarget>,
-        first_only: bool,
-        current: ArcSwap<DnsHosts>,
-    },
+    /// Resolved names (by the proxy, which keeps the answers and the hosts made from them);
+    /// `first_only` for DNS_ROUND_ROBIN.
+    Dns { targets: Vec<DnsTarget>, first_only: bool },
     /// Dial the original destination; `port` replaces its port when set (targetPort, B4).
     OriginalDst { port: Option<u16> },
 }
 
 /// The endpoints of one service port.
 pub struct Cluster {
+    /// Its index among the snapshot's clusters ([`crate::model::snapshot::Snapshot::by_id`]):
+    /// what the proxy keys the cluster's runtime state (DNS answers, TLS configuration) by.
+    pub id: usize,
     /// `outbound|<port>|<subset>|<host>`.
     pub name: String,
     pub host: Arc<str>,
@@ -121,7 +113,7 @@ pub struct Cluster {
     pub discovery: Discovery,
     pub policy: Policy,
     /// See [`ClusterSpec::tls`].
-    pub tls: Option<Result<Arc<Origination>, String>>,
+    pub tls: Option<Result<Recipe, String>>,
     pub stats: ClusterStats,
     /// The labels its traffic is reported under (Istio's destination_* labels).
     pub dest: crate::model::dest::DestId,
@@ -138,15 +130,6 @@ pub struct ClusterStats {
     pub tls_failures: AtomicU64,
 }
 
-/// Why a cluster has no host to offer.
-#[derive(Debug, thiserror::Error)]
-pub enum NoHost {
-    #[error("no healthy upstream (the service has no endpoints)")]
-    Empty,
-    #[error(transparent)]
-    Dns(#[from] DnsError),
-}
-
 /// What a pick needs for ORIGINAL_DST clusters: where the application was going.
 #[derive(Clone, Debug)]
 pub enum Destination<'a> {
@@ -160,15 +143,14 @@ pub struct ClusterSpec {
     pub passthrough: bool,
     /// TLS origination (D6); `Err` when the rule asks for it and it cannot be set up (the
     /// reason is what the cluster's connections fail with).
-    pub tls: Option<Result<Arc<Origination>, String>>,
+    pub tls: Option<Result<Recipe, String>>,
     /// A DestinationRule subset (D4): its name and the labels its endpoints must carry.
     pub subset: Option<(String, BTreeMap<String, String>)>,
 }
 
 impl Cluster {
-    /// Builds the cluster for `port` of `service`. DNS entries come from `dns` so that their
-    /// caches survive configuration reloads.
-    pub fn build(service: &Service, port: u32, spec: ClusterSpec, dns: &Dns) -> Cluster {
+    /// Builds cluster `id`, for `port` of `service`.
+    pub fn build(id: usize, service: &Service, port: u32, spec: ClusterSpec) -> Cluster {
         let subset_name = spec.subset.as_ref().map_or("", |(n, _)| n.as_str());
         let name = format!("outbound|{port}|{subset_name}|{}", service.host);
         let target_port = service
@@ -198,7 +180,7 @@ impl Cluster {
             for ep in endpoints() {
                 let Ok(port) = u16::try_from(ep.port) else { continue };
                 targets.push(DnsTarget {
-                    entry: dns.entry(ep.address()),
+                    name: Arc::from(ep.address()),
                     port,
                     weight: ep.workload.weight,
                 });
@@ -206,15 +188,7 @@ impl Cluster {
                     break;
                 }
             }
-            let empty = Arc::new(HostSet::new(spec.policy, Vec::new()));
-            Discovery::Dns {
-                targets,
-                first_only,
-                current: ArcSwap::from_pointee(DnsHosts {
-                    answers: Vec::new(),
-                    set: empty,
-                }),
-            }
+            Discovery::Dns { targets, first_only }
         } else {
             let hosts = endpoints()
                 .filter_map(|ep| static_addr(ep.address(), ep.port).map(|a| (a, ep.workload.weight)))
@@ -222,7 +196,7 @@ impl Cluster {
             Discovery::Static(Arc::new(HostSet::new(spec.policy, hosts)))
         };
         let origination = match &spec.tls {
-            Some(Ok(o)) => Some(&**o),
+            Some(Ok(r)) => Some(r),
             _ => None,
         };
         let dest = crate::model::dest::intern(crate::model::dest::destination_of(
@@ -231,6 +205,7 @@ impl Cluster {
             origination,
         ));
         Cluster {
+            id,
             name,
             host: service.host.clone(),
             namespace: service.namespace.clone(),
@@ -243,71 +218,23 @@ impl Cluster {
         }
     }
 
-    /// The hosts to balance over now. Never waits on DNS when any answer is cached.
-    pub async fn hosts(&self, dns: &Arc<Dns>) -> Result<Arc<HostSet>, NoHost> {
-        match &self.discovery {
-            Discovery::Static(set) => {
-                if set.is_empty() {
-                    Err(NoHost::Empty)
-                } else {
-                    Ok(set.clone())
+    /// The hosts of a DNS cluster made from `answers`, one per target in order (`None`: that
+    /// name has no answer now). Every address of every answer (STRICT_DNS), or the first
+    /// address of the one name (LOGICAL_DNS); empty for other clusters.
+    pub fn dns_hosts<'a>(&self, answers: impl IntoIterator<Item = Option<&'a [IpAddr]>>) -> Vec<(HostAddr, u32)> {
+        let Discovery::Dns { targets, first_only } = &self.discovery else {
+            return Vec::new();
+        };
+        let mut hosts = Vec::new();
+        for (t, addrs) in targets.iter().zip(answers) {
+            for ip in addrs.unwrap_or_default() {
+                hosts.push((HostAddr::Ip(SocketAddr::new(*ip, t.port)), t.weight));
+                if *first_only {
+                    break;
                 }
             }
-            Discovery::Dns {
-                targets,
-                first_only,
-                current,
-            } => {
-                if targets.is_empty() {
-                    return Err(NoHost::Empty);
-                }
-                let mut answers = Vec::with_capacity(targets.len());
-                let mut last_err = None;
-                for t in targets {
-                    match dns.resolve(&t.entry).await {
-                        Ok(a) => answers.push(Some(a)),
-                        Err(e) => {
-                            answers.push(None);
-                            last_err = Some(e);
-                        }
-                    }
-                }
-                let cur = current.load();
-                let same = cur.answers.len() == answers.len()
-                    && cur.answers.iter().zip(&answers).all(|(a, b)| match (a, b) {
-                        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-                        (None, None) => true,
-                        _ => false,
-                    });
-                if same && !cur.set.is_empty() {
-                    return Ok(cur.set.clone());
-                }
-                let mut hosts = Vec::new();
-                for (t, a) in targets.iter().zip(&answers) {
-                    let Some(a) = a else { continue };
-                    for ip in a.addrs.iter() {
-                        hosts.push((HostAddr::Ip(SocketAddr::new(*ip, t.port)), t.weight));
-                        if *first_only {
-                            break;
-                        }
-                    }
-                }
-                if hosts.is_empty() {
-                    self.stats.dns_failures.fetch_add(1, Ordering::Relaxed);
-                    return Err(match last_err {
-                        Some(e) => NoHost::Dns(e),
-                        None => NoHost::Empty,
-                    });
-                }
-                let set = Arc::new(HostSet::new(self.policy, hosts));
-                current.store(Arc::new(DnsHosts {
-                    answers,
-                    set: set.clone(),
-                }));
-                Ok(set)
-            }
-            Discovery::OriginalDst { .. } => Err(NoHost::Empty),
         }
+        hosts
     }
 
     /// For ORIGINAL_DST clusters: the port to dial instead of the requested one.
@@ -327,12 +254,12 @@ impl Cluster {
         }
     }
 
-    /// The hosts as last resolved, for admin output (no DNS queries).
-    pub fn known_hosts(&self) -> Option<Arc<HostSet>> {
+    /// The hosts fixed by the configuration (STATIC); `None` for DNS and ORIGINAL_DST
+    /// clusters, whose hosts only the proxy knows.
+    pub fn static_hosts(&self) -> Option<&Arc<HostSet>> {
         match &self.discovery {
-            Discovery::Static(set) => Some(set.clone()),
-            Discovery::Dns { current, .. } => Some(current.load().set.clone()),
-            Discovery::OriginalDst { .. } => None,
+            Discovery::Static(set) => Some(set),
+            _ => None,
         }
     }
 }
