@@ -16,8 +16,8 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use meshentry_proxy::listen::server::Acceptor;
-use meshentry_proxy::rt::shared::Shared;
+use meshentry_proxy::Acceptor;
+use meshentry_proxy::Shared;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -217,7 +217,7 @@ fn listeners(shared: &Shared) -> Value {
 /// `0.0.0.0:<port>` (HTTP route table, SNI chains, a catch-all TCP service), and so whether a
 /// connection's first bytes are read before it is routed. Service addresses (VIPs) are in
 /// `registry`.
-fn outbound_ports(snap: &meshentry_proxy::snapshot::Snapshot) -> Value {
+fn outbound_ports(snap: &meshentry_route::model::snapshot::Snapshot) -> Value {
     Value::Array(
         snap.ports()
             .into_iter()
@@ -237,7 +237,7 @@ fn outbound_ports(snap: &meshentry_proxy::snapshot::Snapshot) -> Value {
 /// Istio's route tables as this proxy applies them: per port, each service's domains (its
 /// host and addresses) and the cluster they route to, in lookup order (exact hosts, then
 /// wildcards).
-fn routes(snap: &meshentry_proxy::snapshot::Snapshot) -> Value {
+fn routes(snap: &meshentry_route::model::snapshot::Snapshot) -> Value {
     let mut by_port: std::collections::BTreeMap<u32, Vec<Value>> = std::collections::BTreeMap::new();
     for service in snap.view().services() {
         for port in &service.ports {
@@ -277,8 +277,8 @@ fn routes(snap: &meshentry_proxy::snapshot::Snapshot) -> Value {
 }
 
 /// The rules of a VirtualService's virtual host, in order, as `/config_dump` shows them.
-fn vs_routes(routes: &meshentry_proxy::vs::HttpRoutes) -> Value {
-    use meshentry_proxy::vs::HttpAction;
+fn vs_routes(routes: &meshentry_route::model::vs::HttpRoutes) -> Value {
+    use meshentry_route::model::vs::HttpAction;
     let rules: Vec<Value> = routes
         .rules
         .iter()
@@ -347,7 +347,7 @@ fn clusters_json(shared: &Shared) -> Value {
 
 /// A host's counters as `(JSON name, Envoy's /clusters name, value)`, so both forms of
 /// `/clusters` report the same things.
-fn host_counters(h: &meshentry_proxy::cluster::Host) -> [(&'static str, &'static str, u64); 4] {
+fn host_counters(h: &meshentry_route::model::cluster::Host) -> [(&'static str, &'static str, u64); 4] {
     [
         ("active", "rq_active", u64::from(h.load.active.load(Ordering::Relaxed))),
         ("requests", "rq_total", h.stats.requests.load(Ordering::Relaxed)),
@@ -595,7 +595,7 @@ fn stats_text(shared: &Shared) -> String {
     for (name, _, read) in STATS {
         let _ = writeln!(out, "meshentry.{name}: {}", read(shared));
     }
-    for (name, value) in meshentry_proxy::rt::shared::DETECTED_NAMES.iter().zip(&s.detected) {
+    for (name, value) in meshentry_proxy::DETECTED_NAMES.iter().zip(&s.detected) {
         let _ = writeln!(
             out,
             "meshentry.outbound_sniffed_{name}_total: {}",
@@ -628,10 +628,7 @@ fn prometheus(shared: &Shared) -> Response<Full<Bytes>> {
         "counter",
         "What detection found on transparent connections.",
     );
-    for (protocol, value) in meshentry_proxy::rt::shared::DETECTED_NAMES
-        .iter()
-        .zip(&shared.stats.detected)
-    {
+    for (protocol, value) in meshentry_proxy::DETECTED_NAMES.iter().zip(&shared.stats.detected) {
         let mut labels = String::new();
         push_label(&mut labels, "protocol", protocol);
         sample(
@@ -647,7 +644,7 @@ fn prometheus(shared: &Shared) -> Response<Full<Bytes>> {
     type ClusterStat = (
         &'static str,
         &'static str,
-        fn(&meshentry_proxy::cluster::ClusterStats) -> u64,
+        fn(&meshentry_route::model::cluster::ClusterStats) -> u64,
     );
     let per_cluster: [ClusterStat; 4] = [
         (
@@ -708,9 +705,9 @@ fn json_response(v: &Value) -> Response<Full<Bytes>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use meshentry_proxy::config::ProxyConfig;
-    use meshentry_proxy::dns::{Dns, DnsConfig};
-    use meshentry_proxy::snapshot::Snapshot;
+    use meshentry_proxy::{Dns, DnsConfig};
+    use meshentry_route::base::config::ProxyConfig;
+    use meshentry_route::model::snapshot::Snapshot;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpStream;
 
@@ -723,12 +720,7 @@ mod tests {
         })
         .unwrap();
         let snapshot = Snapshot::build(&[], &config, 1);
-        Shared::new(
-            meshentry_proxy::live::Live::new(snapshot, &dns),
-            dns,
-            config,
-            Vec::new(),
-        )
+        Shared::new(meshentry_proxy::Live::new(snapshot, &dns), dns, config, Vec::new())
     }
 
     /// How long until the server closes `s` (reading whatever it sends first).

@@ -13,23 +13,26 @@
 //! 9. [`serve`]: a client connection: HTTP/1 fast path, hyper, HTTP/2, tunnels, limits;
 //! 10. [`listen`]: accept loops: explicit, transparent and Gateway listeners; reloads.
 
-pub mod listen;
-pub mod live;
-pub mod net;
-pub mod obs;
-pub mod rt;
-pub mod serve;
+mod listen;
+mod live;
+mod net;
+mod obs;
+mod rt;
+mod serve;
 
-// The pure layers, under the paths the proxy's modules use (`crate::model::...`).
-pub use meshentry_route::{base, model, route, wire};
+// The pure layers, under the paths the proxy's modules use (`crate::model::...`); other crates
+// use `meshentry_route` itself.
+pub(crate) use meshentry_route::{base, model, route, wire};
 
-// The paths the binary, admin and tests use.
-pub use base::{config, flags, loop_guard};
-pub use listen::{outbound, server};
-pub use live::{dns, tls};
-pub use model::{cluster, gateway, lb, snapshot, vs};
-pub use net::{body, capture, detect, forward, relay, upstream};
-pub use obs::{access_log, metrics, telemetry};
-pub use rt::lifecycle;
-pub use serve::{h1, h2, http, limits, routed, tunnel};
-pub use wire::sni;
+// What the binary, admin and tests use: the runtime state, the shared context, the reloader
+// and workers, telemetry, capture rules, TLS files, and the refusal texts `explain` shows.
+pub use listen::server::Acceptor;
+pub use listen::{reload, workers};
+pub use live::Live;
+pub use live::dns::{Dns, DnsConfig};
+pub use live::tls;
+pub use net::capture;
+pub use obs::{access_log, metrics};
+pub use rt::shared::{DETECTED_NAMES, Shared};
+pub use serve::ctx::blocked_reason;
+pub use serve::routed::{no_cluster, no_route};

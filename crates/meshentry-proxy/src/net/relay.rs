@@ -91,18 +91,6 @@ impl Peer for tokio::net::UnixStream {}
 /// already read, so its readiness says nothing.
 impl<T> Peer for hyper_util::rt::TokioIo<T> {}
 
-/// Copies `a` to `b` and `b` to `a` until both directions have reached end of stream;
-/// returns the bytes copied each way (a to b, b to a). The caller drops both streams when it
-/// returns: the end of stream of the last direction to finish may be passed on by that drop
-/// ([`Peer::closes_on_drop`]) rather than by a shutdown.
-pub async fn copy_bidirectional<A, B>(a: &mut A, b: &mut B) -> io::Result<(u64, u64)>
-where
-    A: AsyncRead + AsyncWrite + Peer + Unpin + ?Sized,
-    B: AsyncRead + AsyncWrite + Peer + Unpin + ?Sized,
-{
-    copy_bidirectional_idle(a, b, None).await
-}
-
 /// Why a relay with an idle timeout ended: no byte moved either way for that long. Tell it
 /// from other errors with [`is_idle_timeout`].
 #[derive(Debug, thiserror::Error)]
@@ -114,20 +102,9 @@ pub fn is_idle_timeout(e: &io::Error) -> bool {
     e.get_ref().is_some_and(|inner| inner.is::<IdleTimeout>())
 }
 
-/// [`copy_bidirectional`], ending with an [`IdleTimeout`] error once no byte has moved either
-/// way for `idle` (Envoy's `tcp_proxy` `idle_timeout`).
-pub async fn copy_bidirectional_idle<A, B>(a: &mut A, b: &mut B, idle: Option<Duration>) -> io::Result<(u64, u64)>
-where
-    A: AsyncRead + AsyncWrite + Peer + Unpin + ?Sized,
-    B: AsyncRead + AsyncWrite + Peer + Unpin + ?Sized,
-{
-    let mut copied = (0, 0);
-    copy_bidirectional_counted(a, b, idle, &mut copied)
-        .await
-        .map(|()| copied)
-}
-
-/// [`copy_bidirectional_idle`] that leaves the bytes copied each way in `copied` however it
+/// Copies `a` to `b` and `b` to `a` until both directions have reached end of stream, or
+/// with an [`IdleTimeout`] error once no byte has moved either way for `idle` (Envoy's
+/// `tcp_proxy` `idle_timeout`), leaving the bytes copied each way in `copied` however it
 /// ends (metrics and access logs count the bytes of relays that end with an error too). The
 /// clock is read only on wake-ups that moved bytes, and the one idle timer is pushed back
 /// lazily when it fires, so a busy relay pays no timer work per read.
@@ -379,6 +356,32 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // The counted copy, returning the counts: what the tests assert on.
+    /// Copies `a` to `b` and `b` to `a` until both directions have reached end of stream;
+    /// returns the bytes copied each way (a to b, b to a). The caller drops both streams when it
+    /// returns: the end of stream of the last direction to finish may be passed on by that drop
+    /// ([`Peer::closes_on_drop`]) rather than by a shutdown.
+    async fn copy_bidirectional<A, B>(a: &mut A, b: &mut B) -> io::Result<(u64, u64)>
+    where
+        A: AsyncRead + AsyncWrite + Peer + Unpin + ?Sized,
+        B: AsyncRead + AsyncWrite + Peer + Unpin + ?Sized,
+    {
+        copy_bidirectional_idle(a, b, None).await
+    }
+
+    /// `copy_bidirectional`, ending with an [`IdleTimeout`] error once no byte has moved either
+    /// way for `idle` (Envoy's `tcp_proxy` `idle_timeout`).
+    async fn copy_bidirectional_idle<A, B>(a: &mut A, b: &mut B, idle: Option<Duration>) -> io::Result<(u64, u64)>
+    where
+        A: AsyncRead + AsyncWrite + Peer + Unpin + ?Sized,
+        B: AsyncRead + AsyncWrite + Peer + Unpin + ?Sized,
+    {
+        let mut copied = (0, 0);
+        copy_bidirectional_counted(a, b, idle, &mut copied)
+            .await
+            .map(|()| copied)
+    }
     use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, duplex};
 
     fn pattern(len: usize, seed: u8) -> Vec<u8> {

@@ -54,8 +54,6 @@ impl Telemetry {
     }
 }
 
-pub use crate::model::dest::destination_of;
-
 // === Where traffic went ===
 
 /// The cluster a request or connection was routed to, as metrics and logs name it.
@@ -269,21 +267,7 @@ pub fn note(f: impl FnOnce(&mut Outcome)) {
     });
 }
 
-/// Runs `fut` as one request, returning its output and its outcome.
-pub async fn scoped<F: Future>(fut: F) -> (F::Output, Outcome) {
-    let Ok(slot) = SLAB.try_with(|slab| slab.borrow_mut().take()) else {
-        return (fut.await, Outcome::default());
-    };
-    let held = Held(slot);
-    let out = CURRENT.scope(slot, fut).await;
-    let outcome = SLAB
-        .try_with(|slab| slab.borrow_mut().release(held.0))
-        .unwrap_or_default();
-    std::mem::forget(held);
-    (out, outcome)
-}
-
-/// Runs `fut` as one request like [`scoped`], but leaves the outcome in its slot, to be read in
+/// Runs `fut` as one request, and leaves its outcome in its slot, to be read in
 /// place through [`Recorded::with`]: the fast path's way, which saves copying the outcome (some
 /// 200 bytes) out of the slab and on through its callers.
 pub async fn scoped_in_place<F: Future>(fut: F) -> (F::Output, Recorded) {
@@ -345,6 +329,21 @@ pub fn version_name(v: Version) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // The outcome copied out: what the tests compare.
+    /// Runs `fut` as one request, returning its output and its outcome.
+    async fn scoped<F: Future>(fut: F) -> (F::Output, Outcome) {
+        let Ok(slot) = SLAB.try_with(|slab| slab.borrow_mut().take()) else {
+            return (fut.await, Outcome::default());
+        };
+        let held = Held(slot);
+        let out = CURRENT.scope(slot, fut).await;
+        let outcome = SLAB
+            .try_with(|slab| slab.borrow_mut().release(held.0))
+            .unwrap_or_default();
+        std::mem::forget(held);
+        (out, outcome)
+    }
 
     /// Requests interleaved on one thread each get their own outcome, and a request dropped
     /// half-way frees its slot for the next.

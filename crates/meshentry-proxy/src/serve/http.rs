@@ -14,14 +14,13 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpStream;
 
 use crate::base::flags::Flags;
 use crate::net::body::ClientBody;
 use crate::net::forward::{self, Original};
 use crate::obs::telemetry::{Routed, note};
 use crate::route::{self, Decision, Resolution, TunnelSni, split_host_port};
-use crate::rt::shared::{ConnGuard, Shared};
+
 use crate::serve::ctx::*;
 use crate::serve::record::{HttpStart, Metered, TcpConn};
 use crate::serve::tunnel;
@@ -101,21 +100,6 @@ where
         }
         tracing::debug!(%peer, error = %e, "client connection ended with an error");
     }
-}
-
-/// Serves one client connection with hyper only (no fast path).
-pub async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
-    let stats_owner = shared.clone();
-    let _guard = ConnGuard::new(&stats_owner.stats);
-    let _ = stream.set_nodelay(true);
-    let ctx = Arc::new(ConnCtx {
-        snapshot: shared.snapshot.load_full(),
-        shared,
-        peer,
-        transparent: None,
-        gateway: None,
-    });
-    serve_io(stream, peer, ctx).await;
 }
 
 /// Routes and answers one request; the HTTP/1.1 and HTTP/2 servers both use it. The

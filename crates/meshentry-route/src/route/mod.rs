@@ -15,7 +15,7 @@ use crate::base::config::OutboundPolicy;
 use crate::model::cluster::{Cluster, HostAddr, HostSet};
 use crate::model::snapshot::Snapshot;
 use crate::model::vs::{HttpRoutes, Target};
-use meshentry_wire::detect::Detected;
+pub use meshentry_wire::detect::Detected;
 
 /// Where a destination goes.
 pub enum Decision<'s> {
@@ -111,7 +111,8 @@ pub fn l4_route<'s>(
 /// [`l4_route`] for a captured connection to `dst`: a missing destination refuses it.
 pub fn l4_routed<'s>(snap: &'s Snapshot, decision: Decision<'s>, dst: SocketAddr, sni: Option<&str>) -> Decision<'s> {
     l4_route(snap, decision, Some(dst.ip()), sni).unwrap_or_else(|missing| {
-        tracing::warn!(%dst, sni, vs = missing.vs, reason = missing.reason, "VirtualService destination does not exist: connection refused");
+        // Under the proxy's target, so `--log-level meshentry_proxy=...` filters it as before.
+        tracing::warn!(target: "meshentry_proxy::route", %dst, sni, vs = missing.vs, reason = missing.reason, "VirtualService destination does not exist: connection refused");
         Decision::Blocked
     })
 }

@@ -16,16 +16,16 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use meshentry_api::{Kind, Resource, Spec};
-use meshentry_proxy::cluster::{Cluster, Discovery};
-use meshentry_proxy::config::{OutboundPolicy, ProxyConfig};
-use meshentry_proxy::detect::Detected;
-use meshentry_proxy::lb::Policy;
-use meshentry_proxy::route::{self, Decision, Detection, Handling, Plan};
-use meshentry_proxy::snapshot::{Snapshot, destination_rule};
-use meshentry_proxy::tls::Sni;
-use meshentry_proxy::vs::{HttpAction, RedirectPort, RequestView, WeightedDest, resolve_gateway};
 use meshentry_registry::scope::Role;
 use meshentry_registry::{Registry, Service, SidecarScope, host};
+use meshentry_route::base::config::{OutboundPolicy, ProxyConfig};
+use meshentry_route::model::cluster::{Cluster, Discovery};
+use meshentry_route::model::lb::Policy;
+use meshentry_route::model::snapshot::{Snapshot, destination_rule};
+use meshentry_route::model::tls::Sni;
+use meshentry_route::model::vs::{HttpAction, RedirectPort, RequestView, WeightedDest, resolve_gateway};
+use meshentry_route::route::Detected;
+use meshentry_route::route::{self, Decision, Detection, Handling, Plan};
 use serde::Serialize;
 
 use crate::cmd::proxy::{Labels, parse_labels, parse_policy};
@@ -559,7 +559,7 @@ impl<'s> Explainer<'s> {
             }
         }
         let Some((sel, block)) = selected else {
-            let message = meshentry_proxy::routed::no_route(routes, host, port);
+            let message = meshentry_proxy::no_route(routes, host, port);
             lines.push(format!("no rule matches: 404 ({message})"));
             self.virtual_service = Some(VsJson {
                 name: routes.vs.to_string(),
@@ -627,7 +627,7 @@ impl<'s> Explainer<'s> {
                         None => "the rule has no destination",
                         Some(d) => d.target.name(),
                     };
-                    let message = meshentry_proxy::routed::no_cluster(routes, reason);
+                    let message = meshentry_proxy::no_cluster(routes, reason);
                     lines.push(format!("503: {message}"));
                     Err(refused(503, None, message))
                 } else {
@@ -1027,7 +1027,7 @@ impl RequestView for ExplainRequest {
 }
 
 /// Extra things a rule does besides picking a destination.
-fn rule_extras(rule: &meshentry_proxy::vs::HttpRule) -> Vec<String> {
+fn rule_extras(rule: &meshentry_route::model::vs::HttpRule) -> Vec<String> {
     let mut out = Vec::new();
     if let Some(r) = &rule.rewrite {
         let mut parts = Vec::new();
@@ -1050,7 +1050,7 @@ fn rule_extras(rule: &meshentry_proxy::vs::HttpRule) -> Vec<String> {
         });
     }
     let r = &rule.retry;
-    if *r != meshentry_proxy::vs::Retry::default() {
+    if *r != meshentry_route::model::vs::Retry::default() {
         out.push(format!(
             "retries: {} attempt(s){}",
             r.attempts,
@@ -1070,7 +1070,7 @@ fn rule_extras(rule: &meshentry_proxy::vs::HttpRule) -> Vec<String> {
     }
     let h = &rule.headers;
     if !h.is_empty() {
-        let names = |ops: &meshentry_proxy::vs::HeaderOps| {
+        let names = |ops: &meshentry_route::model::vs::HeaderOps| {
             let mut v: Vec<String> = ops.set.iter().map(|(n, _)| format!("set {n}")).collect();
             v.extend(ops.add.iter().map(|(n, _)| format!("add {n}")));
             v.extend(ops.remove.iter().map(|n| format!("remove {n}")));
@@ -1333,7 +1333,7 @@ fn outcome_of(
             Proto::Http => refused(
                 502,
                 Some("BlackHoleCluster".into()),
-                meshentry_proxy::serve::ctx::blocked_reason(snap, host, t.port),
+                meshentry_proxy::blocked_reason(snap, host, t.port),
             ),
             _ => OutcomeJson {
                 routed: false,
@@ -1497,7 +1497,7 @@ fn explain_outbound<'s>(
                     hit.kind.as_str(),
                     hit.index,
                     match (hit.kind, sni) {
-                        (meshentry_proxy::vs::L4Kind::Tls, Some(s)) => format!("sniHosts cover {s}"),
+                        (meshentry_route::model::vs::L4Kind::Tls, Some(s)) => format!("sniHosts cover {s}"),
                         _ => format!("destination {dst}"),
                     }
                 ));

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use meshentry_api::model::OutboundTrafficPolicyMode;
 use meshentry_api::{Loaded, MeshConfig};
-use meshentry_proxy::config::{OutboundPolicy, ProxyConfig};
+use meshentry_route::base::config::{OutboundPolicy, ProxyConfig};
 
 #[derive(clap::Args, Clone, Debug, Default)]
 pub struct MeshArgs {

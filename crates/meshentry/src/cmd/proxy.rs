@@ -7,18 +7,18 @@ use std::time::Duration;
 
 use anyhow::Context;
 use meshentry_admin::AdminLimits;
+use meshentry_proxy::Live;
+use meshentry_proxy::Shared;
 use meshentry_proxy::access_log::{AccessLog, Format as AccessLogFormat};
-use meshentry_proxy::base::addr::ListenAddr;
-use meshentry_proxy::config::{IdentityFiles, Limits, OutboundPolicy, ProxyConfig};
-use meshentry_proxy::dns::{Dns, DnsConfig};
-use meshentry_proxy::live::Live;
-use meshentry_proxy::rt::shared::Shared;
-use meshentry_proxy::snapshot::Snapshot;
+use meshentry_proxy::{Dns, DnsConfig};
+use meshentry_route::base::addr::ListenAddr;
+use meshentry_route::base::config::{IdentityFiles, Limits, OutboundPolicy, ProxyConfig};
+use meshentry_route::model::snapshot::Snapshot;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
-use meshentry_proxy::listen::reload;
-use meshentry_proxy::listen::workers::{self, Listen};
+use meshentry_proxy::reload;
+use meshentry_proxy::workers::{self, Listen};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -458,7 +458,7 @@ async fn start(args: &Args) -> anyhow::Result<Option<Started>> {
     }
     let valid: Vec<_> = loaded.valid().collect();
     if let Some(name) = &args.gateway
-        && let Err(e) = meshentry_proxy::gateway::check(&valid, name, &args.labels.0)
+        && let Err(e) = meshentry_route::model::gateway::check(&valid, name, &args.labels.0)
     {
         eprintln!("meshentry: --gateway {name}: {e}");
         return Ok(None);
