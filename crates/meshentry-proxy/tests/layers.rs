@@ -128,13 +128,13 @@ fn every_module_is_in_a_layer() {
     let declared: BTreeSet<&str> = texts
         .iter()
         .flat_map(|t| t.lines())
-        .filter_map(|l| l.strip_prefix("pub mod "))
+        .filter_map(|l| l.strip_prefix("pub mod ").or_else(|| l.strip_prefix("mod ")))
         .map(|l| l.trim_end_matches(';'))
         .collect();
     assert_eq!(declared, BTreeSet::from(LAYERS));
     let pure_declared: BTreeSet<&str> = texts[0]
         .lines()
-        .filter_map(|l| l.strip_prefix("pub mod "))
+        .filter_map(|l| l.strip_prefix("pub mod ").or_else(|| l.strip_prefix("mod ")))
         .map(|l| l.trim_end_matches(';'))
         .collect();
     assert_eq!(pure_declared, BTreeSet::from(PURE));
