@@ -761,14 +761,7 @@ impl RouteTables {
         if vss.is_empty() {
             return tables;
         }
-        let ids = service_ids(input);
-        let by_name = vs_by_name(resources);
-        let mut ctx = Ctx {
-            input,
-            ids: &ids,
-            by_name: &by_name,
-            warnings: Vec::new(),
-        };
+        let mut ctx = Ctx::new(resources, input);
         // E3: the first VirtualService naming a host exactly owns it; wildcards are kept per
         // host text, the first VirtualService with that text owning it.
         let mut exact: FxHashMap<String, usize> = FxHashMap::default();
@@ -1007,14 +1000,7 @@ impl RouteTables {
         servers: &[&[ServerHost]],
     ) -> (Vec<GatewayRoutes>, Vec<String>) {
         let vss = applicable(resources, input);
-        let ids = service_ids(input);
-        let by_name = vs_by_name(resources);
-        let mut ctx = Ctx {
-            input,
-            ids: &ids,
-            by_name: &by_name,
-            warnings: Vec::new(),
-        };
+        let mut ctx = Ctx::new(resources, input);
         let mut bound_anywhere = vec![false; vss.len()];
         let mut all = Vec::with_capacity(servers.len());
         for server_hosts in servers {
@@ -1378,10 +1364,21 @@ fn string_match_conflict(root: Option<&StringMatch>, leaf: Option<&StringMatch>)
 
 struct Ctx<'i, 'a> {
     input: &'i CompileInput<'a>,
-    ids: &'i FxHashMap<ServiceKey, ServiceId>,
+    ids: FxHashMap<ServiceKey, ServiceId>,
     /// Every valid VirtualService by (namespace, name), where `delegate`s are looked up (E6).
-    by_name: &'i FxHashMap<(&'i str, &'i str), &'i Resource>,
+    by_name: FxHashMap<(&'i str, &'i str), &'i Resource>,
     warnings: Vec<String>,
+}
+
+impl<'i, 'a> Ctx<'i, 'a> {
+    fn new(resources: &[&'i Resource], input: &'i CompileInput<'a>) -> Self {
+        Ctx {
+            input,
+            ids: service_ids(input),
+            by_name: vs_by_name(resources),
+            warnings: Vec::new(),
+        }
+    }
 }
 
 impl Ctx<'_, '_> {
