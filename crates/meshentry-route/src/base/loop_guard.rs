@@ -241,17 +241,25 @@ mod tests {
     #[test]
     fn a_specific_listener_is_reached_by_its_address_in_any_form_and_by_unspecified() {
         let me = SelfAddrs::new([sa("127.9.8.7:15080"), sa("127.9.8.7:15000")]);
-        assert!(me.contains(sa("127.9.8.7:15080")));
-        assert!(me.contains(sa("[::ffff:127.9.8.7]:15080")));
-        assert!(me.contains(sa("0.0.0.0:15080")));
-        assert!(me.contains(sa("[::]:15000")));
-        assert!(me.contains(sa("[::ffff:0.0.0.0]:15000")));
+        for a in [
+            "127.9.8.7:15080",
+            "[::ffff:127.9.8.7]:15080",
+            "0.0.0.0:15080",
+            "[::]:15000",
+            "[::ffff:0.0.0.0]:15000",
+        ] {
+            assert!(me.contains(sa(a)), "{a}");
+        }
         // Another port, or another address on the port: another service.
-        assert!(!me.contains(sa("127.9.8.7:8080")));
-        assert!(!me.contains(sa("127.9.8.6:15080")));
-        assert!(!me.contains(sa("127.0.0.1:15080")));
-        assert!(!me.contains(sa("[::1]:15080")));
-        assert!(!me.contains(sa("0.0.0.0:80")));
+        for a in [
+            "127.9.8.7:8080",
+            "127.9.8.6:15080",
+            "127.0.0.1:15080",
+            "[::1]:15080",
+            "0.0.0.0:80",
+        ] {
+            assert!(!me.contains(sa(a)), "{a}");
+        }
     }
 
     #[test]

@@ -640,6 +640,7 @@ pub fn check(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::fixtures::{assert_warned, doc};
     use crate::model::snapshot::Snapshot;
 
     /// A listener of a server without `bind`: on the default `--gateway-bind`.
@@ -653,7 +654,7 @@ mod tests {
             gateway: Some(gateway.into()),
             ..Default::default()
         };
-        crate::model::snapshot::test_snapshot(yaml, &config)
+        crate::model::fixtures::snapshot(yaml, &config)
     }
 
     /// The VirtualServices and rule names of the virtual host `host` on `port`.
@@ -663,71 +664,62 @@ mod tests {
         Some((r.vs.to_string(), r.rules.iter().map(|r| r.name.to_string()).collect()))
     }
 
-    const CONFIG: &str = r#"
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: ext, namespace: istio-system}
-spec:
-  hosts: [a.example.com, b.example.com]
-  ports: [{number: 80, name: http, protocol: HTTP}]
-  resolution: DNS
----
-apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {name: gw, namespace: istio-system}
-spec:
-  selector: {istio: egressgateway}
-  servers:
-  - port: {number: 80, name: http, protocol: HTTP}
-    hosts: ["team-a/*.example.com", "./b.example.com"]
-  - port: {number: 8080, name: http2, protocol: HTTP}
-    hosts: ["*"]
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: a1, namespace: team-a, creationTimestamp: "2020-01-01T00:00:00Z"}
-spec:
-  hosts: [a.example.com]
-  gateways: [istio-system/gw]
-  http:
-  - {name: a1-only-80, match: [{port: 80}], route: [{destination: {host: a.example.com}}]}
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: a2, namespace: team-a, creationTimestamp: "2021-01-01T00:00:00Z"}
-spec:
-  hosts: ["*.example.com"]
-  gateways: [istio-system/gw]
-  http:
-  - {name: a2-all, route: [{destination: {host: b.example.com}}]}
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: a3, namespace: team-a, creationTimestamp: "2022-01-01T00:00:00Z"}
-spec:
-  hosts: [a.example.com]
-  gateways: [istio-system/gw]
-  http:
-  - {name: a3-all, route: [{destination: {host: a.example.com}}]}
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: b, namespace: team-b}
-spec:
-  hosts: [b.example.com, c.example.com]
-  gateways: [gw]
-  http:
-  - {name: b-all, route: [{destination: {host: b.example.com}}]}
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: sys, namespace: istio-system}
-spec:
-  hosts: [b.example.com]
-  gateways: [gw]
-  http:
-  - {name: sys-all, route: [{destination: {host: b.example.com}}]}
-"#;
+    fn config() -> String {
+        let vs = |metadata: &str, hosts: &str, gateway: &str, rule: &str| {
+            doc(
+                "VirtualService",
+                metadata,
+                &format!("hosts: [{hosts}], gateways: [{gateway}], http: [{{{rule}}}]"),
+            )
+        };
+        [
+            doc(
+                "ServiceEntry",
+                "name: ext, namespace: istio-system",
+                "hosts: [a.example.com, b.example.com], ports: [{number: 80, name: http, protocol: HTTP}], resolution: DNS",
+            ),
+            doc(
+                "Gateway",
+                "name: gw, namespace: istio-system",
+                concat!(
+                    "selector: {istio: egressgateway}, servers: [",
+                    r#"{port: {number: 80, name: http, protocol: HTTP}, hosts: ["team-a/*.example.com", "./b.example.com"]}, "#,
+                    r#"{port: {number: 8080, name: http2, protocol: HTTP}, hosts: ["*"]}]"#,
+                ),
+            ),
+            vs(
+                r#"name: a1, namespace: team-a, creationTimestamp: "2020-01-01T00:00:00Z""#,
+                "a.example.com",
+                "istio-system/gw",
+                "name: a1-only-80, match: [{port: 80}], route: [{destination: {host: a.example.com}}]",
+            ),
+            vs(
+                r#"name: a2, namespace: team-a, creationTimestamp: "2021-01-01T00:00:00Z""#,
+                r#""*.example.com""#,
+                "istio-system/gw",
+                "name: a2-all, route: [{destination: {host: b.example.com}}]",
+            ),
+            vs(
+                r#"name: a3, namespace: team-a, creationTimestamp: "2022-01-01T00:00:00Z""#,
+                "a.example.com",
+                "istio-system/gw",
+                "name: a3-all, route: [{destination: {host: a.example.com}}]",
+            ),
+            vs(
+                "name: b, namespace: team-b",
+                "b.example.com, c.example.com",
+                "gw",
+                "name: b-all, route: [{destination: {host: b.example.com}}]",
+            ),
+            vs(
+                "name: sys, namespace: istio-system",
+                "b.example.com",
+                "gw",
+                "name: sys-all, route: [{destination: {host: b.example.com}}]",
+            ),
+        ]
+        .concat()
+    }
 
     #[test]
     fn server_host_syntax() {
@@ -749,7 +741,7 @@ spec:
 
     #[test]
     fn virtual_hosts_meet_server_hosts_and_concatenate_virtual_services() {
-        let snap = snapshot(CONFIG, "istio-system/gw", "istio-system");
+        let snap = snapshot(&config(), "istio-system/gw", "istio-system");
         // Port 80: team-a's VirtualServices through `team-a/*.example.com`; a1 and a3 both
         // name a.example.com, so its virtual host has their rules concatenated, oldest first
         // (E3 at gateways), and a2's wildcard virtual host does not join it (Envoy picks the
@@ -792,7 +784,7 @@ spec:
 
     #[test]
     fn a_missing_gateway_builds_nothing() {
-        let snap = snapshot(CONFIG, "istio-system/nope", "istio-system");
+        let snap = snapshot(&config(), "istio-system/nope", "istio-system");
         assert!(snap.gateway.is_none());
     }
 
@@ -1017,26 +1009,14 @@ spec:
         let hosts: Vec<&str> = plain.servers[0].hosts.iter().map(|h| h.host.as_str()).collect();
         assert_eq!(hosts, ["d.example.com", "e.example.com"]);
         assert_eq!(plain.select(Some("anything")), Some(0));
-        let said = |needle: &str| snap.warnings.iter().any(|w| w.contains(needle));
-        assert!(
-            said("servers[1] is not served: another server on port 443 already lists a.example.com"),
-            "{:?}",
-            snap.warnings
-        );
-        assert!(
-            said("servers[2] is not served: another server on port 443 already lists *.b.example.com"),
-            "{:?}",
-            snap.warnings
-        );
-        assert!(
-            said("servers[3] (HTTP) is not served: port 443 is already TLS"),
-            "{:?}",
-            snap.warnings
-        );
-        assert!(
-            said("servers[6] (TLS) is not served: port 80 is already HTTP"),
-            "{:?}",
-            snap.warnings
+        assert_warned(
+            &snap,
+            &[
+                "servers[1] is not served: another server on port 443 already lists a.example.com",
+                "servers[2] is not served: another server on port 443 already lists *.b.example.com",
+                "servers[3] (HTTP) is not served: port 443 is already TLS",
+                "servers[6] (TLS) is not served: port 80 is already HTTP",
+            ],
         );
     }
 }

@@ -2,6 +2,8 @@
 
 pub mod cluster;
 pub mod dest;
+#[cfg(test)]
+pub(crate) mod fixtures;
 pub mod gateway;
 pub mod key;
 pub mod lb;

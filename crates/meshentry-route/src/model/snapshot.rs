@@ -620,16 +620,9 @@ fn exported_to(export_to: &[String], own: &str, proxy_ns: &str) -> bool {
 
 /// A snapshot of `yaml` (which must be valid) for unit tests.
 #[cfg(test)]
-pub(crate) fn test_snapshot(yaml: &str, config: &ProxyConfig) -> Snapshot {
-    let loaded = meshentry_api::load_str("t.yaml", yaml, &meshentry_api::LoadOptions::default());
-    assert!(!loaded.has_errors(), "{:?}", loaded.errors().collect::<Vec<_>>());
-    let valid: Vec<_> = loaded.valid().collect();
-    Snapshot::build(&valid, config, 1)
-}
-
-#[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::fixtures::{doc, snapshot as build, static_se};
 
     #[test]
     fn destination_rule_hosts() {
@@ -643,10 +636,6 @@ mod tests {
         assert_eq!(host_specificity("*", "x.y"), Some(0));
         assert_eq!(host_specificity("*.com", "*.a.com"), Some(4));
         assert!(host_specificity("*.a.com", "b.a.com") > host_specificity("*.com", "b.a.com"));
-    }
-
-    fn build(yaml: &str, config: &ProxyConfig) -> Snapshot {
-        test_snapshot(yaml, config)
     }
 
     /// A configuration with a mesh identity (ISTIO_MUTUAL, auto mTLS); the files live as long
@@ -678,34 +667,34 @@ mod tests {
         }
     }
 
-    const SE: &str = r#"
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: db, namespace: default}
-spec:
-  hosts: [db.example.com]
-  ports: [{number: 80, name: http, protocol: HTTP}, {number: 5432, name: pg, protocol: TCP}]
-  resolution: STATIC
-  subjectAltNames: ["spiffe://cluster.local/ns/db/sa/db"]
-  endpoints: [{address: 10.0.0.1, serviceAccount: pg}]
-"#;
+    fn se() -> String {
+        doc(
+            "ServiceEntry",
+            "name: db, namespace: default",
+            concat!(
+                "hosts: [db.example.com], ports: [{number: 80, name: http, protocol: HTTP}, {number: 5432, name: pg, protocol: TCP}], ",
+                r#"resolution: STATIC, subjectAltNames: ["spiffe://cluster.local/ns/db/sa/db"], "#,
+                "endpoints: [{address: 10.0.0.1, serviceAccount: pg}]",
+            ),
+        )
+    }
+
+    /// The DestinationRule `default/db` for db.example.com with `policy`.
+    fn db_rule(policy: &str) -> String {
+        doc(
+            "DestinationRule",
+            "name: db, namespace: default",
+            &format!("host: db.example.com, trafficPolicy: {{{policy}}}"),
+        )
+    }
 
     #[test]
     fn destination_rule_tls_per_port() {
-        let dr = r#"
----
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: db, namespace: default}
-spec:
-  host: db.example.com
-  trafficPolicy:
-    tls: {mode: SIMPLE, caCertificates: /etc/ca.pem}
-    portLevelSettings:
-    - port: {number: 5432}
-      loadBalancer: {simple: ROUND_ROBIN}
-"#;
-        let snap = build(&format!("{SE}{dr}"), &ProxyConfig::default());
+        let dr = db_rule(
+            "tls: {mode: SIMPLE, caCertificates: /etc/ca.pem}, \
+             portLevelSettings: [{port: {number: 5432}, loadBalancer: {simple: ROUND_ROBIN}}]",
+        );
+        let snap = build(&(se() + &dr), &ProxyConfig::default());
         // The files are the proxy's to load (a missing one is its error: `live` tests it).
         let http = tls_of(&snap, "outbound|80||db.example.com").unwrap().unwrap();
         assert_eq!(http.source, "DestinationRule default/db");
@@ -716,22 +705,13 @@ spec:
 
     #[test]
     fn istio_mutual_sni_and_names() {
-        let dr = r#"
----
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: db, namespace: default}
-spec:
-  host: db.example.com
-  trafficPolicy:
-    tls: {mode: ISTIO_MUTUAL}
-"#;
-        let snap = build(&format!("{SE}{dr}"), &ProxyConfig::default());
+        let yaml = se() + &db_rule("tls: {mode: ISTIO_MUTUAL}");
+        let snap = build(&yaml, &ProxyConfig::default());
         let err = tls_of(&snap, "outbound|80||db.example.com").unwrap_err();
         assert!(err.contains("--cert"), "{err}");
 
         let (config, _pem) = with_identity();
-        let snap = build(&format!("{SE}{dr}"), &config);
+        let snap = build(&yaml, &config);
         let r = tls_of(&snap, "outbound|5432||db.example.com").unwrap().unwrap();
         assert_eq!(r.mode, Mode::IstioMutual);
         assert_eq!(r.sni, Sni::Fixed("outbound_.5432_._.db.example.com".into()));
@@ -751,7 +731,7 @@ spec:
     #[test]
     fn mesh_internal_sidecar_endpoints_get_auto_mtls() {
         let (with_id, _pem) = with_identity();
-        let internal = SE.replace("resolution: STATIC", "resolution: STATIC\n  location: MESH_INTERNAL");
+        let internal = se().replace("resolution: STATIC", "resolution: STATIC, location: MESH_INTERNAL");
         let snap = build(&internal, &with_id);
         let r = tls_of(&snap, "outbound|5432||db.example.com").unwrap().unwrap();
         assert_eq!(r.mode, Mode::IstioMutual);
@@ -763,7 +743,10 @@ spec:
             ),
             Ok(None)
         );
-        assert_eq!(tls_of(&build(SE, &with_id), "outbound|5432||db.example.com"), Ok(None));
+        assert_eq!(
+            tls_of(&build(&se(), &with_id), "outbound|5432||db.example.com"),
+            Ok(None)
+        );
         // An endpoint without a sidecar turns it off for the port.
         let mixed = internal.replace(
             "endpoints: [{address: 10.0.0.1, serviceAccount: pg}]",
@@ -775,55 +758,37 @@ spec:
             Ok(None)
         );
         // A rule that says DISABLE wins.
-        let dr = r#"
----
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: db, namespace: default}
-spec:
-  host: db.example.com
-  trafficPolicy: {tls: {mode: DISABLE}}
-"#;
+        let dr = db_rule("tls: {mode: DISABLE}");
         assert_eq!(
-            tls_of(
-                &build(&format!("{internal}{dr}"), &with_id),
-                "outbound|5432||db.example.com"
-            ),
+            tls_of(&build(&(internal + &dr), &with_id), "outbound|5432||db.example.com"),
             Ok(None)
         );
     }
 
     #[test]
     fn subsets_filter_endpoints_and_override_the_policy_per_field() {
-        let se = r#"
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: web, namespace: default}
-spec:
-  hosts: [web.example.com]
-  ports: [{number: 80, name: http, protocol: HTTP}]
-  resolution: STATIC
-  endpoints:
-  - {address: 10.0.0.1, labels: {version: v1}}
-  - {address: 10.0.0.2, labels: {version: v2}}
-  - {address: 10.0.0.3, labels: {version: v2, zone: a}}
----
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: web, namespace: default}
-spec:
-  host: web.example.com
-  trafficPolicy:
-    loadBalancer: {simple: RANDOM}
-    tls: {mode: ISTIO_MUTUAL}
-  subsets:
-  - {name: v1, labels: {version: v1}}
-  - name: v2
-    labels: {version: v2}
-    trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}}
-"#;
+        let yaml = [
+            doc(
+                "ServiceEntry",
+                "name: web, namespace: default",
+                concat!(
+                    "hosts: [web.example.com], ports: [{number: 80, name: http, protocol: HTTP}], resolution: STATIC, ",
+                    "endpoints: [{address: 10.0.0.1, labels: {version: v1}}, {address: 10.0.0.2, labels: {version: v2}}, ",
+                    "{address: 10.0.0.3, labels: {version: v2, zone: a}}]",
+                ),
+            ),
+            doc(
+                "DestinationRule",
+                "name: web, namespace: default",
+                concat!(
+                    "host: web.example.com, trafficPolicy: {loadBalancer: {simple: RANDOM}, tls: {mode: ISTIO_MUTUAL}}, ",
+                    "subsets: [{name: v1, labels: {version: v1}}, ",
+                    "{name: v2, labels: {version: v2}, trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}}}]",
+                ),
+            ),
+        ];
         let (config, _pem) = with_identity();
-        let snap = build(se, &config);
+        let snap = build(&yaml.concat(), &config);
         let cluster = |name: &str| snap.clusters().into_iter().find(|c| c.name == name).unwrap().clone();
         let hosts = |name: &str| {
             let mut h: Vec<String> = cluster(name)
@@ -849,17 +814,8 @@ spec:
 
     #[test]
     fn credential_name_is_refused_clearly() {
-        let dr = r#"
----
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: db, namespace: default}
-spec:
-  host: db.example.com
-  trafficPolicy:
-    tls: {mode: SIMPLE, credentialName: db-secret}
-"#;
-        let snap = build(&format!("{SE}{dr}"), &ProxyConfig::default());
+        let dr = db_rule("tls: {mode: SIMPLE, credentialName: db-secret}");
+        let snap = build(&(se() + &dr), &ProxyConfig::default());
         let err = tls_of(&snap, "outbound|80||db.example.com").unwrap_err();
         assert!(
             err.contains("credentialName \"db-secret\"") && err.contains("outside Kubernetes"),
@@ -869,40 +825,31 @@ spec:
 
     /// ServiceEntries in two namespaces, a namespace-wide Sidecar in `default` importing its
     /// own namespace, and one for `app: web` importing `other`.
-    const SCOPED: &str = r#"
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: mine, namespace: default}
-spec:
-  hosts: [mine.example.com]
-  ports: [{number: 80, name: http, protocol: HTTP}, {number: 9080, name: alt, protocol: HTTP}]
-  resolution: STATIC
-  endpoints: [{address: 127.0.0.1}]
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: theirs, namespace: other}
-spec:
-  hosts: [theirs.example.com]
-  ports: [{number: 80, name: http, protocol: HTTP}, {number: 5432, name: pg, protocol: TCP}]
-  resolution: STATIC
-  endpoints: [{address: 127.0.0.2}]
----
-apiVersion: networking.istio.io/v1
-kind: Sidecar
-metadata: {name: ns-wide, namespace: default}
-spec:
-  egress: [{hosts: ["./*"]}]
-  outboundTrafficPolicy: {mode: REGISTRY_ONLY}
----
-apiVersion: networking.istio.io/v1
-kind: Sidecar
-metadata: {name: web, namespace: default}
-spec:
-  workloadSelector: {labels: {app: web}}
-  egress: [{hosts: ["other/*"]}]
-  outboundTrafficPolicy: {mode: REGISTRY_ONLY}
-"#;
+    fn scoped() -> String {
+        [
+            static_se(
+                "name: mine, namespace: default",
+                "hosts: [mine.example.com], ports: [{number: 80, name: http, protocol: HTTP}, {number: 9080, name: alt, protocol: HTTP}]",
+                "127.0.0.1",
+            ),
+            static_se(
+                "name: theirs, namespace: other",
+                "hosts: [theirs.example.com], ports: [{number: 80, name: http, protocol: HTTP}, {number: 5432, name: pg, protocol: TCP}]",
+                "127.0.0.2",
+            ),
+            doc(
+                "Sidecar",
+                "name: ns-wide, namespace: default",
+                r#"egress: [{hosts: ["./*"]}], outboundTrafficPolicy: {mode: REGISTRY_ONLY}"#,
+            ),
+            doc(
+                "Sidecar",
+                "name: web, namespace: default",
+                r#"workloadSelector: {labels: {app: web}}, egress: [{hosts: ["other/*"]}], outboundTrafficPolicy: {mode: REGISTRY_ONLY}"#,
+            ),
+        ]
+        .concat()
+    }
 
     fn routed(snap: &Snapshot, host: &str, port: u16) -> String {
         crate::route::route(snap, host, port).cluster_name().to_string()
@@ -910,7 +857,7 @@ spec:
 
     #[test]
     fn a_sidecar_scopes_routing_and_what_the_snapshot_holds() {
-        let snap = build(SCOPED, &ProxyConfig::default());
+        let snap = build(&scoped(), &ProxyConfig::default());
         assert_eq!(routed(&snap, "mine.example.com", 80), "outbound|80||mine.example.com");
         assert_eq!(routed(&snap, "theirs.example.com", 80), "BlackHoleCluster");
         assert_eq!(snap.policy_source, "Sidecar default/ns-wide");
@@ -930,7 +877,7 @@ spec:
             labels: [("app".to_string(), "web".to_string())].into(),
             ..ProxyConfig::default()
         };
-        let snap = build(SCOPED, &web);
+        let snap = build(&scoped(), &web);
         assert_eq!(routed(&snap, "mine.example.com", 80), "BlackHoleCluster");
         assert_eq!(
             routed(&snap, "theirs.example.com", 80),
@@ -943,14 +890,14 @@ spec:
             gateway: Some("default/gw".into()),
             ..ProxyConfig::default()
         };
-        let snap = build(SCOPED, &gw);
+        let snap = build(&scoped(), &gw);
         assert!(snap.scope.is_none());
         assert_eq!(snap.registry.services().len(), 2);
     }
 
     #[test]
     fn a_port_listener_routes_its_port_only() {
-        let yaml = SCOPED.replace(
+        let yaml = scoped().replace(
             r#"egress: [{hosts: ["./*"]}]"#,
             r#"egress: [{port: {number: 9080, protocol: HTTP, name: alt}, hosts: ["./*"]}, {hosts: ["other/*"]}]"#,
         );
@@ -969,27 +916,20 @@ spec:
 
     #[test]
     fn virtual_services_outside_the_scope_do_not_apply() {
-        let vs = r#"
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: to-theirs, namespace: default}
-spec:
-  hosts: [mine.example.com]
-  http:
-  - route:
-    - destination: {host: theirs.example.com, port: {number: 80}}
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: elsewhere, namespace: other}
-spec:
-  hosts: [mine.example.com]
-  http:
-  - route:
-    - destination: {host: mine.example.com, port: {number: 9080}}
-"#;
-        let snap = build(&format!("{SCOPED}{vs}"), &ProxyConfig::default());
+        let yaml = [
+            scoped(),
+            doc(
+                "VirtualService",
+                "name: to-theirs, namespace: default",
+                "hosts: [mine.example.com], http: [{route: [{destination: {host: theirs.example.com, port: {number: 80}}}]}]",
+            ),
+            doc(
+                "VirtualService",
+                "name: elsewhere, namespace: other",
+                "hosts: [mine.example.com], http: [{route: [{destination: {host: mine.example.com, port: {number: 9080}}}]}]",
+            ),
+        ];
+        let snap = build(&yaml.concat(), &ProxyConfig::default());
         // default/to-theirs is imported by `./*`; its destination, in another namespace,
         // comes with it as a cluster, but is not routed by its own name.
         let mine = snap.view().lookup_host("mine.example.com").unwrap();
@@ -1006,41 +946,29 @@ spec:
     fn a_virtual_service_destination_held_by_the_scope_is_that_service() {
         // The destination (held, not routed) sorts before the routed host, so ids and the
         // listing order differ in the scoped registry.
-        let yaml = r#"
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: web, namespace: default}
-spec:
-  hosts: [web.example.com]
-  ports: [{number: 80, name: http, protocol: HTTP}]
-  resolution: STATIC
-  endpoints: [{address: 127.0.0.1}]
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: gw, namespace: istio-system}
-spec:
-  hosts: [a-gateway.example.com]
-  ports: [{number: 80, name: http, protocol: HTTP}]
-  resolution: STATIC
-  endpoints: [{address: 127.0.0.2}]
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: web, namespace: default}
-spec:
-  hosts: [web.example.com]
-  http:
-  - route:
-    - destination: {host: a-gateway.example.com, port: {number: 80}}
----
-apiVersion: networking.istio.io/v1
-kind: Sidecar
-metadata: {name: default, namespace: default}
-spec:
-  egress: [{hosts: ["./*"]}]
-"#;
-        let snap = build(yaml, &ProxyConfig::default());
+        let yaml = [
+            static_se(
+                "name: web, namespace: default",
+                "hosts: [web.example.com], ports: [{number: 80, name: http, protocol: HTTP}]",
+                "127.0.0.1",
+            ),
+            static_se(
+                "name: gw, namespace: istio-system",
+                "hosts: [a-gateway.example.com], ports: [{number: 80, name: http, protocol: HTTP}]",
+                "127.0.0.2",
+            ),
+            doc(
+                "VirtualService",
+                "name: web, namespace: default",
+                "hosts: [web.example.com], http: [{route: [{destination: {host: a-gateway.example.com, port: {number: 80}}}]}]",
+            ),
+            doc(
+                "Sidecar",
+                "name: default, namespace: default",
+                r#"egress: [{hosts: ["./*"]}]"#,
+            ),
+        ];
+        let snap = build(&yaml.concat(), &ProxyConfig::default());
         let web = snap.view().lookup_host("web.example.com").unwrap();
         let routes = snap.routes.http_of(web, 80).unwrap();
         let crate::model::vs::HttpAction::Route { dests, .. } = &routes.rules[0].action else {

@@ -19,8 +19,8 @@ use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use ipnet::IpNet;
 use meshentry_api::model::{
-    Destination, HeaderOperations, HttpMatchRequest, HttpRetry, HttpRoute, L4MatchAttributes, RedirectPortSelection,
-    RouteDestination, StringMatch, TlsMatchAttributes, VirtualService,
+    Destination, HeaderOperations, Headers, HttpMatchRequest, HttpRetry, HttpRoute, HttpRouteDestination,
+    L4MatchAttributes, RedirectPortSelection, RouteDestination, StringMatch, TlsMatchAttributes, VirtualService,
 };
 use meshentry_api::{Resource, Spec};
 use meshentry_registry::hash::FxHashMap;
@@ -761,14 +761,7 @@ impl RouteTables {
         if vss.is_empty() {
             return tables;
         }
-        let ids = service_ids(input);
-        let by_name = vs_by_name(resources);
-        let mut ctx = Ctx {
-            input,
-            ids: &ids,
-            by_name: &by_name,
-            warnings: Vec::new(),
-        };
+        let mut ctx = Ctx::new(resources, input);
         // E3: the first VirtualService naming a host exactly owns it; wildcards are kept per
         // host text, the first VirtualService with that text owning it.
         let mut exact: FxHashMap<String, usize> = FxHashMap::default();
@@ -1007,14 +1000,7 @@ impl RouteTables {
         servers: &[&[ServerHost]],
     ) -> (Vec<GatewayRoutes>, Vec<String>) {
         let vss = applicable(resources, input);
-        let ids = service_ids(input);
-        let by_name = vs_by_name(resources);
-        let mut ctx = Ctx {
-            input,
-            ids: &ids,
-            by_name: &by_name,
-            warnings: Vec::new(),
-        };
+        let mut ctx = Ctx::new(resources, input);
         let mut bound_anywhere = vec![false; vss.len()];
         let mut all = Vec::with_capacity(servers.len());
         for server_hosts in servers {
@@ -1189,21 +1175,12 @@ fn merge_http_route(root: &HttpRoute, root_ns: &str, sub: &HttpRoute, sub_ns: &s
         host: meshentry_registry::host::expand(&d.host, root_ns),
         ..d.clone()
     };
-    if out.rewrite.is_none() {
-        out.rewrite = root.rewrite.clone();
-    }
-    if out.direct_response.is_none() {
-        out.direct_response = root.direct_response.clone();
-    }
-    if out.timeout.is_none() {
-        out.timeout = root.timeout.clone();
-    }
-    if out.retries.is_none() {
-        out.retries = root.retries.clone();
-    }
-    if out.fault.is_none() {
-        out.fault = root.fault.clone();
-    }
+    // What the delegate's rule leaves unset, the root's gives.
+    fill(&mut out.rewrite, &root.rewrite);
+    fill(&mut out.direct_response, &root.direct_response);
+    fill(&mut out.timeout, &root.timeout);
+    fill(&mut out.retries, &root.retries);
+    fill(&mut out.fault, &root.fault);
     if out.mirror.is_none() {
         out.mirror = root.mirror.as_ref().map(root_dest);
     }
@@ -1211,22 +1188,22 @@ fn merge_http_route(root: &HttpRoute, root_ns: &str, sub: &HttpRoute, sub_ns: &s
         out.mirror_percent = root.mirror_percent;
         out.mirror_percent_proto_name = root.mirror_percent_proto_name;
     }
-    if out.mirror_percentage.is_none() {
-        out.mirror_percentage = root.mirror_percentage.clone();
-    }
-    if out.cors_policy.is_none() {
-        out.cors_policy = root.cors_policy.clone();
-    }
+    fill(&mut out.mirror_percentage, &root.mirror_percentage);
+    fill(&mut out.cors_policy, &root.cors_policy);
     if out.mirrors.is_empty() {
         out.mirrors = root.mirrors.clone();
         for m in &mut out.mirrors {
             m.destination = m.destination.as_ref().map(root_dest);
         }
     }
-    if out.headers.is_none() {
-        out.headers = root.headers.clone();
-    }
+    fill(&mut out.headers, &root.headers);
     Some(out)
+}
+
+fn fill<T: Clone>(field: &mut Option<T>, root: &Option<T>) {
+    if field.is_none() {
+        field.clone_from(root);
+    }
 }
 
 /// E6 (Istio `mergeHTTPMatchRequests`): every block of the delegate rule ANDed with every
@@ -1387,10 +1364,21 @@ fn string_match_conflict(root: Option<&StringMatch>, leaf: Option<&StringMatch>)
 
 struct Ctx<'i, 'a> {
     input: &'i CompileInput<'a>,
-    ids: &'i FxHashMap<ServiceKey, ServiceId>,
+    ids: FxHashMap<ServiceKey, ServiceId>,
     /// Every valid VirtualService by (namespace, name), where `delegate`s are looked up (E6).
-    by_name: &'i FxHashMap<(&'i str, &'i str), &'i Resource>,
+    by_name: FxHashMap<(&'i str, &'i str), &'i Resource>,
     warnings: Vec<String>,
+}
+
+impl<'i, 'a> Ctx<'i, 'a> {
+    fn new(resources: &[&'i Resource], input: &'i CompileInput<'a>) -> Self {
+        Ctx {
+            input,
+            ids: service_ids(input),
+            by_name: vs_by_name(resources),
+            warnings: Vec::new(),
+        }
+    }
 }
 
 impl Ctx<'_, '_> {
@@ -1575,29 +1563,14 @@ impl Ctx<'_, '_> {
                 body: Bytes::from(body),
             }
         } else {
-            let mut dests = Vec::new();
-            let several = rule.route.len() > 1;
-            for d in &rule.route {
-                let weight = u32::try_from(d.weight).unwrap_or(0);
-                // E5: weights are relative; 0 drops a destination unless it is the only one.
-                if several && weight == 0 {
-                    continue;
-                }
-                let Some(dest) = &d.destination else { continue };
-                dests.push(WeightedDest {
-                    weight: weight.max(1),
-                    target: self.target(vs, dest, port),
-                    headers: d.headers.as_ref().map(|h| self.header_edits(vs, h)).unwrap_or_default(),
-                });
-            }
-            if !several && let Some(only) = dests.first_mut() {
+            let mut dests = self.weighted(vs, &rule.route, port);
+            if rule.route.len() <= 1
+                && let Some(only) = dests.first_mut()
+            {
                 only.weight = 1;
             }
-            let total = dests.iter().map(|d| d.weight).sum();
-            HttpAction::Route {
-                dests: dests.into(),
-                total,
-            }
+            let (dests, total) = totalled(dests);
+            HttpAction::Route { dests, total }
         };
         let rewrite = rule.rewrite.as_ref().map(|r| Rewrite {
             uri: (!r.uri.is_empty()).then(|| r.uri.as_str().into()),
@@ -1683,7 +1656,7 @@ impl Ctx<'_, '_> {
         }
     }
 
-    fn header_edits(&mut self, vs: &Applicable<'_>, h: &meshentry_api::model::Headers) -> HeaderEdits {
+    fn header_edits(&mut self, vs: &Applicable<'_>, h: &Headers) -> HeaderEdits {
         HeaderEdits {
             request: h.request.as_ref().map(|o| self.header_ops(vs, o)).unwrap_or_default(),
             response: h.response.as_ref().map(|o| self.header_ops(vs, o)).unwrap_or_default(),
@@ -1781,7 +1754,7 @@ impl Ctx<'_, '_> {
             if matches.is_empty() {
                 continue;
             }
-            let (dests, total) = self.l4_dests(vs, &rule.route, port);
+            let (dests, total) = totalled(self.weighted(vs, &rule.route, port));
             tls.push(TlsRule {
                 index,
                 matches: matches.into(),
@@ -1802,7 +1775,7 @@ impl Ctx<'_, '_> {
             if !rule.r#match.is_empty() && matches.is_empty() {
                 continue;
             }
-            let (dests, total) = self.l4_dests(vs, &rule.route, port);
+            let (dests, total) = totalled(self.weighted(vs, &rule.route, port));
             tcp.push(TcpRule {
                 index,
                 matches: matches.into(),
@@ -1813,23 +1786,47 @@ impl Ctx<'_, '_> {
         (tls, tcp)
     }
 
-    fn l4_dests(&mut self, vs: &Applicable<'_>, route: &[RouteDestination], port: u32) -> (Box<[WeightedDest]>, u32) {
+    /// The destinations of a rule of any kind, with their targets and header edits.
+    fn weighted<R: RouteDest>(&mut self, vs: &Applicable<'_>, route: &[R], port: u32) -> Vec<WeightedDest> {
         let several = route.len() > 1;
         let mut dests = Vec::new();
         for d in route {
-            let weight = u32::try_from(d.weight).unwrap_or(0);
+            let (weight, destination, headers) = d.parts();
+            let weight = u32::try_from(weight).unwrap_or(0);
+            // E5: weights are relative; 0 drops a destination unless it is the only one.
             if several && weight == 0 {
                 continue;
             }
-            let Some(dest) = &d.destination else { continue };
+            let Some(dest) = destination else { continue };
             dests.push(WeightedDest {
                 weight: weight.max(1),
                 target: self.target(vs, dest, port),
-                headers: HeaderEdits::default(),
+                headers: headers.map(|h| self.header_edits(vs, h)).unwrap_or_default(),
             });
         }
-        let total = dests.iter().map(|d| d.weight).sum();
-        (dests.into(), total)
+        dests
+    }
+}
+
+fn totalled(dests: Vec<WeightedDest>) -> (Box<[WeightedDest]>, u32) {
+    let total = dests.iter().map(|d| d.weight).sum();
+    (dests.into(), total)
+}
+
+/// An HTTP rule's destination or a TLS or TCP rule's, which edits no headers.
+trait RouteDest {
+    fn parts(&self) -> (i32, Option<&Destination>, Option<&Headers>);
+}
+
+impl RouteDest for HttpRouteDestination {
+    fn parts(&self) -> (i32, Option<&Destination>, Option<&Headers>) {
+        (self.weight, self.destination.as_ref(), self.headers.as_ref())
+    }
+}
+
+impl RouteDest for RouteDestination {
+    fn parts(&self) -> (i32, Option<&Destination>, Option<&Headers>) {
+        (self.weight, self.destination.as_ref(), None)
     }
 }
 
@@ -1934,6 +1931,7 @@ fn service_ids(input: &CompileInput<'_>) -> FxHashMap<ServiceKey, ServiceId> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::fixtures::{assert_warned, doc, static_se};
 
     struct Req<'a> {
         method: &'a str,
@@ -2091,7 +2089,7 @@ mod tests {
             labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             ..Default::default()
         };
-        crate::model::snapshot::test_snapshot(yaml, &config)
+        crate::model::fixtures::snapshot(yaml, &config)
     }
 
     /// The owner VirtualService and the rule names for `host:port`.
@@ -2101,61 +2099,46 @@ mod tests {
         Some((r.vs.to_string(), r.rules.iter().map(|r| r.name.to_string()).collect()))
     }
 
-    const SERVICES: &str = r#"
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: a}
-spec:
-  hosts: [a.example.com, b.example.com]
-  ports: [{number: 80, name: http, protocol: HTTP}, {number: 8080, name: alt, protocol: HTTP}]
-  resolution: STATIC
-  endpoints: [{address: 10.0.0.1}]
-"#;
+    /// The service a.example.com (also b.example.com) on ports 80 and 8080, and `vss`.
+    fn with_services(vss: &[String]) -> String {
+        let services = static_se(
+            "name: a",
+            "hosts: [a.example.com, b.example.com], ports: [{number: 80, name: http, protocol: HTTP}, {number: 8080, name: alt, protocol: HTTP}]",
+            "10.0.0.1",
+        );
+        services + &vss.concat()
+    }
 
     #[test]
     fn ownership_binding_visibility_and_static_conditions() {
-        let yaml = format!(
-            r#"{SERVICES}
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: first, creationTimestamp: "2024-01-01T00:00:00Z"}}
-spec:
-  hosts: [a.example.com]
-  http:
-  - name: on-8080
-    match: [{{port: 8080}}]
-    route: [{{destination: {{host: a.example.com}}}}]
-  - name: canary-only
-    match: [{{sourceLabels: {{app: canary}}}}]
-    route: [{{destination: {{host: a.example.com}}}}]
-  - name: all
-    route: [{{destination: {{host: a.example.com}}}}]
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: second, creationTimestamp: "2024-02-01T00:00:00Z"}}
-spec:
-  hosts: ["*.example.com"]
-  http: [{{name: late, route: [{{destination: {{host: a.example.com}}}}]}}]
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: gateway-only}}
-spec:
-  hosts: [b.example.com]
-  gateways: [istio-system/egress]
-  http: [{{name: gw, route: [{{destination: {{host: a.example.com}}}}]}}]
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: hidden, namespace: other}}
-spec:
-  hosts: [b.example.com]
-  exportTo: ["."]
-  http: [{{name: hidden, route: [{{destination: {{host: a.example.com}}}}]}}]
-"#
-        );
+        let yaml = with_services(&[
+            doc(
+                "VirtualService",
+                r#"name: first, creationTimestamp: "2024-01-01T00:00:00Z""#,
+                concat!(
+                    "hosts: [a.example.com], http: [",
+                    "{name: on-8080, match: [{port: 8080}], route: [{destination: {host: a.example.com}}]}, ",
+                    "{name: canary-only, match: [{sourceLabels: {app: canary}}], route: [{destination: {host: a.example.com}}]}, ",
+                    "{name: all, route: [{destination: {host: a.example.com}}]}]",
+                ),
+            ),
+            doc(
+                "VirtualService",
+                r#"name: second, creationTimestamp: "2024-02-01T00:00:00Z""#,
+                r#"hosts: ["*.example.com"], http: [{name: late, route: [{destination: {host: a.example.com}}]}]"#,
+            ),
+            doc(
+                "VirtualService",
+                "name: gateway-only",
+                "hosts: [b.example.com], gateways: [istio-system/egress], \
+                 http: [{name: gw, route: [{destination: {host: a.example.com}}]}]",
+            ),
+            doc(
+                "VirtualService",
+                "name: hidden, namespace: other",
+                r#"hosts: [b.example.com], exportTo: ["."], http: [{name: hidden, route: [{destination: {host: a.example.com}}]}]"#,
+            ),
+        ]);
         let snap = snapshot(&yaml, &[]);
         // The oldest VirtualService naming the host owns it; static conditions are decided
         // per port (E3, E4).
@@ -2182,17 +2165,14 @@ spec:
     #[test]
     fn legacy_mirror_percent_under_either_name() {
         let percent = |field: &str| {
-            let yaml = format!(
-                r#"{SERVICES}
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: mirrored}}
-spec:
-  hosts: [a.example.com]
-  http: [{{route: [{{destination: {{host: a.example.com}}}}], mirror: {{host: b.example.com}}, {field}}}]
-"#
-            );
+            let yaml = with_services(&[doc(
+                "VirtualService",
+                "name: mirrored",
+                &format!(
+                    "hosts: [a.example.com], \
+                     http: [{{route: [{{destination: {{host: a.example.com}}}}], mirror: {{host: b.example.com}}, {field}}}]"
+                ),
+            )]);
             let snap = snapshot(&yaml, &[]);
             let d = crate::route::route(&snap, "a.example.com", 80);
             let routes = snap.routes.http_for(d.service_port(), "a.example.com", 80).unwrap();
@@ -2279,47 +2259,33 @@ spec:
 
     #[test]
     fn delegate_rules_are_merged_into_the_root() {
-        let yaml = format!(
-            r#"{SERVICES}
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: root}}
-spec:
-  hosts: [a.example.com]
-  http:
-  - name: api
-    match: [{{uri: {{prefix: /api}}}}]
-    timeout: 3s
-    delegate: {{name: api, namespace: team}}
-  - match: [{{uri: {{prefix: /gone}}}}]
-    delegate: {{name: missing}}
-  - match: [{{uri: {{prefix: /hosted}}}}]
-    delegate: {{name: hosted}}
-  - name: rest
-    route: [{{destination: {{host: b.example.com}}}}]
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: api, namespace: team}}
-spec:
-  http:
-  - name: v1
-    match: [{{uri: {{prefix: /api/v1}}}}]
-    route: [{{destination: {{host: a.example.com}}}}]
-  - match: [{{uri: {{prefix: /elsewhere}}}}]
-    route: [{{destination: {{host: a.example.com}}}}]
-  - timeout: 1s
-    route: [{{destination: {{host: b.example.com}}}}]
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: hosted}}
-spec:
-  hosts: [c.example.com]
-  http: [{{route: [{{destination: {{host: a.example.com}}}}]}}]
-"#
-        );
+        let yaml = with_services(&[
+            doc(
+                "VirtualService",
+                "name: root",
+                concat!(
+                    "hosts: [a.example.com], http: [",
+                    "{name: api, match: [{uri: {prefix: /api}}], timeout: 3s, delegate: {name: api, namespace: team}}, ",
+                    "{match: [{uri: {prefix: /gone}}], delegate: {name: missing}}, ",
+                    "{match: [{uri: {prefix: /hosted}}], delegate: {name: hosted}}, ",
+                    "{name: rest, route: [{destination: {host: b.example.com}}]}]",
+                ),
+            ),
+            doc(
+                "VirtualService",
+                "name: api, namespace: team",
+                concat!(
+                    "http: [{name: v1, match: [{uri: {prefix: /api/v1}}], route: [{destination: {host: a.example.com}}]}, ",
+                    "{match: [{uri: {prefix: /elsewhere}}], route: [{destination: {host: a.example.com}}]}, ",
+                    "{timeout: 1s, route: [{destination: {host: b.example.com}}]}]",
+                ),
+            ),
+            doc(
+                "VirtualService",
+                "name: hosted",
+                "hosts: [c.example.com], http: [{route: [{destination: {host: a.example.com}}]}]",
+            ),
+        ]);
         let snap = snapshot(&yaml, &[]);
         assert_eq!(
             table(&snap, "a.example.com", 80),
@@ -2343,21 +2309,13 @@ spec:
             Some(Duration::from_secs(1)),
             "the delegate's own wins"
         );
-        let warned = |needle: &str| snap.warnings.iter().any(|w| w.contains(needle));
-        assert!(
-            warned("team/api: http[1]'s match is not within the match of default/root http[0]"),
-            "{:?}",
-            snap.warnings
-        );
-        assert!(
-            warned("http[1] delegates to default/missing, which does not exist"),
-            "{:?}",
-            snap.warnings
-        );
-        assert!(
-            warned("http[2] delegates to default/hosted, which has hosts"),
-            "{:?}",
-            snap.warnings
+        assert_warned(
+            &snap,
+            &[
+                "team/api: http[1]'s match is not within the match of default/root http[0]",
+                "http[1] delegates to default/missing, which does not exist",
+                "http[2] delegates to default/hosted, which has hosts",
+            ],
         );
     }
 

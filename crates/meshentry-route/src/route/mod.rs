@@ -538,6 +538,7 @@ pub fn split_host_port(authority: &str, default_port: u16) -> Option<(&str, u16)
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::fixtures::{doc, doc_at, static_se};
 
     #[test]
     fn host_ports() {
@@ -550,79 +551,55 @@ mod tests {
         assert_eq!(split_host_port("::1", 80), None);
     }
 
-    const CONFIG: &str = r#"
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: web}
-spec:
-  hosts: [web.example.com]
-  ports: [{number: 80, name: http, protocol: HTTP}]
-  resolution: STATIC
-  endpoints: [{address: 10.0.0.1}]
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: mongo}
-spec:
-  hosts: [mongo.internal]
-  addresses: [192.192.192.192/24]
-  ports: [{number: 27018, name: mongo, protocol: MONGO}]
-  resolution: STATIC
-  endpoints: [{address: 10.0.0.2}]
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: api}
-spec:
-  hosts: [api.example.com]
-  ports: [{number: 443, name: tls, protocol: TLS}]
-  resolution: STATIC
-  endpoints: [{address: 10.0.0.3}]
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: misdeclared}
-spec:
-  hosts: [plain.example.com]
-  ports: [{number: 443, name: http, protocol: HTTP}]
-  resolution: STATIC
-  endpoints: [{address: 10.0.0.4}]
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: db-a, creationTimestamp: "2024-01-01T00:00:00Z"}
-spec:
-  hosts: [db-a.internal]
-  ports: [{number: 5432, name: pg, protocol: TCP}]
-  resolution: STATIC
-  endpoints: [{address: 10.0.1.1}]
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: db-b, creationTimestamp: "2024-02-01T00:00:00Z"}
-spec:
-  hosts: [db-b.internal]
-  ports: [{number: 5432, name: pg, protocol: TCP}]
-  resolution: STATIC
-  endpoints: [{address: 10.0.2.1}]
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: auto}
-spec:
-  hosts: [auto.internal]
-  addresses: [10.9.9.9]
-  ports: [{number: 7000, name: auto}]
-  resolution: STATIC
-  endpoints: [{address: 10.0.3.1}]
-"#;
-
+    /// What a captured connection may meet: HTTP, a range of service addresses, TLS, TLS to a
+    /// port declared HTTP, two catch-all TCP services on one port, and a protocol left unset.
     fn snapshot(policy: OutboundPolicy) -> Snapshot {
+        let config = [
+            static_se(
+                "name: web",
+                "hosts: [web.example.com], ports: [{number: 80, name: http, protocol: HTTP}]",
+                "10.0.0.1",
+            ),
+            static_se(
+                "name: mongo",
+                "hosts: [mongo.internal], addresses: [192.192.192.192/24], ports: [{number: 27018, name: mongo, protocol: MONGO}]",
+                "10.0.0.2",
+            ),
+            static_se(
+                "name: api",
+                "hosts: [api.example.com], ports: [{number: 443, name: tls, protocol: TLS}]",
+                "10.0.0.3",
+            ),
+            static_se(
+                "name: misdeclared",
+                "hosts: [plain.example.com], ports: [{number: 443, name: http, protocol: HTTP}]",
+                "10.0.0.4",
+            ),
+            static_se(
+                r#"name: db-a, creationTimestamp: "2024-01-01T00:00:00Z""#,
+                "hosts: [db-a.internal], ports: [{number: 5432, name: pg, protocol: TCP}]",
+                "10.0.1.1",
+            ),
+            static_se(
+                r#"name: db-b, creationTimestamp: "2024-02-01T00:00:00Z""#,
+                "hosts: [db-b.internal], ports: [{number: 5432, name: pg, protocol: TCP}]",
+                "10.0.2.1",
+            ),
+            static_se(
+                "name: auto",
+                "hosts: [auto.internal], addresses: [10.9.9.9], ports: [{number: 7000, name: auto}]",
+                "10.0.3.1",
+            ),
+        ];
+        snapshot_with(&config.concat(), policy)
+    }
+
+    fn snapshot_with(yaml: &str, policy: OutboundPolicy) -> Snapshot {
         let config = crate::base::config::ProxyConfig {
             policy_override: Some(policy),
             ..Default::default()
         };
-        crate::model::snapshot::test_snapshot(CONFIG, &config)
+        crate::model::fixtures::snapshot(yaml, &config)
     }
 
     fn dst(s: &str) -> SocketAddr {
@@ -752,89 +729,62 @@ spec:
     }
 
     /// The seed's tls-routing example (04 and 05), its firewall, and TCP rules by subnet.
-    const L4_CONFIG: &str = r#"
-apiVersion: networking.istio.io/v1beta1
-kind: ServiceEntry
-metadata: {name: external-svc-redirect}
-spec:
-  hosts: [wikipedia.org, "*.wikipedia.org"]
-  location: MESH_EXTERNAL
-  ports: [{number: 443, name: https, protocol: TLS}]
-  resolution: NONE
----
-apiVersion: networking.istio.io/v1beta1
-kind: VirtualService
-metadata: {name: tls-routing}
-spec:
-  hosts: [wikipedia.org, "*.wikipedia.org"]
-  tls:
-  - match: [{sniHosts: [wikipedia.org, "*.wikipedia.org"]}]
-    route: [{destination: {host: internal-egress-firewall.ns1.svc.cluster.local}}]
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: firewall, namespace: ns1}
-spec:
-  hosts: [internal-egress-firewall.ns1.svc.cluster.local]
-  ports: [{number: 443, name: tls, protocol: TLS}]
-  resolution: STATIC
-  endpoints: [{address: 10.0.9.1}]
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: vip}
-spec:
-  hosts: [vip.example.com]
-  addresses: [10.7.7.7]
-  ports: [{number: 443, name: tls, protocol: TLS}]
-  resolution: STATIC
-  endpoints: [{address: 10.0.9.2}]
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: vip-sni}
-spec:
-  hosts: [vip.example.com]
-  tls:
-  - match: [{sniHosts: [vip.example.com]}]
-    route: [{destination: {host: internal-egress-firewall.ns1.svc.cluster.local}}]
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: db}
-spec:
-  hosts: [db.example.com]
-  ports: [{number: 5432, name: pg, protocol: TCP}]
-  resolution: DNS
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: db-primary}
-spec:
-  hosts: [db-primary.internal]
-  ports: [{number: 5432, name: pg, protocol: TCP}]
-  resolution: STATIC
-  endpoints: [{address: 10.0.8.1}]
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: db-by-subnet}
-spec:
-  hosts: [db.example.com]
-  tls:
-  - match: [{sniHosts: [db.example.com]}]
-    route: [{destination: {host: internal-egress-firewall.ns1.svc.cluster.local, port: {number: 443}}}]
-  tcp:
-  - match: [{destinationSubnets: [10.20.0.0/16]}]
-    route: [{destination: {host: db-primary.internal}}]
-"#;
-
     fn l4_snapshot() -> Snapshot {
-        let config = crate::base::config::ProxyConfig {
-            policy_override: Some(OutboundPolicy::RegistryOnly),
-            ..Default::default()
-        };
-        crate::model::snapshot::test_snapshot(L4_CONFIG, &config)
+        let config = [
+            doc_at(
+                "v1beta1",
+                "ServiceEntry",
+                "name: external-svc-redirect",
+                r#"hosts: [wikipedia.org, "*.wikipedia.org"], location: MESH_EXTERNAL, ports: [{number: 443, name: https, protocol: TLS}], resolution: NONE"#,
+            ),
+            doc_at(
+                "v1beta1",
+                "VirtualService",
+                "name: tls-routing",
+                concat!(
+                    r#"hosts: [wikipedia.org, "*.wikipedia.org"], tls: [{match: [{sniHosts: [wikipedia.org, "*.wikipedia.org"]}], "#,
+                    "route: [{destination: {host: internal-egress-firewall.ns1.svc.cluster.local}}]}]",
+                ),
+            ),
+            static_se(
+                "name: firewall, namespace: ns1",
+                "hosts: [internal-egress-firewall.ns1.svc.cluster.local], ports: [{number: 443, name: tls, protocol: TLS}]",
+                "10.0.9.1",
+            ),
+            static_se(
+                "name: vip",
+                "hosts: [vip.example.com], addresses: [10.7.7.7], ports: [{number: 443, name: tls, protocol: TLS}]",
+                "10.0.9.2",
+            ),
+            doc(
+                "VirtualService",
+                "name: vip-sni",
+                concat!(
+                    "hosts: [vip.example.com], tls: [{match: [{sniHosts: [vip.example.com]}], ",
+                    "route: [{destination: {host: internal-egress-firewall.ns1.svc.cluster.local}}]}]",
+                ),
+            ),
+            doc(
+                "ServiceEntry",
+                "name: db",
+                "hosts: [db.example.com], ports: [{number: 5432, name: pg, protocol: TCP}], resolution: DNS",
+            ),
+            static_se(
+                "name: db-primary",
+                "hosts: [db-primary.internal], ports: [{number: 5432, name: pg, protocol: TCP}]",
+                "10.0.8.1",
+            ),
+            doc(
+                "VirtualService",
+                "name: db-by-subnet",
+                concat!(
+                    "hosts: [db.example.com], tls: [{match: [{sniHosts: [db.example.com]}], ",
+                    "route: [{destination: {host: internal-egress-firewall.ns1.svc.cluster.local, port: {number: 443}}}]}], ",
+                    "tcp: [{match: [{destinationSubnets: [10.20.0.0/16]}], route: [{destination: {host: db-primary.internal}}]}]",
+                ),
+            ),
+        ];
+        snapshot_with(&config.concat(), OutboundPolicy::RegistryOnly)
     }
 
     fn l4(snap: &Snapshot, host: &str, port: u16, dst: Option<&str>, sni: Option<&str>) -> String {
