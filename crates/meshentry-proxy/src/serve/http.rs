@@ -381,22 +381,26 @@ async fn relay_response(
 /// the tunnel. Connecting first lets a failure be answered with a status and a reason.
 async fn connect(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<ResponseBody> {
     let shared = &ctx.shared;
-    let Some((host, port)) = req.uri().authority().and_then(|a| split_host_port(a.as_str(), 443)) else {
-        note(|o| o.fail(Flags::DPE, "invalid_connect_target"));
-        shared.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
-        return local(StatusCode::BAD_REQUEST, "meshentry: CONNECT needs a host:port target");
-    };
-    let host = host.to_string();
-    if shared.is_self(&host, port) {
-        note(|o| o.fail(Flags::NONE, "request_loop"));
-        shared.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
-        return local(
-            StatusCode::LOOP_DETECTED,
-            &format!("meshentry: {host}:{port} is this proxy; the tunnel would loop"),
-        );
-    }
     let snap = &ctx.snapshot;
-    let registry = route::route(snap, &host, port);
+    // The same resolution as any request's, by the CONNECT target alone (also on a captured
+    // connection); the VirtualService's HTTP rules do not apply to a tunnel.
+    let target = req.uri().authority().and_then(|a| split_host_port(a.as_str(), 443));
+    let (registry, host, port) = match route::resolve(snap, route::Asked::Explicit(target), |h, p| shared.is_self(h, p)) {
+        Resolution::NoDestination => {
+            note(|o| o.fail(Flags::DPE, "invalid_connect_target"));
+            shared.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
+            return local(StatusCode::BAD_REQUEST, "meshentry: CONNECT needs a host:port target");
+        }
+        Resolution::Loop { host, port } => {
+            note(|o| o.fail(Flags::NONE, "request_loop"));
+            shared.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
+            return local(
+                StatusCode::LOOP_DETECTED,
+                &format!("meshentry: {host}:{port} is this proxy; the tunnel would loop"),
+            );
+        }
+        Resolution::To { decision, host, port, .. } => (decision, host.to_string(), port),
+    };
     if matches!(registry, Decision::Blocked) {
         note(|o| o.routed = Routed::of(&registry));
         return blocked(ctx, &host, port, StatusCode::FORBIDDEN);
