@@ -147,45 +147,31 @@ async fn handle_any(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<Resp
     ctx.shared.stats.http_requests.fetch_add(1, Ordering::Relaxed);
     // hyper enforces both limits on HTTP/1.1 heads; HTTP/2 header blocks are checked here.
     let limits = &ctx.shared.config.limits;
+    let stats = &ctx.shared.stats;
     let refusal = if req.headers().len() > limits.max_headers {
-        let stats = &ctx.shared.stats.downstream_rq_too_many_headers;
-        let reason = format!(
-            "meshentry: the request has more than {} header fields (--max-headers-count)",
-            limits.max_headers
-        );
-        Some((stats, reason))
+        let reply = Reply::too_many_headers(limits.max_headers);
+        Some((&stats.downstream_rq_too_many_headers, reply))
     } else if head_size(&req) > limits.max_head_bytes {
-        let stats = &ctx.shared.stats.downstream_rq_headers_too_large;
-        let reason = format!(
-            "meshentry: the request head is larger than {} bytes (--max-request-headers-kb)",
-            limits.max_head_bytes
-        );
-        Some((stats, reason))
+        let reply = Reply::head_too_large(limits.max_head_bytes);
+        Some((&stats.downstream_rq_headers_too_large, reply))
     } else {
         None
     };
-    if let Some((counter, reason)) = refusal {
+    let http1 = req.version() < Version::HTTP_2;
+    if let Some((counter, reply)) = refusal {
         note(|o| o.fail(Flags::DPE, "request_headers_too_large"));
         counter.fetch_add(1, Ordering::Relaxed);
-        ctx.shared.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
-        let mut resp = local(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, &reason);
-        if req.version() < Version::HTTP_2 {
-            resp.headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        }
-        return resp;
+        stats.bad_requests.fetch_add(1, Ordering::Relaxed);
+        return reply.closing(http1).response();
     }
     if let Err(e) = check_framing(&req) {
         // The same checks as the fast path's, on what hyper parsed: one Host, a valid
         // authority. hyper read the body by its own framing; the connection closes anyway.
         note(|o| o.fail(Flags::DPE, "invalid_http_request"));
-        ctx.shared.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
-        let mut resp = local(StatusCode::BAD_REQUEST, e.reason());
-        if req.version() < Version::HTTP_2 {
-            resp.headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        }
-        return resp;
+        stats.bad_requests.fetch_add(1, Ordering::Relaxed);
+        return Reply::new(StatusCode::BAD_REQUEST, e.reason())
+            .closing(http1)
+            .response();
     }
     // The hop limit: whatever address or name it came back through, a request carrying this
     // process's own `via` marker has been forwarded by it before.
@@ -193,13 +179,7 @@ async fn handle_any(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<Resp
         note(|o| o.fail(Flags::NONE, "request_loop"));
         ctx.shared.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(peer = %ctx.peer, uri = %req.uri(), via = %ctx.shared.via.token(), "request loop: the request carries this proxy's own Via marker");
-        return local(
-            StatusCode::LOOP_DETECTED,
-            &format!(
-                "meshentry: request loop: the request already passed through this proxy (Via: {})",
-                ctx.shared.via.token()
-            ),
-        );
+        return Reply::via_loop(&ctx.shared.via).response();
     }
     if let Some(g) = &ctx.gateway {
         return crate::serve::vhost::forward(req, ctx, g).await;
@@ -270,18 +250,12 @@ async fn forward_request(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response
         Resolution::NoDestination => {
             note(|o| o.fail(Flags::DPE, "missing_host_header"));
             shared.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
-            return local(
-                StatusCode::BAD_REQUEST,
-                "meshentry: the request names no destination (no absolute URI and no Host header)",
-            );
+            return Reply::no_destination().response();
         }
         Resolution::Loop { host, port } => {
             note(|o| o.fail(Flags::NONE, "request_loop"));
             shared.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
-            return local(
-                StatusCode::LOOP_DETECTED,
-                &format!("meshentry: {host}:{port} is this proxy; the request would loop"),
-            );
+            return Reply::is_self(host, port, "request").response();
         }
         Resolution::To {
             decision,
@@ -305,7 +279,7 @@ async fn forward_request(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response
         return crate::serve::routed::handle(ctx, routes, req, host_header, &original, port).await;
     }
     let cluster = match &decision {
-        Decision::Blocked => return blocked(ctx, host, port, StatusCode::BAD_GATEWAY),
+        Decision::Blocked => return blocked(ctx, host, port, StatusCode::BAD_GATEWAY).response(),
         Decision::Passthrough => {
             shared.stats.passthrough.fetch_add(1, Ordering::Relaxed);
             None
@@ -385,7 +359,8 @@ async fn connect(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<Respons
     // The same resolution as any request's, by the CONNECT target alone (also on a captured
     // connection); the VirtualService's HTTP rules do not apply to a tunnel.
     let target = req.uri().authority().and_then(|a| split_host_port(a.as_str(), 443));
-    let (registry, host, port) = match route::resolve(snap, route::Asked::Explicit(target), |h, p| shared.is_self(h, p)) {
+    let (registry, host, port) = match route::resolve(snap, route::Asked::Explicit(target), |h, p| shared.is_self(h, p))
+    {
         Resolution::NoDestination => {
             note(|o| o.fail(Flags::DPE, "invalid_connect_target"));
             shared.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
@@ -394,16 +369,14 @@ async fn connect(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<Respons
         Resolution::Loop { host, port } => {
             note(|o| o.fail(Flags::NONE, "request_loop"));
             shared.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
-            return local(
-                StatusCode::LOOP_DETECTED,
-                &format!("meshentry: {host}:{port} is this proxy; the tunnel would loop"),
-            );
+            return Reply::is_self(host, port, "tunnel").response();
         }
-        Resolution::To { decision, host, port, .. } => (decision, host.to_string(), port),
+        Resolution::To {
+            decision, host, port, ..
+        } => (decision, host.to_string(), port),
     };
     if matches!(registry, Decision::Blocked) {
-        note(|o| o.routed = Routed::of(&registry));
-        return blocked(ctx, &host, port, StatusCode::FORBIDDEN);
+        return blocked(ctx, &host, port, StatusCode::FORBIDDEN).response();
     }
     if serves_http(&registry) {
         note(|o| o.routed = Routed::of(&registry));
@@ -437,7 +410,7 @@ async fn connect(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<Respons
     };
     note(|o| o.routed = Routed::of(&decision));
     let cluster = match &decision {
-        Decision::Blocked => return blocked(ctx, &host, port, StatusCode::FORBIDDEN),
+        Decision::Blocked => return blocked(ctx, &host, port, StatusCode::FORBIDDEN).response(),
         Decision::Passthrough => {
             shared.stats.passthrough.fetch_add(1, Ordering::Relaxed);
             None
@@ -458,7 +431,7 @@ async fn connect(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<Respons
             shared.stats.count_loop(&e);
             tracing::info!(peer = %ctx.peer, %host, port, cluster = %cluster_name, flags = e.flag(), error = %e, "tunnel failed upstream");
             let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-            return local(status, &format!("meshentry: {host}:{port} via {cluster_name}: {e}"));
+            return Reply::new(status, format!("meshentry: {host}:{port} via {cluster_name}: {e}")).response();
         }
     };
     shared.stats.tunnels.fetch_add(1, Ordering::Relaxed);
@@ -538,20 +511,4 @@ fn connect_first_bytes(
         }
     });
     Response::new(Either::Right(Full::new(Bytes::new())))
-}
-
-/// REGISTRY_ONLY refusal: Istio blocks silently; we say what and why, log it and count it.
-fn blocked(ctx: &ConnCtx, host: &str, port: u16, status: StatusCode) -> Response<ResponseBody> {
-    note(|o| {
-        o.routed = Routed::BlackHole;
-        o.fail(Flags::NR, "direct_response");
-    });
-    let shared = &ctx.shared;
-    shared.stats.blocked.fetch_add(1, Ordering::Relaxed);
-    let snap = &ctx.snapshot;
-    tracing::warn!(
-        peer = %ctx.peer, host, port, dst = ?ctx.transparent.as_ref().map(|t| t.dst), namespace = %snap.namespace,
-        policy_source = %snap.policy_source, "blocked by REGISTRY_ONLY: destination is not in the service registry"
-    );
-    local(status, &blocked_reason(snap, host, port))
 }
