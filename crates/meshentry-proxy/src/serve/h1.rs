@@ -10,9 +10,9 @@
 //!
 //! Anything else (CONNECT, `Upgrade`, `Expect`, chunked request bodies, HTTP/1.0, `https://`
 //! targets, requests routed to HTTP/2 or gRPC ports) is handed, with the bytes already read, to
-//! the general hyper path in [`crate::serve::http`], which then serves the rest of the connection; an
-//! HTTP/2 prior-knowledge client goes to [`crate::serve::h2`]. The routing, refusals, counters and error
-//! responses are the same on both paths.
+//! the general hyper path in [`crate::serve::http`], which then serves the rest of the
+//! connection; an HTTP/2 prior-knowledge client goes to [`crate::serve::http::serve_h2`]. The
+//! routing, refusals, counters and error responses are the same on both paths.
 
 use std::io;
 use std::net::SocketAddr;
@@ -87,7 +87,7 @@ pub async fn serve(
             // first thing.
             Err(_) if first && is_h2_preface(&conn.buf) => {
                 let io = Rewind::new(conn.buf, conn.stream);
-                crate::serve::h2::serve(io, ctx).await;
+                crate::serve::http::serve_h2(io, ctx).await;
                 return;
             }
             Err(refusal) => {

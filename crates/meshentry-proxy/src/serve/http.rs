@@ -11,13 +11,15 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::base::flags::Flags;
 use crate::net::body::ClientBody;
+use crate::net::detect::{Detected, detect};
 use crate::net::forward::{self, Original};
 use crate::obs::telemetry::{Routed, note};
 use crate::route::{self, Decision, Resolution, TunnelSni, split_host_port};
@@ -81,14 +83,14 @@ where
     tokio::pin!(conn);
     // Draining: an idle connection closes now, a busy one after its response (which `handle`
     // marks `Connection: close`).
-    let result = tokio::select! {
-        r = conn.as_mut() => r,
-        () = shared.lifecycle.drained() => {
-            conn.as_mut().graceful_shutdown();
-            conn.as_mut().await
-        }
-    };
-    if let Err(e) = result {
+    let result = run(
+        conn.as_mut(),
+        |c| c.graceful_shutdown(),
+        &shared,
+        std::future::pending(),
+    )
+    .await;
+    if let Some(Err(e)) = result {
         if e.is_parse_too_large() {
             // hyper answered 431 itself; it reports a head too large and too many headers
             // alike, so the bytes read tell which.
@@ -100,6 +102,113 @@ where
             counter.fetch_add(1, Ordering::Relaxed);
         }
         tracing::debug!(%peer, error = %e, "client connection ended with an error");
+    }
+}
+
+/// Streams reset by the client before hyper accepted them, read at once, that end the connection
+/// (GOAWAY ENHANCE_YOUR_CALM); h2's default, named here because the budget in
+/// [`crate::serve::h2_resets`] relies on it for resets that never reach the service.
+const MAX_PENDING_ACCEPT_RESETS: usize = 20;
+
+/// Streams the proxy's codec may reset for the client's protocol errors (or refuse past the
+/// concurrency limit) before it ends the connection with GOAWAY ENHANCE_YOUR_CALM; hyper's
+/// default (RUSTSEC-2024-0003), named so that it cannot silently become unlimited.
+const MAX_LOCAL_ERROR_RESETS: usize = 1024;
+
+/// Serves one HTTP/2 prior-knowledge client connection until it closes; each request is
+/// handled as on HTTP/1.1 ([`handle`]), with `:authority` in the role of `Host`. `io` yields the whole
+/// connection from its first byte (the preface), including bytes a sniffer already read.
+pub async fn serve_h2<I>(io: I, ctx: Arc<ConnCtx>)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let peer = ctx.peer;
+    let shared = ctx.shared.clone();
+    let limits = &shared.config.limits;
+    // Idle connections (no stream open, no bytes either way) close after `--idle-timeout`;
+    // HTTP/2 has no request heads to time. Each request takes the context of the
+    // configuration in force when it arrives.
+    let state = Arc::new(crate::serve::limits::ConnState::default());
+    let budget = crate::serve::h2_resets::Budget::new(limits.http2_max_premature_resets);
+    let io = crate::serve::limits::Guarded::new(io, shared.clone(), state.clone(), false);
+    let io = crate::serve::h2_resets::Calm::new(io, budget.clone());
+    let cell = arc_swap::ArcSwap::new(ctx);
+    let streams = budget.clone();
+    let service = service_fn(move |req| {
+        let ctx = ConnCtx::current(&cell);
+        let in_flight = state.begin();
+        let mut watch = streams.stream(ctx.shared.clone());
+        async move {
+            // A stream its client already reset costs nothing upstream.
+            crate::serve::h2_resets::cancellation_point().await;
+            watch.routed();
+            let resp = handle(req, &ctx).await;
+            watch.answered();
+            Ok::<_, Infallible>(resp.map(|b| crate::serve::limits::Tracked::new(b, in_flight)))
+        }
+    });
+    // The same bound on a request head as HTTP/1.1 (`handle` answers 431 past
+    // `--max-request-headers-kb`; the margin lets it, rather than the codec, do so).
+    let max_head = u32::try_from(crate::serve::limits::hyper_buf_size(limits.max_head_bytes)).unwrap_or(u32::MAX);
+    let conn = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .max_header_list_size(max_head)
+        .max_concurrent_streams(limits.http2_max_concurrent_streams)
+        .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESETS)
+        .max_local_error_reset_streams(MAX_LOCAL_ERROR_RESETS)
+        .serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    // Draining: GOAWAY, then the streams already open finish. Overdrawn reset budget: the
+    // connection ends now, its streams with it, and `Calm` sends the GOAWAY.
+    let Some(result) = run(conn.as_mut(), |c| c.graceful_shutdown(), &shared, budget.exceeded()).await else {
+        budget.abort();
+        shared
+            .stats
+            .downstream_rq_too_many_premature_resets
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            %peer, max = limits.http2_max_premature_resets,
+            "HTTP/2 client connection closed (GOAWAY ENHANCE_YOUR_CALM): too many streams reset prematurely (--http2-max-premature-resets)"
+        );
+        return;
+    };
+    if let Err(e) = result {
+        if calmed_by_codec(&e) {
+            shared
+                .stats
+                .downstream_rq_too_many_premature_resets
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%peer, error = %e, "HTTP/2 client connection closed by the codec's reset limits");
+        } else {
+            tracing::debug!(%peer, error = %e, "HTTP/2 client connection ended with an error");
+        }
+    }
+}
+
+/// Whether h2 itself ended the connection with GOAWAY ENHANCE_YOUR_CALM: too many resets of
+/// streams not yet accepted, or of its own resets for the client's errors.
+fn calmed_by_codec(e: &hyper::Error) -> bool {
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<h2::Error>())
+        .is_some_and(|e| e.is_go_away() && !e.is_remote() && e.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM))
+}
+
+/// Runs a hyper connection to its end; draining asks it to finish first (`finish`: the
+/// `graceful_shutdown` that hyper's HTTP/1 and HTTP/2 connections have under no common trait).
+/// `None` when `stop` came first; the caller then drops the connection.
+async fn run<C: std::future::Future>(
+    mut conn: std::pin::Pin<&mut C>,
+    finish: fn(std::pin::Pin<&mut C>),
+    shared: &Shared,
+    stop: impl std::future::Future<Output = ()>,
+) -> Option<C::Output> {
+    tokio::select! {
+        r = conn.as_mut() => Some(r),
+        () = shared.lifecycle.drained() => {
+            finish(conn.as_mut());
+            Some(conn.await)
+        }
+        () = stop => None,
     }
 }
 
@@ -473,14 +582,14 @@ fn serves_http(decision: &Decision<'_>) -> bool {
 
 /// `CONNECT` to an HTTP port: answered 200 at once, and the tunnelled bytes served as HTTP,
 /// each request routed, policy-checked, counted and logged as on the listener itself (see
-/// [`tunnel::serve_http`]). Nothing connects upstream until a request does.
+/// [`serve_http`]). Nothing connects upstream until a request does.
 fn connect_http(req: Request<Incoming>, ctx: &Arc<ConnCtx>, host: String, port: u16) -> Response<ResponseBody> {
     let ctx = ctx.clone();
     tokio::spawn(async move {
         let shared = ctx.shared.clone();
         let _tunnel = crate::rt::lifecycle::TunnelGuard::new(&shared.lifecycle);
         match hyper::upgrade::on(req).await {
-            Ok(upgraded) => tunnel::serve_http(TokioIo::new(upgraded), ctx, host, port).await,
+            Ok(upgraded) => serve_http(TokioIo::new(upgraded), ctx, host, port).await,
             Err(e) => tracing::debug!(peer = %ctx.peer, error = %e, "CONNECT upgrade failed"),
         }
     });
@@ -511,4 +620,69 @@ fn connect_first_bytes(
         }
     });
     Response::new(Either::Right(Full::new(Bytes::new())))
+}
+
+/// The tunnelled bytes of a CONNECT to an HTTP port (`host:port`), served as HTTP: HTTP/1.x
+/// by hyper and HTTP/2 prior knowledge by [`serve_h2`], each request routed by its own
+/// destination (one without, to the CONNECT target), policy-checked, counted and logged as on
+/// the listener itself. TLS to the port is relayed to the target as any tunnel is (the port is
+/// misdeclared; the SNI check applies); anything else is refused.
+pub(crate) async fn serve_http<C>(mut client: C, ctx: Arc<ConnCtx>, host: String, port: u16)
+where
+    C: AsyncRead + AsyncWrite + crate::net::relay::Peer + Unpin + Send + 'static,
+{
+    let shared = ctx.shared.clone();
+    let peer = ctx.peer;
+    let mut buf = BytesMut::with_capacity(4096);
+    // The client speaks first, and has the time it has for a request head.
+    let first = detect(&mut client, &mut buf, shared.config.header_read_timeout, None).await;
+    // Requests in the tunnel take the configuration in force, as each request does.
+    let inner = || {
+        Arc::new(ConnCtx {
+            shared: shared.clone(),
+            snapshot: shared.snapshot.load_full(),
+            peer,
+            transparent: None,
+            gateway: None,
+        })
+    };
+    match first {
+        Detected::Http1 => {
+            let authority = if host.contains(':') {
+                format!("[{host}]:{port}")
+            } else {
+                format!("{host}:{port}")
+            };
+            let authority = HeaderValue::from_str(&authority).ok();
+            serve_io_with(tunnel::Prefixed::new(buf, client), peer, inner(), authority).await;
+        }
+        Detected::H2c => serve_h2(tunnel::Prefixed::new(buf, client), inner()).await,
+        Detected::Tls { .. } => {
+            tracing::warn!(
+                %peer, %host, port,
+                "the service port is declared HTTP but the client speaks TLS through the tunnel: relaying it as TLS"
+            );
+            tunnel::route_first_bytes(client, &ctx, host, port, false, buf).await;
+        }
+        Detected::Closed => {}
+        Detected::Nothing => {
+            shared
+                .stats
+                .downstream_rq_header_timeout
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%peer, %host, port, "tunnel to an HTTP port closed: no request arrived");
+        }
+        Detected::Other | Detected::BadTls(_) => {
+            shared.stats.bad_tunnel_traffic.fetch_add(1, Ordering::Relaxed);
+            let decision = route::route(&ctx.snapshot, &host, port);
+            let mut tcp = TcpConn::open(&shared, Routed::of(&decision), peer, None, None);
+            tcp.refused(Flags::DPE, "");
+            tcp.relayed((buf.len() as u64, 0));
+            tracing::info!(
+                %peer, %host, port, detected = first.as_str(),
+                "tunnel refused: the port is declared HTTP but the client did not send an HTTP request"
+            );
+            let _ = client.shutdown().await;
+        }
+    }
 }
