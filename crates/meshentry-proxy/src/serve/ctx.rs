@@ -4,10 +4,12 @@
 
 use crate::base::flags::Flags;
 use crate::model::snapshot::Snapshot;
+use crate::model::vs::HttpRoutes;
 use crate::net::body::{BodyFault, BodyWatch, ClientBody};
 use crate::net::forward::{self, Original};
 use crate::net::upstream::PooledBody;
 use crate::obs::telemetry::note;
+use crate::route::{Decision, Resolution};
 use crate::rt::shared::Shared;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -476,6 +478,31 @@ impl Reply<'static> {
         Self::new(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, reason)
     }
 }
+
+/// The destination [`crate::route::resolve`] gave a request, or the reply that refuses it,
+/// noted (counting it is the caller's): 400 when it names none, 508 when it names this proxy
+/// (`what` says what would loop: a request, a tunnel).
+pub(crate) fn resolved<'s, 'a>(r: Resolution<'s, 'a>, what: &str) -> Result<Resolved<'s, 'a>, Reply<'static>> {
+    match r {
+        Resolution::NoDestination => {
+            note(|o| o.fail(Flags::DPE, "missing_host_header"));
+            Err(Reply::no_destination())
+        }
+        Resolution::Loop { host, port } => {
+            note(|o| o.fail(Flags::NONE, "request_loop"));
+            Err(Reply::is_self(host, port, what))
+        }
+        Resolution::To {
+            decision,
+            routes,
+            host,
+            port,
+        } => Ok((decision, routes, host, port)),
+    }
+}
+
+/// A request's registry decision, the VirtualService rules replacing it, and its host and port.
+pub(crate) type Resolved<'s, 'a> = (Decision<'s>, Option<&'s HttpRoutes>, &'a str, u16);
 
 /// A response of our own, with a one-line reason.
 pub fn local(status: StatusCode, reason: &str) -> Response<ResponseBody> {

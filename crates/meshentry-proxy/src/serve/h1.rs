@@ -36,7 +36,7 @@ use crate::net::forward::{Failover, Original, UpstreamError, UpstreamProtocol};
 use crate::net::pool::{self, Pool, Pooled};
 use crate::net::upstream::{self, Dial, Stream};
 use crate::obs::telemetry::{self, Routed, note};
-use crate::route::{self, Decision, Resolution, split_host_port};
+use crate::route::{self, Decision, split_host_port};
 use crate::rt::lifecycle::DrainWatch;
 use crate::rt::shared::{ConnGuard, Shared};
 use crate::serve::ctx::{ConnCtx, MAX_HEAD_BYTES, MAX_HEADERS, Reply, SnapshotCache, SnapshotCell, Transparent};
@@ -510,27 +510,13 @@ async fn exchange(conn: &mut Downstream, head: &Head, ctx: &ConnCtx) -> Next {
         },
         None => route::Asked::Explicit(parsed),
     };
-    let (mut decision, routes, host, port) = match route::resolve(&ctx.snapshot, asked, |h, p| shared.is_self(h, p)) {
-        Resolution::NoDestination => {
-            note(|o| {
-                o.bytes_received = content_length;
-                o.fail(Flags::DPE, "missing_host_header");
-            });
-            return refuse(conn, shared, Reply::no_destination(), skip).await;
+    let resolution = route::resolve(&ctx.snapshot, asked, |h, p| shared.is_self(h, p));
+    let (mut decision, routes, host, port) = match crate::serve::ctx::resolved(resolution, "request") {
+        Ok(r) => r,
+        Err(reply) => {
+            note(|o| o.bytes_received = content_length);
+            return refuse(conn, shared, reply, skip).await;
         }
-        Resolution::Loop { host, port } => {
-            note(|o| {
-                o.bytes_received = content_length;
-                o.fail(Flags::NONE, "request_loop");
-            });
-            return refuse(conn, shared, Reply::is_self(host, port, "request"), skip).await;
-        }
-        Resolution::To {
-            decision,
-            routes,
-            host,
-            port,
-        } => (decision, routes, host, port),
     };
     // A VirtualService for the destination replaces its default route (E4, E5). Rules that
     // only pick a destination stay here; the hyper path does everything else.

@@ -467,22 +467,18 @@ async fn connect(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<Respons
     let snap = &ctx.snapshot;
     // The same resolution as any request's, by the CONNECT target alone (also on a captured
     // connection); the VirtualService's HTTP rules do not apply to a tunnel.
-    let target = req.uri().authority().and_then(|a| split_host_port(a.as_str(), 443));
-    let (registry, host, port) = match route::resolve(snap, route::Asked::Explicit(target), |h, p| shared.is_self(h, p))
-    {
-        Resolution::NoDestination => {
-            note(|o| o.fail(Flags::DPE, "invalid_connect_target"));
+    let Some(target) = req.uri().authority().and_then(|a| split_host_port(a.as_str(), 443)) else {
+        note(|o| o.fail(Flags::DPE, "invalid_connect_target"));
+        shared.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
+        return local(StatusCode::BAD_REQUEST, "meshentry: CONNECT needs a host:port target");
+    };
+    let resolution = route::resolve(snap, route::Asked::Explicit(Some(target)), |h, p| shared.is_self(h, p));
+    let (registry, host, port) = match resolved(resolution, "tunnel") {
+        Ok((decision, _, host, port)) => (decision, host.to_string(), port),
+        Err(reply) => {
             shared.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
-            return local(StatusCode::BAD_REQUEST, "meshentry: CONNECT needs a host:port target");
+            return reply.response();
         }
-        Resolution::Loop { host, port } => {
-            note(|o| o.fail(Flags::NONE, "request_loop"));
-            shared.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
-            return Reply::is_self(host, port, "tunnel").response();
-        }
-        Resolution::To {
-            decision, host, port, ..
-        } => (decision, host.to_string(), port),
     };
     if matches!(registry, Decision::Blocked) {
         return blocked(ctx, &host, port, StatusCode::FORBIDDEN).response();
