@@ -108,7 +108,7 @@ async fn handle(stream: TcpStream, peer: SocketAddr, local: Option<SocketAddr>, 
                         transparent: Some(Transparent::new(dst)),
                         gateway: None,
                     });
-                    crate::serve::h2::serve(Rewind::new(buf, stream), ctx).await;
+                    crate::serve::http::serve_h2(Rewind::new(buf, stream), ctx).await;
                     return;
                 }
                 Handling::Http => {

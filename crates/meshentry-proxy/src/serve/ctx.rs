@@ -5,16 +5,19 @@
 use crate::base::flags::Flags;
 use crate::live::Live;
 use crate::model::snapshot::Snapshot;
+use crate::model::vs::HttpRoutes;
 use crate::net::body::{BodyFault, BodyWatch, ClientBody};
 use crate::net::forward::{self, Original};
 use crate::net::upstream::PooledBody;
 use crate::obs::telemetry::note;
+use crate::route::{Decision, Resolution};
 use crate::rt::shared::Shared;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -166,13 +169,8 @@ pub(crate) fn body_failure(ctx: &ConnCtx, fault: BodyFault, version: Version) ->
         }
     };
     tracing::info!(peer = %ctx.peer, ?fault, "request body failed");
-    let mut resp = local(status, &reason);
     // The rest of the body will not be read, so the connection cannot carry another request.
-    if version < Version::HTTP_2 {
-        resp.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    }
-    resp
+    Reply::new(status, reason).closing(version < Version::HTTP_2).response()
 }
 
 /// The protocol switch `req` asks for, when the proxy relays it: the protocol, and the
@@ -231,6 +229,19 @@ pub(crate) fn upstream_failure(
     cluster_name: &str,
     e: &forward::UpstreamError,
 ) -> Response<ResponseBody> {
+    // The fast path's `refuse` counts every 508 it sends as a bad request itself.
+    ctx.shared.stats.count_loop(e);
+    upstream_failed(ctx, host, port, cluster_name, e).response()
+}
+
+/// [`upstream_failure`]'s reply, noted, counted (but for a loop) and logged.
+pub(crate) fn upstream_failed(
+    ctx: &ConnCtx,
+    host: &str,
+    port: u16,
+    cluster_name: &str,
+    e: &forward::UpstreamError,
+) -> Reply<'static> {
     note(|o| {
         o.fail(e.flags(), e.details());
         if let forward::UpstreamError::Tls(cause) = e {
@@ -238,14 +249,12 @@ pub(crate) fn upstream_failure(
         }
     });
     ctx.shared.stats.count_upstream_error(e);
-    ctx.shared.stats.count_loop(e);
     tracing::info!(
         peer = %ctx.peer, host = %host, port, cluster = cluster_name, flags = e.flag(), error = %e,
         "request failed upstream"
     );
     let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-    let resp = local(status, &format!("meshentry: {host}:{port} via {cluster_name}: {e}"));
-    flagged(resp, e.flag())
+    Reply::new(status, format!("meshentry: {host}:{port} via {cluster_name}: {e}")).flagged(e.flag())
 }
 
 /// The request as the upstream should see it: origin-form, HTTP/1.1, no hop-by-hop headers,
@@ -354,31 +363,167 @@ pub fn blocked_reason(snap: &Snapshot, host: &str, port: u16) -> String {
     )
 }
 
-/// A response of our own, with a one-line reason.
-pub fn local(status: StatusCode, reason: &str) -> Response<ResponseBody> {
-    let mut body = String::with_capacity(reason.len() + 1);
-    body.push_str(reason);
-    body.push('\n');
-    let mut resp = Response::new(Either::Right(Full::new(Bytes::from(body))));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    resp
-}
-
 /// The header a local reply names its response flags in (`NR`, `UF`...), so a client can
 /// tell the proxy's answer from the upstream's.
 pub const RESPONSE_FLAGS_HEADER: &str = "x-meshentry-response-flags";
 
-/// `resp` with its response flags in [`RESPONSE_FLAGS_HEADER`].
-pub fn flagged(mut resp: Response<ResponseBody>, flags: &str) -> Response<ResponseBody> {
-    if let Ok(v) = HeaderValue::from_str(flags) {
-        resp.headers_mut()
-            .insert(HeaderName::from_static(RESPONSE_FLAGS_HEADER), v);
+/// A reply of the proxy's own: the one place its status line, headers and one-line body are
+/// decided. The fast path writes it as bytes ([`Reply::write`]), the hyper path sends it as a
+/// response ([`Reply::response`]); the constructors hold the reasons both paths give.
+pub struct Reply<'a> {
+    pub status: StatusCode,
+    /// The body, without its final newline.
+    pub reason: Cow<'a, str>,
+    /// Envoy response flags, in [`RESPONSE_FLAGS_HEADER`].
+    pub flags: Option<&'a str>,
+    /// `connection: close` (HTTP/1 only).
+    pub close: bool,
+}
+
+impl<'a> Reply<'a> {
+    pub fn new(status: StatusCode, reason: impl Into<Cow<'a, str>>) -> Self {
+        Self {
+            status,
+            reason: reason.into(),
+            flags: None,
+            close: false,
+        }
     }
-    resp
+
+    pub fn flagged(self, flags: &'a str) -> Self {
+        Self {
+            flags: Some(flags),
+            ..self
+        }
+    }
+
+    pub fn closing(self, close: bool) -> Self {
+        Self { close, ..self }
+    }
+
+    /// The reply as a whole HTTP/1.1 response, appended to `out`.
+    pub fn write(&self, out: &mut Vec<u8>) {
+        use std::io::Write;
+        let (code, canonical) = (self.status.as_u16(), self.status.canonical_reason().unwrap_or(""));
+        let _ = write!(
+            out,
+            "HTTP/1.1 {code} {canonical}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\n",
+            self.reason.len() + 1
+        );
+        if let Some(f) = self.flags {
+            let _ = write!(out, "{RESPONSE_FLAGS_HEADER}: {f}\r\n");
+        }
+        if self.close {
+            out.extend_from_slice(b"connection: close\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(self.reason.as_bytes());
+        out.push(b'\n');
+    }
+
+    /// The reply as a response for hyper.
+    pub fn response(&self) -> Response<ResponseBody> {
+        let mut body = String::with_capacity(self.reason.len() + 1);
+        body.push_str(&self.reason);
+        body.push('\n');
+        let mut resp = Response::new(Either::Right(Full::new(Bytes::from(body))));
+        *resp.status_mut() = self.status;
+        let headers = resp.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        if let Some(v) = self.flags.and_then(|f| HeaderValue::from_str(f).ok()) {
+            headers.insert(HeaderName::from_static(RESPONSE_FLAGS_HEADER), v);
+        }
+        if self.close {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        resp
+    }
+}
+
+impl Reply<'static> {
+    /// 400: the explicit proxy was given no destination.
+    pub fn no_destination() -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "meshentry: the request names no destination (no absolute URI and no Host header)",
+        )
+    }
+
+    /// 508: `host:port` is this proxy, so the `what` (request, tunnel) would loop.
+    pub fn is_self(host: &str, port: u16, what: &str) -> Self {
+        let reason = format!("meshentry: {host}:{port} is this proxy; the {what} would loop");
+        Self::new(StatusCode::LOOP_DETECTED, reason)
+    }
+
+    /// 508: the request carries this proxy's own `via` marker.
+    pub fn via_loop(via: &crate::base::loop_guard::Via) -> Self {
+        let reason = format!(
+            "meshentry: request loop: the request already passed through this proxy (Via: {})",
+            via.token()
+        );
+        Self::new(StatusCode::LOOP_DETECTED, reason)
+    }
+
+    /// 431: more header fields than `--max-headers-count`.
+    pub fn too_many_headers(max: usize) -> Self {
+        let reason = format!("meshentry: the request has more than {max} header fields (--max-headers-count)");
+        Self::new(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, reason)
+    }
+
+    /// 431: a head larger than `--max-request-headers-kb`.
+    pub fn head_too_large(max: usize) -> Self {
+        let reason = format!("meshentry: the request head is larger than {max} bytes (--max-request-headers-kb)");
+        Self::new(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, reason)
+    }
+}
+
+/// The destination [`crate::route::resolve`] gave a request, or the reply that refuses it,
+/// noted (counting it is the caller's): 400 when it names none, 508 when it names this proxy
+/// (`what` says what would loop: a request, a tunnel).
+pub(crate) fn resolved<'s, 'a>(r: Resolution<'s, 'a>, what: &str) -> Result<Resolved<'s, 'a>, Reply<'static>> {
+    match r {
+        Resolution::NoDestination => {
+            note(|o| o.fail(Flags::DPE, "missing_host_header"));
+            Err(Reply::no_destination())
+        }
+        Resolution::Loop { host, port } => {
+            note(|o| o.fail(Flags::NONE, "request_loop"));
+            Err(Reply::is_self(host, port, what))
+        }
+        Resolution::To {
+            decision,
+            routes,
+            host,
+            port,
+        } => Ok((decision, routes, host, port)),
+    }
+}
+
+/// A request's registry decision, the VirtualService rules replacing it, and its host and port.
+pub(crate) type Resolved<'s, 'a> = (Decision<'s>, Option<&'s HttpRoutes>, &'a str, u16);
+
+/// A response of our own, with a one-line reason.
+pub fn local(status: StatusCode, reason: &str) -> Response<ResponseBody> {
+    Reply::new(status, reason).response()
+}
+
+/// The REGISTRY_ONLY refusal of a request to `host:port`, noted, counted and logged: Istio
+/// blocks silently; we say what and why.
+pub(crate) fn blocked(ctx: &ConnCtx, host: &str, port: u16, status: StatusCode) -> Reply<'static> {
+    note(|o| {
+        o.routed = crate::obs::telemetry::Routed::BlackHole;
+        o.fail(Flags::NR, "direct_response");
+    });
+    ctx.shared.stats.blocked.fetch_add(1, Ordering::Relaxed);
+    let snap = &ctx.snapshot;
+    tracing::warn!(
+        peer = %ctx.peer, host, port, dst = ?ctx.transparent.as_ref().map(|t| t.dst), namespace = %snap.namespace,
+        policy_source = %snap.policy_source, "blocked by REGISTRY_ONLY: destination is not in the service registry"
+    );
+    Reply::new(status, blocked_reason(snap, host, port))
 }
 
 #[cfg(test)]

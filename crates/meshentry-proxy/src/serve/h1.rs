@@ -10,11 +10,10 @@
 //!
 //! Anything else (CONNECT, `Upgrade`, `Expect`, chunked request bodies, HTTP/1.0, `https://`
 //! targets, requests routed to HTTP/2 or gRPC ports) is handed, with the bytes already read, to
-//! the general hyper path in [`crate::serve::http`], which then serves the rest of the connection; an
-//! HTTP/2 prior-knowledge client goes to [`crate::serve::h2`]. The routing, refusals, counters and error
-//! responses are the same on both paths.
+//! the general hyper path in [`crate::serve::http`], which then serves the rest of the
+//! connection; an HTTP/2 prior-knowledge client goes to [`crate::serve::http::serve_h2`]. The
+//! routing, refusals, counters and error responses are the same on both paths.
 
-use std::borrow::Cow;
 use std::io;
 use std::net::SocketAddr;
 use std::ops::Range;
@@ -24,6 +23,7 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
+use http::StatusCode;
 use meshentry_registry::Protocol;
 use meshentry_wire::chunked::ChunkScanner;
 use meshentry_wire::h1 as framing;
@@ -36,12 +36,10 @@ use crate::net::forward::{Failover, Original, UpstreamError, UpstreamProtocol};
 use crate::net::pool::{self, Pool, Pooled};
 use crate::net::upstream::{self, Dial, Stream};
 use crate::obs::telemetry::{self, Routed, note};
-use crate::route::{self, Decision, Resolution, split_host_port};
+use crate::route::{self, Decision, split_host_port};
 use crate::rt::lifecycle::DrainWatch;
 use crate::rt::shared::{ConnGuard, Shared};
-use crate::serve::ctx::{
-    ConnCtx, MAX_HEAD_BYTES, MAX_HEADERS, RESPONSE_FLAGS_HEADER, SnapshotCache, SnapshotCell, Transparent,
-};
+use crate::serve::ctx::{ConnCtx, MAX_HEAD_BYTES, MAX_HEADERS, Reply, SnapshotCache, SnapshotCell, Transparent};
 
 /// Serves one client connection: the fast path for as long as requests are plain, then hyper.
 pub async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
@@ -89,13 +87,13 @@ pub async fn serve(
             // first thing.
             Err(_) if first && is_h2_preface(&conn.buf) => {
                 let io = Rewind::new(conn.buf, conn.stream);
-                crate::serve::h2::serve(io, ctx).await;
+                crate::serve::http::serve_h2(io, ctx).await;
                 return;
             }
             Err(refusal) => {
                 // Counted nowhere: like hyper, a head that does not parse never becomes a request.
                 conn.out.clear();
-                local(&mut conn.out, refusal.0, &refusal.1, None, true);
+                refusal.closing(true).write(&mut conn.out);
                 let _ = conn.stream.write_all(&conn.out).await;
                 return;
             }
@@ -235,7 +233,7 @@ async fn read_head(
     shared: &Shared,
     drain: &mut DrainWatch<'_>,
     first: bool,
-) -> Result<bool, (u16, Cow<'static, str>)> {
+) -> Result<bool, Reply<'static>> {
     let limits = &shared.config.limits;
     let stats = &shared.stats;
     let header_timeout = shared.config.header_read_timeout;
@@ -275,13 +273,9 @@ async fn read_head(
                 Ok(httparse::Status::Partial) => {}
                 Err(httparse::Error::TooManyHeaders) => {
                     stats.downstream_rq_too_many_headers.fetch_add(1, Ordering::Relaxed);
-                    let reason = format!(
-                        "meshentry: the request has more than {} header fields (--max-headers-count)",
-                        limits.max_headers
-                    );
-                    return Err((431, reason.into()));
+                    return Err(Reply::too_many_headers(limits.max_headers));
                 }
-                Err(_) => return Err((400, "meshentry: malformed request head".into())),
+                Err(_) => return Err(Reply::new(StatusCode::BAD_REQUEST, "meshentry: malformed request head")),
             }
             if conn.buf.len() >= limits.max_head_bytes {
                 return Err(head_too_large(shared));
@@ -321,7 +315,10 @@ async fn read_head(
                         if conn.buf.is_empty() {
                             return Ok(false);
                         }
-                        return Err((408, "meshentry: the request head did not arrive in time".into()));
+                        return Err(Reply::new(
+                            StatusCode::REQUEST_TIMEOUT,
+                            "meshentry: the request head did not arrive in time",
+                        ));
                     }
                 }
             }
@@ -339,16 +336,12 @@ async fn read_head(
 }
 
 /// The 431 for a head over `--max-request-headers-kb`, counted.
-fn head_too_large(shared: &Shared) -> (u16, Cow<'static, str>) {
+fn head_too_large(shared: &Shared) -> Reply<'static> {
     shared
         .stats
         .downstream_rq_headers_too_large
         .fetch_add(1, Ordering::Relaxed);
-    let reason = format!(
-        "meshentry: the request head is larger than {} bytes (--max-request-headers-kb)",
-        shared.config.limits.max_head_bytes
-    );
-    (431, reason.into())
+    Reply::head_too_large(shared.config.limits.max_head_bytes)
 }
 
 /// The authority and path of a request target: absolute form names the destination; origin
@@ -469,7 +462,13 @@ async fn exchange(conn: &mut Downstream, head: &Head, ctx: &ConnCtx) -> Next {
         Ok(r) => r,
         Err(e) => {
             note(|o| o.fail(Flags::DPE, "invalid_http_request"));
-            return refuse(conn, shared, e.status(), e.reason(), Some("DPE"), Skip::Close).await;
+            return refuse(
+                conn,
+                shared,
+                Reply::new(status(e.status()), e.reason()).flagged("DPE"),
+                Skip::Close,
+            )
+            .await;
         }
     };
     let connection = &connection[..connection_fields.min(MAX_CONNECTION_FIELDS)];
@@ -478,15 +477,8 @@ async fn exchange(conn: &mut Downstream, head: &Head, ctx: &ConnCtx) -> Next {
         framing::RequestBody::Length(n) => n,
         // Chunked requests take the general path (`needs_general_path`); never here.
         framing::RequestBody::Chunked => {
-            return refuse(
-                conn,
-                shared,
-                400,
-                "meshentry: unexpected chunked request",
-                Some("DPE"),
-                Skip::Close,
-            )
-            .await;
+            let reply = Reply::new(StatusCode::BAD_REQUEST, "meshentry: unexpected chunked request");
+            return refuse(conn, shared, reply.flagged("DPE"), Skip::Close).await;
         }
     };
     // `bytes_received` is noted with whatever is noted next (routing or a refusal): one
@@ -507,11 +499,7 @@ async fn exchange(conn: &mut Downstream, head: &Head, ctx: &ConnCtx) -> Next {
             o.fail(Flags::NONE, "request_loop");
         });
         tracing::warn!(peer = %ctx.peer, via = %shared.via.token(), "request loop: the request carries this proxy's own Via marker");
-        let reason = format!(
-            "meshentry: request loop: the request already passed through this proxy (Via: {})",
-            shared.via.token()
-        );
-        return refuse(conn, shared, 508, &reason, None, skip).await;
+        return refuse(conn, shared, Reply::via_loop(&shared.via), skip).await;
     }
     let parsed = std::str::from_utf8(authority).ok().and_then(|a| split_host_port(a, 80));
     let asked = match &ctx.transparent {
@@ -522,29 +510,13 @@ async fn exchange(conn: &mut Downstream, head: &Head, ctx: &ConnCtx) -> Next {
         },
         None => route::Asked::Explicit(parsed),
     };
-    let (mut decision, routes, host, port) = match route::resolve(&ctx.snapshot, asked, |h, p| shared.is_self(h, p)) {
-        Resolution::NoDestination => {
-            let reason = "meshentry: the request names no destination (no absolute URI and no Host header)";
-            note(|o| {
-                o.bytes_received = content_length;
-                o.fail(Flags::DPE, "missing_host_header");
-            });
-            return refuse(conn, shared, 400, reason, None, skip).await;
+    let resolution = route::resolve(&ctx.snapshot, asked, |h, p| shared.is_self(h, p));
+    let (mut decision, routes, host, port) = match crate::serve::ctx::resolved(resolution, "request") {
+        Ok(r) => r,
+        Err(reply) => {
+            note(|o| o.bytes_received = content_length);
+            return refuse(conn, shared, reply, skip).await;
         }
-        Resolution::Loop { host, port } => {
-            let reason = format!("meshentry: {host}:{port} is this proxy; the request would loop");
-            note(|o| {
-                o.bytes_received = content_length;
-                o.fail(Flags::NONE, "request_loop");
-            });
-            return refuse(conn, shared, 508, &reason, None, skip).await;
-        }
-        Resolution::To {
-            decision,
-            routes,
-            host,
-            port,
-        } => (decision, routes, host, port),
     };
     // A VirtualService for the destination replaces its default route (E4, E5). Rules that
     // only pick a destination stay here; the hyper path does everything else.
@@ -556,16 +528,24 @@ async fn exchange(conn: &mut Downstream, head: &Head, ctx: &ConnCtx) -> Next {
             authority,
         };
         let failure = match routes.select(&view) {
-            None => Some((404, "NR", crate::serve::routed::no_route(routes, host, port))),
+            None => Some((
+                StatusCode::NOT_FOUND,
+                "NR",
+                crate::serve::routed::no_route(routes, host, port),
+            )),
             Some(sel) if !sel.rule.simple => return Next::GeneralPath,
             Some(sel) => match sel.rule.pick().map(|d| route::to_target(&ctx.snapshot, &d.target)) {
                 Some(Ok(d)) => {
                     decision = d;
                     None
                 }
-                Some(Err(reason)) => Some((503, "NC", crate::serve::routed::no_cluster(routes, reason))),
+                Some(Err(reason)) => Some((
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "NC",
+                    crate::serve::routed::no_cluster(routes, reason),
+                )),
                 None => Some((
-                    503,
+                    StatusCode::SERVICE_UNAVAILABLE,
                     "NC",
                     crate::serve::routed::no_cluster(routes, "the rule has no destination"),
                 )),
@@ -575,13 +555,13 @@ async fn exchange(conn: &mut Downstream, head: &Head, ctx: &ConnCtx) -> Next {
             note(|o| {
                 o.bytes_received = content_length;
                 o.routed = Routed::of(&decision);
-                o.details = if status == 404 {
+                o.details = if status == StatusCode::NOT_FOUND {
                     "route_not_found"
                 } else {
                     "cluster_not_found"
                 };
             });
-            return refuse(conn, shared, status, &reason, Some(flag), skip).await;
+            return refuse(conn, shared, Reply::new(status, reason).flagged(flag), skip).await;
         }
         if let Decision::Cluster { port, .. } = &decision
             && (UpstreamProtocol::of_port(port.protocol) == UpstreamProtocol::H2 || port.protocol == Protocol::GrpcWeb)
@@ -595,15 +575,8 @@ async fn exchange(conn: &mut Downstream, head: &Head, ctx: &ConnCtx) -> Next {
     });
     let cluster = match &decision {
         Decision::Blocked => {
-            note(|o| o.fail(Flags::NR, "direct_response"));
-            shared.stats.blocked.fetch_add(1, Ordering::Relaxed);
-            let snap = &ctx.snapshot;
-            tracing::warn!(
-                peer = %ctx.peer, host, port, dst = ?ctx.transparent.as_ref().map(|t| t.dst), namespace = %snap.namespace,
-                policy_source = %snap.policy_source, "blocked by REGISTRY_ONLY: destination is not in the service registry"
-            );
-            let reason = crate::serve::ctx::blocked_reason(snap, host, port);
-            return refuse(conn, shared, 502, &reason, None, skip).await;
+            let reply = crate::serve::ctx::blocked(ctx, host, port, StatusCode::BAD_GATEWAY);
+            return refuse(conn, shared, reply, skip).await;
         }
         Decision::Passthrough => {
             shared.stats.passthrough.fetch_add(1, Ordering::Relaxed);
@@ -688,25 +661,14 @@ async fn exchange(conn: &mut Downstream, head: &Head, ctx: &ConnCtx) -> Next {
             }
         }
         Err(Failure::Answer(e)) => {
-            note(|o| {
-                o.fail(e.flags(), e.details());
-                if let UpstreamError::Tls(cause) = &e {
-                    o.transport_failure = Some(cause.clone());
-                }
-            });
-            shared.stats.count_upstream_error(&e);
-            tracing::info!(
-                peer = %ctx.peer, host = %original.host, port, cluster = cluster_name, flags = e.flag(), error = %e,
-                "request failed upstream"
-            );
-            let reason = format!("meshentry: {}:{port} via {cluster_name}: {e}", original.host);
+            let reply = crate::serve::ctx::upstream_failed(ctx, original.host, port, cluster_name, &e);
             // The request (and its body) was consumed; a body half sent means closing.
             let skip = if body_rest > 0 || client_close {
                 Skip::Close
             } else {
                 Skip::Bytes(0)
             };
-            refuse(conn, shared, e.status(), &reason, Some(e.flag()), skip).await
+            refuse(conn, shared, reply, skip).await
         }
         Err(Failure::BodyStalled) => {
             shared.stats.downstream_rq_idle_timeout.fetch_add(1, Ordering::Relaxed);
@@ -715,7 +677,8 @@ async fn exchange(conn: &mut Downstream, head: &Head, ctx: &ConnCtx) -> Next {
                 "meshentry: the request body stalled for {:?} (--stream-idle-timeout)",
                 shared.config.limits.stream_idle_timeout
             );
-            refuse(conn, shared, 408, &reason, Some("SI"), Skip::Close).await
+            let reply = Reply::new(StatusCode::REQUEST_TIMEOUT, reason).flagged("SI");
+            refuse(conn, shared, reply, Skip::Close).await
         }
         Err(Failure::Broken) => Next::Close,
     }
@@ -732,22 +695,16 @@ enum Skip {
     Close,
 }
 
-/// Writes a local response, consumes the refused request, and says what happens to the
+/// Writes a local reply, consumes the refused request, and says what happens to the
 /// connection.
-async fn refuse(
-    conn: &mut Downstream,
-    shared: &Shared,
-    status: u16,
-    reason: &str,
-    flags: Option<&str>,
-    skip: Skip,
-) -> Next {
+async fn refuse(conn: &mut Downstream, shared: &Shared, reply: Reply<'_>, skip: Skip) -> Next {
+    let status = reply.status.as_u16();
     if status == 400 || status == 508 {
         shared.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
     }
     note(|o| {
         o.code = status;
-        o.fail(Flags::of(flags), "");
+        o.fail(Flags::of(reply.flags), "");
     });
     let close = matches!(skip, Skip::Close) || shared.lifecycle.is_draining();
     if let Skip::Bytes(n) = skip {
@@ -755,33 +712,15 @@ async fn refuse(
     }
     let mut out = std::mem::take(&mut conn.out);
     out.clear();
-    local(&mut out, status, reason, flags, close);
+    reply.closing(close).write(&mut out);
     let ok = conn.stream.write_all(&out).await.is_ok();
     conn.out = out;
     if ok && !close { Next::KeepAlive } else { Next::Close }
 }
 
-/// A complete local response, as [`crate::serve::ctx::local`] writes it on the hyper path.
-fn local(out: &mut Vec<u8>, status: u16, reason: &str, flags: Option<&str>, close: bool) {
-    use std::io::Write;
-    let canonical = http::StatusCode::from_u16(status)
-        .ok()
-        .and_then(|s| s.canonical_reason())
-        .unwrap_or("");
-    let _ = write!(
-        out,
-        "HTTP/1.1 {status} {canonical}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\n",
-        reason.len() + 1
-    );
-    if let Some(f) = flags {
-        let _ = write!(out, "{RESPONSE_FLAGS_HEADER}: {f}\r\n");
-    }
-    if close {
-        out.extend_from_slice(b"connection: close\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(reason.as_bytes());
-    out.push(b'\n');
+/// A status the wire layer gave as a number (always a valid one).
+fn status(code: u16) -> StatusCode {
+    StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_REQUEST)
 }
 
 struct Sent {

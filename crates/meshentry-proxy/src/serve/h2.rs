@@ -1,119 +1,15 @@
-//! HTTP/2 toward clients and upstreams: serving prior-knowledge (h2c) client connections,
-//! shaping requests for HTTP/2 upstreams, and answering gRPC clients in gRPC's terms.
-//!
-//! Client connections arrive here after their first bytes were read and found to be the
-//! HTTP/2 preface (by the explicit proxy listener in [`crate::serve::h1`], or by transparent capture);
-//! those bytes are replayed by the io handed in. Each request is routed exactly as on the
-//! HTTP/1.1 path ([`crate::serve::http::handle`]), with `:authority` in the role of `Host`. Which
-//! version goes upstream depends on the cluster, not on the client
-//! ([`crate::net::forward::UpstreamProtocol`]).
-
-use std::convert::Infallible;
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
+//! HTTP/2 rules of the hyper path: shaping requests for HTTP/2 upstreams, and answering gRPC
+//! clients in gRPC's terms. Which version goes upstream depends on the cluster, not on the
+//! client ([`crate::net::forward::UpstreamProtocol`]); HTTP/2 client connections are served
+//! by [`crate::serve::http::serve_h2`].
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Either, Full};
-use hyper::server::conn::http2;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::serve::ctx::{ConnCtx, ResponseBody};
-
-/// Streams reset by the client before hyper accepted them, read at once, that end the connection
-/// (GOAWAY ENHANCE_YOUR_CALM); h2's default, named here because the budget in
-/// [`crate::serve::h2_resets`] relies on it for resets that never reach the service.
-const MAX_PENDING_ACCEPT_RESETS: usize = 20;
-
-/// Streams the proxy's codec may reset for the client's protocol errors (or refuse past the
-/// concurrency limit) before it ends the connection with GOAWAY ENHANCE_YOUR_CALM; hyper's
-/// default (RUSTSEC-2024-0003), named so that it cannot silently become unlimited.
-const MAX_LOCAL_ERROR_RESETS: usize = 1024;
-
-/// Serves one HTTP/2 prior-knowledge client connection until it closes. `io` yields the whole
-/// connection from its first byte (the preface), including bytes a sniffer already read.
-pub async fn serve<I>(io: I, ctx: Arc<ConnCtx>)
-where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let peer = ctx.peer;
-    let shared = ctx.shared.clone();
-    let limits = &shared.config.limits;
-    // Idle connections (no stream open, no bytes either way) close after `--idle-timeout`;
-    // HTTP/2 has no request heads to time. Each request takes the context of the
-    // configuration in force when it arrives.
-    let state = Arc::new(crate::serve::limits::ConnState::default());
-    let budget = crate::serve::h2_resets::Budget::new(limits.http2_max_premature_resets);
-    let io = crate::serve::limits::Guarded::new(io, shared.clone(), state.clone(), false);
-    let io = crate::serve::h2_resets::Calm::new(io, budget.clone());
-    let cell = arc_swap::ArcSwap::new(ctx);
-    let streams = budget.clone();
-    let service = service_fn(move |req| {
-        let ctx = ConnCtx::current(&cell);
-        let in_flight = state.begin();
-        let mut watch = streams.stream(ctx.shared.clone());
-        async move {
-            // A stream its client already reset costs nothing upstream.
-            crate::serve::h2_resets::cancellation_point().await;
-            watch.routed();
-            let resp = crate::serve::http::handle(req, &ctx).await;
-            watch.answered();
-            Ok::<_, Infallible>(resp.map(|b| crate::serve::limits::Tracked::new(b, in_flight)))
-        }
-    });
-    // The same bound on a request head as HTTP/1.1 (`handle` answers 431 past
-    // `--max-request-headers-kb`; the margin lets it, rather than the codec, do so).
-    let max_head = u32::try_from(crate::serve::limits::hyper_buf_size(limits.max_head_bytes)).unwrap_or(u32::MAX);
-    let conn = http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .max_header_list_size(max_head)
-        .max_concurrent_streams(limits.http2_max_concurrent_streams)
-        .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESETS)
-        .max_local_error_reset_streams(MAX_LOCAL_ERROR_RESETS)
-        .serve_connection(TokioIo::new(io), service);
-    tokio::pin!(conn);
-    // Draining: GOAWAY, then the streams already open finish. Overdrawn reset budget: the
-    // connection ends now, its streams with it, and `Calm` sends the GOAWAY.
-    let result = tokio::select! {
-        r = conn.as_mut() => r,
-        () = shared.lifecycle.drained() => {
-            conn.as_mut().graceful_shutdown();
-            conn.as_mut().await
-        }
-        () = budget.exceeded() => {
-            budget.abort();
-            shared.stats.downstream_rq_too_many_premature_resets.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(
-                %peer, max = limits.http2_max_premature_resets,
-                "HTTP/2 client connection closed (GOAWAY ENHANCE_YOUR_CALM): too many streams reset prematurely (--http2-max-premature-resets)"
-            );
-            return;
-        }
-    };
-    if let Err(e) = result {
-        if calmed_by_codec(&e) {
-            shared
-                .stats
-                .downstream_rq_too_many_premature_resets
-                .fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(%peer, error = %e, "HTTP/2 client connection closed by the codec's reset limits");
-        } else {
-            tracing::debug!(%peer, error = %e, "HTTP/2 client connection ended with an error");
-        }
-    }
-}
-
-/// Whether h2 itself ended the connection with GOAWAY ENHANCE_YOUR_CALM: too many resets of
-/// streams not yet accepted, or of its own resets for the client's errors.
-fn calmed_by_codec(e: &hyper::Error) -> bool {
-    std::error::Error::source(e)
-        .and_then(|s| s.downcast_ref::<h2::Error>())
-        .is_some_and(|e| e.is_go_away() && !e.is_remote() && e.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM))
-}
+use crate::serve::ctx::ResponseBody;
 
 /// The request as an HTTP/2 upstream should see it: an absolute URI, from which hyper sends
 /// `:scheme` and `:authority` (`http://` plus the destination's `Host` when the client sent

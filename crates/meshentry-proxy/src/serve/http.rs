@@ -11,16 +11,18 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use crate::base::flags::Flags;
 use crate::net::body::ClientBody;
+use crate::net::detect::{Detected, detect};
 use crate::net::forward::{self, Original};
 use crate::obs::telemetry::{Routed, note};
 use crate::route::{self, Decision, Resolution, TunnelSni, split_host_port};
-
+use crate::rt::shared::Shared;
 use crate::serve::ctx::*;
 use crate::serve::record::{HttpStart, Metered, TcpConn};
 use crate::serve::tunnel;
@@ -80,14 +82,14 @@ where
     tokio::pin!(conn);
     // Draining: an idle connection closes now, a busy one after its response (which `handle`
     // marks `Connection: close`).
-    let result = tokio::select! {
-        r = conn.as_mut() => r,
-        () = shared.lifecycle.drained() => {
-            conn.as_mut().graceful_shutdown();
-            conn.as_mut().await
-        }
-    };
-    if let Err(e) = result {
+    let result = run(
+        conn.as_mut(),
+        |c| c.graceful_shutdown(),
+        &shared,
+        std::future::pending(),
+    )
+    .await;
+    if let Some(Err(e)) = result {
         if e.is_parse_too_large() {
             // hyper answered 431 itself; it reports a head too large and too many headers
             // alike, so the bytes read tell which.
@@ -99,6 +101,113 @@ where
             counter.fetch_add(1, Ordering::Relaxed);
         }
         tracing::debug!(%peer, error = %e, "client connection ended with an error");
+    }
+}
+
+/// Streams reset by the client before hyper accepted them, read at once, that end the connection
+/// (GOAWAY ENHANCE_YOUR_CALM); h2's default, named here because the budget in
+/// [`crate::serve::h2_resets`] relies on it for resets that never reach the service.
+const MAX_PENDING_ACCEPT_RESETS: usize = 20;
+
+/// Streams the proxy's codec may reset for the client's protocol errors (or refuse past the
+/// concurrency limit) before it ends the connection with GOAWAY ENHANCE_YOUR_CALM; hyper's
+/// default (RUSTSEC-2024-0003), named so that it cannot silently become unlimited.
+const MAX_LOCAL_ERROR_RESETS: usize = 1024;
+
+/// Serves one HTTP/2 prior-knowledge client connection until it closes; each request is
+/// handled as on HTTP/1.1 ([`handle`]), with `:authority` in the role of `Host`. `io` yields the whole
+/// connection from its first byte (the preface), including bytes a sniffer already read.
+pub async fn serve_h2<I>(io: I, ctx: Arc<ConnCtx>)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let peer = ctx.peer;
+    let shared = ctx.shared.clone();
+    let limits = &shared.config.limits;
+    // Idle connections (no stream open, no bytes either way) close after `--idle-timeout`;
+    // HTTP/2 has no request heads to time. Each request takes the context of the
+    // configuration in force when it arrives.
+    let state = Arc::new(crate::serve::limits::ConnState::default());
+    let budget = crate::serve::h2_resets::Budget::new(limits.http2_max_premature_resets);
+    let io = crate::serve::limits::Guarded::new(io, shared.clone(), state.clone(), false);
+    let io = crate::serve::h2_resets::Calm::new(io, budget.clone());
+    let cell = arc_swap::ArcSwap::new(ctx);
+    let streams = budget.clone();
+    let service = service_fn(move |req| {
+        let ctx = ConnCtx::current(&cell);
+        let in_flight = state.begin();
+        let mut watch = streams.stream(ctx.shared.clone());
+        async move {
+            // A stream its client already reset costs nothing upstream.
+            crate::serve::h2_resets::cancellation_point().await;
+            watch.routed();
+            let resp = handle(req, &ctx).await;
+            watch.answered();
+            Ok::<_, Infallible>(resp.map(|b| crate::serve::limits::Tracked::new(b, in_flight)))
+        }
+    });
+    // The same bound on a request head as HTTP/1.1 (`handle` answers 431 past
+    // `--max-request-headers-kb`; the margin lets it, rather than the codec, do so).
+    let max_head = u32::try_from(crate::serve::limits::hyper_buf_size(limits.max_head_bytes)).unwrap_or(u32::MAX);
+    let conn = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .max_header_list_size(max_head)
+        .max_concurrent_streams(limits.http2_max_concurrent_streams)
+        .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESETS)
+        .max_local_error_reset_streams(MAX_LOCAL_ERROR_RESETS)
+        .serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    // Draining: GOAWAY, then the streams already open finish. Overdrawn reset budget: the
+    // connection ends now, its streams with it, and `Calm` sends the GOAWAY.
+    let Some(result) = run(conn.as_mut(), |c| c.graceful_shutdown(), &shared, budget.exceeded()).await else {
+        budget.abort();
+        shared
+            .stats
+            .downstream_rq_too_many_premature_resets
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            %peer, max = limits.http2_max_premature_resets,
+            "HTTP/2 client connection closed (GOAWAY ENHANCE_YOUR_CALM): too many streams reset prematurely (--http2-max-premature-resets)"
+        );
+        return;
+    };
+    if let Err(e) = result {
+        if calmed_by_codec(&e) {
+            shared
+                .stats
+                .downstream_rq_too_many_premature_resets
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%peer, error = %e, "HTTP/2 client connection closed by the codec's reset limits");
+        } else {
+            tracing::debug!(%peer, error = %e, "HTTP/2 client connection ended with an error");
+        }
+    }
+}
+
+/// Whether h2 itself ended the connection with GOAWAY ENHANCE_YOUR_CALM: too many resets of
+/// streams not yet accepted, or of its own resets for the client's errors.
+fn calmed_by_codec(e: &hyper::Error) -> bool {
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<h2::Error>())
+        .is_some_and(|e| e.is_go_away() && !e.is_remote() && e.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM))
+}
+
+/// Runs a hyper connection to its end; draining asks it to finish first (`finish`: the
+/// `graceful_shutdown` that hyper's HTTP/1 and HTTP/2 connections have under no common trait).
+/// `None` when `stop` came first; the caller then drops the connection.
+async fn run<C: std::future::Future>(
+    mut conn: std::pin::Pin<&mut C>,
+    finish: fn(std::pin::Pin<&mut C>),
+    shared: &Shared,
+    stop: impl std::future::Future<Output = ()>,
+) -> Option<C::Output> {
+    tokio::select! {
+        r = conn.as_mut() => Some(r),
+        () = shared.lifecycle.drained() => {
+            finish(conn.as_mut());
+            Some(conn.await)
+        }
+        () = stop => None,
     }
 }
 
@@ -131,45 +240,31 @@ async fn handle_any(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<Resp
     ctx.shared.stats.http_requests.fetch_add(1, Ordering::Relaxed);
     // hyper enforces both limits on HTTP/1.1 heads; HTTP/2 header blocks are checked here.
     let limits = &ctx.shared.config.limits;
+    let stats = &ctx.shared.stats;
     let refusal = if req.headers().len() > limits.max_headers {
-        let stats = &ctx.shared.stats.downstream_rq_too_many_headers;
-        let reason = format!(
-            "meshentry: the request has more than {} header fields (--max-headers-count)",
-            limits.max_headers
-        );
-        Some((stats, reason))
+        let reply = Reply::too_many_headers(limits.max_headers);
+        Some((&stats.downstream_rq_too_many_headers, reply))
     } else if head_size(&req) > limits.max_head_bytes {
-        let stats = &ctx.shared.stats.downstream_rq_headers_too_large;
-        let reason = format!(
-            "meshentry: the request head is larger than {} bytes (--max-request-headers-kb)",
-            limits.max_head_bytes
-        );
-        Some((stats, reason))
+        let reply = Reply::head_too_large(limits.max_head_bytes);
+        Some((&stats.downstream_rq_headers_too_large, reply))
     } else {
         None
     };
-    if let Some((counter, reason)) = refusal {
+    let http1 = req.version() < Version::HTTP_2;
+    if let Some((counter, reply)) = refusal {
         note(|o| o.fail(Flags::DPE, "request_headers_too_large"));
         counter.fetch_add(1, Ordering::Relaxed);
-        ctx.shared.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
-        let mut resp = local(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, &reason);
-        if req.version() < Version::HTTP_2 {
-            resp.headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        }
-        return resp;
+        stats.bad_requests.fetch_add(1, Ordering::Relaxed);
+        return reply.closing(http1).response();
     }
     if let Err(e) = check_framing(&req) {
         // The same checks as the fast path's, on what hyper parsed: one Host, a valid
         // authority. hyper read the body by its own framing; the connection closes anyway.
         note(|o| o.fail(Flags::DPE, "invalid_http_request"));
-        ctx.shared.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
-        let mut resp = local(StatusCode::BAD_REQUEST, e.reason());
-        if req.version() < Version::HTTP_2 {
-            resp.headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        }
-        return resp;
+        stats.bad_requests.fetch_add(1, Ordering::Relaxed);
+        return Reply::new(StatusCode::BAD_REQUEST, e.reason())
+            .closing(http1)
+            .response();
     }
     // The hop limit: whatever address or name it came back through, a request carrying this
     // process's own `via` marker has been forwarded by it before.
@@ -177,13 +272,7 @@ async fn handle_any(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<Resp
         note(|o| o.fail(Flags::NONE, "request_loop"));
         ctx.shared.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(peer = %ctx.peer, uri = %req.uri(), via = %ctx.shared.via.token(), "request loop: the request carries this proxy's own Via marker");
-        return local(
-            StatusCode::LOOP_DETECTED,
-            &format!(
-                "meshentry: request loop: the request already passed through this proxy (Via: {})",
-                ctx.shared.via.token()
-            ),
-        );
+        return Reply::via_loop(&ctx.shared.via).response();
     }
     if let Some(g) = &ctx.gateway {
         return crate::serve::vhost::forward(req, ctx, g).await;
@@ -254,18 +343,12 @@ async fn forward_request(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response
         Resolution::NoDestination => {
             note(|o| o.fail(Flags::DPE, "missing_host_header"));
             shared.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
-            return local(
-                StatusCode::BAD_REQUEST,
-                "meshentry: the request names no destination (no absolute URI and no Host header)",
-            );
+            return Reply::no_destination().response();
         }
         Resolution::Loop { host, port } => {
             note(|o| o.fail(Flags::NONE, "request_loop"));
             shared.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
-            return local(
-                StatusCode::LOOP_DETECTED,
-                &format!("meshentry: {host}:{port} is this proxy; the request would loop"),
-            );
+            return Reply::is_self(host, port, "request").response();
         }
         Resolution::To {
             decision,
@@ -289,7 +372,7 @@ async fn forward_request(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response
         return crate::serve::routed::handle(ctx, routes, req, host_header, &original, port).await;
     }
     let cluster = match &decision {
-        Decision::Blocked => return blocked(ctx, host, port, StatusCode::BAD_GATEWAY),
+        Decision::Blocked => return blocked(ctx, host, port, StatusCode::BAD_GATEWAY).response(),
         Decision::Passthrough => {
             shared.stats.passthrough.fetch_add(1, Ordering::Relaxed);
             None
@@ -365,25 +448,24 @@ async fn relay_response(
 /// the tunnel. Connecting first lets a failure be answered with a status and a reason.
 async fn connect(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<ResponseBody> {
     let shared = &ctx.shared;
-    let Some((host, port)) = req.uri().authority().and_then(|a| split_host_port(a.as_str(), 443)) else {
+    let snap = &ctx.snapshot;
+    // The same resolution as any request's, by the CONNECT target alone (also on a captured
+    // connection); the VirtualService's HTTP rules do not apply to a tunnel.
+    let Some(target) = req.uri().authority().and_then(|a| split_host_port(a.as_str(), 443)) else {
         note(|o| o.fail(Flags::DPE, "invalid_connect_target"));
         shared.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
         return local(StatusCode::BAD_REQUEST, "meshentry: CONNECT needs a host:port target");
     };
-    let host = host.to_string();
-    if shared.is_self(&host, port) {
-        note(|o| o.fail(Flags::NONE, "request_loop"));
-        shared.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
-        return local(
-            StatusCode::LOOP_DETECTED,
-            &format!("meshentry: {host}:{port} is this proxy; the tunnel would loop"),
-        );
-    }
-    let snap = &ctx.snapshot;
-    let registry = route::route(snap, &host, port);
+    let resolution = route::resolve(snap, route::Asked::Explicit(Some(target)), |h, p| shared.is_self(h, p));
+    let (registry, host, port) = match resolved(resolution, "tunnel") {
+        Ok((decision, _, host, port)) => (decision, host.to_string(), port),
+        Err(reply) => {
+            shared.stats.bad_requests.fetch_add(1, Ordering::Relaxed);
+            return reply.response();
+        }
+    };
     if matches!(registry, Decision::Blocked) {
-        note(|o| o.routed = Routed::of(&registry));
-        return blocked(ctx, &host, port, StatusCode::FORBIDDEN);
+        return blocked(ctx, &host, port, StatusCode::FORBIDDEN).response();
     }
     if serves_http(&registry) {
         note(|o| o.routed = Routed::of(&registry));
@@ -417,7 +499,7 @@ async fn connect(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<Respons
     };
     note(|o| o.routed = Routed::of(&decision));
     let cluster = match &decision {
-        Decision::Blocked => return blocked(ctx, &host, port, StatusCode::FORBIDDEN),
+        Decision::Blocked => return blocked(ctx, &host, port, StatusCode::FORBIDDEN).response(),
         Decision::Passthrough => {
             shared.stats.passthrough.fetch_add(1, Ordering::Relaxed);
             None
@@ -438,7 +520,7 @@ async fn connect(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<Respons
             shared.stats.count_loop(&e);
             tracing::info!(peer = %ctx.peer, %host, port, cluster = %cluster_name, flags = e.flag(), error = %e, "tunnel failed upstream");
             let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-            return local(status, &format!("meshentry: {host}:{port} via {cluster_name}: {e}"));
+            return Reply::new(status, format!("meshentry: {host}:{port} via {cluster_name}: {e}")).response();
         }
     };
     shared.stats.tunnels.fetch_add(1, Ordering::Relaxed);
@@ -480,14 +562,14 @@ fn serves_http(decision: &Decision<'_>) -> bool {
 
 /// `CONNECT` to an HTTP port: answered 200 at once, and the tunnelled bytes served as HTTP,
 /// each request routed, policy-checked, counted and logged as on the listener itself (see
-/// [`tunnel::serve_http`]). Nothing connects upstream until a request does.
+/// [`serve_http`]). Nothing connects upstream until a request does.
 fn connect_http(req: Request<Incoming>, ctx: &Arc<ConnCtx>, host: String, port: u16) -> Response<ResponseBody> {
     let ctx = ctx.clone();
     tokio::spawn(async move {
         let shared = ctx.shared.clone();
         let _tunnel = crate::rt::lifecycle::TunnelGuard::new(&shared.lifecycle);
         match hyper::upgrade::on(req).await {
-            Ok(upgraded) => tunnel::serve_http(TokioIo::new(upgraded), ctx, host, port).await,
+            Ok(upgraded) => serve_http(TokioIo::new(upgraded), ctx, host, port).await,
             Err(e) => tracing::debug!(peer = %ctx.peer, error = %e, "CONNECT upgrade failed"),
         }
     });
@@ -520,18 +602,67 @@ fn connect_first_bytes(
     Response::new(Either::Right(Full::new(Bytes::new())))
 }
 
-/// REGISTRY_ONLY refusal: Istio blocks silently; we say what and why, log it and count it.
-fn blocked(ctx: &ConnCtx, host: &str, port: u16, status: StatusCode) -> Response<ResponseBody> {
-    note(|o| {
-        o.routed = Routed::BlackHole;
-        o.fail(Flags::NR, "direct_response");
-    });
-    let shared = &ctx.shared;
-    shared.stats.blocked.fetch_add(1, Ordering::Relaxed);
-    let snap = &ctx.snapshot;
-    tracing::warn!(
-        peer = %ctx.peer, host, port, dst = ?ctx.transparent.as_ref().map(|t| t.dst), namespace = %snap.namespace,
-        policy_source = %snap.policy_source, "blocked by REGISTRY_ONLY: destination is not in the service registry"
-    );
-    local(status, &blocked_reason(snap, host, port))
+/// The tunnelled bytes of a CONNECT to an HTTP port (`host:port`), served as HTTP: HTTP/1.x
+/// by hyper and HTTP/2 prior knowledge by [`serve_h2`], each request routed by its own
+/// destination (one without, to the CONNECT target), policy-checked, counted and logged as on
+/// the listener itself. TLS to the port is relayed to the target as any tunnel is (the port is
+/// misdeclared; the SNI check applies); anything else is refused.
+pub(crate) async fn serve_http<C>(mut client: C, ctx: Arc<ConnCtx>, host: String, port: u16)
+where
+    C: AsyncRead + AsyncWrite + crate::net::relay::Peer + Unpin + Send + 'static,
+{
+    let shared = ctx.shared.clone();
+    let peer = ctx.peer;
+    let mut buf = BytesMut::with_capacity(4096);
+    // The client speaks first, and has the time it has for a request head.
+    let first = detect(&mut client, &mut buf, shared.config.header_read_timeout, None).await;
+    // Requests in the tunnel take the configuration in force, as each request does.
+    let inner = || {
+        Arc::new(ConnCtx {
+            shared: shared.clone(),
+            snapshot: shared.snapshot.load_full(),
+            peer,
+            transparent: None,
+            gateway: None,
+        })
+    };
+    match first {
+        Detected::Http1 => {
+            let authority = if host.contains(':') {
+                format!("[{host}]:{port}")
+            } else {
+                format!("{host}:{port}")
+            };
+            let authority = HeaderValue::from_str(&authority).ok();
+            serve_io_with(tunnel::Prefixed::new(buf, client), peer, inner(), authority).await;
+        }
+        Detected::H2c => serve_h2(tunnel::Prefixed::new(buf, client), inner()).await,
+        Detected::Tls { .. } => {
+            tracing::warn!(
+                %peer, %host, port,
+                "the service port is declared HTTP but the client speaks TLS through the tunnel: relaying it as TLS"
+            );
+            tunnel::route_first_bytes(client, &ctx, host, port, false, buf).await;
+        }
+        Detected::Closed => {}
+        Detected::Nothing => {
+            shared
+                .stats
+                .downstream_rq_header_timeout
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%peer, %host, port, "tunnel to an HTTP port closed: no request arrived");
+        }
+        Detected::Other | Detected::BadTls(_) => {
+            shared.stats.bad_tunnel_traffic.fetch_add(1, Ordering::Relaxed);
+            let decision = route::route(&ctx.snapshot, &host, port);
+            let mut tcp = TcpConn::open(&shared, Routed::of(&decision), peer, None, None);
+            tcp.refused(Flags::DPE, "");
+            tcp.relayed((buf.len() as u64, 0));
+            tracing::info!(
+                %peer, %host, port, detected = first.as_str(),
+                "tunnel refused: the port is declared HTTP but the client did not send an HTTP request"
+            );
+            let _ = client.shutdown().await;
+        }
+    }
 }

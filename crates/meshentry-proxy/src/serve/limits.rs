@@ -156,6 +156,11 @@ pub struct Guarded<I> {
 }
 
 impl<I> Guarded<I> {
+    /// The connection wrote something: it is not idle.
+    fn touched(&mut self) {
+        self.last = Instant::now();
+    }
+
     /// `time_heads`: HTTP/1 (a first head is awaited from now).
     pub fn new(inner: I, shared: Arc<Shared>, state: Arc<ConnState>, time_heads: bool) -> Self {
         let now = Instant::now();
@@ -266,43 +271,7 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guarded<I> {
     }
 }
 
-impl<I: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Guarded<I> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = r
-            && n > 0
-        {
-            self.last = Instant::now();
-        }
-        r
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if let Poll::Ready(Ok(n)) = r
-            && n > 0
-        {
-            self.last = Instant::now();
-        }
-        r
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-}
+write_through!(Guarded, touched);
 
 /// Hyper's smallest allowed read buffer (`max_buf_size` panics below it).
 const HYPER_MIN_BUF: usize = 8192;

@@ -31,7 +31,7 @@ use crate::net::forward::{self, Original, UpstreamError, UpstreamProtocol};
 use crate::net::upstream::{PooledBody, RequestBody};
 use crate::obs::telemetry::{Routed, note};
 use crate::route::{self, Decision, split_host_port};
-use crate::serve::ctx::{ConnCtx, ResponseBody, flagged, local};
+use crate::serve::ctx::{ConnCtx, Reply, ResponseBody, local};
 
 /// A route timeout of `0s` means none; this bounds the wait anyway, far beyond any use.
 const NO_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
@@ -104,7 +104,9 @@ pub(crate) async fn handle(
     };
     let Some(sel) = routes.select(&view) else {
         note(|o| o.fail(Flags::NR, "route_not_found"));
-        return flagged(local(StatusCode::NOT_FOUND, &no_route(routes, name, port)), "NR");
+        return Reply::new(StatusCode::NOT_FOUND, no_route(routes, name, port))
+            .flagged("NR")
+            .response();
     };
     let rule = sel.rule;
     if !rule.name.is_empty() && ctx.shared.telemetry.access_log().is_some() {
@@ -125,7 +127,7 @@ pub(crate) async fn handle(
                 "meshentry: fault injected by VirtualService {} (rule {})",
                 routes.vs, rule.name
             );
-            return flagged(local(status(code), &reason), "FI");
+            return Reply::new(status(code), reason).flagged("FI").response();
         }
     }
     match &rule.action {
@@ -144,26 +146,26 @@ pub(crate) async fn handle(
     let Some(dest) = rule.pick() else {
         note(|o| o.fail(Flags::NC, "cluster_not_found"));
         let reason = no_cluster(routes, "the rule has no destination");
-        return flagged(local(StatusCode::SERVICE_UNAVAILABLE, &reason), "NC");
+        return Reply::new(StatusCode::SERVICE_UNAVAILABLE, reason)
+            .flagged("NC")
+            .response();
     };
     let snap = &ctx.snapshot;
     let decision = match route::to_target(snap, &dest.target) {
         Ok(d) => d,
         Err(reason) => {
             note(|o| o.fail(Flags::NC, "cluster_not_found"));
-            return flagged(
-                local(StatusCode::SERVICE_UNAVAILABLE, &no_cluster(routes, reason)),
-                "NC",
-            );
+            return Reply::new(StatusCode::SERVICE_UNAVAILABLE, no_cluster(routes, reason))
+                .flagged("NC")
+                .response();
         }
     };
     note(|o| o.routed = Routed::of(&decision));
     let Decision::Cluster { cluster, .. } = &decision else {
         note(|o| o.fail(Flags::NC, "cluster_not_found"));
-        return flagged(
-            local(StatusCode::SERVICE_UNAVAILABLE, &no_cluster(routes, "not a cluster")),
-            "NC",
-        );
+        return Reply::new(StatusCode::SERVICE_UNAVAILABLE, no_cluster(routes, "not a cluster"))
+            .flagged("NC")
+            .response();
     };
     let cluster: &Cluster = cluster;
 

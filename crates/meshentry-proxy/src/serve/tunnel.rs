@@ -1,7 +1,8 @@
 //! A CONNECT tunnel after the 200: look at the client's first bytes (a TLS ClientHello must
 //! come first, and its SNI agree with the CONNECT target), then relay bytes both ways. A
-//! tunnel to an HTTP port is served as HTTP instead ([`serve_http`]), and an HTTP/1.1
-//! `Upgrade` (WebSocket) is relayed and then bridged like a tunnel ([`upgrade`]).
+//! tunnel to an HTTP port is served as HTTP instead (by [`crate::serve::http`], which owns
+//! serving connections), and an HTTP/1.1 `Upgrade` (WebSocket) is relayed and then bridged
+//! like a tunnel ([`upgrade`]).
 
 use std::io;
 use std::pin::Pin;
@@ -155,71 +156,6 @@ where
             }
             None => tracing::debug!(host = %target.host, port = target.port, error = %e, "tunnel ended with an error"),
         },
-    }
-}
-
-/// The tunnelled bytes of a CONNECT to an HTTP port (`host:port`), served as HTTP: HTTP/1.x
-/// by hyper and HTTP/2 prior knowledge by [`crate::serve::h2`], each request routed by its own
-/// destination (one without, to the CONNECT target), policy-checked, counted and logged as on
-/// the listener itself. TLS to the port is relayed to the target as any tunnel is (the port is
-/// misdeclared; the SNI check applies); anything else is refused.
-pub(crate) async fn serve_http<C>(mut client: C, ctx: Arc<ConnCtx>, host: String, port: u16)
-where
-    C: AsyncRead + AsyncWrite + crate::net::relay::Peer + Unpin + Send + 'static,
-{
-    let shared = ctx.shared.clone();
-    let peer = ctx.peer;
-    let mut buf = BytesMut::with_capacity(4096);
-    // The client speaks first, and has the time it has for a request head.
-    let first = detect(&mut client, &mut buf, shared.config.header_read_timeout, None).await;
-    // Requests in the tunnel take the configuration in force, as each request does.
-    let inner = || {
-        Arc::new(ConnCtx {
-            shared: shared.clone(),
-            snapshot: shared.snapshot.load_full(),
-            peer,
-            transparent: None,
-            gateway: None,
-        })
-    };
-    match first {
-        Detected::Http1 => {
-            let authority = if host.contains(':') {
-                format!("[{host}]:{port}")
-            } else {
-                format!("{host}:{port}")
-            };
-            let authority = HeaderValue::from_str(&authority).ok();
-            crate::serve::http::serve_io_with(Prefixed::new(buf, client), peer, inner(), authority).await;
-        }
-        Detected::H2c => crate::serve::h2::serve(Prefixed::new(buf, client), inner()).await,
-        Detected::Tls { .. } => {
-            tracing::warn!(
-                %peer, %host, port,
-                "the service port is declared HTTP but the client speaks TLS through the tunnel: relaying it as TLS"
-            );
-            route_first_bytes(client, &ctx, host, port, false, buf).await;
-        }
-        Detected::Closed => {}
-        Detected::Nothing => {
-            shared
-                .stats
-                .downstream_rq_header_timeout
-                .fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(%peer, %host, port, "tunnel to an HTTP port closed: no request arrived");
-        }
-        Detected::Other | Detected::BadTls(_) => {
-            shared.stats.bad_tunnel_traffic.fetch_add(1, Ordering::Relaxed);
-            let decision = route::route(&ctx.snapshot, &host, port);
-            let mut tcp = TcpConn::open(&shared, Routed::of(&decision), peer, None, None);
-            tcp.refused(Flags::DPE, "");
-            tcp.relayed((buf.len() as u64, 0));
-            tracing::info!(
-                %peer, %host, port, detected = first.as_str(),
-                "tunnel refused: the port is declared HTTP but the client did not send an HTTP request"
-            );
-            let _ = client.shutdown().await;
-        }
     }
 }
 
@@ -444,28 +380,4 @@ impl<I: AsyncRead + Unpin> AsyncRead for Prefixed<I> {
     }
 }
 
-impl<I: AsyncWrite + Unpin> AsyncWrite for Prefixed<I> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-}
+write_through!(Prefixed);

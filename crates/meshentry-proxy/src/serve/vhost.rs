@@ -13,7 +13,7 @@ use crate::model::gateway::GatewayConn;
 use crate::net::forward::Original;
 use crate::obs::telemetry::note;
 use crate::route::split_host_port;
-use crate::serve::ctx::{ConnCtx, ResponseBody, flagged, local};
+use crate::serve::ctx::{ConnCtx, Reply, ResponseBody, local};
 
 /// An HTTP request on a gateway listener (F3): `httpsRedirect`, then the virtual host named
 /// by the request's `Host` (404 when none), then its rules.
@@ -70,14 +70,11 @@ pub(crate) async fn forward(req: Request<Incoming>, ctx: &Arc<ConnCtx>, g: &Gate
         } else {
             "it".to_string()
         };
-        let resp = local(
-            StatusCode::NOT_FOUND,
-            &format!(
-                "meshentry: gateway {gw} port {}: no VirtualService bound to {bound_to} routes host {host}",
-                g.port
-            ),
+        let reason = format!(
+            "meshentry: gateway {gw} port {}: no VirtualService bound to {bound_to} routes host {host}",
+            g.port
         );
-        return flagged(resp, "NR");
+        return Reply::new(StatusCode::NOT_FOUND, reason).flagged("NR").response();
     };
     let original = Original { host, port: g.port };
     crate::serve::routed::handle(ctx, routes, req, host_header.clone(), &original, g.port).await
