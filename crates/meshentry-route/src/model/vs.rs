@@ -318,26 +318,22 @@ pub struct L4Routes {
     tcp: Box<[TcpRule]>,
 }
 
-struct TlsRule {
-    /// Position in the VirtualService's `tls` list.
+/// A `tls` or `tcp` rule of a VirtualService.
+struct L4Rule<M> {
+    /// Position in the VirtualService's `tls` or `tcp` list.
     index: usize,
-    matches: Box<[TlsMatch]>,
+    /// ORed; a `tcp` rule's may be empty: every connection.
+    matches: Box<[M]>,
     dests: Box<[WeightedDest]>,
     total: u32,
 }
+
+type TlsRule = L4Rule<TlsMatch>;
+type TcpRule = L4Rule<Box<[IpNet]>>;
 
 struct TlsMatch {
     sni: Box<[Box<str>]>,
     subnets: Box<[IpNet]>,
-}
-
-struct TcpRule {
-    /// Position in the VirtualService's `tcp` list.
-    index: usize,
-    /// ORed; empty = every connection.
-    matches: Box<[Box<[IpNet]>]>,
-    dests: Box<[WeightedDest]>,
-    total: u32,
 }
 
 /// Whether `subnets` (a match's `destinationSubnets`) admit a connection to `dst`: no subnets
@@ -1754,13 +1750,7 @@ impl Ctx<'_, '_> {
             if matches.is_empty() {
                 continue;
             }
-            let (dests, total) = totalled(self.weighted(vs, &rule.route, port));
-            tls.push(TlsRule {
-                index,
-                matches: matches.into(),
-                dests,
-                total,
-            });
+            tls.push(self.l4_rule(vs, index, matches, &rule.route, port));
         }
         let mut tcp = Vec::new();
         for (index, rule) in vs.spec.tcp.iter().enumerate() {
@@ -1775,15 +1765,26 @@ impl Ctx<'_, '_> {
             if !rule.r#match.is_empty() && matches.is_empty() {
                 continue;
             }
-            let (dests, total) = totalled(self.weighted(vs, &rule.route, port));
-            tcp.push(TcpRule {
-                index,
-                matches: matches.into(),
-                dests,
-                total,
-            });
+            tcp.push(self.l4_rule(vs, index, matches, &rule.route, port));
         }
         (tls, tcp)
+    }
+
+    fn l4_rule<M>(
+        &mut self,
+        vs: &Applicable<'_>,
+        index: usize,
+        matches: Vec<M>,
+        route: &[RouteDestination],
+        port: u32,
+    ) -> L4Rule<M> {
+        let (dests, total) = totalled(self.weighted(vs, route, port));
+        L4Rule {
+            index,
+            matches: matches.into(),
+            dests,
+            total,
+        }
     }
 
     /// The destinations of a rule of any kind, with their targets and header edits.
