@@ -22,7 +22,7 @@ use crate::base::flags::Flags;
 use crate::net::detect::{Detected, detect};
 use crate::net::forward::{self, Original};
 use crate::obs::telemetry::Routed;
-use crate::route::{self, Decision, Handling, Plan};
+use crate::route::{self, Decision, Handling};
 use crate::rt::shared::{ConnGuard, Shared};
 use crate::serve::ctx::{ConnCtx, Transparent};
 use crate::serve::h1::Rewind;
@@ -85,45 +85,44 @@ async fn handle(stream: TcpStream, peer: SocketAddr, local: Option<SocketAddr>, 
     let snapshot = shared.snapshot.load_full();
     let mut buf = BytesMut::new();
     let mut stream = stream;
-    let (decision, detected) = match route::plan(&snapshot, dst) {
-        Plan::Relay(d) => (d, None),
-        Plan::TcpOwner => match snapshot.tcp_owner(&shared.dns, dst).await {
-            Some(d) => (d, None),
-            None => (route::unknown(&snapshot), None),
-        },
-        Plan::Detect => {
+    // The destination alone decides what it can; the first bytes are read only when asked.
+    let mut detected = None;
+    let decision = loop {
+        let Some(handling) = snapshot.transparent(&shared.dns, dst, detected.as_ref()).await else {
             buf.reserve(4096);
-            let detected = detect(&mut stream, &mut buf, shared.config.sniff_timeout, None).await;
-            stats.count_detected(&detected);
-            if detected == Detected::Closed {
+            let first = detect(&mut stream, &mut buf, shared.config.sniff_timeout, None).await;
+            stats.count_detected(&first);
+            if first == Detected::Closed {
                 return;
             }
-            match snapshot.after_detection(&shared.dns, dst, &detected).await {
-                Handling::Http if detected == Detected::H2c => {
-                    let _ = stream.set_nodelay(true);
-                    let ctx = Arc::new(ConnCtx {
-                        snapshot,
-                        shared,
-                        peer,
-                        transparent: Some(Transparent::new(dst)),
-                        gateway: None,
-                    });
-                    crate::serve::http::serve_h2(Rewind::new(buf, stream), ctx).await;
-                    return;
+            detected = Some(first);
+            continue;
+        };
+        match handling {
+            Handling::Http if detected == Some(Detected::H2c) => {
+                let _ = stream.set_nodelay(true);
+                let ctx = Arc::new(ConnCtx {
+                    snapshot,
+                    shared,
+                    peer,
+                    transparent: Some(Transparent::new(dst)),
+                    gateway: None,
+                });
+                crate::serve::http::serve_h2(Rewind::new(buf, stream), ctx).await;
+                return;
+            }
+            Handling::Http => {
+                crate::serve::h1::serve(stream, peer, shared, buf, Some(Transparent::new(dst))).await;
+                return;
+            }
+            Handling::Relay { decision, misdeclared } => {
+                if misdeclared {
+                    tracing::warn!(
+                        %peer, %dst, cluster = decision.cluster_name(),
+                        "the service port is declared HTTP but the client speaks TLS: forwarding it as TLS (Istio would fail it)"
+                    );
                 }
-                Handling::Http => {
-                    crate::serve::h1::serve(stream, peer, shared, buf, Some(Transparent::new(dst))).await;
-                    return;
-                }
-                Handling::Relay { decision, misdeclared } => {
-                    if misdeclared {
-                        tracing::warn!(
-                            %peer, %dst, cluster = decision.cluster_name(),
-                            "the service port is declared HTTP but the client speaks TLS: forwarding it as TLS (Istio would fail it)"
-                        );
-                    }
-                    (decision, Some(detected))
-                }
+                break decision;
             }
         }
     };

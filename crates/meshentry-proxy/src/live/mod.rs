@@ -17,7 +17,7 @@ use meshentry_registry::hash::FxHashMap;
 use meshentry_route::model::cluster::{Cluster, Discovery, HostSet};
 use meshentry_route::model::gateway::{Kind, Listener, Server};
 use meshentry_route::model::snapshot::Snapshot;
-use meshentry_route::route::{self, Decision, Detection, Handling, TunnelDst};
+use meshentry_route::route::{self, Decision, Handling, Step, TunnelDst};
 use meshentry_wire::detect::Detected;
 
 use dns::{Answer, Dns, DnsError, DnsName};
@@ -232,11 +232,13 @@ impl Live {
         owner.decide(&self.snap, serving)
     }
 
-    /// [`route::after_detection`], with the port's catch-all TCP owner found when it decides.
-    pub async fn after_detection(&self, dns: &Arc<Dns>, dst: SocketAddr, detected: &Detected) -> Handling<'_> {
-        match route::after_detection(&self.snap, dst, detected) {
-            Detection::Handled(h) => h,
-            owner @ Detection::TcpOwner { .. } => owner.with_owner(&self.snap, self.tcp_owner(dns, dst).await),
+    /// A step of [`route::transparent`], with the port's catch-all TCP owner found when it
+    /// decides; `None` when the first bytes must be read first.
+    pub async fn transparent(&self, dns: &Arc<Dns>, dst: SocketAddr, first: Option<&Detected>) -> Option<Handling<'_>> {
+        match route::transparent(&self.snap, dst, first) {
+            Step::Read => None,
+            Step::Owner(owner) => Some(owner.with_owner(&self.snap, self.tcp_owner(dns, dst).await)),
+            Step::Done(h) => Some(h),
         }
     }
 

@@ -210,7 +210,7 @@ pub fn by_address(snap: &Snapshot, dst: SocketAddr) -> Option<Decision<'_>> {
 }
 
 /// What the transparent listener does with a connection to `dst` before reading from it.
-pub enum Plan<'s> {
+enum Plan<'s> {
     /// Relay the bytes as they are: declared TCP or TLS to a service address, or an unknown
     /// destination under ALLOW_ANY (no service could claim it, whatever it carries).
     Relay(Decision<'s>),
@@ -222,7 +222,7 @@ pub enum Plan<'s> {
 
 /// Decides what can be decided from the destination alone, so that declared TCP (and
 /// server-first protocols on it) never waits for detection.
-pub fn plan(snap: &Snapshot, dst: SocketAddr) -> Plan<'_> {
+fn plan(snap: &Snapshot, dst: SocketAddr) -> Plan<'_> {
     if let Some(d) = by_address(snap, dst) {
         if let Decision::Cluster { port, service, .. } = &d
             && (port.protocol.is_tls() || (port.protocol.is_opaque_tcp() && port.protocol != Protocol::Unset))
@@ -256,25 +256,25 @@ pub enum Handling<'s> {
 }
 
 /// What the first bytes decide on the transparent listener ([`after_detection`]).
-pub enum Detection<'s> {
-    /// Decided.
+enum Detection<'s> {
     Handled(Handling<'s>),
-    /// The port's catch-all TCP service ([`tcp_owner`]) takes the bytes; when there is none,
-    /// [`unknown`] decides, except that `or_http` under REGISTRY_ONLY serves HTTP (so that
-    /// each request gets a 502 that says why).
-    TcpOwner { or_http: bool },
+    TcpOwner(Owner),
 }
 
-impl<'s> Detection<'s> {
-    /// The handling, given what [`tcp_owner`] found (used only for [`Detection::TcpOwner`]).
-    pub fn with_owner(self, snap: &'s Snapshot, owner: Option<Decision<'s>>) -> Handling<'s> {
-        let or_http = match self {
-            Detection::Handled(h) => return h,
-            Detection::TcpOwner { or_http } => or_http,
-        };
+/// The port's catch-all TCP service ([`tcp_owner`]) takes the bytes; when there is none,
+/// [`unknown`] decides, except that `or_http` under REGISTRY_ONLY serves HTTP (so that each
+/// request gets a 502 that says why).
+#[derive(Clone, Copy, Debug)]
+pub struct Owner {
+    or_http: bool,
+}
+
+impl Owner {
+    /// The handling, given what [`tcp_owner`] found.
+    pub fn with_owner<'s>(self, snap: &'s Snapshot, owner: Option<Decision<'s>>) -> Handling<'s> {
         let decision = match owner {
             Some(d) => d,
-            None if or_http && snap.policy == OutboundPolicy::RegistryOnly => return Handling::Http,
+            None if self.or_http && snap.policy == OutboundPolicy::RegistryOnly => return Handling::Http,
             None => unknown(snap),
         };
         Handling::Relay {
@@ -285,7 +285,7 @@ impl<'s> Detection<'s> {
 }
 
 /// C3-C8 for the transparent listener: what `detected` on a connection to `dst` means.
-pub fn after_detection<'s>(snap: &'s Snapshot, dst: SocketAddr, detected: &Detected) -> Detection<'s> {
+fn after_detection<'s>(snap: &'s Snapshot, dst: SocketAddr, detected: &Detected) -> Detection<'s> {
     let port = u32::from(dst.port());
     let relay = |decision| {
         Detection::Handled(Handling::Relay {
@@ -323,7 +323,7 @@ pub fn after_detection<'s>(snap: &'s Snapshot, dst: SocketAddr, detected: &Detec
                     });
                 }
             }
-            Detection::TcpOwner { or_http: false }
+            Detection::TcpOwner(Owner { or_http: false })
         }
         Detected::Http1 | Detected::H2c => {
             let vip_is_http = matches!(&vip, Some(Decision::Cluster { port, .. }) if port.protocol.is_http() || port.protocol == Protocol::Unset);
@@ -333,11 +333,42 @@ pub fn after_detection<'s>(snap: &'s Snapshot, dst: SocketAddr, detected: &Detec
             if let Some(d) = vip {
                 return relay(d);
             }
-            Detection::TcpOwner { or_http: true }
+            Detection::TcpOwner(Owner { or_http: true })
         }
         Detected::Other | Detected::Nothing | Detected::BadTls(_) | Detected::Closed => match vip {
             Some(d) => relay(d),
-            None => Detection::TcpOwner { or_http: false },
+            None => Detection::TcpOwner(Owner { or_http: false }),
+        },
+    }
+}
+
+/// The next step of the transparent listener's sequence (C3-C8) for a connection to `dst`.
+pub enum Step<'s> {
+    /// Read the client's first bytes, then ask again with them.
+    Read,
+    /// The port's catch-all TCP owner decides ([`tcp_owner`], then [`Owner::with_owner`]).
+    Owner(Owner),
+    /// Decided.
+    Done(Handling<'s>),
+}
+
+/// The transparent listener's sequence, one step at a time: `first` is `None` before anything
+/// is read (the destination alone decides what it can, so declared TCP and server-first
+/// protocols never wait for bytes), then the first bytes once [`Step::Read`] asked for them
+/// (never asked for again). The listener and `explain` both drive it.
+pub fn transparent<'s>(snap: &'s Snapshot, dst: SocketAddr, first: Option<&Detected>) -> Step<'s> {
+    match first {
+        None => match plan(snap, dst) {
+            Plan::Relay(decision) => Step::Done(Handling::Relay {
+                decision,
+                misdeclared: false,
+            }),
+            Plan::TcpOwner => Step::Owner(Owner { or_http: false }),
+            Plan::Detect => Step::Read,
+        },
+        Some(detected) => match after_detection(snap, dst, detected) {
+            Detection::Handled(h) => Step::Done(h),
+            Detection::TcpOwner(owner) => Step::Owner(owner),
         },
     }
 }
@@ -606,26 +637,37 @@ mod tests {
         s.parse().unwrap()
     }
 
-    fn name(p: Plan<'_>) -> String {
-        match p {
-            Plan::Relay(d) => format!("relay {}", d.cluster_name()),
-            Plan::TcpOwner => "tcp owner".into(),
-            Plan::Detect => "detect".into(),
+    /// What the connection gets at a step: before reading (`first` None) or after.
+    fn step(snap: &Snapshot, to: &str, first: Option<Detected>) -> String {
+        match transparent(snap, dst(to), first.as_ref()) {
+            Step::Read => "detect".into(),
+            Step::Owner(_) => "tcp owner".into(),
+            Step::Done(Handling::Http) => "http".into(),
+            Step::Done(Handling::Relay { decision, misdeclared }) => format!(
+                "relay {}{}",
+                decision.cluster_name(),
+                if misdeclared { " (misdeclared)" } else { "" }
+            ),
         }
     }
 
-    /// What the connection gets, the catch-all owner told apart by STATIC endpoints.
+    fn name(snap: &Snapshot, to: &str) -> String {
+        step(snap, to, None)
+    }
+
+    /// What the connection gets after its first bytes, the catch-all owner told apart by
+    /// STATIC endpoints.
     fn handled(snap: &Snapshot, to: &str, d: Detected) -> String {
-        let owner = tcp_owner(snap, dst(to)).and_then(|o| o.decide_with(snap, |c| c.static_hosts().cloned()));
-        match after_detection(snap, dst(to), &d).with_owner(snap, owner) {
-            Handling::Http => "http".into(),
-            Handling::Relay { decision, misdeclared } => {
-                format!(
-                    "relay {}{}",
-                    decision.cluster_name(),
-                    if misdeclared { " (misdeclared)" } else { "" }
-                )
+        match transparent(snap, dst(to), Some(&d)) {
+            Step::Owner(o) => {
+                let owner = tcp_owner(snap, dst(to)).and_then(|o| o.decide_with(snap, |c| c.static_hosts().cloned()));
+                match o.with_owner(snap, owner) {
+                    Handling::Http => "http".into(),
+                    Handling::Relay { decision, .. } => format!("relay {}", decision.cluster_name()),
+                }
             }
+            Step::Read => panic!("the first bytes are asked for once"),
+            Step::Done(_) => step(snap, to, Some(d)),
         }
     }
 
@@ -633,23 +675,20 @@ mod tests {
     fn declared_tcp_and_unknown_destinations_are_decided_without_reading() {
         let snap = snapshot(OutboundPolicy::AllowAny);
         assert_eq!(
-            name(plan(&snap, dst("192.192.192.7:27018"))),
+            name(&snap, "192.192.192.7:27018"),
             "relay outbound|27018||mongo.internal"
         );
-        assert_eq!(name(plan(&snap, dst("203.0.113.1:5432"))), "tcp owner");
-        assert_eq!(name(plan(&snap, dst("203.0.113.1:9999"))), "relay PassthroughCluster");
+        assert_eq!(name(&snap, "203.0.113.1:5432"), "tcp owner");
+        assert_eq!(name(&snap, "203.0.113.1:9999"), "relay PassthroughCluster");
         // A port with HTTP or SNI services, and an address with an unset protocol, need bytes.
-        assert_eq!(name(plan(&snap, dst("203.0.113.1:80"))), "detect");
-        assert_eq!(name(plan(&snap, dst("203.0.113.1:443"))), "detect");
-        assert_eq!(name(plan(&snap, dst("10.9.9.9:7000"))), "detect");
+        assert_eq!(name(&snap, "203.0.113.1:80"), "detect");
+        assert_eq!(name(&snap, "203.0.113.1:443"), "detect");
+        assert_eq!(name(&snap, "10.9.9.9:7000"), "detect");
         // Outside the VIP range the mongo port is nobody's.
-        assert_eq!(
-            name(plan(&snap, dst("192.192.193.7:27018"))),
-            "relay PassthroughCluster"
-        );
+        assert_eq!(name(&snap, "192.192.193.7:27018"), "relay PassthroughCluster");
         let snap = snapshot(OutboundPolicy::RegistryOnly);
         // Refusals are made in the client's own protocol, so REGISTRY_ONLY reads first.
-        assert_eq!(name(plan(&snap, dst("203.0.113.1:9999"))), "detect");
+        assert_eq!(name(&snap, "203.0.113.1:9999"), "detect");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! policy and endpoints a request would get, or why it is refused, step by step.
 //!
 //! Every decision is made by the proxy's own routing code on a real [`Snapshot`]
-//! (`route::plan`, `route::after_detection`, `route::route_transparent`, `route::route`,
+//! (`route::transparent`, `route::route_transparent`, `route::route`,
 //! `RouteTables::http_for`, `HttpRoutes::select_block`, `RouteTables::l4_rule`,
 //! `route::to_target`); this module only describes what they decided, so it cannot drift
 //! from what the proxy does. Nothing is sent and no name is resolved.
@@ -25,7 +25,7 @@ use meshentry_route::model::snapshot::{Snapshot, destination_rule};
 use meshentry_route::model::tls::Sni;
 use meshentry_route::model::vs::{HttpAction, RedirectPort, RequestView, WeightedDest, resolve_gateway};
 use meshentry_route::route::Detected;
-use meshentry_route::route::{self, Decision, Detection, Handling, Plan};
+use meshentry_route::route::{self, Decision, Handling};
 use serde::Serialize;
 
 use crate::cmd::proxy::{Labels, parse_labels, parse_policy};
@@ -1393,8 +1393,8 @@ fn tcp_owner(snap: &Snapshot, dst: SocketAddr) -> Option<Decision<'_>> {
     route::tcp_owner(snap, dst)?.decide_with(snap, |c| c.static_hosts().cloned())
 }
 
-/// The transparent listener: `plan`, then (if needed) `after_detection` on the bytes the
-/// target's protocol would send first, then Host routing (HTTP) or TLS/TCP rules.
+/// The transparent listener: its sequence (`route::transparent`) on the bytes the target's
+/// protocol would send first, then Host routing (HTTP) or TLS/TCP rules.
 fn explain_outbound<'s>(
     ex: &mut Explainer<'s>,
     args: &Args,
@@ -1427,49 +1427,52 @@ fn explain_outbound<'s>(
         Detected::Tls { sni: None } => "a TLS ClientHello without SNI".to_string(),
         _ => "bytes of no known protocol".to_string(),
     };
-    // What the destination alone decides (route::plan), as outbound.rs does.
-    let (decision, http) = match route::plan(snap, dst) {
-        Plan::Relay(d) => {
-            lines.push(format!(
-                "decided from the destination alone, without reading: relay to {}",
-                d.cluster_name()
-            ));
-            (d, false)
-        }
-        Plan::TcpOwner => {
-            lines.push(format!(
-                "only a catch-all TCP service declares port {}: relayed as TCP without reading (its first bytes are not looked at)",
-                t.port
-            ));
-            let d = tcp_owner(snap, dst).unwrap_or_else(|| route::unknown(snap));
-            (d, false)
-        }
-        Plan::Detect => {
-            lines.push(format!("protocol detection reads the first bytes: {first_bytes}"));
-            let owner = || tcp_owner(snap, dst);
-            let handling = match route::after_detection(snap, dst, &detected) {
-                Detection::Handled(h) => h,
-                tcp @ Detection::TcpOwner { .. } => tcp.with_owner(snap, owner()),
-            };
-            match handling {
-                Handling::Http => {
+    // The listener's own sequence (route::transparent), driven as outbound.rs drives it, with
+    // the first bytes the target's protocol would send when it asks for them.
+    let mut first = None;
+    let (decision, http) = loop {
+        let handling = match route::transparent(snap, dst, first) {
+            route::Step::Read => {
+                lines.push(format!("protocol detection reads the first bytes: {first_bytes}"));
+                first = Some(&detected);
+                continue;
+            }
+            route::Step::Owner(owner) => {
+                if first.is_none() {
                     lines.push(format!(
-                        "served as HTTP: the request is routed by its Host among the services on port {}, else by the destination address",
+                        "only a catch-all TCP service declares port {}: relayed as TCP without reading (its first bytes are not looked at)",
                         t.port
                     ));
-                    let host = name.or(Some(t.host.as_str()));
-                    (route::route_transparent(snap, host, dst), true)
                 }
-                Handling::Relay { decision, misdeclared } => {
+                owner.with_owner(snap, tcp_owner(snap, dst))
+            }
+            route::Step::Done(h) => h,
+        };
+        match handling {
+            Handling::Http => {
+                lines.push(format!(
+                    "served as HTTP: the request is routed by its Host among the services on port {}, else by the destination address",
+                    t.port
+                ));
+                let host = name.or(Some(t.host.as_str()));
+                break (route::route_transparent(snap, host, dst), true);
+            }
+            Handling::Relay { decision, misdeclared } => {
+                if first.is_none() {
+                    lines.push(format!(
+                        "decided from the destination alone, without reading: relay to {}",
+                        decision.cluster_name()
+                    ));
+                } else {
                     lines.push(format!("relayed as a byte stream to {}", decision.cluster_name()));
-                    if misdeclared {
-                        lines.push(
-                            "the service port is declared HTTP but the client speaks TLS: forwarding it as TLS (Istio would fail it)"
-                                .into(),
-                        );
-                    }
-                    (decision, false)
                 }
+                if misdeclared {
+                    lines.push(
+                        "the service port is declared HTTP but the client speaks TLS: forwarding it as TLS (Istio would fail it)"
+                            .into(),
+                    );
+                }
+                break (decision, false);
             }
         }
     };
