@@ -147,6 +147,10 @@ mod tests {
         }
     }
 
+    fn fake(ready: bool, open: bool) -> Fake {
+        Fake { ready, open }
+    }
+
     fn dial(port: u16) -> u16 {
         port
     }
@@ -155,31 +159,13 @@ mod tests {
     fn checkout_takes_the_newest_ready_one_and_counts_the_expired() {
         let pool = Pool::<u16, Fake>::default();
         let closed = AtomicU64::new(0);
-        pool.checkin(
-            dial(1),
-            Fake {
-                ready: true,
-                open: true,
-            },
-        );
-        pool.checkin(
-            dial(1),
-            Fake {
-                ready: false,
-                open: true,
-            },
-        );
+        pool.checkin(dial(1), fake(true, true));
+        pool.checkin(dial(1), fake(false, true));
         assert!(pool.checkout(&dial(2), Duration::from_secs(60), &closed).is_none());
         // The newest is not ready: closed, and the older one is taken.
         assert!(pool.checkout(&dial(1), Duration::from_secs(60), &closed).is_some());
         assert!(pool.checkout(&dial(1), Duration::from_secs(60), &closed).is_none());
-        pool.checkin(
-            dial(1),
-            Fake {
-                ready: true,
-                open: true,
-            },
-        );
+        pool.checkin(dial(1), fake(true, true));
         assert!(pool.checkout(&dial(1), Duration::ZERO, &closed).is_none());
         assert_eq!(closed.load(Ordering::Relaxed), 1);
     }
@@ -188,21 +174,9 @@ mod tests {
     fn at_most_max_idle_per_host_wait_and_the_sweep_drops_closed_and_old_ones() {
         let pool = Pool::<u16, Fake>::default();
         for _ in 0..MAX_IDLE_PER_HOST + 5 {
-            pool.checkin(
-                dial(1),
-                Fake {
-                    ready: true,
-                    open: true,
-                },
-            );
+            pool.checkin(dial(1), fake(true, true));
         }
-        pool.checkin(
-            dial(2),
-            Fake {
-                ready: true,
-                open: false,
-            },
-        );
+        pool.checkin(dial(2), fake(true, false));
         let now = Instant::now();
         assert_eq!(pool.sweep(now, Duration::from_secs(60)), MAX_IDLE_PER_HOST);
         assert_eq!(pool.sweep(now + Duration::from_secs(61), Duration::from_secs(60)), 0);

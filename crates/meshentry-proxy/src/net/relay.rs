@@ -404,71 +404,66 @@ mod tests {
         (client, server, relay)
     }
 
+    /// Sends `bytes` on `io` and closes its side, while reading what arrives to the end.
+    fn send_and_read(io: DuplexStream, bytes: Vec<u8>) -> tokio::task::JoinHandle<Vec<u8>> {
+        tokio::spawn(async move {
+            let (mut rd, mut wr) = tokio::io::split(io);
+            let w = tokio::spawn(async move {
+                wr.write_all(&bytes).await.unwrap();
+                wr.shutdown().await.unwrap();
+            });
+            let mut got = Vec::new();
+            rd.read_to_end(&mut got).await.unwrap();
+            w.await.unwrap();
+            got
+        })
+    }
+
     #[tokio::test]
     async fn copies_both_ways_through_backpressure() {
         // Small pipes: most writes are partial, so both directions get buffers of their own.
         let (client, server, relay) = pipes(1000);
         let up = pattern(3 * BUF + 123, 1);
         let down = pattern(2 * BUF + 7, 2);
-        let (up2, down2) = (up.clone(), down.clone());
-        let c = tokio::spawn(async move {
-            let (mut rd, mut wr) = tokio::io::split(client);
-            let w = tokio::spawn(async move {
-                wr.write_all(&up2).await.unwrap();
-                wr.shutdown().await.unwrap();
-            });
-            let mut got = Vec::new();
-            rd.read_to_end(&mut got).await.unwrap();
-            w.await.unwrap();
-            got
-        });
-        let s = tokio::spawn(async move {
-            let (mut rd, mut wr) = tokio::io::split(server);
-            let w = tokio::spawn(async move {
-                wr.write_all(&down2).await.unwrap();
-                wr.shutdown().await.unwrap();
-            });
-            let mut got = Vec::new();
-            rd.read_to_end(&mut got).await.unwrap();
-            w.await.unwrap();
-            got
-        });
+        let c = send_and_read(client, up.clone());
+        let s = send_and_read(server, down.clone());
         assert!(c.await.unwrap() == down, "the client got the server's bytes, in order");
         assert!(s.await.unwrap() == up, "the server got the client's bytes, in order");
         assert_eq!(relay.await.unwrap().unwrap(), (up.len() as u64, down.len() as u64));
     }
 
+    /// `first` sends `a` and closes its side; `second` reads it to the end, then answers `b`
+    /// and closes; `first` still gets the answer.
+    async fn half_close<A, B>(first: &mut A, second: &mut B, a: &[u8], b: &[u8])
+    where
+        A: AsyncRead + AsyncWrite + Unpin,
+        B: AsyncRead + AsyncWrite + Unpin,
+    {
+        first.write_all(a).await.unwrap();
+        first.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        second.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, a);
+        second.write_all(b).await.unwrap();
+        second.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        first.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b);
+    }
+
     #[tokio::test]
     async fn half_close_from_the_client_lets_the_server_answer() {
         let (mut client, mut server, relay) = pipes(64 * 1024);
-        client.write_all(b"request").await.unwrap();
-        client.shutdown().await.unwrap();
         // The server sees the request and then end of stream, and answers after it.
-        let mut got = Vec::new();
-        server.read_to_end(&mut got).await.unwrap();
-        assert_eq!(got, b"request");
-        server.write_all(b"answer after EOF").await.unwrap();
-        server.shutdown().await.unwrap();
-        let mut got = Vec::new();
-        client.read_to_end(&mut got).await.unwrap();
-        assert_eq!(got, b"answer after EOF");
+        half_close(&mut client, &mut server, b"request", b"answer after EOF").await;
         assert_eq!(relay.await.unwrap().unwrap(), (7, 16));
     }
 
     #[tokio::test]
     async fn half_close_from_the_server_lets_the_client_go_on() {
         let (mut client, mut server, relay) = pipes(64 * 1024);
-        server.write_all(b"banner").await.unwrap();
-        server.shutdown().await.unwrap();
-        let mut got = Vec::new();
-        client.read_to_end(&mut got).await.unwrap();
-        assert_eq!(got, b"banner");
         // The client still sends after the server stopped sending.
-        client.write_all(b"upload").await.unwrap();
-        client.shutdown().await.unwrap();
-        let mut got = Vec::new();
-        server.read_to_end(&mut got).await.unwrap();
-        assert_eq!(got, b"upload");
+        half_close(&mut server, &mut client, b"banner", b"upload").await;
         assert_eq!(relay.await.unwrap().unwrap(), (6, 6));
     }
 
@@ -533,15 +528,25 @@ mod tests {
         });
     }
 
+    /// Two listeners on loopback: the relay's front (clients) and back (servers).
+    async fn front_and_back() -> (
+        tokio::net::TcpListener,
+        std::net::SocketAddr,
+        tokio::net::TcpListener,
+        std::net::SocketAddr,
+    ) {
+        let front = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let back = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (front_addr, back_addr) = (front.local_addr().unwrap(), back.local_addr().unwrap());
+        (front, front_addr, back, back_addr)
+    }
+
     /// A server that sends its answer and closes at once (the bytes and the FIN arrive
     /// together), through a relay over real sockets: everything arrives, then end of stream.
     #[tokio::test]
     async fn answer_and_close_together_arrive_whole() {
-        use tokio::net::{TcpListener, TcpStream};
-        let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let back = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let back_addr = back.local_addr().unwrap();
-        let front_addr = front.local_addr().unwrap();
+        use tokio::net::TcpStream;
+        let (front, front_addr, back, back_addr) = front_and_back().await;
         let relays = tokio::spawn(async move {
             let mut results = Vec::new();
             for _ in 0..20 {
@@ -582,11 +587,8 @@ mod tests {
 
     #[tokio::test]
     async fn real_sockets_with_a_reset_and_a_half_close() {
-        use tokio::net::{TcpListener, TcpStream};
-        let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let back = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let back_addr = back.local_addr().unwrap();
-        let front_addr = front.local_addr().unwrap();
+        use tokio::net::TcpStream;
+        let (front, front_addr, back, back_addr) = front_and_back().await;
         tokio::spawn(async move {
             loop {
                 let (mut c, _) = front.accept().await.unwrap();

@@ -257,109 +257,119 @@ impl Drop for AccessLog {
 /// %REQUESTED_SERVER_NAME% %ROUTE_NAME%
 /// ```
 pub fn write_text(out: &mut Vec<u8>, e: &Entry<'_>) {
-    out.push(b'[');
-    write_time(out, e.start);
-    out.extend_from_slice(b"] \"");
-    text(out, e.method);
-    out.push(b' ');
-    text(out, e.path);
-    out.push(b' ');
-    text(out, e.protocol.as_bytes());
-    let _ = write!(out, "\" {} {} ", e.code, e.flags);
-    text(out, e.details.as_bytes());
-    out.push(b' ');
-    text(out, e.termination.as_bytes());
-    out.extend_from_slice(b" \"");
-    text(out, e.transport_failure.as_bytes());
-    let _ = write!(
-        out,
-        "\" {} {} {} ",
-        e.bytes_received,
-        e.bytes_sent,
-        e.duration.as_millis()
-    );
-    match e.upstream_time {
-        Some(t) => {
-            let _ = write!(out, "{}", t.as_millis());
-        }
-        None => out.push(b'-'),
+    for (_, before, value, after) in fields(e) {
+        out.extend_from_slice(before.as_bytes());
+        value.text(out);
+        out.extend_from_slice(after.as_bytes());
     }
-    for v in [e.forwarded_for, e.user_agent, e.request_id, e.authority] {
-        out.extend_from_slice(b" \"");
-        text(out, v);
-        out.push(b'"');
-    }
-    out.extend_from_slice(b" \"");
-    display_or_dash(out, e.upstream_host);
-    out.extend_from_slice(b"\" ");
-    text(out, e.cluster.as_bytes());
-    for a in [e.upstream_local, e.downstream_local, e.downstream_remote] {
-        out.push(b' ');
-        display_or_dash(out, a.as_ref());
-    }
-    out.push(b' ');
-    text(out, e.server_name.as_bytes());
-    out.push(b' ');
-    text(out, e.route.as_bytes());
     out.push(b'\n');
 }
 
 /// The same fields as one JSON object, keyed as Istio's JSON access log keys them.
 pub fn write_json(out: &mut Vec<u8>, e: &Entry<'_>) {
-    out.extend_from_slice(b"{\"start_time\":\"");
-    write_time(out, e.start);
-    out.push(b'"');
-    key(out, "method");
-    json_str(out, e.method);
-    key(out, "path");
-    json_str(out, e.path);
-    key(out, "protocol");
-    json_str(out, e.protocol.as_bytes());
-    let _ = write!(out, ",\"response_code\":{}", e.code);
-    let _ = write!(out, ",\"response_flags\":\"{}\"", e.flags);
-    key(out, "response_code_details");
-    json_str(out, e.details.as_bytes());
-    key(out, "connection_termination_details");
-    json_str(out, e.termination.as_bytes());
-    key(out, "upstream_transport_failure_reason");
-    json_str(out, e.transport_failure.as_bytes());
-    let _ = write!(
-        out,
-        ",\"bytes_received\":{},\"bytes_sent\":{},\"duration\":{}",
-        e.bytes_received,
-        e.bytes_sent,
-        e.duration.as_millis()
-    );
-    key(out, "upstream_service_time");
-    match e.upstream_time {
-        Some(t) => {
-            let _ = write!(out, "\"{}\"", t.as_millis());
-        }
-        None => out.extend_from_slice(b"null"),
+    for (i, (key, _, value, _)) in fields(e).into_iter().enumerate() {
+        let _ = write!(out, "{}\"{key}\":", if i == 0 { '{' } else { ',' });
+        value.json(out);
     }
-    key(out, "x_forwarded_for");
-    json_str(out, e.forwarded_for);
-    key(out, "user_agent");
-    json_str(out, e.user_agent);
-    key(out, "request_id");
-    json_str(out, e.request_id);
-    key(out, "authority");
-    json_str(out, e.authority);
-    key(out, "upstream_host");
-    json_display(out, e.upstream_host);
-    key(out, "upstream_cluster");
-    json_str(out, e.cluster.as_bytes());
-    key(out, "upstream_local_address");
-    json_display(out, e.upstream_local.as_ref());
-    key(out, "downstream_local_address");
-    json_display(out, e.downstream_local.as_ref());
-    key(out, "downstream_remote_address");
-    json_display(out, e.downstream_remote.as_ref());
-    key(out, "requested_server_name");
-    json_str(out, e.server_name.as_bytes());
-    key(out, "route_name");
-    json_str(out, e.route.as_bytes());
     out.extend_from_slice(b"}\n");
+}
+
+/// One field's value, which each format prints its own way.
+enum Value<'e> {
+    Time(Option<SystemTime>),
+    /// Text: `-` when empty; JSON: `null` then.
+    Bytes(&'e [u8]),
+    Number(u128),
+    /// Text: `-` when absent; JSON: a string, or `null`.
+    Shown(Option<&'e dyn Display>),
+    /// `%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)%`: a header's value, so a string in JSON.
+    Millis(Option<u128>),
+}
+
+/// Every field of an entry in the order of the formats: its JSON key, and the text format's
+/// punctuation before and after it.
+fn fields<'e>(e: &'e Entry<'_>) -> [(&'static str, &'static str, Value<'e>, &'static str); 24] {
+    use Value::*;
+    let str = |s: &'e str| Bytes(s.as_bytes());
+    let addr = |a: &'e Option<SocketAddr>| Shown(a.as_ref().map(|a| a as &dyn Display));
+    [
+        ("start_time", "[", Time(e.start), "]"),
+        ("method", " \"", Bytes(e.method), ""),
+        ("path", " ", Bytes(e.path), ""),
+        ("protocol", " ", str(e.protocol), "\""),
+        ("response_code", " ", Number(u128::from(e.code)), ""),
+        ("response_flags", " ", Shown(Some(&e.flags)), ""),
+        ("response_code_details", " ", str(e.details), ""),
+        ("connection_termination_details", " ", str(e.termination), ""),
+        (
+            "upstream_transport_failure_reason",
+            " \"",
+            str(e.transport_failure),
+            "\"",
+        ),
+        ("bytes_received", " ", Number(u128::from(e.bytes_received)), ""),
+        ("bytes_sent", " ", Number(u128::from(e.bytes_sent)), ""),
+        ("duration", " ", Number(e.duration.as_millis()), ""),
+        (
+            "upstream_service_time",
+            " ",
+            Millis(e.upstream_time.map(|t| t.as_millis())),
+            "",
+        ),
+        ("x_forwarded_for", " \"", Bytes(e.forwarded_for), "\""),
+        ("user_agent", " \"", Bytes(e.user_agent), "\""),
+        ("request_id", " \"", Bytes(e.request_id), "\""),
+        ("authority", " \"", Bytes(e.authority), "\""),
+        (
+            "upstream_host",
+            " \"",
+            Shown(e.upstream_host.map(|h| h as &dyn Display)),
+            "\"",
+        ),
+        ("upstream_cluster", " ", str(e.cluster), ""),
+        ("upstream_local_address", " ", addr(&e.upstream_local), ""),
+        ("downstream_local_address", " ", addr(&e.downstream_local), ""),
+        ("downstream_remote_address", " ", addr(&e.downstream_remote), ""),
+        ("requested_server_name", " ", str(e.server_name), ""),
+        ("route_name", " ", str(e.route), ""),
+    ]
+}
+
+impl Value<'_> {
+    fn text(&self, out: &mut Vec<u8>) {
+        match self {
+            Value::Time(t) => write_time(out, *t),
+            Value::Bytes(v) => text(out, v),
+            Value::Number(n) | Value::Millis(Some(n)) => {
+                let _ = write!(out, "{n}");
+            }
+            Value::Shown(Some(v)) => {
+                let _ = write!(out, "{v}");
+            }
+            Value::Shown(None) | Value::Millis(None) => out.push(b'-'),
+        }
+    }
+
+    fn json(&self, out: &mut Vec<u8>) {
+        match self {
+            Value::Time(t) => {
+                out.push(b'"');
+                write_time(out, *t);
+                out.push(b'"');
+            }
+            Value::Bytes(v) => json_str(out, v),
+            Value::Number(n) => {
+                let _ = write!(out, "{n}");
+            }
+            Value::Millis(Some(n)) => {
+                let _ = write!(out, "\"{n}\"");
+            }
+            Value::Shown(Some(v)) => {
+                let _ = write!(out, "\"{v}\"");
+            }
+            Value::Shown(None) | Value::Millis(None) => out.extend_from_slice(b"null"),
+        }
+    }
 }
 
 /// A field of the text format: `-` when empty; bytes a terminal or a log parser could
@@ -376,19 +386,6 @@ fn text(out: &mut Vec<u8>, v: &[u8]) {
             out.push(b);
         }
     }
-}
-
-fn display_or_dash(out: &mut Vec<u8>, v: Option<&impl Display>) {
-    match v {
-        Some(v) => {
-            let _ = write!(out, "{v}");
-        }
-        None => out.push(b'-'),
-    }
-}
-
-fn key(out: &mut Vec<u8>, k: &str) {
-    let _ = write!(out, ",\"{k}\":");
 }
 
 /// A JSON string, or `null` when empty; bytes that are not UTF-8 become U+FFFD.
@@ -412,15 +409,6 @@ fn json_str(out: &mut Vec<u8>, v: &[u8]) {
         }
     }
     out.push(b'"');
-}
-
-fn json_display(out: &mut Vec<u8>, v: Option<&impl Display>) {
-    match v {
-        Some(v) => {
-            let _ = write!(out, "\"{v}\"");
-        }
-        None => out.extend_from_slice(b"null"),
-    }
 }
 
 /// `%START_TIME%` as Envoy prints it: `2024-05-01T12:34:56.789Z` (UTC, milliseconds).
@@ -461,6 +449,18 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 mod tests {
     use super::*;
 
+    fn text(e: &Entry<'_>) -> String {
+        let mut out = Vec::new();
+        write_text(&mut out, e);
+        String::from_utf8(out).unwrap()
+    }
+
+    fn json(e: &Entry<'_>) -> serde_json::Value {
+        let mut out = Vec::new();
+        write_json(&mut out, e);
+        serde_json::from_slice(&out).unwrap()
+    }
+
     fn http_entry<'a>(upstream: &'a HostAddr) -> Entry<'a> {
         Entry {
             start: Some(UNIX_EPOCH + Duration::from_millis(1_700_000_000_123)),
@@ -490,10 +490,8 @@ mod tests {
     #[test]
     fn text_is_istios_default_format() {
         let up = HostAddr::Ip("10.44.1.27:80".parse().unwrap());
-        let mut out = Vec::new();
-        write_text(&mut out, &http_entry(&up));
         assert_eq!(
-            String::from_utf8(out).unwrap(),
+            text(&http_entry(&up)),
             "[2023-11-14T22:13:20.123Z] \"GET /status/418 HTTP/1.1\" 418 - via_upstream - \"-\" 0 135 4 3 \"-\" \"curl/8.0\" \"84961386\" \"httpbin:8000\" \"10.44.1.27:80\" outbound|8000||httpbin.foo.svc.cluster.local 10.44.1.23:37652 10.0.45.184:8000 10.44.1.23:46520 - default\n"
         );
     }
@@ -509,10 +507,8 @@ mod tests {
             server_name: "a.example.com",
             ..Entry::default()
         };
-        let mut out = Vec::new();
-        write_text(&mut out, &e);
         assert_eq!(
-            String::from_utf8(out).unwrap(),
+            text(&e),
             "[1970-01-01T00:00:00.000Z] \"- - -\" 0 UF upstream_connect_failure - \"-\" 5 0 0 - \"-\" \"-\" \"-\" \"-\" \"-\" outbound|443||a.example.com - - - a.example.com -\n"
         );
     }
@@ -523,9 +519,7 @@ mod tests {
             user_agent: b"evil\" 200 \"x\nnext",
             ..Entry::default()
         };
-        let mut out = Vec::new();
-        write_text(&mut out, &e);
-        let line = String::from_utf8(out).unwrap();
+        let line = text(&e);
         assert_eq!(line.matches('\n').count(), 1);
         assert!(line.contains("\"evil\\x22 200 \\x22x\\x0anext\""), "{line}");
     }
@@ -536,9 +530,7 @@ mod tests {
         let mut e = http_entry(&up);
         e.flags = Flags::UF | Flags::URX;
         e.user_agent = "caf\u{e9} \"q\"".as_bytes();
-        let mut out = Vec::new();
-        write_json(&mut out, &e);
-        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        let v = json(&e);
         assert_eq!(v["start_time"], "2023-11-14T22:13:20.123Z");
         assert_eq!(v["response_code"], 418);
         assert_eq!(v["response_flags"], "UF,URX");

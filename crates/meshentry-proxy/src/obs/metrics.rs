@@ -288,7 +288,8 @@ impl Metrics {
     pub fn encode(&self, out: &mut String) {
         let (requests, tcp) = self.merged();
         let dests = destinations();
-        let labels = |dest: DestId| -> String {
+        // Each series' labels: the destination's, then `more`.
+        let labels = |dest: DestId, more: &[(&str, &str)]| -> String {
             let d = dests.get(dest.index()).unwrap_or(&dests[0]);
             let mut l = String::with_capacity(512);
             let src_principal = match (&self.source.principal, d.mtls) {
@@ -313,7 +314,7 @@ impl Metrics {
                 ("destination_service_namespace", &d.namespace),
                 ("destination_cluster", UNKNOWN),
             ];
-            for (i, (k, v)) in pairs.iter().enumerate() {
+            for (i, (k, v)) in pairs.iter().chain(more).enumerate() {
                 if i > 0 {
                     l.push(',');
                 }
@@ -329,32 +330,27 @@ impl Metrics {
         let request_labels: Vec<(String, &RequestSeries)> = requests
             .iter()
             .map(|(k, s)| {
-                let mut l = labels(k.dest);
-                l.push(',');
-                push_label(&mut l, "request_protocol", k.protocol.as_str());
-                l.push(',');
-                push_label(&mut l, "response_code", itoa(u64::from(k.code)).as_str());
-                l.push(',');
+                let code = itoa(u64::from(k.code));
                 let grpc = k.grpc_status.map(|g| itoa(u64::from(g)));
-                push_label(&mut l, "grpc_response_status", grpc.as_ref().map_or("", |g| g.as_str()));
-                l.push(',');
-                push_label(&mut l, "response_flags", &k.flags.to_string());
-                l.push(',');
-                push_label(&mut l, "connection_security_policy", security(k.dest));
-                (l, s)
+                let more = [
+                    ("request_protocol", k.protocol.as_str()),
+                    ("response_code", code.as_str()),
+                    ("grpc_response_status", grpc.as_ref().map_or("", |g| g.as_str())),
+                    ("response_flags", &k.flags.to_string()),
+                    ("connection_security_policy", security(k.dest)),
+                ];
+                (labels(k.dest, &more), s)
             })
             .collect();
         let tcp_labels: Vec<(String, &TcpSeries)> = tcp
             .iter()
             .map(|(k, s)| {
-                let mut l = labels(k.dest);
-                l.push(',');
-                push_label(&mut l, "request_protocol", "tcp");
-                l.push(',');
-                push_label(&mut l, "response_flags", &k.flags.to_string());
-                l.push(',');
-                push_label(&mut l, "connection_security_policy", security(k.dest));
-                (l, s)
+                let more = [
+                    ("request_protocol", "tcp"),
+                    ("response_flags", &k.flags.to_string()),
+                    ("connection_security_policy", security(k.dest)),
+                ];
+                (labels(k.dest, &more), s)
             })
             .collect();
 

@@ -467,6 +467,14 @@ impl Reply<'static> {
         Self::new(StatusCode::LOOP_DETECTED, reason)
     }
 
+    /// 408: the request head did not arrive within `--header-read-timeout`.
+    pub fn head_timeout() -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "meshentry: the request head did not arrive in time",
+        )
+    }
+
     /// 431: more header fields than `--max-headers-count`.
     pub fn too_many_headers(max: usize) -> Self {
         let reason = format!("meshentry: the request has more than {max} header fields (--max-headers-count)");
@@ -545,6 +553,38 @@ mod tests {
         let mut n: Vec<&str> = m.keys().map(HeaderName::as_str).collect();
         n.sort();
         n
+    }
+
+    #[test]
+    fn a_reply_is_the_same_on_both_paths() {
+        let mut out = Vec::new();
+        Reply::head_timeout().closing(true).write(&mut out);
+        assert_eq!(
+            out,
+            b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 51\r\nconnection: close\r\n\r\nmeshentry: the request head did not arrive in time\n"
+        );
+        let reply = Reply::new(StatusCode::BAD_GATEWAY, "meshentry: x").flagged("UF");
+        let mut out = Vec::new();
+        reply.write(&mut out);
+        assert_eq!(
+            out,
+            b"HTTP/1.1 502 Bad Gateway\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 13\r\nx-meshentry-response-flags: UF\r\n\r\nmeshentry: x\n"
+        );
+        let resp = reply.closing(true).response();
+        assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
+        let headers: Vec<(&str, &str)> = resp
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.to_str().unwrap()))
+            .collect();
+        assert_eq!(
+            headers,
+            [
+                ("content-type", "text/plain; charset=utf-8"),
+                ("x-meshentry-response-flags", "UF"),
+                ("connection", "close")
+            ]
+        );
     }
 
     #[test]

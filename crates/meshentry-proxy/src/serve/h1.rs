@@ -315,10 +315,7 @@ async fn read_head(
                         if conn.buf.is_empty() {
                             return Ok(false);
                         }
-                        return Err(Reply::new(
-                            StatusCode::REQUEST_TIMEOUT,
-                            "meshentry: the request head did not arrive in time",
-                        ));
+                        return Err(Reply::head_timeout());
                     }
                 }
             }

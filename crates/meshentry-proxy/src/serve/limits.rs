@@ -24,6 +24,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 use crate::rt::shared::Shared;
+use crate::serve::ctx::Reply;
 
 /// What the service knows about a connection and its stream wrapper needs.
 #[derive(Debug, Default)]
@@ -209,9 +210,6 @@ impl<I> Guarded<I> {
     }
 }
 
-/// The 408 for a head that did not arrive in time, as the fast path writes it.
-const TIMEOUT_408: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 51\r\nconnection: close\r\n\r\nmeshentry: the request head did not arrive in time\n";
-
 impl<I: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guarded<I> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
@@ -258,9 +256,11 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guarded<I> {
                 stats.downstream_rq_header_timeout.fetch_add(1, Ordering::Relaxed);
                 // Nothing is being written while a head is awaited, so the 408 cannot cut into
                 // a response. One try: a client that cannot take a few bytes gets a close.
+                let mut reply = Vec::new();
+                Reply::head_timeout().closing(true).write(&mut reply);
                 if this.state.head_bytes() > 0
-                    && let Poll::Ready(Ok(n)) = Pin::new(&mut this.inner).poll_write(cx, TIMEOUT_408)
-                    && n == TIMEOUT_408.len()
+                    && let Poll::Ready(Ok(n)) = Pin::new(&mut this.inner).poll_write(cx, &reply)
+                    && n == reply.len()
                 {
                     let _ = Pin::new(&mut this.inner).poll_flush(cx);
                 }
