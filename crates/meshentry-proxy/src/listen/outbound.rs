@@ -20,7 +20,7 @@ use tokio::sync::watch;
 
 use crate::base::flags::Flags;
 use crate::net::detect::{Detected, detect};
-use crate::net::forward::{self, Original};
+use crate::net::forward::{self, Original, Upstream};
 use crate::obs::telemetry::Routed;
 use crate::route::{self, Decision, Handling};
 use crate::rt::shared::{ConnGuard, Shared};
@@ -157,17 +157,19 @@ async fn handle(stream: TcpStream, peer: SocketAddr, local: Option<SocketAddr>, 
         }
         Decision::Cluster { cluster, .. } => Some(&***cluster),
     };
-    let original = Original {
-        host: &dst.ip().to_string(),
-        port: dst.port(),
+    let host = dst.ip().to_string();
+    let to = Upstream {
+        shared: &shared,
+        live: &snapshot,
+        cluster,
+        original: Original {
+            host: &host,
+            port: dst.port(),
+        },
     };
-    let upstream = match forward::connect_stream(&shared, &snapshot, cluster, &original).await {
-        Ok((upstream, addr)) => {
-            tcp.connected(&addr, &upstream);
-            upstream
-        }
+    let upstream = match tcp.connect(&to).await {
+        Ok(upstream) => upstream,
         Err(e) => {
-            tcp.failed(&e);
             // Every address to dial was the proxy itself: a loop, as a connection addressed to it.
             let counter = match e {
                 forward::UpstreamError::Loop(_) => &stats.outbound_loops,

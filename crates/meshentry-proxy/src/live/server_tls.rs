@@ -2,18 +2,16 @@
 //! the model chose ([`ServerFiles`]), swapped whole when they change, as Envoy's SDS rotates a
 //! gateway's certificates.
 
-use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use rustls::RootCertStore;
 use rustls::ServerConfig;
 use rustls::server::WebPkiClientVerifier;
 
 pub use meshentry_route::model::gateway::ServerFiles;
 
-use crate::live::tls::{FileWatch, load_certs, load_key, provider};
+use crate::live::tls::{Rebuilt, load_certs, load_key, provider};
 
 /// Why a terminating server's TLS could not be built from its files (or rebuilt).
 #[derive(Debug, thiserror::Error)]
@@ -41,30 +39,16 @@ pub enum ServerTlsError {
 /// too and a certificate, its key and the CA must change together. A handshake takes the
 /// configuration in force with one lock-free `ArcSwap` load; a connection keeps the one it
 /// was accepted with, so established connections are untouched by a rotation.
+#[derive(Debug)]
 pub struct ServerTls {
     files: ServerFiles,
-    config: ArcSwap<ServerConfig>,
-    /// The files as they were when `config` was built.
-    watch: FileWatch,
-}
-
-impl fmt::Debug for ServerTls {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ServerTls")
-            .field("files", &self.files)
-            .finish_non_exhaustive()
-    }
+    config: Rebuilt<ServerConfig>,
 }
 
 impl ServerTls {
     pub fn new(files: ServerFiles) -> Result<ServerTls, ServerTlsError> {
-        let watch = FileWatch::new(files.paths());
-        let config = build_server_config(&files)?;
-        Ok(ServerTls {
-            files,
-            config: ArcSwap::new(config),
-            watch,
-        })
+        let config = Rebuilt::new(files.paths(), || build_server_config(&files))?;
+        Ok(ServerTls { files, config })
     }
 
     /// The configuration for the next handshake.
@@ -77,11 +61,7 @@ impl ServerTls {
     /// not match (half-way through a rotation), the configuration in force stays and the error
     /// is returned; it is not retried until a file changes again. `Ok(true)`: reloaded.
     pub fn reload_if_changed(&self) -> Result<bool, ServerTlsError> {
-        if !self.watch.changed() {
-            return Ok(false);
-        }
-        self.config.store(build_server_config(&self.files)?);
-        Ok(true)
+        self.config.reload_if_changed(|| build_server_config(&self.files))
     }
 }
 

@@ -26,19 +26,49 @@ use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStor
 pub use meshentry_route::model::tls::{Mode, Recipe, Sni};
 
 /// A cluster's TLS origination, reloadable.
+#[derive(Debug)]
 pub struct Origination {
     pub recipe: Recipe,
     /// With SNI, and without (D7: TCP with an automatic SNI sends none).
-    config: ArcSwap<(Arc<ClientConfig>, Arc<ClientConfig>)>,
-    /// The files as they were when the current configuration was built.
+    config: Rebuilt<(Arc<ClientConfig>, Arc<ClientConfig>)>,
+}
+
+/// A configuration built from files, swapped whole when they change: new connections take the
+/// one in force with one lock-free load; open ones keep theirs.
+pub(crate) struct Rebuilt<C> {
+    current: ArcSwap<C>,
+    /// The files as they were when `current` was built.
     watch: FileWatch,
 }
 
-impl fmt::Debug for Origination {
+impl<C> fmt::Debug for Rebuilt<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Origination")
-            .field("recipe", &self.recipe)
-            .finish_non_exhaustive()
+        f.write_str("Rebuilt")
+    }
+}
+
+impl<C> Rebuilt<C> {
+    pub(crate) fn new<E>(paths: Vec<PathBuf>, build: impl FnOnce() -> Result<Arc<C>, E>) -> Result<Self, E> {
+        let watch = FileWatch::new(paths);
+        Ok(Rebuilt {
+            current: ArcSwap::new(build()?),
+            watch,
+        })
+    }
+
+    pub(crate) fn load_full(&self) -> Arc<C> {
+        self.current.load_full()
+    }
+
+    /// Rebuilds when one of the files changed since the last build (a stat of each; they are
+    /// read only then). On an error the configuration in force stays, and the error is not
+    /// retried until a file changes again. `Ok(true)`: rebuilt.
+    pub(crate) fn reload_if_changed<E>(&self, build: impl FnOnce() -> Result<Arc<C>, E>) -> Result<bool, E> {
+        if !self.watch.changed() {
+            return Ok(false);
+        }
+        self.current.store(build()?);
+        Ok(true)
     }
 }
 
@@ -63,23 +93,18 @@ pub struct ConfigError {
 
 impl Origination {
     pub fn new(recipe: Recipe) -> Result<Origination, ConfigError> {
-        let watch = FileWatch::new(files(&recipe));
-        let config = build_pair(&recipe)?;
-        Ok(Origination {
-            recipe,
-            config: ArcSwap::from_pointee(config),
-            watch,
-        })
+        let config = Rebuilt::new(files(&recipe), || build_pair(&recipe).map(Arc::new))?;
+        Ok(Origination { recipe, config })
     }
 
     /// The configuration for new connections (with SNI).
     pub fn config(&self) -> Arc<ClientConfig> {
-        self.config.load().0.clone()
+        self.config.load_full().0.clone()
     }
 
     /// The configuration for new connections that send `sni` or not.
     pub fn config_for(&self, sni: bool) -> Arc<ClientConfig> {
-        let pair = self.config.load();
+        let pair = self.config.load_full();
         if sni { pair.0.clone() } else { pair.1.clone() }
     }
 
@@ -87,12 +112,7 @@ impl Origination {
     /// broken file the previous configuration stays in force and the error is returned.
     /// `Ok(true)`: reloaded.
     pub fn reload_if_changed(&self) -> Result<bool, ConfigError> {
-        if !self.watch.changed() {
-            return Ok(false);
-        }
-        let config = build_pair(&self.recipe)?;
-        self.config.store(Arc::new(config));
-        Ok(true)
+        self.config.reload_if_changed(|| build_pair(&self.recipe).map(Arc::new))
     }
 
     /// The server name to send and to verify: the fixed SNI, else `host` (the request's Host,

@@ -135,10 +135,19 @@ impl UpstreamProtocol {
 }
 
 /// Where the application was going, for ORIGINAL_DST and passthrough.
-#[derive(Clone, Debug)]
+#[derive(Clone, Copy, Debug)]
 pub struct Original<'a> {
     pub host: &'a str,
     pub port: u16,
+}
+
+/// Where a request or tunnel goes: the cluster the routing chose (`None`: passthrough), the
+/// snapshot it belongs to, and where the application was going.
+pub struct Upstream<'s> {
+    pub shared: &'s Shared,
+    pub live: &'s Live,
+    pub cluster: Option<&'s Cluster>,
+    pub original: Original<'s>,
 }
 
 /// The addresses to try for an original destination: the IP itself, or the name's addresses.
@@ -160,7 +169,7 @@ async fn original_addrs(dns: &Arc<Dns>, dest: &Original<'_>) -> Result<Vec<Socke
 /// counters, so every caller fails over the same way:
 ///
 /// ```text
-/// let mut plan = Failover::new(shared, live, cluster, original).await?;
+/// let mut plan = Failover::new(to).await?;
 /// while let Some(i) = plan.next_target() {
 ///     match try_host(plan.addr(i)).await { Ok(t) => return Ok(t), Err(e) => plan.refused(i, &e) }
 /// }
@@ -188,12 +197,13 @@ enum Targets {
 }
 
 impl<'s> Failover<'s> {
-    pub async fn new(
-        shared: &'s Shared,
-        live: &'s Live,
-        cluster: Option<&'s Cluster>,
-        original: &Original<'_>,
-    ) -> Result<Failover<'s>, UpstreamError> {
+    pub async fn new(to: &Upstream<'s>) -> Result<Failover<'s>, UpstreamError> {
+        let Upstream {
+            shared,
+            live,
+            cluster,
+            ref original,
+        } = *to;
         // A cluster whose TLS could not be set up fails its connections rather than send
         // plaintext where the rule asked for TLS.
         if let Some(Some(Err(reason))) = cluster.map(|c| live.tls(c)) {
@@ -383,14 +393,9 @@ impl Drop for Failover<'_> {
 }
 
 /// Opens a stream for a tunnel.
-pub async fn connect_stream(
-    shared: &Shared,
-    live: &Live,
-    cluster: Option<&Cluster>,
-    original: &Original<'_>,
-) -> Result<(Stream, HostAddr), UpstreamError> {
-    let timeout = shared.config.connect_timeout;
-    let mut plan = Failover::new(shared, live, cluster, original).await?;
+pub async fn connect_stream(to: &Upstream<'_>) -> Result<(Stream, HostAddr), UpstreamError> {
+    let timeout = to.shared.config.connect_timeout;
+    let mut plan = Failover::new(to).await?;
     while let Some(i) = plan.next_target() {
         match upstream::connect(&plan.dial(i, None), timeout).await {
             Ok(s) => {
@@ -403,21 +408,27 @@ pub async fn connect_stream(
     Err(plan.exhausted())
 }
 
+/// The failover plan for a request, and the name its TLS origination sends and checks when
+/// the rule fixes none (D7: the request's host).
+async fn plan_for<'s>(
+    to: &Upstream<'s>,
+    req: &Request<RequestBody>,
+) -> Result<(Failover<'s>, Option<String>), UpstreamError> {
+    let plan = Failover::new(to).await?;
+    let sni_host = to.cluster.and_then(|c| to.live.tls(c)).and_then(|_| request_host(req));
+    Ok((plan, sni_host))
+}
+
 /// Sends a request that asks to switch protocols (`Upgrade`) on an HTTP/1.1 connection of its
 /// own, never pooled: after a 101 the connection carries the new protocol, and after any other
 /// response it closes. Returns the response (whose upgrade, after a 101, the caller takes),
 /// the endpoint, and this proxy's end of the connection.
 pub async fn send_upgrade(
-    shared: &Shared,
-    live: &Live,
-    cluster: Option<&Cluster>,
-    original: &Original<'_>,
+    to: &Upstream<'_>,
     req: Request<RequestBody>,
 ) -> Result<(Response<Incoming>, HostAddr, Option<SocketAddr>), UpstreamError> {
-    let timeout = shared.config.connect_timeout;
-    let response_timeout = shared.config.response_timeout;
-    let mut plan = Failover::new(shared, live, cluster, original).await?;
-    let sni_host = cluster.and_then(|c| live.tls(c)).and_then(|_| request_host(&req));
+    let (timeout, response_timeout) = (to.shared.config.connect_timeout, to.shared.config.response_timeout);
+    let (mut plan, sni_host) = plan_for(to, &req).await?;
     while let Some(i) = plan.next_target() {
         let dial = plan.dial(i, sni_host.as_deref());
         let stream = match upstream::connect(&dial, timeout).await {
@@ -465,42 +476,27 @@ pub async fn send_upgrade(
 /// idle (HTTP/1.1) or this thread's connection to the host (HTTP/2). `req` must already be in
 /// the form `protocol` sends.
 pub async fn send_request(
-    shared: &Shared,
-    live: &Live,
-    cluster: Option<&Cluster>,
-    original: &Original<'_>,
+    to: &Upstream<'_>,
     req: Request<RequestBody>,
     protocol: UpstreamProtocol,
 ) -> Result<(Response<PooledBody>, HostAddr), UpstreamError> {
-    send_request_within(
-        shared,
-        live,
-        cluster,
-        original,
-        req,
-        protocol,
-        shared.config.response_timeout,
-    )
-    .await
+    send_request_within(to, req, protocol, to.shared.config.response_timeout).await
 }
 
 /// [`send_request`] with `response_timeout` for the response head instead of the proxy's
 /// (a VirtualService `timeout` or `perTryTimeout`).
 pub async fn send_request_within(
-    shared: &Shared,
-    live: &Live,
-    cluster: Option<&Cluster>,
-    original: &Original<'_>,
+    to: &Upstream<'_>,
     req: Request<RequestBody>,
     protocol: UpstreamProtocol,
     response_timeout: std::time::Duration,
 ) -> Result<(Response<PooledBody>, HostAddr), UpstreamError> {
+    let shared = to.shared;
     let timeout = shared.config.connect_timeout;
     let idle = shared.config.pool_idle_timeout;
     let stream_idle = shared.config.limits.stream_idle_timeout;
     let mut req = req;
-    let mut plan = Failover::new(shared, live, cluster, original).await?;
-    let sni_host = cluster.and_then(|c| live.tls(c)).and_then(|_| request_host(&req));
+    let (mut plan, sni_host) = plan_for(to, &req).await?;
     // What the response may be, by the fast path's rules (`meshentry_wire`): hyper re-frames
     // what it relays, but a connection whose response was ambiguous is still not reused, and
     // a 101 nobody asked for is not passed on.

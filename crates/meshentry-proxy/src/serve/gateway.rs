@@ -9,7 +9,7 @@ use crate::model::snapshot::Snapshot;
 use crate::model::vs::ServerHost;
 use crate::net::conn::Conn;
 use crate::net::detect::{Detected, detect};
-use crate::net::forward::{self, Original};
+use crate::net::forward::{Original, Upstream};
 use crate::obs::telemetry::Routed;
 use crate::route::{self, Decision};
 use crate::rt::shared::{ConnGuard, Shared};
@@ -257,15 +257,18 @@ async fn l4<C: Conn>(
         .clone()
         .or_else(|| dst.map(|ip| ip.to_string()))
         .unwrap_or_else(|| "localhost".to_string());
-    let original = Original { host: &host, port };
-    match forward::connect_stream(shared, snap, Some(cluster), &original).await {
-        Ok((upstream, addr)) => {
-            tcp.connected(&addr, &upstream);
+    let to = Upstream {
+        shared,
+        live: snap,
+        cluster: Some(cluster),
+        original: Original { host: &host, port },
+    };
+    match tcp.connect(&to).await {
+        Ok(upstream) => {
             shared.stats.tunnels.fetch_add(1, Ordering::Relaxed);
             tcp.relayed(crate::net::relay::relay(stream, upstream, &buf, shared).await);
         }
         Err(e) => {
-            tcp.failed(&e);
             shared.stats.upstream_errors.fetch_add(1, Ordering::Relaxed);
             tracing::info!(%peer, port, cluster = name, flags = e.flag(), error = %e, "gateway connection failed upstream");
         }

@@ -32,7 +32,7 @@ use tokio::net::TcpStream;
 
 use crate::base::flags::Flags;
 use crate::net::detect::H2_PREFACE;
-use crate::net::forward::{Failover, Original, UpstreamError, UpstreamProtocol};
+use crate::net::forward::{Failover, Original, Upstream, UpstreamError, UpstreamProtocol};
 use crate::net::pool::{self, Pool, Pooled};
 use crate::net::upstream::{self, Dial, Stream};
 use crate::obs::telemetry::{self, Routed, note};
@@ -799,9 +799,13 @@ async fn send(
     let (up_head, body_rest, method_is_head) = (req.head, req.body_rest, req.method_is_head);
     let timeout = shared.config.connect_timeout;
     let idle = shared.config.pool_idle_timeout;
-    let mut plan = Failover::new(shared, live, cluster, original)
-        .await
-        .map_err(Failure::Answer)?;
+    let to = Upstream {
+        shared,
+        live,
+        cluster,
+        original: *original,
+    };
+    let mut plan = Failover::new(&to).await.map_err(Failure::Answer)?;
     while let Some(i) = plan.next_target() {
         let addr = plan.dial(i, req.sni_host);
         match attempt(conn, shared, &addr, up_head, body_rest, method_is_head, idle, timeout).await {

@@ -19,7 +19,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use crate::base::flags::Flags;
 use crate::net::body::ClientBody;
 use crate::net::detect::{Detected, detect};
-use crate::net::forward::{self, Original};
+use crate::net::forward::{self, Original, Upstream};
 use crate::obs::telemetry::{Routed, note};
 use crate::route::{self, Decision, Resolution, TunnelSni, split_host_port};
 use crate::rt::shared::Shared;
@@ -431,7 +431,13 @@ async fn relay_response(
             }
         },
     };
-    match forward::send_request(shared, &ctx.snapshot, cluster, original, upstream_req, protocol).await {
+    let to = Upstream {
+        shared,
+        live: &ctx.snapshot,
+        cluster,
+        original: *original,
+    };
+    match forward::send_request(&to, upstream_req, protocol).await {
         Ok((resp, _addr)) => {
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers);
@@ -507,7 +513,13 @@ async fn connect(req: Request<Incoming>, ctx: &Arc<ConnCtx>) -> Response<Respons
         Decision::Cluster { cluster, .. } => Some(&***cluster),
     };
     let cluster_name = decision.cluster_name().to_string();
-    let upstream = match forward::connect_stream(shared, snap, cluster, &Original { host: &host, port }).await {
+    let to = Upstream {
+        shared,
+        live: snap,
+        cluster,
+        original: Original { host: &host, port },
+    };
+    let upstream = match forward::connect_stream(&to).await {
         Ok((stream, addr)) => (stream, addr),
         Err(e) => {
             note(|o| {

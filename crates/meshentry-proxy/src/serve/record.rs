@@ -394,6 +394,24 @@ impl TcpConn {
         }
     }
 
+    /// Opens the upstream stream to `to` for this connection, recording where it connected
+    /// or why it could not.
+    pub async fn connect(
+        &mut self,
+        to: &crate::net::forward::Upstream<'_>,
+    ) -> Result<crate::net::upstream::Stream, crate::net::forward::UpstreamError> {
+        match crate::net::forward::connect_stream(to).await {
+            Ok((stream, addr)) => {
+                self.connected(&addr, &stream);
+                Ok(stream)
+            }
+            Err(e) => {
+                self.failed(&e);
+                Err(e)
+            }
+        }
+    }
+
     /// Connected to `addr` over `stream`.
     pub fn connected(&mut self, addr: &HostAddr, stream: &crate::net::upstream::Stream) {
         if self.start_time.is_some() {

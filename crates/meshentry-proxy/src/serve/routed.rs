@@ -27,7 +27,7 @@ use crate::model::vs::{
     roll,
 };
 use crate::net::body::{BodyFault, ClientBody};
-use crate::net::forward::{self, Original, UpstreamError, UpstreamProtocol};
+use crate::net::forward::{self, Original, Upstream, UpstreamError, UpstreamProtocol};
 use crate::net::upstream::{PooledBody, RequestBody};
 use crate::obs::telemetry::{Routed, note};
 use crate::route::{self, Decision, split_host_port};
@@ -236,16 +236,13 @@ pub(crate) async fn handle(
             let Some(req) = build(&parts, &mut body, &host_header, protocol, &ctx.shared.via) else {
                 return Err(Shaping);
             };
-            let result = forward::send_request_within(
-                &ctx.shared,
-                &ctx.snapshot,
-                Some(cluster),
-                original,
-                req,
-                protocol,
-                per_try,
-            )
-            .await;
+            let to = Upstream {
+                shared: &ctx.shared,
+                live: &ctx.snapshot,
+                cluster: Some(cluster),
+                original: *original,
+            };
+            let result = forward::send_request_within(&to, req, protocol, per_try).await;
             let retry_wanted = match &result {
                 Ok((resp, _)) => rule.retry.on_status(resp.status().as_u16()),
                 Err(e) => retriable(rule, e),
@@ -458,11 +455,16 @@ fn mirror(ctx: &Arc<ConnCtx>, target: &Target, parts: &Parts, host_header: &Head
     let cluster = cluster.clone();
     let port = u16::try_from(*port).unwrap_or(0);
     tokio::spawn(async move {
-        let original = Original {
-            host: &cluster.host,
-            port,
+        let to = Upstream {
+            shared: &shared,
+            live: &live,
+            cluster: Some(&cluster),
+            original: Original {
+                host: &cluster.host,
+                port,
+            },
         };
-        match forward::send_request(&shared, &live, Some(&cluster), &original, req, protocol).await {
+        match forward::send_request(&to, req, protocol).await {
             // Read to the end so the connection can be pooled again.
             Ok((resp, _)) => drain(resp).await,
             Err(e) => tracing::debug!(cluster = %cluster.name, error = %e, "mirrored request failed"),

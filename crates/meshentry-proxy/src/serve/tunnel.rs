@@ -21,7 +21,7 @@ use crate::base::flags::Flags;
 use crate::model::cluster::Cluster;
 use crate::net::body::BodyWatch;
 use crate::net::detect::{Detected, detect};
-use crate::net::forward::{self, Original};
+use crate::net::forward::{self, Original, Upstream};
 use crate::net::upstream::{PooledBody, RequestBody, Stream};
 use crate::obs::telemetry::{Routed, note};
 use crate::route::{self, Decision};
@@ -231,23 +231,18 @@ pub(crate) async fn route_first_bytes<C>(
         Decision::Passthrough | Decision::Blocked => None,
     };
     target.cluster = decision.cluster_name().to_string();
-    let upstream = match forward::connect_stream(
+    let to = Upstream {
         shared,
-        snap,
+        live: snap,
         cluster,
-        &Original {
+        original: Original {
             host: &target.host,
             port,
         },
-    )
-    .await
-    {
-        Ok((stream, addr)) => {
-            tcp.connected(&addr, &stream);
-            stream
-        }
+    };
+    let upstream = match tcp.connect(&to).await {
+        Ok(stream) => stream,
         Err(e) => {
-            tcp.failed(&e);
             shared.stats.count_upstream_error(&e);
             tracing::info!(peer = %ctx.peer, host = %target.host, port, cluster = %target.cluster, flags = e.flag(), error = %e, "tunnel failed upstream");
             let _ = client.shutdown().await;
@@ -282,16 +277,25 @@ pub(crate) struct Upgrade<'a> {
 pub(crate) async fn upgrade(ctx: &Arc<ConnCtx>, up: Upgrade<'_>) -> Response<ResponseBody> {
     let shared = &ctx.shared;
     let cluster_name = up.routed.cluster_name().to_string();
-    let (mut resp, addr, local) =
-        match forward::send_upgrade(shared, &ctx.snapshot, up.cluster, up.original, up.req).await {
-            Ok(r) => r,
-            Err(e) => {
-                return match up.watch.fault() {
-                    Some(fault) => crate::serve::ctx::body_failure(ctx, fault, up.version),
-                    None => crate::serve::ctx::upstream_failure(ctx, up.host, up.port, &cluster_name, &e),
-                };
-            }
-        };
+    let (mut resp, addr, local) = match forward::send_upgrade(
+        &Upstream {
+            shared,
+            live: &ctx.snapshot,
+            cluster: up.cluster,
+            original: *up.original,
+        },
+        up.req,
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            return match up.watch.fault() {
+                Some(fault) => crate::serve::ctx::body_failure(ctx, fault, up.version),
+                None => crate::serve::ctx::upstream_failure(ctx, up.host, up.port, &cluster_name, &e),
+            };
+        }
+    };
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         let (mut parts, body) = resp.into_parts();
         crate::serve::ctx::strip_hop_by_hop(&mut parts.headers);
