@@ -22,7 +22,7 @@ use crate::base::flags::Flags;
 use crate::net::detect::{Detected, detect};
 use crate::net::forward::{self, Original, Upstream};
 use crate::obs::telemetry::Routed;
-use crate::route::{self, Decision, Handling};
+use crate::route::{self, Decision, Handling, Step};
 use crate::rt::shared::{ConnGuard, Shared};
 use crate::serve::ctx::{ConnCtx, Transparent};
 use crate::serve::h1::Rewind;
@@ -88,15 +88,19 @@ async fn handle(stream: TcpStream, peer: SocketAddr, local: Option<SocketAddr>, 
     // The destination alone decides what it can; the first bytes are read only when asked.
     let mut detected = None;
     let decision = loop {
-        let Some(handling) = snapshot.transparent(&shared.dns, dst, detected.as_ref()).await else {
-            buf.reserve(4096);
-            let first = detect(&mut stream, &mut buf, shared.config.sniff_timeout, None).await;
-            stats.count_detected(&first);
-            if first == Detected::Closed {
-                return;
+        let handling = match route::transparent(&snapshot, dst, detected.as_ref()) {
+            Step::Done(handling) => handling,
+            Step::Owner(owner) => owner.with_owner(&snapshot, snapshot.tcp_owner(&shared.dns, dst).await),
+            Step::Read => {
+                buf.reserve(4096);
+                let first = detect(&mut stream, &mut buf, shared.config.sniff_timeout, None).await;
+                stats.count_detected(&first);
+                if first == Detected::Closed {
+                    return;
+                }
+                detected = Some(first);
+                continue;
             }
-            detected = Some(first);
-            continue;
         };
         match handling {
             Handling::Http if detected == Some(Detected::H2c) => {

@@ -17,8 +17,7 @@ use meshentry_registry::hash::FxHashMap;
 use meshentry_route::model::cluster::{Cluster, Discovery, HostSet};
 use meshentry_route::model::gateway::{Kind, Listener, Server};
 use meshentry_route::model::snapshot::Snapshot;
-use meshentry_route::route::{self, Decision, Handling, Step, TunnelDst};
-use meshentry_wire::detect::Detected;
+use meshentry_route::route::{self, Decision, TunnelDst};
 
 use dns::{Answer, Dns, DnsError, DnsName};
 use server_tls::{ServerTls, ServerTlsError};
@@ -230,16 +229,6 @@ impl Live {
             }
         }
         owner.decide(&self.snap, serving)
-    }
-
-    /// A step of [`route::transparent`], with the port's catch-all TCP owner found when it
-    /// decides; `None` when the first bytes must be read first.
-    pub async fn transparent(&self, dns: &Arc<Dns>, dst: SocketAddr, first: Option<&Detected>) -> Option<Handling<'_>> {
-        match route::transparent(&self.snap, dst, first) {
-            Step::Read => None,
-            Step::Owner(owner) => Some(owner.with_owner(&self.snap, self.tcp_owner(dns, dst).await)),
-            Step::Done(h) => Some(h),
-        }
     }
 
     /// [`route::tunnel_dst`], the name resolved when a subnet rule needs its address.
