@@ -17,6 +17,7 @@ use meshentry_registry::hash::FxHashMap;
 use meshentry_route::model::cluster::{Cluster, Discovery, HostSet};
 use meshentry_route::model::gateway::{Kind, Listener, Server};
 use meshentry_route::model::snapshot::Snapshot;
+use meshentry_route::model::tls::RecipeError;
 use meshentry_route::route::{self, Decision, TunnelDst};
 
 use dns::{Answer, Dns, DnsError, DnsName};
@@ -41,7 +42,7 @@ struct ClusterRt {
     dns: Option<DnsRt>,
     /// TLS origination: the configuration built from the cluster's recipe, or why it could not
     /// be (what the cluster's connections fail with).
-    tls: Option<Result<Arc<Origination>, String>>,
+    tls: Option<Result<Arc<Origination>, TlsUnavailable>>,
 }
 
 struct DnsRt {
@@ -53,6 +54,20 @@ struct DnsRt {
 struct DnsHosts {
     answers: Vec<Option<Arc<Answer>>>,
     set: Arc<HostSet>,
+}
+
+/// Why a cluster cannot originate the TLS its rule asks for.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsUnavailable {
+    #[error(transparent)]
+    Recipe(#[from] RecipeError),
+    /// The recipe's files could not be read or used; `who` is the rule that names them.
+    #[error("{who}: {source}")]
+    Files {
+        who: String,
+        #[source]
+        source: tls::ConfigError,
+    },
 }
 
 /// Why a cluster has no host to offer.
@@ -92,14 +107,17 @@ impl Live {
                     _ => None,
                 },
                 tls: cluster.tls.as_ref().map(|recipe| {
-                    let recipe = recipe.as_ref().map_err(Clone::clone)?;
-                    Origination::new(recipe.clone()).map(Arc::new).map_err(|e| {
-                        let reason = format!("{}: {e}", recipe.source);
+                    let recipe = recipe.as_ref().map_err(|e| TlsUnavailable::Recipe(e.clone()))?;
+                    Origination::new(recipe.clone()).map(Arc::new).map_err(|source| {
+                        let e = TlsUnavailable::Files {
+                            who: recipe.source.clone(),
+                            source,
+                        };
                         warnings.push(format!(
-                            "{}: TLS origination is off, its connections fail: {reason}",
+                            "{}: TLS origination is off, its connections fail: {e}",
                             cluster.name
                         ));
-                        reason
+                        e
                     })
                 }),
             })
@@ -130,7 +148,7 @@ impl Live {
     }
 
     /// The cluster's TLS origination: `None` for plaintext, `Err` with why it is off.
-    pub fn tls(&self, cluster: &Cluster) -> Option<&Result<Arc<Origination>, String>> {
+    pub fn tls(&self, cluster: &Cluster) -> Option<&Result<Arc<Origination>, TlsUnavailable>> {
         self.rt(cluster)?.tls.as_ref()
     }
 
@@ -330,6 +348,7 @@ spec:
         let Some(Err(reason)) = live.tls(&http) else {
             panic!("TLS origination should have failed");
         };
+        let reason = reason.to_string();
         assert!(
             reason.contains("DestinationRule default/db") && reason.contains("/nonexistent/ca.pem"),
             "{reason}"

@@ -208,7 +208,7 @@ impl<'s> Failover<'s> {
         // plaintext where the rule asked for TLS.
         if let Some(Some(Err(reason))) = cluster.map(|c| live.tls(c)) {
             return Err(UpstreamError::Connect {
-                reason: reason.clone(),
+                reason: reason.to_string(),
                 tried: 0,
             });
         }

@@ -15,7 +15,7 @@ use std::sync::atomic::AtomicU64;
 use meshentry_registry::{Resolution, Service};
 
 use crate::model::lb::{Balancer, HostLoad, Policy};
-use crate::model::tls::Recipe;
+use crate::model::tls::{Recipe, RecipeError};
 
 /// Where an endpoint listens.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -113,7 +113,7 @@ pub struct Cluster {
     pub discovery: Discovery,
     pub policy: Policy,
     /// See [`ClusterSpec::tls`].
-    pub tls: Option<Result<Recipe, String>>,
+    pub tls: Option<Result<Recipe, RecipeError>>,
     pub stats: ClusterStats,
     /// The labels its traffic is reported under (Istio's destination_* labels).
     pub dest: crate::model::dest::DestId,
@@ -143,7 +143,7 @@ pub struct ClusterSpec {
     pub passthrough: bool,
     /// TLS origination (D6); `Err` when the rule asks for it and it cannot be set up (the
     /// reason is what the cluster's connections fail with).
-    pub tls: Option<Result<Recipe, String>>,
+    pub tls: Option<Result<Recipe, RecipeError>>,
     /// A DestinationRule subset (D4): its name and the labels its endpoints must carry.
     pub subset: Option<(String, BTreeMap<String, String>)>,
 }

@@ -24,7 +24,7 @@ use crate::model::cluster::{Cluster, ClusterSpec};
 use crate::model::gateway::Gateway;
 use crate::model::key::ServiceKey;
 use crate::model::lb::Policy;
-use crate::model::tls::{Mode, Recipe, Sni};
+use crate::model::tls::{Mode, Recipe, RecipeError, Sni};
 use crate::model::vs::{CompileInput, MESH, RouteTables};
 
 /// Everything the data path needs to route, frozen.
@@ -507,7 +507,7 @@ pub fn tls_recipe(
     subset: Option<&str>,
     config: &ProxyConfig,
     who: &str,
-) -> Result<Option<Recipe>, String> {
+) -> Result<Option<Recipe>, RecipeError> {
     let mode = match settings.mode {
         ClientTlsMode::Disable => return Ok(None),
         ClientTlsMode::Simple => Mode::Simple,
@@ -537,16 +537,16 @@ pub fn tls_recipe(
     let recipe = match mode {
         Mode::Simple | Mode::Mutual => {
             if !settings.credential_name.is_empty() {
-                return Err(format!(
-                    "{who}: credentialName {:?} names a Kubernetes secret, which meshentry cannot read outside Kubernetes; give clientCertificate, privateKey and caCertificates as files",
-                    settings.credential_name
-                ));
+                return Err(RecipeError::CredentialName {
+                    who: who.to_string(),
+                    name: settings.credential_name.clone(),
+                });
             }
             let client_cert = match (path(&settings.client_certificate), path(&settings.private_key)) {
                 (Some(c), Some(k)) => Some((c, k)),
                 (None, None) if mode == Mode::Simple => None,
                 _ => {
-                    return Err(format!("{who}: MUTUAL needs both clientCertificate and privateKey"));
+                    return Err(RecipeError::HalfClientCertificate { who: who.to_string() });
                 }
             };
             Recipe {
@@ -562,9 +562,7 @@ pub fn tls_recipe(
         }
         Mode::IstioMutual => {
             let Some(id) = &config.identity else {
-                return Err(format!(
-                    "{who}: ISTIO_MUTUAL needs this proxy's mesh identity; start it with --cert, --key and --ca (see `meshentry ca`)"
-                ));
+                return Err(RecipeError::NoIdentity { who: who.to_string() });
             };
             if settings.subject_alt_names.is_empty() {
                 // D8: ISTIO_MUTUAL also accepts the endpoints' own identities.
@@ -663,7 +661,7 @@ mod tests {
         match &c.tls {
             None => Ok(None),
             Some(Ok(r)) => Ok(Some(r.clone())),
-            Some(Err(e)) => Err(e.clone()),
+            Some(Err(e)) => Err(e.to_string()),
         }
     }
 

@@ -58,3 +58,19 @@ pub struct Recipe {
     /// ALPN protocols to offer (`h2` for HTTP/2 upstreams, `http/1.1` for HTTP/1.1 ones).
     pub alpn: Vec<Vec<u8>>,
 }
+
+/// Why a cluster cannot originate the TLS its rule asks for; its connections fail with this
+/// rather than send plaintext.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RecipeError {
+    #[error(
+        "{who}: credentialName {name:?} names a Kubernetes secret, which meshentry cannot read outside Kubernetes; give clientCertificate, privateKey and caCertificates as files"
+    )]
+    CredentialName { who: String, name: String },
+    #[error("{who}: MUTUAL needs both clientCertificate and privateKey")]
+    HalfClientCertificate { who: String },
+    #[error(
+        "{who}: ISTIO_MUTUAL needs this proxy's mesh identity; start it with --cert, --key and --ca (see `meshentry ca`)"
+    )]
+    NoIdentity { who: String },
+}

@@ -816,7 +816,7 @@ impl<'s> Explainer<'s> {
                 Ok(_) => Some(Ok(r)),
                 Err(e) => Some(Err(format!("{}: {e}", r.source))),
             },
-            Some(Err(reason)) => Some(Err(reason.clone())),
+            Some(Err(reason)) => Some(Err(reason.to_string())),
             None => None,
         };
         let tls = match &loaded {
