@@ -9,65 +9,59 @@ use std::fmt;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Flags(u32);
 
-/// Each flag's bit and short name, in the order Envoy prints them
-/// (`ResponseFlagUtils::toShortString`).
-const NAMES: [(Flags, &str); 17] = [
-    (Flags::UH, "UH"),
-    (Flags::UT, "UT"),
-    (Flags::LR, "LR"),
-    (Flags::UF, "UF"),
-    (Flags::UC, "UC"),
-    (Flags::UO, "UO"),
-    (Flags::NR, "NR"),
-    (Flags::DI, "DI"),
-    (Flags::FI, "FI"),
-    (Flags::RL, "RL"),
-    (Flags::DC, "DC"),
-    (Flags::URX, "URX"),
-    (Flags::SI, "SI"),
-    (Flags::DPE, "DPE"),
-    (Flags::UPE, "UPE"),
-    (Flags::NC, "NC"),
-    (Flags::DF, "DF"),
-];
+/// Declares each flag once: its bit, its doc, and its place in the order Envoy prints them
+/// (`ResponseFlagUtils::toShortString`), which is the order of [`NAMES`].
+macro_rules! flags {
+    ($($(#[doc = $doc:literal])* $name:ident = $bit:literal,)*) => {
+        impl Flags {
+            $($(#[doc = $doc])* pub const $name: Flags = Flags(1 << $bit);)*
+        }
+
+        /// Each flag and its short name, in the order Envoy prints them.
+        const NAMES: &[(Flags, &str)] = &[$((Flags::$name, stringify!($name)),)*];
+    };
+}
+
+flags! {
+    /// No healthy upstream: the cluster has no endpoints.
+    UH = 0,
+    /// Upstream request timeout: no response head in time (504).
+    UT = 1,
+    /// Local reset (e.g. a limit closed the stream).
+    LR = 2,
+    /// Upstream connection failure, including a failed TLS handshake this proxy originated.
+    UF = 3,
+    /// Upstream connection termination: the upstream closed or reset mid-exchange.
+    UC = 4,
+    /// Upstream overflow: a connection or request limit refused it.
+    UO = 5,
+    /// No route: no service, virtual host or VirtualService rule for it, or refused by
+    /// REGISTRY_ONLY.
+    NR = 6,
+    /// A VirtualService fault delayed the request.
+    DI = 7,
+    /// A VirtualService fault aborted the request.
+    FI = 8,
+    /// Rate limited.
+    RL = 9,
+    /// Downstream connection termination: the client went away before the response ended.
+    DC = 10,
+    /// Upstream retry limit exceeded: the last of the VirtualService's retries failed too.
+    URX = 11,
+    /// Stream idle timeout.
+    SI = 12,
+    /// Downstream protocol error: the client's request could not be parsed or was too large.
+    DPE = 13,
+    /// Upstream protocol error: the upstream's response could not be framed safely.
+    UPE = 16,
+    /// No cluster: a VirtualService destination that does not exist.
+    NC = 14,
+    /// DNS resolution of the upstream failed.
+    DF = 15,
+}
 
 impl Flags {
     pub const NONE: Flags = Flags(0);
-    /// No healthy upstream: the cluster has no endpoints.
-    pub const UH: Flags = Flags(1);
-    /// Upstream request timeout: no response head in time (504).
-    pub const UT: Flags = Flags(1 << 1);
-    /// Local reset (e.g. a limit closed the stream).
-    pub const LR: Flags = Flags(1 << 2);
-    /// Upstream connection failure, including a failed TLS handshake this proxy originated.
-    pub const UF: Flags = Flags(1 << 3);
-    /// Upstream connection termination: the upstream closed or reset mid-exchange.
-    pub const UC: Flags = Flags(1 << 4);
-    /// Upstream overflow: a connection or request limit refused it.
-    pub const UO: Flags = Flags(1 << 5);
-    /// No route: no service, virtual host or VirtualService rule for it, or refused by
-    /// REGISTRY_ONLY.
-    pub const NR: Flags = Flags(1 << 6);
-    /// A VirtualService fault delayed the request.
-    pub const DI: Flags = Flags(1 << 7);
-    /// A VirtualService fault aborted the request.
-    pub const FI: Flags = Flags(1 << 8);
-    /// Rate limited.
-    pub const RL: Flags = Flags(1 << 9);
-    /// Downstream connection termination: the client went away before the response ended.
-    pub const DC: Flags = Flags(1 << 10);
-    /// Upstream retry limit exceeded: the last of the VirtualService's retries failed too.
-    pub const URX: Flags = Flags(1 << 11);
-    /// Stream idle timeout.
-    pub const SI: Flags = Flags(1 << 12);
-    /// Downstream protocol error: the client's request could not be parsed or was too large.
-    pub const DPE: Flags = Flags(1 << 13);
-    /// No cluster: a VirtualService destination that does not exist.
-    pub const NC: Flags = Flags(1 << 14);
-    /// DNS resolution of the upstream failed.
-    pub const DF: Flags = Flags(1 << 15);
-    /// Upstream protocol error: the upstream's response could not be framed safely.
-    pub const UPE: Flags = Flags(1 << 16);
 
     pub fn is_empty(self) -> bool {
         self.0 == 0
@@ -110,7 +104,7 @@ impl fmt::Display for Flags {
             return f.write_str("-");
         }
         let mut first = true;
-        for (flag, name) in NAMES {
+        for &(flag, name) in NAMES {
             if self.contains(flag) {
                 if !first {
                     f.write_str(",")?;
@@ -128,6 +122,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_flag_has_a_bit_of_its_own_and_prints_in_envoys_order() {
+        let all = NAMES.iter().fold(Flags::NONE, |seen, &(flag, _)| {
+            assert!(!seen.contains(flag), "{flag:?} shares a bit");
+            seen | flag
+        });
+        assert_eq!(all.0, (1 << NAMES.len()) - 1);
+        // Envoy prints UPE before NC and DF though its bit is higher.
+        assert_eq!(
+            (Flags::NC | Flags::UPE | Flags::DPE | Flags::DF).to_string(),
+            "DPE,UPE,NC,DF"
+        );
+    }
+
+    #[test]
     fn prints_as_envoy_does() {
         assert_eq!(Flags::NONE.to_string(), "-");
         assert_eq!(Flags::NR.to_string(), "NR");
@@ -137,7 +145,7 @@ mod tests {
 
     #[test]
     fn parses_what_it_prints_and_every_name() {
-        for (flag, name) in NAMES {
+        for &(flag, name) in NAMES {
             assert_eq!(Flags::parse(name), flag, "{name}");
             assert_eq!(flag.to_string(), name);
         }
