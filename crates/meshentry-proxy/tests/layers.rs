@@ -304,6 +304,7 @@ fn every_source_file_has_its_row_in_architecture_md() {
                 !(l.is_empty()
                     || l.starts_with("//")
                     || l.starts_with("pub mod ")
+                    || l.starts_with("pub(crate) mod ")
                     || l.starts_with("mod ")
                     || l.starts_with("#[cfg(test)]"))
             });
