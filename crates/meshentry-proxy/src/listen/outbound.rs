@@ -161,7 +161,10 @@ async fn handle(stream: TcpStream, peer: SocketAddr, local: Option<SocketAddr>, 
         }
         Decision::Cluster { cluster, .. } => Some(&***cluster),
     };
-    let host = dst.ip().to_string();
+    // The destination as text is only dialled by ORIGINAL_DST and passthrough; a cluster with
+    // endpoints never reads it, so its connections skip formatting and allocating it.
+    let dials_original = cluster.is_none_or(|c| c.original_dst_port().is_some());
+    let host = if dials_original { dst.ip().to_string() } else { String::new() };
     let to = Upstream {
         shared: &shared,
         live: &snapshot,
