@@ -164,7 +164,11 @@ async fn handle(stream: TcpStream, peer: SocketAddr, local: Option<SocketAddr>, 
     // The destination as text is only dialled by ORIGINAL_DST and passthrough; a cluster with
     // endpoints never reads it, so its connections skip formatting and allocating it.
     let dials_original = cluster.is_none_or(|c| c.original_dst_port().is_some());
-    let host = if dials_original { dst.ip().to_string() } else { String::new() };
+    let host = if dials_original {
+        dst.ip().to_string()
+    } else {
+        String::new()
+    };
     let to = Upstream {
         shared: &shared,
         live: &snapshot,
