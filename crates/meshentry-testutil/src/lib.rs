@@ -18,6 +18,7 @@
 pub mod curl;
 pub mod dns;
 pub mod ip;
+pub mod kube;
 pub mod netns;
 pub mod pki;
 pub mod process;
@@ -31,6 +32,7 @@ pub mod wait;
 pub use curl::{curl_command, isolate_curl};
 pub use dns::TestDns;
 pub use ip::unique_loopback;
+pub use kube::KubeApi;
 pub use netns::{Netns, PROXY_UID, make_accessible};
 pub use pki::{Leaf, LeafSpec, PemDir, TestCa};
 pub use process::ProxyProcess;

@@ -1091,7 +1091,7 @@ fn rule_extras(rule: &meshentry_route::model::vs::HttpRule) -> Vec<String> {
 /// refused, 2 on usage or configuration errors.
 pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     let target = parse_target(&args.target)?;
-    let loaded = crate::cmd::validate::load(&args.config, "default", &args.mesh)?;
+    let loaded = crate::cmd::validate::load(&args.config, "default", &args.mesh, &Default::default())?;
     if loaded.has_errors() {
         for f in loaded.errors() {
             eprintln!("{f}");

@@ -4,6 +4,7 @@
 pub mod ca;
 pub mod explain;
 pub mod iptables;
+pub mod kube;
 pub mod mesh;
 pub mod proxy;
 pub mod registry;

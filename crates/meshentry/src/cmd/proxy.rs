@@ -363,7 +363,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
                     // settings it decides are read once, at startup).
                     let mesh = args.mesh.clone();
                     Arc::new(move |paths: &[std::path::PathBuf]| {
-                        crate::cmd::validate::load(paths, "default", &mesh).map_err(Into::into)
+                        crate::cmd::validate::load(paths, "default", &mesh, &Default::default()).map_err(Into::into)
                     })
                 },
                 gateway: args.gateway.clone(),
@@ -445,7 +445,7 @@ struct Started {
 async fn start(args: &Args) -> anyhow::Result<Option<Started>> {
     // Taken before loading: a change in between makes the next reload see different bytes.
     let fingerprint = reload::fingerprint(&args.config);
-    let loaded = crate::cmd::validate::load(&args.config, "default", &args.mesh)?;
+    let loaded = crate::cmd::validate::load(&args.config, "default", &args.mesh, &Default::default())?;
     if loaded.has_errors() {
         for f in loaded.errors() {
             eprintln!("{f}");

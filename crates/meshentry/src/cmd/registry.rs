@@ -13,8 +13,10 @@ use crate::cmd::proxy::{Labels, parse_labels};
 #[derive(clap::Args)]
 pub struct Args {
     /// Files or directories (.yaml, .yml, .json; recursive), or `-` for stdin.
-    #[arg(required = true)]
+    #[arg(required_unless_present = "kubernetes")]
     pub paths: Vec<PathBuf>,
+    #[command(flatten)]
+    pub kube: crate::cmd::kube::KubeArgs,
     /// Show the registry as proxies in this namespace see it: only services exported to it,
     /// one per host (its own namespace's first, then exported to it by name, then the oldest
     /// public one), and, when a Sidecar applies to them, only what its egress hosts import
@@ -48,7 +50,7 @@ const DEFAULT_NAMESPACE: &str = "default";
 
 /// Exit 1 when any resource is invalid (its errors go to stderr, as `validate` prints them).
 pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
-    let loaded = crate::cmd::validate::load(&args.paths, DEFAULT_NAMESPACE, &args.mesh)?;
+    let loaded = crate::cmd::validate::load(&args.paths, DEFAULT_NAMESPACE, &args.mesh, &args.kube)?;
     if loaded.has_errors() {
         for f in loaded.errors() {
             eprintln!("{f}");

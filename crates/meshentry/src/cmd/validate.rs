@@ -3,13 +3,15 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use meshentry_api::{LoadOptions, Loaded, Severity, load_paths};
+use meshentry_api::{LoadOptions, Loaded, Severity};
 
 #[derive(clap::Args)]
 pub struct Args {
     /// Files or directories (.yaml, .yml, .json; recursive), or `-` for stdin.
-    #[arg(required = true)]
+    #[arg(required_unless_present = "kubernetes")]
     pub paths: Vec<PathBuf>,
+    #[command(flatten)]
+    pub kube: crate::cmd::kube::KubeArgs,
     /// Namespace of resources that do not set metadata.namespace.
     #[arg(short, long, default_value = "default")]
     pub namespace: String,
@@ -46,7 +48,7 @@ pub enum Output {
 /// Exit 1 when a finding is at or above the failure threshold (by default: anything invalid,
 /// or an `istioctl analyze` error such as IST0101), else 0.
 pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
-    let mut loaded = load(&args.paths, &args.namespace, &args.mesh)?;
+    let mut loaded = load(&args.paths, &args.namespace, &args.mesh, &args.kube)?;
     // Checks across resources, as `istioctl analyze` makes them, on everything Istio reads.
     let analysis = meshentry_registry::analyze::analyze(&loaded);
     loaded.add_findings(analysis);
@@ -78,11 +80,21 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
 
 /// Loads and validates, under `--mesh-config` when given; shared by the subcommands that read
 /// configuration.
-pub fn load(paths: &[PathBuf], namespace: &str, mesh: &crate::cmd::mesh::MeshArgs) -> anyhow::Result<Loaded> {
+pub fn load(
+    paths: &[PathBuf],
+    namespace: &str,
+    mesh: &crate::cmd::mesh::MeshArgs,
+    kube: &crate::cmd::kube::KubeArgs,
+) -> anyhow::Result<Loaded> {
     let opts = LoadOptions {
         default_namespace: namespace.to_string(),
     };
-    let mut loaded = load_paths(paths, &opts).context("cannot read configuration")?;
+    let mut loaded = Loaded::default();
+    for path in paths {
+        loaded.add_path(path, &opts).context("cannot read configuration")?;
+    }
+    crate::cmd::kube::load_into(kube, &mut loaded, &opts).context("cannot read the cluster's configuration")?;
+    loaded.finish();
     crate::cmd::mesh::apply(mesh, &mut loaded)?;
     Ok(loaded)
 }
