@@ -89,6 +89,42 @@ fn the_registry_of_a_cluster_is_the_registry_of_its_files() {
 }
 
 #[test]
+fn explain_decides_on_a_clusters_objects_as_on_the_files() {
+    let kube = KubeApi::start();
+    kube.apply(&seed());
+    let kubeconfig = kube.kubeconfig().to_string_lossy().into_owned();
+    let target = "tls://api.dropboxapi.com:443";
+    let files = run(&["explain", "-o", "json", "-c", &seed().to_string_lossy(), target]);
+    let cluster = run(&[
+        "explain",
+        "-o",
+        "json",
+        "--kubernetes",
+        "--kubeconfig",
+        &kubeconfig,
+        target,
+    ]);
+    assert_eq!(
+        cluster.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&cluster.stderr)
+    );
+    assert_eq!(cluster.status.code(), files.status.code());
+    let files: Value = serde_json::from_slice(&files.stdout).unwrap();
+    let cluster: Value = serde_json::from_slice(&cluster.stdout).unwrap();
+    // The same decision; only where the resources were read from differs.
+    assert_eq!(files["outcome"]["cluster"], "outbound|443||api.dropboxapi.com");
+    assert_eq!(cluster["outcome"], files["outcome"]);
+    assert_eq!(cluster["destinations"], files["destinations"]);
+    let text = cluster.to_string();
+    assert!(
+        text.contains("kubernetes://default/ServiceEntry/external-svc-https"),
+        "{text}"
+    );
+}
+
+#[test]
 fn a_kubeconfig_that_cannot_be_read_is_named() {
     let out = run(&["validate", "--kubernetes", "--kubeconfig", "/nonexistent/kubeconfig"]);
     assert_eq!(out.status.code(), Some(2));

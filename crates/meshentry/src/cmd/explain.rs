@@ -33,8 +33,10 @@ use crate::cmd::proxy::{Labels, parse_labels, parse_policy};
 #[derive(clap::Args)]
 pub struct Args {
     /// Files or directories of Istio resources (as for `validate`).
-    #[arg(short, long = "config", required = true)]
+    #[arg(short, long = "config", required_unless_present = "kubernetes")]
     pub config: Vec<PathBuf>,
+    #[command(flatten)]
+    pub kube: crate::cmd::kube::KubeArgs,
     /// The namespace of the workload sending the request (what it sees, which rules apply).
     /// Resources without metadata.namespace are in `default`.
     #[arg(short, long, default_value = "default")]
@@ -1091,7 +1093,7 @@ fn rule_extras(rule: &meshentry_route::model::vs::HttpRule) -> Vec<String> {
 /// refused, 2 on usage or configuration errors.
 pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     let target = parse_target(&args.target)?;
-    let loaded = crate::cmd::validate::load(&args.config, "default", &args.mesh, &Default::default())?;
+    let loaded = crate::cmd::validate::load(&args.config, "default", &args.mesh, &args.kube)?;
     if loaded.has_errors() {
         for f in loaded.errors() {
             eprintln!("{f}");
