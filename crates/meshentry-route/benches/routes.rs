@@ -10,7 +10,7 @@ use std::hint::black_box;
 use criterion::{Criterion, criterion_group, criterion_main};
 use meshentry_route::base::config::ProxyConfig;
 use meshentry_route::model::snapshot::Snapshot;
-use meshentry_route::model::vs::RequestView;
+use meshentry_route::model::vs::PlainRequest;
 use meshentry_route::route;
 
 const SERVICES: usize = 1_000;
@@ -69,38 +69,17 @@ spec:
     y
 }
 
-struct Req {
-    path: &'static [u8],
-    authority: &'static [u8],
-}
-
-impl RequestView for Req {
-    fn method(&self) -> &[u8] {
-        b"GET"
-    }
-    fn path(&self) -> &[u8] {
-        self.path
-    }
-    fn scheme(&self) -> &[u8] {
-        b"http"
-    }
-    fn authority(&self) -> &[u8] {
-        self.authority
-    }
-    fn header(&self, name: &str) -> Option<&[u8]> {
-        (name == "x-user").then_some(&b"someone"[..])
-    }
-}
-
 fn matching(c: &mut Criterion) {
     let yaml = config();
     let loaded = meshentry_api::load_str("bench.yaml", &yaml, &meshentry_api::LoadOptions::default());
     assert!(!loaded.has_errors());
     let valid: Vec<_> = loaded.valid().collect();
     let snap = Snapshot::build(&valid, &ProxyConfig::default(), 1);
-    let req = Req {
-        path: b"/api/items?debug=1",
-        authority: b"svc-777.example.com",
+    let req = PlainRequest {
+        method: "GET",
+        path: "/api/items?debug=1",
+        authority: "svc-777.example.com",
+        headers: &[("x-user", "someone")],
     };
     let host = "svc-777.example.com";
     let decide = || {

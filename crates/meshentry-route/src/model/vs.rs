@@ -381,6 +381,39 @@ pub trait RequestView {
     fn header(&self, name: &str) -> Option<&[u8]>;
 }
 
+/// A request given as plain values (`explain`'s target, tests, benchmarks), for the matcher.
+/// `Host` and `:authority` read as the authority; other header names match in any case.
+pub struct PlainRequest<'a, H: AsRef<str> = &'a str> {
+    pub method: &'a str,
+    pub path: &'a str,
+    pub authority: &'a str,
+    pub headers: &'a [(H, H)],
+}
+
+impl<H: AsRef<str>> RequestView for PlainRequest<'_, H> {
+    fn method(&self) -> &[u8] {
+        self.method.as_bytes()
+    }
+    fn path(&self) -> &[u8] {
+        self.path.as_bytes()
+    }
+    fn scheme(&self) -> &[u8] {
+        b"http"
+    }
+    fn authority(&self) -> &[u8] {
+        self.authority.as_bytes()
+    }
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        if name == "host" || name == ":authority" {
+            return Some(self.authority.as_bytes());
+        }
+        self.headers
+            .iter()
+            .find(|(n, _)| n.as_ref().eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_ref().as_bytes())
+    }
+}
+
 /// A compiled `StringMatch`.
 enum StrMatch {
     Exact(Box<[u8]>),
@@ -1934,33 +1967,7 @@ mod tests {
     use super::*;
     use crate::model::fixtures::{assert_warned, doc, static_se};
 
-    struct Req<'a> {
-        method: &'a str,
-        path: &'a str,
-        authority: &'a str,
-        headers: &'a [(&'a str, &'a str)],
-    }
-
-    impl RequestView for Req<'_> {
-        fn method(&self) -> &[u8] {
-            self.method.as_bytes()
-        }
-        fn path(&self) -> &[u8] {
-            self.path.as_bytes()
-        }
-        fn scheme(&self) -> &[u8] {
-            b"http"
-        }
-        fn authority(&self) -> &[u8] {
-            self.authority.as_bytes()
-        }
-        fn header(&self, name: &str) -> Option<&[u8]> {
-            self.headers
-                .iter()
-                .find(|(n, _)| n.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v.as_bytes())
-        }
-    }
+    type Req<'a> = PlainRequest<'a>;
 
     fn get(path: &str) -> Req<'_> {
         Req {

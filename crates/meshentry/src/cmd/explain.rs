@@ -23,7 +23,7 @@ use meshentry_route::model::cluster::{Cluster, Discovery};
 use meshentry_route::model::lb::Policy;
 use meshentry_route::model::snapshot::{Snapshot, destination_rule};
 use meshentry_route::model::tls::Sni;
-use meshentry_route::model::vs::{HttpAction, RedirectPort, RequestView, WeightedDest, resolve_gateway};
+use meshentry_route::model::vs::{HttpAction, PlainRequest, RedirectPort, WeightedDest, resolve_gateway};
 use meshentry_route::route::Detected;
 use meshentry_route::route::{self, Decision, Handling};
 use serde::Serialize;
@@ -509,7 +509,7 @@ impl<'s> Explainer<'s> {
                 "has a port-80 virtual host for a name that is no service (E1):"
             }
         )];
-        let selected = routes.select_block(req);
+        let selected = routes.select_block(&req.view());
         let spec = match vs_res.map(|r| &r.spec) {
             Some(Spec::VirtualService(vs)) => Some(vs),
             _ => None,
@@ -999,7 +999,7 @@ fn matched_by(service: &Service, name: Option<&str>, dst: Option<SocketAddr>, po
     format!("port {port}: a service without addresses that takes TCP traffic to any destination on its port (C5)")
 }
 
-/// The target as a request, for the matcher the proxy uses (`RequestView`).
+/// The target as a request, for the matcher the proxy uses.
 struct ExplainRequest {
     method: String,
     path: String,
@@ -1007,24 +1007,14 @@ struct ExplainRequest {
     headers: Vec<(String, String)>,
 }
 
-impl RequestView for ExplainRequest {
-    fn method(&self) -> &[u8] {
-        self.method.as_bytes()
-    }
-    fn path(&self) -> &[u8] {
-        self.path.as_bytes()
-    }
-    fn scheme(&self) -> &[u8] {
-        b"http"
-    }
-    fn authority(&self) -> &[u8] {
-        self.authority.as_bytes()
-    }
-    fn header(&self, name: &str) -> Option<&[u8]> {
-        if name == "host" || name == ":authority" {
-            return Some(self.authority.as_bytes());
+impl ExplainRequest {
+    fn view(&self) -> PlainRequest<'_, String> {
+        PlainRequest {
+            method: &self.method,
+            path: &self.path,
+            authority: &self.authority,
+            headers: &self.headers,
         }
-        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_bytes())
     }
 }
 
