@@ -123,6 +123,10 @@ fn handle(req: &Request<Incoming>, shared: &Shared, started: Instant) -> Respons
     match req.uri().path() {
         // Envoy's answer while draining, so that load balancers stop sending new work.
         "/ready" if shared.lifecycle.is_draining() => text(StatusCode::SERVICE_UNAVAILABLE, "DRAINING\n".into()),
+        "/ready" if !synced(shared) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "NOT SYNCED: waiting for the first full sync of the cluster\n".into(),
+        ),
         "/ready" => text(StatusCode::OK, "LIVE\n".into()),
         "/server_info" => json_response(&json!({
             "version": build_info::VERSION,
@@ -174,7 +178,75 @@ fn config_dump(shared: &Shared) -> Value {
         },
         "lastRejected": last_rejected(shared),
         "listeners": listeners(shared),
+        "source": source(shared),
+        "skipped": skipped(shared),
     })
+}
+
+/// Whether the live source (if any) has been read whole once.
+fn synced(shared: &Shared) -> bool {
+    shared.lifecycle.source.load().as_ref().is_none_or(|s| s.synced)
+}
+
+fn seconds(t: Option<std::time::SystemTime>) -> Value {
+    t.and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(Value::Null, |d| json!(d.as_secs()))
+}
+
+/// The live source: whether the configuration in force is current or stale, and why.
+fn source(shared: &Shared) -> Value {
+    let Some(s) = shared.lifecycle.source.load_full() else {
+        return json!({"kind": "files"});
+    };
+    json!({
+        "kind": s.kind,
+        "server": s.server,
+        "state": match (s.synced, s.connected) {
+            (false, _) => "SYNCING",
+            (true, true) => "CURRENT",
+            (true, false) => "STALE",
+        },
+        "synced": s.synced,
+        "connected": s.connected,
+        "error": s.error,
+        "failingSince": seconds(s.failing_since),
+        "syncedAt": seconds(s.synced_at),
+        "failures": s.failures,
+        "relists": s.relists,
+        "gone": s.gone,
+        "objects": s.objects,
+        "version": s.version,
+    })
+}
+
+/// The live source's objects left out as invalid, each with its errors.
+fn skipped(shared: &Shared) -> Value {
+    let skipped = shared.lifecycle.skipped.load();
+    let mut by_object: Vec<(&str, Vec<String>)> = Vec::new();
+    for f in skipped.iter() {
+        match by_object.last_mut() {
+            Some((object, errors)) if *object == f.file => errors.push(f.to_string()),
+            _ => by_object.push((&f.file, vec![f.to_string()])),
+        }
+    }
+    Value::Array(
+        by_object
+            .into_iter()
+            .map(|(object, errors)| json!({"object": object, "errors": errors}))
+            .collect(),
+    )
+}
+
+/// How many objects the configuration in force left out.
+fn skipped_objects(shared: &Shared) -> u64 {
+    let skipped = shared.lifecycle.skipped.load();
+    let mut objects: Vec<&str> = skipped.iter().map(|f| f.file.as_str()).collect();
+    objects.dedup();
+    objects.len() as u64
+}
+
+fn source_stat(shared: &Shared, read: fn(&meshentry_proxy::SourceState) -> u64) -> u64 {
+    shared.lifecycle.source.load().as_ref().map_or(0, |s| read(s))
 }
 
 /// The last configuration a reload refused: when, why, and its errors both as `meshentry
@@ -491,6 +563,49 @@ const STATS: &[Stat] = &[
         |s| s.stats.config_reloads_rejected.load(Ordering::Relaxed),
     ),
     (
+        "config_source_connected",
+        "1 while the live configuration source (--kubernetes) is connected and synced, or there is none; 0 while the proxy serves the last configuration it read.",
+        |s| {
+            u64::from(
+                s.lifecycle
+                    .source
+                    .load()
+                    .as_ref()
+                    .is_none_or(|s| s.synced && s.connected),
+            )
+        },
+    ),
+    (
+        "config_source_stale_seconds",
+        "How long the live configuration source has been unreachable (0 while connected).",
+        |s| {
+            source_stat(s, |s| match (s.connected, s.failing_since) {
+                (false, Some(t)) => t.elapsed().map_or(0, |d| d.as_secs()),
+                _ => 0,
+            })
+        },
+    ),
+    (
+        "config_source_failures_total",
+        "Failed attempts to list, watch or discover the live configuration source.",
+        |s| source_stat(s, |s| s.failures),
+    ),
+    (
+        "config_source_relists_total",
+        "Lists of a kind after its first: after a 410 Gone or an outage.",
+        |s| source_stat(s, |s| s.relists),
+    ),
+    (
+        "config_source_objects",
+        "Objects read from the live configuration source.",
+        |s| source_stat(s, |s| s.objects as u64),
+    ),
+    (
+        "config_objects_skipped",
+        "Objects from the live configuration source left out as invalid (listed on /config_dump).",
+        skipped_objects,
+    ),
+    (
         "listener_errors_total",
         "Listeners a reload could not open (a Gateway server port that would not bind).",
         |s| s.stats.listener_errors.load(Ordering::Relaxed),
@@ -587,6 +702,10 @@ const GAUGES: &[&str] = &[
     "config_generation",
     "downstream_tunnels_active",
     "admin_cx_active",
+    "config_source_connected",
+    "config_source_stale_seconds",
+    "config_source_objects",
+    "config_objects_skipped",
 ];
 
 fn stats_text(shared: &Shared) -> String {

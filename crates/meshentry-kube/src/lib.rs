@@ -8,14 +8,15 @@
 
 use std::path::{Path, PathBuf};
 
-use kube::api::{Api, DynamicObject, ListParams};
+use kube::api::ListParams;
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::discovery::{self, Scope};
 use meshentry_api::{LoadOptions, Loaded};
-use serde_json::Value;
 
-/// The API group whose objects meshentry reads.
-pub const GROUP: &str = "networking.istio.io";
+mod kinds;
+pub mod watch;
+
+pub use kinds::{Document, GROUP, ORIGIN_SCHEME};
+pub use watch::{Status, View, Watch, WatchOptions};
 
 /// Why the cluster's configuration could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -46,11 +47,17 @@ pub enum KubeError {
         #[source]
         source: kube::Error,
     },
-    #[error("API server {server}: {resource} {name}: {source}")]
+    #[error("API server {server}: discovering {resource}: {source}")]
+    Discovery {
+        server: String,
+        resource: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("API server {server}: {resource}: {source}")]
     Encode {
         server: String,
         resource: String,
-        name: String,
         #[source]
         source: serde_json::Error,
     },
@@ -93,48 +100,43 @@ impl Cluster {
         &self.server
     }
 
-    /// Adds every object of [`GROUP`] the server holds (in `namespace`, or all namespaces) to
-    /// `loaded`, kinds in name order and objects in the server's order (namespace, name).
-    /// Returns how many objects were added. Call [`Loaded::finish`] after the last source.
+    /// A cluster reached through `client` (tests: a client over recorded responses).
+    pub fn from_client(client: kube::Client, server: impl Into<String>) -> Cluster {
+        Cluster {
+            client,
+            server: server.into(),
+        }
+    }
+
+    /// Adds every object meshentry reads ([`kinds`]) that the server holds (in `namespace`, or
+    /// all namespaces) to `loaded`, kinds in order and objects in the server's order
+    /// (namespace, name). Returns how many objects were added. Call [`Loaded::finish`] after
+    /// the last source.
     pub async fn load_into(
         &self,
         loaded: &mut Loaded,
         opts: &LoadOptions,
         namespace: Option<&str>,
     ) -> Result<usize, KubeError> {
-        let group = discovery::group(&self.client, GROUP)
-            .await
-            .map_err(|source| KubeError::NoIstio {
-                server: self.server.clone(),
-                group: GROUP,
-                source,
-            })?;
-        let mut resources = group.recommended_resources();
-        resources.sort_by(|a, b| a.0.kind.cmp(&b.0.kind));
+        let kinds = kinds::discover(&self.client).await.map_err(|e| e.at(&self.server))?;
         let mut added = 0;
-        for (ar, caps) in resources {
-            let api: Api<DynamicObject> = match (caps.scope, namespace) {
-                (Scope::Namespaced, Some(ns)) => Api::namespaced_with(self.client.clone(), ns, &ar),
-                _ => Api::all_with(self.client.clone(), &ar),
-            };
+        for kind in &kinds {
+            let api = kind.api(&self.client, namespace);
             let list = api
                 .list(&ListParams::default())
                 .await
                 .map_err(|source| KubeError::List {
                     server: self.server.clone(),
-                    resource: ar.plural.clone(),
+                    resource: kind.ar.plural.clone(),
                     source,
                 })?;
             for object in list.items {
-                let ns = object.metadata.namespace.clone().unwrap_or_default();
-                let name = object.metadata.name.clone().unwrap_or_default();
-                let text = document(object, &ar.api_version, &ar.kind).map_err(|source| KubeError::Encode {
+                let doc = kind.document(object).map_err(|source| KubeError::Encode {
                     server: self.server.clone(),
-                    resource: ar.plural.clone(),
-                    name: name.clone(),
+                    resource: kind.ar.plural.clone(),
                     source,
                 })?;
-                loaded.add_str(&format!("kubernetes://{ns}/{}/{name}", ar.kind), &text, opts);
+                loaded.add_str(&doc.origin, &doc.text, opts);
                 added += 1;
             }
         }
@@ -142,50 +144,15 @@ impl Cluster {
     }
 }
 
-/// The object as the loader reads it: a JSON document with its apiVersion and kind (a list's
-/// items carry neither), without the server's bookkeeping.
-fn document(object: DynamicObject, api_version: &str, kind: &str) -> Result<String, serde_json::Error> {
-    let mut value = serde_json::to_value(object)?;
-    if let Value::Object(map) = &mut value {
-        map.insert("apiVersion".into(), Value::String(api_version.into()));
-        map.insert("kind".into(), Value::String(kind.into()));
-        if let Some(Value::Object(meta)) = map.get_mut("metadata") {
-            meta.remove("managedFields");
-            if let Some(Value::Object(annotations)) = meta.get_mut("annotations") {
-                annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
-                if annotations.is_empty() {
-                    meta.remove("annotations");
-                }
-            }
-        }
+/// Adds documents a [`watch::Watch`] (or [`Cluster::load_into`]) read to `loaded`.
+pub fn add_documents(loaded: &mut Loaded, documents: &[Document], opts: &LoadOptions) {
+    for doc in documents {
+        loaded.add_str(&doc.origin, &doc.text, opts);
     }
-    serde_json::to_string_pretty(&value)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn documents_drop_the_servers_bookkeeping_and_name_their_kind() {
-        let object: DynamicObject = serde_json::from_value(serde_json::json!({
-            "metadata": {
-                "name": "reviews",
-                "namespace": "default",
-                "resourceVersion": "42",
-                "managedFields": [{"manager": "kubectl"}],
-                "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{}"}
-            },
-            "spec": {"hosts": ["reviews"]}
-        }))
-        .unwrap();
-        let text = document(object, "networking.istio.io/v1", "VirtualService").unwrap();
-        let value: Value = serde_json::from_str(&text).unwrap();
-        assert_eq!(value["apiVersion"], "networking.istio.io/v1");
-        assert_eq!(value["kind"], "VirtualService");
-        assert_eq!(value["metadata"]["resourceVersion"], "42");
-        assert!(value["metadata"].get("managedFields").is_none());
-        assert!(value["metadata"].get("annotations").is_none());
-        assert_eq!(value["spec"]["hosts"][0], "reviews");
-    }
+/// Whether a finding is about an object read from a cluster, which a proxy skips on its own
+/// (as istiod skips an invalid object) instead of refusing the whole configuration.
+pub fn is_cluster_origin(file: &str) -> bool {
+    file.starts_with(ORIGIN_SCHEME)
 }

@@ -33,6 +33,7 @@ pub use live::dns::{Dns, DnsConfig};
 pub use live::tls;
 pub use net::capture;
 pub use obs::{access_log, metrics};
+pub use rt::lifecycle::SourceState;
 pub use rt::shared::{DETECTED_NAMES, Shared};
 pub use serve::ctx::blocked_reason;
 pub use serve::routed::{no_cluster, no_route};

@@ -11,7 +11,14 @@ use tracing_subscriber::EnvFilter;
 const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
 
 pub fn init(level: &str) -> anyhow::Result<()> {
-    let filter = filter(level, std::env::var("RUST_LOG").ok().as_deref())?;
+    let mut filter = filter(level, std::env::var("RUST_LOG").ok().as_deref())?;
+    // kube's client logs each failed request as an error; meshentry's watcher already says what
+    // failed, what it means (stale configuration) and when it retries. Directives that name
+    // kube's modules turn them back on.
+    let named = |d: &str| d.contains("kube");
+    if !named(level) && !std::env::var("RUST_LOG").is_ok_and(|v| named(&v)) {
+        filter = filter.add_directive("kube_client=off".parse()?);
+    }
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

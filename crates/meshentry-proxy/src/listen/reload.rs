@@ -5,6 +5,11 @@
 //! flight keep the snapshot they started with. An invalid configuration is refused, logged,
 //! counted and shown on `/config_dump`, and the one in force stays. In gateway mode the
 //! listeners follow the Gateway's server ports.
+//!
+//! A live source (a Kubernetes API server, followed by the binary) says when it changed through
+//! [`Input::cluster`]; its objects are loaded with the files. An invalid object from it is
+//! skipped on its own, as istiod skips it, and listed on `/config_dump`; an invalid file still
+//! refuses the whole configuration.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -38,6 +43,7 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 enum Trigger {
     Files,
     Signal,
+    Cluster,
 }
 
 impl Trigger {
@@ -45,6 +51,7 @@ impl Trigger {
         match self {
             Trigger::Files => "file change",
             Trigger::Signal => "SIGHUP",
+            Trigger::Cluster => "cluster change",
         }
     }
 }
@@ -73,6 +80,16 @@ pub struct Input {
     pub load: Arc<Load>,
     pub gateway: Option<String>,
     pub labels: BTreeMap<String, String>,
+    /// The version of the live source's objects, which `load` reads; a new version reloads.
+    pub cluster: Option<watch::Receiver<u64>>,
+    /// Whether a finding's file is an object of the live source, skipped alone when invalid.
+    pub per_object: fn(&str) -> bool,
+}
+
+/// A configuration's errors: those that refuse it (in files), and those of live-source objects
+/// that are skipped alone (`per_object` says which).
+pub fn split_errors(loaded: &Loaded, per_object: fn(&str) -> bool) -> (Vec<Finding>, Vec<Finding>) {
+    loaded.errors().cloned().partition(|f| !per_object(&f.file))
 }
 
 /// Reloads the configuration and keeps the Gateway's listeners in step with it.
@@ -144,10 +161,12 @@ impl Reloader {
         let (tx, mut rx) = mpsc::unbounded_channel();
         // Kept alive for its events; replaced after each reload.
         let mut _watcher = watch_paths(&self.input.paths, &tx);
+        let mut cluster = self.input.cluster.clone();
         loop {
             let mut trigger = tokio::select! {
                 Some(()) = rx.recv() => Trigger::Files,
                 Some(()) = hangup(&mut hup) => Trigger::Signal,
+                Some(()) = changed(&mut cluster) => Trigger::Cluster,
                 _ = stopped.changed() => return,
             };
             if let Trigger::Files = trigger {
@@ -188,7 +207,7 @@ impl Reloader {
         let applied = self.applied;
         // A signal retries a refused configuration (a file it names may have been fixed).
         let rejected = match trigger {
-            Trigger::Files => self.rejected,
+            Trigger::Files | Trigger::Cluster => self.rejected,
             Trigger::Signal => None,
         };
         let prepared = tokio::task::spawn_blocking(move || prepare(&input, &shared, applied, rejected)).await;
@@ -198,14 +217,23 @@ impl Reloader {
             // the directory, and are not worth a line each.
             Ok(Prepared::Unchanged) => match trigger {
                 Trigger::Signal => tracing::info!(trigger = trigger.as_str(), "configuration unchanged: not reloaded"),
-                Trigger::Files => tracing::debug!(trigger = trigger.as_str(), "configuration unchanged: not reloaded"),
+                Trigger::Files | Trigger::Cluster => {
+                    tracing::debug!(trigger = trigger.as_str(), "configuration unchanged: not reloaded");
+                }
             },
             Ok(Prepared::Rejected {
                 fingerprint,
                 reason,
                 findings,
             }) => self.reject(fingerprint, reason, findings, trigger),
-            Ok(Prepared::Ready { snapshot, fingerprint }) => self.apply(snapshot, fingerprint, trigger, started).await,
+            Ok(Prepared::Ready {
+                snapshot,
+                fingerprint,
+                skipped,
+            }) => {
+                self.apply(snapshot, fingerprint, trigger, started).await;
+                publish_skipped(&self.shared, skipped);
+            }
         }
     }
 
@@ -366,12 +394,32 @@ enum Prepared {
     Ready {
         snapshot: Box<Live>,
         fingerprint: Option<u64>,
+        /// The errors of the live-source objects left out.
+        skipped: Vec<Finding>,
     },
+}
+
+/// Records (and logs, when they changed) the live-source objects a configuration left out.
+pub fn publish_skipped(shared: &Shared, skipped: Vec<Finding>) {
+    let before = shared.lifecycle.skipped.load();
+    if **before == skipped {
+        return;
+    }
+    for f in &skipped {
+        tracing::warn!("skipped: {f}");
+    }
+    if !skipped.is_empty() {
+        tracing::warn!(
+            findings = skipped.len(),
+            "objects from the cluster skipped as invalid; the rest of the configuration applies"
+        );
+    }
+    shared.lifecycle.skipped.store(Arc::new(skipped));
 }
 
 /// Loads, validates and builds as at startup. Blocking: file reads and the whole build.
 fn prepare(input: &Input, shared: &Shared, applied: Option<u64>, rejected: Option<u64>) -> Prepared {
-    let fingerprint = fingerprint(&input.paths);
+    let fingerprint = with_cluster(fingerprint(&input.paths), input.cluster.as_ref());
     if fingerprint.is_some() && (fingerprint == applied || fingerprint == rejected) {
         return Prepared::Unchanged;
     }
@@ -384,8 +432,8 @@ fn prepare(input: &Input, shared: &Shared, applied: Option<u64>, rejected: Optio
         Ok(l) => l,
         Err(e) => return reject(chain(&*e), Vec::new()),
     };
-    if loaded.has_errors() {
-        let findings: Vec<Finding> = loaded.errors().cloned().collect();
+    let (findings, skipped) = split_errors(&loaded, input.per_object);
+    if !findings.is_empty() {
         let first = findings.first().map(ToString::to_string).unwrap_or_default();
         let reason = match findings.len() {
             1 => format!("1 error in the configuration: {first}"),
@@ -414,6 +462,35 @@ fn prepare(input: &Input, shared: &Shared, applied: Option<u64>, rejected: Optio
     Prepared::Ready {
         snapshot: Box::new(snapshot),
         fingerprint,
+        skipped,
+    }
+}
+
+/// The files' fingerprint with the live source's version in it.
+pub fn with_cluster(files: Option<u64>, cluster: Option<&watch::Receiver<u64>>) -> Option<u64> {
+    let files = files?;
+    Some(match cluster {
+        Some(version) => {
+            let mut h = DefaultHasher::new();
+            files.hash(&mut h);
+            version.borrow().hash(&mut h);
+            h.finish()
+        }
+        None => files,
+    })
+}
+
+/// The next change of the live source; never, without one (or once it is gone).
+async fn changed(cluster: &mut Option<watch::Receiver<u64>>) -> Option<()> {
+    match cluster {
+        Some(rx) => match rx.changed().await {
+            Ok(()) => Some(()),
+            Err(_) => {
+                *cluster = None;
+                None
+            }
+        },
+        None => std::future::pending().await,
     }
 }
 

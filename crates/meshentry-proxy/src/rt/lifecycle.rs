@@ -31,6 +31,37 @@ pub struct Lifecycle {
     /// CONNECT tunnels still relaying after their HTTP connection handed them off; draining
     /// waits for them as for connections.
     pub tunnels_active: AtomicU64,
+    /// How reading a live configuration source (a Kubernetes API server) goes; `None` when the
+    /// configuration is files only.
+    pub source: ArcSwapOption<SourceState>,
+    /// The errors of the objects from the live source that the configuration in force skipped
+    /// (each invalid object is left out on its own, as istiod leaves it out).
+    pub skipped: ArcSwap<Vec<meshentry_api::Finding>>,
+}
+
+/// A live configuration source, as `/config_dump` and the metrics show it.
+#[derive(Clone, Debug, Default)]
+pub struct SourceState {
+    /// `kubernetes`.
+    pub kind: &'static str,
+    /// The API server's address.
+    pub server: String,
+    /// The first full sync is done.
+    pub synced: bool,
+    /// Every watch is established; when `false` the configuration in force is the last one
+    /// read (stale, not empty).
+    pub connected: bool,
+    /// The latest failure while not connected.
+    pub error: Option<String>,
+    pub failing_since: Option<SystemTime>,
+    pub synced_at: Option<SystemTime>,
+    /// Attempts that failed, lists after a kind's first, and 410 Gone answers, so far.
+    pub failures: u64,
+    pub relists: u64,
+    pub gone: u64,
+    /// The objects read, and the version of what was read (bumped per change).
+    pub objects: usize,
+    pub version: u64,
 }
 
 /// A configuration a reload refused.
@@ -63,6 +94,8 @@ impl Default for Lifecycle {
             last_rejected: ArcSwapOption::empty(),
             listeners: ArcSwap::from_pointee(Vec::new()),
             tunnels_active: AtomicU64::new(0),
+            source: ArcSwapOption::empty(),
+            skipped: ArcSwap::from_pointee(Vec::new()),
         }
     }
 }

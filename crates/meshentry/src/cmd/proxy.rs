@@ -22,9 +22,12 @@ use meshentry_proxy::workers::{self, Listen};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Files or directories of Istio resources (as for `validate`).
-    #[arg(short, long = "config", required = true)]
+    /// Files or directories of Istio resources (as for `validate`). Optional with
+    /// --kubernetes; both may be given.
+    #[arg(short, long = "config", required_unless_present = "kubernetes")]
     pub config: Vec<PathBuf>,
+    #[command(flatten)]
+    pub kube: crate::cmd::kube::KubeArgs,
     /// This workload's namespace: it decides what the proxy sees (exportTo) and which Sidecar
     /// and DestinationRules apply. Resources without metadata.namespace are in `default`.
     /// Default: `default`, or with --gateway the Gateway's namespace.
@@ -304,10 +307,11 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         }
         anyhow::Ok((Signals::new()?, hangup.ok()))
     })?;
-    let Some(started) = main.block_on(start(args))? else {
+    let Some(mut started) = main.block_on(start(args))? else {
         return Ok(ExitCode::from(1));
     };
     let telemetry_owner = started.shared.clone();
+    reload::publish_skipped(&started.shared, std::mem::take(&mut started.skipped));
     // Turns true when the drain is over: workers end, and with them what connections are left.
     let (exit, exited) = watch::channel(false);
     let (main_commands, main_queue) = mpsc::unbounded_channel();
@@ -355,6 +359,11 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
             exited,
             started.admin_limits,
         ));
+        let cluster_version = started
+            .cluster
+            .as_ref()
+            .map(|watch| crate::cmd::kube::follow(watch, started.cluster_version, shared.clone(), started.stopped.clone()));
+        let applied = reload::with_cluster(started.fingerprint, cluster_version.as_ref());
         let reloader = reload::Reloader::new(
             reload::Input {
                 paths: args.config.clone(),
@@ -362,18 +371,22 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
                     // Read again on each reload, for the exportTo defaults it sets (the proxy
                     // settings it decides are read once, at startup).
                     let mesh = args.mesh.clone();
+                    let view = started.cluster.as_ref().map(meshentry_kube::Watch::view);
                     Arc::new(move |paths: &[std::path::PathBuf]| {
-                        crate::cmd::validate::load(paths, "default", &mesh, &Default::default()).map_err(Into::into)
+                        let documents = view.as_ref().map(|v| v.borrow().documents.clone());
+                        load(paths, &mesh, documents.as_deref()).map_err(Into::into)
                     })
                 },
                 gateway: args.gateway.clone(),
                 labels: args.labels.0.clone(),
+                cluster: cluster_version,
+                per_object: meshentry_kube::is_cluster_origin,
             },
             shared.clone(),
             commands,
             &bound,
             admin_addr,
-            started.fingerprint,
+            applied,
         );
         let reloads = tokio::spawn(reloader.run(args.reload_debounce, hangup, started.stopped.clone()));
         let name = signals.recv().await;
@@ -438,16 +451,42 @@ struct Started {
     /// The fingerprint of the configuration files loaded, so that a reload of the same bytes
     /// does nothing.
     fingerprint: Option<u64>,
+    /// The cluster followed with --kubernetes, synced once, and the version of its objects
+    /// loaded.
+    cluster: Option<meshentry_kube::Watch>,
+    cluster_version: u64,
+    /// The errors of the cluster's objects left out of the first configuration.
+    skipped: Vec<meshentry_api::Finding>,
+}
+
+/// The files, and the cluster's objects when there is a cluster.
+fn load(
+    paths: &[PathBuf],
+    mesh: &crate::cmd::mesh::MeshArgs,
+    documents: Option<&[meshentry_kube::Document]>,
+) -> anyhow::Result<meshentry_api::Loaded> {
+    crate::cmd::validate::load_from(paths, "default", mesh, |loaded, opts| {
+        if let Some(documents) = documents {
+            meshentry_kube::add_documents(loaded, documents, opts);
+        }
+        Ok(())
+    })
 }
 
 /// Loads the configuration and binds the admin port; `None` when the configuration is invalid
 /// (its errors are printed).
 async fn start(args: &Args) -> anyhow::Result<Option<Started>> {
+    let cluster = match args.kube.kubernetes {
+        true => Some(crate::cmd::kube::first_sync(&args.kube).await?),
+        false => None,
+    };
+    let view = cluster.as_ref().map(|c| c.view().borrow().clone());
     // Taken before loading: a change in between makes the next reload see different bytes.
     let fingerprint = reload::fingerprint(&args.config);
-    let loaded = crate::cmd::validate::load(&args.config, "default", &args.mesh, &Default::default())?;
-    if loaded.has_errors() {
-        for f in loaded.errors() {
+    let loaded = load(&args.config, &args.mesh, view.as_ref().map(|v| &*v.documents))?;
+    let (errors, skipped) = reload::split_errors(&loaded, meshentry_kube::is_cluster_origin);
+    if !errors.is_empty() {
+        for f in &errors {
             eprintln!("{f}");
         }
         eprintln!("meshentry: refusing to start with an invalid configuration");
@@ -584,6 +623,9 @@ async fn start(args: &Args) -> anyhow::Result<Option<Started>> {
         stop,
         stopped,
         fingerprint,
+        cluster_version: view.as_ref().map_or(0, |v| v.version),
+        cluster,
+        skipped,
     }))
 }
 

@@ -12,9 +12,11 @@ pub struct Args {
     pub paths: Vec<PathBuf>,
     #[command(flatten)]
     pub kube: crate::cmd::kube::KubeArgs,
-    /// Namespace of resources that do not set metadata.namespace.
-    #[arg(short, long, default_value = "default")]
-    pub namespace: String,
+    /// Namespace of resources that do not set metadata.namespace (default: `default`). With
+    /// --kubernetes, also the only namespace read from the cluster, as `istioctl analyze -n`
+    /// (default: all namespaces).
+    #[arg(short, long)]
+    pub namespace: Option<String>,
     #[arg(short, long, value_enum, default_value = "text")]
     pub output: Output,
     #[command(flatten)]
@@ -48,7 +50,10 @@ pub enum Output {
 /// Exit 1 when a finding is at or above the failure threshold (by default: anything invalid,
 /// or an `istioctl analyze` error such as IST0101), else 0.
 pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
-    let mut loaded = load(&args.paths, &args.namespace, &args.mesh, &args.kube)?;
+    let namespace = args.namespace.as_deref().unwrap_or("default");
+    let mut loaded = load_from(&args.paths, namespace, &args.mesh, |loaded, opts| {
+        crate::cmd::kube::load_into(&args.kube, loaded, opts, args.namespace.as_deref())
+    })?;
     // Checks across resources, as `istioctl analyze` makes them, on everything Istio reads.
     let analysis = meshentry_registry::analyze::analyze(&loaded);
     loaded.add_findings(analysis);
@@ -86,6 +91,18 @@ pub fn load(
     mesh: &crate::cmd::mesh::MeshArgs,
     kube: &crate::cmd::kube::KubeArgs,
 ) -> anyhow::Result<Loaded> {
+    load_from(paths, namespace, mesh, |loaded, opts| {
+        crate::cmd::kube::load_into(kube, loaded, opts, None)
+    })
+}
+
+/// Loads and validates the files, then what `more` adds (a cluster's objects).
+pub fn load_from(
+    paths: &[PathBuf],
+    namespace: &str,
+    mesh: &crate::cmd::mesh::MeshArgs,
+    more: impl FnOnce(&mut Loaded, &LoadOptions) -> anyhow::Result<()>,
+) -> anyhow::Result<Loaded> {
     let opts = LoadOptions {
         default_namespace: namespace.to_string(),
     };
@@ -93,7 +110,7 @@ pub fn load(
     for path in paths {
         loaded.add_path(path, &opts).context("cannot read configuration")?;
     }
-    crate::cmd::kube::load_into(kube, &mut loaded, &opts).context("cannot read the cluster's configuration")?;
+    more(&mut loaded, &opts).context("cannot read the cluster's configuration")?;
     loaded.finish();
     crate::cmd::mesh::apply(mesh, &mut loaded)?;
     Ok(loaded)
