@@ -11,6 +11,7 @@ use std::process::{Command, Output};
 pub struct KubeApi {
     dir: tempfile::TempDir,
     kubeconfig: PathBuf,
+    port: u16,
 }
 
 fn script() -> PathBuf {
@@ -56,6 +57,7 @@ impl KubeApi {
         let kube = KubeApi {
             kubeconfig: dir.path().join("kubeconfig"),
             dir,
+            port: api,
         };
         assert!(
             out.status.success(),
@@ -77,6 +79,119 @@ impl KubeApi {
             .env("KUBECONFIG", &self.kubeconfig)
             .output()
             .expect("kubectl runs (scripts/test installs it)")
+    }
+
+    /// The API server's port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Runs the script's `action` on this server's directory (and `more` arguments), which
+    /// must succeed; returns its standard output.
+    fn script(&self, action: &str, more: &[&str]) -> String {
+        let out = Command::new(script())
+            .arg(action)
+            .arg(self.dir.path())
+            .args(more)
+            .output()
+            .expect("scripts/k8s-apiserver runs");
+        assert!(
+            out.status.success(),
+            "scripts/k8s-apiserver {action} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Kills the API server and etcd (SIGKILL, as a crash: watches break mid-stream).
+    pub fn kill(&self) {
+        self.script("kill", &[]);
+    }
+
+    /// Starts them again after [`KubeApi::kill`], on the same data, certificates and ports.
+    pub fn restart(&self) {
+        self.script("start", &[]);
+    }
+
+    /// Kills only the API server (etcd keeps running), as a crash.
+    pub fn kill_apiserver(&self) {
+        let pid_file = self.dir.path().join("crd-apiserver.pid");
+        let pid = std::fs::read_to_string(&pid_file).expect("the API server's pid file");
+        let out = Command::new("kill")
+            .args(["-KILL", pid.trim()])
+            .output()
+            .expect("kill runs");
+        assert!(out.status.success(), "kill -KILL {pid}: {out:?}");
+        let _ = std::fs::remove_file(pid_file);
+        // Until the process is gone and its port free for the restart.
+        for _ in 0..200 {
+            if TcpListener::bind((Ipv4Addr::LOCALHOST, self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(25));
+        }
+        panic!("the API server's port {} is still taken after kill", self.port);
+    }
+
+    /// Starts an API server on `port` over this server's etcd (a second one, or this one again
+    /// after [`KubeApi::kill_apiserver`] with `port` = [`KubeApi::port`]).
+    pub fn serve(&self, port: u16) {
+        self.script("serve", &[&port.to_string()]);
+    }
+
+    /// Compacts etcd's history to its current revision; returns that revision. A watch from an
+    /// older resourceVersion then gets 410 Gone.
+    pub fn compact(&self) -> u64 {
+        let out = self.script("compact", &[]);
+        out.trim()
+            .parse()
+            .unwrap_or_else(|e| panic!("compact printed {out:?}: {e}"))
+    }
+
+    /// `kubectl apply -f -` with `yaml`, which must succeed; `server` overrides the kubeconfig's
+    /// (another API server over the same etcd).
+    pub fn apply_yaml(&self, yaml: &str, server: Option<u16>) {
+        use std::io::Write;
+        let mut cmd = Command::new("kubectl");
+        cmd.env("KUBECONFIG", &self.kubeconfig);
+        if let Some(port) = server {
+            cmd.arg(format!("--server=https://127.0.0.1:{port}"));
+        }
+        let mut child = cmd
+            .args(["apply", "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("kubectl runs (scripts/test installs it)");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(yaml.as_bytes())
+            .expect("write to kubectl");
+        let out = child.wait_with_output().expect("kubectl ends");
+        assert!(
+            out.status.success(),
+            "kubectl apply -f - failed: {}\n{yaml}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// `kubectl delete KIND NAME -n NAMESPACE`, which must succeed.
+    pub fn delete(&self, kind: &str, namespace: &str, name: &str, server: Option<u16>) {
+        let server = server.map(|p| format!("--server=https://127.0.0.1:{p}"));
+        let mut args = vec!["delete", kind, name, "-n", namespace];
+        if let Some(s) = &server {
+            args.insert(0, s);
+        }
+        let out = self.kubectl(&args);
+        assert!(
+            out.status.success(),
+            "kubectl delete {kind} {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// `kubectl apply -f PATH`, which must succeed.
