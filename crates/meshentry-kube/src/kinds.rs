@@ -30,6 +30,10 @@ const CORE: [(&str, &str, &str); 4] = [
 pub(crate) struct Kind {
     pub ar: ApiResource,
     pub namespaced: bool,
+    /// Read in this namespace only, whatever the watch's (Secrets: the proxy's own).
+    pub only_namespace: Option<String>,
+    /// Secrets, for `credentialName`: kept as files, never loaded as configuration.
+    pub secret: bool,
 }
 
 /// An object as the loader reads it, with the name findings give it.
@@ -69,13 +73,21 @@ impl DiscoverError {
 /// [`CORE`] kinds the server serves.
 pub(crate) async fn discover(client: &kube::Client) -> Result<Vec<Kind>, DiscoverError> {
     let group = discovery::group(client, GROUP).await.map_err(DiscoverError::NoIstio)?;
-    let mut resources = group.recommended_resources();
+    // Only the kinds meshentry reads: others (EnvoyFilter, ProxyConfig) would need a wider
+    // role for nothing, and a least-privilege role would refuse their lists.
+    let mut resources: Vec<_> = group
+        .recommended_resources()
+        .into_iter()
+        .filter(|(ar, _)| meshentry_api::Kind::ISTIO.iter().any(|k| k.as_str() == ar.kind))
+        .collect();
     resources.sort_by(|a, b| a.0.kind.cmp(&b.0.kind));
     let mut kinds: Vec<Kind> = resources
         .into_iter()
         .map(|(ar, caps)| Kind {
             ar,
             namespaced: caps.scope == Scope::Namespaced,
+            only_namespace: None,
+            secret: false,
         })
         .collect();
     for (group, version, kind) in CORE {
@@ -83,6 +95,8 @@ pub(crate) async fn discover(client: &kube::Client) -> Result<Vec<Kind>, Discove
             Ok((ar, caps)) => kinds.push(Kind {
                 ar,
                 namespaced: caps.scope == Scope::Namespaced,
+                only_namespace: None,
+                secret: false,
             }),
             Err(e) if not_served(&e) => {}
             Err(source) => {
@@ -94,6 +108,23 @@ pub(crate) async fn discover(client: &kube::Client) -> Result<Vec<Kind>, Discove
         }
     }
     Ok(kinds)
+}
+
+/// The Secrets of `namespace`, when the server serves them.
+pub(crate) async fn secrets(client: &kube::Client, namespace: &str) -> Result<Option<Kind>, DiscoverError> {
+    match discovery::pinned_kind(client, &GroupVersionKind::gvk("", "v1", "Secret")).await {
+        Ok((ar, _)) => Ok(Some(Kind {
+            ar,
+            namespaced: true,
+            only_namespace: Some(namespace.to_string()),
+            secret: true,
+        })),
+        Err(e) if not_served(&e) => Ok(None),
+        Err(source) => Err(DiscoverError::Kind {
+            resource: "Secret".into(),
+            source,
+        }),
+    }
 }
 
 /// A discovery answer that says the server does not have the kind (as opposed to one that
@@ -110,7 +141,7 @@ impl Kind {
     /// The kind's objects in `namespace`, or everywhere (always everywhere for a kind that is
     /// not namespaced).
     pub fn api(&self, client: &kube::Client, namespace: Option<&str>) -> Api<DynamicObject> {
-        match (self.namespaced, namespace) {
+        match (self.namespaced, self.only_namespace.as_deref().or(namespace)) {
             (true, Some(ns)) => Api::namespaced_with(client.clone(), ns, &self.ar),
             _ => Api::all_with(client.clone(), &self.ar),
         }
@@ -175,6 +206,8 @@ mod tests {
         let kind = Kind {
             ar: ApiResource::from_gvk(&GroupVersionKind::gvk(GROUP, "v1", "VirtualService")),
             namespaced: true,
+            only_namespace: None,
+            secret: false,
         };
         let doc = kind.document(object).unwrap();
         assert_eq!(&*doc.origin, "kubernetes://default/VirtualService/reviews");

@@ -13,10 +13,11 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use meshentry_api::{LoadOptions, Loaded};
 
 mod kinds;
+mod secrets;
 pub mod watch;
 
 pub use kinds::{Document, GROUP, ORIGIN_SCHEME};
-pub use watch::{Status, View, Watch, WatchOptions};
+pub use watch::{SecretsOptions, Status, View, Watch, WatchOptions};
 
 /// Why the cluster's configuration could not be read.
 #[derive(Debug, thiserror::Error)]

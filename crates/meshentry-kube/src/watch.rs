@@ -35,6 +35,17 @@ pub struct WatchOptions {
     pub max_backoff: Duration,
     /// Objects per list page.
     pub page_size: u32,
+    /// Also read the Secrets of a namespace, kept as files for `credentialName`.
+    pub secrets: Option<SecretsOptions>,
+}
+
+/// Where Secrets are read and kept (see `secrets.rs`).
+#[derive(Clone, Debug)]
+pub struct SecretsOptions {
+    /// The proxy's namespace: Istio reads a `credentialName` there only.
+    pub namespace: String,
+    /// `DIR/NAME/tls.crt`, `tls.key`, `ca.crt`.
+    pub dir: std::path::PathBuf,
 }
 
 impl Default for WatchOptions {
@@ -45,6 +56,7 @@ impl Default for WatchOptions {
             max_delay: Duration::from_secs(1),
             max_backoff: Duration::from_secs(10),
             page_size: 500,
+            secrets: None,
         }
     }
 }
@@ -126,8 +138,9 @@ impl Cluster {
 
 /// What the readers tell the store.
 enum Msg {
-    /// The kinds discovered; kind indexes below refer to this list.
-    Kinds(Vec<String>),
+    /// The kinds discovered (name, and whether it is Secrets); kind indexes below refer to
+    /// this list.
+    Kinds(Vec<(String, bool)>),
     /// A full list of kind `kind`, replacing what the store had.
     Listed {
         kind: usize,
@@ -160,7 +173,22 @@ type Objects = BTreeMap<Key, Document>;
 async fn supervise(client: kube::Client, server: String, opts: WatchOptions, tx: mpsc::UnboundedSender<Msg>) {
     let mut backoff = Backoff::new(opts.max_backoff);
     let kinds = loop {
-        match kinds::discover(&client).await {
+        let found = match kinds::discover(&client).await {
+            Ok(mut k) => match &opts.secrets {
+                Some(s) => kinds::secrets(&client, &s.namespace).await.map(|secrets| {
+                    match secrets {
+                        Some(secrets) => k.push(secrets),
+                        None => {
+                            tracing::warn!(%server, "the API server serves no Secrets: credentialName cannot be read")
+                        }
+                    }
+                    k
+                }),
+                None => Ok(k),
+            },
+            Err(e) => Err(e),
+        };
+        match found {
             Ok(k) => break k,
             Err(e) => {
                 let error = error_line(&e.at(&server));
@@ -179,7 +207,7 @@ async fn supervise(client: kube::Client, server: String, opts: WatchOptions, tx:
             }
         }
     };
-    let names = kinds.iter().map(|k| k.ar.kind.clone()).collect();
+    let names = kinds.iter().map(|k| (k.ar.kind.clone(), k.secret)).collect();
     if tx.send(Msg::Kinds(names)).is_err() || tx.send(Msg::Healthy { kind: None }).is_err() {
         return;
     }
@@ -386,6 +414,7 @@ struct KindState {
     objects: Objects,
     listed: bool,
     failing: bool,
+    secret: bool,
 }
 
 /// Owns what the readers read and publishes it, debounced.
@@ -461,8 +490,14 @@ impl Store {
     fn handle(&mut self, msg: Msg) {
         match msg {
             Msg::Kinds(names) => {
-                self.kinds = names.iter().map(|_| KindState::default()).collect();
-                self.status.kinds = names;
+                self.kinds = names
+                    .iter()
+                    .map(|(_, secret)| KindState {
+                        secret: *secret,
+                        ..KindState::default()
+                    })
+                    .collect();
+                self.status.kinds = names.into_iter().map(|(n, _)| n).collect();
             }
             Msg::Listed { kind, objects } => {
                 let Some(k) = self.kinds.get_mut(kind) else { return };
@@ -550,7 +585,22 @@ impl Store {
             return;
         }
         self.version += 1;
-        let documents: Arc<[Document]> = self.kinds.iter().flat_map(|k| k.objects.values().cloned()).collect();
+        // Secrets first: the configuration that names them is built once their files exist.
+        if let Some(s) = &self.opts.secrets {
+            let secrets: Vec<&Document> = self
+                .kinds
+                .iter()
+                .filter(|k| k.secret)
+                .flat_map(|k| k.objects.values())
+                .collect();
+            crate::secrets::write_all(&s.dir, &secrets);
+        }
+        let documents: Arc<[Document]> = self
+            .kinds
+            .iter()
+            .filter(|k| !k.secret)
+            .flat_map(|k| k.objects.values().cloned())
+            .collect();
         let view = View {
             version: self.version,
             synced: true,

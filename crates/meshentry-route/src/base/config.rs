@@ -84,6 +84,43 @@ pub struct ProxyConfig {
     pub gateway_bind: IpAddr,
     /// The limits that protect the host (`--max-connections`, header limits, idle timeouts).
     pub limits: Limits,
+    /// `--kubernetes-secrets`: where the proxy's namespace's Kubernetes Secrets are kept as
+    /// files (`DIR/NAME/tls.crt`, `tls.key`, `ca.crt`), for `credentialName`; `None`: it
+    /// reads no secrets.
+    pub credentials: Option<std::path::PathBuf>,
+}
+
+/// The files of the Kubernetes secret `name` in a credentials directory, by Istio's key names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CredentialFiles {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+    pub ca: std::path::PathBuf,
+}
+
+impl CredentialFiles {
+    /// `None` when `name` is not a Secret's name (a DNS-1123 subdomain), after Istio's optional
+    /// `kubernetes://` prefix: nothing else may become a path.
+    pub fn of(dir: &std::path::Path, name: &str) -> Option<CredentialFiles> {
+        let name = name.strip_prefix("kubernetes://").unwrap_or(name);
+        let valid = !name.is_empty()
+            && name.len() <= 253
+            && name
+                .split('.')
+                .all(|l| !l.is_empty() && !l.starts_with('-') && !l.ends_with('-'))
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+        if !valid {
+            return None;
+        }
+        let d = dir.join(name);
+        Some(CredentialFiles {
+            cert: d.join("tls.crt"),
+            key: d.join("tls.key"),
+            ca: d.join("ca.crt"),
+        })
+    }
 }
 
 /// Bounds on what downstream clients may hold or send; each hit is counted in
@@ -163,6 +200,7 @@ impl Default for ProxyConfig {
             gateway: None,
             gateway_bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
             limits: Limits::default(),
+            credentials: None,
         }
     }
 }

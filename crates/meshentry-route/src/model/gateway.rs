@@ -16,8 +16,9 @@
 //! one merged route table would let a client choose its way past a MUTUAL server's client
 //! certificate check.
 //!
-//! A gateway proxy has no Kubernetes secrets: `credentialName` is refused, and SIMPLE/MUTUAL
-//! servers name their files in `serverCertificate`, `privateKey` and `caCertificates`. Those
+//! SIMPLE/MUTUAL servers name their files in `serverCertificate`, `privateKey` and
+//! `caCertificates`, or a Kubernetes secret in `credentialName` when the proxy keeps its
+//! namespace's secrets as files (`--kubernetes-secrets`; refused otherwise). Those
 //! files (or the mesh identity's, for ISTIO_MUTUAL) are checked for changes every
 //! `--cert-check-interval` and a changed set replaces the server's TLS configuration whole
 //! (the proxy's `live::server_tls`), as Envoy's SDS rotates a gateway's certificates. This
@@ -33,7 +34,7 @@ use meshentry_api::{Resource, Spec};
 use meshentry_registry::hash::FxHashMap;
 
 use crate::base::addr::ListenAddr;
-use crate::base::config::ProxyConfig;
+use crate::base::config::{CredentialFiles, ProxyConfig};
 use crate::model::vs::{CompileInput, GatewayRoutes, RouteTables, ServerHost};
 use meshentry_registry::host::covers;
 
@@ -492,9 +493,11 @@ pub enum ServerFilesError {
     )]
     NoIdentity,
     #[error(
-        "credentialName {names:?} names a Kubernetes secret, which meshentry cannot read; give the files in serverCertificate and privateKey{and_ca}"
+        "credentialName {names:?} names a Kubernetes secret, which this proxy does not read: run it with --kubernetes --kubernetes-secrets, or give the files in serverCertificate and privateKey{and_ca}"
     )]
     CredentialName { names: String, and_ca: &'static str },
+    #[error("credentialName {0:?} is not a Kubernetes Secret name")]
+    BadCredentialName(String),
     #[error("serverCertificate and privateKey (file paths) are required")]
     NoFiles,
     #[error("MUTUAL needs caCertificates (the CA client certificates must chain to)")]
@@ -510,18 +513,40 @@ pub fn server_files(tls: &ServerTlsSettings, config: &ProxyConfig) -> Result<Ser
             (id.cert.clone(), id.key.clone(), Some(id.ca.clone()), true)
         }
         mode => {
-            if !tls.credential_name.is_empty() || !tls.credential_names.is_empty() {
-                return Err(ServerFilesError::CredentialName {
-                    names: if tls.credential_name.is_empty() {
-                        tls.credential_names.join(",")
-                    } else {
-                        tls.credential_name.clone()
-                    },
-                    and_ca: if mode == ServerTlsMode::Simple {
-                        ""
-                    } else {
-                        " (and caCertificates)"
-                    },
+            // Istio's credentialNames holds at most one RSA and one ECDSA certificate; a
+            // proxy serves the first.
+            let name = match tls.credential_names.first() {
+                Some(first) if tls.credential_name.is_empty() => first.as_str(),
+                _ => tls.credential_name.as_str(),
+            };
+            if !name.is_empty() {
+                let Some(dir) = &config.credentials else {
+                    return Err(ServerFilesError::CredentialName {
+                        names: if tls.credential_name.is_empty() {
+                            tls.credential_names.join(",")
+                        } else {
+                            tls.credential_name.clone()
+                        },
+                        and_ca: if mode == ServerTlsMode::Simple {
+                            ""
+                        } else {
+                            " (and caCertificates)"
+                        },
+                    });
+                };
+                let files = CredentialFiles::of(dir, name)
+                    .ok_or_else(|| ServerFilesError::BadCredentialName(name.to_string()))?;
+                // MUTUAL's client CA: the secret's ca.crt (or its NAME-cacert secret's).
+                let (ca, require) = match mode {
+                    ServerTlsMode::Mutual => (Some(files.ca), true),
+                    ServerTlsMode::OptionalMutual => (Some(files.ca), false),
+                    _ => (None, false),
+                };
+                return Ok(ServerFiles {
+                    cert: files.cert,
+                    key: files.key,
+                    client_ca: ca,
+                    require,
                 });
             }
             if tls.server_certificate.is_empty() || tls.private_key.is_empty() {
@@ -789,6 +814,49 @@ mod tests {
     }
 
     #[test]
+    fn credential_names_are_the_secrets_files_when_the_proxy_keeps_secrets() {
+        let tls = |yaml: &str| -> ServerTlsSettings { serde_json::from_str(yaml).unwrap() };
+        let config = ProxyConfig {
+            credentials: Some("/run/secrets".into()),
+            ..ProxyConfig::default()
+        };
+        let files = server_files(&tls(r#"{"mode": "SIMPLE", "credentialName": "gw-cert"}"#), &config).unwrap();
+        assert_eq!(files.cert, std::path::Path::new("/run/secrets/gw-cert/tls.crt"));
+        assert_eq!(files.key, std::path::Path::new("/run/secrets/gw-cert/tls.key"));
+        assert_eq!(files.client_ca, None);
+        assert!(!files.require);
+        let files = server_files(
+            &tls(r#"{"mode": "MUTUAL", "credentialNames": ["rsa", "ecdsa"]}"#),
+            &config,
+        )
+        .unwrap();
+        assert_eq!(files.cert, std::path::Path::new("/run/secrets/rsa/tls.crt"));
+        assert_eq!(
+            files.client_ca.as_deref(),
+            Some(std::path::Path::new("/run/secrets/rsa/ca.crt"))
+        );
+        assert!(files.require);
+        let files = server_files(
+            &tls(r#"{"mode": "SIMPLE", "credentialName": "kubernetes://gw-cert"}"#),
+            &config,
+        )
+        .unwrap();
+        assert_eq!(files.cert, std::path::Path::new("/run/secrets/gw-cert/tls.crt"));
+        // Nothing but a Secret's name may become a path.
+        for bad in ["../etc", "a/b", "/abs", "UPPER", "", "a..b", "-a"] {
+            let yaml = format!(
+                r#"{{"mode": "SIMPLE", "credentialName": "{bad}", "serverCertificate": "/c", "privateKey": "/k"}}"#
+            );
+            match server_files(&tls(&yaml), &config) {
+                Err(ServerFilesError::BadCredentialName(n)) => assert_eq!(n, bad),
+                // An empty name is no credentialName at all: the files are used.
+                Ok(f) if bad.is_empty() => assert_eq!(f.cert, std::path::Path::new("/c")),
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn terminating_servers_need_files_or_an_identity() {
         let tls = |yaml: &str| -> ServerTlsSettings { serde_json::from_str(yaml).unwrap() };
         let config = ProxyConfig::default();
@@ -796,7 +864,9 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("credentialName \"c\"") && err.contains("serverCertificate"),
+            err.contains("credentialName \"c\"")
+                && err.contains("--kubernetes-secrets")
+                && err.contains("serverCertificate"),
             "{err}"
         );
         let err = server_files(&tls(r#"{"mode": "SIMPLE"}"#), &config)

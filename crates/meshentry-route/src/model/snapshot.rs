@@ -19,7 +19,7 @@ use meshentry_registry::hash::FxHashMap;
 use meshentry_registry::scope::Selected;
 use meshentry_registry::{Protocol, Registry, Service, SidecarScope, View, select_sidecar};
 
-use crate::base::config::{OutboundPolicy, ProxyConfig};
+use crate::base::config::{CredentialFiles, OutboundPolicy, ProxyConfig};
 use crate::model::cluster::{Cluster, ClusterSpec};
 use crate::model::gateway::Gateway;
 use crate::model::key::ServiceKey;
@@ -536,24 +536,48 @@ pub fn tls_recipe(
     let insecure_skip_verify = settings.insecure_skip_verify == Some(true);
     let recipe = match mode {
         Mode::Simple | Mode::Mutual => {
-            if !settings.credential_name.is_empty() {
-                return Err(RecipeError::CredentialName {
-                    who: who.to_string(),
-                    name: settings.credential_name.clone(),
-                });
-            }
-            let client_cert = match (path(&settings.client_certificate), path(&settings.private_key)) {
-                (Some(c), Some(k)) => Some((c, k)),
-                (None, None) if mode == Mode::Simple => None,
+            // Istio: the secret (in the proxy's namespace) holds the client certificate and
+            // key for MUTUAL, and the CA the server must chain to (its own ca.crt, or the
+            // NAME-cacert secret's, merged into ca.crt when the secrets are written).
+            let credential = match (settings.credential_name.as_str(), &config.credentials) {
+                ("", _) => None,
+                (name, None) => {
+                    return Err(RecipeError::CredentialName {
+                        who: who.to_string(),
+                        name: name.to_string(),
+                    });
+                }
+                (name, Some(dir)) => {
+                    Some(
+                        CredentialFiles::of(dir, name).ok_or_else(|| RecipeError::BadCredentialName {
+                            who: who.to_string(),
+                            name: name.to_string(),
+                        })?,
+                    )
+                }
+            };
+            let client_cert = match (
+                &credential,
+                path(&settings.client_certificate),
+                path(&settings.private_key),
+            ) {
+                (Some(c), _, _) if mode == Mode::Mutual => Some((c.cert.clone(), c.key.clone())),
+                (Some(_), _, _) => None,
+                (None, Some(c), Some(k)) => Some((c, k)),
+                (None, None, None) if mode == Mode::Simple => None,
                 _ => {
                     return Err(RecipeError::HalfClientCertificate { who: who.to_string() });
                 }
+            };
+            let ca = match &credential {
+                Some(c) => Some(c.ca.clone()),
+                None => path(&settings.ca_certificates),
             };
             Recipe {
                 source: who.to_string(),
                 mode,
                 client_cert,
-                ca: path(&settings.ca_certificates),
+                ca,
                 subject_alt_names: sans,
                 insecure_skip_verify,
                 sni,
@@ -816,9 +840,44 @@ mod tests {
         let snap = build(&(se() + &dr), &ProxyConfig::default());
         let err = tls_of(&snap, "outbound|80||db.example.com").unwrap_err();
         assert!(
-            err.contains("credentialName \"db-secret\"") && err.contains("outside Kubernetes"),
+            err.contains("credentialName \"db-secret\"") && err.contains("--kubernetes-secrets"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn credential_name_reads_the_secrets_files_when_the_proxy_keeps_secrets() {
+        let config = ProxyConfig {
+            credentials: Some("/run/s".into()),
+            ..ProxyConfig::default()
+        };
+        let p = std::path::Path::new;
+        let snap = build(
+            &(se() + &db_rule("tls: {mode: SIMPLE, credentialName: db-secret}")),
+            &config,
+        );
+        let r = tls_of(&snap, "outbound|80||db.example.com").unwrap().unwrap();
+        assert_eq!(r.client_cert, None, "SIMPLE sends no client certificate");
+        assert_eq!(r.ca.as_deref(), Some(p("/run/s/db-secret/ca.crt")));
+        let snap = build(
+            &(se() + &db_rule("tls: {mode: MUTUAL, credentialName: db-secret}")),
+            &config,
+        );
+        let r = tls_of(&snap, "outbound|80||db.example.com").unwrap().unwrap();
+        assert_eq!(
+            r.client_cert,
+            Some((
+                p("/run/s/db-secret/tls.crt").into(),
+                p("/run/s/db-secret/tls.key").into()
+            ))
+        );
+        assert_eq!(r.ca.as_deref(), Some(p("/run/s/db-secret/ca.crt")));
+        let snap = build(
+            &(se() + &db_rule("tls: {mode: MUTUAL, credentialName: ../../etc}")),
+            &config,
+        );
+        let err = tls_of(&snap, "outbound|80||db.example.com").unwrap_err();
+        assert!(err.contains("not a Kubernetes Secret name"), "{err}");
     }
 
     /// ServiceEntries in two namespaces, a namespace-wide Sidecar in `default` importing its

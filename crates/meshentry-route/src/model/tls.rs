@@ -64,9 +64,11 @@ pub struct Recipe {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RecipeError {
     #[error(
-        "{who}: credentialName {name:?} names a Kubernetes secret, which meshentry cannot read outside Kubernetes; give clientCertificate, privateKey and caCertificates as files"
+        "{who}: credentialName {name:?} names a Kubernetes secret, which this proxy does not read: run it with --kubernetes --kubernetes-secrets, or give clientCertificate, privateKey and caCertificates as files"
     )]
     CredentialName { who: String, name: String },
+    #[error("{who}: credentialName {name:?} is not a Kubernetes Secret name")]
+    BadCredentialName { who: String, name: String },
     #[error("{who}: MUTUAL needs both clientCertificate and privateKey")]
     HalfClientCertificate { who: String },
     #[error(

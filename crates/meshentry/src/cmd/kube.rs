@@ -11,9 +11,10 @@ use tokio::sync::watch;
 
 #[derive(clap::Args, Clone, Debug, Default)]
 pub struct KubeArgs {
-    /// Also read Istio's networking objects (networking.istio.io, every kind, in the version
-    /// the server prefers) from a Kubernetes API server, in all namespaces, as `istioctl
-    /// analyze` reads a cluster. Combines with files.
+    /// Also read Istio's networking objects (the networking.istio.io kinds meshentry reads, in
+    /// the version the server prefers) and Namespaces, Pods, Services and EndpointSlices from a
+    /// Kubernetes API server, in all namespaces, as `istioctl analyze` reads a cluster; `proxy`
+    /// follows it live. Combines with files.
     #[arg(long)]
     pub kubernetes: bool,
     /// The kubeconfig for --kubernetes (its current context). Default: KUBECONFIG, then
@@ -44,10 +45,11 @@ pub fn load_into(
 
 /// Connects and follows the cluster, and waits for its first full sync (however long the API
 /// server takes to answer: a proxy without its configuration has nothing to serve).
-pub async fn first_sync(args: &KubeArgs) -> anyhow::Result<Watch> {
+pub async fn first_sync(args: &KubeArgs, opts: WatchOptions) -> anyhow::Result<Watch> {
     let cluster = meshentry_kube::Cluster::connect(args.kubeconfig.as_deref()).await?;
-    tracing::info!(server = cluster.server(), "following the cluster's configuration");
-    let watch = cluster.watch(WatchOptions::default());
+    tracing::info!(server = cluster.server(), secrets = ?opts.secrets.as_ref().map(|s| &s.namespace),
+        "following the cluster's configuration");
+    let watch = cluster.watch(opts);
     let mut view = watch.view();
     let started = std::time::Instant::now();
     loop {
@@ -115,4 +117,48 @@ fn state(view: &View) -> SourceState {
         objects: view.documents.len(),
         version: view.version,
     }
+}
+
+/// The directory --kubernetes-secrets writes to; one the proxy made is removed when dropped.
+pub struct SecretsDir {
+    path: PathBuf,
+    made: bool,
+}
+
+impl SecretsDir {
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+}
+
+impl Drop for SecretsDir {
+    fn drop(&mut self) {
+        if self.made {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// `--secrets-dir`, made private to this user, or a new one in /dev/shm (memory: keys never
+/// reach a disk), else the temporary directory.
+pub fn secrets_dir(given: Option<&std::path::Path>) -> anyhow::Result<SecretsDir> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let (path, made) = match given {
+        Some(p) => (p.to_path_buf(), false),
+        None => {
+            let base = match std::path::Path::new("/dev/shm") {
+                shm if shm.is_dir() => shm.to_path_buf(),
+                _ => std::env::temp_dir(),
+            };
+            (base.join(format!("meshentry-secrets-{}", std::process::id())), true)
+        }
+    };
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .recursive(true)
+        .create(&path)
+        .map_err(|e| anyhow::anyhow!("cannot make the secrets directory {}: {e}", path.display()))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| anyhow::anyhow!("cannot make {} private: {e}", path.display()))?;
+    Ok(SecretsDir { path, made })
 }

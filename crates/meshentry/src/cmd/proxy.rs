@@ -28,6 +28,16 @@ pub struct Args {
     pub config: Vec<PathBuf>,
     #[command(flatten)]
     pub kube: crate::cmd::kube::KubeArgs,
+    /// With --kubernetes: also read the Secrets of this proxy's namespace, for
+    /// `credentialName` (DestinationRule TLS origination, Gateway TLS servers), and follow their
+    /// rotation. Off by default: the proxy's role then needs no access to Secrets.
+    #[arg(long, requires = "kubernetes")]
+    pub kubernetes_secrets: bool,
+    /// Where --kubernetes-secrets keeps them, as files readable by this user only
+    /// (NAME/tls.crt, tls.key, ca.crt). Default: a new directory in /dev/shm (memory), else
+    /// the temporary directory, removed at exit.
+    #[arg(long, value_name = "DIR", requires = "kubernetes_secrets")]
+    pub secrets_dir: Option<PathBuf>,
     /// This workload's namespace: it decides what the proxy sees (exportTo) and which Sidecar
     /// and DestinationRules apply. Resources without metadata.namespace are in `default`.
     /// Default: `default`, or with --gateway the Gateway's namespace.
@@ -457,6 +467,8 @@ struct Started {
     cluster_version: u64,
     /// The errors of the cluster's objects left out of the first configuration.
     skipped: Vec<meshentry_api::Finding>,
+    /// Where --kubernetes-secrets keeps them; removed when dropped, at exit.
+    _secrets: Option<crate::cmd::kube::SecretsDir>,
 }
 
 /// The files, and the cluster's objects when there is a cluster.
@@ -476,8 +488,26 @@ fn load(
 /// Loads the configuration and binds the admin port; `None` when the configuration is invalid
 /// (its errors are printed).
 async fn start(args: &Args) -> anyhow::Result<Option<Started>> {
+    let namespace = match (&args.namespace, &args.gateway) {
+        (Some(ns), _) => ns.clone(),
+        (None, Some(gw)) => gw.split_once('/').map_or("default", |(ns, _)| ns).to_string(),
+        (None, None) => "default".to_string(),
+    };
+    let secrets = match args.kubernetes_secrets {
+        true => Some(crate::cmd::kube::secrets_dir(args.secrets_dir.as_deref())?),
+        false => None,
+    };
     let cluster = match args.kube.kubernetes {
-        true => Some(crate::cmd::kube::first_sync(&args.kube).await?),
+        true => {
+            let opts = meshentry_kube::WatchOptions {
+                secrets: secrets.as_ref().map(|dir| meshentry_kube::SecretsOptions {
+                    namespace: namespace.clone(),
+                    dir: dir.path().to_path_buf(),
+                }),
+                ..meshentry_kube::WatchOptions::default()
+            };
+            Some(crate::cmd::kube::first_sync(&args.kube, opts).await?)
+        }
         false => None,
     };
     let view = cluster.as_ref().map(|c| c.view().borrow().clone());
@@ -502,11 +532,6 @@ async fn start(args: &Args) -> anyhow::Result<Option<Started>> {
         eprintln!("meshentry: --gateway {name}: {e}");
         return Ok(None);
     }
-    let namespace = match (&args.namespace, &args.gateway) {
-        (Some(ns), _) => ns.clone(),
-        (None, Some(gw)) => gw.split_once('/').map_or("default", |(ns, _)| ns).to_string(),
-        (None, None) => "default".to_string(),
-    };
     let (data_limits, admin_limits) = limits(args);
     let mut config = ProxyConfig {
         namespace,
@@ -528,6 +553,7 @@ async fn start(args: &Args) -> anyhow::Result<Option<Started>> {
             _ => None,
         },
         gateway_bind: args.gateway_bind,
+        credentials: secrets.as_ref().map(|d| d.path().to_path_buf()),
         ..ProxyConfig::default()
     };
     crate::cmd::mesh::proxy_config(&loaded.mesh, &mut config);
@@ -626,6 +652,7 @@ async fn start(args: &Args) -> anyhow::Result<Option<Started>> {
         cluster_version: view.as_ref().map_or(0, |v| v.version),
         cluster,
         skipped,
+        _secrets: secrets,
     }))
 }
 
