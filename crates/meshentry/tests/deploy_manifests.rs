@@ -1026,3 +1026,63 @@ fn kubectl_apply_dry_run_client_maps_and_would_create_every_object() {
         assert_eq!(printed.len(), objects.len(), "{how} {path}:\n{stdout}");
     }
 }
+
+// === docs/kubernetes.md ===
+
+/// The ```yaml blocks of docs/kubernetes.md.
+fn doc_yaml_blocks() -> Vec<String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/kubernetes.md");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut blocks = Vec::new();
+    let mut current: Option<String> = None;
+    for line in text.lines() {
+        match (&mut current, line.trim_start()) {
+            (None, "```yaml") => current = Some(String::new()),
+            (Some(block), "```") => {
+                blocks.push(std::mem::take(block));
+                current = None;
+            }
+            (Some(block), _) => {
+                block.push_str(line);
+                block.push('\n');
+            }
+            (None, _) => {}
+        }
+    }
+    blocks
+}
+
+/// What the walk-through shows is what deploy/ holds and what meshentry accepts: the rules it
+/// quotes are the ClusterRole's, and the Istio object it asks you to apply is valid.
+#[test]
+fn the_walk_through_quotes_the_role_and_a_valid_object() {
+    let blocks = doc_yaml_blocks();
+    let rules_block = blocks
+        .iter()
+        .find(|b| b.starts_with("- apiGroups"))
+        .expect("docs/kubernetes.md quotes the ClusterRole's rules");
+    let rules: Vec<PolicyRule> = parse("docs/kubernetes.md", rules_block)[0].typed();
+    let docs = documents();
+    let role: ClusterRole = role_named(&docs, "meshentry").typed();
+    assert_eq!(
+        grants("docs/kubernetes.md", &rules),
+        grants("rbac.yaml", role.rules.as_deref().unwrap_or_default())
+    );
+    let istio: Vec<&String> = blocks
+        .iter()
+        .filter(|b| b.starts_with("apiVersion: networking.istio.io/"))
+        .collect();
+    assert!(!istio.is_empty());
+    for block in istio {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("object.yaml");
+        std::fs::write(&file, block).unwrap();
+        let out = run(&["validate".to_string(), file.to_string_lossy().into_owned()]);
+        assert!(
+            out.status.success(),
+            "{block}{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
