@@ -533,9 +533,18 @@ struct Meshentry {
 }
 
 impl Meshentry {
-    /// The value of `--flag` (the last, as clap takes it).
-    fn flag(&self, flag: &str) -> Option<&str> {
-        self.args.windows(2).rev().find(|w| w[0] == flag).map(|w| w[1].as_str())
+    /// The value of `--flag` (the last, as clap takes it), written `--flag VALUE` or
+    /// `--flag=VALUE`; a test asking for one that is absent fails naming it.
+    fn flag(&self, flag: &str) -> &str {
+        let mut value = None;
+        for (i, arg) in self.args.iter().enumerate() {
+            if arg == flag {
+                value = self.args.get(i + 1).map(String::as_str);
+            } else if let Some(v) = arg.strip_prefix(flag).and_then(|rest| rest.strip_prefix('=')) {
+                value = Some(v);
+            }
+        }
+        value.unwrap_or_else(|| panic!("{}: no {flag} in {:?}", self.place, self.args))
     }
 
     fn security(&self) -> SecurityContext {
@@ -560,6 +569,7 @@ fn meshentry_containers() -> Vec<Meshentry> {
     let mut out = Vec::new();
     for doc in documents().iter().filter(|d| d.kind() == "Deployment") {
         let deployment: Deployment = doc.typed();
+        // The base's objects get their namespace from kustomization.yaml.
         let namespace = deployment.metadata.namespace.as_deref().unwrap_or("istio-system");
         let spec = deployment.spec.unwrap();
         let labels = spec.template.metadata.unwrap_or_default().labels.unwrap_or_default();
@@ -667,7 +677,7 @@ fn the_containers_are_least_privilege_and_consistent_with_their_flags() {
             assert_eq!(m.run_as_non_root(), Some(true), "{}", m.place);
             assert_eq!(m.uid(), Some(PROXY_UID), "{}", m.place);
             // The probes ask the admin server where --admin puts it; readiness is /ready.
-            let admin: SocketAddr = m.flag("--admin").unwrap().parse().unwrap();
+            let admin: SocketAddr = m.flag("--admin").parse().unwrap();
             assert!(
                 admin.ip().is_unspecified(),
                 "{}: the kubelet probes the pod's address",
@@ -691,7 +701,7 @@ fn the_containers_are_least_privilege_and_consistent_with_their_flags() {
             assert!(c.liveness_probe.is_some(), "{}", m.place);
             // --labels are the pod's own: a Gateway's selector and workload selectors match the
             // pod's labels in Istio, and --labels in meshentry.
-            let labels = m.flag("--labels").unwrap();
+            let labels = m.flag("--labels");
             for pair in labels.split(',') {
                 let (k, v) = pair.split_once('=').unwrap();
                 assert_eq!(
@@ -708,7 +718,7 @@ fn the_containers_are_least_privilege_and_consistent_with_their_flags() {
             added.sort();
             assert_eq!(added, ["NET_ADMIN", "NET_RAW"], "{}", m.place);
             assert_eq!(m.uid(), Some(0), "{}", m.place);
-            let exempt: i64 = m.flag("--proxy-uid").unwrap().parse().unwrap();
+            let exempt: i64 = m.flag("--proxy-uid").parse().unwrap();
             let pod_proxies: Vec<&&Meshentry> = proxies.iter().filter(|p| p.pod == m.pod).collect();
             assert_eq!(pod_proxies.len(), 1, "{}: one proxy in its pod", m.place);
             assert_eq!(Some(exempt), pod_proxies[0].uid(), "{}", m.place);
