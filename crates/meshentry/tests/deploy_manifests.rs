@@ -699,6 +699,10 @@ fn the_containers_are_least_privilege_and_consistent_with_their_flags() {
                 );
             }
             assert!(c.liveness_probe.is_some(), "{}", m.place);
+            // The admin port opens only after the first full sync: without a startup probe
+            // holding liveness back, a slow first sync would be a restart loop.
+            let startup = c.startup_probe.as_ref().and_then(|p| p.http_get.as_ref());
+            assert_eq!(startup.and_then(|g| g.path.as_deref()), Some("/ready"), "{}", m.place);
             // --labels are the pod's own: a Gateway's selector and workload selectors match the
             // pod's labels in Istio, and --labels in meshentry.
             let labels = m.flag("--labels");
