@@ -137,12 +137,14 @@ class Proxy:
              "--http-proxy", f"127.0.0.1:{self.http}", "--outbound", "off",
              "--admin", f"127.0.0.1:{self.admin}", "--outbound-policy", "REGISTRY_ONLY",
              "--log-level", "warn"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            # A file, not a pipe nobody reads: a full pipe would stall the proxy's logging.
+            stdout=subprocess.DEVNULL, stderr=open(os.path.join(api.dir, "proxy.log"), "ab"))
+        self.log = os.path.join(api.dir, "proxy.log")
 
     def wait_ready(self, timeout=120):
         while time.monotonic() - self.started < timeout:
             if self.p.poll() is not None:
-                raise SystemExit(f"proxy exited: {self.p.stderr.read().decode()[-2000:]}")
+                raise SystemExit(f"proxy exited: {open(self.log).read()[-2000:]}")
             try:
                 c = http.client.HTTPConnection("127.0.0.1", self.admin, timeout=1)
                 c.request("GET", "/ready")
@@ -254,14 +256,16 @@ def stream(bin_, rate, seconds, background):
         def probe(name, t_applied):
             host = f"{name}.bench.internal"
             deadline = t_applied + 10
+            last = None
             while time.monotonic() < deadline:
-                if proxy.get_status(host) == 200:
+                last = proxy.get_status(host)
+                if last == 200:
                     with lock:
                         latencies.append(time.monotonic() - t_applied)
                     return
                 time.sleep(0.002)
             with lock:
-                missed.append(name)
+                missed.append((name, last))
 
         interval = 1.0 / rate
         n = int(rate * seconds)
@@ -300,6 +304,7 @@ def stream(bin_, rate, seconds, background):
             "background_objects": background,
             "served": len(lat),
             "missed": len(missed),
+            "missed_first": missed[:3],
             "p50_ms": pct(50),
             "p90_ms": pct(90),
             "p99_ms": pct(99),

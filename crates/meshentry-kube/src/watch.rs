@@ -11,6 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use futures::StreamExt;
@@ -30,6 +31,11 @@ pub struct WatchOptions {
     /// PILOT_DEBOUNCE_AFTER, 100 ms)...
     pub quiet: Duration,
     /// ...or at most this long after the first unpublished change (PILOT_DEBOUNCE_MAX, 1 s).
+    /// Under a steady stream of changes the cluster is never quiet, and istiod then pushes
+    /// only every PILOT_DEBOUNCE_MAX; here the wait is also cut to four times what the last
+    /// rebuild took ([`Watch::rebuilt`]), but never below `quiet`: a cheap configuration
+    /// follows a stream within about `quiet`, an expensive one is rebuilt at most a fifth of
+    /// the time, and neither waits longer than `max_delay`.
     pub max_delay: Duration,
     /// The longest wait between attempts to reach a failing API server.
     pub max_backoff: Duration,
@@ -102,12 +108,21 @@ pub struct Status {
 #[derive(Clone)]
 pub struct Watch {
     view: watch::Receiver<View>,
+    /// What the last rebuild took, in microseconds.
+    cost: Arc<AtomicU64>,
 }
 
 impl Watch {
     /// The latest view, and a way to wait for the next.
     pub fn view(&self) -> watch::Receiver<View> {
         self.view.clone()
+    }
+
+    /// Says what building the configuration from the last view took, which bounds how long
+    /// changes wait under a steady stream (see [`WatchOptions::max_delay`]).
+    pub fn rebuilt(&self, took: Duration) {
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        self.cost.store(micros, Ordering::Relaxed);
     }
 
     /// Waits until the first full sync (every kind listed); returns that view.
@@ -130,9 +145,10 @@ impl Cluster {
             ..View::default()
         });
         let (tx, rx) = mpsc::unbounded_channel();
+        let cost = Arc::new(AtomicU64::new(0));
         tokio::spawn(supervise(self.client.clone(), self.server.clone(), opts.clone(), tx));
-        tokio::spawn(Store::new(opts, view_tx).run(rx));
-        Watch { view }
+        tokio::spawn(Store::new(opts, view_tx, cost.clone()).run(rx));
+        Watch { view, cost }
     }
 }
 
@@ -420,6 +436,8 @@ struct KindState {
 /// Owns what the readers read and publishes it, debounced.
 struct Store {
     opts: WatchOptions,
+    /// [`Watch::rebuilt`]'s last report, in microseconds.
+    cost: Arc<AtomicU64>,
     tx: watch::Sender<View>,
     kinds: Vec<KindState>,
     /// Discovery has not succeeded yet.
@@ -432,10 +450,11 @@ struct Store {
 }
 
 impl Store {
-    fn new(opts: WatchOptions, tx: watch::Sender<View>) -> Self {
+    fn new(opts: WatchOptions, tx: watch::Sender<View>, cost: Arc<AtomicU64>) -> Self {
         let status = tx.borrow().status.clone();
         Self {
             opts,
+            cost,
             tx,
             kinds: Vec::new(),
             discovering: true,
@@ -450,7 +469,7 @@ impl Store {
         loop {
             let deadline = self
                 .pending
-                .map(|(first, last)| (last + self.opts.quiet).min(first + self.opts.max_delay));
+                .map(|(first, last)| (last + self.opts.quiet).min(first + self.longest_wait()));
             let msg = tokio::select! {
                 m = rx.recv() => match m {
                     Some(m) => m,
@@ -476,6 +495,11 @@ impl Store {
                 self.publish();
             }
         }
+    }
+
+    /// How long the first unpublished change may wait under a stream of changes.
+    fn longest_wait(&self) -> Duration {
+        longest_wait(&self.opts, Duration::from_micros(self.cost.load(Ordering::Relaxed)))
     }
 
     fn count(&self) -> usize {
@@ -611,6 +635,10 @@ impl Store {
     }
 }
 
+fn longest_wait(opts: &WatchOptions, rebuild: Duration) -> Duration {
+    (rebuild * 4).clamp(opts.quiet, opts.max_delay.max(opts.quiet))
+}
+
 async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
@@ -621,6 +649,17 @@ async fn sleep_until(deadline: Option<Instant>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stream_waits_longer_only_when_rebuilds_cost_more() {
+        let opts = WatchOptions::default();
+        let ms = Duration::from_millis;
+        assert_eq!(longest_wait(&opts, Duration::ZERO), ms(100));
+        assert_eq!(longest_wait(&opts, ms(5)), ms(100));
+        assert_eq!(longest_wait(&opts, ms(50)), ms(200));
+        assert_eq!(longest_wait(&opts, ms(400)), ms(1000));
+        assert_eq!(longest_wait(&opts, Duration::from_secs(30)), ms(1000));
+    }
 
     #[test]
     fn backoff_doubles_to_its_maximum_and_starts_over() {

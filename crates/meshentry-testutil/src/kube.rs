@@ -81,6 +81,11 @@ impl KubeApi {
             .expect("kubectl runs (scripts/test installs it)")
     }
 
+    /// Its directory: `pki/` (CA, server and admin client certificates), logs, etcd's data.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
     /// The API server's port on 127.0.0.1.
     pub fn port(&self) -> u16 {
         self.port

@@ -620,7 +620,7 @@ async fn mutual_tls_presents_the_rules_client_certificate() {
         .wait_log(&[
             "outbound|80||credential.example.com",
             "credentialName",
-            "outside Kubernetes",
+            "--kubernetes-secrets",
         ])
         .await;
 
@@ -637,7 +637,7 @@ async fn mutual_tls_presents_the_rules_client_certificate() {
 
     // credentialName: refused with the reason, and nothing is sent in plaintext.
     let r = proxy.get1("http://credential.example.com/c").await;
-    r.assert_connect_failure(&["credentialName \"credential-secret\"", "outside Kubernetes"]);
+    r.assert_connect_failure(&["credentialName \"credential-secret\"", "--kubernetes-secrets"]);
     assert_eq!(up.connections(), 1, "nothing may reach the server");
     assert_eq!(proxy.stat("upstream_tls_errors_total").await, 0);
 }

@@ -84,6 +84,9 @@ pub struct Input {
     pub cluster: Option<watch::Receiver<u64>>,
     /// Whether a finding's file is an object of the live source, skipped alone when invalid.
     pub per_object: fn(&str) -> bool,
+    /// Told what each reload the live source asked for took (loading, building, swapping), so
+    /// that it can pace its changes to the cost of a rebuild.
+    pub rebuilt: Option<Arc<dyn Fn(Duration) + Send + Sync>>,
 }
 
 /// A configuration's errors: those that refuse it (in files), and those of live-source objects
@@ -190,7 +193,11 @@ impl Reloader {
             if *stopped.borrow() {
                 return;
             }
+            let started = Instant::now();
             self.reload(trigger).await;
+            if let (Trigger::Cluster, Some(rebuilt)) = (trigger, &self.input.rebuilt) {
+                rebuilt(started.elapsed());
+            }
             // The watched directories may have been replaced (a ConfigMap swap, `mv`): watch
             // them afresh, the new watch first so that no change in between is missed.
             let fresh = watch_paths(&self.input.paths, &tx);

@@ -391,6 +391,9 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
                 labels: args.labels.0.clone(),
                 cluster: cluster_version,
                 per_object: meshentry_kube::is_cluster_origin,
+                rebuilt: started.cluster.clone().map(|watch| {
+                    Arc::new(move |took| watch.rebuilt(took)) as Arc<dyn Fn(Duration) + Send + Sync>
+                }),
             },
             shared.clone(),
             commands,
