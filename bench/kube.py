@@ -14,8 +14,11 @@
              cluster (default 100; run again with more to see the cost of a large
              configuration).
 
+  3. fanout (--fanout 1,5,10, instead of 1 and 2): what N proxies following one API server
+             cost it: its CPU for their first syncs and for a stream of changes, its memory.
+
   MESHENTRY_BIN=target/release/meshentry bench/kube.py [--objects 10000] [--rate 50]
-      [--seconds 20] [--background 100] [--skip-sync]
+      [--seconds 20] [--background 100] [--skip-sync] [--skip-stream] [--fanout 1,5,10]
 
 Only the Python standard library; only loopback. The API server's own CPU shares the machine's
 cores with the proxy: the figures are for this machine, end to end.
@@ -315,6 +318,70 @@ def stream(bin_, rate, seconds, background):
         api.stop()
 
 
+def proc_cpu_s(pid):
+    """User + system CPU seconds a process used so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def proc_rss_mib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def fanout(bin_, objects, counts, rate, seconds):
+    """What N proxies following one API server cost the API server: its CPU for their first
+    syncs and for a stream of changes, and its memory, for each N."""
+    api = Api()
+    up = Upstream()
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda i: api.apply(entry(f"se-{i:05d}", up.port)), range(objects)))
+        with open(os.path.join(api.dir, "crd-apiserver.pid")) as f:
+            server = int(f.read().strip())
+        for n in counts:
+            rss0, cpu0 = proc_rss_mib(server), proc_cpu_s(server)
+            proxies = [Proxy(bin_, api) for _ in range(n)]
+            for p in proxies:
+                p.wait_ready()
+            cpu_sync = proc_cpu_s(server) - cpu0
+            time.sleep(1)
+            cpu1 = proc_cpu_s(server)
+            start = time.monotonic()
+            for i in range(int(rate * seconds)):
+                target = start + i / rate
+                now = time.monotonic()
+                if target > now:
+                    time.sleep(target - now)
+                obj = entry(f"se-{i % objects:05d}", up.port)
+                obj["spec"]["hosts"] = [f"stream-{n}-{i}.bench.internal"]
+                api.apply(obj)
+            time.sleep(1.5)
+            cpu_stream = proc_cpu_s(server) - cpu1
+            rss = proc_rss_mib(server)
+            proxy_rss = statistics.mean(p.rss_mib() for p in proxies)
+            for p in proxies:
+                p.stop()
+            print(json.dumps({
+                "proxies": n,
+                "objects": objects,
+                "apiserver_cpu_s_for_syncs": round(cpu_sync, 2),
+                "apiserver_cpu_s_per_sync": round(cpu_sync / n, 3),
+                "stream_updates": int(rate * seconds),
+                "apiserver_cpu_s_for_stream": round(cpu_stream, 2),
+                "apiserver_rss_mib_before": round(rss0, 1),
+                "apiserver_rss_mib_with_watchers": round(rss, 1),
+                "proxy_rss_mib_mean": round(proxy_rss, 1),
+            }), flush=True)
+            time.sleep(2)
+    finally:
+        api.stop()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--objects", type=int, default=10000)
@@ -323,10 +390,15 @@ def main():
     ap.add_argument("--background", type=int, default=100)
     ap.add_argument("--skip-sync", action="store_true")
     ap.add_argument("--skip-stream", action="store_true")
+    ap.add_argument("--fanout", default="", help="comma-separated proxy counts, e.g. 1,5,10: "
+                    "what N proxies cost the API server (instead of sync and stream)")
     a = ap.parse_args()
     bin_ = os.environ.get("MESHENTRY_BIN", os.path.join(HERE, "target", "release", "meshentry"))
     if not os.access(bin_, os.X_OK):
         sys.exit(f"no binary at {bin_}")
+    if a.fanout:
+        fanout(bin_, a.objects, [int(n) for n in a.fanout.split(",")], a.rate, a.seconds)
+        return
     if not a.skip_sync:
         sync(bin_, a.objects)
     if not a.skip_stream:

@@ -25,8 +25,12 @@ use crate::kinds::{self, Document, Kind};
 /// How a [`Watch`] behaves.
 #[derive(Clone, Debug)]
 pub struct WatchOptions {
-    /// Watch one namespace (namespaced kinds only); `None`: all namespaces.
-    pub namespace: Option<String>,
+    /// Watch these namespaces only (namespaced kinds; one watch per kind and namespace);
+    /// empty: all namespaces.
+    pub namespaces: Vec<String>,
+    /// Read only the Istio objects with these labels (a Kubernetes label selector, e.g.
+    /// `meshentry.io/proxy=egress`); Kubernetes' own kinds are read whole.
+    pub label_selector: Option<String>,
     /// A change is published once the cluster has been quiet this long (istiod's
     /// PILOT_DEBOUNCE_AFTER, 100 ms)...
     pub quiet: Duration,
@@ -57,7 +61,8 @@ pub struct SecretsOptions {
 impl Default for WatchOptions {
     fn default() -> Self {
         Self {
-            namespace: None,
+            namespaces: Vec::new(),
+            label_selector: None,
             quiet: Duration::from_millis(100),
             max_delay: Duration::from_secs(1),
             max_backoff: Duration::from_secs(10),
@@ -223,6 +228,22 @@ async fn supervise(client: kube::Client, server: String, opts: WatchOptions, tx:
             }
         }
     };
+    // One reader per kind and watched namespace (a namespace-scoped role grants no more).
+    let kinds: Vec<Kind> = kinds
+        .into_iter()
+        .flat_map(|k| {
+            if !k.namespaced || k.only_namespace.is_some() || opts.namespaces.is_empty() {
+                return vec![k];
+            }
+            opts.namespaces
+                .iter()
+                .map(|ns| Kind {
+                    only_namespace: Some(ns.clone()),
+                    ..k.clone()
+                })
+                .collect()
+        })
+        .collect();
     let names = kinds.iter().map(|k| (k.ar.kind.clone(), k.secret)).collect();
     if tx.send(Msg::Kinds(names)).is_err() || tx.send(Msg::Healthy { kind: None }).is_err() {
         return;
@@ -250,7 +271,9 @@ fn error_line(e: &(dyn std::error::Error + 'static)) -> String {
 /// One kind's reflector: list, watch from the list's resourceVersion, resume after a watch
 /// ends, list again after 410 Gone, back off after failures.
 async fn read(i: usize, kind: Kind, client: kube::Client, opts: WatchOptions, tx: mpsc::UnboundedSender<Msg>) {
-    let api = kind.api(&client, opts.namespace.as_deref());
+    let api = kind.api(&client, None);
+    // Istio's kinds only: a selector on Pods or Namespaces would hide workloads, not config.
+    let selector = opts.label_selector.as_deref().filter(|_| kind.ar.group == crate::GROUP);
     let mut backoff = Backoff::new(opts.max_backoff);
     let fail = |error: String, gone: bool| Msg::Failed {
         kind: Some(i),
@@ -258,7 +281,7 @@ async fn read(i: usize, kind: Kind, client: kube::Client, opts: WatchOptions, tx
         gone,
     };
     'list: loop {
-        let (objects, mut version) = match list(&api, &kind, opts.page_size).await {
+        let (objects, mut version) = match list(&api, &kind, opts.page_size, selector).await {
             Ok(l) => l,
             Err(e) => {
                 tracing::warn!(resource = %kind.ar.plural, error = %e, retry_in = ?backoff.peek(), "cannot list");
@@ -276,7 +299,10 @@ async fn read(i: usize, kind: Kind, client: kube::Client, opts: WatchOptions, tx
         loop {
             // Bookmarks keep `version` recent on a quiet kind, so that resuming after the
             // watch ends seldom meets a compacted resourceVersion.
-            let params = WatchParams::default().timeout(290);
+            let mut params = WatchParams::default().timeout(290);
+            if let Some(s) = selector {
+                params = params.labels(s);
+            }
             let events = match api.watch(&params, &version).await {
                 Ok(s) => s,
                 Err(kube::Error::Api(status)) if status.code == 410 => {
@@ -369,9 +395,17 @@ fn resource_version(o: &DynamicObject, current: &str) -> String {
 }
 
 /// Every object of the kind, page by page, and the list's resourceVersion.
-async fn list(api: &kube::Api<DynamicObject>, kind: &Kind, page_size: u32) -> Result<(Objects, String), String> {
+async fn list(
+    api: &kube::Api<DynamicObject>,
+    kind: &Kind,
+    page_size: u32,
+    selector: Option<&str>,
+) -> Result<(Objects, String), String> {
     let mut objects = Objects::new();
     let mut params = ListParams::default().limit(page_size);
+    if let Some(s) = selector {
+        params = params.labels(s);
+    }
     loop {
         let page = api.list(&params).await.map_err(|e| error_line(&e))?;
         let version = page.metadata.resource_version.clone().unwrap_or_default();

@@ -321,3 +321,41 @@ async fn a_watch_older_than_a_compaction_lists_again_without_losing_or_repeating
         proxy.process.output()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_namespace_and_selector_narrow_what_a_proxy_reads() {
+    let kube = start_api().await;
+    let up = HttpUpstream::start(SocketAddr::new(IpAddr::V4(unique_loopback()), 8080), "up");
+    let labelled = |name: &str, ns: &str, label: &str| {
+        entry(name, up.addr()).replace(
+            "namespace: default}",
+            &format!("namespace: {ns}, labels: {{meshentry.io/proxy: {label}}}}}"),
+        )
+    };
+    kube.apply_yaml(&labelled("mine", "team-a", "egress"), None);
+    kube.apply_yaml(&labelled("other-label", "team-a", "ingress"), None);
+    kube.apply_yaml(&labelled("other-ns", "team-b", "egress"), None);
+    let proxy = Proxy::builder(BIN)
+        .no_config_dir()
+        .args(["--kubernetes", "--kubeconfig"])
+        .arg(kube.kubeconfig())
+        .args([
+            "--watch-namespace",
+            "team-a",
+            "--watch-selector",
+            "meshentry.io/proxy=egress",
+        ])
+        .args(["--outbound-policy", "REGISTRY_ONLY"])
+        .start()
+        .await;
+    let dump = proxy.config_dump().await;
+    assert_eq!(hosts(&dump), ["mine.internal"], "{dump:#}");
+    assert_eq!(source(&dump)["objects"], 1);
+    assert_eq!(get(proxy.http(), "mine.internal").await, Ok(200));
+    assert_eq!(get(proxy.http(), "other-ns.internal").await, Ok(502));
+    // A new object in the namespace, with the label, is followed; one without is not.
+    kube.apply_yaml(&labelled("later", "team-a", "egress"), None);
+    kube.apply_yaml(&labelled("later-b", "team-b", "egress"), None);
+    served(proxy.http(), "later.internal", 200).await;
+    assert_eq!(get(proxy.http(), "later-b.internal").await, Ok(502));
+}

@@ -33,6 +33,16 @@ pub struct Args {
     /// rotation. Off by default: the proxy's role then needs no access to Secrets.
     #[arg(long, requires = "kubernetes")]
     pub kubernetes_secrets: bool,
+    /// With --kubernetes: read only these namespaces' objects (repeat the flag for more;
+    /// Namespaces themselves are read whole), so that the role can be namespace-scoped and the
+    /// proxy holds only what it may route to. Default: all namespaces, as an Istio sidecar
+    /// sees what every namespace exports to it.
+    #[arg(long, value_name = "NAMESPACE", requires = "kubernetes")]
+    pub watch_namespace: Vec<String>,
+    /// With --kubernetes: read only the Istio objects with these labels (a Kubernetes label
+    /// selector, e.g. `meshentry.io/proxy=egress`), to give each group of proxies its share.
+    #[arg(long, value_name = "SELECTOR", requires = "kubernetes")]
+    pub watch_selector: Option<String>,
     /// Where --kubernetes-secrets keeps them, as files readable by this user only
     /// (NAME/tls.crt, tls.key, ca.crt). Default: a new directory in /dev/shm (memory), else
     /// the temporary directory, removed at exit.
@@ -507,6 +517,8 @@ async fn start(args: &Args) -> anyhow::Result<Option<Started>> {
                     namespace: namespace.clone(),
                     dir: dir.path().to_path_buf(),
                 }),
+                namespaces: args.watch_namespace.clone(),
+                label_selector: args.watch_selector.clone(),
                 ..meshentry_kube::WatchOptions::default()
             };
             Some(crate::cmd::kube::first_sync(&args.kube, opts).await?)
