@@ -266,7 +266,9 @@ def stream(bin_, rate, seconds, background):
                     with lock:
                         latencies.append(time.monotonic() - t_applied)
                     return
-                time.sleep(0.002)
+                # 2 ms apart for the first 200 ms, then 20 ms: a slow configuration must not
+                # be slowed further by hundreds of probes (the resolution stays under 10%).
+                time.sleep(0.002 if time.monotonic() - t_applied < 0.2 else 0.02)
             with lock:
                 missed.append((name, last))
 
