@@ -131,3 +131,43 @@ fn a_kubeconfig_that_cannot_be_read_is_named() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("/nonexistent/kubeconfig"), "{stderr}");
 }
+
+#[test]
+fn validate_n_reads_one_namespace_of_the_cluster_as_istioctl_analyze_n() {
+    let kube = KubeApi::start();
+    let bad = |ns: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: to-nowhere, namespace: {ns}}}\nspec:\n  hosts: [a.example.com]\n  http:\n  - route:\n    - destination: {{host: nowhere.example.com}}\n"
+        )
+    };
+    kube.apply_yaml(&bad("team-a"), None);
+    kube.apply_yaml(&bad("team-b"), None);
+    let kubeconfig = kube.kubeconfig().to_string_lossy().into_owned();
+    let objects = |out: &Output| -> Vec<String> {
+        let all: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+        let mut files: Vec<String> = all.iter().map(|f| f["file"].as_str().unwrap().to_string()).collect();
+        files.sort();
+        files.dedup();
+        files
+    };
+    let everything = run(&["validate", "-o", "json", "--kubernetes", "--kubeconfig", &kubeconfig]);
+    assert_eq!(
+        objects(&everything),
+        [
+            "kubernetes://team-a/VirtualService/to-nowhere",
+            "kubernetes://team-b/VirtualService/to-nowhere"
+        ]
+    );
+    let one = run(&[
+        "validate",
+        "-o",
+        "json",
+        "--kubernetes",
+        "--kubeconfig",
+        &kubeconfig,
+        "-n",
+        "team-b",
+    ]);
+    assert_eq!(objects(&one), ["kubernetes://team-b/VirtualService/to-nowhere"]);
+    assert_eq!(one.status.code(), Some(1), "IST0101 is an error: {one:?}");
+}

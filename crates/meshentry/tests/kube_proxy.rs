@@ -359,3 +359,124 @@ async fn watch_namespace_and_selector_narrow_what_a_proxy_reads() {
     served(proxy.http(), "later.internal", 200).await;
     assert_eq!(get(proxy.http(), "later-b.internal").await, Ok(502));
 }
+
+/// `istio-system/gw` with one plain HTTP server for `web.internal` on `port`, a VirtualService
+/// bound to it, and the ServiceEntry it routes to (`upstream`, port 80 there).
+fn gateway_config(port: u16, upstream: SocketAddr) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: istio-system}}
+spec:
+  selector: {{istio: gw}}
+  servers:
+  - {{port: {{number: {port}, name: http, protocol: HTTP}}, hosts: [web.internal]}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: web, namespace: istio-system}}
+spec:
+  hosts: [web.internal]
+  gateways: [gw]
+  http: [{{route: [{{destination: {{host: web.internal}}}}]}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: web, namespace: istio-system}}
+spec:
+  hosts: [web.internal]
+  ports: [{{number: 80, name: http, protocol: HTTP, targetPort: {target}}}]
+  resolution: STATIC
+  endpoints: [{{address: {ip}}}]
+",
+        ip = upstream.ip(),
+        target = upstream.port()
+    )
+}
+
+/// `GET /` with `Host: web.internal` sent to a Gateway port.
+async fn get_gateway(at: SocketAddr) -> Result<u16, String> {
+    let mut c = RawClient::connect(at).await?;
+    c.send(b"GET / HTTP/1.1\r\nHost: web.internal\r\nConnection: close\r\n\r\n")
+        .await?;
+    Ok(c.read_response("GET", Duration::from_secs(10)).await?.status)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_from_the_cluster_opens_and_moves_its_ports_with_the_gateway() {
+    let kube = start_api().await;
+    let own = unique_loopback();
+    let up = HttpUpstream::start(SocketAddr::new(IpAddr::V4(unique_loopback()), 8080), "up");
+    let (first, second) = (meshentry_testutil::free_port(own), meshentry_testutil::free_port(own));
+    kube.apply_yaml(&gateway_config(first, up.addr()), None);
+    let proxy = Proxy::builder(BIN)
+        .ip(own)
+        .no_config_dir()
+        .args(["--kubernetes", "--kubeconfig"])
+        .arg(kube.kubeconfig())
+        .args(["--gateway", "istio-system/gw", "--labels", "istio=gw", "--gateway-bind"])
+        .arg(own.to_string())
+        .start()
+        .await;
+    let (a, b) = (
+        SocketAddr::new(IpAddr::V4(own), first),
+        SocketAddr::new(IpAddr::V4(own), second),
+    );
+    assert_eq!(get_gateway(a).await, Ok(200));
+    assert_eq!(up.requests(), 1);
+    // The Gateway moves to another port: the proxy follows.
+    kube.apply_yaml(&gateway_config(second, up.addr()), None);
+    eventually(Duration::from_secs(10), || async {
+        (get_gateway(b).await == Ok(200) && get_gateway(a).await.is_err())
+            .then_some(())
+            .ok_or("the listener has not moved yet")
+    })
+    .await;
+    assert_eq!(
+        proxy.config_dump().await["listeners"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|l| l["kind"] == "gateway")
+            .map(|l| l["address"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>(),
+        [b.to_string()]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_started_while_the_api_server_is_down_is_ready_once_it_has_synced() {
+    let kube = start_api().await;
+    let up = HttpUpstream::start(SocketAddr::new(IpAddr::V4(unique_loopback()), 8080), "up");
+    kube.apply_yaml(&entry("web", up.addr()), None);
+    tokio::task::block_in_place(|| kube.kill());
+    let kube = Arc::new(kube);
+    let own = unique_loopback();
+    let admin = SocketAddr::new(IpAddr::V4(own), 15000);
+    // `start` returns when /ready answers 200.
+    let starting = {
+        let kube = kube.clone();
+        tokio::spawn(async move {
+            Proxy::builder(BIN)
+                .ip(own)
+                .no_config_dir()
+                .args(["--kubernetes", "--kubeconfig"])
+                .arg(kube.kubeconfig())
+                .args(["--outbound-policy", "REGISTRY_ONLY"])
+                .start()
+                .await
+        })
+    };
+    // Without its configuration the proxy serves nothing, and says nothing is ready: its
+    // admin port (where /ready is) is not open yet.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        tokio::net::TcpStream::connect(admin).await.is_err(),
+        "the admin port opened before the first sync"
+    );
+    assert!(!starting.is_finished());
+    tokio::task::block_in_place(|| kube.restart());
+    let proxy = starting.await.unwrap();
+    assert_eq!(get(proxy.http(), "web.internal").await, Ok(200));
+    assert_eq!(proxy.config_dump().await["source"]["state"], "CURRENT");
+}
