@@ -45,6 +45,86 @@ impl Default for LoadOptions {
     }
 }
 
+/// Istio's default cluster domain (`constants.DefaultClusterLocalDomain`).
+pub const DEFAULT_CLUSTER_DOMAIN: &str = "cluster.local";
+
+/// The DNS domain of a cluster's Services: `NAME.NAMESPACE.svc.<domain>` (istiod's
+/// `--domain`, Kubernetes' `--cluster-domain`), `cluster.local` unless told otherwise.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterDomain(Arc<str>);
+
+impl Default for ClusterDomain {
+    fn default() -> Self {
+        ClusterDomain(DEFAULT_CLUSTER_DOMAIN.into())
+    }
+}
+
+impl ClusterDomain {
+    /// A domain of lower-case DNS labels (one trailing dot is dropped); the reason otherwise.
+    pub fn new(domain: &str) -> Result<ClusterDomain, String> {
+        let d = domain.strip_suffix('.').unwrap_or(domain);
+        if d.is_empty() || d.len() > 253 || !d.split('.').all(is_dns1123_label) {
+            return Err(format!(
+                "invalid cluster domain {domain:?}: must be lower-case DNS labels separated by dots (e.g. cluster.local)"
+            ));
+        }
+        Ok(ClusterDomain(d.into()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// `.svc.<domain>`: how every Kubernetes Service host ends.
+    pub fn service_suffix(&self) -> String {
+        format!(".svc.{}", self.0)
+    }
+
+    /// Istio's `ServiceHostname`: `NAME.NAMESPACE.svc.<domain>`.
+    pub fn service_host(&self, name: &str, namespace: &str) -> String {
+        format!("{name}.{namespace}.svc.{}", self.0)
+    }
+}
+
+impl std::fmt::Display for ClusterDomain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Which Kubernetes Services the resources hold all of, so that analysis can tell a
+/// `NAME.NS.svc.<domain>` host no Service has from one it has merely not read.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum ServicesKnown {
+    /// No `kind: Service` was read: any cluster host may exist (`istioctl analyze
+    /// --use-kube=false` knows only its default ingress gateway Service then).
+    #[default]
+    Unknown,
+    /// `kind: Service` documents were read from files: they are taken to be the cluster's
+    /// Services, as `istioctl analyze --use-kube=false` takes the files'.
+    Files,
+    /// Read from a cluster that serves Services (`--kubernetes`), in every namespace or in
+    /// one: istioctl analysing a live cluster.
+    Cluster { namespace: Option<String> },
+}
+
+impl ServicesKnown {
+    /// Whether every Kubernetes Service of namespace `ns` was read.
+    pub fn known_in(&self, ns: &str) -> bool {
+        match self {
+            ServicesKnown::Unknown => false,
+            ServicesKnown::Files | ServicesKnown::Cluster { namespace: None } => true,
+            ServicesKnown::Cluster { namespace: Some(n) } => n == ns,
+        }
+    }
+
+    /// Whether the configuration is a live cluster's, where istioctl assumes no default
+    /// ingress gateway (the cluster has its own, or none).
+    pub fn is_live(&self) -> bool {
+        matches!(self, ServicesKnown::Cluster { .. })
+    }
+}
+
 /// A path that could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -70,6 +150,12 @@ pub struct Loaded {
     /// The mesh settings the resources are read under (`--mesh-config`; Istio's defaults
     /// unless [`crate::MeshConfig::apply`] set them).
     pub mesh: crate::mesh_config::MeshConfig,
+    /// The cluster domain the resources are read under (`--cluster-domain`): the domain of
+    /// Kubernetes Service hosts and of expanded short names.
+    pub cluster_domain: ClusterDomain,
+    /// Whose Kubernetes Services were read: set by the loader for `kind: Service` documents
+    /// and by [`Loaded::read_from_cluster`].
+    pub services_known: ServicesKnown,
     files: Vec<Arc<str>>,
     /// The text of each stream that holds a kind checks across resources report on, by file
     /// name, so that [`Loaded::place`] can put their findings on a field. Streams of other
@@ -126,6 +212,24 @@ impl Loaded {
         self.kube_gateways
             .iter()
             .find(|g| g.namespace == namespace && g.name == name)
+    }
+
+    /// Notes that the resources come from a cluster (in `namespace`, or all), before its
+    /// objects are added: when it serves Kubernetes Services (`services_served`; a bare
+    /// apiextensions-apiserver serves none), they are all known, as `istioctl analyze` knows a
+    /// live cluster's.
+    pub fn read_from_cluster(&mut self, services_served: bool, namespace: Option<&str>) {
+        if !services_served {
+            return;
+        }
+        self.services_known = match (namespace, &self.services_known) {
+            (None, _) => ServicesKnown::Cluster { namespace: None },
+            // Every Service was already read from files: reading one namespace adds nothing.
+            (Some(_), ServicesKnown::Cluster { namespace: None }) => return,
+            (Some(ns), _) => ServicesKnown::Cluster {
+                namespace: Some(ns.to_string()),
+            },
+        };
     }
 
     pub fn errors(&self) -> impl Iterator<Item = &Finding> {
@@ -371,16 +475,14 @@ impl Loaded {
             Some(k) => k,
             None => return,
         };
-        let api_ok = if kind.is_istio() {
-            group == ISTIO_GROUP && ISTIO_VERSIONS.contains(&version)
-        } else {
-            api_version == "v1"
+        let api_ok = match kind.kube_api_version() {
+            None => group == ISTIO_GROUP && ISTIO_VERSIONS.contains(&version),
+            Some(v) => api_version == v,
         };
         if !api_ok {
-            let want = if kind.is_istio() {
-                ISTIO_VERSIONS.map(|v| format!("{ISTIO_GROUP}/{v}")).join(", ")
-            } else {
-                "v1".to_string()
+            let want = match kind.kube_api_version() {
+                None => ISTIO_VERSIONS.map(|v| format!("{ISTIO_GROUP}/{v}")).join(", "),
+                Some(v) => v.to_string(),
             };
             self.findings.push(located(
                 file,
@@ -433,7 +535,30 @@ impl Loaded {
                 status: doc.get("status").map(|s| decode(s, "status", &cx)).unwrap_or_default(),
             },
             Kind::Namespace => Spec::Namespace,
+            Kind::Service => Spec::Service(crate::model::KubernetesService {
+                spec: decode_spec(doc, &cx),
+                export_to: meta
+                    .annotations
+                    .get(crate::model::EXPORT_TO_ANNOTATION)
+                    .filter(|a| !a.is_empty())
+                    .map(|a| a.split(',').map(|ns| ns.trim().to_string()).collect())
+                    .unwrap_or_default(),
+            }),
+            // An EndpointSlice has no `spec`: its fields are at the top.
+            Kind::EndpointSlice => {
+                let field = |key: &str| doc.get(key);
+                Spec::EndpointSlice(crate::model::EndpointSlice {
+                    address_type: field("addressType")
+                        .map(|n| decode(n, "addressType", &cx))
+                        .unwrap_or_default(),
+                    endpoints: field("endpoints").map(|n| decode(n, "endpoints", &cx)).unwrap_or_default(),
+                    ports: field("ports").map(|n| decode(n, "ports", &cx)).unwrap_or_default(),
+                })
+            }
         };
+        if kind == Kind::Service && self.services_known == ServicesKnown::Unknown {
+            self.services_known = ServicesKnown::Files;
+        }
         let mut issues = top_level;
         issues.extend(cx.into_issues());
         let namespace = match kind {
@@ -550,7 +675,10 @@ impl Loaded {
             // is missing or looks like Istio's; in another API group it is that group's kind.
             let foreign =
                 group.contains('.') && !group.contains("istio") && did_you_mean(group, [ISTIO_GROUP]).is_none();
-            let read = if k.is_istio() { !foreign } else { group.is_empty() };
+            let read = match k.kube_group() {
+                None => !foreign,
+                Some(g) => group == g,
+            };
             if read {
                 return Some(k);
             }
@@ -705,6 +833,8 @@ fn validate_with(r: &Resource, template_given: bool, report: &mut Report) {
         Spec::VirtualService(s) => validate::validate_virtual_service(s, ns, report),
         Spec::Gateway(s) => validate::validate_gateway(s, &r.meta.name, report),
         Spec::Sidecar(s) => validate::validate_sidecar(s, ns, report),
+        Spec::Service(s) => validate::kube::validate_service(&s.spec, report),
+        Spec::EndpointSlice(s) => validate::kube::validate_endpoint_slice(s, &r.meta.labels, report),
         Spec::Pod { .. } | Spec::Namespace => {}
     }
     for (path, note) in validate::not_applied::not_applied(&r.spec) {

@@ -488,6 +488,8 @@ impl MeshConfig {
                 Spec::ServiceEntry(s) => (&mut s.export_to, &self.default_service_export_to),
                 Spec::VirtualService(s) => (&mut s.export_to, &self.default_virtual_service_export_to),
                 Spec::DestinationRule(s) => (&mut s.export_to, &self.default_destination_rule_export_to),
+                // Istio's `serviceExportTo` gives Kubernetes Services the same default.
+                Spec::Service(s) => (&mut s.export_to, &self.default_service_export_to),
                 _ => continue,
             };
             if export_to.is_empty() {

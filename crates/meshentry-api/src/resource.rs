@@ -21,9 +21,14 @@ pub enum Kind {
     Sidecar,
     Pod,
     Namespace,
+    Service,
+    EndpointSlice,
 }
 
 impl Kind {
+    /// The Kubernetes kinds meshentry reads, in the order the loader tries them.
+    pub const KUBE: [Kind; 4] = [Kind::Pod, Kind::Namespace, Kind::Service, Kind::EndpointSlice];
+
     pub const ISTIO: [Kind; 7] = [
         Kind::ServiceEntry,
         Kind::WorkloadEntry,
@@ -45,18 +50,33 @@ impl Kind {
             Kind::Sidecar => "Sidecar",
             Kind::Pod => "Pod",
             Kind::Namespace => "Namespace",
+            Kind::Service => "Service",
+            Kind::EndpointSlice => "EndpointSlice",
         }
     }
 
     pub fn parse(s: &str) -> Option<Kind> {
-        Kind::ISTIO
-            .into_iter()
-            .chain([Kind::Pod, Kind::Namespace])
-            .find(|k| k.as_str() == s)
+        Kind::ISTIO.into_iter().chain(Kind::KUBE).find(|k| k.as_str() == s)
     }
 
     pub fn is_istio(self) -> bool {
-        !matches!(self, Kind::Pod | Kind::Namespace)
+        !Kind::KUBE.contains(&self)
+    }
+
+    /// The apiVersion of a Kubernetes kind (`v1`, `discovery.k8s.io/v1`); `None` for Istio's
+    /// kinds, which have three.
+    pub fn kube_api_version(self) -> Option<&'static str> {
+        match self {
+            Kind::Pod | Kind::Namespace | Kind::Service => Some("v1"),
+            Kind::EndpointSlice => Some("discovery.k8s.io/v1"),
+            _ => None,
+        }
+    }
+
+    /// The API group of a Kubernetes kind (`""`: the core group).
+    pub fn kube_group(self) -> Option<&'static str> {
+        self.kube_api_version()
+            .map(|v| v.rsplit_once('/').map_or("", |(group, _)| group))
     }
 }
 
@@ -78,6 +98,8 @@ pub enum Spec {
     Sidecar(Sidecar),
     Pod { spec: PodSpec, status: PodStatus },
     Namespace,
+    Service(KubernetesService),
+    EndpointSlice(EndpointSlice),
 }
 
 impl Spec {
@@ -92,6 +114,8 @@ impl Spec {
             Spec::Sidecar(_) => Kind::Sidecar,
             Spec::Pod { .. } => Kind::Pod,
             Spec::Namespace => Kind::Namespace,
+            Spec::Service(_) => Kind::Service,
+            Spec::EndpointSlice(_) => Kind::EndpointSlice,
         }
     }
 }
@@ -260,7 +284,7 @@ const NO_INBOUND: &str = "meshentry enforces no inbound policy";
 const NO_EXTENSIONS: &str = "meshentry runs no proxy extensions (Wasm or Lua)";
 const GATEWAY_API: &str =
     "meshentry does not implement the Kubernetes Gateway API; it serves Istio Gateways and VirtualServices";
-const NO_K8S_SERVICES: &str = "meshentry's registry is built from ServiceEntries (and the WorkloadEntries and Pods they select), not from Kubernetes Services or their endpoints";
+const NO_ENDPOINTS: &str = "meshentry reads a Kubernetes Service's endpoints from its EndpointSlices, as Istio does";
 const WORKLOAD_CONTROLLER: &str =
     "meshentry takes workload endpoints from Pods and WorkloadEntries, not from the controllers that create them";
 const NO_K8S_API: &str = "meshentry runs outside Kubernetes and does not use this cluster object";
@@ -345,18 +369,8 @@ pub const OTHER_KINDS: &[OtherKind] = &[
     // Kubernetes.
     OtherKind {
         group: "",
-        kind: "Service",
-        treatment: Treatment::Ignored(NO_K8S_SERVICES),
-    },
-    OtherKind {
-        group: "",
         kind: "Endpoints",
-        treatment: Treatment::Ignored(NO_K8S_SERVICES),
-    },
-    OtherKind {
-        group: "discovery.k8s.io",
-        kind: "EndpointSlice",
-        treatment: Treatment::Ignored(NO_K8S_SERVICES),
+        treatment: Treatment::Ignored(NO_ENDPOINTS),
     },
     OtherKind {
         group: "",

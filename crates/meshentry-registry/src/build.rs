@@ -1,6 +1,8 @@
 //! From validated resources to services and endpoints: Istio's conversion (B1-B7), the merge of
-//! one host defined by several ServiceEntries in a namespace (B8), and the warnings for every
-//! conflict Istio settles without a word (B8, B10, C5).
+//! one host defined by several ServiceEntries in a namespace (B8), Kubernetes Services
+//! ([`kube`]), and the warnings for every conflict Istio settles without a word (B8, B10, C5).
+
+mod kube;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -8,7 +10,7 @@ use std::sync::Arc;
 
 use ipnet::IpNet;
 use meshentry_api::model::{ObjectMeta, PodSpec, PodStatus, ServiceEntry, WorkloadEntry};
-use meshentry_api::{Resource, Spec};
+use meshentry_api::{ClusterDomain, Resource, Spec};
 
 use crate::hash::FxHashMap as HashMap;
 use crate::model::*;
@@ -42,6 +44,14 @@ pub(crate) struct Built {
     /// The first service of each (host, namespace).
     pub listing: Vec<ServiceId>,
     pub warnings: Vec<Warning>,
+    pub cluster_domain: ClusterDomain,
+}
+
+/// How [`crate::Registry::build_with`] builds.
+#[derive(Clone, Debug, Default)]
+pub struct BuildOptions {
+    /// The domain of Kubernetes Service hosts and expanded short names (`--cluster-domain`).
+    pub cluster_domain: ClusterDomain,
 }
 
 /// A WorkloadEntry or ready Pod that a `workloadSelector` may pick.
@@ -76,6 +86,7 @@ struct Raw {
     selector: Option<Arc<Labels>>,
     /// Port-major, in `ports` order.
     endpoints: Vec<Endpoint>,
+    provider: Provider,
 }
 
 /// Warnings with the age of each resource they name, so they can be sorted oldest first.
@@ -109,14 +120,18 @@ impl Warnings {
 
 /// Builds the registry's services. Pure: the result depends only on the set of valid
 /// resources and their ages ([`Resource::age_key`]), not on the order they are given in.
-pub(crate) fn build<'a>(resources: impl IntoIterator<Item = &'a Resource>) -> Built {
+pub(crate) fn build<'a>(resources: impl IntoIterator<Item = &'a Resource>, opts: &BuildOptions) -> Built {
     let mut resources: Vec<&Resource> = resources
         .into_iter()
         .filter(|r| {
             r.valid
                 && matches!(
                     r.spec,
-                    Spec::ServiceEntry(_) | Spec::WorkloadEntry(_) | Spec::Pod { .. }
+                    Spec::ServiceEntry(_)
+                        | Spec::WorkloadEntry(_)
+                        | Spec::Pod { .. }
+                        | Spec::Service(_)
+                        | Spec::EndpointSlice(_)
                 )
         })
         .collect();
@@ -146,22 +161,37 @@ pub(crate) fn build<'a>(resources: impl IntoIterator<Item = &'a Resource>) -> Bu
         }
     }
 
+    let mut warnings = Warnings::default();
+    let kube_inputs = kube::Inputs::new(&resources);
+    let kube_cx = kube::Cx {
+        domain: &opts.cluster_domain,
+        inputs: &kube_inputs,
+        sources: &sources,
+    };
+    let mut aliases = Vec::new();
     let mut raws: Vec<Raw> = Vec::new();
     let mut namespaces: HashMap<&str, Arc<str>> = HashMap::default();
     for (id, r) in resources.iter().enumerate() {
-        if let Spec::ServiceEntry(se) = &r.spec {
-            let ns = namespaces
+        let mut ns = || {
+            namespaces
                 .entry(r.namespace.as_str())
                 .or_insert_with(|| r.namespace.as_str().into())
-                .clone();
-            convert(
+                .clone()
+        };
+        match &r.spec {
+            Spec::ServiceEntry(se) => convert(
                 se,
                 r,
                 id as SourceId,
-                ns,
+                ns(),
                 workloads.get(r.namespace.as_str()),
                 &mut raws,
-            );
+            ),
+            Spec::Service(svc) => match kube::convert(svc, r, id as SourceId, ns(), &kube_cx, &mut warnings) {
+                kube::Converted::Service(raw) => raws.push(raw),
+                kube::Converted::Alias(alias) => aliases.push(alias),
+            },
+            _ => {}
         }
     }
 
@@ -175,13 +205,13 @@ pub(crate) fn build<'a>(resources: impl IntoIterator<Item = &'a Resource>) -> Bu
     let mut groups: Vec<_> = groups.into_iter().collect();
     groups.sort_unstable_by(|a, b| a.0.cmp(&b.0));
 
-    let mut warnings = Warnings::default();
     let mut services = Vec::with_capacity(groups.len());
     let mut listing = Vec::with_capacity(groups.len());
     for (_, group) in groups {
         listing.push(services.len() as ServiceId);
         merge_group(group, &sources, &mut services, &mut warnings);
     }
+    resolve_aliases(&aliases, &mut services);
 
     shadowed_hosts(&services, &listing, &sources, &mut warnings);
     shared_listeners(&services, &listing, &sources, &mut warnings);
@@ -193,6 +223,7 @@ pub(crate) fn build<'a>(resources: impl IntoIterator<Item = &'a Resource>) -> Bu
         services,
         listing,
         warnings: warnings.into_iter().map(|(_, w)| w).collect(),
+        cluster_domain: opts.cluster_domain.clone(),
     }
 }
 
@@ -237,6 +268,20 @@ fn pod(spec: &PodSpec, status: &PodStatus, meta: &ObjectMeta, source: SourceId) 
         .filter(|p| !p.name.is_empty() && (p.protocol.is_empty() || p.protocol.eq_ignore_ascii_case("TCP")))
         .map(|p| (p.name.clone(), p.container_port))
         .collect();
+    let workload = Workload {
+        ports,
+        ..pod_workload(spec, meta, &status.pod_ip, source)
+    };
+    Some(Selectable {
+        workload: Arc::new(workload),
+        dns_only: false,
+    })
+}
+
+/// A Pod's endpoint at `address` (Istio's `EndpointBuilder`): the Pod's labels with the
+/// topology labels, its service account, and the tlsMode of the label the injector sets,
+/// else `disabled`; no named ports.
+fn pod_workload(spec: &PodSpec, meta: &ObjectMeta, address: &str, source: SourceId) -> Workload {
     let tls_mode = match meta.labels.get(TLS_MODE_LABEL).map(String::as_str) {
         Some("istio") => TlsMode::Istio,
         _ => TlsMode::Disabled,
@@ -254,9 +299,9 @@ fn pod(spec: &PodSpec, status: &PodStatus, meta: &ObjectMeta, source: SourceId) 
     if !spec.node_name.is_empty() {
         labels.insert(HOSTNAME_LABEL.into(), spec.node_name.clone());
     }
-    let workload = Workload {
-        address: status.pod_ip.as_str().into(),
-        ports,
+    Workload {
+        address: address.into(),
+        ports: BTreeMap::new(),
         labels: Arc::new(labels),
         network: "".into(),
         locality: locality.into(),
@@ -264,11 +309,7 @@ fn pod(spec: &PodSpec, status: &PodStatus, meta: &ObjectMeta, source: SourceId) 
         service_account: sa.as_str().into(),
         tls_mode,
         source,
-    };
-    Some(Selectable {
-        workload: Arc::new(workload),
-        dns_only: false,
-    })
+    }
 }
 
 /// B5, for `spec.endpoints[]` and WorkloadEntries. The locality is `locality`, else the one
@@ -471,6 +512,7 @@ fn convert(
             labels: labels.clone(),
             selector: selector.clone(),
             endpoints,
+            provider: Provider::External,
         });
     }
 }
@@ -513,6 +555,9 @@ fn auto_addresses_of(se: &ServiceEntry, host: &str) -> Arc<[Address]> {
 /// exportTo (as written).
 fn merge_differences(a: &Service, b: &Raw) -> Vec<&'static str> {
     let mut diffs = Vec::new();
+    if a.provider != b.provider {
+        diffs.push("registry (Kubernetes Service or ServiceEntry)");
+    }
     if a.resolution != b.resolution {
         diffs.push("resolution");
     }
@@ -537,16 +582,37 @@ fn merge_differences(a: &Service, b: &Raw) -> Vec<&'static str> {
 /// ones merge their new port numbers into it when [`merge_differences`] is empty, and start a
 /// service of their own otherwise (used only where the older one is invisible). Endpoints are
 /// shared by the whole group, matched to ports by name as Istio's EDS does.
-fn merge_group(group: Vec<Raw>, sources: &[Source], services: &mut Vec<Service>, warnings: &mut Warnings) {
+fn merge_group(mut group: Vec<Raw>, sources: &[Source], services: &mut Vec<Service>, warnings: &mut Warnings) {
     let first = services.len();
     let name = |id: SourceId| sources[id as usize].display_name.as_str();
+    // A Kubernetes Service takes precedence over ServiceEntries of its host and namespace
+    // (`initServiceRegistry`: no "domain squatting" before the Service exists): it is first,
+    // as old as the oldest of them, and they are never merged into it.
+    let group_age = group.iter().map(|r| r.source).min().unwrap_or_default();
+    group.sort_by_key(|r| r.provider != Provider::Kubernetes);
     for raw in &group {
-        let class = services[first..]
+        let kube_first = services.get(first).filter(|s| s.provider == Provider::Kubernetes);
+        if let Some(kube) = kube_first {
+            warnings.push(
+                sources,
+                &[kube.source, raw.source],
+                format!(
+                    "host {:?} in namespace {}: {} defines the host of {}, which takes precedence (Istio prefers a Kubernetes Service to the ServiceEntries of its host and namespace)",
+                    raw.host,
+                    raw.namespace,
+                    name(raw.source),
+                    name(kube.source),
+                ),
+            );
+        }
+        // ServiceEntries merge among themselves only (B8).
+        let start = first + usize::from(kube_first.is_some());
+        let class = services[start..]
             .iter()
             .position(|s| merge_differences(s, raw).is_empty());
         match class {
             Some(c) => {
-                let svc = &mut services[first + c];
+                let svc = &mut services[start + c];
                 let (older, later) = (name(svc.source), name(raw.source));
                 for port in raw.ports.iter() {
                     match svc.ports.iter().find(|p| p.number == port.number) {
@@ -590,7 +656,7 @@ fn merge_group(group: Vec<Raw>, sources: &[Source], services: &mut Vec<Service>,
                 svc.merged.push(raw.source);
             }
             None => {
-                if let Some(oldest) = services.get(first) {
+                if let Some(oldest) = services.get(start) {
                     let diffs = merge_differences(oldest, raw).join(", ");
                     warnings.push(
                         sources,
@@ -605,23 +671,12 @@ fn merge_group(group: Vec<Raw>, sources: &[Source], services: &mut Vec<Service>,
                         ),
                     );
                 }
-                services.push(Service {
-                    host: raw.host.clone(),
-                    namespace: raw.namespace.clone(),
-                    addresses: raw.addresses.clone(),
-                    auto_addresses: raw.auto_addresses.clone(),
-                    ports: raw.ports.to_vec(),
-                    resolution: raw.resolution,
-                    location: raw.location,
-                    export_to: raw.export_to.clone(),
-                    subject_alt_names: raw.subject_alt_names.clone(),
-                    labels: raw.labels.clone(),
-                    selector: raw.selector.clone(),
-                    endpoints: Vec::new(),
-                    source: raw.source,
-                    merged: Vec::new(),
-                    age: raw.source,
-                });
+                let age = if raw.provider == Provider::Kubernetes {
+                    group_age
+                } else {
+                    raw.source
+                };
+                services.push(service_of(raw, age));
             }
         }
     }
@@ -642,6 +697,67 @@ fn merge_group(group: Vec<Raw>, sources: &[Source], services: &mut Vec<Service>,
         }
         if svc.resolution == Resolution::DnsRoundRobin {
             round_robin_first(svc, sources, warnings);
+        }
+    }
+}
+
+/// A service of its own for `raw`, endpoints added later.
+fn service_of(raw: &Raw, age: SourceId) -> Service {
+    Service {
+        host: raw.host.clone(),
+        namespace: raw.namespace.clone(),
+        addresses: raw.addresses.clone(),
+        auto_addresses: raw.auto_addresses.clone(),
+        ports: raw.ports.to_vec(),
+        resolution: raw.resolution,
+        location: raw.location,
+        export_to: raw.export_to.clone(),
+        subject_alt_names: raw.subject_alt_names.clone(),
+        labels: raw.labels.clone(),
+        selector: raw.selector.clone(),
+        endpoints: Vec::new(),
+        source: raw.source,
+        merged: Vec::new(),
+        age,
+        provider: raw.provider,
+        aliases: Arc::default(),
+    }
+}
+
+/// Istio's `resolveServiceAliases`: each ExternalName Service is an alias of the service its
+/// `externalName` names, through other aliases if need be (a loop is no alias at all, as
+/// Kubernetes' DNS answers it with NXDOMAIN); every service of that host gets the alias,
+/// aliases sorted by namespace, then host.
+fn resolve_aliases(aliases: &[kube::Alias], services: &mut [Service]) {
+    if aliases.is_empty() {
+        return;
+    }
+    // An ExternalName is not namespaced: of two aliases of one host, either may win.
+    let raw: HashMap<&str, &str> = aliases.iter().map(|a| (&*a.host, a.target.as_str())).collect();
+    let mut by_target: HashMap<&str, Vec<&kube::Alias>> = HashMap::default();
+    for a in aliases {
+        let mut target = a.target.as_str();
+        let mut seen = vec![&*a.host, target];
+        let resolved = loop {
+            match raw.get(target) {
+                None => break Some(target),
+                Some(&next) if seen.contains(&next) => break None,
+                Some(&next) => {
+                    seen.push(next);
+                    target = next;
+                }
+            }
+        };
+        if let Some(t) = resolved {
+            by_target.entry(t).or_default().push(a);
+        }
+    }
+    for list in by_target.values_mut() {
+        list.sort_by(|a, b| (&a.namespace, &a.host).cmp(&(&b.namespace, &b.host)));
+    }
+    for s in services.iter_mut() {
+        if let Some(list) = by_target.get(&*s.host) {
+            s.aliases = list.iter().map(|a| a.host.clone()).collect();
         }
     }
 }

@@ -45,13 +45,20 @@ pub fn normalize(host: &str) -> std::borrow::Cow<'_, str> {
 }
 
 /// E1/D1: a host without a dot is short for `<host>.<namespace>.svc.cluster.local`.
-/// Normalized ([`normalize`]); `*` and IP addresses stay as they are.
+/// Normalized ([`normalize`]); `*` and IP addresses stay as they are. [`expand_in`] for
+/// another cluster domain.
 pub fn expand(host: &str, namespace: &str) -> String {
+    expand_in(host, namespace, &meshentry_api::ClusterDomain::default())
+}
+
+/// [`expand`] in cluster domain `domain`: `<host>.<namespace>.svc.<domain>` (Istio's
+/// `ResolveShortnameToFQDN` with the proxy's `DNSDomain`).
+pub fn expand_in(host: &str, namespace: &str, domain: &meshentry_api::ClusterDomain) -> String {
     let host = normalize(host);
     if host.contains('.') || *host == *"*" || host.is_empty() || host.parse::<std::net::IpAddr>().is_ok() {
         host.into_owned()
     } else {
-        format!("{host}.{namespace}{CLUSTER_SUFFIX}")
+        domain.service_host(&host, namespace)
     }
 }
 

@@ -1,5 +1,5 @@
-//! The lookup indexes the data plane uses, built once per snapshot: host (exact, then the
-//! most specific wildcard, B11), destination IP and port (VIPs, then the longest CIDR prefix,
+//! The lookup indexes the data plane uses, built once per snapshot: host (exact, then an
+//! ExternalName alias, then the most specific wildcard, B11), destination IP and port (VIPs, then the longest CIDR prefix,
 //! C4/C5), port alone (C5) and SNI (C4). Every lookup answers for one proxy namespace: it sees
 //! only the services exported to it (B9) and, for a host defined in several namespaces, the
 //! one B10 picks. Lookups take `&str` and allocate nothing.
@@ -28,6 +28,9 @@ pub(crate) struct Index {
     suffix: HashMap<Box<str>, Slot>,
     /// Partial wildcards (`*foo.a.com` under `foo.a.com`), longest first; rare, so scanned.
     partial: Vec<(Box<str>, Slot)>,
+    /// Lower-cased ExternalName alias host -> the slot of the host it stands for (Istio adds
+    /// an alias to its concrete service's virtual host and SNI names, as exact names).
+    aliases: HashMap<Box<str>, Slot>,
     /// Services of one host (any namespace, any merge class), oldest first.
     candidates: Vec<Box<[ServiceId]>>,
     /// Service -> its host's slot.
@@ -113,6 +116,16 @@ impl Index {
             }
         }
 
+        let mut aliases: HashMap<Box<str>, Slot> = HashMap::default();
+        for (id, s) in services.iter().enumerate() {
+            for a in s.aliases.iter() {
+                let a = a.to_ascii_lowercase();
+                // A service of that very host is matched first, as its own name.
+                if !exact.contains_key(a.as_str()) {
+                    aliases.entry(a.into()).or_insert(host_slot[id]);
+                }
+            }
+        }
         let mut suffix = HashMap::default();
         let mut partial = Vec::new();
         for (host, &slot) in &exact {
@@ -137,6 +150,7 @@ impl Index {
             exact,
             suffix,
             partial,
+            aliases,
             candidates: lists.into_iter().map(Vec::into_boxed_slice).collect(),
             host_slot,
             host_order,
@@ -217,6 +231,11 @@ impl<'a, 'n> View<'a, 'n> {
         let mut buf = [0u8; MAX_HOST];
         let name = normalize(host, &mut buf)?;
         if let Some(&slot) = self.index.exact.get(name)
+            && let Some(s) = self.pick_if(slot, ok)
+        {
+            return Some(s);
+        }
+        if let Some(&slot) = self.index.aliases.get(name)
             && let Some(s) = self.pick_if(slot, ok)
         {
             return Some(s);

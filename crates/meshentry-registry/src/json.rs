@@ -3,7 +3,7 @@
 //!
 //! `{"services":[{"host","namespace","addresses","autoAllocatedAddresses"?,"resolution",
 //! "location","ports":[{"name","number","protocol","targetPort"?}],"exportTo",
-//! "subjectAltNames"?,"endpoints":[{"address","port","portName","labels"}]}]}`
+//! "subjectAltNames"?,"aliases"?,"endpoints":[{"address","port","portName","labels"}]}]}`
 //!
 //! Optional keys (`?`) appear only when set. Nothing else is added: the shape is a contract.
 
@@ -36,6 +36,10 @@ pub struct ServiceJson<'a> {
     pub export_to: Vec<&'a str>,
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     pub subject_alt_names: &'a [String],
+    /// The hosts of the Kubernetes ExternalName Services that stand for this one (Istio's
+    /// aliases), which are matched to it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<&'a str>,
     pub endpoints: Vec<EndpointJson<'a>>,
 }
 
@@ -90,6 +94,7 @@ impl<'a> ServiceJson<'a> {
                 s.export_to.written.iter().map(String::as_str).collect()
             },
             subject_alt_names: &s.subject_alt_names,
+            aliases: s.aliases.iter().map(|a| &**a).collect(),
             endpoints: s
                 .endpoints
                 .iter()

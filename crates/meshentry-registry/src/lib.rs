@@ -1,11 +1,13 @@
 //! The service registry: resources to services and endpoints, as Istio computes them.
 //!
 //! [`Registry::build`] is a pure function from validated resources (ServiceEntries,
-//! WorkloadEntries, Pods) to an immutable snapshot, meant to be shared as `Arc<Registry>`:
+//! WorkloadEntries, Pods, Kubernetes Services and EndpointSlices) to an immutable snapshot,
+//! meant to be shared as `Arc<Registry>`:
 //!
 //! - [`model`]: the resolved types, [`Service`], [`Port`], [`Endpoint`], [`Warning`];
-//! - `build`: Istio's conversion (B1-B7) and same-host merge (B8), plus a [`Warning`] for
-//!   each conflict Istio settles silently (B8, B10, C5);
+//! - `build`: Istio's conversion (B1-B7) and same-host merge (B8), Kubernetes Services as
+//!   Istio's Kubernetes registry builds them, plus a [`Warning`] for each conflict Istio
+//!   settles silently (B8, B10, C5);
 //! - [`index`]: the lookups the data plane uses, per proxy namespace ([`View`]);
 //! - [`host`]: B11's host matching;
 //! - [`json`]: the stable JSON form printed by `meshentry registry`;
@@ -29,9 +31,10 @@ use meshentry_api::Resource;
 
 pub use index::View;
 pub use json::RegistryJson;
+pub use build::BuildOptions;
 pub use model::{
-    Address, Endpoint, ExportTo, Labels, Location, Port, Protocol, Resolution, Scope, Service, ServiceId, Source,
-    SourceId, TlsMode, Warning, Workload,
+    Address, Endpoint, ExportTo, Labels, Location, Port, Protocol, Provider, Resolution, Scope, Service, ServiceId,
+    Source, SourceId, TlsMode, Warning, Workload,
 };
 pub use scope::{SidecarScope, select_sidecar};
 
@@ -48,6 +51,8 @@ pub struct Registry {
     routable: usize,
     /// A scoped registry's index of every service, for VirtualService destinations.
     cluster_index: Option<index::Index>,
+    /// The domain of Kubernetes Service hosts and expanded short names.
+    cluster_domain: meshentry_api::ClusterDomain,
 }
 
 impl Registry {
@@ -57,7 +62,12 @@ impl Registry {
     /// the order they come in. Never fails: what Istio would drop is dropped, and every
     /// silent conflict becomes a [`Warning`].
     pub fn build<'a>(resources: impl IntoIterator<Item = &'a Resource>) -> Registry {
-        let built = build::build(resources);
+        Registry::build_with(resources, &BuildOptions::default())
+    }
+
+    /// [`Registry::build`] under `opts` (the cluster domain).
+    pub fn build_with<'a>(resources: impl IntoIterator<Item = &'a Resource>, opts: &BuildOptions) -> Registry {
+        let built = build::build(resources, opts);
         let index = index::Index::new(&built.services);
         Registry {
             sources: built.sources,
@@ -67,7 +77,19 @@ impl Registry {
             warnings: built.warnings,
             index,
             cluster_index: None,
+            cluster_domain: built.cluster_domain,
         }
+    }
+
+    /// The domain of Kubernetes Service hosts (`--cluster-domain`).
+    pub fn cluster_domain(&self) -> &meshentry_api::ClusterDomain {
+        &self.cluster_domain
+    }
+
+    /// E1/D1 in this registry's cluster domain: a host without a dot is short for
+    /// `<host>.<namespace>.svc.<domain>` ([`host::expand_in`]).
+    pub fn expand_host(&self, host: &str, namespace: &str) -> String {
+        host::expand_in(host, namespace, &self.cluster_domain)
     }
 
     /// Every service, one per host and namespace (Istio's `HostnameAndNamespace` index: the

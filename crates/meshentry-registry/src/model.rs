@@ -1,5 +1,6 @@
-//! The resolved registry types: what a ServiceEntry host becomes once Istio has converted it
-//! (`pilot/pkg/serviceregistry/serviceentry/conversion.go`). They are named apart from the API
+//! The resolved registry types: what a ServiceEntry host (or a Kubernetes Service) becomes
+//! once Istio has converted it (`pilot/pkg/serviceregistry/serviceentry/conversion.go`,
+//! `pilot/pkg/serviceregistry/kube/conversion.go`). They are named apart from the API
 //! types (`Service`, not `ServiceEntry`) so raw and resolved configuration are never confused.
 
 use std::collections::BTreeMap;
@@ -60,8 +61,25 @@ pub struct Service {
     pub source: SourceId,
     /// Later ServiceEntries whose ports were merged into this service (B8).
     pub merged: Vec<SourceId>,
-    /// Istio's oldest-first rank of [`Service::source`]: lower is older.
+    /// Istio's oldest-first rank of [`Service::source`]: lower is older. A Kubernetes
+    /// Service ranks as the oldest ServiceEntry of its host and namespace, which it takes
+    /// precedence over.
     pub age: u32,
+    /// Which registry the service comes from (Istio's `ServiceRegistry`).
+    pub provider: Provider,
+    /// The hosts of the ExternalName Services that are aliases of this one (Istio's
+    /// `Attributes.Aliases`), sorted by namespace, then host: a request or SNI for one of them
+    /// is matched to this service.
+    pub aliases: Arc<[Arc<str>]>,
+}
+
+/// Istio's `provider.ID`: the registry a service comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Provider {
+    /// A ServiceEntry (Istio's `External`).
+    External,
+    /// A Kubernetes Service.
+    Kubernetes,
 }
 
 impl Service {

@@ -325,23 +325,29 @@ fn classify(hosts: &[String], namespace: &str) -> (BTreeMap<String, HostClass>, 
 struct MeshVs<'a> {
     id: String,
     namespace: &'a str,
+    /// The cluster domain short names expand in.
+    domain: &'a meshentry_api::ClusterDomain,
     hosts: Vec<String>,
     spec: &'a VirtualService,
 }
 
 /// Istio's `ResolveShortnameToFQDN`: a name without a dot (not `*`, not an IP) is
-/// `<name>.<namespace>.svc.cluster.local`.
-fn resolve_short(host: &str, namespace: &str) -> String {
+/// `<name>.<namespace>.svc.<domain>`.
+fn resolve_short(host: &str, namespace: &str, domain: &meshentry_api::ClusterDomain) -> String {
     if host.is_empty() || host == "*" || host.contains('.') || host.parse::<IpAddr>().is_ok() {
         host.to_string()
     } else {
-        format!("{host}.{namespace}.svc.cluster.local")
+        domain.service_host(host, namespace)
     }
 }
 
 /// The VirtualServices a sidecar in `namespace` may import, in Istio's order: those exported to
 /// it (its own private ones and ones exported to it by name), then public ones, oldest first.
-fn mesh_virtual_services<'a>(resources: &[&'a Resource], namespace: &str) -> Vec<MeshVs<'a>> {
+fn mesh_virtual_services<'a>(
+    resources: &[&'a Resource],
+    namespace: &str,
+    domain: &'a meshentry_api::ClusterDomain,
+) -> Vec<MeshVs<'a>> {
     let mut vss: Vec<(u8, &'a Resource, &'a VirtualService)> = resources
         .iter()
         .filter(|r| r.valid)
@@ -373,7 +379,8 @@ fn mesh_virtual_services<'a>(resources: &[&'a Resource], namespace: &str) -> Vec
         .map(|(_, r, vs)| MeshVs {
             id: format!("{}/{}", r.namespace, r.name()),
             namespace: &r.namespace,
-            hosts: vs.hosts.iter().map(|h| resolve_short(h, &r.namespace)).collect(),
+            domain,
+            hosts: vs.hosts.iter().map(|h| resolve_short(h, &r.namespace, domain)).collect(),
             spec: vs,
         })
         .collect()
@@ -389,10 +396,10 @@ fn destinations(
     delegates: &HashMap<String, &VirtualService>,
 ) -> BTreeMap<String, Vec<u32>> {
     let mut out: BTreeMap<String, Vec<u32>> = BTreeMap::new();
-    for id in http_destinations(&mut out, vs.spec, vs.namespace, namespace) {
+    for id in http_destinations(&mut out, vs.spec, vs.namespace, namespace, vs.domain) {
         if let (Some(spec), Some((ns, _))) = (delegates.get(&id), id.split_once('/')) {
             // One level: a delegate cannot delegate again (validation).
-            http_destinations(&mut out, spec, ns, namespace);
+            http_destinations(&mut out, spec, ns, namespace, vs.domain);
         }
     }
     for d in vs
@@ -403,7 +410,7 @@ fn destinations(
         .chain(vs.spec.tls.iter().flat_map(|t| &t.route))
         .filter_map(|r| r.destination.as_ref())
     {
-        add_destination(&mut out, d, vs.namespace);
+        add_destination(&mut out, d, vs.namespace, vs.domain);
     }
     out
 }
@@ -414,6 +421,7 @@ fn http_destinations(
     spec: &VirtualService,
     vs_ns: &str,
     namespace: &str,
+    domain: &meshentry_api::ClusterDomain,
 ) -> Vec<String> {
     let mut delegates = Vec::new();
     for rule in &spec.http {
@@ -428,15 +436,15 @@ fn http_destinations(
         }
         for r in &rule.route {
             if let Some(d) = &r.destination {
-                add_destination(out, d, vs_ns);
+                add_destination(out, d, vs_ns, domain);
             }
         }
         if let Some(d) = &rule.mirror {
-            add_destination(out, d, vs_ns);
+            add_destination(out, d, vs_ns, domain);
         }
         for m in &rule.mirrors {
             if let Some(d) = &m.destination {
-                add_destination(out, d, vs_ns);
+                add_destination(out, d, vs_ns, domain);
             }
         }
         if let Some(del) = &rule.delegate {
@@ -451,8 +459,13 @@ fn http_destinations(
     delegates
 }
 
-fn add_destination(out: &mut BTreeMap<String, Vec<u32>>, d: &Destination, vs_ns: &str) {
-    let ports = out.entry(resolve_short(&d.host, vs_ns)).or_default();
+fn add_destination(
+    out: &mut BTreeMap<String, Vec<u32>>,
+    d: &Destination,
+    vs_ns: &str,
+    domain: &meshentry_api::ClusterDomain,
+) {
+    let ports = out.entry(resolve_short(&d.host, vs_ns, domain)).or_default();
     let port = d.port.as_ref().map_or(0, |p| p.number);
     if !ports.contains(&port) {
         ports.push(port);
@@ -533,7 +546,7 @@ impl SidecarScope {
             let s = &services[id as usize];
             by_host.entry(&s.host).or_default().push((&s.namespace, id));
         }
-        let vss = mesh_virtual_services(resources, namespace);
+        let vss = mesh_virtual_services(resources, namespace, &registry.cluster_domain);
         let delegates: HashMap<String, &VirtualService> = resources
             .iter()
             .filter(|r| r.valid)
@@ -1076,6 +1089,7 @@ impl Registry {
             index,
             routable,
             cluster_index: Some(cluster_index),
+            cluster_domain: self.cluster_domain.clone(),
         }
     }
 }

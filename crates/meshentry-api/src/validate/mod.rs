@@ -8,6 +8,7 @@
 pub mod common;
 mod destination_rule;
 mod gateway;
+pub mod kube;
 pub mod not_applied;
 mod service_entry;
 mod sidecar;

@@ -67,7 +67,12 @@ pub fn not_applied(spec: &Spec) -> Vec<(String, String)> {
         Spec::Gateway(gw) => gateway(&mut out, gw),
         Spec::Sidecar(sc) => sidecar(&mut out, sc),
         Spec::WorkloadGroup(_) => out.note("spec", WORKLOAD_GROUP),
-        Spec::ServiceEntry(_) | Spec::WorkloadEntry(_) | Spec::Pod { .. } | Spec::Namespace => {}
+        Spec::ServiceEntry(_)
+        | Spec::WorkloadEntry(_)
+        | Spec::Pod { .. }
+        | Spec::Namespace
+        | Spec::Service(_)
+        | Spec::EndpointSlice(_) => {}
     }
     out.0
 }
