@@ -419,7 +419,7 @@ kind: WasmPlugin
 metadata: {name: wasm}
 ---
 apiVersion: v1
-kind: Service
+kind: Endpoints
 metadata: {name: web}
 ---
 apiVersion: apps/v1
@@ -445,7 +445,7 @@ fn other_kinds_are_noted_once_per_kind_and_never_fail_the_file() {
             "f.yaml:30:1: note: AuthorizationPolicy (security.istio.io): ignored: meshentry enforces no inbound policy",
             "f.yaml:35:1: note: Telemetry (telemetry.istio.io): ignored: meshentry's access log and metrics are set by its flags (--access-log, /stats/prometheus)",
             "f.yaml:39:1: note: WasmPlugin (extensions.istio.io): ignored: meshentry runs no proxy extensions (Wasm or Lua)",
-            "f.yaml:43:1: note: Service (core): ignored: meshentry's registry is built from ServiceEntries (and the WorkloadEntries and Pods they select), not from Kubernetes Services or their endpoints",
+            "f.yaml:43:1: note: Endpoints (core): ignored: meshentry reads a Kubernetes Service's endpoints from its EndpointSlices, as Istio does",
             "f.yaml:47:1: note: Deployment (apps): ignored: meshentry takes workload endpoints from Pods and WorkloadEntries, not from the controllers that create them",
             "f.yaml:51:1: note: Widget (example.com): ignored: not a kind meshentry knows",
         ]
@@ -521,7 +521,7 @@ fn the_compatibility_doc_lists_every_recognised_kind() {
         let row = format!("| {} | {} | {} |", k.kind, group, k.treatment);
         assert!(doc.contains(&row), "{} lacks the row {row}", path.display());
     }
-    for kind in Kind::ISTIO.iter().map(|k| k.as_str()).chain(["Pod", "Namespace"]) {
+    for kind in Kind::ISTIO.iter().chain(Kind::KUBE.iter()).map(|k| k.as_str()) {
         assert!(doc.contains(&format!("| {kind} | ")), "{} lacks {kind}", path.display());
     }
 }

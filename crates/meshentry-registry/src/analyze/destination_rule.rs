@@ -84,12 +84,10 @@ fn unknown_host_note(cx: &Context<'_>, dr: &Dr<'_>) -> Option<String> {
     if let Some(s) = cx.services.find_covering(h, |s| applies(cx, dr, s)) {
         return Some(cover_hint(cx, s));
     }
-    if is_cluster_local(h) {
-        return cx.short_name_trap(&dr.spec.host, h).or_else(|| {
-            Some(format!(
-                "no ServiceEntry defines {h}, and istioctl knows no Kubernetes Service of that name offline (meshentry reads none)"
-            ))
-        });
+    if cx.is_cluster_local(h) {
+        return cx
+            .short_name_trap(&dr.spec.host, h)
+            .or_else(|| Some(cx.no_kube_service(h)));
     }
     None
 }
@@ -113,7 +111,7 @@ fn applies_to_nothing(cx: &Context<'_>, dr: &Dr<'_>) -> Option<String> {
     if let Some(s) = cx.services.find_covering(h, |s| applies(cx, dr, s)) {
         return Some(base + &cover_hint(cx, s));
     }
-    if is_cluster_local(h) {
+    if cx.may_be_unread_service(h) {
         return cx.short_name_trap(&dr.spec.host, h).map(|hint| base + &hint);
     }
     None
@@ -161,7 +159,7 @@ fn selects_nothing(cx: &Context<'_>, found: Found<'_>, subset: &Subset) -> Optio
                 .any(|p| subset.labels.iter().all(|(k, v)| p.labels.get(k) == Some(v)));
             (!selected).then(|| {
                 format!(
-                    "the host is {} and no Pod in the files has the labels {}",
+                    "the host is {} and no Pod has the labels {}",
                     svc.origin,
                     labels.join(",")
                 )

@@ -12,30 +12,33 @@
 //!   scope `*` or `ns` whose host (without `*`) ends the reference's host (without `*`).
 //!
 //! Offline (`istioctl analyze --use-kube=false`) the Kubernetes Services it knows are the
-//! ones in the files plus the ingress gateway Service (and a Pod) istioctl adds by default.
+//! ones in the files plus the ingress gateway Service (and a Pod) istioctl adds by default;
+//! against a live cluster, the cluster's.
+//!
+//! istioctl's analyzers always use the domain `cluster.local`; meshentry uses the cluster
+//! domain it is given (`--cluster-domain`), the one its Kubernetes Service hosts are in.
 
 use meshentry_api::model::ServiceEntry;
 use meshentry_api::{Resource, Spec};
 
-use super::CLUSTER_SUFFIX;
 use crate::hash::FxHashMap as HashMap;
 use crate::model::Labels;
 
 /// Istio's `util.ConvertHostToFQDN`: a host with neither a `*` prefix nor a dot gets the
-/// namespace's cluster domain. Unlike [`super::expand_host`], case is kept (Istio compares
-/// strings).
-pub fn fqdn(namespace: &str, host: &str) -> String {
+/// namespace's cluster domain (`suffix` is `.svc.<domain>`). Unlike [`super::expand_host`],
+/// case is kept (Istio compares strings).
+pub fn fqdn(namespace: &str, host: &str, suffix: &str) -> String {
     if host.starts_with('*') || host.contains('.') {
         host.to_string()
     } else {
-        format!("{host}.{namespace}{CLUSTER_SUFFIX}")
+        format!("{host}.{namespace}{suffix}")
     }
 }
 
 /// Istio's `util.GetResourceNameFromHost`: `name.ns.svc.cluster.local` is `(ns, name)`, any other
 /// host `(namespace, host)`. DestinationRule subsets are keyed by it (IST0101 on subsets).
-pub fn resource_name(namespace: &str, host: &str) -> (String, String) {
-    if let Some(rest) = host.strip_suffix(CLUSTER_SUFFIX)
+pub fn resource_name(namespace: &str, host: &str, suffix: &str) -> (String, String) {
+    if let Some(rest) = host.strip_suffix(suffix)
         && let Some((name, ns)) = rest.rsplit_once('.')
         && !name.is_empty()
         && !ns.is_empty()
@@ -55,7 +58,7 @@ pub struct KubeService {
     /// The `networking.istio.io/exportTo` annotation, split; empty = everywhere.
     pub export_to: Vec<String>,
     /// Where it comes from, for messages.
-    pub origin: &'static str,
+    pub origin: String,
 }
 
 #[derive(Clone, Debug)]
@@ -93,7 +96,7 @@ pub fn default_ingress_service() -> KubeService {
         ports: vec![port(80, 80), port(443, 443), port(31400, 31400), port(15443, 15443)],
         selector: [("istio".to_string(), "ingressgateway".to_string())].into(),
         export_to: Vec::new(),
-        origin: "the ingress gateway Service istioctl assumes",
+        origin: "the ingress gateway Service istioctl assumes".into(),
     }
 }
 
@@ -131,18 +134,20 @@ pub struct Services<'a> {
     /// (`.example.com`), in the order written; other wildcards (`*`, `*foo.com`) in `odd`.
     wildcards: HashMap<String, Vec<(String, Found<'a>)>>,
     odd: Vec<(String, String, Found<'a>)>,
+    /// `.svc.<cluster domain>`.
+    suffix: String,
 }
 
 impl<'a> Services<'a> {
     /// From ServiceEntries (oldest first; for one key the oldest is kept) and Kubernetes
     /// Services (which replace a ServiceEntry of the same key, as Istio adds them last).
-    pub fn new(entries: &[&'a Resource], kube: &'a [KubeService]) -> Self {
+    pub fn new(entries: &[&'a Resource], kube: &'a [KubeService], suffix: &str) -> Self {
         let mut by_key: HashMap<(String, String), Found<'a>> = HashMap::default();
         for &r in entries {
             let Spec::ServiceEntry(se) = &r.spec else { continue };
             let scopes = scopes(&se.export_to, &r.namespace);
             for h in &se.hosts {
-                let host = fqdn(&r.namespace, h);
+                let host = fqdn(&r.namespace, h, suffix);
                 for scope in &scopes {
                     by_key
                         .entry((scope.clone(), host.clone()))
@@ -151,7 +156,7 @@ impl<'a> Services<'a> {
             }
         }
         for s in kube {
-            let host = fqdn(&s.namespace, &s.name);
+            let host = fqdn(&s.namespace, &s.name, suffix);
             for scope in scopes(&s.export_to, &s.namespace) {
                 by_key.insert((scope, host.clone()), Found::Kube(s));
             }
@@ -172,14 +177,19 @@ impl<'a> Services<'a> {
                 odd.push((scope.clone(), suffix.to_string(), found));
             }
         }
-        Services { by_key, wildcards, odd }
+        Services {
+            by_key,
+            wildcards,
+            odd,
+            suffix: suffix.to_string(),
+        }
     }
 
     /// Istio's `GetDestinationHost` for a reference to `host` from namespace `ns` whose
     /// resource has `export_to`. Where Istio would pick among several wildcards at random (it
     /// walks a map), the longest suffix is taken.
     pub fn lookup(&self, ns: &str, export_to: &[String], host: &str) -> Option<Found<'a>> {
-        let name = fqdn(ns, host);
+        let name = fqdn(ns, host, &self.suffix);
         let get = |scope: &str| self.by_key.get(&(scope.to_string(), name.clone())).copied();
         if let Some(f) = get("*") {
             return Some(f);
@@ -236,19 +246,21 @@ mod tests {
 
     #[test]
     fn names() {
-        assert_eq!(fqdn("ns", "reviews"), "reviews.ns.svc.cluster.local");
-        assert_eq!(fqdn("ns", "a.b"), "a.b");
-        assert_eq!(fqdn("ns", "*"), "*");
+        const S: &str = ".svc.cluster.local";
+        assert_eq!(fqdn("ns", "reviews", S), "reviews.ns.svc.cluster.local");
+        assert_eq!(fqdn("ns", "reviews", ".svc.corp.example"), "reviews.ns.svc.corp.example");
+        assert_eq!(fqdn("ns", "a.b", S), "a.b");
+        assert_eq!(fqdn("ns", "*", S), "*");
         assert_eq!(
-            resource_name("x", "reviews.prod.svc.cluster.local"),
+            resource_name("x", "reviews.prod.svc.cluster.local", S),
             ("prod".into(), "reviews".into())
         );
         assert_eq!(
-            resource_name("x", "a.b.prod.svc.cluster.local"),
+            resource_name("x", "a.b.prod.svc.cluster.local", S),
             ("prod".into(), "a.b".into())
         );
         assert_eq!(
-            resource_name("x", "api.example.com"),
+            resource_name("x", "api.example.com", S),
             ("x".into(), "api.example.com".into())
         );
     }
@@ -273,7 +285,7 @@ spec:
         let loaded = load_str("t.yaml", yaml, &LoadOptions::default());
         let entries: Vec<&Resource> = loaded.analyzable().collect();
         let kube = vec![default_ingress_service()];
-        let s = Services::new(&entries, &kube);
+        let s = Services::new(&entries, &kube, ".svc.cluster.local");
         let name = |f: Option<Found<'_>>| match f {
             Some(Found::Entry(r, _)) => r.meta.name.clone(),
             Some(Found::Kube(k)) => k.name.clone(),

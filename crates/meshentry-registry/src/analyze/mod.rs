@@ -14,10 +14,13 @@
 //! Sidecar egress host that imports nothing (C9), an endpoint that is the proxy itself.
 //!
 //! Like istioctl, the analysis covers every resource Istio's reader keeps
-//! ([`Loaded::analyzable`]), valid or not. Offline, the Kubernetes Services it knows are the
-//! ingress gateway Service istioctl adds by default and those in the files; meshentry reads
-//! no Kubernetes Service yet, so a `*.svc.cluster.local` host that no ServiceEntry defines is
-//! reported as Istio reports it (IST0101, IST0174).
+//! ([`Loaded::analyzable`]), valid or not. The Kubernetes Services it knows are those read
+//! (`kind: Service` in the files, or a cluster's), plus, unless the configuration is a live
+//! cluster's, the ingress gateway Service istioctl adds by default. A `*.svc.<domain>` host
+//! that no ServiceEntry or known Service defines is reported as Istio reports it (IST0101,
+//! IST0174); meshentry's own warnings about hosts that match nothing say nothing about such a
+//! host while the Services of its namespace are not known ([`Loaded::services_known`]): it may
+//! be a Service not read.
 //!
 //! Every index is built once, so the analysis is linear in the resources and the references
 //! they make.
@@ -35,13 +38,13 @@ mod virtual_service;
 use std::collections::HashSet;
 
 use meshentry_api::model::{DestinationRule, Gateway, Sidecar, VirtualService};
-use meshentry_api::{Finding, Loaded, Origin, Resource, Severity, Spec};
+use meshentry_api::{Finding, Loaded, Origin, Resource, ServicesKnown, Severity, Spec};
 
 use self::hosts::{HostIndex, normalize};
 use self::lookup::{KubeService, PodInfo};
 use self::msg::Msg;
-use crate::Registry;
 use crate::hash::FxHashMap as HashMap;
+use crate::{BuildOptions, Registry};
 use crate::model::{ExportTo, Labels, Scope, Service, SourceId};
 
 /// Istio's default root namespace: DestinationRules there apply to every namespace (D1).
@@ -64,7 +67,10 @@ pub fn analyze(loaded: &Loaded) -> Vec<Finding> {
             ..r.clone()
         })
         .collect();
-    let registry = Registry::build(loaded.valid().chain(invalid.iter()));
+    let opts = BuildOptions {
+        cluster_domain: loaded.cluster_domain.clone(),
+    };
+    let registry = Registry::build_with(loaded.valid().chain(invalid.iter()), &opts);
     analyze_with(loaded, &registry)
 }
 
@@ -86,13 +92,47 @@ pub fn analyze_with(loaded: &Loaded, registry: &Registry) -> Vec<Finding> {
     out.finish()
 }
 
-/// The Kubernetes Services the analysis knows: the default ingress gateway's (istioctl adds it
-/// when it reads files alone). meshentry does not read `kind: Service` documents yet.
-fn kube_services(_loaded: &Loaded) -> Vec<KubeService> {
-    vec![lookup::default_ingress_service()]
+/// The Kubernetes Services the analysis knows: every one Istio's reader keeps, and the default
+/// ingress gateway's, which istioctl adds unless it analyses a live cluster.
+fn kube_services(loaded: &Loaded) -> Vec<KubeService> {
+    let mut out: Vec<KubeService> = loaded
+        .analyzable()
+        .filter_map(|r| match &r.spec {
+            Spec::Service(svc) => Some(KubeService {
+                namespace: r.namespace.clone(),
+                name: r.meta.name.clone(),
+                ports: svc
+                    .spec
+                    .ports
+                    .iter()
+                    .map(|p| lookup::KubePort {
+                        port: p.port,
+                        target_port: match p.target_port() {
+                            Some(meshentry_api::model::IntOrString::Int(n)) => u32::try_from(n).unwrap_or(0),
+                            _ => 0,
+                        },
+                        protocol: match p.protocol.as_str() {
+                            "UDP" => "UDP",
+                            "SCTP" => "SCTP",
+                            _ => "TCP",
+                        },
+                    })
+                    .collect(),
+                selector: svc.spec.selector.clone(),
+                export_to: svc.export_to.clone(),
+                origin: r.display_name(),
+            }),
+            _ => None,
+        })
+        .collect();
+    if !loaded.services_known.is_live() {
+        out.push(lookup::default_ingress_service());
+    }
+    out
 }
 
-/// Every Pod Istio's reader keeps, and the default ingress gateway Pod istioctl adds.
+/// Every Pod Istio's reader keeps, and the default ingress gateway Pod istioctl adds (unless it
+/// analyses a live cluster).
 fn pods(loaded: &Loaded) -> Vec<PodInfo> {
     let mut out: Vec<PodInfo> = loaded
         .analyzable()
@@ -104,7 +144,9 @@ fn pods(loaded: &Loaded) -> Vec<PodInfo> {
             annotations: r.meta.annotations.clone(),
         })
         .collect();
-    out.push(lookup::default_ingress_pod());
+    if !loaded.services_known.is_live() {
+        out.push(lookup::default_ingress_pod());
+    }
     out
 }
 
@@ -224,6 +266,11 @@ struct Context<'a> {
     dr_subsets: HashSet<(String, String, String)>,
     /// The registry's source ids by where the resource is.
     source_ids: HashMap<&'a Origin, SourceId>,
+    /// `.svc.<cluster domain>`: how Kubernetes Service hosts end.
+    suffix: String,
+    /// Whose Kubernetes Services were read.
+    services_known: &'a ServicesKnown,
+    domain: &'a meshentry_api::ClusterDomain,
     /// The services each source contributed to.
     by_source: HashMap<SourceId, Vec<&'a Service>>,
 }
@@ -238,7 +285,10 @@ impl<'a> Context<'a> {
             .copied()
             .filter(|r| matches!(r.spec, Spec::ServiceEntry(_)))
             .collect();
-        let istio = lookup::Services::new(&entries, kube);
+        let domain = &loaded.cluster_domain;
+        let suffix = domain.service_suffix();
+        let expand_host = |h: &str, ns: &str| crate::host::expand_in(h, ns, domain);
+        let istio = lookup::Services::new(&entries, kube, &suffix);
         let mut namespaces: HashMap<&str, &Labels> = HashMap::default();
         let mut dr_subsets = HashSet::new();
 
@@ -268,7 +318,7 @@ impl<'a> Context<'a> {
                     export: ExportTo::new(&spec.export_to, ns),
                 }),
                 Spec::DestinationRule(spec) => {
-                    let (hns, hname) = lookup::resource_name(ns, &spec.host);
+                    let (hns, hname) = lookup::resource_name(ns, &spec.host, &suffix);
                     for subset in &spec.subsets {
                         dr_subsets.insert((hns.clone(), hname.clone(), subset.name.clone()));
                     }
@@ -338,6 +388,55 @@ impl<'a> Context<'a> {
             dr_subsets,
             source_ids,
             by_source,
+            suffix,
+            services_known: &loaded.services_known,
+            domain,
+        }
+    }
+
+    /// E1/D1 in the cluster domain.
+    fn expand(&self, host: &str, namespace: &str) -> String {
+        crate::host::expand_in(host, namespace, self.domain)
+    }
+
+    /// Whether `host` (normalized) is in the cluster domain, where Kubernetes Services live.
+    fn is_cluster_local(&self, host: &str) -> bool {
+        host.ends_with(&self.suffix)
+    }
+
+    /// The namespace of a Kubernetes Service host: `name.ns.svc.<domain>` -> `ns`.
+    fn cluster_namespace<'h>(&self, host: &'h str) -> Option<&'h str> {
+        let rest = host.strip_suffix(self.suffix.as_str())?;
+        let (_, ns) = rest.rsplit_once('.')?;
+        Some(ns)
+    }
+
+    /// Whether `host` may be a Kubernetes Service that was not read: it is in the cluster
+    /// domain, and the Services of its namespace are not known.
+    fn may_be_unread_service(&self, host: &str) -> bool {
+        self.is_cluster_local(host)
+            && !self
+                .cluster_namespace(host)
+                .is_some_and(|ns| self.services_known.known_in(ns))
+    }
+
+    /// Why no service has cluster host `h`, for IST0101 and IST0174 notes.
+    fn no_kube_service(&self, h: &str) -> String {
+        let ns = self.cluster_namespace(h).unwrap_or_default();
+        match self.services_known {
+            ServicesKnown::Cluster { namespace: Some(read) } if read != ns => format!(
+                "no ServiceEntry defines {h}, and only the Kubernetes Services of namespace {read} were read"
+            ),
+            ServicesKnown::Cluster { .. } => {
+                format!("no ServiceEntry defines {h}, and the cluster has no such Kubernetes Service")
+            }
+            ServicesKnown::Files => {
+                format!("no ServiceEntry defines {h}, and the files hold no such Kubernetes Service")
+            }
+            // None was read, so offline istioctl knows none either.
+            ServicesKnown::Unknown => format!(
+                "no ServiceEntry defines {h}, and istioctl knows no Kubernetes Service of that name offline (meshentry reads none)"
+            ),
         }
     }
 
@@ -418,18 +517,6 @@ fn gateway<'a>(r: &'a Resource, g: &'a Gateway) -> Gw<'a> {
 }
 
 pub use crate::host::expand as expand_host;
-
-/// Whether `host` (normalized) is in the cluster domain, where Kubernetes Services live.
-fn is_cluster_local(host: &str) -> bool {
-    host.ends_with(CLUSTER_SUFFIX)
-}
-
-/// The namespace of a Kubernetes Service host: `name.ns.svc.cluster.local` -> `ns`.
-fn cluster_namespace(host: &str) -> Option<&str> {
-    let rest = host.strip_suffix(CLUSTER_SUFFIX)?;
-    let (_, ns) = rest.rsplit_once('.')?;
-    Some(ns)
-}
 
 /// The namespaces whose proxies see a VirtualService or DestinationRule, as Istio's analyzers
 /// check references from it: its own namespace when it is public (public services are seen

@@ -159,14 +159,15 @@ fn sorted_names(list: &[&Resource]) -> String {
 
 /// An egress host `ns/dnsName` imports the services and VirtualServices of `ns` (`*` any,
 /// `.` the Sidecar's) that its proxies see and whose hosts intersect `dnsName`. Catch-alls
-/// (`*` names, `~` namespaces) and cluster-domain names (Kubernetes Services) are not checked.
+/// (`*` names, `~` namespaces) and cluster-domain names of namespaces whose Kubernetes
+/// Services were not read are not checked.
 fn imports_nothing(cx: &Context<'_>, own: &str, written: &str) -> Option<String> {
     let (ns, dns) = written.split_once('/')?;
     if ns.starts_with('~') || dns.starts_with('~') || dns == "*" {
         return None;
     }
     let name = normalize(dns);
-    if is_cluster_local(&name) {
+    if cx.may_be_unread_service(&name) {
         return None;
     }
     let import: Option<&str> = match ns {

@@ -470,8 +470,8 @@ fn applies_to<'c, 'a>(
 }
 
 /// A host of a mesh-bound VirtualService that no service visible to it matches (E1). Hosts in
-/// the cluster domain may be Kubernetes Services, which meshentry does not read: only the
-/// short-name trap is said about them.
+/// the cluster domain of a namespace whose Kubernetes Services were not read may be Services:
+/// only the short-name trap is said about them.
 fn mesh_host(cx: &Context<'_>, vs: &Vs<'_>, written: &str, h: &str) -> Option<String> {
     if h == "*" || h.parse::<std::net::IpAddr>().is_ok() {
         return None;
@@ -491,7 +491,7 @@ fn mesh_host(cx: &Context<'_>, vs: &Vs<'_>, written: &str, h: &str) -> Option<St
             cx.invisible_service(s, h)
         ));
     }
-    if is_cluster_local(h) {
+    if cx.may_be_unread_service(h) {
         return cx
             .short_name_trap(written, h)
             .map(|hint| format!("host {written:?} matches no service: {hint}; {PORT_80_ONLY}"));
@@ -528,7 +528,7 @@ fn check_destination(
 ) {
     let r = vs.r;
     let ns = r.namespace.as_str();
-    let h = expand_host(&d.host, ns);
+    let h = cx.expand(&d.host, ns);
     let at_run_time = invisible_where_applied(cx, vs, applies, &d.host, &h);
     match cx.istio.lookup(ns, &vs.spec.export_to, &d.host) {
         None => {
@@ -577,7 +577,7 @@ fn check_destination(
         }
     }
     if !d.subset.is_empty() {
-        let (hns, hname) = lookup::resource_name(ns, &d.host);
+        let (hns, hname) = lookup::resource_name(ns, &d.host, &cx.suffix);
         let known = cx.dr_subsets.contains(&(hns.clone(), hname.clone(), d.subset.clone()));
         let why = subset_problem(cx, vs, applies, d, &h);
         if !known {
@@ -593,7 +593,7 @@ fn check_destination(
                     quote(&if hns == ns && hname == d.host {
                         d.host.clone()
                     } else {
-                        format!("{hname}.{hns}{CLUSTER_SUFFIX}")
+                        format!("{hname}.{hns}{}", cx.suffix)
                     })
                 ))
             });
@@ -648,12 +648,8 @@ fn missing_host_note(cx: &Context<'_>, vs: &Vs<'_>, written: &str, h: &str) -> O
         }
         return Some(cx.invisible_service(s, h));
     }
-    if is_cluster_local(h) {
-        return cx.short_name_trap(written, h).or_else(|| {
-            Some(format!(
-                "no ServiceEntry defines {h}, and istioctl knows no Kubernetes Service of that name offline (meshentry reads none)"
-            ))
-        });
+    if cx.is_cluster_local(h) {
+        return cx.short_name_trap(written, h).or_else(|| Some(cx.no_kube_service(h)));
     }
     None
 }
@@ -709,7 +705,9 @@ fn subset_problem(
         for p in &nss {
             let (svc_host, svc_ns) = match cx.registry.view(p).lookup_host(h) {
                 Some(s) => (normalize(&s.host).into_owned(), s.namespace.to_string()),
-                None if is_cluster_local(h) => (h.to_string(), cluster_namespace(h).unwrap_or(p).to_string()),
+                None if cx.may_be_unread_service(h) => {
+                    (h.to_string(), cx.cluster_namespace(h).unwrap_or(p).to_string())
+                }
                 None => continue,
             };
             let rules = cx.applicable_drs(p, &svc_host, &svc_ns);
@@ -838,7 +836,7 @@ fn conflicting_mesh_hosts(cx: &Context<'_>, out: &mut Findings<'_>) {
         };
         for scope in &scopes {
             for h in &vs.spec.hosts {
-                keys.entry((scope.clone(), lookup::fqdn(ns, h))).or_default().push(i);
+                keys.entry((scope.clone(), lookup::fqdn(ns, h, &cx.suffix))).or_default().push(i);
             }
         }
     }
@@ -876,12 +874,12 @@ fn conflicting_mesh_hosts(cx: &Context<'_>, out: &mut Findings<'_>) {
                 .spec
                 .hosts
                 .iter()
-                .position(|h| lookup::fqdn(ns, h) == *fqdn)
+                .position(|h| lookup::fqdn(ns, h, &cx.suffix) == *fqdn)
                 .or_else(|| {
                     vs.spec
                         .hosts
                         .iter()
-                        .position(|h| host::matches(&lookup::fqdn(ns, h), fqdn))
+                        .position(|h| host::matches(&lookup::fqdn(ns, h, &cx.suffix), fqdn))
                 });
             let path = k.map_or_else(|| "metadata.name".to_string(), |k| format!("spec.hosts[{k}]"));
             out.report(
