@@ -689,7 +689,9 @@ fn merge_group(mut group: Vec<Raw>, sources: &[Source], services: &mut Vec<Servi
             svc.endpoints = std::mem::take(&mut group[0].endpoints);
         } else {
             for port in &svc.ports {
-                for raw in &group {
+                // A Kubernetes Service's endpoints are its EndpointSlices', never a
+                // ServiceEntry's (whose DNS host would be no endpoint of it), and theirs not its.
+                for raw in group.iter().filter(|r| r.provider == svc.provider) {
                     svc.endpoints
                         .extend(raw.endpoints.iter().filter(|e| e.port_name == port.name).cloned());
                 }
