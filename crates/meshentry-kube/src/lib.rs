@@ -120,6 +120,7 @@ impl Cluster {
         namespace: Option<&str>,
     ) -> Result<usize, KubeError> {
         let kinds = kinds::discover(&self.client).await.map_err(|e| e.at(&self.server))?;
+        loaded.read_from_cluster(kinds.iter().any(|k| k.ar.kind == "Service"), namespace);
         let mut added = 0;
         for kind in &kinds {
             let api = kind.api(&self.client, namespace);

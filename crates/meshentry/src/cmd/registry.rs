@@ -37,6 +37,8 @@ pub struct Args {
     pub warnings: bool,
     #[command(flatten)]
     pub mesh: crate::cmd::mesh::MeshArgs,
+    #[command(flatten)]
+    pub domain: crate::cmd::validate::DomainArgs,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -57,7 +59,10 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::from(1));
     }
-    let registry = Registry::build(&loaded.resources);
+    let opts = meshentry_registry::BuildOptions {
+        cluster_domain: args.domain.cluster_domain.clone(),
+    };
+    let registry = Registry::build_with(&loaded.resources, &opts);
     let scoped = args.namespace.as_deref().and_then(|ns| {
         scoped(
             &registry,

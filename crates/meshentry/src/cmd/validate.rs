@@ -21,6 +21,8 @@ pub struct Args {
     pub output: Output,
     #[command(flatten)]
     pub mesh: crate::cmd::mesh::MeshArgs,
+    #[command(flatten)]
+    pub domain: DomainArgs,
     /// Exit 1 when a finding is at least this severe (error, warning or info; any case), as
     /// `istioctl analyze --failure-threshold`. Validation errors are errors.
     #[arg(long, value_name = "LEVEL", default_value = "error", value_parser = parse_level)]
@@ -29,6 +31,15 @@ pub struct Args {
     /// `istioctl analyze --output-threshold`. The exit status still counts every finding.
     #[arg(long, value_name = "LEVEL", default_value = "info", value_parser = parse_level)]
     pub output_threshold: Severity,
+}
+
+/// `--cluster-domain`, for the subcommands that build the registry.
+#[derive(clap::Args, Clone, Debug)]
+pub struct DomainArgs {
+    /// The cluster's DNS domain (istiod's --domain): a Kubernetes Service is
+    /// NAME.NAMESPACE.svc.DOMAIN, and a short host `name` means name.NAMESPACE.svc.DOMAIN.
+    #[arg(long, value_name = "DOMAIN", default_value = meshentry_api::DEFAULT_CLUSTER_DOMAIN, value_parser = meshentry_api::ClusterDomain::new)]
+    pub cluster_domain: meshentry_api::ClusterDomain,
 }
 
 /// A severity as istioctl reads its thresholds: `Error`, `Warning` or `Info`, in any case.
@@ -54,6 +65,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     let mut loaded = load_from(&args.paths, namespace, &args.mesh, |loaded, opts| {
         crate::cmd::kube::load_into(&args.kube, loaded, opts, args.namespace.as_deref())
     })?;
+    loaded.cluster_domain = args.domain.cluster_domain.clone();
     // Checks across resources, as `istioctl analyze` makes them, on everything Istio reads.
     let analysis = meshentry_registry::analyze::analyze(&loaded);
     loaded.add_findings(analysis);
