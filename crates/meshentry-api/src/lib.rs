@@ -21,7 +21,8 @@ pub mod validate;
 pub mod yaml;
 
 pub use load::{
-    ClusterDomain, DEFAULT_CLUSTER_DOMAIN, LoadError, LoadOptions, Loaded, ServicesKnown, load_paths, load_str, source_files,
+    ClusterDomain, DEFAULT_CLUSTER_DOMAIN, LoadError, LoadOptions, Loaded, ServicesKnown, load_paths, load_str,
+    source_files,
 };
 pub use mesh_config::MeshConfig;
 pub use resource::{Finding, Kind, Origin, Resource, Spec};

@@ -551,7 +551,9 @@ impl Loaded {
                     address_type: field("addressType")
                         .map(|n| decode(n, "addressType", &cx))
                         .unwrap_or_default(),
-                    endpoints: field("endpoints").map(|n| decode(n, "endpoints", &cx)).unwrap_or_default(),
+                    endpoints: field("endpoints")
+                        .map(|n| decode(n, "endpoints", &cx))
+                        .unwrap_or_default(),
                     ports: field("ports").map(|n| decode(n, "ports", &cx)).unwrap_or_default(),
                 })
             }

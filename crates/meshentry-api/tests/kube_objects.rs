@@ -51,7 +51,9 @@ fn a_service_is_read_leniently() {
     let r = &loaded.resources[0];
     assert_eq!(r.kind(), Kind::Service);
     assert_eq!(r.namespace, "bookinfo");
-    let Spec::Service(svc) = &r.spec else { panic!("{:?}", r.spec) };
+    let Spec::Service(svc) = &r.spec else {
+        panic!("{:?}", r.spec)
+    };
     assert_eq!(svc.export_to, [".", "istio-system"]);
     assert_eq!(svc.spec.cluster_ip, "10.96.0.20");
     assert_eq!(svc.spec.ports[0].target_port(), Some(IntOrString::Int(9080)));
@@ -85,7 +87,9 @@ ports:
 ";
     let loaded = load_str("k.yaml", text, &LoadOptions::default());
     assert!(loaded.findings.is_empty(), "{:?}", loaded.findings);
-    let Spec::EndpointSlice(slice) = &loaded.resources[0].spec else { panic!() };
+    let Spec::EndpointSlice(slice) = &loaded.resources[0].spec else {
+        panic!()
+    };
     assert_eq!(slice.address_type, "IPv4");
     assert_eq!(slice.endpoints[0].conditions.ready, Some(true));
     assert_eq!(slice.endpoints[1].conditions.ready, None);

@@ -117,11 +117,17 @@ async fn a_clusters_services_and_istio_objects_make_the_registry() {
     // The VIP routes, the headless Service is original destination to its Pod, and the
     // ExternalName Service is an alias of the ServiceEntry of its external name.
     let vip: IpAddr = "10.96.12.7".parse().unwrap();
-    assert_eq!(&*view.lookup_addr(vip, 9080).unwrap().host, "reviews.bookinfo.svc.cluster.local");
+    assert_eq!(
+        &*view.lookup_addr(vip, 9080).unwrap().host,
+        "reviews.bookinfo.svc.cluster.local"
+    );
     let mongo = view.lookup_host("mongodb.bookinfo.svc.cluster.local").unwrap();
     assert_eq!(mongo.resolution, Resolution::None);
     let pod: IpAddr = "10.244.1.21".parse().unwrap();
-    assert_eq!(&*view.lookup_addr(pod, 27017).unwrap().host, "mongodb.bookinfo.svc.cluster.local");
+    assert_eq!(
+        &*view.lookup_addr(pod, 27017).unwrap().host,
+        "mongodb.bookinfo.svc.cluster.local"
+    );
     assert_eq!(
         &*view.lookup_host("payments.bookinfo.svc.cluster.local").unwrap().host,
         "api.payments.example"

@@ -29,9 +29,9 @@ pub mod scope;
 
 use meshentry_api::Resource;
 
+pub use build::BuildOptions;
 pub use index::View;
 pub use json::RegistryJson;
-pub use build::BuildOptions;
 pub use model::{
     Address, Endpoint, ExportTo, Labels, Location, Port, Protocol, Provider, Resolution, Scope, Service, ServiceId,
     Source, SourceId, TlsMode, Warning, Workload,

@@ -380,7 +380,11 @@ fn mesh_virtual_services<'a>(
             id: format!("{}/{}", r.namespace, r.name()),
             namespace: &r.namespace,
             domain,
-            hosts: vs.hosts.iter().map(|h| resolve_short(h, &r.namespace, domain)).collect(),
+            hosts: vs
+                .hosts
+                .iter()
+                .map(|h| resolve_short(h, &r.namespace, domain))
+                .collect(),
             spec: vs,
         })
         .collect()

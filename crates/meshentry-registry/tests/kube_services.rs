@@ -118,7 +118,10 @@ fn registry(text: &str) -> Registry {
 #[test]
 fn a_cluster_ip_service_is_load_balanced_over_its_ready_endpoints() {
     let r = registry(SERVICES);
-    let s = r.view("default").lookup_host("reviews.default.svc.cluster.local").unwrap();
+    let s = r
+        .view("default")
+        .lookup_host("reviews.default.svc.cluster.local")
+        .unwrap();
     assert_eq!(s.provider, Provider::Kubernetes);
     assert_eq!(s.resolution, Resolution::Static);
     assert_eq!(s.location, meshentry_registry::Location::MeshInternal);
@@ -152,9 +155,15 @@ fn a_cluster_ip_service_is_load_balanced_over_its_ready_endpoints() {
     // The VIP routes, on a declared port only.
     let view = r.view("x");
     let vip: IpAddr = "10.96.0.20".parse().unwrap();
-    assert_eq!(&*view.lookup_addr(vip, 9080).unwrap().host, "reviews.default.svc.cluster.local");
+    assert_eq!(
+        &*view.lookup_addr(vip, 9080).unwrap().host,
+        "reviews.default.svc.cluster.local"
+    );
     assert!(view.lookup_addr(vip, 1234).is_none());
-    assert_eq!(&*view.lookup_sni("reviews.default.svc.cluster.local", 443).unwrap().host, "reviews.default.svc.cluster.local");
+    assert_eq!(
+        &*view.lookup_sni("reviews.default.svc.cluster.local", 443).unwrap().host,
+        "reviews.default.svc.cluster.local"
+    );
 }
 
 #[test]
@@ -174,7 +183,11 @@ fn a_headless_service_is_original_destination_with_a_listener_per_endpoint() {
 fn the_export_to_annotation_limits_who_sees_a_service() {
     let r = registry(SERVICES);
     assert!(r.view("data").lookup_host("private.data.svc.cluster.local").is_some());
-    assert!(r.view("default").lookup_host("private.data.svc.cluster.local").is_none());
+    assert!(
+        r.view("default")
+            .lookup_host("private.data.svc.cluster.local")
+            .is_none()
+    );
 }
 
 #[test]
@@ -182,20 +195,33 @@ fn an_external_name_service_is_an_alias_of_the_service_it_names() {
     let r = registry(SERVICES);
     let view = r.view("default");
     // No service of its own: its host finds the concrete service, through another alias too.
-    for alias in ["legacy.default.svc.cluster.local", "hop.other.svc.cluster.local", "LEGACY.default.svc.cluster.local."] {
+    for alias in [
+        "legacy.default.svc.cluster.local",
+        "hop.other.svc.cluster.local",
+        "LEGACY.default.svc.cluster.local.",
+    ] {
         assert_eq!(
             &*view.lookup_host(alias).unwrap().host,
             "reviews.default.svc.cluster.local",
             "{alias}"
         );
     }
-    assert_eq!(&*view.lookup_sni("legacy.default.svc.cluster.local", 443).unwrap().host, "reviews.default.svc.cluster.local");
-    assert!(r.services().all(|s| !s.host.starts_with("legacy.") && !s.host.starts_with("loop-")));
+    assert_eq!(
+        &*view.lookup_sni("legacy.default.svc.cluster.local", 443).unwrap().host,
+        "reviews.default.svc.cluster.local"
+    );
+    assert!(
+        r.services()
+            .all(|s| !s.host.starts_with("legacy.") && !s.host.starts_with("loop-"))
+    );
     // A loop is no alias at all (Kubernetes' DNS answers it with NXDOMAIN).
     assert!(view.lookup_host("loop-a.default.svc.cluster.local").is_none());
     let reviews = view.lookup_host("reviews.default.svc.cluster.local").unwrap();
     let aliases: Vec<&str> = reviews.aliases.iter().map(|a| &**a).collect();
-    assert_eq!(aliases, ["legacy.default.svc.cluster.local", "hop.other.svc.cluster.local"]);
+    assert_eq!(
+        aliases,
+        ["legacy.default.svc.cluster.local", "hop.other.svc.cluster.local"]
+    );
 }
 
 #[test]
@@ -222,12 +248,15 @@ fn a_kubernetes_service_takes_precedence_over_a_service_entry_of_its_host() {
         "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: squat, namespace: default}\nspec: {hosts: [reviews.default.svc.cluster.local], ports: [{number: 80, name: http, protocol: HTTP}], resolution: DNS}\n"
     );
     let r = registry(&text);
-    let s = r.view("default").lookup_host("reviews.default.svc.cluster.local").unwrap();
+    let s = r
+        .view("default")
+        .lookup_host("reviews.default.svc.cluster.local")
+        .unwrap();
     assert_eq!(s.provider, Provider::Kubernetes);
     assert!(
-        r.warnings()
-            .iter()
-            .any(|w| w.message.contains("ServiceEntry default/squat defines the host of Service default/reviews")),
+        r.warnings().iter().any(|w| w
+            .message
+            .contains("ServiceEntry default/squat defines the host of Service default/reviews")),
         "{:?}",
         r.warnings()
     );
@@ -261,16 +290,25 @@ spec:
 fn with_services_known_a_missing_cluster_host_is_reported_as_against_a_live_cluster() {
     let found = findings(&format!("{SERVICES}---\n{VS}"));
     // The Service exists: no IST0101 for it.
-    assert!(!found.iter().any(|f| f.contains("\"reviews.default.svc.cluster.local\"")), "{found:#?}");
+    assert!(
+        !found
+            .iter()
+            .any(|f| f.contains("\"reviews.default.svc.cluster.local\"")),
+        "{found:#?}"
+    );
     // No Service `ghost`: IST0101, and the mesh host matches nothing.
     assert!(
-        found.iter().any(|f| f.starts_with("spec.http[0].route[1].destination.host: ")
-            && f.contains("IST0101")
-            && f.contains("the files hold no such Kubernetes Service")),
+        found
+            .iter()
+            .any(|f| f.starts_with("spec.http[0].route[1].destination.host: ")
+                && f.contains("IST0101")
+                && f.contains("the files hold no such Kubernetes Service")),
         "{found:#?}"
     );
     assert!(
-        found.iter().any(|f| f.starts_with("spec.hosts[1]: ") && f.contains("\"ghost\" matches no service")),
+        found
+            .iter()
+            .any(|f| f.starts_with("spec.hosts[1]: ") && f.contains("\"ghost\" matches no service")),
         "{found:#?}"
     );
 }
@@ -280,8 +318,10 @@ fn with_no_service_known_a_cluster_host_may_exist() {
     let found = findings(VS);
     // Offline istioctl still reports both destinations (it knows no Service)...
     assert!(
-        found.iter().any(|f| f.starts_with("spec.http[0].route[1].destination.host: ")
-            && f.contains("istioctl knows no Kubernetes Service of that name offline (meshentry reads none)")),
+        found
+            .iter()
+            .any(|f| f.starts_with("spec.http[0].route[1].destination.host: ")
+                && f.contains("istioctl knows no Kubernetes Service of that name offline (meshentry reads none)")),
         "{found:#?}"
     );
     // ...but meshentry does not say that a cluster host matches nothing.
@@ -302,7 +342,9 @@ fn services_known_follow_what_was_read() {
     assert_eq!(load(SERVICES).services_known, ServicesKnown::Files);
     // Read from a live cluster: no default ingress gateway is assumed, and Services of the
     // namespace read are known.
-    let mut live = load(&format!("{VS}---\napiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: gw, namespace: default}}\nspec: {{selector: {{istio: ingressgateway}}, servers: [{{port: {{number: 80, name: http, protocol: HTTP}}, hosts: ['*']}}]}}\n"));
+    let mut live = load(&format!(
+        "{VS}---\napiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: gw, namespace: default}}\nspec: {{selector: {{istio: ingressgateway}}, servers: [{{port: {{number: 80, name: http, protocol: HTTP}}, hosts: ['*']}}]}}\n"
+    ));
     let offline = meshentry_registry::analyze::analyze(&live);
     assert!(!offline.iter().any(|f| f.field == "spec.selector"), "{offline:#?}");
     live.read_from_cluster(true, None);
@@ -312,7 +354,9 @@ fn services_known_follow_what_was_read() {
         "{found:#?}"
     );
     assert!(
-        found.iter().any(|f| f.message.contains("the cluster has no such Kubernetes Service")),
+        found
+            .iter()
+            .any(|f| f.message.contains("the cluster has no such Kubernetes Service")),
         "{found:#?}"
     );
 }

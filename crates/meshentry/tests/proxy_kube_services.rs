@@ -115,9 +115,18 @@ struct Setup {
 
 async fn setup() -> Setup {
     let dns = TestDns::start(unique_loopback());
-    let (vip, v1_at, v2_at, v3_at) = (unique_loopback(), unique_loopback(), unique_loopback(), unique_loopback());
+    let (vip, v1_at, v2_at, v3_at) = (
+        unique_loopback(),
+        unique_loopback(),
+        unique_loopback(),
+        unique_loopback(),
+    );
     let up = |at: Ipv4Addr, name: &str| HttpUpstream::start(SocketAddr::new(IpAddr::V4(at), PORT), name);
-    let (v1, v2, not_ready) = (up(v1_at, "reviews-v1"), up(v2_at, "reviews-v2"), up(v3_at, "reviews-v3"));
+    let (v1, v2, not_ready) = (
+        up(v1_at, "reviews-v1"),
+        up(v2_at, "reviews-v2"),
+        up(v3_at, "reviews-v3"),
+    );
     let proxy = Proxy::builder(BIN)
         .file("cluster.yaml", cluster(vip, v1_at, v2_at, v3_at))
         .file("routing.yaml", ROUTING)
@@ -157,12 +166,12 @@ async fn curl_reviews(proxy: &Proxy, header: Option<&str>) -> (u16, String) {
         .unwrap()
         .expect("curl runs (apt-get install curl; scripts/test does this)");
     let head = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "curl failed: {head} {}", String::from_utf8_lossy(&out.stderr));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
+    assert!(
+        out.status.success(),
+        "curl failed: {head} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
     let upstream = head
         .lines()
         .find_map(|l| l.strip_prefix("x-upstream: "))
@@ -191,7 +200,11 @@ async fn a_virtual_service_routes_a_kubernetes_service_by_pod_label_subsets() {
 #[tokio::test]
 async fn the_cluster_ip_routes_a_tunnel_to_the_endpoints() {
     let s = setup().await;
-    for (user, upstream) in [("", "reviews-v1"), ("end-user: jason\r\n", "reviews-v2"), ("", "reviews-v1")] {
+    for (user, upstream) in [
+        ("", "reviews-v1"),
+        ("end-user: jason\r\n", "reviews-v2"),
+        ("", "reviews-v1"),
+    ] {
         // A CONNECT to the VIP, as a captured connection to it: the service is found by its
         // address, and the request inside by its Host, which the VirtualService routes.
         let target = format!("{}:{PORT}", s.vip);

@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use super::Report;
-use crate::model::{CLUSTER_IP_NONE, EndpointSlice, IntOrString, MCS_SERVICE_NAME_LABEL, SERVICE_NAME_LABEL, ServiceSpec};
+use crate::model::{
+    CLUSTER_IP_NONE, EndpointSlice, IntOrString, MCS_SERVICE_NAME_LABEL, SERVICE_NAME_LABEL, ServiceSpec,
+};
 
 const SERVICE_TYPES: [&str; 4] = ["ClusterIP", "NodePort", "LoadBalancer", "ExternalName"];
 const PROTOCOLS: [&str; 3] = ["TCP", "UDP", "SCTP"];
@@ -105,7 +107,9 @@ pub fn validate_endpoint_slice(slice: &EndpointSlice, labels: &BTreeMap<String, 
         ),
         Some(_) if labels.contains_key(MCS_SERVICE_NAME_LABEL) => report.warn(
             "metadata.labels",
-            format!("label {MCS_SERVICE_NAME_LABEL}: a multi-cluster slice, which Istio's Kubernetes registry does not read"),
+            format!(
+                "label {MCS_SERVICE_NAME_LABEL}: a multi-cluster slice, which Istio's Kubernetes registry does not read"
+            ),
         ),
         Some(_) => {}
     }

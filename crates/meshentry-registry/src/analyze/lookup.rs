@@ -248,7 +248,10 @@ mod tests {
     fn names() {
         const S: &str = ".svc.cluster.local";
         assert_eq!(fqdn("ns", "reviews", S), "reviews.ns.svc.cluster.local");
-        assert_eq!(fqdn("ns", "reviews", ".svc.corp.example"), "reviews.ns.svc.corp.example");
+        assert_eq!(
+            fqdn("ns", "reviews", ".svc.corp.example"),
+            "reviews.ns.svc.corp.example"
+        );
         assert_eq!(fqdn("ns", "a.b", S), "a.b");
         assert_eq!(fqdn("ns", "*", S), "*");
         assert_eq!(

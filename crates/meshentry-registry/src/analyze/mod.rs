@@ -44,8 +44,8 @@ use self::hosts::{HostIndex, normalize};
 use self::lookup::{KubeService, PodInfo};
 use self::msg::Msg;
 use crate::hash::FxHashMap as HashMap;
-use crate::{BuildOptions, Registry};
 use crate::model::{ExportTo, Labels, Scope, Service, SourceId};
+use crate::{BuildOptions, Registry};
 
 /// Istio's default root namespace: DestinationRules there apply to every namespace (D1).
 /// MeshConfig's `rootNamespace` (`--mesh-config`) moves it; the checks read it from
@@ -424,9 +424,9 @@ impl<'a> Context<'a> {
     fn no_kube_service(&self, h: &str) -> String {
         let ns = self.cluster_namespace(h).unwrap_or_default();
         match self.services_known {
-            ServicesKnown::Cluster { namespace: Some(read) } if read != ns => format!(
-                "no ServiceEntry defines {h}, and only the Kubernetes Services of namespace {read} were read"
-            ),
+            ServicesKnown::Cluster { namespace: Some(read) } if read != ns => {
+                format!("no ServiceEntry defines {h}, and only the Kubernetes Services of namespace {read} were read")
+            }
             ServicesKnown::Cluster { .. } => {
                 format!("no ServiceEntry defines {h}, and the cluster has no such Kubernetes Service")
             }

@@ -836,7 +836,9 @@ fn conflicting_mesh_hosts(cx: &Context<'_>, out: &mut Findings<'_>) {
         };
         for scope in &scopes {
             for h in &vs.spec.hosts {
-                keys.entry((scope.clone(), lookup::fqdn(ns, h, &cx.suffix))).or_default().push(i);
+                keys.entry((scope.clone(), lookup::fqdn(ns, h, &cx.suffix)))
+                    .or_default()
+                    .push(i);
             }
         }
     }

@@ -50,13 +50,16 @@ struct PodRef<'a> {
     meta: &'a meshentry_api::model::ObjectMeta,
 }
 
+/// One EndpointSlice of a Service: its name, source and body.
+type SliceRef<'a> = (&'a str, SourceId, &'a EndpointSlice);
+
 /// What the Services' endpoints are made from: Pods by name and IP, slices by Service.
 #[derive(Default)]
 pub(super) struct Inputs<'a> {
     pods: HashMap<(&'a str, &'a str), PodRef<'a>>,
     pods_by_ip: HashMap<(&'a str, &'a str), Vec<&'a str>>,
     /// (namespace, Service name) -> (slice name, its source, the slice), by slice name.
-    slices: HashMap<(&'a str, &'a str), Vec<(&'a str, SourceId, &'a EndpointSlice)>>,
+    slices: HashMap<(&'a str, &'a str), Vec<SliceRef<'a>>>,
 }
 
 impl<'a> Inputs<'a> {
@@ -71,7 +74,8 @@ impl<'a> Inputs<'a> {
                         (r.namespace.as_str(), r.meta.name.as_str()),
                         PodRef { spec, meta: &r.meta },
                     );
-                    let ips = std::iter::once(status.pod_ip.as_str()).chain(status.pod_ips.iter().map(|p| p.ip.as_str()));
+                    let ips =
+                        std::iter::once(status.pod_ip.as_str()).chain(status.pod_ips.iter().map(|p| p.ip.as_str()));
                     for ip in ips.filter(|ip| !ip.is_empty()) {
                         let names = out.pods_by_ip.entry((r.namespace.as_str(), ip)).or_default();
                         if !names.contains(&r.meta.name.as_str()) {
@@ -80,7 +84,9 @@ impl<'a> Inputs<'a> {
                     }
                 }
                 Spec::EndpointSlice(slice) => {
-                    let Some(service) = r.meta.labels.get(SERVICE_NAME_LABEL) else { continue };
+                    let Some(service) = r.meta.labels.get(SERVICE_NAME_LABEL) else {
+                        continue;
+                    };
                     if r.meta.labels.contains_key(MCS_SERVICE_NAME_LABEL) || slice.address_type == "FQDN" {
                         continue;
                     }
@@ -100,10 +106,19 @@ impl<'a> Inputs<'a> {
 
     /// Istio's `getPod`: the Pod `targetRef` names, else (an endpoint managed by hand) a Pod
     /// of the slice's namespace with that IP. `Err` when the Pod named is not known.
-    fn pod(&self, ns: &'a str, address: &str, e: &'a meshentry_api::model::SliceEndpoint) -> Result<Option<&PodRef<'a>>, String> {
+    fn pod(
+        &self,
+        ns: &'a str,
+        address: &str,
+        e: &'a meshentry_api::model::SliceEndpoint,
+    ) -> Result<Option<&PodRef<'a>>, String> {
         match &e.target_ref {
             Some(t) if t.kind == "Pod" => {
-                let pod_ns = if t.namespace.is_empty() { ns } else { t.namespace.as_str() };
+                let pod_ns = if t.namespace.is_empty() {
+                    ns
+                } else {
+                    t.namespace.as_str()
+                };
                 self.pods
                     .get(&(pod_ns, t.name.as_str()))
                     .map(Some)
@@ -152,7 +167,11 @@ pub(super) fn convert(
     cx: &Cx<'_, '_>,
     warnings: &mut Warnings,
 ) -> Converted {
-    let Cx { domain, inputs, sources } = *cx;
+    let Cx {
+        domain,
+        inputs,
+        sources,
+    } = *cx;
     let spec = &svc.spec;
     let host: Arc<str> = domain.service_host(&r.meta.name, &r.namespace).into();
     if spec.kind == "ExternalName" && !spec.external_name.is_empty() {
@@ -281,7 +300,9 @@ fn endpoints(
                         source: slice_id,
                     },
                 };
-                workloads.entry((slice_id, a.as_str())).or_insert_with(|| Arc::new(workload));
+                workloads
+                    .entry((slice_id, a.as_str()))
+                    .or_insert_with(|| Arc::new(workload));
             }
         }
     }
@@ -307,7 +328,9 @@ fn endpoints(
             for sp in slice.ports.iter().filter(|sp| *sp.name == *port.name) {
                 for e in &slice.endpoints {
                     for a in &e.addresses {
-                        let Some(w) = workloads.get(&(slice_id, a.as_str())) else { continue };
+                        let Some(w) = workloads.get(&(slice_id, a.as_str())) else {
+                            continue;
+                        };
                         // Istio dedupes by (first address, port name) across slices.
                         if seen.contains(&a.as_str()) {
                             continue;
