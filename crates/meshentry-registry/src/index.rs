@@ -235,7 +235,9 @@ impl<'a, 'n> View<'a, 'n> {
         {
             return Some(s);
         }
-        if let Some(&slot) = self.index.aliases.get(name)
+        // Most registries have no alias: no hashing the name again for them.
+        if !self.index.aliases.is_empty()
+            && let Some(&slot) = self.index.aliases.get(name)
             && let Some(s) = self.pick_if(slot, ok)
         {
             return Some(s);
