@@ -222,3 +222,57 @@ async fn the_cluster_ip_routes_a_tunnel_to_the_endpoints() {
     }
     assert_eq!((s.v1.requests(), s.v2.requests(), s.not_ready.requests()), (2, 1, 0));
 }
+
+#[tokio::test]
+async fn cluster_domain_names_the_services_and_expands_short_names() {
+    let dns = TestDns::start(unique_loopback());
+    let (vip, v1_at, v2_at, v3_at) = (
+        unique_loopback(),
+        unique_loopback(),
+        unique_loopback(),
+        unique_loopback(),
+    );
+    let up = |at: Ipv4Addr, name: &str| HttpUpstream::start(SocketAddr::new(IpAddr::V4(at), PORT), name);
+    let (v1, v2) = (up(v1_at, "reviews-v1"), up(v2_at, "reviews-v2"));
+    // The routing names the service by its short name: `reviews` in `default` is
+    // reviews.default.svc.corp.internal under --cluster-domain corp.internal.
+    let routing = ROUTING.replace(HOST, "reviews");
+    let proxy = Proxy::builder(BIN)
+        .file("cluster.yaml", cluster(vip, v1_at, v2_at, v3_at))
+        .file("routing.yaml", routing)
+        .dns(dns.addr())
+        .args([
+            "--outbound-policy",
+            "REGISTRY_ONLY",
+            "--cluster-domain",
+            "corp.internal",
+        ])
+        .start()
+        .await;
+    let hosts: Vec<String> = proxy.config_dump().await["registry"]["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["host"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(hosts, ["reviews.default.svc.corp.internal"]);
+    let get = |header: &'static str| {
+        let url = format!("http://reviews.default.svc.corp.internal:{PORT}/");
+        let proxy_url = format!("http://{}", proxy.http());
+        async move {
+            let out = tokio::task::spawn_blocking(move || {
+                meshentry_testutil::curl_command()
+                    .args(["-sS", "--max-time", "20", "-o", "/dev/null", "-w", "%{http_code}", "-x"])
+                    .args([&proxy_url, &url, "-H", header])
+                    .output()
+            })
+            .await
+            .unwrap()
+            .unwrap();
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        }
+    };
+    assert_eq!(get("end-user: jason").await, "200");
+    assert_eq!(get("end-user: someone").await, "200");
+    assert_eq!((v1.requests(), v2.requests()), (1, 1), "jason to v2, the rest to v1");
+}

@@ -88,6 +88,9 @@ pub struct ProxyConfig {
     /// files (`DIR/NAME/tls.crt`, `tls.key`, `ca.crt`), for `credentialName`; `None`: it
     /// reads no secrets.
     pub credentials: Option<std::path::PathBuf>,
+    /// `--cluster-domain`: Kubernetes Service hosts are `NAME.NS.svc.DOMAIN`, and short names
+    /// expand to them.
+    pub cluster_domain: meshentry_api::ClusterDomain,
 }
 
 /// The files of the Kubernetes secret `name` in a credentials directory, by Istio's key names.
@@ -201,6 +204,7 @@ impl Default for ProxyConfig {
             gateway_bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
             limits: Limits::default(),
             credentials: None,
+            cluster_domain: meshentry_api::ClusterDomain::default(),
         }
     }
 }

@@ -80,7 +80,12 @@ pub struct PortInfo {
 impl Snapshot {
     /// Builds the snapshot for `config`'s workload from valid `resources`.
     pub fn build(resources: &[&Resource], config: &ProxyConfig, generation: u64) -> Snapshot {
-        let registry = Registry::build(resources.iter().copied());
+        let registry = Registry::build_with(
+            resources.iter().copied(),
+            &meshentry_registry::BuildOptions {
+                cluster_domain: config.cluster_domain.clone(),
+            },
+        );
         // A gateway uses Istio's default scope whatever the Sidecars say.
         let sidecar = match config.gateway {
             None => sidecar_of(resources, config),
@@ -384,7 +389,7 @@ impl<'a> DestinationRules<'a> {
             })
             .map(|(r, dr)| Rule {
                 resource: r,
-                host: meshentry_registry::host::expand(&dr.host, &r.namespace),
+                host: meshentry_registry::host::expand_in(&dr.host, &r.namespace, &config.cluster_domain),
                 spec: dr,
             })
             .collect();

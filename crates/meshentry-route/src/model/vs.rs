@@ -1132,7 +1132,7 @@ fn applicable<'a>(resources: &[&'a Resource], input: &CompileInput<'_>) -> Vec<A
             hosts: vs
                 .hosts
                 .iter()
-                .map(|h| meshentry_registry::host::expand(h, &r.namespace))
+                .map(|h| input.registry.expand_host(h, &r.namespace))
                 .collect(),
             spec: vs,
         })
@@ -1188,7 +1188,13 @@ fn vs_by_name<'r>(resources: &[&'r Resource]) -> FxHashMap<(&'r str, &'r str), &
 /// E6 (Istio `mergeHTTPRoute`): delegate rule `sub` (of a VirtualService in `sub_ns`) under
 /// root rule `root` (in `root_ns`): the matches merged, and what `sub` leaves unset taken
 /// from `root`. `None` when the matches conflict.
-fn merge_http_route(root: &HttpRoute, root_ns: &str, sub: &HttpRoute, sub_ns: &str) -> Option<HttpRoute> {
+fn merge_http_route(
+    root: &HttpRoute,
+    root_ns: &str,
+    sub: &HttpRoute,
+    sub_ns: &str,
+    registry: &Registry,
+) -> Option<HttpRoute> {
     let matches = merge_matches(&root.r#match, root_ns, &sub.r#match, sub_ns)?;
     let mut out = sub.clone();
     out.r#match = matches;
@@ -1201,7 +1207,7 @@ fn merge_http_route(root: &HttpRoute, root_ns: &str, sub: &HttpRoute, sub_ns: &s
     // Short names in what comes from the root are the root's: expand them before the rule
     // is compiled relative to the delegate's namespace.
     let root_dest = |d: &Destination| Destination {
-        host: meshentry_registry::host::expand(&d.host, root_ns),
+        host: registry.expand_host(&d.host, root_ns),
         ..d.clone()
     };
     // What the delegate's rule leaves unset, the root's gives.
@@ -1483,7 +1489,7 @@ impl Ctx<'_, '_> {
                 ));
                 continue;
             }
-            let Some(mut merged) = merge_http_route(rule, root.namespace, sub, ns) else {
+            let Some(mut merged) = merge_http_route(rule, root.namespace, sub, ns, self.input.registry) else {
                 self.warnings.push(format!(
                     "VirtualService {id}: http[{j}]'s match is not within the match of {} http[{i}]; the rule is skipped",
                     root.id
@@ -1728,7 +1734,7 @@ impl Ctx<'_, '_> {
     /// E5: a destination's service (E1-expanded host, as this proxy sees it), port (explicit,
     /// else the service's only port, else the listener port) and subset.
     fn target(&mut self, vs: &Applicable<'_>, d: &Destination, listener_port: u32) -> Target {
-        let host = meshentry_registry::host::expand(&d.host, vs.namespace);
+        let host = self.input.registry.expand_host(&d.host, vs.namespace);
         let Some(service) = self.input.view.lookup_host(&host) else {
             return Target::Missing(format!("{host} is not a service this proxy sees").into());
         };
@@ -1775,7 +1781,7 @@ impl Ctx<'_, '_> {
                     sni: m
                         .sni_hosts
                         .iter()
-                        .map(|h| meshentry_registry::host::expand(h, vs.namespace).into())
+                        .map(|h| self.input.registry.expand_host(h, vs.namespace).into())
                         .collect(),
                     subnets: parse_subnets(&m.destination_subnets),
                 })

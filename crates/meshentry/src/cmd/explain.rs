@@ -49,6 +49,8 @@ pub struct Args {
     pub outbound_policy: Option<OutboundPolicy>,
     #[command(flatten)]
     pub mesh: crate::cmd::mesh::MeshArgs,
+    #[command(flatten)]
+    pub domain: crate::cmd::validate::DomainArgs,
     /// A request header `name:value` (repeatable), for `headers` matches.
     #[arg(short = 'H', long = "header", value_parser = parse_header)]
     pub headers: Vec<(String, String)>,
@@ -1095,12 +1097,20 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         namespace: args.namespace.clone(),
         labels: args.labels.0.clone(),
         policy_override: args.outbound_policy,
+        cluster_domain: args.domain.cluster_domain.clone(),
         ..ProxyConfig::default()
     };
     crate::cmd::mesh::proxy_config(&loaded.mesh, &mut config);
     let valid: Vec<&Resource> = loaded.valid().collect();
     let snapshot = Snapshot::build(&valid, &config, 1);
-    let full = snapshot.scope.is_some().then(|| Registry::build(valid.iter().copied()));
+    let full = snapshot.scope.is_some().then(|| {
+        Registry::build_with(
+            valid.iter().copied(),
+            &meshentry_registry::BuildOptions {
+                cluster_domain: args.domain.cluster_domain.clone(),
+            },
+        )
+    });
     let explanation = explain(&snapshot, full, &valid, &config, args, &target);
     let stdout = std::io::stdout();
     let mut out = stdout.lock();

@@ -171,6 +171,8 @@ pub struct Args {
     pub trust_domain: Option<String>,
     #[command(flatten)]
     pub mesh: crate::cmd::mesh::MeshArgs,
+    #[command(flatten)]
+    pub domain: crate::cmd::validate::DomainArgs,
     /// How often certificate files (DestinationRule TLS origination, Gateway TLS servers, the
     /// --cert/--key/--ca identity) are checked for changes; they are reloaded without dropping
     /// connections.
@@ -569,6 +571,7 @@ async fn start(args: &Args) -> anyhow::Result<Option<Started>> {
         },
         gateway_bind: args.gateway_bind,
         credentials: secrets.as_ref().map(|d| d.path().to_path_buf()),
+        cluster_domain: args.domain.cluster_domain.clone(),
         ..ProxyConfig::default()
     };
     crate::cmd::mesh::proxy_config(&loaded.mesh, &mut config);
