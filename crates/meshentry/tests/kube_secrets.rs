@@ -1,6 +1,7 @@
 //! `credentialName` from Kubernetes Secrets (`proxy --kubernetes --kubernetes-secrets`): a
 //! DestinationRule's MUTUAL origination presents the client certificate of the Secret it names,
-//! follows the Secret's rotation, and refuses with a reason while the Secret is missing.
+//! follows the Secret's rotation, and refuses with a reason while the Secret is missing; a
+//! Gateway's HTTPS server presents its Secret's certificate and rotates it.
 //!
 //! The Istio objects live in a real API server (apiextensions-apiserver over etcd;
 //! `scripts/k8s-apiserver`). That server serves no core resources, so Secrets (and the empty
@@ -17,9 +18,12 @@ use std::time::Duration;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use meshentry_testutil::pki::server_config;
+use meshentry_testutil::pki::{client_config, server_config};
 use meshentry_testutil::raw::RawClient;
-use meshentry_testutil::{KubeApi, KubeFront, LeafSpec, Proxy, TestCa, TlsUpstream, eventually, unique_loopback};
+use meshentry_testutil::{
+    HttpUpstream, KubeApi, KubeFront, LeafSpec, Proxy, TestCa, TlsUpstream, eventually, unique_loopback,
+};
+use rustls::pki_types::CertificateDer;
 use serde_json::{Value, json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_meshentry");
@@ -36,12 +40,17 @@ fn empty_list(kind: &str) -> String {
     json!({"kind": kind, "apiVersion": "v1", "metadata": {"resourceVersion": "100"}, "items": []}).to_string()
 }
 
-/// A `kubernetes.io/tls` Secret as the API server returns it (data base64-encoded).
+/// A `kubernetes.io/tls` Secret of `default` as the API server returns it (data
+/// base64-encoded).
 fn secret(name: &str, version: u32, data: &[(&str, &str)]) -> Value {
+    secret_in("default", name, version, data)
+}
+
+fn secret_in(namespace: &str, name: &str, version: u32, data: &[(&str, &str)]) -> Value {
     let s = Secret {
         metadata: ObjectMeta {
             name: Some(name.into()),
-            namespace: Some("default".into()),
+            namespace: Some(namespace.into()),
             resource_version: Some(version.to_string()),
             uid: Some(format!("00000000-0000-0000-0000-{version:012}")),
             ..ObjectMeta::default()
@@ -218,4 +227,114 @@ async fn credential_name_presents_the_secrets_certificate_and_follows_its_rotati
     let dump = proxy.config_dump().await.to_string();
     assert!(!dump.contains("PRIVATE KEY"), "a key is on /config_dump");
     assert!(!proxy.process.output().contains("PRIVATE KEY"), "a key is in the log");
+}
+
+/// `GET /` over TLS (SNI and `Host` `web.example.com`) to the gateway at `at`, trusting `ca`:
+/// the certificate it presented and the response status.
+async fn https_get(at: SocketAddr, ca: &TestCa) -> (CertificateDer<'static>, u16) {
+    let tcp = tokio::net::TcpStream::connect(at).await.unwrap();
+    let connector = tokio_rustls::TlsConnector::from(client_config(ca, None));
+    let name = rustls::pki_types::ServerName::try_from("web.example.com").unwrap();
+    let tls = connector.connect(name, tcp).await.unwrap();
+    let cert = tls.get_ref().1.peer_certificates().unwrap()[0].clone().into_owned();
+    let mut c = RawClient::new(tls);
+    c.send(b"GET / HTTP/1.1\r\nHost: web.example.com\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let status = c.read_response("GET", Duration::from_secs(10)).await.unwrap().status;
+    (cert, status)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_server_presents_its_secrets_certificate_and_rotates_it() {
+    let ca = TestCa::new("gateway CA");
+    let (first, second) = (
+        ca.issue(LeafSpec::server(["web.example.com"])),
+        ca.issue(LeafSpec::server(["web.example.com"])),
+    );
+    let own = unique_loopback();
+    let port = meshentry_testutil::free_port(own);
+    let up = HttpUpstream::start(SocketAddr::new(IpAddr::V4(unique_loopback()), 8080), "web");
+    let kube = tokio::task::spawn_blocking(KubeApi::start).await.unwrap();
+    kube.apply_yaml(
+        &format!(
+            "apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: istio-system}}
+spec:
+  selector: {{istio: gw}}
+  servers:
+  - port: {{number: {port}, name: https, protocol: HTTPS}}
+    hosts: [web.example.com]
+    tls: {{mode: SIMPLE, credentialName: web-cert}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: web, namespace: istio-system}}
+spec:
+  hosts: [web.example.com]
+  gateways: [gw]
+  http: [{{route: [{{destination: {{host: web.example.com}}}}]}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: web, namespace: istio-system}}
+spec:
+  hosts: [web.example.com]
+  ports: [{{number: 80, name: http, protocol: HTTP, targetPort: {target}}}]
+  resolution: STATIC
+  endpoints: [{{address: {ip}}}]
+",
+            ip = up.addr().ip(),
+            target = up.addr().port()
+        ),
+        None,
+    );
+    const GW_SECRETS: &str = "/api/v1/namespaces/istio-system/secrets";
+    let web_cert = |leaf: &meshentry_testutil::pki::Leaf, version| {
+        secret_in(
+            "istio-system",
+            "web-cert",
+            version,
+            &[("tls.crt", &leaf.cert_pem), ("tls.key", &leaf.key_pem)],
+        )
+    };
+    let front = KubeFront::start(
+        &kube,
+        vec![
+            ("/api/v1".into(), CORE_RESOURCES.into()),
+            ("/api/v1/namespaces".into(), empty_list("NamespaceList")),
+            ("/api/v1/pods".into(), empty_list("PodList")),
+            ("/api/v1/services".into(), empty_list("ServiceList")),
+            (GW_SECRETS.into(), secret_list(&[web_cert(&first, 90)])),
+        ],
+    );
+    let _proxy = Proxy::builder(BIN)
+        .ip(own)
+        .no_config_dir()
+        .args(["--kubernetes", "--kubernetes-secrets", "--kubeconfig"])
+        .arg(front.kubeconfig())
+        .args(["--gateway", "istio-system/gw", "--labels", "istio=gw", "--gateway-bind"])
+        .arg(own.to_string())
+        .start()
+        .await;
+    let at = SocketAddr::new(IpAddr::V4(own), port);
+    let (cert, status) = https_get(at, &ca).await;
+    assert_eq!(status, 200);
+    assert_eq!(cert, first.cert_der, "the Secret's certificate");
+    assert_eq!(up.requests(), 1);
+
+    eventually(Duration::from_secs(10), || async {
+        (front.watching(GW_SECRETS) > 0).then_some(())
+    })
+    .await;
+    let event = json!({"type": "MODIFIED", "object": web_cert(&second, 101)});
+    assert_eq!(front.push(GW_SECRETS, &event.to_string()), 1);
+    eventually(Duration::from_secs(10), || async {
+        let (cert, status) = https_get(at, &ca).await;
+        (status == 200 && cert == second.cert_der)
+            .then_some(())
+            .ok_or("still the first certificate")
+    })
+    .await;
 }
