@@ -480,3 +480,67 @@ async fn a_proxy_started_while_the_api_server_is_down_is_ready_once_it_has_synce
     assert_eq!(get(proxy.http(), "web.internal").await, Ok(200));
     assert_eq!(proxy.config_dump().await["source"]["state"], "CURRENT");
 }
+
+/// The seed examples (Istio's ServiceEntry page), all of them, as a proxy builds them: from the
+/// files, and from a cluster they were applied to with kubectl. Traffic through each is in
+/// `kube_seed` (the `proxy_seed` cases against a cluster); this shows that every example, the
+/// ones those cases do not send traffic through included, configures the proxy identically.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_seed_example_configures_the_proxy_from_a_cluster_as_from_its_files() {
+    let seed = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/seed/v1beta1");
+    let kube = start_api().await;
+    tokio::task::block_in_place(|| kube.apply(&seed));
+    for gateway in [None, Some("istio-system/istio-egressgateway")] {
+        let with = |b: meshentry_testutil::ProxyBuilder<'static>| match gateway {
+            Some(gw) => b.args(["--gateway", gw, "--labels", "istio=egressgateway", "--gateway-bind"]),
+            None => b,
+        };
+        let own = unique_loopback();
+        let files = with(Proxy::builder(BIN).ip(own).no_config_dir().arg("--config").arg(&seed));
+        let files = match gateway {
+            Some(_) => files.arg(own.to_string()),
+            None => files,
+        }
+        .start()
+        .await;
+        let own = unique_loopback();
+        let cluster = with(
+            Proxy::builder(BIN)
+                .ip(own)
+                .no_config_dir()
+                .args(["--kubernetes", "--kubeconfig"])
+                .arg(kube.kubeconfig()),
+        );
+        let cluster = match gateway {
+            Some(_) => cluster.arg(own.to_string()),
+            None => cluster,
+        }
+        .start()
+        .await;
+        let (a, b) = (files.config_dump().await, cluster.config_dump().await);
+        for part in [
+            "registry",
+            "routes",
+            "outboundPorts",
+            "clusters",
+            "outboundTrafficPolicy",
+        ] {
+            assert_eq!(a[part], b[part], "{part} differs ({gateway:?})");
+        }
+        assert!(a["registry"]["services"].as_array().unwrap().len() >= 10, "{a:#}");
+        assert_eq!(b["skipped"], Value::Array(Vec::new()));
+        if gateway.is_some() {
+            let ports = |d: &Value| -> Vec<String> {
+                d["listeners"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|l| l["kind"] == "gateway")
+                    .map(|l| l["address"].as_str().unwrap().rsplit(':').next().unwrap().to_string())
+                    .collect()
+            };
+            assert!(!ports(&a).is_empty());
+            assert_eq!(ports(&a), ports(&b), "the same Gateway ports");
+        }
+    }
+}
