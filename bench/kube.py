@@ -49,8 +49,10 @@ def free_port():
 
 
 def three_free_ports():
+    # Below the ephemeral range (32768 up): a port there can be taken by any outgoing connection
+    # between this check and etcd's bind.
     for _ in range(200):
-        base = 20000 + int.from_bytes(os.urandom(2), "little") % 20000
+        base = 10000 + int.from_bytes(os.urandom(2), "little") % 20000
         socks = []
         try:
             for i in range(3):

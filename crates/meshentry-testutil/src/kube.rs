@@ -18,54 +18,75 @@ fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/k8s-apiserver")
 }
 
-/// A port with the next two free too (etcd's client, peer and metrics ports).
-fn three_free_ports() -> u16 {
-    for _ in 0..200 {
-        let base = 20_000 + fastrand_port() % 20_000;
-        let held: Vec<_> = (0..3)
+/// Four consecutive free ports on 127.0.0.1 (the API server's, then etcd's client, peer and
+/// metrics ports), below the kernel's ephemeral range: a port in that range that is free when
+/// checked can be taken a moment later by any outgoing connection (kubectl's, a proxy's), and
+/// etcd then fails to bind it.
+fn four_free_ports() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    // Concurrent tests of one process step apart; processes start apart by their id.
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let (low, high) = (10_000u16, ephemeral_low().saturating_sub(8).max(10_100));
+    let span = high - low;
+    let seed = (std::process::id() as u16).wrapping_mul(7919) % span;
+    for _ in 0..400 {
+        let step = NEXT.fetch_add(4, Ordering::Relaxed);
+        let base = low + (seed.wrapping_add(step)) % span;
+        let held: Vec<_> = (0..4)
             .map_while(|i| TcpListener::bind((Ipv4Addr::LOCALHOST, base + i)).ok())
             .collect();
-        if held.len() == 3 {
+        if held.len() == 4 {
             return base;
         }
     }
-    panic!("no three consecutive free ports on 127.0.0.1");
+    panic!("no four consecutive free ports on 127.0.0.1 below the ephemeral range");
 }
 
-fn fastrand_port() -> u16 {
-    // Spread concurrent tests apart without a shared counter: the process id and the time.
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    (std::process::id().wrapping_mul(7919) ^ nanos) as u16
+/// The first port of the kernel's ephemeral range (Linux: 32768 by default).
+fn ephemeral_low() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
 }
 
 impl KubeApi {
     /// Starts one, with Istio's CRDs established. Panics with the script's output when it cannot
     /// (a missing binary or tool is a failure, not a skip: `scripts/test` installs them).
     pub fn start() -> KubeApi {
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let api = crate::wait::free_port(Ipv4Addr::LOCALHOST);
-        let etcd = three_free_ports();
-        let out = Command::new(script())
-            .arg("start")
-            .arg(dir.path())
-            .env("API_PORT", api.to_string())
-            .env("ETCD_PORT", etcd.to_string())
-            .output()
-            .expect("scripts/k8s-apiserver runs");
-        let kube = KubeApi {
-            kubeconfig: dir.path().join("kubeconfig"),
-            dir,
-            port: api,
-        };
-        assert!(
-            out.status.success(),
-            "scripts/k8s-apiserver start failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        kube
+        let mut last = String::new();
+        // Another process can still take a port between the check and etcd's bind: try again
+        // on other ports then, and only then.
+        for _ in 0..4 {
+            let dir = tempfile::tempdir().expect("a temporary directory");
+            let base = four_free_ports();
+            let (api, etcd) = (base, base + 1);
+            let out = Command::new(script())
+                .arg("start")
+                .arg(dir.path())
+                .env("API_PORT", api.to_string())
+                .env("ETCD_PORT", etcd.to_string())
+                .output()
+                .expect("scripts/k8s-apiserver runs");
+            let kube = KubeApi {
+                kubeconfig: dir.path().join("kubeconfig"),
+                dir,
+                port: api,
+            };
+            if out.status.success() {
+                return kube;
+            }
+            last = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            if !last.contains("address already in use") {
+                break;
+            }
+            // Dropping `kube` stops whatever did start.
+        }
+        panic!("scripts/k8s-apiserver start failed: {last}");
     }
 
     pub fn kubeconfig(&self) -> &Path {

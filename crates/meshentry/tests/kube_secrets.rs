@@ -69,6 +69,21 @@ fn secret_in(namespace: &str, name: &str, version: u32, data: &[(&str, &str)]) -
     v
 }
 
+/// A front for `kube` answering the core kinds the proxy reads: no Namespaces, Pods or
+/// Services, and at `secrets` (a namespace's Secrets path) the list `list`.
+fn front(kube: &KubeApi, secrets: &str, list: String) -> KubeFront {
+    KubeFront::start(
+        kube,
+        vec![
+            ("/api/v1".into(), CORE_RESOURCES.into()),
+            ("/api/v1/namespaces".into(), empty_list("NamespaceList")),
+            ("/api/v1/pods".into(), empty_list("PodList")),
+            ("/api/v1/services".into(), empty_list("ServiceList")),
+            (secrets.into(), list),
+        ],
+    )
+}
+
 fn secret_list(items: &[Value]) -> String {
     // A list's items carry no kind or apiVersion.
     let items: Vec<Value> = items
@@ -157,16 +172,7 @@ async fn credential_name_presents_the_secrets_certificate_and_follows_its_rotati
     let kube = tokio::task::spawn_blocking(KubeApi::start).await.unwrap();
     kube.apply_yaml(&config("mtls.example.com", ep, "client-cred"), None);
     kube.apply_yaml(&config("late.example.com", ep, "late-cred"), None);
-    let front = KubeFront::start(
-        &kube,
-        vec![
-            ("/api/v1".into(), CORE_RESOURCES.into()),
-            ("/api/v1/namespaces".into(), empty_list("NamespaceList")),
-            ("/api/v1/pods".into(), empty_list("PodList")),
-            ("/api/v1/services".into(), empty_list("ServiceList")),
-            (SECRETS.into(), secret_list(&[client_cred(&leaf1, 90)])),
-        ],
-    );
+    let front = front(&kube, SECRETS, secret_list(&[client_cred(&leaf1, 90)]));
     let proxy = Proxy::builder(BIN)
         .no_config_dir()
         .args(["--kubernetes", "--kubernetes-secrets", "--kubeconfig"])
@@ -299,16 +305,7 @@ spec:
             &[("tls.crt", &leaf.cert_pem), ("tls.key", &leaf.key_pem)],
         )
     };
-    let front = KubeFront::start(
-        &kube,
-        vec![
-            ("/api/v1".into(), CORE_RESOURCES.into()),
-            ("/api/v1/namespaces".into(), empty_list("NamespaceList")),
-            ("/api/v1/pods".into(), empty_list("PodList")),
-            ("/api/v1/services".into(), empty_list("ServiceList")),
-            (GW_SECRETS.into(), secret_list(&[web_cert(&first, 90)])),
-        ],
-    );
+    let front = front(&kube, GW_SECRETS, secret_list(&[web_cert(&first, 90)]));
     let _proxy = Proxy::builder(BIN)
         .ip(own)
         .no_config_dir()
