@@ -52,6 +52,10 @@ pub struct MeshConfig {
     /// `PILOT_ENABLE_IP_AUTOALLOCATE` there): ServiceEntries without addresses get one, which
     /// proxies capturing DNS hand out.
     pub dns_auto_allocate: bool,
+    /// Whether ServiceEntries without addresses are allocated one (istiod's
+    /// `PILOT_ENABLE_IP_AUTOALLOCATE`, default true; `false` in
+    /// `defaultConfig.proxyMetadata` switches meshentry's allocation off).
+    pub ip_autoallocate: bool,
 }
 
 impl Default for MeshConfig {
@@ -67,6 +71,7 @@ impl Default for MeshConfig {
             enable_auto_mtls: true,
             dns_capture: false,
             dns_auto_allocate: false,
+            ip_autoallocate: true,
         }
     }
 }
@@ -388,8 +393,10 @@ impl MeshConfig {
                 }
             }
         }
-        if metadata.get(IP_AUTOALLOCATE).and_then(|v| go_parse_bool(v)) == Some(true) {
-            self.dns_auto_allocate = true;
+        match metadata.get(IP_AUTOALLOCATE).and_then(|v| go_parse_bool(v)) {
+            Some(true) => self.dns_auto_allocate = true,
+            Some(false) => self.ip_autoallocate = false,
+            None => {}
         }
         if metadata.contains_key(DNS_AUTO_ALLOCATE) {
             let path = format!("defaultConfig.proxyMetadata.{DNS_AUTO_ALLOCATE}");
@@ -567,6 +574,7 @@ defaultConfig:
             enable_auto_mtls: false,
             dns_capture: true,
             dns_auto_allocate: true,
+            ip_autoallocate: true,
         }
     }
 

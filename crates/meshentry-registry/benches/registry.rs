@@ -77,5 +77,30 @@ fn analysis(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, build, lookups, analysis);
+/// Issue 18's bound: auto-allocating addresses for 10,000 ServiceEntries in under 10 ms.
+fn allocation(c: &mut Criterion) {
+    let n = 10_000;
+    let mut text = String::new();
+    for i in 0..n {
+        text.push_str(&format!(
+            "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: se-{i}, namespace: ns-{}}}\nspec:\n  hosts: [db-{i}.example.com]\n  ports: [{{number: 27017, name: tcp, protocol: TCP}}]\n  resolution: DNS\n",
+            i % 100
+        ));
+    }
+    let loaded = load_str("bench.yaml", &text, &LoadOptions::default());
+    assert!(!loaded.has_errors());
+    let services: Vec<meshentry_registry::Service> = Registry::build(&loaded.resources).services().cloned().collect();
+    assert_eq!(services.len(), n);
+    let mut group = c.benchmark_group("allocate");
+    group.bench_function("10k_service_entries", |b| {
+        b.iter_batched_ref(
+            || services.clone(),
+            |s| meshentry_registry::allocate::allocate(black_box(s)),
+            criterion::BatchSize::LargeInput,
+        )
+    });
+    group.finish();
+}
+
+criterion_group!(benches, allocation, build, lookups, analysis);
 criterion_main!(benches);

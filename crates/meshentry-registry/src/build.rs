@@ -52,6 +52,9 @@ pub(crate) struct Built {
 pub struct BuildOptions {
     /// The domain of Kubernetes Service hosts and expanded short names (`--cluster-domain`).
     pub cluster_domain: ClusterDomain,
+    /// Allocate VIPs to the ServiceEntry hosts Istio would auto-allocate for
+    /// ([`crate::allocate`]) when their `status.addresses` hold none.
+    pub auto_allocate: bool,
 }
 
 /// A WorkloadEntry or ready Pod that a `workloadSelector` may pick.
@@ -78,6 +81,7 @@ struct Raw {
     ports: Arc<[Port]>,
     addresses: Arc<[Address]>,
     auto_addresses: Arc<[Address]>,
+    auto: AutoAddresses,
     resolution: Resolution,
     location: Location,
     export_to: ExportTo,
@@ -212,6 +216,9 @@ pub(crate) fn build<'a>(resources: impl IntoIterator<Item = &'a Resource>, opts:
         merge_group(group, &sources, &mut services, &mut warnings);
     }
     resolve_aliases(&aliases, &mut services);
+    if opts.auto_allocate {
+        crate::allocate::allocate(&mut services);
+    }
 
     shadowed_hosts(&services, &listing, &sources, &mut warnings);
     shared_listeners(&services, &listing, &sources, &mut warnings);
@@ -498,6 +505,11 @@ fn convert(
         } else {
             Arc::default()
         };
+        let auto = match (auto_allocated, auto_addresses.is_empty()) {
+            (false, _) => AutoAddresses::NotUsed,
+            (true, false) => AutoAddresses::Status,
+            (true, true) => AutoAddresses::Wanted,
+        };
         out.push(Raw {
             host,
             namespace: namespace.clone(),
@@ -505,6 +517,7 @@ fn convert(
             ports: ports.clone(),
             addresses: addresses.clone(),
             auto_addresses,
+            auto,
             resolution,
             location,
             export_to: export_to.clone(),
@@ -710,6 +723,7 @@ fn service_of(raw: &Raw, age: SourceId) -> Service {
         namespace: raw.namespace.clone(),
         addresses: raw.addresses.clone(),
         auto_addresses: raw.auto_addresses.clone(),
+        auto: raw.auto,
         ports: raw.ports.to_vec(),
         resolution: raw.resolution,
         location: raw.location,

@@ -7,6 +7,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 
 pub type FxBuild = BuildHasherDefault<FxHasher>;
 pub type FxHashMap<K, V> = std::collections::HashMap<K, V, FxBuild>;
+pub type FxHashSet<K> = std::collections::HashSet<K, FxBuild>;
 
 const SEED: u64 = 0xf135_7aea_2e62_a9c5;
 

@@ -29,6 +29,10 @@ pub struct ServiceJson<'a> {
     /// [`Service::auto_addresses`]).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub auto_allocated_addresses: Vec<&'a str>,
+    /// Who allocated them: `istiod` (the ServiceEntry's `status.addresses`) or `meshentry`
+    /// (computed, see [`crate::allocate`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auto_allocated_by: Option<&'static str>,
     pub resolution: &'static str,
     pub location: &'static str,
     pub ports: Vec<PortJson<'a>>,
@@ -85,6 +89,11 @@ impl<'a> ServiceJson<'a> {
                 s.addresses.iter().map(|a| &*a.text).collect()
             },
             auto_allocated_addresses: s.auto_addresses.iter().map(|a| &*a.text).collect(),
+            auto_allocated_by: match s.auto {
+                crate::model::AutoAddresses::Status => Some("istiod"),
+                crate::model::AutoAddresses::Allocated => Some("meshentry"),
+                _ => None,
+            },
             resolution: s.resolution.as_str(),
             location: s.location.as_str(),
             ports: s.ports.iter().map(PortJson::new).collect(),

@@ -18,6 +18,7 @@
 //!
 //! Rule ids (B1..B11, C4, C5) refer to the project's Istio semantics notes.
 
+pub mod allocate;
 pub mod analyze;
 mod build;
 pub mod hash;
@@ -33,8 +34,8 @@ pub use build::BuildOptions;
 pub use index::View;
 pub use json::RegistryJson;
 pub use model::{
-    Address, Endpoint, ExportTo, Labels, Location, Port, Protocol, Provider, Resolution, Scope, Service, ServiceId,
-    Source, SourceId, TlsMode, Warning, Workload,
+    Address, AutoAddresses, Endpoint, ExportTo, Labels, Location, Port, Protocol, Provider, Resolution, Scope, Service,
+    ServiceId, Source, SourceId, TlsMode, Warning, Workload,
 };
 pub use scope::{SidecarScope, select_sidecar};
 

@@ -38,6 +38,8 @@ pub struct Service {
     /// (`ISTIO_META_DNS_CAPTURE`), where its DNS proxy answers the host with them; without it
     /// the service keeps `0.0.0.0` ([`Service::default_address`]), as here.
     pub auto_addresses: Arc<[Address]>,
+    /// Where [`Service::auto_addresses`] come from.
+    pub auto: AutoAddresses,
     /// `spec.ports` of the oldest ServiceEntry, then ports (by new number) of later mergeable
     /// ones (B8).
     pub ports: Vec<Port>,
@@ -71,6 +73,20 @@ pub struct Service {
     /// `Attributes.Aliases`), sorted by namespace, then host: a request or SNI for one of them
     /// is matched to this service.
     pub aliases: Arc<[Arc<str>]>,
+}
+
+/// Whether a service has auto-allocated addresses, and whose.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AutoAddresses {
+    /// Istio would not use any (addresses given, resolution NONE, opted out, a Kubernetes
+    /// Service).
+    NotUsed,
+    /// Eligible, and none allocated (allocation is off, or not done yet).
+    Wanted,
+    /// From the ServiceEntry's `status.addresses` (istiod's allocation).
+    Status,
+    /// Allocated by meshentry ([`crate::allocate`]).
+    Allocated,
 }
 
 /// Istio's `provider.ID`: the registry a service comes from.

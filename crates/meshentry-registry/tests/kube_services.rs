@@ -229,6 +229,7 @@ fn the_cluster_domain_names_service_hosts_and_short_names() {
     let loaded = load(SERVICES);
     let opts = BuildOptions {
         cluster_domain: ClusterDomain::new("corp.example").unwrap(),
+        ..BuildOptions::default()
     };
     let r = Registry::build_with(&loaded.resources, &opts);
     let view = r.view("default");

@@ -545,3 +545,54 @@ fn iptables_and_ca_take_the_policy_and_trust_domain_from_the_mesh_config() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(!dir.join("ca-key.pem").exists());
 }
+
+/// `registry` shows the addresses meshentry allocates to ServiceEntries without any, marked as
+/// its own, and the mesh config's `PILOT_ENABLE_IP_AUTOALLOCATE: "false"` switches that off.
+#[test]
+fn addresses_are_allocated_unless_the_mesh_config_says_not_to() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write(
+        dir.path(),
+        "se.yaml",
+        "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: mongo, namespace: default}
+spec:
+  hosts: [mymongodb.somedomain]
+  ports: [{number: 27017, name: mongo, protocol: MONGO}]
+  resolution: DNS
+",
+    );
+    let services = |out: &Output| -> Vec<serde_json::Value> {
+        assert!(out.status.success(), "{}", text(out));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["services"].as_array().unwrap().clone()
+    };
+    let on = services(&run(&["registry", "-o", "json", &config]));
+    let allocated: Vec<&str> = on[0]["autoAllocatedAddresses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(allocated.len(), 2, "{on:?}");
+    assert!(allocated[0].starts_with("240.240."), "{allocated:?}");
+    assert!(allocated[1].starts_with("2001:2:0:"), "{allocated:?}");
+    assert_eq!(on[0]["autoAllocatedBy"], "meshentry");
+    assert_eq!(
+        on[0]["addresses"],
+        serde_json::json!(["0.0.0.0"]),
+        "declared addresses unchanged"
+    );
+    // The same addresses every run.
+    assert_eq!(services(&run(&["registry", "-o", "json", &config])), on);
+
+    let mesh = write(
+        dir.path(),
+        "mesh.yaml",
+        "defaultConfig:\n  proxyMetadata:\n    PILOT_ENABLE_IP_AUTOALLOCATE: \"false\"\n",
+    );
+    let off = services(&run(&["registry", "-o", "json", "--mesh-config", &mesh, &config]));
+    assert!(off[0].get("autoAllocatedAddresses").is_none(), "{off:?}");
+    assert!(off[0].get("autoAllocatedBy").is_none(), "{off:?}");
+}

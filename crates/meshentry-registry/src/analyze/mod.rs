@@ -69,6 +69,8 @@ pub fn analyze(loaded: &Loaded) -> Vec<Finding> {
         .collect();
     let opts = BuildOptions {
         cluster_domain: loaded.cluster_domain.clone(),
+        // The checks look at declared and istiod-allocated addresses, as istioctl does.
+        auto_allocate: false,
     };
     let registry = Registry::build_with(loaded.valid().chain(invalid.iter()), &opts);
     analyze_with(loaded, &registry)

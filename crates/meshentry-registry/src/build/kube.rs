@@ -219,6 +219,7 @@ pub(super) fn convert(
         ports,
         addresses,
         auto_addresses: Arc::default(),
+        auto: AutoAddresses::NotUsed,
         resolution: if headless { Resolution::None } else { Resolution::Static },
         location: Location::MeshInternal,
         export_to: ExportTo::new(&svc.export_to, &r.namespace),

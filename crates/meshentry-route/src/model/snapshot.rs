@@ -84,6 +84,9 @@ impl Snapshot {
             resources.iter().copied(),
             &meshentry_registry::BuildOptions {
                 cluster_domain: config.cluster_domain.clone(),
+                // Istio's sidecars use auto-allocated addresses only when they answer DNS
+                // with them; this proxy has no DNS server yet (issue 18).
+                auto_allocate: false,
             },
         );
         // A gateway uses Istio's default scope whatever the Sidecars say.

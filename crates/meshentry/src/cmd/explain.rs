@@ -1108,6 +1108,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
             valid.iter().copied(),
             &meshentry_registry::BuildOptions {
                 cluster_domain: args.domain.cluster_domain.clone(),
+                auto_allocate: false,
             },
         )
     });
