@@ -69,6 +69,26 @@ spec:
   servers:
   - port: {number: 80, name: http, protocol: HTTP}
     hosts: [\"*/*.example.com\"]
+---
+# The gateway's Pod, so that the Gateway's selector selects something (IST0101 otherwise).
+apiVersion: v1
+kind: Pod
+metadata:
+  name: egressgateway-0
+  namespace: istio-system
+  labels: {istio: egressgateway}
+spec:
+  containers: [{name: istio-proxy, image: proxy}]
+---
+# And its Service, which exposes the port the Gateway listens on (IST0162 otherwise).
+apiVersion: v1
+kind: Service
+metadata:
+  name: istio-egressgateway
+  namespace: istio-system
+spec:
+  selector: {istio: egressgateway}
+  ports: [{name: http, port: 80, targetPort: 80}]
 ",
     );
     for i in 0..n {
@@ -91,9 +111,9 @@ spec:
   - match: [{{uri: {{prefix: /v2}}}}]
     route: [{{destination: {{host: api-{i}.example.com, subset: v2, port: {{number: 80}}}}}}]
   - route:
-    - {{destination: {{host: api-{i}.example.com, subset: v1}}, weight: 90}}
-    - {{destination: {{host: www-{i}.example.com}}, weight: 10}}
-    mirror: {{host: x.svc-{i}.example.org}}
+    - {{destination: {{host: api-{i}.example.com, subset: v1, port: {{number: 80}}}}, weight: 90}}
+    - {{destination: {{host: www-{i}.example.com, port: {{number: 80}}}}, weight: 10}}
+    mirror: {{host: x.svc-{i}.example.org, port: {{number: 80}}}}
 ---
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
