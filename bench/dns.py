@@ -5,7 +5,7 @@ machine, with the same query mix, every answer local (nothing is forwarded).
   MESHENTRY_BIN=target/release/meshentry bench/dns.py [--names 100] [--seconds 10] [--reps 3]
       [--rate 20000] [--clients 4] [--outstanding 200] [--aaaa-share 0.2]
       [--transport udp|tcp] [--edns] [--server-cpu 1] [--client-cpu 0]
-      [--skip-meshentry] [--json FILE] [--keep]
+      [--skip-meshentry] [--json FILE] [--perf DIR] [--keep]
 
 Both servers hold the same N names, `svc-I.bench.example` -> 10.64.I/250.I%250+1 (IPv4 only):
   - dnsmasq 2.90 (`dnsmasq-base`): `--no-resolv --no-hosts`, one `host-record=` per name, so an
@@ -448,6 +448,30 @@ def same_answers(servers, distinct, tcp):
     return None
 
 
+def profile(servers, qfile, a, work):
+    """Where each server's CPU goes at saturation: perf's software clock (this VM has no
+    hardware counters), call graphs, a flat report with the top symbols."""
+    if not shutil.which("perf"):
+        print("--perf: no perf on this machine (apt-get install linux-perf)")
+        return
+    os.makedirs(a.perf, exist_ok=True)
+    for s in servers:
+        data = os.path.join(a.perf, f"{s.label}.perf.data")
+        rec = subprocess.Popen(["perf", "record", "-e", "cpu-clock", "-F", "1999", "-g",
+                                "-p", str(s.p.pid), "-o", data],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.5)
+        r = dnsperf(s, qfile, a, "qps", os.path.join(work, f"dnsperf-{s.label}-perf.txt"))
+        rec.send_signal(2)
+        rec.wait(60)
+        txt = os.path.join(a.perf, f"{s.label}.txt")
+        with open(txt, "w") as f:
+            subprocess.run(["perf", "report", "-i", data, "--stdio", "--no-children",
+                            "--sort", "dso,symbol", "-g", "none", "--percent-limit", "0.5"],
+                           stdout=f, stderr=subprocess.DEVNULL)
+        print(f"perf: {s.label} at {r['qps']:,.0f} queries/s under perf: {data}, {txt}")
+
+
 # === Report ===
 
 
@@ -588,6 +612,9 @@ def main():
     ap.add_argument("--client-cpu", type=int, default=0)
     ap.add_argument("--skip-meshentry", action="store_true")
     ap.add_argument("--json", metavar="FILE")
+    ap.add_argument("--perf", metavar="DIR", help="after the reps, one more saturation run per "
+                    "server under `perf record -g` (cpu-clock): DIR/LABEL.perf.data and a "
+                    "flat DIR/LABEL.txt; not counted in the figures")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     a = ap.parse_args()
 
@@ -636,6 +663,8 @@ def main():
                                                    "server_cpu_pct", "client_cpu_pct",
                                                    "other_cpu_pct") if r.get(k) is not None}
                     print(f"rep {rep + 1} {s.label:9} {mode:7} {json.dumps(shown)}", flush=True)
+        if a.perf:
+            profile(servers, qfile, a, work)
         rss = {}
         for s in servers:
             rss[s.label] = rss_mib(s.p.pid)
