@@ -27,11 +27,12 @@ pub(crate) use meshentry_route::{base, model, route, wire};
 // What the binary, admin and tests use: the runtime state, the shared context, the reloader
 // and workers, telemetry, capture rules, TLS files, and the refusal texts `explain` shows.
 pub use listen::server::Acceptor;
-pub use listen::{reload, workers};
+pub use listen::{dns as dns_proxy, reload, workers};
 pub use live::Live;
 pub use live::dns::{Dns, DnsConfig};
 pub use live::tls;
 pub use net::capture;
+pub use obs::dns_proxy::{DnsProxyStats, Outcome as DnsOutcome};
 pub use obs::{access_log, metrics};
 pub use rt::lifecycle::SourceState;
 pub use rt::shared::{DETECTED_NAMES, Shared};

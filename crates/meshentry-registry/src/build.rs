@@ -55,6 +55,10 @@ pub struct BuildOptions {
     /// Allocate VIPs to the ServiceEntry hosts Istio would auto-allocate for
     /// ([`crate::allocate`]) when their `status.addresses` hold none.
     pub auto_allocate: bool,
+    /// The proxy answers DNS (Istio's DNS capture): a service without `addresses` that has
+    /// auto-allocated ones takes them as its addresses, as a sidecar with DNS capture listens
+    /// on them, so that it is routed by them and no longer shares `0.0.0.0:<port>` (IST0134).
+    pub dns_capture: bool,
 }
 
 /// A WorkloadEntry or ready Pod that a `workloadSelector` may pick.
@@ -218,6 +222,13 @@ pub(crate) fn build<'a>(resources: impl IntoIterator<Item = &'a Resource>, opts:
     resolve_aliases(&aliases, &mut services);
     if opts.auto_allocate {
         crate::allocate::allocate(&mut services);
+    }
+    if opts.dns_capture {
+        for s in services.iter_mut() {
+            if s.addresses.is_empty() && !s.auto_addresses.is_empty() {
+                s.addresses = s.auto_addresses.clone();
+            }
+        }
     }
 
     shadowed_hosts(&services, &listing, &sources, &mut warnings);

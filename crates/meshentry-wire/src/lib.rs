@@ -9,6 +9,7 @@
 //! - [`h1`]: request and response framing (Content-Length, Transfer-Encoding, Host,
 //!   Connection) and the hop-by-hop rule;
 //! - [`chunked`]: finding the end of a chunked body without decoding it;
+//! - [`dns`]: DNS queries read without allocating, answers written into a reused buffer;
 //! - [`sni`], [`detect`]: what a connection's first bytes are (a TLS ClientHello and its
 //!   server name, an HTTP/1.x request line, the HTTP/2 preface), for routing before any
 //!   protocol is terminated.
@@ -18,5 +19,6 @@
 
 pub mod chunked;
 pub mod detect;
+pub mod dns;
 pub mod h1;
 pub mod sni;

@@ -1,5 +1,6 @@
-//! Accept loops: the explicit proxy, the transparent (captured) listener and the Gateway listeners.
+//! Accept loops: the DNS proxy, the explicit proxy, the transparent (captured) listener and the Gateway listeners.
 
+pub mod dns;
 pub mod gateway;
 pub mod outbound;
 pub mod reload;

@@ -173,6 +173,14 @@ pub async fn connect(dial: &Dial, timeout: Duration) -> Result<Stream, ConnectEr
 /// Whether setting [`PROXY_MARK`] works here (root or CAP_NET_ADMIN); learned on first use.
 static MARK_WORKS: AtomicBool = AtomicBool::new(true);
 
+/// Marks `socket` with [`PROXY_MARK`] when the process may, so that capture never takes the
+/// proxy's own traffic back to it.
+pub(crate) fn mark(socket: &socket2::Socket) {
+    if MARK_WORKS.load(Ordering::Relaxed) && socket.set_mark(PROXY_MARK).is_err() {
+        MARK_WORKS.store(false, Ordering::Relaxed);
+    }
+}
+
 /// Connects to `to` with one `connect` and no `SO_ERROR` check: the socket is created
 /// non-blocking (and marked with [`PROXY_MARK`] when the process may, so that a proxy
 /// running as root, not as the exempted uid, does not capture its own connections again and
@@ -184,9 +192,7 @@ async fn connect_tcp(to: SocketAddr) -> io::Result<TcpStream> {
     use socket2::{Domain, Protocol, SockAddr, Socket, Type};
     use tokio::io::Interest;
     let socket = Socket::new(Domain::for_address(to), Type::STREAM.nonblocking(), Some(Protocol::TCP))?;
-    if MARK_WORKS.load(Ordering::Relaxed) && socket.set_mark(PROXY_MARK).is_err() {
-        MARK_WORKS.store(false, Ordering::Relaxed);
-    }
+    mark(&socket);
     // Requests are small and latency matters more than packet count.
     socket.set_tcp_nodelay(true)?;
     match socket.connect(&SockAddr::from(to)) {

@@ -33,6 +33,8 @@ pub struct Shared {
     pub via: Via,
     /// Reload outcomes and the drain state.
     pub lifecycle: Lifecycle,
+    /// The DNS proxy's counters (`--dns`).
+    pub dns_proxy: crate::obs::dns_proxy::DnsProxyStats,
 }
 
 impl Shared {
@@ -48,6 +50,7 @@ impl Shared {
             local_addrs: ArcSwap::from_pointee(local_addrs),
             via: Via::random(),
             lifecycle: Lifecycle::default(),
+            dns_proxy: Default::default(),
         })
     }
 

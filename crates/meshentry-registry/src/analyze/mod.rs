@@ -71,6 +71,7 @@ pub fn analyze(loaded: &Loaded) -> Vec<Finding> {
         cluster_domain: loaded.cluster_domain.clone(),
         // The checks look at declared and istiod-allocated addresses, as istioctl does.
         auto_allocate: false,
+        dns_capture: false,
     };
     let registry = Registry::build_with(loaded.valid().chain(invalid.iter()), &opts);
     analyze_with(loaded, &registry)

@@ -91,6 +91,20 @@ pub struct ProxyConfig {
     /// `--cluster-domain`: Kubernetes Service hosts are `NAME.NS.svc.DOMAIN`, and short names
     /// expand to them.
     pub cluster_domain: meshentry_api::ClusterDomain,
+    /// `--dns`: the proxy answers DNS for its applications; `None`: it does not (and, as an
+    /// Istio sidecar without DNS capture, uses no auto-allocated address).
+    pub dns: Option<DnsProxy>,
+    /// MeshConfig's `PILOT_ENABLE_IP_AUTOALLOCATE` (default on): with [`ProxyConfig::dns`],
+    /// ServiceEntries without addresses get allocated ones.
+    pub ip_autoallocate: bool,
+}
+
+/// What the DNS proxy's name table depends on besides the registry.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DnsProxy {
+    /// The applications' resolver search domains (resolv.conf's `search`): a known name
+    /// followed by one of them is answered too.
+    pub search: Vec<String>,
 }
 
 /// The files of the Kubernetes secret `name` in a credentials directory, by Istio's key names.
@@ -205,6 +219,8 @@ impl Default for ProxyConfig {
             limits: Limits::default(),
             credentials: None,
             cluster_domain: meshentry_api::ClusterDomain::default(),
+            dns: None,
+            ip_autoallocate: true,
         }
     }
 }

@@ -7,6 +7,7 @@ pub(crate) mod fixtures;
 pub mod gateway;
 pub mod key;
 pub mod lb;
+pub mod names;
 pub mod snapshot;
 pub mod tls;
 pub mod vs;

@@ -24,6 +24,7 @@ use crate::model::cluster::{Cluster, ClusterSpec};
 use crate::model::gateway::Gateway;
 use crate::model::key::ServiceKey;
 use crate::model::lb::Policy;
+use crate::model::names::NameTable;
 use crate::model::tls::{Mode, Recipe, RecipeError, Sni};
 use crate::model::vs::{CompileInput, MESH, RouteTables};
 
@@ -60,6 +61,8 @@ pub struct Snapshot {
     ports: FxHashMap<u32, PortInfo>,
     /// Configurations Istio would route wrongly, and what this proxy does instead.
     pub warnings: Vec<String>,
+    /// What the DNS proxy answers itself (`--dns`); `None` when it is off.
+    pub names: Option<Arc<NameTable>>,
 }
 
 /// The kinds of services a port number has, for the transparent listener: whether Istio would
@@ -85,8 +88,9 @@ impl Snapshot {
             &meshentry_registry::BuildOptions {
                 cluster_domain: config.cluster_domain.clone(),
                 // Istio's sidecars use auto-allocated addresses only when they answer DNS
-                // with them; this proxy has no DNS server yet (issue 18).
-                auto_allocate: false,
+                // with them.
+                auto_allocate: config.dns.is_some() && config.ip_autoallocate,
+                dns_capture: config.dns.is_some(),
             },
         );
         // A gateway uses Istio's default scope whatever the Sidecars say.
@@ -195,6 +199,14 @@ impl Snapshot {
             }
         }
         warnings.sort();
+        let names = config.dns.as_ref().map(|dns| {
+            Arc::new(NameTable::build(
+                &registry,
+                &config.namespace,
+                &dns.search,
+                config.cluster_domain.as_str(),
+            ))
+        });
         Snapshot {
             generation,
             applied_at: SystemTime::now(),
@@ -210,6 +222,7 @@ impl Snapshot {
             gateway,
             ports,
             warnings,
+            names,
         }
     }
 

@@ -1109,6 +1109,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
             &meshentry_registry::BuildOptions {
                 cluster_domain: args.domain.cluster_domain.clone(),
                 auto_allocate: false,
+                dns_capture: false,
             },
         )
     });

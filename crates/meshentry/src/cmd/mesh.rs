@@ -66,6 +66,7 @@ pub fn read(args: &MeshArgs) -> anyhow::Result<Option<MeshConfig>> {
 pub fn proxy_config(mesh: &MeshConfig, config: &mut ProxyConfig) {
     config.root_namespace.clone_from(&mesh.root_namespace);
     config.auto_mtls = mesh.enable_auto_mtls;
+    config.ip_autoallocate = mesh.ip_autoallocate;
     config.trust_domain.clone_from(&mesh.trust_domain);
     config.mesh_policy = match mesh.outbound_policy {
         OutboundTrafficPolicyMode::AllowAny => OutboundPolicy::AllowAny,

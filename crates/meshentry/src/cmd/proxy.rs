@@ -94,6 +94,26 @@ pub struct Args {
     /// DNS server for DNS-resolved services (IP or IP:PORT); default: /etc/resolv.conf.
     #[arg(long, value_parser = parse_dns_server)]
     pub dns_server: Option<SocketAddr>,
+    /// Answer DNS here, over UDP and TCP (Istio's DNS proxy, 127.0.0.1:15053): the mesh's
+    /// names (ServiceEntry hosts with their addresses or auto-allocated ones, Kubernetes
+    /// Services and their short names) from the configuration, every other name forwarded to
+    /// --dns-upstream and cached. `meshentry iptables install --capture-dns` sends the
+    /// application's DNS here. `off` for none. Default: off, or 127.0.0.1:15053 when
+    /// --mesh-config sets ISTIO_META_DNS_CAPTURE.
+    #[arg(long, value_parser = parse_maybe_addr)]
+    pub dns: Option<MaybeAddr>,
+    /// Where --dns forwards the names it does not know (IP or IP:PORT; repeat for more, asked
+    /// in turn). Default: --dns-server, else the nameservers of /etc/resolv.conf.
+    #[arg(long, value_parser = parse_dns_server, requires = "dns")]
+    pub dns_upstream: Vec<SocketAddr>,
+    /// The applications' resolver search domains (repeat for more): a mesh name followed by
+    /// one of them, as a resolver with `ndots:5` asks first, is answered at once. Default: the
+    /// `search` line of /etc/resolv.conf.
+    #[arg(long, value_name = "DOMAIN", requires = "dns")]
+    pub dns_search: Vec<String>,
+    /// How long --dns waits for one upstream resolver before asking the next (Istio: 5s).
+    #[arg(long, default_value = "5s", value_parser = parse_positive_duration)]
+    pub dns_upstream_timeout: Duration,
     /// ALLOW_ANY or REGISTRY_ONLY; overrides any Sidecar and the mesh default (ALLOW_ANY).
     #[arg(long, value_parser = parse_policy)]
     pub outbound_policy: Option<OutboundPolicy>,
@@ -373,6 +393,13 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
             args.cert_check_interval,
             started.stopped.clone(),
         ));
+        let dns_thread = match started.dns_proxy {
+            Some((listener, upstreams, _)) => Some(
+                meshentry_proxy::dns_proxy::spawn(listener, upstreams, shared.clone(), exited.clone())
+                    .context("cannot start the DNS proxy thread")?,
+            ),
+            None => None,
+        };
         let admin_addr = started.admin.local_addr()?;
         // The admin server answers through the drain (`/ready` says DRAINING) until the exit.
         let admin = tokio::spawn(meshentry_admin::serve(
@@ -424,6 +451,9 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         let _ = admin.await;
         let _ = certs.await;
         let _ = reloads.await;
+        if let Some(t) = dns_thread {
+            let _ = t.join();
+        }
         anyhow::Ok(())
     })?;
     for t in threads {
@@ -484,6 +514,12 @@ struct Started {
     skipped: Vec<meshentry_api::Finding>,
     /// Where --kubernetes-secrets keeps them; removed when dropped, at exit.
     _secrets: Option<crate::cmd::kube::SecretsDir>,
+    /// The DNS proxy's sockets and upstreams (--dns), and its address.
+    dns_proxy: Option<(
+        meshentry_proxy::dns_proxy::DnsListener,
+        meshentry_proxy::dns_proxy::Upstreams,
+        SocketAddr,
+    )>,
 }
 
 /// The files, and the cluster's objects when there is a cluster.
@@ -578,6 +614,47 @@ async fn start(args: &Args) -> anyhow::Result<Option<Started>> {
     if let Some(td) = &args.trust_domain {
         config.trust_domain.clone_from(td);
     }
+    let dns_addr = match args.dns {
+        Some(MaybeAddr(addr)) => addr,
+        // Istio's agent answers DNS on 15053 when the mesh turns DNS capture on.
+        None if loaded.mesh.dns_capture => Some(SocketAddr::from(([127, 0, 0, 1], 15053))),
+        None => None,
+    };
+    let mut dns_proxy = None;
+    if let Some(addr) = dns_addr {
+        let resolv = meshentry_proxy::dns_proxy::ResolvConf::system();
+        config.dns = Some(meshentry_route::base::config::DnsProxy {
+            search: match args.dns_search.is_empty() {
+                true => resolv.search.clone(),
+                false => args.dns_search.clone(),
+            },
+        });
+        let listener = meshentry_proxy::dns_proxy::DnsListener::bind(addr)
+            .with_context(|| format!("cannot listen on {addr} (--dns)"))?;
+        let local = listener.local_addr()?;
+        let servers: Vec<SocketAddr> = match (&args.dns_upstream[..], args.dns_server) {
+            ([], Some(server)) => vec![server],
+            ([], None) => resolv.nameservers.iter().map(|ip| SocketAddr::new(*ip, 53)).collect(),
+            (list, _) => list.to_vec(),
+        };
+        if servers.contains(&local) {
+            eprintln!("meshentry: --dns {local} would forward to itself: give the real resolvers with --dns-upstream");
+            return Ok(None);
+        }
+        if servers.is_empty() {
+            tracing::warn!(
+                "--dns: no upstream resolver (none in /etc/resolv.conf, no --dns-upstream): names the mesh does not know get SERVFAIL"
+            );
+        }
+        dns_proxy = Some((
+            listener,
+            meshentry_proxy::dns_proxy::Upstreams {
+                servers,
+                timeout: args.dns_upstream_timeout,
+            },
+            local,
+        ));
+    }
     let dns = Dns::new(DnsConfig {
         server: args.dns_server,
         ..DnsConfig::default()
@@ -647,6 +724,7 @@ async fn start(args: &Args) -> anyhow::Result<Option<Started>> {
     };
     tracing::info!(
         http_proxy = %of_kind(|k| matches!(k, Listen::HttpProxy)), outbound = %of_kind(|k| matches!(k, Listen::Outbound)),
+        dns = %dns_proxy.as_ref().map_or_else(|| "off".to_string(), |(_, _, a)| a.to_string()),
         gateway = %args.gateway.as_deref().unwrap_or("-"), gateway_listeners = %of_kind(|k| matches!(k, Listen::Gateway)), admin = %admin.local_addr()?, namespace = %config.namespace,
         services = snapshot.registry.services().len(), policy = %snapshot.policy, policy_source = %snapshot.policy_source,
         scope = %snapshot.scope.as_ref().map_or_else(|| "-".to_string(), |s| s.source()),
@@ -671,6 +749,7 @@ async fn start(args: &Args) -> anyhow::Result<Option<Started>> {
         cluster,
         skipped,
         _secrets: secrets,
+        dns_proxy,
     }))
 }
 

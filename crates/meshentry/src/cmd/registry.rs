@@ -62,6 +62,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     let opts = meshentry_registry::BuildOptions {
         cluster_domain: args.domain.cluster_domain.clone(),
         auto_allocate: loaded.mesh.ip_autoallocate,
+        dns_capture: false,
     };
     let registry = Registry::build_with(&loaded.resources, &opts);
     let scoped = args.namespace.as_deref().and_then(|ns| {
