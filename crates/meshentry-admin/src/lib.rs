@@ -740,6 +740,9 @@ fn prometheus(shared: &Shared) -> Response<Full<Bytes>> {
         family(&mut out, &full, kind, help);
         sample(&mut out, &full, "", None, &read(shared).to_string());
     }
+    if shared.config.dns.is_some() {
+        meshentry_proxy::dns_proxy_metrics(&mut out, &shared.dns_proxy);
+    }
     let name = "meshentry_outbound_sniffed_total";
     family(
         &mut out,
