@@ -186,7 +186,13 @@ async fn the_meshs_names_are_answered_locally_over_udp_and_tcp() {
     assert_eq!(ips(&out), db1);
     // Every proxy allocates the same: `meshentry registry` computes the same addresses.
     let dir = s.proxy.config_dir().to_path_buf();
-    let registry = Command::new(BIN).arg("registry").arg(&dir).arg("-o").arg("json").output().unwrap();
+    let registry = Command::new(BIN)
+        .arg("registry")
+        .arg(&dir)
+        .arg("-o")
+        .arg("json")
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&registry.stdout);
     assert!(text.contains(&db1[0].to_string()), "{text}");
     // Nothing went upstream.
@@ -210,16 +216,32 @@ async fn nodata_for_a_known_name_nxdomain_from_upstream_for_an_unknown_one() {
 async fn search_domain_expansions_are_cnames_to_the_mesh_name_and_never_go_upstream() {
     let s = start(CONFIG, &[]).await;
     let db1 = ips(&dig(s.dns, &["db1.internal"]).await);
-    for name in ["db1.internal.default.svc.cluster.local", "db1.internal.svc.cluster.local"] {
+    for name in [
+        "db1.internal.default.svc.cluster.local",
+        "db1.internal.svc.cluster.local",
+    ] {
         let out = dig(s.dns, &[name]).await;
         assert_eq!(status(&out), "NOERROR", "{out}");
         let a = answers(&out);
-        assert_eq!(a[0], (format!("{name}."), "CNAME".into(), "db1.internal.".into()), "{out}");
+        assert_eq!(
+            a[0],
+            (format!("{name}."), "CNAME".into(), "db1.internal.".into()),
+            "{out}"
+        );
         assert_eq!(a[1].0, "db1.internal.");
         assert_eq!(ips(&out), db1);
     }
     // A resolver with ndots:5 and these search domains, asking for the mesh name.
-    let out = dig(s.dns, &["+search", "+ndots=5", "+domain=default.svc.cluster.local", "db2.internal"]).await;
+    let out = dig(
+        s.dns,
+        &[
+            "+search",
+            "+ndots=5",
+            "+domain=default.svc.cluster.local",
+            "db2.internal",
+        ],
+    )
+    .await;
     assert_eq!(status(&out), "NOERROR", "{out}");
     assert_eq!(s.upstream.total_queries(), 0);
 }
@@ -243,7 +265,10 @@ async fn a_large_answer_is_truncated_over_udp_and_whole_over_tcp() {
     }
     // A smaller one fits in 512 without EDNS.
     let out = dig(s.dns, &["+noedns", "db1.internal"]).await;
-    assert!(!out.contains("OPT PSEUDOSECTION"), "no OPT without EDNS in the query: {out}");
+    assert!(
+        !out.contains("OPT PSEUDOSECTION"),
+        "no OPT without EDNS in the query: {out}"
+    );
     assert_eq!(ips(&out).len(), 1);
 }
 
@@ -264,7 +289,11 @@ async fn forwarded_answers_are_cached_by_their_ttl() {
         let out = dig(s.dns, &["api.dropboxapi.com"]).await;
         assert_eq!(ips(&out), [ip], "{out}");
     }
-    assert_eq!(s.upstream.queries("api.dropboxapi.com"), 1, "the cache answered the next two");
+    assert_eq!(
+        s.upstream.queries("api.dropboxapi.com"),
+        1,
+        "the cache answered the next two"
+    );
     // Over TCP too, from the same cache.
     let out = dig(s.dns, &["+tcp", "api.dropboxapi.com"]).await;
     assert_eq!(ips(&out), [ip]);
@@ -277,10 +306,19 @@ async fn forwarded_answers_are_cached_by_their_ttl() {
     assert_eq!(ips(&out), [new], "{out}");
     assert_eq!(s.upstream.queries("api.dropboxapi.com"), 2);
     let stats = s.proxy.admin_get("/stats/prometheus").await.text();
-    assert!(stats.contains("meshentry_dns_proxy_queries_total{outcome=\"cached\"} 3"), "{stats}");
-    assert!(stats.contains("meshentry_dns_proxy_queries_total{outcome=\"forwarded\"} 2"), "{stats}");
+    assert!(
+        stats.contains("meshentry_dns_proxy_queries_total{outcome=\"cached\"} 3"),
+        "{stats}"
+    );
+    assert!(
+        stats.contains("meshentry_dns_proxy_queries_total{outcome=\"forwarded\"} 2"),
+        "{stats}"
+    );
     assert!(stats.contains("istio_agent_dns_upstream_requests_total 2"), "{stats}");
-    assert!(stats.contains("istio_agent_dns_upstream_request_duration_seconds_count 2"), "{stats}");
+    assert!(
+        stats.contains("istio_agent_dns_upstream_request_duration_seconds_count 2"),
+        "{stats}"
+    );
 }
 
 #[tokio::test]
@@ -291,7 +329,12 @@ async fn a_silent_upstream_gets_servfail_and_a_dead_one_is_skipped() {
     // The first upstream is unreachable (ICMP refused); the second is asked.
     let s = start(
         CONFIG,
-        &["--dns-upstream", &dead_addr.to_string(), "--dns-upstream-timeout", "500ms"],
+        &[
+            "--dns-upstream",
+            &dead_addr.to_string(),
+            "--dns-upstream-timeout",
+            "500ms",
+        ],
     )
     .await;
     let ip: IpAddr = "127.9.9.11".parse().unwrap();
@@ -306,7 +349,10 @@ async fn a_silent_upstream_gets_servfail_and_a_dead_one_is_skipped() {
     let out = dig(s.dns, &["slow.example"]).await;
     assert_eq!(status(&out), "SERVFAIL", "{out}");
     let stats = s.proxy.admin_get("/stats/prometheus").await.text();
-    assert!(stats.contains("meshentry_dns_proxy_queries_total{outcome=\"failed\"} 1"), "{stats}");
+    assert!(
+        stats.contains("meshentry_dns_proxy_queries_total{outcome=\"failed\"} 1"),
+        "{stats}"
+    );
 }
 
 #[tokio::test]
