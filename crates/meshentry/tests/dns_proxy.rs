@@ -195,6 +195,13 @@ async fn the_meshs_names_are_answered_locally_over_udp_and_tcp() {
         .unwrap();
     let text = String::from_utf8_lossy(&registry.stdout);
     assert!(text.contains(&db1[0].to_string()), "{text}");
+    // The admin name table says the same, and where each came from.
+    let table = s.proxy.admin_json("/debug/ndsz").await;
+    let db1_entry = &table["table"]["db1.internal"];
+    assert_eq!(db1_entry["origin"], "allocated by meshentry", "{table}");
+    assert_eq!(db1_entry["ips"][0], db1[0].to_string());
+    assert_eq!(table["table"]["mymongodb.somedomain"]["origin"], "addresses");
+    assert_eq!(table["search"][0], "default.svc.cluster.local");
     // Nothing went upstream.
     assert_eq!(s.upstream.total_queries(), 0);
 }
