@@ -17,7 +17,8 @@ pub struct Args {
 
 #[derive(clap::Subcommand)]
 pub enum Action {
-    /// Capture this host's (or network namespace's) outbound TCP connections into the proxy.
+    /// Capture this host's (or network namespace's) outbound TCP connections into the proxy,
+    /// and with --capture-dns its DNS.
     Install {
         /// The uid the proxy runs as: its own connections are never captured.
         #[arg(long)]
