@@ -162,19 +162,19 @@ fn name_table(shared: &Shared) -> Value {
         .names()
         .into_iter()
         .map(|(name, e)| {
-            let ips: Vec<String> = e
-                .v4
-                .iter()
-                .map(|ip| ip.to_string())
-                .chain(e.v6.iter().map(|ip| ip.to_string()))
-                .collect();
+            let ips: Vec<String> =
+                e.v4.iter()
+                    .map(|ip| ip.to_string())
+                    .chain(e.v6.iter().map(|ip| ip.to_string()))
+                    .collect();
             let origin = match e.origin {
                 Origin::Addresses => "addresses",
                 Origin::Allocated { by_istiod: true } => "allocated by istiod",
                 Origin::Allocated { by_istiod: false } => "allocated by meshentry",
                 Origin::Endpoints => "endpoints",
             };
-            let v = json!({"ips": ips, "host": &*e.host, "namespace": &*e.namespace, "origin": origin, "alias": e.alias});
+            let v =
+                json!({"ips": ips, "host": &*e.host, "namespace": &*e.namespace, "origin": origin, "alias": e.alias});
             (name, v)
         })
         .collect();

@@ -82,9 +82,10 @@ pub struct Upstreams {
     pub timeout: Duration,
 }
 
-/// Starts the DNS proxy's thread; it stops when `stop` turns true.
+/// Starts the DNS proxy's thread, serving every one of `listeners`; it stops when `stop`
+/// turns true.
 pub fn spawn(
-    listener: DnsListener,
+    listeners: Vec<DnsListener>,
     upstreams: Upstreams,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
@@ -93,13 +94,6 @@ pub fn spawn(
     std::thread::Builder::new().name("meshentry-dns".into()).spawn(move || {
         let local = tokio::task::LocalSet::new();
         local.block_on(&rt, async move {
-            let (udp, tcp) = match (UdpSocket::from_std(listener.udp), TcpListener::from_std(listener.tcp)) {
-                (Ok(u), Ok(t)) => (u, t),
-                (Err(e), _) | (_, Err(e)) => {
-                    tracing::error!(error = %e, "DNS proxy: cannot register its sockets");
-                    return;
-                }
-            };
             let state = Rc::new(State {
                 shared,
                 upstreams,
@@ -108,11 +102,21 @@ pub fn spawn(
                 in_flight: Cell::new(0),
                 tcp_clients: Cell::new(0),
             });
-            let udp = Rc::new(udp);
-            tokio::select! {
-                () = serve_udp(state.clone(), udp) => {}
-                () = serve_tcp(state, tcp) => {}
-                _ = stop.wait_for(|s| *s) => {}
+            let mut tasks = Vec::new();
+            for listener in listeners {
+                match (UdpSocket::from_std(listener.udp), TcpListener::from_std(listener.tcp)) {
+                    (Ok(udp), Ok(tcp)) => {
+                        tasks.push(tokio::task::spawn_local(serve_udp(state.clone(), Rc::new(udp))));
+                        tasks.push(tokio::task::spawn_local(serve_tcp(state.clone(), tcp)));
+                    }
+                    (Err(e), _) | (_, Err(e)) => {
+                        tracing::error!(error = %e, "DNS proxy: cannot register its sockets");
+                    }
+                }
+            }
+            let _ = stop.wait_for(|s| *s).await;
+            for t in tasks {
+                t.abort();
             }
         });
     })
