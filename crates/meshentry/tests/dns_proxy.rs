@@ -416,3 +416,106 @@ async fn a_reload_changes_the_answers_without_a_restart() {
     })
     .await;
 }
+
+/// A stand-in for capture sending the proxy's own upstream queries back to it: whatever
+/// arrives is sent on to `proxy` as a new query, unchanged, and its answer returned as the
+/// upstream's.
+fn reflector(proxy: SocketAddr) -> SocketAddr {
+    let r = UdpSocket::bind((unique_loopback(), 0)).unwrap();
+    let addr = r.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok((n, from)) = r.recv_from(&mut buf) {
+            let c = UdpSocket::bind((addr.ip(), 0)).unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            c.send_to(&buf[..n], proxy).unwrap();
+            let mut answer = [0u8; 4096];
+            if let Ok(m) = c.recv(&mut answer) {
+                let _ = r.send_to(&answer[..m], from);
+            }
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn its_own_query_coming_back_is_a_loop_answered_with_servfail_not_forwarded_again() {
+    let ip = unique_loopback();
+    let dns = SocketAddr::new(ip.into(), 15053);
+    let upstream = reflector(dns);
+    let proxy = Proxy::builder(BIN)
+        .ip(ip)
+        .config(CONFIG)
+        .http_proxy_off()
+        .outbound_off()
+        .args(["--dns", &dns.to_string(), "--dns-upstream", &upstream.to_string()])
+        .start()
+        .await;
+    let started = std::time::Instant::now();
+    let out = dig(dns, &["loop.example"]).await;
+    assert_eq!(status(&out), "SERVFAIL", "{out}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "ended at once, not by a timeout"
+    );
+    let stats = proxy.admin_get("/stats/prometheus").await.text();
+    assert!(
+        stats.contains("istio_agent_dns_upstream_requests_total 1\n"),
+        "one hop, not a storm: {stats}"
+    );
+    assert!(
+        proxy.stderr().contains("its own upstream query came back"),
+        "{}",
+        proxy.stderr()
+    );
+    // Mesh names still answer.
+    assert_eq!(status(&dig(dns, &["db1.internal"]).await), "NOERROR");
+}
+
+#[test]
+fn an_upstream_that_is_the_listener_itself_is_refused_at_startup() {
+    let ip = unique_loopback();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("se.yaml"), CONFIG).unwrap();
+    let out = Command::new(BIN)
+        .args(["proxy", "--config"])
+        .arg(dir.path())
+        .args([
+            "--http-proxy",
+            "off",
+            "--outbound",
+            "off",
+            "--admin",
+            &format!("{ip}:15000"),
+        ])
+        .args([
+            "--dns",
+            &format!("{ip}:15053"),
+            "--dns-upstream",
+            &format!("{ip}:15053"),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("would forward to itself"), "{err}");
+    // An unspecified address would answer UDP from whichever address routing picks, which
+    // clients reject: refused too, with the way out.
+    let out = Command::new(BIN)
+        .args(["proxy", "--config"])
+        .arg(dir.path())
+        .args([
+            "--http-proxy",
+            "off",
+            "--outbound",
+            "off",
+            "--admin",
+            &format!("{ip}:15000"),
+        ])
+        .args(["--dns", "0.0.0.0:15053"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("a specific address"), "{err}");
+}

@@ -101,6 +101,7 @@ pub fn spawn(
                 turn: Cell::new(0),
                 in_flight: Cell::new(0),
                 tcp_clients: Cell::new(0),
+                sent: RefCell::new(Vec::new()),
             });
             let mut tasks = Vec::new();
             for listener in listeners {
@@ -130,6 +131,10 @@ struct State {
     turn: Cell<usize>,
     in_flight: Cell<usize>,
     tcp_clients: Cell<usize>,
+    /// The id and question of every query this proxy has sent upstream and not yet had
+    /// answered: one of them arriving here is the proxy's own query come back (its upstream
+    /// traffic captured again, or an upstream that is this listener by another address).
+    sent: RefCell<Vec<(u16, u64)>>,
 }
 
 /// What to do with a message once [`State::answer`] has looked at it.
@@ -184,7 +189,22 @@ impl State {
             stats.count(Outcome::Cached);
             return Step::Reply;
         }
+        if !self.sent.borrow().is_empty() && self.sent.borrow().contains(&self.question_key(&q)) {
+            // Forwarding it again would loop until the in-flight bound; SERVFAIL ends it at
+            // once, and the query this was answers its client with it.
+            tracing::warn!(
+                name = q.name(),
+                "DNS proxy: its own upstream query came back to it (is its traffic captured? run it as the proxy uid, or give --dns-upstream)"
+            );
+            write_servfail(out, &q);
+            stats.count(Outcome::Failed);
+            return Step::Reply;
+        }
         Step::Forward
+    }
+
+    fn question_key(&self, q: &Query<'_>) -> (u16, u64) {
+        (q.id, self.cache.borrow().key(q))
     }
 
     /// Asks the upstreams for `msg` (a query [`State::answer`] said to forward) and writes
@@ -208,7 +228,17 @@ impl State {
             stats
                 .upstream_requests
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            match exchange(server, msg, &q, self.upstreams.timeout).await {
+            let id = fastrand::u16(..);
+            let key = (id, self.cache.borrow().key(&q));
+            self.sent.borrow_mut().push(key);
+            let result = exchange(server, msg, id, &q, self.upstreams.timeout).await;
+            {
+                let mut sent = self.sent.borrow_mut();
+                if let Some(i) = sent.iter().position(|k| *k == key) {
+                    sent.swap_remove(i);
+                }
+            }
+            match result {
                 Ok(a) => {
                     answer = Some(a);
                     break;
@@ -335,6 +365,7 @@ async fn serve_tcp(state: Rc<State>, listener: TcpListener) {
 async fn serve_tcp_client(state: &State, mut stream: TcpStream) -> io::Result<()> {
     let mut msg = Vec::new();
     let mut out = Vec::new();
+    let mut framed = Vec::new();
     loop {
         let len = match tokio::time::timeout(TCP_IDLE, stream.read_u16()).await {
             Ok(Ok(len)) => len as usize,
@@ -356,7 +387,7 @@ async fn serve_tcp_client(state: &State, mut stream: TcpStream) -> io::Result<()
         if out.is_empty() {
             return Ok(());
         }
-        let mut framed = Vec::with_capacity(out.len() + 2);
+        framed.clear();
         framed.extend_from_slice(&(out.len() as u16).to_be_bytes());
         framed.extend_from_slice(&out);
         stream.write_all(&framed).await?;
@@ -368,8 +399,7 @@ async fn serve_tcp_client(state: &State, mut stream: TcpStream) -> io::Result<()
 type Upstream = (Vec<u8>, Vec<u16>, Option<u32>);
 
 /// Asks `server`: over UDP, then over TCP when the answer was truncated.
-async fn exchange(server: SocketAddr, msg: &[u8], q: &Query<'_>, timeout: Duration) -> io::Result<Upstream> {
-    let id = fastrand::u16(..);
+async fn exchange(server: SocketAddr, msg: &[u8], id: u16, q: &Query<'_>, timeout: Duration) -> io::Result<Upstream> {
     let mut query = Vec::with_capacity(msg.len());
     write_forward(&mut query, msg, id);
     let deadline = tokio::time::Instant::now() + timeout;

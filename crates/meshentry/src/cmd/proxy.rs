@@ -627,6 +627,13 @@ async fn start(args: &Args) -> anyhow::Result<Option<Started>> {
         }
         list => list.iter().filter_map(|m| m.0).collect(),
     };
+    if let Some(any) = dns_addrs.iter().find(|a| a.ip().is_unspecified()) {
+        // Without IP_PKTINFO, a UDP answer leaves from the address routing picks, not the one
+        // the client asked, and resolvers drop it as a forgery.
+        anyhow::bail!(
+            "--dns {any}: give a specific address (repeat --dns for several), as a UDP answer must come from the address the client asked"
+        );
+    }
     let mut dns_proxy = None;
     if !dns_addrs.is_empty() {
         config.dns = Some(meshentry_route::base::config::DnsProxy {
