@@ -10,6 +10,7 @@ use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::process::Command;
 use std::time::Duration;
 
+use meshentry_testutil::dns::RecordType;
 use meshentry_testutil::{Proxy, TestDns, eventually, unique_loopback};
 
 const BIN: &str = env!("CARGO_BIN_EXE_meshentry");
@@ -217,6 +218,13 @@ async fn nodata_for_a_known_name_nxdomain_from_upstream_for_an_unknown_one() {
     let out = dig(s.dns, &["nobody.example"]).await;
     assert_eq!(status(&out), "NXDOMAIN", "{out}");
     assert_eq!(s.upstream.queries("nobody.example"), 1);
+    // Other types than A and AAAA go upstream even for a mesh name, as in Istio: a real
+    // domain's MX, TXT or HTTPS records are there.
+    for t in [RecordType::MX, RecordType::ANY, RecordType::TXT] {
+        dig(s.dns, &["db1.internal", &t.to_string()]).await;
+        assert_eq!(s.upstream.queries_of("db1.internal", t), 1, "{t}");
+    }
+    assert_eq!(s.upstream.queries_of("db1.internal", RecordType::A), 0);
 }
 
 #[tokio::test]
