@@ -140,13 +140,45 @@ fn handle(req: &Request<Incoming>, shared: &Shared, started: Instant) -> Respons
         "/clusters" => text(StatusCode::OK, clusters_text(shared)),
         "/stats" => text(StatusCode::OK, stats_text(shared)),
         "/stats/prometheus" => prometheus(shared),
+        "/debug/ndsz" => json_response(&name_table(shared)),
         "/" => text(
             StatusCode::OK,
-            "meshentry admin: /ready /server_info /config_dump /clusters[?format=json] /stats /stats/prometheus\n"
+            "meshentry admin: /ready /server_info /config_dump /clusters[?format=json] /stats /stats/prometheus /debug/ndsz\n"
                 .into(),
         ),
         _ => text(StatusCode::NOT_FOUND, "not found; see /\n".into()),
     }
+}
+
+/// The DNS proxy's name table (`--dns`), as istiod's `/debug/ndsz` shows a proxy's: every name
+/// answered locally with its addresses and where they come from; `null` without `--dns`.
+fn name_table(shared: &Shared) -> Value {
+    use meshentry_route::model::names::Origin;
+    let snap = shared.snapshot.load();
+    let Some(names) = &snap.names else {
+        return Value::Null;
+    };
+    let table: serde_json::Map<String, Value> = names
+        .names()
+        .into_iter()
+        .map(|(name, e)| {
+            let ips: Vec<String> =
+                e.v4.iter()
+                    .map(|ip| ip.to_string())
+                    .chain(e.v6.iter().map(|ip| ip.to_string()))
+                    .collect();
+            let origin = match e.origin {
+                Origin::Addresses => "addresses",
+                Origin::Allocated { by_istiod: true } => "allocated by istiod",
+                Origin::Allocated { by_istiod: false } => "allocated by meshentry",
+                Origin::Endpoints => "endpoints",
+            };
+            let v =
+                json!({"ips": ips, "host": &*e.host, "namespace": &*e.namespace, "origin": origin, "alias": e.alias});
+            (name, v)
+        })
+        .collect();
+    json!({"search": names.search(), "table": table})
 }
 
 fn config_dump(shared: &Shared) -> Value {
@@ -739,6 +771,9 @@ fn prometheus(shared: &Shared) -> Response<Full<Bytes>> {
         };
         family(&mut out, &full, kind, help);
         sample(&mut out, &full, "", None, &read(shared).to_string());
+    }
+    if shared.config.dns.is_some() {
+        meshentry_proxy::dns_proxy_metrics(&mut out, &shared.dns_proxy);
     }
     let name = "meshentry_outbound_sniffed_total";
     family(

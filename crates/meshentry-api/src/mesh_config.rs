@@ -413,7 +413,7 @@ impl MeshConfig {
                 doc.locate(&path),
                 &path,
                 Severity::Info,
-                "accepted, not applied: meshentry's proxy has no DNS proxy, so applications resolve names with their own DNS; routing by Host, SNI and destination address is unchanged".into(),
+                "applied: `meshentry proxy` answers DNS on 127.0.0.1:15053 (unless --dns says otherwise) with the mesh's names and auto-allocated addresses; `meshentry iptables install --capture-dns` sends the applications' DNS there".into(),
             ));
         }
         if self.dns_auto_allocate {
@@ -422,7 +422,7 @@ impl MeshConfig {
                 doc.locate(&path),
                 &path,
                 Severity::Info,
-                "accepted: meshentry allocates no addresses itself; with DNS capture also on, istioctl analyze no longer asks ServiceEntries for addresses (IST0134)".into(),
+                "accepted: with DNS capture, meshentry's proxy allocates addresses to ServiceEntries without any (as PILOT_ENABLE_IP_AUTOALLOCATE, on unless set to \"false\"); istioctl analyze then no longer asks them for addresses (IST0134)".into(),
             ));
         }
         self.note_ignored(doc, frame, findings);

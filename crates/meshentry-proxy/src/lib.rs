@@ -32,7 +32,7 @@ pub use live::Live;
 pub use live::dns::{Dns, DnsConfig};
 pub use live::tls;
 pub use net::capture;
-pub use obs::dns_proxy::{DnsProxyStats, Outcome as DnsOutcome};
+pub use obs::dns_proxy::{DnsProxyStats, Outcome as DnsOutcome, encode as dns_proxy_metrics};
 pub use obs::{access_log, metrics};
 pub use rt::lifecycle::SourceState;
 pub use rt::shared::{DETECTED_NAMES, Shared};

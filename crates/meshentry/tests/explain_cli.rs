@@ -616,3 +616,93 @@ spec:
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["notes"].as_array().map(Vec::len), Some(2), "{v}");
 }
+
+const TWO_TCP: &str = "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: db1, namespace: default}
+spec:
+  hosts: [db1.internal]
+  ports: [{number: 5432, name: tcp, protocol: TCP}]
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: db2, namespace: default}
+spec:
+  hosts: [db2.internal]
+  ports: [{number: 5432, name: tcp, protocol: TCP}]
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: passthrough, namespace: default}
+spec:
+  hosts: [passthrough.example]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: NONE
+";
+
+/// The allocated address `explain dns://` answers for `name`.
+fn allocated(config: &[String], name: &str) -> String {
+    let out = explain(config, &["-o", "json", &format!("dns://{name}")]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["outcome"], "local", "{v}");
+    v["answers"][0]["data"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn dns_names_answers_and_why() {
+    let config = vec![temp_file("two-tcp.yaml", TWO_TCP).to_string_lossy().into_owned()];
+    let (db1, db2) = (allocated(&config, "db1.internal"), allocated(&config, "db2.internal"));
+    assert!(db1.starts_with("240.240.") && db2.starts_with("240.240.") && db1 != db2);
+    // A search-domain expansion: a CNAME, then the address.
+    let out = explain(
+        &config,
+        &[
+            "--dns-search",
+            "ns1.svc.cluster.local",
+            "dns://db1.internal.ns1.svc.cluster.local",
+        ],
+    );
+    let t = text(&out.stdout);
+    assert!(t.contains("CNAME\tdb1.internal."), "{t}");
+    assert!(t.contains(&format!("A\t{db1}")), "{t}");
+    // The seed's VIP range answers with the address written.
+    let out = explain(&[seed("")], &["dns://mymongodb.somedomain"]);
+    assert!(
+        text(&out.stdout).contains("A\t192.192.192.192"),
+        "{}",
+        text(&out.stdout)
+    );
+    // NONE without addresses: forwarded, and why.
+    let out = explain(&config, &["dns://passthrough.example"]);
+    let t = text(&out.stdout);
+    assert!(t.contains("outcome: forwarded") && t.contains("resolution NONE"), "{t}");
+    assert!(!explain(&config, &["dns://"]).status.success());
+    assert!(!explain(&config, &["dns://a.b?type=MX"]).status.success());
+}
+
+#[test]
+fn with_dns_the_allocated_address_routes_each_tcp_service_without_it_they_share_the_port() {
+    let config = vec![
+        temp_file("two-tcp-routing.yaml", TWO_TCP)
+            .to_string_lossy()
+            .into_owned(),
+    ];
+    let db2 = allocated(&config, "db2.internal");
+    let out = explain(&config, &["--dns", &format!("tcp://{db2}:5432")]);
+    let t = text(&out.stdout);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("relay to outbound|5432||db2.internal"), "{t}");
+    assert!(!t.contains("to any destination"), "no shared catch-all: {t}");
+    // Without the DNS proxy, both share 0.0.0.0:5432 and the older takes all (Istio's
+    // IST0134 situation).
+    let out = explain(&config, &[&format!("tcp://{db2}:5432")]);
+    let t = text(&out.stdout);
+    assert!(t.contains("relay to outbound|5432||db1.internal"), "{t}");
+    assert!(
+        t.contains("2 services without addresses take TCP traffic to any destination"),
+        "{t}"
+    );
+}

@@ -1,13 +1,18 @@
 //! `meshentry iptables install|remove` in a network namespace this test creates (never the
 //! host's own tables): the rules are the ones Istio users expect, installing twice leaves one
 //! set, removing restores the table exactly, and connections really are redirected, with
-//! SO_ORIGINAL_DST intact, except the proxy's own uid and excluded ports. Needs root, ip
-//! (iproute2), iptables, setpriv and python3, which CI has.
+//! SO_ORIGINAL_DST intact, except the proxy's own uid and excluded ports. DNS capture sends an
+//! application's queries (dig's, over UDP and TCP) to the DNS listener and the proxy's own to
+//! the nameserver. Needs root, ip (iproute2), iptables, setpriv, dig and python3, which CI has.
 
 #![allow(clippy::unwrap_used)] // Test code: a failed unwrap is a failed test.
 
-use std::process::{Command, Output};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
+
+use meshentry_testutil::{PROXY_UID, make_accessible};
 
 /// A network namespace that exists for the life of the value.
 struct Netns(String);
@@ -290,4 +295,540 @@ s.bind(('127.0.0.2', 443))\nwhile True:\n    d, a = s.recvfrom(64)\n    s.sendto
     assert_eq!(quic_probe(&ns, 4242), "reply");
     let _ = echo.kill();
     let _ = echo.wait();
+}
+
+// === DNS capture ===
+
+/// A DNS server and client for the DNS capture tests, run with /usr/bin/python3 (where any uid
+/// can run it).
+///
+/// `serve LABEL PROTO,ADDR,PORT...` answers every query on those sockets with one TXT record,
+/// LABEL, so a client can tell which listener its query reached; it prints `ready` once all
+/// are bound. `query ADDR PROTO [--mark N] [--sport N]` sends one query to ADDR port 53 from a
+/// connected socket (which only takes an answer from where it sent the query, as resolvers
+/// do) and prints the label, `timeout` or `refused`.
+const DNS_PY: &str = r#"
+import socket, struct, sys, threading
+
+def family(addr):
+    return socket.AF_INET6 if ":" in addr else socket.AF_INET
+
+def answer(query, label):
+    end = 12
+    while query[end] != 0:
+        end += 1 + query[end]
+    question = query[12:end + 5]
+    text = label.encode()
+    record = b"\xc0\x0c" + struct.pack("!HHIH", 16, 1, 0, len(text) + 1) + bytes([len(text)]) + text
+    return query[:2] + struct.pack("!HHHHH", 0x8180, 1, 1, 0, 0) + question + record
+
+def read_exact(conn, n):
+    data = b""
+    while len(data) < n:
+        chunk = conn.recv(n - len(data))
+        if not chunk:
+            raise EOFError
+        data += chunk
+    return data
+
+def serve_udp(sock, label):
+    while True:
+        query, peer = sock.recvfrom(4096)
+        sock.sendto(answer(query, label), peer)
+
+def serve_tcp(sock, label):
+    while True:
+        conn, _ = sock.accept()
+        try:
+            (n,) = struct.unpack("!H", read_exact(conn, 2))
+            reply = answer(read_exact(conn, n), label)
+            conn.sendall(struct.pack("!H", len(reply)) + reply)
+        except (EOFError, OSError):
+            pass
+        conn.close()
+
+def serve(label, specs):
+    for spec in specs:
+        proto, addr, port = spec.split(",")
+        if proto == "udp":
+            sock = socket.socket(family(addr), socket.SOCK_DGRAM)
+            sock.bind((addr, int(port)))
+            target = serve_udp
+        else:
+            sock = socket.socket(family(addr), socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((addr, int(port)))
+            sock.listen(64)
+            target = serve_tcp
+        threading.Thread(target=target, args=(sock, label), daemon=True).start()
+    print("ready", flush=True)
+    threading.Event().wait()
+
+def query(addr, proto, mark, sport):
+    q = struct.pack("!HHHHHH", 0x1234, 0x0100, 1, 0, 0, 0) + b"\x03who\x04test\x00" + struct.pack("!HH", 16, 1)
+    sock = socket.socket(family(addr), socket.SOCK_DGRAM if proto == "udp" else socket.SOCK_STREAM)
+    sock.settimeout(2)
+    if mark:
+        sock.setsockopt(socket.SOL_SOCKET, 36, mark)  # SO_MARK
+    if sport:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("", sport))
+    try:
+        sock.connect((addr, 53))
+        if proto == "udp":
+            sock.send(q)
+            reply = sock.recv(4096)
+        else:
+            sock.sendall(struct.pack("!H", len(q)) + q)
+            (n,) = struct.unpack("!H", read_exact(sock, 2))
+            reply = read_exact(sock, n)
+        n = reply[len(q) + 12]
+        print(reply[len(q) + 13:len(q) + 13 + n].decode())
+    except socket.timeout:
+        print("timeout")
+    except ConnectionRefusedError:
+        print("refused")
+
+if sys.argv[1] == "serve":
+    serve(sys.argv[2], sys.argv[3:])
+else:
+    opts = dict(zip(sys.argv[4::2], sys.argv[5::2]))
+    query(sys.argv[2], sys.argv[3], int(opts.get("--mark", "0"), 0), int(opts.get("--sport", "0")))
+"#;
+
+/// The uid and gid of a test application: neither the proxy's.
+const APP: (u32, u32) = (4242, 4242);
+
+/// A test's files: the DNS script, readable by every uid, and the namespace's resolv.conf in
+/// /etc/netns/NAME/, which `ip netns exec` mounts on /etc/resolv.conf. Both go on drop.
+struct DnsFiles {
+    dir: tempfile::TempDir,
+    script: PathBuf,
+    etc: PathBuf,
+}
+
+impl DnsFiles {
+    fn new(ns: &meshentry_testutil::Netns, resolv_conf: &str) -> DnsFiles {
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("dns.py");
+        std::fs::write(&script, DNS_PY).unwrap();
+        make_accessible(dir.path());
+        let etc = Path::new("/etc/netns").join(ns.name());
+        std::fs::create_dir_all(&etc).unwrap();
+        std::fs::write(etc.join("resolv.conf"), resolv_conf).unwrap();
+        DnsFiles { dir, script, etc }
+    }
+}
+
+impl Drop for DnsFiles {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.etc);
+    }
+}
+
+/// A `serve` process, killed on drop.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `serve label specs` in `ns` as `uid`, and waits until it listens.
+fn serve(ns: &meshentry_testutil::Netns, files: &DnsFiles, uid: u32, label: &str, specs: &[String]) -> Server {
+    let id = uid.to_string();
+    let mut child = ns
+        .command("setpriv")
+        .args(["--reuid", &id, "--regid", &id, "--clear-groups", "/usr/bin/python3"])
+        .arg(&files.script)
+        .arg("serve")
+        .arg(label)
+        .args(specs)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    if line.trim() != "ready" {
+        let out = child.wait_with_output().unwrap();
+        panic!("{label} did not start: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Server(child)
+}
+
+/// `udp,ADDR,PORT` and `tcp,ADDR,PORT` for each of `addrs`.
+fn both(addrs: &[&str], port: u16) -> Vec<String> {
+    addrs
+        .iter()
+        .flat_map(|a| [format!("udp,{a},{port}"), format!("tcp,{a},{port}")])
+        .collect()
+}
+
+/// What `dig` run as `uid`:`gid` gets for `TXT who.test` from `server`: the label of the listener
+/// that answered, or dig's complaint.
+fn dig(ns: &meshentry_testutil::Netns, (uid, gid): (u32, u32), server: &str, tcp: bool) -> String {
+    let (uid, gid) = (uid.to_string(), gid.to_string());
+    let at = format!("@{server}");
+    let mut cmd = vec![
+        "setpriv",
+        "--reuid",
+        &uid,
+        "--regid",
+        &gid,
+        "--clear-groups",
+        "dig",
+        &at,
+        "+short",
+        "+time=2",
+        "+tries=1",
+    ];
+    if tcp {
+        cmd.push("+tcp");
+    }
+    cmd.extend(["TXT", "who.test"]);
+    let out = ns.exec(&cmd);
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.trim().trim_matches('"').to_string()
+}
+
+/// The script's `query`, as root (which may set the mark): `extra` is `--mark N`, `--sport N`.
+fn query(
+    ns: &meshentry_testutil::Netns,
+    files: &DnsFiles,
+    uid: u32,
+    server: &str,
+    proto: &str,
+    extra: &[&str],
+) -> String {
+    let id = uid.to_string();
+    let script = files.script.to_str().unwrap();
+    let mut cmd = vec![
+        "setpriv",
+        "--reuid",
+        &id,
+        "--regid",
+        &id,
+        "--clear-groups",
+        "/usr/bin/python3",
+        script,
+        "query",
+        server,
+        proto,
+    ];
+    cmd.extend(extra);
+    ns.run(&cmd).trim().to_string()
+}
+
+/// The nat, filter and raw tables as iptables-save and ip6tables-save print them, less the
+/// timestamps and the packet counters of the built-in chains (traffic changes those).
+fn saved(ns: &meshentry_testutil::Netns) -> String {
+    let mut all = String::new();
+    for save in ["iptables-save", "ip6tables-save"] {
+        for table in ["nat", "filter", "raw"] {
+            for line in ns.run(&[save, "-t", table]).lines() {
+                if line.starts_with('#') {
+                    continue;
+                }
+                match line.strip_prefix(':').and_then(|l| l.rsplit_once(' ')) {
+                    Some((chain, _counters)) => all.push_str(&format!(":{chain}\n")),
+                    None => all.push_str(&format!("{line}\n")),
+                }
+            }
+        }
+    }
+    all
+}
+
+fn meshentry(ns: &meshentry_testutil::Netns, args: &[&str]) -> String {
+    let mut cmd = vec![BIN];
+    cmd.extend(args);
+    ns.run(&cmd)
+}
+
+/// The nameservers of the main test: on loopback but not 127.0.0.1 (as systemd-resolved's stub),
+/// 127.0.0.1 itself (which the TCP capture leaves alone), an ordinary address (as a cluster's
+/// DNS service), and IPv6 ones. All are local to the namespace, so each can have a real
+/// nameserver listening on it.
+const NAMESERVERS: [&str; 5] = ["127.0.0.53", "127.0.0.1", "198.51.100.53", "2001:db8::53", "::1"];
+
+/// Not nameservers: port 53 there is not DNS capture's (without --capture-all-dns).
+const ELSEWHERE: [&str; 2] = ["198.51.100.54", "2001:db8::54"];
+
+#[test]
+fn dns_capture_sends_the_applications_dns_to_the_dns_listener() {
+    let ns = meshentry_testutil::Netns::new("me-ipt-dns");
+    for ip in ["198.51.100.53", "198.51.100.54", "2001:db8::53", "2001:db8::54"] {
+        ns.add_local_address(ip.parse().unwrap());
+    }
+    let resolv_conf: String = NAMESERVERS.iter().map(|ip| format!("nameserver {ip}\n")).collect();
+    let files = DnsFiles::new(
+        &ns,
+        &format!("search default.svc.cluster.local\n{resolv_conf}options ndots:5\n"),
+    );
+    // The DNS listener runs as the proxy does: conntrack undoes the redirect on its answers by
+    // their zone, which the rules give the proxy's packets by uid.
+    let _proxy = serve(
+        &ns,
+        &files,
+        PROXY_UID,
+        "dns-listener",
+        &both(&["127.0.0.1", "::1"], 15053),
+    );
+    let _nameservers = serve(&ns, &files, 0, "nameserver", &both(&NAMESERVERS, 53));
+    let _elsewhere = serve(&ns, &files, 0, "elsewhere", &both(&ELSEWHERE, 53));
+    // The TCP capture's outbound listener, answering DNS over TCP too.
+    let _outbound = serve(
+        &ns,
+        &files,
+        PROXY_UID,
+        "outbound",
+        &["tcp,127.0.0.1,15001".into(), "tcp,::1,15001".into()],
+    );
+
+    let before = saved(&ns);
+    assert_eq!(dig(&ns, APP, "127.0.0.53", false), "nameserver", "before install");
+
+    let install = ["iptables", "install", "--proxy-uid", "1337", "--capture-dns"];
+    meshentry(&ns, &install);
+    let installed = saved(&ns);
+    meshentry(&ns, &install);
+    assert_eq!(saved(&ns), installed, "installing twice leaves one set of rules");
+    // The jumps from OUTPUT, nat's then raw's, for IPv4 then IPv6. In nat, DNS capture's come
+    // before the TCP capture's, which would otherwise take TCP port 53 to the outbound port
+    // (or, for 127.0.0.1, let it through).
+    let nat_output: Vec<&str> = installed.lines().filter(|l| l.starts_with("-A OUTPUT ")).collect();
+    assert_eq!(
+        nat_output,
+        [
+            "-A OUTPUT -p udp -m udp --dport 53 -j MESHENTRY_DNS",
+            "-A OUTPUT -p tcp -m tcp --dport 53 -j MESHENTRY_DNS",
+            "-A OUTPUT -p tcp -j MESHENTRY_OUTPUT",
+            "-A OUTPUT -p udp -j MESHENTRY_DNS",
+            "-A OUTPUT -p udp -m udp --dport 53 -j MESHENTRY_DNS",
+            "-A OUTPUT -p tcp -m tcp --dport 53 -j MESHENTRY_DNS",
+            "-A OUTPUT -p tcp -j MESHENTRY_OUTPUT",
+            "-A OUTPUT -p udp -j MESHENTRY_DNS",
+        ],
+        "{installed}"
+    );
+    for rule in [
+        "-A MESHENTRY_DNS -d 127.0.0.53/32 -p udp -m udp --dport 53 -j REDIRECT --to-ports 15053",
+        "-A MESHENTRY_DNS -d 198.51.100.53/32 -p tcp -m tcp --dport 53 -j REDIRECT --to-ports 15053",
+        "-A MESHENTRY_DNS -d 2001:db8::53/128 -p udp -m udp --dport 53 -j REDIRECT --to-ports 15053",
+        "-A MESHENTRY_DNS -m owner --gid-owner 1337 -j RETURN",
+        "-A MESHENTRY_DNS -p udp -m udp --sport 15053 -m owner --uid-owner 1337 -j CT --zone 2",
+        "-A MESHENTRY_DNS_REPLY -s 198.51.100.53/32 -p udp -m udp --sport 53 -j CT --zone 1",
+        "-A PREROUTING -p udp -m udp --sport 53 -j MESHENTRY_DNS_REPLY",
+    ] {
+        assert!(
+            installed.lines().any(|l| l == rule),
+            "missing {rule:?} in:\n{installed}"
+        );
+    }
+
+    for server in NAMESERVERS {
+        for tcp in [false, true] {
+            let what = format!("{server} {}", if tcp { "TCP" } else { "UDP" });
+            // The application's DNS, as any uid but the proxy's, reaches the DNS listener, and
+            // the answer comes back from the address it asked (dig checks).
+            assert_eq!(dig(&ns, APP, server, tcp), "dns-listener", "application, {what}");
+            assert_eq!(dig(&ns, (0, 0), server, tcp), "dns-listener", "root, {what}");
+            // The proxy's own reaches the nameserver.
+            assert_eq!(
+                dig(&ns, (PROXY_UID, PROXY_UID), server, tcp),
+                "nameserver",
+                "proxy uid, {what}"
+            );
+            // Another uid in the proxy's group is exempt from DNS capture, as under Istio, but
+            // not from the TCP capture, which exempts the proxy by uid and mark only (and
+            // never captures 127.0.0.1 and ::1).
+            let tcp_capture = tcp && !["127.0.0.1", "::1"].contains(&server);
+            let expected = if tcp_capture { "outbound" } else { "nameserver" };
+            assert_eq!(dig(&ns, (APP.0, PROXY_UID), server, tcp), expected, "proxy gid, {what}");
+        }
+    }
+    // And by the mark the proxy's sockets carry when it runs as root.
+    for server in ["198.51.100.53", "2001:db8::53"] {
+        for proto in ["udp", "tcp"] {
+            assert_eq!(
+                query(&ns, &files, 0, server, proto, &[]),
+                "dns-listener",
+                "{server} {proto}"
+            );
+            assert_eq!(
+                query(&ns, &files, 0, server, proto, &["--mark", "0x539"]),
+                "nameserver",
+                "marked, {server} {proto}"
+            );
+        }
+    }
+
+    // Port 53 elsewhere is not the nameservers': UDP goes where it was sent, TCP is captured
+    // like any other TCP connection (as under Istio).
+    for server in ELSEWHERE {
+        assert_eq!(dig(&ns, APP, server, false), "elsewhere", "{server} UDP");
+        assert_eq!(dig(&ns, APP, server, true), "outbound", "{server} TCP");
+    }
+
+    // The proxy asks the nameserver from the address and port an application asked it from a
+    // moment ago, whose redirected conntrack entry is still there: in the same conntrack zone,
+    // the proxy's query would match that entry and be redirected back to the DNS listener.
+    for (server, sport) in [("127.0.0.53", "40053"), ("2001:db8::53", "40054")] {
+        assert_eq!(
+            query(&ns, &files, APP.0, server, "udp", &["--sport", sport]),
+            "dns-listener"
+        );
+        assert_eq!(
+            query(&ns, &files, PROXY_UID, server, "udp", &["--sport", sport]),
+            "nameserver"
+        );
+    }
+    // The same without the zones (their jumps deleted by hand): the proxy's query loops, so
+    // the check above can fail.
+    for ipt in ["iptables", "ip6tables"] {
+        ns.run(&[
+            ipt,
+            "-w",
+            "-t",
+            "raw",
+            "-D",
+            "OUTPUT",
+            "-p",
+            "udp",
+            "-j",
+            "MESHENTRY_DNS",
+        ]);
+    }
+    for (server, sport) in [("127.0.0.53", "40055"), ("2001:db8::53", "40056")] {
+        assert_eq!(
+            query(&ns, &files, APP.0, server, "udp", &["--sport", sport]),
+            "dns-listener"
+        );
+        assert_eq!(
+            query(&ns, &files, PROXY_UID, server, "udp", &["--sport", sport]),
+            "dns-listener"
+        );
+    }
+
+    // --capture-all-dns: port 53 anywhere.
+    meshentry(
+        &ns,
+        &["iptables", "install", "--proxy-uid", "1337", "--capture-all-dns"],
+    );
+    for server in ELSEWHERE.iter().chain(&NAMESERVERS) {
+        for tcp in [false, true] {
+            assert_eq!(dig(&ns, APP, server, tcp), "dns-listener", "all, {server} tcp={tcp}");
+            let proxy = dig(&ns, (PROXY_UID, PROXY_UID), server, tcp);
+            let expected = if ELSEWHERE.contains(server) {
+                "elsewhere"
+            } else {
+                "nameserver"
+            };
+            assert_eq!(proxy, expected, "all, proxy, {server} tcp={tcp}");
+        }
+    }
+
+    meshentry(&ns, &["iptables", "remove"]);
+    assert_eq!(saved(&ns), before, "remove restores nat, filter and raw exactly");
+    for server in NAMESERVERS {
+        assert_eq!(dig(&ns, APP, server, false), "nameserver", "after remove, {server}");
+        assert_eq!(dig(&ns, APP, server, true), "nameserver", "after remove, {server} TCP");
+    }
+}
+
+#[test]
+fn dns_capture_reads_the_nameservers_and_refuses_to_capture_nothing() {
+    let ns = meshentry_testutil::Netns::new("me-ipt-dns");
+    let files = DnsFiles::new(
+        &ns,
+        "nameserver 10.96.0.10\nnameserver dns.example\nnameserver fd00::a\n",
+    );
+    let dry = |extra: &[&str]| -> Output {
+        let mut cmd = vec![BIN, "iptables", "install", "--proxy-uid", "1337", "--dry-run"];
+        cmd.extend(extra);
+        ns.exec(&cmd)
+    };
+    let out = dry(&["--capture-dns"]);
+    assert!(out.status.success(), "{out:?}");
+    let printed = String::from_utf8_lossy(&out.stdout);
+    for rule in [
+        "iptables -w -t nat -A MESHENTRY_DNS -d 10.96.0.10/32 -p udp --dport 53 -j REDIRECT --to-ports 15053",
+        "ip6tables -w -t nat -A MESHENTRY_DNS -d fd00::a/128 -p tcp --dport 53 -j REDIRECT --to-ports 15053",
+    ] {
+        assert!(printed.lines().any(|l| l == rule), "missing {rule:?} in:\n{printed}");
+    }
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("nameserver \"dns.example\" is not an IP address"),
+        "{out:?}"
+    );
+    // --dns-port moves the redirect and the zone of the listener's answers with it.
+    let out = dry(&["--capture-dns", "--dns-port", "5353"]);
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        printed.contains("-d 10.96.0.10/32 -p udp --dport 53 -j REDIRECT --to-ports 5353"),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("--sport 5353 -m owner --uid-owner 1337 -j CT --zone 2"),
+        "{printed}"
+    );
+    assert!(!printed.contains("15053"), "{printed}");
+
+    // No DNS capture without the flag (or the mesh config's ISTIO_META_DNS_CAPTURE).
+    let out = dry(&[]);
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("MESHENTRY_DNS"),
+        "{out:?}"
+    );
+    let mesh = files.dir.path().join("mesh.yaml");
+    std::fs::write(
+        &mesh,
+        "defaultConfig:\n  proxyMetadata:\n    ISTIO_META_DNS_CAPTURE: \"true\"\n",
+    )
+    .unwrap();
+    let mesh = mesh.to_str().unwrap();
+    let out = dry(&["--mesh-config", mesh]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("-j MESHENTRY_DNS"),
+        "{out:?}"
+    );
+    let out = dry(&["--mesh-config", mesh, "--capture-dns=false"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("MESHENTRY_DNS"),
+        "{out:?}"
+    );
+
+    // Contradictions are refused rather than half done.
+    for extra in [
+        &["--capture-dns", "--exclude-ports", "22,53"][..],
+        &["--capture-dns=false", "--capture-all-dns"],
+    ] {
+        let out = dry(extra);
+        assert_eq!(out.status.code(), Some(2), "{extra:?}: {out:?}");
+    }
+
+    // A resolv.conf without nameservers: capture would do nothing, so install refuses and
+    // touches nothing; --capture-all-dns needs none.
+    std::fs::write(files.etc.join("resolv.conf"), "search default.svc.cluster.local\n").unwrap();
+    let before = saved(&ns);
+    let out = ns.exec(&[BIN, "iptables", "install", "--proxy-uid", "1337", "--capture-dns"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("names no nameserver"),
+        "{out:?}"
+    );
+    assert_eq!(saved(&ns), before);
+    meshentry(
+        &ns,
+        &["iptables", "install", "--proxy-uid", "1337", "--capture-all-dns"],
+    );
+    assert!(saved(&ns).contains("-A MESHENTRY_DNS -p udp -m udp --dport 53 -j REDIRECT --to-ports 15053"));
+    meshentry(&ns, &["iptables", "remove"]);
+    assert_eq!(saved(&ns), before);
 }

@@ -82,9 +82,10 @@ pub struct Upstreams {
     pub timeout: Duration,
 }
 
-/// Starts the DNS proxy's thread; it stops when `stop` turns true.
+/// Starts the DNS proxy's thread, serving every one of `listeners`; it stops when `stop`
+/// turns true.
 pub fn spawn(
-    listener: DnsListener,
+    listeners: Vec<DnsListener>,
     upstreams: Upstreams,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
@@ -93,13 +94,6 @@ pub fn spawn(
     std::thread::Builder::new().name("meshentry-dns".into()).spawn(move || {
         let local = tokio::task::LocalSet::new();
         local.block_on(&rt, async move {
-            let (udp, tcp) = match (UdpSocket::from_std(listener.udp), TcpListener::from_std(listener.tcp)) {
-                (Ok(u), Ok(t)) => (u, t),
-                (Err(e), _) | (_, Err(e)) => {
-                    tracing::error!(error = %e, "DNS proxy: cannot register its sockets");
-                    return;
-                }
-            };
             let state = Rc::new(State {
                 shared,
                 upstreams,
@@ -107,12 +101,23 @@ pub fn spawn(
                 turn: Cell::new(0),
                 in_flight: Cell::new(0),
                 tcp_clients: Cell::new(0),
+                sent: RefCell::new(Vec::new()),
             });
-            let udp = Rc::new(udp);
-            tokio::select! {
-                () = serve_udp(state.clone(), udp) => {}
-                () = serve_tcp(state, tcp) => {}
-                _ = stop.wait_for(|s| *s) => {}
+            let mut tasks = Vec::new();
+            for listener in listeners {
+                match (UdpSocket::from_std(listener.udp), TcpListener::from_std(listener.tcp)) {
+                    (Ok(udp), Ok(tcp)) => {
+                        tasks.push(tokio::task::spawn_local(serve_udp(state.clone(), Rc::new(udp))));
+                        tasks.push(tokio::task::spawn_local(serve_tcp(state.clone(), tcp)));
+                    }
+                    (Err(e), _) | (_, Err(e)) => {
+                        tracing::error!(error = %e, "DNS proxy: cannot register its sockets");
+                    }
+                }
+            }
+            let _ = stop.wait_for(|s| *s).await;
+            for t in tasks {
+                t.abort();
             }
         });
     })
@@ -126,6 +131,10 @@ struct State {
     turn: Cell<usize>,
     in_flight: Cell<usize>,
     tcp_clients: Cell<usize>,
+    /// The id and question of every query this proxy has sent upstream and not yet had
+    /// answered: one of them arriving here is the proxy's own query come back (its upstream
+    /// traffic captured again, or an upstream that is this listener by another address).
+    sent: RefCell<Vec<(u16, u64)>>,
 }
 
 /// What to do with a message once [`State::answer`] has looked at it.
@@ -180,7 +189,22 @@ impl State {
             stats.count(Outcome::Cached);
             return Step::Reply;
         }
+        if !self.sent.borrow().is_empty() && self.sent.borrow().contains(&self.question_key(&q)) {
+            // Forwarding it again would loop until the in-flight bound; SERVFAIL ends it at
+            // once, and the query this was answers its client with it.
+            tracing::warn!(
+                name = q.name(),
+                "DNS proxy: its own upstream query came back to it (is its traffic captured? run it as the proxy uid, or give --dns-upstream)"
+            );
+            write_servfail(out, &q);
+            stats.count(Outcome::Failed);
+            return Step::Reply;
+        }
         Step::Forward
+    }
+
+    fn question_key(&self, q: &Query<'_>) -> (u16, u64) {
+        (q.id, self.cache.borrow().key(q))
     }
 
     /// Asks the upstreams for `msg` (a query [`State::answer`] said to forward) and writes
@@ -204,7 +228,17 @@ impl State {
             stats
                 .upstream_requests
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            match exchange(server, msg, &q, self.upstreams.timeout).await {
+            let id = fastrand::u16(..);
+            let key = (id, self.cache.borrow().key(&q));
+            self.sent.borrow_mut().push(key);
+            let result = exchange(server, msg, id, &q, self.upstreams.timeout).await;
+            {
+                let mut sent = self.sent.borrow_mut();
+                if let Some(i) = sent.iter().position(|k| *k == key) {
+                    sent.swap_remove(i);
+                }
+            }
+            match result {
                 Ok(a) => {
                     answer = Some(a);
                     break;
@@ -331,6 +365,7 @@ async fn serve_tcp(state: Rc<State>, listener: TcpListener) {
 async fn serve_tcp_client(state: &State, mut stream: TcpStream) -> io::Result<()> {
     let mut msg = Vec::new();
     let mut out = Vec::new();
+    let mut framed = Vec::new();
     loop {
         let len = match tokio::time::timeout(TCP_IDLE, stream.read_u16()).await {
             Ok(Ok(len)) => len as usize,
@@ -352,7 +387,7 @@ async fn serve_tcp_client(state: &State, mut stream: TcpStream) -> io::Result<()
         if out.is_empty() {
             return Ok(());
         }
-        let mut framed = Vec::with_capacity(out.len() + 2);
+        framed.clear();
         framed.extend_from_slice(&(out.len() as u16).to_be_bytes());
         framed.extend_from_slice(&out);
         stream.write_all(&framed).await?;
@@ -364,8 +399,7 @@ async fn serve_tcp_client(state: &State, mut stream: TcpStream) -> io::Result<()
 type Upstream = (Vec<u8>, Vec<u16>, Option<u32>);
 
 /// Asks `server`: over UDP, then over TCP when the answer was truncated.
-async fn exchange(server: SocketAddr, msg: &[u8], q: &Query<'_>, timeout: Duration) -> io::Result<Upstream> {
-    let id = fastrand::u16(..);
+async fn exchange(server: SocketAddr, msg: &[u8], id: u16, q: &Query<'_>, timeout: Duration) -> io::Result<Upstream> {
     let mut query = Vec::with_capacity(msg.len());
     write_forward(&mut query, msg, id);
     let deadline = tokio::time::Instant::now() + timeout;

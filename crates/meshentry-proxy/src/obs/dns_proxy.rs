@@ -90,3 +90,50 @@ impl DnsProxyStats {
         (out, self.latency_sum_micros.load(Ordering::Relaxed) as f64 / 1e6)
     }
 }
+
+/// Appends the DNS proxy's Prometheus families: ours by outcome, and the Istio agent's names
+/// (`istio_agent_dns_*`), so that dashboards built for Istio's DNS proxy work unchanged.
+pub fn encode(out: &mut String, stats: &DnsProxyStats) {
+    use crate::obs::metrics::{family, histogram, push_label, sample};
+    let name = "meshentry_dns_proxy_queries_total";
+    family(
+        out,
+        name,
+        "counter",
+        "DNS queries by outcome: local (the mesh's names), cached, forwarded, failed (SERVFAIL), refused (malformed or unsupported).",
+    );
+    for o in Outcome::ALL {
+        let mut labels = String::new();
+        push_label(&mut labels, "outcome", o.as_str());
+        sample(out, name, &labels, None, &stats.outcome(o).to_string());
+    }
+    let counters: [(&str, &str, u64); 3] = [
+        (
+            "istio_agent_dns_requests_total",
+            "Total number of DNS requests.",
+            stats.requests(),
+        ),
+        (
+            "istio_agent_dns_upstream_requests_total",
+            "Total number of DNS requests forwarded to upstream.",
+            stats.upstream_requests.load(Ordering::Relaxed),
+        ),
+        (
+            "istio_agent_dns_upstream_failures_total",
+            "Total number of DNS failures.",
+            stats.upstream_failures.load(Ordering::Relaxed),
+        ),
+    ];
+    for (name, help, value) in counters {
+        family(out, name, "counter", help);
+        sample(out, name, "", None, &value.to_string());
+    }
+    let (counts, sum) = stats.latency();
+    histogram(
+        out,
+        "istio_agent_dns_upstream_request_duration_seconds",
+        "Total time in seconds Istio takes to get DNS response from upstream.",
+        &LATENCY_BOUNDS,
+        std::iter::once(("", &counts[..], sum)),
+    );
+}

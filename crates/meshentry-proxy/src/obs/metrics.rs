@@ -428,9 +428,9 @@ impl Metrics {
 type TcpFamily = (&'static str, &'static str, fn(&TcpSeries) -> u64);
 
 /// Sums of one histogram series: its labels, bucket counts and sum.
-type HistogramSeries<'a> = (&'a str, &'a [u64], f64);
+pub type HistogramSeries<'a> = (&'a str, &'a [u64], f64);
 
-fn histogram<'a>(
+pub fn histogram<'a>(
     out: &mut String,
     name: &str,
     help: &str,

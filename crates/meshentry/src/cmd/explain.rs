@@ -69,8 +69,18 @@ pub struct Args {
     pub dst: Option<IpAddr>,
     #[arg(short, long, value_enum, default_value = "text")]
     pub output: Output,
+    /// As a proxy with `--dns` runs: services without addresses take their auto-allocated
+    /// ones, so `tcp://ALLOCATED-IP:PORT` is routed by them (on with a `dns://` target, or
+    /// when --mesh-config sets ISTIO_META_DNS_CAPTURE).
+    #[arg(long)]
+    pub dns: bool,
+    /// With --dns or a `dns://` target: the applications' search domains (repeatable).
+    /// Default: the `search` line of /etc/resolv.conf.
+    #[arg(long, value_name = "DOMAIN")]
+    pub dns_search: Vec<String>,
     /// `http://HOST[:PORT]/path?query`, `https://HOST[:PORT]` or `tls://HOST:PORT` (routed by
-    /// SNI), or `tcp://IP:PORT` (routed by destination).
+    /// SNI), `tcp://IP:PORT` (routed by destination), or `dns://NAME[?type=AAAA]` (what the
+    /// DNS proxy answers, `proxy --dns`).
     pub target: String,
 }
 
@@ -1084,7 +1094,11 @@ fn rule_extras(rule: &meshentry_route::model::vs::HttpRule) -> Vec<String> {
 /// Exit 0 when the request would be routed (or answered by a rule), 1 when it would be
 /// refused, 2 on usage or configuration errors.
 pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
-    let target = parse_target(&args.target)?;
+    let dns_target = crate::cmd::explain_dns::parse(&args.target)?;
+    let target = match dns_target {
+        Some(_) => None,
+        None => Some(parse_target(&args.target)?),
+    };
     let loaded = crate::cmd::validate::load(&args.config, "default", &args.mesh, &args.kube)?;
     if loaded.has_errors() {
         for f in loaded.errors() {
@@ -1101,8 +1115,25 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         ..ProxyConfig::default()
     };
     crate::cmd::mesh::proxy_config(&loaded.mesh, &mut config);
+    if args.dns || dns_target.is_some() || loaded.mesh.dns_capture {
+        config.dns = Some(meshentry_route::base::config::DnsProxy {
+            search: match args.dns_search.is_empty() {
+                true => meshentry_proxy::dns_proxy::ResolvConf::system().search,
+                false => args.dns_search.clone(),
+            },
+        });
+    }
     let valid: Vec<&Resource> = loaded.valid().collect();
     let snapshot = Snapshot::build(&valid, &config, 1);
+    let target = match (dns_target, target) {
+        (Some(t), _) => {
+            let stdout = std::io::stdout();
+            crate::cmd::explain_dns::explain(&snapshot, &t, matches!(args.output, Output::Json), &mut stdout.lock())?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        (None, Some(t)) => t,
+        (None, None) => unreachable!("a target that is not dns:// was parsed"),
+    };
     let full = snapshot.scope.is_some().then(|| {
         Registry::build_with(
             valid.iter().copied(),

@@ -3,6 +3,7 @@
 
 pub mod ca;
 pub mod explain;
+pub mod explain_dns;
 pub mod iptables;
 pub mod kube;
 pub mod mesh;

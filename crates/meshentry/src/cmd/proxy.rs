@@ -101,7 +101,7 @@ pub struct Args {
     /// application's DNS here. `off` for none. Default: off, or 127.0.0.1:15053 when
     /// --mesh-config sets ISTIO_META_DNS_CAPTURE.
     #[arg(long, value_parser = parse_maybe_addr)]
-    pub dns: Option<MaybeAddr>,
+    pub dns: Vec<MaybeAddr>,
     /// Where --dns forwards the names it does not know (IP or IP:PORT; repeat for more, asked
     /// in turn). Default: --dns-server, else the nameservers of /etc/resolv.conf.
     #[arg(long, value_parser = parse_dns_server, requires = "dns")]
@@ -516,9 +516,9 @@ struct Started {
     _secrets: Option<crate::cmd::kube::SecretsDir>,
     /// The DNS proxy's sockets and upstreams (--dns), and its address.
     dns_proxy: Option<(
-        meshentry_proxy::dns_proxy::DnsListener,
+        Vec<meshentry_proxy::dns_proxy::DnsListener>,
         meshentry_proxy::dns_proxy::Upstreams,
-        SocketAddr,
+        Vec<SocketAddr>,
     )>,
 }
 
@@ -614,31 +614,49 @@ async fn start(args: &Args) -> anyhow::Result<Option<Started>> {
     if let Some(td) = &args.trust_domain {
         config.trust_domain.clone_from(td);
     }
-    let dns_addr = match args.dns {
-        Some(MaybeAddr(addr)) => addr,
-        // Istio's agent answers DNS on 15053 when the mesh turns DNS capture on.
-        None if loaded.mesh.dns_capture => Some(SocketAddr::from(([127, 0, 0, 1], 15053))),
-        None => None,
+    let resolv = meshentry_proxy::dns_proxy::ResolvConf::system();
+    let dns_addrs: Vec<SocketAddr> = match &args.dns[..] {
+        // Istio's agent answers DNS on 15053 when the mesh turns DNS capture on, on ::1 too
+        // when there are IPv6 nameservers (whose queries capture sends there).
+        [] if loaded.mesh.dns_capture => {
+            let mut v = vec![SocketAddr::from(([127, 0, 0, 1], 15053))];
+            if resolv.nameservers.iter().any(IpAddr::is_ipv6) {
+                v.push(SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 15053)));
+            }
+            v
+        }
+        list => list.iter().filter_map(|m| m.0).collect(),
     };
+    if let Some(any) = dns_addrs.iter().find(|a| a.ip().is_unspecified()) {
+        // Without IP_PKTINFO, a UDP answer leaves from the address routing picks, not the one
+        // the client asked, and resolvers drop it as a forgery.
+        anyhow::bail!(
+            "--dns {any}: give a specific address (repeat --dns for several), as a UDP answer must come from the address the client asked"
+        );
+    }
     let mut dns_proxy = None;
-    if let Some(addr) = dns_addr {
-        let resolv = meshentry_proxy::dns_proxy::ResolvConf::system();
+    if !dns_addrs.is_empty() {
         config.dns = Some(meshentry_route::base::config::DnsProxy {
             search: match args.dns_search.is_empty() {
                 true => resolv.search.clone(),
                 false => args.dns_search.clone(),
             },
         });
-        let listener = meshentry_proxy::dns_proxy::DnsListener::bind(addr)
-            .with_context(|| format!("cannot listen on {addr} (--dns)"))?;
-        let local = listener.local_addr()?;
+        let mut listeners = Vec::new();
+        let mut local = Vec::new();
+        for addr in &dns_addrs {
+            let listener = meshentry_proxy::dns_proxy::DnsListener::bind(*addr)
+                .with_context(|| format!("cannot listen on {addr} (--dns)"))?;
+            local.push(listener.local_addr()?);
+            listeners.push(listener);
+        }
         let servers: Vec<SocketAddr> = match (&args.dns_upstream[..], args.dns_server) {
             ([], Some(server)) => vec![server],
             ([], None) => resolv.nameservers.iter().map(|ip| SocketAddr::new(*ip, 53)).collect(),
             (list, _) => list.to_vec(),
         };
-        if servers.contains(&local) {
-            eprintln!("meshentry: --dns {local} would forward to itself: give the real resolvers with --dns-upstream");
+        if let Some(own) = servers.iter().find(|s| local.contains(s)) {
+            eprintln!("meshentry: --dns {own} would forward to itself: give the real resolvers with --dns-upstream");
             return Ok(None);
         }
         if servers.is_empty() {
@@ -647,7 +665,7 @@ async fn start(args: &Args) -> anyhow::Result<Option<Started>> {
             );
         }
         dns_proxy = Some((
-            listener,
+            listeners,
             meshentry_proxy::dns_proxy::Upstreams {
                 servers,
                 timeout: args.dns_upstream_timeout,
@@ -724,7 +742,7 @@ async fn start(args: &Args) -> anyhow::Result<Option<Started>> {
     };
     tracing::info!(
         http_proxy = %of_kind(|k| matches!(k, Listen::HttpProxy)), outbound = %of_kind(|k| matches!(k, Listen::Outbound)),
-        dns = %dns_proxy.as_ref().map_or_else(|| "off".to_string(), |(_, _, a)| a.to_string()),
+        dns = %dns_proxy.as_ref().map_or_else(|| "off".to_string(), |(_, _, a)| a.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")),
         gateway = %args.gateway.as_deref().unwrap_or("-"), gateway_listeners = %of_kind(|k| matches!(k, Listen::Gateway)), admin = %admin.local_addr()?, namespace = %config.namespace,
         services = snapshot.registry.services().len(), policy = %snapshot.policy, policy_source = %snapshot.policy_source,
         scope = %snapshot.scope.as_ref().map_or_else(|| "-".to_string(), |s| s.source()),
