@@ -552,6 +552,7 @@ def print_table(summary, a):
         ("  server core busy %", "server_cpu_pct_rate", 1),
         ("lost queries (sat / rate)", None, None),
         ("other CPU % (max)", "other_cpu_pct_max", 1),
+        ("RSS MiB at the end", "rss_mib", 1),
     ]
     w = 36
     print()
