@@ -706,3 +706,35 @@ async fn gateway_reloads_open_and_close_server_ports() {
     }
     assert!(proxy.process.stderr().contains("Gateway server port not served"));
 }
+
+#[tokio::test]
+async fn files_written_beside_the_configuration_do_not_wake_the_reloader() {
+    let ip = unique_loopback();
+    let up = HttpUpstream::start(SocketAddr::new(IpAddr::V4(ip), 0), "a");
+    let proxy = Proxy::builder(BIN)
+        .ip(ip)
+        .config(entry("a", "a.internal", up.addr()))
+        .env("RUST_LOG", "info,meshentry_proxy::listen::reload=debug")
+        .start()
+        .await;
+    // The configuration directory's parent is watched (to see the directory replaced); a
+    // log or a benchmark's output written there is not the configuration.
+    let parent = proxy.config_dir().parent().unwrap().to_path_buf();
+    for i in 0..20 {
+        std::fs::write(parent.join(format!("neighbour-{i}.log")), "x").unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(
+        !proxy.stderr().contains("configuration unchanged"),
+        "a neighbour's writes woke the reloader:\n{}",
+        proxy.stderr()
+    );
+    // The configuration rewritten with the same bytes is looked at (and found unchanged).
+    let file = proxy.config_file();
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, text).unwrap();
+    eventually(PATIENCE, || async {
+        proxy.stderr().contains("configuration unchanged")
+    })
+    .await;
+}

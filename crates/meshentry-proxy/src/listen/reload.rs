@@ -535,9 +535,15 @@ async fn hangup(hup: &mut Option<Signal>) -> Option<()> {
 /// on `tx`. `None` (logged) when watching is not possible: SIGHUP still reloads.
 fn watch_paths(paths: &[PathBuf], tx: &mpsc::UnboundedSender<()>) -> Option<notify::RecommendedWatcher> {
     let tx = tx.clone();
+    let watched: Vec<PathBuf> = paths
+        .iter()
+        .filter(|p| p.as_os_str() != "-")
+        .filter_map(|p| std::path::absolute(p).ok())
+        .collect();
     let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if let Ok(event) = event
             && changes(&event.kind)
+            && concerns(&watched, &event.paths)
         {
             let _ = tx.send(());
         }
@@ -564,6 +570,25 @@ fn watch_paths(paths: &[PathBuf], tx: &mpsc::UnboundedSender<()>) -> Option<noti
         }
     }
     Some(watcher)
+}
+
+/// Whether an event in a watched directory is about the configuration (`watched`, absolute):
+/// a configuration path itself or anything under one, or an entry of a configuration file's
+/// directory whose name starts with `..` (Kubernetes' atomic writer swaps a mounted ConfigMap
+/// by renaming `..data`, which the files are links through). The parent directories are
+/// watched only to see a path replaced; without this, every other file written beside the
+/// configuration (a log, a benchmark's output) would wake the reloader.
+fn concerns(watched: &[PathBuf], event_paths: &[PathBuf]) -> bool {
+    // An event without paths (a queue overflow, a rescan) may be about anything.
+    event_paths.is_empty()
+        || event_paths.iter().any(|p| {
+            let Ok(p) = std::path::absolute(p) else { return true };
+            watched.iter().any(|c| {
+                p.starts_with(c)
+                    || (p.parent() == c.parent()
+                        && p.file_name().is_some_and(|n| n.as_encoded_bytes().starts_with(b"..")))
+            })
+        })
 }
 
 /// Whether an event can mean new contents: not the opens and reads (ours included) that
@@ -597,6 +622,19 @@ mod tests {
     #[test]
     fn only_writes_and_changes_trigger() {
         use notify::event::{CreateKind, ModifyKind, RemoveKind, RenameMode};
+        let dir = PathBuf::from("/etc/meshentry");
+        let file = PathBuf::from("/etc/mesh.yaml");
+        let watched = [dir.clone(), file.clone()];
+        let yes = |p: &str| concerns(&watched, &[PathBuf::from(p)]);
+        assert!(yes("/etc/meshentry"), "the directory replaced");
+        assert!(yes("/etc/meshentry/new.yaml"));
+        assert!(yes("/etc/meshentry/sub/dir/x.yaml"));
+        assert!(yes("/etc/mesh.yaml"), "the file rewritten or renamed over");
+        assert!(yes("/etc/..data"), "a ConfigMap swap beside a configuration file");
+        assert!(!yes("/etc/other.log"), "a neighbour's writes");
+        assert!(!yes("/etc/meshentry.log"));
+        assert!(!yes("/var/log/x"));
+        assert!(concerns(&watched, &[]), "no paths: assume it is ours");
         assert!(!changes(&EventKind::Access(AccessKind::Open(AccessMode::Any))));
         assert!(!changes(&EventKind::Access(AccessKind::Close(AccessMode::Read))));
         assert!(changes(&EventKind::Access(AccessKind::Close(AccessMode::Write))));
