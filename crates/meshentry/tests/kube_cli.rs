@@ -144,7 +144,14 @@ fn validate_n_reads_one_namespace_of_the_cluster_as_istioctl_analyze_n() {
     kube.apply_yaml(&bad("team-b"), None);
     let kubeconfig = kube.kubeconfig().to_string_lossy().into_owned();
     let objects = |out: &Output| -> Vec<String> {
-        let all: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+        let all: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "validate's output is not JSON ({e}): {}\nstdout: {}\nstderr: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
         let mut files: Vec<String> = all.iter().map(|f| f["file"].as_str().unwrap().to_string()).collect();
         files.sort();
         files.dedup();
