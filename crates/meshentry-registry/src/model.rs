@@ -445,10 +445,24 @@ pub struct Warning {
 impl fmt::Display for Warning {
     /// `warning: MESSAGE`, then one indented line per resource: `Kind ns/name at FILE:LINE:COL`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "warning: {}", self.message)?;
-        for (name, origin) in &self.resources {
-            write!(f, "\n    {name} at {origin}")?;
+        write!(f, "warning: {}", self.unlabelled())
+    }
+}
+
+impl Warning {
+    /// The message and its resources without the `warning: ` label, for a log line whose
+    /// level already says it (`WARN warning: ...` says it twice).
+    pub fn unlabelled(&self) -> impl fmt::Display + '_ {
+        struct Unlabelled<'w>(&'w Warning);
+        impl fmt::Display for Unlabelled<'_> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0.message)?;
+                for (name, origin) in &self.0.resources {
+                    write!(f, "\n    {name} at {origin}")?;
+                }
+                Ok(())
+            }
         }
-        Ok(())
+        Unlabelled(self)
     }
 }

@@ -166,3 +166,27 @@ fn a_wrong_log_level_is_an_error_that_names_the_levels() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_warning_is_said_once_by_the_log_level_not_again_in_its_text() {
+    let ip = unique_loopback();
+    let se = |name: &str| {
+        format!(
+            "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {name}}}\nspec:\n  hosts: [{name}.internal]\n\
+             \x20 ports: [{{number: 5432, name: tcp, protocol: TCP}}]\n  resolution: DNS\n"
+        )
+    };
+    // Two address-less TCP services on one port: the registry warns (IST0134's situation).
+    let p = Proxy::builder(BIN)
+        .ip(ip)
+        .config(format!("{}{}", se("db1"), se("db2")))
+        .outbound_off()
+        .start()
+        .await;
+    let log = p.stderr();
+    assert!(log.contains("WARN hosts \"db1.internal\""), "{log}");
+    assert!(!log.contains("WARN warning:"), "{log}");
+    // `registry --warnings`, where nothing else says it is a warning, keeps the label.
+    let out = meshentry(&["registry", "--warnings", p.config_dir().to_str().unwrap()], &[]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("warning: hosts \"db1.internal\""));
+}

@@ -266,7 +266,7 @@ impl Reloader {
 
     async fn apply(&mut self, snapshot: Box<Live>, fingerprint: Option<u64>, trigger: Trigger, started: Instant) {
         for w in snapshot.registry.warnings() {
-            tracing::warn!("{w}");
+            tracing::warn!("{}", w.unlabelled());
         }
         for w in &snapshot.warnings {
             tracing::warn!("{w}");

@@ -680,7 +680,7 @@ async fn start(args: &Args) -> anyhow::Result<Option<Started>> {
     .map_err(|e| anyhow::anyhow!("cannot set up DNS: {e}"))?;
     let snapshot = Live::new(Snapshot::build(&valid, &config, 1), &dns);
     for w in snapshot.registry.warnings() {
-        tracing::warn!("{w}");
+        tracing::warn!("{}", w.unlabelled());
     }
     for w in &snapshot.warnings {
         tracing::warn!("{w}");
