@@ -706,3 +706,25 @@ fn with_dns_the_allocated_address_routes_each_tcp_service_without_it_they_share_
         "{t}"
     );
 }
+
+#[test]
+fn a_reader_that_goes_away_is_not_an_error() {
+    // `meshentry explain -o json ... | head -1`: the pipe's reader is gone before the answer
+    // is written. Nothing to say about it, and not exit 2.
+    for args in [
+        &["explain", "-o", "json", "--config", &seed(""), "http://httpbin.org/"][..],
+        &["validate", "-o", "json", &seed("")][..],
+    ] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_meshentry"))
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let stderr = text(&out.stderr);
+        assert!(!stderr.contains("Broken pipe"), "{args:?}: {stderr}");
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+    }
+}
