@@ -832,3 +832,46 @@ fn dns_capture_reads_the_nameservers_and_refuses_to_capture_nothing() {
     meshentry(&ns, &["iptables", "remove"]);
     assert_eq!(saved(&ns), before);
 }
+
+#[test]
+fn install_and_remove_say_what_they_did_and_port_zero_is_refused() {
+    let ns = Netns::new();
+    let out = ns.run(&[
+        BIN,
+        "iptables",
+        "install",
+        "--proxy-uid",
+        "1337",
+        "--exclude-ports",
+        "22",
+    ]);
+    assert!(out.starts_with("meshentry: capture installed (iptables"), "{out}");
+    assert!(
+        out.contains("outbound TCP redirected to port 15001 (not uid 1337, mark 0x539, loopback, ports 22)"),
+        "{out}"
+    );
+    let out = ns.run(&[
+        BIN,
+        "iptables",
+        "install",
+        "--proxy-uid",
+        "1337",
+        "--capture-all-dns",
+        "--block-quic",
+    ]);
+    assert!(
+        out.contains("DNS (UDP and TCP port 53, any address) redirected to port 15053"),
+        "{out}"
+    );
+    assert!(out.contains("QUIC) rejected"), "{out}");
+    let out = ns.run(&[BIN, "iptables", "remove"]);
+    assert!(out.starts_with("meshentry: capture removed"), "{out}");
+    assert!(!ns.nat_rules().contains("MESHENTRY"));
+    // A port 0 would redirect everything nowhere: refused before any rule is written.
+    for flag in ["--outbound-port", "--dns-port"] {
+        let out = ns.exec(&[BIN, "iptables", "install", "--proxy-uid", "1337", flag, "0"]);
+        assert_eq!(out.status.code(), Some(2), "{flag}: {out:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("0 is not in 1..=65535"));
+        assert!(!ns.nat_rules().contains("MESHENTRY"), "{flag}");
+    }
+}

@@ -24,7 +24,7 @@ pub enum Action {
         #[arg(long)]
         proxy_uid: u32,
         /// The proxy's outbound (transparent) port.
-        #[arg(long, default_value_t = 15001)]
+        #[arg(long, default_value_t = 15001, value_parser = clap::value_parser!(u16).range(1..))]
         outbound_port: u16,
         /// Destination ports left alone (comma-separated).
         #[arg(long, value_delimiter = ',')]
@@ -52,7 +52,7 @@ pub enum Action {
         #[arg(long)]
         capture_all_dns: bool,
         /// The proxy's DNS listener port, where DNS capture redirects to.
-        #[arg(long, default_value_t = 15053)]
+        #[arg(long, default_value_t = 15053, value_parser = clap::value_parser!(u16).range(1..))]
         dns_port: u16,
         /// Print the iptables commands instead of running them.
         #[arg(long)]
@@ -129,7 +129,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         }
         Action::Remove => (None, false),
     };
-    for family in families {
+    for &family in &families {
         let result = match &options {
             Some(o) if dry_run => {
                 for rule in capture::install_rules(o, family) {
@@ -145,7 +145,46 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(1));
         }
     }
+    if !dry_run {
+        let tools = families.iter().map(|f| f.binary()).collect::<Vec<_>>().join(", ");
+        match &options {
+            Some(o) => println!("meshentry: capture installed ({tools}): {}", summary(o)),
+            None => println!("meshentry: capture removed ({tools}): no MESHENTRY_* chain or jump is left"),
+        }
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What an installation does, in one line, so that the person who ran it knows without
+/// reading the rules.
+fn summary(o: &CaptureOptions) -> String {
+    let mut parts = vec![format!(
+        "outbound TCP redirected to port {} (not uid {}, mark {:#x}, loopback{})",
+        o.outbound_port,
+        o.proxy_uid,
+        capture::PROXY_MARK,
+        match o.exclude_ports.is_empty() {
+            true => String::new(),
+            false => format!(
+                ", ports {}",
+                o.exclude_ports.iter().map(u16::to_string).collect::<Vec<_>>().join(",")
+            ),
+        }
+    )];
+    if let Some(dns) = &o.dns {
+        parts.push(match &dns.targets {
+            DnsTargets::All => format!("DNS (UDP and TCP port 53, any address) redirected to port {}", dns.port),
+            DnsTargets::Nameservers(ns) => format!(
+                "DNS (UDP and TCP port 53) to {} redirected to port {}",
+                ns.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+                dns.port
+            ),
+        });
+    }
+    if o.block_quic {
+        parts.push("the application's UDP 443 (QUIC) rejected".into());
+    }
+    parts.join("; ")
 }
 
 /// The nameservers of `path` that DNS capture can redirect with `families`. None is an error:
