@@ -128,8 +128,10 @@ impl ServicesKnown {
 /// A path that could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    /// The reason is in the message, and deliberately not a `source`: a chain printer
+    /// (anyhow's `{:#}`) would print it a second time.
+    #[error("{path}: {error}")]
+    Io { path: String, error: std::io::Error },
 }
 
 /// Everything read from a set of paths.
@@ -356,16 +358,16 @@ impl Loaded {
             let mut text = String::new();
             std::io::stdin()
                 .read_to_string(&mut text)
-                .map_err(|source| LoadError::Io {
+                .map_err(|error| LoadError::Io {
                     path: "<stdin>".into(),
-                    source,
+                    error,
                 })?;
             self.add_str("<stdin>", &text, opts);
             return Ok(());
         }
-        let io = |source| LoadError::Io {
+        let io = |error| LoadError::Io {
             path: path.display().to_string(),
-            source,
+            error,
         };
         let meta = std::fs::metadata(path).map_err(io)?;
         if meta.is_dir() {
@@ -382,9 +384,9 @@ impl Loaded {
     }
 
     fn add_file(&mut self, path: &Path, opts: &LoadOptions) -> Result<(), LoadError> {
-        let bytes = std::fs::read(path).map_err(|source| LoadError::Io {
+        let bytes = std::fs::read(path).map_err(|error| LoadError::Io {
             path: path.display().to_string(),
-            source,
+            error,
         })?;
         let name = path.display().to_string();
         match String::from_utf8(bytes) {
@@ -920,9 +922,9 @@ fn located(
 }
 
 fn collect_dir(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), LoadError> {
-    let io = |source| LoadError::Io {
+    let io = |error| LoadError::Io {
         path: dir.display().to_string(),
-        source,
+        error,
     };
     for entry in std::fs::read_dir(dir).map_err(io)? {
         let entry = entry.map_err(io)?;
@@ -946,9 +948,9 @@ fn collect_dir(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), LoadError> {
 pub fn source_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, LoadError> {
     let mut out = Vec::new();
     for path in paths.iter().filter(|p| p.as_os_str() != "-") {
-        let meta = std::fs::metadata(path).map_err(|source| LoadError::Io {
+        let meta = std::fs::metadata(path).map_err(|error| LoadError::Io {
             path: path.display().to_string(),
-            source,
+            error,
         })?;
         if meta.is_dir() {
             let mut files = Vec::new();

@@ -84,8 +84,23 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("meshentry: {e:#}");
+            eprintln!("meshentry: {}", one_line(&e));
             ExitCode::from(2)
         }
     }
+}
+
+/// The error and its causes on one line, as anyhow's `{:#}`, except that a cause its parent's
+/// message already ends with is not said again (errors that put their source in their own
+/// message, as many do: `path: No such file or directory (os error 2)` once, not twice).
+fn one_line(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+    }
+    out
 }

@@ -461,3 +461,21 @@ spec:
         text(&out.stderr)
     );
 }
+
+#[test]
+fn an_os_error_is_said_once() {
+    for args in [
+        &["validate", "/nonexistent/meshentry"][..],
+        &["registry", "/nonexistent/meshentry"][..],
+        &["explain", "--config", "/nonexistent/meshentry", "http://a.example/"][..],
+    ] {
+        let out = run(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = text(&out.stderr);
+        assert_eq!(err.matches("(os error 2)").count(), 1, "{args:?}: {err}");
+        assert!(
+            err.contains("/nonexistent/meshentry: No such file or directory"),
+            "{err}"
+        );
+    }
+}
