@@ -527,3 +527,26 @@ fn an_upstream_that_is_the_listener_itself_is_refused_at_startup() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("a specific address"), "{err}");
 }
+
+#[test]
+fn a_proxy_with_no_listener_at_all_refuses_to_start() {
+    let ip = unique_loopback();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("se.yaml"), CONFIG).unwrap();
+    let out = Command::new(BIN)
+        .args(["proxy", "--config"])
+        .arg(dir.path())
+        .args([
+            "--http-proxy",
+            "off",
+            "--outbound",
+            "off",
+            "--admin",
+            &format!("{ip}:15000"),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("nothing to listen on"), "{err}");
+}

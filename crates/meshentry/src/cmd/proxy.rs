@@ -721,6 +721,14 @@ async fn start(args: &Args) -> anyhow::Result<Option<Started>> {
             wanted.push((Listen::Gateway, l.addr()));
         }
     }
+    // A gateway may get its servers' ports with a later reload; anything else would serve
+    // nothing, ever.
+    if wanted.is_empty() && dns_proxy.is_none() && args.gateway.is_none() {
+        eprintln!(
+            "meshentry: nothing to listen on (--http-proxy off and --outbound off, no --gateway, no --dns): the proxy would serve nothing"
+        );
+        return Ok(None);
+    }
     // Bind once to learn the ports (the flags may say :0); other workers bind them again.
     let mut listeners = Vec::new();
     for (kind, addr) in wanted {
