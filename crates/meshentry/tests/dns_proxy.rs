@@ -550,3 +550,22 @@ fn a_proxy_with_no_listener_at_all_refuses_to_start() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("nothing to listen on"), "{err}");
 }
+
+#[test]
+fn a_zero_timeout_or_interval_is_refused_not_a_504_for_every_request() {
+    for flag in [
+        "--response-timeout",
+        "--connect-timeout",
+        "--header-read-timeout",
+        "--cert-check-interval",
+        "--dns-upstream-timeout",
+    ] {
+        let out = Command::new(BIN)
+            .args(["proxy", "--config", "/nonexistent", flag, "0s"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{flag}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("must be longer than 0"), "{flag}: {err}");
+    }
+}

@@ -76,7 +76,8 @@ pub struct Args {
     #[arg(long = "outbound", value_parser = parse_outbound)]
     pub outbound: Vec<Option<SocketAddr>>,
     /// How long the transparent listener waits for a client's first bytes when they decide
-    /// the route (auto-detected ports); a client silent for longer is treated as TCP.
+    /// the route (auto-detected ports); a client silent for longer is treated as TCP. 0: no
+    /// wait.
     #[arg(long, default_value = "300ms", value_parser = parse_duration)]
     pub protocol_detection_timeout: Duration,
     /// Where the admin server listens.
@@ -118,14 +119,14 @@ pub struct Args {
     #[arg(long, value_parser = parse_policy)]
     pub outbound_policy: Option<OutboundPolicy>,
     /// Upstream connect timeout.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = parse_positive_duration)]
     pub connect_timeout: Duration,
     /// How long an upstream may take to start its response before the client gets a 504.
-    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, default_value = "60s", value_parser = parse_positive_duration)]
     pub response_timeout: Duration,
     /// How long a client may take to send a request head: the first one from the moment it
     /// connects, later ones from their first byte. Too slow: 408 and close.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = parse_positive_duration)]
     pub header_read_timeout: Duration,
     /// Client connections open at once, over all listeners and workers; one more is accepted
     /// and closed at once (counted as downstream_cx_overflow). Default: from the file
@@ -196,7 +197,7 @@ pub struct Args {
     /// How often certificate files (DestinationRule TLS origination, Gateway TLS servers, the
     /// --cert/--key/--ca identity) are checked for changes; they are reloaded without dropping
     /// connections.
-    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    #[arg(long, default_value = "2s", value_parser = parse_positive_duration)]
     pub cert_check_interval: Duration,
     /// Worker threads (default: one per CPU this process may use).
     #[arg(long)]
@@ -204,10 +205,11 @@ pub struct Args {
     /// On SIGTERM or SIGINT: how long connections may take to finish (listeners are closed at
     /// once, HTTP/1 connections close after their current response, HTTP/2 ones get GOAWAY)
     /// before the ones left are closed and the proxy exits. Istio's terminationDrainDuration.
+    /// 0: close them at once.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
     /// How long the --config paths must be quiet after a change before it is reloaded (one
-    /// save is often several events). SIGHUP reloads at once.
+    /// save is often several events). SIGHUP reloads at once. 0: reload on the first event.
     #[arg(long, default_value = "150ms", value_parser = parse_duration)]
     pub reload_debounce: Duration,
     /// Log level (error, warn, info, debug, trace, off), optionally with per-module directives
