@@ -19,10 +19,9 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use meshentry_route::model::names::{Hit, TTL};
+use meshentry_route::model::names::write_answer;
 use meshentry_wire::dns::{
-    Answer, CLASS_IN, Owner, Query, inspect_response, rcode, rtype, write_badvers, write_forward, write_refusal,
-    write_servfail, write_stored,
+    CLASS_IN, Query, inspect_response, rtype, write_badvers, write_forward, write_refusal, write_servfail, write_stored,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
@@ -177,7 +176,7 @@ impl State {
             if let Some(names) = &live.names
                 && let Some(hit) = names.lookup(q.name())
             {
-                write_hit(out, &q, hit, self.next_turn(), limit);
+                write_answer(out, &q, hit, self.next_turn(), limit);
                 stats.count(Outcome::Local);
                 return Step::Reply;
             }
@@ -279,32 +278,6 @@ fn limit(q: &Query<'_>, udp: bool) -> usize {
         true => q.udp_limit(),
         false => u16::MAX as usize,
     }
-}
-
-/// The name table's answer: the addresses of the family asked (none: an empty NOERROR),
-/// after a CNAME when the query was a known name plus a search domain.
-fn write_hit(out: &mut Vec<u8>, q: &Query<'_>, hit: Hit<'_>, turn: usize, limit: usize) {
-    Answer::begin(out, q, rcode::NOERROR, true);
-    let owner = match hit.cname_to {
-        Some(len) => Answer::cname_to_prefix(out, q, len + 1, TTL),
-        None => Owner::QUESTION,
-    };
-    // Rotated on every answer, so clients that take the first address spread over all.
-    match q.qtype {
-        rtype::A => {
-            let ips = &hit.entry.v4;
-            for i in 0..ips.len() {
-                Answer::address(out, owner, IpAddr::V4(ips[(turn + i) % ips.len()]), TTL);
-            }
-        }
-        _ => {
-            let ips = &hit.entry.v6;
-            for i in 0..ips.len() {
-                Answer::address(out, owner, IpAddr::V6(ips[(turn + i) % ips.len()]), TTL);
-            }
-        }
-    }
-    Answer::finish(out, q, limit);
 }
 
 async fn serve_udp(state: Rc<State>, udp: Rc<UdpSocket>) {

@@ -24,6 +24,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 use meshentry_registry::{AutoAddresses, Provider, Registry, Resolution, Service};
+use meshentry_wire::dns::{Answer, Owner, Query, rcode, rtype};
 
 /// The TTL of the answers (Istio's `defaultTTLInSeconds`): short, so that a client that
 /// honours it picks up a new address soon.
@@ -208,6 +209,33 @@ impl NameTable {
         }
         None
     }
+}
+
+/// Writes the table's answer to `q` into `out`: the addresses of the family asked (none: an
+/// empty NOERROR, NODATA), after a CNAME when the query was a known name plus a search
+/// domain, rotated by `turn` so that clients taking the first address spread over all, and
+/// truncated to `limit`. Allocates nothing once `out` has grown.
+pub fn write_answer(out: &mut Vec<u8>, q: &Query<'_>, hit: Hit<'_>, turn: usize, limit: usize) {
+    Answer::begin(out, q, rcode::NOERROR, true);
+    let owner = match hit.cname_to {
+        Some(len) => Answer::cname_to_prefix(out, q, len + 1, TTL),
+        None => Owner::QUESTION,
+    };
+    match q.qtype {
+        rtype::A => {
+            let ips = &hit.entry.v4;
+            for i in 0..ips.len() {
+                Answer::address(out, owner, IpAddr::V4(ips[(turn + i) % ips.len()]), TTL);
+            }
+        }
+        _ => {
+            let ips = &hit.entry.v6;
+            for i in 0..ips.len() {
+                Answer::address(out, owner, IpAddr::V6(ips[(turn + i) % ips.len()]), TTL);
+            }
+        }
+    }
+    Answer::finish(out, q, limit);
 }
 
 /// The IP a CIDR address was written with, when it names a host in the range
