@@ -480,74 +480,40 @@ async fn its_own_query_coming_back_is_a_loop_answered_with_servfail_not_forwarde
     assert_eq!(status(&dig(dns, &["db1.internal"]).await), "NOERROR");
 }
 
-#[test]
-fn an_upstream_that_is_the_listener_itself_is_refused_at_startup() {
+/// `meshentry proxy` on [`CONFIG`] with only its admin listener and `extra`, expected to
+/// refuse to start: its exit code and stderr.
+fn refused(extra: &[&str]) -> (Option<i32>, String) {
     let ip = unique_loopback();
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("se.yaml"), CONFIG).unwrap();
+    let admin = format!("{ip}:15000");
+    let extra: Vec<String> = extra.iter().map(|a| a.replace("IP", &ip.to_string())).collect();
     let out = Command::new(BIN)
         .args(["proxy", "--config"])
         .arg(dir.path())
-        .args([
-            "--http-proxy",
-            "off",
-            "--outbound",
-            "off",
-            "--admin",
-            &format!("{ip}:15000"),
-        ])
-        .args([
-            "--dns",
-            &format!("{ip}:15053"),
-            "--dns-upstream",
-            &format!("{ip}:15053"),
-        ])
+        .args(["--http-proxy", "off", "--outbound", "off", "--admin", &admin])
+        .args(&extra)
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn an_upstream_that_is_the_listener_itself_is_refused_at_startup() {
+    let (code, err) = refused(&["--dns", "IP:15053", "--dns-upstream", "IP:15053"]);
+    assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("would forward to itself"), "{err}");
     // An unspecified address would answer UDP from whichever address routing picks, which
     // clients reject: refused too, with the way out.
-    let out = Command::new(BIN)
-        .args(["proxy", "--config"])
-        .arg(dir.path())
-        .args([
-            "--http-proxy",
-            "off",
-            "--outbound",
-            "off",
-            "--admin",
-            &format!("{ip}:15000"),
-        ])
-        .args(["--dns", "0.0.0.0:15053"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2), "{out:?}");
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (code, err) = refused(&["--dns", "0.0.0.0:15053"]);
+    assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("a specific address"), "{err}");
 }
 
 #[test]
 fn a_proxy_with_no_listener_at_all_refuses_to_start() {
-    let ip = unique_loopback();
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("se.yaml"), CONFIG).unwrap();
-    let out = Command::new(BIN)
-        .args(["proxy", "--config"])
-        .arg(dir.path())
-        .args([
-            "--http-proxy",
-            "off",
-            "--outbound",
-            "off",
-            "--admin",
-            &format!("{ip}:15000"),
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (code, err) = refused(&[]);
+    assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("nothing to listen on"), "{err}");
 }
 
@@ -567,5 +533,39 @@ fn a_zero_timeout_or_interval_is_refused_not_a_504_for_every_request() {
         assert_eq!(out.status.code(), Some(2), "{flag}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("must be longer than 0"), "{flag}: {err}");
+    }
+}
+
+#[tokio::test]
+async fn concurrent_clients_each_get_the_answer_to_their_own_question() {
+    let s = start(CONFIG, &[]).await;
+    // Every query waits upstream, so all 30 are in flight at once, each on its own upstream
+    // socket, and answers come back in any order.
+    s.upstream.set_delay(Duration::from_millis(300));
+    let n = 30u8;
+    for i in 0..n {
+        s.upstream
+            .set(&format!("c{i}.example"), &[IpAddr::from([127, 66, 0, i])], 30);
+    }
+    let children: Vec<_> = (0..n)
+        .map(|i| {
+            let mut cmd = Command::new("dig");
+            cmd.arg(format!("@{}", s.dns.ip()))
+                .args(["-p", &s.dns.port().to_string(), "+time=5", "+tries=1"])
+                .arg(format!("c{i}.example"));
+            if i % 2 == 1 {
+                cmd.arg("+tcp");
+            }
+            cmd.stdout(std::process::Stdio::piped()).spawn().unwrap()
+        })
+        .collect();
+    for (i, child) in children.into_iter().enumerate() {
+        let out = child.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(ips(&text), [IpAddr::from([127, 66, 0, i as u8])], "client {i}: {text}");
+        assert_eq!(answers(&text)[0].0, format!("c{i}.example."), "{text}");
+    }
+    for i in 0..n {
+        assert_eq!(s.upstream.queries(&format!("c{i}.example")), 1, "c{i}");
     }
 }
