@@ -43,7 +43,7 @@ enum Command {
 #[derive(clap::Args)]
 struct VersionArgs {
     /// text, or json for tools.
-    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    #[arg(short, long, default_value = "text", value_parser = ["text", "json"])]
     output: String,
 }
 
@@ -103,4 +103,58 @@ fn one_line(e: &anyhow::Error) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    /// Every option and argument of every subcommand, with the path of subcommands to it.
+    fn all_args(cmd: &clap::Command, path: &str, out: &mut Vec<(String, clap::Arg)>) {
+        for arg in cmd.get_arguments() {
+            out.push((path.to_string(), arg.clone()));
+        }
+        for sub in cmd.get_subcommands() {
+            all_args(sub, &format!("{path} {}", sub.get_name()), out);
+        }
+    }
+
+    #[test]
+    fn every_option_has_help_text() {
+        let cmd = Cli::command();
+        cmd.clone().debug_assert();
+        let mut args = Vec::new();
+        all_args(&cmd, "meshentry", &mut args);
+        assert!(args.len() > 100, "the walk found only {} arguments", args.len());
+        let missing: Vec<String> = args
+            .iter()
+            .filter(|(_, a)| a.get_help().is_none_or(|h| h.to_string().trim().is_empty()))
+            .map(|(path, a)| {
+                format!(
+                    "{path} {}",
+                    a.get_long()
+                        .map_or_else(|| a.get_id().to_string(), |l| format!("--{l}"))
+                )
+            })
+            .collect();
+        assert!(missing.is_empty(), "options without help text: {missing:#?}");
+    }
+
+    #[test]
+    fn every_subcommand_has_a_summary() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for sub in cmd.get_subcommands() {
+                let path = format!("{path} {}", sub.get_name());
+                if sub.get_about().is_none() {
+                    missing.push(path.clone());
+                }
+                walk(sub, &path, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "meshentry", &mut missing);
+        assert!(missing.is_empty(), "subcommands without a summary: {missing:?}");
+    }
 }

@@ -144,6 +144,21 @@ async fn issued_identities_verify_against_the_ca() {
         let mode = std::fs::metadata(&key).unwrap().permissions().mode();
         assert_eq!(mode & 0o077, 0, "{} is readable by others: {mode:o}", key.display());
     }
+    // `-n`, as kubectl and istioctl spell the namespace: the same identity.
+    let short = tmp.path().join("short");
+    let printed = ok(&[
+        "ca",
+        "issue",
+        "--dir",
+        s(&ca),
+        "-n",
+        "httpbin-ns",
+        "--service-account",
+        "httpbin",
+        "--out",
+        s(&short),
+    ]);
+    assert!(printed.contains(id), "{printed}");
     let other = tmp.path().join("other-ca");
     ok(&["ca", "init", "--dir", s(&other)]);
     openssl_judges(&ca, &wl, &other.join("ca-cert.pem"), id);

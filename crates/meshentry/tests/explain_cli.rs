@@ -127,7 +127,7 @@ const CASES: &[Case] = &[
     Case {
         name: "06 exportTo . seen from its own namespace",
         files: &["06-serviceentry-external-svc-httpbin.yaml"],
-        args: &["--namespace", "egress", "http://httpbin.com/get"],
+        args: &["--workload-namespace", "egress", "http://httpbin.com/get"],
         exit: 0,
         expect: &[
             "port 80: an HTTP route table (requests routed by Host)",
@@ -143,7 +143,7 @@ const CASES: &[Case] = &[
     Case {
         name: "06 exportTo . seen from another namespace",
         files: &["06-serviceentry-external-svc-httpbin.yaml"],
-        args: &["--namespace", "default", "http://httpbin.com/get"],
+        args: &["--workload-namespace", "default", "http://httpbin.com/get"],
         exit: 0,
         expect: &[
             "no service in the registry seen by namespace default claims httpbin.com:80",
@@ -160,7 +160,7 @@ const CASES: &[Case] = &[
             "07-gateway-istio-egressgateway.yaml",
             "08-virtualservice-gateway-routing.yaml",
         ],
-        args: &["--namespace", "egress", "http://httpbin.com/get"],
+        args: &["--workload-namespace", "egress", "http://httpbin.com/get"],
         exit: 1,
         expect: &[
             "from ServiceEntry egress/external-svc-httpbin",
@@ -727,4 +727,64 @@ fn a_reader_that_goes_away_is_not_an_error() {
         assert!(!stderr.contains("Broken pipe"), "{args:?}: {stderr}");
         assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
     }
+}
+
+/// `-n` is where resources that set no namespace go, in `explain` and `registry` alike (as in
+/// `validate`, kubectl and istioctl); the workload whose view is shown is
+/// `--workload-namespace`, by default the same namespace.
+#[test]
+fn namespace_places_the_resources_and_workload_namespace_is_the_viewer() {
+    let file = temp_file(
+        "team.yaml",
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: only}\nspec:\n  hosts: [team.example.com]\n  \
+         exportTo: [\".\"]\n  ports: [{number: 80, name: http, protocol: HTTP}]\n  resolution: STATIC\n  endpoints: [{address: 127.0.0.9}]\n",
+    );
+    let config = [file.to_string_lossy().into_owned()];
+    let url = "http://team.example.com/";
+    let policy = ["--outbound-policy", "REGISTRY_ONLY"];
+    let routed = explain(&config, &[&policy[..], &["-n", "team", url]].concat());
+    assert_eq!(routed.status.code(), Some(0), "{}", text(&routed.stdout));
+    let out = text(&routed.stdout);
+    assert!(out.contains("proxy:   namespace team,"), "{out}");
+    assert!(out.contains("from ServiceEntry team/only at "), "{out}");
+    for args in [
+        &["-n", "team", "--workload-namespace", "other", url][..],
+        &["--workload-namespace", "team", url][..],
+    ] {
+        let refused = explain(&config, &[&policy[..], args].concat());
+        assert_eq!(refused.status.code(), Some(1), "{args:?}: {}", text(&refused.stdout));
+        assert!(
+            text(&refused.stdout).contains("is exported to [.], not to namespace"),
+            "{}",
+            text(&refused.stdout)
+        );
+    }
+
+    let registry = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_meshentry"))
+            .arg("registry")
+            .args(args)
+            .arg(&file)
+            .output()
+            .unwrap()
+    };
+    let all = text(&registry(&["-n", "team"]).stdout);
+    let row: Vec<&str> = all.lines().nth(1).unwrap_or_default().split_whitespace().collect();
+    assert_eq!(row.get(..2), Some(&["team.example.com", "team"][..]), "{all}");
+    let theirs = registry(&["-n", "team", "--workload-namespace", "other"]);
+    assert!(theirs.status.success(), "{theirs:?}");
+    assert_eq!(
+        text(&theirs.stdout).lines().count(),
+        1,
+        "only the header: {}",
+        text(&theirs.stdout)
+    );
+    // Labels pick a workload's Sidecar: meaningless without the workload's namespace.
+    let labels = registry(&["--labels", "app=web"]);
+    assert_eq!(labels.status.code(), Some(2), "{labels:?}");
+    assert!(
+        text(&labels.stderr).contains("--workload-namespace"),
+        "{}",
+        text(&labels.stderr)
+    );
 }

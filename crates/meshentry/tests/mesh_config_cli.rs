@@ -79,12 +79,12 @@ fn default_service_export_to_hides_services_from_other_namespaces() {
     let mesh = write(tmp.path(), "mesh.yaml", "defaultServiceExportTo: [\".\"]\n");
     let cm = write(tmp.path(), "istio.yaml", &configmap("defaultServiceExportTo: [\".\"]"));
 
-    let before = run(&["registry", "--namespace", "b", &config]);
+    let before = run(&["registry", "--workload-namespace", "b", &config]);
     assert!(before.status.success(), "{}", text(&before));
     assert!(text(&before).contains("api.example.com"), "{}", text(&before));
 
     for file in [&mesh, &cm] {
-        let out = run(&["registry", "--namespace", "b", "--mesh-config", file, &config]);
+        let out = run(&["registry", "--workload-namespace", "b", "--mesh-config", file, &config]);
         assert!(out.status.success(), "{}", text(&out));
         let t = text(&out);
         assert!(
@@ -92,7 +92,7 @@ fn default_service_export_to_hides_services_from_other_namespaces() {
             "exported to its own namespace only: {t}"
         );
         assert!(t.contains("public.example.com"), "an explicit exportTo stands: {t}");
-        let own = run(&["registry", "--namespace", "a", "--mesh-config", file, &config]);
+        let own = run(&["registry", "--workload-namespace", "a", "--mesh-config", file, &config]);
         assert!(text(&own).contains("api.example.com"), "{}", text(&own));
     }
 }
@@ -120,7 +120,7 @@ fn default_virtual_service_and_destination_rule_export_to() {
     let tmp = tempfile::tempdir().unwrap();
     let config = write(tmp.path(), "cfg.yaml", &format!("{SERVICE_IN_A}{RULES_IN_A}"));
     let explain = |extra: &[&str]| {
-        let mut args = vec!["explain", "-c", &config, "-n", "b"];
+        let mut args = vec!["explain", "-c", &config, "--workload-namespace", "b"];
         args.extend_from_slice(extra);
         args.push("http://api.example.com/");
         let out = run(&args);

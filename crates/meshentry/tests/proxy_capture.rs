@@ -510,7 +510,7 @@ fn seed_06_httpbin_dns_http_by_host_in_its_namespace_only() {
             let at = unique_loopback();
             dns.set("httpbin.com", &[v4(at)], 30);
             let up = HttpUpstream::start(SocketAddr::new(v4(at), 80), "httpbin");
-            let extra = ["--namespace", namespace, "--outbound-policy", "REGISTRY_ONLY"];
+            let extra = ["--workload-namespace", namespace, "--outbound-policy", "REGISTRY_ONLY"];
             let proxy = Proxy::start(&ns, &[(FILE, seed(FILE))], &dns, &extra).await;
             let resolve = format!("httpbin.com:80:{}", nowhere(20));
             let out = curl(&ns, &["--resolve", &resolve, "http://httpbin.com/get?x=1"]).await;
@@ -947,7 +947,7 @@ fn ipv6_connections_are_captured_and_routed() {
         const FILE: &str = "06-serviceentry-external-svc-httpbin.yaml";
         // ALLOW_ANY: a routing mistake would pass the request through to 2001:db8::5, which
         // nothing answers; a short connect timeout makes that fail fast.
-        let extra = ["--namespace", "egress", "--connect-timeout", "2s"];
+        let extra = ["--workload-namespace", "egress", "--connect-timeout", "2s"];
         let proxy = Proxy::start(&ns, &[(FILE, seed(FILE))], &dns, &extra).await;
 
         let out = curl(

@@ -56,7 +56,7 @@ impl Proxy {
             .config(yaml)
             .dns(dns.addr())
             .outbound_off()
-            .args(["--namespace", namespace, "--outbound-policy", "REGISTRY_ONLY"])
+            .args(["--workload-namespace", namespace, "--outbound-policy", "REGISTRY_ONLY"])
             .args(extra.iter().copied())
             .start()
             .await;

@@ -1108,7 +1108,7 @@ async fn a_destination_rule_not_exported_to_the_proxy_namespace_does_not_apply()
         + &static_entry_in("shop", "public", "public.test", 80, "HTTP", &weightless(&public))
         + &lb_rule("shop", "private", "private.test", "ROUND_ROBIN", Some("."))
         + &lb_rule("shop", "public", "public.test", "ROUND_ROBIN", None);
-    let mut proxy = Proxy::start(&yaml, &["--namespace", "client"]).await;
+    let mut proxy = Proxy::start(&yaml, &["--workload-namespace", "client"]).await;
 
     assert_eq!(proxy.lb_policy("outbound|80||private.test"), "LeastRequest");
     assert_eq!(proxy.lb_policy("outbound|80||public.test"), "RoundRobin");
@@ -1295,7 +1295,7 @@ async fn registry_only_from_a_sidecar_is_reported_with_its_source_and_blocks() {
     let yaml = static_entry_in("apps", "web", "web.test", 80, "HTTP", &[(up.addr(), 0)])
         + "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: egress, namespace: apps}\n\
            spec:\n  outboundTrafficPolicy: {mode: REGISTRY_ONLY}\n";
-    let mut proxy = Proxy::start_with(&yaml, &["--namespace", "apps"]).await;
+    let mut proxy = Proxy::start_with(&yaml, &["--workload-namespace", "apps"]).await;
 
     let dump = proxy.admin_json("/config_dump");
     assert_eq!(dump["namespace"], "apps");

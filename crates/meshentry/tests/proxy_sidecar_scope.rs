@@ -518,8 +518,8 @@ fn explain_names_the_sidecar_and_the_egress_host() {
     );
     assert_eq!(v["outcome"]["routed"], true);
 
-    // registry --namespace shows what the proxy imports.
-    let out = meshentry(&["registry", "--namespace", "default", file]);
+    // registry --workload-namespace shows what the proxy imports.
+    let out = meshentry(&["registry", "--workload-namespace", "default", file]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains("mine.example.com") && text.contains("egress.example.com"),
@@ -530,10 +530,81 @@ fn explain_names_the_sidecar_and_the_egress_host() {
         String::from_utf8_lossy(&out.stderr)
             .contains("namespace default sees only what Sidecar default/default imports")
     );
-    let out = meshentry(&["registry", "--namespace", "default", "--labels", "app=web", file]);
+    let out = meshentry(&[
+        "registry",
+        "--workload-namespace",
+        "default",
+        "--labels",
+        "app=web",
+        file,
+    ]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains("theirs.example.com") && !text.contains("mine.example.com"),
         "{text}"
     );
+}
+
+/// `-n` puts the resources that set no namespace in it, at start and at every reload, and the
+/// proxy's own namespace is the same unless `--workload-namespace` names another: an
+/// `exportTo: ["."]` service is then reached from its namespace and refused from any other.
+#[tokio::test]
+async fn namespace_places_the_resources_and_workload_namespace_is_the_viewer() {
+    let ip = unique_loopback();
+    let _up = HttpUpstream::start(SocketAddr::new(v4(ip), 80), "team-only");
+    let entry = |host: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: only}}\nspec:\n  \
+             hosts: [{host}]\n  exportTo: [\".\"]\n  ports: [{{number: 80, name: http, protocol: HTTP}}]\n  \
+             resolution: STATIC\n  endpoints: [{{address: {ip}}}]\n"
+        )
+    };
+    let start = |args: &'static [&'static str]| {
+        Proxy::builder(BIN)
+            .config(entry("team.example.com"))
+            .args(["--outbound-policy", "REGISTRY_ONLY"])
+            .args(args.iter().copied())
+            .start()
+    };
+
+    for (args, reached) in [
+        (&[][..], true),
+        (&["-n", "team"][..], true),
+        (&["--namespace", "team", "--workload-namespace", "team"][..], true),
+        (&["-n", "team", "--workload-namespace", "other"][..], false),
+        (&["--workload-namespace", "team"][..], false),
+    ] {
+        let proxy = start(args).await;
+        let r = curl_x(proxy.http(), "http://team.example.com/").await;
+        match reached {
+            true => assert_eq!((r.status, r.upstream().as_str()), (200, "team-only"), "{args:?}: {r:?}"),
+            false => {
+                assert_eq!(r.status, 502, "{args:?}: {r:?}");
+                assert!(
+                    r.body.contains("not a service in the registry seen by namespace"),
+                    "{args:?}: {r:?}"
+                );
+            }
+        }
+    }
+
+    // A reload reads the files into the same namespace.
+    let proxy = start(&["-n", "team"]).await;
+    std::fs::write(proxy.config_file(), entry("renamed.example.com")).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = curl_x(proxy.http(), "http://renamed.example.com/").await;
+        if r.status == 200 {
+            assert_eq!(r.upstream(), "team-only");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the reload never applied: {r:?}\n{}",
+            proxy.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = curl_x(proxy.http(), "http://team.example.com/").await;
+    assert_eq!(r.status, 502, "{r:?}");
 }

@@ -479,3 +479,55 @@ fn an_os_error_is_said_once() {
         );
     }
 }
+
+/// A path with nothing in it is a mistake until said otherwise: a CI job pointed at the wrong
+/// directory must not pass.
+#[test]
+fn nothing_to_validate_is_an_error_unless_allowed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let empty_dir = tmp.path().join("empty");
+    std::fs::create_dir(&empty_dir).unwrap();
+    let empty_file = tmp.path().join("empty.yaml");
+    std::fs::write(&empty_file, "# nothing yet\n").unwrap();
+    let not_yaml = tmp.path().join("notes");
+    std::fs::create_dir(&not_yaml).unwrap();
+    std::fs::write(not_yaml.join("README.txt"), "kind: ServiceEntry\n").unwrap();
+    for path in [&empty_dir, &empty_file, &not_yaml] {
+        let path = path.to_str().unwrap();
+        for output in ["text", "json"] {
+            let out = run(&["validate", "-o", output, path]);
+            assert_eq!(out.status.code(), Some(1), "{path} -o {output}: {out:?}");
+            let err = text(&out.stderr);
+            assert!(
+                err.contains(&format!(
+                    "no resources found in {path} (pass --allow-empty if that is expected)"
+                )),
+                "{err}"
+            );
+            let allowed = run(&["validate", "-o", output, "--allow-empty", path]);
+            assert_eq!(allowed.status.code(), Some(0), "{path} -o {output}: {allowed:?}");
+            assert!(!text(&allowed.stderr).contains("no resources found"), "{allowed:?}");
+        }
+    }
+    // Stdin too.
+    let mut child = bin()
+        .args(["validate", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdin.take());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(text(&out.stderr).contains("no resources found in -"), "{out:?}");
+    // One resource is enough, even next to an empty file.
+    let one = tmp.path().join("one.yaml");
+    std::fs::write(
+        &one,
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: a}\nspec:\n  hosts: [a.example.com]\n  ports: [{number: 80, name: http, protocol: HTTP}]\n  resolution: DNS\n",
+    )
+    .unwrap();
+    let out = run(&["validate", empty_file.to_str().unwrap(), one.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+}

@@ -63,6 +63,11 @@ fn version_names_the_build_and_the_istio_apis_in_text_and_json() {
 
     let bad = meshentry(&["version", "--output", "yaml"], &[]);
     assert_eq!(bad.status.code(), Some(2));
+
+    // `-o`, as every other subcommand with an --output spells it.
+    let short = meshentry(&["version", "-o", "json"], &[]);
+    assert!(short.status.success(), "{short:?}");
+    assert_eq!(short.stdout, json.stdout);
 }
 
 /// A proxy whose one service refuses connections (so a request to it logs a debug line in

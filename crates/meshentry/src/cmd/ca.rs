@@ -25,6 +25,7 @@ pub struct Args {
 pub enum Action {
     /// Create a new CA in DIR (ca-cert.pem, ca-key.pem, trust-domain).
     Init {
+        /// The directory to create the CA in (made if missing).
         #[arg(long)]
         dir: PathBuf,
         /// The SPIFFE trust domain of the identities this CA issues. Default: the
@@ -45,8 +46,10 @@ pub enum Action {
         /// The CA's directory (from `ca init`).
         #[arg(long)]
         dir: PathBuf,
-        #[arg(long)]
+        /// The workload's namespace: the `ns/NAMESPACE` of its SPIFFE identity.
+        #[arg(short, long)]
         namespace: String,
+        /// The workload's service account: the `sa/SERVICE_ACCOUNT` of its SPIFFE identity.
         #[arg(long)]
         service_account: String,
         /// Extra DNS names for the certificate (repeatable), for servers reached by name.

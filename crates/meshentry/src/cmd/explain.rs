@@ -32,15 +32,20 @@ use crate::cmd::proxy::{Labels, parse_labels, parse_policy};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Files or directories of Istio resources (as for `validate`).
-    #[arg(short, long = "config", required_unless_present = "kubernetes")]
+    /// A file or directory of Istio resources (as for `validate`); repeat the flag for more
+    /// (`-c a.yaml -c dir/`).
+    #[arg(short, long = "config", value_name = "PATH", required_unless_present = "kubernetes")]
     pub config: Vec<PathBuf>,
     #[command(flatten)]
     pub kube: crate::cmd::kube::KubeArgs,
-    /// The namespace of the workload sending the request (what it sees, which rules apply).
-    /// Resources without metadata.namespace are in `default`.
-    #[arg(short, long, default_value = "default")]
+    /// The namespace of resources that do not set metadata.namespace, as `kubectl apply -n`
+    /// would put them.
+    #[arg(short, long, value_name = "NAMESPACE", default_value = "default")]
     pub namespace: String,
+    /// The namespace of the workload sending the request: what it sees (exportTo) and which
+    /// Sidecar and rules apply. Default: --namespace.
+    #[arg(long, value_name = "NAMESPACE")]
+    pub workload_namespace: Option<String>,
     /// The workload's labels (k=v,k=v), for Sidecar, DestinationRule and sourceLabels selectors.
     #[arg(long, default_value = "", value_parser = parse_labels)]
     pub labels: Labels,
@@ -67,6 +72,7 @@ pub struct Args {
     /// name outside the mesh resolves to).
     #[arg(long)]
     pub dst: Option<IpAddr>,
+    /// `text` (each step, for people) or `json` (the same steps, for tools).
     #[arg(short, long, value_enum, default_value = "text")]
     pub output: Output,
     /// As a proxy with `--dns` runs: services without addresses take their auto-allocated
@@ -1099,7 +1105,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         Some(_) => None,
         None => Some(parse_target(&args.target)?),
     };
-    let loaded = crate::cmd::validate::load(&args.config, "default", &args.mesh, &args.kube)?;
+    let loaded = crate::cmd::validate::load(&args.config, &args.namespace, &args.mesh, &args.kube)?;
     if loaded.has_errors() {
         for f in loaded.errors() {
             eprintln!("{f}");
@@ -1108,7 +1114,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(2));
     }
     let mut config = ProxyConfig {
-        namespace: args.namespace.clone(),
+        namespace: args.workload_namespace.as_ref().unwrap_or(&args.namespace).clone(),
         labels: args.labels.0.clone(),
         policy_override: args.outbound_policy,
         cluster_domain: args.domain.cluster_domain.clone(),

@@ -22,9 +22,9 @@ use meshentry_proxy::workers::{self, Listen};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Files or directories of Istio resources (as for `validate`). Optional with
-    /// --kubernetes; both may be given.
-    #[arg(short, long = "config", required_unless_present = "kubernetes")]
+    /// A file or directory of Istio resources (as for `validate`); repeat the flag for more
+    /// (`-c a.yaml -c dir/`). Optional with --kubernetes; both may be given.
+    #[arg(short, long = "config", value_name = "PATH", required_unless_present = "kubernetes")]
     pub config: Vec<PathBuf>,
     #[command(flatten)]
     pub kube: crate::cmd::kube::KubeArgs,
@@ -48,11 +48,15 @@ pub struct Args {
     /// the temporary directory, removed at exit.
     #[arg(long, value_name = "DIR", requires = "kubernetes_secrets")]
     pub secrets_dir: Option<PathBuf>,
-    /// This workload's namespace: it decides what the proxy sees (exportTo) and which Sidecar
-    /// and DestinationRules apply. Resources without metadata.namespace are in `default`.
-    /// Default: `default`, or with --gateway the Gateway's namespace.
-    #[arg(short, long)]
+    /// The namespace of resources (in --config files) that do not set metadata.namespace, as
+    /// `kubectl apply -n` would put them. Default: `default`.
+    #[arg(short, long, value_name = "NAMESPACE")]
     pub namespace: Option<String>,
+    /// This workload's namespace: it decides what the proxy sees (exportTo), which Sidecar and
+    /// DestinationRules apply, and whose Secrets --kubernetes-secrets reads. Default:
+    /// --namespace, else with --gateway the Gateway's namespace, else `default`.
+    #[arg(long, value_name = "NAMESPACE")]
+    pub workload_namespace: Option<String>,
     /// This workload's labels (k=v,k=v), for Sidecar and DestinationRule workload selectors.
     #[arg(long, default_value = "", value_parser = parse_labels)]
     pub labels: Labels,
@@ -422,10 +426,11 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
                     // Read again on each reload, for the exportTo defaults it sets (the proxy
                     // settings it decides are read once, at startup).
                     let mesh = args.mesh.clone();
+                    let namespace = resource_namespace(args).to_string();
                     let view = started.cluster.as_ref().map(meshentry_kube::Watch::view);
                     Arc::new(move |paths: &[std::path::PathBuf]| {
                         let documents = view.as_ref().map(|v| v.borrow().documents.clone());
-                        load(paths, &mesh, documents.as_deref()).map_err(Into::into)
+                        load(paths, &namespace, &mesh, documents.as_deref()).map_err(Into::into)
                     })
                 },
                 gateway: args.gateway.clone(),
@@ -524,13 +529,19 @@ struct Started {
     )>,
 }
 
+/// Where resources without metadata.namespace go.
+fn resource_namespace(args: &Args) -> &str {
+    args.namespace.as_deref().unwrap_or("default")
+}
+
 /// The files, and the cluster's objects when there is a cluster.
 fn load(
     paths: &[PathBuf],
+    namespace: &str,
     mesh: &crate::cmd::mesh::MeshArgs,
     documents: Option<&[meshentry_kube::Document]>,
 ) -> anyhow::Result<meshentry_api::Loaded> {
-    crate::cmd::validate::load_from(paths, "default", mesh, |loaded, opts| {
+    crate::cmd::validate::load_from(paths, namespace, mesh, |loaded, opts| {
         if let Some(documents) = documents {
             meshentry_kube::add_documents(loaded, documents, opts);
         }
@@ -541,10 +552,10 @@ fn load(
 /// Loads the configuration and binds the admin port; `None` when the configuration is invalid
 /// (its errors are printed).
 async fn start(args: &Args) -> anyhow::Result<Option<Started>> {
-    let namespace = match (&args.namespace, &args.gateway) {
-        (Some(ns), _) => ns.clone(),
-        (None, Some(gw)) => gw.split_once('/').map_or("default", |(ns, _)| ns).to_string(),
-        (None, None) => "default".to_string(),
+    let namespace = match (&args.workload_namespace, &args.namespace, &args.gateway) {
+        (Some(ns), _, _) | (None, Some(ns), _) => ns.clone(),
+        (None, None, Some(gw)) => gw.split_once('/').map_or("default", |(ns, _)| ns).to_string(),
+        (None, None, None) => "default".to_string(),
     };
     let secrets = match args.kubernetes_secrets {
         true => Some(crate::cmd::kube::secrets_dir(args.secrets_dir.as_deref())?),
@@ -568,7 +579,12 @@ async fn start(args: &Args) -> anyhow::Result<Option<Started>> {
     let view = cluster.as_ref().map(|c| c.view().borrow().clone());
     // Taken before loading: a change in between makes the next reload see different bytes.
     let fingerprint = reload::fingerprint(&args.config);
-    let loaded = load(&args.config, &args.mesh, view.as_ref().map(|v| &*v.documents))?;
+    let loaded = load(
+        &args.config,
+        resource_namespace(args),
+        &args.mesh,
+        view.as_ref().map(|v| &*v.documents),
+    )?;
     let (errors, skipped) = reload::split_errors(&loaded, meshentry_kube::is_cluster_origin);
     if !errors.is_empty() {
         for f in &errors {

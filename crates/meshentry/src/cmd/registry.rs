@@ -17,18 +17,22 @@ pub struct Args {
     pub paths: Vec<PathBuf>,
     #[command(flatten)]
     pub kube: crate::cmd::kube::KubeArgs,
-    /// Show the registry as proxies in this namespace see it: only services exported to it,
-    /// one per host (its own namespace's first, then exported to it by name, then the oldest
-    /// public one), and, when a Sidecar applies to them, only what its egress hosts import
-    /// (the ports it imports, and the services its imported VirtualServices route to).
-    /// Resources without metadata.namespace are in `default` either way, as `kubectl apply`
+    /// The namespace of resources that do not set metadata.namespace, as `kubectl apply -n`
     /// would put them.
-    #[arg(short, long)]
-    pub namespace: Option<String>,
-    /// With --namespace: the workload's labels (k=v,k=v), to pick the Sidecar whose
+    #[arg(short, long, value_name = "NAMESPACE", default_value = DEFAULT_NAMESPACE)]
+    pub namespace: String,
+    /// Show the registry as a workload in this namespace sees it: only services exported to
+    /// it, one per host (its own namespace's first, then exported to it by name, then the
+    /// oldest public one), and, when a Sidecar applies to it, only what its egress hosts import
+    /// (the ports it imports, and the services its imported VirtualServices route to).
+    /// Default: the whole registry, as istiod holds it.
+    #[arg(long, value_name = "NAMESPACE")]
+    pub workload_namespace: Option<String>,
+    /// With --workload-namespace: the workload's labels (k=v,k=v), to pick the Sidecar whose
     /// workloadSelector selects it over the namespace's.
-    #[arg(long, default_value = "", value_parser = parse_labels, requires = "namespace")]
+    #[arg(long, default_value = "", value_parser = parse_labels, requires = "workload_namespace")]
     pub labels: Labels,
+    /// `table` (one row per service port) or `json` (every field, for tools).
     #[arg(short, long, value_enum, default_value = "table")]
     pub output: Output,
     /// Also print, to stderr, every conflict Istio resolves silently (same host in several
@@ -52,7 +56,7 @@ const DEFAULT_NAMESPACE: &str = "default";
 
 /// Exit 1 when any resource is invalid (its errors go to stderr, as `validate` prints them).
 pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
-    let loaded = crate::cmd::validate::load(&args.paths, DEFAULT_NAMESPACE, &args.mesh, &args.kube)?;
+    let loaded = crate::cmd::validate::load(&args.paths, &args.namespace, &args.mesh, &args.kube)?;
     if loaded.has_errors() {
         for f in loaded.errors() {
             eprintln!("{f}");
@@ -65,7 +69,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         dns_capture: false,
     };
     let registry = Registry::build_with(&loaded.resources, &opts);
-    let scoped = args.namespace.as_deref().and_then(|ns| {
+    let scoped = args.workload_namespace.as_deref().and_then(|ns| {
         scoped(
             &registry,
             &loaded.resources,
@@ -74,7 +78,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
             &loaded.mesh.root_namespace,
         )
     });
-    let services: Vec<&Service> = match (&args.namespace, &scoped) {
+    let services: Vec<&Service> = match (&args.workload_namespace, &scoped) {
         (Some(_), Some((scoped, _))) => scoped.services().collect(),
         (Some(ns), None) => registry.visible(ns),
         (None, _) => registry.services().collect(),
@@ -125,6 +129,20 @@ fn scoped(
     Some((registry.scoped(&scope), scope))
 }
 
+/// The service's VIPs as a sidecar would listen on them: `spec.addresses`, else the allocated
+/// ones (marked, as they depend on DNS capture), else `-` (no VIP: Istio's `0.0.0.0`, routed
+/// by port, Host or SNI only).
+fn addresses(s: &Service) -> String {
+    if !s.addresses.is_empty() {
+        return s.addresses.iter().map(|a| &*a.text).collect::<Vec<_>>().join(",");
+    }
+    if !s.auto_addresses.is_empty() {
+        let auto: Vec<&str> = s.auto_addresses.iter().map(|a| &*a.text).collect();
+        return format!("{} (auto)", auto.join(","));
+    }
+    "-".to_string()
+}
+
 /// Endpoints shown per row before "+N more".
 const MAX_ENDPOINTS: usize = 3;
 
@@ -134,7 +152,9 @@ fn write_table(out: &mut impl Write, services: &[&Service]) -> std::io::Result<(
         [
             "SERVICE FQDN",
             "NAMESPACE",
+            "ADDRESSES",
             "PORT",
+            "PROTOCOL",
             "RESOLUTION",
             "LOCATION",
             "ENDPOINTS",
@@ -142,6 +162,7 @@ fn write_table(out: &mut impl Write, services: &[&Service]) -> std::io::Result<(
         .map(String::from),
     ];
     for s in services {
+        let addresses = addresses(s);
         for p in &s.ports {
             let eps: Vec<String> = s
                 .endpoints_for(p)
@@ -163,14 +184,19 @@ fn write_table(out: &mut impl Write, services: &[&Service]) -> std::io::Result<(
             rows.push([
                 s.host.to_string(),
                 s.namespace.to_string(),
+                addresses.clone(),
                 p.number.to_string(),
+                match p.protocol.as_str() {
+                    "" => "auto".to_string(),
+                    protocol => protocol.to_string(),
+                },
                 s.resolution.as_str().to_string(),
                 s.location.as_str().to_string(),
                 shown,
             ]);
         }
     }
-    let mut widths = [0usize; 6];
+    let mut widths = [0usize; 8];
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
@@ -215,5 +241,53 @@ mod tests {
             "{text}"
         );
         assert!(lines[2].contains(" 81 "), "{text}");
+        let columns: Vec<&str> = lines[0].split("  ").map(str::trim).filter(|c| !c.is_empty()).collect();
+        assert_eq!(
+            columns,
+            [
+                "SERVICE FQDN",
+                "NAMESPACE",
+                "ADDRESSES",
+                "PORT",
+                "PROTOCOL",
+                "RESOLUTION",
+                "LOCATION",
+                "ENDPOINTS"
+            ]
+        );
+        let cells: Vec<&str> = lines[1].split_whitespace().collect();
+        assert_eq!(
+            &cells[..6],
+            ["a.example.com", "default", "10.0.0.1", "80", "HTTP", "STATIC"],
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn table_says_when_there_is_no_vip_and_when_the_protocol_is_detected() {
+        let yaml = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: b, namespace: ns}\nspec:\n  hosts: [b.example.com]\n  ports: [{number: 9000, name: p}]\n  resolution: DNS\n";
+        let loaded = load_str("b.yaml", yaml, &LoadOptions::default());
+        assert!(!loaded.has_errors(), "{:?}", loaded.findings);
+        let registry = Registry::build(&loaded.resources);
+        let mut out = Vec::new();
+        write_table(&mut out, &registry.services().collect::<Vec<_>>()).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let cells: Vec<&str> = text.lines().nth(1).unwrap().split_whitespace().collect();
+        assert_eq!(
+            &cells[..6],
+            ["b.example.com", "ns", "-", "9000", "auto", "DNS"],
+            "{text}"
+        );
+
+        let opts = meshentry_registry::BuildOptions {
+            auto_allocate: true,
+            ..meshentry_registry::BuildOptions::default()
+        };
+        let registry = Registry::build_with(&loaded.resources, &opts);
+        let mut out = Vec::new();
+        write_table(&mut out, &registry.services().collect::<Vec<_>>()).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains(" 240.240."), "an allocated VIP is shown: {text}");
+        assert!(text.contains(" (auto) "), "and marked as allocated: {text}");
     }
 }

@@ -12,13 +12,18 @@ pub struct Args {
     pub paths: Vec<PathBuf>,
     #[command(flatten)]
     pub kube: crate::cmd::kube::KubeArgs,
-    /// Namespace of resources that do not set metadata.namespace (default: `default`). With
-    /// --kubernetes, also the only namespace read from the cluster, as `istioctl analyze -n`
-    /// (default: all namespaces).
-    #[arg(short, long)]
+    /// The namespace of resources that do not set metadata.namespace, as `kubectl apply -n`
+    /// would put them (default: `default`). With --kubernetes, also the only namespace read
+    /// from the cluster, as `istioctl analyze -n` (default: all namespaces).
+    #[arg(short, long, value_name = "NAMESPACE")]
     pub namespace: Option<String>,
+    /// `text` (one finding per line, a summary on stderr) or `json` (every finding, for tools).
     #[arg(short, long, value_enum, default_value = "text")]
     pub output: Output,
+    /// Succeed when the paths (and the cluster) hold no resource at all. Without it, finding
+    /// nothing is an error, so that a CI job pointed at the wrong directory fails.
+    #[arg(long)]
+    pub allow_empty: bool,
     #[command(flatten)]
     pub mesh: crate::cmd::mesh::MeshArgs,
     #[command(flatten)]
@@ -92,7 +97,26 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
         }
     }
     let failed = loaded.findings.iter().any(|f| f.severity <= args.failure_threshold);
+    if loaded.resources.is_empty() && loaded.findings.is_empty() && !args.allow_empty {
+        eprintln!(
+            "meshentry: no resources found in {} (pass --allow-empty if that is expected)",
+            where_(args)
+        );
+        return Ok(ExitCode::from(1));
+    }
     Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+/// What was read, for the "no resources found" message.
+fn where_(args: &Args) -> String {
+    let mut places: Vec<String> = args.paths.iter().map(|p| p.display().to_string()).collect();
+    if args.kube.kubernetes {
+        places.push(match &args.namespace {
+            Some(ns) => format!("the cluster's namespace {ns}"),
+            None => "the cluster".to_string(),
+        });
+    }
+    places.join(", ")
 }
 
 /// Loads and validates, under `--mesh-config` when given; shared by the subcommands that read

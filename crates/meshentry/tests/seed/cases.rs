@@ -534,13 +534,13 @@ async fn export_to_dot_is_visible_only_in_its_namespace() {
     let egress = Proxy::start(
         &files,
         &dns,
-        &["--namespace", "egress", "--outbound-policy", "REGISTRY_ONLY"],
+        &["--workload-namespace", "egress", "--outbound-policy", "REGISTRY_ONLY"],
     )
     .await;
     let default = Proxy::start(
         &files,
         &dns,
-        &["--namespace", "default", "--outbound-policy", "REGISTRY_ONLY"],
+        &["--workload-namespace", "default", "--outbound-policy", "REGISTRY_ONLY"],
     )
     .await;
 
