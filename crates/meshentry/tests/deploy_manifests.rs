@@ -1100,3 +1100,94 @@ fn the_walk_through_quotes_the_role_and_a_valid_object() {
         );
     }
 }
+
+/// The lines of `[section]` in a TOML file of ours (key = value, comments dropped).
+fn toml_section(text: &str, section: &str) -> BTreeMap<String, String> {
+    let mut in_section = false;
+    let mut out = BTreeMap::new();
+    for line in text.lines().map(|l| l.split('#').next().unwrap_or_default().trim()) {
+        if line.starts_with('[') {
+            in_section = line == format!("[{section}]");
+        } else if in_section && let Some((k, v)) = line.split_once('=') {
+            out.insert(k.trim().to_string(), v.trim().trim_matches('"').to_string());
+        }
+    }
+    out
+}
+
+/// deploy/Dockerfile builds the image from the checkout with the `dist` profile and the pinned
+/// toolchain, and runs it as uid 1337 on a distroless base. No Docker daemon or base image is
+/// reachable on the test machine, so the image is not built here: what it would run is
+/// checked instead (the profile, the toolchain, the paths, the build context).
+#[test]
+fn the_dockerfile_builds_the_dist_profile_from_the_checkout_and_runs_as_1337() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let dockerfile = std::fs::read_to_string(root.join("deploy/Dockerfile")).unwrap();
+    let instructions: Vec<&str> = dockerfile
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+
+    let dist = toml_section(
+        &std::fs::read_to_string(root.join("Cargo.toml")).unwrap(),
+        "profile.dist",
+    );
+    for (key, value) in [
+        ("inherits", "release"),
+        ("strip", "true"),
+        ("lto", "fat"),
+        ("codegen-units", "1"),
+    ] {
+        assert_eq!(dist.get(key).map(String::as_str), Some(value), "[profile.dist] {key}");
+    }
+    let channel = toml_section(
+        &std::fs::read_to_string(root.join("rust-toolchain.toml")).unwrap(),
+        "toolchain",
+    )
+    .remove("channel")
+    .unwrap();
+    let builder = instructions.iter().find(|l| l.starts_with("FROM rust:")).unwrap();
+    assert!(
+        builder.starts_with(&format!("FROM rust:{channel}-")) && builder.contains("bookworm"),
+        "the builder is the pinned toolchain on Debian 12 (the runtime images' glibc): {builder}"
+    );
+    assert!(instructions.contains(&format!("ENV RUSTUP_TOOLCHAIN={channel}").as_str()));
+    assert!(dockerfile.contains("cargo build --locked --profile dist -p meshentry"));
+    assert!(
+        dockerfile.contains("target/dist/meshentry"),
+        "the dist profile's output directory"
+    );
+    assert!(instructions.contains(&"COPY . ."), "built from the checkout");
+
+    // The last stage is the default target: the proxy, distroless, as 1337.
+    let last_from = instructions.iter().rposition(|l| l.starts_with("FROM ")).unwrap();
+    let proxy = &instructions[last_from..];
+    assert!(
+        proxy[0].starts_with("FROM gcr.io/distroless/cc-debian12"),
+        "{}",
+        proxy[0]
+    );
+    assert!(proxy.contains(&"USER 1337:1337"), "{proxy:?}");
+    assert!(proxy.iter().any(|l| l.starts_with("COPY --from=build ")), "{proxy:?}");
+    assert!(
+        instructions
+            .iter()
+            .any(|l| l.starts_with("FROM debian:12-slim AS init"))
+    );
+
+    // The context sends the sources (every crate, the lock file, the toolchain) but not target/.
+    let ignore = std::fs::read_to_string(root.join("deploy/Dockerfile.dockerignore")).unwrap();
+    let patterns: Vec<&str> = ignore
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    assert!(patterns.contains(&"target/"), "{patterns:?}");
+    for needed in ["crates", "Cargo.toml", "Cargo.lock", "rust-toolchain.toml"] {
+        assert!(
+            !patterns.iter().any(|p| *p == "*" || p.trim_end_matches('/') == needed),
+            "the build needs {needed}: {patterns:?}"
+        );
+    }
+}
