@@ -173,6 +173,7 @@ fn parse_target(s: &str) -> anyhow::Result<Target0> {
 // === The explanation ===
 
 #[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
 struct Explanation {
     request: RequestJson,
     proxy: ProxyJson,
@@ -192,6 +193,7 @@ struct Explanation {
 }
 
 #[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
 struct RequestJson {
     target: String,
     protocol: Proto,
@@ -207,6 +209,7 @@ struct RequestJson {
 }
 
 #[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
 struct ProxyJson {
     namespace: String,
     labels: BTreeMap<String, String>,
@@ -218,12 +221,14 @@ struct ProxyJson {
 }
 
 #[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
 struct Step {
     step: &'static str,
     lines: Vec<String>,
 }
 
 #[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
 struct ServiceJson {
     host: String,
     namespace: String,
@@ -238,6 +243,7 @@ struct ServiceJson {
 }
 
 #[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
 struct VsJson {
     name: String,
     at: Option<String>,
@@ -247,6 +253,7 @@ struct VsJson {
 }
 
 #[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
 struct RuleJson {
     kind: &'static str,
     index: usize,
@@ -256,6 +263,7 @@ struct RuleJson {
 }
 
 #[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
 struct DestJson {
     cluster: String,
     weight_percent: f64,
@@ -272,6 +280,7 @@ struct DestJson {
 }
 
 #[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
 struct EndpointJson {
     address: String,
     labels: BTreeMap<String, String>,
@@ -279,6 +288,7 @@ struct EndpointJson {
 }
 
 #[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
 struct OutcomeJson {
     routed: bool,
     /// `routed`, `passthrough`, `answered`, `refused`.
