@@ -21,14 +21,16 @@ pub fn istio_apis() -> Vec<String> {
         .collect()
 }
 
-/// For `--output json` and `/server_info`.
+/// For `--output json` and `/server_info`. Its keys are single words so that the one object
+/// fits both documents' casings: camelCase for the CLI's, Envoy's snake_case for `/server_info`
+/// (docs/json.md).
 pub fn json() -> Value {
     json!({
         "version": VERSION,
         "commit": COMMIT,
         "rustc": RUSTC,
         "target": TARGET,
-        "istioApis": istio_apis(),
+        "apis": istio_apis(),
     })
 }
 

@@ -128,6 +128,7 @@ fn handle(req: &Request<Incoming>, shared: &Shared, started: Instant) -> Respons
             "NOT SYNCED: waiting for the first full sync of the cluster\n".into(),
         ),
         "/ready" => text(StatusCode::OK, "LIVE\n".into()),
+        // Envoy's ServerInfo (`version`, `state`), so what it adds is in Envoy's snake_case too.
         "/server_info" => json_response(&json!({
             "version": build_info::VERSION,
             "build": build_info::json(),
@@ -414,6 +415,8 @@ fn vs_routes(routes: &meshentry_route::model::vs::HttpRoutes) -> Value {
     Value::Array(rules)
 }
 
+/// meshentry's own document (not Envoy's `cluster_statuses`), so camelCase like the others;
+/// the text form is Envoy's.
 fn clusters_json(shared: &Shared) -> Value {
     let snap = shared.snapshot.load();
     let clusters: Vec<Value> = snap
@@ -439,9 +442,9 @@ fn clusters_json(shared: &Shared) -> Value {
                 "name": c.name,
                 "type": c.kind_name(),
                 "requests": c.stats.requests.load(Ordering::Relaxed),
-                "connect_failures": c.stats.connect_failures.load(Ordering::Relaxed),
-                "dns_failures": c.stats.dns_failures.load(Ordering::Relaxed),
-                "tls_failures": c.stats.tls_failures.load(Ordering::Relaxed),
+                "connectFailures": c.stats.connect_failures.load(Ordering::Relaxed),
+                "dnsFailures": c.stats.dns_failures.load(Ordering::Relaxed),
+                "tlsFailures": c.stats.tls_failures.load(Ordering::Relaxed),
                 "hosts": hosts,
             })
         })
@@ -457,7 +460,7 @@ fn host_counters(h: &meshentry_route::model::cluster::Host) -> [(&'static str, &
         ("requests", "rq_total", h.stats.requests.load(Ordering::Relaxed)),
         ("connections", "cx_total", h.stats.connections.load(Ordering::Relaxed)),
         (
-            "connect_failures",
+            "connectFailures",
             "cx_connect_fail",
             h.stats.connect_failures.load(Ordering::Relaxed),
         ),

@@ -178,6 +178,7 @@ impl Resource {
 
 /// One validation finding, placed on the source.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Finding {
     pub file: String,
     pub line: u32,

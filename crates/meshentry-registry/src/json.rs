@@ -1,11 +1,12 @@
 //! The stable JSON form of services, as `meshentry registry --output json` prints it and tools
 //! and tests read it:
 //!
-//! `{"services":[{"host","namespace","addresses","autoAllocatedAddresses"?,"resolution",
-//! "location","ports":[{"name","number","protocol","targetPort"?}],"exportTo",
+//! `{"services":[{"host","namespace","addresses","autoAllocatedAddresses"?,"autoAllocatedBy"?,
+//! "resolution","location","ports":[{"name","number","protocol","targetPort"?}],"exportTo",
 //! "subjectAltNames"?,"aliases"?,"endpoints":[{"address","port","portName","labels"}]}]}`
 //!
-//! Optional keys (`?`) appear only when set. Nothing else is added: the shape is a contract.
+//! Optional keys (`?`) appear only when set. Nothing else is added: the shape is a contract,
+//! written down in `docs/schemas/registry.schema.json` (camelCase, as every meshentry document).
 
 use serde::Serialize;
 
@@ -13,6 +14,7 @@ use crate::model::{Labels, Port, Service};
 
 /// `{"services": [...]}`.
 #[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct RegistryJson<'a> {
     pub services: Vec<ServiceJson<'a>>,
 }

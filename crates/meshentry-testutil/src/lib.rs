@@ -8,7 +8,8 @@
 //! in-process DNS server that speaks the real wire protocol ([`dns`]), upstream servers that
 //! record what they saw ([`servers`]), a scripted raw HTTP/1.1 upstream and a strict raw client
 //! for byte-exact framing tests ([`raw`]), polling helpers ([`wait`]), a runner for child
-//! processes ([`process`]) and the one launcher of the proxy binary ([`proxy`]). Every server
+//! processes ([`process`]), the one launcher of the proxy binary ([`proxy`]) and the check of
+//! meshentry's JSON documents against their schemas ([`schema`]). Every server
 //! stops when its handle is dropped, so no test shares state. A test that cannot run on this
 //! machine says so and is counted ([`skip`]), never passes silently.
 //!
@@ -25,6 +26,7 @@ pub mod pki;
 pub mod process;
 pub mod proxy;
 pub mod raw;
+pub mod schema;
 pub mod servers;
 pub mod skip;
 mod tasks;

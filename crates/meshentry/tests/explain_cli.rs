@@ -420,7 +420,7 @@ fn json_shape() {
     assert_eq!(v["request"]["port"], 80);
     assert_eq!(v["request"]["listener"], "outbound");
     assert_eq!(v["proxy"]["namespace"], "default");
-    assert_eq!(v["proxy"]["outbound_policy"], "ALLOW_ANY");
+    assert_eq!(v["proxy"]["outboundPolicy"], "ALLOW_ANY");
     assert!(
         v["steps"]
             .as_array()
@@ -429,19 +429,19 @@ fn json_shape() {
             .all(|s| s["step"].is_string() && s["lines"].is_array())
     );
     assert_eq!(v["service"]["host"], "web.example.com");
-    assert_eq!(v["service"]["matched_by"], "exact host web.example.com");
+    assert_eq!(v["service"]["matchedBy"], "exact host web.example.com");
     assert_eq!(v["service"]["resource"], "ServiceEntry default/web");
-    assert_eq!(v["virtual_service"]["name"], "default/web");
-    assert_eq!(v["virtual_service"]["rule"]["kind"], "http");
-    assert_eq!(v["virtual_service"]["rule"]["index"], 1);
-    assert_eq!(v["virtual_service"]["rule"]["name"], "api");
+    assert_eq!(v["virtualService"]["name"], "default/web");
+    assert_eq!(v["virtualService"]["rule"]["kind"], "http");
+    assert_eq!(v["virtualService"]["rule"]["index"], 1);
+    assert_eq!(v["virtualService"]["rule"]["name"], "api");
     let dests = v["destinations"].as_array().unwrap();
     assert_eq!(dests.len(), 2);
     assert_eq!(dests[0]["cluster"], "outbound|80|v1|web.example.com");
-    assert_eq!(dests[0]["weight_percent"], 90.0);
+    assert_eq!(dests[0]["weightPercent"], 90.0);
     assert_eq!(dests[0]["subset"], "v1");
     assert_eq!(dests[0]["discovery"], "EDS");
-    assert_eq!(dests[0]["load_balancer"], "ROUND_ROBIN");
+    assert_eq!(dests[0]["loadBalancer"], "ROUND_ROBIN");
     assert_eq!(dests[0]["endpoints"][0]["address"], "10.0.0.1:80");
     assert_eq!(dests[0]["endpoints"][0]["labels"]["version"], "v1");
     assert_eq!(v["outcome"]["routed"], true);

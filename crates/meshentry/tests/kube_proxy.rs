@@ -157,6 +157,7 @@ async fn an_object_meshentry_rejects_is_skipped_alone_and_applies_once_fixed() {
         "{error}"
     );
     assert_eq!(proxy.stat("config_objects_skipped").await, 1);
+    meshentry_testutil::schema::check("admin-config-dump", &dump);
     assert!(
         proxy
             .process
@@ -216,6 +217,7 @@ async fn an_api_server_and_etcd_crash_under_load_fails_no_request() {
     .await;
     assert_eq!(source(&stale)["connected"], false);
     assert!(source(&stale)["error"].is_string(), "{stale:#}");
+    meshentry_testutil::schema::check("admin-config-dump", &stale);
     assert_eq!(hosts(&stale), ["web.internal"], "the last good configuration stays");
     assert_eq!(proxy.stat("config_source_connected").await, 0);
     let before = ok.load(Ordering::Relaxed);

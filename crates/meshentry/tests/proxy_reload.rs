@@ -678,6 +678,7 @@ async fn gateway_reloads_open_and_close_server_ports() {
     let state = listener_state(&dump, a3).unwrap();
     assert_eq!(state["state"], "error", "{state}");
     assert!(state["error"].as_str().unwrap().contains(&a3.to_string()), "{state}");
+    meshentry_testutil::schema::check("admin-config-dump", &dump);
     assert_eq!(gateway_get(a1, "/").await.unwrap(), (200, "a".to_string()));
     drop(busy);
 

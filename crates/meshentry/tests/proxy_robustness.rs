@@ -781,7 +781,7 @@ async fn refused_connections_fail_over_and_a_service_with_no_live_endpoint_gets_
     let hosts = proxy.cluster("outbound|80||down2.test");
     for h in hosts["hosts"].as_array().unwrap() {
         assert_eq!(
-            h["connect_failures"], 1,
+            h["connectFailures"], 1,
             "each endpoint tried once per request: {hosts:#}"
         );
     }
@@ -1230,7 +1230,7 @@ async fn admin_reports_readiness_config_and_per_host_request_counts() {
     let cluster = proxy.cluster("outbound|80||web.test");
     assert_eq!(cluster["type"], "EDS");
     assert_eq!(cluster["requests"], 7, "{cluster:#}");
-    assert_eq!(cluster["connect_failures"], 0);
+    assert_eq!(cluster["connectFailures"], 0);
     let hosts = cluster["hosts"].as_array().unwrap();
     assert_eq!(hosts.len(), 1, "{cluster:#}");
     assert_eq!(hosts[0]["address"], up.addr().to_string());

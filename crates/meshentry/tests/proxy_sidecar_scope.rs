@@ -513,7 +513,7 @@ fn explain_names_the_sidecar_and_the_egress_host() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["proxy"]["sidecar"], "Sidecar default/web");
     assert_eq!(
-        v["service"]["imported_by"],
+        v["service"]["importedBy"],
         "Sidecar default/web egress[0].hosts[0] \"other/*\""
     );
     assert_eq!(v["outcome"]["routed"], true);

@@ -538,8 +538,8 @@ async fn simple_tls_verifies_the_server() {
     }
     assert_eq!(proxy.stat("upstream_tls_errors_total").await, 3);
     let cluster = proxy.cluster("outbound|80||expired.example.com").await;
-    assert_eq!(cluster["connect_failures"], 1, "{cluster:#}");
-    assert_eq!(cluster["hosts"][0]["connect_failures"], 1, "{cluster:#}");
+    assert_eq!(cluster["connectFailures"], 1, "{cluster:#}");
+    assert_eq!(cluster["hosts"][0]["connectFailures"], 1, "{cluster:#}");
 
     // subjectAltNames pin a name the certificate has; the request's host is the SNI.
     let r = proxy.get1("http://pinned.example.com/p").await;
@@ -730,7 +730,7 @@ async fn an_endpoint_refusing_the_client_certificate_is_failed_over() {
         .iter()
         .find(|h| h["address"] == on(picky_ip, 443).to_string())
         .unwrap();
-    assert_eq!(picky_host["connect_failures"], tls_errors, "{cluster:#}");
+    assert_eq!(picky_host["connectFailures"], tls_errors, "{cluster:#}");
 }
 
 // ---------------------------------------------------------------------------------------------

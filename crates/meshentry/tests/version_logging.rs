@@ -59,7 +59,7 @@ fn version_names_the_build_and_the_istio_apis_in_text_and_json() {
     assert_eq!(v["commit"], commit);
     assert_eq!(v["rustc"], lines[2].strip_prefix("rustc: ").unwrap());
     assert_eq!(v["target"], lines[3].strip_prefix("target: ").unwrap());
-    assert_eq!(v["istioApis"].as_array().unwrap().len(), 3);
+    assert_eq!(v["apis"].as_array().unwrap().len(), 3);
 
     let bad = meshentry(&["version", "--output", "yaml"], &[]);
     assert_eq!(bad.status.code(), Some(2));

@@ -179,6 +179,7 @@ fn parse_target(s: &str) -> anyhow::Result<Target0> {
 // === The explanation ===
 
 #[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
 struct Explanation {
     request: RequestJson,
     proxy: ProxyJson,
@@ -198,6 +199,7 @@ struct Explanation {
 }
 
 #[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
 struct RequestJson {
     target: String,
     protocol: Proto,
@@ -213,6 +215,7 @@ struct RequestJson {
 }
 
 #[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
 struct ProxyJson {
     namespace: String,
     labels: BTreeMap<String, String>,
@@ -224,12 +227,14 @@ struct ProxyJson {
 }
 
 #[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
 struct Step {
     step: &'static str,
     lines: Vec<String>,
 }
 
 #[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
 struct ServiceJson {
     host: String,
     namespace: String,
@@ -244,6 +249,7 @@ struct ServiceJson {
 }
 
 #[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
 struct VsJson {
     name: String,
     at: Option<String>,
@@ -253,6 +259,7 @@ struct VsJson {
 }
 
 #[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
 struct RuleJson {
     kind: &'static str,
     index: usize,
@@ -262,6 +269,7 @@ struct RuleJson {
 }
 
 #[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
 struct DestJson {
     cluster: String,
     weight_percent: f64,
@@ -278,6 +286,7 @@ struct DestJson {
 }
 
 #[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
 struct EndpointJson {
     address: String,
     labels: BTreeMap<String, String>,
@@ -285,6 +294,7 @@ struct EndpointJson {
 }
 
 #[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
 struct OutcomeJson {
     routed: bool,
     /// `routed`, `passthrough`, `answered`, `refused`.

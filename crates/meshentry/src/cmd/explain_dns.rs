@@ -42,6 +42,7 @@ pub fn parse(s: &str) -> anyhow::Result<Option<DnsTarget>> {
 }
 
 #[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
 struct Record {
     name: String,
     #[serde(rename = "type")]
@@ -51,6 +52,7 @@ struct Record {
 }
 
 #[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
 struct DnsExplanation {
     name: String,
     #[serde(rename = "type")]
