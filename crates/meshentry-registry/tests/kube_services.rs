@@ -322,7 +322,7 @@ fn with_no_service_known_a_cluster_host_may_exist() {
         found
             .iter()
             .any(|f| f.starts_with("spec.http[0].route[1].destination.host: ")
-                && f.contains("istioctl knows no Kubernetes Service of that name offline (meshentry reads none)")),
+                && f.contains("no Kubernetes Service was read (offline, istioctl knows none either): add the Service to the files, or read the cluster's with --kubernetes")),
         "{found:#?}"
     );
     // ...but meshentry does not say that a cluster host matches nothing.

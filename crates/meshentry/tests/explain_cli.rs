@@ -166,7 +166,8 @@ const CASES: &[Case] = &[
             "from ServiceEntry egress/external-svc-httpbin",
             "VirtualService egress/gateway-routing (at ",
             "owns the route of httpbin.com:80",
-            "http[0] \"#0\" match [any]: MATCHED",
+            "http[0] \"#0\" match [port=80 && gateways=mesh]: MATCHED",
+            "on the outbound listener (route table for port 80), http[0] \"#0\" picks the destination below; nothing else applies (no rewrite, timeout, retries, fault, mirror or header edits)",
             "istio-egressgateway.istio-system.svc.cluster.local is not a service this proxy sees",
             "outcome: REFUSED 503: meshentry: VirtualService egress/gateway-routing routes to a missing destination",
         ],
@@ -361,6 +362,7 @@ fn virtual_service_rules_subsets_and_no_match() {
                 "VirtualService default/web (at ",
                 "http[0] \"canary\" match [header x-canary=yes]: no match",
                 "http[1] \"api\" match [uri^/api]: MATCHED",
+                "on the outbound listener (route table for port 80), http[1] \"api\" picks the destination below; nothing else applies",
                 "→ outbound|80|v1|web.example.com weight 90 (90%)",
                 "→ outbound|80|v2|web.example.com weight 10 (10%)",
                 "cluster outbound|80|v1|web.example.com (subset v1), 90% of requests",
@@ -406,6 +408,136 @@ fn virtual_service_rules_subsets_and_no_match() {
             ],
         },
         &explain(&files, &["http://web.example.com/other"]),
+    );
+}
+
+/// One rule per kind of match condition, none but the last matching the request: each is
+/// shown as written (`match [any]` only for a block with no condition at all), and the
+/// listener and rule that picked the destination are named.
+const CONDITIONS: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: web, namespace: default}
+spec:
+  hosts: [web.example.com]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: STATIC
+  endpoints: [{address: 10.0.0.1}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: web, namespace: default}
+spec:
+  hosts: [web.example.com]
+  http:
+  - name: headers
+    match: [{headers: {x-user: {exact: alice}}}]
+    route: [{destination: {host: web.example.com}}]
+  - name: without
+    match: [{withoutHeaders: {x-debug: {}}}]
+    route: [{destination: {host: web.example.com}}]
+  - name: query
+    match: [{queryParams: {v: {exact: "2"}}}]
+    route: [{destination: {host: web.example.com}}]
+  - name: uri
+    match: [{uri: {prefix: /API}, ignoreUriCase: true, method: {exact: POST}}]
+    route: [{destination: {host: web.example.com}}]
+  - name: source
+    match: [{port: 80, gateways: [mesh], sourceLabels: {app: web}, sourceNamespace: shop}]
+    route: [{destination: {host: web.example.com}}]
+"#;
+
+#[test]
+fn every_condition_of_a_match_is_shown() {
+    let file = temp_file("conditions.yaml", CONDITIONS).to_string_lossy().into_owned();
+    check(
+        &Case {
+            name: "each kind of condition",
+            files: &[],
+            args: &[],
+            exit: 0,
+            expect: &[
+                "http[0] \"headers\" match [header x-user=alice]: no match",
+                "http[1] \"without\" match [without header x-debug present]: no match",
+                "http[2] \"query\" match [query v=2]: no match",
+                "http[3] \"uri\" match [uri^/API (ignoreUriCase) && method=POST]: no match",
+                "http[4] \"source\" match [port=80 && sourceLabels app=web && sourceNamespace=shop (not applied) && gateways=mesh]: MATCHED",
+                "on the outbound listener (route table for port 80), http[4] \"source\" picks the destination below; nothing else applies (no rewrite, timeout, retries, fault, mirror or header edits)",
+                "outcome: ROUTED: routed to outbound|80||web.example.com",
+            ],
+        },
+        &explain(
+            &[file],
+            &[
+                "--labels",
+                "app=web",
+                "-H",
+                "x-debug: 1",
+                "http://web.example.com/api?v=1",
+            ],
+        ),
+    );
+}
+
+/// A rule that does more than pick a destination says so, with what it applies; one that
+/// answers the request itself says that; the explicit proxy listener is named as such.
+#[test]
+fn the_rule_that_picked_the_destination_says_what_else_it_applies() {
+    let config = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: web, namespace: default}
+spec:
+  hosts: [web.example.com]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: STATIC
+  endpoints: [{address: 10.0.0.1}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: web, namespace: default}
+spec:
+  hosts: [web.example.com]
+  http:
+  - name: moved
+    match: [{uri: {prefix: /old}}]
+    redirect: {uri: /new}
+  - name: slow
+    timeout: 2s
+    route: [{destination: {host: web.example.com}, headers: {request: {set: {x-a: b}}}}]
+"#;
+    let file = temp_file("extras.yaml", config).to_string_lossy().into_owned();
+    let files = [file];
+    check(
+        &Case {
+            name: "timeout and destination headers",
+            files: &[],
+            args: &[],
+            exit: 0,
+            expect: &[
+                "http[0] \"moved\" match [uri^/old]: no match",
+                "http[1] \"slow\" match every request: MATCHED",
+                "timeout: 2s",
+                "headers to outbound|80||web.example.com: request [set x-a], response []",
+                "on the explicit HTTP proxy listener, http[1] \"slow\" picks the destination below and applies the settings above",
+                "outcome: ROUTED",
+            ],
+        },
+        &explain(&files, &["--via", "http-proxy", "http://web.example.com/x"]),
+    );
+    check(
+        &Case {
+            name: "redirect",
+            files: &[],
+            args: &[],
+            exit: 0,
+            expect: &[
+                "http[0] \"moved\" match [uri^/old]: MATCHED",
+                "on the outbound listener (route table for port 80), http[0] \"moved\" answers the request itself:",
+                "redirect 301: scheme (unchanged), authority (unchanged), uri /new",
+            ],
+        },
+        &explain(&files, &["http://web.example.com/old"]),
     );
 }
 

@@ -642,6 +642,69 @@ async fn mutual_tls_presents_the_rules_client_certificate() {
     assert_eq!(proxy.stat("upstream_tls_errors_total").await, 0);
 }
 
+/// Istio's SIMPLE never presents a client certificate, even when the rule names one
+/// (`constructUpstreamTLS` reads clientCertificate and privateKey only for MUTUAL). The server
+/// asks for a certificate but accepts a connection without one, so it sees exactly what was
+/// offered: nothing for SIMPLE, the rule's certificate for MUTUAL.
+#[tokio::test]
+async fn simple_tls_never_presents_the_rules_client_certificate() {
+    let ca = TestCa::new("db CA");
+    let pem = PemDir::new();
+    let ca_file = pem.ca(&ca);
+    let ep = unique_loopback();
+    let leaf = ca.issue(LeafSpec::server(["simple.example.com", "mutual.example.com"]));
+    let provider = meshentry_testutil::crypto_provider();
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(ca.root_store()), provider.clone())
+            .allow_unauthenticated()
+            .build()
+            .unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(vec![leaf.cert_der.clone()], leaf.key_der.clone_key())
+        .unwrap();
+    let up = TlsUpstream::start(on(ep, 443), "optional", Arc::new(config));
+    let app_id = "spiffe://cluster.local/ns/default/sa/app";
+    let client = pem.leaf(&ca.issue(LeafSpec::client(app_id)), "client");
+    let simple_with_cert = format!(
+        "{{mode: SIMPLE, clientCertificate: {:?}, privateKey: {:?}, caCertificates: {:?}}}",
+        path(&client.cert),
+        path(&client.key),
+        path(&ca_file)
+    );
+    let yaml = [
+        entry("simple.example.com", &[ep], ""),
+        rule("simple.example.com", &simple_with_cert, None),
+        entry("mutual.example.com", &[ep], ""),
+        rule("mutual.example.com", &mutual(&client, &ca_file), None),
+    ]
+    .concat();
+    let proxy = Proxy::start(&yaml, &[]).await;
+
+    let r = proxy.get1("http://simple.example.com/s").await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json()["tls"]["client_cert"], false, "SIMPLE: {}", r.json());
+    let r = proxy.get1("http://mutual.example.com/m").await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json()["tls"]["client_cert"], true, "MUTUAL: {}", r.json());
+    assert_eq!(r.json()["tls"]["client_names"], serde_json::json!([app_id]));
+    let seen: Vec<_> = up
+        .handshakes()
+        .into_iter()
+        .map(|h| (h.sni.unwrap_or_default(), h.client_cert))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("simple.example.com".to_string(), false),
+            ("mutual.example.com".to_string(), true)
+        ]
+    );
+    assert_eq!(up.handshake_failures(), Vec::<String>::new());
+}
+
 /// A server that refuses the proxy's client certificate (none, or one from another CA) is a
 /// TLS failure like any other: a 503 whose reason says the server refused and why. In TLS 1.3
 /// the refusal arrives after the client has finished its side of the handshake, as an alert on

@@ -45,7 +45,8 @@ spec:
 /// --use-kube=false` reports four errors on them (exit 1): the tls-routing and egress examples
 /// route to `*.svc.cluster.local` Services that are not in the files, the egress Gateway
 /// selects no Pod, and its VirtualService names it without its namespace
-/// ([`seed_egress_gateway_name_is_reported_with_the_gateway_meant`]).
+/// ([`seed_egress_gateway_name_is_reported_with_the_gateway_meant`]). meshentry adds that the
+/// mTLS example's three files do not exist on this machine.
 #[test]
 fn seed_examples_are_valid_and_get_istios_analysis_in_both_api_versions() {
     for version in ["v1alpha3", "v1beta1"] {
@@ -53,9 +54,9 @@ fn seed_examples_are_valid_and_get_istios_analysis_in_both_api_versions() {
         let out = run(&["validate", dir.to_str().unwrap()]);
         assert_eq!(out.status.code(), Some(1), "{version}: {}", text(&out.stderr));
         assert!(
-            // The analysis's 4 errors and 1 warning, and the two wildcard `resolution: NONE`
-            // entries.
-            text(&out.stderr).contains("15 resources, 0 invalid: 4 errors, 3 warnings"),
+            // The analysis's 4 errors and 1 warning, the two wildcard `resolution: NONE`
+            // entries, and the mTLS example's three files missing here.
+            text(&out.stderr).contains("15 resources, 0 invalid: 4 errors, 6 warnings"),
             "{}",
             text(&out.stderr)
         );
@@ -71,7 +72,7 @@ fn seed_examples_are_valid_and_get_istios_analysis_in_both_api_versions() {
             ["IST0101", "IST0101", "IST0101", "IST0132", "IST0101"],
             "{version}"
         );
-        assert_eq!(stdout.lines().count(), 7, "{stdout}");
+        assert_eq!(stdout.lines().count(), 10, "{stdout}");
     }
 }
 
@@ -79,8 +80,10 @@ fn seed_examples_are_valid_and_get_istios_analysis_in_both_api_versions() {
 /// `istio-egressgateway`, which Istio reads as egress/istio-egressgateway; the Gateway is in
 /// istio-system. istioctl reports it as IST0101 (an error) and, as that gateway serves none of
 /// the VirtualService's hosts, IST0132; meshentry adds the gateway meant. The other findings
-/// are Istio's offline verdict on the Services and Pods the examples assume, and the seed's
-/// two wildcard `resolution: NONE` entries ([`wildcard_resolution_none_is_warned_with_the_fix`]).
+/// are Istio's offline verdict on the Services and Pods the examples assume, the seed's two
+/// wildcard `resolution: NONE` entries ([`wildcard_resolution_none_is_warned_with_the_fix`]),
+/// and the mTLS example's files, which do not exist on this machine (`explain` refuses its
+/// route for that reason).
 #[test]
 fn seed_egress_gateway_name_is_reported_with_the_gateway_meant() {
     let dir = workspace().join("examples/seed/v1beta1");
@@ -94,13 +97,31 @@ fn seed_egress_gateway_name_is_reported_with_the_gateway_meant() {
     };
     let unknown = |host: &str| {
         format!(
-            "IST0101: Referenced host not found: \"{host}\"; no ServiceEntry defines {host}, and istioctl knows no Kubernetes Service of that name offline (meshentry reads none)"
+            "IST0101: Referenced host not found: \"{host}\"; no ServiceEntry defines {host}, and no Kubernetes Service was read (offline, istioctl knows none either): add the Service to the files, or read the cluster's with --kubernetes"
         )
     };
+    let missing = |file: &str| {
+        format!(
+            "warning: file \"{file}\" does not exist on this machine: a proxy run here cannot originate this TLS, and every connection the policy applies to fails"
+        )
+    };
+    let dr = f("03-destinationrule-mtls-mongocluster.yaml");
     let vs = f("08-virtualservice-gateway-routing.yaml");
     assert_eq!(
         text(&out.stdout),
         [
+            format!(
+                "{dr}:10:26: DestinationRule default/mtls-mongocluster: spec.trafficPolicy.tls.clientCertificate: {}",
+                missing("/etc/certs/myclientcert.pem")
+            ),
+            format!(
+                "{dr}:11:19: DestinationRule default/mtls-mongocluster: spec.trafficPolicy.tls.privateKey: {}",
+                missing("/etc/certs/client_private_key.pem")
+            ),
+            format!(
+                "{dr}:12:23: DestinationRule default/mtls-mongocluster: spec.trafficPolicy.tls.caCertificates: {}",
+                missing("/etc/certs/rootcacerts.pem")
+            ),
             format!(
                 "{}:8:5: ServiceEntry default/external-svc-redirect: spec.hosts[1]: {}",
                 f("04-serviceentry-external-svc-redirect.yaml"),
@@ -133,6 +154,78 @@ fn seed_egress_gateway_name_is_reported_with_the_gateway_meant() {
             String::new(),
         ]
         .join("\n")
+    );
+}
+
+/// The seed's two `*.svc.cluster.local` destinations are IST0101 only while no Kubernetes
+/// Service defines them: with their Services in the files (as with `--kubernetes`, a cluster's)
+/// Istio's lookup finds them and those two errors go; a Service file without them says that
+/// the files hold no such Service.
+#[test]
+fn seed_cluster_hosts_are_found_once_their_services_are_read() {
+    let dir = workspace().join("examples/seed/v1beta1");
+    let services = temp_file(
+        "seed-services.yaml",
+        "apiVersion: v1
+kind: Service
+metadata: {name: internal-egress-firewall, namespace: ns1}
+spec:
+  ports: [{name: tls, port: 443}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: istio-egressgateway, namespace: istio-system}
+spec:
+  selector: {istio: egressgateway}
+  ports: [{name: http, port: 80}]
+",
+    );
+    let out = run(&["validate", dir.to_str().unwrap(), services.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(!stdout.contains("Referenced host not found"), "{stdout}");
+    let errors: Vec<&str> = stdout.lines().filter(|l| !l.contains(": warning: ")).collect();
+    assert_eq!(
+        errors.len(),
+        2,
+        "the Gateway's selector and the gateway's name: {stdout}"
+    );
+    assert!(
+        errors[0].contains("spec.selector: IST0101: Referenced selector not found"),
+        "{stdout}"
+    );
+    assert!(
+        errors[1].contains("spec.gateways[1]: IST0101: Referenced gateway not found"),
+        "{stdout}"
+    );
+    assert!(
+        text(&out.stderr).contains("17 resources, 0 invalid: 2 errors, 6 warnings"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let other = temp_file(
+        "seed-other-service.yaml",
+        "apiVersion: v1
+kind: Service
+metadata: {name: firewall, namespace: ns1}
+spec:
+  ports: [{name: tls, port: 443}]
+",
+    );
+    let out = run(&["validate", dir.to_str().unwrap(), other.to_str().unwrap()]);
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains(&format!(
+            "{}:16:15: VirtualService default/tls-routing: spec.tls[0].route[0].destination.host: IST0101: Referenced host not found: \"internal-egress-firewall.ns1.svc.cluster.local\"; no ServiceEntry defines internal-egress-firewall.ns1.svc.cluster.local, and the files hold no such Kubernetes Service\n",
+            dir.join("05-virtualservice-tls-routing.yaml").display()
+        )),
+        "{stdout}"
+    );
+    assert!(
+        text(&out.stderr).contains("16 resources, 0 invalid: 4 errors, 6 warnings"),
+        "{}",
+        text(&out.stderr)
     );
 }
 
@@ -395,6 +488,144 @@ spec:
         text(&out.stderr).contains("2 resources, 0 invalid: 0 errors, 1 warning"),
         "{}",
         text(&out.stderr)
+    );
+}
+
+/// Istio's SIMPLE sends no client certificate, whatever `clientCertificate` and `privateKey`
+/// say: each is warned as ignored, on its own field (a warning: Istio accepts the rule). The
+/// same fields under MUTUAL are not.
+#[test]
+fn client_certificate_in_simple_mode_is_warned_as_ignored() {
+    let ca = temp_file("simple-ca.pem", "not read by validate");
+    let config = format!(
+        "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: db, namespace: shop}}
+spec:
+  hosts: [db.example.com]
+  ports: [{{number: 443, name: tls, protocol: TLS}}]
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: db, namespace: shop}}
+spec:
+  host: db.example.com
+  trafficPolicy:
+    tls:
+      mode: SIMPLE
+      clientCertificate: {ca}
+      privateKey: {ca}
+      caCertificates: {ca}
+    portLevelSettings:
+    - port: {{number: 443}}
+      tls: {{mode: MUTUAL, clientCertificate: {ca}, privateKey: {ca}, caCertificates: {ca}}}
+",
+        ca = ca.display()
+    );
+    let f = temp_file("simple-client-cert.yaml", &config);
+    let out = run(&["validate", f.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "warnings only: {}", text(&out.stderr));
+    let file = f.display();
+    let ignored = |field: &str| {
+        format!("{field} is ignored in SIMPLE mode: no client certificate is sent; use mode MUTUAL to present one")
+    };
+    assert_eq!(
+        text(&out.stdout),
+        format!(
+            "{file}:17:26: DestinationRule shop/db: spec.trafficPolicy.tls.clientCertificate: warning: {}\n\
+             {file}:18:19: DestinationRule shop/db: spec.trafficPolicy.tls.privateKey: warning: {}\n",
+            ignored("clientCertificate"),
+            ignored("privateKey")
+        )
+    );
+    assert!(
+        text(&out.stderr).contains("2 resources, 0 invalid: 0 errors, 2 warnings"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+/// A certificate, key or CA file a DestinationRule names that does not exist here is warned
+/// on its field: a proxy run here would fail the policy's connections (`explain` refuses the
+/// route). Only the files the mode reads: not SIMPLE's client certificate, not ISTIO_MUTUAL's
+/// files, not a `credentialName` (a Secret, not a file). Relative paths are read from the
+/// working directory, as the proxy reads them.
+#[test]
+fn tls_files_that_do_not_exist_here_are_warned() {
+    let here = temp_file("present-ca.pem", "not read by validate");
+    let gone = here.with_file_name("absent-ca.pem");
+    let config = format!(
+        "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: db, namespace: shop}}
+spec:
+  host: db.example.com
+  trafficPolicy:
+    tls: {{mode: SIMPLE, caCertificates: {here}}}
+    portLevelSettings:
+    - port: {{number: 5432}}
+      tls: {{mode: MUTUAL, clientCertificate: {here}, privateKey: absent-key.pem, caCertificates: {gone}}}
+  subsets:
+  - name: v1
+    trafficPolicy: {{tls: {{mode: ISTIO_MUTUAL, caCertificates: {gone}}}}}
+  - name: v2
+    trafficPolicy: {{tls: {{mode: SIMPLE, credentialName: db-ca}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: db, namespace: shop}}
+spec:
+  hosts: [db.example.com]
+  ports: [{{number: 5432, name: pg, protocol: TCP}}]
+  addresses: [192.0.2.10]
+  resolution: DNS
+",
+        here = here.display(),
+        gone = gone.display()
+    );
+    let f = temp_file("missing-tls-files.yaml", &config);
+    let out = bin()
+        .args(["validate", "--output", "json", f.to_str().unwrap()])
+        .current_dir(here.parent().unwrap())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "warnings only: {}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is JSON");
+    let fail = "does not exist on this machine: a proxy run here cannot originate this TLS, and every connection the policy applies to fails";
+    let warning = |line: u64, column: u64, field: &str, file: &str| {
+        serde_json::json!({
+            "file": f.to_str().unwrap(), "line": line, "column": column, "kind": "DestinationRule",
+            "namespace": "shop", "name": "db", "field": field, "severity": "warning",
+            "message": format!("file {file:?} {fail}"),
+        })
+    };
+    let gone = gone.display().to_string();
+    // Columns depend on the temporary directory's name: found in the line itself.
+    let line10 = config.lines().nth(9).unwrap();
+    let column = |value: &str| line10.find(&format!(": {value}")).unwrap() as u64 + 3;
+    assert_eq!(
+        v,
+        serde_json::json!([
+            warning(
+                10,
+                column("absent-key.pem"),
+                "spec.trafficPolicy.portLevelSettings[0].tls.privateKey",
+                "absent-key.pem"
+            ),
+            warning(
+                10,
+                column(&gone),
+                "spec.trafficPolicy.portLevelSettings[0].tls.caCertificates",
+                &gone
+            ),
+            {
+                "file": f.to_str().unwrap(), "line": 15, "column": 57, "kind": "DestinationRule",
+                "namespace": "shop", "name": "db", "field": "spec.subsets[1].trafficPolicy.tls.credentialName",
+                "severity": "info",
+                "message": "accepted but not applied by meshentry: it names a Kubernetes secret, which meshentry cannot read; requests through this policy get 503 until clientCertificate, privateKey and caCertificates name files"
+            },
+        ])
     );
 }
 

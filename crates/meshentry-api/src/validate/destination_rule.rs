@@ -670,6 +670,22 @@ fn validate_client_tls(r: &mut Report, path: &str, tls: &ClientTlsSettings, name
             );
         }
     }
+    // Ours, not Istio's (its webhook accepts them silently): SIMPLE never presents a client
+    // certificate (`constructUpstreamTLS` reads these files only for MUTUAL), so a rule that
+    // names one most likely meant MUTUAL. With credentialName the error below already says it.
+    if tls.mode == ClientTlsMode::Simple && tls.credential_name.is_empty() {
+        for (set, field) in [
+            (!tls.client_certificate.is_empty(), "clientCertificate"),
+            (!tls.private_key.is_empty(), "privateKey"),
+        ] {
+            if set {
+                r.warn(
+                    format!("{path}.{field}"),
+                    format!("{field} is ignored in SIMPLE mode: no client certificate is sent; use mode MUTUAL to present one"),
+                );
+            }
+        }
+    }
     let simple_or_mutual = matches!(tls.mode, ClientTlsMode::Simple | ClientTlsMode::Mutual);
     if simple_or_mutual && !tls.credential_name.is_empty() {
         if !tls.client_certificate.is_empty()
@@ -1169,6 +1185,47 @@ exportTo: [".", "other"]
         assert_eq!(
             errors(&format!("host: a.com\ntrafficPolicy:\n  tls:\n    {tls}\n")),
             want
+        );
+    }
+
+    // Ours: SIMPLE ignores clientCertificate and privateKey (Istio sends no client
+    // certificate), a warning on each field that is set; MUTUAL and ISTIO_MUTUAL say nothing.
+    #[test_case("mode: SIMPLE\nclientCertificate: /c.pem\nprivateKey: /k.pem", &["clientCertificate", "privateKey"]; "simple with both")]
+    #[test_case("mode: SIMPLE\nprivateKey: /k.pem", &["privateKey"]; "simple with key")]
+    #[test_case("mode: SIMPLE\ncaCertificates: /ca.pem", &[]; "simple with ca only")]
+    #[test_case("mode: MUTUAL\nclientCertificate: /c.pem\nprivateKey: /k.pem", &[]; "mutual")]
+    #[test_case("mode: ISTIO_MUTUAL\nclientCertificate: /c.pem", &[]; "istio mutual")]
+    fn client_certificate_in_simple_mode_warns(tls: &str, fields: &[&str]) {
+        let tls = tls.replace('\n', "\n      ");
+        let r = run(&format!(
+            "host: a.com\ntrafficPolicy:\n  portLevelSettings:\n  - port: {{number: 443}}\n    tls:\n      {tls}\n"
+        ));
+        let got: Vec<_> = r
+            .problems
+            .iter()
+            .map(|p| (p.severity, p.path.clone(), p.message.clone()))
+            .collect();
+        let want: Vec<_> = fields
+            .iter()
+            .map(|f| {
+                (
+                    super::super::Severity::Warning,
+                    format!("spec.trafficPolicy.portLevelSettings[0].tls.{f}"),
+                    format!(
+                        "{f} is ignored in SIMPLE mode: no client certificate is sent; use mode MUTUAL to present one"
+                    ),
+                )
+            })
+            .collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn client_certificate_with_credential_name_in_simple_mode_is_the_error_alone() {
+        let r = run("host: a.com\ntrafficPolicy: {tls: {mode: SIMPLE, credentialName: c, clientCertificate: /c.pem}}");
+        assert_eq!(
+            r.messages(),
+            ["cannot specify client certificates or CA certificate or CA CRL If credentialName is set"]
         );
     }
 

@@ -7,6 +7,7 @@
 
 pub mod common;
 mod destination_rule;
+pub mod files;
 mod gateway;
 pub mod kube;
 pub mod not_applied;

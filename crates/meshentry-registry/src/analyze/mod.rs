@@ -438,7 +438,7 @@ impl<'a> Context<'a> {
             }
             // None was read, so offline istioctl knows none either.
             ServicesKnown::Unknown => format!(
-                "no ServiceEntry defines {h}, and istioctl knows no Kubernetes Service of that name offline (meshentry reads none)"
+                "no ServiceEntry defines {h}, and no Kubernetes Service was read (offline, istioctl knows none either): add the Service to the files, or read the cluster's with --kubernetes"
             ),
         }
     }

@@ -75,7 +75,7 @@ spec:
 }
 
 /// IST0101 for the egress gateway's Service, which istioctl does not know offline.
-const EGRESS_SERVICE_UNKNOWN: &str = "VirtualService egress/gateway-routing: spec.http[0].route[0].destination.host: IST0101: Referenced host not found: \"istio-egressgateway.istio-system.svc.cluster.local\"; no ServiceEntry defines istio-egressgateway.istio-system.svc.cluster.local, and istioctl knows no Kubernetes Service of that name offline (meshentry reads none)";
+const EGRESS_SERVICE_UNKNOWN: &str = "VirtualService egress/gateway-routing: spec.http[0].route[0].destination.host: IST0101: Referenced host not found: \"istio-egressgateway.istio-system.svc.cluster.local\"; no ServiceEntry defines istio-egressgateway.istio-system.svc.cluster.local, and no Kubernetes Service was read (offline, istioctl knows none either): add the Service to the files, or read the cluster's with --kubernetes";
 
 // Lines of the joined [HTTPBIN_EGRESS, EGRESS_GATEWAY, gateway_routing] stream: the
 // VirtualService starts on line 19.
@@ -427,7 +427,7 @@ fn destinations_need_a_service_port_and_subset() {
             28,
             27,
             host,
-            "IST0101: Referenced host not found: \"reviews.prod.svc.cluster.local\"; no ServiceEntry defines reviews.prod.svc.cluster.local, and istioctl knows no Kubernetes Service of that name offline (meshentry reads none)"
+            "IST0101: Referenced host not found: \"reviews.prod.svc.cluster.local\"; no ServiceEntry defines reviews.prod.svc.cluster.local, and no Kubernetes Service was read (offline, istioctl knows none either): add the Service to the files, or read the cluster's with --kubernetes"
         )]
     );
     assert_eq!(
@@ -692,7 +692,7 @@ spec:
             "web",
             &ist0174(
                 "reviews",
-                "No ServiceEntry defines reviews.web.svc.cluster.local, and istioctl knows no Kubernetes Service of that name offline (meshentry reads none)."
+                "No ServiceEntry defines reviews.web.svc.cluster.local, and no Kubernetes Service was read (offline, istioctl knows none either): add the Service to the files, or read the cluster's with --kubernetes."
             )
         )]
     );

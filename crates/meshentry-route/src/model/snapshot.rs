@@ -577,15 +577,18 @@ pub fn tls_recipe(
                     )
                 }
             };
+            // D6: only MUTUAL presents a client certificate. Istio's SIMPLE ignores
+            // clientCertificate and privateKey (`constructUpstreamTLS` reads them only when
+            // mutual), and `validate` warns that they are ignored.
             let client_cert = match (
+                mode,
                 &credential,
                 path(&settings.client_certificate),
                 path(&settings.private_key),
             ) {
-                (Some(c), _, _) if mode == Mode::Mutual => Some((c.cert.clone(), c.key.clone())),
-                (Some(_), _, _) => None,
-                (None, Some(c), Some(k)) => Some((c, k)),
-                (None, None, None) if mode == Mode::Simple => None,
+                (Mode::Simple, ..) => None,
+                (_, Some(c), _, _) => Some((c.cert.clone(), c.key.clone())),
+                (_, None, Some(c), Some(k)) => Some((c, k)),
                 _ => {
                     return Err(RecipeError::HalfClientCertificate { who: who.to_string() });
                 }
@@ -853,6 +856,29 @@ mod tests {
         assert_eq!(cluster("outbound|80|v2|web.example.com").policy, Policy::RoundRobin);
         let r = tls_of(&snap, "outbound|80|v2|web.example.com").unwrap().unwrap();
         assert_eq!(r.sni, Sni::Fixed("outbound_.80_.v2_.web.example.com".into()));
+    }
+
+    /// D6: Istio's SIMPLE never presents a client certificate, whatever clientCertificate and
+    /// privateKey say (even one without the other); MUTUAL presents them.
+    #[test]
+    fn only_mutual_presents_the_rules_client_certificate() {
+        let p = std::path::Path::new;
+        let recipe = |tls: &str| {
+            let snap = build(&(se() + &db_rule(&format!("tls: {{{tls}}}"))), &ProxyConfig::default());
+            tls_of(&snap, "outbound|80||db.example.com")
+        };
+        for tls in [
+            "mode: SIMPLE, clientCertificate: /c.pem, privateKey: /k.pem",
+            "mode: SIMPLE, clientCertificate: /c.pem",
+            "mode: SIMPLE, privateKey: /k.pem",
+        ] {
+            let r = recipe(tls).unwrap().unwrap();
+            assert_eq!((r.mode, r.client_cert), (Mode::Simple, None), "{tls}");
+        }
+        let r = recipe("mode: MUTUAL, clientCertificate: /c.pem, privateKey: /k.pem")
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.client_cert, Some((p("/c.pem").into(), p("/k.pem").into())));
     }
 
     #[test]

@@ -1893,17 +1893,23 @@ fn compile_match(m: &HttpMatchRequest) -> Result<HttpMatch, String> {
     })
 }
 
-/// A match block in one line, as admin output shows it.
+/// A match block in one line, every condition as the VirtualService writes it, for `explain`
+/// and admin output: `uri^/api && header x-user=alice && port=80 && gateways=mesh`. The ones
+/// decided for the whole proxy (`port`, `sourceLabels`, `gateways`) are shown too: a block
+/// that lists only those is not "any" request.
 fn describe_match(m: &HttpMatchRequest) -> String {
     let sm = |s: &StringMatch| match (&s.exact, &s.prefix, &s.regex) {
         (Some(e), _, _) => format!("={e}"),
         (_, Some(p), _) => format!("^{p}"),
         (_, _, Some(r)) => format!("~{r}"),
-        _ => "present".into(),
+        _ => " present".into(),
     };
     let mut parts = Vec::new();
+    if let Some(u) = &m.uri {
+        let case = if m.ignore_uri_case { " (ignoreUriCase)" } else { "" };
+        parts.push(format!("uri{}{case}", sm(u)));
+    }
     for (name, v) in [
-        ("uri", &m.uri),
         ("scheme", &m.scheme),
         ("method", &m.method),
         ("authority", &m.authority),
@@ -1920,6 +1926,20 @@ fn describe_match(m: &HttpMatchRequest) -> String {
     }
     for (k, v) in &m.query_params {
         parts.push(format!("query {k}{}", sm(v)));
+    }
+    if m.port != 0 {
+        parts.push(format!("port={}", m.port));
+    }
+    if !m.source_labels.is_empty() {
+        let labels: Vec<String> = m.source_labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        parts.push(format!("sourceLabels {}", labels.join(",")));
+    }
+    if !m.source_namespace.is_empty() {
+        // Accepted but not applied (validate's note says so): shown, and said.
+        parts.push(format!("sourceNamespace={} (not applied)", m.source_namespace));
+    }
+    if !m.gateways.is_empty() {
+        parts.push(format!("gateways={}", m.gateways.join(",")));
     }
     if parts.is_empty() {
         "any".into()
@@ -1993,6 +2013,39 @@ mod tests {
     /// The model derives serde; JSON is YAML's subset, so tests write flow-style JSON.
     fn serde_yaml_like(s: &str) -> serde_json::Value {
         serde_json::from_str(s).unwrap()
+    }
+
+    fn described(json: &str) -> String {
+        describe_match(&serde_json::from_str::<HttpMatchRequest>(json).unwrap())
+    }
+
+    /// Every condition of a match block is described, in the VirtualService's own terms, so
+    /// that `explain` never calls a block with conditions `any`.
+    #[test]
+    fn every_condition_of_a_match_is_described() {
+        assert_eq!(described("{}"), "any");
+        assert_eq!(
+            described(r#"{"port": 80, "gateways": ["mesh"]}"#),
+            "port=80 && gateways=mesh"
+        );
+        assert_eq!(
+            described(
+                r#"{"uri": {"prefix": "/API"}, "ignoreUriCase": true, "scheme": {"exact": "https"}, "method": {"exact": "POST"}, "authority": {"regex": "a.*"}}"#
+            ),
+            "uri^/API (ignoreUriCase) && scheme=https && method=POST && authority~a.*"
+        );
+        assert_eq!(
+            described(
+                r#"{"headers": {"x-user": {"exact": "alice"}, "x-any": {}}, "withoutHeaders": {"x-debug": {"prefix": "1"}}, "queryParams": {"v": {"exact": "2"}}}"#
+            ),
+            "header x-any present && header x-user=alice && without header x-debug^1 && query v=2"
+        );
+        assert_eq!(
+            described(
+                r#"{"sourceLabels": {"app": "web", "version": "v1"}, "sourceNamespace": "shop", "gateways": ["mesh", "istio-system/egress"]}"#
+            ),
+            "sourceLabels app=web,version=v1 && sourceNamespace=shop (not applied) && gateways=mesh,istio-system/egress"
+        );
     }
 
     #[test]

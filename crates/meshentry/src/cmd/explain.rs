@@ -506,12 +506,14 @@ impl<'s> Explainer<'s> {
 
     /// Step 3 for HTTP: the VirtualService (if any) and its rules; returns the decisions the
     /// request goes to (with weights), or the refusal.
+    /// `listener` names the listener whose route table decides, for the user.
     fn http_routes(
         &mut self,
         decision: Decision<'s>,
         req: &ExplainRequest,
         host: &str,
         port: u16,
+        listener: &str,
     ) -> Result<Vec<(u32, u32, Decision<'s>)>, OutcomeJson> {
         let snap = self.snap;
         let Some(routes) = snap.routes.http_for(decision.service_port(), host, port) else {
@@ -611,10 +613,18 @@ impl<'s> Explainer<'s> {
             }),
         });
         lines.extend(rule_extras(rule));
-        lines.push(if rule.simple {
-            "the rule only picks a destination: served on the HTTP/1.1 fast path".to_string()
-        } else {
-            "the rule does more than pick a destination: served on the general (hyper) path".to_string()
+        let from = rule
+            .delegate
+            .as_deref()
+            .map(|d| format!(" (delegate {d})"))
+            .unwrap_or_default();
+        let who = format!("{listener}, http[{}]{from} {:?}", rule.index, &*rule.name);
+        lines.push(match &rule.action {
+            HttpAction::Route { .. } if rule.simple => format!(
+                "{who} picks the destination below; nothing else applies (no rewrite, timeout, retries, fault, mirror or header edits)"
+            ),
+            HttpAction::Route { .. } => format!("{who} picks the destination below and applies the settings above"),
+            HttpAction::Redirect(_) | HttpAction::Direct { .. } => format!("{who} answers the request itself:"),
         });
         let result = match &rule.action {
             HttpAction::Redirect(r) => {
@@ -1088,19 +1098,29 @@ fn rule_extras(rule: &meshentry_route::model::vs::HttpRule) -> Vec<String> {
     for m in &*rule.mirrors {
         out.push(format!("mirror: {}% of requests to {}", m.percent, m.target.name()));
     }
+    let names = |ops: &meshentry_route::model::vs::HeaderOps| {
+        let mut v: Vec<String> = ops.set.iter().map(|(n, _)| format!("set {n}")).collect();
+        v.extend(ops.add.iter().map(|(n, _)| format!("add {n}")));
+        v.extend(ops.remove.iter().map(|n| format!("remove {n}")));
+        v.join(", ")
+    };
     let h = &rule.headers;
     if !h.is_empty() {
-        let names = |ops: &meshentry_route::model::vs::HeaderOps| {
-            let mut v: Vec<String> = ops.set.iter().map(|(n, _)| format!("set {n}")).collect();
-            v.extend(ops.add.iter().map(|(n, _)| format!("add {n}")));
-            v.extend(ops.remove.iter().map(|n| format!("remove {n}")));
-            v.join(", ")
-        };
         out.push(format!(
             "headers: request [{}], response [{}]",
             names(&h.request),
             names(&h.response)
         ));
+    }
+    if let HttpAction::Route { dests, .. } = &rule.action {
+        for d in dests.iter().filter(|d| !d.headers.is_empty()) {
+            out.push(format!(
+                "headers to {}: request [{}], response [{}]",
+                d.target.name(),
+                names(&d.headers.request),
+                names(&d.headers.response)
+            ));
+        }
     }
     out
 }
@@ -1217,7 +1237,7 @@ fn explain(
                         "explicit HTTP proxy listener (--http-proxy): routed by the request's authority {}:{}",
                         t.host, t.port
                     ),
-                    "route::route: exact host, else the most specific wildcard, among services declaring the port; an IP by service address".into(),
+                    "the service: the exact host, else the most specific wildcard, among services declaring the port; an IP by service address".into(),
                 ],
             );
             let decision = route::route(snap, &t.host, t.port);
@@ -1228,7 +1248,7 @@ fn explain(
                 t.port,
             );
             let req = request(args, t);
-            ex.http_routes(decision, &req, &t.host, t.port)
+            ex.http_routes(decision, &req, &t.host, t.port, "on the explicit HTTP proxy listener")
         }
         Via::Outbound => explain_outbound(&mut ex, args, t, dst, assumed, name),
     };
@@ -1532,7 +1552,8 @@ fn explain_outbound<'s>(
     if http {
         let req = request(args, t);
         let host = name.unwrap_or(&t.host).to_string();
-        return ex.http_routes(decision, &req, &host, t.port);
+        let listener = format!("on the outbound listener (route table for port {})", t.port);
+        return ex.http_routes(decision, &req, &host, t.port, &listener);
     }
     // E7: TLS and TCP rules (route::l4_routed picks among these destinations).
     let sni = match &detected {

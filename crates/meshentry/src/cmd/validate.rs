@@ -74,6 +74,8 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     // Checks across resources, as `istioctl analyze` makes them, on everything Istio reads.
     let analysis = meshentry_registry::analyze::analyze(&loaded);
     loaded.add_findings(analysis);
+    let missing = missing_files(&loaded);
+    loaded.add_findings(missing);
     let shown: Vec<&meshentry_api::Finding> = loaded
         .findings
         .iter()
@@ -117,6 +119,32 @@ fn where_(args: &Args) -> String {
         });
     }
     places.join(", ")
+}
+
+/// A warning for each file a DestinationRule names (certificates, keys, CA bundles) that does
+/// not exist on this machine: a proxy run here fails every connection the policy applies to,
+/// and `explain` refuses those routes. Objects read from a cluster are checked the same way,
+/// as `proxy --kubernetes` run here would read these files here.
+fn missing_files(loaded: &Loaded) -> Vec<meshentry_api::Finding> {
+    let mut out = Vec::new();
+    for r in loaded.analyzable() {
+        for (path, file) in meshentry_api::validate::files::read_files(&r.spec) {
+            // Only a file known to be absent: one this user may not read can still be the
+            // proxy's to read.
+            let absent = std::fs::metadata(file).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound);
+            if absent {
+                out.push(loaded.finding(
+                    r,
+                    &path,
+                    Severity::Warning,
+                    format!(
+                        "file {file:?} does not exist on this machine: a proxy run here cannot originate this TLS, and every connection the policy applies to fails"
+                    ),
+                ));
+            }
+        }
+    }
+    out
 }
 
 /// Loads and validates, under `--mesh-config` when given; shared by the subcommands that read
