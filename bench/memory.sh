@@ -6,6 +6,7 @@
 # after one GET /config_dump (the admin endpoint that holds the most at once).
 #
 #   MESHENTRY_BIN=target/release/meshentry bench/memory.sh [N...]     # default: 1000 10000 50000
+# MESHENTRY_MEM_SETTLE=SECONDS (default 1): how long to wait after /ready before reading RSS.
 # Needs curl. Listens on 127.0.0.1:47000 (admin) and 127.0.0.1:47080 (explicit proxy).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -33,7 +34,7 @@ for n in "${sizes[@]}"; do
     sleep 0.02
   done
   ready=$(echo "$(date +%s.%N) - $start" | bc)
-  sleep 1 # let the allocator settle after the build
+  sleep "${MESHENTRY_MEM_SETTLE:-1}" # let the allocator settle after the build
   rss=$(kib VmRSS); hwm=$(kib VmHWM)
   curl -sf http://127.0.0.1:47000/config_dump -o /dev/null
   after=$(kib VmRSS)
