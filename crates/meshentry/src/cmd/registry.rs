@@ -222,15 +222,20 @@ mod tests {
 
     use super::*;
 
+    /// The table of the registry `yaml` describes, built with `opts`.
+    fn table(yaml: &str, opts: &meshentry_registry::BuildOptions) -> String {
+        let loaded = load_str("a.yaml", yaml, &LoadOptions::default());
+        assert!(!loaded.has_errors(), "{:?}", loaded.findings);
+        let registry = Registry::build_with(&loaded.resources, opts);
+        let mut out = Vec::new();
+        write_table(&mut out, &registry.services().collect::<Vec<_>>()).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
     #[test]
     fn table_has_one_row_per_port() {
         let yaml = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: a}\nspec:\n  hosts: [a.example.com]\n  addresses: [10.0.0.1]\n  ports: [{number: 80, name: http, protocol: HTTP}, {number: 81, name: web, protocol: HTTP}]\n  resolution: STATIC\n  endpoints: [{address: 1.1.1.1}, {address: 1.1.1.2}, {address: 1.1.1.3}, {address: 1.1.1.4}]\n";
-        let loaded = load_str("a.yaml", yaml, &LoadOptions::default());
-        assert!(!loaded.has_errors(), "{:?}", loaded.findings);
-        let registry = Registry::build(&loaded.resources);
-        let mut out = Vec::new();
-        write_table(&mut out, &registry.services().collect::<Vec<_>>()).unwrap();
-        let text = String::from_utf8(out).unwrap();
+        let text = table(yaml, &meshentry_registry::BuildOptions::default());
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 3, "{text}");
         assert!(lines[0].starts_with("SERVICE FQDN"));
@@ -266,12 +271,7 @@ mod tests {
     #[test]
     fn table_says_when_there_is_no_vip_and_when_the_protocol_is_detected() {
         let yaml = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: b, namespace: ns}\nspec:\n  hosts: [b.example.com]\n  ports: [{number: 9000, name: p}]\n  resolution: DNS\n";
-        let loaded = load_str("b.yaml", yaml, &LoadOptions::default());
-        assert!(!loaded.has_errors(), "{:?}", loaded.findings);
-        let registry = Registry::build(&loaded.resources);
-        let mut out = Vec::new();
-        write_table(&mut out, &registry.services().collect::<Vec<_>>()).unwrap();
-        let text = String::from_utf8(out).unwrap();
+        let text = table(yaml, &meshentry_registry::BuildOptions::default());
         let cells: Vec<&str> = text.lines().nth(1).unwrap().split_whitespace().collect();
         assert_eq!(
             &cells[..6],
@@ -283,10 +283,7 @@ mod tests {
             auto_allocate: true,
             ..meshentry_registry::BuildOptions::default()
         };
-        let registry = Registry::build_with(&loaded.resources, &opts);
-        let mut out = Vec::new();
-        write_table(&mut out, &registry.services().collect::<Vec<_>>()).unwrap();
-        let text = String::from_utf8(out).unwrap();
+        let text = table(yaml, &opts);
         assert!(text.contains(" 240.240."), "an allocated VIP is shown: {text}");
         assert!(text.contains(" (auto) "), "and marked as allocated: {text}");
     }

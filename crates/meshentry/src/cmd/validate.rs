@@ -102,7 +102,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     if loaded.resources.is_empty() && loaded.findings.is_empty() && !args.allow_empty {
         eprintln!(
             "meshentry: no resources found in {} (pass --allow-empty if that is expected)",
-            where_(args)
+            searched(args)
         );
         return Ok(ExitCode::from(1));
     }
@@ -110,7 +110,7 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
 }
 
 /// What was read, for the "no resources found" message.
-fn where_(args: &Args) -> String {
+fn searched(args: &Args) -> String {
     let mut places: Vec<String> = args.paths.iter().map(|p| p.display().to_string()).collect();
     if args.kube.kubernetes {
         places.push(match &args.namespace {
