@@ -7,7 +7,7 @@
 #
 #   MESHENTRY_BIN=target/release/meshentry bench/memory.sh [N...]     # default: 1000 10000 50000
 # MESHENTRY_MEM_SETTLE=SECONDS (default 1): how long to wait after /ready before reading RSS.
-# Needs curl. Listens on 127.0.0.1:47000 (admin) and 127.0.0.1:47080 (explicit proxy).
+# Needs curl. Listens on 127.0.0.1:47100 (admin) and 127.0.0.1:47180 (explicit proxy).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 bin=${MESHENTRY_BIN:-$here/target/release/meshentry}
@@ -26,17 +26,18 @@ for n in "${sizes[@]}"; do
   mkdir -p "$work/$n"
   "$gen" "$n" > "$work/$n/config.yaml"
   start=$(date +%s.%N)
-  "$bin" proxy --config "$work/$n" --http-proxy 127.0.0.1:47080 --outbound off \
-    --admin 127.0.0.1:47000 --dns-server 127.0.0.1:1 --log-level warn 2>"$work/$n.err" &
+  "$bin" proxy --config "$work/$n" --http-proxy 127.0.0.1:47180 --outbound off \
+    --admin 127.0.0.1:47100 --dns-server 127.0.0.1:1 --log-level warn 2>"$work/$n.err" &
   pid=$!
-  until curl -sf http://127.0.0.1:47000/ready >/dev/null 2>&1; do
+  until curl -sf http://127.0.0.1:47100/ready >/dev/null 2>&1; do
     kill -0 "$pid" 2>/dev/null || { cat "$work/$n.err" >&2; exit 1; }
     sleep 0.02
   done
   ready=$(echo "$(date +%s.%N) - $start" | bc)
   sleep "${MESHENTRY_MEM_SETTLE:-1}" # let the allocator settle after the build
   rss=$(kib VmRSS); hwm=$(kib VmHWM)
-  curl -sf http://127.0.0.1:47000/config_dump -o /dev/null
+  curl -sf http://127.0.0.1:47100/config_dump -o /dev/null
+  sleep "${MESHENTRY_MEM_SETTLE:-1}" # the response body is freed once it is sent
   after=$(kib VmRSS)
   printf '%-8s %10.1f %12.2f %14.1f %14.1f %18.1f\n' "$n" \
     "$(echo "$(stat -c %s "$work/$n/config.yaml") / 1000000" | bc -l)" "$ready" \

@@ -119,8 +119,23 @@ fn handle(req: &Request<Incoming>, shared: &Shared, started: Instant) -> Respons
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n".into());
     }
-    let query = req.uri().query().unwrap_or("");
-    match req.uri().path() {
+    let path = req.uri().path();
+    let resp = route(path, req.uri().query().unwrap_or(""), shared, started);
+    // These documents grow with the configuration (at 10,000 ServiceEntries /config_dump
+    // builds about 200 MB on the way); what they built is free now but still resident.
+    if matches!(path, "/config_dump" | "/clusters" | "/stats" | "/stats/prometheus") {
+        let took = meshentry_proxy::memory::trim();
+        tracing::debug!(
+            path,
+            took_us = took.as_micros() as u64,
+            "free heap returned after an admin document"
+        );
+    }
+    resp
+}
+
+fn route(path: &str, query: &str, shared: &Shared, started: Instant) -> Response<Full<Bytes>> {
+    match path {
         // Envoy's answer while draining, so that load balancers stop sending new work.
         "/ready" if shared.lifecycle.is_draining() => text(StatusCode::SERVICE_UNAVAILABLE, "DRAINING\n".into()),
         "/ready" if !synced(shared) => text(
@@ -220,11 +235,13 @@ fn config_dump(shared: &Shared) -> Response<Full<Bytes>> {
         registry: snap.registry.to_json(Some(&snap.namespace)),
         routes: routes(&snap),
         outbound_ports: outbound_ports(&snap),
-        clusters: snap
-            .clusters()
-            .iter()
-            .map(|c| json!({"name": c.name, "type": c.kind_name(), "lbPolicy": format!("{:?}", c.policy)}))
-            .collect(),
+        clusters: {
+            let mut all = Vec::new();
+            snap.each_cluster(|c| {
+                all.push(json!({"name": c.name, "type": c.kind_name(), "lbPolicy": format!("{:?}", c.policy)}));
+            });
+            all
+        },
         warnings: &snap.warnings,
         reloads: json!({
             "applied": shared.stats.config_reloads.load(Ordering::Relaxed),
@@ -368,15 +385,17 @@ fn routes(snap: &meshentry_route::model::snapshot::Snapshot) -> Value {
     let mut by_port: std::collections::BTreeMap<u32, Vec<Value>> = std::collections::BTreeMap::new();
     for service in snap.view().services() {
         for port in &service.ports {
-            let Some(cluster) = snap.cluster(service, port.number) else {
+            // Named, not built: listing the routes must not build every cluster.
+            if !snap.has_cluster(service, port.number) {
                 continue;
-            };
+            }
+            let cluster = meshentry_route::model::cluster::name(port.number, "", &service.host);
             let mut domains = vec![service.host.to_string()];
             domains.extend(service.addresses.iter().map(|a| a.text.to_string()));
             let mut vhost = json!({
                 "domains": domains,
                 "protocol": port.protocol.as_str(),
-                "cluster": cluster.name,
+                "cluster": cluster,
             });
             if let Some(routes) = snap.routes.http_of(service, port.number) {
                 vhost["virtualService"] = json!(routes.vs);
@@ -441,36 +460,33 @@ fn vs_routes(routes: &meshentry_route::model::vs::HttpRoutes) -> Value {
 /// the text form is Envoy's.
 fn clusters_json(shared: &Shared) -> Value {
     let snap = shared.snapshot.load();
-    let clusters: Vec<Value> = snap
-        .clusters()
-        .iter()
-        .map(|c| {
-            let hosts: Vec<Value> = snap
-                .known_hosts(c)
-                .map(|set| {
-                    set.hosts
-                        .iter()
-                        .map(|h| {
-                            let mut v = json!({"address": h.addr.to_string(), "weight": h.load.weight});
-                            for (name, _, value) in host_counters(h) {
-                                v[name] = json!(value);
-                            }
-                            v
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            json!({
-                "name": c.name,
-                "type": c.kind_name(),
-                "requests": c.stats.requests.load(Ordering::Relaxed),
-                "connectFailures": c.stats.connect_failures.load(Ordering::Relaxed),
-                "dnsFailures": c.stats.dns_failures.load(Ordering::Relaxed),
-                "tlsFailures": c.stats.tls_failures.load(Ordering::Relaxed),
-                "hosts": hosts,
+    let mut clusters: Vec<Value> = Vec::new();
+    snap.each_cluster(|c| {
+        let hosts: Vec<Value> = snap
+            .known_hosts(c)
+            .map(|set| {
+                set.hosts
+                    .iter()
+                    .map(|h| {
+                        let mut v = json!({"address": h.addr.to_string(), "weight": h.load.weight});
+                        for (name, _, value) in host_counters(h) {
+                            v[name] = json!(value);
+                        }
+                        v
+                    })
+                    .collect()
             })
-        })
-        .collect();
+            .unwrap_or_default();
+        clusters.push(json!({
+            "name": c.name,
+            "type": c.kind_name(),
+            "requests": c.stats.requests.load(Ordering::Relaxed),
+            "connectFailures": c.stats.connect_failures.load(Ordering::Relaxed),
+            "dnsFailures": c.stats.dns_failures.load(Ordering::Relaxed),
+            "tlsFailures": c.stats.tls_failures.load(Ordering::Relaxed),
+            "hosts": hosts,
+        }));
+    });
     json!({ "clusters": clusters })
 }
 
@@ -493,7 +509,7 @@ fn host_counters(h: &meshentry_route::model::cluster::Host) -> [(&'static str, &
 fn clusters_text(shared: &Shared) -> String {
     let snap = shared.snapshot.load();
     let mut out = String::new();
-    for c in snap.clusters() {
+    snap.each_cluster(|c| {
         let _ = writeln!(out, "{}::type::{}", c.name, c.kind_name());
         if let Some(set) = snap.known_hosts(c) {
             for h in set.hosts.iter() {
@@ -504,7 +520,7 @@ fn clusters_text(shared: &Shared) -> String {
                 }
             }
         }
-    }
+    });
     out
 }
 
@@ -819,7 +835,8 @@ fn prometheus(shared: &Shared) -> Response<Full<Bytes>> {
         );
     }
     let snap = shared.snapshot.load();
-    let clusters = snap.clusters();
+    // Clusters no request has used are listed with zero counters, without being built.
+    let clusters = snap.cluster_names();
     type ClusterStat = (
         &'static str,
         &'static str,
@@ -849,10 +866,11 @@ fn prometheus(shared: &Shared) -> Response<Full<Bytes>> {
     ];
     for (name, help, read) in per_cluster {
         family(&mut out, name, "counter", help);
-        for c in &clusters {
+        for (cluster, built) in &clusters {
             let mut labels = String::new();
-            push_label(&mut labels, "cluster_name", &c.name);
-            sample(&mut out, name, &labels, None, &read(&c.stats).to_string());
+            push_label(&mut labels, "cluster_name", cluster);
+            let value = built.map_or(0, |c| read(&c.stats));
+            sample(&mut out, name, &labels, None, &value.to_string());
         }
     }
     let mut resp = Response::new(Full::new(Bytes::from(out)));

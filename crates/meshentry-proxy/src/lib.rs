@@ -35,6 +35,7 @@ pub use net::capture;
 pub use obs::dns_proxy::{DnsProxyStats, Outcome as DnsOutcome, encode as dns_proxy_metrics};
 pub use obs::{access_log, metrics};
 pub use rt::lifecycle::SourceState;
+pub use rt::memory;
 pub use rt::shared::{DETECTED_NAMES, Shared};
 pub use serve::ctx::blocked_reason;
 pub use serve::routed::{no_cluster, no_route};

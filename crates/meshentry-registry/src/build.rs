@@ -47,6 +47,38 @@ pub(crate) struct Built {
     pub cluster_domain: ClusterDomain,
 }
 
+/// One copy of each label set and named-port map a build meets. Endpoints repeat them: a
+/// ServiceEntry's `endpoints[]` usually share a few label sets, and thousands of WorkloadEntries
+/// a handful; a copy each was most of the registry's memory at 10,000 ServiceEntries.
+#[derive(Default)]
+pub(crate) struct Interner {
+    labels: std::cell::RefCell<std::collections::HashSet<Arc<Labels>>>,
+    ports: std::cell::RefCell<std::collections::HashSet<Arc<BTreeMap<String, u32>>>>,
+}
+
+impl Interner {
+    pub(crate) fn labels(&self, labels: Labels) -> Arc<Labels> {
+        intern(&self.labels, labels)
+    }
+
+    pub(crate) fn ports(&self, ports: &BTreeMap<String, u32>) -> Arc<BTreeMap<String, u32>> {
+        if let Some(found) = self.ports.borrow().get(ports) {
+            return found.clone();
+        }
+        intern(&self.ports, ports.clone())
+    }
+}
+
+fn intern<T: Eq + std::hash::Hash>(set: &std::cell::RefCell<std::collections::HashSet<Arc<T>>>, value: T) -> Arc<T> {
+    let mut set = set.borrow_mut();
+    if let Some(found) = set.get(&value) {
+        return found.clone();
+    }
+    let value = Arc::new(value);
+    set.insert(value.clone());
+    value
+}
+
 /// How [`crate::Registry::build_with`] builds.
 #[derive(Clone, Debug, Default)]
 pub struct BuildOptions {
@@ -152,11 +184,12 @@ pub(crate) fn build<'a>(resources: impl IntoIterator<Item = &'a Resource>, opts:
         })
         .collect();
 
+    let interner = Interner::default();
     let mut workloads: HashMap<&str, NsWorkloads<'_>> = HashMap::default();
     for (id, r) in resources.iter().enumerate() {
         let selectable = match &r.spec {
-            Spec::WorkloadEntry(we) => workload_entry(we, &r.meta, id as SourceId),
-            Spec::Pod { spec, status } => pod(spec, status, &r.meta, id as SourceId),
+            Spec::WorkloadEntry(we) => workload_entry(we, &r.meta, id as SourceId, &interner),
+            Spec::Pod { spec, status } => pod(spec, status, &r.meta, id as SourceId, &interner),
             _ => None,
         };
         if let Some(s) = selectable {
@@ -175,6 +208,7 @@ pub(crate) fn build<'a>(resources: impl IntoIterator<Item = &'a Resource>, opts:
         domain: &opts.cluster_domain,
         inputs: &kube_inputs,
         sources: &sources,
+        interner: &interner,
     };
     let mut aliases = Vec::new();
     let mut raws: Vec<Raw> = Vec::new();
@@ -193,6 +227,7 @@ pub(crate) fn build<'a>(resources: impl IntoIterator<Item = &'a Resource>, opts:
                 id as SourceId,
                 ns(),
                 workloads.get(r.namespace.as_str()),
+                &interner,
                 &mut raws,
             ),
             Spec::Service(svc) => match kube::convert(svc, r, id as SourceId, ns(), &kube_cx, &mut warnings) {
@@ -262,10 +297,10 @@ fn selectable_labels(r: &Resource) -> Vec<(&str, &str)> {
 /// B7: a WorkloadEntry's labels are `spec.labels` overlaid by `metadata.labels`. One without
 /// an address (only a `network`, reached through that network's gateway) has nothing to dial
 /// in a single-network registry and is left out.
-fn workload_entry(we: &WorkloadEntry, meta: &ObjectMeta, source: SourceId) -> Option<Selectable> {
+fn workload_entry(we: &WorkloadEntry, meta: &ObjectMeta, source: SourceId, interner: &Interner) -> Option<Selectable> {
     let mut labels = we.labels.clone();
     labels.extend(meta.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
-    let workload = inline_workload(we, labels, source)?;
+    let workload = inline_workload(we, labels, source, interner)?;
     let dns_only = workload.address.parse::<std::net::IpAddr>().is_err();
     Some(Selectable {
         workload: Arc::new(workload),
@@ -275,7 +310,13 @@ fn workload_entry(we: &WorkloadEntry, meta: &ObjectMeta, source: SourceId) -> Op
 
 /// B7: ready Pods only; their ports are the named TCP container ports. The tlsMode comes from
 /// the label the injector sets, else `disabled`.
-fn pod(spec: &PodSpec, status: &PodStatus, meta: &ObjectMeta, source: SourceId) -> Option<Selectable> {
+fn pod(
+    spec: &PodSpec,
+    status: &PodStatus,
+    meta: &ObjectMeta,
+    source: SourceId,
+    interner: &Interner,
+) -> Option<Selectable> {
     if !status.is_ready() {
         return None;
     }
@@ -287,8 +328,8 @@ fn pod(spec: &PodSpec, status: &PodStatus, meta: &ObjectMeta, source: SourceId) 
         .map(|p| (p.name.clone(), p.container_port))
         .collect();
     let workload = Workload {
-        ports,
-        ..pod_workload(spec, meta, &status.pod_ip, source)
+        ports: interner.ports(&ports),
+        ..pod_workload(spec, meta, &status.pod_ip, source, interner)
     };
     Some(Selectable {
         workload: Arc::new(workload),
@@ -299,7 +340,7 @@ fn pod(spec: &PodSpec, status: &PodStatus, meta: &ObjectMeta, source: SourceId) 
 /// A Pod's endpoint at `address` (Istio's `EndpointBuilder`): the Pod's labels with the
 /// topology labels, its service account, and the tlsMode of the label the injector sets,
 /// else `disabled`; no named ports.
-fn pod_workload(spec: &PodSpec, meta: &ObjectMeta, address: &str, source: SourceId) -> Workload {
+fn pod_workload(spec: &PodSpec, meta: &ObjectMeta, address: &str, source: SourceId, interner: &Interner) -> Workload {
     let tls_mode = match meta.labels.get(TLS_MODE_LABEL).map(String::as_str) {
         Some("istio") => TlsMode::Istio,
         _ => TlsMode::Disabled,
@@ -319,8 +360,8 @@ fn pod_workload(spec: &PodSpec, meta: &ObjectMeta, address: &str, source: Source
     }
     Workload {
         address: address.into(),
-        ports: BTreeMap::new(),
-        labels: Arc::new(labels),
+        ports: Arc::default(),
+        labels: interner.labels(labels),
         network: "".into(),
         locality: locality.into(),
         weight: 0,
@@ -332,7 +373,7 @@ fn pod_workload(spec: &PodSpec, meta: &ObjectMeta, address: &str, source: Source
 
 /// B5, for `spec.endpoints[]` and WorkloadEntries. The locality is `locality`, else the one
 /// a label gives; the labels gain Istio's topology labels.
-fn inline_workload(we: &WorkloadEntry, mut labels: Labels, source: SourceId) -> Option<Workload> {
+fn inline_workload(we: &WorkloadEntry, mut labels: Labels, source: SourceId, interner: &Interner) -> Option<Workload> {
     if we.address.is_empty() {
         return None;
     }
@@ -350,8 +391,8 @@ fn inline_workload(we: &WorkloadEntry, mut labels: Labels, source: SourceId) -> 
     augment_labels(&mut labels, &locality, &we.network);
     Some(Workload {
         address: we.address.as_str().into(),
-        ports: we.ports.clone(),
-        labels: Arc::new(labels),
+        ports: interner.ports(&we.ports),
+        labels: interner.labels(labels),
         network: we.network.as_str().into(),
         locality: locality.into(),
         weight: we.weight,
@@ -449,6 +490,7 @@ fn convert(
     source: SourceId,
     namespace: Arc<str>,
     ns: Option<&NsWorkloads<'_>>,
+    interner: &Interner,
     out: &mut Vec<Raw>,
 ) {
     let ports: Arc<[Port]> = se
@@ -475,7 +517,7 @@ fn convert(
         None => se
             .endpoints
             .iter()
-            .filter_map(|e| inline_workload(e, e.labels.clone(), source))
+            .filter_map(|e| inline_workload(e, e.labels.clone(), source, interner))
             .map(Arc::new)
             .collect(),
     };
@@ -487,7 +529,7 @@ fn convert(
         let host_workload = resolve_host.then(|| {
             Arc::new(Workload {
                 address: (*host).into(),
-                ports: BTreeMap::new(),
+                ports: Arc::default(),
                 labels: Arc::default(),
                 network: "".into(),
                 locality: "".into(),

@@ -105,6 +105,17 @@ impl Registry {
         self.services.get(id as usize)
     }
 
+    /// The id of `service`, when it is one of this registry's (found by its address: the ids
+    /// index one slice, so no hashing and no string compares).
+    pub fn id_of(&self, service: &Service) -> Option<ServiceId> {
+        let size = std::mem::size_of::<Service>();
+        let offset = (std::ptr::from_ref(service) as usize).checked_sub(self.services.as_ptr() as usize)?;
+        let id = offset / size;
+        (offset % size == 0 && id < self.services.len())
+            .then(|| ServiceId::try_from(id).ok())
+            .flatten()
+    }
+
     /// The registry as a proxy in `namespace` sees it (B9, B10): what its listeners route.
     pub fn view<'n>(&self, namespace: &'n str) -> View<'_, 'n> {
         View {

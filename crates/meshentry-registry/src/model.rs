@@ -378,8 +378,9 @@ impl Endpoint {
 pub struct Workload {
     /// IP, hostname, or `unix://path`.
     pub address: Box<str>,
-    /// Port name -> port (WorkloadEntry `ports`; Pod named TCP container ports).
-    pub ports: BTreeMap<String, u32>,
+    /// Port name -> port (WorkloadEntry `ports`; Pod named TCP container ports); shared by
+    /// the workloads that name the same ports.
+    pub ports: Arc<BTreeMap<String, u32>>,
     /// WorkloadEntry: `spec.labels` overlaid by `metadata.labels` (B7); Pod: its labels.
     pub labels: Arc<Labels>,
     pub network: Box<str>,

@@ -237,8 +237,9 @@ impl Reloader {
                 snapshot,
                 fingerprint,
                 skipped,
+                phases,
             }) => {
-                self.apply(snapshot, fingerprint, trigger, started).await;
+                self.apply(snapshot, fingerprint, trigger, started, phases).await;
                 publish_skipped(&self.shared, skipped);
             }
         }
@@ -264,7 +265,14 @@ impl Reloader {
         self.rejected = fingerprint;
     }
 
-    async fn apply(&mut self, snapshot: Box<Live>, fingerprint: Option<u64>, trigger: Trigger, started: Instant) {
+    async fn apply(
+        &mut self,
+        snapshot: Box<Live>,
+        fingerprint: Option<u64>,
+        trigger: Trigger,
+        started: Instant,
+        phases: Phases,
+    ) {
         for w in snapshot.registry.warnings() {
             tracing::warn!("{}", w.unlabelled());
         }
@@ -336,6 +344,9 @@ impl Reloader {
             self.gateway_addrs.remove(addr);
         }
         self.publish_listeners();
+        // The build's garbage and (unless a request still holds it) the previous snapshot are
+        // free now: hand the pages back, off this thread.
+        tokio::task::spawn_blocking(crate::rt::memory::trim);
         self.applied = fingerprint;
         self.rejected = None;
         self.shared.stats.config_reloads.fetch_add(1, Ordering::Relaxed);
@@ -346,6 +357,8 @@ impl Reloader {
             services,
             dns_names_forgotten = forgotten,
             took_ms = started.elapsed().as_millis() as u64,
+            load_ms = phases.load.as_millis() as u64,
+            build_ms = phases.build.as_millis() as u64,
             "configuration reloaded"
         );
     }
@@ -403,7 +416,17 @@ enum Prepared {
         fingerprint: Option<u64>,
         /// The errors of the live-source objects left out.
         skipped: Vec<Finding>,
+        phases: Phases,
     },
+}
+
+/// Where a reload's time went before the swap, for its log line.
+#[derive(Clone, Copy, Debug, Default)]
+struct Phases {
+    /// Reading, parsing and validating every file and live-source object.
+    load: Duration,
+    /// The registry, the snapshot and its runtime state.
+    build: Duration,
 }
 
 /// Records (and logs, when they changed) the live-source objects a configuration left out.
@@ -435,10 +458,12 @@ fn prepare(input: &Input, shared: &Shared, applied: Option<u64>, rejected: Optio
         reason,
         findings,
     };
+    let loading = Instant::now();
     let loaded = match (input.load)(&input.paths) {
         Ok(l) => l,
         Err(e) => return reject(chain(&*e), Vec::new()),
     };
+    let load = loading.elapsed();
     let (findings, skipped) = split_errors(&loaded, input.per_object);
     if !findings.is_empty() {
         let first = findings.first().map(ToString::to_string).unwrap_or_default();
@@ -458,7 +483,12 @@ fn prepare(input: &Input, shared: &Shared, applied: Option<u64>, rejected: Optio
         return reject(format!("--gateway {name}: {e}"), Vec::new());
     }
     let generation = shared.snapshot.load().generation + 1;
+    let building = Instant::now();
     let snapshot = Live::new(Snapshot::build(&valid, &shared.config, generation), &shared.dns);
+    let phases = Phases {
+        load,
+        build: building.elapsed(),
+    };
     if let Some(gw) = &snapshot.gateway {
         for l in &gw.listeners {
             if let Some(reason) = snapshot.listener_error(l) {
@@ -470,6 +500,7 @@ fn prepare(input: &Input, shared: &Shared, applied: Option<u64>, rejected: Optio
         snapshot: Box::new(snapshot),
         fingerprint,
         skipped,
+        phases,
     }
 }
 

@@ -93,7 +93,7 @@ impl Live {
     pub fn new(mut snap: Snapshot, dns: &Dns) -> Live {
         let mut warnings = Vec::new();
         let clusters = snap
-            .by_id()
+            .eager()
             .iter()
             .map(|cluster| ClusterRt {
                 dns: match &cluster.discovery {
@@ -267,7 +267,7 @@ impl Live {
     /// file keeps the previous one in force. File checks are a few stat calls; reading and
     /// parsing happens only on a change.
     pub fn reload_certificates(&self) {
-        for cluster in self.snap.by_id() {
+        for cluster in self.snap.eager() {
             let Some(Ok(tls)) = self.tls(cluster) else { continue };
             match tls.reload_if_changed() {
                 Ok(true) => tracing::info!(cluster = %cluster.name, "TLS certificates reloaded"),
@@ -343,7 +343,7 @@ spec:
       loadBalancer: {simple: ROUND_ROBIN}
 "#,
         );
-        let cluster = |name: &str| live.by_id().iter().find(|c| c.name == name).unwrap().clone();
+        let cluster = |name: &str| live.clusters().into_iter().find(|c| c.name == name).unwrap();
         let http = cluster("outbound|80||db.example.com");
         let Some(Err(reason)) = live.tls(&http) else {
             panic!("TLS origination should have failed");

@@ -32,7 +32,7 @@ use meshentry_api::model::{
 };
 use meshentry_api::{ClusterDomain, Resource, Spec};
 
-use super::{Raw, Warnings, pod_workload};
+use super::{Interner, Raw, Warnings, pod_workload};
 use crate::hash::FxHashMap as HashMap;
 use crate::model::*;
 
@@ -156,6 +156,7 @@ pub(super) struct Cx<'c, 'a> {
     pub domain: &'c ClusterDomain,
     pub inputs: &'c Inputs<'a>,
     pub sources: &'c [Source],
+    pub interner: &'c Interner,
 }
 
 /// Istio's `ConvertService` and its endpoints, for Service `r`.
@@ -171,6 +172,7 @@ pub(super) fn convert(
         domain,
         inputs,
         sources,
+        interner,
     } = *cx;
     let spec = &svc.spec;
     let host: Arc<str> = domain.service_host(&r.meta.name, &r.namespace).into();
@@ -211,7 +213,7 @@ pub(super) fn convert(
         .map(|a| a.split(',').map(str::to_string).collect::<Vec<_>>())
         .unwrap_or_default()
         .into();
-    let endpoints = endpoints(r, &ports, source, inputs, sources, warnings);
+    let endpoints = endpoints(r, &ports, source, inputs, sources, interner, warnings);
     Converted::Service(Raw {
         host,
         namespace,
@@ -266,6 +268,7 @@ fn endpoints(
     service_source: SourceId,
     inputs: &Inputs<'_>,
     sources: &[Source],
+    interner: &Interner,
     warnings: &mut Warnings,
 ) -> Vec<Endpoint> {
     let Some(slices) = inputs.slices.get(&(r.namespace.as_str(), r.meta.name.as_str())) else {
@@ -288,10 +291,10 @@ fn endpoints(
                     continue;
                 }
                 let workload = match pod {
-                    Some(p) => pod_workload(p.spec, p.meta, a, slice_id),
+                    Some(p) => pod_workload(p.spec, p.meta, a, slice_id, interner),
                     None => Workload {
                         address: a.as_str().into(),
-                        ports: BTreeMap::new(),
+                        ports: Arc::default(),
                         labels: Arc::default(),
                         network: "".into(),
                         locality: "".into(),

@@ -148,11 +148,45 @@ pub struct ClusterSpec {
     pub subset: Option<(String, BTreeMap<String, String>)>,
 }
 
+/// Istio's name for the cluster of `port` of `host` (and DestinationRule subset `subset`, or
+/// ""): `outbound|<port>|<subset>|<host>`.
+pub fn name(port: u32, subset: &str, host: &str) -> String {
+    format!("outbound|{port}|{subset}|{host}")
+}
+
+impl ClusterSpec {
+    /// What a service port gets when no DestinationRule and no auto mTLS apply to it.
+    pub fn plain() -> ClusterSpec {
+        ClusterSpec {
+            policy: Policy::LeastRequest,
+            passthrough: false,
+            tls: None,
+            subset: None,
+        }
+    }
+}
+
 impl Cluster {
     /// Builds cluster `id`, for `port` of `service`.
     pub fn build(id: usize, service: &Service, port: u32, spec: ClusterSpec) -> Cluster {
+        let mut cluster = Cluster::detached(id, service, port, spec);
+        let origination = match &cluster.tls {
+            Some(Ok(r)) => Some(r),
+            _ => None,
+        };
+        cluster.dest = crate::model::dest::intern(crate::model::dest::destination_of(
+            &service.host,
+            &service.namespace,
+            origination,
+        ));
+        cluster
+    }
+
+    /// [`Cluster::build`] for display only: its traffic labels are not registered (the
+    /// registry of them lives as long as the process), so it must never carry a request.
+    pub fn detached(id: usize, service: &Service, port: u32, spec: ClusterSpec) -> Cluster {
         let subset_name = spec.subset.as_ref().map_or("", |(n, _)| n.as_str());
-        let name = format!("outbound|{port}|{subset_name}|{}", service.host);
+        let name = name(port, subset_name, &service.host);
         let target_port = service
             .port(port)
             .and_then(|p| p.target_port)
@@ -195,15 +229,6 @@ impl Cluster {
                 .collect();
             Discovery::Static(Arc::new(HostSet::new(spec.policy, hosts)))
         };
-        let origination = match &spec.tls {
-            Some(Ok(r)) => Some(r),
-            _ => None,
-        };
-        let dest = crate::model::dest::intern(crate::model::dest::destination_of(
-            &service.host,
-            &service.namespace,
-            origination,
-        ));
         Cluster {
             id,
             name,
@@ -214,7 +239,7 @@ impl Cluster {
             policy: spec.policy,
             tls: spec.tls,
             stats: ClusterStats::default(),
-            dest,
+            dest: crate::model::dest::DestId::UNKNOWN,
         }
     }
 

@@ -5,7 +5,7 @@
 //! never changes a request midway.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
 use std::path::PathBuf;
@@ -17,7 +17,7 @@ use meshentry_api::model::{
 use meshentry_api::{Resource, Spec};
 use meshentry_registry::hash::FxHashMap;
 use meshentry_registry::scope::Selected;
-use meshentry_registry::{Protocol, Registry, Service, SidecarScope, View, select_sidecar};
+use meshentry_registry::{Protocol, Registry, Resolution, Service, ServiceId, SidecarScope, View, select_sidecar};
 
 use crate::base::config::{CredentialFiles, OutboundPolicy, ProxyConfig};
 use crate::model::cluster::{Cluster, ClusterSpec};
@@ -43,15 +43,25 @@ pub struct Snapshot {
     pub policy: OutboundPolicy,
     /// Where the policy came from: `--outbound-policy`, `Sidecar ns/name`, or the mesh default.
     pub policy_source: String,
-    /// Keyed by the address of the service inside `registry` (which never moves or changes
-    /// while this snapshot lives) and the port number, so a lookup hashes two integers.
-    clusters: FxHashMap<(ServiceKey, u32), Arc<Cluster>>,
-    /// DestinationRule subset clusters (D3, D4), keyed like `clusters` plus the subset name.
+    /// By the id of a service of `registry`: the slot of its first port's cluster (its
+    /// other ports' follow in order), or `NO_SLOT` for a service no cluster is built for.
+    /// A lookup is the service's id (from its address) and a scan of its few ports, where
+    /// a hash table of every service port cost 3 MB at 10,000 ServiceEntries.
+    first_slot: Box<[u32]>,
+    /// A cluster per service port of `registry`. Most are built the first time a request is
+    /// routed to them ([`Snapshot::cluster`]): at 10,000 ServiceEntries a sidecar holds 60,000
+    /// service ports and uses a few, and building them all was half its memory. Those that
+    /// carry more than their endpoints are built with the snapshot ([`Snapshot::eager`]).
+    slots: Box<[Slot]>,
+    /// DestinationRule subset clusters (D3, D4), keyed like `slot_of` plus the subset name.
     /// Only VirtualService destinations name them, and those are resolved when the route
     /// tables are compiled, so the data path never looks here.
     subset_clusters: BTreeMap<(ServiceKey, u32, String), Arc<Cluster>>,
-    /// Every cluster (subsets included) by its [`Cluster::id`].
-    by_id: Vec<Arc<Cluster>>,
+    /// The clusters built with the snapshot, by [`Cluster::id`] (0, 1, ...): those a
+    /// DestinationRule or auto mTLS applies to (TLS, load balancer, subsets), and DNS ones
+    /// (their names are resolved by the proxy, which keeps state for them). The others have
+    /// ids from `eager.len()` on, by slot.
+    eager: Vec<Arc<Cluster>>,
     /// The VirtualService routes (E1-E7) this proxy applies as a sidecar.
     pub routes: RouteTables,
     /// Gateway mode (`--gateway`): the Gateway this proxy runs as, with its listeners' routes
@@ -78,6 +88,13 @@ pub struct PortInfo {
     pub tcp_wild: u32,
     /// The first of those declares its protocol (TCP, MONGO...), so no detection is needed.
     pub tcp_declared: bool,
+}
+
+/// Where one service port's cluster is, built or not.
+struct Slot {
+    service: ServiceId,
+    port: u32,
+    cluster: OnceLock<Arc<Cluster>>,
 }
 
 impl Snapshot {
@@ -130,36 +147,57 @@ impl Snapshot {
         };
         let rules = DestinationRules::collect(resources.iter().copied(), config);
         let namespace: Arc<str> = Arc::from(config.namespace.as_str());
-        let mut clusters = FxHashMap::default();
+        let mut first_slot = Vec::new();
+        let mut slots = Vec::new();
         let mut subset_clusters = BTreeMap::new();
-        let mut by_id = Vec::new();
+        let mut eager = Vec::new();
         let view = registry.view(&namespace);
         // Clusters for every service held, including those only VirtualServices route to.
         let held = registry.cluster_view(&namespace);
         for service in held.services() {
             let key = ServiceKey::of(service);
-            let subsets = rules
-                .lookup(service, &config.namespace)
-                .map_or(&[][..], |r| r.spec.subsets.as_slice());
+            let Some(id) = registry.id_of(service) else { continue };
+            let rule = rules.lookup(service, &config.namespace);
+            let subsets = rule.map_or(&[][..], |r| r.spec.subsets.as_slice());
+            let resolved = matches!(service.resolution, Resolution::Dns | Resolution::DnsRoundRobin);
+            if first_slot.len() <= id as usize {
+                first_slot.resize(id as usize + 1, NO_SLOT);
+            }
+            first_slot[id as usize] = slots.len() as u32;
             for port in &service.ports {
+                let slot = Slot {
+                    service: id,
+                    port: port.number,
+                    cluster: OnceLock::new(),
+                };
                 let spec = rules.cluster_spec(service, port.number, config, None);
-                let cluster = Arc::new(Cluster::build(by_id.len(), service, port.number, spec));
-                by_id.push(cluster.clone());
-                clusters.insert((key, port.number), cluster);
+                // Anything but a plain cluster (ClusterSpec::plain) is built now, so that its
+                // warnings, TLS files and DNS names are known with the snapshot.
+                if rule.is_some() || spec.tls.is_some() || resolved {
+                    let cluster = Arc::new(Cluster::build(eager.len(), service, port.number, spec));
+                    eager.push(cluster.clone());
+                    let _ = slot.cluster.set(cluster);
+                }
+                slots.push(slot);
                 for subset in subsets {
                     let spec = rules.cluster_spec(service, port.number, config, Some(subset));
-                    let cluster = Arc::new(Cluster::build(by_id.len(), service, port.number, spec));
-                    by_id.push(cluster.clone());
+                    let cluster = Arc::new(Cluster::build(eager.len(), service, port.number, spec));
+                    eager.push(cluster.clone());
                     subset_clusters.insert((key, port.number, subset.name.clone()), cluster);
                 }
             }
         }
-        let cluster_of = |service: &Service, port: u32, subset: Option<&str>| {
-            let key = ServiceKey::of(service);
-            match subset {
-                None => clusters.get(&(key, port)).cloned(),
-                Some(s) => subset_clusters.get(&(key, port, s.to_string())).cloned(),
-            }
+        let lazy = Lazy {
+            registry: &registry,
+            first_slot: &first_slot,
+            slots: &slots,
+            first_id: eager.len(),
+        };
+        let cluster_of = |service: &Service, port: u32, subset: Option<&str>| match subset {
+            None => lazy.cluster(service, port).cloned(),
+            Some(s) => subset_clusters
+                .get(&(ServiceKey::of(service), port, s.to_string()))
+                .cloned(),
         };
         let input = CompileInput {
             registry: &registry,
@@ -182,7 +220,7 @@ impl Snapshot {
         let (ports, mut warnings) = port_table(&view);
         warnings.extend(routes.warnings.iter().cloned());
         warnings.extend(gateway_warnings);
-        for cluster in &by_id {
+        for cluster in &eager {
             if let Some(Err(reason)) = &cluster.tls {
                 warnings.push(format!(
                     "{}: TLS origination is off, its connections fail: {reason}",
@@ -215,9 +253,10 @@ impl Snapshot {
             namespace,
             policy,
             policy_source,
-            clusters,
+            first_slot: first_slot.into_boxed_slice(),
+            slots: slots.into_boxed_slice(),
             subset_clusters,
-            by_id,
+            eager,
             routes,
             gateway,
             ports,
@@ -253,9 +292,20 @@ impl Snapshot {
         self.registry.view(&self.namespace)
     }
 
-    /// The cluster of `port` of `service`, a service of this snapshot's registry.
+    /// The cluster of `port` of `service`, a service of this snapshot's registry; built now if
+    /// this is the first request routed to it (once: other threads asking meanwhile wait for
+    /// it, and every later call is one atomic load).
     pub fn cluster(&self, service: &Service, port: u32) -> Option<&Arc<Cluster>> {
-        self.clusters.get(&(ServiceKey::of(service), port))
+        self.lazy().cluster(service, port)
+    }
+
+    fn lazy(&self) -> Lazy<'_> {
+        Lazy {
+            registry: &self.registry,
+            first_slot: &self.first_slot,
+            slots: &self.slots,
+            first_id: self.eager.len(),
+        }
     }
 
     /// The cluster of DestinationRule subset `subset` of `port` of `service`.
@@ -264,16 +314,123 @@ impl Snapshot {
             .get(&(ServiceKey::of(service), port, subset.to_string()))
     }
 
-    /// Every cluster (subsets included), in [`Cluster::id`] order.
-    pub fn by_id(&self) -> &[Arc<Cluster>] {
-        &self.by_id
+    /// The clusters built with the snapshot, in [`Cluster::id`] order: every one with TLS
+    /// origination or DNS names (the rest are plain endpoint lists, built when first used).
+    pub fn eager(&self) -> &[Arc<Cluster>] {
+        &self.eager
     }
 
-    /// Every cluster (subsets included), sorted by name, for admin output.
-    pub fn clusters(&self) -> Vec<&Arc<Cluster>> {
-        let mut all: Vec<&Arc<Cluster>> = self.clusters.values().chain(self.subset_clusters.values()).collect();
-        all.sort_by(|a, b| a.name.cmp(&b.name));
+    /// Whether `port` of `service` has a cluster, without building it.
+    pub fn has_cluster(&self, service: &Service, port: u32) -> bool {
+        self.lazy().slot(service, port).is_some()
+    }
+
+    /// Every cluster (subsets included), sorted by name, for admin output. One that no request
+    /// has used yet is built for `f` alone and dropped after, so listing them all never holds
+    /// them all: `f` sees its configuration and zero counters.
+    pub fn each_cluster(&self, mut f: impl FnMut(&Arc<Cluster>)) {
+        enum Entry<'s> {
+            Slot(usize),
+            Built(&'s Arc<Cluster>),
+        }
+        let mut all: Vec<(String, Entry<'_>)> = Vec::with_capacity(self.slots.len() + self.subset_clusters.len());
+        for (i, slot) in self.slots.iter().enumerate() {
+            let name = match (slot.cluster.get(), self.registry.service(slot.service)) {
+                (Some(c), _) => c.name.clone(),
+                (None, Some(service)) => crate::model::cluster::name(slot.port, "", &service.host),
+                (None, None) => continue,
+            };
+            all.push((name, Entry::Slot(i)));
+        }
+        all.extend(self.subset_clusters.values().map(|c| (c.name.clone(), Entry::Built(c))));
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        for (_, entry) in all {
+            match entry {
+                Entry::Built(c) => f(c),
+                Entry::Slot(i) => {
+                    let slot = &self.slots[i];
+                    match slot.cluster.get() {
+                        Some(c) => f(c),
+                        None => {
+                            let Some(service) = self.registry.service(slot.service) else {
+                                continue;
+                            };
+                            let id = self.eager.len() + i;
+                            f(&Arc::new(Cluster::detached(
+                                id,
+                                service,
+                                slot.port,
+                                ClusterSpec::plain(),
+                            )));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Every cluster's name (subsets included), sorted, with the cluster when it is built
+    /// (a cluster not built has served nothing: its counters are zero).
+    pub fn cluster_names(&self) -> Vec<(String, Option<&Arc<Cluster>>)> {
+        let mut all: Vec<(String, Option<&Arc<Cluster>>)> = self
+            .slots
+            .iter()
+            .filter_map(|slot| match slot.cluster.get() {
+                Some(c) => Some((c.name.clone(), Some(c))),
+                None => {
+                    let service = self.registry.service(slot.service)?;
+                    Some((crate::model::cluster::name(slot.port, "", &service.host), None))
+                }
+            })
+            .chain(self.subset_clusters.values().map(|c| (c.name.clone(), Some(c))))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
         all
+    }
+
+    /// Every cluster (subsets included), sorted by name ([`Snapshot::each_cluster`], collected).
+    pub fn clusters(&self) -> Vec<Arc<Cluster>> {
+        let mut all = Vec::new();
+        self.each_cluster(|c| all.push(c.clone()));
+        all
+    }
+}
+
+/// The service-port clusters of a snapshot (or of one being built), and how to build one on
+/// first use.
+struct Lazy<'s> {
+    registry: &'s Registry,
+    first_slot: &'s [u32],
+    slots: &'s [Slot],
+    first_id: usize,
+}
+
+/// In `first_slot`: the service has no clusters in this snapshot.
+const NO_SLOT: u32 = u32::MAX;
+
+impl<'s> Lazy<'s> {
+    /// The slot of `port` of `service`, if it has a cluster.
+    fn slot(&self, service: &Service, port: u32) -> Option<u32> {
+        let first = *self.first_slot.get(self.registry.id_of(service)? as usize)?;
+        if first == NO_SLOT {
+            return None;
+        }
+        // The last port of that number, as a table keyed by port number would keep.
+        let at = service.ports.iter().rposition(|p| p.number == port)?;
+        Some(first + at as u32)
+    }
+
+    fn cluster(&self, service: &Service, port: u32) -> Option<&'s Arc<Cluster>> {
+        let i = self.slot(service, port)?;
+        let slot = self.slots.get(i as usize)?;
+        Some(slot.cluster.get_or_init(|| {
+            Arc::new(Cluster::build(
+                self.first_id + i as usize,
+                service,
+                port,
+                ClusterSpec::plain(),
+            ))
+        }))
     }
 }
 
@@ -702,6 +859,91 @@ mod tests {
             ..ProxyConfig::default()
         };
         (config, pem)
+    }
+
+    /// What a cluster is, for comparing one built on first use with one built with the
+    /// snapshot: its name, discovery, policy, TLS and hosts with their weights.
+    fn describe(c: &Cluster) -> String {
+        let hosts: Vec<String> = c
+            .static_hosts()
+            .map(|set| {
+                set.hosts
+                    .iter()
+                    .map(|h| format!("{}*{}", h.addr, h.load.weight))
+                    .collect()
+            })
+            .unwrap_or_default();
+        format!(
+            "{} {} {:?} tls={} {}",
+            c.name,
+            c.kind_name(),
+            c.policy,
+            c.tls.is_some(),
+            hosts.join(",")
+        )
+    }
+
+    #[test]
+    fn plain_clusters_are_built_on_first_use_as_they_would_have_been_with_the_snapshot() {
+        let yaml = [
+            // Plain: built on first use.
+            doc(
+                "ServiceEntry",
+                "name: plain, namespace: default",
+                "hosts: [plain.test], ports: [{number: 80, name: http, protocol: HTTP}, {number: 9000, name: tcp, protocol: TCP, targetPort: 9100}], \
+                 resolution: STATIC, endpoints: [{address: 10.0.0.1, weight: 2}, {address: 10.0.0.2, ports: {http: 8080}}]",
+            ),
+            static_se("name: passthrough, namespace: default", "hosts: [none.test], ports: [{number: 81, name: http, protocol: HTTP}]", "10.0.0.3")
+                .replace("resolution: STATIC, endpoints: [{address: 10.0.0.3}]", "resolution: NONE"),
+            // A DestinationRule, and DNS: built with the snapshot.
+            static_se("name: ruled, namespace: default", "hosts: [ruled.test], ports: [{number: 80, name: http, protocol: HTTP}]", "10.0.0.4"),
+            doc("DestinationRule", "name: ruled, namespace: default", "host: ruled.test, trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}}"),
+            doc(
+                "ServiceEntry",
+                "name: dns, namespace: default",
+                "hosts: [dns.test], ports: [{number: 80, name: http, protocol: HTTP}], resolution: DNS",
+            ),
+        ]
+        .concat();
+        let snap = build(&yaml, &ProxyConfig::default());
+        let eager: Vec<&str> = snap.eager().iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(eager, ["outbound|80||dns.test", "outbound|80||ruled.test"]);
+        let built = |snap: &Snapshot| snap.cluster_names().iter().filter(|(_, c)| c.is_some()).count();
+        assert_eq!(built(&snap), 2);
+        // Listing every cluster for admin builds none of the others.
+        let listed: Vec<String> = snap.clusters().iter().map(|c| describe(c)).collect();
+        assert_eq!(listed.len(), 5);
+        assert_eq!(built(&snap), 2);
+
+        let mut ids = std::collections::BTreeSet::new();
+        for service in snap.registry.services() {
+            for port in &service.ports {
+                let lazy = snap.cluster(service, port.number).unwrap();
+                // The same Arc every time: built once.
+                assert!(Arc::ptr_eq(lazy, snap.cluster(service, port.number).unwrap()));
+                assert!(ids.insert(lazy.id), "cluster ids are unique: {}", lazy.name);
+                // As the admin listing showed it before it was built, and as a snapshot
+                // building every cluster up front would (the rules' own spec for the port).
+                assert!(listed.contains(&describe(lazy)), "{} not in {listed:?}", describe(lazy));
+                let loaded = meshentry_api::load_str("t.yaml", &yaml, &meshentry_api::LoadOptions::default());
+                let valid: Vec<_> = loaded.valid().collect();
+                let rules = DestinationRules::collect(valid.iter().copied(), &ProxyConfig::default());
+                let spec = rules.cluster_spec(service, port.number, &ProxyConfig::default(), None);
+                assert_eq!(
+                    describe(lazy),
+                    describe(&Cluster::detached(0, service, port.number, spec))
+                );
+            }
+        }
+        assert_eq!(built(&snap), 5);
+        assert_eq!(ids.len(), 5);
+        // A built cluster's traffic has its service's labels; a listed-only one is never counted.
+        let plain = snap
+            .clusters()
+            .into_iter()
+            .find(|c| c.name == "outbound|80||plain.test")
+            .unwrap();
+        assert_ne!(plain.dest, crate::model::dest::DestId::UNKNOWN);
     }
 
     fn tls_of(snap: &Snapshot, name: &str) -> Result<Option<Recipe>, String> {
