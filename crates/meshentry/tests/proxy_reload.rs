@@ -389,6 +389,48 @@ async fn the_same_bytes_again_do_not_rebuild() {
     wait_generation(&proxy, 2).await;
 }
 
+/// Issue 20: a reload logs the warnings the new configuration adds, not again every one the
+/// configuration in force was already warned about (at 10,000 ServiceEntries that was 30,000
+/// lines per reload).
+#[tokio::test]
+async fn a_reload_repeats_no_warning_already_given() {
+    let ip = IpAddr::V4(unique_loopback());
+    let a = HttpUpstream::start(SocketAddr::new(ip, 0), "a");
+    // HTTP declared on port 443 is a snapshot warning; one per service.
+    let https = |name: &str| {
+        format!(
+            "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {name}, namespace: default}}\n\
+             spec: {{hosts: [{name}.test], ports: [{{number: 443, name: http, protocol: HTTP}}], resolution: STATIC, \
+             endpoints: [{{address: {ip}}}]}}\n"
+        )
+    };
+    let first = format!("{}{}", entry("web", "web.internal", a.addr()), https("old"));
+    let proxy = Proxy::builder(BIN)
+        .config(&first)
+        .args(["--reload-debounce", "20ms"])
+        .start()
+        .await;
+    let old = "old.test port 443 is declared HTTP";
+    let new = "new.test port 443 is declared HTTP";
+    eventually(PATIENCE, || async {
+        proxy.process.stderr().contains(old).then_some(())
+    })
+    .await;
+    std::fs::write(proxy.config_file(), format!("{first}{}", https("new"))).unwrap();
+    wait_generation(&proxy, 2).await;
+    let stderr = eventually(PATIENCE, || async {
+        let err = proxy.process.stderr();
+        err.contains("not repeated").then_some(err)
+    })
+    .await;
+    assert_eq!(stderr.matches(old).count(), 1, "{stderr}");
+    assert_eq!(stderr.matches(new).count(), 1, "{stderr}");
+    assert!(
+        stderr.lines().any(|l| l.ends_with("(not repeated) warnings=1")),
+        "{stderr}"
+    );
+}
+
 /// A client that checks each answer comes from `upstream`.
 async fn expect_upstream(proxy: &Proxy, upstream: &str, n: usize) {
     let stream = TcpStream::connect(proxy.http()).await.unwrap();
