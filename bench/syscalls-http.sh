@@ -6,7 +6,8 @@
 #         costs the proxy next to nothing, so the load and its batching are the real ones;
 #   strace: `strace -f -c`, the brief's reference, which slows the proxy several times (each
 #         epoll_wait then returns fewer events, so it shows more calls per request).
-# Each count is divided by the requests wrk completed while the counter was attached.
+# Each count is divided by the requests wrk completed while the counter was attached; the user
+# and system CPU per request (utime, stime) are from the perf window.
 #
 #   MESHENTRY_BIN=... bench/syscalls-http.sh [SECONDS (5)] [TARGETS (haproxy,nginx,dut)]
 #
@@ -81,6 +82,9 @@ load() { # target seconds -> wrk output
   local a=(); [[ $1 = dut ]] && a=(-s "$W/abs.lua")
   taskset -c 1 wrk -t1 -c32 -d"$2"s "${a[@]}" "http://$H:${PORT[$1]}/"
 }
+# utime and stime (ticks) of the serving processes, all threads.
+us_sys() { local p u=0 k=0 a b; for p in $(procs "$1"); do
+    read -r a b < <(sed 's/^.*) //' /proc/"$p"/stat | awk '{print $12, $13}'); u=$((u + a)); k=$((k + b)); done; echo "$u $k"; }
 EV=raw_syscalls:sys_enter
 for s in read recvfrom recvmsg readv write writev sendto sendmsg epoll_wait epoll_pwait epoll_ctl \
   accept4 close connect socket setsockopt getsockopt futex timerfd_settime getsockname shutdown ioctl; do
@@ -89,7 +93,8 @@ for t in "${TGT[@]}"; do load "$t" 2 >/dev/null; done
 for t in "${TGT[@]}"; do
   pids=$(procs "$t" | paste -sd,)
   perf stat -x, -e "$EV" -p "$pids" -o "$W/perf.$t" & pp=$!
-  sleep 0.3; load "$t" "$D" >"$W/wrk.perf.$t"; kill -INT $pp; wait $pp 2>/dev/null
+  sleep 0.3; u0=$(us_sys "$t"); load "$t" "$D" >"$W/wrk.perf.$t"; u1=$(us_sys "$t"); kill -INT $pp; wait $pp 2>/dev/null
+  echo "$u0 $u1" >"$W/cpu.$t"
   sargs=(); for p in $(procs "$t"); do sargs+=(-p "$p"); done
   strace -f -c -o "$W/strace.$t" "${sargs[@]}" & sp=$!
   sleep 0.5; load "$t" "$D" >"$W/wrk.strace.$t"; kill -INT $sp; wait $sp 2>/dev/null
@@ -117,7 +122,10 @@ for t in targets:
             if errs: table.setdefault(f[-1] + " (errors)", {}).setdefault(t, {})["strace"] = errs / n2
         elif len(f) >= 3 and f[-1] == "total":
             table.setdefault("TOTAL", {}).setdefault(t, {})["strace"] = int(f[3]) / n2
-    print(f"{t}: {n} requests while perf counted, {n2} while strace counted")
+    u0, k0, u1, k1 = map(int, open(f"{w}/cpu.{t}").read().split())
+    tck = os.sysconf("SC_CLK_TCK")
+    print(f"{t}: {n} requests while perf counted, {n2} while strace counted; CPU per request while perf"
+          f" counted: user {(u1 - u0) / tck * 1e6 / n:.2f} us, system {(k1 - k0) / tck * 1e6 / n:.2f} us")
 print("\nsyscalls per request: perf (real load) / strace -f -c (slowed)")
 print("syscall".ljust(24) + "".join(t.rjust(20) for t in targets))
 def fmt(d):
