@@ -164,10 +164,10 @@ def put(name, v): print(f"{t}\t{r}\t{k}_{name}\t{v}")
 m = re.search(r"finished in [\d.]+s, ([\d.]+) req/s", txt)
 if m: put("rps", m.group(1))
 m = re.search(r"requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored, (\d+) timeout", txt)
-s = re.search(r"status codes: (\d+) 2xx", txt)
+s = re.search(r"status codes: \d+ 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", txt)
 if m:
-    done, ok = int(m.group(2)), int(m.group(3))
-    put("errors", int(m.group(4)) + int(m.group(5)) + int(m.group(6)) + (ok - int(s.group(1)) if s else 0))
+    done = int(m.group(2))
+    put("errors", sum(int(g) for g in m.groups()[3:]) + (sum(int(g) for g in s.groups()) if s else 0))
     if t != "direct" and done:
         put("cpu_us_per_req", f"{int(ticks) / int(tck) * 1e6 / done:.3f}")
 lat = []
