@@ -72,6 +72,10 @@ listening() { ss -Hltn "sport = :$1" 2>/dev/null | grep -q .; }
 wait_port() { local i; for i in $(seq $(( $2 * 10 ))); do listening "$1" && return 0; sleep 0.1; done; return 1; }
 start() { local n=$1; shift; taskset -c "$SRV_CPU" "$@" >"$W/$n.out" 2>&1 & PIDS+=($!); ROOTPID[$n]=$!; }
 for p in $BE_HTTP "${PORT[@]}"; do listening "$p" && { echo "port $p already in use; aborting" >&2; exit 1; }; done
+# A connection still holding one of these ports as its local port (another client's ephemeral
+# port, or a TIME_WAIT) makes a bind fail: wait for them to go.
+busy() { local f="" p; for p in $BE_HTTP "${PORT[@]}"; do f+="${f:+ or }sport = :$p"; done; ss -Htan "( $f )" | grep -q .; }
+for _ in $(seq 90); do busy || break; sleep 1; done
 
 # ---------------------------------------------------------------- configs (as run.sh's)
 ngx_common() { cat <<EOF

@@ -30,6 +30,10 @@ cleanup() {
 trap cleanup EXIT
 listening() { ss -Hltn "sport = :$1" 2>/dev/null | grep -q .; }
 wait_port() { local i; for i in $(seq 100); do listening "$1" && return 0; sleep 0.1; done; return 1; }
+# A connection still holding one of these ports as its local port (another client's ephemeral
+# port, or a TIME_WAIT) makes a bind fail: wait for them to go.
+busy() { local f="" p; for p in $BE "${PORT[@]}"; do f+="${f:+ or }sport = :$p"; done; ss -Htan "( $f )" | grep -q .; }
+for _ in $(seq 90); do busy || break; sleep 1; done
 declare -A ROOT=()
 start() { local n=$1; shift; taskset -c 0 "$@" >"$W/$n.out" 2>&1 & PIDS+=($!); ROOT[$n]=$!; }
 
