@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# User-space instructions per HTTP/2 cleartext (h2c) request through the explicit proxy, counted
+# by callgrind (repeatable on a busy machine): the proxy (one worker) runs under valgrind while
+# `h2load -c4 -m32` sends N requests; it runs twice and the difference is divided, so that
+# startup and shutdown cancel out. Needs valgrind, nginx, h2load (nghttp2-client), curl.
+# Listens on 127.0.0.1:18481 (backend), :18482 (proxy), :18483 (admin).
+#
+#   bench/callgrind-h2.sh [BIN] [N1] [N2]     # default: target/release/meshentry 5000 20000
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+bin=${1:-$here/target/release/meshentry}
+n1=${2:-5000}
+n2=${3:-20000}
+w=$(mktemp -d -t meshentry-cg-h2.XXXXXX)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$w"; }
+trap cleanup EXIT
+mkdir -p "$w/ngx"
+cat > "$w/ngx/nginx.conf" <<NGX
+worker_processes 1; pid $w/ngx/nginx.pid; error_log $w/ngx/error.log warn;
+events { worker_connections 1024; }
+http { access_log off; keepalive_requests 1000000;
+  client_body_temp_path $w/ngx/b; proxy_temp_path $w/ngx/p; fastcgi_temp_path $w/ngx/f; uwsgi_temp_path $w/ngx/u; scgi_temp_path $w/ngx/s;
+  server { listen 127.0.0.1:18481; location / { return 200 "hello from backend\n"; } } }
+NGX
+nginx -p "$w/ngx/" -c "$w/ngx/nginx.conf" -g "daemon off;" & pids+=($!)
+cat > "$w/bench.yaml" <<YAML
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: bench-backend}
+spec:
+  hosts: [bench-backend.local]
+  addresses: [127.0.0.1]
+  ports: [{number: 18481, name: http, protocol: HTTP}]
+  resolution: STATIC
+  endpoints: [{address: 127.0.0.1}]
+YAML
+
+# Instructions of one proxy run serving $1 requests.
+ir() {
+  valgrind --tool=callgrind --callgrind-out-file="$w/cg.$1" "$bin" proxy --config "$w/bench.yaml" \
+    --http-proxy 127.0.0.1:18482 --outbound off --admin 127.0.0.1:18483 --workers 1 \
+    --log-level warn 2>"$w/vg.$1.log" &
+  local vg=$!
+  for _ in $(seq 100); do curl -s -o /dev/null http://127.0.0.1:18483/ready && break; sleep 0.2; done
+  h2load -n "$1" -c4 -m32 -H ':authority: 127.0.0.1:18481' http://127.0.0.1:18482/ > "$w/h2.$1.txt" 2>&1 || true
+  grep -E '^requests:' "$w/h2.$1.txt" >&2
+  kill -TERM "$vg"; wait "$vg" || true
+  callgrind_annotate "$w/cg.$1" 2>/dev/null | sed -n 's/^\([0-9,]*\) .*PROGRAM TOTALS.*/\1/p' | tr -d ,
+}
+a=$(ir "$n1")
+b=$(ir "$n2")
+echo "Ir with $n1 requests: $a; with $n2: $b"
+echo "Ir/request: $(( (b - a) / (n2 - n1) ))"
