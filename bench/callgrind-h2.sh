@@ -15,26 +15,9 @@ w=$(mktemp -d -t meshentry-cg-h2.XXXXXX)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$w"; }
 trap cleanup EXIT
-mkdir -p "$w/ngx"
-cat > "$w/ngx/nginx.conf" <<NGX
-worker_processes 1; pid $w/ngx/nginx.pid; error_log $w/ngx/error.log warn;
-events { worker_connections 1024; }
-http { access_log off; keepalive_requests 1000000;
-  client_body_temp_path $w/ngx/b; proxy_temp_path $w/ngx/p; fastcgi_temp_path $w/ngx/f; uwsgi_temp_path $w/ngx/u; scgi_temp_path $w/ngx/s;
-  server { listen 127.0.0.1:18481; location / { return 200 "hello from backend\n"; } } }
-NGX
-nginx -p "$w/ngx/" -c "$w/ngx/nginx.conf" -g "daemon off;" & pids+=($!)
-cat > "$w/bench.yaml" <<YAML
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: bench-backend}
-spec:
-  hosts: [bench-backend.local]
-  addresses: [127.0.0.1]
-  ports: [{number: 18481, name: http, protocol: HTTP}]
-  resolution: STATIC
-  endpoints: [{address: 127.0.0.1}]
-YAML
+. "$here/bench/callgrind-backend.sh"
+backend_start "$w/ngx" 18481
+backend_config "$w/bench.yaml" 18481
 
 # Instructions of one proxy run serving $1 requests.
 ir() {

@@ -9,26 +9,9 @@ w=$(mktemp -d -t meshentry-cg.XXXXXX)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$w"; }
 trap cleanup EXIT
-mkdir -p "$w/ngx"
-cat > "$w/ngx/nginx.conf" <<NGX
-worker_processes 1; pid $w/ngx/nginx.pid; error_log $w/ngx/error.log warn;
-events { worker_connections 1024; }
-http { access_log off; keepalive_requests 1000000;
-  client_body_temp_path $w/ngx/b; proxy_temp_path $w/ngx/p; fastcgi_temp_path $w/ngx/f; uwsgi_temp_path $w/ngx/u; scgi_temp_path $w/ngx/s;
-  server { listen 127.0.0.1:18181; location / { return 200 "hello from backend\n"; } } }
-NGX
-nginx -p "$w/ngx/" -c "$w/ngx/nginx.conf" -g "daemon off;" & pids+=($!)
-cat > "$w/bench.yaml" <<YAML
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: bench-backend}
-spec:
-  hosts: [bench-backend.local]
-  addresses: [127.0.0.1]
-  ports: [{number: 18181, name: http, protocol: HTTP}]
-  resolution: STATIC
-  endpoints: [{address: 127.0.0.1}]
-YAML
+. "$here/bench/callgrind-backend.sh"
+backend_start "$w/ngx" 18181
+backend_config "$w/bench.yaml" 18181
 valgrind --tool=callgrind --callgrind-out-file="$w/cg.out" "$bin" proxy --config "$w/bench.yaml" \
   --http-proxy 127.0.0.1:18182 --outbound off --admin 127.0.0.1:18183 --outbound-policy REGISTRY_ONLY --workers 1 \
   --log-level warn 2>"$w/vg.log" & vg=$!; pids+=($vg)
