@@ -53,7 +53,7 @@ pub struct Snapshot {
     /// service ports and uses a few, and building them all was half its memory. Those that
     /// carry more than their endpoints are built with the snapshot ([`Snapshot::eager`]).
     slots: Box<[Slot]>,
-    /// DestinationRule subset clusters (D3, D4), keyed like `slot_of` plus the subset name.
+    /// DestinationRule subset clusters (D3, D4), keyed by service (its address), port and subset.
     /// Only VirtualService destinations name them, and those are resolved when the route
     /// tables are compiled, so the data path never looks here.
     subset_clusters: BTreeMap<(ServiceKey, u32, String), Arc<Cluster>>,
